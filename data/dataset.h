@@ -1,0 +1,43 @@
+/* dataset.h: the HDF5 token dataset (layout in docs/data.md) and the readers the trainer and
+ * `dstrain eval` use. Files are never loaded whole: documents and windows are read by hyperslab. */
+#ifndef DSTRAIN_DATASET_H
+#define DSTRAIN_DATASET_H
+
+#include <stdint.h>
+
+typedef struct DatasetInfo {
+    int64_t n_docs;
+    int64_t n_tokens;
+    int vocab_size;
+    int bos_id, eos_id, pad_id; /* -1 when absent */
+    int has_loss_mask, has_labels, has_task_ids;
+    char tokenizer[256];
+} DatasetInfo;
+
+typedef struct TokenDataset TokenDataset;
+
+/* Open and validate the layout (datasets, dtypes, offsets, attributes). model_vocab > 0 also
+ * checks that the file's vocabulary fits the model's. Errors name the file, the dataset and
+ * the problem (DS_ERR_INPUT). */
+int dataset_open(const char *path, int model_vocab, TokenDataset **out);
+void dataset_close(TokenDataset *ds);
+const DatasetInfo *dataset_info(const TokenDataset *ds);
+int64_t dataset_doc_length(const TokenDataset *ds, int64_t doc);
+/* Read document doc's tokens [start, start+count) into tokens (and its loss mask, 1 where absent,
+ * when loss_mask != NULL). */
+int dataset_read_doc(TokenDataset *ds, int64_t doc, int64_t start, int64_t count, int32_t *tokens,
+                     uint8_t *loss_mask);
+
+/* Causal-LM training reader: documents joined with EOS into windows of seq_len + 1 tokens,
+ * window order a deterministic permutation from (seed, epoch); this data-parallel rank reads
+ * windows dp_rank, dp_rank + dp_size, ... of the permuted order. */
+typedef struct LMReader LMReader;
+int lm_reader_open(const char *path, int model_vocab, int seq_len, uint64_t seed, int dp_rank,
+                   int dp_size, LMReader **out);
+/* Fill batch rows: inputs[b*T+t], targets[b*T+t], and weights (1 where the target token is
+ * trained on, 0 where the loss mask excludes it). */
+int lm_reader_next(LMReader *r, int batch, int32_t *inputs, int32_t *targets, float *weights);
+int64_t lm_reader_windows_per_epoch(const LMReader *r);
+void lm_reader_close(LMReader *r);
+
+#endif

@@ -1,0 +1,90 @@
+/* ops.h: every op of the model once, forward and backward, as a table of function pointers.
+ * The model calls ops only through a Backend, chosen once at start, and never asks which device
+ * it runs on. Pointers are host memory for the CPU backend and device memory for CUDA.
+ *
+ * Shapes and layouts (N = B*T tokens, row-major, "+=" means gradients accumulate):
+ *   activations [N, C]; q [N, H*D]; k, v [N, KVH*D] (heads contiguous inside a row, as HF's view
+ *   of q_proj's output); linear weights [out, in] as in torch.nn.Linear.
+ * Backward functions ACCUMULATE into weight/bias gradients (so micro-batches sum) and OVERWRITE
+ * input gradients unless their comment says otherwise. */
+#ifndef DSTRAIN_OPS_H
+#define DSTRAIN_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Backend {
+    const char *name;
+
+    /* out[M,N] = inp[M,K] @ weight[N,K]^T + bias[N] (bias may be NULL). */
+    void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
+                           int M, int K, int N);
+    /* dinp[M,K] = dout @ weight (if dinp != NULL; overwrite), dweight[N,K] += dout^T @ inp,
+     * dbias[N] += column sums of dout (if dbias != NULL). */
+    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int M, int K, int N);
+
+    /* out = inp / rms(inp) * weight over the last dim C; rstd[M] saved for backward. */
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, int M,
+                            int C, float eps);
+    /* dinp[M,C] += (accumulates: it is the residual stream), dweight[C] += . */
+    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int M, int C);
+
+    /* Rotary embedding in the HF rotate-half layout, in place on x[B*T, H*D]; pos_cos/pos_sin
+     * are [T, D/2] tables (position t, frequency i). backward applies the inverse rotation to
+     * the gradient, in place. */
+    void (*rope_forward)(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                         int D);
+    void (*rope_backward)(float *dx, const float *pos_cos, const float *pos_sin, int B, int T,
+                          int H, int D);
+
+    /* Causal attention with grouped-query heads (head h uses kv head h / (H / KVH)), scale
+     * 1/sqrt(D). out[N, H*D]; lse[B, H, T] is the log-sum-exp of each score row, saved so that
+     * backward recomputes probabilities without storing the T x T matrix. */
+    void (*attention_forward)(float *out, float *lse, const float *q, const float *k,
+                              const float *v, int B, int T, int H, int KVH, int D);
+    /* dq, dk, dv overwritten. */
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout,
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, int B, int T, int H, int KVH, int D);
+
+    /* out = silu(gate) * up, n elements. backward overwrites dgate, dup. */
+    void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n);
+    void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate,
+                            const float *up, size_t n);
+
+    /* out[N, C] = table[tokens[i]]; backward: dtable[tokens[i]] += dout[i]. */
+    void (*embedding_forward)(float *out, const int32_t *tokens, const float *table, int N, int C);
+    void (*embedding_backward)(float *dtable, const float *dout, const int32_t *tokens, int N,
+                               int C);
+
+    /* Softmax cross-entropy over logits[N, V] with targets[N] and per-token weights[N]
+     * (0 = not predicted). losses[i] = -log softmax(logits[i])[targets[i]] (0 where weight 0).
+     * When write_grad, logits are overwritten in place by their gradient weights[i] *
+     * (softmax - onehot), which the caller scales so that the sum is the mean loss. */
+    void (*cross_entropy)(float *losses, float *logits, const int32_t *targets,
+                          const float *weights, int N, int V, int write_grad);
+
+    /* out[i] = a[i] + b[i] (residual add). */
+    void (*add)(float *out, const float *a, const float *b, size_t n);
+
+    /* sum of squares of x[n], in double. */
+    double (*sum_squares)(const float *x, size_t n);
+    /* x[i] *= s */
+    void (*scale)(float *x, float s, size_t n);
+
+    /* One AdamW step (torch.optim.AdamW semantics: decoupled decay param *= 1 - lr*wd, bias
+     * corrections with step t >= 1) over n contiguous parameters. grad_scale multiplies the
+     * gradient first (global-norm clipping and loss scaling). */
+    void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                         int t);
+} Backend;
+
+const Backend *backend_cpu(void);
+#ifdef DSTRAIN_HAVE_CUDA
+const Backend *backend_cuda(void);
+#endif
+
+#endif

@@ -1,0 +1,72 @@
+/* config.h: the run configuration. One schema table in config.c defines every key (type,
+ * default, range, one-line doc, where it lives in Config); parsing YAML, key=value overrides,
+ * validation, `dstrain config --defaults` and docs/config.md all come from that table. */
+#ifndef DSTRAIN_CONFIG_H
+#define DSTRAIN_CONFIG_H
+
+#include <stdio.h>
+
+#define CONFIG_STR_MAX 1024
+
+typedef struct Config {
+    /* model */
+    char model_path[CONFIG_STR_MAX];   /* model.path: HF directory; empty = use preset */
+    char model_preset[64];             /* model.preset: tiny | ... */
+    float model_init_std;              /* model.init_std */
+    /* data */
+    char data_train[CONFIG_STR_MAX];   /* data.train: HDF5 file; empty = bundled dataset */
+    char data_eval[CONFIG_STR_MAX];    /* data.eval */
+    /* train */
+    int train_steps;
+    int train_seq_len;
+    int train_micro_batch_size;
+    int train_grad_accum;
+    long long train_seed;
+    char train_resume[CONFIG_STR_MAX]; /* none | auto | PATH */
+    int train_activation_checkpointing;
+    /* optim */
+    float optim_lr;
+    float optim_min_lr_ratio;
+    float optim_weight_decay;
+    float optim_beta1;
+    float optim_beta2;
+    float optim_eps;
+    int optim_warmup_steps;
+    char optim_schedule[16];           /* cosine | linear | constant */
+    float optim_clip_grad_norm;        /* 0 = off */
+    /* parallel */
+    int parallel_tp;
+    int parallel_dp;                   /* 0 = auto (world / tp) */
+    int parallel_zero;                 /* 0 | 1 */
+    /* checkpoint */
+    char checkpoint_dir[CONFIG_STR_MAX]; /* empty = <run.dir>/checkpoints */
+    int checkpoint_every;                /* 0 = only at the end */
+    int checkpoint_keep;
+    /* eval */
+    int eval_every;                    /* 0 = never during training */
+    int eval_batches;
+    /* run / log */
+    char run_dir[CONFIG_STR_MAX];      /* empty = runs/<date>-<time> */
+    int log_every;
+    char device[16];                   /* cpu | cuda */
+} Config;
+
+/* Fill every field with its schema default. */
+void config_set_defaults(Config *c);
+
+/* Apply a YAML file over the current values. Errors: "FILE:LINE: key: problem", DS_ERR_INPUT. */
+int config_load_yaml(Config *c, const char *path);
+
+/* Apply one "key.subkey=value" override (source names it in errors, e.g. "command line"). */
+int config_apply_override(Config *c, const char *assignment, const char *source);
+
+/* Cross-field checks after all sources are applied. */
+int config_validate(const Config *c);
+
+/* Write the resolved config as YAML; with_docs adds each key's doc as a comment. */
+void config_write_yaml(const Config *c, FILE *out, int with_docs);
+
+/* Write docs/config.md (markdown table of every key). */
+void config_write_markdown(FILE *out);
+
+#endif

@@ -1,0 +1,122 @@
+/* model.h: the DeepSeek dense decoder (Llama and Qwen2 layouts as Hugging Face stores them).
+ * The parameter table is the one place that lists every tensor with its HF name and shape;
+ * parameters, gradients, master weights and optimizer moments all share its flat layout. */
+#ifndef DSTRAIN_MODEL_H
+#define DSTRAIN_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../kernels/ops.h"
+
+typedef enum ModelArch { ARCH_LLAMA = 0, ARCH_QWEN2 } ModelArch;
+typedef enum RopeType { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3 } RopeType;
+
+typedef struct ModelConfig {
+    ModelArch arch;
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int num_layers;
+    int num_heads;
+    int num_kv_heads;
+    int head_dim;
+    int max_position_embeddings;
+    float rms_norm_eps;
+    double rope_theta;
+    RopeType rope_type;
+    double rope_factor;             /* linear and llama3 */
+    double rope_low_freq_factor;    /* llama3 */
+    double rope_high_freq_factor;   /* llama3 */
+    int rope_original_max_position; /* llama3 */
+    int tie_word_embeddings;
+    int qkv_bias;                   /* q, k, v projections carry a bias (Qwen2; Llama attention_bias) */
+    int o_bias;                     /* o_proj carries a bias (Llama attention_bias) */
+    int mlp_bias;                   /* gate, up, down carry biases (Llama mlp_bias) */
+    int bos_token_id;               /* -1 when unset */
+    int eos_token_id;
+    int pad_token_id;
+    int new_form;                   /* config.json used rope_parameters / dtype (transformers 5) */
+    char torch_dtype[16];           /* dtype the weights were published in: bfloat16, float32 ... */
+} ModelConfig;
+
+const char *model_arch_name(ModelArch arch); /* "LlamaForCausalLM", "Qwen2ForCausalLM" */
+
+/* Built-in shapes for training from scratch ("tiny", ...). DS_ERR_INPUT names the known ones. */
+int model_preset(const char *name, ModelConfig *mc);
+/* Reject shapes the model code cannot run (heads not divisible, odd head_dim, ...). */
+int model_config_check(const ModelConfig *mc, const char *where);
+
+#define PARAM_NAME_MAX 96
+#define PARAM_ALIGN_BYTES 256
+
+typedef struct ParamInfo {
+    char name[PARAM_NAME_MAX]; /* HF name, e.g. "model.layers.0.self_attn.q_proj.weight" */
+    int ndim;
+    int64_t shape[2];          /* full (unsharded) shape */
+    int split_dim;             /* -1 replicated, else the dim split over tensor-parallel ranks */
+    int64_t slice_start;       /* this rank's slice along split_dim */
+    int64_t slice_len;
+    size_t numel;              /* elements this rank holds */
+    size_t offset;             /* in elements, into the flat buffer; 256-byte aligned */
+    int weight_decay;          /* 0 for norms and biases */
+} ParamInfo;
+
+typedef struct ParamTable {
+    int count;
+    ParamInfo *items;
+    size_t total; /* elements in the flat buffer, including alignment padding */
+} ParamTable;
+
+int param_table_build(const ModelConfig *mc, ParamTable *pt);
+void param_table_free(ParamTable *pt);
+const ParamInfo *param_table_find(const ParamTable *pt, const char *name);
+
+/* Per-layer views into the flat buffer (parameters or gradients alike). */
+typedef struct LayerWeights {
+    float *ln1, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
+    float *ln2, *wgate, *bgate, *wup, *bup, *wdown, *bdown;
+} LayerWeights;
+
+typedef struct ModelWeights {
+    float *embed;   /* [V, C] */
+    float *norm;    /* [C] */
+    float *lm_head; /* [V, C]; == embed when tied */
+    LayerWeights *layers;
+} ModelWeights;
+
+/* The model: config, parameter table, flat parameter and gradient buffers, one activation
+ * arena sized for (B, T) at model_init, and the backend every op goes through. */
+typedef struct Model {
+    ModelConfig cfg;
+    ParamTable table;
+    const Backend *be;
+    float *params;
+    float *grads;
+    ModelWeights w, g;
+    int B, T;
+    float *arena; /* activations; nothing is allocated inside a step */
+    size_t arena_floats;
+    float *rope_cos, *rope_sin; /* [T, D/2] */
+    int32_t *inputs, *targets;  /* [B*T] */
+    float *loss_weights;        /* [B*T] */
+    float *losses;              /* [B*T] */
+    struct ModelActivations *act;
+} Model;
+
+/* Allocate parameters (zeroed), gradients and activations for micro-batches of B x T. */
+int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T);
+void model_free(Model *m);
+/* Seeded initialization for training from scratch: normal(0, std) for matrices, 1 for norms,
+ * 0 for biases. */
+void model_init_weights(Model *m, uint64_t seed, float std);
+
+/* Forward over m->inputs; with targets, returns sum(weights[i] * loss[i]) and fills m->losses.
+ * logits_out (may be NULL) receives logits [B*T, V] (before the loss overwrote them). */
+double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
+                     const float *loss_weights, float *logits_out);
+/* Backward of the last model_forward with write_grad; gradients ACCUMULATE in m->grads. */
+void model_backward(Model *m);
+void model_zero_grad(Model *m);
+
+#endif
