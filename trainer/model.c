@@ -1,0 +1,528 @@
+/* model.c: the DeepSeek dense decoder (Llama / Qwen2) built from backend ops, forward and
+ * backward side by side in the same order. The parameter table is built here, once; every
+ * buffer shaped like the parameters (gradients, master weights, moments, Fisher) follows it.
+ * All activations live in one arena sized at model_init: a step allocates nothing. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+const char *model_arch_name(ModelArch arch)
+{
+    return arch == ARCH_QWEN2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+}
+
+/* ---- presets ---------------------------------------------------------------------------- */
+
+static void preset_base(ModelConfig *mc)
+{
+    memset(mc, 0, sizeof(*mc));
+    mc->arch = ARCH_LLAMA;
+    mc->rms_norm_eps = 1e-6f;
+    mc->rope_theta = 10000.0;
+    mc->rope_type = ROPE_DEFAULT;
+    mc->rope_factor = 1.0;
+    mc->bos_token_id = -1;
+    mc->eos_token_id = -1;
+    mc->pad_token_id = -1;
+    snprintf(mc->torch_dtype, sizeof(mc->torch_dtype), "bfloat16");
+}
+
+/* Byte-level presets: ids 0..255 are bytes, 256 BOS, 257 EOS; vocab padded to 320 so that it
+ * divides by tensor-parallel sizes up to 64. Real shapes copy the published config.json values. */
+static const struct {
+    const char *name;
+    int vocab, hidden, inter, layers, heads, kv_heads, max_pos, bos, eos;
+    double theta, linear_factor;
+    float eps;
+} presets[] = {
+    {"tiny", 320, 128, 384, 4, 4, 2, 2048, 256, 257, 10000.0, 0, 1e-5f},
+    {"small", 320, 256, 768, 6, 8, 4, 2048, 256, 257, 10000.0, 0, 1e-5f},
+    {"deepseek-coder-1.3b", 32256, 2048, 5504, 24, 16, 16, 16384, 32013, 32014, 100000.0, 4.0,
+     1e-6f},
+    {"deepseek-llm-7b", 102400, 4096, 11008, 30, 32, 32, 4096, 100000, 100001, 10000.0, 0, 1e-6f},
+};
+
+int model_preset(const char *name, ModelConfig *mc)
+{
+    for (size_t i = 0; i < DS_ARRAY_LEN(presets); i++) {
+        if (strcmp(presets[i].name, name) != 0) continue;
+        preset_base(mc);
+        mc->vocab_size = presets[i].vocab;
+        mc->hidden_size = presets[i].hidden;
+        mc->intermediate_size = presets[i].inter;
+        mc->num_layers = presets[i].layers;
+        mc->num_heads = presets[i].heads;
+        mc->num_kv_heads = presets[i].kv_heads;
+        mc->head_dim = presets[i].hidden / presets[i].heads;
+        mc->max_position_embeddings = presets[i].max_pos;
+        mc->bos_token_id = presets[i].bos;
+        mc->eos_token_id = presets[i].eos;
+        mc->rope_theta = presets[i].theta;
+        mc->rms_norm_eps = presets[i].eps;
+        if (presets[i].linear_factor > 0) {
+            mc->rope_type = ROPE_LINEAR;
+            mc->rope_factor = presets[i].linear_factor;
+        }
+        return DS_OK;
+    }
+    char known[256] = "";
+    for (size_t i = 0; i < DS_ARRAY_LEN(presets); i++) {
+        strncat(known, i ? ", " : "", sizeof(known) - strlen(known) - 1);
+        strncat(known, presets[i].name, sizeof(known) - strlen(known) - 1);
+    }
+    return ds_error(DS_ERR_INPUT, "model.preset: unknown preset \"%s\" (known: %s)", name, known);
+}
+
+int model_config_check(const ModelConfig *mc, const char *where)
+{
+    struct {
+        const char *name;
+        int value;
+    } positive[] = {
+        {"vocab_size", mc->vocab_size},
+        {"hidden_size", mc->hidden_size},
+        {"intermediate_size", mc->intermediate_size},
+        {"num_hidden_layers", mc->num_layers},
+        {"num_attention_heads", mc->num_heads},
+        {"num_key_value_heads", mc->num_kv_heads},
+        {"head_dim", mc->head_dim},
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(positive); i++)
+        if (positive[i].value <= 0)
+            return ds_error(DS_ERR_INPUT, "%s: %s: must be a positive integer, got %d", where,
+                            positive[i].name, positive[i].value);
+    if (mc->num_heads % mc->num_kv_heads != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "%s: num_key_value_heads: %d does not divide num_attention_heads %d",
+                        where, mc->num_kv_heads, mc->num_heads);
+    if (mc->head_dim % 2 != 0)
+        return ds_error(DS_ERR_INPUT, "%s: head_dim: rotary embedding needs an even head_dim, got %d",
+                        where, mc->head_dim);
+    if (!(mc->rms_norm_eps > 0))
+        return ds_error(DS_ERR_INPUT, "%s: rms_norm_eps: must be positive", where);
+    if (!(mc->rope_theta > 0))
+        return ds_error(DS_ERR_INPUT, "%s: rope_theta: must be positive", where);
+    if (mc->rope_type != ROPE_DEFAULT && !(mc->rope_factor > 0))
+        return ds_error(DS_ERR_INPUT, "%s: rope_scaling.factor: must be positive", where);
+    return DS_OK;
+}
+
+/* ---- parameter table -------------------------------------------------------------------- */
+
+static int table_add(ParamTable *pt, int capacity, const char *name, int64_t rows, int64_t cols,
+                     int decay)
+{
+    if (pt->count >= capacity) return ds_error(DS_ERR_INTERNAL, "parameter table overflow");
+    ParamInfo *p = &pt->items[pt->count++];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->ndim = cols > 0 ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols > 0 ? cols : 0;
+    p->split_dim = -1;
+    p->slice_start = 0;
+    p->slice_len = rows;
+    p->numel = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+    p->weight_decay = decay;
+    p->offset = pt->total;
+    pt->total += DS_ALIGN_UP(p->numel, PARAM_ALIGN_BYTES / sizeof(float));
+    return DS_OK;
+}
+
+/* The order here is the order of the flat buffer and of exports: HF's own module order. */
+int param_table_build(const ModelConfig *mc, ParamTable *pt)
+{
+    const int64_t C = mc->hidden_size, I = mc->intermediate_size, V = mc->vocab_size;
+    const int64_t QD = (int64_t)mc->num_heads * mc->head_dim;
+    const int64_t KVD = (int64_t)mc->num_kv_heads * mc->head_dim;
+    int capacity = 3 + mc->num_layers * 16;
+    memset(pt, 0, sizeof(*pt));
+    pt->items = ds_calloc((size_t)capacity, sizeof(ParamInfo));
+    if (!pt->items) return DS_ERR_INTERNAL;
+    char name[PARAM_NAME_MAX];
+#define ADD(rows, cols, decay, ...)                                                                \
+    do {                                                                                           \
+        snprintf(name, sizeof(name), __VA_ARGS__);                                                 \
+        DS_TRY(table_add(pt, capacity, name, rows, cols, decay));                                 \
+    } while (0)
+    ADD(V, C, 1, "model.embed_tokens.weight");
+    for (int l = 0; l < mc->num_layers; l++) {
+        const char *p = "model.layers";
+        ADD(C, 0, 0, "%s.%d.input_layernorm.weight", p, l);
+        ADD(QD, C, 1, "%s.%d.self_attn.q_proj.weight", p, l);
+        if (mc->qkv_bias) ADD(QD, 0, 0, "%s.%d.self_attn.q_proj.bias", p, l);
+        ADD(KVD, C, 1, "%s.%d.self_attn.k_proj.weight", p, l);
+        if (mc->qkv_bias) ADD(KVD, 0, 0, "%s.%d.self_attn.k_proj.bias", p, l);
+        ADD(KVD, C, 1, "%s.%d.self_attn.v_proj.weight", p, l);
+        if (mc->qkv_bias) ADD(KVD, 0, 0, "%s.%d.self_attn.v_proj.bias", p, l);
+        ADD(C, QD, 1, "%s.%d.self_attn.o_proj.weight", p, l);
+        if (mc->o_bias) ADD(C, 0, 0, "%s.%d.self_attn.o_proj.bias", p, l);
+        ADD(C, 0, 0, "%s.%d.post_attention_layernorm.weight", p, l);
+        ADD(I, C, 1, "%s.%d.mlp.gate_proj.weight", p, l);
+        if (mc->mlp_bias) ADD(I, 0, 0, "%s.%d.mlp.gate_proj.bias", p, l);
+        ADD(I, C, 1, "%s.%d.mlp.up_proj.weight", p, l);
+        if (mc->mlp_bias) ADD(I, 0, 0, "%s.%d.mlp.up_proj.bias", p, l);
+        ADD(C, I, 1, "%s.%d.mlp.down_proj.weight", p, l);
+        if (mc->mlp_bias) ADD(C, 0, 0, "%s.%d.mlp.down_proj.bias", p, l);
+    }
+    ADD(C, 0, 0, "model.norm.weight");
+    if (!mc->tie_word_embeddings) ADD(V, C, 1, "lm_head.weight");
+#undef ADD
+    return DS_OK;
+}
+
+void param_table_free(ParamTable *pt)
+{
+    free(pt->items);
+    memset(pt, 0, sizeof(*pt));
+}
+
+const ParamInfo *param_table_find(const ParamTable *pt, const char *name)
+{
+    for (int i = 0; i < pt->count; i++)
+        if (strcmp(pt->items[i].name, name) == 0) return &pt->items[i];
+    return NULL;
+}
+
+/* Point w's fields into base following the table's names. */
+static void weights_bind(const Model *m, float *base, ModelWeights *w)
+{
+    const ParamTable *pt = &m->table;
+    char name[PARAM_NAME_MAX];
+#define AT(...)                                                                                    \
+    (snprintf(name, sizeof(name), __VA_ARGS__), param_table_find(pt, name)                        \
+                                                    ? base + param_table_find(pt, name)->offset    \
+                                                    : NULL)
+    w->embed = AT("model.embed_tokens.weight");
+    w->norm = AT("model.norm.weight");
+    w->lm_head = m->cfg.tie_word_embeddings ? w->embed : AT("lm_head.weight");
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        LayerWeights *L = &w->layers[l];
+        const char *p = "model.layers";
+        L->ln1 = AT("%s.%d.input_layernorm.weight", p, l);
+        L->wq = AT("%s.%d.self_attn.q_proj.weight", p, l);
+        L->bq = AT("%s.%d.self_attn.q_proj.bias", p, l);
+        L->wk = AT("%s.%d.self_attn.k_proj.weight", p, l);
+        L->bk = AT("%s.%d.self_attn.k_proj.bias", p, l);
+        L->wv = AT("%s.%d.self_attn.v_proj.weight", p, l);
+        L->bv = AT("%s.%d.self_attn.v_proj.bias", p, l);
+        L->wo = AT("%s.%d.self_attn.o_proj.weight", p, l);
+        L->bo = AT("%s.%d.self_attn.o_proj.bias", p, l);
+        L->ln2 = AT("%s.%d.post_attention_layernorm.weight", p, l);
+        L->wgate = AT("%s.%d.mlp.gate_proj.weight", p, l);
+        L->bgate = AT("%s.%d.mlp.gate_proj.bias", p, l);
+        L->wup = AT("%s.%d.mlp.up_proj.weight", p, l);
+        L->bup = AT("%s.%d.mlp.up_proj.bias", p, l);
+        L->wdown = AT("%s.%d.mlp.down_proj.weight", p, l);
+        L->bdown = AT("%s.%d.mlp.down_proj.bias", p, l);
+    }
+#undef AT
+}
+
+/* ---- activations -------------------------------------------------------------------------- */
+
+/* Everything forward saves for backward, and backward's scratch, as pointers into one arena. */
+typedef struct LayerActivations {
+    float *resid_in;  /* [N, C] residual stream entering the layer */
+    float *ln1;       /* [N, C] */
+    float *ln1_rstd;  /* [N] */
+    float *q, *k, *v; /* [N, H*D], [N, KVH*D] x2, after rotary */
+    float *att;       /* [N, H*D] attention output before o_proj */
+    float *lse;       /* [B, H, T] */
+    float *resid_mid; /* [N, C] after the attention residual add */
+    float *ln2;       /* [N, C] */
+    float *ln2_rstd;  /* [N] */
+    float *gate, *up; /* [N, I] */
+    float *act;       /* [N, I] silu(gate) * up */
+} LayerActivations;
+
+typedef struct ModelActivations {
+    LayerActivations *layers;
+    float *resid_out;  /* [N, C] residual after the last layer */
+    float *final_norm; /* [N, C] */
+    float *final_rstd; /* [N] */
+    float *logits;     /* [N, V]; holds dlogits after a forward with targets */
+    float *tmp;        /* [N, C] projection outputs before the residual add */
+    /* backward scratch */
+    float *dresid, *dln, *dln_part; /* [N, C] */
+    float *dq, *datt;               /* [N, H*D] */
+    float *dk, *dv;                 /* [N, KVH*D] */
+    float *dgate, *dup, *dact;      /* [N, I] */
+    int have_targets;
+} ModelActivations;
+
+static size_t arena_layout(Model *m, ModelActivations *a, float *base)
+{
+    const size_t N = (size_t)m->B * m->T, C = m->cfg.hidden_size, I = m->cfg.intermediate_size;
+    const size_t QD = (size_t)m->cfg.num_heads * m->cfg.head_dim;
+    const size_t KVD = (size_t)m->cfg.num_kv_heads * m->cfg.head_dim;
+    const size_t V = m->cfg.vocab_size;
+    const size_t lse = (size_t)m->B * m->cfg.num_heads * m->T;
+    size_t used = 0;
+    /* each block 64-byte aligned so that vectorized kernels see aligned rows */
+#define TAKE(ptr, count)                                                                           \
+    do {                                                                                           \
+        (ptr) = base ? base + used : NULL;                                                         \
+        used += DS_ALIGN_UP((size_t)(count), 16);                                                  \
+    } while (0)
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        LayerActivations *L = &a->layers[l];
+        TAKE(L->resid_in, N * C);
+        TAKE(L->ln1, N * C);
+        TAKE(L->ln1_rstd, N);
+        TAKE(L->q, N * QD);
+        TAKE(L->k, N * KVD);
+        TAKE(L->v, N * KVD);
+        TAKE(L->att, N * QD);
+        TAKE(L->lse, lse);
+        TAKE(L->resid_mid, N * C);
+        TAKE(L->ln2, N * C);
+        TAKE(L->ln2_rstd, N);
+        TAKE(L->gate, N * I);
+        TAKE(L->up, N * I);
+        TAKE(L->act, N * I);
+    }
+    TAKE(a->resid_out, N * C);
+    TAKE(a->final_norm, N * C);
+    TAKE(a->final_rstd, N);
+    TAKE(a->logits, N * V);
+    TAKE(a->tmp, N * C);
+    TAKE(a->dresid, N * C);
+    TAKE(a->dln, N * C);
+    TAKE(a->dln_part, N * C);
+    TAKE(a->dq, N * QD);
+    TAKE(a->datt, N * QD);
+    TAKE(a->dk, N * KVD);
+    TAKE(a->dv, N * KVD);
+    TAKE(a->dgate, N * I);
+    TAKE(a->dup, N * I);
+    TAKE(a->dact, N * I);
+#undef TAKE
+    return used;
+}
+
+/* Rotary tables as HF computes them: inverse frequencies in fp32, scaled per rope_type, angle
+ * t * inv_freq in fp32. */
+static void rope_tables(const ModelConfig *mc, int T, float *cos_out, float *sin_out)
+{
+    const int D = mc->head_dim, half = D / 2;
+    for (int i = 0; i < half; i++) {
+        float inv_freq = (float)(1.0 / pow(mc->rope_theta, (double)(2 * i) / (double)D));
+        if (mc->rope_type == ROPE_LINEAR) {
+            inv_freq = (float)(inv_freq / mc->rope_factor);
+        } else if (mc->rope_type == ROPE_LLAMA3) {
+            double old_ctx = mc->rope_original_max_position;
+            double low_wavelen = old_ctx / mc->rope_low_freq_factor;
+            double high_wavelen = old_ctx / mc->rope_high_freq_factor;
+            double wavelen = 2.0 * M_PI / inv_freq;
+            if (wavelen > low_wavelen) {
+                inv_freq = (float)(inv_freq / mc->rope_factor);
+            } else if (wavelen >= high_wavelen) {
+                double smooth = (old_ctx / wavelen - mc->rope_low_freq_factor) /
+                                (mc->rope_high_freq_factor - mc->rope_low_freq_factor);
+                inv_freq = (float)((1.0 - smooth) * inv_freq / mc->rope_factor + smooth * inv_freq);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float angle = (float)t * inv_freq;
+            cos_out[(size_t)t * half + i] = (float)cos((double)angle);
+            sin_out[(size_t)t * half + i] = (float)sin((double)angle);
+        }
+    }
+}
+
+int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T)
+{
+    memset(m, 0, sizeof(*m));
+    m->cfg = *mc;
+    m->be = be;
+    m->B = B;
+    m->T = T;
+    DS_TRY(param_table_build(mc, &m->table));
+    size_t N = (size_t)B * T;
+    m->params = ds_aligned_alloc(PARAM_ALIGN_BYTES, m->table.total * sizeof(float));
+    m->grads = ds_aligned_alloc(PARAM_ALIGN_BYTES, m->table.total * sizeof(float));
+    m->w.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
+    m->g.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
+    m->act = ds_calloc(1, sizeof(ModelActivations));
+    if (!m->params || !m->grads || !m->w.layers || !m->g.layers || !m->act) return DS_ERR_INTERNAL;
+    m->act->layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerActivations));
+    if (!m->act->layers) return DS_ERR_INTERNAL;
+    weights_bind(m, m->params, &m->w);
+    weights_bind(m, m->grads, &m->g);
+
+    m->arena_floats = arena_layout(m, m->act, NULL);
+    m->arena = ds_aligned_alloc(64, m->arena_floats * sizeof(float));
+    m->rope_cos = ds_malloc((size_t)T * (mc->head_dim / 2) * sizeof(float));
+    m->rope_sin = ds_malloc((size_t)T * (mc->head_dim / 2) * sizeof(float));
+    m->inputs = ds_calloc(N, sizeof(int32_t));
+    m->targets = ds_calloc(N, sizeof(int32_t));
+    m->loss_weights = ds_calloc(N, sizeof(float));
+    m->losses = ds_calloc(N, sizeof(float));
+    if (!m->arena || !m->rope_cos || !m->rope_sin || !m->inputs || !m->targets ||
+        !m->loss_weights || !m->losses)
+        return DS_ERR_INTERNAL;
+    arena_layout(m, m->act, m->arena);
+    rope_tables(mc, T, m->rope_cos, m->rope_sin);
+    return DS_OK;
+}
+
+void model_free(Model *m)
+{
+    if (m->act) free(m->act->layers);
+    free(m->act);
+    free(m->params);
+    free(m->grads);
+    free(m->w.layers);
+    free(m->g.layers);
+    free(m->arena);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m->inputs);
+    free(m->targets);
+    free(m->loss_weights);
+    free(m->losses);
+    param_table_free(&m->table);
+    memset(m, 0, sizeof(*m));
+}
+
+/* splitmix64 + Box-Muller: a seeded normal stream, identical on every machine. */
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double uniform01(uint64_t *state)
+{
+    return ((double)(splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+void model_init_weights(Model *m, uint64_t seed, float std)
+{
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        float *x = m->params + p->offset;
+        /* one stream per tensor, from the seed and the tensor's index, so that a tensor's values
+         * do not depend on how the table is sharded */
+        uint64_t state = seed * 0x100000001b3ull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+        int is_norm = strstr(p->name, "norm.weight") != NULL;
+        int is_bias = strstr(p->name, ".bias") != NULL;
+        for (size_t j = 0; j < p->numel; j += 2) {
+            double u1 = uniform01(&state), u2 = uniform01(&state);
+            double r = sqrt(-2.0 * log(u1));
+            float z0 = (float)(r * cos(2.0 * M_PI * u2)), z1 = (float)(r * sin(2.0 * M_PI * u2));
+            float v0 = is_norm ? 1.0f : is_bias ? 0.0f : std * z0;
+            float v1 = is_norm ? 1.0f : is_bias ? 0.0f : std * z1;
+            x[j] = v0;
+            if (j + 1 < p->numel) x[j + 1] = v1;
+        }
+    }
+}
+
+void model_zero_grad(Model *m)
+{
+    memset(m->grads, 0, m->table.total * sizeof(float));
+}
+
+/* ---- forward and backward ----------------------------------------------------------------- */
+
+double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
+                     const float *loss_weights, float *logits_out)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    ModelActivations *a = m->act;
+    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = c->intermediate_size;
+    const int H = c->num_heads, KVH = c->num_kv_heads, D = c->head_dim, V = c->vocab_size;
+    const int QD = H * D, KVD = KVH * D;
+
+    if (inputs != m->inputs) memcpy(m->inputs, inputs, (size_t)N * sizeof(int32_t));
+    be->embedding_forward(a->layers[0].resid_in, m->inputs, m->w.embed, N, C);
+    for (int l = 0; l < c->num_layers; l++) {
+        LayerActivations *L = &a->layers[l];
+        const LayerWeights *w = &m->w.layers[l];
+        float *resid_out = l + 1 < c->num_layers ? a->layers[l + 1].resid_in : a->resid_out;
+        /* attention block */
+        be->rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid_in, w->ln1, N, C, c->rms_norm_eps);
+        be->matmul_forward(L->q, L->ln1, w->wq, w->bq, N, C, QD);
+        be->matmul_forward(L->k, L->ln1, w->wk, w->bk, N, C, KVD);
+        be->matmul_forward(L->v, L->ln1, w->wv, w->bv, N, C, KVD);
+        be->rope_forward(L->q, m->rope_cos, m->rope_sin, B, T, H, D);
+        be->rope_forward(L->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
+        be->attention_forward(L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
+        be->matmul_forward(a->tmp, L->att, w->wo, w->bo, N, QD, C);
+        be->add(L->resid_mid, L->resid_in, a->tmp, (size_t)N * C);
+        /* MLP block */
+        be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
+        be->matmul_forward(L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
+        be->matmul_forward(L->up, L->ln2, w->wup, w->bup, N, C, I);
+        be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
+        be->matmul_forward(a->tmp, L->act, w->wdown, w->bdown, N, I, C);
+        be->add(resid_out, L->resid_mid, a->tmp, (size_t)N * C);
+    }
+    be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
+                        c->rms_norm_eps);
+    be->matmul_forward(a->logits, a->final_norm, m->w.lm_head, NULL, N, C, V);
+    if (logits_out) memcpy(logits_out, a->logits, (size_t)N * V * sizeof(float));
+    a->have_targets = targets != NULL;
+    if (!targets) return 0.0;
+
+    if (targets != m->targets) memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
+    if (loss_weights != m->loss_weights)
+        memcpy(m->loss_weights, loss_weights, (size_t)N * sizeof(float));
+    be->cross_entropy(m->losses, a->logits, m->targets, m->loss_weights, N, V, 1);
+    double loss = 0.0;
+    for (int i = 0; i < N; i++) loss += (double)m->loss_weights[i] * m->losses[i];
+    return loss;
+}
+
+void model_backward(Model *m)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    ModelActivations *a = m->act;
+    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = c->intermediate_size;
+    const int H = c->num_heads, KVH = c->num_kv_heads, D = c->head_dim, V = c->vocab_size;
+    const int QD = H * D, KVD = KVH * D;
+    const size_t NC = (size_t)N * C;
+
+    /* a->logits holds dlogits, written by the forward's cross-entropy */
+    be->matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->final_norm, m->w.lm_head, N, C,
+                        V);
+    memset(a->dresid, 0, NC * sizeof(float));
+    be->rmsnorm_backward(a->dresid, m->g.norm, a->dln, a->resid_out, m->w.norm, a->final_rstd, N,
+                         C);
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        LayerActivations *L = &a->layers[l];
+        const LayerWeights *w = &m->w.layers[l];
+        LayerWeights *g = &m->g.layers[l];
+        /* MLP block: dresid is the gradient of the layer's output residual */
+        be->matmul_backward(a->dact, g->wdown, g->bdown, a->dresid, L->act, w->wdown, N, I, C);
+        be->swiglu_backward(a->dgate, a->dup, a->dact, L->gate, L->up, (size_t)N * I);
+        be->matmul_backward(a->dln, g->wgate, g->bgate, a->dgate, L->ln2, w->wgate, N, C, I);
+        be->matmul_backward(a->dln_part, g->wup, g->bup, a->dup, L->ln2, w->wup, N, C, I);
+        be->add(a->dln, a->dln, a->dln_part, NC);
+        be->rmsnorm_backward(a->dresid, g->ln2, a->dln, L->resid_mid, w->ln2, L->ln2_rstd, N, C);
+        /* attention block: dresid is now the gradient of resid_mid */
+        be->matmul_backward(a->datt, g->wo, g->bo, a->dresid, L->att, w->wo, N, QD, C);
+        be->attention_backward(a->dq, a->dk, a->dv, a->datt, L->att, L->lse, L->q, L->k, L->v, B,
+                               T, H, KVH, D);
+        be->rope_backward(a->dq, m->rope_cos, m->rope_sin, B, T, H, D);
+        be->rope_backward(a->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
+        be->matmul_backward(a->dln, g->wq, g->bq, a->dq, L->ln1, w->wq, N, C, QD);
+        be->matmul_backward(a->dln_part, g->wk, g->bk, a->dk, L->ln1, w->wk, N, C, KVD);
+        be->add(a->dln, a->dln, a->dln_part, NC);
+        be->matmul_backward(a->dln_part, g->wv, g->bv, a->dv, L->ln1, w->wv, N, C, KVD);
+        be->add(a->dln, a->dln, a->dln_part, NC);
+        be->rmsnorm_backward(a->dresid, g->ln1, a->dln, L->resid_in, w->ln1, L->ln1_rstd, N, C);
+    }
+    be->embedding_backward(m->g.embed, a->dresid, m->inputs, N, C);
+}
