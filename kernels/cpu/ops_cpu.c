@@ -1,0 +1,459 @@
+/* ops_cpu.c: the CPU backend, fp32, the reference semantics every other backend is checked against.
+ * Matmuls go through OpenBLAS; everything else is plain loops parallelised with OpenMP. It is not
+ * tuned for speed beyond the obvious. Invariant: results are bitwise identical run to run, and
+ * (except the BLAS calls) for any thread count: no atomics, and every floating sum runs in a
+ * fixed order that does not depend on how iterations are spread over threads. No op allocates. */
+#include "kernels/ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* Number of contiguous parts a long reduction is cut into. Fixed (not the thread count) so that
+ * the order of the final combination, and therefore the result, is the same on any machine. */
+#define REDUCE_PARTS 64
+/* Columns handled together when a per-column sum runs over many rows (bias and norm-weight
+ * gradients): each block is owned by one thread and summed over rows in row order. */
+#define COLUMN_BLOCK 64
+
+/* ---------------------------------------------------------------------------------------------
+ * matmul: out[M,N] = inp[M,K] @ weight[N,K]^T + bias, as torch.nn.Linear. */
+
+static void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                           int M, int K, int N)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* empty contraction: BLAS would reject lda = 0 */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) out[(size_t)i * N + j] = bias ? bias[j] : 0.0f;
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, weight, K, 0.0f,
+                out, N);
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < M; i++) {
+            float *row = out + (size_t)i * N;
+            for (int j = 0; j < N; j++) row[j] += bias[j];
+        }
+    }
+}
+
+static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int M, int K, int N)
+{
+    if (M <= 0 || N <= 0) {
+        if (dinp && M > 0 && K > 0) memset(dinp, 0, (size_t)M * K * sizeof(float));
+        return;
+    }
+    if (K > 0) {
+        /* dinp[M,K] = dout[M,N] @ weight[N,K] (overwrite) */
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, weight,
+                        K, 0.0f, dinp, K);
+        /* dweight[N,K] += dout^T[N,M] @ inp[M,K] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, inp, K, 1.0f,
+                    dweight, K);
+    }
+    if (dbias) {
+        int blocks = (N + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#pragma omp parallel for schedule(static)
+        for (int blk = 0; blk < blocks; blk++) {
+            int j0 = blk * COLUMN_BLOCK;
+            int j1 = j0 + COLUMN_BLOCK < N ? j0 + COLUMN_BLOCK : N;
+            double sum[COLUMN_BLOCK] = {0};
+            for (int i = 0; i < M; i++) {
+                const float *row = dout + (size_t)i * N;
+                for (int j = j0; j < j1; j++) sum[j - j0] += row[j];
+            }
+            for (int j = j0; j < j1; j++) dbias[j] += (float)sum[j - j0];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rmsnorm, as HF LlamaRMSNorm: y = w * (x * rsqrt(mean(x^2) + eps)), everything in fp32 except
+ * the sum of squares, which runs in double so that it does not depend on the row length. */
+
+static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int M,
+                            int C, float eps)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++) {
+        const float *x = inp + (size_t)i * C;
+        float *y = out + (size_t)i * C;
+        double ss = 0.0;
+        for (int j = 0; j < C; j++) ss += (double)x[j] * x[j];
+        float variance = C > 0 ? (float)(ss / C) : 0.0f;
+        float r = 1.0f / sqrtf(variance + eps);
+        for (int j = 0; j < C; j++) y[j] = weight[j] * (x[j] * r);
+        rstd[i] = r;
+    }
+}
+
+/* With xhat = x * r and r = (mean(x^2) + eps)^-1/2:
+ *   dx_j = r * (w_j dy_j) - r^3 / C * x_j * sum_k (w_k dy_k x_k)
+ *   dw_j = sum over rows of dy_j * xhat_j */
+static void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int M, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++) {
+        const float *x = inp + (size_t)i * C;
+        const float *dy = dout + (size_t)i * C;
+        float *dx = dinp + (size_t)i * C;
+        float r = rstd[i];
+        double dot = 0.0;
+        for (int j = 0; j < C; j++) dot += (double)weight[j] * dy[j] * x[j];
+        float coef = (float)(dot * r * r * r / C);
+        for (int j = 0; j < C; j++) dx[j] += r * weight[j] * dy[j] - coef * x[j];
+    }
+    /* The weight gradient sums over rows: one thread per column block, rows in order. */
+    int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; blk++) {
+        int j0 = blk * COLUMN_BLOCK;
+        int j1 = j0 + COLUMN_BLOCK < C ? j0 + COLUMN_BLOCK : C;
+        double sum[COLUMN_BLOCK] = {0};
+        for (int i = 0; i < M; i++) {
+            const float *x = inp + (size_t)i * C;
+            const float *dy = dout + (size_t)i * C;
+            float r = rstd[i];
+            for (int j = j0; j < j1; j++) sum[j - j0] += (double)dy[j] * (x[j] * r);
+        }
+        for (int j = j0; j < j1; j++) dweight[j] += (float)sum[j - j0];
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rope, HF rotate-half layout: within each head, element i pairs with i + D/2.
+ *   forward:  (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
+ *   backward: the transpose, (d1, d2) -> (d1 cos + d2 sin, d2 cos - d1 sin) */
+
+static void rope_apply(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                       int D, float sign)
+{
+    int half = D / 2;
+    long rows = (long)B * T;
+#pragma omp parallel for schedule(static)
+    for (long row = 0; row < rows; row++) {
+        int t = (int)(row % T);
+        const float *c = pos_cos + (size_t)t * half;
+        const float *s = pos_sin + (size_t)t * half;
+        for (int h = 0; h < H; h++) {
+            float *head = x + (size_t)row * H * D + (size_t)h * D;
+            for (int i = 0; i < half; i++) {
+                float x1 = head[i], x2 = head[i + half];
+                float sn = sign * s[i];
+                head[i] = x1 * c[i] - x2 * sn;
+                head[i + half] = x2 * c[i] + x1 * sn;
+            }
+        }
+    }
+}
+
+static void rope_forward(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                         int D)
+{
+    rope_apply(x, pos_cos, pos_sin, B, T, H, D, 1.0f);
+}
+
+static void rope_backward(float *dx, const float *pos_cos, const float *pos_sin, int B, int T,
+                          int H, int D)
+{
+    rope_apply(dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * attention: causal, grouped-query, scale 1/sqrt(D), never materialising the T x T matrix.
+ * Forward runs an online softmax over s <= t with the output row itself as the accumulator, so
+ * it needs no scratch memory at all. Backward recomputes P[t,s] = exp(score - lse[t]) and runs
+ * in two passes, each with disjoint outputs per iteration (so any schedule is deterministic):
+ * dq by query row, then dk/dv by key row, each key row summing its query heads and rows in a
+ * fixed order. That recomputes the scores twice but keeps every core busy even when B*KVH is
+ * small, which a single pass over (b, kv head) would not. */
+
+static float dot_f32(const float *a, const float *b, int n)
+{
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void attention_forward(float *out, float *lse, const float *q, const float *k,
+                              const float *v, int B, int T, int H, int KVH, int D)
+{
+    int group = H / KVH;
+    float scale = 1.0f / sqrtf((float)D);
+    size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
+    long work = (long)B * H * T;
+    /* iterations are causal rows of different lengths: round-robin balances them */
+#pragma omp parallel for schedule(static, 1)
+    for (long idx = 0; idx < work; idx++) {
+        int t = (int)(idx % T);
+        int h = (int)((idx / T) % H);
+        int b = (int)(idx / ((long)T * H));
+        int kvh = h / group;
+        const float *qt = q + (size_t)(b * T + t) * qstride + (size_t)h * D;
+        float *acc = out + (size_t)(b * T + t) * qstride + (size_t)h * D;
+        float running_max = -INFINITY, denom = 0.0f;
+        for (int i = 0; i < D; i++) acc[i] = 0.0f;
+        for (int s = 0; s <= t; s++) {
+            const float *ks = k + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
+            const float *vs = v + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
+            float score = dot_f32(qt, ks, D) * scale;
+            if (score > running_max) { /* rescale what was summed under the old maximum */
+                float correction = expf(running_max - score);
+                denom *= correction;
+                for (int i = 0; i < D; i++) acc[i] *= correction;
+                running_max = score;
+            }
+            float p = expf(score - running_max);
+            denom += p;
+            for (int i = 0; i < D; i++) acc[i] += p * vs[i];
+        }
+        float inv = 1.0f / denom;
+        for (int i = 0; i < D; i++) acc[i] *= inv;
+        lse[((size_t)b * H + h) * T + t] = running_max + logf(denom);
+    }
+}
+
+/* dS[t,s] = P[t,s] * (dP[t,s] - rowsum(dO[t] * O[t])), dP[t,s] = dO[t] . V[s];
+ * dQ[t] = scale * sum_s dS[t,s] K[s]; dK[s] = scale * sum_t dS[t,s] Q[t]; dV[s] = sum_t P[t,s] dO[t]. */
+static void attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, int B, int T, int H, int KVH, int D)
+{
+    int group = H / KVH;
+    float scale = 1.0f / sqrtf((float)D);
+    size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
+
+    long qwork = (long)B * H * T;
+#pragma omp parallel for schedule(static, 1)
+    for (long idx = 0; idx < qwork; idx++) {
+        int t = (int)(idx % T);
+        int h = (int)((idx / T) % H);
+        int b = (int)(idx / ((long)T * H));
+        int kvh = h / group;
+        size_t qoff = (size_t)(b * T + t) * qstride + (size_t)h * D;
+        const float *qt = q + qoff, *dout_t = dout + qoff;
+        float *dqt = dq + qoff;
+        float row_lse = lse[((size_t)b * H + h) * T + t];
+        float delta = dot_f32(dout_t, out + qoff, D);
+        for (int i = 0; i < D; i++) dqt[i] = 0.0f;
+        for (int s = 0; s <= t; s++) {
+            const float *ks = k + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
+            const float *vs = v + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
+            float p = expf(dot_f32(qt, ks, D) * scale - row_lse);
+            float ds = p * (dot_f32(dout_t, vs, D) - delta) * scale;
+            for (int i = 0; i < D; i++) dqt[i] += ds * ks[i];
+        }
+    }
+
+    long kvwork = (long)B * KVH * T;
+#pragma omp parallel for schedule(static, 1)
+    for (long idx = 0; idx < kvwork; idx++) {
+        /* key rows late in the sequence see few queries: walk s from the end for balance */
+        int s = T - 1 - (int)(idx % T);
+        int kvh = (int)((idx / T) % KVH);
+        int b = (int)(idx / ((long)T * KVH));
+        size_t kvoff = (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
+        const float *ks = k + kvoff, *vs = v + kvoff;
+        float *dks = dk + kvoff, *dvs = dv + kvoff;
+        for (int i = 0; i < D; i++) dks[i] = dvs[i] = 0.0f;
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            for (int t = s; t < T; t++) {
+                size_t qoff = (size_t)(b * T + t) * qstride + (size_t)h * D;
+                const float *qt = q + qoff, *dout_t = dout + qoff;
+                float row_lse = lse[((size_t)b * H + h) * T + t];
+                float delta = dot_f32(dout_t, out + qoff, D);
+                float p = expf(dot_f32(qt, ks, D) * scale - row_lse);
+                float ds = p * (dot_f32(dout_t, vs, D) - delta) * scale;
+                for (int i = 0; i < D; i++) {
+                    dks[i] += ds * qt[i];
+                    dvs[i] += p * dout_t[i];
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * swiglu: out = silu(g) * u with silu(g) = g * sigmoid(g); silu'(g) = s * (1 + g * (1 - s)). */
+
+static void swiglu_forward(float *out, const float *gate, const float *up, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                            const float *up, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        float s = 1.0f / (1.0f + expf(-g));
+        float dy = dout[i];
+        dgate[i] = dy * up[i] * (s * (1.0f + g * (1.0f - s)));
+        dup[i] = dy * (g * s);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * embedding: a row gather; backward scatters rows back. Tokens are trusted to index the table
+ * (the data reader checks them against the vocabulary). Backward splits the columns, not the
+ * tokens, across threads, so repeated tokens add up in token order whatever the thread count. */
+
+static void embedding_forward(float *out, const int32_t *tokens, const float *table, int N, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++)
+        memcpy(out + (size_t)i * C, table + (size_t)tokens[i] * C, (size_t)C * sizeof(float));
+}
+
+static void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int N,
+                               int C)
+{
+    int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; blk++) {
+        int j0 = blk * COLUMN_BLOCK;
+        int j1 = j0 + COLUMN_BLOCK < C ? j0 + COLUMN_BLOCK : C;
+        for (int i = 0; i < N; i++) {
+            float *dst = dtable + (size_t)tokens[i] * C;
+            const float *src = dout + (size_t)i * C;
+            for (int j = j0; j < j1; j++) dst[j] += src[j];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * cross-entropy with the softmax fused in. Rows with weight 0 are never read beyond the weight,
+ * so their targets may be anything (padding, -100, out of range). A weighted row whose target
+ * is out of range cannot be scored: its loss is NaN (so the loss check upstream trips) and its
+ * gradient zero (so one bad token does not poison the weights before that check runs). */
+
+static void cross_entropy(float *losses, float *logits, const int32_t *targets,
+                          const float *weights, int N, int V, int write_grad)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *row = logits + (size_t)i * V;
+        float w = weights[i];
+        int target = targets[i];
+        if (w == 0.0f || target < 0 || target >= V || V <= 0) {
+            losses[i] = w == 0.0f ? 0.0f : NAN;
+            if (write_grad)
+                for (int j = 0; j < V; j++) row[j] = 0.0f;
+            continue;
+        }
+        float maxv = -INFINITY;
+        for (int j = 0; j < V; j++) maxv = row[j] > maxv ? row[j] : maxv;
+        double sum = 0.0;
+        for (int j = 0; j < V; j++) sum += expf(row[j] - maxv);
+        float log_sum = (float)log(sum);
+        losses[i] = log_sum + maxv - row[target];
+        if (write_grad) {
+            float inv_sum = (float)(1.0 / sum);
+            for (int j = 0; j < V; j++) row[j] = w * (expf(row[j] - maxv) * inv_sum);
+            row[target] -= w;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * elementwise helpers and the global-norm reduction */
+
+static void add(float *out, const float *a, const float *b, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void scale(float *x, float s, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+/* Cut into REDUCE_PARTS fixed parts, each summed in double, combined in part order. */
+static double sum_squares(const float *x, size_t n)
+{
+    double partial[REDUCE_PARTS];
+    size_t part_len = (n + REDUCE_PARTS - 1) / REDUCE_PARTS;
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < REDUCE_PARTS; p++) {
+        size_t lo = (size_t)p * part_len, hi = lo + part_len;
+        if (lo > n) lo = n;
+        if (hi > n) hi = n;
+        double s = 0.0;
+        for (size_t i = lo; i < hi; i++) s += (double)x[i] * x[i];
+        partial[p] = s;
+    }
+    double total = 0.0;
+    for (int p = 0; p < REDUCE_PARTS; p++) total += partial[p];
+    return total;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * AdamW, operation for operation as torch.optim.AdamW's default (single-tensor) path, so the
+ * CPU run tracks PyTorch to the last bit where the inputs agree: scalars are formed in double
+ * (as Python does) and rounded to fp32 once; the first moment uses torch's lerp formula;
+ * addcmul/addcdiv multiply the scalar into the first operand before the second. */
+
+static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                         int t)
+{
+    double step = t >= 1 ? (double)t : 1.0; /* t = 0 would divide by a zero bias correction */
+    float decay = (float)(1.0 - (double)lr * weight_decay);
+    float lerp_weight = (float)(1.0 - (double)beta1);
+    float one_minus_beta2 = (float)(1.0 - (double)beta2);
+    double bias_correction1 = 1.0 - pow((double)beta1, step);
+    double bias_correction2 = 1.0 - pow((double)beta2, step);
+    float neg_step_size = (float)(-((double)lr / bias_correction1));
+    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * grad_scale;
+        float p = param[i] * decay;
+        float mi = m[i];
+        /* torch lerp: picks the form that is exact at the nearer end point */
+        mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi)
+                                : g - (g - mi) * (1.0f - lerp_weight);
+        float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
+        float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+        param[i] = p + (neg_step_size * mi) / denom;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/* --------------------------------------------------------------------------------------------- */
+
+static const Backend cpu_backend = {
+    .name = "cpu",
+    .matmul_forward = matmul_forward,
+    .matmul_backward = matmul_backward,
+    .rmsnorm_forward = rmsnorm_forward,
+    .rmsnorm_backward = rmsnorm_backward,
+    .rope_forward = rope_forward,
+    .rope_backward = rope_backward,
+    .attention_forward = attention_forward,
+    .attention_backward = attention_backward,
+    .swiglu_forward = swiglu_forward,
+    .swiglu_backward = swiglu_backward,
+    .embedding_forward = embedding_forward,
+    .embedding_backward = embedding_backward,
+    .cross_entropy = cross_entropy,
+    .add = add,
+    .sum_squares = sum_squares,
+    .scale = scale,
+    .adamw_update = adamw_update,
+};
+
+const Backend *backend_cpu(void) { return &cpu_backend; }
