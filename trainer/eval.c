@@ -1,0 +1,123 @@
+/* eval.c: `dstrain eval`: the mean next-token loss of a model over every document of a dataset,
+ * each document scored on its own from its first token (no packing, no padding counted). A
+ * document longer than the sequence length is scored in consecutive windows of seq_len inputs,
+ * each window starting where the previous one's targets ended, so every token after the first is
+ * predicted exactly once. Tokens whose loss mask is 0 are not counted. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../checkpoint/hf_model.h"
+#include "../data/dataset.h"
+#include "common.h"
+#include "train.h"
+
+static void eval_usage(FILE *out)
+{
+    fprintf(out, "usage: dstrain eval --model HF_DIR --data FILE.h5 [--seq-len N] [--batch N]\n"
+                 "  Prints eval_loss=<mean next-token loss> tokens=<predicted tokens> last.\n");
+}
+
+static int parse_positive(const char *flag, const char *text, int *out)
+{
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (*text == 0 || *end != 0 || v <= 0 || v > (1 << 24))
+        return ds_error(DS_ERR_INPUT, "%s: expected a positive integer, got \"%s\"", flag, text);
+    *out = (int)v;
+    return DS_OK;
+}
+
+/* Score the rows filled so far and reset the batch. */
+static void eval_flush(Model *m, int rows, double *sum, double *count)
+{
+    const int T = m->T;
+    for (int i = rows * T; i < m->B * T; i++) {
+        m->inputs[i] = 0;
+        m->targets[i] = 0;
+        m->loss_weights[i] = 0.0f;
+    }
+    for (int i = 0; i < rows * T; i++) *count += m->loss_weights[i];
+    *sum += model_forward(m, m->inputs, m->targets, m->loss_weights, NULL);
+}
+
+int eval_main(int argc, char **argv)
+{
+    const char *model_dir = NULL, *data_path = NULL;
+    int seq_len = 0, batch = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            eval_usage(stdout);
+            return DS_OK;
+        }
+        if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "%s: expects a value", a);
+        if (strcmp(a, "--model") == 0) model_dir = argv[++i];
+        else if (strcmp(a, "--data") == 0) data_path = argv[++i];
+        else if (strcmp(a, "--seq-len") == 0) DS_TRY(parse_positive(a, argv[++i], &seq_len));
+        else if (strcmp(a, "--batch") == 0) DS_TRY(parse_positive(a, argv[++i], &batch));
+        else return ds_error(DS_ERR_INPUT, "eval: unknown option %s (see dstrain eval --help)", a);
+    }
+    if (!model_dir || !data_path) {
+        eval_usage(stderr);
+        return ds_error(DS_ERR_INPUT, "eval: --model and --data are required");
+    }
+    ModelConfig mc;
+    DS_TRY(hf_config_load(model_dir, &mc));
+    if (seq_len == 0) seq_len = mc.max_position_embeddings > 0 ? mc.max_position_embeddings : 2048;
+    if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
+
+    TokenDataset *ds = NULL;
+    Model m = {0};
+    int32_t *doc = NULL;
+    uint8_t *mask = NULL;
+    int status = dataset_open(data_path, mc.vocab_size, &ds);
+    if (status != DS_OK) return status;
+    if ((status = model_init(&m, &mc, backend_cpu(), batch, seq_len)) != DS_OK) goto done;
+    if ((status = hf_load_weights(model_dir, &mc, &m.table, m.params)) != DS_OK) goto done;
+    const DatasetInfo *info = dataset_info(ds);
+    doc = ds_malloc(((size_t)seq_len + 1) * sizeof(int32_t));
+    mask = ds_malloc((size_t)seq_len + 1);
+    if (!doc || !mask) {
+        status = DS_ERR_INTERNAL;
+        goto done;
+    }
+
+    double sum = 0.0, count = 0.0;
+    int rows = 0;
+    const int T = seq_len;
+    for (int64_t d = 0; d < info->n_docs; d++) {
+        const int64_t len = dataset_doc_length(ds, d);
+        /* window w: inputs tokens [w*T, w*T + T), targets shifted by one */
+        for (int64_t start = 0; start + 1 < len; start += T) {
+            int64_t take = len - start < (int64_t)T + 1 ? len - start : (int64_t)T + 1;
+            if ((status = dataset_read_doc(ds, d, start, take, doc, mask)) != DS_OK) goto done;
+            int32_t *in = m.inputs + (size_t)rows * T, *tg = m.targets + (size_t)rows * T;
+            float *w = m.loss_weights + (size_t)rows * T;
+            for (int t = 0; t < T; t++) {
+                int have = t + 1 < take;
+                in[t] = t < take ? doc[t] : 0;
+                tg[t] = have ? doc[t + 1] : 0;
+                w[t] = have && mask[t + 1] ? 1.0f : 0.0f;
+            }
+            if (++rows == batch) {
+                eval_flush(&m, rows, &sum, &count);
+                rows = 0;
+            }
+        }
+    }
+    if (rows > 0) eval_flush(&m, rows, &sum, &count);
+    if (count == 0) {
+        status = ds_error(DS_ERR_INPUT, "%s: no token to predict (every document has < 2 tokens)",
+                          data_path);
+        goto done;
+    }
+    printf("eval_loss=%.7f tokens=%.0f\n", sum / count, count);
+done:
+    free(doc);
+    free(mask);
+    model_free(&m);
+    dataset_close(ds);
+    return status;
+}

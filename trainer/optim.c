@@ -1,0 +1,61 @@
+/* optim.c: AdamW, LR schedule and gradient clipping; see optim.h. Matches torch.optim.AdamW
+ * with torch.nn.utils.clip_grad_norm_ semantics, which the parity tests check. */
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+int optim_init(Optimizer *opt, const ParamTable *table)
+{
+    memset(opt, 0, sizeof(*opt));
+    opt->n = table->total;
+    opt->m = ds_aligned_alloc(PARAM_ALIGN_BYTES, opt->n * sizeof(float));
+    opt->v = ds_aligned_alloc(PARAM_ALIGN_BYTES, opt->n * sizeof(float));
+    return opt->m && opt->v ? DS_OK : DS_ERR_INTERNAL;
+}
+
+void optim_free(Optimizer *opt)
+{
+    free(opt->m);
+    free(opt->v);
+    memset(opt, 0, sizeof(*opt));
+}
+
+float optim_lr_at(const Config *cfg, int step)
+{
+    const double peak = cfg->optim_lr, floor_lr = cfg->optim_lr * cfg->optim_min_lr_ratio;
+    const int warmup = cfg->optim_warmup_steps, total = cfg->train_steps;
+    if (step < warmup) return (float)(peak * (step + 1) / warmup);
+    if (strcmp(cfg->optim_schedule, "constant") == 0 || total <= warmup) return (float)peak;
+    double progress = (double)(step - warmup) / (double)(total - warmup);
+    if (progress > 1.0) progress = 1.0;
+    double decay = strcmp(cfg->optim_schedule, "linear") == 0
+                       ? 1.0 - progress
+                       : 0.5 * (1.0 + cos(M_PI * progress));
+    return (float)(floor_lr + (peak - floor_lr) * decay);
+}
+
+double optim_grad_norm(const Model *m)
+{
+    double sum = 0.0;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        sum += m->be->sum_squares(m->grads + p->offset, p->numel);
+    }
+    return sqrt(sum);
+}
+
+void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float grad_scale)
+{
+    opt->t++;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        float wd = p->weight_decay ? cfg->optim_weight_decay : 0.0f;
+        m->be->adamw_update(m->params + p->offset, m->grads + p->offset, opt->m + p->offset,
+                            opt->v + p->offset, p->numel, lr, cfg->optim_beta1, cfg->optim_beta2,
+                            cfg->optim_eps, wd, grad_scale, opt->t);
+    }
+}

@@ -1,0 +1,29 @@
+/* optim.h: AdamW over the flat parameter layout (decay only on matrices), the learning-rate
+ * schedule, and global gradient-norm clipping. The moments follow the parameter table, so
+ * sharding, checkpoints and EWC all address them by the same offsets. */
+#ifndef DSTRAIN_OPTIM_H
+#define DSTRAIN_OPTIM_H
+
+#include "config.h"
+#include "model.h"
+
+typedef struct Optimizer {
+    float *m, *v; /* first and second moments, laid out like the parameters */
+    size_t n;
+    int t;        /* steps taken (AdamW bias correction) */
+} Optimizer;
+
+int optim_init(Optimizer *opt, const ParamTable *table);
+void optim_free(Optimizer *opt);
+
+/* Learning rate for step (0-based): linear warmup to optim.lr over warmup_steps, then cosine,
+ * linear or constant decay to lr * min_lr_ratio at train.steps. */
+float optim_lr_at(const Config *cfg, int step);
+
+/* Global L2 norm of all gradients. */
+double optim_grad_norm(const Model *m);
+
+/* One AdamW step with gradients multiplied by grad_scale (clipping). */
+void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float grad_scale);
+
+#endif

@@ -1,0 +1,270 @@
+/* train.c: the training driver. One step reads a batch, runs forward and backward over the
+ * micro-batches, clips, steps AdamW and logs; everything it touches was allocated before the
+ * first step. Single process here; the parallel layout lives in comm/. */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../checkpoint/hf_model.h"
+#include "../data/dataset.h"
+#include "common.h"
+#include "optim.h"
+
+int train_model_config(const Config *cfg, ModelConfig *mc)
+{
+    if (cfg->model_path[0]) return hf_config_load(cfg->model_path, mc);
+    DS_TRY(model_preset(cfg->model_preset, mc));
+    return model_config_check(mc, "model.preset");
+}
+
+const char *train_data_path(const char *configured, const char *bundled_name, char *buf,
+                            size_t size)
+{
+    if (configured[0]) return configured;
+    snprintf(buf, size, "%s/data/bundled/%s", DSTRAIN_SOURCE_DIR, bundled_name);
+    return buf;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path)
+{
+    char tmp[CONFIG_STR_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+            return ds_error(DS_ERR_INPUT, "run.dir: cannot create %s: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+        return ds_error(DS_ERR_INPUT, "run.dir: cannot create %s: %s", tmp, strerror(errno));
+    return DS_OK;
+}
+
+/* A window of batch rows for all micro-batches of one step, read before the step starts so that
+ * the loss can be normalized by the step's total count of trained tokens. */
+typedef struct StepBatch {
+    int32_t *inputs, *targets;
+    float *weights;
+} StepBatch;
+
+static double eval_loss_on(Model *m, LMReader *reader, int batches, float *weights_scratch)
+{
+    const int N = m->B * m->T;
+    double sum = 0.0, count = 0.0;
+    for (int b = 0; b < batches; b++) {
+        if (lm_reader_next(reader, m->B, m->inputs, m->targets, m->loss_weights) != DS_OK)
+            return NAN;
+        for (int i = 0; i < N; i++) count += m->loss_weights[i];
+        memcpy(weights_scratch, m->loss_weights, (size_t)N * sizeof(float));
+        sum += model_forward(m, m->inputs, m->targets, weights_scratch, NULL);
+    }
+    return count > 0 ? sum / count : NAN;
+}
+
+int train_run(const Config *cfg)
+{
+    int status = DS_OK;
+    Model model = {0};
+    Optimizer opt = {0};
+    LMReader *reader = NULL, *eval_reader = NULL;
+    FILE *metrics = NULL;
+    StepBatch sb = {0};
+    float *eval_weights = NULL;
+    char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64], data_buf[CONFIG_STR_MAX];
+
+    /* run directory, resolved config */
+    if (cfg->run_dir[0]) {
+        snprintf(run_dir, sizeof(run_dir), "%s", cfg->run_dir);
+    } else {
+        time_t now = time(NULL);
+        struct tm tm;
+        localtime_r(&now, &tm);
+        strftime(run_dir, sizeof(run_dir), "runs/%Y%m%d-%H%M%S", &tm);
+    }
+    if ((status = make_dirs(run_dir)) != DS_OK) goto done;
+    snprintf(path, sizeof(path), "%s/config.yaml", run_dir);
+    FILE *cf = fopen(path, "w");
+    if (!cf) {
+        status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", path, strerror(errno));
+        goto done;
+    }
+    Config resolved = *cfg;
+    snprintf(resolved.run_dir, sizeof(resolved.run_dir), "%s", run_dir);
+    config_write_yaml(&resolved, cf, 0);
+    fclose(cf);
+    printf("dstrain: resolved config (saved in %s):\n", path);
+    config_write_yaml(&resolved, stdout, 0);
+
+    /* model */
+    ModelConfig mc;
+    if ((status = train_model_config(cfg, &mc)) != DS_OK) goto done;
+    const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, N = B * T;
+    if ((status = model_init(&model, &mc, backend_cpu(), B, T)) != DS_OK) goto done;
+    if (cfg->model_path[0]) {
+        printf("dstrain: loading weights from %s\n", cfg->model_path);
+        if ((status = hf_load_weights(cfg->model_path, &mc, &model.table, model.params)) != DS_OK)
+            goto done;
+    } else {
+        model_init_weights(&model, (uint64_t)cfg->train_seed, cfg->model_init_std);
+    }
+    if ((status = optim_init(&opt, &model.table)) != DS_OK) goto done;
+    size_t n_params = 0;
+    for (int i = 0; i < model.table.count; i++) n_params += model.table.items[i].numel;
+    printf("dstrain: model %s, %d layers, hidden %d, %zu parameters; memory: parameters %.1f MiB, "
+           "gradients %.1f MiB, optimizer %.1f MiB, activations %.1f MiB\n",
+           model_arch_name(mc.arch), mc.num_layers, mc.hidden_size, n_params,
+           model.table.total * 4.0 / 1048576, model.table.total * 4.0 / 1048576,
+           model.table.total * 8.0 / 1048576, model.arena_floats * 4.0 / 1048576);
+
+    /* data */
+    const char *train_path = train_data_path(cfg->data_train, "kjv-train.h5", data_buf,
+                                             sizeof(data_buf));
+    if ((status = lm_reader_open(train_path, mc.vocab_size, T, (uint64_t)cfg->train_seed, 0, 1,
+                                 &reader)) != DS_OK)
+        goto done;
+    if (cfg->data_eval[0] && cfg->eval_every > 0) {
+        if ((status = lm_reader_open(cfg->data_eval, mc.vocab_size, T, 0, 0, 1, &eval_reader)) !=
+            DS_OK)
+            goto done;
+    }
+    const int accum = cfg->train_grad_accum;
+    sb.inputs = ds_malloc((size_t)N * accum * sizeof(int32_t));
+    sb.targets = ds_malloc((size_t)N * accum * sizeof(int32_t));
+    sb.weights = ds_malloc((size_t)N * accum * sizeof(float));
+    eval_weights = ds_malloc((size_t)N * sizeof(float));
+    if (!sb.inputs || !sb.targets || !sb.weights || !eval_weights) {
+        status = DS_ERR_INTERNAL;
+        goto done;
+    }
+    snprintf(path, sizeof(path), "%s/metrics.jsonl", run_dir);
+    metrics = fopen(path, "w");
+    if (!metrics) {
+        status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", path, strerror(errno));
+        goto done;
+    }
+
+    const int interactive = isatty(STDOUT_FILENO);
+    const double t_start = ds_now();
+    double first_loss = NAN, last_loss = NAN;
+    for (int step = 0; step < cfg->train_steps; step++) {
+        const double t0 = ds_now();
+        double data_wait = 0.0, tokens = 0.0;
+        for (int a = 0; a < accum; a++) {
+            double td = ds_now();
+            if ((status = lm_reader_next(reader, B, sb.inputs + (size_t)a * N,
+                                         sb.targets + (size_t)a * N,
+                                         sb.weights + (size_t)a * N)) != DS_OK)
+                goto done;
+            data_wait += ds_now() - td;
+        }
+        for (size_t i = 0; i < (size_t)N * accum; i++) tokens += sb.weights[i];
+        const float inv_tokens = tokens > 0 ? (float)(1.0 / tokens) : 0.0f;
+        for (size_t i = 0; i < (size_t)N * accum; i++) sb.weights[i] *= inv_tokens;
+
+        model_zero_grad(&model);
+        double loss = 0.0;
+        for (int a = 0; a < accum; a++) {
+            loss += model_forward(&model, sb.inputs + (size_t)a * N, sb.targets + (size_t)a * N,
+                                  sb.weights + (size_t)a * N, NULL);
+            model_backward(&model);
+        }
+        const double grad_norm = optim_grad_norm(&model);
+        float grad_scale = 1.0f;
+        if (cfg->optim_clip_grad_norm > 0 && grad_norm > cfg->optim_clip_grad_norm)
+            grad_scale = (float)(cfg->optim_clip_grad_norm / (grad_norm + 1e-6));
+        const float lr = optim_lr_at(cfg, step);
+        optim_step(&opt, &model, cfg, lr, grad_scale);
+
+        const double dt = ds_now() - t0;
+        const double tok_per_s = (double)N * accum / dt;
+        if (step == 0) first_loss = loss;
+        last_loss = loss;
+        fprintf(metrics,
+                "{\"step\": %d, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, "
+                "\"tokens_per_second\": %.1f, \"step_seconds\": %.5f, \"data_wait_seconds\": "
+                "%.6f, \"tokens\": %.0f}\n",
+                step + 1, loss, lr, grad_norm, tok_per_s, dt, data_wait, tokens);
+        double eval_loss = NAN;
+        if (eval_reader && ((step + 1) % cfg->eval_every == 0 || step + 1 == cfg->train_steps)) {
+            eval_loss = eval_loss_on(&model, eval_reader, cfg->eval_batches, eval_weights);
+            fprintf(metrics, "{\"step\": %d, \"eval_loss\": %.7g}\n", step + 1, eval_loss);
+        }
+        fflush(metrics);
+        const int last = step + 1 == cfg->train_steps;
+        if ((step + 1) % cfg->log_every == 0 || step == 0 || last || !isnan(eval_loss)) {
+            double elapsed = ds_now() - t_start;
+            double eta = elapsed / (step + 1) * (cfg->train_steps - step - 1);
+            printf("%sstep %*d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | "
+                   "data wait %.1f%% | eta %.0fs",
+                   interactive ? "\r" : "", (int)snprintf(NULL, 0, "%d", cfg->train_steps),
+                   step + 1, cfg->train_steps, loss, lr, grad_norm, tok_per_s,
+                   100.0 * data_wait / dt, eta);
+            if (!isnan(eval_loss)) printf(" | eval loss %.4f", eval_loss);
+            printf(interactive && !last && isnan(eval_loss) ? "" : "\n");
+            fflush(stdout);
+        }
+        if (!isfinite(loss)) {
+            status = ds_error(DS_ERR_INTERNAL, "step %d: loss is not finite (%g)", step + 1, loss);
+            goto done;
+        }
+    }
+    printf("dstrain: done: %d steps in %.1fs, loss %.4f -> %.4f, run directory %s\n",
+           cfg->train_steps, ds_now() - t_start, first_loss, last_loss, run_dir);
+
+done:
+    if (metrics) fclose(metrics);
+    free(sb.inputs);
+    free(sb.targets);
+    free(sb.weights);
+    free(eval_weights);
+    lm_reader_close(reader);
+    lm_reader_close(eval_reader);
+    optim_free(&opt);
+    model_free(&model);
+    return status;
+}
+
+static void train_usage(FILE *out)
+{
+    fprintf(out, "usage: dstrain train [-c CONFIG.yaml] [key=value ...]\n"
+                 "  With no arguments, trains the tiny preset on the bundled dataset.\n"
+                 "  Keys: see `dstrain config --defaults` and docs/config.md.\n");
+}
+
+int train_main(int argc, char **argv)
+{
+    Config cfg;
+    config_set_defaults(&cfg);
+    /* the config file first, then overrides in order, whatever their position */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            train_usage(stdout);
+            return DS_OK;
+        }
+        if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "%s: expects a file name", argv[i]);
+            DS_TRY(config_load_yaml(&cfg, argv[++i]));
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (!strchr(argv[i], '='))
+            return ds_error(DS_ERR_INPUT,
+                            "command line: \"%s\": expected -c CONFIG or key=value", argv[i]);
+        DS_TRY(config_apply_override(&cfg, argv[i], "command line"));
+    }
+    DS_TRY(config_validate(&cfg));
+    return train_run(&cfg);
+}

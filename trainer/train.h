@@ -1,0 +1,20 @@
+/* train.h: the `train` and `eval` commands. */
+#ifndef DSTRAIN_TRAIN_H
+#define DSTRAIN_TRAIN_H
+
+#include "config.h"
+#include "model.h"
+
+/* Resolve the model's shape from model.path (an HF directory) or model.preset. */
+int train_model_config(const Config *cfg, ModelConfig *mc);
+/* Path of the dataset file: cfg value, or the bundled dataset when empty. */
+const char *train_data_path(const char *configured, const char *bundled_name, char *buf,
+                            size_t size);
+
+/* Run a whole training job from a resolved config. */
+int train_run(const Config *cfg);
+
+int train_main(int argc, char **argv);
+int eval_main(int argc, char **argv);
+
+#endif
