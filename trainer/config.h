@@ -69,4 +69,7 @@ void config_write_yaml(const Config *c, FILE *out, int with_docs);
 /* Write docs/config.md (markdown table of every key). */
 void config_write_markdown(FILE *out);
 
+/* Write one line per key (name, doc, type, default, range) for `--help`. */
+void config_write_help(FILE *out);
+
 #endif

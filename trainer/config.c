@@ -1,0 +1,1030 @@
+/* config.c: the run configuration, defined once by the schema table below. Defaults, YAML and
+ * key=value parsing, range checks, the commented default config and docs/config.md are all
+ * generated from that table, so a key is added in exactly one place.
+ * Not here: what the values mean to the trainer (main.c and the modules read Config).
+ * Invariant: a failed load or override leaves the Config unchanged. */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <yaml.h>
+
+#include "common.h"
+
+/* ---- the schema -------------------------------------------------------------------------- */
+
+typedef enum ConfigType { CT_INT, CT_FLOAT, CT_BOOL, CT_STRING, CT_ENUM } ConfigType;
+
+enum {
+    CK_AUTO_IS_ZERO = 1, /* the word "auto" is accepted and stored as 0 */
+    CK_NONEMPTY = 2,     /* a string that must not be empty */
+    CK_MAX_EXCLUSIVE = 4 /* the upper bound itself is not allowed */
+};
+
+typedef struct ConfigKey {
+    const char *name;         /* full dotted key; a key without a dot is top level */
+    ConfigType type;          /* CT_INT fields are int or long long, chosen by size */
+    size_t offset, size;      /* where the value lives in Config */
+    const char *default_text; /* parsed by the same code as user input */
+    long long int_min, int_max;
+    double float_min, float_max;
+    const char *const *choices; /* CT_ENUM, NULL-terminated */
+    int flags;
+    const char *doc;
+} ConfigKey;
+
+#define FIELD(f) offsetof(Config, f), sizeof(((Config *)0)->f)
+#define INT(key, f, def, lo, hi, doc) {key, CT_INT, FIELD(f), def, lo, hi, 0, 0, NULL, 0, doc}
+#define FLT(key, f, def, lo, hi, flags, doc)                                                       \
+    {key, CT_FLOAT, FIELD(f), def, 0, 0, lo, hi, NULL, flags, doc}
+#define STR(key, f, def, flags, doc) {key, CT_STRING, FIELD(f), def, 0, 0, 0, 0, NULL, flags, doc}
+#define BOOL(key, f, def, doc) {key, CT_BOOL, FIELD(f), def, 0, 1, 0, 0, NULL, 0, doc}
+#define ENUM(key, f, def, doc, ...)                                                                \
+    {key,                                                                                          \
+     CT_ENUM,                                                                                      \
+     FIELD(f),                                                                                     \
+     def,                                                                                          \
+     0,                                                                                            \
+     0,                                                                                            \
+     0,                                                                                            \
+     0,                                                                                            \
+     (const char *const[]){__VA_ARGS__, NULL},                                                     \
+     0,                                                                                            \
+     doc}
+
+/* Keys of one section stay together: the YAML writer groups them by their first part. The
+ * model.preset choices must match the presets in model.c (tests/config checks each one). */
+static const ConfigKey config_schema[] = {
+    STR("model.path", model_path, "", 0,
+        "Hugging Face model directory to start from; empty = train model.preset from scratch"),
+    ENUM("model.preset", model_preset, "tiny",
+         "built-in model shape used when model.path is empty", "tiny", "small",
+         "deepseek-coder-1.3b", "deepseek-llm-7b"),
+    FLT("model.init_std", model_init_std, "0.02", 0, 1, 0,
+        "standard deviation of the random initial weights (from-scratch runs)"),
+
+    STR("data.train", data_train, "", 0, "HDF5 token file to train on; empty = the bundled dataset"),
+    STR("data.eval", data_eval, "", 0,
+        "HDF5 token file for evaluation; empty = the eval split of the bundled dataset"),
+
+    INT("train.steps", train_steps, "300", 1, 1000000000, "number of optimizer steps"),
+    INT("train.seq_len", train_seq_len, "64", 2, 1048576, "tokens per training sequence"),
+    INT("train.micro_batch_size", train_micro_batch_size, "8", 1, 65536,
+        "sequences per forward/backward pass on each data-parallel rank"),
+    INT("train.grad_accum", train_grad_accum, "1", 1, 65536,
+        "micro-batches accumulated into one optimizer step"),
+    INT("train.seed", train_seed, "1234", 0, LLONG_MAX,
+        "seed for initialization, data order and dropout-free sampling"),
+    STR("train.resume", train_resume, "none", CK_NONEMPTY,
+        "none = start fresh; auto = latest checkpoint in checkpoint.dir if any; or a checkpoint "
+        "path"),
+    BOOL("train.activation_checkpointing", train_activation_checkpointing, "false",
+         "recompute layer activations in backward to save memory"),
+
+    FLT("optim.lr", optim_lr, "3e-3", 0, 10, 0, "peak learning rate (AdamW)"),
+    FLT("optim.min_lr_ratio", optim_min_lr_ratio, "0.1", 0, 1, 0,
+        "final learning rate as a fraction of optim.lr (cosine and linear schedules)"),
+    FLT("optim.weight_decay", optim_weight_decay, "0.1", 0, 10, 0,
+        "decoupled weight decay (not applied to norms and biases)"),
+    FLT("optim.beta1", optim_beta1, "0.9", 0, 1, CK_MAX_EXCLUSIVE, "AdamW first-moment decay"),
+    FLT("optim.beta2", optim_beta2, "0.95", 0, 1, CK_MAX_EXCLUSIVE, "AdamW second-moment decay"),
+    FLT("optim.eps", optim_eps, "1e-8", 0, 1, 0, "AdamW denominator epsilon"),
+    INT("optim.warmup_steps", optim_warmup_steps, "20", 0, 1000000000,
+        "steps of linear warmup from 0 to optim.lr"),
+    ENUM("optim.schedule", optim_schedule, "cosine", "learning-rate decay after warmup", "cosine",
+         "linear", "constant"),
+    FLT("optim.clip_grad_norm", optim_clip_grad_norm, "1.0", 0, 1e6, 0,
+        "clip the global gradient norm to this value; 0 = off"),
+
+    INT("parallel.tp", parallel_tp, "1", 1, 4096, "tensor-parallel size (ranks per model replica)"),
+    {"parallel.dp", CT_INT, FIELD(parallel_dp), "auto", 1, 1048576, 0, 0, NULL, CK_AUTO_IS_ZERO,
+     "data-parallel size; auto = world size / parallel.tp"},
+    INT("parallel.zero", parallel_zero, "1", 0, 1,
+        "1 = shard optimizer state over data-parallel ranks (ZeRO-1); 0 = replicate it"),
+
+    STR("checkpoint.dir", checkpoint_dir, "", 0,
+        "directory for training checkpoints; empty = <run.dir>/checkpoints"),
+    INT("checkpoint.every", checkpoint_every, "0", 0, 1000000000,
+        "save a checkpoint every N steps; 0 = only at the end"),
+    INT("checkpoint.keep", checkpoint_keep, "3", 1, 1000000,
+        "number of most recent checkpoints kept on disk"),
+
+    INT("eval.every", eval_every, "0", 0, 1000000000, "evaluate every N steps; 0 = never during training"),
+    INT("eval.batches", eval_batches, "8", 1, 1000000000, "batches per evaluation"),
+
+    STR("run.dir", run_dir, "", 0, "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
+    INT("log.every", log_every, "10", 1, 1000000000, "print and record metrics every N steps"),
+    ENUM("device", device, "cpu", "where the model runs", "cpu", "cuda"),
+};
+
+#define KEY_COUNT DS_ARRAY_LEN(config_schema)
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is not valid UTF-8. Rejects
+ * overlong forms and surrogates, so every accepted string can be written back as YAML. */
+static int utf8_decode(const unsigned char *s, unsigned *code_point)
+{
+    if (s[0] < 0x80) {
+        *code_point = s[0];
+        return 1;
+    }
+    int n = s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC0 ? 2 : 0;
+    if (n == 0 || s[0] >= 0xF5) return 0;
+    unsigned cp = s[0] & (0x7F >> n);
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    static const unsigned min_for_length[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_for_length[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    *code_point = cp;
+    return n;
+}
+
+/* Characters YAML allows unescaped in a stream (YAML 1.1 "printable", as libyaml checks). */
+static int yaml_printable(unsigned cp)
+{
+    return cp == 0x0A || cp == 0x09 || (cp >= 0x20 && cp <= 0x7E) || cp == 0x85 ||
+           (cp >= 0xA0 && cp <= 0xD7FF) || (cp >= 0xE000 && cp <= 0xFFFD && cp != 0xFEFF) ||
+           (cp >= 0x10000 && cp <= 0x10FFFF);
+}
+
+/* Append s as a YAML double-quoted scalar body (no quotes) to out; bytes that are not valid
+ * UTF-8 are written as \xNN (only messages ever see those). Stops at max_bytes of input,
+ * adding "..." when it does. */
+static void escape_into(char *out, size_t cap, const char *s, size_t max_bytes)
+{
+    size_t o = strlen(out);
+    const unsigned char *p = (const unsigned char *)s;
+    size_t used = 0;
+    while (*p && o + 12 < cap) {
+        if (used >= max_bytes) {
+            o += (size_t)snprintf(out + o, cap - o, "...");
+            break;
+        }
+        unsigned cp;
+        int n = utf8_decode(p, &cp);
+        if (n == 0) {
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02X", *p);
+            p++, used++;
+            continue;
+        }
+        if (cp == '"' || cp == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)cp;
+        } else if (cp == '\n') {
+            o += (size_t)snprintf(out + o, cap - o, "\\n");
+        } else if (cp == '\t') {
+            o += (size_t)snprintf(out + o, cap - o, "\\t");
+        } else if (!yaml_printable(cp) || cp == 0x85 || cp == 0x2028 || cp == 0x2029) {
+            /* YAML escapes name code points, so this reads back as the same UTF-8 bytes;
+             * U+0085, U+2028 and U+2029 are line breaks that a quoted scalar would fold. */
+            if (cp < 0x100) o += (size_t)snprintf(out + o, cap - o, "\\x%02X", cp);
+            else if (cp < 0x10000) o += (size_t)snprintf(out + o, cap - o, "\\u%04X", cp);
+            else o += (size_t)snprintf(out + o, cap - o, "\\U%08X", cp);
+        } else {
+            memcpy(out + o, p, (size_t)n);
+            o += (size_t)n;
+        }
+        p += n;
+        used += (size_t)n;
+    }
+    out[o] = 0;
+}
+
+/* User text shown inside a message: quoted, escaped, and cut to a readable length. */
+static const char *quoted(char *buf, size_t cap, const char *s)
+{
+    snprintf(buf, cap, "\"");
+    escape_into(buf, cap - 2, s, 80);
+    strcat(buf, "\"");
+    return buf;
+}
+
+/* A user-written key shown in a message: plain when it is ordinary, escaped otherwise. */
+static const char *key_for_message(char *buf, size_t cap, const char *key)
+{
+    int plain = strlen(key) <= 100 && key[0] != 0;
+    for (const char *p = key; *p && plain; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7F || *p == '"' || *p == '\\') plain = 0;
+    if (plain) {
+        snprintf(buf, cap, "%s", key);
+        return buf;
+    }
+    return quoted(buf, cap, key);
+}
+
+static int levenshtein(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 200 || lb > 200) return INT_MAX;
+    int row[201];
+    for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diagonal = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int above = row[j];
+            int cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            int best = diagonal + cost;
+            if (above + 1 < best) best = above + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diagonal = above;
+        }
+    }
+    return row[lb];
+}
+
+static const char *last_part(const char *key)
+{
+    const char *dot = strrchr(key, '.');
+    return dot ? dot + 1 : key;
+}
+
+/* " (did you mean optim.lr?)" or "" : the closest keys by edit distance over the full dotted
+ * key, or else keys whose last part matches (the right name under the wrong section). */
+static void suggest(char *out, size_t cap, const char *key)
+{
+    out[0] = 0;
+    int best = INT_MAX;
+    int score[KEY_COUNT];
+    size_t len = strlen(key);
+    const char *last = last_part(key);
+    size_t last_len = strlen(last);
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const char *cand = config_schema[i].name;
+        int s = INT_MAX;
+        int d = levenshtein(key, cand);
+        int limit = (int)(len / 4 > 2 ? len / 4 : 2);
+        if (d <= limit) {
+            s = d;
+        } else if (last_len > 0) {
+            int dl = levenshtein(last, last_part(cand));
+            int last_limit = (int)(last_len / 4 > 1 ? last_len / 4 : 1);
+            if (dl == 0 || (last_len >= 4 && dl <= last_limit)) s = 1000 + dl;
+        }
+        score[i] = s;
+        if (s < best) best = s;
+    }
+    if (best == INT_MAX) return;
+    const char *names[KEY_COUNT];
+    int n = 0;
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (score[i] == best) names[n++] = config_schema[i].name;
+    if (n > 3) return; /* too ambiguous to help */
+    snprintf(out, cap, " (did you mean ");
+    for (int i = 0; i < n; i++) {
+        size_t o = strlen(out);
+        snprintf(out + o, cap - o, "%s%s", i == 0 ? "" : i == n - 1 ? " or " : ", ", names[i]);
+    }
+    size_t o = strlen(out);
+    snprintf(out + o, cap - o, "?)");
+}
+
+static const ConfigKey *key_find(const char *name)
+{
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (strcmp(config_schema[i].name, name) == 0) return &config_schema[i];
+    return NULL;
+}
+
+/* A section is a proper dotted prefix of some key ("optim" for "optim.lr"). */
+static const ConfigKey *section_find(const char *prefix)
+{
+    size_t n = strlen(prefix);
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (strncmp(config_schema[i].name, prefix, n) == 0 && config_schema[i].name[n] == '.')
+            return &config_schema[i];
+    return NULL;
+}
+
+static int section_len(const char *key)
+{
+    const char *dot = strchr(key, '.');
+    return dot ? (int)(dot - key) : 0;
+}
+
+/* ---- values: parse, check, format -------------------------------------------------------- */
+
+static void format_bound(char *out, size_t cap, double v)
+{
+    if (v == floor(v) && fabs(v) < 1e15) snprintf(out, cap, "%.0f", v);
+    else snprintf(out, cap, "%g", v);
+}
+
+/* The allowed values in words: "1..1000000000", "0..1, 1 excluded", "cosine, linear". */
+static void range_text(const ConfigKey *k, char *out, size_t cap)
+{
+    char lo[32], hi[32];
+    out[0] = 0;
+    switch (k->type) {
+    case CT_INT:
+        snprintf(out, cap, "%lld..%lld", k->int_min, k->int_max);
+        if (k->flags & CK_AUTO_IS_ZERO) strncat(out, " or auto", cap - strlen(out) - 1);
+        break;
+    case CT_FLOAT:
+        format_bound(lo, sizeof(lo), k->float_min);
+        format_bound(hi, sizeof(hi), k->float_max);
+        if (k->flags & CK_MAX_EXCLUSIVE) snprintf(out, cap, "%s..%s, %s excluded", lo, hi, hi);
+        else snprintf(out, cap, "%s..%s", lo, hi);
+        break;
+    case CT_BOOL:
+        snprintf(out, cap, "true, false");
+        break;
+    case CT_ENUM:
+        for (const char *const *c = k->choices; *c; c++) {
+            size_t o = strlen(out);
+            snprintf(out + o, cap - o, "%s%s", c == k->choices ? "" : ", ", *c);
+        }
+        break;
+    case CT_STRING:
+        if (k->flags & CK_NONEMPTY) snprintf(out, cap, "not empty");
+        break;
+    }
+}
+
+static const char *type_name(const ConfigKey *k)
+{
+    switch (k->type) {
+    case CT_INT: return (k->flags & CK_AUTO_IS_ZERO) ? "int or auto" : "int";
+    case CT_FLOAT: return "float";
+    case CT_BOOL: return "bool";
+    case CT_ENUM: return "enum";
+    case CT_STRING: return "string";
+    }
+    return "?";
+}
+
+/* Whole-string number syntax: sign, digits, one dot, exponent. strtod alone would also take
+ * "inf", "nan", hex floats and leading spaces, none of which belong in a config. */
+static int number_syntax_ok(const char *s)
+{
+    const char *p = s;
+    if (*p == '+' || *p == '-') p++;
+    int digits = 0;
+    while (*p >= '0' && *p <= '9') p++, digits++;
+    if (*p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9') p++, digits++;
+    }
+    if (!digits) return 0;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (!(*p >= '0' && *p <= '9')) return 0;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    return *p == 0;
+}
+
+static int parse_double(const char *s, double *out)
+{
+    if (!number_syntax_ok(s)) return 0;
+    errno = 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (*end != 0) return 0;
+    *out = v;
+    return 1;
+}
+
+static int parse_bool(const char *s, int *out)
+{
+    static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(yes); i++) {
+        if (strcasecmp(s, yes[i]) == 0) return *out = 1, 1;
+        if (strcasecmp(s, no[i]) == 0) return *out = 0, 1;
+    }
+    return 0;
+}
+
+/* Shortest decimal that reads back as the same float, in a form YAML 1.1 readers also take
+ * as a number ("1.0e-08", not "1e-08"). */
+static void format_float(char *out, size_t cap, float f)
+{
+    for (int precision = 1; precision <= 9; precision++) {
+        snprintf(out, cap, "%.*g", precision, (double)f);
+        if ((float)strtod(out, NULL) == f) break;
+    }
+    char *e = strchr(out, 'e');
+    if (e && !strchr(out, '.')) {
+        char tail[32];
+        snprintf(tail, sizeof(tail), "%s", e);
+        snprintf(e, cap - (size_t)(e - out), ".0%s", tail);
+    }
+}
+
+static int out_of_range_problem(const ConfigKey *k, const char *text, char *problem, size_t cap)
+{
+    char range[64];
+    range_text(k, range, sizeof(range));
+    problem[0] = 0;
+    escape_into(problem, cap - 80, text, 40);
+    size_t o = strlen(problem);
+    snprintf(problem + o, cap - o, " is out of range (%s)", range);
+    return 0;
+}
+
+/* Store text into the key's field. On failure writes the problem ("expected a number, got
+ * \"x\"") into problem and returns 0. is_null: YAML null (empty, ~, null), only strings take it. */
+static int value_set(const ConfigKey *k, Config *c, const char *text, int is_null, char *problem,
+                     size_t cap)
+{
+    char *field = (char *)c + k->offset;
+    char q[160];
+    if (is_null) text = "";
+    switch (k->type) {
+    case CT_INT: {
+        if ((k->flags & CK_AUTO_IS_ZERO) && strcmp(text, "auto") == 0) {
+            *(int *)field = 0;
+            return 1;
+        }
+        const char *expected =
+            (k->flags & CK_AUTO_IS_ZERO) ? "expected an integer or auto" : "expected an integer";
+        double as_double;
+        if (!parse_double(text, &as_double)) {
+            snprintf(problem, cap, "%s, got %s", expected, quoted(q, sizeof(q), text));
+            return 0;
+        }
+        long long v;
+        int out_of_range = 0;
+        if (strpbrk(text, ".eE")) {
+            /* "1e6" and "1000.0" are integers written as decimals; "1.5" is not. */
+            if (as_double != floor(as_double)) {
+                snprintf(problem, cap, "%s, got %s", expected, quoted(q, sizeof(q), text));
+                return 0;
+            }
+            out_of_range = !(as_double >= -9.0e18 && as_double <= 9.0e18);
+            v = out_of_range ? 0 : (long long)as_double;
+        } else {
+            errno = 0;
+            v = strtoll(text, NULL, 10);
+            out_of_range = errno == ERANGE;
+        }
+        if (out_of_range || v < k->int_min || v > k->int_max) {
+            return out_of_range_problem(k, text, problem, cap);
+        }
+        if (k->size == sizeof(long long)) *(long long *)field = v;
+        else *(int *)field = (int)v;
+        return 1;
+    }
+    case CT_FLOAT: {
+        double v;
+        if (!parse_double(text, &v)) {
+            snprintf(problem, cap, "expected a number, got %s", quoted(q, sizeof(q), text));
+            return 0;
+        }
+        float f = (float)v;
+        /* The check is on the stored float: 0.999999999 rounds to 1.0f, which beta must not be. */
+        double stored = (double)f;
+        int ok = isfinite(f) && stored >= k->float_min &&
+                 ((k->flags & CK_MAX_EXCLUSIVE) ? stored < k->float_max : stored <= k->float_max);
+        if (!ok) {
+            return out_of_range_problem(k, text, problem, cap);
+        }
+        *(float *)field = f;
+        return 1;
+    }
+    case CT_BOOL: {
+        int b;
+        if (!parse_bool(text, &b)) {
+            snprintf(problem, cap, "expected true or false, got %s", quoted(q, sizeof(q), text));
+            return 0;
+        }
+        *(int *)field = b;
+        return 1;
+    }
+    case CT_ENUM: {
+        for (const char *const *choice = k->choices; *choice; choice++) {
+            if (strcmp(text, *choice) == 0) {
+                snprintf(field, k->size, "%s", text);
+                return 1;
+            }
+        }
+        char range[256];
+        range_text(k, range, sizeof(range));
+        snprintf(problem, cap, "expected one of %s, got %s", range, quoted(q, sizeof(q), text));
+        return 0;
+    }
+    case CT_STRING: {
+        size_t n = strlen(text);
+        if (n >= k->size) {
+            snprintf(problem, cap, "is %zu bytes long, the limit is %zu", n, k->size - 1);
+            return 0;
+        }
+        for (const unsigned char *p = (const unsigned char *)text; *p;) {
+            unsigned cp;
+            int len = utf8_decode(p, &cp);
+            if (len == 0) {
+                snprintf(problem, cap, "is not valid UTF-8: %s", quoted(q, sizeof(q), text));
+                return 0;
+            }
+            p += len;
+        }
+        if ((k->flags & CK_NONEMPTY) && n == 0) {
+            snprintf(problem, cap, "must not be empty");
+            return 0;
+        }
+        memcpy(field, text, n + 1);
+        return 1;
+    }
+    }
+    return 0;
+}
+
+/* The value of a key as it is written to YAML (strings unquoted; the writer quotes them). */
+static void value_format(const ConfigKey *k, const Config *c, char *out, size_t cap)
+{
+    const char *field = (const char *)c + k->offset;
+    switch (k->type) {
+    case CT_INT: {
+        long long v = k->size == sizeof(long long) ? *(const long long *)field : *(const int *)field;
+        if ((k->flags & CK_AUTO_IS_ZERO) && v == 0) snprintf(out, cap, "auto");
+        else snprintf(out, cap, "%lld", v);
+        break;
+    }
+    case CT_FLOAT: format_float(out, cap, *(const float *)field); break;
+    case CT_BOOL: snprintf(out, cap, "%s", *(const int *)field ? "true" : "false"); break;
+    case CT_ENUM:
+    case CT_STRING: snprintf(out, cap, "%.*s", (int)k->size, field); break;
+    }
+}
+
+/* Plain YAML scalars that another reader would take as something other than this string. */
+static int needs_quotes(const char *s)
+{
+    static const char *special[] = {"true", "false", "yes", "no",  "on",  "off", "y",
+                                    "n",    "null",  "~",   ".nan", ".inf", "-.inf"};
+    if (!*s) return 1;
+    for (size_t i = 0; i < DS_ARRAY_LEN(special); i++)
+        if (strcasecmp(s, special[i]) == 0) return 1;
+    double ignored;
+    if (parse_double(s, &ignored)) return 1;
+    /* Indicators, and leading digits or signs: YAML 1.1 readers take "0x1f", "1_000" or
+     * "12:30" as numbers. */
+    if (strchr("-?:,[]{}#&*!|>'\"%@` =<0123456789+.", s[0])) return 1;
+    if (s[strlen(s) - 1] == ' ' || s[strlen(s) - 1] == ':') return 1;
+    if (strstr(s, ": ") || strstr(s, " #")) return 1;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p >= 0x7F || *p == '\\') return 1;
+    return 0;
+}
+
+static void write_scalar(FILE *out, const ConfigKey *k, const char *text)
+{
+    if ((k->type == CT_STRING || k->type == CT_ENUM) && needs_quotes(text)) {
+        char buf[CONFIG_STR_MAX * 10 + 16] = "";
+        escape_into(buf, sizeof(buf), text, SIZE_MAX);
+        fprintf(out, "\"%s\"", buf);
+    } else {
+        fputs(text, out);
+    }
+}
+
+/* ---- public: defaults, overrides, validation --------------------------------------------- */
+
+void config_set_defaults(Config *c)
+{
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        char problem[256];
+        /* The defaults go through the parser too; tests/config proves that each one is valid. */
+        value_set(&config_schema[i], c, config_schema[i].default_text, 0, problem, sizeof(problem));
+    }
+}
+
+static int error_unknown_key(const char *where, const char *key)
+{
+    char shown[256], hint[512];
+    suggest(hint, sizeof(hint), key);
+    /* No close match, but the section is right: list what the section has. */
+    int len = section_len(key);
+    char section[256];
+    if (!hint[0] && len > 0 && len < (int)sizeof(section)) {
+        snprintf(section, sizeof(section), "%.*s", len, key);
+        if (section_find(section) && !strchr(key + len + 1, '.')) {
+            snprintf(hint, sizeof(hint), " (keys under %s:", section);
+            for (size_t i = 0; i < KEY_COUNT; i++) {
+                const char *name = config_schema[i].name;
+                if (strncmp(name, section, (size_t)len) != 0 || name[len] != '.') continue;
+                size_t o = strlen(hint);
+                snprintf(hint + o, sizeof(hint) - o, " %s", name + len + 1);
+            }
+            size_t o = strlen(hint);
+            snprintf(hint + o, sizeof(hint) - o, ")");
+        }
+    }
+    return ds_error(DS_ERR_INPUT, "%s: %s: unknown key%s", where,
+                    key_for_message(shown, sizeof(shown), key), hint);
+}
+
+static int error_section_scalar(const char *where, const char *section, const char *got)
+{
+    const ConfigKey *example = section_find(section);
+    return ds_error(DS_ERR_INPUT, "%s: %s: is a section, expected its keys (such as %s) under it, got %s",
+                    where, section, example->name, got);
+}
+
+int config_apply_override(Config *c, const char *assignment, const char *source)
+{
+    char shown[256], q[160];
+    const char *eq = strchr(assignment, '=');
+    if (!eq)
+        return ds_error(DS_ERR_INPUT, "%s: %s: expected key=value, e.g. optim.lr=3e-4", source,
+                        key_for_message(shown, sizeof(shown), assignment));
+    char key[256];
+    size_t n = (size_t)(eq - assignment);
+    while (n > 0 && (assignment[n - 1] == ' ' || assignment[n - 1] == '\t')) n--;
+    const char *start = assignment;
+    while (n > 0 && (*start == ' ' || *start == '\t')) start++, n--;
+    if (n == 0)
+        return ds_error(DS_ERR_INPUT, "%s: %s: missing key before '='", source,
+                        quoted(q, sizeof(q), assignment));
+    if (n >= sizeof(key)) n = sizeof(key) - 1; /* such a key is unknown anyway */
+    memcpy(key, start, n);
+    key[n] = 0;
+    const char *value = eq + 1;
+
+    const ConfigKey *k = key_find(key);
+    if (!k) {
+        if (section_find(key)) return error_section_scalar(source, key, quoted(q, sizeof(q), value));
+        return error_unknown_key(source, key);
+    }
+    Config updated = *c;
+    char problem[512];
+    if (!value_set(k, &updated, value, 0, problem, sizeof(problem)))
+        return ds_error(DS_ERR_INPUT, "%s: %s: %s", source, k->name, problem);
+    *c = updated;
+    return DS_OK;
+}
+
+int config_validate(const Config *c)
+{
+    /* Every value again against the schema: a Config may also have been filled in by code. */
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const ConfigKey *k = &config_schema[i];
+        const char *field = (const char *)c + k->offset;
+        if ((k->type == CT_STRING || k->type == CT_ENUM) && !memchr(field, 0, k->size))
+            return ds_error(DS_ERR_INPUT, "config: %s: value is not terminated", k->name);
+        char text[CONFIG_STR_MAX + 64], problem[512];
+        value_format(k, c, text, sizeof(text));
+        Config scratch = *c;
+        if (!value_set(k, &scratch, text, 0, problem, sizeof(problem)))
+            return ds_error(DS_ERR_INPUT, "config: %s: %s", k->name, problem);
+    }
+    /* Token counts per micro-batch index int32 buffers in the model and data code. */
+    long long tokens = (long long)c->train_seq_len * c->train_micro_batch_size;
+    if (tokens > INT_MAX)
+        return ds_error(DS_ERR_INPUT,
+                        "config: train.seq_len x train.micro_batch_size: %d x %d = %lld tokens per "
+                        "micro-batch, the limit is %d",
+                        c->train_seq_len, c->train_micro_batch_size, tokens, INT_MAX);
+    if (c->parallel_dp > 0 && (long long)c->parallel_dp * c->parallel_tp > 1048576)
+        return ds_error(DS_ERR_INPUT,
+                        "config: parallel.tp x parallel.dp: %d x %d ranks is more than 1048576",
+                        c->parallel_tp, c->parallel_dp);
+    return DS_OK;
+}
+
+/* ---- YAML files -------------------------------------------------------------------------- */
+
+typedef struct YamlLoad {
+    yaml_parser_t parser;
+    FILE *file;
+    const char *path;
+    Config *config;
+    int line_set[KEY_COUNT]; /* line where each key was set in this file, 0 = not set */
+} YamlLoad;
+
+static int yaml_next(YamlLoad *y, yaml_event_t *event)
+{
+    if (yaml_parser_parse(&y->parser, event)) return DS_OK;
+    const char *problem = y->parser.problem ? y->parser.problem : "unreadable input";
+    size_t line = y->parser.problem_mark.line + 1;
+    if (y->parser.error == YAML_READER_ERROR) {
+        /* Reader errors (bad encoding, control characters) carry a byte offset, not a line. */
+        size_t offset = y->parser.problem_offset, line_of_offset = 1;
+        rewind(y->file);
+        for (size_t i = 0; i < offset; i++) {
+            int ch = fgetc(y->file);
+            if (ch == EOF) break;
+            if (ch == '\n') line_of_offset++;
+        }
+        return ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s (byte %zu)", y->path,
+                        line_of_offset, problem, offset);
+    }
+    if (y->parser.context)
+        return ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s %s (line %zu)", y->path, line,
+                        problem, y->parser.context, y->parser.context_mark.line + 1);
+    return ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s", y->path, line, problem);
+}
+
+static const char *node_kind(yaml_event_type_t type)
+{
+    switch (type) {
+    case YAML_MAPPING_START_EVENT: return "a mapping";
+    case YAML_SEQUENCE_START_EVENT: return "a sequence";
+    case YAML_ALIAS_EVENT: return "an alias";
+    default: return "a scalar";
+    }
+}
+
+static const char *expected_text(const ConfigKey *k, char *buf, size_t cap)
+{
+    switch (k->type) {
+    case CT_INT:
+        return (k->flags & CK_AUTO_IS_ZERO) ? "expected an integer or auto" : "expected an integer";
+    case CT_FLOAT: return "expected a number";
+    case CT_BOOL: return "expected true or false";
+    case CT_STRING: return "expected a string";
+    case CT_ENUM: {
+        char range[200];
+        range_text(k, range, sizeof(range));
+        snprintf(buf, cap, "expected one of %s", range);
+        return buf;
+    }
+    }
+    return "expected a value";
+}
+
+static int yaml_scalar_is_null(const yaml_event_t *e)
+{
+    if (e->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return 0;
+    const char *v = (const char *)e->data.scalar.value;
+    return !*v || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 || strcmp(v, "Null") == 0 ||
+           strcmp(v, "NULL") == 0;
+}
+
+static int yaml_walk_mapping(YamlLoad *y, const char *prefix);
+
+/* Handles one "key: value" pair; the key event has been read, the value comes next. */
+static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
+{
+    char where[1200], shown[256], q[160], buf[256];
+    snprintf(where, sizeof(where), "%s:%zu", y->path, key_line);
+    const ConfigKey *k = key_find(full);
+    const ConfigKey *section = k ? NULL : section_find(full);
+    yaml_event_t value;
+    DS_TRY(yaml_next(y, &value));
+    yaml_event_type_t type = value.type;
+    int status = DS_OK;
+
+    if (type == YAML_SCALAR_EVENT) {
+        const char *text = (const char *)value.data.scalar.value;
+        size_t value_line = value.start_mark.line + 1;
+        if (k) {
+            size_t index = (size_t)(k - config_schema);
+            if (y->line_set[index]) {
+                status = ds_error(DS_ERR_INPUT, "%s: %s: set twice in this file (first on line %d)",
+                                  where, k->name, y->line_set[index]);
+            } else {
+                char problem[512];
+                y->line_set[index] = (int)key_line;
+                if (strlen(text) != value.data.scalar.length)
+                    status = ds_error(DS_ERR_INPUT, "%s:%zu: %s: contains a NUL character", y->path,
+                                      value_line, k->name);
+                else if (!value_set(k, y->config, text, yaml_scalar_is_null(&value), problem,
+                                    sizeof(problem)))
+                    status = ds_error(DS_ERR_INPUT, "%s:%zu: %s: %s", y->path, value_line, k->name,
+                                      problem);
+            }
+        } else if (section) {
+            status = error_section_scalar(where, full, quoted(q, sizeof(q), text));
+        } else {
+            status = error_unknown_key(where, full);
+        }
+        yaml_event_delete(&value);
+        return status;
+    }
+    yaml_event_delete(&value);
+
+    if (type == YAML_MAPPING_START_EVENT && !k && section) return yaml_walk_mapping(y, full);
+    if (type == YAML_ALIAS_EVENT)
+        return ds_error(DS_ERR_INPUT, "%s: %s: YAML aliases (*name) are not supported", where,
+                        key_for_message(shown, sizeof(shown), full));
+    if (k)
+        return ds_error(DS_ERR_INPUT, "%s: %s: %s, got %s", where, k->name,
+                        expected_text(k, buf, sizeof(buf)), node_kind(type));
+    if (section) return error_section_scalar(where, full, node_kind(type));
+    if (type == YAML_MAPPING_START_EVENT) {
+        /* An unknown section: name its first key in full, so the suggestion can find the
+         * intended key ("optm: {lr: 1}" -> optm.lr -> optim.lr). */
+        yaml_event_t first;
+        DS_TRY(yaml_next(y, &first));
+        if (first.type == YAML_SCALAR_EVENT && strlen(full) + first.data.scalar.length < 240) {
+            char inner[256];
+            snprintf(inner, sizeof(inner), "%s.%s", full, (const char *)first.data.scalar.value);
+            snprintf(where, sizeof(where), "%s:%zu", y->path, first.start_mark.line + 1);
+            yaml_event_delete(&first);
+            return error_unknown_key(where, inner);
+        }
+        yaml_event_delete(&first);
+    }
+    return error_unknown_key(where, full);
+}
+
+static int yaml_walk_mapping(YamlLoad *y, const char *prefix)
+{
+    for (;;) {
+        yaml_event_t key;
+        DS_TRY(yaml_next(y, &key));
+        if (key.type == YAML_MAPPING_END_EVENT) {
+            yaml_event_delete(&key);
+            return DS_OK;
+        }
+        size_t line = key.start_mark.line + 1;
+        if (key.type != YAML_SCALAR_EVENT) {
+            const char *kind = node_kind(key.type);
+            yaml_event_delete(&key);
+            return ds_error(DS_ERR_INPUT, "%s:%zu: a key must be a name, got %s", y->path, line,
+                            kind);
+        }
+        char full[512];
+        const char *name = (const char *)key.data.scalar.value;
+        if (strlen(prefix) + key.data.scalar.length + 2 > sizeof(full)) {
+            char where[1200];
+            snprintf(where, sizeof(where), "%s:%zu", y->path, line);
+            int status = error_unknown_key(where, name);
+            yaml_event_delete(&key);
+            return status;
+        }
+        snprintf(full, sizeof(full), "%s%s%s", prefix, *prefix ? "." : "", name);
+        yaml_event_delete(&key);
+        DS_TRY(yaml_walk_pair(y, full, line));
+    }
+}
+
+static int yaml_walk_stream(YamlLoad *y)
+{
+    yaml_event_t event;
+    DS_TRY(yaml_next(y, &event)); /* stream start */
+    yaml_event_delete(&event);
+    for (int documents = 0;; documents++) {
+        DS_TRY(yaml_next(y, &event));
+        yaml_event_type_t type = event.type;
+        size_t line = event.start_mark.line + 1;
+        yaml_event_delete(&event);
+        if (type == YAML_STREAM_END_EVENT) return DS_OK;
+        if (documents > 0)
+            return ds_error(DS_ERR_INPUT,
+                            "%s:%zu: a second YAML document; put all keys in one document",
+                            y->path, line);
+        /* document start, then the root node */
+        DS_TRY(yaml_next(y, &event));
+        type = event.type;
+        line = event.start_mark.line + 1;
+        int empty_root = type == YAML_SCALAR_EVENT && yaml_scalar_is_null(&event);
+        yaml_event_delete(&event);
+        if (type == YAML_MAPPING_START_EVENT) {
+            DS_TRY(yaml_walk_mapping(y, ""));
+        } else if (!empty_root) {
+            return ds_error(DS_ERR_INPUT, "%s:%zu: expected a mapping of keys (key: value), got %s",
+                            y->path, line, node_kind(type));
+        }
+        DS_TRY(yaml_next(y, &event)); /* document end */
+        yaml_event_delete(&event);
+    }
+}
+
+int config_load_yaml(Config *c, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(EISDIR));
+    FILE *f = fopen(path, "rb");
+    if (!f) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    YamlLoad *y = ds_calloc(1, sizeof(YamlLoad));
+    Config *updated = ds_malloc(sizeof(Config));
+    if (!y || !updated) {
+        free(y);
+        free(updated);
+        fclose(f);
+        return DS_ERR_INTERNAL;
+    }
+    *updated = *c;
+    y->path = path;
+    y->file = f;
+    y->config = updated;
+    int status;
+    if (!yaml_parser_initialize(&y->parser)) {
+        status = ds_error(DS_ERR_INTERNAL, "%s: cannot start the YAML parser", path);
+    } else {
+        yaml_parser_set_input_file(&y->parser, f);
+        status = yaml_walk_stream(y);
+        yaml_parser_delete(&y->parser);
+    }
+    if (status == DS_OK && ferror(f))
+        status = ds_error(DS_ERR_INPUT, "%s: read error: %s", path, strerror(errno));
+    fclose(f);
+    if (status == DS_OK) *c = *updated;
+    free(updated);
+    free(y);
+    return status;
+}
+
+/* ---- writers ----------------------------------------------------------------------------- */
+
+void config_write_yaml(const Config *c, FILE *out, int with_docs)
+{
+    if (with_docs) {
+        fprintf(out, "# dstrain configuration: every key with its default value.\n"
+                     "# Generated from the schema in trainer/config.c (reference: docs/config.md).\n"
+                     "# Keys may be nested as below or written dotted at the top level\n"
+                     "# (optim.lr: 3e-4); on the command line, override any key with key=value.\n");
+    }
+    const char *open_section = NULL;
+    int open_len = 0;
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const ConfigKey *k = &config_schema[i];
+        int len = section_len(k->name);
+        int same = open_section && len == open_len && strncmp(k->name, open_section, (size_t)len) == 0;
+        if (!same) {
+            if (with_docs) fputc('\n', out);
+            if (len > 0) fprintf(out, "%.*s:\n", len, k->name);
+            open_section = len > 0 ? k->name : NULL;
+            open_len = len;
+        }
+        const char *indent = len > 0 ? "  " : "";
+        if (with_docs) {
+            char range[256];
+            range_text(k, range, sizeof(range));
+            fprintf(out, "%s# %s (%s%s%s)\n", indent, k->doc, type_name(k), range[0] ? ": " : "",
+                    range);
+        }
+        char text[CONFIG_STR_MAX + 64];
+        value_format(k, c, text, sizeof(text));
+        fprintf(out, "%s%s: ", indent, k->name + (len > 0 ? len + 1 : 0));
+        write_scalar(out, k, text);
+        fputc('\n', out);
+    }
+}
+
+static void markdown_cell(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|') fputs("\\|", out);
+        else if (*s == '<') fputs("&lt;", out);
+        else if (*s == '>') fputs("&gt;", out);
+        else fputc(*s, out);
+    }
+}
+
+void config_write_markdown(FILE *out)
+{
+    Config defaults;
+    config_set_defaults(&defaults);
+    fprintf(out,
+            "# Configuration\n"
+            "\n"
+            "<!-- Generated from the schema in trainer/config.c by config_write_markdown(); the\n"
+            "     config tests fail when this page and the schema disagree. -->\n"
+            "\n"
+            "A run is configured by a YAML file and `key=value` overrides on the command line,\n"
+            "applied in that order over the defaults below. In YAML, keys are nested by section\n"
+            "(`optim:` then `  lr: 3e-4`) or written dotted at the top level (`optim.lr: 3e-4`).\n"
+            "Unknown keys, values of the wrong type and values out of range are errors that name\n"
+            "the file, line and key. `configs/defaults.yaml` is the complete default config.\n"
+            "\n"
+            "Integers also accept exponent notation when the value is whole (`1e6`). Booleans\n"
+            "accept true/false, yes/no, on/off and 1/0. An empty string value is written `\"\"`.\n"
+            "\n"
+            "| key | type | default | range | description |\n"
+            "| --- | --- | --- | --- | --- |\n");
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const ConfigKey *k = &config_schema[i];
+        char text[CONFIG_STR_MAX + 64], range[256];
+        value_format(k, &defaults, text, sizeof(text));
+        range_text(k, range, sizeof(range));
+        fprintf(out, "| `%s` | %s | ", k->name, type_name(k));
+        if (k->type == CT_STRING && !text[0]) fputs("`\"\"`", out);
+        else fprintf(out, "`%s`", text);
+        fputs(" | ", out);
+        markdown_cell(out, range);
+        fputs(" | ", out);
+        markdown_cell(out, k->doc);
+        fputs(" |\n", out);
+    }
+}
+
+void config_write_help(FILE *out)
+{
+    Config defaults;
+    config_set_defaults(&defaults);
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const ConfigKey *k = &config_schema[i];
+        char text[CONFIG_STR_MAX + 64], range[256];
+        value_format(k, &defaults, text, sizeof(text));
+        range_text(k, range, sizeof(range));
+        fprintf(out, "  %-32s %s (%s, default %s%s%s)\n", k->name, k->doc, type_name(k),
+                (k->type == CT_STRING && !text[0]) ? "\"\"" : text, range[0] ? "; " : "", range);
+    }
+}
