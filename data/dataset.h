@@ -40,4 +40,25 @@ int lm_reader_next(LMReader *r, int batch, int32_t *inputs, int32_t *targets, fl
 int64_t lm_reader_windows_per_epoch(const LMReader *r);
 void lm_reader_close(LMReader *r);
 
+/* ---- additions beyond the first API ---------------------------------------------------------- */
+
+/* The path the dataset was opened with (for messages). */
+const char *dataset_path(const TokenDataset *ds);
+/* Token index where document doc starts in the flat array (doc == n_docs gives n_tokens). */
+int64_t dataset_doc_offset(const TokenDataset *ds, int64_t doc);
+/* Per-document metadata for documents [first_doc, first_doc + count); DS_ERR_INPUT when the
+ * file has no such dataset. */
+int dataset_read_labels(TokenDataset *ds, int64_t first_doc, int64_t count, int64_t *labels);
+int dataset_read_task_ids(TokenDataset *ds, int64_t first_doc, int64_t count, int32_t *task_ids);
+
+/* The reader's position as one number: epoch * windows_per_epoch + index into that epoch's
+ * permuted order of this rank's next window. lm_reader_seek returns to such a position (it must
+ * belong to this dp_rank of this dp_size). */
+int lm_reader_position(const LMReader *r, int64_t *global_window_index);
+int lm_reader_seek(LMReader *r, int64_t global_window_index);
+/* Advance by one window without reading it; *window gets its index in file order (window w
+ * covers stream positions [w (seq_len+1), (w+1) (seq_len+1))). */
+int lm_reader_next_window_index(LMReader *r, int64_t *window);
+const TokenDataset *lm_reader_dataset(const LMReader *r);
+
 #endif

@@ -1,0 +1,536 @@
+/* pack.c: `dstrain pack`: JSONL files of token ids ({"input_ids": [...], "loss_mask": [...],
+ * "label": n, "task": n} per line) to one HDF5 file in the layout of docs/data.md.
+ * Not a tokenizer: the ids are already made. Input is streamed line by line and appended to
+ * chunked, extendible datasets in batches, so memory stays constant for any input size. The file
+ * is written under a temporary name and renamed at the end: a failed pack leaves no file. */
+#include "data/pack.h"
+
+#include "trainer/common.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <hdf5.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PACK_MAX_INPUTS 256
+#define PACK_TOKEN_BATCH (1 << 20) /* tokens buffered before an append */
+#define PACK_DOC_BATCH (1 << 16)   /* documents buffered before an append */
+#define PACK_TOKEN_CHUNK (1 << 18) /* HDF5 chunk of tokens and loss_mask (1 MiB of int32) */
+#define PACK_DOC_CHUNK (1 << 14)   /* HDF5 chunk of the per-document datasets */
+
+typedef struct PackOptions {
+    const char *inputs[PACK_MAX_INPUTS];
+    int n_inputs;
+    const char *output;
+    int64_t vocab_size; /* 0: max id + 1 */
+    int64_t bos_id, eos_id, pad_id;
+    const char *tokenizer;
+    int compress;
+} PackOptions;
+
+/* One extendible 1-D dataset and how much of it is written. */
+typedef struct PackColumn {
+    const char *name;
+    hid_t dset;
+    hid_t mem_type;
+    int64_t length;
+} PackColumn;
+
+typedef struct PackWriter {
+    const PackOptions *opt;
+    char tmp_path[4096];
+    hid_t file;
+    PackColumn tokens, loss_mask, doc_offsets, labels, task_ids;
+    /* Buffered, not yet appended. The mask buffer is kept even before any line has a mask, so
+     * a file whose first mask appears late can still be filled in (earlier tokens get 1). */
+    int32_t *token_buf;
+    uint8_t *mask_buf;
+    int64_t token_fill;
+    int64_t *offset_buf, *label_buf;
+    int32_t *task_buf;
+    int64_t doc_fill;
+    /* Running totals. */
+    int64_t n_docs, n_tokens, max_id, min_len, max_len;
+    /* Whether documents carry labels / tasks: decided by the first document. */
+    int labels_known, has_labels, has_tasks;
+    char first_file[1024];
+    int64_t first_line;
+} PackWriter;
+
+static void pack_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dstrain pack --input FILE.jsonl [--input MORE.jsonl ...] --output FILE.h5\n"
+            "                    [--vocab-size N] [--eos-id N] [--bos-id N] [--pad-id N]\n"
+            "                    [--tokenizer NAME] [--compress]\n"
+            "Each input line is a JSON object: {\"input_ids\": [ints], \"loss_mask\": [0/1 ...],\n"
+            "\"label\": int, \"task\": int} (all but input_ids optional; label and task on all\n"
+            "lines or none). Without --vocab-size the vocabulary is max id + 1. Layout: "
+            "docs/data.md.\n");
+}
+
+static int parse_int64(const char *flag, const char *text, int64_t min, int64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end != 0 || v < min)
+        return ds_error(DS_ERR_INPUT, "pack: %s: expected an integer >= %" PRId64 ", got \"%s\"",
+                        flag, min, text);
+    *out = v;
+    return DS_OK;
+}
+
+static int pack_parse_args(int argc, char **argv, PackOptions *opt, int *help)
+{
+    memset(opt, 0, sizeof(*opt));
+    opt->bos_id = opt->eos_id = opt->pad_id = -1;
+    opt->tokenizer = "";
+    *help = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            *help = 1;
+            return DS_OK;
+        }
+        if (!strcmp(arg, "--compress")) {
+            opt->compress = 1;
+            continue;
+        }
+        /* Every other option takes a value: "--flag value" or "--flag=value". */
+        char flag[64];
+        const char *value = NULL;
+        const char *eq = strchr(arg, '=');
+        if (strncmp(arg, "--", 2) != 0)
+            return ds_error(DS_ERR_INPUT, "pack: unexpected argument \"%s\" (see dstrain pack --help)",
+                            arg);
+        if (eq) {
+            snprintf(flag, sizeof(flag), "%.*s", (int)(eq - arg), arg);
+            value = eq + 1;
+        } else {
+            snprintf(flag, sizeof(flag), "%s", arg);
+            if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "pack: %s needs a value", flag);
+            value = argv[++i];
+        }
+        if (!strcmp(flag, "--input")) {
+            if (opt->n_inputs == PACK_MAX_INPUTS)
+                return ds_error(DS_ERR_INPUT, "pack: more than %d --input files", PACK_MAX_INPUTS);
+            opt->inputs[opt->n_inputs++] = value;
+        } else if (!strcmp(flag, "--output")) {
+            opt->output = value;
+        } else if (!strcmp(flag, "--vocab-size")) {
+            DS_TRY(parse_int64(flag, value, 1, &opt->vocab_size));
+            if (opt->vocab_size > INT32_MAX)
+                return ds_error(DS_ERR_INPUT, "pack: --vocab-size: %" PRId64 " is too large",
+                                opt->vocab_size);
+        } else if (!strcmp(flag, "--eos-id")) {
+            DS_TRY(parse_int64(flag, value, -1, &opt->eos_id));
+        } else if (!strcmp(flag, "--bos-id")) {
+            DS_TRY(parse_int64(flag, value, -1, &opt->bos_id));
+        } else if (!strcmp(flag, "--pad-id")) {
+            DS_TRY(parse_int64(flag, value, -1, &opt->pad_id));
+        } else if (!strcmp(flag, "--tokenizer")) {
+            opt->tokenizer = value;
+        } else {
+            return ds_error(DS_ERR_INPUT, "pack: unknown option \"%s\" (see dstrain pack --help)",
+                            flag);
+        }
+    }
+    if (opt->n_inputs == 0) return ds_error(DS_ERR_INPUT, "pack: --input FILE.jsonl is required");
+    if (!opt->output) return ds_error(DS_ERR_INPUT, "pack: --output FILE.h5 is required");
+    const char *special[3] = {"--bos-id", "--eos-id", "--pad-id"};
+    int64_t ids[3] = {opt->bos_id, opt->eos_id, opt->pad_id};
+    for (int i = 0; i < 3; i++)
+        if (opt->vocab_size > 0 && ids[i] >= opt->vocab_size)
+            return ds_error(DS_ERR_INPUT, "pack: %s %" PRId64 " is >= --vocab-size %" PRId64,
+                            special[i], ids[i], opt->vocab_size);
+    return DS_OK;
+}
+
+/* ---- HDF5 writing ------------------------------------------------------------------------- */
+
+static int column_create(PackWriter *w, PackColumn *c, const char *name, hid_t file_type,
+                         hid_t mem_type, hsize_t chunk)
+{
+    hsize_t dims = 0, maxdims = H5S_UNLIMITED;
+    hid_t space = H5Screate_simple(1, &dims, &maxdims);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, 1, &chunk);
+    if (w->opt->compress) {
+        H5Pset_shuffle(dcpl);
+        H5Pset_deflate(dcpl, 4);
+    }
+    c->name = name;
+    c->mem_type = mem_type;
+    c->length = 0;
+    c->dset = H5Dcreate2(w->file, name, file_type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    if (c->dset < 0)
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot create dataset \"%s\"", w->opt->output, name);
+    return DS_OK;
+}
+
+static int column_append(PackWriter *w, PackColumn *c, const void *data, int64_t count)
+{
+    if (count == 0) return DS_OK;
+    hsize_t start = (hsize_t)c->length, n = (hsize_t)count, total = start + n;
+    if (H5Dset_extent(c->dset, &total) < 0)
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot extend dataset \"%s\"", w->opt->output, c->name);
+    hid_t file_space = H5Dget_space(c->dset);
+    hid_t mem_space = H5Screate_simple(1, &n, NULL);
+    herr_t rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, NULL, &n, NULL);
+    if (rc >= 0) rc = H5Dwrite(c->dset, c->mem_type, mem_space, file_space, H5P_DEFAULT, data);
+    H5Sclose(mem_space);
+    H5Sclose(file_space);
+    if (rc < 0)
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot write dataset \"%s\" (disk full?)",
+                        w->opt->output, c->name);
+    c->length += count;
+    return DS_OK;
+}
+
+static int pack_flush_tokens(PackWriter *w)
+{
+    DS_TRY(column_append(w, &w->tokens, w->token_buf, w->token_fill));
+    if (w->loss_mask.dset >= 0) DS_TRY(column_append(w, &w->loss_mask, w->mask_buf, w->token_fill));
+    w->token_fill = 0;
+    return DS_OK;
+}
+
+static int pack_flush_docs(PackWriter *w)
+{
+    DS_TRY(column_append(w, &w->doc_offsets, w->offset_buf, w->doc_fill));
+    if (w->has_labels) DS_TRY(column_append(w, &w->labels, w->label_buf, w->doc_fill));
+    if (w->has_tasks) DS_TRY(column_append(w, &w->task_ids, w->task_buf, w->doc_fill));
+    w->doc_fill = 0;
+    return DS_OK;
+}
+
+/* The first document with a loss mask: create the dataset and give every token already
+ * appended a mask of 1 (buffered tokens already have theirs in mask_buf). */
+static int pack_start_loss_mask(PackWriter *w)
+{
+    DS_TRY(column_create(w, &w->loss_mask, "loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8,
+                         PACK_TOKEN_CHUNK));
+    int64_t done = w->tokens.length;
+    uint8_t ones[4096];
+    memset(ones, 1, sizeof(ones));
+    while (w->loss_mask.length < done) {
+        int64_t n = done - w->loss_mask.length;
+        if (n > (int64_t)sizeof(ones)) n = (int64_t)sizeof(ones);
+        DS_TRY(column_append(w, &w->loss_mask, ones, n));
+    }
+    return DS_OK;
+}
+
+static int attr_write_int(PackWriter *w, const char *name, int64_t value)
+{
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attr = H5Acreate2(w->file, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = attr >= 0 ? H5Awrite(attr, H5T_NATIVE_INT64, &value) : -1;
+    if (attr >= 0) H5Aclose(attr);
+    H5Sclose(space);
+    if (rc < 0) return ds_error(DS_ERR_INTERNAL, "%s: cannot write attribute \"%s\"", w->opt->output, name);
+    return DS_OK;
+}
+
+/* Variable-length UTF-8, which h5py reads back as str. */
+static int attr_write_string(PackWriter *w, const char *name, const char *value)
+{
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, H5T_VARIABLE);
+    H5Tset_cset(type, H5T_CSET_UTF8);
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attr = H5Acreate2(w->file, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = attr >= 0 ? H5Awrite(attr, type, &value) : -1;
+    if (attr >= 0) H5Aclose(attr);
+    H5Sclose(space);
+    H5Tclose(type);
+    if (rc < 0) return ds_error(DS_ERR_INTERNAL, "%s: cannot write attribute \"%s\"", w->opt->output, name);
+    return DS_OK;
+}
+
+/* ---- one JSONL line ------------------------------------------------------------------------ */
+
+/* An integer-valued JSON number in [lo, hi]. */
+static int json_integer(const cJSON *item, double lo, double hi, int64_t *out)
+{
+    if (!cJSON_IsNumber(item)) return 0;
+    double v = item->valuedouble;
+    if (!isfinite(v) || v != floor(v) || v < lo || v > hi) return 0;
+    *out = (int64_t)v;
+    return 1;
+}
+
+static int pack_document(PackWriter *w, const char *file, int64_t line, const cJSON *obj)
+{
+    const PackOptions *opt = w->opt;
+    if (!cJSON_IsObject(obj))
+        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": expected a JSON object per line", file, line);
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(obj, "input_ids");
+    if (!ids) return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: missing", file, line);
+    if (!cJSON_IsArray(ids))
+        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: expected a list of integers", file,
+                        line);
+    int64_t len = cJSON_GetArraySize(ids);
+    if (len == 0)
+        return ds_error(DS_ERR_INPUT,
+                        "%s:%" PRId64 ": input_ids: empty document (documents need at least one token)",
+                        file, line);
+    const cJSON *mask = cJSON_GetObjectItemCaseSensitive(obj, "loss_mask");
+    if (mask && (!cJSON_IsArray(mask) || cJSON_GetArraySize(mask) != len))
+        return ds_error(DS_ERR_INPUT,
+                        "%s:%" PRId64 ": loss_mask: expected a list of 0/1 of the same length as "
+                        "input_ids (%" PRId64 " tokens, got %s%d)",
+                        file, line, len, cJSON_IsArray(mask) ? "" : "a non-list, ",
+                        cJSON_IsArray(mask) ? cJSON_GetArraySize(mask) : 0);
+
+    /* Per-document metadata: all lines or none, decided by the first document. */
+    const cJSON *label = cJSON_GetObjectItemCaseSensitive(obj, "label");
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(obj, "task");
+    int64_t label_value = 0, task_value = 0;
+    if (label && !json_integer(label, -9007199254740992.0, 9007199254740992.0, &label_value))
+        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": label: expected an integer", file, line);
+    if (task && !json_integer(task, INT32_MIN, INT32_MAX, &task_value))
+        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": task: expected a 32-bit integer", file, line);
+    if (!w->labels_known) {
+        w->labels_known = 1;
+        w->has_labels = label != NULL;
+        w->has_tasks = task != NULL;
+        snprintf(w->first_file, sizeof(w->first_file), "%s", file);
+        w->first_line = line;
+        if (w->has_labels)
+            DS_TRY(column_create(w, &w->labels, "labels", H5T_STD_I64LE, H5T_NATIVE_INT64,
+                                 PACK_DOC_CHUNK));
+        if (w->has_tasks)
+            DS_TRY(column_create(w, &w->task_ids, "task_ids", H5T_STD_I32LE, H5T_NATIVE_INT32,
+                                 PACK_DOC_CHUNK));
+    }
+    const char *keys[2] = {"label", "task"};
+    int present[2] = {label != NULL, task != NULL}, expected[2] = {w->has_labels, w->has_tasks};
+    for (int k = 0; k < 2; k++) {
+        if (present[k] != expected[k])
+            return ds_error(DS_ERR_INPUT,
+                            "%s:%" PRId64 ": %s: %s here but %s in %s:%" PRId64
+                            " (\"%s\" must be on every line or on none)",
+                            file, line, keys[k], present[k] ? "present" : "missing",
+                            present[k] ? "absent" : "present", w->first_file, w->first_line, keys[k]);
+    }
+
+    /* Check the whole line before buffering any of it, so a bad line adds nothing. */
+    int64_t index = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, ids)
+    {
+        int64_t id = 0;
+        if (!json_integer(item, -9007199254740992.0, 9007199254740992.0, &id))
+            return ds_error(DS_ERR_INPUT,
+                            "%s:%" PRId64 ": input_ids: expected a list of integers (element %" PRId64
+                            " is not an integer)",
+                            file, line, index);
+        if (id < 0)
+            return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
+                            " is negative", file, line, index, id);
+        if (opt->vocab_size > 0 && id >= opt->vocab_size)
+            return ds_error(DS_ERR_INPUT,
+                            "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
+                            " is >= --vocab-size %" PRId64,
+                            file, line, index, id, opt->vocab_size);
+        if (id > INT32_MAX)
+            return ds_error(DS_ERR_INPUT,
+                            "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
+                            " does not fit in int32",
+                            file, line, index, id);
+        index++;
+    }
+    if (mask) {
+        index = 0;
+        cJSON_ArrayForEach(item, mask)
+        {
+            int64_t m = 0;
+            if (!json_integer(item, 0, 1, &m))
+                return ds_error(DS_ERR_INPUT,
+                                "%s:%" PRId64 ": loss_mask[%" PRId64 "]: expected 0 or 1", file,
+                                line, index);
+            index++;
+        }
+        if (w->loss_mask.dset < 0) DS_TRY(pack_start_loss_mask(w));
+    }
+
+    /* Buffer the document. */
+    const cJSON *mask_item = mask ? mask->child : NULL;
+    cJSON_ArrayForEach(item, ids)
+    {
+        if (w->token_fill == PACK_TOKEN_BATCH) DS_TRY(pack_flush_tokens(w));
+        int32_t id = (int32_t)item->valuedouble;
+        w->token_buf[w->token_fill] = id;
+        w->mask_buf[w->token_fill] = mask_item ? (uint8_t)mask_item->valuedouble : 1;
+        w->token_fill++;
+        if (mask_item) mask_item = mask_item->next;
+        if (id > w->max_id) w->max_id = id;
+    }
+    w->n_tokens += len;
+    w->n_docs++;
+    if (w->doc_fill == PACK_DOC_BATCH) DS_TRY(pack_flush_docs(w));
+    w->offset_buf[w->doc_fill] = w->n_tokens;
+    w->label_buf[w->doc_fill] = label_value;
+    w->task_buf[w->doc_fill] = (int32_t)task_value;
+    w->doc_fill++;
+    if (len < w->min_len || w->n_docs == 1) w->min_len = len;
+    if (len > w->max_len) w->max_len = len;
+    return DS_OK;
+}
+
+static int pack_file(PackWriter *w, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int64_t line_no = 0;
+    int status = DS_OK;
+    while (status == DS_OK && (n = getline(&line, &cap, f)) >= 0) {
+        line_no++;
+        size_t len = (size_t)n;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ' ||
+                           line[len - 1] == '\t'))
+            len--;
+        size_t skip = 0;
+        while (skip < len && (line[skip] == ' ' || line[skip] == '\t')) skip++;
+        if (skip == len) continue; /* blank line */
+        cJSON *obj = cJSON_ParseWithLength(line + skip, len - skip);
+        if (!obj) {
+            status = ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": not valid JSON", path, line_no);
+            break;
+        }
+        status = pack_document(w, path, line_no, obj);
+        cJSON_Delete(obj);
+    }
+    if (status == DS_OK && ferror(f))
+        status = ds_error(DS_ERR_INPUT, "%s: read error: %s", path, strerror(errno));
+    free(line);
+    fclose(f);
+    return status;
+}
+
+static int pack_write_attributes(PackWriter *w, int64_t vocab_size)
+{
+    const PackOptions *opt = w->opt;
+    DS_TRY(attr_write_string(w, "format", "dstrain-tokens"));
+    DS_TRY(attr_write_int(w, "format_version", 1));
+    DS_TRY(attr_write_int(w, "vocab_size", vocab_size));
+    DS_TRY(attr_write_int(w, "bos_id", opt->bos_id));
+    DS_TRY(attr_write_int(w, "eos_id", opt->eos_id));
+    DS_TRY(attr_write_int(w, "pad_id", opt->pad_id));
+    DS_TRY(attr_write_string(w, "tokenizer", opt->tokenizer));
+    return DS_OK;
+}
+
+static int pack_run(PackWriter *w)
+{
+    const PackOptions *opt = w->opt;
+    w->token_buf = ds_malloc(PACK_TOKEN_BATCH * sizeof(int32_t));
+    w->mask_buf = ds_malloc(PACK_TOKEN_BATCH);
+    w->offset_buf = ds_malloc(PACK_DOC_BATCH * sizeof(int64_t));
+    w->label_buf = ds_malloc(PACK_DOC_BATCH * sizeof(int64_t));
+    w->task_buf = ds_malloc(PACK_DOC_BATCH * sizeof(int32_t));
+    if (!w->token_buf || !w->mask_buf || !w->offset_buf || !w->label_buf || !w->task_buf)
+        return DS_ERR_INTERNAL;
+    if (opt->compress && H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0)
+        return ds_error(DS_ERR_INPUT, "pack: --compress: this HDF5 library has no gzip filter");
+
+    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (w->file < 0)
+        return ds_error(DS_ERR_INPUT, "%s: cannot create (does the directory exist and is it writable?)",
+                        opt->output);
+    DS_TRY(column_create(w, &w->tokens, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, PACK_TOKEN_CHUNK));
+    DS_TRY(column_create(w, &w->doc_offsets, "doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64,
+                         PACK_DOC_CHUNK));
+    w->offset_buf[w->doc_fill++] = 0;
+
+    for (int i = 0; i < opt->n_inputs; i++) DS_TRY(pack_file(w, opt->inputs[i]));
+    if (w->n_docs == 0)
+        return ds_error(DS_ERR_INPUT, "%s: no documents in the input (every line was blank)",
+                        opt->inputs[opt->n_inputs - 1]);
+    DS_TRY(pack_flush_tokens(w));
+    DS_TRY(pack_flush_docs(w));
+
+    int64_t vocab_size = opt->vocab_size;
+    if (vocab_size == 0) {
+        int64_t top = w->max_id;
+        if (opt->bos_id > top) top = opt->bos_id;
+        if (opt->eos_id > top) top = opt->eos_id;
+        if (opt->pad_id > top) top = opt->pad_id;
+        vocab_size = top + 1;
+    }
+    DS_TRY(pack_write_attributes(w, vocab_size));
+
+    hid_t handles[5] = {w->tokens.dset, w->loss_mask.dset, w->doc_offsets.dset, w->labels.dset,
+                        w->task_ids.dset};
+    for (int i = 0; i < 5; i++) {
+        if (handles[i] >= 0) H5Dclose(handles[i]);
+    }
+    w->tokens.dset = w->loss_mask.dset = w->doc_offsets.dset = w->labels.dset = w->task_ids.dset = -1;
+    herr_t rc = H5Fclose(w->file);
+    w->file = -1;
+    if (rc < 0) return ds_error(DS_ERR_INTERNAL, "%s: cannot finish writing (disk full?)", opt->output);
+    if (rename(w->tmp_path, opt->output) != 0)
+        return ds_error(DS_ERR_INPUT, "%s: cannot rename %s to it: %s", opt->output, w->tmp_path,
+                        strerror(errno));
+
+    printf("dstrain pack: wrote %s\n", opt->output);
+    printf("  documents:  %" PRId64 "\n", w->n_docs);
+    printf("  tokens:     %" PRId64 "\n", w->n_tokens);
+    printf("  doc length: min %" PRId64 ", mean %.1f, max %" PRId64 "\n", w->min_len,
+           (double)w->n_tokens / (double)w->n_docs, w->max_len);
+    printf("  vocab_size %" PRId64 ", bos_id %" PRId64 ", eos_id %" PRId64 ", pad_id %" PRId64
+           ", tokenizer \"%s\"\n",
+           vocab_size, opt->bos_id, opt->eos_id, opt->pad_id, opt->tokenizer);
+    printf("  loss_mask %s, labels %s, task_ids %s%s\n", w->loss_mask.length ? "yes" : "no",
+           w->has_labels ? "yes" : "no", w->has_tasks ? "yes" : "no",
+           opt->compress ? ", gzip compressed" : "");
+    return DS_OK;
+}
+
+int pack_main(int argc, char **argv)
+{
+    PackOptions opt;
+    int help = 0;
+    DS_TRY(pack_parse_args(argc, argv, &opt, &help));
+    if (help) {
+        pack_usage(stdout);
+        return DS_OK;
+    }
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+
+    PackWriter w;
+    memset(&w, 0, sizeof(w));
+    w.opt = &opt;
+    w.file = -1;
+    w.tokens.dset = w.loss_mask.dset = w.doc_offsets.dset = w.labels.dset = w.task_ids.dset = -1;
+    snprintf(w.tmp_path, sizeof(w.tmp_path), "%s.tmp-%ld", opt.output, (long)getpid());
+
+    int status = pack_run(&w);
+    if (status != DS_OK) {
+        hid_t handles[5] = {w.tokens.dset, w.loss_mask.dset, w.doc_offsets.dset, w.labels.dset,
+                            w.task_ids.dset};
+        for (int i = 0; i < 5; i++)
+            if (handles[i] >= 0) H5Dclose(handles[i]);
+        if (w.file >= 0) H5Fclose(w.file);
+        unlink(w.tmp_path);
+    }
+    free(w.token_buf);
+    free(w.mask_buf);
+    free(w.offset_buf);
+    free(w.label_buf);
+    free(w.task_buf);
+    return status;
+}
