@@ -48,6 +48,12 @@ double optim_grad_norm(const Model *m)
     return sqrt(sum);
 }
 
+float optim_clip_scale(double grad_norm, float max_norm)
+{
+    if (max_norm <= 0 || grad_norm <= max_norm) return 1.0f;
+    return (float)(max_norm / (grad_norm + 1e-6));
+}
+
 void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float grad_scale)
 {
     opt->t++;

@@ -23,6 +23,10 @@ float optim_lr_at(const Config *cfg, int step);
 /* Global L2 norm of all gradients. */
 double optim_grad_norm(const Model *m);
 
+/* The factor clip_grad_norm_ multiplies gradients by: min(1, max_norm / (norm + 1e-6));
+ * 1 when max_norm is 0 (clipping off). */
+float optim_clip_scale(double grad_norm, float max_norm);
+
 /* One AdamW step with gradients multiplied by grad_scale (clipping). */
 void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float grad_scale);
 

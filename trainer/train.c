@@ -178,9 +178,7 @@ int train_run(const Config *cfg)
             model_backward(&model);
         }
         const double grad_norm = optim_grad_norm(&model);
-        float grad_scale = 1.0f;
-        if (cfg->optim_clip_grad_norm > 0 && grad_norm > cfg->optim_clip_grad_norm)
-            grad_scale = (float)(cfg->optim_clip_grad_norm / (grad_norm + 1e-6));
+        const float grad_scale = optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm);
         const float lr = optim_lr_at(cfg, step);
         optim_step(&opt, &model, cfg, lr, grad_scale);
 
