@@ -355,8 +355,8 @@ static void cross_entropy(float *losses, float *logits, const int32_t *targets,
         for (int j = 0; j < V; j++) maxv = row[j] > maxv ? row[j] : maxv;
         double sum = 0.0;
         for (int j = 0; j < V; j++) sum += expf(row[j] - maxv);
-        float log_sum = (float)log(sum);
-        losses[i] = log_sum + maxv - row[target];
+        /* subtract the two large terms first: exact when the target logit is near the max */
+        losses[i] = (float)log(sum) - (row[target] - maxv);
         if (write_grad) {
             float inv_sum = (float)(1.0 / sum);
             for (int j = 0; j < V; j++) row[j] = w * (expf(row[j] - maxv) * inv_sum);
