@@ -81,7 +81,7 @@ static const ConfigKey config_schema[] = {
     INT("train.grad_accum", train_grad_accum, "1", 1, 65536,
         "micro-batches accumulated into one optimizer step"),
     INT("train.seed", train_seed, "1234", 0, LLONG_MAX,
-        "seed for initialization, data order and dropout-free sampling"),
+        "seed for weight initialization and data order"),
     STR("train.resume", train_resume, "none", CK_NONEMPTY,
         "none = start fresh; auto = latest checkpoint in checkpoint.dir if any; or a checkpoint "
         "path"),
@@ -329,7 +329,6 @@ static void range_text(const ConfigKey *k, char *out, size_t cap)
     switch (k->type) {
     case CT_INT:
         snprintf(out, cap, "%lld..%lld", k->int_min, k->int_max);
-        if (k->flags & CK_AUTO_IS_ZERO) strncat(out, " or auto", cap - strlen(out) - 1);
         break;
     case CT_FLOAT:
         format_bound(lo, sizeof(lo), k->float_min);
@@ -416,7 +415,9 @@ static void format_float(char *out, size_t cap, float f)
         if ((float)strtod(out, NULL) == f) break;
     }
     char *e = strchr(out, 'e');
-    if (e && !strchr(out, '.')) {
+    if (!e && !strchr(out, '.')) {
+        strncat(out, ".0", cap - strlen(out) - 1); /* 1.0, so that it reads as a float */
+    } else if (e && !strchr(out, '.')) {
         char tail[32];
         snprintf(tail, sizeof(tail), "%s", e);
         snprintf(e, cap - (size_t)(e - out), ".0%s", tail);
@@ -617,7 +618,8 @@ static int error_unknown_key(const char *where, const char *key)
                 const char *name = config_schema[i].name;
                 if (strncmp(name, section, (size_t)len) != 0 || name[len] != '.') continue;
                 size_t o = strlen(hint);
-                snprintf(hint + o, sizeof(hint) - o, " %s", name + len + 1);
+                snprintf(hint + o, sizeof(hint) - o, "%s %s", hint[o - 1] == ':' ? "" : ",",
+                         name + len + 1);
             }
             size_t o = strlen(hint);
             snprintf(hint + o, sizeof(hint) - o, ")");
@@ -723,7 +725,7 @@ static int yaml_next(YamlLoad *y, yaml_event_t *event)
                         line_of_offset, problem, offset);
     }
     if (y->parser.context)
-        return ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s %s (line %zu)", y->path, line,
+        return ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s (%s at line %zu)", y->path, line,
                         problem, y->parser.context, y->parser.context_mark.line + 1);
     return ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s", y->path, line, problem);
 }
@@ -769,7 +771,7 @@ static int yaml_walk_mapping(YamlLoad *y, const char *prefix);
 /* Handles one "key: value" pair; the key event has been read, the value comes next. */
 static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
 {
-    char where[1200], shown[256], q[160], buf[256];
+    char where[4200], shown[256], q[160], buf[256];
     snprintf(where, sizeof(where), "%s:%zu", y->path, key_line);
     const ConfigKey *k = key_find(full);
     const ConfigKey *section = k ? NULL : section_find(full);
@@ -821,7 +823,7 @@ static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
         yaml_event_t first;
         DS_TRY(yaml_next(y, &first));
         if (first.type == YAML_SCALAR_EVENT && strlen(full) + first.data.scalar.length < 240) {
-            char inner[256];
+            char inner[600];
             snprintf(inner, sizeof(inner), "%s.%s", full, (const char *)first.data.scalar.value);
             snprintf(where, sizeof(where), "%s:%zu", y->path, first.start_mark.line + 1);
             yaml_event_delete(&first);
@@ -851,7 +853,7 @@ static int yaml_walk_mapping(YamlLoad *y, const char *prefix)
         char full[512];
         const char *name = (const char *)key.data.scalar.value;
         if (strlen(prefix) + key.data.scalar.length + 2 > sizeof(full)) {
-            char where[1200];
+            char where[4200];
             snprintf(where, sizeof(where), "%s:%zu", y->path, line);
             int status = error_unknown_key(where, name);
             yaml_event_delete(&key);

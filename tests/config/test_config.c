@@ -1,0 +1,709 @@
+/* test_config.c: the config schema end to end: defaults, YAML (nested and dotted), key=value
+ * overrides, every error message exactly as a user sees it, the YAML round trip, and that the
+ * committed docs/config.md and configs/defaults.yaml match what the schema generates.
+ * DSTRAIN_UPDATE_DOCS=1 rewrites those two files instead of comparing them. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "trainer/common.h"
+#include "trainer/config.h"
+#include "trainer/model.h"
+
+static char tmp_path[1024];
+
+/* Write text to a fresh file under DSTRAIN_TEST_TMP/config and return its path. */
+static const char *write_file(const char *name, const char *text)
+{
+    mkdir(DSTRAIN_TEST_TMP, 0755);
+    mkdir(DSTRAIN_TEST_TMP "/config", 0755);
+    snprintf(tmp_path, sizeof(tmp_path), "%s/config/%s", DSTRAIN_TEST_TMP, name);
+    FILE *f = fopen(tmp_path, "wb");
+    cr_assert(f, "cannot create %s: %s", tmp_path, strerror(errno));
+    fwrite(text, 1, strlen(text), f);
+    fclose(f);
+    return tmp_path;
+}
+
+/* Load text as name.yaml into defaults; return the status, message in ds_last_error(). */
+static int load_text(Config *c, const char *name, const char *text)
+{
+    config_set_defaults(c);
+    ds_clear_error();
+    return config_load_yaml(c, write_file(name, text));
+}
+
+/* Assert that loading text fails with DS_ERR_INPUT and exactly "<path>:<rest>". */
+static void expect_load_error(const char *text, const char *rest)
+{
+    Config c, before;
+    int status = load_text(&c, "bad.yaml", text);
+    config_set_defaults(&before);
+    char expected[2048];
+    snprintf(expected, sizeof(expected), "%s%s", tmp_path, rest);
+    cr_assert_eq(status, DS_ERR_INPUT, "status %d for:\n%s", status, text);
+    cr_assert_str_eq(ds_last_error(), expected);
+    cr_assert(memcmp(&c, &before, sizeof(c)) == 0, "a failed load changed the config");
+}
+
+static void expect_override_error(const char *assignment, const char *message)
+{
+    Config c, before;
+    config_set_defaults(&c);
+    config_set_defaults(&before);
+    ds_clear_error();
+    cr_assert_eq(config_apply_override(&c, assignment, "command line"), DS_ERR_INPUT, "%s",
+                 assignment);
+    cr_assert_str_eq(ds_last_error(), message);
+    cr_assert(memcmp(&c, &before, sizeof(c)) == 0, "a failed override changed the config");
+}
+
+static char *read_whole(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    buf[got] = 0;
+    *len = got;
+    return buf;
+}
+
+static char *yaml_of(const Config *c, int with_docs, size_t *len)
+{
+    char *buf = NULL;
+    FILE *f = open_memstream(&buf, len);
+    config_write_yaml(c, f, with_docs);
+    fclose(f);
+    return buf;
+}
+
+/* ---- defaults --------------------------------------------------------------------------- */
+
+Test(config, defaults_match_the_documented_values)
+{
+    Config c;
+    memset(&c, 0x5A, sizeof(c));
+    config_set_defaults(&c);
+    cr_assert_str_eq(c.model_path, "");
+    cr_assert_str_eq(c.model_preset, "tiny");
+    cr_assert_float_eq(c.model_init_std, 0.02f, 0);
+    cr_assert_str_eq(c.data_train, "");
+    cr_assert_str_eq(c.data_eval, "");
+    cr_assert_eq(c.train_steps, 300);
+    cr_assert_eq(c.train_seq_len, 64);
+    cr_assert_eq(c.train_micro_batch_size, 8);
+    cr_assert_eq(c.train_grad_accum, 1);
+    cr_assert_eq(c.train_seed, 1234);
+    cr_assert_str_eq(c.train_resume, "none");
+    cr_assert_eq(c.train_activation_checkpointing, 0);
+    cr_assert_float_eq(c.optim_lr, 3e-3f, 0);
+    cr_assert_float_eq(c.optim_min_lr_ratio, 0.1f, 0);
+    cr_assert_float_eq(c.optim_weight_decay, 0.1f, 0);
+    cr_assert_float_eq(c.optim_beta1, 0.9f, 0);
+    cr_assert_float_eq(c.optim_beta2, 0.95f, 0);
+    cr_assert_float_eq(c.optim_eps, 1e-8f, 0);
+    cr_assert_eq(c.optim_warmup_steps, 20);
+    cr_assert_str_eq(c.optim_schedule, "cosine");
+    cr_assert_float_eq(c.optim_clip_grad_norm, 1.0f, 0);
+    cr_assert_eq(c.parallel_tp, 1);
+    cr_assert_eq(c.parallel_dp, 0);
+    cr_assert_eq(c.parallel_zero, 1);
+    cr_assert_str_eq(c.checkpoint_dir, "");
+    cr_assert_eq(c.checkpoint_every, 0);
+    cr_assert_eq(c.checkpoint_keep, 3);
+    cr_assert_eq(c.eval_every, 0);
+    cr_assert_eq(c.eval_batches, 8);
+    cr_assert_str_eq(c.run_dir, "");
+    cr_assert_eq(c.log_every, 10);
+    cr_assert_str_eq(c.device, "cpu");
+    cr_assert_eq(config_validate(&c), DS_OK, "%s", ds_last_error());
+}
+
+Test(config, every_preset_choice_is_a_model_preset)
+{
+    /* The schema's enum lists the presets; model.c owns them. Each listed one must exist. */
+    const char *presets[] = {"tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(presets); i++) {
+        Config c;
+        config_set_defaults(&c);
+        char assignment[128];
+        snprintf(assignment, sizeof(assignment), "model.preset=%s", presets[i]);
+        cr_assert_eq(config_apply_override(&c, assignment, "test"), DS_OK, "%s", ds_last_error());
+        ModelConfig mc;
+        cr_assert_eq(model_preset(c.model_preset, &mc), DS_OK, "%s: %s", presets[i],
+                     ds_last_error());
+    }
+    expect_override_error(
+        "model.preset=huge",
+        "command line: model.preset: expected one of tiny, small, deepseek-coder-1.3b, "
+        "deepseek-llm-7b, got \"huge\"");
+}
+
+/* ---- loading YAML ------------------------------------------------------------------------- */
+
+Test(config, nested_yaml_sets_every_type)
+{
+    Config c;
+    int status = load_text(&c, "nested.yaml",
+                           "# a comment\n"
+                           "model:\n"
+                           "  path: /models/deepseek-coder-1.3b\n"
+                           "  init_std: 0.01\n"
+                           "train:\n"
+                           "  steps: 1000\n"
+                           "  seed: 9223372036854775807\n"
+                           "  activation_checkpointing: yes\n"
+                           "  resume: auto\n"
+                           "optim:\n"
+                           "  lr: 1e-4\n"
+                           "  schedule: linear\n"
+                           "  beta2: 0.999\n"
+                           "parallel:\n"
+                           "  tp: 2\n"
+                           "  dp: 4\n"
+                           "run:\n"
+                           "  dir: 'runs/my run'\n"
+                           "device: cuda\n");
+    cr_assert_eq(status, DS_OK, "%s", ds_last_error());
+    cr_assert_str_eq(c.model_path, "/models/deepseek-coder-1.3b");
+    cr_assert_float_eq(c.model_init_std, 0.01f, 0);
+    cr_assert_eq(c.train_steps, 1000);
+    cr_assert_eq(c.train_seed, 9223372036854775807LL);
+    cr_assert_eq(c.train_activation_checkpointing, 1);
+    cr_assert_str_eq(c.train_resume, "auto");
+    cr_assert_float_eq(c.optim_lr, 1e-4f, 0);
+    cr_assert_str_eq(c.optim_schedule, "linear");
+    cr_assert_float_eq(c.optim_beta2, 0.999f, 0);
+    cr_assert_eq(c.parallel_tp, 2);
+    cr_assert_eq(c.parallel_dp, 4);
+    cr_assert_str_eq(c.run_dir, "runs/my run");
+    cr_assert_str_eq(c.device, "cuda");
+    /* untouched keys keep their defaults */
+    cr_assert_eq(c.train_seq_len, 64);
+    cr_assert_float_eq(c.optim_beta1, 0.9f, 0);
+}
+
+Test(config, dotted_keys_and_flow_mappings_mix_with_nested_ones)
+{
+    Config c;
+    int status = load_text(&c, "dotted.yaml",
+                           "optim.lr: 0.0005\n"
+                           "train.micro_batch_size: 4\n"
+                           "parallel: {tp: 4, dp: auto}\n"
+                           "eval:\n"
+                           "  every: 50\n"
+                           "log.every: 1\n"
+                           "checkpoint.dir: \"ckpt dir/#1\"\n");
+    cr_assert_eq(status, DS_OK, "%s", ds_last_error());
+    cr_assert_float_eq(c.optim_lr, 5e-4f, 0);
+    cr_assert_eq(c.train_micro_batch_size, 4);
+    cr_assert_eq(c.parallel_tp, 4);
+    cr_assert_eq(c.parallel_dp, 0);
+    cr_assert_eq(c.eval_every, 50);
+    cr_assert_eq(c.log_every, 1);
+    cr_assert_str_eq(c.checkpoint_dir, "ckpt dir/#1");
+}
+
+Test(config, empty_and_comment_only_files_set_nothing)
+{
+    const char *texts[] = {"", "# nothing here\n", "---\n", "\n\n   \n", "---\n...\n"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(texts); i++) {
+        Config c, d;
+        config_set_defaults(&d);
+        cr_assert_eq(load_text(&c, "empty.yaml", texts[i]), DS_OK, "%zu: %s", i, ds_last_error());
+        cr_assert(memcmp(&c, &d, sizeof(c)) == 0);
+    }
+}
+
+Test(config, null_values_clear_strings)
+{
+    Config c;
+    config_set_defaults(&c);
+    strcpy(c.data_eval, "old.h5");
+    strcpy(c.model_path, "old");
+    strcpy(c.run_dir, "old");
+    ds_clear_error();
+    cr_assert_eq(config_load_yaml(&c, write_file("null.yaml", "data.eval:\nmodel.path: ~\n"
+                                                              "run.dir: null\n")),
+                 DS_OK, "%s", ds_last_error());
+    cr_assert_str_eq(c.data_eval, "");
+    cr_assert_str_eq(c.model_path, "");
+    cr_assert_str_eq(c.run_dir, "");
+    /* a quoted "null" is the string itself */
+    cr_assert_eq(load_text(&c, "null2.yaml", "run.dir: \"null\"\n"), DS_OK);
+    cr_assert_str_eq(c.run_dir, "null");
+}
+
+Test(config, numbers_bools_and_auto_accept_their_spellings)
+{
+    Config c;
+    cr_assert_eq(load_text(&c, "n.yaml", "train.steps: 1e6\ntrain.seq_len: 2048.0\n"
+                                         "train.seed: +0\noptim.lr: .5\noptim.eps: 1E-10\n"
+                                         "optim.clip_grad_norm: 0\n"),
+                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(c.train_steps, 1000000);
+    cr_assert_eq(c.train_seq_len, 2048);
+    cr_assert_eq(c.train_seed, 0);
+    cr_assert_float_eq(c.optim_lr, 0.5f, 0);
+    cr_assert_float_eq(c.optim_eps, 1e-10f, 0);
+    cr_assert_float_eq(c.optim_clip_grad_norm, 0.0f, 0);
+    const char *yes[] = {"true", "True", "yes", "on", "ON", "1"};
+    const char *no[] = {"false", "FALSE", "no", "off", "Off", "0"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(yes); i++) {
+        char a[64];
+        snprintf(a, sizeof(a), "train.activation_checkpointing=%s", yes[i]);
+        config_set_defaults(&c);
+        cr_assert_eq(config_apply_override(&c, a, "t"), DS_OK);
+        cr_assert_eq(c.train_activation_checkpointing, 1, "%s", yes[i]);
+        snprintf(a, sizeof(a), "train.activation_checkpointing=%s", no[i]);
+        cr_assert_eq(config_apply_override(&c, a, "t"), DS_OK);
+        cr_assert_eq(c.train_activation_checkpointing, 0, "%s", no[i]);
+    }
+    config_set_defaults(&c);
+    cr_assert_eq(config_apply_override(&c, "parallel.dp=3", "t"), DS_OK);
+    cr_assert_eq(c.parallel_dp, 3);
+    cr_assert_eq(config_apply_override(&c, "parallel.dp=auto", "t"), DS_OK);
+    cr_assert_eq(c.parallel_dp, 0);
+}
+
+Test(config, range_bounds_are_inclusive_except_where_documented)
+{
+    Config c;
+    config_set_defaults(&c);
+    cr_assert_eq(config_apply_override(&c, "train.steps=1", "t"), DS_OK);
+    cr_assert_eq(config_apply_override(&c, "train.steps=1000000000", "t"), DS_OK);
+    cr_assert_eq(c.train_steps, 1000000000);
+    cr_assert_eq(config_apply_override(&c, "optim.lr=10", "t"), DS_OK);
+    cr_assert_eq(config_apply_override(&c, "optim.beta1=0", "t"), DS_OK);
+    cr_assert_eq(config_apply_override(&c, "optim.beta1=0.9999", "t"), DS_OK);
+    expect_override_error("optim.beta1=1",
+                          "command line: optim.beta1: 1 is out of range (0..1, 1 excluded)");
+    /* rounds to 1.0f when stored, which the optimizer cannot take */
+    expect_override_error(
+        "optim.beta2=0.99999999999",
+        "command line: optim.beta2: 0.99999999999 is out of range (0..1, 1 excluded)");
+    expect_override_error("optim.lr=10.001", "command line: optim.lr: 10.001 is out of range (0..10)");
+    expect_override_error("optim.lr=-1e-3", "command line: optim.lr: -1e-3 is out of range (0..10)");
+    expect_override_error("optim.lr=1e39", "command line: optim.lr: 1e39 is out of range (0..10)");
+    expect_override_error("train.seq_len=1",
+                          "command line: train.seq_len: 1 is out of range (2..1048576)");
+    expect_override_error("parallel.dp=0",
+                          "command line: parallel.dp: 0 is out of range (1..1048576)");
+    expect_override_error("parallel.zero=2", "command line: parallel.zero: 2 is out of range (0..1)");
+    expect_override_error("checkpoint.keep=0",
+                          "command line: checkpoint.keep: 0 is out of range (1..1000000)");
+    expect_override_error("train.seed=-1",
+                          "command line: train.seed: -1 is out of range (0..9223372036854775807)");
+    expect_override_error(
+        "train.seed=9223372036854775808",
+        "command line: train.seed: 9223372036854775808 is out of range (0..9223372036854775807)");
+    expect_override_error("train.steps=99999999999999999999999",
+                          "command line: train.steps: 99999999999999999999999 is out of range "
+                          "(1..1000000000)");
+    expect_override_error("train.steps=4294967297",
+                          "command line: train.steps: 4294967297 is out of range (1..1000000000)");
+    expect_override_error("train.steps=1e30",
+                          "command line: train.steps: 1e30 is out of range (1..1000000000)");
+}
+
+/* ---- errors from files, with their line numbers ------------------------------------------ */
+
+Test(config, bad_number_names_file_line_and_value)
+{
+    expect_load_error("model:\n  preset: tiny\noptim:\n  lr: 1e-5x\n",
+                      ":4: optim.lr: expected a number, got \"1e-5x\"");
+    expect_load_error("optim.lr: 1e-5x\n", ":1: optim.lr: expected a number, got \"1e-5x\"");
+    const char *not_numbers[] = {"inf", "nan", ".inf", "0x10", "1,5", "", "1e", "e5", "- 1", "1.2.3"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(not_numbers); i++) {
+        char text[64], rest[128];
+        snprintf(text, sizeof(text), "\n\noptim.eps: \"%s\"\n", not_numbers[i]);
+        snprintf(rest, sizeof(rest), ":3: optim.eps: expected a number, got \"%s\"",
+                 not_numbers[i]);
+        expect_load_error(text, rest);
+    }
+}
+
+Test(config, integers_reject_fractions_and_words)
+{
+    expect_load_error("train:\n  steps: 1.5\n", ":2: train.steps: expected an integer, got \"1.5\"");
+    expect_load_error("train.steps: ten\n", ":1: train.steps: expected an integer, got \"ten\"");
+    expect_load_error("train.steps: 12abc\n", ":1: train.steps: expected an integer, got \"12abc\"");
+    expect_load_error("parallel.dp: many\n",
+                      ":1: parallel.dp: expected an integer or auto, got \"many\"");
+    expect_load_error("parallel.tp: auto\n", ":1: parallel.tp: expected an integer, got \"auto\"");
+}
+
+Test(config, out_of_range_names_the_range)
+{
+    expect_load_error("\n\n\n\ntrain.steps: 0\n", ":5: train.steps: 0 is out of range (1..1000000000)");
+    expect_load_error("optim:\n  beta1: 1.0\n",
+                      ":2: optim.beta1: 1.0 is out of range (0..1, 1 excluded)");
+    expect_load_error("optim:\n  clip_grad_norm: 2e6\n",
+                      ":2: optim.clip_grad_norm: 2e6 is out of range (0..1000000)");
+}
+
+Test(config, enum_and_bool_list_what_is_allowed)
+{
+    expect_load_error("optim:\n  schedule: cosin\n",
+                      ":2: optim.schedule: expected one of cosine, linear, constant, got \"cosin\"");
+    expect_load_error("device: gpu\n", ":1: device: expected one of cpu, cuda, got \"gpu\"");
+    expect_load_error("train:\n  activation_checkpointing: maybe\n",
+                      ":2: train.activation_checkpointing: expected true or false, got \"maybe\"");
+}
+
+Test(config, unknown_keys_suggest_the_closest)
+{
+    expect_load_error("model:\n  preset: tiny\noptim.lrr: 1\n",
+                      ":3: optim.lrr: unknown key (did you mean optim.lr?)");
+    expect_load_error("optim:\n  lr: 1e-3\n  wamrup_steps: 5\n",
+                      ":3: optim.wamrup_steps: unknown key (did you mean optim.warmup_steps?)");
+    /* wrong section, right name */
+    expect_load_error("train:\n  lr: 1e-3\n", ":2: train.lr: unknown key (did you mean optim.lr?)");
+    expect_load_error("seed: 7\n", ":1: seed: unknown key (did you mean train.seed?)");
+    expect_load_error("train:\n  micro_bach_sz: 4\n",
+                      ":2: train.micro_bach_sz: unknown key (did you mean "
+                      "train.micro_batch_size?)");
+    /* a misspelled section is reported at its first key */
+    expect_load_error("optm:\n\n  lr: 1\n", ":3: optm.lr: unknown key (did you mean optim.lr?)");
+    expect_load_error("every: 5\n",
+                      ":1: every: unknown key (did you mean checkpoint.every, eval.every or "
+                      "log.every?)");
+    expect_load_error("devise: cuda\n", ":1: devise: unknown key (did you mean device?)");
+    /* nothing close: no guess, but the keys of a known section are listed */
+    expect_load_error("zzz: 1\n", ":1: zzz: unknown key");
+    expect_load_error("eval:\n  learning_rate_of_eval: 1\n",
+                      ":2: eval.learning_rate_of_eval: unknown key (keys under eval: every, "
+                      "batches)");
+    expect_load_error("optim:\n  lr:\n    x: 1\n", ":2: optim.lr: expected a number, got a mapping");
+    expect_load_error("wandb: {}\n", ":1: wandb: unknown key");
+}
+
+Test(config, yaml_syntax_errors_carry_the_line)
+{
+    expect_load_error("optim:\n  lr: 1\n lr2: 3\n",
+                      ":3: invalid YAML: did not find expected key (while parsing a block mapping "
+                      "at line 1)");
+    expect_load_error("optim: {lr: 1, eps: 0.5\n",
+                      ":2: invalid YAML: did not find expected ',' or '}' (while parsing a flow "
+                      "mapping at line 1)");
+    expect_load_error("optim.lr: 0.1: 2\n", ":1: invalid YAML: mapping values are not allowed in this context");
+    expect_load_error("optim:\n  lr: \"unterminated\n",
+                      ":3: invalid YAML: found unexpected end of stream (while scanning a quoted "
+                      "scalar at line 2)");
+    expect_load_error("model:\n\tpath: x\n",
+                      ":2: invalid YAML: found character that cannot start any token (while "
+                      "scanning for the next token at line 2)");
+    /* invalid UTF-8 is a reader error: the line is computed from the byte offset */
+    expect_load_error("train.steps: 3\nrun.dir: \"\xff\xfe\"\n",
+                      ":2: invalid YAML: invalid leading UTF-8 octet (byte 25)");
+}
+
+Test(config, structure_errors_say_what_was_found)
+{
+    expect_load_error("data:\n  train:\n    - path: a.h5\n      weight: 1\n",
+                      ":2: data.train: expected a string, got a sequence");
+    expect_load_error("data.train: [a.h5, b.h5]\n",
+                      ":1: data.train: expected a string, got a sequence");
+    expect_load_error("optim: 3\n",
+                      ":1: optim: is a section, expected its keys (such as optim.lr) under it, got "
+                      "\"3\"");
+    expect_load_error("optim:\n  - lr\n",
+                      ":1: optim: is a section, expected its keys (such as optim.lr) under it, got "
+                      "a sequence");
+    expect_load_error("- optim.lr: 1\n", ":1: expected a mapping of keys (key: value), got a sequence");
+    expect_load_error("just a string\n", ":1: expected a mapping of keys (key: value), got a scalar");
+    expect_load_error("? [a, b]\n: 1\n", ":1: a key must be a name, got a sequence");
+    expect_load_error("optim.lr: &x 1\noptim.eps: *x\n",
+                      ":2: optim.eps: YAML aliases (*name) are not supported");
+    expect_load_error("optim.lr: 1\n---\noptim.lr: 2\n",
+                      ":2: a second YAML document; put all keys in one document");
+    expect_load_error("optim.lr: 1e-3\noptim:\n  lr: 2e-3\n",
+                      ":3: optim.lr: set twice in this file (first on line 1)");
+    expect_load_error("run.dir: \"a\\0b\"\n", ":1: run.dir: contains a NUL character");
+}
+
+Test(config, missing_file_and_directory_are_errors)
+{
+    Config c;
+    config_set_defaults(&c);
+    const char *missing = DSTRAIN_TEST_TMP "/config/does-not-exist.yaml";
+    cr_assert_eq(config_load_yaml(&c, missing), DS_ERR_INPUT);
+    char expected[1024];
+    snprintf(expected, sizeof(expected), "%s: cannot open: No such file or directory", missing);
+    cr_assert_str_eq(ds_last_error(), expected);
+    write_file("x", "");
+    cr_assert_eq(config_load_yaml(&c, DSTRAIN_TEST_TMP "/config"), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), DSTRAIN_TEST_TMP "/config: cannot open: Is a directory");
+}
+
+Test(config, long_and_binary_values_are_refused_cleanly)
+{
+    /* a string one byte over the field */
+    size_t n = CONFIG_STR_MAX;
+    char *text = malloc(n + 64);
+    strcpy(text, "run.dir: ");
+    memset(text + 9, 'a', n);
+    strcpy(text + 9 + n, "\n");
+    expect_load_error(text, ":1: run.dir: is 1024 bytes long, the limit is 1023");
+    memset(text + 9, 'a', n - 1);
+    strcpy(text + 9 + n - 1, "\n");
+    Config c;
+    cr_assert_eq(load_text(&c, "long.yaml", text), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(strlen(c.run_dir), n - 1);
+    free(text);
+    /* a long bad number is cut in the message */
+    char big[300] = "optim.lr: ";
+    memset(big + 10, '9', 200);
+    strcpy(big + 210, "x\n");
+    Config d;
+    cr_assert_eq(load_text(&d, "big.yaml", big), DS_ERR_INPUT);
+    cr_assert(strlen(ds_last_error()) < 300, "%s", ds_last_error());
+    cr_assert(strstr(ds_last_error(), "...\"") != NULL, "%s", ds_last_error());
+    /* a huge unknown key does not blow up the message */
+    char *key = malloc(5000);
+    strcpy(key, "? ");
+    memset(key + 2, 'k', 4980);
+    strcpy(key + 4982, "\n: 1\n");
+    cr_assert_eq(load_text(&d, "key.yaml", key), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "unknown key") != NULL, "%s", ds_last_error());
+    free(key);
+    /* escaped control characters in a quoted key are shown escaped */
+    expect_load_error("\"zz.\\e[31mlr\": 1\n", ":1: \"zz.\\x1B[31mlr\": unknown key");
+}
+
+Test(config, deep_nesting_stops_at_the_first_unknown_level)
+{
+    char text[20000] = "";
+    for (int i = 0; i < 2000; i++) strcat(text, "[");
+    Config c;
+    cr_assert_eq(load_text(&c, "deep.yaml", text), DS_ERR_INPUT);
+    char deep[20000] = "";
+    for (int i = 0; i < 1000; i++) strcat(deep, "a: {");
+    cr_assert_eq(load_text(&c, "deep2.yaml", deep), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "a.a: unknown key") != NULL, "%s", ds_last_error());
+}
+
+/* ---- overrides ---------------------------------------------------------------------------- */
+
+Test(config, overrides_apply_after_the_file)
+{
+    Config c;
+    cr_assert_eq(load_text(&c, "o.yaml", "optim:\n  lr: 1e-3\ntrain.steps: 10\n"), DS_OK);
+    cr_assert_eq(config_apply_override(&c, "optim.lr=2e-4", "command line"), DS_OK);
+    cr_assert_eq(config_apply_override(&c, "model.path=/m/with=sign", "command line"), DS_OK);
+    cr_assert_eq(config_apply_override(&c, "run.dir=", "command line"), DS_OK);
+    cr_assert_eq(config_apply_override(&c, " optim.schedule =constant", "command line"), DS_OK);
+    cr_assert_float_eq(c.optim_lr, 2e-4f, 0);
+    cr_assert_eq(c.train_steps, 10);
+    cr_assert_str_eq(c.model_path, "/m/with=sign");
+    cr_assert_str_eq(c.run_dir, "");
+    cr_assert_str_eq(c.optim_schedule, "constant");
+}
+
+Test(config, override_errors_name_the_source)
+{
+    expect_override_error("optim.lr=1e-5x",
+                          "command line: optim.lr: expected a number, got \"1e-5x\"");
+    expect_override_error("optim.lr", "command line: optim.lr: expected key=value, e.g. optim.lr=3e-4");
+    expect_override_error("=3", "command line: \"=3\": missing key before '='");
+    expect_override_error("optim.lrr=1", "command line: optim.lrr: unknown key (did you mean optim.lr?)");
+    expect_override_error("optim=1",
+                          "command line: optim: is a section, expected its keys (such as optim.lr) "
+                          "under it, got \"1\"");
+    expect_override_error("train.resume=", "command line: train.resume: must not be empty");
+    expect_override_error("run.dir=\xc3\x28",
+                          "command line: run.dir: is not valid UTF-8: \"\\xC3(\"");
+    expect_override_error("train.steps=", "command line: train.steps: expected an integer, got \"\"");
+}
+
+/* ---- validation --------------------------------------------------------------------------- */
+
+Test(config, validate_catches_values_set_by_code_and_cross_field_limits)
+{
+    Config c;
+    config_set_defaults(&c);
+    c.train_steps = 0;
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), "config: train.steps: 0 is out of range (1..1000000000)");
+    config_set_defaults(&c);
+    strcpy(c.optim_schedule, "step");
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(),
+                     "config: optim.schedule: expected one of cosine, linear, constant, got \"step\"");
+    config_set_defaults(&c);
+    c.optim_lr = NAN;
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    config_set_defaults(&c);
+    c.train_seq_len = 1048576;
+    c.train_micro_batch_size = 4096;
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), "config: train.seq_len x train.micro_batch_size: 1048576 x "
+                                      "4096 = 4294967296 tokens per micro-batch, the limit is "
+                                      "2147483647");
+    /* warmup longer than the run is allowed */
+    config_set_defaults(&c);
+    c.optim_warmup_steps = 5000;
+    cr_assert_eq(config_validate(&c), DS_OK, "%s", ds_last_error());
+}
+
+/* ---- writing ------------------------------------------------------------------------------ */
+
+static void assert_round_trip(const Config *c, int with_docs)
+{
+    size_t len;
+    char *yaml = yaml_of(c, with_docs, &len);
+    Config back;
+    memset(&back, 0, sizeof(back));
+    config_set_defaults(&back);
+    /* start far from c so that every key must be read back */
+    back.train_steps = 77;
+    strcpy(back.run_dir, "elsewhere");
+    int status = config_load_yaml(&back, write_file("round.yaml", yaml));
+    cr_assert_eq(status, DS_OK, "%s\n%s", ds_last_error(), yaml);
+    char *again = yaml_of(&back, with_docs, &len);
+    cr_assert_str_eq(again, yaml);
+    cr_assert(memcmp(c->model_path, back.model_path, sizeof(c->model_path)) == 0);
+    cr_assert_str_eq(back.run_dir, c->run_dir);
+    cr_assert_str_eq(back.checkpoint_dir, c->checkpoint_dir);
+    cr_assert_str_eq(back.data_train, c->data_train);
+    cr_assert_str_eq(back.data_eval, c->data_eval);
+    cr_assert_str_eq(back.train_resume, c->train_resume);
+    cr_assert_eq(back.train_steps, c->train_steps);
+    cr_assert_eq(back.train_seed, c->train_seed);
+    cr_assert_eq(back.parallel_dp, c->parallel_dp);
+    cr_assert(back.optim_lr == c->optim_lr);
+    cr_assert(back.optim_eps == c->optim_eps);
+    cr_assert(back.optim_beta2 == c->optim_beta2);
+    cr_assert(back.model_init_std == c->model_init_std);
+    free(yaml);
+    free(again);
+}
+
+Test(config, yaml_round_trip_is_exact)
+{
+    Config c;
+    config_set_defaults(&c);
+    assert_round_trip(&c, 0);
+    assert_round_trip(&c, 1);
+    const char *overrides[] = {
+        "optim.lr=0.00031415926",
+        "optim.eps=1.17549435e-38",
+        "optim.beta2=0.99999994",
+        "model.init_std=0.1",
+        "train.seed=9223372036854775807",
+        "parallel.dp=16",
+        "train.activation_checkpointing=on",
+        "model.path=true",
+        "data.train=123",
+        "data.eval=- dash: colon # hash",
+        "run.dir= lead and trail ",
+        "checkpoint.dir=quote\" back\\slash\ttab\nnewline\r\x01\x7f",
+        "train.resume=caf\xc3\xa9/\xe2\x80\xa8/\xc2\x85/\xef\xbb\xbf/\xf0\x9f\x98\x80",
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(overrides); i++)
+        cr_assert_eq(config_apply_override(&c, overrides[i], "t"), DS_OK, "%s: %s", overrides[i],
+                     ds_last_error());
+    assert_round_trip(&c, 0);
+    assert_round_trip(&c, 1);
+}
+
+Test(config, written_yaml_is_nested_and_plain)
+{
+    Config c;
+    config_set_defaults(&c);
+    size_t len;
+    char *yaml = yaml_of(&c, 0, &len);
+    cr_assert(strncmp(yaml, "model:\n  path: \"\"\n  preset: tiny\n  init_std: 0.02\n", 49) == 0,
+              "%s", yaml);
+    cr_assert(strstr(yaml, "\noptim:\n  lr: 0.003\n") != NULL, "%s", yaml);
+    cr_assert(strstr(yaml, "  eps: 1.0e-08\n") != NULL, "%s", yaml);
+    cr_assert(strstr(yaml, "  dp: auto\n") != NULL, "%s", yaml);
+    cr_assert(strstr(yaml, "\nlog:\n  every: 10\ndevice: cpu\n") != NULL, "%s", yaml);
+    cr_assert(strchr(yaml, '#') == NULL, "no comments without docs");
+    free(yaml);
+}
+
+/* The committed file must equal what the schema generates (or is rewritten on request). */
+static void assert_in_sync(const char *relative, const char *generated, size_t len)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", DSTRAIN_SOURCE_DIR, relative);
+    const char *update = getenv("DSTRAIN_UPDATE_DOCS");
+    if (update && strcmp(update, "1") == 0) {
+        FILE *f = fopen(path, "wb");
+        cr_assert(f, "cannot write %s", path);
+        fwrite(generated, 1, len, f);
+        fclose(f);
+    }
+    size_t committed_len;
+    char *committed = read_whole(path, &committed_len);
+    cr_assert(committed, "%s is missing; run this test with DSTRAIN_UPDATE_DOCS=1", path);
+    cr_assert(committed_len == len && memcmp(committed, generated, len) == 0,
+              "%s is out of date with the schema in trainer/config.c; run this test with "
+              "DSTRAIN_UPDATE_DOCS=1 to regenerate it",
+              path);
+    free(committed);
+}
+
+Test(config, docs_config_md_matches_the_schema)
+{
+    char *md = NULL;
+    size_t len;
+    FILE *f = open_memstream(&md, &len);
+    config_write_markdown(f);
+    fclose(f);
+    /* a row per key, with type, default and range */
+    cr_assert(strstr(md, "| `optim.lr` | float | `0.003` | 0..10 | peak learning rate (AdamW) |\n"),
+              "%s", md);
+    cr_assert(strstr(md, "| `optim.schedule` | enum | `cosine` | cosine, linear, constant |"), "%s",
+              md);
+    cr_assert(strstr(md, "| `parallel.dp` | int or auto | `auto` | 1..1048576 |"), "%s",
+              md);
+    cr_assert(strstr(md, "| `model.path` | string | `\"\"` |"), "%s", md);
+    assert_in_sync("docs/config.md", md, len);
+    free(md);
+}
+
+Test(config, defaults_yaml_matches_the_schema_and_loads)
+{
+    Config c;
+    config_set_defaults(&c);
+    size_t len;
+    char *yaml = yaml_of(&c, 1, &len);
+    cr_assert(strstr(yaml, "optim:\n  # peak learning rate (AdamW) (float: 0..10)\n  lr: 0.003\n"),
+              "%s", yaml);
+    assert_in_sync("configs/defaults.yaml", yaml, len);
+    Config loaded, defaults;
+    config_set_defaults(&defaults);
+    memset(&loaded, 0, sizeof(loaded));
+    config_set_defaults(&loaded);
+    loaded.train_steps = 5;
+    cr_assert_eq(config_load_yaml(&loaded, DSTRAIN_SOURCE_DIR "/configs/defaults.yaml"), DS_OK, "%s",
+                 ds_last_error());
+    cr_assert(memcmp(&loaded, &defaults, sizeof(Config)) == 0);
+    free(yaml);
+}
+
+Test(config, help_lists_every_key)
+{
+    char *text = NULL;
+    size_t len;
+    FILE *f = open_memstream(&text, &len);
+    config_write_help(f);
+    fclose(f);
+    int lines = 0;
+    for (char *p = text; *p; p++) lines += *p == '\n';
+    cr_assert_eq(lines, 32);
+    cr_assert(strstr(text, "  train.steps ") != NULL, "%s", text);
+    cr_assert(strstr(text, "(int, default 300; 1..1000000000)") != NULL, "%s", text);
+    free(text);
+}
