@@ -410,6 +410,10 @@ static int parse_bool(const char *s, int *out)
  * as a number ("1.0e-08", not "1e-08"). */
 static void format_float(char *out, size_t cap, float f)
 {
+    if (!isfinite(f)) { /* only a Config filled in by code; config_validate rejects it */
+        snprintf(out, cap, "%g", (double)f);
+        return;
+    }
     for (int precision = 1; precision <= 9; precision++) {
         snprintf(out, cap, "%.*g", precision, (double)f);
         if ((float)strtod(out, NULL) == f) break;
@@ -715,6 +719,10 @@ static int yaml_next(YamlLoad *y, yaml_event_t *event)
     if (y->parser.error == YAML_READER_ERROR) {
         /* Reader errors (bad encoding, control characters) carry a byte offset, not a line. */
         size_t offset = y->parser.problem_offset, line_of_offset = 1;
+        struct stat st;
+        if (fstat(fileno(y->file), &st) != 0 || !S_ISREG(st.st_mode))
+            return ds_error(DS_ERR_INPUT, "%s: invalid YAML: %s (byte %zu)", y->path, problem,
+                            offset);
         rewind(y->file);
         for (size_t i = 0; i < offset; i++) {
             int ch = fgetc(y->file);

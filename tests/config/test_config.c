@@ -542,6 +542,15 @@ Test(config, validate_catches_values_set_by_code_and_cross_field_limits)
     config_set_defaults(&c);
     c.optim_lr = NAN;
     cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), "config: optim.lr: expected a number, got \"nan\"");
+    config_set_defaults(&c);
+    c.parallel_dp = -2;
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), "config: parallel.dp: -2 is out of range (1..1048576)");
+    config_set_defaults(&c);
+    memset(c.run_dir, 'x', sizeof(c.run_dir));
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), "config: run.dir: value is not terminated");
     config_set_defaults(&c);
     c.train_seq_len = 1048576;
     c.train_micro_batch_size = 4096;
@@ -706,4 +715,42 @@ Test(config, help_lists_every_key)
     cr_assert(strstr(text, "  train.steps ") != NULL, "%s", text);
     cr_assert(strstr(text, "(int, default 300; 1..1000000000)") != NULL, "%s", text);
     free(text);
+}
+
+Test(config, mutated_files_fail_cleanly_and_name_the_file)
+{
+    /* Deterministic byte mutations of the default config: every result is either a clean
+     * load or DS_ERR_INPUT naming the file, and a failed load leaves the config unchanged. */
+    Config c;
+    config_set_defaults(&c);
+    size_t len;
+    char *base = yaml_of(&c, 1, &len);
+    char *text = malloc(len + 1);
+    unsigned long long state = 88172645463325252ULL;
+    static const char alphabet[] = ":-[]{}#&*!|>'\"%@ \t\n\\,.?0e\xff\x01";
+    int failures = 0;
+    for (int round = 0; round < 400; round++) {
+        memcpy(text, base, len + 1);
+        for (int edit = 0; edit < 1 + round % 4; edit++) {
+            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+            size_t at = (size_t)(state % len);
+            text[at] = alphabet[(state >> 32) % (sizeof(alphabet) - 1)];
+        }
+        Config d, before;
+        config_set_defaults(&d);
+        d.train_steps = 42;
+        before = d;
+        ds_clear_error();
+        const char *path = write_file("mutated.yaml", text);
+        int status = config_load_yaml(&d, path);
+        cr_assert(status == DS_OK || status == DS_ERR_INPUT, "status %d", status);
+        if (status != DS_OK) {
+            failures++;
+            cr_assert(strncmp(ds_last_error(), path, strlen(path)) == 0, "%s", ds_last_error());
+            cr_assert(memcmp(&d, &before, sizeof(d)) == 0);
+        }
+    }
+    cr_assert(failures > 50, "only %d of 400 mutations were rejected", failures);
+    free(text);
+    free(base);
 }
