@@ -30,7 +30,8 @@ static void *talloc(size_t bytes)
 
 static void free_all(void)
 {
-    for (int i = 0; i < n_allocs; i++) free(allocs[i]);
+    for (int i = 0; i < n_allocs; i++)
+        free(allocs[i]);
     n_allocs = 0;
 }
 
@@ -40,7 +41,10 @@ TestSuite(ops, .fini = free_all);
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
-static void rng_seed(uint64_t seed) { rng_state = seed * 0x9E3779B97F4A7C15ull + 1; }
+static void rng_seed(uint64_t seed)
+{
+    rng_state = seed * 0x9E3779B97F4A7C15ull + 1;
+}
 
 static uint64_t rng_next(void)
 {
@@ -58,14 +62,16 @@ static float rng_uniform(float lo, float hi)
 static float *rand_floats(size_t n, float lo, float hi)
 {
     float *x = talloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = rng_uniform(lo, hi);
+    for (size_t i = 0; i < n; i++)
+        x[i] = rng_uniform(lo, hi);
     return x;
 }
 
 static float *fill_floats(size_t n, float value)
 {
     float *x = talloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = value;
+    for (size_t i = 0; i < n; i++)
+        x[i] = value;
     return x;
 }
 
@@ -79,7 +85,8 @@ static float *copy_floats(const float *src, size_t n)
 static double *to_double(const float *x, size_t n)
 {
     double *d = talloc(n * sizeof(double));
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
+    for (size_t i = 0; i < n; i++)
+        d[i] = x[i];
     return d;
 }
 
@@ -131,7 +138,8 @@ static double *fd_gradient(double *x, size_t n, LossFn loss, void *ctx)
 static double dot_double(const double *a, const double *b, size_t n)
 {
     double s = 0.0;
-    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    for (size_t i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -146,7 +154,8 @@ static void matmul_ref(double *out, const double *inp, const double *w, const do
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             double s = bias ? bias[j] : 0.0;
-            for (int k = 0; k < K; k++) s += inp[i * K + k] * w[j * K + k];
+            for (int k = 0; k < K; k++)
+                s += inp[i * K + k] * w[j * K + k];
             out[i * N + j] = s;
         }
 }
@@ -172,8 +181,8 @@ Test(ops, matmul_forward_matches_double_reference)
     double *ref = talloc((size_t)M * N * sizeof(double));
 
     BE->matmul_forward(out, inp, w, bias, M, K, N);
-    matmul_ref(ref, to_double(inp, (size_t)M * K), to_double(w, (size_t)N * K),
-               to_double(bias, N), M, K, N);
+    matmul_ref(ref, to_double(inp, (size_t)M * K), to_double(w, (size_t)N * K), to_double(bias, N),
+               M, K, N);
     expect_close("matmul out (bias)", out, NULL, ref, (size_t)M * N, FWD_TOL);
 
     BE->matmul_forward(out, inp, w, NULL, M, K, N);
@@ -193,21 +202,26 @@ Test(ops, matmul_backward_overwrites_dinp_and_accumulates_dweight_dbias)
 
     BE->matmul_backward(dinp, dw, db, dout, inp, w, M, K, N);
 
-    MatmulCtx c = {M, K, N, to_double(inp, (size_t)M * K), to_double(w, (size_t)N * K),
-                   to_double(bias, N), to_double(dout, (size_t)M * N),
+    MatmulCtx c = {M,
+                   K,
+                   N,
+                   to_double(inp, (size_t)M * K),
+                   to_double(w, (size_t)N * K),
+                   to_double(bias, N),
+                   to_double(dout, (size_t)M * N),
                    talloc((size_t)M * N * sizeof(double))};
     expect_close("matmul dinp", dinp, NULL, fd_gradient(c.inp, (size_t)M * K, matmul_loss, &c),
                  (size_t)M * K, BWD_TOL);
     expect_close("matmul dweight (+=)", dw, dw0, fd_gradient(c.w, (size_t)N * K, matmul_loss, &c),
                  (size_t)N * K, BWD_TOL);
-    expect_close("matmul dbias (+=)", db, db0, fd_gradient(c.bias, N, matmul_loss, &c), N,
-                 BWD_TOL);
+    expect_close("matmul dbias (+=)", db, db0, fd_gradient(c.bias, N, matmul_loss, &c), N, BWD_TOL);
 
     /* dinp == NULL and dbias == NULL skip those outputs; dweight accumulates again */
     float *dw_twice = copy_floats(dw, (size_t)N * K);
     BE->matmul_backward(NULL, dw_twice, NULL, dout, inp, w, M, K, N);
     double *twice = talloc((size_t)N * K * sizeof(double));
-    for (size_t i = 0; i < (size_t)N * K; i++) twice[i] = 2.0 * ((double)dw[i] - dw0[i]);
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        twice[i] = 2.0 * ((double)dw[i] - dw0[i]);
     expect_close("matmul dweight accumulated twice", dw_twice, dw0, twice, (size_t)N * K, 1e-6);
 }
 
@@ -218,9 +232,11 @@ Test(ops, matmul_handles_empty_dimensions)
     float inp[1] = {0}, w[1] = {0}, dout[6] = {1, 1, 1, 1, 1, 1};
     /* K = 0: the product is empty, the output is the bias */
     BE->matmul_forward(out, inp, w, bias, 2, 0, 3);
-    for (int i = 0; i < 6; i++) cr_expect_eq(out[i], bias[i % 3]);
+    for (int i = 0; i < 6; i++)
+        cr_expect_eq(out[i], bias[i % 3]);
     BE->matmul_forward(out, inp, w, NULL, 2, 0, 3);
-    for (int i = 0; i < 6; i++) cr_expect_eq(out[i], 0.0f);
+    for (int i = 0; i < 6; i++)
+        cr_expect_eq(out[i], 0.0f);
     BE->matmul_backward(NULL, dw, db, dout, inp, w, 2, 0, 3);
     cr_expect_eq(db[0], 3.0f);
     cr_expect_eq(db[2], 5.0f);
@@ -239,9 +255,11 @@ static void rmsnorm_ref(double *out, double *rstd, const double *x, const double
 {
     for (int i = 0; i < M; i++) {
         double ss = 0.0;
-        for (int j = 0; j < C; j++) ss += x[i * C + j] * x[i * C + j];
+        for (int j = 0; j < C; j++)
+            ss += x[i * C + j] * x[i * C + j];
         double r = 1.0 / sqrt(ss / C + eps);
-        for (int j = 0; j < C; j++) out[i * C + j] = w[j] * x[i * C + j] * r;
+        for (int j = 0; j < C; j++)
+            out[i * C + j] = w[j] * x[i * C + j] * r;
         if (rstd) rstd[i] = r;
     }
 }
@@ -267,14 +285,16 @@ Test(ops, rmsnorm_forward_matches_double_reference)
     float *x = rand_floats((size_t)M * C, -2, 2), *w = rand_floats(C, 0.5f, 1.5f);
     float *out = fill_floats((size_t)M * C, NAN), *rstd = fill_floats(M, NAN);
     /* one all-zero row: rstd = 1/sqrt(eps), output exactly zero */
-    for (int j = 0; j < C; j++) x[3 * C + j] = 0.0f;
+    for (int j = 0; j < C; j++)
+        x[3 * C + j] = 0.0f;
     double *ref = talloc((size_t)M * C * sizeof(double)), *ref_rstd = talloc(M * sizeof(double));
 
     BE->rmsnorm_forward(out, rstd, x, w, M, C, eps);
     rmsnorm_ref(ref, ref_rstd, to_double(x, (size_t)M * C), to_double(w, C), M, C, eps);
     expect_close("rmsnorm out", out, NULL, ref, (size_t)M * C, FWD_TOL);
     expect_close("rmsnorm rstd", rstd, NULL, ref_rstd, M, FWD_TOL);
-    for (int j = 0; j < C; j++) cr_expect_eq(out[3 * C + j], 0.0f);
+    for (int j = 0; j < C; j++)
+        cr_expect_eq(out[3 * C + j], 0.0f);
 }
 
 Test(ops, rmsnorm_backward_accumulates_dinp_and_dweight)
@@ -291,8 +311,13 @@ Test(ops, rmsnorm_backward_accumulates_dinp_and_dweight)
     BE->rmsnorm_forward(out, rstd, x, w, M, C, eps);
     BE->rmsnorm_backward(dx, dw, dout, x, w, rstd, M, C);
 
-    RmsnormCtx c = {M, C, eps, to_double(x, (size_t)M * C), to_double(w, C),
-                    to_double(dout, (size_t)M * C), talloc((size_t)M * C * sizeof(double))};
+    RmsnormCtx c = {M,
+                    C,
+                    eps,
+                    to_double(x, (size_t)M * C),
+                    to_double(w, C),
+                    to_double(dout, (size_t)M * C),
+                    talloc((size_t)M * C * sizeof(double))};
     expect_close("rmsnorm dinp (+=)", dx, dx0, fd_gradient(c.x, (size_t)M * C, rmsnorm_loss, &c),
                  (size_t)M * C, BWD_TOL);
     expect_close("rmsnorm dweight (+=)", dw, dw0, fd_gradient(c.w, C, rmsnorm_loss, &c), C,
@@ -312,7 +337,8 @@ Test(ops, rmsnorm_weight_gradient_spans_column_blocks)
     BE->rmsnorm_backward(dx, dw, dout, x, w, rstd, M, C);
     double *ref = talloc(C * sizeof(double));
     for (int j = 0; j < C; j++)
-        for (int i = 0; i < M; i++) ref[j] += (double)dout[i * C + j] * x[i * C + j] * rstd[i];
+        for (int i = 0; i < M; i++)
+            ref[j] += (double)dout[i * C + j] * x[i * C + j] * rstd[i];
     expect_close("rmsnorm dweight, 150 columns", dw, NULL, ref, C, FWD_TOL);
 }
 
@@ -381,8 +407,8 @@ Test(ops, rope_forward_and_backward)
 
     float *dout = rand_floats(n, -1, 1), *dx = copy_floats(dout, n);
     BE->rope_backward(dx, cos_t, sin_t, B, T, H, D);
-    RopeCtx c = {B, T, H, D, cos_t, sin_t, to_double(x, n), to_double(dout, n),
-                 talloc(n * sizeof(double))};
+    RopeCtx c = {
+        B, T, H, D, cos_t, sin_t, to_double(x, n), to_double(dout, n), talloc(n * sizeof(double))};
     expect_close("rope backward", dx, NULL, fd_gradient(c.x, n, rope_loss, &c), n, BWD_TOL);
 }
 
@@ -406,7 +432,8 @@ static void attention_ref(double *out, double *lse, const double *q, const doubl
                     mx = fmax(mx, p[s]);
                 }
                 double sum = 0.0;
-                for (int s = 0; s <= t; s++) sum += (p[s] = exp(p[s] - mx));
+                for (int s = 0; s <= t; s++)
+                    sum += (p[s] = exp(p[s] - mx));
                 double *o = out + ((size_t)(b * T + t) * H + h) * D;
                 for (int i = 0; i < D; i++) {
                     double acc = 0.0;
@@ -452,8 +479,16 @@ static void check_attention(int B, int T, int H, int KVH, int D, float qk_range)
     float *dout = rand_floats(nq, -1, 1);
     float *dq = fill_floats(nq, NAN), *dk = fill_floats(nkv, NAN), *dv = fill_floats(nkv, NAN);
     BE->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, D);
-    AttnCtx c = {B,          T, H, KVH, D, to_double(q, nq), to_double(k, nkv), to_double(v, nkv),
-                 to_double(dout, nq), talloc(nq * sizeof(double))};
+    AttnCtx c = {B,
+                 T,
+                 H,
+                 KVH,
+                 D,
+                 to_double(q, nq),
+                 to_double(k, nkv),
+                 to_double(v, nkv),
+                 to_double(dout, nq),
+                 talloc(nq * sizeof(double))};
     snprintf(what, sizeof(what), "attention dq H=%d KVH=%d", H, KVH);
     expect_close(what, dq, NULL, fd_gradient(c.q, nq, attention_loss, &c), nq, BWD_TOL);
     snprintf(what, sizeof(what), "attention dk H=%d KVH=%d", H, KVH);
@@ -497,9 +532,11 @@ Test(ops, attention_first_row_copies_first_value)
     float *out = fill_floats((size_t)T * H * D, NAN), *lse = fill_floats((size_t)H * T, NAN);
     BE->attention_forward(out, lse, q, k, v, 1, T, H, 1, D);
     for (int h = 0; h < H; h++) {
-        for (int i = 0; i < D; i++) cr_expect_float_eq(out[h * D + i], v[i], 1e-6);
+        for (int i = 0; i < D; i++)
+            cr_expect_float_eq(out[h * D + i], v[i], 1e-6);
         double score = 0;
-        for (int i = 0; i < D; i++) score += (double)q[h * D + i] * k[i];
+        for (int i = 0; i < D; i++)
+            score += (double)q[h * D + i] * k[i];
         cr_expect_float_eq(lse[h * T], score / 2.0, 1e-6);
     }
 }
@@ -509,7 +546,8 @@ Test(ops, attention_first_row_copies_first_value)
 
 static void swiglu_ref(double *out, const double *g, const double *u, size_t n)
 {
-    for (size_t i = 0; i < n; i++) out[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
+    for (size_t i = 0; i < n; i++)
+        out[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
 }
 
 typedef struct {
@@ -551,7 +589,8 @@ Test(ops, swiglu_saturates_without_nan)
     BE->swiglu_backward(dg, du, dout, g, u, 4);
     cr_expect_float_eq(out[0], 0.0f, 1e-30);
     cr_expect_float_eq(out[1], 200.0f, 1e-3);
-    for (int i = 0; i < 2; i++) cr_expect(isfinite(dg[i]) && isfinite(du[i]));
+    for (int i = 0; i < 2; i++)
+        cr_expect(isfinite(dg[i]) && isfinite(du[i]));
     cr_expect_float_eq(dg[1], 1.0f, 1e-6);
 }
 
@@ -576,7 +615,8 @@ Test(ops, embedding_gathers_rows_and_accumulates_repeats)
         BE->embedding_backward(dt, dout, tokens, N, C);
         double *ref = talloc((size_t)V * C * sizeof(double));
         for (int i = 0; i < N; i++)
-            for (int j = 0; j < C; j++) ref[(size_t)tokens[i] * C + j] += dout[(size_t)i * C + j];
+            for (int j = 0; j < C; j++)
+                ref[(size_t)tokens[i] * C + j] += dout[(size_t)i * C + j];
         expect_close("embedding dtable (+=)", dt, dt0, ref, (size_t)V * C, 1e-6);
         /* rows no token used are untouched */
         cr_expect(memcmp(dt + 1 * C, dt0 + 1 * C, (size_t)C * sizeof(float)) == 0);
@@ -596,8 +636,10 @@ static void cross_entropy_ref(double *losses, const double *logits, const int32_
         }
         const double *row = logits + (size_t)i * V;
         double mx = -INFINITY, sum = 0.0;
-        for (int j = 0; j < V; j++) mx = fmax(mx, row[j]);
-        for (int j = 0; j < V; j++) sum += exp(row[j] - mx);
+        for (int j = 0; j < V; j++)
+            mx = fmax(mx, row[j]);
+        for (int j = 0; j < V; j++)
+            sum += exp(row[j] - mx);
         losses[i] = mx + log(sum) - row[targets[i]];
     }
 }
@@ -614,7 +656,8 @@ static double cross_entropy_loss(void *p)
     CeCtx *c = p;
     cross_entropy_ref(c->losses, c->logits, c->targets, c->weights, c->N, c->V);
     double total = 0.0;
-    for (int i = 0; i < c->N; i++) total += c->weights[i] * c->losses[i];
+    for (int i = 0; i < c->N; i++)
+        total += c->weights[i] * c->losses[i];
     return total;
 }
 
@@ -638,7 +681,8 @@ Test(ops, cross_entropy_losses_and_gradient_ignore_weight_zero_rows)
 
     float *losses2 = fill_floats(N, NAN);
     BE->cross_entropy(losses2, grad, targets, weights, N, V, 1);
-    cr_expect(memcmp(losses, losses2, N * sizeof(float)) == 0, "losses do not depend on write_grad");
+    cr_expect(memcmp(losses, losses2, N * sizeof(float)) == 0,
+              "losses do not depend on write_grad");
     for (int i = 0; i < N; i++)
         if (weights[i] == 0.0f) {
             cr_expect_eq(losses2[i], 0.0f, "row %d: weight 0 gives loss 0", i);
@@ -662,7 +706,8 @@ Test(ops, cross_entropy_is_stable_for_extreme_logits)
     double lse = log(1.0 + exp(-1.0) + exp(-2.0)); /* relative to the max */
     cr_expect_float_eq(losses[0], lse + 1.0, 1e-6);
     cr_expect_float_eq(losses[1], log(5.0), 1e-5);
-    for (int j = 0; j < 2 * V; j++) cr_expect(isfinite(logits[j]), "grad %d finite", j);
+    for (int j = 0; j < 2 * V; j++)
+        cr_expect(isfinite(logits[j]), "grad %d finite", j);
     cr_expect_float_eq(logits[1], exp(-1.0) / exp(lse) - 1.0, 1e-6);
     cr_expect_float_eq(logits[5 + 2], 0.2 - 1.0, 1e-6);
 }
@@ -676,7 +721,8 @@ Test(ops, cross_entropy_flags_weighted_out_of_range_target)
     float weights[2] = {1, 1}, losses[2];
     BE->cross_entropy(losses, logits, targets, weights, 2, V, 1);
     cr_expect(isnan(losses[0]));
-    for (int j = 0; j < V; j++) cr_expect_eq(logits[j], 0.0f);
+    for (int j = 0; j < V; j++)
+        cr_expect_eq(logits[j], 0.0f);
     cr_expect(isfinite(losses[1]));
     BE->cross_entropy(losses, logits, targets, weights, 0, V, 1); /* N = 0: nothing */
 }
@@ -690,15 +736,18 @@ Test(ops, add_scale_and_sum_squares)
     size_t n = 1001;
     float *a = rand_floats(n, -1, 1), *b = rand_floats(n, -1, 1), *out = fill_floats(n, NAN);
     BE->add(out, a, b, n);
-    for (size_t i = 0; i < n; i++) cr_expect_eq(out[i], a[i] + b[i]);
+    for (size_t i = 0; i < n; i++)
+        cr_expect_eq(out[i], a[i] + b[i]);
     BE->add(a, a, b, n); /* in place, as the residual stream uses it */
     cr_expect(memcmp(a, out, n * sizeof(float)) == 0);
 
     BE->scale(out, -0.5f, n);
-    for (size_t i = 0; i < n; i++) cr_expect_eq(out[i], a[i] * -0.5f);
+    for (size_t i = 0; i < n; i++)
+        cr_expect_eq(out[i], a[i] * -0.5f);
 
     double ref = 0.0;
-    for (size_t i = 0; i < n; i++) ref += (double)out[i] * out[i];
+    for (size_t i = 0; i < n; i++)
+        ref += (double)out[i] * out[i];
     cr_expect(fabs(BE->sum_squares(out, n) - ref) <= 1e-12 * ref);
     cr_expect_eq(BE->sum_squares(out, 0), 0.0);
     float three[3] = {1, 2, -3};
@@ -724,7 +773,8 @@ Test(ops, adamw_matches_double_reference_over_steps)
     size_t n = 23;
     float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f, gs = 0.5f;
     float *p = rand_floats(n, -1, 1), *m = fill_floats(n, 0), *v = fill_floats(n, 0);
-    double *rp = to_double(p, n), *rm = talloc(n * sizeof(double)), *rv = talloc(n * sizeof(double));
+    double *rp = to_double(p, n), *rm = talloc(n * sizeof(double)),
+           *rv = talloc(n * sizeof(double));
     for (int t = 1; t <= 5; t++) {
         float *g = rand_floats(n, -3, 3);
         if (t == 3) g[0] = 0.0f; /* a zero gradient still decays and moves by momentum */
@@ -779,8 +829,8 @@ static void run_all(Outputs *o, int threads)
     o->dk = talloc(nkv * sizeof(float));
     o->dv = talloc(nkv * sizeof(float));
     BE->attention_forward(o->att_out, o->att_lse, q, k, v, B, T, H, KVH, D);
-    BE->attention_backward(o->dq, o->dk, o->dv, dout, o->att_out, o->att_lse, q, k, v, B, T, H,
-                           KVH, D);
+    BE->attention_backward(o->dq, o->dk, o->dv, dout, o->att_out, o->att_lse, q, k, v, B, T, H, KVH,
+                           D);
 
     float *x = rand_floats((size_t)M * C, -2, 2), *w = rand_floats(C, 0.5f, 1.5f);
     float *y = talloc((size_t)M * C * sizeof(float)), *rstd = talloc(M * sizeof(float));
@@ -790,7 +840,8 @@ static void run_all(Outputs *o, int threads)
     BE->rmsnorm_backward(o->dx, o->dw, dy, x, w, rstd, M, C);
 
     int32_t *tokens = talloc(N * sizeof(int32_t));
-    for (int i = 0; i < N; i++) tokens[i] = (int32_t)(rng_next() % V);
+    for (int i = 0; i < N; i++)
+        tokens[i] = (int32_t)(rng_next() % V);
     float *demb = rand_floats((size_t)N * C, -1, 1);
     o->dtable = fill_floats((size_t)V * C, 0);
     BE->embedding_backward(o->dtable, demb, tokens, N, C);
