@@ -54,7 +54,7 @@ typedef struct PackWriter {
     int64_t token_fill;
     int64_t *offset_buf, *label_buf;
     int32_t *task_buf;
-    int64_t doc_fill;
+    int64_t offset_fill, meta_fill; /* doc_offsets has one entry more (the leading 0) */
     /* Running totals. */
     int64_t n_docs, n_tokens, max_id, min_len, max_len;
     /* Whether documents carry labels / tasks: decided by the first document. */
@@ -206,10 +206,10 @@ static int pack_flush_tokens(PackWriter *w)
 
 static int pack_flush_docs(PackWriter *w)
 {
-    DS_TRY(column_append(w, &w->doc_offsets, w->offset_buf, w->doc_fill));
-    if (w->has_labels) DS_TRY(column_append(w, &w->labels, w->label_buf, w->doc_fill));
-    if (w->has_tasks) DS_TRY(column_append(w, &w->task_ids, w->task_buf, w->doc_fill));
-    w->doc_fill = 0;
+    DS_TRY(column_append(w, &w->doc_offsets, w->offset_buf, w->offset_fill));
+    if (w->has_labels) DS_TRY(column_append(w, &w->labels, w->label_buf, w->meta_fill));
+    if (w->has_tasks) DS_TRY(column_append(w, &w->task_ids, w->task_buf, w->meta_fill));
+    w->offset_fill = w->meta_fill = 0;
     return DS_OK;
 }
 
@@ -378,11 +378,10 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
     }
     w->n_tokens += len;
     w->n_docs++;
-    if (w->doc_fill == PACK_DOC_BATCH) DS_TRY(pack_flush_docs(w));
-    w->offset_buf[w->doc_fill] = w->n_tokens;
-    w->label_buf[w->doc_fill] = label_value;
-    w->task_buf[w->doc_fill] = (int32_t)task_value;
-    w->doc_fill++;
+    if (w->offset_fill == PACK_DOC_BATCH) DS_TRY(pack_flush_docs(w));
+    w->offset_buf[w->offset_fill++] = w->n_tokens;
+    w->label_buf[w->meta_fill] = label_value;
+    w->task_buf[w->meta_fill++] = (int32_t)task_value;
     if (len < w->min_len || w->n_docs == 1) w->min_len = len;
     if (len > w->max_len) w->max_len = len;
     return DS_OK;
@@ -454,7 +453,7 @@ static int pack_run(PackWriter *w)
     DS_TRY(column_create(w, &w->tokens, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, PACK_TOKEN_CHUNK));
     DS_TRY(column_create(w, &w->doc_offsets, "doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64,
                          PACK_DOC_CHUNK));
-    w->offset_buf[w->doc_fill++] = 0;
+    w->offset_buf[w->offset_fill++] = 0;
 
     for (int i = 0; i < opt->n_inputs; i++) DS_TRY(pack_file(w, opt->inputs[i]));
     if (w->n_docs == 0)
