@@ -31,46 +31,54 @@ enum {
 typedef struct ConfigKey {
     const char *name;         /* full dotted key; a key without a dot is top level */
     ConfigType type;          /* CT_INT fields are int or long long, chosen by size */
+    int flags;                /* CK_* */
     size_t offset, size;      /* where the value lives in Config */
     const char *default_text; /* parsed by the same code as user input */
     long long int_min, int_max;
     double float_min, float_max;
     const char *const *choices; /* CT_ENUM, NULL-terminated */
-    int flags;
     const char *doc;
 } ConfigKey;
 
-#define FIELD(f) offsetof(Config, f), sizeof(((Config *)0)->f)
-#define INT(key, f, def, lo, hi, doc) {key, CT_INT, FIELD(f), def, lo, hi, 0, 0, NULL, 0, doc}
-#define FLT(key, f, def, lo, hi, flags, doc)                                                       \
-    {key, CT_FLOAT, FIELD(f), def, 0, 0, lo, hi, NULL, flags, doc}
-#define STR(key, f, def, flags, doc) {key, CT_STRING, FIELD(f), def, 0, 0, 0, 0, NULL, flags, doc}
-#define BOOL(key, f, def, doc) {key, CT_BOOL, FIELD(f), def, 0, 1, 0, 0, NULL, 0, doc}
-#define ENUM(key, f, def, doc, ...)                                                                \
-    {key,                                                                                          \
-     CT_ENUM,                                                                                      \
-     FIELD(f),                                                                                     \
-     def,                                                                                          \
-     0,                                                                                            \
-     0,                                                                                            \
-     0,                                                                                            \
-     0,                                                                                            \
-     (const char *const[]){__VA_ARGS__, NULL},                                                     \
-     0,                                                                                            \
-     doc}
+#define FIELD(f) .offset = offsetof(Config, f), .size = sizeof(((Config *)0)->f)
+#define INT_FLAGS(key, f, def, lo, hi, flag_bits, text)                                            \
+    {                                                                                              \
+        .name = key, .type = CT_INT, .flags = flag_bits, FIELD(f), .default_text = def,            \
+        .int_min = lo, .int_max = hi, .doc = text                                                  \
+    }
+#define INT(key, f, def, lo, hi, text) INT_FLAGS(key, f, def, lo, hi, 0, text)
+#define FLT(key, f, def, lo, hi, flag_bits, text)                                                  \
+    {                                                                                              \
+        .name = key, .type = CT_FLOAT, .flags = flag_bits, FIELD(f), .default_text = def,          \
+        .float_min = lo, .float_max = hi, .doc = text                                              \
+    }
+#define STR(key, f, def, flag_bits, text)                                                          \
+    {                                                                                              \
+        .name = key, .type = CT_STRING, .flags = flag_bits, FIELD(f), .default_text = def,         \
+        .doc = text                                                                                \
+    }
+#define BOOL(key, f, def, text)                                                                    \
+    {                                                                                              \
+        .name = key, .type = CT_BOOL, FIELD(f), .default_text = def, .int_max = 1, .doc = text     \
+    }
+#define ENUM(key, f, def, text, ...)                                                               \
+    {                                                                                              \
+        .name = key, .type = CT_ENUM, FIELD(f), .default_text = def,                               \
+        .choices = (const char *const[]){__VA_ARGS__, NULL}, .doc = text                           \
+    }
 
 /* Keys of one section stay together: the YAML writer groups them by their first part. The
  * model.preset choices must match the presets in model.c (tests/config checks each one). */
 static const ConfigKey config_schema[] = {
     STR("model.path", model_path, "", 0,
         "Hugging Face model directory to start from; empty = train model.preset from scratch"),
-    ENUM("model.preset", model_preset, "tiny",
-         "built-in model shape used when model.path is empty", "tiny", "small",
-         "deepseek-coder-1.3b", "deepseek-llm-7b"),
+    ENUM("model.preset", model_preset, "tiny", "built-in model shape used when model.path is empty",
+         "tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b"),
     FLT("model.init_std", model_init_std, "0.02", 0, 1, 0,
         "standard deviation of the random initial weights (from-scratch runs)"),
 
-    STR("data.train", data_train, "", 0, "HDF5 token file to train on; empty = the bundled dataset"),
+    STR("data.train", data_train, "", 0,
+        "HDF5 token file to train on; empty = the bundled dataset"),
     STR("data.eval", data_eval, "", 0,
         "HDF5 token file for evaluation; empty = the eval split of the bundled dataset"),
 
@@ -104,8 +112,8 @@ static const ConfigKey config_schema[] = {
         "clip the global gradient norm to this value; 0 = off"),
 
     INT("parallel.tp", parallel_tp, "1", 1, 4096, "tensor-parallel size (ranks per model replica)"),
-    {"parallel.dp", CT_INT, FIELD(parallel_dp), "auto", 1, 1048576, 0, 0, NULL, CK_AUTO_IS_ZERO,
-     "data-parallel size; auto = world size / parallel.tp"},
+    INT_FLAGS("parallel.dp", parallel_dp, "auto", 1, 1048576, CK_AUTO_IS_ZERO,
+              "data-parallel size; auto = world size / parallel.tp"),
     INT("parallel.zero", parallel_zero, "1", 0, 1,
         "1 = shard optimizer state over data-parallel ranks (ZeRO-1); 0 = replicate it"),
 
@@ -116,7 +124,8 @@ static const ConfigKey config_schema[] = {
     INT("checkpoint.keep", checkpoint_keep, "3", 1, 1000000,
         "number of most recent checkpoints kept on disk"),
 
-    INT("eval.every", eval_every, "0", 0, 1000000000, "evaluate every N steps; 0 = never during training"),
+    INT("eval.every", eval_every, "0", 0, 1000000000,
+        "evaluate every N steps; 0 = never during training"),
     INT("eval.batches", eval_batches, "8", 1, 1000000000, "batches per evaluation"),
 
     STR("run.dir", run_dir, "", 0, "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
@@ -187,9 +196,12 @@ static void escape_into(char *out, size_t cap, const char *s, size_t max_bytes)
         } else if (!yaml_printable(cp) || cp == 0x85 || cp == 0x2028 || cp == 0x2029) {
             /* YAML escapes name code points, so this reads back as the same UTF-8 bytes;
              * U+0085, U+2028 and U+2029 are line breaks that a quoted scalar would fold. */
-            if (cp < 0x100) o += (size_t)snprintf(out + o, cap - o, "\\x%02X", cp);
-            else if (cp < 0x10000) o += (size_t)snprintf(out + o, cap - o, "\\u%04X", cp);
-            else o += (size_t)snprintf(out + o, cap - o, "\\U%08X", cp);
+            if (cp < 0x100)
+                o += (size_t)snprintf(out + o, cap - o, "\\x%02X", cp);
+            else if (cp < 0x10000)
+                o += (size_t)snprintf(out + o, cap - o, "\\u%04X", cp);
+            else
+                o += (size_t)snprintf(out + o, cap - o, "\\U%08X", cp);
         } else {
             memcpy(out + o, p, (size_t)n);
             o += (size_t)n;
@@ -227,7 +239,8 @@ static int levenshtein(const char *a, const char *b)
     size_t la = strlen(a), lb = strlen(b);
     if (la > 200 || lb > 200) return INT_MAX;
     int row[201];
-    for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (int)j;
     for (size_t i = 1; i <= la; i++) {
         int diagonal = row[0];
         row[0] = (int)i;
@@ -317,8 +330,10 @@ static int section_len(const char *key)
 
 static void format_bound(char *out, size_t cap, double v)
 {
-    if (v == floor(v) && fabs(v) < 1e15) snprintf(out, cap, "%.0f", v);
-    else snprintf(out, cap, "%g", v);
+    if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(out, cap, "%.0f", v);
+    else
+        snprintf(out, cap, "%g", v);
 }
 
 /* The allowed values in words: "1..1000000000", "0..1, 1 excluded", "cosine, linear". */
@@ -333,8 +348,10 @@ static void range_text(const ConfigKey *k, char *out, size_t cap)
     case CT_FLOAT:
         format_bound(lo, sizeof(lo), k->float_min);
         format_bound(hi, sizeof(hi), k->float_max);
-        if (k->flags & CK_MAX_EXCLUSIVE) snprintf(out, cap, "%s..%s, %s excluded", lo, hi, hi);
-        else snprintf(out, cap, "%s..%s", lo, hi);
+        if (k->flags & CK_MAX_EXCLUSIVE)
+            snprintf(out, cap, "%s..%s, %s excluded", lo, hi, hi);
+        else
+            snprintf(out, cap, "%s..%s", lo, hi);
         break;
     case CT_BOOL:
         snprintf(out, cap, "true, false");
@@ -354,11 +371,16 @@ static void range_text(const ConfigKey *k, char *out, size_t cap)
 static const char *type_name(const ConfigKey *k)
 {
     switch (k->type) {
-    case CT_INT: return (k->flags & CK_AUTO_IS_ZERO) ? "int or auto" : "int";
-    case CT_FLOAT: return "float";
-    case CT_BOOL: return "bool";
-    case CT_ENUM: return "enum";
-    case CT_STRING: return "string";
+    case CT_INT:
+        return (k->flags & CK_AUTO_IS_ZERO) ? "int or auto" : "int";
+    case CT_FLOAT:
+        return "float";
+    case CT_BOOL:
+        return "bool";
+    case CT_ENUM:
+        return "enum";
+    case CT_STRING:
+        return "string";
     }
     return "?";
 }
@@ -370,17 +392,20 @@ static int number_syntax_ok(const char *s)
     const char *p = s;
     if (*p == '+' || *p == '-') p++;
     int digits = 0;
-    while (*p >= '0' && *p <= '9') p++, digits++;
+    while (*p >= '0' && *p <= '9')
+        p++, digits++;
     if (*p == '.') {
         p++;
-        while (*p >= '0' && *p <= '9') p++, digits++;
+        while (*p >= '0' && *p <= '9')
+            p++, digits++;
     }
     if (!digits) return 0;
     if (*p == 'e' || *p == 'E') {
         p++;
         if (*p == '+' || *p == '-') p++;
         if (!(*p >= '0' && *p <= '9')) return 0;
-        while (*p >= '0' && *p <= '9') p++;
+        while (*p >= '0' && *p <= '9')
+            p++;
     }
     return *p == 0;
 }
@@ -439,6 +464,31 @@ static int out_of_range_problem(const ConfigKey *k, const char *text, char *prob
     return 0;
 }
 
+/* Integer and bool fields are int, or long long where the schema entry's size says so. */
+static void store_int(const ConfigKey *k, Config *c, long long v)
+{
+    char *field = (char *)c + k->offset;
+    if (k->size == sizeof(long long)) {
+        memcpy(field, &v, sizeof(v));
+    } else {
+        int narrow = (int)v;
+        memcpy(field, &narrow, sizeof(narrow));
+    }
+}
+
+static long long load_int(const ConfigKey *k, const Config *c)
+{
+    const char *field = (const char *)c + k->offset;
+    if (k->size == sizeof(long long)) {
+        long long v;
+        memcpy(&v, field, sizeof(v));
+        return v;
+    }
+    int narrow;
+    memcpy(&narrow, field, sizeof(narrow));
+    return narrow;
+}
+
 /* Store text into the key's field. On failure writes the problem ("expected a number, got
  * \"x\"") into problem and returns 0. is_null: YAML null (empty, ~, null), only strings take it. */
 static int value_set(const ConfigKey *k, Config *c, const char *text, int is_null, char *problem,
@@ -450,7 +500,7 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
     switch (k->type) {
     case CT_INT: {
         if ((k->flags & CK_AUTO_IS_ZERO) && strcmp(text, "auto") == 0) {
-            *(int *)field = 0;
+            store_int(k, c, 0);
             return 1;
         }
         const char *expected =
@@ -478,8 +528,7 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
         if (out_of_range || v < k->int_min || v > k->int_max) {
             return out_of_range_problem(k, text, problem, cap);
         }
-        if (k->size == sizeof(long long)) *(long long *)field = v;
-        else *(int *)field = (int)v;
+        store_int(k, c, v);
         return 1;
     }
     case CT_FLOAT: {
@@ -496,7 +545,7 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
         if (!ok) {
             return out_of_range_problem(k, text, problem, cap);
         }
-        *(float *)field = f;
+        memcpy(field, &f, sizeof(f));
         return 1;
     }
     case CT_BOOL: {
@@ -505,7 +554,7 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
             snprintf(problem, cap, "expected true or false, got %s", quoted(q, sizeof(q), text));
             return 0;
         }
-        *(int *)field = b;
+        store_int(k, c, b);
         return 1;
     }
     case CT_ENUM: {
@@ -552,22 +601,33 @@ static void value_format(const ConfigKey *k, const Config *c, char *out, size_t 
     const char *field = (const char *)c + k->offset;
     switch (k->type) {
     case CT_INT: {
-        long long v = k->size == sizeof(long long) ? *(const long long *)field : *(const int *)field;
-        if ((k->flags & CK_AUTO_IS_ZERO) && v == 0) snprintf(out, cap, "auto");
-        else snprintf(out, cap, "%lld", v);
+        long long v = load_int(k, c);
+        if ((k->flags & CK_AUTO_IS_ZERO) && v == 0)
+            snprintf(out, cap, "auto");
+        else
+            snprintf(out, cap, "%lld", v);
         break;
     }
-    case CT_FLOAT: format_float(out, cap, *(const float *)field); break;
-    case CT_BOOL: snprintf(out, cap, "%s", *(const int *)field ? "true" : "false"); break;
+    case CT_FLOAT: {
+        float f;
+        memcpy(&f, field, sizeof(f));
+        format_float(out, cap, f);
+        break;
+    }
+    case CT_BOOL:
+        snprintf(out, cap, "%s", load_int(k, c) ? "true" : "false");
+        break;
     case CT_ENUM:
-    case CT_STRING: snprintf(out, cap, "%.*s", (int)k->size, field); break;
+    case CT_STRING:
+        snprintf(out, cap, "%.*s", (int)k->size, field);
+        break;
     }
 }
 
 /* Plain YAML scalars that another reader would take as something other than this string. */
 static int needs_quotes(const char *s)
 {
-    static const char *special[] = {"true", "false", "yes", "no",  "on",  "off", "y",
+    static const char *special[] = {"true", "false", "yes", "no",   "on",   "off",  "y",
                                     "n",    "null",  "~",   ".nan", ".inf", "-.inf"};
     if (!*s) return 1;
     for (size_t i = 0; i < DS_ARRAY_LEN(special); i++)
@@ -636,22 +696,27 @@ static int error_unknown_key(const char *where, const char *key)
 static int error_section_scalar(const char *where, const char *section, const char *got)
 {
     const ConfigKey *example = section_find(section);
-    return ds_error(DS_ERR_INPUT, "%s: %s: is a section, expected its keys (such as %s) under it, got %s",
-                    where, section, example->name, got);
+    return ds_error(DS_ERR_INPUT,
+                    "%s: %s: is a section, expected its keys (such as %s) under it, got %s", where,
+                    section, example->name, got);
 }
 
 int config_apply_override(Config *c, const char *assignment, const char *source)
 {
-    char shown[256], q[160];
+    char q[160];
     const char *eq = strchr(assignment, '=');
-    if (!eq)
+    if (!eq) {
+        char shown[256];
         return ds_error(DS_ERR_INPUT, "%s: %s: expected key=value, e.g. optim.lr=3e-4", source,
                         key_for_message(shown, sizeof(shown), assignment));
+    }
     char key[256];
     size_t n = (size_t)(eq - assignment);
-    while (n > 0 && (assignment[n - 1] == ' ' || assignment[n - 1] == '\t')) n--;
+    while (n > 0 && (assignment[n - 1] == ' ' || assignment[n - 1] == '\t'))
+        n--;
     const char *start = assignment;
-    while (n > 0 && (*start == ' ' || *start == '\t')) start++, n--;
+    while (n > 0 && (*start == ' ' || *start == '\t'))
+        start++, n--;
     if (n == 0)
         return ds_error(DS_ERR_INPUT, "%s: %s: missing key before '='", source,
                         quoted(q, sizeof(q), assignment));
@@ -662,7 +727,8 @@ int config_apply_override(Config *c, const char *assignment, const char *source)
 
     const ConfigKey *k = key_find(key);
     if (!k) {
-        if (section_find(key)) return error_section_scalar(source, key, quoted(q, sizeof(q), value));
+        if (section_find(key))
+            return error_section_scalar(source, key, quoted(q, sizeof(q), value));
         return error_unknown_key(source, key);
     }
     Config updated = *c;
@@ -741,10 +807,14 @@ static int yaml_next(YamlLoad *y, yaml_event_t *event)
 static const char *node_kind(yaml_event_type_t type)
 {
     switch (type) {
-    case YAML_MAPPING_START_EVENT: return "a mapping";
-    case YAML_SEQUENCE_START_EVENT: return "a sequence";
-    case YAML_ALIAS_EVENT: return "an alias";
-    default: return "a scalar";
+    case YAML_MAPPING_START_EVENT:
+        return "a mapping";
+    case YAML_SEQUENCE_START_EVENT:
+        return "a sequence";
+    case YAML_ALIAS_EVENT:
+        return "an alias";
+    default:
+        return "a scalar";
     }
 }
 
@@ -753,9 +823,12 @@ static const char *expected_text(const ConfigKey *k, char *buf, size_t cap)
     switch (k->type) {
     case CT_INT:
         return (k->flags & CK_AUTO_IS_ZERO) ? "expected an integer or auto" : "expected an integer";
-    case CT_FLOAT: return "expected a number";
-    case CT_BOOL: return "expected true or false";
-    case CT_STRING: return "expected a string";
+    case CT_FLOAT:
+        return "expected a number";
+    case CT_BOOL:
+        return "expected true or false";
+    case CT_STRING:
+        return "expected a string";
     case CT_ENUM: {
         char range[200];
         range_text(k, range, sizeof(range));
@@ -779,7 +852,7 @@ static int yaml_walk_mapping(YamlLoad *y, const char *prefix);
 /* Handles one "key: value" pair; the key event has been read, the value comes next. */
 static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
 {
-    char where[4200], shown[256], q[160], buf[256];
+    char where[4200];
     snprintf(where, sizeof(where), "%s:%zu", y->path, key_line);
     const ConfigKey *k = key_find(full);
     const ConfigKey *section = k ? NULL : section_find(full);
@@ -808,6 +881,7 @@ static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
                                       problem);
             }
         } else if (section) {
+            char q[160];
             status = error_section_scalar(where, full, quoted(q, sizeof(q), text));
         } else {
             status = error_unknown_key(where, full);
@@ -818,12 +892,16 @@ static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
     yaml_event_delete(&value);
 
     if (type == YAML_MAPPING_START_EVENT && !k && section) return yaml_walk_mapping(y, full);
-    if (type == YAML_ALIAS_EVENT)
+    if (type == YAML_ALIAS_EVENT) {
+        char shown[256];
         return ds_error(DS_ERR_INPUT, "%s: %s: YAML aliases (*name) are not supported", where,
                         key_for_message(shown, sizeof(shown), full));
-    if (k)
+    }
+    if (k) {
+        char buf[256];
         return ds_error(DS_ERR_INPUT, "%s: %s: %s, got %s", where, k->name,
                         expected_text(k, buf, sizeof(buf)), node_kind(type));
+    }
     if (section) return error_section_scalar(where, full, node_kind(type));
     if (type == YAML_MAPPING_START_EVENT) {
         /* An unknown section: name its first key in full, so the suggestion can find the
@@ -886,8 +964,8 @@ static int yaml_walk_stream(YamlLoad *y)
         if (type == YAML_STREAM_END_EVENT) return DS_OK;
         if (documents > 0)
             return ds_error(DS_ERR_INPUT,
-                            "%s:%zu: a second YAML document; put all keys in one document",
-                            y->path, line);
+                            "%s:%zu: a second YAML document; put all keys in one document", y->path,
+                            line);
         /* document start, then the root node */
         DS_TRY(yaml_next(y, &event));
         type = event.type;
@@ -946,17 +1024,19 @@ int config_load_yaml(Config *c, const char *path)
 void config_write_yaml(const Config *c, FILE *out, int with_docs)
 {
     if (with_docs) {
-        fprintf(out, "# dstrain configuration: every key with its default value.\n"
-                     "# Generated from the schema in trainer/config.c (reference: docs/config.md).\n"
-                     "# Keys may be nested as below or written dotted at the top level\n"
-                     "# (optim.lr: 3e-4); on the command line, override any key with key=value.\n");
+        fprintf(out,
+                "# dstrain configuration: every key with its default value.\n"
+                "# Generated from the schema in trainer/config.c (reference: docs/config.md).\n"
+                "# Keys may be nested as below or written dotted at the top level\n"
+                "# (optim.lr: 3e-4); on the command line, override any key with key=value.\n");
     }
     const char *open_section = NULL;
     int open_len = 0;
     for (size_t i = 0; i < KEY_COUNT; i++) {
         const ConfigKey *k = &config_schema[i];
         int len = section_len(k->name);
-        int same = open_section && len == open_len && strncmp(k->name, open_section, (size_t)len) == 0;
+        int same =
+            open_section && len == open_len && strncmp(k->name, open_section, (size_t)len) == 0;
         if (!same) {
             if (with_docs) fputc('\n', out);
             if (len > 0) fprintf(out, "%.*s:\n", len, k->name);
@@ -981,10 +1061,14 @@ void config_write_yaml(const Config *c, FILE *out, int with_docs)
 static void markdown_cell(FILE *out, const char *s)
 {
     for (; *s; s++) {
-        if (*s == '|') fputs("\\|", out);
-        else if (*s == '<') fputs("&lt;", out);
-        else if (*s == '>') fputs("&gt;", out);
-        else fputc(*s, out);
+        if (*s == '|')
+            fputs("\\|", out);
+        else if (*s == '<')
+            fputs("&lt;", out);
+        else if (*s == '>')
+            fputs("&gt;", out);
+        else
+            fputc(*s, out);
     }
 }
 
@@ -1015,8 +1099,10 @@ void config_write_markdown(FILE *out)
         value_format(k, &defaults, text, sizeof(text));
         range_text(k, range, sizeof(range));
         fprintf(out, "| `%s` | %s | ", k->name, type_name(k));
-        if (k->type == CT_STRING && !text[0]) fputs("`\"\"`", out);
-        else fprintf(out, "`%s`", text);
+        if (k->type == CT_STRING && !text[0])
+            fputs("`\"\"`", out);
+        else
+            fprintf(out, "`%s`", text);
         fputs(" | ", out);
         markdown_cell(out, range);
         fputs(" | ", out);

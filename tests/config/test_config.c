@@ -246,9 +246,10 @@ Test(config, null_values_clear_strings)
 Test(config, numbers_bools_and_auto_accept_their_spellings)
 {
     Config c;
-    cr_assert_eq(load_text(&c, "n.yaml", "train.steps: 1e6\ntrain.seq_len: 2048.0\n"
-                                         "train.seed: +0\noptim.lr: .5\noptim.eps: 1E-10\n"
-                                         "optim.clip_grad_norm: 0\n"),
+    cr_assert_eq(load_text(&c, "n.yaml",
+                           "train.steps: 1e6\ntrain.seq_len: 2048.0\n"
+                           "train.seed: +0\noptim.lr: .5\noptim.eps: 1E-10\n"
+                           "optim.clip_grad_norm: 0\n"),
                  DS_OK, "%s", ds_last_error());
     cr_assert_eq(c.train_steps, 1000000);
     cr_assert_eq(c.train_seq_len, 2048);
@@ -291,14 +292,17 @@ Test(config, range_bounds_are_inclusive_except_where_documented)
     expect_override_error(
         "optim.beta2=0.99999999999",
         "command line: optim.beta2: 0.99999999999 is out of range (0..1, 1 excluded)");
-    expect_override_error("optim.lr=10.001", "command line: optim.lr: 10.001 is out of range (0..10)");
-    expect_override_error("optim.lr=-1e-3", "command line: optim.lr: -1e-3 is out of range (0..10)");
+    expect_override_error("optim.lr=10.001",
+                          "command line: optim.lr: 10.001 is out of range (0..10)");
+    expect_override_error("optim.lr=-1e-3",
+                          "command line: optim.lr: -1e-3 is out of range (0..10)");
     expect_override_error("optim.lr=1e39", "command line: optim.lr: 1e39 is out of range (0..10)");
     expect_override_error("train.seq_len=1",
                           "command line: train.seq_len: 1 is out of range (2..1048576)");
     expect_override_error("parallel.dp=0",
                           "command line: parallel.dp: 0 is out of range (1..1048576)");
-    expect_override_error("parallel.zero=2", "command line: parallel.zero: 2 is out of range (0..1)");
+    expect_override_error("parallel.zero=2",
+                          "command line: parallel.zero: 2 is out of range (0..1)");
     expect_override_error("checkpoint.keep=0",
                           "command line: checkpoint.keep: 0 is out of range (1..1000000)");
     expect_override_error("train.seed=-1",
@@ -322,7 +326,8 @@ Test(config, bad_number_names_file_line_and_value)
     expect_load_error("model:\n  preset: tiny\noptim:\n  lr: 1e-5x\n",
                       ":4: optim.lr: expected a number, got \"1e-5x\"");
     expect_load_error("optim.lr: 1e-5x\n", ":1: optim.lr: expected a number, got \"1e-5x\"");
-    const char *not_numbers[] = {"inf", "nan", ".inf", "0x10", "1,5", "", "1e", "e5", "- 1", "1.2.3"};
+    const char *not_numbers[] = {"inf", "nan", ".inf", "0x10", "1,5",
+                                 "",    "1e",  "e5",   "- 1",  "1.2.3"};
     for (size_t i = 0; i < DS_ARRAY_LEN(not_numbers); i++) {
         char text[64], rest[128];
         snprintf(text, sizeof(text), "\n\noptim.eps: \"%s\"\n", not_numbers[i]);
@@ -334,9 +339,11 @@ Test(config, bad_number_names_file_line_and_value)
 
 Test(config, integers_reject_fractions_and_words)
 {
-    expect_load_error("train:\n  steps: 1.5\n", ":2: train.steps: expected an integer, got \"1.5\"");
+    expect_load_error("train:\n  steps: 1.5\n",
+                      ":2: train.steps: expected an integer, got \"1.5\"");
     expect_load_error("train.steps: ten\n", ":1: train.steps: expected an integer, got \"ten\"");
-    expect_load_error("train.steps: 12abc\n", ":1: train.steps: expected an integer, got \"12abc\"");
+    expect_load_error("train.steps: 12abc\n",
+                      ":1: train.steps: expected an integer, got \"12abc\"");
     expect_load_error("parallel.dp: many\n",
                       ":1: parallel.dp: expected an integer or auto, got \"many\"");
     expect_load_error("parallel.tp: auto\n", ":1: parallel.tp: expected an integer, got \"auto\"");
@@ -344,7 +351,8 @@ Test(config, integers_reject_fractions_and_words)
 
 Test(config, out_of_range_names_the_range)
 {
-    expect_load_error("\n\n\n\ntrain.steps: 0\n", ":5: train.steps: 0 is out of range (1..1000000000)");
+    expect_load_error("\n\n\n\ntrain.steps: 0\n",
+                      ":5: train.steps: 0 is out of range (1..1000000000)");
     expect_load_error("optim:\n  beta1: 1.0\n",
                       ":2: optim.beta1: 1.0 is out of range (0..1, 1 excluded)");
     expect_load_error("optim:\n  clip_grad_norm: 2e6\n",
@@ -353,8 +361,9 @@ Test(config, out_of_range_names_the_range)
 
 Test(config, enum_and_bool_list_what_is_allowed)
 {
-    expect_load_error("optim:\n  schedule: cosin\n",
-                      ":2: optim.schedule: expected one of cosine, linear, constant, got \"cosin\"");
+    expect_load_error(
+        "optim:\n  schedule: cosin\n",
+        ":2: optim.schedule: expected one of cosine, linear, constant, got \"cosin\"");
     expect_load_error("device: gpu\n", ":1: device: expected one of cpu, cuda, got \"gpu\"");
     expect_load_error("train:\n  activation_checkpointing: maybe\n",
                       ":2: train.activation_checkpointing: expected true or false, got \"maybe\"");
@@ -383,7 +392,8 @@ Test(config, unknown_keys_suggest_the_closest)
     expect_load_error("eval:\n  learning_rate_of_eval: 1\n",
                       ":2: eval.learning_rate_of_eval: unknown key (keys under eval: every, "
                       "batches)");
-    expect_load_error("optim:\n  lr:\n    x: 1\n", ":2: optim.lr: expected a number, got a mapping");
+    expect_load_error("optim:\n  lr:\n    x: 1\n",
+                      ":2: optim.lr: expected a number, got a mapping");
     expect_load_error("wandb: {}\n", ":1: wandb: unknown key");
 }
 
@@ -395,7 +405,8 @@ Test(config, yaml_syntax_errors_carry_the_line)
     expect_load_error("optim: {lr: 1, eps: 0.5\n",
                       ":2: invalid YAML: did not find expected ',' or '}' (while parsing a flow "
                       "mapping at line 1)");
-    expect_load_error("optim.lr: 0.1: 2\n", ":1: invalid YAML: mapping values are not allowed in this context");
+    expect_load_error("optim.lr: 0.1: 2\n",
+                      ":1: invalid YAML: mapping values are not allowed in this context");
     expect_load_error("optim:\n  lr: \"unterminated\n",
                       ":3: invalid YAML: found unexpected end of stream (while scanning a quoted "
                       "scalar at line 2)");
@@ -419,8 +430,10 @@ Test(config, structure_errors_say_what_was_found)
     expect_load_error("optim:\n  - lr\n",
                       ":1: optim: is a section, expected its keys (such as optim.lr) under it, got "
                       "a sequence");
-    expect_load_error("- optim.lr: 1\n", ":1: expected a mapping of keys (key: value), got a sequence");
-    expect_load_error("just a string\n", ":1: expected a mapping of keys (key: value), got a scalar");
+    expect_load_error("- optim.lr: 1\n",
+                      ":1: expected a mapping of keys (key: value), got a sequence");
+    expect_load_error("just a string\n",
+                      ":1: expected a mapping of keys (key: value), got a scalar");
     expect_load_error("? [a, b]\n: 1\n", ":1: a key must be a name, got a sequence");
     expect_load_error("optim.lr: &x 1\noptim.eps: *x\n",
                       ":2: optim.eps: YAML aliases (*name) are not supported");
@@ -483,11 +496,13 @@ Test(config, long_and_binary_values_are_refused_cleanly)
 Test(config, deep_nesting_stops_at_the_first_unknown_level)
 {
     char text[20000] = "";
-    for (int i = 0; i < 2000; i++) strcat(text, "[");
+    for (int i = 0; i < 2000; i++)
+        strcat(text, "[");
     Config c;
     cr_assert_eq(load_text(&c, "deep.yaml", text), DS_ERR_INPUT);
     char deep[20000] = "";
-    for (int i = 0; i < 1000; i++) strcat(deep, "a: {");
+    for (int i = 0; i < 1000; i++)
+        strcat(deep, "a: {");
     cr_assert_eq(load_text(&c, "deep2.yaml", deep), DS_ERR_INPUT);
     cr_assert(strstr(ds_last_error(), "a.a: unknown key") != NULL, "%s", ds_last_error());
 }
@@ -513,16 +528,19 @@ Test(config, override_errors_name_the_source)
 {
     expect_override_error("optim.lr=1e-5x",
                           "command line: optim.lr: expected a number, got \"1e-5x\"");
-    expect_override_error("optim.lr", "command line: optim.lr: expected key=value, e.g. optim.lr=3e-4");
+    expect_override_error("optim.lr",
+                          "command line: optim.lr: expected key=value, e.g. optim.lr=3e-4");
     expect_override_error("=3", "command line: \"=3\": missing key before '='");
-    expect_override_error("optim.lrr=1", "command line: optim.lrr: unknown key (did you mean optim.lr?)");
+    expect_override_error("optim.lrr=1",
+                          "command line: optim.lrr: unknown key (did you mean optim.lr?)");
     expect_override_error("optim=1",
                           "command line: optim: is a section, expected its keys (such as optim.lr) "
                           "under it, got \"1\"");
     expect_override_error("train.resume=", "command line: train.resume: must not be empty");
     expect_override_error("run.dir=\xc3\x28",
                           "command line: run.dir: is not valid UTF-8: \"\\xC3(\"");
-    expect_override_error("train.steps=", "command line: train.steps: expected an integer, got \"\"");
+    expect_override_error("train.steps=",
+                          "command line: train.steps: expected an integer, got \"\"");
 }
 
 /* ---- validation --------------------------------------------------------------------------- */
@@ -537,8 +555,9 @@ Test(config, validate_catches_values_set_by_code_and_cross_field_limits)
     config_set_defaults(&c);
     strcpy(c.optim_schedule, "step");
     cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
-    cr_assert_str_eq(ds_last_error(),
-                     "config: optim.schedule: expected one of cosine, linear, constant, got \"step\"");
+    cr_assert_str_eq(
+        ds_last_error(),
+        "config: optim.schedule: expected one of cosine, linear, constant, got \"step\"");
     config_set_defaults(&c);
     c.optim_lr = NAN;
     cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
@@ -675,8 +694,7 @@ Test(config, docs_config_md_matches_the_schema)
               "%s", md);
     cr_assert(strstr(md, "| `optim.schedule` | enum | `cosine` | cosine, linear, constant |"), "%s",
               md);
-    cr_assert(strstr(md, "| `parallel.dp` | int or auto | `auto` | 1..1048576 |"), "%s",
-              md);
+    cr_assert(strstr(md, "| `parallel.dp` | int or auto | `auto` | 1..1048576 |"), "%s", md);
     cr_assert(strstr(md, "| `model.path` | string | `\"\"` |"), "%s", md);
     assert_in_sync("docs/config.md", md, len);
     free(md);
@@ -696,8 +714,8 @@ Test(config, defaults_yaml_matches_the_schema_and_loads)
     memset(&loaded, 0, sizeof(loaded));
     config_set_defaults(&loaded);
     loaded.train_steps = 5;
-    cr_assert_eq(config_load_yaml(&loaded, DSTRAIN_SOURCE_DIR "/configs/defaults.yaml"), DS_OK, "%s",
-                 ds_last_error());
+    cr_assert_eq(config_load_yaml(&loaded, DSTRAIN_SOURCE_DIR "/configs/defaults.yaml"), DS_OK,
+                 "%s", ds_last_error());
     cr_assert(memcmp(&loaded, &defaults, sizeof(Config)) == 0);
     free(yaml);
 }
@@ -710,7 +728,8 @@ Test(config, help_lists_every_key)
     config_write_help(f);
     fclose(f);
     int lines = 0;
-    for (char *p = text; *p; p++) lines += *p == '\n';
+    for (char *p = text; *p; p++)
+        lines += *p == '\n';
     cr_assert_eq(lines, 32);
     cr_assert(strstr(text, "  train.steps ") != NULL, "%s", text);
     cr_assert(strstr(text, "(int, default 300; 1..1000000000)") != NULL, "%s", text);
