@@ -197,11 +197,14 @@ static int tokens_read(TokenDataset *ds, int64_t start, int64_t count, int32_t *
     DS_TRY(dataset_read_range(ds, ds->tokens, "tokens", H5T_NATIVE_INT32, start, count, tokens));
     int32_t vocab = ds->info.vocab_size;
     for (int64_t i = 0; i < count; i++) {
-        if (tokens[i] < 0 || tokens[i] >= vocab)
+        if (tokens[i] < 0 || tokens[i] >= vocab) {
+            /* HDF5 clips wider integers to the int32 range on conversion. */
+            int clipped = tokens[i] == INT32_MAX || tokens[i] == INT32_MIN;
             return ds_error(DS_ERR_INPUT,
-                            "%s: dataset \"tokens\": token id %d at index %" PRId64
+                            "%s: dataset \"tokens\": token id %s%d at index %" PRId64
                             " is outside the vocabulary [0, %d)",
-                            ds->path, tokens[i], start + i, vocab);
+                            ds->path, clipped ? "beyond " : "", tokens[i], start + i, vocab);
+        }
     }
     if (loss_mask) {
         if (ds->loss_mask >= 0) {
@@ -284,7 +287,7 @@ static int dataset_validate_offsets(TokenDataset *ds, hid_t offsets, int64_t n_o
         if (ds->offsets[i] <= ds->offsets[i - 1])
             return ds_error(DS_ERR_INPUT,
                             "%s: dataset \"doc_offsets\": not increasing at index %" PRId64
-                            " (%" PRId64 " then %" PRId64 "; documents must be non-empty)",
+                            " (%" PRId64 " then %" PRId64 "); documents must be non-empty",
                             p, i, ds->offsets[i - 1], ds->offsets[i]);
     }
     int64_t last = ds->offsets[n_offsets - 1];

@@ -1,0 +1,270 @@
+/* test_dataset.c: files written by h5py following docs/data.md are read correctly (int32 and
+ * int64 tokens, variable- and fixed-length string attributes), and hostile files are refused
+ * at open with a message naming the file and the dataset. */
+#include "data_test_util.h"
+
+/* Python prelude: make(name, **overrides) writes a file in the documented layout, with any
+ * dataset or attribute replaced (None removes it). */
+static const char *PRELUDE =
+    "import sys, h5py, numpy as np\n"
+    "d = sys.argv[1]\n"
+    "def make(name, datasets=None, attrs=None):\n"
+    "    ds = {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32),\n"
+    "          'doc_offsets': np.array([0, 3, 5, 8], dtype=np.int64)}\n"
+    "    at = {'format': 'dstrain-tokens', 'format_version': 1, 'vocab_size': 10,\n"
+    "          'bos_id': -1, 'eos_id': 0, 'pad_id': -1, 'tokenizer': 'byte'}\n"
+    "    ds.update(datasets or {}); at.update(attrs or {})\n"
+    "    with h5py.File(d + '/' + name, 'w') as f:\n"
+    "        for k, v in ds.items():\n"
+    "            if v is not None: f.create_dataset(k, data=v)\n"
+    "        for k, v in at.items():\n"
+    "            if v is not None: f.attrs[k] = v\n";
+
+static void make_files(const char *dir, const char *name, const char *body)
+{
+    char script[8192];
+    snprintf(script, sizeof(script), "%s%s", PRELUDE, body);
+    cr_assert_eq(run_python(dir, name, script), 0, "python script %s failed", name);
+}
+
+static void check_layout_reads(const char *path)
+{
+    TokenDataset *ds = NULL;
+    cr_assert_eq(dataset_open(path, 32000, &ds), DS_OK, "%s", ds_last_error());
+    const DatasetInfo *info = dataset_info(ds);
+    cr_assert_eq(info->n_docs, 3);
+    cr_assert_eq(info->n_tokens, 8);
+    cr_assert_eq(info->vocab_size, 10);
+    cr_assert_eq(info->eos_id, 0);
+    cr_assert_eq(info->bos_id, -1);
+    cr_assert_str_eq(info->tokenizer, "byte");
+    cr_assert_eq(dataset_doc_length(ds, 0), 3);
+    cr_assert_eq(dataset_doc_length(ds, 1), 2);
+    cr_assert_eq(dataset_doc_length(ds, 2), 3);
+    int32_t t[3];
+    uint8_t m[3];
+    cr_assert_eq(dataset_read_doc(ds, 2, 0, 3, t, m), DS_OK, "%s", ds_last_error());
+    cr_assert(t[0] == 9 && t[1] == 2 && t[2] == 6, "got %d %d %d", t[0], t[1], t[2]);
+    if (info->has_loss_mask) {
+        cr_assert(m[0] == 1 && m[1] == 0 && m[2] == 1, "mask %d %d %d", m[0], m[1], m[2]);
+    } else {
+        cr_assert(m[0] == 1 && m[1] == 1 && m[2] == 1);
+    }
+    dataset_close(ds);
+}
+
+Test(dataset, files_written_by_h5py_are_read)
+{
+    char dir[1024], path[1100];
+    test_dir("h5py-layout", dir, sizeof(dir));
+    make_files(dir, "layout",
+               "make('i32.h5')\n"
+               "make('i64.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int64)})\n"
+               "make('u16.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.uint16),\n"
+               "                'doc_offsets': np.array([0, 3, 5, 8], dtype=np.int32)})\n"
+               "make('fixed.h5', attrs={'format': np.bytes_(b'dstrain-tokens'),\n"
+               "                        'tokenizer': np.bytes_(b'byte'),\n"
+               "                        'vocab_size': np.int32(10), 'format_version': np.uint8(1)})\n"
+               "make('mask.h5', {'loss_mask': np.array([1,1,1,1,1,1,0,1], dtype=np.uint8),\n"
+               "                 'labels': np.array([4, 5, 6]), 'task_ids': np.array([1, 1, 2], "
+               "dtype=np.int32)})\n"
+               "with h5py.File(d + '/chunked.h5', 'w') as f:\n"
+               "    f.create_dataset('tokens', data=np.array([3,1,4,1,5,9,2,6], dtype=np.int32),\n"
+               "                     chunks=(4,), compression='gzip', shuffle=True, maxshape=(None,))\n"
+               "    f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8]))\n"
+               "    f.attrs.update({'format': 'dstrain-tokens', 'format_version': 1, 'vocab_size': 10,\n"
+               "                    'eos_id': 0, 'tokenizer': 'byte'})\n");
+    const char *files[] = {"i32.h5", "i64.h5", "u16.h5", "fixed.h5", "mask.h5", "chunked.h5"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(files); i++) {
+        test_path(path, sizeof(path), dir, files[i]);
+        check_layout_reads(path);
+    }
+    /* Per-document metadata of mask.h5. */
+    TokenDataset *ds = NULL;
+    test_path(path, sizeof(path), dir, "mask.h5");
+    cr_assert_eq(dataset_open(path, 0, &ds), DS_OK);
+    int64_t labels[3];
+    int32_t tasks[3];
+    cr_assert_eq(dataset_read_labels(ds, 0, 3, labels), DS_OK);
+    cr_assert_eq(dataset_read_task_ids(ds, 1, 2, tasks), DS_OK);
+    cr_assert(labels[0] == 4 && labels[1] == 5 && labels[2] == 6);
+    cr_assert(tasks[0] == 1 && tasks[1] == 2);
+    dataset_close(ds);
+    /* Absent metadata is an error when asked for, not garbage. */
+    test_path(path, sizeof(path), dir, "i32.h5");
+    cr_assert_eq(dataset_open(path, 0, &ds), DS_OK);
+    cr_assert_eq(dataset_read_labels(ds, 0, 3, labels), DS_ERR_INPUT);
+    assert_error_contains("\"labels\" is missing");
+    dataset_close(ds);
+}
+
+typedef struct HostileCase {
+    const char *file;
+    const char *python; /* writes dir/file; NULL when made in C */
+    int model_vocab;
+    const char *want[3];
+} HostileCase;
+
+static const HostileCase HOSTILE[] = {
+    {"no_tokens.h5", "make('no_tokens.h5', {'tokens': None})", 0,
+     {"\"tokens\" is missing", NULL}},
+    {"no_offsets.h5", "make('no_offsets.h5', {'doc_offsets': None})", 0,
+     {"\"doc_offsets\" is missing", NULL}},
+    {"float_tokens.h5", "make('float_tokens.h5', {'tokens': np.arange(8, dtype=np.float32)})", 0,
+     {"dataset \"tokens\": wrong dtype", "floating point", NULL}},
+    {"float_offsets.h5",
+     "make('float_offsets.h5', {'doc_offsets': np.array([0., 3., 5., 8.])})", 0,
+     {"dataset \"doc_offsets\": wrong dtype", NULL}},
+    {"bool_mask.h5", "make('bool_mask.h5', {'loss_mask': np.ones(8, dtype=bool)})", 0,
+     {"dataset \"loss_mask\": wrong dtype", NULL}},
+    {"rank2.h5", "make('rank2.h5', {'tokens': np.ones((2, 4), dtype=np.int32)})", 0,
+     {"dataset \"tokens\": expected 1 dimension, got 2", NULL}},
+    {"big_id.h5", "make('big_id.h5', {'tokens': np.array([3, 1, 4, 10, 5, 9, 2, 6])})", 0,
+     {"dataset \"tokens\": token id 10 at index 3", "[0, 10)", NULL}},
+    {"negative_id.h5", "make('negative_id.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, -2, 6])})",
+     0, {"dataset \"tokens\": token id -2 at index 6", NULL}},
+    {"huge_id.h5",
+     "make('huge_id.h5', {'tokens': np.array([3, 1, 4, 1, 5, 2**40, 2, 6], dtype=np.int64)})", 0,
+     {"dataset \"tokens\"", "at index 5", NULL}},
+    {"not_increasing.h5",
+     "make('not_increasing.h5', {'doc_offsets': np.array([0, 3, 3, 8])})", 0,
+     {"dataset \"doc_offsets\": not increasing at index 2 (3 then 3", NULL}},
+    {"decreasing.h5",
+     "make('decreasing.h5', {'tokens': np.arange(10), 'doc_offsets': np.array([0, 2, 5, 10, 7, 10])})",
+     0, {"dataset \"doc_offsets\": not increasing at index 4 (10 then 7)", NULL}},
+    {"offset_start.h5", "make('offset_start.h5', {'doc_offsets': np.array([1, 3, 5, 8])})", 0,
+     {"dataset \"doc_offsets\": must start at 0", NULL}},
+    {"offset_end.h5", "make('offset_end.h5', {'doc_offsets': np.array([0, 3, 5, 7])})", 0,
+     {"dataset \"doc_offsets\": last offset 7", "\"tokens\" (8)", NULL}},
+    {"empty.h5",
+     "make('empty.h5', {'tokens': np.zeros(0, dtype=np.int32), 'doc_offsets': np.array([0])})", 0,
+     {"dataset \"tokens\" is empty", NULL}},
+    {"no_docs.h5", "make('no_docs.h5', {'doc_offsets': np.zeros(0, dtype=np.int64)})", 0,
+     {"dataset \"doc_offsets\": the file holds no documents", NULL}},
+    {"mask_length.h5", "make('mask_length.h5', {'loss_mask': np.ones(7, dtype=np.uint8)})", 0,
+     {"dataset \"loss_mask\": length 7", "\"tokens\" (8)", NULL}},
+    {"labels_length.h5", "make('labels_length.h5', {'labels': np.array([1, 2])})", 0,
+     {"dataset \"labels\": length 2", NULL}},
+    {"big_vocab.h5", "make('big_vocab.h5', attrs={'vocab_size': 50000})", 32000,
+     {"big_vocab.h5: vocab_size 50000 is larger than the model's 32000", NULL}},
+    {"no_format.h5", "make('no_format.h5', attrs={'format': None})", 0,
+     {"attribute \"format\" is missing", NULL}},
+    {"other_format.h5", "make('other_format.h5', attrs={'format': 'megatron'})", 0,
+     {"attribute \"format\": expected \"dstrain-tokens\", got \"megatron\"", NULL}},
+    {"version2.h5", "make('version2.h5', attrs={'format_version': 2})", 0,
+     {"attribute \"format_version\": version 2 is not supported", NULL}},
+    {"no_vocab.h5", "make('no_vocab.h5', attrs={'vocab_size': None})", 0,
+     {"attribute \"vocab_size\" is missing", NULL}},
+    {"string_vocab.h5", "make('string_vocab.h5', attrs={'vocab_size': '10'})", 0,
+     {"attribute \"vocab_size\": expected an integer", NULL}},
+    {"eos_outside.h5", "make('eos_outside.h5', attrs={'eos_id': 10})", 0,
+     {"attribute \"eos_id\": 10 is outside the vocabulary", NULL}},
+    {"group_tokens.h5",
+     "make('group_tokens.h5', {'tokens': None})\n"
+     "with h5py.File(d + '/group_tokens.h5', 'a') as f: f.create_group('tokens')",
+     0, {"\"tokens\" is not a dataset", NULL}},
+    {"truncated.h5",
+     "make('full.h5', {'tokens': np.arange(200000) % 10, 'doc_offsets': np.array([0, 100000, "
+     "200000])})\n"
+     "b = open(d + '/full.h5', 'rb').read()\n"
+     "open(d + '/truncated.h5', 'wb').write(b[:len(b) // 2])",
+     0, {"truncated.h5", NULL}},
+    {"garbage.h5", "open(d + '/garbage.h5', 'wb').write(bytes(range(256)) * 64)", 0,
+     {"garbage.h5: not an HDF5 file, or truncated or corrupted", NULL}},
+    {"zero_bytes.h5", "open(d + '/zero_bytes.h5', 'wb').close()", 0,
+     {"zero_bytes.h5: not an HDF5 file", NULL}},
+    {"missing.h5", NULL, 0, {"missing.h5: cannot open: No such file or directory", NULL}},
+};
+
+Test(dataset, hostile_files_are_refused_with_file_and_dataset_named)
+{
+    char dir[1024], path[1100];
+    test_dir("hostile", dir, sizeof(dir));
+    char body[16384] = "";
+    for (size_t i = 0; i < DS_ARRAY_LEN(HOSTILE); i++) {
+        if (!HOSTILE[i].python) continue;
+        strncat(body, HOSTILE[i].python, sizeof(body) - strlen(body) - 2);
+        strcat(body, "\n");
+    }
+    make_files(dir, "hostile", body);
+    for (size_t i = 0; i < DS_ARRAY_LEN(HOSTILE); i++) {
+        const HostileCase *c = &HOSTILE[i];
+        test_path(path, sizeof(path), dir, c->file);
+        TokenDataset *ds = NULL;
+        ds_clear_error();
+        int rc = dataset_open(path, c->model_vocab, &ds);
+        cr_assert_eq(rc, DS_ERR_INPUT, "%s: status %d (%s)", c->file, rc, ds_last_error());
+        cr_assert_null(ds, "%s", c->file);
+        cr_assert(strstr(ds_last_error(), path) != NULL, "%s: \"%s\" does not name the file",
+                  c->file, ds_last_error());
+        for (int k = 0; k < 3 && c->want[k]; k++)
+            cr_assert(strstr(ds_last_error(), c->want[k]) != NULL, "%s: \"%s\" lacks \"%s\"",
+                      c->file, ds_last_error(), c->want[k]);
+        /* The LM reader refuses it the same way. */
+        LMReader *r = NULL;
+        cr_assert_eq(lm_reader_open(path, c->model_vocab, 1, 0, 0, 1, &r), DS_ERR_INPUT, "%s",
+                     c->file);
+        cr_assert_null(r);
+    }
+}
+
+/* A small file is scanned whole at open, so a bad id stops the run before the first step. */
+Test(dataset, bad_token_id_in_a_small_file_fails_at_open)
+{
+    char dir[1024], path[1100];
+    test_dir("scan-check", dir, sizeof(dir));
+    make_files(dir, "bad", "make('bad.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 60])})\n");
+    test_path(path, sizeof(path), dir, "bad.h5");
+    TokenDataset *ds = NULL;
+    cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT);
+    assert_error_contains("dataset \"tokens\": token id 60 at index 7 is outside the vocabulary [0, 10)");
+}
+
+/* A file of 2^26 tokens is past the up-front scan; a bad id is then caught by the read that
+ * meets it. Unwritten chunks read as the fill value 0, so the file is a few KB on disk. */
+Test(dataset, bad_token_id_in_a_large_file_fails_at_read)
+{
+    char dir[1024], path[1100];
+    test_dir("read-check", dir, sizeof(dir));
+    make_files(dir, "large",
+               "n = 1 << 26\n"
+               "with h5py.File(d + '/large.h5', 'w') as f:\n"
+               "    t = f.create_dataset('tokens', shape=(n,), dtype=np.int32, chunks=(1 << 20,),\n"
+               "                         compression='gzip')\n"
+               "    t[n - 5] = 700\n"
+               "    f.create_dataset('doc_offsets', data=np.array([0, n - 10, n]))\n"
+               "    f.attrs.update({'format': 'dstrain-tokens', 'format_version': 1,\n"
+               "                    'vocab_size': 512, 'eos_id': 1})\n");
+    test_path(path, sizeof(path), dir, "large.h5");
+    TokenDataset *ds = NULL;
+    cr_assert_eq(dataset_open(path, 0, &ds), DS_OK, "%s", ds_last_error());
+    int32_t t[10];
+    cr_assert_eq(dataset_read_doc(ds, 0, 1000, 10, t, NULL), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(t[0], 0);
+    cr_assert_eq(dataset_read_doc(ds, 1, 0, 10, t, NULL), DS_ERR_INPUT);
+    assert_error_contains(path);
+    assert_error_contains("dataset \"tokens\": token id 700 at index 67108859");
+    dataset_close(ds);
+
+    /* The window reader stops on the window that holds it (the last of 64). */
+    const int T = (1 << 20) - 1;
+    LMReader *r = NULL;
+    cr_assert_eq(lm_reader_open(path, 0, T, 3, 0, 1, &r), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(lm_reader_windows_per_epoch(r), 64);
+    int32_t *in = malloc((size_t)T * sizeof(int32_t)), *tg = malloc((size_t)T * sizeof(int32_t));
+    float *wt = malloc((size_t)T * sizeof(float));
+    int failures = 0, rc = DS_OK;
+    for (int k = 0; k < 64; k++) {
+        rc = lm_reader_next(r, 1, in, tg, wt);
+        if (rc != DS_OK) {
+            failures++;
+            cr_assert_eq(rc, DS_ERR_INPUT);
+            assert_error_contains("token id 700 at index 67108859");
+        }
+    }
+    cr_assert_eq(failures, 1, "exactly one window holds the bad id");
+    free(in);
+    free(tg);
+    free(wt);
+    lm_reader_close(r);
+}
