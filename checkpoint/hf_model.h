@@ -15,4 +15,7 @@ int hf_config_load(const char *dir, ModelConfig *mc);
 int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *table,
                     float *params);
 
+/* 1 when dir looks like a Hugging Face model directory (it has a config.json), else 0. */
+int hf_dir_kind(const char *dir);
+
 #endif

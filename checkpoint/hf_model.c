@@ -1,0 +1,584 @@
+/* hf_model.c: Hugging Face model directories in: config.json (the old rope_theta/rope_scaling
+ * form and the transformers-5 rope_parameters/dtype form) into a ModelConfig, and weights from
+ * model.safetensors or the shards named by model.safetensors.index.json into this rank's fp32
+ * slices. It does not write directories (export lives elsewhere) and never guesses shard names.
+ * Tensor bytes are read straight from the mapping and released after use, so the model is never
+ * held in memory twice. */
+#include "hf_model.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "safetensors.h"
+
+#define HF_PATH_MAX 1024
+#define HF_JSON_MAX_BYTES ((size_t)256 << 20) /* config and index files are small */
+
+/* ---- small JSON helpers (errors name the file and the key) --------------------------------- */
+
+static int read_text_file(const char *path, char **out, size_t *len)
+{
+    *out = NULL;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(fp);
+        return ds_error(DS_ERR_INPUT, "%s: not a regular file", path);
+    }
+    if ((size_t)st.st_size > HF_JSON_MAX_BYTES) {
+        fclose(fp);
+        return ds_error(DS_ERR_INPUT, "%s: %lld bytes is too large for a JSON file of this kind",
+                        path, (long long)st.st_size);
+    }
+    char *buf = ds_malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        fclose(fp);
+        return DS_ERR_INTERNAL;
+    }
+    size_t n = fread(buf, 1, (size_t)st.st_size, fp);
+    int err = ferror(fp) ? errno : 0;
+    fclose(fp);
+    if (err) {
+        free(buf);
+        return ds_error(DS_ERR_INPUT, "%s: cannot read: %s", path, strerror(err));
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return DS_OK;
+}
+
+static int parse_json_file(const char *path, cJSON **root)
+{
+    char *text;
+    size_t len = 0;
+    DS_TRY(read_text_file(path, &text, &len));
+    const char *end = NULL;
+    *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    /* Only whitespace may follow the value (cJSON's own check stops at an embedded NUL). */
+    const char *rest = *root ? end : NULL;
+    while (rest && rest < text + len && (*rest == ' ' || *rest == '\t' || *rest == '\n' ||
+                                         *rest == '\r'))
+        rest++;
+    if (rest && rest < text + len) {
+        cJSON_Delete(*root);
+        *root = NULL;
+        end = rest;
+    }
+    if (!*root) {
+        /* Report a line number: these files are edited by hand. */
+        int line = 1;
+        for (const char *p = text; end && p < end && p < text + len; p++) line += *p == '\n';
+        free(text);
+        return ds_error(DS_ERR_INPUT, "%s:%d: not valid JSON", path, line);
+    }
+    free(text);
+    if (!cJSON_IsObject(*root)) {
+        cJSON_Delete(*root);
+        *root = NULL;
+        return ds_error(DS_ERR_INPUT, "%s: expected a JSON object at the top level", path);
+    }
+    return DS_OK;
+}
+
+/* A value as the user wrote it, short: "abc" with quotes, 1.5, [1,2], null. */
+static void json_describe(const cJSON *v, char *out, size_t cap)
+{
+    char *s = cJSON_PrintUnformatted(v);
+    if (!s) {
+        snprintf(out, cap, "(unprintable)");
+        return;
+    }
+    if (strlen(s) > 60) memcpy(s + 57, "...", 4);
+    snprintf(out, cap, "%s", s);
+    cJSON_free(s);
+}
+
+/* Where errors point: the file and the key path inside it. */
+typedef struct JsonWhere {
+    const char *file;
+    const char *prefix; /* "rope_scaling." for nested keys, or "" */
+} JsonWhere;
+
+static int json_type_error(const JsonWhere *w, const char *key, const char *expected,
+                           const cJSON *got)
+{
+    char desc[96];
+    json_describe(got, desc, sizeof(desc));
+    return ds_error(DS_ERR_INPUT, "%s: %s%s: expected %s, got %s", w->file, w->prefix, key,
+                    expected, desc);
+}
+
+static int json_missing_error(const JsonWhere *w, const char *key)
+{
+    return ds_error(DS_ERR_INPUT, "%s: %s%s: missing", w->file, w->prefix, key);
+}
+
+/* Absent and null both mean "not given". */
+static const cJSON *json_get(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsNull(v) ? NULL : v;
+}
+
+static int json_int(const JsonWhere *w, const cJSON *obj, const char *key, int required, int dflt,
+                    int *out)
+{
+    const cJSON *v = json_get(obj, key);
+    if (!v) {
+        if (required) return json_missing_error(w, key);
+        *out = dflt;
+        return DS_OK;
+    }
+    double d = v->valuedouble;
+    if (!cJSON_IsNumber(v) || d != floor(d) || d < INT_MIN || d > INT_MAX)
+        return json_type_error(w, key, "an integer", v);
+    *out = (int)d;
+    return DS_OK;
+}
+
+static int json_number(const JsonWhere *w, const cJSON *obj, const char *key, int required,
+                       double dflt, double *out)
+{
+    const cJSON *v = json_get(obj, key);
+    if (!v) {
+        if (required) return json_missing_error(w, key);
+        *out = dflt;
+        return DS_OK;
+    }
+    if (!cJSON_IsNumber(v)) return json_type_error(w, key, "a number", v);
+    *out = v->valuedouble;
+    return DS_OK;
+}
+
+static int json_bool(const JsonWhere *w, const cJSON *obj, const char *key, int dflt, int *out)
+{
+    const cJSON *v = json_get(obj, key);
+    if (!v) {
+        *out = dflt;
+        return DS_OK;
+    }
+    if (!cJSON_IsBool(v)) return json_type_error(w, key, "true or false", v);
+    *out = cJSON_IsTrue(v);
+    return DS_OK;
+}
+
+/* *out is NULL when absent or null. */
+static int json_string(const JsonWhere *w, const cJSON *obj, const char *key, const char **out)
+{
+    const cJSON *v = json_get(obj, key);
+    *out = NULL;
+    if (!v) return DS_OK;
+    if (!cJSON_IsString(v)) return json_type_error(w, key, "a string", v);
+    *out = v->valuestring;
+    return DS_OK;
+}
+
+/* bos/eos/pad: an integer, null (-1), or (eos in newer configs) a list whose first entry is the
+ * primary token. */
+static int json_token_id(const JsonWhere *w, const cJSON *obj, const char *key, int *out)
+{
+    const cJSON *v = json_get(obj, key);
+    *out = -1;
+    if (!v) return DS_OK;
+    if (cJSON_IsArray(v)) {
+        if (!v->child) return DS_OK;
+        v = v->child;
+    }
+    double d = v->valuedouble;
+    if (!cJSON_IsNumber(v) || d != floor(d) || d < -1 || d > INT_MAX)
+        return json_type_error(w, key, "a token id (integer, list of integers or null)", v);
+    *out = (int)d;
+    return DS_OK;
+}
+
+/* ---- config.json ---------------------------------------------------------------------------- */
+
+/* One rope block: old "rope_scaling" (type in "type" or "rope_type") or new "rope_parameters". */
+static int parse_rope_block(const char *file, const cJSON *block, const char *label,
+                            ModelConfig *mc)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "%s.", label);
+    JsonWhere w = {file, prefix};
+    const char *type = NULL;
+    DS_TRY(json_string(&w, block, "rope_type", &type));
+    if (!type) DS_TRY(json_string(&w, block, "type", &type));
+    if (!type) type = "default";
+    if (strcmp(type, "default") == 0) {
+        mc->rope_type = ROPE_DEFAULT;
+    } else if (strcmp(type, "linear") == 0) {
+        mc->rope_type = ROPE_LINEAR;
+        DS_TRY(json_number(&w, block, "factor", 1, 0, &mc->rope_factor));
+    } else if (strcmp(type, "llama3") == 0) {
+        mc->rope_type = ROPE_LLAMA3;
+        DS_TRY(json_number(&w, block, "factor", 1, 0, &mc->rope_factor));
+        DS_TRY(json_number(&w, block, "low_freq_factor", 1, 0, &mc->rope_low_freq_factor));
+        DS_TRY(json_number(&w, block, "high_freq_factor", 1, 0, &mc->rope_high_freq_factor));
+        DS_TRY(json_int(&w, block, "original_max_position_embeddings", 1, 0,
+                        &mc->rope_original_max_position));
+        if (!(mc->rope_low_freq_factor > 0) ||
+            !(mc->rope_high_freq_factor > mc->rope_low_freq_factor) ||
+            mc->rope_original_max_position <= 0)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: %s: llama3 needs 0 < low_freq_factor < high_freq_factor and a "
+                            "positive original_max_position_embeddings (got %g, %g, %d)",
+                            file, label, mc->rope_low_freq_factor, mc->rope_high_freq_factor,
+                            mc->rope_original_max_position);
+    } else {
+        return ds_error(DS_ERR_INPUT,
+                        "%s: %s: rope type \"%s\" is not supported (supported: default, linear, "
+                        "llama3)",
+                        file, label, type);
+    }
+    if (mc->rope_type != ROPE_DEFAULT && !(mc->rope_factor > 0))
+        return ds_error(DS_ERR_INPUT, "%s: %sfactor: must be positive, got %g", file, prefix,
+                        mc->rope_factor);
+    return DS_OK;
+}
+
+static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
+{
+    JsonWhere w = {file, ""};
+
+    /* Architecture: architectures[0], with model_type as a cross-check (or the fallback). */
+    static const struct {
+        const char *arch, *model_type;
+        ModelArch id;
+    } archs[] = {{"LlamaForCausalLM", "llama", ARCH_LLAMA}, {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2}};
+    const cJSON *arr = json_get(root, "architectures");
+    const char *model_type = NULL;
+    DS_TRY(json_string(&w, root, "model_type", &model_type));
+    int found = -1;
+    if (arr) {
+        if (!cJSON_IsArray(arr) || !cJSON_IsString(arr->child))
+            return json_type_error(&w, "architectures", "a list of architecture names", arr);
+        const char *name = arr->child->valuestring;
+        for (size_t i = 0; i < DS_ARRAY_LEN(archs); i++)
+            if (strcmp(name, archs[i].arch) == 0) found = (int)i;
+        if (found < 0)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: architectures: \"%s\" is not supported (supported: "
+                            "LlamaForCausalLM, Qwen2ForCausalLM)",
+                            file, name);
+        if (model_type && strcmp(model_type, archs[found].model_type) != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: model_type: \"%s\" does not match architectures \"%s\" "
+                            "(expected \"%s\")",
+                            file, model_type, name, archs[found].model_type);
+    } else if (model_type) {
+        for (size_t i = 0; i < DS_ARRAY_LEN(archs); i++)
+            if (strcmp(model_type, archs[i].model_type) == 0) found = (int)i;
+        if (found < 0)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: model_type: \"%s\" is not supported (supported: llama, qwen2)",
+                            file, model_type);
+    } else {
+        return ds_error(DS_ERR_INPUT, "%s: architectures: missing (and no model_type)", file);
+    }
+    mc->arch = archs[found].id;
+    const int qwen2 = mc->arch == ARCH_QWEN2;
+
+    DS_TRY(json_int(&w, root, "vocab_size", 1, 0, &mc->vocab_size));
+    DS_TRY(json_int(&w, root, "hidden_size", 1, 0, &mc->hidden_size));
+    DS_TRY(json_int(&w, root, "intermediate_size", 1, 0, &mc->intermediate_size));
+    DS_TRY(json_int(&w, root, "num_hidden_layers", 1, 0, &mc->num_layers));
+    DS_TRY(json_int(&w, root, "num_attention_heads", 1, 0, &mc->num_heads));
+    if (mc->num_heads <= 0)
+        return ds_error(DS_ERR_INPUT, "%s: num_attention_heads: must be a positive integer, got %d",
+                        file, mc->num_heads);
+    DS_TRY(json_int(&w, root, "num_key_value_heads", 0, mc->num_heads, &mc->num_kv_heads));
+    if (json_get(root, "head_dim")) {
+        DS_TRY(json_int(&w, root, "head_dim", 1, 0, &mc->head_dim));
+    } else {
+        if (mc->hidden_size % mc->num_heads != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: head_dim: not given, and hidden_size %d is not divisible by "
+                            "num_attention_heads %d",
+                            file, mc->hidden_size, mc->num_heads);
+        mc->head_dim = mc->hidden_size / mc->num_heads;
+    }
+    DS_TRY(json_int(&w, root, "max_position_embeddings", 0, qwen2 ? 32768 : 2048,
+                    &mc->max_position_embeddings));
+    double eps = 0;
+    DS_TRY(json_number(&w, root, "rms_norm_eps", 0, 1e-6, &eps));
+    mc->rms_norm_eps = (float)eps;
+
+    const char *act = NULL;
+    DS_TRY(json_string(&w, root, "hidden_act", &act));
+    if (act && strcmp(act, "silu") != 0)
+        return ds_error(DS_ERR_INPUT, "%s: hidden_act: \"%s\" is not supported (supported: silu)",
+                        file, act);
+    DS_TRY(json_bool(&w, root, "tie_word_embeddings", 0, &mc->tie_word_embeddings));
+
+    if (qwen2) {
+        int sliding = 0;
+        DS_TRY(json_bool(&w, root, "use_sliding_window", 0, &sliding));
+        if (sliding)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: use_sliding_window: true is not supported (sliding-window "
+                            "attention); set it to false",
+                            file);
+        mc->qkv_bias = 1;
+        mc->o_bias = 0;
+        mc->mlp_bias = 0;
+    } else {
+        int attention_bias = 0;
+        DS_TRY(json_bool(&w, root, "attention_bias", 0, &attention_bias));
+        mc->qkv_bias = mc->o_bias = attention_bias;
+        DS_TRY(json_bool(&w, root, "mlp_bias", 0, &mc->mlp_bias));
+    }
+
+    DS_TRY(json_token_id(&w, root, "bos_token_id", &mc->bos_token_id));
+    DS_TRY(json_token_id(&w, root, "eos_token_id", &mc->eos_token_id));
+    DS_TRY(json_token_id(&w, root, "pad_token_id", &mc->pad_token_id));
+
+    /* RoPE: transformers 5 keeps theta and scaling in rope_parameters; older files have
+     * rope_theta at the top and an optional rope_scaling block. */
+    mc->rope_type = ROPE_DEFAULT;
+    DS_TRY(json_number(&w, root, "rope_theta", 0, 10000.0, &mc->rope_theta));
+    const cJSON *params = json_get(root, "rope_parameters");
+    const cJSON *scaling = json_get(root, "rope_scaling");
+    if (params) {
+        if (!cJSON_IsObject(params)) return json_type_error(&w, "rope_parameters", "an object", params);
+        mc->new_form = 1;
+        JsonWhere pw = {file, "rope_parameters."};
+        DS_TRY(json_number(&pw, params, "rope_theta", 0, mc->rope_theta, &mc->rope_theta));
+        DS_TRY(parse_rope_block(file, params, "rope_parameters", mc));
+    } else if (scaling) {
+        if (!cJSON_IsObject(scaling))
+            return json_type_error(&w, "rope_scaling", "an object or null", scaling);
+        DS_TRY(parse_rope_block(file, scaling, "rope_scaling", mc));
+    }
+
+    const char *dtype = NULL;
+    DS_TRY(json_string(&w, root, "dtype", &dtype));
+    const char *dtype_key = "dtype";
+    if (dtype) {
+        mc->new_form = 1;
+    } else {
+        dtype_key = "torch_dtype";
+        DS_TRY(json_string(&w, root, "torch_dtype", &dtype));
+    }
+    if (dtype) {
+        if (strlen(dtype) >= sizeof(mc->torch_dtype))
+            return ds_error(DS_ERR_INPUT, "%s: %s: unknown dtype \"%.40s\"", file, dtype_key, dtype);
+        snprintf(mc->torch_dtype, sizeof(mc->torch_dtype), "%s", dtype);
+    }
+    return DS_OK;
+}
+
+int hf_config_load(const char *dir, ModelConfig *mc)
+{
+    char file[HF_PATH_MAX];
+    memset(mc, 0, sizeof(*mc));
+    if ((size_t)snprintf(file, sizeof(file), "%s/config.json", dir) >= sizeof(file))
+        return ds_error(DS_ERR_INPUT, "%.200s...: model path too long", dir);
+    cJSON *root;
+    DS_TRY(parse_json_file(file, &root));
+    int status = parse_config(file, root, mc);
+    cJSON_Delete(root);
+    if (status != DS_OK) return status;
+    return model_config_check(mc, file);
+}
+
+int hf_dir_kind(const char *dir)
+{
+    char file[HF_PATH_MAX];
+    struct stat st;
+    if ((size_t)snprintf(file, sizeof(file), "%s/config.json", dir) >= sizeof(file)) return 0;
+    return stat(file, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* ---- weights -------------------------------------------------------------------------------- */
+
+#define HF_FILE_NAME_MAX 256
+
+/* Shard names come from a file we did not write: only plain names inside dir are followed. */
+static int shard_name_ok(const char *name)
+{
+    return name[0] && strlen(name) < HF_FILE_NAME_MAX && !strchr(name, '/') &&
+           strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+}
+
+static void shape_text(char *out, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t at = (size_t)snprintf(out, cap, "[");
+    for (int d = 0; d < ndim && at < cap; d++)
+        at += (size_t)snprintf(out + at, cap - at, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (at < cap) snprintf(out + at, cap - at, "]");
+}
+
+static void convert_to_f32(float *dst, const unsigned char *src, size_t n, int dtype)
+{
+    if (dtype == DT_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    /* Source bytes need not be 2-byte aligned: a header can place a tensor anywhere. */
+    if (dtype == DT_BF16) {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            dst[i] = bf16_to_f32(h);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            dst[i] = f16_to_f32(h);
+        }
+    }
+}
+
+/* Let the kernel drop the pages of a tensor once converted (they are clean file pages). */
+static void release_pages(const SafetensorsFile *f, const STEntry *e)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t lo = (f->data_start + e->begin) / page * page;
+    size_t hi = DS_ALIGN_UP(f->data_start + e->end, page);
+    if (hi > DS_ALIGN_UP(f->size, page)) hi = DS_ALIGN_UP(f->size, page);
+    if (hi > lo) madvise(f->map + lo, hi - lo, MADV_DONTNEED);
+}
+
+/* Copy this rank's slice of one parameter from an open file into dst, as fp32. */
+static int load_param(const char *dir, const char *fname, const SafetensorsFile *f,
+                      const ParamInfo *p, float *dst)
+{
+    const STEntry *e = safetensors_find(f, p->name);
+    if (!e) return ds_error(DS_ERR_INPUT, "%s: tensor %s is missing (not in %s)", dir, p->name, fname);
+    if (e->dtype != DT_F32 && e->dtype != DT_BF16 && e->dtype != DT_F16)
+        return ds_error(DS_ERR_INPUT, "%s: tensor %s: dtype %s is not supported (F32, BF16, F16)",
+                        f->path, p->name, e->dtype_name);
+    int same = e->ndim == p->ndim;
+    for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
+    if (!same) {
+        char got[160], want[64];
+        shape_text(got, sizeof(got), e->ndim, e->shape);
+        shape_text(want, sizeof(want), p->ndim, p->shape);
+        return ds_error(DS_ERR_INPUT, "%s: tensor %s: shape %s in %s, expected %s", dir, p->name,
+                        got, fname, want);
+    }
+    const unsigned char *src = safetensors_data(f, e);
+    const size_t es = e->elem_size;
+    const int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
+    const int sd = p->split_dim;
+    if (sd >= p->ndim || sd < -1 || p->slice_start < 0 || p->slice_len < 0 ||
+        (sd >= 0 && p->slice_start + p->slice_len > p->shape[sd]) ||
+        p->numel != (size_t)(sd == -1 ? rows * cols : sd == 0 ? p->slice_len * cols
+                                                              : rows * p->slice_len))
+        return ds_error(DS_ERR_INTERNAL, "parameter table: %s: slice [%lld, +%lld) of dim %d "
+                        "does not fit its shape or size",
+                        p->name, (long long)p->slice_start, (long long)p->slice_len, sd);
+    if (sd == -1) {
+        convert_to_f32(dst, src, p->numel, e->dtype);
+    } else if (sd == 0) {
+        convert_to_f32(dst, src + (size_t)(p->slice_start * cols) * es, p->numel, e->dtype);
+    } else {
+        for (int64_t r = 0; r < rows; r++)
+            convert_to_f32(dst + r * p->slice_len, src + (size_t)(r * cols + p->slice_start) * es,
+                           (size_t)p->slice_len, e->dtype);
+    }
+    release_pages(f, e);
+    return DS_OK;
+}
+
+/* The shard file of every parameter, from the index's weight_map. files[] gets each distinct
+ * name once, in first-use order; file_of[i] indexes it. */
+static int read_index(const char *dir, const char *index_path, const ParamTable *table,
+                      char (*files)[HF_FILE_NAME_MAX], int *nfiles, int *file_of)
+{
+    cJSON *root;
+    DS_TRY(parse_json_file(index_path, &root));
+    int status = DS_OK;
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    if (!cJSON_IsObject(map)) {
+        JsonWhere w = {index_path, ""};
+        status = map ? json_type_error(&w, "weight_map", "an object", map)
+                     : json_missing_error(&w, "weight_map");
+    }
+    for (const cJSON *kv = map ? map->child : NULL; kv && status == DS_OK; kv = kv->next) {
+        if (!cJSON_IsString(kv)) {
+            char desc[96];
+            json_describe(kv, desc, sizeof(desc));
+            status = ds_error(DS_ERR_INPUT, "%s: weight_map: tensor \"%s\": expected a file name, got %s",
+                              index_path, kv->string, desc);
+        } else if (!shard_name_ok(kv->valuestring)) {
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: weight_map: tensor \"%s\" names file \"%.300s\"; shard files "
+                              "must be plain file names inside the model directory",
+                              index_path, kv->string, kv->valuestring);
+        }
+    }
+    for (int i = 0; i < table->count && status == DS_OK; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(map, table->items[i].name);
+        if (!v) {
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: tensor %s is missing (model.safetensors.index.json does not "
+                              "list it)",
+                              dir, table->items[i].name);
+            break;
+        }
+        int k = 0;
+        while (k < *nfiles && strcmp(files[k], v->valuestring) != 0) k++;
+        if (k == *nfiles) snprintf(files[(*nfiles)++], HF_FILE_NAME_MAX, "%s", v->valuestring);
+        file_of[i] = k;
+    }
+    cJSON_Delete(root);
+    return status;
+}
+
+int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *table,
+                    float *params)
+{
+    (void)mc; /* a tied lm_head is simply absent from the table; a file's copy is ignored */
+    char index_path[HF_PATH_MAX], path[HF_PATH_MAX + HF_FILE_NAME_MAX];
+    if ((size_t)snprintf(index_path, sizeof(index_path), "%s/model.safetensors.index.json",
+                         dir) >= sizeof(index_path))
+        return ds_error(DS_ERR_INPUT, "%.200s...: model path too long", dir);
+    int count = table->count;
+    char(*files)[HF_FILE_NAME_MAX] = ds_calloc((size_t)(count ? count : 1), HF_FILE_NAME_MAX);
+    int *file_of = ds_calloc((size_t)(count ? count : 1), sizeof(int));
+    if (!files || !file_of) {
+        free(files);
+        free(file_of);
+        return DS_ERR_INTERNAL;
+    }
+    int nfiles = 0, status = DS_OK;
+    struct stat st;
+    if (stat(index_path, &st) == 0) {
+        status = read_index(dir, index_path, table, files, &nfiles, file_of);
+    } else {
+        snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+        if (stat(path, &st) != 0)
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: no model weights: neither model.safetensors nor "
+                              "model.safetensors.index.json is there",
+                              dir);
+        snprintf(files[0], HF_FILE_NAME_MAX, "model.safetensors");
+        nfiles = 1; /* file_of[] is all zeros */
+    }
+    /* One file open at a time: convert everything it holds for this rank, then let it go. */
+    for (int k = 0; k < nfiles && status == DS_OK && count > 0; k++) {
+        SafetensorsFile f;
+        snprintf(path, sizeof(path), "%s/%s", dir, files[k]);
+        status = safetensors_open(path, &f);
+        for (int i = 0; i < count && status == DS_OK; i++)
+            if (file_of[i] == k)
+                status = load_param(dir, files[k], &f, &table->items[i],
+                                    params + table->items[i].offset);
+        if (f.map) safetensors_close(&f);
+    }
+    free(files);
+    free(file_of);
+    return status;
+}
