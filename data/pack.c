@@ -162,6 +162,7 @@ static int column_create(PackWriter *w, PackColumn *c, const char *name, hid_t f
     hid_t space = H5Screate_simple(1, &dims, &maxdims);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_obj_track_times(dcpl, 0); /* no timestamps: the same input gives the same bytes */
     if (w->opt->compress) {
         H5Pset_shuffle(dcpl);
         H5Pset_deflate(dcpl, 4);

@@ -268,3 +268,43 @@ Test(dataset, bad_token_id_in_a_large_file_fails_at_read)
     free(wt);
     lm_reader_close(r);
 }
+
+/* The shipped dataset (data/bundled, made by tools/make_bundled_data.sh) opens, holds what its
+ * README says, and feeds the window reader. */
+Test(dataset, bundled_kjv_files_are_valid)
+{
+    const char *names[2] = {"kjv-train.h5", "kjv-eval.h5"};
+    const int64_t docs[2] = {146, 7}, tokens[2] = {653691, 30246};
+    for (int i = 0; i < 2; i++) {
+        char path[1100];
+        snprintf(path, sizeof(path), "%s/data/bundled/%s", DSTRAIN_SOURCE_DIR, names[i]);
+        TokenDataset *ds = NULL;
+        cr_assert_eq(dataset_open(path, 320, &ds), DS_OK, "%s", ds_last_error());
+        const DatasetInfo *info = dataset_info(ds);
+        cr_assert_eq(info->n_docs, docs[i], "%s", names[i]);
+        cr_assert_eq(info->n_tokens, tokens[i], "%s", names[i]);
+        cr_assert_eq(info->vocab_size, 320);
+        cr_assert_eq(info->bos_id, 256);
+        cr_assert_eq(info->eos_id, 257);
+        cr_assert_eq(info->pad_id, -1);
+        cr_assert_str_eq(info->tokenizer, "byte");
+        int32_t head[12];
+        cr_assert_eq(dataset_read_doc(ds, 0, 0, 12, head, NULL), DS_OK);
+        char text[12] = {0};
+        for (int k = 1; k < 12; k++) text[k - 1] = (char)head[k];
+        cr_assert_eq(head[0], 256, "documents start with BOS");
+        cr_assert(strncmp(text, i == 0 ? "Genesis 1\n\n" : "Genesis 20\n", 11) == 0, "got \"%s\"",
+                  text);
+        dataset_close(ds);
+    }
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/data/bundled/kjv-train.h5", DSTRAIN_SOURCE_DIR);
+    LMReader *r = NULL;
+    cr_assert_eq(lm_reader_open(path, 320, 256, 1, 0, 1, &r), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(lm_reader_windows_per_epoch(r), (653691 + 146) / 257);
+    int32_t in[4 * 256], tg[4 * 256];
+    float wt[4 * 256];
+    cr_assert_eq(lm_reader_next(r, 4, in, tg, wt), DS_OK, "%s", ds_last_error());
+    for (int k = 0; k < 4 * 256; k++) cr_assert(in[k] >= 0 && in[k] < 258 && wt[k] == 1.0f);
+    lm_reader_close(r);
+}
