@@ -66,8 +66,8 @@ static int parse_json_file(const char *path, cJSON **root)
     *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     /* Only whitespace may follow the value (cJSON's own check stops at an embedded NUL). */
     const char *rest = *root ? end : NULL;
-    while (rest && rest < text + len && (*rest == ' ' || *rest == '\t' || *rest == '\n' ||
-                                         *rest == '\r'))
+    while (rest && rest < text + len &&
+           (*rest == ' ' || *rest == '\t' || *rest == '\n' || *rest == '\r'))
         rest++;
     if (rest && rest < text + len) {
         cJSON_Delete(*root);
@@ -77,7 +77,8 @@ static int parse_json_file(const char *path, cJSON **root)
     if (!*root) {
         /* Report a line number: these files are edited by hand. */
         int line = 1;
-        for (const char *p = text; end && p < end && p < text + len; p++) line += *p == '\n';
+        for (const char *p = text; end && p < end && p < text + len; p++)
+            line += *p == '\n';
         free(text);
         return ds_error(DS_ERR_INPUT, "%s:%d: not valid JSON", path, line);
     }
@@ -254,7 +255,8 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
     static const struct {
         const char *arch, *model_type;
         ModelArch id;
-    } archs[] = {{"LlamaForCausalLM", "llama", ARCH_LLAMA}, {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2}};
+    } archs[] = {{"LlamaForCausalLM", "llama", ARCH_LLAMA},
+                 {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2}};
     const cJSON *arr = json_get(root, "architectures");
     const char *model_type = NULL;
     DS_TRY(json_string(&w, root, "model_type", &model_type));
@@ -349,7 +351,8 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
     const cJSON *params = json_get(root, "rope_parameters");
     const cJSON *scaling = json_get(root, "rope_scaling");
     if (params) {
-        if (!cJSON_IsObject(params)) return json_type_error(&w, "rope_parameters", "an object", params);
+        if (!cJSON_IsObject(params))
+            return json_type_error(&w, "rope_parameters", "an object", params);
         mc->new_form = 1;
         JsonWhere pw = {file, "rope_parameters."};
         DS_TRY(json_number(&pw, params, "rope_theta", 0, mc->rope_theta, &mc->rope_theta));
@@ -371,7 +374,8 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
     }
     if (dtype) {
         if (strlen(dtype) >= sizeof(mc->torch_dtype))
-            return ds_error(DS_ERR_INPUT, "%s: %s: unknown dtype \"%.40s\"", file, dtype_key, dtype);
+            return ds_error(DS_ERR_INPUT, "%s: %s: unknown dtype \"%.40s\"", file, dtype_key,
+                            dtype);
         snprintf(mc->torch_dtype, sizeof(mc->torch_dtype), "%s", dtype);
     }
     return DS_OK;
@@ -455,12 +459,14 @@ static int load_param(const char *dir, const char *fname, const SafetensorsFile 
                       const ParamInfo *p, float *dst)
 {
     const STEntry *e = safetensors_find(f, p->name);
-    if (!e) return ds_error(DS_ERR_INPUT, "%s: tensor %s is missing (not in %s)", dir, p->name, fname);
+    if (!e)
+        return ds_error(DS_ERR_INPUT, "%s: tensor %s is missing (not in %s)", dir, p->name, fname);
     if (e->dtype != DT_F32 && e->dtype != DT_BF16 && e->dtype != DT_F16)
         return ds_error(DS_ERR_INPUT, "%s: tensor %s: dtype %s is not supported (F32, BF16, F16)",
                         f->path, p->name, e->dtype_name);
     int same = e->ndim == p->ndim;
-    for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
+    for (int d = 0; same && d < p->ndim; d++)
+        same = e->shape[d] == p->shape[d];
     if (!same) {
         char got[160], want[64];
         shape_text(got, sizeof(got), e->ndim, e->shape);
@@ -474,9 +480,11 @@ static int load_param(const char *dir, const char *fname, const SafetensorsFile 
     const int sd = p->split_dim;
     if (sd >= p->ndim || sd < -1 || p->slice_start < 0 || p->slice_len < 0 ||
         (sd >= 0 && p->slice_start + p->slice_len > p->shape[sd]) ||
-        p->numel != (size_t)(sd == -1 ? rows * cols : sd == 0 ? p->slice_len * cols
-                                                              : rows * p->slice_len))
-        return ds_error(DS_ERR_INTERNAL, "parameter table: %s: slice [%lld, +%lld) of dim %d "
+        p->numel != (size_t)(sd == -1  ? rows * cols
+                             : sd == 0 ? p->slice_len * cols
+                                       : rows * p->slice_len))
+        return ds_error(DS_ERR_INTERNAL,
+                        "parameter table: %s: slice [%lld, +%lld) of dim %d "
                         "does not fit its shape or size",
                         p->name, (long long)p->slice_start, (long long)p->slice_len, sd);
     if (sd == -1) {
@@ -510,7 +518,8 @@ static int read_index(const char *dir, const char *index_path, const ParamTable 
         if (!cJSON_IsString(kv)) {
             char desc[96];
             json_describe(kv, desc, sizeof(desc));
-            status = ds_error(DS_ERR_INPUT, "%s: weight_map: tensor \"%s\": expected a file name, got %s",
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: weight_map: tensor \"%s\": expected a file name, got %s",
                               index_path, kv->string, desc);
         } else if (!shard_name_ok(kv->valuestring)) {
             status = ds_error(DS_ERR_INPUT,
@@ -529,7 +538,8 @@ static int read_index(const char *dir, const char *index_path, const ParamTable 
             break;
         }
         int k = 0;
-        while (k < *nfiles && strcmp(files[k], v->valuestring) != 0) k++;
+        while (k < *nfiles && strcmp(files[k], v->valuestring) != 0)
+            k++;
         if (k == *nfiles) snprintf(files[(*nfiles)++], HF_FILE_NAME_MAX, "%s", v->valuestring);
         file_of[i] = k;
     }
@@ -537,13 +547,12 @@ static int read_index(const char *dir, const char *index_path, const ParamTable 
     return status;
 }
 
-int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *table,
-                    float *params)
+int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *table, float *params)
 {
     (void)mc; /* a tied lm_head is simply absent from the table; a file's copy is ignored */
     char index_path[HF_PATH_MAX], path[HF_PATH_MAX + HF_FILE_NAME_MAX];
-    if ((size_t)snprintf(index_path, sizeof(index_path), "%s/model.safetensors.index.json",
-                         dir) >= sizeof(index_path))
+    if ((size_t)snprintf(index_path, sizeof(index_path), "%s/model.safetensors.index.json", dir) >=
+        sizeof(index_path))
         return ds_error(DS_ERR_INPUT, "%.200s...: model path too long", dir);
     int count = table->count;
     char(*files)[HF_FILE_NAME_MAX] = ds_calloc((size_t)(count ? count : 1), HF_FILE_NAME_MAX);

@@ -28,11 +28,11 @@ static const struct {
     unsigned bits;
     int dtype; /* DType, or -1 when dstrain cannot compute with it */
 } st_dtypes[] = {
-    {"BOOL", 8, -1},     {"U8", 8, DT_U8},     {"I8", 8, -1},       {"I16", 16, -1},
-    {"U16", 16, -1},     {"F16", 16, DT_F16},  {"BF16", 16, DT_BF16}, {"I32", 32, DT_I32},
-    {"U32", 32, -1},     {"F32", 32, DT_F32},  {"F64", 64, -1},     {"I64", 64, DT_I64},
-    {"U64", 64, -1},     {"C64", 64, -1},      {"F8_E4M3", 8, -1},  {"F8_E5M2", 8, -1},
-    {"F8_E8M0", 8, -1},  {"F6_E2M3", 6, -1},   {"F6_E3M2", 6, -1},  {"F4", 4, -1},
+    {"BOOL", 8, -1},    {"U8", 8, DT_U8},    {"I8", 8, -1},         {"I16", 16, -1},
+    {"U16", 16, -1},    {"F16", 16, DT_F16}, {"BF16", 16, DT_BF16}, {"I32", 32, DT_I32},
+    {"U32", 32, -1},    {"F32", 32, DT_F32}, {"F64", 64, -1},       {"I64", 64, DT_I64},
+    {"U64", 64, -1},    {"C64", 64, -1},     {"F8_E4M3", 8, -1},    {"F8_E5M2", 8, -1},
+    {"F8_E8M0", 8, -1}, {"F6_E2M3", 6, -1},  {"F6_E3M2", 6, -1},    {"F4", 4, -1},
 };
 
 /* ---- reading ------------------------------------------------------------------------------- */
@@ -155,7 +155,8 @@ static int st_parse_metadata(SafetensorsFile *f, const cJSON *meta, int *seen)
     const char **keys = ds_malloc((n ? n : 1) * sizeof(*keys));
     if (!keys) return DS_ERR_INTERNAL;
     n = 0;
-    for (const cJSON *kv = meta->child; kv; kv = kv->next) keys[n++] = kv->string;
+    for (const cJSON *kv = meta->child; kv; kv = kv->next)
+        keys[n++] = kv->string;
     qsort(keys, n, sizeof(*keys), cmp_str_ptr);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(keys[i - 1], keys[i]) == 0) {
@@ -172,8 +173,7 @@ static int st_parse_metadata(SafetensorsFile *f, const cJSON *meta, int *seen)
 
 /* Validate one tensor entry and fill e. Bounds against the data section are checked here, the
  * layout (contiguity) afterwards over all entries. */
-static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t data_size,
-                          STEntry *e)
+static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t data_size, STEntry *e)
 {
     const char *name = item->string;
     char got[64];
@@ -189,7 +189,8 @@ static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t da
     static const char *const fields[] = {"dtype", "shape", "data_offsets"};
     for (size_t k = 0; k < DS_ARRAY_LEN(fields); k++) {
         int seen = 0;
-        for (const cJSON *c = item->child; c; c = c->next) seen += strcmp(c->string, fields[k]) == 0;
+        for (const cJSON *c = item->child; c; c = c->next)
+            seen += strcmp(c->string, fields[k]) == 0;
         if (seen == 0) return ST_FAIL(f, "tensor \"%s\": \"%s\" is missing", name, fields[k]);
         if (seen > 1) return ST_FAIL(f, "tensor \"%s\": \"%s\" appears twice", name, fields[k]);
     }
@@ -291,7 +292,8 @@ static int st_check_layout(const SafetensorsFile *f, size_t data_size)
     }
     const STEntry **order = ds_malloc((size_t)f->count * sizeof(*order));
     if (!order) return DS_ERR_INTERNAL;
-    for (int i = 0; i < f->count; i++) order[i] = &f->entries[i];
+    for (int i = 0; i < f->count; i++)
+        order[i] = &f->entries[i];
     qsort(order, (size_t)f->count, sizeof(*order), cmp_entry_offsets);
     size_t at = 0;
     int status = DS_OK;
@@ -319,7 +321,8 @@ static int st_check_layout(const SafetensorsFile *f, size_t data_size)
 static int st_parse_header(SafetensorsFile *f)
 {
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | f->map[i];
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | f->map[i];
     if (n > ST_MAX_HEADER_BYTES)
         return ST_FAIL(f, "header length %llu exceeds the limit of %llu bytes",
                        (unsigned long long)n, (unsigned long long)ST_MAX_HEADER_BYTES);
@@ -354,7 +357,8 @@ static int st_parse_header(SafetensorsFile *f)
     }
     int status = DS_OK, seen_meta = 0;
     int capacity = 0;
-    for (const cJSON *c = root->child; c; c = c->next) capacity++;
+    for (const cJSON *c = root->child; c; c = c->next)
+        capacity++;
     f->entries = ds_calloc((size_t)(capacity ? capacity : 1), sizeof(STEntry));
     if (!f->entries) status = DS_ERR_INTERNAL;
     for (const cJSON *c = root->child; c && status == DS_OK; c = c->next) {
@@ -423,12 +427,16 @@ void safetensors_close(SafetensorsFile *f)
     f->fd = -1;
 }
 
+/* bsearch comparator: the key is the name itself. */
+static int cmp_name_to_entry(const void *key, const void *entry)
+{
+    return strcmp((const char *)key, ((const STEntry *)entry)->name);
+}
+
 const STEntry *safetensors_find(const SafetensorsFile *f, const char *name)
 {
-    if (!f->entries || strlen(name) >= ST_NAME_MAX) return NULL;
-    STEntry key;
-    snprintf(key.name, sizeof(key.name), "%s", name);
-    return bsearch(&key, f->entries, (size_t)f->count, sizeof(STEntry), cmp_entry_name);
+    if (!f->entries) return NULL;
+    return bsearch(name, f->entries, (size_t)f->count, sizeof(STEntry), cmp_name_to_entry);
 }
 
 const void *safetensors_data(const SafetensorsFile *f, const STEntry *e)
@@ -449,7 +457,8 @@ static void sb_put(StrBuf *b, const char *s, size_t n)
     if (b->oom) return;
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1) cap *= 2;
+        while (cap < b->len + n + 1)
+            cap *= 2;
         char *p = realloc(b->data, cap);
         if (!p) {
             b->oom = 1;
@@ -463,7 +472,10 @@ static void sb_put(StrBuf *b, const char *s, size_t n)
     b->data[b->len] = 0;
 }
 
-static void sb_puts(StrBuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+static void sb_puts(StrBuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
 
 static void sb_put_json_string(StrBuf *b, const char *s)
 {
@@ -518,11 +530,13 @@ static int st_build_header(const char *path, const STWriteItem *items, int count
     if (metadata_json) {
         cJSON *meta = cJSON_Parse(metadata_json);
         int ok = cJSON_IsObject(meta);
-        for (const cJSON *kv = ok ? meta->child : NULL; kv; kv = kv->next) ok &= cJSON_IsString(kv);
+        for (const cJSON *kv = ok ? meta->child : NULL; kv; kv = kv->next)
+            ok &= cJSON_IsString(kv);
         if (!ok) {
             cJSON_Delete(meta);
-            return ds_error(DS_ERR_INTERNAL, "%s: metadata must be a JSON object of strings: %.200s",
-                            path, metadata_json);
+            return ds_error(DS_ERR_INTERNAL,
+                            "%s: metadata must be a JSON object of strings: %.200s", path,
+                            metadata_json);
         }
         sb_puts(b, "\"__metadata__\":{");
         for (const cJSON *kv = meta->child; kv; kv = kv->next) {
@@ -537,7 +551,8 @@ static int st_build_header(const char *path, const STWriteItem *items, int count
     }
     const STWriteItem **order = ds_malloc((size_t)(count ? count : 1) * sizeof(*order));
     if (!order) return DS_ERR_INTERNAL;
-    for (int i = 0; i < count; i++) order[i] = &items[i];
+    for (int i = 0; i < count; i++)
+        order[i] = &items[i];
     qsort(order, (size_t)count, sizeof(*order), cmp_item_by_name);
     int status = DS_OK;
     for (int k = 0; k < count; k++) {
@@ -558,13 +573,14 @@ static int st_build_header(const char *path, const STWriteItem *items, int count
             snprintf(num, sizeof(num), "%s%lld", d ? "," : "", (long long)it->shape[d]);
             sb_puts(b, num);
         }
-        snprintf(num, sizeof(num), "],\"data_offsets\":[%llu,%llu]}",
-                 (unsigned long long)begin[at], (unsigned long long)begin[at + 1]);
+        snprintf(num, sizeof(num), "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)begin[at],
+                 (unsigned long long)begin[at + 1]);
         sb_puts(b, num);
     }
     free(order);
     sb_puts(b, "}");
-    while (!b->oom && b->len % 8 != 0) sb_puts(b, " ");
+    while (!b->oom && b->len % 8 != 0)
+        sb_puts(b, " ");
     if (status == DS_OK && b->oom)
         status = ds_error(DS_ERR_INTERNAL, "%s: out of memory building the header", path);
     return status;
@@ -645,7 +661,8 @@ int safetensors_write(const char *path, const STWriteItem *items, int count,
     const char *step = "write";
     unsigned char len_le[8];
     uint64_t n = header.len;
-    for (int i = 0; i < 8; i++) len_le[i] = (unsigned char)(n >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        len_le[i] = (unsigned char)(n >> (8 * i));
     int rc = write_all(fd, len_le, 8);
     if (rc == 0) rc = write_all(fd, header.data, header.len);
     for (int i = 0; rc == 0 && i < count; i++)

@@ -74,31 +74,30 @@ static void assert_config_fails(const char *text, const char *expect)
 }
 
 /* deepseek-llm-7b-base's config.json, shrunk. */
-static const char *llama_old =
-    "{\n"
-    "  \"architectures\": [\"LlamaForCausalLM\"],\n"
-    "  \"attention_bias\": false,\n"
-    "  \"bos_token_id\": 100000,\n"
-    "  \"eos_token_id\": 100001,\n"
-    "  \"hidden_act\": \"silu\",\n"
-    "  \"hidden_size\": 64,\n"
-    "  \"initializer_range\": 0.02,\n"
-    "  \"intermediate_size\": 172,\n"
-    "  \"max_position_embeddings\": 4096,\n"
-    "  \"model_type\": \"llama\",\n"
-    "  \"num_attention_heads\": 8,\n"
-    "  \"num_hidden_layers\": 3,\n"
-    "  \"num_key_value_heads\": 8,\n"
-    "  \"pretraining_tp\": 1,\n"
-    "  \"rms_norm_eps\": 1e-06,\n"
-    "  \"rope_scaling\": null,\n"
-    "  \"rope_theta\": 10000.0,\n"
-    "  \"tie_word_embeddings\": false,\n"
-    "  \"torch_dtype\": \"bfloat16\",\n"
-    "  \"transformers_version\": \"4.33.1\",\n"
-    "  \"use_cache\": true,\n"
-    "  \"vocab_size\": 102400\n"
-    "}\n";
+static const char *llama_old = "{\n"
+                               "  \"architectures\": [\"LlamaForCausalLM\"],\n"
+                               "  \"attention_bias\": false,\n"
+                               "  \"bos_token_id\": 100000,\n"
+                               "  \"eos_token_id\": 100001,\n"
+                               "  \"hidden_act\": \"silu\",\n"
+                               "  \"hidden_size\": 64,\n"
+                               "  \"initializer_range\": 0.02,\n"
+                               "  \"intermediate_size\": 172,\n"
+                               "  \"max_position_embeddings\": 4096,\n"
+                               "  \"model_type\": \"llama\",\n"
+                               "  \"num_attention_heads\": 8,\n"
+                               "  \"num_hidden_layers\": 3,\n"
+                               "  \"num_key_value_heads\": 8,\n"
+                               "  \"pretraining_tp\": 1,\n"
+                               "  \"rms_norm_eps\": 1e-06,\n"
+                               "  \"rope_scaling\": null,\n"
+                               "  \"rope_theta\": 10000.0,\n"
+                               "  \"tie_word_embeddings\": false,\n"
+                               "  \"torch_dtype\": \"bfloat16\",\n"
+                               "  \"transformers_version\": \"4.33.1\",\n"
+                               "  \"use_cache\": true,\n"
+                               "  \"vocab_size\": 102400\n"
+                               "}\n";
 
 Test(hf_model, test_llama_old_form_config_values)
 {
@@ -196,12 +195,13 @@ Test(hf_model, test_rope_scaling_linear_and_llama3_in_both_forms)
     cr_assert_eq(mc.rope_theta, 500000.0);
     cr_assert_eq(mc.new_form, 0);
 
-    cr_assert_eq(load_config_text("{" TINY_LLAMA ",\"rope_theta\":500000.0,\"rope_scaling\":"
-                                  "{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,"
-                                  "\"high_freq_factor\":4.0,"
-                                  "\"original_max_position_embeddings\":8192}}",
-                                  &mc),
-                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(
+        load_config_text("{" TINY_LLAMA ",\"rope_theta\":500000.0,\"rope_scaling\":"
+                         "{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,"
+                         "\"high_freq_factor\":4.0,"
+                         "\"original_max_position_embeddings\":8192}}",
+                         &mc),
+        DS_OK, "%s", ds_last_error());
     cr_assert_eq(mc.rope_type, ROPE_LLAMA3);
     cr_assert_eq(mc.rope_factor, 8.0);
     cr_assert_eq(mc.rope_low_freq_factor, 1.0);
@@ -242,7 +242,8 @@ static const BadConfig bad_configs[] = {
     {"{\"architectures\":\"LlamaForCausalLM\"}", "architectures: expected a list"},
     {"{\"vocab_size\":3}", "architectures: missing"},
     {"{" TINY_LLAMA ",\"model_type\":\"qwen2\"}",
-     "model_type: \"qwen2\" does not match architectures \"LlamaForCausalLM\" (expected \"llama\")"},
+     "model_type: \"qwen2\" does not match architectures \"LlamaForCausalLM\" (expected "
+     "\"llama\")"},
     {"{" TINY_LLAMA ",\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2.0}}",
      "rope_scaling: rope type \"dynamic\" is not supported (supported: default, linear, llama3)"},
     {"{" TINY_LLAMA ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4.0}}",
@@ -347,7 +348,8 @@ static ModelFiles model_items(const ParamTable *pt, DType dt)
 
 static void model_files_free(ModelFiles *m)
 {
-    for (int i = 0; i <= m->count; i++) free(m->bufs[i]);
+    for (int i = 0; i <= m->count; i++)
+        free(m->bufs[i]);
     free(m->bufs);
     free(m->items);
 }
@@ -364,8 +366,8 @@ static void write_model(const char *dir, const ModelFiles *m, int nshards, const
         return;
     }
     char index[1 << 16];
-    size_t at = (size_t)snprintf(index, sizeof(index),
-                                 "{\"metadata\":{\"total_size\":0},\"weight_map\":{");
+    size_t at =
+        (size_t)snprintf(index, sizeof(index), "{\"metadata\":{\"total_size\":0},\"weight_map\":{");
     int per = (m->count + nshards - 1) / nshards;
     for (int s = 0; s < nshards; s++) {
         char name[128];
@@ -375,9 +377,8 @@ static void write_model(const char *dir, const ModelFiles *m, int nshards, const
         cr_assert_eq(safetensors_write(path, m->items + lo, hi - lo, "{\"format\":\"pt\"}"), DS_OK,
                      "%s", ds_last_error());
         for (int i = lo; i < hi; i++)
-            at += (size_t)snprintf(index + at, sizeof(index) - at, "%s\"%s\":\"%s\"",
-                                   i ? "," : "", m->items[i].name,
-                                   index_name && i == hi - 1 ? index_name : name);
+            at += (size_t)snprintf(index + at, sizeof(index) - at, "%s\"%s\":\"%s\"", i ? "," : "",
+                                   m->items[i].name, index_name && i == hi - 1 ? index_name : name);
     }
     snprintf(index + at, sizeof(index) - at, "}}");
     write_file(dir, "model.safetensors.index.json", index);
@@ -475,21 +476,42 @@ Test(hf_model, test_tied_model_ignores_lm_head_in_file)
 Test(hf_model, test_rank_slices_rows_and_columns)
 {
     ParamInfo items[4];
-    items[0] = (ParamInfo){.ndim = 2, .shape = {6, 4}, .split_dim = 0, .slice_start = 2,
-                           .slice_len = 3, .numel = 12, .offset = 0};
+    items[0] = (ParamInfo){.ndim = 2,
+                           .shape = {6, 4},
+                           .split_dim = 0,
+                           .slice_start = 2,
+                           .slice_len = 3,
+                           .numel = 12,
+                           .offset = 0};
     snprintf(items[0].name, PARAM_NAME_MAX, "w_rows");
-    items[1] = (ParamInfo){.ndim = 2, .shape = {6, 4}, .split_dim = 1, .slice_start = 1,
-                           .slice_len = 2, .numel = 12, .offset = 64};
+    items[1] = (ParamInfo){.ndim = 2,
+                           .shape = {6, 4},
+                           .split_dim = 1,
+                           .slice_start = 1,
+                           .slice_len = 2,
+                           .numel = 12,
+                           .offset = 64};
     snprintf(items[1].name, PARAM_NAME_MAX, "w_cols");
-    items[2] = (ParamInfo){.ndim = 1, .shape = {6}, .split_dim = 0, .slice_start = 4,
-                           .slice_len = 2, .numel = 2, .offset = 128};
+    items[2] = (ParamInfo){.ndim = 1,
+                           .shape = {6},
+                           .split_dim = 0,
+                           .slice_start = 4,
+                           .slice_len = 2,
+                           .numel = 2,
+                           .offset = 128};
     snprintf(items[2].name, PARAM_NAME_MAX, "bias");
-    items[3] = (ParamInfo){.ndim = 2, .shape = {2, 3}, .split_dim = -1, .slice_start = 0,
-                           .slice_len = 2, .numel = 6, .offset = 192};
+    items[3] = (ParamInfo){.ndim = 2,
+                           .shape = {2, 3},
+                           .split_dim = -1,
+                           .slice_start = 0,
+                           .slice_len = 2,
+                           .numel = 6,
+                           .offset = 192};
     snprintf(items[3].name, PARAM_NAME_MAX, "full");
     ParamTable pt = {4, items, 256};
     float full[24];
-    for (int j = 0; j < 24; j++) full[j] = (float)j;
+    for (int j = 0; j < 24; j++)
+        full[j] = (float)j;
     STWriteItem w[] = {{"w_rows", DT_F32, 2, {6, 4}, full},
                        {"w_cols", DT_F32, 2, {6, 4}, full},
                        {"bias", DT_F32, 1, {6}, full},
@@ -499,16 +521,19 @@ Test(hf_model, test_rank_slices_rows_and_columns)
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
     cr_assert_eq(safetensors_write(path, w, 4, NULL), DS_OK);
     float params[256];
-    for (int i = 0; i < 256; i++) params[i] = -1;
+    for (int i = 0; i < 256; i++)
+        params[i] = -1;
     ModelConfig mc = tiny_config(ARCH_LLAMA, 0);
     cr_assert_eq(hf_load_weights(dir, &mc, &pt, params), DS_OK, "%s", ds_last_error());
-    for (int j = 0; j < 12; j++) cr_assert_eq(params[j], (float)(8 + j), "rows %d", j);
+    for (int j = 0; j < 12; j++)
+        cr_assert_eq(params[j], (float)(8 + j), "rows %d", j);
     for (int r = 0; r < 6; r++)
         for (int c = 0; c < 2; c++)
             cr_assert_eq(params[64 + r * 2 + c], (float)(r * 4 + 1 + c), "cols %d %d", r, c);
     cr_assert_eq(params[128], 4.0f);
     cr_assert_eq(params[129], 5.0f);
-    for (int j = 0; j < 6; j++) cr_assert_eq(params[192 + j], (float)j);
+    for (int j = 0; j < 6; j++)
+        cr_assert_eq(params[192 + j], (float)j);
     cr_assert_eq(params[12], -1.0f, "nothing written past a slice");
     cr_assert_eq(params[130], -1.0f);
 
@@ -538,8 +563,8 @@ static void assert_load_fails(EditFn edit, int nshards, const char *index_name, 
     cr_assert(strstr(ds_last_error(), expect1), "message \"%s\" lacks \"%s\"", ds_last_error(),
               expect1);
     if (expect2)
-        cr_assert(strstr(ds_last_error(), expect2), "message \"%s\" lacks \"%s\"",
-                  ds_last_error(), expect2);
+        cr_assert(strstr(ds_last_error(), expect2), "message \"%s\" lacks \"%s\"", ds_last_error(),
+                  expect2);
     free(params);
     model_files_free(&m);
     param_table_free(&pt);
@@ -606,15 +631,15 @@ Test(hf_model, test_wrong_shape_names_both_shapes)
 
 Test(hf_model, test_unsupported_dtype)
 {
-    assert_load_fails(embed_as_i32, 1, NULL, DS_ERR_INPUT,
-                      "tensor model.embed_tokens.weight: dtype I32 is not supported (F32, BF16, F16)",
-                      "model.safetensors");
+    assert_load_fails(
+        embed_as_i32, 1, NULL, DS_ERR_INPUT,
+        "tensor model.embed_tokens.weight: dtype I32 is not supported (F32, BF16, F16)",
+        "model.safetensors");
 }
 
 Test(hf_model, test_index_with_paths_outside_the_directory_is_refused)
 {
-    assert_load_fails(NULL, 2, "../x.safetensors", DS_ERR_INPUT,
-                      "names file \"../x.safetensors\"",
+    assert_load_fails(NULL, 2, "../x.safetensors", DS_ERR_INPUT, "names file \"../x.safetensors\"",
                       "must be plain file names inside the model directory");
     assert_load_fails(NULL, 2, "/etc/passwd", DS_ERR_INPUT, "names file \"/etc/passwd\"",
                       "model.safetensors.index.json");
@@ -679,8 +704,9 @@ Test(hf_model, test_corrupt_weight_file_is_an_input_error)
     fclose(fp);
     float *params = calloc(pt.total, sizeof(float));
     cr_assert_eq(hf_load_weights(dir, &mc, &pt, params), DS_ERR_INPUT);
-    cr_assert(strstr(ds_last_error(), "corrupt/model.safetensors: tensor \"a\": expected an object"),
-              "%s", ds_last_error());
+    cr_assert(
+        strstr(ds_last_error(), "corrupt/model.safetensors: tensor \"a\": expected an object"),
+        "%s", ds_last_error());
     free(params);
     param_table_free(&pt);
 }

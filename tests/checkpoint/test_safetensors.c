@@ -48,7 +48,8 @@ static void write_raw_len(const char *path, uint64_t declared, const char *heade
     FILE *fp = fopen(path, "wb");
     cr_assert(fp);
     unsigned char le[8];
-    for (int i = 0; i < 8; i++) le[i] = (unsigned char)(declared >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)(declared >> (8 * i));
     cr_assert_eq(fwrite(le, 1, 8, fp), 8);
     if (hlen) cr_assert_eq(fwrite(header, 1, hlen, fp), hlen);
     if (dlen) cr_assert_eq(fwrite(data, 1, dlen, fp), dlen);
@@ -84,19 +85,18 @@ Test(safetensors, test_roundtrip_all_mapped_dtypes_and_shapes)
     int32_t i32[4] = {-7, 0, 123456789, -2147483647 - 1};
     int64_t i64[2] = {-1, 9007199254740993LL};
     uint8_t u8[7] = {0, 1, 2, 3, 250, 254, 255};
-    for (int i = 0; i < 24; i++) f32[i] = (float)i * 0.25f - 3.0f;
-    for (int i = 0; i < 10; i++) bf16[i] = f32_to_bf16((float)i - 4.5f);
-    for (int i = 0; i < 3; i++) f16[i] = f32_to_f16((float)i * 1.5f);
+    for (int i = 0; i < 24; i++)
+        f32[i] = (float)i * 0.25f - 3.0f;
+    for (int i = 0; i < 10; i++)
+        bf16[i] = f32_to_bf16((float)i - 4.5f);
+    for (int i = 0; i < 3; i++)
+        f16[i] = f32_to_f16((float)i * 1.5f);
     float scalar = 42.5f;
     STWriteItem items[] = {
-        {"z.weight", DT_F32, 3, {2, 3, 4}, f32},
-        {"a.bias", DT_BF16, 2, {5, 2}, bf16},
-        {"m.half", DT_F16, 1, {3}, f16},
-        {"ints", DT_I32, 2, {2, 2}, i32},
-        {"longs", DT_I64, 1, {2}, i64},
-        {"bytes", DT_U8, 1, {7}, u8},
-        {"scalar", DT_F32, 0, {0}, &scalar},
-        {"empty", DT_F32, 2, {0, 5}, NULL},
+        {"z.weight", DT_F32, 3, {2, 3, 4}, f32}, {"a.bias", DT_BF16, 2, {5, 2}, bf16},
+        {"m.half", DT_F16, 1, {3}, f16},         {"ints", DT_I32, 2, {2, 2}, i32},
+        {"longs", DT_I64, 1, {2}, i64},          {"bytes", DT_U8, 1, {7}, u8},
+        {"scalar", DT_F32, 0, {0}, &scalar},     {"empty", DT_F32, 2, {0, 5}, NULL},
     };
     const char *path = tmp_path("all.safetensors");
     cr_assert_eq(safetensors_write(path, items, 8, "{\"format\":\"pt\",\"note\":\"a \\\"q\\\"\"}"),
@@ -119,7 +119,8 @@ Test(safetensors, test_roundtrip_all_mapped_dtypes_and_shapes)
             numel *= (size_t)e->shape[d];
         }
         cr_assert_eq(e->end - e->begin, numel * e->elem_size);
-        if (numel) cr_assert_eq(memcmp(safetensors_data(&f, e), items[i].data, e->end - e->begin), 0);
+        if (numel)
+            cr_assert_eq(memcmp(safetensors_data(&f, e), items[i].data, e->end - e->begin), 0);
     }
     /* Data is laid out in the order given: z.weight first. */
     cr_assert_eq(safetensors_find(&f, "z.weight")->begin, 0);
@@ -140,14 +141,16 @@ Test(safetensors, test_header_is_sorted_with_metadata_first_and_space_padded)
     size_t n = fread(buf, 1, sizeof(buf), fp);
     fclose(fp);
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | buf[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | buf[i];
     cr_assert_eq(hlen % 8, 0);
     cr_assert_eq(n, 8 + hlen + 8);
     const char *expect = "{\"__metadata__\":{\"format\":\"pt\"},"
                          "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
                          "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
     cr_assert_eq(memcmp(buf + 8, expect, strlen(expect)), 0, "%.*s", (int)hlen, buf + 8);
-    for (size_t i = 8 + strlen(expect); i < 8 + hlen; i++) cr_assert_eq(buf[i], ' ');
+    for (size_t i = 8 + strlen(expect); i < 8 + hlen; i++)
+        cr_assert_eq(buf[i], ' ');
     float back[2];
     memcpy(back, buf + 8 + hlen, 8);
     cr_assert_eq(back[0], 1.0f);
@@ -403,9 +406,10 @@ Test(safetensors, test_hostile_headers_each_get_their_own_message)
 Test(safetensors, test_metadata_null_is_accepted_and_trailing_whitespace_allowed)
 {
     const char *path = tmp_path("meta_null.safetensors");
-    write_raw(path,
-              "{\"__metadata__\":null,\"a\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1]}}\n\t ",
-              1);
+    write_raw(
+        path,
+        "{\"__metadata__\":null,\"a\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1]}}\n\t ",
+        1);
     SafetensorsFile f;
     cr_assert_eq(safetensors_open(path, &f), DS_OK, "%s", ds_last_error());
     cr_assert_null(f.metadata_json);
@@ -445,7 +449,8 @@ Test(safetensors, test_random_header_mutations_never_crash)
     size_t n = fread(orig, 1, sizeof(orig), fp);
     fclose(fp);
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | orig[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | orig[i];
     const char *path = tmp_path("mutant.safetensors");
     unsigned seed = 12345;
     int accepted = 0, refused = 0;
@@ -473,7 +478,8 @@ Test(safetensors, test_random_header_mutations_never_crash)
                 cr_assert_leq(f.data_start + f.entries[i].end, f.size);
                 volatile unsigned char sink = 0;
                 const unsigned char *p = safetensors_data(&f, &f.entries[i]);
-                for (size_t b = 0; b < f.entries[i].end - f.entries[i].begin; b++) sink ^= p[b];
+                for (size_t b = 0; b < f.entries[i].end - f.entries[i].begin; b++)
+                    sink ^= p[b];
                 (void)sink;
             }
             safetensors_close(&f);
