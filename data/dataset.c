@@ -35,7 +35,8 @@ static int attr_read_int(const TokenDataset *ds, const char *name, int64_t *out,
 {
     *found = 0;
     htri_t exists = H5Aexists(ds->file, name);
-    if (exists < 0) return ds_error(DS_ERR_INPUT, "%s: cannot read attribute \"%s\"", ds->path, name);
+    if (exists < 0)
+        return ds_error(DS_ERR_INPUT, "%s: cannot read attribute \"%s\"", ds->path, name);
     if (!exists) return DS_OK;
     hid_t attr = H5Aopen(ds->file, name, H5P_DEFAULT);
     if (attr < 0) return ds_error(DS_ERR_INPUT, "%s: cannot open attribute \"%s\"", ds->path, name);
@@ -43,7 +44,8 @@ static int attr_read_int(const TokenDataset *ds, const char *name, int64_t *out,
     int status = DS_OK;
     hssize_t npoints = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
     if (type < 0 || H5Tget_class(type) != H5T_INTEGER) {
-        status = ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": expected an integer", ds->path, name);
+        status =
+            ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": expected an integer", ds->path, name);
     } else if (npoints != 1) {
         status = ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": expected one value, got %lld",
                           ds->path, name, (long long)npoints);
@@ -65,7 +67,8 @@ static int attr_read_string(const TokenDataset *ds, const char *name, char *out,
     *found = 0;
     out[0] = 0;
     htri_t exists = H5Aexists(ds->file, name);
-    if (exists < 0) return ds_error(DS_ERR_INPUT, "%s: cannot read attribute \"%s\"", ds->path, name);
+    if (exists < 0)
+        return ds_error(DS_ERR_INPUT, "%s: cannot read attribute \"%s\"", ds->path, name);
     if (!exists) return DS_OK;
     hid_t attr = H5Aopen(ds->file, name, H5P_DEFAULT);
     if (attr < 0) return ds_error(DS_ERR_INPUT, "%s: cannot open attribute \"%s\"", ds->path, name);
@@ -100,7 +103,8 @@ static int attr_read_string(const TokenDataset *ds, const char *name, char *out,
             H5Tset_size(mem, size);
             H5Tset_strpad(mem, H5T_STR_NULLPAD);
             if (H5Aread(attr, mem, buf) < 0) {
-                status = ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": cannot read", ds->path, name);
+                status =
+                    ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": cannot read", ds->path, name);
             } else {
                 buf[size] = 0;
                 snprintf(out, out_size, "%s", buf);
@@ -148,11 +152,12 @@ static int dataset_open_1d(TokenDataset *ds, const char *name, int required, hid
                           : cls == H5T_ENUM   ? "enum (numpy bool?)"
                           : cls == H5T_STRING ? "string"
                                               : "a non-integer type";
-        status = ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": wrong dtype: expected integers, got %s",
-                          ds->path, name, got);
+        status =
+            ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": wrong dtype: expected integers, got %s",
+                     ds->path, name, got);
     } else if (rank != 1) {
-        status = ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": expected 1 dimension, got %d", ds->path,
-                          name, rank);
+        status = ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": expected 1 dimension, got %d",
+                          ds->path, name, rank);
     } else {
         hsize_t dim = 0;
         H5Sget_simple_extent_dims(space, &dim, NULL);
@@ -208,9 +213,10 @@ static int tokens_read(TokenDataset *ds, int64_t start, int64_t count, int32_t *
     }
     if (loss_mask) {
         if (ds->loss_mask >= 0) {
-            DS_TRY(dataset_read_range(ds, ds->loss_mask, "loss_mask", H5T_NATIVE_UINT8, start, count,
-                                      loss_mask));
-            for (int64_t i = 0; i < count; i++) loss_mask[i] = loss_mask[i] != 0;
+            DS_TRY(dataset_read_range(ds, ds->loss_mask, "loss_mask", H5T_NATIVE_UINT8, start,
+                                      count, loss_mask));
+            for (int64_t i = 0; i < count; i++)
+                loss_mask[i] = loss_mask[i] != 0;
         } else {
             memset(loss_mask, 1, (size_t)count);
         }
@@ -230,11 +236,13 @@ static int dataset_validate_attributes(TokenDataset *ds, int model_vocab)
                         "docs/data.md)",
                         ds->path);
     if (strcmp(format, "dstrain-tokens") != 0)
-        return ds_error(DS_ERR_INPUT, "%s: attribute \"format\": expected \"dstrain-tokens\", got \"%s\"",
+        return ds_error(DS_ERR_INPUT,
+                        "%s: attribute \"format\": expected \"dstrain-tokens\", got \"%s\"",
                         ds->path, format);
     int64_t version = 0;
     DS_TRY(attr_read_int(ds, "format_version", &version, &found));
-    if (!found) return ds_error(DS_ERR_INPUT, "%s: attribute \"format_version\" is missing", ds->path);
+    if (!found)
+        return ds_error(DS_ERR_INPUT, "%s: attribute \"format_version\" is missing", ds->path);
     if (version != 1)
         return ds_error(DS_ERR_INPUT,
                         "%s: attribute \"format_version\": version %" PRId64
@@ -406,9 +414,15 @@ void dataset_close(TokenDataset *ds)
     free(ds);
 }
 
-const DatasetInfo *dataset_info(const TokenDataset *ds) { return &ds->info; }
+const DatasetInfo *dataset_info(const TokenDataset *ds)
+{
+    return &ds->info;
+}
 
-const char *dataset_path(const TokenDataset *ds) { return ds->path; }
+const char *dataset_path(const TokenDataset *ds)
+{
+    return ds->path;
+}
 
 int64_t dataset_doc_length(const TokenDataset *ds, int64_t doc)
 {
@@ -442,8 +456,8 @@ static int dataset_read_per_doc(TokenDataset *ds, hid_t dset, const char *name, 
     if (first_doc < 0 || count < 0 || first_doc > ds->info.n_docs ||
         count > ds->info.n_docs - first_doc)
         return ds_error(DS_ERR_INTERNAL,
-                        "%s: dataset \"%s\": read of [%" PRId64 ", %" PRId64
-                        ") is outside %" PRId64 " documents",
+                        "%s: dataset \"%s\": read of [%" PRId64 ", %" PRId64 ") is outside %" PRId64
+                        " documents",
                         ds->path, name, first_doc, first_doc + count, ds->info.n_docs);
     return dataset_read_range(ds, dset, name, mem_type, first_doc, count, out);
 }
@@ -484,13 +498,15 @@ static uint64_t mix64(uint64_t x)
 static void permutation_init(WindowPermutation *p, int64_t n, uint64_t seed, int64_t epoch)
 {
     int bits = 2;
-    while (bits < 62 && (1ULL << bits) < (uint64_t)n) bits++;
+    while (bits < 62 && (1ULL << bits) < (uint64_t)n)
+        bits++;
     if (bits & 1) bits++;
     p->n = n;
     p->half_bits = bits / 2;
     p->half_mask = (1ULL << p->half_bits) - 1;
     uint64_t base = mix64(seed) ^ mix64((uint64_t)epoch * 0xD1B54A32D192ED03ULL + 1);
-    for (int r = 0; r < 4; r++) p->keys[r] = mix64(base + (uint64_t)r * 0x9E3779B97F4A7C15ULL);
+    for (int r = 0; r < 4; r++)
+        p->keys[r] = mix64(base + (uint64_t)r * 0x9E3779B97F4A7C15ULL);
 }
 
 static uint64_t permutation_round_trip(const WindowPermutation *p, uint64_t x)
@@ -521,14 +537,14 @@ struct LMReader {
     uint64_t seed;
     int dp_rank, dp_size;
     int has_eos;
-    int64_t stream_len;       /* n_tokens + one EOS per document when eos_id >= 0 */
-    int64_t n_windows;        /* per epoch */
-    int64_t epoch;            /* epoch of the next window */
-    int64_t next_position;    /* index into the permuted order of the next window of this rank */
-    WindowPermutation perm;   /* of the current epoch */
-    int32_t *window_tokens;   /* seq_len + 1 */
-    uint8_t *window_mask;     /* seq_len + 1 */
-    int32_t *raw_tokens;      /* seq_len + 1: the document tokens of a window, before EOS */
+    int64_t stream_len;     /* n_tokens + one EOS per document when eos_id >= 0 */
+    int64_t n_windows;      /* per epoch */
+    int64_t epoch;          /* epoch of the next window */
+    int64_t next_position;  /* index into the permuted order of the next window of this rank */
+    WindowPermutation perm; /* of the current epoch */
+    int32_t *window_tokens; /* seq_len + 1 */
+    uint8_t *window_mask;   /* seq_len + 1 */
+    int32_t *raw_tokens;    /* seq_len + 1: the document tokens of a window, before EOS */
     uint8_t *raw_mask;
 };
 
@@ -613,7 +629,8 @@ int lm_reader_open(const char *path, int model_vocab, int seq_len, uint64_t seed
                    int dp_size, LMReader **out)
 {
     *out = NULL;
-    if (seq_len < 1) return ds_error(DS_ERR_INPUT, "%s: seq_len must be >= 1, got %d", path, seq_len);
+    if (seq_len < 1)
+        return ds_error(DS_ERR_INPUT, "%s: seq_len must be >= 1, got %d", path, seq_len);
     if (dp_size < 1 || dp_rank < 0 || dp_rank >= dp_size)
         return ds_error(DS_ERR_INPUT, "%s: data-parallel rank %d of %d is out of range", path,
                         dp_rank, dp_size);
@@ -687,13 +704,17 @@ int lm_reader_next(LMReader *r, int batch, int32_t *inputs, int32_t *targets, fl
         memcpy(tg, r->window_tokens + 1, (size_t)T * sizeof(int32_t));
         if (weights) {
             float *wt = weights + (size_t)b * T;
-            for (int t = 0; t < T; t++) wt[t] = r->window_mask[t + 1] ? 1.0f : 0.0f;
+            for (int t = 0; t < T; t++)
+                wt[t] = r->window_mask[t + 1] ? 1.0f : 0.0f;
         }
     }
     return DS_OK;
 }
 
-int64_t lm_reader_windows_per_epoch(const LMReader *r) { return r->n_windows; }
+int64_t lm_reader_windows_per_epoch(const LMReader *r)
+{
+    return r->n_windows;
+}
 
 int lm_reader_next_window_index(LMReader *r, int64_t *window)
 {
@@ -728,7 +749,10 @@ int lm_reader_seek(LMReader *r, int64_t global_window_index)
     return DS_OK;
 }
 
-const TokenDataset *lm_reader_dataset(const LMReader *r) { return r->ds; }
+const TokenDataset *lm_reader_dataset(const LMReader *r)
+{
+    return r->ds;
+}
 
 void lm_reader_close(LMReader *r)
 {

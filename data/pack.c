@@ -108,8 +108,8 @@ static int pack_parse_args(int argc, char **argv, PackOptions *opt, int *help)
         const char *value = NULL;
         const char *eq = strchr(arg, '=');
         if (strncmp(arg, "--", 2) != 0)
-            return ds_error(DS_ERR_INPUT, "pack: unexpected argument \"%s\" (see dstrain pack --help)",
-                            arg);
+            return ds_error(DS_ERR_INPUT,
+                            "pack: unexpected argument \"%s\" (see dstrain pack --help)", arg);
         if (eq) {
             snprintf(flag, sizeof(flag), "%.*s", (int)(eq - arg), arg);
             value = eq + 1;
@@ -183,7 +183,8 @@ static int column_append(PackWriter *w, PackColumn *c, const void *data, int64_t
     if (count == 0) return DS_OK;
     hsize_t start = (hsize_t)c->length, n = (hsize_t)count, total = start + n;
     if (H5Dset_extent(c->dset, &total) < 0)
-        return ds_error(DS_ERR_INTERNAL, "%s: cannot extend dataset \"%s\"", w->opt->output, c->name);
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot extend dataset \"%s\"", w->opt->output,
+                        c->name);
     hid_t file_space = H5Dget_space(c->dset);
     hid_t mem_space = H5Screate_simple(1, &n, NULL);
     herr_t rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, NULL, &n, NULL);
@@ -238,7 +239,8 @@ static int attr_write_int(PackWriter *w, const char *name, int64_t value)
     herr_t rc = attr >= 0 ? H5Awrite(attr, H5T_NATIVE_INT64, &value) : -1;
     if (attr >= 0) H5Aclose(attr);
     H5Sclose(space);
-    if (rc < 0) return ds_error(DS_ERR_INTERNAL, "%s: cannot write attribute \"%s\"", w->opt->output, name);
+    if (rc < 0)
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot write attribute \"%s\"", w->opt->output, name);
     return DS_OK;
 }
 
@@ -254,7 +256,8 @@ static int attr_write_string(PackWriter *w, const char *name, const char *value)
     if (attr >= 0) H5Aclose(attr);
     H5Sclose(space);
     H5Tclose(type);
-    if (rc < 0) return ds_error(DS_ERR_INTERNAL, "%s: cannot write attribute \"%s\"", w->opt->output, name);
+    if (rc < 0)
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot write attribute \"%s\"", w->opt->output, name);
     return DS_OK;
 }
 
@@ -274,16 +277,18 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
 {
     const PackOptions *opt = w->opt;
     if (!cJSON_IsObject(obj))
-        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": expected a JSON object per line", file, line);
+        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": expected a JSON object per line", file,
+                        line);
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(obj, "input_ids");
     if (!ids) return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: missing", file, line);
     if (!cJSON_IsArray(ids))
-        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: expected a list of integers", file,
-                        line);
+        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: expected a list of integers",
+                        file, line);
     int64_t len = cJSON_GetArraySize(ids);
     if (len == 0)
         return ds_error(DS_ERR_INPUT,
-                        "%s:%" PRId64 ": input_ids: empty document (documents need at least one token)",
+                        "%s:%" PRId64
+                        ": input_ids: empty document (documents need at least one token)",
                         file, line);
     const cJSON *mask = cJSON_GetObjectItemCaseSensitive(obj, "loss_mask");
     if (mask && (!cJSON_IsArray(mask) || cJSON_GetArraySize(mask) != len))
@@ -300,7 +305,8 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
     if (label && !json_integer(label, -9007199254740992.0, 9007199254740992.0, &label_value))
         return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": label: expected an integer", file, line);
     if (task && !json_integer(task, INT32_MIN, INT32_MAX, &task_value))
-        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": task: expected a 32-bit integer", file, line);
+        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": task: expected a 32-bit integer", file,
+                        line);
     if (!w->labels_known) {
         w->labels_known = 1;
         w->has_labels = label != NULL;
@@ -322,7 +328,8 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
                             "%s:%" PRId64 ": %s: %s here but %s in %s:%" PRId64
                             " (\"%s\" must be on every line or on none)",
                             file, line, keys[k], present[k] ? "present" : "missing",
-                            present[k] ? "absent" : "present", w->first_file, w->first_line, keys[k]);
+                            present[k] ? "absent" : "present", w->first_file, w->first_line,
+                            keys[k]);
     }
 
     /* Check the whole line before buffering any of it, so a bad line adds nothing. */
@@ -333,12 +340,15 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
         int64_t id = 0;
         if (!json_integer(item, -9007199254740992.0, 9007199254740992.0, &id))
             return ds_error(DS_ERR_INPUT,
-                            "%s:%" PRId64 ": input_ids: expected a list of integers (element %" PRId64
+                            "%s:%" PRId64
+                            ": input_ids: expected a list of integers (element %" PRId64
                             " is not an integer)",
                             file, line, index);
         if (id < 0)
-            return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
-                            " is negative", file, line, index, id);
+            return ds_error(DS_ERR_INPUT,
+                            "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
+                            " is negative",
+                            file, line, index, id);
         if (opt->vocab_size > 0 && id >= opt->vocab_size)
             return ds_error(DS_ERR_INPUT,
                             "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
@@ -404,7 +414,8 @@ static int pack_file(PackWriter *w, const char *path)
                            line[len - 1] == '\t'))
             len--;
         size_t skip = 0;
-        while (skip < len && (line[skip] == ' ' || line[skip] == '\t')) skip++;
+        while (skip < len && (line[skip] == ' ' || line[skip] == '\t'))
+            skip++;
         if (skip == len) continue; /* blank line */
         cJSON *obj = cJSON_ParseWithLength(line + skip, len - skip);
         if (!obj) {
@@ -449,14 +460,17 @@ static int pack_run(PackWriter *w)
 
     w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (w->file < 0)
-        return ds_error(DS_ERR_INPUT, "%s: cannot create (does the directory exist and is it writable?)",
+        return ds_error(DS_ERR_INPUT,
+                        "%s: cannot create (does the directory exist and is it writable?)",
                         opt->output);
-    DS_TRY(column_create(w, &w->tokens, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, PACK_TOKEN_CHUNK));
+    DS_TRY(
+        column_create(w, &w->tokens, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, PACK_TOKEN_CHUNK));
     DS_TRY(column_create(w, &w->doc_offsets, "doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64,
                          PACK_DOC_CHUNK));
     w->offset_buf[w->offset_fill++] = 0;
 
-    for (int i = 0; i < opt->n_inputs; i++) DS_TRY(pack_file(w, opt->inputs[i]));
+    for (int i = 0; i < opt->n_inputs; i++)
+        DS_TRY(pack_file(w, opt->inputs[i]));
     if (w->n_docs == 0)
         return ds_error(DS_ERR_INPUT, "%s: no documents in the input (every line was blank)",
                         opt->inputs[opt->n_inputs - 1]);
@@ -478,10 +492,12 @@ static int pack_run(PackWriter *w)
     for (int i = 0; i < 5; i++) {
         if (handles[i] >= 0) H5Dclose(handles[i]);
     }
-    w->tokens.dset = w->loss_mask.dset = w->doc_offsets.dset = w->labels.dset = w->task_ids.dset = -1;
+    w->tokens.dset = w->loss_mask.dset = w->doc_offsets.dset = w->labels.dset = w->task_ids.dset =
+        -1;
     herr_t rc = H5Fclose(w->file);
     w->file = -1;
-    if (rc < 0) return ds_error(DS_ERR_INTERNAL, "%s: cannot finish writing (disk full?)", opt->output);
+    if (rc < 0)
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot finish writing (disk full?)", opt->output);
     if (rename(w->tmp_path, opt->output) != 0)
         return ds_error(DS_ERR_INPUT, "%s: cannot rename %s to it: %s", opt->output, w->tmp_path,
                         strerror(errno));

@@ -84,7 +84,8 @@ static inline int run_pack(const char *first, ...)
     argv[argc++] = (char *)"pack";
     va_list ap;
     va_start(ap, first);
-    for (const char *a = first; a && argc < 63; a = va_arg(ap, const char *)) argv[argc++] = (char *)a;
+    for (const char *a = first; a && argc < 63; a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
     va_end(ap);
     argv[argc] = NULL;
     ds_clear_error();
@@ -93,7 +94,7 @@ static inline int run_pack(const char *first, ...)
 }
 
 #define assert_error_contains(needle)                                                              \
-    cr_assert(strstr(ds_last_error(), (needle)) != NULL, "error \"%s\" lacks \"%s\"",            \
+    cr_assert(strstr(ds_last_error(), (needle)) != NULL, "error \"%s\" lacks \"%s\"",              \
               ds_last_error(), (needle))
 
 #endif

@@ -57,23 +57,24 @@ Test(dataset, files_written_by_h5py_are_read)
 {
     char dir[1024], path[1100];
     test_dir("h5py-layout", dir, sizeof(dir));
-    make_files(dir, "layout",
-               "make('i32.h5')\n"
-               "make('i64.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int64)})\n"
-               "make('u16.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.uint16),\n"
-               "                'doc_offsets': np.array([0, 3, 5, 8], dtype=np.int32)})\n"
-               "make('fixed.h5', attrs={'format': np.bytes_(b'dstrain-tokens'),\n"
-               "                        'tokenizer': np.bytes_(b'byte'),\n"
-               "                        'vocab_size': np.int32(10), 'format_version': np.uint8(1)})\n"
-               "make('mask.h5', {'loss_mask': np.array([1,1,1,1,1,1,0,1], dtype=np.uint8),\n"
-               "                 'labels': np.array([4, 5, 6]), 'task_ids': np.array([1, 1, 2], "
-               "dtype=np.int32)})\n"
-               "with h5py.File(d + '/chunked.h5', 'w') as f:\n"
-               "    f.create_dataset('tokens', data=np.array([3,1,4,1,5,9,2,6], dtype=np.int32),\n"
-               "                     chunks=(4,), compression='gzip', shuffle=True, maxshape=(None,))\n"
-               "    f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8]))\n"
-               "    f.attrs.update({'format': 'dstrain-tokens', 'format_version': 1, 'vocab_size': 10,\n"
-               "                    'eos_id': 0, 'tokenizer': 'byte'})\n");
+    make_files(
+        dir, "layout",
+        "make('i32.h5')\n"
+        "make('i64.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int64)})\n"
+        "make('u16.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.uint16),\n"
+        "                'doc_offsets': np.array([0, 3, 5, 8], dtype=np.int32)})\n"
+        "make('fixed.h5', attrs={'format': np.bytes_(b'dstrain-tokens'),\n"
+        "                        'tokenizer': np.bytes_(b'byte'),\n"
+        "                        'vocab_size': np.int32(10), 'format_version': np.uint8(1)})\n"
+        "make('mask.h5', {'loss_mask': np.array([1,1,1,1,1,1,0,1], dtype=np.uint8),\n"
+        "                 'labels': np.array([4, 5, 6]), 'task_ids': np.array([1, 1, 2], "
+        "dtype=np.int32)})\n"
+        "with h5py.File(d + '/chunked.h5', 'w') as f:\n"
+        "    f.create_dataset('tokens', data=np.array([3,1,4,1,5,9,2,6], dtype=np.int32),\n"
+        "                     chunks=(4,), compression='gzip', shuffle=True, maxshape=(None,))\n"
+        "    f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8]))\n"
+        "    f.attrs.update({'format': 'dstrain-tokens', 'format_version': 1, 'vocab_size': 10,\n"
+        "                    'eos_id': 0, 'tokenizer': 'byte'})\n");
     const char *files[] = {"i32.h5", "i64.h5", "u16.h5", "fixed.h5", "mask.h5", "chunked.h5"};
     for (size_t i = 0; i < DS_ARRAY_LEN(files); i++) {
         test_path(path, sizeof(path), dir, files[i]);
@@ -106,72 +107,119 @@ typedef struct HostileCase {
 } HostileCase;
 
 static const HostileCase HOSTILE[] = {
-    {"no_tokens.h5", "make('no_tokens.h5', {'tokens': None})", 0,
-     {"\"tokens\" is missing", NULL}},
-    {"no_offsets.h5", "make('no_offsets.h5', {'doc_offsets': None})", 0,
+    {"no_tokens.h5", "make('no_tokens.h5', {'tokens': None})", 0, {"\"tokens\" is missing", NULL}},
+    {"no_offsets.h5",
+     "make('no_offsets.h5', {'doc_offsets': None})",
+     0,
      {"\"doc_offsets\" is missing", NULL}},
-    {"float_tokens.h5", "make('float_tokens.h5', {'tokens': np.arange(8, dtype=np.float32)})", 0,
+    {"float_tokens.h5",
+     "make('float_tokens.h5', {'tokens': np.arange(8, dtype=np.float32)})",
+     0,
      {"dataset \"tokens\": wrong dtype", "floating point", NULL}},
     {"float_offsets.h5",
-     "make('float_offsets.h5', {'doc_offsets': np.array([0., 3., 5., 8.])})", 0,
+     "make('float_offsets.h5', {'doc_offsets': np.array([0., 3., 5., 8.])})",
+     0,
      {"dataset \"doc_offsets\": wrong dtype", NULL}},
-    {"bool_mask.h5", "make('bool_mask.h5', {'loss_mask': np.ones(8, dtype=bool)})", 0,
+    {"bool_mask.h5",
+     "make('bool_mask.h5', {'loss_mask': np.ones(8, dtype=bool)})",
+     0,
      {"dataset \"loss_mask\": wrong dtype", NULL}},
-    {"rank2.h5", "make('rank2.h5', {'tokens': np.ones((2, 4), dtype=np.int32)})", 0,
+    {"rank2.h5",
+     "make('rank2.h5', {'tokens': np.ones((2, 4), dtype=np.int32)})",
+     0,
      {"dataset \"tokens\": expected 1 dimension, got 2", NULL}},
-    {"big_id.h5", "make('big_id.h5', {'tokens': np.array([3, 1, 4, 10, 5, 9, 2, 6])})", 0,
+    {"big_id.h5",
+     "make('big_id.h5', {'tokens': np.array([3, 1, 4, 10, 5, 9, 2, 6])})",
+     0,
      {"dataset \"tokens\": token id 10 at index 3", "[0, 10)", NULL}},
-    {"negative_id.h5", "make('negative_id.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, -2, 6])})",
-     0, {"dataset \"tokens\": token id -2 at index 6", NULL}},
+    {"negative_id.h5",
+     "make('negative_id.h5', {'tokens': np.array([3, 1, 4, 1, 5, 9, -2, 6])})",
+     0,
+     {"dataset \"tokens\": token id -2 at index 6", NULL}},
     {"huge_id.h5",
-     "make('huge_id.h5', {'tokens': np.array([3, 1, 4, 1, 5, 2**40, 2, 6], dtype=np.int64)})", 0,
+     "make('huge_id.h5', {'tokens': np.array([3, 1, 4, 1, 5, 2**40, 2, 6], dtype=np.int64)})",
+     0,
      {"dataset \"tokens\"", "at index 5", NULL}},
     {"not_increasing.h5",
-     "make('not_increasing.h5', {'doc_offsets': np.array([0, 3, 3, 8])})", 0,
+     "make('not_increasing.h5', {'doc_offsets': np.array([0, 3, 3, 8])})",
+     0,
      {"dataset \"doc_offsets\": not increasing at index 2 (3 then 3", NULL}},
     {"decreasing.h5",
-     "make('decreasing.h5', {'tokens': np.arange(10), 'doc_offsets': np.array([0, 2, 5, 10, 7, 10])})",
-     0, {"dataset \"doc_offsets\": not increasing at index 4 (10 then 7)", NULL}},
-    {"offset_start.h5", "make('offset_start.h5', {'doc_offsets': np.array([1, 3, 5, 8])})", 0,
+     "make('decreasing.h5', {'tokens': np.arange(10), 'doc_offsets': np.array([0, 2, 5, 10, 7, "
+     "10])})",
+     0,
+     {"dataset \"doc_offsets\": not increasing at index 4 (10 then 7)", NULL}},
+    {"offset_start.h5",
+     "make('offset_start.h5', {'doc_offsets': np.array([1, 3, 5, 8])})",
+     0,
      {"dataset \"doc_offsets\": must start at 0", NULL}},
-    {"offset_end.h5", "make('offset_end.h5', {'doc_offsets': np.array([0, 3, 5, 7])})", 0,
+    {"offset_end.h5",
+     "make('offset_end.h5', {'doc_offsets': np.array([0, 3, 5, 7])})",
+     0,
      {"dataset \"doc_offsets\": last offset 7", "\"tokens\" (8)", NULL}},
     {"empty.h5",
-     "make('empty.h5', {'tokens': np.zeros(0, dtype=np.int32), 'doc_offsets': np.array([0])})", 0,
+     "make('empty.h5', {'tokens': np.zeros(0, dtype=np.int32), 'doc_offsets': np.array([0])})",
+     0,
      {"dataset \"tokens\" is empty", NULL}},
-    {"no_docs.h5", "make('no_docs.h5', {'doc_offsets': np.zeros(0, dtype=np.int64)})", 0,
+    {"no_docs.h5",
+     "make('no_docs.h5', {'doc_offsets': np.zeros(0, dtype=np.int64)})",
+     0,
      {"dataset \"doc_offsets\": the file holds no documents", NULL}},
-    {"mask_length.h5", "make('mask_length.h5', {'loss_mask': np.ones(7, dtype=np.uint8)})", 0,
+    {"mask_length.h5",
+     "make('mask_length.h5', {'loss_mask': np.ones(7, dtype=np.uint8)})",
+     0,
      {"dataset \"loss_mask\": length 7", "\"tokens\" (8)", NULL}},
-    {"labels_length.h5", "make('labels_length.h5', {'labels': np.array([1, 2])})", 0,
+    {"labels_length.h5",
+     "make('labels_length.h5', {'labels': np.array([1, 2])})",
+     0,
      {"dataset \"labels\": length 2", NULL}},
-    {"big_vocab.h5", "make('big_vocab.h5', attrs={'vocab_size': 50000})", 32000,
+    {"big_vocab.h5",
+     "make('big_vocab.h5', attrs={'vocab_size': 50000})",
+     32000,
      {"big_vocab.h5: vocab_size 50000 is larger than the model's 32000", NULL}},
-    {"no_format.h5", "make('no_format.h5', attrs={'format': None})", 0,
+    {"no_format.h5",
+     "make('no_format.h5', attrs={'format': None})",
+     0,
      {"attribute \"format\" is missing", NULL}},
-    {"other_format.h5", "make('other_format.h5', attrs={'format': 'megatron'})", 0,
+    {"other_format.h5",
+     "make('other_format.h5', attrs={'format': 'megatron'})",
+     0,
      {"attribute \"format\": expected \"dstrain-tokens\", got \"megatron\"", NULL}},
-    {"version2.h5", "make('version2.h5', attrs={'format_version': 2})", 0,
+    {"version2.h5",
+     "make('version2.h5', attrs={'format_version': 2})",
+     0,
      {"attribute \"format_version\": version 2 is not supported", NULL}},
-    {"no_vocab.h5", "make('no_vocab.h5', attrs={'vocab_size': None})", 0,
+    {"no_vocab.h5",
+     "make('no_vocab.h5', attrs={'vocab_size': None})",
+     0,
      {"attribute \"vocab_size\" is missing", NULL}},
-    {"string_vocab.h5", "make('string_vocab.h5', attrs={'vocab_size': '10'})", 0,
+    {"string_vocab.h5",
+     "make('string_vocab.h5', attrs={'vocab_size': '10'})",
+     0,
      {"attribute \"vocab_size\": expected an integer", NULL}},
-    {"eos_outside.h5", "make('eos_outside.h5', attrs={'eos_id': 10})", 0,
+    {"eos_outside.h5",
+     "make('eos_outside.h5', attrs={'eos_id': 10})",
+     0,
      {"attribute \"eos_id\": 10 is outside the vocabulary", NULL}},
     {"group_tokens.h5",
      "make('group_tokens.h5', {'tokens': None})\n"
      "with h5py.File(d + '/group_tokens.h5', 'a') as f: f.create_group('tokens')",
-     0, {"\"tokens\" is not a dataset", NULL}},
+     0,
+     {"\"tokens\" is not a dataset", NULL}},
     {"truncated.h5",
      "make('full.h5', {'tokens': np.arange(200000) % 10, 'doc_offsets': np.array([0, 100000, "
      "200000])})\n"
      "b = open(d + '/full.h5', 'rb').read()\n"
      "open(d + '/truncated.h5', 'wb').write(b[:len(b) // 2])",
-     0, {"truncated.h5", NULL}},
-    {"garbage.h5", "open(d + '/garbage.h5', 'wb').write(bytes(range(256)) * 64)", 0,
+     0,
+     {"truncated.h5", NULL}},
+    {"garbage.h5",
+     "open(d + '/garbage.h5', 'wb').write(bytes(range(256)) * 64)",
+     0,
      {"garbage.h5: not an HDF5 file, or truncated or corrupted", NULL}},
-    {"zero_bytes.h5", "open(d + '/zero_bytes.h5', 'wb').close()", 0,
+    {"zero_bytes.h5",
+     "open(d + '/zero_bytes.h5', 'wb').close()",
+     0,
      {"zero_bytes.h5: not an HDF5 file", NULL}},
     {"missing.h5", NULL, 0, {"missing.h5: cannot open: No such file or directory", NULL}},
 };
@@ -217,7 +265,8 @@ Test(dataset, bad_token_id_in_a_small_file_fails_at_open)
     test_path(path, sizeof(path), dir, "bad.h5");
     TokenDataset *ds = NULL;
     cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT);
-    assert_error_contains("dataset \"tokens\": token id 60 at index 7 is outside the vocabulary [0, 10)");
+    assert_error_contains(
+        "dataset \"tokens\": token id 60 at index 7 is outside the vocabulary [0, 10)");
 }
 
 /* A file of 2^26 tokens is past the up-front scan; a bad id is then caught by the read that
@@ -291,7 +340,8 @@ Test(dataset, bundled_kjv_files_are_valid)
         int32_t head[12];
         cr_assert_eq(dataset_read_doc(ds, 0, 0, 12, head, NULL), DS_OK);
         char text[12] = {0};
-        for (int k = 1; k < 12; k++) text[k - 1] = (char)head[k];
+        for (int k = 1; k < 12; k++)
+            text[k - 1] = (char)head[k];
         cr_assert_eq(head[0], 256, "documents start with BOS");
         cr_assert(strncmp(text, i == 0 ? "Genesis 1\n\n" : "Genesis 20\n", 11) == 0, "got \"%s\"",
                   text);
@@ -305,6 +355,7 @@ Test(dataset, bundled_kjv_files_are_valid)
     int32_t in[4 * 256], tg[4 * 256];
     float wt[4 * 256];
     cr_assert_eq(lm_reader_next(r, 4, in, tg, wt), DS_OK, "%s", ds_last_error());
-    for (int k = 0; k < 4 * 256; k++) cr_assert(in[k] >= 0 && in[k] < 258 && wt[k] == 1.0f);
+    for (int k = 0; k < 4 * 256; k++)
+        cr_assert(in[k] >= 0 && in[k] < 258 && wt[k] == 1.0f);
     lm_reader_close(r);
 }

@@ -16,8 +16,9 @@ static void pack_small(const char *dir, const char *name, const char *eos, char 
     test_path(in, sizeof(in), dir, "small.jsonl");
     test_path(out, size, dir, name);
     write_text(in, SMALL_JSONL);
-    cr_assert_eq(run_pack("--input", in, "--output", out, "--vocab-size", "12", "--eos-id", eos, NULL),
-                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(
+        run_pack("--input", in, "--output", out, "--vocab-size", "12", "--eos-id", eos, NULL),
+        DS_OK, "%s", ds_last_error());
 }
 
 /* Read every window of one epoch (dp_size 1) and check each against the expected table, found
@@ -45,7 +46,8 @@ static void check_windows(const char *path, int T, int n_expected, const int32_t
             cr_assert_float_eq(wt[t], expect_w[w * T + t], 0, "window %ld weight %d", (long)w, t);
         }
     }
-    for (int w = 0; w < n_expected; w++) cr_assert_eq(seen[w], 1, "window %d seen %d times", w, seen[w]);
+    for (int w = 0; w < n_expected; w++)
+        cr_assert_eq(seen[w], 1, "window %d seen %d times", w, seen[w]);
     lm_reader_close(r);
     lm_reader_close(twin);
 }
@@ -123,9 +125,9 @@ static void pack_many(const char *dir, char *out, size_t size)
         many_stream[many_stream_len++] = 511; /* eos */
     }
     fclose(f);
-    cr_assert_eq(run_pack("--input", in, "--output", out, "--vocab-size", "512", "--eos-id", "511",
-                          NULL),
-                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(
+        run_pack("--input", in, "--output", out, "--vocab-size", "512", "--eos-id", "511", NULL),
+        DS_OK, "%s", ds_last_error());
 }
 
 Test(lm_reader, every_window_matches_the_stream)
@@ -195,10 +197,12 @@ Test(lm_reader, ranks_cover_an_epoch_disjointly_and_completely)
     int *count = malloc((size_t)n * sizeof(int));
     collect_epoch(path, T, 42, 1, n, reference);
     int64_t fixed_points = 0;
-    for (int64_t p = 0; p < n; p++) fixed_points += reference[p] == p;
+    for (int64_t p = 0; p < n; p++)
+        fixed_points += reference[p] == p;
     cr_assert_lt(fixed_points, 20, "order looks unshuffled (%ld fixed points)", (long)fixed_points);
     for (int dp = 1; dp <= 4; dp++) {
-        for (int64_t p = 0; p < n; p++) order[p] = -1, count[p] = 0;
+        for (int64_t p = 0; p < n; p++)
+            order[p] = -1, count[p] = 0;
         collect_epoch(path, T, 42, dp, n, order);
         for (int64_t p = 0; p < n; p++) {
             cr_assert(order[p] >= 0 && order[p] < n, "dp %d: position %ld has window %ld", dp,
@@ -245,7 +249,8 @@ Test(lm_reader, order_depends_on_seed_and_epoch_only)
     }
     cr_assert_lt(same_as_other_seed, 2 * n / 10, "another seed gives another order");
     cr_assert_lt(same_as_previous_epoch, n / 10, "epoch 1 is reshuffled");
-    for (int64_t w = 0; w < n; w++) cr_assert_eq(seen[w], 1, "epoch 1 is complete too");
+    for (int64_t w = 0; w < n; w++)
+        cr_assert_eq(seen[w], 1, "epoch 1 is complete too");
     free(epoch0);
     free(seen);
     lm_reader_close(a);

@@ -8,7 +8,8 @@ static const char *ROUND_TRIP_JSONL =
     "{\"input_ids\": [5, 6, 7], \"loss_mask\": [0, 1, 1], \"label\": 3, \"task\": 1}\n"
     "\n"
     "{\"input_ids\": [9], \"loss_mask\": [1], \"label\": -2, \"task\": 0}\n"
-    "   {\"input_ids\": [1, 2, 3, 4, 0], \"loss_mask\": [1, 0, 1, 0, 1], \"label\": 7, \"task\": 4}\r\n";
+    "   {\"input_ids\": [1, 2, 3, 4, 0], \"loss_mask\": [1, 0, 1, 0, 1], \"label\": 7, \"task\": "
+    "4}\r\n";
 
 Test(pack, round_trip_reads_back_through_dataset_read_doc)
 {
@@ -119,11 +120,13 @@ Test(pack, late_loss_mask_and_batches_larger_than_one_append)
     cr_assert_not_null(f);
     for (int64_t d = 0; d < n_docs; d++) {
         fputs("{\"input_ids\": [", f);
-        for (int64_t i = 0; i < doc_len; i++) fprintf(f, "%s%d", i ? "," : "", (int)((d * 7 + i) % 1000));
+        for (int64_t i = 0; i < doc_len; i++)
+            fprintf(f, "%s%d", i ? "," : "", (int)((d * 7 + i) % 1000));
         fputs("]", f);
         if (d == n_docs - 1) {
             fputs(", \"loss_mask\": [", f);
-            for (int64_t i = 0; i < doc_len; i++) fprintf(f, "%s%d", i ? "," : "", (int)(i % 3 == 0));
+            for (int64_t i = 0; i < doc_len; i++)
+                fprintf(f, "%s%d", i ? "," : "", (int)(i % 3 == 0));
             fputs("]", f);
         }
         fputs("}\n", f);
@@ -139,9 +142,11 @@ Test(pack, late_loss_mask_and_batches_larger_than_one_append)
     int32_t *tokens = malloc((size_t)doc_len * sizeof(int32_t));
     uint8_t *mask = malloc((size_t)doc_len);
     for (int64_t d = 0; d < n_docs; d++) {
-        cr_assert_eq(dataset_read_doc(ds, d, 0, doc_len, tokens, mask), DS_OK, "%s", ds_last_error());
+        cr_assert_eq(dataset_read_doc(ds, d, 0, doc_len, tokens, mask), DS_OK, "%s",
+                     ds_last_error());
         for (int64_t i = 0; i < doc_len; i++) {
-            cr_assert_eq(tokens[i], (int)((d * 7 + i) % 1000), "doc %ld token %ld", (long)d, (long)i);
+            cr_assert_eq(tokens[i], (int)((d * 7 + i) % 1000), "doc %ld token %ld", (long)d,
+                         (long)i);
             int want = d == n_docs - 1 ? (i % 3 == 0) : 1;
             cr_assert_eq(mask[i], want, "doc %ld mask %ld", (long)d, (long)i);
         }
@@ -252,12 +257,14 @@ Test(pack, bad_command_lines_are_input_errors)
     assert_error_contains("--input");
     cr_assert_eq(run_pack("--input", in, NULL), DS_ERR_INPUT);
     assert_error_contains("--output");
-    cr_assert_eq(run_pack("--input", in, "--output", out, "--vocab-size", "abc", NULL), DS_ERR_INPUT);
+    cr_assert_eq(run_pack("--input", in, "--output", out, "--vocab-size", "abc", NULL),
+                 DS_ERR_INPUT);
     assert_error_contains("--vocab-size");
     cr_assert_eq(run_pack("--input", in, "--output", out, "--frobnicate", "1", NULL), DS_ERR_INPUT);
     assert_error_contains("--frobnicate");
-    cr_assert_eq(run_pack("--input", in, "--output", out, "--vocab-size", "8", "--eos-id", "8", NULL),
-                 DS_ERR_INPUT);
+    cr_assert_eq(
+        run_pack("--input", in, "--output", out, "--vocab-size", "8", "--eos-id", "8", NULL),
+        DS_ERR_INPUT);
     assert_error_contains("--eos-id 8");
     cr_assert_eq(run_pack("--input", "/nonexistent/x.jsonl", "--output", out, NULL), DS_ERR_INPUT);
     assert_error_contains("/nonexistent/x.jsonl: cannot open");
