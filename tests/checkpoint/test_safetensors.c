@@ -491,3 +491,44 @@ Test(safetensors, test_random_header_mutations_never_crash)
     }
     cr_assert_gt(refused, 100, "most mutations must be refused (%d refused)", refused);
 }
+
+/* A file written by the reference implementation (tests/checkpoint/fixtures/make_reference.py):
+ * its header is in data order, not name order, and padded with spaces. */
+Test(safetensors, test_reads_file_written_by_reference_implementation)
+{
+    SafetensorsFile f;
+    const char *path = DSTRAIN_SOURCE_DIR "/tests/checkpoint/fixtures/reference.safetensors";
+    cr_assert_eq(safetensors_open(path, &f), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(f.count, 5);
+    cr_assert_str_eq(f.metadata_json, "{\"format\":\"pt\",\"writer\":\"safetensors 0.8.0\"}");
+    const STEntry *w = safetensors_find(&f, "model.layers.0.mlp.up_proj.weight");
+    cr_assert_not_null(w);
+    cr_assert_eq(w->dtype, DT_F32);
+    cr_assert_eq(w->ndim, 2);
+    cr_assert_eq(w->shape[0], 2);
+    cr_assert_eq(w->shape[1], 3);
+    float wv[6];
+    memcpy(wv, safetensors_data(&f, w), sizeof(wv));
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(wv[i], 0.5f * (float)i - 1.0f);
+    const STEntry *n = safetensors_find(&f, "model.norm.weight");
+    cr_assert_eq(n->dtype, DT_BF16);
+    uint16_t nv[3];
+    memcpy(nv, safetensors_data(&f, n), sizeof(nv));
+    cr_assert_eq(bf16_to_f32(nv[0]), 1.0f);
+    cr_assert_eq(bf16_to_f32(nv[1]), -2.0f);
+    cr_assert_eq(bf16_to_f32(nv[2]), 3.140625f);
+    const STEntry *s = safetensors_find(&f, "step");
+    cr_assert_eq(s->dtype, DT_I64);
+    cr_assert_eq(s->ndim, 0);
+    int64_t step;
+    memcpy(&step, safetensors_data(&f, s), 8);
+    cr_assert_eq(step, -1234567890123LL);
+    const STEntry *e = safetensors_find(&f, "empty");
+    cr_assert_eq(e->dtype, DT_F16);
+    cr_assert_eq(e->begin, e->end);
+    const STEntry *b = safetensors_find(&f, "bytes");
+    cr_assert_eq(b->dtype, DT_U8);
+    cr_assert_eq(memcmp(safetensors_data(&f, b), "\x07\x00\xff", 3), 0);
+    safetensors_close(&f);
+}
