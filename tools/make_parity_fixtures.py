@@ -22,7 +22,10 @@ from safetensors.torch import save_file
 
 B, T = 2, 16
 EVAL_SEQ_LEN = 8
-ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+# eps 1e-6: gradients that are zero in exact arithmetic (k_proj.bias: softmax ignores a shift
+# shared by all keys) come out as rounding noise, which eps 1e-8 would blow up to full-size
+# Adam steps of random sign; 1e-6 keeps those steps negligible and changes nothing else here.
+ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
 CLIP = 1.0
 
 CASES = [
@@ -107,15 +110,20 @@ def make_case(case, out_root, seed):
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
-    model = model.to(getattr(torch, case["dtype"])).float()  # the values the file holds
+        # round the parameters to the file's dtype, but not the model's buffers: module.to()
+        # would also round the rotary inv_freq buffer, which transformers computes in fp32
+        dtype = getattr(torch, case["dtype"])
+        for p in model.parameters():
+            p.copy_(p.to(dtype).float())
     model.config._attn_implementation = "eager"
 
     out = os.path.join(out_root, case["name"])
     shutil.rmtree(out, ignore_errors=True)
-    save_model = model.to(getattr(torch, case["dtype"]))
-    save_model.save_pretrained(out, safe_serialization=True,
-                               max_shard_size=case.get("shard", "100MB"))
-    model = model.float()
+    state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
+    if case["tied"]:
+        state.pop("lm_head.weight", None)  # tied: the file holds the embedding only
+    model.save_pretrained(out, state_dict=state, safe_serialization=True,
+                          max_shard_size=case.get("shard", "100MB"))
     rewrite_config_json(os.path.join(out, "config.json"), case)
     for f in os.listdir(out):
         if f == "generation_config.json":
