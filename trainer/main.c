@@ -7,6 +7,7 @@
 #include "../data/pack.h"
 #include "common.h"
 #include "config.h"
+#include "submit.h"
 #include "train.h"
 
 static void usage(FILE *out)
@@ -18,6 +19,7 @@ static void usage(FILE *out)
             "                                      preset on the bundled dataset)\n"
             "  eval --model DIR --data FILE.h5     mean next-token loss of a model on a dataset\n"
             "  pack --input F.jsonl --output F.h5  token-id JSONL to the HDF5 layout\n"
+            "  submit [-c CONFIG] [--nodes N ...]  render and submit a Slurm job (--dry-run prints)\n"
             "  config --defaults | --docs          the complete commented default config, or\n"
             "                                      the markdown reference of every key\n"
             "exit codes: 0 done, 1 internal failure, 2 bad input or config, 75 checkpointed,\n"
@@ -52,6 +54,8 @@ int main(int argc, char **argv)
         status = eval_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "pack") == 0) {
         status = pack_main(argc - 1, argv + 1);
+    } else if (strcmp(cmd, "submit") == 0) {
+        status = submit_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "config") == 0) {
         status = config_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
