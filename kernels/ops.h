@@ -80,6 +80,17 @@ typedef struct Backend {
     void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n, float lr,
                          float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                          int t);
+
+    /* Memory the ops work on: host memory for the CPU backend, device memory for CUDA. The
+     * model and the optimizer allocate every buffer they hand to ops through these, so the
+     * same model code runs on either. alloc returns zeroed memory, or NULL (with ds_error set)
+     * when there is not enough; free(NULL) does nothing. Copies are synchronous. */
+    void *(*mem_alloc)(size_t bytes);
+    void (*mem_free)(void *p);
+    void (*mem_to_device)(void *dst, const void *host_src, size_t bytes);
+    void (*mem_to_host)(void *host_dst, const void *src, size_t bytes);
+    void (*mem_zero)(void *p, size_t bytes);
+    int host_memory; /* 1 when the backend's pointers are plain host memory (no staging needed) */
 } Backend;
 
 const Backend *backend_cpu(void);

@@ -253,6 +253,9 @@ typedef struct ModelActivations {
     float *dq, *datt;               /* [N, H*D] */
     float *dk, *dv;                 /* [N, KVH*D] */
     float *dgate, *dup, *dact;      /* [N, I] */
+    /* the backend's copies of the host-side token buffers (the same data on the CPU) */
+    int32_t *dev_inputs, *dev_targets; /* [N] */
+    float *dev_weights, *dev_losses;   /* [N] */
     int have_targets;
 } ModelActivations;
 
@@ -345,8 +348,9 @@ int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T)
     m->T = T;
     DS_TRY(param_table_build(mc, &m->table));
     size_t N = (size_t)B * T;
-    m->params = ds_aligned_alloc(PARAM_ALIGN_BYTES, m->table.total * sizeof(float));
-    m->grads = ds_aligned_alloc(PARAM_ALIGN_BYTES, m->table.total * sizeof(float));
+    /* everything the ops touch comes from the backend's allocator (device memory on a GPU) */
+    m->params = be->mem_alloc(m->table.total * sizeof(float));
+    m->grads = be->mem_alloc(m->table.total * sizeof(float));
     m->w.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
     m->g.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
     m->act = ds_calloc(1, sizeof(ModelActivations));
@@ -357,9 +361,17 @@ int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T)
     weights_bind(m, m->grads, &m->g);
 
     m->arena_floats = arena_layout(m, m->act, NULL);
-    m->arena = ds_aligned_alloc(64, m->arena_floats * sizeof(float));
-    m->rope_cos = ds_malloc((size_t)T * (mc->head_dim / 2) * sizeof(float));
-    m->rope_sin = ds_malloc((size_t)T * (mc->head_dim / 2) * sizeof(float));
+    m->arena = be->mem_alloc(m->arena_floats * sizeof(float));
+    const size_t rope_bytes = (size_t)T * (mc->head_dim / 2) * sizeof(float);
+    m->rope_cos = be->mem_alloc(rope_bytes);
+    m->rope_sin = be->mem_alloc(rope_bytes);
+    m->act->dev_inputs = be->mem_alloc(N * sizeof(int32_t));
+    m->act->dev_targets = be->mem_alloc(N * sizeof(int32_t));
+    m->act->dev_weights = be->mem_alloc(N * sizeof(float));
+    m->act->dev_losses = be->mem_alloc(N * sizeof(float));
+    if (!m->act->dev_inputs || !m->act->dev_targets || !m->act->dev_weights ||
+        !m->act->dev_losses)
+        return DS_ERR_INTERNAL;
     m->inputs = ds_calloc(N, sizeof(int32_t));
     m->targets = ds_calloc(N, sizeof(int32_t));
     m->loss_weights = ds_calloc(N, sizeof(float));
@@ -368,21 +380,40 @@ int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T)
         !m->loss_weights || !m->losses)
         return DS_ERR_INTERNAL;
     arena_layout(m, m->act, m->arena);
-    rope_tables(mc, T, m->rope_cos, m->rope_sin);
+    float *host_cos = ds_malloc(rope_bytes), *host_sin = ds_malloc(rope_bytes);
+    if (!host_cos || !host_sin) {
+        free(host_cos);
+        free(host_sin);
+        return DS_ERR_INTERNAL;
+    }
+    rope_tables(mc, T, host_cos, host_sin);
+    be->mem_to_device(m->rope_cos, host_cos, rope_bytes);
+    be->mem_to_device(m->rope_sin, host_sin, rope_bytes);
+    free(host_cos);
+    free(host_sin);
     return DS_OK;
 }
 
 void model_free(Model *m)
 {
+    const Backend *be = m->be;
+    if (be) {
+        if (m->act) {
+            be->mem_free(m->act->dev_inputs);
+            be->mem_free(m->act->dev_targets);
+            be->mem_free(m->act->dev_weights);
+            be->mem_free(m->act->dev_losses);
+        }
+        be->mem_free(m->params);
+        be->mem_free(m->grads);
+        be->mem_free(m->arena);
+        be->mem_free(m->rope_cos);
+        be->mem_free(m->rope_sin);
+    }
     if (m->act) free(m->act->layers);
     free(m->act);
-    free(m->params);
-    free(m->grads);
     free(m->w.layers);
     free(m->g.layers);
-    free(m->arena);
-    free(m->rope_cos);
-    free(m->rope_sin);
     free(m->inputs);
     free(m->targets);
     free(m->loss_weights);
@@ -407,9 +438,14 @@ static double uniform01(uint64_t *state)
 
 void model_init_weights(Model *m, uint64_t seed, float std)
 {
+    /* values are drawn on the host, one tensor at a time, and copied to the backend's memory */
+    size_t largest = 0;
+    for (int i = 0; i < m->table.count; i++)
+        if (m->table.items[i].numel > largest) largest = m->table.items[i].numel;
+    float *x = ds_malloc(largest * sizeof(float));
+    if (!x) return;
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
-        float *x = m->params + p->offset;
         /* one stream per tensor, from the seed and the tensor's index, so that a tensor's values
          * do not depend on how the table is sharded */
         uint64_t state = seed * 0x100000001b3ull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
@@ -424,12 +460,14 @@ void model_init_weights(Model *m, uint64_t seed, float std)
             x[j] = v0;
             if (j + 1 < p->numel) x[j + 1] = v1;
         }
+        m->be->mem_to_device(m->params + p->offset, x, p->numel * sizeof(float));
     }
+    free(x);
 }
 
 void model_zero_grad(Model *m)
 {
-    memset(m->grads, 0, m->table.total * sizeof(float));
+    m->be->mem_zero(m->grads, m->table.total * sizeof(float));
 }
 
 /* ---- forward and backward ----------------------------------------------------------------- */
@@ -445,7 +483,8 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     const int QD = H * D, KVD = KVH * D;
 
     if (inputs != m->inputs) memcpy(m->inputs, inputs, (size_t)N * sizeof(int32_t));
-    be->embedding_forward(a->layers[0].resid_in, m->inputs, m->w.embed, N, C);
+    be->mem_to_device(a->dev_inputs, m->inputs, (size_t)N * sizeof(int32_t));
+    be->embedding_forward(a->layers[0].resid_in, a->dev_inputs, m->w.embed, N, C);
     for (int l = 0; l < c->num_layers; l++) {
         LayerActivations *L = &a->layers[l];
         const LayerWeights *w = &m->w.layers[l];
@@ -471,14 +510,17 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
                         c->rms_norm_eps);
     be->matmul_forward(a->logits, a->final_norm, m->w.lm_head, NULL, N, C, V);
-    if (logits_out) memcpy(logits_out, a->logits, (size_t)N * V * sizeof(float));
+    if (logits_out) be->mem_to_host(logits_out, a->logits, (size_t)N * V * sizeof(float));
     a->have_targets = targets != NULL;
     if (!targets) return 0.0;
 
     if (targets != m->targets) memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
     if (loss_weights != m->loss_weights)
         memcpy(m->loss_weights, loss_weights, (size_t)N * sizeof(float));
-    be->cross_entropy(m->losses, a->logits, m->targets, m->loss_weights, N, V, 1);
+    be->mem_to_device(a->dev_targets, m->targets, (size_t)N * sizeof(int32_t));
+    be->mem_to_device(a->dev_weights, m->loss_weights, (size_t)N * sizeof(float));
+    be->cross_entropy(a->dev_losses, a->logits, a->dev_targets, a->dev_weights, N, V, 1);
+    be->mem_to_host(m->losses, a->dev_losses, (size_t)N * sizeof(float));
     double loss = 0.0;
     for (int i = 0; i < N; i++) loss += (double)m->loss_weights[i] * m->losses[i];
     return loss;
@@ -497,7 +539,7 @@ void model_backward(Model *m)
     /* a->logits holds dlogits, written by the forward's cross-entropy */
     be->matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->final_norm, m->w.lm_head, N, C,
                         V);
-    memset(a->dresid, 0, NC * sizeof(float));
+    be->mem_zero(a->dresid, NC * sizeof(float));
     be->rmsnorm_backward(a->dresid, m->g.norm, a->dln, a->resid_out, m->w.norm, a->final_rstd, N,
                          C);
     for (int l = c->num_layers - 1; l >= 0; l--) {
@@ -524,5 +566,5 @@ void model_backward(Model *m)
         be->add(a->dln, a->dln, a->dln_part, NC);
         be->rmsnorm_backward(a->dresid, g->ln1, a->dln, L->resid_in, w->ln1, L->ln1_rstd, N, C);
     }
-    be->embedding_backward(m->g.embed, a->dresid, m->inputs, N, C);
+    be->embedding_backward(m->g.embed, a->dresid, a->dev_inputs, N, C);
 }

@@ -10,17 +10,26 @@
 
 int optim_init(Optimizer *opt, const ParamTable *table)
 {
+    return optim_init_on(opt, table, backend_cpu());
+}
+
+int optim_init_on(Optimizer *opt, const ParamTable *table, const Backend *be)
+{
     memset(opt, 0, sizeof(*opt));
+    opt->be = be;
     opt->n = table->total;
-    opt->m = ds_aligned_alloc(PARAM_ALIGN_BYTES, opt->n * sizeof(float));
-    opt->v = ds_aligned_alloc(PARAM_ALIGN_BYTES, opt->n * sizeof(float));
+    /* zeroed, in the memory the backend's adamw_update works on */
+    opt->m = be->mem_alloc(opt->n * sizeof(float));
+    opt->v = be->mem_alloc(opt->n * sizeof(float));
     return opt->m && opt->v ? DS_OK : DS_ERR_INTERNAL;
 }
 
 void optim_free(Optimizer *opt)
 {
-    free(opt->m);
-    free(opt->v);
+    if (opt->be) {
+        opt->be->mem_free(opt->m);
+        opt->be->mem_free(opt->v);
+    }
     memset(opt, 0, sizeof(*opt));
 }
 

@@ -11,9 +11,13 @@ typedef struct Optimizer {
     float *m, *v; /* first and second moments, laid out like the parameters */
     size_t n;
     int t;        /* steps taken (AdamW bias correction) */
+    const Backend *be; /* whose memory m and v live in */
 } Optimizer;
 
 int optim_init(Optimizer *opt, const ParamTable *table);
+/* optim_init with the moments in the memory of backend be (device memory for CUDA);
+ * optim_init is this with the CPU backend. */
+int optim_init_on(Optimizer *opt, const ParamTable *table, const Backend *be);
 void optim_free(Optimizer *opt);
 
 /* Learning rate for step (0-based): linear warmup to optim.lr over warmup_steps, then cosine,

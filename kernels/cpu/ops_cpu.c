@@ -7,7 +7,10 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "trainer/common.h"
 
 /* Number of contiguous parts a long reduction is cut into. Fixed (not the thread count) so that
  * the order of the final combination, and therefore the result, is the same on any machine. */
@@ -470,6 +473,29 @@ static void adamw_update(float *param, const float *grad, float *m, float *v, si
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * memory: plain host memory, 256-byte aligned (parameter tensors sit at 256-byte offsets). */
+
+static void *mem_alloc(size_t bytes)
+{
+    return ds_aligned_alloc(256, bytes); /* zeroed; sets the error message on failure */
+}
+
+static void mem_free(void *p)
+{
+    free(p);
+}
+
+static void mem_copy(void *dst, const void *src, size_t bytes)
+{
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+}
+
+static void mem_zero(void *p, size_t bytes)
+{
+    if (bytes) memset(p, 0, bytes);
+}
+
 /* --------------------------------------------------------------------------------------------- */
 
 static const Backend cpu_backend = {
@@ -491,6 +517,12 @@ static const Backend cpu_backend = {
     .sum_squares = sum_squares,
     .scale = scale,
     .adamw_update = adamw_update,
+    .mem_alloc = mem_alloc,
+    .mem_free = mem_free,
+    .mem_to_device = mem_copy,
+    .mem_to_host = mem_copy,
+    .mem_zero = mem_zero,
+    .host_memory = 1,
 };
 
 const Backend *backend_cpu(void)
