@@ -1,0 +1,83 @@
+/* comm.h: the process grid (world, tensor-parallel and data-parallel groups) and the collectives,
+ * one API over MPI for host buffers and NCCL for device buffers (chosen per call from where the
+ * buffer lives). Not here: what is reduced and when (model.c, optim.c, train.c decide that).
+ * Invariants: rank r has tp_rank = r % tp and dp_rank = r / tp; a group of size 1 makes every
+ * collective a no-op (no MPI call), so a single process without a launcher never touches MPI. */
+#ifndef DSTRAIN_COMM_H
+#define DSTRAIN_COMM_H
+
+#include <stddef.h>
+
+typedef enum CommType { COMM_F32 = 0, COMM_F64, COMM_I32, COMM_I64, COMM_BF16, COMM_U8 } CommType;
+typedef enum CommOp { COMM_SUM = 0, COMM_MAX } CommOp;
+
+/* One communicator. impl is NULL for a group of one process. */
+typedef struct CommGroup {
+    int rank, size;
+    struct CommImpl *impl;
+} CommGroup;
+
+typedef struct ProcessGrid {
+    int world_rank, world_size;
+    int local_rank; /* rank on this node: OMPI_COMM_WORLD_LOCAL_RANK / SLURM_LOCALID, else 0 */
+    int tp_rank, tp_size;
+    int dp_rank, dp_size;
+    int mpi_initialized; /* this grid called MPI_Init (a launcher was detected) */
+    CommGroup world, tp, dp;
+} ProcessGrid;
+
+/* Whether this process was started by a launcher (mpirun, srun with PMI/PMIx): only then does
+ * comm_grid_init initialize MPI. */
+int comm_launched(void);
+
+/* Initialize MPI when launched, and split the world into tp x dp groups. dp = 0 means
+ * world / tp. Errors (world not divisible by tp, tp x dp != world) are DS_ERR_INPUT and name
+ * the parallel.* keys. */
+int comm_grid_init(ProcessGrid *g, int tp, int dp);
+/* Free the groups and finalize MPI if this grid initialized it. */
+void comm_grid_free(ProcessGrid *g);
+
+/* A sub-group of parent: processes with the same color form one group, ordered by key. Every
+ * process of parent must call it. A single-process result has no impl. */
+int comm_group_split(const CommGroup *parent, int color, int key, CommGroup *out);
+void comm_group_free(CommGroup *g);
+
+/* Bind the grid's groups to NCCL communicators on this rank's GPU (local_rank), bootstrapped
+ * over MPI. Afterwards collectives on device buffers go through NCCL. DS_ERR_INPUT when dstrain
+ * was built without NCCL. */
+int comm_grid_enable_nccl(ProcessGrid *g);
+
+/* In-place all-reduce of buf[count]. */
+int comm_all_reduce(const CommGroup *g, void *buf, size_t count, CommType type, CommOp op);
+/* Sum of size blocks of count elements; the block of this rank lands at
+ * buf + rank * count (in place, NCCL's convention). buf holds size * count elements. */
+int comm_reduce_scatter(const CommGroup *g, void *buf, size_t count, CommType type);
+/* In place: this rank's block at buf + rank * count is sent, every block is received. */
+int comm_all_gather(const CommGroup *g, void *buf, size_t count, CommType type);
+int comm_broadcast(const CommGroup *g, void *buf, size_t count, CommType type, int root);
+int comm_barrier(const CommGroup *g);
+
+/* Take the whole job down after a rank failed: MPI_Abort(world, status) when MPI runs with more
+ * than one process; otherwise returns. The caller has printed the message already. */
+void comm_abort(const ProcessGrid *g, int status);
+
+size_t comm_type_size(CommType type);
+
+/* NCCL side (comm_nccl.cu), used by comm.c; declared here so the C and CUDA halves agree. */
+#ifdef DSTRAIN_HAVE_NCCL
+int comm_nccl_unique_id_bytes(void);
+int comm_nccl_get_unique_id(void *id);
+int comm_nccl_init(void **nccl_comm, const void *id, int size, int rank, int device);
+int comm_nccl_split(void *parent, int color, int key, void **out);
+void comm_nccl_free(void *nccl_comm);
+int comm_nccl_is_device_ptr(const void *p);
+/* Each call enqueues on the communicator's stream and waits for it, polling
+ * ncclCommGetAsyncError; an error or a wait beyond DSTRAIN_NCCL_TIMEOUT seconds (default 300)
+ * aborts the communicator and returns DS_ERR_INTERNAL with the NCCL message. */
+int comm_nccl_all_reduce(void *nccl_comm, void *buf, size_t count, CommType type, CommOp op);
+int comm_nccl_reduce_scatter(void *nccl_comm, void *buf, size_t count, CommType type, int rank);
+int comm_nccl_all_gather(void *nccl_comm, void *buf, size_t count, CommType type, int rank);
+int comm_nccl_broadcast(void *nccl_comm, void *buf, size_t count, CommType type, int root);
+#endif
+
+#endif
