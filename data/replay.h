@@ -1,0 +1,60 @@
+/* replay.h: the replay buffer of continual learning: examples already trained on (token window
+ * or padded example, its loss mask, label and task id), kept by reservoir sampling (Vitter's
+ * Algorithm R) or balanced per task, sharded over data-parallel ranks, saved as one HDF5 file per
+ * rank. Not here: how many replayed examples a batch takes (trainer/continual.c). */
+#ifndef DSTRAIN_REPLAY_H
+#define DSTRAIN_REPLAY_H
+
+#include <stdint.h>
+
+typedef enum ReplayPolicy { REPLAY_RESERVOIR = 0, REPLAY_TASK_BALANCED } ReplayPolicy;
+
+#define REPLAY_MAX_TASKS 1024
+
+typedef struct ReplayBuffer {
+    ReplayPolicy policy;
+    int capacity_total;  /* over all data-parallel ranks */
+    int capacity;        /* this rank's slots: capacity_total / dp_size, + 1 on the first ranks */
+    int dp_rank, dp_size;
+    int T;               /* tokens per example */
+    int count;           /* slots filled */
+    int64_t seen;        /* examples offered to this rank (Algorithm R's n) */
+    uint64_t rng;
+    int32_t *inputs, *targets; /* [capacity, T] */
+    uint8_t *mask;             /* [capacity, T] 1 = trained on */
+    int64_t *labels;           /* [capacity], -1 when none */
+    int32_t *task_ids;         /* [capacity] */
+    /* task_balanced bookkeeping: tasks in order of first appearance */
+    int n_tasks;
+    int32_t task_list[REPLAY_MAX_TASKS];
+    int64_t task_seen[REPLAY_MAX_TASKS];
+    int task_count[REPLAY_MAX_TASKS];
+} ReplayBuffer;
+
+int replay_policy_parse(const char *text, ReplayPolicy *out);
+
+/* This rank's share of capacity_total slots of T tokens; seed makes the choices reproducible. */
+int replay_init(ReplayBuffer *rb, ReplayPolicy policy, int capacity_total, int T, int dp_rank,
+                int dp_size, uint64_t seed);
+void replay_free(ReplayBuffer *rb);
+
+/* Offer one trained-on example (weights > 0 is the loss mask; targets may be NULL for
+ * classification). It is kept or not per the policy; every example offered counts. */
+int replay_add(ReplayBuffer *rb, const int32_t *inputs, const int32_t *targets,
+               const float *weights, int64_t label, int32_t task_id);
+
+/* Draw one example uniformly from the filled slots (seeded): inputs, targets (may be NULL),
+ * weights (0/1 from the mask, may be NULL), label and task id (may be NULL). DS_ERR_INTERNAL
+ * when empty. */
+int replay_sample(ReplayBuffer *rb, int32_t *inputs, int32_t *targets, float *weights,
+                  int64_t *label, int32_t *task_id);
+
+/* dir/replay-rank-<r>.h5, one per rank, written atomically (temporary name, then rename). */
+int replay_save(const ReplayBuffer *rb, const char *dir);
+/* Restore from dir. With the same number of ranks each rank gets back exactly its own buffer
+ * (and random state); with another number, the old ranks' examples, in rank order, are dealt
+ * round-robin to the new ranks (example g to rank g % dp_size), each keeping at most its
+ * capacity, and the counts seen are split evenly. */
+int replay_load(ReplayBuffer *rb, const char *dir);
+
+#endif

@@ -1,0 +1,445 @@
+/* ewc.c: elastic weight consolidation: Fisher estimation after a task, online / separate
+ * consolidation, the penalty fused into AdamW, and the state's HDF5 file. See ewc.h.
+ * Not here: the task loop (continual.c) and the collectives that sum a sharded penalty or a
+ * Fisher estimated on several data-parallel ranks (the caller reduces). Buffers are host memory. */
+#include "ewc.h"
+
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+int ewc_mode_parse(const char *text, EwcMode *out)
+{
+    if (strcmp(text, "online") == 0) *out = EWC_ONLINE;
+    else if (strcmp(text, "separate") == 0) *out = EWC_SEPARATE;
+    else return ds_error(DS_ERR_INPUT, "continual.ewc.mode: expected online or separate, got \"%s\"", text);
+    return DS_OK;
+}
+
+int fisher_type_parse(const char *text, FisherType *out)
+{
+    if (strcmp(text, "empirical") == 0) *out = FISHER_EMPIRICAL;
+    else if (strcmp(text, "sampled") == 0) *out = FISHER_SAMPLED;
+    else if (strcmp(text, "exact") == 0) *out = FISHER_EXACT;
+    else
+        return ds_error(DS_ERR_INPUT,
+                        "continual.ewc.fisher.type: expected empirical, sampled or exact, got \"%s\"",
+                        text);
+    return DS_OK;
+}
+
+int ewc_init(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo, size_t hi)
+{
+    memset(e, 0, sizeof(*e));
+    if (hi < lo) return ds_error(DS_ERR_INTERNAL, "ewc_init: shard [%zu, %zu) is empty", lo, hi);
+    e->mode = mode;
+    e->lambda = lambda;
+    e->gamma = gamma;
+    e->lo = lo;
+    e->hi = hi;
+    return DS_OK;
+}
+
+void ewc_free(EwcState *e)
+{
+    for (int k = 0; k < e->n_sets; k++) {
+        free(e->fisher[k]);
+        free(e->anchor[k]);
+    }
+    memset(e, 0, sizeof(*e));
+}
+
+static int ewc_add_set(EwcState *e, int task_id)
+{
+    if (e->n_sets >= EWC_MAX_SETS)
+        return ds_error(DS_ERR_INPUT,
+                        "continual.ewc.mode: separate keeps one Fisher per task, at most %d tasks",
+                        EWC_MAX_SETS);
+    size_t n = e->hi - e->lo;
+    int k = e->n_sets;
+    e->fisher[k] = ds_aligned_alloc(PARAM_ALIGN_BYTES, (n ? n : 1) * sizeof(float));
+    e->anchor[k] = ds_aligned_alloc(PARAM_ALIGN_BYTES, (n ? n : 1) * sizeof(float));
+    if (!e->fisher[k] || !e->anchor[k]) {
+        free(e->fisher[k]);
+        free(e->anchor[k]);
+        return DS_ERR_INTERNAL;
+    }
+    e->task_id[k] = task_id;
+    e->n_sets++;
+    return DS_OK;
+}
+
+int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, int task_id)
+{
+    const size_t n = e->hi - e->lo;
+    const float *fn = fisher_new + e->lo, *p = params + e->lo;
+    if (e->mode == EWC_ONLINE && e->n_sets == 1) {
+        float *f = e->fisher[0];
+        for (size_t i = 0; i < n; i++) f[i] = e->gamma * f[i] + fn[i];
+        memcpy(e->anchor[0], p, n * sizeof(float));
+        e->task_id[0] = task_id;
+    } else {
+        DS_TRY(ewc_add_set(e, task_id));
+        memcpy(e->fisher[e->n_sets - 1], fn, n * sizeof(float));
+        memcpy(e->anchor[e->n_sets - 1], p, n * sizeof(float));
+    }
+    e->tasks_seen++;
+    return DS_OK;
+}
+
+double ewc_penalty(const EwcState *e, const float *params)
+{
+    double sum = 0.0;
+    const size_t n = e->hi - e->lo;
+    for (int k = 0; k < e->n_sets; k++) {
+        const float *f = e->fisher[k], *a = e->anchor[k], *p = params + e->lo;
+        for (size_t i = 0; i < n; i++) {
+            double d = (double)p[i] - a[i];
+            sum += (double)f[i] * d * d;
+        }
+    }
+    return 0.5 * e->lambda * sum;
+}
+
+void ewc_adamw_update(const EwcState *e, size_t offset, float *param, const float *grad, float *m,
+                      float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                      float weight_decay, float grad_scale, int t, double *penalty)
+{
+    /* the same arithmetic, in the same order, as the CPU backend's adamw_update */
+    double step = t >= 1 ? (double)t : 1.0;
+    float decay = (float)(1.0 - (double)lr * weight_decay);
+    float lerp_weight = (float)(1.0 - (double)beta1);
+    float one_minus_beta2 = (float)(1.0 - (double)beta2);
+    double bias_correction1 = 1.0 - pow((double)beta1, step);
+    double bias_correction2 = 1.0 - pow((double)beta2, step);
+    float neg_step_size = (float)(-((double)lr / bias_correction1));
+    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    const int sets = e ? e->n_sets : 0;
+    const float lambda = e ? e->lambda : 0.0f;
+    const size_t rel = e ? offset - e->lo : 0;
+    double pen = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : pen)
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * grad_scale;
+        for (int k = 0; k < sets; k++) {
+            float d = param[i] - e->anchor[k][rel + i];
+            float fd = e->fisher[k][rel + i] * d;
+            g += lambda * fd;
+            pen += (double)fd * d;
+        }
+        float p = param[i] * decay;
+        float mi = m[i];
+        mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi) : g - (g - mi) * (1.0f - lerp_weight);
+        float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
+        float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+        param[i] = p + (neg_step_size * mi) / denom;
+        m[i] = mi;
+        v[i] = vi;
+    }
+    if (penalty) *penalty += 0.5 * lambda * pen;
+}
+
+/* ---- Fisher estimation ---------------------------------------------------------------------- */
+
+static uint64_t rng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rng_uniform(uint64_t *state)
+{
+    return ((double)(rng_next(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* Softmax of row in place (double accumulation), then a draw from it. */
+static int softmax_draw(float *row, int V, uint64_t *rng)
+{
+    float mx = row[0];
+    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    double sum = 0.0;
+    for (int j = 0; j < V; j++) {
+        row[j] = expf(row[j] - mx);
+        sum += row[j];
+    }
+    for (int j = 0; j < V; j++) row[j] = (float)(row[j] / sum);
+    if (!rng) return 0;
+    double u = rng_uniform(rng), acc = 0.0;
+    for (int j = 0; j < V; j++) {
+        acc += row[j];
+        if (u < acc) return j;
+    }
+    return V - 1;
+}
+
+static void fisher_accumulate(float *fisher, const float *grads, size_t n, float w)
+{
+    for (size_t i = 0; i < n; i++) fisher[i] += w * grads[i] * grads[i];
+}
+
+int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next, void *ctx,
+                        float *fisher)
+{
+    const int cls = work->cfg.num_labels > 0;
+    const int B = work->B, T = work->T, N = B * T;
+    const int V = cls ? work->cfg.num_labels : work->cfg.vocab_size;
+    const int rows_out = cls ? B : N; /* rows of logits the forward hands back */
+    const size_t total = work->table.total;
+    if (opt->samples <= 0)
+        return ds_error(DS_ERR_INPUT, "continual.ewc.fisher.samples: must be positive");
+    if (opt->type == FISHER_EXACT && !cls)
+        return ds_error(DS_ERR_INPUT, "continual.ewc.fisher.type: exact needs task.type "
+                                      "classification (a sum over every token of the vocabulary "
+                                      "at every position is not tractable)");
+    if (opt->type == FISHER_EXACT && opt->batched)
+        return ds_error(DS_ERR_INPUT,
+                        "continual.ewc.fisher.batched: the exact Fisher is per example only");
+    if (!opt->batched && B != 1)
+        return ds_error(DS_ERR_INTERNAL, "ewc_estimate_fisher: per-example mode needs B == 1");
+
+    int status = DS_OK;
+    int32_t *inputs = ds_malloc((size_t)N * sizeof(int32_t));
+    int32_t *targets = ds_malloc((size_t)N * sizeof(int32_t));
+    int32_t *drawn = ds_malloc((size_t)N * sizeof(int32_t));
+    float *weights = ds_malloc((size_t)N * sizeof(float));
+    float *logits = ds_malloc((size_t)rows_out * V * sizeof(float));
+    if (!inputs || !targets || !drawn || !weights || !logits) {
+        status = DS_ERR_INTERNAL;
+        goto done;
+    }
+    memset(fisher, 0, total * sizeof(float));
+    uint64_t rng = opt->seed * 0x2545f4914f6cdd1dull + 0x1234567ull;
+    int batches = 0;
+    for (int s = 0; s < opt->samples; s += B, batches++) {
+        const int rows = opt->samples - s < B ? opt->samples - s : B;
+        /* fill rows; rows past the last example get weight 0 */
+        memset(inputs, 0, (size_t)N * sizeof(int32_t));
+        memset(targets, 0, (size_t)N * sizeof(int32_t));
+        memset(weights, 0, (size_t)N * sizeof(float));
+        for (int r = 0; r < rows; r++) {
+            int32_t *tg = targets + (size_t)r * T;
+            float *w = weights + (size_t)r * T;
+            if ((status = next(ctx, inputs + (size_t)r * T, tg, w)) != DS_OK) goto done;
+            if (cls) {
+                int label = tg[0];
+                if (label < 0 || label >= V) {
+                    status = ds_error(DS_ERR_INPUT, "Fisher pass: label %d outside [0, %d)", label, V);
+                    goto done;
+                }
+            } else {
+                double count = 0.0;
+                for (int t = 0; t < T; t++) count += w[t];
+                for (int t = 0; t < T; t++) w[t] = count > 0 ? (float)(w[t] / count / B) : 0.0f;
+            }
+        }
+        /* classification: one label and one weight per row, packed at the front */
+        int32_t *labels = drawn;
+        float *row_w = weights;
+        if (cls) {
+            for (int r = 0; r < B; r++) {
+                labels[r] = r < rows ? targets[(size_t)r * T] : 0;
+                row_w[r] = r < rows ? 1.0f / (float)B : 0.0f;
+            }
+        }
+        const float scale = opt->batched ? (float)B : 1.0f; /* B * (mean gradient)^2 */
+        if (opt->type == FISHER_EMPIRICAL) {
+            model_zero_grad(work);
+            model_forward(work, inputs, cls ? labels : targets, row_w, NULL);
+            model_backward(work);
+            fisher_accumulate(fisher, work->grads, total, scale);
+        } else if (opt->type == FISHER_SAMPLED) {
+            model_forward(work, inputs, NULL, NULL, logits);
+            if (cls) {
+                for (int r = 0; r < B; r++)
+                    labels[r] = r < rows ? softmax_draw(logits + (size_t)r * V, V, &rng) : 0;
+            } else {
+                for (int i = 0; i < N; i++)
+                    drawn[i] = weights[i] > 0 ? softmax_draw(logits + (size_t)i * V, V, &rng) : 0;
+            }
+            model_zero_grad(work);
+            model_forward(work, inputs, cls ? labels : drawn, row_w, NULL);
+            model_backward(work);
+            fisher_accumulate(fisher, work->grads, total, scale);
+        } else { /* exact, classification, B == 1: sum_c p(c|x) g_c^2 */
+            model_forward(work, inputs, NULL, NULL, logits);
+            softmax_draw(logits, V, NULL);
+            const float one = 1.0f;
+            for (int c = 0; c < V; c++) {
+                int32_t label = c;
+                model_zero_grad(work);
+                model_forward(work, inputs, &label, &one, NULL);
+                model_backward(work);
+                fisher_accumulate(fisher, work->grads, total, logits[c]);
+            }
+        }
+    }
+    const float inv = 1.0f / (float)(opt->batched ? batches : opt->samples);
+    for (size_t i = 0; i < total; i++) fisher[i] *= inv;
+    model_zero_grad(work);
+done:
+    free(inputs);
+    free(targets);
+    free(drawn);
+    free(weights);
+    free(logits);
+    return status;
+}
+
+/* ---- HDF5 file -------------------------------------------------------------------------------- */
+
+static int h5_attr_write(hid_t loc, const char *name, hid_t type, hsize_t n, const void *value)
+{
+    hid_t space = H5Screate_simple(1, &n, NULL);
+    hid_t a = H5Aexists(loc, name) > 0 ? H5Aopen(loc, name, H5P_DEFAULT)
+                                        : H5Acreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = a >= 0 ? H5Awrite(a, type, value) : -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(space);
+    return rc >= 0 ? DS_OK : DS_ERR_INTERNAL;
+}
+
+static int h5_attr_read(hid_t loc, const char *path, const char *name, hid_t type, hsize_t n,
+                        void *value)
+{
+    if (H5Aexists(loc, name) <= 0)
+        return ds_error(DS_ERR_INPUT, "%s: attribute %s: missing", path, name);
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    hid_t space = H5Aget_space(a);
+    hssize_t got = H5Sget_simple_extent_npoints(space);
+    herr_t rc = got == (hssize_t)n ? H5Aread(a, type, value) : -1;
+    H5Sclose(space);
+    H5Aclose(a);
+    if (got != (hssize_t)n)
+        return ds_error(DS_ERR_INPUT, "%s: attribute %s: expected %llu values, got %lld", path,
+                        name, (unsigned long long)n, (long long)got);
+    return rc >= 0 ? DS_OK : ds_error(DS_ERR_INPUT, "%s: attribute %s: unreadable", path, name);
+}
+
+/* Read or write [lo, hi) of a 1-D float dataset of length total. */
+static int h5_range(hid_t file, const char *path, const char *name, size_t total, size_t lo,
+                    size_t hi, float *buf, int write)
+{
+    hsize_t dims = total, start = lo, count = hi - lo;
+    hid_t d;
+    if (write && H5Lexists(file, name, H5P_DEFAULT) <= 0) {
+        hid_t space = H5Screate_simple(1, &dims, NULL);
+        d = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        H5Sclose(space);
+    } else {
+        if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
+            return ds_error(DS_ERR_INPUT, "%s: dataset %s: missing", path, name);
+        d = H5Dopen2(file, name, H5P_DEFAULT);
+    }
+    if (d < 0) return ds_error(DS_ERR_INPUT, "%s: dataset %s: cannot open", path, name);
+    hid_t fs = H5Dget_space(d);
+    hsize_t have = 0;
+    H5Sget_simple_extent_dims(fs, &have, NULL);
+    int status = DS_OK;
+    if (H5Sget_simple_extent_ndims(fs) != 1 || have != dims) {
+        status = ds_error(DS_ERR_INPUT, "%s: dataset %s: expected %zu elements (the parameter "
+                                        "layout), got %llu",
+                          path, name, total, (unsigned long long)have);
+    } else if (count > 0) {
+        hid_t ms = H5Screate_simple(1, &count, NULL);
+        H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL);
+        herr_t rc = write ? H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf)
+                          : H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf);
+        if (rc < 0) status = ds_error(DS_ERR_INPUT, "%s: dataset %s: %s failed", path, name,
+                                      write ? "write" : "read");
+        H5Sclose(ms);
+    }
+    H5Sclose(fs);
+    H5Dclose(d);
+    return status;
+}
+
+int ewc_save(const EwcState *e, const char *path, size_t total, int create)
+{
+    hid_t file = create ? H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)
+                        : H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (file < 0) return ds_error(DS_ERR_INPUT, "%s: cannot %s", path, create ? "create" : "open");
+    int status = DS_OK;
+    long long tot = (long long)total;
+    int ints[3] = {(int)e->mode, e->n_sets, e->tasks_seen};
+    double fl[2] = {e->lambda, e->gamma};
+    if (create) {
+        if ((status = h5_attr_write(file, "format", H5T_NATIVE_INT, 1, &(int){1})) != DS_OK ||
+            (status = h5_attr_write(file, "mode_sets_seen", H5T_NATIVE_INT, 3, ints)) != DS_OK ||
+            (status = h5_attr_write(file, "lambda_gamma", H5T_NATIVE_DOUBLE, 2, fl)) != DS_OK ||
+            (status = h5_attr_write(file, "total", H5T_NATIVE_LLONG, 1, &tot)) != DS_OK ||
+            (e->n_sets > 0 && (status = h5_attr_write(file, "task_ids", H5T_NATIVE_INT,
+                                                      (hsize_t)e->n_sets, e->task_id)) != DS_OK))
+            goto done;
+    }
+    for (int k = 0; k < e->n_sets && status == DS_OK; k++) {
+        char name[32];
+        snprintf(name, sizeof(name), "fisher_%d", k);
+        status = h5_range(file, path, name, total, e->lo, e->hi, e->fisher[k], 1);
+        snprintf(name, sizeof(name), "anchor_%d", k);
+        if (status == DS_OK) status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 1);
+    }
+done:
+    if (H5Fclose(file) < 0 && status == DS_OK) status = ds_error(DS_ERR_INTERNAL, "%s: close failed", path);
+    return status;
+}
+
+int ewc_load(EwcState *e, const char *path, size_t total)
+{
+    hid_t file = -1;
+    H5E_BEGIN_TRY { file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
+    H5E_END_TRY;
+    if (file < 0) return ds_error(DS_ERR_INPUT, "%s: not a readable HDF5 file", path);
+    int status = DS_OK, ints[3], format = 0;
+    double fl[2];
+    long long tot = 0;
+    if ((status = h5_attr_read(file, path, "format", H5T_NATIVE_INT, 1, &format)) != DS_OK ||
+        (status = h5_attr_read(file, path, "mode_sets_seen", H5T_NATIVE_INT, 3, ints)) != DS_OK ||
+        (status = h5_attr_read(file, path, "lambda_gamma", H5T_NATIVE_DOUBLE, 2, fl)) != DS_OK ||
+        (status = h5_attr_read(file, path, "total", H5T_NATIVE_LLONG, 1, &tot)) != DS_OK)
+        goto done;
+    if (format != 1) {
+        status = ds_error(DS_ERR_INPUT, "%s: format %d is not supported (1 is)", path, format);
+        goto done;
+    }
+    if (tot != (long long)total) {
+        status = ds_error(DS_ERR_INPUT, "%s: EWC state of a model with %lld parameter slots, this "
+                                        "model has %zu",
+                          path, tot, total);
+        goto done;
+    }
+    if (ints[0] != (int)e->mode || ints[1] < 0 || ints[1] > EWC_MAX_SETS ||
+        (ints[0] == EWC_ONLINE && ints[1] > 1)) {
+        status = ds_error(DS_ERR_INPUT, "%s: saved in mode %s with %d Fisher sets; "
+                                        "continual.ewc.mode is %s",
+                          path, ints[0] == EWC_ONLINE ? "online" : "separate", ints[1],
+                          e->mode == EWC_ONLINE ? "online" : "separate");
+        goto done;
+    }
+    int ids[EWC_MAX_SETS] = {0};
+    if (ints[1] > 0 &&
+        (status = h5_attr_read(file, path, "task_ids", H5T_NATIVE_INT, (hsize_t)ints[1], ids)) != DS_OK)
+        goto done;
+    for (int k = 0; k < e->n_sets; k++) {
+        free(e->fisher[k]);
+        free(e->anchor[k]);
+    }
+    e->n_sets = 0;
+    for (int k = 0; k < ints[1] && status == DS_OK; k++) {
+        if ((status = ewc_add_set(e, ids[k])) != DS_OK) break;
+        char name[32];
+        snprintf(name, sizeof(name), "fisher_%d", k);
+        status = h5_range(file, path, name, total, e->lo, e->hi, e->fisher[k], 0);
+        snprintf(name, sizeof(name), "anchor_%d", k);
+        if (status == DS_OK) status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 0);
+    }
+    e->tasks_seen = ints[2];
+done:
+    H5Fclose(file);
+    return status;
+}
