@@ -140,7 +140,7 @@ int param_table_build(const ModelConfig *mc, ParamTable *pt)
     const int64_t C = mc->hidden_size, I = mc->intermediate_size, V = mc->vocab_size;
     const int64_t QD = (int64_t)mc->num_heads * mc->head_dim;
     const int64_t KVD = (int64_t)mc->num_kv_heads * mc->head_dim;
-    int capacity = 3 + mc->num_layers * 16;
+    int capacity = 4 + mc->num_layers * 16;
     memset(pt, 0, sizeof(*pt));
     pt->items = ds_calloc((size_t)capacity, sizeof(ParamInfo));
     if (!pt->items) return DS_ERR_INTERNAL;
@@ -171,7 +171,10 @@ int param_table_build(const ModelConfig *mc, ParamTable *pt)
         if (mc->mlp_bias) ADD(C, 0, 0, "%s.%d.mlp.down_proj.bias", p, l);
     }
     ADD(C, 0, 0, "model.norm.weight");
-    if (!mc->tie_word_embeddings) ADD(V, C, 1, "lm_head.weight");
+    if (mc->num_labels > 0)
+        ADD(mc->num_labels, C, 1, "score.weight"); /* sequence classification: no LM head */
+    else if (!mc->tie_word_embeddings)
+        ADD(V, C, 1, "lm_head.weight");
 #undef ADD
     return DS_OK;
 }
@@ -201,6 +204,7 @@ static void weights_bind(const Model *m, float *base, ModelWeights *w)
     w->embed = AT("model.embed_tokens.weight");
     w->norm = AT("model.norm.weight");
     w->lm_head = m->cfg.tie_word_embeddings ? w->embed : AT("lm_head.weight");
+    w->score = AT("score.weight");
     for (int l = 0; l < m->cfg.num_layers; l++) {
         LayerWeights *L = &w->layers[l];
         const char *p = "model.layers";
@@ -253,6 +257,9 @@ typedef struct ModelActivations {
     float *dq, *datt;               /* [N, H*D] */
     float *dk, *dv;                 /* [N, KVH*D] */
     float *dgate, *dup, *dact;      /* [N, I] */
+    /* classification head: last-token hidden rows, class logits (then their gradient) */
+    float *cls_hidden, *cls_dhidden; /* [B, C] */
+    float *cls_logits;               /* [B, L] */
     /* the backend's copies of the host-side token buffers (the same data on the CPU) */
     int32_t *dev_inputs, *dev_targets; /* [N] */
     float *dev_weights, *dev_losses;   /* [N] */
@@ -264,7 +271,8 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     const size_t N = (size_t)m->B * m->T, C = m->cfg.hidden_size, I = m->cfg.intermediate_size;
     const size_t QD = (size_t)m->cfg.num_heads * m->cfg.head_dim;
     const size_t KVD = (size_t)m->cfg.num_kv_heads * m->cfg.head_dim;
-    const size_t V = m->cfg.vocab_size;
+    const size_t V = m->cfg.num_labels > 0 ? 0 : (size_t)m->cfg.vocab_size; /* no LM logits */
+    const size_t L = m->cfg.num_labels > 0 ? (size_t)m->cfg.num_labels : 0;
     const size_t lse = (size_t)m->B * m->cfg.num_heads * m->T;
     size_t used = 0;
     /* each block 64-byte aligned so that vectorized kernels see aligned rows */
@@ -305,6 +313,9 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     TAKE(a->dgate, N * I);
     TAKE(a->dup, N * I);
     TAKE(a->dact, N * I);
+    TAKE(a->cls_hidden, L ? (size_t)m->B * C : 0);
+    TAKE(a->cls_dhidden, L ? (size_t)m->B * C : 0);
+    TAKE(a->cls_logits, (size_t)m->B * L);
 #undef TAKE
     return used;
 }
@@ -376,6 +387,9 @@ int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T)
     m->targets = ds_calloc(N, sizeof(int32_t));
     m->loss_weights = ds_calloc(N, sizeof(float));
     m->losses = ds_calloc(N, sizeof(float));
+    m->cls_last = ds_calloc((size_t)B, sizeof(int32_t));
+    m->cls_row = ds_calloc((size_t)mc->hidden_size, sizeof(float));
+    if (!m->cls_last || !m->cls_row) return DS_ERR_INTERNAL;
     if (!m->arena || !m->rope_cos || !m->rope_sin || !m->inputs || !m->targets ||
         !m->loss_weights || !m->losses)
         return DS_ERR_INTERNAL;
@@ -418,6 +432,8 @@ void model_free(Model *m)
     free(m->targets);
     free(m->loss_weights);
     free(m->losses);
+    free(m->cls_last);
+    free(m->cls_row);
     param_table_free(&m->table);
     memset(m, 0, sizeof(*m));
 }
@@ -472,6 +488,59 @@ void model_zero_grad(Model *m)
 
 /* ---- forward and backward ----------------------------------------------------------------- */
 
+/* Classification head on a->final_norm: gather each row's last non-padding position, logits
+ * [B, L] = hidden @ score^T, cross-entropy against labels [B]. Rows move through the host
+ * scratch row so that the same code runs on device memory. */
+static double classify_forward(Model *m, const int32_t *labels, const float *weights,
+                               float *logits_out)
+{
+    const Backend *be = m->be;
+    ModelActivations *a = m->act;
+    const int B = m->B, T = m->T, C = m->cfg.hidden_size, L = m->cfg.num_labels;
+    const int pad = m->cfg.pad_token_id;
+    for (int b = 0; b < B; b++) {
+        int last = T - 1;
+        if (pad >= 0) {
+            last = 0;
+            for (int t = 0; t < T; t++)
+                if (m->inputs[(size_t)b * T + t] != pad) last = t;
+        }
+        m->cls_last[b] = last;
+        be->mem_to_host(m->cls_row, a->final_norm + ((size_t)b * T + last) * C, C * sizeof(float));
+        be->mem_to_device(a->cls_hidden + (size_t)b * C, m->cls_row, C * sizeof(float));
+    }
+    be->matmul_forward(a->cls_logits, a->cls_hidden, m->w.score, NULL, B, C, L);
+    if (logits_out) be->mem_to_host(logits_out, a->cls_logits, (size_t)B * L * sizeof(float));
+    a->have_targets = labels != NULL;
+    if (!labels) return 0.0;
+    if (labels != m->targets) memcpy(m->targets, labels, (size_t)B * sizeof(int32_t));
+    if (weights != m->loss_weights) memcpy(m->loss_weights, weights, (size_t)B * sizeof(float));
+    be->mem_to_device(a->dev_targets, m->targets, (size_t)B * sizeof(int32_t));
+    be->mem_to_device(a->dev_weights, m->loss_weights, (size_t)B * sizeof(float));
+    be->cross_entropy(a->dev_losses, a->cls_logits, a->dev_targets, a->dev_weights, B, L, 1);
+    be->mem_to_host(m->losses, a->dev_losses, (size_t)B * sizeof(float));
+    double loss = 0.0;
+    for (int b = 0; b < B; b++) loss += (double)m->loss_weights[b] * m->losses[b];
+    return loss;
+}
+
+/* Backward of the head: dscore += dlogits^T hidden; the gradient of the final norm's output is
+ * zero except at each row's last position (written into a->dln). */
+static void classify_backward(Model *m)
+{
+    const Backend *be = m->be;
+    ModelActivations *a = m->act;
+    const int B = m->B, T = m->T, C = m->cfg.hidden_size, L = m->cfg.num_labels;
+    be->matmul_backward(a->cls_dhidden, m->g.score, NULL, a->cls_logits, a->cls_hidden, m->w.score,
+                        B, C, L);
+    be->mem_zero(a->dln, (size_t)B * T * C * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        be->mem_to_host(m->cls_row, a->cls_dhidden + (size_t)b * C, C * sizeof(float));
+        be->mem_to_device(a->dln + ((size_t)b * T + m->cls_last[b]) * C, m->cls_row,
+                          C * sizeof(float));
+    }
+}
+
 double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
                      const float *loss_weights, float *logits_out)
 {
@@ -509,6 +578,7 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     }
     be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
                         c->rms_norm_eps);
+    if (c->num_labels > 0) return classify_forward(m, targets, loss_weights, logits_out);
     be->matmul_forward(a->logits, a->final_norm, m->w.lm_head, NULL, N, C, V);
     if (logits_out) be->mem_to_host(logits_out, a->logits, (size_t)N * V * sizeof(float));
     a->have_targets = targets != NULL;
@@ -536,9 +606,12 @@ void model_backward(Model *m)
     const int QD = H * D, KVD = KVH * D;
     const size_t NC = (size_t)N * C;
 
-    /* a->logits holds dlogits, written by the forward's cross-entropy */
-    be->matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->final_norm, m->w.lm_head, N, C,
-                        V);
+    /* a->logits (or the head's cls_logits) holds dlogits, written by the forward's cross-entropy */
+    if (c->num_labels > 0)
+        classify_backward(m);
+    else
+        be->matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->final_norm, m->w.lm_head, N,
+                            C, V);
     be->mem_zero(a->dresid, NC * sizeof(float));
     be->rmsnorm_backward(a->dresid, m->g.norm, a->dln, a->resid_out, m->w.norm, a->final_rstd, N,
                          C);

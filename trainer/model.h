@@ -38,6 +38,9 @@ typedef struct ModelConfig {
     int pad_token_id;
     int new_form;                   /* config.json used rope_parameters / dtype (transformers 5) */
     char torch_dtype[16];           /* dtype the weights were published in: bfloat16, float32 ... */
+    int num_labels;                 /* > 0: sequence classification: a head score.weight
+                                     * [num_labels, C] on the last non-padding token replaces
+                                     * lm_head (HF *ForSequenceClassification) */
 } ModelConfig;
 
 const char *model_arch_name(ModelArch arch); /* "LlamaForCausalLM", "Qwen2ForCausalLM" */
@@ -82,6 +85,7 @@ typedef struct ModelWeights {
     float *embed;   /* [V, C] */
     float *norm;    /* [C] */
     float *lm_head; /* [V, C]; == embed when tied */
+    float *score;   /* [num_labels, C] classification head, NULL for causal LM */
     LayerWeights *layers;
 } ModelWeights;
 
@@ -101,6 +105,8 @@ typedef struct Model {
     int32_t *inputs, *targets;  /* [B*T] */
     float *loss_weights;        /* [B*T] */
     float *losses;              /* [B*T] */
+    int32_t *cls_last;          /* [B] classification: row b's last non-padding position */
+    float *cls_row;             /* [C] host scratch for moving one hidden row */
     struct ModelActivations *act;
 } Model;
 
@@ -115,6 +121,11 @@ void model_init_weights(Model *m, uint64_t seed, float std);
  * logits_out (may be NULL) receives logits [B*T, V] (before the loss overwrote them). */
 double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
                      const float *loss_weights, float *logits_out);
+/* Classification models (cfg.num_labels > 0): targets are labels [B] and loss_weights [B] (one
+ * per row); the head reads the final hidden state of each row's last token that is not
+ * pad_token_id (the last token when pad_token_id is -1), as transformers does; logits_out gets
+ * [B, num_labels]; losses[0..B) the per-row losses. */
+
 /* Backward of the last model_forward with write_grad; gradients ACCUMULATE in m->grads. */
 void model_backward(Model *m);
 void model_zero_grad(Model *m);
