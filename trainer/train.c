@@ -70,6 +70,38 @@ static double eval_loss_on(Model *m, LMReader *reader, int batches, float *weigh
     return count > 0 ? sum / count : NAN;
 }
 
+/* The backend device: names (cpu, cuda) selects. A build without CUDA says so for cuda. */
+static int train_backend(const char *device, const Backend **be)
+{
+    if (strcmp(device, "cpu") == 0) {
+        *be = backend_cpu();
+        return DS_OK;
+    }
+    if (strcmp(device, "cuda") == 0) {
+#ifdef DSTRAIN_HAVE_CUDA
+        *be = backend_cuda();
+        return *be ? DS_OK : DS_ERR_INTERNAL;
+#else
+        return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
+                                      "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
+#endif
+    }
+    return ds_error(DS_ERR_INPUT, "device: unknown device \"%s\" (known: cpu, cuda)", device);
+}
+
+/* Weights are read into host memory; on a device backend through a host staging buffer. */
+static int train_load_weights(const char *dir, const ModelConfig *mc, Model *m)
+{
+    if (m->be->host_memory) return hf_load_weights(dir, mc, &m->table, m->params);
+    const size_t bytes = m->table.total * sizeof(float);
+    float *staging = ds_aligned_alloc(PARAM_ALIGN_BYTES, bytes);
+    if (!staging) return DS_ERR_INTERNAL;
+    int status = hf_load_weights(dir, mc, &m->table, staging);
+    if (status == DS_OK) m->be->mem_to_device(m->params, staging, bytes);
+    free(staging);
+    return status;
+}
+
 int train_run(const Config *cfg)
 {
     int status = DS_OK;
@@ -108,15 +140,17 @@ int train_run(const Config *cfg)
     ModelConfig mc;
     if ((status = train_model_config(cfg, &mc)) != DS_OK) goto done;
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, N = B * T;
-    if ((status = model_init(&model, &mc, backend_cpu(), B, T)) != DS_OK) goto done;
+    const Backend *be = NULL;
+    if ((status = train_backend(cfg->device, &be)) != DS_OK) goto done;
+    if ((status = model_init(&model, &mc, be, B, T)) != DS_OK) goto done;
     if (cfg->model_path[0]) {
         printf("dstrain: loading weights from %s\n", cfg->model_path);
-        if ((status = hf_load_weights(cfg->model_path, &mc, &model.table, model.params)) != DS_OK)
+        if ((status = train_load_weights(cfg->model_path, &mc, &model)) != DS_OK)
             goto done;
     } else {
         model_init_weights(&model, (uint64_t)cfg->train_seed, cfg->model_init_std);
     }
-    if ((status = optim_init(&opt, &model.table)) != DS_OK) goto done;
+    if ((status = optim_init_on(&opt, &model.table, be)) != DS_OK) goto done;
     size_t n_params = 0;
     for (int i = 0; i < model.table.count; i++) n_params += model.table.items[i].numel;
     printf("dstrain: model %s, %d layers, hidden %d, %zu parameters; memory: parameters %.1f MiB, "

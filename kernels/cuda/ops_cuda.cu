@@ -1,0 +1,932 @@
+/* ops_cuda.cu: the CUDA backend in fp32 mode: the Backend table of ops.h over device pointers,
+ * checked against the CPU backend by tests/gpu/. Matmuls go through cuBLASLt with fp32 compute
+ * (TF32 off), everything else is a kernel of ours; attention is flash-style (online softmax, the
+ * log-sum-exp saved, no T x T matrix). Not here yet: bf16 storage, fused epilogues, speed work.
+ * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
+ * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
+ * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+extern "C" {
+#include "kernels/ops.h"
+#include "trainer/common.h"
+}
+
+static inline void cublas_check_at(cublasStatus_t status, const char *file, int line)
+{
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "dstrain: error: %s:%d: cuBLASLt: status %d\n", file, line, (int)status);
+        exit(1);
+    }
+}
+#define cublasCheck(call) cublas_check_at((call), __FILE__, __LINE__)
+#define launchCheck() cudaCheck(cudaGetLastError())
+
+static const cudaStream_t stream = 0;
+
+/* ---------------------------------------------------------------------------------------------
+ * scratch: one device buffer shared by the ops that need temporary space (partial sums); ops run
+ * one after another on one stream, so no two of them use it at once. */
+
+static void *scratch_ptr;
+static size_t scratch_size;
+
+static void *scratch_get(size_t bytes)
+{
+    if (bytes > scratch_size) {
+        cudaCheck(cudaFree(scratch_ptr)); /* synchronises: nothing still reads the old one */
+        scratch_size = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+        cudaCheck(cudaMalloc(&scratch_ptr, scratch_size));
+    }
+    return scratch_ptr;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * reductions inside a warp and a block */
+
+__device__ static inline float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline double warp_sum_d(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
+ * shared must hold 32 floats; the leading barrier lets a caller reuse it back to back. */
+__device__ static float block_sum(float v, float *shared)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float total = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(total);
+}
+
+__device__ static float block_max(float v, float *shared)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float total = lane < warps ? shared[lane] : -INFINITY;
+    return warp_max(total);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * column sums, deterministic: rows are cut into fixed chunks, each chunk's column sums are
+ * written to scratch, then a second kernel adds the chunks in chunk order into dst (+=).
+ * With x2 and rowscale it sums x[i,j] * (x2[i,j] * rowscale[i]) (the RMSNorm weight gradient). */
+
+#define COLSUM_CHUNK 256
+
+__global__ static void colsum_partial_kernel(float *partial, const float *x, const float *x2,
+                                             const float *rowscale, int M, int N)
+{
+    __shared__ float part[8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    int row0 = blockIdx.y * COLSUM_CHUNK, row1 = min(row0 + COLSUM_CHUNK, M);
+    float s = 0.0f;
+    if (j < N)
+        for (int i = row0 + threadIdx.y; i < row1; i += 8) {
+            size_t at = (size_t)i * N + j;
+            s += x2 ? x[at] * (x2[at] * rowscale[i]) : x[at];
+        }
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < N) {
+        float total = 0.0f;
+        for (int r = 0; r < 8; r++) total += part[r][threadIdx.x];
+        partial[(size_t)blockIdx.y * N + j] = total;
+    }
+}
+
+__global__ static void colsum_finish_kernel(float *dst, const float *partial, int chunks, int N)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= N) return;
+    double s = 0.0;
+    for (int c = 0; c < chunks; c++) s += partial[(size_t)c * N + j];
+    dst[j] += (float)s;
+}
+
+static void column_sums_add(float *dst, const float *x, const float *x2, const float *rowscale,
+                            int M, int N)
+{
+    if (M <= 0 || N <= 0) return;
+    int chunks = ceil_div(M, COLSUM_CHUNK);
+    float *partial = (float *)scratch_get((size_t)chunks * N * sizeof(float));
+    colsum_partial_kernel<<<dim3(ceil_div(N, 32), chunks), dim3(32, 8), 0, stream>>>(
+        partial, x, x2, rowscale, M, N);
+    launchCheck();
+    colsum_finish_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dst, partial, chunks, N);
+    launchCheck();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * matmul through cuBLASLt. cuBLAS is column-major: a row-major [R, C] matrix is a column-major
+ * C x R one, so the row-major products of ops.h become (shapes column-major):
+ *   forward  out (N x M)  = W^T (W stored K x N) . inp (K x M)
+ *   dinp     dinp (K x M) = W (K x N) . dout (N x M)
+ *   dweight  dW (K x N)  += inp (K x M) . dout^T (dout stored N x M) */
+
+static cublasLtHandle_t lt_handle;
+static void *lt_workspace;
+static const size_t lt_workspace_size = (size_t)32 << 20;
+
+/* D[m, n] (column-major, ld m) = op(A) op(B) + beta * D, plus bias[m] on every column. */
+static void lt_matmul(float *d, const float *a, const float *b, const float *bias, int m, int n,
+                      int k, int transa, int transb, float beta)
+{
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    if (bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cublasCheck(
+            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                   sizeof(bias)));
+    }
+    cublasCheck(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, transa ? k : m, transa ? m : k,
+                                           transa ? k : m));
+    cublasCheck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, transb ? n : k, transb ? k : n,
+                                           transb ? n : k));
+    cublasCheck(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, m));
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_workspace_size, sizeof(size_t)));
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, desc, la, lb, ld, ld, pref, 1, &heur,
+                                               &found));
+    if (found == 0) {
+        fprintf(stderr, "dstrain: error: %s:%d: cuBLASLt: no algorithm for %d x %d x %d\n",
+                __FILE__, __LINE__, m, n, k);
+        exit(1);
+    }
+    const float alpha = 1.0f;
+    cublasCheck(cublasLtMatmul(lt_handle, desc, &alpha, a, la, b, lb, &beta, d, ld, d, ld,
+                               &heur.algo, lt_workspace, lt_workspace_size, stream));
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    cublasCheck(cublasLtMatrixLayoutDestroy(la));
+    cublasCheck(cublasLtMatrixLayoutDestroy(lb));
+    cublasCheck(cublasLtMatrixLayoutDestroy(ld));
+    cublasCheck(cublasLtMatmulDescDestroy(desc));
+}
+
+__global__ static void fill_rows_kernel(float *out, const float *bias, int M, int N)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)M * N) return;
+    out[i] = bias ? bias[i % N] : 0.0f;
+}
+
+static void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                           int M, int K, int N)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* empty contraction: the bias alone */
+        fill_rows_kernel<<<ceil_div((long long)M * N, 256), 256, 0, stream>>>(out, bias, M, N);
+        launchCheck();
+        return;
+    }
+    lt_matmul(out, weight, inp, bias, N, M, K, 1, 0, 0.0f);
+}
+
+static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int M, int K, int N)
+{
+    if (M <= 0 || N <= 0) {
+        if (dinp && M > 0 && K > 0)
+            cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)M * K * sizeof(float), stream));
+        return;
+    }
+    if (K > 0) {
+        if (dinp) lt_matmul(dinp, weight, dout, NULL, K, M, N, 0, 0, 0.0f);
+        lt_matmul(dweight, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
+    }
+    if (dbias) column_sums_add(dbias, dout, NULL, NULL, M, N);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rmsnorm: one block per row. */
+
+__global__ static void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp,
+                                              const float *weight, int C, float eps)
+{
+    __shared__ float shared[32];
+    const float *x = inp + (size_t)blockIdx.x * C;
+    float *y = out + (size_t)blockIdx.x * C;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) ss += x[j] * x[j];
+    ss = block_sum(ss, shared);
+    float variance = C > 0 ? ss / C : 0.0f;
+    float r = 1.0f / sqrtf(variance + eps);
+    for (int j = threadIdx.x; j < C; j += blockDim.x) y[j] = weight[j] * (x[j] * r);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+}
+
+__global__ static void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp,
+                                               const float *weight, const float *rstd, int C)
+{
+    __shared__ float shared[32];
+    size_t row = (size_t)blockIdx.x * C;
+    const float *x = inp + row, *dy = dout + row;
+    float *dx = dinp + row;
+    float r = rstd[blockIdx.x];
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) dot += weight[j] * dy[j] * x[j];
+    dot = block_sum(dot, shared);
+    float coef = dot * r * r * r / C;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) dx[j] += r * weight[j] * dy[j] - coef * x[j];
+}
+
+static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int M,
+                            int C, float eps)
+{
+    if (M <= 0) return;
+    rmsnorm_forward_kernel<<<M, 256, 0, stream>>>(out, rstd, inp, weight, C, eps);
+    launchCheck();
+}
+
+static void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int M, int C)
+{
+    if (M <= 0) return;
+    rmsnorm_backward_kernel<<<M, 256, 0, stream>>>(dinp, dout, inp, weight, rstd, C);
+    launchCheck();
+    column_sums_add(dweight, dout, inp, rstd, M, C);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rope, rotate-half layout; sign -1 applies the inverse rotation (backward). */
+
+__global__ static void rope_kernel(float *x, const float *pos_cos, const float *pos_sin, int T,
+                                   int H, int D, long long total, float sign)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    int half = D / 2;
+    int i = (int)(idx % half);
+    long long rh = idx / half; /* row * H + h */
+    int h = (int)(rh % H);
+    long long row = rh / H;
+    int t = (int)(row % T);
+    float *head = x + (size_t)row * H * D + (size_t)h * D;
+    float c = pos_cos[(size_t)t * half + i], sn = sign * pos_sin[(size_t)t * half + i];
+    float x1 = head[i], x2 = head[i + half];
+    head[i] = x1 * c - x2 * sn;
+    head[i + half] = x2 * c + x1 * sn;
+}
+
+static void rope_apply(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                       int D, float sign)
+{
+    long long total = (long long)B * T * H * (D / 2);
+    if (total <= 0) return;
+    rope_kernel<<<ceil_div(total, 256), 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total,
+                                                          sign);
+    launchCheck();
+}
+
+static void rope_forward(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                         int D)
+{
+    rope_apply(x, pos_cos, pos_sin, B, T, H, D, 1.0f);
+}
+
+static void rope_backward(float *dx, const float *pos_cos, const float *pos_sin, int B, int T,
+                          int H, int D)
+{
+    rope_apply(dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * attention, flash-style in fp32. A block of ATT_WARPS warps owns ATT_WARPS consecutive rows
+ * (query rows forward and for dq, key rows for dk/dv) of one (batch, head); tiles of ATT_TILE
+ * rows of the other side are staged in shared memory, one lane per tile row computes a score,
+ * and each lane accumulates the output elements d = lane + 32 i of its warp's row in registers.
+ * Shared rows read by lane are padded to D + 1 floats so the 32 lanes hit 32 banks. Head dims
+ * up to ATT_MAX_D. Backward runs in two passes with disjoint outputs (dq by query row, then
+ * dk and dv by key row over the query heads of the group in order), so no atomics. */
+
+#define ATT_WARPS 8
+#define ATT_TILE 32
+#define ATT_MAX_D 256
+#define ATT_SLOTS (ATT_MAX_D / 32)
+
+__global__ static void attention_forward_kernel(float *out, float *lse, const float *q,
+                                                const float *k, const float *v, int T, int H,
+                                                int KVH, int D, float scale)
+{
+    extern __shared__ float smem[];
+    float *Ks = smem;                     /* [TILE][D+1] */
+    float *Vs = Ks + ATT_TILE * (D + 1);  /* [TILE][D] */
+    float *Qs = Vs + ATT_TILE * D;        /* [WARPS][D] */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / KVH);
+    const int t0 = blockIdx.x * ATT_WARPS, t = t0 + warp;
+    const int t_last = min(t0 + ATT_WARPS, T) - 1;
+    const size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
+    const bool active = t < T;
+    float *qrow = Qs + warp * D;
+    if (active)
+        for (int d = lane; d < D; d += 32) qrow[d] = q[(size_t)(b * T + t) * qstride + h * D + d];
+    float acc[ATT_SLOTS];
+#pragma unroll
+    for (int i = 0; i < ATT_SLOTS; i++) acc[i] = 0.0f;
+    float running_max = -INFINITY, denom = 0.0f;
+    for (int s0 = 0; s0 <= t_last; s0 += ATT_TILE) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < ATT_TILE * D; idx += blockDim.x) {
+            int j = idx / D, d = idx % D, s = s0 + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (s < T) {
+                size_t at = (size_t)(b * T + s) * kvstride + kvh * D + d;
+                kv = k[at];
+                vv = v[at];
+            }
+            Ks[j * (D + 1) + d] = kv;
+            Vs[j * D + d] = vv;
+        }
+        __syncthreads();
+        if (!active || s0 > t) continue;
+        const int s = s0 + lane;
+        float score = -INFINITY;
+        if (s <= t) {
+            float dot = 0.0f;
+            for (int d = 0; d < D; d++) dot += qrow[d] * Ks[lane * (D + 1) + d];
+            score = dot * scale;
+        }
+        float new_max = fmaxf(running_max, warp_max(score)); /* finite: key s0 <= t is valid */
+        float correction = expf(running_max - new_max);
+        float p = s <= t ? expf(score - new_max) : 0.0f;
+        denom = denom * correction + warp_sum(p);
+#pragma unroll
+        for (int i = 0; i < ATT_SLOTS; i++) acc[i] *= correction;
+        const int jn = min(ATT_TILE, t - s0 + 1);
+        for (int j = 0; j < jn; j++) {
+            float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+            for (int i = 0; i < ATT_SLOTS; i++) {
+                int d = lane + 32 * i;
+                if (d < D) acc[i] += pj * Vs[j * D + d];
+            }
+        }
+        running_max = new_max;
+    }
+    if (!active) return;
+    float inv = 1.0f / denom;
+    float *orow = out + (size_t)(b * T + t) * qstride + h * D;
+#pragma unroll
+    for (int i = 0; i < ATT_SLOTS; i++) {
+        int d = lane + 32 * i;
+        if (d < D) orow[d] = acc[i] * inv;
+    }
+    if (lane == 0) lse[((size_t)b * H + h) * T + t] = running_max + logf(denom);
+}
+
+/* delta[b, h, t] = dout[t] . out[t] (one warp per row) */
+__global__ static void attention_delta_kernel(float *delta, const float *dout, const float *out,
+                                              int B, int T, int H, int D)
+{
+    long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= (long long)B * H * T) return;
+    int t = (int)(row % T), h = (int)((row / T) % H), b = (int)(row / ((long long)T * H));
+    size_t at = (size_t)(b * T + t) * H * D + (size_t)h * D;
+    float s = 0.0f;
+    for (int d = lane; d < D; d += 32) s += dout[at + d] * out[at + d];
+    s = warp_sum(s);
+    if (lane == 0) delta[row] = s;
+}
+
+__global__ static void attention_dq_kernel(float *dq, const float *dout, const float *lse,
+                                           const float *delta, const float *q, const float *k,
+                                           const float *v, int T, int H, int KVH, int D,
+                                           float scale)
+{
+    extern __shared__ float smem[];
+    float *Ks = smem;                          /* [TILE][D+1] */
+    float *Vs = Ks + ATT_TILE * (D + 1);       /* [TILE][D+1] */
+    float *Qs = Vs + ATT_TILE * (D + 1);       /* [WARPS][D] */
+    float *dOs = Qs + ATT_WARPS * D;           /* [WARPS][D] */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / KVH);
+    const int t0 = blockIdx.x * ATT_WARPS, t = t0 + warp;
+    const int t_last = min(t0 + ATT_WARPS, T) - 1;
+    const size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
+    const bool active = t < T;
+    float *qrow = Qs + warp * D, *dorow = dOs + warp * D;
+    float row_lse = 0.0f, row_delta = 0.0f;
+    if (active) {
+        size_t at = (size_t)(b * T + t) * qstride + h * D;
+        for (int d = lane; d < D; d += 32) {
+            qrow[d] = q[at + d];
+            dorow[d] = dout[at + d];
+        }
+        row_lse = lse[((size_t)b * H + h) * T + t];
+        row_delta = delta[((size_t)b * H + h) * T + t];
+    }
+    float acc[ATT_SLOTS];
+#pragma unroll
+    for (int i = 0; i < ATT_SLOTS; i++) acc[i] = 0.0f;
+    for (int s0 = 0; s0 <= t_last; s0 += ATT_TILE) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < ATT_TILE * D; idx += blockDim.x) {
+            int j = idx / D, d = idx % D, s = s0 + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (s < T) {
+                size_t at = (size_t)(b * T + s) * kvstride + kvh * D + d;
+                kv = k[at];
+                vv = v[at];
+            }
+            Ks[j * (D + 1) + d] = kv;
+            Vs[j * (D + 1) + d] = vv;
+        }
+        __syncthreads();
+        if (!active || s0 > t) continue;
+        const int s = s0 + lane;
+        float ds = 0.0f;
+        if (s <= t) {
+            float qk = 0.0f, dp = 0.0f;
+            for (int d = 0; d < D; d++) {
+                qk += qrow[d] * Ks[lane * (D + 1) + d];
+                dp += dorow[d] * Vs[lane * (D + 1) + d];
+            }
+            float p = expf(qk * scale - row_lse);
+            ds = p * (dp - row_delta) * scale;
+        }
+        const int jn = min(ATT_TILE, t - s0 + 1);
+        for (int j = 0; j < jn; j++) {
+            float dsj = __shfl_sync(0xffffffffu, ds, j);
+#pragma unroll
+            for (int i = 0; i < ATT_SLOTS; i++) {
+                int d = lane + 32 * i;
+                if (d < D) acc[i] += dsj * Ks[j * (D + 1) + d];
+            }
+        }
+    }
+    if (!active) return;
+    float *dqrow = dq + (size_t)(b * T + t) * qstride + h * D;
+#pragma unroll
+    for (int i = 0; i < ATT_SLOTS; i++) {
+        int d = lane + 32 * i;
+        if (d < D) dqrow[d] = acc[i];
+    }
+}
+
+/* One warp per key row s of kv head kvh; query rows t >= s of every head in the group. */
+__global__ static void attention_dkdv_kernel(float *dk, float *dv, const float *dout,
+                                             const float *lse, const float *delta, const float *q,
+                                             const float *k, const float *v, int T, int H, int KVH,
+                                             int D, float scale)
+{
+    extern __shared__ float smem[];
+    float *Qs = smem;                          /* [TILE][D+1] */
+    float *dOs = Qs + ATT_TILE * (D + 1);      /* [TILE][D+1] */
+    float *Ls = dOs + ATT_TILE * (D + 1);      /* [TILE] lse */
+    float *Ds = Ls + ATT_TILE;                 /* [TILE] delta */
+    float *Kw = Ds + ATT_TILE;                 /* [WARPS][D] */
+    float *Vw = Kw + ATT_WARPS * D;            /* [WARPS][D] */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int b = blockIdx.y / KVH, kvh = blockIdx.y % KVH, group = H / KVH;
+    const int s_first = blockIdx.x * ATT_WARPS, s = s_first + warp;
+    const size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
+    const bool active = s < T;
+    float *krow = Kw + warp * D, *vrow = Vw + warp * D;
+    if (active) {
+        size_t at = (size_t)(b * T + s) * kvstride + kvh * D;
+        for (int d = lane; d < D; d += 32) {
+            krow[d] = k[at + d];
+            vrow[d] = v[at + d];
+        }
+    }
+    float dk_acc[ATT_SLOTS], dv_acc[ATT_SLOTS];
+#pragma unroll
+    for (int i = 0; i < ATT_SLOTS; i++) dk_acc[i] = dv_acc[i] = 0.0f;
+    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        for (int t0 = s_first; t0 < T; t0 += ATT_TILE) {
+            __syncthreads();
+            for (int idx = threadIdx.x; idx < ATT_TILE * D; idx += blockDim.x) {
+                int j = idx / D, d = idx % D, t = t0 + j;
+                float qv = 0.0f, dov = 0.0f;
+                if (t < T) {
+                    size_t at = (size_t)(b * T + t) * qstride + (size_t)h * D + d;
+                    qv = q[at];
+                    dov = dout[at];
+                }
+                Qs[j * (D + 1) + d] = qv;
+                dOs[j * (D + 1) + d] = dov;
+            }
+            if (threadIdx.x < ATT_TILE) {
+                int t = t0 + threadIdx.x;
+                size_t at = ((size_t)b * H + h) * T + t;
+                Ls[threadIdx.x] = t < T ? lse[at] : 0.0f;
+                Ds[threadIdx.x] = t < T ? delta[at] : 0.0f;
+            }
+            __syncthreads();
+            if (!active || t0 + ATT_TILE - 1 < s) continue;
+            const int t = t0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t >= s && t < T) {
+                float qk = 0.0f, dp = 0.0f;
+                for (int d = 0; d < D; d++) {
+                    qk += Qs[lane * (D + 1) + d] * krow[d];
+                    dp += dOs[lane * (D + 1) + d] * vrow[d];
+                }
+                p = expf(qk * scale - Ls[lane]);
+                ds = p * (dp - Ds[lane]) * scale;
+            }
+            for (int j = 0; j < ATT_TILE; j++) {
+                float pj = __shfl_sync(0xffffffffu, p, j);
+                float dsj = __shfl_sync(0xffffffffu, ds, j);
+                if (pj == 0.0f && dsj == 0.0f) continue; /* masked or past the end (warp-uniform) */
+#pragma unroll
+                for (int i = 0; i < ATT_SLOTS; i++) {
+                    int d = lane + 32 * i;
+                    if (d < D) {
+                        dk_acc[i] += dsj * Qs[j * (D + 1) + d];
+                        dv_acc[i] += pj * dOs[j * (D + 1) + d];
+                    }
+                }
+            }
+        }
+    }
+    if (!active) return;
+    size_t at = (size_t)(b * T + s) * kvstride + kvh * D;
+#pragma unroll
+    for (int i = 0; i < ATT_SLOTS; i++) {
+        int d = lane + 32 * i;
+        if (d < D) {
+            dk[at + d] = dk_acc[i];
+            dv[at + d] = dv_acc[i];
+        }
+    }
+}
+
+static void attention_check_shape(int H, int KVH, int D)
+{
+    if (D > ATT_MAX_D || D <= 0 || KVH <= 0 || H % KVH != 0) {
+        fprintf(stderr,
+                "dstrain: error: %s:%d: CUDA attention: head_dim %d (at most %d), heads %d, "
+                "kv heads %d not supported\n",
+                __FILE__, __LINE__, D, ATT_MAX_D, H, KVH);
+        exit(1);
+    }
+}
+
+/* Kernels asking for more than the default 48 KiB of shared memory must say so once. */
+template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
+{
+    if (bytes > 48 * 1024)
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)bytes));
+}
+
+static void attention_forward(float *out, float *lse, const float *q, const float *k,
+                              const float *v, int B, int T, int H, int KVH, int D)
+{
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    attention_check_shape(H, KVH, D);
+    size_t smem = (size_t)(ATT_TILE * (D + 1) + ATT_TILE * D + ATT_WARPS * D) * sizeof(float);
+    allow_smem(attention_forward_kernel, smem);
+    attention_forward_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem,
+                               stream>>>(out, lse, q, k, v, T, H, KVH, D, 1.0f / sqrtf((float)D));
+    launchCheck();
+}
+
+static void attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, int B, int T, int H, int KVH, int D)
+{
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    attention_check_shape(H, KVH, D);
+    const float scale = 1.0f / sqrtf((float)D);
+    long long rows = (long long)B * H * T;
+    float *delta = (float *)scratch_get((size_t)rows * sizeof(float));
+    attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T,
+                                                                         H, D);
+    launchCheck();
+    size_t smem_dq = (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_WARPS * D) * sizeof(float);
+    allow_smem(attention_dq_kernel, smem_dq);
+    attention_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem_dq, stream>>>(
+        dq, dout, lse, delta, q, k, v, T, H, KVH, D, scale);
+    launchCheck();
+    size_t smem_kv =
+        (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_TILE + 2 * ATT_WARPS * D) * sizeof(float);
+    allow_smem(attention_dkdv_kernel, smem_kv);
+    attention_dkdv_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * KVH), ATT_WARPS * 32, smem_kv,
+                            stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, KVH, D, scale);
+    launchCheck();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * elementwise ops */
+
+__global__ static void swiglu_forward_kernel(float *out, const float *gate, const float *up,
+                                             size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+__global__ static void swiglu_backward_kernel(float *dgate, float *dup, const float *dout,
+                                              const float *gate, const float *up, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i];
+    float s = 1.0f / (1.0f + expf(-g));
+    float dy = dout[i];
+    dgate[i] = dy * up[i] * (s * (1.0f + g * (1.0f - s)));
+    dup[i] = dy * (g * s);
+}
+
+__global__ static void add_kernel(float *out, const float *a, const float *b, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+
+__global__ static void scale_kernel(float *x, float s, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+
+static void swiglu_forward(float *out, const float *gate, const float *up, size_t n)
+{
+    if (!n) return;
+    swiglu_forward_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(out, gate, up, n);
+    launchCheck();
+}
+
+static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                            const float *up, size_t n)
+{
+    if (!n) return;
+    swiglu_backward_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(dgate, dup, dout, gate,
+                                                                            up, n);
+    launchCheck();
+}
+
+static void add(float *out, const float *a, const float *b, size_t n)
+{
+    if (!n) return;
+    add_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(out, a, b, n);
+    launchCheck();
+}
+
+static void scale(float *x, float s, size_t n)
+{
+    if (!n) return;
+    scale_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(x, s, n);
+    launchCheck();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * embedding. Backward gives each thread one column and walks the tokens in order, so repeated
+ * tokens add up in token order (deterministic, as the CPU): simple, not yet fast. */
+
+__global__ static void embedding_forward_kernel(float *out, const int32_t *tokens,
+                                                const float *table, int N, int C)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)N * C) return;
+    size_t row = i / C, col = i % C;
+    out[i] = table[(size_t)tokens[row] * C + col];
+}
+
+__global__ static void embedding_backward_kernel(float *dtable, const float *dout,
+                                                 const int32_t *tokens, int N, int C)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= C) return;
+    for (int i = 0; i < N; i++) dtable[(size_t)tokens[i] * C + j] += dout[(size_t)i * C + j];
+}
+
+static void embedding_forward(float *out, const int32_t *tokens, const float *table, int N, int C)
+{
+    if (N <= 0 || C <= 0) return;
+    embedding_forward_kernel<<<ceil_div((long long)N * C, 256), 256, 0, stream>>>(out, tokens,
+                                                                                  table, N, C);
+    launchCheck();
+}
+
+static void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int N,
+                               int C)
+{
+    if (N <= 0 || C <= 0) return;
+    embedding_backward_kernel<<<ceil_div(C, 128), 128, 0, stream>>>(dtable, dout, tokens, N, C);
+    launchCheck();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * cross-entropy, one block per row, semantics of the CPU backend (weight-0 rows: loss 0, zero
+ * gradient; a weighted row with an out-of-range target: loss NaN, zero gradient). */
+
+__global__ static void cross_entropy_kernel(float *losses, float *logits, const int32_t *targets,
+                                            const float *weights, int V, int write_grad)
+{
+    __shared__ float shared[32];
+    const int i = blockIdx.x;
+    float *row = logits + (size_t)i * V;
+    const float w = weights[i];
+    const int target = targets[i];
+    if (w == 0.0f || target < 0 || target >= V || V <= 0) {
+        if (threadIdx.x == 0) losses[i] = w == 0.0f ? 0.0f : NAN;
+        if (write_grad)
+            for (int j = threadIdx.x; j < V; j += blockDim.x) row[j] = 0.0f;
+        return;
+    }
+    float maxv = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) maxv = fmaxf(maxv, row[j]);
+    maxv = block_max(maxv, shared);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += expf(row[j] - maxv);
+    sum = block_sum(sum, shared);
+    const float target_logit = row[target];
+    __syncthreads(); /* every thread has read row[target] before any gradient is written */
+    if (threadIdx.x == 0) losses[i] = logf(sum) - (target_logit - maxv);
+    if (write_grad) {
+        float inv_sum = 1.0f / sum;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float g = w * (expf(row[j] - maxv) * inv_sum);
+            row[j] = j == target ? g - w : g;
+        }
+    }
+}
+
+static void cross_entropy(float *losses, float *logits, const int32_t *targets,
+                          const float *weights, int N, int V, int write_grad)
+{
+    if (N <= 0) return;
+    cross_entropy_kernel<<<N, 512, 0, stream>>>(losses, logits, targets, weights, V, write_grad);
+    launchCheck();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sum of squares in double: a fixed grid (so a fixed order), block partials summed on the host. */
+
+#define SUMSQ_BLOCKS 512
+
+__global__ static void sum_squares_kernel(double *partial, const float *x, size_t n)
+{
+    __shared__ double shared[32];
+    double s = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
+    s = warp_sum_d(s);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) shared[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        double t = lane < (int)(blockDim.x / 32) ? shared[lane] : 0.0;
+        t = warp_sum_d(t);
+        if (lane == 0) partial[blockIdx.x] = t;
+    }
+}
+
+static double sum_squares(const float *x, size_t n)
+{
+    if (!n) return 0.0;
+    double *partial = (double *)scratch_get(SUMSQ_BLOCKS * sizeof(double));
+    sum_squares_kernel<<<SUMSQ_BLOCKS, 256, 0, stream>>>(partial, x, n);
+    launchCheck();
+    double host[SUMSQ_BLOCKS];
+    cudaCheck(cudaMemcpy(host, partial, sizeof(host), cudaMemcpyDeviceToHost));
+    double total = 0.0;
+    for (int i = 0; i < SUMSQ_BLOCKS; i++) total += host[i];
+    return total;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * AdamW: adamw.cu */
+
+extern "C" void cuda_adamw_fp32(float *param, const float *grad, float *m, float *v, size_t n,
+                                float lr, float beta1, float beta2, float eps, float weight_decay,
+                                float grad_scale, int t, cudaStream_t stream);
+
+static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                         int t)
+{
+    cuda_adamw_fp32(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
+                    stream);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * memory */
+
+static void *mem_alloc(size_t bytes)
+{
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes ? bytes : 256);
+    if (err != cudaSuccess) {
+        cudaGetLastError(); /* clear it: running out of memory leaves the device usable */
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        ds_error(DS_ERR_INTERNAL, "CUDA: cannot allocate %.1f MiB of device memory (%.1f MiB free): %s",
+                 bytes / 1048576.0, free_bytes / 1048576.0, cudaGetErrorString(err));
+        return NULL;
+    }
+    cudaCheck(cudaMemset(p, 0, bytes ? bytes : 256));
+    return p;
+}
+
+static void mem_free(void *p)
+{
+    if (p) cudaCheck(cudaFree(p));
+}
+
+static void mem_to_device(void *dst, const void *host_src, size_t bytes)
+{
+    if (bytes) cudaCheck(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
+}
+
+static void mem_to_host(void *host_dst, const void *src, size_t bytes)
+{
+    if (bytes) cudaCheck(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+static void mem_zero(void *p, size_t bytes)
+{
+    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, stream));
+}
+
+/* --------------------------------------------------------------------------------------------- */
+
+static Backend cuda_backend;
+
+/* The first call picks the device and creates the cuBLASLt handle; NULL (with the error set)
+ * when there is no usable GPU. */
+extern "C" const Backend *backend_cuda(void)
+{
+    if (cuda_backend.name) return &cuda_backend;
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        ds_error(DS_ERR_INPUT, "device: cuda: no usable GPU (%s)",
+                 err != cudaSuccess ? cudaGetErrorString(err) : "no device found");
+        return NULL;
+    }
+    cublasCheck(cublasLtCreate(&lt_handle));
+    cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
+    Backend *b = &cuda_backend;
+    b->matmul_forward = matmul_forward;
+    b->matmul_backward = matmul_backward;
+    b->rmsnorm_forward = rmsnorm_forward;
+    b->rmsnorm_backward = rmsnorm_backward;
+    b->rope_forward = rope_forward;
+    b->rope_backward = rope_backward;
+    b->attention_forward = attention_forward;
+    b->attention_backward = attention_backward;
+    b->swiglu_forward = swiglu_forward;
+    b->swiglu_backward = swiglu_backward;
+    b->embedding_forward = embedding_forward;
+    b->embedding_backward = embedding_backward;
+    b->cross_entropy = cross_entropy;
+    b->add = add;
+    b->sum_squares = sum_squares;
+    b->scale = scale;
+    b->adamw_update = adamw_update;
+    b->mem_alloc = mem_alloc;
+    b->mem_free = mem_free;
+    b->mem_to_device = mem_to_device;
+    b->mem_to_host = mem_to_host;
+    b->mem_zero = mem_zero;
+    b->host_memory = 0;
+    b->name = "cuda"; /* last: marks the table complete */
+    return b;
+}
