@@ -76,6 +76,8 @@ static const ConfigKey config_schema[] = {
          "tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b"),
     FLT("model.init_std", model_init_std, "0.02", 0, 1, 0,
         "standard deviation of the random initial weights (from-scratch runs)"),
+    BOOL("model.random_init", model_random_init, "false",
+         "with model.path: take only the shape from its config.json and start from random weights"),
 
     STR("data.train", data_train, "", 0,
         "HDF5 token file to train on; empty = the bundled dataset"),
@@ -127,6 +129,44 @@ static const ConfigKey config_schema[] = {
     INT("eval.every", eval_every, "0", 0, 1000000000,
         "evaluate every N steps; 0 = never during training"),
     INT("eval.batches", eval_batches, "8", 1, 1000000000, "batches per evaluation"),
+
+    ENUM("task.type", task_type, "causal_lm",
+         "causal_lm = next-token loss; classification = a head on the last non-padding token "
+         "(labels from the data file)",
+         "causal_lm", "classification"),
+    INT("task.num_labels", task_num_labels, "0", 0, 1000000,
+        "number of classes of task.type classification"),
+
+    STR("continual.tasks", continual_tasks, "", 0,
+        "YAML file listing the tasks trained one after the other (docs/continual.md); empty = "
+        "one ordinary run"),
+    STR("continual.state", continual_state, "", 0,
+        "directory with the EWC and replay state of an earlier continual run to start from"),
+    BOOL("continual.ewc.enabled", continual_ewc_enabled, "false",
+         "elastic weight consolidation after each task"),
+    FLT("continual.ewc.lambda", continual_ewc_lambda, "100", 0, 1e12, 0,
+        "EWC strength: penalty (lambda / 2) sum F (theta - theta*)^2"),
+    ENUM("continual.ewc.mode", continual_ewc_mode, "online",
+         "online = one running Fisher; separate = one (Fisher, anchor) per task", "online",
+         "separate"),
+    FLT("continual.ewc.gamma", continual_ewc_gamma, "1.0", 0, 1, 0,
+        "online EWC: F <- gamma F + F_new after each task"),
+    ENUM("continual.ewc.fisher.type", continual_ewc_fisher_type, "empirical",
+         "empirical = true labels; sampled = labels drawn from the model; exact = expectation "
+         "over classes (classification)",
+         "empirical", "sampled", "exact"),
+    INT("continual.ewc.fisher.samples", continual_ewc_fisher_samples, "200", 1, 100000000,
+        "examples of the finished task the Fisher is estimated on"),
+    BOOL("continual.ewc.fisher.batched", continual_ewc_fisher_batched, "false",
+         "estimate from mini-batch gradients (faster, a different estimate) instead of one "
+         "gradient per example"),
+    INT("continual.replay.capacity", continual_replay_capacity, "0", 0, 1000000000,
+        "examples kept in the replay buffer (over all data-parallel ranks); 0 = no replay"),
+    FLT("continual.replay.ratio", continual_replay_ratio, "0.25", 0, 1, CK_MAX_EXCLUSIVE,
+        "fraction of every batch drawn from the replay buffer"),
+    ENUM("continual.replay.policy", continual_replay_policy, "reservoir",
+         "reservoir = uniform over everything trained on; task_balanced = equal share per task",
+         "reservoir", "task_balanced"),
 
     STR("run.dir", run_dir, "", 0, "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
     INT("log.every", log_every, "10", 1, 1000000000, "print and record metrics every N steps"),

@@ -13,6 +13,7 @@ typedef struct Config {
     char model_path[CONFIG_STR_MAX];   /* model.path: HF directory; empty = use preset */
     char model_preset[64];             /* model.preset: tiny | ... */
     float model_init_std;              /* model.init_std */
+    int model_random_init;             /* model.random_init: shape from model.path, random weights */
     /* data */
     char data_train[CONFIG_STR_MAX];   /* data.train: HDF5 file; empty = bundled dataset */
     char data_eval[CONFIG_STR_MAX];    /* data.eval */
@@ -45,6 +46,22 @@ typedef struct Config {
     /* eval */
     int eval_every;                    /* 0 = never during training */
     int eval_batches;
+    /* task */
+    char task_type[32];                /* causal_lm | classification */
+    int task_num_labels;
+    /* continual (trainer/continual.c) */
+    char continual_tasks[CONFIG_STR_MAX]; /* YAML file listing the tasks; empty = one plain run */
+    char continual_state[CONFIG_STR_MAX]; /* EWC + replay state to start from; empty = none */
+    int continual_ewc_enabled;
+    float continual_ewc_lambda;
+    char continual_ewc_mode[16];          /* online | separate */
+    float continual_ewc_gamma;
+    char continual_ewc_fisher_type[16];   /* empirical | sampled | exact */
+    int continual_ewc_fisher_samples;
+    int continual_ewc_fisher_batched;
+    int continual_replay_capacity;        /* examples over all data-parallel ranks; 0 = off */
+    float continual_replay_ratio;
+    char continual_replay_policy[16];     /* reservoir | task_balanced */
     /* run / log */
     char run_dir[CONFIG_STR_MAX];      /* empty = runs/<date>-<time> */
     int log_every;
