@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "ewc.h"
 
 int optim_init(Optimizer *opt, const ParamTable *table)
 {
@@ -66,9 +67,17 @@ float optim_clip_scale(double grad_norm, float max_norm)
 void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float grad_scale)
 {
     opt->t++;
+    opt->ewc_penalty = 0.0;
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
         float wd = p->weight_decay ? cfg->optim_weight_decay : 0.0f;
+        if (opt->ewc && opt->ewc->n_sets > 0) {
+            ewc_adamw_update(opt->ewc, p->offset, m->params + p->offset, m->grads + p->offset,
+                             opt->m + p->offset, opt->v + p->offset, p->numel, lr,
+                             cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd, grad_scale,
+                             opt->t, &opt->ewc_penalty);
+            continue;
+        }
         m->be->adamw_update(m->params + p->offset, m->grads + p->offset, opt->m + p->offset,
                             opt->v + p->offset, p->numel, lr, cfg->optim_beta1, cfg->optim_beta2,
                             cfg->optim_eps, wd, grad_scale, opt->t);

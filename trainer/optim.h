@@ -12,6 +12,11 @@ typedef struct Optimizer {
     size_t n;
     int t;        /* steps taken (AdamW bias correction) */
     const Backend *be; /* whose memory m and v live in */
+    /* EWC (trainer/ewc.h): when set and holding a Fisher, optim_step adds lambda F (theta -
+     * theta*) to the gradient inside the AdamW pass and leaves the penalty of the parameters it
+     * started from in ewc_penalty (this rank's shard). Host memory only. */
+    const struct EwcState *ewc;
+    double ewc_penalty;
 } Optimizer;
 
 int optim_init(Optimizer *opt, const ParamTable *table);
