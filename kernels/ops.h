@@ -91,6 +91,30 @@ typedef struct Backend {
     void (*mem_to_host)(void *host_dst, const void *src, size_t bytes);
     void (*mem_zero)(void *p, size_t bytes);
     int host_memory; /* 1 when the backend's pointers are plain host memory (no staging needed) */
+
+    /* ---- vocab-parallel ops (tensor parallelism): this rank holds rows [vocab_start,
+     * vocab_start + V) of the embedding / LM head; NULL in a backend that has no tensor
+     * parallelism yet (the model then refuses parallel.tp > 1). ---- */
+    /* Rows of tokens outside the range are zero (forward) and get no gradient (backward,
+     * dtable += as embedding_backward). */
+    void (*embedding_forward_shard)(float *out, const int32_t *tokens, const float *table, int N,
+                                    int C, int vocab_start, int V);
+    void (*embedding_backward_shard)(float *dtable, const float *dout, const int32_t *tokens,
+                                     int N, int C, int vocab_start, int V);
+    /* Cross-entropy over logits split by vocabulary, in three parts around two all-reduces:
+     * 1. row_max[N] = max of each local row (then all-reduce MAX);
+     * 2. stats[N, 3] = {sum exp(logit - row_max), the target's logit if this rank holds it else
+     *    0, 1 if this rank holds the target else 0} (then all-reduce SUM);
+     * 3. losses[N] and, when write_grad, logits overwritten by weights[i] * (softmax - onehot),
+     *    as cross_entropy does (weight 0: loss 0, gradient 0; a weighted row whose target no
+     *    rank holds: loss NaN, gradient 0). With one shard the three equal cross_entropy. */
+    void (*cross_entropy_shard_max)(float *row_max, const float *logits, int N, int V);
+    void (*cross_entropy_shard_stats)(float *stats, const float *logits, const float *row_max,
+                                      const int32_t *targets, int N, int V, int vocab_start);
+    void (*cross_entropy_shard_finish)(float *losses, float *logits, const float *row_max,
+                                       const float *stats, const int32_t *targets,
+                                       const float *weights, int N, int V, int vocab_start,
+                                       int write_grad);
 } Backend;
 
 const Backend *backend_cpu(void);

@@ -403,6 +403,99 @@ static void cross_entropy(float *losses, float *logits, const int32_t *targets,
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * vocab-parallel embedding and cross-entropy (see ops.h): the same arithmetic as above on this
+ * rank's slice of the vocabulary; the all-reduces between the parts are the caller's. */
+
+static void embedding_forward_shard(float *out, const int32_t *tokens, const float *table, int N,
+                                    int C, int vocab_start, int V)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        int64_t row = (int64_t)tokens[i] - vocab_start;
+        if (row >= 0 && row < V)
+            memcpy(out + (size_t)i * C, table + (size_t)row * C, (size_t)C * sizeof(float));
+        else
+            memset(out + (size_t)i * C, 0, (size_t)C * sizeof(float));
+    }
+}
+
+static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens,
+                                     int N, int C, int vocab_start, int V)
+{
+    int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; blk++) {
+        int j0 = blk * COLUMN_BLOCK;
+        int j1 = j0 + COLUMN_BLOCK < C ? j0 + COLUMN_BLOCK : C;
+        for (int i = 0; i < N; i++) {
+            int64_t row = (int64_t)tokens[i] - vocab_start;
+            if (row < 0 || row >= V) continue;
+            float *dst = dtable + (size_t)row * C;
+            const float *src = dout + (size_t)i * C;
+            for (int j = j0; j < j1; j++)
+                dst[j] += src[j];
+        }
+    }
+}
+
+static void cross_entropy_shard_max(float *row_max, const float *logits, int N, int V)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *row = logits + (size_t)i * V;
+        float maxv = -INFINITY;
+        for (int j = 0; j < V; j++)
+            maxv = row[j] > maxv ? row[j] : maxv;
+        row_max[i] = maxv;
+    }
+}
+
+static void cross_entropy_shard_stats(float *stats, const float *logits, const float *row_max,
+                                      const int32_t *targets, int N, int V, int vocab_start)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *row = logits + (size_t)i * V;
+        double sum = 0.0;
+        for (int j = 0; j < V; j++)
+            sum += expf(row[j] - row_max[i]);
+        int64_t t = (int64_t)targets[i] - vocab_start;
+        int owned = t >= 0 && t < V;
+        stats[3 * (size_t)i] = (float)sum;
+        stats[3 * (size_t)i + 1] = owned ? row[t] : 0.0f;
+        stats[3 * (size_t)i + 2] = owned ? 1.0f : 0.0f;
+    }
+}
+
+static void cross_entropy_shard_finish(float *losses, float *logits, const float *row_max,
+                                       const float *stats, const int32_t *targets,
+                                       const float *weights, int N, int V, int vocab_start,
+                                       int write_grad)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *row = logits + (size_t)i * V;
+        const float w = weights[i], maxv = row_max[i], sum = stats[3 * (size_t)i];
+        if (w == 0.0f || stats[3 * (size_t)i + 2] != 1.0f) {
+            losses[i] = w == 0.0f ? 0.0f : NAN;
+            if (write_grad)
+                for (int j = 0; j < V; j++)
+                    row[j] = 0.0f;
+            continue;
+        }
+        // cppcheck-suppress invalidFunctionArg
+        losses[i] = (float)log((double)sum) - (stats[3 * (size_t)i + 1] - maxv);
+        if (write_grad) {
+            float inv_sum = (float)(1.0 / sum);
+            for (int j = 0; j < V; j++)
+                row[j] = w * (expf(row[j] - maxv) * inv_sum);
+            int64_t t = (int64_t)targets[i] - vocab_start;
+            if (t >= 0 && t < V) row[t] -= w;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * elementwise helpers and the global-norm reduction */
 
 static void add(float *out, const float *a, const float *b, size_t n)
@@ -523,6 +616,11 @@ static const Backend cpu_backend = {
     .mem_to_host = mem_copy,
     .mem_zero = mem_zero,
     .host_memory = 1,
+    .embedding_forward_shard = embedding_forward_shard,
+    .embedding_backward_shard = embedding_backward_shard,
+    .cross_entropy_shard_max = cross_entropy_shard_max,
+    .cross_entropy_shard_stats = cross_entropy_shard_stats,
+    .cross_entropy_shard_finish = cross_entropy_shard_finish,
 };
 
 const Backend *backend_cpu(void)
