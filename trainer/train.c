@@ -15,6 +15,7 @@
 #include "../checkpoint/hf_model.h"
 #include "../data/dataset.h"
 #include "common.h"
+#include "continual.h"
 #include "optim.h"
 
 int train_model_config(const Config *cfg, ModelConfig *mc)
@@ -104,6 +105,7 @@ static int train_load_weights(const char *dir, const ModelConfig *mc, Model *m)
 
 int train_run(const Config *cfg)
 {
+    if (cfg->continual_tasks[0]) return continual_run(cfg); /* a sequence of tasks */
     int status = DS_OK;
     Model model = {0};
     Optimizer opt = {0};
@@ -143,7 +145,7 @@ int train_run(const Config *cfg)
     const Backend *be = NULL;
     if ((status = train_backend(cfg->device, &be)) != DS_OK) goto done;
     if ((status = model_init(&model, &mc, be, B, T)) != DS_OK) goto done;
-    if (cfg->model_path[0]) {
+    if (cfg->model_path[0] && !cfg->model_random_init) {
         printf("dstrain: loading weights from %s\n", cfg->model_path);
         if ((status = train_load_weights(cfg->model_path, &mc, &model)) != DS_OK)
             goto done;
