@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dstrain needs on Debian 12: compilers, CMake, Open MPI, HDF5, libuv, libyaml,
-# cJSON, OpenBLAS, Criterion, and Python's h5py/numpy/safetensors for the tests' cross-checks.
+# cJSON, OpenBLAS, Criterion, and Python's h5py/numpy/safetensors for the tests' cross-checks
+# (scikit-learn for the continual-learning benchmark's digits).
 # The CUDA toolkit is not a Debian package: when /usr/local/cuda is there, CUDA is built too.
 set -euo pipefail
 SUDO=""
@@ -16,8 +17,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # the python3 first on PATH may not be Debian's: give it the same modules
-if ! python3 -c "import h5py, numpy, safetensors" >/dev/null 2>&1; then
-  python3 -m pip install -q h5py numpy safetensors 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages h5py numpy safetensors
+if ! python3 -c "import h5py, numpy, safetensors, sklearn" >/dev/null 2>&1; then
+  python3 -m pip install -q h5py numpy safetensors scikit-learn 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages h5py numpy safetensors scikit-learn
 fi
 echo "dstrain: dependencies installed"
