@@ -43,6 +43,13 @@ typedef struct Config {
     char checkpoint_dir[CONFIG_STR_MAX]; /* empty = <run.dir>/checkpoints */
     int checkpoint_every;                /* 0 = only at the end */
     int checkpoint_keep;
+    int checkpoint_keep_every;           /* also keep every N-th step; 0 = none */
+    int checkpoint_async;
+    char checkpoint_on_error[16];        /* stop | continue */
+    /* export */
+    int export_enabled;
+    char export_dtype[8];                /* bf16 | fp16 | fp32 */
+    char export_max_shard_size[32];
     /* eval */
     int eval_every;                    /* 0 = never during training */
     int eval_batches;
