@@ -310,3 +310,16 @@ void comm_abort(const ProcessGrid *g, int status)
     fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, status ? status : 1);
 }
+
+void comm_fail(int status)
+{
+    fflush(stdout);
+    fprintf(stderr, "dstrain: error: %s\n", ds_last_error());
+    fflush(stderr);
+    int initialized = 0, finalized = 0, size = 1;
+    MPI_Initialized(&initialized);
+    if (initialized) MPI_Finalized(&finalized);
+    if (initialized && !finalized) MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, status ? status : 1);
+    exit(status ? status : 1);
+}

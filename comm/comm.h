@@ -60,6 +60,9 @@ int comm_barrier(const CommGroup *g);
 /* Take the whole job down after a rank failed: MPI_Abort(world, status) when MPI runs with more
  * than one process; otherwise returns. The caller has printed the message already. */
 void comm_abort(const ProcessGrid *g, int status);
+/* For failures where no status can travel up (a collective inside the model's step): print
+ * "dstrain: error: <message>" and end the job, all ranks of it (MPI_Abort), or this process. */
+void comm_fail(int status) __attribute__((noreturn));
 
 size_t comm_type_size(CommType type);
 

@@ -192,6 +192,84 @@ const ParamInfo *param_table_find(const ParamTable *pt, const char *name)
     return NULL;
 }
 
+/* ---- tensor-parallel layout ------------------------------------------------------------- */
+
+int model_tp_check(const ModelConfig *mc, int tp, const char *where)
+{
+    if (tp <= 1) return DS_OK;
+    const struct {
+        const char *name;
+        int value;
+    } split[] = {
+        {"num_attention_heads", mc->num_heads},
+        {"intermediate_size", mc->intermediate_size},
+        {"vocab_size", mc->vocab_size}, /* not padded: exports keep the model's own shapes */
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(split); i++)
+        if (split[i].value % tp != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "parallel.tp: %d does not divide the model's %s %d (%s); choose a "
+                            "tp that divides it",
+                            tp, split[i].name, split[i].value, where);
+    if (mc->num_kv_heads % tp != 0 && tp % mc->num_kv_heads != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "parallel.tp: %d neither divides the model's num_key_value_heads %d nor "
+                        "is a multiple of it (%s)",
+                        tp, mc->num_kv_heads, where);
+    return DS_OK;
+}
+
+/* This rank's share of each split dimension. */
+static void model_set_tp_dims(Model *m, int tp_rank, int tp_size)
+{
+    const ModelConfig *c = &m->cfg;
+    m->tp_rank = tp_rank;
+    m->tp_size = tp_size;
+    m->tp_heads = c->num_heads / tp_size;
+    /* kv heads fewer than tp: each rank holds one, shared by tp / KVH consecutive ranks */
+    m->tp_kv_heads = c->num_kv_heads % tp_size == 0 ? c->num_kv_heads / tp_size : 1;
+    m->tp_inter = c->intermediate_size / tp_size;
+    m->tp_vocab = c->vocab_size / tp_size;
+    m->tp_vocab_start = tp_rank * m->tp_vocab;
+}
+
+int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamTable *pt)
+{
+    DS_TRY(param_table_build(mc, pt));
+    if (tp_size <= 1) return DS_OK;
+    const int kv_share = mc->num_kv_heads % tp_size == 0 ? 1 : tp_size / mc->num_kv_heads;
+    pt->total = 0;
+    for (int i = 0; i < pt->count; i++) {
+        ParamInfo *p = &pt->items[i];
+        const char *n = p->name;
+        int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
+        if (strstr(n, ".k_proj.") || strstr(n, ".v_proj.")) {
+            p->split_dim = 0;
+            const int64_t kv_per_rank = kv_share > 1 ? 1 : mc->num_kv_heads / tp_size;
+            p->slice_len = rows / mc->num_kv_heads * kv_per_rank;
+            p->slice_start = (int64_t)(tp_rank / kv_share) * p->slice_len;
+            p->tp_copy = tp_rank % kv_share != 0;
+        } else if (strstr(n, ".q_proj.") || strstr(n, ".gate_proj.") || strstr(n, ".up_proj.") ||
+                   strcmp(n, "model.embed_tokens.weight") == 0 || strcmp(n, "lm_head.weight") == 0) {
+            p->split_dim = 0; /* column parallel, or vocab parallel */
+            p->slice_len = rows / tp_size;
+            p->slice_start = tp_rank * p->slice_len;
+        } else if (p->ndim == 2 && (strstr(n, ".o_proj.") || strstr(n, ".down_proj."))) {
+            p->split_dim = 1; /* row parallel */
+            p->slice_len = cols / tp_size;
+            p->slice_start = tp_rank * p->slice_len;
+        } else {
+            p->tp_copy = tp_rank != 0; /* norms, o/down biases, a classification head */
+        }
+        p->numel = p->split_dim == 0   ? (size_t)(p->slice_len * cols)
+                   : p->split_dim == 1 ? (size_t)(rows * p->slice_len)
+                                       : (size_t)(rows * cols);
+        p->offset = pt->total;
+        pt->total += DS_ALIGN_UP(p->numel, PARAM_ALIGN_BYTES / sizeof(float));
+    }
+    return DS_OK;
+}
+
 /* Point w's fields into base following the table's names. */
 static void weights_bind(const Model *m, float *base, ModelWeights *w)
 {
@@ -260,6 +338,8 @@ typedef struct ModelActivations {
     /* classification head: last-token hidden rows, class logits (then their gradient) */
     float *cls_hidden, *cls_dhidden; /* [B, C] */
     float *cls_logits;               /* [B, L] */
+    /* vocab-parallel cross-entropy: row maxima [N] and {sum exp, target logit, owner} [N, 3] */
+    float *ce_max, *ce_stats;
     /* the backend's copies of the host-side token buffers (the same data on the CPU) */
     int32_t *dev_inputs, *dev_targets; /* [N] */
     float *dev_weights, *dev_losses;   /* [N] */
@@ -268,12 +348,13 @@ typedef struct ModelActivations {
 
 static size_t arena_layout(Model *m, ModelActivations *a, float *base)
 {
-    const size_t N = (size_t)m->B * m->T, C = m->cfg.hidden_size, I = m->cfg.intermediate_size;
-    const size_t QD = (size_t)m->cfg.num_heads * m->cfg.head_dim;
-    const size_t KVD = (size_t)m->cfg.num_kv_heads * m->cfg.head_dim;
-    const size_t V = m->cfg.num_labels > 0 ? 0 : (size_t)m->cfg.vocab_size; /* no LM logits */
+    /* this rank's share of heads, intermediate size and vocabulary (all of it when tp = 1) */
+    const size_t N = (size_t)m->B * m->T, C = m->cfg.hidden_size, I = m->tp_inter;
+    const size_t QD = (size_t)m->tp_heads * m->cfg.head_dim;
+    const size_t KVD = (size_t)m->tp_kv_heads * m->cfg.head_dim;
+    const size_t V = m->cfg.num_labels > 0 ? 0 : (size_t)m->tp_vocab; /* no LM logits */
     const size_t L = m->cfg.num_labels > 0 ? (size_t)m->cfg.num_labels : 0;
-    const size_t lse = (size_t)m->B * m->cfg.num_heads * m->T;
+    const size_t lse = (size_t)m->B * m->tp_heads * m->T;
     size_t used = 0;
     /* each block 64-byte aligned so that vectorized kernels see aligned rows */
 #define TAKE(ptr, count)                                                                           \
@@ -316,6 +397,8 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     TAKE(a->cls_hidden, L ? (size_t)m->B * C : 0);
     TAKE(a->cls_dhidden, L ? (size_t)m->B * C : 0);
     TAKE(a->cls_logits, (size_t)m->B * L);
+    TAKE(a->ce_max, m->tp_size > 1 ? N : 0);
+    TAKE(a->ce_stats, m->tp_size > 1 ? 3 * N : 0);
 #undef TAKE
     return used;
 }
@@ -352,12 +435,63 @@ static void rope_tables(const ModelConfig *mc, int T, float *cos_out, float *sin
 
 int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T)
 {
+    return model_init_parallel(m, mc, be, B, T, NULL);
+}
+
+int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, int zero,
+                          ModelMemory *out)
+{
+    memset(out, 0, sizeof(*out));
+    DS_TRY(model_tp_check(mc, tp, "model"));
+    Model m = {0};
+    ModelActivations a = {0};
+    m.cfg = *mc;
+    m.B = B;
+    m.T = T;
+    model_set_tp_dims(&m, 0, tp);
+    a.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerActivations));
+    if (!a.layers) return DS_ERR_INTERNAL;
+    int status = param_table_build_tp(mc, 0, tp, &m.table);
+    if (status == DS_OK) {
+        /* the same sizes model_init_parallel and optim_init_sharded allocate */
+        const size_t total = DS_ALIGN_UP(m.table.total, (size_t)64 * dp);
+        out->params = total * sizeof(float);
+        out->grads = total * sizeof(float);
+        out->optimizer = 2 * (zero ? total / dp : total) * sizeof(float);
+        out->activations = arena_layout(&m, &a, NULL) * sizeof(float);
+    }
+    free(a.layers);
+    param_table_free(&m.table);
+    return status;
+}
+
+int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int B, int T,
+                        const ProcessGrid *grid)
+{
     memset(m, 0, sizeof(*m));
     m->cfg = *mc;
     m->be = be;
     m->B = B;
     m->T = T;
-    DS_TRY(param_table_build(mc, &m->table));
+    const int tp = grid ? grid->tp_size : 1, dp = grid ? grid->dp_size : 1;
+    DS_TRY(model_tp_check(mc, tp, mc->num_labels > 0 ? "classification model" : "model"));
+    model_set_tp_dims(m, grid ? grid->tp_rank : 0, tp);
+    DS_TRY(param_table_build_tp(mc, m->tp_rank, tp, &m->table));
+    /* equal, aligned ZeRO shards: the padding is zero and never trained */
+    m->table.total = DS_ALIGN_UP(m->table.total, (size_t)64 * dp);
+    if (tp > 1) {
+        if (!be->embedding_forward_shard || !be->cross_entropy_shard_max)
+            return ds_error(DS_ERR_INPUT, "parallel.tp: the %s backend has no vocab-parallel ops "
+                                          "yet; use parallel.tp: 1 on it",
+                            be->name);
+        m->tp = &grid->tp;
+        if (mc->num_kv_heads % tp != 0) {
+            m->tp_kv = ds_calloc(1, sizeof(CommGroup));
+            if (!m->tp_kv) return DS_ERR_INTERNAL;
+            DS_TRY(comm_group_split(&grid->tp, m->tp_rank / (tp / mc->num_kv_heads), m->tp_rank,
+                                    m->tp_kv));
+        }
+    }
     size_t N = (size_t)B * T;
     /* everything the ops touch comes from the backend's allocator (device memory on a GPU) */
     m->params = be->mem_alloc(m->table.total * sizeof(float));
@@ -434,6 +568,8 @@ void model_free(Model *m)
     free(m->losses);
     free(m->cls_last);
     free(m->cls_row);
+    if (m->tp_kv) comm_group_free(m->tp_kv);
+    free(m->tp_kv);
     param_table_free(&m->table);
     memset(m, 0, sizeof(*m));
 }
@@ -452,6 +588,18 @@ static double uniform01(uint64_t *state)
     return ((double)(splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
+/* Store element k of the full tensor into x (this rank's slice) when the slice holds it. */
+static void slice_put(const ParamInfo *p, size_t cols, float *x, size_t k, float v)
+{
+    if (p->split_dim < 0) {
+        x[k] = v;
+        return;
+    }
+    const size_t r = k / cols, c = k % cols, s = (size_t)p->slice_start, n = (size_t)p->slice_len;
+    if (p->split_dim == 0 && r >= s && r < s + n) x[(r - s) * cols + c] = v;
+    if (p->split_dim == 1 && c >= s && c < s + n) x[r * n + (c - s)] = v;
+}
+
 void model_init_weights(Model *m, uint64_t seed, float std)
 {
     /* values are drawn on the host, one tensor at a time, and copied to the backend's memory */
@@ -467,14 +615,17 @@ void model_init_weights(Model *m, uint64_t seed, float std)
         uint64_t state = seed * 0x100000001b3ull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
         int is_norm = strstr(p->name, "norm.weight") != NULL;
         int is_bias = strstr(p->name, ".bias") != NULL;
-        for (size_t j = 0; j < p->numel; j += 2) {
+        /* the whole tensor's stream is drawn; this rank keeps its tensor-parallel slice */
+        const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
+        const size_t full = (size_t)p->shape[0] * cols;
+        for (size_t j = 0; j < full; j += 2) {
             double u1 = uniform01(&state), u2 = uniform01(&state);
             double r = sqrt(-2.0 * log(u1));
             float z0 = (float)(r * cos(2.0 * M_PI * u2)), z1 = (float)(r * sin(2.0 * M_PI * u2));
             float v0 = is_norm ? 1.0f : is_bias ? 0.0f : std * z0;
             float v1 = is_norm ? 1.0f : is_bias ? 0.0f : std * z1;
-            x[j] = v0;
-            if (j + 1 < p->numel) x[j + 1] = v1;
+            slice_put(p, cols, x, j, v0);
+            if (j + 1 < full) slice_put(p, cols, x, j + 1, v1);
         }
         m->be->mem_to_device(m->params + p->offset, x, p->numel * sizeof(float));
     }
@@ -541,19 +692,64 @@ static void classify_backward(Model *m)
     }
 }
 
+/* ---- tensor-parallel reductions (nothing when tp = 1) ------------------------------------- */
+
+/* A collective that fails inside a step leaves nothing to continue with: comm_fail prints the
+ * message and takes the whole job down. */
+static void tp_reduce(const Model *m, float *x, size_t n, CommOp op)
+{
+    if (!m->tp) return;
+    int status = comm_all_reduce(m->tp, x, n, COMM_F32, op);
+    if (status != DS_OK) comm_fail(status);
+}
+
+/* Softmax cross-entropy over logits split by vocabulary: global row maxima, then the sums of
+ * exponentials and the target's logit from the rank that holds it; no rank sees full logits. */
+static void vocab_parallel_cross_entropy(Model *m, int N, int V)
+{
+    const Backend *be = m->be;
+    ModelActivations *a = m->act;
+    be->cross_entropy_shard_max(a->ce_max, a->logits, N, V);
+    tp_reduce(m, a->ce_max, (size_t)N, COMM_MAX);
+    be->cross_entropy_shard_stats(a->ce_stats, a->logits, a->ce_max, a->dev_targets, N, V,
+                                  m->tp_vocab_start);
+    tp_reduce(m, a->ce_stats, (size_t)N * 3, COMM_SUM);
+    be->cross_entropy_shard_finish(a->dev_losses, a->logits, a->ce_max, a->ce_stats,
+                                   a->dev_targets, a->dev_weights, N, V, m->tp_vocab_start, 1);
+}
+
+int model_reduce_shared_grads(Model *m)
+{
+    if (!m->tp_kv) return DS_OK;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        if (strstr(p->name, ".k_proj.") || strstr(p->name, ".v_proj."))
+            DS_TRY(comm_all_reduce(m->tp_kv, m->grads + p->offset, p->numel, COMM_F32, COMM_SUM));
+    }
+    return DS_OK;
+}
+
 double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
                      const float *loss_weights, float *logits_out)
 {
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     ModelActivations *a = m->act;
-    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = c->intermediate_size;
-    const int H = c->num_heads, KVH = c->num_kv_heads, D = c->head_dim, V = c->vocab_size;
+    /* H, KVH, I, V: this rank's share under tensor parallelism (the full sizes when tp = 1) */
+    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = m->tp_inter;
+    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim, V = m->tp_vocab;
     const int QD = H * D, KVD = KVH * D;
 
     if (inputs != m->inputs) memcpy(m->inputs, inputs, (size_t)N * sizeof(int32_t));
     be->mem_to_device(a->dev_inputs, m->inputs, (size_t)N * sizeof(int32_t));
-    be->embedding_forward(a->layers[0].resid_in, a->dev_inputs, m->w.embed, N, C);
+    if (m->tp) {
+        /* vocab parallel: each rank fills the rows of the tokens it holds, the sum the rest */
+        be->embedding_forward_shard(a->layers[0].resid_in, a->dev_inputs, m->w.embed, N, C,
+                                    m->tp_vocab_start, V);
+        tp_reduce(m, a->layers[0].resid_in, (size_t)N * C, COMM_SUM);
+    } else {
+        be->embedding_forward(a->layers[0].resid_in, a->dev_inputs, m->w.embed, N, C);
+    }
     for (int l = 0; l < c->num_layers; l++) {
         LayerActivations *L = &a->layers[l];
         const LayerWeights *w = &m->w.layers[l];
@@ -566,14 +762,17 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
         be->rope_forward(L->q, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_forward(L->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
         be->attention_forward(L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
-        be->matmul_forward(a->tmp, L->att, w->wo, w->bo, N, QD, C);
+        /* row parallel: partial sums over this rank's heads; one rank adds the bias */
+        be->matmul_forward(a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
+        tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
         be->add(L->resid_mid, L->resid_in, a->tmp, (size_t)N * C);
         /* MLP block */
         be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
         be->matmul_forward(L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
         be->matmul_forward(L->up, L->ln2, w->wup, w->bup, N, C, I);
         be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
-        be->matmul_forward(a->tmp, L->act, w->wdown, w->bdown, N, I, C);
+        be->matmul_forward(a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
+        tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
         be->add(resid_out, L->resid_mid, a->tmp, (size_t)N * C);
     }
     be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
@@ -589,7 +788,10 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
         memcpy(m->loss_weights, loss_weights, (size_t)N * sizeof(float));
     be->mem_to_device(a->dev_targets, m->targets, (size_t)N * sizeof(int32_t));
     be->mem_to_device(a->dev_weights, m->loss_weights, (size_t)N * sizeof(float));
-    be->cross_entropy(a->dev_losses, a->logits, a->dev_targets, a->dev_weights, N, V, 1);
+    if (m->tp)
+        vocab_parallel_cross_entropy(m, N, V);
+    else
+        be->cross_entropy(a->dev_losses, a->logits, a->dev_targets, a->dev_weights, N, V, 1);
     be->mem_to_host(m->losses, a->dev_losses, (size_t)N * sizeof(float));
     double loss = 0.0;
     for (int i = 0; i < N; i++) loss += (double)m->loss_weights[i] * m->losses[i];
@@ -601,17 +803,20 @@ void model_backward(Model *m)
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     ModelActivations *a = m->act;
-    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = c->intermediate_size;
-    const int H = c->num_heads, KVH = c->num_kv_heads, D = c->head_dim, V = c->vocab_size;
+    /* this rank's share under tensor parallelism, as in model_forward */
+    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = m->tp_inter;
+    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim, V = m->tp_vocab;
     const int QD = H * D, KVD = KVH * D;
     const size_t NC = (size_t)N * C;
 
     /* a->logits (or the head's cls_logits) holds dlogits, written by the forward's cross-entropy */
     if (c->num_labels > 0)
         classify_backward(m);
-    else
+    else {
         be->matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->final_norm, m->w.lm_head, N,
                             C, V);
+        tp_reduce(m, a->dln, NC, COMM_SUM); /* vocab parallel: each rank's part of dln */
+    }
     be->mem_zero(a->dresid, NC * sizeof(float));
     be->rmsnorm_backward(a->dresid, m->g.norm, a->dln, a->resid_out, m->w.norm, a->final_rstd, N,
                          C);
@@ -625,6 +830,7 @@ void model_backward(Model *m)
         be->matmul_backward(a->dln, g->wgate, g->bgate, a->dgate, L->ln2, w->wgate, N, C, I);
         be->matmul_backward(a->dln_part, g->wup, g->bup, a->dup, L->ln2, w->wup, N, C, I);
         be->add(a->dln, a->dln, a->dln_part, NC);
+        tp_reduce(m, a->dln, NC, COMM_SUM); /* column parallel: sum over the ranks' slices */
         be->rmsnorm_backward(a->dresid, g->ln2, a->dln, L->resid_mid, w->ln2, L->ln2_rstd, N, C);
         /* attention block: dresid is now the gradient of resid_mid */
         be->matmul_backward(a->datt, g->wo, g->bo, a->dresid, L->att, w->wo, N, QD, C);
@@ -637,7 +843,12 @@ void model_backward(Model *m)
         be->add(a->dln, a->dln, a->dln_part, NC);
         be->matmul_backward(a->dln_part, g->wv, g->bv, a->dv, L->ln1, w->wv, N, C, KVD);
         be->add(a->dln, a->dln, a->dln_part, NC);
+        tp_reduce(m, a->dln, NC, COMM_SUM);
         be->rmsnorm_backward(a->dresid, g->ln1, a->dln, L->resid_in, w->ln1, L->ln1_rstd, N, C);
     }
-    be->embedding_backward(m->g.embed, a->dresid, a->dev_inputs, N, C);
+    if (m->tp)
+        be->embedding_backward_shard(m->g.embed, a->dresid, a->dev_inputs, N, C,
+                                     m->tp_vocab_start, m->tp_vocab);
+    else
+        be->embedding_backward(m->g.embed, a->dresid, a->dev_inputs, N, C);
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../comm/comm.h"
 #include "../kernels/ops.h"
 
 typedef enum ModelArch { ARCH_LLAMA = 0, ARCH_QWEN2 } ModelArch;
@@ -63,6 +64,9 @@ typedef struct ParamInfo {
     size_t numel;              /* elements this rank holds */
     size_t offset;             /* in elements, into the flat buffer; 256-byte aligned */
     int weight_decay;          /* 0 for norms and biases */
+    int tp_copy;               /* 1 when another tensor-parallel rank holds the same values and
+                                * counts them in global sums instead (replicated tensors on
+                                * tp_rank > 0, kv heads shared by several ranks) */
 } ParamInfo;
 
 typedef struct ParamTable {
@@ -72,6 +76,14 @@ typedef struct ParamTable {
 } ParamTable;
 
 int param_table_build(const ModelConfig *mc, ParamTable *pt);
+/* The table of tensor-parallel rank tp_rank of tp_size (Megatron layout): q, k, v, gate, up and
+ * their biases split along dim 0 (column parallel), o and down along dim 1 (row parallel; their
+ * biases replicated), embedding and lm_head along dim 0 (vocab parallel), norms replicated. kv
+ * heads are split when tp divides them, else each rank holds kv head tp_rank / (tp / KVH).
+ * Call model_tp_check first. */
+int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamTable *pt);
+/* Whether tp ranks can split this model: DS_ERR_INPUT naming parallel.tp and the field. */
+int model_tp_check(const ModelConfig *mc, int tp, const char *where);
 void param_table_free(ParamTable *pt);
 const ParamInfo *param_table_find(const ParamTable *pt, const char *name);
 
@@ -108,10 +120,30 @@ typedef struct Model {
     int32_t *cls_last;          /* [B] classification: row b's last non-padding position */
     float *cls_row;             /* [C] host scratch for moving one hidden row */
     struct ModelActivations *act;
+    /* tensor parallelism (model_init_parallel): this rank's heads, kv heads, intermediate size
+     * and vocabulary slice; the full sizes when tp = 1 */
+    int tp_rank, tp_size;
+    int tp_heads, tp_kv_heads, tp_inter, tp_vocab, tp_vocab_start;
+    const CommGroup *tp; /* the tensor-parallel group; NULL when tp = 1 (no communication) */
+    CommGroup *tp_kv;    /* ranks holding the same kv head (fewer kv heads than tp), or NULL */
 } Model;
+
+/* Bytes one rank holds for a layout (tp x dp, ZeRO-1 or not), as model_init_parallel and
+ * optim_init_sharded allocate them (fp32 on the CPU). */
+typedef struct ModelMemory {
+    size_t params, grads, optimizer, activations;
+} ModelMemory;
+int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, int zero,
+                          ModelMemory *out);
 
 /* Allocate parameters (zeroed), gradients and activations for micro-batches of B x T. */
 int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T);
+/* model_init for this rank of grid (NULL: a single process): the tensor-parallel slice of every
+ * parameter, activations for the local heads and vocabulary, the flat buffers padded to a
+ * multiple of 64 x dp floats so that ZeRO shards are equal and aligned. Collective over the
+ * tensor-parallel group (it may split off the shared-kv-head group). */
+int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int B, int T,
+                        const ProcessGrid *grid);
 void model_free(Model *m);
 /* Seeded initialization for training from scratch: normal(0, std) for matrices, 1 for norms,
  * 0 for biases. */
@@ -129,5 +161,8 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
 /* Backward of the last model_forward with write_grad; gradients ACCUMULATE in m->grads. */
 void model_backward(Model *m);
 void model_zero_grad(Model *m);
+/* Sum the gradients of kv heads that several tensor-parallel ranks hold (each computed its
+ * part from its own query heads). Once per step, after the last micro-batch. */
+int model_reduce_shared_grads(Model *m);
 
 #endif
