@@ -25,6 +25,26 @@ int optim_init_on(Optimizer *opt, const ParamTable *table, const Backend *be)
     return opt->m && opt->v ? DS_OK : DS_ERR_INTERNAL;
 }
 
+int optim_init_sharded(Optimizer *opt, const ParamTable *table, const Backend *be,
+                       const ProcessGrid *grid, int zero)
+{
+    const int dp = grid ? grid->dp_size : 1;
+    if (!zero || dp == 1) {
+        return optim_init_on(opt, table, be); /* one shard: plain AdamW, nothing to gather */
+    }
+    if (table->total % (size_t)dp != 0)
+        return ds_error(DS_ERR_INTERNAL, "optim: flat layout of %zu elements does not split "
+                                         "into %d shards", table->total, dp);
+    memset(opt, 0, sizeof(*opt));
+    opt->be = be;
+    opt->zero = 1;
+    opt->n = table->total / (size_t)dp;
+    opt->shard_begin = (size_t)grid->dp_rank * opt->n;
+    opt->m = be->mem_alloc(opt->n * sizeof(float));
+    opt->v = be->mem_alloc(opt->n * sizeof(float));
+    return opt->m && opt->v ? DS_OK : DS_ERR_INTERNAL;
+}
+
 void optim_free(Optimizer *opt)
 {
     if (opt->be) {
@@ -58,6 +78,47 @@ double optim_grad_norm(const Model *m)
     return sqrt(sum);
 }
 
+int optim_reduce_grads(const Optimizer *opt, Model *m, const ProcessGrid *grid)
+{
+    DS_TRY(model_reduce_shared_grads(m));
+    if (!grid || grid->dp_size == 1) return DS_OK;
+    if (opt->zero) return comm_reduce_scatter(&grid->dp, m->grads, opt->n, COMM_F32);
+    return comm_all_reduce(&grid->dp, m->grads, m->table.total, COMM_F32, COMM_SUM);
+}
+
+/* [begin, end) of parameter p inside flat range [lo, hi); begin >= end when they miss. */
+static void param_range(const ParamInfo *p, size_t lo, size_t hi, size_t *begin, size_t *end)
+{
+    *begin = p->offset > lo ? p->offset : lo;
+    *end = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+}
+
+int optim_grad_norm_global(const Optimizer *opt, const Model *m, const ProcessGrid *grid,
+                           double *norm)
+{
+    /* the range this rank counts: its shard, or (gradients replicated over dp) all of them on
+     * dp rank 0 only */
+    size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
+    if (!opt->zero && grid && grid->dp_rank != 0) hi = lo;
+    double sum = 0.0;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        size_t b, e;
+        param_range(p, lo, hi, &b, &e);
+        if (p->tp_copy || b >= e) continue;
+        sum += m->be->sum_squares(m->grads + b, e - b);
+    }
+    if (grid) DS_TRY(comm_all_reduce(&grid->world, &sum, 1, COMM_F64, COMM_SUM));
+    *norm = sqrt(sum);
+    return DS_OK;
+}
+
+int optim_gather_params(const Optimizer *opt, Model *m, const ProcessGrid *grid)
+{
+    if (!opt->zero || !grid || grid->dp_size == 1) return DS_OK;
+    return comm_all_gather(&grid->dp, m->params, opt->n, COMM_F32);
+}
+
 float optim_clip_scale(double grad_norm, float max_norm)
 {
     if (max_norm <= 0 || grad_norm <= max_norm) return 1.0f;
@@ -68,18 +129,23 @@ void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float gra
 {
     opt->t++;
     opt->ewc_penalty = 0.0;
+    /* each parameter's part inside this rank's shard (all of it without ZeRO), so that weight
+     * decay follows the parameter; the moments are indexed from the shard's start */
+    const size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
         float wd = p->weight_decay ? cfg->optim_weight_decay : 0.0f;
+        size_t b, e;
+        param_range(p, lo, hi, &b, &e);
+        if (b >= e) continue;
         if (opt->ewc && opt->ewc->n_sets > 0) {
-            ewc_adamw_update(opt->ewc, p->offset, m->params + p->offset, m->grads + p->offset,
-                             opt->m + p->offset, opt->v + p->offset, p->numel, lr,
-                             cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd, grad_scale,
-                             opt->t, &opt->ewc_penalty);
+            ewc_adamw_update(opt->ewc, b, m->params + b, m->grads + b, opt->m + (b - lo),
+                             opt->v + (b - lo), e - b, lr, cfg->optim_beta1, cfg->optim_beta2,
+                             cfg->optim_eps, wd, grad_scale, opt->t, &opt->ewc_penalty);
             continue;
         }
-        m->be->adamw_update(m->params + p->offset, m->grads + p->offset, opt->m + p->offset,
-                            opt->v + p->offset, p->numel, lr, cfg->optim_beta1, cfg->optim_beta2,
-                            cfg->optim_eps, wd, grad_scale, opt->t);
+        m->be->adamw_update(m->params + b, m->grads + b, opt->m + (b - lo), opt->v + (b - lo),
+                            e - b, lr, cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd,
+                            grad_scale, opt->t);
     }
 }

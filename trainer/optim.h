@@ -11,6 +11,10 @@ typedef struct Optimizer {
     float *m, *v; /* first and second moments, laid out like the parameters */
     size_t n;
     int t;        /* steps taken (AdamW bias correction) */
+    /* ZeRO-1: m and v cover flat elements [shard_begin, shard_begin + n) of the parameter
+     * layout, this data-parallel rank's 1/dp; 0 and the whole layout otherwise */
+    size_t shard_begin;
+    int zero;     /* 1: gradients reduce-scattered and parameters all-gathered over dp */
     const Backend *be; /* whose memory m and v live in */
     /* EWC (trainer/ewc.h): when set and holding a Fisher, optim_step adds lambda F (theta -
      * theta*) to the gradient inside the AdamW pass and leaves the penalty of the parameters it
@@ -23,7 +27,23 @@ int optim_init(Optimizer *opt, const ParamTable *table);
 /* optim_init with the moments in the memory of backend be (device memory for CUDA);
  * optim_init is this with the CPU backend. */
 int optim_init_on(Optimizer *opt, const ParamTable *table, const Backend *be);
+/* optim_init_on for this rank of grid: with zero (ZeRO-1) and dp > 1 the moments cover only
+ * this rank's shard (table->total must be a multiple of dp: model_init_parallel pads it). */
+int optim_init_sharded(Optimizer *opt, const ParamTable *table, const Backend *be,
+                       const ProcessGrid *grid, int zero);
 void optim_free(Optimizer *opt);
+
+/* Once per step, after the last micro-batch: sum the gradients of kv heads shared inside the
+ * tensor-parallel group, then over data-parallel ranks: reduce-scatter into this rank's shard
+ * (ZeRO-1; the rest of the gradient buffer is left undefined) or all-reduce. */
+int optim_reduce_grads(const Optimizer *opt, Model *m, const ProcessGrid *grid);
+/* The global gradient norm after optim_reduce_grads, each element counted once over all ranks
+ * (tensors replicated across tensor-parallel ranks by one of them). */
+int optim_grad_norm_global(const Optimizer *opt, const Model *m, const ProcessGrid *grid,
+                           double *norm);
+/* After optim_step with ZeRO-1: all-gather the updated shards, so that every data-parallel rank
+ * holds all of its tensor-parallel slice again. */
+int optim_gather_params(const Optimizer *opt, Model *m, const ProcessGrid *grid);
 
 /* Learning rate for step (0-based): linear warmup to optim.lr over warmup_steps, then cosine,
  * linear or constant decay to lr * min_lr_ratio at train.steps. */
@@ -36,7 +56,7 @@ double optim_grad_norm(const Model *m);
  * 1 when max_norm is 0 (clipping off). */
 float optim_clip_scale(double grad_norm, float max_norm);
 
-/* One AdamW step with gradients multiplied by grad_scale (clipping). */
+/* One AdamW step with gradients multiplied by grad_scale (clipping), over this rank's shard. */
 void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float grad_scale);
 
 #endif
