@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cuda_common.cuh"
+#include "cuda_ops.h"
 
 extern "C" {
 #include "kernels/ops.h"
@@ -154,6 +155,24 @@ static void column_sums_add(float *dst, const float *x, const float *x2, const f
 static cublasLtHandle_t lt_handle;
 static void *lt_workspace;
 static const size_t lt_workspace_size = (size_t)32 << 20;
+/* fp32 (default): true fp32 products, TF32 off. bf16: fp32 in and out, the products on the bf16
+ * tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF). */
+static cublasComputeType_t lt_compute = CUBLAS_COMPUTE_32F;
+
+extern "C" int cuda_matmul_precision(const char *mode)
+{
+    if (strcmp(mode, "fp32") == 0) lt_compute = CUBLAS_COMPUTE_32F;
+    else if (strcmp(mode, "bf16") == 0) lt_compute = CUBLAS_COMPUTE_32F_FAST_16BF;
+    else if (strcmp(mode, "tf32") == 0) lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    else return ds_error(DS_ERR_INPUT, "DSTRAIN_CUDA_MATMUL: \"%s\": expected fp32, bf16 or tf32", mode);
+    return DS_OK;
+}
+
+__global__ static void add_bias_kernel(float *out, const float *bias, int M, int N)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)M * N) out[i] += bias[i % N];
+}
 
 /* D[m, n] (column-major, ld m) = op(A) op(B) + beta * D, plus bias[m] on every column. */
 static void lt_matmul(float *d, const float *a, const float *b, const float *bias, int m, int n,
@@ -161,7 +180,7 @@ static void lt_matmul(float *d, const float *a, const float *b, const float *bia
 {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, ld;
-    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasCheck(cublasLtMatmulDescCreate(&desc, lt_compute, CUDA_R_32F));
     cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
@@ -185,6 +204,17 @@ static void lt_matmul(float *d, const float *a, const float *b, const float *bia
     int found = 0;
     cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, desc, la, lb, ld, ld, pref, 1, &heur,
                                                &found));
+    if (found == 0 && bias) { /* no fused bias for this shape: the product, then the bias */
+        cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+        cublasCheck(cublasLtMatrixLayoutDestroy(la));
+        cublasCheck(cublasLtMatrixLayoutDestroy(lb));
+        cublasCheck(cublasLtMatrixLayoutDestroy(ld));
+        cublasCheck(cublasLtMatmulDescDestroy(desc));
+        lt_matmul(d, a, b, NULL, m, n, k, transa, transb, beta);
+        add_bias_kernel<<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
+        launchCheck();
+        return;
+    }
     if (found == 0) {
         fprintf(stderr, "dstrain: error: %s:%d: cuBLASLt: no algorithm for %d x %d x %d\n",
                 __FILE__, __LINE__, m, n, k);
@@ -901,6 +931,8 @@ extern "C" const Backend *backend_cuda(void)
                  err != cudaSuccess ? cudaGetErrorString(err) : "no device found");
         return NULL;
     }
+    const char *mode = getenv("DSTRAIN_CUDA_MATMUL");
+    if (mode && mode[0] && cuda_matmul_precision(mode) != DS_OK) return NULL;
     cublasCheck(cublasLtCreate(&lt_handle));
     cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
     Backend *b = &cuda_backend;

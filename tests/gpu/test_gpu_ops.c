@@ -1,0 +1,588 @@
+/* test_gpu_ops.c: the CUDA backend against the CPU backend, run on a GPU node by
+ * tests/gpu/run.sh (not by ctest: CI has no GPU). Every op on random inputs, fp32 mode: relative
+ * error ||gpu - cpu|| / ||cpu|| within 1e-4; outputs are poisoned with NaN before each GPU run so
+ * that an unwritten element shows, and any NaN where the CPU has a number fails. Then the whole
+ * model on the parity fixtures and on a random model with head_dim 128: loss, logits, gradient
+ * cosine similarity per tensor (>= 0.999), parameters after 5 AdamW steps. Last, the same model
+ * checks with matmuls on the bf16 tensor cores ("bf16mm": loss and logits within 1e-2).
+ * Prints one table row per check and exits 1 if any failed. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint/hf_model.h"
+#include "checkpoint/safetensors.h"
+#include "kernels/ops.h"
+#include "trainer/common.h"
+#include "trainer/config.h"
+#include "trainer/model.h"
+#include "trainer/optim.h"
+#include "kernels/cuda/cuda_ops.h"
+
+#define FIXTURES DSTRAIN_SOURCE_DIR "/tests/fixtures/parity"
+
+/* fp32 mode: 1e-4. bf16 matmul mode: 1e-2 (bf16 rounds to 8 bits of mantissa). */
+static double tol = 1e-4;
+static const char *mode = "fp32";
+
+static const Backend *cpu, *gpu;
+static int failures, checks;
+
+/* ---- results ------------------------------------------------------------------------------ */
+
+static void report(const char *name, const char *metric, double value, double limit, int lower_ok,
+                   int nan_count)
+{
+    int pass = nan_count == 0 && isfinite(value) && (lower_ok ? value <= limit : value >= limit);
+    checks++;
+    if (!pass) failures++;
+    char full[160];
+    snprintf(full, sizeof(full), "[%s] %s", mode, name);
+    printf("| %-66s | %-10s | %10.3g | %s %-8.4g | %5d | %s |\n", full, metric, value,
+           lower_ok ? "<=" : ">=", limit, nan_count, pass ? "PASS" : "FAIL");
+    fflush(stdout);
+}
+
+/* ---- host and device buffers ---------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x853c49e6748fea9bull;
+
+static double uniform(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static float *host_random(size_t n, float scale)
+{
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = (float)((uniform() * 2.0 - 1.0) * scale);
+    return x;
+}
+
+
+static void *dev_from(const void *host, size_t bytes)
+{
+    void *d = gpu->mem_alloc(bytes);
+    if (!d) {
+        fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
+        exit(1);
+    }
+    gpu->mem_to_device(d, host, bytes);
+    return d;
+}
+
+/* A device buffer of n floats, every one NaN. */
+static float *dev_poison(size_t n)
+{
+    float *h = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    float *d = dev_from(h, n * sizeof(float));
+    free(h);
+    return d;
+}
+
+static void poison(float *dev, size_t n)
+{
+    float *h = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    gpu->mem_to_device(dev, h, n * sizeof(float));
+    free(h);
+}
+
+static double rel_error(const float *x, const float *ref, size_t n, int *nan_count)
+{
+    double num = 0, den = 0;
+    int nans = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]) && isfinite(ref[i])) {
+            nans++;
+            continue;
+        }
+        if (!isfinite(ref[i])) continue;
+        double d = (double)x[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    *nan_count = nans;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Download n floats of dev and compare with the CPU's result ref. */
+static void compare(const char *name, const float *dev, const float *ref, size_t n)
+{
+    float *h = malloc(n * sizeof(float));
+    gpu->mem_to_host(h, dev, n * sizeof(float));
+    int nans;
+    double err = rel_error(h, ref, n, &nans);
+    report(name, "rel err", err, tol, 1, nans);
+    free(h);
+}
+
+/* ---- ops ---------------------------------------------------------------------------------- */
+
+static void test_matmul(int M, int K, int N, int with_bias)
+{
+    char name[96];
+    float *inp = host_random((size_t)M * K, 1.0f), *w = host_random((size_t)N * K, 0.5f);
+    float *bias = with_bias ? host_random(N, 1.0f) : NULL;
+    float *out = malloc((size_t)M * N * sizeof(float));
+    cpu->matmul_forward(out, inp, w, bias, M, K, N);
+    float *d_inp = dev_from(inp, (size_t)M * K * 4), *d_w = dev_from(w, (size_t)N * K * 4);
+    float *d_bias = bias ? dev_from(bias, (size_t)N * 4) : NULL;
+    float *d_out = dev_poison((size_t)M * N);
+    gpu->matmul_forward(d_out, d_inp, d_w, d_bias, M, K, N);
+    snprintf(name, sizeof(name), "matmul_forward %dx%dx%d%s", M, K, N, bias ? " +bias" : "");
+    compare(name, d_out, out, (size_t)M * N);
+
+    /* backward: dinp overwritten (poisoned), dweight and dbias accumulate onto random values */
+    float *dout = host_random((size_t)M * N, 1.0f);
+    float *dinp = malloc((size_t)M * K * sizeof(float));
+    float *dw = host_random((size_t)N * K, 1.0f), *db = host_random(N, 1.0f);
+    float *d_dout = dev_from(dout, (size_t)M * N * 4), *d_dinp = dev_poison((size_t)M * K);
+    float *d_dw = dev_from(dw, (size_t)N * K * 4), *d_db = dev_from(db, (size_t)N * 4);
+    cpu->matmul_backward(dinp, dw, bias ? db : NULL, dout, inp, w, M, K, N);
+    gpu->matmul_backward(d_dinp, d_dw, bias ? d_db : NULL, d_dout, d_inp, d_w, M, K, N);
+    snprintf(name, sizeof(name), "matmul_backward dinp %dx%dx%d", M, K, N);
+    compare(name, d_dinp, dinp, (size_t)M * K);
+    snprintf(name, sizeof(name), "matmul_backward dweight %dx%dx%d", M, K, N);
+    compare(name, d_dw, dw, (size_t)N * K);
+    if (bias) {
+        snprintf(name, sizeof(name), "matmul_backward dbias %dx%dx%d", M, K, N);
+        compare(name, d_db, db, (size_t)N);
+    }
+    void *dev[] = {d_inp, d_w, d_bias, d_out, d_dout, d_dinp, d_dw, d_db};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    free(inp), free(w), free(bias), free(out), free(dout), free(dinp), free(dw), free(db);
+}
+
+static void test_rmsnorm(int M, int C)
+{
+    char name[96];
+    float *x = host_random((size_t)M * C, 2.0f), *w = host_random(C, 1.0f);
+    float *out = malloc((size_t)M * C * 4), *rstd = malloc((size_t)M * 4);
+    cpu->rmsnorm_forward(out, rstd, x, w, M, C, 1e-5f);
+    float *d_x = dev_from(x, (size_t)M * C * 4), *d_w = dev_from(w, (size_t)C * 4);
+    float *d_out = dev_poison((size_t)M * C), *d_rstd = dev_poison(M);
+    gpu->rmsnorm_forward(d_out, d_rstd, d_x, d_w, M, C, 1e-5f);
+    snprintf(name, sizeof(name), "rmsnorm_forward %dx%d", M, C);
+    compare(name, d_out, out, (size_t)M * C);
+    snprintf(name, sizeof(name), "rmsnorm_forward rstd %dx%d", M, C);
+    compare(name, d_rstd, rstd, M);
+
+    float *dout = host_random((size_t)M * C, 1.0f);
+    float *dinp = host_random((size_t)M * C, 1.0f), *dw = host_random(C, 1.0f);
+    float *d_dout = dev_from(dout, (size_t)M * C * 4), *d_dinp = dev_from(dinp, (size_t)M * C * 4);
+    float *d_dw = dev_from(dw, (size_t)C * 4);
+    cpu->rmsnorm_backward(dinp, dw, dout, x, w, rstd, M, C);
+    gpu->rmsnorm_backward(d_dinp, d_dw, d_dout, d_x, d_w, d_rstd, M, C);
+    snprintf(name, sizeof(name), "rmsnorm_backward dinp %dx%d", M, C);
+    compare(name, d_dinp, dinp, (size_t)M * C);
+    snprintf(name, sizeof(name), "rmsnorm_backward dweight %dx%d", M, C);
+    compare(name, d_dw, dw, C);
+    void *dev[] = {d_x, d_w, d_out, d_rstd, d_dout, d_dinp, d_dw};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    free(x), free(w), free(out), free(rstd), free(dout), free(dinp), free(dw);
+}
+
+static void test_rope(int B, int T, int H, int D)
+{
+    char name[96];
+    size_t n = (size_t)B * T * H * D, tab = (size_t)T * (D / 2);
+    float *x = host_random(n, 1.0f), *c = malloc(tab * 4), *s = malloc(tab * 4);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < D / 2; i++) {
+            double angle = t * pow(10000.0, -2.0 * i / D);
+            c[(size_t)t * (D / 2) + i] = (float)cos(angle);
+            s[(size_t)t * (D / 2) + i] = (float)sin(angle);
+        }
+    float *d_x = dev_from(x, n * 4), *d_c = dev_from(c, tab * 4), *d_s = dev_from(s, tab * 4);
+    cpu->rope_forward(x, c, s, B, T, H, D);
+    gpu->rope_forward(d_x, d_c, d_s, B, T, H, D);
+    snprintf(name, sizeof(name), "rope_forward B%d T%d H%d D%d", B, T, H, D);
+    compare(name, d_x, x, n);
+    cpu->rope_backward(x, c, s, B, T, H, D);
+    gpu->rope_backward(d_x, d_c, d_s, B, T, H, D);
+    snprintf(name, sizeof(name), "rope_backward B%d T%d H%d D%d", B, T, H, D);
+    compare(name, d_x, x, n);
+    gpu->mem_free(d_x), gpu->mem_free(d_c), gpu->mem_free(d_s);
+    free(x), free(c), free(s);
+}
+
+static void test_attention(int B, int T, int H, int KVH, int D)
+{
+    char name[96];
+    size_t nq = (size_t)B * T * H * D, nkv = (size_t)B * T * KVH * D, nl = (size_t)B * H * T;
+    float *q = host_random(nq, 1.5f), *k = host_random(nkv, 1.5f), *v = host_random(nkv, 1.0f);
+    float *out = malloc(nq * 4), *lse = malloc(nl * 4);
+    cpu->attention_forward(out, lse, q, k, v, B, T, H, KVH, D);
+    float *d_q = dev_from(q, nq * 4), *d_k = dev_from(k, nkv * 4), *d_v = dev_from(v, nkv * 4);
+    float *d_out = dev_poison(nq), *d_lse = dev_poison(nl);
+    gpu->attention_forward(d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH, D);
+    snprintf(name, sizeof(name), "attention_forward B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
+    compare(name, d_out, out, nq);
+    snprintf(name, sizeof(name), "attention_forward lse B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
+    compare(name, d_lse, lse, nl);
+
+    float *dout = host_random(nq, 1.0f);
+    float *dq = malloc(nq * 4), *dk = malloc(nkv * 4), *dv = malloc(nkv * 4);
+    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, D);
+    float *d_dout = dev_from(dout, nq * 4);
+    float *d_dq = dev_poison(nq), *d_dk = dev_poison(nkv), *d_dv = dev_poison(nkv);
+    /* backward from the CPU's forward outputs, so that only backward is measured here */
+    gpu->mem_to_device(d_out, out, nq * 4);
+    gpu->mem_to_device(d_lse, lse, nl * 4);
+    gpu->attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH,
+                            D);
+    snprintf(name, sizeof(name), "attention_backward dq B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
+    compare(name, d_dq, dq, nq);
+    snprintf(name, sizeof(name), "attention_backward dk B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
+    compare(name, d_dk, dk, nkv);
+    snprintf(name, sizeof(name), "attention_backward dv B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
+    compare(name, d_dv, dv, nkv);
+    void *dev[] = {d_q, d_k, d_v, d_out, d_lse, d_dout, d_dq, d_dk, d_dv};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    free(q), free(k), free(v), free(out), free(lse), free(dout), free(dq), free(dk), free(dv);
+}
+
+static void test_elementwise(size_t n)
+{
+    char name[96];
+    float *g = host_random(n, 6.0f), *u = host_random(n, 2.0f), *dy = host_random(n, 1.0f);
+    float *out = malloc(n * 4), *dg = malloc(n * 4), *du = malloc(n * 4);
+    float *d_g = dev_from(g, n * 4), *d_u = dev_from(u, n * 4), *d_dy = dev_from(dy, n * 4);
+    float *d_out = dev_poison(n), *d_dg = dev_poison(n), *d_du = dev_poison(n);
+    cpu->swiglu_forward(out, g, u, n);
+    gpu->swiglu_forward(d_out, d_g, d_u, n);
+    snprintf(name, sizeof(name), "swiglu_forward n=%zu", n);
+    compare(name, d_out, out, n);
+    cpu->swiglu_backward(dg, du, dy, g, u, n);
+    gpu->swiglu_backward(d_dg, d_du, d_dy, d_g, d_u, n);
+    snprintf(name, sizeof(name), "swiglu_backward dgate n=%zu", n);
+    compare(name, d_dg, dg, n);
+    snprintf(name, sizeof(name), "swiglu_backward dup n=%zu", n);
+    compare(name, d_du, du, n);
+
+    poison(d_out, n);
+    cpu->add(out, g, u, n);
+    gpu->add(d_out, d_g, d_u, n);
+    snprintf(name, sizeof(name), "add n=%zu", n);
+    compare(name, d_out, out, n);
+    cpu->scale(g, 0.37f, n);
+    gpu->scale(d_g, 0.37f, n);
+    snprintf(name, sizeof(name), "scale n=%zu", n);
+    compare(name, d_g, g, n);
+
+    double ref = cpu->sum_squares(u, n), got = gpu->sum_squares(d_u, n);
+    snprintf(name, sizeof(name), "sum_squares n=%zu", n);
+    report(name, "rel err", fabs(got - ref) / ref, tol, 1, isfinite(got) ? 0 : 1);
+    void *dev[] = {d_g, d_u, d_dy, d_out, d_dg, d_du};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    free(g), free(u), free(dy), free(out), free(dg), free(du);
+}
+
+static void test_embedding(int N, int V, int C)
+{
+    char name[96];
+    int32_t *tok = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)(uniform() * V); /* N > V: repeats */
+    float *table = host_random((size_t)V * C, 1.0f), *out = malloc((size_t)N * C * 4);
+    cpu->embedding_forward(out, tok, table, N, C);
+    int32_t *d_tok = dev_from(tok, (size_t)N * 4);
+    float *d_table = dev_from(table, (size_t)V * C * 4), *d_out = dev_poison((size_t)N * C);
+    gpu->embedding_forward(d_out, d_tok, d_table, N, C);
+    snprintf(name, sizeof(name), "embedding_forward N%d V%d C%d", N, V, C);
+    compare(name, d_out, out, (size_t)N * C);
+    float *dout = host_random((size_t)N * C, 1.0f), *dtable = host_random((size_t)V * C, 1.0f);
+    float *d_dout = dev_from(dout, (size_t)N * C * 4);
+    float *d_dtable = dev_from(dtable, (size_t)V * C * 4);
+    cpu->embedding_backward(dtable, dout, tok, N, C);
+    gpu->embedding_backward(d_dtable, d_dout, d_tok, N, C);
+    snprintf(name, sizeof(name), "embedding_backward N%d V%d C%d", N, V, C);
+    compare(name, d_dtable, dtable, (size_t)V * C);
+    void *dev[] = {d_tok, d_table, d_out, d_dout, d_dtable};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    free(tok), free(table), free(out), free(dout), free(dtable);
+}
+
+static void test_cross_entropy(int N, int V)
+{
+    char name[96];
+    float *logits = host_random((size_t)N * V, 4.0f), *w = malloc((size_t)N * 4);
+    int32_t *tg = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) {
+        w[i] = i % 7 == 3 ? 0.0f : (float)(0.5 + uniform());
+        tg[i] = w[i] == 0.0f && i % 2 ? -100 : (int32_t)(uniform() * V); /* ignored rows: any */
+    }
+    float *losses = malloc((size_t)N * 4);
+    float *d_logits = dev_from(logits, (size_t)N * V * 4), *d_w = dev_from(w, (size_t)N * 4);
+    int32_t *d_tg = dev_from(tg, (size_t)N * 4);
+    float *d_losses = dev_poison(N);
+    /* without the gradient: losses only, logits untouched */
+    cpu->cross_entropy(losses, logits, tg, w, N, V, 0);
+    gpu->cross_entropy(d_losses, d_logits, d_tg, d_w, N, V, 0);
+    snprintf(name, sizeof(name), "cross_entropy losses N%d V%d", N, V);
+    compare(name, d_losses, losses, N);
+    snprintf(name, sizeof(name), "cross_entropy no-grad keeps logits N%d V%d", N, V);
+    compare(name, d_logits, logits, (size_t)N * V);
+    poison(d_losses, N);
+    cpu->cross_entropy(losses, logits, tg, w, N, V, 1);
+    gpu->cross_entropy(d_losses, d_logits, d_tg, d_w, N, V, 1);
+    snprintf(name, sizeof(name), "cross_entropy grad losses N%d V%d", N, V);
+    compare(name, d_losses, losses, N);
+    snprintf(name, sizeof(name), "cross_entropy dlogits N%d V%d", N, V);
+    compare(name, d_logits, logits, (size_t)N * V);
+
+    /* a weighted row with an out-of-range target: loss NaN, gradient zero, as on the CPU */
+    int32_t bad = V + 5;
+    float one = 1.0f, row_loss = 0.0f;
+    gpu->mem_to_device(d_tg, &bad, 4);
+    gpu->mem_to_device(d_w, &one, 4);
+    gpu->cross_entropy(d_losses, d_logits, d_tg, d_w, N, V, 1);
+    gpu->mem_to_host(&row_loss, d_losses, 4);
+    float *row = malloc((size_t)V * 4);
+    gpu->mem_to_host(row, d_logits, (size_t)V * 4);
+    double mx = 0;
+    for (int j = 0; j < V; j++) mx = fmax(mx, fabs(row[j]));
+    snprintf(name, sizeof(name), "cross_entropy bad target: NaN loss, zero grad");
+    report(name, "max |grad|", mx, 0.0, 1, isnan(row_loss) ? 0 : 1);
+    void *dev[] = {d_logits, d_w, d_tg, d_losses};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    free(logits), free(w), free(tg), free(losses), free(row);
+}
+
+static void test_adamw(size_t n)
+{
+    char name[96];
+    float *p = host_random(n, 1.0f), *m = calloc(n, 4), *v = calloc(n, 4);
+    float *d_p = dev_from(p, n * 4), *d_m = dev_from(m, n * 4), *d_v = dev_from(v, n * 4);
+    for (int t = 1; t <= 3; t++) {
+        float *g = host_random(n, 0.1f);
+        float *d_g = dev_from(g, n * 4);
+        cpu->adamw_update(p, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t);
+        gpu->adamw_update(d_p, d_g, d_m, d_v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t);
+        gpu->mem_free(d_g);
+        free(g);
+    }
+    snprintf(name, sizeof(name), "adamw_update param (3 steps) n=%zu", n);
+    compare(name, d_p, p, n);
+    snprintf(name, sizeof(name), "adamw_update m n=%zu", n);
+    compare(name, d_m, m, n);
+    snprintf(name, sizeof(name), "adamw_update v n=%zu", n);
+    compare(name, d_v, v, n);
+    gpu->mem_free(d_p), gpu->mem_free(d_m), gpu->mem_free(d_v);
+    free(p), free(m), free(v);
+}
+
+/* ---- whole model -------------------------------------------------------------------------- */
+
+static double cosine(const float *a, const float *b, size_t n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    if (aa == 0 && bb == 0) return 1.0; /* both exactly zero: the same */
+    return ab / (sqrt(aa) * sqrt(bb) + 1e-300);
+}
+
+/* Both models hold the same weights and inputs: forward, backward, compare, then 5 AdamW steps. */
+static void compare_models(const char *label, Model *mc, Model *mg)
+{
+    char name[128];
+    const size_t N = (size_t)mc->B * mc->T, V = mc->cfg.vocab_size, total = mc->table.total;
+    float *lc = malloc(N * V * 4), *lg = malloc(N * V * 4);
+    model_zero_grad(mc);
+    model_zero_grad(mg);
+    double loss_c = model_forward(mc, mc->inputs, mc->targets, mc->loss_weights, lc);
+    double loss_g = model_forward(mg, mg->inputs, mg->targets, mg->loss_weights, lg);
+    model_backward(mc);
+    model_backward(mg);
+    snprintf(name, sizeof(name), "model %s loss (%.6f)", label, loss_c);
+    report(name, "rel err", fabs(loss_g - loss_c) / fabs(loss_c), tol, 1,
+           isfinite(loss_g) ? 0 : 1);
+    int nans;
+    double dl = rel_error(lg, lc, N * V, &nans);
+    snprintf(name, sizeof(name), "model %s logits", label);
+    report(name, "rel err", dl, tol, 1, nans);
+
+    float *gg = malloc(total * 4);
+    gpu->mem_to_host(gg, mg->grads, total * 4);
+    double min_cos = 1.0, max_rel = 0.0;
+    int grad_nans = 0;
+    const char *worst = "";
+    for (int i = 0; i < mc->table.count; i++) {
+        const ParamInfo *p = &mc->table.items[i];
+        double c = cosine(gg + p->offset, mc->grads + p->offset, p->numel);
+        double r = rel_error(gg + p->offset, mc->grads + p->offset, p->numel, &nans);
+        grad_nans += nans;
+        if (c < min_cos || isnan(c)) {
+            min_cos = c;
+            worst = p->name;
+        }
+        if (r > max_rel) max_rel = r;
+    }
+    snprintf(name, sizeof(name), "model %s grads: min cosine", label);
+    report(name, "cosine", min_cos, 0.999, 0, grad_nans);
+    if (min_cos < 0.999) printf("|   worst tensor: %s\n", worst);
+    if (strcmp(mode, "fp32") != 0) { /* the 5-step comparison is for fp32 agreement */
+        free(lc), free(lg), free(gg);
+        return;
+    }
+    snprintf(name, sizeof(name), "model %s grads: max rel err", label);
+    report(name, "rel err", max_rel, 1e-3, 1, grad_nans);
+
+    Config cfg;
+    config_set_defaults(&cfg);
+    Optimizer oc, og;
+    if (optim_init_on(&oc, &mc->table, cpu) != DS_OK || optim_init_on(&og, &mg->table, gpu) != DS_OK) {
+        fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
+        exit(1);
+    }
+    double max_loss_diff = 0;
+    for (int step = 0; step < 5; step++) {
+        Model *ms[2] = {mc, mg};
+        Optimizer *os[2] = {&oc, &og};
+        double l[2];
+        for (int j = 0; j < 2; j++) {
+            model_zero_grad(ms[j]);
+            l[j] = model_forward(ms[j], ms[j]->inputs, ms[j]->targets, ms[j]->loss_weights, NULL);
+            model_backward(ms[j]);
+            float s = optim_clip_scale(optim_grad_norm(ms[j]), 1.0f);
+            optim_step(os[j], ms[j], &cfg, 1e-2f, s);
+        }
+        max_loss_diff = fmax(max_loss_diff, fabs(l[1] - l[0]) / fabs(l[0]));
+    }
+    snprintf(name, sizeof(name), "model %s 5 AdamW steps: loss", label);
+    report(name, "rel err", max_loss_diff, 1e-3, 1, 0);
+    gpu->mem_to_host(gg, mg->params, total * 4);
+    double max_p = 0;
+    for (int i = 0; i < mc->table.count; i++) {
+        const ParamInfo *p = &mc->table.items[i];
+        max_p = fmax(max_p, rel_error(gg + p->offset, mc->params + p->offset, p->numel, &nans));
+    }
+    snprintf(name, sizeof(name), "model %s 5 AdamW steps: params", label);
+    report(name, "rel err", max_p, 1e-3, 1, 0);
+    optim_free(&oc);
+    optim_free(&og);
+    free(lc), free(lg), free(gg);
+}
+
+static void must(int status)
+{
+    if (status != DS_OK) {
+        fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
+        exit(1);
+    }
+}
+
+static void test_fixture(const char *name)
+{
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof(dir), "%s/%s", FIXTURES, name);
+    snprintf(path, sizeof(path), "%s/%s.reference.safetensors", FIXTURES, name);
+    ModelConfig mc;
+    SafetensorsFile ref;
+    must(hf_config_load(dir, &mc));
+    must(safetensors_open(path, &ref));
+    const STEntry *ids = safetensors_find(&ref, "input_ids");
+    const int B = (int)ids->shape[0], T = (int)ids->shape[1];
+    Model c, g;
+    must(model_init(&c, &mc, cpu, B, T));
+    must(model_init(&g, &mc, gpu, B, T));
+    must(hf_load_weights(dir, &mc, &c.table, c.params));
+    gpu->mem_to_device(g.params, c.params, c.table.total * 4);
+    const int32_t *tok = safetensors_data(&ref, ids);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int i = b * T + t;
+            c.inputs[i] = g.inputs[i] = tok[i];
+            c.targets[i] = g.targets[i] = t + 1 < T ? tok[i + 1] : 0;
+            c.loss_weights[i] = g.loss_weights[i] = t + 1 < T ? 1.0f / (float)(B * (T - 1)) : 0.0f;
+        }
+    compare_models(name, &c, &g);
+    model_free(&c);
+    model_free(&g);
+    safetensors_close(&ref);
+}
+
+/* A random model with head_dim 128 and several attention tiles per sequence. */
+static void test_random_model(void)
+{
+    ModelConfig mc;
+    must(model_preset("tiny", &mc));
+    mc.hidden_size = 256;
+    mc.num_heads = 2;
+    mc.num_kv_heads = 1;
+    mc.head_dim = 128;
+    mc.intermediate_size = 512;
+    mc.num_layers = 2;
+    const int B = 2, T = 100;
+    Model c, g;
+    must(model_init(&c, &mc, cpu, B, T));
+    must(model_init(&g, &mc, gpu, B, T));
+    model_init_weights(&c, 7, 0.05f);
+    model_init_weights(&g, 7, 0.05f);
+    for (int i = 0; i < B * T; i++) {
+        c.inputs[i] = g.inputs[i] = (int32_t)(uniform() * mc.vocab_size);
+        c.targets[i] = g.targets[i] = (int32_t)(uniform() * mc.vocab_size);
+        c.loss_weights[i] = g.loss_weights[i] = 1.0f / (B * T);
+    }
+    compare_models("random C256 D128 T100", &c, &g);
+    model_free(&c);
+    model_free(&g);
+}
+
+int main(void)
+{
+    cpu = backend_cpu();
+    gpu = backend_cuda();
+    if (!gpu) {
+        fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
+        return 1;
+    }
+    printf("| %-66s | %-10s | %10s | %-11s | %5s | %s |\n", "check (CUDA vs CPU)", "metric",
+           "value", "limit", "NaN", "result");
+    printf("|%s|%s|%s|%s|%s|%s|\n", "--------------------------------------------------------------------",
+           "------------", "------------", "-------------", "-------", "--------");
+    test_matmul(133, 96, 80, 1);
+    test_matmul(133, 96, 80, 0);
+    test_matmul(1024, 2048, 768, 1);
+    test_rmsnorm(133, 200);
+    test_rmsnorm(600, 2048);
+    test_rope(2, 67, 4, 64);
+    test_rope(1, 33, 3, 128);
+    test_attention(2, 67, 4, 2, 64);
+    test_attention(1, 130, 4, 1, 128);
+    test_attention(2, 45, 6, 3, 80);
+    test_attention(1, 300, 2, 2, 16);
+    test_elementwise(100003);
+    test_embedding(300, 50, 96);
+    test_embedding(4096, 320, 128);
+    test_cross_entropy(133, 1000);
+    test_cross_entropy(16, 32256);
+    test_adamw(100003);
+    static const char *cases[] = {
+        "llama_gqa_f32_oldform",
+        "llama_tied_linear_bf16_newform_sharded",
+        "llama_llama3rope_bias_f32_newform",
+        "qwen2_gqa_bias_f32_newform",
+        "qwen2_tied_bf16_oldform",
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++) test_fixture(cases[i]);
+    test_random_model();
+
+    /* bf16 tensor-core matmuls (fp32 storage): looser op tolerance, same model bar */
+    if (cuda_matmul_precision("bf16") != DS_OK) return 1;
+    mode = "bf16mm";
+    tol = 1e-2;
+    test_matmul(1024, 2048, 768, 1);
+    for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++) test_fixture(cases[i]);
+    test_random_model();
+    cuda_matmul_precision("fp32");
+    printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
+    return failures ? 1 : 0;
+}
