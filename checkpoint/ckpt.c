@@ -913,8 +913,12 @@ static int job_prepare(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bu
     for (int i = 0; i < job->npieces; i++) {
         const JobPiece *jp = &job->pieces[i];
         const ParamInfo *pi = &w->table.items[jp->param];
-        memcpy(w->snap + jp->snap_offset, bufs[jp->buf].base + pi->offset + jp->b,
-               (size_t)(jp->e - jp->b) * sizeof(float));
+        const float *src = bufs[jp->buf].base + pi->offset + jp->b;
+        const size_t n = (size_t)(jp->e - jp->b) * sizeof(float);
+        if (bufs[jp->buf].to_host)
+            bufs[jp->buf].to_host(w->snap + jp->snap_offset, src, n);
+        else
+            memcpy(w->snap + jp->snap_offset, src, n);
     }
     for (int i = 0; i < nblobs; i++)
         if (blobs[i].size) memcpy(w->snap + job->blobs[i].snap_offset, blobs[i].data, blobs[i].size);

@@ -26,6 +26,8 @@ typedef struct CkptBuffer {
     float *base;
     size_t flat_begin, flat_end;
     int replicated_over_dp; /* 1: every dp rank holds the same values; only dp rank 0 writes */
+    /* copies bytes of base (device memory) into the host snapshot; NULL: base is host memory */
+    void (*to_host)(void *host_dst, const void *src, size_t bytes);
 } CkptBuffer;
 
 /* Small per-rank state stored as raw bytes (reader position, RNG state). */

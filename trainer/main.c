@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../checkpoint/export.h"
 #include "../data/pack.h"
 #include "common.h"
 #include "config.h"
@@ -19,6 +20,7 @@ static void usage(FILE *out)
             "                                      preset on the bundled dataset)\n"
             "  eval --model DIR --data FILE.h5     mean next-token loss of a model on a dataset\n"
             "  pack --input F.jsonl --output F.h5  token-id JSONL to the HDF5 layout\n"
+            "  export --checkpoint DIR --output D  a checkpoint as a Hugging Face model directory\n"
             "  submit [-c CONFIG] [--nodes N ...]  render and submit a Slurm job (--dry-run prints)\n"
             "  config --defaults | --docs          the complete commented default config, or\n"
             "                                      the markdown reference of every key\n"
@@ -52,6 +54,8 @@ int main(int argc, char **argv)
         status = train_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "eval") == 0) {
         status = eval_main(argc - 1, argv + 1);
+    } else if (strcmp(cmd, "export") == 0) {
+        status = export_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "pack") == 0) {
         status = pack_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "submit") == 0) {

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../checkpoint/hf_model.h"
+#include "../checkpoint/train_ckpt.h"
 #include "../data/dataset.h"
 #include "common.h"
 #include "continual.h"
@@ -113,6 +114,8 @@ int train_run(const Config *cfg)
     FILE *metrics = NULL;
     StepBatch sb = {0};
     float *eval_weights = NULL;
+    TrainCkpt *ckpts = NULL; /* checkpoints, resume and export (checkpoint/train_ckpt.h) */
+    int start_step = 0;
     char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64], data_buf[CONFIG_STR_MAX];
 
     /* run directory, resolved config */
@@ -181,8 +184,11 @@ int train_run(const Config *cfg)
         status = DS_ERR_INTERNAL;
         goto done;
     }
+    if ((status = train_ckpt_open(cfg, run_dir, &mc, &model, &opt, reader, eval_reader, NULL,
+                                  &ckpts, &start_step)) != DS_OK)
+        goto done;
     snprintf(path, sizeof(path), "%s/metrics.jsonl", run_dir);
-    metrics = fopen(path, "w");
+    metrics = fopen(path, start_step > 0 ? "a" : "w");
     if (!metrics) {
         status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", path, strerror(errno));
         goto done;
@@ -191,7 +197,7 @@ int train_run(const Config *cfg)
     const int interactive = isatty(STDOUT_FILENO);
     const double t_start = ds_now();
     double first_loss = NAN, last_loss = NAN;
-    for (int step = 0; step < cfg->train_steps; step++) {
+    for (int step = start_step; step < cfg->train_steps; step++) {
         const double t0 = ds_now();
         double data_wait = 0.0, tokens = 0.0;
         for (int a = 0; a < accum; a++) {
@@ -220,7 +226,7 @@ int train_run(const Config *cfg)
 
         const double dt = ds_now() - t0;
         const double tok_per_s = (double)N * accum / dt;
-        if (step == 0) first_loss = loss;
+        if (step == start_step) first_loss = loss;
         last_loss = loss;
         fprintf(metrics,
                 "{\"step\": %d, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, "
@@ -250,11 +256,16 @@ int train_run(const Config *cfg)
             status = ds_error(DS_ERR_INTERNAL, "step %d: loss is not finite (%g)", step + 1, loss);
             goto done;
         }
+        if ((status = train_ckpt_after_step(ckpts, step + 1, lr)) != DS_OK) goto done;
     }
+    if ((status = train_ckpt_finish(ckpts, cfg->train_steps,
+                                    optim_lr_at(cfg, cfg->train_steps - 1))) != DS_OK)
+        goto done;
     printf("dstrain: done: %d steps in %.1fs, loss %.4f -> %.4f, run directory %s\n",
            cfg->train_steps, ds_now() - t_start, first_loss, last_loss, run_dir);
 
 done:
+    train_ckpt_close(ckpts);
     if (metrics) fclose(metrics);
     free(sb.inputs);
     free(sb.targets);

@@ -1,0 +1,33 @@
+/* export.h: Hugging Face model directories out, for serving: config.json (the base model's own,
+ * or one generated in the old rope_theta form for presets), generation_config.json, safetensors
+ * shards of at most a given size with model.safetensors.index.json and __metadata__
+ * {"format": "pt"}, and tokenizer files (copied from the base model, or a byte-level
+ * tokenizer.json for byte-level presets). Nothing else in it ends in .safetensors.
+ * Not here: reading HF directories (hf_model.h). */
+#ifndef DSTRAIN_EXPORT_H
+#define DSTRAIN_EXPORT_H
+
+#include <stdint.h>
+
+#include "../trainer/common.h"
+#include "../trainer/model.h"
+
+/* The model's config.json as text (caller frees): base_dir/config.json verbatim when base_dir
+ * is not empty, else generated from mc. */
+int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out);
+
+/* "5GB", "500MB", "2GiB", "1000000": bytes (GB = 10^9, GiB = 2^30). */
+int export_parse_size(const char *text, uint64_t *bytes);
+/* "bf16" | "fp16" | "fp32" */
+int export_parse_dtype(const char *text, DType *dtype);
+
+/* Export the parameters of a checkpoint directory (verified first) to out_dir, written under a
+ * temporary name and renamed into place. An existing out_dir is refused unless replace is set. */
+int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
+                         uint64_t max_shard_bytes, int replace);
+
+/* `dstrain export --checkpoint DIR --output HF_DIR [--dtype bf16|fp16|fp32]
+ *  [--max-shard-size 5GB]`; DIR may also be a checkpoint.dir (its newest complete checkpoint). */
+int export_main(int argc, char **argv);
+
+#endif

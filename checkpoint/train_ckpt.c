@@ -1,0 +1,273 @@
+/* train_ckpt.c: the trainer's side of checkpoints (see train_ckpt.h). A CPU run has no RNG
+ * state beyond train.seed (data order is a function of seed and position, there is no dropout),
+ * so a resumed run that restores parameters, moments, the AdamW step and the reader positions
+ * continues bitwise as if it had never stopped. */
+#define _GNU_SOURCE /* open_memstream */
+#include "train_ckpt.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "export.h"
+
+struct TrainCkpt {
+    const Config *cfg;
+    char run_dir[CONFIG_STR_MAX];
+    char dir[CONFIG_STR_MAX + 32];
+    Model *model;
+    Optimizer *opt;
+    LMReader *reader, *eval_reader;
+    TrainCkptWorld world;
+    CkptWriter *writer;
+    char *config_yaml, *hf_config_json;
+    int64_t positions[2];
+    int failed_step; /* the last save that failed (on_error: continue), or -1 */
+    int resumed_step; /* the step resumed from, or -1 */
+    char resumed_path[CONFIG_STR_MAX + 64];
+};
+
+static int is_rank0(const TrainCkpt *tc)
+{
+    return tc->world.layout.tp_rank == 0 && tc->world.layout.dp_rank == 0;
+}
+
+/* Read one buffer into device or host memory. */
+static int load_buffer(Ckpt *c, const char *prefix, const Model *m, float *base, size_t lo,
+                       size_t hi)
+{
+    if (m->be->host_memory) return ckpt_read_buffer(c, prefix, &m->table, base, lo, hi);
+    const size_t bytes = m->table.total * sizeof(float);
+    float *staging = ds_aligned_alloc(PARAM_ALIGN_BYTES, bytes);
+    if (!staging) return DS_ERR_INTERNAL;
+    int status = ckpt_read_buffer(c, prefix, &m->table, staging, lo, hi);
+    if (status == DS_OK) m->be->mem_to_device(base, staging, bytes);
+    free(staging);
+    return status;
+}
+
+static int resume_from(TrainCkpt *tc, const char *path, int verify, int *start_step)
+{
+    Ckpt *c;
+    DS_TRY(ckpt_open(path, &c));
+    int status = verify ? ckpt_verify(c) : DS_OK;
+    const CkptLayout *now = &tc->world.layout;
+    const CkptLayout saved = ckpt_layout(c);
+    long long optim_t = 0;
+    if (status == DS_OK) status = ckpt_state_int(c, "optim_t", &optim_t);
+    if (status == DS_OK && (optim_t < 0 || optim_t > 2000000000))
+        status = ds_error(DS_ERR_INPUT, "%s: state.optim_t out of range", path);
+    if (status == DS_OK) status = load_buffer(c, "params", tc->model, tc->model->params, 0, 0);
+    if (status == DS_OK)
+        status = load_buffer(c, "optim.m", tc->model, tc->opt->m, tc->world.optim_begin,
+                             tc->world.optim_end);
+    if (status == DS_OK)
+        status = load_buffer(c, "optim.v", tc->model, tc->opt->v, tc->world.optim_begin,
+                             tc->world.optim_end);
+    /* Reader positions are per data-parallel rank; another dp size needs the reader's own
+     * state format to map them. */
+    if (status == DS_OK && saved.dp != now->dp)
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: saved with %d data-parallel ranks, resumed with %d: the data "
+                          "reader position cannot be carried over to another dp size",
+                          path, saved.dp, now->dp);
+    int64_t pos = 0;
+    if (status == DS_OK)
+        status = ckpt_read_blob(c, "reader.train", 0, now->dp_rank, &pos, sizeof(pos));
+    if (status == DS_OK) status = lm_reader_seek(tc->reader, pos);
+    if (status == DS_OK && tc->eval_reader &&
+        ckpt_read_blob(c, "reader.eval", 0, now->dp_rank, &pos, sizeof(pos)) == DS_OK)
+        status = lm_reader_seek(tc->eval_reader, pos);
+    if (status == DS_OK) {
+        tc->opt->t = (int)optim_t;
+        *start_step = ckpt_step(c);
+        tc->resumed_step = *start_step;
+        snprintf(tc->resumed_path, sizeof(tc->resumed_path), "%s", path);
+        printf("dstrain: resumed from %s at step %d\n", path, *start_step);
+    }
+    ckpt_close(c);
+    return status;
+}
+
+int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *mc, Model *model,
+                    Optimizer *opt, LMReader *reader, LMReader *eval_reader,
+                    const TrainCkptWorld *world, TrainCkpt **out, int *start_step)
+{
+    *out = NULL;
+    *start_step = 0;
+    uint64_t shard_bytes;
+    DType dtype;
+    DS_TRY(export_parse_size(cfg->export_max_shard_size, &shard_bytes));
+    DS_TRY(export_parse_dtype(cfg->export_dtype, &dtype));
+    TrainCkpt *tc = ds_calloc(1, sizeof(*tc));
+    if (!tc) return DS_ERR_INTERNAL;
+    tc->cfg = cfg;
+    tc->model = model;
+    tc->opt = opt;
+    tc->reader = reader;
+    tc->eval_reader = eval_reader;
+    tc->failed_step = -1;
+    tc->resumed_step = -1;
+    snprintf(tc->run_dir, sizeof(tc->run_dir), "%s", run_dir);
+    if (cfg->checkpoint_dir[0])
+        snprintf(tc->dir, sizeof(tc->dir), "%s", cfg->checkpoint_dir);
+    else
+        snprintf(tc->dir, sizeof(tc->dir), "%s/checkpoints", run_dir);
+    if (world) {
+        tc->world = *world;
+    } else {
+        tc->world.layout = (CkptLayout){.tp = 1, .dp = 1, .zero = cfg->parallel_zero};
+        tc->world.tmp_tag = (long)getpid();
+    }
+
+    /* what every checkpoint records besides the buffers */
+    size_t len;
+    FILE *mem = open_memstream(&tc->config_yaml, &len);
+    int status = mem ? DS_OK : ds_error(DS_ERR_INTERNAL, "out of memory");
+    if (mem) {
+        Config resolved = *cfg;
+        snprintf(resolved.run_dir, sizeof(resolved.run_dir), "%s", run_dir);
+        config_write_yaml(&resolved, mem, 0);
+        fclose(mem);
+    }
+    if (status == DS_OK) status = hf_config_json_text(mc, cfg->model_path, &tc->hf_config_json);
+
+    /* resume */
+    const char *resume = cfg->train_resume;
+    if (status == DS_OK && strcmp(resume, "none") != 0) {
+        char path[CONFIG_STR_MAX + 64];
+        int verify = 1;
+        if (strcmp(resume, "auto") == 0) {
+            status = ckpt_find_latest(tc->dir, path, sizeof(path));
+            verify = 0; /* ckpt_find_latest verified it */
+            if (status == DS_OK && !path[0])
+                printf("dstrain: train.resume: auto: no complete checkpoint in %s yet, starting "
+                       "fresh\n",
+                       tc->dir);
+        } else {
+            snprintf(path, sizeof(path), "%s", resume);
+        }
+        if (status == DS_OK && path[0]) {
+            status = resume_from(tc, path, verify, start_step);
+            if (status != DS_OK) ds_error_context(status, "train.resume");
+        }
+    }
+    if (status == DS_OK) {
+        CkptWriterOptions wo = {
+            .dir = tc->dir,
+            .keep = cfg->checkpoint_keep,
+            .keep_every = cfg->checkpoint_keep_every,
+            .async = cfg->checkpoint_async,
+            .layout = tc->world.layout,
+            .all_min = tc->world.all_min,
+            .comm_ctx = tc->world.comm_ctx,
+            .tmp_tag = tc->world.tmp_tag,
+        };
+        status = ckpt_writer_open(&wo, &model->table, &tc->writer);
+    }
+    if (status != DS_OK) {
+        train_ckpt_close(tc);
+        return status;
+    }
+    *out = tc;
+    return DS_OK;
+}
+
+/* A save's failure under checkpoint.on_error. */
+static int on_save_error(TrainCkpt *tc, int status, int step)
+{
+    if (status == DS_OK) return DS_OK;
+    if (strcmp(tc->cfg->checkpoint_on_error, "continue") != 0) return status;
+    fprintf(stderr, "dstrain: warning: %s; training continues (checkpoint.on_error: continue)\n",
+            ds_last_error());
+    tc->failed_step = step;
+    ds_clear_error();
+    return DS_OK;
+}
+
+static int save_now(TrainCkpt *tc, int step, float lr)
+{
+    const Backend *be = tc->model->be;
+    void (*to_host)(void *, const void *, size_t) = be->host_memory ? NULL : be->mem_to_host;
+    const int zero = tc->world.layout.zero;
+    CkptBuffer bufs[3] = {
+        {.prefix = "params", .base = tc->model->params, .replicated_over_dp = 1,
+         .to_host = to_host},
+        {.prefix = "optim.m", .base = tc->opt->m, .flat_begin = tc->world.optim_begin,
+         .flat_end = tc->world.optim_end, .replicated_over_dp = !zero, .to_host = to_host},
+        {.prefix = "optim.v", .base = tc->opt->v, .flat_begin = tc->world.optim_begin,
+         .flat_end = tc->world.optim_end, .replicated_over_dp = !zero, .to_host = to_host},
+    };
+    CkptBlob blobs[2];
+    int nblobs = 0;
+    lm_reader_position(tc->reader, &tc->positions[0]);
+    blobs[nblobs++] = (CkptBlob){"reader.train", &tc->positions[0], sizeof(int64_t)};
+    if (tc->eval_reader) {
+        lm_reader_position(tc->eval_reader, &tc->positions[1]);
+        blobs[nblobs++] = (CkptBlob){"reader.eval", &tc->positions[1], sizeof(int64_t)};
+    }
+    const Config *cfg = tc->cfg;
+    CkptMeta meta = {
+        .step = step,
+        .optim_t = tc->opt->t,
+        .lr = lr,
+        .seed = cfg->train_seed,
+        .train_steps = cfg->train_steps,
+        .model_path = cfg->model_path,
+        .model_preset = cfg->model_preset,
+        .config_yaml = tc->config_yaml,
+        .hf_config_json = tc->hf_config_json,
+    };
+    double stall = 0;
+    int status = ckpt_writer_save(tc->writer, &meta, bufs, 3, blobs, nblobs, &stall);
+    return on_save_error(tc, status, step);
+}
+
+int train_ckpt_after_step(TrainCkpt *tc, int step, float lr)
+{
+    if (!tc) return DS_OK;
+    DS_TRY(on_save_error(tc, ckpt_writer_poll(tc->writer), step));
+    const int every = tc->cfg->checkpoint_every;
+    if (every > 0 && step % every == 0 && step < tc->cfg->train_steps)
+        return save_now(tc, step, lr);
+    return DS_OK;
+}
+
+int train_ckpt_finish(TrainCkpt *tc, int step, float lr)
+{
+    if (!tc) return DS_OK;
+    DS_TRY(on_save_error(tc, ckpt_writer_wait(tc->writer), step));
+    /* a run resumed at its last step has nothing new to save */
+    const int resumed_here = tc->resumed_step == step && ckpt_writer_last_step(tc->writer) < 0;
+    if (!resumed_here && ckpt_writer_last_step(tc->writer) != step)
+        DS_TRY(save_now(tc, step, lr));
+    DS_TRY(on_save_error(tc, ckpt_writer_wait(tc->writer), step));
+    if (!tc->cfg->export_enabled || !is_rank0(tc)) return DS_OK;
+    const char *final = resumed_here ? tc->resumed_path : ckpt_writer_last_path(tc->writer);
+    if (!resumed_here && ckpt_writer_last_step(tc->writer) != step) {
+        fprintf(stderr, "dstrain: warning: the final checkpoint was not saved; no export\n");
+        return DS_OK;
+    }
+    DType dtype = DT_BF16;
+    uint64_t shard_bytes = 0;
+    DS_TRY(export_parse_dtype(tc->cfg->export_dtype, &dtype));
+    DS_TRY(export_parse_size(tc->cfg->export_max_shard_size, &shard_bytes));
+    char out[CONFIG_STR_MAX + 16];
+    snprintf(out, sizeof(out), "%s/export", tc->run_dir);
+    const double t0 = ds_now();
+    DS_TRY(hf_export_checkpoint(final, out, dtype, shard_bytes, 1));
+    printf("dstrain: exported the model to %s (%s, %.2fs)\n", out, tc->cfg->export_dtype,
+           ds_now() - t0);
+    return DS_OK;
+}
+
+void train_ckpt_close(TrainCkpt *tc)
+{
+    if (!tc) return;
+    ckpt_writer_close(tc->writer);
+    free(tc->config_yaml);
+    free(tc->hf_config_json);
+    free(tc);
+}
