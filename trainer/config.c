@@ -183,6 +183,9 @@ static const ConfigKey config_schema[] = {
          "reservoir", "task_balanced"),
 
     STR("run.dir", run_dir, "", 0, "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
+    BOOL("run.save_final", run_save_final, "false",
+         "write <run.dir>/final.safetensors: every parameter in full fp32 after the last step, "
+         "gathered from all ranks (for checks; use the export for models)"),
     INT("log.every", log_every, "10", 1, 1000000000, "print and record metrics every N steps"),
     ENUM("device", device, "cpu", "where the model runs", "cpu", "cuda"),
 };

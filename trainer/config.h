@@ -71,6 +71,7 @@ typedef struct Config {
     char continual_replay_policy[16];     /* reservoir | task_balanced */
     /* run / log */
     char run_dir[CONFIG_STR_MAX];      /* empty = runs/<date>-<time> */
+    int run_save_final;                /* write <run.dir>/final.safetensors at the end */
     int log_every;
     char device[16];                   /* cpu | cuda */
 } Config;

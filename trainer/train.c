@@ -1,6 +1,7 @@
 /* train.c: the training driver. One step reads a batch, runs forward and backward over the
  * micro-batches, clips, steps AdamW and logs; everything it touches was allocated before the
- * first step. Single process here; the parallel layout lives in comm/. */
+ * first step. Every rank of the process grid (comm/) runs it in step; world rank 0 alone writes
+ * the run directory's shared files and prints, and a rank that fails takes the job down. */
 #include "train.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "../checkpoint/hf_model.h"
+#include "../checkpoint/safetensors.h"
 #include "../checkpoint/train_ckpt.h"
 #include "../data/dataset.h"
 #include "common.h"
@@ -57,6 +59,69 @@ typedef struct StepBatch {
     int32_t *inputs, *targets;
     float *weights;
 } StepBatch;
+
+/* run.save_final: the full fp32 parameters in <run_dir>/final.safetensors, each tensor put
+ * together on world rank 0 from the tensor-parallel slices (a check and debugging aid, not the
+ * export: it holds the whole model in rank 0's memory). Collective over the grid. */
+static int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir)
+{
+    const ParamTable *pt = &m->table;
+    const int tp = g->tp_size, writer = g->world_rank == 0;
+    int status = DS_OK;
+    size_t largest = 0;
+    for (int i = 0; i < pt->count; i++)
+        if (pt->items[i].numel > largest) largest = pt->items[i].numel;
+    ParamTable *tables = ds_calloc((size_t)tp, sizeof(ParamTable)); /* where each slice goes */
+    float *gathered = ds_malloc(largest * tp * sizeof(float));
+    float **full = ds_calloc((size_t)pt->count, sizeof(float *));
+    STWriteItem *items = ds_calloc((size_t)pt->count, sizeof(STWriteItem));
+    if (!tables || !gathered || !full || !items) status = DS_ERR_INTERNAL;
+    for (int r = 0; r < tp && status == DS_OK; r++)
+        status = param_table_build_tp(&m->cfg, r, tp, &tables[r]);
+    for (int i = 0; i < pt->count && status == DS_OK; i++) {
+        const ParamInfo *p = &pt->items[i];
+        const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
+        m->be->mem_to_host(gathered + (size_t)g->tp_rank * p->numel, m->params + p->offset,
+                           p->numel * sizeof(float));
+        if ((status = comm_all_gather(&g->tp, gathered, p->numel, COMM_F32)) != DS_OK) break;
+        if (!writer) continue;
+        full[i] = ds_malloc((size_t)p->shape[0] * cols * sizeof(float));
+        if (!full[i]) {
+            status = DS_ERR_INTERNAL;
+            break;
+        }
+        for (int r = 0; r < tp; r++) {
+            const ParamInfo *q = &tables[r].items[i];
+            const float *src = gathered + (size_t)r * p->numel;
+            const size_t s = (size_t)q->slice_start, n = (size_t)q->slice_len;
+            if (q->split_dim < 0)
+                memcpy(full[i], src, p->numel * sizeof(float));
+            else if (q->split_dim == 0)
+                memcpy(full[i] + s * cols, src, n * cols * sizeof(float));
+            else
+                for (size_t row = 0; row < (size_t)p->shape[0]; row++)
+                    memcpy(full[i] + row * cols + s, src + row * n, n * sizeof(float));
+        }
+        items[i].name = p->name;
+        items[i].dtype = DT_F32;
+        items[i].ndim = p->ndim;
+        items[i].shape[0] = p->shape[0];
+        items[i].shape[1] = p->shape[1];
+        items[i].data = full[i];
+    }
+    if (status == DS_OK && writer) {
+        char path[CONFIG_STR_MAX + 64];
+        snprintf(path, sizeof(path), "%s/final.safetensors", run_dir);
+        status = safetensors_write(path, items, pt->count, "{\"format\":\"pt\"}");
+    }
+    for (int i = 0; full && i < pt->count; i++) free(full[i]);
+    for (int r = 0; tables && r < tp; r++) param_table_free(&tables[r]);
+    free(tables);
+    free(gathered);
+    free(full);
+    free(items);
+    return status;
+}
 
 static double eval_loss_on(Model *m, LMReader *reader, int batches, float *weights_scratch)
 {
@@ -114,11 +179,19 @@ int train_run(const Config *cfg)
     FILE *metrics = NULL;
     StepBatch sb = {0};
     float *eval_weights = NULL;
+    ProcessGrid grid = {0};
     TrainCkpt *ckpts = NULL; /* checkpoints, resume and export (checkpoint/train_ckpt.h) */
     int start_step = 0;
     char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64], data_buf[CONFIG_STR_MAX];
 
-    /* run directory, resolved config */
+    /* the process grid first (MPI when a launcher started us); other ranks print nothing */
+    if ((status = comm_grid_init(&grid, cfg->parallel_tp, cfg->parallel_dp)) != DS_OK) goto done;
+    if (grid.world_rank != 0 && !freopen("/dev/null", "w", stdout)) {
+        status = ds_error(DS_ERR_INTERNAL, "rank %d: cannot silence stdout", grid.world_rank);
+        goto done;
+    }
+
+    /* run directory (named by rank 0: clocks may cross a second), resolved config */
     if (cfg->run_dir[0]) {
         snprintf(run_dir, sizeof(run_dir), "%s", cfg->run_dir);
     } else {
@@ -127,8 +200,11 @@ int train_run(const Config *cfg)
         localtime_r(&now, &tm);
         strftime(run_dir, sizeof(run_dir), "runs/%Y%m%d-%H%M%S", &tm);
     }
+    if ((status = comm_broadcast(&grid.world, run_dir, sizeof(run_dir), COMM_U8, 0)) != DS_OK)
+        goto done;
     if ((status = make_dirs(run_dir)) != DS_OK) goto done;
     snprintf(path, sizeof(path), "%s/config.yaml", run_dir);
+    if (grid.world_rank != 0) snprintf(path, sizeof(path), "/dev/null"); /* one writer */
     FILE *cf = fopen(path, "w");
     if (!cf) {
         status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", path, strerror(errno));
@@ -147,7 +223,7 @@ int train_run(const Config *cfg)
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, N = B * T;
     const Backend *be = NULL;
     if ((status = train_backend(cfg->device, &be)) != DS_OK) goto done;
-    if ((status = model_init(&model, &mc, be, B, T)) != DS_OK) goto done;
+    if ((status = model_init_parallel(&model, &mc, be, B, T, &grid)) != DS_OK) goto done;
     if (cfg->model_path[0] && !cfg->model_random_init) {
         printf("dstrain: loading weights from %s\n", cfg->model_path);
         if ((status = train_load_weights(cfg->model_path, &mc, &model)) != DS_OK)
@@ -155,20 +231,25 @@ int train_run(const Config *cfg)
     } else {
         model_init_weights(&model, (uint64_t)cfg->train_seed, cfg->model_init_std);
     }
-    if ((status = optim_init_on(&opt, &model.table, be)) != DS_OK) goto done;
-    size_t n_params = 0;
-    for (int i = 0; i < model.table.count; i++) n_params += model.table.items[i].numel;
-    printf("dstrain: model %s, %d layers, hidden %d, %zu parameters; memory: parameters %.1f MiB, "
-           "gradients %.1f MiB, optimizer %.1f MiB, activations %.1f MiB\n",
-           model_arch_name(mc.arch), mc.num_layers, mc.hidden_size, n_params,
-           model.table.total * 4.0 / 1048576, model.table.total * 4.0 / 1048576,
-           model.table.total * 8.0 / 1048576, model.arena_floats * 4.0 / 1048576);
+    if ((status = optim_init_sharded(&opt, &model.table, be, &grid, cfg->parallel_zero)) != DS_OK)
+        goto done;
+    size_t n_params = 0; /* the whole model's, not this rank's slice */
+    for (int i = 0; i < model.table.count; i++)
+        n_params += (size_t)model.table.items[i].shape[0] *
+                    (size_t)(model.table.items[i].ndim == 2 ? model.table.items[i].shape[1] : 1);
+    printf("dstrain: model %s, %d layers, hidden %d, %zu parameters\n", model_arch_name(mc.arch),
+           mc.num_layers, mc.hidden_size, n_params);
+    printf("dstrain: %d ranks (tp %d x dp %d, zero %d); memory per rank: parameters %.2f MiB, "
+           "gradients %.2f MiB, optimizer %.2f MiB, activations %.2f MiB\n",
+           grid.world_size, grid.tp_size, grid.dp_size, opt.zero, model.table.total * 4.0 / 1048576,
+           model.table.total * 4.0 / 1048576, opt.n * 8.0 / 1048576,
+           model.arena_floats * 4.0 / 1048576);
 
     /* data */
     const char *train_path = train_data_path(cfg->data_train, "kjv-train.h5", data_buf,
                                              sizeof(data_buf));
-    if ((status = lm_reader_open(train_path, mc.vocab_size, T, (uint64_t)cfg->train_seed, 0, 1,
-                                 &reader)) != DS_OK)
+    if ((status = lm_reader_open(train_path, mc.vocab_size, T, (uint64_t)cfg->train_seed,
+                                 grid.dp_rank, grid.dp_size, &reader)) != DS_OK)
         goto done;
     if (cfg->data_eval[0] && cfg->eval_every > 0) {
         if ((status = lm_reader_open(cfg->data_eval, mc.vocab_size, T, 0, 0, 1, &eval_reader)) !=
@@ -188,12 +269,21 @@ int train_run(const Config *cfg)
                                   &ckpts, &start_step)) != DS_OK)
         goto done;
     snprintf(path, sizeof(path), "%s/metrics.jsonl", run_dir);
+    if (grid.world_rank != 0) snprintf(path, sizeof(path), "/dev/null"); /* one writer */
     metrics = fopen(path, start_step > 0 ? "a" : "w");
     if (!metrics) {
         status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", path, strerror(errno));
         goto done;
     }
 
+    /* fault-injection hook for tests: DSTRAIN_FAIL_RANK=k makes world rank k fail here as on
+     * bad input, while the other ranks go on into the step's first collective */
+    const char *fail_rank = getenv("DSTRAIN_FAIL_RANK");
+    if (fail_rank && atoi(fail_rank) == grid.world_rank) {
+        status = ds_error(DS_ERR_INPUT, "DSTRAIN_FAIL_RANK=%s: injected failure on rank %d",
+                          fail_rank, grid.world_rank);
+        goto done;
+    }
     const int interactive = isatty(STDOUT_FILENO);
     const double t_start = ds_now();
     double first_loss = NAN, last_loss = NAN;
@@ -209,6 +299,9 @@ int train_run(const Config *cfg)
             data_wait += ds_now() - td;
         }
         for (size_t i = 0; i < (size_t)N * accum; i++) tokens += sb.weights[i];
+        /* the loss is the mean over the step's tokens on all data-parallel ranks */
+        if ((status = comm_all_reduce(&grid.dp, &tokens, 1, COMM_F64, COMM_SUM)) != DS_OK)
+            goto done;
         const float inv_tokens = tokens > 0 ? (float)(1.0 / tokens) : 0.0f;
         for (size_t i = 0; i < (size_t)N * accum; i++) sb.weights[i] *= inv_tokens;
 
@@ -219,13 +312,19 @@ int train_run(const Config *cfg)
                                   sb.weights + (size_t)a * N, NULL);
             model_backward(&model);
         }
-        const double grad_norm = optim_grad_norm(&model);
+        /* communication only now, after the last micro-batch */
+        if ((status = comm_all_reduce(&grid.dp, &loss, 1, COMM_F64, COMM_SUM)) != DS_OK ||
+            (status = optim_reduce_grads(&opt, &model, &grid)) != DS_OK)
+            goto done;
+        double grad_norm = 0.0;
+        if ((status = optim_grad_norm_global(&opt, &model, &grid, &grad_norm)) != DS_OK) goto done;
         const float grad_scale = optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm);
         const float lr = optim_lr_at(cfg, step);
         optim_step(&opt, &model, cfg, lr, grad_scale);
+        if ((status = optim_gather_params(&opt, &model, &grid)) != DS_OK) goto done;
 
         const double dt = ds_now() - t0;
-        const double tok_per_s = (double)N * accum / dt;
+        const double tok_per_s = (double)N * accum * grid.dp_size / dt;
         if (step == start_step) first_loss = loss;
         last_loss = loss;
         fprintf(metrics,
@@ -261,10 +360,18 @@ int train_run(const Config *cfg)
     if ((status = train_ckpt_finish(ckpts, cfg->train_steps,
                                     optim_lr_at(cfg, cfg->train_steps - 1))) != DS_OK)
         goto done;
+    if (cfg->run_save_final && (status = train_save_final(&model, &grid, run_dir)) != DS_OK)
+        goto done;
     printf("dstrain: done: %d steps in %.1fs, loss %.4f -> %.4f, run directory %s\n",
            cfg->train_steps, ds_now() - t_start, first_loss, last_loss, run_dir);
 
 done:
+    if (status != DS_OK && grid.world_size > 1) {
+        /* one rank's failure ends every rank, with its message: never a hang in a collective */
+        fflush(stdout);
+        fprintf(stderr, "dstrain: error: rank %d: %s\n", grid.world_rank, ds_last_error());
+        comm_abort(&grid, status);
+    }
     train_ckpt_close(ckpts);
     if (metrics) fclose(metrics);
     free(sb.inputs);
@@ -275,6 +382,7 @@ done:
     lm_reader_close(eval_reader);
     optim_free(&opt);
     model_free(&model);
+    comm_grid_free(&grid);
     return status;
 }
 
