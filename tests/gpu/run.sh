@@ -4,7 +4,8 @@
 # backend), trains the tiny preset on the bundled data for $STEPS steps on the CPU and on the GPU
 # and compares the loss curves, then prints a summary table last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
-# $BUILD/logs), STEPS (default 300), BENCH=1 also times a deepseek-coder-1.3b step (fp32 mode).
+# $BUILD/logs), STEPS (default 300), BENCH=1 also times deepseek-coder-1.3b steps with each
+# matmul mode of BENCH_MATMUL (default "fp32 bf16"; see kernels/cuda/cuda_ops.h).
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${BUILD:-/tmp/dstrain-gpu}
@@ -87,27 +88,29 @@ EOF
 
 # ---- optional: a deepseek-coder-1.3b step (fp32 mode), time and peak memory ----------------------
 if [ "${BENCH:-0}" = 1 ]; then
-    rm -rf "$BUILD/bench"
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$BUILD/mem.txt" &
-    smi=$!
-    t0=$(date +%s)
-    timeout "${BENCH_TIMEOUT:-240}" "$BUILD/dstrain" train device=cuda model.preset=deepseek-coder-1.3b \
-        train.seq_len="${BENCH_T:-2048}" train.micro_batch_size="${BENCH_B:-8}" train.steps=4 \
-        log.every=1 run.dir="$BUILD/bench" > "$OUT/bench.log" 2>&1
-    rc=$?
-    kill $smi 2>/dev/null
-    wait $smi 2>/dev/null
-    cat "$OUT/bench.log" | grep -v '^ ' | tail -8
-    peak=$(sort -n "$BUILD/mem.txt" | tail -1)
-    cp "$BUILD/bench/metrics.jsonl" "$OUT/bench.jsonl" 2>/dev/null
-    steptime=$(python3 -c "
-import json,sys
+    for mm in ${BENCH_MATMUL:-fp32 bf16}; do
+        rm -rf "$BUILD/bench"
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$BUILD/mem.txt" &
+        smi=$!
+        t0=$(date +%s)
+        DSTRAIN_CUDA_MATMUL=$mm timeout "${BENCH_TIMEOUT:-240}" "$BUILD/dstrain" train device=cuda \
+            model.preset=deepseek-coder-1.3b train.seq_len="${BENCH_T:-2048}" \
+            train.micro_batch_size="${BENCH_B:-8}" train.steps=4 log.every=1 \
+            run.dir="$BUILD/bench" > "$OUT/bench-$mm.log" 2>&1
+        rc=$?
+        kill $smi 2>/dev/null
+        wait $smi 2>/dev/null
+        grep -v '^ ' "$OUT/bench-$mm.log" | tail -6
+        peak=$(sort -n "$BUILD/mem.txt" | tail -1)
+        steptime=$(python3 -c "
+import json
 r=[json.loads(l) for l in open('$BUILD/bench/metrics.jsonl') if 'loss' in l]
-print('steps %s: %s s; %.0f tok/s (last)' % (','.join(str(x['step']) for x in r), ' '.join('%.3f' % x['step_seconds'] for x in r), r[-1]['tokens_per_second']))
+print('step s: %s; %.0f tok/s (last)' % (' '.join('%.3f' % x['step_seconds'] for x in r), r[-1]['tokens_per_second']))
 " 2>/dev/null)
-    if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; fi
-    row "coder-1.3b fp32 ${BENCH_B:-8}x${BENCH_T:-2048} step" "${steptime:-none}" $r
-    row "coder-1.3b fp32 peak GPU memory (nvidia-smi)" "${peak:-?} MiB, rc $rc, $(($(date +%s) - t0)) s total" ""
+        if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; fi
+        row "coder-1.3b matmul=$mm ${BENCH_B:-8}x${BENCH_T:-2048}" "${steptime:-none}" $r
+        row "  peak GPU memory (nvidia-smi), wall" "${peak:-?} MiB, rc $rc, $(($(date +%s) - t0)) s" ""
+    done
 fi
 
 echo
