@@ -14,6 +14,7 @@ STEPS=${STEPS:-300}
 mkdir -p "$BUILD" "$OUT"
 SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
+: > "$OUT/train.log"
 status=0
 row() { printf '| %-44s | %-48s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY" > /dev/null; }
 
@@ -52,14 +53,15 @@ for dev in cpu cuda; do
     rm -rf "$BUILD/train-$dev"
     t0=$(date +%s)
     timeout 240 "$BUILD/dstrain" train device=$dev train.steps="$STEPS" log.every=50 \
-        run.dir="$BUILD/train-$dev" > "$OUT/train-$dev.log" 2>&1
+        run.dir="$BUILD/train-$dev" > "$BUILD/train-$dev.log" 2>&1
     rc=$?
-    tail -3 "$OUT/train-$dev.log"
-    cp "$BUILD/train-$dev/metrics.jsonl" "$OUT/train-$dev.jsonl" 2>/dev/null
+    tail -3 "$BUILD/train-$dev.log"
+    cat "$BUILD/train-$dev.log" >> "$OUT/train.log"
     if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
     row "train tiny $STEPS steps device=$dev" "rc $rc, $(($(date +%s) - t0)) s" $r
 done
-python3 - "$OUT/train-cpu.jsonl" "$OUT/train-cuda.jsonl" >> "$SUMMARY" <<'EOF' || status=1
+python3 - "$BUILD/train-cpu/metrics.jsonl" "$BUILD/train-cuda/metrics.jsonl" "$OUT/curves.tsv" \
+    >> "$SUMMARY" <<'EOF' || status=1
 import json, sys
 def load(path):
     try:
@@ -72,6 +74,9 @@ def row(a, b, c): print("| %-44s | %-48s | %s |" % (a, b, c))
 if not steps:
     row("loss curves GPU vs CPU", "no common steps", "FAIL"); sys.exit(1)
 diff = [abs(cpu[s]["loss"] - gpu[s]["loss"]) for s in steps]
+with open(sys.argv[3], "w") as f:
+    f.write("step\tloss_cpu\tloss_cuda\n")
+    for s in steps: f.write("%d\t%.6f\t%.6f\n" % (s, cpu[s]["loss"], gpu[s]["loss"]))
 tail = diff[-50:]
 ok = max(diff) <= 0.05 and sum(tail) / len(tail) <= 0.02
 row("loss curves GPU vs CPU (%d steps)" % len(steps),
