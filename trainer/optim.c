@@ -40,16 +40,23 @@ int optim_init_sharded(Optimizer *opt, const ParamTable *table, const Backend *b
     opt->zero = 1;
     opt->n = table->total / (size_t)dp;
     opt->shard_begin = (size_t)grid->dp_rank * opt->n;
-    opt->m = be->mem_alloc(opt->n * sizeof(float));
-    opt->v = be->mem_alloc(opt->n * sizeof(float));
-    return opt->m && opt->v ? DS_OK : DS_ERR_INTERNAL;
+    float *m = be->mem_alloc(opt->n * sizeof(float)), *v = be->mem_alloc(opt->n * sizeof(float));
+    if (!m || !v) {
+        be->mem_free(m);
+        be->mem_free(v);
+        return DS_ERR_INTERNAL;
+    }
+    /* indexed by flat offset (see optim.h): only [shard_begin, shard_begin + n) is touched */
+    opt->m = m - opt->shard_begin;
+    opt->v = v - opt->shard_begin;
+    return DS_OK;
 }
 
 void optim_free(Optimizer *opt)
 {
     if (opt->be) {
-        opt->be->mem_free(opt->m);
-        opt->be->mem_free(opt->v);
+        opt->be->mem_free(opt->m ? opt->m + opt->shard_begin : NULL);
+        opt->be->mem_free(opt->v ? opt->v + opt->shard_begin : NULL);
     }
     memset(opt, 0, sizeof(*opt));
 }
@@ -130,7 +137,7 @@ void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float gra
     opt->t++;
     opt->ewc_penalty = 0.0;
     /* each parameter's part inside this rank's shard (all of it without ZeRO), so that weight
-     * decay follows the parameter; the moments are indexed from the shard's start */
+     * decay follows the parameter */
     const size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
@@ -139,13 +146,13 @@ void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float gra
         param_range(p, lo, hi, &b, &e);
         if (b >= e) continue;
         if (opt->ewc && opt->ewc->n_sets > 0) {
-            ewc_adamw_update(opt->ewc, b, m->params + b, m->grads + b, opt->m + (b - lo),
-                             opt->v + (b - lo), e - b, lr, cfg->optim_beta1, cfg->optim_beta2,
-                             cfg->optim_eps, wd, grad_scale, opt->t, &opt->ewc_penalty);
+            ewc_adamw_update(opt->ewc, b, m->params + b, m->grads + b, opt->m + b, opt->v + b,
+                             e - b, lr, cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd,
+                             grad_scale, opt->t, &opt->ewc_penalty);
             continue;
         }
-        m->be->adamw_update(m->params + b, m->grads + b, opt->m + (b - lo), opt->v + (b - lo),
-                            e - b, lr, cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd,
-                            grad_scale, opt->t);
+        m->be->adamw_update(m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,
+                            cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd, grad_scale,
+                            opt->t);
     }
 }

@@ -11,8 +11,9 @@ typedef struct Optimizer {
     float *m, *v; /* first and second moments, laid out like the parameters */
     size_t n;
     int t;        /* steps taken (AdamW bias correction) */
-    /* ZeRO-1: m and v cover flat elements [shard_begin, shard_begin + n) of the parameter
-     * layout, this data-parallel rank's 1/dp; 0 and the whole layout otherwise */
+    /* ZeRO-1: m and v hold only flat elements [shard_begin, shard_begin + n), this data-parallel
+     * rank's 1/dp (0 and the whole layout otherwise), but are indexed by flat offset like the
+     * parameters: m[p->offset] is parameter p's moment, for offsets inside the shard */
     size_t shard_begin;
     int zero;     /* 1: gradients reduce-scattered and parameters all-gathered over dp */
     const Backend *be; /* whose memory m and v live in */

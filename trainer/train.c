@@ -123,6 +123,15 @@ static int train_save_final(const Model *m, const ProcessGrid *g, const char *ru
     return status;
 }
 
+/* CkptAllMinFn over a comm group: MIN as the MAX of the negation. */
+static int train_all_min(void *group, int local, int *global)
+{
+    int64_t v = -(int64_t)local;
+    DS_TRY(comm_all_reduce((const CommGroup *)group, &v, 1, COMM_I64, COMM_MAX));
+    *global = (int)-v;
+    return DS_OK;
+}
+
 static double eval_loss_on(Model *m, LMReader *reader, int batches, float *weights_scratch)
 {
     const int N = m->B * m->T;
@@ -265,8 +274,21 @@ int train_run(const Config *cfg)
         status = DS_ERR_INTERNAL;
         goto done;
     }
-    if ((status = train_ckpt_open(cfg, run_dir, &mc, &model, &opt, reader, eval_reader, NULL,
-                                  &ckpts, &start_step)) != DS_OK)
+    /* how this rank sits in the grid, for the checkpoint layout */
+    TrainCkptWorld ckpt_world = {
+        .layout = {grid.tp_size, grid.dp_size, opt.zero, grid.tp_rank, grid.dp_rank},
+        .all_min = grid.world_size > 1 ? train_all_min : NULL,
+        .comm_ctx = &grid.world,
+        .tmp_tag = (long)getpid(),
+        .optim_begin = opt.shard_begin,
+        .optim_end = opt.zero ? opt.shard_begin + opt.n : 0,
+    };
+    int64_t rank0_pid = ckpt_world.tmp_tag;
+    if ((status = comm_broadcast(&grid.world, &rank0_pid, 1, COMM_I64, 0)) != DS_OK) goto done;
+    ckpt_world.tmp_tag = (long)rank0_pid;
+    if ((status = train_ckpt_open(cfg, run_dir, &mc, &model, &opt, reader, eval_reader,
+                                  grid.world_size > 1 ? &ckpt_world : NULL, &ckpts,
+                                  &start_step)) != DS_OK)
         goto done;
     snprintf(path, sizeof(path), "%s/metrics.jsonl", run_dir);
     if (grid.world_rank != 0) snprintf(path, sizeof(path), "/dev/null"); /* one writer */
