@@ -705,8 +705,8 @@ static void job_run(CkptWriter *w)
         }
     }
     if (status == DS_OK) status = job_write_rank_files(w, job, tmpdir);
-    job->t_written = ds_now();
     if (status == DS_OK && !w->opt.all_min) status = job_commit(w, job);
+    job->t_written = ds_now();
     if (status != DS_OK) {
         job_fail(job, ds_error_context(status, "checkpoint step %d", job->step));
         /* free the space a failed save took, so that training (and the next save) can go on */
