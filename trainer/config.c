@@ -97,6 +97,9 @@ static const ConfigKey config_schema[] = {
         "path"),
     BOOL("train.activation_checkpointing", train_activation_checkpointing, "false",
          "recompute layer activations in backward to save memory"),
+    INT("train.max_nonfinite", train_max_nonfinite, "10", 1, 1000000000,
+        "a step whose loss or gradient is not finite is skipped (no update); after this many in "
+        "a row the run stops"),
 
     FLT("optim.lr", optim_lr, "3e-3", 0, 10, 0, "peak learning rate (AdamW)"),
     FLT("optim.min_lr_ratio", optim_min_lr_ratio, "0.1", 0, 1, 0,
@@ -188,6 +191,11 @@ static const ConfigKey config_schema[] = {
          "gathered from all ranks (for checks; use the export for models)"),
     INT("log.every", log_every, "10", 1, 1000000000, "print and record metrics every N steps"),
     ENUM("device", device, "cpu", "where the model runs", "cpu", "cuda"),
+    STR("metrics.listen", metrics_listen, "", 0,
+        "HOST:PORT of the Prometheus endpoint (/metrics, /healthz) on rank 0, e.g. "
+        "127.0.0.1:9400; empty = off"),
+    BOOL("metrics.allow_remote", metrics_allow_remote, "false",
+         "allow metrics.listen on an address other than loopback"),
 };
 
 #define KEY_COUNT DS_ARRAY_LEN(config_schema)

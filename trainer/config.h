@@ -25,6 +25,7 @@ typedef struct Config {
     long long train_seed;
     char train_resume[CONFIG_STR_MAX]; /* none | auto | PATH */
     int train_activation_checkpointing;
+    int train_max_nonfinite;           /* stop after this many non-finite steps in a row */
     /* optim */
     float optim_lr;
     float optim_min_lr_ratio;
@@ -74,6 +75,9 @@ typedef struct Config {
     int run_save_final;                /* write <run.dir>/final.safetensors at the end */
     int log_every;
     char device[16];                   /* cpu | cuda */
+    /* metrics endpoint (trainer/metrics_server.c) */
+    char metrics_listen[256];          /* HOST:PORT; empty = off */
+    int metrics_allow_remote;          /* allow a non-loopback listen address */
 } Config;
 
 /* Fill every field with its schema default. */
