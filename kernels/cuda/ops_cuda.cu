@@ -7,6 +7,7 @@
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
 #include <cublasLt.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -747,37 +748,58 @@ static void scale(float *x, float s, size_t n)
  * embedding. Backward gives each thread one column and walks the tokens in order, so repeated
  * tokens add up in token order (deterministic, as the CPU): simple, not yet fast. */
 
+/* Rows [vocab_start, vocab_start + V) of the vocabulary are in table; other tokens give zero
+ * rows (forward) and no gradient (backward). The unsharded ops are vocab_start 0, V unbounded. */
 __global__ static void embedding_forward_kernel(float *out, const int32_t *tokens,
-                                                const float *table, int N, int C)
+                                                const float *table, int N, int C,
+                                                int vocab_start, int V)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * C) return;
     size_t row = i / C, col = i % C;
-    out[i] = table[(size_t)tokens[row] * C + col];
+    long long t = (long long)tokens[row] - vocab_start;
+    out[i] = t >= 0 && t < V ? table[(size_t)t * C + col] : 0.0f;
 }
 
 __global__ static void embedding_backward_kernel(float *dtable, const float *dout,
-                                                 const int32_t *tokens, int N, int C)
+                                                 const int32_t *tokens, int N, int C,
+                                                 int vocab_start, int V)
 {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= C) return;
-    for (int i = 0; i < N; i++) dtable[(size_t)tokens[i] * C + j] += dout[(size_t)i * C + j];
+    for (int i = 0; i < N; i++) {
+        long long t = (long long)tokens[i] - vocab_start;
+        if (t >= 0 && t < V) dtable[(size_t)t * C + j] += dout[(size_t)i * C + j];
+    }
+}
+
+static void embedding_forward_shard(float *out, const int32_t *tokens, const float *table, int N,
+                                    int C, int vocab_start, int V)
+{
+    if (N <= 0 || C <= 0) return;
+    embedding_forward_kernel<<<ceil_div((long long)N * C, 256), 256, 0, stream>>>(
+        out, tokens, table, N, C, vocab_start, V);
+    launchCheck();
+}
+
+static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens,
+                                     int N, int C, int vocab_start, int V)
+{
+    if (N <= 0 || C <= 0) return;
+    embedding_backward_kernel<<<ceil_div(C, 128), 128, 0, stream>>>(dtable, dout, tokens, N, C,
+                                                                    vocab_start, V);
+    launchCheck();
 }
 
 static void embedding_forward(float *out, const int32_t *tokens, const float *table, int N, int C)
 {
-    if (N <= 0 || C <= 0) return;
-    embedding_forward_kernel<<<ceil_div((long long)N * C, 256), 256, 0, stream>>>(out, tokens,
-                                                                                  table, N, C);
-    launchCheck();
+    embedding_forward_shard(out, tokens, table, N, C, 0, INT_MAX);
 }
 
 static void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int N,
                                int C)
 {
-    if (N <= 0 || C <= 0) return;
-    embedding_backward_kernel<<<ceil_div(C, 128), 128, 0, stream>>>(dtable, dout, tokens, N, C);
-    launchCheck();
+    embedding_backward_shard(dtable, dout, tokens, N, C, 0, INT_MAX);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -821,6 +843,89 @@ static void cross_entropy(float *losses, float *logits, const int32_t *targets,
 {
     if (N <= 0) return;
     cross_entropy_kernel<<<N, 512, 0, stream>>>(losses, logits, targets, weights, V, write_grad);
+    launchCheck();
+}
+
+/* Vocab-parallel cross-entropy, the three parts of ops.h, one block per row each. */
+
+__global__ static void ce_shard_max_kernel(float *row_max, const float *logits, int V)
+{
+    __shared__ float shared[32];
+    const float *row = logits + (size_t)blockIdx.x * V;
+    float maxv = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) maxv = fmaxf(maxv, row[j]);
+    maxv = block_max(maxv, shared);
+    if (threadIdx.x == 0) row_max[blockIdx.x] = maxv;
+}
+
+__global__ static void ce_shard_stats_kernel(float *stats, const float *logits,
+                                             const float *row_max, const int32_t *targets, int V,
+                                             int vocab_start)
+{
+    __shared__ float shared[32];
+    const int i = blockIdx.x;
+    const float *row = logits + (size_t)i * V;
+    const float maxv = row_max[i];
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += expf(row[j] - maxv);
+    sum = block_sum(sum, shared);
+    if (threadIdx.x == 0) {
+        long long t = (long long)targets[i] - vocab_start;
+        int owned = t >= 0 && t < V;
+        stats[3 * (size_t)i] = sum;
+        stats[3 * (size_t)i + 1] = owned ? row[t] : 0.0f;
+        stats[3 * (size_t)i + 2] = owned ? 1.0f : 0.0f;
+    }
+}
+
+__global__ static void ce_shard_finish_kernel(float *losses, float *logits, const float *row_max,
+                                              const float *stats, const int32_t *targets,
+                                              const float *weights, int V, int vocab_start,
+                                              int write_grad)
+{
+    const int i = blockIdx.x;
+    float *row = logits + (size_t)i * V;
+    const float w = weights[i], maxv = row_max[i], sum = stats[3 * (size_t)i];
+    if (w == 0.0f || stats[3 * (size_t)i + 2] != 1.0f) {
+        if (threadIdx.x == 0) losses[i] = w == 0.0f ? 0.0f : NAN;
+        if (write_grad)
+            for (int j = threadIdx.x; j < V; j += blockDim.x) row[j] = 0.0f;
+        return;
+    }
+    if (threadIdx.x == 0) losses[i] = logf(sum) - (stats[3 * (size_t)i + 1] - maxv);
+    if (write_grad) {
+        const float inv_sum = 1.0f / sum;
+        const long long t = (long long)targets[i] - vocab_start;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float g = w * (expf(row[j] - maxv) * inv_sum);
+            row[j] = j == t ? g - w : g;
+        }
+    }
+}
+
+static void cross_entropy_shard_max(float *row_max, const float *logits, int N, int V)
+{
+    if (N <= 0) return;
+    ce_shard_max_kernel<<<N, 512, 0, stream>>>(row_max, logits, V);
+    launchCheck();
+}
+
+static void cross_entropy_shard_stats(float *stats, const float *logits, const float *row_max,
+                                      const int32_t *targets, int N, int V, int vocab_start)
+{
+    if (N <= 0) return;
+    ce_shard_stats_kernel<<<N, 512, 0, stream>>>(stats, logits, row_max, targets, V, vocab_start);
+    launchCheck();
+}
+
+static void cross_entropy_shard_finish(float *losses, float *logits, const float *row_max,
+                                       const float *stats, const int32_t *targets,
+                                       const float *weights, int N, int V, int vocab_start,
+                                       int write_grad)
+{
+    if (N <= 0) return;
+    ce_shard_finish_kernel<<<N, 512, 0, stream>>>(losses, logits, row_max, stats, targets, weights,
+                                                  V, vocab_start, write_grad);
     launchCheck();
 }
 
@@ -959,6 +1064,11 @@ extern "C" const Backend *backend_cuda(void)
     b->mem_to_host = mem_to_host;
     b->mem_zero = mem_zero;
     b->host_memory = 0;
+    b->embedding_forward_shard = embedding_forward_shard;
+    b->embedding_backward_shard = embedding_backward_shard;
+    b->cross_entropy_shard_max = cross_entropy_shard_max;
+    b->cross_entropy_shard_stats = cross_entropy_shard_stats;
+    b->cross_entropy_shard_finish = cross_entropy_shard_finish;
     b->name = "cuda"; /* last: marks the table complete */
     return b;
 }

@@ -352,6 +352,56 @@ static void test_cross_entropy(int N, int V)
     free(logits), free(w), free(tg), free(losses), free(row);
 }
 
+/* Vocab-parallel ops: this shard holds rows [start, start + V) of a larger vocabulary. */
+static void test_vocab_shard(int N, int C, int V, int start, int full_vocab)
+{
+    char name[96];
+    int32_t *tok = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)(uniform() * full_vocab); /* some outside */
+    float *table = host_random((size_t)V * C, 1.0f), *out = malloc((size_t)N * C * 4);
+    cpu->embedding_forward_shard(out, tok, table, N, C, start, V);
+    int32_t *d_tok = dev_from(tok, (size_t)N * 4);
+    float *d_table = dev_from(table, (size_t)V * C * 4), *d_out = dev_poison((size_t)N * C);
+    gpu->embedding_forward_shard(d_out, d_tok, d_table, N, C, start, V);
+    snprintf(name, sizeof(name), "embedding_forward_shard N%d C%d V%d@%d", N, C, V, start);
+    compare(name, d_out, out, (size_t)N * C);
+    float *dout = host_random((size_t)N * C, 1.0f), *dtable = host_random((size_t)V * C, 1.0f);
+    float *d_dout = dev_from(dout, (size_t)N * C * 4);
+    float *d_dtable = dev_from(dtable, (size_t)V * C * 4);
+    cpu->embedding_backward_shard(dtable, dout, tok, N, C, start, V);
+    gpu->embedding_backward_shard(d_dtable, d_dout, d_tok, N, C, start, V);
+    snprintf(name, sizeof(name), "embedding_backward_shard N%d C%d V%d@%d", N, C, V, start);
+    compare(name, d_dtable, dtable, (size_t)V * C);
+
+    /* cross-entropy in three parts; between them the CPU's results stand in for the all-reduce */
+    float *logits = host_random((size_t)N * V, 4.0f), *w = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) w[i] = i % 5 == 2 ? 0.0f : (float)(0.5 + uniform());
+    float *rmax = malloc((size_t)N * 4), *stats = malloc((size_t)N * 12), *losses = malloc((size_t)N * 4);
+    float *d_logits = dev_from(logits, (size_t)N * V * 4), *d_w = dev_from(w, (size_t)N * 4);
+    float *d_rmax = dev_poison(N), *d_stats = dev_poison((size_t)N * 3), *d_losses = dev_poison(N);
+    cpu->cross_entropy_shard_max(rmax, logits, N, V);
+    gpu->cross_entropy_shard_max(d_rmax, d_logits, N, V);
+    snprintf(name, sizeof(name), "cross_entropy_shard_max N%d V%d", N, V);
+    compare(name, d_rmax, rmax, N);
+    gpu->mem_to_device(d_rmax, rmax, (size_t)N * 4);
+    cpu->cross_entropy_shard_stats(stats, logits, rmax, tok, N, V, start);
+    gpu->cross_entropy_shard_stats(d_stats, d_logits, d_rmax, d_tok, N, V, start);
+    snprintf(name, sizeof(name), "cross_entropy_shard_stats N%d V%d@%d", N, V, start);
+    compare(name, d_stats, stats, (size_t)N * 3);
+    for (int i = 0; i < N; i++) stats[3 * i + 2] = 1.0f; /* as if another rank held the target */
+    gpu->mem_to_device(d_stats, stats, (size_t)N * 12);
+    cpu->cross_entropy_shard_finish(losses, logits, rmax, stats, tok, w, N, V, start, 1);
+    gpu->cross_entropy_shard_finish(d_losses, d_logits, d_rmax, d_stats, d_tok, d_w, N, V, start, 1);
+    snprintf(name, sizeof(name), "cross_entropy_shard_finish losses N%d V%d@%d", N, V, start);
+    compare(name, d_losses, losses, N);
+    snprintf(name, sizeof(name), "cross_entropy_shard_finish dlogits N%d V%d@%d", N, V, start);
+    compare(name, d_logits, logits, (size_t)N * V);
+    void *dev[] = {d_tok, d_table, d_out, d_dout, d_dtable, d_logits, d_w, d_rmax, d_stats, d_losses};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    free(tok), free(table), free(out), free(dout), free(dtable), free(logits), free(w);
+    free(rmax), free(stats), free(losses);
+}
+
 static void test_adamw(size_t n)
 {
     char name[96];
@@ -564,6 +614,7 @@ int main(void)
     test_embedding(4096, 320, 128);
     test_cross_entropy(133, 1000);
     test_cross_entropy(16, 32256);
+    test_vocab_shard(300, 96, 40, 20, 100);
     test_adamw(100003);
     static const char *cases[] = {
         "llama_gqa_f32_oldform",
