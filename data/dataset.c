@@ -5,6 +5,7 @@
  * outside the vocabulary in a file too large to scan up front. */
 #include "data/dataset.h"
 
+#include "data/order.h"
 #include "trainer/common.h"
 
 #include <errno.h>
@@ -134,10 +135,10 @@ static int dataset_open_1d(TokenDataset *ds, const char *name, int required, hid
         return ds_error(DS_ERR_INPUT, "%s: dataset \"%s\" is missing (see docs/data.md)", ds->path,
                         name);
     }
-    /* A chunk cache large enough for a few compressed chunks: windows are read at random, and
+    /* A chunk cache large enough for the chunks one group of the blocked order touches: windows are read at random, and
      * re-inflating a whole chunk for every window would dominate the read time. */
     hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
-    H5Pset_chunk_cache(dapl, 1031, 32u << 20, 1.0);
+    H5Pset_chunk_cache(dapl, 1031, 64u << 20, 1.0);
     hid_t dset = H5Dopen2(ds->file, name, dapl);
     H5Pclose(dapl);
     if (dset < 0)
@@ -367,11 +368,16 @@ static int dataset_validate(TokenDataset *ds, int model_vocab)
     return DS_OK;
 }
 
+void dataset_quiet_hdf5_errors(void)
+{
+    /* HDF5 prints its own error stack to stderr by default; our messages say it in one line. */
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
 int dataset_open(const char *path, int model_vocab, TokenDataset **out)
 {
     *out = NULL;
-    /* HDF5 prints its own error stack to stderr by default; our messages say it in one line. */
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    dataset_quiet_hdf5_errors();
     FILE *probe = fopen(path, "rb");
     if (!probe) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
     fclose(probe);
@@ -474,61 +480,6 @@ int dataset_read_task_ids(TokenDataset *ds, int64_t first_doc, int64_t count, in
                                 task_ids);
 }
 
-/* ---- window order: a keyed permutation of [0, n) -------------------------------------------- */
-
-/* A 4-round Feistel network on the smallest even-bit domain 2^(2h) >= n, with cycle walking
- * (re-apply until the value lands in [0, n)). It is a bijection on [0, n) computed in O(1)
- * memory, so an epoch over billions of windows needs no index array. The domain is < 4n, so a
- * walk takes fewer than 4 steps on average. */
-typedef struct WindowPermutation {
-    int64_t n;
-    int half_bits;
-    uint64_t half_mask;
-    uint64_t keys[4];
-} WindowPermutation;
-
-static uint64_t mix64(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ULL;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-    return x ^ (x >> 31);
-}
-
-static void permutation_init(WindowPermutation *p, int64_t n, uint64_t seed, int64_t epoch)
-{
-    int bits = 2;
-    while (bits < 62 && (1ULL << bits) < (uint64_t)n)
-        bits++;
-    if (bits & 1) bits++;
-    p->n = n;
-    p->half_bits = bits / 2;
-    p->half_mask = (1ULL << p->half_bits) - 1;
-    uint64_t base = mix64(seed) ^ mix64((uint64_t)epoch * 0xD1B54A32D192ED03ULL + 1);
-    for (int r = 0; r < 4; r++)
-        p->keys[r] = mix64(base + (uint64_t)r * 0x9E3779B97F4A7C15ULL);
-}
-
-static uint64_t permutation_round_trip(const WindowPermutation *p, uint64_t x)
-{
-    uint64_t left = x >> p->half_bits, right = x & p->half_mask;
-    for (int r = 0; r < 4; r++) {
-        uint64_t next = left ^ (mix64(right ^ p->keys[r]) & p->half_mask);
-        left = right;
-        right = next;
-    }
-    return (left << p->half_bits) | right;
-}
-
-static int64_t permutation_apply(const WindowPermutation *p, int64_t i)
-{
-    uint64_t x = (uint64_t)i;
-    do {
-        x = permutation_round_trip(p, x);
-    } while (x >= (uint64_t)p->n);
-    return (int64_t)x;
-}
-
 /* ---- LMReader ----------------------------------------------------------------------------- */
 
 struct LMReader {
@@ -536,30 +487,29 @@ struct LMReader {
     int seq_len;
     uint64_t seed;
     int dp_rank, dp_size;
-    int has_eos;
     int64_t stream_len;     /* n_tokens + one EOS per document when eos_id >= 0 */
     int64_t n_windows;      /* per epoch */
     int64_t epoch;          /* epoch of the next window */
     int64_t next_position;  /* index into the permuted order of the next window of this rank */
-    WindowPermutation perm; /* of the current epoch */
+    Permutation perm;       /* of the current epoch */
     int32_t *window_tokens; /* seq_len + 1 */
     uint8_t *window_mask;   /* seq_len + 1 */
     int32_t *raw_tokens;    /* seq_len + 1: the document tokens of a window, before EOS */
     uint8_t *raw_mask;
 };
 
-static int64_t lm_doc_stream_start(const LMReader *r, int64_t doc)
+static int64_t lm_doc_stream_start(const TokenDataset *ds, int64_t doc)
 {
-    return r->ds->offsets[doc] + (r->has_eos ? doc : 0);
+    return ds->offsets[doc] + (ds->info.eos_id >= 0 ? doc : 0);
 }
 
 /* The document holding stream position s: the last doc whose stream start is <= s. */
-static int64_t lm_find_doc(const LMReader *r, int64_t s)
+static int64_t lm_find_doc(const TokenDataset *ds, int64_t s)
 {
-    int64_t lo = 0, hi = r->ds->info.n_docs - 1;
+    int64_t lo = 0, hi = ds->info.n_docs - 1;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo + 1) / 2;
-        if (lm_doc_stream_start(r, mid) <= s)
+        if (lm_doc_stream_start(ds, mid) <= s)
             lo = mid;
         else
             hi = mid - 1;
@@ -567,17 +517,39 @@ static int64_t lm_find_doc(const LMReader *r, int64_t s)
     return lo;
 }
 
-/* Lay window w (stream positions [w(T+1), (w+1)(T+1))) into window_tokens/window_mask. The
- * document tokens it covers are contiguous in the flat array, so one hyperslab read serves the
- * whole window; EOS separators are inserted afterwards while walking the document boundaries. */
-static int lm_fill_window(LMReader *r, int64_t w)
+int64_t dataset_lm_windows(const TokenDataset *ds, int seq_len)
 {
-    const int64_t need = (int64_t)r->seq_len + 1;
-    const int64_t *off = r->ds->offsets;
-    const int64_t n_docs = r->ds->info.n_docs;
+    const DatasetInfo *info = &ds->info;
+    int64_t stream = info->n_tokens + (info->eos_id >= 0 ? info->n_docs : 0);
+    return seq_len < 1 ? 0 : stream / ((int64_t)seq_len + 1);
+}
+
+int dataset_read_tokens(TokenDataset *ds, int64_t start, int64_t count, int32_t *tokens,
+                        uint8_t *loss_mask)
+{
+    if (start < 0 || count < 0 || start > ds->info.n_tokens || count > ds->info.n_tokens - start)
+        return ds_error(DS_ERR_INTERNAL,
+                        "%s: read of tokens [%" PRId64 ", %" PRId64 ") is outside the file",
+                        ds->path, start, start + count);
+    return tokens_read(ds, start, count, tokens, loss_mask);
+}
+
+/* Window w covers stream positions [w(T+1), (w+1)(T+1)). The document tokens it covers are
+ * contiguous in the flat array, so one hyperslab read serves the whole window; EOS separators
+ * are inserted afterwards while walking the document boundaries. */
+int dataset_read_lm_window(TokenDataset *ds, int64_t w, int seq_len, int32_t *window_tokens,
+                           uint8_t *window_mask, int32_t *raw_tokens, uint8_t *raw_mask)
+{
+    const int64_t need = (int64_t)seq_len + 1;
+    const int64_t *off = ds->offsets;
+    const int64_t n_docs = ds->info.n_docs;
+    const int has_eos = ds->info.eos_id >= 0;
+    if (w < 0 || w >= dataset_lm_windows(ds, seq_len))
+        return ds_error(DS_ERR_INTERNAL, "%s: window %" PRId64 " is outside the stream", ds->path,
+                        w);
     int64_t s0 = w * need;
-    int64_t doc0 = lm_find_doc(r, s0);
-    int64_t in_doc0 = s0 - lm_doc_stream_start(r, doc0);
+    int64_t doc0 = lm_find_doc(ds, s0);
+    int64_t in_doc0 = s0 - lm_doc_stream_start(ds, doc0);
     int64_t first_token = off[doc0] + in_doc0; /* == off[doc0 + 1] when s0 is doc0's EOS */
 
     /* Pass 1: how many document tokens the window covers. */
@@ -590,15 +562,15 @@ static int lm_fill_window(LMReader *r, int64_t w)
             pos += take;
             in_doc += take;
         } else {
-            if (r->has_eos) pos++;
+            if (has_eos) pos++;
             doc++;
             in_doc = 0;
         }
     }
     if (pos < need)
         return ds_error(DS_ERR_INTERNAL, "%s: window %" PRId64 " runs past the end of the stream",
-                        r->ds->path, w);
-    DS_TRY(tokens_read(r->ds, first_token, n_real, r->raw_tokens, r->raw_mask));
+                        ds->path, w);
+    DS_TRY(tokens_read(ds, first_token, n_real, raw_tokens, raw_mask));
 
     /* Pass 2: the same walk, copying tokens and inserting EOS (always trained on). */
     int64_t raw = 0;
@@ -607,15 +579,15 @@ static int lm_fill_window(LMReader *r, int64_t w)
         int64_t len = off[doc + 1] - off[doc];
         if (in_doc < len) {
             int64_t take = len - in_doc < need - pos ? len - in_doc : need - pos;
-            memcpy(r->window_tokens + pos, r->raw_tokens + raw, (size_t)take * sizeof(int32_t));
-            memcpy(r->window_mask + pos, r->raw_mask + raw, (size_t)take);
+            memcpy(window_tokens + pos, raw_tokens + raw, (size_t)take * sizeof(int32_t));
+            memcpy(window_mask + pos, raw_mask + raw, (size_t)take);
             raw += take;
             pos += take;
             in_doc += take;
         } else {
-            if (r->has_eos) {
-                r->window_tokens[pos] = r->ds->info.eos_id;
-                r->window_mask[pos] = 1;
+            if (has_eos) {
+                window_tokens[pos] = ds->info.eos_id;
+                window_mask[pos] = 1;
                 pos++;
             }
             doc++;
@@ -623,6 +595,12 @@ static int lm_fill_window(LMReader *r, int64_t w)
         }
     }
     return DS_OK;
+}
+
+static int lm_fill_window(LMReader *r, int64_t w)
+{
+    return dataset_read_lm_window(r->ds, w, r->seq_len, r->window_tokens, r->window_mask,
+                                  r->raw_tokens, r->raw_mask);
 }
 
 int lm_reader_open(const char *path, int model_vocab, int seq_len, uint64_t seed, int dp_rank,
@@ -646,9 +624,8 @@ int lm_reader_open(const char *path, int model_vocab, int seq_len, uint64_t seed
     r->seed = seed;
     r->dp_rank = dp_rank;
     r->dp_size = dp_size;
-    r->has_eos = info->eos_id >= 0;
-    r->stream_len = info->n_tokens + (r->has_eos ? info->n_docs : 0);
-    r->n_windows = r->stream_len / ((int64_t)seq_len + 1);
+    r->stream_len = info->n_tokens + (info->eos_id >= 0 ? info->n_docs : 0);
+    r->n_windows = dataset_lm_windows(r->ds, seq_len);
     if (r->n_windows == 0) {
         status = ds_error(DS_ERR_INPUT,
                           "%s: file too small for seq_len %d: %" PRId64

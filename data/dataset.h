@@ -61,4 +61,18 @@ int lm_reader_seek(LMReader *r, int64_t global_window_index);
 int lm_reader_next_window_index(LMReader *r, int64_t *window);
 const TokenDataset *lm_reader_dataset(const LMReader *r);
 
+/* Tokens [start, start + count) of the flat array (ids checked against the vocabulary); the loss
+ * mask too when loss_mask != NULL (1 where the file has none). */
+int dataset_read_tokens(TokenDataset *ds, int64_t start, int64_t count, int32_t *tokens,
+                        uint8_t *loss_mask);
+/* Silence HDF5's own error printing in the calling thread (a thread-safe HDF5 keeps the
+ * setting per thread); dataset_open does it for the thread that opens. */
+void dataset_quiet_hdf5_errors(void);
+/* Causal-LM windows of seq_len + 1 tokens over the EOS-joined stream (docs/data.md). */
+int64_t dataset_lm_windows(const TokenDataset *ds, int seq_len);
+/* Window w into window_tokens/window_mask (seq_len + 1 each); raw_tokens/raw_mask are scratch
+ * of the same size. */
+int dataset_read_lm_window(TokenDataset *ds, int64_t w, int seq_len, int32_t *window_tokens,
+                           uint8_t *window_mask, int32_t *raw_tokens, uint8_t *raw_mask);
+
 #endif
