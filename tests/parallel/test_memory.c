@@ -1,0 +1,140 @@
+/* test_memory.c: per-rank memory and the tensor-parallel parameter table. Parameter (and
+ * gradient) memory falls as 1/tp, ZeRO-1 optimizer state as 1/(tp x dp), at several layouts of
+ * the presets; each rank's slices tile every tensor exactly once (shared kv heads aside); and
+ * shapes tensor parallelism cannot split are refused with the field named. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trainer/common.h"
+#include "trainer/model.h"
+
+static double ratio(size_t a, size_t b)
+{
+    return (double)a / (double)b;
+}
+
+/* "small": 8 heads, 4 kv heads, so every tp up to 4 splits every tensor */
+Test(memory, parameters_fall_as_one_over_tp_and_zero_state_as_one_over_tp_dp)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("small", &mc), DS_OK);
+    ModelMemory base;
+    cr_assert_eq(model_memory_estimate(&mc, 4, 64, 1, 1, 1, &base), DS_OK);
+    cr_assert_eq(base.optimizer, 2 * base.params, "AdamW keeps two moments per parameter");
+    const int tps[] = {1, 2, 4}, dps[] = {1, 2, 4, 8};
+    for (int i = 0; i < 3; i++) {
+        for (int j = 0; j < 4; j++) {
+            const int tp = tps[i], dp = dps[j];
+            ModelMemory z1, z0;
+            cr_assert_eq(model_memory_estimate(&mc, 4, 64, tp, dp, 1, &z1), DS_OK);
+            cr_assert_eq(model_memory_estimate(&mc, 4, 64, tp, dp, 0, &z0), DS_OK);
+            /* within 2%: norms are replicated and each tensor is padded to 256 bytes */
+            double p = ratio(z1.params, base.params) * tp;
+            cr_assert(p >= 1.0 && p < 1.02, "tp %d dp %d: parameters x%.4f of 1/tp", tp, dp, p);
+            cr_assert_eq(z1.grads, z1.params);
+            double o = ratio(z1.optimizer, base.optimizer) * tp * dp;
+            cr_assert(o >= 1.0 && o < 1.02, "tp %d dp %d: ZeRO-1 optimizer x%.4f of 1/(tp dp)",
+                      tp, dp, o);
+            cr_assert_eq(z0.optimizer, 2 * z0.params, "without ZeRO every dp rank keeps it all");
+            cr_assert_eq(z1.optimizer * dp, z0.optimizer, "shards are equal");
+            cr_assert_eq(z0.params % (64 * sizeof(float) * dp), 0, "padded for equal shards");
+            /* activations: attention and MLP widths split, the residual stream does not */
+            if (tp > 1) cr_assert_lt(z1.activations, base.activations);
+        }
+    }
+}
+
+/* "tiny": 4 heads and 2 kv heads: at tp 4 two ranks share each kv head, so k and v do not
+ * shrink past 1/2 while everything else does */
+Test(memory, shared_kv_heads_at_tp4)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
+    ParamTable t1, t4[4];
+    cr_assert_eq(param_table_build_tp(&mc, 0, 1, &t1), DS_OK);
+    for (int r = 0; r < 4; r++) cr_assert_eq(param_table_build_tp(&mc, r, 4, &t4[r]), DS_OK);
+    const char *k = "model.layers.1.self_attn.k_proj.weight";
+    const char *q = "model.layers.1.self_attn.q_proj.weight";
+    for (int r = 0; r < 4; r++) {
+        const ParamInfo *pk = param_table_find(&t4[r], k), *pq = param_table_find(&t4[r], q);
+        cr_assert_eq(pk->split_dim, 0);
+        cr_assert_eq(pk->slice_len, mc.head_dim, "one kv head per rank");
+        cr_assert_eq(pk->slice_start, (r / 2) * mc.head_dim, "ranks 0,1 head 0; ranks 2,3 head 1");
+        cr_assert_eq(pk->tp_copy, r % 2, "one of the two holders counts it");
+        cr_assert_eq(pq->slice_len, mc.num_heads * mc.head_dim / 4);
+        cr_assert_eq(pq->tp_copy, 0);
+        const ParamInfo *norm = param_table_find(&t4[r], "model.norm.weight");
+        cr_assert_eq(norm->split_dim, -1);
+        cr_assert_eq(norm->tp_copy, r != 0);
+    }
+    for (int r = 0; r < 4; r++) param_table_free(&t4[r]);
+    param_table_free(&t1);
+}
+
+/* Every element of every tensor is held by exactly one rank (or, for shared kv heads and
+ * replicated tensors, by ranks that agree on it and only one of which counts it). */
+Test(memory, slices_tile_every_tensor)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
+    mc.qkv_bias = 1;
+    mc.mlp_bias = 1;
+    mc.o_bias = 1;
+    for (int tp = 1; tp <= 4; tp *= 2) {
+        ParamTable full, t[4];
+        cr_assert_eq(param_table_build(&mc, &full), DS_OK);
+        for (int r = 0; r < tp; r++) cr_assert_eq(param_table_build_tp(&mc, r, tp, &t[r]), DS_OK);
+        for (int i = 0; i < full.count; i++) {
+            const ParamInfo *f = &full.items[i];
+            size_t counted = 0;
+            for (int r = 0; r < tp; r++) {
+                const ParamInfo *p = &t[r].items[i];
+                cr_assert_str_eq(p->name, f->name);
+                cr_assert_eq(p->shape[0], f->shape[0]);
+                cr_assert_eq(p->offset % 64, 0, "aligned");
+                if (!p->tp_copy) counted += p->numel;
+                if (strstr(p->name, "o_proj.weight") || strstr(p->name, "down_proj.weight"))
+                    cr_assert_eq(p->split_dim, tp > 1 ? 1 : -1, "%s row parallel", p->name);
+                if (strstr(p->name, "o_proj.bias") || strstr(p->name, "down_proj.bias"))
+                    cr_assert_eq(p->split_dim, -1, "%s added once, after the all-reduce", p->name);
+                if (strstr(p->name, "q_proj.bias") || strstr(p->name, "up_proj.bias"))
+                    cr_assert_eq(p->split_dim, tp > 1 ? 0 : -1, "%s split with its weight",
+                                 p->name);
+            }
+            cr_assert_eq(counted, f->numel, "tp %d: %s counted %zu of %zu", tp, f->name, counted,
+                         f->numel);
+        }
+        for (int r = 0; r < tp; r++) param_table_free(&t[r]);
+        param_table_free(&full);
+    }
+}
+
+Test(memory, shapes_tensor_parallelism_cannot_split_are_refused)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
+    cr_assert_eq(model_tp_check(&mc, 4, "model.preset tiny"), DS_OK);
+    cr_assert_eq(model_tp_check(&mc, 3, "model.preset tiny"), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(),
+                     "parallel.tp: 3 does not divide the model's num_attention_heads 4"),
+              "%s", ds_last_error());
+    cr_assert_eq(model_tp_check(&mc, 8, "model.preset tiny"), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "num_attention_heads 4"), "%s", ds_last_error());
+    mc.intermediate_size = 386;
+    cr_assert_eq(model_tp_check(&mc, 4, "x"), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "intermediate_size 386"), "%s", ds_last_error());
+    mc.intermediate_size = 384;
+    mc.vocab_size = 322;
+    cr_assert_eq(model_tp_check(&mc, 4, "x"), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "vocab_size 322"), "%s", ds_last_error());
+    mc.vocab_size = 320;
+    mc.num_heads = 12;
+    mc.num_kv_heads = 3;
+    cr_assert_eq(model_tp_check(&mc, 4, "x"), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "neither divides the model's num_key_value_heads 3"), "%s",
+              ds_last_error());
+    ModelMemory mem;
+    cr_assert_eq(model_memory_estimate(&mc, 1, 8, 4, 1, 1, &mem), DS_ERR_INPUT);
+}
