@@ -760,13 +760,18 @@ static void remove_stale(const CkptWriter *w)
     if (!d) return;
     struct dirent *de;
     while ((de = readdir(d))) {
+        char path[CKPT_PATH_MAX + 300], manifest[CKPT_PATH_MAX + 320];
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s", w->dir, de->d_name);
+        snprintf(manifest, sizeof(manifest), "%s/%s", path, CKPT_MANIFEST);
+        int step, used = 0;
+        const int step_dir = sscanf(de->d_name, "step-%d%n", &step, &used) == 1 &&
+                             de->d_name[used] == 0 && strlen(de->d_name) == 13;
         if ((strncmp(de->d_name, "step-", 5) == 0 &&
              (strstr(de->d_name, ".tmp-") || strstr(de->d_name, ".old-"))) ||
-            strncmp(de->d_name, "latest.tmp-", 11) == 0) {
-            char path[CKPT_PATH_MAX + 300];
-            snprintf(path, sizeof(path), "%s/%s", w->dir, de->d_name);
+            strncmp(de->d_name, "latest.tmp-", 11) == 0 ||
+            (step_dir && stat(manifest, &st) != 0)) /* a removal that was interrupted */
             rm_rf(path);
-        }
     }
     closedir(d);
 }
