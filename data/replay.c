@@ -53,7 +53,11 @@ int replay_init(ReplayBuffer *rb, ReplayPolicy policy, int capacity_total, int T
     rb->dp_rank = dp_rank;
     rb->dp_size = dp_size;
     rb->T = T;
-    rb->rng = seed * 0x9e3779b97f4a7c15ull + (uint64_t)dp_rank * 0xd1b54a32d192ed03ull + 1;
+    /* hash seed and rank into the start state: nearby seeds must not give shifted copies of
+     * one splitmix stream */
+    uint64_t h = seed ^ 0x5851f42d4c957f2dull;
+    h = rng_next(&h) + (uint64_t)dp_rank;
+    rb->rng = rng_next(&h);
     size_t slots = rb->capacity ? (size_t)rb->capacity : 1;
     rb->inputs = ds_calloc(slots * (size_t)T, sizeof(int32_t));
     rb->targets = ds_calloc(slots * (size_t)T, sizeof(int32_t));
