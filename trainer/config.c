@@ -20,7 +20,9 @@
 
 /* ---- the schema -------------------------------------------------------------------------- */
 
-typedef enum ConfigType { CT_INT, CT_FLOAT, CT_BOOL, CT_STRING, CT_ENUM } ConfigType;
+/* CT_FILES: a path or a list of {path, weight} (ConfigDataFiles), with a plain-string mirror of
+ * the first path at mirror_offset. */
+typedef enum ConfigType { CT_INT, CT_FLOAT, CT_BOOL, CT_STRING, CT_ENUM, CT_FILES } ConfigType;
 
 enum {
     CK_AUTO_IS_ZERO = 1, /* the word "auto" is accepted and stored as 0 */
@@ -38,6 +40,7 @@ typedef struct ConfigKey {
     double float_min, float_max;
     const char *const *choices; /* CT_ENUM, NULL-terminated */
     const char *doc;
+    size_t mirror_offset; /* CT_FILES */
 } ConfigKey;
 
 #define FIELD(f) .offset = offsetof(Config, f), .size = sizeof(((Config *)0)->f)
@@ -61,6 +64,11 @@ typedef struct ConfigKey {
     {                                                                                              \
         .name = key, .type = CT_BOOL, FIELD(f), .default_text = def, .int_max = 1, .doc = text     \
     }
+#define FILES(key, f, mirror, text)                                                                \
+    {                                                                                              \
+        .name = key, .type = CT_FILES, FIELD(f), .default_text = "",                               \
+        .mirror_offset = offsetof(Config, mirror), .doc = text                                     \
+    }
 #define ENUM(key, f, def, text, ...)                                                               \
     {                                                                                              \
         .name = key, .type = CT_ENUM, FIELD(f), .default_text = def,                               \
@@ -79,10 +87,15 @@ static const ConfigKey config_schema[] = {
     BOOL("model.random_init", model_random_init, "false",
          "with model.path: take only the shape from its config.json and start from random weights"),
 
-    STR("data.train", data_train, "", 0,
-        "HDF5 token file to train on; empty = the bundled dataset"),
-    STR("data.eval", data_eval, "", 0,
-        "HDF5 token file for evaluation; empty = the eval split of the bundled dataset"),
+    FILES("data.train", data_train_files, data_train,
+          "HDF5 token file to train on, or a mixture: a list of {path, weight}; empty = the "
+          "bundled dataset"),
+    FILES("data.eval", data_eval_files, data_eval,
+          "HDF5 token file(s) scored every eval.every steps, each on its own; empty = none"),
+    ENUM("data.mode", data_mode, "lm",
+         "lm = documents packed into windows; sft = one example per row, padded, prompt tokens "
+         "masked; classification = one example per row with its label",
+         "lm", "sft", "classification"),
 
     INT("train.steps", train_steps, "300", 1, 1000000000, "number of optimizer steps"),
     INT("train.seq_len", train_seq_len, "64", 2, 1048576, "tokens per training sequence"),
@@ -199,6 +212,8 @@ static const ConfigKey config_schema[] = {
 };
 
 #define KEY_COUNT DS_ARRAY_LEN(config_schema)
+/* A value as text: the longest is a data file list written as a flow list. */
+#define VALUE_TEXT_MAX (CONFIG_DATA_FILES_MAX * (2 * CONFIG_STR_MAX + 96))
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -430,6 +445,9 @@ static void range_text(const ConfigKey *k, char *out, size_t cap)
     case CT_STRING:
         if (k->flags & CK_NONEMPTY) snprintf(out, cap, "not empty");
         break;
+    case CT_FILES:
+        snprintf(out, cap, "up to %d files", CONFIG_DATA_FILES_MAX);
+        break;
     }
 }
 
@@ -446,6 +464,8 @@ static const char *type_name(const ConfigKey *k)
         return "enum";
     case CT_STRING:
         return "string";
+    case CT_FILES:
+        return "path or list";
     }
     return "?";
 }
@@ -554,6 +574,259 @@ static long long load_int(const ConfigKey *k, const Config *c)
     return narrow;
 }
 
+/* ---- list-valued data keys (CT_FILES) ---------------------------------------------------- */
+
+static const char *node_kind(yaml_event_type_t type);
+
+static ConfigDataFiles *files_field(const ConfigKey *k, Config *c)
+{
+    return (ConfigDataFiles *)((char *)c + k->offset);
+}
+
+/* Keep the plain-string mirror (the first path) in step with the list. */
+static void files_sync_mirror(const ConfigKey *k, Config *c)
+{
+    const ConfigDataFiles *f = files_field(k, c);
+    snprintf((char *)c + k->mirror_offset, CONFIG_STR_MAX, "%s", f->count ? f->items[0].path : "");
+}
+
+static int files_check_path(const char *text, size_t len, char *problem, size_t cap)
+{
+    char q[160];
+    if (len >= CONFIG_STR_MAX || strlen(text) != len) {
+        snprintf(problem, cap, "path: is %zu bytes long or holds a NUL, the limit is %d", len,
+                 CONFIG_STR_MAX - 1);
+        return 0;
+    }
+    if (len == 0) {
+        snprintf(problem, cap, "path: must not be empty");
+        return 0;
+    }
+    for (const unsigned char *p = (const unsigned char *)text; *p;) {
+        unsigned cp;
+        int n = utf8_decode(p, &cp);
+        if (n == 0) {
+            snprintf(problem, cap, "path: is not valid UTF-8: %s", quoted(q, sizeof(q), text));
+            return 0;
+        }
+        p += n;
+    }
+    return 1;
+}
+
+static int files_parse_weight(const char *text, float *out, char *problem, size_t cap)
+{
+    char q[160];
+    double v;
+    if (!parse_double(text, &v) || !(v > 0) || v > 1e6 || !((float)v > 0)) {
+        snprintf(problem, cap, "weight: expected a number in (0, 1e6], got %s",
+                 quoted(q, sizeof(q), text));
+        return 0;
+    }
+    *out = (float)v;
+    return 1;
+}
+
+/* Read the items of a YAML sequence whose start event was consumed: each a path, or a mapping
+ * {path, weight}. On a problem writes "[i].field: what" and the offending node's line. */
+static int files_read_items(yaml_parser_t *parser, ConfigDataFiles *files, char *problem,
+                            size_t cap, size_t *line)
+{
+    char part[600];
+    memset(files, 0, sizeof(*files));
+    for (int i = 0;; i++) {
+        yaml_event_t item;
+        if (!yaml_parser_parse(parser, &item)) {
+            *line = parser->problem_mark.line + 1;
+            snprintf(problem, cap, ": invalid YAML: %s",
+                     parser->problem ? parser->problem : "unreadable input");
+            return 0;
+        }
+        yaml_event_type_t type = item.type;
+        *line = item.start_mark.line + 1;
+        if (type == YAML_SEQUENCE_END_EVENT) {
+            yaml_event_delete(&item);
+            if (i == 0) snprintf(problem, cap, ": expected at least one file, got an empty list");
+            return i > 0;
+        }
+        if (i == CONFIG_DATA_FILES_MAX) {
+            yaml_event_delete(&item);
+            snprintf(problem, cap, "[%d]: more than %d files", i, CONFIG_DATA_FILES_MAX);
+            return 0;
+        }
+        ConfigDataFile *file = &files->items[i];
+        file->weight = 1.0f;
+        if (type == YAML_SCALAR_EVENT) {
+            int ok = files_check_path((const char *)item.data.scalar.value,
+                                      item.data.scalar.length, part, sizeof(part));
+            if (ok) memcpy(file->path, item.data.scalar.value, item.data.scalar.length + 1);
+            yaml_event_delete(&item);
+            if (!ok) {
+                snprintf(problem, cap, "[%d].%s", i, part);
+                return 0;
+            }
+            files->count = i + 1;
+            continue;
+        }
+        yaml_event_delete(&item);
+        if (type != YAML_MAPPING_START_EVENT) {
+            snprintf(problem, cap, "[%d]: expected a path or {path, weight}, got %s", i,
+                     node_kind(type));
+            return 0;
+        }
+        int have_path = 0;
+        for (;;) {
+            yaml_event_t key, value;
+            if (!yaml_parser_parse(parser, &key)) {
+                *line = parser->problem_mark.line + 1;
+                snprintf(problem, cap, ": invalid YAML: %s",
+                         parser->problem ? parser->problem : "unreadable input");
+                return 0;
+            }
+            *line = key.start_mark.line + 1;
+            if (key.type == YAML_MAPPING_END_EVENT) {
+                yaml_event_delete(&key);
+                break;
+            }
+            char name[64] = "";
+            if (key.type == YAML_SCALAR_EVENT)
+                snprintf(name, sizeof(name), "%s", (const char *)key.data.scalar.value);
+            yaml_event_delete(&key);
+            if (strcmp(name, "path") != 0 && strcmp(name, "weight") != 0) {
+                char shown[256];
+                snprintf(problem, cap, "[%d].%s: unknown key (expected path and weight)", i,
+                         key_for_message(shown, sizeof(shown), name));
+                return 0;
+            }
+            if (!yaml_parser_parse(parser, &value)) {
+                *line = parser->problem_mark.line + 1;
+                snprintf(problem, cap, ": invalid YAML: %s",
+                         parser->problem ? parser->problem : "unreadable input");
+                return 0;
+            }
+            *line = value.start_mark.line + 1;
+            if (value.type != YAML_SCALAR_EVENT) {
+                snprintf(problem, cap, "[%d].%s: expected a %s, got %s", i, name,
+                         name[0] == 'p' ? "string" : "number", node_kind(value.type));
+                yaml_event_delete(&value);
+                return 0;
+            }
+            const char *text = (const char *)value.data.scalar.value;
+            int ok;
+            if (name[0] == 'p') {
+                ok = files_check_path(text, value.data.scalar.length, part, sizeof(part));
+                if (ok) memcpy(file->path, text, value.data.scalar.length + 1);
+                have_path = have_path || ok;
+            } else {
+                ok = files_parse_weight(text, &file->weight, part, sizeof(part));
+            }
+            yaml_event_delete(&value);
+            if (!ok) {
+                snprintf(problem, cap, "[%d].%s", i, part);
+                return 0;
+            }
+        }
+        if (!have_path) {
+            snprintf(problem, cap, "[%d].path: missing (each entry is {path: FILE.h5, weight: W})",
+                     i);
+            return 0;
+        }
+        files->count = i + 1;
+    }
+}
+
+/* An override or re-validated value: "[{path: a.h5, weight: 0.7}, b.h5]" is a flow list,
+ * anything else one path of weight 1 ("" = none). Problems start with "[i]" or ": ". */
+static int files_set_text(const ConfigKey *k, Config *c, const char *text, char *problem,
+                          size_t cap)
+{
+    ConfigDataFiles *files = files_field(k, c);
+    if (text[0] != '[') {
+        memset(files, 0, sizeof(*files));
+        if (text[0]) {
+            char part[600];
+            if (!files_check_path(text, strlen(text), part, sizeof(part))) {
+                snprintf(problem, cap, ": %s", part + strlen("path: "));
+                return 0;
+            }
+            snprintf(files->items[0].path, CONFIG_STR_MAX, "%s", text);
+            files->items[0].weight = 1.0f;
+            files->count = 1;
+        }
+        files_sync_mirror(k, c);
+        return 1;
+    }
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) {
+        snprintf(problem, cap, ": cannot start the YAML parser");
+        return 0;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
+    ConfigDataFiles *parsed = ds_malloc(sizeof(ConfigDataFiles));
+    int ok = parsed != NULL;
+    size_t line = 0;
+    for (int skip = 0; ok && skip < 3; skip++) { /* stream start, document start, sequence start */
+        yaml_event_t e;
+        if (!yaml_parser_parse(&parser, &e)) {
+            snprintf(problem, cap, ": invalid YAML list: %s",
+                     parser.problem ? parser.problem : "unreadable input");
+            ok = 0;
+            break;
+        }
+        if (skip == 2 && e.type != YAML_SEQUENCE_START_EVENT) {
+            snprintf(problem, cap, ": expected a list [...] or a path");
+            ok = 0;
+        }
+        yaml_event_delete(&e);
+    }
+    if (ok) ok = files_read_items(&parser, parsed, problem, cap, &line);
+    if (ok) {
+        yaml_event_t e;
+        if (!yaml_parser_parse(&parser, &e)) {
+            snprintf(problem, cap, ": invalid YAML list: %s",
+                     parser.problem ? parser.problem : "unreadable input");
+            ok = 0;
+        } else {
+            if (e.type != YAML_DOCUMENT_END_EVENT) {
+                snprintf(problem, cap, ": unexpected text after the list");
+                ok = 0;
+            }
+            yaml_event_delete(&e);
+        }
+    }
+    yaml_parser_delete(&parser);
+    if (ok) {
+        *files = *parsed;
+        files_sync_mirror(k, c);
+    }
+    free(parsed);
+    return ok;
+}
+
+/* One path of weight 1 is written as the path; anything else as a flow list. */
+static void files_format(const ConfigKey *k, const Config *c, char *out, size_t cap)
+{
+    const ConfigDataFiles *files = files_field(k, (Config *)c);
+    out[0] = 0;
+    if (files->count == 0) return;
+    if (files->count == 1 && files->items[0].weight == 1.0f && files->items[0].path[0] != '[') {
+        snprintf(out, cap, "%s", files->items[0].path);
+        return;
+    }
+    size_t o = 0;
+    o += (size_t)snprintf(out + o, cap - o, "[");
+    for (int i = 0; i < files->count && o < cap; i++) {
+        char weight[64];
+        format_float(weight, sizeof(weight), files->items[i].weight);
+        o += (size_t)snprintf(out + o, cap - o, "%s{path: \"", i ? ", " : "");
+        if (o >= cap) break;
+        escape_into(out, cap, files->items[i].path, SIZE_MAX);
+        o = strlen(out);
+        o += (size_t)snprintf(out + o, cap - o, "\", weight: %s}", weight);
+    }
+    if (o < cap) snprintf(out + o, cap - o, "]");
+}
+
 /* Store text into the key's field. On failure writes the problem ("expected a number, got
  * \"x\"") into problem and returns 0. is_null: YAML null (empty, ~, null), only strings take it. */
 static int value_set(const ConfigKey *k, Config *c, const char *text, int is_null, char *problem,
@@ -563,6 +836,8 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
     char q[160];
     if (is_null) text = "";
     switch (k->type) {
+    case CT_FILES:
+        return files_set_text(k, c, text, problem, cap);
     case CT_INT: {
         if ((k->flags & CK_AUTO_IS_ZERO) && strcmp(text, "auto") == 0) {
             store_int(k, c, 0);
@@ -686,6 +961,9 @@ static void value_format(const ConfigKey *k, const Config *c, char *out, size_t 
     case CT_STRING:
         snprintf(out, cap, "%.*s", (int)k->size, field);
         break;
+    case CT_FILES:
+        files_format(k, c, out, cap);
+        break;
     }
 }
 
@@ -711,7 +989,10 @@ static int needs_quotes(const char *s)
 
 static void write_scalar(FILE *out, const ConfigKey *k, const char *text)
 {
-    if ((k->type == CT_STRING || k->type == CT_ENUM) && needs_quotes(text)) {
+    if (k->type == CT_FILES && text[0] == '[') {
+        fputs(text, out); /* a flow list, read back as a sequence */
+    } else if ((k->type == CT_STRING || k->type == CT_ENUM || k->type == CT_FILES) &&
+               needs_quotes(text)) {
         char buf[CONFIG_STR_MAX * 10 + 16] = "";
         escape_into(buf, sizeof(buf), text, SIZE_MAX);
         fprintf(out, "\"%s\"", buf);
@@ -799,7 +1080,8 @@ int config_apply_override(Config *c, const char *assignment, const char *source)
     Config updated = *c;
     char problem[512];
     if (!value_set(k, &updated, value, 0, problem, sizeof(problem)))
-        return ds_error(DS_ERR_INPUT, "%s: %s: %s", source, k->name, problem);
+        return ds_error(DS_ERR_INPUT, "%s: %s%s%s", source, k->name,
+                        k->type == CT_FILES ? "" : ": ", problem);
     *c = updated;
     return DS_OK;
 }
@@ -812,11 +1094,22 @@ int config_validate(const Config *c)
         const char *field = (const char *)c + k->offset;
         if ((k->type == CT_STRING || k->type == CT_ENUM) && !memchr(field, 0, k->size))
             return ds_error(DS_ERR_INPUT, "config: %s: value is not terminated", k->name);
-        char text[CONFIG_STR_MAX + 64], problem[512];
+        if (k->type == CT_FILES) {
+            const ConfigDataFiles *files = (const ConfigDataFiles *)field;
+            if (files->count < 0 || files->count > CONFIG_DATA_FILES_MAX)
+                return ds_error(DS_ERR_INPUT, "config: %s: %d files, the limit is %d", k->name,
+                                files->count, CONFIG_DATA_FILES_MAX);
+            for (int i = 0; i < files->count; i++)
+                if (!memchr(files->items[i].path, 0, CONFIG_STR_MAX))
+                    return ds_error(DS_ERR_INPUT, "config: %s[%d].path: value is not terminated",
+                                    k->name, i);
+        }
+        char text[VALUE_TEXT_MAX], problem[512];
         value_format(k, c, text, sizeof(text));
         Config scratch = *c;
         if (!value_set(k, &scratch, text, 0, problem, sizeof(problem)))
-            return ds_error(DS_ERR_INPUT, "config: %s: %s", k->name, problem);
+            return ds_error(DS_ERR_INPUT, "config: %s%s%s", k->name,
+                            k->type == CT_FILES ? "" : ": ", problem);
     }
     /* Token counts per micro-batch index int32 buffers in the model and data code. */
     long long tokens = (long long)c->train_seq_len * c->train_micro_batch_size;
@@ -894,6 +1187,8 @@ static const char *expected_text(const ConfigKey *k, char *buf, size_t cap)
         return "expected true or false";
     case CT_STRING:
         return "expected a string";
+    case CT_FILES:
+        return "expected a path or a list of {path, weight}";
     case CT_ENUM: {
         char range[200];
         range_text(k, range, sizeof(range));
@@ -940,6 +1235,10 @@ static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
                 if (strlen(text) != value.data.scalar.length)
                     status = ds_error(DS_ERR_INPUT, "%s:%zu: %s: contains a NUL character", y->path,
                                       value_line, k->name);
+                else if (k->type == CT_FILES && !yaml_scalar_is_null(&value) && text[0] == '[')
+                    /* a quoted path that looks like a flow list stays a path */
+                    status = ds_error(DS_ERR_INPUT, "%s:%zu: %s: a path may not start with '['",
+                                      y->path, value_line, k->name);
                 else if (!value_set(k, y->config, text, yaml_scalar_is_null(&value), problem,
                                     sizeof(problem)))
                     status = ds_error(DS_ERR_INPUT, "%s:%zu: %s: %s", y->path, value_line, k->name,
@@ -956,6 +1255,24 @@ static int yaml_walk_pair(YamlLoad *y, const char *full, size_t key_line)
     }
     yaml_event_delete(&value);
 
+    if (type == YAML_SEQUENCE_START_EVENT && k && k->type == CT_FILES) {
+        size_t index = (size_t)(k - config_schema), line = key_line;
+        if (y->line_set[index])
+            return ds_error(DS_ERR_INPUT, "%s: %s: set twice in this file (first on line %d)",
+                            where, k->name, y->line_set[index]);
+        y->line_set[index] = (int)key_line;
+        char problem[1024];
+        ConfigDataFiles *files = ds_malloc(sizeof(ConfigDataFiles));
+        if (!files) return DS_ERR_INTERNAL;
+        int ok = files_read_items(&y->parser, files, problem, sizeof(problem), &line);
+        if (ok) {
+            *files_field(k, y->config) = *files;
+            files_sync_mirror(k, y->config);
+        }
+        free(files);
+        if (!ok) return ds_error(DS_ERR_INPUT, "%s:%zu: %s%s", y->path, line, k->name, problem);
+        return DS_OK;
+    }
     if (type == YAML_MAPPING_START_EVENT && !k && section) return yaml_walk_mapping(y, full);
     if (type == YAML_ALIAS_EVENT) {
         char shown[256];
@@ -1115,7 +1432,7 @@ void config_write_yaml(const Config *c, FILE *out, int with_docs)
             fprintf(out, "%s# %s (%s%s%s)\n", indent, k->doc, type_name(k), range[0] ? ": " : "",
                     range);
         }
-        char text[CONFIG_STR_MAX + 64];
+        char text[VALUE_TEXT_MAX];
         value_format(k, c, text, sizeof(text));
         fprintf(out, "%s%s: ", indent, k->name + (len > 0 ? len + 1 : 0));
         write_scalar(out, k, text);
@@ -1160,11 +1477,11 @@ void config_write_markdown(FILE *out)
             "| --- | --- | --- | --- | --- |\n");
     for (size_t i = 0; i < KEY_COUNT; i++) {
         const ConfigKey *k = &config_schema[i];
-        char text[CONFIG_STR_MAX + 64], range[256];
+        char text[VALUE_TEXT_MAX], range[256];
         value_format(k, &defaults, text, sizeof(text));
         range_text(k, range, sizeof(range));
         fprintf(out, "| `%s` | %s | ", k->name, type_name(k));
-        if (k->type == CT_STRING && !text[0])
+        if ((k->type == CT_STRING || k->type == CT_FILES) && !text[0])
             fputs("`\"\"`", out);
         else
             fprintf(out, "`%s`", text);
@@ -1182,10 +1499,10 @@ void config_write_help(FILE *out)
     config_set_defaults(&defaults);
     for (size_t i = 0; i < KEY_COUNT; i++) {
         const ConfigKey *k = &config_schema[i];
-        char text[CONFIG_STR_MAX + 64], range[256];
+        char text[VALUE_TEXT_MAX], range[256];
         value_format(k, &defaults, text, sizeof(text));
         range_text(k, range, sizeof(range));
         fprintf(out, "  %-32s %s (%s, default %s%s%s)\n", k->name, k->doc, type_name(k),
-                (k->type == CT_STRING && !text[0]) ? "\"\"" : text, range[0] ? "; " : "", range);
+                ((k->type == CT_STRING || k->type == CT_FILES) && !text[0]) ? "\"\"" : text, range[0] ? "; " : "", range);
     }
 }

@@ -8,6 +8,17 @@
 
 #define CONFIG_STR_MAX 1024
 
+/* A list-valued data key (data.train, data.eval): a plain path is one file of weight 1. */
+#define CONFIG_DATA_FILES_MAX 16
+typedef struct ConfigDataFile {
+    char path[CONFIG_STR_MAX];
+    float weight; /* > 0; mixture weights are normalized over the list */
+} ConfigDataFile;
+typedef struct ConfigDataFiles {
+    int count; /* 0 = not set */
+    ConfigDataFile items[CONFIG_DATA_FILES_MAX];
+} ConfigDataFiles;
+
 typedef struct Config {
     /* model */
     char model_path[CONFIG_STR_MAX];   /* model.path: HF directory; empty = use preset */
@@ -15,8 +26,11 @@ typedef struct Config {
     float model_init_std;              /* model.init_std */
     int model_random_init;             /* model.random_init: shape from model.path, random weights */
     /* data */
-    char data_train[CONFIG_STR_MAX];   /* data.train: HDF5 file; empty = bundled dataset */
-    char data_eval[CONFIG_STR_MAX];    /* data.eval */
+    char data_train[CONFIG_STR_MAX];   /* data.train: the first file (as a plain path); empty = bundled */
+    ConfigDataFiles data_train_files;  /* data.train: every file with its weight */
+    char data_eval[CONFIG_STR_MAX];    /* data.eval: the first file */
+    ConfigDataFiles data_eval_files;   /* data.eval: every file (each scored on its own) */
+    char data_mode[16];                /* lm | sft | classification */
     /* train */
     int train_steps;
     int train_seq_len;

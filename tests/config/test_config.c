@@ -420,10 +420,10 @@ Test(config, yaml_syntax_errors_carry_the_line)
 
 Test(config, structure_errors_say_what_was_found)
 {
-    expect_load_error("data:\n  train:\n    - path: a.h5\n      weight: 1\n",
-                      ":2: data.train: expected a string, got a sequence");
-    expect_load_error("data.train: [a.h5, b.h5]\n",
-                      ":1: data.train: expected a string, got a sequence");
+    expect_load_error("data:\n  train: {path: a.h5}\n",
+                      ":2: data.train: expected a path or a list of {path, weight}, got a "
+                      "mapping");
+    expect_load_error("run.dir: [a.h5, b.h5]\n", ":1: run.dir: expected a string, got a sequence");
     expect_load_error("optim: 3\n",
                       ":1: optim: is a section, expected its keys (such as optim.lr) under it, got "
                       "\"3\"");
@@ -730,7 +730,7 @@ Test(config, help_lists_every_key)
     int lines = 0;
     for (char *p = text; *p; p++)
         lines += *p == '\n';
-    cr_assert_eq(lines, 57);
+    cr_assert_eq(lines, 58);
     cr_assert(strstr(text, "  train.steps ") != NULL, "%s", text);
     cr_assert(strstr(text, "(int, default 300; 1..1000000000)") != NULL, "%s", text);
     free(text);
@@ -772,4 +772,51 @@ Test(config, mutated_files_fail_cleanly_and_name_the_file)
     cr_assert(failures > 50, "only %d of 400 mutations were rejected", failures);
     free(text);
     free(base);
+}
+
+/* data.train (and data.eval): a plain path is one file of weight 1; a list of {path, weight}
+ * (or plain paths) is a mixture. Errors name the entry: data.train[1].weight. */
+Test(config, data_train_takes_a_path_or_a_weighted_list)
+{
+    Config c;
+    cr_assert_eq(load_text(&c, "mix.yaml",
+                           "data:\n  train:\n    - {path: a.h5, weight: 0.7}\n"
+                           "    - path: b.h5\n      weight: 0.3\n    - c.h5\n"),
+                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(c.data_train_files.count, 3);
+    cr_assert_str_eq(c.data_train_files.items[1].path, "b.h5");
+    cr_assert_float_eq(c.data_train_files.items[0].weight, 0.7f, 0);
+    cr_assert_float_eq(c.data_train_files.items[2].weight, 1.0f, 0);
+    cr_assert_str_eq(c.data_train, "a.h5", "the plain mirror holds the first path");
+    cr_assert_eq(config_validate(&c), DS_OK, "%s", ds_last_error());
+    assert_round_trip(&c, 0);
+    assert_round_trip(&c, 1);
+    /* an override replaces the list with one path, or with a flow list */
+    cr_assert_eq(config_apply_override(&c, "data.train=d.h5", "t"), DS_OK);
+    cr_assert_eq(c.data_train_files.count, 1);
+    cr_assert_str_eq(c.data_train, "d.h5");
+    cr_assert_eq(config_apply_override(&c, "data.eval=[e.h5, {path: f.h5}]", "t"), DS_OK, "%s",
+                 ds_last_error());
+    cr_assert_eq(c.data_eval_files.count, 2);
+    cr_assert_str_eq(c.data_eval_files.items[1].path, "f.h5");
+    cr_assert_eq(config_apply_override(&c, "data.mode=sft", "t"), DS_OK);
+    cr_assert_str_eq(c.data_mode, "sft");
+
+    expect_load_error("data:\n  train:\n    - path: a.h5\n    - path: b.h5\n      weight: x\n",
+                      ":5: data.train[1].weight: expected a number in (0, 1e6], got \"x\"");
+    expect_load_error("data.train:\n  - {path: a.h5, weight: 0}\n",
+                      ":2: data.train[0].weight: expected a number in (0, 1e6], got \"0\"");
+    expect_load_error("data.train:\n  - {weight: 2}\n",
+                      ":2: data.train[0].path: missing (each entry is {path: FILE.h5, weight: W})");
+    expect_load_error("data.train:\n  - {path: a.h5, wieght: 2}\n",
+                      ":2: data.train[0].wieght: unknown key (expected path and weight)");
+    expect_load_error("data.train: []\n",
+                      ":1: data.train: expected at least one file, got an empty list");
+    expect_load_error("data.train:\n  - [a.h5]\n",
+                      ":2: data.train[0]: expected a path or {path, weight}, got a sequence");
+    expect_load_error("data.mode: packed\n",
+                      ":1: data.mode: expected one of lm, sft, classification, got \"packed\"");
+    expect_override_error("data.train=[a.h5, {path: b.h5, weight: -1}]",
+                          "command line: data.train[1].weight: expected a number in (0, 1e6], "
+                          "got \"-1\"");
 }
