@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # test_layouts.sh: the same config and data give the same training at every parallel layout.
 # The tiny preset on the bundled data, 20 steps, at np=1 and under mpirun at tp=2, dp=2 (with
-# and without ZeRO-1), tp=2 x dp=2 (both), and tp=4 (fewer kv heads than ranks: shared kv
-# heads): per-step losses agree within 1e-5 relative, final parameters within 1e-5. The global
-# batch is the same everywhere: train.micro_batch_size is per data-parallel rank, so it is
-# 4 / dp. Also checks the per-rank memory line: parameters 1/tp, optimizer state 1/(tp x dp).
+# and without ZeRO-1), tp=2 x dp=2 (both), tp=4 (fewer kv heads than ranks: shared kv heads)
+# and dp=2 with two accumulated micro-batches: per-step losses agree within 1e-5 relative,
+# final parameters within 1e-5. The global batch is the same everywhere: micro_batch_size is
+# per data-parallel rank and micro-step, so it is 4 / (dp x grad_accum). Also checks the
+# per-rank memory line: parameters 1/tp, optimizer state 1/(tp x dp) with ZeRO-1.
 set -euo pipefail
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -13,10 +14,10 @@ rm -rf "$work" && mkdir -p "$work"
 common=(train.steps=20 train.seq_len=32 log.every=5 run.save_final=true export.enabled=false
         checkpoint.every=0)
 
-run() { # name np tp dp zero
-  local name=$1 np=$2 tp=$3 dp=$4 zero=$5
+run() { # name np tp dp zero [grad_accum]
+  local name=$1 np=$2 tp=$3 dp=$4 zero=$5 accum=${6:-1}
   local args=("${common[@]}" run.dir="$work/$name" parallel.tp="$tp" parallel.zero="$zero"
-              train.micro_batch_size=$((4 / dp)))
+              train.micro_batch_size=$((4 / dp / accum)) train.grad_accum="$accum")
   if [ "$np" = 1 ]; then
     "$DSTRAIN" train "${args[@]}" >"$work/$name.log" 2>&1 || { cat "$work/$name.log"; exit 1; }
   else
@@ -33,6 +34,7 @@ run dp2_allreduce 2 1 2 0
 run tp2dp2 4 2 2 1
 run tp2dp2_allreduce 4 2 2 0
 run tp4 4 4 1 1
+run dp2_accum2 2 1 2 1 2
 
 python3 - "$work" <<'PY'
 import json, re, struct, sys
@@ -67,7 +69,7 @@ def memory(name):
 ref_loss, ref_params = losses("single"), tensors("single")
 assert len(ref_loss) == 20 and ref_loss[-1] < ref_loss[0] - 1.0, ref_loss
 failed = False
-for name in ["tp2", "dp2", "dp2_allreduce", "tp2dp2", "tp2dp2_allreduce", "tp4"]:
+for name in ["tp2", "dp2", "dp2_allreduce", "tp2dp2", "tp2dp2_allreduce", "tp4", "dp2_accum2"]:
     loss, params = losses(name), tensors(name)
     assert len(loss) == 20, (name, len(loss))
     rel = max(abs(a - b) / abs(a) for a, b in zip(ref_loss, loss))
