@@ -195,6 +195,10 @@ int train_run(const Config *cfg)
 
     /* the process grid first (MPI when a launcher started us); other ranks print nothing */
     if ((status = comm_grid_init(&grid, cfg->parallel_tp, cfg->parallel_dp)) != DS_OK) goto done;
+    /* several ranks on GPUs talk NCCL; each binds its GPU (local rank) before the backend */
+    if (strcmp(cfg->device, "cuda") == 0 && grid.world_size > 1 &&
+        (status = comm_grid_enable_nccl(&grid)) != DS_OK)
+        goto done;
     if (grid.world_rank != 0 && !freopen("/dev/null", "w", stdout)) {
         status = ds_error(DS_ERR_INTERNAL, "rank %d: cannot silence stdout", grid.world_rank);
         goto done;
