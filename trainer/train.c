@@ -17,9 +17,12 @@
 #include "../checkpoint/safetensors.h"
 #include "../checkpoint/train_ckpt.h"
 #include "../data/dataset.h"
+#include "../data/reader.h"
 #include "common.h"
 #include "continual.h"
+#include "metrics_server.h"
 #include "optim.h"
+#include "progress.h"
 
 int train_model_config(const Config *cfg, ModelConfig *mc)
 {
@@ -132,12 +135,12 @@ static int train_all_min(void *group, int local, int *global)
     return DS_OK;
 }
 
-static double eval_loss_on(Model *m, LMReader *reader, int batches, float *weights_scratch)
+static double eval_loss_on(Model *m, DataReader *reader, int batches, float *weights_scratch)
 {
     const int N = m->B * m->T;
     double sum = 0.0, count = 0.0;
     for (int b = 0; b < batches; b++) {
-        if (lm_reader_next(reader, m->B, m->inputs, m->targets, m->loss_weights) != DS_OK)
+        if (data_reader_next(reader, m->inputs, m->targets, m->loss_weights, NULL) != DS_OK)
             return NAN;
         for (int i = 0; i < N; i++) count += m->loss_weights[i];
         memcpy(weights_scratch, m->loss_weights, (size_t)N * sizeof(float));
@@ -184,14 +187,17 @@ int train_run(const Config *cfg)
     int status = DS_OK;
     Model model = {0};
     Optimizer opt = {0};
-    LMReader *reader = NULL, *eval_reader = NULL;
+    DataReader *data = NULL, *eval_data[CONFIG_DATA_FILES_MAX];
+    int n_eval = 0;
+    LMReader *reader = NULL; /* the checkpoint code's view of data */
     FILE *metrics = NULL;
     StepBatch sb = {0};
     float *eval_weights = NULL;
     ProcessGrid grid = {0};
     TrainCkpt *ckpts = NULL; /* checkpoints, resume and export (checkpoint/train_ckpt.h) */
+    MetricsServer *metrics_server = NULL; /* metrics.listen, rank 0 (trainer/metrics_server.c) */
     int start_step = 0;
-    char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64], data_buf[CONFIG_STR_MAX];
+    char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64];
 
     /* the process grid first (MPI when a launcher started us); other ranks print nothing */
     if ((status = comm_grid_init(&grid, cfg->parallel_tp, cfg->parallel_dp)) != DS_OK) goto done;
@@ -229,6 +235,14 @@ int train_run(const Config *cfg)
     fclose(cf);
     printf("dstrain: resolved config (saved in %s):\n", path);
     config_write_yaml(&resolved, stdout, 0);
+    if (grid.world_rank == 0 && cfg->metrics_listen[0]) {
+        int port = 0;
+        if ((status = metrics_server_start(cfg->metrics_listen, cfg->metrics_allow_remote,
+                                           &metrics_server, &port)) != DS_OK)
+            goto done;
+        printf("dstrain: metrics on http://%s/metrics (port %d)\n", cfg->metrics_listen, port);
+        fflush(stdout);
+    }
 
     /* model */
     ModelConfig mc;
@@ -238,9 +252,13 @@ int train_run(const Config *cfg)
     if ((status = train_backend(cfg->device, &be)) != DS_OK) goto done;
     if ((status = model_init_parallel(&model, &mc, be, B, T, &grid)) != DS_OK) goto done;
     if (cfg->model_path[0] && !cfg->model_random_init) {
-        printf("dstrain: loading weights from %s\n", cfg->model_path);
+        ProgressTask load;
+        char what[CONFIG_STR_MAX + 32];
+        snprintf(what, sizeof(what), "loading weights from %s", cfg->model_path);
+        progress_task_begin(&load, what, 0, "");
         if ((status = train_load_weights(cfg->model_path, &mc, &model)) != DS_OK)
             goto done;
+        progress_task_end(&load);
     } else {
         model_init_weights(&model, (uint64_t)cfg->train_seed, cfg->model_init_std);
     }
@@ -259,16 +277,10 @@ int train_run(const Config *cfg)
            model.arena_floats * 4.0 / 1048576);
 
     /* data */
-    const char *train_path = train_data_path(cfg->data_train, "kjv-train.h5", data_buf,
-                                             sizeof(data_buf));
-    if ((status = lm_reader_open(train_path, mc.vocab_size, T, (uint64_t)cfg->train_seed,
-                                 grid.dp_rank, grid.dp_size, &reader)) != DS_OK)
+    if ((status = data_readers_open(cfg, mc.vocab_size, grid.dp_rank, grid.dp_size, &data,
+                                    eval_data, &n_eval)) != DS_OK ||
+        (status = lm_reader_view(data, &reader)) != DS_OK)
         goto done;
-    if (cfg->data_eval[0] && cfg->eval_every > 0) {
-        if ((status = lm_reader_open(cfg->data_eval, mc.vocab_size, T, 0, 0, 1, &eval_reader)) !=
-            DS_OK)
-            goto done;
-    }
     const int accum = cfg->train_grad_accum;
     sb.inputs = ds_malloc((size_t)N * accum * sizeof(int32_t));
     sb.targets = ds_malloc((size_t)N * accum * sizeof(int32_t));
@@ -290,7 +302,7 @@ int train_run(const Config *cfg)
     int64_t rank0_pid = ckpt_world.tmp_tag;
     if ((status = comm_broadcast(&grid.world, &rank0_pid, 1, COMM_I64, 0)) != DS_OK) goto done;
     ckpt_world.tmp_tag = (long)rank0_pid;
-    if ((status = train_ckpt_open(cfg, run_dir, &mc, &model, &opt, reader, eval_reader,
+    if ((status = train_ckpt_open(cfg, run_dir, &mc, &model, &opt, reader, NULL,
                                   grid.world_size > 1 ? &ckpt_world : NULL, &ckpts,
                                   &start_step)) != DS_OK)
         goto done;
@@ -310,17 +322,24 @@ int train_run(const Config *cfg)
                           fail_rank, grid.world_rank);
         goto done;
     }
-    const int interactive = isatty(STDOUT_FILENO);
     const double t_start = ds_now();
+    const int on_gpu = !be->host_memory;
+    const char *peak_env = getenv("DSTRAIN_PEAK_FLOPS"); /* per GPU; default: H100/H200 bf16 */
+    progress_begin(&(ProgressOptions){
+        .out = stdout, .interactive = -1, .total_steps = cfg->train_steps,
+        .start_step = start_step, .log_every = cfg->log_every,
+        .flops_per_token = 6.0 * (double)n_params +
+                           12.0 * mc.num_layers * (double)mc.hidden_size * T,
+        .peak_flops = on_gpu ? (peak_env ? atof(peak_env) : 989e12) * grid.world_size : 0.0});
     double first_loss = NAN, last_loss = NAN;
     for (int step = start_step; step < cfg->train_steps; step++) {
         const double t0 = ds_now();
         double data_wait = 0.0, tokens = 0.0;
         for (int a = 0; a < accum; a++) {
             double td = ds_now();
-            if ((status = lm_reader_next(reader, B, sb.inputs + (size_t)a * N,
-                                         sb.targets + (size_t)a * N,
-                                         sb.weights + (size_t)a * N)) != DS_OK)
+            if ((status = data_reader_next(data, sb.inputs + (size_t)a * N,
+                                           sb.targets + (size_t)a * N,
+                                           sb.weights + (size_t)a * N, NULL)) != DS_OK)
                 goto done;
             data_wait += ds_now() - td;
         }
@@ -344,41 +363,52 @@ int train_run(const Config *cfg)
             goto done;
         double grad_norm = 0.0;
         if ((status = optim_grad_norm_global(&opt, &model, &grid, &grad_norm)) != DS_OK) goto done;
-        const float grad_scale = optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm);
         const float lr = optim_lr_at(cfg, step);
-        optim_step(&opt, &model, cfg, lr, grad_scale);
-        if ((status = optim_gather_params(&opt, &model, &grid)) != DS_OK) goto done;
+        /* a non-finite loss or gradient: skip the update (every rank holds the same values) */
+        const int finite = progress_check_finite(step + 1, &loss, &grad_norm);
+        if (finite) {
+            optim_step(&opt, &model, cfg, lr, optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm));
+            if ((status = optim_gather_params(&opt, &model, &grid)) != DS_OK) goto done;
+        }
 
         const double dt = ds_now() - t0;
         const double tok_per_s = (double)N * accum * grid.dp_size / dt;
-        if (step == start_step) first_loss = loss;
-        last_loss = loss;
-        fprintf(metrics,
-                "{\"step\": %d, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, "
-                "\"tokens_per_second\": %.1f, \"step_seconds\": %.5f, \"data_wait_seconds\": "
-                "%.6f, \"tokens\": %.0f}\n",
-                step + 1, loss, lr, grad_norm, tok_per_s, dt, data_wait, tokens);
+        if (finite && isnan(first_loss)) first_loss = loss;
+        if (finite) last_loss = loss;
+        if (finite)
+            fprintf(metrics,
+                    "{\"step\": %d, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, "
+                    "\"tokens_per_second\": %.1f, \"step_seconds\": %.5f, "
+                    "\"data_wait_seconds\": %.6f, \"tokens\": %.0f, \"nonfinite_steps\": %lld}\n",
+                    step + 1, loss, lr, grad_norm, tok_per_s, dt, data_wait, tokens,
+                    progress_nonfinite_total());
+        else /* JSON has no NaN: the loss is null and the step marked */
+            fprintf(metrics,
+                    "{\"step\": %d, \"loss\": null, \"skipped\": true, \"lr\": %.7g, "
+                    "\"step_seconds\": %.5f, \"nonfinite_steps\": %lld}\n",
+                    step + 1, lr, dt, progress_nonfinite_total());
         double eval_loss = NAN;
-        if (eval_reader && ((step + 1) % cfg->eval_every == 0 || step + 1 == cfg->train_steps)) {
-            eval_loss = eval_loss_on(&model, eval_reader, cfg->eval_batches, eval_weights);
-            fprintf(metrics, "{\"step\": %d, \"eval_loss\": %.7g}\n", step + 1, eval_loss);
+        if (n_eval && ((step + 1) % cfg->eval_every == 0 || step + 1 == cfg->train_steps)) {
+            for (int e = 0; e < n_eval; e++) { /* each file from its start; the first is shown */
+                if ((status = data_reader_rewind(eval_data[e])) != DS_OK) goto done;
+                double l = eval_loss_on(&model, eval_data[e], cfg->eval_batches, eval_weights);
+                if (e == 0) eval_loss = l;
+                fprintf(metrics, "{\"step\": %d, \"eval_loss\": %.7g, \"eval_set\": %d}\n",
+                        step + 1, l, e);
+            }
         }
         fflush(metrics);
-        const int last = step + 1 == cfg->train_steps;
-        if ((step + 1) % cfg->log_every == 0 || step == 0 || last || !isnan(eval_loss)) {
-            double elapsed = ds_now() - t_start;
-            double eta = elapsed / (step + 1) * (cfg->train_steps - step - 1);
-            printf("%sstep %*d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | "
-                   "data wait %.1f%% | eta %.0fs",
-                   interactive ? "\r" : "", (int)snprintf(NULL, 0, "%d", cfg->train_steps),
-                   step + 1, cfg->train_steps, loss, lr, grad_norm, tok_per_s,
-                   100.0 * data_wait / dt, eta);
-            if (!isnan(eval_loss)) printf(" | eval loss %.4f", eval_loss);
-            printf(interactive && !last && isnan(eval_loss) ? "" : "\n");
-            fflush(stdout);
-        }
-        if (!isfinite(loss)) {
-            status = ds_error(DS_ERR_INTERNAL, "step %d: loss is not finite (%g)", step + 1, loss);
+        progress_step(&(ProgressStep){.step = step + 1, .loss = loss, .lr = lr,
+                                      .grad_norm = grad_norm, .tokens = (double)N * accum * grid.dp_size,
+                                      .seconds = dt, .data_wait = data_wait,
+                                      .eval_loss = eval_loss, .skipped = !finite});
+        if (progress_nonfinite_in_row() >= cfg->train_max_nonfinite) {
+            status = ds_error(DS_ERR_INTERNAL,
+                              "step %d: %d steps in a row had a non-finite loss or gradient "
+                              "(train.max_nonfinite: %d); stopping. The weights are those of the "
+                              "last good step; resume from the last checkpoint with a lower "
+                              "optim.lr or check the data",
+                              step + 1, progress_nonfinite_in_row(), cfg->train_max_nonfinite);
             goto done;
         }
         if ((status = train_ckpt_after_step(ckpts, step + 1, lr)) != DS_OK) goto done;
@@ -388,10 +418,13 @@ int train_run(const Config *cfg)
         goto done;
     if (cfg->run_save_final && (status = train_save_final(&model, &grid, run_dir)) != DS_OK)
         goto done;
+    progress_end();
     printf("dstrain: done: %d steps in %.1fs, loss %.4f -> %.4f, run directory %s\n",
            cfg->train_steps, ds_now() - t_start, first_loss, last_loss, run_dir);
 
 done:
+    progress_end();
+    metrics_server_stop(metrics_server);
     if (status != DS_OK && grid.world_size > 1) {
         /* one rank's failure ends every rank, with its message: never a hang in a collective */
         fflush(stdout);
@@ -405,7 +438,8 @@ done:
     free(sb.weights);
     free(eval_weights);
     lm_reader_close(reader);
-    lm_reader_close(eval_reader);
+    data_reader_close(data);
+    for (int e = 0; e < n_eval; e++) data_reader_close(eval_data[e]);
     optim_free(&opt);
     model_free(&model);
     comm_grid_free(&grid);

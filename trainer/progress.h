@@ -1,0 +1,96 @@
+/* progress.h: what a person watching a run sees. Rank 0's step line (a live bar on a terminal,
+ * plain lines in a pipe or a Slurm log), warnings that stand out ("dstrain: warning: ..." on
+ * stderr), the non-finite step guard, the values the metrics endpoint serves, and a small
+ * progress API for long preparations (loading weights, packing, Fisher passes, export).
+ * One run per process: the state is process-wide so that any module can report into it. */
+#ifndef DSTRAIN_PROGRESS_H
+#define DSTRAIN_PROGRESS_H
+
+#include <stdio.h>
+
+#include "metrics_server.h"
+
+/* One step's figures, as the step loop has them. */
+typedef struct ProgressStep {
+    int step;              /* steps done, this one included (1-based) */
+    double loss;           /* NAN for a skipped step */
+    double lr, grad_norm;
+    double tokens;         /* trained tokens this step, all ranks */
+    double seconds;        /* wall time of the step */
+    double data_wait;      /* of which waiting for the data reader */
+    double eval_loss;      /* NAN when no evaluation ran after this step */
+    int skipped;           /* non-finite: no optimizer update */
+} ProgressStep;
+
+typedef struct ProgressOptions {
+    FILE *out;             /* the step line (stdout); warnings go to stderr */
+    int interactive;       /* -1: isatty(out); 0: plain lines; 1: live bar */
+    int total_steps, start_step;
+    int log_every;
+    double flops_per_token; /* 6 N (+ attention); 0: no MFU */
+    double peak_flops;      /* all ranks together; 0: no MFU (CPU runs) */
+} ProgressOptions;
+
+/* Start a run's progress (resets counters, warnings, the published snapshot). Reads the
+ * fault-injection hook DSTRAIN_INJECT_NAN_STEP=K[:N] (steps K..K+N-1, 1-based, report a
+ * non-finite loss and gradient norm) for tests. */
+void progress_begin(const ProgressOptions *opt);
+
+/* The non-finite guard, called once per step after the loss and gradient norm are known (all
+ * ranks hold the same values, so all ranks decide alike). Applies the injection hook, counts,
+ * warns. Returns 1 when the step may update the weights, 0 when it must be skipped. */
+int progress_check_finite(int step, double *loss, double *grad_norm);
+/* Non-finite steps in a row (0 after a finite step) and in total. */
+int progress_nonfinite_in_row(void);
+long long progress_nonfinite_total(void);
+
+/* After each step: updates the snapshot and publishes it (no allocation), prints the step line
+ * every log_every steps (and on the first, the last and evaluation steps), and warns on loss
+ * spikes and a data reader falling behind. */
+void progress_step(const ProgressStep *s);
+
+/* A warning that stands out: ends a live bar's line first, then "dstrain: warning: ..." on
+ * stderr. Counted (progress_warnings()). */
+void progress_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int progress_warnings(void);
+/* An ordinary message line that must not be glued to a live bar ("dstrain: ..."). */
+void progress_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Finish the live line (newline) if one is open. */
+void progress_end(void);
+
+/* ---- for other modules: checkpoint, EWC, replay, GPU memory -------------------------------- */
+
+/* Short text shown in the step line's checkpoint field ("saving step 100", "saved 100"). */
+void progress_set_checkpoint_state(const char *state);
+/* A save finished: duration (start to commit), stall (seconds the step loop was blocked by it),
+ * ok. Sets the field, the metrics (duration, last success time), and warns when the stall is
+ * long (more than 1 s and more than 5 mean steps). */
+void progress_checkpoint_done(int step, double duration_seconds, double stall_seconds, int ok);
+void progress_set_ewc_penalty(double penalty);
+void progress_set_replay_size(double examples);
+void progress_set_gpu_memory(double bytes);
+/* The current snapshot (for tests and the final summary). */
+void progress_snapshot(MetricsSnapshot *out);
+
+/* The step line for s as it would be printed (no bar), into buf. For tests. */
+void progress_format_line(const ProgressStep *s, char *buf, size_t cap);
+
+/* ---- long preparations ----------------------------------------------------------------------- */
+
+/* A task with a known total (bytes, tensors, documents...): a bar on a terminal, otherwise a
+ * line at most every 10% or 10 s, and a final "done in" line. total <= 0: unknown total. */
+typedef struct ProgressTask {
+    char what[96];
+    const char *unit;
+    double total, done;
+    double t_start, t_last_print;
+    int last_decile;
+    int interactive;
+    FILE *out;
+} ProgressTask;
+
+void progress_task_begin(ProgressTask *t, const char *what, double total, const char *unit);
+void progress_task_update(ProgressTask *t, double done);
+void progress_task_end(ProgressTask *t);
+
+#endif
