@@ -6,6 +6,7 @@
 #include "data/dataset.h"
 
 #include "data/order.h"
+#include "data/reader.h"
 #include "trainer/common.h"
 
 #include <errno.h>
@@ -483,6 +484,7 @@ int dataset_read_task_ids(TokenDataset *ds, int64_t first_doc, int64_t count, in
 /* ---- LMReader ----------------------------------------------------------------------------- */
 
 struct LMReader {
+    DataReader *view; /* lm_reader_view: position, seek and next go to this reader */
     TokenDataset *ds;
     int seq_len;
     uint64_t seed;
@@ -670,8 +672,17 @@ static int64_t lm_next_window_index(LMReader *r)
     return w;
 }
 
+int lm_reader_view(DataReader *data, LMReader **out)
+{
+    *out = ds_calloc(1, sizeof(LMReader));
+    if (!*out) return DS_ERR_INTERNAL;
+    (*out)->view = data;
+    return DS_OK;
+}
+
 int lm_reader_next(LMReader *r, int batch, int32_t *inputs, int32_t *targets, float *weights)
 {
+    if (r->view) return data_reader_next(r->view, inputs, targets, weights, NULL);
     const int T = r->seq_len;
     for (int b = 0; b < batch; b++) {
         int64_t w = lm_next_window_index(r);
@@ -690,17 +701,20 @@ int lm_reader_next(LMReader *r, int batch, int32_t *inputs, int32_t *targets, fl
 
 int64_t lm_reader_windows_per_epoch(const LMReader *r)
 {
+    if (r->view) return data_reader_samples_per_epoch(r->view, 0);
     return r->n_windows;
 }
 
 int lm_reader_next_window_index(LMReader *r, int64_t *window)
 {
+    if (r->view) return ds_error(DS_ERR_INTERNAL, "lm_reader_next_window_index: not on a view");
     *window = lm_next_window_index(r);
     return DS_OK;
 }
 
 int lm_reader_position(const LMReader *r, int64_t *global_window_index)
 {
+    if (r->view) return data_reader_global_sample(r->view, global_window_index);
     /* Normalised so that a reader at the end of an epoch reports the start of the next one. */
     int64_t epoch = r->epoch, position = r->next_position;
     if (position >= r->n_windows) {
@@ -713,6 +727,7 @@ int lm_reader_position(const LMReader *r, int64_t *global_window_index)
 
 int lm_reader_seek(LMReader *r, int64_t global_window_index)
 {
+    if (r->view) return data_reader_seek_global(r->view, global_window_index);
     int64_t epoch = global_window_index / r->n_windows;
     int64_t position = global_window_index % r->n_windows;
     if (global_window_index < 0 || position < r->dp_rank || (position - r->dp_rank) % r->dp_size)
@@ -734,6 +749,10 @@ const TokenDataset *lm_reader_dataset(const LMReader *r)
 void lm_reader_close(LMReader *r)
 {
     if (!r) return;
+    if (r->view) {
+        free(r); /* the DataReader belongs to whoever opened it */
+        return;
+    }
     dataset_close(r->ds);
     free(r->window_tokens);
     free(r->raw_tokens);

@@ -60,6 +60,11 @@ int lm_reader_seek(LMReader *r, int64_t global_window_index);
  * covers stream positions [w (seq_len+1), (w+1) (seq_len+1))). */
 int lm_reader_next_window_index(LMReader *r, int64_t *window);
 const TokenDataset *lm_reader_dataset(const LMReader *r);
+/* An LMReader that forwards next, position (the global sample index of the next step), seek and
+ * windows_per_epoch to a DataReader (reader.h), for code written against this API; closing it
+ * leaves the DataReader open. */
+struct DataReader;
+int lm_reader_view(struct DataReader *data, LMReader **out);
 
 /* Tokens [start, start + count) of the flat array (ids checked against the vocabulary); the loss
  * mask too when loss_mask != NULL (1 where the file has none). */

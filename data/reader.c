@@ -522,6 +522,29 @@ int data_reader_set_state(DataReader *r, const DataReaderState *st)
     return reader_start(r);
 }
 
+int data_reader_global_sample(const DataReader *r, int64_t *global_sample)
+{
+    DataReaderState st = {0};
+    DS_TRY(data_reader_get_state(r, &st));
+    *global_sample = st.global_sample;
+    return DS_OK;
+}
+
+int data_reader_seek_global(DataReader *r, int64_t global_sample)
+{
+    if (global_sample < 0)
+        return ds_error(DS_ERR_INPUT, "data position: negative global sample index %" PRId64,
+                        global_sample);
+    DataReaderState st = reader_initial_state(r, r->state.seed);
+    reader_stop(r);
+    r->cursor = st;
+    r->mix_position = 0;
+    reader_mix_advance(r, global_sample);
+    st = r->cursor;
+    st.global_sample = global_sample;
+    return data_reader_set_state(r, &st);
+}
+
 int data_reader_rewind(DataReader *r)
 {
     DataReaderState st = reader_initial_state(r, r->state.seed);
