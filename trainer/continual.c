@@ -635,8 +635,10 @@ int continual_run(const Config *cfg)
         for (int step = 0; step < steps; step++) {
             model_zero_grad(&d.model);
             loss = 0.0;
+            int replayed = 0;
             for (int a = 0; a < accum; a++) {
                 int n_rep = d.replay.count > 0 ? n_replay_rows : 0;
+                replayed += n_rep;
                 if ((status = fill_micro_batch(&d, n_rep, task_id)) != DS_OK) goto done;
                 if (cls) {
                     for (int r = 0; r < B; r++) d.row_weights[r] = 1.0f / (float)(B * accum);
@@ -671,8 +673,7 @@ int continual_run(const Config *cfg)
             fprintf(d.metrics,
                     "{\"task\": \"%s\", \"step\": %d, \"loss\": %.7g, \"ewc_penalty\": %.7g, "
                     "\"lr\": %.7g, \"grad_norm\": %.7g, \"replay_rows\": %d}\n",
-                    task->id, step + 1, loss, penalty, lr, grad_norm,
-                    d.replay.count > 0 ? n_replay_rows * accum : 0);
+                    task->id, step + 1, loss, penalty, lr, grad_norm, replayed);
             if ((step + 1) % cfg->log_every == 0 || step + 1 == steps)
                 printf("task %s step %d/%d | loss %.4f | ewc penalty %.4g | lr %.3e | %.0fs\n",
                        task->id, step + 1, steps, loss, penalty, lr, ds_now() - t_start);
