@@ -226,6 +226,7 @@ struct MetricsServer {
     uv_thread_t thread;
     int connections;
     unsigned long long served, rejected;
+    char url[300];
 };
 
 static void conn_handle_closed(uv_handle_t *h)
@@ -432,6 +433,8 @@ int metrics_server_start(const char *listen, int allow_remote, MetricsServer **o
     int p = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                               : ((struct sockaddr_in *)&bound)->sin_port);
     if (bound_port) *bound_port = p;
+    snprintf(srv->url, sizeof(srv->url), strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d",
+             host, p);
     if ((rc = uv_thread_create(&srv->thread, server_thread, srv)) != 0) {
         uv_close((uv_handle_t *)&srv->listener, NULL);
         uv_close((uv_handle_t *)&srv->stop, NULL);
@@ -443,6 +446,8 @@ int metrics_server_start(const char *listen, int allow_remote, MetricsServer **o
     *out = srv;
     return DS_OK;
 }
+
+const char *metrics_server_url(const MetricsServer *srv) { return srv->url; }
 
 void metrics_server_stop(MetricsServer *srv)
 {

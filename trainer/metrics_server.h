@@ -62,6 +62,8 @@ int metrics_parse_listen(const char *listen, int allow_remote, char *host, size_
  * port is in *bound_port (may be NULL). */
 int metrics_server_start(const char *listen, int allow_remote, MetricsServer **out,
                          int *bound_port);
+/* "http://HOST:PORT" of a started server (the bound port). */
+const char *metrics_server_url(const MetricsServer *srv);
 /* Stop the thread, close every connection, free. NULL is fine. */
 void metrics_server_stop(MetricsServer *srv);
 

@@ -33,6 +33,7 @@ static struct {
     int nonfinite_in_row;
     long long nonfinite_total;
     int inject_from, inject_count;
+    long step_sleep_ms;    /* DSTRAIN_STEP_SLEEP_MS: a test hook that makes runs last */
     double window_seconds, window_wait; /* since the last printed line */
     int data_slow;         /* warned that the reader is behind; re-armed under half the share */
     int warnings;
@@ -61,6 +62,8 @@ void progress_begin(const ProgressOptions *opt)
         P.inject_from = (int)strtol(inject, &end, 10);
         P.inject_count = *end == ':' ? (int)strtol(end + 1, NULL, 10) : 1;
     }
+    const char *sleep_ms = getenv("DSTRAIN_STEP_SLEEP_MS");
+    P.step_sleep_ms = sleep_ms ? strtol(sleep_ms, NULL, 10) : 0;
     pthread_mutex_unlock(&lock);
     metrics_publish(&P.snap);
 }
@@ -136,6 +139,9 @@ void progress_format_line(const ProgressStep *s, char *buf, size_t cap)
 
 void progress_step(const ProgressStep *s)
 {
+    if (P.step_sleep_ms > 0)
+        nanosleep(&(struct timespec){P.step_sleep_ms / 1000, P.step_sleep_ms % 1000 * 1000000L},
+                  NULL);
     P.steps_seen++;
     P.window_seconds += s->seconds;
     P.window_wait += s->data_wait;

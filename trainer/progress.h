@@ -33,7 +33,8 @@ typedef struct ProgressOptions {
 
 /* Start a run's progress (resets counters, warnings, the published snapshot). Reads the
  * fault-injection hook DSTRAIN_INJECT_NAN_STEP=K[:N] (steps K..K+N-1, 1-based, report a
- * non-finite loss and gradient norm) for tests. */
+ * non-finite loss and gradient norm) and DSTRAIN_STEP_SLEEP_MS=M (every step sleeps M ms
+ * after it is measured, so that a short run lasts long enough to be scraped), for tests. */
 void progress_begin(const ProgressOptions *opt);
 
 /* The non-finite guard, called once per step after the loss and gradient norm are known (all

@@ -240,7 +240,7 @@ int train_run(const Config *cfg)
         if ((status = metrics_server_start(cfg->metrics_listen, cfg->metrics_allow_remote,
                                            &metrics_server, &port)) != DS_OK)
             goto done;
-        printf("dstrain: metrics on http://%s/metrics (port %d)\n", cfg->metrics_listen, port);
+        printf("dstrain: metrics on %s/metrics\n", metrics_server_url(metrics_server));
         fflush(stdout);
     }
 
