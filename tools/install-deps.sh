@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what dstrain needs on Debian 12: compilers, CMake, Open MPI, HDF5, libuv, libyaml,
 # cJSON, OpenBLAS, Criterion, and Python's h5py/numpy/safetensors for the tests' cross-checks
-# (scikit-learn for the continual-learning benchmark's digits).
+# (scikit-learn for the continual-learning benchmark's digits), Prometheus (promtool and a real
+# server for the scrape test), gnuplot (dstrain plot), and tokenizers (dstrain generate).
 # The CUDA toolkit is not a Debian package: when /usr/local/cuda is there, CUDA is built too.
 set -euo pipefail
 SUDO=""
@@ -9,7 +10,8 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config git openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
       libuv1-dev libyaml-dev libcjson-dev libopenblas-dev libcriterion-dev
-      python3 python3-pip python3-h5py python3-numpy)
+      python3 python3-pip python3-h5py python3-numpy
+      prometheus gnuplot-nox curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -17,8 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # the python3 first on PATH may not be Debian's: give it the same modules
-if ! python3 -c "import h5py, numpy, safetensors, sklearn" >/dev/null 2>&1; then
-  python3 -m pip install -q h5py numpy safetensors scikit-learn 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages h5py numpy safetensors scikit-learn
+if ! python3 -c "import h5py, numpy, safetensors, sklearn, tokenizers" >/dev/null 2>&1; then
+  python3 -m pip install -q h5py numpy safetensors scikit-learn tokenizers 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages h5py numpy safetensors scikit-learn tokenizers
 fi
 echo "dstrain: dependencies installed"
