@@ -1,0 +1,213 @@
+/* bench_ops.c: time of each CUDA backend op at the deepseek-coder-1.3b training shape
+ * (B x T = 8 x 2048 by default), and the share of a training step each takes, counted from how
+ * often model.c calls it. Tells where a step's time goes; not a correctness check (tests/gpu/).
+ * Usage: gpu_bench_ops [B T]. Inputs are random (never zeros); times are CUDA-event medians of
+ * 5 runs after a warm-up. Matmuls are timed in both matmul modes (fp32, bf16). */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/ops.h"
+#include "trainer/common.h"
+
+static const Backend *gpu;
+static cudaEvent_t ev0, ev1;
+
+#define CHUNK ((size_t)1 << 22)
+static float *host_chunk;
+
+/* A device buffer of n floats of random values in [-scale, scale] (one random chunk repeated). */
+static float *dev_random(size_t n, float scale)
+{
+    float *d = gpu->mem_alloc(n * sizeof(float));
+    if (!d) {
+        fprintf(stderr, "gpu_bench_ops: %s\n", ds_last_error());
+        exit(1);
+    }
+    for (size_t at = 0; at < n; at += CHUNK) {
+        size_t len = n - at < CHUNK ? n - at : CHUNK;
+        for (size_t i = 0; i < len; i++) host_chunk[i] = host_chunk[i] * 0.999f; /* vary a bit */
+        gpu->mem_to_device(d + at, host_chunk, len * sizeof(float));
+    }
+    (void)scale;
+    return d;
+}
+
+typedef struct Row {
+    const char *op;
+    char shape[64];
+    double ms;
+    int per_step;
+} Row;
+static Row rows[64];
+static int nrows;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define TIME(op_name, count, shape_fmt, ...)                                                       \
+    for (int _once = 1; _once; _once = 0) {                                                        \
+        double _t[5];                                                                              \
+        for (int _r = -1; _r < 5; _r++) {                                                          \
+            cudaEventRecord(ev0, 0);                                                               \
+            BODY;                                                                                  \
+            cudaEventRecord(ev1, 0);                                                               \
+            cudaEventSynchronize(ev1);                                                             \
+            float _ms = 0;                                                                         \
+            cudaEventElapsedTime(&_ms, ev0, ev1);                                                  \
+            if (_r >= 0) _t[_r] = _ms;                                                             \
+        }                                                                                          \
+        qsort(_t, 5, sizeof(double), cmp_double);                                                  \
+        Row *_row = &rows[nrows++];                                                                \
+        _row->op = op_name;                                                                        \
+        snprintf(_row->shape, sizeof(_row->shape), shape_fmt, __VA_ARGS__);                       \
+        _row->ms = _t[2];                                                                          \
+        _row->per_step = count;                                                                    \
+    }
+
+int main(int argc, char **argv)
+{
+    const int B = argc > 2 ? atoi(argv[1]) : 8, T = argc > 2 ? atoi(argv[2]) : 2048;
+    const int C = 2048, H = 16, KVH = 16, D = 128, I = 5504, V = 32256, L = 24;
+    const int N = B * T;
+    const size_t NC = (size_t)N * C, NI = (size_t)N * I;
+    gpu = backend_cuda();
+    if (!gpu) {
+        fprintf(stderr, "gpu_bench_ops: %s\n", ds_last_error());
+        return 1;
+    }
+    host_chunk = malloc(CHUNK * sizeof(float));
+    uint64_t s = 88172645463325252ull;
+    for (size_t i = 0; i < CHUNK; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        host_chunk[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    }
+    cudaEventCreate(&ev0);
+    cudaEventCreate(&ev1);
+
+    float *x = dev_random(NC, 1), *y = dev_random(NC, 1), *z = dev_random(NC, 1);
+    float *wcc = dev_random((size_t)C * C, 1), *dwcc = dev_random((size_t)C * C, 1);
+    float *wci = dev_random((size_t)C * I, 1), *dwci = dev_random((size_t)C * I, 1);
+    float *g = dev_random(NI, 1), *u = dev_random(NI, 1), *a = dev_random(NI, 1);
+    float *dg = dev_random(NI, 1), *du = dev_random(NI, 1);
+    float *normw = dev_random(C, 1), *dnormw = dev_random(C, 1), *rstd = dev_random(N, 1);
+    float *lse = dev_random((size_t)B * H * T, 1);
+    float *q = dev_random(NC, 1), *k = dev_random(NC, 1), *v = dev_random(NC, 1);
+    float *att = dev_random(NC, 1), *dq = dev_random(NC, 1), *dk = dev_random(NC, 1),
+          *dv = dev_random(NC, 1);
+    float *cosb = dev_random((size_t)T * D / 2, 1), *sinb = dev_random((size_t)T * D / 2, 1);
+    int32_t *tok_host = malloc((size_t)N * 4);
+    float *w_host = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) tok_host[i] = (int32_t)((i * 2654435761u) % V), w_host[i] = 1.0f / N;
+    int32_t *tok = gpu->mem_alloc((size_t)N * 4);
+    gpu->mem_to_device(tok, tok_host, (size_t)N * 4);
+    float *lw = gpu->mem_alloc((size_t)N * 4), *losses = gpu->mem_alloc((size_t)N * 4);
+    gpu->mem_to_device(lw, w_host, (size_t)N * 4);
+    float *embed = dev_random((size_t)V * C, 1), *dembed = dev_random((size_t)V * C, 1);
+    float *logits = dev_random((size_t)N * V, 1);
+    float *mom1 = dev_random((size_t)V * C, 1), *mom2 = dev_random((size_t)V * C, 1);
+
+    const char *modes[] = {"fp32", "bf16"};
+    for (int mi = 0; mi < 2; mi++) {
+        cuda_matmul_precision(modes[mi]);
+        const int c4 = mi == 0 ? 1 : 0; /* per-step counts only for the default mode's rows */
+#define BODY gpu->matmul_forward(y, x, wcc, NULL, N, C, C)
+        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C, C);
+#undef BODY
+#define BODY gpu->matmul_backward(z, dwcc, NULL, y, x, wcc, N, C, C)
+        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C, C);
+#undef BODY
+#define BODY gpu->matmul_forward(g, x, wci, NULL, N, C, I)
+        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C, I);
+#undef BODY
+#define BODY gpu->matmul_backward(z, dwci, NULL, g, x, wci, N, C, I)
+        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C, I);
+#undef BODY
+#define BODY gpu->matmul_forward(y, a, wci, NULL, N, I, C)
+        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
+#undef BODY
+#define BODY gpu->matmul_backward(a, dwci, NULL, y, g, wci, N, I, C)
+        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
+#undef BODY
+#define BODY gpu->matmul_forward(logits, x, embed, NULL, N, C, V)
+        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
+#undef BODY
+#define BODY gpu->matmul_backward(z, dembed, NULL, logits, x, embed, N, C, V)
+        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
+#undef BODY
+    }
+    cuda_matmul_precision("fp32");
+#define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
+    TIME("attention_fwd", L, "B%d T%d H%d D%d", B, T, H, D);
+#undef BODY
+#define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, B, T, H, KVH, D)
+    TIME("attention_bwd", L, "B%d T%d H%d D%d", B, T, H, D);
+#undef BODY
+#define BODY gpu->rmsnorm_forward(y, rstd, x, normw, N, C, 1e-6f)
+    TIME("rmsnorm_fwd", 2 * L + 1, "%dx%d", N, C);
+#undef BODY
+#define BODY gpu->rmsnorm_backward(z, dnormw, y, x, normw, rstd, N, C)
+    TIME("rmsnorm_bwd", 2 * L + 1, "%dx%d", N, C);
+#undef BODY
+#define BODY gpu->rope_forward(q, cosb, sinb, B, T, H, D)
+    TIME("rope (fwd or bwd)", 4 * L, "B%d T%d H%d D%d", B, T, H, D);
+#undef BODY
+#define BODY gpu->swiglu_forward(a, g, u, NI)
+    TIME("swiglu_fwd", L, "%zu", NI);
+#undef BODY
+#define BODY gpu->swiglu_backward(dg, du, a, g, u, NI)
+    TIME("swiglu_bwd", L, "%zu", NI);
+#undef BODY
+#define BODY gpu->add(z, x, y, NC)
+    TIME("add", 5 * L, "%zu", NC);
+#undef BODY
+#define BODY gpu->embedding_forward(x, tok, embed, N, C)
+    TIME("embedding_fwd", 1, "N%d C%d", N, C);
+#undef BODY
+#define BODY gpu->embedding_backward(dembed, x, tok, N, C)
+    TIME("embedding_bwd", 1, "N%d C%d", N, C);
+#undef BODY
+#define BODY gpu->cross_entropy(losses, logits, tok, lw, N, V, 1)
+    TIME("cross_entropy (+grad)", 1, "N%d V%d", N, V);
+#undef BODY
+#define BODY gpu->sum_squares(embed, (size_t)V * C)
+    TIME("sum_squares (embed)", 1, "%zu", (size_t)V * C);
+#undef BODY
+#define BODY gpu->sum_squares(wcc, (size_t)C * C)
+    TIME("sum_squares (C x C)", 9 * L, "%zu", (size_t)C * C);
+#undef BODY
+#define BODY                                                                                       \
+    gpu->adamw_update(embed, dembed, mom1, mom2, (size_t)V * C, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f,  \
+                      1.0f, 3)
+    /* the optimizer walks all 1.35B parameters; timed on the 66M of the embedding and scaled */
+    TIME("adamw (embed; x20.3 = all)", 20, "%zu", (size_t)V * C);
+#undef BODY
+
+    printf("| %-26s | %-32s | %9s | %8s | %10s |\n", "op (coder-1.3b shape)", "shape", "ms/call",
+           "per step", "ms/step");
+    printf("|----------------------------|----------------------------------|-----------|----------|"
+           "------------|\n");
+    double total = 0;
+    for (int i = 0; i < nrows; i++) {
+        double per = rows[i].ms * rows[i].per_step;
+        total += per;
+        printf("| %-26s | %-32s | %9.3f | %8d | %10.1f |\n", rows[i].op, rows[i].shape, rows[i].ms,
+               rows[i].per_step, per);
+    }
+    printf("| %-26s | %-32s | %9s | %8s | %10.1f |\n", "sum (fp32 matmuls)", "", "", "", total);
+    double bf16_gain = 0;
+    for (int i = 0; i < nrows; i++)
+        if (strstr(rows[i].op, "[fp32]"))
+            for (int j = 0; j < nrows; j++)
+                if (strstr(rows[j].op, "[bf16]") && strcmp(rows[i].shape, rows[j].shape) == 0 &&
+                    strncmp(rows[i].op, rows[j].op, 10) == 0)
+                    bf16_gain += (rows[i].ms - rows[j].ms) * rows[i].per_step;
+    printf("| %-26s | %-32s | %9s | %8s | %10.1f |\n", "sum (bf16 matmuls)", "", "", "",
+           total - bf16_gain);
+    return 0;
+}
