@@ -139,9 +139,6 @@ void progress_format_line(const ProgressStep *s, char *buf, size_t cap)
 
 void progress_step(const ProgressStep *s)
 {
-    if (P.step_sleep_ms > 0)
-        nanosleep(&(struct timespec){P.step_sleep_ms / 1000, P.step_sleep_ms % 1000 * 1000000L},
-                  NULL);
     P.steps_seen++;
     P.window_seconds += s->seconds;
     P.window_wait += s->data_wait;
@@ -175,6 +172,10 @@ void progress_step(const ProgressStep *s)
                                                  LOSS_EMA_ALPHA * s->loss;
         P.loss_ema_count++;
     }
+
+    if (P.step_sleep_ms > 0) /* after publishing: a scrape sees this step while it sleeps */
+        nanosleep(&(struct timespec){P.step_sleep_ms / 1000, P.step_sleep_ms % 1000 * 1000000L},
+                  NULL);
 
     const int last = s->step >= P.opt.total_steps;
     const int first = P.steps_seen == 1;
