@@ -8,6 +8,7 @@
 #include "../data/pack.h"
 #include "common.h"
 #include "config.h"
+#include "inspect.h"
 #include "submit.h"
 #include "train.h"
 
@@ -22,6 +23,9 @@ static void usage(FILE *out)
             "  pack --input F.jsonl --output F.h5  token-id JSONL to the HDF5 layout\n"
             "  export --checkpoint DIR --output D  a checkpoint as a Hugging Face model directory\n"
             "  submit [-c CONFIG] [--nodes N ...]  render and submit a Slurm job (--dry-run prints)\n"
+            "  info PATH                           what is in a checkpoint, model dir, dataset\n"
+            "  plot RUN_DIR [-o FILE.png]          loss, eval loss, lr, throughput as a PNG\n"
+            "  generate --model DIR --prompt TEXT  greedy or top-p sampling from a model\n"
             "  config --defaults | --docs          the complete commented default config, or\n"
             "                                      the markdown reference of every key\n"
             "exit codes: 0 done, 1 internal failure, 2 bad input or config, 75 checkpointed,\n"
@@ -60,6 +64,12 @@ int main(int argc, char **argv)
         status = pack_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "submit") == 0) {
         status = submit_main(argc - 1, argv + 1);
+    } else if (strcmp(cmd, "info") == 0) {
+        status = info_main(argc - 1, argv + 1);
+    } else if (strcmp(cmd, "plot") == 0) {
+        status = plot_main(argc - 1, argv + 1);
+    } else if (strcmp(cmd, "generate") == 0) {
+        status = generate_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "config") == 0) {
         status = config_main(argc - 1, argv + 1);
     } else if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {

@@ -1,0 +1,20 @@
+/* inspect.h: the commands that look at what a run made, without training: `dstrain info`
+ * (info.c), `dstrain plot` (plot.c) and `dstrain generate` (generate.c). */
+#ifndef DSTRAIN_INSPECT_H
+#define DSTRAIN_INSPECT_H
+
+#include <stdio.h>
+
+/* dstrain info PATH: a checkpoint directory, a Hugging Face model directory, a dataset (.h5)
+ * or a safetensors file, summarized on out. */
+int info_main(int argc, char **argv);
+int info_print(const char *path, FILE *out);
+
+/* dstrain plot RUN_DIR [-o FILE.png]: loss, eval loss, lr and throughput over steps. */
+int plot_main(int argc, char **argv);
+
+/* dstrain generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T --top-p P
+ * --seed S]: greedy (temperature 0, the default) or top-p sampling. */
+int generate_main(int argc, char **argv);
+
+#endif
