@@ -24,6 +24,11 @@ int data_readers_open(const Config *cfg, int model_vocab, int dp_rank, int dp_si
     DataMode mode;
     DS_TRY(data_mode_parse(cfg->data_mode, &mode));
     const int classification = strcmp(cfg->task_type, "classification") == 0;
+    if (classification && cfg->task_num_labels < 2)
+        return ds_error(DS_ERR_INPUT,
+                        "task.num_labels: task.type classification needs at least 2 labels, "
+                        "got %d",
+                        cfg->task_num_labels);
     if (classification != (mode == DATA_MODE_CLASSIFICATION))
         return ds_error(DS_ERR_INPUT,
                         "config: data.mode %s does not go with task.type %s (classification "

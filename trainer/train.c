@@ -247,6 +247,7 @@ int train_run(const Config *cfg)
     /* model */
     ModelConfig mc;
     if ((status = train_model_config(cfg, &mc)) != DS_OK) goto done;
+    if (strcmp(cfg->task_type, "classification") == 0) mc.num_labels = cfg->task_num_labels;
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, N = B * T;
     const Backend *be = NULL;
     if ((status = train_backend(cfg->device, &be)) != DS_OK) goto done;

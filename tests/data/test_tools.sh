@@ -163,5 +163,21 @@ check "bad weight message" grep -q "badmix.yaml:3: data.train\[0\].weight: expec
 check "missing file exits 2" test $rc -eq 2
 check "missing file named" grep -q "missing.h5: cannot open" missing.out
 
+# Classification on the sensor file: labels reach the model's head, and the loss falls.
+"$DSTRAIN" train data.train=sensors.h5 data.mode=classification task.type=classification \
+  task.num_labels=4 train.seq_len=64 train.micro_batch_size=16 train.steps=40 optim.lr=3e-3 \
+  optim.warmup_steps=5 export.enabled=false run.dir=cls log.every=10 > cls.out 2>&1
+check "classification run exits 0" test $? -eq 0
+check "classification loss falls from about ln 4" $PY -c "
+import json, math
+l = [json.loads(x) for x in open('cls/metrics.jsonl') if '\"loss\"' in x]
+first, last = l[0]['loss'], sum(x['loss'] for x in l[-5:]) / 5
+assert abs(first - math.log(4)) < 0.5 and all(x['tokens'] == 16 for x in l), (first, l[0])
+assert last < 0.8 * first, (first, last)"
+"$DSTRAIN" train data.train=sensors.h5 data.mode=classification task.type=causal_lm \
+  train.steps=1 run.dir=cls2 > cls2.out 2>&1; rc=$?
+check "mode and task.type must agree" test $rc -eq 2
+check "mode and task.type message" grep -q "data.mode classification does not go with task.type causal_lm" cls2.out
+
 echo "$passes passed, $fails failed"
 [ "$fails" -eq 0 ]
