@@ -1,7 +1,9 @@
 /* test_comm.c: the process grid and every collective, in a plain process (world of one, no MPI)
  * and under mpirun at np = 1, 2 and 4. Under mpirun this same executable runs as a worker (a
  * constructor takes over before Criterion's main when DSTRAIN_COMM_WORKER is set), checks
- * values against closed forms on every rank and exits non-zero on the first mismatch. */
+ * values against closed forms on every rank and exits non-zero on the first mismatch. With
+ * DSTRAIN_COMM_DEVICE=cuda (a GPU node, one rank per GPU, see tests/parallel/gpu_nccl.sh) the
+ * same checks run on device buffers, that is over NCCL. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
+#include "kernels/ops.h"
 #include "mpi_test_util.h"
 #include "trainer/common.h"
 
@@ -29,6 +32,34 @@ static int failures, checks;
         }                                                                                          \
     } while (0)
 
+/* Device buffers when the worker runs over NCCL: each collective's buffer is copied to the GPU,
+ * reduced there and copied back. */
+static const Backend *device;
+
+static void *dev_in(void *host, size_t bytes)
+{
+    if (!device) return host;
+    void *d = device->mem_alloc(bytes);
+    if (d) device->mem_to_device(d, host, bytes);
+    return d;
+}
+
+static void dev_out(void *host, void *d, size_t bytes)
+{
+    if (!device || !d) return;
+    device->mem_to_host(host, d, bytes);
+    device->mem_free(d);
+}
+
+/* c(buf) through a device copy of buf when there is a device */
+#define ON_DEVICE(buf, bytes, call)                                                                \
+    do {                                                                                           \
+        void *dev_buf_ = dev_in((buf), (bytes));                                                   \
+        int dev_status_ = call;                                                                    \
+        dev_out((buf), dev_buf_, (bytes));                                                         \
+        WCHECK(dev_status_ == DS_OK, "%s", ds_last_error());                                       \
+    } while (0)
+
 /* Collectives on one group: values depend on the member rank so that misplaced blocks show. */
 static void check_group(const CommGroup *g, int rank, const char *name)
 {
@@ -41,9 +72,9 @@ static void check_group(const CommGroup *g, int rank, const char *name)
     for (int j = 0; j < 3; j++) d[j] = 0.5 * (g->rank + 1) + j;
     i64[0] = (int64_t)g->rank + ((int64_t)1 << 40);
     i64[1] = -g->rank;
-    WCHECK(comm_all_reduce(g, f, 5, COMM_F32, COMM_SUM) == DS_OK, "%s", ds_last_error());
-    WCHECK(comm_all_reduce(g, d, 3, COMM_F64, COMM_MAX) == DS_OK, "%s", ds_last_error());
-    WCHECK(comm_all_reduce(g, i64, 2, COMM_I64, COMM_SUM) == DS_OK, "%s", ds_last_error());
+    ON_DEVICE(f, sizeof(f), comm_all_reduce(g, dev_buf_, 5, COMM_F32, COMM_SUM));
+    ON_DEVICE(d, sizeof(d), comm_all_reduce(g, dev_buf_, 3, COMM_F64, COMM_MAX));
+    ON_DEVICE(i64, sizeof(i64), comm_all_reduce(g, dev_buf_, 2, COMM_I64, COMM_SUM));
     const float tri = (float)n * (n + 1) / 2;
     for (int j = 0; j < 5; j++)
         WCHECK(f[j] == tri * (j + 1), "%s all-reduce sum [%d] = %g, expected %g", name, j, f[j],
@@ -60,7 +91,7 @@ static void check_group(const CommGroup *g, int rank, const char *name)
     float *buf = calloc((size_t)n * count, sizeof(float));
     for (int b = 0; b < n; b++)
         for (size_t e = 0; e < count; e++) buf[b * count + e] = g->rank * 100.0f + b * 10.0f + e;
-    WCHECK(comm_reduce_scatter(g, buf, count, COMM_F32) == DS_OK, "%s", ds_last_error());
+    ON_DEVICE(buf, n * count * sizeof(float), comm_reduce_scatter(g, dev_buf_, count, COMM_F32));
     for (size_t e = 0; e < count; e++) {
         float want = 100.0f * n * (n - 1) / 2 + n * (g->rank * 10.0f + e);
         WCHECK(buf[g->rank * count + e] == want, "%s reduce-scatter [%zu] = %g, expected %g",
@@ -68,7 +99,7 @@ static void check_group(const CommGroup *g, int rank, const char *name)
     }
     /* all-gather: each member contributes its block */
     for (size_t e = 0; e < count; e++) buf[g->rank * count + e] = g->rank * 1000.0f + e;
-    WCHECK(comm_all_gather(g, buf, count, COMM_F32) == DS_OK, "%s", ds_last_error());
+    ON_DEVICE(buf, n * count * sizeof(float), comm_all_gather(g, dev_buf_, count, COMM_F32));
     for (int b = 0; b < n; b++)
         for (size_t e = 0; e < count; e++)
             WCHECK(buf[b * count + e] == b * 1000.0f + e, "%s all-gather block %d [%zu] = %g",
@@ -77,8 +108,7 @@ static void check_group(const CommGroup *g, int rank, const char *name)
     /* broadcast from the last member, bytes */
     char text[32];
     snprintf(text, sizeof(text), "from member %d", g->rank);
-    WCHECK(comm_broadcast(g, text, sizeof(text), COMM_U8, n - 1) == DS_OK, "%s",
-           ds_last_error());
+    ON_DEVICE(text, sizeof(text), comm_broadcast(g, dev_buf_, sizeof(text), COMM_U8, n - 1));
     char want[32];
     snprintf(want, sizeof(want), "from member %d", n - 1);
     WCHECK(strcmp(text, want) == 0, "%s broadcast got \"%s\"", name, text);
@@ -96,6 +126,19 @@ static int worker_main(void)
         fprintf(stderr, "dstrain: error: %s\n", ds_last_error());
         comm_grid_free(&g);
         return 2;
+    }
+    const char *on = getenv("DSTRAIN_COMM_DEVICE");
+    if (on && strcmp(on, "cuda") == 0) {
+#ifdef DSTRAIN_HAVE_CUDA
+        if (comm_grid_enable_nccl(&g) != DS_OK) {
+            fprintf(stderr, "rank %d: %s\n", rank, ds_last_error());
+            return 1;
+        }
+        device = backend_cuda();
+#else
+        fprintf(stderr, "DSTRAIN_COMM_DEVICE=cuda: built without CUDA\n");
+        return 1;
+#endif
     }
     WCHECK(g.tp_rank == rank % tp && g.dp_rank == rank / tp, "tp_rank %d dp_rank %d", g.tp_rank,
            g.dp_rank);
@@ -120,9 +163,9 @@ static int worker_main(void)
     int64_t want = tp >= 2 ? 2 * (rank - rank % 2) + 1 : rank;
     WCHECK(who == want, "pair sum %lld, expected %lld", (long long)who, (long long)want);
     comm_group_free(&pairs);
-    printf("rank %d of %d (tp %d/%d, dp %d/%d, local %d): %d checks, %d failed\n", rank,
+    printf("rank %d of %d (tp %d/%d, dp %d/%d, local %d): %d checks%s, %d failed\n", rank,
            g.world_size, g.tp_rank, g.tp_size, g.dp_rank, g.dp_size, g.local_rank, checks,
-           failures);
+           device ? " on device buffers" : "", failures);
     fflush(stdout);
     comm_grid_free(&g);
     return failures ? 1 : 0;
