@@ -136,8 +136,8 @@ static int dataset_open_1d(TokenDataset *ds, const char *name, int required, hid
         return ds_error(DS_ERR_INPUT, "%s: dataset \"%s\" is missing (see docs/data.md)", ds->path,
                         name);
     }
-    /* A chunk cache large enough for the chunks one group of the blocked order touches: windows are read at random, and
-     * re-inflating a whole chunk for every window would dominate the read time. */
+    /* A chunk cache that holds the chunks one group of the blocked order (reader.c) touches:
+     * re-reading or re-inflating a chunk for every window would dominate the read time. */
     hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
     H5Pset_chunk_cache(dapl, 1031, 64u << 20, 1.0);
     hid_t dset = H5Dopen2(ds->file, name, dapl);

@@ -76,9 +76,9 @@ struct DataReader {
     ReaderSource src[DATA_MAX_SOURCES];
     int n_src;
     /* producer cursor */
-    DataReaderState cursor;    /* global_sample = first sample of the producer's current step */
-    int micro;                 /* next micro-batch of that step */
-    int64_t mix_position;      /* cursor.consumed counts the global samples [0, mix_position) */
+    DataReaderState cursor; /* global_sample = first sample of the producer's current step */
+    int micro;              /* next micro-batch of that step */
+    int64_t mix_position;   /* cursor.consumed counts the global samples [0, mix_position) */
     int32_t *window_tokens, *raw_tokens;
     uint8_t *window_mask, *raw_mask;
     /* ring */
@@ -210,7 +210,8 @@ static void reader_produce_locked(DataReader *r, Slot *slot)
     data_hdf5_lock();
     slot->status = reader_produce(r, slot);
     data_hdf5_unlock();
-    if (slot->status != DS_OK) snprintf(slot->message, sizeof(slot->message), "%s", ds_last_error());
+    if (slot->status != DS_OK)
+        snprintf(slot->message, sizeof(slot->message), "%s", ds_last_error());
 }
 
 static void *reader_thread(void *arg)
@@ -266,7 +267,8 @@ static int reader_check_options(const DataReaderOptions *o)
         return ds_error(DS_ERR_INPUT, "data.train: %d files; 1 to %d are supported", o->n_sources,
                         DATA_MAX_SOURCES);
     if (o->seq_len < 1 || o->micro_batch < 1 || o->grad_accum < 1 || o->prefetch < 0)
-        return ds_error(DS_ERR_INPUT, "data reader: seq_len, micro_batch and grad_accum must be >= 1");
+        return ds_error(DS_ERR_INPUT,
+                        "data reader: seq_len, micro_batch and grad_accum must be >= 1");
     if (o->dp_size < 1 || o->dp_rank < 0 || o->dp_rank >= o->dp_size)
         return ds_error(DS_ERR_INPUT, "data reader: data-parallel rank %d of %d is out of range",
                         o->dp_rank, o->dp_size);

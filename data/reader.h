@@ -12,7 +12,11 @@
 #define DATA_MAX_SOURCES 16
 #define DATA_READER_STATE_VERSION 1
 
-typedef enum DataMode { DATA_MODE_LM = 0, DATA_MODE_SFT = 1, DATA_MODE_CLASSIFICATION = 2 } DataMode;
+typedef enum DataMode {
+    DATA_MODE_LM = 0,
+    DATA_MODE_SFT = 1,
+    DATA_MODE_CLASSIFICATION = 2
+} DataMode;
 
 /* "lm" | "sft" | "classification" -> mode; DS_ERR_INPUT for anything else. */
 int data_mode_parse(const char *name, DataMode *mode);
@@ -30,8 +34,8 @@ typedef struct DataReaderOptions {
     int model_vocab; /* > 0: files with a larger vocabulary are refused */
     int num_labels;  /* classification: > 0 checks every label is in [0, num_labels) at open */
     int seq_len;
-    int micro_batch;   /* rows per micro-batch on this rank */
-    int grad_accum;    /* micro-batches per optimizer step */
+    int micro_batch; /* rows per micro-batch on this rank */
+    int grad_accum;  /* micro-batches per optimizer step */
     int dp_rank, dp_size;
     uint64_t seed;
     int prefetch; /* micro-batches read ahead by the background thread; 0 = read in the caller */

@@ -13,8 +13,9 @@
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s FILE.h5 [seq_len] [micro_batch] [lm|sft|classification] "
-                        "[prefetch] [max_tokens]\n",
+        fprintf(stderr,
+                "usage: %s FILE.h5 [seq_len] [micro_batch] [lm|sft|classification] "
+                "[prefetch] [max_tokens]\n",
                 argv[0]);
         return 2;
     }
@@ -28,8 +29,14 @@ int main(int argc, char **argv)
     int prefetch = argc > 5 ? atoi(argv[5]) : 8;
     long long max_tokens = argc > 6 ? atoll(argv[6]) : 0;
     DataSource src = {path, 1.0};
-    DataReaderOptions o = {.mode = mode, .sources = &src, .n_sources = 1, .seq_len = T,
-                           .micro_batch = B, .grad_accum = 1, .dp_size = 1, .seed = 1,
+    DataReaderOptions o = {.mode = mode,
+                           .sources = &src,
+                           .n_sources = 1,
+                           .seq_len = T,
+                           .micro_batch = B,
+                           .grad_accum = 1,
+                           .dp_size = 1,
+                           .seed = 1,
                            .prefetch = prefetch};
     double t_open = ds_now();
     DataReader *r = NULL;

@@ -29,13 +29,20 @@ typedef struct Rows {
     int64_t labels[64];
 } Rows;
 
-static DataReader *open_reader(const char *path, DataMode mode, int T, int B, int accum,
-                               int rank, int dp, uint64_t seed, int prefetch)
+static DataReader *open_reader(const char *path, DataMode mode, int T, int B, int accum, int rank,
+                               int dp, uint64_t seed, int prefetch)
 {
     DataSource src = {path, 1.0};
-    DataReaderOptions o = {.mode = mode, .sources = &src, .n_sources = 1, .seq_len = T,
-                           .micro_batch = B, .grad_accum = accum, .dp_rank = rank,
-                           .dp_size = dp, .seed = seed, .prefetch = prefetch};
+    DataReaderOptions o = {.mode = mode,
+                           .sources = &src,
+                           .n_sources = 1,
+                           .seq_len = T,
+                           .micro_batch = B,
+                           .grad_accum = accum,
+                           .dp_rank = rank,
+                           .dp_size = dp,
+                           .seed = seed,
+                           .prefetch = prefetch};
     DataReader *r = NULL;
     cr_assert_eq(data_reader_open(&o, &r), DS_OK, "%s", ds_last_error());
     return r;
@@ -155,8 +162,7 @@ Test(reader, resume_mid_epoch_gives_identical_batches_also_at_another_dp_size)
     static Rows again[8];
     read_steps(b, 8, again);
     for (int i = 0; i < 8; i++)
-        cr_assert(rows_equal(&cont[i], &again[i], B * T), "micro-batch %d differs after resume",
-                  i);
+        cr_assert(rows_equal(&cont[i], &again[i], B * T), "micro-batch %d differs after resume", i);
     data_reader_close(b);
 
     /* dp 2, micro-batch 2, accum 1: G = 4. Step s: rank 0 holds the first micro-batch of the
@@ -201,9 +207,9 @@ static void pack_sft(const char *dir, char *out, size_t size, const char *pad)
     write_text(in, SFT_JSONL);
     test_path(out, size, dir, "sft.h5");
     if (pad)
-        cr_assert_eq(run_pack("--input", in, "--output", out, "--vocab-size", "20", "--pad-id",
-                              pad, NULL),
-                     DS_OK, "%s", ds_last_error());
+        cr_assert_eq(
+            run_pack("--input", in, "--output", out, "--vocab-size", "20", "--pad-id", pad, NULL),
+            DS_OK, "%s", ds_last_error());
     else
         cr_assert_eq(run_pack("--input", in, "--output", out, "--vocab-size", "20", NULL), DS_OK,
                      "%s", ds_last_error());
@@ -270,9 +276,15 @@ Test(reader, classification_rows_carry_labels)
 
     /* a label outside task.num_labels, and a file without pad_id, are refused at open */
     DataSource src = {path, 1.0};
-    DataReaderOptions o = {.mode = DATA_MODE_CLASSIFICATION, .sources = &src, .n_sources = 1,
-                           .num_labels = 2, .seq_len = T, .micro_batch = 1, .grad_accum = 1,
-                           .dp_size = 1, .prefetch = 1};
+    DataReaderOptions o = {.mode = DATA_MODE_CLASSIFICATION,
+                           .sources = &src,
+                           .n_sources = 1,
+                           .num_labels = 2,
+                           .seq_len = T,
+                           .micro_batch = 1,
+                           .grad_accum = 1,
+                           .dp_size = 1,
+                           .prefetch = 1};
     cr_assert_eq(data_reader_open(&o, &r), DS_ERR_INPUT);
     assert_error_contains("dataset \"labels\": label 2 of document 0 is outside [0, 2)");
     test_dir("rd-cls-nopad", dir, sizeof(dir));
@@ -307,9 +319,16 @@ Test(reader, weighted_mixture_is_deterministic_and_resumable)
     cr_assert_eq(run_python(dir, "b", script), 0);
     test_path(b, sizeof(b), dir, "b.h5");
     DataSource src[2] = {{a, 0.7}, {b, 0.3}};
-    DataReaderOptions o = {.mode = DATA_MODE_LM, .sources = src, .n_sources = 2,
-                           .model_vocab = 6000, .seq_len = 3, .micro_batch = 8, .grad_accum = 1,
-                           .dp_size = 1, .seed = 11, .prefetch = 4};
+    DataReaderOptions o = {.mode = DATA_MODE_LM,
+                           .sources = src,
+                           .n_sources = 2,
+                           .model_vocab = 6000,
+                           .seq_len = 3,
+                           .micro_batch = 8,
+                           .grad_accum = 1,
+                           .dp_size = 1,
+                           .seed = 11,
+                           .prefetch = 4};
     DataReader *r = NULL, *twin = NULL;
     cr_assert_eq(data_reader_open(&o, &r), DS_OK, "%s", ds_last_error());
     cr_assert_eq(data_reader_samples_per_epoch(r, 1), 100);
