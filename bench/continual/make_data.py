@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heads", type=int, default=8)
+    # 64 positions: a short rotary wavelength lets attention tell neighbouring pixels apart
+    ap.add_argument("--theta", type=float, default=100.0)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     x, y = load_digits(return_X_y=True)
@@ -59,7 +61,7 @@ def main():
         json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
                    "vocab_size": 32, "hidden_size": 64, "intermediate_size": 128,
                    "num_hidden_layers": 2, "num_attention_heads": a.heads, "num_key_value_heads": a.heads,
-                   "max_position_embeddings": 65, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                   "max_position_embeddings": 65, "rms_norm_eps": 1e-5, "rope_theta": a.theta,
                    "tie_word_embeddings": False, "torch_dtype": "float32"}, f, indent=1)
     print(f"train {len(xtr)} test {len(xte)} per task, {a.tasks} tasks in {a.out}")
 
