@@ -1062,6 +1062,16 @@ int ckpt_writer_save(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bufs
     return DS_OK;
 }
 
+int ckpt_writer_reserve(CkptWriter *w, size_t bytes)
+{
+    DS_TRY(ckpt_writer_wait(w));
+    if (bytes <= w->snap_cap) return DS_OK;
+    free(w->snap);
+    w->snap = ds_aligned_alloc(PARAM_ALIGN_BYTES, bytes); /* zeroed: the pages are touched */
+    w->snap_cap = w->snap ? bytes : 0;
+    return w->snap ? DS_OK : DS_ERR_INTERNAL;
+}
+
 int ckpt_writer_last_step(const CkptWriter *w)
 {
     return w ? w->last_step : -1;

@@ -76,6 +76,9 @@ typedef struct CkptWriter CkptWriter;
 /* The writer lays buffers out by table (which it copies). Removes stale temporary directories
  * left by killed runs (rank 0). */
 int ckpt_writer_open(const CkptWriterOptions *opt, const ParamTable *table, CkptWriter **out);
+/* Allocate (and touch) the host snapshot for saves of up to bytes now, so that the first save
+ * does not stall training on page faults. Optional. */
+int ckpt_writer_reserve(CkptWriter *w, size_t bytes);
 /* Wait for the save in flight (if any), then snapshot buffers and blobs into host memory and
  * start writing them (in the background when async). Returns the previous save's error, if it
  * failed, before starting the new one; the new save's own errors come from a later call. The

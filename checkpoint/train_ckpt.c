@@ -166,6 +166,9 @@ int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *m
             .tmp_tag = tc->world.tmp_tag,
         };
         status = ckpt_writer_open(&wo, &model->table, &tc->writer);
+        /* parameters and two moments, plus the small blobs */
+        if (status == DS_OK)
+            status = ckpt_writer_reserve(tc->writer, 3 * model->table.total * sizeof(float) + 64);
     }
     if (status != DS_OK) {
         train_ckpt_close(tc);
