@@ -101,7 +101,7 @@ def torch_child(shape_name, mode, steps, warmup):
     return dict(step_s=statistics.median(times),
                 peak_gib=torch.cuda.max_memory_reserved() / 2**30,
                 peak_alloc_gib=torch.cuda.max_memory_allocated() / 2**30,
-                loss=float(loss))
+                loss=float(loss.detach()))
 
 
 # ---- dstrain side --------------------------------------------------------------------------------
