@@ -497,6 +497,12 @@ int continual_run(const Config *cfg)
     ContinualTasks *tasks = ds_calloc(1, sizeof(ContinualTasks));
     if (!tasks) return DS_ERR_INTERNAL;
     char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64], state_dir[CONFIG_STR_MAX + 64];
+    if (!cfg->continual_tasks[0]) {
+        status = ds_error(DS_ERR_INPUT, "task.type: %s trains from a task list: set "
+                                        "continual.tasks (one task is fine; docs/continual.md)",
+                          cfg->task_type);
+        goto done;
+    }
     if ((status = continual_tasks_load(cfg->continual_tasks, tasks)) != DS_OK) goto done;
     const int K = tasks->count;
 

@@ -102,5 +102,9 @@ check "num_labels 1 exits 2" test $rc -eq 2
   continual.ewc.fisher.samples=4 run.dir=exact > exact.out 2>&1; rc=$?
 check "exact Fisher runs" test $rc -eq 0
 
+"$DSTRAIN" train $common run.dir=bad > notasks.out 2>&1; rc=$?
+check "classification without a task list exits 2" test $rc -eq 2
+check "and says to set continual.tasks" grep -q "task.type: classification trains from a task list: set continual.tasks" notasks.out
+
 echo "continual cli: $passes passed, $fails failed"
 [ $fails -eq 0 ]
