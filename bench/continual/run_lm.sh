@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Language-model continual case: the tiny preset trained from scratch on English prose (bundled
+# KJV), then on Python source code (the interpreter's standard library); the prose perplexity
+# after the code task, naive vs replay vs EWC vs both.
+# usage: bench/continual/run_lm.sh   (DSTRAIN=path/to/dstrain, OUT=dir to keep the runs)
+set -euo pipefail
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+DSTRAIN=${DSTRAIN:-$SRC/build/dstrain}
+OUT=${OUT:-$(mktemp -d /tmp/continual-lm.XXXXXX)}
+STEPS=${STEPS:-300}
+python3 "$SRC/bench/continual/make_lm_data.py" --out "$OUT/data" --src "$SRC" --steps "$STEPS"
+common=(model.preset=tiny task.type=causal_lm continual.tasks="$OUT/data/tasks.yaml"
+        train.seq_len=64 train.micro_batch_size=8 optim.lr=3e-3 optim.warmup_steps=20
+        eval.batches=16 log.every=100)
+ewc=(continual.ewc.enabled=true continual.ewc.lambda=${LAMBDA:-10} continual.ewc.fisher.samples=128)
+replay=(continual.replay.capacity=1024 continual.replay.ratio=0.25)
+for method in naive ewc replay both; do
+  extra=()
+  case $method in
+    ewc) extra=("${ewc[@]}") ;;
+    replay) extra=("${replay[@]}") ;;
+    both) extra=("${ewc[@]}" "${replay[@]}") ;;
+  esac
+  "$DSTRAIN" train "${common[@]}" ${extra[@]+"${extra[@]}"} run.dir="$OUT/$method" \
+    > "$OUT/$method.log" 2>&1 || { tail -5 "$OUT/$method.log"; exit 1; }
+done
+python3 - "$OUT" <<'PY'
+import json, math, sys
+print("method  prose ppl after prose  prose ppl after code  code ppl after code")
+for m in ("naive", "ewc", "replay", "both"):
+    R = json.load(open(f"{sys.argv[1]}/{m}/continual.json"))["R"]
+    print(f"{m:7s} {math.exp(R[0][0]):21.2f} {math.exp(R[1][0]):21.2f} {math.exp(R[1][1]):20.2f}")
+PY
