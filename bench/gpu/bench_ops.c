@@ -28,7 +28,8 @@ static float *dev_random(size_t n, float scale)
     }
     for (size_t at = 0; at < n; at += CHUNK) {
         size_t len = n - at < CHUNK ? n - at : CHUNK;
-        for (size_t i = 0; i < len; i++) host_chunk[i] = host_chunk[i] * 0.999f; /* vary a bit */
+        for (size_t i = 0; i < len; i++)
+            host_chunk[i] = host_chunk[i] * 0.999f; /* vary a bit */
         gpu->mem_to_device(d + at, host_chunk, len * sizeof(float));
     }
     (void)scale;
@@ -65,7 +66,7 @@ static int cmp_double(const void *a, const void *b)
         qsort(_t, 5, sizeof(double), cmp_double);                                                  \
         Row *_row = &rows[nrows++];                                                                \
         _row->op = op_name;                                                                        \
-        snprintf(_row->shape, sizeof(_row->shape), shape_fmt, __VA_ARGS__);                       \
+        snprintf(_row->shape, sizeof(_row->shape), shape_fmt, __VA_ARGS__);                        \
         _row->ms = _t[2];                                                                          \
         _row->per_step = count;                                                                    \
     }
@@ -103,7 +104,8 @@ int main(int argc, char **argv)
     float *cosb = dev_random((size_t)T * D / 2, 1), *sinb = dev_random((size_t)T * D / 2, 1);
     int32_t *tok_host = malloc((size_t)N * 4);
     float *w_host = malloc((size_t)N * 4);
-    for (int i = 0; i < N; i++) tok_host[i] = (int32_t)((i * 2654435761u) % V), w_host[i] = 1.0f / N;
+    for (int i = 0; i < N; i++)
+        tok_host[i] = (int32_t)((i * 2654435761u) % V), w_host[i] = 1.0f / N;
     int32_t *tok = gpu->mem_alloc((size_t)N * 4);
     gpu->mem_to_device(tok, tok_host, (size_t)N * 4);
     float *lw = gpu->mem_alloc((size_t)N * 4), *losses = gpu->mem_alloc((size_t)N * 4);
@@ -117,16 +119,20 @@ int main(int argc, char **argv)
         cuda_matmul_precision(modes[mi]);
         const int c4 = mi == 0 ? 1 : 0; /* per-step counts only for the default mode's rows */
 #define BODY gpu->matmul_forward(y, x, wcc, NULL, N, C, C)
-        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C, C);
+        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
+             C);
 #undef BODY
 #define BODY gpu->matmul_backward(z, dwcc, NULL, y, x, wcc, N, C, C)
-        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C, C);
+        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
+             C);
 #undef BODY
 #define BODY gpu->matmul_forward(g, x, wci, NULL, N, C, I)
-        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C, I);
+        TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C,
+             I);
 #undef BODY
 #define BODY gpu->matmul_backward(z, dwci, NULL, g, x, wci, N, C, I)
-        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C, I);
+        TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C,
+             I);
 #undef BODY
 #define BODY gpu->matmul_forward(y, a, wci, NULL, N, I, C)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
@@ -175,14 +181,14 @@ int main(int argc, char **argv)
 #define BODY gpu->cross_entropy(losses, logits, tok, lw, N, V, 1)
     TIME("cross_entropy (+grad)", 1, "N%d V%d", N, V);
 #undef BODY
-#define BODY gpu->sum_squares(embed, (size_t)V * C)
+#define BODY gpu->sum_squares(embed, (size_t)V *C)
     TIME("sum_squares (embed)", 1, "%zu", (size_t)V * C);
 #undef BODY
-#define BODY gpu->sum_squares(wcc, (size_t)C * C)
+#define BODY gpu->sum_squares(wcc, (size_t)C *C)
     TIME("sum_squares (C x C)", 9 * L, "%zu", (size_t)C * C);
 #undef BODY
 #define BODY                                                                                       \
-    gpu->adamw_update(embed, dembed, mom1, mom2, (size_t)V * C, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f,  \
+    gpu->adamw_update(embed, dembed, mom1, mom2, (size_t)V *C, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f,    \
                       1.0f, 3)
     /* the optimizer walks all 1.35B parameters; timed on the 66M of the embedding and scaled */
     TIME("adamw (embed; x20.3 = all)", 20, "%zu", (size_t)V * C);
@@ -190,8 +196,9 @@ int main(int argc, char **argv)
 
     printf("| %-26s | %-32s | %9s | %8s | %10s |\n", "op (coder-1.3b shape)", "shape", "ms/call",
            "per step", "ms/step");
-    printf("|----------------------------|----------------------------------|-----------|----------|"
-           "------------|\n");
+    printf(
+        "|----------------------------|----------------------------------|-----------|----------|"
+        "------------|\n");
     double total = 0;
     for (int i = 0; i < nrows; i++) {
         double per = rows[i].ms * rows[i].per_step;

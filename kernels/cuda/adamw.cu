@@ -8,9 +8,8 @@
 
 __global__ static void adamw_kernel(float *master, __nv_bfloat16 *param_bf16, const float *grad,
                                     float *m, float *v, size_t n, float decay, float lerp_weight,
-                                    float beta2, float one_minus_beta2, float eps,
-                                    float grad_scale, float neg_step_size,
-                                    float bias_correction2_sqrt)
+                                    float beta2, float one_minus_beta2, float eps, float grad_scale,
+                                    float neg_step_size, float bias_correction2_sqrt)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -49,12 +48,11 @@ static void adamw_launch(float *master, void *param_bf16, const float *grad, flo
 
 /* fp32 master weights plus a bf16 working copy (param_bf16 may be NULL). */
 extern "C" void cuda_adamw_update(float *master, void *param_bf16, const float *grad, float *m,
-                                  float *v, size_t n, float lr, float beta1, float beta2,
-                                  float eps, float weight_decay, float grad_scale, int t,
-                                  cudaStream_t stream)
+                                  float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                                  float weight_decay, float grad_scale, int t, cudaStream_t stream)
 {
-    adamw_launch(master, param_bf16, grad, m, v, n, lr, beta1, beta2, eps, weight_decay,
-                 grad_scale, t, stream);
+    adamw_launch(master, param_bf16, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
+                 t, stream);
 }
 
 /* fp32 parameters only (the fp32 mode of the backend). */

@@ -56,19 +56,22 @@ static void *scratch_get(size_t bytes)
 
 __device__ static inline float warp_sum(float v)
 {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
 __device__ static inline double warp_sum_d(double v)
 {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
 __device__ static inline float warp_max(float v)
 {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -119,7 +122,8 @@ __global__ static void colsum_partial_kernel(float *partial, const float *x, con
     __syncthreads();
     if (threadIdx.y == 0 && j < N) {
         float total = 0.0f;
-        for (int r = 0; r < 8; r++) total += part[r][threadIdx.x];
+        for (int r = 0; r < 8; r++)
+            total += part[r][threadIdx.x];
         partial[(size_t)blockIdx.y * N + j] = total;
     }
 }
@@ -129,7 +133,8 @@ __global__ static void colsum_finish_kernel(float *dst, const float *partial, in
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= N) return;
     double s = 0.0;
-    for (int c = 0; c < chunks; c++) s += partial[(size_t)c * N + j];
+    for (int c = 0; c < chunks; c++)
+        s += partial[(size_t)c * N + j];
     dst[j] += (float)s;
 }
 
@@ -162,10 +167,15 @@ static cublasComputeType_t lt_compute = CUBLAS_COMPUTE_32F;
 
 extern "C" int cuda_matmul_precision(const char *mode)
 {
-    if (strcmp(mode, "fp32") == 0) lt_compute = CUBLAS_COMPUTE_32F;
-    else if (strcmp(mode, "bf16") == 0) lt_compute = CUBLAS_COMPUTE_32F_FAST_16BF;
-    else if (strcmp(mode, "tf32") == 0) lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-    else return ds_error(DS_ERR_INPUT, "DSTRAIN_CUDA_MATMUL: \"%s\": expected fp32, bf16 or tf32", mode);
+    if (strcmp(mode, "fp32") == 0)
+        lt_compute = CUBLAS_COMPUTE_32F;
+    else if (strcmp(mode, "bf16") == 0)
+        lt_compute = CUBLAS_COMPUTE_32F_FAST_16BF;
+    else if (strcmp(mode, "tf32") == 0)
+        lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    else
+        return ds_error(DS_ERR_INPUT, "DSTRAIN_CUDA_MATMUL: \"%s\": expected fp32, bf16 or tf32",
+                        mode);
     return DS_OK;
 }
 
@@ -182,7 +192,8 @@ static void lt_matmul(float *d, const float *a, const float *b, const float *bia
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, ld;
     cublasCheck(cublasLtMatmulDescCreate(&desc, lt_compute, CUDA_R_32F));
-    cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     if (bias) {
@@ -199,12 +210,12 @@ static void lt_matmul(float *d, const float *a, const float *b, const float *bia
     cublasCheck(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, m));
     cublasLtMatmulPreference_t pref;
     cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_workspace_size, sizeof(size_t)));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                     &lt_workspace_size, sizeof(size_t)));
     cublasLtMatmulHeuristicResult_t heur;
     int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, desc, la, lb, ld, ld, pref, 1, &heur,
-                                               &found));
+    cublasCheck(
+        cublasLtMatmulAlgoGetHeuristic(lt_handle, desc, la, lb, ld, ld, pref, 1, &heur, &found));
     if (found == 0 && bias) { /* no fused bias for this shape: the product, then the bias */
         cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
         cublasCheck(cublasLtMatrixLayoutDestroy(la));
@@ -275,11 +286,13 @@ __global__ static void rmsnorm_forward_kernel(float *out, float *rstd, const flo
     const float *x = inp + (size_t)blockIdx.x * C;
     float *y = out + (size_t)blockIdx.x * C;
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) ss += x[j] * x[j];
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        ss += x[j] * x[j];
     ss = block_sum(ss, shared);
     float variance = C > 0 ? ss / C : 0.0f;
     float r = 1.0f / sqrtf(variance + eps);
-    for (int j = threadIdx.x; j < C; j += blockDim.x) y[j] = weight[j] * (x[j] * r);
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        y[j] = weight[j] * (x[j] * r);
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
 }
 
@@ -292,10 +305,12 @@ __global__ static void rmsnorm_backward_kernel(float *dinp, const float *dout, c
     float *dx = dinp + row;
     float r = rstd[blockIdx.x];
     float dot = 0.0f;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) dot += weight[j] * dy[j] * x[j];
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        dot += weight[j] * dy[j] * x[j];
     dot = block_sum(dot, shared);
     float coef = dot * r * r * r / C;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) dx[j] += r * weight[j] * dy[j] - coef * x[j];
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        dx[j] += r * weight[j] * dy[j] - coef * x[j];
 }
 
 static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int M,
@@ -377,9 +392,9 @@ __global__ static void attention_forward_kernel(float *out, float *lse, const fl
                                                 int KVH, int D, float scale)
 {
     extern __shared__ float smem[];
-    float *Ks = smem;                     /* [TILE][D+1] */
-    float *Vs = Ks + ATT_TILE * (D + 1);  /* [TILE][D] */
-    float *Qs = Vs + ATT_TILE * D;        /* [WARPS][D] */
+    float *Ks = smem;                    /* [TILE][D+1] */
+    float *Vs = Ks + ATT_TILE * (D + 1); /* [TILE][D] */
+    float *Qs = Vs + ATT_TILE * D;       /* [WARPS][D] */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / KVH);
     const int t0 = blockIdx.x * ATT_WARPS, t = t0 + warp;
@@ -388,10 +403,12 @@ __global__ static void attention_forward_kernel(float *out, float *lse, const fl
     const bool active = t < T;
     float *qrow = Qs + warp * D;
     if (active)
-        for (int d = lane; d < D; d += 32) qrow[d] = q[(size_t)(b * T + t) * qstride + h * D + d];
+        for (int d = lane; d < D; d += 32)
+            qrow[d] = q[(size_t)(b * T + t) * qstride + h * D + d];
     float acc[ATT_SLOTS];
 #pragma unroll
-    for (int i = 0; i < ATT_SLOTS; i++) acc[i] = 0.0f;
+    for (int i = 0; i < ATT_SLOTS; i++)
+        acc[i] = 0.0f;
     float running_max = -INFINITY, denom = 0.0f;
     for (int s0 = 0; s0 <= t_last; s0 += ATT_TILE) {
         __syncthreads();
@@ -412,7 +429,8 @@ __global__ static void attention_forward_kernel(float *out, float *lse, const fl
         float score = -INFINITY;
         if (s <= t) {
             float dot = 0.0f;
-            for (int d = 0; d < D; d++) dot += qrow[d] * Ks[lane * (D + 1) + d];
+            for (int d = 0; d < D; d++)
+                dot += qrow[d] * Ks[lane * (D + 1) + d];
             score = dot * scale;
         }
         float new_max = fmaxf(running_max, warp_max(score)); /* finite: key s0 <= t is valid */
@@ -420,7 +438,8 @@ __global__ static void attention_forward_kernel(float *out, float *lse, const fl
         float p = s <= t ? expf(score - new_max) : 0.0f;
         denom = denom * correction + warp_sum(p);
 #pragma unroll
-        for (int i = 0; i < ATT_SLOTS; i++) acc[i] *= correction;
+        for (int i = 0; i < ATT_SLOTS; i++)
+            acc[i] *= correction;
         const int jn = min(ATT_TILE, t - s0 + 1);
         for (int j = 0; j < jn; j++) {
             float pj = __shfl_sync(0xffffffffu, p, j);
@@ -453,7 +472,8 @@ __global__ static void attention_delta_kernel(float *delta, const float *dout, c
     int t = (int)(row % T), h = (int)((row / T) % H), b = (int)(row / ((long long)T * H));
     size_t at = (size_t)(b * T + t) * H * D + (size_t)h * D;
     float s = 0.0f;
-    for (int d = lane; d < D; d += 32) s += dout[at + d] * out[at + d];
+    for (int d = lane; d < D; d += 32)
+        s += dout[at + d] * out[at + d];
     s = warp_sum(s);
     if (lane == 0) delta[row] = s;
 }
@@ -464,10 +484,10 @@ __global__ static void attention_dq_kernel(float *dq, const float *dout, const f
                                            float scale)
 {
     extern __shared__ float smem[];
-    float *Ks = smem;                          /* [TILE][D+1] */
-    float *Vs = Ks + ATT_TILE * (D + 1);       /* [TILE][D+1] */
-    float *Qs = Vs + ATT_TILE * (D + 1);       /* [WARPS][D] */
-    float *dOs = Qs + ATT_WARPS * D;           /* [WARPS][D] */
+    float *Ks = smem;                    /* [TILE][D+1] */
+    float *Vs = Ks + ATT_TILE * (D + 1); /* [TILE][D+1] */
+    float *Qs = Vs + ATT_TILE * (D + 1); /* [WARPS][D] */
+    float *dOs = Qs + ATT_WARPS * D;     /* [WARPS][D] */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / KVH);
     const int t0 = blockIdx.x * ATT_WARPS, t = t0 + warp;
@@ -487,7 +507,8 @@ __global__ static void attention_dq_kernel(float *dq, const float *dout, const f
     }
     float acc[ATT_SLOTS];
 #pragma unroll
-    for (int i = 0; i < ATT_SLOTS; i++) acc[i] = 0.0f;
+    for (int i = 0; i < ATT_SLOTS; i++)
+        acc[i] = 0.0f;
     for (int s0 = 0; s0 <= t_last; s0 += ATT_TILE) {
         __syncthreads();
         for (int idx = threadIdx.x; idx < ATT_TILE * D; idx += blockDim.x) {
@@ -540,12 +561,12 @@ __global__ static void attention_dkdv_kernel(float *dk, float *dv, const float *
                                              int D, float scale)
 {
     extern __shared__ float smem[];
-    float *Qs = smem;                          /* [TILE][D+1] */
-    float *dOs = Qs + ATT_TILE * (D + 1);      /* [TILE][D+1] */
-    float *Ls = dOs + ATT_TILE * (D + 1);      /* [TILE] lse */
-    float *Ds = Ls + ATT_TILE;                 /* [TILE] delta */
-    float *Kw = Ds + ATT_TILE;                 /* [WARPS][D] */
-    float *Vw = Kw + ATT_WARPS * D;            /* [WARPS][D] */
+    float *Qs = smem;                     /* [TILE][D+1] */
+    float *dOs = Qs + ATT_TILE * (D + 1); /* [TILE][D+1] */
+    float *Ls = dOs + ATT_TILE * (D + 1); /* [TILE] lse */
+    float *Ds = Ls + ATT_TILE;            /* [TILE] delta */
+    float *Kw = Ds + ATT_TILE;            /* [WARPS][D] */
+    float *Vw = Kw + ATT_WARPS * D;       /* [WARPS][D] */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int b = blockIdx.y / KVH, kvh = blockIdx.y % KVH, group = H / KVH;
     const int s_first = blockIdx.x * ATT_WARPS, s = s_first + warp;
@@ -561,7 +582,8 @@ __global__ static void attention_dkdv_kernel(float *dk, float *dv, const float *
     }
     float dk_acc[ATT_SLOTS], dv_acc[ATT_SLOTS];
 #pragma unroll
-    for (int i = 0; i < ATT_SLOTS; i++) dk_acc[i] = dv_acc[i] = 0.0f;
+    for (int i = 0; i < ATT_SLOTS; i++)
+        dk_acc[i] = dv_acc[i] = 0.0f;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         for (int t0 = s_first; t0 < T; t0 += ATT_TILE) {
             __syncthreads();
@@ -637,8 +659,8 @@ static void attention_check_shape(int H, int KVH, int D)
 template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
 {
     if (bytes > 48 * 1024)
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)bytes));
+        cudaCheck(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
 static void attention_forward(float *out, float *lse, const float *q, const float *k,
@@ -648,22 +670,22 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
     attention_check_shape(H, KVH, D);
     size_t smem = (size_t)(ATT_TILE * (D + 1) + ATT_TILE * D + ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_forward_kernel, smem);
-    attention_forward_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem,
-                               stream>>>(out, lse, q, k, v, T, H, KVH, D, 1.0f / sqrtf((float)D));
+    attention_forward_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem, stream>>>(
+        out, lse, q, k, v, T, H, KVH, D, 1.0f / sqrtf((float)D));
     launchCheck();
 }
 
-static void attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                               const float *out, const float *lse, const float *q, const float *k,
-                               const float *v, int B, int T, int H, int KVH, int D)
+static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *lse, const float *q, const float *k, const float *v,
+                               int B, int T, int H, int KVH, int D)
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_check_shape(H, KVH, D);
     const float scale = 1.0f / sqrtf((float)D);
     long long rows = (long long)B * H * T;
     float *delta = (float *)scratch_get((size_t)rows * sizeof(float));
-    attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T,
-                                                                         H, D);
+    attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T, H,
+                                                                         D);
     launchCheck();
     size_t smem_dq = (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_dq_kernel, smem_dq);
@@ -751,8 +773,8 @@ static void scale(float *x, float s, size_t n)
 /* Rows [vocab_start, vocab_start + V) of the vocabulary are in table; other tokens give zero
  * rows (forward) and no gradient (backward). The unsharded ops are vocab_start 0, V unbounded. */
 __global__ static void embedding_forward_kernel(float *out, const int32_t *tokens,
-                                                const float *table, int N, int C,
-                                                int vocab_start, int V)
+                                                const float *table, int N, int C, int vocab_start,
+                                                int V)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * C) return;
@@ -782,8 +804,8 @@ static void embedding_forward_shard(float *out, const int32_t *tokens, const flo
     launchCheck();
 }
 
-static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens,
-                                     int N, int C, int vocab_start, int V)
+static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens, int N,
+                                     int C, int vocab_start, int V)
 {
     if (N <= 0 || C <= 0) return;
     embedding_backward_kernel<<<ceil_div(C, 128), 128, 0, stream>>>(dtable, dout, tokens, N, C,
@@ -817,14 +839,17 @@ __global__ static void cross_entropy_kernel(float *losses, float *logits, const 
     if (w == 0.0f || target < 0 || target >= V || V <= 0) {
         if (threadIdx.x == 0) losses[i] = w == 0.0f ? 0.0f : NAN;
         if (write_grad)
-            for (int j = threadIdx.x; j < V; j += blockDim.x) row[j] = 0.0f;
+            for (int j = threadIdx.x; j < V; j += blockDim.x)
+                row[j] = 0.0f;
         return;
     }
     float maxv = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) maxv = fmaxf(maxv, row[j]);
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        maxv = fmaxf(maxv, row[j]);
     maxv = block_max(maxv, shared);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += expf(row[j] - maxv);
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        sum += expf(row[j] - maxv);
     sum = block_sum(sum, shared);
     const float target_logit = row[target];
     __syncthreads(); /* every thread has read row[target] before any gradient is written */
@@ -853,7 +878,8 @@ __global__ static void ce_shard_max_kernel(float *row_max, const float *logits, 
     __shared__ float shared[32];
     const float *row = logits + (size_t)blockIdx.x * V;
     float maxv = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) maxv = fmaxf(maxv, row[j]);
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        maxv = fmaxf(maxv, row[j]);
     maxv = block_max(maxv, shared);
     if (threadIdx.x == 0) row_max[blockIdx.x] = maxv;
 }
@@ -867,7 +893,8 @@ __global__ static void ce_shard_stats_kernel(float *stats, const float *logits,
     const float *row = logits + (size_t)i * V;
     const float maxv = row_max[i];
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += expf(row[j] - maxv);
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        sum += expf(row[j] - maxv);
     sum = block_sum(sum, shared);
     if (threadIdx.x == 0) {
         long long t = (long long)targets[i] - vocab_start;
@@ -889,7 +916,8 @@ __global__ static void ce_shard_finish_kernel(float *losses, float *logits, cons
     if (w == 0.0f || stats[3 * (size_t)i + 2] != 1.0f) {
         if (threadIdx.x == 0) losses[i] = w == 0.0f ? 0.0f : NAN;
         if (write_grad)
-            for (int j = threadIdx.x; j < V; j += blockDim.x) row[j] = 0.0f;
+            for (int j = threadIdx.x; j < V; j += blockDim.x)
+                row[j] = 0.0f;
         return;
     }
     if (threadIdx.x == 0) losses[i] = logf(sum) - (stats[3 * (size_t)i + 1] - maxv);
@@ -961,7 +989,8 @@ static double sum_squares(const float *x, size_t n)
     double host[SUMSQ_BLOCKS];
     cudaCheck(cudaMemcpy(host, partial, sizeof(host), cudaMemcpyDeviceToHost));
     double total = 0.0;
-    for (int i = 0; i < SUMSQ_BLOCKS; i++) total += host[i];
+    for (int i = 0; i < SUMSQ_BLOCKS; i++)
+        total += host[i];
     return total;
 }
 
@@ -991,7 +1020,8 @@ static void *mem_alloc(size_t bytes)
         cudaGetLastError(); /* clear it: running out of memory leaves the device usable */
         size_t free_bytes = 0, total_bytes = 0;
         cudaMemGetInfo(&free_bytes, &total_bytes);
-        ds_error(DS_ERR_INTERNAL, "CUDA: cannot allocate %.1f MiB of device memory (%.1f MiB free): %s",
+        ds_error(DS_ERR_INTERNAL,
+                 "CUDA: cannot allocate %.1f MiB of device memory (%.1f MiB free): %s",
                  bytes / 1048576.0, free_bytes / 1048576.0, cudaGetErrorString(err));
         return NULL;
     }

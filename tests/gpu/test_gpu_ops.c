@@ -13,12 +13,12 @@
 
 #include "checkpoint/hf_model.h"
 #include "checkpoint/safetensors.h"
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/ops.h"
 #include "trainer/common.h"
 #include "trainer/config.h"
 #include "trainer/model.h"
 #include "trainer/optim.h"
-#include "kernels/cuda/cuda_ops.h"
 
 #define FIXTURES DSTRAIN_SOURCE_DIR "/tests/fixtures/parity"
 
@@ -57,10 +57,10 @@ static double uniform(void)
 static float *host_random(size_t n, float scale)
 {
     float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = (float)((uniform() * 2.0 - 1.0) * scale);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)((uniform() * 2.0 - 1.0) * scale);
     return x;
 }
-
 
 static void *dev_from(const void *host, size_t bytes)
 {
@@ -77,7 +77,8 @@ static void *dev_from(const void *host, size_t bytes)
 static float *dev_poison(size_t n)
 {
     float *h = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    for (size_t i = 0; i < n; i++)
+        h[i] = NAN;
     float *d = dev_from(h, n * sizeof(float));
     free(h);
     return d;
@@ -86,7 +87,8 @@ static float *dev_poison(size_t n)
 static void poison(float *dev, size_t n)
 {
     float *h = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    for (size_t i = 0; i < n; i++)
+        h[i] = NAN;
     gpu->mem_to_device(dev, h, n * sizeof(float));
     free(h);
 }
@@ -153,7 +155,8 @@ static void test_matmul(int M, int K, int N, int with_bias)
         compare(name, d_db, db, (size_t)N);
     }
     void *dev[] = {d_inp, d_w, d_bias, d_out, d_dout, d_dinp, d_dw, d_db};
-    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
     free(inp), free(w), free(bias), free(out), free(dout), free(dinp), free(dw), free(db);
 }
 
@@ -182,7 +185,8 @@ static void test_rmsnorm(int M, int C)
     snprintf(name, sizeof(name), "rmsnorm_backward dweight %dx%d", M, C);
     compare(name, d_dw, dw, C);
     void *dev[] = {d_x, d_w, d_out, d_rstd, d_dout, d_dinp, d_dw};
-    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
     free(x), free(w), free(out), free(rstd), free(dout), free(dinp), free(dw);
 }
 
@@ -233,8 +237,7 @@ static void test_attention(int B, int T, int H, int KVH, int D)
     /* backward from the CPU's forward outputs, so that only backward is measured here */
     gpu->mem_to_device(d_out, out, nq * 4);
     gpu->mem_to_device(d_lse, lse, nl * 4);
-    gpu->attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH,
-                            D);
+    gpu->attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH, D);
     snprintf(name, sizeof(name), "attention_backward dq B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
     compare(name, d_dq, dq, nq);
     snprintf(name, sizeof(name), "attention_backward dk B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
@@ -242,7 +245,8 @@ static void test_attention(int B, int T, int H, int KVH, int D)
     snprintf(name, sizeof(name), "attention_backward dv B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
     compare(name, d_dv, dv, nkv);
     void *dev[] = {d_q, d_k, d_v, d_out, d_lse, d_dout, d_dq, d_dk, d_dv};
-    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
     free(q), free(k), free(v), free(out), free(lse), free(dout), free(dq), free(dk), free(dv);
 }
 
@@ -278,7 +282,8 @@ static void test_elementwise(size_t n)
     snprintf(name, sizeof(name), "sum_squares n=%zu", n);
     report(name, "rel err", fabs(got - ref) / ref, tol, 1, isfinite(got) ? 0 : 1);
     void *dev[] = {d_g, d_u, d_dy, d_out, d_dg, d_du};
-    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
     free(g), free(u), free(dy), free(out), free(dg), free(du);
 }
 
@@ -286,7 +291,8 @@ static void test_embedding(int N, int V, int C)
 {
     char name[96];
     int32_t *tok = malloc((size_t)N * 4);
-    for (int i = 0; i < N; i++) tok[i] = (int32_t)(uniform() * V); /* N > V: repeats */
+    for (int i = 0; i < N; i++)
+        tok[i] = (int32_t)(uniform() * V); /* N > V: repeats */
     float *table = host_random((size_t)V * C, 1.0f), *out = malloc((size_t)N * C * 4);
     cpu->embedding_forward(out, tok, table, N, C);
     int32_t *d_tok = dev_from(tok, (size_t)N * 4);
@@ -302,7 +308,8 @@ static void test_embedding(int N, int V, int C)
     snprintf(name, sizeof(name), "embedding_backward N%d V%d C%d", N, V, C);
     compare(name, d_dtable, dtable, (size_t)V * C);
     void *dev[] = {d_tok, d_table, d_out, d_dout, d_dtable};
-    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
     free(tok), free(table), free(out), free(dout), free(dtable);
 }
 
@@ -344,11 +351,13 @@ static void test_cross_entropy(int N, int V)
     float *row = malloc((size_t)V * 4);
     gpu->mem_to_host(row, d_logits, (size_t)V * 4);
     double mx = 0;
-    for (int j = 0; j < V; j++) mx = fmax(mx, fabs(row[j]));
+    for (int j = 0; j < V; j++)
+        mx = fmax(mx, fabs(row[j]));
     snprintf(name, sizeof(name), "cross_entropy bad target: NaN loss, zero grad");
     report(name, "max |grad|", mx, 0.0, 1, isnan(row_loss) ? 0 : 1);
     void *dev[] = {d_logits, d_w, d_tg, d_losses};
-    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
     free(logits), free(w), free(tg), free(losses), free(row);
 }
 
@@ -357,7 +366,8 @@ static void test_vocab_shard(int N, int C, int V, int start, int full_vocab)
 {
     char name[96];
     int32_t *tok = malloc((size_t)N * 4);
-    for (int i = 0; i < N; i++) tok[i] = (int32_t)(uniform() * full_vocab); /* some outside */
+    for (int i = 0; i < N; i++)
+        tok[i] = (int32_t)(uniform() * full_vocab); /* some outside */
     float *table = host_random((size_t)V * C, 1.0f), *out = malloc((size_t)N * C * 4);
     cpu->embedding_forward_shard(out, tok, table, N, C, start, V);
     int32_t *d_tok = dev_from(tok, (size_t)N * 4);
@@ -375,8 +385,10 @@ static void test_vocab_shard(int N, int C, int V, int start, int full_vocab)
 
     /* cross-entropy in three parts; between them the CPU's results stand in for the all-reduce */
     float *logits = host_random((size_t)N * V, 4.0f), *w = malloc((size_t)N * 4);
-    for (int i = 0; i < N; i++) w[i] = i % 5 == 2 ? 0.0f : (float)(0.5 + uniform());
-    float *rmax = malloc((size_t)N * 4), *stats = malloc((size_t)N * 12), *losses = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++)
+        w[i] = i % 5 == 2 ? 0.0f : (float)(0.5 + uniform());
+    float *rmax = malloc((size_t)N * 4), *stats = malloc((size_t)N * 12),
+          *losses = malloc((size_t)N * 4);
     float *d_logits = dev_from(logits, (size_t)N * V * 4), *d_w = dev_from(w, (size_t)N * 4);
     float *d_rmax = dev_poison(N), *d_stats = dev_poison((size_t)N * 3), *d_losses = dev_poison(N);
     cpu->cross_entropy_shard_max(rmax, logits, N, V);
@@ -388,16 +400,20 @@ static void test_vocab_shard(int N, int C, int V, int start, int full_vocab)
     gpu->cross_entropy_shard_stats(d_stats, d_logits, d_rmax, d_tok, N, V, start);
     snprintf(name, sizeof(name), "cross_entropy_shard_stats N%d V%d@%d", N, V, start);
     compare(name, d_stats, stats, (size_t)N * 3);
-    for (int i = 0; i < N; i++) stats[3 * i + 2] = 1.0f; /* as if another rank held the target */
+    for (int i = 0; i < N; i++)
+        stats[3 * i + 2] = 1.0f; /* as if another rank held the target */
     gpu->mem_to_device(d_stats, stats, (size_t)N * 12);
     cpu->cross_entropy_shard_finish(losses, logits, rmax, stats, tok, w, N, V, start, 1);
-    gpu->cross_entropy_shard_finish(d_losses, d_logits, d_rmax, d_stats, d_tok, d_w, N, V, start, 1);
+    gpu->cross_entropy_shard_finish(d_losses, d_logits, d_rmax, d_stats, d_tok, d_w, N, V, start,
+                                    1);
     snprintf(name, sizeof(name), "cross_entropy_shard_finish losses N%d V%d@%d", N, V, start);
     compare(name, d_losses, losses, N);
     snprintf(name, sizeof(name), "cross_entropy_shard_finish dlogits N%d V%d@%d", N, V, start);
     compare(name, d_logits, logits, (size_t)N * V);
-    void *dev[] = {d_tok, d_table, d_out, d_dout, d_dtable, d_logits, d_w, d_rmax, d_stats, d_losses};
-    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) gpu->mem_free(dev[i]);
+    void *dev[] = {d_tok,    d_table, d_out,  d_dout,  d_dtable,
+                   d_logits, d_w,     d_rmax, d_stats, d_losses};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
     free(tok), free(table), free(out), free(dout), free(dtable), free(logits), free(w);
     free(rmax), free(stats), free(losses);
 }
@@ -452,8 +468,7 @@ static void compare_models(const char *label, Model *mc, Model *mg)
     model_backward(mc);
     model_backward(mg);
     snprintf(name, sizeof(name), "model %s loss (%.6f)", label, loss_c);
-    report(name, "rel err", fabs(loss_g - loss_c) / fabs(loss_c), tol, 1,
-           isfinite(loss_g) ? 0 : 1);
+    report(name, "rel err", fabs(loss_g - loss_c) / fabs(loss_c), tol, 1, isfinite(loss_g) ? 0 : 1);
     int nans;
     double dl = rel_error(lg, lc, N * V, &nans);
     snprintf(name, sizeof(name), "model %s logits", label);
@@ -488,7 +503,8 @@ static void compare_models(const char *label, Model *mc, Model *mg)
     Config cfg;
     config_set_defaults(&cfg);
     Optimizer oc, og;
-    if (optim_init_on(&oc, &mc->table, cpu) != DS_OK || optim_init_on(&og, &mg->table, gpu) != DS_OK) {
+    if (optim_init_on(&oc, &mc->table, cpu) != DS_OK ||
+        optim_init_on(&og, &mg->table, gpu) != DS_OK) {
         fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
         exit(1);
     }
@@ -607,8 +623,9 @@ int main(void)
     }
     printf("| %-66s | %-10s | %10s | %-11s | %5s | %s |\n", "check (CUDA vs CPU)", "metric",
            "value", "limit", "NaN", "result");
-    printf("|%s|%s|%s|%s|%s|%s|\n", "--------------------------------------------------------------------",
-           "------------", "------------", "-------------", "-------", "--------");
+    printf("|%s|%s|%s|%s|%s|%s|\n",
+           "--------------------------------------------------------------------", "------------",
+           "------------", "-------------", "-------", "--------");
     test_matmul(133, 96, 80, 1);
     test_matmul(133, 96, 80, 0);
     test_matmul(1024, 2048, 768, 1);
@@ -634,7 +651,8 @@ int main(void)
         "qwen2_gqa_bias_f32_newform",
         "qwen2_tied_bf16_oldform",
     };
-    for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++) test_fixture(cases[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
+        test_fixture(cases[i]);
     test_random_model();
 
     /* bf16 tensor-core matmuls (fp32 storage): looser op tolerance, same model bar */
@@ -642,7 +660,8 @@ int main(void)
     mode = "bf16mm";
     tol = 1e-2;
     test_matmul(1024, 2048, 768, 1);
-    for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++) test_fixture(cases[i]);
+    for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
+        test_fixture(cases[i]);
     test_random_model();
     cuda_matmul_precision("fp32");
     printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
