@@ -159,7 +159,7 @@ static int train_backend(const char *device, const Backend **be)
     if (strcmp(device, "cuda") == 0) {
 #ifdef DSTRAIN_HAVE_CUDA
         *be = backend_cuda();
-        return *be ? DS_OK : DS_ERR_INTERNAL;
+        return *be ? DS_OK : DS_ERR_INPUT; /* no usable GPU: the config asks for what is not there */
 #else
         return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
                                       "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
