@@ -158,8 +158,8 @@ static int train_backend(const char *device, const Backend **be)
     }
     if (strcmp(device, "cuda") == 0) {
 #ifdef DSTRAIN_HAVE_CUDA
-        *be = backend_cuda();
-        return *be ? DS_OK : DS_ERR_INPUT; /* no usable GPU: the config asks for what is not there */
+        *be = backend_cuda(); /* NULL when no GPU is usable: the config asks for too much */
+        return *be ? DS_OK : DS_ERR_INPUT;
 #else
         return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
                                       "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
