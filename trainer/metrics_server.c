@@ -215,7 +215,7 @@ typedef struct Conn {
     struct MetricsServer *srv;
     size_t head_len;
     int responded, closing, handles_open;
-    char head[METRICS_MAX_HEADER_BYTES + 1];
+    char head[METRICS_MAX_HEADER_BYTES + 2]; /* one byte past the limit, and a NUL */
     char response[RESPONSE_CAP];
 } Conn;
 
