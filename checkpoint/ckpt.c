@@ -32,7 +32,8 @@
 #define CKPT_MAX_JSON_BYTES ((size_t)256 << 20)
 #define CKPT_MAX_DIM ((int64_t)1 << 40)
 
-/* ---- CRC-32C ---------------------------------------------------------------------------------- */
+/* ---- CRC-32C ----------------------------------------------------------------------------------
+ */
 
 static uint32_t crc32c_table[8][256];
 static atomic_int crc32c_ready;
@@ -74,7 +75,7 @@ static uint32_t crc32c_soft(uint32_t crc, const unsigned char *p, size_t n)
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p,
-                                                              size_t n)
+                                                            size_t n)
 {
     uint64_t c = crc;
     while (n >= 8) {
@@ -103,7 +104,8 @@ uint32_t crc32c_update(uint32_t crc, const void *data, size_t n)
     return ~crc;
 }
 
-/* ---- small file-system helpers ---------------------------------------------------------------- */
+/* ---- small file-system helpers ----------------------------------------------------------------
+ */
 
 int ckpt_plain_name(const char *name)
 {
@@ -330,15 +332,16 @@ static int64_t piece_copy(const Piece *src, const float *sdata, const Piece *dst
     return copied;
 }
 
-/* ---- the writer ------------------------------------------------------------------------------- */
+/* ---- the writer -------------------------------------------------------------------------------
+ */
 
 typedef struct JobPiece {
     char key[PARAM_NAME_MAX + 48];
     char buffer[40];
-    int buf;             /* index into the caller's buffer list */
-    int param;           /* index into the table */
-    int64_t b, e;        /* local flat range */
-    size_t snap_offset;  /* bytes into the snapshot */
+    int buf;            /* index into the caller's buffer list */
+    int param;          /* index into the table */
+    int64_t b, e;       /* local flat range */
+    size_t snap_offset; /* bytes into the snapshot */
 } JobPiece;
 
 typedef struct JobBlob {
@@ -367,8 +370,8 @@ struct CkptWriter {
     unsigned char *snap;
     size_t snap_cap;
     CkptJob job;
-    int in_flight;  /* a job was started and its result not yet reported */
-    int done;       /* the job finished (worker side) */
+    int in_flight; /* a job was started and its result not yet reported */
+    int done;      /* the job finished (worker side) */
     int last_step;
     char last_path[CKPT_PATH_MAX];
     /* libuv worker */
@@ -454,7 +457,8 @@ static int job_write_rank_files(CkptWriter *w, CkptJob *job, const char *tmpdir)
     uint32_t crc;
     DS_TRY(file_checksum(path, &size, &crc));
 
-    cJSON *root = cJSON_CreateObject(), *tensors = cJSON_CreateArray(), *blobs = cJSON_CreateArray();
+    cJSON *root = cJSON_CreateObject(), *tensors = cJSON_CreateArray(),
+          *blobs = cJSON_CreateArray();
     char name[80], hex[16];
     snprintf(name, sizeof(name), "%s.safetensors", base);
     cJSON_AddStringToObject(root, "file", name);
@@ -531,8 +535,10 @@ static int list_complete(const char *dir, int **steps, int *count)
     *steps = NULL;
     *count = 0;
     DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? DS_OK : ds_error(DS_ERR_INPUT, "%s: cannot list: %s", dir,
-                                                      strerror(errno));
+    if (!d)
+        return errno == ENOENT
+                   ? DS_OK
+                   : ds_error(DS_ERR_INPUT, "%s: cannot list: %s", dir, strerror(errno));
     int cap = 16, n = 0;
     int *s = ds_malloc((size_t)cap * sizeof(int));
     if (!s) {
@@ -700,8 +706,8 @@ static void job_run(CkptWriter *w)
         status = write_file_atomic(path, job->config_yaml, strlen(job->config_yaml), NULL);
         if (status == DS_OK) {
             snprintf(path, sizeof(path), "%s/config.json", tmpdir);
-            status = write_file_atomic(path, job->hf_config_json, strlen(job->hf_config_json),
-                                       NULL);
+            status =
+                write_file_atomic(path, job->hf_config_json, strlen(job->hf_config_json), NULL);
         }
     }
     if (status == DS_OK) status = job_write_rank_files(w, job, tmpdir);
@@ -926,7 +932,8 @@ static int job_prepare(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bu
             memcpy(w->snap + jp->snap_offset, src, n);
     }
     for (int i = 0; i < nblobs; i++)
-        if (blobs[i].size) memcpy(w->snap + job->blobs[i].snap_offset, blobs[i].data, blobs[i].size);
+        if (blobs[i].size)
+            memcpy(w->snap + job->blobs[i].snap_offset, blobs[i].data, blobs[i].size);
 
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", CKPT_FORMAT);
@@ -1107,7 +1114,8 @@ void ckpt_writer_close(CkptWriter *w)
     free(w);
 }
 
-/* ---- reading ---------------------------------------------------------------------------------- */
+/* ---- reading ----------------------------------------------------------------------------------
+ */
 
 typedef struct CkFile {
     char name[256];
@@ -1174,8 +1182,8 @@ static int mf_int(const Ckpt *c, const cJSON *obj, const char *where, const char
     return DS_OK;
 }
 
-static int mf_string(const Ckpt *c, const cJSON *obj, const char *where, const char *key,
-                     char *out, size_t cap)
+static int mf_string(const Ckpt *c, const cJSON *obj, const char *where, const char *key, char *out,
+                     size_t cap)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!cJSON_IsString(v) || strlen(v->valuestring) >= cap)
@@ -1304,8 +1312,7 @@ static int ckpt_parse(Ckpt *c)
         pi.split_dim = ct->split_dim;
         pi.slice_start = slice[0];
         pi.slice_len = slice[1];
-        if (ct->split_dim >= 0 &&
-            (slice[1] < 1 || slice[0] > ct->shape[ct->split_dim] - slice[1]))
+        if (ct->split_dim >= 0 && (slice[1] < 1 || slice[0] > ct->shape[ct->split_dim] - slice[1]))
             return MF_FAIL(c, "%sslice: [%lld, +%lld) does not fit dimension %d of size %lld",
                            where, (long long)slice[0], (long long)slice[1], ct->split_dim,
                            (long long)ct->shape[ct->split_dim]);
@@ -1348,9 +1355,9 @@ int ckpt_open(const char *dir, Ckpt **out)
     struct stat st;
     int status;
     if (stat(c->manifest_path, &st) != 0)
-        status = ds_error(DS_ERR_INPUT,
-                          "%s: not a complete checkpoint (no %s: the save did not finish)", dir,
-                          CKPT_MANIFEST);
+        status =
+            ds_error(DS_ERR_INPUT, "%s: not a complete checkpoint (no %s: the save did not finish)",
+                     dir, CKPT_MANIFEST);
     else if ((status = read_json_file(c->manifest_path, &c->root)) == DS_OK)
         status = ckpt_parse(c);
     if (status != DS_OK) {
@@ -1371,8 +1378,7 @@ int ckpt_verify(const Ckpt *c)
         DS_TRY(file_checksum(path, &size, &crc));
         if (size != c->files[i].size)
             return ds_error(DS_ERR_INPUT, "%s: %llu bytes, the manifest says %llu (truncated?)",
-                            path, (unsigned long long)size,
-                            (unsigned long long)c->files[i].size);
+                            path, (unsigned long long)size, (unsigned long long)c->files[i].size);
         if (crc != c->files[i].crc)
             return ds_error(DS_ERR_INPUT,
                             "%s: checksum mismatch (crc32c %08" PRIx32 ", the manifest says "

@@ -48,15 +48,15 @@ typedef int (*CkptAllMinFn)(void *ctx, int local, int *global);
 
 /* Scalar training state recorded in the manifest (rank 0's values). */
 typedef struct CkptMeta {
-    int step;             /* optimizer steps completed */
-    int optim_t;          /* AdamW step count (bias correction) */
-    double lr;            /* learning rate of the last step */
-    double tokens;        /* trained tokens so far */
-    long long seed;       /* train.seed: the only RNG state a CPU run has */
-    int train_steps;      /* train.steps of the run that saved it (LR schedule length) */
-    const char *model_path;   /* base model directory or "" */
-    const char *model_preset; /* preset name when model_path is empty */
-    const char *config_yaml;  /* resolved config, written as config.yaml */
+    int step;                   /* optimizer steps completed */
+    int optim_t;                /* AdamW step count (bias correction) */
+    double lr;                  /* learning rate of the last step */
+    double tokens;              /* trained tokens so far */
+    long long seed;             /* train.seed: the only RNG state a CPU run has */
+    int train_steps;            /* train.steps of the run that saved it (LR schedule length) */
+    const char *model_path;     /* base model directory or "" */
+    const char *model_preset;   /* preset name when model_path is empty */
+    const char *config_yaml;    /* resolved config, written as config.yaml */
     const char *hf_config_json; /* the model's config.json, written as config.json */
 } CkptMeta;
 

@@ -75,8 +75,10 @@ static int write_text(const char *path, const char *text, size_t len)
     while (left > 0 && rc == 0) {
         ssize_t w = write(fd, p, left);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) rc = -1;
-        else p += w, left -= (size_t)w;
+        if (w <= 0)
+            rc = -1;
+        else
+            p += w, left -= (size_t)w;
     }
     if (rc == 0) rc = fsync(fd);
     int err = errno;
@@ -117,7 +119,8 @@ static cJSON *number_raw(double v, int as_float)
     return cJSON_CreateRaw(buf);
 }
 
-/* ---- config.json ------------------------------------------------------------------------------ */
+/* ---- config.json ------------------------------------------------------------------------------
+ */
 
 int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out)
 {
@@ -149,12 +152,12 @@ int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out)
     } else {
         cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
         cJSON_AddStringToObject(rs, "type", mc->rope_type == ROPE_LINEAR ? "linear" : "llama3");
-        cJSON_AddStringToObject(rs, "rope_type", mc->rope_type == ROPE_LINEAR ? "linear" : "llama3");
+        cJSON_AddStringToObject(rs, "rope_type",
+                                mc->rope_type == ROPE_LINEAR ? "linear" : "llama3");
         cJSON_AddItemToObject(rs, "factor", number_raw(mc->rope_factor, 0));
         if (mc->rope_type == ROPE_LLAMA3) {
             cJSON_AddItemToObject(rs, "low_freq_factor", number_raw(mc->rope_low_freq_factor, 0));
-            cJSON_AddItemToObject(rs, "high_freq_factor",
-                                  number_raw(mc->rope_high_freq_factor, 0));
+            cJSON_AddItemToObject(rs, "high_freq_factor", number_raw(mc->rope_high_freq_factor, 0));
             cJSON_AddNumberToObject(rs, "original_max_position_embeddings",
                                     mc->rope_original_max_position);
         }
@@ -179,7 +182,8 @@ int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out)
     return *out ? DS_OK : DS_ERR_INTERNAL;
 }
 
-/* ---- options ---------------------------------------------------------------------------------- */
+/* ---- options ----------------------------------------------------------------------------------
+ */
 
 int export_parse_size(const char *text, uint64_t *bytes)
 {
@@ -189,9 +193,16 @@ int export_parse_size(const char *text, uint64_t *bytes)
     static const struct {
         const char *unit;
         double factor;
-    } units[] = {{"", 1},       {"B", 1},          {"KB", 1e3},           {"MB", 1e6},
-                 {"GB", 1e9},   {"TB", 1e12},      {"KiB", 1024.0},       {"MiB", 1048576.0},
-                 {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+    } units[] = {{"", 1},
+                 {"B", 1},
+                 {"KB", 1e3},
+                 {"MB", 1e6},
+                 {"GB", 1e9},
+                 {"TB", 1e12},
+                 {"KiB", 1024.0},
+                 {"MiB", 1048576.0},
+                 {"GiB", 1073741824.0},
+                 {"TiB", 1099511627776.0}};
     while (*end == ' ')
         end++;
     if (end == text || errno || !(v > 0)) goto bad;
@@ -211,9 +222,12 @@ bad:
 
 int export_parse_dtype(const char *text, DType *dtype)
 {
-    if (strcmp(text, "bf16") == 0) *dtype = DT_BF16;
-    else if (strcmp(text, "fp16") == 0) *dtype = DT_F16;
-    else if (strcmp(text, "fp32") == 0) *dtype = DT_F32;
+    if (strcmp(text, "bf16") == 0)
+        *dtype = DT_BF16;
+    else if (strcmp(text, "fp16") == 0)
+        *dtype = DT_F16;
+    else if (strcmp(text, "fp32") == 0)
+        *dtype = DT_F32;
     else
         return ds_error(DS_ERR_INPUT, "export.dtype: expected bf16, fp16 or fp32, got \"%.40s\"",
                         text);
@@ -225,7 +239,8 @@ static const char *torch_dtype_name(DType t)
     return t == DT_BF16 ? "bfloat16" : t == DT_F16 ? "float16" : "float32";
 }
 
-/* ---- tokenizer -------------------------------------------------------------------------------- */
+/* ---- tokenizer --------------------------------------------------------------------------------
+ */
 
 /* GPT-2's byte-to-character map (what the ByteLevel pre-tokenizer uses), as UTF-8. */
 static void byte_char(int b, char out[4])
@@ -362,12 +377,19 @@ static int copy_file(const char *from, const char *to)
 
 /* Tokenizer and generation files a base model directory may have; copied when present. */
 static const char *const base_files[] = {
-    "tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json",       "merges.txt",            "added_tokens.json",       "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
     "generation_config.json",
 };
 
-/* ---- the export ------------------------------------------------------------------------------- */
+/* ---- the export -------------------------------------------------------------------------------
+ */
 
 static void store_converted(void *dst, const float *src, size_t n, DType dtype)
 {
@@ -380,8 +402,8 @@ static void store_converted(void *dst, const float *src, size_t n, DType dtype)
     }
 }
 
-static int write_shards(const char *dir, const ParamTable *table, const float *params,
-                        DType dtype, uint64_t max_bytes)
+static int write_shards(const char *dir, const ParamTable *table, const float *params, DType dtype,
+                        uint64_t max_bytes)
 {
     const size_t es = dtype_size(dtype);
     int *shard_of = ds_calloc((size_t)table->count + 1, sizeof(int));
@@ -522,8 +544,9 @@ static int export_into(Ckpt *c, const char *dir, DType dtype, uint64_t max_bytes
         if (mc.bos_token_id == 256 && mc.eos_token_id == 257 && mc.vocab_size >= 258)
             DS_TRY(write_byte_tokenizer(dir, &mc));
         else
-            fprintf(stderr, "dstrain: warning: preset %s has no tokenizer of its own; the export "
-                            "has no tokenizer files\n",
+            fprintf(stderr,
+                    "dstrain: warning: preset %s has no tokenizer of its own; the export "
+                    "has no tokenizer files\n",
                     ckpt_model_string(c, "preset"));
     }
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -557,8 +580,8 @@ int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
     if (status == DS_OK && stat(out_dir, &st) == 0 && rename(out_dir, old) != 0)
         status = ds_error(DS_ERR_INPUT, "%s: cannot replace: %s", out_dir, strerror(errno));
     if (status == DS_OK && rename(tmp, out_dir) != 0)
-        status = ds_error(DS_ERR_INPUT, "%s: cannot rename into place: %s", out_dir,
-                          strerror(errno));
+        status =
+            ds_error(DS_ERR_INPUT, "%s: cannot rename into place: %s", out_dir, strerror(errno));
     if (status != DS_OK) {
         ex_rm_rf(tmp);
         return ds_error_context(status, "export");
@@ -585,10 +608,14 @@ int export_main(int argc, char **argv)
             return DS_OK;
         }
         if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "export: %s expects a value", a);
-        if (strcmp(a, "--checkpoint") == 0) ckpt = argv[++i];
-        else if (strcmp(a, "--output") == 0) output = argv[++i];
-        else if (strcmp(a, "--dtype") == 0) dtype_text = argv[++i];
-        else if (strcmp(a, "--max-shard-size") == 0) size_text = argv[++i];
+        if (strcmp(a, "--checkpoint") == 0)
+            ckpt = argv[++i];
+        else if (strcmp(a, "--output") == 0)
+            output = argv[++i];
+        else if (strcmp(a, "--dtype") == 0)
+            dtype_text = argv[++i];
+        else if (strcmp(a, "--max-shard-size") == 0)
+            size_text = argv[++i];
         else
             return ds_error(DS_ERR_INPUT, "export: unknown option %s (see dstrain export --help)",
                             a);

@@ -24,7 +24,7 @@ struct TrainCkpt {
     CkptWriter *writer;
     char *config_yaml, *hf_config_json;
     int64_t positions[2];
-    int failed_step; /* the last save that failed (on_error: continue), or -1 */
+    int failed_step;  /* the last save that failed (on_error: continue), or -1 */
     int resumed_step; /* the step resumed from, or -1 */
     char resumed_path[CONFIG_STR_MAX + 64];
 };
@@ -66,19 +66,14 @@ static int resume_from(TrainCkpt *tc, const char *path, int verify, int *start_s
     if (status == DS_OK)
         status = load_buffer(c, "optim.v", tc->model, tc->opt->v, tc->world.optim_begin,
                              tc->world.optim_end);
-    /* Reader positions are per data-parallel rank; another dp size needs the reader's own
-     * state format to map them. */
-    if (status == DS_OK && saved.dp != now->dp)
-        status = ds_error(DS_ERR_INPUT,
-                          "%s: saved with %d data-parallel ranks, resumed with %d: the data "
-                          "reader position cannot be carried over to another dp size",
-                          path, saved.dp, now->dp);
+    /* The trainer's reader is a view of the DataReader: its position is the global sample
+     * index of the next step, the same on every rank and independent of the dp size, so rank
+     * (0, 0)'s copy serves any layout. */
     int64_t pos = 0;
-    if (status == DS_OK)
-        status = ckpt_read_blob(c, "reader.train", 0, now->dp_rank, &pos, sizeof(pos));
+    if (status == DS_OK) status = ckpt_read_blob(c, "reader.train", 0, 0, &pos, sizeof(pos));
     if (status == DS_OK) status = lm_reader_seek(tc->reader, pos);
     if (status == DS_OK && tc->eval_reader &&
-        ckpt_read_blob(c, "reader.eval", 0, now->dp_rank, &pos, sizeof(pos)) == DS_OK)
+        ckpt_read_blob(c, "reader.eval", 0, 0, &pos, sizeof(pos)) == DS_OK)
         status = lm_reader_seek(tc->eval_reader, pos);
     if (status == DS_OK) {
         tc->opt->t = (int)optim_t;
@@ -86,6 +81,10 @@ static int resume_from(TrainCkpt *tc, const char *path, int verify, int *start_s
         tc->resumed_step = *start_step;
         snprintf(tc->resumed_path, sizeof(tc->resumed_path), "%s", path);
         printf("dstrain: resumed from %s at step %d\n", path, *start_step);
+        if (saved.tp != now->tp || saved.dp != now->dp)
+            printf("dstrain: the checkpoint was saved at tp=%d x dp=%d, this run is tp=%d x "
+                   "dp=%d: its shards were reassembled and re-split\n",
+                   saved.tp, saved.dp, now->tp, now->dp);
     }
     ckpt_close(c);
     return status;
@@ -196,12 +195,22 @@ static int save_now(TrainCkpt *tc, int step, float lr)
     void (*to_host)(void *, const void *, size_t) = be->host_memory ? NULL : be->mem_to_host;
     const int zero = tc->world.layout.zero;
     CkptBuffer bufs[3] = {
-        {.prefix = "params", .base = tc->model->params, .replicated_over_dp = 1,
+        {.prefix = "params",
+         .base = tc->model->params,
+         .replicated_over_dp = 1,
          .to_host = to_host},
-        {.prefix = "optim.m", .base = tc->opt->m, .flat_begin = tc->world.optim_begin,
-         .flat_end = tc->world.optim_end, .replicated_over_dp = !zero, .to_host = to_host},
-        {.prefix = "optim.v", .base = tc->opt->v, .flat_begin = tc->world.optim_begin,
-         .flat_end = tc->world.optim_end, .replicated_over_dp = !zero, .to_host = to_host},
+        {.prefix = "optim.m",
+         .base = tc->opt->m,
+         .flat_begin = tc->world.optim_begin,
+         .flat_end = tc->world.optim_end,
+         .replicated_over_dp = !zero,
+         .to_host = to_host},
+        {.prefix = "optim.v",
+         .base = tc->opt->v,
+         .flat_begin = tc->world.optim_begin,
+         .flat_end = tc->world.optim_end,
+         .replicated_over_dp = !zero,
+         .to_host = to_host},
     };
     CkptBlob blobs[2];
     int nblobs = 0;
@@ -244,8 +253,7 @@ int train_ckpt_finish(TrainCkpt *tc, int step, float lr)
     DS_TRY(on_save_error(tc, ckpt_writer_wait(tc->writer), step));
     /* a run resumed at its last step has nothing new to save */
     const int resumed_here = tc->resumed_step == step && ckpt_writer_last_step(tc->writer) < 0;
-    if (!resumed_here && ckpt_writer_last_step(tc->writer) != step)
-        DS_TRY(save_now(tc, step, lr));
+    if (!resumed_here && ckpt_writer_last_step(tc->writer) != step) DS_TRY(save_now(tc, step, lr));
     DS_TRY(on_save_error(tc, ckpt_writer_wait(tc->writer), step));
     if (!tc->cfg->export_enabled || !is_rank0(tc)) return DS_OK;
     const char *final = resumed_here ? tc->resumed_path : ckpt_writer_last_path(tc->writer);

@@ -16,8 +16,8 @@ typedef struct TrainCkptWorld {
     CkptLayout layout;
     CkptAllMinFn all_min; /* all-reduce MIN of an int (comm); NULL with one rank */
     void *comm_ctx;
-    long tmp_tag;                   /* rank 0's pid, the same on every rank */
-    size_t optim_begin, optim_end;  /* this rank's ZeRO range of the moments; 0, 0 = all */
+    long tmp_tag;                  /* rank 0's pid, the same on every rank */
+    size_t optim_begin, optim_end; /* this rank's ZeRO range of the moments; 0, 0 = all */
 } TrainCkptWorld;
 
 typedef struct TrainCkpt TrainCkpt;

@@ -79,7 +79,8 @@ static void make_table(int tp, int tp_rank, ParamTable *pt)
             int64_t dim = p->shape[p->split_dim];
             p->slice_len = dim / tp;
             p->slice_start = p->slice_len * tp_rank;
-            p->numel = (size_t)(p->split_dim == 0 ? p->slice_len * cols : p->shape[0] * p->slice_len);
+            p->numel =
+                (size_t)(p->split_dim == 0 ? p->slice_len * cols : p->shape[0] * p->slice_len);
         } else {
             p->slice_start = 0;
             p->slice_len = p->shape[0];
@@ -165,10 +166,13 @@ static void save_tp2_dp2(const char *dir)
         moments[rank] = calloc(pt[rank].total, sizeof(float));
         fill_local(&pt[rank], 0, params[rank]);
         fill_local(&pt[rank], 1, moments[rank]);
-        CkptWriterOptions o = {.dir = dir, .keep = 5, .async = 0,
-                               .layout = {.tp = 2, .dp = 2, .zero = 1, .tp_rank = tp_rank,
-                                          .dp_rank = dp_rank},
-                               .all_min = fake_all_min, .tmp_tag = 4242};
+        CkptWriterOptions o = {
+            .dir = dir,
+            .keep = 5,
+            .async = 0,
+            .layout = {.tp = 2, .dp = 2, .zero = 1, .tp_rank = tp_rank, .dp_rank = dp_rank},
+            .all_min = fake_all_min,
+            .tmp_tag = 4242};
         cr_assert_eq(ckpt_writer_open(&o, &pt[rank], &w[rank]), DS_OK, "%s", ds_last_error());
     }
     /* ranks 1..3 write first; rank 0 writes last and commits */
@@ -177,7 +181,9 @@ static void save_tp2_dp2(const char *dir)
         const int dp_rank = rank / 2;
         CkptBuffer bufs[2] = {
             {.prefix = "params", .base = params[rank], .replicated_over_dp = 1},
-            {.prefix = "optim.m", .base = moments[rank], .flat_begin = dp_rank ? half : 0,
+            {.prefix = "optim.m",
+             .base = moments[rank],
+             .flat_begin = dp_rank ? half : 0,
              .flat_end = dp_rank ? pt[rank].total : half},
         };
         pos[rank] = 1000 + rank;
@@ -267,8 +273,12 @@ static void save_steps(const char *dir, int async, int keep, int keep_every, int
     ParamTable pt;
     make_table(1, 0, &pt);
     float *params = calloc(pt.total, sizeof(float));
-    CkptWriterOptions o = {.dir = dir, .keep = keep, .keep_every = keep_every, .async = async,
-                           .layout = {.tp = 1, .dp = 1, .zero = 1}, .tmp_tag = getpid()};
+    CkptWriterOptions o = {.dir = dir,
+                           .keep = keep,
+                           .keep_every = keep_every,
+                           .async = async,
+                           .layout = {.tp = 1, .dp = 1, .zero = 1},
+                           .tmp_tag = getpid()};
     CkptWriter *w;
     cr_assert_eq(ckpt_writer_open(&o, &pt, &w), DS_OK, "%s", ds_last_error());
     for (int s = first; s <= last; s++) {
@@ -336,8 +346,9 @@ Test(ckpt, sync_save_and_leftovers_of_a_killed_save_are_ignored_then_removed)
     snprintf(dir, sizeof(dir), "%s/sync", tmpdir);
     save_steps(dir, 0, 3, 0, 1, 2);
     /* what a kill leaves: a temporary directory with files, and a step without a manifest */
-    snprintf(path, sizeof(path), "mkdir -p %s/step-00000003.tmp-99 %s/step-00000004 && "
-                                 "echo x > %s/step-00000003.tmp-99/rank-tp0-dp0.safetensors",
+    snprintf(path, sizeof(path),
+             "mkdir -p %s/step-00000003.tmp-99 %s/step-00000004 && "
+             "echo x > %s/step-00000003.tmp-99/rank-tp0-dp0.safetensors",
              dir, dir, dir);
     cr_assert_eq(system(path), 0);
     char found[800];
@@ -474,8 +485,8 @@ Test(ckpt, save_to_a_missing_parent_that_cannot_be_made_fails_cleanly)
 {
     ParamTable pt;
     make_table(1, 0, &pt);
-    CkptWriterOptions o = {.dir = "/proc/no/such/dir", .keep = 1,
-                           .layout = {.tp = 1, .dp = 1}, .tmp_tag = 1};
+    CkptWriterOptions o = {
+        .dir = "/proc/no/such/dir", .keep = 1, .layout = {.tp = 1, .dp = 1}, .tmp_tag = 1};
     CkptWriter *w = NULL;
     cr_assert_eq(ckpt_writer_open(&o, &pt, &w), DS_ERR_INPUT);
     cr_assert(strstr(ds_last_error(), "checkpoint.dir"), "%s", ds_last_error());
@@ -513,8 +524,8 @@ Test(ckpt, export_loads_back_with_identical_parameters_and_logits)
     model_init_weights(&m, 3, 0.02f);
     char dir[700];
     snprintf(dir, sizeof(dir), "%s/exp", tmpdir);
-    CkptWriterOptions o = {.dir = dir, .keep = 1, .layout = {.tp = 1, .dp = 1},
-                           .tmp_tag = getpid()};
+    CkptWriterOptions o = {
+        .dir = dir, .keep = 1, .layout = {.tp = 1, .dp = 1}, .tmp_tag = getpid()};
     CkptWriter *w;
     cr_assert_eq(ckpt_writer_open(&o, &m.table, &w), DS_OK);
     char *hf = NULL;
@@ -530,8 +541,10 @@ Test(ckpt, export_loads_back_with_identical_parameters_and_logits)
 
     /* inputs and the reference logits */
     const int N = 2 * 16, V = mc.vocab_size;
-    for (int i = 0; i < N; i++) m.inputs[i] = (i * 37) % 258;
-    float *ref = malloc((size_t)N * V * sizeof(float)), *got = malloc((size_t)N * V * sizeof(float));
+    for (int i = 0; i < N; i++)
+        m.inputs[i] = (i * 37) % 258;
+    float *ref = malloc((size_t)N * V * sizeof(float)),
+          *got = malloc((size_t)N * V * sizeof(float));
     model_forward(&m, m.inputs, NULL, NULL, ref);
 
     char step[800], out[800];
@@ -576,7 +589,8 @@ Test(ckpt, export_loads_back_with_identical_parameters_and_logits)
         }
         cr_assert_eq(bad, 0, "dtype %d: %d parameters differ", k, bad);
         if (dtypes[k] == DT_F32) {
-            for (int i = 0; i < N; i++) m2.inputs[i] = m.inputs[i];
+            for (int i = 0; i < N; i++)
+                m2.inputs[i] = m.inputs[i];
             model_forward(&m2, m2.inputs, NULL, NULL, got);
             cr_assert_eq(memcmp(ref, got, (size_t)N * V * sizeof(float)), 0,
                          "fp32 export: logits differ");
