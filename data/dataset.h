@@ -79,5 +79,10 @@ int64_t dataset_lm_windows(const TokenDataset *ds, int seq_len);
  * of the same size. */
 int dataset_read_lm_window(TokenDataset *ds, int64_t w, int seq_len, int32_t *window_tokens,
                            uint8_t *window_mask, int32_t *raw_tokens, uint8_t *raw_mask);
+/* Windows [w, w + count) back to back (one read of the flat array); every buffer holds
+ * count (seq_len + 1). */
+int dataset_read_lm_windows(TokenDataset *ds, int64_t w, int64_t count, int seq_len,
+                            int32_t *window_tokens, uint8_t *window_mask, int32_t *raw_tokens,
+                            uint8_t *raw_mask);
 
 #endif

@@ -16,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Blocks of the shuffled order hold about this many tokens (a few HDF5 chunks), and groups of
- * this many blocks are shuffled together: a group touches < 64 MiB of tokens, the size of the
- * chunk cache dataset.c gives each dataset. */
-#define READER_BLOCK_TOKENS (1LL << 20)
+/* Blocks of the shuffled order hold about this many tokens (about one HDF5 chunk of `dstrain
+ * pack`), and groups of this many blocks are shuffled together. In lm mode a block is read whole
+ * (one HDF5 read instead of one per window) into a cache of READER_BLOCK_SLOTS blocks per file,
+ * which holds a whole group: 9 x 256K tokens x 5 bytes = 11 MiB per file. */
+#define READER_BLOCK_TOKENS (1LL << 18)
 #define READER_GROUP_BLOCKS 8
+#define READER_BLOCK_SLOTS (READER_GROUP_BLOCKS + 1)
 
 static pthread_mutex_t hdf5_mutex = PTHREAD_MUTEX_INITIALIZER;
 
@@ -53,8 +55,17 @@ const char *data_mode_name(DataMode mode)
     return (unsigned)mode < 3 ? MODE_NAMES[mode] : "?";
 }
 
+typedef struct BlockSlot {
+    int64_t block; /* -1 = empty */
+    uint64_t last_use;
+    int32_t *tokens; /* block (seq_len + 1) tokens: the block's windows back to back */
+    uint8_t *mask;
+} BlockSlot;
+
 typedef struct ReaderSource {
     TokenDataset *ds;
+    BlockSlot blocks[READER_BLOCK_SLOTS]; /* lm mode, files of at least one full block */
+    uint64_t use_clock;
     double cumulative; /* upper end of this source's share of [0, 1) */
     int64_t n_samples; /* per epoch */
     int pad_id;        /* what short rows are padded with */
@@ -81,6 +92,8 @@ struct DataReader {
     int64_t mix_position;   /* cursor.consumed counts the global samples [0, mix_position) */
     int32_t *window_tokens, *raw_tokens;
     uint8_t *window_mask, *raw_mask;
+    int32_t *block_raw_tokens; /* scratch for reading a whole block, sized for the largest */
+    uint8_t *block_raw_mask;
     /* ring */
     Slot *slots;
     int n_slots, head, ready;
@@ -122,6 +135,43 @@ static uint64_t reader_source_seed(uint64_t seed, int s)
 
 /* ---- filling rows ---------------------------------------------------------------------------- */
 
+/* LM window `sample` of a file from its block cache, reading the whole block on a miss; windows
+ * outside the full blocks (the tail) are read alone. *tokens and *mask point at seq_len + 1. */
+static int reader_lm_window(DataReader *r, ReaderSource *src, int64_t sample,
+                            const int32_t **tokens, const uint8_t **mask)
+{
+    const int64_t K = src->order.block, W = (int64_t)r->opt.seq_len + 1;
+    const int64_t block = sample / K;
+    if (block >= src->order.full_blocks) {
+        DS_TRY(dataset_read_lm_window(src->ds, sample, r->opt.seq_len, r->window_tokens,
+                                      r->window_mask, r->raw_tokens, r->raw_mask));
+        *tokens = r->window_tokens;
+        *mask = r->window_mask;
+        return DS_OK;
+    }
+    BlockSlot *hit = NULL, *oldest = &src->blocks[0];
+    for (int i = 0; i < READER_BLOCK_SLOTS && !hit; i++) {
+        if (src->blocks[i].block == block) hit = &src->blocks[i];
+        if (src->blocks[i].last_use < oldest->last_use) oldest = &src->blocks[i];
+    }
+    if (!hit) {
+        hit = oldest;
+        hit->block = -1;
+        if (!hit->tokens) {
+            hit->tokens = ds_malloc((size_t)(K * W) * sizeof(int32_t));
+            hit->mask = ds_malloc((size_t)(K * W));
+            if (!hit->tokens || !hit->mask) return DS_ERR_INTERNAL;
+        }
+        DS_TRY(dataset_read_lm_windows(src->ds, block * K, K, r->opt.seq_len, hit->tokens,
+                                       hit->mask, r->block_raw_tokens, r->block_raw_mask));
+        hit->block = block;
+    }
+    hit->last_use = ++src->use_clock;
+    *tokens = hit->tokens + (sample - block * K) * W;
+    *mask = hit->mask + (sample - block * K) * W;
+    return DS_OK;
+}
+
 static int reader_fill_row(DataReader *r, Slot *slot, int b, int s, int64_t sample)
 {
     ReaderSource *src = &r->src[s];
@@ -129,12 +179,13 @@ static int reader_fill_row(DataReader *r, Slot *slot, int b, int s, int64_t samp
     int32_t *in = slot->inputs + (size_t)b * T, *tg = slot->targets + (size_t)b * T;
     float *wt = slot->weights + (size_t)b * T;
     if (r->opt.mode == DATA_MODE_LM) {
-        DS_TRY(dataset_read_lm_window(src->ds, sample, T, r->window_tokens, r->window_mask,
-                                      r->raw_tokens, r->raw_mask));
-        memcpy(in, r->window_tokens, (size_t)T * sizeof(int32_t));
-        memcpy(tg, r->window_tokens + 1, (size_t)T * sizeof(int32_t));
+        const int32_t *window;
+        const uint8_t *mask;
+        DS_TRY(reader_lm_window(r, src, sample, &window, &mask));
+        memcpy(in, window, (size_t)T * sizeof(int32_t));
+        memcpy(tg, window + 1, (size_t)T * sizeof(int32_t));
         for (int t = 0; t < T; t++)
-            wt[t] = r->window_mask[t + 1] ? 1.0f : 0.0f;
+            wt[t] = mask[t + 1] ? 1.0f : 0.0f;
         return DS_OK;
     }
     int64_t len = dataset_doc_length(src->ds, sample);
@@ -329,6 +380,8 @@ static int reader_open_source(DataReader *r, int s, const char *path)
             }
         }
     }
+    for (int i = 0; i < READER_BLOCK_SLOTS; i++)
+        src->blocks[i].block = -1;
     int64_t block = (int64_t)(READER_BLOCK_TOKENS / tokens_per_sample);
     blocked_order_init(&src->order, src->n_samples, block, READER_GROUP_BLOCKS,
                        reader_source_seed(o->seed, s));
@@ -385,6 +438,18 @@ int data_reader_open(const DataReaderOptions *opt, DataReader **out)
         if (!r->window_tokens || !r->raw_tokens || !r->window_mask || !r->raw_mask || !r->slots)
             status = DS_ERR_INTERNAL;
     }
+    if (status == DS_OK && opt->mode == DATA_MODE_LM) {
+        int64_t largest = 0;
+        for (int s = 0; s < r->n_src; s++)
+            if (r->src[s].order.full_blocks > 0 && r->src[s].order.block > largest)
+                largest = r->src[s].order.block;
+        if (largest > 0) {
+            size_t n = (size_t)largest * (T + 1);
+            r->block_raw_tokens = ds_malloc(n * sizeof(int32_t));
+            r->block_raw_mask = ds_malloc(n);
+            if (!r->block_raw_tokens || !r->block_raw_mask) status = DS_ERR_INTERNAL;
+        }
+    }
     for (int i = 0; status == DS_OK && i < r->n_slots; i++) {
         Slot *slot = &r->slots[i];
         slot->inputs = ds_malloc(B * T * sizeof(int32_t));
@@ -411,9 +476,16 @@ void data_reader_close(DataReader *r)
     if (!r) return;
     reader_stop(r);
     data_hdf5_lock();
-    for (int s = 0; s < r->n_src; s++)
+    for (int s = 0; s < r->n_src; s++) {
         dataset_close(r->src[s].ds);
+        for (int i = 0; i < READER_BLOCK_SLOTS; i++) {
+            free(r->src[s].blocks[i].tokens);
+            free(r->src[s].blocks[i].mask);
+        }
+    }
     data_hdf5_unlock();
+    free(r->block_raw_tokens);
+    free(r->block_raw_mask);
     for (int i = 0; r->slots && i < r->n_slots; i++) {
         free(r->slots[i].inputs);
         free(r->slots[i].targets);

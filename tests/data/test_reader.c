@@ -408,3 +408,37 @@ Test(reader, corrupted_chunk_mid_run_is_an_error_not_a_crash)
     free(wt);
     data_reader_close(r);
 }
+
+/* A file of several full blocks (blocks of 2^18 / 4 windows here): windows served from the
+ * block cache hold exactly the file's tokens, and one epoch visits every window once, also
+ * across the block boundary and the tail. */
+Test(reader, block_cache_serves_exact_windows_once_per_epoch)
+{
+    char dir[1024], path[1100];
+    test_dir("rd-blocks", dir, sizeof(dir));
+    const int n_tokens = 600003, T = 3, B = 50;
+    make_counting_file(dir, "blocks.h5", n_tokens, path, sizeof(path));
+    DataReader *r = open_reader(path, DATA_MODE_LM, T, B, 1, 0, 1, 8, 4);
+    const int64_t n = data_reader_samples_per_epoch(r, 0);
+    cr_assert_eq(n, n_tokens / 4);
+    unsigned char *seen = calloc((size_t)n, 1);
+    Rows x;
+    for (int64_t k = 0; k < n / B; k++) {
+        cr_assert_eq(data_reader_next(r, x.in, x.tg, x.wt, NULL), DS_OK, "%s", ds_last_error());
+        for (int b = 0; b < B; b++) {
+            const int32_t *in = x.in + b * T, *tg = x.tg + b * T;
+            cr_assert_eq(in[0] % 4, 0);
+            for (int t = 0; t < T; t++)
+                cr_assert(in[t] == in[0] + t && tg[t] == in[0] + t + 1 && x.wt[b * T + t] == 1.0f,
+                          "window at %d", in[0]);
+            seen[in[0] / 4]++;
+        }
+    }
+    int64_t once = 0;
+    for (int64_t w = 0; w < n; w++)
+        once += seen[w] == 1;
+    cr_assert_eq(once, n / B * B, "every window read at most once, %ld of %ld", (long)once,
+                 (long)n);
+    free(seen);
+    data_reader_close(r);
+}
