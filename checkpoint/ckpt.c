@@ -413,6 +413,41 @@ static char *hex32(uint32_t v, char *buf)
     return buf;
 }
 
+/* Size and CRC-32C of a shard just written from items: the header is read back from the file
+ * and the data summed from memory (the writer lays the items out in order), so the bytes are
+ * not read twice. The file's size must be exactly header plus data. */
+static int shard_checksum(const char *path, const STWriteItem *items, int n, uint64_t *size,
+                          uint32_t *crc)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ds_error(DS_ERR_INTERNAL, "%s: cannot open: %s", path, strerror(errno));
+    unsigned char len8[8];
+    uint64_t hlen = 0, data = 0;
+    struct stat st;
+    int ok = read(fd, len8, 8) == 8 && fstat(fd, &st) == 0;
+    for (int i = 7; ok && i >= 0; i--)
+        hlen = (hlen << 8) | len8[i];
+    char *header = ok && hlen <= ((uint64_t)100 << 20) ? ds_malloc((size_t)hlen) : NULL;
+    ok = header && read(fd, header, (size_t)hlen) == (ssize_t)hlen;
+    close(fd);
+    uint32_t c = crc32c_update(0, len8, 8);
+    if (ok) c = crc32c_update(c, header, (size_t)hlen);
+    free(header);
+    for (int i = 0; ok && i < n; i++) {
+        size_t bytes = dtype_size(items[i].dtype);
+        for (int d = 0; d < items[i].ndim; d++)
+            bytes *= (size_t)items[i].shape[d];
+        c = crc32c_update(c, items[i].data, bytes);
+        data += bytes;
+    }
+    if (!ok || (uint64_t)st.st_size != 8 + hlen + data)
+        return ds_error(DS_ERR_INTERNAL, "%s: the written file does not read back as written",
+                        path);
+    *size = (uint64_t)st.st_size;
+    *crc = c;
+    return DS_OK;
+}
+
 /* This rank's shard and its description (rank-tpX-dpY.safetensors and .json). */
 static int job_write_rank_files(CkptWriter *w, CkptJob *job, const char *tmpdir)
 {
@@ -451,11 +486,11 @@ static int job_write_rank_files(CkptWriter *w, CkptJob *job, const char *tmpdir)
     }
     snprintf(path, sizeof(path), "%s/%s.safetensors", tmpdir, base);
     int status = safetensors_write(path, items, n, "{\"format\":\"" CKPT_FORMAT "\"}");
+    uint64_t size = 0;
+    uint32_t crc = 0;
+    if (status == DS_OK) status = shard_checksum(path, items, n, &size, &crc);
     free(items);
     if (status != DS_OK) return status;
-    uint64_t size;
-    uint32_t crc;
-    DS_TRY(file_checksum(path, &size, &crc));
 
     cJSON *root = cJSON_CreateObject(), *tensors = cJSON_CreateArray(),
           *blobs = cJSON_CreateArray();
