@@ -1099,6 +1099,9 @@ int ckpt_writer_save(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bufs
     } else {
         job_run(w);
         w->done = 1;
+        /* a synchronous save blocks training for all of it */
+        w->job.stall = ds_now() - t0;
+        if (stall_seconds) *stall_seconds = w->job.stall;
     }
     if (previous != DS_OK) return ds_error(previous, "%s", previous_error);
     return DS_OK;
