@@ -6,6 +6,9 @@ export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_mpi_yield_when_idle=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 export LSAN_OPTIONS="suppressions=$SRC/tests/comm/lsan-mpi.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+# Open MPI's plugins have no frame pointers: the slow unwinder reaches libmpi's frames so that
+# the suppressions match (no effect outside the sanitizer build)
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
 
 # mpi_run NP LOG ARGS...: dstrain under mpirun, at most 300 s; returns mpirun's exit code
 mpi_run() {
