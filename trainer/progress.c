@@ -329,12 +329,14 @@ static void task_print(ProgressTask *t, int final)
         snprintf(text, sizeof(text), "%s: %.0f/%.0f %s (%.0f%%), %s", t->what, t->done, t->total,
                  t->unit, 100.0 * frac, final ? "" : "eta ");
         if (!final) strncat(text, eta, sizeof(text) - strlen(text) - 1);
-    } else {
+    } else if (t->done > 0) {
         snprintf(text, sizeof(text), "%s: %.0f %s", t->what, t->done, t->unit);
+    } else {
+        snprintf(text, sizeof(text), "%s", t->what);
     }
     if (final) {
         char took[64];
-        snprintf(took, sizeof(took), "%sdone in %.1fs", t->total > 0 ? "" : ", ", elapsed);
+        snprintf(took, sizeof(took), "%sdone in %.1fs", t->total > 0 ? "" : ": ", elapsed);
         strncat(text, took, sizeof(text) - strlen(text) - 1);
     }
     if (t->interactive)

@@ -3,6 +3,7 @@
  * hostile clients (in-process, loopback, port 0). */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -425,4 +426,31 @@ Test(metrics_server, busy_port_is_an_input_error)
     cr_assert(strstr(ds_last_error(), "cannot listen") != NULL, "%s", ds_last_error());
     cr_assert_null(b);
     metrics_server_stop(a);
+}
+
+Test(progress, preparation_task_lines_in_a_pipe, .init = cr_redirect_stdout)
+{
+    ProgressTask t;
+    progress_task_begin(&t, "packing", 100, "documents");
+    for (int i = 1; i <= 100; i++) progress_task_update(&t, i);
+    progress_task_end(&t);
+    ProgressTask u; /* unknown total */
+    progress_task_begin(&u, "loading weights", 0, "");
+    progress_task_end(&u);
+    fflush(stdout);
+    FILE *f = cr_get_redirected_stdout();
+    char text[8192];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    text[n] = 0;
+    int lines = 0;
+    for (char *p = text; *p; p++) lines += *p == '\n';
+    /* begin, one line per 10%, the end; then begin and end of the second */
+    cr_assert_eq(lines, 14, "%s", text);
+    cr_assert(strncmp(text, "dstrain: packing ...\n", 21) == 0, "%s", text);
+    cr_assert(strstr(text, "\ndstrain: packing: 50/100 documents (50%), eta ") != NULL, "%s", text);
+    cr_assert(strstr(text, "\ndstrain: packing: 100/100 documents (100%), done in ") != NULL, "%s",
+              text);
+    cr_assert(strstr(text, "\ndstrain: loading weights ...\ndstrain: loading weights: done in ") !=
+                  NULL,
+              "%s", text);
 }
