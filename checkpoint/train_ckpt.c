@@ -247,6 +247,16 @@ int train_ckpt_after_step(TrainCkpt *tc, int step, float lr)
     return DS_OK;
 }
 
+int train_ckpt_save_now(TrainCkpt *tc, int step, float lr)
+{
+    if (!tc) return DS_OK;
+    DS_TRY(on_save_error(tc, ckpt_writer_wait(tc->writer), step));
+    if (ckpt_writer_last_step(tc->writer) == step || tc->resumed_step == step) return DS_OK;
+    DS_TRY(save_now(tc, step, lr));
+    /* here a failure is returned whatever on_error says: the caller is about to stop */
+    return ckpt_writer_wait(tc->writer);
+}
+
 int train_ckpt_finish(TrainCkpt *tc, int step, float lr)
 {
     if (!tc) return DS_OK;

@@ -31,6 +31,9 @@ int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *m
 /* After `step` steps are done: save when checkpoint.every says so, report finished saves.
  * A failed save stops the run (status returned) or, with checkpoint.on_error: continue, warns. */
 int train_ckpt_after_step(TrainCkpt *tc, int step, float lr);
+/* On request (a signal before preemption): save at `step` now, unless it is already saved, and
+ * wait until it is complete; then the caller may exit (DS_EXIT_REQUEUE). */
+int train_ckpt_save_now(TrainCkpt *tc, int step, float lr);
 /* End of the run: the final save (unless this step was just saved), wait for it, and export
  * to <run.dir>/export when export.enabled. */
 int train_ckpt_finish(TrainCkpt *tc, int step, float lr);
