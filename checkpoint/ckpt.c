@@ -1038,6 +1038,7 @@ static int job_report(CkptWriter *w)
     step_dir_name(name, sizeof(name), job->step);
     snprintf(w->last_path, sizeof(w->last_path), "%s/%s", w->dir, name);
     w->last_step = job->step;
+    if (w->opt.layout.tp_rank != 0 || w->opt.layout.dp_rank != 0) return DS_OK; /* rank 0 logs */
     printf("dstrain: checkpoint %s saved: %.1f MB in %.3fs (%.0f MB/s), training stalled "
            "%.4fs (%.1f%% of the save)\n",
            w->last_path, job->bytes / 1e6, took, took > 0 ? job->bytes / 1e6 / took : 0.0,
