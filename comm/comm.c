@@ -28,11 +28,21 @@ size_t comm_type_size(CommType type)
 static int mpi_type(CommType type, MPI_Datatype *out)
 {
     switch (type) {
-    case COMM_F32: *out = MPI_FLOAT; return DS_OK;
-    case COMM_F64: *out = MPI_DOUBLE; return DS_OK;
-    case COMM_I32: *out = MPI_INT32_T; return DS_OK;
-    case COMM_I64: *out = MPI_INT64_T; return DS_OK;
-    case COMM_U8: *out = MPI_UINT8_T; return DS_OK;
+    case COMM_F32:
+        *out = MPI_FLOAT;
+        return DS_OK;
+    case COMM_F64:
+        *out = MPI_DOUBLE;
+        return DS_OK;
+    case COMM_I32:
+        *out = MPI_INT32_T;
+        return DS_OK;
+    case COMM_I64:
+        *out = MPI_INT64_T;
+        return DS_OK;
+    case COMM_U8:
+        *out = MPI_UINT8_T;
+        return DS_OK;
     default:
         return ds_error(DS_ERR_INTERNAL, "comm: type %d has no MPI reduction on host buffers",
                         (int)type);
@@ -194,8 +204,7 @@ int comm_grid_enable_nccl(ProcessGrid *g)
         return ds_error(DS_ERR_INTERNAL, "comm: unexpected ncclUniqueId size %d", bytes);
     if (g->world_rank == 0) DS_TRY(comm_nccl_get_unique_id(id));
     DS_TRY(mpi_check(MPI_Bcast(id, bytes, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast (nccl id)"));
-    DS_TRY(comm_nccl_init(&g->world.impl->nccl, id, g->world_size, g->world_rank,
-                          g->local_rank));
+    DS_TRY(comm_nccl_init(&g->world.impl->nccl, id, g->world_size, g->world_rank, g->local_rank));
     CommGroup *subs[] = {&g->tp, &g->dp};
     for (size_t i = 0; i < DS_ARRAY_LEN(subs); i++) {
         if (!subs[i]->impl) continue; /* uniform: every rank's group has the same size */
@@ -243,21 +252,21 @@ int comm_reduce_scatter(const CommGroup *g, void *buf, size_t count, CommType ty
 {
     if (!g->impl || count == 0) return DS_OK;
 #ifdef DSTRAIN_HAVE_NCCL
-    if (use_nccl(g, buf))
-        return comm_nccl_reduce_scatter(g->impl->nccl, buf, count, type, g->rank);
+    if (use_nccl(g, buf)) return comm_nccl_reduce_scatter(g->impl->nccl, buf, count, type, g->rank);
 #endif
     if (count > INT_MAX)
-        return ds_error(DS_ERR_INTERNAL, "comm: reduce-scatter of %zu elements per rank is more "
-                                         "than MPI's int count", count);
+        return ds_error(DS_ERR_INTERNAL,
+                        "comm: reduce-scatter of %zu elements per rank is more "
+                        "than MPI's int count",
+                        count);
     MPI_Datatype dt = MPI_DATATYPE_NULL;
     DS_TRY(mpi_type(type, &dt));
     /* MPI's in-place result lands in the first block; move it to this rank's block */
-    DS_TRY(mpi_check(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, dt, MPI_SUM,
-                                              g->impl->comm),
-                     "MPI_Reduce_scatter_block"));
+    DS_TRY(mpi_check(
+        MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, dt, MPI_SUM, g->impl->comm),
+        "MPI_Reduce_scatter_block"));
     const size_t esize = comm_type_size(type);
-    if (g->rank != 0)
-        memcpy((char *)buf + (size_t)g->rank * count * esize, buf, count * esize);
+    if (g->rank != 0) memcpy((char *)buf + (size_t)g->rank * count * esize, buf, count * esize);
     return DS_OK;
 }
 
@@ -268,13 +277,15 @@ int comm_all_gather(const CommGroup *g, void *buf, size_t count, CommType type)
     if (use_nccl(g, buf)) return comm_nccl_all_gather(g->impl->nccl, buf, count, type, g->rank);
 #endif
     if (count > INT_MAX)
-        return ds_error(DS_ERR_INTERNAL, "comm: all-gather of %zu elements per rank is more "
-                                         "than MPI's int count", count);
+        return ds_error(DS_ERR_INTERNAL,
+                        "comm: all-gather of %zu elements per rank is more "
+                        "than MPI's int count",
+                        count);
     MPI_Datatype dt = MPI_DATATYPE_NULL;
     DS_TRY(mpi_type(type, &dt));
-    return mpi_check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)count, dt,
-                                   g->impl->comm),
-                     "MPI_Allgather");
+    return mpi_check(
+        MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)count, dt, g->impl->comm),
+        "MPI_Allgather");
 }
 
 int comm_broadcast(const CommGroup *g, void *buf, size_t count, CommType type, int root)

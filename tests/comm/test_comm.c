@@ -68,8 +68,10 @@ static void check_group(const CommGroup *g, int rank, const char *name)
     float f[5];
     double d[3];
     int64_t i64[2];
-    for (int j = 0; j < 5; j++) f[j] = (float)(g->rank + 1) * (float)(j + 1);
-    for (int j = 0; j < 3; j++) d[j] = 0.5 * (g->rank + 1) + j;
+    for (int j = 0; j < 5; j++)
+        f[j] = (float)(g->rank + 1) * (float)(j + 1);
+    for (int j = 0; j < 3; j++)
+        d[j] = 0.5 * (g->rank + 1) + j;
     i64[0] = (int64_t)g->rank + ((int64_t)1 << 40);
     i64[1] = -g->rank;
     ON_DEVICE(f, sizeof(f), comm_all_reduce(g, dev_buf_, 5, COMM_F32, COMM_SUM));
@@ -90,20 +92,22 @@ static void check_group(const CommGroup *g, int rank, const char *name)
     const size_t count = 7;
     float *buf = calloc((size_t)n * count, sizeof(float));
     for (int b = 0; b < n; b++)
-        for (size_t e = 0; e < count; e++) buf[b * count + e] = g->rank * 100.0f + b * 10.0f + e;
+        for (size_t e = 0; e < count; e++)
+            buf[b * count + e] = g->rank * 100.0f + b * 10.0f + e;
     ON_DEVICE(buf, n * count * sizeof(float), comm_reduce_scatter(g, dev_buf_, count, COMM_F32));
     for (size_t e = 0; e < count; e++) {
         float want = 100.0f * n * (n - 1) / 2 + n * (g->rank * 10.0f + e);
-        WCHECK(buf[g->rank * count + e] == want, "%s reduce-scatter [%zu] = %g, expected %g",
-               name, e, buf[g->rank * count + e], want);
+        WCHECK(buf[g->rank * count + e] == want, "%s reduce-scatter [%zu] = %g, expected %g", name,
+               e, buf[g->rank * count + e], want);
     }
     /* all-gather: each member contributes its block */
-    for (size_t e = 0; e < count; e++) buf[g->rank * count + e] = g->rank * 1000.0f + e;
+    for (size_t e = 0; e < count; e++)
+        buf[g->rank * count + e] = g->rank * 1000.0f + e;
     ON_DEVICE(buf, n * count * sizeof(float), comm_all_gather(g, dev_buf_, count, COMM_F32));
     for (int b = 0; b < n; b++)
         for (size_t e = 0; e < count; e++)
-            WCHECK(buf[b * count + e] == b * 1000.0f + e, "%s all-gather block %d [%zu] = %g",
-                   name, b, e, buf[b * count + e]);
+            WCHECK(buf[b * count + e] == b * 1000.0f + e, "%s all-gather block %d [%zu] = %g", name,
+                   b, e, buf[b * count + e]);
     free(buf);
     /* broadcast from the last member, bytes */
     char text[32];
@@ -216,8 +220,8 @@ Test(comm, single_process_rejects_a_layout_it_cannot_have)
 {
     ProcessGrid g;
     cr_assert_eq(comm_grid_init(&g, 2, 0), DS_ERR_INPUT);
-    cr_assert(strstr(ds_last_error(), "parallel.tp: 2 does not divide the world size 1"),
-              "%s", ds_last_error());
+    cr_assert(strstr(ds_last_error(), "parallel.tp: 2 does not divide the world size 1"), "%s",
+              ds_last_error());
     comm_grid_free(&g);
     cr_assert_eq(comm_grid_init(&g, 1, 2), DS_ERR_INPUT);
     cr_assert(strstr(ds_last_error(), "parallel.tp x parallel.dp: 1 x 2 = 2 ranks"), "%s",
@@ -276,7 +280,7 @@ Test(comm, np4_with_tp3_is_a_clear_error_not_a_hang)
 {
     char *out;
     run_workers(4, 3, 2, &out);
-    cr_assert(strstr(out, "dstrain: error: parallel.tp: 3 does not divide the world size 4"),
-              "%s", out);
+    cr_assert(strstr(out, "dstrain: error: parallel.tp: 3 does not divide the world size 4"), "%s",
+              out);
     free(out);
 }

@@ -34,17 +34,20 @@ static void run_cross_entropy_sharded(int shards, const float *logits, const int
     }
     /* part 1 and the MAX all-reduce */
     float part_max[4][N];
-    for (int s = 0; s < shards; s++) be->cross_entropy_shard_max(part_max[s], local[s], N, Vl);
+    for (int s = 0; s < shards; s++)
+        be->cross_entropy_shard_max(part_max[s], local[s], N, Vl);
     for (int i = 0; i < N; i++) {
         row_max[i] = part_max[0][i];
-        for (int s = 1; s < shards; s++) row_max[i] = fmaxf(row_max[i], part_max[s][i]);
+        for (int s = 1; s < shards; s++)
+            row_max[i] = fmaxf(row_max[i], part_max[s][i]);
     }
     /* part 2 and the SUM all-reduce */
     memset(stats, 0, sizeof(stats));
     for (int s = 0; s < shards; s++) {
         float part[N * 3];
         be->cross_entropy_shard_stats(part, local[s], row_max, targets, N, Vl, s * Vl);
-        for (int k = 0; k < N * 3; k++) stats[k] += part[k];
+        for (int k = 0; k < N * 3; k++)
+            stats[k] += part[k];
     }
     /* part 3 on every shard: each writes its own slice of the gradient; losses agree */
     for (int s = 0; s < shards; s++) {
@@ -66,14 +69,15 @@ Test(ops_shard, cross_entropy_in_shards_equals_the_whole)
 {
     float logits[N * V], ref_grad[N * V], ref_loss[N], weights[N];
     int32_t targets[N];
-    for (int k = 0; k < N * V; k++) logits[k] = 4.0f * urand();
+    for (int k = 0; k < N * V; k++)
+        logits[k] = 4.0f * urand();
     logits[2 * V + 17] = 60.0f; /* one peaked row: the maximum sits in a later shard */
     for (int i = 0; i < N; i++) {
         targets[i] = (i * 7 + 3) % V;
         weights[i] = 0.1f + 0.05f * i;
     }
     weights[4] = 0.0f;
-    targets[4] = -100; /* ignored row: anything goes */
+    targets[4] = -100;  /* ignored row: anything goes */
     targets[6] = V + 3; /* weighted and out of range: NaN loss, zero gradient */
     memcpy(ref_grad, logits, sizeof(logits));
     backend_cpu()->cross_entropy(ref_loss, ref_grad, targets, weights, N, V, 1);
@@ -106,18 +110,22 @@ Test(ops_shard, embedding_shards_sum_to_the_whole_and_scatter_only_their_rows)
     const Backend *be = backend_cpu();
     float table[V * C], full[N * C], dout[N * C], dtable_ref[V * C];
     int32_t tokens[N] = {0, 5, 23, 5, 12, 11, 6, 17, 18};
-    for (int k = 0; k < V * C; k++) table[k] = urand();
-    for (int k = 0; k < N * C; k++) dout[k] = urand();
+    for (int k = 0; k < V * C; k++)
+        table[k] = urand();
+    for (int k = 0; k < N * C; k++)
+        dout[k] = urand();
     be->embedding_forward(full, tokens, table, N, C);
     memset(dtable_ref, 0, sizeof(dtable_ref));
     be->embedding_backward(dtable_ref, dout, tokens, N, C);
     for (int shards = 1; shards <= 4; shards *= 2) {
         const int Vl = V / shards;
         float sum[N * C] = {0}, dtable[V * C];
-        for (int k = 0; k < V * C; k++) dtable[k] = 0.5f; /* accumulates on top */
+        for (int k = 0; k < V * C; k++)
+            dtable[k] = 0.5f; /* accumulates on top */
         for (int s = 0; s < shards; s++) {
             float part[N * C];
-            for (int k = 0; k < N * C; k++) part[k] = NAN; /* every row is written */
+            for (int k = 0; k < N * C; k++)
+                part[k] = NAN; /* every row is written */
             be->embedding_forward_shard(part, tokens, table + s * Vl * C, N, C, s * Vl, Vl);
             for (int i = 0; i < N; i++) {
                 int mine = tokens[i] >= s * Vl && tokens[i] < (s + 1) * Vl;
@@ -128,7 +136,8 @@ Test(ops_shard, embedding_shards_sum_to_the_whole_and_scatter_only_their_rows)
             }
             be->embedding_backward_shard(dtable + s * Vl * C, dout, tokens, N, C, s * Vl, Vl);
         }
-        for (int k = 0; k < N * C; k++) cr_assert_eq(sum[k], full[k]);
+        for (int k = 0; k < N * C; k++)
+            cr_assert_eq(sum[k], full[k]);
         for (int k = 0; k < V * C; k++)
             cr_assert_float_eq(dtable[k], dtable_ref[k] + 0.5f, 1e-6f, "%d shards dtable[%d]",
                                shards, k);

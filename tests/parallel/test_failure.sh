@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test_failure.sh: a rank that fails takes the whole job down with its message, never a hang
-# (a hang would end in timeout's status 124, not the rank's 2): the fault-injection hook DSTRAIN_FAIL_RANK=k makes rank k fail as on bad input
-# just before the first step, while the other ranks wait in the step's first collective; and
-# layouts that cannot work are refused on every rank with a message naming the key.
+# (a hang would end in timeout's status 124, not the rank's 2). The fault-injection hook
+# DSTRAIN_FAIL_RANK=k makes rank k fail as on bad input just before the first step, while the
+# other ranks wait in the step's first collective; layouts that cannot work are refused on
+# every rank with a message naming the key.
 set -euo pipefail
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"

@@ -35,8 +35,8 @@ Test(memory, parameters_fall_as_one_over_tp_and_zero_state_as_one_over_tp_dp)
             cr_assert(p >= 1.0 && p < 1.02, "tp %d dp %d: parameters x%.4f of 1/tp", tp, dp, p);
             cr_assert_eq(z1.grads, z1.params);
             double o = ratio(z1.optimizer, base.optimizer) * tp * dp;
-            cr_assert(o >= 1.0 && o < 1.02, "tp %d dp %d: ZeRO-1 optimizer x%.4f of 1/(tp dp)",
-                      tp, dp, o);
+            cr_assert(o >= 1.0 && o < 1.02, "tp %d dp %d: ZeRO-1 optimizer x%.4f of 1/(tp dp)", tp,
+                      dp, o);
             cr_assert_eq(z0.optimizer, 2 * z0.params, "without ZeRO every dp rank keeps it all");
             cr_assert_eq(z1.optimizer * dp, z0.optimizer, "shards are equal");
             cr_assert_eq(z0.params % (64 * sizeof(float) * dp), 0, "padded for equal shards");
@@ -54,7 +54,8 @@ Test(memory, shared_kv_heads_at_tp4)
     cr_assert_eq(model_preset("tiny", &mc), DS_OK);
     ParamTable t1, t4[4];
     cr_assert_eq(param_table_build_tp(&mc, 0, 1, &t1), DS_OK);
-    for (int r = 0; r < 4; r++) cr_assert_eq(param_table_build_tp(&mc, r, 4, &t4[r]), DS_OK);
+    for (int r = 0; r < 4; r++)
+        cr_assert_eq(param_table_build_tp(&mc, r, 4, &t4[r]), DS_OK);
     const char *k = "model.layers.1.self_attn.k_proj.weight";
     const char *q = "model.layers.1.self_attn.q_proj.weight";
     for (int r = 0; r < 4; r++) {
@@ -69,7 +70,8 @@ Test(memory, shared_kv_heads_at_tp4)
         cr_assert_eq(norm->split_dim, -1);
         cr_assert_eq(norm->tp_copy, r != 0);
     }
-    for (int r = 0; r < 4; r++) param_table_free(&t4[r]);
+    for (int r = 0; r < 4; r++)
+        param_table_free(&t4[r]);
     param_table_free(&t1);
 }
 
@@ -85,7 +87,8 @@ Test(memory, slices_tile_every_tensor)
     for (int tp = 1; tp <= 4; tp *= 2) {
         ParamTable full, t[4];
         cr_assert_eq(param_table_build(&mc, &full), DS_OK);
-        for (int r = 0; r < tp; r++) cr_assert_eq(param_table_build_tp(&mc, r, tp, &t[r]), DS_OK);
+        for (int r = 0; r < tp; r++)
+            cr_assert_eq(param_table_build_tp(&mc, r, tp, &t[r]), DS_OK);
         for (int i = 0; i < full.count; i++) {
             const ParamInfo *f = &full.items[i];
             size_t counted = 0;
@@ -106,7 +109,8 @@ Test(memory, slices_tile_every_tensor)
             cr_assert_eq(counted, f->numel, "tp %d: %s counted %zu of %zu", tp, f->name, counted,
                          f->numel);
         }
-        for (int r = 0; r < tp; r++) param_table_free(&t[r]);
+        for (int r = 0; r < tp; r++)
+            param_table_free(&t[r]);
         param_table_free(&full);
     }
 }
@@ -117,9 +121,9 @@ Test(memory, shapes_tensor_parallelism_cannot_split_are_refused)
     cr_assert_eq(model_preset("tiny", &mc), DS_OK);
     cr_assert_eq(model_tp_check(&mc, 4, "model.preset tiny"), DS_OK);
     cr_assert_eq(model_tp_check(&mc, 3, "model.preset tiny"), DS_ERR_INPUT);
-    cr_assert(strstr(ds_last_error(),
-                     "parallel.tp: 3 does not divide the model's num_attention_heads 4"),
-              "%s", ds_last_error());
+    cr_assert(
+        strstr(ds_last_error(), "parallel.tp: 3 does not divide the model's num_attention_heads 4"),
+        "%s", ds_last_error());
     cr_assert_eq(model_tp_check(&mc, 8, "model.preset tiny"), DS_ERR_INPUT);
     cr_assert(strstr(ds_last_error(), "num_attention_heads 4"), "%s", ds_last_error());
     mc.intermediate_size = 386;
