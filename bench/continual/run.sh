@@ -11,11 +11,13 @@ DSTRAIN=${DSTRAIN:-$SRC/build/dstrain}
 OUT=${OUT:-$(mktemp -d /tmp/continual-bench.XXXXXX)}
 STEPS=${STEPS:-200}
 [ -x "$DSTRAIN" ] || { echo "run.sh: $DSTRAIN not found (build first, or set DSTRAIN)" >&2; exit 2; }
-if ! python3 -c "import sklearn, h5py, numpy" 2>/dev/null; then
-  python3 -m pip install -q scikit-learn h5py numpy 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages scikit-learn h5py numpy
+if [ ! -f "$OUT/data/tasks.yaml" ]; then # an OUT that already holds the data reuses it
+  if ! python3 -c "import sklearn, h5py, numpy" 2>/dev/null; then
+    python3 -m pip install -q scikit-learn h5py numpy 2>/dev/null ||
+      python3 -m pip install -q --break-system-packages scikit-learn h5py numpy
+  fi
+  python3 "$SRC/bench/continual/make_data.py" --out "$OUT/data" --tasks 5 --steps "$STEPS"
 fi
-python3 "$SRC/bench/continual/make_data.py" --out "$OUT/data" --tasks 5 --steps "$STEPS"
 
 # the same model, data order and schedule for every method; only the continual keys differ
 common=(model.path="$OUT/data/model" model.random_init=true task.type=classification
@@ -26,7 +28,7 @@ ewc=(continual.ewc.enabled=true continual.ewc.lambda=3 continual.ewc.fisher.type
      continual.ewc.fisher.samples=200)
 replay=(continual.replay.capacity=1024 continual.replay.ratio=0.5 continual.replay.policy=reservoir)
 start=$(date +%s)
-for method in naive ewc replay both; do
+for method in ${METHODS:-naive ewc replay both}; do
   extra=()
   case $method in
     ewc) extra=("${ewc[@]}") ;;
@@ -34,10 +36,13 @@ for method in naive ewc replay both; do
     both) extra=("${ewc[@]}" "${replay[@]}") ;;
   esac
   echo "== $method"
+  t0=$(date +%s)
   "$DSTRAIN" train "${common[@]}" ${extra[@]+"${extra[@]}"} run.dir="$OUT/$method" \
     > "$OUT/$method.log" 2>&1 || { tail -5 "$OUT/$method.log"; exit 1; }
   sed -n '/accuracy after each task/,/^continual: average/p' "$OUT/$method.log"
+  echo "$method: $(( $(date +%s) - t0 ))s"
 done
+[ -z "${METHODS:-}" ] || exit 0
 echo "runs in $OUT ($(( $(date +%s) - start ))s)"
 python3 - "$OUT" <<'PY'
 import json, sys

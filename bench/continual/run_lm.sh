@@ -8,13 +8,14 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 DSTRAIN=${DSTRAIN:-$SRC/build/dstrain}
 OUT=${OUT:-$(mktemp -d /tmp/continual-lm.XXXXXX)}
 STEPS=${STEPS:-300}
-python3 "$SRC/bench/continual/make_lm_data.py" --out "$OUT/data" --src "$SRC" --steps "$STEPS"
+[ -f "$OUT/data/tasks.yaml" ] ||
+  python3 "$SRC/bench/continual/make_lm_data.py" --out "$OUT/data" --src "$SRC" --steps "$STEPS"
 common=(model.preset=tiny task.type=causal_lm continual.tasks="$OUT/data/tasks.yaml"
         train.seq_len=64 train.micro_batch_size=8 optim.lr=3e-3 optim.warmup_steps=20
         eval.batches=16 log.every=100)
 ewc=(continual.ewc.enabled=true continual.ewc.lambda=${LAMBDA:-10} continual.ewc.fisher.samples=128)
 replay=(continual.replay.capacity=1024 continual.replay.ratio=0.25)
-for method in naive ewc replay both; do
+for method in ${METHODS:-naive ewc replay both}; do
   extra=()
   case $method in
     ewc) extra=("${ewc[@]}") ;;
@@ -24,6 +25,7 @@ for method in naive ewc replay both; do
   "$DSTRAIN" train "${common[@]}" ${extra[@]+"${extra[@]}"} run.dir="$OUT/$method" \
     > "$OUT/$method.log" 2>&1 || { tail -5 "$OUT/$method.log"; exit 1; }
 done
+[ -z "${METHODS:-}" ] || exit 0
 python3 - "$OUT" <<'PY'
 import json, math, sys
 print("method  prose ppl after prose  prose ppl after code  code ppl after code")
