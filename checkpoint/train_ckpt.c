@@ -24,7 +24,10 @@ struct TrainCkpt {
     CkptWriter *writer;
     char *config_yaml, *hf_config_json;
     int64_t positions[2];
-    int failed_step;  /* the last save that failed (on_error: continue), or -1 */
+    int failed_step;     /* the last save that failed (on_error: continue), or -1 */
+    CkptBuffer extra[8]; /* train_ckpt_add_buffer */
+    char extra_names[8][40];
+    int n_extra;
     int resumed_step; /* the step resumed from, or -1 */
     char resumed_path[CONFIG_STR_MAX + 64];
 };
@@ -194,7 +197,7 @@ static int save_now(TrainCkpt *tc, int step, float lr)
     const Backend *be = tc->model->be;
     void (*to_host)(void *, const void *, size_t) = be->host_memory ? NULL : be->mem_to_host;
     const int zero = tc->world.layout.zero;
-    CkptBuffer bufs[3] = {
+    CkptBuffer bufs[3 + 8] = {
         {.prefix = "params",
          .base = tc->model->params,
          .replicated_over_dp = 1,
@@ -233,7 +236,9 @@ static int save_now(TrainCkpt *tc, int step, float lr)
         .hf_config_json = tc->hf_config_json,
     };
     double stall = 0;
-    int status = ckpt_writer_save(tc->writer, &meta, bufs, 3, blobs, nblobs, &stall);
+    for (int i = 0; i < tc->n_extra; i++)
+        bufs[3 + i] = tc->extra[i];
+    int status = ckpt_writer_save(tc->writer, &meta, bufs, 3 + tc->n_extra, blobs, nblobs, &stall);
     return on_save_error(tc, status, step);
 }
 
@@ -244,6 +249,31 @@ int train_ckpt_after_step(TrainCkpt *tc, int step, float lr)
     const int every = tc->cfg->checkpoint_every;
     if (every > 0 && step % every == 0 && step < tc->cfg->train_steps)
         return save_now(tc, step, lr);
+    return DS_OK;
+}
+
+int train_ckpt_add_buffer(TrainCkpt *tc, const char *prefix, float *base, size_t begin, size_t end,
+                          int replicated_over_dp)
+{
+    if (!tc) return DS_OK;
+    if (tc->n_extra == 8 || strlen(prefix) >= sizeof(tc->extra_names[0]))
+        return ds_error(DS_ERR_INTERNAL, "checkpoint: too many buffers or a long name");
+    snprintf(tc->extra_names[tc->n_extra], sizeof(tc->extra_names[0]), "%s", prefix);
+    tc->extra[tc->n_extra] = (CkptBuffer){.prefix = tc->extra_names[tc->n_extra],
+                                          .base = base,
+                                          .flat_begin = begin,
+                                          .flat_end = end,
+                                          .replicated_over_dp = replicated_over_dp};
+    tc->n_extra++;
+    if (tc->resumed_path[0]) {
+        Ckpt *c;
+        DS_TRY(ckpt_open(tc->resumed_path, &c));
+        int status = ckpt_has_buffer(c, prefix)
+                         ? ckpt_read_buffer(c, prefix, &tc->model->table, base, begin, end)
+                         : DS_OK;
+        ckpt_close(c);
+        return status;
+    }
     return DS_OK;
 }
 

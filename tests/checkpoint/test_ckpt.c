@@ -4,8 +4,9 @@
  * (keep + keep_every); refusal of hostile manifests (file names outside the directory, slices
  * and ranges that do not fit); a flipped byte caught by the checksum with fallback to the
  * previous checkpoint; export to a Hugging Face directory that loads back with identical
- * parameters and logits. */
+ * parameters and logits; extra buffers (EWC state) saved and loaded back on resume. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "checkpoint/export.h"
 #include "checkpoint/hf_model.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/train_ckpt.h"
 
 static char tmpdir[512];
 
@@ -495,8 +497,6 @@ Test(ckpt, save_to_a_missing_parent_that_cannot_be_made_fails_cleanly)
 
 /* ---- export --------------------------------------------------------------------------------- */
 
-#include <dirent.h>
-
 /* Files ending in .safetensors; every one must be a model-XXXXX-of-YYYYY shard. */
 static int count_shards(const char *dir)
 {
@@ -623,4 +623,74 @@ Test(ckpt, export_options_parse)
     cr_assert_eq(export_parse_dtype("fp16", &d), DS_OK);
     cr_assert_eq(d, DT_F16);
     cr_assert_eq(export_parse_dtype("int8", &d), DS_ERR_INPUT);
+}
+
+/* ---- the trainer's side: extra buffers (EWC state) saved and resumed ------------------------- */
+
+Test(ckpt, extra_buffers_are_saved_and_loaded_on_resume)
+{
+    Config cfg;
+    config_set_defaults(&cfg);
+    snprintf(cfg.run_dir, sizeof(cfg.run_dir), "%s/trainrun", tmpdir);
+    cfg.export_enabled = 0;
+    cfg.checkpoint_async = 1;
+    ModelConfig mc;
+    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
+    Model m = {0};
+    Optimizer opt = {0};
+    cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, 16), DS_OK);
+    model_init_weights(&m, 5, 0.02f);
+    cr_assert_eq(optim_init(&opt, &m.table), DS_OK);
+    opt.t = 9;
+    LMReader *reader;
+    char data[600];
+    snprintf(data, sizeof(data), "%s/data/bundled/kjv-eval.h5", DSTRAIN_SOURCE_DIR);
+    cr_assert_eq(lm_reader_open(data, mc.vocab_size, 16, 1, 0, 1, &reader), DS_OK, "%s",
+                 ds_last_error());
+    int32_t in[16], tg[16];
+    float wt[16];
+    cr_assert_eq(lm_reader_next(reader, 1, in, tg, wt), DS_OK);
+    int64_t pos_saved;
+    lm_reader_position(reader, &pos_saved);
+    float *fisher = calloc(m.table.total, sizeof(float));
+    for (size_t i = 0; i < m.table.total; i++)
+        fisher[i] = (float)i * 0.5f;
+
+    TrainCkpt *tc;
+    int start = -1;
+    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, reader, NULL, NULL, &tc, &start),
+                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(start, 0);
+    cr_assert_eq(train_ckpt_add_buffer(tc, "ewc.fisher", fisher, 0, 0, 1), DS_OK);
+    cr_assert_eq(train_ckpt_save_now(tc, 9, 1e-3f), DS_OK, "%s", ds_last_error());
+    train_ckpt_close(tc);
+
+    /* resume into cleared state */
+    float *params = malloc(m.table.total * sizeof(float));
+    memcpy(params, m.params, m.table.total * sizeof(float));
+    memset(m.params, 0, m.table.total * sizeof(float));
+    memset(fisher, 0, m.table.total * sizeof(float));
+    opt.t = 0;
+    lm_reader_seek(reader, 0);
+    snprintf(cfg.train_resume, sizeof(cfg.train_resume), "auto");
+    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, reader, NULL, NULL, &tc, &start),
+                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(start, 9);
+    cr_assert_eq(opt.t, 9);
+    int64_t pos;
+    lm_reader_position(reader, &pos);
+    cr_assert_eq(pos, pos_saved);
+    cr_assert_eq(memcmp(params, m.params, m.table.total * sizeof(float)), 0);
+    cr_assert_eq(train_ckpt_add_buffer(tc, "ewc.fisher", fisher, 0, 0, 1), DS_OK, "%s",
+                 ds_last_error());
+    for (int i = 0; i < m.table.count; i++) {
+        const ParamInfo *p = &m.table.items[i];
+        cr_assert_eq(fisher[p->offset + p->numel - 1], (float)(p->offset + p->numel - 1) * 0.5f);
+    }
+    train_ckpt_close(tc);
+    free(params);
+    free(fisher);
+    lm_reader_close(reader);
+    optim_free(&opt);
+    model_free(&m);
 }
