@@ -3,7 +3,8 @@
 # loading only its slices: the parity fixtures (Qwen2 with q/k/v biases and one kv head shared
 # by both ranks; Llama with attention and MLP biases, o/down biases replicated; Llama with tied
 # embeddings in bf16 sharded files) train 8 steps at np=1 and at tp=2 on a small random-token
-# dataset (data parallelism is covered by test_layouts.sh): losses within 1e-5 relative, final parameters within 1e-5.
+# dataset (data parallelism is covered by test_layouts.sh): losses within 1e-5 relative, final
+# parameters within 1e-5.
 # Except k_proj biases: softmax ignores a shift of a query's scores, so their true gradient is
 # zero and AdamW turns the rounding noise into steps of up to lr (as in any fp32 run, whatever
 # the layout); they are held to 1e-3.
