@@ -43,6 +43,19 @@ static struct {
 
 static FILE *out_stream(void) { return P.opt.out ? P.opt.out : stdout; }
 
+/* A live bar only on a terminal, and not under a launcher: mpirun hands its ranks a pty even
+ * when its own output goes to a file. DSTRAIN_PROGRESS=bar|plain decides instead. */
+static int wants_bar(FILE *out)
+{
+    const char *force = getenv("DSTRAIN_PROGRESS");
+    if (force && strcmp(force, "bar") == 0) return 1;
+    if (force && strcmp(force, "plain") == 0) return 0;
+    if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_RANK") || getenv("PMIX_RANK") ||
+        getenv("SLURM_PROCID"))
+        return 0;
+    return isatty(fileno(out));
+}
+
 void progress_begin(const ProgressOptions *opt)
 {
     pthread_mutex_lock(&lock);
@@ -50,7 +63,7 @@ void progress_begin(const ProgressOptions *opt)
     P.opt = *opt;
     if (P.opt.log_every < 1) P.opt.log_every = 1;
     FILE *out = out_stream();
-    P.interactive = opt->interactive < 0 ? isatty(fileno(out)) : opt->interactive;
+    P.interactive = opt->interactive < 0 ? wants_bar(out) : opt->interactive;
     P.t_start = ds_now();
     metrics_snapshot_init(&P.snap);
     P.snap.step = opt->start_step;
@@ -310,7 +323,7 @@ void progress_task_begin(ProgressTask *t, const char *what, double total, const 
     t->total = total;
     t->t_start = t->t_last_print = ds_now();
     t->out = stdout;
-    t->interactive = isatty(fileno(stdout));
+    t->interactive = wants_bar(stdout);
     progress_end();
     if (!t->interactive) {
         fprintf(t->out, "dstrain: %s ...\n", t->what);

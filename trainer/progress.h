@@ -24,7 +24,8 @@ typedef struct ProgressStep {
 
 typedef struct ProgressOptions {
     FILE *out;             /* the step line (stdout); warnings go to stderr */
-    int interactive;       /* -1: isatty(out); 0: plain lines; 1: live bar */
+    int interactive;       /* -1: a bar on a terminal outside a launcher (DSTRAIN_PROGRESS=bar|plain
+                            * overrides); 0: plain lines; 1: live bar */
     int total_steps, start_step;
     int log_every;
     double flops_per_token; /* 6 N (+ attention); 0: no MFU */
