@@ -146,7 +146,7 @@ size_t metrics_format(const MetricsSnapshot *s, char *buf, size_t cap)
                "Unix time of the last successful checkpoint (0: none yet).",
                s->checkpoint_last_success_timestamp_seconds);
     if (!isnan(s->gpu_memory_bytes))
-        out_metric(&o, "dstrain_gpu_memory_bytes", "gauge", "GPU memory in use on rank 0.",
+        out_metric(&o, "dstrain_gpu_memory_bytes", "gauge", "Device memory of rank 0's buffers (parameters, gradients, optimizer state, activations).",
                    s->gpu_memory_bytes);
     if (!isnan(s->ewc_penalty))
         out_metric(&o, "dstrain_ewc_penalty", "gauge", "EWC penalty term of the last step.",

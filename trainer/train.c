@@ -334,6 +334,8 @@ int train_run(const Config *cfg)
         .flops_per_token = 6.0 * (double)n_params +
                            12.0 * mc.num_layers * (double)mc.hidden_size * T,
         .peak_flops = on_gpu ? (peak_env ? atof(peak_env) : 989e12) * grid.world_size : 0.0});
+    if (on_gpu) /* what this rank's buffers hold on the device, as the memory line above */
+        progress_set_gpu_memory(4.0 * (2.0 * model.table.total + 2.0 * opt.n + model.arena_floats));
     double first_loss = NAN, last_loss = NAN;
     for (int step = start_step; step < cfg->train_steps; step++) {
         const double t0 = ds_now();
