@@ -41,7 +41,8 @@ static int run_helper(const char *mode, const char *tokenizer_json, const char *
     const char *override = getenv("DSTRAIN_TOKENIZER_HELPER");
     if (override && *override) snprintf(helper, sizeof(helper), "%s", override);
     int in_pipe[2], out_pipe[2];
-    if (pipe(in_pipe) != 0) return ds_error(DS_ERR_INTERNAL, "tokenizer: pipe: %s", strerror(errno));
+    if (pipe(in_pipe) != 0)
+        return ds_error(DS_ERR_INTERNAL, "tokenizer: pipe: %s", strerror(errno));
     if (pipe(out_pipe) != 0) {
         close(in_pipe[0]);
         close(in_pipe[1]);
@@ -107,7 +108,8 @@ static int parse_ids(const char *text, int vocab, int32_t *ids, int cap, int *n,
     *n = 0;
     const char *p = text;
     for (;;) {
-        while (*p == ' ' || *p == '\n' || *p == '\t' || *p == ',') p++;
+        while (*p == ' ' || *p == '\n' || *p == '\t' || *p == ',')
+            p++;
         if (!*p) break;
         char *end;
         errno = 0;
@@ -162,7 +164,8 @@ static int sample_next(const float *logits, int V, double temperature, double to
     qsort(scratch, (size_t)V, sizeof(ProbIndex), compare_prob_desc);
     double kept = 0;
     int k = 0;
-    while (k < V && (k == 0 || kept < top_p * sum)) kept += scratch[k++].p;
+    while (k < V && (k == 0 || kept < top_p * sum))
+        kept += scratch[k++].p;
     const double u = (double)(rng_next(rng) >> 11) * 0x1.0p-53 * kept;
     double acc = 0;
     for (int i = 0; i < k; i++) {
@@ -172,7 +175,8 @@ static int sample_next(const float *logits, int V, double temperature, double to
     return scratch[k - 1].id;
 }
 
-/* ---- the command ------------------------------------------------------------------------------ */
+/* ---- the command ------------------------------------------------------------------------------
+ */
 
 static int file_exists(const char *path)
 {
@@ -216,20 +220,24 @@ static int parse_args(int argc, char **argv, GenOptions *o)
         } else if (strcmp(a, "--max-new-tokens") == 0) {
             long n = strtol(v, &end, 10);
             if (*end || end == v || n < 1 || n > GEN_MAX_TOKENS)
-                return ds_error(DS_ERR_INPUT, "generate: --max-new-tokens: expected 1..%d, got \"%s\"",
+                return ds_error(DS_ERR_INPUT,
+                                "generate: --max-new-tokens: expected 1..%d, got \"%s\"",
                                 GEN_MAX_TOKENS, v);
             o->max_new_tokens = (int)n;
         } else if (strcmp(a, "--temperature") == 0) {
             o->temperature = strtod(v, &end);
             if (*end || end == v || !(o->temperature >= 0) || o->temperature > 100)
-                return ds_error(DS_ERR_INPUT, "generate: --temperature: expected 0..100, got \"%s\"", v);
+                return ds_error(DS_ERR_INPUT,
+                                "generate: --temperature: expected 0..100, got \"%s\"", v);
         } else if (strcmp(a, "--top-p") == 0) {
             o->top_p = strtod(v, &end);
             if (*end || end == v || !(o->top_p > 0) || o->top_p > 1)
                 return ds_error(DS_ERR_INPUT, "generate: --top-p: expected (0, 1], got \"%s\"", v);
         } else if (strcmp(a, "--seed") == 0) {
             o->seed = strtoull(v, &end, 10);
-            if (*end || end == v) return ds_error(DS_ERR_INPUT, "generate: --seed: expected an integer, got \"%s\"", v);
+            if (*end || end == v)
+                return ds_error(DS_ERR_INPUT, "generate: --seed: expected an integer, got \"%s\"",
+                                v);
         } else {
             return ds_error(DS_ERR_INPUT, "generate: unknown option \"%s\" (see --help)", a);
         }
@@ -266,8 +274,9 @@ int generate_main(int argc, char **argv)
     /* a checkpoint holds its model's config.json */
     if ((status = hf_config_load(o.model_dir, &mc)) != DS_OK) goto done;
     if (mc.num_labels > 0) {
-        status = ds_error(DS_ERR_INPUT, "generate: %s is a classification model (%d labels): "
-                                        "nothing to generate",
+        status = ds_error(DS_ERR_INPUT,
+                          "generate: %s is a classification model (%d labels): "
+                          "nothing to generate",
                           o.model_dir, mc.num_labels);
         goto done;
     }
@@ -277,14 +286,17 @@ int generate_main(int argc, char **argv)
     for (int k = 0; k < 3 && !tokenizer_json[0]; k++) {
         if (!candidates[k] || !candidates[k][0]) continue;
         snprintf(path, sizeof(path), "%s/tokenizer.json", candidates[k]);
-        if (file_exists(path)) snprintf(tokenizer_json, sizeof(tokenizer_json), "%s", path);
+        if (file_exists(path))
+            snprintf(tokenizer_json, sizeof(tokenizer_json), "%s", path);
         else if (k == 0) {
-            status = ds_error(DS_ERR_INPUT, "generate: --tokenizer: %s: no tokenizer.json", candidates[k]);
+            status = ds_error(DS_ERR_INPUT, "generate: --tokenizer: %s: no tokenizer.json",
+                              candidates[k]);
             goto done;
         }
     }
     const int V = mc.vocab_size;
-    const int max_total = mc.max_position_embeddings > 0 ? mc.max_position_embeddings : GEN_MAX_TOKENS;
+    const int max_total =
+        mc.max_position_embeddings > 0 ? mc.max_position_embeddings : GEN_MAX_TOKENS;
     ids = ds_malloc((size_t)GEN_MAX_TOKENS * 2 * sizeof(int32_t));
     if (!ids) {
         status = DS_ERR_INTERNAL;
@@ -295,14 +307,16 @@ int generate_main(int argc, char **argv)
         status = parse_ids(o.prompt_ids, V, ids, GEN_MAX_TOKENS, &n, "generate: --prompt-ids");
     } else if (tokenizer_json[0]) {
         if ((status = run_helper("encode", tokenizer_json, o.prompt, &helper_out)) == DS_OK)
-            status = parse_ids(helper_out, V, ids, GEN_MAX_TOKENS, &n, "generate: tokenizer output");
+            status =
+                parse_ids(helper_out, V, ids, GEN_MAX_TOKENS, &n, "generate: tokenizer output");
     } else {
         /* byte-level: BOS (when the model has one), then one id per byte */
         if (mc.bos_token_id >= 0 && mc.bos_token_id < V) ids[n++] = mc.bos_token_id;
         for (const unsigned char *p = (const unsigned char *)o.prompt; *p && status == DS_OK; p++) {
             if (*p >= V || n == GEN_MAX_TOKENS)
-                status = ds_error(DS_ERR_INPUT, "generate: --prompt: byte 0x%02x is outside the "
-                                                "model's vocabulary of %d (byte-level, no tokenizer.json)",
+                status = ds_error(DS_ERR_INPUT,
+                                  "generate: --prompt: byte 0x%02x is outside the "
+                                  "model's vocabulary of %d (byte-level, no tokenizer.json)",
                                   *p, V);
             else
                 ids[n++] = *p;
@@ -314,8 +328,9 @@ int generate_main(int argc, char **argv)
         goto done;
     }
     if (n >= max_total) {
-        status = ds_error(DS_ERR_INPUT, "generate: the prompt has %d tokens; the model's context "
-                                        "is %d (max_position_embeddings)",
+        status = ds_error(DS_ERR_INPUT,
+                          "generate: the prompt has %d tokens; the model's context "
+                          "is %d (max_position_embeddings)",
                           n, max_total);
         goto done;
     }
@@ -334,20 +349,23 @@ int generate_main(int argc, char **argv)
         goto done;
     }
     /* positions after n are padding: causal attention keeps them from the ones before */
-    for (int i = n; i < T; i++) ids[i] = 0;
+    for (int i = n; i < T; i++)
+        ids[i] = 0;
     unsigned long long rng = o.seed;
     while (n < T) {
         model_forward(&model, ids, NULL, NULL, logits);
-        const int next = sample_next(logits + (size_t)(n - 1) * V, V, o.temperature, o.top_p,
-                                     &rng, scratch);
+        const int next =
+            sample_next(logits + (size_t)(n - 1) * V, V, o.temperature, o.top_p, &rng, scratch);
         ids[n++] = next;
         if (next == mc.eos_token_id) break;
     }
     if (o.print_ids) {
         printf("prompt ids:");
-        for (int i = 0; i < prompt_len; i++) printf(" %d", ids[i]);
+        for (int i = 0; i < prompt_len; i++)
+            printf(" %d", ids[i]);
         printf("\ngenerated ids:");
-        for (int i = prompt_len; i < n; i++) printf(" %d", ids[i]);
+        for (int i = prompt_len; i < n; i++)
+            printf(" %d", ids[i]);
         printf("\n");
     }
     /* decode the generated part */
@@ -360,7 +378,8 @@ int generate_main(int argc, char **argv)
         }
         size_t off = 0;
         list[0] = 0;
-        for (int i = prompt_len; i < n; i++) off += (size_t)snprintf(list + off, cap - off, "%d ", ids[i]);
+        for (int i = prompt_len; i < n; i++)
+            off += (size_t)snprintf(list + off, cap - off, "%d ", ids[i]);
         status = run_helper("decode", tokenizer_json, list, &text);
         free(list);
         if (status != DS_OK) goto done;

@@ -65,7 +65,8 @@ static void human_count(double n, char *buf, size_t cap)
         snprintf(buf, cap, "%.0f", n);
 }
 
-/* ---- safetensors ------------------------------------------------------------------------------ */
+/* ---- safetensors ------------------------------------------------------------------------------
+ */
 
 typedef struct DtypeTally {
     char name[12];
@@ -78,9 +79,11 @@ static void tally_file(const SafetensorsFile *f, DtypeTally *t, int *nt, int cap
     for (int i = 0; i < f->count; i++) {
         const STEntry *e = &f->entries[i];
         double numel = 1;
-        for (int d = 0; d < e->ndim; d++) numel *= (double)e->shape[d];
+        for (int d = 0; d < e->ndim; d++)
+            numel *= (double)e->shape[d];
         int k = 0;
-        while (k < *nt && strcmp(t[k].name, e->dtype_name) != 0) k++;
+        while (k < *nt && strcmp(t[k].name, e->dtype_name) != 0)
+            k++;
         if (k == *nt) {
             if (*nt == cap) continue;
             memset(&t[k], 0, sizeof(t[k]));
@@ -127,7 +130,8 @@ static int info_safetensors(const char *path, FILE *out)
     for (int i = 0; i < shown; i++) {
         const STEntry *e = &f.entries[i];
         fprintf(out, "  %-48s %-5s [", e->name, e->dtype_name);
-        for (int d = 0; d < e->ndim; d++) fprintf(out, "%s%lld", d ? ", " : "", (long long)e->shape[d]);
+        for (int d = 0; d < e->ndim; d++)
+            fprintf(out, "%s%lld", d ? ", " : "", (long long)e->shape[d]);
         fprintf(out, "]\n");
     }
     if (f.count > shown) fprintf(out, "  ... and %d more tensors\n", f.count - shown);
@@ -143,8 +147,9 @@ static int info_hf_model(const char *dir, FILE *out)
     DS_TRY(hf_config_load(dir, &mc));
     fprintf(out, "Hugging Face model directory %s\n", dir);
     fprintf(out, "architecture: %s\n", model_arch_name(mc.arch));
-    fprintf(out, "shape:        %d layers, hidden %d, intermediate %d, %d heads (%d kv, head dim "
-                 "%d), vocab %d, context %d\n",
+    fprintf(out,
+            "shape:        %d layers, hidden %d, intermediate %d, %d heads (%d kv, head dim "
+            "%d), vocab %d, context %d\n",
             mc.num_layers, mc.hidden_size, mc.intermediate_size, mc.num_heads, mc.num_kv_heads,
             mc.head_dim, mc.vocab_size, mc.max_position_embeddings);
     fprintf(out, "config form:  %s; torch dtype %s; tied embeddings %s\n",
@@ -175,7 +180,8 @@ static int info_hf_model(const char *dir, FILE *out)
                                 path, it->string ? it->string : "");
             }
             int seen = 0;
-            for (int k = 0; k < nfiles && !seen; k++) seen = strcmp(files[k], it->valuestring) == 0;
+            for (int k = 0; k < nfiles && !seen; k++)
+                seen = strcmp(files[k], it->valuestring) == 0;
             if (!seen && nfiles < 256) snprintf(files[nfiles++], 256, "%s", it->valuestring);
         }
         cJSON_Delete(root);
@@ -197,7 +203,8 @@ static int info_hf_model(const char *dir, FILE *out)
     print_tally(out, t, nt);
     snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
     struct stat st;
-    fprintf(out, "tokenizer:    %s\n", stat(path, &st) == 0 ? "tokenizer.json" : "none (byte-level)");
+    fprintf(out, "tokenizer:    %s\n",
+            stat(path, &st) == 0 ? "tokenizer.json" : "none (byte-level)");
     return DS_OK;
 }
 
@@ -240,11 +247,13 @@ static int info_checkpoint(const char *dir, FILE *out)
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(t, "buffer");
         if (!cJSON_IsString(b)) continue;
         int seen = 0;
-        for (int k = 0; k < nbuf && !seen; k++) seen = strcmp(buffers[k], b->valuestring) == 0;
+        for (int k = 0; k < nbuf && !seen; k++)
+            seen = strcmp(buffers[k], b->valuestring) == 0;
         if (!seen && nbuf < 16) snprintf(buffers[nbuf++], 64, "%s", b->valuestring);
     }
     fprintf(out, "buffers:     ");
-    for (int k = 0; k < nbuf; k++) fprintf(out, " %s%s", buffers[k], k + 1 < nbuf ? "," : "");
+    for (int k = 0; k < nbuf; k++)
+        fprintf(out, " %s%s", buffers[k], k + 1 < nbuf ? "," : "");
     fprintf(out, "\n");
     const cJSON *config = root ? cJSON_GetObjectItemCaseSensitive(root, "config") : NULL;
     if (cJSON_IsString(config)) fprintf(out, "config:       %s/%s\n", dir, config->valuestring);
@@ -290,12 +299,14 @@ static void print_value_counts(FILE *out, const char *what, int64_t *v, int64_t 
 {
     qsort(v, (size_t)n, sizeof(int64_t), compare_i64);
     int64_t distinct = 0;
-    for (int64_t i = 0; i < n; i++) distinct += i == 0 || v[i] != v[i - 1];
+    for (int64_t i = 0; i < n; i++)
+        distinct += i == 0 || v[i] != v[i - 1];
     fprintf(out, "%s: %lld distinct\n", what, (long long)distinct);
     int64_t shown = 0;
     for (int64_t i = 0; i < n && shown < 20;) {
         int64_t j = i;
-        while (j < n && v[j] == v[i]) j++;
+        while (j < n && v[j] == v[i])
+            j++;
         fprintf(out, "  %-8lld %lld documents\n", (long long)v[i], (long long)(j - i));
         shown++;
         i = j;
@@ -326,7 +337,8 @@ static int info_dataset(const char *path, FILE *out)
             if (len < shortest) shortest = len;
             if (len > longest) longest = len;
             int b = 0;
-            while (b < 63 && (len >> (b + 1)) > 0) b++;
+            while (b < 63 && (len >> (b + 1)) > 0)
+                b++;
             buckets[len > 0 ? b + 1 : 0]++;
         }
         fprintf(out, "lengths:      min %lld, mean %.1f, max %lld tokens\n", (long long)shortest,
@@ -343,7 +355,8 @@ static int info_dataset(const char *path, FILE *out)
                 snprintf(range, sizeof(range), "%lld-%lld", 1LL << (b - 1), (1LL << b) - 1);
             int bar = (int)(40.0 * (double)buckets[b] / (double)most + 0.5);
             fprintf(out, "  %-16s %10lld  ", range, (long long)buckets[b]);
-            for (int i = 0; i < bar; i++) fputc('#', out);
+            for (int i = 0; i < bar; i++)
+                fputc('#', out);
             fputc('\n', out);
         }
     }
@@ -360,7 +373,8 @@ static int info_dataset(const char *path, FILE *out)
         int32_t *tasks = ds_malloc((size_t)n * sizeof(int32_t));
         if (!tasks) status = DS_ERR_INTERNAL;
         if (status == DS_OK && (status = dataset_read_task_ids(ds, 0, n, tasks)) == DS_OK) {
-            for (int64_t i = 0; i < n; i++) values[i] = tasks[i];
+            for (int64_t i = 0; i < n; i++)
+                values[i] = tasks[i];
             print_value_counts(out, "tasks", values, n);
         }
         free(tasks);
@@ -383,7 +397,8 @@ static int ends_with(const char *s, const char *suffix)
 int info_print(const char *path, FILE *out)
 {
     struct stat st;
-    if (stat(path, &st) != 0) return ds_error(DS_ERR_INPUT, "info: %s: no such file or directory", path);
+    if (stat(path, &st) != 0)
+        return ds_error(DS_ERR_INPUT, "info: %s: no such file or directory", path);
     if (S_ISDIR(st.st_mode)) {
         char p[2048];
         snprintf(p, sizeof(p), "%s/manifest.json", path);
@@ -415,6 +430,7 @@ int info_main(int argc, char **argv)
                "  or a .safetensors file\n");
         return DS_OK;
     }
-    if (argc != 2) return ds_error(DS_ERR_INPUT, "info: expected one PATH (see dstrain info --help)");
+    if (argc != 2)
+        return ds_error(DS_ERR_INPUT, "info: expected one PATH (see dstrain info --help)");
     return info_print(argv[1], stdout);
 }

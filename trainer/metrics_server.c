@@ -146,14 +146,16 @@ size_t metrics_format(const MetricsSnapshot *s, char *buf, size_t cap)
                "Unix time of the last successful checkpoint (0: none yet).",
                s->checkpoint_last_success_timestamp_seconds);
     if (!isnan(s->gpu_memory_bytes))
-        out_metric(&o, "dstrain_gpu_memory_bytes", "gauge", "Device memory of rank 0's buffers (parameters, gradients, optimizer state, activations).",
+        out_metric(&o, "dstrain_gpu_memory_bytes", "gauge",
+                   "Device memory of rank 0's buffers (parameters, gradients, optimizer state, "
+                   "activations).",
                    s->gpu_memory_bytes);
     if (!isnan(s->ewc_penalty))
         out_metric(&o, "dstrain_ewc_penalty", "gauge", "EWC penalty term of the last step.",
                    s->ewc_penalty);
     if (!isnan(s->replay_buffer_size))
-        out_metric(&o, "dstrain_replay_buffer_size", "gauge",
-                   "Examples held in the replay buffer.", s->replay_buffer_size);
+        out_metric(&o, "dstrain_replay_buffer_size", "gauge", "Examples held in the replay buffer.",
+                   s->replay_buffer_size);
     out_metric(&o, "dstrain_nonfinite_steps_total", "counter",
                "Steps skipped because the loss or a gradient was not finite.",
                (double)s->nonfinite_steps_total);
@@ -252,8 +254,8 @@ static void conn_after_write(uv_write_t *req, int status)
     conn_close(req->data);
 }
 
-static void conn_respond(Conn *c, int code, const char *reason, const char *type,
-                         const char *body, size_t body_len)
+static void conn_respond(Conn *c, int code, const char *reason, const char *type, const char *body,
+                         size_t body_len)
 {
     if (c->responded) return;
     c->responded = 1;
@@ -296,8 +298,7 @@ static void conn_handle_request(Conn *c)
         if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
             return conn_error(c, 400, "Bad Request");
     const int head_only = strcmp(method, "HEAD") == 0;
-    if (!head_only && strcmp(method, "GET") != 0)
-        return conn_error(c, 405, "Method Not Allowed");
+    if (!head_only && strcmp(method, "GET") != 0) return conn_error(c, 405, "Method Not Allowed");
     char *query = strchr(target, '?');
     if (query) *query = 0;
     if (strcmp(target, "/metrics") == 0) {
@@ -394,8 +395,7 @@ static void server_thread(void *arg)
     uv_run(&srv->loop, UV_RUN_DEFAULT);
 }
 
-int metrics_server_start(const char *listen, int allow_remote, MetricsServer **out,
-                         int *bound_port)
+int metrics_server_start(const char *listen, int allow_remote, MetricsServer **out, int *bound_port)
 {
     char host[256];
     int port;
@@ -404,8 +404,7 @@ int metrics_server_start(const char *listen, int allow_remote, MetricsServer **o
     struct sockaddr_storage addr;
     int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr)
                                : uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
-    if (rc != 0)
-        return ds_error(DS_ERR_INPUT, "metrics.listen: %s: %s", listen, uv_strerror(rc));
+    if (rc != 0) return ds_error(DS_ERR_INPUT, "metrics.listen: %s: %s", listen, uv_strerror(rc));
     MetricsServer *srv = ds_calloc(1, sizeof(MetricsServer));
     if (!srv) return DS_ERR_INTERNAL;
     if ((rc = uv_loop_init(&srv->loop)) != 0) {
@@ -447,7 +446,10 @@ int metrics_server_start(const char *listen, int allow_remote, MetricsServer **o
     return DS_OK;
 }
 
-const char *metrics_server_url(const MetricsServer *srv) { return srv->url; }
+const char *metrics_server_url(const MetricsServer *srv)
+{
+    return srv->url;
+}
 
 void metrics_server_stop(MetricsServer *srv)
 {

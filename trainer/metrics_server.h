@@ -15,9 +15,9 @@ extern const double metrics_step_bucket_bounds[METRICS_STEP_BUCKETS];
 /* Everything one scrape reports. NAN marks a value that does not exist in this run (MFU on a
  * CPU, GPU memory without a GPU, EWC without EWC): its metric is left out. */
 typedef struct MetricsSnapshot {
-    int64_t step;                 /* optimizer steps done (skipped ones included) */
+    int64_t step; /* optimizer steps done (skipped ones included) */
     int64_t total_steps;
-    double tokens_total;          /* trained tokens so far (all ranks) */
+    double tokens_total; /* trained tokens so far (all ranks) */
     double loss, learning_rate, grad_norm;
     double tokens_per_second;
     double mfu_ratio;
@@ -25,8 +25,8 @@ typedef struct MetricsSnapshot {
     uint64_t step_count;
     double step_seconds_sum;
     double data_wait_seconds_total;
-    double checkpoint_duration_seconds;                /* of the last completed save */
-    double checkpoint_last_success_timestamp_seconds;  /* Unix time; 0 before the first */
+    double checkpoint_duration_seconds;               /* of the last completed save */
+    double checkpoint_last_success_timestamp_seconds; /* Unix time; 0 before the first */
     double gpu_memory_bytes;
     double ewc_penalty;
     double replay_buffer_size;
@@ -48,8 +48,8 @@ void metrics_read_published(MetricsSnapshot *out);
 size_t metrics_format(const MetricsSnapshot *s, char *buf, size_t cap);
 
 /* Limits against hostile clients. */
-#define METRICS_MAX_HEADER_BYTES 8192 /* a longer request head: 431 and close */
-#define METRICS_MAX_CONNECTIONS 64    /* further connections are closed at once */
+#define METRICS_MAX_HEADER_BYTES 8192  /* a longer request head: 431 and close */
+#define METRICS_MAX_CONNECTIONS 64     /* further connections are closed at once */
 #define METRICS_CLIENT_TIMEOUT_MS 5000 /* a request not complete by then: closed */
 
 typedef struct MetricsServer MetricsServer;

@@ -58,7 +58,8 @@ static int read_metrics(const char *path, PlotSeries *series)
         cJSON *o = cJSON_Parse(line);
         if (!o) {
             /* the last line of a run still writing may be partial: skip it, name others */
-            if (strchr(line, '\n')) status = ds_error(DS_ERR_INPUT, "plot: %s:%ld: not JSON", path, lineno);
+            if (strchr(line, '\n'))
+                status = ds_error(DS_ERR_INPUT, "plot: %s:%ld: not JSON", path, lineno);
             break;
         }
         const cJSON *step = cJSON_GetObjectItemCaseSensitive(o, "step");
@@ -79,7 +80,8 @@ static int read_metrics(const char *path, PlotSeries *series)
 static void write_block(FILE *g, const char *name, const PlotSeries *s)
 {
     fprintf(g, "$%s << EOD\n", name);
-    for (size_t i = 0; i < s->n; i++) fprintf(g, "%.9g %.9g\n", s->step[i], s->value[i]);
+    for (size_t i = 0; i < s->n; i++)
+        fprintf(g, "%.9g %.9g\n", s->step[i], s->value[i]);
     if (s->n == 0) fprintf(g, "NaN NaN\n");
     fprintf(g, "EOD\n");
 }
@@ -106,7 +108,8 @@ int plot_main(int argc, char **argv)
             return DS_OK;
         }
         if (strcmp(argv[i], "-o") == 0 || strcmp(argv[i], "--output") == 0) {
-            if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "plot: %s expects a file name", argv[i]);
+            if (i + 1 >= argc)
+                return ds_error(DS_ERR_INPUT, "plot: %s expects a file name", argv[i]);
             output = argv[++i];
         } else if (!run_dir) {
             run_dir = argv[i];
@@ -142,14 +145,15 @@ int plot_main(int argc, char **argv)
     put_quoted(g, output);
     fprintf(g, "\nset multiplot layout 3,1 title ");
     put_quoted(g, run_dir);
-    fprintf(g, "\nset grid\nset key top right\nset xlabel 'step'\n"
-               "set ylabel 'loss'\n"
-               "plot $loss using 1:2 with lines lw 1.5 title 'train loss'%s\n"
-               "set ylabel 'learning rate'\nset format y '%%.1e'\n"
-               "plot $lr using 1:2 with lines lw 1.5 lc rgb '#2ca02c' title 'lr'\n"
-               "set format y '%%g'\nset ylabel 'tokens/s'\n"
-               "plot $tps using 1:2 with lines lw 1 lc rgb '#d62728' title 'tokens/s'\n"
-               "unset multiplot\n",
+    fprintf(g,
+            "\nset grid\nset key top right\nset xlabel 'step'\n"
+            "set ylabel 'loss'\n"
+            "plot $loss using 1:2 with lines lw 1.5 title 'train loss'%s\n"
+            "set ylabel 'learning rate'\nset format y '%%.1e'\n"
+            "plot $lr using 1:2 with lines lw 1.5 lc rgb '#2ca02c' title 'lr'\n"
+            "set format y '%%g'\nset ylabel 'tokens/s'\n"
+            "plot $tps using 1:2 with lines lw 1 lc rgb '#d62728' title 'tokens/s'\n"
+            "unset multiplot\n",
             series[S_EVAL].n ? ", $eval using 1:2 with linespoints pt 7 lw 1.5 title 'eval loss'"
                              : "");
     int rc = pclose(g);
@@ -161,6 +165,7 @@ int plot_main(int argc, char **argv)
     printf("dstrain: plot of %zu steps (%zu evaluations) written to %s\n", series[S_LOSS].n,
            series[S_EVAL].n, output);
 done:
-    for (int k = 0; k < S_COUNT; k++) series_free(&series[k]);
+    for (int k = 0; k < S_COUNT; k++)
+        series_free(&series[k]);
     return status;
 }

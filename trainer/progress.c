@@ -14,9 +14,9 @@
 
 #include "common.h"
 
-#define LOSS_SPIKE_FACTOR 3.0   /* warn when loss > factor x its running mean */
+#define LOSS_SPIKE_FACTOR 3.0 /* warn when loss > factor x its running mean */
 #define LOSS_EMA_ALPHA 0.1
-#define LOSS_EMA_WARMUP 10      /* finite steps before spikes are judged */
+#define LOSS_EMA_WARMUP 10 /* finite steps before spikes are judged */
 #define DATA_WAIT_WARN_SHARE 0.10
 #define BAR_WIDTH 20
 
@@ -25,7 +25,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* ckpt_state and snap'
 static struct {
     ProgressOptions opt;
     int interactive;
-    int line_open;         /* a live bar is on screen without its newline */
+    int line_open; /* a live bar is on screen without its newline */
     double t_start;
     int steps_seen;
     double loss_ema;
@@ -33,15 +33,18 @@ static struct {
     int nonfinite_in_row;
     long long nonfinite_total;
     int inject_from, inject_count;
-    long step_sleep_ms;    /* DSTRAIN_STEP_SLEEP_MS: a test hook that makes runs last */
+    long step_sleep_ms; /* DSTRAIN_STEP_SLEEP_MS: a test hook that makes runs last */
     double window_seconds, window_wait; /* since the last printed line */
-    int data_slow;         /* warned that the reader is behind; re-armed under half the share */
+    int data_slow; /* warned that the reader is behind; re-armed under half the share */
     int warnings;
     char ckpt_state[64];
     MetricsSnapshot snap;
 } P = {.opt = {.log_every = 1}};
 
-static FILE *out_stream(void) { return P.opt.out ? P.opt.out : stdout; }
+static FILE *out_stream(void)
+{
+    return P.opt.out ? P.opt.out : stdout;
+}
 
 /* A live bar only on a terminal, and not under a launcher: mpirun hands its ranks a pty even
  * when its own output goes to a file. DSTRAIN_PROGRESS=bar|plain decides instead. */
@@ -100,8 +103,14 @@ int progress_check_finite(int step, double *loss, double *grad_norm)
     return 0;
 }
 
-int progress_nonfinite_in_row(void) { return P.nonfinite_in_row; }
-long long progress_nonfinite_total(void) { return P.nonfinite_total; }
+int progress_nonfinite_in_row(void)
+{
+    return P.nonfinite_in_row;
+}
+long long progress_nonfinite_total(void)
+{
+    return P.nonfinite_total;
+}
 
 static void format_duration(double s, char *buf, size_t cap)
 {
@@ -119,8 +128,7 @@ static void format_duration(double s, char *buf, size_t cap)
 }
 
 /* The fields of one line; data-wait share and ETA come from the run's state. */
-static void format_line(const ProgressStep *s, double wait_share, double eta, char *buf,
-                        size_t cap)
+static void format_line(const ProgressStep *s, double wait_share, double eta, char *buf, size_t cap)
 {
     char eta_text[32], ckpt[64];
     format_duration(eta, eta_text, sizeof(eta_text));
@@ -130,7 +138,8 @@ static void format_line(const ProgressStep *s, double wait_share, double eta, ch
     pthread_mutex_unlock(&lock);
     const int digits = snprintf(NULL, 0, "%d", P.opt.total_steps);
     size_t n = 0;
-#define ADD(...) n += (size_t)snprintf(buf + (n < cap ? n : cap), n < cap ? cap - n : 0, __VA_ARGS__)
+#define ADD(...)                                                                                   \
+    n += (size_t)snprintf(buf + (n < cap ? n : cap), n < cap ? cap - n : 0, __VA_ARGS__)
     ADD("step %*d/%d | ", digits, s->step, P.opt.total_steps);
     if (s->skipped)
         ADD("loss %-6s (skipped) | ", "nan");
@@ -180,9 +189,9 @@ void progress_step(const ProgressStep *s)
             progress_warn("step %d: loss spike: %.4f is %.1fx its running mean %.4f", s->step,
                           s->loss, s->loss / P.loss_ema, P.loss_ema);
         }
-        P.loss_ema = P.loss_ema_count == 0 ? s->loss
-                                           : (1 - LOSS_EMA_ALPHA) * P.loss_ema +
-                                                 LOSS_EMA_ALPHA * s->loss;
+        P.loss_ema = P.loss_ema_count == 0
+                         ? s->loss
+                         : (1 - LOSS_EMA_ALPHA) * P.loss_ema + LOSS_EMA_ALPHA * s->loss;
         P.loss_ema_count++;
     }
 
@@ -215,7 +224,8 @@ void progress_step(const ProgressStep *s)
         const double frac = P.opt.total_steps > 0 ? (double)s->step / P.opt.total_steps : 1.0;
         const int filled = (int)(frac * BAR_WIDTH);
         char bar[BAR_WIDTH + 1];
-        for (int i = 0; i < BAR_WIDTH; i++) bar[i] = i < filled ? '#' : '.';
+        for (int i = 0; i < BAR_WIDTH; i++)
+            bar[i] = i < filled ? '#' : '.';
         bar[BAR_WIDTH] = 0;
         /* an evaluation line stays on screen; the bar overwrites itself */
         const int keep = last || !isnan(s->eval_loss);
@@ -252,7 +262,10 @@ void progress_warn(const char *fmt, ...)
     P.warnings++;
 }
 
-int progress_warnings(void) { return P.warnings; }
+int progress_warnings(void)
+{
+    return P.warnings;
+}
 
 void progress_note(const char *fmt, ...)
 {
@@ -302,9 +315,18 @@ static void set_gauge(double *field, double v)
     pthread_mutex_unlock(&lock);
 }
 
-void progress_set_ewc_penalty(double penalty) { set_gauge(&P.snap.ewc_penalty, penalty); }
-void progress_set_replay_size(double examples) { set_gauge(&P.snap.replay_buffer_size, examples); }
-void progress_set_gpu_memory(double bytes) { set_gauge(&P.snap.gpu_memory_bytes, bytes); }
+void progress_set_ewc_penalty(double penalty)
+{
+    set_gauge(&P.snap.ewc_penalty, penalty);
+}
+void progress_set_replay_size(double examples)
+{
+    set_gauge(&P.snap.replay_buffer_size, examples);
+}
+void progress_set_gpu_memory(double bytes)
+{
+    set_gauge(&P.snap.gpu_memory_bytes, bytes);
+}
 
 void progress_snapshot(MetricsSnapshot *out)
 {

@@ -12,20 +12,20 @@
 
 /* One step's figures, as the step loop has them. */
 typedef struct ProgressStep {
-    int step;              /* steps done, this one included (1-based) */
-    double loss;           /* NAN for a skipped step */
+    int step;    /* steps done, this one included (1-based) */
+    double loss; /* NAN for a skipped step */
     double lr, grad_norm;
-    double tokens;         /* trained tokens this step, all ranks */
-    double seconds;        /* wall time of the step */
-    double data_wait;      /* of which waiting for the data reader */
-    double eval_loss;      /* NAN when no evaluation ran after this step */
-    int skipped;           /* non-finite: no optimizer update */
+    double tokens;    /* trained tokens this step, all ranks */
+    double seconds;   /* wall time of the step */
+    double data_wait; /* of which waiting for the data reader */
+    double eval_loss; /* NAN when no evaluation ran after this step */
+    int skipped;      /* non-finite: no optimizer update */
 } ProgressStep;
 
 typedef struct ProgressOptions {
-    FILE *out;             /* the step line (stdout); warnings go to stderr */
-    int interactive;       /* -1: a bar on a terminal outside a launcher (DSTRAIN_PROGRESS=bar|plain
-                            * overrides); 0: plain lines; 1: live bar */
+    FILE *out;       /* the step line (stdout); warnings go to stderr */
+    int interactive; /* -1: a bar on a terminal outside a launcher (DSTRAIN_PROGRESS=bar|plain
+                      * overrides); 0: plain lines; 1: live bar */
     int total_steps, start_step;
     int log_every;
     double flops_per_token; /* 6 N (+ attention); 0: no MFU */

@@ -372,7 +372,8 @@ int train_run(const Config *cfg)
         /* a non-finite loss or gradient: skip the update (every rank holds the same values) */
         const int finite = progress_check_finite(step + 1, &loss, &grad_norm);
         if (finite) {
-            optim_step(&opt, &model, cfg, lr, optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm));
+            const float scale = optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm);
+            optim_step(&opt, &model, cfg, lr, scale);
             if ((status = optim_gather_params(&opt, &model, &grid)) != DS_OK) goto done;
         }
 
@@ -404,9 +405,10 @@ int train_run(const Config *cfg)
         }
         fflush(metrics);
         progress_step(&(ProgressStep){.step = step + 1, .loss = loss, .lr = lr,
-                                      .grad_norm = grad_norm, .tokens = (double)N * accum * grid.dp_size,
-                                      .seconds = dt, .data_wait = data_wait,
-                                      .eval_loss = eval_loss, .skipped = !finite});
+                                      .grad_norm = grad_norm,
+                                      .tokens = (double)N * accum * grid.dp_size, .seconds = dt,
+                                      .data_wait = data_wait, .eval_loss = eval_loss,
+                                      .skipped = !finite});
         if (progress_nonfinite_in_row() >= cfg->train_max_nonfinite) {
             status = ds_error(DS_ERR_INTERNAL,
                               "step %d: %d steps in a row had a non-finite loss or gradient "

@@ -25,10 +25,15 @@ int main(void)
 {
     FILE *null = fopen("/dev/null", "w");
     const int steps = 2000000;
-    progress_begin(&(ProgressOptions){.out = null, .interactive = 0, .total_steps = steps * 2,
-                                      .log_every = 1000000000});
-    ProgressStep s = {.loss = 2.0, .lr = 1e-3, .grad_norm = 1, .tokens = 256, .seconds = 0.1,
-                      .data_wait = 0.001, .eval_loss = __builtin_nan("")};
+    progress_begin(&(ProgressOptions){
+        .out = null, .interactive = 0, .total_steps = steps * 2, .log_every = 1000000000});
+    ProgressStep s = {.loss = 2.0,
+                      .lr = 1e-3,
+                      .grad_norm = 1,
+                      .tokens = 256,
+                      .seconds = 0.1,
+                      .data_wait = 0.001,
+                      .eval_loss = __builtin_nan("")};
     s.step = 2; /* step 1 prints */
     double t0 = ds_now();
     for (int i = 0; i < steps; i++) {
@@ -43,7 +48,8 @@ int main(void)
     const int formats = 200000;
     t0 = ds_now();
     size_t n = 0;
-    for (int i = 0; i < formats; i++) n += metrics_format(&snap, buf, sizeof(buf));
+    for (int i = 0; i < formats; i++)
+        n += metrics_format(&snap, buf, sizeof(buf));
     const double per_format = (ds_now() - t0) / formats;
 
     MetricsServer *srv;
@@ -63,7 +69,8 @@ int main(void)
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) return 1;
         if (write(fd, req, strlen(req)) < 0) return 1;
-        for (ssize_t r; (r = read(fd, buf, sizeof(buf))) > 0;) bytes += (size_t)r;
+        for (ssize_t r; (r = read(fd, buf, sizeof(buf))) > 0;)
+            bytes += (size_t)r;
         close(fd);
     }
     const double wall = ds_now() - t0, cpu = cpu_seconds() - c0;
@@ -71,7 +78,8 @@ int main(void)
     printf("progress_step (no line printed, publish included): %.0f ns per step\n", 1e9 * per_step);
     printf("metrics_format: %.2f us per scrape (%zu bytes)\n", 1e6 * per_format, n / formats);
     printf("loopback scrape: %.0f us wall, %.0f us CPU (client and server together) per scrape, "
-           "%zu bytes each\n", 1e6 * wall / scrapes, 1e6 * cpu / scrapes, bytes / scrapes);
+           "%zu bytes each\n",
+           1e6 * wall / scrapes, 1e6 * cpu / scrapes, bytes / scrapes);
     printf("at 10 scrapes/s: at most %.3f%% of one core\n", 100.0 * 10 * cpu / scrapes);
     fclose(null);
     return 0;

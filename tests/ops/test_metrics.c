@@ -32,7 +32,7 @@ static MetricsSnapshot sample(void)
     metrics_snapshot_observe_step(&s, 0.003); /* le 0.005 */
     metrics_snapshot_observe_step(&s, 0.2);   /* le 0.25 */
     metrics_snapshot_observe_step(&s, 0.2);
-    metrics_snapshot_observe_step(&s, 1000);  /* only +Inf */
+    metrics_snapshot_observe_step(&s, 1000); /* only +Inf */
     s.data_wait_seconds_total = 0.125;
     s.nonfinite_steps_total = 3;
     return s;
@@ -129,11 +129,13 @@ Test(metrics_listen, loopback_only_unless_allowed)
     cr_assert(strstr(ds_last_error(), "metrics.allow_remote") != NULL, "%s", ds_last_error());
     cr_assert_eq(metrics_parse_listen("10.1.2.3:9400", 0, host, sizeof(host), &port), DS_ERR_INPUT);
     cr_assert_eq(metrics_parse_listen("0.0.0.0:9400", 1, host, sizeof(host), &port), DS_OK);
-    const char *bad[] = {"9400", ":9400", "127.0.0.1:", "127.0.0.1:70000", "127.0.0.1:94x",
-                         "example.org:9400", "[::1]9400", "127.0.0.1:-1"};
+    const char *bad[] = {"9400",          ":9400",
+                         "127.0.0.1:",    "127.0.0.1:70000",
+                         "127.0.0.1:94x", "example.org:9400",
+                         "[::1]9400",     "127.0.0.1:-1"};
     for (size_t i = 0; i < DS_ARRAY_LEN(bad); i++) {
-        cr_assert_eq(metrics_parse_listen(bad[i], 1, host, sizeof(host), &port), DS_ERR_INPUT,
-                     "%s", bad[i]);
+        cr_assert_eq(metrics_parse_listen(bad[i], 1, host, sizeof(host), &port), DS_ERR_INPUT, "%s",
+                     bad[i]);
         cr_assert(strstr(ds_last_error(), "metrics.listen") != NULL, "%s", ds_last_error());
     }
 }
@@ -143,8 +145,8 @@ Test(metrics_listen, loopback_only_unless_allowed)
 static FILE *begin_quiet(int total, int log_every, char **text, size_t *len)
 {
     FILE *f = open_memstream(text, len);
-    progress_begin(&(ProgressOptions){.out = f, .interactive = 0, .total_steps = total,
-                                      .log_every = log_every});
+    progress_begin(&(ProgressOptions){
+        .out = f, .interactive = 0, .total_steps = total, .log_every = log_every});
     return f;
 }
 
@@ -154,8 +156,14 @@ Test(progress, line_has_every_field)
     size_t len = 0;
     FILE *f = begin_quiet(300, 10, &text, &len);
     progress_set_checkpoint_state("saved 200");
-    ProgressStep s = {.step = 210, .loss = 2.25, .lr = 3e-4, .grad_norm = 0.5, .tokens = 1000,
-                      .seconds = 0.5, .data_wait = 0.05, .eval_loss = NAN};
+    ProgressStep s = {.step = 210,
+                      .loss = 2.25,
+                      .lr = 3e-4,
+                      .grad_norm = 0.5,
+                      .tokens = 1000,
+                      .seconds = 0.5,
+                      .data_wait = 0.05,
+                      .eval_loss = NAN};
     char line[512];
     progress_format_line(&s, line, sizeof(line));
     cr_assert_str_eq(line, "step 210/300 | loss 2.2500 | lr 3.000e-04 | grad norm 0.500 | "
@@ -170,14 +178,21 @@ Test(progress, plain_lines_every_log_every)
     size_t len = 0;
     FILE *f = begin_quiet(25, 10, &text, &len);
     for (int i = 1; i <= 25; i++)
-        progress_step(&(ProgressStep){.step = i, .loss = 3.0, .lr = 1e-3, .grad_norm = 1,
-                                      .tokens = 100, .seconds = 0.01, .eval_loss = NAN});
+        progress_step(&(ProgressStep){.step = i,
+                                      .loss = 3.0,
+                                      .lr = 1e-3,
+                                      .grad_norm = 1,
+                                      .tokens = 100,
+                                      .seconds = 0.01,
+                                      .eval_loss = NAN});
     fflush(f);
     int lines = 0;
-    for (char *p = text; *p; p++) lines += *p == '\n';
+    for (char *p = text; *p; p++)
+        lines += *p == '\n';
     cr_assert_eq(lines, 4, "%s", text); /* steps 1, 10, 20, 25 */
     cr_assert(strstr(text, "step  1/25 |") && strstr(text, "step 10/25 |") &&
-              strstr(text, "step 20/25 |") && strstr(text, "step 25/25 |"), "%s", text);
+                  strstr(text, "step 20/25 |") && strstr(text, "step 25/25 |"),
+              "%s", text);
     cr_assert(strchr(text, '\r') == NULL);
     MetricsSnapshot m;
     metrics_read_published(&m);
@@ -193,15 +208,22 @@ Test(progress, live_bar_on_a_terminal)
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
-    progress_begin(&(ProgressOptions){.out = f, .interactive = 1, .total_steps = 4, .log_every = 1});
+    progress_begin(
+        &(ProgressOptions){.out = f, .interactive = 1, .total_steps = 4, .log_every = 1});
     for (int i = 1; i <= 4; i++)
-        progress_step(&(ProgressStep){.step = i, .loss = 3.0, .lr = 1e-3, .grad_norm = 1,
-                                      .tokens = 100, .seconds = 0.01, .eval_loss = NAN});
+        progress_step(&(ProgressStep){.step = i,
+                                      .loss = 3.0,
+                                      .lr = 1e-3,
+                                      .grad_norm = 1,
+                                      .tokens = 100,
+                                      .seconds = 0.01,
+                                      .eval_loss = NAN});
     fflush(f);
     cr_assert(strstr(text, "\r[##########..........] step 2/4 |") != NULL, "%s", text);
     cr_assert(strstr(text, "\r[####################] step 4/4 |") != NULL, "%s", text);
     int newlines = 0;
-    for (char *p = text; *p; p++) newlines += *p == '\n';
+    for (char *p = text; *p; p++)
+        newlines += *p == '\n';
     cr_assert_eq(newlines, 1, "%s", text); /* only the last step ends the line */
     fclose(f);
     free(text);
@@ -223,8 +245,13 @@ Test(progress, nonfinite_steps_are_counted_and_injected)
         if (i == 3 || i == 4) cr_assert(isnan(loss) && !ok);
         if (i == 4) cr_assert_eq(progress_nonfinite_in_row(), 2);
         if (i == 5) cr_assert_eq(progress_nonfinite_in_row(), 0);
-        progress_step(&(ProgressStep){.step = i, .loss = loss, .lr = 1e-3, .grad_norm = gn,
-                                      .tokens = 10, .seconds = 0.01, .eval_loss = NAN,
+        progress_step(&(ProgressStep){.step = i,
+                                      .loss = loss,
+                                      .lr = 1e-3,
+                                      .grad_norm = gn,
+                                      .tokens = 10,
+                                      .seconds = 0.01,
+                                      .eval_loss = NAN,
                                       .skipped = !ok});
     }
     cr_assert_eq(updates, 3);
@@ -249,8 +276,13 @@ Test(progress, loss_spike_and_slow_reader_warn)
     for (int i = 1; i <= 20; i++) {
         double loss = i == 15 ? 9.0 : 2.0;
         double wait = i > 10 ? 0.5 : 0.0; /* half of every step after step 10 */
-        progress_step(&(ProgressStep){.step = i, .loss = loss, .lr = 1e-3, .grad_norm = 1,
-                                      .tokens = 10, .seconds = 1.0, .data_wait = wait,
+        progress_step(&(ProgressStep){.step = i,
+                                      .loss = loss,
+                                      .lr = 1e-3,
+                                      .grad_norm = 1,
+                                      .tokens = 10,
+                                      .seconds = 1.0,
+                                      .data_wait = wait,
                                       .eval_loss = NAN});
     }
     /* one spike warning (step 15), one reader warning (step 15's report, not again at 20) */
@@ -264,8 +296,13 @@ Test(progress, checkpoint_setters_reach_the_metrics)
     char *text = NULL;
     size_t len = 0;
     FILE *f = begin_quiet(10, 1, &text, &len);
-    progress_step(&(ProgressStep){.step = 1, .loss = 2, .lr = 1e-3, .grad_norm = 1,
-                                  .tokens = 10, .seconds = 0.1, .eval_loss = NAN});
+    progress_step(&(ProgressStep){.step = 1,
+                                  .loss = 2,
+                                  .lr = 1e-3,
+                                  .grad_norm = 1,
+                                  .tokens = 10,
+                                  .seconds = 0.1,
+                                  .eval_loss = NAN});
     progress_checkpoint_done(1, 2.5, 0.01, 1);
     progress_set_ewc_penalty(0.5);
     progress_set_replay_size(64);
@@ -334,8 +371,7 @@ Test(metrics_server, serves_metrics_and_healthz)
 {
     MetricsServer *srv;
     int port = 0;
-    cr_assert_eq(metrics_server_start("127.0.0.1:0", 0, &srv, &port), DS_OK, "%s",
-                 ds_last_error());
+    cr_assert_eq(metrics_server_start("127.0.0.1:0", 0, &srv, &port), DS_OK, "%s", ds_last_error());
     cr_assert_gt(port, 0);
     MetricsSnapshot s = sample();
     metrics_publish(&s);
@@ -363,13 +399,15 @@ Test(metrics_server, hostile_clients_are_closed)
 {
     MetricsServer *srv;
     int port = 0;
-    cr_assert_eq(metrics_server_start("127.0.0.1:0", 0, &srv, &port), DS_OK, "%s",
-                 ds_last_error());
+    cr_assert_eq(metrics_server_start("127.0.0.1:0", 0, &srv, &port), DS_OK, "%s", ds_last_error());
     static char buf[65536];
     /* malformed request lines */
     const char *garbage[] = {"\x16\x03\x01\x02\xff\x01\x7f\x01\xfc\x03\x03\r\n\r\n",
-                             "GET\r\n\r\n", "GET /metrics\r\n\r\n", "GET /metrics FTP/1.0\r\n\r\n",
-                             "GET /metrics HTTP/1.1 extra\r\n\r\n", "\r\n\r\n"};
+                             "GET\r\n\r\n",
+                             "GET /metrics\r\n\r\n",
+                             "GET /metrics FTP/1.0\r\n\r\n",
+                             "GET /metrics HTTP/1.1 extra\r\n\r\n",
+                             "\r\n\r\n"};
     for (size_t i = 0; i < DS_ARRAY_LEN(garbage); i++) {
         cr_assert_gt(request(port, garbage[i], buf, sizeof(buf)), 0, "case %zu", i);
         cr_assert(strncmp(buf, "HTTP/1.1 400 ", 13) == 0, "case %zu: %s", i, buf);
@@ -390,7 +428,8 @@ Test(metrics_server, hostile_clients_are_closed)
     /* 100 connections held open at once: the server keeps at most 64 and closes the rest at
      * once; later, an ordinary scrape still works */
     int fds[100];
-    for (int i = 0; i < 100; i++) fds[i] = connect_to(port);
+    for (int i = 0; i < 100; i++)
+        fds[i] = connect_to(port);
     int closed_at_once = 0;
     for (int i = 0; i < 100; i++) {
         struct pollfd p = {.fd = fds[i], .events = POLLIN};
@@ -400,7 +439,8 @@ Test(metrics_server, hostile_clients_are_closed)
     }
     cr_assert_eq(closed_at_once, 100 - METRICS_MAX_CONNECTIONS);
     /* while they are held, the one slot... is none: close them, then scrape */
-    for (int i = 0; i < 100; i++) close(fds[i]);
+    for (int i = 0; i < 100; i++)
+        close(fds[i]);
     usleep(100000);
     cr_assert_gt(request(port, "GET /healthz HTTP/1.1\r\n\r\n", buf, sizeof(buf)), 0);
     cr_assert(strncmp(buf, "HTTP/1.1 200 OK", 15) == 0, "%s", buf);
@@ -432,7 +472,8 @@ Test(progress, preparation_task_lines_in_a_pipe, .init = cr_redirect_stdout)
 {
     ProgressTask t;
     progress_task_begin(&t, "packing", 100, "documents");
-    for (int i = 1; i <= 100; i++) progress_task_update(&t, i);
+    for (int i = 1; i <= 100; i++)
+        progress_task_update(&t, i);
     progress_task_end(&t);
     ProgressTask u; /* unknown total */
     progress_task_begin(&u, "loading weights", 0, "");
@@ -443,7 +484,8 @@ Test(progress, preparation_task_lines_in_a_pipe, .init = cr_redirect_stdout)
     size_t n = fread(text, 1, sizeof(text) - 1, f);
     text[n] = 0;
     int lines = 0;
-    for (char *p = text; *p; p++) lines += *p == '\n';
+    for (char *p = text; *p; p++)
+        lines += *p == '\n';
     /* begin, one line per 10%, the end; then begin and end of the second */
     cr_assert_eq(lines, 14, "%s", text);
     cr_assert(strncmp(text, "dstrain: packing ...\n", 21) == 0, "%s", text);
