@@ -496,3 +496,27 @@ Test(progress, preparation_task_lines_in_a_pipe, .init = cr_redirect_stdout)
                   NULL,
               "%s", text);
 }
+
+Test(metrics_format, every_metric_passes_promtool)
+{
+    /* a GPU run with EWC and replay: every optional metric present */
+    MetricsSnapshot s = sample();
+    s.mfu_ratio = 0.4;
+    s.gpu_memory_bytes = 8e9;
+    s.ewc_penalty = 0.01;
+    s.replay_buffer_size = 500;
+    s.checkpoint_duration_seconds = 1.5;
+    s.checkpoint_last_success_timestamp_seconds = 1.8e9;
+    char *t = format(&s);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/ops_promtool.txt", DSTRAIN_TEST_TMP);
+    (void)system("mkdir -p " DSTRAIN_TEST_TMP);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(t, f);
+    fclose(f);
+    free(t);
+    char cmd[2200];
+    snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", path);
+    cr_assert_eq(system(cmd), 0, "promtool (tools/install-deps.sh installs it) rejected %s", path);
+}
