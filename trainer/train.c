@@ -135,18 +135,25 @@ static int train_all_min(void *group, int local, int *global)
     return DS_OK;
 }
 
-static double eval_loss_on(Model *m, DataReader *reader, int batches, float *weights_scratch)
+/* Mean loss over `batches` micro-batches of every data-parallel rank (each reads its own share
+ * of the eval set); every rank of dp takes part in the sum, even after its reader failed. */
+static double eval_loss_on(Model *m, DataReader *reader, int batches, float *weights_scratch,
+                           const CommGroup *dp)
 {
     const int N = m->B * m->T;
     double sum = 0.0, count = 0.0;
     for (int b = 0; b < batches; b++) {
-        if (data_reader_next(reader, m->inputs, m->targets, m->loss_weights, NULL) != DS_OK)
-            return NAN;
+        if (data_reader_next(reader, m->inputs, m->targets, m->loss_weights, NULL) != DS_OK) {
+            sum = NAN;
+            break;
+        }
         for (int i = 0; i < N; i++) count += m->loss_weights[i];
         memcpy(weights_scratch, m->loss_weights, (size_t)N * sizeof(float));
         sum += model_forward(m, m->inputs, m->targets, weights_scratch, NULL);
     }
-    return count > 0 ? sum / count : NAN;
+    double totals[2] = {sum, count};
+    if (comm_all_reduce(dp, totals, 2, COMM_F64, COMM_SUM) != DS_OK) return NAN;
+    return totals[1] > 0 ? totals[0] / totals[1] : NAN;
 }
 
 /* The backend device: names (cpu, cuda) selects. A build without CUDA says so for cuda. */
@@ -397,7 +404,8 @@ int train_run(const Config *cfg)
         if (n_eval && ((step + 1) % cfg->eval_every == 0 || step + 1 == cfg->train_steps)) {
             for (int e = 0; e < n_eval; e++) { /* each file from its start; the first is shown */
                 if ((status = data_reader_rewind(eval_data[e])) != DS_OK) goto done;
-                double l = eval_loss_on(&model, eval_data[e], cfg->eval_batches, eval_weights);
+                double l = eval_loss_on(&model, eval_data[e], cfg->eval_batches, eval_weights,
+                                         &grid.dp);
                 if (e == 0) eval_loss = l;
                 fprintf(metrics, "{\"step\": %d, \"eval_loss\": %.7g, \"eval_set\": %d}\n",
                         step + 1, l, e);
