@@ -2,7 +2,7 @@
 # test_layouts.sh: the same config and data give the same training at every parallel layout.
 # The tiny preset on the bundled data, 20 steps, at np=1 and under mpirun at tp=2, dp=2 (with
 # and without ZeRO-1), tp=2 x dp=2 (both), tp=4 (fewer kv heads than ranks: shared kv heads)
-# and dp=2 with two accumulated micro-batches: per-step losses agree within 1e-5 relative,
+# and dp=2 with two accumulated micro-batches: per-step and eval losses within 1e-5 relative,
 # final parameters within 1e-5. The global batch is the same everywhere: micro_batch_size is
 # per data-parallel rank and micro-step, so it is 4 / (dp x grad_accum). Also checks the
 # per-rank memory line: parameters 1/tp, optimizer state 1/(tp x dp) with ZeRO-1.
@@ -15,7 +15,8 @@ source "$SRC/tests/parallel/mpi_env.sh"
 work="$TMPROOT/parallel-layouts"
 rm -rf "$work" && mkdir -p "$work"
 common=(train.steps=20 train.seq_len=32 log.every=5 optim.lr=1e-3 run.save_final=true
-        export.enabled=false checkpoint.every=0)
+        export.enabled=false checkpoint.every=0 eval.every=10 eval.batches=2
+        data.eval="$SRC/data/bundled/kjv-eval.h5")
 
 run() { # name np tp dp zero [grad_accum]
   local name=$1 np=$2 tp=$3 dp=$4 zero=$5 accum=${6:-1}
@@ -48,6 +49,10 @@ def losses(name):
     with open(f"{work}/{name}/metrics.jsonl") as f:
         return [json.loads(l)["loss"] for l in f if '"loss"' in l]
 
+def eval_losses(name):
+    with open(f"{work}/{name}/metrics.jsonl") as f:
+        return [json.loads(l)["eval_loss"] for l in f if '"eval_loss"' in l]
+
 def tensors(name):
     with open(f"{work}/{name}/final.safetensors", "rb") as f:
         b = f.read()
@@ -76,6 +81,9 @@ for name in ["tp2", "dp2", "dp2_allreduce", "tp2dp2", "tp2dp2_allreduce", "tp4",
     loss, params = losses(name), tensors(name)
     assert len(loss) == 20, (name, len(loss))
     rel = max(abs(a - b) / abs(a) for a, b in zip(ref_loss, loss))
+    ref_eval, ev = eval_losses("single"), eval_losses(name)
+    assert len(ref_eval) == len(ev) == 2, (name, ref_eval, ev)
+    rel = max([rel] + [abs(a - b) / abs(a) for a, b in zip(ref_eval, ev)])
     assert params.keys() == ref_params.keys(), name
     worst = max(params, key=lambda k: float(np.max(np.abs(params[k] - ref_params[k]))))
     diff = float(np.max(np.abs(params[worst] - ref_params[worst])))
