@@ -358,7 +358,7 @@ typedef struct CkptJob {
     JobBlob *blobs;
     int nblobs, cap_blobs;
     size_t bytes;
-    double stall, t_start, t_written;
+    double stall, t_start, t_snapshot, t_written; /* snapshot: the copy is done */
     int status;
     char error[2048];
 } CkptJob;
@@ -1039,9 +1039,10 @@ static int job_report(CkptWriter *w)
     snprintf(w->last_path, sizeof(w->last_path), "%s/%s", w->dir, name);
     w->last_step = job->step;
     if (w->opt.layout.tp_rank != 0 || w->opt.layout.dp_rank != 0) return DS_OK; /* rank 0 logs */
-    printf("dstrain: checkpoint %s saved: %.1f MB in %.3fs (%.0f MB/s), training stalled "
-           "%.4fs (%.1f%% of the save)\n",
-           w->last_path, job->bytes / 1e6, took, took > 0 ? job->bytes / 1e6 / took : 0.0,
+    const double wrote = job->t_written - job->t_snapshot;
+    printf("dstrain: checkpoint %s saved: %.1f MB in %.3fs (written in %.3fs, %.0f MB/s), "
+           "training stalled %.4fs (%.1f%% of the save)\n",
+           w->last_path, job->bytes / 1e6, took, wrote, wrote > 0 ? job->bytes / 1e6 / wrote : 0.0,
            job->stall, took > 0 ? 100.0 * job->stall / took : 0.0);
     fflush(stdout);
     return DS_OK;
@@ -1088,6 +1089,7 @@ int ckpt_writer_save(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bufs
     const double t1 = ds_now();
     w->job.stall = t1 - t0;
     w->job.t_start = t0;
+    w->job.t_snapshot = t1;
     if (stall_seconds) *stall_seconds = w->job.stall;
     if (status != DS_OK) return status;
     w->in_flight = 1;
