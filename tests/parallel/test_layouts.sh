@@ -2,7 +2,8 @@
 # test_layouts.sh: the same config and data give the same training at every parallel layout.
 # The tiny preset on the bundled data, 20 steps, at np=1 and under mpirun at tp=2, dp=2 (with
 # and without ZeRO-1), tp=2 x dp=2 (both), tp=4 (fewer kv heads than ranks: shared kv heads)
-# and dp=2 with two accumulated micro-batches: per-step and eval losses within 1e-5 relative,
+# and dp=2 with two accumulated micro-batches: per-step and eval losses (but for the
+# accumulation run, whose eval batches are smaller) within 1e-5 relative,
 # final parameters within 1e-5. The global batch is the same everywhere: micro_batch_size is
 # per data-parallel rank and micro-step, so it is 4 / (dp x grad_accum). Also checks the
 # per-rank memory line: parameters 1/tp, optimizer state 1/(tp x dp) with ZeRO-1.
@@ -83,7 +84,8 @@ for name in ["tp2", "dp2", "dp2_allreduce", "tp2dp2", "tp2dp2_allreduce", "tp4",
     rel = max(abs(a - b) / abs(a) for a, b in zip(ref_loss, loss))
     ref_eval, ev = eval_losses("single"), eval_losses(name)
     assert len(ref_eval) == len(ev) == 2, (name, ref_eval, ev)
-    rel = max([rel] + [abs(a - b) / abs(a) for a, b in zip(ref_eval, ev)])
+    if name != "dp2_accum2":  # an evaluation covers micro_batch_size x dp x eval.batches rows
+        rel = max([rel] + [abs(a - b) / abs(a) for a, b in zip(ref_eval, ev)])
     assert params.keys() == ref_params.keys(), name
     worst = max(params, key=lambda k: float(np.max(np.abs(params[k] - ref_params[k]))))
     diff = float(np.max(np.abs(params[worst] - ref_params[worst])))
