@@ -99,8 +99,8 @@ typedef struct Backend {
      * dtable += as embedding_backward). */
     void (*embedding_forward_shard)(float *out, const int32_t *tokens, const float *table, int N,
                                     int C, int vocab_start, int V);
-    void (*embedding_backward_shard)(float *dtable, const float *dout, const int32_t *tokens,
-                                     int N, int C, int vocab_start, int V);
+    void (*embedding_backward_shard)(float *dtable, const float *dout, const int32_t *tokens, int N,
+                                     int C, int vocab_start, int V);
     /* Cross-entropy over logits split by vocabulary, in three parts around two all-reduces:
      * 1. row_max[N] = max of each local row (then all-reduce MAX);
      * 2. stats[N, 3] = {sum exp(logit - row_max), the target's logit if this rank holds it else

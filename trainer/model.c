@@ -250,7 +250,8 @@ int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamT
             p->slice_start = (int64_t)(tp_rank / kv_share) * p->slice_len;
             p->tp_copy = tp_rank % kv_share != 0;
         } else if (strstr(n, ".q_proj.") || strstr(n, ".gate_proj.") || strstr(n, ".up_proj.") ||
-                   strcmp(n, "model.embed_tokens.weight") == 0 || strcmp(n, "lm_head.weight") == 0) {
+                   strcmp(n, "model.embed_tokens.weight") == 0 ||
+                   strcmp(n, "lm_head.weight") == 0) {
             p->split_dim = 0; /* column parallel, or vocab parallel */
             p->slice_len = rows / tp_size;
             p->slice_start = tp_rank * p->slice_len;

@@ -33,8 +33,9 @@ int optim_init_sharded(Optimizer *opt, const ParamTable *table, const Backend *b
         return optim_init_on(opt, table, be); /* one shard: plain AdamW, nothing to gather */
     }
     if (table->total % (size_t)dp != 0)
-        return ds_error(DS_ERR_INTERNAL, "optim: flat layout of %zu elements does not split "
-                                         "into %d shards", table->total, dp);
+        return ds_error(DS_ERR_INTERNAL,
+                        "optim: flat layout of %zu elements does not split into %d shards",
+                        table->total, dp);
     memset(opt, 0, sizeof(*opt));
     opt->be = be;
     opt->zero = 1;

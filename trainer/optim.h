@@ -15,7 +15,7 @@ typedef struct Optimizer {
      * rank's 1/dp (0 and the whole layout otherwise), but are indexed by flat offset like the
      * parameters: m[p->offset] is parameter p's moment, for offsets inside the shard */
     size_t shard_begin;
-    int zero;     /* 1: gradients reduce-scattered and parameters all-gathered over dp */
+    int zero;          /* 1: gradients reduce-scattered and parameters all-gathered over dp */
     const Backend *be; /* whose memory m and v live in */
     /* EWC (trainer/ewc.h): when set and holding a Fisher, optim_step adds lambda F (theta -
      * theta*) to the gradient inside the AdamW pass and leaves the penalty of the parameters it

@@ -117,8 +117,10 @@ static int train_save_final(const Model *m, const ProcessGrid *g, const char *ru
         snprintf(path, sizeof(path), "%s/final.safetensors", run_dir);
         status = safetensors_write(path, items, pt->count, "{\"format\":\"pt\"}");
     }
-    for (int i = 0; full && i < pt->count; i++) free(full[i]);
-    for (int r = 0; tables && r < tp; r++) param_table_free(&tables[r]);
+    for (int i = 0; full && i < pt->count; i++)
+        free(full[i]);
+    for (int r = 0; tables && r < tp; r++)
+        param_table_free(&tables[r]);
     free(tables);
     free(gathered);
     free(full);

@@ -419,8 +419,8 @@ static void embedding_forward_shard(float *out, const int32_t *tokens, const flo
     }
 }
 
-static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens,
-                                     int N, int C, int vocab_start, int V)
+static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens, int N,
+                                     int C, int vocab_start, int V)
 {
     int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
 #pragma omp parallel for schedule(static)
