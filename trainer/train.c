@@ -329,7 +329,9 @@ int train_run(const Config *cfg)
     /* fault-injection hook for tests: DSTRAIN_FAIL_RANK=k makes world rank k fail here as on
      * bad input, while the other ranks go on into the step's first collective */
     const char *fail_rank = getenv("DSTRAIN_FAIL_RANK");
-    if (fail_rank && atoi(fail_rank) == grid.world_rank) {
+    char *fail_end = NULL;
+    if (fail_rank && *fail_rank && strtol(fail_rank, &fail_end, 10) == grid.world_rank &&
+        *fail_end == 0) {
         status = ds_error(DS_ERR_INPUT, "DSTRAIN_FAIL_RANK=%s: injected failure on rank %d",
                           fail_rank, grid.world_rank);
         goto done;
