@@ -13,8 +13,10 @@
 
 int replay_policy_parse(const char *text, ReplayPolicy *out)
 {
-    if (strcmp(text, "reservoir") == 0) *out = REPLAY_RESERVOIR;
-    else if (strcmp(text, "task_balanced") == 0) *out = REPLAY_TASK_BALANCED;
+    if (strcmp(text, "reservoir") == 0)
+        *out = REPLAY_RESERVOIR;
+    else if (strcmp(text, "task_balanced") == 0)
+        *out = REPLAY_TASK_BALANCED;
     else
         return ds_error(DS_ERR_INPUT,
                         "continual.replay.policy: expected reservoir or task_balanced, got \"%s\"",
@@ -86,9 +88,12 @@ static void slot_store(ReplayBuffer *rb, int slot, const int32_t *inputs, const 
 {
     const size_t T = (size_t)rb->T, at = (size_t)slot * T;
     memcpy(rb->inputs + at, inputs, T * sizeof(int32_t));
-    if (targets) memcpy(rb->targets + at, targets, T * sizeof(int32_t));
-    else memset(rb->targets + at, 0, T * sizeof(int32_t));
-    for (size_t t = 0; t < T; t++) rb->mask[at + t] = weights ? weights[t] > 0 : 1;
+    if (targets)
+        memcpy(rb->targets + at, targets, T * sizeof(int32_t));
+    else
+        memset(rb->targets + at, 0, T * sizeof(int32_t));
+    for (size_t t = 0; t < T; t++)
+        rb->mask[at + t] = weights ? weights[t] > 0 : 1;
     rb->labels[slot] = label;
     rb->task_ids[slot] = task_id;
 }
@@ -99,8 +104,9 @@ static int task_index(ReplayBuffer *rb, int32_t task_id, int create)
         if (rb->task_list[i] == task_id) return i;
     if (!create) return -1;
     if (rb->n_tasks >= REPLAY_MAX_TASKS)
-        return -ds_error(DS_ERR_INPUT, "continual.replay.policy: task_balanced keeps at most %d "
-                                       "tasks",
+        return -ds_error(DS_ERR_INPUT,
+                         "continual.replay.policy: task_balanced keeps at most %d "
+                         "tasks",
                          REPLAY_MAX_TASKS);
     rb->task_list[rb->n_tasks] = task_id;
     rb->task_seen[rb->n_tasks] = 0;
@@ -149,8 +155,8 @@ int replay_add(ReplayBuffer *rb, const int32_t *inputs, const int32_t *targets,
         for (int i = 1; i < rb->n_tasks; i++)
             if (rb->task_count[i] > rb->task_count[big]) big = i;
         if (big == t || rb->task_count[big] == 0) return DS_OK;
-        int slot = slot_of_task(rb, rb->task_list[big],
-                                (int)rng_below(&rb->rng, rb->task_count[big]));
+        int slot =
+            slot_of_task(rb, rb->task_list[big], (int)rng_below(&rb->rng, rb->task_count[big]));
         if (slot < 0) return ds_error(DS_ERR_INTERNAL, "replay: task counts out of step");
         slot_store(rb, slot, inputs, targets, weights, label, task_id);
         rb->task_count[big]--;
@@ -175,7 +181,8 @@ int replay_sample(ReplayBuffer *rb, int32_t *inputs, int32_t *targets, float *we
     memcpy(inputs, rb->inputs + at, T * sizeof(int32_t));
     if (targets) memcpy(targets, rb->targets + at, T * sizeof(int32_t));
     if (weights)
-        for (size_t t = 0; t < T; t++) weights[t] = rb->mask[at + t] ? 1.0f : 0.0f;
+        for (size_t t = 0; t < T; t++)
+            weights[t] = rb->mask[at + t] ? 1.0f : 0.0f;
     if (label) *label = rb->labels[s];
     if (task_id) *task_id = rb->task_ids[s];
     return DS_OK;
@@ -185,8 +192,19 @@ int replay_sample(ReplayBuffer *rb, int32_t *inputs, int32_t *targets, float *we
 
 /* Attributes: one int64 array "meta" = {format 1, policy, capacity_total, T, dp_rank, dp_size,
  * count, seen, rng, n_tasks}, then task_list / task_seen / task_count when n_tasks > 0. */
-enum { META_FORMAT, META_POLICY, META_CAP, META_T, META_RANK, META_SIZE, META_COUNT, META_SEEN,
-       META_RNG, META_NTASKS, META_LEN };
+enum {
+    META_FORMAT,
+    META_POLICY,
+    META_CAP,
+    META_T,
+    META_RANK,
+    META_SIZE,
+    META_COUNT,
+    META_SEEN,
+    META_RNG,
+    META_NTASKS,
+    META_LEN
+};
 
 static void rank_path(char *out, size_t cap, const char *dir, int rank)
 {
@@ -223,13 +241,17 @@ int replay_save(const ReplayBuffer *rb, const char *dir)
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) return ds_error(DS_ERR_INPUT, "%s: cannot create", tmp);
-    int64_t meta[META_LEN] = {1, rb->policy, rb->capacity_total, rb->T, rb->dp_rank, rb->dp_size,
-                              rb->count, rb->seen, (int64_t)rb->rng, rb->n_tasks};
+    int64_t meta[META_LEN] = {
+        1,         rb->policy, rb->capacity_total, rb->T,      rb->dp_rank, rb->dp_size,
+        rb->count, rb->seen,   (int64_t)rb->rng,   rb->n_tasks};
     const hsize_t n = (hsize_t)rb->count, T = (hsize_t)rb->T;
     herr_t rc = write_attr(file, "meta", H5T_NATIVE_INT64, META_LEN, meta);
-    if (rc >= 0) rc = write_attr(file, "task_list", H5T_NATIVE_INT32, (hsize_t)rb->n_tasks, rb->task_list);
-    if (rc >= 0) rc = write_attr(file, "task_seen", H5T_NATIVE_INT64, (hsize_t)rb->n_tasks, rb->task_seen);
-    if (rc >= 0) rc = write_attr(file, "task_count", H5T_NATIVE_INT, (hsize_t)rb->n_tasks, rb->task_count);
+    if (rc >= 0)
+        rc = write_attr(file, "task_list", H5T_NATIVE_INT32, (hsize_t)rb->n_tasks, rb->task_list);
+    if (rc >= 0)
+        rc = write_attr(file, "task_seen", H5T_NATIVE_INT64, (hsize_t)rb->n_tasks, rb->task_seen);
+    if (rc >= 0)
+        rc = write_attr(file, "task_count", H5T_NATIVE_INT, (hsize_t)rb->n_tasks, rb->task_count);
     if (rc >= 0) rc = write_2d(file, "inputs", H5T_NATIVE_INT32, n, T, rb->inputs);
     if (rc >= 0) rc = write_2d(file, "targets", H5T_NATIVE_INT32, n, T, rb->targets);
     if (rc >= 0) rc = write_2d(file, "loss_mask", H5T_NATIVE_UINT8, n, T, rb->mask);
@@ -253,11 +275,17 @@ typedef struct RankFile {
 static int rank_open(RankFile *rf, const char *dir, int rank, char *path, size_t cap)
 {
     rank_path(path, cap, dir, rank);
-    H5E_BEGIN_TRY { rf->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
+    H5E_BEGIN_TRY
+    {
+        rf->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    }
     H5E_END_TRY;
     if (rf->file < 0) return ds_error(DS_ERR_INPUT, "%s: missing or not an HDF5 file", path);
     hid_t a = -1;
-    H5E_BEGIN_TRY { a = H5Aopen(rf->file, "meta", H5P_DEFAULT); }
+    H5E_BEGIN_TRY
+    {
+        a = H5Aopen(rf->file, "meta", H5P_DEFAULT);
+    }
     H5E_END_TRY;
     hid_t space = a >= 0 ? H5Aget_space(a) : -1;
     int ok = a >= 0 && H5Sget_simple_extent_npoints(space) == META_LEN &&
@@ -279,7 +307,10 @@ static int read_rows(hid_t file, const char *path, const char *name, hid_t type,
                      int T, int64_t first, int64_t rows, void *out)
 {
     hid_t d = -1;
-    H5E_BEGIN_TRY { d = H5Dopen2(file, name, H5P_DEFAULT); }
+    H5E_BEGIN_TRY
+    {
+        d = H5Dopen2(file, name, H5P_DEFAULT);
+    }
     H5E_END_TRY;
     if (d < 0) return ds_error(DS_ERR_INPUT, "%s: dataset %s: missing", path, name);
     hid_t fs = H5Dget_space(d);
@@ -314,8 +345,8 @@ static int read_item(ReplayBuffer *rb, RankFile *rf, const char *path, int64_t r
     DS_TRY(read_rows(rf->file, path, "loss_mask", H5T_NATIVE_UINT8, n, T, row, 1,
                      rb->mask + (size_t)slot * T));
     DS_TRY(read_rows(rf->file, path, "labels", H5T_NATIVE_INT64, n, 0, row, 1, rb->labels + slot));
-    DS_TRY(read_rows(rf->file, path, "task_ids", H5T_NATIVE_INT32, n, 0, row, 1,
-                     rb->task_ids + slot));
+    DS_TRY(
+        read_rows(rf->file, path, "task_ids", H5T_NATIVE_INT32, n, 0, row, 1, rb->task_ids + slot));
     return DS_OK;
 }
 
@@ -328,14 +359,19 @@ static int read_task_attrs(RankFile *rf, const char *path, int32_t *list, int64_
     void *outs[3] = {list, seen, count};
     for (int i = 0; i < 3; i++) {
         hid_t a = -1;
-        H5E_BEGIN_TRY { a = H5Aopen(rf->file, names[i], H5P_DEFAULT); }
+        H5E_BEGIN_TRY
+        {
+            a = H5Aopen(rf->file, names[i], H5P_DEFAULT);
+        }
         H5E_END_TRY;
         hid_t space = a >= 0 ? H5Aget_space(a) : -1;
         int ok = a >= 0 && H5Sget_simple_extent_npoints(space) == nt &&
                  H5Aread(a, types[i], outs[i]) >= 0;
         if (space >= 0) H5Sclose(space);
         if (a >= 0) H5Aclose(a);
-        if (!ok) return ds_error(DS_ERR_INPUT, "%s: attribute %s: missing or wrong length", path, names[i]);
+        if (!ok)
+            return ds_error(DS_ERR_INPUT, "%s: attribute %s: missing or wrong length", path,
+                            names[i]);
     }
     return DS_OK;
 }
@@ -355,10 +391,11 @@ int replay_load(ReplayBuffer *rb, const char *dir)
     for (int r = 0; r < old_size && status == DS_OK; r++) {
         if ((status = rank_open(&rf, dir, r, path, sizeof(path))) != DS_OK) break;
         if (rf.meta[META_T] != rb->T || rf.meta[META_SIZE] != old_size) {
-            status = ds_error(DS_ERR_INPUT, "%s: examples of %lld tokens from %lld ranks; this run "
-                                            "has seq_len %d (and rank 0's file says %d ranks)",
-                              path, (long long)rf.meta[META_T], (long long)rf.meta[META_SIZE], rb->T,
-                              old_size);
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: examples of %lld tokens from %lld ranks; this run "
+                              "has seq_len %d (and rank 0's file says %d ranks)",
+                              path, (long long)rf.meta[META_T], (long long)rf.meta[META_SIZE],
+                              rb->T, old_size);
             H5Fclose(rf.file);
             break;
         }
@@ -386,8 +423,10 @@ int replay_load(ReplayBuffer *rb, const char *dir)
                     status = read_item(rb, &rf, path, i, rb->count++);
             for (int i = 0; i < (int)rf.meta[META_NTASKS] && status == DS_OK; i++) {
                 int t = task_index(rb, list[i], 1);
-                if (t < 0) status = -t;
-                else rb->task_seen[t] += tseen[i];
+                if (t < 0)
+                    status = -t;
+                else
+                    rb->task_seen[t] += tseen[i];
             }
         }
         H5Fclose(rf.file);

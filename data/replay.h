@@ -13,12 +13,12 @@ typedef enum ReplayPolicy { REPLAY_RESERVOIR = 0, REPLAY_TASK_BALANCED } ReplayP
 
 typedef struct ReplayBuffer {
     ReplayPolicy policy;
-    int capacity_total;  /* over all data-parallel ranks */
-    int capacity;        /* this rank's slots: capacity_total / dp_size, + 1 on the first ranks */
+    int capacity_total; /* over all data-parallel ranks */
+    int capacity;       /* this rank's slots: capacity_total / dp_size, + 1 on the first ranks */
     int dp_rank, dp_size;
-    int T;               /* tokens per example */
-    int count;           /* slots filled */
-    int64_t seen;        /* examples offered to this rank (Algorithm R's n) */
+    int T;        /* tokens per example */
+    int count;    /* slots filled */
+    int64_t seen; /* examples offered to this rank (Algorithm R's n) */
     uint64_t rng;
     int32_t *inputs, *targets; /* [capacity, T] */
     uint8_t *mask;             /* [capacity, T] 1 = trained on */

@@ -31,8 +31,8 @@ static const char *scalar_text(yaml_node_t *n)
 static int tasks_error(const char *path, yaml_node_t *n, const char *fmt, const char *a,
                        const char *b)
 {
-    return ds_error(DS_ERR_INPUT, "%s:%zu: %s%s%s", path, n ? n->start_mark.line + 1 : (size_t)1,
-                    a, fmt, b ? b : "");
+    return ds_error(DS_ERR_INPUT, "%s:%zu: %s%s%s", path, n ? n->start_mark.line + 1 : (size_t)1, a,
+                    fmt, b ? b : "");
 }
 
 static int parse_task(yaml_document_t *doc, yaml_node_t *node, int index, const char *path,
@@ -60,10 +60,13 @@ static int parse_task(yaml_document_t *doc, yaml_node_t *node, int index, const 
             have_id = 1;
         } else if (strcmp(key, "train") == 0 || strcmp(key, "eval") == 0) {
             char *dst = key[0] == 't' ? t->train : t->eval;
-            if (strlen(val) >= CONFIG_STR_MAX) return tasks_error(path, v, ": too long", full, NULL);
+            if (strlen(val) >= CONFIG_STR_MAX)
+                return tasks_error(path, v, ": too long", full, NULL);
             snprintf(dst, CONFIG_STR_MAX, "%s", val);
-            if (key[0] == 't') have_train = 1;
-            else have_eval = 1;
+            if (key[0] == 't')
+                have_train = 1;
+            else
+                have_eval = 1;
         } else if (strcmp(key, "steps") == 0) {
             char *end;
             errno = 0;
@@ -104,9 +107,9 @@ int continual_tasks_load(const char *path, ContinualTasks *out)
     }
     yaml_parser_set_input_file(&parser, f);
     if (!yaml_parser_load(&parser, &doc)) {
-        status = ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s", path,
-                          parser.problem_mark.line + 1,
-                          parser.problem ? parser.problem : "unreadable input");
+        status =
+            ds_error(DS_ERR_INPUT, "%s:%zu: invalid YAML: %s", path, parser.problem_mark.line + 1,
+                     parser.problem ? parser.problem : "unreadable input");
         goto done;
     }
     have_doc = 1;
@@ -146,9 +149,9 @@ int continual_tasks_load(const char *path, ContinualTasks *out)
             goto done;
         for (int j = 0; j < out->count; j++)
             if (strcmp(out->items[j].id, out->items[out->count].id) == 0) {
-                status = ds_error(DS_ERR_INPUT, "%s:%zu: tasks[%d].id: \"%s\" is also tasks[%d]'s",
-                                  path, n->start_mark.line + 1, out->count,
-                                  out->items[out->count].id, j);
+                status =
+                    ds_error(DS_ERR_INPUT, "%s:%zu: tasks[%d].id: \"%s\" is also tasks[%d]'s", path,
+                             n->start_mark.line + 1, out->count, out->items[out->count].id, j);
                 goto done;
             }
         out->count++;
@@ -160,14 +163,16 @@ done:
     return status;
 }
 
-/* ---- summary numbers --------------------------------------------------------------------------- */
+/* ---- summary numbers ---------------------------------------------------------------------------
+ */
 
 void continual_summarize(const double *R, int K, int higher_is_better, ContinualSummary *out)
 {
     memset(out, 0, sizeof(*out));
     if (K <= 0) return;
     const double sign = higher_is_better ? 1.0 : -1.0;
-    for (int j = 0; j < K; j++) out->average += R[(size_t)(K - 1) * K + j];
+    for (int j = 0; j < K; j++)
+        out->average += R[(size_t)(K - 1) * K + j];
     out->average /= K;
     if (K < 2) return;
     for (int j = 0; j < K - 1; j++) {
@@ -184,7 +189,8 @@ void continual_summarize(const double *R, int K, int higher_is_better, Continual
     out->forgetting /= K - 1;
 }
 
-/* ---- task data --------------------------------------------------------------------------------- */
+/* ---- task data ---------------------------------------------------------------------------------
+ */
 
 static uint64_t mix64(uint64_t *state)
 {
@@ -218,7 +224,8 @@ static void stream_close(TaskStream *s)
 
 static void stream_shuffle(TaskStream *s)
 {
-    for (int64_t i = 0; i < s->n; i++) s->order[i] = i;
+    for (int64_t i = 0; i < s->n; i++)
+        s->order[i] = i;
     if (!s->rng) return; /* seed 0: file order (evaluation) */
     for (int64_t i = s->n - 1; i > 0; i--) {
         int64_t j = (int64_t)(mix64(&s->rng) % (uint64_t)(i + 1));
@@ -228,8 +235,7 @@ static void stream_shuffle(TaskStream *s)
     }
 }
 
-static int stream_open(TaskStream *s, const char *path, const ModelConfig *mc, int T,
-                       uint64_t seed)
+static int stream_open(TaskStream *s, const char *path, const ModelConfig *mc, int T, uint64_t seed)
 {
     memset(s, 0, sizeof(*s));
     s->T = T;
@@ -244,8 +250,9 @@ static int stream_open(TaskStream *s, const char *path, const ModelConfig *mc, i
     const DatasetInfo *info = dataset_info(ds);
     int status = DS_OK;
     if (!info->has_labels) {
-        status = ds_error(DS_ERR_INPUT, "%s: dataset \"labels\": missing (task.type "
-                                        "classification needs one label per document)",
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: dataset \"labels\": missing (task.type "
+                          "classification needs one label per document)",
                           path);
         goto out;
     }
@@ -262,8 +269,9 @@ static int stream_open(TaskStream *s, const char *path, const ModelConfig *mc, i
     if ((status = dataset_read_labels(ds, 0, s->n, labels)) != DS_OK) goto labels_done;
     for (int64_t d = 0; d < s->n && status == DS_OK; d++) {
         if (labels[d] < 0 || labels[d] >= mc->num_labels) {
-            status = ds_error(DS_ERR_INPUT, "%s: dataset \"labels\": label %lld of document %lld "
-                                            "is outside [0, task.num_labels = %d)",
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: dataset \"labels\": label %lld of document %lld "
+                              "is outside [0, task.num_labels = %d)",
                               path, (long long)labels[d], (long long)d, mc->num_labels);
             break;
         }
@@ -271,14 +279,16 @@ static int stream_open(TaskStream *s, const char *path, const ModelConfig *mc, i
         int64_t len = dataset_doc_length(ds, d), take = len < T ? len : T;
         int32_t *row = s->rows + (size_t)d * T;
         if (take < T && mc->pad_token_id < 0) {
-            status = ds_error(DS_ERR_INPUT, "%s: document %lld has %lld tokens, fewer than "
-                                            "train.seq_len %d, and the file has no pad_id",
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: document %lld has %lld tokens, fewer than "
+                              "train.seq_len %d, and the file has no pad_id",
                               path, (long long)d, (long long)len, T);
             break;
         }
         /* longer documents keep their first seq_len tokens */
         status = dataset_read_doc(ds, d, 0, take, row, NULL);
-        for (int64_t t = take; t < T; t++) row[t] = mc->pad_token_id;
+        for (int64_t t = take; t < T; t++)
+            row[t] = mc->pad_token_id;
     }
 labels_done:
     free(labels);
@@ -307,7 +317,8 @@ static int stream_next(TaskStream *s, int32_t *inputs, int32_t *targets, float *
     *label = s->labels[d];
     if (targets) targets[0] = *label;
     if (weights)
-        for (int t = 0; t < s->T; t++) weights[t] = 1.0f;
+        for (int t = 0; t < s->T; t++)
+            weights[t] = 1.0f;
     return DS_OK;
 }
 
@@ -317,7 +328,8 @@ static int fisher_next(void *ctx, int32_t *inputs, int32_t *targets, float *weig
     return stream_next(ctx, inputs, targets, weights, &label);
 }
 
-/* ---- evaluation -------------------------------------------------------------------------------- */
+/* ---- evaluation --------------------------------------------------------------------------------
+ */
 
 /* Accuracy over every example of a classification eval file, or mean token loss over
  * eval.batches batches of an LM eval file (the same windows every time). */
@@ -351,7 +363,8 @@ static int evaluate(Model *m, const Config *cfg, const char *path, double *metri
         for (int b = 0; b < cfg->eval_batches && status == DS_OK; b++) {
             status = lm_reader_next(s.lm, B, m->inputs, m->targets, m->loss_weights);
             if (status != DS_OK) break;
-            for (int i = 0; i < B * T; i++) count += m->loss_weights[i];
+            for (int i = 0; i < B * T; i++)
+                count += m->loss_weights[i];
             memcpy(logits, m->loss_weights, (size_t)B * T * sizeof(float));
             sum += model_forward(m, m->inputs, m->targets, logits, NULL);
         }
@@ -361,7 +374,8 @@ static int evaluate(Model *m, const Config *cfg, const char *path, double *metri
     return status;
 }
 
-/* ---- the driver --------------------------------------------------------------------------------- */
+/* ---- the driver ---------------------------------------------------------------------------------
+ */
 
 static int make_dir(const char *path)
 {
@@ -385,7 +399,8 @@ static int write_report(const char *path, const ContinualTasks *tasks, const dou
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "metric", accuracy ? "accuracy" : "loss");
     cJSON *ids = cJSON_AddArrayToObject(root, "tasks");
-    for (int i = 0; i < K; i++) cJSON_AddItemToArray(ids, cJSON_CreateString(tasks->items[i].id));
+    for (int i = 0; i < K; i++)
+        cJSON_AddItemToArray(ids, cJSON_CreateString(tasks->items[i].id));
     cJSON *rows = cJSON_AddArrayToObject(root, "R");
     for (int i = 0; i < K; i++) {
         cJSON *row = cJSON_CreateArray();
@@ -406,8 +421,10 @@ static int write_report(const char *path, const ContinualTasks *tasks, const dou
     if (!text) return ds_error(DS_ERR_INTERNAL, "cJSON: out of memory");
     FILE *f = fopen(path, "w");
     int status = DS_OK;
-    if (!f || fprintf(f, "%s\n", text) < 0) status = ds_error(DS_ERR_INPUT, "%s: cannot write", path);
-    if (f && fclose(f) != 0 && status == DS_OK) status = ds_error(DS_ERR_INPUT, "%s: cannot write", path);
+    if (!f || fprintf(f, "%s\n", text) < 0)
+        status = ds_error(DS_ERR_INPUT, "%s: cannot write", path);
+    if (f && fclose(f) != 0 && status == DS_OK)
+        status = ds_error(DS_ERR_INPUT, "%s: cannot write", path);
     free(text);
     return status;
 }
@@ -417,13 +434,16 @@ static void print_matrix(const ContinualTasks *tasks, const double *R, int K, in
     printf("continual: %s after each task (rows) on each task (columns)\n",
            accuracy ? "accuracy" : "eval loss");
     printf("%-16s", "after \\ on");
-    for (int j = 0; j < K; j++) printf(" %10.10s", tasks->items[j].id);
+    for (int j = 0; j < K; j++)
+        printf(" %10.10s", tasks->items[j].id);
     printf("\n");
     for (int i = 0; i < K; i++) {
         printf("%-16.16s", tasks->items[i].id);
         for (int j = 0; j < K; j++) {
-            if (j <= i) printf(" %10.4f", R[(size_t)i * K + j]);
-            else printf(" %10s", "-");
+            if (j <= i)
+                printf(" %10.4f", R[(size_t)i * K + j]);
+            else
+                printf(" %10s", "-");
         }
         printf("\n");
     }
@@ -498,8 +518,9 @@ int continual_run(const Config *cfg)
     if (!tasks) return DS_ERR_INTERNAL;
     char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64], state_dir[CONFIG_STR_MAX + 64];
     if (!cfg->continual_tasks[0]) {
-        status = ds_error(DS_ERR_INPUT, "task.type: %s trains from a task list: set "
-                                        "continual.tasks (one task is fine; docs/continual.md)",
+        status = ds_error(DS_ERR_INPUT,
+                          "task.type: %s trains from a task list: set "
+                          "continual.tasks (one task is fine; docs/continual.md)",
                           cfg->task_type);
         goto done;
     }
@@ -526,17 +547,20 @@ int continual_run(const Config *cfg)
     const int cls = strcmp(cfg->task_type, "classification") == 0;
     if (cls) {
         if (cfg->task_num_labels < 2) {
-            status = ds_error(DS_ERR_INPUT, "task.num_labels: task.type classification needs at "
-                                            "least 2 labels, got %d",
+            status = ds_error(DS_ERR_INPUT,
+                              "task.num_labels: task.type classification needs at "
+                              "least 2 labels, got %d",
                               cfg->task_num_labels);
             goto done;
         }
         mc.num_labels = cfg->task_num_labels;
     }
-    const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, accum = cfg->train_grad_accum;
+    const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len,
+              accum = cfg->train_grad_accum;
     if ((status = model_init(&d.model, &mc, backend_cpu(), B, T)) != DS_OK) goto done;
     if (cfg->model_path[0] && !cfg->model_random_init) {
-        if ((status = hf_load_weights(cfg->model_path, &mc, &d.model.table, d.model.params)) != DS_OK)
+        if ((status = hf_load_weights(cfg->model_path, &mc, &d.model.table, d.model.params)) !=
+            DS_OK)
             goto done;
     } else {
         model_init_weights(&d.model, (uint64_t)cfg->train_seed, cfg->model_init_std);
@@ -561,8 +585,8 @@ int continual_run(const Config *cfg)
             goto done;
         }
         d.opt.ewc = &d.ewc;
-        if ((status = model_init(&d.fisher_model, &mc, backend_cpu(),
-                                 fopt.batched ? B : 1, T)) != DS_OK)
+        if ((status = model_init(&d.fisher_model, &mc, backend_cpu(), fopt.batched ? B : 1, T)) !=
+            DS_OK)
             goto done;
         d.fisher = ds_malloc(total * sizeof(float));
         if (!d.fisher) {
@@ -590,7 +614,8 @@ int continual_run(const Config *cfg)
                cfg->continual_state, d.ewc.n_sets, d.replay.count);
     }
     const int L = cls ? mc.num_labels : mc.vocab_size;
-    d.logits = ds_malloc((size_t)B * (cls ? 1 : T) * L * sizeof(float) + (size_t)B * T * sizeof(float));
+    d.logits =
+        ds_malloc((size_t)B * (cls ? 1 : T) * L * sizeof(float) + (size_t)B * T * sizeof(float));
     d.labels = ds_malloc((size_t)B * sizeof(int32_t));
     d.fresh_labels = ds_malloc((size_t)B * sizeof(int32_t));
     d.row_weights = ds_malloc((size_t)B * T * sizeof(float));
@@ -622,10 +647,12 @@ int continual_run(const Config *cfg)
         const int task_id = task_base + k;
         stream_close(&d.train);
         if ((status = stream_open(&d.train, task->train, &mc, T,
-                                  (uint64_t)cfg->train_seed * 1000003ull + (uint64_t)k + 1)) != DS_OK)
+                                  (uint64_t)cfg->train_seed * 1000003ull + (uint64_t)k + 1)) !=
+            DS_OK)
             goto done;
-        const int n_replay_rows =
-            cfg->continual_replay_capacity > 0 ? (int)floor(cfg->continual_replay_ratio * B + 0.5) : 0;
+        const int n_replay_rows = cfg->continual_replay_capacity > 0
+                                      ? (int)floor(cfg->continual_replay_ratio * B + 0.5)
+                                      : 0;
         int steps = task->steps;
         if (!steps) {
             int fresh = (B - (k > 0 || d.replay.count ? n_replay_rows : 0)) * accum;
@@ -647,13 +674,16 @@ int continual_run(const Config *cfg)
                 replayed += n_rep;
                 if ((status = fill_micro_batch(&d, n_rep, task_id)) != DS_OK) goto done;
                 if (cls) {
-                    for (int r = 0; r < B; r++) d.row_weights[r] = 1.0f / (float)(B * accum);
+                    for (int r = 0; r < B; r++)
+                        d.row_weights[r] = 1.0f / (float)(B * accum);
                     loss += model_forward(&d.model, d.model.inputs, d.labels, d.row_weights, NULL);
                 } else {
                     double count = 0.0;
-                    for (int i = 0; i < B * T; i++) count += d.model.loss_weights[i];
                     for (int i = 0; i < B * T; i++)
-                        d.row_weights[i] = count > 0 ? (float)(d.model.loss_weights[i] / (count * accum)) : 0.0f;
+                        count += d.model.loss_weights[i];
+                    for (int i = 0; i < B * T; i++)
+                        d.row_weights[i] =
+                            count > 0 ? (float)(d.model.loss_weights[i] / (count * accum)) : 0.0f;
                     loss += model_forward(&d.model, d.model.inputs, d.model.targets, d.row_weights,
                                           NULL);
                 }
@@ -694,7 +724,8 @@ int continual_run(const Config *cfg)
         /* evaluation on every task seen so far */
         for (int j = 0; j <= k; j++) {
             double metric;
-            if ((status = evaluate(&d.model, cfg, tasks->items[j].eval, &metric, d.logits)) != DS_OK)
+            if ((status = evaluate(&d.model, cfg, tasks->items[j].eval, &metric, d.logits)) !=
+                DS_OK)
                 goto done;
             d.R[(size_t)k * K + j] = metric;
             fprintf(d.metrics, "{\"task\": \"%s\", \"eval_task\": \"%s\", \"%s\": %.7g}\n",
@@ -745,12 +776,15 @@ done:
     return status;
 }
 
-/* ---- export fields ------------------------------------------------------------------------------ */
+/* ---- export fields ------------------------------------------------------------------------------
+ */
 
 static void json_set(cJSON *obj, const char *key, cJSON *value)
 {
-    if (cJSON_GetObjectItemCaseSensitive(obj, key)) cJSON_ReplaceItemInObjectCaseSensitive(obj, key, value);
-    else cJSON_AddItemToObject(obj, key, value);
+    if (cJSON_GetObjectItemCaseSensitive(obj, key))
+        cJSON_ReplaceItemInObjectCaseSensitive(obj, key, value);
+    else
+        cJSON_AddItemToObject(obj, key, value);
 }
 
 int continual_hf_classification_fields(cJSON *config, const ModelConfig *mc,
@@ -772,8 +806,10 @@ int continual_hf_classification_fields(cJSON *config, const ModelConfig *mc,
     for (int i = 0; i < mc->num_labels; i++) {
         char id[16], name[64];
         snprintf(id, sizeof(id), "%d", i);
-        if (labels && labels[i]) snprintf(name, sizeof(name), "%s", labels[i]);
-        else snprintf(name, sizeof(name), "LABEL_%d", i);
+        if (labels && labels[i])
+            snprintf(name, sizeof(name), "%s", labels[i]);
+        else
+            snprintf(name, sizeof(name), "LABEL_%d", i);
         cJSON_AddItemToObject(id2label, id, cJSON_CreateString(name));
         cJSON_AddItemToObject(label2id, name, cJSON_CreateNumber(i));
     }

@@ -32,9 +32,9 @@ int continual_tasks_load(const char *path, ContinualTasks *out);
 /* Summary numbers of an accuracy (higher_is_better) or loss matrix R[i][j] (row i: after
  * training task i; only j <= i filled), K tasks, row-major K x K. */
 typedef struct ContinualSummary {
-    double average;            /* mean of the last row */
-    double backward_transfer;  /* mean over j < K-1 of R[K-1][j] - R[j][j] */
-    double forgetting;         /* mean over j < K-1 of the largest drop from an earlier row */
+    double average;           /* mean of the last row */
+    double backward_transfer; /* mean over j < K-1 of R[K-1][j] - R[j][j] */
+    double forgetting;        /* mean over j < K-1 of the largest drop from an earlier row */
 } ContinualSummary;
 void continual_summarize(const double *R, int K, int higher_is_better, ContinualSummary *out);
 

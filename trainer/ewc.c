@@ -14,21 +14,28 @@
 
 int ewc_mode_parse(const char *text, EwcMode *out)
 {
-    if (strcmp(text, "online") == 0) *out = EWC_ONLINE;
-    else if (strcmp(text, "separate") == 0) *out = EWC_SEPARATE;
-    else return ds_error(DS_ERR_INPUT, "continual.ewc.mode: expected online or separate, got \"%s\"", text);
+    if (strcmp(text, "online") == 0)
+        *out = EWC_ONLINE;
+    else if (strcmp(text, "separate") == 0)
+        *out = EWC_SEPARATE;
+    else
+        return ds_error(DS_ERR_INPUT, "continual.ewc.mode: expected online or separate, got \"%s\"",
+                        text);
     return DS_OK;
 }
 
 int fisher_type_parse(const char *text, FisherType *out)
 {
-    if (strcmp(text, "empirical") == 0) *out = FISHER_EMPIRICAL;
-    else if (strcmp(text, "sampled") == 0) *out = FISHER_SAMPLED;
-    else if (strcmp(text, "exact") == 0) *out = FISHER_EXACT;
+    if (strcmp(text, "empirical") == 0)
+        *out = FISHER_EMPIRICAL;
+    else if (strcmp(text, "sampled") == 0)
+        *out = FISHER_SAMPLED;
+    else if (strcmp(text, "exact") == 0)
+        *out = FISHER_EXACT;
     else
-        return ds_error(DS_ERR_INPUT,
-                        "continual.ewc.fisher.type: expected empirical, sampled or exact, got \"%s\"",
-                        text);
+        return ds_error(
+            DS_ERR_INPUT,
+            "continual.ewc.fisher.type: expected empirical, sampled or exact, got \"%s\"", text);
     return DS_OK;
 }
 
@@ -79,7 +86,8 @@ int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, i
     const float *fn = fisher_new + e->lo, *p = params + e->lo;
     if (e->mode == EWC_ONLINE && e->n_sets == 1) {
         float *f = e->fisher[0];
-        for (size_t i = 0; i < n; i++) f[i] = e->gamma * f[i] + fn[i];
+        for (size_t i = 0; i < n; i++)
+            f[i] = e->gamma * f[i] + fn[i];
         memcpy(e->anchor[0], p, n * sizeof(float));
         e->task_id[0] = task_id;
     } else {
@@ -162,13 +170,15 @@ static double rng_uniform(uint64_t *state)
 static int softmax_draw(float *row, int V, uint64_t *rng)
 {
     float mx = row[0];
-    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int j = 1; j < V; j++)
+        mx = row[j] > mx ? row[j] : mx;
     double sum = 0.0;
     for (int j = 0; j < V; j++) {
         row[j] = expf(row[j] - mx);
         sum += row[j];
     }
-    for (int j = 0; j < V; j++) row[j] = (float)(row[j] / sum);
+    for (int j = 0; j < V; j++)
+        row[j] = (float)(row[j] / sum);
     if (!rng) return 0;
     double u = rng_uniform(rng), acc = 0.0;
     for (int j = 0; j < V; j++) {
@@ -180,7 +190,8 @@ static int softmax_draw(float *row, int V, uint64_t *rng)
 
 static void fisher_accumulate(float *fisher, const float *grads, size_t n, float w)
 {
-    for (size_t i = 0; i < n; i++) fisher[i] += w * grads[i] * grads[i];
+    for (size_t i = 0; i < n; i++)
+        fisher[i] += w * grads[i] * grads[i];
 }
 
 int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next, void *ctx,
@@ -229,13 +240,16 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
             if (cls) {
                 int label = tg[0];
                 if (label < 0 || label >= V) {
-                    status = ds_error(DS_ERR_INPUT, "Fisher pass: label %d outside [0, %d)", label, V);
+                    status =
+                        ds_error(DS_ERR_INPUT, "Fisher pass: label %d outside [0, %d)", label, V);
                     goto done;
                 }
             } else {
                 double count = 0.0;
-                for (int t = 0; t < T; t++) count += w[t];
-                for (int t = 0; t < T; t++) w[t] = count > 0 ? (float)(w[t] / count / B) : 0.0f;
+                for (int t = 0; t < T; t++)
+                    count += w[t];
+                for (int t = 0; t < T; t++)
+                    w[t] = count > 0 ? (float)(w[t] / count / B) : 0.0f;
             }
         }
         /* classification: one label and one weight per row, packed at the front */
@@ -280,7 +294,8 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
         }
     }
     const float inv = 1.0f / (float)(opt->batched ? batches : opt->samples);
-    for (size_t i = 0; i < total; i++) fisher[i] *= inv;
+    for (size_t i = 0; i < total; i++)
+        fisher[i] *= inv;
     model_zero_grad(work);
 done:
     free(inputs);
@@ -291,13 +306,15 @@ done:
     return status;
 }
 
-/* ---- HDF5 file -------------------------------------------------------------------------------- */
+/* ---- HDF5 file --------------------------------------------------------------------------------
+ */
 
 static int h5_attr_write(hid_t loc, const char *name, hid_t type, hsize_t n, const void *value)
 {
     hid_t space = H5Screate_simple(1, &n, NULL);
-    hid_t a = H5Aexists(loc, name) > 0 ? H5Aopen(loc, name, H5P_DEFAULT)
-                                        : H5Acreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t a = H5Aexists(loc, name) > 0
+                  ? H5Aopen(loc, name, H5P_DEFAULT)
+                  : H5Acreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
     herr_t rc = a >= 0 ? H5Awrite(a, type, value) : -1;
     if (a >= 0) H5Aclose(a);
     H5Sclose(space);
@@ -342,16 +359,18 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
     H5Sget_simple_extent_dims(fs, &have, NULL);
     int status = DS_OK;
     if (H5Sget_simple_extent_ndims(fs) != 1 || have != dims) {
-        status = ds_error(DS_ERR_INPUT, "%s: dataset %s: expected %zu elements (the parameter "
-                                        "layout), got %llu",
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: dataset %s: expected %zu elements (the parameter "
+                          "layout), got %llu",
                           path, name, total, (unsigned long long)have);
     } else if (count > 0) {
         hid_t ms = H5Screate_simple(1, &count, NULL);
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL);
         herr_t rc = write ? H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf)
                           : H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf);
-        if (rc < 0) status = ds_error(DS_ERR_INPUT, "%s: dataset %s: %s failed", path, name,
-                                      write ? "write" : "read");
+        if (rc < 0)
+            status = ds_error(DS_ERR_INPUT, "%s: dataset %s: %s failed", path, name,
+                              write ? "write" : "read");
         H5Sclose(ms);
     }
     H5Sclose(fs);
@@ -382,17 +401,22 @@ int ewc_save(const EwcState *e, const char *path, size_t total, int create)
         snprintf(name, sizeof(name), "fisher_%d", k);
         status = h5_range(file, path, name, total, e->lo, e->hi, e->fisher[k], 1);
         snprintf(name, sizeof(name), "anchor_%d", k);
-        if (status == DS_OK) status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 1);
+        if (status == DS_OK)
+            status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 1);
     }
 done:
-    if (H5Fclose(file) < 0 && status == DS_OK) status = ds_error(DS_ERR_INTERNAL, "%s: close failed", path);
+    if (H5Fclose(file) < 0 && status == DS_OK)
+        status = ds_error(DS_ERR_INTERNAL, "%s: close failed", path);
     return status;
 }
 
 int ewc_load(EwcState *e, const char *path, size_t total)
 {
     hid_t file = -1;
-    H5E_BEGIN_TRY { file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
+    H5E_BEGIN_TRY
+    {
+        file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    }
     H5E_END_TRY;
     if (file < 0) return ds_error(DS_ERR_INPUT, "%s: not a readable HDF5 file", path);
     int status = DS_OK, ints[3], format = 0;
@@ -408,22 +432,24 @@ int ewc_load(EwcState *e, const char *path, size_t total)
         goto done;
     }
     if (tot != (long long)total) {
-        status = ds_error(DS_ERR_INPUT, "%s: EWC state of a model with %lld parameter slots, this "
-                                        "model has %zu",
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: EWC state of a model with %lld parameter slots, this "
+                          "model has %zu",
                           path, tot, total);
         goto done;
     }
     if (ints[0] != (int)e->mode || ints[1] < 0 || ints[1] > EWC_MAX_SETS ||
         (ints[0] == EWC_ONLINE && ints[1] > 1)) {
-        status = ds_error(DS_ERR_INPUT, "%s: saved in mode %s with %d Fisher sets; "
-                                        "continual.ewc.mode is %s",
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: saved in mode %s with %d Fisher sets; "
+                          "continual.ewc.mode is %s",
                           path, ints[0] == EWC_ONLINE ? "online" : "separate", ints[1],
                           e->mode == EWC_ONLINE ? "online" : "separate");
         goto done;
     }
     int ids[EWC_MAX_SETS] = {0};
-    if (ints[1] > 0 &&
-        (status = h5_attr_read(file, path, "task_ids", H5T_NATIVE_INT, (hsize_t)ints[1], ids)) != DS_OK)
+    if (ints[1] > 0 && (status = h5_attr_read(file, path, "task_ids", H5T_NATIVE_INT,
+                                              (hsize_t)ints[1], ids)) != DS_OK)
         goto done;
     for (int k = 0; k < e->n_sets; k++) {
         free(e->fisher[k]);
@@ -436,7 +462,8 @@ int ewc_load(EwcState *e, const char *path, size_t total)
         snprintf(name, sizeof(name), "fisher_%d", k);
         status = h5_range(file, path, name, total, e->lo, e->hi, e->fisher[k], 0);
         snprintf(name, sizeof(name), "anchor_%d", k);
-        if (status == DS_OK) status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 0);
+        if (status == DS_OK)
+            status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 0);
     }
     e->tasks_seen = ints[2];
 done:

@@ -20,9 +20,9 @@ typedef enum FisherType { FISHER_EMPIRICAL = 0, FISHER_SAMPLED, FISHER_EXACT } F
 typedef struct EwcState {
     EwcMode mode;
     float lambda, gamma;
-    size_t lo, hi;   /* this rank's shard of the flat layout, in elements */
-    int n_sets;      /* consolidated pairs held (online: 0 or 1) */
-    int tasks_seen;  /* consolidations so far */
+    size_t lo, hi;  /* this rank's shard of the flat layout, in elements */
+    int n_sets;     /* consolidated pairs held (online: 0 or 1) */
+    int tasks_seen; /* consolidations so far */
     float *fisher[EWC_MAX_SETS], *anchor[EWC_MAX_SETS]; /* each [hi - lo] */
     int task_id[EWC_MAX_SETS];                          /* task of each pair (separate mode) */
 } EwcState;

@@ -24,9 +24,10 @@ static const char *write_tasks(const char *text)
 Test(continual, tasks_file_is_read_in_order)
 {
     ContinualTasks *t = malloc(sizeof(*t));
-    const char *path = write_tasks("tasks:\n"
-                                   "  - id: a\n    train: a.h5\n    eval: a-test.h5\n    steps: 10\n"
-                                   "  - {id: b, train: b.h5, eval: b-test.h5, epochs: 1.5}\n");
+    const char *path =
+        write_tasks("tasks:\n"
+                    "  - id: a\n    train: a.h5\n    eval: a-test.h5\n    steps: 10\n"
+                    "  - {id: b, train: b.h5, eval: b-test.h5, epochs: 1.5}\n");
     cr_assert_eq(continual_tasks_load(path, t), DS_OK, "%s", ds_last_error());
     cr_assert_eq(t->count, 2);
     cr_assert_str_eq(t->items[0].id, "a");
@@ -58,11 +59,14 @@ Test(continual, hostile_tasks_files_name_the_file_line_and_key)
                  "5: tasks[0].steps: expected a positive integer");
     expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    epochs: nan\n",
                  "5: tasks[0].epochs: expected a positive number");
-    expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n", "2: tasks[0]: give exactly "
-                                                                        "one of steps and epochs");
-    expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    steps: 1\n    epochs: 2\n",
-                 "2: tasks[0]: give exactly one of steps and epochs");
-    expect_error("tasks:\n  - id: a\n    train: a.h5\n    steps: 1\n", "2: tasks[0]: eval: missing");
+    expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n",
+                 "2: tasks[0]: give exactly "
+                 "one of steps and epochs");
+    expect_error(
+        "tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    steps: 1\n    epochs: 2\n",
+        "2: tasks[0]: give exactly one of steps and epochs");
+    expect_error("tasks:\n  - id: a\n    train: a.h5\n    steps: 1\n",
+                 "2: tasks[0]: eval: missing");
     expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    step: 1\n",
                  "5: tasks[0].step: unknown key");
     expect_error("tasks:\n  - {id: a, train: a, eval: e, steps: 1}\n  - {id: a, train: b, eval: e, "
@@ -116,11 +120,15 @@ Test(continual, classification_export_fields)
     const char *names[] = {"ok", "bearing_fault", "overheat"};
     cr_assert_eq(continual_hf_classification_fields(cfg, &mc, names), DS_OK);
     char *text = cJSON_PrintUnformatted(cfg);
-    cr_assert(strstr(text, "\"architectures\":[\"Qwen2ForSequenceClassification\"]") != NULL, "%s", text);
+    cr_assert(strstr(text, "\"architectures\":[\"Qwen2ForSequenceClassification\"]") != NULL, "%s",
+              text);
     cr_assert(strstr(text, "\"num_labels\":3") != NULL, "%s", text);
-    cr_assert(strstr(text, "\"id2label\":{\"0\":\"ok\",\"1\":\"bearing_fault\",\"2\":\"overheat\"}") != NULL,
+    cr_assert(
+        strstr(text, "\"id2label\":{\"0\":\"ok\",\"1\":\"bearing_fault\",\"2\":\"overheat\"}") !=
+            NULL,
+        "%s", text);
+    cr_assert(strstr(text, "\"label2id\":{\"ok\":0,\"bearing_fault\":1,\"overheat\":2}") != NULL,
               "%s", text);
-    cr_assert(strstr(text, "\"label2id\":{\"ok\":0,\"bearing_fault\":1,\"overheat\":2}") != NULL, "%s", text);
     cr_assert(strstr(text, "\"pad_token_id\":151643") != NULL, "%s", text);
     cr_assert(strstr(text, "\"hidden_size\":8") != NULL, "%s", text);
     free(text);

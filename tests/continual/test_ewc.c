@@ -52,7 +52,8 @@ static int example_next(void *ctx, int32_t *inputs, int32_t *targets, float *wei
     int i = c->next++ % N_EXAMPLES;
     memcpy(inputs, example_tokens[i], sizeof(example_tokens[i]));
     targets[0] = example_labels[i];
-    for (int t = 0; t < T_TINY; t++) weights[t] = 1.0f;
+    for (int t = 0; t < T_TINY; t++)
+        weights[t] = 1.0f;
     return DS_OK;
 }
 
@@ -82,17 +83,21 @@ static void class_probs(Model *m, int example, double *p, int L)
     float logits[8];
     model_forward(m, example_tokens[example], NULL, NULL, logits);
     double mx = logits[0], sum = 0.0;
-    for (int c = 1; c < L; c++) mx = logits[c] > mx ? logits[c] : mx;
-    for (int c = 0; c < L; c++) sum += p[c] = exp(logits[c] - mx);
-    for (int c = 0; c < L; c++) p[c] /= sum;
+    for (int c = 1; c < L; c++)
+        mx = logits[c] > mx ? logits[c] : mx;
+    for (int c = 0; c < L; c++)
+        sum += p[c] = exp(logits[c] - mx);
+    for (int c = 0; c < L; c++)
+        p[c] /= sum;
 }
 
 /* A few entries of several tensors: the head, the final norm, an MLP matrix, the embedding row of
  * a token used by the examples. */
 static size_t probe_index(const Model *m, int which)
 {
-    const char *names[] = {"score.weight", "model.norm.weight", "model.layers.0.mlp.down_proj.weight",
-                           "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"};
+    const char *names[] = {"score.weight", "model.norm.weight",
+                           "model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight",
+                           "model.layers.0.self_attn.q_proj.weight"};
     const size_t within[] = {5, 3, 17, 3 * 8 + 2, 9};
     const ParamInfo *p = param_table_find(&m->table, names[which % 5]);
     cr_assert_not_null(p);
@@ -132,8 +137,8 @@ Test(ewc, fisher_of_tiny_model_matches_finite_differences)
             }
             direct /= N_EXAMPLES;
             cr_assert(fabs(fisher[i] - direct) <= 2e-3 * fabs(direct) + 1e-6,
-                      "type %d, %s: Fisher %.8g, direct %.8g", type,
-                      m.table.items[0].name, (double)fisher[i], direct);
+                      "type %d, %s: Fisher %.8g, direct %.8g", type, m.table.items[0].name,
+                      (double)fisher[i], direct);
         }
     }
     free(fisher);
@@ -161,7 +166,8 @@ Test(ewc, batched_fisher_is_batch_size_times_squared_mean_gradient)
         model_zero_grad(&one);
         loss_of(&one, e, example_labels[e]);
         model_backward(&one);
-        for (size_t i = 0; i < n; i++) mean[i] += one.grads[i] / (double)N_EXAMPLES;
+        for (size_t i = 0; i < n; i++)
+            mean[i] += one.grads[i] / (double)N_EXAMPLES;
     }
     /* and the per-example estimate differs from it (a different estimator) */
     opt.batched = 0;
@@ -170,8 +176,8 @@ Test(ewc, batched_fisher_is_batch_size_times_squared_mean_gradient)
     double diff = 0.0;
     for (size_t i = 0; i < n; i++) {
         double want = N_EXAMPLES * mean[i] * mean[i];
-        cr_assert(fabs(fb[i] - want) <= 1e-4 * fabs(want) + 1e-7, "%zu: %g vs %g", i,
-                  (double)fb[i], want);
+        cr_assert(fabs(fb[i] - want) <= 1e-4 * fabs(want) + 1e-7, "%zu: %g vs %g", i, (double)fb[i],
+                  want);
         diff += fabs(fb[i] - fe[i]);
     }
     cr_assert_gt(diff, 1e-3);
@@ -190,7 +196,8 @@ Test(ewc, sampled_fisher_is_seeded_and_averages_to_the_exact_one)
     cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, T_TINY), DS_OK);
     model_init_weights(&m, 11, 0.5f);
     const size_t n = m.table.total;
-    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float)), *x = malloc(n * sizeof(float));
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float)),
+          *x = malloc(n * sizeof(float));
     FisherOptions opt = {.type = FISHER_SAMPLED, .samples = 400, .seed = 5};
     ExampleCursor cur = {0};
     cr_assert_eq(ewc_estimate_fisher(&m, &opt, example_next, &cur, a), DS_OK);
@@ -202,7 +209,8 @@ Test(ewc, sampled_fisher_is_seeded_and_averages_to_the_exact_one)
     cr_assert_eq(ewc_estimate_fisher(&m, &ex, example_next, &cur, x), DS_OK);
     /* 100 draws per example: the total Fisher mass agrees within a few percent */
     double sa = 0.0, sx = 0.0;
-    for (size_t i = 0; i < n; i++) sa += a[i], sx += x[i];
+    for (size_t i = 0; i < n; i++)
+        sa += a[i], sx += x[i];
     cr_assert(fabs(sa - sx) < 0.1 * sx, "sampled %g, exact %g", sa, sx);
     free(a);
     free(b);
@@ -229,8 +237,8 @@ Test(ewc, classification_head_gradient_matches_finite_differences)
         for (int probe = 0; probe < 10; probe++) {
             size_t i = probe_index(&m, probe);
             double fd = fd_grad(&m, i, e, example_labels[e]);
-            cr_assert(fabs(m.grads[i] - fd) <= 1e-2 * fabs(fd) + 5e-5, "example %d probe %d: %g vs %g",
-                      e, probe, (double)m.grads[i], fd);
+            cr_assert(fabs(m.grads[i] - fd) <= 1e-2 * fabs(fd) + 5e-5,
+                      "example %d probe %d: %g vs %g", e, probe, (double)m.grads[i], fd);
         }
     }
     /* padding after the last real token changes nothing */
@@ -274,7 +282,8 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
         params[i] = keep;
         double fd = (up - down) / 2e-3;
         double analytic = lambda * fisher[i] * ((double)keep - anchor[i]);
-        cr_assert(fabs(fd - analytic) < 1e-3 * fabs(analytic) + 1e-4, "%zu: %g vs %g", i, fd, analytic);
+        cr_assert(fabs(fd - analytic) < 1e-3 * fabs(analytic) + 1e-4, "%zu: %g vs %g", i, fd,
+                  analytic);
     }
 
     /* fused update on [120, 220) vs the backend's AdamW given grad_scale*grad + lambda F d */
@@ -285,7 +294,8 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
     float *g2 = malloc(n * sizeof(float));
     memcpy(p1, params + lo, n * sizeof(float));
     memcpy(p2, params + lo, n * sizeof(float));
-    for (size_t i = 0; i < total; i++) grad[i] = 0.01f * (float)((int)(i % 5) - 2);
+    for (size_t i = 0; i < total; i++)
+        grad[i] = 0.01f * (float)((int)(i % 5) - 2);
     const float scale = 0.5f;
     for (int t = 1; t <= 3; t++) {
         double pen = 0.0, want_pen = 0.0;
@@ -301,8 +311,8 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
         cr_assert(fabs(pen - want_pen) < 1e-6 * want_pen + 1e-12, "step %d: %g vs %g", t, pen,
                   want_pen);
         for (size_t i = 0; i < n; i++)
-            cr_assert(fabsf(p1[i] - p2[i]) <= 2e-6f * fabsf(p2[i]) + 1e-7f, "step %d [%zu]: %.9g vs %.9g",
-                      t, i, (double)p1[i], (double)p2[i]);
+            cr_assert(fabsf(p1[i] - p2[i]) <= 2e-6f * fabsf(p2[i]) + 1e-7f,
+                      "step %d [%zu]: %.9g vs %.9g", t, i, (double)p1[i], (double)p2[i]);
     }
     /* without a Fisher the fused update is plain AdamW, bit for bit */
     EwcState empty;
@@ -311,7 +321,8 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
     memcpy(p2, params, n * sizeof(float));
     memset(m1, 0, n * sizeof(float)), memset(v1, 0, n * sizeof(float));
     memset(m2, 0, n * sizeof(float)), memset(v2, 0, n * sizeof(float));
-    ewc_adamw_update(&empty, 0, p1, grad, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1, NULL);
+    ewc_adamw_update(&empty, 0, p1, grad, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1,
+                     NULL);
     backend_cpu()->adamw_update(p2, grad, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1);
     cr_assert_eq(memcmp(p1, p2, n * sizeof(float)), 0);
     ewc_free(&e);
@@ -334,7 +345,8 @@ Test(ewc, optim_step_with_ewc_attached_pulls_toward_the_anchor)
     EwcState e;
     cr_assert_eq(ewc_init(&e, EWC_ONLINE, 10.0f, 1.0f, 0, n), DS_OK);
     float *fisher = malloc(n * sizeof(float)), *anchor = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) fisher[i] = 1.0f, anchor[i] = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        fisher[i] = 1.0f, anchor[i] = 0.0f;
     cr_assert_eq(ewc_consolidate(&e, fisher, anchor, 0), DS_OK);
     opt.ewc = &e;
     model_zero_grad(&m); /* no data gradient: only the penalty moves the weights */
@@ -417,7 +429,8 @@ Test(ewc, state_survives_save_restore_and_a_change_of_shards)
         cr_assert_eq(ewc_init(&whole, mode, 5.0f, 0.7f, 0, total), DS_OK);
         cr_assert_eq(ewc_load(&whole, path, total), DS_OK);
         float *params = malloc(total * sizeof(float));
-        for (size_t i = 0; i < total; i++) params[i] = 0.3f;
+        for (size_t i = 0; i < total; i++)
+            params[i] = 0.3f;
         double split = ewc_penalty(&r[0], params) + ewc_penalty(&r[1], params);
         cr_assert(fabs(ewc_penalty(&whole, params) - split) < 1e-9 * split);
         free(params);
@@ -426,9 +439,9 @@ Test(ewc, state_survives_save_restore_and_a_change_of_shards)
         cr_assert_eq(ewc_init(&bad, mode, 5.0f, 0.7f, 0, 10), DS_OK);
         cr_assert_eq(ewc_load(&bad, path, 10), DS_ERR_INPUT);
         cr_assert(strstr(ds_last_error(), "parameter slots") != NULL, "%s", ds_last_error());
-        cr_assert_eq(ewc_init(&bad, mode == EWC_ONLINE ? EWC_SEPARATE : EWC_ONLINE, 5.0f, 0.7f, 0,
-                              total),
-                     DS_OK);
+        cr_assert_eq(
+            ewc_init(&bad, mode == EWC_ONLINE ? EWC_SEPARATE : EWC_ONLINE, 5.0f, 0.7f, 0, total),
+            DS_OK);
         cr_assert_eq(ewc_load(&bad, path, total), DS_ERR_INPUT);
         cr_assert(strstr(ds_last_error(), "continual.ewc.mode") != NULL, "%s", ds_last_error());
         ewc_free(&whole);

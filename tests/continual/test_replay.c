@@ -49,7 +49,8 @@ Test(replay, reservoir_keeps_each_example_with_probability_capacity_over_n)
         add_range(&rb, 0, N, 0);
         cr_assert_eq(rb.count, CAP);
         cr_assert_eq(rb.seen, N);
-        for (int s = 0; s < rb.count; s++) kept[slot_example(&rb, s)]++;
+        for (int s = 0; s < rb.count; s++)
+            kept[slot_example(&rb, s)]++;
         replay_free(&rb);
     }
     /* each count is Binomial(TRIALS, CAP/N): mean 300, sd 16.4; every one within 5 sd, and the
@@ -64,8 +65,10 @@ Test(replay, reservoir_keeps_each_example_with_probability_capacity_over_n)
     cr_assert(chi2 > 140 && chi2 < 270, "chi-square %.1f for 199 degrees of freedom", chi2);
     /* early and late examples alike: no drift in the mean over the stream */
     double first = 0, last = 0;
-    for (int i = 0; i < N / 4; i++) first += kept[i], last += kept[N - 1 - i];
-    cr_assert(fabs(first - last) < 6 * sqrt(N / 4.0) * sd, "first quarter %g, last %g", first, last);
+    for (int i = 0; i < N / 4; i++)
+        first += kept[i], last += kept[N - 1 - i];
+    cr_assert(fabs(first - last) < 6 * sqrt(N / 4.0) * sd, "first quarter %g, last %g", first,
+              last);
 }
 
 Test(replay, task_balanced_shares_the_buffer_between_tasks)
@@ -95,7 +98,8 @@ Test(replay, task_balanced_shares_the_buffer_between_tasks)
     add_range(&r2, 500, 100, 1);
     add_range(&r2, 600, 50, 2);
     int zero = 0;
-    for (int s = 0; s < r2.count; s++) zero += r2.task_ids[s] == 0;
+    for (int s = 0; s < r2.count; s++)
+        zero += r2.task_ids[s] == 0;
     cr_assert_gt(zero, 15);
     replay_free(&rb);
     replay_free(&r2);
@@ -182,7 +186,8 @@ Test(replay, a_change_of_world_size_redistributes_every_example_once)
     }
     int stored[2000] = {0};
     for (int k = 0; k < 2; k++)
-        for (int s = 0; s < r[k].count; s++) stored[slot_example(&r[k], s)]++;
+        for (int s = 0; s < r[k].count; s++)
+            stored[slot_example(&r[k], s)]++;
     for (int new_size = 1; new_size <= 4; new_size++) {
         int got[2000] = {0}, total = 0;
         int64_t seen = 0;
