@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "trainer/common.h"
@@ -13,6 +14,7 @@
 static const char *write_tasks(const char *text)
 {
     static char path[1024];
+    mkdir(DSTRAIN_TEST_TMP, 0755); /* the build creates no scratch directory */
     snprintf(path, sizeof(path), "%s/continual-tasks-%ld.yaml", DSTRAIN_TEST_TMP, (long)getpid());
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);

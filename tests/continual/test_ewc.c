@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "trainer/common.h"
@@ -392,6 +393,7 @@ Test(ewc, online_and_separate_consolidation)
 Test(ewc, state_survives_save_restore_and_a_change_of_shards)
 {
     char path[512];
+    mkdir(DSTRAIN_TEST_TMP, 0755); /* the build creates no scratch directory */
     snprintf(path, sizeof(path), "%s/ewc-state-%ld.h5", DSTRAIN_TEST_TMP, (long)getpid());
     const size_t total = 1000;
     float *f = malloc(total * sizeof(float)), *a = malloc(total * sizeof(float));
