@@ -929,7 +929,7 @@ static int job_prepare(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bu
         for (int i = 0; i < w->table.count; i++) {
             const ParamInfo *pi = &w->table.items[i];
             int64_t b, e;
-            if (pi->split_dim < 0 && l->tp_rank != 0) continue; /* tp rank 0 has the copy */
+            if (pi->tp_copy) continue; /* another tp rank saves the same values */
             if (!param_range(pi, lo, hi, &b, &e)) continue;
             DS_TRY(job_add_piece(job, cb->prefix, k, i, pi->name, b, e, bytes));
             bytes += (size_t)(e - b) * sizeof(float);
