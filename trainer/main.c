@@ -79,7 +79,10 @@ int main(int argc, char **argv)
         usage(stderr);
         status = ds_error(DS_ERR_INPUT, "unknown command \"%s\"", cmd);
     }
-    if (status != DS_OK) {
+    if (status == DS_EXIT_REQUEUE) {
+        fflush(stdout);
+        fprintf(stderr, "dstrain: %s\n", ds_last_error());
+    } else if (status != DS_OK) {
         fflush(stdout);
         fprintf(stderr, "dstrain: error: %s\n", ds_last_error());
     }

@@ -22,6 +22,7 @@
 #include "continual.h"
 #include "metrics_server.h"
 #include "optim.h"
+#include "signals.h"
 #include "progress.h"
 
 int train_model_config(const Config *cfg, ModelConfig *mc)
@@ -336,6 +337,7 @@ int train_run(const Config *cfg)
                           fail_rank, grid.world_rank);
         goto done;
     }
+    signals_install();
     const double t_start = ds_now();
     const int on_gpu = !be->host_memory;
     const char *peak_env = getenv("DSTRAIN_PEAK_FLOPS"); /* per GPU; default: H100/H200 bf16 */
@@ -428,9 +430,24 @@ int train_run(const Config *cfg)
                               "last good step; resume from the last checkpoint with a lower "
                               "optim.lr or check the data",
                               step + 1, progress_nonfinite_in_row(), cfg->train_max_nonfinite);
+            /* skipped steps changed nothing: this checkpoint holds the last good state */
+            int saved = train_ckpt_save_now(ckpts, step + 1, lr);
+            if (saved != DS_OK) status = saved;
             goto done;
         }
         if ((status = train_ckpt_after_step(ckpts, step + 1, lr)) != DS_OK) goto done;
+        /* preemption: every rank learns of a signal any rank got, at the same step boundary */
+        int64_t signal = signals_pending();
+        if (grid.world_size > 1 &&
+            (status = comm_all_reduce(&grid.world, &signal, 1, COMM_I64, COMM_MAX)) != DS_OK)
+            goto done;
+        if (signal && step + 1 < cfg->train_steps) {
+            if ((status = train_ckpt_save_now(ckpts, step + 1, lr)) != DS_OK) goto done;
+            status = ds_error(DS_EXIT_REQUEUE,
+                              "%s at step %d: checkpoint written, exiting %d to be requeued",
+                              signals_name((int)signal), step + 1, DS_EXIT_REQUEUE);
+            goto done;
+        }
     }
     if ((status = train_ckpt_finish(ckpts, cfg->train_steps,
                                     optim_lr_at(cfg, cfg->train_steps - 1))) != DS_OK)
@@ -444,7 +461,7 @@ int train_run(const Config *cfg)
 done:
     progress_end();
     metrics_server_stop(metrics_server);
-    if (status != DS_OK && grid.world_size > 1) {
+    if (status != DS_OK && status != DS_EXIT_REQUEUE && grid.world_size > 1) {
         /* one rank's failure ends every rank, with its message: never a hang in a collective */
         fflush(stdout);
         fprintf(stderr, "dstrain: error: rank %d: %s\n", grid.world_rank, ds_last_error());
