@@ -193,9 +193,9 @@ static int train_load_weights(const char *dir, const ModelConfig *mc, Model *m)
 
 int train_run(const Config *cfg)
 {
-    /* a sequence of tasks, or classification (which runs as a list of one task or more) */
-    if (cfg->continual_tasks[0] || strcmp(cfg->task_type, "causal_lm") != 0)
-        return continual_run(cfg);
+    /* a sequence of tasks runs in the continual driver; one data set (causal LM, SFT or
+     * classification) trains here */
+    if (cfg->continual_tasks[0]) return continual_run(cfg);
     int status = DS_OK;
     Model model = {0};
     Optimizer opt = {0};

@@ -103,8 +103,9 @@ check "num_labels 1 exits 2" test $rc -eq 2
 check "exact Fisher runs" test $rc -eq 0
 
 "$DSTRAIN" train $common run.dir=bad > notasks.out 2>&1; rc=$?
-check "classification without a task list exits 2" test $rc -eq 2
-check "and says to set continual.tasks" grep -q "task.type: classification trains from a task list: set continual.tasks" notasks.out
+# without a task list, classification trains on data.train alone, which needs data.mode too
+check "classification of an lm-mode data set exits 2" test $rc -eq 2
+check "and names both keys" grep -q "data.mode lm does not go with task.type classification" notasks.out
 
 echo "continual cli: $passes passed, $fails failed"
 [ $fails -eq 0 ]
