@@ -10,7 +10,7 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config git openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
       libuv1-dev libyaml-dev libcjson-dev libopenblas-dev libcriterion-dev
-      python3 python3-pip python3-h5py python3-numpy
+      python3 python3-pip python3-h5py python3-numpy slurm-wlm munge
       prometheus gnuplot-nox curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
