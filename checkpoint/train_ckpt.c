@@ -73,8 +73,9 @@ static int resume_from(TrainCkpt *tc, const char *path, int verify, int *start_s
      * index of the next step, the same on every rank and independent of the dp size, so rank
      * (0, 0)'s copy serves any layout. */
     int64_t pos = 0;
-    if (status == DS_OK) status = ckpt_read_blob(c, "reader.train", 0, 0, &pos, sizeof(pos));
-    if (status == DS_OK) status = lm_reader_seek(tc->reader, pos);
+    if (status == DS_OK && tc->reader)
+        status = ckpt_read_blob(c, "reader.train", 0, 0, &pos, sizeof(pos));
+    if (status == DS_OK && tc->reader) status = lm_reader_seek(tc->reader, pos);
     if (status == DS_OK && tc->eval_reader &&
         ckpt_read_blob(c, "reader.eval", 0, 0, &pos, sizeof(pos)) == DS_OK)
         status = lm_reader_seek(tc->eval_reader, pos);
@@ -217,8 +218,10 @@ static int save_now(TrainCkpt *tc, int step, float lr)
     };
     CkptBlob blobs[2];
     int nblobs = 0;
-    lm_reader_position(tc->reader, &tc->positions[0]);
-    blobs[nblobs++] = (CkptBlob){"reader.train", &tc->positions[0], sizeof(int64_t)};
+    if (tc->reader) { /* none for a state that no single reader produced (task sequences) */
+        lm_reader_position(tc->reader, &tc->positions[0]);
+        blobs[nblobs++] = (CkptBlob){"reader.train", &tc->positions[0], sizeof(int64_t)};
+    }
     if (tc->eval_reader) {
         lm_reader_position(tc->eval_reader, &tc->positions[1]);
         blobs[nblobs++] = (CkptBlob){"reader.eval", &tc->positions[1], sizeof(int64_t)};

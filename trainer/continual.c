@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "../checkpoint/hf_model.h"
+#include "../checkpoint/train_ckpt.h"
 #include "../data/dataset.h"
 #include "../data/replay.h"
 #include "common.h"
@@ -526,6 +527,7 @@ int continual_run(const Config *cfg)
     }
     if ((status = continual_tasks_load(cfg->continual_tasks, tasks)) != DS_OK) goto done;
     const int K = tasks->count;
+    int total_steps = 0; /* over all tasks: the step number of the final checkpoint */
 
     /* run directory and the resolved config */
     snprintf(run_dir, sizeof(run_dir), "%s", cfg->run_dir[0] ? cfg->run_dir : "runs/continual");
@@ -658,6 +660,7 @@ int continual_run(const Config *cfg)
             int fresh = (B - (k > 0 || d.replay.count ? n_replay_rows : 0)) * accum;
             steps = (int)ceil(task->epochs * (double)d.train.n / (fresh > 0 ? fresh : 1));
         }
+        total_steps += steps;
         Config tc = *cfg; /* this task's schedule */
         tc.train_steps = steps;
         /* fresh Adam moments per task, as Avalanche's default strategies reset the optimizer */
@@ -769,6 +772,20 @@ int continual_run(const Config *cfg)
     snprintf(path, sizeof(path), "%s/continual.json", run_dir);
     if ((status = write_report(path, tasks, d.R, K, cls, &sum, cfg)) != DS_OK) goto done;
     printf("continual: matrix and summary in %s\n", path);
+
+    /* The trained weights: a checkpoint in <run.dir>/checkpoints and, for causal LM, the Hugging
+     * Face export in <run.dir>/export, which the next run (tomorrow night's) starts from with
+     * model.path, beside continual.state. */
+    Config final_cfg = *cfg;
+    snprintf(final_cfg.train_resume, sizeof(final_cfg.train_resume), "none");
+    if (cls) final_cfg.export_enabled = 0; /* sequence-classification export: not yet */
+    TrainCkpt *ckpts = NULL;
+    int start_step = 0;
+    if ((status = train_ckpt_open(&final_cfg, run_dir, &mc, &d.model, &d.opt, NULL, NULL, NULL,
+                                  &ckpts, &start_step)) == DS_OK)
+        status = train_ckpt_finish(ckpts, total_steps, cfg->optim_lr * cfg->optim_min_lr_ratio);
+    train_ckpt_close(ckpts);
+    if (status != DS_OK) goto done;
 
 done:
     driver_free(&d);
