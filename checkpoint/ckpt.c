@@ -929,7 +929,8 @@ static int job_prepare(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bu
         for (int i = 0; i < w->table.count; i++) {
             const ParamInfo *pi = &w->table.items[i];
             int64_t b, e;
-            if (pi->tp_copy) continue; /* another tp rank saves the same values */
+            /* another tp rank saves the same values: replicated tensors and shared kv heads */
+            if (pi->tp_copy || (pi->split_dim < 0 && l->tp_rank != 0)) continue;
             if (!param_range(pi, lo, hi, &b, &e)) continue;
             DS_TRY(job_add_piece(job, cb->prefix, k, i, pi->name, b, e, bytes));
             bytes += (size_t)(e - b) * sizeof(float);

@@ -20,6 +20,7 @@
 #include "common.h"
 #include "ewc.h"
 #include "optim.h"
+#include "signals.h"
 #include "train.h"
 
 /* ---- the tasks file -------------------------------------------------------------------------- */
@@ -527,6 +528,7 @@ int continual_run(const Config *cfg)
     }
     if ((status = continual_tasks_load(cfg->continual_tasks, tasks)) != DS_OK) goto done;
     const int K = tasks->count;
+    signals_install();
     int total_steps = 0; /* over all tasks: the step number of the final checkpoint */
 
     /* run directory and the resolved config */
@@ -669,6 +671,15 @@ int continual_run(const Config *cfg)
         d.opt.t = 0;
         double loss = NAN, penalty = 0.0;
         for (int step = 0; step < steps; step++) {
+            if (signals_pending()) {
+                /* a task sequence has no mid-run checkpoint yet: a requeued run starts it again
+                 * from the same model and state, which the nightly command relies on */
+                status = ds_error(DS_EXIT_REQUEUE,
+                                  "%s during task %s: stopping; a restart runs the task sequence "
+                                  "again from its start",
+                                  signals_name(signals_pending()), task->id);
+                goto done;
+            }
             model_zero_grad(&d.model);
             loss = 0.0;
             int replayed = 0;
