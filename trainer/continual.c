@@ -528,7 +528,6 @@ int continual_run(const Config *cfg)
     }
     if ((status = continual_tasks_load(cfg->continual_tasks, tasks)) != DS_OK) goto done;
     const int K = tasks->count;
-    signals_install();
     int total_steps = 0; /* over all tasks: the step number of the final checkpoint */
 
     /* run directory and the resolved config */

@@ -337,7 +337,6 @@ int train_run(const Config *cfg)
                           fail_rank, grid.world_rank);
         goto done;
     }
-    signals_install();
     const double t_start = ds_now();
     const int on_gpu = !be->host_memory;
     const char *peak_env = getenv("DSTRAIN_PEAK_FLOPS"); /* per GPU; default: H100/H200 bf16 */
@@ -491,6 +490,9 @@ static void train_usage(FILE *out)
 
 int train_main(int argc, char **argv)
 {
+    /* first thing: a preemption warning may arrive while the job is still starting up, and its
+     * default action would end the process without a checkpoint */
+    signals_install();
     Config cfg;
     config_set_defaults(&cfg);
     /* the config file first, then overrides in order, whatever their position */
