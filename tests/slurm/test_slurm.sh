@@ -7,6 +7,7 @@
 # between, trains each file once and publishes two versions.
 set -u
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
+source "$SRC/tests/parallel/mpi_env.sh"
 if [ "$(id -u)" -ne 0 ] || ! command -v slurmctld >/dev/null; then
   echo "test_slurm: needs root and Debian's slurm-wlm (tools/install-deps.sh installs it)"; exit 1
 fi
@@ -61,6 +62,64 @@ check "it requeued itself after the signal" grep -q "requeueing job $id" "$W/run
 check "exit 75 after SIGUSR1" grep -q "SIGUSR1 at step" "$W/runs/limited-$id.log"
 check "same final loss after the time limits" test "$(last_loss "$W/runs/limited-$id/metrics.jsonl")" = "$ref"
 unset DSTRAIN_STEP_SLEEP_MS
+
+# 3. the nightly command, as a batch job on the cluster, twice, with a new file in between
+python3 - <<'PY'
+import json, random
+random.seed(1)
+words = ("the of and to in that is was for it with as on be at by not are from or have an which "
+         "one were all there would their when who will more if out so what up about into than "
+         "them can only other new some time these two may then first any now over after").split()
+for name, topic in (("monday", "market report"), ("tuesday", "plant sensor log"), ("friday", "audit")):
+    with open(f"{name}.jsonl", "w") as f:
+        for _ in range(60):
+            text = topic + ": " + " ".join(random.choice(words) for _ in range(random.randint(20, 60)))
+            f.write(json.dumps({"input_ids": [256] + list(text.encode())}) + "\n")
+PY
+cat > nightly.yaml <<'YAML'
+model: {preset: tiny}
+train: {seq_len: 64, micro_batch_size: 8, seed: 3}
+optim: {lr: 2.0e-3, warmup_steps: 2}
+continual:
+  ewc: {enabled: true, lambda: 1, fisher: {samples: 16}}
+  replay: {capacity: 64, ratio: 0.25}
+log: {every: 5}
+YAML
+mkdir -p drop
+nightly() { # one nightly run as a batch job; prints its log
+  local id
+  id=$(sbatch --parsable --job-name=nightly --output="$W/nightly-%j.log" --wrap \
+    "DSTRAIN=$DSTRAIN $SRC/slurm/nightly.sh -c $W/nightly.yaml --drop $W/drop --state $W/state --serve $W/serve --max-forgetting 0.5 $*")
+  wait_done "$id" 300; cat "$W/nightly-$id.log"
+}
+cp monday.jsonl drop/
+nightly > n1.log
+nightly > n1b.log
+cp tuesday.jsonl drop/
+nightly > n2.log
+check "night 1 publishes version 0001" grep -q "published night 0001 as .*versions/0001" n1.log
+check "a second start with nothing new does nothing" grep -q "no new files" n1b.log
+check "night 2 trains only the new file" test "$(cut -f2 state/nights/0002/files.tsv)" = tuesday.jsonl
+check "each file is claimed by exactly one night" test "$(cat state/nights/*/files.tsv | cut -f1 | sort | uniq -d | wc -l)" -eq 0
+check "night 2 starts from night 1's model" grep -q "path: $W/state/nights/0001/run/export" state/nights/0002/run/config.yaml
+check "night 2 carries EWC and replay state" grep -q "state from $W/state/nights/0001/run/continual-state" n2.log
+check "night 2 evaluates the earlier task" grep -q "n0001-1" state/nights/0002/eval.tsv
+check "two versions, current is 0002" test "$(readlink serve/current)" = versions/0002 -a -d serve/versions/0001
+check "the versions load in dstrain" "$DSTRAIN" eval --model serve/current --data state/nights/0002/data/n0002-1-eval.h5 --seq-len 64
+# an interrupted night (killed after claiming its file) is finished by the next start, not repeated
+cp friday.jsonl drop/
+DSTRAIN=$DSTRAIN timeout -s KILL 3 "$SRC/slurm/nightly.sh" -c nightly.yaml --drop drop --state state --serve serve > n3a.log 2>&1
+nightly --max-eval-loss 0.01 > n3.log
+check "the interrupted night is finished, not claimed again" test "$(ls state/nights | grep -c '^[0-9]*$')" -eq 3
+check "a night that fails its thresholds is not published and says why" grep -q "not published.*eval loss" n3.log
+check "current stays at 0002" test "$(readlink serve/current)" = versions/0002
+nightly > n4.log
+check "a rejected night is not trained again" grep -q "no new files" n4.log
+# the scrontab entry: Debian's Slurm ships no scrontab command, so its #SCRON options are checked
+# by sbatch --test-only (with this cluster's partition) and the schedule line by its shape
+opts=$(sed -n 's/^#SCRON //p' "$SRC/slurm/nightly.scrontab" | sed -e 's/--partition=.*/--partition=debug/' -e '/--qos=/d' -e '/--gpus=/d' -e 's/--cpus-per-task=.*/--cpus-per-task=1/' -e 's|--output=.*|--output=/dev/null|' | tr '\n' ' ')
+check "scrontab #SCRON options accepted by sbatch" sbatch --test-only $opts --wrap true
+check "scrontab schedule line" grep -qE '^[0-9*,/-]+ [0-9*,/-]+ [0-9*,/-]+ [0-9*,/-]+ [0-9*,/-]+ .*nightly.sh' "$SRC/slurm/nightly.scrontab"
 
 echo "$passes passed, $fails failed"
 test $fails -eq 0
