@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../trainer/progress.h"
 #include "ckpt.h"
 #include "hf_model.h"
 #include "safetensors.h"
@@ -575,7 +576,14 @@ int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
         if (mkdir(tmp, 0755) != 0)
             status = ds_error(DS_ERR_INPUT, "%s: cannot create: %s", tmp, strerror(errno));
     }
-    if (status == DS_OK) status = export_into(c, tmp, dtype, max_shard_bytes);
+    ProgressTask task;
+    char what[EX_PATH_MAX + 32];
+    snprintf(what, sizeof(what), "exporting to %s", out_dir);
+    if (status == DS_OK) {
+        progress_task_begin(&task, what, 0, "");
+        status = export_into(c, tmp, dtype, max_shard_bytes);
+        if (status == DS_OK) progress_task_end(&task);
+    }
     ckpt_close(c);
     if (status == DS_OK && stat(out_dir, &st) == 0 && rename(out_dir, old) != 0)
         status = ds_error(DS_ERR_INPUT, "%s: cannot replace: %s", out_dir, strerror(errno));

@@ -6,6 +6,7 @@
 #include "data/pack.h"
 
 #include "trainer/common.h"
+#include "trainer/progress.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -407,8 +408,18 @@ static int pack_file(PackWriter *w, const char *path)
     ssize_t n;
     int64_t line_no = 0;
     int status = DS_OK;
+    /* a progress line by bytes read: packing a large corpus takes minutes */
+    ProgressTask task;
+    char what[96];
+    double read_bytes = 0;
+    snprintf(what, sizeof(what), "packing %s", path);
+    fseek(f, 0, SEEK_END);
+    progress_task_begin(&task, what, (double)ftell(f) / 1e3, "kB");
+    fseek(f, 0, SEEK_SET);
     while (status == DS_OK && (n = getline(&line, &cap, f)) >= 0) {
         line_no++;
+        read_bytes += (double)n;
+        if ((line_no & 1023) == 0) progress_task_update(&task, read_bytes / 1e3);
         size_t len = (size_t)n;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ' ||
                            line[len - 1] == '\t'))
@@ -427,6 +438,7 @@ static int pack_file(PackWriter *w, const char *path)
     }
     if (status == DS_OK && ferror(f))
         status = ds_error(DS_ERR_INPUT, "%s: read error: %s", path, strerror(errno));
+    if (status == DS_OK) progress_task_end(&task);
     free(line);
     fclose(f);
     return status;
