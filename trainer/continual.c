@@ -20,6 +20,7 @@
 #include "common.h"
 #include "ewc.h"
 #include "optim.h"
+#include "progress.h"
 #include "signals.h"
 #include "train.h"
 
@@ -750,6 +751,11 @@ int continual_run(const Config *cfg)
         if (cfg->continual_ewc_enabled) {
             const double tf = ds_now();
             memcpy(d.fisher_model.params, d.model.params, total * sizeof(float));
+            ProgressTask fisher_task;
+            char fisher_what[192];
+            snprintf(fisher_what, sizeof(fisher_what), "Fisher pass for task %s (%d examples)",
+                     task->id, fopt.samples);
+            progress_task_begin(&fisher_task, fisher_what, 0, "");
             stream_close(&d.fisher_stream);
             if ((status = stream_open(&d.fisher_stream, task->train, &mc, T,
                                       (uint64_t)cfg->train_seed * 7919ull + (uint64_t)k + 101)) !=
@@ -758,6 +764,7 @@ int continual_run(const Config *cfg)
                                               d.fisher)) != DS_OK ||
                 (status = ewc_consolidate(&d.ewc, d.fisher, d.model.params, task_id)) != DS_OK)
                 goto done;
+            progress_task_end(&fisher_task);
             double fsum = 0.0, fmax = 0.0;
             for (size_t i = 0; i < total; i++) {
                 fsum += d.fisher[i];
