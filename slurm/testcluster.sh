@@ -16,7 +16,7 @@ start)
   chown -R root:root /etc/munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
   chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key
   pgrep -x munged >/dev/null || munged --force
-  cpus=$(nproc); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
+  cpus=$(getconf _NPROCESSORS_ONLN); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
   cat > "$dir/slurm.conf" <<CONF
 ClusterName=dstraintest
 SlurmctldHost=$host
