@@ -45,6 +45,10 @@ export DSTRAIN_STEP_SLEEP_MS=150
 id=$("$DSTRAIN" submit -c job.yaml --tasks-per-node 2 --job-name requeued --signal-seconds 30 2>submit.err)
 check "submit prints a job id" test -n "$id"
 run=$W/runs/requeued-$id
+for _ in $(seq 1 60); do [ "$(job_state "$id")" = PENDING ] || break; sleep 1; done
+if [ "$(job_state "$id")" = PENDING ]; then # a cluster that cannot run the job: stop here
+  scontrol show job "$id"; echo "FAIL: the job does not start"; echo "$passes passed, $((fails + 1)) failed"; exit 1
+fi
 for _ in $(seq 1 120); do [ -f "$run/metrics.jsonl" ] && [ "$(grep -c '"loss"' "$run/metrics.jsonl")" -ge 20 ] && break; sleep 1; done
 scontrol requeue "$id"
 check "requeued job finishes" wait_done "$id" 400
