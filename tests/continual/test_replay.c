@@ -252,6 +252,7 @@ Test(replay, hostile_files_are_input_errors_that_name_the_file)
              "m[6] = 5; m[3] = %d; f.attrs['meta'] = m\" 2>/dev/null",
              path, T_EX + 1);
     if (system(cmd) == 0) {
+        replay_free(&other);
         cr_assert_eq(replay_init(&other, REPLAY_RESERVOIR, 8, T_EX + 1, 0, 1, 1), DS_OK);
         cr_assert_eq(replay_load(&other, dir), DS_ERR_INPUT);
         cr_assert(strstr(ds_last_error(), "inputs") != NULL, "%s", ds_last_error());
