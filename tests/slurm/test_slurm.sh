@@ -22,8 +22,12 @@ restarts() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*Restarts=\([0-9]*\
 wait_done() { # job timeout
   for _ in $(seq 1 "$2"); do
     case "$(job_state "$1")" in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY) return 0 ;; esac
-    # Slurm holds a requeued job back for two minutes; the test does not need to wait for that
-    scontrol show job "$1" 2>/dev/null | grep -q "Reason=BeginTime" && scontrol update JobId="$1" StartTime=now 2>/dev/null
+    # Slurm holds a requeued job back for two minutes; the test waits 20 s (time for the node to
+    # clean up the job's previous run, as it would have in those two minutes) and releases it
+    if scontrol show job "$1" 2>/dev/null | grep -q "Reason=BeginTime"; then
+      held=$((${held:-0} + 1))
+      [ "$held" -ge 20 ] && { scontrol update JobId="$1" StartTime=now 2>/dev/null; held=0; }
+    fi
     sleep 1
   done; return 1
 }
