@@ -73,6 +73,41 @@ int replay_init(ReplayBuffer *rb, ReplayPolicy policy, int capacity_total, int T
     return DS_OK;
 }
 
+int replay_init_sharded(ReplayBuffer *rb, ReplayPolicy policy, int capacity_total, int T,
+                        int shard_rank, int shard_size, uint64_t seed)
+{
+    if (shard_size <= 0 || shard_rank < 0 || shard_rank >= shard_size)
+        return ds_error(DS_ERR_INTERNAL, "replay_init_sharded: bad arguments");
+    DS_TRY(replay_init(rb, policy, capacity_total, T, 0, 1, seed));
+    if (shard_size == 1) return DS_OK;
+    /* tokens of this rank's slots only; labels and task ids of all (every rank decides) */
+    const size_t rows = (size_t)rank_capacity(capacity_total, shard_rank, shard_size);
+    free(rb->inputs);
+    free(rb->targets);
+    free(rb->mask);
+    rb->shard_rank = shard_rank;
+    rb->shard_size = shard_size;
+    rb->inputs = ds_calloc((rows ? rows : 1) * (size_t)T, sizeof(int32_t));
+    rb->targets = ds_calloc((rows ? rows : 1) * (size_t)T, sizeof(int32_t));
+    rb->mask = ds_calloc((rows ? rows : 1) * (size_t)T, 1);
+    if (!rb->inputs || !rb->targets || !rb->mask) {
+        replay_free(rb);
+        return DS_ERR_INTERNAL;
+    }
+    return DS_OK;
+}
+
+int replay_holds(const ReplayBuffer *rb, int slot)
+{
+    return rb->shard_size <= 1 || slot % rb->shard_size == rb->shard_rank;
+}
+
+/* The row of slot's tokens in this rank's arrays (slot must be held here). */
+static size_t slot_row(const ReplayBuffer *rb, int slot)
+{
+    return (size_t)(rb->shard_size > 1 ? slot / rb->shard_size : slot);
+}
+
 void replay_free(ReplayBuffer *rb)
 {
     free(rb->inputs);
@@ -86,7 +121,10 @@ void replay_free(ReplayBuffer *rb)
 static void slot_store(ReplayBuffer *rb, int slot, const int32_t *inputs, const int32_t *targets,
                        const float *weights, int64_t label, int32_t task_id)
 {
-    const size_t T = (size_t)rb->T, at = (size_t)slot * T;
+    rb->labels[slot] = label;
+    rb->task_ids[slot] = task_id;
+    if (!replay_holds(rb, slot)) return; /* another rank keeps the tokens */
+    const size_t T = (size_t)rb->T, at = slot_row(rb, slot) * T;
     memcpy(rb->inputs + at, inputs, T * sizeof(int32_t));
     if (targets)
         memcpy(rb->targets + at, targets, T * sizeof(int32_t));
@@ -94,8 +132,6 @@ static void slot_store(ReplayBuffer *rb, int slot, const int32_t *inputs, const 
         memset(rb->targets + at, 0, T * sizeof(int32_t));
     for (size_t t = 0; t < T; t++)
         rb->mask[at + t] = weights ? weights[t] > 0 : 1;
-    rb->labels[slot] = label;
-    rb->task_ids[slot] = task_id;
 }
 
 static int task_index(ReplayBuffer *rb, int32_t task_id, int create)
@@ -175,9 +211,24 @@ int replay_add(ReplayBuffer *rb, const int32_t *inputs, const int32_t *targets,
 int replay_sample(ReplayBuffer *rb, int32_t *inputs, int32_t *targets, float *weights,
                   int64_t *label, int32_t *task_id)
 {
+    int s = 0;
+    DS_TRY(replay_draw(rb, &s));
+    return replay_read(rb, s, inputs, targets, weights, label, task_id);
+}
+
+int replay_draw(ReplayBuffer *rb, int *slot)
+{
     if (rb->count == 0) return ds_error(DS_ERR_INTERNAL, "replay_sample: the buffer is empty");
-    const int s = (int)rng_below(&rb->rng, rb->count);
-    const size_t T = (size_t)rb->T, at = (size_t)s * T;
+    *slot = (int)rng_below(&rb->rng, rb->count);
+    return DS_OK;
+}
+
+int replay_read(const ReplayBuffer *rb, int s, int32_t *inputs, int32_t *targets, float *weights,
+                int64_t *label, int32_t *task_id)
+{
+    if (s < 0 || s >= rb->count || !replay_holds(rb, s))
+        return ds_error(DS_ERR_INTERNAL, "replay_read: slot %d is not held here", s);
+    const size_t T = (size_t)rb->T, at = slot_row(rb, s) * T;
     memcpy(inputs, rb->inputs + at, T * sizeof(int32_t));
     if (targets) memcpy(targets, rb->targets + at, T * sizeof(int32_t));
     if (weights)
@@ -185,6 +236,54 @@ int replay_sample(ReplayBuffer *rb, int32_t *inputs, int32_t *targets, float *we
             weights[t] = rb->mask[at + t] ? 1.0f : 0.0f;
     if (label) *label = rb->labels[s];
     if (task_id) *task_id = rb->task_ids[s];
+    return DS_OK;
+}
+
+void replay_shard_to_whole(const ReplayBuffer *rb, ReplayBuffer *whole)
+{
+    const size_t T = (size_t)rb->T;
+    whole->count = rb->count;
+    whole->seen = rb->seen;
+    whole->rng = rb->rng;
+    whole->n_tasks = rb->n_tasks;
+    memcpy(whole->task_list, rb->task_list, sizeof(rb->task_list));
+    memcpy(whole->task_seen, rb->task_seen, sizeof(rb->task_seen));
+    memcpy(whole->task_count, rb->task_count, sizeof(rb->task_count));
+    memset(whole->inputs, 0, (size_t)whole->capacity * T * sizeof(int32_t));
+    memset(whole->targets, 0, (size_t)whole->capacity * T * sizeof(int32_t));
+    memset(whole->mask, 0, (size_t)whole->capacity * T);
+    for (int s = 0; s < rb->count && s < whole->capacity; s++) {
+        whole->labels[s] = rb->labels[s];
+        whole->task_ids[s] = rb->task_ids[s];
+        if (!replay_holds(rb, s)) continue;
+        const size_t from = slot_row(rb, s) * T, to = (size_t)s * T;
+        memcpy(whole->inputs + to, rb->inputs + from, T * sizeof(int32_t));
+        memcpy(whole->targets + to, rb->targets + from, T * sizeof(int32_t));
+        memcpy(whole->mask + to, rb->mask + from, T);
+    }
+}
+
+int replay_shard_from_whole(ReplayBuffer *rb, const ReplayBuffer *whole)
+{
+    if (whole->T != rb->T || whole->count > rb->capacity)
+        return ds_error(DS_ERR_INTERNAL, "replay_shard_from_whole: buffers do not match");
+    const size_t T = (size_t)rb->T;
+    rb->count = whole->count;
+    rb->seen = whole->seen;
+    rb->rng = whole->rng;
+    rb->n_tasks = whole->n_tasks;
+    memcpy(rb->task_list, whole->task_list, sizeof(rb->task_list));
+    memcpy(rb->task_seen, whole->task_seen, sizeof(rb->task_seen));
+    memcpy(rb->task_count, whole->task_count, sizeof(rb->task_count));
+    for (int s = 0; s < whole->count; s++) {
+        rb->labels[s] = whole->labels[s];
+        rb->task_ids[s] = whole->task_ids[s];
+        if (!replay_holds(rb, s)) continue;
+        const size_t to = slot_row(rb, s) * T, from = (size_t)s * T;
+        memcpy(rb->inputs + to, whole->inputs + from, T * sizeof(int32_t));
+        memcpy(rb->targets + to, whole->targets + from, T * sizeof(int32_t));
+        memcpy(rb->mask + to, whole->mask + from, T);
+    }
     return DS_OK;
 }
 
@@ -237,6 +336,8 @@ static herr_t write_2d(hid_t file, const char *name, hid_t type, hsize_t rows, h
 int replay_save(const ReplayBuffer *rb, const char *dir)
 {
     char path[4200], tmp[4300];
+    if (rb->shard_size > 1)
+        return ds_error(DS_ERR_INTERNAL, "replay_save: a sharded buffer saves as a whole one");
     rank_path(path, sizeof(path), dir, rb->dp_rank);
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);

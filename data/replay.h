@@ -29,6 +29,10 @@ typedef struct ReplayBuffer {
     int32_t task_list[REPLAY_MAX_TASKS];
     int64_t task_seen[REPLAY_MAX_TASKS];
     int task_count[REPLAY_MAX_TASKS];
+    /* replay_init_sharded: one global buffer whose decisions (Algorithm R's draws, counts,
+     * labels and task ids) every data-parallel rank makes alike, while the tokens of global slot
+     * s live only on rank s % shard_size (row s / shard_size). 0 for replay_init's buffers. */
+    int shard_rank, shard_size;
 } ReplayBuffer;
 
 int replay_policy_parse(const char *text, ReplayPolicy *out);
@@ -37,6 +41,27 @@ int replay_policy_parse(const char *text, ReplayPolicy *out);
 int replay_init(ReplayBuffer *rb, ReplayPolicy policy, int capacity_total, int T, int dp_rank,
                 int dp_size, uint64_t seed);
 void replay_free(ReplayBuffer *rb);
+
+/* A global buffer of capacity_total slots whose tokens are split over shard_size ranks (see
+ * shard_rank above). Every rank offers every example of the global batch in the same order
+ * (replay_add) and draws the same slots (replay_draw); the holder of a slot reads it
+ * (replay_read) and hands it to the rank that trains on it. With shard_size 1 this is
+ * replay_init(..., 0, 1, seed): the same choices as a single process, whatever the layout. */
+int replay_init_sharded(ReplayBuffer *rb, ReplayPolicy policy, int capacity_total, int T,
+                        int shard_rank, int shard_size, uint64_t seed);
+/* The slot replay_sample would take next (same random sequence), without reading it. */
+int replay_draw(ReplayBuffer *rb, int *slot);
+/* Whether this rank holds the tokens of filled slot `slot`. */
+int replay_holds(const ReplayBuffer *rb, int slot);
+/* Copy filled slot `slot` (held here) as replay_sample does; DS_ERR_INTERNAL otherwise. */
+int replay_read(const ReplayBuffer *rb, int slot, int32_t *inputs, int32_t *targets,
+                float *weights, int64_t *label, int32_t *task_id);
+/* Between a sharded buffer and an unsharded one of the same capacity (replay_init with rank 0
+ * of 1), for saving and loading through one file whatever the number of ranks: to_whole copies
+ * the state and the rows held here into whole (other rows zeroed; the caller sums whole's
+ * inputs, targets and mask over the ranks), from_whole takes the state and this rank's rows. */
+void replay_shard_to_whole(const ReplayBuffer *rb, ReplayBuffer *whole);
+int replay_shard_from_whole(ReplayBuffer *rb, const ReplayBuffer *whole);
 
 /* Offer one trained-on example (weights > 0 is the loss mask; targets may be NULL for
  * classification). It is kept or not per the policy; every example offered counts. */

@@ -194,6 +194,21 @@ static void fisher_accumulate(float *fisher, const float *grads, size_t n, float
         fisher[i] += w * grads[i] * grads[i];
 }
 
+/* After a backward: the whole gradient of kv heads shared by tensor-parallel ranks, then its
+ * square into fisher (through host memory on a device backend). */
+static int fisher_take(Model *work, float *fisher, float *host_grads, float w)
+{
+    DS_TRY(model_reduce_shared_grads(work));
+    const size_t total = work->table.total;
+    const float *g = work->grads;
+    if (host_grads) {
+        work->be->mem_to_host(host_grads, work->grads, total * sizeof(float));
+        g = host_grads;
+    }
+    fisher_accumulate(fisher, g, total, w);
+    return DS_OK;
+}
+
 int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next, void *ctx,
                         float *fisher)
 {
@@ -220,7 +235,10 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
     int32_t *drawn = ds_malloc((size_t)N * sizeof(int32_t));
     float *weights = ds_malloc((size_t)N * sizeof(float));
     float *logits = ds_malloc((size_t)rows_out * V * sizeof(float));
-    if (!inputs || !targets || !drawn || !weights || !logits) {
+    float *host_grads = work->be->host_memory ? NULL : ds_malloc(total * sizeof(float));
+    const int shards = opt->shard_size > 1 ? opt->shard_size : 1;
+    if (!inputs || !targets || !drawn || !weights || !logits ||
+        (!work->be->host_memory && !host_grads)) {
         status = DS_ERR_INTERNAL;
         goto done;
     }
@@ -262,11 +280,12 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
             }
         }
         const float scale = opt->batched ? (float)B : 1.0f; /* B * (mean gradient)^2 */
+        if (batches % shards != opt->shard_rank % shards) continue; /* another rank's unit */
         if (opt->type == FISHER_EMPIRICAL) {
             model_zero_grad(work);
             model_forward(work, inputs, cls ? labels : targets, row_w, NULL);
             model_backward(work);
-            fisher_accumulate(fisher, work->grads, total, scale);
+            if ((status = fisher_take(work, fisher, host_grads, scale)) != DS_OK) goto done;
         } else if (opt->type == FISHER_SAMPLED) {
             model_forward(work, inputs, NULL, NULL, logits);
             if (cls) {
@@ -279,7 +298,7 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
             model_zero_grad(work);
             model_forward(work, inputs, cls ? labels : drawn, row_w, NULL);
             model_backward(work);
-            fisher_accumulate(fisher, work->grads, total, scale);
+            if ((status = fisher_take(work, fisher, host_grads, scale)) != DS_OK) goto done;
         } else { /* exact, classification, B == 1: sum_c p(c|x) g_c^2 */
             model_forward(work, inputs, NULL, NULL, logits);
             softmax_draw(logits, V, NULL);
@@ -289,7 +308,8 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
                 model_zero_grad(work);
                 model_forward(work, inputs, &label, &one, NULL);
                 model_backward(work);
-                fisher_accumulate(fisher, work->grads, total, logits[c]);
+                if ((status = fisher_take(work, fisher, host_grads, logits[c])) != DS_OK)
+                    goto done;
             }
         }
     }
@@ -303,6 +323,7 @@ done:
     free(drawn);
     free(weights);
     free(logits);
+    free(host_grads);
     return status;
 }
 
@@ -469,4 +490,203 @@ int ewc_load(EwcState *e, const char *path, size_t total)
 done:
     H5Fclose(file);
     return status;
+}
+
+/* ---- layout-free file (format 2) ------------------------------------------------------------ */
+
+int ewc_save_begin(const EwcState *e, const char *path)
+{
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0) return ds_error(DS_ERR_INPUT, "%s: cannot create", path);
+    int status = DS_OK, ints[3] = {(int)e->mode, e->n_sets, e->tasks_seen};
+    double fl[2] = {e->lambda, e->gamma};
+    if ((status = h5_attr_write(file, "format", H5T_NATIVE_INT, 1, &(int){2})) != DS_OK ||
+        (status = h5_attr_write(file, "mode_sets_seen", H5T_NATIVE_INT, 3, ints)) != DS_OK ||
+        (status = h5_attr_write(file, "lambda_gamma", H5T_NATIVE_DOUBLE, 2, fl)) != DS_OK ||
+        (e->n_sets > 0 && (status = h5_attr_write(file, "task_ids", H5T_NATIVE_INT,
+                                                  (hsize_t)e->n_sets, e->task_id)) != DS_OK))
+        status = ds_error(DS_ERR_INPUT, "%s: cannot write the attributes", path);
+    for (int k = 0; k < e->n_sets && status == DS_OK; k++) {
+        char name[32];
+        for (int which = 0; which < 2 && status == DS_OK; which++) {
+            snprintf(name, sizeof(name), "%s_%d", which ? "anchor" : "fisher", k);
+            hid_t g = H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+            if (g < 0) status = ds_error(DS_ERR_INPUT, "%s: cannot create group %s", path, name);
+            else H5Gclose(g);
+        }
+    }
+    if (H5Fclose(file) < 0 && status == DS_OK)
+        status = ds_error(DS_ERR_INTERNAL, "%s: close failed", path);
+    return status;
+}
+
+/* The hyperslab of the full tensor that this rank's slice of p covers. */
+static void tensor_slab(const ParamInfo *p, hsize_t dims[2], hsize_t start[2], hsize_t count[2])
+{
+    for (int d = 0; d < p->ndim; d++) {
+        dims[d] = (hsize_t)p->shape[d];
+        start[d] = 0;
+        count[d] = (hsize_t)p->shape[d];
+    }
+    if (p->split_dim >= 0) {
+        start[p->split_dim] = (hsize_t)p->slice_start;
+        count[p->split_dim] = (hsize_t)p->slice_len;
+    }
+}
+
+/* Read or write this rank's slice of tensor p in group/<name>; buf holds p->numel floats. */
+static int tensor_io(hid_t file, const char *path, const char *group, const ParamInfo *p,
+                     float *buf, int write)
+{
+    char name[PARAM_NAME_MAX + 48];
+    snprintf(name, sizeof(name), "%s/%s", group, p->name);
+    hsize_t dims[2], start[2], count[2];
+    tensor_slab(p, dims, start, count);
+    hid_t d = -1;
+    if (write) {
+        /* intermediate groups: tensor names hold dots only, so the group exists */
+        hid_t space = H5Screate_simple(p->ndim, dims, NULL);
+        d = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT,
+                       H5P_DEFAULT);
+        H5Sclose(space);
+    } else {
+        H5E_BEGIN_TRY
+        {
+            d = H5Dopen2(file, name, H5P_DEFAULT);
+        }
+        H5E_END_TRY;
+    }
+    if (d < 0)
+        return ds_error(DS_ERR_INPUT, "%s: dataset %s: %s", path, name,
+                        write ? "cannot create" : "missing (a state of another model?)");
+    hid_t fs = H5Dget_space(d);
+    hsize_t have[2] = {0, 0};
+    int nd = H5Sget_simple_extent_ndims(fs);
+    H5Sget_simple_extent_dims(fs, have, NULL);
+    int status = DS_OK;
+    if (nd != p->ndim || have[0] != dims[0] || (nd == 2 && have[1] != dims[1])) {
+        status = ds_error(DS_ERR_INPUT, "%s: dataset %s: shape differs from the model's", path,
+                          name);
+    } else if (p->numel > 0) {
+        H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
+        hid_t ms = H5Screate_simple(p->ndim, count, NULL);
+        herr_t rc = write ? H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf)
+                          : H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf);
+        if (rc < 0)
+            status = ds_error(DS_ERR_INPUT, "%s: dataset %s: %s failed", path, name,
+                              write ? "write" : "read");
+        H5Sclose(ms);
+    }
+    H5Sclose(fs);
+    H5Dclose(d);
+    return status;
+}
+
+int ewc_save_set(const char *path, const ParamTable *pt, int k, const float *fisher,
+                 const float *anchor)
+{
+    hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (file < 0) return ds_error(DS_ERR_INPUT, "%s: cannot open", path);
+    int status = DS_OK;
+    for (int which = 0; which < 2 && status == DS_OK; which++) {
+        char group[32];
+        snprintf(group, sizeof(group), "%s_%d", which ? "anchor" : "fisher", k);
+        const float *src = which ? anchor : fisher;
+        for (int i = 0; i < pt->count && status == DS_OK; i++) {
+            const ParamInfo *p = &pt->items[i];
+            if (p->tp_copy) continue; /* another tensor-parallel rank writes these values */
+            status = tensor_io(file, path, group, p, (float *)(src + p->offset), 1);
+        }
+    }
+    if (H5Fclose(file) < 0 && status == DS_OK)
+        status = ds_error(DS_ERR_INTERNAL, "%s: close failed", path);
+    return status;
+}
+
+int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt)
+{
+    hid_t file = -1;
+    H5E_BEGIN_TRY
+    {
+        file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    }
+    H5E_END_TRY;
+    if (file < 0) return ds_error(DS_ERR_INPUT, "%s: not a readable HDF5 file", path);
+    int status = DS_OK, ints[3], format = 0;
+    double fl[2];
+    if ((status = h5_attr_read(file, path, "format", H5T_NATIVE_INT, 1, &format)) != DS_OK) {
+        H5Fclose(file);
+        return status;
+    }
+    if (format == 1) { /* a flat file of one layout */
+        H5Fclose(file);
+        return ewc_load(e, path, pt->total);
+    }
+    float *buf = NULL;
+    if (format != 2) {
+        status = ds_error(DS_ERR_INPUT, "%s: format %d is not supported (1 and 2 are)", path,
+                          format);
+        goto done;
+    }
+    if ((status = h5_attr_read(file, path, "mode_sets_seen", H5T_NATIVE_INT, 3, ints)) != DS_OK ||
+        (status = h5_attr_read(file, path, "lambda_gamma", H5T_NATIVE_DOUBLE, 2, fl)) != DS_OK)
+        goto done;
+    if (ints[0] != (int)e->mode || ints[1] < 0 || ints[1] > EWC_MAX_SETS ||
+        (ints[0] == EWC_ONLINE && ints[1] > 1) || ints[2] < ints[1]) {
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: saved in mode %s with %d Fisher sets; "
+                          "continual.ewc.mode is %s",
+                          path, ints[0] == EWC_ONLINE ? "online" : "separate", ints[1],
+                          e->mode == EWC_ONLINE ? "online" : "separate");
+        goto done;
+    }
+    int ids[EWC_MAX_SETS] = {0};
+    if (ints[1] > 0 && (status = h5_attr_read(file, path, "task_ids", H5T_NATIVE_INT,
+                                              (hsize_t)ints[1], ids)) != DS_OK)
+        goto done;
+    size_t largest = 1;
+    for (int i = 0; i < pt->count; i++)
+        if (pt->items[i].numel > largest) largest = pt->items[i].numel;
+    if (!(buf = ds_malloc(largest * sizeof(float)))) {
+        status = DS_ERR_INTERNAL;
+        goto done;
+    }
+    for (int k = 0; k < e->n_sets; k++) {
+        free(e->fisher[k]);
+        free(e->anchor[k]);
+    }
+    e->n_sets = 0;
+    const size_t n = e->hi - e->lo;
+    for (int k = 0; k < ints[1] && status == DS_OK; k++) {
+        if ((status = ewc_add_set(e, ids[k])) != DS_OK) break;
+        for (int which = 0; which < 2 && status == DS_OK; which++) {
+            char group[32];
+            snprintf(group, sizeof(group), "%s_%d", which ? "anchor" : "fisher", k);
+            float *dst = which ? e->anchor[k] : e->fisher[k];
+            memset(dst, 0, n * sizeof(float));
+            for (int i = 0; i < pt->count && status == DS_OK; i++) {
+                const ParamInfo *p = &pt->items[i];
+                /* the part of the tensor inside this rank's shard [lo, hi) */
+                size_t b = p->offset > e->lo ? p->offset : e->lo;
+                size_t end = p->offset + p->numel < e->hi ? p->offset + p->numel : e->hi;
+                if (b >= end) continue;
+                if ((status = tensor_io(file, path, group, p, buf, 0)) != DS_OK) break;
+                memcpy(dst + (b - e->lo), buf + (b - p->offset), (end - b) * sizeof(float));
+            }
+        }
+    }
+    e->tasks_seen = ints[2];
+done:
+    free(buf);
+    H5Fclose(file);
+    return status;
+}
+
+int ewc_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, int zero, int n_sets,
+                        size_t *bytes)
+{
+    ModelMemory mm;
+    DS_TRY(model_memory_estimate(mc, B, T, tp, dp, zero, &mm));
+    *bytes = mm.optimizer * (size_t)n_sets; /* two floats per element of the shard, as m and v */
+    return DS_OK;
 }

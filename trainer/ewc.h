@@ -58,6 +58,12 @@ typedef struct FisherOptions {
     int samples;   /* examples of the finished task */
     int batched;   /* 0: per-example gradients (batch 1); 1: B * (mean gradient of a batch)^2 */
     uint64_t seed; /* labels drawn by the sampled type */
+    /* data parallelism: every rank reads all `samples` examples in the same order, and computes
+     * only the units (examples; batches when batched) whose index % shard_size is shard_rank.
+     * The result is this rank's part of the average: summed over the ranks it is the average
+     * of one process. 0 / 0 (or 0 / 1): all of them. The sampled type draws from each rank's own
+     * random sequence, so its labels depend on the layout. */
+    int shard_rank, shard_size;
 } FisherOptions;
 
 /* The diagonal Fisher of model m at its current parameters, into fisher (full flat buffer,
@@ -73,5 +79,25 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
  * whatever the number of ranks that wrote it. */
 int ewc_save(const EwcState *e, const char *path, size_t total, int create);
 int ewc_load(EwcState *e, const char *path, size_t total);
+
+/* The same state as a file of whole tensors (format 2), free of any layout: for each set k,
+ * datasets fisher_k/<tensor> and anchor_k/<tensor> of the tensor's full (unsplit) shape, named
+ * as in the parameter table, so that a run at another tp x dp (or ZeRO) loads it.
+ * ewc_save_begin creates the file with the attributes (one rank). ewc_save_set writes set k
+ * from full flat buffers of this tensor-parallel rank's layout (pt; the shard gathered over
+ * data-parallel ranks): the slices this rank holds and no other rank writes instead (tp_copy).
+ * The tensor-parallel ranks call it in turn. */
+int ewc_save_begin(const EwcState *e, const char *path);
+int ewc_save_set(const char *path, const ParamTable *pt, int k, const float *fisher,
+                 const float *anchor);
+/* Load a format-2 file into [lo, hi) of this rank's layout pt (what the padding between
+ * tensors holds is 0). A format-1 file is read as ewc_load does (same layout only). */
+int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt);
+
+/* Bytes of EWC state (Fisher and anchor, n_sets pairs) one rank holds for a layout: the
+ * optimizer's shard, so 1/(tp x dp) of the model with ZeRO-1 (model_memory_estimate's
+ * optimizer figure, which is two moments of that shard, times n_sets). */
+int ewc_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, int zero, int n_sets,
+                        size_t *bytes);
 
 #endif
