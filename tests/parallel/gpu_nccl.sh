@@ -3,8 +3,8 @@
 # (not in ctest: CI has no GPU). From the repository root, with the build dependencies the node
 # lacks in .devdeps (see the device notes): builds, then
 #  1. every collective of comm/ on device buffers, at tp = 1 and tp = 2 (comm_test_comm worker);
-#  2. dp = 2 training on the CUDA backend against one GPU, with and without ZeRO-1: per-step
-#     losses and final parameters side by side (numbers printed);
+#  2. dp = 2 (with and without ZeRO-1) and tp = 2 training on the CUDA backend against one GPU:
+#     per-step losses and final parameters side by side (numbers printed);
 #  3. a failing rank (DSTRAIN_FAIL_RANK) ends the NCCL job within 60 s.
 set -uo pipefail
 build=${BUILD:-/tmp/dstrain-nccl}
@@ -26,11 +26,16 @@ common=(device=cuda train.steps=20 train.seq_len=64 log.every=10 run.save_final=
 echo "== training: 1 GPU, then dp 2 over NCCL"
 "$build/dstrain" train "${common[@]}" train.micro_batch_size=8 run.dir="$out/r1" >"$out/r1.log" 2>&1
 echo "1 GPU: exit $?"
-for zero in 1 0; do
-  timeout 200 mpirun -np 2 "$build/dstrain" train "${common[@]}" train.micro_batch_size=4 \
-    parallel.zero=$zero run.dir="$out/dp2z$zero" >"$out/dp2z$zero.log" 2>&1
-  echo "dp 2 zero $zero: exit $?"
-  grep "memory per rank\|done\|error" "$out/dp2z$zero.log" | head -5
+# dp 2 halves the micro-batch (same global batch); tp 2 keeps it
+for layout in "dp2z1 parallel.zero=1 train.micro_batch_size=4" \
+              "dp2z0 parallel.zero=0 train.micro_batch_size=4" \
+              "tp2 parallel.tp=2 train.micro_batch_size=8"; do
+  set -- $layout
+  name=$1; shift
+  timeout 200 mpirun -np 2 "$build/dstrain" train "${common[@]}" "$@" run.dir="$out/$name" \
+    >"$out/$name.log" 2>&1
+  echo "$name ($*): exit $?"
+  grep "memory per rank\|done\|error" "$out/$name.log" | head -5
 done
 python3 - "$out" <<'PY'
 import json, struct, sys
@@ -42,7 +47,7 @@ def tensors(d):
     h = json.loads(b[8:8 + n]); return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], np.float32) for k, v in h.items() if k != "__metadata__"}
 try:
     L0, P0 = losses("r1"), tensors("r1")
-    for d in ["dp2z1", "dp2z0"]:
+    for d in ["dp2z1", "dp2z0", "tp2"]:
         L, P = losses(d), tensors(d)
         rel = max(abs(a - b) / abs(a) for a, b in zip(L0, L))
         dp = max(float(np.max(np.abs(P[k] - P0[k]))) for k in P0)
