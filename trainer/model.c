@@ -1,7 +1,9 @@
 /* model.c: the DeepSeek dense decoder (Llama / Qwen2) built from backend ops, forward and
  * backward side by side in the same order. The parameter table is built here, once; every
  * buffer shaped like the parameters (gradients, master weights, moments, Fisher) follows it.
- * All activations live in one arena sized at model_init: a step allocates nothing. */
+ * All activations live in one arena sized at model_init: a step allocates nothing. With
+ * activation checkpointing the arena holds every layer's input but only one layer's working set,
+ * which backward refills by running each layer's forward again. */
 #include "model.h"
 
 #include <math.h>
@@ -345,6 +347,7 @@ typedef struct ModelActivations {
     int32_t *dev_inputs, *dev_targets; /* [N] */
     float *dev_weights, *dev_losses;   /* [N] */
     int have_targets;
+    int work_layer; /* checkpointing: the layer whose activations the shared working set holds */
 } ModelActivations;
 
 static size_t arena_layout(Model *m, ModelActivations *a, float *base)
@@ -356,6 +359,7 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     const size_t V = m->cfg.num_labels > 0 ? 0 : (size_t)m->tp_vocab; /* no LM logits */
     const size_t L = m->cfg.num_labels > 0 ? (size_t)m->cfg.num_labels : 0;
     const size_t lse = (size_t)m->B * m->tp_heads * m->T;
+    const int ckpt = m->cfg.activation_checkpointing;
     size_t used = 0;
     /* each block 64-byte aligned so that vectorized kernels see aligned rows */
 #define TAKE(ptr, count)                                                                           \
@@ -366,6 +370,14 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     for (int l = 0; l < m->cfg.num_layers; l++) {
         LayerActivations *L = &a->layers[l];
         TAKE(L->resid_in, N * C);
+        if (ckpt && l > 0) {
+            /* checkpointing: every layer keeps its own input; the rest is layer 0's working set,
+             * shared by all layers (forward overwrites it, backward recomputes into it) */
+            float *resid_in = L->resid_in;
+            *L = a->layers[0];
+            L->resid_in = resid_in;
+            continue;
+        }
         TAKE(L->ln1, N * C);
         TAKE(L->ln1_rstd, N);
         TAKE(L->q, N * QD);
@@ -613,13 +625,17 @@ void model_init_weights(Model *m, uint64_t seed, float std)
         const ParamInfo *p = &m->table.items[i];
         /* one stream per tensor, from the seed and the tensor's index, so that a tensor's values
          * do not depend on how the table is sharded */
-        uint64_t state = seed * 0x100000001b3ull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+        const uint64_t state0 = seed * 0x100000001b3ull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
         int is_norm = strstr(p->name, "norm.weight") != NULL;
         int is_bias = strstr(p->name, ".bias") != NULL;
         /* the whole tensor's stream is drawn; this rank keeps its tensor-parallel slice */
         const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
         const size_t full = (size_t)p->shape[0] * cols;
+        /* splitmix64 advances its state by a constant, so pair j's state is known without
+         * drawing the ones before it: the pairs are drawn in parallel, with the same values */
+#pragma omp parallel for schedule(static)
         for (size_t j = 0; j < full; j += 2) {
+            uint64_t state = state0 + (uint64_t)j * 0x9e3779b97f4a7c15ull;
             double u1 = uniform01(&state), u2 = uniform01(&state);
             double r = sqrt(-2.0 * log(u1));
             float z0 = (float)(r * cos(2.0 * M_PI * u2)), z1 = (float)(r * sin(2.0 * M_PI * u2));
@@ -730,16 +746,53 @@ int model_reduce_shared_grads(Model *m)
     return DS_OK;
 }
 
+/* Decoder layer l from its input a->layers[l].resid_in into resid_out. With resid_out NULL it
+ * stops once everything backward reads is there (after the MLP's activation): that is the
+ * recomputation of activation checkpointing, which so skips the down projection and its
+ * all-reduce on every tensor-parallel rank alike, and otherwise issues the same ops and the same
+ * collectives in the same order as the forward did (hence the same values, bit for bit). */
+static void layer_forward(Model *m, int l, float *resid_out)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    ModelActivations *a = m->act;
+    /* H, KVH, I: this rank's share under tensor parallelism (the full sizes when tp = 1) */
+    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = m->tp_inter;
+    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim;
+    const int QD = H * D, KVD = KVH * D;
+    LayerActivations *L = &a->layers[l];
+    const LayerWeights *w = &m->w.layers[l];
+    /* attention block */
+    be->rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid_in, w->ln1, N, C, c->rms_norm_eps);
+    be->matmul_forward(L->q, L->ln1, w->wq, w->bq, N, C, QD);
+    be->matmul_forward(L->k, L->ln1, w->wk, w->bk, N, C, KVD);
+    be->matmul_forward(L->v, L->ln1, w->wv, w->bv, N, C, KVD);
+    be->rope_forward(L->q, m->rope_cos, m->rope_sin, B, T, H, D);
+    be->rope_forward(L->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
+    be->attention_forward(L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
+    /* row parallel: partial sums over this rank's heads; one rank adds the bias */
+    be->matmul_forward(a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
+    tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
+    be->add(L->resid_mid, L->resid_in, a->tmp, (size_t)N * C);
+    /* MLP block */
+    be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
+    be->matmul_forward(L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
+    be->matmul_forward(L->up, L->ln2, w->wup, w->bup, N, C, I);
+    be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
+    if (!resid_out) return;
+    be->matmul_forward(a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
+    tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
+    be->add(resid_out, L->resid_mid, a->tmp, (size_t)N * C);
+}
+
 double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
                      const float *loss_weights, float *logits_out)
 {
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     ModelActivations *a = m->act;
-    /* H, KVH, I, V: this rank's share under tensor parallelism (the full sizes when tp = 1) */
-    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = m->tp_inter;
-    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim, V = m->tp_vocab;
-    const int QD = H * D, KVD = KVH * D;
+    /* V: this rank's share of the vocabulary under tensor parallelism (all of it when tp = 1) */
+    const int N = m->B * m->T, C = c->hidden_size, V = m->tp_vocab;
 
     if (inputs != m->inputs) memcpy(m->inputs, inputs, (size_t)N * sizeof(int32_t));
     be->mem_to_device(a->dev_inputs, m->inputs, (size_t)N * sizeof(int32_t));
@@ -751,31 +804,9 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     } else {
         be->embedding_forward(a->layers[0].resid_in, a->dev_inputs, m->w.embed, N, C);
     }
-    for (int l = 0; l < c->num_layers; l++) {
-        LayerActivations *L = &a->layers[l];
-        const LayerWeights *w = &m->w.layers[l];
-        float *resid_out = l + 1 < c->num_layers ? a->layers[l + 1].resid_in : a->resid_out;
-        /* attention block */
-        be->rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid_in, w->ln1, N, C, c->rms_norm_eps);
-        be->matmul_forward(L->q, L->ln1, w->wq, w->bq, N, C, QD);
-        be->matmul_forward(L->k, L->ln1, w->wk, w->bk, N, C, KVD);
-        be->matmul_forward(L->v, L->ln1, w->wv, w->bv, N, C, KVD);
-        be->rope_forward(L->q, m->rope_cos, m->rope_sin, B, T, H, D);
-        be->rope_forward(L->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
-        be->attention_forward(L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
-        /* row parallel: partial sums over this rank's heads; one rank adds the bias */
-        be->matmul_forward(a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
-        tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
-        be->add(L->resid_mid, L->resid_in, a->tmp, (size_t)N * C);
-        /* MLP block */
-        be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
-        be->matmul_forward(L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
-        be->matmul_forward(L->up, L->ln2, w->wup, w->bup, N, C, I);
-        be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
-        be->matmul_forward(a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
-        tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
-        be->add(resid_out, L->resid_mid, a->tmp, (size_t)N * C);
-    }
+    for (int l = 0; l < c->num_layers; l++)
+        layer_forward(m, l, l + 1 < c->num_layers ? a->layers[l + 1].resid_in : a->resid_out);
+    a->work_layer = c->num_layers - 1; /* what a checkpointed backward finds in the working set */
     be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
                         c->rms_norm_eps);
     if (c->num_labels > 0) return classify_forward(m, targets, loss_weights, logits_out);
@@ -825,6 +856,10 @@ void model_backward(Model *m)
         LayerActivations *L = &a->layers[l];
         const LayerWeights *w = &m->w.layers[l];
         LayerWeights *g = &m->g.layers[l];
+        if (c->activation_checkpointing && a->work_layer != l) {
+            layer_forward(m, l, NULL); /* refill the shared working set from the layer's input */
+            a->work_layer = l;
+        }
         /* MLP block: dresid is the gradient of the layer's output residual */
         be->matmul_backward(a->dact, g->wdown, g->bdown, a->dresid, L->act, w->wdown, N, I, C);
         be->swiglu_backward(a->dgate, a->dup, a->dact, L->gate, L->up, (size_t)N * I);

@@ -42,6 +42,10 @@ typedef struct ModelConfig {
     int num_labels;                 /* > 0: sequence classification: a head score.weight
                                      * [num_labels, C] on the last non-padding token replaces
                                      * lm_head (HF *ForSequenceClassification) */
+    int activation_checkpointing;   /* a training option, not from config.json: forward keeps
+                                     * only each layer's input and backward recomputes the layer
+                                     * into one shared working set (train.activation_checkpointing).
+                                     * Same results, less activation memory, one more forward. */
 } ModelConfig;
 
 const char *model_arch_name(ModelArch arch); /* "LlamaForCausalLM", "Qwen2ForCausalLM" */

@@ -27,9 +27,12 @@
 
 int train_model_config(const Config *cfg, ModelConfig *mc)
 {
-    if (cfg->model_path[0]) return hf_config_load(cfg->model_path, mc);
-    DS_TRY(model_preset(cfg->model_preset, mc));
-    return model_config_check(mc, "model.preset");
+    if (cfg->model_path[0])
+        DS_TRY(hf_config_load(cfg->model_path, mc));
+    else
+        DS_TRY(model_preset(cfg->model_preset, mc));
+    mc->activation_checkpointing = cfg->train_activation_checkpointing;
+    return cfg->model_path[0] ? DS_OK : model_config_check(mc, "model.preset");
 }
 
 const char *train_data_path(const char *configured, const char *bundled_name, char *buf,
