@@ -2,7 +2,9 @@
  * (B x T = 8 x 2048 by default), and the share of a training step each takes, counted from how
  * often model.c calls it. Tells where a step's time goes; not a correctness check (tests/gpu/).
  * Usage: gpu_bench_ops [B T]. Inputs are random (never zeros); times are CUDA-event medians of
- * 5 runs after a warm-up. Matmuls are timed in both matmul modes (fp32, bf16). */
+ * 5 runs after a warm-up. Matmuls are timed in both matmul modes (fp32, bf16), attention in both
+ * implementations (flash: attention.cu on the tensor cores, the default; simple: fp32), with its
+ * TFLOP/s counted as causal: forward 2 * 2 * B*H*T*T*D / 2, backward 2.5 times that. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +43,7 @@ typedef struct Row {
     char shape[64];
     double ms;
     int per_step;
+    double flops; /* of one call, 0 when not counted */
 } Row;
 static Row rows[64];
 static int nrows;
@@ -148,12 +151,23 @@ int main(int argc, char **argv)
 #undef BODY
     }
     cuda_matmul_precision("fp32");
+    const double att_flops = 2.0 * 2.0 * B * H * (double)T * T * D / 2.0;
+    const char *att_kinds[] = {"flash", "simple"};
+    for (int ai = 0; ai < 2; ai++) {
+        if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
+        const int ca = ai == 0 ? L : 0; /* per-step counts for the default (flash) rows */
 #define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
-    TIME("attention_fwd", L, "B%d T%d H%d D%d", B, T, H, D);
+        TIME(ai ? "attention_fwd [simple]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T,
+             H, D);
+        rows[nrows - 1].flops = att_flops;
 #undef BODY
 #define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, B, T, H, KVH, D)
-    TIME("attention_bwd", L, "B%d T%d H%d D%d", B, T, H, D);
+        TIME(ai ? "attention_bwd [simple]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T,
+             H, D);
+        rows[nrows - 1].flops = 2.5 * att_flops;
 #undef BODY
+    }
+    cuda_attention_kind("flash");
 #define BODY gpu->rmsnorm_forward(y, rstd, x, normw, N, C, 1e-6f)
     TIME("rmsnorm_fwd", 2 * L + 1, "%dx%d", N, C);
 #undef BODY
@@ -194,19 +208,23 @@ int main(int argc, char **argv)
     TIME("adamw (embed; x20.3 = all)", 20, "%zu", (size_t)V * C);
 #undef BODY
 
-    printf("| %-26s | %-32s | %9s | %8s | %10s |\n", "op (coder-1.3b shape)", "shape", "ms/call",
-           "per step", "ms/step");
+    printf("| %-26s | %-32s | %9s | %8s | %10s | %8s |\n", "op (coder-1.3b shape)", "shape",
+           "ms/call", "per step", "ms/step", "TFLOP/s");
     printf(
         "|----------------------------|----------------------------------|-----------|----------|"
-        "------------|\n");
+        "------------|----------|\n");
     double total = 0;
     for (int i = 0; i < nrows; i++) {
         double per = rows[i].ms * rows[i].per_step;
         total += per;
-        printf("| %-26s | %-32s | %9.3f | %8d | %10.1f |\n", rows[i].op, rows[i].shape, rows[i].ms,
-               rows[i].per_step, per);
+        char tflops[16] = "";
+        if (rows[i].flops > 0 && rows[i].ms > 0)
+            snprintf(tflops, sizeof(tflops), "%.1f", rows[i].flops / (rows[i].ms * 1e-3) / 1e12);
+        printf("| %-26s | %-32s | %9.3f | %8d | %10.1f | %8s |\n", rows[i].op, rows[i].shape,
+               rows[i].ms, rows[i].per_step, per, tflops);
     }
-    printf("| %-26s | %-32s | %9s | %8s | %10.1f |\n", "sum (fp32 matmuls)", "", "", "", total);
+    printf("| %-26s | %-32s | %9s | %8s | %10.1f | %8s |\n", "sum (fp32 matmuls)", "", "", "",
+           total, "");
     double bf16_gain = 0;
     for (int i = 0; i < nrows; i++)
         if (strstr(rows[i].op, "[fp32]"))
@@ -214,7 +232,7 @@ int main(int argc, char **argv)
                 if (strstr(rows[j].op, "[bf16]") && strcmp(rows[i].shape, rows[j].shape) == 0 &&
                     strncmp(rows[i].op, rows[j].op, 10) == 0)
                     bf16_gain += (rows[i].ms - rows[j].ms) * rows[i].per_step;
-    printf("| %-26s | %-32s | %9s | %8s | %10.1f |\n", "sum (bf16 matmuls)", "", "", "",
-           total - bf16_gain);
+    printf("| %-26s | %-32s | %9s | %8s | %10.1f | %8s |\n", "sum (bf16 matmuls)", "", "", "",
+           total - bf16_gain, "");
     return 0;
 }

@@ -13,6 +13,17 @@ extern "C" {
  * anything else. */
 int cuda_matmul_precision(const char *mode);
 
+/* How attention computes: "flash" (default: the tensor-core kernels of attention.cu, bf16
+ * products with fp32 accumulation and softmax, for head_dim 64 and 128; other head dims run the
+ * fp32 kernels) or "simple" (the fp32 CUDA-core kernels of ops_cuda.cu for every head dim;
+ * agrees with the CPU to fp32 rounding). The environment variable DSTRAIN_CUDA_ATTENTION sets it
+ * when the backend starts. DS_ERR_INPUT for anything else. */
+int cuda_attention_kind(const char *mode);
+
+/* How many attention calls (forward or backward) ran on the tensor-core kernels so far: lets
+ * tests see which implementation a call took. */
+long long cuda_attention_flash_calls(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,9 @@
 /* ops_cuda.cu: the CUDA backend in fp32 mode: the Backend table of ops.h over device pointers,
  * checked against the CPU backend by tests/gpu/. Matmuls go through cuBLASLt with fp32 compute
  * (TF32 off), everything else is a kernel of ours; attention is flash-style (online softmax, the
- * log-sum-exp saved, no T x T matrix). Not here yet: bf16 storage, fused epilogues, speed work.
+ * log-sum-exp saved, no T x T matrix): on the bf16 tensor cores (attention.cu) for head_dim 64
+ * and 128 unless DSTRAIN_CUDA_ATTENTION=simple, else in fp32 below. Not here yet: bf16 storage,
+ * fused epilogues, speed work.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
  * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention.cuh"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 
@@ -663,11 +666,30 @@ template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
+/* 1: the fp32 kernels above for every head dim (DSTRAIN_CUDA_ATTENTION=simple); 0: attention.cu
+ * where it applies. */
+static int attention_simple;
+
+extern "C" int cuda_attention_kind(const char *mode)
+{
+    if (strcmp(mode, "flash") == 0)
+        attention_simple = 0;
+    else if (strcmp(mode, "simple") == 0)
+        attention_simple = 1;
+    else
+        return ds_error(DS_ERR_INPUT, "DSTRAIN_CUDA_ATTENTION: \"%s\": expected flash or simple",
+                        mode);
+    return DS_OK;
+}
+
 static void attention_forward(float *out, float *lse, const float *q, const float *k,
                               const float *v, int B, int T, int H, int KVH, int D)
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_check_shape(H, KVH, D);
+    if (!attention_simple &&
+        cuda_flash_attention_forward(out, lse, q, k, v, B, T, H, KVH, D, stream))
+        return;
     size_t smem = (size_t)(ATT_TILE * (D + 1) + ATT_TILE * D + ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_forward_kernel, smem);
     attention_forward_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem, stream>>>(
@@ -687,6 +709,9 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T, H,
                                                                          D);
     launchCheck();
+    if (!attention_simple && cuda_flash_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v, B,
+                                                           T, H, KVH, D, stream))
+        return;
     size_t smem_dq = (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_dq_kernel, smem_dq);
     attention_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem_dq, stream>>>(
@@ -1068,6 +1093,8 @@ extern "C" const Backend *backend_cuda(void)
     }
     const char *mode = getenv("DSTRAIN_CUDA_MATMUL");
     if (mode && mode[0] && cuda_matmul_precision(mode) != DS_OK) return NULL;
+    const char *attention = getenv("DSTRAIN_CUDA_ATTENTION");
+    if (attention && attention[0] && cuda_attention_kind(attention) != DS_OK) return NULL;
     cublasCheck(cublasLtCreate(&lt_handle));
     cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
     Backend *b = &cuda_backend;

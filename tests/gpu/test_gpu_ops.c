@@ -4,8 +4,11 @@
  * that an unwritten element shows, and any NaN where the CPU has a number fails. Then the whole
  * model on the parity fixtures and on a random model with head_dim 128: loss, logits, gradient
  * cosine similarity per tensor (>= 0.999), parameters after 5 AdamW steps. Last, the same model
- * checks with matmuls on the bf16 tensor cores ("bf16mm": loss and logits within 1e-2).
- * Prints one table row per check and exits 1 if any failed. */
+ * checks with matmuls on the bf16 tensor cores ("bf16mm": loss and logits within 1e-2). The fp32
+ * and bf16mm rows run the fp32 attention kernels (DSTRAIN_CUDA_ATTENTION=simple); the "flash"
+ * rows then check the tensor-core attention of attention.cu (the default for head_dim 64 and 128)
+ * within 1e-2 on its own shapes and in the random head_dim-128 model, that it really ran, and
+ * that it repeats bit for bit. Prints one table row per check and exits 1 if any failed. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,6 +125,17 @@ static void compare(const char *name, const float *dev, const float *ref, size_t
     free(h);
 }
 
+/* 1 when the n floats of device buffers a and b are the same bits (NaN included). */
+static int same_bits(const float *a, const float *b, size_t n)
+{
+    float *ha = malloc(n * sizeof(float)), *hb = malloc(n * sizeof(float));
+    gpu->mem_to_host(ha, a, n * sizeof(float));
+    gpu->mem_to_host(hb, b, n * sizeof(float));
+    int same = memcmp(ha, hb, n * sizeof(float)) == 0;
+    free(ha), free(hb);
+    return same;
+}
+
 /* ---- ops ---------------------------------------------------------------------------------- */
 
 static void test_matmul(int M, int K, int N, int with_bias)
@@ -214,9 +228,13 @@ static void test_rope(int B, int T, int H, int D)
     free(x), free(c), free(s);
 }
 
-static void test_attention(int B, int T, int H, int KVH, int D)
+/* Attention forward and backward against the CPU. expect_flash: 1 when the tensor-core kernels
+ * must take both calls (checked with their call counter; they must also repeat bit for bit), 0
+ * when the fp32 kernels must. */
+static void test_attention(int B, int T, int H, int KVH, int D, int expect_flash)
 {
     char name[96];
+    const long long flash_before = cuda_attention_flash_calls();
     size_t nq = (size_t)B * T * H * D, nkv = (size_t)B * T * KVH * D, nl = (size_t)B * H * T;
     float *q = host_random(nq, 1.5f), *k = host_random(nkv, 1.5f), *v = host_random(nkv, 1.0f);
     float *out = malloc(nq * 4), *lse = malloc(nl * 4);
@@ -244,6 +262,30 @@ static void test_attention(int B, int T, int H, int KVH, int D)
     compare(name, d_dk, dk, nkv);
     snprintf(name, sizeof(name), "attention_backward dv B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
     compare(name, d_dv, dv, nkv);
+
+    const long long flash_calls = cuda_attention_flash_calls() - flash_before;
+    snprintf(name, sizeof(name), "attention %s kernels ran B%d T%d H%d KVH%d D%d",
+             expect_flash ? "tensor-core" : "fp32", B, T, H, KVH, D);
+    report(name, "flash calls", (double)flash_calls, expect_flash ? 2.0 : 0.0, !expect_flash, 0);
+    if (expect_flash) {
+        /* no atomics, fixed order: running again into fresh poisoned buffers gives the same bits */
+        float *r_dq = dev_poison(nq), *r_dk = dev_poison(nkv), *r_dv = dev_poison(nkv);
+        float *r_out = dev_poison(nq), *r_lse = dev_poison(nl);
+        float *r_out2 = dev_poison(nq), *r_lse2 = dev_poison(nl);
+        gpu->attention_backward(r_dq, r_dk, r_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH,
+                                D);
+        gpu->attention_forward(r_out, r_lse, d_q, d_k, d_v, B, T, H, KVH, D);
+        gpu->attention_forward(r_out2, r_lse2, d_q, d_k, d_v, B, T, H, KVH, D);
+        int differ = !same_bits(r_dq, d_dq, nq) + !same_bits(r_dk, d_dk, nkv) +
+                     !same_bits(r_dv, d_dv, nkv) + !same_bits(r_out, r_out2, nq) +
+                     !same_bits(r_lse, r_lse2, nl);
+        snprintf(name, sizeof(name), "attention repeats bit for bit B%d T%d H%d KVH%d D%d", B, T, H,
+                 KVH, D);
+        report(name, "outputs differing", differ, 0.0, 1, 0);
+        void *rdev[] = {r_dq, r_dk, r_dv, r_out, r_lse, r_out2, r_lse2};
+        for (size_t i = 0; i < DS_ARRAY_LEN(rdev); i++)
+            gpu->mem_free(rdev[i]);
+    }
     void *dev[] = {d_q, d_k, d_v, d_out, d_lse, d_dout, d_dq, d_dk, d_dv};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
         gpu->mem_free(dev[i]);
@@ -621,6 +663,7 @@ int main(void)
         fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
         return 1;
     }
+    must(cuda_attention_kind("simple")); /* fp32 agreement first; "flash" rows below */
     printf("| %-66s | %-10s | %10s | %-11s | %5s | %s |\n", "check (CUDA vs CPU)", "metric",
            "value", "limit", "NaN", "result");
     printf("|%s|%s|%s|%s|%s|%s|\n",
@@ -633,10 +676,10 @@ int main(void)
     test_rmsnorm(600, 2048);
     test_rope(2, 67, 4, 64);
     test_rope(1, 33, 3, 128);
-    test_attention(2, 67, 4, 2, 64);
-    test_attention(1, 130, 4, 1, 128);
-    test_attention(2, 45, 6, 3, 80);
-    test_attention(1, 300, 2, 2, 16);
+    test_attention(2, 67, 4, 2, 64, 0);
+    test_attention(1, 130, 4, 1, 128, 0);
+    test_attention(2, 45, 6, 3, 80, 0);
+    test_attention(1, 300, 2, 2, 16, 0);
     test_elementwise(100003);
     test_embedding(300, 50, 96);
     test_embedding(4096, 320, 128);
@@ -664,6 +707,23 @@ int main(void)
         test_fixture(cases[i]);
     test_random_model();
     cuda_matmul_precision("fp32");
+
+    /* tensor-core attention (attention.cu): bf16 products, fp32 matmuls elsewhere */
+    must(cuda_attention_kind("flash"));
+    mode = "flash";
+    tol = 1e-2;
+    test_attention(1, 2048, 16, 16, 128, 1); /* the deepseek-coder-1.3b head shape */
+    test_attention(2, 100, 4, 2, 128, 1);    /* ragged last tile, GQA, B > 1 */
+    test_attention(2, 130, 2, 2, 128, 1);    /* two full tiles and 2 rows */
+    test_attention(2, 67, 8, 2, 64, 1);      /* head_dim 64, GQA 4 */
+    test_attention(3, 256, 8, 2, 64, 1);     /* whole tiles only */
+    test_attention(1, 1, 2, 1, 128, 1);      /* a single token */
+    test_attention(2, 45, 6, 3, 80, 0);      /* other head dims: the fp32 kernels */
+    const long long flash_before = cuda_attention_flash_calls();
+    test_random_model(); /* head_dim 128, T 100, GQA: loss, logits, gradient cosine */
+    report("model random C256 D128 T100: attention on tensor cores", "flash calls",
+           (double)(cuda_attention_flash_calls() - flash_before), 4.0, 0, 0);
+    cuda_attention_kind("simple");
     printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
 }
