@@ -70,7 +70,7 @@ typedef struct StepBatch {
 /* run.save_final: the full fp32 parameters in <run_dir>/final.safetensors, each tensor put
  * together on world rank 0 from the tensor-parallel slices (a check and debugging aid, not the
  * export: it holds the whole model in rank 0's memory). Collective over the grid. */
-static int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir)
+int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir)
 {
     const ParamTable *pt = &m->table;
     const int tp = g->tp_size, writer = g->world_rank == 0;

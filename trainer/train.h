@@ -11,6 +11,10 @@ int train_model_config(const Config *cfg, ModelConfig *mc);
 const char *train_data_path(const char *configured, const char *bundled_name, char *buf,
                             size_t size);
 
+/* run.save_final: the full fp32 parameters in <run_dir>/final.safetensors, put together on
+ * world rank 0 from the tensor-parallel slices. Collective over the grid. */
+int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir);
+
 /* Run a whole training job from a resolved config. */
 int train_run(const Config *cfg);
 
