@@ -1,8 +1,12 @@
 /* continual.c: the continual-learning driver (see continual.h). One model, one optimizer, one
  * EWC state and one replay buffer live through the whole task sequence; each task gets its own
  * learning-rate schedule and fresh Adam moments. Everything a step touches is allocated before
- * the first task. Single process: EWC's shard is the whole layout, the buffer has one rank.
- * The tasks list is its own YAML file (continual.tasks) so the scalar config schema stays flat. */
+ * the first task. Every rank of the process grid runs it in step, as the plain driver
+ * (train.c): EWC lives on the optimizer's shard, the replay buffer's tokens are sharded over dp,
+ * and each global batch (micro_batch_size x dp rows), replay draw, Fisher example and eval row
+ * is the one a single process would take, so results do not depend on the layout. World rank 0
+ * alone prints and writes the run's shared files. The tasks list is its own YAML file
+ * (continual.tasks) so the scalar config schema stays flat. */
 #include "continual.h"
 
 #include <errno.h>
@@ -11,10 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "../checkpoint/hf_model.h"
 #include "../checkpoint/train_ckpt.h"
+#include "../comm/comm.h"
 #include "../data/dataset.h"
 #include "../data/replay.h"
 #include "common.h"
@@ -335,19 +341,25 @@ static int fisher_next(void *ctx, int32_t *inputs, int32_t *targets, float *weig
  */
 
 /* Accuracy over every example of a classification eval file, or mean token loss over
- * eval.batches batches of an LM eval file (the same windows every time). */
-static int evaluate(Model *m, const Config *cfg, const char *path, double *metric, float *logits)
+ * eval.batches batches of an LM eval file (the same windows every time). Every data-parallel
+ * rank reads the whole file and takes its own rows of each global batch of micro_batch_size x dp
+ * rows; the counts are summed over dp, so the result does not depend on the layout. rows, tg, w
+ * are scratch for one global batch. */
+static int evaluate(Model *m, const Config *cfg, const char *path, double *metric, float *logits,
+                    const ProcessGrid *g, int32_t *rows_in, int32_t *rows_tg, float *rows_w)
 {
-    const int B = m->B, T = m->T, L = m->cfg.num_labels;
+    const int B = m->B, T = m->T, L = m->cfg.num_labels, G = B * g->dp_size;
+    const int64_t mine = (int64_t)g->dp_rank * B; /* this rank's first row of a global batch */
     TaskStream s;
     DS_TRY(stream_open(&s, path, &m->cfg, T, 0));
     int status = DS_OK;
     if (s.classification) {
         int64_t correct = 0;
-        for (int64_t first = 0; first < s.n; first += B) {
-            int rows = s.n - first < B ? (int)(s.n - first) : B;
+        for (int64_t first = 0; first < s.n; first += G) {
+            int64_t rows = s.n - first - mine;
+            rows = rows < 0 ? 0 : rows > B ? B : rows;
             for (int r = 0; r < B; r++) {
-                int64_t d = first + (r < rows ? r : 0);
+                int64_t d = r < rows ? first + mine + r : 0; /* padding rows: not counted */
                 memcpy(m->inputs + (size_t)r * T, s.rows + (size_t)d * T,
                        (size_t)T * sizeof(int32_t));
             }
@@ -357,21 +369,29 @@ static int evaluate(Model *m, const Config *cfg, const char *path, double *metri
                 int best = 0;
                 for (int c = 1; c < L; c++)
                     if (row[c] > row[best]) best = c;
-                correct += best == s.labels[first + r];
+                correct += best == s.labels[first + mine + r];
             }
         }
+        status = comm_all_reduce(&g->dp, &correct, 1, COMM_I64, COMM_SUM);
         *metric = (double)correct / (double)s.n;
     } else {
-        double sum = 0.0, count = 0.0;
+        double sums[2] = {0.0, 0.0}; /* loss, tokens */
+        const size_t at = (size_t)mine * T, n = (size_t)B * T;
         for (int b = 0; b < cfg->eval_batches && status == DS_OK; b++) {
-            status = lm_reader_next(s.lm, B, m->inputs, m->targets, m->loss_weights);
+            status = lm_reader_next(s.lm, G, rows_in, rows_tg, rows_w);
             if (status != DS_OK) break;
-            for (int i = 0; i < B * T; i++)
-                count += m->loss_weights[i];
-            memcpy(logits, m->loss_weights, (size_t)B * T * sizeof(float));
-            sum += model_forward(m, m->inputs, m->targets, logits, NULL);
+            memcpy(m->inputs, rows_in + at, n * sizeof(int32_t));
+            memcpy(m->targets, rows_tg + at, n * sizeof(int32_t));
+            memcpy(m->loss_weights, rows_w + at, n * sizeof(float));
+            for (size_t i = 0; i < n; i++)
+                sums[1] += m->loss_weights[i];
+            memcpy(logits, m->loss_weights, n * sizeof(float));
+            sums[0] += model_forward(m, m->inputs, m->targets, logits, NULL);
         }
-        *metric = count > 0 ? sum / count : NAN;
+        /* every rank takes part in the sum, even after its reader failed */
+        int reduced = comm_all_reduce(&g->dp, sums, 2, COMM_F64, COMM_SUM);
+        if (status == DS_OK) status = reduced;
+        *metric = sums[1] > 0 ? sums[0] / sums[1] : NAN;
     }
     stream_close(&s);
     return status;
@@ -453,16 +473,23 @@ static void print_matrix(const ContinualTasks *tasks, const double *R, int K, in
 }
 
 typedef struct Driver {
-    Model model, fisher_model;
+    ProcessGrid grid;
+    const Backend *be;
+    Model model, fisher_model; /* fisher_model: per-example Fisher at micro_batch_size > 1 */
+    Model *fisher_work;        /* the model the Fisher pass runs: model or fisher_model */
     Optimizer opt;
     EwcState ewc;
     ReplayBuffer replay;
     TaskStream train, fisher_stream;
     float *fisher, *logits;
-    int32_t *labels, *fresh_labels; /* [B] per micro-batch: row labels */
-    float *row_weights;             /* [B] classification, [B*T] LM */
-    int32_t *row_task;              /* [B] */
-    uint8_t *row_fresh;             /* [B] 1 = from the task, 0 = replayed */
+    float *host_shard; /* device backends: this rank's shard of parameters, staged on the host */
+    /* one global micro-batch, micro_batch_size x dp rows, the same on every rank: the replayed
+     * rows first, then the task's; rank r trains rows [r B, (r + 1) B) */
+    int32_t *g_inputs, *g_targets; /* [G*T] */
+    float *g_weights;              /* [G*T] loss mask */
+    int32_t *g_labels, *g_task;    /* [G] */
+    int32_t *g_slot;               /* [G] replayed rows: the buffer slot */
+    float *row_weights;            /* [B] classification, [B*T] LM */
     double *R;
     FILE *metrics;
 } Driver;
@@ -474,42 +501,253 @@ static void driver_free(Driver *d)
     stream_close(&d->fisher_stream);
     free(d->fisher);
     free(d->logits);
-    free(d->labels);
-    free(d->fresh_labels);
+    free(d->host_shard);
+    free(d->g_inputs);
+    free(d->g_targets);
+    free(d->g_weights);
+    free(d->g_labels);
+    free(d->g_task);
+    free(d->g_slot);
     free(d->row_weights);
-    free(d->row_task);
-    free(d->row_fresh);
     free(d->R);
     ewc_free(&d->ewc);
     replay_free(&d->replay);
     optim_free(&d->opt);
     model_free(&d->model);
     model_free(&d->fisher_model);
+    comm_grid_free(&d->grid);
 }
 
-/* Fill micro-batch rows: the first n_replay from the buffer, the rest from the task. */
-static int fill_micro_batch(Driver *d, int n_replay, int task_index)
+/* Fill the global micro-batch: n_replay rows drawn from the buffer (every rank draws the same
+ * slots; the rank holding a slot's tokens hands them to all through one sum over dp), the rest
+ * read from the task (every rank reads them all, in the same order). Then this rank's rows go to
+ * the model's inputs, targets, loss weights and labels. */
+static int fill_micro_batch(Driver *d, int n_replay, int task_index, int32_t *labels)
 {
     Model *m = &d->model;
-    const int B = m->B, T = m->T, cls = m->cfg.num_labels > 0;
-    for (int r = 0; r < B; r++) {
-        int32_t *in = m->inputs + (size_t)r * T, *tg = m->targets + (size_t)r * T;
-        float *w = m->loss_weights + (size_t)r * T;
-        int32_t label;
-        if (r < n_replay) {
-            int64_t l;
-            DS_TRY(replay_sample(&d->replay, in, tg, w, &l, &d->row_task[r]));
-            label = (int32_t)l;
-            d->row_fresh[r] = 0;
-        } else {
-            DS_TRY(stream_next(&d->train, in, tg, w, &label));
-            d->row_task[r] = task_index;
-            d->row_fresh[r] = 1;
-        }
-        d->labels[r] = label;
+    const int B = m->B, T = m->T, G = B * d->grid.dp_size;
+    const size_t nT = (size_t)n_replay * T;
+    if (n_replay > 0) {
+        memset(d->g_inputs, 0, nT * sizeof(int32_t));
+        memset(d->g_targets, 0, nT * sizeof(int32_t));
+        memset(d->g_weights, 0, nT * sizeof(float));
     }
-    (void)cls;
+    for (int r = 0; r < n_replay; r++) {
+        int slot;
+        DS_TRY(replay_draw(&d->replay, &slot));
+        d->g_slot[r] = slot;
+        d->g_labels[r] = (int32_t)d->replay.labels[slot];
+        d->g_task[r] = d->replay.task_ids[slot];
+        if (replay_holds(&d->replay, slot))
+            DS_TRY(replay_read(&d->replay, slot, d->g_inputs + (size_t)r * T,
+                               d->g_targets + (size_t)r * T, d->g_weights + (size_t)r * T, NULL,
+                               NULL));
+    }
+    if (n_replay > 0 && d->grid.dp_size > 1) {
+        DS_TRY(comm_all_reduce(&d->grid.dp, d->g_inputs, nT, COMM_I32, COMM_SUM));
+        DS_TRY(comm_all_reduce(&d->grid.dp, d->g_targets, nT, COMM_I32, COMM_SUM));
+        DS_TRY(comm_all_reduce(&d->grid.dp, d->g_weights, nT, COMM_F32, COMM_SUM));
+    }
+    for (int r = n_replay; r < G; r++) {
+        DS_TRY(stream_next(&d->train, d->g_inputs + (size_t)r * T, d->g_targets + (size_t)r * T,
+                           d->g_weights + (size_t)r * T, &d->g_labels[r]));
+        d->g_task[r] = task_index;
+        d->g_slot[r] = -1;
+    }
+    const size_t at = (size_t)d->grid.dp_rank * B * T, n = (size_t)B * T;
+    memcpy(m->inputs, d->g_inputs + at, n * sizeof(int32_t));
+    memcpy(m->targets, d->g_targets + at, n * sizeof(int32_t));
+    memcpy(m->loss_weights, d->g_weights + at, n * sizeof(float));
+    memcpy(labels, d->g_labels + (size_t)d->grid.dp_rank * B, (size_t)B * sizeof(int32_t));
     return DS_OK;
+}
+
+/* The EWC penalty over the whole model, each element once: the fused update sums this rank's
+ * shard, in which tensors another tensor-parallel rank also holds (tp_copy) and, without ZeRO,
+ * every data-parallel rank's copy would count again. Collective over the world. */
+static int ewc_penalty_global(const Driver *d, double shard_penalty, const float *params,
+                              double *out)
+{
+    const EwcState *e = &d->ewc;
+    double dup = 0.0;
+    for (int i = 0; i < d->model.table.count && e->n_sets > 0; i++) {
+        const ParamInfo *p = &d->model.table.items[i];
+        size_t b = p->offset > e->lo ? p->offset : e->lo;
+        size_t end = p->offset + p->numel < e->hi ? p->offset + p->numel : e->hi;
+        if (!p->tp_copy || b >= end) continue;
+        for (int k = 0; k < e->n_sets; k++)
+            for (size_t j = b; j < end; j++) {
+                double diff = (double)params[j] - e->anchor[k][j - e->lo];
+                dup += (double)e->fisher[k][j - e->lo] * diff * diff;
+            }
+    }
+    double v = shard_penalty - 0.5 * e->lambda * dup;
+    if (!d->opt.zero && d->grid.dp_rank != 0) v = 0.0;
+    DS_TRY(comm_all_reduce(&d->grid.world, &v, 1, COMM_F64, COMM_SUM));
+    *out = v;
+    return DS_OK;
+}
+
+/* This rank's shard of the parameters in host memory, indexed by flat offset (the parameters
+ * themselves on the CPU; staged from the device otherwise). */
+static const float *params_on_host(Driver *d)
+{
+    if (d->be->host_memory) return d->model.params;
+    const size_t lo = d->opt.shard_begin;
+    d->be->mem_to_host(d->host_shard, d->model.params + lo, d->opt.n * sizeof(float));
+    return d->host_shard - lo;
+}
+
+/* optim_step with the EWC gradient fused in. On a device backend the fused update runs on the
+ * host, over chunks of the shard staged through host memory (the EWC state is host memory):
+ * slower than a kernel, but the same arithmetic. */
+static void continual_optim_step(Driver *d, const Config *tc, float lr, float scale)
+{
+    Optimizer *opt = &d->opt;
+    Model *m = &d->model;
+    if (d->be->host_memory || d->ewc.n_sets == 0) {
+        optim_step(opt, m, tc, lr, scale);
+        return;
+    }
+    enum { CHUNK = 1 << 20 };
+    float *h = d->host_shard; /* 4 chunks fit: the shard is at least as large when staged */
+    float *hp = h, *hg = h + CHUNK, *hm = h + 2 * CHUNK, *hv = h + 3 * CHUNK;
+    opt->t++;
+    opt->ewc_penalty = 0.0;
+    const size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        const float wd = p->weight_decay ? tc->optim_weight_decay : 0.0f;
+        size_t b = p->offset > lo ? p->offset : lo;
+        const size_t e = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+        for (; b < e; b += CHUNK) {
+            const size_t n = e - b < CHUNK ? e - b : CHUNK, bytes = n * sizeof(float);
+            d->be->mem_to_host(hp, m->params + b, bytes);
+            d->be->mem_to_host(hg, m->grads + b, bytes);
+            d->be->mem_to_host(hm, opt->m + b, bytes);
+            d->be->mem_to_host(hv, opt->v + b, bytes);
+            ewc_adamw_update(&d->ewc, b, hp, hg, hm, hv, n, lr, tc->optim_beta1, tc->optim_beta2,
+                             tc->optim_eps, wd, scale, opt->t, &opt->ewc_penalty);
+            d->be->mem_to_device(m->params + b, hp, bytes);
+            d->be->mem_to_device(opt->m + b, hm, bytes);
+            d->be->mem_to_device(opt->v + b, hv, bytes);
+        }
+    }
+}
+
+/* A copy of `src`'s shard of a dp-sharded flat host buffer, gathered over dp into full (this
+ * tensor-parallel rank's whole layout). */
+static int gather_shard(const Driver *d, const float *shard, float *full)
+{
+    const size_t lo = d->opt.shard_begin, n = d->opt.n;
+    memcpy(full + lo, shard, n * sizeof(float));
+    if (!d->opt.zero || d->grid.dp_size == 1) return DS_OK;
+    return comm_all_gather(&d->grid.dp, full, n, COMM_F32);
+}
+
+/* <dir>/ewc.h5 and <dir>/replay-rank-00000.h5, whole tensors and one buffer whatever the
+ * layout, so that a run at another tp x dp loads them. Collective over the world: the EWC sets
+ * are gathered over dp and each tensor-parallel rank's data-parallel rank 0 writes its slices
+ * in turn; the replay tokens are summed over dp and world rank 0 writes them. */
+static int continual_state_save(Driver *d, const char *dir, int save_ewc, int save_replay,
+                                float *scratch_a, float *scratch_b, uint64_t replay_seed)
+{
+    const ProcessGrid *g = &d->grid;
+    char path[CONFIG_STR_MAX + 96], tmp[CONFIG_STR_MAX + 128];
+    int status = DS_OK;
+    if (save_ewc) {
+        snprintf(path, sizeof(path), "%s/ewc.h5", dir);
+        snprintf(tmp, sizeof(tmp), "%s/ewc.h5.tmp", dir);
+        if (g->world_rank == 0) status = ewc_save_begin(&d->ewc, tmp);
+        DS_TRY(comm_broadcast(&g->world, &status, 1, COMM_I32, 0));
+        if (status != DS_OK) return g->world_rank == 0 ? status : DS_ERR_INTERNAL;
+        for (int k = 0; k < d->ewc.n_sets; k++) {
+            DS_TRY(gather_shard(d, d->ewc.fisher[k], scratch_a));
+            DS_TRY(gather_shard(d, d->ewc.anchor[k], scratch_b));
+            for (int r = 0; r < g->tp_size; r++) {
+                if (g->tp_rank == r && g->dp_rank == 0)
+                    DS_TRY(ewc_save_set(tmp, &d->model.table, k, scratch_a, scratch_b));
+                DS_TRY(comm_barrier(&g->world));
+            }
+        }
+        if (g->world_rank == 0 && rename(tmp, path) != 0)
+            return ds_error(DS_ERR_INPUT, "%s: rename failed: %s", path, strerror(errno));
+    }
+    if (save_replay) {
+        ReplayBuffer whole;
+        const ReplayBuffer *rb = &d->replay;
+        DS_TRY(replay_init(&whole, rb->policy, rb->capacity_total, rb->T, 0, 1, replay_seed));
+        replay_shard_to_whole(rb, &whole);
+        const size_t n = (size_t)rb->count * rb->T;
+        if (g->dp_size > 1 &&
+            ((status = comm_all_reduce(&g->dp, whole.inputs, n, COMM_I32, COMM_SUM)) != DS_OK ||
+             (status = comm_all_reduce(&g->dp, whole.targets, n, COMM_I32, COMM_SUM)) != DS_OK ||
+             (status = comm_all_reduce(&g->dp, whole.mask, n, COMM_U8, COMM_SUM)) != DS_OK)) {
+            replay_free(&whole);
+            return status;
+        }
+        if (g->world_rank == 0) {
+            status = replay_save(&whole, dir);
+            /* files of a run with more ranks would say the buffer has more parts */
+            for (int r = 1; status == DS_OK; r++) {
+                snprintf(path, sizeof(path), "%s/replay-rank-%05d.h5", dir, r);
+                if (remove(path) != 0) break;
+            }
+        }
+        replay_free(&whole);
+    }
+    return status;
+}
+
+/* Collective over the world: ranks other than 0 get DS_ERR_INTERNAL when rank 0 failed. */
+static int agree(const ProcessGrid *g, int status)
+{
+    int64_t worst = status;
+    if (g->world_size > 1 &&
+        comm_all_reduce(&g->world, &worst, 1, COMM_I64, COMM_MAX) != DS_OK)
+        return DS_ERR_INTERNAL;
+    return status != DS_OK ? status : worst != DS_OK ? DS_ERR_INTERNAL : DS_OK;
+}
+
+/* CkptAllMinFn over a comm group: MIN as the MAX of the negation. */
+static int continual_all_min(void *group, int local, int *global)
+{
+    int64_t v = -(int64_t)local;
+    DS_TRY(comm_all_reduce((const CommGroup *)group, &v, 1, COMM_I64, COMM_MAX));
+    *global = (int)-v;
+    return DS_OK;
+}
+
+/* The backend device names (cpu, cuda) selects, as the plain driver does. */
+static int continual_backend(const char *device, const Backend **be)
+{
+    if (strcmp(device, "cpu") == 0) {
+        *be = backend_cpu();
+        return DS_OK;
+    }
+    if (strcmp(device, "cuda") == 0) {
+#ifdef DSTRAIN_HAVE_CUDA
+        *be = backend_cuda();
+        return *be ? DS_OK : DS_ERR_INPUT;
+#else
+        return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
+                                      "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
+#endif
+    }
+    return ds_error(DS_ERR_INPUT, "device: unknown device \"%s\" (known: cpu, cuda)", device);
+}
+
+/* Copy model parameters between two models of one layout (through host scratch of the
+ * table's size on a device backend). */
+static void params_copy(Model *dst, const Model *src, float *host_scratch)
+{
+    const size_t bytes = src->table.total * sizeof(float);
+    if (src->be->host_memory) {
+        memcpy(dst->params, src->params, bytes);
+        return;
+    }
+    src->be->mem_to_host(host_scratch, src->params, bytes);
+    dst->be->mem_to_device(dst->params, host_scratch, bytes);
 }
 
 int continual_run(const Config *cfg)
@@ -517,9 +755,23 @@ int continual_run(const Config *cfg)
     int status = DS_OK;
     Driver d;
     memset(&d, 0, sizeof(d));
+    TrainCkpt *ckpts = NULL;
+    int32_t *labels = NULL; /* [B] this rank's rows' labels */
     ContinualTasks *tasks = ds_calloc(1, sizeof(ContinualTasks));
     if (!tasks) return DS_ERR_INTERNAL;
     char run_dir[CONFIG_STR_MAX], path[CONFIG_STR_MAX + 64], state_dir[CONFIG_STR_MAX + 64];
+    /* the process grid first (MPI when a launcher started us), as the plain driver does */
+    if ((status = comm_grid_init(&d.grid, cfg->parallel_tp, cfg->parallel_dp)) != DS_OK)
+        goto done;
+    ProcessGrid *grid = &d.grid;
+    if (strcmp(cfg->device, "cuda") == 0 && grid->world_size > 1 &&
+        (status = comm_grid_enable_nccl(grid)) != DS_OK)
+        goto done;
+    if (grid->world_rank != 0 && !freopen("/dev/null", "w", stdout)) {
+        status = ds_error(DS_ERR_INTERNAL, "rank %d: cannot silence stdout", grid->world_rank);
+        goto done;
+    }
+    const int writer = grid->world_rank == 0; /* one rank writes the run's shared files */
     if (!cfg->continual_tasks[0]) {
         status = ds_error(DS_ERR_INPUT,
                           "task.type: %s trains from a task list: set "
@@ -537,6 +789,7 @@ int continual_run(const Config *cfg)
     snprintf(state_dir, sizeof(state_dir), "%s/continual-state", run_dir);
     if ((status = make_dir(state_dir)) != DS_OK) goto done;
     snprintf(path, sizeof(path), "%s/config.yaml", run_dir);
+    if (!writer) snprintf(path, sizeof(path), "/dev/null");
     FILE *cf = fopen(path, "w");
     if (!cf) {
         status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", path, strerror(errno));
@@ -545,7 +798,7 @@ int continual_run(const Config *cfg)
     config_write_yaml(cfg, cf, 0);
     fclose(cf);
 
-    /* model */
+    /* model, on this rank's device and tensor-parallel slice */
     ModelConfig mc;
     if ((status = train_model_config(cfg, &mc)) != DS_OK) goto done;
     const int cls = strcmp(cfg->task_type, "classification") == 0;
@@ -560,89 +813,167 @@ int continual_run(const Config *cfg)
         mc.num_labels = cfg->task_num_labels;
     }
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len,
-              accum = cfg->train_grad_accum;
-    if ((status = model_init(&d.model, &mc, backend_cpu(), B, T)) != DS_OK) goto done;
+              accum = cfg->train_grad_accum, G = B * grid->dp_size;
+    if ((status = continual_backend(cfg->device, &d.be)) != DS_OK ||
+        (status = model_init_parallel(&d.model, &mc, d.be, B, T, grid)) != DS_OK)
+        goto done;
+    const size_t total = d.model.table.total;
     if (cfg->model_path[0] && !cfg->model_random_init) {
-        if ((status = hf_load_weights(cfg->model_path, &mc, &d.model.table, d.model.params)) !=
-            DS_OK)
+        float *staging = d.be->host_memory ? d.model.params
+                                           : ds_aligned_alloc(PARAM_ALIGN_BYTES,
+                                                              total * sizeof(float));
+        if (!staging) {
+            status = DS_ERR_INTERNAL;
             goto done;
+        }
+        status = hf_load_weights(cfg->model_path, &mc, &d.model.table, staging);
+        if (status == DS_OK && !d.be->host_memory)
+            d.be->mem_to_device(d.model.params, staging, total * sizeof(float));
+        if (!d.be->host_memory) free(staging);
+        if (status != DS_OK) goto done;
     } else {
         model_init_weights(&d.model, (uint64_t)cfg->train_seed, cfg->model_init_std);
     }
-    const size_t total = d.model.table.total;
-    if ((status = optim_init(&d.opt, &d.model.table)) != DS_OK) goto done;
+    if ((status = optim_init_sharded(&d.opt, &d.model.table, d.be, grid, cfg->parallel_zero)) !=
+        DS_OK)
+        goto done;
+    const size_t lo = d.opt.shard_begin, hi = d.opt.shard_begin + d.opt.n;
 
-    /* EWC, replay, and what the Fisher pass needs */
+    /* EWC on this rank's optimizer shard, replay, and what the Fisher pass needs */
     FisherOptions fopt = {.samples = cfg->continual_ewc_fisher_samples,
                           .batched = cfg->continual_ewc_fisher_batched,
-                          .seed = (uint64_t)cfg->train_seed + 17};
+                          .seed = (uint64_t)cfg->train_seed + 17,
+                          .shard_rank = grid->dp_rank,
+                          .shard_size = grid->dp_size};
     EwcMode mode;
     if ((status = ewc_mode_parse(cfg->continual_ewc_mode, &mode)) != DS_OK ||
         (status = fisher_type_parse(cfg->continual_ewc_fisher_type, &fopt.type)) != DS_OK ||
-        (status = ewc_init(&d.ewc, mode, cfg->continual_ewc_lambda, cfg->continual_ewc_gamma, 0,
-                           total)) != DS_OK)
+        (status = ewc_init(&d.ewc, mode, cfg->continual_ewc_lambda, cfg->continual_ewc_gamma, lo,
+                           hi)) != DS_OK)
         goto done;
+    size_t fisher_model_bytes = 0;
     if (cfg->continual_ewc_enabled) {
         if (fopt.type == FISHER_EXACT && !cls) {
             status = ds_error(DS_ERR_INPUT, "continual.ewc.fisher.type: exact needs task.type "
                                             "classification");
             goto done;
         }
-        d.opt.ewc = &d.ewc;
-        if ((status = model_init(&d.fisher_model, &mc, backend_cpu(), fopt.batched ? B : 1, T)) !=
-            DS_OK)
+        if (fopt.type == FISHER_SAMPLED && !cls && grid->tp_size > 1) {
+            status = ds_error(DS_ERR_INPUT,
+                              "continual.ewc.fisher.type: sampled draws tokens from the whole "
+                              "vocabulary, which parallel.tp splits; use empirical at tp %d",
+                              grid->tp_size);
             goto done;
-        d.fisher = ds_malloc(total * sizeof(float));
+        }
+        /* the fused update works on host memory: on a device it is staged (optim_step) */
+        if (d.be->host_memory) d.opt.ewc = &d.ewc;
+        /* per example: a model of one row unless the training one has one row already */
+        d.fisher_work = &d.model;
+        if (!fopt.batched && B != 1) {
+            if ((status = model_init_parallel(&d.fisher_model, &mc, d.be, 1, T, grid)) != DS_OK)
+                goto done;
+            d.fisher_work = &d.fisher_model;
+            fisher_model_bytes = (2 * total + d.fisher_model.arena_floats) * sizeof(float);
+        }
+        d.fisher = ds_aligned_alloc(PARAM_ALIGN_BYTES, total * sizeof(float));
         if (!d.fisher) {
             status = DS_ERR_INTERNAL;
             goto done;
         }
     }
+    if (!d.be->host_memory) {
+        const size_t n = d.opt.n > ((size_t)4 << 20) ? d.opt.n : ((size_t)4 << 20);
+        if (!(d.host_shard = ds_aligned_alloc(PARAM_ALIGN_BYTES, n * sizeof(float)))) {
+            status = DS_ERR_INTERNAL;
+            goto done;
+        }
+    }
     ReplayPolicy policy;
+    const uint64_t replay_seed = (uint64_t)cfg->train_seed + 29;
     if ((status = replay_policy_parse(cfg->continual_replay_policy, &policy)) != DS_OK ||
-        (status = replay_init(&d.replay, policy, cfg->continual_replay_capacity, T, 0, 1,
-                              (uint64_t)cfg->train_seed + 29)) != DS_OK)
+        (status = replay_init_sharded(&d.replay, policy, cfg->continual_replay_capacity, T,
+                                      grid->dp_rank, grid->dp_size, replay_seed)) != DS_OK)
         goto done;
     if (cfg->continual_state[0]) {
+        /* a state saved at any layout: whole tensors and one buffer */
         char p2[CONFIG_STR_MAX + 64];
         snprintf(p2, sizeof(p2), "%s/ewc.h5", cfg->continual_state);
         struct stat st;
         if (cfg->continual_ewc_enabled && stat(p2, &st) == 0 &&
-            (status = ewc_load(&d.ewc, p2, total)) != DS_OK)
+            (status = ewc_load_tensors(&d.ewc, p2, &d.model.table)) != DS_OK)
             goto done;
         snprintf(p2, sizeof(p2), "%s/replay-rank-00000.h5", cfg->continual_state);
-        if (cfg->continual_replay_capacity > 0 && stat(p2, &st) == 0 &&
-            (status = replay_load(&d.replay, cfg->continual_state)) != DS_OK)
-            goto done;
+        if (cfg->continual_replay_capacity > 0 && stat(p2, &st) == 0) {
+            ReplayBuffer whole;
+            if ((status = replay_init(&whole, policy, cfg->continual_replay_capacity, T, 0, 1,
+                                      replay_seed)) != DS_OK)
+                goto done;
+            if ((status = replay_load(&whole, cfg->continual_state)) == DS_OK)
+                status = replay_shard_from_whole(&d.replay, &whole);
+            replay_free(&whole);
+            if (status != DS_OK) goto done;
+        }
         printf("continual: state from %s: %d Fisher set(s), %d replay example(s)\n",
                cfg->continual_state, d.ewc.n_sets, d.replay.count);
     }
     const int L = cls ? mc.num_labels : mc.vocab_size;
-    d.logits =
-        ds_malloc((size_t)B * (cls ? 1 : T) * L * sizeof(float) + (size_t)B * T * sizeof(float));
-    d.labels = ds_malloc((size_t)B * sizeof(int32_t));
-    d.fresh_labels = ds_malloc((size_t)B * sizeof(int32_t));
+    d.logits = ds_malloc((size_t)B * (cls ? 1 : T) * L * sizeof(float) +
+                         (size_t)B * T * sizeof(float));
+    d.g_inputs = ds_malloc((size_t)G * T * sizeof(int32_t));
+    d.g_targets = ds_malloc((size_t)G * T * sizeof(int32_t));
+    d.g_weights = ds_malloc((size_t)G * T * sizeof(float));
+    d.g_labels = ds_malloc((size_t)G * sizeof(int32_t));
+    d.g_task = ds_malloc((size_t)G * sizeof(int32_t));
+    d.g_slot = ds_malloc((size_t)G * sizeof(int32_t));
     d.row_weights = ds_malloc((size_t)B * T * sizeof(float));
-    d.row_task = ds_malloc((size_t)B * sizeof(int32_t));
-    d.row_fresh = ds_malloc((size_t)B);
+    labels = ds_malloc((size_t)B * sizeof(int32_t));
     d.R = ds_calloc((size_t)K * K, sizeof(double));
-    if (!d.logits || !d.labels || !d.fresh_labels || !d.row_weights || !d.row_task ||
-        !d.row_fresh || !d.R) {
+    if (!d.logits || !d.g_inputs || !d.g_targets || !d.g_weights || !d.g_labels || !d.g_task ||
+        !d.g_slot || !d.row_weights || !labels || !d.R) {
         status = DS_ERR_INTERNAL;
         goto done;
     }
     snprintf(path, sizeof(path), "%s/metrics.jsonl", run_dir);
+    if (!writer) snprintf(path, sizeof(path), "/dev/null");
     if (!(d.metrics = fopen(path, "w"))) {
         status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", path, strerror(errno));
         goto done;
     }
-    printf("continual: %d tasks, %s, EWC %s (lambda %g, %s, Fisher %s over %d examples%s), "
-           "replay %d examples at ratio %g (%s)\n",
-           K, cls ? "classification" : "causal LM", cfg->continual_ewc_enabled ? "on" : "off",
-           cfg->continual_ewc_lambda, cfg->continual_ewc_mode, cfg->continual_ewc_fisher_type,
+    size_t n_params = 0; /* the whole model's, not this rank's slice */
+    for (int i = 0; i < d.model.table.count; i++)
+        n_params += (size_t)d.model.table.items[i].shape[0] *
+                    (size_t)(d.model.table.items[i].ndim == 2 ? d.model.table.items[i].shape[1] : 1);
+    /* memory per rank as the plain driver prints it, plus EWC's Fisher and anchor (one pair
+     * online, one per task separate) on the optimizer's shard, the Fisher pass's buffer, and the
+     * one-row model of the per-example Fisher */
+    const double MiB = 1.0 / 1048576;
+    const int ewc_sets = !cfg->continual_ewc_enabled ? 0 : mode == EWC_ONLINE ? 1 : K + d.ewc.n_sets;
+    printf("dstrain: %d ranks (tp %d x dp %d, zero %d); memory per rank: parameters %.2f MiB, "
+           "gradients %.2f MiB, optimizer %.2f MiB, activations %.2f MiB, EWC %.2f MiB "
+           "(Fisher and anchor x %d), Fisher pass %.2f MiB%s\n",
+           grid->world_size, grid->tp_size, grid->dp_size, d.opt.zero, total * 4.0 * MiB,
+           total * 4.0 * MiB, d.opt.n * 8.0 * MiB, d.model.arena_floats * 4.0 * MiB,
+           ewc_sets * d.opt.n * 8.0 * MiB, ewc_sets,
+           ((d.fisher ? total * 4.0 : 0.0) + fisher_model_bytes) * MiB,
+           d.be->host_memory ? "" : " (EWC and the Fisher buffer in host memory)");
+    printf("continual: %d tasks, %s, %zu parameters, EWC %s (lambda %g, %s, Fisher %s over %d "
+           "examples%s), replay %d examples at ratio %g (%s)\n",
+           K, cls ? "classification" : "causal LM", n_params,
+           cfg->continual_ewc_enabled ? "on" : "off", cfg->continual_ewc_lambda,
+           cfg->continual_ewc_mode, cfg->continual_ewc_fisher_type,
            cfg->continual_ewc_fisher_samples, fopt.batched ? ", batched" : "",
            cfg->continual_replay_capacity, cfg->continual_replay_ratio,
            cfg->continual_replay_policy);
+    /* fault-injection hook for tests, as in the plain driver: DSTRAIN_FAIL_RANK=k fails world
+     * rank k here while the others go on into the first collective */
+    const char *fail_rank = getenv("DSTRAIN_FAIL_RANK");
+    char *fail_end = NULL;
+    if (fail_rank && *fail_rank && strtol(fail_rank, &fail_end, 10) == grid->world_rank &&
+        *fail_end == 0) {
+        status = ds_error(DS_ERR_INPUT, "DSTRAIN_FAIL_RANK=%s: injected failure on rank %d",
+                          fail_rank, grid->world_rank);
+        goto done;
+    }
 
     const int task_base = d.ewc.tasks_seen; /* task ids continue across runs */
     const double t_start = ds_now();
@@ -654,30 +985,36 @@ int continual_run(const Config *cfg)
                                   (uint64_t)cfg->train_seed * 1000003ull + (uint64_t)k + 1)) !=
             DS_OK)
             goto done;
+        /* replayed rows of each global micro-batch (micro_batch_size x dp rows) */
         const int n_replay_rows = cfg->continual_replay_capacity > 0
-                                      ? (int)floor(cfg->continual_replay_ratio * B + 0.5)
+                                      ? (int)floor(cfg->continual_replay_ratio * G + 0.5)
                                       : 0;
         int steps = task->steps;
         if (!steps) {
-            int fresh = (B - (k > 0 || d.replay.count ? n_replay_rows : 0)) * accum;
+            int fresh = (G - (k > 0 || d.replay.count ? n_replay_rows : 0)) * accum;
             steps = (int)ceil(task->epochs * (double)d.train.n / (fresh > 0 ? fresh : 1));
         }
         total_steps += steps;
         Config tc = *cfg; /* this task's schedule */
         tc.train_steps = steps;
         /* fresh Adam moments per task, as Avalanche's default strategies reset the optimizer */
-        memset(d.opt.m, 0, total * sizeof(float));
-        memset(d.opt.v, 0, total * sizeof(float));
+        d.be->mem_zero(d.opt.m + d.opt.shard_begin, d.opt.n * sizeof(float));
+        d.be->mem_zero(d.opt.v + d.opt.shard_begin, d.opt.n * sizeof(float));
         d.opt.t = 0;
         double loss = NAN, penalty = 0.0;
         for (int step = 0; step < steps; step++) {
-            if (signals_pending()) {
+            /* every rank learns of a signal any rank got, at the same step */
+            int64_t signal = signals_pending();
+            if (grid->world_size > 1 &&
+                (status = comm_all_reduce(&grid->world, &signal, 1, COMM_I64, COMM_MAX)) != DS_OK)
+                goto done;
+            if (signal) {
                 /* a task sequence has no mid-run checkpoint yet: a requeued run starts it again
                  * from the same model and state, which the nightly command relies on */
                 status = ds_error(DS_EXIT_REQUEUE,
                                   "%s during task %s: stopping; a restart runs the task sequence "
                                   "again from its start",
-                                  signals_name(signals_pending()), task->id);
+                                  signals_name((int)signal), task->id);
                 goto done;
             }
             model_zero_grad(&d.model);
@@ -686,15 +1023,17 @@ int continual_run(const Config *cfg)
             for (int a = 0; a < accum; a++) {
                 int n_rep = d.replay.count > 0 ? n_replay_rows : 0;
                 replayed += n_rep;
-                if ((status = fill_micro_batch(&d, n_rep, task_id)) != DS_OK) goto done;
+                if ((status = fill_micro_batch(&d, n_rep, task_id, labels)) != DS_OK)
+                    goto done;
                 if (cls) {
                     for (int r = 0; r < B; r++)
-                        d.row_weights[r] = 1.0f / (float)(B * accum);
-                    loss += model_forward(&d.model, d.model.inputs, d.labels, d.row_weights, NULL);
+                        d.row_weights[r] = 1.0f / (float)(G * accum);
+                    loss += model_forward(&d.model, d.model.inputs, labels, d.row_weights, NULL);
                 } else {
+                    /* the mean over the global micro-batch's trained tokens */
                     double count = 0.0;
-                    for (int i = 0; i < B * T; i++)
-                        count += d.model.loss_weights[i];
+                    for (size_t i = 0; i < (size_t)G * T; i++)
+                        count += d.g_weights[i];
                     for (int i = 0; i < B * T; i++)
                         d.row_weights[i] =
                             count > 0 ? (float)(d.model.loss_weights[i] / (count * accum)) : 0.0f;
@@ -702,24 +1041,35 @@ int continual_run(const Config *cfg)
                                           NULL);
                 }
                 model_backward(&d.model);
-                /* everything trained on is offered to the buffer (replayed rows are not new) */
+                /* everything trained on is offered to the buffer (replayed rows are not new),
+                 * the whole global micro-batch on every rank, in one order */
                 if (cfg->continual_replay_capacity > 0) {
-                    for (int r = 0; r < B; r++) {
-                        if (!d.row_fresh[r]) continue;
-                        /* the LM rows' loss mask was scaled into row_weights: offer the mask */
-                        status = replay_add(&d.replay, d.model.inputs + (size_t)r * T,
-                                            cls ? NULL : d.model.targets + (size_t)r * T,
-                                            cls ? NULL : d.model.loss_weights + (size_t)r * T,
-                                            cls ? d.labels[r] : -1, task_id);
+                    for (int r = n_rep; r < G; r++) {
+                        status = replay_add(&d.replay, d.g_inputs + (size_t)r * T,
+                                            cls ? NULL : d.g_targets + (size_t)r * T,
+                                            cls ? NULL : d.g_weights + (size_t)r * T,
+                                            cls ? d.g_labels[r] : -1, task_id);
                         if (status != DS_OK) goto done;
                     }
                 }
             }
-            const double grad_norm = optim_grad_norm(&d.model);
+            /* communication only now, after the last micro-batch */
+            if ((status = comm_all_reduce(&grid->dp, &loss, 1, COMM_F64, COMM_SUM)) != DS_OK ||
+                (status = optim_reduce_grads(&d.opt, &d.model, grid)) != DS_OK)
+                goto done;
+            double grad_norm = 0.0;
+            if ((status = optim_grad_norm_global(&d.opt, &d.model, grid, &grad_norm)) != DS_OK)
+                goto done;
             const float scale = optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm);
             const float lr = optim_lr_at(&tc, step);
-            optim_step(&d.opt, &d.model, &tc, lr, scale);
-            penalty = d.opt.ewc_penalty;
+            const float *host_params = d.ewc.n_sets > 0 ? params_on_host(&d) : NULL;
+            double dup_free = 0.0; /* the penalty before the update, each element once */
+            continual_optim_step(&d, &tc, lr, scale);
+            if ((status = ewc_penalty_global(&d, d.opt.ewc_penalty, host_params, &dup_free)) !=
+                    DS_OK ||
+                (status = optim_gather_params(&d.opt, &d.model, grid)) != DS_OK)
+                goto done;
+            penalty = dup_free;
             fprintf(d.metrics,
                     "{\"task\": \"%s\", \"step\": %d, \"loss\": %.7g, \"ewc_penalty\": %.7g, "
                     "\"lr\": %.7g, \"grad_norm\": %.7g, \"replay_rows\": %d}\n",
@@ -738,8 +1088,8 @@ int continual_run(const Config *cfg)
         /* evaluation on every task seen so far */
         for (int j = 0; j <= k; j++) {
             double metric;
-            if ((status = evaluate(&d.model, cfg, tasks->items[j].eval, &metric, d.logits)) !=
-                DS_OK)
+            if ((status = evaluate(&d.model, cfg, tasks->items[j].eval, &metric, d.logits, grid,
+                                   d.g_inputs, d.g_targets, d.g_weights)) != DS_OK)
                 goto done;
             d.R[(size_t)k * K + j] = metric;
             fprintf(d.metrics, "{\"task\": \"%s\", \"eval_task\": \"%s\", \"%s\": %.7g}\n",
@@ -747,10 +1097,11 @@ int continual_run(const Config *cfg)
         }
         fflush(d.metrics);
 
-        /* consolidate: the Fisher at the parameters that finished this task */
+        /* consolidate: the Fisher at the parameters that finished this task, each
+         * data-parallel rank over its share of the examples, summed into the shards */
         if (cfg->continual_ewc_enabled) {
             const double tf = ds_now();
-            memcpy(d.fisher_model.params, d.model.params, total * sizeof(float));
+            if (d.fisher_work != &d.model) params_copy(d.fisher_work, &d.model, d.fisher);
             ProgressTask fisher_task;
             char fisher_what[192];
             snprintf(fisher_what, sizeof(fisher_what), "Fisher pass for task %s (%d examples)",
@@ -760,24 +1111,48 @@ int continual_run(const Config *cfg)
             if ((status = stream_open(&d.fisher_stream, task->train, &mc, T,
                                       (uint64_t)cfg->train_seed * 7919ull + (uint64_t)k + 101)) !=
                     DS_OK ||
-                (status = ewc_estimate_fisher(&d.fisher_model, &fopt, fisher_next, &d.fisher_stream,
-                                              d.fisher)) != DS_OK ||
-                (status = ewc_consolidate(&d.ewc, d.fisher, d.model.params, task_id)) != DS_OK)
+                (status = ewc_estimate_fisher(d.fisher_work, &fopt, fisher_next, &d.fisher_stream,
+                                              d.fisher)) != DS_OK)
+                goto done;
+            if (grid->dp_size > 1)
+                status = d.opt.zero
+                             ? comm_reduce_scatter(&grid->dp, d.fisher, d.opt.n, COMM_F32)
+                             : comm_all_reduce(&grid->dp, d.fisher, total, COMM_F32, COMM_SUM);
+            if (status != DS_OK ||
+                (status = ewc_consolidate(&d.ewc, d.fisher, params_on_host(&d), task_id)) != DS_OK)
                 goto done;
             progress_task_end(&fisher_task);
-            double fsum = 0.0, fmax = 0.0;
-            for (size_t i = 0; i < total; i++) {
-                fsum += d.fisher[i];
-                if (d.fisher[i] > fmax) fmax = d.fisher[i];
+            /* mean and largest over the model, each element once */
+            double fs[2] = {0.0, 0.0};
+            for (int i = 0; i < d.model.table.count; i++) {
+                const ParamInfo *p = &d.model.table.items[i];
+                size_t b = p->offset > lo ? p->offset : lo;
+                size_t e = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+                if (p->tp_copy || (!d.opt.zero && grid->dp_rank != 0)) continue;
+                for (; b < e; b++) {
+                    fs[0] += d.fisher[b];
+                    if (d.fisher[b] > fs[1]) fs[1] = d.fisher[b];
+                }
             }
+            if ((status = comm_all_reduce(&grid->world, &fs[0], 1, COMM_F64, COMM_SUM)) != DS_OK ||
+                (status = comm_all_reduce(&grid->world, &fs[1], 1, COMM_F64, COMM_MAX)) != DS_OK)
+                goto done;
             printf("continual: task %s: Fisher over %d examples in %.1fs (mean %.3g, max %.3g)\n",
-                   task->id, fopt.samples, ds_now() - tf, fsum / (double)total, fmax);
-            snprintf(path, sizeof(path), "%s/ewc.h5", state_dir);
-            if ((status = ewc_save(&d.ewc, path, total, 1)) != DS_OK) goto done;
+                   task->id, fopt.samples, ds_now() - tf, fs[0] / (double)n_params, fs[1]);
         }
-        if (cfg->continual_replay_capacity > 0 &&
-            (status = replay_save(&d.replay, state_dir)) != DS_OK)
+        /* the state after every task: what tomorrow night's run (at any layout) starts from;
+         * the Fisher buffer is free now and serves as scratch */
+        float *scratch_b = NULL;
+        if (cfg->continual_ewc_enabled &&
+            !(scratch_b = ds_aligned_alloc(PARAM_ALIGN_BYTES, total * sizeof(float)))) {
+            status = DS_ERR_INTERNAL;
             goto done;
+        }
+        status = continual_state_save(&d, state_dir, cfg->continual_ewc_enabled,
+                                      cfg->continual_replay_capacity > 0, d.fisher, scratch_b,
+                                      replay_seed);
+        free(scratch_b);
+        if (status != DS_OK) goto done;
     }
 
     ContinualSummary sum;
@@ -787,24 +1162,46 @@ int continual_run(const Config *cfg)
            cls ? "accuracy" : "loss", sum.average, sum.backward_transfer, sum.forgetting,
            ds_now() - t_start);
     snprintf(path, sizeof(path), "%s/continual.json", run_dir);
-    if ((status = write_report(path, tasks, d.R, K, cls, &sum, cfg)) != DS_OK) goto done;
+    if (writer) status = write_report(path, tasks, d.R, K, cls, &sum, cfg);
+    if ((status = agree(grid, status)) != DS_OK) goto done;
     printf("continual: matrix and summary in %s\n", path);
 
     /* The trained weights: a checkpoint in <run.dir>/checkpoints and, for causal LM, the Hugging
      * Face export in <run.dir>/export, which the next run (tomorrow night's) starts from with
-     * model.path, beside continual.state. */
+     * model.path, beside continual.state. Collective, as in the plain driver: every rank writes
+     * its shard, the export is put together from the tensor-parallel slices. */
     Config final_cfg = *cfg;
     snprintf(final_cfg.train_resume, sizeof(final_cfg.train_resume), "none");
     if (cls) final_cfg.export_enabled = 0; /* sequence-classification export: not yet */
-    TrainCkpt *ckpts = NULL;
     int start_step = 0;
-    if ((status = train_ckpt_open(&final_cfg, run_dir, &mc, &d.model, &d.opt, NULL, NULL, NULL,
-                                  &ckpts, &start_step)) == DS_OK)
+    TrainCkptWorld ckpt_world = {
+        .layout = {grid->tp_size, grid->dp_size, d.opt.zero, grid->tp_rank, grid->dp_rank},
+        .all_min = grid->world_size > 1 ? continual_all_min : NULL,
+        .comm_ctx = &grid->world,
+        .tmp_tag = (long)getpid(),
+        .optim_begin = d.opt.shard_begin,
+        .optim_end = d.opt.zero ? d.opt.shard_begin + d.opt.n : 0,
+    };
+    int64_t rank0_pid = ckpt_world.tmp_tag;
+    if ((status = comm_broadcast(&grid->world, &rank0_pid, 1, COMM_I64, 0)) != DS_OK)
+        goto done;
+    ckpt_world.tmp_tag = (long)rank0_pid;
+    if ((status = train_ckpt_open(&final_cfg, run_dir, &mc, &d.model, &d.opt, NULL, NULL,
+                                  grid->world_size > 1 ? &ckpt_world : NULL, &ckpts,
+                                  &start_step)) == DS_OK)
         status = train_ckpt_finish(ckpts, total_steps, cfg->optim_lr * cfg->optim_min_lr_ratio);
-    train_ckpt_close(ckpts);
-    if (status != DS_OK) goto done;
+    if (status == DS_OK && cfg->run_save_final)
+        status = train_save_final(&d.model, grid, run_dir);
 
 done:
+    free(labels);
+    if (status != DS_OK && status != DS_EXIT_REQUEUE && d.grid.world_size > 1) {
+        /* one rank's failure ends every rank, with its message: never a hang in a collective */
+        fflush(stdout);
+        fprintf(stderr, "dstrain: error: rank %d: %s\n", d.grid.world_rank, ds_last_error());
+        comm_abort(&d.grid, status);
+    }
+    train_ckpt_close(ckpts);
     driver_free(&d);
     free(tasks);
     return status;
