@@ -1,0 +1,352 @@
+/* test_checkpointing.c: activation checkpointing (train.activation_checkpointing) changes memory,
+ * never results. A Llama-like, a Qwen2-like (q/k/v biases, one kv head, tied embeddings) and a
+ * classification model (o/MLP biases, padded rows) run two accumulated micro-batches with and
+ * without it: losses, logits and every gradient must be bitwise identical on the CPU backend,
+ * at tp = 1 here and at tp = 2 under mpirun (this executable runs as the worker when
+ * DSTRAIN_CKPT_WORKER is set). The activation estimate must fall by exactly L - 1 layers'
+ * working sets, and model_init must allocate what the estimate says. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../comm/mpi_test_util.h"
+#include "comm/comm.h"
+#include "trainer/common.h"
+#include "trainer/model.h"
+
+enum { B = 2, T = 16 };
+
+/* ---- models and batches ------------------------------------------------------------------ */
+
+static ModelConfig config_llama(void)
+{
+    ModelConfig mc;
+    model_preset("tiny", &mc); /* 4 layers, hidden 128, 4 heads, 2 kv heads, vocab 320 */
+    return mc;
+}
+
+static ModelConfig config_qwen2(void)
+{
+    ModelConfig mc = config_llama();
+    mc.arch = ARCH_QWEN2;
+    mc.qkv_bias = 1;
+    mc.num_kv_heads = 1; /* at tp = 2 both ranks share it (the tp_kv group) */
+    mc.tie_word_embeddings = 1;
+    return mc;
+}
+
+static ModelConfig config_classification(void)
+{
+    ModelConfig mc = config_llama();
+    mc.num_labels = 3;
+    mc.pad_token_id = 0;
+    mc.o_bias = 1;
+    mc.mlp_bias = 1;
+    return mc;
+}
+
+static uint64_t hash64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* in [-1, 1), a pure function of (a, b) so that every tensor-parallel rank agrees */
+static float hash_uniform(uint64_t a, uint64_t b)
+{
+    return (float)((hash64(a * 0x100000001b3ull ^ hash64(b)) >> 11) * (2.0 / 9007199254740992.0)) -
+           1.0f;
+}
+
+/* Seeded weights, and biases that are not zero (model_init_weights zeroes them), each element a
+ * function of its index in the full tensor so that tensor-parallel slices agree. */
+static void model_fill(Model *m)
+{
+    model_init_weights(m, 7, 0.08f);
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        if (!strstr(p->name, ".bias")) continue;
+        const size_t start = p->split_dim == 0 ? (size_t)p->slice_start : 0;
+        for (size_t j = 0; j < p->numel; j++)
+            m->params[p->offset + j] = 0.1f * hash_uniform((uint64_t)i, start + j);
+    }
+}
+
+/* Micro-batch k: tokens, next-token targets and weights (some zero) for a causal LM; for a
+ * classification model labels [B] with weights [B] and row 1 padded at the end. */
+static void make_batch(const ModelConfig *mc, int k, int32_t *inputs, int32_t *targets,
+                       float *weights)
+{
+    for (int i = 0; i < B * T; i++) {
+        inputs[i] = 1 + (int32_t)(hash64((uint64_t)(k * 1000 + i)) % (uint64_t)(mc->vocab_size - 1));
+        targets[i] = (int32_t)(hash64((uint64_t)(k * 1000 + i + 500)) % (uint64_t)mc->vocab_size);
+        weights[i] = i % 5 == 3 ? 0.0f : 1.0f / (B * T);
+    }
+    if (mc->num_labels > 0) {
+        for (int t = T - 4; t < T; t++) inputs[T + t] = mc->pad_token_id;
+        for (int b = 0; b < B; b++) {
+            targets[b] = (b + k) % mc->num_labels;
+            weights[b] = 0.5f;
+        }
+    }
+}
+
+/* ---- one comparison ---------------------------------------------------------------------- */
+
+typedef struct PairResult {
+    int mismatches;
+    char first[512]; /* what differed first */
+    size_t arena_off, arena_on;
+} PairResult;
+
+static void note(PairResult *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(PairResult *r, const char *fmt, ...)
+{
+    if (r->mismatches++ > 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->first, sizeof(r->first), fmt, ap);
+    va_end(ap);
+}
+
+static void compare_floats(PairResult *r, const char *what, const float *off, const float *on,
+                           size_t n)
+{
+    if (memcmp(off, on, n * sizeof(float)) == 0) return;
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)off[i] - on[i]);
+        if (d > worst || (isnan(on[i]) != isnan(off[i]))) worst = d, at = i;
+    }
+    note(r, "%s: differs, largest difference %.3g at element %zu (%.9g vs %.9g)", what, worst, at,
+         off[at], on[at]);
+}
+
+/* The same model with and without checkpointing (grid NULL: one process): two micro-batches,
+ * forward and backward, compared after each. */
+static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
+{
+    PairResult r = {0};
+    ModelConfig mc_off = *base, mc_on = *base;
+    mc_off.activation_checkpointing = 0;
+    mc_on.activation_checkpointing = 1;
+    Model off, on;
+    if (model_init_parallel(&off, &mc_off, backend_cpu(), B, T, grid) != DS_OK ||
+        model_init_parallel(&on, &mc_on, backend_cpu(), B, T, grid) != DS_OK) {
+        note(&r, "model_init: %s", ds_last_error());
+        return r;
+    }
+    r.arena_off = off.arena_floats;
+    r.arena_on = on.arena_floats;
+    model_fill(&off);
+    model_fill(&on);
+    compare_floats(&r, "parameters", off.params, on.params, off.table.total);
+    model_zero_grad(&off);
+    model_zero_grad(&on);
+    const int cls = base->num_labels > 0;
+    const size_t n_logits = cls ? (size_t)B * base->num_labels : (size_t)B * T * off.tp_vocab;
+    float *logits_off = calloc(n_logits, sizeof(float)), *logits_on = calloc(n_logits, sizeof(float));
+    int32_t inputs[B * T], targets[B * T];
+    float weights[B * T];
+    for (int k = 0; k < 2; k++) {
+        char what[64];
+        make_batch(base, k, inputs, targets, weights);
+        double loss_off = model_forward(&off, inputs, targets, weights, logits_off);
+        double loss_on = model_forward(&on, inputs, targets, weights, logits_on);
+        if (!(loss_off == loss_on && isfinite(loss_off)))
+            note(&r, "micro-batch %d: loss %.17g without, %.17g with checkpointing", k, loss_off,
+                 loss_on);
+        snprintf(what, sizeof(what), "micro-batch %d: logits", k);
+        compare_floats(&r, what, logits_off, logits_on, n_logits);
+        model_backward(&off);
+        model_backward(&on);
+        for (int i = 0; i < off.table.count; i++) {
+            const ParamInfo *p = &off.table.items[i];
+            snprintf(what, sizeof(what), "micro-batch %d: grad %.40s", k, p->name);
+            compare_floats(&r, what, off.grads + p->offset, on.grads + p->offset, p->numel);
+        }
+    }
+    /* the gradients are real: not all zero, not NaN */
+    if (!(off.be->sum_squares(off.grads, off.table.total) > 0))
+        note(&r, "gradients are all zero or NaN");
+    if (model_reduce_shared_grads(&off) != DS_OK || model_reduce_shared_grads(&on) != DS_OK)
+        note(&r, "model_reduce_shared_grads: %s", ds_last_error());
+    compare_floats(&r, "gradients after the shared kv reduction", off.grads, on.grads,
+                   off.table.total);
+    free(logits_off);
+    free(logits_on);
+    model_free(&off);
+    model_free(&on);
+    return r;
+}
+
+static const struct {
+    const char *name;
+    ModelConfig (*config)(void);
+} cases[] = {
+    {"llama", config_llama},
+    {"qwen2", config_qwen2},
+    {"classification", config_classification},
+};
+
+/* ---- the worker, run by mpirun ----------------------------------------------------------- */
+
+static int worker_main(void)
+{
+    ProcessGrid g;
+    if (comm_grid_init(&g, atoi(getenv("DSTRAIN_CKPT_WORKER")), 0) != DS_OK) {
+        fprintf(stderr, "dstrain: error: %s\n", ds_last_error());
+        return 2;
+    }
+    int failures = 0;
+    for (size_t c = 0; c < DS_ARRAY_LEN(cases); c++) {
+        ModelConfig mc = cases[c].config();
+        PairResult r = run_pair(&mc, &g);
+        int smaller = r.arena_on < r.arena_off;
+        printf("rank %d (tp %d/%d): %s: %s%s, activations %zu -> %zu floats\n", g.world_rank,
+               g.tp_rank, g.tp_size, cases[c].name, r.mismatches ? "MISMATCH: " : "identical",
+               r.first, r.arena_off, r.arena_on);
+        failures += r.mismatches > 0 || !smaller;
+    }
+    fflush(stdout);
+    comm_grid_free(&g);
+    return failures ? 1 : 0;
+}
+
+__attribute__((constructor)) static void maybe_worker(void)
+{
+    if (getenv("DSTRAIN_CKPT_WORKER")) exit(worker_main());
+}
+
+/* ---- the tests ---------------------------------------------------------------------------- */
+
+static void expect_identical(int c)
+{
+    ModelConfig mc = cases[c].config();
+    PairResult r = run_pair(&mc, NULL);
+    cr_expect_eq(r.mismatches, 0, "%s: %d mismatches; first: %s", cases[c].name, r.mismatches,
+                 r.first);
+    cr_expect_lt(r.arena_on, r.arena_off, "%s: activations %zu floats with checkpointing, %zu "
+                 "without", cases[c].name, r.arena_on, r.arena_off);
+}
+
+Test(checkpointing, llama_loss_logits_and_gradients_are_bitwise_identical) { expect_identical(0); }
+Test(checkpointing, qwen2_with_biases_is_bitwise_identical) { expect_identical(1); }
+Test(checkpointing, classification_model_is_bitwise_identical) { expect_identical(2); }
+
+Test(checkpointing, tp2_under_mpirun_is_bitwise_identical_on_every_rank)
+{
+    char exe[512], cmd[1024];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    cr_assert(len > 0);
+    exe[len] = 0;
+    if (system("mkdir -p " DSTRAIN_TEST_TMP) != 0) cr_assert_fail("mkdir");
+    const char *log = DSTRAIN_TEST_TMP "/checkpointing-tp2.log";
+    snprintf(cmd, sizeof(cmd), "-x DSTRAIN_CKPT_WORKER=2 %s", exe);
+    int rc = mpi_test_run(2, cmd, log);
+    char *out = mpi_test_slurp(log);
+    cr_assert_eq(rc, 0, "mpirun -np 2 exited %d:\n%s", rc, out ? out : "");
+    /* every case reported identical on both ranks */
+    int lines = 0;
+    for (const char *s = out; s && (s = strstr(s, ": identical, activations")); s++) lines++;
+    cr_expect_eq(lines, 2 * (int)DS_ARRAY_LEN(cases), "expected %zu identical reports:\n%s",
+                 2 * DS_ARRAY_LEN(cases), out ? out : "");
+    free(out);
+}
+
+/* One layer's working set in floats, from the shapes alone: every buffer forward writes besides
+ * the layer's input (all of these sizes are multiples of the arena's 16-float alignment). */
+static size_t working_set_floats(const ModelConfig *mc, int b, int t, int tp)
+{
+    const size_t N = (size_t)b * t, C = mc->hidden_size, I = mc->intermediate_size / tp;
+    const size_t QD = (size_t)mc->num_heads / tp * mc->head_dim;
+    const size_t KVD = (size_t)(mc->num_kv_heads % tp == 0 ? mc->num_kv_heads / tp : 1) *
+                       mc->head_dim;
+    const size_t lse = (size_t)b * (mc->num_heads / tp) * t;
+    return N * C /* ln1 */ + N /* its rstd */ + N * QD + 2 * N * KVD /* q, k, v */ +
+           N * QD /* att */ + lse + N * C /* resid_mid */ + N * C /* ln2 */ + N /* its rstd */ +
+           3 * N * I /* gate, up, act */;
+}
+
+Test(checkpointing, estimate_for_24_layers_falls_by_23_working_sets)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("deepseek-coder-1.3b", &mc), DS_OK);
+    cr_assert_eq(mc.num_layers, 24);
+    const int b = 2, t = 256;
+    for (int tp = 1; tp <= 2; tp++) {
+        ModelMemory off, on;
+        mc.activation_checkpointing = 0;
+        cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &off), DS_OK, "%s",
+                     ds_last_error());
+        mc.activation_checkpointing = 1;
+        cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &on), DS_OK, "%s",
+                     ds_last_error());
+        const size_t saved = 23 * working_set_floats(&mc, b, t, tp) * sizeof(float);
+        cr_expect_eq(off.activations - on.activations, saved,
+                     "tp %d: activations %zu -> %zu bytes, expected a saving of %zu", tp,
+                     off.activations, on.activations, saved);
+        /* what is kept: 24 layer inputs [N, C] and one working set, plus the same head */
+        cr_expect_gt(on.activations, 24 * (size_t)b * t * mc.hidden_size * sizeof(float));
+        cr_expect_eq(on.params, off.params);
+        cr_expect_eq(on.grads, off.grads);
+        cr_expect_eq(on.optimizer, off.optimizer);
+    }
+}
+
+Test(checkpointing, model_init_allocates_what_the_estimate_says)
+{
+    for (size_t c = 0; c < DS_ARRAY_LEN(cases); c++) {
+        for (int ckpt = 0; ckpt <= 1; ckpt++) {
+            ModelConfig mc = cases[c].config();
+            mc.activation_checkpointing = ckpt;
+            ModelMemory est;
+            cr_assert_eq(model_memory_estimate(&mc, B, T, 1, 1, 1, &est), DS_OK);
+            Model m;
+            cr_assert_eq(model_init(&m, &mc, backend_cpu(), B, T), DS_OK, "%s", ds_last_error());
+            cr_expect_eq(m.arena_floats * sizeof(float), est.activations,
+                         "%s, checkpointing %d: arena %zu floats, estimate %zu bytes",
+                         cases[c].name, ckpt, m.arena_floats, est.activations);
+            model_free(&m);
+        }
+    }
+}
+
+/* Forward without backward, then a second forward and backward: the working set holds the last
+ * forward's layers, and backward must not take a stale one for its own. */
+Test(checkpointing, backward_after_an_extra_forward_uses_the_latest_batch)
+{
+    ModelConfig mc = config_llama(), mc_on = config_llama();
+    mc_on.activation_checkpointing = 1;
+    Model off, on;
+    cr_assert_eq(model_init(&off, &mc, backend_cpu(), B, T), DS_OK);
+    cr_assert_eq(model_init(&on, &mc_on, backend_cpu(), B, T), DS_OK);
+    model_fill(&off);
+    model_fill(&on);
+    model_zero_grad(&off);
+    model_zero_grad(&on);
+    int32_t inputs[B * T], targets[B * T];
+    float weights[B * T];
+    make_batch(&mc, 5, inputs, targets, weights);
+    model_forward(&on, inputs, NULL, NULL, NULL); /* an evaluation-style forward, no targets */
+    make_batch(&mc, 6, inputs, targets, weights);
+    double l_off = model_forward(&off, inputs, targets, weights, NULL);
+    double l_on = model_forward(&on, inputs, targets, weights, NULL);
+    model_backward(&off);
+    model_backward(&on);
+    model_backward(&off); /* twice: gradients accumulate, the working set must be refilled */
+    model_backward(&on);
+    cr_expect_eq(l_off, l_on, "loss %.17g vs %.17g", l_off, l_on);
+    cr_expect_eq(memcmp(off.grads, on.grads, off.table.total * sizeof(float)), 0,
+                 "gradients differ");
+    model_free(&off);
+    model_free(&on);
+}
