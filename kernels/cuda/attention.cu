@@ -40,11 +40,11 @@
 
 using namespace nvcuda;
 
-#define FA_TILE 64                 /* query rows and key rows of a tile */
-#define FA_WARPS 4                 /* warp w owns rows w*16 .. w*16+15 */
+#define FA_TILE 64 /* query rows and key rows of a tile */
+#define FA_WARPS 4 /* warp w owns rows w*16 .. w*16+15 */
 #define FA_THREADS (FA_WARPS * 32)
-#define FA_LDS (FA_TILE + 4)       /* fp32 row of the S / dP staging, floats */
-#define FA_LDP (FA_TILE + 8)       /* bf16 row of P / dS, elements */
+#define FA_LDS (FA_TILE + 4) /* fp32 row of the S / dP staging, floats */
+#define FA_LDP (FA_TILE + 8) /* bf16 row of P / dS, elements */
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 
@@ -67,7 +67,7 @@ template <int D> struct FaSmem {
     static constexpr size_t PTILE = (size_t)FA_TILE * FA_LDP * 2;
     static constexpr size_t OTILE = (size_t)FA_TILE * LDO * 4;
     static constexpr size_t VEC = (size_t)FA_TILE * 4;
-    static constexpr size_t FORWARD = 3 * TILE + STAGE + PTILE + OTILE; /* Q K V, S, P, O */
+    static constexpr size_t FORWARD = 3 * TILE + STAGE + PTILE + OTILE;  /* Q K V, S, P, O */
     static constexpr size_t DQ = 4 * TILE + 2 * STAGE + PTILE + 2 * VEC; /* Q dO K V, S dP, dS */
     static constexpr size_t DKDV = 4 * TILE + 2 * STAGE + 2 * PTILE + 2 * VEC; /* + P */
     static_assert(D % 64 == 0, "the store and load loops take 64 columns at a time");
@@ -110,8 +110,8 @@ __device__ static void fa_load_row_stats(float *lse_s, float *delta_s, const flo
 /* A warp's 16 x D accumulator rows to global rows dst[r * stride + d] for r < rows_valid (may be
  * <= 0: nothing), 64 columns at a time through the warp's own 16 staging rows (stride FA_LDS). */
 template <int D>
-__device__ static void fa_store_rows(FragC (&acc)[D / 16], float *stage, float *dst,
-                                     size_t stride, int rows_valid)
+__device__ static void fa_store_rows(FragC (&acc)[D / 16], float *stage, float *dst, size_t stride,
+                                     int rows_valid)
 {
     const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -164,8 +164,8 @@ __device__ static void fa_scores(float *s_rows, float *dp_rows, const __nv_bfloa
 
 template <int D>
 __global__ static void __launch_bounds__(FA_THREADS)
-    fa_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
-                      int T, int H, int KVH, float scale_log2)
+    fa_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v, int T,
+                      int H, int KVH, float scale_log2)
 {
     typedef FaSmem<D> S;
     constexpr int LDK = S::LDK, LDO = S::LDO;
@@ -232,7 +232,7 @@ __global__ static void __launch_bounds__(FA_THREADS)
             mx = fmaxf(mx, sv[j]);
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        const float m_new = fmaxf(m_run, mx); /* finite: key k0 <= t in every tile */
+        const float m_new = fmaxf(m_run, mx);    /* finite: key k0 <= t in every tile */
         const float corr = exp2f(m_run - m_new); /* 0 on the first tile */
         float sum = 0.0f;
 #pragma unroll
@@ -467,9 +467,15 @@ __global__ static void __launch_bounds__(FA_THREADS)
 
 static long long flash_calls;
 
-extern "C" long long cuda_attention_flash_calls(void) { return flash_calls; }
+extern "C" long long cuda_attention_flash_calls(void)
+{
+    return flash_calls;
+}
 
-static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+static int aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
 
 /* The largest opt-in shared memory of a block on this device (queried once). */
 static int smem_optin(void)
@@ -516,16 +522,15 @@ static void fa_forward_launch(float *out, float *lse, const float *q, const floa
     fa_allow_smem(fa_forward_kernel<D>, FaSmem<D>::FORWARD, &ready);
     const float scale_log2 = FA_LOG2E / sqrtf((float)D);
     dim3 grid(B * H, ceil_div(T, FA_TILE));
-    fa_forward_kernel<D><<<grid, FA_THREADS, FaSmem<D>::FORWARD, stream>>>(out, lse, q, k, v, T,
-                                                                          H, KVH, scale_log2);
+    fa_forward_kernel<D><<<grid, FA_THREADS, FaSmem<D>::FORWARD, stream>>>(out, lse, q, k, v, T, H,
+                                                                           KVH, scale_log2);
     cudaCheck(cudaGetLastError());
 }
 
 template <int D>
 static void fa_backward_launch(float *dq, float *dk, float *dv, const float *dout,
-                               const float *delta, const float *lse, const float *q,
-                               const float *k, const float *v, int B, int T, int H, int KVH,
-                               cudaStream_t stream)
+                               const float *delta, const float *lse, const float *q, const float *k,
+                               const float *v, int B, int T, int H, int KVH, cudaStream_t stream)
 {
     static int ready_dq, ready_dkdv;
     fa_allow_smem(fa_backward_dq_kernel<D>, FaSmem<D>::DQ, &ready_dq);
@@ -540,9 +545,9 @@ static void fa_backward_launch(float *dq, float *dk, float *dv, const float *dou
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" int cuda_flash_attention_forward(float *out, float *lse, const float *q,
-                                            const float *k, const float *v, int B, int T, int H,
-                                            int KVH, int D, cudaStream_t stream)
+extern "C" int cuda_flash_attention_forward(float *out, float *lse, const float *q, const float *k,
+                                            const float *v, int B, int T, int H, int KVH, int D,
+                                            cudaStream_t stream)
 {
     if (!flash_shape_ok(B, T, H, KVH, D)) return 0;
     if (!aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v)) return 0;
@@ -555,10 +560,9 @@ extern "C" int cuda_flash_attention_forward(float *out, float *lse, const float 
 }
 
 extern "C" int cuda_flash_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                                             const float *delta, const float *lse,
-                                             const float *q, const float *k, const float *v,
-                                             int B, int T, int H, int KVH, int D,
-                                             cudaStream_t stream)
+                                             const float *delta, const float *lse, const float *q,
+                                             const float *k, const float *v, int B, int T, int H,
+                                             int KVH, int D, cudaStream_t stream)
 {
     if (!flash_shape_ok(B, T, H, KVH, D)) return 0;
     if (!aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) || !aligned16(q) ||
