@@ -109,7 +109,9 @@ static const ConfigKey config_schema[] = {
         "none = start fresh; auto = latest checkpoint in checkpoint.dir if any; or a checkpoint "
         "path"),
     BOOL("train.activation_checkpointing", train_activation_checkpointing, "false",
-         "recompute layer activations in backward to save memory"),
+         "keep only each layer's input in forward and recompute the layer in backward: "
+         "activations of L layer inputs plus one layer instead of L whole layers (docs/memory.md), "
+         "for one more forward pass; results are identical"),
     INT("train.max_nonfinite", train_max_nonfinite, "10", 1, 1000000000,
         "a step whose loss or gradient is not finite is skipped (no update); after this many in "
         "a row the run stops"),
@@ -166,6 +168,9 @@ static const ConfigKey config_schema[] = {
          "causal_lm", "classification"),
     INT("task.num_labels", task_num_labels, "0", 0, 1000000,
         "number of classes of task.type classification"),
+    STR("task.labels", task_labels, "", 0,
+        "names of the classes, comma-separated from label 0 (the export's id2label); empty = "
+        "LABEL_0, LABEL_1, ... (or the base model's own id2label)"),
 
     STR("continual.tasks", continual_tasks, "", 0,
         "YAML file listing the tasks trained one after the other (docs/continual.md); empty = "

@@ -71,6 +71,7 @@ typedef struct Config {
     /* task */
     char task_type[32];                /* causal_lm | classification */
     int task_num_labels;
+    char task_labels[CONFIG_STR_MAX];  /* class names for the export's id2label, comma-separated */
     /* continual (trainer/continual.c) */
     char continual_tasks[CONFIG_STR_MAX]; /* YAML file listing the tasks; empty = one plain run */
     char continual_state[CONFIG_STR_MAX]; /* EWC + replay state to start from; empty = none */
