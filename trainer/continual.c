@@ -564,9 +564,9 @@ static int fill_micro_batch(Driver *d, int n_replay, int task_index, int32_t *la
 
 /* The EWC penalty over the whole model, each element once: the fused update sums this rank's
  * shard, in which tensors another tensor-parallel rank also holds (tp_copy) and, without ZeRO,
- * every data-parallel rank's copy would count again. Collective over the world. */
-static int ewc_penalty_global(const Driver *d, double shard_penalty, const float *params,
-                              double *out)
+ * every data-parallel rank's copy would count again. This is the part of the tp copies, of the
+ * parameters before the update. */
+static double ewc_penalty_copies(const Driver *d, const float *params)
 {
     const EwcState *e = &d->ewc;
     double dup = 0.0;
@@ -581,7 +581,14 @@ static int ewc_penalty_global(const Driver *d, double shard_penalty, const float
                 dup += (double)e->fisher[k][j - e->lo] * diff * diff;
             }
     }
-    double v = shard_penalty - 0.5 * e->lambda * dup;
+    return 0.5 * e->lambda * dup;
+}
+
+/* shard_penalty (the fused update's) less copies (ewc_penalty_copies of the same parameters),
+ * summed over the world. */
+static int ewc_penalty_global(const Driver *d, double shard_penalty, double copies, double *out)
+{
+    double v = shard_penalty - copies;
     if (!d->opt.zero && d->grid.dp_rank != 0) v = 0.0;
     DS_TRY(comm_all_reduce(&d->grid.world, &v, 1, COMM_F64, COMM_SUM));
     *out = v;
@@ -1062,10 +1069,11 @@ int continual_run(const Config *cfg)
                 goto done;
             const float scale = optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm);
             const float lr = optim_lr_at(&tc, step);
-            const float *host_params = d.ewc.n_sets > 0 ? params_on_host(&d) : NULL;
+            const double copies =
+                d.ewc.n_sets > 0 ? ewc_penalty_copies(&d, params_on_host(&d)) : 0.0;
             double dup_free = 0.0; /* the penalty before the update, each element once */
             continual_optim_step(&d, &tc, lr, scale);
-            if ((status = ewc_penalty_global(&d, d.opt.ewc_penalty, host_params, &dup_free)) !=
+            if ((status = ewc_penalty_global(&d, d.opt.ewc_penalty, copies, &dup_free)) !=
                     DS_OK ||
                 (status = optim_gather_params(&d.opt, &d.model, grid)) != DS_OK)
                 goto done;
@@ -1166,13 +1174,13 @@ int continual_run(const Config *cfg)
     if ((status = agree(grid, status)) != DS_OK) goto done;
     printf("continual: matrix and summary in %s\n", path);
 
-    /* The trained weights: a checkpoint in <run.dir>/checkpoints and, for causal LM, the Hugging
-     * Face export in <run.dir>/export, which the next run (tomorrow night's) starts from with
-     * model.path, beside continual.state. Collective, as in the plain driver: every rank writes
-     * its shard, the export is put together from the tensor-parallel slices. */
+    /* The trained weights: a checkpoint in <run.dir>/checkpoints and the Hugging Face export
+     * in <run.dir>/export (a *ForSequenceClassification for a classifier), which the next run
+     * (tomorrow night's) starts from with model.path, beside continual.state. Collective, as in
+     * the plain driver: every rank writes its shard, the export is put together from the
+     * tensor-parallel slices. */
     Config final_cfg = *cfg;
     snprintf(final_cfg.train_resume, sizeof(final_cfg.train_resume), "none");
-    if (cls) final_cfg.export_enabled = 0; /* sequence-classification export: not yet */
     int start_step = 0;
     TrainCkptWorld ckpt_world = {
         .layout = {grid->tp_size, grid->dp_size, d.opt.zero, grid->tp_rank, grid->dp_rank},

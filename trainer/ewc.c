@@ -543,8 +543,10 @@ static int tensor_io(hid_t file, const char *path, const char *group, const Para
     hsize_t dims[2], start[2], count[2];
     tensor_slab(p, dims, start, count);
     hid_t d = -1;
-    if (write) {
-        /* intermediate groups: tensor names hold dots only, so the group exists */
+    if (write && H5Lexists(file, name, H5P_DEFAULT) > 0) {
+        d = H5Dopen2(file, name, H5P_DEFAULT); /* another tensor-parallel rank's slice is in */
+    } else if (write) {
+        /* tensor names hold dots, not slashes: the one group level exists */
         hid_t space = H5Screate_simple(p->ndim, dims, NULL);
         d = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT,
                        H5P_DEFAULT);
