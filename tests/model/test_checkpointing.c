@@ -85,12 +85,14 @@ static void make_batch(const ModelConfig *mc, int k, int32_t *inputs, int32_t *t
                        float *weights)
 {
     for (int i = 0; i < B * T; i++) {
-        inputs[i] = 1 + (int32_t)(hash64((uint64_t)(k * 1000 + i)) % (uint64_t)(mc->vocab_size - 1));
+        inputs[i] =
+            1 + (int32_t)(hash64((uint64_t)(k * 1000 + i)) % (uint64_t)(mc->vocab_size - 1));
         targets[i] = (int32_t)(hash64((uint64_t)(k * 1000 + i + 500)) % (uint64_t)mc->vocab_size);
         weights[i] = i % 5 == 3 ? 0.0f : 1.0f / (B * T);
     }
     if (mc->num_labels > 0) {
-        for (int t = T - 4; t < T; t++) inputs[T + t] = mc->pad_token_id;
+        for (int t = T - 4; t < T; t++)
+            inputs[T + t] = mc->pad_token_id;
         for (int b = 0; b < B; b++) {
             targets[b] = (b + k) % mc->num_labels;
             weights[b] = 0.5f;
@@ -153,7 +155,8 @@ static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
     model_zero_grad(&on);
     const int cls = base->num_labels > 0;
     const size_t n_logits = cls ? (size_t)B * base->num_labels : (size_t)B * T * off.tp_vocab;
-    float *logits_off = calloc(n_logits, sizeof(float)), *logits_on = calloc(n_logits, sizeof(float));
+    float *logits_off = calloc(n_logits, sizeof(float)),
+          *logits_on = calloc(n_logits, sizeof(float));
     int32_t inputs[B * T], targets[B * T];
     float weights[B * T];
     for (int k = 0; k < 2; k++) {
@@ -234,13 +237,24 @@ static void expect_identical(int c)
     PairResult r = run_pair(&mc, NULL);
     cr_expect_eq(r.mismatches, 0, "%s: %d mismatches; first: %s", cases[c].name, r.mismatches,
                  r.first);
-    cr_expect_lt(r.arena_on, r.arena_off, "%s: activations %zu floats with checkpointing, %zu "
-                 "without", cases[c].name, r.arena_on, r.arena_off);
+    cr_expect_lt(r.arena_on, r.arena_off,
+                 "%s: activations %zu floats with checkpointing, %zu "
+                 "without",
+                 cases[c].name, r.arena_on, r.arena_off);
 }
 
-Test(checkpointing, llama_loss_logits_and_gradients_are_bitwise_identical) { expect_identical(0); }
-Test(checkpointing, qwen2_with_biases_is_bitwise_identical) { expect_identical(1); }
-Test(checkpointing, classification_model_is_bitwise_identical) { expect_identical(2); }
+Test(checkpointing, llama_loss_logits_and_gradients_are_bitwise_identical)
+{
+    expect_identical(0);
+}
+Test(checkpointing, qwen2_with_biases_is_bitwise_identical)
+{
+    expect_identical(1);
+}
+Test(checkpointing, classification_model_is_bitwise_identical)
+{
+    expect_identical(2);
+}
 
 Test(checkpointing, tp2_under_mpirun_is_bitwise_identical_on_every_rank)
 {
@@ -256,7 +270,8 @@ Test(checkpointing, tp2_under_mpirun_is_bitwise_identical_on_every_rank)
     cr_assert_eq(rc, 0, "mpirun -np 2 exited %d:\n%s", rc, out ? out : "");
     /* every case reported identical on both ranks */
     int lines = 0;
-    for (const char *s = out; s && (s = strstr(s, ": identical, activations")); s++) lines++;
+    for (const char *s = out; s && (s = strstr(s, ": identical, activations")); s++)
+        lines++;
     cr_expect_eq(lines, 2 * (int)DS_ARRAY_LEN(cases), "expected %zu identical reports:\n%s",
                  2 * DS_ARRAY_LEN(cases), out ? out : "");
     free(out);
@@ -268,8 +283,8 @@ static size_t working_set_floats(const ModelConfig *mc, int b, int t, int tp)
 {
     const size_t N = (size_t)b * t, C = mc->hidden_size, I = mc->intermediate_size / tp;
     const size_t QD = (size_t)mc->num_heads / tp * mc->head_dim;
-    const size_t KVD = (size_t)(mc->num_kv_heads % tp == 0 ? mc->num_kv_heads / tp : 1) *
-                       mc->head_dim;
+    const size_t KVD =
+        (size_t)(mc->num_kv_heads % tp == 0 ? mc->num_kv_heads / tp : 1) * mc->head_dim;
     const size_t lse = (size_t)b * (mc->num_heads / tp) * t;
     return N * C /* ln1 */ + N /* its rstd */ + N * QD + 2 * N * KVD /* q, k, v */ +
            N * QD /* att */ + lse + N * C /* resid_mid */ + N * C /* ln2 */ + N /* its rstd */ +
@@ -288,8 +303,7 @@ Test(checkpointing, estimate_for_24_layers_falls_by_23_working_sets)
         cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &off), DS_OK, "%s",
                      ds_last_error());
         mc.activation_checkpointing = 1;
-        cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &on), DS_OK, "%s",
-                     ds_last_error());
+        cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &on), DS_OK, "%s", ds_last_error());
         const size_t saved = 23 * working_set_floats(&mc, b, t, tp) * sizeof(float);
         cr_expect_eq(off.activations - on.activations, saved,
                      "tp %d: activations %zu -> %zu bytes, expected a saving of %zu", tp,
