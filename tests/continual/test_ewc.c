@@ -1,7 +1,8 @@
 /* test_ewc.c: EWC against direct computations: the Fisher of a tiny classification model
  * against finite-difference gradients, the fused AdamW+EWC update against AdamW on the
  * analytic penalty gradient, online / separate consolidation, the state file across a change of
- * shard layout, and the classification head's gradient. */
+ * shard layout (flat, and whole tensors across tensor-parallel layouts), the Fisher split over
+ * data-parallel ranks, the memory estimate, and the classification head's gradient. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -460,4 +461,152 @@ Test(ewc, state_survives_save_restore_and_a_change_of_shards)
     cr_assert(strstr(ds_last_error(), path) != NULL);
     free(f);
     free(a);
+}
+
+/* The Fisher split over data-parallel ranks (each its share of the examples) sums to the
+ * Fisher of one process. */
+Test(ewc, fisher_shards_sum_to_the_whole)
+{
+    ModelConfig mc;
+    tiny_config(&mc, 3);
+    Model m;
+    cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, T_TINY), DS_OK);
+    model_init_weights(&m, 3, 0.3f);
+    const size_t total = m.table.total;
+    float *whole = malloc(total * sizeof(float)), *part = malloc(total * sizeof(float));
+    float *sum = calloc(total, sizeof(float));
+    for (int type = FISHER_EMPIRICAL; type <= FISHER_EXACT; type += 2) {
+        FisherOptions opt = {.type = type, .samples = 7, .seed = 1};
+        ExampleCursor c = {0};
+        cr_assert_eq(ewc_estimate_fisher(&m, &opt, example_next, &c, whole), DS_OK);
+        memset(sum, 0, total * sizeof(float));
+        for (int r = 0; r < 3; r++) {
+            FisherOptions o = opt;
+            o.shard_rank = r;
+            o.shard_size = 3;
+            ExampleCursor cr = {0};
+            cr_assert_eq(ewc_estimate_fisher(&m, &o, example_next, &cr, part), DS_OK);
+            cr_assert_eq(cr.next, 7, "every rank reads every example");
+            for (size_t i = 0; i < total; i++)
+                sum[i] += part[i];
+        }
+        double peak = 0.0;
+        for (size_t i = 0; i < total; i++)
+            peak = fmax(peak, whole[i]);
+        cr_assert(peak > 0);
+        for (size_t i = 0; i < total; i++)
+            cr_assert(fabs(sum[i] - whole[i]) <= 1e-6 * peak, "%zu: %g vs %g", i, sum[i],
+                      whole[i]);
+    }
+    free(whole);
+    free(part);
+    free(sum);
+    model_free(&m);
+}
+
+/* The layout-free state file: written from one layout (tp = 1), read at tp = 2 (each rank
+ * its slices, in a shard of its own layout) and back at tp = 1, values where they belong. */
+Test(ewc, tensor_file_loads_at_another_tensor_parallel_layout)
+{
+    char path[512];
+    mkdir(DSTRAIN_TEST_TMP, 0755);
+    snprintf(path, sizeof(path), "%s/ewc-tensors-%ld.h5", DSTRAIN_TEST_TMP, (long)getpid());
+    ModelConfig mc;
+    tiny_config(&mc, 0);
+    mc.num_kv_heads = 2;
+    ParamTable one, tp[2];
+    cr_assert_eq(param_table_build(&mc, &one), DS_OK);
+    for (int r = 0; r < 2; r++)
+        cr_assert_eq(param_table_build_tp(&mc, r, 2, &tp[r]), DS_OK);
+    /* element (row, col) of tensor i holds 1000 i + 10 row + col (+ 0.5 in the anchor) */
+    float *f = calloc(one.total, sizeof(float)), *a = calloc(one.total, sizeof(float));
+    for (int i = 0; i < one.count; i++) {
+        const ParamInfo *p = &one.items[i];
+        for (size_t e = 0; e < p->numel; e++) {
+            size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
+            f[p->offset + e] = 1000.0f * i + 10.0f * (float)(e / cols) + (float)(e % cols);
+            a[p->offset + e] = f[p->offset + e] + 0.5f;
+        }
+    }
+    EwcState e;
+    cr_assert_eq(ewc_init(&e, EWC_ONLINE, 2.0f, 0.9f, 0, one.total), DS_OK);
+    cr_assert_eq(ewc_consolidate(&e, f, a, 4), DS_OK);
+    cr_assert_eq(ewc_save_begin(&e, path), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(ewc_save_set(path, &one, 0, f, a), DS_OK, "%s", ds_last_error());
+    for (int r = 0; r < 2; r++) {
+        /* the second half of rank r's layout, as a ZeRO shard over dp = 2 would be */
+        const size_t lo = tp[r].total / 2, hi = tp[r].total;
+        EwcState s;
+        cr_assert_eq(ewc_init(&s, EWC_ONLINE, 2.0f, 0.9f, lo, hi), DS_OK);
+        cr_assert_eq(ewc_load_tensors(&s, path, &tp[r]), DS_OK, "%s", ds_last_error());
+        cr_assert_eq(s.n_sets, 1);
+        cr_assert_eq(s.tasks_seen, 1);
+        cr_assert_eq(s.task_id[0], 4);
+        int checked = 0;
+        for (int i = 0; i < tp[r].count; i++) {
+            const ParamInfo *p = &tp[r].items[i];
+            size_t cols = p->ndim == 2 ? (size_t)p->slice_len : 1;
+            if (p->split_dim != 1) cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
+            for (size_t el = 0; el < p->numel; el++) {
+                size_t flat = p->offset + el;
+                if (flat < lo || flat >= hi) continue;
+                size_t row = el / cols, col = el % cols;
+                if (p->split_dim == 0) row += (size_t)p->slice_start;
+                if (p->split_dim == 1) col += (size_t)p->slice_start;
+                float want = 1000.0f * i + 10.0f * (float)row + (float)col;
+                cr_assert_eq(s.fisher[0][flat - lo], want, "rank %d %s[%zu]", r, p->name, el);
+                cr_assert_eq(s.anchor[0][flat - lo], want + 0.5f);
+                checked++;
+            }
+        }
+        cr_assert(checked > 0);
+        ewc_free(&s);
+    }
+    /* hostile: another model's file misses tensors; another mode */
+    ModelConfig other = mc;
+    other.num_layers = 2;
+    ParamTable big;
+    cr_assert_eq(param_table_build(&other, &big), DS_OK);
+    EwcState s;
+    cr_assert_eq(ewc_init(&s, EWC_ONLINE, 2.0f, 0.9f, 0, big.total), DS_OK);
+    cr_assert_eq(ewc_load_tensors(&s, path, &big), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "layers.1") != NULL, "%s", ds_last_error());
+    ewc_free(&s);
+    cr_assert_eq(ewc_init(&s, EWC_SEPARATE, 2.0f, 0.9f, 0, one.total), DS_OK);
+    cr_assert_eq(ewc_load_tensors(&s, path, &one), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "continual.ewc.mode") != NULL, "%s", ds_last_error());
+    ewc_free(&s);
+    ewc_free(&e);
+    param_table_free(&big);
+    param_table_free(&one);
+    for (int r = 0; r < 2; r++)
+        param_table_free(&tp[r]);
+    free(f);
+    free(a);
+    remove(path);
+}
+
+/* EWC state per rank: a Fisher and an anchor per element of the optimizer's shard. */
+Test(ewc, memory_estimate_is_the_optimizer_shard)
+{
+    ModelConfig mc;
+    tiny_config(&mc, 0);
+    mc.num_kv_heads = 2;
+    mc.hidden_size = 64;
+    mc.intermediate_size = 128;
+    mc.head_dim = 32;
+    mc.vocab_size = 256;
+    size_t one, sharded, unsharded, separate;
+    ModelMemory mm;
+    cr_assert_eq(ewc_memory_estimate(&mc, 2, 8, 1, 1, 1, 1, &one), DS_OK);
+    cr_assert_eq(model_memory_estimate(&mc, 2, 8, 1, 1, 1, &mm), DS_OK);
+    cr_assert_eq(one, mm.optimizer);
+    cr_assert(one >= 8 * mm.params / 4 * 0.99 && one <= 2 * mm.params, "%zu", one);
+    cr_assert_eq(ewc_memory_estimate(&mc, 2, 8, 2, 2, 1, 1, &sharded), DS_OK);
+    cr_assert(fabs((double)sharded * 4 / (double)one - 1) < 0.05, "%zu vs %zu", sharded, one);
+    cr_assert_eq(ewc_memory_estimate(&mc, 2, 8, 2, 2, 0, 1, &unsharded), DS_OK);
+    cr_assert(fabs((double)unsharded * 2 / (double)one - 1) < 0.05);
+    cr_assert_eq(ewc_memory_estimate(&mc, 2, 8, 1, 1, 1, 3, &separate), DS_OK);
+    cr_assert_eq(separate, 3 * one);
+    cr_assert_eq(ewc_memory_estimate(&mc, 2, 8, 3, 1, 1, 1, &one), DS_ERR_INPUT);
 }

@@ -1,6 +1,7 @@
 /* test_replay.c: the replay buffer: Algorithm R keeps every example with probability
  * capacity / N (a statistical test with fixed seeds), task_balanced shares, seeded draws, and the
- * HDF5 files across save, restore and a change in the number of data-parallel ranks. */
+ * HDF5 files across save, restore and a change in the number of data-parallel ranks; a global
+ * buffer sharded over ranks decides as one buffer does. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -259,4 +260,90 @@ Test(replay, hostile_files_are_input_errors_that_name_the_file)
     }
     replay_free(&other);
     replay_free(&b);
+}
+
+/* A global buffer sharded over 3 ranks decides as one unsharded buffer does (both policies):
+ * the same slots filled, each slot's tokens on exactly one rank, the same draws, and the whole
+ * buffer put together from the shards (and dealt back) is the unsharded one. */
+Test(replay, sharded_buffer_decides_as_one_buffer)
+{
+    for (int policy = REPLAY_RESERVOIR; policy <= REPLAY_TASK_BALANCED; policy++) {
+        ReplayBuffer one, shard[3], whole, back;
+        cr_assert_eq(replay_init_sharded(&one, policy, 20, T_EX, 0, 1, 99), DS_OK);
+        for (int r = 0; r < 3; r++)
+            cr_assert_eq(replay_init_sharded(&shard[r], policy, 20, T_EX, r, 3, 99), DS_OK);
+        for (int task = 0; task < 3; task++) {
+            add_range(&one, task * 70, 70, task);
+            for (int r = 0; r < 3; r++)
+                add_range(&shard[r], task * 70, 70, task);
+        }
+        cr_assert_eq(one.count, 20);
+        cr_assert_eq(replay_init(&whole, policy, 20, T_EX, 0, 1, 99), DS_OK);
+        int32_t in[T_EX], tg[T_EX];
+        float w[T_EX];
+        for (int r = 0; r < 3; r++) {
+            cr_assert_eq(shard[r].count, one.count);
+            cr_assert_eq(shard[r].seen, one.seen);
+            int held = 0;
+            for (int s = 0; s < one.count; s++) {
+                cr_assert_eq(shard[r].labels[s], one.labels[s]);
+                cr_assert_eq(shard[r].task_ids[s], one.task_ids[s]);
+                if (!replay_holds(&shard[r], s)) {
+                    cr_assert_eq(replay_read(&shard[r], s, in, tg, w, NULL, NULL),
+                                 DS_ERR_INTERNAL);
+                    continue;
+                }
+                held++;
+                cr_assert_eq(replay_read(&shard[r], s, in, tg, w, NULL, NULL), DS_OK);
+                cr_assert_eq(in[0] / T_EX, slot_example(&one, s), "slot %d", s);
+                cr_assert_eq(tg[1], one.targets[(size_t)s * T_EX + 1]);
+                cr_assert_eq(w[0], 0.0f);
+                cr_assert_eq(w[1], 1.0f);
+            }
+            cr_assert_eq(held, 20 / 3 + (r < 20 % 3), "rank %d holds %d", r, held);
+            /* the sum over ranks of what each puts into the whole buffer */
+            ReplayBuffer part;
+            cr_assert_eq(replay_init(&part, policy, 20, T_EX, 0, 1, 99), DS_OK);
+            replay_shard_to_whole(&shard[r], &part);
+            for (size_t i = 0; i < 20 * T_EX; i++) {
+                whole.inputs[i] += part.inputs[i];
+                whole.targets[i] += part.targets[i];
+                whole.mask[i] += part.mask[i];
+            }
+            if (r == 0) {
+                whole.count = part.count, whole.seen = part.seen, whole.rng = part.rng;
+                whole.n_tasks = part.n_tasks;
+                memcpy(whole.labels, part.labels, 20 * sizeof(int64_t));
+                memcpy(whole.task_ids, part.task_ids, 20 * sizeof(int32_t));
+                memcpy(whole.task_count, part.task_count, sizeof(part.task_count));
+            }
+            replay_free(&part);
+        }
+        cr_assert_eq(memcmp(whole.inputs, one.inputs, 20 * T_EX * sizeof(int32_t)), 0);
+        cr_assert_eq(memcmp(whole.mask, one.mask, 20 * T_EX), 0);
+        cr_assert_eq(memcmp(whole.task_count, one.task_count, sizeof(one.task_count)), 0);
+        /* dealt back to 2 ranks: each holds its slots, with the same state */
+        cr_assert_eq(replay_init_sharded(&back, policy, 20, T_EX, 1, 2, 5), DS_OK);
+        cr_assert_eq(replay_shard_from_whole(&back, &whole), DS_OK);
+        cr_assert_eq(back.rng, one.rng);
+        for (int s = 1; s < 20; s += 2) {
+            cr_assert_eq(replay_read(&back, s, in, tg, w, NULL, NULL), DS_OK);
+            cr_assert_eq(in[0] / T_EX, slot_example(&one, s));
+        }
+        /* the same draws everywhere */
+        for (int i = 0; i < 50; i++) {
+            int a, b, c;
+            cr_assert_eq(replay_draw(&one, &a), DS_OK);
+            cr_assert_eq(replay_draw(&shard[2], &b), DS_OK);
+            cr_assert_eq(replay_draw(&back, &c), DS_OK);
+            cr_assert(a == b && b == c, "draw %d: %d %d %d", i, a, b, c);
+        }
+        /* a sharded buffer saves only as a whole one */
+        cr_assert_eq(replay_save(&shard[0], DSTRAIN_TEST_TMP), DS_ERR_INTERNAL);
+        replay_free(&one);
+        replay_free(&whole);
+        replay_free(&back);
+        for (int r = 0; r < 3; r++)
+            replay_free(&shard[r]);
+    }
 }
