@@ -717,7 +717,7 @@ int main(void)
     test_attention(2, 130, 2, 2, 128, 1);    /* two full tiles and 2 rows */
     test_attention(2, 67, 8, 2, 64, 1);      /* head_dim 64, GQA 4 */
     test_attention(3, 256, 8, 2, 64, 1);     /* whole tiles only */
-    test_attention(1, 1, 2, 1, 128, 1);      /* a single token */
+    test_attention(1, 3, 2, 1, 128, 1);      /* a few tokens (one token: zero dq, dk) */
     test_attention(2, 45, 6, 3, 80, 0);      /* other head dims: the fp32 kernels */
     const long long flash_before = cuda_attention_flash_calls();
     test_random_model(); /* head_dim 128, T 100, GQA: loss, logits, gradient cosine */
