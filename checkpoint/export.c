@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../trainer/continual.h"
 #include "../trainer/progress.h"
 #include "ckpt.h"
 #include "hf_model.h"
@@ -181,6 +182,84 @@ int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out)
     *out = ds_strdup(text);
     cJSON_free(text);
     return *out ? DS_OK : DS_ERR_INTERNAL;
+}
+
+/* Split task.labels into n names in place (commas become NULs, blanks around names dropped). */
+static int split_label_names(char *text, int n, const char **names)
+{
+    int count = 0;
+    for (char *p = text;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        char *end = p + strcspn(p, ","), *last = end;
+        const int more = *end == ',';
+        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        *last = 0;
+        if (!*p)
+            return ds_error(DS_ERR_INPUT,
+                            "task.labels: name %d is empty (expected %d names "
+                            "separated by commas)",
+                            count, n);
+        if (strlen(p) > 63)
+            return ds_error(DS_ERR_INPUT,
+                            "task.labels: name %d (\"%.20s...\") is longer than 63 "
+                            "characters",
+                            count, p);
+        for (int j = 0; j < count && j < n; j++)
+            if (strcmp(names[j], p) == 0)
+                return ds_error(DS_ERR_INPUT, "task.labels: \"%s\" names both label %d and %d", p,
+                                j, count);
+        if (count < n) names[count] = p;
+        count++;
+        if (!more) break;
+        p = end + 1;
+    }
+    if (count != n)
+        return ds_error(DS_ERR_INPUT, "task.labels: %d names for task.num_labels %d", count, n);
+    return DS_OK;
+}
+
+int hf_config_json_classification(const ModelConfig *mc, const char *label_names, char **text)
+{
+    if (mc->num_labels <= 0) return DS_OK;
+    cJSON *root = cJSON_Parse(*text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return ds_error(DS_ERR_INPUT, "config.json: not a JSON object");
+    }
+    const int n = mc->num_labels;
+    const char **names = ds_calloc((size_t)n, sizeof(char *));
+    char *copy = ds_strdup(label_names ? label_names : "");
+    int status = names && copy ? DS_OK : DS_ERR_INTERNAL;
+    if (status == DS_OK && copy[0]) {
+        status = split_label_names(copy, n, names);
+    } else if (status == DS_OK) {
+        /* a base model that is already a classifier keeps its names when they all fit */
+        const cJSON *old = cJSON_GetObjectItemCaseSensitive(root, "id2label");
+        int have = cJSON_IsObject(old) && cJSON_GetArraySize(old) == n;
+        for (int i = 0; i < n && have; i++) {
+            char key[16];
+            snprintf(key, sizeof(key), "%d", i);
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(old, key);
+            have = cJSON_IsString(v) && v->valuestring[0] && strlen(v->valuestring) <= 63;
+            if (have) names[i] = v->valuestring;
+        }
+        if (!have) memset(names, 0, (size_t)n * sizeof(char *));
+    }
+    if (status == DS_OK) status = continual_hf_classification_fields(root, mc, names);
+    char *out = status == DS_OK ? cJSON_Print(root) : NULL;
+    if (status == DS_OK && !out) status = ds_error(DS_ERR_INTERNAL, "out of memory");
+    if (status == DS_OK) {
+        free(*text);
+        *text = ds_strdup(out);
+        if (!*text) status = DS_ERR_INTERNAL;
+    }
+    cJSON_free(out);
+    cJSON_Delete(root);
+    free(copy);
+    free(names);
+    return status;
 }
 
 /* ---- options ----------------------------------------------------------------------------------

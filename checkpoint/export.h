@@ -16,6 +16,13 @@
  * is not empty, else generated from mc. */
 int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out);
 
+/* The config.json text of a sequence-classification model (mc->num_labels > 0), made from the
+ * causal LM's (as hf_config_json_text gives it): architectures *ForSequenceClassification,
+ * num_labels, id2label and label2id, problem_type, pad_token_id. Class names: label_names
+ * (task.labels, comma-separated from label 0) when not empty, else the text's own id2label when
+ * it names mc->num_labels classes, else LABEL_0, LABEL_1, ... Replaces *text (caller frees). */
+int hf_config_json_classification(const ModelConfig *mc, const char *label_names, char **text);
+
 /* "5GB", "500MB", "2GiB", "1000000": bytes (GB = 10^9, GiB = 2^30). */
 int export_parse_size(const char *text, uint64_t *bytes);
 /* "bf16" | "fp16" | "fp32" */

@@ -255,8 +255,11 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
     static const struct {
         const char *arch, *model_type;
         ModelArch id;
-    } archs[] = {{"LlamaForCausalLM", "llama", ARCH_LLAMA},
-                 {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2}};
+        int classification; /* score.weight [num_labels, hidden] instead of lm_head */
+    } archs[] = {{"LlamaForCausalLM", "llama", ARCH_LLAMA, 0},
+                 {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2, 0},
+                 {"LlamaForSequenceClassification", "llama", ARCH_LLAMA, 1},
+                 {"Qwen2ForSequenceClassification", "qwen2", ARCH_QWEN2, 1}};
     const cJSON *arr = json_get(root, "architectures");
     const char *model_type = NULL;
     DS_TRY(json_string(&w, root, "model_type", &model_type));
@@ -270,7 +273,8 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
         if (found < 0)
             return ds_error(DS_ERR_INPUT,
                             "%s: architectures: \"%s\" is not supported (supported: "
-                            "LlamaForCausalLM, Qwen2ForCausalLM)",
+                            "LlamaForCausalLM, Qwen2ForCausalLM) and their "
+                            "*ForSequenceClassification forms",
                             file, name);
         if (model_type && strcmp(model_type, archs[found].model_type) != 0)
             return ds_error(DS_ERR_INPUT,
@@ -278,8 +282,8 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
                             "(expected \"%s\")",
                             file, model_type, name, archs[found].model_type);
     } else if (model_type) {
-        for (size_t i = 0; i < DS_ARRAY_LEN(archs); i++)
-            if (strcmp(model_type, archs[i].model_type) == 0) found = (int)i;
+        for (size_t i = 0; i < DS_ARRAY_LEN(archs) && found < 0; i++)
+            if (strcmp(model_type, archs[i].model_type) == 0) found = (int)i; /* the causal LM */
         if (found < 0)
             return ds_error(DS_ERR_INPUT,
                             "%s: model_type: \"%s\" is not supported (supported: llama, qwen2)",
@@ -289,6 +293,22 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
     }
     mc->arch = archs[found].id;
     const int qwen2 = mc->arch == ARCH_QWEN2;
+    if (archs[found].classification) {
+        /* transformers takes num_labels from id2label when only that is given, else 2 */
+        const cJSON *id2label = json_get(root, "id2label");
+        if (id2label && !cJSON_IsObject(id2label))
+            return json_type_error(&w, "id2label", "an object", id2label);
+        const int named = id2label ? cJSON_GetArraySize(id2label) : 0;
+        DS_TRY(json_int(&w, root, "num_labels", 0, named ? named : 2, &mc->num_labels));
+        if (mc->num_labels < 2 || mc->num_labels > 1000000)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: num_labels: expected 2..1000000 classes, got %d (1 is "
+                            "regression in transformers, which dstrain does not train)",
+                            file, mc->num_labels);
+        if (named && named != mc->num_labels)
+            return ds_error(DS_ERR_INPUT, "%s: num_labels: %d, but id2label names %d labels", file,
+                            mc->num_labels, named);
+    }
 
     DS_TRY(json_int(&w, root, "vocab_size", 1, 0, &mc->vocab_size));
     DS_TRY(json_int(&w, root, "hidden_size", 1, 0, &mc->hidden_size));

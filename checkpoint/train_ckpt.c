@@ -136,6 +136,9 @@ int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *m
         fclose(mem);
     }
     if (status == DS_OK) status = hf_config_json_text(mc, cfg->model_path, &tc->hf_config_json);
+    /* a classifier's checkpoints say so, so that the export is a *ForSequenceClassification */
+    if (status == DS_OK && mc->num_labels > 0)
+        status = hf_config_json_classification(mc, cfg->task_labels, &tc->hf_config_json);
 
     /* resume */
     const char *resume = cfg->train_resume;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "../checkpoint/export.h"
 #include "../checkpoint/hf_model.h"
 #include "../checkpoint/train_ckpt.h"
 #include "../comm/comm.h"
@@ -818,6 +819,12 @@ int continual_run(const Config *cfg)
             goto done;
         }
         mc.num_labels = cfg->task_num_labels;
+        /* the export's class names (task.labels), checked now rather than after the last task */
+        char *probe = NULL;
+        if ((status = hf_config_json_text(&mc, cfg->model_path, &probe)) == DS_OK)
+            status = hf_config_json_classification(&mc, cfg->task_labels, &probe);
+        free(probe);
+        if (status != DS_OK) goto done;
     }
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len,
               accum = cfg->train_grad_accum, G = B * grid->dp_size;

@@ -10,13 +10,18 @@
 
 #include "../checkpoint/hf_model.h"
 #include "../data/dataset.h"
+#include "classify.h"
 #include "common.h"
 #include "train.h"
 
 static void eval_usage(FILE *out)
 {
-    fprintf(out, "usage: dstrain eval --model HF_DIR --data FILE.h5 [--seq-len N] [--batch N]\n"
-                 "  Prints eval_loss=<mean next-token loss> tokens=<predicted tokens> last.\n");
+    fprintf(out,
+            "usage: dstrain eval --model HF_DIR --data FILE.h5 [--seq-len N] [--batch N]\n"
+            "                    [--logits FILE]\n"
+            "  Prints eval_loss=<mean next-token loss> tokens=<predicted tokens> last; for a\n"
+            "  *ForSequenceClassification model eval_accuracy=<fraction> examples=<documents>\n"
+            "  (--logits: each document's label and logits, one line each).\n");
 }
 
 static int parse_positive(const char *flag, const char *text, int *out)
@@ -44,7 +49,7 @@ static void eval_flush(Model *m, int rows, double *sum, double *count)
 
 int eval_main(int argc, char **argv)
 {
-    const char *model_dir = NULL, *data_path = NULL;
+    const char *model_dir = NULL, *data_path = NULL, *logits_path = NULL;
     int seq_len = 0, batch = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -57,6 +62,7 @@ int eval_main(int argc, char **argv)
         else if (strcmp(a, "--data") == 0) data_path = argv[++i];
         else if (strcmp(a, "--seq-len") == 0) DS_TRY(parse_positive(a, argv[++i], &seq_len));
         else if (strcmp(a, "--batch") == 0) DS_TRY(parse_positive(a, argv[++i], &batch));
+        else if (strcmp(a, "--logits") == 0) logits_path = argv[++i];
         else return ds_error(DS_ERR_INPUT, "eval: unknown option %s (see dstrain eval --help)", a);
     }
     if (!model_dir || !data_path) {
@@ -65,6 +71,15 @@ int eval_main(int argc, char **argv)
     }
     ModelConfig mc;
     DS_TRY(hf_config_load(model_dir, &mc));
+    if (mc.num_labels > 0) { /* classify.c */
+        double accuracy;
+        return classify_eval(model_dir, &mc, data_path, seq_len, batch, logits_path, &accuracy);
+    }
+    if (logits_path)
+        return ds_error(DS_ERR_INPUT,
+                        "eval: --logits is for classification models; %s is a "
+                        "causal LM",
+                        model_dir);
     if (seq_len == 0) seq_len = mc.max_position_embeddings > 0 ? mc.max_position_embeddings : 2048;
     if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
 

@@ -27,9 +27,14 @@
 
 int train_model_config(const Config *cfg, ModelConfig *mc)
 {
-    if (cfg->model_path[0])
+    if (cfg->model_path[0]) {
         DS_TRY(hf_config_load(cfg->model_path, mc));
-    else
+        if (mc->num_labels > 0 && strcmp(cfg->task_type, "classification") != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "model.path: %s is a sequence classifier (%d labels); set "
+                            "task.type: classification and task.num_labels: %d",
+                            cfg->model_path, mc->num_labels, mc->num_labels);
+    } else
         DS_TRY(model_preset(cfg->model_preset, mc));
     mc->activation_checkpointing = cfg->train_activation_checkpointing;
     return cfg->model_path[0] ? DS_OK : model_config_check(mc, "model.preset");

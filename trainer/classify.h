@@ -1,0 +1,17 @@
+/* classify.h: a sequence-classification model (a *ForSequenceClassification directory, such as
+ * the export of a classification run) scored on a labelled HDF5 file: `dstrain eval` on a
+ * classifier. Rows are made as training makes them (continual.c): a document's first seq_len
+ * tokens, padded with pad_token_id. Not here: training (continual.c), the export (export.c). */
+#ifndef DSTRAIN_CLASSIFY_H
+#define DSTRAIN_CLASSIFY_H
+
+#include "model.h"
+
+/* Accuracy of the model in model_dir (mc: its config, num_labels > 0) over every document of
+ * data_path, batch rows at a time; prints `eval_accuracy=A examples=N`. seq_len 0: the longest
+ * document, at most max_position_embeddings; batch 0: about 4096 tokens a batch. logits_path
+ * (may be NULL): a text file, one line per document: its label, then the num_labels logits. */
+int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data_path, int seq_len,
+                  int batch, const char *logits_path, double *accuracy);
+
+#endif
