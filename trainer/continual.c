@@ -714,7 +714,8 @@ static int agree(const ProcessGrid *g, int status)
     if (g->world_size > 1 &&
         comm_all_reduce(&g->world, &worst, 1, COMM_I64, COMM_MAX) != DS_OK)
         return DS_ERR_INTERNAL;
-    return status != DS_OK ? status : worst != DS_OK ? DS_ERR_INTERNAL : DS_OK;
+    if (status != DS_OK) return status;
+    return worst != DS_OK ? ds_error(DS_ERR_INTERNAL, "another rank failed") : DS_OK;
 }
 
 /* CkptAllMinFn over a comm group: MIN as the MAX of the negation. */
@@ -1201,9 +1202,11 @@ int continual_run(const Config *cfg)
     if ((status = comm_broadcast(&grid->world, &rank0_pid, 1, COMM_I64, 0)) != DS_OK)
         goto done;
     ckpt_world.tmp_tag = (long)rank0_pid;
-    if ((status = train_ckpt_open(&final_cfg, run_dir, &mc, &d.model, &d.opt, NULL, NULL,
-                                  grid->world_size > 1 ? &ckpt_world : NULL, &ckpts,
-                                  &start_step)) == DS_OK)
+    status = train_ckpt_open(&final_cfg, run_dir, &mc, &d.model, &d.opt, NULL, NULL,
+                             grid->world_size > 1 ? &ckpt_world : NULL, &ckpts, &start_step);
+    /* rank 0's writer clears stale temporary directories when it opens: no rank may start its
+     * shard before that is done */
+    if ((status = agree(grid, status)) == DS_OK)
         status = train_ckpt_finish(ckpts, total_steps, cfg->optim_lr * cfg->optim_min_lr_ratio);
     if (status == DS_OK && cfg->run_save_final)
         status = train_save_final(&d.model, grid, run_dir);
