@@ -21,8 +21,10 @@
  * - backward (delta = rowsum(dout * out) from the caller): the dq pass, block (b*H + h, query
  *   tile), keys 0..diagonal, dQ in register fragments; the dk/dv pass, block (b*KVH + kvh, key
  *   tile), the heads of the group one after another and query tiles from the diagonal to the end,
- *   dK and dV in register fragments. Both recompute P = exp(S*scale - lse) and
- *   dS = P (dP - delta) * scale (scale folded into dS, so dQ = dS K and dK = dS^T Q).
+ *   dK and dV in register fragments. Both recompute P = exp(S*scale - lse) (fp32, in the lane's
+ *   registers) and dS = P (dP - delta) * scale (scale folded into dS, so dQ = dS K and
+ *   dK = dS^T Q); dP is staged in S's rows once every lane has read its S (keeps the dk/dv pass
+ *   at 2 blocks per SM on sm_90).
  * - masks: p = 0 where key s > query t (only the diagonal tile has such pairs) and, backward, where
  *   t >= T; rows past T are zeros in shared memory and never written back. Forward, every row's
  *   first key tile holds key 0 <= t, so its running max is finite after the first tile.
@@ -67,9 +69,9 @@ template <int D> struct FaSmem {
     static constexpr size_t PTILE = (size_t)FA_TILE * FA_LDP * 2;
     static constexpr size_t OTILE = (size_t)FA_TILE * LDO * 4;
     static constexpr size_t VEC = (size_t)FA_TILE * 4;
-    static constexpr size_t FORWARD = 3 * TILE + STAGE + PTILE + OTILE;  /* Q K V, S, P, O */
-    static constexpr size_t DQ = 4 * TILE + 2 * STAGE + PTILE + 2 * VEC; /* Q dO K V, S dP, dS */
-    static constexpr size_t DKDV = 4 * TILE + 2 * STAGE + 2 * PTILE + 2 * VEC; /* + P */
+    static constexpr size_t FORWARD = 3 * TILE + STAGE + PTILE + OTILE; /* Q K V, S, P, O */
+    static constexpr size_t DQ = 4 * TILE + STAGE + PTILE + 2 * VEC; /* Q dO K V, S then dP, dS */
+    static constexpr size_t DKDV = 4 * TILE + STAGE + 2 * PTILE + 2 * VEC; /* + P */
     static_assert(D % 64 == 0, "the store and load loops take 64 columns at a time");
     static_assert(LDK % 8 == 0 && (16 * LDK * 2) % 32 == 0, "bf16 tile rows: ldm, alignment");
     static_assert(LDO % 4 == 0 && (16 * LDO * 4) % 32 == 0, "fp32 O rows: ldm, alignment");
@@ -130,32 +132,26 @@ __device__ static void fa_store_rows(FragC (&acc)[D / 16], float *stage, float *
     }
 }
 
-/* S = A B^T and dP = A2 B2^T for the warp's 16 rows of A (bf16 tiles [64][D+8]) against the 64
- * rows of B, into the fp32 staging rows s_rows and dp_rows (stride FA_LDS). */
+/* C = A B^T for the warp's 16 rows of A against the 64 rows of B (bf16 tiles [64][D+8]), into
+ * the warp's fp32 staging rows c_rows (stride FA_LDS). */
 template <int D>
-__device__ static void fa_scores(float *s_rows, float *dp_rows, const __nv_bfloat16 *a_rows,
-                                 const __nv_bfloat16 *b_tile, const __nv_bfloat16 *a2_rows,
-                                 const __nv_bfloat16 *b2_tile)
+__device__ static void fa_product_abt(float *c_rows, const __nv_bfloat16 *a_rows,
+                                      const __nv_bfloat16 *b_tile)
 {
     constexpr int LDK = D + 8;
 #pragma unroll 1 /* rolled: the dk/dv pass holds 2 x D/16 accumulators beside this */
     for (int n = 0; n < FA_TILE / 16; n++) {
-        FragC s, dp;
-        wmma::fill_fragment(s, 0.0f);
-        wmma::fill_fragment(dp, 0.0f);
+        FragC c;
+        wmma::fill_fragment(c, 0.0f);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
             FragA a;
             FragBT bt;
             wmma::load_matrix_sync(a, a_rows + kk * 16, LDK);
             wmma::load_matrix_sync(bt, b_tile + n * 16 * LDK + kk * 16, LDK);
-            wmma::mma_sync(s, a, bt, s);
-            wmma::load_matrix_sync(a, a2_rows + kk * 16, LDK);
-            wmma::load_matrix_sync(bt, b2_tile + n * 16 * LDK + kk * 16, LDK);
-            wmma::mma_sync(dp, a, bt, dp);
+            wmma::mma_sync(c, a, bt, c);
         }
-        wmma::store_matrix_sync(s_rows + n * 16, s, FA_LDS, wmma::mem_row_major);
-        wmma::store_matrix_sync(dp_rows + n * 16, dp, FA_LDS, wmma::mem_row_major);
+        wmma::store_matrix_sync(c_rows + n * 16, c, FA_LDS, wmma::mem_row_major);
     }
 }
 
@@ -295,10 +291,9 @@ __global__ static void __launch_bounds__(FA_THREADS)
     __nv_bfloat16 *dOs = reinterpret_cast<__nv_bfloat16 *>(fa_smem + S::TILE);
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 2 * S::TILE);
     __nv_bfloat16 *Vs = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 3 * S::TILE);
-    float *Ss = reinterpret_cast<float *>(fa_smem + 4 * S::TILE);
-    float *dPs = reinterpret_cast<float *>(fa_smem + 4 * S::TILE + S::STAGE);
-    __nv_bfloat16 *dSs = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 4 * S::TILE + 2 * S::STAGE);
-    float *lse_s = reinterpret_cast<float *>(fa_smem + 4 * S::TILE + 2 * S::STAGE + S::PTILE);
+    float *Ss = reinterpret_cast<float *>(fa_smem + 4 * S::TILE); /* S, then dP */
+    __nv_bfloat16 *dSs = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 4 * S::TILE + S::STAGE);
+    float *lse_s = reinterpret_cast<float *>(fa_smem + 4 * S::TILE + S::STAGE + S::PTILE);
     float *delta_s = lse_s + FA_TILE;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -321,7 +316,7 @@ __global__ static void __launch_bounds__(FA_THREADS)
 #pragma unroll
     for (int n = 0; n < D / 16; n++)
         wmma::fill_fragment(acc[n], 0.0f);
-    const float *srow = Ss + (r0 + row) * FA_LDS, *dprow = dPs + (r0 + row) * FA_LDS;
+    const float *srow = Ss + (r0 + row) * FA_LDS;
     __nv_bfloat16 *dsrow = dSs + (r0 + row) * FA_LDP;
     for (int kt = 0; kt <= qt; kt++) {
         const int k0 = kt * FA_TILE;
@@ -331,18 +326,25 @@ __global__ static void __launch_bounds__(FA_THREADS)
         fa_load_tile<D>(Vs, vbase + (size_t)k0 * kvstride, kvstride, T - k0);
         __syncthreads();
 
-        fa_scores<D>(Ss + r0 * FA_LDS, dPs + r0 * FA_LDS, Qs + r0 * LDK, Ks, dOs + r0 * LDK, Vs);
+        /* P (bf16, in the dS rows), then dS = P (dP - delta) * scale in place: each lane reads
+         * and writes only its own elements */
+        fa_product_abt<D>(Ss + r0 * FA_LDS, Qs + r0 * LDK, Ks); /* S */
         __syncwarp();
         const float row_lse = lse_s[r0 + row], row_delta = delta_s[r0 + row];
-#pragma unroll 8
+        float pv[FA_TILE / 2]; /* this lane's P, fp32 */
+#pragma unroll
         for (int j = 0; j < FA_TILE / 2; j++) {
             const int c = 2 * j + half;
-            float ds = 0.0f;
-            if (k0 + c <= t && t < T) {
-                const float p = exp2f(srow[c] * scale_log2 - row_lse);
-                ds = p * (dprow[c] - row_delta) * scale;
-            }
-            dsrow[c] = __float2bfloat16(ds);
+            const bool live = k0 + c <= t && t < T;
+            pv[j] = live ? exp2f(srow[c] * scale_log2 - row_lse) : 0.0f;
+        }
+        __syncwarp(); /* every lane has read its S before dP overwrites it */
+        fa_product_abt<D>(Ss + r0 * FA_LDS, dOs + r0 * LDK, Vs); /* dP */
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < FA_TILE / 2; j++) {
+            const int c = 2 * j + half;
+            dsrow[c] = __float2bfloat16(pv[j] * (srow[c] - row_delta) * scale);
         }
         __syncwarp();
 
@@ -379,12 +381,11 @@ __global__ static void __launch_bounds__(FA_THREADS)
     __nv_bfloat16 *Vs = reinterpret_cast<__nv_bfloat16 *>(fa_smem + S::TILE);
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 2 * S::TILE);
     __nv_bfloat16 *dOs = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 3 * S::TILE);
-    float *Ss = reinterpret_cast<float *>(fa_smem + 4 * S::TILE);
-    float *dPs = reinterpret_cast<float *>(fa_smem + 4 * S::TILE + S::STAGE);
-    __nv_bfloat16 *Ps = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 4 * S::TILE + 2 * S::STAGE);
+    float *Ss = reinterpret_cast<float *>(fa_smem + 4 * S::TILE); /* S, then dP */
+    __nv_bfloat16 *Ps = reinterpret_cast<__nv_bfloat16 *>(fa_smem + 4 * S::TILE + S::STAGE);
     __nv_bfloat16 *dSs =
-        reinterpret_cast<__nv_bfloat16 *>(fa_smem + 4 * S::TILE + 2 * S::STAGE + S::PTILE);
-    float *lse_s = reinterpret_cast<float *>(fa_smem + 4 * S::TILE + 2 * S::STAGE + 2 * S::PTILE);
+        reinterpret_cast<__nv_bfloat16 *>(fa_smem + 4 * S::TILE + S::STAGE + S::PTILE);
+    float *lse_s = reinterpret_cast<float *>(fa_smem + 4 * S::TILE + S::STAGE + 2 * S::PTILE);
     float *delta_s = lse_s + FA_TILE;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -404,7 +405,7 @@ __global__ static void __launch_bounds__(FA_THREADS)
         wmma::fill_fragment(dk_acc[n], 0.0f);
         wmma::fill_fragment(dv_acc[n], 0.0f);
     }
-    const float *srow = Ss + (r0 + row) * FA_LDS, *dprow = dPs + (r0 + row) * FA_LDS;
+    const float *srow = Ss + (r0 + row) * FA_LDS;
     __nv_bfloat16 *prow = Ps + (r0 + row) * FA_LDP, *dsrow = dSs + (r0 + row) * FA_LDP;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         const size_t qoff = (size_t)b * T * qstride + (size_t)h * D;
@@ -419,21 +420,26 @@ __global__ static void __launch_bounds__(FA_THREADS)
             fa_load_row_stats(lse_s, delta_s, lse + stats, delta + stats, q0, T);
             __syncthreads();
 
-            /* S and dP for the warp's 16 query rows against the 64 keys */
-            fa_scores<D>(Ss + r0 * FA_LDS, dPs + r0 * FA_LDS, Qs + r0 * LDK, Ks, dOs + r0 * LDK,
-                         Vs);
+            /* S, then P, then dP in S's place, then dS, for the warp's 16 query rows against
+             * the 64 keys; each lane reads and writes only its own elements */
+            fa_product_abt<D>(Ss + r0 * FA_LDS, Qs + r0 * LDK, Ks); /* S */
             __syncwarp();
             const float row_lse = lse_s[r0 + row], row_delta = delta_s[r0 + row];
-#pragma unroll 8
+            float pv[FA_TILE / 2]; /* this lane's P, fp32 */
+#pragma unroll
             for (int j = 0; j < FA_TILE / 2; j++) {
                 const int c = 2 * j + half;
-                float p = 0.0f, ds = 0.0f;
-                if (k0 + c <= t && t < T) {
-                    p = exp2f(srow[c] * scale_log2 - row_lse);
-                    ds = p * (dprow[c] - row_delta) * scale;
-                }
-                prow[c] = __float2bfloat16(p);
-                dsrow[c] = __float2bfloat16(ds);
+                const bool live = k0 + c <= t && t < T;
+                pv[j] = live ? exp2f(srow[c] * scale_log2 - row_lse) : 0.0f;
+                prow[c] = __float2bfloat16(pv[j]);
+            }
+            __syncwarp(); /* every lane has read its S before dP overwrites it */
+            fa_product_abt<D>(Ss + r0 * FA_LDS, dOs + r0 * LDK, Vs); /* dP */
+            __syncwarp();
+#pragma unroll
+            for (int j = 0; j < FA_TILE / 2; j++) {
+                const int c = 2 * j + half;
+                dsrow[c] = __float2bfloat16(pv[j] * (srow[c] - row_delta) * scale);
             }
             __syncthreads(); /* P and dS of every query row, for the transposed products */
 
