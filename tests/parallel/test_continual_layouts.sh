@@ -161,7 +161,7 @@ for case in ["cls", "lm"]:
         compare(ref, f"{case}-{layout}", 15)
     # the state each layout wrote: the same Fisher, anchor and replay buffer
     with h5py.File(f"{work}/{ref}/continual-state/ewc.h5") as f0:
-        for layout in ["tp2", "dp2", big]:
+        for layout in sorted({"tp2", "dp2", big}):
             with h5py.File(f"{work}/{case}-{layout}/continual-state/ewc.h5") as f1:
                 # anchors are parameters (1e-5); the Fisher, squared gradients at parameters
                 # that agree to 1e-5, within 1e-4 of each tensor's largest element
