@@ -2,7 +2,8 @@
 # Language-model continual case: the tiny preset trained from scratch on English prose (bundled
 # KJV), then on Python source code (the interpreter's standard library); the prose perplexity
 # after the code task, naive vs replay vs EWC vs both.
-# usage: bench/continual/run_lm.sh   (DSTRAIN=path/to/dstrain, OUT=dir to keep the runs)
+# usage: bench/continual/run_lm.sh   (DSTRAIN=path/to/dstrain, OUT=dir to keep the runs,
+#        JOBS=methods run at once (2), OMP_NUM_THREADS=threads each (1), STEPS=steps a domain)
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 DSTRAIN=${DSTRAIN:-$SRC/build/dstrain}
@@ -15,16 +16,37 @@ common=(model.preset=tiny task.type=causal_lm continual.tasks="$OUT/data/tasks.y
         eval.batches=16 log.every=100)
 ewc=(continual.ewc.enabled=true continual.ewc.lambda=${LAMBDA:-10} continual.ewc.fisher.samples=128)
 replay=(continual.replay.capacity=1024 continual.replay.ratio=0.25)
-for method in ${METHODS:-naive ewc replay both}; do
-  extra=()
+# one thread a run and OpenBLAS single-threaded, two methods at once (see run.sh)
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+JOBS=${JOBS:-2}
+run_method() { # method: trains, then writes $OUT/$method.rc and $OUT/$method.seconds
+  local method=$1 t0 rc=0 extra=()
   case $method in
     ewc) extra=("${ewc[@]}") ;;
     replay) extra=("${replay[@]}") ;;
     both) extra=("${ewc[@]}" "${replay[@]}") ;;
   esac
+  t0=$(date +%s)
   "$DSTRAIN" train "${common[@]}" ${extra[@]+"${extra[@]}"} run.dir="$OUT/$method" \
-    > "$OUT/$method.log" 2>&1 || { tail -5 "$OUT/$method.log"; exit 1; }
+    > "$OUT/$method.log" 2>&1 || rc=$?
+  echo $(( $(date +%s) - t0 )) > "$OUT/$method.seconds"
+  echo $rc > "$OUT/$method.rc"
+}
+start=$(date +%s)
+methods=(${METHODS:-naive ewc replay both})
+running=0
+for method in "${methods[@]}"; do
+  rm -f "$OUT/$method.rc"
+  if [ "$running" -ge "$JOBS" ]; then wait -n || true; running=$((running - 1)); fi
+  run_method "$method" &
+  running=$((running + 1))
 done
+wait
+for method in "${methods[@]}"; do
+  if [ "$(cat "$OUT/$method.rc" 2>/dev/null)" != 0 ]; then tail -5 "$OUT/$method.log"; exit 1; fi
+  echo "$method: $(cat "$OUT/$method.seconds")s"
+done
+echo "runs in $OUT ($(( $(date +%s) - start ))s, $JOBS at once, $OMP_NUM_THREADS thread(s) each)"
 [ -z "${METHODS:-}" ] || exit 0
 python3 - "$OUT" <<'PY'
 import json, math, sys
