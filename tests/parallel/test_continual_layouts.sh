@@ -3,7 +3,8 @@
 # same results at every parallel layout: np=1, tp=2, dp=2 (with and without ZeRO-1) and
 # tp=2 x dp=2, for a classification sequence and a causal-LM one. Asserts the R matrix, per-step
 # losses and EWC penalties (1e-5 relative) and final parameters (1e-5), that the saved state
-# (EWC Fisher and anchor, replay buffer) is the same whatever layout wrote it, and that a state
+# (EWC Fisher and anchor, replay buffer) and the end-of-run HF export (fp32, put together from
+# the slices) are the same whatever layout wrote them, and that a state
 # written at one layout loads at another with the same second run. Also: the per-rank memory
 # line carries the EWC state (Fisher and anchor: as large as the Adam moments, so 1/(tp x dp)
 # with ZeRO-1), and a failing rank takes the job down. The global batch is 4 rows everywhere:
@@ -59,7 +60,7 @@ done
 printf 'tasks:\n  - {id: next, train: c0-train.h5, eval: c0-test.h5, steps: 4}\n' > c-next.yaml
 
 common=(device="$device" model.path=model model.random_init=true train.seq_len=16 optim.lr=1e-3
-        optim.warmup_steps=1 log.every=100 checkpoint.every=0 export.enabled=false
+        optim.warmup_steps=1 log.every=100 checkpoint.every=0 export.enabled=true export.dtype=fp32
         run.save_final=true eval.batches=2 continual.ewc.enabled=true continual.ewc.lambda=50
         continual.ewc.fisher.samples=6 continual.replay.capacity=16 continual.replay.ratio=0.5)
 cls=(task.type=classification task.num_labels=3 continual.tasks=c-tasks.yaml)
@@ -121,14 +122,26 @@ def steps(name):
 def R(name):
     return json.load(open(f"{work}/{name}/continual.json"))["R"]
 
-def tensors(name):
-    with open(f"{work}/{name}/final.safetensors", "rb") as f:
+def read_st(path):
+    with open(path, "rb") as f:
         b = f.read()
     n = struct.unpack("<Q", b[:8])[0]
     header = json.loads(b[8:8 + n])
+    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__"), path
     return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]],
                              dtype=np.float32).reshape(v["shape"])
             for k, v in header.items() if k != "__metadata__"}
+
+def tensors(name):
+    return read_st(f"{work}/{name}/final.safetensors")
+
+def export(name):
+    import glob, os
+    out = {}
+    for path in sorted(glob.glob(f"{work}/{name}/export/*.safetensors")):
+        out.update(read_st(path))
+    config = json.load(open(f"{work}/{name}/export/config.json"))
+    return out, config
 
 def rel(a, b, floor=0.0):
     return abs(a - b) / max(abs(a), floor) if a != b else 0.0
@@ -144,9 +157,16 @@ def compare(ref, name, n_steps):
     p0, p1 = tensors(ref), tensors(name)
     same_keys = p0.keys() == p1.keys() and all(p0[k].shape == p1[k].shape for k in p0)
     pdiff = max(float(np.max(np.abs(p0[k] - p1[k]))) for k in p0) if same_keys else 1.0
-    ok = loss <= 1e-5 and pen <= 1e-5 and rows and rdiff <= 1e-5 and pdiff <= 1e-5 and same_keys
+    e0, c0 = export(ref)
+    e1, c1 = export(name)
+    same_export = (len(e0) > 0 and e0.keys() == e1.keys() and c0 == c1 and
+                   all(e0[k].shape == e1[k].shape for k in e0))
+    ediff = max(float(np.max(np.abs(e0[k] - e1[k]))) for k in e0) if same_export else 1.0
+    ok = (loss <= 1e-5 and pen <= 1e-5 and rows and rdiff <= 1e-5 and pdiff <= 1e-5 and
+          same_keys and ediff <= 1e-5)
     report(ok, f"{name}: losses within {loss:.2e}, EWC penalties within {pen:.2e} relative, "
-               f"R within {rdiff:.2e}, parameters within {pdiff:.2e}")
+               f"R within {rdiff:.2e}, parameters within {pdiff:.2e}, export within {ediff:.2e} "
+               f"({c1.get('architectures')})")
     return s0
 
 for case in ["cls", "lm"]:
