@@ -1204,6 +1204,16 @@ int continual_run(const Config *cfg)
     ckpt_world.tmp_tag = (long)rank0_pid;
     status = train_ckpt_open(&final_cfg, run_dir, &mc, &d.model, &d.opt, NULL, NULL,
                              grid->world_size > 1 ? &ckpt_world : NULL, &ckpts, &start_step);
+    /* the EWC state goes into the checkpoint too, sharded like the moments (online: one pair;
+     * separate: the first three, the continual-state directory holds them all) */
+    for (int k = 0; k < d.ewc.n_sets && k < 3 && status == DS_OK; k++) {
+        char name[32];
+        snprintf(name, sizeof(name), "ewc.fisher_%d", k);
+        status = train_ckpt_add_buffer(ckpts, name, d.ewc.fisher[k] - lo, lo, hi, !d.opt.zero);
+        snprintf(name, sizeof(name), "ewc.anchor_%d", k);
+        if (status == DS_OK)
+            status = train_ckpt_add_buffer(ckpts, name, d.ewc.anchor[k] - lo, lo, hi, !d.opt.zero);
+    }
     /* rank 0's writer clears stale temporary directories when it opens: no rank may start its
      * shard before that is done */
     if ((status = agree(grid, status)) == DS_OK)
