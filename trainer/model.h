@@ -133,7 +133,8 @@ typedef struct Model {
 } Model;
 
 /* Bytes one rank holds for a layout (tp x dp, ZeRO-1 or not), as model_init_parallel and
- * optim_init_sharded allocate them (fp32 on the CPU). */
+ * optim_init_sharded allocate them (fp32 on the CPU); activations follow
+ * mc->activation_checkpointing. */
 typedef struct ModelMemory {
     size_t params, grads, optimizer, activations;
 } ModelMemory;
