@@ -727,25 +727,6 @@ static int continual_all_min(void *group, int local, int *global)
     return DS_OK;
 }
 
-/* The backend device names (cpu, cuda) selects, as the plain driver does. */
-static int continual_backend(const char *device, const Backend **be)
-{
-    if (strcmp(device, "cpu") == 0) {
-        *be = backend_cpu();
-        return DS_OK;
-    }
-    if (strcmp(device, "cuda") == 0) {
-#ifdef DSTRAIN_HAVE_CUDA
-        *be = backend_cuda();
-        return *be ? DS_OK : DS_ERR_INPUT;
-#else
-        return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
-                                      "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
-#endif
-    }
-    return ds_error(DS_ERR_INPUT, "device: unknown device \"%s\" (known: cpu, cuda)", device);
-}
-
 /* Copy model parameters between two models of one layout (through host scratch of the
  * table's size on a device backend). */
 static void params_copy(Model *dst, const Model *src, float *host_scratch)
@@ -829,7 +810,7 @@ int continual_run(const Config *cfg)
     }
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len,
               accum = cfg->train_grad_accum, G = B * grid->dp_size;
-    if ((status = continual_backend(cfg->device, &d.be)) != DS_OK ||
+    if ((status = train_backend(cfg->device, &d.be)) != DS_OK ||
         (status = model_init_parallel(&d.model, &mc, d.be, B, T, grid)) != DS_OK)
         goto done;
     const size_t total = d.model.table.total;

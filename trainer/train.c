@@ -168,7 +168,7 @@ static double eval_loss_on(Model *m, DataReader *reader, int batches, float *wei
 }
 
 /* The backend device: names (cpu, cuda) selects. A build without CUDA says so for cuda. */
-static int train_backend(const char *device, const Backend **be)
+int train_backend(const char *device, const Backend **be)
 {
     if (strcmp(device, "cpu") == 0) {
         *be = backend_cpu();
