@@ -94,18 +94,19 @@ static int resume_from(TrainCkpt *tc, const char *path, int verify, int *start_s
     return status;
 }
 
-int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *mc, Model *model,
-                    Optimizer *opt, LMReader *reader, LMReader *eval_reader,
-                    const TrainCkptWorld *world, TrainCkpt **out, int *start_step)
+/* This rank's half of train_ckpt_open: resume, then open the writer. *out is set as soon as
+ * there is something to free, even on failure. */
+static int open_on_this_rank(const Config *cfg, const char *run_dir, const ModelConfig *mc,
+                             Model *model, Optimizer *opt, LMReader *reader, LMReader *eval_reader,
+                             const TrainCkptWorld *world, TrainCkpt **out, int *start_step)
 {
-    *out = NULL;
-    *start_step = 0;
     uint64_t shard_bytes;
     DType dtype;
     DS_TRY(export_parse_size(cfg->export_max_shard_size, &shard_bytes));
     DS_TRY(export_parse_dtype(cfg->export_dtype, &dtype));
     TrainCkpt *tc = ds_calloc(1, sizeof(*tc));
     if (!tc) return DS_ERR_INTERNAL;
+    *out = tc;
     tc->cfg = cfg;
     tc->model = model;
     tc->opt = opt;
@@ -176,8 +177,33 @@ int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *m
         if (status == DS_OK)
             status = ckpt_writer_reserve(tc->writer, 3 * model->table.total * sizeof(float) + 64);
     }
+    return status;
+}
+
+int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *mc, Model *model,
+                    Optimizer *opt, LMReader *reader, LMReader *eval_reader,
+                    const TrainCkptWorld *world, TrainCkpt **out, int *start_step)
+{
+    *out = NULL;
+    *start_step = 0;
+    TrainCkpt *tc = NULL;
+    int status = open_on_this_rank(cfg, run_dir, mc, model, opt, reader, eval_reader, world, &tc,
+                                   start_step);
+    /* Rank 0's writer removed the temporary directories of crashed runs as it opened, and this
+     * run's ranks write into a directory of the same pattern: until every rank is past this
+     * agreement, one that saved at once could lose its shard to that cleanup. It also ends the
+     * open on every rank alike when one of them failed to resume or to open. */
+    if (world && world->all_min) {
+        int all_ok = 0;
+        const int rc = world->all_min(world->comm_ctx, status == DS_OK, &all_ok);
+        if (status == DS_OK && rc != DS_OK) status = rc;
+        if (status == DS_OK && !all_ok)
+            status = ds_error(DS_ERR_INTERNAL,
+                              "checkpoint: another rank could not resume or open its writer");
+    }
     if (status != DS_OK) {
         train_ckpt_close(tc);
+        *start_step = 0;
         return status;
     }
     *out = tc;

@@ -14,7 +14,8 @@
 /* How this rank sits in the world. NULL everywhere below means one process. */
 typedef struct TrainCkptWorld {
     CkptLayout layout;
-    CkptAllMinFn all_min; /* all-reduce MIN of an int (comm); NULL with one rank */
+    CkptAllMinFn all_min; /* all-reduce MIN of an int over every rank that saves (the world
+                           * communicator); NULL with one rank */
     void *comm_ctx;
     long tmp_tag;                  /* rank 0's pid, the same on every rank */
     size_t optim_begin, optim_end; /* this rank's ZeRO range of the moments; 0, 0 = all */
@@ -24,7 +25,10 @@ typedef struct TrainCkpt TrainCkpt;
 
 /* Resolve train.resume (none | auto | PATH) and, when there is a checkpoint, load parameters,
  * moments, optimizer step and reader positions into the given state; *start_step gets the
- * number of steps already done (0 when starting fresh). Then open the checkpoint writer. */
+ * number of steps already done (0 when starting fresh). Then open the checkpoint writer.
+ * Collective with several ranks: it returns on no rank before rank 0's writer has removed the
+ * temporary directories of crashed runs, so any rank may save right after it; and it fails on
+ * every rank when one rank could not resume or open. */
 int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *mc, Model *model,
                     Optimizer *opt, LMReader *reader, LMReader *eval_reader,
                     const TrainCkptWorld *world, TrainCkpt **out, int *start_step);

@@ -1195,9 +1195,7 @@ int continual_run(const Config *cfg)
         if (status == DS_OK)
             status = train_ckpt_add_buffer(ckpts, name, d.ewc.anchor[k] - lo, lo, hi, !d.opt.zero);
     }
-    /* rank 0's writer clears stale temporary directories when it opens: no rank may start its
-     * shard before that is done */
-    if ((status = agree(grid, status)) == DS_OK)
+    if (status == DS_OK)
         status = train_ckpt_finish(ckpts, total_steps, cfg->optim_lr * cfg->optim_min_lr_ratio);
     if (status == DS_OK && cfg->run_save_final)
         status = train_save_final(&d.model, grid, run_dir);
