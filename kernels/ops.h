@@ -115,6 +115,22 @@ typedef struct Backend {
                                        const float *stats, const int32_t *targets,
                                        const float *weights, int N, int V, int vocab_start,
                                        int write_grad);
+
+    /* ---- mixed precision: NULL in a backend that computes in fp32 throughout (the CPU) ----
+     * The backend keeps a bf16 working copy of a flat fp32 parameter buffer (the fp32 values
+     * stay the master weights), and every matmul whose weight lies inside the buffer reads the
+     * copy. weights_attach registers params[n] (no copy is made while the backend computes in
+     * fp32); weights_refresh rounds the fp32 values into the copy and must run after anything
+     * wrote them and before the next matmul (model_forward calls it on entry); weights_detach
+     * before the buffer is freed. A matmul whose weight lies outside every attached buffer
+     * rounds it on the fly. Such a backend may also keep the rounded copy of a matmul's input
+     * for the next matmul reading the same pointer: the other ops of this table drop it, so a
+     * caller that changes a matmul input by other means (a collective writing device memory)
+     * must run some op of the table before the next matmul reads it (model.c always does). */
+    int (*weights_attach)(const float *params, size_t n);
+    void (*weights_refresh)(const float *params);
+    void (*weights_detach)(const float *params);
+
 } Backend;
 
 const Backend *backend_cpu(void);

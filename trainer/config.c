@@ -209,6 +209,11 @@ static const ConfigKey config_schema[] = {
          "gathered from all ranks (for checks; use the export for models)"),
     INT("log.every", log_every, "10", 1, 1000000000, "print and record metrics every N steps"),
     ENUM("device", device, "cpu", "where the model runs", "cpu", "cuda"),
+    ENUM("precision", precision, "auto",
+         "bf16 = mixed precision (fp32 master weights, a bf16 working copy of the weights, matmul "
+         "operands rounded to bf16, fp32 accumulation, fp32 loss and optimizer); fp32 = fp32 "
+         "throughout; auto = bf16 on cuda, fp32 on cpu (the CPU computes in fp32 only)",
+         "auto", "bf16", "fp32"),
     STR("metrics.listen", metrics_listen, "", 0,
         "HOST:PORT of the Prometheus endpoint (/metrics, /healthz) on rank 0, e.g. "
         "127.0.0.1:9400; empty = off"),

@@ -90,6 +90,7 @@ typedef struct Config {
     int run_save_final;                /* write <run.dir>/final.safetensors at the end */
     int log_every;
     char device[16];                   /* cpu | cuda */
+    char precision[8];                 /* auto | bf16 | fp32: how a device backend computes */
     /* metrics endpoint (trainer/metrics_server.c) */
     char metrics_listen[256];          /* HOST:PORT; empty = off */
     int metrics_allow_remote;          /* allow a non-loopback listen address */

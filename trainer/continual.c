@@ -810,7 +810,7 @@ int continual_run(const Config *cfg)
     }
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len,
               accum = cfg->train_grad_accum, G = B * grid->dp_size;
-    if ((status = train_backend(cfg->device, &d.be)) != DS_OK ||
+    if ((status = train_backend(cfg, &d.be)) != DS_OK ||
         (status = model_init_parallel(&d.model, &mc, d.be, B, T, grid)) != DS_OK)
         goto done;
     const size_t total = d.model.table.total;

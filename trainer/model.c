@@ -513,6 +513,8 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->g.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
     m->act = ds_calloc(1, sizeof(ModelActivations));
     if (!m->params || !m->grads || !m->w.layers || !m->g.layers || !m->act) return DS_ERR_INTERNAL;
+    /* mixed precision: the backend's bf16 working copy of the weights, refreshed by forward */
+    if (be->weights_attach) DS_TRY(be->weights_attach(m->params, m->table.total));
     m->act->layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerActivations));
     if (!m->act->layers) return DS_ERR_INTERNAL;
     weights_bind(m, m->params, &m->w);
@@ -565,6 +567,7 @@ void model_free(Model *m)
             be->mem_free(m->act->dev_weights);
             be->mem_free(m->act->dev_losses);
         }
+        if (be->weights_detach && m->params) be->weights_detach(m->params);
         be->mem_free(m->params);
         be->mem_free(m->grads);
         be->mem_free(m->arena);
@@ -794,6 +797,8 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     /* V: this rank's share of the vocabulary under tensor parallelism (all of it when tp = 1) */
     const int N = m->B * m->T, C = c->hidden_size, V = m->tp_vocab;
 
+    /* the optimizer or a load may have changed the fp32 weights since the last forward */
+    if (be->weights_refresh) be->weights_refresh(m->params);
     if (inputs != m->inputs) memcpy(m->inputs, inputs, (size_t)N * sizeof(int32_t));
     be->mem_to_device(a->dev_inputs, m->inputs, (size_t)N * sizeof(int32_t));
     if (m->tp) {

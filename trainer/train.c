@@ -24,6 +24,9 @@
 #include "optim.h"
 #include "signals.h"
 #include "progress.h"
+#ifdef DSTRAIN_HAVE_CUDA
+#include "../kernels/cuda/cuda_ops.h"
+#endif
 
 int train_model_config(const Config *cfg, ModelConfig *mc)
 {
@@ -168,16 +171,25 @@ static double eval_loss_on(Model *m, DataReader *reader, int batches, float *wei
 }
 
 /* The backend device: names (cpu, cuda) selects. A build without CUDA says so for cuda. */
-int train_backend(const char *device, const Backend **be)
+int train_backend(const Config *cfg, const Backend **be)
 {
+    const char *device = cfg->device, *precision = cfg->precision;
     if (strcmp(device, "cpu") == 0) {
+        if (strcmp(precision, "bf16") == 0)
+            return ds_error(DS_ERR_INPUT, "precision: bf16 needs device: cuda (the CPU backend "
+                                          "computes in fp32 only; use auto or fp32)");
         *be = backend_cpu();
         return DS_OK;
     }
     if (strcmp(device, "cuda") == 0) {
 #ifdef DSTRAIN_HAVE_CUDA
         *be = backend_cuda(); /* NULL when no GPU is usable: the config asks for too much */
-        return *be ? DS_OK : DS_ERR_INPUT;
+        if (!*be) return DS_ERR_INPUT;
+        /* auto: mixed precision, unless DSTRAIN_CUDA_MATMUL chose a mode for an experiment */
+        const char *env = getenv("DSTRAIN_CUDA_MATMUL");
+        if (strcmp(precision, "auto") != 0)
+            return cuda_matmul_precision(precision);
+        return env && env[0] ? DS_OK : cuda_matmul_precision("bf16");
 #else
         return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
                                       "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
@@ -270,7 +282,7 @@ int train_run(const Config *cfg)
     if (strcmp(cfg->task_type, "classification") == 0) mc.num_labels = cfg->task_num_labels;
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, N = B * T;
     const Backend *be = NULL;
-    if ((status = train_backend(cfg->device, &be)) != DS_OK) goto done;
+    if ((status = train_backend(cfg, &be)) != DS_OK) goto done;
     if ((status = model_init_parallel(&model, &mc, be, B, T, &grid)) != DS_OK) goto done;
     if (cfg->model_path[0] && !cfg->model_random_init) {
         ProgressTask load;

@@ -120,34 +120,47 @@ int main(int argc, char **argv)
     const char *modes[] = {"fp32", "bf16"};
     for (int mi = 0; mi < 2; mi++) {
         cuda_matmul_precision(modes[mi]);
-        const int c4 = mi == 0 ? 1 : 0; /* per-step counts only for the default mode's rows */
+        const int c4 = mi == 1 ? 1 : 0; /* per-step counts only for the default mode's rows */
+        if (mi == 1) { /* as a model does: the weights' bf16 copies, made once */
+            gpu->weights_attach(wcc, (size_t)C * C), gpu->weights_refresh(wcc);
+            gpu->weights_attach(wci, (size_t)C * I), gpu->weights_refresh(wci);
+            gpu->weights_attach(embed, (size_t)V * C), gpu->weights_refresh(embed);
+        }
 #define BODY gpu->matmul_forward(y, x, wcc, NULL, N, C, C)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
              C);
+        rows[nrows - 1].flops = 2.0 * N * C * C;
 #undef BODY
 #define BODY gpu->matmul_backward(z, dwcc, NULL, y, x, wcc, N, C, C)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
              C);
+        rows[nrows - 1].flops = 4.0 * N * C * C;
 #undef BODY
 #define BODY gpu->matmul_forward(g, x, wci, NULL, N, C, I)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C,
              I);
+        rows[nrows - 1].flops = 2.0 * N * C * I;
 #undef BODY
 #define BODY gpu->matmul_backward(z, dwci, NULL, g, x, wci, N, C, I)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C,
              I);
+        rows[nrows - 1].flops = 4.0 * N * C * I;
 #undef BODY
 #define BODY gpu->matmul_forward(y, a, wci, NULL, N, I, C)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
+        rows[nrows - 1].flops = 2.0 * N * I * C;
 #undef BODY
 #define BODY gpu->matmul_backward(a, dwci, NULL, y, g, wci, N, I, C)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
+        rows[nrows - 1].flops = 2.0 * 2.0 * N * I * C;
 #undef BODY
 #define BODY gpu->matmul_forward(logits, x, embed, NULL, N, C, V)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
+        rows[nrows - 1].flops = 2.0 * N * C * V;
 #undef BODY
 #define BODY gpu->matmul_backward(z, dembed, NULL, logits, x, embed, N, C, V)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
+        rows[nrows - 1].flops = 2.0 * 2.0 * N * C * V;
 #undef BODY
     }
     cuda_matmul_precision("fp32");

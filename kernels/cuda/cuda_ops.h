@@ -7,11 +7,15 @@
 extern "C" {
 #endif
 
-/* How matmuls compute: "fp32" (default; TF32 off, agrees with the CPU to fp32 rounding),
- * "bf16" (fp32 storage, bf16 tensor-core products, fp32 accumulation) or "tf32". The
- * environment variable DSTRAIN_CUDA_MATMUL sets it when the backend starts. DS_ERR_INPUT for
- * anything else. */
+/* How matmuls compute: "fp32" (the backend's default; TF32 off, agrees with the CPU to fp32
+ * rounding), "bf16" (mixed precision: fp32 storage and master weights, the weights read from the
+ * bf16 working copy of Backend.weights_attach, activations and gradients rounded to bf16 as
+ * operands, bf16 tensor-core products with fp32 accumulation and fp32 results) or "tf32". The
+ * environment variable DSTRAIN_CUDA_MATMUL sets it when the backend starts; the config key
+ * precision (train_backend) after that. DS_ERR_INPUT for anything else. */
 int cuda_matmul_precision(const char *mode);
+/* 1 when matmuls run in bf16 mode. */
+int cuda_matmul_is_bf16(void);
 
 /* How attention computes: "flash" (default: the tensor-core kernels of attention.cu, bf16
  * products with fp32 accumulation and softmax, for head_dim 64 and 128; other head dims run the

@@ -8,6 +8,7 @@
  * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <math.h>
@@ -159,27 +160,271 @@ static void column_sums_add(float *dst, const float *x, const float *x2, const f
  * C x R one, so the row-major products of ops.h become (shapes column-major):
  *   forward  out (N x M)  = W^T (W stored K x N) . inp (K x M)
  *   dinp     dinp (K x M) = W (K x N) . dout (N x M)
- *   dweight  dW (K x N)  += inp (K x M) . dout^T (dout stored N x M) */
+ *   dweight  dW (K x N)  += inp (K x M) . dout^T (dout stored N x M)
+ * Modes (cuda_matmul_precision):
+ *   fp32: fp32 operands, true fp32 products (TF32 off); tf32: fp32 operands on the TF32 cores.
+ *   bf16 (mixed precision): the operands are rounded to bf16 (the weights from the attached
+ *     working copy, activations and gradients into operand buffers), products on the bf16
+ *     tensor cores with fp32 accumulation, fp32 results (C and D fp32, so dW += accumulates in
+ *     fp32). Reading bf16 instead of converting fp32 inside the product doubles the rate.
+ * The bf16 copy of a matmul input is kept for the next matmul on the same input (q, k and v
+ * read one normed activation; gate and up another): every other op, and every matmul output
+ * that overlaps it, forgets it (operand_cache_forget), so a stale copy is never read. */
 
 static cublasLtHandle_t lt_handle;
 static void *lt_workspace;
 static const size_t lt_workspace_size = (size_t)32 << 20;
-/* fp32 (default): true fp32 products, TF32 off. bf16: fp32 in and out, the products on the bf16
- * tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF). */
 static cublasComputeType_t lt_compute = CUBLAS_COMPUTE_32F;
+static int lt_bf16; /* 1: bf16 operands (mixed precision) */
+
+extern "C" int cuda_matmul_is_bf16(void) { return lt_bf16; }
+
+/* ---- bf16 operands ---- */
+
+__global__ static void round_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i + 3 < n) {
+        float4 x = *reinterpret_cast<const float4 *>(src + i);
+        __nv_bfloat162 *d2 = reinterpret_cast<__nv_bfloat162 *>(dst + i);
+        d2[0] = __floats2bfloat162_rn(x.x, x.y);
+        d2[1] = __floats2bfloat162_rn(x.z, x.w);
+    } else {
+        for (; i < n; i++)
+            dst[i] = __float2bfloat16_rn(src[i]);
+    }
+}
+
+__global__ static void round_bf16_unaligned_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+static void round_bf16(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    if (n == 0) return;
+    if ((uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0)
+        round_bf16_kernel<<<ceil_div((long long)ceil_div((long long)n, 4), 256), 256, 0, stream>>>(
+            dst, src, n);
+    else
+        round_bf16_unaligned_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(dst, src, n);
+    launchCheck();
+}
+
+/* A device buffer of bf16 that only grows (the first step sees the largest shapes). */
+typedef struct Bf16Buffer {
+    __nv_bfloat16 *ptr;
+    size_t cap; /* elements */
+} Bf16Buffer;
+
+static __nv_bfloat16 *bf16_buffer(Bf16Buffer *b, size_t n)
+{
+    if (n > b->cap) {
+        cudaCheck(cudaFree(b->ptr)); /* synchronises: nothing still reads the old one */
+        b->cap = n;
+        cudaCheck(cudaMalloc(&b->ptr, n * sizeof(__nv_bfloat16)));
+    }
+    return b->ptr;
+}
+
+static Bf16Buffer operand_inp, operand_dout, operand_weight;
+static const float *operand_inp_src; /* whose values operand_inp holds; NULL: none */
+static size_t operand_inp_n;
+
+static void operand_cache_clear(void) { operand_inp_src = NULL; }
+
+/* A matmul wrote [p, p + n): a cached copy of anything there is stale. */
+static void operand_cache_forget(const float *p, size_t n)
+{
+    if (operand_inp_src && p < operand_inp_src + operand_inp_n && operand_inp_src < p + n)
+        operand_inp_src = NULL;
+}
+
+static const __nv_bfloat16 *input_operand(const float *inp, size_t n)
+{
+    if (operand_inp_src == inp && operand_inp_n == n) return operand_inp.ptr;
+    __nv_bfloat16 *x = bf16_buffer(&operand_inp, n);
+    round_bf16(x, inp, n);
+    operand_inp_src = inp;
+    operand_inp_n = n;
+    return x;
+}
+
+/* The working copies of attached parameter buffers (Backend.weights_attach). */
+#define WEIGHT_COPIES_MAX 16
+typedef struct WeightCopy {
+    const float *params;  /* NULL: free slot */
+    size_t n;
+    __nv_bfloat16 *copy;  /* NULL until the first bf16 refresh */
+    int fresh;            /* copy holds the values of the last refresh in bf16 mode */
+} WeightCopy;
+static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
+
+static WeightCopy *weight_copy_of(const float *params)
+{
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
+        if (weight_copies[i].params == params) return &weight_copies[i];
+    return NULL;
+}
+
+static int weight_copy_alloc(WeightCopy *w)
+{
+    if (w->copy) return DS_OK;
+    cudaError_t err = cudaMalloc(&w->copy, w->n * sizeof(__nv_bfloat16));
+    if (err == cudaSuccess) return DS_OK;
+    cudaGetLastError();
+    w->copy = NULL;
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    return ds_error(DS_ERR_INTERNAL,
+                    "CUDA: cannot allocate the bf16 working copy of the weights (%.1f MiB, "
+                    "%.1f MiB free); precision: fp32 needs no copy",
+                    w->n * 2 / 1048576.0, free_bytes / 1048576.0);
+}
+
+static int weights_attach(const float *params, size_t n)
+{
+    WeightCopy *w = weight_copy_of(params);
+    if (!w) w = weight_copy_of(NULL);
+    if (!w) return ds_error(DS_ERR_INTERNAL, "CUDA: more than %d parameter buffers attached",
+                            WEIGHT_COPIES_MAX);
+    w->params = params;
+    w->n = n;
+    w->fresh = 0;
+    return lt_bf16 ? weight_copy_alloc(w) : DS_OK;
+}
+
+static void weights_refresh(const float *params)
+{
+    WeightCopy *w = weight_copy_of(params);
+    if (!w) return;
+    w->fresh = 0;
+    if (!lt_bf16) return;
+    if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
+        static int warned;
+        if (!warned++) fprintf(stderr, "dstrain: warning: %s\n", ds_last_error());
+        return;
+    }
+    round_bf16(w->copy, params, w->n);
+    w->fresh = 1;
+}
+
+static void weights_detach(const float *params)
+{
+    WeightCopy *w = weight_copy_of(params);
+    if (!w) return;
+    cudaCheck(cudaFree(w->copy));
+    memset(w, 0, sizeof(*w));
+}
+
+/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into a buffer. */
+static const __nv_bfloat16 *weight_operand(const float *weight, size_t n)
+{
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
+        const WeightCopy *w = &weight_copies[i];
+        if (w->params && w->fresh && weight >= w->params && weight + n <= w->params + w->n)
+            return w->copy + (weight - w->params);
+    }
+    __nv_bfloat16 *x = bf16_buffer(&operand_weight, n);
+    round_bf16(x, weight, n);
+    return x;
+}
 
 extern "C" int cuda_matmul_precision(const char *mode)
 {
     if (strcmp(mode, "fp32") == 0)
-        lt_compute = CUBLAS_COMPUTE_32F;
+        lt_compute = CUBLAS_COMPUTE_32F, lt_bf16 = 0;
     else if (strcmp(mode, "bf16") == 0)
-        lt_compute = CUBLAS_COMPUTE_32F_FAST_16BF;
+        lt_compute = CUBLAS_COMPUTE_32F, lt_bf16 = 1;
     else if (strcmp(mode, "tf32") == 0)
-        lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+        lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32, lt_bf16 = 0;
     else
-        return ds_error(DS_ERR_INPUT, "DSTRAIN_CUDA_MATMUL: \"%s\": expected fp32, bf16 or tf32",
-                        mode);
+        return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
+    operand_cache_clear(); /* nothing rounded under another mode is read after the switch */
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
+        weight_copies[i].fresh = 0;
     return DS_OK;
+}
+
+/* ---- cuBLASLt plans: descriptors and the heuristic's algorithm, made once per shape ---- */
+
+typedef struct LtPlan {
+    int m, n, k, transa, transb, bias, accumulate, bf16;
+    cublasComputeType_t compute;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulAlgo_t algo;
+    int found; /* the heuristic returned an algorithm */
+} LtPlan;
+
+#define LT_PLANS_MAX 256
+static LtPlan lt_plans[LT_PLANS_MAX];
+static int lt_plan_count, lt_plan_next; /* when full, plans are replaced round robin */
+
+static void lt_plan_destroy(LtPlan *p)
+{
+    cublasCheck(cublasLtMatrixLayoutDestroy(p->la));
+    cublasCheck(cublasLtMatrixLayoutDestroy(p->lb));
+    cublasCheck(cublasLtMatrixLayoutDestroy(p->ld));
+    cublasCheck(cublasLtMatmulDescDestroy(p->desc));
+}
+
+static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const float *bias,
+                           int accumulate)
+{
+    const int has_bias = bias != NULL;
+    for (int i = 0; i < lt_plan_count; i++) {
+        LtPlan *p = &lt_plans[i];
+        if (p->m == m && p->n == n && p->k == k && p->transa == transa && p->transb == transb &&
+            p->bias == has_bias && p->accumulate == accumulate && p->bf16 == lt_bf16 &&
+            p->compute == lt_compute)
+            return p;
+    }
+    LtPlan *p;
+    if (lt_plan_count < LT_PLANS_MAX) {
+        p = &lt_plans[lt_plan_count++];
+    } else {
+        p = &lt_plans[lt_plan_next];
+        lt_plan_next = (lt_plan_next + 1) % LT_PLANS_MAX;
+        lt_plan_destroy(p);
+    }
+    memset(p, 0, sizeof(*p));
+    p->m = m, p->n = n, p->k = k, p->transa = transa, p->transb = transb, p->bias = has_bias;
+    p->accumulate = accumulate, p->bf16 = lt_bf16, p->compute = lt_compute;
+    const cudaDataType_t ab = lt_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasCheck(cublasLtMatmulDescCreate(&p->desc, lt_compute, CUDA_R_32F));
+    cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    if (has_bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bias_type = CUDA_R_32F;
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                                   sizeof(epi)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                   &bias_type, sizeof(bias_type)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                   &bias, sizeof(bias)));
+    }
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->la, ab, transa ? k : m, transa ? m : k,
+                                           transa ? k : m));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, ab, transb ? n : k, transb ? k : n,
+                                           transb ? n : k));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->ld, CUDA_R_32F, m, n, m));
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                     &lt_workspace_size, sizeof(size_t)));
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->la, p->lb, p->ld, p->ld,
+                                               pref, 1, &heur, &found));
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    p->found = found > 0;
+    if (p->found) p->algo = heur.algo;
+    return p;
 }
 
 __global__ static void add_bias_kernel(float *out, const float *bias, int M, int N)
@@ -188,61 +433,29 @@ __global__ static void add_bias_kernel(float *out, const float *bias, int M, int
     if (i < (size_t)M * N) out[i] += bias[i % N];
 }
 
-/* D[m, n] (column-major, ld m) = op(A) op(B) + beta * D, plus bias[m] on every column. */
-static void lt_matmul(float *d, const float *a, const float *b, const float *bias, int m, int n,
+/* D[m, n] (column-major, ld m) = op(A) op(B) + beta * D, plus bias[m] on every column; A and B
+ * fp32, or bf16 in bf16 mode. */
+static void lt_matmul(float *d, const void *a, const void *b, const float *bias, int m, int n,
                       int k, int transa, int transb, float beta)
 {
-    cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t la, lb, ld;
-    cublasCheck(cublasLtMatmulDescCreate(&desc, lt_compute, CUDA_R_32F));
-    cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N,
-                      tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    if (bias) {
-        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        cublasCheck(
-            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                                   sizeof(bias)));
-    }
-    cublasCheck(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, transa ? k : m, transa ? m : k,
-                                           transa ? k : m));
-    cublasCheck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, transb ? n : k, transb ? k : n,
-                                           transb ? n : k));
-    cublasCheck(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, m));
-    cublasLtMatmulPreference_t pref;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                     &lt_workspace_size, sizeof(size_t)));
-    cublasLtMatmulHeuristicResult_t heur;
-    int found = 0;
-    cublasCheck(
-        cublasLtMatmulAlgoGetHeuristic(lt_handle, desc, la, lb, ld, ld, pref, 1, &heur, &found));
-    if (found == 0 && bias) { /* no fused bias for this shape: the product, then the bias */
-        cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
-        cublasCheck(cublasLtMatrixLayoutDestroy(la));
-        cublasCheck(cublasLtMatrixLayoutDestroy(lb));
-        cublasCheck(cublasLtMatrixLayoutDestroy(ld));
-        cublasCheck(cublasLtMatmulDescDestroy(desc));
+    LtPlan *p = lt_plan_get(m, n, k, transa, transb, bias, beta != 0.0f);
+    if (!p->found && bias) { /* no fused bias for this shape: the product, then the bias */
         lt_matmul(d, a, b, NULL, m, n, k, transa, transb, beta);
         add_bias_kernel<<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
         launchCheck();
         return;
     }
-    if (found == 0) {
+    if (!p->found) {
         fprintf(stderr, "dstrain: error: %s:%d: cuBLASLt: no algorithm for %d x %d x %d\n",
                 __FILE__, __LINE__, m, n, k);
         exit(1);
     }
+    if (bias)
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                   &bias, sizeof(bias)));
     const float alpha = 1.0f;
-    cublasCheck(cublasLtMatmul(lt_handle, desc, &alpha, a, la, b, lb, &beta, d, ld, d, ld,
-                               &heur.algo, lt_workspace, lt_workspace_size, stream));
-    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
-    cublasCheck(cublasLtMatrixLayoutDestroy(la));
-    cublasCheck(cublasLtMatrixLayoutDestroy(lb));
-    cublasCheck(cublasLtMatrixLayoutDestroy(ld));
-    cublasCheck(cublasLtMatmulDescDestroy(desc));
+    cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d,
+                               p->ld, &p->algo, lt_workspace, lt_workspace_size, stream));
 }
 
 __global__ static void fill_rows_kernel(float *out, const float *bias, int M, int N)
@@ -256,12 +469,19 @@ static void matmul_forward(float *out, const float *inp, const float *weight, co
                            int M, int K, int N)
 {
     if (M <= 0 || N <= 0) return;
+    operand_cache_forget(out, (size_t)M * N);
     if (K <= 0) { /* empty contraction: the bias alone */
         fill_rows_kernel<<<ceil_div((long long)M * N, 256), 256, 0, stream>>>(out, bias, M, N);
         launchCheck();
         return;
     }
-    lt_matmul(out, weight, inp, bias, N, M, K, 1, 0, 0.0f);
+    if (lt_bf16) {
+        const __nv_bfloat16 *w = weight_operand(weight, (size_t)N * K);
+        const __nv_bfloat16 *x = input_operand(inp, (size_t)M * K);
+        lt_matmul(out, w, x, bias, N, M, K, 1, 0, 0.0f);
+    } else {
+        lt_matmul(out, weight, inp, bias, N, M, K, 1, 0, 0.0f);
+    }
 }
 
 static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -270,11 +490,25 @@ static void matmul_backward(float *dinp, float *dweight, float *dbias, const flo
     if (M <= 0 || N <= 0) {
         if (dinp && M > 0 && K > 0)
             cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)M * K * sizeof(float), stream));
+        if (dinp) operand_cache_forget(dinp, (size_t)M * K);
         return;
     }
     if (K > 0) {
-        if (dinp) lt_matmul(dinp, weight, dout, NULL, K, M, N, 0, 0, 0.0f);
-        lt_matmul(dweight, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
+        if (lt_bf16) {
+            __nv_bfloat16 *dy = bf16_buffer(&operand_dout, (size_t)M * N);
+            round_bf16(dy, dout, (size_t)M * N);
+            const __nv_bfloat16 *x = input_operand(inp, (size_t)M * K);
+            if (dinp) {
+                const __nv_bfloat16 *w = weight_operand(weight, (size_t)N * K);
+                lt_matmul(dinp, w, dy, NULL, K, M, N, 0, 0, 0.0f);
+            }
+            lt_matmul(dweight, x, dy, NULL, K, N, M, 0, 1, 1.0f);
+        } else {
+            if (dinp) lt_matmul(dinp, weight, dout, NULL, K, M, N, 0, 0, 0.0f);
+            lt_matmul(dweight, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
+        }
+        if (dinp) operand_cache_forget(dinp, (size_t)M * K);
+        operand_cache_forget(dweight, (size_t)N * K);
     }
     if (dbias) column_sums_add(dbias, dout, NULL, NULL, M, N);
 }
@@ -1034,6 +1268,8 @@ static void adamw_update(float *param, const float *grad, float *m, float *v, si
                     stream);
 }
 
+
+
 /* ---------------------------------------------------------------------------------------------
  * memory */
 
@@ -1098,34 +1334,45 @@ extern "C" const Backend *backend_cuda(void)
     cublasCheck(cublasLtCreate(&lt_handle));
     cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
     Backend *b = &cuda_backend;
+    /* every op that writes device memory, other than the matmuls (which forget only what they
+     * overwrite), drops the cached bf16 copy of the last matmul input */
+#define CLEARS_OPERANDS(fn)                                                                        \
+    [](auto... args) {                                                                             \
+        operand_cache_clear();                                                                     \
+        return fn(args...);                                                                        \
+    }
     b->matmul_forward = matmul_forward;
     b->matmul_backward = matmul_backward;
-    b->rmsnorm_forward = rmsnorm_forward;
-    b->rmsnorm_backward = rmsnorm_backward;
-    b->rope_forward = rope_forward;
-    b->rope_backward = rope_backward;
-    b->attention_forward = attention_forward;
-    b->attention_backward = attention_backward;
-    b->swiglu_forward = swiglu_forward;
-    b->swiglu_backward = swiglu_backward;
-    b->embedding_forward = embedding_forward;
-    b->embedding_backward = embedding_backward;
-    b->cross_entropy = cross_entropy;
-    b->add = add;
+    b->rmsnorm_forward = CLEARS_OPERANDS(rmsnorm_forward);
+    b->rmsnorm_backward = CLEARS_OPERANDS(rmsnorm_backward);
+    b->rope_forward = CLEARS_OPERANDS(rope_forward);
+    b->rope_backward = CLEARS_OPERANDS(rope_backward);
+    b->attention_forward = CLEARS_OPERANDS(attention_forward);
+    b->attention_backward = CLEARS_OPERANDS(attention_backward);
+    b->swiglu_forward = CLEARS_OPERANDS(swiglu_forward);
+    b->swiglu_backward = CLEARS_OPERANDS(swiglu_backward);
+    b->embedding_forward = CLEARS_OPERANDS(embedding_forward);
+    b->embedding_backward = CLEARS_OPERANDS(embedding_backward);
+    b->cross_entropy = CLEARS_OPERANDS(cross_entropy);
+    b->add = CLEARS_OPERANDS(add);
     b->sum_squares = sum_squares;
-    b->scale = scale;
-    b->adamw_update = adamw_update;
+    b->scale = CLEARS_OPERANDS(scale);
+    b->adamw_update = CLEARS_OPERANDS(adamw_update);
     b->mem_alloc = mem_alloc;
-    b->mem_free = mem_free;
-    b->mem_to_device = mem_to_device;
+    b->mem_free = CLEARS_OPERANDS(mem_free);
+    b->mem_to_device = CLEARS_OPERANDS(mem_to_device);
     b->mem_to_host = mem_to_host;
-    b->mem_zero = mem_zero;
+    b->mem_zero = CLEARS_OPERANDS(mem_zero);
     b->host_memory = 0;
-    b->embedding_forward_shard = embedding_forward_shard;
-    b->embedding_backward_shard = embedding_backward_shard;
-    b->cross_entropy_shard_max = cross_entropy_shard_max;
-    b->cross_entropy_shard_stats = cross_entropy_shard_stats;
-    b->cross_entropy_shard_finish = cross_entropy_shard_finish;
+    b->embedding_forward_shard = CLEARS_OPERANDS(embedding_forward_shard);
+    b->embedding_backward_shard = CLEARS_OPERANDS(embedding_backward_shard);
+    b->cross_entropy_shard_max = CLEARS_OPERANDS(cross_entropy_shard_max);
+    b->cross_entropy_shard_stats = CLEARS_OPERANDS(cross_entropy_shard_stats);
+    b->cross_entropy_shard_finish = CLEARS_OPERANDS(cross_entropy_shard_finish);
+    b->weights_attach = weights_attach;
+    b->weights_refresh = CLEARS_OPERANDS(weights_refresh);
+    b->weights_detach = CLEARS_OPERANDS(weights_detach);
+#undef CLEARS_OPERANDS
     b->name = "cuda"; /* last: marks the table complete */
     return b;
 }

@@ -730,7 +730,7 @@ Test(config, help_lists_every_key)
     int lines = 0;
     for (char *p = text; *p; p++)
         lines += *p == '\n';
-    cr_assert_eq(lines, 59);
+    cr_assert_eq(lines, 60);
     cr_assert(strstr(text, "  train.steps ") != NULL, "%s", text);
     cr_assert(strstr(text, "(int, default 300; 1..1000000000)") != NULL, "%s", text);
     free(text);

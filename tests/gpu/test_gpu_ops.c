@@ -655,6 +655,79 @@ static void test_random_model(void)
     model_free(&g);
 }
 
+/* Mixed precision (bf16 mode) plumbing: matmuls whose weight lies in an attached buffer read
+ * its bf16 copy, which must give the same bits as rounding the weight on the fly; the copy follows
+ * the fp32 values only through weights_refresh; the cached bf16 copy of a matmul's input is
+ * reused by the next matmul on the same input (same bits as without the cache) and dropped by
+ * any other op that changes the input (here: scale). Sizes are odd so no tile hides a stale
+ * element. */
+static void test_mixed_precision_plumbing(void)
+{
+    const int M = 37, K = 70, N = 45;
+    const size_t wn = (size_t)N * K, xn = (size_t)M * K, yn = (size_t)M * N;
+    float *hw = host_random(2 * wn + 64, 0.5f), *hx = host_random(xn, 1.0f);
+    float *params = dev_from(hw, (2 * wn + 64) * sizeof(float)); /* two weights in one buffer */
+    float *wa = params + 64, *wb = params + 64 + wn;
+    float *loose = dev_from(hw + 64, wn * sizeof(float)); /* wa's values, not attached */
+    float *x = dev_from(hx, xn * sizeof(float));
+    float *y1 = dev_poison(yn), *y2 = dev_poison(yn), *y3 = dev_poison(yn);
+    float *h1 = malloc(yn * sizeof(float)), *h2 = malloc(yn * sizeof(float));
+    int nans;
+    double err;
+
+    must(gpu->weights_attach(params, 2 * wn + 64));
+    gpu->weights_refresh(params);
+    gpu->matmul_forward(y1, x, wa, NULL, M, K, N);    /* copy of wa, x rounded */
+    gpu->matmul_forward(y2, x, wb, NULL, M, K, N);    /* x's rounding reused */
+    gpu->matmul_forward(y3, x, loose, NULL, M, K, N); /* wa rounded on the fly */
+    report("bf16 copy of an attached weight = on-the-fly rounding (bits)", "same", same_bits(y1, y3, yn), 1, 0, 0);
+    float *y4 = dev_poison(yn);
+    gpu->scale(y4, 1.0f, 0); /* any other op drops the input cache */
+    gpu->matmul_forward(y4, x, wb, NULL, M, K, N);
+    report("input cache reused across matmuls = recomputed (bits)", "same", same_bits(y2, y4, yn), 1, 0, 0);
+
+    gpu->scale(x, 2.0f, xn); /* the input changes: the next matmul must see it */
+    gpu->matmul_forward(y3, x, wa, NULL, M, K, N);
+    gpu->mem_to_host(h1, y1, yn * sizeof(float));
+    gpu->mem_to_host(h2, y3, yn * sizeof(float));
+    for (size_t i = 0; i < yn; i++) h1[i] *= 2.0f; /* exact: powers of two commute with rounding */
+    err = rel_error(h2, h1, yn, &nans);
+    report("input changed by another op: matmul reads the new values", "rel err", err, 0.0, 1, nans);
+
+    gpu->scale(params, -1.0f, 2 * wn + 64); /* the fp32 weights change ... */
+    gpu->weights_refresh(params);          /* ... and the copy follows on refresh */
+    gpu->scale(x, 0.5f, xn);
+    gpu->matmul_forward(y3, x, wa, NULL, M, K, N);
+    gpu->mem_to_host(h1, y1, yn * sizeof(float));
+    gpu->mem_to_host(h2, y3, yn * sizeof(float));
+    for (size_t i = 0; i < yn; i++) h1[i] = -h1[i];
+    err = rel_error(h2, h1, yn, &nans);
+    report("weights changed + refresh: matmul reads the new copy", "rel err", err, 0.0, 1, nans);
+
+    /* backward: dinp from the copy, dweight accumulated in fp32, against the fp32 products */
+    float *hdy = host_random(yn, 1.0f), *ref_dx = calloc(xn, sizeof(float));
+    float *ref_dw = calloc(wn, sizeof(float));
+    float *hwa = malloc(wn * sizeof(float));
+    gpu->mem_to_host(hwa, wa, wn * sizeof(float));
+    gpu->mem_to_host(hx, x, xn * sizeof(float));
+    cpu->matmul_backward(ref_dx, ref_dw, NULL, hdy, hx, hwa, M, K, N);
+    float *dy = dev_from(hdy, yn * sizeof(float)), *dx = dev_poison(xn);
+    float *dw = gpu->mem_alloc(wn * sizeof(float));
+    gpu->matmul_backward(dx, dw, NULL, dy, x, wa, M, K, N);
+    compare("backward with the attached copy: dinp", dx, ref_dx, xn);
+    compare("backward with the attached copy: dweight", dw, ref_dw, wn);
+
+    gpu->weights_detach(params);
+    gpu->matmul_forward(y3, x, wa, NULL, M, K, N); /* detached: rounded on the fly again */
+    gpu->mem_to_host(h2, y3, yn * sizeof(float));
+    err = rel_error(h2, h1, yn, &nans);
+    report("after detach: the same product", "rel err", err, 0.0, 1, nans);
+    gpu->mem_free(params), gpu->mem_free(loose), gpu->mem_free(x), gpu->mem_free(y1);
+    gpu->mem_free(y2), gpu->mem_free(y3), gpu->mem_free(y4), gpu->mem_free(dy), gpu->mem_free(dx);
+    gpu->mem_free(dw);
+    free(hw), free(hx), free(h1), free(h2), free(hdy), free(ref_dx), free(ref_dw), free(hwa);
+}
+
 int main(void)
 {
     cpu = backend_cpu();
@@ -703,9 +776,19 @@ int main(void)
     mode = "bf16mm";
     tol = 1e-2;
     test_matmul(1024, 2048, 768, 1);
+    test_matmul(133, 96, 80, 1);
+    test_mixed_precision_plumbing();
     for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
         test_fixture(cases[i]);
     test_random_model();
+
+    /* what device=cuda runs by default: bf16 matmuls and the tensor-core attention together */
+    must(cuda_attention_kind("flash"));
+    mode = "bf16mm+flash";
+    for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
+        test_fixture(cases[i]);
+    test_random_model();
+    must(cuda_attention_kind("simple"));
     cuda_matmul_precision("fp32");
 
     /* tensor-core attention (attention.cu): bf16 products, fp32 matmuls elsewhere */

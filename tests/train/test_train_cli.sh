@@ -71,6 +71,13 @@ check "unknown preset names the known ones" grep -q 'tiny' bad4.err
 "$DSTRAIN" train data.train=missing.h5 run.dir=md > /dev/null 2> bad5.err; rc=$?
 check "missing data exits 2" test $rc -eq 2
 check "missing data names the file" grep -q 'missing.h5' bad5.err
+"$DSTRAIN" train precision=bf16 run.dir=bf > /dev/null 2> bad6.err; rc=$?
+check "bf16 on the cpu exits 2" test $rc -eq 2
+check "bf16 on the cpu names the keys" grep -q 'precision: bf16 needs device: cuda' bad6.err
+check "bf16 on the cpu is one line" test "$(cat bad6.err | wc -l)" -eq 1
+"$DSTRAIN" train precision=fp16 run.dir=bf > /dev/null 2> bad7.err; rc=$?
+check "unknown precision exits 2" test $rc -eq 2
+check "unknown precision names the choices" grep -q 'precision' bad7.err
 check "errors are one line" test "$(cat bad1.err | wc -l)" -eq 1
 "$DSTRAIN" frobnicate > /dev/null 2> bad6.err; rc=$?
 check "unknown command exits 2" test $rc -eq 2
