@@ -291,11 +291,13 @@ int train_ckpt_add_buffer(TrainCkpt *tc, const char *prefix, float *base, size_t
     if (tc->n_extra == 8 || strlen(prefix) >= sizeof(tc->extra_names[0]))
         return ds_error(DS_ERR_INTERNAL, "checkpoint: too many buffers or a long name");
     snprintf(tc->extra_names[tc->n_extra], sizeof(tc->extra_names[0]), "%s", prefix);
+    const Backend *be = tc->model->be; /* the buffer lives in the model's backend memory */
     tc->extra[tc->n_extra] = (CkptBuffer){.prefix = tc->extra_names[tc->n_extra],
                                           .base = base,
                                           .flat_begin = begin,
                                           .flat_end = end,
-                                          .replicated_over_dp = replicated_over_dp};
+                                          .replicated_over_dp = replicated_over_dp,
+                                          .to_host = be->host_memory ? NULL : be->mem_to_host};
     tc->n_extra++;
     if (tc->resumed_path[0]) {
         Ckpt *c;

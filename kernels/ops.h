@@ -131,6 +131,17 @@ typedef struct Backend {
     void (*weights_refresh)(const float *params);
     void (*weights_detach)(const float *params);
 
+    /* ---- EWC ---- */
+    /* adamw_update with elastic weight consolidation fused in (trainer/ewc.h): the gradient is
+     * grad_scale * grad + lambda * sum_k fisher[k] (param - anchor[k]) (the penalty's part is not
+     * clipped), in the same pass. fisher[k] and anchor[k] (n_sets of each, pointer arrays in host
+     * memory) are backend memory aligned with param. When penalty is not NULL, (lambda / 2) *
+     * sum_k fisher[k] (param - anchor[k])^2 of the parameters before the update is added to it,
+     * summed in double. n_sets 0 is adamw_update, bit for bit. */
+    void (*adamw_ewc_update)(float *param, const float *grad, float *m, float *v, size_t n,
+                             float lr, float beta1, float beta2, float eps, float weight_decay,
+                             float grad_scale, int t, const float *const *fisher,
+                             const float *const *anchor, int n_sets, float lambda, double *penalty);
 } Backend;
 
 const Backend *backend_cpu(void);

@@ -482,8 +482,7 @@ typedef struct Driver {
     EwcState ewc;
     ReplayBuffer replay;
     TaskStream train, fisher_stream;
-    float *fisher, *logits;
-    float *host_shard; /* device backends: this rank's shard of parameters, staged on the host */
+    float *fisher, *logits; /* fisher: the Fisher pass's full-layout estimate, host memory */
     /* one global micro-batch, micro_batch_size x dp rows, the same on every rank: the replayed
      * rows first, then the task's; rank r trains rows [r B, (r + 1) B) */
     int32_t *g_inputs, *g_targets; /* [G*T] */
@@ -502,7 +501,6 @@ static void driver_free(Driver *d)
     stream_close(&d->fisher_stream);
     free(d->fisher);
     free(d->logits);
-    free(d->host_shard);
     free(d->g_inputs);
     free(d->g_targets);
     free(d->g_weights);
@@ -566,7 +564,8 @@ static int fill_micro_batch(Driver *d, int n_replay, int task_index, int32_t *la
 /* The EWC penalty over the whole model, each element once: the fused update sums this rank's
  * shard, in which tensors another tensor-parallel rank also holds (tp_copy) and, without ZeRO,
  * every data-parallel rank's copy would count again. This is the part of the tp copies, of the
- * parameters before the update. */
+ * parameters before the update (the model's, in the backend's memory: only the copies' ranges,
+ * small vectors, are read back from a device). */
 static double ewc_penalty_copies(const Driver *d, const float *params)
 {
     const EwcState *e = &d->ewc;
@@ -576,11 +575,7 @@ static double ewc_penalty_copies(const Driver *d, const float *params)
         size_t b = p->offset > e->lo ? p->offset : e->lo;
         size_t end = p->offset + p->numel < e->hi ? p->offset + p->numel : e->hi;
         if (!p->tp_copy || b >= end) continue;
-        for (int k = 0; k < e->n_sets; k++)
-            for (size_t j = b; j < end; j++) {
-                double diff = (double)params[j] - e->anchor[k][j - e->lo];
-                dup += (double)e->fisher[k][j - e->lo] * diff * diff;
-            }
+        ewc_penalty_accumulate(e, params, b, end, &dup);
     }
     return 0.5 * e->lambda * dup;
 }
@@ -596,69 +591,23 @@ static int ewc_penalty_global(const Driver *d, double shard_penalty, double copi
     return DS_OK;
 }
 
-/* This rank's shard of the parameters in host memory, indexed by flat offset (the parameters
- * themselves on the CPU; staged from the device otherwise). */
-static const float *params_on_host(Driver *d)
-{
-    if (d->be->host_memory) return d->model.params;
-    const size_t lo = d->opt.shard_begin;
-    d->be->mem_to_host(d->host_shard, d->model.params + lo, d->opt.n * sizeof(float));
-    return d->host_shard - lo;
-}
-
-/* optim_step with the EWC gradient fused in. On a device backend the fused update runs on the
- * host, over chunks of the shard staged through host memory (the EWC state is host memory):
- * slower than a kernel, but the same arithmetic. */
-static void continual_optim_step(Driver *d, const Config *tc, float lr, float scale)
-{
-    Optimizer *opt = &d->opt;
-    Model *m = &d->model;
-    if (d->be->host_memory || d->ewc.n_sets == 0) {
-        optim_step(opt, m, tc, lr, scale);
-        return;
-    }
-    enum { CHUNK = 1 << 20 };
-    float *h = d->host_shard; /* 4 chunks fit: the shard is at least as large when staged */
-    float *hp = h, *hg = h + CHUNK, *hm = h + 2 * CHUNK, *hv = h + 3 * CHUNK;
-    opt->t++;
-    opt->ewc_penalty = 0.0;
-    const size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
-    for (int i = 0; i < m->table.count; i++) {
-        const ParamInfo *p = &m->table.items[i];
-        const float wd = p->weight_decay ? tc->optim_weight_decay : 0.0f;
-        size_t b = p->offset > lo ? p->offset : lo;
-        const size_t e = p->offset + p->numel < hi ? p->offset + p->numel : hi;
-        for (; b < e; b += CHUNK) {
-            const size_t n = e - b < CHUNK ? e - b : CHUNK, bytes = n * sizeof(float);
-            d->be->mem_to_host(hp, m->params + b, bytes);
-            d->be->mem_to_host(hg, m->grads + b, bytes);
-            d->be->mem_to_host(hm, opt->m + b, bytes);
-            d->be->mem_to_host(hv, opt->v + b, bytes);
-            ewc_adamw_update(&d->ewc, b, hp, hg, hm, hv, n, lr, tc->optim_beta1, tc->optim_beta2,
-                             tc->optim_eps, wd, scale, opt->t, &opt->ewc_penalty);
-            d->be->mem_to_device(m->params + b, hp, bytes);
-            d->be->mem_to_device(opt->m + b, hm, bytes);
-            d->be->mem_to_device(opt->v + b, hv, bytes);
-        }
-    }
-}
-
-/* A copy of `src`'s shard of a dp-sharded flat host buffer, gathered over dp into full (this
- * tensor-parallel rank's whole layout). */
+/* A copy of a dp-sharded flat buffer in the backend's memory (an EWC pair: this rank's shard
+ * only), gathered over dp into full, a host buffer of this tensor-parallel rank's whole layout. */
 static int gather_shard(const Driver *d, const float *shard, float *full)
 {
     const size_t lo = d->opt.shard_begin, n = d->opt.n;
-    memcpy(full + lo, shard, n * sizeof(float));
+    d->be->mem_to_host(full + lo, shard, n * sizeof(float)); /* memcpy on the CPU */
     if (!d->opt.zero || d->grid.dp_size == 1) return DS_OK;
     return comm_all_gather(&d->grid.dp, full, n, COMM_F32);
 }
 
 /* <dir>/ewc.h5 and <dir>/replay-rank-00000.h5, whole tensors and one buffer whatever the
- * layout, so that a run at another tp x dp loads them. Collective over the world: the EWC sets
- * are gathered over dp and each tensor-parallel rank's data-parallel rank 0 writes its slices
- * in turn; the replay tokens are summed over dp and world rank 0 writes them. */
+ * layout, so that a run at another tp x dp loads them. Collective over the world: each half of
+ * each EWC set is gathered over dp into scratch (host, the layout's size) and each
+ * tensor-parallel rank's data-parallel rank 0 writes its slices in turn; the replay tokens are
+ * summed over dp and world rank 0 writes them. */
 static int continual_state_save(Driver *d, const char *dir, int save_ewc, int save_replay,
-                                float *scratch_a, float *scratch_b, uint64_t replay_seed)
+                                float *scratch, uint64_t replay_seed)
 {
     const ProcessGrid *g = &d->grid;
     char path[CONFIG_STR_MAX + 96], tmp[CONFIG_STR_MAX + 128];
@@ -670,12 +619,14 @@ static int continual_state_save(Driver *d, const char *dir, int save_ewc, int sa
         DS_TRY(comm_broadcast(&g->world, &status, 1, COMM_I32, 0));
         if (status != DS_OK) return g->world_rank == 0 ? status : DS_ERR_INTERNAL;
         for (int k = 0; k < d->ewc.n_sets; k++) {
-            DS_TRY(gather_shard(d, d->ewc.fisher[k], scratch_a));
-            DS_TRY(gather_shard(d, d->ewc.anchor[k], scratch_b));
-            for (int r = 0; r < g->tp_size; r++) {
-                if (g->tp_rank == r && g->dp_rank == 0)
-                    DS_TRY(ewc_save_set(tmp, &d->model.table, k, scratch_a, scratch_b));
-                DS_TRY(comm_barrier(&g->world));
+            for (int which = 0; which < 2; which++) { /* the Fisher, then the anchor */
+                DS_TRY(gather_shard(d, which ? d->ewc.anchor[k] : d->ewc.fisher[k], scratch));
+                for (int r = 0; r < g->tp_size; r++) {
+                    if (g->tp_rank == r && g->dp_rank == 0)
+                        DS_TRY(ewc_save_set(tmp, &d->model.table, k, which ? NULL : scratch,
+                                            which ? scratch : NULL));
+                    DS_TRY(comm_barrier(&g->world));
+                }
             }
         }
         if (g->world_rank == 0 && rename(tmp, path) != 0)
@@ -844,8 +795,8 @@ int continual_run(const Config *cfg)
     EwcMode mode;
     if ((status = ewc_mode_parse(cfg->continual_ewc_mode, &mode)) != DS_OK ||
         (status = fisher_type_parse(cfg->continual_ewc_fisher_type, &fopt.type)) != DS_OK ||
-        (status = ewc_init(&d.ewc, mode, cfg->continual_ewc_lambda, cfg->continual_ewc_gamma, lo,
-                           hi)) != DS_OK)
+        (status = ewc_init_on(&d.ewc, mode, cfg->continual_ewc_lambda, cfg->continual_ewc_gamma, lo,
+                              hi, d.be)) != DS_OK)
         goto done;
     size_t fisher_model_bytes = 0;
     if (cfg->continual_ewc_enabled) {
@@ -861,8 +812,8 @@ int continual_run(const Config *cfg)
                               grid->tp_size);
             goto done;
         }
-        /* the fused update works on host memory: on a device it is staged (optim_step) */
-        if (d.be->host_memory) d.opt.ewc = &d.ewc;
+        /* the pairs sit beside the moments: optim_step fuses the update on the device */
+        d.opt.ewc = &d.ewc;
         /* per example: a model of one row unless the training one has one row already */
         d.fisher_work = &d.model;
         if (!fopt.batched && B != 1) {
@@ -873,13 +824,6 @@ int continual_run(const Config *cfg)
         }
         d.fisher = ds_aligned_alloc(PARAM_ALIGN_BYTES, total * sizeof(float));
         if (!d.fisher) {
-            status = DS_ERR_INTERNAL;
-            goto done;
-        }
-    }
-    if (!d.be->host_memory) {
-        const size_t n = d.opt.n > ((size_t)4 << 20) ? d.opt.n : ((size_t)4 << 20);
-        if (!(d.host_shard = ds_aligned_alloc(PARAM_ALIGN_BYTES, n * sizeof(float)))) {
             status = DS_ERR_INTERNAL;
             goto done;
         }
@@ -951,7 +895,7 @@ int continual_run(const Config *cfg)
            total * 4.0 * MiB, d.opt.n * 8.0 * MiB, d.model.arena_floats * 4.0 * MiB,
            ewc_sets * d.opt.n * 8.0 * MiB, ewc_sets,
            ((d.fisher ? total * 4.0 : 0.0) + fisher_model_bytes) * MiB,
-           d.be->host_memory ? "" : " (EWC and the Fisher buffer in host memory)");
+           d.be->host_memory || !d.fisher ? "" : " (the Fisher buffer in host memory)");
     printf("continual: %d tasks, %s, %zu parameters, EWC %s (lambda %g, %s, Fisher %s over %d "
            "examples%s), replay %d examples at ratio %g (%s)\n",
            K, cls ? "classification" : "causal LM", n_params,
@@ -1058,10 +1002,9 @@ int continual_run(const Config *cfg)
                 goto done;
             const float scale = optim_clip_scale(grad_norm, cfg->optim_clip_grad_norm);
             const float lr = optim_lr_at(&tc, step);
-            const double copies =
-                d.ewc.n_sets > 0 ? ewc_penalty_copies(&d, params_on_host(&d)) : 0.0;
+            const double copies = d.ewc.n_sets > 0 ? ewc_penalty_copies(&d, d.model.params) : 0.0;
             double dup_free = 0.0; /* the penalty before the update, each element once */
-            continual_optim_step(&d, &tc, lr, scale);
+            optim_step(&d.opt, &d.model, &tc, lr, scale);
             if ((status = ewc_penalty_global(&d, d.opt.ewc_penalty, copies, &dup_free)) !=
                     DS_OK ||
                 (status = optim_gather_params(&d.opt, &d.model, grid)) != DS_OK)
@@ -1116,7 +1059,7 @@ int continual_run(const Config *cfg)
                              ? comm_reduce_scatter(&grid->dp, d.fisher, d.opt.n, COMM_F32)
                              : comm_all_reduce(&grid->dp, d.fisher, total, COMM_F32, COMM_SUM);
             if (status != DS_OK ||
-                (status = ewc_consolidate(&d.ewc, d.fisher, params_on_host(&d), task_id)) != DS_OK)
+                (status = ewc_consolidate(&d.ewc, d.fisher, d.model.params, task_id)) != DS_OK)
                 goto done;
             progress_task_end(&fisher_task);
             /* mean and largest over the model, each element once */
@@ -1139,17 +1082,10 @@ int continual_run(const Config *cfg)
         }
         /* the state after every task: what tomorrow night's run (at any layout) starts from;
          * the Fisher buffer is free now and serves as scratch */
-        float *scratch_b = NULL;
-        if (cfg->continual_ewc_enabled &&
-            !(scratch_b = ds_aligned_alloc(PARAM_ALIGN_BYTES, total * sizeof(float)))) {
-            status = DS_ERR_INTERNAL;
+        if ((status = continual_state_save(&d, state_dir, cfg->continual_ewc_enabled,
+                                           cfg->continual_replay_capacity > 0, d.fisher,
+                                           replay_seed)) != DS_OK)
             goto done;
-        }
-        status = continual_state_save(&d, state_dir, cfg->continual_ewc_enabled,
-                                      cfg->continual_replay_capacity > 0, d.fisher, scratch_b,
-                                      replay_seed);
-        free(scratch_b);
-        if (status != DS_OK) goto done;
     }
 
     ContinualSummary sum;

@@ -1,7 +1,10 @@
 /* ewc.c: elastic weight consolidation: Fisher estimation after a task, online / separate
- * consolidation, the penalty fused into AdamW, and the state's HDF5 file. See ewc.h.
- * Not here: the task loop (continual.c) and the collectives that sum a sharded penalty or a
- * Fisher estimated on several data-parallel ranks (the caller reduces). Buffers are host memory. */
+ * consolidation, the penalty, and the state's HDF5 files. See ewc.h. The fused AdamW + EWC
+ * update is a backend op (Backend.adamw_ewc_update). Not here: the task loop (continual.c) and
+ * the collectives that sum a sharded penalty or a Fisher estimated on several data-parallel
+ * ranks (the caller reduces). The pairs live in the backend's memory; on a device, whatever is
+ * computed on the host walks them in chunks of EWC_STAGE_FLOATS through e->staging, in the
+ * element order of the host path, so both give the same bits. */
 #include "ewc.h"
 
 #include <hdf5.h>
@@ -41,6 +44,12 @@ int fisher_type_parse(const char *text, FisherType *out)
 
 int ewc_init(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo, size_t hi)
 {
+    return ewc_init_on(e, mode, lambda, gamma, lo, hi, backend_cpu());
+}
+
+int ewc_init_on(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo, size_t hi,
+                const Backend *be)
+{
     memset(e, 0, sizeof(*e));
     if (hi < lo) return ds_error(DS_ERR_INTERNAL, "ewc_init: shard [%zu, %zu) is empty", lo, hi);
     e->mode = mode;
@@ -48,15 +57,27 @@ int ewc_init(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo, si
     e->gamma = gamma;
     e->lo = lo;
     e->hi = hi;
+    e->be = be;
+    if (!be->host_memory &&
+        !(e->staging = ds_aligned_alloc(PARAM_ALIGN_BYTES, 3 * EWC_STAGE_FLOATS * sizeof(float))))
+        return DS_ERR_INTERNAL;
     return DS_OK;
+}
+
+static void free_sets(EwcState *e)
+{
+    for (int k = 0; k < e->n_sets; k++) {
+        e->be->mem_free(e->fisher[k]);
+        e->be->mem_free(e->anchor[k]);
+        e->fisher[k] = e->anchor[k] = NULL;
+    }
+    e->n_sets = 0;
 }
 
 void ewc_free(EwcState *e)
 {
-    for (int k = 0; k < e->n_sets; k++) {
-        free(e->fisher[k]);
-        free(e->anchor[k]);
-    }
+    if (e->be) free_sets(e); /* a state never initialised holds nothing */
+    free(e->staging);
     memset(e, 0, sizeof(*e));
 }
 
@@ -68,16 +89,48 @@ static int ewc_add_set(EwcState *e, int task_id)
                         EWC_MAX_SETS);
     size_t n = e->hi - e->lo;
     int k = e->n_sets;
-    e->fisher[k] = ds_aligned_alloc(PARAM_ALIGN_BYTES, (n ? n : 1) * sizeof(float));
-    e->anchor[k] = ds_aligned_alloc(PARAM_ALIGN_BYTES, (n ? n : 1) * sizeof(float));
+    /* zeroed, 256-byte aligned, in the memory the fused update reads */
+    e->fisher[k] = e->be->mem_alloc((n ? n : 1) * sizeof(float));
+    e->anchor[k] = e->be->mem_alloc((n ? n : 1) * sizeof(float));
     if (!e->fisher[k] || !e->anchor[k]) {
-        free(e->fisher[k]);
-        free(e->anchor[k]);
+        e->be->mem_free(e->fisher[k]);
+        e->be->mem_free(e->anchor[k]);
+        e->fisher[k] = e->anchor[k] = NULL;
         return DS_ERR_INTERNAL;
     }
     e->task_id[k] = task_id;
     e->n_sets++;
     return DS_OK;
+}
+
+/* Elements per pass over a range: all of them on a host backend, a staging chunk on a device. */
+static size_t stage_step(const EwcState *e, size_t n)
+{
+    return e->be->host_memory || n < EWC_STAGE_FLOATS ? (n ? n : 1) : EWC_STAGE_FLOATS;
+}
+
+/* n floats of backend memory src, readable on the host: src itself on a host backend, else
+ * copied into buf (at most EWC_STAGE_FLOATS). */
+static const float *host_view(const EwcState *e, const float *src, size_t n, float *buf)
+{
+    if (e->be->host_memory) return src;
+    e->be->mem_to_host(buf, src, n * sizeof(float));
+    return buf;
+}
+
+/* dst[n] = src[n], both in the backend's memory (through e->staging on a device: the table has
+ * no device-to-device copy). */
+static void backend_copy(const EwcState *e, float *dst, const float *src, size_t n)
+{
+    if (e->be->host_memory) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    for (size_t c = 0; c < n; c += EWC_STAGE_FLOATS) {
+        const size_t len = n - c < EWC_STAGE_FLOATS ? n - c : EWC_STAGE_FLOATS;
+        e->be->mem_to_host(e->staging, src + c, len * sizeof(float));
+        e->be->mem_to_device(dst + c, e->staging, len * sizeof(float));
+    }
 }
 
 int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, int task_id)
@@ -86,69 +139,62 @@ int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, i
     const float *fn = fisher_new + e->lo, *p = params + e->lo;
     if (e->mode == EWC_ONLINE && e->n_sets == 1) {
         float *f = e->fisher[0];
-        for (size_t i = 0; i < n; i++)
-            f[i] = e->gamma * f[i] + fn[i];
-        memcpy(e->anchor[0], p, n * sizeof(float));
+        const size_t step = stage_step(e, n);
+        for (size_t c = 0; c < n; c += step) {
+            const size_t len = n - c < step ? n - c : step;
+            float *h = e->be->host_memory ? f + c : e->staging;
+            if (!e->be->host_memory) e->be->mem_to_host(h, f + c, len * sizeof(float));
+            for (size_t i = 0; i < len; i++)
+                h[i] = e->gamma * h[i] + fn[c + i];
+            if (!e->be->host_memory) e->be->mem_to_device(f + c, h, len * sizeof(float));
+        }
+        backend_copy(e, e->anchor[0], p, n);
         e->task_id[0] = task_id;
     } else {
         DS_TRY(ewc_add_set(e, task_id));
-        memcpy(e->fisher[e->n_sets - 1], fn, n * sizeof(float));
-        memcpy(e->anchor[e->n_sets - 1], p, n * sizeof(float));
+        e->be->mem_to_device(e->fisher[e->n_sets - 1], fn, n * sizeof(float));
+        backend_copy(e, e->anchor[e->n_sets - 1], p, n);
     }
     e->tasks_seen++;
     return DS_OK;
 }
 
+void ewc_penalty_accumulate(const EwcState *e, const float *params, size_t begin, size_t end,
+                            double *sum)
+{
+    const size_t step = stage_step(e, end > begin ? end - begin : 0);
+    float *hp = e->staging, *hf = hp ? hp + EWC_STAGE_FLOATS : NULL;
+    float *ha = hp ? hp + 2 * EWC_STAGE_FLOATS : NULL;
+    double s = *sum;
+    for (int k = 0; k < e->n_sets; k++) {
+        for (size_t c = begin; c < end; c += step) {
+            const size_t len = end - c < step ? end - c : step;
+            const float *p = host_view(e, params + c, len, hp);
+            const float *f = host_view(e, e->fisher[k] + (c - e->lo), len, hf);
+            const float *a = host_view(e, e->anchor[k] + (c - e->lo), len, ha);
+            for (size_t i = 0; i < len; i++) {
+                double d = (double)p[i] - a[i];
+                s += (double)f[i] * d * d;
+            }
+        }
+    }
+    *sum = s;
+}
+
 double ewc_penalty(const EwcState *e, const float *params)
 {
     double sum = 0.0;
-    const size_t n = e->hi - e->lo;
-    for (int k = 0; k < e->n_sets; k++) {
-        const float *f = e->fisher[k], *a = e->anchor[k], *p = params + e->lo;
-        for (size_t i = 0; i < n; i++) {
-            double d = (double)p[i] - a[i];
-            sum += (double)f[i] * d * d;
-        }
-    }
+    ewc_penalty_accumulate(e, params, e->lo, e->hi, &sum);
     return 0.5 * e->lambda * sum;
 }
 
-void ewc_adamw_update(const EwcState *e, size_t offset, float *param, const float *grad, float *m,
-                      float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                      float weight_decay, float grad_scale, int t, double *penalty)
+int ewc_sets_at(const EwcState *e, size_t offset, const float **fisher, const float **anchor)
 {
-    /* the same arithmetic, in the same order, as the CPU backend's adamw_update */
-    double step = t >= 1 ? (double)t : 1.0;
-    float decay = (float)(1.0 - (double)lr * weight_decay);
-    float lerp_weight = (float)(1.0 - (double)beta1);
-    float one_minus_beta2 = (float)(1.0 - (double)beta2);
-    double bias_correction1 = 1.0 - pow((double)beta1, step);
-    double bias_correction2 = 1.0 - pow((double)beta2, step);
-    float neg_step_size = (float)(-((double)lr / bias_correction1));
-    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
-    const int sets = e ? e->n_sets : 0;
-    const float lambda = e ? e->lambda : 0.0f;
-    const size_t rel = e ? offset - e->lo : 0;
-    double pen = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : pen)
-    for (size_t i = 0; i < n; i++) {
-        float g = grad[i] * grad_scale;
-        for (int k = 0; k < sets; k++) {
-            float d = param[i] - e->anchor[k][rel + i];
-            float fd = e->fisher[k][rel + i] * d;
-            g += lambda * fd;
-            pen += (double)fd * d;
-        }
-        float p = param[i] * decay;
-        float mi = m[i];
-        mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi) : g - (g - mi) * (1.0f - lerp_weight);
-        float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
-        float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-        param[i] = p + (neg_step_size * mi) / denom;
-        m[i] = mi;
-        v[i] = vi;
+    for (int k = 0; k < e->n_sets; k++) {
+        fisher[k] = e->fisher[k] + (offset - e->lo);
+        anchor[k] = e->anchor[k] + (offset - e->lo);
     }
-    if (penalty) *penalty += 0.5 * lambda * pen;
+    return e->n_sets;
 }
 
 /* ---- Fisher estimation ---------------------------------------------------------------------- */
@@ -190,22 +236,27 @@ static int softmax_draw(float *row, int V, uint64_t *rng)
 
 static void fisher_accumulate(float *fisher, const float *grads, size_t n, float w)
 {
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         fisher[i] += w * grads[i] * grads[i];
 }
 
 /* After a backward: the whole gradient of kv heads shared by tensor-parallel ranks, then its
- * square into fisher (through host memory on a device backend). */
+ * square into fisher; on a device backend the gradient comes to the host in chunks of
+ * EWC_STAGE_FLOATS through host_grads (the table has no op that squares into a buffer). */
 static int fisher_take(Model *work, float *fisher, float *host_grads, float w)
 {
     DS_TRY(model_reduce_shared_grads(work));
     const size_t total = work->table.total;
-    const float *g = work->grads;
-    if (host_grads) {
-        work->be->mem_to_host(host_grads, work->grads, total * sizeof(float));
-        g = host_grads;
+    if (!host_grads) {
+        fisher_accumulate(fisher, work->grads, total, w);
+        return DS_OK;
     }
-    fisher_accumulate(fisher, g, total, w);
+    for (size_t c = 0; c < total; c += EWC_STAGE_FLOATS) {
+        const size_t len = total - c < EWC_STAGE_FLOATS ? total - c : EWC_STAGE_FLOATS;
+        work->be->mem_to_host(host_grads, work->grads + c, len * sizeof(float));
+        fisher_accumulate(fisher + c, host_grads, len, w);
+    }
     return DS_OK;
 }
 
@@ -235,7 +286,9 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
     int32_t *drawn = ds_malloc((size_t)N * sizeof(int32_t));
     float *weights = ds_malloc((size_t)N * sizeof(float));
     float *logits = ds_malloc((size_t)rows_out * V * sizeof(float));
-    float *host_grads = work->be->host_memory ? NULL : ds_malloc(total * sizeof(float));
+    const size_t stage = total < EWC_STAGE_FLOATS ? total : EWC_STAGE_FLOATS;
+    float *host_grads =
+        work->be->host_memory ? NULL : ds_malloc((stage ? stage : 1) * sizeof(float));
     const int shards = opt->shard_size > 1 ? opt->shard_size : 1;
     if (!inputs || !targets || !drawn || !weights || !logits ||
         (!work->be->host_memory && !host_grads)) {
@@ -314,6 +367,7 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
         }
     }
     const float inv = 1.0f / (float)(opt->batched ? batches : opt->samples);
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < total; i++)
         fisher[i] *= inv;
     model_zero_grad(work);
@@ -399,6 +453,24 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
     return status;
 }
 
+/* h5_range over this rank's [lo, hi) of one of e's buffers (e->be's memory): in one piece from
+ * host memory, in staged chunks from a device. */
+static int h5_state_range(const EwcState *e, hid_t file, const char *path, const char *name,
+                          size_t total, float *state, int write)
+{
+    if (e->be->host_memory || e->hi == e->lo)
+        return h5_range(file, path, name, total, e->lo, e->hi,
+                        e->be->host_memory ? state : e->staging, write);
+    for (size_t c = e->lo; c < e->hi; c += EWC_STAGE_FLOATS) {
+        const size_t len = e->hi - c < EWC_STAGE_FLOATS ? e->hi - c : EWC_STAGE_FLOATS;
+        float *dev = state + (c - e->lo);
+        if (write) e->be->mem_to_host(e->staging, dev, len * sizeof(float));
+        DS_TRY(h5_range(file, path, name, total, c, c + len, e->staging, write));
+        if (!write) e->be->mem_to_device(dev, e->staging, len * sizeof(float));
+    }
+    return DS_OK;
+}
+
 int ewc_save(const EwcState *e, const char *path, size_t total, int create)
 {
     hid_t file = create ? H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)
@@ -420,10 +492,9 @@ int ewc_save(const EwcState *e, const char *path, size_t total, int create)
     for (int k = 0; k < e->n_sets && status == DS_OK; k++) {
         char name[32];
         snprintf(name, sizeof(name), "fisher_%d", k);
-        status = h5_range(file, path, name, total, e->lo, e->hi, e->fisher[k], 1);
+        status = h5_state_range(e, file, path, name, total, e->fisher[k], 1);
         snprintf(name, sizeof(name), "anchor_%d", k);
-        if (status == DS_OK)
-            status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 1);
+        if (status == DS_OK) status = h5_state_range(e, file, path, name, total, e->anchor[k], 1);
     }
 done:
     if (H5Fclose(file) < 0 && status == DS_OK)
@@ -472,19 +543,14 @@ int ewc_load(EwcState *e, const char *path, size_t total)
     if (ints[1] > 0 && (status = h5_attr_read(file, path, "task_ids", H5T_NATIVE_INT,
                                               (hsize_t)ints[1], ids)) != DS_OK)
         goto done;
-    for (int k = 0; k < e->n_sets; k++) {
-        free(e->fisher[k]);
-        free(e->anchor[k]);
-    }
-    e->n_sets = 0;
+    free_sets(e);
     for (int k = 0; k < ints[1] && status == DS_OK; k++) {
         if ((status = ewc_add_set(e, ids[k])) != DS_OK) break;
         char name[32];
         snprintf(name, sizeof(name), "fisher_%d", k);
-        status = h5_range(file, path, name, total, e->lo, e->hi, e->fisher[k], 0);
+        status = h5_state_range(e, file, path, name, total, e->fisher[k], 0);
         snprintf(name, sizeof(name), "anchor_%d", k);
-        if (status == DS_OK)
-            status = h5_range(file, path, name, total, e->lo, e->hi, e->anchor[k], 0);
+        if (status == DS_OK) status = h5_state_range(e, file, path, name, total, e->anchor[k], 0);
     }
     e->tasks_seen = ints[2];
 done:
@@ -594,6 +660,7 @@ int ewc_save_set(const char *path, const ParamTable *pt, int k, const float *fis
         char group[32];
         snprintf(group, sizeof(group), "%s_%d", which ? "anchor" : "fisher", k);
         const float *src = which ? anchor : fisher;
+        if (!src) continue; /* this half in another call */
         for (int i = 0; i < pt->count && status == DS_OK; i++) {
             const ParamInfo *p = &pt->items[i];
             if (p->tp_copy) continue; /* another tensor-parallel rank writes these values */
@@ -653,11 +720,7 @@ int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt)
         status = DS_ERR_INTERNAL;
         goto done;
     }
-    for (int k = 0; k < e->n_sets; k++) {
-        free(e->fisher[k]);
-        free(e->anchor[k]);
-    }
-    e->n_sets = 0;
+    free_sets(e);
     const size_t n = e->hi - e->lo;
     for (int k = 0; k < ints[1] && status == DS_OK; k++) {
         if ((status = ewc_add_set(e, ids[k])) != DS_OK) break;
@@ -665,7 +728,7 @@ int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt)
             char group[32];
             snprintf(group, sizeof(group), "%s_%d", which ? "anchor" : "fisher", k);
             float *dst = which ? e->anchor[k] : e->fisher[k];
-            memset(dst, 0, n * sizeof(float));
+            e->be->mem_zero(dst, n * sizeof(float));
             for (int i = 0; i < pt->count && status == DS_OK; i++) {
                 const ParamInfo *p = &pt->items[i];
                 /* the part of the tensor inside this rank's shard [lo, hi) */
@@ -673,7 +736,9 @@ int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt)
                 size_t end = p->offset + p->numel < e->hi ? p->offset + p->numel : e->hi;
                 if (b >= end) continue;
                 if ((status = tensor_io(file, path, group, p, buf, 0)) != DS_OK) break;
-                memcpy(dst + (b - e->lo), buf + (b - p->offset), (end - b) * sizeof(float));
+                /* from the host buffer straight into backend memory: no staging needed */
+                e->be->mem_to_device(dst + (b - e->lo), buf + (b - p->offset),
+                                     (end - b) * sizeof(float));
             }
         }
     }

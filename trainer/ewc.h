@@ -1,7 +1,10 @@
 /* ewc.h: elastic weight consolidation. The diagonal Fisher F and the anchor theta* are flat
  * buffers in the parameter table's layout, restricted to this rank's optimizer shard [lo, hi)
  * (the same offsets as the Adam moments), so ZeRO sharding, checkpoints and the fused update
- * address them like the optimizer state. Not here: when tasks end (trainer/continual.c). */
+ * address them like the optimizer state. They live in the memory of the state's backend (device
+ * memory on CUDA, beside the moments), so the fused update runs where the parameters are; what
+ * must touch the host (files, consolidation, the Fisher's squares) goes through staging buffers
+ * of bounded size. Not here: when tasks end (trainer/continual.c). */
 #ifndef DSTRAIN_EWC_H
 #define DSTRAIN_EWC_H
 
@@ -14,6 +17,9 @@ typedef enum EwcMode { EWC_ONLINE = 0, EWC_SEPARATE } EwcMode;
 typedef enum FisherType { FISHER_EMPIRICAL = 0, FISHER_SAMPLED, FISHER_EXACT } FisherType;
 
 #define EWC_MAX_SETS 256
+/* floats per host staging chunk on a device backend (16 MiB): bounds the host memory EWC needs
+ * for its own state whatever the model size */
+#define EWC_STAGE_FLOATS ((size_t)1 << 22)
 
 /* online: at most one (F, theta*) pair, F <- gamma F + F_new, theta* <- theta after each task.
  * separate: one pair per consolidated task; the penalty sums over them. */
@@ -23,30 +29,40 @@ typedef struct EwcState {
     size_t lo, hi;  /* this rank's shard of the flat layout, in elements */
     int n_sets;     /* consolidated pairs held (online: 0 or 1) */
     int tasks_seen; /* consolidations so far */
-    float *fisher[EWC_MAX_SETS], *anchor[EWC_MAX_SETS]; /* each [hi - lo] */
+    float *fisher[EWC_MAX_SETS], *anchor[EWC_MAX_SETS]; /* each [hi - lo], be's memory */
     int task_id[EWC_MAX_SETS];                          /* task of each pair (separate mode) */
+    const Backend *be;                                  /* whose memory fisher and anchor live in */
+    float *staging; /* device backends: 3 x EWC_STAGE_FLOATS host floats; NULL otherwise */
 } EwcState;
 
+/* ewc_init_on with the CPU backend (host memory). */
 int ewc_init(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo, size_t hi);
+/* An empty state whose pairs will live in the memory of backend be (that of the optimizer's
+ * moments: device memory for CUDA). */
+int ewc_init_on(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo, size_t hi,
+                const Backend *be);
 void ewc_free(EwcState *e);
 int ewc_mode_parse(const char *text, EwcMode *out);
 int fisher_type_parse(const char *text, FisherType *out);
 
-/* Fold a new Fisher estimate in. fisher_new and params are full flat buffers (the table's
- * layout, this tensor-parallel rank's slices); only [lo, hi) is read. */
+/* Fold a new Fisher estimate in. fisher_new (host memory: the Fisher pass's result) and params
+ * (e->be's memory: the model's) are full flat buffers (the table's layout, this tensor-parallel
+ * rank's slices); only [lo, hi) is read. */
 int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, int task_id);
 
-/* (lambda / 2) sum F (theta - theta*)^2 over this shard; params is the full flat buffer. */
+/* (lambda / 2) sum F (theta - theta*)^2 over this shard; params is the full flat buffer, in
+ * e->be's memory. */
 double ewc_penalty(const EwcState *e, const float *params);
+/* *sum += sum_k sum_{j in [begin, end)} F_k[j] (theta_j - theta*_k[j])^2 (no lambda / 2), set by
+ * set, in index order: the penalty of a part of the shard ([begin, end) inside [lo, hi)),
+ * summed in the same order as ewc_penalty. params as there. */
+void ewc_penalty_accumulate(const EwcState *e, const float *params, size_t begin, size_t end,
+                            double *sum);
 
-/* AdamW (torch semantics, as the backend's adamw_update) over n elements that start at flat
- * index offset (inside [lo, hi)), with the EWC gradient lambda F (theta - theta*) added to
- * grad_scale * grad in the same pass: no extra forward, backward or pass over memory. The
- * penalty of the parameters before the update is added to *penalty. With e NULL or empty this is
- * plain AdamW. The penalty gradient is not clipped: clipping bounds the data gradient only. */
-void ewc_adamw_update(const EwcState *e, size_t offset, float *param, const float *grad, float *m,
-                      float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                      float weight_decay, float grad_scale, int t, double *penalty);
+/* The fused update (Backend.adamw_ewc_update) of the n elements from flat index offset (inside
+ * [lo, hi)) reads set k at fisher[k], anchor[k]: fills both arrays (EWC_MAX_SETS each) and
+ * returns n_sets. */
+int ewc_sets_at(const EwcState *e, size_t offset, const float **fisher, const float **anchor);
 
 /* One training example as the Fisher pass sees it: inputs [T]; for causal LM targets [T] and
  * weights [T] (loss mask); for classification targets[0] is the label. Returns DS_OK or an
@@ -66,9 +82,10 @@ typedef struct FisherOptions {
     int shard_rank, shard_size;
 } FisherOptions;
 
-/* The diagonal Fisher of model m at its current parameters, into fisher (full flat buffer,
- * overwritten, averaged over the examples). Per-example mode needs a model with B == 1 and
- * the parameters of the trained model (work may be m itself when m->B == 1); batched mode uses
+/* The diagonal Fisher of model m at its current parameters, into fisher (full flat buffer in
+ * host memory, overwritten, averaged over the examples; a device model's gradients are squared
+ * on the host, staged in chunks of EWC_STAGE_FLOATS). Per-example mode needs a model with B == 1
+ * and the parameters of the trained model (work may be m itself when m->B == 1); batched mode uses
  * m with its own B. Gradients of work are clobbered. exact needs a classification model. */
 int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next, void *ctx,
                         float *fisher);
@@ -76,7 +93,7 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
 /* Save / load the EWC state as HDF5 (datasets fisher_K, anchor_K of the full flat length,
  * attributes mode, lambda, gamma, n_sets, tasks_seen, task_ids, total). Each rank writes its own
  * [lo, hi) into the same file in turn (rank 0 creates it with create=1); a load reads [lo, hi)
- * whatever the number of ranks that wrote it. */
+ * whatever the number of ranks that wrote it (into e->be's memory). */
 int ewc_save(const EwcState *e, const char *path, size_t total, int create);
 int ewc_load(EwcState *e, const char *path, size_t total);
 
@@ -84,14 +101,16 @@ int ewc_load(EwcState *e, const char *path, size_t total);
  * datasets fisher_k/<tensor> and anchor_k/<tensor> of the tensor's full (unsplit) shape, named
  * as in the parameter table, so that a run at another tp x dp (or ZeRO) loads it.
  * ewc_save_begin creates the file with the attributes (one rank). ewc_save_set writes set k
- * from full flat buffers of this tensor-parallel rank's layout (pt; the shard gathered over
+ * from full flat host buffers of this tensor-parallel rank's layout (pt; the shard gathered over
  * data-parallel ranks): the slices this rank holds and no other rank writes instead (tp_copy).
- * The tensor-parallel ranks call it in turn. */
+ * The tensor-parallel ranks call it in turn. fisher or anchor may be NULL: that half is left
+ * for another call, so one host buffer of the layout's size serves both. */
 int ewc_save_begin(const EwcState *e, const char *path);
 int ewc_save_set(const char *path, const ParamTable *pt, int k, const float *fisher,
                  const float *anchor);
 /* Load a format-2 file into [lo, hi) of this rank's layout pt (what the padding between
- * tensors holds is 0). A format-1 file is read as ewc_load does (same layout only). */
+ * tensors holds is 0), in e->be's memory. A format-1 file is read as ewc_load does (same layout
+ * only). */
 int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt);
 
 /* Bytes of EWC state (Fisher and anchor, n_sets pairs) one rank holds for a layout: the

@@ -140,6 +140,7 @@ void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float gra
     /* each parameter's part inside this rank's shard (all of it without ZeRO), so that weight
      * decay follows the parameter */
     const size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
+    const float *fisher[EWC_MAX_SETS], *anchor[EWC_MAX_SETS]; /* EWC's pairs at this parameter */
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
         float wd = p->weight_decay ? cfg->optim_weight_decay : 0.0f;
@@ -147,9 +148,12 @@ void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float gra
         param_range(p, lo, hi, &b, &e);
         if (b >= e) continue;
         if (opt->ewc && opt->ewc->n_sets > 0) {
-            ewc_adamw_update(opt->ewc, b, m->params + b, m->grads + b, opt->m + b, opt->v + b,
-                             e - b, lr, cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd,
-                             grad_scale, opt->t, &opt->ewc_penalty);
+            /* the pairs lie in the backend's memory beside the moments (ewc_init_on) */
+            const int sets = ewc_sets_at(opt->ewc, b, fisher, anchor);
+            m->be->adamw_ewc_update(m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,
+                                    cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd,
+                                    grad_scale, opt->t, fisher, anchor, sets, opt->ewc->lambda,
+                                    &opt->ewc_penalty);
             continue;
         }
         m->be->adamw_update(m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,

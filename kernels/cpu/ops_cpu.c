@@ -566,6 +566,61 @@ static void adamw_update(float *param, const float *grad, float *m, float *v, si
     }
 }
 
+/* adamw_update with the EWC gradient added to the scaled gradient in the same pass (one read of
+ * each buffer), then the arithmetic of adamw_update in the same order. The penalty of the
+ * parameters the step starts from is summed on the way, over REDUCE_PARTS fixed parts as
+ * sum_squares does, so that it too does not depend on the thread count. */
+static void adamw_ewc_update(float *param, const float *grad, float *m, float *v, size_t n,
+                             float lr, float beta1, float beta2, float eps, float weight_decay,
+                             float grad_scale, int t, const float *const *fisher,
+                             const float *const *anchor, int n_sets, float lambda, double *penalty)
+{
+    if (n_sets <= 0) {
+        adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t);
+        return;
+    }
+    double step = t >= 1 ? (double)t : 1.0;
+    float decay = (float)(1.0 - (double)lr * weight_decay);
+    float lerp_weight = (float)(1.0 - (double)beta1);
+    float one_minus_beta2 = (float)(1.0 - (double)beta2);
+    double bias_correction1 = 1.0 - pow((double)beta1, step);
+    double bias_correction2 = 1.0 - pow((double)beta2, step);
+    float neg_step_size = (float)(-((double)lr / bias_correction1));
+    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    double partial[REDUCE_PARTS];
+    const size_t part_len = (n + REDUCE_PARTS - 1) / REDUCE_PARTS;
+#pragma omp parallel for schedule(static)
+    for (int part = 0; part < REDUCE_PARTS; part++) {
+        size_t lo = (size_t)part * part_len, hi = lo + part_len;
+        if (lo > n) lo = n;
+        if (hi > n) hi = n;
+        double pen = 0.0;
+        for (size_t i = lo; i < hi; i++) {
+            float g = grad[i] * grad_scale;
+            for (int k = 0; k < n_sets; k++) {
+                float d = param[i] - anchor[k][i];
+                float fd = fisher[k][i] * d;
+                g += lambda * fd;
+                pen += (double)fd * d;
+            }
+            float p = param[i] * decay;
+            float mi = m[i];
+            mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi)
+                                    : g - (g - mi) * (1.0f - lerp_weight);
+            float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
+            float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+            param[i] = p + (neg_step_size * mi) / denom;
+            m[i] = mi;
+            v[i] = vi;
+        }
+        partial[part] = pen;
+    }
+    double pen = 0.0;
+    for (int part = 0; part < REDUCE_PARTS; part++)
+        pen += partial[part];
+    if (penalty) *penalty += 0.5 * lambda * pen;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * memory: plain host memory, 256-byte aligned (parameter tensors sit at 256-byte offsets). */
 
@@ -621,6 +676,7 @@ static const Backend cpu_backend = {
     .cross_entropy_shard_max = cross_entropy_shard_max,
     .cross_entropy_shard_stats = cross_entropy_shard_stats,
     .cross_entropy_shard_finish = cross_entropy_shard_finish,
+    .adamw_ewc_update = adamw_ewc_update,
 };
 
 const Backend *backend_cpu(void)

@@ -1,7 +1,10 @@
 /* adamw.cu: AdamW over flat fp32 weights and moments, operation for operation as the CPU
  * backend's adamw_update (torch.optim.AdamW's single-tensor path: scalars formed in double and
  * rounded once, torch's lerp for the first moment), optionally writing a bf16 working copy of
- * the parameters in the same pass (one read and one write of each buffer per step). */
+ * the parameters in the same pass (one read and one write of each buffer per step); and the same
+ * update with the EWC gradient fused in (adamw_ewc_update), whose penalty is reduced without
+ * atomics: per-block partial sums in double, added on the host in block order, so a run repeats
+ * bit for bit. */
 #include <cuda_bf16.h>
 
 #include "cuda_common.cuh"
@@ -62,4 +65,110 @@ extern "C" void cuda_adamw_fp32(float *param, const float *grad, float *m, float
 {
     adamw_launch(param, NULL, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
                  stream);
+}
+
+/* ---- AdamW + EWC ----------------------------------------------------------------------------- */
+
+/* Blocks of the fused kernel: a fixed grid (grid-stride loop) keeps the partial sums few, and
+ * their number depends on n only, so the penalty's order of summation does too. */
+#define EWC_THREADS 256
+#define EWC_BLOCKS 1024
+
+/* Device copies of the per-set pointer tables and the per-block partial sums; they only grow.
+ * Ops run one after another on one stream, so no two calls use them at once. */
+static const float **ewc_tables;
+static int ewc_tables_cap;
+static double *ewc_partial;
+
+__global__ static void adamw_ewc_kernel(float *param, const float *grad, float *m, float *v,
+                                        size_t n, float decay, float lerp_weight, float beta2,
+                                        float one_minus_beta2, float eps, float grad_scale,
+                                        float neg_step_size, float bias_correction2_sqrt,
+                                        const float *const *fisher, const float *const *anchor,
+                                        int n_sets, float lambda, double *partial)
+{
+    __shared__ double warp_sums[EWC_THREADS / 32];
+    double pen = 0.0;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float theta = param[i];
+        float g = grad[i] * grad_scale;
+        for (int k = 0; k < n_sets; k++) { /* as the CPU backend: penalty before the update */
+            float d = theta - anchor[k][i];
+            float fd = fisher[k][i] * d;
+            g += lambda * fd;
+            pen += (double)fd * d;
+        }
+        float p = theta * decay;
+        float mi = m[i];
+        mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi) : g - (g - mi) * (1.0f - lerp_weight);
+        float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
+        float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+        p = p + (neg_step_size * mi) / denom;
+        m[i] = mi;
+        v[i] = vi;
+        param[i] = p;
+    }
+    /* the block's sum in a fixed tree order: warps by shuffles, then the first warp */
+    for (int o = 16; o > 0; o >>= 1)
+        pen += __shfl_xor_sync(0xffffffffu, pen, o);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) warp_sums[warp] = pen;
+    __syncthreads();
+    if (warp == 0) {
+        double s = lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1)
+            s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) partial[blockIdx.x] = s;
+    }
+}
+
+extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float *v, size_t n,
+                               float lr, float beta1, float beta2, float eps, float weight_decay,
+                               float grad_scale, int t, const float *const *fisher,
+                               const float *const *anchor, int n_sets, float lambda,
+                               double *penalty, cudaStream_t stream)
+{
+    if (n_sets <= 0) { /* plain AdamW, the same kernel as adamw_update: the same bits */
+        adamw_launch(param, NULL, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
+                     stream);
+        return;
+    }
+    if (n == 0) return;
+    double step = t >= 1 ? (double)t : 1.0;
+    float decay = (float)(1.0 - (double)lr * weight_decay);
+    float lerp_weight = (float)(1.0 - (double)beta1);
+    float one_minus_beta2 = (float)(1.0 - (double)beta2);
+    double bias_correction1 = 1.0 - pow((double)beta1, step);
+    double bias_correction2 = 1.0 - pow((double)beta2, step);
+    float neg_step_size = (float)(-((double)lr / bias_correction1));
+    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    if (n_sets > ewc_tables_cap) {
+        cudaCheck(cudaFree(ewc_tables)); /* synchronises: no kernel still reads the old one */
+        cudaCheck(cudaMalloc(&ewc_tables, 2 * (size_t)n_sets * sizeof(float *)));
+        ewc_tables_cap = n_sets;
+    }
+    if (!ewc_partial) cudaCheck(cudaMalloc(&ewc_partial, EWC_BLOCKS * sizeof(double)));
+    /* the tables travel by copy on the stream (pageable source: staged before the call
+     * returns, so the caller's arrays may go away) */
+    cudaCheck(cudaMemcpyAsync(ewc_tables, fisher, (size_t)n_sets * sizeof(float *),
+                              cudaMemcpyHostToDevice, stream));
+    cudaCheck(cudaMemcpyAsync(ewc_tables + n_sets, anchor, (size_t)n_sets * sizeof(float *),
+                              cudaMemcpyHostToDevice, stream));
+    const size_t wanted = (n + EWC_THREADS - 1) / EWC_THREADS;
+    const int blocks = wanted < EWC_BLOCKS ? (int)wanted : EWC_BLOCKS;
+    adamw_ewc_kernel<<<blocks, EWC_THREADS, 0, stream>>>(
+        param, grad, m, v, n, decay, lerp_weight, beta2, one_minus_beta2, eps, grad_scale,
+        neg_step_size, bias_correction2_sqrt, ewc_tables, ewc_tables + n_sets, n_sets, lambda,
+        ewc_partial);
+    cudaCheck(cudaGetLastError());
+    if (!penalty) return;
+    double host[EWC_BLOCKS];
+    cudaCheck(cudaMemcpyAsync(host, ewc_partial, (size_t)blocks * sizeof(double),
+                              cudaMemcpyDeviceToHost, stream));
+    cudaCheck(cudaStreamSynchronize(stream));
+    double pen = 0.0;
+    for (int b = 0; b < blocks; b++)
+        pen += host[b];
+    *penalty += 0.5 * lambda * pen;
 }

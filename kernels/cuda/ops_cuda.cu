@@ -1268,7 +1268,21 @@ static void adamw_update(float *param, const float *grad, float *m, float *v, si
                     stream);
 }
 
+extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float *v, size_t n,
+                               float lr, float beta1, float beta2, float eps, float weight_decay,
+                               float grad_scale, int t, const float *const *fisher,
+                               const float *const *anchor, int n_sets, float lambda,
+                               double *penalty, cudaStream_t stream);
 
+static void adamw_ewc_update(float *param, const float *grad, float *m, float *v, size_t n,
+                             float lr, float beta1, float beta2, float eps, float weight_decay,
+                             float grad_scale, int t, const float *const *fisher,
+                             const float *const *anchor, int n_sets, float lambda,
+                             double *penalty)
+{
+    cuda_adamw_ewc(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t, fisher,
+                   anchor, n_sets, lambda, penalty, stream);
+}
 
 /* ---------------------------------------------------------------------------------------------
  * memory */
@@ -1358,6 +1372,7 @@ extern "C" const Backend *backend_cuda(void)
     b->sum_squares = sum_squares;
     b->scale = CLEARS_OPERANDS(scale);
     b->adamw_update = CLEARS_OPERANDS(adamw_update);
+    b->adamw_ewc_update = CLEARS_OPERANDS(adamw_ewc_update);
     b->mem_alloc = mem_alloc;
     b->mem_free = CLEARS_OPERANDS(mem_free);
     b->mem_to_device = CLEARS_OPERANDS(mem_to_device);

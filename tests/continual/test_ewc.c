@@ -307,8 +307,10 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
             g2[i] = (grad[lo + i] * scale + lambda * fd) / scale;
             want_pen += 0.5 * lambda * (double)fd * d;
         }
-        ewc_adamw_update(&e, lo, p1, grad + lo, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, scale,
-                         t, &pen);
+        const float *fs[EWC_MAX_SETS], *as[EWC_MAX_SETS];
+        const int sets = ewc_sets_at(&e, lo, fs, as);
+        backend_cpu()->adamw_ewc_update(p1, grad + lo, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                                        scale, t, fs, as, sets, e.lambda, &pen);
         backend_cpu()->adamw_update(p2, g2, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, scale, t);
         cr_assert(fabs(pen - want_pen) < 1e-6 * want_pen + 1e-12, "step %d: %g vs %g", t, pen,
                   want_pen);
@@ -323,8 +325,10 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
     memcpy(p2, params, n * sizeof(float));
     memset(m1, 0, n * sizeof(float)), memset(v1, 0, n * sizeof(float));
     memset(m2, 0, n * sizeof(float)), memset(v2, 0, n * sizeof(float));
-    ewc_adamw_update(&empty, 0, p1, grad, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1,
-                     NULL);
+    const float *none[EWC_MAX_SETS];
+    cr_assert_eq(ewc_sets_at(&empty, 0, none, none), 0);
+    backend_cpu()->adamw_ewc_update(p1, grad, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1,
+                                    none, none, 0, empty.lambda, NULL);
     backend_cpu()->adamw_update(p2, grad, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1);
     cr_assert_eq(memcmp(p1, p2, n * sizeof(float)), 0);
     ewc_free(&e);

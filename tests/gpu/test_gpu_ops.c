@@ -483,6 +483,115 @@ static void test_adamw(size_t n)
     free(p), free(m), free(v);
 }
 
+/* AdamW with EWC fused in, two (Fisher, anchor) sets, over random inputs: parameters and
+ * moments within tol after 3 steps, the penalty within 1e-6 relative at every step. The update
+ * is in place, so the poison is NaN past the n elements of every output (nothing may land there)
+ * and "unwritten" counts elements whose second moment kept its old bits. A repeat of each step
+ * on copies gives the same bits, penalty included (no atomics); no sets gives adamw_update's. */
+static void test_adamw_ewc(size_t n)
+{
+    char name[96];
+    enum { SETS = 2, GUARD = 67 };
+    const float lambda = 3.0f;
+    const size_t bytes = n * sizeof(float);
+    float *p = host_random(n, 1.0f), *m = calloc(n, 4), *v = calloc(n, 4);
+    float *fisher[SETS], *anchor[SETS], *d_fisher[SETS], *d_anchor[SETS];
+    for (int k = 0; k < SETS; k++) {
+        fisher[k] = host_random(n, 1.0f);
+        for (size_t i = 0; i < n; i++)
+            fisher[k][i] = fabsf(fisher[k][i]); /* a Fisher is a mean of squares */
+        anchor[k] = host_random(n, 1.0f);
+        d_fisher[k] = dev_from(fisher[k], bytes);
+        d_anchor[k] = dev_from(anchor[k], bytes);
+    }
+    const float *cf[SETS] = {fisher[0], fisher[1]}, *ca[SETS] = {anchor[0], anchor[1]};
+    const float *df[SETS] = {d_fisher[0], d_fisher[1]}, *da[SETS] = {d_anchor[0], d_anchor[1]};
+    /* outputs: the values, then GUARD NaNs; the repeat's copies alike */
+    float *d_p = dev_poison(n + GUARD), *d_m = dev_poison(n + GUARD), *d_v = dev_poison(n + GUARD);
+    float *d_q = dev_poison(n + GUARD), *d_mq = dev_poison(n + GUARD);
+    float *d_vq = dev_poison(n + GUARD);
+    gpu->mem_to_device(d_p, p, bytes), gpu->mem_to_device(d_m, m, bytes);
+    gpu->mem_to_device(d_v, v, bytes);
+    float *before = malloc(bytes), *after = malloc(bytes), *hq = malloc(bytes);
+    double worst_penalty = 0.0;
+    int repeat_same = 1, unwritten = 0;
+    for (int t = 1; t <= 3; t++) {
+        float *g = host_random(n, 0.1f);
+        float *d_g = dev_from(g, bytes);
+        float *from[3] = {d_p, d_m, d_v}, *to[3] = {d_q, d_mq, d_vq};
+        for (int b = 0; b < 3; b++) { /* the repeat starts from this step's inputs */
+            gpu->mem_to_host(hq, from[b], bytes);
+            gpu->mem_to_device(to[b], hq, bytes);
+        }
+        gpu->mem_to_host(before, d_v, bytes);
+        double pen_cpu = 0.0, pen_gpu = 0.0, pen_again = 0.0;
+        cpu->adamw_ewc_update(p, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t, cf, ca, SETS,
+                              lambda, &pen_cpu);
+        gpu->adamw_ewc_update(d_p, d_g, d_m, d_v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t, df,
+                              da, SETS, lambda, &pen_gpu);
+        gpu->adamw_ewc_update(d_q, d_g, d_mq, d_vq, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t, df,
+                              da, SETS, lambda, &pen_again);
+        gpu->mem_to_host(after, d_v, bytes);
+        for (size_t i = 0; i < n; i++)
+            unwritten += memcmp(&before[i], &after[i], sizeof(float)) == 0;
+        const double rel = fabs(pen_gpu - pen_cpu) / fabs(pen_cpu);
+        if (!(rel <= worst_penalty)) worst_penalty = rel; /* a NaN sticks */
+        repeat_same = repeat_same && pen_again == pen_gpu && same_bits(d_p, d_q, n + GUARD) &&
+                      same_bits(d_m, d_mq, n + GUARD) && same_bits(d_v, d_vq, n + GUARD);
+        gpu->mem_free(d_g);
+        free(g);
+    }
+    const double keep_tol = tol;
+    tol = 1e-5; /* elementwise fp32 on both sides: tighter than the other ops' bar */
+    snprintf(name, sizeof(name), "adamw_ewc_update param (2 sets, 3 steps) n=%zu", n);
+    compare(name, d_p, p, n);
+    snprintf(name, sizeof(name), "adamw_ewc_update m n=%zu", n);
+    compare(name, d_m, m, n);
+    snprintf(name, sizeof(name), "adamw_ewc_update v n=%zu", n);
+    compare(name, d_v, v, n);
+    tol = keep_tol;
+    snprintf(name, sizeof(name), "adamw_ewc_update penalty (worst of 3 steps) n=%zu", n);
+    report(name, "rel err", worst_penalty, 1e-6, 1, 0);
+    int outside = 0; /* guard elements that are no longer NaN */
+    float guard[GUARD];
+    float *outs[3] = {d_p, d_m, d_v};
+    for (int b = 0; b < 3; b++) {
+        gpu->mem_to_host(guard, outs[b] + n, sizeof(guard));
+        for (int i = 0; i < GUARD; i++)
+            outside += !isnan(guard[i]);
+    }
+    snprintf(name, sizeof(name), "adamw_ewc_update every element written, none past n=%zu", n);
+    report(name, "written", (double)(outside + unwritten), 0.0, 1, 0);
+    snprintf(name, sizeof(name), "adamw_ewc_update repeats bit for bit n=%zu", n);
+    report(name, "same bits", repeat_same, 1.0, 0, 0);
+
+    /* no sets: the plain AdamW kernel, the same bits, no penalty added */
+    float *g = host_random(n, 0.1f);
+    float *d_g = dev_from(g, bytes);
+    gpu->mem_to_device(d_q, p, bytes), gpu->mem_to_device(d_mq, m, bytes);
+    gpu->mem_to_device(d_vq, v, bytes);
+    gpu->mem_to_device(d_p, p, bytes), gpu->mem_to_device(d_m, m, bytes);
+    gpu->mem_to_device(d_v, v, bytes);
+    double untouched = 0.5;
+    gpu->adamw_ewc_update(d_p, d_g, d_m, d_v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, 4, NULL,
+                          NULL, 0, lambda, &untouched);
+    gpu->adamw_update(d_q, d_g, d_mq, d_vq, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, 4);
+    snprintf(name, sizeof(name), "adamw_ewc_update no sets = adamw_update n=%zu", n);
+    report(name, "same bits",
+           untouched == 0.5 && same_bits(d_p, d_q, n) && same_bits(d_m, d_mq, n) &&
+               same_bits(d_v, d_vq, n),
+           1.0, 0, 0);
+    gpu->mem_free(d_g);
+    free(g), free(before), free(after), free(hq);
+    for (int k = 0; k < SETS; k++) {
+        gpu->mem_free(d_fisher[k]), gpu->mem_free(d_anchor[k]);
+        free(fisher[k]), free(anchor[k]);
+    }
+    gpu->mem_free(d_p), gpu->mem_free(d_m), gpu->mem_free(d_v);
+    gpu->mem_free(d_q), gpu->mem_free(d_mq), gpu->mem_free(d_vq);
+    free(p), free(m), free(v);
+}
+
 /* ---- whole model -------------------------------------------------------------------------- */
 
 static double cosine(const float *a, const float *b, size_t n)
@@ -760,6 +869,8 @@ int main(void)
     test_cross_entropy(16, 32256);
     test_vocab_shard(300, 96, 40, 20, 100);
     test_adamw(100003);
+    test_adamw_ewc(100003);
+    test_adamw_ewc(3000017); /* more elements than the fused kernel's fixed grid covers at once */
     static const char *cases[] = {
         "llama_gqa_f32_oldform",
         "llama_tied_linear_bf16_newform_sharded",
