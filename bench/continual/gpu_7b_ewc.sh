@@ -33,6 +33,12 @@ logs=$root/logs
 rm -rf "$logs" "$root/run" && mkdir -p "$logs" "$root/data"
 source .devdeps/activate
 export NCCL_NVLS_ENABLE=0 # never NVLink multicast on shared GPU hosts
+# libcjson.pc in .devdeps names /usr/include without a prefix (activate rewrites prefix= lines
+# only): where the node has no cJSON headers of its own, point it at the unpacked ones
+pc=.devdeps/root/usr/lib/x86_64-linux-gnu/pkgconfig/libcjson.pc
+if [ -f "$pc" ] && [ ! -d /usr/include/cjson ]; then
+  sed -i "s|=/usr/|=$PWD/.devdeps/root/usr/|" "$pc"
+fi
 
 # ---- room on the disks --------------------------------------------------------------------
 free_gb() { df -P -B1G "$1" | awk 'NR == 2 {print $4}'; }
