@@ -165,19 +165,32 @@ int main(int argc, char **argv)
     }
     cuda_matmul_precision("fp32");
     const double att_flops = 2.0 * 2.0 * B * H * (double)T * T * D / 2.0;
-    const char *att_kinds[] = {"flash", "simple"};
+    const char *att_kinds[] = {"flash", "wmma"};
     for (int ai = 0; ai < 2; ai++) {
         if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
         const int ca = ai == 0 ? L : 0; /* per-step counts for the default (flash) rows */
 #define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
-        TIME(ai ? "attention_fwd [simple]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T,
+        TIME(ai ? "attention_fwd [wmma]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T,
              H, D);
         rows[nrows - 1].flops = att_flops;
 #undef BODY
 #define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, B, T, H, KVH, D)
-        TIME(ai ? "attention_bwd [simple]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T,
+        TIME(ai ? "attention_bwd [wmma]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T,
              H, D);
         rows[nrows - 1].flops = 2.5 * att_flops;
+#undef BODY
+    }
+    /* deepseek-llm-7b's attention shape (1 x 4096, 32 heads), informational: not in the sum */
+    for (int ai = 0; ai < 2; ai++) {
+        if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
+        const double f7 = 2.0 * 2.0 * 32 * 4096.0 * 4096.0 * D / 2.0;
+#define BODY gpu->attention_forward(att, lse, q, k, v, 1, 4096, 32, 32, D)
+        TIME(ai ? "attention_fwd [wmma]" : "attention_fwd [flash]", 0, "B1 T4096 H32 D%d", D);
+        rows[nrows - 1].flops = f7;
+#undef BODY
+#define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, 1, 4096, 32, 32, D)
+        TIME(ai ? "attention_bwd [wmma]" : "attention_bwd [flash]", 0, "B1 T4096 H32 D%d", D);
+        rows[nrows - 1].flops = 2.5 * f7;
 #undef BODY
     }
     cuda_attention_kind("flash");

@@ -473,7 +473,7 @@ __global__ static void __launch_bounds__(FA_THREADS)
 
 static long long flash_calls;
 
-extern "C" long long cuda_attention_flash_calls(void)
+extern "C" long long cuda_attention_wmma_calls(void)
 {
     return flash_calls;
 }

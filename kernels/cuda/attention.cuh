@@ -24,6 +24,16 @@ int cuda_flash_attention_backward(float *dq, float *dk, float *dv, const float *
                                   const float *k, const float *v, int B, int T, int H, int KVH,
                                   int D, cudaStream_t stream);
 
+/* Calls that ran on the wmma kernels above so far. */
+long long cuda_attention_wmma_calls(void);
+
+/* The mma.sync forward (attention_mma_fwd.cu): the same contract as
+ * cuda_flash_attention_forward, with the scores, softmax and output accumulators in registers
+ * instead of shared-memory staging; the default forward. Backward stays on the kernels above. */
+int cuda_mma_attention_forward(float *out, float *lse, const float *q, const float *k,
+                               const float *v, int B, int T, int H, int KVH, int D,
+                               cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,9 +1,11 @@
-/* ops_cuda.cu: the CUDA backend in fp32 mode: the Backend table of ops.h over device pointers,
- * checked against the CPU backend by tests/gpu/. Matmuls go through cuBLASLt with fp32 compute
- * (TF32 off), everything else is a kernel of ours; attention is flash-style (online softmax, the
- * log-sum-exp saved, no T x T matrix): on the bf16 tensor cores (attention.cu) for head_dim 64
- * and 128 unless DSTRAIN_CUDA_ATTENTION=simple, else in fp32 below. Not here yet: bf16 storage,
- * fused epilogues, speed work.
+/* ops_cuda.cu: the CUDA backend: the Backend table of ops.h over device pointers, checked
+ * against the CPU backend by tests/gpu/. Matmuls go through cuBLASLt: in bf16 (mixed precision,
+ * what device=cuda runs by default) from a bf16 working copy of the weights and bf16-rounded
+ * activations and gradients, with fp32 accumulation and fp32 results; in fp32 (TF32 off) for the
+ * agreement checks. Everything else is a kernel of ours in fp32; attention is flash-style (online
+ * softmax, the log-sum-exp saved, no T x T matrix): on the bf16 tensor cores (attention_mma_fwd.cu
+ * forward, attention.cu backward) for head_dim 64 and 128 unless DSTRAIN_CUDA_ATTENTION=simple,
+ * else in fp32 below. Not here yet: bf16 storage of activations and gradients, fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
  * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
@@ -902,18 +904,29 @@ template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
 
 /* 1: the fp32 kernels above for every head dim (DSTRAIN_CUDA_ATTENTION=simple); 0: attention.cu
  * where it applies. */
-static int attention_simple;
+/* 0: flash (forward on the mma.sync kernel, backward on attention.cu's wmma ones, where they
+ * suit; else the fp32 kernels above), 1: simple (the fp32 kernels), 2: wmma (attention.cu both
+ * ways, else fp32) */
+static int attention_kind;
+static long long attention_mma_calls;
 
 extern "C" int cuda_attention_kind(const char *mode)
 {
     if (strcmp(mode, "flash") == 0)
-        attention_simple = 0;
+        attention_kind = 0;
     else if (strcmp(mode, "simple") == 0)
-        attention_simple = 1;
+        attention_kind = 1;
+    else if (strcmp(mode, "wmma") == 0)
+        attention_kind = 2;
     else
-        return ds_error(DS_ERR_INPUT, "DSTRAIN_CUDA_ATTENTION: \"%s\": expected flash or simple",
-                        mode);
+        return ds_error(DS_ERR_INPUT,
+                        "DSTRAIN_CUDA_ATTENTION: \"%s\": expected flash, wmma or simple", mode);
     return DS_OK;
+}
+
+extern "C" long long cuda_attention_flash_calls(void)
+{
+    return attention_mma_calls + cuda_attention_wmma_calls();
 }
 
 static void attention_forward(float *out, float *lse, const float *q, const float *k,
@@ -921,7 +934,12 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_check_shape(H, KVH, D);
-    if (!attention_simple &&
+    if (attention_kind == 0 &&
+        cuda_mma_attention_forward(out, lse, q, k, v, B, T, H, KVH, D, stream)) {
+        attention_mma_calls++;
+        return;
+    }
+    if (attention_kind != 1 &&
         cuda_flash_attention_forward(out, lse, q, k, v, B, T, H, KVH, D, stream))
         return;
     size_t smem = (size_t)(ATT_TILE * (D + 1) + ATT_TILE * D + ATT_WARPS * D) * sizeof(float);
@@ -943,8 +961,8 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T, H,
                                                                          D);
     launchCheck();
-    if (!attention_simple && cuda_flash_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v, B,
-                                                           T, H, KVH, D, stream))
+    if (attention_kind != 1 && cuda_flash_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
+                                                             B, T, H, KVH, D, stream))
         return;
     size_t smem_dq = (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_dq_kernel, smem_dq);

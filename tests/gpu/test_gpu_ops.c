@@ -902,7 +902,7 @@ int main(void)
     must(cuda_attention_kind("simple"));
     cuda_matmul_precision("fp32");
 
-    /* tensor-core attention (attention.cu): bf16 products, fp32 matmuls elsewhere */
+    /* tensor-core attention (the mma.sync kernels): bf16 products, fp32 matmuls elsewhere */
     must(cuda_attention_kind("flash"));
     mode = "flash";
     tol = 1e-2;
@@ -917,6 +917,15 @@ int main(void)
     test_random_model(); /* head_dim 128, T 100, GQA: loss, logits, gradient cosine */
     report("model random C256 D128 T100: attention on tensor cores", "flash calls",
            (double)(cuda_attention_flash_calls() - flash_before), 4.0, 0, 0);
+    test_attention(1, 4096, 4, 4, 128, 1);   /* deepseek-llm-7b's T: 64 key tiles */
+    test_attention(1, 1000, 8, 1, 64, 1);    /* one kv head for 8 query heads */
+
+    /* the earlier wmma kernels of attention.cu stay selectable: same shapes, same bar */
+    must(cuda_attention_kind("wmma"));
+    mode = "wmma";
+    test_attention(1, 2048, 16, 16, 128, 1);
+    test_attention(2, 100, 4, 2, 128, 1);
+    test_attention(2, 67, 8, 2, 64, 1);
     cuda_attention_kind("simple");
     printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
