@@ -3,8 +3,8 @@
 # backend with one rank per GPU over NCCL, run by hand on a node with 2 or more GPUs (not in
 # ctest: CI has no GPU). From the repository root, with the build dependencies the node lacks in
 # .devdeps (see the device notes). With 2 GPUs the layouts are np=1, tp=2, dp=2 (with and
-# without ZeRO-1); with 4 or more, tp=2 x dp=2 too. The fused EWC update and the Fisher's squares
-# run on the host there (EWC state is host memory), through staged copies.
+# without ZeRO-1); with 4 or more, tp=2 x dp=2 too. The EWC state and the fused update run on
+# the device; the Fisher's squares go through host memory in chunks.
 set -uo pipefail
 build=${BUILD:-/tmp/dstrain-continual-gpu}
 out=${OUT:-/tmp/dstrain-continual-gpu-out}
