@@ -27,12 +27,17 @@ int cuda_flash_attention_backward(float *dq, float *dk, float *dv, const float *
 /* Calls that ran on the wmma kernels above so far. */
 long long cuda_attention_wmma_calls(void);
 
-/* The mma.sync forward (attention_mma_fwd.cu): the same contract as
- * cuda_flash_attention_forward, with the scores, softmax and output accumulators in registers
- * instead of shared-memory staging; the default forward. Backward stays on the kernels above. */
+/* The mma.sync kernels (attention_mma_fwd.cu, attention_mma_bwd.cu): the same contracts as the
+ * two functions above, with scores, softmax and accumulators in registers instead of
+ * shared-memory staging (the same products and summation order as the backward above, so the
+ * same bits); the default. */
 int cuda_mma_attention_forward(float *out, float *lse, const float *q, const float *k,
                                const float *v, int B, int T, int H, int KVH, int D,
                                cudaStream_t stream);
+int cuda_mma_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                const float *delta, const float *lse, const float *q,
+                                const float *k, const float *v, int B, int T, int H, int KVH,
+                                int D, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

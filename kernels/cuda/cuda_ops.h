@@ -17,10 +17,10 @@ int cuda_matmul_precision(const char *mode);
 /* 1 when matmuls run in bf16 mode. */
 int cuda_matmul_is_bf16(void);
 
-/* How attention computes: "flash" (default: the mma.sync tensor-core forward of
- * attention_mma_fwd.cu and the wmma backward of attention.cu, bf16 products with fp32
- * accumulation and softmax, for head_dim 64 and 128; other head dims run the fp32 kernels),
- * "wmma" (attention.cu's wmma kernels both ways, same numerics) or "simple" (the fp32 CUDA-core
+/* How attention computes: "flash" (default: the mma.sync tensor-core kernels of
+ * attention_mma_fwd.cu and attention_mma_bwd.cu, bf16 products with fp32 accumulation and
+ * softmax, for head_dim 64 and 128; other head dims run the fp32 kernels), "wmma" (the earlier
+ * kernels of attention.cu, same numerics, slower) or "simple" (the fp32 CUDA-core
  * kernels of ops_cuda.cu for every head dim; agrees with the CPU to fp32 rounding). The environment variable DSTRAIN_CUDA_ATTENTION sets it
  * when the backend starts. DS_ERR_INPUT for anything else. */
 int cuda_attention_kind(const char *mode);

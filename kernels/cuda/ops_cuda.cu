@@ -3,8 +3,8 @@
  * what device=cuda runs by default) from a bf16 working copy of the weights and bf16-rounded
  * activations and gradients, with fp32 accumulation and fp32 results; in fp32 (TF32 off) for the
  * agreement checks. Everything else is a kernel of ours in fp32; attention is flash-style (online
- * softmax, the log-sum-exp saved, no T x T matrix): on the bf16 tensor cores (attention_mma_fwd.cu
- * forward, attention.cu backward) for head_dim 64 and 128 unless DSTRAIN_CUDA_ATTENTION=simple,
+ * softmax, the log-sum-exp saved, no T x T matrix): on the bf16 tensor cores (the mma.sync
+ * kernels of attention_mma_fwd.cu and attention_mma_bwd.cu) for head_dim 64 and 128 unless DSTRAIN_CUDA_ATTENTION=simple,
  * else in fp32 below. Not here yet: bf16 storage of activations and gradients, fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
  * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
@@ -904,9 +904,8 @@ template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
 
 /* 1: the fp32 kernels above for every head dim (DSTRAIN_CUDA_ATTENTION=simple); 0: attention.cu
  * where it applies. */
-/* 0: flash (forward on the mma.sync kernel, backward on attention.cu's wmma ones, where they
- * suit; else the fp32 kernels above), 1: simple (the fp32 kernels), 2: wmma (attention.cu both
- * ways, else fp32) */
+/* 0: flash (the mma.sync kernels where they suit, else attention.cu's wmma ones, else the fp32
+ * kernels above), 1: simple (the fp32 kernels), 2: wmma (attention.cu, else fp32) */
 static int attention_kind;
 static long long attention_mma_calls;
 
@@ -961,6 +960,11 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T, H,
                                                                          D);
     launchCheck();
+    if (attention_kind == 0 && cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
+                                                           B, T, H, KVH, D, stream)) {
+        attention_mma_calls++;
+        return;
+    }
     if (attention_kind != 1 && cuda_flash_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
                                                              B, T, H, KVH, D, stream))
         return;

@@ -919,6 +919,9 @@ int main(void)
            (double)(cuda_attention_flash_calls() - flash_before), 4.0, 0, 0);
     test_attention(1, 4096, 4, 4, 128, 1);   /* deepseek-llm-7b's T: 64 key tiles */
     test_attention(1, 1000, 8, 1, 64, 1);    /* one kv head for 8 query heads */
+    test_attention(2, 63, 4, 4, 128, 1);     /* one tile short of a row */
+    test_attention(2, 64, 4, 4, 128, 1);     /* exactly one tile */
+    test_attention(2, 65, 4, 4, 128, 1);     /* one row into the second tile */
 
     /* the earlier wmma kernels of attention.cu stay selectable: same shapes, same bar */
     must(cuda_attention_kind("wmma"));
