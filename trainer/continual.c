@@ -968,7 +968,8 @@ int continual_run(const Config *cfg)
                 if (cls) {
                     for (int r = 0; r < B; r++)
                         d.row_weights[r] = 1.0f / (float)(G * accum);
-                    loss += model_forward(&d.model, d.model.inputs, labels, d.row_weights, NULL);
+                    loss += model_forward_train(&d.model, d.model.inputs, labels, d.row_weights,
+                                                NULL);
                 } else {
                     /* the mean over the global micro-batch's trained tokens */
                     double count = 0.0;
@@ -977,8 +978,8 @@ int continual_run(const Config *cfg)
                     for (int i = 0; i < B * T; i++)
                         d.row_weights[i] =
                             count > 0 ? (float)(d.model.loss_weights[i] / (count * accum)) : 0.0f;
-                    loss += model_forward(&d.model, d.model.inputs, d.model.targets, d.row_weights,
-                                          NULL);
+                    loss += model_forward_train(&d.model, d.model.inputs, d.model.targets,
+                                                d.row_weights, NULL);
                 }
                 model_backward(&d.model);
                 /* everything trained on is offered to the buffer (replayed rows are not new),

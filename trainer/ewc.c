@@ -336,7 +336,7 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
         if (batches % shards != opt->shard_rank % shards) continue; /* another rank's unit */
         if (opt->type == FISHER_EMPIRICAL) {
             model_zero_grad(work);
-            model_forward(work, inputs, cls ? labels : targets, row_w, NULL);
+            model_forward_train(work, inputs, cls ? labels : targets, row_w, NULL);
             model_backward(work);
             if ((status = fisher_take(work, fisher, host_grads, scale)) != DS_OK) goto done;
         } else if (opt->type == FISHER_SAMPLED) {
@@ -349,7 +349,7 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
                     drawn[i] = weights[i] > 0 ? softmax_draw(logits + (size_t)i * V, V, &rng) : 0;
             }
             model_zero_grad(work);
-            model_forward(work, inputs, cls ? labels : drawn, row_w, NULL);
+            model_forward_train(work, inputs, cls ? labels : drawn, row_w, NULL);
             model_backward(work);
             if ((status = fisher_take(work, fisher, host_grads, scale)) != DS_OK) goto done;
         } else { /* exact, classification, B == 1: sum_c p(c|x) g_c^2 */
@@ -359,7 +359,7 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
             for (int c = 0; c < V; c++) {
                 int32_t label = c;
                 model_zero_grad(work);
-                model_forward(work, inputs, &label, &one, NULL);
+                model_forward_train(work, inputs, &label, &one, NULL);
                 model_backward(work);
                 if ((status = fisher_take(work, fisher, host_grads, logits[c])) != DS_OK)
                     goto done;

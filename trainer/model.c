@@ -3,7 +3,8 @@
  * buffer shaped like the parameters (gradients, master weights, moments, Fisher) follows it.
  * All activations live in one arena sized at model_init: a step allocates nothing. With
  * activation checkpointing the arena holds every layer's input but only one layer's working set,
- * which backward refills by running each layer's forward again. */
+ * which backward refills by running each layer's forward again. The LM head and the loss run over
+ * the rows in chunks (lm_head_chunks): the logits of the whole micro-batch never exist. */
 #include "model.h"
 
 #include <math.h>
@@ -331,7 +332,7 @@ typedef struct ModelActivations {
     float *resid_out;  /* [N, C] residual after the last layer */
     float *final_norm; /* [N, C] */
     float *final_rstd; /* [N] */
-    float *logits;     /* [N, V]; holds dlogits after a forward with targets */
+    float *logits;     /* [R, V] one chunk of rows (head_rows); its dlogits after the loss */
     float *tmp;        /* [N, C] projection outputs before the residual add */
     /* backward scratch */
     float *dresid, *dln, *dln_part; /* [N, C] */
@@ -341,14 +342,41 @@ typedef struct ModelActivations {
     /* classification head: last-token hidden rows, class logits (then their gradient) */
     float *cls_hidden, *cls_dhidden; /* [B, C] */
     float *cls_logits;               /* [B, L] */
-    /* vocab-parallel cross-entropy: row maxima [N] and {sum exp, target logit, owner} [N, 3] */
+    /* vocab-parallel cross-entropy of a chunk: row maxima [R], {sum exp, target logit, owner}
+     * [R, 3] */
     float *ce_max, *ce_stats;
     /* the backend's copies of the host-side token buffers (the same data on the CPU) */
     int32_t *dev_inputs, *dev_targets; /* [N] */
     float *dev_weights, *dev_losses;   /* [N] */
-    int have_targets;
+    int head_rows;       /* R: rows per LM-head chunk (lm_head_rows) */
+    int head_grads_next; /* set by model_forward_train for the forward it calls */
+    enum {
+        HEAD_NONE,         /* no loss computed (no targets, or a classification model) */
+        HEAD_LOSS,         /* loss computed: backward runs the head's chunks again */
+        HEAD_BACKWARD_DONE /* the head's backward is done: dln holds its gradient */
+    } head;
     int work_layer; /* checkpointing: the layer whose activations the shared working set holds */
 } ModelActivations;
+
+/* Rows of the LM head computed at once. The head's logits and dlogits are the largest
+ * activation (N x V: 2.1 GB for deepseek-coder-1.3b at 8 x 2048 in fp32), so they exist for R
+ * rows at a time: R x V near LM_HEAD_CHUNK_FLOATS (64 MiB of fp32), R a multiple of 64 (whole
+ * matmul tiles) and at least 64, at most N; 512 rows for deepseek-coder-1.3b, 128 for
+ * deepseek-llm-7b (V is this rank's slice: tensor parallelism takes more rows). The result
+ * depends on the shapes only, so every run of a layout chunks alike (bitwise reproducible);
+ * cfg.lm_head_chunk_rows overrides it. */
+#define LM_HEAD_CHUNK_FLOATS ((size_t)16 << 20)
+static int lm_head_rows(const Model *m)
+{
+    const size_t N = (size_t)m->B * m->T;
+    if (m->cfg.num_labels > 0) return 0; /* a classification head: no LM logits */
+    size_t rows = m->cfg.lm_head_chunk_rows > 0 ? (size_t)m->cfg.lm_head_chunk_rows : 0;
+    if (rows == 0) {
+        rows = LM_HEAD_CHUNK_FLOATS / (size_t)m->tp_vocab / 64 * 64;
+        if (rows < 64) rows = 64;
+    }
+    return (int)(rows < N ? rows : N);
+}
 
 static size_t arena_layout(Model *m, ModelActivations *a, float *base)
 {
@@ -357,6 +385,7 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     const size_t QD = (size_t)m->tp_heads * m->cfg.head_dim;
     const size_t KVD = (size_t)m->tp_kv_heads * m->cfg.head_dim;
     const size_t V = m->cfg.num_labels > 0 ? 0 : (size_t)m->tp_vocab; /* no LM logits */
+    const size_t R = (size_t)lm_head_rows(m);
     const size_t L = m->cfg.num_labels > 0 ? (size_t)m->cfg.num_labels : 0;
     const size_t lse = (size_t)m->B * m->tp_heads * m->T;
     const int ckpt = m->cfg.activation_checkpointing;
@@ -395,7 +424,7 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     TAKE(a->resid_out, N * C);
     TAKE(a->final_norm, N * C);
     TAKE(a->final_rstd, N);
-    TAKE(a->logits, N * V);
+    TAKE(a->logits, R * V);
     TAKE(a->tmp, N * C);
     TAKE(a->dresid, N * C);
     TAKE(a->dln, N * C);
@@ -410,9 +439,10 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     TAKE(a->cls_hidden, L ? (size_t)m->B * C : 0);
     TAKE(a->cls_dhidden, L ? (size_t)m->B * C : 0);
     TAKE(a->cls_logits, (size_t)m->B * L);
-    TAKE(a->ce_max, m->tp_size > 1 ? N : 0);
-    TAKE(a->ce_stats, m->tp_size > 1 ? 3 * N : 0);
+    TAKE(a->ce_max, m->tp_size > 1 ? R : 0);
+    TAKE(a->ce_stats, m->tp_size > 1 ? 3 * R : 0);
 #undef TAKE
+    a->head_rows = (int)R;
     return used;
 }
 
@@ -682,7 +712,6 @@ static double classify_forward(Model *m, const int32_t *labels, const float *wei
     }
     be->matmul_forward(a->cls_logits, a->cls_hidden, m->w.score, NULL, B, C, L);
     if (logits_out) be->mem_to_host(logits_out, a->cls_logits, (size_t)B * L * sizeof(float));
-    a->have_targets = labels != NULL;
     if (!labels) return 0.0;
     if (labels != m->targets) memcpy(m->targets, labels, (size_t)B * sizeof(int32_t));
     if (weights != m->loss_weights) memcpy(m->loss_weights, weights, (size_t)B * sizeof(float));
@@ -723,19 +752,52 @@ static void tp_reduce(const Model *m, float *x, size_t n, CommOp op)
     if (status != DS_OK) comm_fail(status);
 }
 
-/* Softmax cross-entropy over logits split by vocabulary: global row maxima, then the sums of
- * exponentials and the target's logit from the rank that holds it; no rank sees full logits. */
-static void vocab_parallel_cross_entropy(Model *m, int N, int V)
+/* Softmax cross-entropy over logits split by vocabulary, for the chunk of rows [r0, r0 + rows)
+ * that a->logits holds: global row maxima, then the sums of exponentials and the target's logit
+ * from the rank that holds it; no rank sees full logits. */
+static void vocab_parallel_cross_entropy(Model *m, int r0, int rows, int write_grad)
 {
     const Backend *be = m->be;
     ModelActivations *a = m->act;
-    be->cross_entropy_shard_max(a->ce_max, a->logits, N, V);
-    tp_reduce(m, a->ce_max, (size_t)N, COMM_MAX);
-    be->cross_entropy_shard_stats(a->ce_stats, a->logits, a->ce_max, a->dev_targets, N, V,
+    const int V = m->tp_vocab;
+    be->cross_entropy_shard_max(a->ce_max, a->logits, rows, V);
+    tp_reduce(m, a->ce_max, (size_t)rows, COMM_MAX);
+    be->cross_entropy_shard_stats(a->ce_stats, a->logits, a->ce_max, a->dev_targets + r0, rows, V,
                                   m->tp_vocab_start);
-    tp_reduce(m, a->ce_stats, (size_t)N * 3, COMM_SUM);
-    be->cross_entropy_shard_finish(a->dev_losses, a->logits, a->ce_max, a->ce_stats,
-                                   a->dev_targets, a->dev_weights, N, V, m->tp_vocab_start, 1);
+    tp_reduce(m, a->ce_stats, (size_t)rows * 3, COMM_SUM);
+    be->cross_entropy_shard_finish(a->dev_losses + r0, a->logits, a->ce_max, a->ce_stats,
+                                   a->dev_targets + r0, a->dev_weights + r0, rows, V,
+                                   m->tp_vocab_start, write_grad);
+}
+
+/* The LM head over a->final_norm, R = a->head_rows rows at a time: the chunk's logits (copied
+ * to logits_out, host [N, V], when wanted), with_loss its cross-entropy into a->dev_losses
+ * (dev_targets and dev_weights hold the batch's), and with_grads, while the chunk's dlogits are
+ * there, the head's backward: dln rows = dlogits @ W (overwritten) and g.lm_head += dlogits^T x
+ * rows (g.embed when tied). Every tensor-parallel rank runs the same chunks, so the
+ * cross-entropy's two all-reduces per chunk pair up. */
+static void lm_head_chunks(Model *m, int with_loss, int with_grads, float *logits_out)
+{
+    const Backend *be = m->be;
+    ModelActivations *a = m->act;
+    const int N = m->B * m->T, C = m->cfg.hidden_size, V = m->tp_vocab, R = a->head_rows;
+    for (int r0 = 0; r0 < N; r0 += R) {
+        const int rows = N - r0 < R ? N - r0 : R;
+        const float *hidden = a->final_norm + (size_t)r0 * C;
+        be->matmul_forward(a->logits, hidden, m->w.lm_head, NULL, rows, C, V);
+        if (logits_out)
+            be->mem_to_host(logits_out + (size_t)r0 * V, a->logits,
+                            (size_t)rows * V * sizeof(float));
+        if (!with_loss) continue;
+        if (m->tp)
+            vocab_parallel_cross_entropy(m, r0, rows, with_grads);
+        else
+            be->cross_entropy(a->dev_losses + r0, a->logits, a->dev_targets + r0,
+                              a->dev_weights + r0, rows, V, with_grads);
+        if (with_grads)
+            be->matmul_backward(a->dln + (size_t)r0 * C, m->g.lm_head, NULL, a->logits, hidden,
+                                m->w.lm_head, rows, C, V);
+    }
 }
 
 int model_reduce_shared_grads(Model *m)
@@ -814,25 +876,33 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     a->work_layer = c->num_layers - 1; /* what a checkpointed backward finds in the working set */
     be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
                         c->rms_norm_eps);
+    const int head_grads = a->head_grads_next; /* model_forward_train's forward */
+    a->head_grads_next = 0;
+    a->head = HEAD_NONE;
     if (c->num_labels > 0) return classify_forward(m, targets, loss_weights, logits_out);
-    be->matmul_forward(a->logits, a->final_norm, m->w.lm_head, NULL, N, C, V);
-    if (logits_out) be->mem_to_host(logits_out, a->logits, (size_t)N * V * sizeof(float));
-    a->have_targets = targets != NULL;
-    if (!targets) return 0.0;
+    if (!targets) {
+        if (logits_out) lm_head_chunks(m, 0, 0, logits_out); /* else nothing reads the head */
+        return 0.0;
+    }
 
     if (targets != m->targets) memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
     if (loss_weights != m->loss_weights)
         memcpy(m->loss_weights, loss_weights, (size_t)N * sizeof(float));
     be->mem_to_device(a->dev_targets, m->targets, (size_t)N * sizeof(int32_t));
     be->mem_to_device(a->dev_weights, m->loss_weights, (size_t)N * sizeof(float));
-    if (m->tp)
-        vocab_parallel_cross_entropy(m, N, V);
-    else
-        be->cross_entropy(a->dev_losses, a->logits, a->dev_targets, a->dev_weights, N, V, 1);
+    lm_head_chunks(m, 1, head_grads, logits_out);
+    a->head = head_grads ? HEAD_BACKWARD_DONE : HEAD_LOSS;
     be->mem_to_host(m->losses, a->dev_losses, (size_t)N * sizeof(float));
     double loss = 0.0;
     for (int i = 0; i < N; i++) loss += (double)m->loss_weights[i] * m->losses[i];
     return loss;
+}
+
+double model_forward_train(Model *m, const int32_t *inputs, const int32_t *targets,
+                           const float *loss_weights, float *logits_out)
+{
+    m->act->head_grads_next = 1; /* read (and cleared) by the forward below */
+    return model_forward(m, inputs, targets, loss_weights, logits_out);
 }
 
 void model_backward(Model *m)
@@ -842,16 +912,19 @@ void model_backward(Model *m)
     ModelActivations *a = m->act;
     /* this rank's share under tensor parallelism, as in model_forward */
     const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = m->tp_inter;
-    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim, V = m->tp_vocab;
+    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim;
     const int QD = H * D, KVD = KVH * D;
     const size_t NC = (size_t)N * C;
 
-    /* a->logits (or the head's cls_logits) holds dlogits, written by the forward's cross-entropy */
+    /* the head's cls_logits hold dlogits, written by the forward's cross-entropy */
     if (c->num_labels > 0)
         classify_backward(m);
     else {
-        be->matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->final_norm, m->w.lm_head, N,
-                            C, V);
+        /* model_forward_train did the LM head's backward chunk by chunk and left dln; after a
+         * plain model_forward (or for a second backward of one forward: the layers below reuse
+         * dln) the same chunks run again, the same ops in the same order */
+        if (a->head != HEAD_BACKWARD_DONE) lm_head_chunks(m, 1, 1, NULL);
+        a->head = HEAD_LOSS;
         tp_reduce(m, a->dln, NC, COMM_SUM); /* vocab parallel: each rank's part of dln */
     }
     be->mem_zero(a->dresid, NC * sizeof(float));

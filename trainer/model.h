@@ -46,6 +46,10 @@ typedef struct ModelConfig {
                                      * only each layer's input and backward recomputes the layer
                                      * into one shared working set (train.activation_checkpointing).
                                      * Same results, less activation memory, one more forward. */
+    int lm_head_chunk_rows;         /* not from config.json: rows of the LM head and its
+                                     * cross-entropy computed at once; 0 (the default) keeps a
+                                     * chunk's logits near 64 MiB of fp32 (model.c); tests set a
+                                     * few rows to run several chunks */
 } ModelConfig;
 
 const char *model_arch_name(ModelArch arch); /* "LlamaForCausalLM", "Qwen2ForCausalLM" */
@@ -155,15 +159,25 @@ void model_free(Model *m);
 void model_init_weights(Model *m, uint64_t seed, float std);
 
 /* Forward over m->inputs; with targets, returns sum(weights[i] * loss[i]) and fills m->losses.
- * logits_out (may be NULL) receives logits [B*T, V] (before the loss overwrote them). */
+ * logits_out (host memory, may be NULL) receives logits [B*T, V] (this rank's vocabulary slice
+ * under tensor parallelism). The LM head and the loss run over the rows in chunks, so the logits
+ * of the whole micro-batch are never held in the arena; nothing is written to m->grads. */
 double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
                      const float *loss_weights, float *logits_out);
 /* Classification models (cfg.num_labels > 0): targets are labels [B] and loss_weights [B] (one
  * per row); the head reads the final hidden state of each row's last token that is not
  * pad_token_id (the last token when pad_token_id is -1), as transformers does; logits_out gets
  * [B, num_labels]; losses[0..B) the per-row losses. */
+/* model_forward for a training micro-step, to be followed by model_backward: the same loss and
+ * logits, and each chunk's LM-head backward done right after its loss (the head's weight
+ * gradient already ACCUMULATED into m->grads on return), so that backward does not compute
+ * the head's logits a second time. model_backward after plain model_forward gives the same
+ * gradients, bit for bit, at the price of that second head forward. */
+double model_forward_train(Model *m, const int32_t *inputs, const int32_t *targets,
+                           const float *loss_weights, float *logits_out);
 
-/* Backward of the last model_forward with write_grad; gradients ACCUMULATE in m->grads. */
+/* Backward of the last model_forward (or model_forward_train) with targets; gradients
+ * ACCUMULATE in m->grads. */
 void model_backward(Model *m);
 void model_zero_grad(Model *m);
 /* Sum the gradients of kv heads that several tensor-parallel ranks hold (each computed its

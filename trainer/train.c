@@ -390,8 +390,9 @@ int train_run(const Config *cfg)
         model_zero_grad(&model);
         double loss = 0.0;
         for (int a = 0; a < accum; a++) {
-            loss += model_forward(&model, sb.inputs + (size_t)a * N, sb.targets + (size_t)a * N,
-                                  sb.weights + (size_t)a * N, NULL);
+            loss += model_forward_train(&model, sb.inputs + (size_t)a * N,
+                                        sb.targets + (size_t)a * N, sb.weights + (size_t)a * N,
+                                        NULL);
             model_backward(&model);
         }
         /* communication only now, after the last micro-batch */

@@ -3,8 +3,10 @@
  * classification model (o/MLP biases, padded rows) run two accumulated micro-batches with and
  * without it: losses, logits and every gradient must be bitwise identical on the CPU backend,
  * at tp = 1 here and at tp = 2 under mpirun (this executable runs as the worker when
- * DSTRAIN_CKPT_WORKER is set). The activation estimate must fall by exactly L - 1 layers'
- * working sets, and model_init must allocate what the estimate says. */
+ * DSTRAIN_CKPT_WORKER is set). The LM head runs in chunks of 5 rows, the first micro-batch
+ * through model_forward_train, the second through model_forward. The activation estimate must
+ * fall by exactly L - 1 layers' working sets, and model_init must allocate what the estimate
+ * says. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdarg.h>
@@ -27,6 +29,7 @@ static ModelConfig config_llama(void)
 {
     ModelConfig mc;
     model_preset("tiny", &mc); /* 4 layers, hidden 128, 4 heads, 2 kv heads, vocab 320 */
+    mc.lm_head_chunk_rows = 5; /* B x T = 32 rows: 6 x 5 + 2 */
     return mc;
 }
 
@@ -162,8 +165,11 @@ static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
     for (int k = 0; k < 2; k++) {
         char what[64];
         make_batch(base, k, inputs, targets, weights);
-        double loss_off = model_forward(&off, inputs, targets, weights, logits_off);
-        double loss_on = model_forward(&on, inputs, targets, weights, logits_on);
+        /* the training forward (head backward inside), then the plain one (head in backward) */
+        double (*forward)(Model *, const int32_t *, const int32_t *, const float *, float *) =
+            k == 0 ? model_forward_train : model_forward;
+        double loss_off = forward(&off, inputs, targets, weights, logits_off);
+        double loss_on = forward(&on, inputs, targets, weights, logits_on);
         if (!(loss_off == loss_on && isfinite(loss_off)))
             note(&r, "micro-batch %d: loss %.17g without, %.17g with checkpointing", k, loss_off,
                  loss_on);

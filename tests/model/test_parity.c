@@ -2,7 +2,9 @@
  * tools/make_parity_fixtures.py made (tiny Llama and Qwen2 models covering GQA, biases, tied
  * embeddings, rope scaling, both config.json forms, BF16 and F32 files, sharded weights).
  * fp32 agreement required: loss 2e-5 absolute, logits 1e-4 relative, gradients 1e-3 relative
- * per tensor, parameters after 5 AdamW steps 1e-4 relative per tensor, eval loss 2e-5. */
+ * per tensor, parameters after 5 AdamW steps 1e-4 relative per tensor, eval loss 2e-5. The LM
+ * head runs as one chunk of rows and as chunks of 7 (32 rows: 4 x 7 + 4), through plain
+ * model_forward + model_backward and through model_forward_train + model_backward. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -50,14 +52,15 @@ static double rel_diff(const float *a, const float *ref, size_t n)
 }
 
 /* Load a fixture model with B=2, T=16 and its reference; fill inputs/targets/weights as HF's
- * causal-LM loss sees them (predictions at t < T-1). */
-static void setup_case(const char *name, Model *m, SafetensorsFile *ref)
+ * causal-LM loss sees them (predictions at t < T-1). chunk_rows: cfg.lm_head_chunk_rows. */
+static void setup_case(const char *name, Model *m, SafetensorsFile *ref, int chunk_rows)
 {
     char dir[1024], path[1100];
     snprintf(dir, sizeof(dir), "%s/%s", FIXTURES, name);
     snprintf(path, sizeof(path), "%s/%s.reference.safetensors", FIXTURES, name);
     ModelConfig mc;
     cr_assert_eq(hf_config_load(dir, &mc), DS_OK, "%s", ds_last_error());
+    mc.lm_head_chunk_rows = chunk_rows;
     cr_assert_eq(safetensors_open(path, ref), DS_OK, "%s", ds_last_error());
     const STEntry *ids = safetensors_find(ref, "input_ids");
     cr_assert_not_null(ids);
@@ -76,31 +79,42 @@ static void setup_case(const char *name, Model *m, SafetensorsFile *ref)
 
 Test(parity, forward_backward_match_transformers)
 {
+    /* {chunk rows (0: the default, one chunk here), the training forward or the plain one} */
+    const int runs[][2] = {{0, 0}, {0, 1}, {7, 0}, {7, 1}};
     for (size_t c = 0; c < DS_ARRAY_LEN(cases); c++) {
-        Model m;
-        SafetensorsFile ref;
-        setup_case(cases[c], &m, &ref);
-        const size_t NV = (size_t)m.B * m.T * m.cfg.vocab_size;
-        float *logits = malloc(NV * sizeof(float));
-        model_zero_grad(&m);
-        double loss = model_forward(&m, m.inputs, m.targets, m.loss_weights, logits);
-        model_backward(&m);
+        for (size_t r = 0; r < DS_ARRAY_LEN(runs); r++) {
+            const int chunk = runs[r][0], train = runs[r][1];
+            Model m;
+            SafetensorsFile ref;
+            setup_case(cases[c], &m, &ref, chunk);
+            const size_t NV = (size_t)m.B * m.T * m.cfg.vocab_size;
+            float *logits = malloc(NV * sizeof(float));
+            model_zero_grad(&m);
+            double loss = train
+                              ? model_forward_train(&m, m.inputs, m.targets, m.loss_weights, logits)
+                              : model_forward(&m, m.inputs, m.targets, m.loss_weights, logits);
+            model_backward(&m);
 
-        double ref_loss = ref_tensor(&ref, "loss", 1)[0];
-        cr_expect_leq(fabs(loss - ref_loss), 2e-5, "%s: loss %.8f vs transformers %.8f", cases[c],
-                      loss, ref_loss);
-        double dl = rel_diff(logits, ref_tensor(&ref, "logits", NV), NV);
-        cr_expect_leq(dl, 1e-4, "%s: logits relative difference %.3g", cases[c], dl);
-        for (int i = 0; i < m.table.count; i++) {
-            const ParamInfo *p = &m.table.items[i];
-            char name[160];
-            snprintf(name, sizeof(name), "grad.%s", p->name);
-            double dg = rel_diff(m.grads + p->offset, ref_tensor(&ref, name, p->numel), p->numel);
-            cr_expect_leq(dg, 1e-3, "%s: %s relative difference %.3g", cases[c], name, dg);
+            double ref_loss = ref_tensor(&ref, "loss", 1)[0];
+            cr_expect_leq(fabs(loss - ref_loss), 2e-5,
+                          "%s (chunk %d, train %d): loss %.8f vs transformers %.8f", cases[c],
+                          chunk, train, loss, ref_loss);
+            double dl = rel_diff(logits, ref_tensor(&ref, "logits", NV), NV);
+            cr_expect_leq(dl, 1e-4, "%s (chunk %d, train %d): logits relative difference %.3g",
+                          cases[c], chunk, train, dl);
+            for (int i = 0; i < m.table.count; i++) {
+                const ParamInfo *p = &m.table.items[i];
+                char name[160];
+                snprintf(name, sizeof(name), "grad.%s", p->name);
+                double dg =
+                    rel_diff(m.grads + p->offset, ref_tensor(&ref, name, p->numel), p->numel);
+                cr_expect_leq(dg, 1e-3, "%s (chunk %d, train %d): %s relative difference %.3g",
+                              cases[c], chunk, train, name, dg);
+            }
+            free(logits);
+            safetensors_close(&ref);
+            model_free(&m);
         }
-        free(logits);
-        safetensors_close(&ref);
-        model_free(&m);
     }
 }
 
@@ -118,12 +132,16 @@ Test(parity, five_adamw_steps_match_torch)
         Model m;
         SafetensorsFile ref;
         Optimizer opt;
-        setup_case(cases[c], &m, &ref);
+        /* one chunk of rows: k_proj.bias has no gradient in exact arithmetic (softmax ignores
+         * the same shift of every key), so Adam turns its rounding noise into steps of size lr:
+         * it differs from torch by 8e-5 here against a tolerance of 1e-4, and another chunking
+         * (another summation order of the head's gradient) can move that noise past it */
+        setup_case(cases[c], &m, &ref, 0);
         cr_assert_eq(optim_init(&opt, &m.table), DS_OK);
         const float *ref_losses = ref_tensor(&ref, "adamw_losses", 5);
         for (int step = 0; step < 5; step++) {
             model_zero_grad(&m);
-            double loss = model_forward(&m, m.inputs, m.targets, m.loss_weights, NULL);
+            double loss = model_forward_train(&m, m.inputs, m.targets, m.loss_weights, NULL);
             model_backward(&m);
             cr_expect_leq(fabs(loss - ref_losses[step]), 1e-4, "%s: step %d loss %.7f vs %.7f",
                           cases[c], step, loss, ref_losses[step]);

@@ -1,7 +1,8 @@
 /* test_memory.c: per-rank memory and the tensor-parallel parameter table. Parameter (and
  * gradient) memory falls as 1/tp, ZeRO-1 optimizer state as 1/(tp x dp), at several layouts of
- * the presets; each rank's slices tile every tensor exactly once (shared kv heads aside); and
- * shapes tensor parallelism cannot split are refused with the field named. */
+ * the presets; each rank's slices tile every tensor exactly once (shared kv heads aside); the
+ * LM head's logits take one chunk of rows, not the micro-batch; and shapes tensor parallelism
+ * cannot split are refused with the field named. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -141,4 +142,41 @@ Test(memory, shapes_tensor_parallelism_cannot_split_are_refused)
               ds_last_error());
     ModelMemory mem;
     cr_assert_eq(model_memory_estimate(&mc, 1, 8, 4, 1, 1, &mem), DS_ERR_INPUT);
+}
+
+/* The LM head and its cross-entropy run over R rows at a time (trainer/model.c): the arena holds
+ * logits [R, V/tp] (and, at tp > 1, the vocab-parallel loss's [R] maxima and [R, 3] sums), R
+ * the multiple of 64 that keeps them near 64 MiB. Against a chunk of the whole micro-batch the
+ * estimate falls by exactly the N - R rows of those. */
+Test(memory, lm_head_logits_take_one_chunk_of_rows)
+{
+    const struct {
+        const char *preset;
+        int b, t, tp, rows;
+    } cases[] = {
+        {"deepseek-coder-1.3b", 8, 2048, 1, 512}, /* 512 x 32256 floats: 63 MiB */
+        {"deepseek-coder-1.3b", 8, 2048, 2, 1024},
+        {"deepseek-llm-7b", 1, 4096, 1, 128}, /* 128 x 102400 floats: 50 MiB */
+        {"deepseek-llm-7b", 1, 4096, 8, 1280},
+        {"tiny", 2, 16, 1, 32}, /* fewer rows than a chunk: one chunk of all of them */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ModelConfig mc;
+        cr_assert_eq(model_preset(cases[i].preset, &mc), DS_OK);
+        const size_t n = (size_t)cases[i].b * cases[i].t, v = (size_t)mc.vocab_size / cases[i].tp;
+        const size_t r = (size_t)cases[i].rows;
+        ModelMemory chunked, whole;
+        cr_assert_eq(
+            model_memory_estimate(&mc, cases[i].b, cases[i].t, cases[i].tp, 1, 1, &chunked), DS_OK);
+        mc.lm_head_chunk_rows = (int)n;
+        cr_assert_eq(model_memory_estimate(&mc, cases[i].b, cases[i].t, cases[i].tp, 1, 1, &whole),
+                     DS_OK);
+        const size_t per_row = v + (cases[i].tp > 1 ? 4 : 0);
+        cr_expect_eq(whole.activations - chunked.activations, (n - r) * per_row * sizeof(float),
+                     "%s at tp %d: activations %zu bytes chunked, %zu whole; expected %zu rows",
+                     cases[i].preset, cases[i].tp, chunked.activations, whole.activations, r);
+        cr_expect_leq(r * v * sizeof(float), (size_t)64 << 20, "%s: a chunk within 64 MiB",
+                      cases[i].preset);
+        cr_expect_eq(chunked.params, whole.params);
+    }
 }
