@@ -360,12 +360,12 @@ typedef struct ModelActivations {
 
 /* Rows of the LM head computed at once. The head's logits and dlogits are the largest
  * activation (N x V: 2.1 GB for deepseek-coder-1.3b at 8 x 2048 in fp32), so they exist for R
- * rows at a time: R x V near LM_HEAD_CHUNK_FLOATS (64 MiB of fp32), R a multiple of 64 (whole
- * matmul tiles) and at least 64, at most N; 512 rows for deepseek-coder-1.3b, 128 for
+ * rows at a time: R x V near LM_HEAD_CHUNK_FLOATS (256 MiB of fp32), R a multiple of 64 (whole
+ * matmul tiles) and at least 64, at most N; 2048 rows for deepseek-coder-1.3b, 640 for
  * deepseek-llm-7b (V is this rank's slice: tensor parallelism takes more rows). The result
  * depends on the shapes only, so every run of a layout chunks alike (bitwise reproducible);
  * cfg.lm_head_chunk_rows overrides it. */
-#define LM_HEAD_CHUNK_FLOATS ((size_t)16 << 20)
+#define LM_HEAD_CHUNK_FLOATS ((size_t)64 << 20)
 static int lm_head_rows(const Model *m)
 {
     const size_t N = (size_t)m->B * m->T;

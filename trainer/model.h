@@ -48,7 +48,7 @@ typedef struct ModelConfig {
                                      * Same results, less activation memory, one more forward. */
     int lm_head_chunk_rows;         /* not from config.json: rows of the LM head and its
                                      * cross-entropy computed at once; 0 (the default) keeps a
-                                     * chunk's logits near 64 MiB of fp32 (model.c); tests set a
+                                     * chunk's logits near 256 MiB of fp32 (model.c); tests set a
                                      * few rows to run several chunks */
 } ModelConfig;
 
