@@ -308,6 +308,11 @@ int train_run(const Config *cfg)
            grid.world_size, grid.tp_size, grid.dp_size, opt.zero, model.table.total * 4.0 / 1048576,
            model.table.total * 4.0 / 1048576, opt.n * 8.0 / 1048576,
            model.arena_floats * 4.0 / 1048576);
+#ifdef DSTRAIN_HAVE_CUDA
+    if (!be->host_memory && cuda_matmul_is_bf16())
+        printf("dstrain: precision bf16: the weights' bf16 working copy takes %.2f MiB per rank\n",
+               model.table.total * 2.0 / 1048576);
+#endif
 
     /* data */
     if ((status = data_readers_open(cfg, mc.vocab_size, grid.dp_rank, grid.dp_size, &data,
