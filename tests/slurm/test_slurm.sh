@@ -116,7 +116,11 @@ check "two versions, current is 0002" test "$(readlink serve/current)" = version
 check "the versions load in dstrain" "$DSTRAIN" eval --model serve/current --data state/nights/0002/data/n0002-1-eval.h5 --seq-len 64
 # an interrupted night (killed after claiming its file) is finished by the next start, not repeated
 cp friday.jsonl drop/
-DSTRAIN=$DSTRAIN timeout -s KILL 3 "$SRC/slurm/nightly.sh" -c nightly.yaml --drop drop --state state --serve serve > n3a.log 2>&1
+# killed as soon as it has claimed the file (a fixed delay raced a fast night to the end)
+DSTRAIN=$DSTRAIN setsid "$SRC/slurm/nightly.sh" -c nightly.yaml --drop drop --state state --serve serve > n3a.log 2>&1 &
+n3=$!
+for _ in $(seq 600); do [ -s state/nights/0003/files.tsv ] && break; sleep 0.01; done
+kill -KILL -- -"$n3" 2>/dev/null; wait "$n3" 2>/dev/null
 nightly --max-eval-loss 0.01 > n3.log
 check "the interrupted night is finished, not claimed again" test "$(ls state/nights | grep -c '^[0-9]*$')" -eq 3
 check "a night that fails its thresholds is not published and says why" grep -q "not published.*eval loss" n3.log
