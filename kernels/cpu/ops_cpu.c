@@ -539,31 +539,50 @@ static double sum_squares(const float *x, size_t n)
  * (as Python does) and rounded to fp32 once; the first moment uses torch's lerp formula;
  * addcmul/addcdiv multiply the scalar into the first operand before the second. */
 
+/* The step's scalars, formed once per call in double and rounded to fp32 as torch does. */
+typedef struct AdamwScalars {
+    float decay, lerp_weight, one_minus_beta2, neg_step_size, bias_correction2_sqrt;
+    float beta2, eps;
+} AdamwScalars;
+
+static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps,
+                                  float weight_decay, int t)
+{
+    double step = t >= 1 ? (double)t : 1.0; /* t = 0 would divide by a zero bias correction */
+    double bias_correction1 = 1.0 - pow((double)beta1, step);
+    double bias_correction2 = 1.0 - pow((double)beta2, step);
+    return (AdamwScalars){.decay = (float)(1.0 - (double)lr * weight_decay),
+                          .lerp_weight = (float)(1.0 - (double)beta1),
+                          .one_minus_beta2 = (float)(1.0 - (double)beta2),
+                          .neg_step_size = (float)(-((double)lr / bias_correction1)),
+                          .bias_correction2_sqrt = (float)sqrt(bias_correction2),
+                          .beta2 = beta2,
+                          .eps = eps};
+}
+
+/* One element: g is the gradient as the update sees it (scaled, EWC term added). */
+static inline void adamw_element(const AdamwScalars *s, float *param, float *m, float *v, float g)
+{
+    float p = *param * s->decay;
+    float mi = *m;
+    /* torch lerp: picks the form that is exact at the nearer end point */
+    mi = s->lerp_weight < 0.5f ? mi + s->lerp_weight * (g - mi)
+                               : g - (g - mi) * (1.0f - s->lerp_weight);
+    float vi = *v * s->beta2 + (s->one_minus_beta2 * g) * g;
+    float denom = sqrtf(vi) / s->bias_correction2_sqrt + s->eps;
+    *param = p + (s->neg_step_size * mi) / denom;
+    *m = mi;
+    *v = vi;
+}
+
 static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
                          float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                          int t)
 {
-    double step = t >= 1 ? (double)t : 1.0; /* t = 0 would divide by a zero bias correction */
-    float decay = (float)(1.0 - (double)lr * weight_decay);
-    float lerp_weight = (float)(1.0 - (double)beta1);
-    float one_minus_beta2 = (float)(1.0 - (double)beta2);
-    double bias_correction1 = 1.0 - pow((double)beta1, step);
-    double bias_correction2 = 1.0 - pow((double)beta2, step);
-    float neg_step_size = (float)(-((double)lr / bias_correction1));
-    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    const AdamwScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, t);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = grad[i] * grad_scale;
-        float p = param[i] * decay;
-        float mi = m[i];
-        /* torch lerp: picks the form that is exact at the nearer end point */
-        mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi) : g - (g - mi) * (1.0f - lerp_weight);
-        float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
-        float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-        param[i] = p + (neg_step_size * mi) / denom;
-        m[i] = mi;
-        v[i] = vi;
-    }
+    for (size_t i = 0; i < n; i++)
+        adamw_element(&sc, &param[i], &m[i], &v[i], grad[i] * grad_scale);
 }
 
 /* adamw_update with the EWC gradient added to the scaled gradient in the same pass (one read of
@@ -579,14 +598,7 @@ static void adamw_ewc_update(float *param, const float *grad, float *m, float *v
         adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t);
         return;
     }
-    double step = t >= 1 ? (double)t : 1.0;
-    float decay = (float)(1.0 - (double)lr * weight_decay);
-    float lerp_weight = (float)(1.0 - (double)beta1);
-    float one_minus_beta2 = (float)(1.0 - (double)beta2);
-    double bias_correction1 = 1.0 - pow((double)beta1, step);
-    double bias_correction2 = 1.0 - pow((double)beta2, step);
-    float neg_step_size = (float)(-((double)lr / bias_correction1));
-    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    const AdamwScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, t);
     double partial[REDUCE_PARTS];
     const size_t part_len = (n + REDUCE_PARTS - 1) / REDUCE_PARTS;
 #pragma omp parallel for schedule(static)
@@ -603,15 +615,7 @@ static void adamw_ewc_update(float *param, const float *grad, float *m, float *v
                 g += lambda * fd;
                 pen += (double)fd * d;
             }
-            float p = param[i] * decay;
-            float mi = m[i];
-            mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi)
-                                    : g - (g - mi) * (1.0f - lerp_weight);
-            float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
-            float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-            param[i] = p + (neg_step_size * mi) / denom;
-            m[i] = mi;
-            v[i] = vi;
+            adamw_element(&sc, &param[i], &m[i], &v[i], g);
         }
         partial[part] = pen;
     }

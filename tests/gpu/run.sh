@@ -91,7 +91,7 @@ row("  median step time CPU / GPU", "%.2f ms / %.2f ms" % (
 sys.exit(0 if ok else 1)
 EOF
 
-# ---- optional: a deepseek-coder-1.3b step (fp32 mode), time and peak memory ----------------------
+# ---- optional: a deepseek-coder-1.3b step (each matmul mode of BENCH_MATMUL), time and peak memory ----------------------
 if [ "${BENCH:-0}" = 1 ]; then
     for mm in ${BENCH_MATMUL:-fp32 bf16}; do
         bench_dir=/dev/shm/dstrain-bench # the final checkpoint (16 GB in fp32) goes to memory
