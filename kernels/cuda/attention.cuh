@@ -7,7 +7,9 @@
 #ifndef DSTRAIN_ATTENTION_CUH
 #define DSTRAIN_ATTENTION_CUH
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,14 +32,28 @@ long long cuda_attention_wmma_calls(void);
 /* The mma.sync kernels (attention_mma_fwd.cu, attention_mma_bwd.cu): the same contracts as the
  * two functions above, with scores, softmax and accumulators in registers instead of
  * shared-memory staging (the same products and summation order as the backward above, so the
- * same bits); the default. */
+ * same bits); the default. They read bf16 copies of their inputs, rounded into `workspace`
+ * (device memory of cuda_mma_attention_workspace bytes, 256-byte aligned, free for the call). */
+
+/* Bytes of workspace the forward (backward = 0) or the backward (1) needs at this shape, or 0
+ * when the shape does not suit the kernels (head_dim other than 64 or 128, H not a multiple of
+ * KVH, a grid too large). */
+size_t cuda_mma_attention_workspace(int B, int T, int H, int KVH, int D, int backward);
 int cuda_mma_attention_forward(float *out, float *lse, const float *q, const float *k,
-                               const float *v, int B, int T, int H, int KVH, int D,
-                               cudaStream_t stream);
+                               const float *v, void *workspace, int B, int T, int H, int KVH,
+                               int D, cudaStream_t stream);
 int cuda_mma_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                 const float *delta, const float *lse, const float *q,
-                                const float *k, const float *v, int B, int T, int H, int KVH,
-                                int D, cudaStream_t stream);
+                                const float *k, const float *v, void *workspace, int B, int T,
+                                int H, int KVH, int D, cudaStream_t stream);
+
+/* dst = src rounded to bf16 (n a multiple of 4, both 16-byte aligned), and the three bf16 copies
+ * of q, k, v laid out at the start of a workspace: what the kernels above share. */
+void cuda_mma_attention_round(__nv_bfloat16 *dst, const float *src, size_t n,
+                              cudaStream_t stream);
+void cuda_mma_attention_stage(__nv_bfloat16 **qb, __nv_bfloat16 **kb, __nv_bfloat16 **vb,
+                              void *workspace, const float *q, const float *k, const float *v,
+                              int B, int T, int H, int KVH, int D, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

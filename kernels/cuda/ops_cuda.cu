@@ -933,8 +933,10 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_check_shape(H, KVH, D);
-    if (attention_kind == 0 &&
-        cuda_mma_attention_forward(out, lse, q, k, v, B, T, H, KVH, D, stream)) {
+    const size_t workspace = cuda_mma_attention_workspace(B, T, H, KVH, D, 0);
+    if (attention_kind == 0 && workspace &&
+        cuda_mma_attention_forward(out, lse, q, k, v, scratch_get(workspace), B, T, H, KVH, D,
+                                   stream)) {
         attention_mma_calls++;
         return;
     }
@@ -956,12 +958,18 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     attention_check_shape(H, KVH, D);
     const float scale = 1.0f / sqrtf((float)D);
     long long rows = (long long)B * H * T;
-    float *delta = (float *)scratch_get((size_t)rows * sizeof(float));
+    /* scratch: delta, then the mma kernels' workspace (256-byte aligned) where they run */
+    const size_t delta_bytes = ((size_t)rows * sizeof(float) + 255) / 256 * 256;
+    const size_t workspace = attention_kind == 0 ? cuda_mma_attention_workspace(B, T, H, KVH, D, 1)
+                                                 : 0;
+    unsigned char *scratch = (unsigned char *)scratch_get(delta_bytes + workspace);
+    float *delta = (float *)scratch;
     attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T, H,
                                                                          D);
     launchCheck();
-    if (attention_kind == 0 && cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
-                                                           B, T, H, KVH, D, stream)) {
+    if (workspace && cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
+                                                 scratch + delta_bytes, B, T, H, KVH, D,
+                                                 stream)) {
         attention_mma_calls++;
         return;
     }

@@ -292,6 +292,43 @@ static void test_attention(int B, int T, int H, int KVH, int D, int expect_flash
     free(q), free(k), free(v), free(out), free(lse), free(dout), free(dq), free(dk), free(dv);
 }
 
+/* The mma.sync backward (bf16 staging by cp.async) sums the same bf16 products in the same order
+ * as attention.cu's wmma backward, so the two give the same bits: a check on the staging and the
+ * pipelining that a tolerance cannot make. */
+static void must(int status);
+
+static void test_attention_mma_matches_wmma(int B, int T, int H, int KVH, int D)
+{
+    char name[96];
+    size_t nq = (size_t)B * T * H * D, nkv = (size_t)B * T * KVH * D, nl = (size_t)B * H * T;
+    float *q = host_random(nq, 1.5f), *k = host_random(nkv, 1.5f), *v = host_random(nkv, 1.0f);
+    float *dout = host_random(nq, 1.0f);
+    float *d_q = dev_from(q, nq * 4), *d_k = dev_from(k, nkv * 4), *d_v = dev_from(v, nkv * 4);
+    float *d_dout = dev_from(dout, nq * 4), *d_out = dev_poison(nq), *d_lse = dev_poison(nl);
+    float *grads[2][3];
+    must(cuda_attention_kind("flash"));
+    gpu->attention_forward(d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH, D);
+    for (int kind = 0; kind < 2; kind++) {
+        must(cuda_attention_kind(kind ? "wmma" : "flash"));
+        for (int i = 0; i < 3; i++)
+            grads[kind][i] = dev_poison(i ? nkv : nq);
+        gpu->attention_backward(grads[kind][0], grads[kind][1], grads[kind][2], d_dout, d_out,
+                                d_lse, d_q, d_k, d_v, B, T, H, KVH, D);
+    }
+    must(cuda_attention_kind("flash"));
+    int differ = !same_bits(grads[0][0], grads[1][0], nq) +
+                 !same_bits(grads[0][1], grads[1][1], nkv) +
+                 !same_bits(grads[0][2], grads[1][2], nkv);
+    snprintf(name, sizeof(name), "attention_backward mma = wmma bits B%d T%d H%d KVH%d D%d", B, T,
+             H, KVH, D);
+    report(name, "grads differing", differ, 0.0, 1, 0);
+    void *dev[] = {d_q,         d_k,         d_v,         d_dout,      d_out,      d_lse,
+                   grads[0][0], grads[0][1], grads[0][2], grads[1][0], grads[1][1], grads[1][2]};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
+        gpu->mem_free(dev[i]);
+    free(q), free(k), free(v), free(dout);
+}
+
 static void test_elementwise(size_t n)
 {
     char name[96];
@@ -922,6 +959,14 @@ int main(void)
     test_attention(2, 63, 4, 4, 128, 1);     /* one tile short of a row */
     test_attention(2, 64, 4, 4, 128, 1);     /* exactly one tile */
     test_attention(2, 65, 4, 4, 128, 1);     /* one row into the second tile */
+    test_attention(2, 127, 4, 2, 128, 1);    /* the forward's 128-row blocks: one row short */
+    test_attention(2, 128, 4, 2, 128, 1);    /* exactly one block */
+    test_attention(2, 129, 4, 2, 128, 1);    /* one row into the second block */
+    test_attention(2, 200, 6, 3, 64, 1);     /* a block ending inside a warp's rows, D 64 */
+    test_attention(1, 320, 8, 1, 128, 1);    /* GQA 8:1 over several blocks */
+    test_attention_mma_matches_wmma(2, 200, 4, 2, 128);
+    test_attention_mma_matches_wmma(1, 1000, 8, 1, 64);
+    test_attention_mma_matches_wmma(1, 2048, 4, 4, 128);
 
     /* the earlier wmma kernels of attention.cu stay selectable: same shapes, same bar */
     must(cuda_attention_kind("wmma"));
