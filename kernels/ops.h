@@ -10,6 +10,9 @@
 #ifndef DSTRAIN_OPS_H
 #define DSTRAIN_OPS_H
 
+/* The most ranges one Backend.sum_squares_batch call takes. */
+#define SUM_SQUARES_BATCH 64
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,9 +48,9 @@ typedef struct Backend {
     void (*attention_forward)(float *out, float *lse, const float *q, const float *k,
                               const float *v, int B, int T, int H, int KVH, int D);
     /* dq, dk, dv overwritten. */
-    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout,
-                               const float *out, const float *lse, const float *q, const float *k,
-                               const float *v, int B, int T, int H, int KVH, int D);
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *lse, const float *q, const float *k, const float *v,
+                               int B, int T, int H, int KVH, int D);
 
     /* out = silu(gate) * up, n elements. backward overwrites dgate, dup. */
     void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n);
@@ -71,6 +74,9 @@ typedef struct Backend {
 
     /* sum of squares of x[n], in double. */
     double (*sum_squares)(const float *x, size_t n);
+    /* sums[i] = sum_squares(xs[i], ns[i]) for i < count <= SUM_SQUARES_BATCH, the same bits,
+     * with one wait for the device instead of one per range (the gradient norm's tensors). */
+    void (*sum_squares_batch)(double *sums, const float *const *xs, const size_t *ns, int count);
     /* x[i] *= s */
     void (*scale)(float *x, float s, size_t n);
 

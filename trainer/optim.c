@@ -70,20 +70,51 @@ float optim_lr_at(const Config *cfg, int step)
     if (strcmp(cfg->optim_schedule, "constant") == 0 || total <= warmup) return (float)peak;
     double progress = (double)(step - warmup) / (double)(total - warmup);
     if (progress > 1.0) progress = 1.0;
-    double decay = strcmp(cfg->optim_schedule, "linear") == 0
-                       ? 1.0 - progress
-                       : 0.5 * (1.0 + cos(M_PI * progress));
+    double decay = strcmp(cfg->optim_schedule, "linear") == 0 ? 1.0 - progress
+                                                              : 0.5 * (1.0 + cos(M_PI * progress));
     return (float)(floor_lr + (peak - floor_lr) * decay);
+}
+
+/* Sums of squares of ranges of the gradients, added in the order they are given; the backend
+ * sums up to SUM_SQUARES_BATCH ranges per call, so a device is waited for once per batch. */
+typedef struct SquareSums {
+    const Backend *be;
+    const float *xs[SUM_SQUARES_BATCH];
+    size_t ns[SUM_SQUARES_BATCH];
+    int count;
+    double total;
+} SquareSums;
+
+static void square_sums_flush(SquareSums *s)
+{
+    double sums[SUM_SQUARES_BATCH];
+    s->be->sum_squares_batch(sums, s->xs, s->ns, s->count);
+    for (int i = 0; i < s->count; i++)
+        s->total += sums[i];
+    s->count = 0;
+}
+
+static void square_sums_add(SquareSums *s, const float *x, size_t n)
+{
+    s->xs[s->count] = x;
+    s->ns[s->count] = n;
+    if (++s->count == SUM_SQUARES_BATCH) square_sums_flush(s);
+}
+
+static double square_sums_total(SquareSums *s)
+{
+    if (s->count) square_sums_flush(s);
+    return s->total;
 }
 
 double optim_grad_norm(const Model *m)
 {
-    double sum = 0.0;
+    SquareSums sums = {.be = m->be};
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
-        sum += m->be->sum_squares(m->grads + p->offset, p->numel);
+        square_sums_add(&sums, m->grads + p->offset, p->numel);
     }
-    return sqrt(sum);
+    return sqrt(square_sums_total(&sums));
 }
 
 int optim_reduce_grads(const Optimizer *opt, Model *m, const ProcessGrid *grid)
@@ -108,14 +139,15 @@ int optim_grad_norm_global(const Optimizer *opt, const Model *m, const ProcessGr
      * dp rank 0 only */
     size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
     if (!opt->zero && grid && grid->dp_rank != 0) hi = lo;
-    double sum = 0.0;
+    SquareSums sums = {.be = m->be};
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
         size_t b, e;
         param_range(p, lo, hi, &b, &e);
         if (p->tp_copy || b >= e) continue;
-        sum += m->be->sum_squares(m->grads + b, e - b);
+        square_sums_add(&sums, m->grads + b, e - b);
     }
+    double sum = square_sums_total(&sums);
     if (grid) DS_TRY(comm_all_reduce(&grid->world, &sum, 1, COMM_F64, COMM_SUM));
     *norm = sqrt(sum);
     return DS_OK;

@@ -533,6 +533,12 @@ static double sum_squares(const float *x, size_t n)
     return total;
 }
 
+static void sum_squares_batch(double *sums, const float *const *xs, const size_t *ns, int count)
+{
+    for (int i = 0; i < count; i++)
+        sums[i] = sum_squares(xs[i], ns[i]);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * AdamW, operation for operation as torch.optim.AdamW's default (single-tensor) path, so the
  * CPU run tracks PyTorch to the last bit where the inputs agree: scalars are formed in double
@@ -545,8 +551,8 @@ typedef struct AdamwScalars {
     float beta2, eps;
 } AdamwScalars;
 
-static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps,
-                                  float weight_decay, int t)
+static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps, float weight_decay,
+                                  int t)
 {
     double step = t >= 1 ? (double)t : 1.0; /* t = 0 would divide by a zero bias correction */
     double bias_correction1 = 1.0 - pow((double)beta1, step);
@@ -667,6 +673,7 @@ static const Backend cpu_backend = {
     .cross_entropy = cross_entropy,
     .add = add,
     .sum_squares = sum_squares,
+    .sum_squares_batch = sum_squares_batch,
     .scale = scale,
     .adamw_update = adamw_update,
     .mem_alloc = mem_alloc,

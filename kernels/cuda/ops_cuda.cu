@@ -9,6 +9,7 @@
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
  * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
+#include <cub/device/device_radix_sort.cuh>
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -1056,8 +1057,11 @@ static void scale(float *x, float s, size_t n)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * embedding. Backward gives each thread one column and walks the tokens in order, so repeated
- * tokens add up in token order (deterministic, as the CPU): simple, not yet fast. */
+ * embedding. Backward adds each token's gradient rows into its table row in token order, as the
+ * CPU does (the same bits), with no atomics: the positions are sorted by token with CUB's radix
+ * sort, which is stable (so each token's positions stay ascending) and deterministic; then the
+ * first slot of each token's run walks the run, one thread per column, so every row of the table
+ * is read and written once. */
 
 /* Rows [vocab_start, vocab_start + V) of the vocabulary are in table; other tokens give zero
  * rows (forward) and no gradient (backward). The unsharded ops are vocab_start 0, V unbounded. */
@@ -1072,16 +1076,26 @@ __global__ static void embedding_forward_kernel(float *out, const int32_t *token
     out[i] = t >= 0 && t < V ? table[(size_t)t * C + col] : 0.0f;
 }
 
-__global__ static void embedding_backward_kernel(float *dtable, const float *dout,
-                                                 const int32_t *tokens, int N, int C,
-                                                 int vocab_start, int V)
+__global__ static void iota_kernel(int32_t *x, int n)
 {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= C) return;
-    for (int i = 0; i < N; i++) {
-        long long t = (long long)tokens[i] - vocab_start;
-        if (t >= 0 && t < V) dtable[(size_t)t * C + j] += dout[(size_t)i * C + j];
-    }
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = i;
+}
+
+/* sorted[s], position[s]: the tokens in ascending order and where each stood. */
+__global__ static void embedding_backward_kernel(float *dtable, const float *dout,
+                                                 const int32_t *sorted, const int32_t *position,
+                                                 int N, int C, int vocab_start, int V)
+{
+    const int s = blockIdx.x, col = blockIdx.y * blockDim.x + threadIdx.x;
+    const int32_t token = sorted[s];
+    if ((s > 0 && sorted[s - 1] == token) || col >= C) return; /* not the first of its run */
+    const long long t = (long long)token - vocab_start;
+    if (t < 0 || t >= V) return;
+    float acc = dtable[(size_t)t * C + col];
+    for (int j = s; j < N && sorted[j] == token; j++)
+        acc += dout[(size_t)position[j] * C + col];
+    dtable[(size_t)t * C + col] = acc;
 }
 
 static void embedding_forward_shard(float *out, const int32_t *tokens, const float *table, int N,
@@ -1097,8 +1111,21 @@ static void embedding_backward_shard(float *dtable, const float *dout, const int
                                      int C, int vocab_start, int V)
 {
     if (N <= 0 || C <= 0) return;
-    embedding_backward_kernel<<<ceil_div(C, 128), 128, 0, stream>>>(dtable, dout, tokens, N, C,
-                                                                    vocab_start, V);
+    /* scratch: sorted tokens, positions in and out (each 256-byte aligned), CUB's temporary */
+    size_t sort_bytes = 0;
+    cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, tokens, (int32_t *)NULL,
+                                              (const int32_t *)NULL, (int32_t *)NULL, N, 0,
+                                              32, stream));
+    const size_t vec = ((size_t)N * sizeof(int32_t) + 255) / 256 * 256;
+    unsigned char *scratch = (unsigned char *)scratch_get(3 * vec + sort_bytes);
+    int32_t *sorted = (int32_t *)scratch, *order = (int32_t *)(scratch + vec);
+    int32_t *position = (int32_t *)(scratch + 2 * vec);
+    iota_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(order, N);
+    launchCheck();
+    cudaCheck(cub::DeviceRadixSort::SortPairs(scratch + 3 * vec, sort_bytes, tokens, sorted, order,
+                                              position, N, 0, 32, stream));
+    embedding_backward_kernel<<<dim3(N, ceil_div(C, 256)), 256, 0, stream>>>(
+        dtable, dout, sorted, position, N, C, vocab_start, V);
     launchCheck();
 }
 
@@ -1283,6 +1310,27 @@ static double sum_squares(const float *x, size_t n)
     return total;
 }
 
+static void sum_squares_batch(double *sums, const float *const *xs, const size_t *ns, int count)
+{
+    if (count <= 0) return;
+    double *partial = (double *)scratch_get((size_t)count * SUMSQ_BLOCKS * sizeof(double));
+    for (int r = 0; r < count; r++) {
+        if (!ns[r]) continue;
+        sum_squares_kernel<<<SUMSQ_BLOCKS, 256, 0, stream>>>(partial + (size_t)r * SUMSQ_BLOCKS,
+                                                             xs[r], ns[r]);
+        launchCheck();
+    }
+    static double host[SUM_SQUARES_BATCH * SUMSQ_BLOCKS];
+    cudaCheck(cudaMemcpy(host, partial, (size_t)count * SUMSQ_BLOCKS * sizeof(double),
+                         cudaMemcpyDeviceToHost));
+    for (int r = 0; r < count; r++) {
+        double total = 0.0; /* as sum_squares: the partials in block order */
+        for (int i = 0; ns[r] && i < SUMSQ_BLOCKS; i++)
+            total += host[(size_t)r * SUMSQ_BLOCKS + i];
+        sums[r] = total;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------
  * AdamW: adamw.cu */
 
@@ -1400,6 +1448,7 @@ extern "C" const Backend *backend_cuda(void)
     b->cross_entropy = CLEARS_OPERANDS(cross_entropy);
     b->add = CLEARS_OPERANDS(add);
     b->sum_squares = sum_squares;
+    b->sum_squares_batch = sum_squares_batch;
     b->scale = CLEARS_OPERANDS(scale);
     b->adamw_update = CLEARS_OPERANDS(adamw_update);
     b->adamw_ewc_update = CLEARS_OPERANDS(adamw_ewc_update);

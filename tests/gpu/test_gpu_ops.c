@@ -322,7 +322,7 @@ static void test_attention_mma_matches_wmma(int B, int T, int H, int KVH, int D)
     snprintf(name, sizeof(name), "attention_backward mma = wmma bits B%d T%d H%d KVH%d D%d", B, T,
              H, KVH, D);
     report(name, "grads differing", differ, 0.0, 1, 0);
-    void *dev[] = {d_q,         d_k,         d_v,         d_dout,      d_out,      d_lse,
+    void *dev[] = {d_q,         d_k,         d_v,         d_dout,      d_out,       d_lse,
                    grads[0][0], grads[0][1], grads[0][2], grads[1][0], grads[1][1], grads[1][2]};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
         gpu->mem_free(dev[i]);
@@ -495,6 +495,35 @@ static void test_vocab_shard(int N, int C, int V, int start, int full_vocab)
         gpu->mem_free(dev[i]);
     free(tok), free(table), free(out), free(dout), free(dtable), free(logits), free(w);
     free(rmax), free(stats), free(losses);
+}
+
+/* The batched sums of squares (the gradient norm) give each range the bits of sum_squares. */
+static void test_sum_squares_batch(size_t n)
+{
+    float *x = host_random(n, 3.0f), *d_x = dev_from(x, n * 4);
+    const float *xs[SUM_SQUARES_BATCH];
+    size_t ns[SUM_SQUARES_BATCH];
+    double sums[SUM_SQUARES_BATCH];
+    for (int i = 0; i < SUM_SQUARES_BATCH; i++)
+        xs[i] = d_x + (size_t)i * (n / SUM_SQUARES_BATCH / 2),
+        ns[i] = (size_t)i * (n / SUM_SQUARES_BATCH / 2);
+    gpu->sum_squares_batch(sums, xs, ns, SUM_SQUARES_BATCH);
+    int differ = 0;
+    double worst = 0.0;
+    for (int i = 0; i < SUM_SQUARES_BATCH; i++) {
+        double one = gpu->sum_squares(xs[i], ns[i]),
+               ref = cpu->sum_squares(x + (xs[i] - d_x), ns[i]);
+        differ += memcmp(&one, &sums[i], sizeof(double)) != 0;
+        if (ref > 0 && fabs(sums[i] - ref) / ref > worst) worst = fabs(sums[i] - ref) / ref;
+    }
+    char name[96];
+    snprintf(name, sizeof(name), "sum_squares_batch = sum_squares bits, %d ranges",
+             SUM_SQUARES_BATCH);
+    report(name, "differing", differ, 0.0, 1, 0);
+    snprintf(name, sizeof(name), "sum_squares_batch vs CPU, %zu elements", n);
+    report(name, "rel err", worst, 1e-12, 1, 0);
+    gpu->mem_free(d_x);
+    free(x);
 }
 
 static void test_adamw(size_t n)
@@ -826,27 +855,32 @@ static void test_mixed_precision_plumbing(void)
     gpu->matmul_forward(y1, x, wa, NULL, M, K, N);    /* copy of wa, x rounded */
     gpu->matmul_forward(y2, x, wb, NULL, M, K, N);    /* x's rounding reused */
     gpu->matmul_forward(y3, x, loose, NULL, M, K, N); /* wa rounded on the fly */
-    report("bf16 copy of an attached weight = on-the-fly rounding (bits)", "same", same_bits(y1, y3, yn), 1, 0, 0);
+    report("bf16 copy of an attached weight = on-the-fly rounding (bits)", "same",
+           same_bits(y1, y3, yn), 1, 0, 0);
     float *y4 = dev_poison(yn);
     gpu->scale(y4, 1.0f, 0); /* any other op drops the input cache */
     gpu->matmul_forward(y4, x, wb, NULL, M, K, N);
-    report("input cache reused across matmuls = recomputed (bits)", "same", same_bits(y2, y4, yn), 1, 0, 0);
+    report("input cache reused across matmuls = recomputed (bits)", "same", same_bits(y2, y4, yn),
+           1, 0, 0);
 
     gpu->scale(x, 2.0f, xn); /* the input changes: the next matmul must see it */
     gpu->matmul_forward(y3, x, wa, NULL, M, K, N);
     gpu->mem_to_host(h1, y1, yn * sizeof(float));
     gpu->mem_to_host(h2, y3, yn * sizeof(float));
-    for (size_t i = 0; i < yn; i++) h1[i] *= 2.0f; /* exact: powers of two commute with rounding */
+    for (size_t i = 0; i < yn; i++)
+        h1[i] *= 2.0f; /* exact: powers of two commute with rounding */
     err = rel_error(h2, h1, yn, &nans);
-    report("input changed by another op: matmul reads the new values", "rel err", err, 0.0, 1, nans);
+    report("input changed by another op: matmul reads the new values", "rel err", err, 0.0, 1,
+           nans);
 
     gpu->scale(params, -1.0f, 2 * wn + 64); /* the fp32 weights change ... */
-    gpu->weights_refresh(params);          /* ... and the copy follows on refresh */
+    gpu->weights_refresh(params);           /* ... and the copy follows on refresh */
     gpu->scale(x, 0.5f, xn);
     gpu->matmul_forward(y3, x, wa, NULL, M, K, N);
     gpu->mem_to_host(h1, y1, yn * sizeof(float));
     gpu->mem_to_host(h2, y3, yn * sizeof(float));
-    for (size_t i = 0; i < yn; i++) h1[i] = -h1[i];
+    for (size_t i = 0; i < yn; i++)
+        h1[i] = -h1[i];
     err = rel_error(h2, h1, yn, &nans);
     report("weights changed + refresh: matmul reads the new copy", "rel err", err, 0.0, 1, nans);
 
@@ -905,6 +939,7 @@ int main(void)
     test_cross_entropy(133, 1000);
     test_cross_entropy(16, 32256);
     test_vocab_shard(300, 96, 40, 20, 100);
+    test_sum_squares_batch(1000003);
     test_adamw(100003);
     test_adamw_ewc(100003);
     test_adamw_ewc(3000017); /* more elements than the fused kernel's fixed grid covers at once */
@@ -954,16 +989,16 @@ int main(void)
     test_random_model(); /* head_dim 128, T 100, GQA: loss, logits, gradient cosine */
     report("model random C256 D128 T100: attention on tensor cores", "flash calls",
            (double)(cuda_attention_flash_calls() - flash_before), 4.0, 0, 0);
-    test_attention(1, 4096, 4, 4, 128, 1);   /* deepseek-llm-7b's T: 64 key tiles */
-    test_attention(1, 1000, 8, 1, 64, 1);    /* one kv head for 8 query heads */
-    test_attention(2, 63, 4, 4, 128, 1);     /* one tile short of a row */
-    test_attention(2, 64, 4, 4, 128, 1);     /* exactly one tile */
-    test_attention(2, 65, 4, 4, 128, 1);     /* one row into the second tile */
-    test_attention(2, 127, 4, 2, 128, 1);    /* the forward's 128-row blocks: one row short */
-    test_attention(2, 128, 4, 2, 128, 1);    /* exactly one block */
-    test_attention(2, 129, 4, 2, 128, 1);    /* one row into the second block */
-    test_attention(2, 200, 6, 3, 64, 1);     /* a block ending inside a warp's rows, D 64 */
-    test_attention(1, 320, 8, 1, 128, 1);    /* GQA 8:1 over several blocks */
+    test_attention(1, 4096, 4, 4, 128, 1); /* deepseek-llm-7b's T: 64 key tiles */
+    test_attention(1, 1000, 8, 1, 64, 1);  /* one kv head for 8 query heads */
+    test_attention(2, 63, 4, 4, 128, 1);   /* one tile short of a row */
+    test_attention(2, 64, 4, 4, 128, 1);   /* exactly one tile */
+    test_attention(2, 65, 4, 4, 128, 1);   /* one row into the second tile */
+    test_attention(2, 127, 4, 2, 128, 1);  /* the forward's 128-row blocks: one row short */
+    test_attention(2, 128, 4, 2, 128, 1);  /* exactly one block */
+    test_attention(2, 129, 4, 2, 128, 1);  /* one row into the second block */
+    test_attention(2, 200, 6, 3, 64, 1);   /* a block ending inside a warp's rows, D 64 */
+    test_attention(1, 320, 8, 1, 128, 1);  /* GQA 8:1 over several blocks */
     test_attention_mma_matches_wmma(2, 200, 4, 2, 128);
     test_attention_mma_matches_wmma(1, 1000, 8, 1, 64);
     test_attention_mma_matches_wmma(1, 2048, 4, 4, 128);

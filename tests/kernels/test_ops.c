@@ -764,6 +764,28 @@ Test(ops, sum_squares_is_accurate_over_many_elements)
     cr_expect(fabs(got - expect) <= 1e-12 * expect, "sum_squares %.17g vs %.17g", got, expect);
 }
 
+Test(ops, sum_squares_batch_gives_each_range_the_same_bits)
+{
+    rng_seed(17);
+    size_t n = 5000;
+    float *x = rand_floats(n, -2, 2);
+    const float *xs[SUM_SQUARES_BATCH];
+    size_t ns[SUM_SQUARES_BATCH];
+    double sums[SUM_SQUARES_BATCH];
+    for (int i = 0; i < SUM_SQUARES_BATCH; i++) /* ranges of every length, an empty one first */
+        xs[i] = x + i * 13, ns[i] = (size_t)i * 71;
+    BE->sum_squares_batch(sums, xs, ns, SUM_SQUARES_BATCH);
+    cr_expect_eq(sums[0], 0.0);
+    for (int i = 0; i < SUM_SQUARES_BATCH; i++) {
+        double one = BE->sum_squares(xs[i], ns[i]);
+        cr_expect(memcmp(&sums[i], &one, sizeof(double)) == 0, "range %d: %.17g vs %.17g", i,
+                  sums[i], one);
+    }
+    sums[0] = -1.0;
+    BE->sum_squares_batch(sums, xs, ns, 0); /* nothing: sums untouched */
+    cr_expect_eq(sums[0], -1.0);
+}
+
 /* =============================================================================================
  * AdamW */
 
