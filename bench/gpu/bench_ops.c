@@ -121,7 +121,7 @@ int main(int argc, char **argv)
     for (int mi = 0; mi < 2; mi++) {
         cuda_matmul_precision(modes[mi]);
         const int c4 = mi == 1 ? 1 : 0; /* per-step counts only for the default mode's rows */
-        if (mi == 1) { /* as a model does: the weights' bf16 copies, made once */
+        if (mi == 1) {                  /* as a model does: the weights' bf16 copies, made once */
             gpu->weights_attach(wcc, (size_t)C * C), gpu->weights_refresh(wcc);
             gpu->weights_attach(wci, (size_t)C * I), gpu->weights_refresh(wci);
             gpu->weights_attach(embed, (size_t)V * C), gpu->weights_refresh(embed);
@@ -170,13 +170,13 @@ int main(int argc, char **argv)
         if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
         const int ca = ai == 0 ? L : 0; /* per-step counts for the default (flash) rows */
 #define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
-        TIME(ai ? "attention_fwd [wmma]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T,
-             H, D);
+        TIME(ai ? "attention_fwd [wmma]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
+             D);
         rows[nrows - 1].flops = att_flops;
 #undef BODY
 #define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, B, T, H, KVH, D)
-        TIME(ai ? "attention_bwd [wmma]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T,
-             H, D);
+        TIME(ai ? "attention_bwd [wmma]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
+             D);
         rows[nrows - 1].flops = 2.5 * att_flops;
 #undef BODY
     }
@@ -224,8 +224,16 @@ int main(int argc, char **argv)
 #define BODY gpu->sum_squares(embed, (size_t)V *C)
     TIME("sum_squares (embed)", 1, "%zu", (size_t)V * C);
 #undef BODY
-#define BODY gpu->sum_squares(wcc, (size_t)C *C)
-    TIME("sum_squares (C x C)", 9 * L, "%zu", (size_t)C * C);
+    /* the gradient norm: 9 tensors a layer and 3 more, SUM_SQUARES_BATCH ranges a call (here
+       all C x C: the layer's tensors are between C x C / 2 and 3 x C x C) */
+    const float *ranges[SUM_SQUARES_BATCH];
+    size_t range_n[SUM_SQUARES_BATCH];
+    double range_sums[SUM_SQUARES_BATCH];
+    for (int i = 0; i < SUM_SQUARES_BATCH; i++)
+        ranges[i] = wcc, range_n[i] = (size_t)C * C;
+#define BODY gpu->sum_squares_batch(range_sums, ranges, range_n, SUM_SQUARES_BATCH)
+    TIME("sum_squares_batch (C x C)", (9 * L + 3 + SUM_SQUARES_BATCH - 1) / SUM_SQUARES_BATCH,
+         "%d x %zu", SUM_SQUARES_BATCH, (size_t)C * C);
 #undef BODY
 #define BODY                                                                                       \
     gpu->adamw_update(embed, dembed, mom1, mom2, (size_t)V *C, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f,    \
