@@ -1,70 +1,71 @@
 /* adamw.cu: AdamW over flat fp32 weights and moments, operation for operation as the CPU
  * backend's adamw_update (torch.optim.AdamW's single-tensor path: scalars formed in double and
- * rounded once, torch's lerp for the first moment), optionally writing a bf16 working copy of
- * the parameters in the same pass (one read and one write of each buffer per step); and the same
- * update with the EWC gradient fused in (adamw_ewc_update), whose penalty is reduced without
- * atomics: per-block partial sums in double, added on the host in block order, so a run repeats
- * bit for bit. */
-#include <cuda_bf16.h>
-
+ * rounded once, torch's lerp for the first moment); and the same update with the EWC gradient
+ * fused in (adamw_ewc_update), whose penalty is reduced without atomics: per-block partial sums
+ * in double, added on the host in block order, so a run repeats bit for bit. Both kernels share
+ * the step's scalars (adamw_scalars) and the element update (adamw_element): the same bits. */
 #include "cuda_common.cuh"
 
-__global__ static void adamw_kernel(float *master, __nv_bfloat16 *param_bf16, const float *grad,
-                                    float *m, float *v, size_t n, float decay, float lerp_weight,
-                                    float beta2, float one_minus_beta2, float eps, float grad_scale,
-                                    float neg_step_size, float bias_correction2_sqrt)
+/* The step's scalars, formed on the host in double and rounded once. */
+typedef struct AdamwScalars {
+    float decay, lerp_weight, beta2, one_minus_beta2, eps, grad_scale, neg_step_size,
+        bias_correction2_sqrt;
+} AdamwScalars;
+
+static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps, float weight_decay,
+                                  float grad_scale, int t)
+{
+    double step = t >= 1 ? (double)t : 1.0; /* t = 0 would divide by a zero bias correction */
+    double bias_correction1 = 1.0 - pow((double)beta1, step);
+    double bias_correction2 = 1.0 - pow((double)beta2, step);
+    AdamwScalars s;
+    s.decay = (float)(1.0 - (double)lr * weight_decay);
+    s.lerp_weight = (float)(1.0 - (double)beta1);
+    s.beta2 = beta2;
+    s.one_minus_beta2 = (float)(1.0 - (double)beta2);
+    s.eps = eps;
+    s.grad_scale = grad_scale;
+    s.neg_step_size = (float)(-((double)lr / bias_correction1));
+    s.bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    return s;
+}
+
+/* One element: theta the parameter, g its (scaled, penalised) gradient; m, v updated in place;
+ * returns the new parameter. */
+__device__ static inline float adamw_element(float theta, float g, float &m, float &v,
+                                             const AdamwScalars &s)
+{
+    float p = theta * s.decay;
+    float mi = m;
+    mi = s.lerp_weight < 0.5f ? mi + s.lerp_weight * (g - mi)
+                              : g - (g - mi) * (1.0f - s.lerp_weight);
+    float vi = v * s.beta2 + (s.one_minus_beta2 * g) * g;
+    float denom = sqrtf(vi) / s.bias_correction2_sqrt + s.eps;
+    m = mi;
+    v = vi;
+    return p + (s.neg_step_size * mi) / denom;
+}
+
+__global__ static void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n,
+                                    AdamwScalars s)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = grad[i] * grad_scale;
-    float p = master[i] * decay;
-    float mi = m[i];
-    mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi) : g - (g - mi) * (1.0f - lerp_weight);
-    float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
-    float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-    p = p + (neg_step_size * mi) / denom;
+    float mi = m[i], vi = v[i];
+    param[i] = adamw_element(param[i], grad[i] * s.grad_scale, mi, vi, s);
     m[i] = mi;
     v[i] = vi;
-    master[i] = p;
-    if (param_bf16) param_bf16[i] = __float2bfloat16(p);
 }
 
-static void adamw_launch(float *master, void *param_bf16, const float *grad, float *m, float *v,
-                         size_t n, float lr, float beta1, float beta2, float eps,
-                         float weight_decay, float grad_scale, int t, cudaStream_t stream)
-{
-    if (n == 0) return;
-    double step = t >= 1 ? (double)t : 1.0; /* t = 0 would divide by a zero bias correction */
-    float decay = (float)(1.0 - (double)lr * weight_decay);
-    float lerp_weight = (float)(1.0 - (double)beta1);
-    float one_minus_beta2 = (float)(1.0 - (double)beta2);
-    double bias_correction1 = 1.0 - pow((double)beta1, step);
-    double bias_correction2 = 1.0 - pow((double)beta2, step);
-    float neg_step_size = (float)(-((double)lr / bias_correction1));
-    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
-    const int threads = 256;
-    adamw_kernel<<<ceil_div((long long)n, threads), threads, 0, stream>>>(
-        master, (__nv_bfloat16 *)param_bf16, grad, m, v, n, decay, lerp_weight, beta2,
-        one_minus_beta2, eps, grad_scale, neg_step_size, bias_correction2_sqrt);
-    cudaCheck(cudaGetLastError());
-}
-
-/* fp32 master weights plus a bf16 working copy (param_bf16 may be NULL). */
-extern "C" void cuda_adamw_update(float *master, void *param_bf16, const float *grad, float *m,
-                                  float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                                  float weight_decay, float grad_scale, int t, cudaStream_t stream)
-{
-    adamw_launch(master, param_bf16, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
-                 t, stream);
-}
-
-/* fp32 parameters only (the fp32 mode of the backend). */
 extern "C" void cuda_adamw_fp32(float *param, const float *grad, float *m, float *v, size_t n,
                                 float lr, float beta1, float beta2, float eps, float weight_decay,
                                 float grad_scale, int t, cudaStream_t stream)
 {
-    adamw_launch(param, NULL, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
-                 stream);
+    if (n == 0) return;
+    const AdamwScalars s = adamw_scalars(lr, beta1, beta2, eps, weight_decay, grad_scale, t);
+    const int threads = 256;
+    adamw_kernel<<<ceil_div((long long)n, threads), threads, 0, stream>>>(param, grad, m, v, n, s);
+    cudaCheck(cudaGetLastError());
 }
 
 /* ---- AdamW + EWC ----------------------------------------------------------------------------- */
@@ -81,33 +82,26 @@ static int ewc_tables_cap;
 static double *ewc_partial;
 
 __global__ static void adamw_ewc_kernel(float *param, const float *grad, float *m, float *v,
-                                        size_t n, float decay, float lerp_weight, float beta2,
-                                        float one_minus_beta2, float eps, float grad_scale,
-                                        float neg_step_size, float bias_correction2_sqrt,
-                                        const float *const *fisher, const float *const *anchor,
-                                        int n_sets, float lambda, double *partial)
+                                        size_t n, AdamwScalars s, const float *const *fisher,
+                                        const float *const *anchor, int n_sets, float lambda,
+                                        double *partial)
 {
     __shared__ double warp_sums[EWC_THREADS / 32];
     double pen = 0.0;
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const float theta = param[i];
-        float g = grad[i] * grad_scale;
+        float g = grad[i] * s.grad_scale;
         for (int k = 0; k < n_sets; k++) { /* as the CPU backend: penalty before the update */
             float d = theta - anchor[k][i];
             float fd = fisher[k][i] * d;
             g += lambda * fd;
             pen += (double)fd * d;
         }
-        float p = theta * decay;
-        float mi = m[i];
-        mi = lerp_weight < 0.5f ? mi + lerp_weight * (g - mi) : g - (g - mi) * (1.0f - lerp_weight);
-        float vi = v[i] * beta2 + (one_minus_beta2 * g) * g;
-        float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-        p = p + (neg_step_size * mi) / denom;
+        float mi = m[i], vi = v[i];
+        param[i] = adamw_element(theta, g, mi, vi, s);
         m[i] = mi;
         v[i] = vi;
-        param[i] = p;
     }
     /* the block's sum in a fixed tree order: warps by shuffles, then the first warp */
     for (int o = 16; o > 0; o >>= 1)
@@ -130,19 +124,12 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
                                double *penalty, cudaStream_t stream)
 {
     if (n_sets <= 0) { /* plain AdamW, the same kernel as adamw_update: the same bits */
-        adamw_launch(param, NULL, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
-                     stream);
+        cuda_adamw_fp32(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
+                        stream);
         return;
     }
     if (n == 0) return;
-    double step = t >= 1 ? (double)t : 1.0;
-    float decay = (float)(1.0 - (double)lr * weight_decay);
-    float lerp_weight = (float)(1.0 - (double)beta1);
-    float one_minus_beta2 = (float)(1.0 - (double)beta2);
-    double bias_correction1 = 1.0 - pow((double)beta1, step);
-    double bias_correction2 = 1.0 - pow((double)beta2, step);
-    float neg_step_size = (float)(-((double)lr / bias_correction1));
-    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    const AdamwScalars s = adamw_scalars(lr, beta1, beta2, eps, weight_decay, grad_scale, t);
     if (n_sets > ewc_tables_cap) {
         cudaCheck(cudaFree(ewc_tables)); /* synchronises: no kernel still reads the old one */
         cudaCheck(cudaMalloc(&ewc_tables, 2 * (size_t)n_sets * sizeof(float *)));
@@ -158,9 +145,7 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
     const size_t wanted = (n + EWC_THREADS - 1) / EWC_THREADS;
     const int blocks = wanted < EWC_BLOCKS ? (int)wanted : EWC_BLOCKS;
     adamw_ewc_kernel<<<blocks, EWC_THREADS, 0, stream>>>(
-        param, grad, m, v, n, decay, lerp_weight, beta2, one_minus_beta2, eps, grad_scale,
-        neg_step_size, bias_correction2_sqrt, ewc_tables, ewc_tables + n_sets, n_sets, lambda,
-        ewc_partial);
+        param, grad, m, v, n, s, ewc_tables, ewc_tables + n_sets, n_sets, lambda, ewc_partial);
     cudaCheck(cudaGetLastError());
     if (!penalty) return;
     double host[EWC_BLOCKS];
