@@ -48,8 +48,8 @@ template <int D> struct MbSmem {
     static constexpr int LDR = D + 8; /* bf16 row of a row-major tile [64][D+8] */
     static constexpr size_t ROWS = (size_t)MB_TILE * LDR * 2;
     static constexpr size_t VEC = (size_t)MB_TILE * 4;
-    static constexpr size_t DQ = 6 * ROWS;               /* Q dO, K V twice */
-    static constexpr size_t DKDV = 6 * ROWS + 4 * VEC;   /* K V, Q dO lse delta twice */
+    static constexpr size_t DQ = 6 * ROWS;             /* Q dO, K V twice */
+    static constexpr size_t DKDV = 6 * ROWS + 4 * VEC; /* K V, Q dO lse delta twice */
     static_assert(ROWS % 16 == 0 && VEC % 16 == 0, "regions 16-byte aligned");
     static_assert(LDR % 8 == 0, "ldmatrix rows stay 16-byte aligned");
 };
@@ -83,8 +83,7 @@ __global__ static void __launch_bounds__(MB_THREADS)
     const size_t stats = ((size_t)b * H + h) * T;
 
     at_load_tile<D, MB_TILE, MB_THREADS>(Qs, q + qoff + (size_t)q0 * qstride, qstride, T - q0);
-    at_load_tile<D, MB_TILE, MB_THREADS>(dOs, dout + qoff + (size_t)q0 * qstride, qstride,
-                                         T - q0);
+    at_load_tile<D, MB_TILE, MB_THREADS>(dOs, dout + qoff + (size_t)q0 * qstride, qstride, T - q0);
     at_load_tile<D, MB_TILE, MB_THREADS>(Ks, kbase, kvstride, T);
     at_load_tile<D, MB_TILE, MB_THREADS>(Vs, vbase, kvstride, T);
     at_cp_commit();
@@ -155,19 +154,7 @@ __global__ static void __launch_bounds__(MB_THREADS)
             }
         }
 
-        /* dQ += dS K over the tile's 64 keys, 16 at a time (B[key][d] = K[key][d]: .trans) */
-#pragma unroll
-        for (int kk = 0; kk < MB_TILE / 16; kk++) {
-            uint32_t a[4];
-            at_c_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int n = 0; n < ND; n += 2) {
-                uint32_t bb[4];
-                at_ldsm4_trans(bb, Kt + lane_a + kk * 16 * LDR + n * 8);
-                at_mma(acc[n], a, bb[0], bb[1]);
-                at_mma(acc[n + 1], a, bb[2], bb[3]);
-            }
-        }
+        at_mma_c_tile<D, MB_TILE>(acc, s, Kt, lane_a, LDR); /* dQ += dS K */
         __syncthreads(); /* every warp is done with these buffers before they are refilled */
     }
 
@@ -188,15 +175,13 @@ __global__ static void __launch_bounds__(MB_THREADS)
 /* Starts copying query tile q0 of head row offset qoff (Q, dO) and its row statistics into one
  * of the dk/dv pass's buffers; rows at or past T become zeros. */
 template <int D>
-__device__ static inline void mb_load_query_tile(at_bf16 *Qs, at_bf16 *dOs, float *lse_s,
-                                                 float *delta_s, const at_bf16 *q,
-                                                 const at_bf16 *dout, const float *lse,
-                                                 const float *delta, size_t qoff, size_t stats,
-                                                 size_t qstride, int q0, int T)
+__device__ static inline void
+mb_load_query_tile(at_bf16 *Qs, at_bf16 *dOs, float *lse_s, float *delta_s, const at_bf16 *q,
+                   const at_bf16 *dout, const float *lse, const float *delta, size_t qoff,
+                   size_t stats, size_t qstride, int q0, int T)
 {
     at_load_tile<D, MB_TILE, MB_THREADS>(Qs, q + qoff + (size_t)q0 * qstride, qstride, T - q0);
-    at_load_tile<D, MB_TILE, MB_THREADS>(dOs, dout + qoff + (size_t)q0 * qstride, qstride,
-                                         T - q0);
+    at_load_tile<D, MB_TILE, MB_THREADS>(dOs, dout + qoff + (size_t)q0 * qstride, qstride, T - q0);
     for (int i = threadIdx.x; i < 2 * MB_TILE; i += MB_THREADS) {
         const int row = i % MB_TILE;
         const bool valid = q0 + row < T;
@@ -207,9 +192,9 @@ __device__ static inline void mb_load_query_tile(at_bf16 *Qs, at_bf16 *dOs, floa
 
 template <int D>
 __global__ static void __launch_bounds__(MB_THREADS)
-    mb_dkdv_kernel(float *dk, float *dv, const at_bf16 *dout, const float *lse,
-                   const float *delta, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
-                   int T, int H, int KVH, float scale, float scale_log2)
+    mb_dkdv_kernel(float *dk, float *dv, const at_bf16 *dout, const float *lse, const float *delta,
+                   const at_bf16 *q, const at_bf16 *k, const at_bf16 *v, int T, int H, int KVH,
+                   float scale, float scale_log2)
 {
     typedef MbSmem<D> S;
     constexpr int LDR = S::LDR, NJ = MB_QHALF / 8, ND = D / 8, TILE = MB_TILE * LDR;
@@ -258,8 +243,8 @@ __global__ static void __launch_bounds__(MB_THREADS)
             const int h = step_head(step + 1), nb = (step + 1) & 1;
             mb_load_query_tile<D>(Qs + nb * TILE, dOs + nb * TILE, lse_s + nb * MB_TILE,
                                   delta_s + nb * MB_TILE, q, dout, lse, delta,
-                                  (size_t)b * T * qstride + (size_t)h * D,
-                                  ((size_t)b * H + h) * T, qstride, step_q0(step + 1), T);
+                                  (size_t)b * T * qstride + (size_t)h * D, ((size_t)b * H + h) * T,
+                                  qstride, step_q0(step + 1), T);
         }
         at_cp_commit();
         at_cp_wait<1>(); /* this step's tiles (and K, V) have landed for this thread ... */
@@ -419,11 +404,11 @@ extern "C" int cuda_mma_attention_backward(float *dq, float *dk, float *dv, cons
     at_bf16 *qb, *kb, *vb;
     cuda_mma_attention_stage(&qb, &kb, &vb, workspace, q, k, v, B, T, H, KVH, D, stream);
     /* dO after the three of the forward's staging */
-    at_bf16 *dob = (at_bf16 *)((unsigned char *)workspace +
-                               cuda_mma_attention_workspace(B, T, H, KVH, D, 0));
+    at_bf16 *dob =
+        (at_bf16 *)((unsigned char *)workspace + cuda_mma_attention_workspace(B, T, H, KVH, D, 0));
     cuda_mma_attention_round(dob, dout, (size_t)B * T * H * D, stream);
-    return D == 64 ? mb_backward_launch<64>(dq, dk, dv, dob, delta, lse, qb, kb, vb, B, T, H,
-                                            KVH, stream)
-                   : mb_backward_launch<128>(dq, dk, dv, dob, delta, lse, qb, kb, vb, B, T, H,
-                                             KVH, stream);
+    return D == 64 ? mb_backward_launch<64>(dq, dk, dv, dob, delta, lse, qb, kb, vb, B, T, H, KVH,
+                                            stream)
+                   : mb_backward_launch<128>(dq, dk, dv, dob, delta, lse, qb, kb, vb, B, T, H, KVH,
+                                             stream);
 }

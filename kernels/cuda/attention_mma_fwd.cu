@@ -41,14 +41,14 @@ template <int D> struct MfSmem {
 
 template <int D>
 __global__ static void __launch_bounds__(MF_THREADS, 2)
-    mf_forward_kernel(float *out, float *lse, const at_bf16 *q, const at_bf16 *k,
-                      const at_bf16 *v, int T, int H, int KVH, float scale_log2)
+    mf_forward_kernel(float *out, float *lse, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
+                      int T, int H, int KVH, float scale_log2)
 {
     typedef MfSmem<D> S;
     constexpr int LDR = S::LDR, NT = MF_KEYS / 8, NO = D / 8;
     extern __shared__ __align__(16) unsigned char mf_smem[];
     at_bf16 *Qs = reinterpret_cast<at_bf16 *>(mf_smem);
-    at_bf16 *Ks = reinterpret_cast<at_bf16 *>(mf_smem + S::Q);          /* [2][64][LDR] */
+    at_bf16 *Ks = reinterpret_cast<at_bf16 *>(mf_smem + S::Q);             /* [2][64][LDR] */
     at_bf16 *Vs = reinterpret_cast<at_bf16 *>(mf_smem + S::Q + 2 * S::KV); /* [2][64][LDR] */
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
@@ -62,9 +62,8 @@ __global__ static void __launch_bounds__(MF_THREADS, 2)
     const int tiles = (min(q0 + MF_ROWS, T) + MF_KEYS - 1) / MF_KEYS;
     const int warp_tiles = q0 + r0 < T ? (min(q0 + r0 + 16, T) + MF_KEYS - 1) / MF_KEYS : 0;
 
-    at_load_tile<D, MF_ROWS, MF_THREADS>(Qs, q + (size_t)b * T * qstride + (size_t)h * D +
-                                                 (size_t)q0 * qstride,
-                                         qstride, T - q0);
+    at_load_tile<D, MF_ROWS, MF_THREADS>(
+        Qs, q + (size_t)b * T * qstride + (size_t)h * D + (size_t)q0 * qstride, qstride, T - q0);
     at_load_tile<D, MF_KEYS, MF_THREADS>(Ks, kbase, kvstride, T);
     at_load_tile<D, MF_KEYS, MF_THREADS>(Vs, vbase, kvstride, T);
     at_cp_commit();
@@ -118,8 +117,7 @@ __global__ static void __launch_bounds__(MF_THREADS, 2)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     s[j][e] = diagonal && key + e > t_lo ? -INFINITY : s[j][e] * scale_log2;
-                    s[j][2 + e] =
-                        diagonal && key + e > t_hi ? -INFINITY : s[j][2 + e] * scale_log2;
+                    s[j][2 + e] = diagonal && key + e > t_hi ? -INFINITY : s[j][2 + e] * scale_log2;
                     mx_lo = fmaxf(mx_lo, s[j][e]);
                     mx_hi = fmaxf(mx_hi, s[j][2 + e]);
                 }
@@ -148,19 +146,7 @@ __global__ static void __launch_bounds__(MF_THREADS, 2)
                 o[n][0] *= corr_lo, o[n][1] *= corr_lo;
                 o[n][2] *= corr_hi, o[n][3] *= corr_hi;
             }
-            /* O += P V over the tile's 64 keys, 16 at a time (B[key][d] = V[key][d]: .trans) */
-#pragma unroll
-            for (int kk = 0; kk < MF_KEYS / 16; kk++) {
-                uint32_t pa[4];
-                at_c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < NO; n += 2) {
-                    uint32_t bb[4];
-                    at_ldsm4_trans(bb, Vt + lane_a + kk * 16 * LDR + n * 8);
-                    at_mma(o[n], pa, bb[0], bb[1]);
-                    at_mma(o[n + 1], pa, bb[2], bb[3]);
-                }
-            }
+            at_mma_c_tile<D, MF_KEYS>(o, s, Vt, lane_a, LDR); /* O += P V */
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
@@ -208,8 +194,7 @@ extern "C" void cuda_mma_attention_round(__nv_bfloat16 *dst, const float *src, s
                                          cudaStream_t stream)
 {
     const size_t n4 = n / 4; /* n is a multiple of 64 (D is 64 or 128) */
-    const int blocks = (int)(n4 < (size_t)132 * 32 * 256 ? ceil_div((long long)n4, 256)
-                                                          : 132 * 32);
+    const int blocks = (int)(n4 < (size_t)132 * 32 * 256 ? ceil_div((long long)n4, 256) : 132 * 32);
     mf_round_kernel<<<blocks, 256, 0, stream>>>(dst, src, n4);
     cudaCheck(cudaGetLastError());
 }
@@ -233,10 +218,10 @@ extern "C" size_t cuda_mma_attention_workspace(int B, int T, int H, int KVH, int
     return mf_round_up(qn * 2) * (backward ? 2 : 1) + 2 * mf_round_up(kvn * 2);
 }
 
-extern "C" void cuda_mma_attention_stage(__nv_bfloat16 **qb, __nv_bfloat16 **kb,
-                                         __nv_bfloat16 **vb, void *workspace, const float *q,
-                                         const float *k, const float *v, int B, int T, int H,
-                                         int KVH, int D, cudaStream_t stream)
+extern "C" void cuda_mma_attention_stage(__nv_bfloat16 **qb, __nv_bfloat16 **kb, __nv_bfloat16 **vb,
+                                         void *workspace, const float *q, const float *k,
+                                         const float *v, int B, int T, int H, int KVH, int D,
+                                         cudaStream_t stream)
 {
     const size_t qn = (size_t)B * T * H * D, kvn = (size_t)B * T * KVH * D;
     unsigned char *w = (unsigned char *)workspace;
@@ -271,8 +256,8 @@ static void mf_forward_launch(float *out, float *lse, const at_bf16 *q, const at
 {
     const float scale_log2 = AT_LOG2E / sqrtf((float)D);
     dim3 grid(B * H, ceil_div(T, MF_ROWS));
-    mf_forward_kernel<D><<<grid, MF_THREADS, MfSmem<D>::BYTES, stream>>>(out, lse, q, k, v, T, H,
-                                                                         KVH, scale_log2);
+    mf_forward_kernel<D>
+        <<<grid, MF_THREADS, MfSmem<D>::BYTES, stream>>>(out, lse, q, k, v, T, H, KVH, scale_log2);
     cudaCheck(cudaGetLastError());
 }
 

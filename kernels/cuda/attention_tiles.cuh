@@ -80,6 +80,29 @@ __device__ static inline int at_lane_b(int lane, int ld)
     return ((lane & 7) + ((lane >> 4) & 1) * 8) * ld + ((lane >> 3) & 1) * 8;
 }
 
+/* acc[16 x D] += C[16 x KEYS] . tile[KEYS][D]: C is this warp's product of 16 rows by KEYS
+ * columns in the C fragments of KEYS/8 n8 tiles (scores, probabilities or their gradients),
+ * rounded to bf16 as the A operand, and tile a row-major shared tile of row length ld whose rows
+ * are the k of the product (B[key][d] = tile[key][d], read by ldmatrix .trans). P V in the
+ * forward, dS K in the dq pass. */
+template <int D, int KEYS>
+__device__ static inline void at_mma_c_tile(float (&acc)[D / 8][4], const float (&c)[KEYS / 8][4],
+                                            const at_bf16 *tile, int lane_a, int ld)
+{
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; kk++) {
+        uint32_t a[4];
+        at_c_to_a(a, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+        for (int n = 0; n < D / 8; n += 2) {
+            uint32_t bb[4];
+            at_ldsm4_trans(bb, tile + lane_a + kk * 16 * ld + n * 8);
+            at_mma(acc[n], a, bb[0], bb[1]);
+            at_mma(acc[n + 1], a, bb[2], bb[3]);
+        }
+    }
+}
+
 /* cp.async of 16 (or 4) bytes global -> shared; src_bytes 0 fills the destination with zeros
  * and reads nothing. */
 __device__ static inline void at_cp_async16(void *smem, const void *gmem, int src_bytes)
