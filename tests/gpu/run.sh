@@ -2,7 +2,7 @@
 # run.sh: the GPU checks, on a GPU node, in one go: builds dstrain with the CUDA backend
 # (Release, sm_90), runs tests/gpu/test_gpu_ops.c (every op and the whole model against the CPU
 # backend), trains the tiny preset on the bundled data for $STEPS steps on the CPU and on the GPU
-# and compares the loss curves, then prints a summary table last. Exit 1 if anything failed.
+# (in bf16 and in fp32) and compares the loss curves, then prints a summary table last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
 # $BUILD/logs), STEPS (default 300), BENCH=1 also times deepseek-coder-1.3b steps with each
 # matmul mode of BENCH_MATMUL (default "fp32 bf16"; see kernels/cuda/cuda_ops.h).
@@ -49,46 +49,81 @@ fi
 row "ops + model vs CPU (gpu_test_ops)" "$passed passed, $failed failed, rc $rc, $(($(date +%s) - t0)) s" $r
 
 # ---- training: CPU and GPU loss curves ----------------------------------------------------------
-for dev in cpu cuda; do
-    rm -rf "$BUILD/train-$dev"
+# Three runs of the tiny preset on the bundled data: the CPU (fp32, the reference), the GPU in
+# its default mixed precision (bf16) and the GPU in fp32. Training amplifies any difference: the
+# fp32 GPU run, whose sums differ from the CPU's only in order, tracks it to about 1e-6 for 50
+# steps, then drifts as far as a few 1e-2 by step 300 (measured), the per-step losses of single
+# batches swinging by several 1e-2 from one step to the next. So the fp32 run is held to 1e-4
+# over the first 50 steps, and both GPU runs to the smoothed curve: 10-step moving averages
+# within 3% of the CPU's at every step, and the mean loss of the last 50 steps within 2%.
+for run in cpu cuda cuda-fp32; do
+    case $run in
+        cpu) args="device=cpu" ;;
+        cuda) args="device=cuda" ;;
+        cuda-fp32) args="device=cuda precision=fp32" ;;
+    esac
+    rm -rf "$BUILD/train-$run"
     t0=$(date +%s)
-    timeout 240 "$BUILD/dstrain" train device=$dev train.steps="$STEPS" log.every=50 \
-        run.dir="$BUILD/train-$dev" > "$BUILD/train-$dev.log" 2>&1
+    # shellcheck disable=SC2086 # args holds several key=value words
+    timeout 240 "$BUILD/dstrain" train $args train.steps="$STEPS" log.every=50 \
+        run.dir="$BUILD/train-$run" > "$BUILD/train-$run.log" 2>&1
     rc=$?
-    tail -3 "$BUILD/train-$dev.log"
-    cat "$BUILD/train-$dev.log" >> "$OUT/train.log"
+    tail -3 "$BUILD/train-$run.log"
+    cat "$BUILD/train-$run.log" >> "$OUT/train.log"
     if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
-    row "train tiny $STEPS steps device=$dev" "rc $rc, $(($(date +%s) - t0)) s" $r
+    row "train tiny $STEPS steps $args" "rc $rc, $(($(date +%s) - t0)) s" $r
 done
-python3 - "$BUILD/train-cpu/metrics.jsonl" "$BUILD/train-cuda/metrics.jsonl" "$OUT/curves.tsv" \
-    >> "$SUMMARY" <<'EOF' || status=1
+python3 - "$BUILD/train-cpu/metrics.jsonl" "$BUILD/train-cuda/metrics.jsonl" \
+    "$BUILD/train-cuda-fp32/metrics.jsonl" "$OUT/curves.tsv" >> "$SUMMARY" <<'EOF' || status=1
 import json, sys
 def load(path):
     try:
         return {r["step"]: r for r in map(json.loads, open(path)) if "loss" in r}
     except OSError:
         return {}
-cpu, gpu = load(sys.argv[1]), load(sys.argv[2])
-steps = sorted(set(cpu) & set(gpu))
+cpu, gpu, gpu32 = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
+steps = sorted(set(cpu) & set(gpu) & set(gpu32))
 def row(a, b, c): print("| %-44s | %-48s | %s |" % (a, b, c))
 if not steps:
     row("loss curves GPU vs CPU", "no common steps", "FAIL"); sys.exit(1)
-diff = [abs(cpu[s]["loss"] - gpu[s]["loss"]) for s in steps]
-with open(sys.argv[3], "w") as f:
-    f.write("step\tloss_cpu\tloss_cuda\n")
-    for s in steps: f.write("%d\t%.6f\t%.6f\n" % (s, cpu[s]["loss"], gpu[s]["loss"]))
-tail = diff[-50:]
-ok = max(diff) <= 0.05 and sum(tail) / len(tail) <= 0.02
-row("loss curves GPU vs CPU (%d steps)" % len(steps),
-    "max |d| %.2e, mean |d| last 50 %.2e" % (max(diff), sum(tail) / len(tail)), "PASS" if ok else "FAIL")
+with open(sys.argv[4], "w") as f:
+    f.write("step\tloss_cpu\tloss_cuda\tloss_cuda_fp32\n")
+    for s in steps:
+        f.write("%d\t%.6f\t%.6f\t%.6f\n" % (s, cpu[s]["loss"], gpu[s]["loss"], gpu32[s]["loss"]))
+c = [cpu[s]["loss"] for s in steps]
+g = [gpu[s]["loss"] for s in steps]
+g32 = [gpu32[s]["loss"] for s in steps]
+def moving(x, w=10):
+    return [sum(x[max(0, i - w + 1):i + 1]) / (i + 1 - max(0, i - w + 1)) for i in range(len(x))]
+mean = lambda xs: sum(xs) / len(xs)
+def smoothed(y):
+    """largest relative gap of the 10-step moving averages; relative gap of the last 50 means"""
+    ma = max(abs(a - b) / abs(a) for a, b in zip(moving(c), moving(y)))
+    return ma, abs(mean(c[-50:]) - mean(y[-50:])) / abs(mean(c[-50:]))
+early = max(abs(a - b) for a, b in zip(c[:50], g32[:50]))
+ma32, end32 = smoothed(g32)
+ok32 = early <= 1e-4 and ma32 <= 0.03 and end32 <= 0.02
+row("loss curves GPU fp32 vs CPU (%d steps)" % len(steps),
+    "50 steps %.1e (<= 1e-4); 10-step means %.1e, end %.1e" % (early, ma32, end32),
+    "PASS" if ok32 else "FAIL")
+ma, end = smoothed(g)
+ok = ma <= 0.03 and end <= 0.02
+row("loss curves GPU bf16 vs CPU (%d steps)" % len(steps),
+    "10-step means %.1e rel (<= 3e-2), last 50 %.1e (<= 2e-2)" % (ma, end), "PASS" if ok else "FAIL")
+diff = [abs(a - b) for a, b in zip(c, g)]
+jitter = sorted(abs(c[i] - c[i - 1]) for i in range(1, len(c)))
+row("  per step |d|: bf16 max, last-50 mean; fp32 max", "%.2e, %.2e; %.2e" % (
+    max(diff), mean(diff[-50:]), max(abs(a - b) for a, b in zip(c, g32))), "")
+row("  CPU step-to-step |change|, median", "%.2e" % jitter[len(jitter) // 2], "")
 last = steps[-1]
-row("  loss step 1 -> %d, CPU" % last, "%.4f -> %.4f" % (cpu[steps[0]]["loss"], cpu[last]["loss"]), "")
-row("  loss step 1 -> %d, GPU" % last, "%.4f -> %.4f" % (gpu[steps[0]]["loss"], gpu[last]["loss"]), "")
+for name, run in (("CPU", cpu), ("GPU bf16", gpu), ("GPU fp32", gpu32)):
+    row("  loss step 1 -> %d, %s" % (last, name),
+        "%.4f -> %.4f" % (run[steps[0]]["loss"], run[last]["loss"]), "")
 med = lambda xs: sorted(xs)[len(xs) // 2]
-row("  median step time CPU / GPU", "%.2f ms / %.2f ms" % (
+row("  median step time CPU / GPU bf16", "%.2f ms / %.2f ms" % (
     1e3 * med([cpu[s]["step_seconds"] for s in steps[5:]]),
     1e3 * med([gpu[s]["step_seconds"] for s in steps[5:]])), "")
-sys.exit(0 if ok else 1)
+sys.exit(0 if ok and ok32 else 1)
 EOF
 
 # ---- optional: a deepseek-coder-1.3b step (each matmul mode of BENCH_MATMUL), time and peak memory ----------------------
