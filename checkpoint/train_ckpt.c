@@ -37,16 +37,19 @@ static int is_rank0(const TrainCkpt *tc)
     return tc->world.layout.tp_rank == 0 && tc->world.layout.dp_rank == 0;
 }
 
-/* Read one buffer into device or host memory. */
+/* Read flat range [lo, hi) of one buffer (0, 0: all of it) into device or host memory; base is
+ * indexed by flat offset, and only the range is written: a ZeRO shard's allocation holds no
+ * more. Device memory is filled through a host staging buffer of the range's size. */
 static int load_buffer(Ckpt *c, const char *prefix, const Model *m, float *base, size_t lo,
                        size_t hi)
 {
     if (m->be->host_memory) return ckpt_read_buffer(c, prefix, &m->table, base, lo, hi);
-    const size_t bytes = m->table.total * sizeof(float);
-    float *staging = ds_aligned_alloc(PARAM_ALIGN_BYTES, bytes);
+    if (!hi) hi = m->table.total;
+    const size_t bytes = (hi - lo) * sizeof(float);
+    float *staging = ds_aligned_alloc(PARAM_ALIGN_BYTES, bytes ? bytes : sizeof(float));
     if (!staging) return DS_ERR_INTERNAL;
-    int status = ckpt_read_buffer(c, prefix, &m->table, staging, lo, hi);
-    if (status == DS_OK) m->be->mem_to_device(base, staging, bytes);
+    int status = ckpt_read_buffer(c, prefix, &m->table, staging - lo, lo, hi);
+    if (status == DS_OK) m->be->mem_to_device(base + lo, staging, bytes);
     free(staging);
     return status;
 }
@@ -303,7 +306,7 @@ int train_ckpt_add_buffer(TrainCkpt *tc, const char *prefix, float *base, size_t
         Ckpt *c;
         DS_TRY(ckpt_open(tc->resumed_path, &c));
         int status = ckpt_has_buffer(c, prefix)
-                         ? ckpt_read_buffer(c, prefix, &tc->model->table, base, begin, end)
+                         ? load_buffer(c, prefix, tc->model, base, begin, end)
                          : DS_OK;
         ckpt_close(c);
         return status;

@@ -32,9 +32,9 @@ typedef struct TrainCkpt TrainCkpt;
 int train_ckpt_open(const Config *cfg, const char *run_dir, const ModelConfig *mc, Model *model,
                     Optimizer *opt, LMReader *reader, LMReader *eval_reader,
                     const TrainCkptWorld *world, TrainCkpt **out, int *start_step);
-/* One more flat buffer laid out by the parameter table (EWC Fisher and anchor, ...), saved with
- * every checkpoint under prefix and, when the resumed checkpoint has it, loaded back (host
- * memory; [begin, end) as for CkptBuffer). At most 8. */
+/* One more flat buffer laid out by the parameter table (EWC Fisher and anchor, ...), in the
+ * model backend's memory, saved with every checkpoint under prefix and, when the resumed
+ * checkpoint has it, loaded back ([begin, end) as for CkptBuffer). At most 8. */
 int train_ckpt_add_buffer(TrainCkpt *tc, const char *prefix, float *base, size_t begin, size_t end,
                           int replicated_over_dp);
 /* After `step` steps are done: save when checkpoint.every says so, report finished saves.

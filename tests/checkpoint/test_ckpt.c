@@ -694,3 +694,88 @@ Test(ckpt, extra_buffers_are_saved_and_loaded_on_resume)
     optim_free(&opt);
     model_free(&m);
 }
+
+/* ---- resume into device memory: only this rank's ZeRO range is written ----------------------- */
+
+/* The CPU backend with host_memory off, as a GPU backend looks to the checkpoint code: loads go
+ * through mem_to_device, and while the allowed ranges are set every copy must fall inside one. */
+static Backend staged;
+static const float *allowed[3][2];
+static int copies_outside;
+
+static void staged_to_device(void *dst, const void *src, size_t bytes)
+{
+    const float *d = dst, *e = (const float *)((const char *)dst + bytes);
+    int inside = allowed[0][0] == NULL;
+    for (int i = 0; i < 3 && !inside; i++)
+        inside = allowed[i][0] && d >= allowed[i][0] && e <= allowed[i][1];
+    copies_outside += !inside;
+    if (inside) memcpy(dst, src, bytes);
+}
+
+Test(ckpt, resume_into_device_memory_writes_only_the_zero_shard)
+{
+    Config cfg;
+    config_set_defaults(&cfg);
+    snprintf(cfg.run_dir, sizeof(cfg.run_dir), "%s/shardrun", tmpdir);
+    cfg.export_enabled = 0;
+    cfg.checkpoint_async = 0;
+    ModelConfig mc;
+    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
+    Model m = {0};
+    Optimizer opt = {0};
+    cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, 16), DS_OK);
+    model_init_weights(&m, 7, 0.02f);
+    cr_assert_eq(optim_init(&opt, &m.table), DS_OK);
+    const size_t total = m.table.total;
+    for (size_t i = 0; i < total; i++)
+        opt.m[i] = (float)i * 0.25f, opt.v[i] = (float)i * 0.125f;
+    opt.t = 4;
+    TrainCkpt *tc;
+    int start = -1;
+    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, NULL, NULL, NULL, &tc, &start),
+                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(train_ckpt_save_now(tc, 4, 1e-3f), DS_OK, "%s", ds_last_error());
+    train_ckpt_close(tc);
+
+    /* dp rank 1 of 3 with ZeRO: its moments hold flat elements [lo, hi) only */
+    staged = *backend_cpu();
+    staged.host_memory = 0;
+    staged.mem_to_device = staged_to_device;
+    Model dev = {0};
+    cr_assert_eq(model_init(&dev, &mc, &staged, 1, 16), DS_OK);
+    const size_t lo = total / 3, hi = 2 * total / 3;
+    float *m_shard = calloc(hi - lo, sizeof(float)), *v_shard = calloc(hi - lo, sizeof(float));
+    Optimizer shard = {
+        .m = m_shard - lo, .v = v_shard - lo, .n = hi - lo, .shard_begin = lo, .zero = 1};
+    const TrainCkptWorld world = {.layout = {.tp = 1, .dp = 3, .zero = 1, .dp_rank = 1},
+                                  .tmp_tag = (long)getpid(),
+                                  .optim_begin = lo,
+                                  .optim_end = hi};
+    const float *ranges[3][2] = {{dev.params, dev.params + total},
+                                 {m_shard, m_shard + (hi - lo)},
+                                 {v_shard, v_shard + (hi - lo)}};
+    memcpy(allowed, ranges, sizeof(allowed));
+    copies_outside = 0;
+    snprintf(cfg.train_resume, sizeof(cfg.train_resume), "auto");
+    cr_assert_eq(
+        train_ckpt_open(&cfg, cfg.run_dir, &mc, &dev, &shard, NULL, NULL, &world, &tc, &start),
+        DS_OK, "%s", ds_last_error());
+    memset(allowed, 0, sizeof(allowed));
+    cr_expect_eq(copies_outside, 0, "%d copies outside the parameters and this shard",
+                 copies_outside);
+    cr_expect_eq(start, 4);
+    cr_expect_eq(shard.t, 4);
+    cr_expect_eq(memcmp(dev.params, m.params, total * sizeof(float)), 0);
+    for (size_t i = lo; i < hi; i++) {
+        cr_expect_eq(m_shard[i - lo], (float)i * 0.25f, "m[%zu]", i);
+        cr_expect_eq(v_shard[i - lo], (float)i * 0.125f, "v[%zu]", i);
+        if (m_shard[i - lo] != (float)i * 0.25f) break;
+    }
+    train_ckpt_close(tc);
+    free(m_shard);
+    free(v_shard);
+    model_free(&dev);
+    optim_free(&opt);
+    model_free(&m);
+}
