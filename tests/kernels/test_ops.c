@@ -767,7 +767,7 @@ Test(ops, sum_squares_is_accurate_over_many_elements)
 Test(ops, sum_squares_batch_gives_each_range_the_same_bits)
 {
     rng_seed(17);
-    size_t n = 5000;
+    size_t n = SUM_SQUARES_BATCH * (13 + 71); /* range i: [13 i, 13 i + 71 i) */
     float *x = rand_floats(n, -2, 2);
     const float *xs[SUM_SQUARES_BATCH];
     size_t ns[SUM_SQUARES_BATCH];
