@@ -627,20 +627,30 @@ Test(ckpt, export_options_parse)
 
 /* ---- the trainer's side: extra buffers (EWC state) saved and resumed ------------------------- */
 
+/* A trainer's state for train_ckpt_open: config with run.dir <tmpdir>/<run>, the tiny model on
+ * the CPU with weights from seed, and its optimizer. */
+static void trainer_state(Config *cfg, const char *run, int async, ModelConfig *mc, Model *m,
+                          Optimizer *opt, uint64_t seed)
+{
+    config_set_defaults(cfg);
+    snprintf(cfg->run_dir, sizeof(cfg->run_dir), "%s/%s", tmpdir, run);
+    cfg->export_enabled = 0;
+    cfg->checkpoint_async = async;
+    cr_assert_eq(model_preset("tiny", mc), DS_OK);
+    *m = (Model){0};
+    *opt = (Optimizer){0};
+    cr_assert_eq(model_init(m, mc, backend_cpu(), 1, 16), DS_OK);
+    model_init_weights(m, seed, 0.02f);
+    cr_assert_eq(optim_init(opt, &m->table), DS_OK);
+}
+
 Test(ckpt, extra_buffers_are_saved_and_loaded_on_resume)
 {
     Config cfg;
-    config_set_defaults(&cfg);
-    snprintf(cfg.run_dir, sizeof(cfg.run_dir), "%s/trainrun", tmpdir);
-    cfg.export_enabled = 0;
-    cfg.checkpoint_async = 1;
     ModelConfig mc;
-    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
-    Model m = {0};
-    Optimizer opt = {0};
-    cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, 16), DS_OK);
-    model_init_weights(&m, 5, 0.02f);
-    cr_assert_eq(optim_init(&opt, &m.table), DS_OK);
+    Model m;
+    Optimizer opt;
+    trainer_state(&cfg, "trainrun", 1, &mc, &m, &opt, 5);
     opt.t = 9;
     LMReader *reader;
     char data[600];
@@ -716,17 +726,10 @@ static void staged_to_device(void *dst, const void *src, size_t bytes)
 Test(ckpt, resume_into_device_memory_writes_only_the_zero_shard)
 {
     Config cfg;
-    config_set_defaults(&cfg);
-    snprintf(cfg.run_dir, sizeof(cfg.run_dir), "%s/shardrun", tmpdir);
-    cfg.export_enabled = 0;
-    cfg.checkpoint_async = 0;
     ModelConfig mc;
-    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
-    Model m = {0};
-    Optimizer opt = {0};
-    cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, 16), DS_OK);
-    model_init_weights(&m, 7, 0.02f);
-    cr_assert_eq(optim_init(&opt, &m.table), DS_OK);
+    Model m;
+    Optimizer opt;
+    trainer_state(&cfg, "shardrun", 0, &mc, &m, &opt, 7);
     const size_t total = m.table.total;
     for (size_t i = 0; i < total; i++)
         opt.m[i] = (float)i * 0.25f, opt.v[i] = (float)i * 0.125f;
