@@ -3,8 +3,9 @@
  * often model.c calls it. Tells where a step's time goes; not a correctness check (tests/gpu/).
  * Usage: gpu_bench_ops [B T]. Inputs are random (never zeros); times are CUDA-event medians of
  * 5 runs after a warm-up. Matmuls are timed in both matmul modes (fp32, bf16), attention in both
- * implementations (flash: attention.cu on the tensor cores, the default; simple: fp32), with its
- * TFLOP/s counted as causal: forward 2 * 2 * B*H*T*T*D / 2, backward 2.5 times that. */
+ * tensor-core implementations (flash: the mma.sync kernels, the default, their bf16 staging
+ * included; wmma: attention.cu's), with its TFLOP/s counted as causal: forward
+ * 2 * 2 * B*H*T*T*D / 2, backward 2.5 times that. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>

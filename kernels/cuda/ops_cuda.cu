@@ -1296,20 +1296,6 @@ __global__ static void sum_squares_kernel(double *partial, const float *x, size_
     }
 }
 
-static double sum_squares(const float *x, size_t n)
-{
-    if (!n) return 0.0;
-    double *partial = (double *)scratch_get(SUMSQ_BLOCKS * sizeof(double));
-    sum_squares_kernel<<<SUMSQ_BLOCKS, 256, 0, stream>>>(partial, x, n);
-    launchCheck();
-    double host[SUMSQ_BLOCKS];
-    cudaCheck(cudaMemcpy(host, partial, sizeof(host), cudaMemcpyDeviceToHost));
-    double total = 0.0;
-    for (int i = 0; i < SUMSQ_BLOCKS; i++)
-        total += host[i];
-    return total;
-}
-
 static void sum_squares_batch(double *sums, const float *const *xs, const size_t *ns, int count)
 {
     if (count <= 0) return;
@@ -1324,11 +1310,19 @@ static void sum_squares_batch(double *sums, const float *const *xs, const size_t
     cudaCheck(cudaMemcpy(host, partial, (size_t)count * SUMSQ_BLOCKS * sizeof(double),
                          cudaMemcpyDeviceToHost));
     for (int r = 0; r < count; r++) {
-        double total = 0.0; /* as sum_squares: the partials in block order */
+        double total = 0.0; /* the partials in block order */
         for (int i = 0; ns[r] && i < SUMSQ_BLOCKS; i++)
             total += host[(size_t)r * SUMSQ_BLOCKS + i];
         sums[r] = total;
     }
+}
+
+/* One range: the batch of one, so both give the same bits. */
+static double sum_squares(const float *x, size_t n)
+{
+    double total;
+    sum_squares_batch(&total, &x, &n, 1);
+    return total;
 }
 
 /* ---------------------------------------------------------------------------------------------
