@@ -6,7 +6,15 @@
  *   activations [N, C]; q [N, H*D]; k, v [N, KVH*D] (heads contiguous inside a row, as HF's view
  *   of q_proj's output); linear weights [out, in] as in torch.nn.Linear.
  * Backward functions ACCUMULATE into weight/bias gradients (so micro-batches sum) and OVERWRITE
- * input gradients unless their comment says otherwise. */
+ * input gradients unless their comment says otherwise.
+ *
+ * Storage (DESIGN.md, numerics): parameters, their gradients, the residual stream (the
+ * embedding's output, each layer's input and output, and the gradient flowing along it) and
+ * every statistic (rstd, lse, losses) are fp32 in every backend. The other activations and
+ * their gradients (norm outputs, q, k, v, attention output, gate, up, the MLP's activation,
+ * projection outputs, logits) are `Act` tensors, stored in the backend's activation type:
+ * act_size() bytes an element, 4 (fp32) on the CPU and in the CUDA backend's fp32 modes, 2
+ * (bf16) in its bf16 mode. Ops read and compute in fp32 whatever the storage. */
 #ifndef DSTRAIN_OPS_H
 #define DSTRAIN_OPS_H
 
@@ -16,48 +24,62 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* An activation tensor in the backend's storage type (above): only the backend reads its
+ * elements; the caller moves it by act_size() bytes an element. */
+typedef void Act;
+
 typedef struct Backend {
     const char *name;
 
-    /* out[M,N] = inp[M,K] @ weight[N,K]^T + bias[N] (bias may be NULL). */
-    void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
-                           int M, int K, int N);
-    /* dinp[M,K] = dout @ weight (if dinp != NULL; overwrite), dweight[N,K] += dout^T @ inp,
-     * dbias[N] += column sums of dout (if dbias != NULL). */
-    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, int M, int K, int N);
+    /* Bytes of one Act element: 4 (fp32) or 2 (bf16). */
+    size_t (*act_size)(void);
 
-    /* out = inp / rms(inp) * weight over the last dim C; rstd[M] saved for backward. */
-    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, int M,
+    /* out[M,N] = inp[M,K] @ weight[N,K]^T + bias[N] (bias may be NULL). */
+    void (*matmul_forward)(Act *out, const Act *inp, const float *weight, const float *bias, int M,
+                           int K, int N);
+    /* dinp[M,K] = dout @ weight (if dinp != NULL; overwrite, or += when accumulate: the three
+     * projections reading one normed input sum their input gradients), dweight[N,K] += dout^T @
+     * inp, dbias[N] += column sums of dout (if dbias != NULL). */
+    void (*matmul_backward)(Act *dinp, float *dweight, float *dbias, const Act *dout,
+                            const Act *inp, const float *weight, int M, int K, int N,
+                            int accumulate);
+
+    /* out = inp / rms(inp) * weight over the last dim C; rstd[M] saved for backward. inp is the
+     * residual stream (fp32). */
+    void (*rmsnorm_forward)(Act *out, float *rstd, const float *inp, const float *weight, int M,
                             int C, float eps);
-    /* dinp[M,C] += (accumulates: it is the residual stream), dweight[C] += . */
-    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
-                             const float *weight, const float *rstd, int M, int C);
+    /* dinp[M,C] += (accumulates: it is the residual stream's gradient), dweight[C] += ; when
+     * dinp_act is not NULL it receives the updated dinp as an Act (the next matmul backward's
+     * dout). */
+    void (*rmsnorm_backward)(float *dinp, Act *dinp_act, float *dweight, const Act *dout,
+                             const float *inp, const float *weight, const float *rstd, int M,
+                             int C);
 
     /* Rotary embedding in the HF rotate-half layout, in place on x[B*T, H*D]; pos_cos/pos_sin
      * are [T, D/2] tables (position t, frequency i). backward applies the inverse rotation to
      * the gradient, in place. */
-    void (*rope_forward)(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+    void (*rope_forward)(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
                          int D);
-    void (*rope_backward)(float *dx, const float *pos_cos, const float *pos_sin, int B, int T,
-                          int H, int D);
+    void (*rope_backward)(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                          int D);
 
     /* Causal attention with grouped-query heads (head h uses kv head h / (H / KVH)), scale
      * 1/sqrt(D). out[N, H*D]; lse[B, H, T] is the log-sum-exp of each score row, saved so that
      * backward recomputes probabilities without storing the T x T matrix. */
-    void (*attention_forward)(float *out, float *lse, const float *q, const float *k,
-                              const float *v, int B, int T, int H, int KVH, int D);
+    void (*attention_forward)(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
+                              int B, int T, int H, int KVH, int D);
     /* dq, dk, dv overwritten. */
-    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
-                               const float *lse, const float *q, const float *k, const float *v,
-                               int B, int T, int H, int KVH, int D);
+    void (*attention_backward)(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
+                               const float *lse, const Act *q, const Act *k, const Act *v, int B,
+                               int T, int H, int KVH, int D);
 
     /* out = silu(gate) * up, n elements. backward overwrites dgate, dup. */
-    void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n);
-    void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate,
-                            const float *up, size_t n);
+    void (*swiglu_forward)(Act *out, const Act *gate, const Act *up, size_t n);
+    void (*swiglu_backward)(Act *dgate, Act *dup, const Act *dout, const Act *gate, const Act *up,
+                            size_t n);
 
-    /* out[N, C] = table[tokens[i]]; backward: dtable[tokens[i]] += dout[i]. */
+    /* out[N, C] = table[tokens[i]]; backward: dtable[tokens[i]] += dout[i] (the residual
+     * stream and its gradient: fp32). */
     void (*embedding_forward)(float *out, const int32_t *tokens, const float *table, int N, int C);
     void (*embedding_backward)(float *dtable, const float *dout, const int32_t *tokens, int N,
                                int C);
@@ -66,11 +88,11 @@ typedef struct Backend {
      * (0 = not predicted). losses[i] = -log softmax(logits[i])[targets[i]] (0 where weight 0).
      * When write_grad, logits are overwritten in place by their gradient weights[i] *
      * (softmax - onehot), which the caller scales so that the sum is the mean loss. */
-    void (*cross_entropy)(float *losses, float *logits, const int32_t *targets,
+    void (*cross_entropy)(float *losses, Act *logits, const int32_t *targets,
                           const float *weights, int N, int V, int write_grad);
 
-    /* out[i] = a[i] + b[i] (residual add). */
-    void (*add)(float *out, const float *a, const float *b, size_t n);
+    /* out[i] = a[i] + b[i]: the residual add of a projection's output b. */
+    void (*add)(float *out, const float *a, const Act *b, size_t n);
 
     /* sum of squares of x[n], in double. */
     double (*sum_squares)(const float *x, size_t n);
@@ -114,10 +136,10 @@ typedef struct Backend {
      * 3. losses[N] and, when write_grad, logits overwritten by weights[i] * (softmax - onehot),
      *    as cross_entropy does (weight 0: loss 0, gradient 0; a weighted row whose target no
      *    rank holds: loss NaN, gradient 0). With one shard the three equal cross_entropy. */
-    void (*cross_entropy_shard_max)(float *row_max, const float *logits, int N, int V);
-    void (*cross_entropy_shard_stats)(float *stats, const float *logits, const float *row_max,
+    void (*cross_entropy_shard_max)(float *row_max, const Act *logits, int N, int V);
+    void (*cross_entropy_shard_stats)(float *stats, const Act *logits, const float *row_max,
                                       const int32_t *targets, int N, int V, int vocab_start);
-    void (*cross_entropy_shard_finish)(float *losses, float *logits, const float *row_max,
+    void (*cross_entropy_shard_finish)(float *losses, Act *logits, const float *row_max,
                                        const float *stats, const int32_t *targets,
                                        const float *weights, int N, int V, int vocab_start,
                                        int write_grad);
@@ -129,10 +151,7 @@ typedef struct Backend {
      * fp32); weights_refresh rounds the fp32 values into the copy and must run after anything
      * wrote them and before the next matmul (model_forward calls it on entry); weights_detach
      * before the buffer is freed. A matmul whose weight lies outside every attached buffer
-     * rounds it on the fly. Such a backend may also keep the rounded copy of a matmul's input
-     * for the next matmul reading the same pointer: the other ops of this table drop it, so a
-     * caller that changes a matmul input by other means (a collective writing device memory)
-     * must run some op of the table before the next matmul reads it (model.c always does). */
+     * rounds it on the fly. */
     int (*weights_attach)(const float *params, size_t n);
     void (*weights_refresh)(const float *params);
     void (*weights_detach)(const float *params);

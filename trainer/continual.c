@@ -820,7 +820,7 @@ int continual_run(const Config *cfg)
             if ((status = model_init_parallel(&d.fisher_model, &mc, d.be, 1, T, grid)) != DS_OK)
                 goto done;
             d.fisher_work = &d.fisher_model;
-            fisher_model_bytes = (2 * total + d.fisher_model.arena_floats) * sizeof(float);
+            fisher_model_bytes = 2 * total * sizeof(float) + d.fisher_model.arena_bytes;
         }
         d.fisher = ds_aligned_alloc(PARAM_ALIGN_BYTES, total * sizeof(float));
         if (!d.fisher) {
@@ -892,7 +892,7 @@ int continual_run(const Config *cfg)
            "gradients %.2f MiB, optimizer %.2f MiB, activations %.2f MiB, EWC %.2f MiB "
            "(Fisher and anchor x %d), Fisher pass %.2f MiB%s\n",
            grid->world_size, grid->tp_size, grid->dp_size, d.opt.zero, total * 4.0 * MiB,
-           total * 4.0 * MiB, d.opt.n * 8.0 * MiB, d.model.arena_floats * 4.0 * MiB,
+           total * 4.0 * MiB, d.opt.n * 8.0 * MiB, d.model.arena_bytes * MiB,
            ewc_sets * d.opt.n * 8.0 * MiB, ewc_sets,
            ((d.fisher ? total * 4.0 : 0.0) + fisher_model_bytes) * MiB,
            d.be->host_memory || !d.fisher ? "" : " (the Fisher buffer in host memory)");

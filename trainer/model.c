@@ -312,36 +312,40 @@ static void weights_bind(const Model *m, float *base, ModelWeights *w)
 
 /* ---- activations -------------------------------------------------------------------------- */
 
-/* Everything forward saves for backward, and backward's scratch, as pointers into one arena. */
+/* Everything forward saves for backward, and backward's scratch, as pointers into one arena.
+ * The residual stream, its gradient and the statistics are fp32; every Act is in the backend's
+ * activation type (ops.h: bf16 on a GPU in mixed precision). */
 typedef struct LayerActivations {
     float *resid_in;  /* [N, C] residual stream entering the layer */
-    float *ln1;       /* [N, C] */
+    Act *ln1;         /* [N, C] */
     float *ln1_rstd;  /* [N] */
-    float *q, *k, *v; /* [N, H*D], [N, KVH*D] x2, after rotary */
-    float *att;       /* [N, H*D] attention output before o_proj */
+    Act *q, *k, *v;   /* [N, H*D], [N, KVH*D] x2, after rotary */
+    Act *att;         /* [N, H*D] attention output before o_proj */
     float *lse;       /* [B, H, T] */
     float *resid_mid; /* [N, C] after the attention residual add */
-    float *ln2;       /* [N, C] */
+    Act *ln2;         /* [N, C] */
     float *ln2_rstd;  /* [N] */
-    float *gate, *up; /* [N, I] */
-    float *act;       /* [N, I] silu(gate) * up */
+    Act *gate, *up;   /* [N, I] */
+    Act *act;         /* [N, I] silu(gate) * up */
 } LayerActivations;
 
 typedef struct ModelActivations {
     LayerActivations *layers;
     float *resid_out;  /* [N, C] residual after the last layer */
-    float *final_norm; /* [N, C] */
+    Act *final_norm;   /* [N, C] */
     float *final_rstd; /* [N] */
-    float *logits;     /* [R, V] one chunk of rows (head_rows); its dlogits after the loss */
-    float *tmp;        /* [N, C] projection outputs before the residual add */
+    Act *logits;       /* [R, V] one chunk of rows (head_rows); its dlogits after the loss */
+    Act *tmp;          /* [N, C] projection outputs before the residual add */
     /* backward scratch */
-    float *dresid, *dln, *dln_part; /* [N, C] */
-    float *dq, *datt;               /* [N, H*D] */
-    float *dk, *dv;                 /* [N, KVH*D] */
-    float *dgate, *dup, *dact;      /* [N, I] */
+    float *dresid;                /* [N, C] the residual stream's gradient */
+    Act *dresid_act, *dln;        /* [N, C] dresid as an Act (the projections' dout); the gradient
+                                   * of a norm's output (the sum of its projections' dinp) */
+    Act *dq, *datt;               /* [N, H*D] */
+    Act *dk, *dv;                 /* [N, KVH*D] */
+    Act *dgate, *dup, *dact;      /* [N, I] */
     /* classification head: last-token hidden rows, class logits (then their gradient) */
-    float *cls_hidden, *cls_dhidden; /* [B, C] */
-    float *cls_logits;               /* [B, L] */
+    Act *cls_hidden, *cls_dhidden; /* [B, C] */
+    Act *cls_logits;               /* [B, L] */
     /* vocab-parallel cross-entropy of a chunk: row maxima [R], {sum exp, target logit, owner}
      * [R, 3] */
     float *ce_max, *ce_stats;
@@ -378,7 +382,9 @@ static int lm_head_rows(const Model *m)
     return (int)(rows < N ? rows : N);
 }
 
-static size_t arena_layout(Model *m, ModelActivations *a, float *base)
+/* Lays the activations out from base (NULL: only counts), each block 64-byte aligned so that
+ * vectorized kernels see aligned rows; returns the bytes used. */
+static size_t arena_layout(Model *m, ModelActivations *a, unsigned char *base)
 {
     /* this rank's share of heads, intermediate size and vocabulary (all of it when tp = 1) */
     const size_t N = (size_t)m->B * m->T, C = m->cfg.hidden_size, I = m->tp_inter;
@@ -389,13 +395,15 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
     const size_t L = m->cfg.num_labels > 0 ? (size_t)m->cfg.num_labels : 0;
     const size_t lse = (size_t)m->B * m->tp_heads * m->T;
     const int ckpt = m->cfg.activation_checkpointing;
+    const size_t act = m->act_size;
     size_t used = 0;
-    /* each block 64-byte aligned so that vectorized kernels see aligned rows */
-#define TAKE(ptr, count)                                                                           \
+#define TAKE_BYTES(ptr, bytes)                                                                     \
     do {                                                                                           \
-        (ptr) = base ? base + used : NULL;                                                         \
-        used += DS_ALIGN_UP((size_t)(count), 16);                                                  \
+        (ptr) = base ? (void *)(base + used) : NULL;                                               \
+        used += DS_ALIGN_UP((size_t)(bytes), 64);                                                  \
     } while (0)
+#define TAKE(ptr, count) TAKE_BYTES(ptr, (size_t)(count) * sizeof(float))
+#define TAKE_ACT(ptr, count) TAKE_BYTES(ptr, (size_t)(count) * act)
     for (int l = 0; l < m->cfg.num_layers; l++) {
         LayerActivations *L = &a->layers[l];
         TAKE(L->resid_in, N * C);
@@ -407,41 +415,43 @@ static size_t arena_layout(Model *m, ModelActivations *a, float *base)
             L->resid_in = resid_in;
             continue;
         }
-        TAKE(L->ln1, N * C);
+        TAKE_ACT(L->ln1, N * C);
         TAKE(L->ln1_rstd, N);
-        TAKE(L->q, N * QD);
-        TAKE(L->k, N * KVD);
-        TAKE(L->v, N * KVD);
-        TAKE(L->att, N * QD);
+        TAKE_ACT(L->q, N * QD);
+        TAKE_ACT(L->k, N * KVD);
+        TAKE_ACT(L->v, N * KVD);
+        TAKE_ACT(L->att, N * QD);
         TAKE(L->lse, lse);
         TAKE(L->resid_mid, N * C);
-        TAKE(L->ln2, N * C);
+        TAKE_ACT(L->ln2, N * C);
         TAKE(L->ln2_rstd, N);
-        TAKE(L->gate, N * I);
-        TAKE(L->up, N * I);
-        TAKE(L->act, N * I);
+        TAKE_ACT(L->gate, N * I);
+        TAKE_ACT(L->up, N * I);
+        TAKE_ACT(L->act, N * I);
     }
     TAKE(a->resid_out, N * C);
-    TAKE(a->final_norm, N * C);
+    TAKE_ACT(a->final_norm, N * C);
     TAKE(a->final_rstd, N);
-    TAKE(a->logits, R * V);
-    TAKE(a->tmp, N * C);
+    TAKE_ACT(a->logits, R * V);
+    TAKE_ACT(a->tmp, N * C);
     TAKE(a->dresid, N * C);
-    TAKE(a->dln, N * C);
-    TAKE(a->dln_part, N * C);
-    TAKE(a->dq, N * QD);
-    TAKE(a->datt, N * QD);
-    TAKE(a->dk, N * KVD);
-    TAKE(a->dv, N * KVD);
-    TAKE(a->dgate, N * I);
-    TAKE(a->dup, N * I);
-    TAKE(a->dact, N * I);
-    TAKE(a->cls_hidden, L ? (size_t)m->B * C : 0);
-    TAKE(a->cls_dhidden, L ? (size_t)m->B * C : 0);
-    TAKE(a->cls_logits, (size_t)m->B * L);
+    TAKE_ACT(a->dresid_act, N * C);
+    TAKE_ACT(a->dln, N * C);
+    TAKE_ACT(a->dq, N * QD);
+    TAKE_ACT(a->datt, N * QD);
+    TAKE_ACT(a->dk, N * KVD);
+    TAKE_ACT(a->dv, N * KVD);
+    TAKE_ACT(a->dgate, N * I);
+    TAKE_ACT(a->dup, N * I);
+    TAKE_ACT(a->dact, N * I);
+    TAKE_ACT(a->cls_hidden, L ? (size_t)m->B * C : 0);
+    TAKE_ACT(a->cls_dhidden, L ? (size_t)m->B * C : 0);
+    TAKE_ACT(a->cls_logits, (size_t)m->B * L);
     TAKE(a->ce_max, m->tp_size > 1 ? R : 0);
     TAKE(a->ce_stats, m->tp_size > 1 ? 3 * R : 0);
+#undef TAKE_ACT
 #undef TAKE
+#undef TAKE_BYTES
     a->head_rows = (int)R;
     return used;
 }
@@ -491,6 +501,7 @@ int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, i
     m.cfg = *mc;
     m.B = B;
     m.T = T;
+    m.act_size = sizeof(float); /* the CPU's activations */
     model_set_tp_dims(&m, 0, tp);
     a.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerActivations));
     if (!a.layers) return DS_ERR_INTERNAL;
@@ -501,7 +512,7 @@ int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, i
         out->params = total * sizeof(float);
         out->grads = total * sizeof(float);
         out->optimizer = 2 * (zero ? total / dp : total) * sizeof(float);
-        out->activations = arena_layout(&m, &a, NULL) * sizeof(float);
+        out->activations = arena_layout(&m, &a, NULL);
     }
     free(a.layers);
     param_table_free(&m.table);
@@ -516,6 +527,7 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->be = be;
     m->B = B;
     m->T = T;
+    m->act_size = be->act_size();
     const int tp = grid ? grid->tp_size : 1, dp = grid ? grid->dp_size : 1;
     DS_TRY(model_tp_check(mc, tp, mc->num_labels > 0 ? "classification model" : "model"));
     model_set_tp_dims(m, grid ? grid->tp_rank : 0, tp);
@@ -550,8 +562,8 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     weights_bind(m, m->params, &m->w);
     weights_bind(m, m->grads, &m->g);
 
-    m->arena_floats = arena_layout(m, m->act, NULL);
-    m->arena = be->mem_alloc(m->arena_floats * sizeof(float));
+    m->arena_bytes = arena_layout(m, m->act, NULL);
+    m->arena = be->mem_alloc(m->arena_bytes);
     const size_t rope_bytes = (size_t)T * (mc->head_dim / 2) * sizeof(float);
     m->rope_cos = be->mem_alloc(rope_bytes);
     m->rope_sin = be->mem_alloc(rope_bytes);
@@ -689,6 +701,27 @@ void model_zero_grad(Model *m)
 
 /* ---- forward and backward ----------------------------------------------------------------- */
 
+/* The Act elems elements past x. */
+static Act *act_at(const Model *m, const Act *x, size_t elems)
+{
+    return (Act *)((const unsigned char *)x + elems * m->act_size);
+}
+
+/* host[n] (fp32) = the Act tensor x[n] of backend memory. bf16 (act_size 2) is copied into the
+ * front of host and widened in place from the end: element i's four bytes only cover bf16
+ * elements i and up, already read. */
+static void act_to_host(const Model *m, float *host, const Act *x, size_t n)
+{
+    m->be->mem_to_host(host, x, n * m->act_size);
+    if (m->act_size == sizeof(float)) return;
+    for (size_t i = n; i-- > 0;) {
+        uint16_t h;
+        memcpy(&h, (const unsigned char *)host + 2 * i, sizeof(h));
+        const uint32_t bits = (uint32_t)h << 16;
+        memcpy(&host[i], &bits, sizeof(bits));
+    }
+}
+
 /* Classification head on a->final_norm: gather each row's last non-padding position, logits
  * [B, L] = hidden @ score^T, cross-entropy against labels [B]. Rows move through the host
  * scratch row so that the same code runs on device memory. */
@@ -707,11 +740,12 @@ static double classify_forward(Model *m, const int32_t *labels, const float *wei
                 if (m->inputs[(size_t)b * T + t] != pad) last = t;
         }
         m->cls_last[b] = last;
-        be->mem_to_host(m->cls_row, a->final_norm + ((size_t)b * T + last) * C, C * sizeof(float));
-        be->mem_to_device(a->cls_hidden + (size_t)b * C, m->cls_row, C * sizeof(float));
+        be->mem_to_host(m->cls_row, act_at(m, a->final_norm, ((size_t)b * T + last) * C),
+                        C * m->act_size);
+        be->mem_to_device(act_at(m, a->cls_hidden, (size_t)b * C), m->cls_row, C * m->act_size);
     }
     be->matmul_forward(a->cls_logits, a->cls_hidden, m->w.score, NULL, B, C, L);
-    if (logits_out) be->mem_to_host(logits_out, a->cls_logits, (size_t)B * L * sizeof(float));
+    if (logits_out) act_to_host(m, logits_out, a->cls_logits, (size_t)B * L);
     if (!labels) return 0.0;
     if (labels != m->targets) memcpy(m->targets, labels, (size_t)B * sizeof(int32_t));
     if (weights != m->loss_weights) memcpy(m->loss_weights, weights, (size_t)B * sizeof(float));
@@ -732,12 +766,12 @@ static void classify_backward(Model *m)
     ModelActivations *a = m->act;
     const int B = m->B, T = m->T, C = m->cfg.hidden_size, L = m->cfg.num_labels;
     be->matmul_backward(a->cls_dhidden, m->g.score, NULL, a->cls_logits, a->cls_hidden, m->w.score,
-                        B, C, L);
-    be->mem_zero(a->dln, (size_t)B * T * C * sizeof(float));
+                        B, C, L, 0);
+    be->mem_zero(a->dln, (size_t)B * T * C * m->act_size);
     for (int b = 0; b < B; b++) {
-        be->mem_to_host(m->cls_row, a->cls_dhidden + (size_t)b * C, C * sizeof(float));
-        be->mem_to_device(a->dln + ((size_t)b * T + m->cls_last[b]) * C, m->cls_row,
-                          C * sizeof(float));
+        be->mem_to_host(m->cls_row, act_at(m, a->cls_dhidden, (size_t)b * C), C * m->act_size);
+        be->mem_to_device(act_at(m, a->dln, ((size_t)b * T + m->cls_last[b]) * C), m->cls_row,
+                          C * m->act_size);
     }
 }
 
@@ -749,6 +783,16 @@ static void tp_reduce(const Model *m, float *x, size_t n, CommOp op)
 {
     if (!m->tp) return;
     int status = comm_all_reduce(m->tp, x, n, COMM_F32, op);
+    if (status != DS_OK) comm_fail(status);
+}
+
+/* tp_reduce of an Act tensor (a row-parallel projection's partial sums, a norm input's gradient):
+ * summed in the activation type, as the tensor is stored. */
+static void tp_reduce_act(const Model *m, Act *x, size_t n)
+{
+    if (!m->tp) return;
+    const CommType type = m->act_size == sizeof(float) ? COMM_F32 : COMM_BF16;
+    int status = comm_all_reduce(m->tp, x, n, type, COMM_SUM);
     if (status != DS_OK) comm_fail(status);
 }
 
@@ -783,11 +827,9 @@ static void lm_head_chunks(Model *m, int with_loss, int with_grads, float *logit
     const int N = m->B * m->T, C = m->cfg.hidden_size, V = m->tp_vocab, R = a->head_rows;
     for (int r0 = 0; r0 < N; r0 += R) {
         const int rows = N - r0 < R ? N - r0 : R;
-        const float *hidden = a->final_norm + (size_t)r0 * C;
+        const Act *hidden = act_at(m, a->final_norm, (size_t)r0 * C);
         be->matmul_forward(a->logits, hidden, m->w.lm_head, NULL, rows, C, V);
-        if (logits_out)
-            be->mem_to_host(logits_out + (size_t)r0 * V, a->logits,
-                            (size_t)rows * V * sizeof(float));
+        if (logits_out) act_to_host(m, logits_out + (size_t)r0 * V, a->logits, (size_t)rows * V);
         if (!with_loss) continue;
         if (m->tp)
             vocab_parallel_cross_entropy(m, r0, rows, with_grads);
@@ -795,8 +837,8 @@ static void lm_head_chunks(Model *m, int with_loss, int with_grads, float *logit
             be->cross_entropy(a->dev_losses + r0, a->logits, a->dev_targets + r0,
                               a->dev_weights + r0, rows, V, with_grads);
         if (with_grads)
-            be->matmul_backward(a->dln + (size_t)r0 * C, m->g.lm_head, NULL, a->logits, hidden,
-                                m->w.lm_head, rows, C, V);
+            be->matmul_backward(act_at(m, a->dln, (size_t)r0 * C), m->g.lm_head, NULL, a->logits,
+                                hidden, m->w.lm_head, rows, C, V, 0);
     }
 }
 
@@ -837,7 +879,7 @@ static void layer_forward(Model *m, int l, float *resid_out)
     be->attention_forward(L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
     /* row parallel: partial sums over this rank's heads; one rank adds the bias */
     be->matmul_forward(a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
-    tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
+    tp_reduce_act(m, a->tmp, (size_t)N * C);
     be->add(L->resid_mid, L->resid_in, a->tmp, (size_t)N * C);
     /* MLP block */
     be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
@@ -846,7 +888,7 @@ static void layer_forward(Model *m, int l, float *resid_out)
     be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
     if (!resid_out) return;
     be->matmul_forward(a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
-    tp_reduce(m, a->tmp, (size_t)N * C, COMM_SUM);
+    tp_reduce_act(m, a->tmp, (size_t)N * C);
     be->add(resid_out, L->resid_mid, a->tmp, (size_t)N * C);
 }
 
@@ -925,11 +967,11 @@ void model_backward(Model *m)
          * dln) the same chunks run again, the same ops in the same order */
         if (a->head != HEAD_BACKWARD_DONE) lm_head_chunks(m, 1, 1, NULL);
         a->head = HEAD_LOSS;
-        tp_reduce(m, a->dln, NC, COMM_SUM); /* vocab parallel: each rank's part of dln */
+        tp_reduce_act(m, a->dln, NC); /* vocab parallel: each rank's part of dln */
     }
     be->mem_zero(a->dresid, NC * sizeof(float));
-    be->rmsnorm_backward(a->dresid, m->g.norm, a->dln, a->resid_out, m->w.norm, a->final_rstd, N,
-                         C);
+    be->rmsnorm_backward(a->dresid, a->dresid_act, m->g.norm, a->dln, a->resid_out, m->w.norm,
+                         a->final_rstd, N, C);
     for (int l = c->num_layers - 1; l >= 0; l--) {
         LayerActivations *L = &a->layers[l];
         const LayerWeights *w = &m->w.layers[l];
@@ -938,27 +980,28 @@ void model_backward(Model *m)
             layer_forward(m, l, NULL); /* refill the shared working set from the layer's input */
             a->work_layer = l;
         }
-        /* MLP block: dresid is the gradient of the layer's output residual */
-        be->matmul_backward(a->dact, g->wdown, g->bdown, a->dresid, L->act, w->wdown, N, I, C);
+        /* MLP block: dresid (and its Act copy) is the gradient of the layer's output residual */
+        be->matmul_backward(a->dact, g->wdown, g->bdown, a->dresid_act, L->act, w->wdown, N, I, C,
+                            0);
         be->swiglu_backward(a->dgate, a->dup, a->dact, L->gate, L->up, (size_t)N * I);
-        be->matmul_backward(a->dln, g->wgate, g->bgate, a->dgate, L->ln2, w->wgate, N, C, I);
-        be->matmul_backward(a->dln_part, g->wup, g->bup, a->dup, L->ln2, w->wup, N, C, I);
-        be->add(a->dln, a->dln, a->dln_part, NC);
-        tp_reduce(m, a->dln, NC, COMM_SUM); /* column parallel: sum over the ranks' slices */
-        be->rmsnorm_backward(a->dresid, g->ln2, a->dln, L->resid_mid, w->ln2, L->ln2_rstd, N, C);
+        be->matmul_backward(a->dln, g->wgate, g->bgate, a->dgate, L->ln2, w->wgate, N, C, I, 0);
+        be->matmul_backward(a->dln, g->wup, g->bup, a->dup, L->ln2, w->wup, N, C, I, 1);
+        tp_reduce_act(m, a->dln, NC); /* column parallel: sum over the ranks' slices */
+        be->rmsnorm_backward(a->dresid, a->dresid_act, g->ln2, a->dln, L->resid_mid, w->ln2,
+                             L->ln2_rstd, N, C);
         /* attention block: dresid is now the gradient of resid_mid */
-        be->matmul_backward(a->datt, g->wo, g->bo, a->dresid, L->att, w->wo, N, QD, C);
+        be->matmul_backward(a->datt, g->wo, g->bo, a->dresid_act, L->att, w->wo, N, QD, C, 0);
         be->attention_backward(a->dq, a->dk, a->dv, a->datt, L->att, L->lse, L->q, L->k, L->v, B,
                                T, H, KVH, D);
         be->rope_backward(a->dq, m->rope_cos, m->rope_sin, B, T, H, D);
         be->rope_backward(a->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
-        be->matmul_backward(a->dln, g->wq, g->bq, a->dq, L->ln1, w->wq, N, C, QD);
-        be->matmul_backward(a->dln_part, g->wk, g->bk, a->dk, L->ln1, w->wk, N, C, KVD);
-        be->add(a->dln, a->dln, a->dln_part, NC);
-        be->matmul_backward(a->dln_part, g->wv, g->bv, a->dv, L->ln1, w->wv, N, C, KVD);
-        be->add(a->dln, a->dln, a->dln_part, NC);
-        tp_reduce(m, a->dln, NC, COMM_SUM);
-        be->rmsnorm_backward(a->dresid, g->ln1, a->dln, L->resid_in, w->ln1, L->ln1_rstd, N, C);
+        be->matmul_backward(a->dln, g->wq, g->bq, a->dq, L->ln1, w->wq, N, C, QD, 0);
+        be->matmul_backward(a->dln, g->wk, g->bk, a->dk, L->ln1, w->wk, N, C, KVD, 1);
+        be->matmul_backward(a->dln, g->wv, g->bv, a->dv, L->ln1, w->wv, N, C, KVD, 1);
+        tp_reduce_act(m, a->dln, NC);
+        /* the embedding's backward reads dresid itself: layer 0 needs no Act copy */
+        be->rmsnorm_backward(a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln, L->resid_in,
+                             w->ln1, L->ln1_rstd, N, C);
     }
     if (m->tp)
         be->embedding_backward_shard(m->g.embed, a->dresid, a->dev_inputs, N, C,

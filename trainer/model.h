@@ -119,8 +119,9 @@ typedef struct Model {
     float *grads;
     ModelWeights w, g;
     int B, T;
-    float *arena; /* activations; nothing is allocated inside a step */
-    size_t arena_floats;
+    void *arena; /* activations; nothing is allocated inside a step */
+    size_t arena_bytes;
+    size_t act_size; /* bytes of one Act element in this model's backend (ops.h) */
     float *rope_cos, *rope_sin; /* [T, D/2] */
     int32_t *inputs, *targets;  /* [B*T] */
     float *loss_weights;        /* [B*T] */
@@ -137,8 +138,8 @@ typedef struct Model {
 } Model;
 
 /* Bytes one rank holds for a layout (tp x dp, ZeRO-1 or not), as model_init_parallel and
- * optim_init_sharded allocate them (fp32 on the CPU); activations follow
- * mc->activation_checkpointing. */
+ * optim_init_sharded allocate them on the CPU (fp32 activations: bf16 ones on a GPU take less);
+ * activations follow mc->activation_checkpointing. */
 typedef struct ModelMemory {
     size_t params, grads, optimizer, activations;
 } ModelMemory;

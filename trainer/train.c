@@ -307,7 +307,7 @@ int train_run(const Config *cfg)
            "gradients %.2f MiB, optimizer %.2f MiB, activations %.2f MiB\n",
            grid.world_size, grid.tp_size, grid.dp_size, opt.zero, model.table.total * 4.0 / 1048576,
            model.table.total * 4.0 / 1048576, opt.n * 8.0 / 1048576,
-           model.arena_floats * 4.0 / 1048576);
+           model.arena_bytes / 1048576.0);
 #ifdef DSTRAIN_HAVE_CUDA
     if (!be->host_memory && cuda_matmul_is_bf16())
         printf("dstrain: precision bf16: the weights' bf16 working copy takes %.2f MiB per rank\n",
@@ -372,7 +372,8 @@ int train_run(const Config *cfg)
                            12.0 * mc.num_layers * (double)mc.hidden_size * T,
         .peak_flops = on_gpu ? (peak_env ? atof(peak_env) : 989e12) * grid.world_size : 0.0});
     if (on_gpu) /* what this rank's buffers hold on the device, as the memory line above */
-        progress_set_gpu_memory(4.0 * (2.0 * model.table.total + 2.0 * opt.n + model.arena_floats));
+        progress_set_gpu_memory(4.0 * (2.0 * model.table.total + 2.0 * opt.n) +
+                                (double)model.arena_bytes);
     double first_loss = NAN, last_loss = NAN;
     for (int step = start_step; step < cfg->train_steps; step++) {
         const double t0 = ds_now();

@@ -2,9 +2,10 @@
  * (B x T = 8 x 2048 by default), and the share of a training step each takes, counted from how
  * often model.c calls it. Tells where a step's time goes; not a correctness check (tests/gpu/).
  * Usage: gpu_bench_ops [B T]. Inputs are random (never zeros); times are CUDA-event medians of
- * 5 runs after a warm-up. Matmuls are timed in both matmul modes (fp32, bf16), attention in both
- * tensor-core implementations (flash: the mma.sync kernels, the default, their bf16 staging
- * included; wmma: attention.cu's), with its TFLOP/s counted as causal: forward
+ * 5 runs after a warm-up. Matmuls are timed in both modes (fp32, bf16); the other ops in bf16
+ * mode (bf16 activations, what device=cuda trains with), attention in both tensor-core
+ * implementations (flash: the mma.sync kernels, the default, reading bf16 as it lies; wmma:
+ * attention.cu's, on widened fp32 copies), with its TFLOP/s counted as causal: forward
  * 2 * 2 * B*H*T*T*D / 2, backward 2.5 times that. */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -132,7 +133,7 @@ int main(int argc, char **argv)
              C);
         rows[nrows - 1].flops = 2.0 * N * C * C;
 #undef BODY
-#define BODY gpu->matmul_backward(z, dwcc, NULL, y, x, wcc, N, C, C)
+#define BODY gpu->matmul_backward(z, dwcc, NULL, y, x, wcc, N, C, C, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
              C);
         rows[nrows - 1].flops = 4.0 * N * C * C;
@@ -142,7 +143,7 @@ int main(int argc, char **argv)
              I);
         rows[nrows - 1].flops = 2.0 * N * C * I;
 #undef BODY
-#define BODY gpu->matmul_backward(z, dwci, NULL, g, x, wci, N, C, I)
+#define BODY gpu->matmul_backward(z, dwci, NULL, g, x, wci, N, C, I, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C,
              I);
         rows[nrows - 1].flops = 4.0 * N * C * I;
@@ -151,7 +152,7 @@ int main(int argc, char **argv)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
         rows[nrows - 1].flops = 2.0 * N * I * C;
 #undef BODY
-#define BODY gpu->matmul_backward(a, dwci, NULL, y, g, wci, N, I, C)
+#define BODY gpu->matmul_backward(a, dwci, NULL, y, g, wci, N, I, C, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
         rows[nrows - 1].flops = 2.0 * 2.0 * N * I * C;
 #undef BODY
@@ -159,12 +160,13 @@ int main(int argc, char **argv)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
         rows[nrows - 1].flops = 2.0 * N * C * V;
 #undef BODY
-#define BODY gpu->matmul_backward(z, dembed, NULL, logits, x, embed, N, C, V)
+#define BODY gpu->matmul_backward(z, dembed, NULL, logits, x, embed, N, C, V, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
         rows[nrows - 1].flops = 2.0 * 2.0 * N * C * V;
 #undef BODY
     }
-    cuda_matmul_precision("fp32");
+    /* the other ops in bf16 mode, as device=cuda trains: bf16 activations (the buffers' random
+     * bits read as bf16: the values do not change the time) */
     const double att_flops = 2.0 * 2.0 * B * H * (double)T * T * D / 2.0;
     const char *att_kinds[] = {"flash", "wmma"};
     for (int ai = 0; ai < 2; ai++) {
@@ -195,10 +197,11 @@ int main(int argc, char **argv)
 #undef BODY
     }
     cuda_attention_kind("flash");
+    float *dx_act = dev_random(NC, 1);
 #define BODY gpu->rmsnorm_forward(y, rstd, x, normw, N, C, 1e-6f)
     TIME("rmsnorm_fwd", 2 * L + 1, "%dx%d", N, C);
 #undef BODY
-#define BODY gpu->rmsnorm_backward(z, dnormw, y, x, normw, rstd, N, C)
+#define BODY gpu->rmsnorm_backward(z, dx_act, dnormw, y, x, normw, rstd, N, C)
     TIME("rmsnorm_bwd", 2 * L + 1, "%dx%d", N, C);
 #undef BODY
 #define BODY gpu->rope_forward(q, cosb, sinb, B, T, H, D)

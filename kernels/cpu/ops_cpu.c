@@ -19,12 +19,20 @@
  * gradients): each block is owned by one thread and summed over rows in row order. */
 #define COLUMN_BLOCK 64
 
+/* Activations are fp32 here: every Act is a float array (act_size 4). */
+static size_t act_size(void)
+{
+    return sizeof(float);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * matmul: out[M,N] = inp[M,K] @ weight[N,K]^T + bias, as torch.nn.Linear. */
 
-static void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                           int M, int K, int N)
+static void matmul_forward(Act *out_act, const Act *inp_act, const float *weight,
+                           const float *bias, int M, int K, int N)
 {
+    float *out = out_act;
+    const float *inp = inp_act;
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { /* empty contraction: BLAS would reject lda = 0 */
         for (int i = 0; i < M; i++)
@@ -44,18 +52,21 @@ static void matmul_forward(float *out, const float *inp, const float *weight, co
     }
 }
 
-static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, int M, int K, int N)
+static void matmul_backward(Act *dinp_act, float *dweight, float *dbias, const Act *dout_act,
+                            const Act *inp_act, const float *weight, int M, int K, int N,
+                            int accumulate)
 {
+    float *dinp = dinp_act;
+    const float *dout = dout_act, *inp = inp_act;
     if (M <= 0 || N <= 0) {
-        if (dinp && M > 0 && K > 0) memset(dinp, 0, (size_t)M * K * sizeof(float));
+        if (dinp && M > 0 && K > 0 && !accumulate) memset(dinp, 0, (size_t)M * K * sizeof(float));
         return;
     }
     if (K > 0) {
-        /* dinp[M,K] = dout[M,N] @ weight[N,K] (overwrite) */
+        /* dinp[M,K] = dout[M,N] @ weight[N,K] (overwrite, or += when accumulate) */
         if (dinp)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, weight,
-                        K, 0.0f, dinp, K);
+                        K, accumulate ? 1.0f : 0.0f, dinp, K);
         /* dweight[N,K] += dout^T[N,M] @ inp[M,K] */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, inp, K, 1.0f,
                     dweight, K);
@@ -82,9 +93,10 @@ static void matmul_backward(float *dinp, float *dweight, float *dbias, const flo
  * rmsnorm, as HF LlamaRMSNorm: y = w * (x * rsqrt(mean(x^2) + eps)), everything in fp32 except
  * the sum of squares, which runs in double so that it does not depend on the row length. */
 
-static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int M,
-                            int C, float eps)
+static void rmsnorm_forward(Act *out_act, float *rstd, const float *inp, const float *weight,
+                            int M, int C, float eps)
 {
+    float *out = out_act;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++) {
         const float *x = inp + (size_t)i * C;
@@ -103,9 +115,11 @@ static void rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
 /* With xhat = x * r and r = (mean(x^2) + eps)^-1/2:
  *   dx_j = r * (w_j dy_j) - r^3 / C * x_j * sum_k (w_k dy_k x_k)
  *   dw_j = sum over rows of dy_j * xhat_j */
-static void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                             const float *weight, const float *rstd, int M, int C)
+static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout_act,
+                             const float *inp, const float *weight, const float *rstd, int M,
+                             int C)
 {
+    const float *dout = dout_act;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++) {
         const float *x = inp + (size_t)i * C;
@@ -119,6 +133,7 @@ static void rmsnorm_backward(float *dinp, float *dweight, const float *dout, con
         for (int j = 0; j < C; j++)
             dx[j] += r * weight[j] * dy[j] - coef * x[j];
     }
+    if (dinp_act) memcpy(dinp_act, dinp, (size_t)M * C * sizeof(float));
     /* The weight gradient sums over rows: one thread per column block, rows in order. */
     int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
 #pragma omp parallel for schedule(static)
@@ -165,13 +180,13 @@ static void rope_apply(float *x, const float *pos_cos, const float *pos_sin, int
     }
 }
 
-static void rope_forward(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+static void rope_forward(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
                          int D)
 {
     rope_apply(x, pos_cos, pos_sin, B, T, H, D, 1.0f);
 }
 
-static void rope_backward(float *dx, const float *pos_cos, const float *pos_sin, int B, int T,
+static void rope_backward(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T,
                           int H, int D)
 {
     rope_apply(dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
@@ -202,9 +217,11 @@ static float dot_f32(const float *a, const float *b, int n)
     return s;
 }
 
-static void attention_forward(float *out, float *lse, const float *q, const float *k,
-                              const float *v, int B, int T, int H, int KVH, int D)
+static void attention_forward(Act *out_act, float *lse, const Act *q_act, const Act *k_act,
+                              const Act *v_act, int B, int T, int H, int KVH, int D)
 {
+    float *out = out_act;
+    const float *q = q_act, *k = k_act, *v = v_act;
     int group = H / KVH;
     float scale = 1.0f / sqrtf((float)D);
     size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
@@ -247,10 +264,13 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
 /* dS[t,s] = P[t,s] * (dP[t,s] - rowsum(dO[t] * O[t])), dP[t,s] = dO[t] . V[s];
  * dQ[t] = scale * sum_s dS[t,s] K[s]; dK[s] = scale * sum_t dS[t,s] Q[t];
  * dV[s] = sum_t P[t,s] dO[t]. */
-static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
-                               const float *lse, const float *q, const float *k, const float *v,
-                               int B, int T, int H, int KVH, int D)
+static void attention_backward(Act *dq_act, Act *dk_act, Act *dv_act, const Act *dout_act,
+                               const Act *out_act, const float *lse, const Act *q_act,
+                               const Act *k_act, const Act *v_act, int B, int T, int H, int KVH,
+                               int D)
 {
+    float *dq = dq_act, *dk = dk_act, *dv = dv_act;
+    const float *dout = dout_act, *out = out_act, *q = q_act, *k = k_act, *v = v_act;
     int group = H / KVH;
     float scale = 1.0f / sqrtf((float)D);
     size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
@@ -311,8 +331,10 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
 /* ---------------------------------------------------------------------------------------------
  * swiglu: out = silu(g) * u with silu(g) = g * sigmoid(g); silu'(g) = s * (1 + g * (1 - s)). */
 
-static void swiglu_forward(float *out, const float *gate, const float *up, size_t n)
+static void swiglu_forward(Act *out_act, const Act *gate_act, const Act *up_act, size_t n)
 {
+    float *out = out_act;
+    const float *gate = gate_act, *up = up_act;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -320,9 +342,11 @@ static void swiglu_forward(float *out, const float *gate, const float *up, size_
     }
 }
 
-static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                            const float *up, size_t n)
+static void swiglu_backward(Act *dgate_act, Act *dup_act, const Act *dout_act,
+                            const Act *gate_act, const Act *up_act, size_t n)
 {
+    float *dgate = dgate_act, *dup = dup_act;
+    const float *dout = dout_act, *gate = gate_act, *up = up_act;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -368,9 +392,10 @@ static void embedding_backward(float *dtable, const float *dout, const int32_t *
  * is out of range cannot be scored: its loss is NaN (so the loss check upstream trips) and its
  * gradient zero (so one bad token does not poison the weights before that check runs). */
 
-static void cross_entropy(float *losses, float *logits, const int32_t *targets,
+static void cross_entropy(float *losses, Act *logits_act, const int32_t *targets,
                           const float *weights, int N, int V, int write_grad)
 {
+    float *logits = logits_act;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         float *row = logits + (size_t)i * V;
@@ -438,8 +463,9 @@ static void embedding_backward_shard(float *dtable, const float *dout, const int
     }
 }
 
-static void cross_entropy_shard_max(float *row_max, const float *logits, int N, int V)
+static void cross_entropy_shard_max(float *row_max, const Act *logits_act, int N, int V)
 {
+    const float *logits = logits_act;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *row = logits + (size_t)i * V;
@@ -450,9 +476,10 @@ static void cross_entropy_shard_max(float *row_max, const float *logits, int N, 
     }
 }
 
-static void cross_entropy_shard_stats(float *stats, const float *logits, const float *row_max,
+static void cross_entropy_shard_stats(float *stats, const Act *logits_act, const float *row_max,
                                       const int32_t *targets, int N, int V, int vocab_start)
 {
+    const float *logits = logits_act;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *row = logits + (size_t)i * V;
@@ -467,11 +494,12 @@ static void cross_entropy_shard_stats(float *stats, const float *logits, const f
     }
 }
 
-static void cross_entropy_shard_finish(float *losses, float *logits, const float *row_max,
+static void cross_entropy_shard_finish(float *losses, Act *logits_act, const float *row_max,
                                        const float *stats, const int32_t *targets,
                                        const float *weights, int N, int V, int vocab_start,
                                        int write_grad)
 {
+    float *logits = logits_act;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         float *row = logits + (size_t)i * V;
@@ -498,8 +526,9 @@ static void cross_entropy_shard_finish(float *losses, float *logits, const float
 /* ---------------------------------------------------------------------------------------------
  * elementwise helpers and the global-norm reduction */
 
-static void add(float *out, const float *a, const float *b, size_t n)
+static void add(float *out, const float *a, const Act *b_act, size_t n)
 {
+    const float *b = b_act;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] + b[i];
@@ -658,6 +687,7 @@ static void mem_zero(void *p, size_t bytes)
 
 static const Backend cpu_backend = {
     .name = "cpu",
+    .act_size = act_size,
     .matmul_forward = matmul_forward,
     .matmul_backward = matmul_backward,
     .rmsnorm_forward = rmsnorm_forward,

@@ -4,10 +4,10 @@
  * backward, with the same contract (attention.cuh). Because the mma.sync register layouts are
  * known, S, P, dP, dS and the dQ / dK / dV accumulators never leave the registers: shared memory
  * holds only row-major bf16 tiles of the inputs, read as fragments by ldmatrix (.trans where a
- * product's k runs along the tile's rows: k = key or k = query). Inputs and outputs are fp32 in
- * global memory; the inputs are rounded to bf16 once per call into a workspace
- * (attention_mma_fwd.cu) and streamed by cp.async into double buffers, so the next tile arrives
- * while this one is multiplied. Sums are fp32. Every output element is written once by one thread
+ * product's k runs along the tile's rows: k = key or k = query). Inputs and outputs are bf16 in
+ * global memory in bf16 mode; fp32 ones are rounded to bf16 once per call into a workspace
+ * (attention_mma_fwd.cu) and the outputs written as fp32. Tiles stream by cp.async into double
+ * buffers, so the next tile arrives while this one is multiplied. Sums are fp32. Every output element is written once by one thread
  * after a fixed-order sum, so a run repeats bit for bit (and, summing in the same order, matches
  * the wmma backward bit for bit).
  *
@@ -57,9 +57,9 @@ template <int D> struct MbSmem {
 /* ---------------------------------------------------------------------------------------------
  * dq: grid (B*H, query tiles), MB_THREADS threads, MbSmem<D>::DQ bytes. */
 
-template <int D>
+template <int D, typename O>
 __global__ static void __launch_bounds__(MB_THREADS)
-    mb_dq_kernel(float *dq, const at_bf16 *dout, const float *lse, const float *delta,
+    mb_dq_kernel(O *dq, const at_bf16 *dout, const float *lse, const float *delta,
                  const at_bf16 *q, const at_bf16 *k, const at_bf16 *v, int T, int H, int KVH,
                  float scale, float scale_log2)
 {
@@ -158,14 +158,12 @@ __global__ static void __launch_bounds__(MB_THREADS)
         __syncthreads(); /* every warp is done with these buffers before they are refilled */
     }
 
-    float *dst_lo = dq + qoff + (size_t)t_lo * qstride + 2 * c;
-    float *dst_hi = dst_lo + 8 * qstride;
+    O *dst_lo = dq + qoff + (size_t)t_lo * qstride + 2 * c;
+    O *dst_hi = dst_lo + 8 * qstride;
 #pragma unroll
     for (int n = 0; n < ND; n++) {
-        if (t_lo < T)
-            *reinterpret_cast<float2 *>(dst_lo + n * 8) = make_float2(acc[n][0], acc[n][1]);
-        if (t_hi < T)
-            *reinterpret_cast<float2 *>(dst_hi + n * 8) = make_float2(acc[n][2], acc[n][3]);
+        if (t_lo < T) at_store2(dst_lo + n * 8, acc[n][0], acc[n][1]);
+        if (t_hi < T) at_store2(dst_hi + n * 8, acc[n][2], acc[n][3]);
     }
 }
 
@@ -190,9 +188,9 @@ mb_load_query_tile(at_bf16 *Qs, at_bf16 *dOs, float *lse_s, float *delta_s, cons
     }
 }
 
-template <int D>
+template <int D, typename O>
 __global__ static void __launch_bounds__(MB_THREADS)
-    mb_dkdv_kernel(float *dk, float *dv, const at_bf16 *dout, const float *lse, const float *delta,
+    mb_dkdv_kernel(O *dk, O *dv, const at_bf16 *dout, const float *lse, const float *delta,
                    const at_bf16 *q, const at_bf16 *k, const at_bf16 *v, int T, int H, int KVH,
                    float scale, float scale_log2)
 {
@@ -330,17 +328,17 @@ __global__ static void __launch_bounds__(MB_THREADS)
 #undef MB_STEP_HEAD
 #undef MB_STEP_Q0
 
-    float *dk_lo = dk + kvoff + (size_t)key_lo * kvstride + 2 * c, *dk_hi = dk_lo + 8 * kvstride;
-    float *dv_lo = dv + kvoff + (size_t)key_lo * kvstride + 2 * c, *dv_hi = dv_lo + 8 * kvstride;
+    O *dk_lo = dk + kvoff + (size_t)key_lo * kvstride + 2 * c, *dk_hi = dk_lo + 8 * kvstride;
+    O *dv_lo = dv + kvoff + (size_t)key_lo * kvstride + 2 * c, *dv_hi = dv_lo + 8 * kvstride;
 #pragma unroll
     for (int n = 0; n < ND; n++) {
         if (key_lo < T) {
-            *reinterpret_cast<float2 *>(dk_lo + n * 8) = make_float2(dk_acc[n][0], dk_acc[n][1]);
-            *reinterpret_cast<float2 *>(dv_lo + n * 8) = make_float2(dv_acc[n][0], dv_acc[n][1]);
+            at_store2(dk_lo + n * 8, dk_acc[n][0], dk_acc[n][1]);
+            at_store2(dv_lo + n * 8, dv_acc[n][0], dv_acc[n][1]);
         }
         if (key_hi < T) {
-            *reinterpret_cast<float2 *>(dk_hi + n * 8) = make_float2(dk_acc[n][2], dk_acc[n][3]);
-            *reinterpret_cast<float2 *>(dv_hi + n * 8) = make_float2(dv_acc[n][2], dv_acc[n][3]);
+            at_store2(dk_hi + n * 8, dk_acc[n][2], dk_acc[n][3]);
+            at_store2(dv_hi + n * 8, dv_acc[n][2], dv_acc[n][3]);
         }
     }
 }
@@ -353,26 +351,28 @@ static int mb_aligned16(const void *p)
     return ((uintptr_t)p & 15) == 0;
 }
 
-template <int D>
-static int mb_backward_launch(float *dq, float *dk, float *dv, const at_bf16 *dout,
-                              const float *delta, const float *lse, const at_bf16 *q,
-                              const at_bf16 *k, const at_bf16 *v, int B, int T, int H, int KVH,
-                              cudaStream_t stream)
+template <int D, typename O> static int mb_ready(void);
+
+template <int D, typename O>
+static int mb_backward_launch(O *dq, O *dk, O *dv, const at_bf16 *dout, const float *delta,
+                              const float *lse, const at_bf16 *q, const at_bf16 *k,
+                              const at_bf16 *v, int B, int T, int H, int KVH, cudaStream_t stream)
 {
     typedef MbSmem<D> S;
+    if (!mb_ready<D, O>()) return 0;
     const float scale = 1.0f / sqrtf((float)D), scale_log2 = scale * AT_LOG2E;
     const int tiles = ceil_div(T, MB_TILE);
-    mb_dq_kernel<D><<<dim3(B * H, tiles), MB_THREADS, S::DQ, stream>>>(
+    mb_dq_kernel<D, O><<<dim3(B * H, tiles), MB_THREADS, S::DQ, stream>>>(
         dq, dout, lse, delta, q, k, v, T, H, KVH, scale, scale_log2);
     cudaCheck(cudaGetLastError());
-    mb_dkdv_kernel<D><<<dim3(B * KVH, tiles), MB_THREADS, S::DKDV, stream>>>(
+    mb_dkdv_kernel<D, O><<<dim3(B * KVH, tiles), MB_THREADS, S::DKDV, stream>>>(
         dk, dv, dout, lse, delta, q, k, v, T, H, KVH, scale, scale_log2);
     cudaCheck(cudaGetLastError());
     return 1;
 }
 
-/* 1 when this device holds the kernels' tiles for head dim D (asked once). */
-template <int D> static int mb_ready(void)
+/* 1 when this device holds the kernels' tiles for head dim D (asked once per output type). */
+template <int D, typename O> static int mb_ready(void)
 {
     typedef MbSmem<D> S;
     static int ready = -1; /* -1 unknown, 0 the device cannot hold the tiles, 1 ready */
@@ -383,32 +383,47 @@ template <int D> static int mb_ready(void)
         ready = S::DQ <= (size_t)optin && S::DKDV <= (size_t)optin;
         if (ready) {
             cudaCheck(cudaFuncSetAttribute(
-                mb_dq_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::DQ));
+                mb_dq_kernel<D, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::DQ));
             cudaCheck(cudaFuncSetAttribute(
-                mb_dkdv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::DKDV));
+                mb_dkdv_kernel<D, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::DKDV));
         }
     }
     return ready;
 }
 
-extern "C" int cuda_mma_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                                           const float *delta, const float *lse, const float *q,
-                                           const float *k, const float *v, void *workspace, int B,
-                                           int T, int H, int KVH, int D, cudaStream_t stream)
+template <typename O>
+static int mb_backward_as(O *dq, O *dk, O *dv, const at_bf16 *dout, const float *delta,
+                          const float *lse, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
+                          int B, int T, int H, int KVH, int D, cudaStream_t stream)
 {
-    if (!cuda_mma_attention_workspace(B, T, H, KVH, D, 1) || !workspace) return 0;
+    return D == 64 ? mb_backward_launch<64, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, KVH,
+                                               stream)
+                   : mb_backward_launch<128, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H,
+                                                KVH, stream);
+}
+
+extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const void *dout,
+                                           const float *delta, const float *lse, const void *q,
+                                           const void *k, const void *v, int bf16,
+                                           void *workspace, int B, int T, int H, int KVH, int D,
+                                           cudaStream_t stream)
+{
+    if (!cuda_mma_attention_suits(B, T, H, KVH, D) || (!bf16 && !workspace)) return 0;
     if (!mb_aligned16(dq) || !mb_aligned16(dk) || !mb_aligned16(dv) || !mb_aligned16(dout) ||
         !mb_aligned16(q) || !mb_aligned16(k) || !mb_aligned16(v))
         return 0;
-    if (!(D == 64 ? mb_ready<64>() : mb_ready<128>())) return 0;
+    if (bf16)
+        return mb_backward_as((at_bf16 *)dq, (at_bf16 *)dk, (at_bf16 *)dv, (const at_bf16 *)dout,
+                              delta, lse, (const at_bf16 *)q, (const at_bf16 *)k,
+                              (const at_bf16 *)v, B, T, H, KVH, D, stream);
+    if (!(D == 64 ? mb_ready<64, float>() : mb_ready<128, float>())) return 0;
     at_bf16 *qb, *kb, *vb;
-    cuda_mma_attention_stage(&qb, &kb, &vb, workspace, q, k, v, B, T, H, KVH, D, stream);
+    cuda_mma_attention_stage(&qb, &kb, &vb, workspace, (const float *)q, (const float *)k,
+                             (const float *)v, B, T, H, KVH, D, stream);
     /* dO after the three of the forward's staging */
-    at_bf16 *dob =
-        (at_bf16 *)((unsigned char *)workspace + cuda_mma_attention_workspace(B, T, H, KVH, D, 0));
-    cuda_mma_attention_round(dob, dout, (size_t)B * T * H * D, stream);
-    return D == 64 ? mb_backward_launch<64>(dq, dk, dv, dob, delta, lse, qb, kb, vb, B, T, H, KVH,
-                                            stream)
-                   : mb_backward_launch<128>(dq, dk, dv, dob, delta, lse, qb, kb, vb, B, T, H, KVH,
-                                             stream);
+    at_bf16 *dob = (at_bf16 *)((unsigned char *)workspace +
+                               cuda_mma_attention_workspace(B, T, H, KVH, D, 0, 0));
+    cuda_mma_attention_round(dob, (const float *)dout, (size_t)B * T * H * D, stream);
+    return mb_backward_as((float *)dq, (float *)dk, (float *)dv, dob, delta, lse, qb, kb, vb, B, T,
+                          H, KVH, D, stream);
 }

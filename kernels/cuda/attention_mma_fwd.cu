@@ -3,9 +3,10 @@
  * CUDA backend's default forward (ops_cuda.cu; attention.cu's wmma kernels remain behind
  * DSTRAIN_CUDA_ATTENTION=wmma). Also here: the bf16 staging that both mma.sync kernels read.
  *
- * The caller's fp32 q, k, v are rounded to bf16 once per call into a workspace (the same
+ * In bf16 mode the backend's q, k, v are bf16 already and the output is written as bf16; fp32
+ * q, k, v (fp32 activations) are rounded to bf16 once per call into a workspace (the same
  * rounding the kernels used to apply tile by tile, so the same bits, but each element is read
- * once instead of once per query tile), and the kernel streams bf16 tiles with cp.async into a
+ * once instead of once per query tile) and the output is fp32. The kernel streams bf16 tiles with cp.async into a
  * double buffer, so the next K and V tiles arrive while this one is multiplied. The scores, the
  * online softmax, P and the output accumulators never leave the registers; fragments come from
  * shared memory by ldmatrix (V through .trans, so it is staged row-major as it lies in memory).
@@ -39,9 +40,9 @@ template <int D> struct MfSmem {
     static_assert(Q % 16 == 0 && KV % 16 == 0, "regions stay 16-byte aligned");
 };
 
-template <int D>
+template <int D, typename O>
 __global__ static void __launch_bounds__(MF_THREADS, 2)
-    mf_forward_kernel(float *out, float *lse, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
+    mf_forward_kernel(O *out, float *lse, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
                       int T, int H, int KVH, float scale_log2)
 {
     typedef MfSmem<D> S;
@@ -158,16 +159,12 @@ __global__ static void __launch_bounds__(MF_THREADS, 2)
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
     const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-    float *dst_lo = out + ((size_t)b * T + t_lo) * qstride + (size_t)h * D + 2 * c;
-    float *dst_hi = dst_lo + 8 * qstride;
+    O *dst_lo = out + ((size_t)b * T + t_lo) * qstride + (size_t)h * D + 2 * c;
+    O *dst_hi = dst_lo + 8 * qstride;
 #pragma unroll
     for (int n = 0; n < NO; n++) {
-        if (t_lo < T)
-            *reinterpret_cast<float2 *>(dst_lo + n * 8) =
-                make_float2(o[n][0] * inv_lo, o[n][1] * inv_lo);
-        if (t_hi < T)
-            *reinterpret_cast<float2 *>(dst_hi + n * 8) =
-                make_float2(o[n][2] * inv_hi, o[n][3] * inv_hi);
+        if (t_lo < T) at_store2(dst_lo + n * 8, o[n][0] * inv_lo, o[n][1] * inv_lo);
+        if (t_hi < T) at_store2(dst_hi + n * 8, o[n][2] * inv_hi, o[n][3] * inv_hi);
     }
     if (c == 0) {
         float *l = lse + ((size_t)b * H + h) * T;
@@ -209,11 +206,17 @@ static size_t mf_round_up(size_t bytes)
     return (bytes + 255) / 256 * 256;
 }
 
-extern "C" size_t cuda_mma_attention_workspace(int B, int T, int H, int KVH, int D, int backward)
+extern "C" int cuda_mma_attention_suits(int B, int T, int H, int KVH, int D)
 {
     if (D != 64 && D != 128) return 0;
     if (B <= 0 || T <= 0 || H <= 0 || KVH <= 0 || H % KVH != 0) return 0;
-    if ((long long)B * H > INT32_MAX || (T + 63) / 64 > 65535) return 0;
+    return (long long)B * H <= INT32_MAX && (T + 63) / 64 <= 65535;
+}
+
+extern "C" size_t cuda_mma_attention_workspace(int B, int T, int H, int KVH, int D, int backward,
+                                               int bf16)
+{
+    if (bf16 || !cuda_mma_attention_suits(B, T, H, KVH, D)) return 0;
     const size_t qn = (size_t)B * T * H * D, kvn = (size_t)B * T * KVH * D;
     return mf_round_up(qn * 2) * (backward ? 2 : 1) + 2 * mf_round_up(kvn * 2);
 }
@@ -233,8 +236,8 @@ extern "C" void cuda_mma_attention_stage(__nv_bfloat16 **qb, __nv_bfloat16 **kb,
     cuda_mma_attention_round(*vb, v, kvn, stream);
 }
 
-/* 1 when this device holds the kernel's tiles for head dim D (asked once). */
-template <int D> static int mf_ready(void)
+/* 1 when this device holds the kernel's tiles for head dim D (asked once per output type). */
+template <int D, typename O> static int mf_ready(void)
 {
     static int ready = -1; /* -1 unknown, 0 the device cannot hold the tiles, 1 ready */
     if (ready < 0) {
@@ -243,36 +246,46 @@ template <int D> static int mf_ready(void)
         cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
         ready = MfSmem<D>::BYTES <= (size_t)optin;
         if (ready)
-            cudaCheck(cudaFuncSetAttribute(mf_forward_kernel<D>,
+            cudaCheck(cudaFuncSetAttribute(mf_forward_kernel<D, O>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)MfSmem<D>::BYTES));
     }
     return ready;
 }
 
-template <int D>
-static void mf_forward_launch(float *out, float *lse, const at_bf16 *q, const at_bf16 *k,
-                              const at_bf16 *v, int B, int T, int H, int KVH, cudaStream_t stream)
+template <int D, typename O>
+static int mf_forward_launch(O *out, float *lse, const at_bf16 *q, const at_bf16 *k,
+                             const at_bf16 *v, int B, int T, int H, int KVH, cudaStream_t stream)
 {
+    if (!mf_ready<D, O>()) return 0;
     const float scale_log2 = AT_LOG2E / sqrtf((float)D);
     dim3 grid(B * H, ceil_div(T, MF_ROWS));
-    mf_forward_kernel<D>
+    mf_forward_kernel<D, O>
         <<<grid, MF_THREADS, MfSmem<D>::BYTES, stream>>>(out, lse, q, k, v, T, H, KVH, scale_log2);
     cudaCheck(cudaGetLastError());
+    return 1;
 }
 
-extern "C" int cuda_mma_attention_forward(float *out, float *lse, const float *q, const float *k,
-                                          const float *v, void *workspace, int B, int T, int H,
-                                          int KVH, int D, cudaStream_t stream)
+template <typename O>
+static int mf_forward_as(O *out, float *lse, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
+                         int B, int T, int H, int KVH, int D, cudaStream_t stream)
 {
-    if (!cuda_mma_attention_workspace(B, T, H, KVH, D, 0) || !workspace) return 0;
+    return D == 64 ? mf_forward_launch<64, O>(out, lse, q, k, v, B, T, H, KVH, stream)
+                   : mf_forward_launch<128, O>(out, lse, q, k, v, B, T, H, KVH, stream);
+}
+
+extern "C" int cuda_mma_attention_forward(void *out, float *lse, const void *q, const void *k,
+                                          const void *v, int bf16, void *workspace, int B, int T,
+                                          int H, int KVH, int D, cudaStream_t stream)
+{
+    if (!cuda_mma_attention_suits(B, T, H, KVH, D) || (!bf16 && !workspace)) return 0;
     if (!mf_aligned16(out) || !mf_aligned16(q) || !mf_aligned16(k) || !mf_aligned16(v)) return 0;
-    if (!(D == 64 ? mf_ready<64>() : mf_ready<128>())) return 0;
+    if (bf16)
+        return mf_forward_as((at_bf16 *)out, lse, (const at_bf16 *)q, (const at_bf16 *)k,
+                             (const at_bf16 *)v, B, T, H, KVH, D, stream);
+    if (!(D == 64 ? mf_ready<64, float>() : mf_ready<128, float>())) return 0;
     __nv_bfloat16 *qb, *kb, *vb;
-    cuda_mma_attention_stage(&qb, &kb, &vb, workspace, q, k, v, B, T, H, KVH, D, stream);
-    if (D == 64)
-        mf_forward_launch<64>(out, lse, qb, kb, vb, B, T, H, KVH, stream);
-    else
-        mf_forward_launch<128>(out, lse, qb, kb, vb, B, T, H, KVH, stream);
-    return 1;
+    cuda_mma_attention_stage(&qb, &kb, &vb, workspace, (const float *)q, (const float *)k,
+                             (const float *)v, B, T, H, KVH, D, stream);
+    return mf_forward_as((float *)out, lse, qb, kb, vb, B, T, H, KVH, D, stream);
 }

@@ -35,6 +35,17 @@ __device__ static inline uint32_t at_pack(float lo, float hi)
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+/* Two neighbouring output elements of a C fragment (c0, c1 or c2, c3) stored as the output's type:
+ * fp32, or bf16 (the CUDA backend's activations in bf16 mode). */
+__device__ static inline void at_store2(float *p, float a, float b)
+{
+    *reinterpret_cast<float2 *>(p) = make_float2(a, b);
+}
+__device__ static inline void at_store2(at_bf16 *p, float a, float b)
+{
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(a, b);
+}
+
 /* The A fragment over 16 columns from the C of n8 tiles lo (columns 0..7) and hi (8..15). */
 __device__ static inline void at_c_to_a(uint32_t (&a)[4], const float (&lo)[4],
                                         const float (&hi)[4])

@@ -7,10 +7,12 @@
 extern "C" {
 #endif
 
-/* How matmuls compute: "fp32" (the backend's default; TF32 off, agrees with the CPU to fp32
- * rounding), "bf16" (mixed precision: fp32 storage and master weights, the weights read from the
- * bf16 working copy of Backend.weights_attach, activations and gradients rounded to bf16 as
- * operands, bf16 tensor-core products with fp32 accumulation and fp32 results) or "tf32". The
+/* How the backend computes and stores: "fp32" (the backend's default; TF32 off, agrees with the
+ * CPU to fp32 rounding), "bf16" (mixed precision: activations and their gradients stored in bf16
+ * (ops.h's Act), matmuls on the bf16 tensor cores from the bf16 working copy of
+ * Backend.weights_attach with fp32 accumulation, fp32 master weights and weight gradients) or
+ * "tf32" (fp32 storage, TF32 products). The Act storage follows the mode, so a model's arena is
+ * laid out for the mode in force at model_init: switch only while no model is alive. The
  * environment variable DSTRAIN_CUDA_MATMUL sets it when the backend starts; the config key
  * precision (train_backend) after that. DS_ERR_INPUT for anything else. */
 int cuda_matmul_precision(const char *mode);

@@ -1,11 +1,13 @@
 /* ops_cuda.cu: the CUDA backend: the Backend table of ops.h over device pointers, checked
- * against the CPU backend by tests/gpu/. Matmuls go through cuBLASLt: in bf16 (mixed precision,
- * what device=cuda runs by default) from a bf16 working copy of the weights and bf16-rounded
- * activations and gradients, with fp32 accumulation and fp32 results; in fp32 (TF32 off) for the
- * agreement checks. Everything else is a kernel of ours in fp32; attention is flash-style (online
- * softmax, the log-sum-exp saved, no T x T matrix): on the bf16 tensor cores (the mma.sync
- * kernels of attention_mma_fwd.cu and attention_mma_bwd.cu) for head_dim 64 and 128 unless DSTRAIN_CUDA_ATTENTION=simple,
- * else in fp32 below. Not here yet: bf16 storage of activations and gradients, fused epilogues.
+ * against the CPU backend by tests/gpu/. In bf16 mode (mixed precision, what device=cuda runs by
+ * default) the activations and their gradients (ops.h's Act tensors) are stored in bf16 and
+ * matmuls go through cuBLASLt on the bf16 tensor cores from a bf16 working copy of the weights,
+ * with fp32 accumulation, bf16 outputs and fp32 weight gradients; in fp32 mode (TF32 off, for the
+ * agreement checks) everything is fp32. The other kernels are ours: templates over the Act
+ * storage type that compute in fp32; attention is flash-style (online softmax, the log-sum-exp
+ * saved, no T x T matrix): on the bf16 tensor cores (the mma.sync kernels of
+ * attention_mma_fwd.cu and attention_mma_bwd.cu) for head_dim 64 and 128 unless
+ * DSTRAIN_CUDA_ATTENTION=simple, else in fp32 below. Not here yet: fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
  * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
@@ -40,6 +42,64 @@ static inline void cublas_check_at(cublasStatus_t status, const char *file, int 
 #define launchCheck() cudaCheck(cudaGetLastError())
 
 static const cudaStream_t stream = 0;
+
+/* 1 in bf16 mode (cuda_matmul_precision): bf16 matmul operands and bf16 Act storage. */
+static int lt_bf16;
+
+/* ---------------------------------------------------------------------------------------------
+ * Act tensors (ops.h): float, or __nv_bfloat16 in bf16 mode. A kernel that touches them is a
+ * template over the storage type ActT, takes them as void pointers and reads and writes elements
+ * through act_ld / act_st, in fp32; LAUNCH_ACT launches the instance of the current mode. */
+
+static size_t act_size(void)
+{
+    return lt_bf16 ? sizeof(__nv_bfloat16) : sizeof(float);
+}
+
+__device__ static inline float act_ld(const float *p, size_t i) { return p[i]; }
+__device__ static inline float act_ld(const __nv_bfloat16 *p, size_t i)
+{
+    return __bfloat162float(p[i]);
+}
+__device__ static inline void act_st(float *p, size_t i, float v) { p[i] = v; }
+__device__ static inline void act_st(__nv_bfloat16 *p, size_t i, float v)
+{
+    p[i] = __float2bfloat16_rn(v);
+}
+
+#define LAUNCH_ACT(kernel, grid, block, smem, ...)                                                 \
+    do {                                                                                           \
+        if (lt_bf16)                                                                               \
+            kernel<__nv_bfloat16><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);               \
+        else                                                                                       \
+            kernel<float><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);                       \
+        launchCheck();                                                                             \
+    } while (0)
+
+/* dst[n] (fp32) = src[n] (an Act) and back: for the kernels that work in fp32 only. */
+template <typename ActT>
+__global__ static void act_widen_kernel(float *dst, const void *src, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = act_ld((const ActT *)src, i);
+}
+
+template <typename ActT>
+__global__ static void act_narrow_kernel(void *dst, const float *src, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) act_st((ActT *)dst, i, src[i]);
+}
+
+static void act_widen(float *dst, const void *src, size_t n)
+{
+    if (n) LAUNCH_ACT(act_widen_kernel, ceil_div((long long)n, 256), 256, 0, dst, src, n);
+}
+
+static void act_narrow(void *dst, const float *src, size_t n)
+{
+    if (n) LAUNCH_ACT(act_narrow_kernel, ceil_div((long long)n, 256), 256, 0, dst, src, n);
+}
 
 /* ---------------------------------------------------------------------------------------------
  * scratch: one device buffer shared by the ops that need temporary space (partial sums); ops run
@@ -107,15 +167,18 @@ __device__ static float block_max(float v, float *shared)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * column sums, deterministic: rows are cut into fixed chunks, each chunk's column sums are
- * written to scratch, then a second kernel adds the chunks in chunk order into dst (+=).
- * With x2 and rowscale it sums x[i,j] * (x2[i,j] * rowscale[i]) (the RMSNorm weight gradient). */
+ * column sums of an Act x, deterministic: rows are cut into fixed chunks, each chunk's column
+ * sums are written to scratch, then a second kernel adds the chunks in chunk order into dst (+=).
+ * With x2 and rowscale (fp32) it sums x[i,j] * (x2[i,j] * rowscale[i]) (the RMSNorm weight
+ * gradient). */
 
 #define COLSUM_CHUNK 256
 
-__global__ static void colsum_partial_kernel(float *partial, const float *x, const float *x2,
+template <typename ActT>
+__global__ static void colsum_partial_kernel(float *partial, const void *x_, const float *x2,
                                              const float *rowscale, int M, int N)
 {
+    const ActT *x = (const ActT *)x_;
     __shared__ float part[8][33];
     int j = blockIdx.x * 32 + threadIdx.x;
     int row0 = blockIdx.y * COLSUM_CHUNK, row1 = min(row0 + COLSUM_CHUNK, M);
@@ -123,7 +186,7 @@ __global__ static void colsum_partial_kernel(float *partial, const float *x, con
     if (j < N)
         for (int i = row0 + threadIdx.y; i < row1; i += 8) {
             size_t at = (size_t)i * N + j;
-            s += x2 ? x[at] * (x2[at] * rowscale[i]) : x[at];
+            s += x2 ? act_ld(x, at) * (x2[at] * rowscale[i]) : act_ld(x, at);
         }
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
@@ -145,15 +208,14 @@ __global__ static void colsum_finish_kernel(float *dst, const float *partial, in
     dst[j] += (float)s;
 }
 
-static void column_sums_add(float *dst, const float *x, const float *x2, const float *rowscale,
+static void column_sums_add(float *dst, const void *x, const float *x2, const float *rowscale,
                             int M, int N)
 {
     if (M <= 0 || N <= 0) return;
     int chunks = ceil_div(M, COLSUM_CHUNK);
     float *partial = (float *)scratch_get((size_t)chunks * N * sizeof(float));
-    colsum_partial_kernel<<<dim3(ceil_div(N, 32), chunks), dim3(32, 8), 0, stream>>>(
-        partial, x, x2, rowscale, M, N);
-    launchCheck();
+    LAUNCH_ACT(colsum_partial_kernel, dim3(ceil_div(N, 32), chunks), dim3(32, 8), 0, partial, x, x2,
+               rowscale, M, N);
     colsum_finish_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dst, partial, chunks, N);
     launchCheck();
 }
@@ -166,19 +228,15 @@ static void column_sums_add(float *dst, const float *x, const float *x2, const f
  *   dweight  dW (K x N)  += inp (K x M) . dout^T (dout stored N x M)
  * Modes (cuda_matmul_precision):
  *   fp32: fp32 operands, true fp32 products (TF32 off); tf32: fp32 operands on the TF32 cores.
- *   bf16 (mixed precision): the operands are rounded to bf16 (the weights from the attached
- *     working copy, activations and gradients into operand buffers), products on the bf16
- *     tensor cores with fp32 accumulation, fp32 results (C and D fp32, so dW += accumulates in
- *     fp32). Reading bf16 instead of converting fp32 inside the product doubles the rate.
- * The bf16 copy of a matmul input is kept for the next matmul on the same input (q, k and v
- * read one normed activation; gate and up another): every other op, and every matmul output
- * that overlaps it, forgets it (operand_cache_forget), so a stale copy is never read. */
+ *   bf16 (mixed precision): bf16 operands (the weights from the attached working copy, the
+ *     activations and gradients as they are stored), products on the bf16 tensor cores with fp32
+ *     accumulation; out and dinp are written in bf16 (dinp += rounds once, after the fp32 sum),
+ *     dW in fp32 (C and D fp32, so dW += accumulates in fp32). */
 
 static cublasLtHandle_t lt_handle;
 static void *lt_workspace;
 static const size_t lt_workspace_size = (size_t)32 << 20;
 static cublasComputeType_t lt_compute = CUBLAS_COMPUTE_32F;
-static int lt_bf16; /* 1: bf16 operands (mixed precision) */
 
 extern "C" int cuda_matmul_is_bf16(void) { return lt_bf16; }
 
@@ -231,28 +289,8 @@ static __nv_bfloat16 *bf16_buffer(Bf16Buffer *b, size_t n)
     return b->ptr;
 }
 
-static Bf16Buffer operand_inp, operand_dout, operand_weight;
-static const float *operand_inp_src; /* whose values operand_inp holds; NULL: none */
-static size_t operand_inp_n;
-
-static void operand_cache_clear(void) { operand_inp_src = NULL; }
-
-/* A matmul wrote [p, p + n): a cached copy of anything there is stale. */
-static void operand_cache_forget(const float *p, size_t n)
-{
-    if (operand_inp_src && p < operand_inp_src + operand_inp_n && operand_inp_src < p + n)
-        operand_inp_src = NULL;
-}
-
-static const __nv_bfloat16 *input_operand(const float *inp, size_t n)
-{
-    if (operand_inp_src == inp && operand_inp_n == n) return operand_inp.ptr;
-    __nv_bfloat16 *x = bf16_buffer(&operand_inp, n);
-    round_bf16(x, inp, n);
-    operand_inp_src = inp;
-    operand_inp_n = n;
-    return x;
-}
+/* a weight and a bias outside every attached buffer, rounded */
+static Bf16Buffer operand_weight, operand_bias;
 
 /* The working copies of attached parameter buffers (Backend.weights_attach). */
 #define WEIGHT_COPIES_MAX 16
@@ -321,15 +359,15 @@ static void weights_detach(const float *params)
     memset(w, 0, sizeof(*w));
 }
 
-/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into a buffer. */
-static const __nv_bfloat16 *weight_operand(const float *weight, size_t n)
+/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer. */
+static const __nv_bfloat16 *weight_operand(const float *weight, size_t n, Bf16Buffer *buffer)
 {
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
         const WeightCopy *w = &weight_copies[i];
         if (w->params && w->fresh && weight >= w->params && weight + n <= w->params + w->n)
             return w->copy + (weight - w->params);
     }
-    __nv_bfloat16 *x = bf16_buffer(&operand_weight, n);
+    __nv_bfloat16 *x = bf16_buffer(buffer, n);
     round_bf16(x, weight, n);
     return x;
 }
@@ -344,7 +382,6 @@ extern "C" int cuda_matmul_precision(const char *mode)
         lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32, lt_bf16 = 0;
     else
         return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
-    operand_cache_clear(); /* nothing rounded under another mode is read after the switch */
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
         weight_copies[i].fresh = 0;
     return DS_OK;
@@ -353,7 +390,7 @@ extern "C" int cuda_matmul_precision(const char *mode)
 /* ---- cuBLASLt plans: descriptors and the heuristic's algorithm, made once per shape ---- */
 
 typedef struct LtPlan {
-    int m, n, k, transa, transb, bias, accumulate, bf16;
+    int m, n, k, transa, transb, bias, accumulate, bf16, d_bf16;
     cublasComputeType_t compute;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, ld;
@@ -373,15 +410,15 @@ static void lt_plan_destroy(LtPlan *p)
     cublasCheck(cublasLtMatmulDescDestroy(p->desc));
 }
 
-static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const float *bias,
-                           int accumulate)
+static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const void *bias,
+                           int accumulate, int d_bf16)
 {
     const int has_bias = bias != NULL;
     for (int i = 0; i < lt_plan_count; i++) {
         LtPlan *p = &lt_plans[i];
         if (p->m == m && p->n == n && p->k == k && p->transa == transa && p->transb == transb &&
             p->bias == has_bias && p->accumulate == accumulate && p->bf16 == lt_bf16 &&
-            p->compute == lt_compute)
+            p->d_bf16 == d_bf16 && p->compute == lt_compute)
             return p;
     }
     LtPlan *p;
@@ -394,7 +431,7 @@ static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const fl
     }
     memset(p, 0, sizeof(*p));
     p->m = m, p->n = n, p->k = k, p->transa = transa, p->transb = transb, p->bias = has_bias;
-    p->accumulate = accumulate, p->bf16 = lt_bf16, p->compute = lt_compute;
+    p->accumulate = accumulate, p->bf16 = lt_bf16, p->d_bf16 = d_bf16, p->compute = lt_compute;
     const cudaDataType_t ab = lt_bf16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasCheck(cublasLtMatmulDescCreate(&p->desc, lt_compute, CUDA_R_32F));
     cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N,
@@ -403,7 +440,7 @@ static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const fl
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     if (has_bias) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        cudaDataType_t bias_type = CUDA_R_32F;
+        cudaDataType_t bias_type = d_bf16 ? CUDA_R_16BF : CUDA_R_32F; /* the bias is D's type */
         cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                    sizeof(epi)));
         cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
@@ -415,36 +452,48 @@ static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const fl
                                            transa ? k : m));
     cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, ab, transb ? n : k, transb ? k : n,
                                            transb ? n : k));
-    cublasCheck(cublasLtMatrixLayoutCreate(&p->ld, CUDA_R_32F, m, n, m));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->ld, d_bf16 ? CUDA_R_16BF : CUDA_R_32F, m, n, m));
     cublasLtMatmulPreference_t pref;
     cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                      &lt_workspace_size, sizeof(size_t)));
     cublasLtMatmulHeuristicResult_t heur;
     int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->la, p->lb, p->ld, p->ld,
-                                               pref, 1, &heur, &found));
+    /* a combination the library does not offer is NOT_SUPPORTED here: no algorithm (lt_matmul
+     * then adds the bias itself) */
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->la, p->lb, p->ld,
+                                                           p->ld, pref, 1, &heur, &found);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED)
+        found = 0;
+    else
+        cublasCheck(status);
     cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
     p->found = found > 0;
     if (p->found) p->algo = heur.algo;
     return p;
 }
 
-__global__ static void add_bias_kernel(float *out, const float *bias, int M, int N)
+template <typename ActT>
+__global__ static void add_bias_kernel(void *out_, const void *bias, int M, int N)
 {
+    ActT *out = (ActT *)out_;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (size_t)M * N) out[i] += bias[i % N];
+    if (i < (size_t)M * N) act_st(out, i, act_ld(out, i) + act_ld((const ActT *)bias, i % N));
 }
 
 /* D[m, n] (column-major, ld m) = op(A) op(B) + beta * D, plus bias[m] on every column; A and B
- * fp32, or bf16 in bf16 mode. */
-static void lt_matmul(float *d, const void *a, const void *b, const float *bias, int m, int n,
-                      int k, int transa, int transb, float beta)
+ * fp32, or bf16 in bf16 mode; D and the bias fp32, or bf16 when d_bf16. */
+static void lt_matmul(void *d, int d_bf16, const void *a, const void *b, const void *bias, int m,
+                      int n, int k, int transa, int transb, float beta)
 {
-    LtPlan *p = lt_plan_get(m, n, k, transa, transb, bias, beta != 0.0f);
+    LtPlan *p = lt_plan_get(m, n, k, transa, transb, bias, beta != 0.0f, d_bf16);
     if (!p->found && bias) { /* no fused bias for this shape: the product, then the bias */
-        lt_matmul(d, a, b, NULL, m, n, k, transa, transb, beta);
-        add_bias_kernel<<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
+        lt_matmul(d, d_bf16, a, b, NULL, m, n, k, transa, transb, beta);
+        if (d_bf16)
+            add_bias_kernel<__nv_bfloat16>
+                <<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
+        else
+            add_bias_kernel<float><<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
         launchCheck();
         return;
     }
@@ -461,57 +510,47 @@ static void lt_matmul(float *d, const void *a, const void *b, const float *bias,
                                p->ld, &p->algo, lt_workspace, lt_workspace_size, stream));
 }
 
-__global__ static void fill_rows_kernel(float *out, const float *bias, int M, int N)
+template <typename ActT>
+__global__ static void fill_rows_kernel(void *out, const float *bias, int M, int N)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)M * N) return;
-    out[i] = bias ? bias[i % N] : 0.0f;
+    act_st((ActT *)out, i, bias ? bias[i % N] : 0.0f);
 }
 
-static void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                           int M, int K, int N)
+static void matmul_forward(Act *out, const Act *inp, const float *weight, const float *bias, int M,
+                           int K, int N)
 {
     if (M <= 0 || N <= 0) return;
-    operand_cache_forget(out, (size_t)M * N);
     if (K <= 0) { /* empty contraction: the bias alone */
-        fill_rows_kernel<<<ceil_div((long long)M * N, 256), 256, 0, stream>>>(out, bias, M, N);
-        launchCheck();
+        LAUNCH_ACT(fill_rows_kernel, ceil_div((long long)M * N, 256), 256, 0, out, bias, M, N);
         return;
     }
-    if (lt_bf16) {
-        const __nv_bfloat16 *w = weight_operand(weight, (size_t)N * K);
-        const __nv_bfloat16 *x = input_operand(inp, (size_t)M * K);
-        lt_matmul(out, w, x, bias, N, M, K, 1, 0, 0.0f);
-    } else {
-        lt_matmul(out, weight, inp, bias, N, M, K, 1, 0, 0.0f);
+    const void *w = weight, *b = bias;
+    if (lt_bf16) { /* bf16 weight and bias (a bf16 output takes a bf16 bias), from the copy */
+        w = weight_operand(weight, (size_t)N * K, &operand_weight);
+        if (bias) b = weight_operand(bias, (size_t)N, &operand_bias);
     }
+    lt_matmul(out, lt_bf16, w, inp, b, N, M, K, 1, 0, 0.0f);
 }
 
-static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, int M, int K, int N)
+static void matmul_backward(Act *dinp, float *dweight, float *dbias, const Act *dout,
+                            const Act *inp, const float *weight, int M, int K, int N,
+                            int accumulate)
 {
     if (M <= 0 || N <= 0) {
-        if (dinp && M > 0 && K > 0)
-            cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)M * K * sizeof(float), stream));
-        if (dinp) operand_cache_forget(dinp, (size_t)M * K);
+        if (dinp && M > 0 && K > 0 && !accumulate)
+            cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)M * K * act_size(), stream));
         return;
     }
     if (K > 0) {
-        if (lt_bf16) {
-            __nv_bfloat16 *dy = bf16_buffer(&operand_dout, (size_t)M * N);
-            round_bf16(dy, dout, (size_t)M * N);
-            const __nv_bfloat16 *x = input_operand(inp, (size_t)M * K);
-            if (dinp) {
-                const __nv_bfloat16 *w = weight_operand(weight, (size_t)N * K);
-                lt_matmul(dinp, w, dy, NULL, K, M, N, 0, 0, 0.0f);
-            }
-            lt_matmul(dweight, x, dy, NULL, K, N, M, 0, 1, 1.0f);
-        } else {
-            if (dinp) lt_matmul(dinp, weight, dout, NULL, K, M, N, 0, 0, 0.0f);
-            lt_matmul(dweight, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
+        if (dinp) {
+            const void *w =
+                lt_bf16 ? (const void *)weight_operand(weight, (size_t)N * K, &operand_weight)
+                        : weight;
+            lt_matmul(dinp, lt_bf16, w, dout, NULL, K, M, N, 0, 0, accumulate ? 1.0f : 0.0f);
         }
-        if (dinp) operand_cache_forget(dinp, (size_t)M * K);
-        operand_cache_forget(dweight, (size_t)N * K);
+        lt_matmul(dweight, 0, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
     }
     if (dbias) column_sums_add(dbias, dout, NULL, NULL, M, N);
 }
@@ -519,12 +558,13 @@ static void matmul_backward(float *dinp, float *dweight, float *dbias, const flo
 /* ---------------------------------------------------------------------------------------------
  * rmsnorm: one block per row. */
 
-__global__ static void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp,
+template <typename ActT>
+__global__ static void rmsnorm_forward_kernel(void *out, float *rstd, const float *inp,
                                               const float *weight, int C, float eps)
 {
     __shared__ float shared[32];
     const float *x = inp + (size_t)blockIdx.x * C;
-    float *y = out + (size_t)blockIdx.x * C;
+    ActT *y = (ActT *)out + (size_t)blockIdx.x * C;
     float ss = 0.0f;
     for (int j = threadIdx.x; j < C; j += blockDim.x)
         ss += x[j] * x[j];
@@ -532,50 +572,59 @@ __global__ static void rmsnorm_forward_kernel(float *out, float *rstd, const flo
     float variance = C > 0 ? ss / C : 0.0f;
     float r = 1.0f / sqrtf(variance + eps);
     for (int j = threadIdx.x; j < C; j += blockDim.x)
-        y[j] = weight[j] * (x[j] * r);
+        act_st(y, j, weight[j] * (x[j] * r));
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
 }
 
-__global__ static void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp,
-                                               const float *weight, const float *rstd, int C)
+/* dinp += the row's gradient; dinp_act (may be NULL) gets the updated row as an Act. */
+template <typename ActT>
+__global__ static void rmsnorm_backward_kernel(float *dinp, void *dinp_act, const void *dout,
+                                               const float *inp, const float *weight,
+                                               const float *rstd, int C)
 {
     __shared__ float shared[32];
     size_t row = (size_t)blockIdx.x * C;
-    const float *x = inp + row, *dy = dout + row;
+    const float *x = inp + row;
+    const ActT *dy = (const ActT *)dout + row;
     float *dx = dinp + row;
+    ActT *dx_act = dinp_act ? (ActT *)dinp_act + row : NULL;
     float r = rstd[blockIdx.x];
     float dot = 0.0f;
     for (int j = threadIdx.x; j < C; j += blockDim.x)
-        dot += weight[j] * dy[j] * x[j];
+        dot += weight[j] * act_ld(dy, j) * x[j];
     dot = block_sum(dot, shared);
     float coef = dot * r * r * r / C;
-    for (int j = threadIdx.x; j < C; j += blockDim.x)
-        dx[j] += r * weight[j] * dy[j] - coef * x[j];
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        const float g = dx[j] + (r * weight[j] * act_ld(dy, j) - coef * x[j]);
+        dx[j] = g;
+        if (dx_act) act_st(dx_act, j, g);
+    }
 }
 
-static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int M,
+static void rmsnorm_forward(Act *out, float *rstd, const float *inp, const float *weight, int M,
                             int C, float eps)
 {
     if (M <= 0) return;
-    rmsnorm_forward_kernel<<<M, 256, 0, stream>>>(out, rstd, inp, weight, C, eps);
-    launchCheck();
+    LAUNCH_ACT(rmsnorm_forward_kernel, M, 256, 0, out, rstd, inp, weight, C, eps);
 }
 
-static void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                             const float *weight, const float *rstd, int M, int C)
+static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout,
+                             const float *inp, const float *weight, const float *rstd, int M,
+                             int C)
 {
     if (M <= 0) return;
-    rmsnorm_backward_kernel<<<M, 256, 0, stream>>>(dinp, dout, inp, weight, rstd, C);
-    launchCheck();
+    LAUNCH_ACT(rmsnorm_backward_kernel, M, 256, 0, dinp, dinp_act, dout, inp, weight, rstd, C);
     column_sums_add(dweight, dout, inp, rstd, M, C);
 }
 
 /* ---------------------------------------------------------------------------------------------
  * rope, rotate-half layout; sign -1 applies the inverse rotation (backward). */
 
-__global__ static void rope_kernel(float *x, const float *pos_cos, const float *pos_sin, int T,
+template <typename ActT>
+__global__ static void rope_kernel(void *x_, const float *pos_cos, const float *pos_sin, int T,
                                    int H, int D, long long total, float sign)
 {
+    ActT *x = (ActT *)x_;
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     int half = D / 2;
@@ -584,31 +633,30 @@ __global__ static void rope_kernel(float *x, const float *pos_cos, const float *
     int h = (int)(rh % H);
     long long row = rh / H;
     int t = (int)(row % T);
-    float *head = x + (size_t)row * H * D + (size_t)h * D;
+    ActT *head = x + (size_t)row * H * D + (size_t)h * D;
     float c = pos_cos[(size_t)t * half + i], sn = sign * pos_sin[(size_t)t * half + i];
-    float x1 = head[i], x2 = head[i + half];
-    head[i] = x1 * c - x2 * sn;
-    head[i + half] = x2 * c + x1 * sn;
+    float x1 = act_ld(head, i), x2 = act_ld(head, i + half);
+    act_st(head, i, x1 * c - x2 * sn);
+    act_st(head, i + half, x2 * c + x1 * sn);
 }
 
-static void rope_apply(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+static void rope_apply(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
                        int D, float sign)
 {
     long long total = (long long)B * T * H * (D / 2);
     if (total <= 0) return;
-    rope_kernel<<<ceil_div(total, 256), 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total,
-                                                          sign);
-    launchCheck();
+    LAUNCH_ACT(rope_kernel, ceil_div(total, 256), 256, 0, x, pos_cos, pos_sin, T, H, D, total,
+               sign);
 }
 
-static void rope_forward(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+static void rope_forward(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
                          int D)
 {
     rope_apply(x, pos_cos, pos_sin, B, T, H, D, 1.0f);
 }
 
-static void rope_backward(float *dx, const float *pos_cos, const float *pos_sin, int B, int T,
-                          int H, int D)
+static void rope_backward(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                          int D)
 {
     rope_apply(dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
 }
@@ -702,10 +750,12 @@ __global__ static void attention_forward_kernel(float *out, float *lse, const fl
     if (lane == 0) lse[((size_t)b * H + h) * T + t] = running_max + logf(denom);
 }
 
-/* delta[b, h, t] = dout[t] . out[t] (one warp per row) */
-__global__ static void attention_delta_kernel(float *delta, const float *dout, const float *out,
+/* delta[b, h, t] = dout[t] . out[t] (one warp per row), from Act dout and out */
+template <typename ActT>
+__global__ static void attention_delta_kernel(float *delta, const void *dout_, const void *out_,
                                               int B, int T, int H, int D)
 {
+    const ActT *dout = (const ActT *)dout_, *out = (const ActT *)out_;
     long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
     if (row >= (long long)B * H * T) return;
@@ -713,7 +763,7 @@ __global__ static void attention_delta_kernel(float *delta, const float *dout, c
     size_t at = (size_t)(b * T + t) * H * D + (size_t)h * D;
     float s = 0.0f;
     for (int d = lane; d < D; d += 32)
-        s += dout[at + d] * out[at + d];
+        s += act_ld(dout, at + d) * act_ld(out, at + d);
     s = warp_sum(s);
     if (lane == 0) delta[row] = s;
 }
@@ -929,18 +979,11 @@ extern "C" long long cuda_attention_flash_calls(void)
     return attention_mma_calls + cuda_attention_wmma_calls();
 }
 
-static void attention_forward(float *out, float *lse, const float *q, const float *k,
-                              const float *v, int B, int T, int H, int KVH, int D)
+/* The fp32 attention: attention.cu's wmma kernels where they apply (unless attention_kind is 1),
+ * else the kernels above. */
+static void attention_forward_f32(float *out, float *lse, const float *q, const float *k,
+                                  const float *v, int B, int T, int H, int KVH, int D)
 {
-    if (B <= 0 || T <= 0 || H <= 0) return;
-    attention_check_shape(H, KVH, D);
-    const size_t workspace = cuda_mma_attention_workspace(B, T, H, KVH, D, 0);
-    if (attention_kind == 0 && workspace &&
-        cuda_mma_attention_forward(out, lse, q, k, v, scratch_get(workspace), B, T, H, KVH, D,
-                                   stream)) {
-        attention_mma_calls++;
-        return;
-    }
     if (attention_kind != 1 &&
         cuda_flash_attention_forward(out, lse, q, k, v, B, T, H, KVH, D, stream))
         return;
@@ -951,32 +994,15 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
     launchCheck();
 }
 
-static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
-                               const float *lse, const float *q, const float *k, const float *v,
-                               int B, int T, int H, int KVH, int D)
+static void attention_backward_f32(float *dq, float *dk, float *dv, const float *dout,
+                                   const float *delta, const float *lse, const float *q,
+                                   const float *k, const float *v, int B, int T, int H, int KVH,
+                                   int D)
 {
-    if (B <= 0 || T <= 0 || H <= 0) return;
-    attention_check_shape(H, KVH, D);
-    const float scale = 1.0f / sqrtf((float)D);
-    long long rows = (long long)B * H * T;
-    /* scratch: delta, then the mma kernels' workspace (256-byte aligned) where they run */
-    const size_t delta_bytes = ((size_t)rows * sizeof(float) + 255) / 256 * 256;
-    const size_t workspace = attention_kind == 0 ? cuda_mma_attention_workspace(B, T, H, KVH, D, 1)
-                                                 : 0;
-    unsigned char *scratch = (unsigned char *)scratch_get(delta_bytes + workspace);
-    float *delta = (float *)scratch;
-    attention_delta_kernel<<<ceil_div(rows * 32, 256), 256, 0, stream>>>(delta, dout, out, B, T, H,
-                                                                         D);
-    launchCheck();
-    if (workspace && cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
-                                                 scratch + delta_bytes, B, T, H, KVH, D,
-                                                 stream)) {
-        attention_mma_calls++;
-        return;
-    }
     if (attention_kind != 1 && cuda_flash_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
                                                              B, T, H, KVH, D, stream))
         return;
+    const float scale = 1.0f / sqrtf((float)D);
     size_t smem_dq = (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_dq_kernel, smem_dq);
     attention_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem_dq, stream>>>(
@@ -990,34 +1016,128 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     launchCheck();
 }
 
+/* Carves consecutive 256-byte aligned pieces out of one scratch allocation. */
+typedef struct ScratchCut {
+    unsigned char *at;
+} ScratchCut;
+
+static size_t scratch_round(size_t bytes)
+{
+    return (bytes + 255) / 256 * 256;
+}
+
+static void *scratch_cut(ScratchCut *c, size_t bytes)
+{
+    void *p = c->at;
+    c->at += scratch_round(bytes);
+    return p;
+}
+
+static void attention_forward(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
+                              int B, int T, int H, int KVH, int D)
+{
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    attention_check_shape(H, KVH, D);
+    if (attention_kind == 0 && cuda_mma_attention_suits(B, T, H, KVH, D)) {
+        const size_t workspace = cuda_mma_attention_workspace(B, T, H, KVH, D, 0, lt_bf16);
+        if (cuda_mma_attention_forward(out, lse, q, k, v, lt_bf16,
+                                       workspace ? scratch_get(workspace) : NULL, B, T, H, KVH, D,
+                                       stream)) {
+            attention_mma_calls++;
+            return;
+        }
+    }
+    if (!lt_bf16) {
+        attention_forward_f32((float *)out, lse, (const float *)q, (const float *)k,
+                              (const float *)v, B, T, H, KVH, D);
+        return;
+    }
+    /* bf16 activations into kernels that read fp32: widened copies in scratch */
+    const size_t qn = (size_t)B * T * H * D, kvn = (size_t)B * T * KVH * D;
+    ScratchCut cut = {(unsigned char *)scratch_get(scratch_round(qn * 4) * 2 +
+                                                   scratch_round(kvn * 4) * 2)};
+    float *q32 = (float *)scratch_cut(&cut, qn * 4), *out32 = (float *)scratch_cut(&cut, qn * 4);
+    float *k32 = (float *)scratch_cut(&cut, kvn * 4), *v32 = (float *)scratch_cut(&cut, kvn * 4);
+    act_widen(q32, q, qn);
+    act_widen(k32, k, kvn);
+    act_widen(v32, v, kvn);
+    attention_forward_f32(out32, lse, q32, k32, v32, B, T, H, KVH, D);
+    act_narrow(out, out32, qn);
+}
+
+static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
+                               const float *lse, const Act *q, const Act *k, const Act *v, int B,
+                               int T, int H, int KVH, int D)
+{
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    attention_check_shape(H, KVH, D);
+    const long long rows = (long long)B * H * T;
+    const size_t qn = (size_t)B * T * H * D, kvn = (size_t)B * T * KVH * D;
+    const int mma = attention_kind == 0 && cuda_mma_attention_suits(B, T, H, KVH, D);
+    /* scratch: delta, then the mma kernels' workspace, or fp32 copies of the Act tensors for the
+     * fp32 kernels in bf16 mode (dq, dk, dv, dout, q, k, v) */
+    const size_t workspace = mma ? cuda_mma_attention_workspace(B, T, H, KVH, D, 1, lt_bf16) : 0;
+    const size_t widened = lt_bf16 ? 3 * scratch_round(qn * 4) + 4 * scratch_round(kvn * 4) : 0;
+    ScratchCut cut = {(unsigned char *)scratch_get(scratch_round((size_t)rows * 4) +
+                                                   (workspace > widened ? workspace : widened))};
+    float *delta = (float *)scratch_cut(&cut, (size_t)rows * 4);
+    LAUNCH_ACT(attention_delta_kernel, ceil_div(rows * 32, 256), 256, 0, delta, dout, out, B, T, H,
+               D);
+    if (mma && cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v, lt_bf16,
+                                           workspace ? cut.at : NULL, B, T, H, KVH, D, stream)) {
+        attention_mma_calls++;
+        return;
+    }
+    if (!lt_bf16) {
+        attention_backward_f32((float *)dq, (float *)dk, (float *)dv, (const float *)dout, delta,
+                               lse, (const float *)q, (const float *)k, (const float *)v, B, T, H,
+                               KVH, D);
+        return;
+    }
+    float *dq32 = (float *)scratch_cut(&cut, qn * 4), *dout32 = (float *)scratch_cut(&cut, qn * 4);
+    float *q32 = (float *)scratch_cut(&cut, qn * 4);
+    float *dk32 = (float *)scratch_cut(&cut, kvn * 4), *dv32 = (float *)scratch_cut(&cut, kvn * 4);
+    float *k32 = (float *)scratch_cut(&cut, kvn * 4), *v32 = (float *)scratch_cut(&cut, kvn * 4);
+    act_widen(dout32, dout, qn);
+    act_widen(q32, q, qn);
+    act_widen(k32, k, kvn);
+    act_widen(v32, v, kvn);
+    attention_backward_f32(dq32, dk32, dv32, dout32, delta, lse, q32, k32, v32, B, T, H, KVH, D);
+    act_narrow(dq, dq32, qn);
+    act_narrow(dk, dk32, kvn);
+    act_narrow(dv, dv32, kvn);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * elementwise ops */
 
-__global__ static void swiglu_forward_kernel(float *out, const float *gate, const float *up,
-                                             size_t n)
+template <typename ActT>
+__global__ static void swiglu_forward_kernel(void *out, const void *gate, const void *up, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    float g = act_ld((const ActT *)gate, i);
+    act_st((ActT *)out, i, g / (1.0f + expf(-g)) * act_ld((const ActT *)up, i));
 }
 
-__global__ static void swiglu_backward_kernel(float *dgate, float *dup, const float *dout,
-                                              const float *gate, const float *up, size_t n)
+template <typename ActT>
+__global__ static void swiglu_backward_kernel(void *dgate, void *dup, const void *dout,
+                                              const void *gate, const void *up, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = gate[i];
+    float g = act_ld((const ActT *)gate, i);
     float s = 1.0f / (1.0f + expf(-g));
-    float dy = dout[i];
-    dgate[i] = dy * up[i] * (s * (1.0f + g * (1.0f - s)));
-    dup[i] = dy * (g * s);
+    float dy = act_ld((const ActT *)dout, i);
+    act_st((ActT *)dgate, i, dy * act_ld((const ActT *)up, i) * (s * (1.0f + g * (1.0f - s))));
+    act_st((ActT *)dup, i, dy * (g * s));
 }
 
-__global__ static void add_kernel(float *out, const float *a, const float *b, size_t n)
+template <typename ActT>
+__global__ static void add_kernel(float *out, const float *a, const void *b, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = a[i] + b[i];
+    if (i < n) out[i] = a[i] + act_ld((const ActT *)b, i);
 }
 
 __global__ static void scale_kernel(float *x, float s, size_t n)
@@ -1026,27 +1146,22 @@ __global__ static void scale_kernel(float *x, float s, size_t n)
     if (i < n) x[i] *= s;
 }
 
-static void swiglu_forward(float *out, const float *gate, const float *up, size_t n)
+static void swiglu_forward(Act *out, const Act *gate, const Act *up, size_t n)
 {
-    if (!n) return;
-    swiglu_forward_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(out, gate, up, n);
-    launchCheck();
+    if (n) LAUNCH_ACT(swiglu_forward_kernel, ceil_div((long long)n, 256), 256, 0, out, gate, up, n);
 }
 
-static void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                            const float *up, size_t n)
+static void swiglu_backward(Act *dgate, Act *dup, const Act *dout, const Act *gate, const Act *up,
+                            size_t n)
 {
-    if (!n) return;
-    swiglu_backward_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(dgate, dup, dout, gate,
-                                                                            up, n);
-    launchCheck();
+    if (n)
+        LAUNCH_ACT(swiglu_backward_kernel, ceil_div((long long)n, 256), 256, 0, dgate, dup, dout,
+                   gate, up, n);
 }
 
-static void add(float *out, const float *a, const float *b, size_t n)
+static void add(float *out, const float *a, const Act *b, size_t n)
 {
-    if (!n) return;
-    add_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(out, a, b, n);
-    launchCheck();
+    if (n) LAUNCH_ACT(add_kernel, ceil_div((long long)n, 256), 256, 0, out, a, b, n);
 }
 
 static void scale(float *x, float s, size_t n)
@@ -1144,96 +1259,99 @@ static void embedding_backward(float *dtable, const float *dout, const int32_t *
  * cross-entropy, one block per row, semantics of the CPU backend (weight-0 rows: loss 0, zero
  * gradient; a weighted row with an out-of-range target: loss NaN, zero gradient). */
 
-__global__ static void cross_entropy_kernel(float *losses, float *logits, const int32_t *targets,
+template <typename ActT>
+__global__ static void cross_entropy_kernel(float *losses, void *logits, const int32_t *targets,
                                             const float *weights, int V, int write_grad)
 {
     __shared__ float shared[32];
     const int i = blockIdx.x;
-    float *row = logits + (size_t)i * V;
+    ActT *row = (ActT *)logits + (size_t)i * V;
     const float w = weights[i];
     const int target = targets[i];
     if (w == 0.0f || target < 0 || target >= V || V <= 0) {
         if (threadIdx.x == 0) losses[i] = w == 0.0f ? 0.0f : NAN;
         if (write_grad)
             for (int j = threadIdx.x; j < V; j += blockDim.x)
-                row[j] = 0.0f;
+                act_st(row, j, 0.0f);
         return;
     }
     float maxv = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x)
-        maxv = fmaxf(maxv, row[j]);
+        maxv = fmaxf(maxv, act_ld(row, j));
     maxv = block_max(maxv, shared);
     float sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x)
-        sum += expf(row[j] - maxv);
+        sum += expf(act_ld(row, j) - maxv);
     sum = block_sum(sum, shared);
-    const float target_logit = row[target];
+    const float target_logit = act_ld(row, target);
     __syncthreads(); /* every thread has read row[target] before any gradient is written */
     if (threadIdx.x == 0) losses[i] = logf(sum) - (target_logit - maxv);
     if (write_grad) {
         float inv_sum = 1.0f / sum;
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float g = w * (expf(row[j] - maxv) * inv_sum);
-            row[j] = j == target ? g - w : g;
+            float g = w * (expf(act_ld(row, j) - maxv) * inv_sum);
+            act_st(row, j, j == target ? g - w : g);
         }
     }
 }
 
-static void cross_entropy(float *losses, float *logits, const int32_t *targets,
+static void cross_entropy(float *losses, Act *logits, const int32_t *targets,
                           const float *weights, int N, int V, int write_grad)
 {
     if (N <= 0) return;
-    cross_entropy_kernel<<<N, 512, 0, stream>>>(losses, logits, targets, weights, V, write_grad);
-    launchCheck();
+    LAUNCH_ACT(cross_entropy_kernel, N, 512, 0, losses, logits, targets, weights, V, write_grad);
 }
 
 /* Vocab-parallel cross-entropy, the three parts of ops.h, one block per row each. */
 
-__global__ static void ce_shard_max_kernel(float *row_max, const float *logits, int V)
+template <typename ActT>
+__global__ static void ce_shard_max_kernel(float *row_max, const void *logits, int V)
 {
     __shared__ float shared[32];
-    const float *row = logits + (size_t)blockIdx.x * V;
+    const ActT *row = (const ActT *)logits + (size_t)blockIdx.x * V;
     float maxv = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x)
-        maxv = fmaxf(maxv, row[j]);
+        maxv = fmaxf(maxv, act_ld(row, j));
     maxv = block_max(maxv, shared);
     if (threadIdx.x == 0) row_max[blockIdx.x] = maxv;
 }
 
-__global__ static void ce_shard_stats_kernel(float *stats, const float *logits,
+template <typename ActT>
+__global__ static void ce_shard_stats_kernel(float *stats, const void *logits,
                                              const float *row_max, const int32_t *targets, int V,
                                              int vocab_start)
 {
     __shared__ float shared[32];
     const int i = blockIdx.x;
-    const float *row = logits + (size_t)i * V;
+    const ActT *row = (const ActT *)logits + (size_t)i * V;
     const float maxv = row_max[i];
     float sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x)
-        sum += expf(row[j] - maxv);
+        sum += expf(act_ld(row, j) - maxv);
     sum = block_sum(sum, shared);
     if (threadIdx.x == 0) {
         long long t = (long long)targets[i] - vocab_start;
         int owned = t >= 0 && t < V;
         stats[3 * (size_t)i] = sum;
-        stats[3 * (size_t)i + 1] = owned ? row[t] : 0.0f;
+        stats[3 * (size_t)i + 1] = owned ? act_ld(row, t) : 0.0f;
         stats[3 * (size_t)i + 2] = owned ? 1.0f : 0.0f;
     }
 }
 
-__global__ static void ce_shard_finish_kernel(float *losses, float *logits, const float *row_max,
+template <typename ActT>
+__global__ static void ce_shard_finish_kernel(float *losses, void *logits, const float *row_max,
                                               const float *stats, const int32_t *targets,
                                               const float *weights, int V, int vocab_start,
                                               int write_grad)
 {
     const int i = blockIdx.x;
-    float *row = logits + (size_t)i * V;
+    ActT *row = (ActT *)logits + (size_t)i * V;
     const float w = weights[i], maxv = row_max[i], sum = stats[3 * (size_t)i];
     if (w == 0.0f || stats[3 * (size_t)i + 2] != 1.0f) {
         if (threadIdx.x == 0) losses[i] = w == 0.0f ? 0.0f : NAN;
         if (write_grad)
             for (int j = threadIdx.x; j < V; j += blockDim.x)
-                row[j] = 0.0f;
+                act_st(row, j, 0.0f);
         return;
     }
     if (threadIdx.x == 0) losses[i] = logf(sum) - (stats[3 * (size_t)i + 1] - maxv);
@@ -1241,36 +1359,33 @@ __global__ static void ce_shard_finish_kernel(float *losses, float *logits, cons
         const float inv_sum = 1.0f / sum;
         const long long t = (long long)targets[i] - vocab_start;
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float g = w * (expf(row[j] - maxv) * inv_sum);
-            row[j] = j == t ? g - w : g;
+            float g = w * (expf(act_ld(row, j) - maxv) * inv_sum);
+            act_st(row, j, j == t ? g - w : g);
         }
     }
 }
 
-static void cross_entropy_shard_max(float *row_max, const float *logits, int N, int V)
+static void cross_entropy_shard_max(float *row_max, const Act *logits, int N, int V)
 {
     if (N <= 0) return;
-    ce_shard_max_kernel<<<N, 512, 0, stream>>>(row_max, logits, V);
-    launchCheck();
+    LAUNCH_ACT(ce_shard_max_kernel, N, 512, 0, row_max, logits, V);
 }
 
-static void cross_entropy_shard_stats(float *stats, const float *logits, const float *row_max,
+static void cross_entropy_shard_stats(float *stats, const Act *logits, const float *row_max,
                                       const int32_t *targets, int N, int V, int vocab_start)
 {
     if (N <= 0) return;
-    ce_shard_stats_kernel<<<N, 512, 0, stream>>>(stats, logits, row_max, targets, V, vocab_start);
-    launchCheck();
+    LAUNCH_ACT(ce_shard_stats_kernel, N, 512, 0, stats, logits, row_max, targets, V, vocab_start);
 }
 
-static void cross_entropy_shard_finish(float *losses, float *logits, const float *row_max,
+static void cross_entropy_shard_finish(float *losses, Act *logits, const float *row_max,
                                        const float *stats, const int32_t *targets,
                                        const float *weights, int N, int V, int vocab_start,
                                        int write_grad)
 {
     if (N <= 0) return;
-    ce_shard_finish_kernel<<<N, 512, 0, stream>>>(losses, logits, row_max, stats, targets, weights,
-                                                  V, vocab_start, write_grad);
-    launchCheck();
+    LAUNCH_ACT(ce_shard_finish_kernel, N, 512, 0, losses, logits, row_max, stats, targets, weights,
+               V, vocab_start, write_grad);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1420,47 +1535,40 @@ extern "C" const Backend *backend_cuda(void)
     cublasCheck(cublasLtCreate(&lt_handle));
     cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
     Backend *b = &cuda_backend;
-    /* every op that writes device memory, other than the matmuls (which forget only what they
-     * overwrite), drops the cached bf16 copy of the last matmul input */
-#define CLEARS_OPERANDS(fn)                                                                        \
-    [](auto... args) {                                                                             \
-        operand_cache_clear();                                                                     \
-        return fn(args...);                                                                        \
-    }
+    b->act_size = act_size;
     b->matmul_forward = matmul_forward;
     b->matmul_backward = matmul_backward;
-    b->rmsnorm_forward = CLEARS_OPERANDS(rmsnorm_forward);
-    b->rmsnorm_backward = CLEARS_OPERANDS(rmsnorm_backward);
-    b->rope_forward = CLEARS_OPERANDS(rope_forward);
-    b->rope_backward = CLEARS_OPERANDS(rope_backward);
-    b->attention_forward = CLEARS_OPERANDS(attention_forward);
-    b->attention_backward = CLEARS_OPERANDS(attention_backward);
-    b->swiglu_forward = CLEARS_OPERANDS(swiglu_forward);
-    b->swiglu_backward = CLEARS_OPERANDS(swiglu_backward);
-    b->embedding_forward = CLEARS_OPERANDS(embedding_forward);
-    b->embedding_backward = CLEARS_OPERANDS(embedding_backward);
-    b->cross_entropy = CLEARS_OPERANDS(cross_entropy);
-    b->add = CLEARS_OPERANDS(add);
+    b->rmsnorm_forward = rmsnorm_forward;
+    b->rmsnorm_backward = rmsnorm_backward;
+    b->rope_forward = rope_forward;
+    b->rope_backward = rope_backward;
+    b->attention_forward = attention_forward;
+    b->attention_backward = attention_backward;
+    b->swiglu_forward = swiglu_forward;
+    b->swiglu_backward = swiglu_backward;
+    b->embedding_forward = embedding_forward;
+    b->embedding_backward = embedding_backward;
+    b->cross_entropy = cross_entropy;
+    b->add = add;
     b->sum_squares = sum_squares;
     b->sum_squares_batch = sum_squares_batch;
-    b->scale = CLEARS_OPERANDS(scale);
-    b->adamw_update = CLEARS_OPERANDS(adamw_update);
-    b->adamw_ewc_update = CLEARS_OPERANDS(adamw_ewc_update);
+    b->scale = scale;
+    b->adamw_update = adamw_update;
+    b->adamw_ewc_update = adamw_ewc_update;
     b->mem_alloc = mem_alloc;
-    b->mem_free = CLEARS_OPERANDS(mem_free);
-    b->mem_to_device = CLEARS_OPERANDS(mem_to_device);
+    b->mem_free = mem_free;
+    b->mem_to_device = mem_to_device;
     b->mem_to_host = mem_to_host;
-    b->mem_zero = CLEARS_OPERANDS(mem_zero);
+    b->mem_zero = mem_zero;
     b->host_memory = 0;
-    b->embedding_forward_shard = CLEARS_OPERANDS(embedding_forward_shard);
-    b->embedding_backward_shard = CLEARS_OPERANDS(embedding_backward_shard);
-    b->cross_entropy_shard_max = CLEARS_OPERANDS(cross_entropy_shard_max);
-    b->cross_entropy_shard_stats = CLEARS_OPERANDS(cross_entropy_shard_stats);
-    b->cross_entropy_shard_finish = CLEARS_OPERANDS(cross_entropy_shard_finish);
+    b->embedding_forward_shard = embedding_forward_shard;
+    b->embedding_backward_shard = embedding_backward_shard;
+    b->cross_entropy_shard_max = cross_entropy_shard_max;
+    b->cross_entropy_shard_stats = cross_entropy_shard_stats;
+    b->cross_entropy_shard_finish = cross_entropy_shard_finish;
     b->weights_attach = weights_attach;
-    b->weights_refresh = CLEARS_OPERANDS(weights_refresh);
-    b->weights_detach = CLEARS_OPERANDS(weights_detach);
-#undef CLEARS_OPERANDS
+    b->weights_refresh = weights_refresh;
+    b->weights_detach = weights_detach;
     b->name = "cuda"; /* last: marks the table complete */
     return b;
 }

@@ -200,7 +200,7 @@ Test(ops, matmul_backward_overwrites_dinp_and_accumulates_dweight_dbias)
     float *dw0 = rand_floats((size_t)N * K, -1, 1), *db0 = rand_floats(N, -1, 1);
     float *dw = copy_floats(dw0, (size_t)N * K), *db = copy_floats(db0, N);
 
-    BE->matmul_backward(dinp, dw, db, dout, inp, w, M, K, N);
+    BE->matmul_backward(dinp, dw, db, dout, inp, w, M, K, N, 0);
 
     MatmulCtx c = {M,
                    K,
@@ -218,11 +218,20 @@ Test(ops, matmul_backward_overwrites_dinp_and_accumulates_dweight_dbias)
 
     /* dinp == NULL and dbias == NULL skip those outputs; dweight accumulates again */
     float *dw_twice = copy_floats(dw, (size_t)N * K);
-    BE->matmul_backward(NULL, dw_twice, NULL, dout, inp, w, M, K, N);
+    BE->matmul_backward(NULL, dw_twice, NULL, dout, inp, w, M, K, N, 0);
     double *twice = talloc((size_t)N * K * sizeof(double));
     for (size_t i = 0; i < (size_t)N * K; i++)
         twice[i] = 2.0 * ((double)dw[i] - dw0[i]);
     expect_close("matmul dweight accumulated twice", dw_twice, dw0, twice, (size_t)N * K, 1e-6);
+
+    /* accumulate: dinp += dout @ weight over what it held */
+    float *dinp0 = rand_floats((size_t)M * K, -1, 1);
+    float *dinp_acc = copy_floats(dinp0, (size_t)M * K);
+    BE->matmul_backward(dinp_acc, dw, NULL, dout, inp, w, M, K, N, 1);
+    double *sum = talloc((size_t)M * K * sizeof(double));
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        sum[i] = (double)dinp[i];
+    expect_close("matmul dinp (+= when accumulating)", dinp_acc, dinp0, sum, (size_t)M * K, 1e-6);
 }
 
 Test(ops, matmul_handles_empty_dimensions)
@@ -237,13 +246,13 @@ Test(ops, matmul_handles_empty_dimensions)
     BE->matmul_forward(out, inp, w, NULL, 2, 0, 3);
     for (int i = 0; i < 6; i++)
         cr_expect_eq(out[i], 0.0f);
-    BE->matmul_backward(NULL, dw, db, dout, inp, w, 2, 0, 3);
+    BE->matmul_backward(NULL, dw, db, dout, inp, w, 2, 0, 3, 0);
     cr_expect_eq(db[0], 3.0f);
     cr_expect_eq(db[2], 5.0f);
     cr_expect_eq(dw[0], 7.0f, "nothing to write into a zero-size dweight");
     /* M = 0 or N = 0: nothing happens */
     BE->matmul_forward(out, inp, w, bias, 0, 4, 3);
-    BE->matmul_backward(NULL, dw, db, dout, inp, w, 0, 4, 3);
+    BE->matmul_backward(NULL, dw, db, dout, inp, w, 0, 4, 3, 0);
     cr_expect_eq(db[0], 3.0f);
 }
 
@@ -308,8 +317,9 @@ Test(ops, rmsnorm_backward_accumulates_dinp_and_dweight)
     float *dx0 = rand_floats((size_t)M * C, -1, 1), *dw0 = rand_floats(C, -1, 1);
     float *dx = copy_floats(dx0, (size_t)M * C), *dw = copy_floats(dw0, C);
 
+    float *dx_act = fill_floats((size_t)M * C, NAN);
     BE->rmsnorm_forward(out, rstd, x, w, M, C, eps);
-    BE->rmsnorm_backward(dx, dw, dout, x, w, rstd, M, C);
+    BE->rmsnorm_backward(dx, dx_act, dw, dout, x, w, rstd, M, C);
 
     RmsnormCtx c = {M,
                     C,
@@ -322,6 +332,9 @@ Test(ops, rmsnorm_backward_accumulates_dinp_and_dweight)
                  (size_t)M * C, BWD_TOL);
     expect_close("rmsnorm dweight (+=)", dw, dw0, fd_gradient(c.w, C, rmsnorm_loss, &c), C,
                  BWD_TOL);
+    /* the Act copy holds the updated dinp (fp32 on the CPU: the same bits) */
+    cr_expect(memcmp(dx_act, dx, (size_t)M * C * sizeof(float)) == 0,
+              "rmsnorm_backward's dinp_act differs from dinp");
 }
 
 Test(ops, rmsnorm_weight_gradient_spans_column_blocks)
@@ -334,7 +347,7 @@ Test(ops, rmsnorm_weight_gradient_spans_column_blocks)
     float *dout = rand_floats((size_t)M * C, -1, 1);
     float *dx = fill_floats((size_t)M * C, 0.0f), *dw = fill_floats(C, 0.0f);
     BE->rmsnorm_forward(out, rstd, x, w, M, C, 1e-6f);
-    BE->rmsnorm_backward(dx, dw, dout, x, w, rstd, M, C);
+    BE->rmsnorm_backward(dx, NULL, dw, dout, x, w, rstd, M, C);
     double *ref = talloc(C * sizeof(double));
     for (int j = 0; j < C; j++)
         for (int i = 0; i < M; i++)
@@ -859,7 +872,7 @@ static void run_all(Outputs *o, int threads)
     float *dy = rand_floats((size_t)M * C, -1, 1);
     o->dx = fill_floats((size_t)M * C, 0), o->dw = fill_floats(C, 0);
     BE->rmsnorm_forward(y, rstd, x, w, M, C, 1e-5f);
-    BE->rmsnorm_backward(o->dx, o->dw, dy, x, w, rstd, M, C);
+    BE->rmsnorm_backward(o->dx, NULL, o->dw, dy, x, w, rstd, M, C);
 
     int32_t *tokens = talloc(N * sizeof(int32_t));
     for (int i = 0; i < N; i++)
@@ -928,7 +941,7 @@ Test(ops, matmul_is_bitwise_repeatable)
         dw[r] = fill_floats((size_t)N * K, 0);
         db[r] = fill_floats(N, 0);
         BE->matmul_forward(out[r], inp, w, bias, M, K, N);
-        BE->matmul_backward(dinp[r], dw[r], db[r], dout, inp, w, M, K, N);
+        BE->matmul_backward(dinp[r], dw[r], db[r], dout, inp, w, M, K, N, 0);
     }
     cr_expect(memcmp(out[0], out[1], (size_t)M * N * sizeof(float)) == 0);
     cr_expect(memcmp(dinp[0], dinp[1], (size_t)M * K * sizeof(float)) == 0);

@@ -149,8 +149,8 @@ static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
         note(&r, "model_init: %s", ds_last_error());
         return r;
     }
-    r.arena_off = off.arena_floats;
-    r.arena_on = on.arena_floats;
+    r.arena_off = off.arena_bytes;
+    r.arena_on = on.arena_bytes;
     model_fill(&off);
     model_fill(&on);
     compare_floats(&r, "parameters", off.params, on.params, off.table.total);
@@ -332,9 +332,9 @@ Test(checkpointing, model_init_allocates_what_the_estimate_says)
             cr_assert_eq(model_memory_estimate(&mc, B, T, 1, 1, 1, &est), DS_OK);
             Model m;
             cr_assert_eq(model_init(&m, &mc, backend_cpu(), B, T), DS_OK, "%s", ds_last_error());
-            cr_expect_eq(m.arena_floats * sizeof(float), est.activations,
-                         "%s, checkpointing %d: arena %zu floats, estimate %zu bytes",
-                         cases[c].name, ckpt, m.arena_floats, est.activations);
+            cr_expect_eq(m.arena_bytes, est.activations,
+                         "%s, checkpointing %d: arena %zu bytes, estimate %zu bytes",
+                         cases[c].name, ckpt, m.arena_bytes, est.activations);
             model_free(&m);
         }
     }
