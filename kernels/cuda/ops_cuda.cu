@@ -67,6 +67,49 @@ __device__ static inline void act_st(__nv_bfloat16 *p, size_t i, float v)
     p[i] = __float2bfloat16_rn(v);
 }
 
+/* Eight consecutive elements i .. i+7 (i a multiple of 8, the tensor 32-byte aligned): one
+ * 16-byte access of bf16, two of fp32. The memory-bound elementwise kernels move their data so. */
+__device__ static inline void act_ld8(const float *p, size_t i, float (&v)[8])
+{
+    const float4 a = *reinterpret_cast<const float4 *>(p + i);
+    const float4 b = *reinterpret_cast<const float4 *>(p + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ static inline void act_ld8(const __nv_bfloat16 *p, size_t i, float (&v)[8])
+{
+    const uint4 u = *reinterpret_cast<const uint4 *>(p + i);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 f = __bfloat1622float2(h[k]);
+        v[2 * k] = f.x, v[2 * k + 1] = f.y;
+    }
+}
+__device__ static inline void act_st8(float *p, size_t i, const float (&v)[8])
+{
+    *reinterpret_cast<float4 *>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4 *>(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ static inline void act_st8(__nv_bfloat16 *p, size_t i, const float (&v)[8])
+{
+    uint4 u;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+    *reinterpret_cast<uint4 *>(p + i) = u;
+}
+
+/* 1 when every pointer given (NULL ends the list) is 32-byte aligned: eight elements at a time. */
+static int aligned8(const void *a, const void *b = NULL, const void *c = NULL,
+                    const void *d = NULL, const void *e = NULL)
+{
+    const void *ps[] = {a, b, c, d, e};
+    for (int i = 0; i < 5 && ps[i]; i++)
+        if ((uintptr_t)ps[i] % 32) return 0;
+    return 1;
+}
+
 #define LAUNCH_ACT(kernel, grid, block, smem, ...)                                                 \
     do {                                                                                           \
         if (lt_bf16)                                                                               \
@@ -620,33 +663,63 @@ static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const A
 /* ---------------------------------------------------------------------------------------------
  * rope, rotate-half layout; sign -1 applies the inverse rotation (backward). */
 
-template <typename ActT>
+/* One thread rotates W consecutive pairs (i, i + D/2) of one head: W = 8 moves them with act_ld8
+ * when D/2 is a multiple of 8 and everything is aligned, else W = 1. */
+template <typename ActT, int W>
 __global__ static void rope_kernel(void *x_, const float *pos_cos, const float *pos_sin, int T,
                                    int H, int D, long long total, float sign)
 {
     ActT *x = (ActT *)x_;
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
-    int half = D / 2;
-    int i = (int)(idx % half);
-    long long rh = idx / half; /* row * H + h */
+    const int half = D / 2, groups = half / W;
+    const int i = (int)(idx % groups) * W;
+    long long rh = idx / groups; /* row * H + h */
     int h = (int)(rh % H);
     long long row = rh / H;
     int t = (int)(row % T);
     ActT *head = x + (size_t)row * H * D + (size_t)h * D;
-    float c = pos_cos[(size_t)t * half + i], sn = sign * pos_sin[(size_t)t * half + i];
-    float x1 = act_ld(head, i), x2 = act_ld(head, i + half);
-    act_st(head, i, x1 * c - x2 * sn);
-    act_st(head, i + half, x2 * c + x1 * sn);
+    const float *cs = pos_cos + (size_t)t * half + i, *sn = pos_sin + (size_t)t * half + i;
+    if (W == 8) {
+        float x1[8], x2[8], c[8], s[8], y1[8], y2[8];
+        act_ld8(head, i, x1);
+        act_ld8(head, i + half, x2);
+        act_ld8(cs, 0, c);
+        act_ld8(sn, 0, s);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float sk = sign * s[k];
+            y1[k] = x1[k] * c[k] - x2[k] * sk;
+            y2[k] = x2[k] * c[k] + x1[k] * sk;
+        }
+        act_st8(head, i, y1);
+        act_st8(head, i + half, y2);
+    } else {
+        float c = cs[0], s = sign * sn[0];
+        float x1 = act_ld(head, i), x2 = act_ld(head, i + half);
+        act_st(head, i, x1 * c - x2 * s);
+        act_st(head, i + half, x2 * c + x1 * s);
+    }
 }
 
 static void rope_apply(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
                        int D, float sign)
 {
-    long long total = (long long)B * T * H * (D / 2);
+    const int half = D / 2, w = half % 8 == 0 && aligned8(x, pos_cos, pos_sin) ? 8 : 1;
+    long long total = (long long)B * T * H * (half / w);
     if (total <= 0) return;
-    LAUNCH_ACT(rope_kernel, ceil_div(total, 256), 256, 0, x, pos_cos, pos_sin, T, H, D, total,
-               sign);
+    const int blocks = ceil_div(total, 256);
+    if (lt_bf16 && w == 8)
+        rope_kernel<__nv_bfloat16, 8>
+            <<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+    else if (lt_bf16)
+        rope_kernel<__nv_bfloat16, 1>
+            <<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+    else if (w == 8)
+        rope_kernel<float, 8><<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+    else
+        rope_kernel<float, 1><<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+    launchCheck();
 }
 
 static void rope_forward(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
@@ -1111,33 +1184,90 @@ static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const
 /* ---------------------------------------------------------------------------------------------
  * elementwise ops */
 
-template <typename ActT>
-__global__ static void swiglu_forward_kernel(void *out, const void *gate, const void *up, size_t n)
+/* Elementwise kernels: each thread takes elements i .. i+7, with act_ld8 / act_st8 when vec (all
+ * pointers aligned) and the eight are in range, else one by one; the same arithmetic either way. */
+
+__device__ static inline float silu_times(float g, float u)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = act_ld((const ActT *)gate, i);
-    act_st((ActT *)out, i, g / (1.0f + expf(-g)) * act_ld((const ActT *)up, i));
+    return g / (1.0f + expf(-g)) * u;
+}
+
+__device__ static inline void swiglu_grads(float g, float u, float dy, float *dg, float *du)
+{
+    const float s = 1.0f / (1.0f + expf(-g));
+    *dg = dy * u * (s * (1.0f + g * (1.0f - s)));
+    *du = dy * (g * s);
 }
 
 template <typename ActT>
-__global__ static void swiglu_backward_kernel(void *dgate, void *dup, const void *dout,
-                                              const void *gate, const void *up, size_t n)
+__global__ static void swiglu_forward_kernel(void *out_, const void *gate_, const void *up_,
+                                             size_t n, int vec)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    ActT *out = (ActT *)out_;
+    const ActT *gate = (const ActT *)gate_, *up = (const ActT *)up_;
+    const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    float g = act_ld((const ActT *)gate, i);
-    float s = 1.0f / (1.0f + expf(-g));
-    float dy = act_ld((const ActT *)dout, i);
-    act_st((ActT *)dgate, i, dy * act_ld((const ActT *)up, i) * (s * (1.0f + g * (1.0f - s))));
-    act_st((ActT *)dup, i, dy * (g * s));
+    if (vec && i + 8 <= n) {
+        float g[8], u[8], o[8];
+        act_ld8(gate, i, g);
+        act_ld8(up, i, u);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            o[k] = silu_times(g[k], u[k]);
+        act_st8(out, i, o);
+        return;
+    }
+    for (size_t j = i; j < n && j < i + 8; j++)
+        act_st(out, j, silu_times(act_ld(gate, j), act_ld(up, j)));
 }
 
 template <typename ActT>
-__global__ static void add_kernel(float *out, const float *a, const void *b, size_t n)
+__global__ static void swiglu_backward_kernel(void *dgate_, void *dup_, const void *dout_,
+                                              const void *gate_, const void *up_, size_t n,
+                                              int vec)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = a[i] + act_ld((const ActT *)b, i);
+    ActT *dgate = (ActT *)dgate_, *dup = (ActT *)dup_;
+    const ActT *dout = (const ActT *)dout_, *gate = (const ActT *)gate_, *up = (const ActT *)up_;
+    const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= n) return;
+    if (vec && i + 8 <= n) {
+        float g[8], u[8], dy[8], dg[8], du[8];
+        act_ld8(gate, i, g);
+        act_ld8(up, i, u);
+        act_ld8(dout, i, dy);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            swiglu_grads(g[k], u[k], dy[k], &dg[k], &du[k]);
+        act_st8(dgate, i, dg);
+        act_st8(dup, i, du);
+        return;
+    }
+    for (size_t j = i; j < n && j < i + 8; j++) {
+        float dg, du;
+        swiglu_grads(act_ld(gate, j), act_ld(up, j), act_ld(dout, j), &dg, &du);
+        act_st(dgate, j, dg);
+        act_st(dup, j, du);
+    }
+}
+
+template <typename ActT>
+__global__ static void add_kernel(float *out, const float *a, const void *b_, size_t n, int vec)
+{
+    const ActT *b = (const ActT *)b_;
+    const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= n) return;
+    if (vec && i + 8 <= n) {
+        float x[8], y[8];
+        act_ld8(a, i, x);
+        act_ld8(b, i, y);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            x[k] += y[k];
+        act_st8(out, i, x);
+        return;
+    }
+    for (size_t j = i; j < n && j < i + 8; j++)
+        out[j] = a[j] + act_ld(b, j);
 }
 
 __global__ static void scale_kernel(float *x, float s, size_t n)
@@ -1146,22 +1276,30 @@ __global__ static void scale_kernel(float *x, float s, size_t n)
     if (i < n) x[i] *= s;
 }
 
+/* blocks of 256 threads for n elements, eight a thread */
+static int blocks_of8(size_t n)
+{
+    return ceil_div(ceil_div((long long)n, 8), 256);
+}
+
 static void swiglu_forward(Act *out, const Act *gate, const Act *up, size_t n)
 {
-    if (n) LAUNCH_ACT(swiglu_forward_kernel, ceil_div((long long)n, 256), 256, 0, out, gate, up, n);
+    if (n)
+        LAUNCH_ACT(swiglu_forward_kernel, blocks_of8(n), 256, 0, out, gate, up, n,
+                   aligned8(out, gate, up));
 }
 
 static void swiglu_backward(Act *dgate, Act *dup, const Act *dout, const Act *gate, const Act *up,
                             size_t n)
 {
     if (n)
-        LAUNCH_ACT(swiglu_backward_kernel, ceil_div((long long)n, 256), 256, 0, dgate, dup, dout,
-                   gate, up, n);
+        LAUNCH_ACT(swiglu_backward_kernel, blocks_of8(n), 256, 0, dgate, dup, dout, gate, up, n,
+                   aligned8(dgate, dup, dout, gate, up));
 }
 
 static void add(float *out, const float *a, const Act *b, size_t n)
 {
-    if (n) LAUNCH_ACT(add_kernel, ceil_div((long long)n, 256), 256, 0, out, a, b, n);
+    if (n) LAUNCH_ACT(add_kernel, blocks_of8(n), 256, 0, out, a, b, n, aligned8(out, a, b));
 }
 
 static void scale(float *x, float s, size_t n)

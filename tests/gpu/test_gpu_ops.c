@@ -1041,11 +1041,13 @@ int main(void)
     test_rmsnorm(600, 2048);
     test_rope(2, 67, 4, 64);
     test_rope(1, 33, 3, 128);
+    test_rope(1, 20, 2, 36); /* D/2 not a multiple of 8: one pair a thread */
     test_attention(2, 67, 4, 2, 64, 0);
     test_attention(1, 130, 4, 1, 128, 0);
     test_attention(2, 45, 6, 3, 80, 0);
     test_attention(1, 300, 2, 2, 16, 0);
-    test_elementwise(100003);
+    test_elementwise(100003);  /* eight a thread, the last thread's three one by one */
+    test_elementwise(1 << 17);
     test_embedding(300, 50, 96);
     test_embedding(4096, 320, 128);
     test_cross_entropy(133, 1000);
@@ -1078,9 +1080,11 @@ int main(void)
     test_rmsnorm(600, 2048);
     test_rope(2, 67, 4, 64);
     test_rope(1, 33, 3, 128);
+    test_rope(1, 20, 2, 36); /* D/2 not a multiple of 8: one pair a thread */
     test_attention(2, 67, 4, 2, 64, 0); /* the fp32 kernels, on widened copies */
     test_attention(2, 45, 6, 3, 80, 0);
-    test_elementwise(100003);
+    test_elementwise(100003);  /* eight a thread, the last thread's three one by one */
+    test_elementwise(1 << 17);
     test_cross_entropy(133, 1000);
     test_cross_entropy(16, 32256);
     test_vocab_shard(300, 96, 40, 20, 100);
