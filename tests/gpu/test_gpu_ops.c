@@ -1020,6 +1020,26 @@ static void test_mixed_precision_plumbing(void)
     free(hwb), free(ref_b);
 }
 
+/* The ops that read or write Act tensors, at the shapes both storage modes check. */
+static void test_act_ops(void)
+{
+    test_matmul(133, 96, 80, 1);
+    test_matmul(133, 96, 80, 0);
+    test_matmul(1024, 2048, 768, 1);
+    test_rmsnorm(133, 200);
+    test_rmsnorm(600, 2048);
+    test_rope(2, 67, 4, 64);
+    test_rope(1, 33, 3, 128);
+    test_rope(1, 20, 2, 36); /* D/2 not a multiple of 8: one pair a thread */
+    test_attention(2, 67, 4, 2, 64, 0);
+    test_attention(2, 45, 6, 3, 80, 0);
+    test_elementwise(100003); /* eight a thread, the last thread's three one by one */
+    test_elementwise(1 << 17);
+    test_cross_entropy(133, 1000);
+    test_cross_entropy(16, 32256);
+    test_vocab_shard(300, 96, 40, 20, 100);
+}
+
 int main(void)
 {
     cpu = backend_cpu();
@@ -1034,25 +1054,11 @@ int main(void)
     printf("|%s|%s|%s|%s|%s|%s|\n",
            "--------------------------------------------------------------------", "------------",
            "------------", "-------------", "-------", "--------");
-    test_matmul(133, 96, 80, 1);
-    test_matmul(133, 96, 80, 0);
-    test_matmul(1024, 2048, 768, 1);
-    test_rmsnorm(133, 200);
-    test_rmsnorm(600, 2048);
-    test_rope(2, 67, 4, 64);
-    test_rope(1, 33, 3, 128);
-    test_rope(1, 20, 2, 36); /* D/2 not a multiple of 8: one pair a thread */
-    test_attention(2, 67, 4, 2, 64, 0);
+    test_act_ops();
     test_attention(1, 130, 4, 1, 128, 0);
-    test_attention(2, 45, 6, 3, 80, 0);
     test_attention(1, 300, 2, 2, 16, 0);
-    test_elementwise(100003);  /* eight a thread, the last thread's three one by one */
-    test_elementwise(1 << 17);
     test_embedding(300, 50, 96);
     test_embedding(4096, 320, 128);
-    test_cross_entropy(133, 1000);
-    test_cross_entropy(16, 32256);
-    test_vocab_shard(300, 96, 40, 20, 100);
     test_sum_squares_batch(1000003);
     test_adamw(100003);
     test_adamw_ewc(100003);
@@ -1073,21 +1079,7 @@ int main(void)
     if (cuda_matmul_precision("bf16") != DS_OK) return 1;
     mode = "bf16";
     tol = 1e-2;
-    test_matmul(1024, 2048, 768, 1);
-    test_matmul(133, 96, 80, 1);
-    test_matmul(133, 96, 80, 0);
-    test_rmsnorm(133, 200);
-    test_rmsnorm(600, 2048);
-    test_rope(2, 67, 4, 64);
-    test_rope(1, 33, 3, 128);
-    test_rope(1, 20, 2, 36); /* D/2 not a multiple of 8: one pair a thread */
-    test_attention(2, 67, 4, 2, 64, 0); /* the fp32 kernels, on widened copies */
-    test_attention(2, 45, 6, 3, 80, 0);
-    test_elementwise(100003);  /* eight a thread, the last thread's three one by one */
-    test_elementwise(1 << 17);
-    test_cross_entropy(133, 1000);
-    test_cross_entropy(16, 32256);
-    test_vocab_shard(300, 96, 40, 20, 100);
+    test_act_ops(); /* attention: the fp32 kernels, on widened copies */
     test_mixed_precision_plumbing();
     for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
         test_fixture(cases[i]);
