@@ -6,9 +6,9 @@ loss (the fixture's: HF causal-LM loss on the stored input_ids) differentiated u
 with SDPA attention, as a Trainer run with bf16 does; each parameter's gradient is compared with
 the fixture's fp32 gradient (grad.<name>, computed in fp32 with eager attention) by cosine
 similarity. This is the yardstick for test_gpu_ops' bf16 rows: the same comparison, with dstrain's
-bf16 mode in place of autocast. Prints one row per fixture: the lowest cosine over the tensors
-other than the k_proj biases, and the lowest over the k_proj biases (whose gradient is a sum over
-tokens that nearly cancels).
+bf16 mode in place of autocast. Prints one row per fixture: the loss's and the logits' relative
+error, the lowest cosine over the tensors other than the k_proj biases, and the lowest over the
+k_proj biases (whose gradient is a sum over tokens that nearly cancels).
 Run where torch (with a GPU) and transformers are installed:
     python3 tools/check_amp_grads.py [FIXTURE_DIR ...]
 """
@@ -56,14 +56,17 @@ def check(fixture_dir):
         elif c < worst:
             worst, worst_name = c, pname
     loss_rel = abs(loss.item() - ref["loss"].item()) / abs(ref["loss"].item())
+    lg, lr = logits.detach().float().cpu(), ref["logits"]
+    logits_rel = float((lg - lr).norm() / lr.norm())
     kb = "-" if kbias is None else f"{kbias:.4f}"
-    print(f"| {name} | {loss_rel:.2e} | {worst:.4f} ({worst_name}) | {kb} |")
+    print(f"| {name} | {loss_rel:.2e} | {logits_rel:.2e} | {worst:.4f} ({worst_name}) | {kb} |")
 
 
 def main():
     dirs = sys.argv[1:] or sorted(d for d in glob.glob(os.path.join(ROOT, "*")) if os.path.isdir(d))
-    print("| fixture | loss rel err | min cosine, other tensors | min cosine, k_proj.bias |")
-    print("|---|---|---|---|")
+    print("| fixture | loss rel err | logits rel err | min cosine, other tensors | "
+          "min cosine, k_proj.bias |")
+    print("|---|---|---|---|---|")
     for d in dirs:
         check(d)
 

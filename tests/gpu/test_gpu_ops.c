@@ -803,7 +803,10 @@ static void compare_models(const char *label, Model *mc, Model *mg)
     int nans;
     double dl = rel_error(lg, lc, N * V, &nans);
     snprintf(name, sizeof(name), "model %s logits", label);
-    report(name, "rel err", dl, tol, 1, nans);
+    /* with bf16 activations every layer's output is rounded on the way (and the logits are bf16,
+     * as autocast's are): random head_dim-128 models measured 0.9e-2 to 1.1e-2, so 2e-2 here; the
+     * loss keeps the 1e-2 bar */
+    report(name, "rel err", dl, gpu->act_size() == sizeof(float) ? tol : 2e-2, 1, nans);
 
     float *gg = malloc(total * 4);
     gpu->mem_to_host(gg, mg->grads, total * 4);
