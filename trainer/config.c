@@ -210,8 +210,9 @@ static const ConfigKey config_schema[] = {
     INT("log.every", log_every, "10", 1, 1000000000, "print and record metrics every N steps"),
     ENUM("device", device, "cpu", "where the model runs", "cpu", "cuda"),
     ENUM("precision", precision, "auto",
-         "bf16 = mixed precision (fp32 master weights, a bf16 working copy of the weights, matmul "
-         "operands rounded to bf16, fp32 accumulation, fp32 loss and optimizer); fp32 = fp32 "
+         "bf16 = mixed precision (fp32 master weights, weight gradients, residual stream, loss "
+         "and optimizer; a bf16 working copy of the weights; the other activations and their "
+         "gradients stored in bf16; bf16 matmul operands with fp32 accumulation); fp32 = fp32 "
          "throughout; auto = bf16 on cuda, fp32 on cpu (the CPU computes in fp32 only)",
          "auto", "bf16", "fp32"),
     STR("metrics.listen", metrics_listen, "", 0,
