@@ -66,8 +66,8 @@ typedef struct Backend {
     /* Causal attention with grouped-query heads (head h uses kv head h / (H / KVH)), scale
      * 1/sqrt(D). out[N, H*D]; lse[B, H, T] is the log-sum-exp of each score row, saved so that
      * backward recomputes probabilities without storing the T x T matrix. */
-    void (*attention_forward)(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
-                              int B, int T, int H, int KVH, int D);
+    void (*attention_forward)(Act *out, float *lse, const Act *q, const Act *k, const Act *v, int B,
+                              int T, int H, int KVH, int D);
     /* dq, dk, dv overwritten. */
     void (*attention_backward)(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
                                const float *lse, const Act *q, const Act *k, const Act *v, int B,
@@ -88,8 +88,8 @@ typedef struct Backend {
      * (0 = not predicted). losses[i] = -log softmax(logits[i])[targets[i]] (0 where weight 0).
      * When write_grad, logits are overwritten in place by their gradient weights[i] *
      * (softmax - onehot), which the caller scales so that the sum is the mean loss. */
-    void (*cross_entropy)(float *losses, Act *logits, const int32_t *targets,
-                          const float *weights, int N, int V, int write_grad);
+    void (*cross_entropy)(float *losses, Act *logits, const int32_t *targets, const float *weights,
+                          int N, int V, int write_grad);
 
     /* out[i] = a[i] + b[i]: the residual add of a projection's output b. */
     void (*add)(float *out, const float *a, const Act *b, size_t n);

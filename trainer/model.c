@@ -337,12 +337,12 @@ typedef struct ModelActivations {
     Act *logits;       /* [R, V] one chunk of rows (head_rows); its dlogits after the loss */
     Act *tmp;          /* [N, C] projection outputs before the residual add */
     /* backward scratch */
-    float *dresid;                /* [N, C] the residual stream's gradient */
-    Act *dresid_act, *dln;        /* [N, C] dresid as an Act (the projections' dout); the gradient
-                                   * of a norm's output (the sum of its projections' dinp) */
-    Act *dq, *datt;               /* [N, H*D] */
-    Act *dk, *dv;                 /* [N, KVH*D] */
-    Act *dgate, *dup, *dact;      /* [N, I] */
+    float *dresid;           /* [N, C] the residual stream's gradient */
+    Act *dresid_act, *dln;   /* [N, C] dresid as an Act (the projections' dout); the gradient
+                              * of a norm's output (the sum of its projections' dinp) */
+    Act *dq, *datt;          /* [N, H*D] */
+    Act *dk, *dv;            /* [N, KVH*D] */
+    Act *dgate, *dup, *dact; /* [N, I] */
     /* classification head: last-token hidden rows, class logits (then their gradient) */
     Act *cls_hidden, *cls_dhidden; /* [B, C] */
     Act *cls_logits;               /* [B, L] */

@@ -28,8 +28,8 @@ static size_t act_size(void)
 /* ---------------------------------------------------------------------------------------------
  * matmul: out[M,N] = inp[M,K] @ weight[N,K]^T + bias, as torch.nn.Linear. */
 
-static void matmul_forward(Act *out_act, const Act *inp_act, const float *weight,
-                           const float *bias, int M, int K, int N)
+static void matmul_forward(Act *out_act, const Act *inp_act, const float *weight, const float *bias,
+                           int M, int K, int N)
 {
     float *out = out_act;
     const float *inp = inp_act;
@@ -93,8 +93,8 @@ static void matmul_backward(Act *dinp_act, float *dweight, float *dbias, const A
  * rmsnorm, as HF LlamaRMSNorm: y = w * (x * rsqrt(mean(x^2) + eps)), everything in fp32 except
  * the sum of squares, which runs in double so that it does not depend on the row length. */
 
-static void rmsnorm_forward(Act *out_act, float *rstd, const float *inp, const float *weight,
-                            int M, int C, float eps)
+static void rmsnorm_forward(Act *out_act, float *rstd, const float *inp, const float *weight, int M,
+                            int C, float eps)
 {
     float *out = out_act;
 #pragma omp parallel for schedule(static)
@@ -116,8 +116,7 @@ static void rmsnorm_forward(Act *out_act, float *rstd, const float *inp, const f
  *   dx_j = r * (w_j dy_j) - r^3 / C * x_j * sum_k (w_k dy_k x_k)
  *   dw_j = sum over rows of dy_j * xhat_j */
 static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout_act,
-                             const float *inp, const float *weight, const float *rstd, int M,
-                             int C)
+                             const float *inp, const float *weight, const float *rstd, int M, int C)
 {
     const float *dout = dout_act;
 #pragma omp parallel for schedule(static)
@@ -186,8 +185,8 @@ static void rope_forward(Act *x, const float *pos_cos, const float *pos_sin, int
     rope_apply(x, pos_cos, pos_sin, B, T, H, D, 1.0f);
 }
 
-static void rope_backward(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T,
-                          int H, int D)
+static void rope_backward(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                          int D)
 {
     rope_apply(dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
 }
@@ -342,8 +341,8 @@ static void swiglu_forward(Act *out_act, const Act *gate_act, const Act *up_act,
     }
 }
 
-static void swiglu_backward(Act *dgate_act, Act *dup_act, const Act *dout_act,
-                            const Act *gate_act, const Act *up_act, size_t n)
+static void swiglu_backward(Act *dgate_act, Act *dup_act, const Act *dout_act, const Act *gate_act,
+                            const Act *up_act, size_t n)
 {
     float *dgate = dgate_act, *dup = dup_act;
     const float *dout = dout_act, *gate = gate_act, *up = up_act;

@@ -7,9 +7,9 @@
  * product's k runs along the tile's rows: k = key or k = query). Inputs and outputs are bf16 in
  * global memory in bf16 mode; fp32 ones are rounded to bf16 once per call into a workspace
  * (attention_mma_fwd.cu) and the outputs written as fp32. Tiles stream by cp.async into double
- * buffers, so the next tile arrives while this one is multiplied. Sums are fp32. Every output element is written once by one thread
- * after a fixed-order sum, so a run repeats bit for bit (and, summing in the same order, matches
- * the wmma backward bit for bit).
+ * buffers, so the next tile arrives while this one is multiplied. Sums are fp32. Every output
+ * element is written once by one thread after a fixed-order sum, so a run repeats bit for bit (and,
+ * summing in the same order, matches the wmma backward bit for bit).
  *
  * Layout (kernels/ops.h): q, dout, dq [B*T, H*D]; k, v, dk, dv [B*T, KVH*D]; head h reads kv head
  * h / (H/KVH); lse, delta [B, H, T] (lse: natural log-sum-exp of the scaled scores; delta =
@@ -59,9 +59,9 @@ template <int D> struct MbSmem {
 
 template <int D, typename O>
 __global__ static void __launch_bounds__(MB_THREADS)
-    mb_dq_kernel(O *dq, const at_bf16 *dout, const float *lse, const float *delta,
-                 const at_bf16 *q, const at_bf16 *k, const at_bf16 *v, int T, int H, int KVH,
-                 float scale, float scale_log2)
+    mb_dq_kernel(O *dq, const at_bf16 *dout, const float *lse, const float *delta, const at_bf16 *q,
+                 const at_bf16 *k, const at_bf16 *v, int T, int H, int KVH, float scale,
+                 float scale_log2)
 {
     typedef MbSmem<D> S;
     constexpr int LDR = S::LDR, NT = MB_TILE / 8, ND = D / 8, TILE = MB_TILE * LDR;
@@ -398,15 +398,14 @@ static int mb_backward_as(O *dq, O *dk, O *dv, const at_bf16 *dout, const float 
 {
     return D == 64 ? mb_backward_launch<64, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, KVH,
                                                stream)
-                   : mb_backward_launch<128, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H,
-                                                KVH, stream);
+                   : mb_backward_launch<128, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, KVH,
+                                                stream);
 }
 
 extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const void *dout,
                                            const float *delta, const float *lse, const void *q,
-                                           const void *k, const void *v, int bf16,
-                                           void *workspace, int B, int T, int H, int KVH, int D,
-                                           cudaStream_t stream)
+                                           const void *k, const void *v, int bf16, void *workspace,
+                                           int B, int T, int H, int KVH, int D, cudaStream_t stream)
 {
     if (!cuda_mma_attention_suits(B, T, H, KVH, D) || (!bf16 && !workspace)) return 0;
     if (!mb_aligned16(dq) || !mb_aligned16(dk) || !mb_aligned16(dv) || !mb_aligned16(dout) ||

@@ -6,11 +6,11 @@
  * In bf16 mode the backend's q, k, v are bf16 already and the output is written as bf16; fp32
  * q, k, v (fp32 activations) are rounded to bf16 once per call into a workspace (the same
  * rounding the kernels used to apply tile by tile, so the same bits, but each element is read
- * once instead of once per query tile) and the output is fp32. The kernel streams bf16 tiles with cp.async into a
- * double buffer, so the next K and V tiles arrive while this one is multiplied. The scores, the
- * online softmax, P and the output accumulators never leave the registers; fragments come from
- * shared memory by ldmatrix (V through .trans, so it is staged row-major as it lies in memory).
- * Statistics and sums are fp32; no atomics, so a run repeats bit for bit.
+ * once instead of once per query tile) and the output is fp32. The kernel streams bf16 tiles with
+ * cp.async into a double buffer, so the next K and V tiles arrive while this one is multiplied. The
+ * scores, the online softmax, P and the output accumulators never leave the registers; fragments
+ * come from shared memory by ldmatrix (V through .trans, so it is staged row-major as it lies in
+ * memory). Statistics and sums are fp32; no atomics, so a run repeats bit for bit.
  *
  * Layout (kernels/ops.h): q, out [B*T, H*D]; k, v [B*T, KVH*D]; head h reads kv head h/(H/KVH);
  * lse [B, H, T] natural log of the row sums of exp(scaled scores). Grid (B*H, query tiles of 128,

@@ -95,8 +95,7 @@ static void rmsnorm_forward(Act *out, float *rstd, const float *inp, const float
 }
 
 static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout,
-                             const float *inp, const float *weight, const float *rstd, int M,
-                             int C)
+                             const float *inp, const float *weight, const float *rstd, int M, int C)
 {
     float *dy = widen(dout, (size_t)M * C);
     cpu->rmsnorm_backward(dinp, NULL, dweight, dy, inp, weight, rstd, M, C);
@@ -166,8 +165,8 @@ static void swiglu_backward(Act *dgate, Act *dup, const Act *dout, const Act *ga
     free(dy), free(g), free(u);
 }
 
-static void cross_entropy(float *losses, Act *logits, const int32_t *targets,
-                          const float *weights, int N, int V, int write_grad)
+static void cross_entropy(float *losses, Act *logits, const int32_t *targets, const float *weights,
+                          int N, int V, int write_grad)
 {
     float *l = widen(logits, (size_t)N * V);
     cpu->cross_entropy(losses, l, targets, weights, N, V, write_grad);
@@ -260,7 +259,8 @@ static void model_fill(Model *m)
         for (size_t j = 0; j < p->numel; j++)
             m->params[p->offset + j] =
                 0.1f * (float)((double)(hash64((uint64_t)i * 1000003u + j) >> 11) /
-                               9007199254740992.0 * 2.0 - 1.0);
+                                   9007199254740992.0 * 2.0 -
+                               1.0);
     }
 }
 
@@ -319,8 +319,8 @@ static void run_model(Run *r, const ModelConfig *mc, const Backend *be, int with
     int32_t inputs[B * T], targets[B * T];
     float weights[B * T];
     make_batch(mc, inputs, targets, weights);
-    const size_t nlogits = mc->num_labels > 0 ? (size_t)B * mc->num_labels
-                                              : (size_t)B * T * mc->vocab_size;
+    const size_t nlogits =
+        mc->num_labels > 0 ? (size_t)B * mc->num_labels : (size_t)B * T * mc->vocab_size;
     r->logits = malloc(nlogits * sizeof(float));
     cr_assert(r->logits);
     model_zero_grad(&r->m);
@@ -344,11 +344,13 @@ static void compare_with_fp32(const ModelConfig *mc, const char *label)
                  label, got.m.arena_bytes, ref.m.arena_bytes);
     cr_expect(fabs(got.loss - ref.loss) <= 1e-2 * fabs(ref.loss), "%s: loss %.6f vs fp32 %.6f",
               label, got.loss, ref.loss);
-    const size_t nlogits = mc->num_labels > 0 ? (size_t)B * mc->num_labels
-                                              : (size_t)B * T * mc->vocab_size;
+    const size_t nlogits =
+        mc->num_labels > 0 ? (size_t)B * mc->num_labels : (size_t)B * T * mc->vocab_size;
     const double dl = rel_l2(got.logits, ref.logits, nlogits);
-    cr_expect(dl <= 2e-2 && dl > 0, "%s: logits relative error %.3g (bar 2e-2; 0 means the "
-                                    "storage was not bf16)", label, dl);
+    cr_expect(dl <= 2e-2 && dl > 0,
+              "%s: logits relative error %.3g (bar 2e-2; 0 means the "
+              "storage was not bf16)",
+              label, dl);
     for (int i = 0; i < ref.m.table.count; i++) {
         const ParamInfo *p = &ref.m.table.items[i];
         const double c = cosine(got.m.grads + p->offset, ref.m.grads + p->offset, p->numel);
