@@ -717,8 +717,7 @@ static void act_to_host(const Model *m, float *host, const Act *x, size_t n)
     for (size_t i = n; i-- > 0;) {
         uint16_t h;
         memcpy(&h, (const unsigned char *)host + 2 * i, sizeof(h));
-        const uint32_t bits = (uint32_t)h << 16;
-        memcpy(&host[i], &bits, sizeof(bits));
+        host[i] = bf16_to_f32(h);
     }
 }
 

@@ -140,16 +140,6 @@ static int same_bits(const float *a, const float *b, size_t n)
 
 /* ---- Act tensors (kernels/ops.h): the GPU's activation storage, fp32 or bf16 by mode ------- */
 
-/* f rounded to bf16, to nearest even (NaN stays NaN). */
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof(u));
-    if (isnan(f)) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 /* n host floats as the GPU's Act elements, into dev (device memory). */
 static void act_upload(void *dev, const float *host, size_t n)
 {
@@ -159,7 +149,7 @@ static void act_upload(void *dev, const float *host, size_t n)
     }
     uint16_t *h = malloc(n * sizeof(uint16_t));
     for (size_t i = 0; i < n; i++)
-        h[i] = to_bf16(host[i]);
+        h[i] = f32_to_bf16(host[i]);
     gpu->mem_to_device(dev, h, n * sizeof(uint16_t));
     free(h);
 }
@@ -204,10 +194,8 @@ static void act_download(float *host, const void *dev, size_t n)
     }
     uint16_t *h = malloc(n * sizeof(uint16_t));
     gpu->mem_to_host(h, dev, n * sizeof(uint16_t));
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)h[i] << 16;
-        memcpy(&host[i], &u, sizeof(u));
-    }
+    for (size_t i = 0; i < n; i++)
+        host[i] = bf16_to_f32(h[i]);
     free(h);
 }
 

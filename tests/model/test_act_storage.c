@@ -14,32 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model_test_util.h"
 #include "trainer/common.h"
 #include "trainer/model.h"
-
-enum { B = 2, T = 16 };
 
 /* ---- a CPU backend with bf16 Act storage --------------------------------------------------- */
 
 static const Backend *cpu;
 static Backend bf16_backend;
-
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof(u));
-    if (isnan(f)) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static float from_bf16(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
 
 /* A fresh fp32 copy of n bf16 elements (NULL stays NULL). */
 static float *widen(const Act *x, size_t n)
@@ -48,7 +30,7 @@ static float *widen(const Act *x, size_t n)
     float *f = malloc((n ? n : 1) * sizeof(float));
     cr_assert(f);
     for (size_t i = 0; i < n; i++)
-        f[i] = from_bf16(((const uint16_t *)x)[i]);
+        f[i] = bf16_to_f32(((const uint16_t *)x)[i]);
     return f;
 }
 
@@ -57,7 +39,7 @@ static void narrow(Act *x, float *f, size_t n)
 {
     if (x && f)
         for (size_t i = 0; i < n; i++)
-            ((uint16_t *)x)[i] = to_bf16(f[i]);
+            ((uint16_t *)x)[i] = f32_to_bf16(f[i]);
     free(f);
 }
 
@@ -101,7 +83,7 @@ static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const A
     cpu->rmsnorm_backward(dinp, NULL, dweight, dy, inp, weight, rstd, M, C);
     if (dinp_act)
         for (size_t i = 0; i < (size_t)M * C; i++)
-            ((uint16_t *)dinp_act)[i] = to_bf16(dinp[i]);
+            ((uint16_t *)dinp_act)[i] = f32_to_bf16(dinp[i]);
     free(dy);
 }
 
@@ -211,77 +193,7 @@ static const Backend *backend_bf16(void)
     return &bf16_backend;
 }
 
-/* ---- models, batches, comparisons ---------------------------------------------------------- */
-
-static ModelConfig config_llama(void)
-{
-    ModelConfig mc;
-    model_preset("tiny", &mc); /* 4 layers, hidden 128, 4 heads, 2 kv heads, vocab 320 */
-    mc.lm_head_chunk_rows = 5; /* B x T = 32 rows: 6 chunks of 5 and one of 2 */
-    return mc;
-}
-
-static ModelConfig config_qwen2(void)
-{
-    ModelConfig mc = config_llama();
-    mc.arch = ARCH_QWEN2;
-    mc.qkv_bias = 1;
-    mc.num_kv_heads = 1;
-    mc.tie_word_embeddings = 1;
-    return mc;
-}
-
-static ModelConfig config_classification(void)
-{
-    ModelConfig mc = config_llama();
-    mc.num_labels = 3;
-    mc.pad_token_id = 0;
-    mc.o_bias = 1;
-    mc.mlp_bias = 1;
-    return mc;
-}
-
-static uint64_t hash64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-/* Seeded weights, with non-zero biases (model_init_weights zeroes them). */
-static void model_fill(Model *m)
-{
-    model_init_weights(m, 11, 0.08f);
-    for (int i = 0; i < m->table.count; i++) {
-        const ParamInfo *p = &m->table.items[i];
-        if (!strstr(p->name, ".bias")) continue;
-        for (size_t j = 0; j < p->numel; j++)
-            m->params[p->offset + j] =
-                0.1f * (float)((double)(hash64((uint64_t)i * 1000003u + j) >> 11) /
-                                   9007199254740992.0 * 2.0 -
-                               1.0);
-    }
-}
-
-/* Tokens, next-token targets and weights (some zero); for a classification model labels [B]
- * with weights [B] and row 1 padded at the end. */
-static void make_batch(const ModelConfig *mc, int32_t *inputs, int32_t *targets, float *weights)
-{
-    for (int i = 0; i < B * T; i++) {
-        inputs[i] = 1 + (int32_t)(hash64((uint64_t)i) % (uint64_t)(mc->vocab_size - 1));
-        targets[i] = (int32_t)(hash64((uint64_t)i + 500) % (uint64_t)mc->vocab_size);
-        weights[i] = i % 5 == 3 ? 0.0f : 1.0f / (B * T);
-    }
-    if (mc->num_labels > 0) {
-        for (int t = T - 4; t < T; t++)
-            inputs[T + t] = mc->pad_token_id;
-        for (int b = 0; b < B; b++) {
-            targets[b] = b % mc->num_labels;
-            weights[b] = 0.5f;
-        }
-    }
-}
+/* ---- comparisons (models, weights and batches: model_test_util.h) ---------------------------- */
 
 static double rel_l2(const float *x, const float *ref, size_t n)
 {
@@ -318,7 +230,7 @@ static void run_model(Run *r, const ModelConfig *mc, const Backend *be, int with
     model_fill(&r->m);
     int32_t inputs[B * T], targets[B * T];
     float weights[B * T];
-    make_batch(mc, inputs, targets, weights);
+    make_batch(mc, 0, inputs, targets, weights);
     const size_t nlogits =
         mc->num_labels > 0 ? (size_t)B * mc->num_labels : (size_t)B * T * mc->vocab_size;
     r->logits = malloc(nlogits * sizeof(float));
@@ -391,7 +303,7 @@ Test(act_storage, bf16_logits_without_targets_fill_every_row)
     model_fill(&got);
     int32_t inputs[B * T], targets[B * T];
     float weights[B * T];
-    make_batch(&mc, inputs, targets, weights);
+    make_batch(&mc, 0, inputs, targets, weights);
     const size_t V = (size_t)mc.vocab_size;
     float *lr = malloc(B * T * V * sizeof(float)), *lg = malloc(B * T * V * sizeof(float));
     for (size_t i = 0; i < B * T * V; i++)
