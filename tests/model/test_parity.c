@@ -2,7 +2,8 @@
  * tools/make_parity_fixtures.py made (tiny Llama and Qwen2 models covering GQA, biases, tied
  * embeddings, rope scaling, both config.json forms, BF16 and F32 files, sharded weights).
  * fp32 agreement required: loss 2e-5 absolute, logits 1e-4 relative, gradients 1e-3 relative
- * per tensor, parameters after 5 AdamW steps 1e-4 relative per tensor, eval loss 2e-5. The LM
+ * per tensor, parameters after 5 AdamW steps 1e-4 relative per tensor (the key biases: every
+ * element within 1% of the distance 5 AdamW steps can move it, see below), eval loss 2e-5. The LM
  * head runs as one chunk of rows and as chunks of 7 (32 rows: 4 x 7 + 4), through plain
  * model_forward + model_backward and through model_forward_train + model_backward. */
 #include <criterion/criterion.h>
@@ -132,14 +133,11 @@ Test(parity, five_adamw_steps_match_torch)
         Model m;
         SafetensorsFile ref;
         Optimizer opt;
-        /* one chunk of rows: k_proj.bias has no gradient in exact arithmetic (softmax ignores
-         * the same shift of every key), so Adam turns its rounding noise into steps of size lr:
-         * it differs from torch by 8e-5 here against a tolerance of 1e-4, and another chunking
-         * (another summation order of the head's gradient) can move that noise past it */
         setup_case(cases[c], &m, &ref, 0);
         cr_assert_eq(optim_init(&opt, &m.table), DS_OK);
         const float *ref_losses = ref_tensor(&ref, "adamw_losses", 5);
-        for (int step = 0; step < 5; step++) {
+        const int steps = 5;
+        for (int step = 0; step < steps; step++) {
             model_zero_grad(&m);
             double loss = model_forward_train(&m, m.inputs, m.targets, m.loss_weights, NULL);
             model_backward(&m);
@@ -152,7 +150,37 @@ Test(parity, five_adamw_steps_match_torch)
             const ParamInfo *p = &m.table.items[i];
             char name[160];
             snprintf(name, sizeof(name), "adamw.%s", p->name);
-            double d = rel_diff(m.params + p->offset, ref_tensor(&ref, name, p->numel), p->numel);
+            const float *want = ref_tensor(&ref, name, p->numel);
+            if (strstr(p->name, ".self_attn.k_proj.bias")) {
+                /* The key bias's gradient is a nearly cancelling sum. A bias component that
+                 * RoPE barely rotates over the sequence (the low-frequency pairs) shifts every
+                 * key's score by nearly the same amount, which softmax ignores: its gradient is
+                 * a sum of terms near 1e-2 that cancels to 1e-6..1e-8, and what is left is
+                 * the summation order's rounding (torch and we differ by about 1e-8 per
+                 * element; another BLAS, another order). AdamW turns a gradient g into a step
+                 * of lr * g / (sqrt(v) + eps), most sensitive where |g| is near eps, so those
+                 * elements' steps carry that noise divided by eps, and the tensor's relative
+                 * difference (1.4e-4 against torch on some machines) measures the rounding,
+                 * not the optimizer. What means something here is each element's distance to
+                 * torch's in units of what AdamW moves it: at most lr per step (|m| <=
+                 * sqrt(v) up to the bias corrections), and noise of 1e-8 through 1 / eps
+                 * moves it by at most lr * 1e-8 / eps per step. So: every element within
+                 * steps * lr * 1e-8 / eps of torch's (1% of the largest possible update with
+                 * eps 1e-6), which a wrong gradient, clip, bias correction or learning rate
+                 * misses by far (the update itself is 1e-2..4e-2 per element). */
+                const double noise = 1e-8;
+                const double tol = steps * cfg.optim_lr * noise / cfg.optim_eps;
+                double worst = 0;
+                size_t at = 0;
+                for (size_t k = 0; k < p->numel; k++) {
+                    double d = fabs((double)m.params[p->offset + k] - want[k]);
+                    if (d > worst) worst = d, at = k;
+                }
+                cr_expect_leq(worst, tol, "%s: %s[%zu] differs by %.3g (tolerance %.3g)",
+                              cases[c], name, at, worst, tol);
+                continue;
+            }
+            double d = rel_diff(m.params + p->offset, want, p->numel);
             cr_expect_leq(d, 1e-4, "%s: %s relative difference %.3g", cases[c], name, d);
         }
         optim_free(&opt);
