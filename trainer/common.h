@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* Exit codes, documented in README.md. */
 enum {
@@ -48,6 +49,31 @@ float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
+
+/* Files from the user. ds_open_regular opens path read-only without blocking and refuses
+ * anything but a regular file (a FIFO would block open() and read() forever, a device or a
+ * directory is never data); the fd is blocking again on return. Errors (DS_ERR_INPUT):
+ * "<path>: cannot open: <why>" or "<path>: not a regular file (a FIFO)". */
+int ds_open_regular(const char *path, int *fd_out);
+/* The same as a stdio stream (mode "r" or "rb"); NULL with the message set. */
+FILE *ds_fopen_regular(const char *path, const char *mode);
+/* Before handing path to a library that opens it itself (HDF5): DS_OK when it is a regular
+ * file, else the message above. */
+int ds_check_regular(const char *path);
+
+/* Create (or truncate, or with append=1 append to) path for writing without following a
+ * symbolic link at its last component, so a link planted in a run directory never redirects a
+ * write elsewhere (O_NOFOLLOW | O_CREAT, mode 0644). NULL with the message set
+ * ("<path>: cannot write: <why>"); a link there gives "<path>: is a symbolic link". */
+FILE *ds_fopen_nofollow(const char *path, int append);
+
+/* s made fit for a one-line message: control characters, DEL and bytes that are not UTF-8
+ * become \n, \t, \xNN; a backslash becomes \\; cut with "..." after max_bytes of input.
+ * Writes into buf and returns it. Use it for every string that comes from a file. */
+const char *ds_printable(char *buf, size_t cap, const char *s, size_t max_bytes);
+/* 1 when s holds a control character (0x01..0x1f or 0x7f): paths and names with one are refused
+ * where they are pasted into a script, a plot or a message. */
+int ds_has_control_chars(const char *s);
 
 /* Monotonic seconds. */
 double ds_now(void);

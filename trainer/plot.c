@@ -1,7 +1,9 @@
 /* plot.c: `dstrain plot RUN_DIR [-o FILE.png]`: reads RUN_DIR/metrics.jsonl and draws loss (and
  * eval loss), learning rate and throughput over steps as one PNG through gnuplot (a Debian
  * package; tools/install-deps.sh installs it). The data goes to gnuplot inline (datablocks), so
- * nothing but the PNG is written. Skipped (non-finite) steps are left out of the loss curve. */
+ * nothing but the PNG is written. Skipped (non-finite) steps are left out of the loss curve.
+ * Paths reach gnuplot only inside single-quoted strings (no substitution happens there), and a
+ * path holding a control character is refused: gnuplot ends a command at a newline. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -47,8 +49,8 @@ static const char *const series_key[S_COUNT] = {"loss", "eval_loss", "lr", "toke
 
 static int read_metrics(const char *path, PlotSeries *series)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return ds_error(DS_ERR_INPUT, "plot: %s: cannot read: %s", path, strerror(errno));
+    FILE *f = ds_fopen_regular(path, "r");
+    if (!f) return ds_error_context(DS_ERR_INPUT, "plot");
     char *line = NULL;
     size_t cap = 0;
     long lineno = 0;
@@ -118,6 +120,13 @@ int plot_main(int argc, char **argv)
         }
     }
     if (!run_dir) return ds_error(DS_ERR_INPUT, "plot: expected RUN_DIR (see dstrain plot --help)");
+    const char *pasted[2] = {run_dir, output};
+    for (int i = 0; i < 2; i++) {
+        char shown[600];
+        if (pasted[i] && ds_has_control_chars(pasted[i]))
+            return ds_error(DS_ERR_INPUT, "plot: \"%s\": a path with a control character",
+                            ds_printable(shown, sizeof(shown), pasted[i], 200));
+    }
     char metrics[2048], out_buf[2048];
     snprintf(metrics, sizeof(metrics), "%s/metrics.jsonl", run_dir);
     if (!output) {

@@ -74,13 +74,15 @@ static int check_word(const char *flag, const char *v)
     return DS_OK;
 }
 
-/* Append s to buf as one single-quoted shell word. */
-static void shell_quote_append(char *buf, size_t size, const char *s)
+/* Append s to buf as one single-quoted shell word; DS_ERR_INPUT when it does not fit (a cut
+ * word would change the command). */
+static int shell_quote_append(char *buf, size_t size, const char *s)
 {
     size_t n = strlen(buf);
-    if (n + 3 >= size) return;
+    if (n + 3 > size) goto too_long;
     buf[n++] = '\'';
-    for (; *s && n + 6 < size; s++) {
+    for (; *s; s++) {
+        if (n + 6 > size) goto too_long;
         if (*s == '\'') {
             memcpy(buf + n, "'\\''", 4);
             n += 4;
@@ -90,6 +92,43 @@ static void shell_quote_append(char *buf, size_t size, const char *s)
     }
     buf[n++] = '\'';
     buf[n] = 0;
+    return DS_OK;
+too_long:
+    return ds_error(DS_ERR_INPUT, "submit: the sbatch command line is longer than %zu bytes",
+                    size - 1);
+}
+
+/* Values pasted into the script: a control character (a newline above all) would start a new
+ * shell command or #SBATCH line whatever the quoting, so paths holding one are refused. */
+static int check_script_value(const char *what, const char *v)
+{
+    char shown[600];
+    if (ds_has_control_chars(v))
+        return ds_error(DS_ERR_INPUT, "submit: %s: \"%s\" holds a control character", what,
+                        ds_printable(shown, sizeof(shown), v, 200));
+    return DS_OK;
+}
+
+/* #SBATCH --output=... is read by sbatch, not the shell: its own double quotes and backslash
+ * escapes apply, and '%' starts a file name pattern, so a log directory with one is refused. */
+static int sbatch_quote(char *out, size_t size, const char *what, const char *s)
+{
+    char shown[600];
+    if (strchr(s, '%'))
+        return ds_error(DS_ERR_INPUT, "submit: %s: \"%s\" holds a '%%', which sbatch reads as a "
+                                      "file name pattern", what,
+                        ds_printable(shown, sizeof(shown), s, 200));
+    size_t n = 0;
+    out[n++] = '"';
+    for (; *s; s++) {
+        if (n + 4 > size)
+            return ds_error(DS_ERR_INPUT, "submit: %s: longer than %zu bytes", what, size / 2);
+        if (*s == '"' || *s == '\\') out[n++] = '\\';
+        out[n++] = *s;
+    }
+    out[n++] = '"';
+    out[n] = 0;
+    return DS_OK;
 }
 
 static char *read_file(const char *path)
@@ -161,10 +200,28 @@ int submit_render(const SubmitRequest *rq, FILE *out)
     if (rq->qos && *rq->qos) SET("QOS_LINE", "#SBATCH --qos=%s", rq->qos);
     else SET("QOS_LINE", "%s", "");
     SET("SIGNAL_SECONDS", "%d", rq->signal_seconds);
-    SET("LOG_DIR", "%s", rq->run_root);
-    SET("RUN_ROOT", "%s", rq->run_root);
-    SET("WORK_DIR", "%s", rq->work_dir);
-    SET("DSTRAIN", "%s", rq->dstrain);
+    /* every path is quoted for its reader: sbatch for the log directory, bash for the rest */
+    int status = DS_OK;
+    const struct {
+        const char *name, *what, *value;
+    } paths[] = {{"LOG_DIR", "run.dir", rq->run_root},
+                 {"RUN_ROOT", "run.dir", rq->run_root},
+                 {"WORK_DIR", "the working directory", rq->work_dir},
+                 {"DSTRAIN", "the dstrain binary", rq->dstrain}};
+    for (size_t i = 0; i < DS_ARRAY_LEN(paths) && status == DS_OK; i++) {
+        status = check_script_value(paths[i].what, paths[i].value);
+        if (status != DS_OK) break;
+        ph[n].value[0] = 0;
+        if (i == 0)
+            status = sbatch_quote(ph[n].value, sizeof(ph[n].value), paths[i].what, paths[i].value);
+        else
+            status = shell_quote_append(ph[n].value, sizeof(ph[n].value), paths[i].value);
+        ph[n++].name = paths[i].name;
+    }
+    if (status != DS_OK) {
+        free(tmpl);
+        return status;
+    }
     SET("CONFIG_ARGS", "%s", rq->config_args);
 #undef SET
     render(out, tmpl, ph, n);
@@ -270,14 +327,16 @@ int submit_main(int argc, char **argv)
     if (o.config_path) {
         char abs_cfg[PATH_MAX];
         DS_TRY(absolute_path(o.config_path, abs_cfg, sizeof(abs_cfg)));
+        DS_TRY(check_script_value("the config path", abs_cfg));
         strncat(args, "-c ", sizeof(args) - strlen(args) - 1);
-        shell_quote_append(args, sizeof(args), abs_cfg);
+        DS_TRY(shell_quote_append(args, sizeof(args), abs_cfg));
     }
     for (int i = 0; i < o.n_overrides; i++) {
         if (!strncmp(o.overrides[i], "run.dir=", 8) || !strncmp(o.overrides[i], "train.resume=", 13))
             continue; /* the job sets both: one run directory per job, resumed after requeue */
+        DS_TRY(check_script_value("an override", o.overrides[i]));
         strncat(args, " ", sizeof(args) - strlen(args) - 1);
-        shell_quote_append(args, sizeof(args), o.overrides[i]);
+        DS_TRY(shell_quote_append(args, sizeof(args), o.overrides[i]));
     }
     rq.config_args = args;
 
@@ -287,14 +346,14 @@ int submit_main(int argc, char **argv)
         return ds_error(DS_ERR_INPUT, "run.dir: cannot create %s: %s", run_root, strerror(errno));
     char script[PATH_MAX + 64];
     snprintf(script, sizeof(script), "%s/%s.sbatch", run_root, job_name);
-    FILE *f = fopen(script, "w");
-    if (!f) return ds_error(DS_ERR_INPUT, "%s: cannot write: %s", script, strerror(errno));
+    FILE *f = ds_fopen_nofollow(script, 0);
+    if (!f) return DS_ERR_INPUT;
     int status = submit_render(&rq, f);
     if (fclose(f) != 0 && status == DS_OK)
         status = ds_error(DS_ERR_INTERNAL, "%s: %s", script, strerror(errno));
     DS_TRY(status);
-    char cmd[PATH_MAX + 128] = "sbatch --parsable ";
-    shell_quote_append(cmd, sizeof(cmd), script);
+    char cmd[4 * PATH_MAX + 128] = "sbatch --parsable ";
+    DS_TRY(shell_quote_append(cmd, sizeof(cmd), script));
     FILE *p = popen(cmd, "r");
     if (!p) return ds_error(DS_ERR_INTERNAL, "submit: cannot run sbatch: %s", strerror(errno));
     char line[256] = "";

@@ -101,7 +101,7 @@ else
   echo "SKIP: gnuplot is not installed (tools/install-deps.sh installs it)"
 fi
 "$DSTRAIN" plot nowhere > /dev/null 2> noplot.err; rc=$?
-check "plot of a missing run: exit 2" bash -c "[ $rc -eq 2 ] && grep -q 'nowhere/metrics.jsonl: cannot read' noplot.err"
+check "plot of a missing run: exit 2" bash -c "[ $rc -eq 2 ] && grep -q 'nowhere/metrics.jsonl: cannot open' noplot.err"
 
 # ---- generate: greedy next token == argmax of the PyTorch reference logits ----
 for m in llama_gqa_f32_oldform qwen2_gqa_bias_f32_newform llama_tied_linear_bf16_newform_sharded; do
