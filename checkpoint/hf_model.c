@@ -1,7 +1,8 @@
 /* hf_model.c: Hugging Face model directories in: config.json (the old rope_theta/rope_scaling
  * form and the transformers-5 rope_parameters/dtype form) into a ModelConfig, and weights from
  * model.safetensors or the shards named by model.safetensors.index.json into this rank's fp32
- * slices. It does not write directories (export lives elsewhere) and never guesses shard names.
+ * slices, and a new classification head for a causal LM fine-tuned as a classifier. It does not
+ * write directories (export lives elsewhere) and never guesses shard names.
  * Tensor bytes are read straight from the mapping and released after use, so the model is never
  * held in memory twice. */
 #include "hf_model.h"
@@ -523,7 +524,8 @@ static int load_param(const char *dir, const char *fname, const SafetensorsFile 
 /* The shard file of every parameter, from the index's weight_map. files[] gets each distinct
  * name once, in first-use order; file_of[i] indexes it. */
 static int read_index(const char *dir, const char *index_path, const ParamTable *table,
-                      char (*files)[HF_FILE_NAME_MAX], int *nfiles, int *file_of)
+                      const char *optional, char (*files)[HF_FILE_NAME_MAX], int *nfiles,
+                      int *file_of)
 {
     cJSON *root;
     DS_TRY(parse_json_file(index_path, &root));
@@ -550,6 +552,10 @@ static int read_index(const char *dir, const char *index_path, const ParamTable 
     }
     for (int i = 0; i < table->count && status == DS_OK; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(map, table->items[i].name);
+        if (!v && optional && strcmp(table->items[i].name, optional) == 0) {
+            file_of[i] = -1; /* not in this directory: the caller fills it */
+            continue;
+        }
         if (!v) {
             status = ds_error(DS_ERR_INPUT,
                               "%s: tensor %s is missing (model.safetensors.index.json does not "
@@ -567,10 +573,14 @@ static int read_index(const char *dir, const char *index_path, const ParamTable 
     return status;
 }
 
-int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *table, float *params)
+/* The loader behind hf_load_weights and hf_load_weights_seeded. optional (or NULL) names one
+ * tensor of the table that the directory may lack: *optional_found says whether it was there,
+ * and its slice is left untouched when it was not. */
+static int load_weights(const char *dir, const ParamTable *table, float *params,
+                        const char *optional, int *optional_found)
 {
-    (void)mc; /* a tied lm_head is simply absent from the table; a file's copy is ignored */
     char index_path[HF_PATH_MAX], path[HF_PATH_MAX + HF_FILE_NAME_MAX];
+    if (optional_found) *optional_found = 0;
     if ((size_t)snprintf(index_path, sizeof(index_path), "%s/model.safetensors.index.json", dir) >=
         sizeof(index_path))
         return ds_error(DS_ERR_INPUT, "%.200s...: model path too long", dir);
@@ -585,7 +595,7 @@ int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *ta
     int nfiles = 0, status = DS_OK;
     struct stat st;
     if (stat(index_path, &st) == 0) {
-        status = read_index(dir, index_path, table, files, &nfiles, file_of);
+        status = read_index(dir, index_path, table, optional, files, &nfiles, file_of);
     } else {
         snprintf(path, sizeof(path), "%s/model.safetensors", dir);
         if (stat(path, &st) != 0)
@@ -601,13 +611,105 @@ int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *ta
         SafetensorsFile f;
         snprintf(path, sizeof(path), "%s/%s", dir, files[k]);
         status = safetensors_open(path, &f);
-        for (int i = 0; i < count && status == DS_OK; i++)
-            if (file_of[i] == k)
-                status = load_param(dir, files[k], &f, &table->items[i],
-                                    params + table->items[i].offset);
+        for (int i = 0; i < count && status == DS_OK; i++) {
+            const ParamInfo *p = &table->items[i];
+            if (file_of[i] != k) continue;
+            if (optional && strcmp(p->name, optional) == 0 && !safetensors_find(&f, p->name))
+                continue; /* a single file without it */
+            status = load_param(dir, files[k], &f, p, params + p->offset);
+            if (status == DS_OK && optional && strcmp(p->name, optional) == 0)
+                *optional_found = 1;
+        }
         if (f.map) safetensors_close(&f);
     }
     free(files);
     free(file_of);
     return status;
+}
+
+int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *table, float *params)
+{
+    (void)mc; /* a tied lm_head is simply absent from the table; a file's copy is ignored */
+    return load_weights(dir, table, params, NULL, NULL);
+}
+
+/* ---- a classification head on a causal LM ---------------------------------------------------- */
+
+/* splitmix64 + Box-Muller: a seeded normal stream, the same on every machine and for every
+ * tensor-parallel layout (element j's pair is drawn from its own state). */
+static uint64_t head_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double head_uniform01(uint64_t *state)
+{
+    return ((double)(head_splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* normal(0, std) for every element of p's full tensor; this rank's slice lands in dst. */
+static void head_init_normal(const ParamInfo *p, uint64_t seed, double std, float *dst)
+{
+    const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
+    const size_t full = (size_t)p->shape[0] * cols;
+    const uint64_t state0 = seed * 0x100000001b3ull + 0x5c07e5eedull; /* the head's own stream */
+    const size_t s = (size_t)p->slice_start, n = (size_t)p->slice_len;
+    for (size_t j = 0; j < full; j += 2) {
+        uint64_t state = state0 + (uint64_t)j * 0x9e3779b97f4a7c15ull;
+        const double u1 = head_uniform01(&state), u2 = head_uniform01(&state);
+        const double r = sqrt(-2.0 * log(u1));
+        const double z[2] = {r * cos(2.0 * M_PI * u2), r * sin(2.0 * M_PI * u2)};
+        for (size_t k = j; k < j + 2 && k < full; k++) {
+            const size_t row = k / cols, col = k % cols;
+            const float v = (float)(std * z[k - j]);
+            if (p->split_dim < 0) dst[k] = v;
+            else if (p->split_dim == 0 && row >= s && row < s + n) dst[(row - s) * cols + col] = v;
+            else if (p->split_dim == 1 && col >= s && col < s + n) dst[row * n + (col - s)] = v;
+        }
+    }
+}
+
+/* config.json's initializer_range (transformers' std for new Linear weights; 0.02 when absent). */
+static int read_initializer_range(const char *dir, double *out)
+{
+    char file[HF_PATH_MAX];
+    if ((size_t)snprintf(file, sizeof(file), "%s/config.json", dir) >= sizeof(file))
+        return ds_error(DS_ERR_INPUT, "%.200s...: model path too long", dir);
+    cJSON *root;
+    DS_TRY(parse_json_file(file, &root));
+    JsonWhere w = {file, ""};
+    int status = json_number(&w, root, "initializer_range", 0, HF_HEAD_INIT_STD_DEFAULT, out);
+    if (status == DS_OK && !(*out > 0 && *out < 1e3))
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: initializer_range: expected a positive standard deviation, got %g",
+                          file, *out);
+    cJSON_Delete(root);
+    return status;
+}
+
+int hf_load_weights_seeded(const char *dir, const ModelConfig *mc, const ParamTable *table,
+                           float *params, uint64_t seed)
+{
+    const ParamInfo *head = mc->num_labels > 0 ? param_table_find(table, "score.weight") : NULL;
+    if (!head) return load_weights(dir, table, params, NULL, NULL);
+    /* Which kind the directory is decides whether a missing head is expected (a causal LM) or a
+     * damaged classifier. */
+    ModelConfig file_mc;
+    DS_TRY(hf_config_load(dir, &file_mc));
+    if (file_mc.num_labels > 0) return load_weights(dir, table, params, NULL, NULL);
+    int found = 0;
+    DS_TRY(load_weights(dir, table, params, "score.weight", &found));
+    if (found) return DS_OK; /* a causal LM's files that carry a head anyway: use it */
+    double std = 0;
+    DS_TRY(read_initializer_range(dir, &std));
+    head_init_normal(head, seed, std, params + head->offset);
+    printf("dstrain: %s is a causal LM: its body is loaded (not lm_head.weight), the new head "
+           "score.weight [%lld, %lld] starts from normal(0, %g) (initializer_range; seed %llu)\n",
+           dir, (long long)head->shape[0], (long long)head->shape[1], std,
+           (unsigned long long)seed);
+    fflush(stdout);
+    return DS_OK;
 }

@@ -3,6 +3,8 @@
 #ifndef DSTRAIN_HF_MODEL_H
 #define DSTRAIN_HF_MODEL_H
 
+#include <stdint.h>
+
 #include "../trainer/model.h"
 
 /* Parse DIR/config.json. Unsupported architecture or field values name what is supported. */
@@ -14,6 +16,22 @@ int hf_config_load(const char *dir, ModelConfig *mc);
  * names from the index must be plain names inside dir. */
 int hf_load_weights(const char *dir, const ModelConfig *mc, const ParamTable *table,
                     float *params);
+
+/* The standard deviation of a new classification head when config.json has no
+ * initializer_range (transformers' default). */
+#define HF_HEAD_INIT_STD_DEFAULT 0.02
+
+/* hf_load_weights for a model that may get a new classification head: when mc->num_labels > 0
+ * (the run's task.num_labels) and dir is a causal LM (its config.json names *ForCausalLM and its
+ * files hold no score.weight), the body is loaded from dir, the LM's lm_head.weight is not used,
+ * and score.weight [num_labels, hidden] is drawn from normal(0, initializer_range of dir's
+ * config.json, 0.02 when absent), the same values for a given seed on every machine and
+ * tensor-parallel layout (each rank keeps its slice); one line on stdout says so. A causal LM
+ * whose files carry a score.weight of the right shape loads it. Otherwise exactly
+ * hf_load_weights: a *ForSequenceClassification directory must hold its head, and a causal LM
+ * loaded as a causal LM (num_labels 0) ignores seed. */
+int hf_load_weights_seeded(const char *dir, const ModelConfig *mc, const ParamTable *table,
+                           float *params, uint64_t seed);
 
 /* 1 when dir looks like a Hugging Face model directory (it has a config.json), else 0. */
 int hf_dir_kind(const char *dir);
