@@ -1,6 +1,7 @@
 /* pack.c: `dstrain pack`: JSONL files of token ids ({"input_ids": [...], "loss_mask": [...],
  * "label": n, "task": n} per line) to one HDF5 file in the layout of docs/data.md.
- * Not a tokenizer: the ids are already made. Input is streamed line by line and appended to
+ * Not a tokenizer: the ids are already made. Input is streamed line by line (each line checked
+ * as strict JSON by a scanner that allocates nothing) and appended to
  * chunked, extendible datasets in batches, so memory stays constant for any input size. The file
  * is written under a temporary name and renamed at the end: a failed pack leaves no file. */
 #include "data/pack.h"
@@ -8,7 +9,6 @@
 #include "trainer/common.h"
 #include "trainer/progress.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <inttypes.h>
@@ -264,54 +264,344 @@ static int attr_write_string(PackWriter *w, const char *name, const char *value)
 
 /* ---- one JSONL line ------------------------------------------------------------------------ */
 
-/* An integer-valued JSON number in [lo, hi]. */
-static int json_integer(const cJSON *item, double lo, double hi, int64_t *out)
+/* A line is checked as strict JSON (RFC 8259) by a scanner that builds nothing: a document of a
+ * million tokens costs no memory beyond the line itself, where a tree would cost a node per
+ * token. The known keys' values are kept as positions in the line and walked again when the
+ * document is checked and buffered. Anything a JSON reader could take another way is refused:
+ * a second value after the object, a NUL byte, a known key given twice (Python keeps the last,
+ * a tree lookup the first). Unknown keys are allowed and skipped. */
+
+#define PACK_JSON_MAX_DEPTH 64
+
+typedef struct JsonScan {
+    const char *start, *p, *end;
+    char *problem;
+    size_t cap;
+} JsonScan;
+
+static int scan_fail(JsonScan *j, const char *what)
 {
-    if (!cJSON_IsNumber(item)) return 0;
-    double v = item->valuedouble;
+    snprintf(j->problem, j->cap, "not valid JSON: %s at byte %ld", what, (long)(j->p - j->start) + 1);
+    return 0;
+}
+
+static void scan_ws(JsonScan *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* A string at j->p (the opening quote). With key != NULL, its decoded text goes there when it
+ * is short and ASCII (the known keys are), else key[0] = 1 (matches no known key). */
+static int scan_string(JsonScan *j, char *key, size_t key_cap)
+{
+    size_t k = 0;
+    int keep = key != NULL;
+    j->p++;
+    while (j->p < j->end) {
+        unsigned char c = (unsigned char)*j->p;
+        if (c == '"') {
+            j->p++;
+            if (key) {
+                if (keep && k < key_cap) key[k] = 0;
+                else key[0] = 1, key[1] = 0;
+            }
+            return 1;
+        }
+        if (c < 0x20) return scan_fail(j, "a control character inside a string");
+        char decoded = (char)c;
+        if (c == '\\') {
+            if (j->p + 1 >= j->end) break;
+            char e = j->p[1];
+            j->p += 2;
+            switch (e) {
+            case '"': decoded = '"'; break;
+            case '\\': decoded = '\\'; break;
+            case '/': decoded = '/'; break;
+            case 'b': decoded = '\b'; break;
+            case 'f': decoded = '\f'; break;
+            case 'n': decoded = '\n'; break;
+            case 'r': decoded = '\r'; break;
+            case 't': decoded = '\t'; break;
+            case 'u': {
+                if (j->end - j->p < 4) return scan_fail(j, "a short \\u escape");
+                int v = 0;
+                for (int i = 0; i < 4; i++) {
+                    int h = hex_value(j->p[i]);
+                    if (h < 0) return scan_fail(j, "a bad \\u escape");
+                    v = v * 16 + h;
+                }
+                j->p += 4;
+                if (v == 0 || v >= 0x80) keep = 0; /* no known key holds it */
+                decoded = (char)v;
+                break;
+            }
+            default:
+                j->p -= 2;
+                return scan_fail(j, "a bad escape");
+            }
+        } else {
+            j->p++;
+        }
+        if (keep) {
+            if (k + 1 < key_cap) key[k++] = decoded;
+            else keep = 0;
+        }
+    }
+    return scan_fail(j, "an unterminated string");
+}
+
+/* A number in JSON's grammar; the text is [start, j->p). */
+static int scan_number(JsonScan *j)
+{
+    const char *p = j->p, *e = j->end;
+    if (p < e && *p == '-') p++;
+    if (p < e && *p == '0') {
+        p++;
+    } else if (p < e && *p >= '1' && *p <= '9') {
+        while (p < e && *p >= '0' && *p <= '9') p++;
+    } else {
+        return scan_fail(j, "a bad number");
+    }
+    if (p < e && *p == '.') {
+        p++;
+        if (!(p < e && *p >= '0' && *p <= '9')) return scan_fail(j, "a bad number");
+        while (p < e && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) p++;
+        if (!(p < e && *p >= '0' && *p <= '9')) return scan_fail(j, "a bad number");
+        while (p < e && *p >= '0' && *p <= '9') p++;
+    }
+    j->p = p;
+    return 1;
+}
+
+static int scan_value(JsonScan *j, int depth);
+
+static int scan_container(JsonScan *j, int depth, char close)
+{
+    if (depth >= PACK_JSON_MAX_DEPTH) return scan_fail(j, "nesting deeper than 64 levels");
+    j->p++;
+    scan_ws(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        return 1;
+    }
+    for (;;) {
+        if (close == '}') {
+            scan_ws(j);
+            if (j->p >= j->end || *j->p != '"') return scan_fail(j, "expected a key");
+            if (!scan_string(j, NULL, 0)) return 0;
+            scan_ws(j);
+            if (j->p >= j->end || *j->p != ':') return scan_fail(j, "expected ':'");
+            j->p++;
+        }
+        if (!scan_value(j, depth + 1)) return 0;
+        scan_ws(j);
+        if (j->p < j->end && *j->p == ',') {
+            j->p++;
+            scan_ws(j);
+            continue;
+        }
+        if (j->p < j->end && *j->p == close) {
+            j->p++;
+            return 1;
+        }
+        return scan_fail(j, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+}
+
+static int scan_value(JsonScan *j, int depth)
+{
+    scan_ws(j);
+    if (j->p >= j->end) return scan_fail(j, "a missing value");
+    switch (*j->p) {
+    case '{': return scan_container(j, depth, '}');
+    case '[': return scan_container(j, depth, ']');
+    case '"': return scan_string(j, NULL, 0);
+    case 't':
+    case 'f':
+    case 'n': {
+        static const char *const words[] = {"true", "false", "null"};
+        for (int i = 0; i < 3; i++) {
+            size_t n = strlen(words[i]);
+            if ((size_t)(j->end - j->p) >= n && memcmp(j->p, words[i], n) == 0) {
+                j->p += n;
+                return 1;
+            }
+        }
+        return scan_fail(j, "an unknown word");
+    }
+    default: return scan_number(j);
+    }
+}
+
+int pack_line_parse(const char *line, size_t len, PackLine *out, char *problem, size_t cap)
+{
+    memset(out, 0, sizeof(*out));
+    JsonScan j = {line, line, line + len, problem, cap};
+    if (memchr(line, 0, len)) {
+        snprintf(problem, cap, "holds a NUL byte");
+        return 0;
+    }
+    scan_ws(&j);
+    if (j.p >= j.end || *j.p != '{') {
+        /* still JSON? then the message says what the line is instead */
+        JsonScan v = {line, j.p, j.end, problem, cap};
+        if (j.p < j.end && scan_value(&v, 0)) snprintf(problem, cap, "expected a JSON object per line");
+        else if (j.p >= j.end) snprintf(problem, cap, "not valid JSON: empty");
+        return 0;
+    }
+    static const char *const known[] = {"input_ids", "loss_mask", "label", "task"};
+    const char **slot[] = {&out->ids, &out->mask, &out->label, &out->task};
+    j.p++;
+    scan_ws(&j);
+    if (j.p < j.end && *j.p == '}') {
+        j.p++;
+    } else {
+        for (;;) {
+            char key[16];
+            scan_ws(&j);
+            if (j.p >= j.end || *j.p != '"') return scan_fail(&j, "expected a key");
+            if (!scan_string(&j, key, sizeof(key))) return 0;
+            scan_ws(&j);
+            if (j.p >= j.end || *j.p != ':') return scan_fail(&j, "expected ':'");
+            j.p++;
+            scan_ws(&j);
+            for (size_t i = 0; i < DS_ARRAY_LEN(known); i++) {
+                if (strcmp(key, known[i]) != 0) continue;
+                if (*slot[i]) {
+                    snprintf(problem, cap, "%s: given twice in one object", known[i]);
+                    return 0;
+                }
+                *slot[i] = j.p;
+            }
+            if (!scan_value(&j, 1)) return 0;
+            scan_ws(&j);
+            if (j.p < j.end && *j.p == ',') {
+                j.p++;
+                continue;
+            }
+            if (j.p < j.end && *j.p == '}') {
+                j.p++;
+                break;
+            }
+            return scan_fail(&j, "expected ',' or '}'");
+        }
+    }
+    scan_ws(&j);
+    if (j.p < j.end) {
+        snprintf(problem, cap, "unexpected text after the JSON object (one object per line)");
+        return 0;
+    }
+    out->end = line + len;
+    return 1;
+}
+
+/* Elements of an array that pack_line_parse has checked, one at a time: *elem is the start of
+ * the next one; 0 at the end. */
+typedef struct ArrayWalk {
+    JsonScan scan;
+    int started;
+} ArrayWalk;
+
+static void array_walk_begin(ArrayWalk *w, const char *array, const char *end)
+{
+    static char unused[8];
+    w->scan = (JsonScan){array, array + 1, end, unused, sizeof(unused)};
+    w->started = 0;
+}
+
+static int array_walk_next(ArrayWalk *w, const char **elem)
+{
+    JsonScan *j = &w->scan;
+    scan_ws(j);
+    if (w->started) {
+        if (j->p >= j->end || *j->p != ',') return 0; /* ']' */
+        j->p++;
+        scan_ws(j);
+    } else if (j->p >= j->end || *j->p == ']') {
+        return 0;
+    }
+    w->started = 1;
+    *elem = j->p;
+    scan_value(j, 1); /* checked already */
+    return 1;
+}
+
+/* An integer-valued JSON number in [lo, hi] at s ("3", "-2", also "3.0" and "3e2"). */
+static int json_integer(const char *s, const char *end, double lo, double hi, int64_t *out)
+{
+    if (s >= end || !(*s == '-' || (*s >= '0' && *s <= '9'))) return 0;
+    char unused[8];
+    JsonScan j = {s, s, end, unused, sizeof(unused)};
+    if (!scan_number(&j)) return 0;
+    size_t n = (size_t)(j.p - s);
+    char buf[400];
+    if (n >= sizeof(buf)) return 0;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    double v = strtod(buf, NULL);
     if (!isfinite(v) || v != floor(v) || v < lo || v > hi) return 0;
     *out = (int64_t)v;
     return 1;
 }
 
-static int pack_document(PackWriter *w, const char *file, int64_t line, const cJSON *obj)
+static int64_t array_length(const char *array, const char *end)
+{
+    ArrayWalk w;
+    const char *elem;
+    int64_t n = 0;
+    array_walk_begin(&w, array, end);
+    while (array_walk_next(&w, &elem))
+        n++;
+    return n;
+}
+
+static int pack_document(PackWriter *w, const char *file, int64_t line, const PackLine *doc)
 {
     const PackOptions *opt = w->opt;
-    if (!cJSON_IsObject(obj))
-        return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": expected a JSON object per line", file,
-                        line);
-    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(obj, "input_ids");
-    if (!ids) return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: missing", file, line);
-    if (!cJSON_IsArray(ids))
+    const char *end = doc->end;
+    if (!doc->ids) return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: missing", file, line);
+    if (*doc->ids != '[')
         return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": input_ids: expected a list of integers",
                         file, line);
-    int64_t len = cJSON_GetArraySize(ids);
+    int64_t len = array_length(doc->ids, end);
     if (len == 0)
         return ds_error(DS_ERR_INPUT,
                         "%s:%" PRId64
                         ": input_ids: empty document (documents need at least one token)",
                         file, line);
-    const cJSON *mask = cJSON_GetObjectItemCaseSensitive(obj, "loss_mask");
-    if (mask && (!cJSON_IsArray(mask) || cJSON_GetArraySize(mask) != len))
+    int mask_is_list = doc->mask && *doc->mask == '[';
+    int64_t mask_len = mask_is_list ? array_length(doc->mask, end) : 0;
+    if (doc->mask && (!mask_is_list || mask_len != len))
         return ds_error(DS_ERR_INPUT,
                         "%s:%" PRId64 ": loss_mask: expected a list of 0/1 of the same length as "
-                        "input_ids (%" PRId64 " tokens, got %s%d)",
-                        file, line, len, cJSON_IsArray(mask) ? "" : "a non-list, ",
-                        cJSON_IsArray(mask) ? cJSON_GetArraySize(mask) : 0);
+                        "input_ids (%" PRId64 " tokens, got %s%" PRId64 ")",
+                        file, line, len, mask_is_list ? "" : "a non-list, ", mask_len);
 
     /* Per-document metadata: all lines or none, decided by the first document. */
-    const cJSON *label = cJSON_GetObjectItemCaseSensitive(obj, "label");
-    const cJSON *task = cJSON_GetObjectItemCaseSensitive(obj, "task");
     int64_t label_value = 0, task_value = 0;
-    if (label && !json_integer(label, -9007199254740992.0, 9007199254740992.0, &label_value))
+    if (doc->label &&
+        !json_integer(doc->label, end, -9007199254740992.0, 9007199254740992.0, &label_value))
         return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": label: expected an integer", file, line);
-    if (task && !json_integer(task, INT32_MIN, INT32_MAX, &task_value))
+    if (doc->task && !json_integer(doc->task, end, INT32_MIN, INT32_MAX, &task_value))
         return ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": task: expected a 32-bit integer", file,
                         line);
     if (!w->labels_known) {
         w->labels_known = 1;
-        w->has_labels = label != NULL;
-        w->has_tasks = task != NULL;
+        w->has_labels = doc->label != NULL;
+        w->has_tasks = doc->task != NULL;
         snprintf(w->first_file, sizeof(w->first_file), "%s", file);
         w->first_line = line;
         if (w->has_labels)
@@ -322,7 +612,8 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
                                  PACK_DOC_CHUNK));
     }
     const char *keys[2] = {"label", "task"};
-    int present[2] = {label != NULL, task != NULL}, expected[2] = {w->has_labels, w->has_tasks};
+    int present[2] = {doc->label != NULL, doc->task != NULL};
+    int expected[2] = {w->has_labels, w->has_tasks};
     for (int k = 0; k < 2; k++) {
         if (present[k] != expected[k])
             return ds_error(DS_ERR_INPUT,
@@ -334,12 +625,13 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
     }
 
     /* Check the whole line before buffering any of it, so a bad line adds nothing. */
+    ArrayWalk walk;
+    const char *item;
     int64_t index = 0;
-    const cJSON *item;
-    cJSON_ArrayForEach(item, ids)
-    {
+    array_walk_begin(&walk, doc->ids, end);
+    while (array_walk_next(&walk, &item)) {
         int64_t id = 0;
-        if (!json_integer(item, -9007199254740992.0, 9007199254740992.0, &id))
+        if (!json_integer(item, end, -9007199254740992.0, 9007199254740992.0, &id))
             return ds_error(DS_ERR_INPUT,
                             "%s:%" PRId64
                             ": input_ids: expected a list of integers (element %" PRId64
@@ -362,12 +654,12 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
                             file, line, index, id);
         index++;
     }
-    if (mask) {
+    if (doc->mask) {
         index = 0;
-        cJSON_ArrayForEach(item, mask)
-        {
+        array_walk_begin(&walk, doc->mask, end);
+        while (array_walk_next(&walk, &item)) {
             int64_t m = 0;
-            if (!json_integer(item, 0, 1, &m))
+            if (!json_integer(item, end, 0, 1, &m))
                 return ds_error(DS_ERR_INPUT,
                                 "%s:%" PRId64 ": loss_mask[%" PRId64 "]: expected 0 or 1", file,
                                 line, index);
@@ -377,15 +669,18 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
     }
 
     /* Buffer the document. */
-    const cJSON *mask_item = mask ? mask->child : NULL;
-    cJSON_ArrayForEach(item, ids)
-    {
+    ArrayWalk mask_walk;
+    const char *mask_item = NULL;
+    if (doc->mask) array_walk_begin(&mask_walk, doc->mask, end);
+    array_walk_begin(&walk, doc->ids, end);
+    while (array_walk_next(&walk, &item)) {
         if (w->token_fill == PACK_TOKEN_BATCH) DS_TRY(pack_flush_tokens(w));
-        int32_t id = (int32_t)item->valuedouble;
-        w->token_buf[w->token_fill] = id;
-        w->mask_buf[w->token_fill] = mask_item ? (uint8_t)mask_item->valuedouble : 1;
+        int64_t id = 0, m = 1;
+        json_integer(item, end, 0, INT32_MAX, &id);
+        if (doc->mask && array_walk_next(&mask_walk, &mask_item)) json_integer(mask_item, end, 0, 1, &m);
+        w->token_buf[w->token_fill] = (int32_t)id;
+        w->mask_buf[w->token_fill] = (uint8_t)m;
         w->token_fill++;
-        if (mask_item) mask_item = mask_item->next;
         if (id > w->max_id) w->max_id = id;
     }
     w->n_tokens += len;
@@ -401,8 +696,8 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const cJ
 
 static int pack_file(PackWriter *w, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f = ds_fopen_regular(path, "rb");
+    if (!f) return ds_error_context(DS_ERR_INPUT, "pack");
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -420,21 +715,18 @@ static int pack_file(PackWriter *w, const char *path)
         line_no++;
         read_bytes += (double)n;
         if ((line_no & 1023) == 0) progress_task_update(&task, read_bytes / 1e3);
-        size_t len = (size_t)n;
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ' ||
-                           line[len - 1] == '\t'))
-            len--;
-        size_t skip = 0;
-        while (skip < len && (line[skip] == ' ' || line[skip] == '\t'))
+        size_t len = (size_t)n, skip = 0;
+        while (skip < len && (line[skip] == ' ' || line[skip] == '\t' || line[skip] == '\r' ||
+                              line[skip] == '\n'))
             skip++;
         if (skip == len) continue; /* blank line */
-        cJSON *obj = cJSON_ParseWithLength(line + skip, len - skip);
-        if (!obj) {
-            status = ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": not valid JSON", path, line_no);
+        PackLine doc;
+        char problem[200];
+        if (!pack_line_parse(line, len, &doc, problem, sizeof(problem))) {
+            status = ds_error(DS_ERR_INPUT, "%s:%" PRId64 ": %s", path, line_no, problem);
             break;
         }
-        status = pack_document(w, path, line_no, obj);
-        cJSON_Delete(obj);
+        status = pack_document(w, path, line_no, &doc);
     }
     if (status == DS_OK && ferror(f))
         status = ds_error(DS_ERR_INPUT, "%s: read error: %s", path, strerror(errno));

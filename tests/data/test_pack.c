@@ -3,6 +3,7 @@
 #include "data_test_util.h"
 
 #include <dirent.h>
+#include <sys/resource.h>
 
 static const char *ROUND_TRIP_JSONL =
     "{\"input_ids\": [5, 6, 7], \"loss_mask\": [0, 1, 1], \"label\": 3, \"task\": 1}\n"
@@ -219,6 +220,20 @@ static const PackErrorCase PACK_ERRORS[] = {
      "bad.jsonl:2: not valid JSON"},
     {"not an object", "[1, 2, 3]\n", NULL, NULL, "bad.jsonl:1: expected a JSON object"},
     {"only blank lines", "\n\n", NULL, NULL, "bad.jsonl: no documents"},
+    /* what another JSON reader would take differently is refused, not guessed */
+    {"two objects on one line", "{\"input_ids\": [1]}{\"input_ids\": [2]}\n", NULL, NULL,
+     "bad.jsonl:1: unexpected text after the JSON object"},
+    {"trailing garbage", "{\"input_ids\": [1]} x\n", NULL, NULL,
+     "bad.jsonl:1: unexpected text after the JSON object"},
+    {"duplicate input_ids", "{\"input_ids\": [1], \"input_ids\": [2, 3]}\n", NULL, NULL,
+     "bad.jsonl:1: input_ids: given twice in one object"},
+    {"duplicate label, escaped", "{\"input_ids\": [1], \"label\": 1, \"l\\u0061bel\": 2}\n", NULL,
+     NULL, "bad.jsonl:1: label: given twice in one object"},
+    {"NaN id", "{\"input_ids\": [1, NaN]}\n", NULL, NULL, "bad.jsonl:1: not valid JSON"},
+    {"leading zero", "{\"input_ids\": [01]}\n", NULL, NULL, "bad.jsonl:1: not valid JSON"},
+    {"deep nesting", "{\"input_ids\": [1], \"x\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+     "[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"
+     "]]]]]]]}\n", NULL, NULL, "bad.jsonl:1: not valid JSON: nesting deeper than 64 levels"},
 };
 
 Test(pack, bad_lines_fail_with_file_and_line_and_leave_no_file)
@@ -271,4 +286,55 @@ Test(pack, bad_command_lines_are_input_errors)
     cr_assert_eq(run_pack("--input", in, "--output", "/nonexistent/dir/x.h5", NULL), DS_ERR_INPUT);
     assert_error_contains("/nonexistent/dir/x.h5");
     cr_assert(!file_exists(out));
+}
+
+Test(pack, text_after_a_nul_byte_is_refused)
+{
+    char dir[1024], in[1100], out[1100];
+    test_dir("pack-nul", dir, sizeof(dir));
+    test_path(in, sizeof(in), dir, "nul.jsonl");
+    test_path(out, sizeof(out), dir, "nul.h5");
+    static const char line[] = "{\"input_ids\": [1]}\0{\"input_ids\": [2]}\n";
+    FILE *f = fopen(in, "wb");
+    cr_assert_not_null(f);
+    fwrite(line, 1, sizeof(line) - 1, f);
+    fclose(f);
+    cr_assert_eq(run_pack("--input", in, "--output", out, NULL), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "nul.jsonl:1: holds a NUL byte"), "%s", ds_last_error());
+    cr_assert(!file_exists(out));
+}
+
+/* docs/data.md promises constant memory: a 3M-token line costs its own bytes (about 9 MB) and
+ * the fixed buffers, not a parse tree (about 200 MB as cJSON nodes). Measured in a child. */
+Test(pack, one_long_line_costs_about_its_own_size)
+{
+    char dir[1024], in[1100], out[1100];
+    test_dir("pack-long-line", dir, sizeof(dir));
+    test_path(in, sizeof(in), dir, "long.jsonl");
+    test_path(out, sizeof(out), dir, "long.h5");
+    const long n_tokens = 3000000;
+    FILE *f = fopen(in, "wb");
+    cr_assert_not_null(f);
+    fputs("{\"input_ids\": [", f);
+    for (long i = 0; i < n_tokens; i++)
+        fprintf(f, i ? ",%ld" : "%ld", i % 10);
+    fputs("]}\n", f);
+    fclose(f);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) _exit(run_pack("--input", in, "--output", out, NULL) == DS_OK ? 0 : 3);
+    int wstatus = 0;
+    waitpid(pid, &wstatus, 0);
+    cr_assert(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0, "pack failed in the child");
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    long max_rss_mb = ru.ru_maxrss / 1024;
+    cr_assert_lt(max_rss_mb, 80, "pack of one 3M-token line peaked at %ld MB", max_rss_mb);
+    TokenDataset *ds;
+    cr_assert_eq(dataset_open(out, 0, &ds), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(dataset_info(ds)->n_tokens, n_tokens);
+    int32_t tail[3];
+    cr_assert_eq(dataset_read_doc(ds, 0, n_tokens - 3, 3, tail, NULL), DS_OK);
+    cr_assert(tail[0] == (n_tokens - 3) % 10 && tail[2] == (n_tokens - 1) % 10);
+    dataset_close(ds);
 }
