@@ -361,8 +361,11 @@ static int reader_open_source(DataReader *r, int s, const char *path)
                             path);
         if (info->pad_id < 0)
             return ds_error(DS_ERR_INPUT,
-                            "%s: attribute \"pad_id\" is missing (data.mode classification pads "
-                            "short examples with it; dstrain pack --pad-id)",
+                            "%s: the data file has no \"pad_id\" attribute (data.mode "
+                            "classification pads short examples with the file's pad_id; the "
+                            "model's pad_token_id in its config.json is a separate setting): "
+                            "pack the file again with dstrain pack --pad-id ID (the tokenizer's "
+                            "pad id, or its eos id when it has none)",
                             path);
         if (o->num_labels > 0) {
             /* Every label checked up front, in slices: a bad one stops the run before step 1. */

@@ -85,7 +85,12 @@ int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data
             if (take < T && mc->pad_token_id < 0) {
                 status = ds_error(DS_ERR_INPUT,
                                   "%s: document %lld has %lld tokens, fewer than the sequence "
-                                  "length %d, and %s has no pad_token_id",
+                                  "length %d, and the model has no pad_token_id to pad it with "
+                                  "(the key \"pad_token_id\" of %s/config.json, which also "
+                                  "marks each row's last token; the data file's pad_id is not "
+                                  "used here): set it there (the tokenizer's pad id, or its eos "
+                                  "id), or pass a --seq-len no longer than the shortest "
+                                  "document",
                                   data_path, (long long)d, (long long)len, T, model_dir);
                 goto done;
             }

@@ -291,7 +291,10 @@ Test(reader, classification_rows_carry_labels)
     pack_sft(dir, path, sizeof(path), NULL);
     o.num_labels = 3;
     cr_assert_eq(data_reader_open(&o, &r), DS_ERR_INPUT);
-    assert_error_contains("attribute \"pad_id\" is missing");
+    /* the file's attribute is what is missing, not the model's pad_token_id, and the message
+     * says how to set it */
+    assert_error_contains("the data file has no \"pad_id\" attribute");
+    assert_error_contains("dstrain pack --pad-id");
     cr_assert_null(r);
     /* a file without labels */
     char plain[1100];
