@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stddef.h>
@@ -27,7 +28,9 @@ typedef enum ConfigType { CT_INT, CT_FLOAT, CT_BOOL, CT_STRING, CT_ENUM, CT_FILE
 enum {
     CK_AUTO_IS_ZERO = 1, /* the word "auto" is accepted and stored as 0 */
     CK_NONEMPTY = 2,     /* a string that must not be empty */
-    CK_MAX_EXCLUSIVE = 4 /* the upper bound itself is not allowed */
+    CK_MAX_EXCLUSIVE = 4, /* the upper bound itself is not allowed */
+    CK_PATH = 8           /* a file or directory name: no control characters (it is pasted into
+                             scripts, plots and one-line messages) */
 };
 
 typedef struct ConfigKey {
@@ -78,7 +81,7 @@ typedef struct ConfigKey {
 /* Keys of one section stay together: the YAML writer groups them by their first part. The
  * model.preset choices must match the presets in model.c (tests/config checks each one). */
 static const ConfigKey config_schema[] = {
-    STR("model.path", model_path, "", 0,
+    STR("model.path", model_path, "", CK_PATH,
         "Hugging Face model directory to start from; empty = train model.preset from scratch"),
     ENUM("model.preset", model_preset, "tiny", "built-in model shape used when model.path is empty",
          "tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b"),
@@ -105,7 +108,7 @@ static const ConfigKey config_schema[] = {
         "micro-batches accumulated into one optimizer step"),
     INT("train.seed", train_seed, "1234", 0, LLONG_MAX,
         "seed for weight initialization and data order"),
-    STR("train.resume", train_resume, "none", CK_NONEMPTY,
+    STR("train.resume", train_resume, "none", CK_NONEMPTY | CK_PATH,
         "none = start fresh; auto = latest checkpoint in checkpoint.dir if any; or a checkpoint "
         "path"),
     BOOL("train.activation_checkpointing", train_activation_checkpointing, "false",
@@ -137,7 +140,7 @@ static const ConfigKey config_schema[] = {
     INT("parallel.zero", parallel_zero, "1", 0, 1,
         "1 = shard optimizer state over data-parallel ranks (ZeRO-1); 0 = replicate it"),
 
-    STR("checkpoint.dir", checkpoint_dir, "", 0,
+    STR("checkpoint.dir", checkpoint_dir, "", CK_PATH,
         "directory for training checkpoints; empty = <run.dir>/checkpoints"),
     INT("checkpoint.every", checkpoint_every, "0", 0, 1000000000,
         "save a checkpoint every N steps; 0 = only at the end"),
@@ -172,10 +175,10 @@ static const ConfigKey config_schema[] = {
         "names of the classes, comma-separated from label 0 (the export's id2label); empty = "
         "LABEL_0, LABEL_1, ... (or the base model's own id2label)"),
 
-    STR("continual.tasks", continual_tasks, "", 0,
+    STR("continual.tasks", continual_tasks, "", CK_PATH,
         "YAML file listing the tasks trained one after the other (docs/continual.md); empty = "
         "one ordinary run"),
-    STR("continual.state", continual_state, "", 0,
+    STR("continual.state", continual_state, "", CK_PATH,
         "directory with the EWC and replay state of an earlier continual run to start from"),
     BOOL("continual.ewc.enabled", continual_ewc_enabled, "false",
          "elastic weight consolidation after each task"),
@@ -203,7 +206,7 @@ static const ConfigKey config_schema[] = {
          "reservoir = uniform over everything trained on; task_balanced = equal share per task",
          "reservoir", "task_balanced"),
 
-    STR("run.dir", run_dir, "", 0, "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
+    STR("run.dir", run_dir, "", CK_PATH, "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
     BOOL("run.save_final", run_save_final, "false",
          "write <run.dir>/final.safetensors: every parameter in full fp32 after the last step, "
          "gathered from all ranks (for checks; use the export for models)"),
@@ -622,6 +625,10 @@ static int files_check_path(const char *text, size_t len, char *problem, size_t 
         }
         p += n;
     }
+    if (ds_has_control_chars(text)) {
+        snprintf(problem, cap, "path: holds a control character: %s", quoted(q, sizeof(q), text));
+        return 0;
+    }
     return 1;
 }
 
@@ -889,8 +896,18 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
             return 0;
         }
         float f = (float)v;
-        /* The check is on the stored float: 0.999999999 rounds to 1.0f, which beta must not be. */
+        /* The check is on the stored float: 0.999999999 rounds to 1.0f, which beta must not be,
+         * and 1e-50 rounds to 0.0f, which is not what was asked for (an epsilon of 0 divides
+         * by zero). A value too small for a normal float is refused, not rounded. */
         double stored = (double)f;
+        if (v != 0 && fabsf(f) < FLT_MIN) {
+            problem[0] = 0;
+            escape_into(problem, cap - 80, text, 40);
+            size_t o = strlen(problem);
+            snprintf(problem + o, cap - o, " is too small for a 32-bit float (it would be %s)",
+                     f == 0 ? "0" : "a denormal");
+            return 0;
+        }
         int ok = isfinite(f) && stored >= k->float_min &&
                  ((k->flags & CK_MAX_EXCLUSIVE) ? stored < k->float_max : stored <= k->float_max);
         if (!ok) {
@@ -937,6 +954,11 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
         }
         if ((k->flags & CK_NONEMPTY) && n == 0) {
             snprintf(problem, cap, "must not be empty");
+            return 0;
+        }
+        if ((k->flags & CK_PATH) && ds_has_control_chars(text)) {
+            snprintf(problem, cap, "a path with a control character: %s",
+                     quoted(q, sizeof(q), text));
             return 0;
         }
         memcpy(field, text, n + 1);
@@ -1376,13 +1398,44 @@ static int yaml_walk_stream(YamlLoad *y)
     }
 }
 
+int config_yaml_check_depth(const char *path, int max_depth)
+{
+    FILE *f = ds_fopen_regular(path, "rb");
+    if (!f) return DS_ERR_INPUT;
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) {
+        fclose(f);
+        return ds_error(DS_ERR_INTERNAL, "%s: cannot start the YAML parser", path);
+    }
+    yaml_parser_set_input_file(&parser, f);
+    int status = DS_OK, depth = 0;
+    for (;;) {
+        yaml_event_t e;
+        if (!yaml_parser_parse(&parser, &e)) break; /* the loader reports it, with context */
+        yaml_event_type_t type = e.type;
+        size_t line = e.start_mark.line + 1;
+        yaml_event_delete(&e);
+        if (type == YAML_SEQUENCE_START_EVENT || type == YAML_MAPPING_START_EVENT) depth++;
+        if (type == YAML_SEQUENCE_END_EVENT || type == YAML_MAPPING_END_EVENT) depth--;
+        if (depth > max_depth) {
+            char shown[600];
+            status = ds_error(DS_ERR_INPUT, "%s:%zu: YAML nested deeper than %d levels",
+                              ds_printable(shown, sizeof(shown), path, 400), line, max_depth);
+            break;
+        }
+        if (type == YAML_STREAM_END_EVENT) break;
+    }
+    yaml_parser_delete(&parser);
+    fclose(f);
+    return status;
+}
+
 int config_load_yaml(Config *c, const char *path)
 {
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-        return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(EISDIR));
-    FILE *f = fopen(path, "rb");
-    if (!f) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    /* No depth check needed here: the walk below reads events and stops at the first level
+     * the schema does not have (at most four deep). */
+    FILE *f = ds_fopen_regular(path, "rb");
+    if (!f) return DS_ERR_INPUT;
     YamlLoad *y = ds_calloc(1, sizeof(YamlLoad));
     Config *updated = ds_malloc(sizeof(Config));
     if (!y || !updated) {

@@ -102,6 +102,13 @@ void config_set_defaults(Config *c);
 /* Apply a YAML file over the current values. Errors: "FILE:LINE: key: problem", DS_ERR_INPUT. */
 int config_load_yaml(Config *c, const char *path);
 
+/* libyaml's scanner costs time quadratic in the nesting depth (a 200 KB file nested 100k deep
+ * takes a minute), so every YAML file is first read as events up to max_depth levels: DS_OK,
+ * or DS_ERR_INPUT "FILE:LINE: YAML nested deeper than N levels" after a bounded amount of work.
+ * Also refuses what is not a regular file (a FIFO would block). Call before yaml_parser_load. */
+#define CONFIG_YAML_MAX_DEPTH 32
+int config_yaml_check_depth(const char *path, int max_depth);
+
 /* Apply one "key.subkey=value" override (source names it in errors, e.g. "command line"). */
 int config_apply_override(Config *c, const char *assignment, const char *source);
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "trainer/common.h"
 #include "trainer/config.h"
@@ -634,7 +635,7 @@ Test(config, yaml_round_trip_is_exact)
         "data.train=123",
         "data.eval=- dash: colon # hash",
         "run.dir= lead and trail ",
-        "checkpoint.dir=quote\" back\\slash\ttab\nnewline\r\x01\x7f",
+        "task.labels=quote\" back\\slash\ttab\nnewline\r\x01\x7f",
         "train.resume=caf\xc3\xa9/\xe2\x80\xa8/\xc2\x85/\xef\xbb\xbf/\xf0\x9f\x98\x80",
     };
     for (size_t i = 0; i < DS_ARRAY_LEN(overrides); i++)
@@ -819,4 +820,101 @@ Test(config, data_train_takes_a_path_or_a_weighted_list)
     expect_override_error("data.train=[a.h5, {path: b.h5, weight: -1}]",
                           "command line: data.train[1].weight: expected a number in (0, 1e6], "
                           "got \"-1\"");
+}
+
+/* ---- hostile files and values --------------------------------------------------------------- */
+
+Test(config, values_are_checked_as_the_float_they_become)
+{
+    /* 1e-50 is 0.0f: an epsilon of zero divides by zero in AdamW, and was never asked for */
+    expect_override_error("optim.eps=1e-50",
+                          "command line: optim.eps: 1e-50 is too small for a 32-bit float (it "
+                          "would be 0)");
+    expect_override_error("optim.eps=1e-45",
+                          "command line: optim.eps: 1e-45 is too small for a 32-bit float (it "
+                          "would be a denormal)");
+    expect_load_error("optim:\n  lr: 1e-300\n",
+                      ":2: optim.lr: 1e-300 is too small for a 32-bit float (it would be 0)");
+    Config c;
+    config_set_defaults(&c);
+    cr_assert_eq(config_apply_override(&c, "optim.eps=1e-30", "t"), DS_OK);
+    cr_assert_float_eq(c.optim_eps, 1e-30f, 1e-37f);
+    cr_assert_eq(config_apply_override(&c, "optim.lr=0", "t"), DS_OK, "an exact 0 is a value");
+    cr_assert_eq(c.optim_lr, 0.0f);
+}
+
+Test(config, paths_with_control_characters_are_refused)
+{
+    expect_override_error("run.dir=r\ntouch x",
+                          "command line: run.dir: a path with a control character: \"r\\ntouch x\"");
+    expect_load_error("run:\n  dir: \"a\\x01b\"\n",
+                      ":2: run.dir: a path with a control character: \"a\\x01b\"");
+    expect_override_error("data.train=a\tb.h5",
+                          "command line: data.train: holds a control character: \"a\\tb.h5\"");
+    expect_override_error("checkpoint.dir=\x1b[31m",
+                          "command line: checkpoint.dir: a path with a control character: "
+                          "\"\\x1B[31m\"");
+    Config c;
+    config_set_defaults(&c);
+    cr_assert_eq(config_apply_override(&c, "run.dir=r $(x) 'q'", "t"), DS_OK,
+                 "shell syntax is only text: the places that paste paths quote them");
+}
+
+/* a FIFO blocks open() and read() until a writer comes: refused at once instead */
+Test(config, a_fifo_is_refused_without_blocking, .timeout = 20)
+{
+    char fifo[1024];
+    mkdir(DSTRAIN_TEST_TMP, 0755);
+    mkdir(DSTRAIN_TEST_TMP "/config", 0755);
+    snprintf(fifo, sizeof(fifo), "%s/config/fifo-%ld.yaml", DSTRAIN_TEST_TMP, (long)getpid());
+    unlink(fifo);
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "%s", strerror(errno));
+    Config c;
+    config_set_defaults(&c);
+    cr_assert_eq(config_load_yaml(&c, fifo), DS_ERR_INPUT);
+    char expected[1200];
+    snprintf(expected, sizeof(expected), "%s: not a regular file (a FIFO)", fifo);
+    cr_assert_str_eq(ds_last_error(), expected);
+    cr_assert_eq(config_yaml_check_depth(fifo, 32), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), expected);
+    unlink(fifo);
+}
+
+/* libyaml's scanner is quadratic in depth: 100k levels take about 30 s to load. The check reads
+ * events only up to the limit. */
+Test(config, yaml_depth_is_checked_in_bounded_time, .timeout = 20)
+{
+    const int levels = 100000;
+    char *text = malloc(2 * (size_t)levels + 64);
+    strcpy(text, "tasks: ");
+    size_t o = strlen(text);
+    memset(text + o, '[', (size_t)levels);
+    memset(text + o + levels, ']', (size_t)levels);
+    strcpy(text + o + 2 * (size_t)levels, "\n");
+    const char *path = write_file("deep-tasks.yaml", text);
+    char expected[1200];
+    snprintf(expected, sizeof(expected), "%s:1: YAML nested deeper than 32 levels", path);
+    double t0 = ds_now();
+    cr_assert_eq(config_yaml_check_depth(path, 32), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), expected);
+    /* block sequences nested on one line */
+    o = strlen("tasks:\n");
+    memcpy(text, "tasks:\n", o);
+    for (int i = 0; i < levels; i++)
+        memcpy(text + o + 2 * (size_t)i, "- ", 2);
+    strcpy(text + o + 2 * (size_t)levels, "x\n");
+    path = write_file("deep-block.yaml", text);
+    snprintf(expected, sizeof(expected), "%s:2: YAML nested deeper than 32 levels", path);
+    cr_assert_eq(config_yaml_check_depth(path, 32), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), expected);
+    /* the config loader stops at its first unknown level */
+    Config c;
+    cr_assert_eq(load_text(&c, "deep-config.yaml", text), DS_ERR_INPUT);
+    cr_assert_lt(ds_now() - t0, 2.0, "took %.1f s", ds_now() - t0);
+    free(text);
+    /* an ordinary tasks file passes */
+    path = write_file("tasks.yaml", "tasks:\n  - id: a\n    train: {path: a.h5, steps: 3}\n"
+                                    "    eval: [x.h5, {path: y.h5}]\n");
+    cr_assert_eq(config_yaml_check_depth(path, 32), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(config_yaml_check_depth(path, 3), DS_ERR_INPUT, "depth 4 > 3");
 }
