@@ -20,6 +20,7 @@
 #include "../trainer/progress.h"
 #include "ckpt.h"
 #include "hf_model.h"
+#include "model_path.h"
 #include "safetensors.h"
 
 #define EX_PATH_MAX 1400
@@ -584,24 +585,30 @@ static int write_generation_config(const char *dir, const ModelConfig *mc)
     return status;
 }
 
-static int export_into(Ckpt *c, const char *dir, DType dtype, uint64_t max_bytes)
+/* Export the parameters of checkpoint c, or (c NULL) of the Hugging Face directory src_dir (a
+ * copy in another dtype or shard size), into dir. */
+static int export_into(Ckpt *c, const char *src_dir, const char *dir, DType dtype,
+                       uint64_t max_bytes)
 {
-    const char *ckdir = ckpt_path(c);
+    const char *ckdir = c ? ckpt_path(c) : src_dir;
     ModelConfig mc;
     DS_TRY(hf_config_load(ckdir, &mc));
     ParamTable table;
     DS_TRY(param_table_build(&mc, &table));
     float *params = ds_aligned_alloc(PARAM_ALIGN_BYTES, table.total * sizeof(float));
     int status = params ? DS_OK : DS_ERR_INTERNAL;
-    if (status == DS_OK) status = ckpt_read_buffer(c, "params", &table, params, 0, 0);
+    if (status == DS_OK)
+        status = c ? ckpt_read_buffer(c, "params", &table, params, 0, 0)
+                   : hf_load_weights(src_dir, &mc, &table, params);
     if (status == DS_OK) status = write_shards(dir, &table, params, dtype, max_bytes);
     free(params);
     param_table_free(&table);
     if (status == DS_OK) status = write_config(ckdir, dir, dtype);
     if (status != DS_OK) return status;
 
-    /* tokenizer and generation config: the base model's, else made for the preset */
-    const char *base = ckpt_model_string(c, "path");
+    /* tokenizer and generation config: the base model's (a directory's own), else made for the
+     * preset */
+    const char *base = c ? ckpt_model_string(c, "path") : src_dir;
     int have_tokenizer = 0, have_generation = 0;
     struct stat st;
     if (base[0] && stat(base, &st) == 0) {
@@ -627,7 +634,7 @@ static int export_into(Ckpt *c, const char *dir, DType dtype, uint64_t max_bytes
             fprintf(stderr,
                     "dstrain: warning: preset %s has no tokenizer of its own; the export "
                     "has no tokenizer files\n",
-                    ckpt_model_string(c, "preset"));
+                    c ? ckpt_model_string(c, "preset") : "");
     }
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
@@ -637,16 +644,18 @@ static int export_into(Ckpt *c, const char *dir, DType dtype, uint64_t max_bytes
     return DS_OK;
 }
 
-int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
-                         uint64_t max_shard_bytes, int replace)
+/* hf_export_checkpoint (is_ckpt) or hf_export_hf_dir: src verified or read, out_dir written
+ * under a temporary name and renamed into place. */
+static int export_model(const char *src, int is_ckpt, const char *out_dir, DType dtype,
+                        uint64_t max_shard_bytes, int replace)
 {
     struct stat st;
     if (!replace && stat(out_dir, &st) == 0)
         return ds_error(DS_ERR_INPUT, "%s: already exists; choose another --output or remove it",
                         out_dir);
-    Ckpt *c;
-    DS_TRY(ckpt_open(ckpt_dir, &c));
-    int status = ckpt_verify(c);
+    Ckpt *c = NULL;
+    if (is_ckpt) DS_TRY(ckpt_open(src, &c));
+    int status = c ? ckpt_verify(c) : DS_OK;
     char tmp[EX_PATH_MAX + 32], old[EX_PATH_MAX + 32];
     snprintf(tmp, sizeof(tmp), "%s.tmp-%ld", out_dir, (long)getpid());
     snprintf(old, sizeof(old), "%s.old-%ld", out_dir, (long)getpid());
@@ -660,10 +669,10 @@ int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
     snprintf(what, sizeof(what), "exporting to %s", out_dir);
     if (status == DS_OK) {
         progress_task_begin(&task, what, 0, "");
-        status = export_into(c, tmp, dtype, max_shard_bytes);
+        status = export_into(c, src, tmp, dtype, max_shard_bytes);
         if (status == DS_OK) progress_task_end(&task);
     }
-    ckpt_close(c);
+    if (c) ckpt_close(c);
     if (status == DS_OK && stat(out_dir, &st) == 0 && rename(out_dir, old) != 0)
         status = ds_error(DS_ERR_INPUT, "%s: cannot replace: %s", out_dir, strerror(errno));
     if (status == DS_OK && rename(tmp, out_dir) != 0)
@@ -677,12 +686,26 @@ int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
     return DS_OK;
 }
 
+int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
+                         uint64_t max_shard_bytes, int replace)
+{
+    return export_model(ckpt_dir, 1, out_dir, dtype, max_shard_bytes, replace);
+}
+
+int hf_export_hf_dir(const char *hf_dir, const char *out_dir, DType dtype,
+                     uint64_t max_shard_bytes, int replace)
+{
+    return export_model(hf_dir, 0, out_dir, dtype, max_shard_bytes, replace);
+}
+
 static void export_usage(FILE *out)
 {
     fprintf(out, "usage: dstrain export --checkpoint DIR --output HF_DIR [--dtype bf16|fp16|fp32]\n"
                  "                      [--max-shard-size 5GB]\n"
-                 "  DIR: a checkpoint (step-N) or a checkpoint directory (its newest complete\n"
-                 "  checkpoint is used). Writes a Hugging Face model directory.\n");
+                 "  DIR (--checkpoint or --model): a checkpoint (step-N), a checkpoint directory\n"
+                 "  (its newest complete checkpoint), a run directory (its checkpoints/, else its\n"
+                 "  export/) or a Hugging Face model directory (copied in --dtype and shard size).\n"
+                 "  Writes a Hugging Face model directory.\n");
 }
 
 int export_main(int argc, char **argv)
@@ -695,7 +718,7 @@ int export_main(int argc, char **argv)
             return DS_OK;
         }
         if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "export: %s expects a value", a);
-        if (strcmp(a, "--checkpoint") == 0)
+        if (strcmp(a, "--checkpoint") == 0 || strcmp(a, "--model") == 0)
             ckpt = argv[++i];
         else if (strcmp(a, "--output") == 0)
             output = argv[++i];
@@ -715,18 +738,13 @@ int export_main(int argc, char **argv)
     uint64_t max_bytes = 0;
     DS_TRY(export_parse_dtype(dtype_text, &dtype));
     DS_TRY(export_parse_size(size_text, &max_bytes));
-    char path[EX_PATH_MAX], manifest[EX_PATH_MAX + 32];
-    struct stat st;
-    snprintf(manifest, sizeof(manifest), "%s/manifest.json", ckpt);
-    if (stat(manifest, &st) == 0) {
-        snprintf(path, sizeof(path), "%s", ckpt);
-    } else {
-        DS_TRY(ckpt_find_latest(ckpt, path, sizeof(path)));
-        if (!path[0])
-            return ds_error(DS_ERR_INPUT, "%s: no complete checkpoint there (no manifest.json)",
-                            ckpt);
-    }
-    DS_TRY(hf_export_checkpoint(path, output, dtype, max_bytes, 0));
+    char path[MODEL_PATH_MAX];
+    ModelPathKind kind;
+    DS_TRY(model_path_resolve("export", ckpt, path, sizeof(path), &kind));
+    if (kind == MODEL_PATH_CHECKPOINT)
+        DS_TRY(hf_export_checkpoint(path, output, dtype, max_bytes, 0));
+    else
+        DS_TRY(hf_export_hf_dir(path, output, dtype, max_bytes, 0));
     printf("dstrain: exported %s to %s (%s)\n", path, output, torch_dtype_name(dtype));
     return DS_OK;
 }

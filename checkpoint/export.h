@@ -33,8 +33,14 @@ int export_parse_dtype(const char *text, DType *dtype);
 int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
                          uint64_t max_shard_bytes, int replace);
 
+/* The same from a Hugging Face model directory (its config.json, weights and tokenizer files):
+ * a copy in another dtype or shard size. */
+int hf_export_hf_dir(const char *hf_dir, const char *out_dir, DType dtype,
+                     uint64_t max_shard_bytes, int replace);
+
 /* `dstrain export --checkpoint DIR --output HF_DIR [--dtype bf16|fp16|fp32]
- *  [--max-shard-size 5GB]`; DIR may also be a checkpoint.dir (its newest complete checkpoint). */
+ *  [--max-shard-size 5GB]`; DIR is resolved by model_path_resolve (a checkpoint, a checkpoint
+ *  directory, a run directory or a Hugging Face model directory). */
 int export_main(int argc, char **argv);
 
 #endif

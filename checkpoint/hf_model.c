@@ -617,8 +617,7 @@ static int load_weights(const char *dir, const ParamTable *table, float *params,
             if (optional && strcmp(p->name, optional) == 0 && !safetensors_find(&f, p->name))
                 continue; /* a single file without it */
             status = load_param(dir, files[k], &f, p, params + p->offset);
-            if (status == DS_OK && optional && strcmp(p->name, optional) == 0)
-                *optional_found = 1;
+            if (status == DS_OK && optional && strcmp(p->name, optional) == 0) *optional_found = 1;
         }
         if (f.map) safetensors_close(&f);
     }
@@ -665,9 +664,12 @@ static void head_init_normal(const ParamInfo *p, uint64_t seed, double std, floa
         for (size_t k = j; k < j + 2 && k < full; k++) {
             const size_t row = k / cols, col = k % cols;
             const float v = (float)(std * z[k - j]);
-            if (p->split_dim < 0) dst[k] = v;
-            else if (p->split_dim == 0 && row >= s && row < s + n) dst[(row - s) * cols + col] = v;
-            else if (p->split_dim == 1 && col >= s && col < s + n) dst[row * n + (col - s)] = v;
+            if (p->split_dim < 0)
+                dst[k] = v;
+            else if (p->split_dim == 0 && row >= s && row < s + n)
+                dst[(row - s) * cols + col] = v;
+            else if (p->split_dim == 1 && col >= s && col < s + n)
+                dst[row * n + (col - s)] = v;
         }
     }
 }

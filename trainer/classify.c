@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../checkpoint/hf_model.h"
+#include "../checkpoint/model_path.h"
 #include "../data/dataset.h"
 #include "common.h"
 
@@ -63,7 +63,7 @@ int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data
             goto done;
         }
     if ((status = model_init(&m, mc, backend_cpu(), B, T)) != DS_OK) goto done;
-    if ((status = hf_load_weights(model_dir, mc, &m.table, m.params)) != DS_OK) goto done;
+    if ((status = model_path_load_weights(model_dir, mc, &m.table, m.params)) != DS_OK) goto done;
     if (logits_path && !(out = fopen(logits_path, "w"))) {
         status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", logits_path, strerror(errno));
         goto done;

@@ -7,7 +7,8 @@
 
 #include "model.h"
 
-/* Accuracy of the model in model_dir (mc: its config, num_labels > 0) over every document of
+/* Accuracy of the model in model_dir (a Hugging Face directory or a checkpoint, as
+ * model_path_resolve gives it; mc: its config, num_labels > 0) over every document of
  * data_path, batch rows at a time; prints `eval_accuracy=A examples=N`. seq_len 0: the longest
  * document, at most max_position_embeddings; batch 0: about 4096 tokens a batch. logits_path
  * (may be NULL): a text file, one line per document: its label, then the num_labels logits. */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../checkpoint/hf_model.h"
+#include "../checkpoint/model_path.h"
 #include "../data/dataset.h"
 #include "classify.h"
 #include "common.h"
@@ -17,8 +18,11 @@
 static void eval_usage(FILE *out)
 {
     fprintf(out,
-            "usage: dstrain eval --model HF_DIR --data FILE.h5 [--seq-len N] [--batch N]\n"
+            "usage: dstrain eval --model DIR --data FILE.h5 [--seq-len N] [--batch N]\n"
             "                    [--logits FILE]\n"
+            "  DIR: a Hugging Face model directory, a checkpoint (step-N), a checkpoint\n"
+            "  directory (its newest complete checkpoint) or a run directory (its checkpoints/,\n"
+            "  else its export/).\n"
             "  Prints eval_loss=<mean next-token loss> tokens=<predicted tokens> last; for a\n"
             "  *ForSequenceClassification model eval_accuracy=<fraction> examples=<documents>\n"
             "  (--logits: each document's label and logits, one line each).\n");
@@ -69,8 +73,12 @@ int eval_main(int argc, char **argv)
         eval_usage(stderr);
         return ds_error(DS_ERR_INPUT, "eval: --model and --data are required");
     }
+    char resolved[MODEL_PATH_MAX];
+    ModelPathKind kind;
+    DS_TRY(model_path_resolve("eval", model_dir, resolved, sizeof(resolved), &kind));
+    model_dir = resolved;
     ModelConfig mc;
-    DS_TRY(hf_config_load(model_dir, &mc));
+    DS_TRY(hf_config_load(model_dir, &mc)); /* a checkpoint holds its model's config.json */
     if (mc.num_labels > 0) { /* classify.c */
         double accuracy;
         return classify_eval(model_dir, &mc, data_path, seq_len, batch, logits_path, &accuracy);
@@ -90,7 +98,8 @@ int eval_main(int argc, char **argv)
     int status = dataset_open(data_path, mc.vocab_size, &ds);
     if (status != DS_OK) return status;
     if ((status = model_init(&m, &mc, backend_cpu(), batch, seq_len)) != DS_OK) goto done;
-    if ((status = hf_load_weights(model_dir, &mc, &m.table, m.params)) != DS_OK) goto done;
+    if ((status = model_path_load_weights(model_dir, &mc, &m.table, m.params)) != DS_OK)
+        goto done;
     const DatasetInfo *info = dataset_info(ds);
     doc = ds_malloc(((size_t)seq_len + 1) * sizeof(int32_t));
     mask = ds_malloc((size_t)seq_len + 1);

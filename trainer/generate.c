@@ -15,6 +15,7 @@
 
 #include "../checkpoint/ckpt.h"
 #include "../checkpoint/hf_model.h"
+#include "../checkpoint/model_path.h"
 #include "common.h"
 #include "inspect.h"
 #include "model.h"
@@ -190,7 +191,9 @@ static void usage(FILE *out)
             "usage: dstrain generate --model DIR (--prompt TEXT | --prompt-ids \"ID ...\")\n"
             "                        [--max-new-tokens N] [--temperature T] [--top-p P]\n"
             "                        [--seed S] [--tokenizer DIR] [--print-ids]\n"
-            "  DIR: a Hugging Face model directory or a checkpoint (step-*/ with manifest.json).\n"
+            "  DIR: a Hugging Face model directory, a checkpoint (step-N), a checkpoint\n"
+            "  directory (its newest complete checkpoint) or a run directory (its checkpoints/,\n"
+            "  else its export/).\n"
             "  Temperature 0 (the default) is greedy; above 0, top-p (nucleus) sampling.\n"
             "  Tokenizer: DIR/tokenizer.json (or --tokenizer's, or the checkpoint's base model's)\n"
             "  through tools/tokenizer_helper.py; byte-level when there is none.\n"
@@ -266,10 +269,12 @@ int generate_main(int argc, char **argv)
     ProbIndex *scratch = NULL;
     char *helper_out = NULL, *text = NULL;
     ModelConfig mc;
-    char path[2048], tokenizer_json[2048] = "";
+    char path[2048], tokenizer_json[2048] = "", model_dir[MODEL_PATH_MAX];
+    ModelPathKind kind;
 
-    snprintf(path, sizeof(path), "%s/manifest.json", o.model_dir);
-    const int is_ckpt = file_exists(path);
+    DS_TRY(model_path_resolve("generate", o.model_dir, model_dir, sizeof(model_dir), &kind));
+    o.model_dir = model_dir;
+    const int is_ckpt = kind == MODEL_PATH_CHECKPOINT;
     if (is_ckpt && (status = ckpt_open(o.model_dir, &ckpt)) != DS_OK) goto done;
     /* a checkpoint holds its model's config.json */
     if ((status = hf_config_load(o.model_dir, &mc)) != DS_OK) goto done;

@@ -14,6 +14,7 @@
 
 #include "../checkpoint/ckpt.h"
 #include "../checkpoint/hf_model.h"
+#include "../checkpoint/model_path.h"
 #include "../checkpoint/safetensors.h"
 #include "../data/dataset.h"
 #include "common.h"
@@ -399,15 +400,11 @@ int info_print(const char *path, FILE *out)
     struct stat st;
     if (stat(path, &st) != 0)
         return ds_error(DS_ERR_INPUT, "info: %s: no such file or directory", path);
-    if (S_ISDIR(st.st_mode)) {
-        char p[2048];
-        snprintf(p, sizeof(p), "%s/manifest.json", path);
-        if (stat(p, &st) == 0) return info_checkpoint(path, out);
-        if (hf_dir_kind(path)) return info_hf_model(path, out);
-        return ds_error(DS_ERR_INPUT,
-                        "info: %s: neither a checkpoint (manifest.json) nor a Hugging Face model "
-                        "directory (config.json)",
-                        path);
+    if (S_ISDIR(st.st_mode)) { /* a model, as every command that reads one takes it */
+        char dir[MODEL_PATH_MAX];
+        ModelPathKind kind;
+        DS_TRY(model_path_resolve("info", path, dir, sizeof(dir), &kind));
+        return kind == MODEL_PATH_CHECKPOINT ? info_checkpoint(dir, out) : info_hf_model(dir, out);
     }
     if (ends_with(path, ".safetensors")) return info_safetensors(path, out);
     /* anything else is tried as HDF5: the reader checks the signature and the layout */
@@ -426,8 +423,9 @@ int info_main(int argc, char **argv)
 {
     if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
         printf("usage: dstrain info PATH\n"
-               "  PATH: a checkpoint directory, a Hugging Face model directory, a dataset (.h5)\n"
-               "  or a .safetensors file\n");
+               "  PATH: a model: a Hugging Face model directory, a checkpoint (step-N), a\n"
+               "  checkpoint directory (its newest complete checkpoint) or a run directory (its\n"
+               "  checkpoints/, else its export/); or a dataset (.h5) or a .safetensors file\n");
         return DS_OK;
     }
     if (argc != 2)

@@ -22,8 +22,7 @@ static char tmpdir[512];
 
 static void setup(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "%s/checkpoint_cls_lm_%ld", DSTRAIN_TEST_TMP,
-             (long)getpid());
+    snprintf(tmpdir, sizeof(tmpdir), "%s/checkpoint_cls_lm_%ld", DSTRAIN_TEST_TMP, (long)getpid());
     char cmd[1200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", tmpdir, tmpdir);
     cr_assert_eq(system(cmd), 0);
@@ -165,8 +164,8 @@ static void assert_body_from_file(const char *dir, const ParamTable *pt, const f
                 col = j % (size_t)p->slice_len + (size_t)p->slice_start;
             }
             float want = file_value(i, row * cols + col);
-            cr_assert_eq(params[p->offset + j], want, "%s[%zu]: %g, the file holds %g", f->name,
-                         j, params[p->offset + j], want);
+            cr_assert_eq(params[p->offset + j], want, "%s[%zu]: %g, the file holds %g", f->name, j,
+                         params[p->offset + j], want);
         }
         checked++;
     }
@@ -193,8 +192,8 @@ static void assert_head_normal(const ParamTable *pt, const float *params, double
     }
     const double mean = sum / (double)n;
     const double sd = sqrt(sq / (double)n - mean * mean);
-    cr_assert_leq(fabs(mean), 5 * std / sqrt((double)n), "head mean %g (std %g, n %zu)", mean,
-                  std, n);
+    cr_assert_leq(fabs(mean), 5 * std / sqrt((double)n), "head mean %g (std %g, n %zu)", mean, std,
+                  n);
     cr_assert_leq(fabs(sd / std - 1), 5 / sqrt(2.0 * (double)n),
                   "head standard deviation %g, expected %g (n %zu)", sd, std, n);
 }
