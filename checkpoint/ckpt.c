@@ -1568,6 +1568,19 @@ int ckpt_read_buffer(Ckpt *c, const char *prefix, const ParamTable *table, float
     return DS_OK;
 }
 
+int ckpt_blob_size(const Ckpt *c, const char *name, int tp_rank, int dp_rank, size_t *size)
+{
+    *size = 0;
+    for (int i = 0; i < c->nblobs; i++) {
+        const CkBlob *b = &c->blobs[i];
+        if (strcmp(b->name, name) == 0 && b->tp_rank == tp_rank && b->dp_rank == dp_rank) {
+            *size = b->size;
+            return DS_OK;
+        }
+    }
+    return DS_OK;
+}
+
 int ckpt_read_blob(Ckpt *c, const char *name, int tp_rank, int dp_rank, void *out, size_t size)
 {
     for (int i = 0; i < c->nblobs; i++) {

@@ -125,6 +125,8 @@ int ckpt_read_buffer(Ckpt *c, const char *prefix, const ParamTable *table, float
                      size_t flat_begin, size_t flat_end);
 /* 1 when the checkpoint holds pieces under prefix. */
 int ckpt_has_buffer(const Ckpt *c, const char *prefix);
+/* The size of a blob saved by rank (tp_rank, dp_rank); 0 when there is none. */
+int ckpt_blob_size(const Ckpt *c, const char *name, int tp_rank, int dp_rank, size_t *size);
 /* A blob saved by rank (tp_rank, dp_rank); its size must be size. */
 int ckpt_read_blob(Ckpt *c, const char *name, int tp_rank, int dp_rank, void *out, size_t size);
 

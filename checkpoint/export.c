@@ -16,7 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../trainer/continual.h"
 #include "../trainer/progress.h"
 #include "ckpt.h"
 #include "hf_model.h"
@@ -221,6 +220,54 @@ static int split_label_names(char *text, int n, const char **names)
     return DS_OK;
 }
 
+/* The config.json fields of a sequence-classification export (export.h). */
+
+static void ex_json_set(cJSON *obj, const char *key, cJSON *value)
+{
+    if (cJSON_GetObjectItemCaseSensitive(obj, key))
+        cJSON_ReplaceItemInObjectCaseSensitive(obj, key, value);
+    else
+        cJSON_AddItemToObject(obj, key, value);
+}
+
+int hf_classification_fields(cJSON *config, const ModelConfig *mc,
+                                       const char *const *labels)
+{
+    if (mc->num_labels <= 0)
+        return ds_error(DS_ERR_INTERNAL, "classification export of a model without num_labels");
+    const char *arch = mc->arch == ARCH_QWEN2 ? "Qwen2ForSequenceClassification"
+                                              : "LlamaForSequenceClassification";
+    cJSON *archs = cJSON_CreateArray();
+    cJSON *id2label = cJSON_CreateObject(), *label2id = cJSON_CreateObject();
+    if (!archs || !id2label || !label2id) {
+        cJSON_Delete(archs);
+        cJSON_Delete(id2label);
+        cJSON_Delete(label2id);
+        return ds_error(DS_ERR_INTERNAL, "cJSON: out of memory");
+    }
+    cJSON_AddItemToArray(archs, cJSON_CreateString(arch));
+    for (int i = 0; i < mc->num_labels; i++) {
+        char id[16], name[64];
+        snprintf(id, sizeof(id), "%d", i);
+        if (labels && labels[i])
+            snprintf(name, sizeof(name), "%s", labels[i]);
+        else
+            snprintf(name, sizeof(name), "LABEL_%d", i);
+        cJSON_AddItemToObject(id2label, id, cJSON_CreateString(name));
+        cJSON_AddItemToObject(label2id, name, cJSON_CreateNumber(i));
+    }
+    ex_json_set(config, "architectures", archs);
+    ex_json_set(config, "num_labels", cJSON_CreateNumber(mc->num_labels));
+    ex_json_set(config, "id2label", id2label);
+    ex_json_set(config, "label2id", label2id);
+    ex_json_set(config, "problem_type", cJSON_CreateString("single_label_classification"));
+    /* transformers finds the last non-padding token through pad_token_id; without one it uses
+     * the last position, as dstrain does */
+    ex_json_set(config, "pad_token_id",
+             mc->pad_token_id >= 0 ? cJSON_CreateNumber(mc->pad_token_id) : cJSON_CreateNull());
+    return DS_OK;
+}
+
 int hf_config_json_classification(const ModelConfig *mc, const char *label_names, char **text)
 {
     if (mc->num_labels <= 0) return DS_OK;
@@ -248,7 +295,7 @@ int hf_config_json_classification(const ModelConfig *mc, const char *label_names
         }
         if (!have) memset(names, 0, (size_t)n * sizeof(char *));
     }
-    if (status == DS_OK) status = continual_hf_classification_fields(root, mc, names);
+    if (status == DS_OK) status = hf_classification_fields(root, mc, names);
     char *out = status == DS_OK ? cJSON_Print(root) : NULL;
     if (status == DS_OK && !out) status = ds_error(DS_ERR_INTERNAL, "out of memory");
     if (status == DS_OK) {

@@ -16,6 +16,13 @@
  * is not empty, else generated from mc. */
 int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out);
 
+/* The config.json fields of a Hugging Face sequence-classification export of mc: architectures
+ * (LlamaForSequenceClassification / Qwen2ForSequenceClassification), num_labels, id2label,
+ * label2id, problem_type, pad_token_id. labels may be NULL (names LABEL_0, LABEL_1, ...). Sets or
+ * replaces those keys of an existing config object. */
+struct cJSON;
+int hf_classification_fields(struct cJSON *config, const ModelConfig *mc,
+                             const char *const *labels);
 /* The config.json text of a sequence-classification model (mc->num_labels > 0), made from the
  * causal LM's (as hf_config_json_text gives it): architectures *ForSequenceClassification,
  * num_labels, id2label and label2id, problem_type, pad_token_id. Class names: label_names

@@ -359,7 +359,13 @@ static int reader_open_source(DataReader *r, int s, const char *path)
                             "%s: dataset \"labels\" is missing (data.mode classification needs "
                             "one label per document)",
                             path);
-        if (info->pad_id < 0)
+        if (info->pad_id < 0 && o->has_fallback_pad) src->pad_id = o->fallback_pad_id;
+        int64_t shortest = o->seq_len;
+        for (int64_t d = 0; info->pad_id < 0 && !o->has_fallback_pad && d < info->n_docs &&
+                            shortest >= o->seq_len;
+             d++)
+            if (dataset_doc_length(src->ds, d) < shortest) shortest = dataset_doc_length(src->ds, d);
+        if (info->pad_id < 0 && !o->has_fallback_pad && shortest < o->seq_len)
             return ds_error(DS_ERR_INPUT,
                             "%s: the data file has no \"pad_id\" attribute (data.mode "
                             "classification pads short examples with the file's pad_id; the "

@@ -39,6 +39,10 @@ typedef struct DataReaderOptions {
     int dp_rank, dp_size;
     uint64_t seed;
     int prefetch; /* micro-batches read ahead by the background thread; 0 = read in the caller */
+    /* classification: short documents are padded with the file's pad_id; a file without one
+     * uses this (the model's pad_token_id) when has_fallback_pad, and is refused only when it
+     * holds a document shorter than seq_len otherwise */
+    int has_fallback_pad, fallback_pad_id;
 } DataReaderOptions;
 
 /* The reader's position: a plain struct a checkpoint stores as bytes. global_sample counts the

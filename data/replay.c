@@ -553,3 +553,97 @@ int replay_load(ReplayBuffer *rb, const char *dir)
     }
     return DS_OK;
 }
+
+/* ---- the whole buffer as bytes (a training checkpoint's blob) ------------------------------ */
+
+/* Header, then labels and task ids of every slot, then the tokens and masks of the filled ones.
+ * The header holds every field a later draw or add depends on (random state, counts, task
+ * bookkeeping), so a buffer read back continues exactly. */
+typedef struct ReplayBlobHeader {
+    uint32_t magic, version;
+    int32_t policy, capacity_total, T, count, n_tasks, pad;
+    int64_t seen;
+    uint64_t rng;
+} ReplayBlobHeader;
+
+#define REPLAY_BLOB_MAGIC 0x59504c52u /* "RLPY" */
+
+size_t replay_serialized_size(const ReplayBuffer *whole)
+{
+    const size_t slots = (size_t)whole->capacity_total, filled = (size_t)whole->count;
+    return sizeof(ReplayBlobHeader) + (size_t)whole->n_tasks * (4 + 8 + 4) +
+           slots * (sizeof(int64_t) + sizeof(int32_t)) +
+           filled * (size_t)whole->T * (2 * sizeof(int32_t) + 1);
+}
+
+#define BLOB_PUT(src, bytes)                                                                       \
+    do {                                                                                           \
+        memcpy(p, (src), (bytes));                                                                 \
+        p += (bytes);                                                                              \
+    } while (0)
+
+int replay_serialize(const ReplayBuffer *whole, void *out, size_t cap)
+{
+    if (whole->shard_size > 1 || whole->dp_size != 1 || cap < replay_serialized_size(whole))
+        return ds_error(DS_ERR_INTERNAL, "replay_serialize: an unsharded buffer and room needed");
+    ReplayBlobHeader h = {REPLAY_BLOB_MAGIC, 1,        whole->policy, whole->capacity_total,
+                          whole->T,          whole->count, whole->n_tasks, 0,
+                          whole->seen,       whole->rng};
+    unsigned char *p = out;
+    const size_t nt = (size_t)whole->n_tasks, slots = (size_t)whole->capacity_total;
+    const size_t tok = (size_t)whole->count * (size_t)whole->T;
+    BLOB_PUT(&h, sizeof(h));
+    BLOB_PUT(whole->task_list, nt * 4);
+    BLOB_PUT(whole->task_seen, nt * 8);
+    BLOB_PUT(whole->task_count, nt * 4);
+    BLOB_PUT(whole->labels, slots * sizeof(int64_t));
+    BLOB_PUT(whole->task_ids, slots * sizeof(int32_t));
+    BLOB_PUT(whole->inputs, tok * sizeof(int32_t));
+    BLOB_PUT(whole->targets, tok * sizeof(int32_t));
+    BLOB_PUT(whole->mask, tok);
+    return DS_OK;
+}
+
+#define BLOB_GET(dst, bytes)                                                                       \
+    do {                                                                                           \
+        memcpy((dst), p, (bytes));                                                                 \
+        p += (bytes);                                                                              \
+    } while (0)
+
+int replay_deserialize(ReplayBuffer *whole, const void *in, size_t size)
+{
+    ReplayBlobHeader h;
+    if (size < sizeof(h)) return ds_error(DS_ERR_INPUT, "replay blob: truncated");
+    memcpy(&h, in, sizeof(h));
+    if (h.magic != REPLAY_BLOB_MAGIC || h.version != 1)
+        return ds_error(DS_ERR_INPUT, "replay blob: not a replay buffer of this version");
+    if (h.capacity_total != whole->capacity_total || h.T != whole->T ||
+        h.policy != (int32_t)whole->policy)
+        return ds_error(DS_ERR_INPUT,
+                        "replay blob: saved with capacity %d, seq_len %d, policy %d; this run has "
+                        "%d, %d, %d (continual.replay.* or train.seq_len changed)",
+                        h.capacity_total, h.T, h.policy, whole->capacity_total, whole->T,
+                        (int)whole->policy);
+    if (h.count < 0 || h.count > h.capacity_total || h.n_tasks < 0 ||
+        h.n_tasks > REPLAY_MAX_TASKS || h.seen < h.count)
+        return ds_error(DS_ERR_INPUT, "replay blob: counts out of range");
+    whole->count = h.count;
+    whole->n_tasks = h.n_tasks;
+    whole->seen = h.seen;
+    whole->rng = h.rng;
+    if (size != replay_serialized_size(whole))
+        return ds_error(DS_ERR_INPUT, "replay blob: %zu bytes, expected %zu", size,
+                        replay_serialized_size(whole));
+    const unsigned char *p = (const unsigned char *)in + sizeof(h);
+    const size_t nt = (size_t)h.n_tasks, slots = (size_t)h.capacity_total;
+    const size_t tok = (size_t)h.count * (size_t)h.T;
+    BLOB_GET(whole->task_list, nt * 4);
+    BLOB_GET(whole->task_seen, nt * 8);
+    BLOB_GET(whole->task_count, nt * 4);
+    BLOB_GET(whole->labels, slots * sizeof(int64_t));
+    BLOB_GET(whole->task_ids, slots * sizeof(int32_t));
+    BLOB_GET(whole->inputs, tok * sizeof(int32_t));
+    BLOB_GET(whole->targets, tok * sizeof(int32_t));
+    BLOB_GET(whole->mask, tok);
+    return DS_OK;
+}

@@ -5,6 +5,7 @@
 #ifndef DSTRAIN_REPLAY_H
 #define DSTRAIN_REPLAY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum ReplayPolicy { REPLAY_RESERVOIR = 0, REPLAY_TASK_BALANCED } ReplayPolicy;
@@ -73,6 +74,13 @@ int replay_add(ReplayBuffer *rb, const int32_t *inputs, const int32_t *targets,
  * when empty. */
 int replay_sample(ReplayBuffer *rb, int32_t *inputs, int32_t *targets, float *weights,
                   int64_t *label, int32_t *task_id);
+
+/* The whole (unsharded: replay_init with rank 0 of 1) buffer as bytes, with its random state and
+ * bookkeeping, for a training checkpoint's blob; deserialize into a buffer made with the same
+ * policy, capacity and T (DS_ERR_INPUT naming what differs otherwise). */
+size_t replay_serialized_size(const ReplayBuffer *whole);
+int replay_serialize(const ReplayBuffer *whole, void *out, size_t cap);
+int replay_deserialize(ReplayBuffer *whole, const void *in, size_t size);
 
 /* dir/replay-rank-<r>.h5, one per rank, written atomically (temporary name, then rename). */
 int replay_save(const ReplayBuffer *rb, const char *dir);

@@ -210,7 +210,12 @@ static const ConfigKey config_schema[] = {
     BOOL("run.save_final", run_save_final, "false",
          "write <run.dir>/final.safetensors: every parameter in full fp32 after the last step, "
          "gathered from all ranks (for checks; use the export for models)"),
+    BOOL("run.overwrite", run_overwrite, "false",
+         "start a fresh run (train.resume: none) in a run.dir an earlier run filled, replacing "
+         "its checkpoints, export and metrics; without it such a run.dir is refused"),
     INT("log.every", log_every, "10", 1, 1000000000, "print and record metrics every N steps"),
+    BOOL("log.print_config", log_config_full, "false",
+         "print the whole resolved config at start (it is always saved as <run.dir>/config.yaml)"),
     ENUM("device", device, "cpu", "where the model runs", "cpu", "cuda"),
     ENUM("precision", precision, "auto",
          "bf16 = mixed precision (fp32 master weights, weight gradients, residual stream, loss "

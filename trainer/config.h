@@ -88,7 +88,9 @@ typedef struct Config {
     /* run / log */
     char run_dir[CONFIG_STR_MAX];      /* empty = runs/<date>-<time> */
     int run_save_final;                /* write <run.dir>/final.safetensors at the end */
+    int run_overwrite;                 /* replace an earlier run in run.dir */
     int log_every;
+    int log_config_full;               /* log.print_config */
     char device[16];                   /* cpu | cuda */
     char precision[8];                 /* auto | bf16 | fp32: how a device backend computes */
     /* metrics endpoint (trainer/metrics_server.c) */

@@ -35,10 +35,25 @@ int fisher_type_parse(const char *text, FisherType *out)
         *out = FISHER_SAMPLED;
     else if (strcmp(text, "exact") == 0)
         *out = FISHER_EXACT;
+    else if (strcmp(text, "identity") == 0)
+        *out = FISHER_IDENTITY;
     else
-        return ds_error(
-            DS_ERR_INPUT,
-            "continual.ewc.fisher.type: expected empirical, sampled or exact, got \"%s\"", text);
+        return ds_error(DS_ERR_INPUT,
+                        "continual.ewc.fisher.type: expected empirical, sampled, exact or "
+                        "identity, got \"%s\"",
+                        text);
+    return DS_OK;
+}
+
+int ewc_decay_parse(const char *text, EwcDecay *out)
+{
+    if (strcmp(text, "anchor") == 0)
+        *out = EWC_DECAY_ANCHOR;
+    else if (strcmp(text, "zero") == 0)
+        *out = EWC_DECAY_ZERO;
+    else
+        return ds_error(DS_ERR_INPUT, "continual.ewc.decay: expected anchor or zero, got \"%s\"",
+                        text);
     return DS_OK;
 }
 
@@ -55,6 +70,7 @@ int ewc_init_on(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo,
     e->mode = mode;
     e->lambda = lambda;
     e->gamma = gamma;
+    e->decay = EWC_DECAY_ANCHOR;
     e->lo = lo;
     e->hi = hi;
     e->be = be;
@@ -100,6 +116,18 @@ static int ewc_add_set(EwcState *e, int task_id)
     }
     e->task_id[k] = task_id;
     e->n_sets++;
+    return DS_OK;
+}
+
+int ewc_reserve_sets(EwcState *e, int n_sets, const int32_t *task_ids, int tasks_seen)
+{
+    if (e->n_sets != 0)
+        return ds_error(DS_ERR_INTERNAL, "ewc_reserve_sets: the state already holds pairs");
+    if (n_sets < 0 || (e->mode == EWC_ONLINE && n_sets > 1))
+        return ds_error(DS_ERR_INPUT, "EWC state: %d pairs for continual.ewc.mode %s", n_sets,
+                        e->mode == EWC_ONLINE ? "online" : "separate");
+    for (int k = 0; k < n_sets; k++) DS_TRY(ewc_add_set(e, task_ids[k]));
+    e->tasks_seen = tasks_seen;
     return DS_OK;
 }
 
@@ -260,6 +288,32 @@ static int fisher_take(Model *work, float *fisher, float *host_grads, float w)
     return DS_OK;
 }
 
+/* The causal-LM token signs of example `index` (its place in the pass): w[t] *= +-1 from a
+ * stream seeded by (seed, index), so that an example gets the same signs on every rank and in
+ * every layout, batched or not. */
+static void token_signs(uint64_t seed, int64_t index, float *w, int T)
+{
+    uint64_t state = (seed + 0x632be59bd9b4e019ull) ^ ((uint64_t)index * 0xd1b54a32d192ed03ull);
+    uint64_t bits = 0;
+    for (int t = 0; t < T; t++) {
+        if (t % 64 == 0) bits = rng_next(&state);
+        if ((bits >> (t % 64)) & 1) w[t] = -w[t];
+    }
+}
+
+/* identity: 1 on every element of every tensor, on shard 0 of a data-parallel split. */
+static void fisher_identity(const Model *work, const FisherOptions *opt, float *fisher)
+{
+    const int shards = opt->shard_size > 1 ? opt->shard_size : 1;
+    memset(fisher, 0, work->table.total * sizeof(float));
+    if (opt->shard_rank % shards != 0) return;
+    for (int i = 0; i < work->table.count; i++) {
+        const ParamInfo *p = &work->table.items[i];
+        for (size_t e = 0; e < p->numel; e++)
+            fisher[p->offset + e] = 1.0f;
+    }
+}
+
 int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next, void *ctx,
                         float *fisher)
 {
@@ -268,6 +322,10 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
     const int V = cls ? work->cfg.num_labels : work->cfg.vocab_size;
     const int rows_out = cls ? B : N; /* rows of logits the forward hands back */
     const size_t total = work->table.total;
+    if (opt->type == FISHER_IDENTITY) {
+        fisher_identity(work, opt, fisher);
+        return DS_OK;
+    }
     if (opt->samples <= 0)
         return ds_error(DS_ERR_INPUT, "continual.ewc.fisher.samples: must be positive");
     if (opt->type == FISHER_EXACT && !cls)
@@ -297,6 +355,7 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
     }
     memset(fisher, 0, total * sizeof(float));
     uint64_t rng = opt->seed * 0x2545f4914f6cdd1dull + 0x1234567ull;
+    double token_mass = 0.0; /* causal LM: sum of w_t^2 over every example of the pass */
     int batches = 0;
     for (int s = 0; s < opt->samples; s += B, batches++) {
         const int rows = opt->samples - s < B ? opt->samples - s : B;
@@ -315,13 +374,19 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
                         ds_error(DS_ERR_INPUT, "Fisher pass: label %d outside [0, %d)", label, V);
                     goto done;
                 }
-            } else {
-                double count = 0.0;
-                for (int t = 0; t < T; t++)
-                    count += w[t];
-                for (int t = 0; t < T; t++)
-                    w[t] = count > 0 ? (float)(w[t] / count / B) : 0.0f;
+                continue;
             }
+            for (int t = 0; t < T; t++) {
+                if (!(w[t] >= 0.0f) || !isfinite(w[t])) {
+                    status = ds_error(DS_ERR_INPUT,
+                                      "Fisher pass: example %d: loss weight %g at position %d is "
+                                      "not a finite number >= 0",
+                                      s + r, (double)w[t], t);
+                    goto done;
+                }
+                token_mass += (double)w[t] * w[t];
+            }
+            token_signs(opt->seed, (int64_t)s + r, w, T); /* the loss sum_t s_t w_t l_t */
         }
         /* classification: one label and one weight per row, packed at the front */
         int32_t *labels = drawn;
@@ -332,7 +397,8 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
                 row_w[r] = r < rows ? 1.0f / (float)B : 0.0f;
             }
         }
-        const float scale = opt->batched ? (float)B : 1.0f; /* B * (mean gradient)^2 */
+        /* classification batched: B * (mean gradient)^2; causal LM: the signed sum's square */
+        const float scale = cls && opt->batched ? (float)B : 1.0f;
         if (batches % shards != opt->shard_rank % shards) continue; /* another rank's unit */
         if (opt->type == FISHER_EMPIRICAL) {
             model_zero_grad(work);
@@ -346,7 +412,8 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
                     labels[r] = r < rows ? softmax_draw(logits + (size_t)r * V, V, &rng) : 0;
             } else {
                 for (int i = 0; i < N; i++)
-                    drawn[i] = weights[i] > 0 ? softmax_draw(logits + (size_t)i * V, V, &rng) : 0;
+                    drawn[i] =
+                        weights[i] != 0.0f ? softmax_draw(logits + (size_t)i * V, V, &rng) : 0;
             }
             model_zero_grad(work);
             model_forward_train(work, inputs, cls ? labels : drawn, row_w, NULL);
@@ -366,7 +433,14 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
             }
         }
     }
-    const float inv = 1.0f / (float)(opt->batched ? batches : opt->samples);
+    if (!cls && !(token_mass > 0.0)) {
+        status = ds_error(DS_ERR_INPUT,
+                          "Fisher pass: the %d examples have no trained token (loss mask all 0)",
+                          opt->samples);
+        goto done;
+    }
+    const float inv = cls ? 1.0f / (float)(opt->batched ? batches : opt->samples)
+                          : (float)(1.0 / token_mass);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < total; i++)
         fisher[i] *= inv;

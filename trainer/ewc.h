@@ -14,7 +14,19 @@
 #include "model.h"
 
 typedef enum EwcMode { EWC_ONLINE = 0, EWC_SEPARATE } EwcMode;
-typedef enum FisherType { FISHER_EMPIRICAL = 0, FISHER_SAMPLED, FISHER_EXACT } FisherType;
+/* identity: F = 1 on every parameter (an L2 pull toward the anchor; no Fisher pass) */
+typedef enum FisherType {
+    FISHER_EMPIRICAL = 0,
+    FISHER_SAMPLED,
+    FISHER_EXACT,
+    FISHER_IDENTITY
+} FisherType;
+/* Where AdamW's decoupled weight decay pulls a tensor that has weight decay once EWC holds an
+ * anchor: toward the latest anchor theta* (the default: a weight the Fisher does not protect
+ * stays where the last consolidation left it, instead of shrinking a little more every night
+ * while each re-anchoring forgives the shrinkage), or toward 0 as plain AdamW. Before the first
+ * consolidation there is no anchor and the decay is AdamW's. */
+typedef enum EwcDecay { EWC_DECAY_ANCHOR = 0, EWC_DECAY_ZERO } EwcDecay;
 
 #define EWC_MAX_SETS 256
 /* floats per host staging chunk on a device backend (16 MiB): bounds the host memory EWC needs
@@ -26,6 +38,7 @@ typedef enum FisherType { FISHER_EMPIRICAL = 0, FISHER_SAMPLED, FISHER_EXACT } F
 typedef struct EwcState {
     EwcMode mode;
     float lambda, gamma;
+    EwcDecay decay; /* ewc_init_on sets EWC_DECAY_ANCHOR; the caller may change it */
     size_t lo, hi;  /* this rank's shard of the flat layout, in elements */
     int n_sets;     /* consolidated pairs held (online: 0 or 1) */
     int tasks_seen; /* consolidations so far */
@@ -44,11 +57,17 @@ int ewc_init_on(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo,
 void ewc_free(EwcState *e);
 int ewc_mode_parse(const char *text, EwcMode *out);
 int fisher_type_parse(const char *text, FisherType *out);
+/* continual.ewc.decay: anchor | zero. */
+int ewc_decay_parse(const char *text, EwcDecay *out);
 
 /* Fold a new Fisher estimate in. fisher_new (host memory: the Fisher pass's result) and params
  * (e->be's memory: the model's) are full flat buffers (the table's layout, this tensor-parallel
  * rank's slices); only [lo, hi) is read. */
 int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, int task_id);
+
+/* Make room for n_sets zeroed pairs (task ids as given) in an empty state, to be filled from a
+ * checkpoint; tasks_seen as saved. */
+int ewc_reserve_sets(EwcState *e, int n_sets, const int32_t *task_ids, int tasks_seen);
 
 /* (lambda / 2) sum F (theta - theta*)^2 over this shard; params is the full flat buffer, in
  * e->be's memory. */
@@ -65,15 +84,15 @@ void ewc_penalty_accumulate(const EwcState *e, const float *params, size_t begin
 int ewc_sets_at(const EwcState *e, size_t offset, const float **fisher, const float **anchor);
 
 /* One training example as the Fisher pass sees it: inputs [T]; for causal LM targets [T] and
- * weights [T] (loss mask); for classification targets[0] is the label. Returns DS_OK or an
- * error; called `samples` times. */
+ * weights [T] (loss mask: 0 = not trained; usually 0 or 1); for classification targets[0] is
+ * the label. Returns DS_OK or an error; called `samples` times (never for the identity type). */
 typedef int (*EwcExampleFn)(void *ctx, int32_t *inputs, int32_t *targets, float *weights);
 
 typedef struct FisherOptions {
     FisherType type;
     int samples;   /* examples of the finished task */
-    int batched;   /* 0: per-example gradients (batch 1); 1: B * (mean gradient of a batch)^2 */
-    uint64_t seed; /* labels drawn by the sampled type */
+    int batched;   /* 0: per-example gradients (batch 1); 1: one gradient per batch (below) */
+    uint64_t seed; /* labels drawn by the sampled type; the causal-LM token signs */
     /* data parallelism: every rank reads all `samples` examples in the same order, and computes
      * only the units (examples; batches when batched) whose index % shard_size is shard_rank.
      * The result is this rank's part of the average: summed over the ranks it is the average
@@ -83,10 +102,23 @@ typedef struct FisherOptions {
 } FisherOptions;
 
 /* The diagonal Fisher of model m at its current parameters, into fisher (full flat buffer in
- * host memory, overwritten, averaged over the examples; a device model's gradients are squared
- * on the host, staged in chunks of EWC_STAGE_FLOATS). Per-example mode needs a model with B == 1
- * and the parameters of the trained model (work may be m itself when m->B == 1); batched mode uses
- * m with its own B. Gradients of work are clobbered. exact needs a classification model. */
+ * host memory, overwritten; a device model's gradients are squared on the host, staged in chunks
+ * of EWC_STAGE_FLOATS). Per-example mode needs a model with B == 1 and the parameters of the
+ * trained model (work may be m itself when m->B == 1); batched mode uses m with its own B.
+ * Gradients of work are clobbered. exact needs a classification model.
+ *
+ * Classification: the mean over examples of g^2, g the gradient of the example's loss; batched:
+ * the mean over batches of B * (mean gradient of the batch)^2.
+ * Causal LM: a per-token quantity, the mean over every trained token of the pass (loss-mask
+ * weight w_t, usually 1) of the squared gradient of that token's loss, F = sum w_t^2 g_t^2 /
+ * sum w_t^2, whatever seq_len, the loss mask or the batch. One backward per example (or batch)
+ * estimates it without bias: the loss is sum_t s_t w_t l_t with independent random signs s_t =
+ * +-1 (seeded per example, so the estimate does not depend on the layout), whose squared
+ * gradient (sum s_t w_t g_t)^2 has the expectation sum w_t^2 g_t^2 (the cross terms have mean
+ * 0). The squares are summed over examples and divided by sum w_t^2 over all of them. Batched
+ * and per-example passes estimate the same quantity.
+ * identity: F = 1 on every element of every tensor (0 in the padding between them), without a
+ * pass; with data-parallel shards, shard 0 holds the 1s (the sum over shards is 1). */
 int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next, void *ctx,
                         float *fisher);
 

@@ -31,6 +31,7 @@ void metrics_snapshot_init(MetricsSnapshot *s)
     memset(s, 0, sizeof(*s));
     s->loss = s->learning_rate = s->grad_norm = NAN;
     s->mfu_ratio = s->gpu_memory_bytes = s->ewc_penalty = s->replay_buffer_size = NAN;
+    s->replay_share = s->task_index = s->task_count = NAN;
     s->checkpoint_duration_seconds = NAN;
 }
 
@@ -156,6 +157,14 @@ size_t metrics_format(const MetricsSnapshot *s, char *buf, size_t cap)
     if (!isnan(s->replay_buffer_size))
         out_metric(&o, "dstrain_replay_buffer_size", "gauge", "Examples held in the replay buffer.",
                    s->replay_buffer_size);
+    if (!isnan(s->replay_share))
+        out_metric(&o, "dstrain_replay_share", "gauge",
+                   "Share of the last step's rows drawn from the replay buffer.", s->replay_share);
+    if (!isnan(s->task_index)) {
+        out_metric(&o, "dstrain_task_index", "gauge",
+                   "Task of the sequence being trained (0-based).", s->task_index);
+        out_metric(&o, "dstrain_task_count", "gauge", "Tasks in the sequence.", s->task_count);
+    }
     out_metric(&o, "dstrain_nonfinite_steps_total", "counter",
                "Steps skipped because the loss or a gradient was not finite.",
                (double)s->nonfinite_steps_total);

@@ -30,6 +30,8 @@ typedef struct MetricsSnapshot {
     double gpu_memory_bytes;
     double ewc_penalty;
     double replay_buffer_size;
+    double replay_share;           /* replayed rows / rows of the last step */
+    double task_index, task_count; /* task sequences: the task trained now (0-based) */
     uint64_t nonfinite_steps_total;
 } MetricsSnapshot;
 

@@ -38,6 +38,7 @@ static struct {
     int data_slow; /* warned that the reader is behind; re-armed under half the share */
     int warnings;
     char ckpt_state[64];
+    char task[160]; /* "task 2/3 b" in a task sequence, else "" */
     MetricsSnapshot snap;
 } P = {.opt = {.log_every = 1}};
 
@@ -141,6 +142,7 @@ static void format_line(const ProgressStep *s, double wait_share, double eta, ch
 #define ADD(...)                                                                                   \
     n += (size_t)snprintf(buf + (n < cap ? n : cap), n < cap ? cap - n : 0, __VA_ARGS__)
     ADD("step %*d/%d | ", digits, s->step, P.opt.total_steps);
+    if (P.task[0]) ADD("%s | ", P.task);
     if (s->skipped)
         ADD("loss %-6s (skipped) | ", "nan");
     else
@@ -322,6 +324,22 @@ void progress_set_ewc_penalty(double penalty)
 void progress_set_replay_size(double examples)
 {
     set_gauge(&P.snap.replay_buffer_size, examples);
+}
+void progress_set_replay_share(double share)
+{
+    set_gauge(&P.snap.replay_share, share);
+}
+void progress_set_task(int k, int K, const char *id)
+{
+    pthread_mutex_lock(&lock);
+    snprintf(P.task, sizeof(P.task), "task %d/%d %.100s", k + 1, K, id);
+    P.snap.task_index = k;
+    P.snap.task_count = K;
+    pthread_mutex_unlock(&lock);
+}
+void progress_restore_nonfinite(long long total)
+{
+    P.nonfinite_total = total;
 }
 void progress_set_gpu_memory(double bytes)
 {

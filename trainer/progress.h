@@ -70,6 +70,12 @@ void progress_set_checkpoint_state(const char *state);
 void progress_checkpoint_done(int step, double duration_seconds, double stall_seconds, int ok);
 void progress_set_ewc_penalty(double penalty);
 void progress_set_replay_size(double examples);
+/* Share of the last step's rows that were replayed. */
+void progress_set_replay_share(double share);
+/* A task sequence: task k of K (0-based) is trained now; the step line shows it. */
+void progress_set_task(int k, int K, const char *id);
+/* A resumed run goes on counting non-finite steps from the checkpoint's total. */
+void progress_restore_nonfinite(long long total);
 void progress_set_gpu_memory(double bytes);
 /* The current snapshot (for tests and the final summary). */
 void progress_snapshot(MetricsSnapshot *out);

@@ -18,7 +18,8 @@
 #include "checkpoint/export.h"
 #include "checkpoint/hf_model.h"
 #include "checkpoint/safetensors.h"
-#include "checkpoint/train_ckpt.h"
+#include "data/dataset.h"
+#include "trainer/train_ckpt.h"
 
 static char tmpdir[512];
 
@@ -668,11 +669,14 @@ Test(ckpt, extra_buffers_are_saved_and_loaded_on_resume)
 
     TrainCkpt *tc;
     int start = -1;
-    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, reader, NULL, NULL, &tc, &start),
-                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, 100, NULL, &tc), DS_OK, "%s",
+                 ds_last_error());
+    cr_assert_eq(train_ckpt_resume(tc, &start), DS_OK, "%s", ds_last_error());
     cr_assert_eq(start, 0);
     cr_assert_eq(train_ckpt_add_buffer(tc, "ewc.fisher", fisher, 0, 0, 1), DS_OK);
-    cr_assert_eq(train_ckpt_save_now(tc, 9, 1e-3f), DS_OK, "%s", ds_last_error());
+    CkptBlob blob = {"reader.position", &pos_saved, sizeof(pos_saved)};
+    cr_assert_eq(train_ckpt_set_blobs(tc, &blob, 1), DS_OK);
+    cr_assert_eq(train_ckpt_save_now(tc, 9, 1e-3f, 0), DS_OK, "%s", ds_last_error());
     train_ckpt_close(tc);
 
     /* resume into cleared state */
@@ -683,11 +687,17 @@ Test(ckpt, extra_buffers_are_saved_and_loaded_on_resume)
     opt.t = 0;
     lm_reader_seek(reader, 0);
     snprintf(cfg.train_resume, sizeof(cfg.train_resume), "auto");
-    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, reader, NULL, NULL, &tc, &start),
-                 DS_OK, "%s", ds_last_error());
+    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, 100, NULL, &tc), DS_OK, "%s",
+                 ds_last_error());
+    cr_assert_eq(train_ckpt_resume(tc, &start), DS_OK, "%s", ds_last_error());
     cr_assert_eq(start, 9);
     cr_assert_eq(opt.t, 9);
-    int64_t pos;
+    size_t size = 0;
+    cr_assert_eq(train_ckpt_blob_size(tc, "reader.position", &size), DS_OK);
+    cr_assert_eq(size, sizeof(int64_t));
+    int64_t saved = -1, pos;
+    cr_assert_eq(train_ckpt_read_blob(tc, "reader.position", &saved, sizeof(saved)), DS_OK);
+    cr_assert_eq(lm_reader_seek(reader, saved), DS_OK);
     lm_reader_position(reader, &pos);
     cr_assert_eq(pos, pos_saved);
     cr_assert_eq(memcmp(params, m.params, m.table.total * sizeof(float)), 0);
@@ -736,9 +746,9 @@ Test(ckpt, resume_into_device_memory_writes_only_the_zero_shard)
     opt.t = 4;
     TrainCkpt *tc;
     int start = -1;
-    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, NULL, NULL, NULL, &tc, &start),
-                 DS_OK, "%s", ds_last_error());
-    cr_assert_eq(train_ckpt_save_now(tc, 4, 1e-3f), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &m, &opt, 100, NULL, &tc), DS_OK, "%s",
+                 ds_last_error());
+    cr_assert_eq(train_ckpt_save_now(tc, 4, 1e-3f, 0), DS_OK, "%s", ds_last_error());
     train_ckpt_close(tc);
 
     /* dp rank 1 of 3 with ZeRO: its moments hold flat elements [lo, hi) only */
@@ -761,9 +771,9 @@ Test(ckpt, resume_into_device_memory_writes_only_the_zero_shard)
     memcpy(allowed, ranges, sizeof(allowed));
     copies_outside = 0;
     snprintf(cfg.train_resume, sizeof(cfg.train_resume), "auto");
-    cr_assert_eq(
-        train_ckpt_open(&cfg, cfg.run_dir, &mc, &dev, &shard, NULL, NULL, &world, &tc, &start),
-        DS_OK, "%s", ds_last_error());
+    cr_assert_eq(train_ckpt_open(&cfg, cfg.run_dir, &mc, &dev, &shard, 100, &world, &tc), DS_OK,
+                 "%s", ds_last_error());
+    cr_assert_eq(train_ckpt_resume(tc, &start), DS_OK, "%s", ds_last_error());
     memset(allowed, 0, sizeof(allowed));
     cr_expect_eq(copies_outside, 0, "%d copies outside the parameters and this shard",
                  copies_outside);

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "checkpoint/ckpt.h"
-#include "checkpoint/train_ckpt.h"
+#include "trainer/train_ckpt.h"
 #include "comm/comm.h"
 #include "tests/comm/mpi_test_util.h"
 
@@ -111,7 +111,8 @@ static int worker_main(const char *run_dir)
     TrainCkpt *tc = NULL;
     int start = -1;
     if (status == DS_OK)
-        status = train_ckpt_open(&cfg, run_dir, &mc, &m, &opt, NULL, NULL, &world, &tc, &start);
+        status = train_ckpt_open(&cfg, run_dir, &mc, &m, &opt, 1, &world, &tc);
+    if (status == DS_OK) status = train_ckpt_resume(tc, &start);
     if (status == DS_OK) status = train_ckpt_finish(tc, 1, 1e-3f);
     if (status != DS_OK)
         fprintf(stderr, "rank %d: %s\n", rank, ds_last_error());
@@ -206,7 +207,9 @@ Test(stale_cleanup, one_process_removes_stale_directories_and_saves_without_mpi)
     cr_assert_eq(state_init(&mc, &m, &opt), DS_OK);
     TrainCkpt *tc;
     int start = -1;
-    cr_assert_eq(train_ckpt_open(&cfg, run_dir, &mc, &m, &opt, NULL, NULL, NULL, &tc, &start),
+    cr_assert_eq(train_ckpt_open(&cfg, run_dir, &mc, &m, &opt, 1, NULL, &tc), DS_OK, "%s",
+                 ds_last_error());
+    cr_assert_eq(train_ckpt_resume(tc, &start),
                  DS_OK, "%s", ds_last_error());
     cr_assert_eq(start, 0);
     cr_assert_eq(train_ckpt_finish(tc, 1, 1e-3f), DS_OK, "%s", ds_last_error());

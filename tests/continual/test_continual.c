@@ -10,6 +10,9 @@
 
 #include "trainer/common.h"
 #include "trainer/continual.h"
+#include <cjson/cJSON.h>
+
+#include "checkpoint/export.h"
 
 static const char *write_tasks(const char *text)
 {
@@ -29,13 +32,22 @@ Test(continual, tasks_file_is_read_in_order)
     const char *path =
         write_tasks("tasks:\n"
                     "  - id: a\n    train: a.h5\n    eval: a-test.h5\n    steps: 10\n"
-                    "  - {id: b, train: b.h5, eval: b-test.h5, epochs: 1.5}\n");
+                    "  - {id: b, train: b.h5, eval: b-test.h5, epochs: 1.5}\n"
+                    "  - {id: c, train: [c.h5, {path: general.h5, weight: 0.25}], eval: c-t.h5,"
+                    " steps: 2}\n");
     cr_assert_eq(continual_tasks_load(path, t), DS_OK, "%s", ds_last_error());
-    cr_assert_eq(t->count, 2);
+    cr_assert_eq(t->count, 3);
+    cr_assert_eq(t->items[2].line, 7);
     cr_assert_str_eq(t->items[0].id, "a");
     cr_assert_str_eq(t->items[0].eval, "a-test.h5");
     cr_assert_eq(t->items[0].steps, 10);
-    cr_assert_str_eq(t->items[1].train, "b.h5");
+    cr_assert_str_eq(t->items[1].train.items[0].path, "b.h5");
+    cr_assert_eq(t->items[1].train.count, 1);
+    cr_assert_eq(t->items[2].train.count, 2);
+    cr_assert_str_eq(t->items[2].train.items[0].path, "c.h5");
+    cr_assert_float_eq(t->items[2].train.items[0].weight, 1.0, 1e-9);
+    cr_assert_str_eq(t->items[2].train.items[1].path, "general.h5");
+    cr_assert_float_eq(t->items[2].train.items[1].weight, 0.25, 1e-9);
     cr_assert_float_eq(t->items[1].epochs, 1.5, 1e-12);
     cr_assert_eq(t->items[1].steps, 0);
     free(t);
@@ -79,7 +91,13 @@ Test(continual, hostile_tasks_files_name_the_file_line_and_key)
     expect_error("task:\n  - {id: a}\n", "1: task: unknown key (expected tasks)");
     expect_error("- a\n- b\n", "1: expected a mapping with the key tasks");
     expect_error("tasks:\n  - just-a-name\n", "2: tasks[0]: expected a mapping");
-    expect_error("tasks:\n  - {id: a, train: [x], eval: e, steps: 1}\n",
+    expect_error("tasks:\n  - {id: a, train: [{path: x, weight: -1}], eval: e, steps: 1}\n",
+                 "2: tasks[0].train[0].weight: expected a number in (0, 1e6], got -1");
+    expect_error("tasks:\n  - {id: a, train: [], eval: e, steps: 1}\n",
+                 "2: tasks[0].train: an empty list");
+    expect_error("tasks:\n  - {id: a, train: [{path: x, size: 2}], eval: e, steps: 1}\n",
+                 "2: tasks[0].train[0]: unknown key");
+    expect_error("tasks:\n  - {id: a, train: {path: x}, eval: e, steps: 1}\n",
                  "2: tasks[0].train: expected a value");
     expect_error("tasks:\n  - {id: a, train: \"x\n", "3: invalid YAML");
     ContinualTasks *t = malloc(sizeof(*t));
@@ -120,7 +138,7 @@ Test(continual, classification_export_fields)
     mc.pad_token_id = 151643;
     cJSON *cfg = cJSON_Parse("{\"architectures\": [\"Qwen2ForCausalLM\"], \"hidden_size\": 8}");
     const char *names[] = {"ok", "bearing_fault", "overheat"};
-    cr_assert_eq(continual_hf_classification_fields(cfg, &mc, names), DS_OK);
+    cr_assert_eq(hf_classification_fields(cfg, &mc, names), DS_OK);
     char *text = cJSON_PrintUnformatted(cfg);
     cr_assert(strstr(text, "\"architectures\":[\"Qwen2ForSequenceClassification\"]") != NULL, "%s",
               text);
@@ -136,13 +154,13 @@ Test(continual, classification_export_fields)
     free(text);
     mc.arch = ARCH_LLAMA;
     mc.pad_token_id = -1;
-    cr_assert_eq(continual_hf_classification_fields(cfg, &mc, NULL), DS_OK);
+    cr_assert_eq(hf_classification_fields(cfg, &mc, NULL), DS_OK);
     text = cJSON_PrintUnformatted(cfg);
     cr_assert(strstr(text, "LlamaForSequenceClassification") != NULL, "%s", text);
     cr_assert(strstr(text, "\"2\":\"LABEL_2\"") != NULL, "%s", text);
     cr_assert(strstr(text, "\"pad_token_id\":null") != NULL, "%s", text);
     free(text);
     mc.num_labels = 0;
-    cr_assert_eq(continual_hf_classification_fields(cfg, &mc, NULL), DS_ERR_INTERNAL);
+    cr_assert_eq(hf_classification_fields(cfg, &mc, NULL), DS_ERR_INTERNAL);
     cJSON_Delete(cfg);
 }

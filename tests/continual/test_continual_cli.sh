@@ -63,7 +63,10 @@ assert all('ewc_penalty' in x for x in m)
 assert all(x['ewc_penalty'] == 0 for x in m if x['task'] == 'first'), m[:6]
 # a task's first step starts at the anchor: zero penalty; after it the weights move away
 later = [x for x in m if x['task'] != 'first']
-assert all((x['ewc_penalty'] > 0) == (x['step'] > 1) for x in later), later
+assert all((x['ewc_penalty'] > 0) == (x['task_step'] > 1) for x in later), later
+# one loop: global steps numbered through the sequence, the task's index beside them
+assert [x['step'] for x in m] == list(range(1, len(m) + 1)), m
+assert [x['task_index'] for x in m] == [0] * 6 + [1] * 6 + [2] * 16, m
 assert m[0]['replay_rows'] == 0 and all(x['replay_rows'] == 2 for x in m[1:]), m
 assert sum(1 for x in m if x['task'] == 'third') == 16  # 1 epoch of 96 at 6 fresh rows a step
 "
@@ -102,10 +105,12 @@ check "num_labels 1 exits 2" test $rc -eq 2
   continual.ewc.fisher.samples=4 run.dir=exact > exact.out 2>&1; rc=$?
 check "exact Fisher runs" test $rc -eq 0
 
-"$DSTRAIN" train $common run.dir=bad > notasks.out 2>&1; rc=$?
-# without a task list, classification trains on data.train alone, which needs data.mode too
-check "classification of an lm-mode data set exits 2" test $rc -eq 2
-check "and names both keys" grep -q "data.mode lm does not go with task.type classification" notasks.out
+"$DSTRAIN" train $common data.train=t0.h5 train.steps=3 run.dir=plain > plain.out 2>&1; rc=$?
+# without a task list, classification trains on data.train alone through the same loop
+check "a plain classification run exits 0" test $rc -eq 0
+"$DSTRAIN" train $common data.train=t0.h5 data.mode=sft run.dir=bad2 > notasks.out 2>&1; rc=$?
+check "classification of an sft-mode data set exits 2" test $rc -eq 2
+check "and names both keys" grep -q "data.mode sft does not go with task.type classification" notasks.out
 
 echo "continual cli: $passes passed, $fails failed"
 [ $fails -eq 0 ]
