@@ -124,6 +124,65 @@ static int attr_read_string(const TokenDataset *ds, const char *name, char *out,
 
 /* ---- datasets ---------------------------------------------------------------------------- */
 
+/* Deflate's best ratio is 1032:1; a compressed dataset declaring more than this many times its
+ * stored bytes holds something other than data. */
+#define DATASET_MAX_COMPRESSION 1100.0
+
+/* Sizes in the header cost nothing to forge: a 6 KB file can declare 2^40 tokens that HDF5 then
+ * reads as fill values. Before anything is allocated or trained on from a length, the dataset
+ * must store it: every element written, the bytes inside this file (no external or virtual
+ * storage, which would read other files), and no more than deflate's ratio beyond them. */
+static int dataset_check_stored(const TokenDataset *ds, hid_t dset, const char *name, hsize_t n,
+                                size_t element_size)
+{
+    hid_t dcpl = H5Dget_create_plist(dset);
+    if (dcpl < 0) return ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": cannot read its layout", ds->path, name);
+    H5D_layout_t layout = H5Pget_layout(dcpl);
+    int external = H5Pget_external_count(dcpl);
+    int filters = H5Pget_nfilters(dcpl);
+    H5Pclose(dcpl);
+    if (layout == H5D_VIRTUAL || external != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "%s: dataset \"%s\": stored in other files (%s); only data inside the "
+                        "file is read",
+                        ds->path, name, layout == H5D_VIRTUAL ? "a virtual dataset" : "external storage");
+    if (n == 0) return DS_OK;
+    /* every element written: a contiguous dataset has its storage, a chunked one every chunk
+     * (HDF5 1.10's space status calls an extendible dataset's storage partial) */
+    H5D_space_status_t status;
+    if (H5Dget_space_status(dset, &status) < 0)
+        return ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": cannot read its storage", ds->path, name);
+    int written = status != H5D_SPACE_STATUS_NOT_ALLOCATED;
+    const char *how_much = "none";
+    if (written && layout == H5D_CHUNKED) {
+        hsize_t chunk = 0, chunks = 0;
+        hid_t plist = H5Dget_create_plist(dset), space = H5Dget_space(dset);
+        int ok = plist >= 0 && space >= 0 && H5Pget_chunk(plist, 1, &chunk) == 1 && chunk > 0 &&
+                 H5Dget_num_chunks(dset, space, &chunks) >= 0;
+        if (plist >= 0) H5Pclose(plist);
+        if (space >= 0) H5Sclose(space);
+        written = ok && chunks >= (n + chunk - 1) / chunk;
+        how_much = ok && chunks == 0 ? "none" : "only some";
+    }
+    if (!written)
+        return ds_error(DS_ERR_INPUT,
+                        "%s: dataset \"%s\": declares %llu elements but stores %s of them "
+                        "(unwritten elements would read as the fill value)",
+                        ds->path, name, (unsigned long long)n, how_much);
+    hsize_t stored = H5Dget_storage_size(dset), file_size = 0;
+    if (H5Fget_filesize(ds->file, &file_size) < 0) file_size = 0;
+    double declared = (double)n * (double)element_size;
+    double limit = filters > 0 ? (double)stored * DATASET_MAX_COMPRESSION : (double)stored;
+    if (stored > file_size || declared > limit)
+        return ds_error(DS_ERR_INPUT,
+                        "%s: dataset \"%s\": declares %llu elements (%.0f bytes) but stores %llu "
+                        "bytes%s in a file of %llu bytes (truncated or corrupted?)",
+                        ds->path, name, (unsigned long long)n, declared,
+                        (unsigned long long)stored, filters > 0 ? " compressed" : "",
+                        (unsigned long long)file_size);
+    return DS_OK;
+}
+
 /* Open a 1-D integer dataset; *length gets its extent. Absent and optional: *out = -1. */
 static int dataset_open_1d(TokenDataset *ds, const char *name, int required, hid_t *out,
                            int64_t *length)
@@ -174,6 +233,11 @@ static int dataset_open_1d(TokenDataset *ds, const char *name, int required, hid
     } else {
         hsize_t dim = 0;
         H5Sget_simple_extent_dims(space, &dim, NULL);
+        if (dim > (hsize_t)INT64_MAX / 16)
+            status = ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": %llu elements is too many",
+                              ds->path, name, (unsigned long long)dim);
+        else
+            status = dataset_check_stored(ds, dset, name, dim, H5Tget_size(type));
         *length = (int64_t)dim;
     }
     if (type >= 0) H5Tclose(type);
@@ -253,10 +317,12 @@ static int dataset_validate_attributes(TokenDataset *ds, int model_vocab)
                         "%s: attribute \"format\" is missing (expected \"dstrain-tokens\", see "
                         "docs/data.md)",
                         ds->path);
-    if (strcmp(format, "dstrain-tokens") != 0)
+    if (strcmp(format, "dstrain-tokens") != 0) {
+        char shown[200];
         return ds_error(DS_ERR_INPUT,
                         "%s: attribute \"format\": expected \"dstrain-tokens\", got \"%s\"",
-                        ds->path, format);
+                        ds->path, ds_printable(shown, sizeof(shown), format, 60));
+    }
     int64_t version = 0;
     DS_TRY(attr_read_int(ds, "format_version", &version, &found));
     if (!found)
@@ -293,7 +359,8 @@ static int dataset_validate_attributes(TokenDataset *ds, int model_vocab)
     return DS_OK;
 }
 
-/* Read doc_offsets whole (n_docs + 1 int64: small next to the tokens) and check it. */
+/* Read doc_offsets whole (n_docs + 1 int64: small next to the tokens) and check it, a bounded
+ * chunk at a time, so a bad offset stops the read where it is. */
 static int dataset_validate_offsets(TokenDataset *ds, hid_t offsets, int64_t n_offsets)
 {
     const char *p = ds->path;
@@ -302,19 +369,29 @@ static int dataset_validate_offsets(TokenDataset *ds, hid_t offsets, int64_t n_o
                         "%s: dataset \"doc_offsets\": the file holds no documents (%" PRId64
                         " offsets; need n_docs + 1 >= 2)",
                         p, n_offsets);
+    /* documents are non-empty: more of them than tokens is wrong before anything is read */
+    if (n_offsets - 1 > ds->info.n_tokens)
+        return ds_error(DS_ERR_INPUT,
+                        "%s: dataset \"doc_offsets\": %" PRId64 " documents in %" PRId64
+                        " tokens (documents must be non-empty)",
+                        p, n_offsets - 1, ds->info.n_tokens);
     ds->offsets = ds_malloc((size_t)n_offsets * sizeof(int64_t));
     if (!ds->offsets) return DS_ERR_INTERNAL;
-    DS_TRY(dataset_read_range(ds, offsets, "doc_offsets", H5T_NATIVE_INT64, 0, n_offsets,
-                              ds->offsets));
-    if (ds->offsets[0] != 0)
-        return ds_error(DS_ERR_INPUT, "%s: dataset \"doc_offsets\": must start at 0, got %" PRId64,
-                        p, ds->offsets[0]);
-    for (int64_t i = 1; i < n_offsets; i++) {
-        if (ds->offsets[i] <= ds->offsets[i - 1])
+    for (int64_t start = 0; start < n_offsets; start += DATASET_SCAN_CHUNK) {
+        int64_t count = n_offsets - start < DATASET_SCAN_CHUNK ? n_offsets - start : DATASET_SCAN_CHUNK;
+        DS_TRY(dataset_read_range(ds, offsets, "doc_offsets", H5T_NATIVE_INT64, start, count,
+                                  ds->offsets + start));
+        if (start == 0 && ds->offsets[0] != 0)
             return ds_error(DS_ERR_INPUT,
-                            "%s: dataset \"doc_offsets\": not increasing at index %" PRId64
-                            " (%" PRId64 " then %" PRId64 "); documents must be non-empty",
-                            p, i, ds->offsets[i - 1], ds->offsets[i]);
+                            "%s: dataset \"doc_offsets\": must start at 0, got %" PRId64, p,
+                            ds->offsets[0]);
+        for (int64_t i = start > 0 ? start : 1; i < start + count; i++) {
+            if (ds->offsets[i] <= ds->offsets[i - 1])
+                return ds_error(DS_ERR_INPUT,
+                                "%s: dataset \"doc_offsets\": not increasing at index %" PRId64
+                                " (%" PRId64 " then %" PRId64 "); documents must be non-empty",
+                                p, i, ds->offsets[i - 1], ds->offsets[i]);
+        }
     }
     int64_t last = ds->offsets[n_offsets - 1];
     if (last != ds->info.n_tokens)
@@ -395,9 +472,8 @@ int dataset_open(const char *path, int model_vocab, TokenDataset **out)
 {
     *out = NULL;
     dataset_quiet_hdf5_errors();
-    FILE *probe = fopen(path, "rb");
-    if (!probe) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
-    fclose(probe);
+    /* a FIFO would block H5Fopen's open() forever */
+    DS_TRY(ds_check_regular(path));
 
     TokenDataset *ds = ds_calloc(1, sizeof(TokenDataset));
     if (!ds) return DS_ERR_INTERNAL;

@@ -222,6 +222,42 @@ static const HostileCase HOSTILE[] = {
      0,
      {"zero_bytes.h5: not an HDF5 file", NULL}},
     {"missing.h5", NULL, 0, {"missing.h5: cannot open: No such file or directory", NULL}},
+    /* sizes declared in the header but never stored: refused before anything is allocated */
+    {"unwritten_offsets.h5",
+     "make('unwritten_offsets.h5', {'tokens': np.arange(2**20, dtype=np.int32) % 10,\n"
+     "     'doc_offsets': None})\n"
+     "with h5py.File(d + '/unwritten_offsets.h5', 'a') as f:\n"
+     "    f.create_dataset('doc_offsets', shape=(2**31,), dtype='i8')",
+     0,
+     {"dataset \"doc_offsets\": declares 2147483648 elements but stores none", NULL}},
+    {"unwritten_tokens.h5",
+     "make('unwritten_tokens.h5', {'tokens': None, 'doc_offsets': np.array([0, 2**40])})\n"
+     "with h5py.File(d + '/unwritten_tokens.h5', 'a') as f:\n"
+     "    f.create_dataset('tokens', shape=(2**40,), dtype='i4', chunks=(2**16,))",
+     0,
+     {"dataset \"tokens\": declares 1099511627776 elements but stores none", NULL}},
+    {"half_written.h5",
+     "make('half_written.h5', {'tokens': None})\n"
+     "with h5py.File(d + '/half_written.h5', 'a') as f:\n"
+     "    t = f.create_dataset('tokens', shape=(8,), dtype='i4', chunks=(4,))\n"
+     "    t[:4] = [3, 1, 4, 1]",
+     0,
+     {"dataset \"tokens\": declares 8 elements but stores only some of them", NULL}},
+    {"more_docs_than_tokens.h5",
+     "make('more_docs_than_tokens.h5', {'doc_offsets': np.arange(100)})",
+     0,
+     {"dataset \"doc_offsets\": 99 documents in 8 tokens", NULL}},
+    {"external.h5",
+     "open(d + '/outside.bin', 'wb').write(np.arange(8, dtype='<i4').tobytes())\n"
+     "make('external.h5', {'tokens': None})\n"
+     "with h5py.File(d + '/external.h5', 'a') as f:\n"
+     "    f.create_dataset('tokens', shape=(8,), dtype='<i4', external=[(d + '/outside.bin', 0, 32)])",
+     0,
+     {"dataset \"tokens\": stored in other files (external storage)", NULL}},
+    {"control_format.h5",
+     "make('control_format.h5', attrs={'format': 'x\\n\\x1b[31mred'})",
+     0,
+     {"attribute \"format\": expected \"dstrain-tokens\", got \"x\\n\\x1B[31mred\"", NULL}},
 };
 
 Test(dataset, hostile_files_are_refused_with_file_and_dataset_named)
@@ -270,7 +306,8 @@ Test(dataset, bad_token_id_in_a_small_file_fails_at_open)
 }
 
 /* A file of 2^26 tokens is past the up-front scan; a bad id is then caught by the read that
- * meets it. Unwritten chunks read as the fill value 0, so the file is a few KB on disk. */
+ * meets it. Every chunk is written (a chunk never written is refused at open), with zeros that
+ * gzip makes a few KB each. */
 Test(dataset, bad_token_id_in_a_large_file_fails_at_read)
 {
     char dir[1024], path[1100];
@@ -280,6 +317,8 @@ Test(dataset, bad_token_id_in_a_large_file_fails_at_read)
                "with h5py.File(d + '/large.h5', 'w') as f:\n"
                "    t = f.create_dataset('tokens', shape=(n,), dtype=np.int32, chunks=(1 << 20,),\n"
                "                         compression='gzip')\n"
+               "    z = np.zeros(1 << 20, dtype=np.int32)\n"
+               "    for i in range(0, n, 1 << 20): t[i:i + (1 << 20)] = z\n"
                "    t[n - 5] = 700\n"
                "    f.create_dataset('doc_offsets', data=np.array([0, n - 10, n]))\n"
                "    f.attrs.update({'format': 'dstrain-tokens', 'format_version': 1,\n"
@@ -358,4 +397,17 @@ Test(dataset, bundled_kjv_files_are_valid)
     for (int k = 0; k < 4 * 256; k++)
         cr_assert(in[k] >= 0 && in[k] < 258 && wt[k] == 1.0f);
     lm_reader_close(r);
+}
+
+/* a FIFO would block H5Fopen's open() until a writer comes */
+Test(dataset, a_fifo_is_refused_without_blocking, .timeout = 20)
+{
+    char dir[1024], path[1100];
+    test_dir("fifo", dir, sizeof(dir));
+    test_path(path, sizeof(path), dir, "data.h5");
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    TokenDataset *ds = NULL;
+    cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT);
+    cr_assert_null(ds);
+    assert_error_contains("data.h5: not a regular file (a FIFO)");
 }

@@ -384,6 +384,8 @@ Test(reader, corrupted_chunk_mid_run_is_an_error_not_a_crash)
         "with h5py.File(p, 'w') as f:\n"
         "    t = f.create_dataset('tokens', shape=(n,), dtype=np.int32, chunks=(1 << 20,),\n"
         "                         compression='gzip')\n"
+        "    z = np.zeros(1 << 20, dtype=np.int32)\n"
+        "    for i in range(0, n, 1 << 20): t[i:i + (1 << 20)] = z\n"
         "    t[40 << 20:41 << 20] = np.arange(1 << 20, dtype=np.int32) % 500\n"
         "    f.create_dataset('doc_offsets', data=np.array([0, n]))\n"
         "    f.attrs.update({'format': 'dstrain-tokens', 'format_version': 1, 'vocab_size': 512})\n"
