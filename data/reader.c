@@ -121,6 +121,12 @@ static int reader_pick_source(const DataReader *r, int64_t g)
     return r->n_src - 1;
 }
 
+/* Positions past this are refused: 2^61 samples is beyond any run, and the step arithmetic
+ * (position + a step's samples) stays far from overflow. */
+#define DATA_READER_MAX_POSITION (INT64_MAX / 4)
+/* Samples data_reader_seek_global walks through for a mixture (a hash each, 10^8 a second). */
+#define DATA_READER_MAX_WALK (1LL << 32)
+
 /* Count global samples [mix_position, g) into cursor.consumed. */
 static void reader_mix_advance(DataReader *r, int64_t g)
 {
@@ -590,6 +596,22 @@ int data_reader_set_state(DataReader *r, const DataReaderState *st)
     }
     if (st->global_sample < 0)
         return ds_error(DS_ERR_INPUT, "data position: negative global sample index");
+    /* Every global sample before the position was drawn from exactly one file, so the counts
+     * add up to it; a position that does not is damaged or edited, and one past
+     * DATA_READER_MAX_POSITION would overflow the step arithmetic. */
+    int64_t total = 0;
+    for (int s = 0; s < r->n_src; s++) {
+        if (st->consumed[s] > DATA_READER_MAX_POSITION - total)
+            return ds_error(DS_ERR_INPUT,
+                            "data position: file %d count %" PRId64 " is beyond any run", s,
+                            st->consumed[s]);
+        total += st->consumed[s];
+    }
+    if (total != st->global_sample)
+        return ds_error(DS_ERR_INPUT,
+                        "data position: global sample %" PRId64 " is not the sum of the per-file "
+                        "counts (%" PRId64 "): a damaged or edited position",
+                        st->global_sample, total);
     reader_stop(r);
     r->cursor = *st;
     r->state = *st;
@@ -618,10 +640,23 @@ int data_reader_seek_global(DataReader *r, int64_t global_sample)
     if (global_sample < 0)
         return ds_error(DS_ERR_INPUT, "data position: negative global sample index %" PRId64,
                         global_sample);
+    if (global_sample > DATA_READER_MAX_POSITION)
+        return ds_error(DS_ERR_INPUT, "data position: global sample %" PRId64 " is beyond any run",
+                        global_sample);
+    /* a mixture's counts come from a hash per sample: the walk is bounded (a minute at most) */
+    if (r->n_src > 1 && global_sample > DATA_READER_MAX_WALK)
+        return ds_error(DS_ERR_INPUT,
+                        "data position: global sample %" PRId64 " of a mixture of %d files is "
+                        "more than %lld samples to walk; resume from a checkpoint's whole state",
+                        global_sample, r->n_src, (long long)DATA_READER_MAX_WALK);
     DataReaderState st = reader_initial_state(r, r->state.seed);
     reader_stop(r);
     r->cursor = st;
     r->mix_position = 0;
+    if (r->n_src == 1) { /* one file: every sample is its own, no walk */
+        r->cursor.consumed[0] = global_sample;
+        r->mix_position = global_sample;
+    }
     reader_mix_advance(r, global_sample);
     st = r->cursor;
     st.global_sample = global_sample;

@@ -447,3 +447,39 @@ Test(reader, block_cache_serves_exact_windows_once_per_epoch)
     free(seen);
     data_reader_close(r);
 }
+
+/* A position is bounded by the data: counts that do not add up to it (a position edited with
+ * its checksum recomputed) are refused, and a far seek costs no walk on one file. */
+Test(reader, edited_or_far_positions_are_refused_or_reached_in_bounded_time, .timeout = 60)
+{
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/data/bundled/kjv-train.h5", DSTRAIN_SOURCE_DIR);
+    const int T = 16, B = 2;
+    DataReader *a = open_reader(path, DATA_MODE_LM, T, B, 1, 0, 1, 42, 2);
+    static Rows rows[3];
+    read_steps(a, 3, rows);
+    DataReaderState st;
+    cr_assert_eq(data_reader_get_state(a, &st), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(st.global_sample, 6);
+    DataReaderState edited = st;
+    edited.global_sample = (int64_t)1 << 62;
+    cr_assert_eq(data_reader_set_state(a, &edited), DS_ERR_INPUT);
+    assert_error_contains("global sample 4611686018427387904 is not the sum of the per-file "
+                          "counts (6)");
+    edited.consumed[0] = (int64_t)1 << 62;
+    cr_assert_eq(data_reader_set_state(a, &edited), DS_ERR_INPUT);
+    assert_error_contains("is beyond any run");
+    /* one file: the seek sets the count, whatever the distance */
+    double t0 = ds_now();
+    cr_assert_eq(data_reader_seek_global(a, (int64_t)1 << 40), DS_OK, "%s", ds_last_error());
+    cr_assert_lt(ds_now() - t0, 5.0);
+    cr_assert_eq(data_reader_global_sample(a, &edited.global_sample), DS_OK);
+    cr_assert_eq(edited.global_sample, (int64_t)1 << 40);
+    cr_assert_eq(data_reader_seek_global(a, (int64_t)1 << 62), DS_ERR_INPUT);
+    /* and a near seek lands where reading would */
+    cr_assert_eq(data_reader_seek_global(a, 4), DS_OK, "%s", ds_last_error());
+    Rows again;
+    read_steps(a, 1, &again);
+    cr_assert(rows_equal(&rows[2], &again, B * T), "seek to sample 4 reads step 2's rows");
+    data_reader_close(a);
+}
