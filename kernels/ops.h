@@ -162,11 +162,15 @@ typedef struct Backend {
      * clipped), in the same pass. fisher[k] and anchor[k] (n_sets of each, pointer arrays in host
      * memory) are backend memory aligned with param. When penalty is not NULL, (lambda / 2) *
      * sum_k fisher[k] (param - anchor[k])^2 of the parameters before the update is added to it,
-     * summed in double. n_sets 0 is adamw_update, bit for bit. */
+     * summed in double. decay_to_anchor 1: the decoupled decay pulls toward the latest anchor,
+     * param -= lr * weight_decay * (param - anchor[n_sets - 1]) (param stays put where it equals
+     * the anchor), instead of param *= 1 - lr * weight_decay; 0: toward 0, as adamw_update. n_sets
+     * 0 is adamw_update, bit for bit, whatever decay_to_anchor. */
     void (*adamw_ewc_update)(float *param, const float *grad, float *m, float *v, size_t n,
                              float lr, float beta1, float beta2, float eps, float weight_decay,
                              float grad_scale, int t, const float *const *fisher,
-                             const float *const *anchor, int n_sets, float lambda, double *penalty);
+                             const float *const *anchor, int n_sets, float lambda,
+                             int decay_to_anchor, double *penalty);
 } Backend;
 
 const Backend *backend_cpu(void);

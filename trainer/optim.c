@@ -185,7 +185,7 @@ void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float gra
             m->be->adamw_ewc_update(m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,
                                     cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd,
                                     grad_scale, opt->t, fisher, anchor, sets, opt->ewc->lambda,
-                                    &opt->ewc_penalty);
+                                    opt->ewc->decay == EWC_DECAY_ANCHOR, &opt->ewc_penalty);
             continue;
         }
         m->be->adamw_update(m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,

@@ -18,9 +18,10 @@ typedef struct Optimizer {
     int zero;          /* 1: gradients reduce-scattered and parameters all-gathered over dp */
     const Backend *be; /* whose memory m and v live in */
     /* EWC (trainer/ewc.h): when set and holding a Fisher, optim_step adds lambda F (theta -
-     * theta*) to the gradient inside the AdamW pass (the backend's adamw_ewc_update) and leaves
-     * the penalty of the parameters it started from in ewc_penalty (this rank's shard). Its
-     * pairs live in the memory of the backend be (ewc_init_on). */
+     * theta*) to the gradient inside the AdamW pass (the backend's adamw_ewc_update), decays
+     * toward the latest anchor or toward 0 as ewc->decay says, and leaves the penalty of the
+     * parameters it started from in ewc_penalty (this rank's shard). Its pairs live in the
+     * memory of the backend be (ewc_init_on). */
     const struct EwcState *ewc;
     double ewc_penalty;
 } Optimizer;

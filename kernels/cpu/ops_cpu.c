@@ -577,6 +577,7 @@ static void sum_squares_batch(double *sums, const float *const *xs, const size_t
 typedef struct AdamwScalars {
     float decay, lerp_weight, one_minus_beta2, neg_step_size, bias_correction2_sqrt;
     float beta2, eps;
+    float lr_decay; /* lr * weight_decay: the pull toward an anchor (adamw_ewc_update) */
 } AdamwScalars;
 
 static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -591,13 +592,15 @@ static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps,
                           .neg_step_size = (float)(-((double)lr / bias_correction1)),
                           .bias_correction2_sqrt = (float)sqrt(bias_correction2),
                           .beta2 = beta2,
-                          .eps = eps};
+                          .eps = eps,
+                          .lr_decay = (float)((double)lr * weight_decay)};
 }
 
-/* One element: g is the gradient as the update sees it (scaled, EWC term added). */
-static inline void adamw_element(const AdamwScalars *s, float *param, float *m, float *v, float g)
+/* One element from its decayed value p: g is the gradient as the update sees it (scaled, EWC
+ * term added). */
+static inline void adamw_element_decayed(const AdamwScalars *s, float p, float *param, float *m,
+                                         float *v, float g)
 {
-    float p = *param * s->decay;
     float mi = *m;
     /* torch lerp: picks the form that is exact at the nearer end point */
     mi = s->lerp_weight < 0.5f ? mi + s->lerp_weight * (g - mi)
@@ -607,6 +610,12 @@ static inline void adamw_element(const AdamwScalars *s, float *param, float *m, 
     *param = p + (s->neg_step_size * mi) / denom;
     *m = mi;
     *v = vi;
+}
+
+/* One element, decayed toward 0 as torch does. */
+static inline void adamw_element(const AdamwScalars *s, float *param, float *m, float *v, float g)
+{
+    adamw_element_decayed(s, *param * s->decay, param, m, v, g);
 }
 
 static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
@@ -620,19 +629,22 @@ static void adamw_update(float *param, const float *grad, float *m, float *v, si
 }
 
 /* adamw_update with the EWC gradient added to the scaled gradient in the same pass (one read of
- * each buffer), then the arithmetic of adamw_update in the same order. The penalty of the
- * parameters the step starts from is summed on the way, over REDUCE_PARTS fixed parts as
- * sum_squares does, so that it too does not depend on the thread count. */
+ * each buffer), then the arithmetic of adamw_update in the same order (the decay toward the
+ * latest anchor instead of 0 when decay_to_anchor). The penalty of the parameters the step
+ * starts from is summed on the way, over REDUCE_PARTS fixed parts as sum_squares does, so that
+ * it too does not depend on the thread count. */
 static void adamw_ewc_update(float *param, const float *grad, float *m, float *v, size_t n,
                              float lr, float beta1, float beta2, float eps, float weight_decay,
                              float grad_scale, int t, const float *const *fisher,
-                             const float *const *anchor, int n_sets, float lambda, double *penalty)
+                             const float *const *anchor, int n_sets, float lambda,
+                             int decay_to_anchor, double *penalty)
 {
     if (n_sets <= 0) {
         adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t);
         return;
     }
     const AdamwScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, t);
+    const float *toward = decay_to_anchor ? anchor[n_sets - 1] : NULL;
     double partial[REDUCE_PARTS];
     const size_t part_len = (n + REDUCE_PARTS - 1) / REDUCE_PARTS;
 #pragma omp parallel for schedule(static)
@@ -649,7 +661,10 @@ static void adamw_ewc_update(float *param, const float *grad, float *m, float *v
                 g += lambda * fd;
                 pen += (double)fd * d;
             }
-            adamw_element(&sc, &param[i], &m[i], &v[i], g);
+            /* p - k (p - a): exactly p at the anchor, and when k = lr * weight_decay is 0 */
+            const float p =
+                toward ? param[i] - sc.lr_decay * (param[i] - toward[i]) : param[i] * sc.decay;
+            adamw_element_decayed(&sc, p, &param[i], &m[i], &v[i], g);
         }
         partial[part] = pen;
     }

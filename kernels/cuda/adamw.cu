@@ -1,15 +1,17 @@
 /* adamw.cu: AdamW over flat fp32 weights and moments, operation for operation as the CPU
  * backend's adamw_update (torch.optim.AdamW's single-tensor path: scalars formed in double and
  * rounded once, torch's lerp for the first moment); and the same update with the EWC gradient
- * fused in (adamw_ewc_update), whose penalty is reduced without atomics: per-block partial sums
- * in double, added on the host in block order, so a run repeats bit for bit. Both kernels share
- * the step's scalars (adamw_scalars) and the element update (adamw_element): the same bits. */
+ * fused in (adamw_ewc_update, optionally decaying toward the latest anchor instead of 0), whose
+ * penalty is reduced without atomics: per-block partial sums in double, added on the host in
+ * block order, so a run repeats bit for bit. Both kernels share the step's scalars
+ * (adamw_scalars) and the element update (adamw_element_decayed): the same bits. */
 #include "cuda_common.cuh"
 
 /* The step's scalars, formed on the host in double and rounded once. */
 typedef struct AdamwScalars {
     float decay, lerp_weight, beta2, one_minus_beta2, eps, grad_scale, neg_step_size,
         bias_correction2_sqrt;
+    float lr_decay; /* lr * weight_decay: the pull toward an anchor */
 } AdamwScalars;
 
 static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -27,15 +29,15 @@ static AdamwScalars adamw_scalars(float lr, float beta1, float beta2, float eps,
     s.grad_scale = grad_scale;
     s.neg_step_size = (float)(-((double)lr / bias_correction1));
     s.bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    s.lr_decay = (float)((double)lr * weight_decay);
     return s;
 }
 
-/* One element: theta the parameter, g its (scaled, penalised) gradient; m, v updated in place;
- * returns the new parameter. */
-__device__ static inline float adamw_element(float theta, float g, float &m, float &v,
-                                             const AdamwScalars &s)
+/* One element: p the parameter after the decay, g its (scaled, penalised) gradient; m, v updated
+ * in place; returns the new parameter. */
+__device__ static inline float adamw_element_decayed(float p, float g, float &m, float &v,
+                                                     const AdamwScalars &s)
 {
-    float p = theta * s.decay;
     float mi = m;
     mi = s.lerp_weight < 0.5f ? mi + s.lerp_weight * (g - mi)
                               : g - (g - mi) * (1.0f - s.lerp_weight);
@@ -52,7 +54,7 @@ __global__ static void adamw_kernel(float *param, const float *grad, float *m, f
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float mi = m[i], vi = v[i];
-    param[i] = adamw_element(param[i], grad[i] * s.grad_scale, mi, vi, s);
+    param[i] = adamw_element_decayed(param[i] * s.decay, grad[i] * s.grad_scale, mi, vi, s);
     m[i] = mi;
     v[i] = vi;
 }
@@ -84,7 +86,7 @@ static double *ewc_partial;
 __global__ static void adamw_ewc_kernel(float *param, const float *grad, float *m, float *v,
                                         size_t n, AdamwScalars s, const float *const *fisher,
                                         const float *const *anchor, int n_sets, float lambda,
-                                        double *partial)
+                                        int decay_to_anchor, double *partial)
 {
     __shared__ double warp_sums[EWC_THREADS / 32];
     double pen = 0.0;
@@ -98,8 +100,11 @@ __global__ static void adamw_ewc_kernel(float *param, const float *grad, float *
             g += lambda * fd;
             pen += (double)fd * d;
         }
+        /* theta - k (theta - a): exactly theta at the anchor, and when k = lr * wd is 0 */
+        const float p = decay_to_anchor ? theta - s.lr_decay * (theta - anchor[n_sets - 1][i])
+                                        : theta * s.decay;
         float mi = m[i], vi = v[i];
-        param[i] = adamw_element(theta, g, mi, vi, s);
+        param[i] = adamw_element_decayed(p, g, mi, vi, s);
         m[i] = mi;
         v[i] = vi;
     }
@@ -121,7 +126,7 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
                                float lr, float beta1, float beta2, float eps, float weight_decay,
                                float grad_scale, int t, const float *const *fisher,
                                const float *const *anchor, int n_sets, float lambda,
-                               double *penalty, cudaStream_t stream)
+                               int decay_to_anchor, double *penalty, cudaStream_t stream)
 {
     if (n_sets <= 0) { /* plain AdamW, the same kernel as adamw_update: the same bits */
         cuda_adamw_fp32(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
@@ -145,7 +150,8 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
     const size_t wanted = (n + EWC_THREADS - 1) / EWC_THREADS;
     const int blocks = wanted < EWC_BLOCKS ? (int)wanted : EWC_BLOCKS;
     adamw_ewc_kernel<<<blocks, EWC_THREADS, 0, stream>>>(
-        param, grad, m, v, n, s, ewc_tables, ewc_tables + n_sets, n_sets, lambda, ewc_partial);
+        param, grad, m, v, n, s, ewc_tables, ewc_tables + n_sets, n_sets, lambda,
+        decay_to_anchor, ewc_partial);
     cudaCheck(cudaGetLastError());
     if (!penalty) return;
     double host[EWC_BLOCKS];

@@ -1597,16 +1597,16 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
                                float lr, float beta1, float beta2, float eps, float weight_decay,
                                float grad_scale, int t, const float *const *fisher,
                                const float *const *anchor, int n_sets, float lambda,
-                               double *penalty, cudaStream_t stream);
+                               int decay_to_anchor, double *penalty, cudaStream_t stream);
 
 static void adamw_ewc_update(float *param, const float *grad, float *m, float *v, size_t n,
                              float lr, float beta1, float beta2, float eps, float weight_decay,
                              float grad_scale, int t, const float *const *fisher,
                              const float *const *anchor, int n_sets, float lambda,
-                             double *penalty)
+                             int decay_to_anchor, double *penalty)
 {
     cuda_adamw_ewc(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t, fisher,
-                   anchor, n_sets, lambda, penalty, stream);
+                   anchor, n_sets, lambda, decay_to_anchor, penalty, stream);
 }
 
 /* ---------------------------------------------------------------------------------------------

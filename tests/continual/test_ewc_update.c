@@ -4,7 +4,8 @@
  * kept in a backend's own memory: a copy of the CPU table that says its memory is not the host's
  * (host_memory 0) takes every staged path of ewc.c (chunks of EWC_STAGE_FLOATS, crossed here) and
  * must give the bits of the host path, for consolidation, penalty, both state files and the
- * Fisher pass. The CUDA op is checked against this one in tests/gpu/test_gpu_ops.c. */
+ * Fisher pass. The weight decay toward the anchor, through optim_step, over nights of online
+ * EWC. The CUDA op is checked against this one in tests/gpu/test_gpu_ops.c. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <omp.h>
@@ -15,8 +16,10 @@
 #include <unistd.h>
 
 #include "trainer/common.h"
+#include "trainer/config.h"
 #include "trainer/ewc.h"
 #include "trainer/model.h"
+#include "trainer/optim.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
@@ -46,12 +49,14 @@ static float *copy_of(const float *x, size_t n)
 /* ---- the op against double precision ----------------------------------------------------------
  */
 
-/* One step of AdamW (torch semantics) + EWC in double from the float state the op started from;
- * returns the penalty (lambda / 2) sum_k F_k (theta - theta*_k)^2 of those parameters. */
+/* One step of AdamW (torch semantics) + EWC in double from the float state the op started from,
+ * the decay toward 0 or toward the last anchor; returns the penalty (lambda / 2) sum_k F_k
+ * (theta - theta*_k)^2 of those parameters. */
 static double reference_step(const float *p0, const float *g, const float *m0, const float *v0,
                              size_t n, double lr, double b1, double b2, double eps, double wd,
                              double scale, int t, float *const *fisher, float *const *anchor,
-                             int sets, double lambda, double *p, double *m, double *v)
+                             int sets, double lambda, int decay_to_anchor, double *p, double *m,
+                             double *v)
 {
     const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
     double penalty = 0.0;
@@ -64,7 +69,9 @@ static double reference_step(const float *p0, const float *g, const float *m0, c
         }
         m[i] = b1 * m0[i] + (1.0 - b1) * grad;
         v[i] = b2 * v0[i] + (1.0 - b2) * grad * grad;
-        p[i] = p0[i] * (1.0 - lr * wd) - lr / bc1 * m[i] / (sqrt(v[i]) / sqrt(bc2) + eps);
+        const double toward = decay_to_anchor ? anchor[sets - 1][i] : 0.0;
+        p[i] =
+            p0[i] - lr * wd * (p0[i] - toward) - lr / bc1 * m[i] / (sqrt(v[i]) / sqrt(bc2) + eps);
     }
     return penalty;
 }
@@ -78,13 +85,16 @@ static void check_close(const char *what, int sets, int t, const float *got, con
                   (double)got[i], want[i]);
 }
 
-Test(ewc_update, cpu_op_matches_double_precision_for_one_and_two_sets)
+Test(ewc_update, cpu_op_matches_double_precision_for_one_and_two_sets_and_both_decays)
 {
     const Backend *be = backend_cpu();
     const size_t n = 1001; /* not a multiple of the op's 64 parts */
-    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, scale = 0.7f;
+    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, scale = 0.7f;
     const float lambda = 2.5f;
-    for (int sets = 1; sets <= 2; sets++) {
+    /* a large decay (lr * wd = 0.02) so that where it pulls shows beyond the tolerance */
+    const float wd = 2.0f;
+    for (int run = 0; run < 4; run++) {
+        const int sets = 1 + run % 2, decay_to_anchor = run / 2;
         float *p = random_floats(n, -1.0f, 1.0f), *m = calloc(n, sizeof(float));
         float *v = calloc(n, sizeof(float));
         float *fisher[2], *anchor[2];
@@ -97,18 +107,20 @@ Test(ewc_update, cpu_op_matches_double_precision_for_one_and_two_sets)
         for (int t = 1; t <= 3; t++) {
             float *g = random_floats(n, -0.1f, 0.1f);
             float *p0 = copy_of(p, n), *m0 = copy_of(m, n), *v0 = copy_of(v, n);
-            const double want = reference_step(p0, g, m0, v0, n, lr, b1, b2, eps, wd, scale, t,
-                                               fisher, anchor, sets, lambda, rp, rm, rv);
+            const double want =
+                reference_step(p0, g, m0, v0, n, lr, b1, b2, eps, wd, scale, t, fisher, anchor,
+                               sets, lambda, decay_to_anchor, rp, rm, rv);
             double penalty = 1.0; /* the op adds to it */
             be->adamw_ewc_update(p, g, m, v, n, lr, b1, b2, eps, wd, scale, t,
                                  (const float *const *)fisher, (const float *const *)anchor, sets,
-                                 lambda, &penalty);
+                                 lambda, decay_to_anchor, &penalty);
             cr_assert(want > 0);
             cr_assert(fabs((penalty - 1.0) - want) <= 1e-6 * want,
                       "%d set(s), step %d: %.12g vs %.12g", sets, t, penalty - 1.0, want);
             /* the gradient sums terms up to lambda F d ~ 10 in fp32: where they cancel, its
              * error is absolute (~1e-6 of them), so the moments get an absolute allowance too */
-            check_close("param", sets, t, p, rp, n, 2e-6, 1e-7);
+            check_close(decay_to_anchor ? "param (decay toward the anchor)" : "param", sets, t, p,
+                        rp, n, 2e-6, 1e-7);
             check_close("m", sets, t, m, rm, n, 1e-5, 1e-6);
             check_close("v", sets, t, v, rv, n, 1e-5, 1e-6);
             free(g), free(p0), free(m0), free(v0);
@@ -130,7 +142,7 @@ Test(ewc_update, penalty_gradient_pulls_toward_the_anchor)
     const float *fs[1] = {f}, *as[1] = {a};
     double penalty = 0.0;
     backend_cpu()->adamw_ewc_update(p, g, m, v, n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 1, fs,
-                                    as, 1, 4.0f, &penalty);
+                                    as, 1, 4.0f, 0, &penalty);
     cr_assert(fabs(penalty - 0.5 * 4.0 * 32) < 1e-12, "%g", penalty);
     for (size_t i = 0; i < n; i++) {
         if (i % 2)
@@ -151,7 +163,7 @@ Test(ewc_update, no_sets_is_adamw_update_bit_for_bit)
         float *g = random_floats(n, -0.1f, 0.1f);
         double penalty = 0.25;
         be->adamw_ewc_update(p1, g, m1, v1, n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t, NULL, NULL,
-                             0, 7.0f, t == 2 ? NULL : &penalty);
+                             0, 7.0f, t == 3, t == 2 ? NULL : &penalty);
         be->adamw_update(p2, g, m2, v2, n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t);
         cr_assert_eq(penalty, 0.25, "no sets: no penalty added");
         free(g);
@@ -177,7 +189,7 @@ Test(ewc_update, results_do_not_depend_on_the_thread_count)
         out[r] = copy_of(p, n), mo[r] = calloc(n, sizeof(float)), vo[r] = calloc(n, sizeof(float));
         backend_cpu()->adamw_ewc_update(out[r], g, mo[r], vo[r], n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
                                         1.0f, 1, (const float *const *)f, (const float *const *)a,
-                                        2, 3.0f, &pen[r]);
+                                        2, 3.0f, 0, &pen[r]);
     }
     omp_set_num_threads(keep);
     cr_assert_eq(memcmp(&pen[0], &pen[1], sizeof(double)), 0, "%.17g vs %.17g", pen[0], pen[1]);
@@ -375,4 +387,79 @@ Test(ewc_update, staged_fisher_pass_gives_the_bits_of_the_host_path)
     free(fh), free(fd);
     model_free(&host);
     model_free(&dev);
+}
+
+/* Nightly online EWC, re-anchored after every night, with weight decay on and no data gradient:
+ * weights the Fisher does not protect (F = 0) keep only the decay. Toward 0 they lose lr * wd of
+ * themselves a step, night after night (each re-anchoring forgives the night's shrinkage): after
+ * 10 nights of 100 steps (1 - 1e-3)^1000 = 0.368 of themselves. Toward the anchor, the default,
+ * they stay where the last night left them, bit for bit; and a weight moved off the anchor
+ * goes back toward it, not toward 0. Tensors without decay (norms) stay put either way. */
+Test(ewc_update, decay_toward_the_anchor_keeps_unprotected_weights_across_nights)
+{
+    ModelConfig mc;
+    tiny_config(&mc);
+    Config cfg;
+    config_set_defaults(&cfg);
+    cfg.optim_weight_decay = 0.1f;
+    const float lr = 1e-2f;
+    for (int decay = EWC_DECAY_ANCHOR; decay <= EWC_DECAY_ZERO; decay++) {
+        Model m;
+        cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, T_TINY), DS_OK);
+        model_init_weights(&m, 8, 0.5f);
+        const size_t n = m.table.total;
+        float *start = copy_of(m.params, n), *zero = calloc(n, sizeof(float));
+        Optimizer opt;
+        cr_assert_eq(optim_init(&opt, &m.table), DS_OK);
+        EwcState e;
+        cr_assert_eq(ewc_init(&e, EWC_ONLINE, 5.0f, 1.0f, 0, n), DS_OK);
+        cr_assert_eq(e.decay, EWC_DECAY_ANCHOR, "the default");
+        e.decay = decay;
+        opt.ewc = &e;
+        for (int night = 0; night < 10; night++) {
+            cr_assert_eq(ewc_consolidate(&e, zero, m.params, night), DS_OK);
+            memset(opt.m, 0, n * sizeof(float)), memset(opt.v, 0, n * sizeof(float));
+            opt.t = 0;
+            for (int step = 0; step < 100; step++) {
+                model_zero_grad(&m);
+                optim_step(&opt, &m, &cfg, lr, 1.0f);
+            }
+        }
+        const ParamInfo *w = param_table_find(&m.table, "model.layers.0.mlp.up_proj.weight");
+        const ParamInfo *norm = param_table_find(&m.table, "model.norm.weight");
+        cr_assert(w && w->weight_decay && norm && !norm->weight_decay);
+        cr_assert_eq(
+            memcmp(m.params + norm->offset, start + norm->offset, norm->numel * sizeof(float)), 0);
+        if (decay == EWC_DECAY_ANCHOR) {
+            cr_assert_eq(memcmp(m.params, start, n * sizeof(float)), 0, "nothing moved");
+            /* 1 off the anchor: 100 steps of decay leave (1 - lr wd)^100 = 0.905 of that */
+            m.params[w->offset] += 1.0f;
+            opt.t = 0;
+            for (int step = 0; step < 100; step++) {
+                model_zero_grad(&m);
+                optim_step(&opt, &m, &cfg, lr, 1.0f);
+            }
+            const double off = (double)m.params[w->offset] - start[w->offset];
+            cr_assert(fabs(off - pow(1.0 - 1e-3, 100)) < 1e-4, "%.6g from the anchor", off);
+        } else {
+            const double want = pow(1.0 - (double)lr * cfg.optim_weight_decay, 1000);
+            for (size_t i = 0; i < w->numel; i++) {
+                const double got = m.params[w->offset + i], was = start[w->offset + i];
+                /* 1000 roundings of a multiplication: a few 1e-5 relative at most */
+                cr_assert(fabs(got - want * was) <= 1e-4 * fabs(was), "[%zu] %.7g, %.7g of %.7g", i,
+                          got, want, was);
+            }
+        }
+        ewc_free(&e);
+        optim_free(&opt);
+        free(start), free(zero);
+        model_free(&m);
+    }
+    EwcDecay d;
+    cr_assert_eq(ewc_decay_parse("zero", &d), DS_OK);
+    cr_assert_eq(d, EWC_DECAY_ZERO);
+    cr_assert_eq(ewc_decay_parse("anchor", &d), DS_OK);
+    cr_assert_eq(d, EWC_DECAY_ANCHOR);
+    cr_assert_eq(ewc_decay_parse("none", &d), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "continual.ewc.decay") != NULL);
 }

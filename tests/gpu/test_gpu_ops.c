@@ -694,11 +694,11 @@ static void test_adamw_ewc(size_t n)
         gpu->mem_to_host(before, d_v, bytes);
         double pen_cpu = 0.0, pen_gpu = 0.0, pen_again = 0.0;
         cpu->adamw_ewc_update(p, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t, cf, ca, SETS,
-                              lambda, &pen_cpu);
+                              lambda, t != 2, &pen_cpu);
         gpu->adamw_ewc_update(d_p, d_g, d_m, d_v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t, df,
-                              da, SETS, lambda, &pen_gpu);
+                              da, SETS, lambda, t != 2, &pen_gpu);
         gpu->adamw_ewc_update(d_q, d_g, d_mq, d_vq, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t, df,
-                              da, SETS, lambda, &pen_again);
+                              da, SETS, lambda, t != 2, &pen_again);
         gpu->mem_to_host(after, d_v, bytes);
         for (size_t i = 0; i < n; i++)
             unwritten += memcmp(&before[i], &after[i], sizeof(float)) == 0;
@@ -711,7 +711,8 @@ static void test_adamw_ewc(size_t n)
     }
     const double keep_tol = tol;
     tol = 1e-5; /* elementwise fp32 on both sides: tighter than the other ops' bar */
-    snprintf(name, sizeof(name), "adamw_ewc_update param (2 sets, 3 steps) n=%zu", n);
+    /* steps 1 and 3 decay toward the latest anchor, step 2 toward 0 */
+    snprintf(name, sizeof(name), "adamw_ewc_update param (2 sets, 3 steps, both decays) n=%zu", n);
     compare(name, d_p, p, n);
     snprintf(name, sizeof(name), "adamw_ewc_update m n=%zu", n);
     compare(name, d_m, m, n);
@@ -742,7 +743,7 @@ static void test_adamw_ewc(size_t n)
     gpu->mem_to_device(d_v, v, bytes);
     double untouched = 0.5;
     gpu->adamw_ewc_update(d_p, d_g, d_m, d_v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, 4, NULL,
-                          NULL, 0, lambda, &untouched);
+                          NULL, 0, lambda, 0, &untouched);
     gpu->adamw_update(d_q, d_g, d_mq, d_vq, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, 4);
     snprintf(name, sizeof(name), "adamw_ewc_update no sets = adamw_update n=%zu", n);
     report(name, "same bits",
