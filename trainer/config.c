@@ -189,10 +189,14 @@ static const ConfigKey config_schema[] = {
          "separate"),
     FLT("continual.ewc.gamma", continual_ewc_gamma, "1.0", 0, 1, 0,
         "online EWC: F <- gamma F + F_new after each task"),
+    ENUM("continual.ewc.decay", continual_ewc_decay, "anchor",
+         "where weight decay pulls a decayed tensor once EWC holds an anchor: anchor = toward the "
+         "latest anchor; zero = toward 0 (plain AdamW)",
+         "anchor", "zero"),
     ENUM("continual.ewc.fisher.type", continual_ewc_fisher_type, "empirical",
          "empirical = true labels; sampled = labels drawn from the model; exact = expectation "
-         "over classes (classification)",
-         "empirical", "sampled", "exact"),
+         "over classes (classification); identity = F = 1 (L2 to the anchor, no Fisher pass)",
+         "empirical", "sampled", "exact", "identity"),
     INT("continual.ewc.fisher.samples", continual_ewc_fisher_samples, "200", 1, 100000000,
         "examples of the finished task the Fisher is estimated on"),
     BOOL("continual.ewc.fisher.batched", continual_ewc_fisher_batched, "false",

@@ -79,7 +79,8 @@ typedef struct Config {
     float continual_ewc_lambda;
     char continual_ewc_mode[16];          /* online | separate */
     float continual_ewc_gamma;
-    char continual_ewc_fisher_type[16];   /* empirical | sampled | exact */
+    char continual_ewc_decay[16];         /* anchor | zero: where weight decay pulls */
+    char continual_ewc_fisher_type[16];   /* empirical | sampled | exact | identity */
     int continual_ewc_fisher_samples;
     int continual_ewc_fisher_batched;
     int continual_replay_capacity;        /* examples over all data-parallel ranks; 0 = off */
