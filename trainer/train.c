@@ -1278,6 +1278,7 @@ int train_run(const Config *cfg)
         progress_set_gpu_memory(4.0 * (2.0 * r->model.table.total + 2.0 * r->opt.n) +
                                 (double)r->model.arena_bytes);
     double first_loss = NAN, last_loss = NAN;
+    signals_enter_loop(); /* from here a signal is answered with a checkpoint */
     for (int k = k0; k < K; k++) {
         const Phase *ph = &r->phases[k];
         const int end = ph->first_step + ph->steps;
