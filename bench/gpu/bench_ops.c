@@ -4,8 +4,9 @@
  * Usage: gpu_bench_ops [B T]. Inputs are random (never zeros); times are CUDA-event medians of
  * 5 runs after a warm-up. Matmuls are timed in both modes (fp32, bf16); the other ops in bf16
  * mode (bf16 activations, what device=cuda trains with), attention in both tensor-core
- * implementations (flash: the mma.sync kernels, the default, reading bf16 as it lies; wmma:
- * attention.cu's, on widened fp32 copies), with its TFLOP/s counted as causal: forward
+ * implementations (flash: the default, on Hopper the wgmma kernels; mma: the mma.sync kernels,
+ * the fallback and the previous default), at this shape, deepseek-llm-7b's (1 x 4096, 32 heads)
+ * and a long sequence (1 x 16384, 16 heads), with its TFLOP/s counted as causal: forward
  * 2 * 2 * B*H*T*T*D / 2, backward 2.5 times that. */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -168,34 +169,41 @@ int main(int argc, char **argv)
     /* the other ops in bf16 mode, as device=cuda trains: bf16 activations (the buffers' random
      * bits read as bf16: the values do not change the time) */
     const double att_flops = 2.0 * 2.0 * B * H * (double)T * T * D / 2.0;
-    const char *att_kinds[] = {"flash", "wmma"};
+    const char *att_kinds[] = {"flash", "mma"};
     for (int ai = 0; ai < 2; ai++) {
         if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
         const int ca = ai == 0 ? L : 0; /* per-step counts for the default (flash) rows */
 #define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
-        TIME(ai ? "attention_fwd [wmma]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
+        TIME(ai ? "attention_fwd [mma]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
              D);
         rows[nrows - 1].flops = att_flops;
 #undef BODY
 #define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, B, T, H, KVH, D)
-        TIME(ai ? "attention_bwd [wmma]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
+        TIME(ai ? "attention_bwd [mma]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
              D);
         rows[nrows - 1].flops = 2.5 * att_flops;
 #undef BODY
     }
-    /* deepseek-llm-7b's attention shape (1 x 4096, 32 heads), informational: not in the sum */
-    for (int ai = 0; ai < 2; ai++) {
-        if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
-        const double f7 = 2.0 * 2.0 * 32 * 4096.0 * 4096.0 * D / 2.0;
-#define BODY gpu->attention_forward(att, lse, q, k, v, 1, 4096, 32, 32, D)
-        TIME(ai ? "attention_fwd [wmma]" : "attention_fwd [flash]", 0, "B1 T4096 H32 D%d", D);
-        rows[nrows - 1].flops = f7;
+    /* deepseek-llm-7b's attention shape (1 x 4096, 32 heads) and a long sequence (1 x 16384, 16
+     * heads: as many elements as the buffers above), informational: not in the sum */
+    const int extra_t[2] = {4096, 16384}, extra_h[2] = {32, 16};
+    for (int xi = 0; xi < 2; xi++)
+        for (int ai = 0; ai < 2; ai++) {
+            if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
+            const int XT = extra_t[xi], XH = extra_h[xi];
+            if ((size_t)XT * XH * D > NC) continue;
+            const double fx = 2.0 * 2.0 * XH * (double)XT * XT * D / 2.0;
+#define BODY gpu->attention_forward(att, lse, q, k, v, 1, XT, XH, XH, D)
+            TIME(ai ? "attention_fwd [mma]" : "attention_fwd [flash]", 0, "B1 T%d H%d D%d", XT, XH,
+                 D);
+            rows[nrows - 1].flops = fx;
 #undef BODY
-#define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, 1, 4096, 32, 32, D)
-        TIME(ai ? "attention_bwd [wmma]" : "attention_bwd [flash]", 0, "B1 T4096 H32 D%d", D);
-        rows[nrows - 1].flops = 2.5 * f7;
+#define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, 1, XT, XH, XH, D)
+            TIME(ai ? "attention_bwd [mma]" : "attention_bwd [flash]", 0, "B1 T%d H%d D%d", XT, XH,
+                 D);
+            rows[nrows - 1].flops = 2.5 * fx;
 #undef BODY
-    }
+        }
     cuda_attention_kind("flash");
     float *dx_act = dev_random(NC, 1);
 #define BODY gpu->rmsnorm_forward(y, rstd, x, normw, N, C, 1e-6f)

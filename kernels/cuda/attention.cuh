@@ -1,9 +1,11 @@
-/* attention.cuh: the tensor-core (bf16 products, fp32 accumulation) causal attention of
- * attention.cu, called by the CUDA backend (ops_cuda.cu) in place of its fp32 kernels. Same
- * shapes and semantics as attention_forward / attention_backward of kernels/ops.h. Each function
- * returns 1 when it ran, or 0 without doing anything when the shape or the pointers do not suit
- * it (head_dim other than 64 or 128, a pointer not 16-byte aligned, H not a multiple of KVH, too
- * little shared memory on this device): the caller then runs its own kernels. */
+/* attention.cuh: the tensor-core (bf16 products, fp32 accumulation) causal attention, called by
+ * the CUDA backend (ops_cuda.cu) in place of its fp32 kernels: wgmma kernels for head_dim 128 on
+ * Hopper (attention_wgmma.cu), mma.sync kernels elsewhere and for head_dim 64
+ * (attention_mma_fwd.cu, attention_mma_bwd.cu). Same shapes and semantics as attention_forward /
+ * attention_backward of kernels/ops.h. Each function returns 1 when it ran, or 0 without doing
+ * anything when the shape or the pointers do not suit it (head_dim other than 64 or 128, a
+ * pointer not 16-byte aligned, H not a multiple of KVH, too little shared memory on this device):
+ * the caller then runs its own kernels. */
 #ifndef DSTRAIN_ATTENTION_CUH
 #define DSTRAIN_ATTENTION_CUH
 
@@ -15,25 +17,28 @@
 extern "C" {
 #endif
 
-/* out [B*T, H*D], lse [B, H, T] (natural log-sum-exp of the scaled scores of each row). */
-int cuda_flash_attention_forward(float *out, float *lse, const float *q, const float *k,
-                                 const float *v, int B, int T, int H, int KVH, int D,
-                                 cudaStream_t stream);
+/* The wgmma kernels (attention_wgmma.cu): head_dim 128 on sm_90 devices, when the build holds
+ * that file's sm_90a code (CMakeLists.txt adds it wherever it builds for 90) and the driver
+ * gives the tensor-map encoder; asked once, by a probe kernel, not assumed from the device. */
+int cuda_wgmma_attention_ready(int D);
+/* The contract of cuda_mma_attention_forward / _backward below, bf16 inputs only (as they lie, or
+ * the staged copies of the fp32 ones); outputs bf16 when out_bf16, else fp32. 0 without doing
+ * anything when not ready or the shape does not suit. */
+int cuda_wgmma_attention_forward(void *out, int out_bf16, float *lse, const __nv_bfloat16 *q,
+                                 const __nv_bfloat16 *k, const __nv_bfloat16 *v, int B, int T,
+                                 int H, int KVH, int D, cudaStream_t stream);
+int cuda_wgmma_attention_backward(void *dq, void *dk, void *dv, int out_bf16,
+                                  const __nv_bfloat16 *dout, const float *delta, const float *lse,
+                                  const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                  const __nv_bfloat16 *v, int B, int T, int H, int KVH, int D,
+                                  cudaStream_t stream);
+/* Calls (forward or backward) that ran on the wgmma kernels so far. */
+long long cuda_attention_wgmma_calls(void);
 
-/* dq, dk, dv overwritten; delta [B, H, T] = rowsum(dout * out), computed by the caller. */
-int cuda_flash_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                                  const float *delta, const float *lse, const float *q,
-                                  const float *k, const float *v, int B, int T, int H, int KVH,
-                                  int D, cudaStream_t stream);
-
-/* Calls that ran on the wmma kernels above so far. */
-long long cuda_attention_wmma_calls(void);
-
-/* The mma.sync kernels (attention_mma_fwd.cu, attention_mma_bwd.cu): the same contracts as the
- * two functions above, with scores, softmax and accumulators in registers instead of
- * shared-memory staging (the same products and summation order as the backward above, so the
- * same bits); the default. With bf16 = 1, q, k, v, dout and the outputs (out; dq, dk, dv) are
- * bf16 tensors (the CUDA backend's activations in bf16 mode), read and written as they lie, and
+/* The mma.sync kernels (attention_mma_fwd.cu, attention_mma_bwd.cu), scores, softmax and
+ * accumulators in registers, for head_dim 64 and 128; with wgmma = 1 they hand head_dim 128 to
+ * the wgmma kernels above where those are ready (the default), with 0 they run themselves. With
+ * bf16 = 1, q, k, v, dout and the outputs (out; dq, dk, dv) are bf16 tensors (the CUDA backend's activations in bf16 mode), read and written as they lie, and
  * no workspace is needed; with bf16 = 0 they are fp32 and the inputs are rounded to bf16 into
  * `workspace` (device memory of cuda_mma_attention_workspace bytes, 256-byte aligned, free for
  * the call). */
@@ -44,12 +49,12 @@ int cuda_mma_attention_suits(int B, int T, int H, int KVH, int D);
  * bf16 inputs or when the shape does not suit. */
 size_t cuda_mma_attention_workspace(int B, int T, int H, int KVH, int D, int backward, int bf16);
 int cuda_mma_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
-                               int bf16, void *workspace, int B, int T, int H, int KVH, int D,
-                               cudaStream_t stream);
+                               int bf16, int wgmma, void *workspace, int B, int T, int H, int KVH,
+                               int D, cudaStream_t stream);
 int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const void *dout,
                                 const float *delta, const float *lse, const void *q, const void *k,
-                                const void *v, int bf16, void *workspace, int B, int T, int H,
-                                int KVH, int D, cudaStream_t stream);
+                                const void *v, int bf16, int wgmma, void *workspace, int B, int T,
+                                int H, int KVH, int D, cudaStream_t stream);
 
 /* dst = src rounded to bf16 (n a multiple of 4, both 16-byte aligned), and the three bf16 copies
  * of q, k, v laid out at the start of a workspace: what the kernels above share. */

@@ -1,19 +1,18 @@
 /* attention_mma_bwd.cu: causal attention backward with grouped-query heads on the bf16 tensor
  * cores through mma.sync.m16n8k16 (FlashAttention-2 structure: a dq pass and a dk/dv pass, no
- * atomics), for head_dim 64 and 128; the register-resident counterpart of attention.cu's wmma
- * backward, with the same contract (attention.cuh). Because the mma.sync register layouts are
+ * atomics), for head_dim 64 and 128, with the contract of attention.cuh; on Hopper it hands
+ * head_dim 128 to the wgmma kernels of attention_wgmma.cu (unless DSTRAIN_CUDA_ATTENTION=mma). Because the mma.sync register layouts are
  * known, S, P, dP, dS and the dQ / dK / dV accumulators never leave the registers: shared memory
  * holds only row-major bf16 tiles of the inputs, read as fragments by ldmatrix (.trans where a
  * product's k runs along the tile's rows: k = key or k = query). Inputs and outputs are bf16 in
  * global memory in bf16 mode; fp32 ones are rounded to bf16 once per call into a workspace
  * (attention_mma_fwd.cu) and the outputs written as fp32. Tiles stream by cp.async into double
  * buffers, so the next tile arrives while this one is multiplied. Sums are fp32. Every output
- * element is written once by one thread after a fixed-order sum, so a run repeats bit for bit (and,
- * summing in the same order, matches the wmma backward bit for bit).
+ * element is written once by one thread after a fixed-order sum, so a run repeats bit for bit.
  *
  * Layout (kernels/ops.h): q, dout, dq [B*T, H*D]; k, v, dk, dv [B*T, KVH*D]; head h reads kv head
  * h / (H/KVH); lse, delta [B, H, T] (lse: natural log-sum-exp of the scaled scores; delta =
- * rowsum(dout * out)). scale = 1/sqrt(D). As attention.cu: P = exp2(S * scale*log2e - lse*log2e),
+ * rowsum(dout * out)). scale = 1/sqrt(D). P = exp2(S * scale*log2e - lse*log2e),
  * dS = P (dP - delta) * scale (the scale folded into dS), dQ = dS K, dK = dS^T Q, dV = P^T dO.
  * Fragments and tiles as in attention_tiles.cuh.
  * - dq pass: block (b*H + h, query tile of 64, the longest rows first), 4 warps, warp w owns
@@ -394,8 +393,11 @@ template <int D, typename O> static int mb_ready(void)
 template <typename O>
 static int mb_backward_as(O *dq, O *dk, O *dv, const at_bf16 *dout, const float *delta,
                           const float *lse, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
-                          int B, int T, int H, int KVH, int D, cudaStream_t stream)
+                          int wgmma, int B, int T, int H, int KVH, int D, cudaStream_t stream)
 {
+    if (wgmma && cuda_wgmma_attention_backward(dq, dk, dv, sizeof(O) == 2, dout, delta, lse, q, k,
+                                               v, B, T, H, KVH, D, stream))
+        return 1;
     return D == 64 ? mb_backward_launch<64, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, KVH,
                                                stream)
                    : mb_backward_launch<128, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, KVH,
@@ -404,8 +406,9 @@ static int mb_backward_as(O *dq, O *dk, O *dv, const at_bf16 *dout, const float 
 
 extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const void *dout,
                                            const float *delta, const float *lse, const void *q,
-                                           const void *k, const void *v, int bf16, void *workspace,
-                                           int B, int T, int H, int KVH, int D, cudaStream_t stream)
+                                           const void *k, const void *v, int bf16, int wgmma,
+                                           void *workspace, int B, int T, int H, int KVH, int D,
+                                           cudaStream_t stream)
 {
     if (!cuda_mma_attention_suits(B, T, H, KVH, D) || (!bf16 && !workspace)) return 0;
     if (!mb_aligned16(dq) || !mb_aligned16(dk) || !mb_aligned16(dv) || !mb_aligned16(dout) ||
@@ -414,7 +417,7 @@ extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const v
     if (bf16)
         return mb_backward_as((at_bf16 *)dq, (at_bf16 *)dk, (at_bf16 *)dv, (const at_bf16 *)dout,
                               delta, lse, (const at_bf16 *)q, (const at_bf16 *)k,
-                              (const at_bf16 *)v, B, T, H, KVH, D, stream);
+                              (const at_bf16 *)v, wgmma, B, T, H, KVH, D, stream);
     if (!(D == 64 ? mb_ready<64, float>() : mb_ready<128, float>())) return 0;
     at_bf16 *qb, *kb, *vb;
     cuda_mma_attention_stage(&qb, &kb, &vb, workspace, (const float *)q, (const float *)k,
@@ -423,6 +426,6 @@ extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const v
     at_bf16 *dob = (at_bf16 *)((unsigned char *)workspace +
                                cuda_mma_attention_workspace(B, T, H, KVH, D, 0, 0));
     cuda_mma_attention_round(dob, (const float *)dout, (size_t)B * T * H * D, stream);
-    return mb_backward_as((float *)dq, (float *)dk, (float *)dv, dob, delta, lse, qb, kb, vb, B, T,
-                          H, KVH, D, stream);
+    return mb_backward_as((float *)dq, (float *)dk, (float *)dv, dob, delta, lse, qb, kb, vb,
+                          wgmma, B, T, H, KVH, D, stream);
 }

@@ -1,7 +1,8 @@
 /* attention_mma_fwd.cu: causal attention forward with grouped-query heads on the bf16 tensor
  * cores through mma.sync.m16n8k16 (FlashAttention-2 structure), for head_dim 64 and 128: the
- * CUDA backend's default forward (ops_cuda.cu; attention.cu's wmma kernels remain behind
- * DSTRAIN_CUDA_ATTENTION=wmma). Also here: the bf16 staging that both mma.sync kernels read.
+ * CUDA backend's forward wherever the wgmma kernels of attention_wgmma.cu do not run (devices
+ * other than Hopper, head_dim 64, DSTRAIN_CUDA_ATTENTION=mma), to which it hands head_dim 128 on
+ * Hopper. Also here: the bf16 staging that the mma.sync and wgmma kernels read.
  *
  * In bf16 mode the backend's q, k, v are bf16 already and the output is written as bf16; fp32
  * q, k, v (fp32 activations) are rounded to bf16 once per call into a workspace (the same
@@ -268,24 +269,28 @@ static int mf_forward_launch(O *out, float *lse, const at_bf16 *q, const at_bf16
 
 template <typename O>
 static int mf_forward_as(O *out, float *lse, const at_bf16 *q, const at_bf16 *k, const at_bf16 *v,
-                         int B, int T, int H, int KVH, int D, cudaStream_t stream)
+                         int wgmma, int B, int T, int H, int KVH, int D, cudaStream_t stream)
 {
+    if (wgmma && cuda_wgmma_attention_forward(out, sizeof(O) == 2, lse, q, k, v, B, T, H, KVH, D,
+                                              stream))
+        return 1;
     return D == 64 ? mf_forward_launch<64, O>(out, lse, q, k, v, B, T, H, KVH, stream)
                    : mf_forward_launch<128, O>(out, lse, q, k, v, B, T, H, KVH, stream);
 }
 
 extern "C" int cuda_mma_attention_forward(void *out, float *lse, const void *q, const void *k,
-                                          const void *v, int bf16, void *workspace, int B, int T,
-                                          int H, int KVH, int D, cudaStream_t stream)
+                                          const void *v, int bf16, int wgmma, void *workspace,
+                                          int B, int T, int H, int KVH, int D,
+                                          cudaStream_t stream)
 {
     if (!cuda_mma_attention_suits(B, T, H, KVH, D) || (!bf16 && !workspace)) return 0;
     if (!mf_aligned16(out) || !mf_aligned16(q) || !mf_aligned16(k) || !mf_aligned16(v)) return 0;
     if (bf16)
         return mf_forward_as((at_bf16 *)out, lse, (const at_bf16 *)q, (const at_bf16 *)k,
-                             (const at_bf16 *)v, B, T, H, KVH, D, stream);
+                             (const at_bf16 *)v, wgmma, B, T, H, KVH, D, stream);
     if (!(D == 64 ? mf_ready<64, float>() : mf_ready<128, float>())) return 0;
     __nv_bfloat16 *qb, *kb, *vb;
     cuda_mma_attention_stage(&qb, &kb, &vb, workspace, (const float *)q, (const float *)k,
                              (const float *)v, B, T, H, KVH, D, stream);
-    return mf_forward_as((float *)out, lse, qb, kb, vb, B, T, H, KVH, D, stream);
+    return mf_forward_as((float *)out, lse, qb, kb, vb, wgmma, B, T, H, KVH, D, stream);
 }

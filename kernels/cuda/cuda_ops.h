@@ -19,17 +19,22 @@ int cuda_matmul_precision(const char *mode);
 /* 1 when matmuls run in bf16 mode. */
 int cuda_matmul_is_bf16(void);
 
-/* How attention computes: "flash" (default: the mma.sync tensor-core kernels of
- * attention_mma_fwd.cu and attention_mma_bwd.cu, bf16 products with fp32 accumulation and
- * softmax, for head_dim 64 and 128; other head dims run the fp32 kernels), "wmma" (the earlier
- * kernels of attention.cu, same numerics, slower) or "simple" (the fp32 CUDA-core
- * kernels of ops_cuda.cu for every head dim; agrees with the CPU to fp32 rounding). The environment variable DSTRAIN_CUDA_ATTENTION sets it
- * when the backend starts. DS_ERR_INPUT for anything else. */
+/* How attention computes: "flash" (default: the bf16 tensor-core kernels for head_dim 64 and
+ * 128, bf16 products with fp32 accumulation and softmax: on Hopper the wgmma kernels of
+ * attention_wgmma.cu for head_dim 128, else the mma.sync kernels of attention_mma_fwd.cu and
+ * attention_mma_bwd.cu; other head dims run the fp32 kernels), "mma" (the mma.sync kernels
+ * wherever they suit, also on Hopper: the fallback, kept testable there) or "simple" (the fp32
+ * CUDA-core kernels of ops_cuda.cu for every head dim; agrees with the CPU to fp32 rounding). The
+ * environment variable DSTRAIN_CUDA_ATTENTION sets it when the backend starts. DS_ERR_INPUT for
+ * anything else. */
 int cuda_attention_kind(const char *mode);
 
-/* How many attention calls (forward or backward) ran on the tensor-core kernels so far: lets
- * tests see which implementation a call took. */
+/* How many attention calls (forward or backward) ran on the tensor-core kernels so far, and how
+ * many of those on the wgmma ones: lets tests see which implementation a call took. */
 long long cuda_attention_flash_calls(void);
+long long cuda_attention_wgmma_calls(void);
+/* 1 when "flash" runs head dim D on the wgmma kernels on this device and build. */
+int cuda_wgmma_attention_ready(int D);
 
 #ifdef __cplusplus
 }

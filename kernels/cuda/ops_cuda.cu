@@ -5,9 +5,9 @@
  * with fp32 accumulation, bf16 outputs and fp32 weight gradients; in fp32 mode (TF32 off, for the
  * agreement checks) everything is fp32. The other kernels are ours: templates over the Act
  * storage type that compute in fp32; attention is flash-style (online softmax, the log-sum-exp
- * saved, no T x T matrix): on the bf16 tensor cores (the mma.sync kernels of
- * attention_mma_fwd.cu and attention_mma_bwd.cu) for head_dim 64 and 128 unless
- * DSTRAIN_CUDA_ATTENTION=simple, else in fp32 below. Not here yet: fused epilogues.
+ * saved, no T x T matrix): on the bf16 tensor cores for head_dim 64 and 128 (attention.cuh:
+ * wgmma kernels on Hopper, mma.sync elsewhere) unless DSTRAIN_CUDA_ATTENTION=simple, else in fp32
+ * below. Not here yet: fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
  * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
@@ -1026,10 +1026,9 @@ template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-/* 1: the fp32 kernels above for every head dim (DSTRAIN_CUDA_ATTENTION=simple); 0: attention.cu
- * where it applies. */
-/* 0: flash (the mma.sync kernels where they suit, else attention.cu's wmma ones, else the fp32
- * kernels above), 1: simple (the fp32 kernels), 2: wmma (attention.cu, else fp32) */
+/* 0: flash (the tensor-core kernels where they suit: wgmma on Hopper for head_dim 128, else
+ * mma.sync; else the fp32 kernels above), 1: simple (the fp32 kernels), 2: mma (the mma.sync
+ * kernels even where the wgmma ones would run: the fallback, testable on Hopper) */
 static int attention_kind;
 static long long attention_mma_calls;
 
@@ -1039,27 +1038,22 @@ extern "C" int cuda_attention_kind(const char *mode)
         attention_kind = 0;
     else if (strcmp(mode, "simple") == 0)
         attention_kind = 1;
-    else if (strcmp(mode, "wmma") == 0)
+    else if (strcmp(mode, "mma") == 0)
         attention_kind = 2;
     else
         return ds_error(DS_ERR_INPUT,
-                        "DSTRAIN_CUDA_ATTENTION: \"%s\": expected flash, wmma or simple", mode);
+                        "DSTRAIN_CUDA_ATTENTION: \"%s\": expected flash, mma or simple", mode);
     return DS_OK;
 }
 
 extern "C" long long cuda_attention_flash_calls(void)
 {
-    return attention_mma_calls + cuda_attention_wmma_calls();
+    return attention_mma_calls;
 }
 
-/* The fp32 attention: attention.cu's wmma kernels where they apply (unless attention_kind is 1),
- * else the kernels above. */
 static void attention_forward_f32(float *out, float *lse, const float *q, const float *k,
                                   const float *v, int B, int T, int H, int KVH, int D)
 {
-    if (attention_kind != 1 &&
-        cuda_flash_attention_forward(out, lse, q, k, v, B, T, H, KVH, D, stream))
-        return;
     size_t smem = (size_t)(ATT_TILE * (D + 1) + ATT_TILE * D + ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_forward_kernel, smem);
     attention_forward_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem, stream>>>(
@@ -1072,9 +1066,6 @@ static void attention_backward_f32(float *dq, float *dk, float *dv, const float 
                                    const float *k, const float *v, int B, int T, int H, int KVH,
                                    int D)
 {
-    if (attention_kind != 1 && cuda_flash_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v,
-                                                             B, T, H, KVH, D, stream))
-        return;
     const float scale = 1.0f / sqrtf((float)D);
     size_t smem_dq = (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_dq_kernel, smem_dq);
@@ -1111,9 +1102,9 @@ static void attention_forward(Act *out, float *lse, const Act *q, const Act *k, 
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_check_shape(H, KVH, D);
-    if (attention_kind == 0 && cuda_mma_attention_suits(B, T, H, KVH, D)) {
+    if (attention_kind != 1 && cuda_mma_attention_suits(B, T, H, KVH, D)) {
         const size_t workspace = cuda_mma_attention_workspace(B, T, H, KVH, D, 0, lt_bf16);
-        if (cuda_mma_attention_forward(out, lse, q, k, v, lt_bf16,
+        if (cuda_mma_attention_forward(out, lse, q, k, v, lt_bf16, attention_kind == 0,
                                        workspace ? scratch_get(workspace) : NULL, B, T, H, KVH, D,
                                        stream)) {
             attention_mma_calls++;
@@ -1146,7 +1137,7 @@ static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const
     attention_check_shape(H, KVH, D);
     const long long rows = (long long)B * H * T;
     const size_t qn = (size_t)B * T * H * D, kvn = (size_t)B * T * KVH * D;
-    const int mma = attention_kind == 0 && cuda_mma_attention_suits(B, T, H, KVH, D);
+    const int mma = attention_kind != 1 && cuda_mma_attention_suits(B, T, H, KVH, D);
     /* scratch: delta, then the mma kernels' workspace, or fp32 copies of the Act tensors for the
      * fp32 kernels in bf16 mode (dq, dk, dv, dout, q, k, v) */
     const size_t workspace = mma ? cuda_mma_attention_workspace(B, T, H, KVH, D, 1, lt_bf16) : 0;
@@ -1157,7 +1148,8 @@ static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const
     LAUNCH_ACT(attention_delta_kernel, ceil_div(rows * 32, 256), 256, 0, delta, dout, out, B, T, H,
                D);
     if (mma && cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v, lt_bf16,
-                                           workspace ? cut.at : NULL, B, T, H, KVH, D, stream)) {
+                                           attention_kind == 0, workspace ? cut.at : NULL, B, T, H,
+                                           KVH, D, stream)) {
         attention_mma_calls++;
         return;
     }
