@@ -1,12 +1,20 @@
 /* progress.c: the run's progress line, warnings, non-finite guard and metrics snapshot.
  * Everything is process-wide and sized at compile time: the step loop's calls allocate nothing,
  * and format text only on the steps that print. Setters other modules call (checkpoint state,
- * EWC, replay) may come from another thread: they take the one mutex. */
+ * EWC, replay) may come from another thread: they take the one mutex.
+ * Output is written in whole lines (one write each), so that a launcher merging stdout and
+ * stderr never splices one line into another. On a terminal, the live line (the step bar or a
+ * long preparation's line) is owned by the screen below: stdout and stderr then pass through it,
+ * so whatever any module prints first erases the live line and the line is drawn again after
+ * it, instead of being glued to its end. */
+#define _GNU_SOURCE /* fopencookie */
 #include "progress.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -25,7 +33,9 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* ckpt_state and snap'
 static struct {
     ProgressOptions opt;
     int interactive;
-    int line_open; /* a live bar is on screen without its newline */
+    int printing;  /* this rank prints the step line and the run's warnings (rank 0) */
+    int screen;    /* the live bar is drawn through the screen (stdout on a terminal) */
+    int line_open; /* a live bar is on screen without its newline (not through the screen) */
     double t_start;
     int steps_seen;
     double loss_ema;
@@ -47,6 +57,110 @@ static FILE *out_stream(void)
     return P.opt.out ? P.opt.out : stdout;
 }
 
+/* ---- the screen: one live line and everybody else's output ------------------------------- */
+
+/* While a live line is open on the terminal, stdout and stderr are streams of our own
+ * (fopencookie) in front of the original descriptors: a write that is not the live line's first
+ * erases it ("\r", erase to end of line), and once that output has ended its line, the live
+ * line is drawn again. Installed once, on the first live line, for the rest of the process.
+ * Lock order: a stream's own lock, then S.lock; the live line is written with write(2) under
+ * S.lock alone, never through a FILE, so the two never wait on each other. */
+static struct {
+    pthread_mutex_t lock;
+    int installed;
+    int fd;         /* the terminal the live line is on (stdout's descriptor) */
+    int open;       /* the live line is on screen, without its newline */
+    int hidden;     /* erased for other output; drawn again after that output's newline */
+    char live[768]; /* the live line as last drawn, "\r" and erase-to-end included */
+    size_t live_len;
+} S = {.lock = PTHREAD_MUTEX_INITIALIZER, .fd = STDOUT_FILENO};
+
+static void write_all(int fd, const char *buf, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return; /* a closed terminal: nothing to report to */
+        buf += w;
+        n -= (size_t)w;
+    }
+}
+
+static ssize_t screen_stream_write(void *cookie, const char *buf, size_t n)
+{
+    const int fd = (int)(intptr_t)cookie;
+    pthread_mutex_lock(&S.lock);
+    if (S.open) {
+        write_all(S.fd, "\r\x1b[K", 4);
+        S.open = 0;
+        S.hidden = 1;
+    }
+    write_all(fd, buf, n);
+    if (S.hidden && n > 0 && buf[n - 1] == '\n') {
+        write_all(S.fd, S.live, S.live_len);
+        S.open = 1;
+        S.hidden = 0;
+    }
+    pthread_mutex_unlock(&S.lock);
+    return (ssize_t)n;
+}
+
+/* stdout and stderr through screen_stream_write; 1 when the screen owns them. */
+static int screen_install(void)
+{
+    if (S.installed) return 1;
+    fflush(stdout);
+    fflush(stderr);
+    const cookie_io_functions_t io = {.write = screen_stream_write};
+    FILE *out = fopencookie((void *)(intptr_t)fileno(stdout), "w", io);
+    FILE *err = fopencookie((void *)(intptr_t)fileno(stderr), "w", io);
+    if (!out || !err) {
+        if (out) fclose(out);
+        if (err) fclose(err);
+        return 0;
+    }
+    setvbuf(out, NULL, _IOLBF, 0);
+    setvbuf(err, NULL, _IONBF, 0);
+    S.fd = fileno(stdout);
+    stdout = out;
+    stderr = err;
+    S.installed = 1;
+    return 1;
+}
+
+/* Draw the live line (text without "\r"); final: end it with a newline, it stays. */
+static void screen_live(const char *text, int final)
+{
+    pthread_mutex_lock(&S.lock);
+    const int n = snprintf(S.live, sizeof(S.live), "\r%s\x1b[K", text);
+    S.live_len = n < 0 ? 0 : (size_t)n < sizeof(S.live) ? (size_t)n : sizeof(S.live) - 1;
+    write_all(S.fd, S.live, S.live_len);
+    if (final) write_all(S.fd, "\n", 1);
+    S.open = !final;
+    S.hidden = 0;
+    pthread_mutex_unlock(&S.lock);
+}
+
+/* End the live line where it is (a newline), if one is open. */
+static void screen_end_live(void)
+{
+    pthread_mutex_lock(&S.lock);
+    if (S.open) write_all(S.fd, "\n", 1);
+    S.open = S.hidden = 0;
+    pthread_mutex_unlock(&S.lock);
+}
+
+/* The world rank a launcher gave this process (0 without one). */
+static int launcher_rank(void)
+{
+    const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
 /* A live bar only on a terminal, and not under a launcher: mpirun hands its ranks a pty even
  * when its own output goes to a file. DSTRAIN_PROGRESS=bar|plain decides instead. */
 static int wants_bar(FILE *out)
@@ -57,8 +171,14 @@ static int wants_bar(FILE *out)
     if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_RANK") || getenv("PMIX_RANK") ||
         getenv("SLURM_PROCID"))
         return 0;
+    if (out == stdout && S.installed) return isatty(S.fd);
     return isatty(fileno(out));
 }
+
+/* The run's own warnings (loss spikes, a slow reader, non-finite steps, checkpoint stalls) are
+ * judged on the figures the step line shows, so only the rank that prints that line prints
+ * them; every rank counts them. */
+static void run_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 void progress_begin(const ProgressOptions *opt)
 {
@@ -66,8 +186,11 @@ void progress_begin(const ProgressOptions *opt)
     memset(&P, 0, sizeof(P));
     P.opt = *opt;
     if (P.opt.log_every < 1) P.opt.log_every = 1;
+    P.printing = opt->rank == 0 && launcher_rank() == 0;
     FILE *out = out_stream();
     P.interactive = opt->interactive < 0 ? wants_bar(out) : opt->interactive;
+    /* the bar goes through the screen when it is on the process's stdout */
+    P.screen = P.interactive && (!opt->out || opt->out == stdout) && screen_install();
     P.t_start = ds_now();
     metrics_snapshot_init(&P.snap);
     P.snap.step = opt->start_step;
@@ -97,10 +220,10 @@ int progress_check_finite(int step, double *loss, double *grad_norm)
     }
     P.nonfinite_in_row++;
     P.nonfinite_total++;
-    progress_warn("step %d: %s is not finite (loss %g, grad norm %g): step skipped, no update "
-                  "(%d in a row, %lld in this run)",
-                  step, isfinite(*loss) ? "the gradient" : "the loss", *loss, *grad_norm,
-                  P.nonfinite_in_row, P.nonfinite_total);
+    run_warn("step %d: %s is not finite (loss %g, grad norm %g): step skipped, no update "
+             "(%d in a row, %lld in this run)",
+             step, isfinite(*loss) ? "the gradient" : "the loss", *loss, *grad_norm,
+             P.nonfinite_in_row, P.nonfinite_total);
     return 0;
 }
 
@@ -188,8 +311,8 @@ void progress_step(const ProgressStep *s)
         if (P.loss_ema_count >= LOSS_EMA_WARMUP && s->loss > LOSS_SPIKE_FACTOR * P.loss_ema &&
             s->step - P.last_spike_step >= 10) {
             P.last_spike_step = s->step;
-            progress_warn("step %d: loss spike: %.4f is %.1fx its running mean %.4f", s->step,
-                          s->loss, s->loss / P.loss_ema, P.loss_ema);
+            run_warn("step %d: loss spike: %.4f is %.1fx its running mean %.4f", s->step, s->loss,
+                     s->loss / P.loss_ema, P.loss_ema);
         }
         P.loss_ema = P.loss_ema_count == 0
                          ? s->loss
@@ -206,12 +329,13 @@ void progress_step(const ProgressStep *s)
     if (!(s->step % P.opt.log_every == 0 || first || last || !isnan(s->eval_loss))) return;
 
     const double share = P.window_seconds > 0 ? P.window_wait / P.window_seconds : 0.0;
-    /* the first step opens files and warms caches: not a sign of a slow reader */
+    /* the first step opens files and warms caches: not a sign of a slow reader. The share is
+     * the one the line below shows (this rank's, or what the driver passed as data_wait). */
     if (!first && share > DATA_WAIT_WARN_SHARE && !P.data_slow) {
         P.data_slow = 1;
-        progress_warn("step %d: the data reader is falling behind: the step loop waited for "
-                      "data %.0f%% of the time since the last report",
-                      s->step, 100.0 * share);
+        run_warn("step %d: the data reader is falling behind: the step loop waited for data "
+                 "%.1f%% of the time since the last report (data wait on the line below)",
+                 s->step, 100.0 * share);
     } else if (share < DATA_WAIT_WARN_SHARE / 2) {
         P.data_slow = 0;
     }
@@ -231,6 +355,12 @@ void progress_step(const ProgressStep *s)
         bar[BAR_WIDTH] = 0;
         /* an evaluation line stays on screen; the bar overwrites itself */
         const int keep = last || !isnan(s->eval_loss);
+        if (P.screen) {
+            char text[sizeof(line) + BAR_WIDTH + 8];
+            snprintf(text, sizeof(text), "[%s] %s", bar, line);
+            screen_live(text, keep);
+            return;
+        }
         fprintf(out, "\r[%s] %s\x1b[K%s", bar, line, keep ? "\n" : "");
         P.line_open = !keep;
     } else {
@@ -241,6 +371,7 @@ void progress_step(const ProgressStep *s)
 
 void progress_end(void)
 {
+    screen_end_live();
     if (P.line_open) {
         fputc('\n', out_stream());
         fflush(out_stream());
@@ -248,20 +379,51 @@ void progress_end(void)
     }
 }
 
-void progress_warn(const char *fmt, ...)
+/* "prefix" + the formatted text + "\n" as one write on out: a launcher that merges streams,
+ * or another thread, cannot cut into it. Long texts are cut at the buffer's end. */
+static void write_line(FILE *out, const char *prefix, const char *fmt, va_list ap)
+{
+    char text[2048];
+    int n = snprintf(text, sizeof(text), "%s", prefix);
+    if (n < 0) n = 0;
+    if ((size_t)n < sizeof(text) - 1) {
+        int m = vsnprintf(text + n, sizeof(text) - 1 - (size_t)n, fmt, ap);
+        n += m < 0 ? 0 : m;
+    }
+    if ((size_t)n > sizeof(text) - 2) n = (int)sizeof(text) - 2;
+    text[n++] = '\n';
+    text[n] = 0;
+    fwrite(text, 1, (size_t)n, out);
+    fflush(out);
+}
+
+static void warn_line(const char *fmt, va_list ap)
 {
     progress_end();
     fflush(out_stream());
+    fflush(stdout); /* what was printed before the warning appears before it */
+    const int colour = P.interactive && isatty(STDERR_FILENO);
+    write_line(stderr, colour ? "\x1b[1;33mdstrain: warning:\x1b[0m " : "dstrain: warning: ", fmt,
+               ap);
+}
+
+void progress_warn(const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    fputs(P.interactive && isatty(STDERR_FILENO) ? "\x1b[1;33mdstrain: warning:\x1b[0m "
-                                                 : "dstrain: warning: ",
-          stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    warn_line(fmt, ap);
     va_end(ap);
-    fflush(stderr);
     P.warnings++;
+}
+
+static void run_warn(const char *fmt, ...)
+{
+    P.warnings++;
+    if (!P.printing) return;
+    va_list ap;
+    va_start(ap, fmt);
+    warn_line(fmt, ap);
+    va_end(ap);
 }
 
 int progress_warnings(void)
@@ -274,10 +436,8 @@ void progress_note(const char *fmt, ...)
     progress_end();
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(out_stream(), fmt, ap);
+    write_line(out_stream(), "", fmt, ap);
     va_end(ap);
-    fputc('\n', out_stream());
-    fflush(out_stream());
 }
 
 /* ---- setters for other modules ----------------------------------------------------------- */
@@ -306,8 +466,8 @@ void progress_checkpoint_done(int step, double duration_seconds, double stall_se
     metrics_publish(&P.snap);
     pthread_mutex_unlock(&lock);
     if (stall_seconds > 1.0 && stall_seconds > 5.0 * mean_step)
-        progress_warn("checkpoint of step %d stalled training for %.1fs (%.0f mean steps)", step,
-                      stall_seconds, mean_step > 0 ? stall_seconds / mean_step : 0.0);
+        run_warn("checkpoint of step %d stalled training for %.1fs (%.0f mean steps)", step,
+                 stall_seconds, mean_step > 0 ? stall_seconds / mean_step : 0.0);
 }
 
 static void set_gauge(double *field, double v)
@@ -365,6 +525,7 @@ void progress_task_begin(ProgressTask *t, const char *what, double total, const 
     t->out = stdout;
     t->interactive = wants_bar(stdout);
     progress_end();
+    if (t->interactive) screen_install(); /* its line is the screen's live line */
     if (!t->interactive) {
         fprintf(t->out, "dstrain: %s ...\n", t->what);
         fflush(t->out);
@@ -391,6 +552,12 @@ static void task_print(ProgressTask *t, int final)
         char took[64];
         snprintf(took, sizeof(took), "%sdone in %.1fs", t->total > 0 ? "" : ": ", elapsed);
         strncat(text, took, sizeof(text) - strlen(text) - 1);
+    }
+    if (t->interactive && S.installed) {
+        char line[sizeof(text) + 16];
+        snprintf(line, sizeof(line), "dstrain: %s", text);
+        screen_live(line, final);
+        return;
     }
     if (t->interactive)
         fprintf(t->out, "\rdstrain: %s\x1b[K%s", text, final ? "\n" : "");

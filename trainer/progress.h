@@ -17,7 +17,8 @@ typedef struct ProgressStep {
     double lr, grad_norm;
     double tokens;    /* trained tokens this step, all ranks */
     double seconds;   /* wall time of the step */
-    double data_wait; /* of which waiting for the data reader */
+    double data_wait; /* of which waiting for the data reader (a driver may pass the largest
+                       * over ranks: the line shows it and the warning judges it) */
     double eval_loss; /* NAN when no evaluation ran after this step */
     int skipped;      /* non-finite: no optimizer update */
 } ProgressStep;
@@ -28,6 +29,9 @@ typedef struct ProgressOptions {
                       * overrides); 0: plain lines; 1: live bar */
     int total_steps, start_step;
     int log_every;
+    int rank; /* this process's world rank: the run's own warnings (loss spike, slow reader,
+               * non-finite steps, checkpoint stalls) are printed by rank 0 alone, on the
+               * figures its line shows (a launcher's rank variable, when set, counts too) */
     double flops_per_token; /* 6 N (+ attention); 0: no MFU */
     double peak_flops;      /* all ranks together; 0: no MFU (CPU runs) */
 } ProgressOptions;
@@ -52,10 +56,14 @@ long long progress_nonfinite_total(void);
 void progress_step(const ProgressStep *s);
 
 /* A warning that stands out: ends a live bar's line first, then "dstrain: warning: ..." on
- * stderr. Counted (progress_warnings()). */
+ * stderr as one whole line (one write). Printed on every rank that calls it; counted
+ * (progress_warnings()). */
 void progress_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int progress_warnings(void);
-/* An ordinary message line that must not be glued to a live bar ("dstrain: ..."). */
+/* An ordinary message line ("dstrain: ...") on the step line's stream, never glued to a live
+ * bar: the bar's line is ended first and the message is written whole (one write). Any thread.
+ * (On a terminal, other output to stdout or stderr also erases the live line first and the
+ * line is drawn again after it: printf needs no special care.) */
 void progress_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Finish the live line (newline) if one is open. */
 void progress_end(void);
