@@ -22,14 +22,15 @@
 
 #define HF_PATH_MAX 1024
 #define HF_JSON_MAX_BYTES ((size_t)256 << 20) /* config and index files are small */
+#define HF_FILE_NAME_MAX_CHECK 256
 
 /* ---- small JSON helpers (errors name the file and the key) --------------------------------- */
 
 static int read_text_file(const char *path, char **out, size_t *len)
 {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    FILE *fp = ds_fopen_regular(path, "rb"); /* a FIFO is refused, not waited on */
+    if (!fp) return DS_ERR_INPUT;
     struct stat st;
     if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(fp);
@@ -271,24 +272,28 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
         const char *name = arr->child->valuestring;
         for (size_t i = 0; i < DS_ARRAY_LEN(archs); i++)
             if (strcmp(name, archs[i].arch) == 0) found = (int)i;
+        char shown[200], shown2[200];
         if (found < 0)
             return ds_error(DS_ERR_INPUT,
                             "%s: architectures: \"%s\" is not supported (supported: "
                             "LlamaForCausalLM, Qwen2ForCausalLM) and their "
                             "*ForSequenceClassification forms",
-                            file, name);
+                            file, ds_printable(shown, sizeof(shown), name, 80));
         if (model_type && strcmp(model_type, archs[found].model_type) != 0)
             return ds_error(DS_ERR_INPUT,
                             "%s: model_type: \"%s\" does not match architectures \"%s\" "
                             "(expected \"%s\")",
-                            file, model_type, name, archs[found].model_type);
+                            file, ds_printable(shown, sizeof(shown), model_type, 80),
+                            ds_printable(shown2, sizeof(shown2), name, 80),
+                            archs[found].model_type);
     } else if (model_type) {
         for (size_t i = 0; i < DS_ARRAY_LEN(archs) && found < 0; i++)
             if (strcmp(model_type, archs[i].model_type) == 0) found = (int)i; /* the causal LM */
+        char shown[200];
         if (found < 0)
             return ds_error(DS_ERR_INPUT,
                             "%s: model_type: \"%s\" is not supported (supported: llama, qwen2)",
-                            file, model_type);
+                            file, ds_printable(shown, sizeof(shown), model_type, 80));
     } else {
         return ds_error(DS_ERR_INPUT, "%s: architectures: missing (and no model_type)", file);
     }
@@ -338,9 +343,10 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
 
     const char *act = NULL;
     DS_TRY(json_string(&w, root, "hidden_act", &act));
+    char shown_act[200];
     if (act && strcmp(act, "silu") != 0)
         return ds_error(DS_ERR_INPUT, "%s: hidden_act: \"%s\" is not supported (supported: silu)",
-                        file, act);
+                        file, ds_printable(shown_act, sizeof(shown_act), act, 80));
     DS_TRY(json_bool(&w, root, "tie_word_embeddings", 0, &mc->tie_word_embeddings));
 
     if (qwen2) {
@@ -402,6 +408,164 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
     return DS_OK;
 }
 
+/* ---- config.json against the weight files --------------------------------------------------- */
+
+static int shard_name_ok(const char *name);
+static void shape_text(char *out, size_t cap, int ndim, const int64_t *shape);
+
+/* Tensors a directory may hold beyond its model: a tied or unused LM head, and the rotary
+ * inverse frequencies older transformers saved as buffers. */
+static int tensor_allowed_extra(const char *name)
+{
+    static const char suffix[] = ".rotary_emb.inv_freq";
+    size_t n = strlen(name), k = sizeof(suffix) - 1;
+    return strcmp(name, "lm_head.weight") == 0 || (n > k && strcmp(name + n - k, suffix) == 0);
+}
+
+typedef struct FileTensor {
+    const char *name; /* into a SafetensorsFile that stays open until the check ends */
+    const char *file;
+    int ndim;
+    const int64_t *shape;
+} FileTensor;
+
+static int cmp_file_tensor(const void *a, const void *b)
+{
+    return strcmp(((const FileTensor *)a)->name, ((const FileTensor *)b)->name);
+}
+
+static int cmp_param_name(const void *a, const void *b)
+{
+    return strcmp((*(const ParamInfo *const *)a)->name, (*(const ParamInfo *const *)b)->name);
+}
+
+/* Sizes in config.json decide every allocation that follows (parameters, optimizer state,
+ * activations), and a file can say anything: vocab_size 2^31-1, 10^5 layers. Before any of
+ * that, the config is checked against the weight files' headers: as many tensors as the config
+ * implies, each one of the model's with the shape the config gives, and none the model lacks (a
+ * layer beyond num_hidden_layers would otherwise be silently left out). A directory without
+ * weight files (model.random_init takes only the shape, a checkpoint keeps its own) is not
+ * checked here. */
+static int hf_config_check_weights(const char *dir, const char *file, const ModelConfig *mc)
+{
+    char index_path[HF_PATH_MAX], path[HF_PATH_MAX + HF_FILE_NAME_MAX_CHECK];
+    snprintf(index_path, sizeof(index_path), "%s/model.safetensors.index.json", dir);
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    struct stat st;
+    int have_index = stat(index_path, &st) == 0, have_single = stat(path, &st) == 0;
+    if (!have_index && !have_single) return DS_OK;
+
+    /* the shard files: every distinct name of the index (checked as the loader checks them) */
+    cJSON *root = NULL;
+    int nshards = 0, status = DS_OK;
+    const char **shards = NULL;
+    if (have_index) {
+        DS_TRY(parse_json_file(index_path, &root));
+        const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+        int n = cJSON_IsObject(map) ? cJSON_GetArraySize(map) : 0;
+        shards = ds_calloc((size_t)(n ? n : 1), sizeof(*shards));
+        if (!shards) status = DS_ERR_INTERNAL;
+        for (const cJSON *kv = n ? map->child : NULL; kv && status == DS_OK; kv = kv->next) {
+            if (!cJSON_IsString(kv) || !shard_name_ok(kv->valuestring)) continue; /* the loader says */
+            int k = 0;
+            while (k < nshards && strcmp(shards[k], kv->valuestring) != 0)
+                k++;
+            if (k == nshards) shards[nshards++] = kv->valuestring;
+        }
+    } else {
+        static const char *single[] = {"model.safetensors"};
+        shards = single;
+        nshards = 1;
+    }
+    SafetensorsFile *files = ds_calloc((size_t)(nshards ? nshards : 1), sizeof(SafetensorsFile));
+    if (!files) status = DS_ERR_INTERNAL;
+    int64_t n_tensors = 0;
+    for (int k = 0; k < nshards && status == DS_OK; k++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, shards[k]);
+        status = safetensors_open(path, &files[k]);
+        if (status == DS_OK) n_tensors += files[k].count;
+    }
+    /* the count first, from arithmetic alone: the table is built only when it is bounded */
+    const int64_t per_layer = 9 + 3 * (mc->qkv_bias != 0) + (mc->o_bias != 0) + 3 * (mc->mlp_bias != 0);
+    const int64_t expected =
+        2 + (int64_t)mc->num_layers * per_layer + (mc->num_labels > 0 || !mc->tie_word_embeddings);
+    if (status == DS_OK && (mc->num_layers < 0 || expected > n_tensors))
+        status = ds_error(DS_ERR_INPUT,
+                          "%s: num_hidden_layers %d means %lld tensors, but the weight files "
+                          "hold %lld",
+                          file, mc->num_layers, (long long)expected, (long long)n_tensors);
+    FileTensor *have = NULL;
+    ParamTable pt = {0};
+    if (status == DS_OK) {
+        have = ds_calloc((size_t)(n_tensors ? n_tensors : 1), sizeof(FileTensor));
+        if (!have) status = DS_ERR_INTERNAL;
+    }
+    int64_t n_have = 0;
+    for (int k = 0; k < nshards && status == DS_OK; k++)
+        for (int i = 0; i < files[k].count; i++)
+            have[n_have++] = (FileTensor){files[k].entries[i].name, shards[k],
+                                          files[k].entries[i].ndim, files[k].entries[i].shape};
+    if (status == DS_OK) {
+        qsort(have, (size_t)n_have, sizeof(FileTensor), cmp_file_tensor);
+        status = param_table_build(mc, &pt);
+        if (status != DS_OK) status = ds_error_context(DS_ERR_INPUT, "%s", file);
+    }
+    /* every tensor of the model, with the config's shape */
+    for (int i = 0; i < pt.count && status == DS_OK; i++) {
+        const ParamInfo *p = &pt.items[i];
+        FileTensor key = {p->name, NULL, 0, NULL};
+        const FileTensor *t = bsearch(&key, have, (size_t)n_have, sizeof(FileTensor), cmp_file_tensor);
+        if (!t) continue; /* the loader names a missing tensor */
+        int same = t->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++)
+            same = t->shape[d] == p->shape[d];
+        if (!same) {
+            char got[160], want[64];
+            shape_text(got, sizeof(got), t->ndim, t->shape);
+            shape_text(want, sizeof(want), p->ndim, p->shape);
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: tensor %s: shape %s in %s, but config.json gives %s", dir,
+                              p->name, got, t->file, want);
+        }
+    }
+    /* and nothing else */
+    if (status == DS_OK) {
+        const ParamInfo **names = ds_calloc((size_t)(pt.count ? pt.count : 1), sizeof(*names));
+        if (!names) status = DS_ERR_INTERNAL;
+        for (int i = 0; i < pt.count && names; i++)
+            names[i] = &pt.items[i];
+        if (names) qsort(names, (size_t)pt.count, sizeof(*names), cmp_param_name);
+        for (int64_t i = 0; i < n_have && status == DS_OK; i++) {
+            if (tensor_allowed_extra(have[i].name)) continue;
+            int found = 0;
+            for (int lo = 0, hi = pt.count - 1; lo <= hi && !found;) {
+                int mid = lo + (hi - lo) / 2;
+                int c = strcmp(have[i].name, names[mid]->name);
+                if (c == 0) found = 1;
+                else if (c < 0) hi = mid - 1;
+                else lo = mid + 1;
+            }
+            if (!found) {
+                char shown[300];
+                status = ds_error(DS_ERR_INPUT,
+                                  "%s: tensor %s in %s is not part of the model config.json "
+                                  "describes (%d layers)",
+                                  dir, ds_printable(shown, sizeof(shown), have[i].name, 200),
+                                  have[i].file, mc->num_layers);
+            }
+        }
+        free(names);
+    }
+    param_table_free(&pt);
+    free(have);
+    for (int k = 0; k < nshards && files; k++)
+        if (files[k].map) safetensors_close(&files[k]);
+    free(files);
+    if (have_index) free(shards);
+    cJSON_Delete(root);
+    return status;
+}
+
 int hf_config_load(const char *dir, ModelConfig *mc)
 {
     char file[HF_PATH_MAX];
@@ -413,7 +577,8 @@ int hf_config_load(const char *dir, ModelConfig *mc)
     int status = parse_config(file, root, mc);
     cJSON_Delete(root);
     if (status != DS_OK) return status;
-    return model_config_check(mc, file);
+    DS_TRY(model_config_check(mc, file));
+    return hf_config_check_weights(dir, file, mc);
 }
 
 int hf_dir_kind(const char *dir)

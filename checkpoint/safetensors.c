@@ -19,6 +19,10 @@
 
 /* The reference implementation's limit: larger headers are refused before parsing. */
 #define ST_MAX_HEADER_BYTES ((uint64_t)100 * 1000 * 1000)
+/* Tensors in one file: DeepSeek-V3 has about 180k over all its shards. A parsed entry costs about
+ * 1.3 KB (the JSON tree and the STEntry), so a 100 MB header of a million zero-size entries
+ * would cost gigabytes; the keys are counted before anything is parsed. */
+#define ST_MAX_TENSORS (1 << 18)
 /* Numbers in the header are parsed as doubles; above 2^53 they are no longer exact. */
 #define ST_MAX_EXACT_INT 9007199254740992.0
 
@@ -318,6 +322,30 @@ static int st_check_layout(const SafetensorsFile *f, size_t data_size)
     return status;
 }
 
+/* Keys of the top-level object, counted without building anything (strings and nesting are
+ * followed; the real parse checks the syntax afterwards). */
+static size_t st_count_top_level_keys(const char *h, size_t n)
+{
+    size_t keys = 0;
+    int depth = 0, in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = h[i];
+        if (in_string) {
+            if (c == '\\') i++;
+            else if (c == '"') in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ':' && depth == 1) {
+            keys++;
+        }
+    }
+    return keys;
+}
+
 static int st_parse_header(SafetensorsFile *f)
 {
     uint64_t n = 0;
@@ -340,6 +368,10 @@ static int st_parse_header(SafetensorsFile *f)
                        (unsigned char)header[bad], bad);
     f->data_start = 8 + (size_t)n;
     const size_t data_size = f->size - f->data_start;
+    size_t keys = st_count_top_level_keys(header, (size_t)n);
+    if (keys > ST_MAX_TENSORS + 1) /* + __metadata__ */
+        return ST_FAIL(f, "header lists %zu tensors, more than the %d one file may hold", keys,
+                       ST_MAX_TENSORS);
 
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(header, (size_t)n, &end, 0);
@@ -385,7 +417,8 @@ int safetensors_open(const char *path, SafetensorsFile *f)
         return ds_error(DS_ERR_INPUT, "%.200s...: path longer than %zu bytes", path,
                         sizeof(f->path) - 1);
     memcpy(f->path, path, strlen(path) + 1);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO would block open() until a writer came; fstat below refuses it */
+    f->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (f->fd < 0) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(f->fd, &st) != 0) {
@@ -397,6 +430,7 @@ int safetensors_open(const char *path, SafetensorsFile *f)
         safetensors_close(f);
         return ds_error(DS_ERR_INPUT, "%s: not a regular file", path);
     }
+    fcntl(f->fd, F_SETFL, fcntl(f->fd, F_GETFL) & ~O_NONBLOCK);
     if (st.st_size < 8) {
         safetensors_close(f);
         return ds_error(DS_ERR_INPUT,

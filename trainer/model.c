@@ -130,7 +130,18 @@ static int table_add(ParamTable *pt, int capacity, const char *name, int64_t row
     p->split_dim = -1;
     p->slice_start = 0;
     p->slice_len = rows;
-    p->numel = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+    /* sizes come from config.json: every product and sum is checked, so a file cannot wrap
+     * them into a small buffer (the flat buffer is at most 2^60 bytes) */
+    uint64_t numel = 0, padded = 0, total = 0;
+    if (rows < 0 || cols < 0 ||
+        __builtin_mul_overflow((uint64_t)rows, (uint64_t)(cols > 0 ? cols : 1), &numel) ||
+        numel > (UINT64_C(1) << 58) ||
+        __builtin_add_overflow(numel, (uint64_t)(PARAM_ALIGN_BYTES / sizeof(float) - 1), &padded) ||
+        __builtin_add_overflow((uint64_t)pt->total, padded, &total) || total > (UINT64_C(1) << 58))
+        return ds_error(DS_ERR_INPUT,
+                        "%s: [%lld, %lld] makes the model larger than 2^58 parameters", name,
+                        (long long)rows, (long long)cols);
+    p->numel = (size_t)numel;
     p->weight_decay = decay;
     p->offset = pt->total;
     pt->total += DS_ALIGN_UP(p->numel, PARAM_ALIGN_BYTES / sizeof(float));
@@ -143,8 +154,12 @@ int param_table_build(const ModelConfig *mc, ParamTable *pt)
     const int64_t C = mc->hidden_size, I = mc->intermediate_size, V = mc->vocab_size;
     const int64_t QD = (int64_t)mc->num_heads * mc->head_dim;
     const int64_t KVD = (int64_t)mc->num_kv_heads * mc->head_dim;
-    int capacity = 4 + mc->num_layers * 16;
     memset(pt, 0, sizeof(*pt));
+    /* 16 entries a layer at most; the count is checked before it sizes an allocation */
+    if (mc->num_layers < 0 || mc->num_layers > PARAM_MAX_LAYERS)
+        return ds_error(DS_ERR_INPUT, "num_hidden_layers: %d is more than %d", mc->num_layers,
+                        PARAM_MAX_LAYERS);
+    int capacity = 4 + mc->num_layers * 16;
     pt->items = ds_calloc((size_t)capacity, sizeof(ParamInfo));
     if (!pt->items) return DS_ERR_INTERNAL;
     char name[PARAM_NAME_MAX];

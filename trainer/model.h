@@ -61,6 +61,7 @@ int model_config_check(const ModelConfig *mc, const char *where);
 
 #define PARAM_NAME_MAX 96
 #define PARAM_ALIGN_BYTES 256
+#define PARAM_MAX_LAYERS 16384 /* num_hidden_layers beyond any model (DeepSeek-V3 has 61) */
 
 typedef struct ParamInfo {
     char name[PARAM_NAME_MAX]; /* HF name, e.g. "model.layers.0.self_attn.q_proj.weight" */

@@ -710,3 +710,100 @@ Test(hf_model, test_corrupt_weight_file_is_an_input_error)
     free(params);
     param_table_free(&pt);
 }
+
+/* ---- config.json against the weight files ---------------------------------------------------- */
+
+/* The tiny Llama's weights in one file, with config.json from fmt (one %s: num_hidden_layers and
+ * what follows, so each case edits one size). */
+static int load_tiny_with_config(const char *name, const char *sizes, ModelConfig *mc)
+{
+    ModelConfig tiny = tiny_config(ARCH_LLAMA, 0);
+    ParamTable pt;
+    cr_assert_eq(param_table_build(&tiny, &pt), DS_OK);
+    ModelFiles m = model_items(&pt, DT_BF16);
+    const char *dir = model_dir(name);
+    write_model(dir, &m, 1, NULL);
+    model_files_free(&m);
+    param_table_free(&pt);
+    char text[2048];
+    snprintf(text, sizeof(text),
+             "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
+             "\"hidden_size\": 8, \"num_attention_heads\": 2, \"num_key_value_heads\": 1, "
+             "\"head_dim\": 4, \"tie_word_embeddings\": false, %s}",
+             sizes);
+    write_file(dir, "config.json", text);
+    ds_clear_error();
+    return hf_config_load(dir, mc);
+}
+
+static void assert_tiny_config_fails(const char *sizes, const char *expect)
+{
+    ModelConfig mc;
+    cr_assert_eq(load_tiny_with_config("sizes", sizes, &mc), DS_ERR_INPUT, "%s: %s", sizes,
+                 ds_last_error());
+    cr_assert(strstr(ds_last_error(), expect), "message \"%s\" lacks \"%s\"", ds_last_error(),
+              expect);
+}
+
+/* Sizes in config.json are checked against the weight files before anything is sized from
+ * them; a tensor of a layer the config does not have is refused, not ignored. */
+Test(hf_model, test_config_sizes_are_checked_against_the_weight_files)
+{
+    ModelConfig mc;
+    const char *ok = "\"vocab_size\": 20, \"intermediate_size\": 12, \"num_hidden_layers\": 2";
+    cr_assert_eq(load_tiny_with_config("sizes-ok", ok, &mc), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(mc.num_layers, 2);
+    assert_tiny_config_fails("\"vocab_size\": 20, \"intermediate_size\": 12, \"num_hidden_layers\": 1",
+                             "tensor model.layers.1.input_layernorm.weight in model.safetensors "
+                             "is not part of the model config.json describes (1 layers)");
+    assert_tiny_config_fails(
+        "\"vocab_size\": 20, \"intermediate_size\": 12, \"num_hidden_layers\": 100000",
+        "config.json: num_hidden_layers 100000 means 900003 tensors, but the weight files hold 21");
+    assert_tiny_config_fails(
+        "\"vocab_size\": 20, \"intermediate_size\": 12, \"num_hidden_layers\": 2000000000",
+        "num_hidden_layers 2000000000 means 18000000003 tensors, but the weight files hold 21");
+    assert_tiny_config_fails(
+        "\"vocab_size\": 2147483647, \"intermediate_size\": 12, \"num_hidden_layers\": 2",
+        "tensor model.embed_tokens.weight: shape [20, 8] in model.safetensors, but config.json "
+        "gives [2147483647, 8]");
+    assert_tiny_config_fails(
+        "\"vocab_size\": 20, \"intermediate_size\": 2000000000, \"num_hidden_layers\": 2",
+        "tensor model.layers.0.mlp.gate_proj.weight: shape [12, 8] in model.safetensors, but "
+        "config.json gives [2000000000, 8]");
+}
+
+/* the parameter table's sizes are checked 64-bit arithmetic, whatever the config says */
+Test(hf_model, test_param_table_sizes_cannot_overflow)
+{
+    ModelConfig mc = tiny_config(ARCH_LLAMA, 0);
+    ParamTable pt;
+    mc.num_layers = 2000000000;
+    cr_assert_eq(param_table_build(&mc, &pt), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "num_hidden_layers: 2000000000 is more than 16384"), "%s",
+              ds_last_error());
+    mc = tiny_config(ARCH_LLAMA, 0);
+    mc.vocab_size = 2147483647;
+    mc.hidden_size = 2147483647;
+    cr_assert_eq(param_table_build(&mc, &pt), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "model.embed_tokens.weight: [2147483647, 2147483647] makes "
+                                      "the model larger than 2^58 parameters"),
+              "%s", ds_last_error());
+}
+
+Test(hf_model, test_names_from_the_file_are_escaped_in_messages)
+{
+    assert_config_fails("{\"architectures\": [\"Evil\\n\\u001b[2J\"], \"vocab_size\": 1}",
+                        "architectures: \"Evil\\n\\x1B[2J\" is not supported");
+}
+
+Test(hf_model, test_fifo_config_is_refused_without_blocking, .timeout = 20)
+{
+    const char *dir = model_dir("fifo");
+    char path[900];
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    ModelConfig mc;
+    cr_assert_eq(hf_config_load(dir, &mc), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "config.json: not a regular file (a FIFO)"), "%s",
+              ds_last_error());
+}

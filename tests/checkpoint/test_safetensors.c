@@ -532,3 +532,29 @@ Test(safetensors, test_reads_file_written_by_reference_implementation)
     cr_assert_eq(memcmp(safetensors_data(&f, b), "\x07\x00\xff", 3), 0);
     safetensors_close(&f);
 }
+
+/* A header inside the 100 MB limit can still list a million zero-size tensors (1.7 GB once
+ * parsed): the tensors are counted before the header is parsed. */
+Test(safetensors, test_header_of_very_many_tensors_is_refused_before_parsing)
+{
+    const char *path = tmp_path("many.safetensors");
+    const size_t n = 300000;
+    char *h = malloc(n * 64 + 16);
+    size_t o = 0;
+    h[o++] = '{';
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)sprintf(h + o, "%s\"t%zu\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}",
+                             i ? "," : "", i);
+    h[o++] = '}';
+    write_raw_len(path, o, h, o, NULL, 0);
+    free(h);
+    assert_open_fails(path, "header lists 300000 tensors, more than the 262144 one file may hold");
+}
+
+/* a FIFO would block open() until a writer came */
+Test(safetensors, test_fifo_is_refused_without_blocking, .timeout = 20)
+{
+    const char *path = tmp_path("fifo.safetensors");
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    assert_open_fails(path, "not a regular file");
+}
