@@ -614,10 +614,22 @@ static void apply_retention(const CkptWriter *w)
         char path[CKPT_PATH_MAX + 32], name[32];
         step_dir_name(name, sizeof(name), steps[i]);
         snprintf(path, sizeof(path), "%s/%s", w->dir, name);
+        /* Only a real directory is removed: a step-N that is a symbolic link (to another run's
+         * checkpoint, say) was not made by this run, and nothing is deleted through it. The
+         * directory is opened without following a link, and the manifest unlinked inside it,
+         * so a link swapped in after a check cannot redirect the delete. */
+        int dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0) {
+            if (errno != ENOENT)
+                fprintf(stderr,
+                        "dstrain: warning: old checkpoint %s is not a directory of this run (%s); "
+                        "left in place\n",
+                        path, errno == ELOOP || errno == ENOTDIR ? "a symbolic link" : strerror(errno));
+            continue;
+        }
         /* the manifest goes first, so a half-removed directory is never taken as complete */
-        char manifest[CKPT_PATH_MAX + 64];
-        snprintf(manifest, sizeof(manifest), "%s/%s", path, CKPT_MANIFEST);
-        unlink(manifest);
+        unlinkat(dfd, CKPT_MANIFEST, 0);
+        close(dfd);
         if (rm_rf(path) != 0)
             fprintf(stderr, "dstrain: warning: cannot remove old checkpoint %s: %s\n", path,
                     strerror(errno));

@@ -343,6 +343,27 @@ Test(ckpt, async_saves_keep_newest_and_every_nth_and_point_latest)
     cr_assert(strstr(found, "step-00000007"), "%s", found);
 }
 
+/* Retention deletes only what this run made: a step directory that is a symbolic link into
+ * another run is left alone, and nothing is deleted through it. */
+Test(ckpt, retention_never_deletes_through_a_symbolic_link)
+{
+    char other[700], dir[700], link[800], target[800], manifest[900];
+    snprintf(other, sizeof(other), "%s/other-run", tmpdir);
+    snprintf(dir, sizeof(dir), "%s/this-run", tmpdir);
+    save_steps(other, 0, 5, 0, 1, 1);
+    mkdir(dir, 0755);
+    snprintf(target, sizeof(target), "%s/step-00000001", other);
+    snprintf(link, sizeof(link), "%s/step-00000000", dir);
+    cr_assert_eq(symlink(target, link), 0);
+    save_steps(dir, 0, 1, 0, 1, 3);
+    snprintf(manifest, sizeof(manifest), "%s/manifest.json", target);
+    struct stat st;
+    cr_assert_eq(stat(manifest, &st), 0, "the other run's manifest was deleted");
+    cr_assert(exists(dir, "step-00000000"), "the link itself is not this run's to delete");
+    cr_assert(!exists(dir, "step-00000001") && !exists(dir, "step-00000002"));
+    cr_assert(exists(dir, "step-00000003"));
+}
+
 Test(ckpt, sync_save_and_leftovers_of_a_killed_save_are_ignored_then_removed)
 {
     char dir[700], path[900];
