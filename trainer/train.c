@@ -1199,11 +1199,26 @@ int train_run(const Config *cfg)
     run_print_summary(r, path);
     run_warn_settings(r);
     const double MiB = 1.0 / 1048576;
+    /* EWC's Fisher and anchor (one pair online, one per task separate) sit on the optimizer's
+     * shard; the Fisher pass adds a host buffer and, per example, a model of one row */
+    const int ewc_sets = !r->ewc_on ? 0
+                         : r->ewc.mode == EWC_ONLINE ? 1
+                                                     : r->n_phases + r->ewc.n_sets;
+    char ewc_memory[160] = "";
+    if (r->ewc_on)
+        snprintf(ewc_memory, sizeof(ewc_memory),
+                 ", EWC %.2f MiB (Fisher and anchor x %d), Fisher pass %.2f MiB",
+                 ewc_sets * r->opt.n * 8.0 * MiB, ewc_sets,
+                 (r->model.table.total * 4.0 +
+                  (r->fisher_work == &r->fisher_model
+                       ? 2.0 * r->model.table.total * 4.0 + r->fisher_model.arena_bytes
+                       : 0.0)) *
+                     MiB);
     printf("dstrain: %d ranks (tp %d x dp %d, zero %d); memory per rank: parameters %.2f MiB, "
-           "gradients %.2f MiB, optimizer %.2f MiB, activations %.2f MiB\n",
+           "gradients %.2f MiB, optimizer %.2f MiB, activations %.2f MiB%s\n",
            grid->world_size, grid->tp_size, grid->dp_size, r->opt.zero,
            r->model.table.total * 4.0 * MiB, r->model.table.total * 4.0 * MiB,
-           r->opt.n * 8.0 * MiB, r->model.arena_bytes * MiB);
+           r->opt.n * 8.0 * MiB, r->model.arena_bytes * MiB, ewc_memory);
 #ifdef DSTRAIN_HAVE_CUDA
     if (!r->be->host_memory && cuda_matmul_is_bf16())
         printf("dstrain: precision bf16: the weights' bf16 working copy takes %.2f MiB per rank\n",

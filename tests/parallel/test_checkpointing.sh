@@ -28,7 +28,7 @@ run single_off 1 1 false
 run single_on 1 1 true
 run tp2_off 2 2 false
 run tp2_on 2 2 true
-grep -q "activation_checkpointing: true" "$work/single_on.log" ||
+grep -q "activation_checkpointing: true" "$work/single_on/config.yaml" ||
   { echo "FAIL: the resolved config does not show the key"; cat "$work/single_on.log"; exit 1; }
 
 python3 - "$work" <<'PY'

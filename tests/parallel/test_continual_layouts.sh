@@ -59,7 +59,11 @@ for c in c l; do
 done
 printf 'tasks:\n  - {id: next, train: c0-train.h5, eval: c0-test.h5, steps: 4}\n' > c-next.yaml
 
+# optim.eps 1e-6: AdamW divides by sqrt(v) + eps, so an element whose gradient is near zero
+# turns the layouts' summation-order noise (1e-7 of the largest gradients) into a step of up to
+# lr; eps 1e-6 bounds that gain, and the parameters then measure the layouts, not the noise
 common=(device="$device" model.path=model model.random_init=true train.seq_len=16 optim.lr=1e-3
+        optim.eps=1e-6
         optim.warmup_steps=1 log.every=100 checkpoint.every=0 export.enabled=true export.dtype=fp32
         run.save_final=true eval.batches=2 continual.ewc.enabled=true continual.ewc.lambda=50
         continual.ewc.fisher.samples=6 continual.replay.capacity=16 continual.replay.ratio=0.5)

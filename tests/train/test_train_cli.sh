@@ -24,7 +24,9 @@ check "loss falls by at least 20%" python3 -c "import sys; sys.exit(0 if $last <
 check "metrics keys" python3 -c "
 import json; d=json.loads(open('$run/metrics.jsonl').readline())
 assert all(k in d for k in ('step','loss','lr','grad_norm','tokens_per_second')), d"
-check "resolved config printed" grep -q "preset: tiny" default.out
+check "a short summary printed, the resolved config saved" grep -q "preset tiny" default.out
+check "the resolved config is not printed by default" test "$(grep -c 'preset: tiny' default.out)" -eq 0
+check "the resolved config saved" grep -q "preset: tiny" "$run/config.yaml"
 
 # 2. Bitwise reproducible on the CPU: same seed, same losses; another seed differs.
 "$DSTRAIN" train train.steps=15 run.dir=a >/dev/null 2>&1
