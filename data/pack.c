@@ -9,6 +9,7 @@
 #include "trainer/common.h"
 #include "trainer/progress.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <inttypes.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PACK_MAX_INPUTS 256
@@ -62,6 +64,9 @@ typedef struct PackWriter {
     int labels_known, has_labels, has_tasks;
     char first_file[1024];
     int64_t first_line;
+    /* what --tokenizer supplied (for the report) */
+    int64_t vocab_from_tokenizer;
+    char eos_from[160];
 } PackWriter;
 
 static void pack_usage(FILE *f)
@@ -69,11 +74,14 @@ static void pack_usage(FILE *f)
     fprintf(f,
             "usage: dstrain pack --input FILE.jsonl [--input MORE.jsonl ...] --output FILE.h5\n"
             "                    [--vocab-size N] [--eos-id N] [--bos-id N] [--pad-id N]\n"
-            "                    [--tokenizer NAME] [--compress]\n"
+            "                    [--tokenizer PATH|NAME] [--compress]\n"
             "Each input line is a JSON object: {\"input_ids\": [ints], \"loss_mask\": [0/1 ...],\n"
             "\"label\": int, \"task\": int} (all but input_ids optional; label and task on all\n"
-            "lines or none). Without --vocab-size the vocabulary is max id + 1. Layout: "
-            "docs/data.md.\n");
+            "lines or none). --tokenizer: the tokenizer.json the ids were made with (or the model\n"
+            "directory holding it): --vocab-size defaults to its vocabulary and --eos-id to its\n"
+            "EOS token (tokenizer_config.json's eos_token, else config.json's eos_token_id), the\n"
+            "separator between documents; any other value is only recorded. Without either,\n"
+            "the vocabulary is max id + 1. Layout: docs/data.md.\n");
 }
 
 static int parse_int64(const char *flag, const char *text, int64_t min, int64_t *out)
@@ -645,8 +653,11 @@ static int pack_document(PackWriter *w, const char *file, int64_t line, const Pa
         if (opt->vocab_size > 0 && id >= opt->vocab_size)
             return ds_error(DS_ERR_INPUT,
                             "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
-                            " is >= --vocab-size %" PRId64,
-                            file, line, index, id, opt->vocab_size);
+                            " is >= %s %" PRId64,
+                            file, line, index, id,
+                            w->vocab_from_tokenizer ? "the tokenizer's vocabulary size"
+                                                    : "--vocab-size",
+                            opt->vocab_size);
         if (id > INT32_MAX)
             return ds_error(DS_ERR_INPUT,
                             "%s:%" PRId64 ": input_ids[%" PRId64 "]: token id %" PRId64
@@ -736,6 +747,182 @@ static int pack_file(PackWriter *w, const char *path)
     return status;
 }
 
+/* ---- --tokenizer: the vocabulary size and EOS id of a tokenizer.json ------------------------ */
+
+#define PACK_TOKENIZER_MAX_BYTES ((size_t)512 << 20)
+
+static int read_json_file(const char *path, cJSON **out)
+{
+    *out = NULL;
+    FILE *f = ds_fopen_regular(path, "rb");
+    if (!f) return DS_ERR_INPUT;
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || (size_t)st.st_size > PACK_TOKENIZER_MAX_BYTES) {
+        fclose(f);
+        return ds_error(DS_ERR_INPUT, "%s: too large for a tokenizer file", path);
+    }
+    char *text = ds_malloc((size_t)st.st_size + 1);
+    if (!text) {
+        fclose(f);
+        return DS_ERR_INTERNAL;
+    }
+    size_t n = fread(text, 1, (size_t)st.st_size, f);
+    fclose(f);
+    text[n] = 0;
+    *out = cJSON_ParseWithLength(text, n);
+    free(text);
+    if (!cJSON_IsObject(*out)) {
+        cJSON_Delete(*out);
+        *out = NULL;
+        return ds_error(DS_ERR_INPUT, "%s: not a JSON object", path);
+    }
+    return DS_OK;
+}
+
+/* The id of token text in a tokenizer.json (added tokens first, then the model's vocabulary:
+ * an object token -> id, or Unigram's list of [piece, score]); -1 when it has none. */
+static int64_t tokenizer_token_id(const cJSON *tok, const char *text)
+{
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(tok, "added_tokens");
+    const cJSON *t;
+    cJSON_ArrayForEach(t, added)
+    {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(t, "content");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
+        if (cJSON_IsString(c) && cJSON_IsNumber(id) && strcmp(c->valuestring, text) == 0)
+            return (int64_t)id->valuedouble;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(tok, "model");
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    if (cJSON_IsObject(vocab)) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(vocab, text);
+        return cJSON_IsNumber(id) ? (int64_t)id->valuedouble : -1;
+    }
+    int64_t index = 0;
+    cJSON_ArrayForEach(t, vocab)
+    {
+        if (cJSON_IsArray(t) && cJSON_IsString(t->child) &&
+            strcmp(t->child->valuestring, text) == 0)
+            return index;
+        index++;
+    }
+    return -1;
+}
+
+/* The largest id of a tokenizer.json + 1: its vocabulary size. */
+static int64_t tokenizer_vocab_size(const cJSON *tok)
+{
+    int64_t top = -1;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(tok, "added_tokens"))
+    {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
+        if (cJSON_IsNumber(id) && id->valuedouble > top) top = (int64_t)id->valuedouble;
+    }
+    const cJSON *vocab =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(tok, "model"), "vocab");
+    if (cJSON_IsObject(vocab)) {
+        cJSON_ArrayForEach(t, vocab)
+        {
+            if (cJSON_IsNumber(t) && t->valuedouble > top) top = (int64_t)t->valuedouble;
+        }
+    } else if (cJSON_IsArray(vocab)) {
+        const int64_t n = cJSON_GetArraySize(vocab);
+        if (n - 1 > top) top = n - 1;
+    }
+    return top + 1;
+}
+
+/* The EOS token of the tokenizer in dir: tokenizer_config.json's eos_token (a string or
+ * {"content": ...}) looked up in tok, else config.json's eos_token_id (an integer or a list,
+ * first entry). -1 when neither says; what was used goes into from. */
+static int64_t tokenizer_eos_id(const char *dir, const cJSON *tok, char *from, size_t cap)
+{
+    char path[4200];
+    cJSON *cfg = NULL;
+    int64_t eos = -1;
+    snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+    if (access(path, F_OK) == 0 && read_json_file(path, &cfg) == DS_OK) {
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(cfg, "eos_token");
+        if (cJSON_IsObject(e)) e = cJSON_GetObjectItemCaseSensitive(e, "content");
+        if (cJSON_IsString(e)) {
+            eos = tokenizer_token_id(tok, e->valuestring);
+            char shown[96];
+            if (eos >= 0)
+                snprintf(from, cap, "tokenizer_config.json's eos_token %s",
+                         ds_printable(shown, sizeof(shown), e->valuestring, 40));
+        }
+    }
+    cJSON_Delete(cfg);
+    cfg = NULL;
+    ds_clear_error();
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    if (eos < 0 && access(path, F_OK) == 0 && read_json_file(path, &cfg) == DS_OK) {
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(cfg, "eos_token_id");
+        if (cJSON_IsArray(e)) e = e->child;
+        if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < INT32_MAX) {
+            eos = (int64_t)e->valuedouble;
+            snprintf(from, cap, "config.json's eos_token_id");
+        }
+    }
+    cJSON_Delete(cfg);
+    ds_clear_error();
+    return eos;
+}
+
+/* --tokenizer PATH: when it is a tokenizer.json or a directory holding one, fill the vocabulary
+ * size and the EOS id the command line left out, and say where they came from. */
+static int pack_apply_tokenizer(PackOptions *opt, int64_t *vocab_from_tokenizer, char *eos_from,
+                                size_t cap)
+{
+    *vocab_from_tokenizer = 0;
+    eos_from[0] = 0;
+    struct stat st;
+    if (!opt->tokenizer[0] || stat(opt->tokenizer, &st) != 0) return DS_OK; /* a name */
+    char dir[4096], file[4200];
+    if (S_ISDIR(st.st_mode)) {
+        snprintf(dir, sizeof(dir), "%s", opt->tokenizer);
+        snprintf(file, sizeof(file), "%s/tokenizer.json", opt->tokenizer);
+        if (access(file, F_OK) != 0)
+            return ds_error(DS_ERR_INPUT, "pack: --tokenizer %s: no tokenizer.json in it",
+                            opt->tokenizer);
+    } else {
+        snprintf(file, sizeof(file), "%s", opt->tokenizer);
+        snprintf(dir, sizeof(dir), "%s", opt->tokenizer);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof(dir), ".");
+    }
+    cJSON *tok;
+    int status = read_json_file(file, &tok);
+    if (status != DS_OK) return ds_error_context(status, "pack: --tokenizer");
+    const int64_t vocab = tokenizer_vocab_size(tok);
+    if (vocab <= 0 || vocab > INT32_MAX) {
+        cJSON_Delete(tok);
+        return ds_error(DS_ERR_INPUT,
+                        "pack: --tokenizer %s: no vocabulary found (model.vocab, added_tokens)",
+                        file);
+    }
+    if (opt->vocab_size == 0) {
+        opt->vocab_size = vocab;
+        *vocab_from_tokenizer = vocab;
+    }
+    if (opt->eos_id < 0) {
+        const int64_t eos = tokenizer_eos_id(dir, tok, eos_from, cap);
+        if (eos >= 0) opt->eos_id = eos;
+    }
+    cJSON_Delete(tok);
+    const char *special[3] = {"--bos-id", "--eos-id", "--pad-id"};
+    const int64_t ids[3] = {opt->bos_id, opt->eos_id, opt->pad_id};
+    for (int i = 0; i < 3; i++)
+        if (ids[i] >= opt->vocab_size)
+            return ds_error(DS_ERR_INPUT, "pack: %s %" PRId64 " is >= the vocabulary size %" PRId64,
+                            special[i], ids[i], opt->vocab_size);
+    return DS_OK;
+}
+
 static int pack_write_attributes(PackWriter *w, int64_t vocab_size)
 {
     const PackOptions *opt = w->opt;
@@ -814,6 +1001,12 @@ static int pack_run(PackWriter *w)
     printf("  vocab_size %" PRId64 ", bos_id %" PRId64 ", eos_id %" PRId64 ", pad_id %" PRId64
            ", tokenizer \"%s\"\n",
            vocab_size, opt->bos_id, opt->eos_id, opt->pad_id, opt->tokenizer);
+    if (w->vocab_from_tokenizer) printf("  vocab_size from the tokenizer (its largest id + 1)\n");
+    if (w->eos_from[0])
+        printf("  eos_id from %s: inserted after every document in lm mode\n", w->eos_from);
+    else if (opt->eos_id < 0)
+        printf("  no eos_id: in lm mode documents are joined without a separator (--eos-id, or "
+               "--tokenizer with an EOS token)\n");
     printf("  loss_mask %s, labels %s, task_ids %s%s\n", w->loss_mask.length ? "yes" : "no",
            w->has_labels ? "yes" : "no", w->has_tasks ? "yes" : "no",
            opt->compress ? ", gzip compressed" : "");
@@ -833,6 +1026,7 @@ int pack_main(int argc, char **argv)
 
     PackWriter w;
     memset(&w, 0, sizeof(w));
+    DS_TRY(pack_apply_tokenizer(&opt, &w.vocab_from_tokenizer, w.eos_from, sizeof(w.eos_from)));
     w.opt = &opt;
     w.file = -1;
     w.tokens.dset = w.loss_mask.dset = w.doc_offsets.dset = w.labels.dset = w.task_ids.dset = -1;

@@ -4,7 +4,8 @@ reads, with the model's own tokenizer.json (Hugging Face `tokenizers`). Not a pa
 is one JSON line per document, {"input_ids": [...], "loss_mask": [...]} (plus "label" and
 "task" passed through); `dstrain pack` turns it into HDF5 (docs/data.md).
 
-Input lines, detected one by one:
+Inputs ending in .jsonl or .json are JSONL; any other file (notes.txt, docs/*.md) is plain
+text, the whole file one document, all tokens trained on. JSONL lines, detected one by one:
   {"text": "..."}                                   all tokens trained on (no loss_mask written)
   {"prompt": "...", "response": "..."}              prompt tokens loss_mask 0, response 1
   {"messages": [{"role": "user", "content": ...}]}  only assistant turns loss_mask 1
@@ -13,9 +14,15 @@ Chat turns are rendered as ROLE_FORMAT + content + SEPARATOR (defaults "<|{role}
 special tokens added around every document (the EOS after a response is trained on, so the
 model learns to stop). Errors name FILE:LINE and exit with status 2.
 
-  tools/tokenize_jsonl.py --tokenizer MODEL/tokenizer.json --input raw.jsonl \\
-      --output ids.jsonl --eos "</s>"
-  dstrain pack --input ids.jsonl --output data.h5 --vocab-size N --eos-id ID
+  tools/tokenize_jsonl.py --tokenizer MODEL/tokenizer.json --input raw.jsonl notes.txt \\
+      --output ids.jsonl
+  dstrain pack --input ids.jsonl --output data.h5 --tokenizer MODEL
+
+`dstrain pack --tokenizer` takes the vocabulary size and the EOS id (the separator it puts
+between documents when training a causal LM) from the same tokenizer; the summary line here
+counts the vocabulary as pack does (largest id + 1). --eos is for rows trained one by one (SFT,
+chat, classification), where each example must end in EOS; for plain text packed as a stream,
+leave it out: pack's separator does that job.
 """
 import argparse
 import json
@@ -104,7 +111,8 @@ def document(tok, obj, args, bos, eos):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True, help="the model's tokenizer.json")
-    ap.add_argument("--input", required=True, action="append", help="JSONL (repeatable)")
+    ap.add_argument("--input", required=True, action="extend", nargs="+",
+                    help="JSONL files, or plain text files (one document each); repeatable")
     ap.add_argument("--output", required=True, help="token-id JSONL for dstrain pack")
     ap.add_argument("--bos", help="special token put before every document")
     ap.add_argument("--eos", help="special token put after every document (trained on)")
@@ -129,7 +137,10 @@ def main(argv=None):
         with open(tmp, "w") as out:
             for path in args.input:
                 with open(path, encoding="utf-8") as f:
-                    for line_no, line in enumerate(f, 1):
+                    lines = enumerate(f, 1)
+                    if not path.endswith((".jsonl", ".json")):  # plain text: one document
+                        lines = [(1, json.dumps({"text": f.read()}))]
+                    for line_no, line in lines:
                         if not line.strip():
                             continue
                         where = f"{path}:{line_no}"
@@ -159,9 +170,12 @@ def main(argv=None):
             pass
         return 2
     os.replace(tmp, args.output)
+    vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
     print(f"tokenize_jsonl.py: wrote {args.output}: {docs} documents, {tokens} tokens, "
           f"length min {shortest} mean {tokens / docs:.1f} max {longest}; "
-          f"vocab_size {tok.get_vocab_size()}" + (f", eos_id {eos}" if eos is not None else ""))
+          f"vocab_size {vocab_size}" + (f", eos_id {eos}" if eos is not None else ""))
+    print(f"next: dstrain pack --input {args.output} --output DATA.h5 --tokenizer "
+          f"{args.tokenizer}")
     return 0
 
 
