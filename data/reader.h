@@ -98,13 +98,6 @@ double data_reader_wait_seconds(const DataReader *r);
 int data_reader_global_sample(const DataReader *r, int64_t *global_sample);
 int data_reader_seek_global(DataReader *r, int64_t global_sample);
 
-/* The trainer's readers from its config (data.train, data.eval, data.mode, train.*, eval.*):
- * train reads data.train (the bundled file when empty); eval[i] one reader per data.eval file,
- * each read from the start at every evaluation. Defined in reader_setup.c. */
-struct Config;
-int data_readers_open(const struct Config *cfg, int model_vocab, int dp_rank, int dp_size,
-                      DataReader **train, DataReader **eval, int *n_eval);
-
 /* For other code that calls HDF5 while readers run (replay buffers, checkpoints of HDF5). */
 void data_hdf5_lock(void);
 void data_hdf5_unlock(void);
