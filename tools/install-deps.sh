@@ -2,7 +2,8 @@
 # Installs what dstrain needs on Debian 12: compilers, CMake, Open MPI, HDF5, libuv, libyaml,
 # cJSON, OpenBLAS, Criterion, and Python's h5py/numpy/safetensors for the tests' cross-checks
 # (scikit-learn for the continual-learning benchmark's digits), Prometheus (promtool and a real
-# server for the scrape test), gnuplot (dstrain plot), and tokenizers (dstrain generate).
+# server for the scrape test), gnuplot (dstrain plot), tokenizers (dstrain generate), and clang
+# with libFuzzer's runtime (tools/fuzz.sh).
 # The CUDA toolkit is not a Debian package: when /usr/local/cuda is there, CUDA is built too.
 set -euo pipefail
 SUDO=""
@@ -11,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config git openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
       libuv1-dev libyaml-dev libcjson-dev libopenblas-dev libcriterion-dev
       python3 python3-pip python3-h5py python3-numpy slurm-wlm munge
-      prometheus gnuplot-nox curl)
+      prometheus gnuplot-nox curl clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

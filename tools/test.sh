@@ -41,4 +41,11 @@ if [ "$sanitize_status" = skipped ]; then
   exit "$((release_status != 0))"
 fi
 echo "tools/test.sh: ASan + UBSan build (build-sanitize/): $(result "$sanitize_status")"
-[ "$release_status" -eq 0 ] && [ "$sanitize_status" -eq 0 ]
+# bounded fuzzing, 20 s a harness (tests/fuzz/README.md); it passes by itself without clang
+fuzz_status=0
+if [ -x tools/fuzz.sh ]; then
+  tools/fuzz.sh --ci
+  fuzz_status=$?
+  echo "tools/test.sh: fuzz harnesses (build-fuzz/):           $(result "$fuzz_status")"
+fi
+[ "$release_status" -eq 0 ] && [ "$sanitize_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]
