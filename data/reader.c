@@ -373,11 +373,12 @@ static int reader_open_source(DataReader *r, int s, const char *path)
             if (dataset_doc_length(src->ds, d) < shortest) shortest = dataset_doc_length(src->ds, d);
         if (info->pad_id < 0 && !o->has_fallback_pad && shortest < o->seq_len)
             return ds_error(DS_ERR_INPUT,
-                            "%s: the data file has no \"pad_id\" attribute (data.mode "
-                            "classification pads short examples with the file's pad_id; the "
-                            "model's pad_token_id in its config.json is a separate setting): "
-                            "pack the file again with dstrain pack --pad-id ID (the tokenizer's "
-                            "pad id, or its eos id when it has none)",
+                            "%s: the data file has no \"pad_id\" attribute, and the model has "
+                            "no pad_token_id to use instead (data.mode classification pads "
+                            "examples shorter than train.seq_len with the file's pad_id): pack "
+                            "the file again with dstrain pack --pad-id ID (the tokenizer's pad "
+                            "id, or its eos id when it has none), or set \"pad_token_id\" in "
+                            "the model's config.json",
                             path);
         if (o->num_labels > 0) {
             /* Every label checked up front, in slices: a bad one stops the run before step 1. */

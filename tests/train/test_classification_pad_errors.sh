@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The two pads of classification, and which one an error blames: `dstrain eval` of a classifier
 # pads short documents with the model's pad_token_id (its config.json), a classification run
-# pads with the data file's pad_id attribute (dstrain pack --pad-id). Each missing one is named
-# as what it is, with where to set it, and exits 2; with it set, eval runs.
+# pads with the data file's pad_id attribute (dstrain pack --pad-id; the model's pad_token_id
+# when the file has none). Each missing one is named as what it is, with where to set it, and
+# exits 2; with it set, eval runs.
 set -u
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 T=$TMPROOT/classification_pad_errors; rm -rf "$T"; mkdir -p "$T"; cd "$T"
@@ -63,13 +64,19 @@ json.dump(c, open('cls/config.json', 'w'))"
 check "eval with pad_token_id set runs" test $rc -eq 0
 check "eval with pad_token_id scores the 3 documents" grep -q "examples=3" evalpad.out
 
-# training: the data file's pad_id attribute is what is missing
+# training: the data file's pad_id attribute is what is missing (the model's pad_token_id, when
+# it has one, stands in for it: so here it has none)
+python3 -c "
+import json; c = json.load(open('cls/config.json')); del c['pad_token_id']
+json.dump(c, open('cls/config.json', 'w'))"
 "$DSTRAIN" train model.path=cls model.random_init=true task.type=classification \
   task.num_labels=3 data.mode=classification data.train=nopad.h5 train.steps=1 \
   train.seq_len=6 train.micro_batch_size=1 run.dir=run-nopad > train.out 2> train.err; rc=$?
 check "training on a file without pad_id exits 2" test $rc -eq 2
 check "training: names the data file's pad_id attribute" \
   grep -q 'nopad.h5: the data file has no "pad_id" attribute' train.err
+check "training: says the model has no pad_token_id either" \
+  grep -q "the model has no pad_token_id to use instead" train.err
 check "training: says where to set it" grep -q "dstrain pack --pad-id" train.err
 [ $fails -eq 0 ] || { echo "--- eval.err"; cat eval.err; echo "--- train.err"; cat train.err; }
 
