@@ -1,6 +1,9 @@
 /* replay.c: the replay buffer (see replay.h): Algorithm R or per-task reservoirs over fixed
- * slots, uniform seeded draws, and its HDF5 file per rank. All memory is allocated at init; adding
- * and drawing allocate nothing. Not here: batch composition (trainer/continual.c). */
+ * slots, uniform seeded draws, its HDF5 file per rank and its bytes for a checkpoint. A buffer
+ * read back (either way) is first an image of its filled slots, checked against the run and then
+ * taken in exactly or converted (replay_adopt): one place decides what a saved buffer may become.
+ * All memory is allocated at init; adding and drawing allocate nothing. Not here: batch
+ * composition (trainer/train.c). */
 #include "data/replay.h"
 
 #include <errno.h>
@@ -50,6 +53,7 @@ int replay_init(ReplayBuffer *rb, ReplayPolicy policy, int capacity_total, int T
     if (capacity_total < 0 || T <= 0 || dp_size <= 0 || dp_rank < 0 || dp_rank >= dp_size)
         return ds_error(DS_ERR_INTERNAL, "replay_init: bad arguments");
     rb->policy = policy;
+    rb->num_labels = -1; /* not told */
     rb->capacity_total = capacity_total;
     rb->capacity = rank_capacity(capacity_total, dp_rank, dp_size);
     rb->dp_rank = dp_rank;
@@ -116,6 +120,24 @@ void replay_free(ReplayBuffer *rb)
     free(rb->labels);
     free(rb->task_ids);
     memset(rb, 0, sizeof(*rb));
+}
+
+int replay_set_task(ReplayBuffer *rb, int vocab_size, int num_labels)
+{
+    if (vocab_size <= 0 || num_labels < 0)
+        return ds_error(DS_ERR_INTERNAL, "replay_set_task: vocab_size %d, num_labels %d",
+                        vocab_size, num_labels);
+    rb->vocab_size = vocab_size;
+    rb->num_labels = num_labels;
+    return DS_OK;
+}
+
+int replay_init_whole(ReplayBuffer *whole, const ReplayBuffer *rb, uint64_t seed)
+{
+    DS_TRY(replay_init(whole, rb->policy, rb->capacity_total, rb->T, 0, 1, seed));
+    whole->vocab_size = rb->vocab_size;
+    whole->num_labels = rb->num_labels;
+    return DS_OK;
 }
 
 static void slot_store(ReplayBuffer *rb, int slot, const int32_t *inputs, const int32_t *targets,
@@ -242,6 +264,8 @@ int replay_read(const ReplayBuffer *rb, int s, int32_t *inputs, int32_t *targets
 void replay_shard_to_whole(const ReplayBuffer *rb, ReplayBuffer *whole)
 {
     const size_t T = (size_t)rb->T;
+    whole->vocab_size = rb->vocab_size;
+    whole->num_labels = rb->num_labels;
     whole->count = rb->count;
     whole->seen = rb->seen;
     whole->rng = rb->rng;
@@ -268,6 +292,10 @@ int replay_shard_from_whole(ReplayBuffer *rb, const ReplayBuffer *whole)
     if (whole->T != rb->T || whole->count > rb->capacity)
         return ds_error(DS_ERR_INTERNAL, "replay_shard_from_whole: buffers do not match");
     const size_t T = (size_t)rb->T;
+    if (rb->num_labels < 0) { /* a buffer not told takes what the whole one was */
+        rb->vocab_size = whole->vocab_size;
+        rb->num_labels = whole->num_labels;
+    }
     rb->count = whole->count;
     rb->seen = whole->seen;
     rb->rng = whole->rng;
@@ -287,10 +315,244 @@ int replay_shard_from_whole(ReplayBuffer *rb, const ReplayBuffer *whole)
     return DS_OK;
 }
 
+/* ---- a saved buffer taken into the run's: checks, then exactly or converted ------------------ */
+
+/* An image of a saved buffer: an unsharded buffer whose capacity is its filled slots (replay_init
+ * with capacity_total = count), then capacity_total set to what was saved. */
+static int image_init(ReplayBuffer *img, ReplayPolicy policy, int64_t count, int T)
+{
+    if (count < 0 || count > INT32_MAX)
+        return ds_error(DS_ERR_INTERNAL, "replay image of %lld examples", (long long)count);
+    return replay_init(img, policy, (int)count, T, 0, 1, 0);
+}
+
+static const char *type_name(int num_labels)
+{
+    return num_labels > 0 ? "classification" : "causal_lm";
+}
+
+/* What img holds against what rb trains: seq_len, task type, labels and vocabulary as saved,
+ * then every label and token against the run's (or, where rb was not told, the buffer's own
+ * word): a file that says nothing about itself is judged by what it holds, and one that says
+ * something must hold that. */
+static int check_task(const ReplayBuffer *rb, const ReplayBuffer *img, const char *from)
+{
+    if (img->T != rb->T)
+        return ds_error(DS_ERR_INPUT,
+                        "%s: seq_len: the buffer's examples have %d tokens; this run has "
+                        "train.seq_len %d",
+                        from, img->T, rb->T);
+    if (rb->num_labels >= 0 && img->num_labels >= 0) {
+        if ((rb->num_labels > 0) != (img->num_labels > 0))
+            return ds_error(DS_ERR_INPUT, "%s: task.type: a %s buffer; this run trains %s", from,
+                            type_name(img->num_labels), type_name(rb->num_labels));
+        if (img->num_labels != rb->num_labels)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: task.num_labels: the buffer's examples have %d labels; this run "
+                            "has %d",
+                            from, img->num_labels, rb->num_labels);
+    }
+    if (rb->vocab_size > 0 && img->vocab_size > 0 && img->vocab_size != rb->vocab_size)
+        return ds_error(DS_ERR_INPUT,
+                        "%s: vocab_size: the buffer's tokens are of a vocabulary of %d; this "
+                        "model has %d",
+                        from, img->vocab_size, rb->vocab_size);
+    const int num_labels = rb->num_labels >= 0 ? rb->num_labels : img->num_labels;
+    const int vocab_size = rb->vocab_size > 0 ? rb->vocab_size : img->vocab_size;
+    const size_t T = (size_t)img->T;
+    for (int s = 0; s < img->count; s++) {
+        const int64_t label = img->labels[s];
+        if (num_labels == 0 && label != -1)
+            return ds_error(DS_ERR_INPUT,
+                            "%s: labels: slot %d holds label %lld (a classification buffer); "
+                            "this run trains causal_lm",
+                            from, s, (long long)label);
+        if (num_labels > 0 && (label < 0 || label >= num_labels))
+            return ds_error(DS_ERR_INPUT,
+                            "%s: labels: slot %d holds label %lld, outside [0, task.num_labels = "
+                            "%d)%s",
+                            from, s, (long long)label, num_labels,
+                            label == -1 ? " (a causal-LM buffer)" : "");
+        if (vocab_size <= 0) continue;
+        const int32_t *in = img->inputs + s * T, *tg = img->targets + s * T;
+        for (size_t t = 0; t < T; t++) {
+            const int bad_in = in[t] < 0 || in[t] >= vocab_size;
+            if (bad_in || tg[t] < 0 || tg[t] >= vocab_size)
+                return ds_error(
+                    DS_ERR_INPUT, "%s: %s: slot %d holds token %d, outside the vocabulary [0, %d)",
+                    from, bad_in ? "inputs" : "targets", s, bad_in ? in[t] : tg[t], vocab_size);
+        }
+    }
+    return DS_OK;
+}
+
+/* Keep k of the n candidates, a uniform random subset in their order (selection sampling, Knuth's
+ * Algorithm S: the i-th is kept with probability (k - kept) / (n - i)). */
+static void choose_uniform(uint64_t *state, const int *cand, int n, int k, uint8_t *keep)
+{
+    int kept = 0;
+    for (int i = 0; i < n && kept < k; i++)
+        if (rng_below(state, n - i) < k - kept) {
+            keep[cand[i]] = 1;
+            kept++;
+        }
+}
+
+/* rb takes img's slots (img->count rows, all filled) and state. exact: img is rb's own saved
+ * buffer and, when policy and capacity agree, comes back as it was, random state included.
+ * Otherwise at most rb->capacity slots are kept (a uniform subset, per task under task_balanced,
+ * drawn from choose_seed), the counts seen and img's random state are kept, and the per-task
+ * bookkeeping is rebuilt from the slots. */
+static int replay_adopt(ReplayBuffer *rb, const ReplayBuffer *img, int exact, uint64_t choose_seed,
+                        const char *from)
+{
+    DS_TRY(check_task(rb, img, from));
+    const int n = img->count;
+    if (img->seen < n || img->n_tasks < 0 || img->n_tasks > REPLAY_MAX_TASKS)
+        return ds_error(DS_ERR_INPUT, "%s: meta: %d examples kept of %lld seen, %d tasks", from, n,
+                        (long long)img->seen, img->n_tasks);
+    for (int i = 0; i < img->n_tasks; i++)
+        if (img->task_seen[i] < 0) return ds_error(DS_ERR_INPUT, "%s: task_seen: negative", from);
+    /* the distinct tasks: img's list first (its order breaks task_balanced's ties), then the
+     * others in slot order; have[i] = slots of task order[i] */
+    int32_t order[REPLAY_MAX_TASKS];
+    int have[REPLAY_MAX_TASKS], n_order = 0;
+    for (int i = 0; i < img->n_tasks; i++) {
+        for (int j = 0; j < n_order; j++)
+            if (order[j] == img->task_list[i])
+                return ds_error(DS_ERR_INPUT, "%s: task_list: task %d twice", from,
+                                img->task_list[i]);
+        order[n_order] = img->task_list[i];
+        have[n_order++] = 0;
+    }
+    int *task_of = ds_malloc((size_t)(n ? n : 1) * sizeof(int)); /* slot -> index in order */
+    uint8_t *keep = ds_calloc((size_t)(n ? n : 1), 1);
+    int *cand = ds_malloc((size_t)(n ? n : 1) * sizeof(int));
+    int status = DS_OK;
+    if (!task_of || !keep || !cand) {
+        status = DS_ERR_INTERNAL;
+        goto done;
+    }
+    for (int s = 0; s < n; s++) {
+        int j = 0;
+        while (j < n_order && order[j] != img->task_ids[s])
+            j++;
+        if (j == n_order) {
+            if (n_order == REPLAY_MAX_TASKS) {
+                status = ds_error(DS_ERR_INPUT, "%s: task_ids: more than %d tasks", from,
+                                  REPLAY_MAX_TASKS);
+                goto done;
+            }
+            if (exact && img->policy == REPLAY_TASK_BALANCED) {
+                status = ds_error(DS_ERR_INPUT, "%s: task_list: slot %d's task %d is not in it",
+                                  from, s, img->task_ids[s]);
+                goto done;
+            }
+            order[n_order] = img->task_ids[s];
+            have[n_order++] = 0;
+        }
+        task_of[s] = j;
+        have[j]++;
+    }
+    const int as_saved = exact && img->policy == rb->policy &&
+                         img->capacity_total == rb->capacity_total && n <= rb->capacity;
+    int k = n;
+    if (as_saved || n <= rb->capacity) {
+        memset(keep, 1, (size_t)n);
+    } else if (rb->policy == REPLAY_RESERVOIR) {
+        k = rb->capacity;
+        for (int s = 0; s < n; s++)
+            cand[s] = s;
+        choose_uniform(&choose_seed, cand, n, k, keep);
+    } else {
+        /* task_balanced: each task its share of the slots (water-filling: a task with fewer
+         * examples than its share keeps them all and leaves the rest to the others, earlier tasks
+         * first for what does not divide), a uniform subset within each task */
+        int quota[REPLAY_MAX_TASKS] = {0}, left = rb->capacity;
+        k = rb->capacity;
+        while (left > 0) {
+            int open = 0;
+            for (int j = 0; j < n_order; j++)
+                open += quota[j] < have[j];
+            if (open == 0) break;
+            const int share = left / open;
+            for (int j = 0; j < n_order && left > 0; j++) {
+                if (quota[j] >= have[j]) continue;
+                int add = share > 0 ? share : 1;
+                if (add > have[j] - quota[j]) add = have[j] - quota[j];
+                if (add > left) add = left;
+                quota[j] += add;
+                left -= add;
+            }
+        }
+        for (int j = 0; j < n_order; j++) {
+            int m = 0;
+            for (int s = 0; s < n; s++)
+                if (task_of[s] == j) cand[m++] = s;
+            choose_uniform(&choose_seed, cand, m, quota[j], keep);
+        }
+    }
+    /* the kept slots, in their order */
+    const size_t T = (size_t)rb->T;
+    int c = 0;
+    for (int s = 0; s < n; s++) {
+        if (!keep[s]) continue;
+        rb->labels[c] = img->labels[s];
+        rb->task_ids[c] = img->task_ids[s];
+        memcpy(rb->inputs + c * T, img->inputs + s * T, T * sizeof(int32_t));
+        memcpy(rb->targets + c * T, img->targets + s * T, T * sizeof(int32_t));
+        memcpy(rb->mask + c * T, img->mask + s * T, T);
+        task_of[c++] = task_of[s];
+    }
+    if (c != k) {
+        status = ds_error(DS_ERR_INTERNAL, "replay_adopt: kept %d of %d", c, k);
+        goto done;
+    }
+    rb->count = k;
+    rb->seen = img->seen;
+    rb->rng = img->rng;
+    if (rb->num_labels < 0) rb->num_labels = img->num_labels; /* not told: the buffer's word */
+    if (rb->vocab_size <= 0) rb->vocab_size = img->vocab_size;
+    /* bookkeeping from the slots: img's counts seen per task where it kept them, else the task's
+     * share of everything seen (what a reservoir holds of a task estimates its share); as saved,
+     * img's list as it was (a reservoir keeps none) */
+    rb->n_tasks = as_saved ? img->n_tasks : n_order;
+    for (int j = 0; j < rb->n_tasks; j++) {
+        rb->task_list[j] = order[j];
+        rb->task_count[j] = 0;
+        rb->task_seen[j] =
+            j < img->n_tasks ? img->task_seen[j] : (int64_t)((double)img->seen * have[j] / n + 0.5);
+    }
+    for (int s = 0; s < k; s++)
+        if (task_of[s] < rb->n_tasks) rb->task_count[task_of[s]]++;
+    for (int j = 0; j < rb->n_tasks; j++) {
+        if (as_saved && img->policy == REPLAY_TASK_BALANCED && j < img->n_tasks &&
+            img->task_count[j] != rb->task_count[j]) {
+            status =
+                ds_error(DS_ERR_INPUT, "%s: task_count: task %d has %d slots, the file says %d",
+                         from, order[j], rb->task_count[j], img->task_count[j]);
+            goto done;
+        }
+        if (rb->task_seen[j] < rb->task_count[j]) rb->task_seen[j] = rb->task_count[j];
+    }
+done:
+    if (status != DS_OK) {
+        rb->count = 0;
+        rb->seen = 0;
+        rb->n_tasks = 0;
+    }
+    free(task_of);
+    free(keep);
+    free(cand);
+    return status;
+}
+
 /* ---- HDF5 files ------------------------------------------------------------------------------ */
 
-/* Attributes: one int64 array "meta" = {format 1, policy, capacity_total, T, dp_rank, dp_size,
- * count, seen, rng, n_tasks}, then task_list / task_seen / task_count when n_tasks > 0. */
+/* Attributes: one int64 array "meta" = {format, policy, capacity_total, T, dp_rank, dp_size,
+ * count, seen, rng, n_tasks, vocab_size, num_labels} (format 1 has the first 10: written before
+ * the buffer said what it holds), then task_list / task_seen / task_count when n_tasks > 0.
+ * Datasets of count rows: inputs, targets, loss_mask [count, T]; labels, task_ids [count]. */
 enum {
     META_FORMAT,
     META_POLICY,
@@ -302,7 +564,10 @@ enum {
     META_SEEN,
     META_RNG,
     META_NTASKS,
-    META_LEN
+    META_VOCAB,
+    META_LABELS,
+    META_LEN,
+    META_LEN_1 = META_VOCAB /* format 1 */
 };
 
 static void rank_path(char *out, size_t cap, const char *dir, int rank)
@@ -343,8 +608,8 @@ int replay_save(const ReplayBuffer *rb, const char *dir)
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) return ds_error(DS_ERR_INPUT, "%s: cannot create", tmp);
     int64_t meta[META_LEN] = {
-        1,         rb->policy, rb->capacity_total, rb->T,      rb->dp_rank, rb->dp_size,
-        rb->count, rb->seen,   (int64_t)rb->rng,   rb->n_tasks};
+        2,         rb->policy, rb->capacity_total, rb->T,       rb->dp_rank,    rb->dp_size,
+        rb->count, rb->seen,   (int64_t)rb->rng,   rb->n_tasks, rb->vocab_size, rb->num_labels};
     const hsize_t n = (hsize_t)rb->count, T = (hsize_t)rb->T;
     herr_t rc = write_attr(file, "meta", H5T_NATIVE_INT64, META_LEN, meta);
     if (rc >= 0)
@@ -373,6 +638,7 @@ typedef struct RankFile {
     int64_t meta[META_LEN];
 } RankFile;
 
+/* Open dir's file of rank and read its meta (format 1: vocabulary and labels not told). */
 static int rank_open(RankFile *rf, const char *dir, int rank, char *path, size_t cap)
 {
     rank_path(path, cap, dir, rank);
@@ -389,21 +655,31 @@ static int rank_open(RankFile *rf, const char *dir, int rank, char *path, size_t
     }
     H5E_END_TRY;
     hid_t space = a >= 0 ? H5Aget_space(a) : -1;
-    int ok = a >= 0 && H5Sget_simple_extent_npoints(space) == META_LEN &&
-             H5Aread(a, H5T_NATIVE_INT64, rf->meta) >= 0;
+    const hssize_t len = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    int ok = (len == META_LEN || len == META_LEN_1) && H5Aread(a, H5T_NATIVE_INT64, rf->meta) >= 0;
     if (space >= 0) H5Sclose(space);
     if (a >= 0) H5Aclose(a);
-    const int64_t *m = rf->meta;
-    if (!ok || m[META_FORMAT] != 1 || m[META_T] <= 0 || m[META_SIZE] <= 0 || m[META_RANK] != rank ||
-        m[META_COUNT] < 0 || m[META_NTASKS] < 0 || m[META_NTASKS] > REPLAY_MAX_TASKS ||
-        m[META_COUNT] > m[META_CAP]) {
+    int64_t *m = rf->meta;
+    if (ok && len == META_LEN_1) {
+        m[META_VOCAB] = 0;
+        m[META_LABELS] = -1;
+    }
+    if (!ok || m[META_FORMAT] != (len == META_LEN ? 2 : 1) || m[META_T] <= 0 ||
+        m[META_T] > INT32_MAX || m[META_SIZE] <= 0 || m[META_RANK] != rank ||
+        m[META_POLICY] < REPLAY_RESERVOIR || m[META_POLICY] > REPLAY_TASK_BALANCED ||
+        m[META_CAP] < 0 || m[META_CAP] > INT32_MAX || m[META_COUNT] < 0 ||
+        m[META_COUNT] > m[META_CAP] || m[META_SEEN] < m[META_COUNT] || m[META_NTASKS] < 0 ||
+        m[META_NTASKS] > REPLAY_MAX_TASKS || m[META_VOCAB] < 0 || m[META_VOCAB] > INT32_MAX ||
+        m[META_LABELS] < -1 || m[META_LABELS] > INT32_MAX) {
         H5Fclose(rf->file);
         return ds_error(DS_ERR_INPUT, "%s: attribute meta: missing or inconsistent", path);
     }
     return DS_OK;
 }
 
-/* Read rows [first, first + rows) of a dataset of count rows (x T columns when T > 0). */
+/* Read rows [first, first + rows) of a dataset of count rows (x T columns when T > 0), after
+ * checking its shape and that its storage holds them (a dataset may declare rows it never
+ * stored: nothing is allocated from a declared size alone). */
 static int read_rows(hid_t file, const char *path, const char *name, hid_t type, int64_t count,
                      int T, int64_t first, int64_t rows, void *out)
 {
@@ -419,9 +695,15 @@ static int read_rows(hid_t file, const char *path, const char *name, hid_t type,
     int nd = H5Sget_simple_extent_ndims(fs);
     H5Sget_simple_extent_dims(fs, dims, NULL);
     int status = DS_OK;
+    const size_t elem = H5Tget_size(type);
     if (nd != (T ? 2 : 1) || dims[0] != (hsize_t)count || (T && dims[1] != (hsize_t)T)) {
         status = ds_error(DS_ERR_INPUT, "%s: dataset %s: expected %lld rows%s", path, name,
                           (long long)count, T ? " of seq_len tokens" : "");
+    } else if (count > 0 && H5Dget_storage_size(d) <
+                                (hsize_t)count * (hsize_t)(T ? T : 1) * (hsize_t)elem / 64) {
+        /* stored bytes far below the declared size (compression aside): never written */
+        status = ds_error(DS_ERR_INPUT, "%s: dataset %s: declares %lld rows it does not store",
+                          path, name, (long long)count);
     } else if (rows > 0) {
         hsize_t start[2] = {(hsize_t)first, 0}, cnt[2] = {(hsize_t)rows, (hsize_t)T};
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
@@ -435,19 +717,31 @@ static int read_rows(hid_t file, const char *path, const char *name, hid_t type,
     return status;
 }
 
-static int read_item(ReplayBuffer *rb, RankFile *rf, const char *path, int64_t row, int slot)
+/* Every dataset of an open rank file has the rows its meta says, and stores them: checked
+ * before anything is allocated for them. */
+static int check_datasets(RankFile *rf, const char *path)
 {
     const int64_t n = rf->meta[META_COUNT];
-    const int T = rb->T;
-    DS_TRY(read_rows(rf->file, path, "inputs", H5T_NATIVE_INT32, n, T, row, 1,
-                     rb->inputs + (size_t)slot * T));
-    DS_TRY(read_rows(rf->file, path, "targets", H5T_NATIVE_INT32, n, T, row, 1,
-                     rb->targets + (size_t)slot * T));
-    DS_TRY(read_rows(rf->file, path, "loss_mask", H5T_NATIVE_UINT8, n, T, row, 1,
-                     rb->mask + (size_t)slot * T));
-    DS_TRY(read_rows(rf->file, path, "labels", H5T_NATIVE_INT64, n, 0, row, 1, rb->labels + slot));
-    DS_TRY(
-        read_rows(rf->file, path, "task_ids", H5T_NATIVE_INT32, n, 0, row, 1, rb->task_ids + slot));
+    const int T = (int)rf->meta[META_T];
+    DS_TRY(read_rows(rf->file, path, "inputs", H5T_NATIVE_INT32, n, T, 0, 0, NULL));
+    DS_TRY(read_rows(rf->file, path, "targets", H5T_NATIVE_INT32, n, T, 0, 0, NULL));
+    DS_TRY(read_rows(rf->file, path, "loss_mask", H5T_NATIVE_UINT8, n, T, 0, 0, NULL));
+    DS_TRY(read_rows(rf->file, path, "labels", H5T_NATIVE_INT64, n, 0, 0, 0, NULL));
+    DS_TRY(read_rows(rf->file, path, "task_ids", H5T_NATIVE_INT32, n, 0, 0, 0, NULL));
+    return DS_OK;
+}
+
+/* The rows of an open rank file into img's slots [at, at + count). */
+static int read_all_rows(RankFile *rf, const char *path, ReplayBuffer *img, int at)
+{
+    const int64_t n = rf->meta[META_COUNT];
+    const int T = (int)rf->meta[META_T];
+    const size_t o = (size_t)at * T;
+    DS_TRY(read_rows(rf->file, path, "inputs", H5T_NATIVE_INT32, n, T, 0, n, img->inputs + o));
+    DS_TRY(read_rows(rf->file, path, "targets", H5T_NATIVE_INT32, n, T, 0, n, img->targets + o));
+    DS_TRY(read_rows(rf->file, path, "loss_mask", H5T_NATIVE_UINT8, n, T, 0, n, img->mask + o));
+    DS_TRY(read_rows(rf->file, path, "labels", H5T_NATIVE_INT64, n, 0, 0, n, img->labels + at));
+    DS_TRY(read_rows(rf->file, path, "task_ids", H5T_NATIVE_INT32, n, 0, 0, n, img->task_ids + at));
     return DS_OK;
 }
 
@@ -477,103 +771,167 @@ static int read_task_attrs(RankFile *rf, const char *path, int32_t *list, int64_
     return DS_OK;
 }
 
+/* A hash of a file's random state and a rank: the conversion's own draws, so that what a
+ * conversion keeps depends on the file alone, never on the run's seed. */
+static uint64_t choose_seed_of(uint64_t file_rng, int rank)
+{
+    uint64_t h = file_rng ^ 0x2f8a7e3c5b9d1e47ull;
+    h = rng_next(&h) + (uint64_t)rank;
+    return rng_next(&h);
+}
+
 int replay_load(ReplayBuffer *rb, const char *dir)
 {
+    if (rb->shard_size > 1)
+        return ds_error(DS_ERR_INTERNAL, "replay_load: load into a whole buffer, then shard it");
     char path[4200];
     RankFile rf;
     DS_TRY(rank_open(&rf, dir, 0, path, sizeof(path)));
     const int old_size = (int)rf.meta[META_SIZE];
+    const uint64_t rng0 = (uint64_t)rf.meta[META_RNG];
     H5Fclose(rf.file);
+    ReplayBuffer img;
+    memset(&img, 0, sizeof(img));
     int status = DS_OK;
-    rb->count = 0;
-    rb->seen = 0;
-    rb->n_tasks = 0;
-    int64_t seen_total = 0, global = 0;
+    if (old_size == rb->dp_size) {
+        /* our own file: the buffer as it was, or converted to this run's policy and capacity */
+        DS_TRY(rank_open(&rf, dir, rb->dp_rank, path, sizeof(path)));
+        const int64_t *m = rf.meta;
+        if ((status = check_datasets(&rf, path)) != DS_OK ||
+            (status = image_init(&img, (ReplayPolicy)m[META_POLICY], m[META_COUNT],
+                                 (int)m[META_T])) != DS_OK)
+            goto close;
+        img.capacity_total = (int)m[META_CAP];
+        img.vocab_size = (int)m[META_VOCAB];
+        img.num_labels = (int)m[META_LABELS];
+        img.count = (int)m[META_COUNT];
+        img.seen = m[META_SEEN];
+        img.rng = (uint64_t)m[META_RNG];
+        img.n_tasks = (int)m[META_NTASKS];
+        if ((status = read_task_attrs(&rf, path, img.task_list, img.task_seen, img.task_count)) ==
+                DS_OK &&
+            (status = read_all_rows(&rf, path, &img, 0)) == DS_OK)
+            status = replay_adopt(rb, &img, 1, choose_seed_of(img.rng, rb->dp_rank), path);
+    close:
+        H5Fclose(rf.file);
+        replay_free(&img);
+        return status;
+    }
+    /* another number of ranks: every old rank's examples, in rank order, dealt round-robin; this
+     * rank's deal is converted (its own random state kept; the counts seen split evenly) */
+    int64_t mine = 0, global = 0, seen_total = 0;
+    int64_t meta0[META_LEN] = {0};
+    for (int r = 0; r < old_size; r++) {
+        DS_TRY(rank_open(&rf, dir, r, path, sizeof(path)));
+        const int64_t *m = rf.meta;
+        if (r == 0) memcpy(meta0, m, sizeof(meta0));
+        if (m[META_SIZE] != old_size || m[META_T] != meta0[META_T] ||
+            m[META_POLICY] != meta0[META_POLICY] || m[META_VOCAB] != meta0[META_VOCAB] ||
+            m[META_LABELS] != meta0[META_LABELS]) {
+            H5Fclose(rf.file);
+            return ds_error(DS_ERR_INPUT,
+                            "%s: meta: says %lld ranks, seq_len %lld, policy %lld, vocab_size "
+                            "%lld, num_labels %lld; rank 0's file says %d, %lld, %lld, %lld, %lld",
+                            path, (long long)m[META_SIZE], (long long)m[META_T],
+                            (long long)m[META_POLICY], (long long)m[META_VOCAB],
+                            (long long)m[META_LABELS], old_size, (long long)meta0[META_T],
+                            (long long)meta0[META_POLICY], (long long)meta0[META_VOCAB],
+                            (long long)meta0[META_LABELS]);
+        }
+        if ((status = check_datasets(&rf, path)) != DS_OK) {
+            H5Fclose(rf.file);
+            return status;
+        }
+        for (int64_t i = 0; i < m[META_COUNT]; i++, global++)
+            mine += global % rb->dp_size == rb->dp_rank;
+        H5Fclose(rf.file);
+    }
+    DS_TRY(image_init(&img, (ReplayPolicy)meta0[META_POLICY], mine, (int)meta0[META_T]));
+    img.capacity_total = (int)meta0[META_CAP];
+    img.vocab_size = (int)meta0[META_VOCAB];
+    img.num_labels = (int)meta0[META_LABELS];
+    ReplayBuffer one; /* one old rank's file at a time */
+    memset(&one, 0, sizeof(one));
+    global = 0;
     for (int r = 0; r < old_size && status == DS_OK; r++) {
         if ((status = rank_open(&rf, dir, r, path, sizeof(path))) != DS_OK) break;
-        if (rf.meta[META_T] != rb->T || rf.meta[META_SIZE] != old_size) {
-            status = ds_error(DS_ERR_INPUT,
-                              "%s: examples of %lld tokens from %lld ranks; this run "
-                              "has seq_len %d (and rank 0's file says %d ranks)",
-                              path, (long long)rf.meta[META_T], (long long)rf.meta[META_SIZE],
-                              rb->T, old_size);
-            H5Fclose(rf.file);
-            break;
-        }
-        seen_total += rf.meta[META_SEEN];
+        const int64_t *m = rf.meta;
         int32_t list[REPLAY_MAX_TASKS];
         int64_t tseen[REPLAY_MAX_TASKS];
         int tcount[REPLAY_MAX_TASKS];
-        status = read_task_attrs(&rf, path, list, tseen, tcount);
-        const int same_layout = old_size == rb->dp_size;
-        if (status == DS_OK && same_layout && r == rb->dp_rank) {
-            /* our own file: everything back as it was, random state included */
-            int64_t n = rf.meta[META_COUNT];
-            for (int64_t i = 0; i < n && status == DS_OK && rb->count < rb->capacity; i++)
-                status = read_item(rb, &rf, path, i, rb->count++);
-            rb->seen = rf.meta[META_SEEN];
-            rb->rng = (uint64_t)rf.meta[META_RNG];
-            rb->n_tasks = (int)rf.meta[META_NTASKS];
-            memcpy(rb->task_list, list, sizeof(int32_t) * rb->n_tasks);
-            memcpy(rb->task_seen, tseen, sizeof(int64_t) * rb->n_tasks);
-            memcpy(rb->task_count, tcount, sizeof(int) * rb->n_tasks);
-        } else if (status == DS_OK && !same_layout) {
-            int64_t n = rf.meta[META_COUNT];
-            for (int64_t i = 0; i < n && status == DS_OK; i++, global++)
-                if (global % rb->dp_size == rb->dp_rank && rb->count < rb->capacity)
-                    status = read_item(rb, &rf, path, i, rb->count++);
-            for (int i = 0; i < (int)rf.meta[META_NTASKS] && status == DS_OK; i++) {
-                int t = task_index(rb, list[i], 1);
-                if (t < 0)
-                    status = -t;
-                else
-                    rb->task_seen[t] += tseen[i];
-            }
-        }
+        if ((status = read_task_attrs(&rf, path, list, tseen, tcount)) == DS_OK &&
+            (status = image_init(&one, (ReplayPolicy)m[META_POLICY], m[META_COUNT],
+                                 (int)m[META_T])) == DS_OK)
+            status = read_all_rows(&rf, path, &one, 0);
         H5Fclose(rf.file);
-    }
-    if (status != DS_OK) {
-        rb->count = 0;
-        return status;
-    }
-    if (old_size != rb->dp_size) {
-        /* split the counts seen evenly, so that Algorithm R keeps its acceptance rate */
-        rb->seen = seen_total / rb->dp_size + (rb->dp_rank < seen_total % rb->dp_size ? 1 : 0);
-        if (rb->seen < rb->count) rb->seen = rb->count;
-        for (int t = 0; t < rb->n_tasks; t++) {
-            rb->task_seen[t] /= rb->dp_size;
-            rb->task_count[t] = 0;
+        const size_t T = (size_t)img.T;
+        for (int64_t i = 0; status == DS_OK && i < m[META_COUNT]; i++, global++) {
+            if (global % rb->dp_size != rb->dp_rank) continue;
+            const int s = img.count++;
+            img.labels[s] = one.labels[i];
+            img.task_ids[s] = one.task_ids[i];
+            memcpy(img.inputs + s * T, one.inputs + i * T, T * sizeof(int32_t));
+            memcpy(img.targets + s * T, one.targets + i * T, T * sizeof(int32_t));
+            memcpy(img.mask + s * T, one.mask + i * T, T);
         }
-        for (int s = 0; s < rb->count; s++) {
-            int t = task_index(rb, rb->task_ids[s], 1);
-            if (t < 0) return -t;
-            rb->task_count[t]++;
-            if (rb->task_seen[t] < rb->task_count[t]) rb->task_seen[t] = rb->task_count[t];
+        replay_free(&one);
+        seen_total += m[META_SEEN];
+        /* the counts seen per task, summed over the old ranks (split below) */
+        for (int i = 0; i < (int)m[META_NTASKS] && status == DS_OK; i++) {
+            int t = task_index(&img, list[i], 1);
+            if (t < 0)
+                status = -t;
+            else
+                img.task_seen[t] += tseen[i];
         }
     }
-    return DS_OK;
+    if (status == DS_OK) {
+        img.seen = seen_total / rb->dp_size + (rb->dp_rank < seen_total % rb->dp_size ? 1 : 0);
+        if (img.seen < img.count) img.seen = img.count;
+        for (int t = 0; t < img.n_tasks; t++)
+            img.task_seen[t] /= rb->dp_size;
+        img.rng = rb->rng; /* the run's own: no old rank's sequence continues here */
+        rank_path(path, sizeof(path), dir, 0);
+        status = replay_adopt(rb, &img, 0, choose_seed_of(rng0, rb->dp_rank), path);
+    }
+    replay_free(&img);
+    return status;
 }
 
 /* ---- the whole buffer as bytes (a training checkpoint's blob) ------------------------------ */
 
-/* Header, then labels and task ids of every slot, then the tokens and masks of the filled ones.
- * The header holds every field a later draw or add depends on (random state, counts, task
- * bookkeeping), so a buffer read back continues exactly. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the replay blob is written in host order, which must be little-endian"
+#endif
+
+/* Header, then task_list [n_tasks] (int32), task_seen [n_tasks] (int64), then for the count
+ * filled slots labels (int64), task_ids (int32), inputs and targets [count, T] (int32) and
+ * loss_mask [count, T] (uint8). The header holds every field a later draw or add depends on, and
+ * what the buffer holds (seq_len, vocabulary, labels); task counts are rebuilt from the slots. */
 typedef struct ReplayBlobHeader {
     uint32_t magic, version;
-    int32_t policy, capacity_total, T, count, n_tasks, pad;
+    int32_t policy, capacity_total, T, count, n_tasks, vocab_size, num_labels, pad;
     int64_t seen;
     uint64_t rng;
 } ReplayBlobHeader;
 
 #define REPLAY_BLOB_MAGIC 0x59504c52u /* "RLPY" */
+#define REPLAY_BLOB_VERSION 2u
+
+/* Bytes of a blob of count slots of T tokens and n_tasks tasks; 0 when that overflows. */
+static size_t blob_size(int64_t count, int64_t T, int64_t n_tasks)
+{
+    const size_t per_slot = sizeof(int64_t) + sizeof(int32_t);
+    const size_t per_token = 2 * sizeof(int32_t) + 1;
+    if (count < 0 || T <= 0 || n_tasks < 0 || (uint64_t)count > SIZE_MAX / per_token / (size_t)T)
+        return 0;
+    return sizeof(ReplayBlobHeader) + (size_t)n_tasks * (sizeof(int32_t) + sizeof(int64_t)) +
+           (size_t)count * per_slot + (size_t)count * (size_t)T * per_token;
+}
 
 size_t replay_serialized_size(const ReplayBuffer *whole)
 {
-    const size_t slots = (size_t)whole->capacity_total, filled = (size_t)whole->count;
-    return sizeof(ReplayBlobHeader) + (size_t)whole->n_tasks * (4 + 8 + 4) +
-           slots * (sizeof(int64_t) + sizeof(int32_t)) +
-           filled * (size_t)whole->T * (2 * sizeof(int32_t) + 1);
+    return blob_size(whole->count, whole->T, whole->n_tasks);
 }
 
 #define BLOB_PUT(src, bytes)                                                                       \
@@ -584,20 +942,31 @@ size_t replay_serialized_size(const ReplayBuffer *whole)
 
 int replay_serialize(const ReplayBuffer *whole, void *out, size_t cap)
 {
-    if (whole->shard_size > 1 || whole->dp_size != 1 || cap < replay_serialized_size(whole))
-        return ds_error(DS_ERR_INTERNAL, "replay_serialize: an unsharded buffer and room needed");
-    ReplayBlobHeader h = {REPLAY_BLOB_MAGIC, 1,        whole->policy, whole->capacity_total,
-                          whole->T,          whole->count, whole->n_tasks, 0,
-                          whole->seen,       whole->rng};
+    const size_t need = replay_serialized_size(whole);
+    if (whole->shard_size > 1 || whole->dp_size != 1 || need == 0 || cap < need)
+        return ds_error(DS_ERR_INTERNAL,
+                        "replay_serialize: an unsharded buffer and %zu bytes "
+                        "needed",
+                        need);
+    ReplayBlobHeader h = {.magic = REPLAY_BLOB_MAGIC,
+                          .version = REPLAY_BLOB_VERSION,
+                          .policy = (int32_t)whole->policy,
+                          .capacity_total = whole->capacity_total,
+                          .T = whole->T,
+                          .count = whole->count,
+                          .n_tasks = whole->n_tasks,
+                          .vocab_size = whole->vocab_size,
+                          .num_labels = whole->num_labels,
+                          .seen = whole->seen,
+                          .rng = whole->rng};
     unsigned char *p = out;
-    const size_t nt = (size_t)whole->n_tasks, slots = (size_t)whole->capacity_total;
-    const size_t tok = (size_t)whole->count * (size_t)whole->T;
+    const size_t nt = (size_t)whole->n_tasks, n = (size_t)whole->count;
+    const size_t tok = n * (size_t)whole->T;
     BLOB_PUT(&h, sizeof(h));
-    BLOB_PUT(whole->task_list, nt * 4);
-    BLOB_PUT(whole->task_seen, nt * 8);
-    BLOB_PUT(whole->task_count, nt * 4);
-    BLOB_PUT(whole->labels, slots * sizeof(int64_t));
-    BLOB_PUT(whole->task_ids, slots * sizeof(int32_t));
+    BLOB_PUT(whole->task_list, nt * sizeof(int32_t));
+    BLOB_PUT(whole->task_seen, nt * sizeof(int64_t));
+    BLOB_PUT(whole->labels, n * sizeof(int64_t));
+    BLOB_PUT(whole->task_ids, n * sizeof(int32_t));
     BLOB_PUT(whole->inputs, tok * sizeof(int32_t));
     BLOB_PUT(whole->targets, tok * sizeof(int32_t));
     BLOB_PUT(whole->mask, tok);
@@ -612,38 +981,52 @@ int replay_serialize(const ReplayBuffer *whole, void *out, size_t cap)
 
 int replay_deserialize(ReplayBuffer *whole, const void *in, size_t size)
 {
+    const char *from = "replay blob";
+    if (whole->shard_size > 1 || whole->dp_size != 1)
+        return ds_error(DS_ERR_INTERNAL, "replay_deserialize: into an unsharded buffer");
     ReplayBlobHeader h;
-    if (size < sizeof(h)) return ds_error(DS_ERR_INPUT, "replay blob: truncated");
+    if (size < sizeof(h))
+        return ds_error(DS_ERR_INPUT, "%s: %zu bytes, shorter than its header", from, size);
     memcpy(&h, in, sizeof(h));
-    if (h.magic != REPLAY_BLOB_MAGIC || h.version != 1)
-        return ds_error(DS_ERR_INPUT, "replay blob: not a replay buffer of this version");
-    if (h.capacity_total != whole->capacity_total || h.T != whole->T ||
-        h.policy != (int32_t)whole->policy)
+    if (h.magic != REPLAY_BLOB_MAGIC)
+        return ds_error(DS_ERR_INPUT, "%s: magic: not a replay buffer", from);
+    if (h.version != REPLAY_BLOB_VERSION)
+        return ds_error(DS_ERR_INPUT, "%s: version: %u is not supported (%u is)", from, h.version,
+                        REPLAY_BLOB_VERSION);
+    if (h.policy < REPLAY_RESERVOIR || h.policy > REPLAY_TASK_BALANCED || h.capacity_total < 0 ||
+        h.T <= 0 || h.count < 0 || h.count > h.capacity_total || h.n_tasks < 0 ||
+        h.n_tasks > REPLAY_MAX_TASKS || h.seen < h.count || h.vocab_size < 0 || h.num_labels < -1)
         return ds_error(DS_ERR_INPUT,
-                        "replay blob: saved with capacity %d, seq_len %d, policy %d; this run has "
-                        "%d, %d, %d (continual.replay.* or train.seq_len changed)",
-                        h.capacity_total, h.T, h.policy, whole->capacity_total, whole->T,
-                        (int)whole->policy);
-    if (h.count < 0 || h.count > h.capacity_total || h.n_tasks < 0 ||
-        h.n_tasks > REPLAY_MAX_TASKS || h.seen < h.count)
-        return ds_error(DS_ERR_INPUT, "replay blob: counts out of range");
-    whole->count = h.count;
-    whole->n_tasks = h.n_tasks;
-    whole->seen = h.seen;
-    whole->rng = h.rng;
-    if (size != replay_serialized_size(whole))
-        return ds_error(DS_ERR_INPUT, "replay blob: %zu bytes, expected %zu", size,
-                        replay_serialized_size(whole));
+                        "%s: header: policy %d, capacity %d, seq_len %d, %d kept of %lld seen, "
+                        "%d tasks, vocab_size %d, num_labels %d: out of range",
+                        from, h.policy, h.capacity_total, h.T, h.count, (long long)h.seen,
+                        h.n_tasks, h.vocab_size, h.num_labels);
+    const size_t want = blob_size(h.count, h.T, h.n_tasks);
+    if (want == 0 || size != want)
+        return ds_error(DS_ERR_INPUT, "%s: %zu bytes, its header describes %zu", from, size, want);
+    ReplayBuffer img;
+    DS_TRY(image_init(&img, (ReplayPolicy)h.policy, h.count, h.T));
+    img.capacity_total = h.capacity_total;
+    img.vocab_size = h.vocab_size;
+    img.num_labels = h.num_labels;
+    img.count = h.count;
+    img.seen = h.seen;
+    img.rng = h.rng;
+    img.n_tasks = h.n_tasks;
     const unsigned char *p = (const unsigned char *)in + sizeof(h);
-    const size_t nt = (size_t)h.n_tasks, slots = (size_t)h.capacity_total;
-    const size_t tok = (size_t)h.count * (size_t)h.T;
-    BLOB_GET(whole->task_list, nt * 4);
-    BLOB_GET(whole->task_seen, nt * 8);
-    BLOB_GET(whole->task_count, nt * 4);
-    BLOB_GET(whole->labels, slots * sizeof(int64_t));
-    BLOB_GET(whole->task_ids, slots * sizeof(int32_t));
-    BLOB_GET(whole->inputs, tok * sizeof(int32_t));
-    BLOB_GET(whole->targets, tok * sizeof(int32_t));
-    BLOB_GET(whole->mask, tok);
-    return DS_OK;
+    const size_t nt = (size_t)h.n_tasks, n = (size_t)h.count, tok = n * (size_t)h.T;
+    BLOB_GET(img.task_list, nt * sizeof(int32_t));
+    BLOB_GET(img.task_seen, nt * sizeof(int64_t));
+    BLOB_GET(img.labels, n * sizeof(int64_t));
+    BLOB_GET(img.task_ids, n * sizeof(int32_t));
+    BLOB_GET(img.inputs, tok * sizeof(int32_t));
+    BLOB_GET(img.targets, tok * sizeof(int32_t));
+    BLOB_GET(img.mask, tok);
+    /* the saved task counts are those of the slots: recounted, they must agree (as_saved) */
+    for (int s = 0; s < img.count; s++)
+        for (int t = 0; t < img.n_tasks; t++)
+            if (img.task_list[t] == img.task_ids[s]) img.task_count[t]++;
+    const int status = replay_adopt(whole, &img, 1, choose_seed_of(img.rng, 0), from);
+    replay_free(&img);
+    return status;
 }

@@ -1,7 +1,10 @@
 /* test_replay.c: the replay buffer: Algorithm R keeps every example with probability
  * capacity / N (a statistical test with fixed seeds), task_balanced shares, seeded draws, and the
  * HDF5 files across save, restore and a change in the number of data-parallel ranks; a global
- * buffer sharded over ranks decides as one buffer does. */
+ * buffer sharded over ranks decides as one buffer does. A saved buffer loaded into a run of
+ * another policy or capacity is converted (bookkeeping rebuilt, a uniform sample kept), one of
+ * another task type, vocabulary or seq_len refused; the whole buffer as bytes round-trips and
+ * continues exactly, and hostile bytes are refused. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -250,7 +253,7 @@ Test(replay, hostile_files_are_input_errors_that_name_the_file)
     /* counts that do not match the datasets (edited by another tool) */
     snprintf(cmd, sizeof(cmd),
              "python3 -c \"import h5py; f = h5py.File('%s', 'r+'); m = f.attrs['meta']; "
-             "m[6] = 5; m[3] = %d; f.attrs['meta'] = m\" 2>/dev/null",
+             "m[6] = 5; m[7] = 5; m[3] = %d; f.attrs['meta'] = m\" 2>/dev/null",
              path, T_EX + 1);
     if (system(cmd) == 0) {
         replay_free(&other);
@@ -345,5 +348,324 @@ Test(replay, sharded_buffer_decides_as_one_buffer)
         replay_free(&back);
         for (int r = 0; r < 3; r++)
             replay_free(&shard[r]);
+    }
+}
+
+/* ---- a saved buffer against the run that loads it ----------------------------------------------
+ */
+
+#define BIG_VOCAB (1 << 20) /* example() writes tokens up to i * T_EX + T_EX */
+
+static int slots_of_task(const ReplayBuffer *rb, int32_t task)
+{
+    int n = 0;
+    for (int s = 0; s < rb->count; s++)
+        n += rb->task_ids[s] == task;
+    return n;
+}
+
+/* The per-task counts agree with the slots (what task_balanced's adds rely on). */
+static void assert_bookkeeping(const ReplayBuffer *rb)
+{
+    int sum = 0;
+    for (int t = 0; t < rb->n_tasks; t++) {
+        cr_assert_eq(rb->task_count[t], slots_of_task(rb, rb->task_list[t]), "task %d",
+                     rb->task_list[t]);
+        cr_assert_geq(rb->task_seen[t], rb->task_count[t]);
+        sum += rb->task_count[t];
+    }
+    cr_assert_eq(sum, rb->count);
+}
+
+/* A reservoir buffer loaded by a task_balanced run: the per-task bookkeeping is rebuilt from the
+ * slots, so a new task gets its share. (Loaded as it was, the buffer froze: no task in its list,
+ * so the new task found no larger task to take a slot from, and kept 0 of 64 slots.) And back:
+ * a task_balanced buffer loaded by a reservoir run continues Algorithm R. */
+Test(replay, a_policy_change_rebuilds_the_bookkeeping)
+{
+    char dir[1024];
+    scratch_dir(dir, sizeof(dir), "policy");
+    ReplayBuffer a, b;
+    cr_assert_eq(replay_init(&a, REPLAY_RESERVOIR, 64, T_EX, 0, 1, 4), DS_OK);
+    add_range(&a, 0, 5000, 0);
+    cr_assert_eq(replay_save(&a, dir), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(replay_init(&b, REPLAY_TASK_BALANCED, 64, T_EX, 0, 1, 5), DS_OK);
+    cr_assert_eq(replay_load(&b, dir), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(b.count, 64);
+    cr_assert_eq(b.seen, 5000);
+    cr_assert_eq(b.n_tasks, 1);
+    cr_assert_eq(b.task_seen[0], 5000, "a reservoir of one task: all it saw");
+    assert_bookkeeping(&b);
+    add_range(&b, 5000, 5000, 1);
+    cr_assert_eq(slots_of_task(&b, 1), 32, "task 1 holds %d of 64 slots", slots_of_task(&b, 1));
+    cr_assert_eq(slots_of_task(&b, 0), 32);
+    assert_bookkeeping(&b);
+    /* task_balanced -> reservoir: Algorithm R over everything seen, slots keep changing */
+    cr_assert_eq(replay_save(&b, dir), DS_OK);
+    ReplayBuffer c;
+    cr_assert_eq(replay_init(&c, REPLAY_RESERVOIR, 64, T_EX, 0, 1, 6), DS_OK);
+    cr_assert_eq(replay_load(&c, dir), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(c.seen, 10000);
+    add_range(&c, 10000, 10000, 2);
+    cr_assert_eq(c.seen, 20000);
+    /* each slot was replaced with probability 1 - prod (1 - 1/n) = 1/2: about 32 of 64 */
+    const int two = slots_of_task(&c, 2);
+    cr_assert(two > 16 && two < 48, "task 2 holds %d of 64", two);
+    replay_free(&a), replay_free(&b), replay_free(&c);
+}
+
+/* Shrinking the capacity keeps a uniform sample: a buffer of 40 of 400 examples, loaded into 10
+ * slots, holds each example with probability 10 / 400, over many buffers (through the bytes
+ * and the file alike: one conversion). And the choice is the file's, not the run's seed. */
+Test(replay, a_smaller_capacity_keeps_a_uniform_sample)
+{
+    enum { N = 400, CAP = 40, SMALL = 10, TRIALS = 4000 };
+    static int kept[N];
+    memset(kept, 0, sizeof(kept));
+    for (int trial = 0; trial < TRIALS; trial++) {
+        ReplayBuffer big, small;
+        cr_assert_eq(replay_init(&big, REPLAY_RESERVOIR, CAP, T_EX, 0, 1, 7000 + trial), DS_OK);
+        add_range(&big, 0, N, 0);
+        const size_t size = replay_serialized_size(&big);
+        void *bytes = malloc(size);
+        cr_assert_eq(replay_serialize(&big, bytes, size), DS_OK);
+        cr_assert_eq(replay_init(&small, REPLAY_RESERVOIR, SMALL, T_EX, 0, 1, 1), DS_OK);
+        cr_assert_eq(replay_deserialize(&small, bytes, size), DS_OK, "%s", ds_last_error());
+        cr_assert_eq(small.count, SMALL);
+        cr_assert_eq(small.seen, N);
+        for (int s = 0; s < small.count; s++)
+            kept[slot_example(&small, s)]++;
+        free(bytes);
+        replay_free(&big), replay_free(&small);
+    }
+    /* Binomial(TRIALS, 1/40) each: mean 100, sd 9.9; every one within 5 sd, the chi-square near
+     * its 399 degrees of freedom (sd 28) */
+    const double p = (double)SMALL / N, mean = TRIALS * p, sd = sqrt(TRIALS * p * (1 - p));
+    double chi2 = 0.0;
+    for (int i = 0; i < N; i++) {
+        cr_assert(fabs(kept[i] - mean) < 5 * sd, "example %d kept %d times (expected %.0f)", i,
+                  kept[i], mean);
+        chi2 += (kept[i] - mean) * (kept[i] - mean) / (mean * (1 - p));
+    }
+    cr_assert(chi2 > 290 && chi2 < 520, "chi-square %.1f for 399 degrees of freedom", chi2);
+    /* the file's choice: two runs of other seeds keep the same slots */
+    char dir[1024];
+    scratch_dir(dir, sizeof(dir), "shrink");
+    ReplayBuffer a, x, y;
+    cr_assert_eq(replay_init(&a, REPLAY_RESERVOIR, CAP, T_EX, 0, 1, 3), DS_OK);
+    add_range(&a, 0, N, 0);
+    cr_assert_eq(replay_save(&a, dir), DS_OK);
+    cr_assert_eq(replay_init(&x, REPLAY_RESERVOIR, SMALL, T_EX, 0, 1, 1), DS_OK);
+    cr_assert_eq(replay_init(&y, REPLAY_RESERVOIR, SMALL, T_EX, 0, 1, 2), DS_OK);
+    cr_assert_eq(replay_load(&x, dir), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(replay_load(&y, dir), DS_OK);
+    cr_assert_eq(memcmp(x.inputs, y.inputs, SMALL * T_EX * sizeof(int32_t)), 0);
+    /* a larger buffer keeps every example and fills its free slots with the next ones */
+    ReplayBuffer g;
+    cr_assert_eq(replay_init(&g, REPLAY_RESERVOIR, 2 * CAP, T_EX, 0, 1, 1), DS_OK);
+    cr_assert_eq(replay_load(&g, dir), DS_OK);
+    cr_assert_eq(g.count, CAP);
+    cr_assert_eq(memcmp(g.inputs, a.inputs, CAP * T_EX * sizeof(int32_t)), 0);
+    add_range(&g, N, CAP, 0);
+    cr_assert_eq(g.count, 2 * CAP);
+    replay_free(&a), replay_free(&x), replay_free(&y), replay_free(&g);
+}
+
+/* Shrinking a task_balanced buffer: each task keeps its share, uniform within the task, and the
+ * counts agree with the slots, so adding goes on. (Loaded as it was, the buffer kept its first
+ * 12 slots with the file's counts of 10 a task, and the third add failed with "task counts out
+ * of step".) */
+Test(replay, a_smaller_task_balanced_buffer_keeps_each_task_share_and_goes_on)
+{
+    char dir[1024];
+    scratch_dir(dir, sizeof(dir), "balanced");
+    ReplayBuffer a, b;
+    cr_assert_eq(replay_init(&a, REPLAY_TASK_BALANCED, 30, T_EX, 0, 1, 8), DS_OK);
+    add_range(&a, 0, 300, 0);
+    add_range(&a, 300, 100, 1);
+    add_range(&a, 400, 60, 2);
+    cr_assert_eq(replay_save(&a, dir), DS_OK);
+    cr_assert_eq(replay_init(&b, REPLAY_TASK_BALANCED, 12, T_EX, 0, 1, 9), DS_OK);
+    cr_assert_eq(replay_load(&b, dir), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(b.count, 12);
+    for (int task = 0; task < 3; task++)
+        cr_assert_eq(slots_of_task(&b, task), 4, "task %d", task);
+    cr_assert_eq(b.task_seen[0], 300);
+    cr_assert_eq(b.task_seen[2], 60);
+    assert_bookkeeping(&b);
+    for (int s = 0; s < b.count; s++) { /* each slot one of the file's, with its task */
+        int found = 0;
+        for (int t = 0; t < a.count; t++)
+            found += slot_example(&a, t) == slot_example(&b, s) && a.task_ids[t] == b.task_ids[s];
+        cr_assert_eq(found, 1, "slot %d", s);
+    }
+    int32_t in[T_EX], tg[T_EX];
+    float w[T_EX];
+    for (int64_t i = 500; i < 600; i++) {
+        example(i, in, tg, w);
+        cr_assert_eq(replay_add(&b, in, tg, w, 0, 3), DS_OK, "add %lld: %s", (long long)i,
+                     ds_last_error());
+    }
+    for (int task = 0; task < 4; task++)
+        cr_assert_eq(slots_of_task(&b, task), 3, "task %d", task);
+    assert_bookkeeping(&b);
+    replay_free(&a), replay_free(&b);
+}
+
+/* A buffer says what it holds; a run of another kind refuses it, naming the file and the field:
+ * task type, number of labels, vocabulary, seq_len; and a file that says nothing (format 1) is
+ * judged by its contents. */
+Test(replay, a_buffer_of_another_task_is_refused_naming_the_field)
+{
+    char dir[1024], path[1200];
+    scratch_dir(dir, sizeof(dir), "task");
+    snprintf(path, sizeof(path), "%s/replay-rank-00000.h5", dir);
+    /* a classification buffer: labels 0..9, 18 tokens */
+    ReplayBuffer cls;
+    cr_assert_eq(replay_init(&cls, REPLAY_RESERVOIR, 8, T_EX, 0, 1, 1), DS_OK);
+    cr_assert_eq(replay_set_task(&cls, 18, 10), DS_OK);
+    int32_t in[T_EX] = {1, 2, 3, 17};
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(replay_add(&cls, in, NULL, NULL, i, 0), DS_OK);
+    cr_assert_eq(replay_save(&cls, dir), DS_OK);
+    const size_t size = replay_serialized_size(&cls);
+    void *bytes = malloc(size);
+    cr_assert_eq(replay_serialize(&cls, bytes, size), DS_OK);
+    struct {
+        int vocab, labels, T;
+        const char *field;
+    } runs[] = {{18, 0, T_EX, "task.type"},
+                {18, 5, T_EX, "task.num_labels"},
+                {32, 10, T_EX, "vocab_size"},
+                {18, 10, T_EX + 1, "seq_len"}};
+    for (size_t r = 0; r < DS_ARRAY_LEN(runs); r++) {
+        for (int way = 0; way < 2; way++) { /* the file, then the bytes */
+            ReplayBuffer b;
+            cr_assert_eq(replay_init(&b, REPLAY_RESERVOIR, 8, runs[r].T, 0, 1, 2), DS_OK);
+            cr_assert_eq(replay_set_task(&b, runs[r].vocab, runs[r].labels), DS_OK);
+            const int got = way ? replay_deserialize(&b, bytes, size) : replay_load(&b, dir);
+            cr_assert_eq(got, DS_ERR_INPUT, "%s", runs[r].field);
+            cr_assert(strstr(ds_last_error(), runs[r].field) != NULL, "%s", ds_last_error());
+            cr_assert(strstr(ds_last_error(), way ? "replay blob" : path) != NULL, "%s",
+                      ds_last_error());
+            cr_assert_eq(b.count, 0);
+            replay_free(&b);
+        }
+    }
+    /* the same kind loads; a run not told what it trains checks seq_len only */
+    ReplayBuffer ok;
+    cr_assert_eq(replay_init(&ok, REPLAY_RESERVOIR, 8, T_EX, 0, 1, 2), DS_OK);
+    cr_assert_eq(replay_set_task(&ok, 18, 10), DS_OK);
+    cr_assert_eq(replay_load(&ok, dir), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(ok.count, 5);
+    cr_assert_eq(ok.labels[4], 4);
+    replay_free(&ok);
+    /* contents outside the run's vocabulary or labels, whatever the header says */
+    ReplayBuffer liar;
+    cr_assert_eq(replay_init(&liar, REPLAY_RESERVOIR, 8, T_EX, 0, 1, 1), DS_OK);
+    cr_assert_eq(replay_set_task(&liar, 18, 10), DS_OK);
+    int32_t far[T_EX] = {1, 2, 18, 3};
+    cr_assert_eq(replay_add(&liar, far, NULL, NULL, 3, 0), DS_OK);
+    cr_assert_eq(replay_save(&liar, dir), DS_OK);
+    cr_assert_eq(replay_init(&ok, REPLAY_RESERVOIR, 8, T_EX, 0, 1, 2), DS_OK);
+    cr_assert_eq(replay_set_task(&ok, 18, 10), DS_OK);
+    cr_assert_eq(replay_load(&ok, dir), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "inputs: slot 0 holds token 18") != NULL, "%s",
+              ds_last_error());
+    replay_free(&ok);
+    /* format 1 (written before buffers said what they hold): a classification buffer is known
+     * by its labels */
+    char cmd[1600];
+    cr_assert_eq(replay_save(&cls, dir), DS_OK);
+    snprintf(cmd, sizeof(cmd),
+             "python3 -c \"import h5py; f = h5py.File('%s', 'r+'); m = f.attrs['meta'][:10]; "
+             "m[0] = 1; f.attrs['meta'] = m\" 2>/dev/null",
+             path);
+    if (system(cmd) == 0) {
+        ReplayBuffer lm;
+        cr_assert_eq(replay_init(&lm, REPLAY_RESERVOIR, 8, T_EX, 0, 1, 2), DS_OK);
+        cr_assert_eq(replay_set_task(&lm, 18, 0), DS_OK);
+        cr_assert_eq(replay_load(&lm, dir), DS_ERR_INPUT);
+        cr_assert(strstr(ds_last_error(), "a classification buffer") != NULL, "%s",
+                  ds_last_error());
+        replay_free(&lm);
+        cr_assert_eq(replay_init(&lm, REPLAY_RESERVOIR, 8, T_EX, 0, 1, 2), DS_OK);
+        cr_assert_eq(replay_set_task(&lm, 18, 10), DS_OK);
+        cr_assert_eq(replay_load(&lm, dir), DS_OK, "%s", ds_last_error());
+        cr_assert_eq(lm.count, 5);
+        replay_free(&lm);
+    }
+    free(bytes);
+    replay_free(&cls), replay_free(&liar);
+}
+
+/* The whole buffer as bytes (a checkpoint's blob): back into a buffer of another seed it is the
+ * same buffer (slots, counts, random state, bookkeeping, task) and continues identically (draws
+ * and adds); under either policy. */
+Test(replay, the_whole_buffer_round_trips_through_bytes)
+{
+    for (int policy = REPLAY_RESERVOIR; policy <= REPLAY_TASK_BALANCED; policy++) {
+        ReplayBuffer a, b;
+        cr_assert_eq(replay_init(&a, policy, 24, T_EX, 0, 1, 11), DS_OK);
+        cr_assert_eq(replay_set_task(&a, BIG_VOCAB, 10), DS_OK); /* add_range: labels i % 10 */
+        add_range(&a, 0, 70, 0);
+        add_range(&a, 70, 50, 1);
+        const size_t size = replay_serialized_size(&a);
+        unsigned char *bytes = malloc(size + 1);
+        cr_assert_eq(replay_serialize(&a, bytes, size - 1), DS_ERR_INTERNAL, "too small");
+        cr_assert_eq(replay_serialize(&a, bytes, size), DS_OK);
+        cr_assert_eq(replay_init(&b, policy, 24, T_EX, 0, 1, 99), DS_OK);
+        cr_assert_eq(replay_deserialize(&b, bytes, size), DS_OK, "%s", ds_last_error());
+        cr_assert_eq(b.count, a.count);
+        cr_assert_eq(b.seen, a.seen);
+        cr_assert_eq(b.rng, a.rng);
+        cr_assert_eq(b.vocab_size, BIG_VOCAB, "told by the bytes");
+        cr_assert_eq(b.num_labels, 10);
+        cr_assert_eq(b.n_tasks, a.n_tasks);
+        cr_assert_eq(memcmp(a.task_list, b.task_list, sizeof(a.task_list)), 0);
+        cr_assert_eq(memcmp(a.task_seen, b.task_seen, sizeof(a.task_seen)), 0);
+        cr_assert_eq(memcmp(a.task_count, b.task_count, sizeof(a.task_count)), 0);
+        const size_t n = (size_t)a.count;
+        cr_assert_eq(memcmp(a.inputs, b.inputs, n * T_EX * sizeof(int32_t)), 0);
+        cr_assert_eq(memcmp(a.targets, b.targets, n * T_EX * sizeof(int32_t)), 0);
+        cr_assert_eq(memcmp(a.mask, b.mask, n * T_EX), 0);
+        cr_assert_eq(memcmp(a.labels, b.labels, n * sizeof(int64_t)), 0);
+        cr_assert_eq(memcmp(a.task_ids, b.task_ids, n * sizeof(int32_t)), 0);
+        for (int i = 0; i < 40; i++) { /* the same draws, then the same adds */
+            int sa, sb;
+            cr_assert_eq(replay_draw(&a, &sa), DS_OK);
+            cr_assert_eq(replay_draw(&b, &sb), DS_OK);
+            cr_assert_eq(sa, sb, "draw %d", i);
+        }
+        add_range(&a, 120, 60, 2);
+        add_range(&b, 120, 60, 2);
+        cr_assert_eq(memcmp(a.inputs, b.inputs, 24 * T_EX * sizeof(int32_t)), 0);
+        cr_assert_eq(memcmp(a.task_ids, b.task_ids, 24 * sizeof(int32_t)), 0);
+        cr_assert_eq(a.rng, b.rng);
+        /* hostile bytes: every truncation, a wrong magic or version, counts out of range, a
+         * length that disagrees with the header: refused, the buffer left empty */
+        ReplayBuffer c;
+        cr_assert_eq(replay_init(&c, policy, 24, T_EX, 0, 1, 1), DS_OK);
+        for (size_t cut = 0; cut < size; cut += cut < 64 ? 1 : 97)
+            cr_assert_eq(replay_deserialize(&c, bytes, cut), DS_ERR_INPUT, "%zu bytes", cut);
+        bytes[size] = 0;
+        cr_assert_eq(replay_deserialize(&c, bytes, size + 1), DS_ERR_INPUT);
+        const size_t fields[] = {0, 4, 8, 16, 20, 24};             /* magic ... n_tasks */
+        const int32_t bad[] = {0x12345678, 7, 5, -1, 1 << 30, -3}; /* one bad value each */
+        for (size_t f = 0; f < DS_ARRAY_LEN(fields); f++) {
+            unsigned char *copy = malloc(size);
+            memcpy(copy, bytes, size);
+            memcpy(copy + fields[f], &bad[f], 4);
+            cr_assert_eq(replay_deserialize(&c, copy, size), DS_ERR_INPUT, "field at %zu",
+                         fields[f]);
+            cr_assert_eq(c.count, 0);
+            free(copy);
+        }
+        int64_t few = 1; /* seen below the count kept */
+        memcpy(bytes + 40, &few, 8);
+        cr_assert_eq(replay_deserialize(&c, bytes, size), DS_ERR_INPUT);
+        cr_assert(strstr(ds_last_error(), "replay blob") != NULL, "%s", ds_last_error());
+        free(bytes);
+        replay_free(&a), replay_free(&b), replay_free(&c);
     }
 }
