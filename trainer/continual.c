@@ -155,8 +155,11 @@ static int parse_task(yaml_document_t *doc, yaml_node_t *node, int index, const 
 int continual_tasks_load(const char *path, ContinualTasks *out)
 {
     memset(out, 0, sizeof(*out));
-    FILE *f = fopen(path, "rb");
-    if (!f) return ds_error(DS_ERR_INPUT, "continual.tasks: %s: %s", path, strerror(errno));
+    /* a FIFO is refused, and a file nested deeper than any tasks list before it is loaded */
+    int depth = config_yaml_check_depth(path, CONFIG_YAML_MAX_DEPTH);
+    if (depth != DS_OK) return ds_error_context(depth, "continual.tasks");
+    FILE *f = ds_fopen_regular(path, "rb");
+    if (!f) return ds_error_context(DS_ERR_INPUT, "continual.tasks");
     yaml_parser_t parser;
     yaml_document_t doc;
     int status = DS_OK, have_doc = 0;

@@ -320,9 +320,11 @@ void progress_step(const ProgressStep *s)
         P.loss_ema_count++;
     }
 
-    if (P.step_sleep_ms > 0) /* after publishing: a scrape sees this step while it sleeps */
-        nanosleep(&(struct timespec){P.step_sleep_ms / 1000, P.step_sleep_ms % 1000 * 1000000L},
-                  NULL);
+    if (P.step_sleep_ms > 0) { /* after publishing: a scrape sees this step while it sleeps */
+        struct timespec left = {P.step_sleep_ms / 1000, P.step_sleep_ms % 1000 * 1000000L};
+        while (nanosleep(&left, &left) != 0 && errno == EINTR) { /* a signal: sleep the rest */
+        }
+    }
 
     const int last = s->step >= P.opt.total_steps;
     const int first = P.steps_seen == 1;

@@ -386,6 +386,7 @@ static int run_dir_take(const Config *cfg, const char *dir, int *lock_fd)
         char holder[32] = "";
         ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
         holder[n > 0 ? n : 0] = 0;
+        holder[strcspn(holder, "\n")] = 0;
         close(fd);
         if (err == EWOULDBLOCK)
             return ds_error(DS_ERR_INPUT,
@@ -706,6 +707,11 @@ static int run_restore(Run *r, int start_step)
                         "train.resume: %s: run.state: saved by a run of %d phase(s), this one "
                         "has %d (another tasks file?)",
                         train_ckpt_resumed_path(tc), st->phases, r->n_phases);
+    /* a run made longer (train.steps, a task's steps) goes on inside the phase the checkpoint
+     * finished: that phase's between-phase work runs again at its new end */
+    while (st->phase_done > 0 && start_step < r->phases[st->phase_done - 1].first_step +
+                                                  r->phases[st->phase_done - 1].steps)
+        st->phase_done--;
     const int k = st->phase_done < r->n_phases ? st->phase_done : r->n_phases - 1;
     const Phase *ph = &r->phases[k];
     if (start_step < ph->first_step || start_step > ph->first_step + ph->steps)
@@ -1274,11 +1280,9 @@ int train_run(const Config *cfg)
     }
     const int K = r->n_phases;
     int k0 = r->state.phase_done; /* the first phase whose between-phase work is not done */
-    if (start_step >= r->total_steps && k0 >= K) {
+    if (start_step >= r->total_steps && k0 >= K) /* the end's work below is done again */
         printf("dstrain: the run in %s is already complete (step %d of %d); nothing to train\n",
                r->run_dir, start_step, r->total_steps);
-        goto done;
-    }
     const double t_start = ds_now();
     const int on_gpu = !r->be->host_memory;
     const char *peak_env = getenv("DSTRAIN_PEAK_FLOPS"); /* per GPU; default: H100/H200 bf16 */
