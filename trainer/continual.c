@@ -447,7 +447,7 @@ int continual_state_save(Run *r, const char *dir)
     if (r->replay_on) {
         ReplayBuffer whole;
         const ReplayBuffer *rb = &r->replay;
-        DS_TRY(replay_init(&whole, rb->policy, rb->capacity_total, rb->T, 0, 1, r->replay_seed));
+        DS_TRY(replay_init_whole(&whole, rb, r->replay_seed));
         replay_shard_to_whole(rb, &whole);
         const size_t n = (size_t)rb->count * rb->T;
         if (g->dp_size > 1 &&
@@ -484,8 +484,7 @@ int continual_state_load(Run *r, const char *dir)
     snprintf(path, sizeof(path), "%s/replay-rank-00000.h5", dir);
     if (r->replay_on && stat(path, &st) == 0) {
         ReplayBuffer whole;
-        DS_TRY(replay_init(&whole, r->replay.policy, r->cfg->continual_replay_capacity, r->T, 0, 1,
-                           r->replay_seed));
+        DS_TRY(replay_init_whole(&whole, &r->replay, r->replay_seed));
         int status = replay_load(&whole, dir);
         if (status == DS_OK) status = replay_shard_from_whole(&r->replay, &whole);
         replay_free(&whole);

@@ -655,7 +655,7 @@ static int run_prepare_blobs(Run *r, int reader_phase)
     if (r->replay_on) {
         ReplayBuffer whole;
         const ReplayBuffer *rb = &r->replay;
-        DS_TRY(replay_init(&whole, rb->policy, rb->capacity_total, rb->T, 0, 1, r->replay_seed));
+        DS_TRY(replay_init_whole(&whole, rb, r->replay_seed));
         replay_shard_to_whole(rb, &whole);
         const size_t nt = (size_t)rb->count * rb->T;
         int status = DS_OK;
@@ -735,8 +735,7 @@ static int run_restore(Run *r, int start_step)
         ReplayBuffer whole;
         int status = train_ckpt_read_blob(tc, "run.replay", blob, (size_t)st->replay_bytes);
         if (status == DS_OK)
-            status = replay_init(&whole, r->replay.policy, r->replay.capacity_total, r->T, 0, 1,
-                                 r->replay_seed);
+            status = replay_init_whole(&whole, &r->replay, r->replay_seed);
         if (status == DS_OK) {
             status = replay_deserialize(&whole, blob, (size_t)st->replay_bytes);
             if (status == DS_OK) status = replay_shard_from_whole(&r->replay, &whole);
@@ -988,6 +987,8 @@ static int run_setup_continual(Run *r)
     DS_TRY(replay_policy_parse(cfg->continual_replay_policy, &policy));
     DS_TRY(replay_init_sharded(&r->replay, policy, cfg->continual_replay_capacity, r->T,
                                r->grid.dp_rank, r->grid.dp_size, r->replay_seed));
+    /* what the buffer holds, saved with it and checked when one is loaded */
+    DS_TRY(replay_set_task(&r->replay, r->mc.vocab_size, r->cls ? r->mc.num_labels : 0));
     r->replay_on = cfg->continual_replay_capacity > 0;
     /* replayed rows of each global micro-batch (micro_batch_size x dp rows) */
     r->n_replay_rows =

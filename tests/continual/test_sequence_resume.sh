@@ -73,7 +73,7 @@ for trial in $(seq 1 10); do
   d=kill$trial; n=0; rc=1
   while [ $rc -ne 0 ] && [ $n -lt 40 ]; do
     n=$((n + 1))
-    DSTRAIN_STEP_SLEEP_MS=40 "$DSTRAIN" train "${common[@]}" run.dir=$d train.resume=auto \
+    DSTRAIN_STEP_SLEEP_MS=25 "$DSTRAIN" train "${common[@]}" run.dir=$d train.resume=auto \
       >> $d.out 2>&1 &
     pid=$!
     sleep "0.$(( (RANDOM % 9) + 1 ))$((RANDOM % 10))"
