@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "../trainer/common.h"
-#include "../trainer/model.h"
+#include "../trainer/param_table.h"
 
 /* CRC-32C (Castagnoli) of data, continuing from crc (start with 0). */
 uint32_t crc32c_update(uint32_t crc, const void *data, size_t n);

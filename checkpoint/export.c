@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../trainer/progress.h"
+#include "../trainer/log.h"
 #include "ckpt.h"
 #include "hf_model.h"
 #include "model_path.h"

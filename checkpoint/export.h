@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "../trainer/common.h"
-#include "../trainer/model.h"
+#include "../trainer/param_table.h"
 
 /* The model's config.json as text (caller frees): base_dir/config.json verbatim when base_dir
  * is not empty, else generated from mc. */

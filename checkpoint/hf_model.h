@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "../trainer/model.h"
+#include "../trainer/param_table.h"
 
 /* Parse DIR/config.json. Unsupported architecture or field values name what is supported. */
 int hf_config_load(const char *dir, ModelConfig *mc);

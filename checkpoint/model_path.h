@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#include "../trainer/model.h"
+#include "../trainer/param_table.h"
 
 #define MODEL_PATH_MAX 4096
 

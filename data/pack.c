@@ -7,7 +7,7 @@
 #include "data/pack.h"
 
 #include "trainer/common.h"
-#include "trainer/progress.h"
+#include "trainer/log.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

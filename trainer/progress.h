@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 
+#include "log.h"
 #include "metrics_server.h"
 
 /* One step's figures, as the step loop has them. */
@@ -55,16 +56,6 @@ long long progress_nonfinite_total(void);
  * spikes and a data reader falling behind. */
 void progress_step(const ProgressStep *s);
 
-/* A warning that stands out: ends a live bar's line first, then "dstrain: warning: ..." on
- * stderr as one whole line (one write). Printed on every rank that calls it; counted
- * (progress_warnings()). */
-void progress_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-int progress_warnings(void);
-/* An ordinary message line ("dstrain: ...") on the step line's stream, never glued to a live
- * bar: the bar's line is ended first and the message is written whole (one write). Any thread.
- * (On a terminal, other output to stdout or stderr also erases the live line first and the
- * line is drawn again after it: printf needs no special care.) */
-void progress_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Finish the live line (newline) if one is open. */
 void progress_end(void);
 
@@ -90,23 +81,5 @@ void progress_snapshot(MetricsSnapshot *out);
 
 /* The step line for s as it would be printed (no bar), into buf. For tests. */
 void progress_format_line(const ProgressStep *s, char *buf, size_t cap);
-
-/* ---- long preparations ----------------------------------------------------------------------- */
-
-/* A task with a known total (bytes, tensors, documents...): a bar on a terminal, otherwise a
- * line at most every 10% or 10 s, and a final "done in" line. total <= 0: unknown total. */
-typedef struct ProgressTask {
-    char what[96];
-    const char *unit;
-    double total, done;
-    double t_start, t_last_print;
-    int last_decile;
-    int interactive;
-    FILE *out;
-} ProgressTask;
-
-void progress_task_begin(ProgressTask *t, const char *what, double total, const char *unit);
-void progress_task_update(ProgressTask *t, double done);
-void progress_task_end(ProgressTask *t);
 
 #endif

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "trainer/model.h"
 #include "checkpoint/ckpt.h"
 #include "checkpoint/export.h"
 #include "checkpoint/hf_model.h"
