@@ -1124,6 +1124,9 @@ int config_apply_override(Config *c, const char *assignment, const char *source)
     if (!value_set(k, &updated, value, 0, problem, sizeof(problem)))
         return ds_error(DS_ERR_INPUT, "%s: %s%s%s", source, k->name,
                         k->type == CT_FILES ? "" : ": ", problem);
+    /* an override names its files itself: no config file line to point at any more */
+    if (strcmp(k->name, "data.train") == 0) updated.data_train_where[0] = 0;
+    if (strcmp(k->name, "data.eval") == 0) updated.data_eval_where[0] = 0;
     *c = updated;
     return DS_OK;
 }
@@ -1468,6 +1471,17 @@ int config_load_yaml(Config *c, const char *path)
     if (status == DS_OK && ferror(f))
         status = ds_error(DS_ERR_INPUT, "%s: read error: %s", path, strerror(errno));
     fclose(f);
+    /* where the data files were named, for the messages of the checks on them */
+    const struct {
+        const char *key;
+        char *where;
+    } origins[] = {{"data.train", updated->data_train_where},
+                   {"data.eval", updated->data_eval_where}};
+    for (size_t i = 0; status == DS_OK && i < DS_ARRAY_LEN(origins); i++) {
+        const ConfigKey *k = key_find(origins[i].key);
+        const int line = k ? y->line_set[k - config_schema] : 0;
+        if (line) snprintf(origins[i].where, CONFIG_STR_MAX + 32, "%s:%d: ", path, line);
+    }
     if (status == DS_OK) *c = *updated;
     free(updated);
     free(y);

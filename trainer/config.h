@@ -31,6 +31,8 @@ typedef struct Config {
     char data_eval[CONFIG_STR_MAX];    /* data.eval: the first file */
     ConfigDataFiles data_eval_files;   /* data.eval: every file (each scored on its own) */
     char data_mode[16];                /* lm | sft | classification */
+    char data_train_where[CONFIG_STR_MAX + 32]; /* "FILE:LINE: " of data.train in a config file */
+    char data_eval_where[CONFIG_STR_MAX + 32];
     /* train */
     int train_steps;
     int train_seq_len;

@@ -107,6 +107,8 @@ static int parse_task(yaml_document_t *doc, yaml_node_t *node, int index, const 
         if (!key) return tasks_error(path, k, ": a key must be a name", where, NULL);
         const int list = strcmp(key, "train") == 0 && v && v->type == YAML_SEQUENCE_NODE;
         if (!list && (!val || !*val)) return tasks_error(path, v, ": expected a value", full, NULL);
+        if (strcmp(key, "train") == 0) t->train_line = (int)k->start_mark.line + 1;
+        if (strcmp(key, "eval") == 0) t->eval_line = (int)k->start_mark.line + 1;
         if (strcmp(key, "id") == 0) {
             if (strlen(val) >= sizeof(t->id)) return tasks_error(path, v, ": too long", full, NULL);
             snprintf(t->id, sizeof(t->id), "%s", val);

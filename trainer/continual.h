@@ -16,6 +16,7 @@ typedef struct ContinualTask {
     int steps;     /* 0 when given as epochs */
     double epochs; /* 0 when given as steps */
     int line;      /* of the task in the tasks file, for messages */
+    int train_line, eval_line; /* of its train and eval keys */
 } ContinualTask;
 
 typedef struct ContinualTasks {

@@ -29,7 +29,8 @@ typedef struct Phase {
     const char *matrix_eval; /* task sequences: the file of this task's column of R */
     int steps;               /* resolved from epochs when given so */
     int first_step;          /* global steps done before this phase */
-    char where[CONFIG_STR_MAX + 64]; /* "tasks.yaml:3: tasks[1]" or "data.train": for errors */
+    char where[CONFIG_STR_MAX + 64];      /* "tasks.yaml:3: tasks[1]" or "cfg.yaml:7: data" */
+    char where_eval[CONFIG_STR_MAX + 64]; /* the same for the eval files */
 } Phase;
 
 #define RUN_STATE_VERSION 1

@@ -207,7 +207,9 @@ static int run_build_phases(Run *r)
             ph->matrix_eval = t->eval;
             ph->steps = t->steps;
             snprintf(ph->where, sizeof(ph->where), "%s:%d: tasks[%d]", cfg->continual_tasks,
-                     t->line, k);
+                     t->train_line ? t->train_line : t->line, k);
+            snprintf(ph->where_eval, sizeof(ph->where_eval), "%s:%d: tasks[%d]",
+                     cfg->continual_tasks, t->eval_line ? t->eval_line : t->line, k);
         } else {
             snprintf(ph->id, sizeof(ph->id), "train");
             if (cfg->data_train_files.count == 0) {
@@ -225,7 +227,8 @@ static int run_build_phases(Run *r)
                 for (int i = 0; i < cfg->data_eval_files.count; i++)
                     ph->eval[ph->n_eval++] = cfg->data_eval_files.items[i].path;
             ph->steps = cfg->train_steps;
-            snprintf(ph->where, sizeof(ph->where), "data");
+            snprintf(ph->where, sizeof(ph->where), "%sdata", cfg->data_train_where);
+            snprintf(ph->where_eval, sizeof(ph->where_eval), "%sdata", cfg->data_eval_where);
         }
     }
     return DS_OK;
@@ -301,7 +304,7 @@ static int run_check_data(Run *r)
         DataReader *rd = NULL;
         int status = data_reader_open(&o, &rd);
         if (status != DS_OK)
-            return ds_error_context(status, "%s%s", ph->where, r->tasks ? ".train" : ".train");
+            return ds_error_context(status, "%s.train", ph->where);
         int64_t per_epoch = 0;
         for (int s = 0; s < ph->n_sources; s++) per_epoch += data_reader_samples_per_epoch(rd, s);
         data_reader_close(rd);
@@ -310,7 +313,7 @@ static int run_check_data(Run *r)
             DataReaderOptions eo = run_eval_options(r, &src, mode);
             eo.prefetch = 0;
             if ((status = data_reader_open(&eo, &rd)) != DS_OK)
-                return ds_error_context(status, "%s%s", ph->where, r->tasks ? ".eval" : ".eval");
+                return ds_error_context(status, "%s.eval", ph->where_eval);
             data_reader_close(rd);
         }
         if (r->tasks && r->tasks->items[k].epochs > 0) {
@@ -871,7 +874,7 @@ static int run_open_phase_data(Run *r, int k, const DataReaderState *position)
         DataSource src = {ph->eval[e], 1.0};
         DataReaderOptions eo = run_eval_options(r, &src, mode);
         if ((status = data_reader_open(&eo, &r->eval[e])) != DS_OK)
-            return ds_error_context(status, "%s.eval", ph->where);
+            return ds_error_context(status, "%s.eval", ph->where_eval);
         r->n_eval = e + 1;
     }
     return DS_OK;
