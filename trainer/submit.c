@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "log.h"
 #include "submit.h"
 
 typedef struct SubmitOptions {
@@ -290,6 +291,13 @@ int submit_main(int argc, char **argv)
     for (int i = 0; i < o.n_overrides; i++)
         DS_TRY(config_apply_override(&cfg, o.overrides[i], "command line"));
     DS_TRY(config_validate(&cfg));
+    if (o.gpus_per_node > 0 && strcmp(cfg.device, "cuda") != 0)
+        progress_warn("submit: --gpus-per-node %d with device: %s: the job holds GPUs it will not "
+                      "use (set device=cuda, or leave --gpus-per-node out)",
+                      o.gpus_per_node, cfg.device);
+    if (o.gpus_per_node == 0 && strcmp(cfg.device, "cuda") == 0)
+        progress_warn("submit: device: cuda without --gpus-per-node: the job asks Slurm for no "
+                      "GPU");
 
     SubmitRequest rq = {0};
     rq.nodes = o.nodes;

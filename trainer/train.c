@@ -1291,7 +1291,7 @@ int train_run(const Config *cfg)
     const int on_gpu = !r->be->host_memory;
     const char *peak_env = getenv("DSTRAIN_PEAK_FLOPS"); /* per GPU; default: H100/H200 bf16 */
     progress_begin(&(ProgressOptions){
-        .out = stdout, .interactive = -1, .total_steps = r->total_steps,
+        .out = stdout, .interactive = -1, .rank = grid->world_rank, .total_steps = r->total_steps,
         .start_step = start_step, .log_every = cfg->log_every,
         .flops_per_token = 6.0 * (double)r->n_params +
                            12.0 * r->mc.num_layers * (double)r->mc.hidden_size * r->T,

@@ -69,5 +69,13 @@ check "and trains nothing" grep -q "already complete (step 8 of 8); nothing to t
 check "a changed seq_len on resume exits 2" test $rc -eq 2
 check "in one line naming seq_len" bash -c "grep -c 'dstrain: error' s2.out | grep -qx 1 && grep -q 'seq_len' s2.out"
 
+# settings that are legal but likely wrong get one warning each
+"$DSTRAIN" submit --gpus-per-node 8 --dry-run > sub.out 2> sub.err
+check "submit --gpus-per-node with device cpu warns" grep -q "warning: submit: --gpus-per-node 8 with device: cpu" sub.err
+"$DSTRAIN" train "${small[@]}" train.steps=1 train.seq_len=2304 train.micro_batch_size=1 \
+  run.dir=warn > warn.out 2> warn.err
+check "seq_len above max_position_embeddings warns" \
+  grep -q "warning: train.seq_len 2304 is above the model's max_position_embeddings 2048" warn.err
+
 echo "run dir: $passes passed, $fails failed"
 [ $fails -eq 0 ]
