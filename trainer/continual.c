@@ -411,6 +411,21 @@ static int gather_shard(const Run *r, const float *shard, float *full)
     return comm_all_gather(&r->grid.dp, full, n, COMM_F32);
 }
 
+int continual_replay_gather(Run *r, ReplayBuffer *whole)
+{
+    const ReplayBuffer *rb = &r->replay;
+    DS_TRY(replay_init_whole(whole, rb, r->replay_seed));
+    replay_shard_to_whole(rb, whole);
+    const size_t n = (size_t)rb->count * rb->T;
+    int status = DS_OK;
+    if (r->grid.dp_size > 1 &&
+        ((status = comm_all_reduce(&r->grid.dp, whole->inputs, n, COMM_I32, COMM_SUM)) != DS_OK ||
+         (status = comm_all_reduce(&r->grid.dp, whole->targets, n, COMM_I32, COMM_SUM)) != DS_OK ||
+         (status = comm_all_reduce(&r->grid.dp, whole->mask, n, COMM_U8, COMM_SUM)) != DS_OK))
+        replay_free(whole);
+    return status;
+}
+
 int continual_state_save(Run *r, const char *dir)
 {
     const ProcessGrid *g = &r->grid;
@@ -448,17 +463,7 @@ int continual_state_save(Run *r, const char *dir)
     }
     if (r->replay_on) {
         ReplayBuffer whole;
-        const ReplayBuffer *rb = &r->replay;
-        DS_TRY(replay_init_whole(&whole, rb, r->replay_seed));
-        replay_shard_to_whole(rb, &whole);
-        const size_t n = (size_t)rb->count * rb->T;
-        if (g->dp_size > 1 &&
-            ((status = comm_all_reduce(&g->dp, whole.inputs, n, COMM_I32, COMM_SUM)) != DS_OK ||
-             (status = comm_all_reduce(&g->dp, whole.targets, n, COMM_I32, COMM_SUM)) != DS_OK ||
-             (status = comm_all_reduce(&g->dp, whole.mask, n, COMM_U8, COMM_SUM)) != DS_OK)) {
-            replay_free(&whole);
-            return status;
-        }
+        DS_TRY(continual_replay_gather(r, &whole));
         if (g->world_rank == 0) {
             status = replay_save(&whole, dir);
             /* files of a run with more ranks would say the buffer has more parts */

@@ -118,6 +118,9 @@ int continual_fisher(Run *r, int k);
 /* The EWC state and the replay buffer into dir (ewc.h5, replay-rank-00000.h5), whole tensors
  * and one buffer whatever the layout. Collective. */
 int continual_state_save(Run *r, const char *dir);
+/* The whole replay buffer (an unsharded copy, tokens summed over dp) on every rank; the caller
+ * frees it. Collective over dp. */
+int continual_replay_gather(Run *r, ReplayBuffer *whole);
 /* Load continual.state into a fresh run. */
 int continual_state_load(Run *r, const char *dir);
 /* Print the matrix and the summary, write <run.dir>/continual.json (rank 0). */

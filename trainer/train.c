@@ -657,20 +657,8 @@ static int run_prepare_blobs(Run *r, int reader_phase)
     st->replay_bytes = 0;
     if (r->replay_on) {
         ReplayBuffer whole;
-        const ReplayBuffer *rb = &r->replay;
-        DS_TRY(replay_init_whole(&whole, rb, r->replay_seed));
-        replay_shard_to_whole(rb, &whole);
-        const size_t nt = (size_t)rb->count * rb->T;
-        int status = DS_OK;
-        if (r->grid.dp_size > 1 &&
-            ((status = comm_all_reduce(&r->grid.dp, whole.inputs, nt, COMM_I32, COMM_SUM)) !=
-                 DS_OK ||
-             (status = comm_all_reduce(&r->grid.dp, whole.targets, nt, COMM_I32, COMM_SUM)) !=
-                 DS_OK ||
-             (status = comm_all_reduce(&r->grid.dp, whole.mask, nt, COMM_U8, COMM_SUM)) != DS_OK)) {
-            replay_free(&whole);
-            return status;
-        }
+        DS_TRY(continual_replay_gather(r, &whole));
+        int status;
         const size_t need = replay_serialized_size(&whole);
         if (need > r->replay_blob_cap) {
             void *p = realloc(r->replay_blob, need);
@@ -992,12 +980,7 @@ static int run_setup_continual(Run *r)
                                r->grid.dp_rank, r->grid.dp_size, r->replay_seed));
     /* what the buffer holds, saved with it and checked when one is loaded */
     DS_TRY(replay_set_task(&r->replay, r->mc.vocab_size, r->cls ? r->mc.num_labels : 0));
-    r->replay_on = cfg->continual_replay_capacity > 0;
-    /* replayed rows of each global micro-batch (micro_batch_size x dp rows) */
-    r->n_replay_rows =
-        r->replay_on ? (int)floor(cfg->continual_replay_ratio * r->G + 0.5) : 0;
-    r->global_rows = r->replay_on;
-    return DS_OK;
+    return DS_OK; /* replay_on, n_replay_rows and global_rows were set with the phases */
 }
 
 static int run_alloc_buffers(Run *r)
@@ -1032,7 +1015,7 @@ static size_t run_count_params(const Model *m)
 }
 
 /* A short summary of the run on start; the whole resolved config is in <run.dir>/config.yaml
- * (log.config: full prints it here too). */
+ * (log.print_config prints it here too). */
 static void run_print_summary(const Run *r, const char *config_path)
 {
     const Config *cfg = r->cfg;
@@ -1130,7 +1113,8 @@ int train_run(const Config *cfg)
     r->accum = cfg->train_grad_accum;
     r->G = r->B * grid->dp_size;
     if ((status = run_build_phases(r)) != DS_OK) goto done;
-    /* replay decides how the phases read (global rows); the buffer itself is made below */
+    /* replay decides how the phases read (global rows) and how many rows of each global
+     * micro-batch (micro_batch_size x dp rows) are replayed; the buffer itself is made below */
     r->replay_on = cfg->continual_replay_capacity > 0;
     r->global_rows = r->replay_on;
     r->n_replay_rows = r->replay_on ? (int)floor(cfg->continual_replay_ratio * r->G + 0.5) : 0;
@@ -1378,8 +1362,8 @@ static void train_usage(FILE *out)
 
 int train_main(int argc, char **argv)
 {
-    /* first thing: a preemption warning may arrive while the job is still starting up, and its
-     * default action would end the process without a checkpoint */
+    /* first thing: a signal during setup ends the process at once (nothing to save yet), one in
+     * the loop is answered with a checkpoint (signals.h) */
     signals_install();
     Config cfg;
     config_set_defaults(&cfg);
