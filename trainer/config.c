@@ -1475,12 +1475,16 @@ int config_load_yaml(Config *c, const char *path)
     const struct {
         const char *key;
         char *where;
-    } origins[] = {{"data.train", updated->data_train_where},
-                   {"data.eval", updated->data_eval_where}};
+        int named; /* the file named at least one */
+    } origins[] = {{"data.train", updated->data_train_where, updated->data_train_files.count > 0},
+                   {"data.eval", updated->data_eval_where, updated->data_eval_files.count > 0}};
     for (size_t i = 0; status == DS_OK && i < DS_ARRAY_LEN(origins); i++) {
         const ConfigKey *k = key_find(origins[i].key);
         const int line = k ? y->line_set[k - config_schema] : 0;
-        if (line) snprintf(origins[i].where, CONFIG_STR_MAX + 32, "%s:%d: ", path, line);
+        if (line && origins[i].named)
+            snprintf(origins[i].where, CONFIG_STR_MAX + 32, "%s:%d: ", path, line);
+        else if (line)
+            origins[i].where[0] = 0;
     }
     if (status == DS_OK) *c = *updated;
     free(updated);
