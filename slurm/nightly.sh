@@ -23,7 +23,7 @@ die() { echo "dstrain: error: nightly: $*" >&2; exit 2; }
 fail() { echo "dstrain: error: nightly: $*" >&2; exit 1; }
 say() { echo "dstrain nightly: $*"; }
 # fault injection for tests: DSTRAIN_NIGHTLY_KILL_AT=<step> kills this script at that step
-kill_point() { [ "${DSTRAIN_NIGHTLY_KILL_AT:-}" = "$1" ] && { say "killed at $1 (DSTRAIN_NIGHTLY_KILL_AT)" >&2; kill -KILL $$; }; return 0; }
+kill_point() { [ "${DSTRAIN_NIGHTLY_KILL_AT:-}" = "$1" ] && { say "killed at $1 (DSTRAIN_NIGHTLY_KILL_AT)" >&2; kill -KILL $BASHPID $$; }; return 0; }
 
 # ---- options: the command line wins over the base config's `nightly:` section ----------------
 base="" drop="" state="" serve="" rollback=""

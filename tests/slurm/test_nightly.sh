@@ -69,7 +69,7 @@ check "night 1 publishes (exit 0)" test $rc -eq 0
 check "night 1: status published, base 0, version 1" test "$(field state/nights/0001/status.json result) $(field state/nights/0001/status.json base) $(field state/nights/0001/status.json version)" = "published 0 1"
 check "the general held-out set is gated" grep -q '"kind": "general"' state/nights/0001/status.json
 check "the hook ran once with the version" test "$(cat hook.log)" = 0001
-check "the trainer's config has no nightly section" bash -c "! grep -q nightly state/base.yaml"
+check "the trainer's config has no nightly section" bash -c "! grep -q '^nightly:' state/base.yaml"
 check "the held-out split is not the training file" test "$(cut -f2 state/nights/0001/evals.tsv)" = "$W/state/nights/0001/data/n0001-1-eval.h5"
 
 # 2. a night the gate rejects: exit 3, current stays, the candidate is kept, never a base
@@ -102,7 +102,7 @@ check "published exactly once: versions 0001 and 0002 only" test "$(ls serve/ver
 check "no half-published directory is left" test -z "$(ls -A serve/versions | grep '^\.')"
 check "current is 0002" test "$(readlink serve/current)" = versions/0002
 check "the hook ran once for version 2" test "$(tr '\n' ' ' < hook.log)" = "0001 0002 "
-check "night 3 trained once" test "$(grep -c 'task 1/1' n3-kills.log)" -eq 1
+check "night 3 trained once" test "$(grep -c 'dstrain: task 1/1:' n3-kills.log)" -eq 1
 check "a fourth start has nothing to do" bash -c "DSTRAIN=$DSTRAIN bash $NIGHTLY -c nightly.yaml --drop drop --state state --serve serve | grep -q 'nothing to do'"
 check "the history matrix has a row per version" test "$(cut -f1 state/history-matrix.tsv | tr '\n' ' ')" = "version 1 2 "
 
@@ -119,7 +119,7 @@ check "a failed export fails the night (exit 4)" test $rc -eq 4
 check "night 4: status failed, reason export" bash -c "grep -q '\"result\": \"failed\"' state/nights/0004/status.json && grep -q 'export' state/nights/0004/status.json"
 check "nothing was published" test "$(readlink serve/current)" = versions/0002
 nightly --max-forgetting 0.5 > n4.log 2>&1; rc=$?
-check "the retry publishes night 4 without training again" test "$rc $(field state/nights/0004/status.json result) $(grep -c 'task 1/1' n4.log)" = "0 published 0"
+check "the retry publishes night 4 without training again" test "$rc $(field state/nights/0004/status.json result) $(grep -c 'dstrain: task 1/1:' n4.log)" = "0 published 0"
 
 # 5. a failing night is retried (--max-attempts 2), then quarantined; the next file trains
 cp bad.jsonl drop/

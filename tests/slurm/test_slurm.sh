@@ -3,8 +3,10 @@
 # `dstrain submit` runs a 2-rank CPU job through srun --mpi=pmix; a job requeued mid-run with
 # `scontrol requeue` resumes from its checkpoint and ends with the same final loss as an
 # uninterrupted run; a job that reaches its time limit gets the warning signal, checkpoints,
-# requeues itself and finishes the same way; the nightly command, run twice with new files in
-# between, trains each file once and publishes two versions.
+# requeues itself and finishes the same way; the nightly command as batch jobs: each file trained
+# once, two versions published, a rejected night ends the job with exit code 3 and is not the
+# base of the next, and a night requeued in the middle of its task resumes there without
+# repeating a step. tests/slurm/test_nightly.sh checks the rest of nightly.sh without Slurm.
 set -u
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -94,24 +96,26 @@ continual:
 log: {every: 5}
 YAML
 mkdir -p drop
-nightly() { # one nightly run as a batch job; prints its log
-  local id
-  id=$(sbatch --parsable --job-name=nightly --output="$W/nightly-%j.log" --wrap \
+nightly_submit() { # submits one nightly run as a batch job; sets nightly_id
+  nightly_id=$(sbatch --parsable --requeue --job-name=nightly --output="$W/nightly-%j.log" --open-mode=append --wrap \
     "DSTRAIN=$DSTRAIN $SRC/slurm/nightly.sh -c $W/nightly.yaml --drop $W/drop --state $W/state --serve $W/serve --max-forgetting 0.5 $*")
-  wait_done "$id" 300; cat "$W/nightly-$id.log"
 }
+nightly() { # one nightly run as a batch job; prints its log
+  nightly_submit "$@"; wait_done "$nightly_id" 300; cat "$W/nightly-$nightly_id.log"
+}
+exit_code() { scontrol show job "$1" 2>/dev/null | sed -n 's/.* ExitCode=\([0-9]*\):.*/\1/p'; }
 cp monday.jsonl drop/
 nightly > n1.log
 nightly > n1b.log
 cp tuesday.jsonl drop/
 nightly > n2.log
 check "night 1 publishes version 0001" grep -q "published night 0001 as .*versions/0001" n1.log
-check "a second start with nothing new does nothing" grep -q "no new files" n1b.log
+check "a second start with nothing new does nothing" grep -q "nothing to do" n1b.log
 check "night 2 trains only the new file" test "$(cut -f2 state/nights/0002/files.tsv)" = tuesday.jsonl
 check "each file is claimed by exactly one night" test "$(cat state/nights/*/files.tsv | cut -f1 | sort | uniq -d | wc -l)" -eq 0
 check "night 2 starts from night 1's model" grep -q "path: $W/state/nights/0001/run/export" state/nights/0002/run/config.yaml
 check "night 2 carries EWC and replay state" grep -q "state from $W/state/nights/0001/run/continual-state" n2.log
-check "night 2 evaluates the earlier task" grep -q "n0001-1" state/nights/0002/eval.tsv
+check "night 2 gates on the earlier night's held-out split" grep -q "n0001-1" state/nights/0002/gate.tsv
 check "two versions, current is 0002" test "$(readlink serve/current)" = versions/0002 -a -d serve/versions/0001
 check "the versions load in dstrain" "$DSTRAIN" eval --model serve/current --data state/nights/0002/data/n0002-1-eval.h5 --seq-len 64
 # an interrupted night (killed after claiming its file) is finished by the next start, not repeated
@@ -124,9 +128,41 @@ kill -KILL -- -"$n3" 2>/dev/null; wait "$n3" 2>/dev/null
 nightly --max-eval-loss 0.01 > n3.log
 check "the interrupted night is finished, not claimed again" test "$(ls state/nights | grep -c '^[0-9]*$')" -eq 3
 check "a night that fails its thresholds is not published and says why" grep -q "not published.*eval loss" n3.log
+check "a rejected night ends its job with exit code 3" test "$(exit_code "$nightly_id")" = 3
+check "its status.json says rejected" grep -q '"result": "rejected"' state/nights/0003/status.json
 check "current stays at 0002" test "$(readlink serve/current)" = versions/0002
 nightly > n4.log
-check "a rejected night is not trained again" grep -q "no new files" n4.log
+check "a rejected night is not trained again" grep -q "nothing to do" n4.log
+# a night requeued in the middle of its task (Slurm signals the job) resumes there
+python3 - <<'PY'
+import json, random
+random.seed(8)
+words = "the of and to in that is was for it with as on be at by not are from or have an".split()
+with open("drop/saturday.jsonl", "w") as f:
+    for _ in range(60):
+        text = "market report: " + " ".join(random.choice(words) for _ in range(random.randint(20, 60)))
+        f.write(json.dumps({"input_ids": [256] + list(text.encode())}) + "\n")
+PY
+export DSTRAIN_STEP_SLEEP_MS=400
+nightly_submit
+for _ in $(seq 1 300); do
+  [ -f state/nights/0004/run/metrics.jsonl ] && [ "$(grep -c '"loss"' state/nights/0004/run/metrics.jsonl)" -ge 6 ] && break; sleep 1
+done
+scontrol requeue "$nightly_id"
+check "the requeued night finishes" wait_done "$nightly_id" 400
+unset DSTRAIN_STEP_SLEEP_MS
+cat "$W/nightly-$nightly_id.log" > n5.log
+check "it was restarted" test "$(restarts "$nightly_id")" -ge 1
+check "the first run was preempted (exit 75)" grep -q "preempted; the next start resumes night 0004" n5.log
+check "the restart resumed inside the task" grep -qE "resumed from .*step-0*[1-9][0-9]* at step [1-9]" n5.log
+check "the rejected night 3 is not its base" test "$(cat state/nights/0004/base)" = "0002 0002"
+total=$(sed -n 's/.*tasks.yaml, \([0-9]*\) steps in all.*/\1/p' n5.log | tail -1)
+steps=$(python3 -c "
+import json
+s = [json.loads(l)['step'] for l in open('state/nights/0004/run/metrics.jsonl') if '\"eval_task\"' not in l]
+print(len(s), len(set(s)))")
+check "each of its $total steps ran once" test "$steps" = "$total $total"
+check "it was published as version 0003" test "$(readlink serve/current)" = versions/0003
 # the scrontab entry: Debian's Slurm ships no scrontab command, so its #SCRON options are checked
 # by sbatch --test-only (with this cluster's partition) and the schedule line by its shape
 opts=$(sed -n 's/^#SCRON //p' "$SRC/slurm/nightly.scrontab" | sed -e 's/--partition=.*/--partition=debug/' -e '/--qos=/d' -e '/--gpus=/d' -e 's/--cpus-per-task=.*/--cpus-per-task=1/' -e 's|--output=.*|--output=/dev/null|' | tr '\n' ' ')
