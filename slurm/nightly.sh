@@ -186,7 +186,8 @@ lineage() { # the night and version the next night trains from: "NNNN VVVV", emp
 }
 
 # ---- the Prometheus textfile and the status -----------------------------------------------------
-write_metrics() { # after every night's end
+write_metrics() { # [result]: after every night's end and every start with nothing to do
+  local last=${1:-$(sed -n 's/.*"result": "\([a-z]*\)".*/\1/p' "$state/status.json" 2>/dev/null | head -1)}
   local f="$state/nightly.prom" cur published=0 rejected=0 failed=0 quarantined=0 consec=0 n r last_pub=0 last_end=0
   cur=$(served_version)
   for n in $(nights); do
@@ -202,7 +203,7 @@ write_metrics() { # after every night's end
     echo "# HELP dstrain_nightly_last_result 1 for the result of the last night that ended (status.json)."
     echo "# TYPE dstrain_nightly_last_result gauge"
     for r in published rejected failed preempted; do
-      echo "dstrain_nightly_last_result{result=\"$r\"} $([ "$1" = "$r" ] && echo 1 || echo 0)"
+      echo "dstrain_nightly_last_result{result=\"$r\"} $([ "$last" = "$r" ] && echo 1 || echo 0)"
     done
     echo "# HELP dstrain_nightly_nights_total Nights that ended, by result."
     echo "# TYPE dstrain_nightly_nights_total counter"
@@ -224,6 +225,9 @@ write_metrics() { # after every night's end
     echo "# HELP dstrain_nightly_last_end_timestamp_seconds When a night last ended."
     echo "# TYPE dstrain_nightly_last_end_timestamp_seconds gauge"
     echo "dstrain_nightly_last_end_timestamp_seconds $last_end"
+    echo "# HELP dstrain_nightly_last_run_timestamp_seconds When a start last ran to its end (also with nothing to do)."
+    echo "# TYPE dstrain_nightly_last_run_timestamp_seconds gauge"
+    echo "dstrain_nightly_last_run_timestamp_seconds $(date +%s)"
   } > "$f.tmp" && mv -f "$f.tmp" "$f"
 }
 status() { # night result reason [exit code]: nights/NNNN/status.json and STATE/status.json
@@ -292,6 +296,8 @@ info_count() { "$DSTRAIN" info "$1" 2>/dev/null | sed -n "s/^$2: *\([0-9]*\).*/\
 prepare() { # night: data/, tasks.yaml, evals.tsv; 0 or a reason on stdout
   local n=$1 nd="$state/nights/$1" i=0 id sum f tr ev w
   [ -f "$nd/prepared" ] && return 0
+  # a night claimed by the nightly.sh of before 2026-12 made its tasks before its claim
+  [ ! -d "$nd/src" ] && [ -s "$nd/tasks.yaml" ] && [ -s "$nd/evals.tsv" ] && return 0
   rm -rf "$nd/data" "$nd/tasks.yaml" "$nd/evals.tsv"; mkdir -p "$nd/data"
   echo "tasks:" > "$nd/tasks.yaml"
   while IFS=$'\t' read -r sum f; do
@@ -581,6 +587,7 @@ while :; do
   n=$(claim_night) || exit 1
   if [ -z "$n" ]; then
     [ $worst -eq 0 ] && say "no new complete files in $drop; nothing to do"
+    write_metrics
     exit $worst
   fi
   kill_point claimed

@@ -104,6 +104,7 @@ check "current is 0002" test "$(readlink serve/current)" = versions/0002
 check "the hook ran once for version 2" test "$(tr '\n' ' ' < hook.log)" = "0001 0002 "
 check "night 3 trained once" test "$(grep -c 'dstrain: task 1/1:' n3-kills.log)" -eq 1
 check "a fourth start has nothing to do" bash -c "DSTRAIN=$DSTRAIN bash $NIGHTLY -c nightly.yaml --drop drop --state state --serve serve | grep -q 'nothing to do'"
+check "a start with nothing to do refreshes its run time for the alert rule" grep -q '^dstrain_nightly_last_run_timestamp_seconds [0-9]' state/nightly.prom
 check "the history matrix has a row per version" test "$(cut -f1 state/history-matrix.tsv | tr '\n' ' ')" = "version 1 2 "
 
 # 4. a failed export is a failure (exit 4); the next start exports without training again
