@@ -1,9 +1,10 @@
 /* bench_ops.c: time of each CUDA backend op at the deepseek-coder-1.3b training shape
  * (B x T = 8 x 2048 by default), and the share of a training step each takes, counted from how
  * often model.c calls it. Tells where a step's time goes; not a correctness check (tests/gpu/).
- * Usage: gpu_bench_ops [B T]. Inputs are random (never zeros); times are CUDA-event medians of
- * 5 runs after a warm-up. Matmuls are timed in both modes (fp32, bf16); the other ops in bf16
- * mode (bf16 activations, what device=cuda trains with), attention in both tensor-core
+ * Usage: gpu_bench_ops [B T [attention]] (attention: the attention rows alone). Inputs are
+ * random (never zeros); times are CUDA-event medians of 5 runs after a warm-up. Matmuls are
+ * timed in both modes (fp32, bf16); the other ops in bf16 mode (bf16 activations, what
+ * device=cuda trains with), attention in both tensor-core
  * implementations (flash: the default, on Hopper the wgmma kernels; mma: the mma.sync kernels,
  * the fallback and the previous default), at this shape, deepseek-llm-7b's (1 x 4096, 32 heads)
  * and a long sequence (1 x 16384, 16 heads), with its TFLOP/s counted as causal: forward
@@ -82,6 +83,8 @@ int main(int argc, char **argv)
     const int B = argc > 2 ? atoi(argv[1]) : 8, T = argc > 2 ? atoi(argv[2]) : 2048;
     const int C = 2048, H = 16, KVH = 16, D = 128, I = 5504, V = 32256, L = 24;
     const int N = B * T;
+    /* "attention" as the third argument: the attention rows alone (bf16 mode) */
+    const int attention_only = argc > 3 && strcmp(argv[3], "attention") == 0;
     const size_t NC = (size_t)N * C, NI = (size_t)N * I;
     gpu = backend_cuda();
     if (!gpu) {
@@ -121,7 +124,7 @@ int main(int argc, char **argv)
     float *mom1 = dev_random((size_t)V * C, 1), *mom2 = dev_random((size_t)V * C, 1);
 
     const char *modes[] = {"fp32", "bf16"};
-    for (int mi = 0; mi < 2; mi++) {
+    for (int mi = attention_only ? 1 : 0; mi < 2; mi++) {
         cuda_matmul_precision(modes[mi]);
         const int c4 = mi == 1 ? 1 : 0; /* per-step counts only for the default mode's rows */
         if (mi == 1) {                  /* as a model does: the weights' bf16 copies, made once */
@@ -129,6 +132,7 @@ int main(int argc, char **argv)
             gpu->weights_attach(wci, (size_t)C * I), gpu->weights_refresh(wci);
             gpu->weights_attach(embed, (size_t)V * C), gpu->weights_refresh(embed);
         }
+        if (attention_only) break;
 #define BODY gpu->matmul_forward(y, x, wcc, NULL, N, C, C)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
              C);
@@ -205,6 +209,7 @@ int main(int argc, char **argv)
 #undef BODY
         }
     cuda_attention_kind("flash");
+    if (attention_only) goto table;
     float *dx_act = dev_random(NC, 1);
 #define BODY gpu->rmsnorm_forward(y, rstd, x, normw, N, C, 1e-6f)
     TIME("rmsnorm_fwd", 2 * L + 1, "%dx%d", N, C);
@@ -254,6 +259,7 @@ int main(int argc, char **argv)
     TIME("adamw (embed; x20.3 = all)", 20, "%zu", (size_t)V * C);
 #undef BODY
 
+table:
     printf("| %-26s | %-32s | %9s | %8s | %10s | %8s |\n", "op (coder-1.3b shape)", "shape",
            "ms/call", "per step", "ms/step", "TFLOP/s");
     printf(

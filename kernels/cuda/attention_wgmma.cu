@@ -3,10 +3,13 @@
  * by the bulk tensor copy engine (TMA) and warp-specialised pipelines: in each block one producer
  * warp only issues TMA copies into a ring of shared-memory stages (mbarriers: "full" when a stage
  * has landed, "empty" when every consumer warp is done with it) and two consumer warpgroups of
- * 64 rows each only multiply. The CUDA backend's default attention on sm_90 devices when this
- * file was built for sm_90a (kernels/cuda/attention.cuh says how the build and the device are
- * checked); otherwise the mma.sync kernels of attention_mma_fwd.cu / attention_mma_bwd.cu run,
- * with the same contract and the same FlashAttention-2 structure.
+ * 64 rows each only multiply. The forward is persistent (one block a multiprocessor taking tiles,
+ * the longest first, the next tile's Q loaded under the current one) and its two consumer
+ * warpgroups take turns on the tensor cores (ping-pong), so one's softmax runs under the other's
+ * products; the backward is one grid per pass. The CUDA backend's default attention on sm_90
+ * devices when this file was built for sm_90a (kernels/cuda/attention.cuh says how the build and
+ * the device are checked); otherwise the mma.sync kernels of attention_mma_fwd.cu /
+ * attention_mma_bwd.cu run, with the same contract and the same FlashAttention-2 structure.
  *
  * Numerics as the mma.sync kernels: bf16 products, fp32 accumulation, softmax and statistics;
  * P = exp2(S * scale*log2e - lse*log2e), dS = P (dP - delta) * scale, dQ = dS K, dK = dS^T Q,
@@ -220,160 +223,326 @@ __device__ static inline unsigned char *aw_align1024(unsigned char *p)
 {
     return (unsigned char *)(((uintptr_t)p + 1023) & ~(uintptr_t)1023);
 }
+
+/* Keeps a register A operand alive (and unchanged) until the wgmma reading it has completed. */
+template <int K> __device__ static inline void aw_hold_a(uint32_t (&a)[K][4])
+{
+#pragma unroll
+    for (int i = 0; i < K; i++)
+        asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
+}
+
+/* Ping-pong of the two consumer warpgroups on the tensor cores (forward): warpgroup w issues its
+ * products only between aw_turn_wait(w) and aw_turn_pass(w), which hands the turn to the other,
+ * so one warpgroup's softmax runs under the other's products. Named barriers 1 and 2 (0 is
+ * __syncthreads), 256 threads each: the waiting warpgroup's 128 and the passing one's 128. */
+__device__ static inline void aw_turn_wait(int wg)
+{
+    asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wg) : "memory");
+}
+
+__device__ static inline void aw_turn_pass(int wg)
+{
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - wg) : "memory");
+}
+
+/* The persistent forward's schedule: block i takes tile i first, then the next unclaimed tile in
+ * the order of the tile numbers (the longest first) from a counter zeroed before the launch.
+ * One warp's lane 0 claims; every lane gets the number. */
+__device__ static inline int aw_claim(int *next_tile, int lane)
+{
+    int t = 0;
+    if (lane == 0) t = (int)gridDim.x + atomicAdd(next_tile, 1);
+    return __shfl_sync(0xffffffffu, t, 0);
+}
 #endif /* AW_DEVICE */
 
 /* ---------------------------------------------------------------------------------------------
- * forward: grid (B*H, query blocks of AW_ROWS, the longest rows first), AW_THREADS threads.
- * Consumer warpgroup w owns query rows w*64 .. w*64+63 of the block and walks the key tiles of
- * AW_FWD_KEYS up to the diagonal one (the only one it masks); the producer streams K and V. */
+ * forward: a persistent grid of as many blocks as the device has multiprocessors (or tiles, if
+ * fewer), AW_THREADS threads, each block taking tiles until none is left (aw_claim), the longest
+ * first, so the short causal tiles fill in at the end instead of each paying a block's start
+ * (barriers, the first TMA round trip) and end with the tensor cores idle. A tile is AW_ROWS
+ * query rows of one (sequence, head) (aw_row_tile). The producer warp loads the next tile's Q
+ * into the second of two buffers while the consumers finish the current tile, and streams K and
+ * V in separate rings of key tiles of AW_FWD_KEYS (a K stage is free once S is done, a V stage
+ * once P V is) across tiles without draining them. tile_of[buffer] tells the consumers which
+ * tile a Q buffer holds, -1 for "none left": written before the buffer's "full" barrier is
+ * arrived on, read after it is waited on.
+ * Consumer warpgroup w owns query rows w*64 .. w*64+63 of the tile and walks the key tiles up to
+ * the diagonal one (the only one it masks). The two warpgroups take turns on the tensor cores
+ * (ping-pong, aw_turn_wait): in its turn a warpgroup issues S(kt) and P(kt-1) V(kt-1) together,
+ * then computes the softmax of S(kt) under its own P V and the other warpgroup's products. */
 
-#define AW_FWD_SMEM (1024 + AW_TILE(AW_ROWS) + 2 * AW_STAGES * AW_TILE(AW_FWD_KEYS) + 128)
+#if AW_DEVICE
+/* One forward tile: AW_ROWS query rows of one (sequence, head). Tile numbers run over
+ * the query blocks from the last (the most key tiles) to the first, the B*H heads inside. */
+struct AwRowTile {
+    int b, h, q0;
+};
+
+__device__ static inline AwRowTile aw_row_tile(int t, int B, int T, int H)
+{
+    const int blocks = (T + AW_ROWS - 1) / AW_ROWS, bh = t % (B * H);
+    AwRowTile x;
+    x.b = bh / H, x.h = bh % H;
+    x.q0 = (blocks - 1 - t / (B * H)) * AW_ROWS;
+    return x;
+}
+
+/* One step of the online softmax over a key tile of the forward: S scaled to log2 units, keys
+ * past a row masked on the diagonal tile, the running max and sums updated, S replaced by
+ * P = exp2(S - max); corr is what the old O and sums are multiplied by. */
+__device__ static inline void aw_softmax(float (&sc)[AW_FWD_KEYS / 2], float &m_lo, float &m_hi,
+                                         float &l_lo, float &l_hi, float &corr_lo, float &corr_hi,
+                                         bool diagonal, int k0, int t_lo, int c, float scale_log2)
+{
+    const int t_hi = t_lo + 8;
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < AW_FWD_KEYS / 8; j++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int key = k0 + j * 8 + 2 * c + e;
+            float *lo = &sc[4 * j + e], *hi = &sc[4 * j + 2 + e];
+            *lo = diagonal && key > t_lo ? -INFINITY : *lo * scale_log2;
+            *hi = diagonal && key > t_hi ? -INFINITY : *hi * scale_log2;
+            mx_lo = fmaxf(mx_lo, *lo);
+            mx_hi = fmaxf(mx_hi, *hi);
+        }
+    }
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+    /* key 0 is in tile 0, so the max is finite from the first tile on */
+    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+    corr_lo = exp2f(m_lo - mn_lo), corr_hi = exp2f(m_hi - mn_hi);
+    m_lo = mn_lo, m_hi = mn_hi;
+    float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+    for (int j = 0; j < AW_FWD_KEYS / 8; j++) {
+        sc[4 * j] = exp2f(sc[4 * j] - mn_lo), sc[4 * j + 1] = exp2f(sc[4 * j + 1] - mn_lo);
+        sc[4 * j + 2] = exp2f(sc[4 * j + 2] - mn_hi);
+        sc[4 * j + 3] = exp2f(sc[4 * j + 3] - mn_hi);
+        sum_lo += sc[4 * j] + sc[4 * j + 1];
+        sum_hi += sc[4 * j + 2] + sc[4 * j + 3];
+    }
+    l_lo = l_lo * corr_lo + sum_lo;
+    l_hi = l_hi * corr_hi + sum_hi;
+}
+
+__device__ static inline void aw_rescale(float (&o)[AW_D / 2], float corr_lo, float corr_hi)
+{
+#pragma unroll
+    for (int j = 0; j < AW_D / 8; j++) {
+        o[4 * j] *= corr_lo, o[4 * j + 1] *= corr_lo;
+        o[4 * j + 2] *= corr_hi, o[4 * j + 3] *= corr_hi;
+    }
+}
+#endif
+
+#define AW_FWD_SMEM (1024 + 2 * AW_TILE(AW_ROWS) + 2 * AW_STAGES * AW_TILE(AW_FWD_KEYS) + 128)
 
 template <typename O>
 __global__ static void __launch_bounds__(AW_THREADS, 1)
     aw_forward_kernel(const __grid_constant__ CUtensorMap map_q,
                       const __grid_constant__ CUtensorMap map_k,
-                      const __grid_constant__ CUtensorMap map_v, O *out, float *lse, int T, int H,
-                      int KVH, float scale_log2)
+                      const __grid_constant__ CUtensorMap map_v, O *out, float *lse, int *next_tile,
+                      int B, int T, int H, int KVH, float scale_log2)
 {
 #if AW_DEVICE
     extern __shared__ unsigned char aw_raw[];
-    unsigned char *Qs = aw_align1024(aw_raw);
-    unsigned char *Ks = Qs + AW_TILE(AW_ROWS);                 /* [STAGES][keys][128] */
+    unsigned char *Qs = aw_align1024(aw_raw);                  /* [2][rows][128] */
+    unsigned char *Ks = Qs + 2 * AW_TILE(AW_ROWS);             /* [STAGES][keys][128] */
     unsigned char *Vs = Ks + AW_STAGES * AW_TILE(AW_FWD_KEYS); /* [STAGES][keys][128] */
-    uint64_t *full = (uint64_t *)(Vs + AW_STAGES * AW_TILE(AW_FWD_KEYS));
-    uint64_t *empty = full + AW_STAGES, *qbar = empty + AW_STAGES;
+    uint64_t *kfull = (uint64_t *)(Vs + AW_STAGES * AW_TILE(AW_FWD_KEYS));
+    uint64_t *kempty = kfull + AW_STAGES, *vfull = kempty + AW_STAGES;
+    uint64_t *vempty = vfull + AW_STAGES, *qfull = vempty + AW_STAGES, *qempty = qfull + 2;
+    volatile int *tile_of = (volatile int *)(qempty + 2);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KVH);
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * AW_ROWS;
-    const int tiles = (min(q0 + AW_ROWS, T) + AW_FWD_KEYS - 1) / AW_FWD_KEYS;
+    const int total = B * H * ((T + AW_ROWS - 1) / AW_ROWS);
     if (threadIdx.x == 0) {
         for (int s = 0; s < AW_STAGES; s++) {
-            aw_bar_init(&full[s], 1);
-            aw_bar_init(&empty[s], AW_CONSUMER_WARPS);
+            aw_bar_init(&kfull[s], 1);
+            aw_bar_init(&kempty[s], AW_CONSUMER_WARPS);
+            aw_bar_init(&vfull[s], 1);
+            aw_bar_init(&vempty[s], AW_CONSUMER_WARPS);
         }
-        aw_bar_init(qbar, 1);
+        for (int i = 0; i < 2; i++) {
+            aw_bar_init(&qfull[i], 1);
+            aw_bar_init(&qempty[i], AW_CONSUMER_WARPS);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
     if (warp >= AW_CONSUMER_WARPS) { /* the producer warpgroup: its first warp works */
         aw_producer_regs();
-        if (warp == AW_CONSUMER_WARPS && lane == 0) {
-            aw_bar_expect(qbar, AW_TILE(AW_ROWS));
-            aw_tma_tile(Qs, &map_q, qbar, h * AW_D, b * T + q0, AW_ROWS);
-            for (int kt = 0; kt < tiles; kt++) {
-                const int s = kt % AW_STAGES;
-                if (kt >= AW_STAGES) aw_bar_wait(&empty[s], (kt / AW_STAGES - 1) & 1);
-                aw_bar_expect(&full[s], 2 * AW_TILE(AW_FWD_KEYS));
-                const int y = b * T + kt * AW_FWD_KEYS;
-                aw_tma_tile(Ks + s * AW_TILE(AW_FWD_KEYS), &map_k, &full[s], kvh * AW_D, y,
-                            AW_FWD_KEYS);
-                aw_tma_tile(Vs + s * AW_TILE(AW_FWD_KEYS), &map_v, &full[s], kvh * AW_D, y,
-                            AW_FWD_KEYS);
+        if (warp > AW_CONSUMER_WARPS) return;
+        int kv = 0; /* key tiles loaded so far, over every tile of this block */
+        for (int j = 0, t = blockIdx.x;; j++, t = aw_claim(next_tile, lane)) {
+            const int qb = j & 1;
+            if (j >= 2) aw_bar_wait(&qempty[qb], ((j >> 1) - 1) & 1);
+            if (t >= total) {
+                if (lane == 0) {
+                    tile_of[qb] = -1;
+                    aw_bar_arrive(&qfull[qb]);
+                }
+                return;
+            }
+            const AwRowTile x = aw_row_tile(t, B, T, H);
+            const int kvh = x.h / (H / KVH);
+            const int tiles = (min(x.q0 + AW_ROWS, T) + AW_FWD_KEYS - 1) / AW_FWD_KEYS;
+            if (lane == 0) {
+                tile_of[qb] = t;
+                aw_bar_expect(&qfull[qb], AW_TILE(AW_ROWS));
+                aw_tma_tile(Qs + qb * AW_TILE(AW_ROWS), &map_q, &qfull[qb], x.h * AW_D,
+                            x.b * T + x.q0, AW_ROWS);
+            }
+            for (int kt = 0; kt < tiles; kt++, kv++) {
+                const int s = kv % AW_STAGES, y = x.b * T + kt * AW_FWD_KEYS;
+                if (kv >= AW_STAGES) aw_bar_wait(&kempty[s], (kv / AW_STAGES - 1) & 1);
+                if (lane == 0) {
+                    aw_bar_expect(&kfull[s], AW_TILE(AW_FWD_KEYS));
+                    aw_tma_tile(Ks + s * AW_TILE(AW_FWD_KEYS), &map_k, &kfull[s], kvh * AW_D, y,
+                                AW_FWD_KEYS);
+                }
+                if (kv >= AW_STAGES) aw_bar_wait(&vempty[s], (kv / AW_STAGES - 1) & 1);
+                if (lane == 0) {
+                    aw_bar_expect(&vfull[s], AW_TILE(AW_FWD_KEYS));
+                    aw_tma_tile(Vs + s * AW_TILE(AW_FWD_KEYS), &map_v, &vfull[s], kvh * AW_D, y,
+                                AW_FWD_KEYS);
+                }
             }
         }
-        return;
     }
     aw_consumer_regs();
 
     const int wg = warp / 4, g = lane / 4, c = lane % 4;
-    const int t_lo = q0 + wg * 64 + (warp % 4) * 16 + g, t_hi = t_lo + 8; /* this thread's rows */
-    float o[AW_D / 2]; /* O rows t_lo (4j, 4j+1), t_hi (4j+2, 4j+3), columns 8j + 2c, +1 */
+    const int row = wg * 64 + (warp % 4) * 16 + g; /* this thread's rows of a tile: row, row + 8 */
+    if (wg == 1) aw_turn_pass(1); /* warpgroup 0 takes the first turn */
+    int kv = 0;                   /* key tiles consumed, as the producer counts */
+    for (int j = 0;; j++) {
+        const int qb = j & 1;
+        aw_bar_wait(&qfull[qb], (j >> 1) & 1);
+        const int t = tile_of[qb];
+        if (t < 0) break;
+        const AwRowTile x = aw_row_tile(t, B, T, H);
+        const int tiles = (min(x.q0 + AW_ROWS, T) + AW_FWD_KEYS - 1) / AW_FWD_KEYS;
+        const unsigned char *Qt = Qs + qb * AW_TILE(AW_ROWS);
+        const int t_lo = x.q0 + row, t_hi = t_lo + 8;
+        float o[AW_D / 2]; /* O rows t_lo (4j, 4j+1), t_hi (4j+2, 4j+3), columns 8j + 2c, +1 */
 #pragma unroll
-    for (int i = 0; i < AW_D / 2; i++)
-        o[i] = 0.0f;
-    float m_lo = -INFINITY, m_hi = -INFINITY; /* running max, log2 units */
-    float l_lo = 0.0f, l_hi = 0.0f;           /* this thread's part of the row sums */
-    aw_bar_wait(qbar, 0);
+        for (int i = 0; i < AW_D / 2; i++)
+            o[i] = 0.0f;
+        float m_lo = -INFINITY, m_hi = -INFINITY; /* running max, log2 units */
+        float l_lo = 0.0f, l_hi = 0.0f;           /* this thread's part of the row sums */
+        uint32_t pa[AW_FWD_KEYS / 16][4];         /* P as the A operand, 16 keys a step */
 
-    for (int kt = 0; kt < tiles; kt++) {
-        const int s = kt % AW_STAGES, k0 = kt * AW_FWD_KEYS;
-        const unsigned char *Kt = Ks + s * AW_TILE(AW_FWD_KEYS);
-        const unsigned char *Vt = Vs + s * AW_TILE(AW_FWD_KEYS);
-        aw_bar_wait(&full[s], (kt / AW_STAGES) & 1);
-
-        float sc[AW_FWD_KEYS / 2]; /* S: rows t_lo, t_hi, keys k0 + 8j + 2c, +1 */
+        /* key tile 0: S alone */
+        int s_prev = kv % AW_STAGES, phase_prev = (kv / AW_STAGES) & 1;
+        {
+            float sc[AW_FWD_KEYS / 2]; /* S: rows t_lo, t_hi, keys 8j + 2c, +1 of the tile */
+            aw_bar_wait(&kfull[s_prev], phase_prev);
+            aw_turn_wait(wg);
+            aw_fence();
+#pragma unroll
+            for (int kk = 0; kk < AW_D / 16; kk++)
+                aw_mma_ss_n128(sc, aw_desc_k(Qt, AW_ROWS, wg * 64, kk),
+                               aw_desc_k(Ks + s_prev * AW_TILE(AW_FWD_KEYS), AW_FWD_KEYS, 0,
+                                         kk),
+                               kk > 0);
+            aw_commit();
+            aw_turn_pass(wg);
+            aw_wait<0>();
+            aw_hold(sc);
+            __syncwarp();
+            if (lane == 0) aw_bar_arrive(&kempty[s_prev]);
+            float corr_lo, corr_hi;
+            aw_softmax(sc, m_lo, m_hi, l_lo, l_hi, corr_lo, corr_hi, tiles == 1, 0, t_lo, c,
+                       scale_log2);
+#pragma unroll
+            for (int kk = 0; kk < AW_FWD_KEYS / 16; kk++)
+                aw_to_a(pa[kk], &sc[8 * kk]);
+            kv++;
+        }
+        /* key tile kt: S(kt) and P(kt-1) V(kt-1) in one turn, the softmax of S(kt) under
+         * the second */
+        for (int kt = 1; kt < tiles; kt++, kv++) {
+            const int s = kv % AW_STAGES, phase = (kv / AW_STAGES) & 1;
+            const unsigned char *Kt = Ks + s * AW_TILE(AW_FWD_KEYS);
+            const unsigned char *Vt = Vs + s_prev * AW_TILE(AW_FWD_KEYS);
+            float sc[AW_FWD_KEYS / 2];
+            aw_bar_wait(&kfull[s], phase);
+            aw_bar_wait(&vfull[s_prev], phase_prev);
+            aw_turn_wait(wg);
+            aw_fence();
+#pragma unroll
+            for (int kk = 0; kk < AW_D / 16; kk++)
+                aw_mma_ss_n128(sc, aw_desc_k(Qt, AW_ROWS, wg * 64, kk),
+                               aw_desc_k(Kt, AW_FWD_KEYS, 0, kk), kk > 0);
+            aw_commit();
+#pragma unroll
+            for (int kk = 0; kk < AW_FWD_KEYS / 16; kk++)
+                aw_mma_rs_n128(o, pa[kk], aw_desc_mn(Vt, AW_FWD_KEYS, kk));
+            aw_commit();
+            aw_turn_pass(wg);
+            aw_wait<1>();
+            aw_hold(sc);
+            __syncwarp();
+            if (lane == 0) aw_bar_arrive(&kempty[s]);
+            float corr_lo, corr_hi;
+            aw_softmax(sc, m_lo, m_hi, l_lo, l_hi, corr_lo, corr_hi, kt == tiles - 1,
+                       kt * AW_FWD_KEYS, t_lo, c, scale_log2);
+            aw_wait<0>();
+            aw_hold(o);
+            aw_hold_a(pa);
+            __syncwarp();
+            if (lane == 0) aw_bar_arrive(&vempty[s_prev]);
+            aw_rescale(o, corr_lo, corr_hi);
+#pragma unroll
+            for (int kk = 0; kk < AW_FWD_KEYS / 16; kk++)
+                aw_to_a(pa[kk], &sc[8 * kk]);
+            s_prev = s, phase_prev = phase;
+        }
+        /* the last key tile's P V */
+        aw_bar_wait(&vfull[s_prev], phase_prev);
+        aw_turn_wait(wg);
         aw_fence();
-#pragma unroll
-        for (int kk = 0; kk < AW_D / 16; kk++)
-            aw_mma_ss_n128(sc, aw_desc_k(Qs, AW_ROWS, wg * 64, kk),
-                           aw_desc_k(Kt, AW_FWD_KEYS, 0, kk), kk > 0);
-        aw_commit();
-        aw_wait<0>();
-        aw_hold(sc);
-
-        const bool diagonal = kt == tiles - 1; /* the only tile with keys past a row */
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < AW_FWD_KEYS / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int key = k0 + j * 8 + 2 * c + e;
-                float *lo = &sc[4 * j + e], *hi = &sc[4 * j + 2 + e];
-                *lo = diagonal && key > t_lo ? -INFINITY : *lo * scale_log2;
-                *hi = diagonal && key > t_hi ? -INFINITY : *hi * scale_log2;
-                mx_lo = fmaxf(mx_lo, *lo);
-                mx_hi = fmaxf(mx_hi, *hi);
-            }
-        }
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        /* key 0 is in tile 0, so the max is finite from the first tile on */
-        const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-        const float corr_lo = exp2f(m_lo - mn_lo), corr_hi = exp2f(m_hi - mn_hi);
-        m_lo = mn_lo, m_hi = mn_hi;
-        float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-        for (int j = 0; j < AW_FWD_KEYS / 8; j++) {
-            sc[4 * j] = exp2f(sc[4 * j] - mn_lo), sc[4 * j + 1] = exp2f(sc[4 * j + 1] - mn_lo);
-            sc[4 * j + 2] = exp2f(sc[4 * j + 2] - mn_hi);
-            sc[4 * j + 3] = exp2f(sc[4 * j + 3] - mn_hi);
-            sum_lo += sc[4 * j] + sc[4 * j + 1];
-            sum_hi += sc[4 * j + 2] + sc[4 * j + 3];
-        }
-        l_lo = l_lo * corr_lo + sum_lo;
-        l_hi = l_hi * corr_hi + sum_hi;
-#pragma unroll
-        for (int j = 0; j < AW_D / 8; j++) {
-            o[4 * j] *= corr_lo, o[4 * j + 1] *= corr_lo;
-            o[4 * j + 2] *= corr_hi, o[4 * j + 3] *= corr_hi;
-        }
-        uint32_t pa[AW_FWD_KEYS / 16][4]; /* P as the A operand, 16 keys a step */
+        const unsigned char *Vt = Vs + s_prev * AW_TILE(AW_FWD_KEYS);
 #pragma unroll
         for (int kk = 0; kk < AW_FWD_KEYS / 16; kk++)
-            aw_to_a(pa[kk], &sc[8 * kk]);
-        aw_fence();
-#pragma unroll
-        for (int kk = 0; kk < AW_FWD_KEYS / 16; kk++) /* O += P V */
             aw_mma_rs_n128(o, pa[kk], aw_desc_mn(Vt, AW_FWD_KEYS, kk));
         aw_commit();
+        aw_turn_pass(wg);
         aw_wait<0>();
         aw_hold(o);
+        aw_hold_a(pa);
         __syncwarp();
-        if (lane == 0) aw_bar_arrive(&empty[s]); /* this warp is done with the stage */
-    }
+        if (lane == 0) aw_bar_arrive(&vempty[s_prev]);
+        __syncwarp();
+        if (lane == 0) aw_bar_arrive(&qempty[qb]); /* Q's buffer may take the tile after next */
 
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-    const size_t qstride = (size_t)H * AW_D;
-    O *dst_lo = out + ((size_t)b * T + t_lo) * qstride + (size_t)h * AW_D + 2 * c;
-    O *dst_hi = dst_lo + 8 * qstride;
+        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+        const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+        const size_t qstride = (size_t)H * AW_D;
+        O *dst_lo = out + ((size_t)x.b * T + t_lo) * qstride + (size_t)x.h * AW_D + 2 * c;
+        O *dst_hi = dst_lo + 8 * qstride;
 #pragma unroll
-    for (int j = 0; j < AW_D / 8; j++) {
-        if (t_lo < T) at_store2(dst_lo + j * 8, o[4 * j] * inv_lo, o[4 * j + 1] * inv_lo);
-        if (t_hi < T) at_store2(dst_hi + j * 8, o[4 * j + 2] * inv_hi, o[4 * j + 3] * inv_hi);
-    }
-    if (c == 0) {
-        float *l = lse + ((size_t)b * H + h) * T;
-        if (t_lo < T) l[t_lo] = (m_lo + log2f(l_lo)) * AT_LN2;
-        if (t_hi < T) l[t_hi] = (m_hi + log2f(l_hi)) * AT_LN2;
+        for (int jj = 0; jj < AW_D / 8; jj++) {
+            if (t_lo < T) at_store2(dst_lo + jj * 8, o[4 * jj] * inv_lo, o[4 * jj + 1] * inv_lo);
+            if (t_hi < T)
+                at_store2(dst_hi + jj * 8, o[4 * jj + 2] * inv_hi, o[4 * jj + 3] * inv_hi);
+        }
+        if (c == 0) {
+            float *l = lse + ((size_t)x.b * H + x.h) * T;
+            if (t_lo < T) l[t_lo] = (m_lo + log2f(l_lo)) * AT_LN2;
+            if (t_hi < T) l[t_hi] = (m_hi + log2f(l_hi)) * AT_LN2;
+        }
     }
 #endif
 }
@@ -676,6 +845,7 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
 #endif
 }
 
+
 /* ---------------------------------------------------------------------------------------------
  * host: readiness, tensor maps, launches */
 
@@ -686,6 +856,8 @@ __global__ static void aw_probe_kernel(int *flag)
 
 static PFN_cuTensorMapEncodeTiled_v12000 aw_encode;
 static long long aw_calls;
+static int aw_sms;   /* multiprocessors: the persistent forward's grid */
+static int *aw_next; /* device: the forward's tile counter, zeroed before each launch */
 
 /* The bf16 matrix [rows][cols] (row stride cols) as a 2-D tensor map of boxes of 64 columns by
  * box_rows rows, 128-byte swizzle: what aw_tma_tile loads. 0 when the driver refuses it. */
@@ -716,6 +888,7 @@ extern "C" int cuda_wgmma_attention_ready(int D)
         cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
         cudaCheck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
         cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        cudaCheck(cudaDeviceGetAttribute(&aw_sms, cudaDevAttrMultiProcessorCount, dev));
         const int need = AW_FWD_SMEM > AW_DQ_SMEM
                              ? (AW_FWD_SMEM > AW_DKDV_SMEM ? AW_FWD_SMEM : AW_DKDV_SMEM)
                              : (AW_DQ_SMEM > AW_DKDV_SMEM ? AW_DQ_SMEM : AW_DKDV_SMEM);
@@ -736,6 +909,7 @@ extern "C" int cuda_wgmma_attention_ready(int D)
         }
         cudaGetLastError(); /* a refused entry-point query leaves no error behind */
         if (ready) {
+            cudaCheck(cudaMalloc(&aw_next, sizeof(int)));
             aw_allow_smem(aw_forward_kernel<float>, AW_FWD_SMEM);
             aw_allow_smem(aw_forward_kernel<at_bf16>, AW_FWD_SMEM);
             aw_allow_smem(aw_dq_kernel<float>, AW_DQ_SMEM);
@@ -754,9 +928,12 @@ extern "C" long long cuda_attention_wgmma_calls(void)
 
 static int aw_suits(int B, int T, int H, int KVH, int D)
 {
+    /* the forward's tile numbers (and its counter, up to one claim past them a block) stay below
+     * 2^30; the backward's grid (B*H, blocks) in range */
     return cuda_wgmma_attention_ready(D) && B > 0 && T > 0 && KVH > 0 && H % KVH == 0 &&
            (long long)B * T < INT32_MAX && (long long)B * H <= INT32_MAX &&
-           (T + AW_ROWS - 1) / AW_ROWS <= 65535;
+           (T + AW_ROWS - 1) / AW_ROWS <= 65535 &&
+           (long long)B * H * ((T + AW_ROWS - 1) / AW_ROWS) < (1 << 30);
 }
 
 extern "C" int cuda_wgmma_attention_forward(void *out, int out_bf16, float *lse, const at_bf16 *q,
@@ -769,13 +946,15 @@ extern "C" int cuda_wgmma_attention_forward(void *out, int out_bf16, float *lse,
         !aw_map(&mv, v, B * T, KVH * AW_D, AW_FWD_KEYS))
         return 0;
     const float scale_log2 = AT_LOG2E / sqrtf((float)AW_D);
-    const dim3 grid(B * H, (T + AW_ROWS - 1) / AW_ROWS);
+    const int tiles = B * H * ((T + AW_ROWS - 1) / AW_ROWS);
+    const int grid = tiles < aw_sms ? tiles : aw_sms;
+    cudaCheck(cudaMemsetAsync(aw_next, 0, sizeof(int), stream));
     if (out_bf16)
         aw_forward_kernel<at_bf16><<<grid, AW_THREADS, AW_FWD_SMEM, stream>>>(
-            mq, mk, mv, (at_bf16 *)out, lse, T, H, KVH, scale_log2);
+            mq, mk, mv, (at_bf16 *)out, lse, aw_next, B, T, H, KVH, scale_log2);
     else
         aw_forward_kernel<float><<<grid, AW_THREADS, AW_FWD_SMEM, stream>>>(
-            mq, mk, mv, (float *)out, lse, T, H, KVH, scale_log2);
+            mq, mk, mv, (float *)out, lse, aw_next, B, T, H, KVH, scale_log2);
     cudaCheck(cudaGetLastError());
     aw_calls++;
     return 1;

@@ -1,0 +1,340 @@
+/* matmul.cuh: matmul_forward / matmul_backward through cuBLASLt: the bf16 working copies of
+ * the weights (weights_attach / refresh / detach), cuda_matmul_precision, the plan cache.
+ * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
+ * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
+ * ...), so it is not a header to include anywhere else. */
+
+/* ---------------------------------------------------------------------------------------------
+ * matmul through cuBLASLt. cuBLAS is column-major: a row-major [R, C] matrix is a column-major
+ * C x R one, so the row-major products of ops.h become (shapes column-major):
+ *   forward  out (N x M)  = W^T (W stored K x N) . inp (K x M)
+ *   dinp     dinp (K x M) = W (K x N) . dout (N x M)
+ *   dweight  dW (K x N)  += inp (K x M) . dout^T (dout stored N x M)
+ * Modes (cuda_matmul_precision):
+ *   fp32: fp32 operands, true fp32 products (TF32 off); tf32: fp32 operands on the TF32 cores.
+ *   bf16 (mixed precision): bf16 operands (the weights from the attached working copy, the
+ *     activations and gradients as they are stored), products on the bf16 tensor cores with fp32
+ *     accumulation; out and dinp are written in bf16 (dinp += rounds once, after the fp32 sum),
+ *     dW in fp32 (C and D fp32, so dW += accumulates in fp32). */
+
+static cublasLtHandle_t lt_handle;
+static void *lt_workspace;
+static const size_t lt_workspace_size = (size_t)32 << 20;
+static cublasComputeType_t lt_compute = CUBLAS_COMPUTE_32F;
+
+extern "C" int cuda_matmul_is_bf16(void) { return lt_bf16; }
+
+/* ---- bf16 operands ---- */
+
+__global__ static void round_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i + 3 < n) {
+        float4 x = *reinterpret_cast<const float4 *>(src + i);
+        __nv_bfloat162 *d2 = reinterpret_cast<__nv_bfloat162 *>(dst + i);
+        d2[0] = __floats2bfloat162_rn(x.x, x.y);
+        d2[1] = __floats2bfloat162_rn(x.z, x.w);
+    } else {
+        for (; i < n; i++)
+            dst[i] = __float2bfloat16_rn(src[i]);
+    }
+}
+
+__global__ static void round_bf16_unaligned_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+static void round_bf16(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    if (n == 0) return;
+    if ((uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0)
+        round_bf16_kernel<<<ceil_div((long long)ceil_div((long long)n, 4), 256), 256, 0, stream>>>(
+            dst, src, n);
+    else
+        round_bf16_unaligned_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(dst, src, n);
+    launchCheck();
+}
+
+/* A device buffer of bf16 that only grows (the first step sees the largest shapes). */
+typedef struct Bf16Buffer {
+    __nv_bfloat16 *ptr;
+    size_t cap; /* elements */
+} Bf16Buffer;
+
+static __nv_bfloat16 *bf16_buffer(Bf16Buffer *b, size_t n)
+{
+    if (n > b->cap) {
+        cudaCheck(cudaFree(b->ptr)); /* synchronises: nothing still reads the old one */
+        b->cap = n;
+        cudaCheck(cudaMalloc(&b->ptr, n * sizeof(__nv_bfloat16)));
+    }
+    return b->ptr;
+}
+
+/* a weight and a bias outside every attached buffer, rounded */
+static Bf16Buffer operand_weight, operand_bias;
+
+/* The working copies of attached parameter buffers (Backend.weights_attach). */
+#define WEIGHT_COPIES_MAX 16
+typedef struct WeightCopy {
+    const float *params;  /* NULL: free slot */
+    size_t n;
+    __nv_bfloat16 *copy;  /* NULL until the first bf16 refresh */
+    int fresh;            /* copy holds the values of the last refresh in bf16 mode */
+} WeightCopy;
+static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
+
+static WeightCopy *weight_copy_of(const float *params)
+{
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
+        if (weight_copies[i].params == params) return &weight_copies[i];
+    return NULL;
+}
+
+static int weight_copy_alloc(WeightCopy *w)
+{
+    if (w->copy) return DS_OK;
+    cudaError_t err = cudaMalloc(&w->copy, w->n * sizeof(__nv_bfloat16));
+    if (err == cudaSuccess) return DS_OK;
+    cudaGetLastError();
+    w->copy = NULL;
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    return ds_error(DS_ERR_INTERNAL,
+                    "CUDA: cannot allocate the bf16 working copy of the weights (%.1f MiB, "
+                    "%.1f MiB free); precision: fp32 needs no copy",
+                    w->n * 2 / 1048576.0, free_bytes / 1048576.0);
+}
+
+static int weights_attach(const float *params, size_t n)
+{
+    WeightCopy *w = weight_copy_of(params);
+    if (!w) w = weight_copy_of(NULL);
+    if (!w) return ds_error(DS_ERR_INTERNAL, "CUDA: more than %d parameter buffers attached",
+                            WEIGHT_COPIES_MAX);
+    w->params = params;
+    w->n = n;
+    w->fresh = 0;
+    return lt_bf16 ? weight_copy_alloc(w) : DS_OK;
+}
+
+static void weights_refresh(const float *params)
+{
+    WeightCopy *w = weight_copy_of(params);
+    if (!w) return;
+    w->fresh = 0;
+    if (!lt_bf16) return;
+    if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
+        static int warned;
+        if (!warned++) fprintf(stderr, "dstrain: warning: %s\n", ds_last_error());
+        return;
+    }
+    round_bf16(w->copy, params, w->n);
+    w->fresh = 1;
+}
+
+static void weights_detach(const float *params)
+{
+    WeightCopy *w = weight_copy_of(params);
+    if (!w) return;
+    cudaCheck(cudaFree(w->copy));
+    memset(w, 0, sizeof(*w));
+}
+
+/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer. */
+static const __nv_bfloat16 *weight_operand(const float *weight, size_t n, Bf16Buffer *buffer)
+{
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
+        const WeightCopy *w = &weight_copies[i];
+        if (w->params && w->fresh && weight >= w->params && weight + n <= w->params + w->n)
+            return w->copy + (weight - w->params);
+    }
+    __nv_bfloat16 *x = bf16_buffer(buffer, n);
+    round_bf16(x, weight, n);
+    return x;
+}
+
+extern "C" int cuda_matmul_precision(const char *mode)
+{
+    if (strcmp(mode, "fp32") == 0)
+        lt_compute = CUBLAS_COMPUTE_32F, lt_bf16 = 0;
+    else if (strcmp(mode, "bf16") == 0)
+        lt_compute = CUBLAS_COMPUTE_32F, lt_bf16 = 1;
+    else if (strcmp(mode, "tf32") == 0)
+        lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32, lt_bf16 = 0;
+    else
+        return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
+        weight_copies[i].fresh = 0;
+    return DS_OK;
+}
+
+/* ---- cuBLASLt plans: descriptors and the heuristic's algorithm, made once per shape ---- */
+
+typedef struct LtPlan {
+    int m, n, k, transa, transb, bias, accumulate, bf16, d_bf16;
+    cublasComputeType_t compute;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulAlgo_t algo;
+    int found; /* the heuristic returned an algorithm */
+} LtPlan;
+
+#define LT_PLANS_MAX 256
+static LtPlan lt_plans[LT_PLANS_MAX];
+static int lt_plan_count, lt_plan_next; /* when full, plans are replaced round robin */
+
+static void lt_plan_destroy(LtPlan *p)
+{
+    cublasCheck(cublasLtMatrixLayoutDestroy(p->la));
+    cublasCheck(cublasLtMatrixLayoutDestroy(p->lb));
+    cublasCheck(cublasLtMatrixLayoutDestroy(p->ld));
+    cublasCheck(cublasLtMatmulDescDestroy(p->desc));
+}
+
+static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const void *bias,
+                           int accumulate, int d_bf16)
+{
+    const int has_bias = bias != NULL;
+    for (int i = 0; i < lt_plan_count; i++) {
+        LtPlan *p = &lt_plans[i];
+        if (p->m == m && p->n == n && p->k == k && p->transa == transa && p->transb == transb &&
+            p->bias == has_bias && p->accumulate == accumulate && p->bf16 == lt_bf16 &&
+            p->d_bf16 == d_bf16 && p->compute == lt_compute)
+            return p;
+    }
+    LtPlan *p;
+    if (lt_plan_count < LT_PLANS_MAX) {
+        p = &lt_plans[lt_plan_count++];
+    } else {
+        p = &lt_plans[lt_plan_next];
+        lt_plan_next = (lt_plan_next + 1) % LT_PLANS_MAX;
+        lt_plan_destroy(p);
+    }
+    memset(p, 0, sizeof(*p));
+    p->m = m, p->n = n, p->k = k, p->transa = transa, p->transb = transb, p->bias = has_bias;
+    p->accumulate = accumulate, p->bf16 = lt_bf16, p->d_bf16 = d_bf16, p->compute = lt_compute;
+    const cudaDataType_t ab = lt_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasCheck(cublasLtMatmulDescCreate(&p->desc, lt_compute, CUDA_R_32F));
+    cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    if (has_bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bias_type = d_bf16 ? CUDA_R_16BF : CUDA_R_32F; /* the bias is D's type */
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                                   sizeof(epi)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                   &bias_type, sizeof(bias_type)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                   &bias, sizeof(bias)));
+    }
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->la, ab, transa ? k : m, transa ? m : k,
+                                           transa ? k : m));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, ab, transb ? n : k, transb ? k : n,
+                                           transb ? n : k));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->ld, d_bf16 ? CUDA_R_16BF : CUDA_R_32F, m, n, m));
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                     &lt_workspace_size, sizeof(size_t)));
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    /* a combination the library does not offer is NOT_SUPPORTED here: no algorithm (lt_matmul
+     * then adds the bias itself) */
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->la, p->lb, p->ld,
+                                                           p->ld, pref, 1, &heur, &found);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED)
+        found = 0;
+    else
+        cublasCheck(status);
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    p->found = found > 0;
+    if (p->found) p->algo = heur.algo;
+    return p;
+}
+
+template <typename ActT>
+__global__ static void add_bias_kernel(void *out_, const void *bias, int M, int N)
+{
+    ActT *out = (ActT *)out_;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)M * N) act_st(out, i, act_ld(out, i) + act_ld((const ActT *)bias, i % N));
+}
+
+/* D[m, n] (column-major, ld m) = op(A) op(B) + beta * D, plus bias[m] on every column; A and B
+ * fp32, or bf16 in bf16 mode; D and the bias fp32, or bf16 when d_bf16. */
+static void lt_matmul(void *d, int d_bf16, const void *a, const void *b, const void *bias, int m,
+                      int n, int k, int transa, int transb, float beta)
+{
+    LtPlan *p = lt_plan_get(m, n, k, transa, transb, bias, beta != 0.0f, d_bf16);
+    if (!p->found && bias) { /* no fused bias for this shape: the product, then the bias */
+        lt_matmul(d, d_bf16, a, b, NULL, m, n, k, transa, transb, beta);
+        if (d_bf16)
+            add_bias_kernel<__nv_bfloat16>
+                <<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
+        else
+            add_bias_kernel<float><<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
+        launchCheck();
+        return;
+    }
+    if (!p->found) {
+        fprintf(stderr, "dstrain: error: %s:%d: cuBLASLt: no algorithm for %d x %d x %d\n",
+                __FILE__, __LINE__, m, n, k);
+        exit(1);
+    }
+    if (bias)
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                   &bias, sizeof(bias)));
+    const float alpha = 1.0f;
+    cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d,
+                               p->ld, &p->algo, lt_workspace, lt_workspace_size, stream));
+}
+
+template <typename ActT>
+__global__ static void fill_rows_kernel(void *out, const float *bias, int M, int N)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)M * N) return;
+    act_st((ActT *)out, i, bias ? bias[i % N] : 0.0f);
+}
+
+static void matmul_forward(Act *out, const Act *inp, const float *weight, const float *bias, int M,
+                           int K, int N)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* empty contraction: the bias alone */
+        LAUNCH_ACT(fill_rows_kernel, ceil_div((long long)M * N, 256), 256, 0, out, bias, M, N);
+        return;
+    }
+    const void *w = weight, *b = bias;
+    if (lt_bf16) { /* bf16 weight and bias (a bf16 output takes a bf16 bias), from the copy */
+        w = weight_operand(weight, (size_t)N * K, &operand_weight);
+        if (bias) b = weight_operand(bias, (size_t)N, &operand_bias);
+    }
+    lt_matmul(out, lt_bf16, w, inp, b, N, M, K, 1, 0, 0.0f);
+}
+
+static void matmul_backward(Act *dinp, float *dweight, float *dbias, const Act *dout,
+                            const Act *inp, const float *weight, int M, int K, int N,
+                            int accumulate)
+{
+    if (M <= 0 || N <= 0) {
+        if (dinp && M > 0 && K > 0 && !accumulate)
+            cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)M * K * act_size(), stream));
+        return;
+    }
+    if (K > 0) {
+        if (dinp) {
+            const void *w =
+                lt_bf16 ? (const void *)weight_operand(weight, (size_t)N * K, &operand_weight)
+                        : weight;
+            lt_matmul(dinp, lt_bf16, w, dout, NULL, K, M, N, 0, 0, accumulate ? 1.0f : 0.0f);
+        }
+        lt_matmul(dweight, 0, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
+    }
+    if (dbias) column_sums_add(dbias, dout, NULL, NULL, M, N);
+}

@@ -1,0 +1,159 @@
+/* reduce.cuh: reductions: warp and block sums and maxima, deterministic column sums
+ * of an Act (column_sums_add), the sum of squares in double (sum_squares, sum_squares_batch).
+ * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
+ * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
+ * ...), so it is not a header to include anywhere else. */
+
+/* ---------------------------------------------------------------------------------------------
+ * reductions inside a warp and a block */
+
+__device__ static inline float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline double warp_sum_d(double v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
+ * shared must hold 32 floats; the leading barrier lets a caller reuse it back to back. */
+__device__ static float block_sum(float v, float *shared)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float total = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(total);
+}
+
+__device__ static float block_max(float v, float *shared)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float total = lane < warps ? shared[lane] : -INFINITY;
+    return warp_max(total);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * column sums of an Act x, deterministic: rows are cut into fixed chunks, each chunk's column
+ * sums are written to scratch, then a second kernel adds the chunks in chunk order into dst (+=).
+ * With x2 and rowscale (fp32) it sums x[i,j] * (x2[i,j] * rowscale[i]) (the RMSNorm weight
+ * gradient). */
+
+#define COLSUM_CHUNK 256
+
+template <typename ActT>
+__global__ static void colsum_partial_kernel(float *partial, const void *x_, const float *x2,
+                                             const float *rowscale, int M, int N)
+{
+    const ActT *x = (const ActT *)x_;
+    __shared__ float part[8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    int row0 = blockIdx.y * COLSUM_CHUNK, row1 = min(row0 + COLSUM_CHUNK, M);
+    float s = 0.0f;
+    if (j < N)
+        for (int i = row0 + threadIdx.y; i < row1; i += 8) {
+            size_t at = (size_t)i * N + j;
+            s += x2 ? act_ld(x, at) * (x2[at] * rowscale[i]) : act_ld(x, at);
+        }
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < N) {
+        float total = 0.0f;
+        for (int r = 0; r < 8; r++)
+            total += part[r][threadIdx.x];
+        partial[(size_t)blockIdx.y * N + j] = total;
+    }
+}
+
+__global__ static void colsum_finish_kernel(float *dst, const float *partial, int chunks, int N)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= N) return;
+    double s = 0.0;
+    for (int c = 0; c < chunks; c++)
+        s += partial[(size_t)c * N + j];
+    dst[j] += (float)s;
+}
+
+static void column_sums_add(float *dst, const void *x, const float *x2, const float *rowscale,
+                            int M, int N)
+{
+    if (M <= 0 || N <= 0) return;
+    int chunks = ceil_div(M, COLSUM_CHUNK);
+    float *partial = (float *)scratch_get((size_t)chunks * N * sizeof(float));
+    LAUNCH_ACT(colsum_partial_kernel, dim3(ceil_div(N, 32), chunks), dim3(32, 8), 0, partial, x, x2,
+               rowscale, M, N);
+    colsum_finish_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dst, partial, chunks, N);
+    launchCheck();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sum of squares in double: a fixed grid (so a fixed order), block partials summed on the host. */
+
+#define SUMSQ_BLOCKS 512
+
+__global__ static void sum_squares_kernel(double *partial, const float *x, size_t n)
+{
+    __shared__ double shared[32];
+    double s = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
+    s = warp_sum_d(s);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) shared[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        double t = lane < (int)(blockDim.x / 32) ? shared[lane] : 0.0;
+        t = warp_sum_d(t);
+        if (lane == 0) partial[blockIdx.x] = t;
+    }
+}
+
+static void sum_squares_batch(double *sums, const float *const *xs, const size_t *ns, int count)
+{
+    if (count <= 0) return;
+    double *partial = (double *)scratch_get((size_t)count * SUMSQ_BLOCKS * sizeof(double));
+    for (int r = 0; r < count; r++) {
+        if (!ns[r]) continue;
+        sum_squares_kernel<<<SUMSQ_BLOCKS, 256, 0, stream>>>(partial + (size_t)r * SUMSQ_BLOCKS,
+                                                             xs[r], ns[r]);
+        launchCheck();
+    }
+    static double host[SUM_SQUARES_BATCH * SUMSQ_BLOCKS];
+    cudaCheck(cudaMemcpy(host, partial, (size_t)count * SUMSQ_BLOCKS * sizeof(double),
+                         cudaMemcpyDeviceToHost));
+    for (int r = 0; r < count; r++) {
+        double total = 0.0; /* the partials in block order */
+        for (int i = 0; ns[r] && i < SUMSQ_BLOCKS; i++)
+            total += host[(size_t)r * SUMSQ_BLOCKS + i];
+        sums[r] = total;
+    }
+}
+
+/* One range: the batch of one, so both give the same bits. */
+static double sum_squares(const float *x, size_t n)
+{
+    double total;
+    sum_squares_batch(&total, &x, &n, 1);
+    return total;
+}
