@@ -132,11 +132,12 @@ int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out)
         snprintf(path, sizeof(path), "%s/config.json", base_dir);
         return read_whole(path, out, NULL);
     }
-    const int qwen2 = mc->arch == ARCH_QWEN2;
+    const Architecture *a = model_architecture(mc->arch);
+    if (!a) return ds_error(DS_ERR_INTERNAL, "export: architecture %d is not known", (int)mc->arch);
     cJSON *root = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(model_arch_name(mc->arch)));
-    cJSON_AddStringToObject(root, "model_type", qwen2 ? "qwen2" : "llama");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(a->name));
+    cJSON_AddStringToObject(root, "model_type", a->model_type);
     cJSON_AddNumberToObject(root, "vocab_size", mc->vocab_size);
     cJSON_AddNumberToObject(root, "hidden_size", mc->hidden_size);
     cJSON_AddNumberToObject(root, "intermediate_size", mc->intermediate_size);
@@ -165,12 +166,7 @@ int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out)
         }
     }
     cJSON_AddBoolToObject(root, "tie_word_embeddings", mc->tie_word_embeddings);
-    if (qwen2) {
-        cJSON_AddBoolToObject(root, "use_sliding_window", 0);
-    } else {
-        cJSON_AddBoolToObject(root, "attention_bias", mc->qkv_bias);
-        cJSON_AddBoolToObject(root, "mlp_bias", mc->mlp_bias);
-    }
+    if (a->write_config) a->write_config(root, mc); /* the architecture's own fields */
     if (mc->bos_token_id >= 0) cJSON_AddNumberToObject(root, "bos_token_id", mc->bos_token_id);
     if (mc->eos_token_id >= 0) cJSON_AddNumberToObject(root, "eos_token_id", mc->eos_token_id);
     if (mc->pad_token_id >= 0) cJSON_AddNumberToObject(root, "pad_token_id", mc->pad_token_id);
@@ -235,8 +231,11 @@ int hf_classification_fields(cJSON *config, const ModelConfig *mc,
 {
     if (mc->num_labels <= 0)
         return ds_error(DS_ERR_INTERNAL, "classification export of a model without num_labels");
-    const char *arch = mc->arch == ARCH_QWEN2 ? "Qwen2ForSequenceClassification"
-                                              : "LlamaForSequenceClassification";
+    const Architecture *a = model_architecture(mc->arch);
+    if (!a || !a->classifier_name)
+        return ds_error(DS_ERR_INPUT, "%s has no sequence-classification form",
+                        model_arch_name(mc->arch));
+    const char *arch = a->classifier_name;
     cJSON *archs = cJSON_CreateArray();
     cJSON *id2label = cJSON_CreateObject(), *label2id = cJSON_CreateObject();
     if (!archs || !id2label || !label2id) {

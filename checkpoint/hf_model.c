@@ -204,11 +204,40 @@ static int json_token_id(const JsonWhere *w, const cJSON *obj, const char *key, 
     return DS_OK;
 }
 
+int hf_json_int(const HfJson *j, const char *key, int required, int dflt, int *out)
+{
+    JsonWhere w = {j->file, ""};
+    return json_int(&w, j->root, key, required, dflt, out);
+}
+
+int hf_json_number(const HfJson *j, const char *key, int required, double dflt, double *out)
+{
+    JsonWhere w = {j->file, ""};
+    return json_number(&w, j->root, key, required, dflt, out);
+}
+
+int hf_json_bool(const HfJson *j, const char *key, int dflt, int *out)
+{
+    JsonWhere w = {j->file, ""};
+    return json_bool(&w, j->root, key, dflt, out);
+}
+
+int hf_json_string(const HfJson *j, const char *key, const char **out)
+{
+    JsonWhere w = {j->file, ""};
+    return json_string(&w, j->root, key, out);
+}
+
+int hf_json_has(const HfJson *j, const char *key)
+{
+    return json_get(j->root, key) != NULL;
+}
+
 /* ---- config.json ---------------------------------------------------------------------------- */
 
 /* One rope block: old "rope_scaling" (type in "type" or "rope_type") or new "rope_parameters". */
 static int parse_rope_block(const char *file, const cJSON *block, const char *label,
-                            ModelConfig *mc)
+                            int allow_yarn, ModelConfig *mc)
 {
     char prefix[64];
     snprintf(prefix, sizeof(prefix), "%s.", label);
@@ -237,11 +266,26 @@ static int parse_rope_block(const char *file, const cJSON *block, const char *la
                             "positive original_max_position_embeddings (got %g, %g, %d)",
                             file, label, mc->rope_low_freq_factor, mc->rope_high_freq_factor,
                             mc->rope_original_max_position);
+    } else if (allow_yarn && strcmp(type, "yarn") == 0) {
+        mc->rope_type = ROPE_YARN;
+        DS_TRY(json_number(&w, block, "factor", 1, 0, &mc->rope_factor));
+        DS_TRY(json_int(&w, block, "original_max_position_embeddings", 1, 0,
+                        &mc->rope_original_max_position));
+        DS_TRY(json_number(&w, block, "beta_fast", 0, 32.0, &mc->rope_beta_fast));
+        DS_TRY(json_number(&w, block, "beta_slow", 0, 1.0, &mc->rope_beta_slow));
+        DS_TRY(json_number(&w, block, "mscale", 0, 0.0, &mc->rope_mscale));
+        DS_TRY(json_number(&w, block, "mscale_all_dim", 0, 0.0, &mc->rope_mscale_all_dim));
+        if (mc->rope_original_max_position <= 0 || !(mc->rope_beta_fast > mc->rope_beta_slow))
+            return ds_error(DS_ERR_INPUT,
+                            "%s: %s: yarn needs a positive original_max_position_embeddings and "
+                            "beta_fast > beta_slow (got %d, %g, %g)",
+                            file, label, mc->rope_original_max_position, mc->rope_beta_fast,
+                            mc->rope_beta_slow);
     } else {
         return ds_error(DS_ERR_INPUT,
                         "%s: %s: rope type \"%s\" is not supported (supported: default, linear, "
-                        "llama3)",
-                        file, label, type);
+                        "llama3%s)",
+                        file, label, type, allow_yarn ? ", yarn" : "");
     }
     if (mc->rope_type != ROPE_DEFAULT && !(mc->rope_factor > 0))
         return ds_error(DS_ERR_INPUT, "%s: %sfactor: must be positive, got %g", file, prefix,
@@ -253,53 +297,61 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
 {
     JsonWhere w = {file, ""};
 
-    /* Architecture: architectures[0], with model_type as a cross-check (or the fallback). */
-    static const struct {
-        const char *arch, *model_type;
-        ModelArch id;
-        int classification; /* score.weight [num_labels, hidden] instead of lm_head */
-    } archs[] = {{"LlamaForCausalLM", "llama", ARCH_LLAMA, 0},
-                 {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2, 0},
-                 {"LlamaForSequenceClassification", "llama", ARCH_LLAMA, 1},
-                 {"Qwen2ForSequenceClassification", "qwen2", ARCH_QWEN2, 1}};
+    /* Architecture: architectures[0], with model_type as a cross-check (or the fallback); the
+     * registered architectures (param_table.h) and their sequence classifiers. */
     const cJSON *arr = json_get(root, "architectures");
     const char *model_type = NULL;
     DS_TRY(json_string(&w, root, "model_type", &model_type));
-    int found = -1;
+    const Architecture *arch = NULL;
+    int classification = 0; /* score.weight [num_labels, hidden] instead of lm_head */
+    char supported[256] = "", supported_types[128] = "";
+    for (int i = 0, n = 0; model_architecture_at(i); i++) {
+        const Architecture *a = model_architecture_at(i);
+        if (!a->layer_forward) continue; /* described, not runnable yet */
+        const char *sep = n++ ? ", " : "";
+        strncat(supported, sep, sizeof(supported) - strlen(supported) - 1);
+        strncat(supported, a->name, sizeof(supported) - strlen(supported) - 1);
+        strncat(supported_types, sep, sizeof(supported_types) - strlen(supported_types) - 1);
+        strncat(supported_types, a->model_type, sizeof(supported_types) - strlen(supported_types) - 1);
+    }
     if (arr) {
         if (!cJSON_IsArray(arr) || !cJSON_IsString(arr->child))
             return json_type_error(&w, "architectures", "a list of architecture names", arr);
         const char *name = arr->child->valuestring;
-        for (size_t i = 0; i < DS_ARRAY_LEN(archs); i++)
-            if (strcmp(name, archs[i].arch) == 0) found = (int)i;
+        for (int i = 0; model_architecture_at(i) && !arch; i++) {
+            const Architecture *a = model_architecture_at(i);
+            if (!a->layer_forward) continue;
+            if (strcmp(name, a->name) == 0) arch = a;
+            if (a->classifier_name && strcmp(name, a->classifier_name) == 0)
+                arch = a, classification = 1;
+        }
         char shown[200], shown2[200];
-        if (found < 0)
+        if (!arch)
             return ds_error(DS_ERR_INPUT,
-                            "%s: architectures: \"%s\" is not supported (supported: "
-                            "LlamaForCausalLM, Qwen2ForCausalLM) and their "
-                            "*ForSequenceClassification forms",
-                            file, ds_printable(shown, sizeof(shown), name, 80));
-        if (model_type && strcmp(model_type, archs[found].model_type) != 0)
+                            "%s: architectures: \"%s\" is not supported (supported: %s) and "
+                            "their *ForSequenceClassification forms",
+                            file, ds_printable(shown, sizeof(shown), name, 80), supported);
+        if (model_type && strcmp(model_type, arch->model_type) != 0)
             return ds_error(DS_ERR_INPUT,
                             "%s: model_type: \"%s\" does not match architectures \"%s\" "
                             "(expected \"%s\")",
                             file, ds_printable(shown, sizeof(shown), model_type, 80),
-                            ds_printable(shown2, sizeof(shown2), name, 80),
-                            archs[found].model_type);
+                            ds_printable(shown2, sizeof(shown2), name, 80), arch->model_type);
     } else if (model_type) {
-        for (size_t i = 0; i < DS_ARRAY_LEN(archs) && found < 0; i++)
-            if (strcmp(model_type, archs[i].model_type) == 0) found = (int)i; /* the causal LM */
+        for (int i = 0; model_architecture_at(i) && !arch; i++)
+            if (model_architecture_at(i)->layer_forward &&
+                strcmp(model_type, model_architecture_at(i)->model_type) == 0)
+                arch = model_architecture_at(i); /* the causal LM */
         char shown[200];
-        if (found < 0)
+        if (!arch)
             return ds_error(DS_ERR_INPUT,
-                            "%s: model_type: \"%s\" is not supported (supported: llama, qwen2)",
-                            file, ds_printable(shown, sizeof(shown), model_type, 80));
+                            "%s: model_type: \"%s\" is not supported (supported: %s)", file,
+                            ds_printable(shown, sizeof(shown), model_type, 80), supported_types);
     } else {
         return ds_error(DS_ERR_INPUT, "%s: architectures: missing (and no model_type)", file);
     }
-    mc->arch = archs[found].id;
-    const int qwen2 = mc->arch == ARCH_QWEN2;
-    if (archs[found].classification) {
+    mc->arch = arch->id;
+    if (classification) {
         /* transformers takes num_labels from id2label when only that is given, else 2 */
         const cJSON *id2label = json_get(root, "id2label");
         if (id2label && !cJSON_IsObject(id2label))
@@ -335,7 +387,7 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
                             file, mc->hidden_size, mc->num_heads);
         mc->head_dim = mc->hidden_size / mc->num_heads;
     }
-    DS_TRY(json_int(&w, root, "max_position_embeddings", 0, qwen2 ? 32768 : 2048,
+    DS_TRY(json_int(&w, root, "max_position_embeddings", 0, arch->default_max_positions,
                     &mc->max_position_embeddings));
     double eps = 0;
     DS_TRY(json_number(&w, root, "rms_norm_eps", 0, 1e-6, &eps));
@@ -349,23 +401,8 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
                         file, ds_printable(shown_act, sizeof(shown_act), act, 80));
     DS_TRY(json_bool(&w, root, "tie_word_embeddings", 0, &mc->tie_word_embeddings));
 
-    if (qwen2) {
-        int sliding = 0;
-        DS_TRY(json_bool(&w, root, "use_sliding_window", 0, &sliding));
-        if (sliding)
-            return ds_error(DS_ERR_INPUT,
-                            "%s: use_sliding_window: true is not supported (sliding-window "
-                            "attention); set it to false",
-                            file);
-        mc->qkv_bias = 1;
-        mc->o_bias = 0;
-        mc->mlp_bias = 0;
-    } else {
-        int attention_bias = 0;
-        DS_TRY(json_bool(&w, root, "attention_bias", 0, &attention_bias));
-        mc->qkv_bias = mc->o_bias = attention_bias;
-        DS_TRY(json_bool(&w, root, "mlp_bias", 0, &mc->mlp_bias));
-    }
+    const HfJson json = {file, root};
+    if (arch->parse_config) DS_TRY(arch->parse_config(&json, mc));
 
     DS_TRY(json_token_id(&w, root, "bos_token_id", &mc->bos_token_id));
     DS_TRY(json_token_id(&w, root, "eos_token_id", &mc->eos_token_id));
@@ -383,11 +420,11 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
         mc->new_form = 1;
         JsonWhere pw = {file, "rope_parameters."};
         DS_TRY(json_number(&pw, params, "rope_theta", 0, mc->rope_theta, &mc->rope_theta));
-        DS_TRY(parse_rope_block(file, params, "rope_parameters", mc));
+        DS_TRY(parse_rope_block(file, params, "rope_parameters", arch->rope_yarn, mc));
     } else if (scaling) {
         if (!cJSON_IsObject(scaling))
             return json_type_error(&w, "rope_scaling", "an object or null", scaling);
-        DS_TRY(parse_rope_block(file, scaling, "rope_scaling", mc));
+        DS_TRY(parse_rope_block(file, scaling, "rope_scaling", arch->rope_yarn, mc));
     }
 
     const char *dtype = NULL;
@@ -486,9 +523,7 @@ static int hf_config_check_weights(const char *dir, const char *file, const Mode
         if (status == DS_OK) n_tensors += files[k].count;
     }
     /* the count first, from arithmetic alone: the table is built only when it is bounded */
-    const int64_t per_layer = 9 + 3 * (mc->qkv_bias != 0) + (mc->o_bias != 0) + 3 * (mc->mlp_bias != 0);
-    const int64_t expected =
-        2 + (int64_t)mc->num_layers * per_layer + (mc->num_labels > 0 || !mc->tie_word_embeddings);
+    const int64_t expected = param_table_count(mc);
     if (status == DS_OK && (mc->num_layers < 0 || expected > n_tensors))
         status = ds_error(DS_ERR_INPUT,
                           "%s: num_hidden_layers %d means %lld tensors, but the weight files "

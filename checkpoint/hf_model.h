@@ -7,6 +7,19 @@
 
 #include "../trainer/param_table.h"
 
+/* A config.json being read. Each architecture reads its own fields through these (its
+ * Architecture.parse_config); errors name the file and the key. Absent and null both mean "not
+ * given": the default, or an error when required. */
+typedef struct HfJson {
+    const char *file;
+    const struct cJSON *root;
+} HfJson;
+int hf_json_int(const HfJson *j, const char *key, int required, int dflt, int *out);
+int hf_json_number(const HfJson *j, const char *key, int required, double dflt, double *out);
+int hf_json_bool(const HfJson *j, const char *key, int dflt, int *out);
+int hf_json_string(const HfJson *j, const char *key, const char **out); /* NULL when absent */
+int hf_json_has(const HfJson *j, const char *key);
+
 /* Parse DIR/config.json. Unsupported architecture or field values name what is supported. */
 int hf_config_load(const char *dir, ModelConfig *mc);
 

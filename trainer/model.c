@@ -1,13 +1,16 @@
-/* model.c: the DeepSeek dense decoder (Llama / Qwen2) built from backend ops, forward and
- * backward side by side in the same order. Every buffer shaped like the parameters (gradients,
- * master weights, moments, Fisher) follows the parameter table (param_table.c).
+/* model.c: the decoder around its layers, for every architecture: embedding, the layers (each
+ * architecture's own forward and backward, trainer/arch_*.c), final norm, the LM head or a
+ * classification head, forward and backward side by side in the same order. Every buffer shaped
+ * like the parameters (gradients, master weights, moments, Fisher) follows the parameter table
+ * (param_table.c), and the weights are bound to the structs from it, never by name.
  * All activations live in one arena sized at model_init: a step allocates nothing. With
  * activation checkpointing the arena holds every layer's input but only one layer's working set,
  * which backward refills by running each layer's forward again. The LM head and the loss run over
  * the rows in chunks (lm_head_chunks): the logits of the whole micro-batch never exist. */
-#include "model.h"
+#include "model_layers.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,93 +31,60 @@ static void model_set_tp_dims(Model *m, int tp_rank, int tp_size)
     m->tp_vocab_start = tp_rank * m->tp_vocab;
 }
 
-/* Point w's fields into base following the table's names. */
-static void weights_bind(const Model *m, float *base, ModelWeights *w)
+/* The per-expert pointer arrays of MoE layers (LayerWeights.experts_*), one block a struct. */
+static int layer_weights_alloc(const Model *m, ModelWeights *w)
 {
-    const ParamTable *pt = &m->table;
-    char name[PARAM_NAME_MAX];
-#define AT(...)                                                                                    \
-    (snprintf(name, sizeof(name), __VA_ARGS__), param_table_find(pt, name)                        \
-                                                    ? base + param_table_find(pt, name)->offset    \
-                                                    : NULL)
-    w->embed = AT("model.embed_tokens.weight");
-    w->norm = AT("model.norm.weight");
-    w->lm_head = m->cfg.tie_word_embeddings ? w->embed : AT("lm_head.weight");
-    w->score = AT("score.weight");
+    const int E = m->cfg.n_routed_experts;
+    if (E <= 0) return DS_OK;
     for (int l = 0; l < m->cfg.num_layers; l++) {
         LayerWeights *L = &w->layers[l];
-        const char *p = "model.layers";
-        L->ln1 = AT("%s.%d.input_layernorm.weight", p, l);
-        L->wq = AT("%s.%d.self_attn.q_proj.weight", p, l);
-        L->bq = AT("%s.%d.self_attn.q_proj.bias", p, l);
-        L->wk = AT("%s.%d.self_attn.k_proj.weight", p, l);
-        L->bk = AT("%s.%d.self_attn.k_proj.bias", p, l);
-        L->wv = AT("%s.%d.self_attn.v_proj.weight", p, l);
-        L->bv = AT("%s.%d.self_attn.v_proj.bias", p, l);
-        L->wo = AT("%s.%d.self_attn.o_proj.weight", p, l);
-        L->bo = AT("%s.%d.self_attn.o_proj.bias", p, l);
-        L->ln2 = AT("%s.%d.post_attention_layernorm.weight", p, l);
-        L->wgate = AT("%s.%d.mlp.gate_proj.weight", p, l);
-        L->bgate = AT("%s.%d.mlp.gate_proj.bias", p, l);
-        L->wup = AT("%s.%d.mlp.up_proj.weight", p, l);
-        L->bup = AT("%s.%d.mlp.up_proj.bias", p, l);
-        L->wdown = AT("%s.%d.mlp.down_proj.weight", p, l);
-        L->bdown = AT("%s.%d.mlp.down_proj.bias", p, l);
+        float **block = ds_calloc((size_t)E * 3, sizeof(float *));
+        if (!block) return DS_ERR_INTERNAL;
+        L->expert_gate = block;
+        L->expert_up = block + E;
+        L->expert_down = block + 2 * E;
     }
-#undef AT
+    return DS_OK;
+}
+
+static void layer_weights_free(const Model *m, ModelWeights *w)
+{
+    for (int l = 0; w->layers && l < m->cfg.num_layers; l++)
+        free(w->layers[l].expert_gate);
+    free(w->layers);
+    w->layers = NULL;
+}
+
+/* Point w's fields into base where the table binds each tensor. */
+static void weights_bind(const Model *m, float *base, ModelWeights *w)
+{
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamInfo *p = &m->table.items[i];
+        if (p->bind < 0) continue;
+        char *holder = p->layer < 0 ? (char *)w : (char *)&w->layers[p->layer];
+        if (p->expert < 0)
+            *(float **)(holder + p->bind) = base + p->offset;
+        else
+            (*(float ***)(holder + p->bind))[p->expert] = base + p->offset;
+    }
+    if (m->cfg.tie_word_embeddings && !w->lm_head) w->lm_head = w->embed;
 }
 
 /* ---- activations -------------------------------------------------------------------------- */
 
-/* Everything forward saves for backward, and backward's scratch, as pointers into one arena.
- * The residual stream, its gradient and the statistics are fp32; every Act is in the backend's
- * activation type (ops.h: bf16 on a GPU in mixed precision). */
-typedef struct LayerActivations {
-    float *resid_in;  /* [N, C] residual stream entering the layer */
-    Act *ln1;         /* [N, C] */
-    float *ln1_rstd;  /* [N] */
-    Act *q, *k, *v;   /* [N, H*D], [N, KVH*D] x2, after rotary */
-    Act *att;         /* [N, H*D] attention output before o_proj */
-    float *lse;       /* [B, H, T] */
-    float *resid_mid; /* [N, C] after the attention residual add */
-    Act *ln2;         /* [N, C] */
-    float *ln2_rstd;  /* [N] */
-    Act *gate, *up;   /* [N, I] */
-    Act *act;         /* [N, I] silu(gate) * up */
-} LayerActivations;
+float *arena_take_f32(ArenaCursor *c, size_t count)
+{
+    float *p = c->base ? (float *)(c->base + c->used) : NULL;
+    c->used += DS_ALIGN_UP(count * sizeof(float), 64);
+    return p;
+}
 
-typedef struct ModelActivations {
-    LayerActivations *layers;
-    float *resid_out;  /* [N, C] residual after the last layer */
-    Act *final_norm;   /* [N, C] */
-    float *final_rstd; /* [N] */
-    Act *logits;       /* [R, V] one chunk of rows (head_rows); its dlogits after the loss */
-    Act *tmp;          /* [N, C] projection outputs before the residual add */
-    /* backward scratch */
-    float *dresid;           /* [N, C] the residual stream's gradient */
-    Act *dresid_act, *dln;   /* [N, C] dresid as an Act (the projections' dout); the gradient
-                              * of a norm's output (the sum of its projections' dinp) */
-    Act *dq, *datt;          /* [N, H*D] */
-    Act *dk, *dv;            /* [N, KVH*D] */
-    Act *dgate, *dup, *dact; /* [N, I] */
-    /* classification head: last-token hidden rows, class logits (then their gradient) */
-    Act *cls_hidden, *cls_dhidden; /* [B, C] */
-    Act *cls_logits;               /* [B, L] */
-    /* vocab-parallel cross-entropy of a chunk: row maxima [R], {sum exp, target logit, owner}
-     * [R, 3] */
-    float *ce_max, *ce_stats;
-    /* the backend's copies of the host-side token buffers (the same data on the CPU) */
-    int32_t *dev_inputs, *dev_targets; /* [N] */
-    float *dev_weights, *dev_losses;   /* [N] */
-    int head_rows;       /* R: rows per LM-head chunk (lm_head_rows) */
-    int head_grads_next; /* set by model_forward_train for the forward it calls */
-    enum {
-        HEAD_NONE,         /* no loss computed (no targets, or a classification model) */
-        HEAD_LOSS,         /* loss computed: backward runs the head's chunks again */
-        HEAD_BACKWARD_DONE /* the head's backward is done: dln holds its gradient */
-    } head;
-    int work_layer; /* checkpointing: the layer whose activations the shared working set holds */
-} ModelActivations;
+Act *arena_take_act(const Model *m, ArenaCursor *c, size_t count)
+{
+    Act *p = c->base ? (Act *)(c->base + c->used) : NULL;
+    c->used += DS_ALIGN_UP(count * m->act_size, 64);
+    return p;
+}
 
 /* Rows of the LM head computed at once. The head's logits and dlogits are the largest
  * activation (N x V: 2.1 GB for deepseek-coder-1.3b at 8 x 2048 in fp32), so they exist for R
@@ -136,85 +106,67 @@ static int lm_head_rows(const Model *m)
     return (int)(rows < N ? rows : N);
 }
 
-/* Lays the activations out from base (NULL: only counts), each block 64-byte aligned so that
- * vectorized kernels see aligned rows; returns the bytes used. */
+/* Lays the activations out from base (NULL: only counts); returns the bytes used. Every layer's
+ * input, then the architecture's own activations (with activation checkpointing it keeps one
+ * working set that all layers share), then the head's and backward's. */
 static size_t arena_layout(Model *m, ModelActivations *a, unsigned char *base)
 {
-    /* this rank's share of heads, intermediate size and vocabulary (all of it when tp = 1) */
-    const size_t N = (size_t)m->B * m->T, C = m->cfg.hidden_size, I = m->tp_inter;
-    const size_t QD = (size_t)m->tp_heads * m->cfg.head_dim;
-    const size_t KVD = (size_t)m->tp_kv_heads * m->cfg.head_dim;
+    /* this rank's share of the vocabulary (all of it when tp = 1) */
+    const size_t N = (size_t)m->B * m->T, C = m->cfg.hidden_size;
     const size_t V = m->cfg.num_labels > 0 ? 0 : (size_t)m->tp_vocab; /* no LM logits */
     const size_t R = (size_t)lm_head_rows(m);
     const size_t L = m->cfg.num_labels > 0 ? (size_t)m->cfg.num_labels : 0;
-    const size_t lse = (size_t)m->B * m->tp_heads * m->T;
-    const int ckpt = m->cfg.activation_checkpointing;
-    const size_t act = m->act_size;
-    size_t used = 0;
-#define TAKE_BYTES(ptr, bytes)                                                                     \
-    do {                                                                                           \
-        (ptr) = base ? (void *)(base + used) : NULL;                                               \
-        used += DS_ALIGN_UP((size_t)(bytes), 64);                                                  \
-    } while (0)
-#define TAKE(ptr, count) TAKE_BYTES(ptr, (size_t)(count) * sizeof(float))
-#define TAKE_ACT(ptr, count) TAKE_BYTES(ptr, (size_t)(count) * act)
-    for (int l = 0; l < m->cfg.num_layers; l++) {
-        LayerActivations *L = &a->layers[l];
-        TAKE(L->resid_in, N * C);
-        if (ckpt && l > 0) {
-            /* checkpointing: every layer keeps its own input; the rest is layer 0's working set,
-             * shared by all layers (forward overwrites it, backward recomputes into it) */
-            float *resid_in = L->resid_in;
-            *L = a->layers[0];
-            L->resid_in = resid_in;
-            continue;
-        }
-        TAKE_ACT(L->ln1, N * C);
-        TAKE(L->ln1_rstd, N);
-        TAKE_ACT(L->q, N * QD);
-        TAKE_ACT(L->k, N * KVD);
-        TAKE_ACT(L->v, N * KVD);
-        TAKE_ACT(L->att, N * QD);
-        TAKE(L->lse, lse);
-        TAKE(L->resid_mid, N * C);
-        TAKE_ACT(L->ln2, N * C);
-        TAKE(L->ln2_rstd, N);
-        TAKE_ACT(L->gate, N * I);
-        TAKE_ACT(L->up, N * I);
-        TAKE_ACT(L->act, N * I);
-    }
-    TAKE(a->resid_out, N * C);
-    TAKE_ACT(a->final_norm, N * C);
-    TAKE(a->final_rstd, N);
-    TAKE_ACT(a->logits, R * V);
-    TAKE_ACT(a->tmp, N * C);
-    TAKE(a->dresid, N * C);
-    TAKE_ACT(a->dresid_act, N * C);
-    TAKE_ACT(a->dln, N * C);
-    TAKE_ACT(a->dq, N * QD);
-    TAKE_ACT(a->datt, N * QD);
-    TAKE_ACT(a->dk, N * KVD);
-    TAKE_ACT(a->dv, N * KVD);
-    TAKE_ACT(a->dgate, N * I);
-    TAKE_ACT(a->dup, N * I);
-    TAKE_ACT(a->dact, N * I);
-    TAKE_ACT(a->cls_hidden, L ? (size_t)m->B * C : 0);
-    TAKE_ACT(a->cls_dhidden, L ? (size_t)m->B * C : 0);
-    TAKE_ACT(a->cls_logits, (size_t)m->B * L);
-    TAKE(a->ce_max, m->tp_size > 1 ? R : 0);
-    TAKE(a->ce_stats, m->tp_size > 1 ? 3 * R : 0);
-#undef TAKE_ACT
-#undef TAKE
-#undef TAKE_BYTES
+    ArenaCursor c = {base, 0};
+    for (int l = 0; l < m->cfg.num_layers; l++)
+        a->resid_in[l] = arena_take_f32(&c, N * C);
+    m->arch->arena_layout(m, &c);
+    a->resid_out = arena_take_f32(&c, N * C);
+    a->final_norm = arena_take_act(m, &c, N * C);
+    a->final_rstd = arena_take_f32(&c, N);
+    a->logits = arena_take_act(m, &c, R * V);
+    a->tmp = arena_take_act(m, &c, N * C);
+    a->dresid = arena_take_f32(&c, N * C);
+    a->dresid_act = arena_take_act(m, &c, N * C);
+    a->dln = arena_take_act(m, &c, N * C);
+    a->cls_hidden = arena_take_act(m, &c, L ? (size_t)m->B * C : 0);
+    a->cls_dhidden = arena_take_act(m, &c, L ? (size_t)m->B * C : 0);
+    a->cls_logits = arena_take_act(m, &c, (size_t)m->B * L);
+    a->ce_max = arena_take_f32(&c, m->tp_size > 1 ? R : 0);
+    a->ce_stats = arena_take_f32(&c, m->tp_size > 1 ? 3 * R : 0);
     a->head_rows = (int)R;
-    return used;
+    return c.used;
+}
+
+/* The activations' pointer structs (not the arena): the common ones, every layer's input, and
+ * the architecture's own. */
+static ModelActivations *activations_alloc(const Model *m)
+{
+    ModelActivations *a = ds_calloc(1, sizeof(ModelActivations));
+    if (!a) return NULL;
+    a->resid_in = ds_calloc((size_t)m->cfg.num_layers + 1, sizeof(float *));
+    a->layers = ds_calloc(1, m->arch->act_bytes(&m->cfg));
+    if (!a->resid_in || !a->layers) {
+        free(a->resid_in);
+        free(a->layers);
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+static void activations_free(ModelActivations *a)
+{
+    if (!a) return;
+    free(a->resid_in);
+    free(a->layers);
+    free(a);
 }
 
 /* Rotary tables as HF computes them: inverse frequencies in fp32, scaled per rope_type, angle
  * t * inv_freq in fp32. */
 static void rope_tables(const ModelConfig *mc, int T, float *cos_out, float *sin_out)
 {
-    const int D = mc->head_dim, half = D / 2;
+    const int D = (int)model_architecture(mc->arch)->rope_dim(mc), half = D / 2;
     for (int i = 0; i < half; i++) {
         float inv_freq = (float)(1.0 / pow(mc->rope_theta, (double)(2 * i) / (double)D));
         if (mc->rope_type == ROPE_LINEAR) {
@@ -251,14 +203,16 @@ int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, i
     memset(out, 0, sizeof(*out));
     DS_TRY(model_tp_check(mc, tp, "model"));
     Model m = {0};
-    ModelActivations a = {0};
     m.cfg = *mc;
+    m.arch = model_architecture(mc->arch);
+    if (!m.arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
     m.B = B;
     m.T = T;
     m.act_size = sizeof(float); /* the CPU's activations */
     model_set_tp_dims(&m, 0, tp);
-    a.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerActivations));
-    if (!a.layers) return DS_ERR_INTERNAL;
+    ModelActivations *a = activations_alloc(&m);
+    if (!a) return DS_ERR_INTERNAL;
+    m.act = a;
     int status = param_table_build_tp(mc, 0, tp, &m.table);
     if (status == DS_OK) {
         /* the same sizes model_init_parallel and optim_init_sharded allocate */
@@ -266,9 +220,9 @@ int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, i
         out->params = total * sizeof(float);
         out->grads = total * sizeof(float);
         out->optimizer = 2 * (zero ? total / dp : total) * sizeof(float);
-        out->activations = arena_layout(&m, &a, NULL);
+        out->activations = arena_layout(&m, a, NULL);
     }
-    free(a.layers);
+    activations_free(a);
     param_table_free(&m.table);
     return status;
 }
@@ -282,6 +236,8 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->B = B;
     m->T = T;
     m->act_size = be->act_size();
+    m->arch = model_architecture(mc->arch);
+    if (!m->arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
     const int tp = grid ? grid->tp_size : 1, dp = grid ? grid->dp_size : 1;
     DS_TRY(model_tp_check(mc, tp, mc->num_labels > 0 ? "classification model" : "model"));
     model_set_tp_dims(m, grid ? grid->tp_rank : 0, tp);
@@ -307,18 +263,18 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->grads = be->mem_alloc(m->table.total * sizeof(float));
     m->w.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
     m->g.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
-    m->act = ds_calloc(1, sizeof(ModelActivations));
+    m->act = activations_alloc(m);
     if (!m->params || !m->grads || !m->w.layers || !m->g.layers || !m->act) return DS_ERR_INTERNAL;
     /* mixed precision: the backend's bf16 working copy of the weights, refreshed by forward */
     if (be->weights_attach) DS_TRY(be->weights_attach(m->params, m->table.total));
-    m->act->layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerActivations));
-    if (!m->act->layers) return DS_ERR_INTERNAL;
+    DS_TRY(layer_weights_alloc(m, &m->w));
+    DS_TRY(layer_weights_alloc(m, &m->g));
     weights_bind(m, m->params, &m->w);
     weights_bind(m, m->grads, &m->g);
 
     m->arena_bytes = arena_layout(m, m->act, NULL);
     m->arena = be->mem_alloc(m->arena_bytes);
-    const size_t rope_bytes = (size_t)T * (mc->head_dim / 2) * sizeof(float);
+    const size_t rope_bytes = (size_t)T * (size_t)(m->arch->rope_dim(mc) / 2) * sizeof(float);
     m->rope_cos = be->mem_alloc(rope_bytes);
     m->rope_sin = be->mem_alloc(rope_bytes);
     m->act->dev_inputs = be->mem_alloc(N * sizeof(int32_t));
@@ -370,10 +326,9 @@ void model_free(Model *m)
         be->mem_free(m->rope_cos);
         be->mem_free(m->rope_sin);
     }
-    if (m->act) free(m->act->layers);
-    free(m->act);
-    free(m->w.layers);
-    free(m->g.layers);
+    activations_free(m->act);
+    layer_weights_free(m, &m->w);
+    layer_weights_free(m, &m->g);
     free(m->inputs);
     free(m->targets);
     free(m->loss_weights);
@@ -425,8 +380,7 @@ void model_init_weights(Model *m, uint64_t seed, float std)
         /* one stream per tensor, from the seed and the tensor's index, so that a tensor's values
          * do not depend on how the table is sharded */
         const uint64_t state0 = seed * 0x100000001b3ull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
-        int is_norm = strstr(p->name, "norm.weight") != NULL;
-        int is_bias = strstr(p->name, ".bias") != NULL;
+        const int is_norm = p->init == INIT_ONES, is_bias = p->init == INIT_ZEROS;
         /* the whole tensor's stream is drawn; this rank keeps its tensor-parallel slice */
         const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
         const size_t full = (size_t)p->shape[0] * cols;
@@ -455,8 +409,7 @@ void model_zero_grad(Model *m)
 
 /* ---- forward and backward ----------------------------------------------------------------- */
 
-/* The Act elems elements past x. */
-static Act *act_at(const Model *m, const Act *x, size_t elems)
+Act *model_act_at(const Model *m, const Act *x, size_t elems)
 {
     return (Act *)((const unsigned char *)x + elems * m->act_size);
 }
@@ -493,9 +446,9 @@ static double classify_forward(Model *m, const int32_t *labels, const float *wei
                 if (m->inputs[(size_t)b * T + t] != pad) last = t;
         }
         m->cls_last[b] = last;
-        be->mem_to_host(m->cls_row, act_at(m, a->final_norm, ((size_t)b * T + last) * C),
+        be->mem_to_host(m->cls_row, model_act_at(m, a->final_norm, ((size_t)b * T + last) * C),
                         C * m->act_size);
-        be->mem_to_device(act_at(m, a->cls_hidden, (size_t)b * C), m->cls_row, C * m->act_size);
+        be->mem_to_device(model_act_at(m, a->cls_hidden, (size_t)b * C), m->cls_row, C * m->act_size);
     }
     be->matmul_forward(a->cls_logits, a->cls_hidden, m->w.score, NULL, B, C, L);
     if (logits_out) act_to_host(m, logits_out, a->cls_logits, (size_t)B * L);
@@ -522,8 +475,8 @@ static void classify_backward(Model *m)
                         B, C, L, 0);
     be->mem_zero(a->dln, (size_t)B * T * C * m->act_size);
     for (int b = 0; b < B; b++) {
-        be->mem_to_host(m->cls_row, act_at(m, a->cls_dhidden, (size_t)b * C), C * m->act_size);
-        be->mem_to_device(act_at(m, a->dln, ((size_t)b * T + m->cls_last[b]) * C), m->cls_row,
+        be->mem_to_host(m->cls_row, model_act_at(m, a->cls_dhidden, (size_t)b * C), C * m->act_size);
+        be->mem_to_device(model_act_at(m, a->dln, ((size_t)b * T + m->cls_last[b]) * C), m->cls_row,
                           C * m->act_size);
     }
 }
@@ -532,16 +485,14 @@ static void classify_backward(Model *m)
 
 /* A collective that fails inside a step leaves nothing to continue with: comm_fail prints the
  * message and takes the whole job down. */
-static void tp_reduce(const Model *m, float *x, size_t n, CommOp op)
+void model_tp_reduce(const Model *m, float *x, size_t n, CommOp op)
 {
     if (!m->tp) return;
     int status = comm_all_reduce(m->tp, x, n, COMM_F32, op);
     if (status != DS_OK) comm_fail(status);
 }
 
-/* tp_reduce of an Act tensor (a row-parallel projection's partial sums, a norm input's gradient):
- * summed in the activation type, as the tensor is stored. */
-static void tp_reduce_act(const Model *m, Act *x, size_t n)
+void model_tp_reduce_act(const Model *m, Act *x, size_t n)
 {
     if (!m->tp) return;
     const CommType type = m->act_size == sizeof(float) ? COMM_F32 : COMM_BF16;
@@ -558,10 +509,10 @@ static void vocab_parallel_cross_entropy(Model *m, int r0, int rows, int write_g
     ModelActivations *a = m->act;
     const int V = m->tp_vocab;
     be->cross_entropy_shard_max(a->ce_max, a->logits, rows, V);
-    tp_reduce(m, a->ce_max, (size_t)rows, COMM_MAX);
+    model_tp_reduce(m, a->ce_max, (size_t)rows, COMM_MAX);
     be->cross_entropy_shard_stats(a->ce_stats, a->logits, a->ce_max, a->dev_targets + r0, rows, V,
                                   m->tp_vocab_start);
-    tp_reduce(m, a->ce_stats, (size_t)rows * 3, COMM_SUM);
+    model_tp_reduce(m, a->ce_stats, (size_t)rows * 3, COMM_SUM);
     be->cross_entropy_shard_finish(a->dev_losses + r0, a->logits, a->ce_max, a->ce_stats,
                                    a->dev_targets + r0, a->dev_weights + r0, rows, V,
                                    m->tp_vocab_start, write_grad);
@@ -580,7 +531,7 @@ static void lm_head_chunks(Model *m, int with_loss, int with_grads, float *logit
     const int N = m->B * m->T, C = m->cfg.hidden_size, V = m->tp_vocab, R = a->head_rows;
     for (int r0 = 0; r0 < N; r0 += R) {
         const int rows = N - r0 < R ? N - r0 : R;
-        const Act *hidden = act_at(m, a->final_norm, (size_t)r0 * C);
+        const Act *hidden = model_act_at(m, a->final_norm, (size_t)r0 * C);
         be->matmul_forward(a->logits, hidden, m->w.lm_head, NULL, rows, C, V);
         if (logits_out) act_to_host(m, logits_out + (size_t)r0 * V, a->logits, (size_t)rows * V);
         if (!with_loss) continue;
@@ -590,7 +541,7 @@ static void lm_head_chunks(Model *m, int with_loss, int with_grads, float *logit
             be->cross_entropy(a->dev_losses + r0, a->logits, a->dev_targets + r0,
                               a->dev_weights + r0, rows, V, with_grads);
         if (with_grads)
-            be->matmul_backward(act_at(m, a->dln, (size_t)r0 * C), m->g.lm_head, NULL, a->logits,
+            be->matmul_backward(model_act_at(m, a->dln, (size_t)r0 * C), m->g.lm_head, NULL, a->logits,
                                 hidden, m->w.lm_head, rows, C, V, 0);
     }
 }
@@ -600,49 +551,10 @@ int model_reduce_shared_grads(Model *m)
     if (!m->tp_kv) return DS_OK;
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
-        if (strstr(p->name, ".k_proj.") || strstr(p->name, ".v_proj."))
+        if (p->tp == TP_KV_HEADS)
             DS_TRY(comm_all_reduce(m->tp_kv, m->grads + p->offset, p->numel, COMM_F32, COMM_SUM));
     }
     return DS_OK;
-}
-
-/* Decoder layer l from its input a->layers[l].resid_in into resid_out. With resid_out NULL it
- * stops once everything backward reads is there (after the MLP's activation): that is the
- * recomputation of activation checkpointing, which so skips the down projection and its
- * all-reduce on every tensor-parallel rank alike, and otherwise issues the same ops and the same
- * collectives in the same order as the forward did (hence the same values, bit for bit). */
-static void layer_forward(Model *m, int l, float *resid_out)
-{
-    const Backend *be = m->be;
-    const ModelConfig *c = &m->cfg;
-    ModelActivations *a = m->act;
-    /* H, KVH, I: this rank's share under tensor parallelism (the full sizes when tp = 1) */
-    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = m->tp_inter;
-    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim;
-    const int QD = H * D, KVD = KVH * D;
-    LayerActivations *L = &a->layers[l];
-    const LayerWeights *w = &m->w.layers[l];
-    /* attention block */
-    be->rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid_in, w->ln1, N, C, c->rms_norm_eps);
-    be->matmul_forward(L->q, L->ln1, w->wq, w->bq, N, C, QD);
-    be->matmul_forward(L->k, L->ln1, w->wk, w->bk, N, C, KVD);
-    be->matmul_forward(L->v, L->ln1, w->wv, w->bv, N, C, KVD);
-    be->rope_forward(L->q, m->rope_cos, m->rope_sin, B, T, H, D);
-    be->rope_forward(L->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
-    be->attention_forward(L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
-    /* row parallel: partial sums over this rank's heads; one rank adds the bias */
-    be->matmul_forward(a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
-    tp_reduce_act(m, a->tmp, (size_t)N * C);
-    be->add(L->resid_mid, L->resid_in, a->tmp, (size_t)N * C);
-    /* MLP block */
-    be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
-    be->matmul_forward(L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
-    be->matmul_forward(L->up, L->ln2, w->wup, w->bup, N, C, I);
-    be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
-    if (!resid_out) return;
-    be->matmul_forward(a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
-    tp_reduce_act(m, a->tmp, (size_t)N * C);
-    be->add(resid_out, L->resid_mid, a->tmp, (size_t)N * C);
 }
 
 double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
@@ -660,14 +572,14 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     be->mem_to_device(a->dev_inputs, m->inputs, (size_t)N * sizeof(int32_t));
     if (m->tp) {
         /* vocab parallel: each rank fills the rows of the tokens it holds, the sum the rest */
-        be->embedding_forward_shard(a->layers[0].resid_in, a->dev_inputs, m->w.embed, N, C,
+        be->embedding_forward_shard(a->resid_in[0], a->dev_inputs, m->w.embed, N, C,
                                     m->tp_vocab_start, V);
-        tp_reduce(m, a->layers[0].resid_in, (size_t)N * C, COMM_SUM);
+        model_tp_reduce(m, a->resid_in[0], (size_t)N * C, COMM_SUM);
     } else {
-        be->embedding_forward(a->layers[0].resid_in, a->dev_inputs, m->w.embed, N, C);
+        be->embedding_forward(a->resid_in[0], a->dev_inputs, m->w.embed, N, C);
     }
     for (int l = 0; l < c->num_layers; l++)
-        layer_forward(m, l, l + 1 < c->num_layers ? a->layers[l + 1].resid_in : a->resid_out);
+        m->arch->layer_forward(m, l, l + 1 < c->num_layers ? a->resid_in[l + 1] : a->resid_out);
     a->work_layer = c->num_layers - 1; /* what a checkpointed backward finds in the working set */
     be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
                         c->rms_norm_eps);
@@ -705,10 +617,7 @@ void model_backward(Model *m)
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     ModelActivations *a = m->act;
-    /* this rank's share under tensor parallelism, as in model_forward */
-    const int B = m->B, T = m->T, N = B * T, C = c->hidden_size, I = m->tp_inter;
-    const int H = m->tp_heads, KVH = m->tp_kv_heads, D = c->head_dim;
-    const int QD = H * D, KVD = KVH * D;
+    const int N = m->B * m->T, C = c->hidden_size;
     const size_t NC = (size_t)N * C;
 
     /* the head's cls_logits hold dlogits, written by the forward's cross-entropy */
@@ -720,41 +629,17 @@ void model_backward(Model *m)
          * dln) the same chunks run again, the same ops in the same order */
         if (a->head != HEAD_BACKWARD_DONE) lm_head_chunks(m, 1, 1, NULL);
         a->head = HEAD_LOSS;
-        tp_reduce_act(m, a->dln, NC); /* vocab parallel: each rank's part of dln */
+        model_tp_reduce_act(m, a->dln, NC); /* vocab parallel: each rank's part of dln */
     }
     be->mem_zero(a->dresid, NC * sizeof(float));
     be->rmsnorm_backward(a->dresid, a->dresid_act, m->g.norm, a->dln, a->resid_out, m->w.norm,
                          a->final_rstd, N, C);
     for (int l = c->num_layers - 1; l >= 0; l--) {
-        LayerActivations *L = &a->layers[l];
-        const LayerWeights *w = &m->w.layers[l];
-        LayerWeights *g = &m->g.layers[l];
         if (c->activation_checkpointing && a->work_layer != l) {
-            layer_forward(m, l, NULL); /* refill the shared working set from the layer's input */
+            m->arch->layer_forward(m, l, NULL); /* refill the shared working set from its input */
             a->work_layer = l;
         }
-        /* MLP block: dresid (and its Act copy) is the gradient of the layer's output residual */
-        be->matmul_backward(a->dact, g->wdown, g->bdown, a->dresid_act, L->act, w->wdown, N, I, C,
-                            0);
-        be->swiglu_backward(a->dgate, a->dup, a->dact, L->gate, L->up, (size_t)N * I);
-        be->matmul_backward(a->dln, g->wgate, g->bgate, a->dgate, L->ln2, w->wgate, N, C, I, 0);
-        be->matmul_backward(a->dln, g->wup, g->bup, a->dup, L->ln2, w->wup, N, C, I, 1);
-        tp_reduce_act(m, a->dln, NC); /* column parallel: sum over the ranks' slices */
-        be->rmsnorm_backward(a->dresid, a->dresid_act, g->ln2, a->dln, L->resid_mid, w->ln2,
-                             L->ln2_rstd, N, C);
-        /* attention block: dresid is now the gradient of resid_mid */
-        be->matmul_backward(a->datt, g->wo, g->bo, a->dresid_act, L->att, w->wo, N, QD, C, 0);
-        be->attention_backward(a->dq, a->dk, a->dv, a->datt, L->att, L->lse, L->q, L->k, L->v, B,
-                               T, H, KVH, D);
-        be->rope_backward(a->dq, m->rope_cos, m->rope_sin, B, T, H, D);
-        be->rope_backward(a->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
-        be->matmul_backward(a->dln, g->wq, g->bq, a->dq, L->ln1, w->wq, N, C, QD, 0);
-        be->matmul_backward(a->dln, g->wk, g->bk, a->dk, L->ln1, w->wk, N, C, KVD, 1);
-        be->matmul_backward(a->dln, g->wv, g->bv, a->dv, L->ln1, w->wv, N, C, KVD, 1);
-        tp_reduce_act(m, a->dln, NC);
-        /* the embedding's backward reads dresid itself: layer 0 needs no Act copy */
-        be->rmsnorm_backward(a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln, L->resid_in,
-                             w->ln1, L->ln1_rstd, N, C);
+        m->arch->layer_backward(m, l);
     }
     if (m->tp)
         be->embedding_backward_shard(m->g.embed, a->dresid, a->dev_inputs, N, C,

@@ -1,6 +1,7 @@
-/* model.h: the DeepSeek dense decoder (Llama and Qwen2 layouts as Hugging Face stores them),
- * built from backend ops over one activation arena. Its shape and parameter table are in
- * param_table.h. */
+/* model.h: the decoder of every architecture (Llama, Qwen2 as Hugging Face stores them), built
+ * from backend ops over one activation arena. Its shape, its architecture's table and its
+ * parameter table are in param_table.h; each architecture's layer is in its own file
+ * (trainer/arch_*.c, seen through model_layers.h). */
 #ifndef DSTRAIN_MODEL_H
 #define DSTRAIN_MODEL_H
 
@@ -11,10 +12,21 @@
 #include "../kernels/ops.h"
 #include "param_table.h"
 
-/* Per-layer views into the flat buffer (parameters or gradients alike). */
+/* Per-layer views into the flat buffer (parameters or gradients alike), bound from the
+ * architecture's table (ArchTensor.bind); a field the layer lacks stays NULL. */
 typedef struct LayerWeights {
+    /* norms and the attention of every architecture; q, k, v for grouped-query attention */
     float *ln1, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
-    float *ln2, *wgate, *bgate, *wup, *bup, *wdown, *bdown;
+    float *ln2;
+    /* a dense MLP (a DeepSeek MoE layer's shared experts use the same fields) */
+    float *wgate, *bgate, *wup, *bup, *wdown, *bdown;
+    /* multi-head latent attention (DeepSeek): q through a low-rank latent (or wq), the kv latent
+     * with the shared rotary key, its norm, and its expansion into per-head k and v */
+    float *wq_a, *q_a_norm, *wq_b, *wkv_a, *kv_a_norm, *wkv_b;
+    /* mixture of experts (DeepSeek): the router, its frozen score correction, and per routed
+     * expert [n_routed_experts] pointers to gate, up and down */
+    float *router, *router_bias;
+    float **expert_gate, **expert_up, **expert_down;
 } LayerWeights;
 
 typedef struct ModelWeights {
@@ -29,6 +41,7 @@ typedef struct ModelWeights {
  * arena sized for (B, T) at model_init, and the backend every op goes through. */
 typedef struct Model {
     ModelConfig cfg;
+    const Architecture *arch;
     ParamTable table;
     const Backend *be;
     float *params;

@@ -1,6 +1,9 @@
-/* param_table.c: the model's shape (presets, checks) and its parameter table: every tensor once,
- * with its Hugging Face name, full shape, tensor-parallel slice and flat offset. Part of the base
- * layer (param_table.h): checkpoint/ and data/ may use it; it uses nothing else of trainer/. */
+/* param_table.c: the model's shape (presets, checks), the registry of architectures, and the
+ * parameter table built from an architecture's table: every tensor once, with its Hugging Face
+ * name, full shape, tensor-parallel slice and flat offset. Nothing here knows a tensor by its
+ * name: names, shapes, splits and bindings all come from the architecture's table. Part of the
+ * base layer (param_table.h): checkpoint/ and data/ may use it; it includes nothing else of
+ * trainer/ (the architectures' files are linked in, not included). */
 #include "param_table.h"
 
 #include <stdint.h>
@@ -10,10 +13,36 @@
 
 #include "common.h"
 
+/* ---- architectures ------------------------------------------------------------------------ */
+
+static const Architecture *const architectures[] = {&arch_llama, &arch_qwen2, &arch_deepseek_v2,
+                                                   &arch_deepseek_v3};
+
+const Architecture *model_architecture(ModelArch id)
+{
+    for (size_t i = 0; i < DS_ARRAY_LEN(architectures); i++)
+        if (architectures[i]->id == id) return architectures[i];
+    return NULL;
+}
+
+const Architecture *model_architecture_at(int i)
+{
+    return i >= 0 && (size_t)i < DS_ARRAY_LEN(architectures) ? architectures[i] : NULL;
+}
+
 const char *model_arch_name(ModelArch arch)
 {
-    return arch == ARCH_QWEN2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+    const Architecture *a = model_architecture(arch);
+    return a ? a->name : "unknown";
 }
+
+int64_t dim_hidden(const ModelConfig *mc) { return mc->hidden_size; }
+int64_t dim_vocab(const ModelConfig *mc) { return mc->vocab_size; }
+int64_t dim_labels(const ModelConfig *mc) { return mc->num_labels; }
+int64_t dim_intermediate(const ModelConfig *mc) { return mc->intermediate_size; }
+int64_t dim_head(const ModelConfig *mc) { return mc->head_dim; }
+int when_lm_head(const ModelConfig *mc, int layer) { return mc->num_labels <= 0 && !mc->tie_word_embeddings; }
+int when_classifier(const ModelConfig *mc, int layer) { return mc->num_labels > 0; }
 
 /* ---- presets ---------------------------------------------------------------------------- */
 
@@ -108,7 +137,9 @@ int model_config_check(const ModelConfig *mc, const char *where)
         return ds_error(DS_ERR_INPUT, "%s: rope_theta: must be positive", where);
     if (mc->rope_type != ROPE_DEFAULT && !(mc->rope_factor > 0))
         return ds_error(DS_ERR_INPUT, "%s: rope_scaling.factor: must be positive", where);
-    return DS_OK;
+    const Architecture *arch = model_architecture(mc->arch);
+    if (!arch) return ds_error(DS_ERR_INPUT, "%s: architecture %d is not known", where, (int)mc->arch);
+    return arch->check ? arch->check(mc, where) : DS_OK;
 }
 
 /* ---- parameter table -------------------------------------------------------------------- */
@@ -144,53 +175,130 @@ static int table_add(ParamTable *pt, int capacity, const char *name, int64_t row
     return DS_OK;
 }
 
-/* The order here is the order of the flat buffer and of exports: HF's own module order. */
+/* The table's entries in flat-buffer order (Architecture): emit(e, layer, expert) for each
+ * tensor that exists; stops at the first error. */
+typedef int (*TableVisit)(void *ctx, const ArchTensor *t, int layer, int expert);
+
+static int table_walk(const ModelConfig *mc, const Architecture *arch, TableVisit visit, void *ctx)
+{
+    const ArchTensor *t = arch->tensors;
+    const int n = arch->n_tensors;
+    int first_layer = 0, after_layers = n;
+    while (first_layer < n && t[first_layer].scope == SCOPE_MODEL)
+        first_layer++;
+    after_layers = first_layer;
+    while (after_layers < n && t[after_layers].scope != SCOPE_MODEL)
+        after_layers++;
+    for (int i = 0; i < first_layer; i++)
+        if (!t[i].when || t[i].when(mc, -1)) DS_TRY(visit(ctx, &t[i], -1, -1));
+    for (int l = 0; l < mc->num_layers; l++) {
+        for (int i = first_layer; i < after_layers;) {
+            if (t[i].scope == SCOPE_LAYER) {
+                if (!t[i].when || t[i].when(mc, l)) DS_TRY(visit(ctx, &t[i], l, -1));
+                i++;
+                continue;
+            }
+            int j = i; /* a run of expert tensors, repeated for each expert */
+            while (j < after_layers && t[j].scope == SCOPE_EXPERT)
+                j++;
+            const int experts = (t[i].when && !t[i].when(mc, l)) ? 0 : mc->n_routed_experts;
+            for (int e = 0; e < experts; e++)
+                for (int k = i; k < j; k++)
+                    DS_TRY(visit(ctx, &t[k], l, e));
+            i = j;
+        }
+    }
+    for (int i = after_layers; i < n; i++) {
+        if (t[i].scope != SCOPE_MODEL)
+            return ds_error(DS_ERR_INTERNAL, "%s: table: %s: layer entries must be contiguous",
+                            arch->name, t[i].name);
+        if (!t[i].when || t[i].when(mc, -1)) DS_TRY(visit(ctx, &t[i], -1, -1));
+    }
+    return DS_OK;
+}
+
+/* Tensors layer l holds, from the table alone (an expert run counts once per expert). */
+static int64_t layer_count(const ModelConfig *mc, const Architecture *arch, int l)
+{
+    int64_t n = 0, experts = mc->n_routed_experts > 0 ? mc->n_routed_experts : 0;
+    for (int i = 0; i < arch->n_tensors; i++) {
+        const ArchTensor *t = &arch->tensors[i];
+        if (t->scope == SCOPE_LAYER && (!t->when || t->when(mc, l))) n++;
+        if (t->scope == SCOPE_EXPERT && (!t->when || t->when(mc, l))) n += experts;
+    }
+    return n;
+}
+
+static int64_t add_saturated(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
+int64_t param_table_count(const ModelConfig *mc)
+{
+    const Architecture *arch = model_architecture(mc->arch);
+    if (!arch || mc->num_layers < 0) return 0;
+    int64_t count = 0;
+    for (int i = 0; i < arch->n_tensors; i++) {
+        const ArchTensor *t = &arch->tensors[i];
+        if (t->scope == SCOPE_MODEL && (!t->when || t->when(mc, -1))) count++;
+    }
+    /* layers past PARAM_MAX_LAYERS (only a hostile config.json has them) count as the last one
+     * walked, so a huge layer count costs nothing */
+    const int walked = mc->num_layers < PARAM_MAX_LAYERS ? mc->num_layers : PARAM_MAX_LAYERS;
+    int64_t last = 0;
+    for (int l = 0; l < walked; l++)
+        count = add_saturated(count, last = layer_count(mc, arch, l));
+    int64_t rest;
+    if (__builtin_mul_overflow(last, (int64_t)(mc->num_layers - walked), &rest)) return INT64_MAX;
+    return add_saturated(count, rest);
+}
+
+typedef struct TableBuild {
+    ParamTable *pt;
+    int capacity;
+    const ModelConfig *mc;
+} TableBuild;
+
+static int visit_add(void *ctx, const ArchTensor *t, int layer, int expert)
+{
+    TableBuild *b = ctx;
+    char name[PARAM_NAME_MAX];
+    if (t->scope == SCOPE_MODEL)
+        snprintf(name, sizeof(name), "%s", t->name);
+    else if (t->scope == SCOPE_LAYER)
+        snprintf(name, sizeof(name), "model.layers.%d.%s", layer, t->name);
+    else
+        snprintf(name, sizeof(name), "model.layers.%d.mlp.experts.%d.%s", layer, expert, t->name);
+    DS_TRY(table_add(b->pt, b->capacity, name, t->rows(b->mc), t->cols ? t->cols(b->mc) : 0,
+                     t->decay));
+    ParamInfo *p = &b->pt->items[b->pt->count - 1];
+    p->tp = t->tp;
+    p->init = t->init;
+    p->layer = layer;
+    p->expert = expert;
+    p->bind = t->bind;
+    return DS_OK;
+}
+
 int param_table_build(const ModelConfig *mc, ParamTable *pt)
 {
-    const int64_t C = mc->hidden_size, I = mc->intermediate_size, V = mc->vocab_size;
-    const int64_t QD = (int64_t)mc->num_heads * mc->head_dim;
-    const int64_t KVD = (int64_t)mc->num_kv_heads * mc->head_dim;
     memset(pt, 0, sizeof(*pt));
-    /* 16 entries a layer at most; the count is checked before it sizes an allocation */
+    const Architecture *arch = model_architecture(mc->arch);
+    if (!arch) return ds_error(DS_ERR_INPUT, "architecture %d is not known", (int)mc->arch);
+    /* the count is checked before it sizes an allocation */
     if (mc->num_layers < 0 || mc->num_layers > PARAM_MAX_LAYERS)
         return ds_error(DS_ERR_INPUT, "num_hidden_layers: %d is more than %d", mc->num_layers,
                         PARAM_MAX_LAYERS);
-    int capacity = 4 + mc->num_layers * 16;
-    pt->items = ds_calloc((size_t)capacity, sizeof(ParamInfo));
+    const int64_t count = param_table_count(mc);
+    if (count >= PARAM_COUNT_MAX)
+        return ds_error(DS_ERR_INPUT, "the model has more than %lld tensors",
+                        (long long)PARAM_COUNT_MAX);
+    pt->items = ds_calloc((size_t)(count ? count : 1), sizeof(ParamInfo));
     if (!pt->items) return DS_ERR_INTERNAL;
-    char name[PARAM_NAME_MAX];
-#define ADD(rows, cols, decay, ...)                                                                \
-    do {                                                                                           \
-        snprintf(name, sizeof(name), __VA_ARGS__);                                                 \
-        DS_TRY(table_add(pt, capacity, name, rows, cols, decay));                                 \
-    } while (0)
-    ADD(V, C, 1, "model.embed_tokens.weight");
-    for (int l = 0; l < mc->num_layers; l++) {
-        const char *p = "model.layers";
-        ADD(C, 0, 0, "%s.%d.input_layernorm.weight", p, l);
-        ADD(QD, C, 1, "%s.%d.self_attn.q_proj.weight", p, l);
-        if (mc->qkv_bias) ADD(QD, 0, 0, "%s.%d.self_attn.q_proj.bias", p, l);
-        ADD(KVD, C, 1, "%s.%d.self_attn.k_proj.weight", p, l);
-        if (mc->qkv_bias) ADD(KVD, 0, 0, "%s.%d.self_attn.k_proj.bias", p, l);
-        ADD(KVD, C, 1, "%s.%d.self_attn.v_proj.weight", p, l);
-        if (mc->qkv_bias) ADD(KVD, 0, 0, "%s.%d.self_attn.v_proj.bias", p, l);
-        ADD(C, QD, 1, "%s.%d.self_attn.o_proj.weight", p, l);
-        if (mc->o_bias) ADD(C, 0, 0, "%s.%d.self_attn.o_proj.bias", p, l);
-        ADD(C, 0, 0, "%s.%d.post_attention_layernorm.weight", p, l);
-        ADD(I, C, 1, "%s.%d.mlp.gate_proj.weight", p, l);
-        if (mc->mlp_bias) ADD(I, 0, 0, "%s.%d.mlp.gate_proj.bias", p, l);
-        ADD(I, C, 1, "%s.%d.mlp.up_proj.weight", p, l);
-        if (mc->mlp_bias) ADD(I, 0, 0, "%s.%d.mlp.up_proj.bias", p, l);
-        ADD(C, I, 1, "%s.%d.mlp.down_proj.weight", p, l);
-        if (mc->mlp_bias) ADD(C, 0, 0, "%s.%d.mlp.down_proj.bias", p, l);
-    }
-    ADD(C, 0, 0, "model.norm.weight");
-    if (mc->num_labels > 0)
-        ADD(mc->num_labels, C, 1, "score.weight"); /* sequence classification: no LM head */
-    else if (!mc->tie_word_embeddings)
-        ADD(V, C, 1, "lm_head.weight");
-#undef ADD
-    return DS_OK;
+    TableBuild b = {pt, (int)count, mc};
+    return table_walk(mc, arch, visit_add, &b);
 }
 
 void param_table_free(ParamTable *pt)
@@ -211,26 +319,9 @@ const ParamInfo *param_table_find(const ParamTable *pt, const char *name)
 int model_tp_check(const ModelConfig *mc, int tp, const char *where)
 {
     if (tp <= 1) return DS_OK;
-    const struct {
-        const char *name;
-        int value;
-    } split[] = {
-        {"num_attention_heads", mc->num_heads},
-        {"intermediate_size", mc->intermediate_size},
-        {"vocab_size", mc->vocab_size}, /* not padded: exports keep the model's own shapes */
-    };
-    for (size_t i = 0; i < DS_ARRAY_LEN(split); i++)
-        if (split[i].value % tp != 0)
-            return ds_error(DS_ERR_INPUT,
-                            "parallel.tp: %d does not divide the model's %s %d (%s); choose a "
-                            "tp that divides it",
-                            tp, split[i].name, split[i].value, where);
-    if (mc->num_kv_heads % tp != 0 && tp % mc->num_kv_heads != 0)
-        return ds_error(DS_ERR_INPUT,
-                        "parallel.tp: %d neither divides the model's num_key_value_heads %d nor "
-                        "is a multiple of it (%s)",
-                        tp, mc->num_kv_heads, where);
-    return DS_OK;
+    const Architecture *arch = model_architecture(mc->arch);
+    if (!arch) return ds_error(DS_ERR_INPUT, "%s: architecture %d is not known", where, (int)mc->arch);
+    return arch->tp_check(mc, tp, where);
 }
 
 int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamTable *pt)
@@ -241,26 +332,33 @@ int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamT
     pt->total = 0;
     for (int i = 0; i < pt->count; i++) {
         ParamInfo *p = &pt->items[i];
-        const char *n = p->name;
         int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
-        if (strstr(n, ".k_proj.") || strstr(n, ".v_proj.")) {
+        switch (p->tp) {
+        case TP_KV_HEADS: {
             p->split_dim = 0;
             const int64_t kv_per_rank = kv_share > 1 ? 1 : mc->num_kv_heads / tp_size;
             p->slice_len = rows / mc->num_kv_heads * kv_per_rank;
             p->slice_start = (int64_t)(tp_rank / kv_share) * p->slice_len;
             p->tp_copy = tp_rank % kv_share != 0;
-        } else if (strstr(n, ".q_proj.") || strstr(n, ".gate_proj.") || strstr(n, ".up_proj.") ||
-                   strcmp(n, "model.embed_tokens.weight") == 0 ||
-                   strcmp(n, "lm_head.weight") == 0) {
-            p->split_dim = 0; /* column parallel, or vocab parallel */
+            break;
+        }
+        case TP_COLUMN:
+        case TP_VOCAB:
+            p->split_dim = 0;
             p->slice_len = rows / tp_size;
             p->slice_start = tp_rank * p->slice_len;
-        } else if (p->ndim == 2 && (strstr(n, ".o_proj.") || strstr(n, ".down_proj."))) {
-            p->split_dim = 1; /* row parallel */
+            break;
+        case TP_ROW:
+            if (p->ndim != 2)
+                return ds_error(DS_ERR_INTERNAL, "%s: a row-parallel split needs a matrix",
+                                p->name);
+            p->split_dim = 1;
             p->slice_len = cols / tp_size;
             p->slice_start = tp_rank * p->slice_len;
-        } else {
-            p->tp_copy = tp_rank != 0; /* norms, o/down biases, a classification head */
+            break;
+        case TP_REPLICATED:
+            p->tp_copy = tp_rank != 0;
+            break;
         }
         p->numel = p->split_dim == 0   ? (size_t)(p->slice_len * cols)
                    : p->split_dim == 1 ? (size_t)(rows * p->slice_len)
@@ -270,4 +368,3 @@ int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamT
     }
     return DS_OK;
 }
-

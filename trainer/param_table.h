@@ -1,16 +1,23 @@
-/* param_table.h: the model's shape (ModelConfig) and its parameter table, the one place that
- * lists every tensor with its Hugging Face name and shape; parameters, gradients, master weights,
- * optimizer moments and EWC state all share its flat layout. Part of the base layer with
- * common.h and log.h: the folders below trainer/ (checkpoint/, data/) may include these three and
- * nothing else of trainer/, and these include nothing else of trainer/ either. */
+/* param_table.h: the model's shape (ModelConfig), the architectures (one table per architecture
+ * that describes each tensor once: its Hugging Face name, its shape from the config, its tensor-
+ * and expert-parallel split, its decay, its initial values and where it binds), and the parameter
+ * table built from them: every tensor with its name, shape, slice and flat offset. Parameters,
+ * gradients, master weights, optimizer moments and EWC state all share that flat layout. Part of
+ * the base layer with common.h and log.h: the folders below trainer/ (checkpoint/, data/) may
+ * include these three and nothing else of trainer/, and these include nothing else of trainer/
+ * either. The architectures themselves are defined in their own files (trainer/arch_*.c, with
+ * their layer forward and backward) and reached through model_architecture(). */
 #ifndef DSTRAIN_PARAM_TABLE_H
 #define DSTRAIN_PARAM_TABLE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum ModelArch { ARCH_LLAMA = 0, ARCH_QWEN2 } ModelArch;
-typedef enum RopeType { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3 } RopeType;
+typedef enum ModelArch { ARCH_LLAMA = 0, ARCH_QWEN2, ARCH_DEEPSEEK_V2, ARCH_DEEPSEEK_V3 } ModelArch;
+typedef enum RopeType { ROPE_DEFAULT = 0, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN } RopeType;
+/* DeepSeek MoE routing: scores, and how the top-k experts are chosen. */
+typedef enum MoeScoring { MOE_SOFTMAX = 0, MOE_SIGMOID } MoeScoring;
+typedef enum MoeTopk { MOE_GREEDY = 0, MOE_GROUP_LIMITED_GREEDY, MOE_NOAUX_TC } MoeTopk;
 
 typedef struct ModelConfig {
     ModelArch arch;
@@ -28,11 +35,25 @@ typedef struct ModelConfig {
     double rope_factor;             /* linear and llama3 */
     double rope_low_freq_factor;    /* llama3 */
     double rope_high_freq_factor;   /* llama3 */
-    int rope_original_max_position; /* llama3 */
+    int rope_original_max_position; /* llama3, yarn */
+    double rope_beta_fast, rope_beta_slow; /* yarn */
+    double rope_mscale, rope_mscale_all_dim; /* yarn (DeepSeek); 0 when not given */
     int tie_word_embeddings;
     int qkv_bias;                   /* q, k, v projections carry a bias (Qwen2; Llama attention_bias) */
     int o_bias;                     /* o_proj carries a bias (Llama attention_bias) */
     int mlp_bias;                   /* gate, up, down carry biases (Llama mlp_bias) */
+    /* DeepSeek V2/V3: multi-head latent attention (MLA) */
+    int q_lora_rank;                /* 0: a plain q_proj (V2-Lite's null) */
+    int kv_lora_rank;
+    int qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+    int rope_interleave;            /* rotary pairs are adjacent dims (DeepSeek's own layout) */
+    /* DeepSeek V2/V3: mixture of experts; n_routed_experts 0 for a dense model */
+    int n_routed_experts, n_shared_experts, num_experts_per_tok, moe_intermediate_size;
+    int first_k_dense_replace, moe_layer_freq;
+    int n_group, topk_group, norm_topk_prob;
+    double routed_scaling_factor;
+    MoeScoring scoring;
+    MoeTopk topk_method;
     int bos_token_id;               /* -1 when unset */
     int eos_token_id;
     int pad_token_id;
@@ -53,6 +74,98 @@ typedef struct ModelConfig {
 
 const char *model_arch_name(ModelArch arch); /* "LlamaForCausalLM", "Qwen2ForCausalLM" */
 
+/* ---- architectures ------------------------------------------------------------------------ */
+
+/* How tensor parallelism splits a tensor over the tp ranks (Megatron layout). */
+typedef enum TpSplit {
+    TP_REPLICATED = 0, /* every rank holds all of it and computes the same gradient (norms, the
+                        * bias of a row-parallel projection, added by rank 0 only) */
+    TP_COLUMN,         /* dim 0 in tp equal slices: a column-parallel projection's outputs */
+    TP_ROW,            /* dim 1 in tp equal slices: a row-parallel projection's inputs (its
+                        * partial sums are all-reduced) */
+    TP_KV_HEADS,       /* dim 0 by kv heads; with fewer kv heads than ranks, tp / kv heads
+                        * consecutive ranks hold the same head and sum their gradients */
+    TP_VOCAB,          /* dim 0 by vocabulary rows (embedding, LM head) */
+} TpSplit;
+
+/* Initial values when training from scratch (model_init_weights). */
+typedef enum ParamInit { INIT_NORMAL = 0, INIT_ONES, INIT_ZEROS } ParamInit;
+
+/* Where a tensor lives: once in the model, once per layer, or once per routed expert of a
+ * layer (split over the expert-parallel ranks). */
+typedef enum ParamScope { SCOPE_MODEL = 0, SCOPE_LAYER, SCOPE_EXPERT } ParamScope;
+
+typedef int64_t (*ArchDim)(const ModelConfig *mc);
+typedef int (*ArchWhen)(const ModelConfig *mc, int layer);
+
+/* One tensor of an architecture. Its full name is name (SCOPE_MODEL), "model.layers.<l>." name
+ * (SCOPE_LAYER) or "model.layers.<l>.mlp.experts.<e>." name (SCOPE_EXPERT). */
+typedef struct ArchTensor {
+    const char *name;
+    ParamScope scope;
+    ArchDim rows, cols; /* the full shape from the config; cols NULL: a vector */
+    ArchWhen when;      /* whether the tensor exists (in layer l); NULL: always */
+    TpSplit tp;
+    int decay;          /* AdamW's weight decay applies (matrices; not norms, biases) */
+    ParamInit init;
+    int bind;           /* byte offset of its pointer in ModelWeights (SCOPE_MODEL) or LayerWeights
+                         * (trainer/model.h); for SCOPE_EXPERT a float ** array of per-expert
+                         * pointers; -1: not bound (a tied LM head reads the embedding) */
+} ArchTensor;
+
+struct Model;
+struct ArenaCursor;
+struct cJSON;
+struct HfJson; /* a config.json being read (checkpoint/hf_model.h) */
+
+/* An architecture: its tensors, its config.json fields, its layer computation. The table's
+ * order is the flat buffer's and the export's: the SCOPE_MODEL entries before the first layer
+ * entry, then for each layer its entries (a run of SCOPE_EXPERT entries once per expert), then
+ * the remaining SCOPE_MODEL entries; HF's own module order. */
+typedef struct Architecture {
+    ModelArch id;
+    const char *name;            /* architectures[0] of config.json: "LlamaForCausalLM" */
+    const char *classifier_name; /* its *ForSequenceClassification, or NULL */
+    const char *model_type;      /* "llama" */
+    int default_max_positions;   /* max_position_embeddings when config.json has none */
+    int rope_yarn;               /* its layer applies yarn rope scaling (config.json may ask) */
+    const ArchTensor *tensors;
+    int n_tensors;
+    ArchDim rope_dim;            /* dimensions each head rotates */
+    /* config.json: the fields beyond the common ones (hf_model.c reads those); the export's
+     * config.json for a model made from a preset */
+    int (*parse_config)(const struct HfJson *json, ModelConfig *mc);
+    void (*write_config)(struct cJSON *root, const ModelConfig *mc);
+    /* shapes its code cannot run, and tp sizes it cannot split, named by config field */
+    int (*check)(const ModelConfig *mc, const char *where);
+    int (*tp_check)(const ModelConfig *mc, int tp, const char *where);
+    /* the layer (trainer/model_layers.h): bytes of its activation pointers, their layout in the
+     * arena, forward from resid_in into resid_out (NULL: the recomputation of activation
+     * checkpointing) and backward (model.c's dresid holds the gradient of the layer's output in,
+     * its input's out) */
+    size_t (*act_bytes)(const ModelConfig *mc);
+    void (*arena_layout)(struct Model *m, struct ArenaCursor *cursor);
+    void (*layer_forward)(struct Model *m, int l, float *resid_out);
+    void (*layer_backward)(struct Model *m, int l);
+} Architecture;
+
+extern const Architecture arch_llama, arch_qwen2, arch_deepseek_v2, arch_deepseek_v3;
+
+/* The architecture of id (NULL when unknown), and the registered ones in order. An
+ * architecture whose layer_forward is NULL is described (its table builds) but not loaded. */
+const Architecture *model_architecture(ModelArch id);
+const Architecture *model_architecture_at(int i); /* NULL past the last */
+
+/* Common dimensions for the tables. */
+int64_t dim_hidden(const ModelConfig *mc);
+int64_t dim_vocab(const ModelConfig *mc);
+int64_t dim_labels(const ModelConfig *mc);
+int64_t dim_intermediate(const ModelConfig *mc);
+int64_t dim_head(const ModelConfig *mc);
+/* Common presence rules. */
+int when_lm_head(const ModelConfig *mc, int layer); /* untied and not a classifier */
+int when_classifier(const ModelConfig *mc, int layer);
+
 /* Built-in shapes for training from scratch ("tiny", ...). DS_ERR_INPUT names the known ones. */
 int model_preset(const char *name, ModelConfig *mc);
 /* Reject shapes the model code cannot run (heads not divisible, odd head_dim, ...). */
@@ -61,6 +174,7 @@ int model_config_check(const ModelConfig *mc, const char *where);
 #define PARAM_NAME_MAX 96
 #define PARAM_ALIGN_BYTES 256
 #define PARAM_MAX_LAYERS 16384 /* num_hidden_layers beyond any model (DeepSeek-V3 has 61) */
+#define PARAM_COUNT_MAX ((int64_t)1 << 24) /* tensors in a table (DeepSeek-V3: 91,000) */
 
 typedef struct ParamInfo {
     char name[PARAM_NAME_MAX]; /* HF name, e.g. "model.layers.0.self_attn.q_proj.weight" */
@@ -75,6 +189,11 @@ typedef struct ParamInfo {
     int tp_copy;               /* 1 when another tensor-parallel rank holds the same values and
                                 * counts them in global sums instead (replicated tensors on
                                 * tp_rank > 0, kv heads shared by several ranks) */
+    TpSplit tp;                /* from the architecture's table */
+    ParamInit init;
+    int layer;                 /* -1 for the model's own tensors */
+    int expert;                /* routed expert index, -1 for others */
+    int bind;                  /* ArchTensor.bind */
 } ParamInfo;
 
 typedef struct ParamTable {
@@ -83,12 +202,15 @@ typedef struct ParamTable {
     size_t total; /* elements in the flat buffer, including alignment padding */
 } ParamTable;
 
+/* The table of mc's architecture, unsplit. */
 int param_table_build(const ModelConfig *mc, ParamTable *pt);
-/* The table of tensor-parallel rank tp_rank of tp_size (Megatron layout): q, k, v, gate, up and
- * their biases split along dim 0 (column parallel), o and down along dim 1 (row parallel; their
- * biases replicated), embedding and lm_head along dim 0 (vocab parallel), norms replicated. kv
- * heads are split when tp divides them, else each rank holds kv head tp_rank / (tp / KVH).
- * Call model_tp_check first. */
+/* How many tensors param_table_build lists, in 64-bit arithmetic without building anything
+ * (saturating at INT64_MAX): to check config.json against its weight files before any size
+ * from it is trusted. */
+int64_t param_table_count(const ModelConfig *mc);
+/* The table of tensor-parallel rank tp_rank of tp_size, each tensor split as its architecture's
+ * table says (TpSplit): kv heads are split when tp divides them, else each rank holds kv head
+ * tp_rank / (tp / KVH). Call model_tp_check first. */
 int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamTable *pt);
 /* Whether tp ranks can split this model: DS_ERR_INPUT naming parallel.tp and the field. */
 int model_tp_check(const ModelConfig *mc, int tp, const char *where);
