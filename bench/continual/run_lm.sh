@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Language-model continual case: the tiny preset trained from scratch on English prose (bundled
 # KJV), then on Python source code (the interpreter's standard library); the prose perplexity
-# after the code task, naive vs replay vs EWC vs both.
+# after the code task, naive vs replay vs EWC vs both, EWC and both at every lambda of LAMBDAS
+# (the causal-LM Fisher is per token: docs/continual.md).
 # usage: bench/continual/run_lm.sh   (DSTRAIN=path/to/dstrain, OUT=dir to keep the runs,
-#        JOBS=methods run at once (2), OMP_NUM_THREADS=threads each (1), STEPS=steps a domain)
+#        JOBS=methods run at once (2), OMP_NUM_THREADS=threads each (1), STEPS=steps a domain,
+#        LAMBDAS="0.1 1 10 100 1000")
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 DSTRAIN=${DSTRAIN:-$SRC/build/dstrain}
@@ -14,7 +16,8 @@ STEPS=${STEPS:-300}
 common=(model.preset=tiny task.type=causal_lm continual.tasks="$OUT/data/tasks.yaml"
         train.seq_len=64 train.micro_batch_size=8 optim.lr=3e-3 optim.warmup_steps=20
         eval.batches=16 log.every=100)
-ewc=(continual.ewc.enabled=true continual.ewc.lambda=${LAMBDA:-10} continual.ewc.fisher.samples=128)
+ewc=(continual.ewc.enabled=true continual.ewc.fisher.samples=128)
+LAMBDAS=${LAMBDAS:-"0.1 1 10 100 1000"}
 replay=(continual.replay.capacity=1024 continual.replay.ratio=0.25)
 # one thread a run and OpenBLAS single-threaded, two methods at once (see run.sh)
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -22,9 +25,9 @@ JOBS=${JOBS:-2}
 run_method() { # method: trains, then writes $OUT/$method.rc and $OUT/$method.seconds
   local method=$1 t0 rc=0 extra=()
   case $method in
-    ewc) extra=("${ewc[@]}") ;;
+    ewc-*) extra=("${ewc[@]}" continual.ewc.lambda=${method#ewc-}) ;;
     replay) extra=("${replay[@]}") ;;
-    both) extra=("${ewc[@]}" "${replay[@]}") ;;
+    both-*) extra=("${ewc[@]}" continual.ewc.lambda=${method#both-} "${replay[@]}") ;;
   esac
   t0=$(date +%s)
   "$DSTRAIN" train "${common[@]}" ${extra[@]+"${extra[@]}"} run.dir="$OUT/$method" \
@@ -33,7 +36,9 @@ run_method() { # method: trains, then writes $OUT/$method.rc and $OUT/$method.se
   echo $rc > "$OUT/$method.rc"
 }
 start=$(date +%s)
-methods=(${METHODS:-naive ewc replay both})
+all=(naive replay)
+for l in $LAMBDAS; do all+=("ewc-$l" "both-$l"); done
+methods=(${METHODS:-${all[@]}})
 running=0
 for method in "${methods[@]}"; do
   rm -f "$OUT/$method.rc"
@@ -48,10 +53,11 @@ for method in "${methods[@]}"; do
 done
 echo "runs in $OUT ($(( $(date +%s) - start ))s, $JOBS at once, $OMP_NUM_THREADS thread(s) each)"
 [ -z "${METHODS:-}" ] || exit 0
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "${methods[@]}" <<'PY'
 import json, math, sys
-print("method  prose ppl after prose  prose ppl after code  code ppl after code")
-for m in ("naive", "ewc", "replay", "both"):
+print("method        prose loss after prose  after code  code loss after code  (perplexity: exp)")
+for m in sys.argv[2:]:
     R = json.load(open(f"{sys.argv[1]}/{m}/continual.json"))["R"]
-    print(f"{m:7s} {math.exp(R[0][0]):21.2f} {math.exp(R[1][0]):21.2f} {math.exp(R[1][1]):20.2f}")
+    print(f"{m:13s} {R[0][0]:22.4f} {R[1][0]:11.4f} {R[1][1]:21.4f}   "
+          f"ppl {math.exp(R[0][0]):.2f} {math.exp(R[1][0]):.2f} {math.exp(R[1][1]):.2f}")
 PY
