@@ -953,6 +953,8 @@ static int run_setup_continual(Run *r)
     DS_TRY(fisher_type_parse(cfg->continual_ewc_fisher_type, &r->fisher_opt.type));
     DS_TRY(ewc_init_on(&r->ewc, mode, cfg->continual_ewc_lambda, cfg->continual_ewc_gamma, lo, hi,
                        r->be));
+    /* weight decay toward the anchor (default) or toward zero once a Fisher is held */
+    DS_TRY(ewc_decay_parse(cfg->continual_ewc_decay, &r->ewc.decay));
     r->ewc_on = cfg->continual_ewc_enabled;
     if (r->ewc_on) {
         if (r->fisher_opt.type == FISHER_EXACT && !r->cls)

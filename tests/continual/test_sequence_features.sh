@@ -90,5 +90,17 @@ check "dstrain_replay_share is a quarter" grep -q "^dstrain_replay_share 0.25$" 
 wait "${pids[0]}"; rc=$?; pids=()
 check "the scraped sequence exits 0" test $rc -eq 0
 
+# 4. continual.ewc.decay reaches the update: with weight decay on, decay toward the anchor and
+# toward zero train different weights after the first task; without weight decay the same
+for wd in 0.1 0; do
+  for d in anchor zero; do
+    "$DSTRAIN" train "${common[@]}" checkpoint.every=0 optim.weight_decay=$wd \
+      continual.ewc.decay=$d run.save_final=true run.dir=decay-$wd-$d > decay-$wd-$d.out 2>&1
+  done
+done
+check "decay toward the anchor and toward zero differ under weight decay" \
+  bash -c "! cmp -s decay-0.1-anchor/final.safetensors decay-0.1-zero/final.safetensors"
+check "and agree without it" cmp -s decay-0-anchor/final.safetensors decay-0-zero/final.safetensors
+
 echo "sequence features: $passes passed, $fails failed"
 [ $fails -eq 0 ]
