@@ -298,7 +298,9 @@ int param_table_build(const ModelConfig *mc, ParamTable *pt)
     pt->items = ds_calloc((size_t)(count ? count : 1), sizeof(ParamInfo));
     if (!pt->items) return DS_ERR_INTERNAL;
     TableBuild b = {pt, (int)count, mc};
-    return table_walk(mc, arch, visit_add, &b);
+    const int status = table_walk(mc, arch, visit_add, &b);
+    if (status != DS_OK) param_table_free(pt); /* a refused shape leaves nothing allocated */
+    return status;
 }
 
 void param_table_free(ParamTable *pt)
