@@ -284,7 +284,7 @@ static DataReaderOptions run_eval_options(const Run *r, const DataSource *src, D
 
 /* Open (and close again) every data file of every phase before the model's weights are loaded,
  * so that a typo in the last task's path stops the run at once; resolve steps given in epochs. */
-static int run_check_data(Run *r)
+static int run_check_data(Run *r, int replay_from_start)
 {
     const Config *cfg = r->cfg;
     DS_TRY(data_mode_parse(cfg->data_mode, &r->mode));
@@ -318,7 +318,7 @@ static int run_check_data(Run *r)
         }
         if (r->tasks && r->tasks->items[k].epochs > 0) {
             /* fresh rows a step: the replayed ones are not the task's */
-            const int replays = r->replay_on && (k > 0 || r->replay.count > 0);
+            const int replays = r->replay_on && (k > 0 || replay_from_start);
             const int fresh = (r->G - (replays ? r->n_replay_rows : 0)) * r->accum;
             ph->steps = (int)ceil(r->tasks->items[k].epochs * (double)per_epoch /
                                   (fresh > 0 ? fresh : 1));
@@ -1120,14 +1120,13 @@ int train_run(const Config *cfg)
     r->replay_on = cfg->continual_replay_capacity > 0;
     r->global_rows = r->replay_on;
     r->n_replay_rows = r->replay_on ? (int)floor(cfg->continual_replay_ratio * r->G + 0.5) : 0;
+    int replay_from_start = 0; /* an earlier run's buffer: the first task replays at once */
     if (cfg->continual_state[0] && r->replay_on) {
-        /* an earlier run's buffer makes the first task replay from its first step */
         snprintf(path, sizeof(path), "%s/replay-rank-00000.h5", cfg->continual_state);
         struct stat st;
-        if (stat(path, &st) == 0) r->replay.count = 1; /* only read by run_check_data */
+        replay_from_start = stat(path, &st) == 0;
     }
-    status = run_check_data(r);
-    r->replay.count = 0;
+    status = run_check_data(r, replay_from_start);
     if ((status = run_agree(grid, status)) != DS_OK) goto done;
 
     /* the run directory: named by rank 0 (clocks may cross a second), taken with a lock */
