@@ -29,8 +29,9 @@ enum {
     CK_AUTO_IS_ZERO = 1, /* the word "auto" is accepted and stored as 0 */
     CK_NONEMPTY = 2,     /* a string that must not be empty */
     CK_MAX_EXCLUSIVE = 4, /* the upper bound itself is not allowed */
-    CK_PATH = 8           /* a file or directory name: no control characters (it is pasted into
+    CK_PATH = 8,          /* a file or directory name: no control characters (it is pasted into
                              scripts, plots and one-line messages) */
+    CK_MIN_EXCLUSIVE = 16 /* the lower bound itself is not allowed */
 };
 
 typedef struct ConfigKey {
@@ -126,7 +127,8 @@ static const ConfigKey config_schema[] = {
         "decoupled weight decay (not applied to norms and biases)"),
     FLT("optim.beta1", optim_beta1, "0.9", 0, 1, CK_MAX_EXCLUSIVE, "AdamW first-moment decay"),
     FLT("optim.beta2", optim_beta2, "0.95", 0, 1, CK_MAX_EXCLUSIVE, "AdamW second-moment decay"),
-    FLT("optim.eps", optim_eps, "1e-8", 0, 1, 0, "AdamW denominator epsilon"),
+    FLT("optim.eps", optim_eps, "1e-8", 0, 1, CK_MIN_EXCLUSIVE,
+        "AdamW denominator epsilon; not 0 (the update would be 0/0 = NaN where gradients are 0)"),
     INT("optim.warmup_steps", optim_warmup_steps, "20", 0, 1000000000,
         "steps of linear warmup from 0 to optim.lr"),
     ENUM("optim.schedule", optim_schedule, "cosine", "learning-rate decay after warmup", "cosine",
@@ -451,7 +453,11 @@ static void range_text(const ConfigKey *k, char *out, size_t cap)
     case CT_FLOAT:
         format_bound(lo, sizeof(lo), k->float_min);
         format_bound(hi, sizeof(hi), k->float_max);
-        if (k->flags & CK_MAX_EXCLUSIVE)
+        if ((k->flags & CK_MIN_EXCLUSIVE) && (k->flags & CK_MAX_EXCLUSIVE))
+            snprintf(out, cap, "%s..%s, %s and %s excluded", lo, hi, lo, hi);
+        else if (k->flags & CK_MIN_EXCLUSIVE)
+            snprintf(out, cap, "%s..%s, %s excluded", lo, hi, lo);
+        else if (k->flags & CK_MAX_EXCLUSIVE)
             snprintf(out, cap, "%s..%s, %s excluded", lo, hi, hi);
         else
             snprintf(out, cap, "%s..%s", lo, hi);
@@ -917,7 +923,8 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
                      f == 0 ? "0" : "a denormal");
             return 0;
         }
-        int ok = isfinite(f) && stored >= k->float_min &&
+        int ok = isfinite(f) &&
+                 ((k->flags & CK_MIN_EXCLUSIVE) ? stored > k->float_min : stored >= k->float_min) &&
                  ((k->flags & CK_MAX_EXCLUSIVE) ? stored < k->float_max : stored <= k->float_max);
         if (!ok) {
             return out_of_range_problem(k, text, problem, cap);

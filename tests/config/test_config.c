@@ -3,6 +3,7 @@
  * committed docs/config.md and configs/defaults.yaml match what the schema generates.
  * DSTRAIN_UPDATE_DOCS=1 rewrites those two files instead of comparing them. */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -845,6 +846,29 @@ Test(config, values_are_checked_as_the_float_they_become)
 }
 
 Test(config, paths_with_control_characters_are_refused)
+/* optim.eps = 0 is refused, not accepted: AdamW's update m / (sqrt(v) + eps) is 0/0 = NaN for
+ * every weight whose gradients have all been 0 so far (an embedding row of a token not yet seen),
+ * as in torch; the smallest normal float is the smallest epsilon */
+Test(config, an_epsilon_of_exactly_zero_is_refused)
+{
+    expect_override_error("optim.eps=0",
+                          "command line: optim.eps: 0 is out of range (0..1, 0 excluded)");
+    expect_override_error("optim.eps=-0.0",
+                          "command line: optim.eps: -0.0 is out of range (0..1, 0 excluded)");
+    expect_load_error("optim:\n  eps: 0e5\n",
+                      ":2: optim.eps: 0e5 is out of range (0..1, 0 excluded)");
+    Config c;
+    config_set_defaults(&c);
+    c.optim_eps = 0.0f; /* filled in by code */
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "optim.eps: 0.0 is out of range (0..1, 0 excluded)"), "%s",
+              ds_last_error());
+    cr_assert_eq(config_apply_override(&c, "optim.eps=1.17549435e-38", "t"), DS_OK, "%s",
+                 ds_last_error());
+    cr_assert_eq(c.optim_eps, FLT_MIN);
+    cr_assert_eq(config_validate(&c), DS_OK, "%s", ds_last_error());
+}
+
 {
     expect_override_error("run.dir=r\ntouch x",
                           "command line: run.dir: a path with a control character: \"r\\ntouch x\"");
