@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -631,6 +632,38 @@ static int write_generation_config(const char *dir, const ModelConfig *mc)
     return status;
 }
 
+/* A model with a NaN or an infinity in its weights is never exported: a serving system would
+ * load it without a word and answer with garbage. The message names the source, the first such
+ * tensor and element, and how many there are in all. */
+static int check_params_finite(const char *src, const ParamTable *table, const float *params)
+{
+    int first = -1;
+    size_t first_element = 0, count = 0, tensors = 0;
+    float first_value = 0;
+    for (int i = 0; i < table->count; i++) {
+        const ParamInfo *pi = &table->items[i];
+        const float *w = params + pi->offset;
+        size_t here = 0;
+        for (size_t e = 0; e < pi->numel; e++) {
+            if (isfinite(w[e])) continue;
+            if (first < 0) first = i, first_element = e, first_value = w[e];
+            here++;
+        }
+        count += here;
+        tensors += here > 0;
+    }
+    if (first < 0) return DS_OK;
+    char shown_src[512], shown_name[300];
+    const ParamInfo *pi = &table->items[first];
+    return ds_error(DS_ERR_INPUT,
+                    "%s: tensor %s: element %zu of %zu is %s (%zu non-finite value%s in %zu "
+                    "tensor%s); a model with non-finite weights is not exported",
+                    ds_printable(shown_src, sizeof(shown_src), src, 400),
+                    ds_printable(shown_name, sizeof(shown_name), pi->name, 200), first_element,
+                    pi->numel, isnan(first_value) ? "NaN" : first_value > 0 ? "+Inf" : "-Inf",
+                    count, count == 1 ? "" : "s", tensors, tensors == 1 ? "" : "s");
+}
+
 /* Export the parameters of checkpoint c, or (c NULL) of the Hugging Face directory src_dir (a
  * copy in another dtype or shard size), into dir. */
 static int export_into(Ckpt *c, const char *src_dir, const char *dir, DType dtype,
@@ -646,6 +679,7 @@ static int export_into(Ckpt *c, const char *src_dir, const char *dir, DType dtyp
     if (status == DS_OK)
         status = c ? ckpt_read_buffer(c, "params", &table, params, 0, 0)
                    : hf_load_weights(src_dir, &mc, &table, params);
+    if (status == DS_OK) status = check_params_finite(ckdir, &table, params);
     if (status == DS_OK) status = write_shards(dir, &table, params, dtype, max_bytes);
     free(params);
     param_table_free(&table);

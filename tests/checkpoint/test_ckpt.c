@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "checkpoint/ckpt.h"
@@ -624,6 +625,90 @@ Test(ckpt, export_loads_back_with_identical_parameters_and_logits)
     cr_assert(strstr(ds_last_error(), "already exists"), "%s", ds_last_error());
     free(ref);
     free(got);
+    model_free(&m);
+}
+
+/* A checkpoint whose weights hold a NaN or an infinity is never exported: the export (the
+ * command's and the end of a run's, which replaces) is refused with one line naming the
+ * checkpoint, the first such tensor and element, and an export already there is left as it was. */
+Test(ckpt, export_refuses_non_finite_weights_and_keeps_the_old_export)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
+    Model m = {0};
+    cr_assert_eq(model_init(&m, &mc, backend_cpu(), 2, 16), DS_OK);
+    model_init_weights(&m, 3, 0.02f);
+    /* the third tensor's element 5 is NaN, a later tensor's element 0 is -Inf */
+    cr_assert_geq(m.table.count, 4);
+    const ParamInfo *bad = &m.table.items[2], *later = &m.table.items[3];
+    m.params[bad->offset + 5] = NAN;
+    m.params[later->offset] = -INFINITY;
+    char dir[700];
+    snprintf(dir, sizeof(dir), "%s/nan", tmpdir);
+    CkptWriterOptions o = {
+        .dir = dir, .keep = 1, .layout = {.tp = 1, .dp = 1}, .tmp_tag = getpid()};
+    CkptWriter *w;
+    cr_assert_eq(ckpt_writer_open(&o, &m.table, &w), DS_OK);
+    char *hf = NULL;
+    cr_assert_eq(hf_config_json_text(&mc, "", &hf), DS_OK);
+    CkptMeta meta;
+    meta_for(&meta, 1);
+    meta.hf_config_json = hf;
+    CkptBuffer b = {.prefix = "params", .base = m.params};
+    cr_assert_eq(ckpt_writer_save(w, &meta, &b, 1, NULL, 0, NULL), DS_OK);
+    cr_assert_eq(ckpt_writer_wait(w), DS_OK, "%s", ds_last_error());
+    ckpt_writer_close(w);
+    free(hf);
+
+    char step[800], out[800], marker[900], expect[1200];
+    snprintf(step, sizeof(step), "%s/step-00000001", dir);
+    snprintf(out, sizeof(out), "%s/export", tmpdir);
+    snprintf(marker, sizeof(marker), "%s/config.json", out);
+    cr_assert_eq(mkdir(out, 0755), 0);
+    FILE *f = fopen(marker, "w");
+    cr_assert(f);
+    fputs("{\"the\": \"previous export\"}\n", f);
+    fclose(f);
+    snprintf(expect, sizeof(expect),
+             "export: %s: tensor %s: element 5 of %zu is NaN (2 non-finite values in 2 tensors); "
+             "a model with non-finite weights is not exported",
+             step, bad->name, bad->numel);
+    /* replace = 1, as the end of a run exports */
+    cr_assert_eq(hf_export_checkpoint(step, out, DT_BF16, 5000000000ull, 1), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), expect);
+    /* the previous export is untouched, no temporary is left beside it */
+    char text[64] = {0};
+    f = fopen(marker, "r");
+    cr_assert(f);
+    cr_assert(fgets(text, sizeof(text), f));
+    fclose(f);
+    cr_assert_str_eq(text, "{\"the\": \"previous export\"}\n");
+    DIR *d = opendir(tmpdir);
+    struct dirent *de;
+    while ((de = readdir(d)))
+        cr_assert(!strstr(de->d_name, ".tmp-") && !strstr(de->d_name, ".old-"), "%s left",
+                  de->d_name);
+    closedir(d);
+    cr_assert(!exists(out, "model.safetensors.index.json"));
+
+    /* the command: exit 2, the same line, nothing written */
+    char cmd[3000], err_path[800];
+    snprintf(err_path, sizeof(err_path), "%s/export.err", tmpdir);
+    snprintf(cmd, sizeof(cmd), "'%s' export --checkpoint '%s' --output '%s/cli' 2> '%s'",
+             DSTRAIN_BINARY, step, tmpdir, err_path);
+    int rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "exit %d", rc);
+    char line[1600] = {0};
+    f = fopen(err_path, "r");
+    cr_assert(f);
+    cr_assert(fgets(line, sizeof(line), f));
+    fclose(f);
+    char want_line[1300];
+    snprintf(want_line, sizeof(want_line), "dstrain: error: %s\n", expect);
+    cr_assert_str_eq(line, want_line);
+    snprintf(cmd, sizeof(cmd), "%s/cli", tmpdir);
+    struct stat st;
+    cr_assert_neq(stat(cmd, &st), 0, "the refused export left %s", cmd);
     model_free(&m);
 }
 
