@@ -112,7 +112,16 @@ int comm_grid_init(ProcessGrid *g, int tp, int dp)
         MPI_Comm_size(MPI_COMM_WORLD, &g->world_size);
     }
     g->local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", 0));
-    if (tp < 1) return ds_error(DS_ERR_INPUT, "parallel.tp: must be at least 1, got %d", tp);
+    if (tp < 0) return ds_error(DS_ERR_INPUT, "parallel.tp: must be at least 1, got %d", tp);
+    if (tp == 0 && dp > 0) { /* auto: the ranks that dp leaves */
+        if (g->world_size % dp != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "parallel.dp: %d does not divide the world size %d (ranks started by "
+                            "the launcher; parallel.tp: auto takes world / dp)",
+                            dp, g->world_size);
+        tp = g->world_size / dp;
+    }
+    if (tp == 0) tp = 1; /* both auto: data parallel over the world */
     if (g->world_size % tp != 0)
         return ds_error(DS_ERR_INPUT,
                         "parallel.tp: %d does not divide the world size %d (ranks started by the "

@@ -31,7 +31,7 @@ typedef struct ProcessGrid {
 int comm_launched(void);
 
 /* Initialize MPI when launched, and split the world into tp x dp groups. dp = 0 means
- * world / tp. Errors (world not divisible by tp, tp x dp != world) are DS_ERR_INPUT and name
+ * world / tp; tp = 0 means world / dp, or 1 when dp is 0 too. Errors (world not divisible by tp, tp x dp != world) are DS_ERR_INPUT and name
  * the parallel.* keys. */
 int comm_grid_init(ProcessGrid *g, int tp, int dp);
 /* Free the groups and finalize MPI if this grid initialized it. */

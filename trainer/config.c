@@ -136,7 +136,10 @@ static const ConfigKey config_schema[] = {
     FLT("optim.clip_grad_norm", optim_clip_grad_norm, "1.0", 0, 1e6, 0,
         "clip the global gradient norm to this value; 0 = off"),
 
-    INT("parallel.tp", parallel_tp, "1", 1, 4096, "tensor-parallel size (ranks per model replica)"),
+    INT_FLAGS("parallel.tp", parallel_tp, "auto", 1, 4096, CK_AUTO_IS_ZERO,
+              "tensor-parallel size (ranks per model replica); auto = world size / parallel.dp, "
+              "1 when parallel.dp is auto too (dstrain submit sizes an auto layout from the "
+              "memory estimate)"),
     INT_FLAGS("parallel.dp", parallel_dp, "auto", 1, 1048576, CK_AUTO_IS_ZERO,
               "data-parallel size; auto = world size / parallel.tp"),
     INT("parallel.zero", parallel_zero, "1", 0, 1,

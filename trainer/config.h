@@ -53,7 +53,7 @@ typedef struct Config {
     char optim_schedule[16];           /* cosine | linear | constant */
     float optim_clip_grad_norm;        /* 0 = off */
     /* parallel */
-    int parallel_tp;
+    int parallel_tp;                   /* 0 = auto (world / dp; 1 when dp is auto) */
     int parallel_dp;                   /* 0 = auto (world / tp) */
     int parallel_zero;                 /* 0 | 1 */
     /* checkpoint */

@@ -116,7 +116,7 @@ Test(config, defaults_match_the_documented_values)
     cr_assert_eq(c.optim_warmup_steps, 20);
     cr_assert_str_eq(c.optim_schedule, "cosine");
     cr_assert_float_eq(c.optim_clip_grad_norm, 1.0f, 0);
-    cr_assert_eq(c.parallel_tp, 1);
+    cr_assert_eq(c.parallel_tp, 0);
     cr_assert_eq(c.parallel_dp, 0);
     cr_assert_eq(c.parallel_zero, 1);
     cr_assert_str_eq(c.checkpoint_dir, "");
@@ -348,7 +348,8 @@ Test(config, integers_reject_fractions_and_words)
                       ":1: train.steps: expected an integer, got \"12abc\"");
     expect_load_error("parallel.dp: many\n",
                       ":1: parallel.dp: expected an integer or auto, got \"many\"");
-    expect_load_error("parallel.tp: auto\n", ":1: parallel.tp: expected an integer, got \"auto\"");
+    expect_load_error("parallel.zero: auto\n",
+                      ":1: parallel.zero: expected an integer, got \"auto\"");
 }
 
 Test(config, out_of_range_names_the_range)
@@ -845,7 +846,6 @@ Test(config, values_are_checked_as_the_float_they_become)
     cr_assert_eq(c.optim_lr, 0.0f);
 }
 
-Test(config, paths_with_control_characters_are_refused)
 /* optim.eps = 0 is refused, not accepted: AdamW's update m / (sqrt(v) + eps) is 0/0 = NaN for
  * every weight whose gradients have all been 0 so far (an embedding row of a token not yet seen),
  * as in torch; the smallest normal float is the smallest epsilon */
@@ -869,6 +869,7 @@ Test(config, an_epsilon_of_exactly_zero_is_refused)
     cr_assert_eq(config_validate(&c), DS_OK, "%s", ds_last_error());
 }
 
+Test(config, paths_with_control_characters_are_refused)
 {
     expect_override_error("run.dir=r\ntouch x",
                           "command line: run.dir: a path with a control character: \"r\\ntouch x\"");
