@@ -31,8 +31,8 @@ typedef struct ProcessGrid {
 int comm_launched(void);
 
 /* Initialize MPI when launched, and split the world into tp x dp groups. dp = 0 means
- * world / tp; tp = 0 means world / dp, or 1 when dp is 0 too. Errors (world not divisible by tp, tp x dp != world) are DS_ERR_INPUT and name
- * the parallel.* keys. */
+ * world / tp; tp = 0 means world / dp, or 1 when dp is 0 too. Errors (world not divisible by
+ * tp or dp, tp x dp != world) are DS_ERR_INPUT and name the parallel.* keys. */
 int comm_grid_init(ProcessGrid *g, int tp, int dp);
 /* Free the groups and finalize MPI if this grid initialized it. */
 void comm_grid_free(ProcessGrid *g);
