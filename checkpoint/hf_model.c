@@ -275,6 +275,8 @@ static int parse_rope_block(const char *file, const cJSON *block, const char *la
         DS_TRY(json_number(&w, block, "beta_slow", 0, 1.0, &mc->rope_beta_slow));
         DS_TRY(json_number(&w, block, "mscale", 0, 0.0, &mc->rope_mscale));
         DS_TRY(json_number(&w, block, "mscale_all_dim", 0, 0.0, &mc->rope_mscale_all_dim));
+        DS_TRY(json_number(&w, block, "attention_factor", 0, 0.0, &mc->rope_attention_factor));
+        DS_TRY(json_bool(&w, block, "truncate", 1, &mc->rope_truncate));
         if (mc->rope_original_max_position <= 0 || !(mc->rope_beta_fast > mc->rope_beta_slow))
             return ds_error(DS_ERR_INPUT,
                             "%s: %s: yarn needs a positive original_max_position_embeddings and "

@@ -28,6 +28,23 @@
  * elements; the caller moves it by act_size() bytes an element. */
 typedef void Act;
 
+/* The most routed experts a layer may have (the op's scratch lives on the stack). */
+#define MOE_MAX_EXPERTS 4096
+
+/* How a mixture-of-experts layer chooses its experts (DeepSeek V2 and V3, as transformers). */
+typedef struct MoeRouting {
+    int experts;       /* E */
+    int top_k;         /* k */
+    int sigmoid;       /* scores: 1 sigmoid (V3), 0 softmax (V2) */
+    int groups;        /* experts in `groups` equal groups; only the best topk_groups groups are
+                        * eligible (1: no group limit) */
+    int topk_groups;
+    int group_by_top2; /* a group ranks by the sum of its two best scores (V3's noaux_tc), else
+                        * by its best (V2's group_limited_greedy) */
+    int normalize;     /* the chosen weights are divided by their sum (+ 1e-20) */
+    float scaling;     /* routed_scaling_factor, applied last */
+} MoeRouting;
+
 typedef struct Backend {
     const char *name;
 
@@ -171,6 +188,56 @@ typedef struct Backend {
                              float grad_scale, int t, const float *const *fisher,
                              const float *const *anchor, int n_sets, float lambda,
                              int decay_to_anchor, double *penalty);
+
+    /* ---- multi-head latent attention (DeepSeek) ----
+     * NULL in a backend that does not run these layers yet; model_init refuses such a model
+     * there (Architecture.needs_latent_ops). */
+    /* dst[i, j] = src[i, j] (+= when accumulate) for a [M, W] block of row-strided Act
+     * matrices: ld_dst, ld_src elements between rows. */
+    void (*copy_block)(Act *dst, int ld_dst, const Act *src, int ld_src, int M, int W,
+                       int accumulate);
+    /* dst[M, W] (fp32, contiguous) = a [M, W] block of src, ld_src elements between rows. */
+    void (*act_to_f32)(float *dst, const Act *src, int ld_src, int M, int W);
+    /* Rotary embedding of H heads of D dimensions inside rows of x: head h of token row r starts
+     * at x + r * ld_row + h * ld_head. interleave 0: rotate-half pairs (i, i + D/2) as
+     * rope_forward; 1: adjacent pairs (2i, 2i + 1), DeepSeek's own layout. backward applies the
+     * inverse rotation. */
+    void (*rope_block_forward)(Act *x, int ld_row, int ld_head, const float *pos_cos,
+                               const float *pos_sin, int B, int T, int H, int D, int interleave);
+    void (*rope_block_backward)(Act *dx, int ld_row, int ld_head, const float *pos_cos,
+                                const float *pos_sin, int B, int T, int H, int D, int interleave);
+    /* Causal attention with one kv head per query head, q/k heads of Dqk, v heads of Dv and
+     * the given score scale: q, k [N, H*Dqk], v and out [N, H*Dv], lse [B, H, T]. */
+    void (*attention_forward_dv)(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
+                                 int B, int T, int H, int Dqk, int Dv, float scale);
+    void (*attention_backward_dv)(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
+                                  const float *lse, const Act *q, const Act *k, const Act *v,
+                                  int B, int T, int H, int Dqk, int Dv, float scale);
+
+    /* ---- mixture of experts (DeepSeek) ---- */
+    /* Routing of N tokens (MoeRouting): scores[N, E] = softmax or sigmoid of logits[N, E]
+     * (fp32, kept for backward); index[N, k] the chosen experts, ascending within a row;
+     * weight[N, k] their weights. bias[E] (NULL: none) is added to the scores for the choice
+     * only (DeepSeek-V3's e_score_correction_bias). */
+    void (*moe_route)(int32_t *index, float *weight, float *scores, const Act *logits,
+                      const float *bias, int N, const MoeRouting *r);
+    /* dlogits[N, E] (overwritten) from dweight[N, k], the gradient of the chosen weights. */
+    void (*moe_route_backward)(Act *dlogits, const float *dweight, const int32_t *index,
+                               const float *scores, int N, const MoeRouting *r);
+    /* Sorts the N * k (token, choice) pairs by expert, tokens ascending within an expert:
+     * rows[i] the token, row_weight[i] its weight, slot[i] = token * k + choice; counts[E]
+     * (host memory) the pairs of each expert. */
+    void (*moe_permute)(int32_t *rows, float *row_weight, int32_t *slot, int *counts,
+                        const int32_t *index, const float *weight, int N, int E, int k);
+    /* dst[i] = scale[i] * src[rows[i]] for n rows of C (scale NULL: 1). */
+    void (*gather_rows)(Act *dst, const Act *src, const int32_t *rows, const float *scale, int n,
+                        int C);
+    /* dst[rows[i]] += scale[i] * src[i], i ascending (scale NULL: 1). */
+    void (*scatter_add_rows)(Act *dst, const Act *src, const int32_t *rows, const float *scale,
+                             int n, int C);
+    /* out[out_index[i]] = a[rows[i]] . b[i] for n rows of C. */
+    void (*rows_dot)(float *out, const int32_t *out_index, const Act *a, const int32_t *rows,
+                     const Act *b, int n, int C);
 } Backend;
 
 const Backend *backend_cpu(void);

@@ -1,10 +1,9 @@
 /* arch_deepseek.c: the DeepSeek V2 and V3 architectures (DeepseekV2ForCausalLM,
  * DeepseekV3ForCausalLM): multi-head latent attention (MLA) and a mixture of experts (MoE) with
- * shared experts, as transformers computes them. This file holds their table of tensors and
- * their config.json fields; their layer forward and backward are not written yet, so the
- * architectures are described (param_table_build, the memory of a layout) but not loaded:
- * hf_config_load refuses them until Architecture.layer_forward is set. Experts are stored as
- * the published checkpoints have them: one 2-D tensor per expert and projection. */
+ * shared experts, as transformers computes them: their table of tensors, their config.json
+ * fields and their decoder layer, forward and backward. Experts are stored as the published
+ * checkpoints have them: one 2-D tensor per expert and projection. The layer runs on backends
+ * with the latent-attention and expert ops (ops.h; the CPU backend today) and with tp = 1. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -286,6 +285,9 @@ static int deepseek_check(const ModelConfig *mc, const char *where)
                         "%s: n_routed_experts, n_shared_experts and "
                         "first_k_dense_replace must not be negative",
                         where);
+    if (mc->n_routed_experts > MOE_MAX_EXPERTS)
+        return ds_error(DS_ERR_INPUT, "%s: n_routed_experts: %d is more than the %d supported",
+                        where, mc->n_routed_experts, MOE_MAX_EXPERTS);
     if (mc->n_routed_experts > 0) {
         if (mc->moe_intermediate_size <= 0)
             return ds_error(DS_ERR_INPUT,
@@ -308,6 +310,13 @@ static int deepseek_check(const ModelConfig *mc, const char *where)
                             "%s: n_group: noaux_tc ranks a group by its two best "
                             "experts; %d experts in %d groups leave fewer",
                             where, mc->n_routed_experts, mc->n_group);
+        if (mc->topk_method != MOE_GREEDY &&
+            mc->num_experts_per_tok > mc->topk_group * (mc->n_routed_experts / mc->n_group))
+            return ds_error(DS_ERR_INPUT,
+                            "%s: num_experts_per_tok: %d is more than the %d experts of the "
+                            "topk_group %d groups a token may use",
+                            where, mc->num_experts_per_tok,
+                            mc->topk_group * (mc->n_routed_experts / mc->n_group), mc->topk_group);
     }
     return DS_OK;
 }
@@ -320,12 +329,439 @@ static int deepseek_tp_check(const ModelConfig *mc, int tp, const char *where)
                     tp, model_arch_name(mc->arch), where);
 }
 
-static size_t deepseek_act_bytes(const ModelConfig *mc)
+/* ---- activations ------------------------------------------------------------------------ */
+
+/* The latent norms (q_a_layernorm, kv_a_layernorm) use transformers' DeepseekV2RMSNorm default
+ * eps, not rms_norm_eps: the modules are built without it. */
+#define LATENT_NORM_EPS 1e-6f
+
+/* What one layer's forward saves for its backward. A layer is dense (gate, up, act of
+ * intermediate_size) or MoE (the shared experts in gate, up, act, and the routed experts). */
+typedef struct DeepseekLayerActs {
+    Act *ln1;                        /* [N, C] */
+    float *ln1_rstd;                 /* [N] */
+    Act *qa, *qa_n;                  /* [N, Rq] q latent before and after its norm (q_lora) */
+    float *qa_f32, *qa_rstd;         /* [N, Rq], [N] */
+    Act *q;                          /* [N, H*Dq]: per head nope then rope (rotated) */
+    Act *kva;                        /* [N, Rkv + dr]: the kv latent, the shared key (rotated) */
+    float *lat, *lat_rstd;           /* [N, Rkv] the latent as fp32 (the norm's input), [N] */
+    Act *lat_n;                      /* [N, Rkv] */
+    Act *kv;                         /* [N, H*(dn+dv)]: per head k nope then v */
+    Act *k, *v;                      /* [N, H*Dq], [N, H*dv] */
+    Act *att;                        /* [N, H*dv] */
+    float *lse;                      /* [B, H, T] */
+    float *resid_mid;                /* [N, C] */
+    Act *ln2;                        /* [N, C] */
+    float *ln2_rstd;                 /* [N] */
+    Act *gate, *up, *act;            /* [N, I] dense MLP or [N, Is] shared experts */
+    /* routed experts (MoE layers): router logits and scores, the choice, the (token, choice)
+     * pairs sorted by expert (counts in host memory), and the experts' rows in that order */
+    Act *logits;                     /* [N, E] */
+    float *scores;                   /* [N, E] */
+    int32_t *index;                  /* [N, k] */
+    float *weight;                   /* [N, k] */
+    int32_t *rows, *slot;            /* [N*k] */
+    float *row_weight;               /* [N*k] */
+    int *counts;                     /* [E] */
+    Act *xs, *ey;                    /* [N*k, C] the experts' inputs and outputs */
+    Act *eg, *eu, *ea;               /* [N*k, Im] */
+} DeepseekLayerActs;
+
+typedef struct DeepseekActs {
+    /* backward scratch, shared by the layers */
+    Act *dq, *dk;                    /* [N, H*Dq] */
+    Act *dv, *datt;                  /* [N, H*dv] */
+    Act *dkv;                        /* [N, H*(dn+dv)] */
+    Act *dkva;                       /* [N, Rkv + dr] */
+    Act *dlat_n, *dlat_act;          /* [N, Rkv] */
+    float *dlat;                     /* [N, Rkv] */
+    Act *dqa_n, *dqa;                /* [N, Rq] */
+    float *dqa_f32;                  /* [N, Rq] */
+    Act *dgate, *dup, *dact;         /* [N, max(I, Is)] */
+    Act *dlogits;                    /* [N, E] */
+    float *dweight;                  /* [N, k] */
+    Act *dxs, *dey;                  /* [N*k, C] */
+    Act *deg, *deu, *dea;            /* [N*k, Im] */
+    Act *moe_out;                    /* [N, C] forward: the routed experts' weighted sum */
+    DeepseekLayerActs layers[];      /* [num_layers], then the layers' counts (host memory) */
+} DeepseekActs;
+
+static int is_moe(const ModelConfig *mc, int l)
 {
-    return 1; /* no layer code yet: nothing to lay out */
+    return when_moe(mc, l);
 }
 
-static void deepseek_arena_layout(Model *m, ArenaCursor *c) {}
+static size_t deepseek_act_bytes(const ModelConfig *mc)
+{
+    const size_t experts = mc->n_routed_experts > 0 ? (size_t)mc->n_routed_experts : 0;
+    return sizeof(DeepseekActs) + (size_t)mc->num_layers * sizeof(DeepseekLayerActs) +
+           (size_t)mc->num_layers * experts * sizeof(int);
+}
+
+static void deepseek_arena_layout(Model *m, ArenaCursor *c)
+{
+    const ModelConfig *mc = &m->cfg;
+    const size_t N = (size_t)m->B * m->T, C = mc->hidden_size, H = mc->num_heads;
+    const size_t Dq = (size_t)mc->qk_nope_head_dim + mc->qk_rope_head_dim;
+    const size_t dn = mc->qk_nope_head_dim, dv = mc->v_head_dim, dr = mc->qk_rope_head_dim;
+    const size_t Rq = mc->q_lora_rank > 0 ? (size_t)mc->q_lora_rank : 0, Rkv = mc->kv_lora_rank;
+    const size_t E = mc->n_routed_experts > 0 ? (size_t)mc->n_routed_experts : 0;
+    const size_t k = mc->num_experts_per_tok > 0 ? (size_t)mc->num_experts_per_tok : 0;
+    const size_t I = mc->intermediate_size, Im = mc->moe_intermediate_size;
+    const size_t Is = Im * (mc->n_shared_experts > 0 ? (size_t)mc->n_shared_experts : 0);
+    const size_t lse = (size_t)m->B * H * m->T;
+    int any_moe = 0, any_dense = 0;
+    for (int l = 0; l < mc->num_layers; l++)
+        *(is_moe(mc, l) ? &any_moe : &any_dense) = 1;
+    const size_t Nk = any_moe ? N * k : 0;
+    DeepseekActs *a = m->act->layers;
+    int *counts = (int *)&a->layers[mc->num_layers];
+    for (int l = 0; l < mc->num_layers; l++) {
+        DeepseekLayerActs *L = &a->layers[l];
+        const int moe = is_moe(mc, l);
+        if (mc->activation_checkpointing && l > 0) {
+            /* checkpointing: layer 0's working set is shared; it is sized for the widest
+             * layer below */
+            *L = a->layers[0];
+            continue;
+        }
+        /* with checkpointing, the one working set serves dense and MoE layers alike */
+        const int dense_here = mc->activation_checkpointing ? any_dense : !moe;
+        const int moe_here = mc->activation_checkpointing ? any_moe : moe;
+        size_t mlp = dense_here ? I : 0;
+        if (moe_here && Is > mlp) mlp = Is;
+        L->ln1 = arena_take_act(m, c, N * C);
+        L->ln1_rstd = arena_take_f32(c, N);
+        L->qa = arena_take_act(m, c, N * Rq);
+        L->qa_n = arena_take_act(m, c, N * Rq);
+        L->qa_f32 = arena_take_f32(c, N * Rq);
+        L->qa_rstd = arena_take_f32(c, Rq ? N : 0);
+        L->q = arena_take_act(m, c, N * H * Dq);
+        L->kva = arena_take_act(m, c, N * (Rkv + dr));
+        L->lat = arena_take_f32(c, N * Rkv);
+        L->lat_rstd = arena_take_f32(c, N);
+        L->lat_n = arena_take_act(m, c, N * Rkv);
+        L->kv = arena_take_act(m, c, N * H * (dn + dv));
+        L->k = arena_take_act(m, c, N * H * Dq);
+        L->v = arena_take_act(m, c, N * H * dv);
+        L->att = arena_take_act(m, c, N * H * dv);
+        L->lse = arena_take_f32(c, lse);
+        L->resid_mid = arena_take_f32(c, N * C);
+        L->ln2 = arena_take_act(m, c, N * C);
+        L->ln2_rstd = arena_take_f32(c, N);
+        L->gate = arena_take_act(m, c, N * mlp);
+        L->up = arena_take_act(m, c, N * mlp);
+        L->act = arena_take_act(m, c, N * mlp);
+        const size_t nk = moe_here ? N * k : 0;
+        L->logits = arena_take_act(m, c, moe_here ? N * E : 0);
+        L->scores = arena_take_f32(c, moe_here ? N * E : 0);
+        L->index = (int32_t *)arena_take_f32(c, nk);
+        L->weight = arena_take_f32(c, nk);
+        L->rows = (int32_t *)arena_take_f32(c, nk);
+        L->slot = (int32_t *)arena_take_f32(c, nk);
+        L->row_weight = arena_take_f32(c, nk);
+        L->counts = counts + (size_t)l * E;
+        L->xs = arena_take_act(m, c, nk * C);
+        L->ey = arena_take_act(m, c, nk * C);
+        L->eg = arena_take_act(m, c, nk * Im);
+        L->eu = arena_take_act(m, c, nk * Im);
+        L->ea = arena_take_act(m, c, nk * Im);
+    }
+    const size_t mlp = I > Is ? I : Is;
+    a->dq = arena_take_act(m, c, N * H * Dq);
+    a->dk = arena_take_act(m, c, N * H * Dq);
+    a->dv = arena_take_act(m, c, N * H * dv);
+    a->datt = arena_take_act(m, c, N * H * dv);
+    a->dkv = arena_take_act(m, c, N * H * (dn + dv));
+    a->dkva = arena_take_act(m, c, N * (Rkv + dr));
+    a->dlat_n = arena_take_act(m, c, N * Rkv);
+    a->dlat_act = arena_take_act(m, c, N * Rkv);
+    a->dlat = arena_take_f32(c, N * Rkv);
+    a->dqa_n = arena_take_act(m, c, N * Rq);
+    a->dqa = arena_take_act(m, c, N * Rq);
+    a->dqa_f32 = arena_take_f32(c, N * Rq);
+    a->dgate = arena_take_act(m, c, N * mlp);
+    a->dup = arena_take_act(m, c, N * mlp);
+    a->dact = arena_take_act(m, c, N * mlp);
+    a->dlogits = arena_take_act(m, c, any_moe ? N * E : 0);
+    a->dweight = arena_take_f32(c, Nk);
+    a->dxs = arena_take_act(m, c, Nk * C);
+    a->dey = arena_take_act(m, c, Nk * C);
+    a->deg = arena_take_act(m, c, Nk * Im);
+    a->deu = arena_take_act(m, c, Nk * Im);
+    a->dea = arena_take_act(m, c, Nk * Im);
+    a->moe_out = arena_take_act(m, c, any_moe ? N * C : 0);
+}
+
+/* ---- the layer -------------------------------------------------------------------------- */
+
+/* The softmax scale of MLA: 1/sqrt(q/k head size), times mscale(factor, mscale_all_dim)^2 under
+ * yarn (transformers' yarn_apply_mscale). */
+static float mla_scale(const ModelConfig *mc)
+{
+    double scale = 1.0 / sqrt((double)(mc->qk_nope_head_dim + mc->qk_rope_head_dim));
+    if (mc->rope_type != ROPE_DEFAULT && mc->rope_mscale_all_dim != 0) {
+        const double ms = model_yarn_mscale(mc->rope_factor, mc->rope_mscale_all_dim);
+        scale *= ms * ms;
+    }
+    return (float)scale;
+}
+
+static MoeRouting moe_routing(const ModelConfig *mc)
+{
+    MoeRouting r = {0};
+    r.experts = mc->n_routed_experts;
+    r.top_k = mc->num_experts_per_tok;
+    r.sigmoid = mc->scoring == MOE_SIGMOID;
+    r.groups = mc->topk_method == MOE_GREEDY ? 1 : mc->n_group;
+    r.topk_groups = mc->topk_method == MOE_GREEDY ? 1 : mc->topk_group;
+    r.group_by_top2 = mc->topk_method == MOE_NOAUX_TC;
+    r.normalize = mc->norm_topk_prob;
+    r.scaling = (float)mc->routed_scaling_factor;
+    return r;
+}
+
+/* The shapes every function below reads. */
+typedef struct MlaDims {
+    int B, T, N, C, H, dn, dr, dv, Dq, Rq, Rkv, kva, kvb;
+} MlaDims;
+
+static MlaDims mla_dims(const Model *m)
+{
+    const ModelConfig *c = &m->cfg;
+    MlaDims d;
+    d.B = m->B;
+    d.T = m->T;
+    d.N = m->B * m->T;
+    d.C = c->hidden_size;
+    d.H = c->num_heads;
+    d.dn = c->qk_nope_head_dim;
+    d.dr = c->qk_rope_head_dim;
+    d.dv = c->v_head_dim;
+    d.Dq = d.dn + d.dr;
+    d.Rq = c->q_lora_rank > 0 ? c->q_lora_rank : 0;
+    d.Rkv = c->kv_lora_rank;
+    d.kva = d.Rkv + d.dr;        /* kv_a_proj_with_mqa's outputs */
+    d.kvb = d.H * (d.dn + d.dv); /* kv_b_proj's outputs */
+    return d;
+}
+
+/* The routed experts of an MoE layer on its sorted rows: expert e's rows start at the sum of
+ * the counts before it. */
+static void experts_forward(Model *m, DeepseekLayerActs *L, const LayerWeights *w, int C, int Im)
+{
+    const Backend *be = m->be;
+    size_t off = 0;
+    for (int e = 0; e < m->cfg.n_routed_experts; e++) {
+        const int n = L->counts[e];
+        if (n == 0) continue;
+        Act *xs = model_act_at(m, L->xs, off * C), *ey = model_act_at(m, L->ey, off * C);
+        Act *eg = model_act_at(m, L->eg, off * Im), *eu = model_act_at(m, L->eu, off * Im);
+        Act *ea = model_act_at(m, L->ea, off * Im);
+        be->matmul_forward(eg, xs, w->expert_gate[e], NULL, n, C, Im);
+        be->matmul_forward(eu, xs, w->expert_up[e], NULL, n, C, Im);
+        be->swiglu_forward(ea, eg, eu, (size_t)n * Im);
+        be->matmul_forward(ey, ea, w->expert_down[e], NULL, n, Im, C);
+        off += (size_t)n;
+    }
+}
+
+/* Decoder layer l (llama_layer_forward's contract): MLA, then a dense MLP or the experts. */
+static void deepseek_layer_forward(Model *m, int l, float *resid_out)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    ModelActivations *a = m->act;
+    DeepseekActs *s = a->layers;
+    DeepseekLayerActs *L = &s->layers[l];
+    const LayerWeights *w = &m->w.layers[l];
+    const MlaDims d = mla_dims(m);
+    const int N = d.N, C = d.C, H = d.H;
+    const size_t NC = (size_t)N * C;
+    const float *resid_in = a->resid_in[l];
+    /* attention: q, the kv latent with the shared rotary key, k and v per head */
+    be->rmsnorm_forward(L->ln1, L->ln1_rstd, resid_in, w->ln1, N, C, c->rms_norm_eps);
+    if (d.Rq > 0) {
+        be->matmul_forward(L->qa, L->ln1, w->wq_a, NULL, N, C, d.Rq);
+        be->act_to_f32(L->qa_f32, L->qa, d.Rq, N, d.Rq);
+        be->rmsnorm_forward(L->qa_n, L->qa_rstd, L->qa_f32, w->q_a_norm, N, d.Rq, LATENT_NORM_EPS);
+        be->matmul_forward(L->q, L->qa_n, w->wq_b, NULL, N, d.Rq, H * d.Dq);
+    } else {
+        be->matmul_forward(L->q, L->ln1, w->wq, NULL, N, C, H * d.Dq);
+    }
+    be->matmul_forward(L->kva, L->ln1, w->wkv_a, NULL, N, C, d.kva);
+    be->act_to_f32(L->lat, L->kva, d.kva, N, d.Rkv);
+    be->rmsnorm_forward(L->lat_n, L->lat_rstd, L->lat, w->kv_a_norm, N, d.Rkv, LATENT_NORM_EPS);
+    be->matmul_forward(L->kv, L->lat_n, w->wkv_b, NULL, N, d.Rkv, d.kvb);
+    Act *q_rope = model_act_at(m, L->q, d.dn), *k_rope = model_act_at(m, L->kva, d.Rkv);
+    be->rope_block_forward(q_rope, H * d.Dq, d.Dq, m->rope_cos, m->rope_sin, d.B, d.T, H, d.dr,
+                           c->rope_interleave);
+    be->rope_block_forward(k_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
+                           c->rope_interleave);
+    for (int h = 0; h < H; h++) {
+        const Act *kv_h = model_act_at(m, L->kv, (size_t)h * (d.dn + d.dv));
+        Act *k_h = model_act_at(m, L->k, (size_t)h * d.Dq);
+        be->copy_block(k_h, H * d.Dq, kv_h, d.kvb, N, d.dn, 0);
+        be->copy_block(model_act_at(m, k_h, d.dn), H * d.Dq, k_rope, d.kva, N, d.dr, 0);
+        be->copy_block(model_act_at(m, L->v, (size_t)h * d.dv), H * d.dv,
+                       model_act_at(m, kv_h, d.dn), d.kvb, N, d.dv, 0);
+    }
+    be->attention_forward_dv(L->att, L->lse, L->q, L->k, L->v, d.B, d.T, H, d.Dq, d.dv,
+                             mla_scale(c));
+    be->matmul_forward(a->tmp, L->att, w->wo, NULL, N, H * d.dv, C);
+    be->add(L->resid_mid, resid_in, a->tmp, NC);
+    be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
+    if (!is_moe(c, l)) {
+        const int I = c->intermediate_size;
+        be->matmul_forward(L->gate, L->ln2, w->wgate, NULL, N, C, I);
+        be->matmul_forward(L->up, L->ln2, w->wup, NULL, N, C, I);
+        be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
+        if (!resid_out) return;
+        be->matmul_forward(a->tmp, L->act, w->wdown, NULL, N, I, C);
+        be->add(resid_out, L->resid_mid, a->tmp, NC);
+        return;
+    }
+    /* MoE: the shared experts see every token; the router sends each token to k experts */
+    const int Im = c->moe_intermediate_size, Is = Im * c->n_shared_experts;
+    const int E = c->n_routed_experts, k = c->num_experts_per_tok, Nk = N * k;
+    const MoeRouting route = moe_routing(c);
+    if (Is > 0) {
+        be->matmul_forward(L->gate, L->ln2, w->wgate, NULL, N, C, Is);
+        be->matmul_forward(L->up, L->ln2, w->wup, NULL, N, C, Is);
+        be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * Is);
+    }
+    be->matmul_forward(L->logits, L->ln2, w->router, NULL, N, C, E);
+    be->moe_route(L->index, L->weight, L->scores, L->logits,
+                  c->topk_method == MOE_NOAUX_TC ? w->router_bias : NULL, N, &route);
+    be->moe_permute(L->rows, L->row_weight, L->slot, L->counts, L->index, L->weight, N, E, k);
+    be->gather_rows(L->xs, L->ln2, L->rows, NULL, Nk, C);
+    experts_forward(m, L, w, C, Im);
+    if (!resid_out) return;
+    be->mem_zero(s->moe_out, NC * m->act_size);
+    be->scatter_add_rows(s->moe_out, L->ey, L->rows, L->row_weight, Nk, C);
+    be->add(resid_out, L->resid_mid, s->moe_out, NC);
+    if (Is > 0) {
+        be->matmul_forward(a->tmp, L->act, w->wdown, NULL, N, Is, C);
+        be->add(resid_out, resid_out, a->tmp, NC);
+    }
+}
+
+/* The MLP block's backward: a->dresid_act holds the gradient of the layer's output; a->dln
+ * receives the gradient of ln2's output. */
+static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeights *w,
+                         LayerWeights *g)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    ModelActivations *a = m->act;
+    DeepseekActs *s = a->layers;
+    const int N = m->B * m->T, C = c->hidden_size;
+    /* the dense MLP, or the shared experts (the same fields) */
+    const int I = is_moe(c, l) ? c->moe_intermediate_size * c->n_shared_experts
+                               : c->intermediate_size;
+    if (I > 0) {
+        be->matmul_backward(s->dact, g->wdown, NULL, a->dresid_act, L->act, w->wdown, N, I, C, 0);
+        be->swiglu_backward(s->dgate, s->dup, s->dact, L->gate, L->up, (size_t)N * I);
+        be->matmul_backward(a->dln, g->wgate, NULL, s->dgate, L->ln2, w->wgate, N, C, I, 0);
+        be->matmul_backward(a->dln, g->wup, NULL, s->dup, L->ln2, w->wup, N, C, I, 1);
+    } else {
+        be->mem_zero(a->dln, (size_t)N * C * m->act_size);
+    }
+    if (!is_moe(c, l)) return;
+    /* routed experts: the gradient of each pair's weight, then each expert's rows */
+    const int Im = c->moe_intermediate_size, E = c->n_routed_experts;
+    const int Nk = N * c->num_experts_per_tok;
+    const MoeRouting route = moe_routing(c);
+    be->rows_dot(s->dweight, L->slot, a->dresid_act, L->rows, L->ey, Nk, C);
+    be->gather_rows(s->dey, a->dresid_act, L->rows, L->row_weight, Nk, C);
+    size_t off = 0;
+    for (int e = 0; e < E; e++) {
+        const int n = L->counts[e];
+        if (n == 0) continue;
+        const size_t oc = off * C, oi = off * Im;
+        Act *dea = model_act_at(m, s->dea, oi), *deg = model_act_at(m, s->deg, oi);
+        Act *deu = model_act_at(m, s->deu, oi), *dxs = model_act_at(m, s->dxs, oc);
+        be->matmul_backward(dea, g->expert_down[e], NULL, model_act_at(m, s->dey, oc),
+                            model_act_at(m, L->ea, oi), w->expert_down[e], n, Im, C, 0);
+        be->swiglu_backward(deg, deu, dea, model_act_at(m, L->eg, oi), model_act_at(m, L->eu, oi),
+                            (size_t)n * Im);
+        be->matmul_backward(dxs, g->expert_gate[e], NULL, deg, model_act_at(m, L->xs, oc),
+                            w->expert_gate[e], n, C, Im, 0);
+        be->matmul_backward(dxs, g->expert_up[e], NULL, deu, model_act_at(m, L->xs, oc),
+                            w->expert_up[e], n, C, Im, 1);
+        off += (size_t)n;
+    }
+    be->scatter_add_rows(a->dln, s->dxs, L->rows, NULL, Nk, C);
+    be->moe_route_backward(s->dlogits, s->dweight, L->index, L->scores, N, &route);
+    be->matmul_backward(a->dln, g->router, NULL, s->dlogits, L->ln2, w->router, N, C, E, 1);
+}
+
+/* Backward of layer l (llama_layer_backward's contract). */
+static void deepseek_layer_backward(Model *m, int l)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    ModelActivations *a = m->act;
+    DeepseekActs *s = a->layers;
+    DeepseekLayerActs *L = &s->layers[l];
+    const LayerWeights *w = &m->w.layers[l];
+    LayerWeights *g = &m->g.layers[l];
+    const MlaDims d = mla_dims(m);
+    const int N = d.N, C = d.C, H = d.H;
+    mlp_backward(m, l, L, w, g);
+    be->rmsnorm_backward(a->dresid, a->dresid_act, g->ln2, a->dln, L->resid_mid, w->ln2,
+                         L->ln2_rstd, N, C);
+    /* attention: dresid is now the gradient of resid_mid */
+    be->matmul_backward(s->datt, g->wo, NULL, a->dresid_act, L->att, w->wo, N, H * d.dv, C, 0);
+    be->attention_backward_dv(s->dq, s->dk, s->dv, s->datt, L->att, L->lse, L->q, L->k, L->v, d.B,
+                              d.T, H, d.Dq, d.dv, mla_scale(c));
+    /* k and v back into kv_b's outputs; every head's rotary key into the one shared key */
+    Act *dk_rope = model_act_at(m, s->dkva, d.Rkv);
+    for (int h = 0; h < H; h++) {
+        Act *dkv_h = model_act_at(m, s->dkv, (size_t)h * (d.dn + d.dv));
+        const Act *dk_h = model_act_at(m, s->dk, (size_t)h * d.Dq);
+        be->copy_block(dkv_h, d.kvb, dk_h, H * d.Dq, N, d.dn, 0);
+        be->copy_block(model_act_at(m, dkv_h, d.dn), d.kvb, model_act_at(m, s->dv, (size_t)h * d.dv),
+                       H * d.dv, N, d.dv, 0);
+        be->copy_block(dk_rope, d.kva, model_act_at(m, dk_h, d.dn), H * d.Dq, N, d.dr, h > 0);
+    }
+    be->rope_block_backward(dk_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
+                            c->rope_interleave);
+    be->rope_block_backward(model_act_at(m, s->dq, d.dn), H * d.Dq, d.Dq, m->rope_cos, m->rope_sin,
+                            d.B, d.T, H, d.dr, c->rope_interleave);
+    /* the kv latent: kv_b, its norm, then kv_a (whose input gradient starts dln) */
+    be->matmul_backward(s->dlat_n, g->wkv_b, NULL, s->dkv, L->lat_n, w->wkv_b, N, d.Rkv, d.kvb, 0);
+    be->mem_zero(s->dlat, (size_t)N * d.Rkv * sizeof(float));
+    be->rmsnorm_backward(s->dlat, s->dlat_act, g->kv_a_norm, s->dlat_n, L->lat, w->kv_a_norm,
+                         L->lat_rstd, N, d.Rkv);
+    be->copy_block(s->dkva, d.kva, s->dlat_act, d.Rkv, N, d.Rkv, 0);
+    be->matmul_backward(a->dln, g->wkv_a, NULL, s->dkva, L->ln1, w->wkv_a, N, C, d.kva, 0);
+    /* q */
+    if (d.Rq > 0) {
+        be->matmul_backward(s->dqa_n, g->wq_b, NULL, s->dq, L->qa_n, w->wq_b, N, d.Rq, H * d.Dq,
+                            0);
+        be->mem_zero(s->dqa_f32, (size_t)N * d.Rq * sizeof(float));
+        be->rmsnorm_backward(s->dqa_f32, s->dqa, g->q_a_norm, s->dqa_n, L->qa_f32, w->q_a_norm,
+                             L->qa_rstd, N, d.Rq);
+        be->matmul_backward(a->dln, g->wq_a, NULL, s->dqa, L->ln1, w->wq_a, N, C, d.Rq, 1);
+    } else {
+        be->matmul_backward(a->dln, g->wq, NULL, s->dq, L->ln1, w->wq, N, C, H * d.Dq, 1);
+    }
+    be->rmsnorm_backward(a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln, a->resid_in[l],
+                         w->ln1, L->ln1_rstd, N, C);
+}
+
+int model_moe_routing(const Model *m, int l, const int32_t **index, const float **weight,
+                     const int **counts)
+{
+    if (m->arch != &arch_deepseek_v2 && m->arch != &arch_deepseek_v3) return 0;
+    if (l < 0 || l >= m->cfg.num_layers || !is_moe(&m->cfg, l)) return 0;
+    const DeepseekLayerActs *L = &((const DeepseekActs *)m->act->layers)->layers[l];
+    *index = L->index;
+    *weight = L->weight;
+    *counts = L->counts;
+    return 1;
+}
 
 const Architecture arch_deepseek_v2 = {
     .id = ARCH_DEEPSEEK_V2,
@@ -343,8 +779,9 @@ const Architecture arch_deepseek_v2 = {
     .tp_check = deepseek_tp_check,
     .act_bytes = deepseek_act_bytes,
     .arena_layout = deepseek_arena_layout,
-    .layer_forward = NULL, /* not written yet: hf_config_load refuses the architecture */
-    .layer_backward = NULL,
+    .needs_latent_ops = 1,
+    .layer_forward = deepseek_layer_forward,
+    .layer_backward = deepseek_layer_backward,
 };
 
 const Architecture arch_deepseek_v3 = {
@@ -363,6 +800,7 @@ const Architecture arch_deepseek_v3 = {
     .tp_check = deepseek_tp_check,
     .act_bytes = deepseek_act_bytes,
     .arena_layout = deepseek_arena_layout,
-    .layer_forward = NULL,
-    .layer_backward = NULL,
+    .needs_latent_ops = 1,
+    .layer_forward = deepseek_layer_forward,
+    .layer_backward = deepseek_layer_backward,
 };

@@ -142,6 +142,46 @@ static int info_safetensors(const char *path, FILE *out)
 
 /* ---- Hugging Face model directory ----------------------------------------------------------- */
 
+/* Parameters from the architecture's table, and for a mixture of experts its experts and the
+ * parameters one token goes through (the routed experts count k / E of theirs). */
+static int info_parameters(const ModelConfig *mc, FILE *out)
+{
+    ParamTable pt;
+    DS_TRY(param_table_build(mc, &pt));
+    double total = 0, active = 0;
+    const double share = mc->n_routed_experts > 0
+                             ? (double)mc->num_experts_per_tok / mc->n_routed_experts
+                             : 1.0;
+    for (int i = 0; i < pt.count; i++) {
+        const ParamInfo *p = &pt.items[i];
+        total += (double)p->numel;
+        active += (double)p->numel * (p->expert >= 0 ? share : 1.0);
+    }
+    param_table_free(&pt);
+    char t[32], a[32];
+    human_count(total, t, sizeof(t));
+    human_count(active, a, sizeof(a));
+    if (mc->n_routed_experts <= 0) {
+        fprintf(out, "parameters:   %s\n", t);
+        return DS_OK;
+    }
+    int moe_layers = 0;
+    for (int l = 0; l < mc->num_layers; l++)
+        moe_layers += l >= mc->first_k_dense_replace;
+    static const char *methods[] = {"greedy", "group_limited_greedy", "noaux_tc"};
+    fprintf(out,
+            "experts:      %d MoE layers (from layer %d): %d routed (%d per token, %s, %s "
+            "scores",
+            moe_layers, mc->first_k_dense_replace, mc->n_routed_experts, mc->num_experts_per_tok,
+            methods[mc->topk_method], mc->scoring == MOE_SIGMOID ? "sigmoid" : "softmax");
+    if (mc->topk_method != MOE_GREEDY)
+        fprintf(out, ", best %d of %d groups", mc->topk_group, mc->n_group);
+    fprintf(out, "), %d shared, expert size %d\n", mc->n_shared_experts,
+            mc->moe_intermediate_size);
+    fprintf(out, "parameters:   %s total, %s active per token (embeddings included)\n", t, a);
+    return DS_OK;
+}
+
 static int info_hf_model(const char *dir, FILE *out)
 {
     ModelConfig mc;
@@ -157,6 +197,19 @@ static int info_hf_model(const char *dir, FILE *out)
             mc.new_form ? "transformers 5 (rope_parameters)" : "classic (rope_theta)",
             mc.torch_dtype[0] ? mc.torch_dtype : "unset", mc.tie_word_embeddings ? "yes" : "no");
     if (mc.num_labels > 0) fprintf(out, "task:         classification, %d labels\n", mc.num_labels);
+    if (mc.kv_lora_rank > 0) {
+        char q[48];
+        if (mc.q_lora_rank > 0)
+            snprintf(q, sizeof(q), "q latent %d", mc.q_lora_rank);
+        else
+            snprintf(q, sizeof(q), "q plain");
+        fprintf(out,
+                "attention:    multi-head latent: kv latent %d, %s, q/k head %d (%d + rotary %d), "
+                "v head %d\n",
+                mc.kv_lora_rank, q, mc.qk_nope_head_dim + mc.qk_rope_head_dim, mc.qk_nope_head_dim,
+                mc.qk_rope_head_dim, mc.v_head_dim);
+    }
+    DS_TRY(info_parameters(&mc, out));
 
     /* the weight files: the shards the index names, else model.safetensors */
     char path[2048];

@@ -167,9 +167,33 @@ static void activations_free(ModelActivations *a)
 static void rope_tables(const ModelConfig *mc, int T, float *cos_out, float *sin_out)
 {
     const int D = (int)model_architecture(mc->arch)->rope_dim(mc), half = D / 2;
+    /* yarn: frequencies between the correction range's ends blend interpolation (divided by
+     * factor) into extrapolation (unchanged); cos and sin are scaled by the attention factor */
+    double yarn_low = 0.0, yarn_high = 1.0, scale = 1.0;
+    if (mc->rope_type == ROPE_YARN) {
+        const double base = mc->rope_theta, orig = mc->rope_original_max_position;
+#define CORRECTION_DIM(rot) (D * log(orig / ((rot) * 2.0 * M_PI)) / (2.0 * log(base)))
+        yarn_low = CORRECTION_DIM(mc->rope_beta_fast);
+        yarn_high = CORRECTION_DIM(mc->rope_beta_slow);
+#undef CORRECTION_DIM
+        if (mc->rope_truncate) {
+            yarn_low = floor(yarn_low);
+            yarn_high = ceil(yarn_high);
+        }
+        yarn_low = yarn_low > 0.0 ? yarn_low : 0.0;
+        yarn_high = yarn_high < D - 1 ? yarn_high : D - 1;
+        if (yarn_low == yarn_high) yarn_high += 0.001;
+        scale = model_rope_attention_factor(mc);
+    }
     for (int i = 0; i < half; i++) {
         float inv_freq = (float)(1.0 / pow(mc->rope_theta, (double)(2 * i) / (double)D));
-        if (mc->rope_type == ROPE_LINEAR) {
+        if (mc->rope_type == ROPE_YARN) {
+            float ramp = (float)(((double)i - yarn_low) / (yarn_high - yarn_low));
+            ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
+            const float extrapolation = 1.0f - ramp;
+            inv_freq = (inv_freq / (float)mc->rope_factor) * (1.0f - extrapolation) +
+                       inv_freq * extrapolation;
+        } else if (mc->rope_type == ROPE_LINEAR) {
             inv_freq = (float)(inv_freq / mc->rope_factor);
         } else if (mc->rope_type == ROPE_LLAMA3) {
             double old_ctx = mc->rope_original_max_position;
@@ -186,8 +210,8 @@ static void rope_tables(const ModelConfig *mc, int T, float *cos_out, float *sin
         }
         for (int t = 0; t < T; t++) {
             float angle = (float)t * inv_freq;
-            cos_out[(size_t)t * half + i] = (float)cos((double)angle);
-            sin_out[(size_t)t * half + i] = (float)sin((double)angle);
+            cos_out[(size_t)t * half + i] = (float)cos((double)angle) * (float)scale;
+            sin_out[(size_t)t * half + i] = (float)sin((double)angle) * (float)scale;
         }
     }
 }
@@ -239,6 +263,11 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->arch = model_architecture(mc->arch);
     if (!m->arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
     const int tp = grid ? grid->tp_size : 1, dp = grid ? grid->dp_size : 1;
+    if (m->arch->needs_latent_ops && (!be->attention_forward_dv || !be->moe_route))
+        return ds_error(DS_ERR_INPUT,
+                        "model: %s needs multi-head latent attention and expert routing, which "
+                        "the %s backend does not have yet; use device: cpu",
+                        m->arch->name, be->name);
     DS_TRY(model_tp_check(mc, tp, mc->num_labels > 0 ? "classification model" : "model"));
     model_set_tp_dims(m, grid ? grid->tp_rank : 0, tp);
     DS_TRY(param_table_build_tp(mc, m->tp_rank, tp, &m->table));

@@ -114,4 +114,10 @@ void model_zero_grad(Model *m);
  * part from its own query heads). Once per step, after the last micro-batch. */
 int model_reduce_shared_grads(Model *m);
 
+/* The routing of MoE layer l in the last forward (tests, metrics): index and weight [N, k] (each
+ * row's experts ascending) and the tokens of each expert, counts [n_routed_experts], in backend
+ * memory (counts on the host). 0 for a dense layer or a model without experts. */
+int model_moe_routing(const Model *m, int l, const int32_t **index, const float **weight,
+                      const int **counts);
+
 #endif

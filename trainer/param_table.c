@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -369,4 +370,20 @@ int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamT
         pt->total += DS_ALIGN_UP(p->numel, PARAM_ALIGN_BYTES / sizeof(float));
     }
     return DS_OK;
+}
+
+/* transformers' yarn_get_mscale: 0.1 mscale ln(scale) + 1 for scale > 1, else 1. */
+double model_yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1.0 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+double model_rope_attention_factor(const ModelConfig *mc)
+{
+    if (mc->rope_type != ROPE_YARN) return 1.0;
+    if (mc->rope_attention_factor > 0) return mc->rope_attention_factor;
+    if (mc->rope_mscale != 0 && mc->rope_mscale_all_dim != 0)
+        return model_yarn_mscale(mc->rope_factor, mc->rope_mscale) /
+               model_yarn_mscale(mc->rope_factor, mc->rope_mscale_all_dim);
+    return model_yarn_mscale(mc->rope_factor, 1.0);
 }

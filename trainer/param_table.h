@@ -38,6 +38,10 @@ typedef struct ModelConfig {
     int rope_original_max_position; /* llama3, yarn */
     double rope_beta_fast, rope_beta_slow; /* yarn */
     double rope_mscale, rope_mscale_all_dim; /* yarn (DeepSeek); 0 when not given */
+    double rope_attention_factor;   /* yarn: cos and sin are scaled by it; 0: derived from factor
+                                     * and the mscales, as transformers does */
+    int rope_truncate;              /* yarn: the correction range is rounded to whole dims
+                                     * (transformers' default, true) */
     int tie_word_embeddings;
     int qkv_bias;                   /* q, k, v projections carry a bias (Qwen2; Llama attention_bias) */
     int o_bias;                     /* o_proj carries a bias (Llama attention_bias) */
@@ -143,6 +147,7 @@ typedef struct Architecture {
      * arena, forward from resid_in into resid_out (NULL: the recomputation of activation
      * checkpointing) and backward (model.c's dresid holds the gradient of the layer's output in,
      * its input's out) */
+    int needs_latent_ops; /* its layer calls the backend's latent-attention and expert ops */
     size_t (*act_bytes)(const ModelConfig *mc);
     void (*arena_layout)(struct Model *m, struct ArenaCursor *cursor);
     void (*layer_forward)(struct Model *m, int l, float *resid_out);
@@ -168,6 +173,11 @@ int when_classifier(const ModelConfig *mc, int layer);
 
 /* Built-in shapes for training from scratch ("tiny", ...). DS_ERR_INPUT names the known ones. */
 int model_preset(const char *name, ModelConfig *mc);
+/* yarn rope (transformers' modeling_rope_utils): the mscale of a context stretched by scale,
+ * and the factor cos and sin are multiplied by (1 for other rope types). */
+double model_yarn_mscale(double scale, double mscale);
+double model_rope_attention_factor(const ModelConfig *mc);
+
 /* Reject shapes the model code cannot run (heads not divisible, odd head_dim, ...). */
 int model_config_check(const ModelConfig *mc, const char *where);
 

@@ -216,15 +216,20 @@ static float dot_f32(const float *a, const float *b, int n)
     return s;
 }
 
-static void attention_forward(Act *out_act, float *lse, const Act *q_act, const Act *k_act,
-                              const Act *v_act, int B, int T, int H, int KVH, int D)
+/* The shape of one attention call: H query heads over KVH kv heads, q/k heads of Dk, v and
+ * output heads of Dv, scores scaled by scale. */
+typedef struct AttnShape {
+    int B, T, H, KVH, Dk, Dv;
+    float scale;
+} AttnShape;
+
+static void attention_forward_impl(float *out, float *lse, const float *q, const float *k,
+                                   const float *v, AttnShape a)
 {
-    float *out = out_act;
-    const float *q = q_act, *k = k_act, *v = v_act;
-    int group = H / KVH;
-    float scale = 1.0f / sqrtf((float)D);
-    size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
-    long work = (long)B * H * T;
+    const int T = a.T, H = a.H, Dk = a.Dk, Dv = a.Dv, group = a.H / a.KVH;
+    const size_t qstride = (size_t)H * Dk, kstride = (size_t)a.KVH * Dk;
+    const size_t ostride = (size_t)H * Dv, vstride = (size_t)a.KVH * Dv;
+    long work = (long)a.B * H * T;
     /* iterations are causal rows of different lengths: round-robin balances them */
 #pragma omp parallel for schedule(static, 1)
     for (long idx = 0; idx < work; idx++) {
@@ -232,29 +237,29 @@ static void attention_forward(Act *out_act, float *lse, const Act *q_act, const 
         int h = (int)((idx / T) % H);
         int b = (int)(idx / ((long)T * H));
         int kvh = h / group;
-        const float *qt = q + (size_t)(b * T + t) * qstride + (size_t)h * D;
-        float *acc = out + (size_t)(b * T + t) * qstride + (size_t)h * D;
+        const float *qt = q + (size_t)(b * T + t) * qstride + (size_t)h * Dk;
+        float *acc = out + (size_t)(b * T + t) * ostride + (size_t)h * Dv;
         float running_max = -INFINITY, denom = 0.0f;
-        for (int i = 0; i < D; i++)
+        for (int i = 0; i < Dv; i++)
             acc[i] = 0.0f;
         for (int s = 0; s <= t; s++) {
-            const float *ks = k + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
-            const float *vs = v + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
-            float score = dot_f32(qt, ks, D) * scale;
+            const float *ks = k + (size_t)(b * T + s) * kstride + (size_t)kvh * Dk;
+            const float *vs = v + (size_t)(b * T + s) * vstride + (size_t)kvh * Dv;
+            float score = dot_f32(qt, ks, Dk) * a.scale;
             if (score > running_max) { /* rescale what was summed under the old maximum */
                 float correction = expf(running_max - score);
                 denom *= correction;
-                for (int i = 0; i < D; i++)
+                for (int i = 0; i < Dv; i++)
                     acc[i] *= correction;
                 running_max = score;
             }
             float p = expf(score - running_max);
             denom += p;
-            for (int i = 0; i < D; i++)
+            for (int i = 0; i < Dv; i++)
                 acc[i] += p * vs[i];
         }
         float inv = 1.0f / denom;
-        for (int i = 0; i < D; i++)
+        for (int i = 0; i < Dv; i++)
             acc[i] *= inv;
         lse[((size_t)b * H + h) * T + t] = running_max + logf(denom);
     }
@@ -263,68 +268,101 @@ static void attention_forward(Act *out_act, float *lse, const Act *q_act, const 
 /* dS[t,s] = P[t,s] * (dP[t,s] - rowsum(dO[t] * O[t])), dP[t,s] = dO[t] . V[s];
  * dQ[t] = scale * sum_s dS[t,s] K[s]; dK[s] = scale * sum_t dS[t,s] Q[t];
  * dV[s] = sum_t P[t,s] dO[t]. */
-static void attention_backward(Act *dq_act, Act *dk_act, Act *dv_act, const Act *dout_act,
-                               const Act *out_act, const float *lse, const Act *q_act,
-                               const Act *k_act, const Act *v_act, int B, int T, int H, int KVH,
-                               int D)
+static void attention_backward_impl(float *dq, float *dk, float *dv, const float *dout,
+                                    const float *out, const float *lse, const float *q,
+                                    const float *k, const float *v, AttnShape a)
 {
-    float *dq = dq_act, *dk = dk_act, *dv = dv_act;
-    const float *dout = dout_act, *out = out_act, *q = q_act, *k = k_act, *v = v_act;
-    int group = H / KVH;
-    float scale = 1.0f / sqrtf((float)D);
-    size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
+    const int T = a.T, H = a.H, KVH = a.KVH, Dk = a.Dk, Dv = a.Dv, group = a.H / a.KVH;
+    const float scale = a.scale;
+    const size_t qstride = (size_t)H * Dk, kstride = (size_t)KVH * Dk;
+    const size_t ostride = (size_t)H * Dv, vstride = (size_t)KVH * Dv;
 
-    long qwork = (long)B * H * T;
+    long qwork = (long)a.B * H * T;
 #pragma omp parallel for schedule(static, 1)
     for (long idx = 0; idx < qwork; idx++) {
         int t = (int)(idx % T);
         int h = (int)((idx / T) % H);
         int b = (int)(idx / ((long)T * H));
         int kvh = h / group;
-        size_t qoff = (size_t)(b * T + t) * qstride + (size_t)h * D;
-        const float *qt = q + qoff, *dout_t = dout + qoff;
+        size_t qoff = (size_t)(b * T + t) * qstride + (size_t)h * Dk;
+        size_t ooff = (size_t)(b * T + t) * ostride + (size_t)h * Dv;
+        const float *qt = q + qoff, *dout_t = dout + ooff;
         float *dqt = dq + qoff;
         float row_lse = lse[((size_t)b * H + h) * T + t];
-        float delta = dot_f32(dout_t, out + qoff, D);
-        for (int i = 0; i < D; i++)
+        float delta = dot_f32(dout_t, out + ooff, Dv);
+        for (int i = 0; i < Dk; i++)
             dqt[i] = 0.0f;
         for (int s = 0; s <= t; s++) {
-            const float *ks = k + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
-            const float *vs = v + (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
-            float p = expf(dot_f32(qt, ks, D) * scale - row_lse);
-            float ds = p * (dot_f32(dout_t, vs, D) - delta) * scale;
-            for (int i = 0; i < D; i++)
+            const float *ks = k + (size_t)(b * T + s) * kstride + (size_t)kvh * Dk;
+            const float *vs = v + (size_t)(b * T + s) * vstride + (size_t)kvh * Dv;
+            float p = expf(dot_f32(qt, ks, Dk) * scale - row_lse);
+            float ds = p * (dot_f32(dout_t, vs, Dv) - delta) * scale;
+            for (int i = 0; i < Dk; i++)
                 dqt[i] += ds * ks[i];
         }
     }
 
-    long kvwork = (long)B * KVH * T;
+    long kvwork = (long)a.B * KVH * T;
 #pragma omp parallel for schedule(static, 1)
     for (long idx = 0; idx < kvwork; idx++) {
         /* key rows late in the sequence see few queries: walk s from the end for balance */
         int s = T - 1 - (int)(idx % T);
         int kvh = (int)((idx / T) % KVH);
         int b = (int)(idx / ((long)T * KVH));
-        size_t kvoff = (size_t)(b * T + s) * kvstride + (size_t)kvh * D;
-        const float *ks = k + kvoff, *vs = v + kvoff;
-        float *dks = dk + kvoff, *dvs = dv + kvoff;
-        for (int i = 0; i < D; i++)
-            dks[i] = dvs[i] = 0.0f;
+        size_t koff = (size_t)(b * T + s) * kstride + (size_t)kvh * Dk;
+        size_t voff = (size_t)(b * T + s) * vstride + (size_t)kvh * Dv;
+        const float *ks = k + koff, *vs = v + voff;
+        float *dks = dk + koff, *dvs = dv + voff;
+        for (int i = 0; i < Dk; i++)
+            dks[i] = 0.0f;
+        for (int i = 0; i < Dv; i++)
+            dvs[i] = 0.0f;
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
             for (int t = s; t < T; t++) {
-                size_t qoff = (size_t)(b * T + t) * qstride + (size_t)h * D;
-                const float *qt = q + qoff, *dout_t = dout + qoff;
+                size_t qoff = (size_t)(b * T + t) * qstride + (size_t)h * Dk;
+                size_t ooff = (size_t)(b * T + t) * ostride + (size_t)h * Dv;
+                const float *qt = q + qoff, *dout_t = dout + ooff;
                 float row_lse = lse[((size_t)b * H + h) * T + t];
-                float delta = dot_f32(dout_t, out + qoff, D);
-                float p = expf(dot_f32(qt, ks, D) * scale - row_lse);
-                float ds = p * (dot_f32(dout_t, vs, D) - delta) * scale;
-                for (int i = 0; i < D; i++) {
+                float delta = dot_f32(dout_t, out + ooff, Dv);
+                float p = expf(dot_f32(qt, ks, Dk) * scale - row_lse);
+                float ds = p * (dot_f32(dout_t, vs, Dv) - delta) * scale;
+                for (int i = 0; i < Dk; i++)
                     dks[i] += ds * qt[i];
+                for (int i = 0; i < Dv; i++)
                     dvs[i] += p * dout_t[i];
-                }
             }
         }
     }
+}
+
+static void attention_forward(Act *out, float *lse, const Act *q, const Act *k, const Act *v, int B,
+                              int T, int H, int KVH, int D)
+{
+    AttnShape a = {B, T, H, KVH, D, D, 1.0f / sqrtf((float)D)};
+    attention_forward_impl(out, lse, q, k, v, a);
+}
+
+static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
+                               const float *lse, const Act *q, const Act *k, const Act *v, int B,
+                               int T, int H, int KVH, int D)
+{
+    AttnShape a = {B, T, H, KVH, D, D, 1.0f / sqrtf((float)D)};
+    attention_backward_impl(dq, dk, dv, dout, out, lse, q, k, v, a);
+}
+
+static void attention_forward_dv(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
+                                 int B, int T, int H, int Dqk, int Dv, float scale)
+{
+    AttnShape a = {B, T, H, H, Dqk, Dv, scale};
+    attention_forward_impl(out, lse, q, k, v, a);
+}
+
+static void attention_backward_dv(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
+                                  const float *lse, const Act *q, const Act *k, const Act *v,
+                                  int B, int T, int H, int Dqk, int Dv, float scale)
+{
+    AttnShape a = {B, T, H, H, Dqk, Dv, scale};
+    attention_backward_impl(dq, dk, dv, dout, out, lse, q, k, v, a);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -697,6 +735,278 @@ static void mem_zero(void *p, size_t bytes)
     if (bytes) memset(p, 0, bytes);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * multi-head latent attention's data movement: blocks of row-strided matrices, and rotary
+ * embedding of heads that lie inside wider rows. */
+
+static void copy_block(Act *dst_act, int ld_dst, const Act *src_act, int ld_src, int M, int W,
+                       int accumulate)
+{
+    float *dst = dst_act;
+    const float *src = src_act;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++) {
+        float *d = dst + (size_t)i * ld_dst;
+        const float *x = src + (size_t)i * ld_src;
+        if (accumulate)
+            for (int j = 0; j < W; j++)
+                d[j] += x[j];
+        else
+            memcpy(d, x, (size_t)W * sizeof(float));
+    }
+}
+
+static void act_to_f32(float *dst, const Act *src, int ld_src, int M, int W)
+{
+    copy_block(dst, W, src, ld_src, M, W, 0);
+}
+
+/* sign 1: forward rotation; -1: its inverse (the transpose), for the gradient */
+static void rope_block_apply(float *x, int ld_row, int ld_head, const float *pos_cos,
+                             const float *pos_sin, int B, int T, int H, int D, int interleave,
+                             float sign)
+{
+    const int half = D / 2;
+    /* element pair i: (i, i + half) rotate-half, (2i, 2i + 1) interleaved */
+    const int first = interleave ? 2 : 1, second = interleave ? 1 : half;
+    long rows = (long)B * T;
+#pragma omp parallel for schedule(static)
+    for (long row = 0; row < rows; row++) {
+        int t = (int)(row % T);
+        const float *c = pos_cos + (size_t)t * half;
+        const float *s = pos_sin + (size_t)t * half;
+        for (int h = 0; h < H; h++) {
+            float *head = x + (size_t)row * ld_row + (size_t)h * ld_head;
+            for (int i = 0; i < half; i++) {
+                float *a = head + (size_t)i * first, *b = a + second;
+                float x1 = *a, x2 = *b, sn = sign * s[i];
+                *a = x1 * c[i] - x2 * sn;
+                *b = x2 * c[i] + x1 * sn;
+            }
+        }
+    }
+}
+
+static void rope_block_forward(Act *x, int ld_row, int ld_head, const float *pos_cos,
+                               const float *pos_sin, int B, int T, int H, int D, int interleave)
+{
+    rope_block_apply(x, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, 1.0f);
+}
+
+static void rope_block_backward(Act *dx, int ld_row, int ld_head, const float *pos_cos,
+                                const float *pos_sin, int B, int T, int H, int D, int interleave)
+{
+    rope_block_apply(dx, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, -1.0f);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * mixture of experts: routing as transformers' DeepseekV2TopkRouter / DeepseekV3TopkRouter, the
+ * tokens sorted by expert, and the row gathers and scatters around the experts' matmuls. */
+
+/* The best k of n values among those with eligible[i] (NULL: all), as indices, best first;
+ * ties go to the lower index. */
+static void top_k_indices(const float *x, const unsigned char *eligible, int n, int k, int *out)
+{
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (eligible && !eligible[i]) continue;
+            int taken = 0;
+            for (int p = 0; p < j && !taken; p++)
+                taken = out[p] == i;
+            if (!taken && (best < 0 || x[i] > x[best])) best = i;
+        }
+        out[j] = best;
+    }
+}
+
+static int compare_int32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void moe_route(int32_t *index, float *weight, float *scores, const Act *logits_act,
+                      const float *bias, int N, const MoeRouting *r)
+{
+    const float *logits = logits_act;
+    const int E = r->experts, k = r->top_k, G = r->groups > 0 ? r->groups : 1;
+    const int per_group = E / G;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < N; t++) {
+        const float *lg = logits + (size_t)t * E;
+        float *sc = scores + (size_t)t * E;
+        if (r->sigmoid) {
+            for (int e = 0; e < E; e++)
+                sc[e] = 1.0f / (1.0f + expf(-lg[e]));
+        } else {
+            float mx = -INFINITY;
+            for (int e = 0; e < E; e++)
+                mx = lg[e] > mx ? lg[e] : mx;
+            double sum = 0.0;
+            for (int e = 0; e < E; e++)
+                sum += (sc[e] = expf(lg[e] - mx));
+            for (int e = 0; e < E; e++)
+                sc[e] = (float)(sc[e] / sum);
+        }
+        /* the scores the choice ranks: with the correction bias, inside the best groups */
+        float choice[E];
+        unsigned char eligible[E];
+        for (int e = 0; e < E; e++) {
+            choice[e] = bias ? sc[e] + bias[e] : sc[e];
+            eligible[e] = 1;
+        }
+        if (G > 1) {
+            float group_score[G];
+            int best_groups[G], top2[2];
+            for (int g = 0; g < G; g++) {
+                const float *cg = choice + (size_t)g * per_group;
+                if (r->group_by_top2) {
+                    top_k_indices(cg, NULL, per_group, 2, top2);
+                    group_score[g] = cg[top2[0]] + cg[top2[1]];
+                } else {
+                    top_k_indices(cg, NULL, per_group, 1, top2);
+                    group_score[g] = cg[top2[0]];
+                }
+            }
+            top_k_indices(group_score, NULL, G, r->topk_groups, best_groups);
+            for (int e = 0; e < E; e++)
+                eligible[e] = 0;
+            for (int j = 0; j < r->topk_groups; j++)
+                for (int e = 0; e < per_group; e++)
+                    eligible[best_groups[j] * per_group + e] = 1;
+        }
+        int chosen[k];
+        top_k_indices(choice, eligible, E, k, chosen);
+        int32_t *idx = index + (size_t)t * k;
+        for (int j = 0; j < k; j++)
+            idx[j] = chosen[j];
+        qsort(idx, (size_t)k, sizeof(int32_t), compare_int32);
+        float *w = weight + (size_t)t * k;
+        double sum = 0.0;
+        for (int j = 0; j < k; j++)
+            sum += (w[j] = sc[idx[j]]);
+        float norm = r->normalize ? (float)(sum + 1e-20) : 1.0f;
+        for (int j = 0; j < k; j++)
+            w[j] = w[j] / norm * r->scaling;
+    }
+}
+
+/* With s the scores, w_j = f * s_j (/ S, S = sum of the chosen s, when normalize):
+ *   ds_j = f * dw_j, or f * (dw_j - sum_i dw_i s_i / S) / S when normalized;
+ *   softmax: dlogit_e = s_e (ds_e - sum_c ds_c s_c); sigmoid: dlogit_e = ds_e s_e (1 - s_e),
+ * with ds_e = 0 for the experts not chosen. */
+static void moe_route_backward(Act *dlogits_act, const float *dweight, const int32_t *index,
+                               const float *scores, int N, const MoeRouting *r)
+{
+    float *dlogits = dlogits_act;
+    const int E = r->experts, k = r->top_k;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < N; t++) {
+        const float *sc = scores + (size_t)t * E;
+        const int32_t *idx = index + (size_t)t * k;
+        const float *dw = dweight + (size_t)t * k;
+        float *dl = dlogits + (size_t)t * E;
+        float ds[k];
+        if (r->normalize) {
+            double S = 1e-20, dot = 0.0;
+            for (int j = 0; j < k; j++) {
+                S += sc[idx[j]];
+                dot += (double)dw[j] * sc[idx[j]];
+            }
+            for (int j = 0; j < k; j++)
+                ds[j] = (float)(r->scaling * (dw[j] - dot / S) / S);
+        } else {
+            for (int j = 0; j < k; j++)
+                ds[j] = r->scaling * dw[j];
+        }
+        if (r->sigmoid) {
+            for (int e = 0; e < E; e++)
+                dl[e] = 0.0f;
+            for (int j = 0; j < k; j++) {
+                float s = sc[idx[j]];
+                dl[idx[j]] = ds[j] * s * (1.0f - s);
+            }
+        } else {
+            double dot = 0.0;
+            for (int j = 0; j < k; j++)
+                dot += (double)ds[j] * sc[idx[j]];
+            for (int e = 0; e < E; e++)
+                dl[e] = (float)(-sc[e] * dot);
+            for (int j = 0; j < k; j++)
+                dl[idx[j]] += sc[idx[j]] * ds[j];
+        }
+    }
+}
+
+static void moe_permute(int32_t *rows, float *row_weight, int32_t *slot, int *counts,
+                        const int32_t *index, const float *weight, int N, int E, int k)
+{
+    for (int e = 0; e < E; e++)
+        counts[e] = 0;
+    for (size_t i = 0; i < (size_t)N * k; i++)
+        counts[index[i]]++;
+    /* a counting sort: each expert's pairs start at the sum of the counts before it */
+    size_t start[E + 1]; /* E is at most MOE_MAX_EXPERTS */
+    start[0] = 0;
+    for (int e = 0; e < E; e++)
+        start[e + 1] = start[e] + (size_t)counts[e];
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < k; j++) {
+            size_t s = (size_t)t * k + j, at = start[index[s]]++;
+            rows[at] = t;
+            row_weight[at] = weight[s];
+            slot[at] = (int32_t)s;
+        }
+}
+
+static void gather_rows(Act *dst_act, const Act *src_act, const int32_t *rows, const float *scale,
+                        int n, int C)
+{
+    float *dst = dst_act;
+    const float *src = src_act;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *x = src + (size_t)rows[i] * C;
+        float *y = dst + (size_t)i * C, f = scale ? scale[i] : 1.0f;
+        for (int j = 0; j < C; j++)
+            y[j] = f * x[j];
+    }
+}
+
+/* Rows may repeat: each thread owns a block of columns and walks the rows in order. */
+static void scatter_add_rows(Act *dst_act, const Act *src_act, const int32_t *rows,
+                             const float *scale, int n, int C)
+{
+    float *dst = dst_act;
+    const float *src = src_act;
+    int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; blk++) {
+        int j0 = blk * COLUMN_BLOCK, j1 = j0 + COLUMN_BLOCK < C ? j0 + COLUMN_BLOCK : C;
+        for (int i = 0; i < n; i++) {
+            const float *x = src + (size_t)i * C;
+            float *y = dst + (size_t)rows[i] * C, f = scale ? scale[i] : 1.0f;
+            for (int j = j0; j < j1; j++)
+                y[j] += f * x[j];
+        }
+    }
+}
+
+static void rows_dot(float *out, const int32_t *out_index, const Act *a_act, const int32_t *rows,
+                     const Act *b_act, int n, int C)
+{
+    const float *a = a_act, *b = b_act;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        double sum = 0.0;
+        const float *x = a + (size_t)rows[i] * C, *y = b + (size_t)i * C;
+        for (int j = 0; j < C; j++)
+            sum += (double)x[j] * y[j];
+        out[out_index[i]] = (float)sum;
+    }
+}
+
 /* --------------------------------------------------------------------------------------------- */
 
 static const Backend cpu_backend = {
@@ -732,6 +1042,18 @@ static const Backend cpu_backend = {
     .cross_entropy_shard_stats = cross_entropy_shard_stats,
     .cross_entropy_shard_finish = cross_entropy_shard_finish,
     .adamw_ewc_update = adamw_ewc_update,
+    .copy_block = copy_block,
+    .act_to_f32 = act_to_f32,
+    .rope_block_forward = rope_block_forward,
+    .rope_block_backward = rope_block_backward,
+    .attention_forward_dv = attention_forward_dv,
+    .attention_backward_dv = attention_backward_dv,
+    .moe_route = moe_route,
+    .moe_route_backward = moe_route_backward,
+    .moe_permute = moe_permute,
+    .gather_rows = gather_rows,
+    .scatter_add_rows = scatter_add_rows,
+    .rows_dot = rows_dot,
 };
 
 const Backend *backend_cpu(void)
