@@ -637,6 +637,8 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
     be->gather_rows(L->xs, L->ln2, L->rows, NULL, Nk, C);
     experts_forward(m, L, w, C, Im);
     if (!resid_out) return;
+    for (int e = 0; e < E; e++)
+        m->expert_tokens[(size_t)l * E + e] += L->counts[e];
     be->mem_zero(s->moe_out, NC * m->act_size);
     be->scatter_add_rows(s->moe_out, L->ey, L->rows, L->row_weight, Nk, C);
     be->add(resid_out, L->resid_mid, s->moe_out, NC);

@@ -168,6 +168,18 @@ size_t metrics_format(const MetricsSnapshot *s, char *buf, size_t cap)
     out_metric(&o, "dstrain_nonfinite_steps_total", "counter",
                "Steps skipped because the loss or a gradient was not finite.",
                (double)s->nonfinite_steps_total);
+    if (s->expert_load_layers > 0) {
+        const char *e = "dstrain_expert_load_ratio";
+        out_printf(&o,
+                   "# HELP %s Tokens of the layer's busiest routed expert over the mean of its "
+                   "experts, last step (1: balanced).\n# TYPE %s gauge\n",
+                   e, e);
+        for (int l = 0; l < s->expert_load_layers && l < METRICS_MAX_LAYERS; l++)
+            if (!isnan(s->expert_load[l])) {
+                out_printf(&o, "%s{layer=\"%d\"} ", e, l);
+                out_value(&o, s->expert_load[l]);
+            }
+    }
     return o.len;
 }
 

@@ -12,6 +12,9 @@
 #define METRICS_STEP_BUCKETS 14
 extern const double metrics_step_bucket_bounds[METRICS_STEP_BUCKETS];
 
+/* The most layers whose expert load a scrape reports (DeepSeek-V3 has 61). */
+#define METRICS_MAX_LAYERS 256
+
 /* Everything one scrape reports. NAN marks a value that does not exist in this run (MFU on a
  * CPU, GPU memory without a GPU, EWC without EWC): its metric is left out. */
 typedef struct MetricsSnapshot {
@@ -33,6 +36,10 @@ typedef struct MetricsSnapshot {
     double replay_share;           /* replayed rows / rows of the last step */
     double task_index, task_count; /* task sequences: the task trained now (0-based) */
     uint64_t nonfinite_steps_total;
+    /* mixture of experts, per layer: tokens of the busiest routed expert over the mean of the
+     * layer's experts in the last step (NAN for a dense layer); layers 0 without experts */
+    int expert_load_layers;
+    double expert_load[METRICS_MAX_LAYERS];
 } MetricsSnapshot;
 
 /* A snapshot with every optional value NAN and everything else 0. */

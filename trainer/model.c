@@ -320,6 +320,10 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->cls_last = ds_calloc((size_t)B, sizeof(int32_t));
     m->cls_row = ds_calloc((size_t)mc->hidden_size, sizeof(float));
     if (!m->cls_last || !m->cls_row) return DS_ERR_INTERNAL;
+    if (mc->n_routed_experts > 0 &&
+        !(m->expert_tokens = ds_calloc((size_t)mc->num_layers * mc->n_routed_experts,
+                                       sizeof(double))))
+        return DS_ERR_INTERNAL;
     if (!m->arena || !m->rope_cos || !m->rope_sin || !m->inputs || !m->targets ||
         !m->loss_weights || !m->losses)
         return DS_ERR_INTERNAL;
@@ -364,6 +368,7 @@ void model_free(Model *m)
     free(m->losses);
     free(m->cls_last);
     free(m->cls_row);
+    free(m->expert_tokens);
     if (m->tp_kv) comm_group_free(m->tp_kv);
     free(m->tp_kv);
     param_table_free(&m->table);
@@ -675,4 +680,30 @@ void model_backward(Model *m)
                                      m->tp_vocab_start, m->tp_vocab);
     else
         be->embedding_backward(m->g.embed, a->dresid, a->dev_inputs, N, C);
+}
+
+void model_expert_load_reset(Model *m)
+{
+    if (m->expert_tokens)
+        memset(m->expert_tokens, 0,
+               (size_t)m->cfg.num_layers * m->cfg.n_routed_experts * sizeof(double));
+}
+
+int model_expert_load(const Model *m, double *ratio)
+{
+    if (!m->expert_tokens) return 0;
+    const int E = m->cfg.n_routed_experts;
+    int moe = 0;
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        const double *t = m->expert_tokens + (size_t)l * E;
+        double sum = 0.0, max = 0.0;
+        for (int e = 0; e < E; e++) {
+            sum += t[e];
+            max = t[e] > max ? t[e] : max;
+        }
+        const int is_moe = l >= m->cfg.first_k_dense_replace;
+        moe += is_moe;
+        ratio[l] = is_moe && sum > 0 ? max / (sum / E) : NAN;
+    }
+    return moe;
 }

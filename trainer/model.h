@@ -64,6 +64,10 @@ typedef struct Model {
     int tp_heads, tp_kv_heads, tp_inter, tp_vocab, tp_vocab_start;
     const CommGroup *tp; /* the tensor-parallel group; NULL when tp = 1 (no communication) */
     CommGroup *tp_kv;    /* ranks holding the same kv head (fewer kv heads than tp), or NULL */
+    /* mixture of experts: tokens each routed expert of each layer received ([L * E], host) in
+     * the forwards since model_expert_load_reset (a recomputation is not counted); NULL for a
+     * model without experts */
+    double *expert_tokens;
 } Model;
 
 /* Bytes one rank holds for a layout (tp x dp, ZeRO-1 or not), as model_init_parallel and
@@ -113,6 +117,13 @@ void model_zero_grad(Model *m);
 /* Sum the gradients of kv heads that several tensor-parallel ranks hold (each computed its
  * part from its own query heads). Once per step, after the last micro-batch. */
 int model_reduce_shared_grads(Model *m);
+
+/* Zero the expert token counts (Model.expert_tokens). */
+void model_expert_load_reset(Model *m);
+/* ratio[l] = tokens of layer l's busiest routed expert over the mean of its experts, from
+ * Model.expert_tokens (NAN for a dense layer or a layer that saw no tokens). Returns the number
+ * of MoE layers (0: no experts, ratio untouched). */
+int model_expert_load(const Model *m, double *ratio);
 
 /* The routing of MoE layer l in the last forward (tests, metrics): index and weight [N, k] (each
  * row's experts ascending) and the tokens of each expert, counts [n_routed_experts], in backend

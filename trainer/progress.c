@@ -479,6 +479,15 @@ static void set_gauge(double *field, double v)
     pthread_mutex_unlock(&lock);
 }
 
+void progress_set_expert_load(const double *ratio, int layers)
+{
+    pthread_mutex_lock(&lock);
+    P.snap.expert_load_layers = layers < METRICS_MAX_LAYERS ? layers : METRICS_MAX_LAYERS;
+    for (int l = 0; l < P.snap.expert_load_layers; l++)
+        P.snap.expert_load[l] = ratio[l];
+    pthread_mutex_unlock(&lock);
+}
+
 void progress_set_ewc_penalty(double penalty)
 {
     set_gauge(&P.snap.ewc_penalty, penalty);

@@ -71,6 +71,8 @@ void progress_set_ewc_penalty(double penalty);
 void progress_set_replay_size(double examples);
 /* Share of the last step's rows that were replayed. */
 void progress_set_replay_share(double share);
+/* Mixture of experts: per layer, the busiest expert's tokens over the mean (NAN: dense). */
+void progress_set_expert_load(const double *ratio, int layers);
 /* A task sequence: task k of K (0-based) is trained now; the step line shows it. */
 void progress_set_task(int k, int K, const char *id);
 /* A resumed run goes on counting non-finite steps from the checkpoint's total. */

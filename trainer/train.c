@@ -583,6 +583,7 @@ static int run_step(Run *r, int task_id, const Config *lr_cfg, int phase_step, i
 
     Model *m = &r->model;
     model_zero_grad(m);
+    model_expert_load_reset(m);
     double loss = 0.0;
     for (int a = 0; a < accum; a++) {
         loss += model_forward_train(m, r->inputs + (size_t)a * N, r->targets + (size_t)a * N,
@@ -591,6 +592,10 @@ static int run_step(Run *r, int task_id, const Config *lr_cfg, int phase_step, i
     }
     /* communication only now, after the last micro-batch */
     DS_TRY(comm_all_reduce(&r->grid.dp, &loss, 1, COMM_F64, COMM_SUM));
+    if (m->expert_tokens) /* every data-parallel rank's tokens count in the expert load */
+        DS_TRY(comm_all_reduce(&r->grid.dp, m->expert_tokens,
+                               (size_t)m->cfg.num_layers * m->cfg.n_routed_experts, COMM_F64,
+                               COMM_SUM));
     DS_TRY(optim_reduce_grads(&r->opt, m, &r->grid));
     double grad_norm = 0.0;
     DS_TRY(optim_grad_norm_global(&r->opt, m, &r->grid, &grad_norm));
@@ -775,13 +780,32 @@ static int run_phase(Run *r, int k, int from, double *first_loss, double *last_l
         if (s.finite && isnan(*first_loss)) *first_loss = s.loss;
         if (s.finite) *last_loss = s.loss;
         r->last_lr = s.lr;
-        char extra[256 + sizeof(ph->id)] = "";
+        /* room for the expert load of up to 256 layers */
+        char extra[256 + sizeof(ph->id) + 256 * 12] = "";
         if (r->sequence || r->ewc_on || r->replay_on)
             snprintf(extra, sizeof(extra),
                      ", \"task\": \"%s\", \"task_index\": %d, \"task_step\": %d, "
                      "\"ewc_penalty\": %.7g, \"replay_rows\": %d, \"replay_share\": %.4g",
                      ph->id, k, step + 1 - ph->first_step, s.penalty, s.replayed,
                      s.replayed / rows);
+        if (r->model.expert_tokens) { /* per layer: null (dense) or busiest expert / mean */
+            const int L = r->model.cfg.num_layers;
+            double *ratio = ds_calloc((size_t)L, sizeof(double));
+            if (!ratio) return DS_ERR_INTERNAL;
+            model_expert_load(&r->model, ratio);
+            progress_set_expert_load(ratio, L);
+            size_t used = strlen(extra);
+            used += (size_t)snprintf(extra + used, sizeof(extra) - used, ", \"expert_load\": [");
+            for (int l = 0; l < L && used + 16 < sizeof(extra); l++) {
+                used += (size_t)(isnan(ratio[l])
+                                     ? snprintf(extra + used, sizeof(extra) - used, "%snull",
+                                                l ? ", " : "")
+                                     : snprintf(extra + used, sizeof(extra) - used, "%s%.4g",
+                                                l ? ", " : "", ratio[l]));
+            }
+            snprintf(extra + used, sizeof(extra) - used, "]");
+            free(ratio);
+        }
         if (s.finite)
             fprintf(r->metrics,
                     "{\"step\": %d, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, "

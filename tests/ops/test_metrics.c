@@ -105,6 +105,25 @@ Test(metrics_format, absent_values_are_left_out)
     free(t);
 }
 
+/* A mixture of experts: one labelled sample per MoE layer, none for dense layers. */
+Test(metrics_format, expert_load_per_moe_layer)
+{
+    MetricsSnapshot s = sample();
+    char *t = format(&s);
+    cr_assert(strstr(t, "dstrain_expert_load_ratio") == NULL, "%s", t);
+    free(t);
+    s.expert_load_layers = 3;
+    s.expert_load[0] = NAN; /* dense */
+    s.expert_load[1] = 1.5;
+    s.expert_load[2] = 4;
+    t = format(&s);
+    cr_assert(strstr(t, "# TYPE dstrain_expert_load_ratio gauge\n"), "%s", t);
+    cr_assert(strstr(t, "dstrain_expert_load_ratio{layer=\"1\"} 1.5\n"), "%s", t);
+    cr_assert(strstr(t, "dstrain_expert_load_ratio{layer=\"2\"} 4\n"), "%s", t);
+    cr_assert(strstr(t, "layer=\"0\"") == NULL, "%s", t);
+    free(t);
+}
+
 Test(metrics_format, truncation_reports_needed_length)
 {
     MetricsSnapshot s = sample();
