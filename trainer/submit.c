@@ -1,6 +1,8 @@
 /* submit.c: `dstrain submit`: renders an sbatch script from slurm/templates and the config, and
  * submits it (or prints it with --dry-run). Researchers edit configs; the shell script is always
- * generated. The job requeues itself after a preemption checkpoint (exit 75) and resumes. */
+ * generated. The job's ranks come from parallel.tp x parallel.dp, and an auto layout is the
+ * fewest GPUs whose memory estimate fits --gpu-mem (layout.c); the job passes the layout to the
+ * trainer. The job requeues itself after a preemption checkpoint (exit 75) and resumes. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -12,27 +14,50 @@
 
 #include "common.h"
 #include "config.h"
+#include "layout.h"
 #include "log.h"
 #include "submit.h"
+#include "train.h"
 
 typedef struct SubmitOptions {
     const char *config_path;
     const char *overrides[64];
     int n_overrides;
-    int nodes, gpus_per_node, tasks_per_node, cpus_per_task, signal_seconds;
+    int nodes, gpus_per_node, tasks_per_node, cpus_per_task, signal_seconds; /* 0 = not given */
+    int node_gpus;
+    double gpu_mem_gib;
     const char *time, *partition, *qos, *job_name;
-    int dry_run;
+    int dry_run, layout_only;
 } SubmitOptions;
 
 static void submit_usage(FILE *out)
 {
     fprintf(out,
             "usage: dstrain submit [-c CONFIG] [key=value ...] [--nodes N] [--gpus-per-node G]\n"
-            "         [--tasks-per-node K] [--cpus-per-task C] [--time T] [--partition P]\n"
-            "         [--qos Q] [--job-name NAME] [--signal-seconds S] [--dry-run]\n"
+            "         [--tasks-per-node K] [--gpu-mem GIB] [--node-gpus M] [--cpus-per-task C]\n"
+            "         [--time T] [--partition P] [--qos Q] [--job-name NAME]\n"
+            "         [--signal-seconds S] [--dry-run | --layout]\n"
             "  Renders the sbatch script (slurm/templates) and submits it with sbatch, printing\n"
-            "  the job id; --dry-run prints the script instead. One task per GPU; without GPUs,\n"
-            "  --tasks-per-node ranks (default 1).\n");
+            "  the job id; --dry-run prints the script instead. One rank per GPU (device: cuda),\n"
+            "  tp x dp ranks in all: parallel.tp x parallel.dp from the config; where either is\n"
+            "  auto, the fewest GPUs whose memory estimate per GPU fits --gpu-mem GIB (default\n"
+            "  80), on nodes of at most --node-gpus GPUs (default 8), the smaller dp first.\n"
+            "  --nodes and --gpus-per-node (or --tasks-per-node) fix the job's ranks instead.\n"
+            "  On the CPU an auto layout is one rank (or --tasks-per-node). --layout prints\n"
+            "  the layout as one line (tp=.. dp=.. nodes=.. tasks_per_node=.. gpus_per_node=..\n"
+            "  gib_per_gpu=..) and submits nothing.\n");
+}
+
+static int parse_gib(const char *flag, const char *text, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (!*text || *end || errno || !(v > 0) || v > 1e6)
+        return ds_error(DS_ERR_INPUT, "submit: %s: expected GiB, a number > 0, got \"%s\"", flag,
+                        text);
+    *out = v;
+    return DS_OK;
 }
 
 static int parse_count(const char *flag, const char *text, int min, int *out)
@@ -245,8 +270,8 @@ static int absolute_path(const char *path, char *out, size_t size)
 
 int submit_main(int argc, char **argv)
 {
-    SubmitOptions o = {.nodes = 1, .gpus_per_node = 0, .tasks_per_node = 0, .cpus_per_task = 0,
-                       .signal_seconds = 120};
+    SubmitOptions o = {.gpus_per_node = -1, .signal_seconds = 120, .node_gpus = 8,
+                       .gpu_mem_gib = 80};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -255,6 +280,10 @@ int submit_main(int argc, char **argv)
         }
         if (!strcmp(a, "--dry-run")) {
             o.dry_run = 1;
+            continue;
+        }
+        if (!strcmp(a, "--layout")) {
+            o.layout_only = 1;
             continue;
         }
         if (a[0] != '-') {
@@ -272,6 +301,8 @@ int submit_main(int argc, char **argv)
         else if (!strcmp(a, "--gpus-per-node")) DS_TRY(parse_count(a, v, 0, &o.gpus_per_node));
         else if (!strcmp(a, "--tasks-per-node")) DS_TRY(parse_count(a, v, 1, &o.tasks_per_node));
         else if (!strcmp(a, "--cpus-per-task")) DS_TRY(parse_count(a, v, 1, &o.cpus_per_task));
+        else if (!strcmp(a, "--gpu-mem")) DS_TRY(parse_gib(a, v, &o.gpu_mem_gib));
+        else if (!strcmp(a, "--node-gpus")) DS_TRY(parse_count(a, v, 1, &o.node_gpus));
         else if (!strcmp(a, "--signal-seconds")) DS_TRY(parse_count(a, v, 1, &o.signal_seconds));
         else if (!strcmp(a, "--time")) DS_TRY(check_time(o.time = v));
         else if (!strcmp(a, "--partition")) DS_TRY(check_word(a, o.partition = v));
@@ -291,19 +322,65 @@ int submit_main(int argc, char **argv)
     for (int i = 0; i < o.n_overrides; i++)
         DS_TRY(config_apply_override(&cfg, o.overrides[i], "command line"));
     DS_TRY(config_validate(&cfg));
-    if (o.gpus_per_node > 0 && strcmp(cfg.device, "cuda") != 0)
+    const int cuda = strcmp(cfg.device, "cuda") == 0;
+    if (o.gpus_per_node > 0 && !cuda)
         progress_warn("submit: --gpus-per-node %d with device: %s: the job holds GPUs it will not "
                       "use (set device=cuda, or leave --gpus-per-node out)",
                       o.gpus_per_node, cfg.device);
-    if (o.gpus_per_node == 0 && strcmp(cfg.device, "cuda") == 0)
-        progress_warn("submit: device: cuda without --gpus-per-node: the job asks Slurm for no "
-                      "GPU");
+
+    /* The layout: the job's ranks are tp x dp. Options that fix the ranks per node make the
+     * world; otherwise the config's layout does, and an auto one is sized from the estimate. */
+    ModelConfig mc;
+    DS_TRY(train_model_config(&cfg, &mc));
+    if (strcmp(cfg.task_type, "classification") == 0) mc.num_labels = cfg.task_num_labels;
+    const int per_node = o.gpus_per_node > 0 ? o.gpus_per_node : o.tasks_per_node;
+    const double GiB = 1024.0 * 1024.0 * 1024.0;
+    LayoutRequest lr = {.tp = cfg.parallel_tp,
+                        .dp = cfg.parallel_dp,
+                        .world = per_node > 0 ? (o.nodes ? o.nodes : 1) * per_node : 0,
+                        .nodes = o.nodes,
+                        .node_ranks = !cuda ? 4096 : per_node > o.node_gpus ? per_node : o.node_gpus,
+                        .budget = cuda ? o.gpu_mem_gib * GiB : 0};
+    Layout lay;
+    DS_TRY(layout_choose(&cfg, &mc, &lr, &lay));
+    const RunMemory *mem = &lay.memory;
+    const char *why = lr.world                          ? "the job's ranks"
+                      : cfg.parallel_tp && cfg.parallel_dp ? "the config's"
+                      : cuda ? "the fewest GPUs that fit --gpu-mem"
+                             : "the fewest ranks: auto on the CPU";
+    /* the figures in GiB, or MiB for a small model */
+    const double unit = mem->total >= GiB ? GiB : GiB / 1024;
+    const char *unit_name = mem->total >= GiB ? "GiB" : "MiB";
+    char ewc[64] = "", fisher[64] = "", bf16[64] = "";
+    if (mem->ewc > 0) snprintf(ewc, sizeof(ewc), ", EWC %.1f", mem->ewc / unit);
+    if (mem->fisher_model > 0)
+        snprintf(fisher, sizeof(fisher), ", Fisher pass model %.1f", mem->fisher_model / unit);
+    if (mem->weights_bf16 > 0)
+        snprintf(bf16, sizeof(bf16), ", bf16 weights %.1f", mem->weights_bf16 / unit);
+    fprintf(stderr,
+            "dstrain: submit: layout tp %d x dp %d (%s) on %d node%s x %d %s; estimate %.1f %s "
+            "per rank (parameters %.1f, gradients %.1f, optimizer %.1f, activations %.1f%s%s%s)\n",
+            lay.tp, lay.dp, why, lay.nodes, lay.nodes > 1 ? "s" : "", lay.ranks_per_node,
+            cuda ? (lay.ranks_per_node > 1 ? "GPUs" : "GPU")
+                 : (lay.ranks_per_node > 1 ? "ranks" : "rank"),
+            mem->total / unit, unit_name, mem->params / unit, mem->grads / unit,
+            mem->optimizer / unit, mem->activations / unit, ewc, fisher, bf16);
+    if (cuda && !lay.fits)
+        progress_warn("submit: parallel.tp x parallel.dp = %d x %d: the estimate, %.1f GiB per GPU, "
+                      "is more than --gpu-mem %g GiB",
+                      lay.tp, lay.dp, mem->total / GiB, o.gpu_mem_gib);
+    const int job_gpus = cuda ? lay.ranks_per_node : o.gpus_per_node > 0 ? o.gpus_per_node : 0;
+    if (o.layout_only) {
+        printf("tp=%d dp=%d nodes=%d tasks_per_node=%d gpus_per_node=%d gib_per_gpu=%.2f\n",
+               lay.tp, lay.dp, lay.nodes, lay.ranks_per_node, job_gpus, mem->total / GiB);
+        return DS_OK;
+    }
 
     SubmitRequest rq = {0};
-    rq.nodes = o.nodes;
-    rq.gpus_per_node = o.gpus_per_node;
-    rq.tasks_per_node = o.gpus_per_node > 0 ? o.gpus_per_node : o.tasks_per_node ? o.tasks_per_node : 1;
-    rq.cpus_per_task = o.cpus_per_task ? o.cpus_per_task : (o.gpus_per_node > 0 ? 8 : 1);
+    rq.nodes = lay.nodes;
+    rq.gpus_per_node = job_gpus;
+    rq.tasks_per_node = lay.ranks_per_node;
+    rq.cpus_per_task = o.cpus_per_task ? o.cpus_per_task : (job_gpus > 0 ? 8 : 1);
     rq.signal_seconds = o.signal_seconds;
     rq.time = o.time;
     rq.partition = o.partition;
@@ -342,10 +419,18 @@ int submit_main(int argc, char **argv)
     for (int i = 0; i < o.n_overrides; i++) {
         if (!strncmp(o.overrides[i], "run.dir=", 8) || !strncmp(o.overrides[i], "train.resume=", 13))
             continue; /* the job sets both: one run directory per job, resumed after requeue */
+        if (!strncmp(o.overrides[i], "parallel.tp=", 12) || !strncmp(o.overrides[i], "parallel.dp=", 12))
+            continue; /* the layout below replaces them */
         DS_TRY(check_script_value("an override", o.overrides[i]));
         strncat(args, " ", sizeof(args) - strlen(args) - 1);
         DS_TRY(shell_quote_append(args, sizeof(args), o.overrides[i]));
     }
+    /* the layout as chosen, so that the job's ranks and the trainer's grid agree */
+    const size_t used = strlen(args);
+    if ((size_t)snprintf(args + used, sizeof(args) - used, "%sparallel.tp=%d parallel.dp=%d",
+                         used ? " " : "", lay.tp, lay.dp) >= sizeof(args) - used)
+        return ds_error(DS_ERR_INPUT, "submit: the trainer's arguments are longer than %zu bytes",
+                        sizeof(args) - 1);
     rq.config_args = args;
 
     if (o.dry_run) return submit_render(&rq, stdout);

@@ -165,7 +165,7 @@ check "each of its $total steps ran once" test "$steps" = "$total $total"
 check "it was published as version 0003" test "$(readlink serve/current)" = versions/0003
 # the scrontab entry: Debian's Slurm ships no scrontab command, so its #SCRON options are checked
 # by sbatch --test-only (with this cluster's partition) and the schedule line by its shape
-opts=$(sed -n 's/^#SCRON //p' "$SRC/slurm/nightly.scrontab" | sed -e 's/--partition=.*/--partition=debug/' -e '/--qos=/d' -e '/--gpus=/d' -e 's/--cpus-per-task=.*/--cpus-per-task=1/' -e 's|--output=.*|--output=/dev/null|' | tr '\n' ' ')
+opts=$(sed -n 's/^#SCRON //p' "$SRC/slurm/nightly.scrontab" | sed -e 's/--partition=.*/--partition=debug/' -e '/--qos=/d' -e '/--gpus-per-node=/d' -e 's/--cpus-per-task=.*/--cpus-per-task=1/' -e 's|--output=.*|--output=/dev/null|' | tr '\n' ' ')
 check "scrontab #SCRON options accepted by sbatch" sbatch --test-only $opts --wrap true
 check "scrontab schedule line" grep -qE '^[0-9*,/-]+ [0-9*,/-]+ [0-9*,/-]+ [0-9*,/-]+ [0-9*,/-]+ .*nightly.sh' "$SRC/slurm/nightly.scrontab"
 
