@@ -12,8 +12,8 @@
 #include "layout.h"
 
 #define LAYOUT_GIB (1024.0 * 1024.0 * 1024.0)
-#define LAYOUT_MAX_TP 4096           /* parallel.tp's schema bound */
-#define LAYOUT_MAX_WORLD (1 << 20)   /* parallel.dp's schema bound */
+#define LAYOUT_MAX_TP 4096         /* parallel.tp's schema bound */
+#define LAYOUT_MAX_WORLD (1 << 20) /* parallel.dp's schema bound */
 
 /* EWC pairs held: one online; one per task (the tasks file's count) when separate. */
 static int ewc_sets(const Config *cfg)
@@ -28,8 +28,7 @@ static int ewc_sets(const Config *cfg)
     return n;
 }
 
-int layout_memory_estimate(const Config *cfg, const ModelConfig *mc, int tp, int dp,
-                           RunMemory *out)
+int layout_memory_estimate(const Config *cfg, const ModelConfig *mc, int tp, int dp, RunMemory *out)
 {
     memset(out, 0, sizeof(*out));
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, zero = cfg->parallel_zero;
@@ -96,8 +95,11 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
                             rq->nodes ? rq->nodes : 1, rq->nodes == 1 ? "" : "s", rq->node_ranks);
         RunMemory m;
         DS_TRY(layout_memory_estimate(cfg, mc, rq->tp, rq->dp, &m));
-        *out = (Layout){.tp = rq->tp, .dp = rq->dp, .nodes = nodes,
-                        .ranks_per_node = (int)world / nodes, .memory = m,
+        *out = (Layout){.tp = rq->tp,
+                        .dp = rq->dp,
+                        .nodes = nodes,
+                        .ranks_per_node = (int)world / nodes,
+                        .memory = m,
                         .fits = rq->budget <= 0 || m.total <= rq->budget};
         return DS_OK;
     }
@@ -118,8 +120,12 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
                             tp, world / tp, rq->nodes, rq->nodes == 1 ? "" : "s");
         RunMemory m;
         DS_TRY(layout_memory_estimate(cfg, mc, tp, world / tp, &m));
-        *out = (Layout){.tp = tp, .dp = world / tp, .nodes = nodes,
-                        .ranks_per_node = world / nodes, .memory = m, .fits = 1};
+        *out = (Layout){.tp = tp,
+                        .dp = world / tp,
+                        .nodes = nodes,
+                        .ranks_per_node = world / nodes,
+                        .memory = m,
+                        .fits = 1};
         return DS_OK;
     }
 
@@ -164,8 +170,10 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
             while (lo < hi) {
                 const int mid = lo + (hi - lo) / 2;
                 DS_TRY(layout_memory_estimate(cfg, mc, tp, mid, &m));
-                if (m.total <= rq->budget) hi = mid;
-                else lo = mid + 1;
+                if (m.total <= rq->budget)
+                    hi = mid;
+                else
+                    lo = mid + 1;
             }
             dp = lo;
         }
@@ -177,8 +185,12 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
             if (rq->budget <= 0 || m.total <= rq->budget) {
                 const int world = tp * dp, best_world = best.tp * best.dp;
                 if (!best.tp || world < best_world || (world == best_world && dp < best.dp))
-                    best = (Layout){.tp = tp, .dp = dp, .nodes = nodes,
-                                    .ranks_per_node = world / nodes, .memory = m, .fits = 1};
+                    best = (Layout){.tp = tp,
+                                    .dp = dp,
+                                    .nodes = nodes,
+                                    .ranks_per_node = world / nodes,
+                                    .memory = m,
+                                    .fits = 1};
                 break;
             }
         }
@@ -192,8 +204,9 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
     char where[96] = "", sharding[200] = "";
     if (rq->world) snprintf(where, sizeof(where), " on the job's %d ranks", rq->world);
     if (least < 0) /* no tensor-parallel size splits the model */
-        return ds_error(DS_ERR_INPUT, "parallel layout: no parallel.tp up to %d%s splits the "
-                                      "model: %s",
+        return ds_error(DS_ERR_INPUT,
+                        "parallel layout: no parallel.tp up to %d%s splits the "
+                        "model: %s",
                         max_tp, where, refused);
     if (alive && !placed)
         return ds_error(DS_ERR_INPUT,

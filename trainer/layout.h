@@ -24,11 +24,11 @@ int layout_memory_estimate(const Config *cfg, const ModelConfig *mc, int tp, int
                            RunMemory *out);
 
 typedef struct LayoutRequest {
-    int tp, dp;       /* the config's parallel.tp and parallel.dp; 0 = auto */
-    int world;        /* ranks the job must have (its nodes x tasks per node); 0 = choose */
-    int nodes;        /* nodes the job must have; 0 = as few as the layout needs */
-    int node_ranks;   /* the most ranks (GPUs) on one node; a tp group never crosses nodes */
-    double budget;    /* bytes one rank may hold; 0 = not checked (the CPU) */
+    int tp, dp;     /* the config's parallel.tp and parallel.dp; 0 = auto */
+    int world;      /* ranks the job must have (its nodes x tasks per node); 0 = choose */
+    int nodes;      /* nodes the job must have; 0 = as few as the layout needs */
+    int node_ranks; /* the most ranks (GPUs) on one node; a tp group never crosses nodes */
+    double budget;  /* bytes one rank may hold; 0 = not checked (the CPU) */
 } LayoutRequest;
 
 typedef struct Layout {
