@@ -120,6 +120,9 @@ static const ConfigKey config_schema[] = {
         "a step whose loss or gradient is not finite is skipped (no update); after this many in "
         "a row the run stops"),
 
+    BOOL("train.check_memory", train_check_memory, "true",
+         "refuse a run whose memory estimate exceeds the host's memory (cpu) or the GPU's free "
+         "memory (cuda) before allocating (docs/memory.md); false: start anyway, with a warning"),
     FLT("optim.lr", optim_lr, "3e-3", 0, 10, 0, "peak learning rate (AdamW)"),
     FLT("optim.min_lr_ratio", optim_min_lr_ratio, "0.1", 0, 1, 0,
         "final learning rate as a fraction of optim.lr (cosine and linear schedules)"),

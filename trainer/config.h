@@ -42,6 +42,7 @@ typedef struct Config {
     char train_resume[CONFIG_STR_MAX]; /* none | auto | PATH */
     int train_activation_checkpointing;
     int train_max_nonfinite;           /* stop after this many non-finite steps in a row */
+    int train_check_memory;            /* refuse a run that cannot fit (trainer/memory.h) */
     /* optim */
     float optim_lr;
     float optim_min_lr_ratio;

@@ -29,6 +29,8 @@
 #include "../data/reader.h"
 #include "common.h"
 #include "continual.h"
+#include "layout.h"
+#include "memory.h"
 #include "metrics_server.h"
 #include "optim.h"
 #include "progress.h"
@@ -1085,6 +1087,97 @@ static void run_warn_settings(const Run *r)
                       cfg->optim_lr);
 }
 
+/* The ranks of the world that run on this host (by host name); collective over the world. */
+static int run_ranks_on_host(const ProcessGrid *g, int *count)
+{
+    *count = 1;
+    if (g->world_size <= 1) return DS_OK;
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    uint64_t hash = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = host; *p; p++)
+        hash = (hash ^ (unsigned char)*p) * 1099511628211ull;
+    int64_t *all = ds_calloc((size_t)g->world_size, sizeof(int64_t));
+    if (!all) return DS_ERR_INTERNAL;
+    all[g->world_rank] = (int64_t)hash;
+    int status = comm_all_gather(&g->world, all, 1, COMM_I64);
+    if (status == DS_OK) {
+        *count = 0;
+        for (int i = 0; i < g->world_size; i++)
+            *count += all[i] == (int64_t)hash;
+    }
+    free(all);
+    return status;
+}
+
+/* Before anything large is allocated: what one rank will hold (layout_memory_estimate, the
+ * figures dstrain submit sizes a layout by, plus the Fisher pass's host buffer on the CPU)
+ * against the host's memory for all ranks on this host (device cpu) or the GPU's free memory
+ * (device cuda). On a GPU the activations count at their stored size (bf16: half the fp32
+ * estimate, at least), so the figure is a lower bound and a refusal is certain.
+ * train.check_memory=false starts anyway, with a warning. ranks_here: ranks on this host. */
+static int run_check_memory(const Run *r, int ranks_here)
+{
+    const Config *cfg = r->cfg;
+    const ProcessGrid *g = &r->grid;
+    RunMemory rm;
+    DS_TRY(layout_memory_estimate(cfg, &r->mc, g->tp_size, g->dp_size, &rm));
+    const int on_device = !r->be->host_memory;
+    const double act_share = on_device ? r->be->act_size() / 4.0 : 1.0;
+    /* the Fisher pass's model has the same parameters and gradients as the run's */
+    const double fisher_acts = rm.fisher_model > 0 ? rm.fisher_model - rm.params - rm.grads : 0;
+    const double activations = rm.activations * act_share;
+    double ewc = rm.ewc + rm.fisher_model - fisher_acts * (1 - act_share);
+    if (!on_device && cfg->continual_ewc_enabled) ewc += rm.params; /* the pass's host buffer */
+    /* the bf16 working copies exist when the backend stores bf16 (not in an fp32 experiment) */
+    const double copies = on_device && r->be->act_size() < 4 ? rm.weights_bf16 : 0;
+    const double per_rank = rm.params + rm.grads + rm.optimizer + activations + copies + ewc;
+    uint64_t have = 0, total = 0;
+    char what[64] = "";
+    double need = per_rank;
+    if (on_device) {
+        DS_TRY(memory_device_free(&have, &total));
+    } else {
+        DS_TRY(memory_host_limit(&have, what, sizeof(what)));
+        need = per_rank * ranks_here;
+    }
+    if (need <= (double)have) return DS_OK;
+    char b[8][24], parts[320], ranks[64] = "", line[1000];
+    int n = snprintf(parts, sizeof(parts),
+                     "parameters %s, gradients %s, optimizer %s, activations %s",
+                     memory_bytes_text(b[0], rm.params), memory_bytes_text(b[1], rm.grads),
+                     memory_bytes_text(b[2], rm.optimizer), memory_bytes_text(b[3], activations));
+    if (copies > 0)
+        n += snprintf(parts + n, sizeof(parts) - (size_t)n, ", bf16 copies %s",
+                      memory_bytes_text(b[4], copies));
+    if (ewc > 0)
+        snprintf(parts + n, sizeof(parts) - (size_t)n, ", EWC %s", memory_bytes_text(b[4], ewc));
+    if (on_device)
+        snprintf(line, sizeof(line),
+                 "memory: the run needs at least %s of GPU memory per rank (%s), more than the %s "
+                 "free on this rank's GPU (%s in all)",
+                 memory_bytes_text(b[5], per_rank), parts, memory_bytes_text(b[6], (double)have),
+                 memory_bytes_text(b[7], (double)total));
+    else {
+        if (ranks_here > 1)
+            snprintf(ranks, sizeof(ranks), " for the %d ranks on this host", ranks_here);
+        snprintf(line, sizeof(line),
+                 "memory: the run needs %s of host memory%s (per rank: %s), more than the %s "
+                 "this host has (%s)",
+                 memory_bytes_text(b[5], need), ranks, parts,
+                 memory_bytes_text(b[6], (double)have), what);
+    }
+    if (!cfg->train_check_memory) {
+        progress_warn("%s; starting anyway (train.check_memory is false)", line);
+        return DS_OK;
+    }
+    return ds_error(DS_ERR_INPUT,
+                    "%s; lower train.micro_batch_size or train.seq_len, set "
+                    "train.activation_checkpointing, or use more %s (train.check_memory=false "
+                    "starts anyway)",
+                    line, on_device ? "GPUs" : "hosts");
+}
+
 int train_run(const Config *cfg)
 {
     int status = DS_OK, lock_fd = -1, start_step = 0;
@@ -1153,6 +1246,13 @@ int train_run(const Config *cfg)
     status = run_check_data(r, replay_from_start);
     if ((status = run_agree(grid, status)) != DS_OK) goto done;
 
+    /* the backend, and whether the run fits in its memory, before anything large is made */
+    int ranks_here = 1;
+    if ((status = run_ranks_on_host(grid, &ranks_here)) != DS_OK) goto done;
+    status = train_backend(cfg, &r->be);
+    if (status == DS_OK) status = run_check_memory(r, ranks_here);
+    if ((status = run_agree(grid, status)) != DS_OK) goto done;
+
     /* the run directory: named by rank 0 (clocks may cross a second), taken with a lock */
     if (cfg->run_dir[0]) {
         snprintf(r->run_dir, sizeof(r->run_dir), "%s", cfg->run_dir);
@@ -1195,7 +1295,6 @@ int train_run(const Config *cfg)
     }
 
     /* model, on this rank's device and tensor-parallel slice */
-    if ((status = train_backend(cfg, &r->be)) != DS_OK) goto done;
     if ((status = model_init_parallel(&r->model, &r->mc, r->be, r->B, r->T, grid)) != DS_OK)
         goto done;
     r->n_params = run_count_params(&r->model);
