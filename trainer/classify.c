@@ -37,16 +37,19 @@ int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data
         status = ds_error(DS_ERR_INPUT, "%s: no documents", data_path);
         goto done;
     }
+    /* rows no longer than the longest document: what --seq-len asks beyond it is padding */
+    int64_t longest = 1;
+    for (int64_t d = 0; d < info->n_docs; d++)
+        if (dataset_doc_length(ds, d) > longest) longest = dataset_doc_length(ds, d);
     if (seq_len == 0) {
-        int64_t longest = 1;
-        for (int64_t d = 0; d < info->n_docs; d++)
-            if (dataset_doc_length(ds, d) > longest) longest = dataset_doc_length(ds, d);
         const int64_t limit = mc->max_position_embeddings > 0 ? mc->max_position_embeddings : 4096;
         seq_len = (int)(longest < limit ? longest : limit);
     }
+    if (seq_len > longest) seq_len = (int)longest;
     if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
     if (batch > info->n_docs) batch = (int)info->n_docs;
     const int B = batch, T = seq_len;
+    if ((status = eval_check_memory(mc, B, T)) != DS_OK) goto done;
     labels = ds_malloc((size_t)info->n_docs * sizeof(int64_t));
     logits = ds_malloc((size_t)B * L * sizeof(float));
     if (!labels || !logits) {

@@ -10,9 +10,15 @@
 /* Accuracy of the model in model_dir (a Hugging Face directory or a checkpoint, as
  * model_path_resolve gives it; mc: its config, num_labels > 0) over every document of
  * data_path, batch rows at a time; prints `eval_accuracy=A examples=N`. seq_len 0: the longest
- * document, at most max_position_embeddings; batch 0: about 4096 tokens a batch. logits_path
+ * document, at most max_position_embeddings; a seq_len beyond the longest document is that
+ * length (the rows are the same); batch 0: about 4096 tokens a batch. logits_path
  * (may be NULL): a text file, one line per document: its label, then the num_labels logits. */
 int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data_path, int seq_len,
                   int batch, const char *logits_path, double *accuracy);
+
+/* The host memory `dstrain eval`'s model takes at batch x seq_len (parameters, gradients,
+ * activations), checked before it is made: DS_ERR_INPUT with both figures when it does not fit
+ * (eval.c, classify_eval). */
+int eval_check_memory(const ModelConfig *mc, int batch, int seq_len);
 
 #endif

@@ -2,7 +2,9 @@
  * each document scored on its own from its first token (no packing, no padding counted). A
  * document longer than the sequence length is scored in consecutive windows of seq_len inputs,
  * each window starting where the previous one's targets ended, so every token after the first is
- * predicted exactly once. Tokens whose loss mask is 0 are not counted. */
+ * predicted exactly once. Tokens whose loss mask is 0 are not counted. Cheap checks come first:
+ * the options, the data file, then the window sized from the data and the model's memory against
+ * the host's, before anything large is allocated or the weights are read. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include "../data/dataset.h"
 #include "classify.h"
 #include "common.h"
+#include "memory.h"
 #include "train.h"
 
 static void eval_usage(FILE *out)
@@ -23,6 +26,10 @@ static void eval_usage(FILE *out)
             "  DIR: a Hugging Face model directory, a checkpoint (step-N), a checkpoint\n"
             "  directory (its newest complete checkpoint) or a run directory (its checkpoints/,\n"
             "  else its export/).\n"
+            "  --seq-len: tokens a window (default max_position_embeddings), no more than the\n"
+            "  longest document needs; --batch: windows a forward (default about 4096 tokens),\n"
+            "  no more than there are. Both are checked, and the model's memory against the\n"
+            "  host's, before the model is loaded.\n"
             "  Prints eval_loss=<mean next-token loss> tokens=<predicted tokens> last; for a\n"
             "  *ForSequenceClassification model eval_accuracy=<fraction> examples=<documents>\n"
             "  (--logits: each document's label and logits, one line each).\n");
@@ -32,10 +39,23 @@ static int parse_positive(const char *flag, const char *text, int *out)
 {
     char *end;
     long v = strtol(text, &end, 10);
-    if (*text == 0 || *end != 0 || v <= 0 || v > (1 << 24))
+    if (*text < '0' || *text > '9' || *end != 0 || v <= 0 || v > (1 << 24))
         return ds_error(DS_ERR_INPUT, "%s: expected a positive integer, got \"%s\"", flag, text);
     *out = (int)v;
     return DS_OK;
+}
+
+int eval_check_memory(const ModelConfig *mc, int batch, int seq_len)
+{
+    ModelMemory mm;
+    DS_TRY(model_memory_estimate(mc, batch, seq_len, 1, 1, 0, &mm));
+    char subject[200], a[24], b[24];
+    snprintf(subject, sizeof(subject),
+             "eval at --batch %d x --seq-len %d (parameters and gradients %s, activations %s)",
+             batch, seq_len, memory_bytes_text(a, (double)mm.params + (double)mm.grads),
+             memory_bytes_text(b, (double)mm.activations));
+    return memory_check_host((double)mm.params + (double)mm.grads + (double)mm.activations,
+                             subject, "lower --seq-len or --batch");
 }
 
 /* Score the rows filled so far and reset the batch. */
@@ -88,15 +108,27 @@ int eval_main(int argc, char **argv)
                         "eval: --logits is for classification models; %s is a "
                         "causal LM",
                         model_dir);
-    if (seq_len == 0) seq_len = mc.max_position_embeddings > 0 ? mc.max_position_embeddings : 2048;
-    if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
-
     TokenDataset *ds = NULL;
     Model m = {0};
     int32_t *doc = NULL;
     uint8_t *mask = NULL;
     int status = dataset_open(data_path, mc.vocab_size, &ds);
     if (status != DS_OK) return status;
+    /* cheap checks first: the window is sized from the data (no longer than the longest
+     * document needs: each document is then one window, whatever --seq-len asked, and the
+     * result is the same), and the model must fit the host before anything is allocated */
+    int64_t longest = 0, windows = 0;
+    for (int64_t d = 0; d < dataset_info(ds)->n_docs; d++)
+        if (dataset_doc_length(ds, d) > longest) longest = dataset_doc_length(ds, d);
+    if (seq_len == 0) seq_len = mc.max_position_embeddings > 0 ? mc.max_position_embeddings : 2048;
+    if (longest - 1 < seq_len) seq_len = longest > 2 ? (int)(longest - 1) : 1;
+    for (int64_t d = 0; d < dataset_info(ds)->n_docs; d++) { /* and no more rows than windows */
+        const int64_t len = dataset_doc_length(ds, d);
+        if (len > 1) windows += (len - 1 + seq_len - 1) / seq_len;
+    }
+    if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
+    if (windows > 0 && batch > windows) batch = (int)windows;
+    if ((status = eval_check_memory(&mc, batch, seq_len)) != DS_OK) goto done;
     if ((status = model_init(&m, &mc, backend_cpu(), batch, seq_len)) != DS_OK) goto done;
     if ((status = model_path_load_weights(model_dir, &mc, &m.table, m.params)) != DS_OK)
         goto done;

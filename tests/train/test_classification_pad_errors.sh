@@ -63,6 +63,10 @@ json.dump(c, open('cls/config.json', 'w'))"
 "$DSTRAIN" eval --model cls --data padded.h5 > evalpad.out 2>&1; rc=$?
 check "eval with pad_token_id set runs" test $rc -eq 0
 check "eval with pad_token_id scores the 3 documents" grep -q "examples=3" evalpad.out
+# rows no longer than the longest document: a --seq-len far beyond it scores the same
+"$DSTRAIN" eval --model cls --data padded.h5 --seq-len 16777216 > evalbig.out 2>&1; rc=$?
+check "eval --seq-len 2^24: exit 0 and the same accuracy" \
+  test $rc -eq 0 -a "$(tail -n 1 evalbig.out)" = "$(tail -n 1 evalpad.out)"
 
 # training: the data file's pad_id attribute is what is missing (the model's pad_token_id, when
 # it has one, stands in for it: so here it has none)
