@@ -155,10 +155,26 @@ int hf_config_json_text(const ModelConfig *mc, const char *base_dir, char **out)
         cJSON_AddNullToObject(root, "rope_scaling");
     } else {
         cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
-        cJSON_AddStringToObject(rs, "type", mc->rope_type == ROPE_LINEAR ? "linear" : "llama3");
-        cJSON_AddStringToObject(rs, "rope_type",
-                                mc->rope_type == ROPE_LINEAR ? "linear" : "llama3");
+        const char *type = mc->rope_type == ROPE_LINEAR   ? "linear"
+                           : mc->rope_type == ROPE_LLAMA3 ? "llama3"
+                                                          : "yarn";
+        cJSON_AddStringToObject(rs, "type", type);
+        cJSON_AddStringToObject(rs, "rope_type", type);
         cJSON_AddItemToObject(rs, "factor", number_raw(mc->rope_factor, 0));
+        if (mc->rope_type == ROPE_YARN) {
+            cJSON_AddNumberToObject(rs, "original_max_position_embeddings",
+                                    mc->rope_original_max_position);
+            cJSON_AddItemToObject(rs, "beta_fast", number_raw(mc->rope_beta_fast, 0));
+            cJSON_AddItemToObject(rs, "beta_slow", number_raw(mc->rope_beta_slow, 0));
+            if (mc->rope_mscale != 0)
+                cJSON_AddItemToObject(rs, "mscale", number_raw(mc->rope_mscale, 0));
+            if (mc->rope_mscale_all_dim != 0)
+                cJSON_AddItemToObject(rs, "mscale_all_dim", number_raw(mc->rope_mscale_all_dim, 0));
+            if (mc->rope_attention_factor > 0)
+                cJSON_AddItemToObject(rs, "attention_factor",
+                                      number_raw(mc->rope_attention_factor, 0));
+            if (!mc->rope_truncate) cJSON_AddBoolToObject(rs, "truncate", 0);
+        }
         if (mc->rope_type == ROPE_LLAMA3) {
             cJSON_AddItemToObject(rs, "low_freq_factor", number_raw(mc->rope_low_freq_factor, 0));
             cJSON_AddItemToObject(rs, "high_freq_factor", number_raw(mc->rope_high_freq_factor, 0));

@@ -85,7 +85,8 @@ static const ConfigKey config_schema[] = {
     STR("model.path", model_path, "", CK_PATH,
         "Hugging Face model directory to start from; empty = train model.preset from scratch"),
     ENUM("model.preset", model_preset, "tiny", "built-in model shape used when model.path is empty",
-         "tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b"),
+         "tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b", "tiny-moe",
+         "deepseek-v2-lite"),
     FLT("model.init_std", model_init_std, "0.02", 0, 1, 0,
         "standard deviation of the random initial weights (from-scratch runs)"),
     BOOL("model.random_init", model_random_init, "false",
@@ -119,10 +120,10 @@ static const ConfigKey config_schema[] = {
     INT("train.max_nonfinite", train_max_nonfinite, "10", 1, 1000000000,
         "a step whose loss or gradient is not finite is skipped (no update); after this many in "
         "a row the run stops"),
-
     BOOL("train.check_memory", train_check_memory, "true",
          "refuse a run whose memory estimate exceeds the host's memory (cpu) or the GPU's free "
          "memory (cuda) before allocating (docs/memory.md); false: start anyway, with a warning"),
+
     FLT("optim.lr", optim_lr, "3e-3", 0, 10, 0, "peak learning rate (AdamW)"),
     FLT("optim.min_lr_ratio", optim_min_lr_ratio, "0.1", 0, 1, 0,
         "final learning rate as a fraction of optim.lr (cosine and linear schedules)"),

@@ -76,8 +76,81 @@ static const struct {
     {"deepseek-llm-7b", 102400, 4096, 11008, 30, 32, 32, 4096, 100000, 100001, 10000.0, 0, 1e-6f},
 };
 
+/* DeepSeek shapes: "tiny-moe", a byte-level DeepSeek-V3-shaped model (a q latent, sigmoid
+ * routing over groups with the score correction, a shared expert, the first layer dense) for
+ * tests and small from-scratch runs; "deepseek-v2-lite", the published DeepSeek-V2-Lite. */
+static int preset_deepseek(const char *name, ModelConfig *mc)
+{
+    preset_base(mc);
+    if (strcmp(name, "tiny-moe") == 0) {
+        mc->arch = ARCH_DEEPSEEK_V3;
+        mc->vocab_size = 320;
+        mc->hidden_size = 128;
+        mc->intermediate_size = 384;
+        mc->num_layers = 4;
+        mc->num_heads = mc->num_kv_heads = 4;
+        mc->max_position_embeddings = 2048;
+        mc->bos_token_id = 256;
+        mc->eos_token_id = 257;
+        mc->rms_norm_eps = 1e-6f;
+        mc->q_lora_rank = 64;
+        mc->kv_lora_rank = 64;
+        mc->qk_nope_head_dim = 32;
+        mc->qk_rope_head_dim = 16;
+        mc->v_head_dim = 32;
+        mc->n_routed_experts = 16;
+        mc->n_shared_experts = 1;
+        mc->num_experts_per_tok = 4;
+        mc->moe_intermediate_size = 64;
+        mc->first_k_dense_replace = 1;
+        mc->n_group = 4;
+        mc->topk_group = 2;
+        mc->norm_topk_prob = 1;
+        mc->routed_scaling_factor = 2.5;
+        mc->scoring = MOE_SIGMOID;
+        mc->topk_method = MOE_NOAUX_TC;
+    } else if (strcmp(name, "deepseek-v2-lite") == 0) {
+        mc->arch = ARCH_DEEPSEEK_V2;
+        mc->vocab_size = 102400;
+        mc->hidden_size = 2048;
+        mc->intermediate_size = 10944;
+        mc->num_layers = 27;
+        mc->num_heads = mc->num_kv_heads = 16;
+        mc->max_position_embeddings = 163840;
+        mc->bos_token_id = 100000;
+        mc->eos_token_id = 100001;
+        mc->kv_lora_rank = 512;
+        mc->qk_nope_head_dim = 128;
+        mc->qk_rope_head_dim = 64;
+        mc->v_head_dim = 128;
+        mc->n_routed_experts = 64;
+        mc->n_shared_experts = 2;
+        mc->num_experts_per_tok = 6;
+        mc->moe_intermediate_size = 1408;
+        mc->first_k_dense_replace = 1;
+        mc->routed_scaling_factor = 1.0;
+        mc->scoring = MOE_SOFTMAX;
+        mc->topk_method = MOE_GREEDY;
+        mc->n_group = mc->topk_group = 1;
+        mc->rope_type = ROPE_YARN;
+        mc->rope_factor = 40;
+        mc->rope_original_max_position = 4096;
+        mc->rope_beta_fast = 32;
+        mc->rope_beta_slow = 1;
+        mc->rope_mscale = mc->rope_mscale_all_dim = 0.707;
+        mc->rope_truncate = 1;
+    } else {
+        return 0;
+    }
+    mc->moe_layer_freq = 1;
+    mc->rope_interleave = 1;
+    mc->head_dim = mc->qk_rope_head_dim;
+    return 1;
+}
+
 int model_preset(const char *name, ModelConfig *mc)
 {
+    if (preset_deepseek(name, mc)) return DS_OK;
     for (size_t i = 0; i < DS_ARRAY_LEN(presets); i++) {
         if (strcmp(presets[i].name, name) != 0) continue;
         preset_base(mc);
@@ -104,6 +177,7 @@ int model_preset(const char *name, ModelConfig *mc)
         strncat(known, i ? ", " : "", sizeof(known) - strlen(known) - 1);
         strncat(known, presets[i].name, sizeof(known) - strlen(known) - 1);
     }
+    strncat(known, ", tiny-moe, deepseek-v2-lite", sizeof(known) - strlen(known) - 1);
     return ds_error(DS_ERR_INPUT, "model.preset: unknown preset \"%s\" (known: %s)", name, known);
 }
 
