@@ -683,11 +683,11 @@ static int check_params_finite(const char *src, const ParamTable *table, const f
 /* Export the parameters of checkpoint c, or (c NULL) of the Hugging Face directory src_dir (a
  * copy in another dtype or shard size), into dir. */
 static int export_into(Ckpt *c, const char *src_dir, const char *dir, DType dtype,
-                       uint64_t max_bytes)
+                       uint64_t max_bytes, HfExtraTensors extra)
 {
     const char *ckdir = c ? ckpt_path(c) : src_dir;
     ModelConfig mc;
-    DS_TRY(hf_config_load(ckdir, &mc));
+    DS_TRY(hf_config_load_with(ckdir, extra, &mc));
     ParamTable table;
     DS_TRY(param_table_build(&mc, &table));
     float *params = ds_aligned_alloc(PARAM_ALIGN_BYTES, table.total * sizeof(float));
@@ -743,7 +743,7 @@ static int export_into(Ckpt *c, const char *src_dir, const char *dir, DType dtyp
 /* hf_export_checkpoint (is_ckpt) or hf_export_hf_dir: src verified or read, out_dir written
  * under a temporary name and renamed into place. */
 static int export_model(const char *src, int is_ckpt, const char *out_dir, DType dtype,
-                        uint64_t max_shard_bytes, int replace)
+                        uint64_t max_shard_bytes, int replace, HfExtraTensors extra)
 {
     struct stat st;
     if (!replace && stat(out_dir, &st) == 0)
@@ -765,7 +765,7 @@ static int export_model(const char *src, int is_ckpt, const char *out_dir, DType
     snprintf(what, sizeof(what), "exporting to %s", out_dir);
     if (status == DS_OK) {
         progress_task_begin(&task, what, 0, "");
-        status = export_into(c, src, tmp, dtype, max_shard_bytes);
+        status = export_into(c, src, tmp, dtype, max_shard_bytes, extra);
         if (status == DS_OK) progress_task_end(&task);
     }
     if (c) ckpt_close(c);
@@ -785,33 +785,42 @@ static int export_model(const char *src, int is_ckpt, const char *out_dir, DType
 int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
                          uint64_t max_shard_bytes, int replace)
 {
-    return export_model(ckpt_dir, 1, out_dir, dtype, max_shard_bytes, replace);
+    return export_model(ckpt_dir, 1, out_dir, dtype, max_shard_bytes, replace, HF_EXTRA_REFUSE);
 }
 
 int hf_export_hf_dir(const char *hf_dir, const char *out_dir, DType dtype,
-                     uint64_t max_shard_bytes, int replace)
+                     uint64_t max_shard_bytes, int replace, int allow_extra_tensors)
 {
-    return export_model(hf_dir, 0, out_dir, dtype, max_shard_bytes, replace);
+    return export_model(hf_dir, 0, out_dir, dtype, max_shard_bytes, replace,
+                        allow_extra_tensors ? HF_EXTRA_WARN : HF_EXTRA_REFUSE);
 }
 
 static void export_usage(FILE *out)
 {
     fprintf(out, "usage: dstrain export --checkpoint DIR --output HF_DIR [--dtype bf16|fp16|fp32]\n"
-                 "                      [--max-shard-size 5GB]\n"
+                 "                      [--max-shard-size 5GB] [--allow-extra-tensors]\n"
                  "  DIR (--checkpoint or --model): a checkpoint (step-N), a checkpoint directory\n"
                  "  (its newest complete checkpoint), a run directory (its checkpoints/, else its\n"
                  "  export/) or a Hugging Face model directory (copied in --dtype and shard size).\n"
-                 "  Writes a Hugging Face model directory.\n");
+                 "  Writes a Hugging Face model directory.\n"
+                 "  --allow-extra-tensors: a model directory's weight files may hold tensors the\n"
+                 "  model lacks (a layer beyond num_hidden_layers): left out with a warning\n"
+                 "  naming them, not refused.\n");
 }
 
 int export_main(int argc, char **argv)
 {
     const char *ckpt = NULL, *output = NULL, *dtype_text = "bf16", *size_text = "5GB";
+    int allow_extra = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             export_usage(stdout);
             return DS_OK;
+        }
+        if (strcmp(a, "--allow-extra-tensors") == 0) {
+            allow_extra = 1;
+            continue;
         }
         if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "export: %s expects a value", a);
         if (strcmp(a, "--checkpoint") == 0 || strcmp(a, "--model") == 0)
@@ -840,7 +849,7 @@ int export_main(int argc, char **argv)
     if (kind == MODEL_PATH_CHECKPOINT)
         DS_TRY(hf_export_checkpoint(path, output, dtype, max_bytes, 0));
     else
-        DS_TRY(hf_export_hf_dir(path, output, dtype, max_bytes, 0));
+        DS_TRY(hf_export_hf_dir(path, output, dtype, max_bytes, 0, allow_extra));
     printf("dstrain: exported %s to %s (%s)\n", path, output, torch_dtype_name(dtype));
     return DS_OK;
 }

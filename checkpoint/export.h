@@ -41,9 +41,10 @@ int hf_export_checkpoint(const char *ckpt_dir, const char *out_dir, DType dtype,
                          uint64_t max_shard_bytes, int replace);
 
 /* The same from a Hugging Face model directory (its config.json, weights and tokenizer files):
- * a copy in another dtype or shard size. */
+ * a copy in another dtype or shard size. allow_extra_tensors: tensors of its files that the
+ * model lacks are left out with a warning (hf_config_load_with's HF_EXTRA_WARN), not refused. */
 int hf_export_hf_dir(const char *hf_dir, const char *out_dir, DType dtype,
-                     uint64_t max_shard_bytes, int replace);
+                     uint64_t max_shard_bytes, int replace, int allow_extra_tensors);
 
 /* `dstrain export --checkpoint DIR --output HF_DIR [--dtype bf16|fp16|fp32]
  *  [--max-shard-size 5GB]`; DIR is resolved by model_path_resolve (a checkpoint, a checkpoint

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../trainer/log.h"
 #include "safetensors.h"
 
 #define HF_PATH_MAX 1024
@@ -485,7 +486,8 @@ static int cmp_param_name(const void *a, const void *b)
  * layer beyond num_hidden_layers would otherwise be silently left out). A directory without
  * weight files (model.random_init takes only the shape, a checkpoint keeps its own) is not
  * checked here. */
-static int hf_config_check_weights(const char *dir, const char *file, const ModelConfig *mc)
+static int hf_config_check_weights(const char *dir, const char *file, const ModelConfig *mc,
+                                   HfExtraTensors extra)
 {
     char index_path[HF_PATH_MAX], path[HF_PATH_MAX + HF_FILE_NAME_MAX_CHECK];
     snprintf(index_path, sizeof(index_path), "%s/model.safetensors.index.json", dir);
@@ -560,19 +562,24 @@ static int hf_config_check_weights(const char *dir, const char *file, const Mode
             char got[160], want[64];
             shape_text(got, sizeof(got), t->ndim, t->shape);
             shape_text(want, sizeof(want), p->ndim, p->shape);
+            char shown_file[300];
             status = ds_error(DS_ERR_INPUT,
                               "%s: tensor %s: shape %s in %s, but config.json gives %s", dir,
-                              p->name, got, t->file, want);
+                              p->name, got, ds_printable(shown_file, sizeof(shown_file), t->file, 200),
+                              want);
         }
     }
-    /* and nothing else */
-    if (status == DS_OK) {
+    /* and nothing else, unless the caller allows more (model.allow_extra_tensors): then one
+     * warning names the first few and the count, and the loader leaves them out */
+    if (status == DS_OK && extra != HF_EXTRA_QUIET) {
         const ParamInfo **names = ds_calloc((size_t)(pt.count ? pt.count : 1), sizeof(*names));
         if (!names) status = DS_ERR_INTERNAL;
         for (int i = 0; i < pt.count && names; i++)
             names[i] = &pt.items[i];
         if (names) qsort(names, (size_t)pt.count, sizeof(*names), cmp_param_name);
-        for (int64_t i = 0; i < n_have && status == DS_OK; i++) {
+        char listed[1024] = "", shown[300], shown_file[300], shown_dir[600];
+        int64_t n_extra = 0;
+        for (int64_t i = 0; i < n_have && status == DS_OK && names; i++) {
             if (tensor_allowed_extra(have[i].name)) continue;
             int found = 0;
             for (int lo = 0, hi = pt.count - 1; lo <= hi && !found;) {
@@ -582,15 +589,31 @@ static int hf_config_check_weights(const char *dir, const char *file, const Mode
                 else if (c < 0) hi = mid - 1;
                 else lo = mid + 1;
             }
-            if (!found) {
-                char shown[300];
+            if (found) continue;
+            ds_printable(shown, sizeof(shown), have[i].name, 200);
+            ds_printable(shown_file, sizeof(shown_file), have[i].file, 200);
+            if (extra == HF_EXTRA_REFUSE) {
                 status = ds_error(DS_ERR_INPUT,
                                   "%s: tensor %s in %s is not part of the model config.json "
-                                  "describes (%d layers)",
-                                  dir, ds_printable(shown, sizeof(shown), have[i].name, 200),
-                                  have[i].file, mc->num_layers);
+                                  "describes (%d layer%s); model.allow_extra_tensors: true "
+                                  "(--allow-extra-tensors) loads the model without it",
+                                  ds_printable(shown_dir, sizeof(shown_dir), dir, 400), shown,
+                                  shown_file, mc->num_layers, mc->num_layers == 1 ? "" : "s");
+                break;
             }
+            if (n_extra < 4) {
+                size_t o = strlen(listed);
+                snprintf(listed + o, sizeof(listed) - o, "%s%s", n_extra ? ", " : "", shown);
+            }
+            n_extra++;
         }
+        if (status == DS_OK && n_extra > 0)
+            progress_warn("%s: %lld tensor%s not part of the model config.json describes (%d "
+                          "layer%s) %s left out (model.allow_extra_tensors): %s%s",
+                          ds_printable(shown_dir, sizeof(shown_dir), dir, 400),
+                          (long long)n_extra, n_extra == 1 ? "" : "s", mc->num_layers,
+                          mc->num_layers == 1 ? "" : "s", n_extra == 1 ? "is" : "are", listed,
+                          n_extra > 4 ? ", ..." : "");
         free(names);
     }
     param_table_free(&pt);
@@ -605,6 +628,11 @@ static int hf_config_check_weights(const char *dir, const char *file, const Mode
 
 int hf_config_load(const char *dir, ModelConfig *mc)
 {
+    return hf_config_load_with(dir, HF_EXTRA_REFUSE, mc);
+}
+
+int hf_config_load_with(const char *dir, HfExtraTensors extra, ModelConfig *mc)
+{
     char file[HF_PATH_MAX];
     memset(mc, 0, sizeof(*mc));
     if ((size_t)snprintf(file, sizeof(file), "%s/config.json", dir) >= sizeof(file))
@@ -615,7 +643,7 @@ int hf_config_load(const char *dir, ModelConfig *mc)
     cJSON_Delete(root);
     if (status != DS_OK) return status;
     DS_TRY(model_config_check(mc, file));
-    return hf_config_check_weights(dir, file, mc);
+    return hf_config_check_weights(dir, file, mc, extra);
 }
 
 int hf_dir_kind(const char *dir)
@@ -901,8 +929,8 @@ int hf_load_weights_seeded(const char *dir, const ModelConfig *mc, const ParamTa
     if (!head) return load_weights(dir, table, params, NULL, NULL);
     /* Which kind the directory is decides whether a missing head is expected (a causal LM) or a
      * damaged classifier. */
-    ModelConfig file_mc;
-    DS_TRY(hf_config_load(dir, &file_mc));
+    ModelConfig file_mc; /* the caller's hf_config_load_with judged the files already */
+    DS_TRY(hf_config_load_with(dir, HF_EXTRA_QUIET, &file_mc));
     if (file_mc.num_labels > 0) return load_weights(dir, table, params, NULL, NULL);
     int found = 0;
     DS_TRY(load_weights(dir, table, params, "score.weight", &found));

@@ -20,8 +20,21 @@ int hf_json_bool(const HfJson *j, const char *key, int dflt, int *out);
 int hf_json_string(const HfJson *j, const char *key, const char **out); /* NULL when absent */
 int hf_json_has(const HfJson *j, const char *key);
 
-/* Parse DIR/config.json. Unsupported architecture or field values name what is supported. */
+/* Parse DIR/config.json. Unsupported architecture or field values name what is supported. The
+ * config is checked against the weight files' headers before anything is sized from it: as many
+ * tensors as it implies, each with the shape it gives, and no tensor the model lacks (a layer
+ * beyond num_hidden_layers, a head it does not use; a tied lm_head.weight and rotary inv_freq
+ * buffers aside): DS_ERR_INPUT naming the first. */
 int hf_config_load(const char *dir, ModelConfig *mc);
+
+/* What to do with tensors of the weight files that the model lacks. */
+typedef enum HfExtraTensors {
+    HF_EXTRA_REFUSE = 0, /* DS_ERR_INPUT naming the first (hf_config_load) */
+    HF_EXTRA_WARN,       /* one warning naming them and their count; the loader leaves them out
+                          * (model.allow_extra_tensors, --allow-extra-tensors) */
+    HF_EXTRA_QUIET       /* not looked for (files a caller has judged already) */
+} HfExtraTensors;
+int hf_config_load_with(const char *dir, HfExtraTensors extra, ModelConfig *mc);
 
 /* Fill this rank's slice of every parameter in table (fp32, at each item's offset in params)
  * from the directory's safetensors files, converting BF16/F16/F32. A missing tensor, a wrong

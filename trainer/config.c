@@ -91,6 +91,10 @@ static const ConfigKey config_schema[] = {
         "standard deviation of the random initial weights (from-scratch runs)"),
     BOOL("model.random_init", model_random_init, "false",
          "with model.path: take only the shape from its config.json and start from random weights"),
+    BOOL("model.allow_extra_tensors", model_allow_extra_tensors, "false",
+         "with model.path: load weight files that hold tensors the model config.json describes "
+         "lacks (a layer beyond num_hidden_layers), leaving them out with a warning naming them; "
+         "false: refused"),
 
     FILES("data.train", data_train_files, data_train,
           "HDF5 token file to train on, or a mixture: a list of {path, weight}; empty = the "

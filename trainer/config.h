@@ -25,6 +25,7 @@ typedef struct Config {
     char model_preset[64];             /* model.preset: tiny | ... */
     float model_init_std;              /* model.init_std */
     int model_random_init;             /* model.random_init: shape from model.path, random weights */
+    int model_allow_extra_tensors;     /* tensors the model lacks: a warning, not an error */
     /* data */
     char data_train[CONFIG_STR_MAX];   /* data.train: the first file (as a plain path); empty = bundled */
     ConfigDataFiles data_train_files;  /* data.train: every file with its weight */

@@ -22,7 +22,7 @@ static void eval_usage(FILE *out)
 {
     fprintf(out,
             "usage: dstrain eval --model DIR --data FILE.h5 [--seq-len N] [--batch N]\n"
-            "                    [--logits FILE]\n"
+            "                    [--logits FILE] [--allow-extra-tensors]\n"
             "  DIR: a Hugging Face model directory, a checkpoint (step-N), a checkpoint\n"
             "  directory (its newest complete checkpoint) or a run directory (its checkpoints/,\n"
             "  else its export/).\n"
@@ -32,7 +32,9 @@ static void eval_usage(FILE *out)
             "  host's, before the model is loaded.\n"
             "  Prints eval_loss=<mean next-token loss> tokens=<predicted tokens> last; for a\n"
             "  *ForSequenceClassification model eval_accuracy=<fraction> examples=<documents>\n"
-            "  (--logits: each document's label and logits, one line each).\n");
+            "  (--logits: each document's label and logits, one line each).\n"
+            "  --allow-extra-tensors: weight files may hold tensors the model lacks (a layer\n"
+            "  beyond num_hidden_layers): left out with a warning naming them, not refused.\n");
 }
 
 static int parse_positive(const char *flag, const char *text, int *out)
@@ -74,12 +76,16 @@ static void eval_flush(Model *m, int rows, double *sum, double *count)
 int eval_main(int argc, char **argv)
 {
     const char *model_dir = NULL, *data_path = NULL, *logits_path = NULL;
-    int seq_len = 0, batch = 0;
+    int seq_len = 0, batch = 0, allow_extra = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             eval_usage(stdout);
             return DS_OK;
+        }
+        if (strcmp(a, "--allow-extra-tensors") == 0) {
+            allow_extra = 1;
+            continue;
         }
         if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "%s: expects a value", a);
         if (strcmp(a, "--model") == 0) model_dir = argv[++i];
@@ -98,7 +104,8 @@ int eval_main(int argc, char **argv)
     DS_TRY(model_path_resolve("eval", model_dir, resolved, sizeof(resolved), &kind));
     model_dir = resolved;
     ModelConfig mc;
-    DS_TRY(hf_config_load(model_dir, &mc)); /* a checkpoint holds its model's config.json */
+    /* a checkpoint holds its model's config.json */
+    DS_TRY(hf_config_load_with(model_dir, allow_extra ? HF_EXTRA_WARN : HF_EXTRA_REFUSE, &mc));
     if (mc.num_labels > 0) { /* classify.c */
         double accuracy;
         return classify_eval(model_dir, &mc, data_path, seq_len, batch, logits_path, &accuracy);

@@ -185,7 +185,9 @@ static int info_parameters(const ModelConfig *mc, FILE *out)
 static int info_hf_model(const char *dir, FILE *out)
 {
     ModelConfig mc;
-    DS_TRY(hf_config_load(dir, &mc));
+    /* info describes what is there: tensors the model lacks are a warning, as
+     * model.allow_extra_tensors makes them, and the weight files are listed whole below */
+    DS_TRY(hf_config_load_with(dir, HF_EXTRA_WARN, &mc));
     fprintf(out, "Hugging Face model directory %s\n", dir);
     fprintf(out, "architecture: %s\n", model_arch_name(mc.arch));
     fprintf(out,

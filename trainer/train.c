@@ -43,7 +43,9 @@
 int train_model_config(const Config *cfg, ModelConfig *mc)
 {
     if (cfg->model_path[0]) {
-        DS_TRY(hf_config_load(cfg->model_path, mc));
+        DS_TRY(hf_config_load_with(cfg->model_path,
+                                   cfg->model_allow_extra_tensors ? HF_EXTRA_WARN : HF_EXTRA_REFUSE,
+                                   mc));
         if (mc->num_labels > 0 && strcmp(cfg->task_type, "classification") != 0)
             return ds_error(DS_ERR_INPUT,
                             "model.path: %s is a sequence classifier (%d labels); set "

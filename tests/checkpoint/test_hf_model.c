@@ -12,6 +12,7 @@
 
 #include "checkpoint/hf_model.h"
 #include "checkpoint/safetensors.h"
+#include "trainer/log.h"
 
 static char tmpdir[512];
 
@@ -755,7 +756,9 @@ Test(hf_model, test_config_sizes_are_checked_against_the_weight_files)
     cr_assert_eq(mc.num_layers, 2);
     assert_tiny_config_fails("\"vocab_size\": 20, \"intermediate_size\": 12, \"num_hidden_layers\": 1",
                              "tensor model.layers.1.input_layernorm.weight in model.safetensors "
-                             "is not part of the model config.json describes (1 layers)");
+                             "is not part of the model config.json describes (1 layer); "
+                             "model.allow_extra_tensors: true (--allow-extra-tensors) loads the "
+                             "model without it");
     assert_tiny_config_fails(
         "\"vocab_size\": 20, \"intermediate_size\": 12, \"num_hidden_layers\": 100000",
         "config.json: num_hidden_layers 100000 means 900003 tensors, but the weight files hold 21");
@@ -770,6 +773,40 @@ Test(hf_model, test_config_sizes_are_checked_against_the_weight_files)
         "\"vocab_size\": 20, \"intermediate_size\": 2000000000, \"num_hidden_layers\": 2",
         "tensor model.layers.0.mlp.gate_proj.weight: shape [12, 8] in model.safetensors, but "
         "config.json gives [2000000000, 8]");
+}
+
+/* model.allow_extra_tensors (HF_EXTRA_WARN): weight files holding a layer the config lacks load,
+ * with one warning naming the tensors, and the loader leaves them out; the other checks hold */
+Test(hf_model, test_extra_tensors_load_with_a_warning_when_allowed)
+{
+    ModelConfig mc;
+    const char *one = "\"vocab_size\": 20, \"intermediate_size\": 12, \"num_hidden_layers\": 1";
+    cr_assert_eq(load_tiny_with_config("extra", one, &mc), DS_ERR_INPUT, "refused by default");
+    const char *dir = model_dir("extra");
+    const int warnings = progress_warnings();
+    cr_assert_eq(hf_config_load_with(dir, HF_EXTRA_WARN, &mc), DS_OK, "%s", ds_last_error());
+    cr_assert_eq(mc.num_layers, 1);
+    cr_assert_eq(progress_warnings(), warnings + 1, "one warning for the 9 tensors of layer 1");
+    ParamTable pt;
+    cr_assert_eq(param_table_build(&mc, &pt), DS_OK);
+    float *params = calloc(pt.total, sizeof(float));
+    cr_assert_eq(hf_load_weights(dir, &mc, &pt, params), DS_OK, "%s", ds_last_error());
+    int nonzero = 0;
+    for (size_t i = 0; i < pt.total; i++)
+        nonzero += params[i] != 0.0f;
+    cr_assert_gt(nonzero, 0, "layer 0 and the rest are loaded");
+    free(params);
+    param_table_free(&pt);
+    /* the caller that judged the files already looks no more */
+    cr_assert_eq(hf_config_load_with(dir, HF_EXTRA_QUIET, &mc), DS_OK);
+    cr_assert_eq(progress_warnings(), warnings + 1);
+    /* a wrong shape is refused whatever extra tensors are allowed */
+    assert_tiny_config_fails("\"vocab_size\": 21, \"intermediate_size\": 12, \"num_hidden_layers\": 2",
+                             "tensor model.embed_tokens.weight: shape [20, 8]");
+    cr_assert_eq(hf_config_load_with(model_dir("sizes"), HF_EXTRA_WARN, &mc), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "shape [20, 8] in model.safetensors, but config.json gives "
+                                      "[21, 8]"),
+              "%s", ds_last_error());
 }
 
 /* the parameter table's sizes are checked 64-bit arithmetic, whatever the config says */
