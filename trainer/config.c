@@ -144,6 +144,12 @@ static const ConfigKey config_schema[] = {
     FLT("optim.clip_grad_norm", optim_clip_grad_norm, "1.0", 0, 1e6, 0,
         "clip the global gradient norm to this value; 0 = off"),
 
+    FLT("moe.bias_update_rate", moe_bias_update_rate, "0", 0, 1, 0,
+        "mixture of experts with a score correction (DeepSeek-V3 e_score_correction_bias): after "
+        "each step every expert's bias moves by this much toward balance (up when the expert "
+        "got fewer tokens than the mean, down when more: DeepSeek-V3's auxiliary-loss-free "
+        "balancing); 0 = the bias stays as loaded"),
+
     INT_FLAGS("parallel.tp", parallel_tp, "auto", 1, 4096, CK_AUTO_IS_ZERO,
               "tensor-parallel size (ranks per model replica); auto = world size / parallel.dp, "
               "1 when parallel.dp is auto too (dstrain submit sizes an auto layout from the "

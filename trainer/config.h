@@ -54,6 +54,8 @@ typedef struct Config {
     int optim_warmup_steps;
     char optim_schedule[16];           /* cosine | linear | constant */
     float optim_clip_grad_norm;        /* 0 = off */
+    /* mixture of experts */
+    float moe_bias_update_rate;        /* 0 = the score correction bias is frozen */
     /* parallel */
     int parallel_tp;                   /* 0 = auto (world / dp; 1 when dp is auto) */
     int parallel_dp;                   /* 0 = auto (world / tp) */

@@ -707,3 +707,24 @@ int model_expert_load(const Model *m, double *ratio)
     }
     return moe;
 }
+
+void model_update_router_bias(Model *m, float rate)
+{
+    if (!m->expert_tokens || rate <= 0) return;
+    const int E = m->cfg.n_routed_experts;
+    float *bias = ds_calloc((size_t)E, sizeof(float));
+    if (!bias) return;
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        float *b = m->w.layers[l].router_bias;
+        if (!b) continue;
+        const double *t = m->expert_tokens + (size_t)l * E;
+        double mean = 0.0;
+        for (int e = 0; e < E; e++)
+            mean += t[e] / E;
+        m->be->mem_to_host(bias, b, (size_t)E * sizeof(float));
+        for (int e = 0; e < E; e++)
+            bias[e] += t[e] < mean ? rate : t[e] > mean ? -rate : 0.0f;
+        m->be->mem_to_device(b, bias, (size_t)E * sizeof(float));
+    }
+    free(bias);
+}

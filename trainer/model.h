@@ -125,6 +125,12 @@ void model_expert_load_reset(Model *m);
  * of MoE layers (0: no experts, ratio untouched). */
 int model_expert_load(const Model *m, double *ratio);
 
+/* DeepSeek-V3's auxiliary-loss-free balancing: every MoE layer's score correction bias moves
+ * by rate toward balance, b_e += rate * sign(mean - tokens_e), from Model.expert_tokens (the
+ * same on every rank when those are summed over data parallelism). Nothing for a model without
+ * a score correction. */
+void model_update_router_bias(Model *m, float rate);
+
 /* The routing of MoE layer l in the last forward (tests, metrics): index and weight [N, k] (each
  * row's experts ascending) and the tokens of each expert, counts [n_routed_experts], in backend
  * memory (counts on the host). 0 for a dense layer or a model without experts. */

@@ -54,6 +54,12 @@ int train_model_config(const Config *cfg, ModelConfig *mc)
     } else
         DS_TRY(model_preset(cfg->model_preset, mc));
     mc->activation_checkpointing = cfg->train_activation_checkpointing;
+    if (cfg->moe_bias_update_rate > 0 &&
+        !(mc->n_routed_experts > 0 && mc->topk_method == MOE_NOAUX_TC))
+        return ds_error(DS_ERR_INPUT,
+                        "moe.bias_update_rate: %g: the model (%s) has no score correction bias "
+                        "to update (only DeepSeek-V3's noaux_tc routing has one); set it to 0",
+                        cfg->moe_bias_update_rate, model_arch_name(mc->arch));
     return cfg->model_path[0] ? DS_OK : model_config_check(mc, "model.preset");
 }
 
@@ -613,6 +619,7 @@ static int run_step(Run *r, int task_id, const Config *lr_cfg, int phase_step, i
     const double copies = r->ewc.n_sets > 0 ? ewc_penalty_copies(r) : 0.0;
     r->opt.ewc_penalty = 0.0;
     optim_step(&r->opt, m, lr_cfg, out->lr, scale);
+    model_update_router_bias(m, r->cfg->moe_bias_update_rate);
     /* the penalty before the update, each element once over the world */
     double penalty = r->ewc.n_sets > 0 ? r->opt.ewc_penalty - copies : 0.0;
     if (!r->opt.zero && r->grid.dp_rank != 0) penalty = 0.0;
