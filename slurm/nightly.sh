@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
     --rollback) rollback=${2-}; shift 2 || die "--rollback needs a version" ;;
     --max-forgetting|--max-eval-loss|--max-general-rise|--min-improvement|--eval-seq-len|\
     --general-eval|--general-train|--general-share|--epochs|--max-attempts|--keep|\
-    --post-publish|--claim|--launch)
+    --post-publish|--claim|--launch|--gpu-mem|--node-gpus)
       [ $# -ge 2 ] || die "$1 needs a value"
       k=${1#--}; opt[${k//-/_}]=$2; shift 2 ;;
     *=*) overrides+=("$1"); shift ;;
@@ -68,7 +68,7 @@ strip_nightly() { # base.yaml out.yaml -> prints key<TAB>value lines
     { inside = 0; print > out }' "$1"
 }
 keys="max_forgetting max_eval_loss max_general_rise min_improvement eval_seq_len general_eval
-      general_train general_share epochs max_attempts keep post_publish claim launch"
+      general_train general_share epochs max_attempts keep post_publish claim launch gpu_mem node_gpus"
 if [ -n "$base" ]; then
   [ -f "$base" ] || die "-c BASE.yaml: missing or not a file: '$base'"
   mkdir -p "$state" || die "cannot create $state"
@@ -97,6 +97,8 @@ keep=${opt[keep]:-10}
 post_publish=${opt[post_publish]:-}
 claim_mode=${opt[claim]:-rename}
 launch=${opt[launch]:-}
+gpu_mem=${opt[gpu_mem]:-}
+node_gpus=${opt[node_gpus]:-}
 number() { [[ "$2" =~ ^[0-9]+([.][0-9]*)?([eE][-+]?[0-9]+)?$ ]] || die "$1: expected a number, got '$2'"; }
 number max-forgetting "$max_forgetting"; number max-general-rise "$max_general_rise"
 number min-improvement "$min_improvement"; number general-share "$general_share"; number epochs "$epochs"
@@ -104,6 +106,8 @@ number min-improvement "$min_improvement"; number general-share "$general_share"
 [[ "$eval_seq_len" =~ ^[1-9][0-9]*$ ]] || die "eval-seq-len: expected a positive integer, got '$eval_seq_len'"
 [[ "$max_attempts" =~ ^[1-9][0-9]*$ ]] || die "max-attempts: expected a positive integer, got '$max_attempts'"
 [[ "$keep" =~ ^[1-9][0-9]*$ ]] || die "keep: expected a positive integer, got '$keep'"
+[ -z "$gpu_mem" ] || number gpu-mem "$gpu_mem"
+[ -z "$node_gpus" ] || [[ "$node_gpus" =~ ^[1-9][0-9]*$ ]] || die "node-gpus: expected a positive integer, got '$node_gpus'"
 case "$claim_mode" in rename|ready) ;; *) die "claim: expected rename or ready, got '$claim_mode'" ;; esac
 awk -v s="$general_share" 'BEGIN { exit !(s >= 0 && s < 1) }' || die "general-share: expected a fraction in [0, 1), got '$general_share'"
 if awk -v s="$general_share" 'BEGIN { exit !(s > 0) }'; then
@@ -159,10 +163,6 @@ fi
 [ -n "$base" ] || die "-c BASE.yaml is required"
 [ -n "$drop" ] && [ -d "$drop" ] || die "--drop: not a directory: '$drop'"
 drop=$(cd "$drop" && pwd)
-read -ra launch_cmd <<< "$launch"
-if [ ${#launch_cmd[@]} -eq 0 ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
-  launch_cmd=(srun --mpi=pmix --kill-on-bad-exit=1 --ntasks="$SLURM_NTASKS")
-fi
 
 # ---- one start at a time -------------------------------------------------------------------------
 exec 9>>"$state/lock" || fail "cannot open $state/lock"
@@ -170,6 +170,39 @@ flock -n -E 200 9; rc=$?
 if [ $rc -eq 200 ]; then say "another run holds $state/lock; nothing to do"; exit 0; fi
 [ $rc -eq 0 ] || fail "$state/lock: cannot take the lock: the file system refuses locks (flock exit $rc); put --state on a file system with working flock"
 mv -f "$base_tmp" "$state/base.yaml" || fail "cannot write $state/base.yaml"
+
+# ---- the layout: tp x dp ranks, one a GPU (dstrain submit --layout, slurm/README.md) ----------
+# Inside a Slurm job the job's tasks are the world and the config's layout must fit in them;
+# outside one the layout sets the world (an auto one: the fewest GPUs that fit --gpu-mem).
+layout_opts=()
+[ -z "$gpu_mem" ] || layout_opts+=(--gpu-mem "$gpu_mem")
+[ -z "$node_gpus" ] || layout_opts+=(--node-gpus "$node_gpus")
+job_opts=()
+if [ -n "${SLURM_JOB_ID:-}" ]; then
+  job_nodes=${SLURM_JOB_NUM_NODES:-1} job_tasks=${SLURM_NTASKS:-1}
+  [ $((job_tasks % job_nodes)) -eq 0 ] || die "Slurm job ${SLURM_JOB_ID}: $job_tasks tasks do not divide over $job_nodes nodes; ask for --ntasks-per-node"
+  job_opts=(--nodes "$job_nodes" --tasks-per-node $((job_tasks / job_nodes)))
+fi
+layout_line() { "$DSTRAIN" submit --layout -c "$state/base.yaml" "${overrides[@]}" "${layout_opts[@]}" "$@"; }
+if ! layout=$(layout_line "${job_opts[@]}" 2> "$state/layout.err"); then
+  why=$(grep -m1 'error' "$state/layout.err" | sed 's/^dstrain: error: //')
+  [ -n "$why" ] || why="dstrain submit --layout failed: $(tail -1 "$state/layout.err")"
+  if [ ${#job_opts[@]} -gt 0 ] && need=$(layout_line 2>/dev/null); then # what the job should ask
+    declare -A want=()
+    for kv in $need; do want[${kv%%=*}]=${kv#*=}; done
+    gpus=""; [ "${want[gpus_per_node]:-0}" -gt 0 ] && gpus=" --gpus-per-node=${want[gpus_per_node]}"
+    die "Slurm job ${SLURM_JOB_ID} has $job_tasks task(s) on $job_nodes node(s): $why; the config's layout (tp ${want[tp]:-?} x dp ${want[dp]:-?}) needs #SCRON --nodes=${want[nodes]:-?} --ntasks-per-node=${want[tasks_per_node]:-?}$gpus"
+  fi
+  die "the parallel layout: $why"
+fi
+for kv in $layout; do case "$kv" in tp=*) tp=${kv#tp=} ;; dp=*) dp=${kv#dp=} ;; esac; done
+[[ "${tp:-}" =~ ^[1-9][0-9]*$ && "${dp:-}" =~ ^[1-9][0-9]*$ ]] || fail "dstrain submit --layout printed '$layout'"
+world=$((tp * dp))
+read -ra launch_cmd <<< "$launch"
+if [ ${#launch_cmd[@]} -eq 0 ] && [ $world -gt 1 ]; then
+  if [ -n "${SLURM_JOB_ID:-}" ]; then launch_cmd=(srun --mpi=pmix --kill-on-bad-exit=1 --ntasks="$world")
+  else launch_cmd=(mpirun -np "$world"); fi
+fi
 
 # forward Slurm's warning signal to the trainer, which checkpoints and exits 75
 child=0 warned=0
@@ -522,7 +555,8 @@ do_night() { # night -> exit code of the night (0 published, 3 rejected, 4 faile
       from=(model.path="$state/nights/$base_night/run/export" continual.state="$state/nights/$base_night/run/continual-state")
       say "night $n trains from night $base_night (version $base_v) with its EWC and replay state"
     fi
-    run "${launch_cmd[@]}" "$DSTRAIN" train -c "$state/base.yaml" "${overrides[@]}" "${from[@]}" \
+    say "night $n: tp $tp x dp $dp ($world rank$([ $world -gt 1 ] && echo s)${launch_cmd[*]:+, started by ${launch_cmd[*]}})"
+    run "${launch_cmd[@]}" "$DSTRAIN" train -c "$state/base.yaml" "${overrides[@]}" parallel.tp="$tp" parallel.dp="$dp" "${from[@]}" \
         continual.tasks="$nd/tasks.yaml" run.dir="$nd/run" train.resume=auto export.enabled=true export.dtype=fp32
     rc=$?
     if [ $rc -eq 75 ]; then

@@ -5,8 +5,10 @@
 # a failed export is a failure, a failing night is retried then quarantined while the next file
 # trains, only complete files are claimed, a night preempted in its task resumes without
 # repeating a step, the general replay share, a lock the file system refuses is an error, two
-# state directories never reuse a version, retention, rollback, the history matrix, and the
-# Prometheus files (promtool). tests/slurm/test_slurm.sh runs the same script on the cluster.
+# state directories never reuse a version, retention, rollback, the history matrix, the
+# Prometheus files (promtool), and nights of several ranks (mpirun outside Slurm, srun over a
+# job's tasks, a job that does not match the layout). tests/slurm/test_slurm.sh runs the same
+# script on the cluster.
 set -u
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 W=$TMPROOT/nightly; rm -rf "$W"; mkdir -p "$W"; cd "$W"
@@ -210,6 +212,41 @@ cc -shared -fPIC -o nolock.so nolock.c
 LD_PRELOAD=$W/nolock.so DSTRAIN=$DSTRAIN bash "$NIGHTLY" -c nightly.yaml --drop drop --state state --serve serve > n11.log 2>&1; rc=$?
 check "a refused lock exits 1" test $rc -eq 1
 check "and says the file system refuses locks" grep -q "dstrain: error: nightly: .*/lock: cannot take the lock: the file system refuses locks" n11.log
+
+# 11. several ranks: the layout comes from the config (parallel.dp=2 here); outside Slurm the
+# trainer is started by mpirun -np tp x dp, inside a job by srun over the job's tasks, and a job
+# whose tasks the layout does not match is refused before anything is claimed
+source "$SRC/tests/parallel/mpi_env.sh"
+mkdir -p drop3 && cp monday.jsonl drop3/
+DSTRAIN=$DSTRAIN bash "$NIGHTLY" -c nightly.yaml --drop drop3 --state state3 --serve serve3 --max-forgetting 0.5 \
+  parallel.dp=2 > n12.log 2>&1; rc=$?
+check "a dp 2 night publishes" test "$rc $(field state3/nights/0001/status.json result)" = "0 published"
+check "it was started by mpirun -np 2 as tp 1 x dp 2" grep -q "night 0001: tp 1 x dp 2 (2 ranks, started by mpirun -np 2)" n12.log
+check "the trainer ran 2 ranks, tp 1 x dp 2" grep -q "^dstrain: 2 ranks (tp 1 x dp 2" n12.log
+check "its checkpoint was written by 2 ranks" python3 -c "
+import glob, json, sys
+m = json.load(open(sorted(glob.glob('state3/nights/0001/run/checkpoints/step-*/manifest.json'))[-1]))
+assert m['world']['tp'] == 1 and m['world']['dp'] == 2, m['world']"
+# inside a Slurm job of 2 tasks (srun stands in: it records its arguments and starts mpirun)
+mkdir -p bin && cat > bin/srun <<'SH'
+#!/bin/bash
+echo "$*" > "$SRUN_ARGS"
+n=1; while [[ "$1" == --* ]]; do [[ "$1" == --ntasks=* ]] && n=${1#--ntasks=}; shift; done
+exec mpirun -np "$n" "$@"
+SH
+chmod +x bin/srun
+cp tuesday.jsonl drop3/
+PATH=$W/bin:$PATH SRUN_ARGS=$W/srun.args SLURM_JOB_ID=88 SLURM_NTASKS=2 SLURM_JOB_NUM_NODES=1 DSTRAIN=$DSTRAIN \
+  bash "$NIGHTLY" -c nightly.yaml --drop drop3 --state state3 --serve serve3 --max-forgetting 0.5 > n13.log 2>&1; rc=$?
+check "in a job of 2 tasks an auto layout is dp 2 over them" grep -q "night 0002: tp 1 x dp 2 (2 ranks, started by srun --mpi=pmix --kill-on-bad-exit=1 --ntasks=2)" n13.log
+check "srun starts the trainer with the layout" grep -q "^--mpi=pmix --kill-on-bad-exit=1 --ntasks=2 $DSTRAIN train .* parallel.tp=1 parallel.dp=2 " srun.args
+check "that night publishes too" test "$rc $(field state3/nights/0002/status.json result)" = "0 published"
+cp wednesday.jsonl drop3/
+SLURM_JOB_ID=89 SLURM_NTASKS=2 SLURM_JOB_NUM_NODES=1 DSTRAIN=$DSTRAIN bash "$NIGHTLY" -c nightly.yaml --drop drop3 \
+  --state state3 --serve serve3 parallel.tp=2 parallel.dp=2 > n14.log 2>&1; rc=$?
+check "a job whose tasks the config's layout does not match: exit 2" test $rc -eq 2
+check "... one line saying what to ask for" bash -c "[ \$(wc -l < n14.log) -eq 1 ] && grep -q '^dstrain: error: nightly: Slurm job 89 has 2 task(s) on 1 node(s): parallel.tp x parallel.dp: 2 x 2 = 4 ranks, but the job has 2 .*needs #SCRON --nodes=1 --ntasks-per-node=4$' n14.log"
+check "... and nothing was claimed" test ! -d state3/nights/0003
 
 echo "$passes passed, $fails failed"
 test $fails -eq 0
