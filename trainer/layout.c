@@ -107,7 +107,7 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
     if (rq->budget <= 0) { /* nothing to fit: the trainer's own auto (comm_grid_init) */
         const int world = rq->world ? rq->world : (rq->tp ? rq->tp : 1) * (rq->dp ? rq->dp : 1);
         const int tp = rq->tp ? rq->tp : rq->dp ? world / rq->dp : 1;
-        if (world % tp || (rq->dp && tp * rq->dp != world))
+        if (tp < 1 || world % tp || (rq->dp && tp * rq->dp != world))
             return ds_error(DS_ERR_INPUT,
                             "parallel.%s: %d does not divide the job's %d ranks "
                             "(--nodes x --tasks-per-node)",
