@@ -51,7 +51,8 @@ static int st_fail(const char *path, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
-    return ds_error(DS_ERR_INPUT, "%s: %s", path, what);
+    char shown[1100];
+    return ds_error(DS_ERR_INPUT, "%s: %s", ds_printable(shown, sizeof(shown), path, 1000), what);
 }
 
 /* Short, printable rendering of a JSON value for error messages. */
@@ -62,8 +63,18 @@ static void json_brief(const cJSON *v, char *out, size_t cap)
         snprintf(out, cap, "%s", v ? "(unprintable)" : "nothing");
         return;
     }
-    if (strlen(s) > 40) memcpy(s + 37, "...", 4);
-    snprintf(out, cap, "%s", s);
+    /* cJSON escapes control characters in strings; a long value is cut on a character
+     * boundary (never inside a UTF-8 sequence), DEL shown as \x7F */
+    size_t n = strlen(s), keep = n > 40 ? 37 : n, o = 0;
+    while (keep > 0 && keep < n && ((unsigned char)s[keep] & 0xC0) == 0x80)
+        keep--;
+    for (size_t i = 0; i < keep && o + 8 < cap; i++) {
+        if (s[i] == 0x7F)
+            o += (size_t)snprintf(out + o, cap - o, "\\x7F");
+        else
+            out[o++] = s[i];
+    }
+    snprintf(out + o, cap - o, "%s", keep < n ? "..." : "");
     cJSON_free(s);
 }
 
@@ -151,8 +162,9 @@ static int st_parse_metadata(SafetensorsFile *f, const cJSON *meta, int *seen)
     for (const cJSON *kv = meta->child; kv; kv = kv->next, n++) {
         if (!cJSON_IsString(kv)) {
             json_brief(kv, got, sizeof(got));
-            return ST_FAIL(f, "header: \"__metadata__\": value of \"%s\" must be a string, got %s",
-                           kv->string, got);
+            char key[300];
+            return ST_FAIL(f, "header: \"__metadata__\": value of %s must be a string, got %s",
+                           ds_quoted(key, sizeof(key), kv->string, 200), got);
         }
     }
     /* Duplicate keys: sort the key pointers (a header may hold very many keys). */
@@ -164,7 +176,9 @@ static int st_parse_metadata(SafetensorsFile *f, const cJSON *meta, int *seen)
     qsort(keys, n, sizeof(*keys), cmp_str_ptr);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(keys[i - 1], keys[i]) == 0) {
-            int status = ST_FAIL(f, "header: \"__metadata__\": key \"%s\" appears twice", keys[i]);
+            char key[300];
+            int status = ST_FAIL(f, "header: \"__metadata__\": key %s appears twice",
+                                 ds_quoted(key, sizeof(key), keys[i], 200));
             free(keys);
             return status;
         }
@@ -179,15 +193,17 @@ static int st_parse_metadata(SafetensorsFile *f, const cJSON *meta, int *seen)
  * layout (contiguity) afterwards over all entries. */
 static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t data_size, STEntry *e)
 {
-    const char *name = item->string;
-    char got[64];
+    char got[64], name[300]; /* the tensor's name as messages show it */
+    ds_quoted(name, sizeof(name), item->string, 200);
     memset(e, 0, sizeof(*e));
-    if (strlen(name) >= ST_NAME_MAX)
-        return ST_FAIL(f, "tensor \"%.60s...\": name longer than %d bytes", name, ST_NAME_MAX - 1);
-    snprintf(e->name, sizeof(e->name), "%s", name);
+    if (strlen(item->string) >= ST_NAME_MAX) {
+        ds_quoted(name, sizeof(name), item->string, 60);
+        return ST_FAIL(f, "tensor %s: name longer than %d bytes", name, ST_NAME_MAX - 1);
+    }
+    snprintf(e->name, sizeof(e->name), "%s", item->string);
     if (!cJSON_IsObject(item)) {
         json_brief(item, got, sizeof(got));
-        return ST_FAIL(f, "tensor \"%s\": expected an object, got %s", name, got);
+        return ST_FAIL(f, "tensor %s: expected an object, got %s", name, got);
     }
     /* A field given twice would be silently shadowed by cJSON's lookup; refuse it. */
     static const char *const fields[] = {"dtype", "shape", "data_offsets"};
@@ -195,20 +211,21 @@ static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t da
         int seen = 0;
         for (const cJSON *c = item->child; c; c = c->next)
             seen += strcmp(c->string, fields[k]) == 0;
-        if (seen == 0) return ST_FAIL(f, "tensor \"%s\": \"%s\" is missing", name, fields[k]);
-        if (seen > 1) return ST_FAIL(f, "tensor \"%s\": \"%s\" appears twice", name, fields[k]);
+        if (seen == 0) return ST_FAIL(f, "tensor %s: \"%s\" is missing", name, fields[k]);
+        if (seen > 1) return ST_FAIL(f, "tensor %s: \"%s\" appears twice", name, fields[k]);
     }
 
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(item, "dtype");
     if (!cJSON_IsString(dt)) {
         json_brief(dt, got, sizeof(got));
-        return ST_FAIL(f, "tensor \"%s\": dtype: expected a string, got %s", name, got);
+        return ST_FAIL(f, "tensor %s: dtype: expected a string, got %s", name, got);
     }
     int known = -1;
     for (size_t k = 0; k < DS_ARRAY_LEN(st_dtypes); k++)
         if (strcmp(dt->valuestring, st_dtypes[k].name) == 0) known = (int)k;
     if (known < 0)
-        return ST_FAIL(f, "tensor \"%s\": unknown dtype \"%.32s\"", name, dt->valuestring);
+        return ST_FAIL(f, "tensor %s: unknown dtype %s", name,
+                       ds_quoted(got, sizeof(got), dt->valuestring, 32));
     snprintf(e->dtype_name, sizeof(e->dtype_name), "%s", st_dtypes[known].name);
     e->dtype = st_dtypes[known].dtype;
     e->elem_size = st_dtypes[known].bits / 8; /* 0 for the packed sub-byte types */
@@ -216,11 +233,11 @@ static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t da
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
     if (!cJSON_IsArray(shape)) {
         json_brief(shape, got, sizeof(got));
-        return ST_FAIL(f, "tensor \"%s\": shape: expected an array, got %s", name, got);
+        return ST_FAIL(f, "tensor %s: shape: expected an array, got %s", name, got);
     }
     int ndim = cJSON_GetArraySize(shape);
     if (ndim > ST_MAX_DIMS)
-        return ST_FAIL(f, "tensor \"%s\": shape has %d dimensions, at most %d are supported", name,
+        return ST_FAIL(f, "tensor %s: shape has %d dimensions, at most %d are supported", name,
                        ndim, ST_MAX_DIMS);
     e->ndim = ndim;
     uint64_t numel = 1;
@@ -229,7 +246,7 @@ static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t da
         uint64_t dim;
         if (!json_uint(v, &dim)) {
             json_brief(v, got, sizeof(got));
-            return ST_FAIL(f, "tensor \"%s\": shape[%d]: expected an integer in [0, 2^53], got %s",
+            return ST_FAIL(f, "tensor %s: shape[%d]: expected an integer in [0, 2^53], got %s",
                            name, d, got);
         }
         e->shape[d] = (int64_t)dim;
@@ -238,9 +255,9 @@ static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t da
     uint64_t bits = 0;
     overflow |= __builtin_mul_overflow(numel, (uint64_t)st_dtypes[known].bits, &bits);
     if (overflow)
-        return ST_FAIL(f, "tensor \"%s\": shape overflows: its size does not fit in 64 bits", name);
+        return ST_FAIL(f, "tensor %s: shape overflows: its size does not fit in 64 bits", name);
     if (bits % 8 != 0)
-        return ST_FAIL(f, "tensor \"%s\": %llu elements of %s do not fill whole bytes", name,
+        return ST_FAIL(f, "tensor %s: %llu elements of %s do not fill whole bytes", name,
                        (unsigned long long)numel, e->dtype_name);
 
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
@@ -249,21 +266,21 @@ static int st_parse_entry(const SafetensorsFile *f, const cJSON *item, size_t da
         !json_uint(offs->child->next, &end)) {
         json_brief(offs, got, sizeof(got));
         return ST_FAIL(f,
-                       "tensor \"%s\": data_offsets: expected [begin, end] non-negative integers, "
+                       "tensor %s: data_offsets: expected [begin, end] non-negative integers, "
                        "got %s",
                        name, got);
     }
     if (end < begin)
-        return ST_FAIL(f, "tensor \"%s\": data_offsets [%llu, %llu]: end is before begin", name,
+        return ST_FAIL(f, "tensor %s: data_offsets [%llu, %llu]: end is before begin", name,
                        (unsigned long long)begin, (unsigned long long)end);
     if (end > data_size)
         return ST_FAIL(f,
-                       "tensor \"%s\": data_offsets [%llu, %llu] go beyond the data section "
+                       "tensor %s: data_offsets [%llu, %llu] go beyond the data section "
                        "(%zu bytes)",
                        name, (unsigned long long)begin, (unsigned long long)end, data_size);
     if (end - begin != bits / 8)
         return ST_FAIL(f,
-                       "tensor \"%s\": %llu elements of %s need %llu bytes, but data_offsets "
+                       "tensor %s: %llu elements of %s need %llu bytes, but data_offsets "
                        "[%llu, %llu] span %llu",
                        name, (unsigned long long)numel, e->dtype_name,
                        (unsigned long long)(bits / 8), (unsigned long long)begin,
@@ -303,14 +320,16 @@ static int st_check_layout(const SafetensorsFile *f, size_t data_size)
     int status = DS_OK;
     for (int i = 0; i < f->count && status == DS_OK; i++) {
         const STEntry *e = order[i];
+        char a[300], b[300];
         if (e->begin > at)
             status = ST_FAIL(f,
                              "bytes [%zu, %zu) of the data section belong to no tensor (a gap "
-                             "before tensor \"%s\")",
-                             at, e->begin, e->name);
+                             "before tensor %s)",
+                             at, e->begin, ds_quoted(a, sizeof(a), e->name, 200));
         else if (e->begin < at)
-            status = ST_FAIL(f, "tensor \"%s\": data_offsets [%zu, %zu] overlap tensor \"%s\"",
-                             e->name, e->begin, e->end, order[i - 1]->name);
+            status = ST_FAIL(f, "tensor %s: data_offsets [%zu, %zu] overlap tensor %s",
+                             ds_quoted(a, sizeof(a), e->name, 200), e->begin, e->end,
+                             ds_quoted(b, sizeof(b), order[i - 1]->name, 200));
         at = e->end;
     }
     if (status == DS_OK && at != data_size)
@@ -404,8 +423,11 @@ static int st_parse_header(SafetensorsFile *f)
 
     qsort(f->entries, (size_t)f->count, sizeof(STEntry), cmp_entry_name);
     for (int i = 1; i < f->count; i++)
-        if (strcmp(f->entries[i - 1].name, f->entries[i].name) == 0)
-            return ST_FAIL(f, "tensor \"%s\" appears twice in the header", f->entries[i].name);
+        if (strcmp(f->entries[i - 1].name, f->entries[i].name) == 0) {
+            char shown[300];
+            return ST_FAIL(f, "tensor %s appears twice in the header",
+                           ds_quoted(shown, sizeof(shown), f->entries[i].name, 200));
+        }
     return st_check_layout(f, data_size);
 }
 

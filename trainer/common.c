@@ -274,7 +274,8 @@ static int utf8_sequence_length(const unsigned char *s)
     return n;
 }
 
-const char *ds_printable(char *buf, size_t cap, const char *s, size_t max_bytes)
+static const char *printable_into(char *buf, size_t cap, const char *s, size_t max_bytes,
+                                  int quotes)
 {
     size_t o = 0;
     const unsigned char *p = (const unsigned char *)(s ? s : "(null)");
@@ -286,9 +287,9 @@ const char *ds_printable(char *buf, size_t cap, const char *s, size_t max_bytes)
             break;
         }
         int n = *p < 0x80 ? 1 : utf8_sequence_length(p);
-        if (*p == '\\') {
+        if (*p == '\\' || (quotes && *p == '"')) {
             buf[o++] = '\\';
-            buf[o++] = '\\';
+            buf[o++] = (char)*p;
         } else if (*p == '\n') {
             buf[o++] = '\\';
             buf[o++] = 'n';
@@ -306,6 +307,23 @@ const char *ds_printable(char *buf, size_t cap, const char *s, size_t max_bytes)
         used += (size_t)n;
     }
     buf[o] = 0;
+    return buf;
+}
+
+const char *ds_printable(char *buf, size_t cap, const char *s, size_t max_bytes)
+{
+    return printable_into(buf, cap, s, max_bytes, 0);
+}
+
+const char *ds_quoted(char *buf, size_t cap, const char *s, size_t max_bytes)
+{
+    if (cap < 3) {
+        if (cap) buf[0] = 0;
+        return buf;
+    }
+    buf[0] = '"';
+    printable_into(buf + 1, cap - 2, s, max_bytes, 1);
+    strcat(buf, "\"");
     return buf;
 }
 

@@ -71,6 +71,9 @@ FILE *ds_fopen_nofollow(const char *path, int append);
  * become \n, \t, \xNN; a backslash becomes \\; cut with "..." after max_bytes of input.
  * Writes into buf and returns it. Use it for every string that comes from a file. */
 const char *ds_printable(char *buf, size_t cap, const char *s, size_t max_bytes);
+/* ds_printable between double quotes, with a quote inside escaped (\"): for names a message
+ * quotes (tensor names, attribute values), so that a quote in the name cannot end it early. */
+const char *ds_quoted(char *buf, size_t cap, const char *s, size_t max_bytes);
 /* 1 when s holds a control character (0x01..0x1f or 0x7f): paths and names with one are refused
  * where they are pasted into a script, a plot or a message. */
 int ds_has_control_chars(const char *s);

@@ -115,9 +115,11 @@ static int parse_ids(const char *text, int vocab, int32_t *ids, int cap, int *n,
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v >= vocab)
-            return ds_error(DS_ERR_INPUT, "%s: \"%.20s\": expected token ids in 0..%d", what, p,
-                            vocab - 1);
+        if (end == p || errno || v < 0 || v >= vocab) {
+            char shown[128]; /* the helper's output, escaped: it cannot add lines or escapes */
+            return ds_error(DS_ERR_INPUT, "%s: %s: expected token ids in 0..%d", what,
+                            ds_quoted(shown, sizeof(shown), p, 20), vocab - 1);
+        }
         if (*n == cap) return ds_error(DS_ERR_INPUT, "%s: more than %d tokens", what, cap);
         ids[(*n)++] = (int32_t)v;
         p = end;

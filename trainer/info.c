@@ -121,16 +121,25 @@ static int info_safetensors(const char *path, FILE *out)
 {
     SafetensorsFile f;
     DS_TRY(safetensors_open(path, &f));
-    fprintf(out, "safetensors file %s\n", path);
+    char text[600];
+    fprintf(out, "safetensors file %s\n", ds_printable(text, sizeof(text), path, 500));
     DtypeTally t[16];
     int nt = 0;
     tally_file(&f, t, &nt, 16);
     print_tally(out, t, nt);
-    if (f.metadata_json) fprintf(out, "metadata:     %s\n", f.metadata_json);
+    if (f.metadata_json) { /* JSON, whose strings cJSON escaped; DEL it leaves as it is */
+        size_t o = 0;
+        for (const char *p = f.metadata_json; *p && o + 8 < sizeof(text); p++)
+            o += *p == 0x7F ? (size_t)snprintf(text + o, sizeof(text) - o, "\\x7F")
+                            : (size_t)(text[o] = *p, 1);
+        text[o] = 0;
+        fprintf(out, "metadata:     %s\n", text);
+    }
     const int shown = f.count < 20 ? f.count : 20;
     for (int i = 0; i < shown; i++) {
         const STEntry *e = &f.entries[i];
-        fprintf(out, "  %-48s %-5s [", e->name, e->dtype_name);
+        fprintf(out, "  %-48s %-5s [", ds_printable(text, sizeof(text), e->name, 200),
+                e->dtype_name);
         for (int d = 0; d < e->ndim; d++)
             fprintf(out, "%s%lld", d ? ", " : "", (long long)e->shape[d]);
         fprintf(out, "]\n");
@@ -287,7 +296,9 @@ static int info_checkpoint(const char *dir, FILE *out)
     if (ckpt_state_int(c, "seed", &v) == DS_OK) fprintf(out, " seed %lld", v);
     fprintf(out, "\n");
     const char *mpath = ckpt_model_string(c, "path"), *preset = ckpt_model_string(c, "preset");
-    fprintf(out, "model:        %s%s\n", mpath[0] ? mpath : "preset ", mpath[0] ? "" : preset);
+    char shown[600];
+    fprintf(out, "model:        %s%s\n", mpath[0] ? "" : "preset ",
+            ds_printable(shown, sizeof(shown), mpath[0] ? mpath : preset, 500));
 
     /* the manifest's lists, read as data: buffers held, files with their checksums */
     char path[2048];
@@ -309,10 +320,13 @@ static int info_checkpoint(const char *dir, FILE *out)
     }
     fprintf(out, "buffers:     ");
     for (int k = 0; k < nbuf; k++)
-        fprintf(out, " %s%s", buffers[k], k + 1 < nbuf ? "," : "");
+        fprintf(out, " %s%s", ds_printable(shown, sizeof(shown), buffers[k], 60),
+                k + 1 < nbuf ? "," : "");
     fprintf(out, "\n");
     const cJSON *config = root ? cJSON_GetObjectItemCaseSensitive(root, "config") : NULL;
-    if (cJSON_IsString(config)) fprintf(out, "config:       %s/%s\n", dir, config->valuestring);
+    if (cJSON_IsString(config))
+        fprintf(out, "config:       %s/%s\n", dir,
+                ds_printable(shown, sizeof(shown), config->valuestring, 200));
     const cJSON *files = root ? cJSON_GetObjectItemCaseSensitive(root, "files") : NULL;
     double total = 0;
     fprintf(out, "files:\n");
@@ -326,8 +340,11 @@ static int info_checkpoint(const char *dir, FILE *out)
         char b[32];
         human_bytes(size->valuedouble, b, sizeof(b));
         total += size->valuedouble;
-        fprintf(out, "  %-32s %10s  crc32c %s\n", name->valuestring, b,
-                cJSON_IsString(crc) ? crc->valuestring : "?");
+        char shown_crc[64];
+        fprintf(out, "  %-32s %10s  crc32c %s\n",
+                ds_printable(shown, sizeof(shown), name->valuestring, 200), b,
+                cJSON_IsString(crc) ? ds_printable(shown_crc, sizeof(shown_crc), crc->valuestring, 16)
+                                    : "?");
     }
     char b[32];
     human_bytes(total, b, sizeof(b));
@@ -381,8 +398,13 @@ static int info_dataset(const char *path, FILE *out)
     human_count((double)di->n_tokens, c2, sizeof(c2));
     fprintf(out, "documents:    %lld (%s)\n", (long long)di->n_docs, c1);
     fprintf(out, "tokens:       %lld (%s)\n", (long long)di->n_tokens, c2);
+    char tokenizer[600]; /* an attribute of the file: escaped, it cannot add lines or escapes */
+    if (di->tokenizer[0])
+        ds_quoted(tokenizer, sizeof(tokenizer), di->tokenizer, 400);
+    else
+        snprintf(tokenizer, sizeof(tokenizer), "unknown");
     fprintf(out, "vocabulary:   %d (tokenizer %s); bos %d, eos %d, pad %d\n", di->vocab_size,
-            di->tokenizer[0] ? di->tokenizer : "unknown", di->bos_id, di->eos_id, di->pad_id);
+            tokenizer, di->bos_id, di->eos_id, di->pad_id);
     fprintf(out, "loss mask:    %s\n", di->has_loss_mask ? "yes" : "no");
     int status = DS_OK;
     if (di->n_docs > 0) {

@@ -392,6 +392,22 @@ static const Hostile hostile[] = {
     {"{\"__metadata__\":[\"pt\"]}", 0, "\"__metadata__\" must be an object of strings"},
     {"{\"__metadata__\":{\"k\":\"a\",\"k\":\"b\"}}", 0, "key \"k\" appears twice"},
     {"{\"__metadata__\":{},\"__metadata__\":{}}", 0, "\"__metadata__\" appears twice"},
+    /* names from the file reach the message escaped: a quote cannot end the name early, a
+     * newline or a terminal escape cannot add a line or clear the screen */
+    {"{\"a\\\"b\\n\\u001b[2J\\u0007\":{\"dtype\":\"Q8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+     "tensor \"a\\\"b\\n\\x1B[2J\\x07\": unknown dtype \"Q8\""},
+    {"{\"a\":{\"dtype\":\"Q8\\n\\u001b]0;x\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+     "tensor \"a\": unknown dtype \"Q8\\n\\x1B]0;x\""},
+    {"{\"x\\r\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+     "\"x\\r\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+     2, "tensor \"x\\x0D\" appears twice in the header"},
+    {"{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},"
+     "\"\\u001b[31m\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[1,3]}}",
+     3, "tensor \"\\x1B[31m\": data_offsets [1, 3] overlap tensor \"a\""},
+    {"{\"__metadata__\":{\"k\\\"\\n\":1}}", 0,
+     "\"__metadata__\": value of \"k\\\"\\n\" must be a string, got 1"},
+    {"{\"a\":{\"dtype\":\"U8\",\"shape\":[\"\\u001b[2J\"],\"data_offsets\":[0,1]}}", 1,
+     "shape[0]: expected an integer in [0, 2^53], got \"\\u001b[2J\""},
 };
 
 Test(safetensors, test_hostile_headers_each_get_their_own_message)
