@@ -18,7 +18,9 @@
 #include "../checkpoint/safetensors.h"
 #include "../data/dataset.h"
 #include "common.h"
+#include "config.h"
 #include "inspect.h"
+#include "layout.h"
 
 #define INFO_JSON_MAX_BYTES ((size_t)64 << 20)
 
@@ -191,6 +193,34 @@ static int info_parameters(const ModelConfig *mc, FILE *out)
     return DS_OK;
 }
 
+/* What a full fine-tune holds per GPU (layout_memory_estimate) at one and eight data-parallel
+ * ranks with ZeRO-1: bf16 mixed precision, one row of 4096 tokens, activation checkpointing. */
+static void info_memory(const ModelConfig *model, FILE *out)
+{
+    Config cfg;
+    config_set_defaults(&cfg);
+    snprintf(cfg.device, sizeof(cfg.device), "cuda");
+    snprintf(cfg.precision, sizeof(cfg.precision), "bf16");
+    cfg.train_micro_batch_size = 1;
+    cfg.train_seq_len = 4096;
+    cfg.parallel_zero = 1;
+    ModelConfig mc = *model;
+    mc.activation_checkpointing = 1;
+    RunMemory one, eight;
+    if (layout_memory_estimate(&cfg, &mc, 1, 1, &one) != DS_OK ||
+        layout_memory_estimate(&cfg, &mc, 1, 8, &eight) != DS_OK) {
+        ds_clear_error();
+        return;
+    }
+    char a[32], b[32];
+    human_bytes(one.total, a, sizeof(a));
+    human_bytes(eight.total, b, sizeof(b));
+    fprintf(out,
+            "memory:       full fine-tune per GPU (bf16, 1 x 4096 tokens, activation "
+            "checkpointing, ZeRO-1): %s at dp 1, %s at dp 8 (dstrain submit picks a layout)\n",
+            a, b);
+}
+
 static int info_hf_model(const char *dir, FILE *out)
 {
     ModelConfig mc;
@@ -221,6 +251,7 @@ static int info_hf_model(const char *dir, FILE *out)
                 mc.qk_rope_head_dim, mc.v_head_dim);
     }
     DS_TRY(info_parameters(&mc, out));
+    info_memory(&mc, out);
 
     /* the weight files: the shards the index names, else model.safetensors */
     char path[2048];
