@@ -10,7 +10,8 @@
 int info_main(int argc, char **argv);
 int info_print(const char *path, FILE *out);
 
-/* dstrain plot RUN_DIR [-o FILE.png]: loss, eval loss, lr and throughput over steps. */
+/* dstrain plot DIR [-o FILE.png]: a run directory's loss, eval loss, lr and throughput over
+ * steps, or a nightly state directory's history matrix (held-out losses by version). */
 int plot_main(int argc, char **argv);
 
 /* dstrain generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T --top-p P

@@ -88,6 +88,8 @@ job tp3 -c 7b-ewc.yaml parallel.tp=3
 check "a tp that does not split the heads: exit 2, the model's reason" bash -c "[ $rc -eq 2 ] && [ \$(wc -l < tp3.err) -eq 1 ] && grep -q 'parallel.tp: 3 does not divide' tp3.err"
 job tp16 -c 7b-ewc.yaml parallel.tp=16
 check "a tp larger than a node: exit 2" bash -c "[ $rc -eq 2 ] && grep -q 'parallel.tp: 16 ranks do not fit on one node of 8 (--node-gpus)' tp16.err"
+job dp-over --tasks-per-node 1 parallel.dp=2
+check "cpu: dp 2 on a job of 1 rank: exit 2" bash -c "[ $rc -eq 2 ] && grep -q \"parallel.dp: 2 does not divide the job's 1 ranks\" dp-over.err"
 job badmem -c 7b-ewc.yaml --gpu-mem 0
 check "--gpu-mem 0 is refused" bash -c "[ $rc -eq 2 ] && grep -q 'submit: --gpu-mem: expected GiB' badmem.err"
 
