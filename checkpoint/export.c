@@ -546,8 +546,106 @@ static void store_converted(void *dst, const float *src, size_t n, DType dtype)
     }
 }
 
+/* The base model's multi-token-prediction tensors (ModelConfig.num_nextn_predict_layers),
+ * unchanged, into dir/model-mtp.safetensors and the index's map; total_size grows by their
+ * bytes. A base without weight files, or without those tensors, is an error: the export would
+ * silently lose them. */
+static int write_mtp_tensors(const char *dir, const char *base, const ModelConfig *mc,
+                             cJSON *index, cJSON *map)
+{
+    char path[EX_PATH_MAX + 64], *text = NULL;
+    /* the files to look in: the index's shards, else model.safetensors */
+    char files[64][256];
+    int nfiles = 0;
+    snprintf(path, sizeof(path), "%s/model.safetensors.index.json", base);
+    if (read_whole(path, &text, NULL) == DS_OK) {
+        cJSON *root = cJSON_Parse(text);
+        free(text);
+        const cJSON *m = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+        for (const cJSON *it = m ? m->child : NULL; it; it = it->next) {
+            if (!cJSON_IsString(it) || !model_is_mtp_tensor(mc, it->string)) continue;
+            int seen = 0;
+            for (int k = 0; k < nfiles && !seen; k++)
+                seen = strcmp(files[k], it->valuestring) == 0;
+            if (!seen && nfiles < 64 && ckpt_plain_name(it->valuestring))
+                snprintf(files[nfiles++], sizeof(files[0]), "%s", it->valuestring);
+        }
+        cJSON_Delete(root);
+    } else {
+        ds_clear_error();
+        snprintf(files[nfiles++], sizeof(files[0]), "model.safetensors");
+    }
+    SafetensorsFile *open_files = ds_calloc((size_t)nfiles + 1, sizeof(SafetensorsFile));
+    STWriteItem *items = NULL;
+    int n = 0, cap = 0, status = open_files ? DS_OK : DS_ERR_INTERNAL, opened = 0;
+    double bytes = 0;
+    for (int k = 0; k < nfiles && status == DS_OK; k++, opened++) {
+        snprintf(path, sizeof(path), "%s/%s", base, files[k]);
+        if ((status = safetensors_open(path, &open_files[k])) != DS_OK) break;
+        const SafetensorsFile *f = &open_files[k];
+        for (int i = 0; i < f->count && status == DS_OK; i++) {
+            const STEntry *e = &f->entries[i];
+            if (!model_is_mtp_tensor(mc, e->name)) continue;
+            if (e->dtype < 0 || e->ndim > 2) {
+                status = ds_error(DS_ERR_INPUT,
+                                  "%s: multi-token-prediction tensor %s: dtype %s with %d "
+                                  "dimensions cannot be carried into the export",
+                                  path, e->name, e->dtype_name, e->ndim);
+                break;
+            }
+            if (n == cap) {
+                cap = cap ? 2 * cap : 64;
+                STWriteItem *grown = realloc(items, (size_t)cap * sizeof(STWriteItem));
+                if (!grown) {
+                    status = DS_ERR_INTERNAL;
+                    break;
+                }
+                items = grown;
+            }
+            STWriteItem *it = &items[n++];
+            memset(it, 0, sizeof(*it));
+            it->name = e->name;
+            it->dtype = (DType)e->dtype;
+            it->ndim = e->ndim;
+            for (int d = 0; d < e->ndim; d++)
+                it->shape[d] = e->shape[d];
+            it->data = safetensors_data(f, e);
+            bytes += (double)(e->end - e->begin);
+        }
+    }
+    for (int l = mc->num_layers; status == DS_OK && l < mc->num_layers + mc->num_nextn_predict_layers;
+         l++) {
+        char prefix[48];
+        const int len = snprintf(prefix, sizeof(prefix), "model.layers.%d.", l);
+        int found = 0;
+        for (int i = 0; i < n && !found; i++)
+            found = strncmp(items[i].name, prefix, (size_t)len) == 0;
+        if (!found)
+            status = ds_error(DS_ERR_INPUT,
+                              "%s: config.json: num_nextn_predict_layers is %d but the weight "
+                              "files hold no model.layers.%d.* tensors to carry into the export",
+                              base, mc->num_nextn_predict_layers, l);
+    }
+    if (status == DS_OK) {
+        snprintf(path, sizeof(path), "%s/model-mtp.safetensors", dir);
+        status = safetensors_write(path, items, n, "{\"format\":\"pt\"}");
+    }
+    if (status == DS_OK) {
+        for (int i = 0; i < n; i++)
+            cJSON_AddStringToObject(map, items[i].name, "model-mtp.safetensors");
+        cJSON *meta = cJSON_GetObjectItemCaseSensitive(index, "metadata");
+        cJSON *total = meta ? cJSON_GetObjectItemCaseSensitive(meta, "total_size") : NULL;
+        if (total) cJSON_SetNumberValue(total, total->valuedouble + bytes);
+    }
+    for (int k = 0; k < opened; k++)
+        safetensors_close(&open_files[k]);
+    free(open_files);
+    free(items);
+    return status;
+}
+
 static int write_shards(const char *dir, const ParamTable *table, const float *params, DType dtype,
-                        uint64_t max_bytes)
+                        uint64_t max_bytes, const char *mtp_base, const ModelConfig *mc)
 {
     const size_t es = dtype_size(dtype);
     int *shard_of = ds_calloc((size_t)table->count + 1, sizeof(int));
@@ -600,6 +698,17 @@ static int write_shards(const char *dir, const ParamTable *table, const float *p
             free(bufs[k]);
             bufs[k] = NULL;
         }
+    }
+    if (status == DS_OK && mc->num_nextn_predict_layers > 0) {
+        if (!mtp_base || !mtp_base[0])
+            status = ds_error(DS_ERR_INPUT,
+                              "export: the model has %d multi-token-prediction layer%s "
+                              "(num_nextn_predict_layers) but no base model directory to carry "
+                              "them from",
+                              mc->num_nextn_predict_layers,
+                              mc->num_nextn_predict_layers == 1 ? "" : "s");
+        else
+            status = write_mtp_tensors(dir, mtp_base, mc, index, map);
     }
     if (status == DS_OK) {
         char path[EX_PATH_MAX + 64];
@@ -696,7 +805,9 @@ static int export_into(Ckpt *c, const char *src_dir, const char *dir, DType dtyp
         status = c ? ckpt_read_buffer(c, "params", &table, params, 0, 0)
                    : hf_load_weights(src_dir, &mc, &table, params);
     if (status == DS_OK) status = check_params_finite(ckdir, &table, params);
-    if (status == DS_OK) status = write_shards(dir, &table, params, dtype, max_bytes);
+    if (status == DS_OK)
+        status = write_shards(dir, &table, params, dtype, max_bytes,
+                              c ? ckpt_model_string(c, "path") : src_dir, &mc);
     free(params);
     param_table_free(&table);
     if (status == DS_OK) status = write_config(ckdir, dir, dtype);

@@ -580,7 +580,8 @@ static int hf_config_check_weights(const char *dir, const char *file, const Mode
         char listed[1024] = "", shown[300], shown_file[300], shown_dir[600];
         int64_t n_extra = 0;
         for (int64_t i = 0; i < n_have && status == DS_OK && names; i++) {
-            if (tensor_allowed_extra(have[i].name)) continue;
+            if (tensor_allowed_extra(have[i].name) || model_is_mtp_tensor(mc, have[i].name))
+                continue; /* multi-token prediction: kept aside for the export */
             int found = 0;
             for (int lo = 0, hi = pt.count - 1; lo <= hi && !found;) {
                 int mid = lo + (hi - lo) / 2;

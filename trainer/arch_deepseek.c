@@ -223,6 +223,10 @@ static int deepseek_v3_parse_config(const HfJson *j, ModelConfig *mc)
                         method);
     mc->scoring = MOE_SIGMOID;
     mc->topk_method = MOE_NOAUX_TC;
+    DS_TRY(hf_json_int(j, "num_nextn_predict_layers", 0, 0, &mc->num_nextn_predict_layers));
+    if (mc->num_nextn_predict_layers < 0 || mc->num_nextn_predict_layers > 64)
+        return ds_error(DS_ERR_INPUT, "%s: num_nextn_predict_layers: expected 0..64, got %d",
+                        j->file, mc->num_nextn_predict_layers);
     return hf_json_bool(j, "rope_interleave", 1, &mc->rope_interleave);
 }
 
@@ -253,8 +257,10 @@ static void deepseek_write_config(cJSON *root, const ModelConfig *mc)
                             : mc->topk_method == MOE_GROUP_LIMITED_GREEDY ? "group_limited_greedy"
                                                                           : "greedy");
     cJSON_AddBoolToObject(root, "attention_bias", 0);
-    if (mc->arch == ARCH_DEEPSEEK_V3)
+    if (mc->arch == ARCH_DEEPSEEK_V3) {
         cJSON_AddBoolToObject(root, "rope_interleave", mc->rope_interleave);
+        cJSON_AddNumberToObject(root, "num_nextn_predict_layers", mc->num_nextn_predict_layers);
+    }
 }
 
 static int deepseek_check(const ModelConfig *mc, const char *where)

@@ -190,6 +190,12 @@ static int info_parameters(const ModelConfig *mc, FILE *out)
     fprintf(out, "), %d shared, expert size %d\n", mc->n_shared_experts,
             mc->moe_intermediate_size);
     fprintf(out, "parameters:   %s total, %s active per token (embeddings included)\n", t, a);
+    if (mc->num_nextn_predict_layers > 0)
+        fprintf(out,
+                "multi-token:  %d prediction layer%s (model.layers.%d%s), kept unchanged, not "
+                "trained\n",
+                mc->num_nextn_predict_layers, mc->num_nextn_predict_layers == 1 ? "" : "s",
+                mc->num_layers, mc->num_nextn_predict_layers == 1 ? "" : "..");
     return DS_OK;
 }
 

@@ -461,3 +461,17 @@ double model_rope_attention_factor(const ModelConfig *mc)
                model_yarn_mscale(mc->rope_factor, mc->rope_mscale_all_dim);
     return model_yarn_mscale(mc->rope_factor, 1.0);
 }
+
+int model_is_mtp_tensor(const ModelConfig *mc, const char *name)
+{
+    static const char prefix[] = "model.layers.";
+    if (mc->num_nextn_predict_layers <= 0 || strncmp(name, prefix, sizeof(prefix) - 1) != 0)
+        return 0;
+    const char *p = name + sizeof(prefix) - 1;
+    long l = 0;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9' && digits < 9; p++, digits++)
+        l = l * 10 + (*p - '0');
+    return digits > 0 && *p == '.' && l >= mc->num_layers &&
+           l < (long)mc->num_layers + mc->num_nextn_predict_layers;
+}

@@ -58,6 +58,9 @@ typedef struct ModelConfig {
     double routed_scaling_factor;
     MoeScoring scoring;
     MoeTopk topk_method;
+    int num_nextn_predict_layers;   /* DeepSeek-V3: multi-token-prediction layers stored after the
+                                     * decoder's (model.layers.<num_layers + i>.*): not trained,
+                                     * carried unchanged from the base model into the export */
     int bos_token_id;               /* -1 when unset */
     int eos_token_id;
     int pad_token_id;
@@ -177,6 +180,10 @@ int model_preset(const char *name, ModelConfig *mc);
  * and the factor cos and sin are multiplied by (1 for other rope types). */
 double model_yarn_mscale(double scale, double mscale);
 double model_rope_attention_factor(const ModelConfig *mc);
+
+/* Whether name belongs to one of the model's multi-token-prediction layers
+ * (model.layers.<l>.* with num_layers <= l < num_layers + num_nextn_predict_layers). */
+int model_is_mtp_tensor(const ModelConfig *mc, const char *name);
 
 /* Reject shapes the model code cannot run (heads not divisible, odd head_dim, ...). */
 int model_config_check(const ModelConfig *mc, const char *where);
