@@ -224,6 +224,15 @@ typedef struct Backend {
     /* dlogits[N, E] (overwritten) from dweight[N, k], the gradient of the chosen weights. */
     void (*moe_route_backward)(Act *dlogits, const float *dweight, const int32_t *index,
                                const float *scores, int N, const MoeRouting *r);
+    /* The sequence-wise balance loss of DeepSeek-V3 over B sequences of T tokens: for sequence b,
+     * f_e = E / (k T) * (its tokens that chose e), P_e = mean over its tokens of the normalised
+     * score s_e / sum_j s_j, and loss += alpha * w_b * sum_e f_e P_e with w_b the sum of its
+     * token_weights (its share of the step's tokens). Its gradient (f constant) is ADDED to
+     * dlogits through the normalisation and the softmax or sigmoid. NULL in a backend without
+     * it. */
+    void (*moe_balance)(Act *dlogits, double *loss, const int32_t *index, const float *scores,
+                        const float *token_weights, int B, int T, float alpha,
+                        const MoeRouting *r);
     /* Sorts the N * k (token, choice) pairs by expert, tokens ascending within an expert:
      * rows[i] the token, row_weight[i] its weight, slot[i] = token * k + choice; counts[E]
      * (host memory) the pairs of each expert. */

@@ -701,6 +701,9 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     }
     be->scatter_add_rows(a->dln, s->dxs, L->rows, NULL, Nk, C);
     be->moe_route_backward(s->dlogits, s->dweight, L->index, L->scores, N, &route);
+    if (c->moe_balance_alpha > 0)
+        be->moe_balance(s->dlogits, &m->balance_loss, L->index, L->scores, a->dev_weights, m->B,
+                        m->T, c->moe_balance_alpha, &route);
     be->matmul_backward(a->dln, g->router, NULL, s->dlogits, L->ln2, w->router, N, C, E, 1);
 }
 

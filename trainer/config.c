@@ -144,6 +144,11 @@ static const ConfigKey config_schema[] = {
     FLT("optim.clip_grad_norm", optim_clip_grad_norm, "1.0", 0, 1e6, 0,
         "clip the global gradient norm to this value; 0 = off"),
 
+    FLT("moe.balance_loss", moe_balance_loss, "0", 0, 1, 0,
+        "mixture of experts: weight alpha of DeepSeek-V3's sequence-wise balance loss, alpha * "
+        "sum over experts of f_e P_e per sequence (f_e: the share of the sequence's choices "
+        "that went to e, times the number of experts; P_e: its mean normalised score), added "
+        "to the objective and reported as balance_loss; 0 = none (DeepSeek-V3 used 1e-4)"),
     FLT("moe.bias_update_rate", moe_bias_update_rate, "0", 0, 1, 0,
         "mixture of experts with a score correction (DeepSeek-V3 e_score_correction_bias): after "
         "each step every expert's bias moves by this much toward balance (up when the expert "

@@ -56,6 +56,7 @@ typedef struct Config {
     float optim_clip_grad_norm;        /* 0 = off */
     /* mixture of experts */
     float moe_bias_update_rate;        /* 0 = the score correction bias is frozen */
+    float moe_balance_loss;            /* alpha of the sequence-wise balance loss; 0 = none */
     /* parallel */
     int parallel_tp;                   /* 0 = auto (world / dp; 1 when dp is auto) */
     int parallel_dp;                   /* 0 = auto (world / tp) */

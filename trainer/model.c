@@ -263,6 +263,10 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->arch = model_architecture(mc->arch);
     if (!m->arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
     const int tp = grid ? grid->tp_size : 1, dp = grid ? grid->dp_size : 1;
+    if (mc->moe_balance_alpha > 0 && !be->moe_balance)
+        return ds_error(DS_ERR_INPUT,
+                        "moe.balance_loss: the %s backend has no balance loss yet; set it to 0",
+                        be->name);
     if (m->arch->needs_latent_ops && (!be->attention_forward_dv || !be->moe_route))
         return ds_error(DS_ERR_INPUT,
                         "model: %s needs multi-head latent attention and expert routing, which "
@@ -684,6 +688,7 @@ void model_backward(Model *m)
 
 void model_expert_load_reset(Model *m)
 {
+    m->balance_loss = 0.0;
     if (m->expert_tokens)
         memset(m->expert_tokens, 0,
                (size_t)m->cfg.num_layers * m->cfg.n_routed_experts * sizeof(double));

@@ -68,6 +68,9 @@ typedef struct Model {
      * the forwards since model_expert_load_reset (a recomputation is not counted); NULL for a
      * model without experts */
     double *expert_tokens;
+    /* the sequence-wise balance loss (ModelConfig.moe_balance_alpha) of the backward passes
+     * since model_expert_load_reset, this rank's share */
+    double balance_loss;
 } Model;
 
 /* Bytes one rank holds for a layout (tp x dp, ZeRO-1 or not), as model_init_parallel and

@@ -73,6 +73,9 @@ typedef struct ModelConfig {
                                      * only each layer's input and backward recomputes the layer
                                      * into one shared working set (train.activation_checkpointing).
                                      * Same results, less activation memory, one more forward. */
+    float moe_balance_alpha;        /* a training option, not from config.json: the weight of
+                                     * the sequence-wise expert balance loss added to the
+                                     * objective (moe.balance_loss); 0: none */
     int lm_head_chunk_rows;         /* not from config.json: rows of the LM head and its
                                      * cross-entropy computed at once; 0 (the default) keeps a
                                      * chunk's logits near 256 MiB of fp32 (model.c); tests set a

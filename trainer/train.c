@@ -54,6 +54,11 @@ int train_model_config(const Config *cfg, ModelConfig *mc)
     } else
         DS_TRY(model_preset(cfg->model_preset, mc));
     mc->activation_checkpointing = cfg->train_activation_checkpointing;
+    mc->moe_balance_alpha = cfg->moe_balance_loss;
+    if (cfg->moe_balance_loss > 0 && mc->n_routed_experts <= 0)
+        return ds_error(DS_ERR_INPUT,
+                        "moe.balance_loss: %g: the model (%s) has no routed experts; set it to 0",
+                        cfg->moe_balance_loss, model_arch_name(mc->arch));
     if (cfg->moe_bias_update_rate > 0 &&
         !(mc->n_routed_experts > 0 && mc->topk_method == MOE_NOAUX_TC))
         return ds_error(DS_ERR_INPUT,
@@ -602,10 +607,12 @@ static int run_step(Run *r, int task_id, const Config *lr_cfg, int phase_step, i
     }
     /* communication only now, after the last micro-batch */
     DS_TRY(comm_all_reduce(&r->grid.dp, &loss, 1, COMM_F64, COMM_SUM));
-    if (m->expert_tokens) /* every data-parallel rank's tokens count in the expert load */
+    if (m->expert_tokens) { /* every data-parallel rank's tokens count in the expert load */
         DS_TRY(comm_all_reduce(&r->grid.dp, m->expert_tokens,
                                (size_t)m->cfg.num_layers * m->cfg.n_routed_experts, COMM_F64,
                                COMM_SUM));
+        DS_TRY(comm_all_reduce(&r->grid.dp, &m->balance_loss, 1, COMM_F64, COMM_SUM));
+    }
     DS_TRY(optim_reduce_grads(&r->opt, m, &r->grid));
     double grad_norm = 0.0;
     DS_TRY(optim_grad_norm_global(&r->opt, m, &r->grid, &grad_norm));
@@ -814,7 +821,10 @@ static int run_phase(Run *r, int k, int from, double *first_loss, double *last_l
                                      : snprintf(extra + used, sizeof(extra) - used, "%s%.4g",
                                                 l ? ", " : "", ratio[l]));
             }
-            snprintf(extra + used, sizeof(extra) - used, "]");
+            used += (size_t)snprintf(extra + used, sizeof(extra) - used, "]");
+            if (r->model.cfg.moe_balance_alpha > 0 && used < sizeof(extra))
+                snprintf(extra + used, sizeof(extra) - used, ", \"balance_loss\": %.7g",
+                         r->model.balance_loss);
             free(ratio);
         }
         if (s.finite)

@@ -939,6 +939,57 @@ static void moe_route_backward(Act *dlogits_act, const float *dweight, const int
     }
 }
 
+static void moe_balance(Act *dlogits_act, double *loss, const int32_t *index, const float *scores,
+                        const float *token_weights, int B, int T, float alpha, const MoeRouting *r)
+{
+    float *dlogits = dlogits_act;
+    const int E = r->experts, k = r->top_k;
+    double total = 0.0;
+    for (int b = 0; b < B; b++) {
+        double f[E], P[E], w = 0.0;
+        for (int e = 0; e < E; e++)
+            f[e] = P[e] = 0.0;
+        for (int t = b * T; t < (b + 1) * T; t++) {
+            w += token_weights[t];
+            const float *s = scores + (size_t)t * E;
+            double S = 0.0;
+            for (int e = 0; e < E; e++)
+                S += s[e];
+            for (int e = 0; e < E; e++)
+                P[e] += s[e] / S / T;
+            for (int j = 0; j < k; j++)
+                f[index[(size_t)t * k + j]] += (double)E / ((double)k * T);
+        }
+        double seq = 0.0;
+        for (int e = 0; e < E; e++)
+            seq += f[e] * P[e];
+        total += alpha * w * seq;
+        /* d loss / d s'_e = alpha w f_e / T for each token; through s' = s / S and the scores */
+        for (int t = b * T; t < (b + 1) * T; t++) {
+            const float *s = scores + (size_t)t * E;
+            float *dl = dlogits + (size_t)t * E;
+            double S = 0.0, gs = 0.0, ds[E];
+            for (int e = 0; e < E; e++)
+                S += s[e];
+            for (int e = 0; e < E; e++)
+                gs += alpha * w * f[e] / T * (s[e] / S);
+            for (int e = 0; e < E; e++)
+                ds[e] = (alpha * w * f[e] / T - gs) / S;
+            if (r->sigmoid) {
+                for (int e = 0; e < E; e++)
+                    dl[e] += (float)(ds[e] * s[e] * (1.0f - s[e]));
+            } else {
+                double dot = 0.0;
+                for (int e = 0; e < E; e++)
+                    dot += ds[e] * s[e];
+                for (int e = 0; e < E; e++)
+                    dl[e] += (float)(s[e] * (ds[e] - dot));
+            }
+        }
+    }
+    *loss += total;
+}
+
 static void moe_permute(int32_t *rows, float *row_weight, int32_t *slot, int *counts,
                         const int32_t *index, const float *weight, int N, int E, int k)
 {
@@ -1050,6 +1101,7 @@ static const Backend cpu_backend = {
     .attention_backward_dv = attention_backward_dv,
     .moe_route = moe_route,
     .moe_route_backward = moe_route_backward,
+    .moe_balance = moe_balance,
     .moe_permute = moe_permute,
     .gather_rows = gather_rows,
     .scatter_add_rows = scatter_add_rows,
