@@ -5,8 +5,8 @@
 # uninterrupted run; a job that reaches its time limit gets the warning signal, checkpoints,
 # requeues itself and finishes the same way; the nightly command as batch jobs: each file trained
 # once, two versions published, a rejected night ends the job with exit code 3 and is not the
-# base of the next, and a night requeued in the middle of its task resumes there without
-# repeating a step. tests/slurm/test_nightly.sh checks the rest of nightly.sh without Slurm.
+# base of the next, a night requeued in the middle of its task resumes there without repeating
+# a step, and a job of 2 tasks trains its night as tp 1 x dp 2 through srun. tests/slurm/test_nightly.sh checks the rest of nightly.sh without Slurm.
 set -u
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -163,6 +163,23 @@ s = [json.loads(l)['step'] for l in open('state/nights/0004/run/metrics.jsonl') 
 print(len(s), len(set(s)))")
 check "each of its $total steps ran once" test "$steps" = "$total $total"
 check "it was published as version 0003" test "$(readlink serve/current)" = versions/0003
+# a night of two ranks: a job of 2 tasks runs the trainer as tp 1 x dp 2 through srun --mpi=pmix
+python3 - <<'PY'
+import json, random
+random.seed(9)
+words = "the of and to in that is was for it with as on be at by not are from or have an".split()
+with open("drop/sunday.jsonl", "w") as f:
+    for _ in range(60):
+        text = "plant sensor log: " + " ".join(random.choice(words) for _ in range(random.randint(20, 60)))
+        f.write(json.dumps({"input_ids": [256] + list(text.encode())}) + "\n")
+PY
+dp_id=$(sbatch --parsable --ntasks=2 --job-name=nightly-dp2 --output="$W/nightly-%j.log" --wrap \
+  "DSTRAIN=$DSTRAIN $SRC/slurm/nightly.sh -c $W/nightly.yaml --drop $W/drop --state $W/state --serve $W/serve --max-forgetting 0.5")
+check "the 2-task night finishes" wait_done "$dp_id" 300
+cat "$W/nightly-$dp_id.log" > n6.log
+check "its trainer was started by srun over the job's 2 tasks as tp 1 x dp 2" grep -q "night 0005: tp 1 x dp 2 (2 ranks, started by srun --mpi=pmix --kill-on-bad-exit=1 --ntasks=2)" n6.log
+check "the trainer ran 2 ranks" grep -q "^dstrain: 2 ranks (tp 1 x dp 2" n6.log
+check "the night ended published or rejected by the gate" grep -qE '"result": "(published|rejected)"' state/nights/0005/status.json
 # the scrontab entry: Debian's Slurm ships no scrontab command, so its #SCRON options are checked
 # by sbatch --test-only (with this cluster's partition) and the schedule line by its shape
 opts=$(sed -n 's/^#SCRON //p' "$SRC/slurm/nightly.scrontab" | sed -e 's/--partition=.*/--partition=debug/' -e '/--qos=/d' -e '/--gpus-per-node=/d' -e 's/--cpus-per-task=.*/--cpus-per-task=1/' -e 's|--output=.*|--output=/dev/null|' | tr '\n' ' ')
