@@ -327,12 +327,27 @@ static int deepseek_check(const ModelConfig *mc, const char *where)
     return DS_OK;
 }
 
+/* Tensor parallelism splits heads (q, kv_b, o) and every MLP's intermediate size (the dense
+ * MLP, the shared experts, each routed expert); the latents, the router and the norms are
+ * replicated. */
 static int deepseek_tp_check(const ModelConfig *mc, int tp, const char *where)
 {
-    return ds_error(DS_ERR_INPUT,
-                    "parallel.tp: %d: %s does not run tensor parallel yet (%s); use "
-                    "parallel.tp: 1",
-                    tp, model_arch_name(mc->arch), where);
+    const struct {
+        const char *name;
+        int value;
+    } split[] = {
+        {"num_attention_heads", mc->num_heads},
+        {"intermediate_size", mc->first_k_dense_replace > 0 ? mc->intermediate_size : tp},
+        {"moe_intermediate_size", mc->n_routed_experts > 0 ? mc->moe_intermediate_size : tp},
+        {"vocab_size", mc->vocab_size},
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(split); i++)
+        if (split[i].value % tp != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "parallel.tp: %d does not divide the model's %s %d (%s); choose a "
+                            "tp that divides it",
+                            tp, split[i].name, split[i].value, where);
+    return DS_OK;
 }
 
 /* ---- activations ------------------------------------------------------------------------ */
@@ -407,13 +422,14 @@ static size_t deepseek_act_bytes(const ModelConfig *mc)
 static void deepseek_arena_layout(Model *m, ArenaCursor *c)
 {
     const ModelConfig *mc = &m->cfg;
-    const size_t N = (size_t)m->B * m->T, C = mc->hidden_size, H = mc->num_heads;
+    /* this rank's share under tensor parallelism: heads, and every MLP's intermediate size */
+    const size_t N = (size_t)m->B * m->T, C = mc->hidden_size, H = m->tp_heads, tp = m->tp_size;
     const size_t Dq = (size_t)mc->qk_nope_head_dim + mc->qk_rope_head_dim;
     const size_t dn = mc->qk_nope_head_dim, dv = mc->v_head_dim, dr = mc->qk_rope_head_dim;
     const size_t Rq = mc->q_lora_rank > 0 ? (size_t)mc->q_lora_rank : 0, Rkv = mc->kv_lora_rank;
     const size_t E = mc->n_routed_experts > 0 ? (size_t)mc->n_routed_experts : 0;
     const size_t k = mc->num_experts_per_tok > 0 ? (size_t)mc->num_experts_per_tok : 0;
-    const size_t I = mc->intermediate_size, Im = mc->moe_intermediate_size;
+    const size_t I = m->tp_inter, Im = mc->moe_intermediate_size / tp;
     const size_t Is = Im * (mc->n_shared_experts > 0 ? (size_t)mc->n_shared_experts : 0);
     const size_t lse = (size_t)m->B * H * m->T;
     int any_moe = 0, any_dense = 0;
@@ -540,7 +556,7 @@ static MlaDims mla_dims(const Model *m)
     d.T = m->T;
     d.N = m->B * m->T;
     d.C = c->hidden_size;
-    d.H = c->num_heads;
+    d.H = m->tp_heads; /* this rank's heads */
     d.dn = c->qk_nope_head_dim;
     d.dr = c->qk_rope_head_dim;
     d.dv = c->v_head_dim;
@@ -614,21 +630,26 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
     }
     be->attention_forward_dv(L->att, L->lse, L->q, L->k, L->v, d.B, d.T, H, d.Dq, d.dv,
                              mla_scale(c));
+    /* row parallel: partial sums over this rank's heads */
     be->matmul_forward(a->tmp, L->att, w->wo, NULL, N, H * d.dv, C);
+    model_tp_reduce_act(m, a->tmp, NC);
     be->add(L->resid_mid, resid_in, a->tmp, NC);
     be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
     if (!is_moe(c, l)) {
-        const int I = c->intermediate_size;
+        const int I = m->tp_inter;
         be->matmul_forward(L->gate, L->ln2, w->wgate, NULL, N, C, I);
         be->matmul_forward(L->up, L->ln2, w->wup, NULL, N, C, I);
         be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
         if (!resid_out) return;
         be->matmul_forward(a->tmp, L->act, w->wdown, NULL, N, I, C);
+        model_tp_reduce_act(m, a->tmp, NC);
         be->add(resid_out, L->resid_mid, a->tmp, NC);
         return;
     }
-    /* MoE: the shared experts see every token; the router sends each token to k experts */
-    const int Im = c->moe_intermediate_size, Is = Im * c->n_shared_experts;
+    /* MoE: the shared experts see every token; the router sends each token to k experts. Under
+     * tensor parallelism every rank routes alike (the router is replicated) and holds a slice
+     * of every expert's intermediate size: its outputs are partial sums */
+    const int Im = c->moe_intermediate_size / m->tp_size, Is = Im * c->n_shared_experts;
     const int E = c->n_routed_experts, k = c->num_experts_per_tok, Nk = N * k;
     const MoeRouting route = moe_routing(c);
     if (Is > 0) {
@@ -647,9 +668,11 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
         m->expert_tokens[(size_t)l * E + e] += L->counts[e];
     be->mem_zero(s->moe_out, NC * m->act_size);
     be->scatter_add_rows(s->moe_out, L->ey, L->rows, L->row_weight, Nk, C);
+    model_tp_reduce_act(m, s->moe_out, NC);
     be->add(resid_out, L->resid_mid, s->moe_out, NC);
     if (Is > 0) {
         be->matmul_forward(a->tmp, L->act, w->wdown, NULL, N, Is, C);
+        model_tp_reduce_act(m, a->tmp, NC);
         be->add(resid_out, resid_out, a->tmp, NC);
     }
 }
@@ -665,8 +688,8 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     DeepseekActs *s = a->layers;
     const int N = m->B * m->T, C = c->hidden_size;
     /* the dense MLP, or the shared experts (the same fields) */
-    const int I = is_moe(c, l) ? c->moe_intermediate_size * c->n_shared_experts
-                               : c->intermediate_size;
+    const int I = is_moe(c, l) ? c->moe_intermediate_size / m->tp_size * c->n_shared_experts
+                               : m->tp_inter;
     if (I > 0) {
         be->matmul_backward(s->dact, g->wdown, NULL, a->dresid_act, L->act, w->wdown, N, I, C, 0);
         be->swiglu_backward(s->dgate, s->dup, s->dact, L->gate, L->up, (size_t)N * I);
@@ -675,12 +698,17 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     } else {
         be->mem_zero(a->dln, (size_t)N * C * m->act_size);
     }
-    if (!is_moe(c, l)) return;
-    /* routed experts: the gradient of each pair's weight, then each expert's rows */
-    const int Im = c->moe_intermediate_size, E = c->n_routed_experts;
+    if (!is_moe(c, l)) {
+        model_tp_reduce_act(m, a->dln, (size_t)N * C); /* column parallel: sum the slices */
+        return;
+    }
+    /* routed experts: the gradient of each pair's weight (summed over the tensor-parallel
+     * slices of the expert's output), then each expert's rows */
+    const int Im = c->moe_intermediate_size / m->tp_size, E = c->n_routed_experts;
     const int Nk = N * c->num_experts_per_tok;
     const MoeRouting route = moe_routing(c);
     be->rows_dot(s->dweight, L->slot, a->dresid_act, L->rows, L->ey, Nk, C);
+    model_tp_reduce(m, s->dweight, (size_t)Nk, COMM_SUM);
     be->gather_rows(s->dey, a->dresid_act, L->rows, L->row_weight, Nk, C);
     size_t off = 0;
     for (int e = 0; e < E; e++) {
@@ -704,7 +732,11 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     if (c->moe_balance_alpha > 0)
         be->moe_balance(s->dlogits, &m->balance_loss, L->index, L->scores, a->dev_weights, m->B,
                         m->T, c->moe_balance_alpha, &route);
-    be->matmul_backward(a->dln, g->router, NULL, s->dlogits, L->ln2, w->router, N, C, E, 1);
+    /* the router is replicated: its input gradient is whole on every rank, so one rank adds
+     * it to the slices' partial sums before they are summed */
+    be->matmul_backward(m->tp_rank == 0 ? a->dln : NULL, g->router, NULL, s->dlogits, L->ln2,
+                        w->router, N, C, E, 1);
+    model_tp_reduce_act(m, a->dln, (size_t)N * C);
 }
 
 /* Backward of layer l (llama_layer_backward's contract). */
@@ -736,28 +768,39 @@ static void deepseek_layer_backward(Model *m, int l)
                        H * d.dv, N, d.dv, 0);
         be->copy_block(dk_rope, d.kva, model_act_at(m, dk_h, d.dn), H * d.Dq, N, d.dr, h > 0);
     }
+    /* kv_b's input gradient (the latent's) beside the shared key's: both partial sums over this
+     * rank's heads under tensor parallelism, summed in one all-reduce of the kv_a gradient */
+    be->matmul_backward(s->dlat_n, g->wkv_b, NULL, s->dkv, L->lat_n, w->wkv_b, N, d.Rkv, d.kvb, 0);
+    if (m->tp) {
+        be->copy_block(s->dkva, d.kva, s->dlat_n, d.Rkv, N, d.Rkv, 0);
+        model_tp_reduce_act(m, s->dkva, (size_t)N * d.kva);
+        be->copy_block(s->dlat_n, d.Rkv, s->dkva, d.kva, N, d.Rkv, 0);
+    }
     be->rope_block_backward(dk_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
                             c->rope_interleave);
     be->rope_block_backward(model_act_at(m, s->dq, d.dn), H * d.Dq, d.Dq, m->rope_cos, m->rope_sin,
                             d.B, d.T, H, d.dr, c->rope_interleave);
-    /* the kv latent: kv_b, its norm, then kv_a (whose input gradient starts dln) */
-    be->matmul_backward(s->dlat_n, g->wkv_b, NULL, s->dkv, L->lat_n, w->wkv_b, N, d.Rkv, d.kvb, 0);
+    /* the latent's norm (replicated: whole gradients from here on) */
     be->mem_zero(s->dlat, (size_t)N * d.Rkv * sizeof(float));
     be->rmsnorm_backward(s->dlat, s->dlat_act, g->kv_a_norm, s->dlat_n, L->lat, w->kv_a_norm,
                          L->lat_rstd, N, d.Rkv);
     be->copy_block(s->dkva, d.kva, s->dlat_act, d.Rkv, N, d.Rkv, 0);
-    be->matmul_backward(a->dln, g->wkv_a, NULL, s->dkva, L->ln1, w->wkv_a, N, C, d.kva, 0);
-    /* q */
+    /* q, then kv_a: dln is their input gradients' sum */
     if (d.Rq > 0) {
+        /* q_b is column parallel: its input gradient is summed before the latent's norm */
         be->matmul_backward(s->dqa_n, g->wq_b, NULL, s->dq, L->qa_n, w->wq_b, N, d.Rq, H * d.Dq,
                             0);
+        model_tp_reduce_act(m, s->dqa_n, (size_t)N * d.Rq);
         be->mem_zero(s->dqa_f32, (size_t)N * d.Rq * sizeof(float));
         be->rmsnorm_backward(s->dqa_f32, s->dqa, g->q_a_norm, s->dqa_n, L->qa_f32, w->q_a_norm,
                              L->qa_rstd, N, d.Rq);
-        be->matmul_backward(a->dln, g->wq_a, NULL, s->dqa, L->ln1, w->wq_a, N, C, d.Rq, 1);
+        be->matmul_backward(a->dln, g->wq_a, NULL, s->dqa, L->ln1, w->wq_a, N, C, d.Rq, 0);
     } else {
-        be->matmul_backward(a->dln, g->wq, NULL, s->dq, L->ln1, w->wq, N, C, H * d.Dq, 1);
+        /* q_proj is column parallel: its partial sums are summed before kv_a's whole part */
+        be->matmul_backward(a->dln, g->wq, NULL, s->dq, L->ln1, w->wq, N, C, H * d.Dq, 0);
+        model_tp_reduce_act(m, a->dln, (size_t)N * C);
     }
+    be->matmul_backward(a->dln, g->wkv_a, NULL, s->dkva, L->ln1, w->wkv_a, N, C, d.kva, 1);
     be->rmsnorm_backward(a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln, a->resid_in[l],
                          w->ln1, L->ln1_rstd, N, C);
 }

@@ -199,8 +199,9 @@ static int info_parameters(const ModelConfig *mc, FILE *out)
     return DS_OK;
 }
 
-/* What a full fine-tune holds per GPU (layout_memory_estimate) at one and eight data-parallel
- * ranks with ZeRO-1: bf16 mixed precision, one row of 4096 tokens, activation checkpointing. */
+/* What a full fine-tune holds per GPU (layout_memory_estimate) at one rank, eight
+ * data-parallel ranks (ZeRO-1) and eight tensor-parallel ranks, when the model splits so: bf16
+ * mixed precision, one row of 4096 tokens, activation checkpointing. */
 static void info_memory(const ModelConfig *model, FILE *out)
 {
     Config cfg;
@@ -212,19 +213,26 @@ static void info_memory(const ModelConfig *model, FILE *out)
     cfg.parallel_zero = 1;
     ModelConfig mc = *model;
     mc.activation_checkpointing = 1;
-    RunMemory one, eight;
-    if (layout_memory_estimate(&cfg, &mc, 1, 1, &one) != DS_OK ||
-        layout_memory_estimate(&cfg, &mc, 1, 8, &eight) != DS_OK) {
-        ds_clear_error();
-        return;
+    const int layouts[][2] = {{1, 1}, {1, 8}, {8, 1}};
+    char line[256] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < DS_ARRAY_LEN(layouts); i++) {
+        RunMemory mem;
+        if (layout_memory_estimate(&cfg, &mc, layouts[i][0], layouts[i][1], &mem) != DS_OK) {
+            ds_clear_error(); /* a tp the model does not split: left out */
+            continue;
+        }
+        char b[32];
+        human_bytes(mem.total, b, sizeof(b));
+        used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%s at tp %d x dp %d",
+                                 used ? ", " : "", b, layouts[i][0], layouts[i][1]);
+        if (used >= sizeof(line)) break;
     }
-    char a[32], b[32];
-    human_bytes(one.total, a, sizeof(a));
-    human_bytes(eight.total, b, sizeof(b));
-    fprintf(out,
-            "memory:       full fine-tune per GPU (bf16, 1 x 4096 tokens, activation "
-            "checkpointing, ZeRO-1): %s at dp 1, %s at dp 8 (dstrain submit picks a layout)\n",
-            a, b);
+    if (used)
+        fprintf(out,
+                "memory:       full fine-tune per GPU (bf16, 1 x 4096 tokens, activation "
+                "checkpointing, ZeRO-1): %s\n",
+                line);
 }
 
 static int info_hf_model(const char *dir, FILE *out)

@@ -188,11 +188,48 @@ Test(architectures, llama_splits_come_from_its_table)
     param_table_free(&pt);
 }
 
-Test(architectures, deepseek_refuses_tensor_parallel_until_its_layer_splits)
+/* Tensor parallelism splits the heads and every MLP's intermediate size: V2-Lite (16 heads,
+ * intermediate 10944, experts 1408, vocab 102400) splits 2, 4 and 8 ways; 3 ways it refuses,
+ * naming the heads; 32 ways (more than its heads) likewise. The split tensors come from the
+ * table: q_proj and kv_b by heads, o_proj by its inputs, every expert by its intermediate
+ * size; the latents and the router are whole on every rank. */
+Test(architectures, deepseek_splits_heads_and_intermediate_sizes)
 {
     ModelConfig mc = v2_lite();
-    cr_assert_eq(model_tp_check(&mc, 2, "model"), DS_ERR_INPUT);
-    cr_assert(strstr(ds_last_error(), "DeepseekV2ForCausalLM does not run tensor parallel"), "%s",
-              ds_last_error());
-    cr_assert_eq(model_tp_check(&mc, 1, "model"), DS_OK);
+    for (int tp = 1; tp <= 8; tp *= 2)
+        cr_assert_eq(model_tp_check(&mc, tp, "model"), DS_OK, "tp %d: %s", tp, ds_last_error());
+    cr_assert_eq(model_tp_check(&mc, 3, "model"), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "parallel.tp: 3 does not divide the model's "
+                                      "num_attention_heads 16"),
+              "%s", ds_last_error());
+    cr_assert_eq(model_tp_check(&mc, 32, "model"), DS_ERR_INPUT);
+    mc.num_layers = 2;
+    ParamTable pt;
+    cr_assert_eq(param_table_build_tp(&mc, 1, 4, &pt), DS_OK, "%s", ds_last_error());
+    const struct {
+        const char *name;
+        int split_dim;
+        int64_t start, len;
+    } want[] = {
+        {"model.layers.1.self_attn.q_proj.weight", 0, 4 * 192, 4 * 192},
+        {"model.layers.1.self_attn.kv_b_proj.weight", 0, 4 * 256, 4 * 256},
+        {"model.layers.1.self_attn.o_proj.weight", 1, 4 * 128, 4 * 128},
+        {"model.layers.1.self_attn.kv_a_proj_with_mqa.weight", -1, 0, 576},
+        {"model.layers.1.mlp.gate.weight", -1, 0, 64},
+        {"model.layers.1.mlp.experts.63.up_proj.weight", 0, 352, 352},
+        {"model.layers.1.mlp.experts.63.down_proj.weight", 1, 352, 352},
+        {"model.layers.1.mlp.shared_experts.gate_proj.weight", 0, 704, 704},
+        {"model.layers.0.mlp.down_proj.weight", 1, 2736, 2736},
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(want); i++) {
+        const ParamInfo *p = param_table_find(&pt, want[i].name);
+        cr_assert_not_null(p, "%s", want[i].name);
+        cr_expect_eq(p->split_dim, want[i].split_dim, "%s: split dim %d", want[i].name,
+                     p->split_dim);
+        if (want[i].split_dim >= 0)
+            cr_expect(p->slice_start == want[i].start && p->slice_len == want[i].len,
+                      "%s: slice %lld + %lld", want[i].name, (long long)p->slice_start,
+                      (long long)p->slice_len);
+    }
+    param_table_free(&pt);
 }

@@ -2,12 +2,16 @@
 # test_moe_layouts.sh: a DeepSeek mixture-of-experts model (the tiny-moe preset: multi-head
 # latent attention with a q latent, 16 routed experts chosen 4 at a time by sigmoid scores over
 # groups with the score correction, a shared expert, a dense first layer) trains the same model
-# at every data-parallel layout, as the dense models do (test_layouts.sh): 10 steps on the
-# bundled data at np=1 and under mpirun at dp=2 with ZeRO-1, dp=2 with a plain all-reduce and
-# dp=2 with two accumulated micro-batches; per-step losses within 1e-5 relative, final
-# parameters within 1e-5. Activation checkpointing changes nothing, bit for bit (the recomputed
-# routing is the same routing), and the expert load in metrics.jsonl is the same at np=1 and
-# dp=2 (the counts of every rank are summed). parallel.tp > 1 is refused with one line.
+# at every layout, as the dense models do (test_layouts.sh): 10 steps on the bundled data at
+# np=1 and under mpirun at dp=2 with ZeRO-1, dp=2 with a plain all-reduce, dp=2 with two
+# accumulated micro-batches, tp=2 (heads and every MLP's intermediate size split, the latents
+# and the router replicated), tp=2 x dp=2, and tp=2 with activation checkpointing; per-step
+# losses within 1e-5 relative, final parameters within 1e-5, the first step's expert load
+# equal (every rank routes alike; the counts of the data-parallel ranks are summed). At np=1
+# activation checkpointing changes nothing, bit for bit (the recomputed routing is the same
+# routing). The V2-Lite-shaped parity fixture (a plain q, softmax routing) trains the same at
+# tp=2 and tp=2 x dp=2 as one process. A tp that does not divide the heads is refused with one
+# line.
 set -euo pipefail
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -16,10 +20,10 @@ rm -rf "$work" && mkdir -p "$work"
 common=(model.preset=tiny-moe train.steps=10 train.seq_len=32 log.every=5 optim.lr=1e-3
         run.save_final=true export.enabled=false checkpoint.every=0)
 
-run() { # name np dp zero [grad_accum] [extra ...]
-  local name=$1 np=$2 dp=$3 zero=$4 accum=${5:-1}
-  shift 5 || shift $#
-  local args=("${common[@]}" run.dir="$work/$name" parallel.zero="$zero"
+run() { # name np tp dp zero [grad_accum] [extra ...]
+  local name=$1 np=$2 tp=$3 dp=$4 zero=$5 accum=${6:-1}
+  shift 6 || shift $#
+  local args=("${common[@]}" run.dir="$work/$name" parallel.tp="$tp" parallel.zero="$zero"
               train.micro_batch_size=$((4 / dp / accum)) train.grad_accum="$accum" "$@")
   if [ "$np" = 1 ]; then
     "$DSTRAIN" train "${args[@]}" >"$work/$name.log" 2>&1 || { cat "$work/$name.log"; exit 1; }
@@ -28,21 +32,32 @@ run() { # name np dp zero [grad_accum] [extra ...]
   fi
 }
 
-run single 1 1 1 1
-run checkpointed 1 1 1 1 train.activation_checkpointing=true
-run dp2 2 2 1 1
-run dp2_allreduce 2 2 0 1
-run dp2_accum2 2 2 1 2
+run single 1 1 1 1 1
+run checkpointed 1 1 1 1 1 train.activation_checkpointing=true
+run dp2 2 1 2 1 1
+run dp2_allreduce 2 1 2 0 1
+run dp2_accum2 2 1 2 1 2
+run tp2 2 2 1 1 1
+run tp2dp2 4 2 2 1 1
+run tp2_checkpointed 2 2 1 1 1 train.activation_checkpointing=true
+# a plain q (no q latent) with softmax routing: the V2-Lite-shaped parity fixture
+"$DSTRAIN" pack --input "$SRC/tests/fixtures/parity/deepseek_v2_lite_f32.eval.jsonl" \
+  --output "$work/v2lite.h5" >/dev/null
+v2=(model.path="$SRC/tests/fixtures/parity/deepseek_v2_lite_f32" data.train="$work/v2lite.h5"
+    train.seq_len=8)
+run v2lite_single 1 1 1 1 1 "${v2[@]}"
+run v2lite_tp2 2 2 1 1 1 "${v2[@]}"
+run v2lite_tp2dp2 4 2 2 1 1 "${v2[@]}"
 
-# tensor parallelism does not split these layers yet: one clear line naming parallel.tp, exit 2
+# a tp that does not divide the heads: one clear line naming parallel.tp, exit 2
 set +e
-mpi_run 2 "$work/tp2.log" train "${common[@]}" run.dir="$work/tp2" parallel.tp=2 parallel.dp=1
+mpi_run 3 "$work/tp3.log" train "${common[@]}" run.dir="$work/tp3" parallel.tp=3 parallel.dp=1
 status=$?
 set -e
-lines=$(grep -c "error: .*parallel.tp: 2: DeepseekV3ForCausalLM does not run tensor parallel" \
-  "$work/tp2.log" || true)
+lines=$(grep -c "error: .*parallel.tp: 3 does not divide the model's num_attention_heads 4" \
+  "$work/tp3.log" || true)
 if [ "$status" -eq 0 ] || [ "$lines" -lt 1 ]; then
-  echo "FAIL: tp=2 not refused with one line (exit $status)"; cat "$work/tp2.log"; exit 1
+  echo "FAIL: tp=3 not refused with one line (exit $status)"; cat "$work/tp3.log"; exit 1
 fi
 
 python3 - "$work" <<'PY'
@@ -85,7 +100,7 @@ failed |= not same
 print(f"{'ok' if same else 'FAIL'}: activation checkpointing: losses, expert load and "
       f"parameters bitwise equal")
 
-for name in ["dp2", "dp2_allreduce", "dp2_accum2"]:
+for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpointed"]:
     m, params = metrics(name), tensors(name)
     loss = [x["loss"] for x in m]
     assert len(loss) == 10, (name, len(loss))
@@ -101,5 +116,15 @@ for name in ["dp2", "dp2_allreduce", "dp2_accum2"]:
     print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, parameters "
           f"within {diff:.2e} (worst {worst}), first step's expert load "
           f"{'equal' if load_ok else 'differs'}")
+ref, ref_params = metrics("v2lite_single"), tensors("v2lite_single")
+ref_loss = [m["loss"] for m in ref]
+for name in ["v2lite_tp2", "v2lite_tp2dp2"]:
+    loss, params = [m["loss"] for m in metrics(name)], tensors(name)
+    rel = max(abs(a - b) / abs(a) for a, b in zip(ref_loss, loss))
+    diff = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in ref_params)
+    ok = len(loss) == 10 and rel <= 1e-5 and diff <= 1e-5 and params.keys() == ref_params.keys()
+    failed |= not ok
+    print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, parameters "
+          f"within {diff:.2e}")
 sys.exit(1 if failed else 0)
 PY
