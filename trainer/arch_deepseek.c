@@ -291,6 +291,9 @@ static int deepseek_check(const ModelConfig *mc, const char *where)
                         "%s: n_routed_experts, n_shared_experts and "
                         "first_k_dense_replace must not be negative",
                         where);
+    if (!(mc->routed_scaling_factor > 0 && mc->routed_scaling_factor <= 1e6))
+        return ds_error(DS_ERR_INPUT, "%s: routed_scaling_factor: expected a number in (0, 1e6], "
+                        "got %g", where, mc->routed_scaling_factor);
     if (mc->n_routed_experts > MOE_MAX_EXPERTS)
         return ds_error(DS_ERR_INPUT, "%s: n_routed_experts: %d is more than the %d supported",
                         where, mc->n_routed_experts, MOE_MAX_EXPERTS);
