@@ -37,6 +37,7 @@ static ModelConfig v2_lite(void)
     mc.topk_group = 1;
     mc.rms_norm_eps = 1e-6f;
     mc.rope_theta = 10000.0;
+    mc.routed_scaling_factor = 1.0; /* as published */
     return mc;
 }
 
