@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `dstrain info`, `dstrain plot` and `dstrain generate` on fixtures, each checked against values
-# computed independently (python on the files, PyTorch reference logits, the tokenizers library).
+# `dstrain info`, `dstrain plot` (a run, a nightly state's history matrix, garbled matrices) and
+# `dstrain generate` on fixtures, each checked against values computed independently (python on
+# the files, PyTorch reference logits, the tokenizers library).
 set -u
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 T=$TMPROOT/ops_inspect; rm -rf "$T"; mkdir -p "$T"; cd "$T"
@@ -102,6 +103,37 @@ else
 fi
 "$DSTRAIN" plot nowhere > /dev/null 2> noplot.err; rc=$?
 check "plot of a missing run: exit 2" bash -c "[ $rc -eq 2 ] && grep -q 'nowhere/metrics.jsonl: cannot open' noplot.err"
+
+# ---- plot: a nightly state directory's history matrix (slurm/nightly.sh writes it) ----
+mkdir -p nightly/nights
+printf 'version\tn0001-1\tgeneral\tit'\''s "n2"\n1\t2.5\t3.0\t2.75\n2\t2.25\t3.125\t-\n3\t2.375\t3.0\t2.0\n' > nightly/history-matrix.tsv
+if command -v gnuplot >/dev/null; then
+  "$DSTRAIN" plot nightly > hplot.out 2> hplot.err; rc=$?
+  check "plot of a state directory: exit 0, nothing on stderr" bash -c "[ $rc -eq 0 ] && [ ! -s hplot.err ]"
+  check "plot says what it drew (8 of the 9 cells)" grep -q '^dstrain: plot of the history of 3 published versions on 3 held-out sets (8 losses) written to nightly/history.png$' hplot.out
+  check "plot writes a 1200x1000 PNG" python3 -c "
+import struct; b=open('nightly/history.png','rb').read(32)
+assert b[:8]==b'\x89PNG\r\n\x1a\n' and struct.unpack('>II', b[16:24])==(1200,1000), b"
+fi
+one_error() { # rc file regex [file that must not exist]
+  [ "$1" -eq 2 ] && [ "$(wc -l < "$2")" -eq 1 ] && grep -q -- "$3" "$2" && [ ! -e "${4:-/nonexistent}" ]
+}
+mkdir -p unpublished/nights
+"$DSTRAIN" plot unpublished > /dev/null 2> plot-none.err; rc=$?
+check "plot of a state directory with nothing published: exit 2, one line" one_error $rc plot-none.err '^dstrain: error: plot: unpublished/history-matrix.tsv: missing: no night of this state directory has published a version yet$'
+garbled() { # name content expected-message: plot exits 2 with that one line and writes no PNG
+  mkdir -p "g-$1/nights"; printf "$2" > "g-$1/history-matrix.tsv"
+  "$DSTRAIN" plot "g-$1" > /dev/null 2> "g-$1.err"; local rc=$?
+  check "garbled history matrix ($1): exit 2, one line, no PNG" one_error $rc "g-$1.err" "^dstrain: error: plot: g-$1/history-matrix.tsv$3" "g-$1/history.png"
+}
+garbled empty '' ': empty: no header and no version$'
+garbled header 'loss\tn0001-1\n1\t2.5\n' ':1: expected the header "version<TAB>set..." of nightly.sh.s history matrix, got "loss"$'
+garbled fields 'version\tn0001-1\tgeneral\n1\t2.5\n' ':2: 2 tab-separated fields, expected 3 (version and the header.s 2 sets)$'
+garbled number 'version\tn0001-1\n1\t2.5x\n' ':2: set n0001-1: expected a loss or -, got "2.5x"$'
+garbled version 'version\tn0001-1\nv1\t2.5\n' ':2: version: expected a positive integer, got "v1"$'
+garbled noversion 'version\tn0001-1\n' ': no version in it yet (no night has been published)$'
+garbled binary 'version\tn0001-1\n1\t\001\002\n' ':2: field 2: a control character in'
+
 
 # ---- generate: greedy next token == argmax of the PyTorch reference logits ----
 for m in llama_gqa_f32_oldform qwen2_gqa_bias_f32_newform llama_tied_linear_bf16_newform_sharded; do

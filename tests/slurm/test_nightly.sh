@@ -110,7 +110,7 @@ check "a start with nothing to do refreshes its run time for the alert rule" gre
 check "the history matrix has a row per version" test "$(cut -f1 state/history-matrix.tsv | tr '\n' ' ')" = "version 1 2 "
 check "... and a column per held-out set, every night's" test "$(head -1 state/history-matrix.tsv | tr '\t' ' ')" = "version n0001-1 general n0002-1 n0003-1"
 check "version 2 was evaluated on every earlier night's set" test "$(awk -F'\t' '$1 == 2' state/history-matrix.tsv | grep -c -- '-')" -eq 0
-# dstrain plot draws it; a state directory without it or a garbled one is one line and exit 2
+# dstrain plot draws it (tests/ops/test_inspect.sh: garbled matrices)
 if command -v gnuplot >/dev/null; then
   "$DSTRAIN" plot state > plot.out 2> plot.err; rc=$?
   check "dstrain plot STATE draws the history (exit 0)" grep -q "^dstrain: plot of the history of 2 published versions on 4 held-out sets (8 losses) written to state/history.png$" plot.out
@@ -120,24 +120,6 @@ assert b[:8] == b'\\x89PNG\\r\\n\\x1a\\n' and struct.unpack('>II', b[16:24]) == 
 else
   echo "SKIP: gnuplot is not installed (tools/install-deps.sh installs it)"
 fi
-one_error() { # rc file regex [file that must not exist]
-  [ "$1" -eq 2 ] && [ "$(wc -l < "$2")" -eq 1 ] && grep -q -- "$3" "$2" && [ ! -e "${4:-/nonexistent}" ]
-}
-mkdir -p unpublished/nights
-"$DSTRAIN" plot unpublished > /dev/null 2> plot-none.err; rc=$?
-check "plot of a state directory with nothing published: exit 2, one line" one_error $rc plot-none.err '^dstrain: error: plot: unpublished/history-matrix.tsv: missing: no night of this state directory has published a version yet$'
-garbled() { # name content expected-message: plot exits 2 with that one line and writes no PNG
-  mkdir -p "g-$1/nights"; printf "$2" > "g-$1/history-matrix.tsv"
-  "$DSTRAIN" plot "g-$1" > /dev/null 2> "g-$1.err"; local rc=$?
-  check "garbled history matrix ($1): exit 2, one line, no PNG" one_error $rc "g-$1.err" "^dstrain: error: plot: g-$1/history-matrix.tsv$3" "g-$1/history.png"
-}
-garbled empty '' ': empty: no header and no version$'
-garbled header 'loss\tn0001-1\n1\t2.5\n' ':1: expected the header "version<TAB>set..." of nightly.sh.s history matrix, got "loss"$'
-garbled fields 'version\tn0001-1\tgeneral\n1\t2.5\n' ':2: 2 tab-separated fields, expected 3 (version and the header.s 2 sets)$'
-garbled number 'version\tn0001-1\n1\t2.5x\n' ':2: set n0001-1: expected a loss or -, got "2.5x"$'
-garbled version 'version\tn0001-1\nv1\t2.5\n' ':2: version: expected a positive integer, got "v1"$'
-garbled noversion 'version\tn0001-1\n' ': no version in it yet (no night has been published)$'
-garbled binary 'version\tn0001-1\n1\t\001\002\n' ':2: field 2: a control character in'
 
 # 4. a failed export is a failure (exit 4); the next start exports without training again
 cat > failing-export.sh <<SH

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# test_submit.sh: the job `dstrain submit` renders (--dry-run, no cluster needed) takes its ranks
-# from parallel.tp x parallel.dp: a fixed layout as the config says, an auto one on GPUs as the
-# fewest GPUs whose memory estimate fits --gpu-mem (deepseek-llm-7b with EWC: tp 4 on 80 GiB,
-# tp 2 on an H200, two full nodes with checkpointing at 20 GiB), the CPU's auto as one rank;
-# nothing that fits, a layout the job's options contradict and a tp the model cannot split are
-# refused in one line with exit 2 and no script; --layout prints the line nightly.sh reads; the
-# estimate's figures are the trainer's own; the shipped scrontab asks for what --layout says.
+# test_submit_layout.sh: the job `dstrain submit` renders (--dry-run, no cluster needed) takes
+# its ranks from parallel.tp x parallel.dp: a fixed layout as the config says, an auto one on
+# GPUs as the fewest GPUs whose memory estimate fits --gpu-mem (deepseek-llm-7b with EWC: tp 4 on
+# 80 GiB, tp 2 on an H200, two full nodes with checkpointing at 20 GiB), the CPU's auto as one
+# rank; nothing that fits, a layout the job's options contradict and a tp the model cannot split
+# are refused in one line with exit 2 and no script; --layout prints the line nightly.sh reads;
+# the estimate's figures are the trainer's own; the shipped scrontab asks for what --layout says.
 set -u
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
-W=$TMPROOT/submit; rm -rf "$W"; mkdir -p "$W"; cd "$W"
+W=$TMPROOT/train_submit_layout; rm -rf "$W"; mkdir -p "$W"; cd "$W"
 fails=0; passes=0
 check() { local name=$1; shift; if "$@"; then passes=$((passes+1)); echo "ok: $name"; else echo "FAIL: $name"; fails=$((fails+1)); fi; }
 sbatch_value() { sed -n "s/^#SBATCH --$2=//p" "$1"; } # script option
