@@ -307,13 +307,17 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
     DS_TRY(json_string(&w, root, "model_type", &model_type));
     const Architecture *arch = NULL;
     int classification = 0; /* score.weight [num_labels, hidden] instead of lm_head */
-    char supported[256] = "", supported_types[128] = "";
+    char supported[512] = "", supported_types[128] = "";
     for (int i = 0, n = 0; model_architecture_at(i); i++) {
         const Architecture *a = model_architecture_at(i);
         if (!a->layer_forward) continue; /* described, not runnable yet */
         const char *sep = n++ ? ", " : "";
         strncat(supported, sep, sizeof(supported) - strlen(supported) - 1);
         strncat(supported, a->name, sizeof(supported) - strlen(supported) - 1);
+        if (a->classifier_name) {
+            strncat(supported, ", ", sizeof(supported) - strlen(supported) - 1);
+            strncat(supported, a->classifier_name, sizeof(supported) - strlen(supported) - 1);
+        }
         strncat(supported_types, sep, sizeof(supported_types) - strlen(supported_types) - 1);
         strncat(supported_types, a->model_type, sizeof(supported_types) - strlen(supported_types) - 1);
     }
@@ -331,8 +335,7 @@ static int parse_config(const char *file, const cJSON *root, ModelConfig *mc)
         char shown[200], shown2[200];
         if (!arch)
             return ds_error(DS_ERR_INPUT,
-                            "%s: architectures: \"%s\" is not supported (supported: %s) and "
-                            "their *ForSequenceClassification forms",
+                            "%s: architectures: \"%s\" is not supported (supported: %s)",
                             file, ds_printable(shown, sizeof(shown), name, 80), supported);
         if (model_type && strcmp(model_type, arch->model_type) != 0)
             return ds_error(DS_ERR_INPUT,

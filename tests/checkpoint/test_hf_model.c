@@ -237,9 +237,11 @@ typedef struct BadConfig {
 static const BadConfig bad_configs[] = {
     {"{\"architectures\":[\"MistralForCausalLM\"]," TINY_LLAMA "}",
      "config.json: architectures: \"MistralForCausalLM\" is not supported (supported: "
-     "LlamaForCausalLM, Qwen2ForCausalLM)"},
-    {"{\"architectures\":[\"DeepseekV3ForCausalLM\"],\"vocab_size\":1}",
-     "architectures: \"DeepseekV3ForCausalLM\" is not supported"},
+     "LlamaForCausalLM, LlamaForSequenceClassification, Qwen2ForCausalLM, "
+     "Qwen2ForSequenceClassification, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)"},
+    {"{\"architectures\":[\"DeepseekV3ForCausalLM\"]," TINY_LLAMA ",\"kv_lora_rank\":8,"
+     "\"qk_nope_head_dim\":4,\"qk_rope_head_dim\":4,\"v_head_dim\":4,\"scoring_func\":\"softmax\"}",
+     "scoring_func: DeepseekV3 scores by sigmoid, got \"softmax\""},
     {"{\"architectures\":\"LlamaForCausalLM\"}", "architectures: expected a list"},
     {"{\"vocab_size\":3}", "architectures: missing"},
     {"{" TINY_LLAMA ",\"model_type\":\"qwen2\"}",

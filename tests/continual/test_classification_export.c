@@ -270,8 +270,9 @@ Test(cls_export, hf_config_load_refuses_hostile_classifiers)
                  DS_ERR_INPUT);
     cr_assert(strstr(ds_last_error(),
                      "\"GemmaForSequenceClassification\" is not supported (supported: "
-                     "LlamaForCausalLM, Qwen2ForCausalLM) and their *ForSequenceClassification "
-                     "forms") != NULL,
+                     "LlamaForCausalLM, LlamaForSequenceClassification, Qwen2ForCausalLM, "
+                     "Qwen2ForSequenceClassification, DeepseekV2ForCausalLM, "
+                     "DeepseekV3ForCausalLM)") != NULL,
               "%s", ds_last_error());
 }
 
