@@ -335,22 +335,13 @@ static int deepseek_check(const ModelConfig *mc, const char *where)
  * replicated. */
 static int deepseek_tp_check(const ModelConfig *mc, int tp, const char *where)
 {
-    const struct {
-        const char *name;
-        int value;
-    } split[] = {
+    const ArchSplit split[] = {
         {"num_attention_heads", mc->num_heads},
         {"intermediate_size", mc->first_k_dense_replace > 0 ? mc->intermediate_size : tp},
         {"moe_intermediate_size", mc->n_routed_experts > 0 ? mc->moe_intermediate_size : tp},
         {"vocab_size", mc->vocab_size},
     };
-    for (size_t i = 0; i < DS_ARRAY_LEN(split); i++)
-        if (split[i].value % tp != 0)
-            return ds_error(DS_ERR_INPUT,
-                            "parallel.tp: %d does not divide the model's %s %d (%s); choose a "
-                            "tp that divides it",
-                            tp, split[i].name, split[i].value, where);
-    return DS_OK;
+    return arch_tp_divides(split, (int)DS_ARRAY_LEN(split), tp, where);
 }
 
 /* ---- activations ------------------------------------------------------------------------ */

@@ -113,20 +113,12 @@ static void qwen2_write_config(cJSON *root, const ModelConfig *mc)
 
 static int llama_tp_check(const ModelConfig *mc, int tp, const char *where)
 {
-    const struct {
-        const char *name;
-        int value;
-    } split[] = {
+    const ArchSplit split[] = {
         {"num_attention_heads", mc->num_heads},
         {"intermediate_size", mc->intermediate_size},
         {"vocab_size", mc->vocab_size}, /* not padded: exports keep the model's own shapes */
     };
-    for (size_t i = 0; i < DS_ARRAY_LEN(split); i++)
-        if (split[i].value % tp != 0)
-            return ds_error(DS_ERR_INPUT,
-                            "parallel.tp: %d does not divide the model's %s %d (%s); choose a "
-                            "tp that divides it",
-                            tp, split[i].name, split[i].value, where);
+    DS_TRY(arch_tp_divides(split, (int)DS_ARRAY_LEN(split), tp, where));
     if (mc->num_kv_heads % tp != 0 && tp % mc->num_kv_heads != 0)
         return ds_error(DS_ERR_INPUT,
                         "parallel.tp: %d neither divides the model's num_key_value_heads %d nor "

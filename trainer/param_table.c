@@ -475,3 +475,14 @@ int model_is_mtp_tensor(const ModelConfig *mc, const char *name)
     return digits > 0 && *p == '.' && l >= mc->num_layers &&
            l < (long)mc->num_layers + mc->num_nextn_predict_layers;
 }
+
+int arch_tp_divides(const ArchSplit *split, int n, int tp, const char *where)
+{
+    for (int i = 0; i < n; i++)
+        if (split[i].value % tp != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "parallel.tp: %d does not divide the model's %s %d (%s); choose a "
+                            "tp that divides it",
+                            tp, split[i].name, split[i].value, where);
+    return DS_OK;
+}

@@ -179,6 +179,14 @@ int when_classifier(const ModelConfig *mc, int layer);
 
 /* Built-in shapes for training from scratch ("tiny", ...). DS_ERR_INPUT names the known ones. */
 int model_preset(const char *name, ModelConfig *mc);
+/* For an architecture's tp_check: DS_ERR_INPUT naming the first of the n sizes tp does not
+ * divide ("parallel.tp: 3 does not divide the model's num_attention_heads 16 (where)"). */
+typedef struct ArchSplit {
+    const char *name; /* the config.json field */
+    int value;
+} ArchSplit;
+int arch_tp_divides(const ArchSplit *split, int n, int tp, const char *where);
+
 /* yarn rope (transformers' modeling_rope_utils): the mscale of a context stretched by scale,
  * and the factor cos and sin are multiplied by (1 for other rope types). */
 double model_yarn_mscale(double scale, double mscale);

@@ -157,38 +157,20 @@ static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const A
  *   forward:  (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
  *   backward: the transpose, (d1, d2) -> (d1 cos + d2 sin, d2 cos - d1 sin) */
 
-static void rope_apply(float *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
-                       int D, float sign)
-{
-    int half = D / 2;
-    long rows = (long)B * T;
-#pragma omp parallel for schedule(static)
-    for (long row = 0; row < rows; row++) {
-        int t = (int)(row % T);
-        const float *c = pos_cos + (size_t)t * half;
-        const float *s = pos_sin + (size_t)t * half;
-        for (int h = 0; h < H; h++) {
-            float *head = x + (size_t)row * H * D + (size_t)h * D;
-            for (int i = 0; i < half; i++) {
-                float x1 = head[i], x2 = head[i + half];
-                float sn = sign * s[i];
-                head[i] = x1 * c[i] - x2 * sn;
-                head[i + half] = x2 * c[i] + x1 * sn;
-            }
-        }
-    }
-}
+static void rope_block_apply(float *x, int ld_row, int ld_head, const float *pos_cos,
+                             const float *pos_sin, int B, int T, int H, int D, int interleave,
+                             float sign);
 
 static void rope_forward(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
                          int D)
 {
-    rope_apply(x, pos_cos, pos_sin, B, T, H, D, 1.0f);
+    rope_block_apply(x, H * D, D, pos_cos, pos_sin, B, T, H, D, 0, 1.0f);
 }
 
 static void rope_backward(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T, int H,
                           int D)
 {
-    rope_apply(dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
+    rope_block_apply(dx, H * D, D, pos_cos, pos_sin, B, T, H, D, 0, -1.0f);
 }
 
 /* ---------------------------------------------------------------------------------------------

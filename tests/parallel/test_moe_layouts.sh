@@ -61,26 +61,17 @@ if [ "$status" -eq 0 ] || [ "$lines" -lt 1 ]; then
 fi
 
 python3 - "$work" <<'PY'
-import json, struct, sys
+import json, os, sys
 import numpy as np
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests"))
+import run_files
 work = sys.argv[1]
 
 def metrics(name):
-    with open(f"{work}/{name}/metrics.jsonl") as f:
-        return [json.loads(l) for l in f if '"loss"' in l]
+    return run_files.step_metrics(f"{work}/{name}")
 
 def tensors(name):
-    with open(f"{work}/{name}/final.safetensors", "rb") as f:
-        b = f.read()
-    n = struct.unpack("<Q", b[:8])[0]
-    header = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
-    return out
+    return run_files.final_tensors(f"{work}/{name}")
 
 ref, ref_params = metrics("single"), tensors("single")
 ref_loss = [m["loss"] for m in ref]

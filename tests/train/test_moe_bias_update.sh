@@ -42,26 +42,17 @@ if [ "$status" -ne 2 ] || [ "$(grep -c 'moe.bias_update_rate: 0.01: the model (L
 fi
 
 python3 - "$work" <<'PY'
-import json, struct, sys
+import json, os, sys
 import numpy as np
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests"))
+import run_files
 work = sys.argv[1]
 
 def tensors(name):
-    with open(f"{work}/{name}/final.safetensors", "rb") as f:
-        b = f.read()
-    n = struct.unpack("<Q", b[:8])[0]
-    header = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
-    return out
+    return run_files.final_tensors(f"{work}/{name}")
 
 def losses(name):
-    with open(f"{work}/{name}/metrics.jsonl") as f:
-        return [json.loads(l)["loss"] for l in f if '"loss"' in l]
+    return [m["loss"] for m in run_files.step_metrics(f"{work}/{name}")]
 
 frozen, moving = tensors("frozen"), tensors("moving")
 names = sorted(k for k in frozen if k.endswith("mlp.gate.e_score_correction_bias"))
