@@ -31,11 +31,24 @@ static const char *scalar_text(yaml_node_t *n)
     return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
+/* "PATH:LINE: <a><fmt><b>": a (where: tasks[i].key, the key as written) and b (a value) come
+ * from the file and are escaped, so that a key or value cannot add a line to the message. */
 static int tasks_error(const char *path, yaml_node_t *n, const char *fmt, const char *a,
                        const char *b)
 {
-    return ds_error(DS_ERR_INPUT, "%s:%zu: %s%s%s", path, n ? n->start_mark.line + 1 : (size_t)1, a,
-                    fmt, b ? b : "");
+    char shown_path[600], shown_a[400], shown_b[200];
+    return ds_error(DS_ERR_INPUT, "%s:%zu: %s%s%s", ds_printable(shown_path, sizeof(shown_path), path, 500),
+                    n ? n->start_mark.line + 1 : (size_t)1,
+                    ds_printable(shown_a, sizeof(shown_a), a, 300), fmt,
+                    b ? ds_quoted(shown_b, sizeof(shown_b), b, 80) : "");
+}
+
+/* Ids and file names are pasted into messages, progress lines and file names: no control
+ * characters in them. */
+static int tasks_check_name(const char *path, yaml_node_t *n, const char *full, const char *v)
+{
+    return ds_has_control_chars(v) ? tasks_error(path, n, ": holds a control character: ", full, v)
+                                   : DS_OK;
 }
 
 /* train: [a.h5, {path: b.h5, weight: 0.3}]: a mixture, as data.train takes it. */
@@ -79,6 +92,7 @@ static int parse_train_list(yaml_document_t *doc, yaml_node_t *list, const char 
         }
         if (!p || !*p || strlen(p) >= CONFIG_STR_MAX)
             return tasks_error(path, n, ": expected a path or {path, weight}", item, NULL);
+        DS_TRY(tasks_check_name(path, n, item, p));
         snprintf(f->path, CONFIG_STR_MAX, "%s", p);
     }
     if (i == 0) return tasks_error(path, list, ": an empty list", full, NULL);
@@ -107,6 +121,7 @@ static int parse_task(yaml_document_t *doc, yaml_node_t *node, int index, const 
         if (!key) return tasks_error(path, k, ": a key must be a name", where, NULL);
         const int list = strcmp(key, "train") == 0 && v && v->type == YAML_SEQUENCE_NODE;
         if (!list && (!val || !*val)) return tasks_error(path, v, ": expected a value", full, NULL);
+        if (!list) DS_TRY(tasks_check_name(path, v, full, val));
         if (strcmp(key, "train") == 0) t->train_line = (int)k->start_mark.line + 1;
         if (strcmp(key, "eval") == 0) t->eval_line = (int)k->start_mark.line + 1;
         if (strcmp(key, "id") == 0) {
@@ -189,8 +204,7 @@ int continual_tasks_load(const char *path, ContinualTasks *out)
         yaml_node_t *k = yaml_document_get_node(&doc, p->key);
         const char *key = scalar_text(k);
         if (!key || strcmp(key, "tasks") != 0) {
-            status = ds_error(DS_ERR_INPUT, "%s:%zu: %s: unknown key (expected tasks)", path,
-                              k->start_mark.line + 1, key ? key : "?");
+            status = tasks_error(path, k, ": unknown key (expected tasks)", key ? key : "?", NULL);
             goto done;
         }
         list = yaml_document_get_node(&doc, p->value);
@@ -213,9 +227,11 @@ int continual_tasks_load(const char *path, ContinualTasks *out)
             goto done;
         for (int j = 0; j < out->count; j++)
             if (strcmp(out->items[j].id, out->items[out->count].id) == 0) {
-                status =
-                    ds_error(DS_ERR_INPUT, "%s:%zu: tasks[%d].id: \"%s\" is also tasks[%d]'s", path,
-                             n->start_mark.line + 1, out->count, out->items[out->count].id, j);
+                char shown[300];
+                status = ds_error(DS_ERR_INPUT, "%s:%zu: tasks[%d].id: %s is also tasks[%d]'s",
+                                  path, n->start_mark.line + 1, out->count,
+                                  ds_quoted(shown, sizeof(shown), out->items[out->count].id, 120),
+                                  j);
                 goto done;
             }
         out->count++;

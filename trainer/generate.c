@@ -103,8 +103,9 @@ static int run_helper(const char *mode, const char *tokenizer_json, const char *
     return DS_OK;
 }
 
-/* Whitespace-separated ids into ids[0..*n), each checked against the vocabulary. */
-static int parse_ids(const char *text, int vocab, int32_t *ids, int cap, int *n, const char *what)
+/* Whitespace-separated ids into ids[0..*n), each checked against the vocabulary (inspect.h). */
+int generate_parse_ids(const char *text, int vocab, int32_t *ids, int cap, int *n,
+                       const char *what)
 {
     *n = 0;
     const char *p = text;
@@ -311,11 +312,12 @@ int generate_main(int argc, char **argv)
     }
     int n = 0;
     if (o.prompt_ids) {
-        status = parse_ids(o.prompt_ids, V, ids, GEN_MAX_TOKENS, &n, "generate: --prompt-ids");
+        status = generate_parse_ids(o.prompt_ids, V, ids, GEN_MAX_TOKENS, &n, "generate: --prompt-ids");
     } else if (tokenizer_json[0]) {
         if ((status = run_helper("encode", tokenizer_json, o.prompt, &helper_out)) == DS_OK)
             status =
-                parse_ids(helper_out, V, ids, GEN_MAX_TOKENS, &n, "generate: tokenizer output");
+                generate_parse_ids(helper_out, V, ids, GEN_MAX_TOKENS, &n,
+                                   "generate: tokenizer output");
     } else {
         /* byte-level: BOS (when the model has one), then one id per byte */
         if (mc.bos_token_id >= 0 && mc.bos_token_id < V) ids[n++] = mc.bos_token_id;

@@ -3,6 +3,7 @@
 #ifndef DSTRAIN_INSPECT_H
 #define DSTRAIN_INSPECT_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 /* dstrain info PATH: a checkpoint directory, a Hugging Face model directory, a dataset (.h5)
@@ -17,5 +18,10 @@ int plot_main(int argc, char **argv);
 /* dstrain generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T --top-p P
  * --seed S]: greedy (temperature 0, the default) or top-p sampling. */
 int generate_main(int argc, char **argv);
+/* Token ids as the tokenizer helper prints them (and --prompt-ids takes them): separated by
+ * spaces, tabs, newlines or commas, each in [0, vocab), at most cap into ids[0..*n). DS_ERR_INPUT
+ * names what and shows the offending text escaped. */
+int generate_parse_ids(const char *text, int vocab, int32_t *ids, int cap, int *n,
+                       const char *what);
 
 #endif

@@ -303,26 +303,55 @@ static void conn_error(Conn *c, int code, const char *reason)
     conn_respond(c, code, reason, "text/plain; charset=utf-8", body, (size_t)n);
 }
 
-/* The head is complete: check the request line and answer. Only GET and HEAD of two paths. */
-static void conn_handle_request(Conn *c)
+int metrics_parse_request(const char *head, size_t len, MetricsRequest *out)
 {
-    char *line_end = strstr(c->head, "\r\n");
-    if (!line_end) line_end = strchr(c->head, '\n');
-    if (!line_end) return conn_error(c, 400, "Bad Request");
-    *line_end = 0;
+    *out = (MetricsRequest){METRICS_ROUTE_ERROR, 0, 400, "Bad Request"};
+    if (memchr(head, 0, len)) return 1;
+    const char *end = strstr(head, "\r\n\r\n");
+    if (!end) end = strstr(head, "\n\n");
+    if (!end) {
+        if (len <= METRICS_MAX_HEADER_BYTES) return 0;
+        *out = (MetricsRequest){METRICS_ROUTE_ERROR, 0, 431, "Request Header Fields Too Large"};
+        return 1;
+    }
+    /* the request line, copied out: only GET and HEAD of two paths */
+    size_t line_len = strcspn(head, "\r\n");
+    char line[METRICS_MAX_HEADER_BYTES + 1];
+    if (line_len > METRICS_MAX_HEADER_BYTES) return 1;
+    memcpy(line, head, line_len);
+    line[line_len] = 0;
     char method[8], target[256], version[16], extra;
-    if (sscanf(c->head, "%7s %255s %15s %c", method, target, version, &extra) != 3 ||
+    if (sscanf(line, "%7s %255s %15s %c", method, target, version, &extra) != 3 ||
         strncmp(version, "HTTP/1.", 7) != 0 || (version[7] != '0' && version[7] != '1') ||
         version[8] != 0)
-        return conn_error(c, 400, "Bad Request");
-    for (const char *p = c->head; *p; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
-            return conn_error(c, 400, "Bad Request");
-    const int head_only = strcmp(method, "HEAD") == 0;
-    if (!head_only && strcmp(method, "GET") != 0) return conn_error(c, 405, "Method Not Allowed");
+        return 1;
+    for (const char *p = line; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f) return 1;
+    out->head_only = strcmp(method, "HEAD") == 0;
+    if (!out->head_only && strcmp(method, "GET") != 0) {
+        out->code = 405, out->reason = "Method Not Allowed";
+        return 1;
+    }
     char *query = strchr(target, '?');
     if (query) *query = 0;
-    if (strcmp(target, "/metrics") == 0) {
+    out->code = 200, out->reason = "OK";
+    if (strcmp(target, "/metrics") == 0)
+        out->route = METRICS_ROUTE_METRICS;
+    else if (strcmp(target, "/healthz") == 0)
+        out->route = METRICS_ROUTE_HEALTHZ;
+    else
+        out->code = 404, out->reason = "Not Found";
+    return 1;
+}
+
+/* Answer a parsed request (metrics_parse_request). */
+static void conn_answer(Conn *c, const MetricsRequest *rq)
+{
+    if (rq->route == METRICS_ROUTE_ERROR) {
+        if (rq->code == 431) c->srv->rejected++;
+        return conn_error(c, rq->code, rq->reason);
+    }
+    if (rq->route == METRICS_ROUTE_METRICS) {
         MetricsSnapshot s;
         metrics_read_published(&s);
         char body[RESPONSE_CAP - 256]; /* conn_respond puts the status line before it */
@@ -330,15 +359,12 @@ static void conn_handle_request(Conn *c)
         if (n >= sizeof(body)) return conn_error(c, 500, "Internal Server Error");
         c->srv->served++;
         conn_respond(c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8",
-                     head_only ? NULL : body, head_only ? 0 : n);
+                     rq->head_only ? NULL : body, rq->head_only ? 0 : n);
         return;
     }
-    if (strcmp(target, "/healthz") == 0) {
-        c->srv->served++;
-        return conn_respond(c, 200, "OK", "text/plain; charset=utf-8", head_only ? NULL : "ok\n",
-                            head_only ? 0 : 3);
-    }
-    conn_error(c, 404, "Not Found");
+    c->srv->served++;
+    conn_respond(c, 200, "OK", "text/plain; charset=utf-8", rq->head_only ? NULL : "ok\n",
+                 rq->head_only ? 0 : 3);
 }
 
 static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -355,14 +381,9 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) return conn_close(c); /* EOF or error before a complete head */
     if (nread == 0 || c->responded) return;
     c->head_len += (size_t)nread;
-    if (memchr(c->head + c->head_len - (size_t)nread, 0, (size_t)nread))
-        return conn_error(c, 400, "Bad Request");
     c->head[c->head_len] = 0;
-    if (strstr(c->head, "\r\n\r\n") || strstr(c->head, "\n\n")) return conn_handle_request(c);
-    if (c->head_len > METRICS_MAX_HEADER_BYTES) {
-        c->srv->rejected++;
-        return conn_error(c, 431, "Request Header Fields Too Large");
-    }
+    MetricsRequest rq;
+    if (metrics_parse_request(c->head, c->head_len, &rq)) conn_answer(c, &rq);
 }
 
 static void conn_timeout(uv_timer_t *t)

@@ -63,6 +63,25 @@ size_t metrics_format(const MetricsSnapshot *s, char *buf, size_t cap);
 
 typedef struct MetricsServer MetricsServer;
 
+/* What the server answers to a request head: the bytes a client sent so far (len of them,
+ * NUL-terminated, at most METRICS_MAX_HEADER_BYTES + 1). No I/O and no state, so it is tested
+ * and fuzzed on a buffer. */
+typedef enum MetricsRoute {
+    METRICS_ROUTE_ERROR = 0, /* answer code and reason, and close */
+    METRICS_ROUTE_METRICS,   /* GET or HEAD /metrics (any query) */
+    METRICS_ROUTE_HEALTHZ    /* GET or HEAD /healthz */
+} MetricsRoute;
+typedef struct MetricsRequest {
+    MetricsRoute route;
+    int head_only; /* HEAD: the status line and headers only */
+    int code;      /* 200, or the error's: 400, 404, 405, 431 */
+    const char *reason;
+} MetricsRequest;
+/* 0: the head is not complete yet (read more); 1: *out says what to answer. A NUL byte, a
+ * control character or a malformed request line is 400; a head longer than the limit without
+ * its end 431; a method other than GET and HEAD 405; another path 404. */
+int metrics_parse_request(const char *head, size_t len, MetricsRequest *out);
+
 /* Parse "HOST:PORT" ("[::1]:9400" for IPv6; "localhost" means 127.0.0.1). Loopback addresses
  * only unless allow_remote. Errors name metrics.listen (DS_ERR_INPUT). */
 int metrics_parse_listen(const char *listen, int allow_remote, char *host, size_t host_cap,

@@ -68,7 +68,7 @@ static void expect_error(const char *text, const char *want)
 Test(continual, hostile_tasks_files_name_the_file_line_and_key)
 {
     expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    steps: 5x\n",
-                 "5: tasks[0].steps: expected a positive integer, got 5x");
+                 "5: tasks[0].steps: expected a positive integer, got \"5x\"");
     expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    steps: -3\n",
                  "5: tasks[0].steps: expected a positive integer");
     expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    epochs: nan\n",
@@ -92,7 +92,7 @@ Test(continual, hostile_tasks_files_name_the_file_line_and_key)
     expect_error("- a\n- b\n", "1: expected a mapping with the key tasks");
     expect_error("tasks:\n  - just-a-name\n", "2: tasks[0]: expected a mapping");
     expect_error("tasks:\n  - {id: a, train: [{path: x, weight: -1}], eval: e, steps: 1}\n",
-                 "2: tasks[0].train[0].weight: expected a number in (0, 1e6], got -1");
+                 "2: tasks[0].train[0].weight: expected a number in (0, 1e6], got \"-1\"");
     expect_error("tasks:\n  - {id: a, train: [], eval: e, steps: 1}\n",
                  "2: tasks[0].train: an empty list");
     expect_error("tasks:\n  - {id: a, train: [{path: x, size: 2}], eval: e, steps: 1}\n",
@@ -100,6 +100,21 @@ Test(continual, hostile_tasks_files_name_the_file_line_and_key)
     expect_error("tasks:\n  - {id: a, train: {path: x}, eval: e, steps: 1}\n",
                  "2: tasks[0].train: expected a value");
     expect_error("tasks:\n  - {id: a, train: \"x\n", "3: invalid YAML");
+    /* keys and values from the file are escaped in messages; ids and paths with a control
+     * character are refused (they reach progress lines, file names and scripts) */
+    expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    steps: '5\"x'\n",
+                 "5: tasks[0].steps: expected a positive integer, got \"5\\\"x\"");
+    expect_error("tasks:\n  - id: a\n    train: a.h5\n    eval: e.h5\n    steps: \"1\\e[2J\\n\"\n",
+                 "5: tasks[0].steps: holds a control character: \"1\\x1B[2J\\n\"");
+    expect_error("\"ta\\nsks\\e[31m\": []\n", "1: ta\\nsks\\x1B[31m: unknown key (expected tasks)");
+    expect_error("tasks:\n  - {id: \"a\\nb\", train: a.h5, eval: e.h5, steps: 1}\n",
+                 "2: tasks[0].id: holds a control character: \"a\\nb\"");
+    expect_error("tasks:\n  - {id: a, train: [\"x\\ty.h5\"], eval: e.h5, steps: 1}\n",
+                 "2: tasks[0].train[0]: holds a control character: \"x\\ty.h5\"");
+    expect_error("tasks:\n  - {id: a, train: a.h5, eval: \"e\\u0007.h5\", steps: 1}\n",
+                 "2: tasks[0].eval: holds a control character: \"e\\x07.h5\"");
+    expect_error("tasks:\n  - {id: a, train: a.h5, eval: e.h5, \"st\\u001bps\": 1}\n",
+                 "2: tasks[0].st\\x1Bps: unknown key");
     ContinualTasks *t = malloc(sizeof(*t));
     cr_assert_eq(continual_tasks_load("/nonexistent/tasks.yaml", t), DS_ERR_INPUT);
     cr_assert(strstr(ds_last_error(), "continual.tasks: /nonexistent/tasks.yaml") != NULL);

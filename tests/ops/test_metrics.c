@@ -386,6 +386,45 @@ static ssize_t request(int port, const char *req, char *buf, size_t cap)
     return n;
 }
 
+/* The request parser on buffers (what conn_read hands it): each answer and when it waits. */
+Test(metrics_request, answers_and_waits)
+{
+    static const struct {
+        const char *head;
+        int complete, route, head_only, code;
+    } cases[] = {
+        {"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 1, METRICS_ROUTE_METRICS, 0, 200},
+        {"HEAD /metrics?x=1 HTTP/1.0\n\n", 1, METRICS_ROUTE_METRICS, 1, 200},
+        {"GET /healthz HTTP/1.1\r\n\r\n", 1, METRICS_ROUTE_HEALTHZ, 0, 200},
+        {"GET /other HTTP/1.1\r\n\r\n", 1, METRICS_ROUTE_ERROR, 0, 404},
+        {"POST /metrics HTTP/1.1\r\n\r\n", 1, METRICS_ROUTE_ERROR, 0, 405},
+        {"GET /metrics HTTP/2.0\r\n\r\n", 1, METRICS_ROUTE_ERROR, 0, 400},
+        {"GET /metrics HTTP/1.1 extra\r\n\r\n", 1, METRICS_ROUTE_ERROR, 0, 400},
+        {"GET /met\x1b[2Jrics HTTP/1.1\r\n\r\n", 1, METRICS_ROUTE_ERROR, 0, 400},
+        {"\r\n\r\n", 1, METRICS_ROUTE_ERROR, 0, 400},
+        {"GET /metrics HTTP/1.1\r\nHost: x\r\n", 0, 0, 0, 0}, /* not complete: read more */
+        {"", 0, 0, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        MetricsRequest rq;
+        int done = metrics_parse_request(cases[i].head, strlen(cases[i].head), &rq);
+        cr_assert_eq(done, cases[i].complete, "case %zu", i);
+        if (!done) continue;
+        cr_assert_eq(rq.route, cases[i].route, "case %zu", i);
+        cr_assert_eq(rq.code, cases[i].code, "case %zu: %d %s", i, rq.code, rq.reason);
+        cr_assert_eq(rq.head_only, cases[i].head_only, "case %zu", i);
+    }
+    /* a NUL byte anywhere: 400; a head past the limit without its end: 431 */
+    MetricsRequest rq;
+    cr_assert_eq(metrics_parse_request("GET /metrics\0 HTTP/1.1\r\n\r\n", 26, &rq), 1);
+    cr_assert_eq(rq.code, 400);
+    static char big[METRICS_MAX_HEADER_BYTES + 2];
+    memset(big, 'a', METRICS_MAX_HEADER_BYTES + 1);
+    cr_assert_eq(metrics_parse_request(big, METRICS_MAX_HEADER_BYTES, &rq), 0);
+    cr_assert_eq(metrics_parse_request(big, METRICS_MAX_HEADER_BYTES + 1, &rq), 1);
+    cr_assert_eq(rq.code, 431);
+}
+
 Test(metrics_server, serves_metrics_and_healthz)
 {
     MetricsServer *srv;
