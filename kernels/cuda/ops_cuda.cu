@@ -7,7 +7,8 @@
  * storage type that compute in fp32; attention is flash-style (online softmax, the log-sum-exp
  * saved, no T x T matrix): on the bf16 tensor cores for head_dim 64 and 128 (attention.cuh:
  * wgmma kernels on Hopper, mma.sync elsewhere) unless DSTRAIN_CUDA_ATTENTION=simple, else in fp32
- * (attention_fp32.cuh). Each kernel family is a file of its own, included below (the list says
+ * (attention_fp32.cuh); DeepSeek's latent attention and experts run simple fp32-arithmetic kernels
+ * (mla.cuh, moe.cuh). Each kernel family is a file of its own, included below (the list says
  * which); this file holds what they share, AdamW's entries, memory and the Backend table. Not
  * here yet: fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
@@ -62,6 +63,8 @@ static int lt_bf16;
 #include "elementwise.cuh"    /* swiglu, add, scale */
 #include "embedding.cuh"      /* embedding, whole and sharded */
 #include "cross_entropy.cuh"  /* cross-entropy, whole and sharded */
+#include "mla.cuh"            /* latent attention: blocks, rope in rows, attention with Dv */
+#include "moe.cuh"            /* experts: routing, permutation, row gathers and scatters */
 /* clang-format on */
 
 /* ---------------------------------------------------------------------------------------------
@@ -193,6 +196,18 @@ extern "C" const Backend *backend_cuda(void)
     b->weights_attach = weights_attach;
     b->weights_refresh = weights_refresh;
     b->weights_detach = weights_detach;
+    b->copy_block = copy_block;
+    b->act_to_f32 = act_to_f32;
+    b->rope_block_forward = rope_block_forward;
+    b->rope_block_backward = rope_block_backward;
+    b->attention_forward_dv = attention_forward_dv;
+    b->attention_backward_dv = attention_backward_dv;
+    b->moe_route = moe_route;
+    b->moe_route_backward = moe_route_backward;
+    b->moe_permute = moe_permute;
+    b->gather_rows = gather_rows;
+    b->scatter_add_rows = scatter_add_rows;
+    b->rows_dot = rows_dot;
     b->name = "cuda"; /* last: marks the table complete */
     return b;
 }

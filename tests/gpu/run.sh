@@ -2,10 +2,12 @@
 # run.sh: the GPU checks, on a GPU node, in one go: builds dstrain with the CUDA backend
 # (Release, sm_90), runs tests/gpu/test_gpu_ops.c (every op and the whole model against the CPU
 # backend), trains the tiny preset on the bundled data for $STEPS steps on the CPU and on the GPU
-# (in bf16 and in fp32) and compares the loss curves, then prints a summary table last. Exit 1 if anything failed.
+# (in bf16 and in fp32) and compares the loss curves, the same for DeepSeek's tiny-moe preset
+# (tests/gpu/moe.sh), then prints a summary table last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
-# $BUILD/logs), STEPS (default 300), BENCH=1 also times deepseek-coder-1.3b steps with each
-# matmul mode of BENCH_MATMUL (default "fp32 bf16"; see kernels/cuda/cuda_ops.h).
+# $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
+# deepseek-coder-1.3b steps with each matmul mode of BENCH_MATMUL (default "fp32 bf16"; see
+# kernels/cuda/cuda_ops.h).
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${BUILD:-/tmp/dstrain-gpu}
@@ -125,6 +127,11 @@ row("  median step time CPU / GPU bf16", "%.2f ms / %.2f ms" % (
     1e3 * med([gpu[s]["step_seconds"] for s in steps[5:]])), "")
 sys.exit(0 if ok and ok32 else 1)
 EOF
+
+# ---- DeepSeek (MLA + MoE): the tiny-moe preset's loss curves, CPU vs GPU (tests/gpu/moe.sh) ----
+BUILD="$BUILD" OUT="$OUT" STEPS="${MOE_STEPS:-50}" "$SRC/tests/gpu/moe.sh" > "$OUT/moe.log" 2>&1 ||
+    status=1
+cat "$OUT/moe-summary.txt" >> "$SUMMARY"
 
 # ---- optional: a deepseek-coder-1.3b step (each matmul mode of BENCH_MATMUL), time and peak memory ----------------------
 if [ "${BENCH:-0}" = 1 ]; then
