@@ -5,6 +5,7 @@
  * outside the vocabulary in a file too large to scan up front. */
 #include "data/dataset.h"
 
+#include "data/hdf5_check.h"
 #include "data/order.h"
 #include "data/reader.h"
 #include "trainer/common.h"
@@ -82,6 +83,9 @@ static int attr_read_string(const TokenDataset *ds, const char *name, char *out,
     } else if (npoints != 1) {
         status = ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": expected one string, got %lld",
                           ds->path, name, (long long)npoints);
+    } else if (H5Tis_variable_str(type) > 0 &&
+               (status = hdf5_check_vlen_string_attribute(ds->path, name)) != DS_OK) {
+        /* refused before libhdf5 reads the value (hdf5_check.h) */
     } else if (H5Tis_variable_str(type) > 0) {
         hid_t mem = H5Tcopy(H5T_C_S1);
         H5Tset_size(mem, H5T_VARIABLE);
@@ -484,6 +488,12 @@ int dataset_open(const char *path, int model_vocab, TokenDataset **out)
         free(ds);
         return DS_ERR_INTERNAL;
     }
+    /* libhdf5 trusts sizes in the file that these check first (hdf5_check.h) */
+    int status = hdf5_check_root_attributes(path);
+    if (status != DS_OK) {
+        dataset_close(ds);
+        return status;
+    }
     ds->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (ds->file < 0) {
         dataset_close(ds);
@@ -492,7 +502,7 @@ int dataset_open(const char *path, int model_vocab, TokenDataset **out)
                         "docs/data.md)",
                         path);
     }
-    int status = dataset_validate(ds, model_vocab);
+    status = dataset_validate(ds, model_vocab);
     if (status != DS_OK) {
         dataset_close(ds);
         return status;

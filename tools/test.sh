@@ -41,7 +41,7 @@ if [ "$sanitize_status" = skipped ]; then
   exit "$((release_status != 0))"
 fi
 echo "tools/test.sh: ASan + UBSan build (build-sanitize/): $(result "$sanitize_status")"
-# bounded fuzzing, 20 s a harness (tests/fuzz/README.md); it passes by itself without clang
+# bounded fuzzing, 10 s a harness (tests/fuzz/README.md); it passes by itself without clang
 fuzz_status=0
 if [ -x tools/fuzz.sh ]; then
   tools/fuzz.sh --ci

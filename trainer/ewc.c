@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "../data/hdf5_check.h"
 #include "common.h"
 
 int ewc_mode_parse(const char *text, EwcMode *out)
@@ -579,6 +581,9 @@ done:
 int ewc_load(EwcState *e, const char *path, size_t total)
 {
     hid_t file = -1;
+    /* libhdf5 trusts sizes in the file that these check first (data/hdf5_check.h) */
+    struct stat st;
+    if (stat(path, &st) == 0) DS_TRY(hdf5_check_root_attributes(path));
     H5E_BEGIN_TRY
     {
         file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -749,6 +754,9 @@ int ewc_save_set(const char *path, const ParamTable *pt, int k, const float *fis
 int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt)
 {
     hid_t file = -1;
+    /* libhdf5 trusts sizes in the file that these check first (data/hdf5_check.h) */
+    struct stat st;
+    if (stat(path, &st) == 0) DS_TRY(hdf5_check_root_attributes(path));
     H5E_BEGIN_TRY
     {
         file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);

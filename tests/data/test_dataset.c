@@ -292,6 +292,138 @@ Test(dataset, hostile_files_are_refused_with_file_and_dataset_named)
     }
 }
 
+/* libhdf5 1.10 trusts the bytes of a file's root group header and attributes: it loops forever
+ * loading a global heap collection whose free-space object has size 0 (where a variable-length
+ * string attribute's value lives), reads past an attribute message whose value claims more than
+ * it holds, and allocates what a header chunk or a string's character size claims. dstrain reads
+ * those bytes itself first (data/hdf5_check.c). Good files of every header layout h5py writes
+ * are read; the fuzzer's reproducers and each kind of damage are refused, in bounded time and
+ * memory, naming the file, the attribute and what is wrong. */
+static const char *GCOL_EDIT =
+    "import struct\n"
+    "def gcol_edit(src, dst, how):\n"
+    "    b = bytearray(open(d + '/' + src, 'rb').read())\n"
+    "    g = b.find(b'GCOL')\n"
+    "    size = struct.unpack('<Q', b[g + 8:g + 16])[0]\n"
+    "    p = g + 16\n"
+    "    while p + 16 <= g + size:\n"
+    "        idx, osz = struct.unpack('<H', b[p:p + 2])[0], struct.unpack('<Q', b[p + 8:p + 16])[0]\n"
+    "        if idx == 0: break\n"
+    "        p += 16 + (osz + 7) // 8 * 8\n"
+    "    if how == 'free0': b[p + 8:p + 16] = struct.pack('<Q', 0)\n"
+    "    if how == 'signature': b[g:g + 4] = b'GCOX'\n"
+    "    if how == 'huge': b[g + 8:g + 16] = struct.pack('<Q', 1 << 40)\n"
+    "    if how == 'object': b[g + 16 + 8:g + 16 + 16] = struct.pack('<Q', 1 << 20)\n"
+    "    if how == 'index':\n"
+    "        q = g + 16\n"
+    "        while q < p:\n"
+    "            osz = struct.unpack('<Q', b[q + 8:q + 16])[0]\n"
+    "            b[q:q + 2] = struct.pack('<H', 999)\n"
+    "            q += 16 + (osz + 7) // 8 * 8\n"
+    "    open(d + '/' + dst, 'wb').write(b)\n";
+
+Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .timeout = 120)
+{
+    char dir[1024], path[1100];
+    test_dir("vlen", dir, sizeof(dir));
+    char body[8192];
+    snprintf(body, sizeof(body),
+             "%s"
+             "make('v1.h5')\n"
+             "h5py.File(d + '/x', 'w').close()\n"
+             "def make_with(name, extra=0, fixed=False, **kw):\n"
+             "    with h5py.File(d + '/' + name, 'w', **kw) as f:\n"
+             "        f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32))\n"
+             "        f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64))\n"
+             "        s = np.bytes_ if fixed else str\n"
+             "        at = {'format': s('dstrain-tokens'), 'format_version': 1, 'vocab_size': 10,\n"
+             "              'bos_id': -1, 'eos_id': 0, 'pad_id': -1, 'tokenizer': s('byte')}\n"
+             "        for k, v in at.items(): f.attrs[k] = v\n"
+             "        for i in range(extra): f.attrs['extra%%d' %% i] = 'x' * i\n"
+             "make_with('v2.h5', libver='latest')\n"
+             "make_with('ordered.h5', track_order=True)\n"
+             "make_with('userblock.h5', userblock_size=512)\n"
+             "make_with('many_v1.h5', extra=40)\n"
+             "make_with('dense.h5', extra=20, libver='latest')\n"
+             "make_with('dense_fixed.h5', extra=20, fixed=True, libver='latest')\n"
+             "for how in ['free0', 'signature', 'huge', 'object', 'index']:\n"
+             "    gcol_edit('v1.h5', how + '.h5', how)\n"
+             /* the value of vocab_size (a scalar int64, 8 bytes) made to claim 4 points; the
+              * first attribute's name size made larger than its message */
+             "b = bytearray(open(d + '/v1.h5', 'rb').read())\n"
+             "i = b.find(b'vocab_size\\0')\n"
+             "m = b.rfind(bytes([1, 0, 11, 0]), 0, i)\n"
+             "sp = m + 8 + 16 + 8 * ((b[m + 4] | b[m + 5] << 8) + 7 >> 3)\n"
+             "b[sp + 1] = 1\n"
+             "b[sp + 8:sp + 16] = struct.pack('<Q', 4)\n"
+             "open(d + '/overread.h5', 'wb').write(b)\n"
+             "b = bytearray(open(d + '/v1.h5', 'rb').read())\n"
+             "i = b.find(b'format\\0')\n"
+             "b[i - 6:i - 4] = struct.pack('<H', 4000)\n"
+             "open(d + '/badname.h5', 'wb').write(b)\n",
+             GCOL_EDIT);
+    make_files(dir, "vlen", body);
+    const char *good[] = {"v1.h5", "v2.h5", "ordered.h5", "userblock.h5", "many_v1.h5",
+                          "dense_fixed.h5"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(good); i++) {
+        test_path(path, sizeof(path), dir, good[i]);
+        check_layout_reads(path);
+    }
+    const struct {
+        const char *file, *want;
+    } refused[] = {
+        {"free0.h5", "attribute \"format\": its value's global heap collection is damaged (an "
+                     "object that does not fit, or a free-space object of size 0); refused before "
+                     "libhdf5 reads it (damage there can make libhdf5 hang, read out of bounds or "
+                     "exhaust memory)"},
+        {"signature.h5", "attribute \"format\": its value's global heap collection is damaged "
+                         "(no GCOL signature)"},
+        {"huge.h5", "attribute \"format\": its value's global heap collection has an impossible "
+                    "size"},
+        {"object.h5", "holds an object larger than the collection"},
+        {"index.h5", "attribute \"format\": its value is not in the global heap collection it "
+                     "names"},
+        {"dense.h5", "attribute \"format\": a variable-length string stored outside the root "
+                     "group's object header (dense attribute storage), which dstrain does not "
+                     "check; write it as a fixed-length string"},
+        {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_vlen_attribute_hang.h5",
+         "attribute \"format\": its value's global heap collection is damaged"},
+        /* an attribute whose value runs past its message: libhdf5 1.10 would read beyond it */
+        {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_attribute_value_overread.h5",
+         "attribute \"format\" of the root group is damaged (its value does not fit in its "
+         "message); refused before libhdf5 reads it"},
+        {"overread.h5", "attribute \"vocab_size\" of the root group is damaged (its value does "
+                        "not fit in its message)"},
+        {"badname.h5", "attribute message 0 of the root group is damaged (its name, datatype or "
+                       "dataspace does not fit in it)"},
+        /* a variable-length string whose characters claim 1.6 GB each: libhdf5 1.10 would
+         * allocate length x that for its conversion (23 GB here) */
+        {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_vlen_base_size_oom.h5",
+         "attribute \"format\": its variable-length string's characters are not one byte each"},
+        /* a variable-length string whose stored element size is not the 16 bytes of its
+         * reference: libhdf5 decodes the value by one size and copies it by the other */
+        {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_vlen_size_overread.h5",
+         "attribute \"format\" of the root group is damaged (its value does not fit in its "
+         "message)"},
+        /* a root group header chunk claiming 16 GiB: H5Fopen itself would allocate it */
+        {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_root_header_oom.h5",
+         "an object header chunk of the root group is implausibly large; refused before libhdf5 "
+         "reads it"},
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(refused); i++) {
+        if (refused[i].file[0] == '/')
+            snprintf(path, sizeof(path), "%s", refused[i].file);
+        else
+            test_path(path, sizeof(path), dir, refused[i].file);
+        TokenDataset *ds = NULL;
+        ds_clear_error();
+        cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT, "%s: %s", path, ds_last_error());
+        cr_assert_null(ds);
+        cr_assert(strstr(ds_last_error(), path) && strstr(ds_last_error(), refused[i].want),
+                  "%s: \"%s\" lacks \"%s\"", path, ds_last_error(), refused[i].want);
+    }
+}
+
 /* A small file is scanned whole at open, so a bad id stops the run before the first step. */
 Test(dataset, bad_token_id_in_a_small_file_fails_at_open)
 {
