@@ -247,6 +247,21 @@ typedef struct Backend {
     /* out[out_index[i]] = a[rows[i]] . b[i] for n rows of C. */
     void (*rows_dot)(float *out, const int32_t *out_index, const Act *a, const int32_t *rows,
                      const Act *b, int n, int C);
+    /* The routed experts of one MoE layer on rows grouped by expert: counts[e] (host memory)
+     * rows of expert e follow those of expert e - 1. eg = xs gate[e]^T and eu = xs up[e]^T
+     * [rows, Im], ea = swiglu(eg, eu), ey = ea down[e]^T [rows, C]. gate[e] and up[e] [Im, C] and
+     * down[e] [C, Im] are fp32 weights (read through their bf16 copies where attached, as
+     * matmul_forward does); the pointer arrays are host memory. */
+    void (*moe_experts_forward)(Act *ey, Act *eg, Act *eu, Act *ea, const Act *xs,
+                                float *const *gate, float *const *up, float *const *down,
+                                const int *counts, int E, int C, int Im);
+    /* Its backward from dey [rows, C]: dxs [rows, C] overwritten; dgate[e], dup[e], ddown[e]
+     * accumulated (+=, as matmul_backward's dweight); dea, deg, deu [rows, Im] scratch. */
+    void (*moe_experts_backward)(Act *dxs, float *const *dgate, float *const *dup,
+                                 float *const *ddown, Act *dea, Act *deg, Act *deu,
+                                 const Act *dey, const Act *xs, const Act *eg, const Act *eu,
+                                 const Act *ea, float *const *gate, float *const *up,
+                                 float *const *down, const int *counts, int E, int C, int Im);
 } Backend;
 
 const Backend *backend_cpu(void);

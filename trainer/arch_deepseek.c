@@ -562,26 +562,6 @@ static MlaDims mla_dims(const Model *m)
     return d;
 }
 
-/* The routed experts of an MoE layer on its sorted rows: expert e's rows start at the sum of
- * the counts before it. */
-static void experts_forward(Model *m, DeepseekLayerActs *L, const LayerWeights *w, int C, int Im)
-{
-    const Backend *be = m->be;
-    size_t off = 0;
-    for (int e = 0; e < m->cfg.n_routed_experts; e++) {
-        const int n = L->counts[e];
-        if (n == 0) continue;
-        Act *xs = model_act_at(m, L->xs, off * C), *ey = model_act_at(m, L->ey, off * C);
-        Act *eg = model_act_at(m, L->eg, off * Im), *eu = model_act_at(m, L->eu, off * Im);
-        Act *ea = model_act_at(m, L->ea, off * Im);
-        be->matmul_forward(eg, xs, w->expert_gate[e], NULL, n, C, Im);
-        be->matmul_forward(eu, xs, w->expert_up[e], NULL, n, C, Im);
-        be->swiglu_forward(ea, eg, eu, (size_t)n * Im);
-        be->matmul_forward(ey, ea, w->expert_down[e], NULL, n, Im, C);
-        off += (size_t)n;
-    }
-}
-
 /* Decoder layer l (llama_layer_forward's contract): MLA, then a dense MLP or the experts. */
 static void deepseek_layer_forward(Model *m, int l, float *resid_out)
 {
@@ -656,7 +636,8 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
                   c->topk_method == MOE_NOAUX_TC ? w->router_bias : NULL, N, &route);
     be->moe_permute(L->rows, L->row_weight, L->slot, L->counts, L->index, L->weight, N, E, k);
     be->gather_rows(L->xs, L->ln2, L->rows, NULL, Nk, C);
-    experts_forward(m, L, w, C, Im);
+    be->moe_experts_forward(L->ey, L->eg, L->eu, L->ea, L->xs, w->expert_gate, w->expert_up,
+                            w->expert_down, L->counts, E, C, Im);
     if (!resid_out) return;
     for (int e = 0; e < E; e++)
         m->expert_tokens[(size_t)l * E + e] += L->counts[e];
@@ -704,23 +685,9 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     be->rows_dot(s->dweight, L->slot, a->dresid_act, L->rows, L->ey, Nk, C);
     model_tp_reduce(m, s->dweight, (size_t)Nk, COMM_SUM);
     be->gather_rows(s->dey, a->dresid_act, L->rows, L->row_weight, Nk, C);
-    size_t off = 0;
-    for (int e = 0; e < E; e++) {
-        const int n = L->counts[e];
-        if (n == 0) continue;
-        const size_t oc = off * C, oi = off * Im;
-        Act *dea = model_act_at(m, s->dea, oi), *deg = model_act_at(m, s->deg, oi);
-        Act *deu = model_act_at(m, s->deu, oi), *dxs = model_act_at(m, s->dxs, oc);
-        be->matmul_backward(dea, g->expert_down[e], NULL, model_act_at(m, s->dey, oc),
-                            model_act_at(m, L->ea, oi), w->expert_down[e], n, Im, C, 0);
-        be->swiglu_backward(deg, deu, dea, model_act_at(m, L->eg, oi), model_act_at(m, L->eu, oi),
-                            (size_t)n * Im);
-        be->matmul_backward(dxs, g->expert_gate[e], NULL, deg, model_act_at(m, L->xs, oc),
-                            w->expert_gate[e], n, C, Im, 0);
-        be->matmul_backward(dxs, g->expert_up[e], NULL, deu, model_act_at(m, L->xs, oc),
-                            w->expert_up[e], n, C, Im, 1);
-        off += (size_t)n;
-    }
+    be->moe_experts_backward(s->dxs, g->expert_gate, g->expert_up, g->expert_down, s->dea,
+                             s->deg, s->deu, s->dey, L->xs, L->eg, L->eu, L->ea, w->expert_gate,
+                             w->expert_up, w->expert_down, L->counts, E, C, Im);
     be->scatter_add_rows(a->dln, s->dxs, L->rows, NULL, Nk, C);
     be->moe_route_backward(s->dlogits, s->dweight, L->index, L->scores, N, &route);
     if (c->moe_balance_alpha > 0)

@@ -1040,6 +1040,50 @@ static void rows_dot(float *out, const int32_t *out_index, const Act *a_act, con
     }
 }
 
+/* Act of the CPU backend is fp32: x + elems. */
+#define CPU_AT(x, elems) ((float *)(x) + (elems))
+
+/* The experts one after another, each on its block of rows (MoE layers). */
+static void moe_experts_forward(Act *ey, Act *eg, Act *eu, Act *ea, const Act *xs,
+                                float *const *gate, float *const *up, float *const *down,
+                                const int *counts, int E, int C, int Im)
+{
+    size_t off = 0;
+    for (int e = 0; e < E; e++) {
+        const int n = counts[e];
+        if (n == 0) continue;
+        const size_t oc = off * C, oi = off * Im;
+        matmul_forward(CPU_AT(eg, oi), CPU_AT(xs, oc), gate[e], NULL, n, C, Im);
+        matmul_forward(CPU_AT(eu, oi), CPU_AT(xs, oc), up[e], NULL, n, C, Im);
+        swiglu_forward(CPU_AT(ea, oi), CPU_AT(eg, oi), CPU_AT(eu, oi), (size_t)n * Im);
+        matmul_forward(CPU_AT(ey, oc), CPU_AT(ea, oi), down[e], NULL, n, Im, C);
+        off += (size_t)n;
+    }
+}
+
+static void moe_experts_backward(Act *dxs, float *const *dgate, float *const *dup,
+                                 float *const *ddown, Act *dea, Act *deg, Act *deu,
+                                 const Act *dey, const Act *xs, const Act *eg, const Act *eu,
+                                 const Act *ea, float *const *gate, float *const *up,
+                                 float *const *down, const int *counts, int E, int C, int Im)
+{
+    size_t off = 0;
+    for (int e = 0; e < E; e++) {
+        const int n = counts[e];
+        if (n == 0) continue;
+        const size_t oc = off * C, oi = off * Im;
+        matmul_backward(CPU_AT(dea, oi), ddown[e], NULL, CPU_AT(dey, oc), CPU_AT(ea, oi), down[e],
+                        n, Im, C, 0);
+        swiglu_backward(CPU_AT(deg, oi), CPU_AT(deu, oi), CPU_AT(dea, oi), CPU_AT(eg, oi),
+                        CPU_AT(eu, oi), (size_t)n * Im);
+        matmul_backward(CPU_AT(dxs, oc), dgate[e], NULL, CPU_AT(deg, oi), CPU_AT(xs, oc), gate[e],
+                        n, C, Im, 0);
+        matmul_backward(CPU_AT(dxs, oc), dup[e], NULL, CPU_AT(deu, oi), CPU_AT(xs, oc), up[e], n,
+                        C, Im, 1);
+        off += (size_t)n;
+    }
+}
+
 /* --------------------------------------------------------------------------------------------- */
 
 static const Backend cpu_backend = {
@@ -1088,6 +1132,8 @@ static const Backend cpu_backend = {
     .gather_rows = gather_rows,
     .scatter_add_rows = scatter_add_rows,
     .rows_dot = rows_dot,
+    .moe_experts_forward = moe_experts_forward,
+    .moe_experts_backward = moe_experts_backward,
 };
 
 const Backend *backend_cpu(void)

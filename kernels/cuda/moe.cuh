@@ -400,3 +400,47 @@ static void rows_dot(float *out, const int32_t *out_index, const Act *a, const i
     LAUNCH_ACT(rows_dot_kernel, ceil_div((long long)n * 32, 256), 256, 0, out, out_index, a, rows,
                b, n, C);
 }
+
+/* An Act pointer elems elements on (act_size() bytes each). */
+#define CUDA_ACT_AT(x, elems) ((Act *)((const unsigned char *)(x) + (size_t)(elems) * act_size()))
+
+/* The experts one after another, each on its block of rows (MoE layers). */
+static void moe_experts_forward(Act *ey, Act *eg, Act *eu, Act *ea, const Act *xs,
+                                float *const *gate, float *const *up, float *const *down,
+                                const int *counts, int E, int C, int Im)
+{
+    size_t off = 0;
+    for (int e = 0; e < E; e++) {
+        const int n = counts[e];
+        if (n == 0) continue;
+        const size_t oc = off * C, oi = off * Im;
+        matmul_forward(CUDA_ACT_AT(eg, oi), CUDA_ACT_AT(xs, oc), gate[e], NULL, n, C, Im);
+        matmul_forward(CUDA_ACT_AT(eu, oi), CUDA_ACT_AT(xs, oc), up[e], NULL, n, C, Im);
+        swiglu_forward(CUDA_ACT_AT(ea, oi), CUDA_ACT_AT(eg, oi), CUDA_ACT_AT(eu, oi), (size_t)n * Im);
+        matmul_forward(CUDA_ACT_AT(ey, oc), CUDA_ACT_AT(ea, oi), down[e], NULL, n, Im, C);
+        off += (size_t)n;
+    }
+}
+
+static void moe_experts_backward(Act *dxs, float *const *dgate, float *const *dup,
+                                 float *const *ddown, Act *dea, Act *deg, Act *deu,
+                                 const Act *dey, const Act *xs, const Act *eg, const Act *eu,
+                                 const Act *ea, float *const *gate, float *const *up,
+                                 float *const *down, const int *counts, int E, int C, int Im)
+{
+    size_t off = 0;
+    for (int e = 0; e < E; e++) {
+        const int n = counts[e];
+        if (n == 0) continue;
+        const size_t oc = off * C, oi = off * Im;
+        matmul_backward(CUDA_ACT_AT(dea, oi), ddown[e], NULL, CUDA_ACT_AT(dey, oc), CUDA_ACT_AT(ea, oi), down[e],
+                        n, Im, C, 0);
+        swiglu_backward(CUDA_ACT_AT(deg, oi), CUDA_ACT_AT(deu, oi), CUDA_ACT_AT(dea, oi), CUDA_ACT_AT(eg, oi),
+                        CUDA_ACT_AT(eu, oi), (size_t)n * Im);
+        matmul_backward(CUDA_ACT_AT(dxs, oc), dgate[e], NULL, CUDA_ACT_AT(deg, oi), CUDA_ACT_AT(xs, oc), gate[e],
+                        n, C, Im, 0);
+        matmul_backward(CUDA_ACT_AT(dxs, oc), dup[e], NULL, CUDA_ACT_AT(deu, oi), CUDA_ACT_AT(xs, oc), up[e], n,
+                        C, Im, 1);
+        off += (size_t)n;
+    }
+}

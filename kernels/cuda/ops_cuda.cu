@@ -208,6 +208,8 @@ extern "C" const Backend *backend_cuda(void)
     b->gather_rows = gather_rows;
     b->scatter_add_rows = scatter_add_rows;
     b->rows_dot = rows_dot;
+    b->moe_experts_forward = moe_experts_forward;
+    b->moe_experts_backward = moe_experts_backward;
     b->name = "cuda"; /* last: marks the table complete */
     return b;
 }
