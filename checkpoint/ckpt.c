@@ -936,7 +936,7 @@ static int job_prepare(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bu
         for (int j = 0; j < k; j++)
             if (strcmp(bufs[j].prefix, cb->prefix) == 0)
                 return ds_error(DS_ERR_INTERNAL, "checkpoint: buffer %s given twice", cb->prefix);
-        if (cb->replicated_over_dp && l->dp_rank != 0) continue;
+        if (cb->replicated_over_dp && l->dp_rank >= (l->ep > 1 ? l->ep : 1)) continue;
         const size_t lo = cb->flat_begin, hi = cb->flat_end ? cb->flat_end : w->table.total;
         for (int i = 0; i < w->table.count; i++) {
             const ParamInfo *pi = &w->table.items[i];
@@ -1001,6 +1001,7 @@ static int job_prepare(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bu
     cJSON_AddNumberToObject(world, "tp", l->tp);
     cJSON_AddNumberToObject(world, "dp", l->dp);
     cJSON_AddNumberToObject(world, "zero", l->zero);
+    if (l->ep > 1) cJSON_AddNumberToObject(world, "ep", l->ep);
     cJSON_AddStringToObject(root, "config", "config.yaml");
     job->state_json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);

@@ -25,7 +25,9 @@ typedef struct CkptBuffer {
     const char *prefix; /* "params", "optim.m", "optim.v", "ewc.fisher", ... no '/' */
     float *base;
     size_t flat_begin, flat_end;
-    int replicated_over_dp; /* 1: every dp rank holds the same values; only dp rank 0 writes */
+    int replicated_over_dp; /* 1: every dp rank holds the same values (with expert parallelism,
+                             * every dp rank holding the same experts); only dp rank 0 writes
+                             * (the first ep dp ranks, each its own experts) */
     /* copies bytes of base (device memory) into the host snapshot; NULL: base is host memory */
     void (*to_host)(void *host_dst, const void *src, size_t bytes);
 } CkptBuffer;
@@ -40,6 +42,8 @@ typedef struct CkptBlob {
 typedef struct CkptLayout {
     int tp, dp, zero;
     int tp_rank, dp_rank;
+    int ep; /* expert parallelism: the first ep dp ranks hold every expert between them, and
+             * write the parameters that are replicated over dp (0 or 1: none) */
 } CkptLayout;
 
 /* All-reduce MIN of one int over every rank; the trainer passes its comm collective. NULL

@@ -143,6 +143,11 @@ int comm_grid_init(ProcessGrid *g, int tp, int dp)
     g->tp.size = tp;
     g->dp.rank = g->dp_rank;
     g->dp.size = dp;
+    g->ep_size = 1; /* comm_grid_split_experts changes it */
+    g->ep.size = 1;
+    g->edp_rank = g->dp_rank;
+    g->edp_size = dp;
+    g->edp = g->dp; /* rank and size only: edp has no communicator of its own when ep = 1 */
     if (g->world_size == 1) return DS_OK;
 
     DS_TRY(group_from_mpi(MPI_COMM_WORLD, 0, g->world_rank, &g->world));
@@ -155,6 +160,34 @@ int comm_grid_init(ProcessGrid *g, int tp, int dp)
                      "MPI_Comm_split (dp)"));
     DS_TRY(group_from_mpi(dp_comm, g->tp_rank, g->dp_rank, &g->dp));
     return DS_OK;
+}
+
+int comm_grid_split_experts(ProcessGrid *g, int ep)
+{
+    if (ep < 1 || g->dp_size % ep != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "parallel.ep: %d does not divide parallel.dp %d (the experts are split "
+                        "over ep ranks of each data-parallel group)",
+                        ep, g->dp_size);
+    comm_group_free(&g->ep);
+    comm_group_free(&g->edp);
+    g->ep_size = ep;
+    g->ep_rank = g->dp_rank % ep;
+    g->edp_size = g->dp_size / ep;
+    g->edp_rank = g->dp_rank / ep;
+    g->ep = (CommGroup){.rank = g->ep_rank, .size = ep};
+    g->edp = (CommGroup){.rank = g->edp_rank, .size = g->edp_size};
+    if (ep == 1) return DS_OK;
+    /* colors unique over the world: one group per (tp rank, dp block) and (tp rank, ep rank) */
+    const int tp = g->tp_size;
+    DS_TRY(comm_group_split(&g->world, g->tp_rank + tp * (g->dp_rank / ep), g->ep_rank, &g->ep));
+    DS_TRY(comm_group_split(&g->world, g->tp_rank + tp * g->ep_rank, g->edp_rank, &g->edp));
+    return DS_OK;
+}
+
+const CommGroup *comm_edp(const ProcessGrid *g)
+{
+    return g->ep_size > 1 ? &g->edp : &g->dp;
 }
 
 void comm_group_free(CommGroup *g)
@@ -174,6 +207,8 @@ void comm_grid_free(ProcessGrid *g)
     int finalized = 0;
     if (g->mpi_initialized) MPI_Finalized(&finalized);
     if (!finalized) {
+        comm_group_free(&g->ep);
+        comm_group_free(&g->edp);
         comm_group_free(&g->tp);
         comm_group_free(&g->dp);
         comm_group_free(&g->world);
@@ -214,7 +249,7 @@ int comm_grid_enable_nccl(ProcessGrid *g)
     if (g->world_rank == 0) DS_TRY(comm_nccl_get_unique_id(id));
     DS_TRY(mpi_check(MPI_Bcast(id, bytes, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast (nccl id)"));
     DS_TRY(comm_nccl_init(&g->world.impl->nccl, id, g->world_size, g->world_rank, g->local_rank));
-    CommGroup *subs[] = {&g->tp, &g->dp};
+    CommGroup *subs[] = {&g->tp, &g->dp, &g->ep, &g->edp};
     for (size_t i = 0; i < DS_ARRAY_LEN(subs); i++) {
         if (!subs[i]->impl) continue; /* uniform: every rank's group has the same size */
         DS_TRY(comm_nccl_split(g->world.impl->nccl, subs[i]->impl->color, subs[i]->impl->key,
@@ -312,6 +347,46 @@ int comm_broadcast(const CommGroup *g, void *buf, size_t count, CommType type, i
                          "MPI_Bcast"));
     }
     return DS_OK;
+}
+
+int comm_all_to_allv(const CommGroup *g, const void *send, const size_t *send_counts, void *recv,
+                     const size_t *recv_counts, CommType type)
+{
+    const size_t esize = comm_type_size(type);
+    if (!g->impl) { /* one rank: its own block */
+        if (send_counts[0] != recv_counts[0])
+            return ds_error(DS_ERR_INTERNAL, "comm: all-to-all counts %zu and %zu disagree",
+                            send_counts[0], recv_counts[0]);
+        if (send_counts[0]) memmove(recv, send, send_counts[0] * esize);
+        return DS_OK;
+    }
+#ifdef DSTRAIN_HAVE_NCCL
+    if (use_nccl(g, recv))
+        return comm_nccl_all_to_allv(g->impl->nccl, send, send_counts, recv, recv_counts, type,
+                                     g->size);
+#endif
+    /* bytes, so that every type travels (nothing is reduced); MPI's counts are int */
+    int *counts = ds_calloc((size_t)g->size * 4, sizeof(int));
+    if (!counts) return DS_ERR_INTERNAL;
+    int *sc = counts, *sd = counts + g->size, *rc = counts + 2 * g->size, *rd = counts + 3 * g->size;
+    size_t so = 0, ro = 0;
+    int status = DS_OK;
+    for (int r = 0; r < g->size && status == DS_OK; r++) {
+        const size_t sb = send_counts[r] * esize, rb = recv_counts[r] * esize;
+        if (so + sb > INT_MAX || ro + rb > INT_MAX)
+            status = ds_error(DS_ERR_INTERNAL,
+                              "comm: all-to-all of more than %d bytes per rank is more than "
+                              "MPI's int count",
+                              INT_MAX);
+        sc[r] = (int)sb, sd[r] = (int)so, rc[r] = (int)rb, rd[r] = (int)ro;
+        so += sb, ro += rb;
+    }
+    if (status == DS_OK)
+        status = mpi_check(MPI_Alltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE,
+                                         g->impl->comm),
+                           "MPI_Alltoallv");
+    free(counts);
+    return status;
 }
 
 int comm_barrier(const CommGroup *g)

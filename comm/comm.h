@@ -22,8 +22,15 @@ typedef struct ProcessGrid {
     int local_rank; /* rank on this node: OMPI_COMM_WORLD_LOCAL_RANK / SLURM_LOCALID, else 0 */
     int tp_rank, tp_size;
     int dp_rank, dp_size;
+    /* expert parallelism (comm_grid_split_experts): the routed experts are split over the ep
+     * consecutive data-parallel ranks of a group (ep_rank = dp_rank % ep); the ranks that hold
+     * the same experts form the expert-data-parallel group (edp_rank = dp_rank / ep, size
+     * dp / ep). ep = 1: no split, edp is the data-parallel group. */
+    int ep_rank, ep_size;
+    int edp_rank, edp_size;
     int mpi_initialized; /* this grid called MPI_Init (a launcher was detected) */
     CommGroup world, tp, dp;
+    CommGroup ep, edp; /* edp has no communicator of its own when ep = 1: use comm_edp() */
 } ProcessGrid;
 
 /* Whether this process was started by a launcher (mpirun, srun with PMI/PMIx): only then does
@@ -34,6 +41,14 @@ int comm_launched(void);
  * world / tp; tp = 0 means world / dp, or 1 when dp is 0 too. Errors (world not divisible by
  * tp or dp, tp x dp != world) are DS_ERR_INPUT and name the parallel.* keys. */
 int comm_grid_init(ProcessGrid *g, int tp, int dp);
+/* Split each data-parallel group into dp / ep expert-parallel groups of ep consecutive ranks
+ * (parallel.ep), and the ranks holding the same experts into expert-data-parallel groups.
+ * DS_ERR_INPUT when ep does not divide dp. Collective over the world; call it after
+ * comm_grid_enable_nccl when there is NCCL (the groups inherit it). */
+int comm_grid_split_experts(ProcessGrid *g, int ep);
+/* The group that reduces what the ranks holding the same experts share: edp, or dp when
+ * ep = 1. */
+const CommGroup *comm_edp(const ProcessGrid *g);
 /* Free the groups and finalize MPI if this grid initialized it. */
 void comm_grid_free(ProcessGrid *g);
 
@@ -55,6 +70,11 @@ int comm_reduce_scatter(const CommGroup *g, void *buf, size_t count, CommType ty
 /* In place: this rank's block at buf + rank * count is sent, every block is received. */
 int comm_all_gather(const CommGroup *g, void *buf, size_t count, CommType type);
 int comm_broadcast(const CommGroup *g, void *buf, size_t count, CommType type, int root);
+/* All-to-all with counts: send_counts[r] elements of send (consecutive blocks, rank order) go
+ * to rank r, and recv_counts[r] elements from rank r land in recv, consecutive in rank order.
+ * The counts (host memory) must agree pairwise; send and recv do not overlap. */
+int comm_all_to_allv(const CommGroup *g, const void *send, const size_t *send_counts, void *recv,
+                     const size_t *recv_counts, CommType type);
 int comm_barrier(const CommGroup *g);
 
 /* Take the whole job down after a rank failed: MPI_Abort(world, status) when MPI runs with more
@@ -81,6 +101,8 @@ int comm_nccl_all_reduce(void *nccl_comm, void *buf, size_t count, CommType type
 int comm_nccl_reduce_scatter(void *nccl_comm, void *buf, size_t count, CommType type, int rank);
 int comm_nccl_all_gather(void *nccl_comm, void *buf, size_t count, CommType type, int rank);
 int comm_nccl_broadcast(void *nccl_comm, void *buf, size_t count, CommType type, int root);
+int comm_nccl_all_to_allv(void *nccl_comm, const void *send, const size_t *send_counts,
+                          void *recv, const size_t *recv_counts, CommType type, int size);
 #endif
 
 #endif

@@ -182,3 +182,33 @@ extern "C" int comm_nccl_broadcast(void *nccl_comm, void *buf, size_t count, Com
     DS_TRY(nccl_status(ncclBroadcast(buf, buf, count, dt, root, comm, stream), "ncclBroadcast"));
     return nccl_wait(comm, "broadcast");
 }
+
+extern "C" int comm_nccl_all_to_allv(void *nccl_comm, const void *send, const size_t *send_counts,
+                                     void *recv, const size_t *recv_counts, CommType type,
+                                     int size)
+{
+    ncclDataType_t dt;
+    DS_TRY(nccl_type(type, &dt));
+    ncclComm_t comm = (ncclComm_t)nccl_comm;
+    const size_t esize = comm_type_size(type);
+    size_t so = 0, ro = 0;
+    /* one group of point-to-point calls: NCCL pairs each send with its peer's receive */
+    DS_TRY(nccl_status(ncclGroupStart(), "ncclGroupStart"));
+    int status = DS_OK;
+    for (int r = 0; r < size && status == DS_OK; r++) {
+        if (send_counts[r])
+            status = nccl_status(ncclSend((const char *)send + so * esize, send_counts[r], dt, r,
+                                          comm, stream),
+                                 "ncclSend");
+        if (status == DS_OK && recv_counts[r])
+            status = nccl_status(
+                ncclRecv((char *)recv + ro * esize, recv_counts[r], dt, r, comm, stream),
+                "ncclRecv");
+        so += send_counts[r];
+        ro += recv_counts[r];
+    }
+    const int end = nccl_status(ncclGroupEnd(), "ncclGroupEnd");
+    DS_TRY(status);
+    DS_TRY(end);
+    return nccl_wait(comm, "all-to-all");
+}

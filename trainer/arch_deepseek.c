@@ -7,12 +7,14 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
 #include "../checkpoint/hf_model.h"
 #include "common.h"
+#include "log.h"
 #include "model_layers.h"
 
 /* ---- the table -------------------------------------------------------------------------- */
@@ -378,6 +380,8 @@ typedef struct DeepseekLayerActs {
     int32_t *rows, *slot;            /* [N*k] */
     float *row_weight;               /* [N*k] */
     int *counts;                     /* [E] */
+    int *recv;                       /* [E] expert parallelism: rows from each rank of the group
+                                      * for each of this rank's experts, rank-major (host) */
     Act *xs, *ey;                    /* [N*k, C] the experts' inputs and outputs */
     Act *eg, *eu, *ea;               /* [N*k, Im] */
 } DeepseekLayerActs;
@@ -410,7 +414,7 @@ static size_t deepseek_act_bytes(const ModelConfig *mc)
 {
     const size_t experts = mc->n_routed_experts > 0 ? (size_t)mc->n_routed_experts : 0;
     return sizeof(DeepseekActs) + (size_t)mc->num_layers * sizeof(DeepseekLayerActs) +
-           (size_t)mc->num_layers * experts * sizeof(int);
+           (size_t)mc->num_layers * experts * 2 * sizeof(int);
 }
 
 static void deepseek_arena_layout(Model *m, ArenaCursor *c)
@@ -476,12 +480,15 @@ static void deepseek_arena_layout(Model *m, ArenaCursor *c)
         L->rows = (int32_t *)arena_take_f32(c, nk);
         L->slot = (int32_t *)arena_take_f32(c, nk);
         L->row_weight = arena_take_f32(c, nk);
-        L->counts = counts + (size_t)l * E;
+        L->counts = counts + (size_t)l * 2 * E;
+        L->recv = L->counts + E;
         L->xs = arena_take_act(m, c, nk * C);
         L->ey = arena_take_act(m, c, nk * C);
-        L->eg = arena_take_act(m, c, nk * Im);
-        L->eu = arena_take_act(m, c, nk * Im);
-        L->ea = arena_take_act(m, c, nk * Im);
+        /* the experts' own rows: here, or with expert parallelism in EpState's buffers */
+        const size_t ek = m->ep_size > 1 ? 0 : nk;
+        L->eg = arena_take_act(m, c, ek * Im);
+        L->eu = arena_take_act(m, c, ek * Im);
+        L->ea = arena_take_act(m, c, ek * Im);
     }
     const size_t mlp = I > Is ? I : Is;
     a->dq = arena_take_act(m, c, N * H * Dq);
@@ -503,9 +510,10 @@ static void deepseek_arena_layout(Model *m, ArenaCursor *c)
     a->dweight = arena_take_f32(c, Nk);
     a->dxs = arena_take_act(m, c, Nk * C);
     a->dey = arena_take_act(m, c, Nk * C);
-    a->deg = arena_take_act(m, c, Nk * Im);
-    a->deu = arena_take_act(m, c, Nk * Im);
-    a->dea = arena_take_act(m, c, Nk * Im);
+    const size_t Nke = m->ep_size > 1 ? 0 : Nk;
+    a->deg = arena_take_act(m, c, Nke * Im);
+    a->deu = arena_take_act(m, c, Nke * Im);
+    a->dea = arena_take_act(m, c, Nke * Im);
     a->moe_out = arena_take_act(m, c, any_moe ? N * C : 0);
 }
 
@@ -560,6 +568,234 @@ static MlaDims mla_dims(const Model *m)
     d.kva = d.Rkv + d.dr;        /* kv_a_proj_with_mqa's outputs */
     d.kvb = d.H * (d.dn + d.dv); /* kv_b_proj's outputs */
     return d;
+}
+
+/* ---- expert parallelism ------------------------------------------------------------------
+ * The routed experts of a layer are split over the ep ranks of the group (Model.ep): a rank
+ * routes its own tokens, sends each (token, choice) row to the rank holding its expert and gets
+ * the expert's output back (dispatch and combine, all-to-all), and its experts compute on the
+ * rows every rank of the group sent them. Backward moves the gradients the same two ways. The
+ * rows arrive rank-major (each rank's rows by expert) and the experts want them expert-major;
+ * ep_reorder moves blocks between the two orders. How many rows arrive depends on the routing,
+ * so their buffers live outside the arena and grow when a step brings more than they hold. */
+
+typedef struct EpRows {
+    size_t cap; /* rows */
+    Act *x, *y; /* [cap, C]: the experts' inputs and outputs, expert-major */
+    Act *g, *u, *a; /* [cap, Im]: gate, up and SwiGLU */
+    Act *wire;  /* [cap, C] (the shared scratch only): rows in rank order, both directions */
+} EpRows;
+
+typedef struct EpState {
+    int n_sets;
+    EpRows *sets;   /* [num_layers]: a layer's rows, kept for its backward; one set under
+                     * activation checkpointing (the layers share one working set) */
+    EpRows scratch; /* backward: x, y, g, u, a hold dx, dy, dg, du, da; wire */
+    size_t *offs;   /* [E] host: expert-major offsets of each (rank, expert) block */
+    int *local;     /* [E / ep] host: rows of each of this rank's experts */
+} EpState;
+
+static size_t ep_even_rows(const Model *m)
+{
+    /* an even share: the rows this rank sends, times 1.25 */
+    const size_t nk = (size_t)m->B * m->T * (size_t)m->cfg.num_experts_per_tok;
+    return nk + nk / 4 + 1;
+}
+
+static size_t ep_rows_bytes(const Model *m, size_t rows, int scratch)
+{
+    const size_t C = m->cfg.hidden_size, Im = m->cfg.moe_intermediate_size / m->tp_size;
+    const size_t a = m->act_size;
+    return rows * ((2 + (size_t)scratch) * C + 3 * Im) * a + (6 + (size_t)scratch) * 256;
+}
+
+static void ep_rows_free(const Model *m, EpRows *r)
+{
+    m->be->mem_free(r->x);
+    memset(r, 0, sizeof(*r));
+}
+
+/* One allocation cut into the buffers of rows rows. */
+static int ep_rows_alloc(const Model *m, EpRows *r, size_t rows, int scratch)
+{
+    ep_rows_free(m, r);
+    if (rows == 0) return DS_OK;
+    unsigned char *p = m->be->mem_alloc(ep_rows_bytes(m, rows, scratch));
+    if (!p) return DS_ERR_INTERNAL;
+    const size_t C = m->cfg.hidden_size, Im = m->cfg.moe_intermediate_size / m->tp_size;
+    const size_t rc = DS_ALIGN_UP(rows * C * m->act_size, 256);
+    const size_t ri = DS_ALIGN_UP(rows * Im * m->act_size, 256);
+    r->cap = rows;
+    r->x = p, p += rc;
+    r->y = p, p += rc;
+    r->g = p, p += ri;
+    r->u = p, p += ri;
+    r->a = p, p += ri;
+    r->wire = scratch ? p : NULL;
+    return DS_OK;
+}
+
+static int ep_init(Model *m)
+{
+    EpState *st = ds_calloc(1, sizeof(*st));
+    if (!st) return DS_ERR_INTERNAL;
+    m->ep_state = st;
+    const ModelConfig *mc = &m->cfg;
+    st->n_sets = mc->activation_checkpointing ? 1 : mc->num_layers;
+    st->sets = ds_calloc((size_t)st->n_sets, sizeof(EpRows));
+    st->offs = ds_calloc((size_t)mc->n_routed_experts, sizeof(size_t));
+    st->local = ds_calloc((size_t)m->experts_local, sizeof(int));
+    if (!st->sets || !st->offs || !st->local) return DS_ERR_INTERNAL;
+    const size_t rows = ep_even_rows(m);
+    for (int i = 0; i < st->n_sets; i++)
+        if (mc->activation_checkpointing || is_moe(mc, i))
+            DS_TRY(ep_rows_alloc(m, &st->sets[i], rows, 0));
+    return ep_rows_alloc(m, &st->scratch, rows, 1);
+}
+
+static void ep_free(Model *m)
+{
+    EpState *st = m->ep_state;
+    for (int i = 0; st->sets && i < st->n_sets; i++)
+        ep_rows_free(m, &st->sets[i]);
+    ep_rows_free(m, &st->scratch);
+    free(st->sets);
+    free(st->offs);
+    free(st->local);
+    free(st);
+    m->ep_state = NULL;
+}
+
+static size_t ep_bytes(const Model *m)
+{
+    const ModelConfig *mc = &m->cfg;
+    int sets = 0;
+    for (int l = 0; l < mc->num_layers; l++)
+        sets += mc->activation_checkpointing ? l == 0 : is_moe(mc, l);
+    const size_t rows = ep_even_rows(m);
+    return (size_t)sets * ep_rows_bytes(m, rows, 0) + ep_rows_bytes(m, rows, 1);
+}
+
+static void ep_check(int status)
+{
+    if (status != DS_OK) comm_fail(status);
+}
+
+/* Room for rows rows: grown (its contents dropped) when the step routes more here. */
+static void ep_reserve(const Model *m, EpRows *r, size_t rows, int scratch, int l)
+{
+    if (rows <= r->cap) return;
+    const size_t cap = rows + rows / 4;
+    progress_note("dstrain: expert parallelism: layer %d routed %zu rows to rank %d's experts, "
+                  "more than the %zu its buffers held; growing them to %zu",
+                  l, rows, m->ep_rank, r->cap, cap);
+    ep_check(ep_rows_alloc(m, r, cap, scratch));
+}
+
+/* Rows between rank-major order (each rank's block, its experts in order within it) and
+ * expert-major order (each expert's block, the ranks in order within it); recv[r * El + e] rows
+ * of rank r for expert e. */
+static void ep_reorder(const Model *m, Act *dst, const Act *src, const int *recv, int to_experts)
+{
+    EpState *st = m->ep_state;
+    const int El = m->experts_local, ep = m->ep_size, C = m->cfg.hidden_size;
+    size_t at = 0;
+    for (int e = 0; e < El; e++)
+        for (int r = 0; r < ep; r++) {
+            st->offs[(size_t)r * El + e] = at;
+            at += (size_t)recv[(size_t)r * El + e];
+        }
+    size_t rank_at = 0;
+    for (int r = 0; r < ep; r++)
+        for (int e = 0; e < El; e++) {
+            const int n = recv[(size_t)r * El + e];
+            if (n == 0) continue;
+            const size_t expert_at = st->offs[(size_t)r * El + e];
+            if (to_experts)
+                m->be->copy_block(model_act_at(m, dst, expert_at * C), C,
+                                  model_act_at(m, src, rank_at * C), C, n, C, 0);
+            else
+                m->be->copy_block(model_act_at(m, dst, rank_at * C), C,
+                                  model_act_at(m, src, expert_at * C), C, n, C, 0);
+            rank_at += (size_t)n;
+        }
+}
+
+/* Rows this rank sends each rank of the group (its pairs sorted by expert: rank r's experts
+ * are one block) and receives from each, in elements of C. */
+static void ep_row_counts(const Model *m, const DeepseekLayerActs *L, size_t *send, size_t *recv)
+{
+    const int El = m->experts_local, C = m->cfg.hidden_size;
+    for (int r = 0; r < m->ep_size; r++) {
+        size_t s = 0, g = 0;
+        for (int e = 0; e < El; e++) {
+            s += (size_t)L->counts[r * El + e];
+            g += (size_t)L->recv[r * El + e];
+        }
+        send[r] = s * C;
+        recv[r] = g * C;
+    }
+}
+
+static CommType ep_act_type(const Model *m)
+{
+    return m->act_size == 2 ? COMM_BF16 : COMM_F32;
+}
+
+/* Forward of the routed experts under expert parallelism: L->xs (this rank's pairs sorted by
+ * expert) in, L->ey (their experts' outputs, same order) out. */
+static void ep_experts_forward(Model *m, int l, DeepseekLayerActs *L, const LayerWeights *w)
+{
+    EpState *st = m->ep_state;
+    EpRows *set = &st->sets[st->n_sets == 1 ? 0 : l];
+    const int El = m->experts_local, ep = m->ep_size;
+    const int C = m->cfg.hidden_size, Im = m->cfg.moe_intermediate_size / m->tp_size;
+    /* how many rows go where: El counts to each rank, El from each */
+    size_t send[MOE_MAX_EXPERTS], recv[MOE_MAX_EXPERTS];
+    for (int r = 0; r < ep; r++)
+        send[r] = recv[r] = (size_t)El;
+    ep_check(comm_all_to_allv(m->ep, L->counts, send, L->recv, recv, COMM_I32));
+    size_t rows = 0;
+    for (int e = 0; e < El; e++) {
+        st->local[e] = 0;
+        for (int r = 0; r < ep; r++)
+            st->local[e] += L->recv[r * El + e];
+        rows += (size_t)st->local[e];
+    }
+    ep_reserve(m, set, rows, 0, l);
+    ep_reserve(m, &st->scratch, rows, 1, l);
+    ep_row_counts(m, L, send, recv);
+    ep_check(comm_all_to_allv(m->ep, L->xs, send, st->scratch.wire, recv, ep_act_type(m)));
+    ep_reorder(m, set->x, st->scratch.wire, L->recv, 1);
+    m->be->moe_experts_forward(set->y, set->g, set->u, set->a, set->x, w->expert_gate,
+                               w->expert_up, w->expert_down, st->local, El, C, Im);
+    ep_reorder(m, st->scratch.wire, set->y, L->recv, 0);
+    ep_check(comm_all_to_allv(m->ep, st->scratch.wire, recv, L->ey, send, ep_act_type(m)));
+}
+
+/* Its backward: dey (the gradient of L->ey) in, dxs (of L->xs) out; the local experts' weight
+ * gradients accumulated. */
+static void ep_experts_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeights *w,
+                                LayerWeights *g, Act *dxs, const Act *dey)
+{
+    EpState *st = m->ep_state;
+    EpRows *set = &st->sets[st->n_sets == 1 ? 0 : l], *d = &st->scratch;
+    const int El = m->experts_local, ep = m->ep_size;
+    const int C = m->cfg.hidden_size, Im = m->cfg.moe_intermediate_size / m->tp_size;
+    size_t send[MOE_MAX_EXPERTS], recv[MOE_MAX_EXPERTS];
+    for (int e = 0; e < El; e++) {
+        st->local[e] = 0;
+        for (int r = 0; r < ep; r++)
+            st->local[e] += L->recv[r * El + e];
+    }
+    ep_row_counts(m, L, send, recv);
+    ep_check(comm_all_to_allv(m->ep, dey, send, d->wire, recv, ep_act_type(m)));
+    ep_reorder(m, d->y, d->wire, L->recv, 1);
+    m->be->moe_experts_backward(d->x, g->expert_gate, g->expert_up, g->expert_down, d->a, d->g,
+                                d->u, d->y, set->x, set->g, set->u, set->a, w->expert_gate,
+                                w->expert_up, w->expert_down, st->local, El, C, Im);
+    ep_reorder(m, d->wire, d->x, L->recv, 0);
+    ep_check(comm_all_to_allv(m->ep, d->wire, recv, dxs, send, ep_act_type(m)));
 }
 
 /* Decoder layer l (llama_layer_forward's contract): MLA, then a dense MLP or the experts. */
@@ -636,8 +872,11 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
                   c->topk_method == MOE_NOAUX_TC ? w->router_bias : NULL, N, &route);
     be->moe_permute(L->rows, L->row_weight, L->slot, L->counts, L->index, L->weight, N, E, k);
     be->gather_rows(L->xs, L->ln2, L->rows, NULL, Nk, C);
-    be->moe_experts_forward(L->ey, L->eg, L->eu, L->ea, L->xs, w->expert_gate, w->expert_up,
-                            w->expert_down, L->counts, E, C, Im);
+    if (m->ep)
+        ep_experts_forward(m, l, L, w);
+    else
+        be->moe_experts_forward(L->ey, L->eg, L->eu, L->ea, L->xs, w->expert_gate, w->expert_up,
+                                w->expert_down, L->counts, E, C, Im);
     if (!resid_out) return;
     for (int e = 0; e < E; e++)
         m->expert_tokens[(size_t)l * E + e] += L->counts[e];
@@ -685,9 +924,13 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     be->rows_dot(s->dweight, L->slot, a->dresid_act, L->rows, L->ey, Nk, C);
     model_tp_reduce(m, s->dweight, (size_t)Nk, COMM_SUM);
     be->gather_rows(s->dey, a->dresid_act, L->rows, L->row_weight, Nk, C);
-    be->moe_experts_backward(s->dxs, g->expert_gate, g->expert_up, g->expert_down, s->dea,
-                             s->deg, s->deu, s->dey, L->xs, L->eg, L->eu, L->ea, w->expert_gate,
-                             w->expert_up, w->expert_down, L->counts, E, C, Im);
+    if (m->ep)
+        ep_experts_backward(m, l, L, w, g, s->dxs, s->dey);
+    else
+        be->moe_experts_backward(s->dxs, g->expert_gate, g->expert_up, g->expert_down, s->dea,
+                                 s->deg, s->deu, s->dey, L->xs, L->eg, L->eu, L->ea,
+                                 w->expert_gate, w->expert_up, w->expert_down, L->counts, E, C,
+                                 Im);
     be->scatter_add_rows(a->dln, s->dxs, L->rows, NULL, Nk, C);
     be->moe_route_backward(s->dlogits, s->dweight, L->index, L->scores, N, &route);
     if (c->moe_balance_alpha > 0)
@@ -797,6 +1040,9 @@ const Architecture arch_deepseek_v2 = {
     .needs_latent_ops = 1,
     .layer_forward = deepseek_layer_forward,
     .layer_backward = deepseek_layer_backward,
+    .ep_init = ep_init,
+    .ep_free = ep_free,
+    .ep_bytes = ep_bytes,
 };
 
 const Architecture arch_deepseek_v3 = {
@@ -818,4 +1064,7 @@ const Architecture arch_deepseek_v3 = {
     .needs_latent_ops = 1,
     .layer_forward = deepseek_layer_forward,
     .layer_backward = deepseek_layer_backward,
+    .ep_init = ep_init,
+    .ep_free = ep_free,
+    .ep_bytes = ep_bytes,
 };

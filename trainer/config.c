@@ -161,8 +161,13 @@ static const ConfigKey config_schema[] = {
               "memory estimate)"),
     INT_FLAGS("parallel.dp", parallel_dp, "auto", 1, 1048576, CK_AUTO_IS_ZERO,
               "data-parallel size; auto = world size / parallel.tp"),
+    INT("parallel.ep", parallel_ep, "1", 1, 4096,
+        "expert-parallel size (mixture-of-experts models): the routed experts are split over ep "
+        "consecutive data-parallel ranks, tokens travel to them by all-to-all; must divide "
+        "parallel.dp and the model's n_routed_experts; 1 = every rank holds every expert"),
     INT("parallel.zero", parallel_zero, "1", 0, 1,
-        "1 = shard optimizer state over data-parallel ranks (ZeRO-1); 0 = replicate it"),
+        "1 = shard optimizer state over data-parallel ranks (ZeRO-1; with parallel.ep > 1 over "
+        "the dp / ep ranks that hold the same experts); 0 = replicate it"),
 
     STR("checkpoint.dir", checkpoint_dir, "", CK_PATH,
         "directory for training checkpoints; empty = <run.dir>/checkpoints"),
@@ -1196,6 +1201,11 @@ int config_validate(const Config *c)
         return ds_error(DS_ERR_INPUT,
                         "config: parallel.tp x parallel.dp: %d x %d ranks is more than 1048576",
                         c->parallel_tp, c->parallel_dp);
+    if (c->parallel_dp > 0 && c->parallel_dp % c->parallel_ep != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "config: parallel.ep: %d does not divide parallel.dp %d (the experts are "
+                        "split over ep ranks of each data-parallel group)",
+                        c->parallel_ep, c->parallel_dp);
     return DS_OK;
 }
 

@@ -60,6 +60,7 @@ typedef struct Config {
     /* parallel */
     int parallel_tp;                   /* 0 = auto (world / dp; 1 when dp is auto) */
     int parallel_dp;                   /* 0 = auto (world / tp) */
+    int parallel_ep;                   /* routed experts split over ep data-parallel ranks */
     int parallel_zero;                 /* 0 | 1 */
     /* checkpoint */
     char checkpoint_dir[CONFIG_STR_MAX]; /* empty = <run.dir>/checkpoints */

@@ -360,7 +360,7 @@ int continual_fisher(Run *r, int k)
 {
     const Phase *ph = &r->phases[k];
     const ProcessGrid *grid = &r->grid;
-    const size_t total = r->model.table.total, lo = r->ewc.lo, hi = r->ewc.hi;
+    const size_t lo = r->ewc.lo, hi = r->ewc.hi;
     const double tf = ds_now();
     if (r->fisher_work != &r->model) params_copy(r->fisher_work, &r->model, r->fisher);
     /* the phase's examples one at a time, the same order on every rank (each computes its
@@ -390,9 +390,7 @@ int continual_fisher(Run *r, int k)
     int status = ewc_estimate_fisher(r->fisher_work, &r->fisher_opt, fisher_next, rd, r->fisher);
     data_reader_close(rd);
     DS_TRY(status);
-    if (grid->dp_size > 1)
-        DS_TRY(r->opt.zero ? comm_reduce_scatter(&grid->dp, r->fisher, r->opt.n, COMM_F32)
-                           : comm_all_reduce(&grid->dp, r->fisher, total, COMM_F32, COMM_SUM));
+    DS_TRY(optim_reduce_flat(&r->opt, &r->model.table, r->fisher, grid));
     DS_TRY(ewc_consolidate(&r->ewc, r->fisher, r->model.params, r->ewc.tasks_seen));
     progress_task_end(&task);
     /* mean and largest over the model, each element once */
@@ -401,7 +399,7 @@ int continual_fisher(Run *r, int k)
         const ParamInfo *p = &r->model.table.items[i];
         size_t b = p->offset > lo ? p->offset : lo;
         size_t e = p->offset + p->numel < hi ? p->offset + p->numel : hi;
-        if (p->tp_copy || (!r->opt.zero && grid->dp_rank != 0)) continue;
+        if (p->tp_copy || (!r->opt.zero && grid->edp_rank != 0)) continue;
         for (; b < e; b++) {
             fs[0] += r->fisher[b];
             if (r->fisher[b] > fs[1]) fs[1] = r->fisher[b];
@@ -423,8 +421,8 @@ static int gather_shard(const Run *r, const float *shard, float *full)
 {
     const size_t lo = r->opt.shard_begin, n = r->opt.n;
     r->be->mem_to_host(full + lo, shard, n * sizeof(float)); /* memcpy on the CPU */
-    if (!r->opt.zero || r->grid.dp_size == 1) return DS_OK;
-    return comm_all_gather(&r->grid.dp, full, n, COMM_F32);
+    if (!r->opt.zero || r->grid.edp_size == 1) return DS_OK;
+    return comm_all_gather(comm_edp(&r->grid), full, n, COMM_F32);
 }
 
 int continual_replay_gather(Run *r, ReplayBuffer *whole)
@@ -464,8 +462,10 @@ int continual_state_save(Run *r, const char *dir)
         for (int k = 0; k < r->ewc.n_sets && status == DS_OK; k++) {
             for (int which = 0; which < 2 && status == DS_OK; which++) { /* Fisher, anchor */
                 status = gather_shard(r, which ? r->ewc.anchor[k] : r->ewc.fisher[k], scratch);
-                for (int t = 0; t < g->tp_size && status == DS_OK; t++) {
-                    if (g->tp_rank == t && g->dp_rank == 0)
+                /* one writer at a time: each tensor-parallel slice, and with expert
+                 * parallelism each expert-parallel rank's experts (the first dp ranks) */
+                for (int t = 0; t < g->tp_size * g->ep_size && status == DS_OK; t++) {
+                    if (g->tp_rank == t % g->tp_size && g->dp_rank == t / g->tp_size)
                         status = ewc_save_set(tmp, &r->model.table, k, which ? NULL : scratch,
                                               which ? scratch : NULL);
                     if (status == DS_OK) status = comm_barrier(&g->world);

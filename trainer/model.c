@@ -31,10 +31,18 @@ static void model_set_tp_dims(Model *m, int tp_rank, int tp_size)
     m->tp_vocab_start = tp_rank * m->tp_vocab;
 }
 
+static void model_set_ep_dims(Model *m, int ep_rank, int ep_size)
+{
+    m->ep_rank = ep_rank;
+    m->ep_size = ep_size;
+    m->experts_local = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts / ep_size : 0;
+    m->expert_first = ep_rank * m->experts_local;
+}
+
 /* The per-expert pointer arrays of MoE layers (LayerWeights.experts_*), one block a struct. */
 static int layer_weights_alloc(const Model *m, ModelWeights *w)
 {
-    const int E = m->cfg.n_routed_experts;
+    const int E = m->experts_local;
     if (E <= 0) return DS_OK;
     for (int l = 0; l < m->cfg.num_layers; l++) {
         LayerWeights *L = &w->layers[l];
@@ -65,7 +73,7 @@ static void weights_bind(const Model *m, float *base, ModelWeights *w)
         if (p->expert < 0)
             *(float **)(holder + p->bind) = base + p->offset;
         else
-            (*(float ***)(holder + p->bind))[p->expert] = base + p->offset;
+            (*(float ***)(holder + p->bind))[p->expert - m->expert_first] = base + p->offset;
     }
     if (m->cfg.tie_word_embeddings && !w->lm_head) w->lm_head = w->embed;
 }
@@ -224,8 +232,17 @@ int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T)
 int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, int zero,
                           ModelMemory *out)
 {
+    return model_memory_estimate_ep(mc, B, T, tp, dp, 1, zero, out);
+}
+
+int model_memory_estimate_ep(const ModelConfig *mc, int B, int T, int tp, int dp, int ep,
+                             int zero, ModelMemory *out)
+{
     memset(out, 0, sizeof(*out));
     DS_TRY(model_tp_check(mc, tp, "model"));
+    DS_TRY(model_ep_check(mc, ep, "model"));
+    if (ep < 1 || dp % ep != 0)
+        return ds_error(DS_ERR_INPUT, "parallel.ep: %d does not divide parallel.dp %d", ep, dp);
     Model m = {0};
     m.cfg = *mc;
     m.arch = model_architecture(mc->arch);
@@ -234,17 +251,20 @@ int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, i
     m.T = T;
     m.act_size = sizeof(float); /* the CPU's activations */
     model_set_tp_dims(&m, 0, tp);
+    model_set_ep_dims(&m, 0, ep);
     ModelActivations *a = activations_alloc(&m);
     if (!a) return DS_ERR_INTERNAL;
     m.act = a;
-    int status = param_table_build_tp(mc, 0, tp, &m.table);
+    int status = param_table_build_parallel(mc, 0, tp, 0, ep, &m.table);
     if (status == DS_OK) {
-        /* the same sizes model_init_parallel and optim_init_sharded allocate */
+        /* the same sizes model_init_parallel and optim_init_sharded allocate: ZeRO shards over
+         * the dp / ep ranks that hold the same experts */
         const size_t total = DS_ALIGN_UP(m.table.total, (size_t)64 * dp);
         out->params = total * sizeof(float);
         out->grads = total * sizeof(float);
-        out->optimizer = 2 * (zero ? total / dp : total) * sizeof(float);
+        out->optimizer = 2 * (zero ? total / (dp / ep) : total) * sizeof(float);
         out->activations = arena_layout(&m, a, NULL);
+        if (ep > 1 && m.arch->ep_bytes) out->activations += m.arch->ep_bytes(&m);
     }
     activations_free(a);
     param_table_free(&m.table);
@@ -273,8 +293,12 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
                         "the %s backend does not have yet; use device: cpu",
                         m->arch->name, be->name);
     DS_TRY(model_tp_check(mc, tp, mc->num_labels > 0 ? "classification model" : "model"));
+    const int ep = grid ? grid->ep_size : 1;
+    DS_TRY(model_ep_check(mc, ep, "model"));
     model_set_tp_dims(m, grid ? grid->tp_rank : 0, tp);
-    DS_TRY(param_table_build_tp(mc, m->tp_rank, tp, &m->table));
+    model_set_ep_dims(m, grid ? grid->ep_rank : 0, ep);
+    if (ep > 1) m->ep = &grid->ep;
+    DS_TRY(param_table_build_parallel(mc, m->tp_rank, tp, m->ep_rank, ep, &m->table));
     /* equal, aligned ZeRO shards: the padding is zero and never trained */
     m->table.total = DS_ALIGN_UP(m->table.total, (size_t)64 * dp);
     if (tp > 1) {
@@ -332,6 +356,7 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
         !m->loss_weights || !m->losses)
         return DS_ERR_INTERNAL;
     arena_layout(m, m->act, m->arena);
+    if (m->ep && m->arch->ep_init) DS_TRY(m->arch->ep_init(m));
     float *host_cos = ds_malloc(rope_bytes), *host_sin = ds_malloc(rope_bytes);
     if (!host_cos || !host_sin) {
         free(host_cos);
@@ -363,6 +388,7 @@ void model_free(Model *m)
         be->mem_free(m->rope_cos);
         be->mem_free(m->rope_sin);
     }
+    if (m->ep_state && m->arch->ep_free) m->arch->ep_free(m);
     activations_free(m->act);
     layer_weights_free(m, &m->w);
     layer_weights_free(m, &m->g);
@@ -415,9 +441,10 @@ void model_init_weights(Model *m, uint64_t seed, float std)
     if (!x) return;
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
-        /* one stream per tensor, from the seed and the tensor's index, so that a tensor's values
-         * do not depend on how the table is sharded */
-        const uint64_t state0 = seed * 0x100000001b3ull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+        /* one stream per tensor, from the seed and the tensor's index in the whole model, so
+         * that a tensor's values do not depend on how the table is split */
+        const uint64_t state0 =
+            seed * 0x100000001b3ull + (uint64_t)p->index * 0x9e3779b97f4a7c15ull;
         const int is_norm = p->init == INIT_ONES, is_bias = p->init == INIT_ZEROS;
         /* the whole tensor's stream is drawn; this rank keeps its tensor-parallel slice */
         const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;

@@ -64,6 +64,12 @@ typedef struct Model {
     int tp_heads, tp_kv_heads, tp_inter, tp_vocab, tp_vocab_start;
     const CommGroup *tp; /* the tensor-parallel group; NULL when tp = 1 (no communication) */
     CommGroup *tp_kv;    /* ranks holding the same kv head (fewer kv heads than tp), or NULL */
+    /* expert parallelism: this rank holds routed experts [expert_first, expert_first +
+     * experts_local) of every MoE layer (LayerWeights.expert_* index them from 0); ep the
+     * expert-parallel group, NULL when ep = 1 */
+    int ep_rank, ep_size, expert_first, experts_local;
+    const CommGroup *ep;
+    void *ep_state; /* the architecture's expert-parallel buffers (arch_deepseek.c) */
     /* mixture of experts: tokens each routed expert of each layer received ([L * E], host) in
      * the forwards since model_expert_load_reset (a recomputation is not counted); NULL for a
      * model without experts */
@@ -81,6 +87,10 @@ typedef struct ModelMemory {
 } ModelMemory;
 int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, int zero,
                           ModelMemory *out);
+/* The same with the routed experts split over ep of the dp ranks (parallel.ep); the experts'
+ * rows that travel to this rank are counted at 1.25 times an even share. */
+int model_memory_estimate_ep(const ModelConfig *mc, int B, int T, int tp, int dp, int ep,
+                             int zero, ModelMemory *out);
 
 /* Allocate parameters (zeroed), gradients and activations for micro-batches of B x T. */
 int model_init(Model *m, const ModelConfig *mc, const Backend *be, int B, int T);

@@ -28,19 +28,20 @@ int optim_init_on(Optimizer *opt, const ParamTable *table, const Backend *be)
 int optim_init_sharded(Optimizer *opt, const ParamTable *table, const Backend *be,
                        const ProcessGrid *grid, int zero)
 {
-    const int dp = grid ? grid->dp_size : 1;
-    if (!zero || dp == 1) {
+    /* the ranks that hold the same experts share out the whole layout (all of dp when ep = 1) */
+    const int shards = grid ? grid->edp_size : 1;
+    if (!zero || shards == 1) {
         return optim_init_on(opt, table, be); /* one shard: plain AdamW, nothing to gather */
     }
-    if (table->total % (size_t)dp != 0)
+    if (table->total % (size_t)shards != 0)
         return ds_error(DS_ERR_INTERNAL,
                         "optim: flat layout of %zu elements does not split into %d shards",
-                        table->total, dp);
+                        table->total, shards);
     memset(opt, 0, sizeof(*opt));
     opt->be = be;
     opt->zero = 1;
-    opt->n = table->total / (size_t)dp;
-    opt->shard_begin = (size_t)grid->dp_rank * opt->n;
+    opt->n = table->total / (size_t)shards;
+    opt->shard_begin = (size_t)grid->edp_rank * opt->n;
     float *m = be->mem_alloc(opt->n * sizeof(float)), *v = be->mem_alloc(opt->n * sizeof(float));
     if (!m || !v) {
         be->mem_free(m);
@@ -117,12 +118,31 @@ double optim_grad_norm(const Model *m)
     return sqrt(square_sums_total(&sums));
 }
 
+int optim_reduce_flat(const Optimizer *opt, const ParamTable *table, float *buf,
+                      const ProcessGrid *grid)
+{
+    if (!grid || grid->dp_size == 1) return DS_OK;
+    /* over the ranks that hold the same experts: reduce-scattered into this rank's shard
+     * (ZeRO-1) or all-reduced */
+    const CommGroup *edp = comm_edp(grid);
+    if (opt->zero)
+        DS_TRY(comm_reduce_scatter(edp, buf, opt->n, COMM_F32));
+    else
+        DS_TRY(comm_all_reduce(edp, buf, table->total, COMM_F32, COMM_SUM));
+    if (grid->ep_size == 1) return DS_OK;
+    /* the tensors other than the routed experts, alike on the expert-parallel ranks, are summed
+     * over those ranks too: the part of [0, experts_begin) this rank holds */
+    const size_t lo = opt->zero ? opt->shard_begin : 0;
+    const size_t hi = opt->zero ? opt->shard_begin + opt->n : table->total;
+    const size_t end = hi < table->experts_begin ? hi : table->experts_begin;
+    if (lo >= end) return DS_OK;
+    return comm_all_reduce(&grid->ep, buf + lo, end - lo, COMM_F32, COMM_SUM);
+}
+
 int optim_reduce_grads(const Optimizer *opt, Model *m, const ProcessGrid *grid)
 {
     DS_TRY(model_reduce_shared_grads(m));
-    if (!grid || grid->dp_size == 1) return DS_OK;
-    if (opt->zero) return comm_reduce_scatter(&grid->dp, m->grads, opt->n, COMM_F32);
-    return comm_all_reduce(&grid->dp, m->grads, m->table.total, COMM_F32, COMM_SUM);
+    return optim_reduce_flat(opt, &m->table, m->grads, grid);
 }
 
 /* [begin, end) of parameter p inside flat range [lo, hi); begin >= end when they miss. */
@@ -138,7 +158,7 @@ int optim_grad_norm_global(const Optimizer *opt, const Model *m, const ProcessGr
     /* the range this rank counts: its shard, or (gradients replicated over dp) all of them on
      * dp rank 0 only */
     size_t lo = opt->shard_begin, hi = opt->shard_begin + opt->n;
-    if (!opt->zero && grid && grid->dp_rank != 0) hi = lo;
+    if (!opt->zero && grid && grid->edp_rank != 0) hi = lo;
     SquareSums sums = {.be = m->be};
     for (int i = 0; i < m->table.count; i++) {
         const ParamInfo *p = &m->table.items[i];
@@ -155,8 +175,8 @@ int optim_grad_norm_global(const Optimizer *opt, const Model *m, const ProcessGr
 
 int optim_gather_params(const Optimizer *opt, Model *m, const ProcessGrid *grid)
 {
-    if (!opt->zero || !grid || grid->dp_size == 1) return DS_OK;
-    return comm_all_gather(&grid->dp, m->params, opt->n, COMM_F32);
+    if (!opt->zero || !grid || grid->edp_size == 1) return DS_OK;
+    return comm_all_gather(comm_edp(grid), m->params, opt->n, COMM_F32);
 }
 
 float optim_clip_scale(double grad_norm, float max_norm)

@@ -11,8 +11,9 @@ typedef struct Optimizer {
     float *m, *v; /* first and second moments, laid out like the parameters */
     size_t n;
     int t;        /* steps taken (AdamW bias correction) */
-    /* ZeRO-1: m and v hold only flat elements [shard_begin, shard_begin + n), this data-parallel
-     * rank's 1/dp (0 and the whole layout otherwise), but are indexed by flat offset like the
+    /* ZeRO-1: m and v hold only flat elements [shard_begin, shard_begin + n), this rank's share
+     * among the ranks that hold the same experts (1/dp, or 1/(dp/ep) with expert parallelism;
+     * 0 and the whole layout otherwise), but are indexed by flat offset like the
      * parameters: m[p->offset] is parameter p's moment, for offsets inside the shard */
     size_t shard_begin;
     int zero;          /* 1: gradients reduce-scattered and parameters all-gathered over dp */
@@ -40,6 +41,12 @@ void optim_free(Optimizer *opt);
  * tensor-parallel group, then over data-parallel ranks: reduce-scatter into this rank's shard
  * (ZeRO-1; the rest of the gradient buffer is left undefined) or all-reduce. */
 int optim_reduce_grads(const Optimizer *opt, Model *m, const ProcessGrid *grid);
+/* The reduction of optim_reduce_grads for any buffer laid out like the parameters (gradients,
+ * the Fisher): over the ranks holding the same experts (reduce-scatter into this rank's shard
+ * with ZeRO-1, or all-reduce), then, with expert parallelism, the tensors other than the
+ * routed experts over the expert-parallel group as well. */
+int optim_reduce_flat(const Optimizer *opt, const ParamTable *table, float *buf,
+                      const ProcessGrid *grid);
 /* The global gradient norm after optim_reduce_grads, each element counted once over all ranks
  * (tensors replicated across tensor-parallel ranks by one of them). */
 int optim_grad_norm_global(const Optimizer *opt, const Model *m, const ProcessGrid *grid,

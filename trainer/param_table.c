@@ -354,7 +354,26 @@ static int visit_add(void *ctx, const ArchTensor *t, int layer, int expert)
     p->layer = layer;
     p->expert = expert;
     p->bind = t->bind;
+    p->index = b->pt->count - 1;
     return DS_OK;
+}
+
+/* Flat offsets in table order, the routed experts' tensors after all the others: the ranks of
+ * an expert-parallel group hold different experts but the same other tensors, and each of the
+ * two regions is reduced over its own group (optim.c). */
+static void table_place(ParamTable *pt)
+{
+    const size_t align = PARAM_ALIGN_BYTES / sizeof(float);
+    pt->total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) pt->experts_begin = pt->total;
+        for (int i = 0; i < pt->count; i++) {
+            ParamInfo *p = &pt->items[i];
+            if ((p->expert >= 0) != pass) continue;
+            p->offset = pt->total;
+            pt->total += DS_ALIGN_UP(p->numel, align);
+        }
+    }
 }
 
 int param_table_build(const ModelConfig *mc, ParamTable *pt)
@@ -374,8 +393,12 @@ int param_table_build(const ModelConfig *mc, ParamTable *pt)
     if (!pt->items) return DS_ERR_INTERNAL;
     TableBuild b = {pt, (int)count, mc};
     const int status = table_walk(mc, arch, visit_add, &b);
-    if (status != DS_OK) param_table_free(pt); /* a refused shape leaves nothing allocated */
-    return status;
+    if (status != DS_OK) {
+        param_table_free(pt); /* a refused shape leaves nothing allocated */
+        return status;
+    }
+    table_place(pt);
+    return DS_OK;
 }
 
 void param_table_free(ParamTable *pt)
@@ -403,10 +426,47 @@ int model_tp_check(const ModelConfig *mc, int tp, const char *where)
 
 int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamTable *pt)
 {
+    return param_table_build_parallel(mc, tp_rank, tp_size, 0, 1, pt);
+}
+
+int model_ep_check(const ModelConfig *mc, int ep, const char *where)
+{
+    if (ep <= 1) return DS_OK;
+    if (mc->n_routed_experts <= 0)
+        return ds_error(DS_ERR_INPUT,
+                        "parallel.ep: %d needs a mixture-of-experts model; %s has no routed "
+                        "experts (set parallel.ep: 1)",
+                        ep, where);
+    if (mc->n_routed_experts % ep != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "parallel.ep: %d does not divide the model's n_routed_experts %d (%s); "
+                        "choose an ep that divides it",
+                        ep, mc->n_routed_experts, where);
+    return DS_OK;
+}
+
+int param_table_build_parallel(const ModelConfig *mc, int tp_rank, int tp_size, int ep_rank,
+                               int ep_size, ParamTable *pt)
+{
     DS_TRY(param_table_build(mc, pt));
-    if (tp_size <= 1) return DS_OK;
+    if (ep_size > 1) {
+        /* this rank's experts only; the other tensors, which every rank of the expert-parallel
+         * group holds alike, are counted in global sums by its rank 0 */
+        const int local = mc->n_routed_experts / ep_size, first = ep_rank * local;
+        int kept = 0;
+        for (int i = 0; i < pt->count; i++) {
+            ParamInfo *p = &pt->items[i];
+            if (p->expert >= 0 && (p->expert < first || p->expert >= first + local)) continue;
+            if (p->expert < 0) p->tp_copy = ep_rank != 0;
+            pt->items[kept++] = *p;
+        }
+        pt->count = kept;
+    }
+    if (tp_size <= 1) {
+        table_place(pt);
+        return DS_OK;
+    }
     const int kv_share = mc->num_kv_heads % tp_size == 0 ? 1 : tp_size / mc->num_kv_heads;
-    pt->total = 0;
     for (int i = 0; i < pt->count; i++) {
         ParamInfo *p = &pt->items[i];
         int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
@@ -416,7 +476,7 @@ int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamT
             const int64_t kv_per_rank = kv_share > 1 ? 1 : mc->num_kv_heads / tp_size;
             p->slice_len = rows / mc->num_kv_heads * kv_per_rank;
             p->slice_start = (int64_t)(tp_rank / kv_share) * p->slice_len;
-            p->tp_copy = tp_rank % kv_share != 0;
+            p->tp_copy = p->tp_copy || tp_rank % kv_share != 0;
             break;
         }
         case TP_COLUMN:
@@ -434,15 +494,14 @@ int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamT
             p->slice_start = tp_rank * p->slice_len;
             break;
         case TP_REPLICATED:
-            p->tp_copy = tp_rank != 0;
+            p->tp_copy = p->tp_copy || tp_rank != 0;
             break;
         }
         p->numel = p->split_dim == 0   ? (size_t)(p->slice_len * cols)
                    : p->split_dim == 1 ? (size_t)(rows * p->slice_len)
                                        : (size_t)(rows * cols);
-        p->offset = pt->total;
-        pt->total += DS_ALIGN_UP(p->numel, PARAM_ALIGN_BYTES / sizeof(float));
     }
+    table_place(pt);
     return DS_OK;
 }
 

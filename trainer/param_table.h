@@ -158,6 +158,12 @@ typedef struct Architecture {
     void (*arena_layout)(struct Model *m, struct ArenaCursor *cursor);
     void (*layer_forward)(struct Model *m, int l, float *resid_out);
     void (*layer_backward)(struct Model *m, int l);
+    /* expert parallelism (Model.ep set): the buffers of the rows that travel between ranks,
+     * made after the arena and freed before it, and their bytes for the estimate; NULL in an
+     * architecture without routed experts */
+    int (*ep_init)(struct Model *m);
+    void (*ep_free)(struct Model *m);
+    size_t (*ep_bytes)(const struct Model *m);
 } Architecture;
 
 extern const Architecture arch_llama, arch_qwen2, arch_deepseek_v2, arch_deepseek_v3;
@@ -214,20 +220,25 @@ typedef struct ParamInfo {
     size_t numel;              /* elements this rank holds */
     size_t offset;             /* in elements, into the flat buffer; 256-byte aligned */
     int weight_decay;          /* 0 for norms and biases */
-    int tp_copy;               /* 1 when another tensor-parallel rank holds the same values and
-                                * counts them in global sums instead (replicated tensors on
-                                * tp_rank > 0, kv heads shared by several ranks) */
+    int tp_copy;               /* 1 when another tensor- or expert-parallel rank holds the same
+                                * values and counts them in global sums instead (replicated
+                                * tensors on tp_rank > 0, kv heads shared by several ranks, the
+                                * tensors other than routed experts on ep_rank > 0) */
     TpSplit tp;                /* from the architecture's table */
     ParamInit init;
     int layer;                 /* -1 for the model's own tensors */
     int expert;                /* routed expert index, -1 for others */
     int bind;                  /* ArchTensor.bind */
+    int index;                 /* its position in the whole model's table (param_table_build),
+                                * the same on every rank however the table is split */
 } ParamInfo;
 
 typedef struct ParamTable {
     int count;
     ParamInfo *items;
     size_t total; /* elements in the flat buffer, including alignment padding */
+    size_t experts_begin; /* the routed experts' tensors lie in [experts_begin, total), after
+                           * every other tensor (total when there are none) */
 } ParamTable;
 
 /* The table of mc's architecture, unsplit. */
@@ -240,6 +251,14 @@ int64_t param_table_count(const ModelConfig *mc);
  * table says (TpSplit): kv heads are split when tp divides them, else each rank holds kv head
  * tp_rank / (tp / KVH). Call model_tp_check first. */
 int param_table_build_tp(const ModelConfig *mc, int tp_rank, int tp_size, ParamTable *pt);
+/* param_table_build_tp for expert-parallel rank ep_rank of ep_size as well: the routed experts
+ * [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size) only, and the other tensors marked
+ * tp_copy on ep_rank > 0 (rank 0 of the expert-parallel group counts them). Call
+ * model_ep_check first. */
+int param_table_build_parallel(const ModelConfig *mc, int tp_rank, int tp_size, int ep_rank,
+                               int ep_size, ParamTable *pt);
+/* Whether ep ranks can split this model's experts: DS_ERR_INPUT naming parallel.ep. */
+int model_ep_check(const ModelConfig *mc, int ep, const char *where);
 /* Whether tp ranks can split this model: DS_ERR_INPUT naming parallel.tp and the field. */
 int model_tp_check(const ModelConfig *mc, int tp, const char *where);
 void param_table_free(ParamTable *pt);

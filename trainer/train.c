@@ -81,9 +81,15 @@ const char *train_data_path(const char *configured, const char *bundled_name, ch
  * export: it holds the whole model in rank 0's memory). Collective over the grid. */
 int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir)
 {
-    const ParamTable *pt = &m->table;
+    /* every tensor of this tensor-parallel slice, all experts included: with expert
+     * parallelism an expert's slice comes from the rank of the expert-parallel group that
+     * holds it (its table lists this rank's experts only) */
+    ParamTable whole = {0};
+    DS_TRY(param_table_build_tp(&m->cfg, g->tp_rank, g->tp_size, &whole));
+    const ParamTable *pt = &whole;
     const int tp = g->tp_size, writer = g->world_rank == 0;
     int status = DS_OK;
+    int here = 0; /* the cursor into m->table: its tensors are whole's, in whole's order */
     size_t largest = 0;
     for (int i = 0; i < pt->count; i++)
         if (pt->items[i].numel > largest) largest = pt->items[i].numel;
@@ -97,8 +103,14 @@ int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir)
     for (int i = 0; i < pt->count && status == DS_OK; i++) {
         const ParamInfo *p = &pt->items[i];
         const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
-        m->be->mem_to_host(gathered + (size_t)g->tp_rank * p->numel, m->params + p->offset,
-                           p->numel * sizeof(float));
+        float *mine = gathered + (size_t)g->tp_rank * p->numel;
+        const int held = here < m->table.count && strcmp(m->table.items[here].name, p->name) == 0;
+        if (held) m->be->mem_to_host(mine, m->params + m->table.items[here++].offset,
+                                     p->numel * sizeof(float));
+        if (p->expert >= 0 && g->ep_size > 1 &&
+            (status = comm_broadcast(&g->ep, mine, p->numel, COMM_F32,
+                                     p->expert / m->experts_local)) != DS_OK)
+            break;
         if ((status = comm_all_gather(&g->tp, gathered, p->numel, COMM_F32)) != DS_OK) break;
         if (!writer) continue;
         full[i] = ds_malloc((size_t)p->shape[0] * cols * sizeof(float));
@@ -134,6 +146,7 @@ int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir)
         free(full[i]);
     for (int r = 0; tables && r < tp; r++)
         param_table_free(&tables[r]);
+    param_table_free(&whole);
     free(tables);
     free(gathered);
     free(full);
@@ -1213,6 +1226,7 @@ int train_run(const Config *cfg)
     if (strcmp(cfg->device, "cuda") == 0 && grid->world_size > 1 &&
         (status = comm_grid_enable_nccl(grid)) != DS_OK)
         goto done;
+    if ((status = comm_grid_split_experts(grid, cfg->parallel_ep)) != DS_OK) goto done;
     if (grid->world_rank != 0 && !freopen("/dev/null", "w", stdout)) {
         status = ds_error(DS_ERR_INTERNAL, "rank %d: cannot silence stdout", grid->world_rank);
         goto done;
@@ -1351,9 +1365,11 @@ int train_run(const Config *cfg)
                        ? 2.0 * r->model.table.total * 4.0 + r->fisher_model.arena_bytes
                        : 0.0)) *
                      MiB);
-    printf("dstrain: %d ranks (tp %d x dp %d, zero %d); memory per rank: parameters %.2f MiB, "
+    char ep_note[32] = "";
+    if (grid->ep_size > 1) snprintf(ep_note, sizeof(ep_note), ", ep %d", grid->ep_size);
+    printf("dstrain: %d ranks (tp %d x dp %d%s, zero %d); memory per rank: parameters %.2f MiB, "
            "gradients %.2f MiB, optimizer %.2f MiB, activations %.2f MiB%s\n",
-           grid->world_size, grid->tp_size, grid->dp_size, r->opt.zero,
+           grid->world_size, grid->tp_size, grid->dp_size, ep_note, r->opt.zero,
            r->model.table.total * 4.0 * MiB, r->model.table.total * 4.0 * MiB,
            r->opt.n * 8.0 * MiB, r->model.arena_bytes * MiB, ewc_memory);
 #ifdef DSTRAIN_HAVE_CUDA
@@ -1364,7 +1380,8 @@ int train_run(const Config *cfg)
 
     /* checkpoints: the writer, then resume (parameters, moments, blobs, EWC pairs, replay) */
     TrainCkptWorld ckpt_world = {
-        .layout = {grid->tp_size, grid->dp_size, r->opt.zero, grid->tp_rank, grid->dp_rank},
+        .layout = {grid->tp_size, grid->dp_size, r->opt.zero, grid->tp_rank, grid->dp_rank,
+                   grid->ep_size},
         .all_min = grid->world_size > 1 ? train_all_min : NULL,
         .comm_ctx = &grid->world,
         .tmp_tag = (long)getpid(),

@@ -511,7 +511,7 @@ Test(hf_model, test_rank_slices_rows_and_columns)
                            .numel = 6,
                            .offset = 192};
     snprintf(items[3].name, PARAM_NAME_MAX, "full");
-    ParamTable pt = {4, items, 256};
+    ParamTable pt = {.count = 4, .items = items, .total = 256, .experts_begin = 256};
     float full[24];
     for (int j = 0; j < 24; j++)
         full[j] = (float)j;
