@@ -200,7 +200,9 @@ static int info_parameters(const ModelConfig *mc, FILE *out)
 }
 
 /* What a full fine-tune holds per GPU (layout_memory_estimate) at one rank, eight
- * data-parallel ranks (ZeRO-1) and eight tensor-parallel ranks, when the model splits so: bf16
+ * data-parallel ranks (ZeRO-1), eight tensor-parallel ranks and, for a model with routed
+ * experts, eight data-parallel ranks with the experts split over all eight (ep 8), when the
+ * model splits so: bf16
  * mixed precision, one row of 4096 tokens, activation checkpointing. */
 static void info_memory(const ModelConfig *model, FILE *out)
 {
@@ -213,19 +215,23 @@ static void info_memory(const ModelConfig *model, FILE *out)
     cfg.parallel_zero = 1;
     ModelConfig mc = *model;
     mc.activation_checkpointing = 1;
-    const int layouts[][2] = {{1, 1}, {1, 8}, {8, 1}};
-    char line[256] = "";
+    /* tp, dp, ep; the last only for a model with routed experts */
+    const int layouts[][3] = {{1, 1, 1}, {1, 8, 1}, {8, 1, 1}, {1, 8, 8}};
+    char line[320] = "";
     size_t used = 0;
     for (size_t i = 0; i < DS_ARRAY_LEN(layouts); i++) {
         RunMemory mem;
+        cfg.parallel_ep = layouts[i][2];
+        if (layouts[i][2] > 1 && mc.n_routed_experts <= 0) continue;
         if (layout_memory_estimate(&cfg, &mc, layouts[i][0], layouts[i][1], &mem) != DS_OK) {
-            ds_clear_error(); /* a tp the model does not split: left out */
+            ds_clear_error(); /* a tp or ep the model does not split: left out */
             continue;
         }
-        char b[32];
+        char b[32], ep[16] = "";
         human_bytes(mem.total, b, sizeof(b));
-        used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%s at tp %d x dp %d",
-                                 used ? ", " : "", b, layouts[i][0], layouts[i][1]);
+        if (layouts[i][2] > 1) snprintf(ep, sizeof(ep), " (ep %d)", layouts[i][2]);
+        used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%s at tp %d x dp %d%s",
+                                 used ? ", " : "", b, layouts[i][0], layouts[i][1], ep);
         if (used >= sizeof(line)) break;
     }
     if (used)

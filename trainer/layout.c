@@ -32,8 +32,14 @@ int layout_memory_estimate(const Config *cfg, const ModelConfig *mc, int tp, int
 {
     memset(out, 0, sizeof(*out));
     const int B = cfg->train_micro_batch_size, T = cfg->train_seq_len, zero = cfg->parallel_zero;
+    const int ep = cfg->parallel_ep > 1 ? cfg->parallel_ep : 1;
+    if (dp % ep != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "parallel.ep: %d does not divide parallel.dp %d (the experts are split "
+                        "over ep ranks of each data-parallel group)",
+                        ep, dp);
     ModelMemory mm;
-    DS_TRY(model_memory_estimate(mc, B, T, tp, dp, zero, &mm));
+    DS_TRY(model_memory_estimate_ep(mc, B, T, tp, dp, ep, zero, &mm));
     out->params = (double)mm.params;
     out->grads = (double)mm.grads;
     out->optimizer = (double)mm.optimizer;
@@ -44,7 +50,7 @@ int layout_memory_estimate(const Config *cfg, const ModelConfig *mc, int tp, int
         out->ewc = (double)mm.optimizer * ewc_sets(cfg);
         if (!cfg->continual_ewc_fisher_batched && B != 1) { /* as run_setup_continual makes it */
             ModelMemory one;
-            DS_TRY(model_memory_estimate(mc, 1, T, tp, dp, zero, &one));
+            DS_TRY(model_memory_estimate_ep(mc, 1, T, tp, dp, ep, zero, &one));
             out->fisher_model = (double)one.params + (double)one.grads + (double)one.activations;
             copies += bf16;
         }
@@ -138,10 +144,11 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
     double least = -1, least_floor = -1;
     int least_tp = 0, least_dp = 0, least_floor_tp = 0, alive = 0;
     const int dp_shards = !rq->dp && cfg->parallel_zero;
+    const int ep = cfg->parallel_ep > 1 ? cfg->parallel_ep : 1; /* dp is a multiple of it */
     for (int tp = 1; tp <= max_tp; tp++) {
         if ((rq->tp && tp != rq->tp) || (rq->world && rq->world % tp)) continue;
         if (rq->world && rq->dp && tp * rq->dp != rq->world) continue;
-        const int dp = rq->dp ? rq->dp : rq->world ? rq->world / tp : 1;
+        const int dp = rq->dp ? rq->dp : rq->world ? rq->world / tp : ep;
         RunMemory m;
         if (layout_memory_estimate(cfg, mc, tp, dp, &m) != DS_OK) {
             if (rq->tp) return DS_ERR_INPUT; /* the config's own tp: its message stands */
@@ -163,21 +170,23 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
     for (int tp = 1; tp <= max_tp; tp++) {
         if (state[tp] != TP_ALIVE) continue;
         const int max_dp = rq->dp ? rq->dp : rq->world ? rq->world / tp : LAYOUT_MAX_WORLD / tp;
-        int dp = rq->dp ? rq->dp : rq->world ? rq->world / tp : 1;
+        int dp = rq->dp ? rq->dp : rq->world ? rq->world / tp : ep;
         RunMemory m;
         if (rq->budget > 0 && !rq->dp && !rq->world) {
-            int lo = 1, hi = max_dp; /* the smallest dp in [lo, hi] that fits, if any */
+            /* the smallest multiple of ep, lo * ep with lo in [lo, hi], that fits, if any */
+            int lo = 1, hi = max_dp / ep > 0 ? max_dp / ep : 1;
             while (lo < hi) {
                 const int mid = lo + (hi - lo) / 2;
-                DS_TRY(layout_memory_estimate(cfg, mc, tp, mid, &m));
+                DS_TRY(layout_memory_estimate(cfg, mc, tp, mid * ep, &m));
                 if (m.total <= rq->budget)
                     hi = mid;
                 else
                     lo = mid + 1;
             }
-            dp = lo;
+            dp = lo * ep;
         }
         for (const int first = dp; dp <= max_dp && dp - first <= 4096; dp++) {
+            if (dp % ep) continue;
             const int nodes = layout_nodes(rq, tp, tp * dp);
             if (!nodes) continue;
             placed = 1;

@@ -12,6 +12,12 @@
 # routing). The V2-Lite-shaped parity fixture (a plain q, softmax routing) trains the same at
 # tp=2 and tp=2 x dp=2 as one process. A tp that does not divide the heads is refused with one
 # line.
+# Expert parallelism (parallel.ep): the same model at dp=2 with ep=2 (ZeRO-1 over the dp / ep
+# ranks, and with a plain all-reduce), dp=4 with ep=2, tp=2 x dp=2 with ep=2, ep=2 with
+# activation checkpointing, dp=4 with ep=4 (four experts a rank) and the V2-Lite fixture at
+# dp=2 with ep=2; a checkpoint saved at ep=2 (its manifest lists every expert) resumes at np=1
+# and at dp=4 x ep=4 onto the single process's losses and parameters. An ep that does not
+# divide dp, or the model's experts, and an ep on a dense model are refused with one line.
 set -euo pipefail
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -40,6 +46,17 @@ run dp2_accum2 2 1 2 1 2
 run tp2 2 2 1 1 1
 run tp2dp2 4 2 2 1 1
 run tp2_checkpointed 2 2 1 1 1 train.activation_checkpointing=true
+run ep2 2 1 2 1 1 parallel.ep=2
+run ep2_allreduce 2 1 2 0 1 parallel.ep=2
+run dp4_ep2 4 1 4 1 1 parallel.ep=2
+run tp2dp2_ep2 4 2 2 1 1 parallel.ep=2
+run ep2_checkpointed 2 1 2 1 1 parallel.ep=2 train.activation_checkpointing=true
+run dp4_ep4 4 1 4 1 1 parallel.ep=4
+# a checkpoint at step 5 of an ep=2 run, resumed elsewhere (the runs' last 5 steps)
+run ck_ep2 2 1 2 1 1 parallel.ep=2 checkpoint.every=5
+run ck_ep2_to_single 1 1 1 1 1 train.resume="$work/ck_ep2/checkpoints/step-00000005"
+run ck_ep2_to_ep4 4 1 4 1 1 parallel.ep=4 \
+  train.resume="$work/ck_ep2/checkpoints/step-00000005"
 # a plain q (no q latent) with softmax routing: the V2-Lite-shaped parity fixture
 "$DSTRAIN" pack --input "$SRC/tests/fixtures/parity/deepseek_v2_lite_f32.eval.jsonl" \
   --output "$work/v2lite.h5" >/dev/null
@@ -48,6 +65,29 @@ v2=(model.path="$SRC/tests/fixtures/parity/deepseek_v2_lite_f32" data.train="$wo
 run v2lite_single 1 1 1 1 1 "${v2[@]}"
 run v2lite_tp2 2 2 1 1 1 "${v2[@]}"
 run v2lite_tp2dp2 4 2 2 1 1 "${v2[@]}"
+run v2lite_ep2 2 1 2 1 1 "${v2[@]}" parallel.ep=2
+
+# refused layouts: one line naming parallel.ep, exit 2
+refused() { # name np pattern args...
+  local name=$1 np=$2 pattern=$3
+  shift 3
+  set +e
+  mpi_run "$np" "$work/$name.log" train "${common[@]}" run.dir="$work/$name" "$@"
+  local status=$?
+  set -e
+  local lines
+  lines=$(grep -c "error: .*$pattern" "$work/$name.log" || true)
+  if [ "$status" -ne 2 ] || [ "$lines" -lt 1 ]; then
+    echo "FAIL: $name not refused with one line naming parallel.ep (exit $status)"
+    cat "$work/$name.log"; exit 1
+  fi
+}
+refused ep3 2 "parallel.ep: 3 does not divide parallel.dp 2" parallel.dp=2 parallel.ep=3
+refused ep3_auto 2 "parallel.ep: 3 does not divide parallel.dp 2" parallel.ep=3
+refused ep3_experts 3 "parallel.ep: 3 does not divide the model's n_routed_experts 16" \
+  parallel.dp=3 parallel.ep=3
+refused ep2_dense 2 "parallel.ep: 2 needs a mixture-of-experts model" model.preset=tiny \
+  parallel.dp=2 parallel.ep=2
 
 # a tp that does not divide the heads: one clear line naming parallel.tp, exit 2
 set +e
@@ -91,7 +131,8 @@ failed |= not same
 print(f"{'ok' if same else 'FAIL'}: activation checkpointing: losses, expert load and "
       f"parameters bitwise equal")
 
-for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpointed"]:
+for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpointed", "ep2",
+             "ep2_allreduce", "dp4_ep2", "tp2dp2_ep2", "ep2_checkpointed", "dp4_ep4"]:
     m, params = metrics(name), tensors(name)
     loss = [x["loss"] for x in m]
     assert len(loss) == 10, (name, len(loss))
@@ -107,9 +148,29 @@ for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpo
     print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, parameters "
           f"within {diff:.2e} (worst {worst}), first step's expert load "
           f"{'equal' if load_ok else 'differs'}")
+# resumed from the ep=2 checkpoint: the single process's last five steps and parameters
+with open(f"{work}/ck_ep2/checkpoints/step-00000005/manifest.json") as f:
+    manifest = json.load(f)
+experts = {t["name"] for t in manifest["tensors"] if ".mlp.experts." in t["name"]
+           and t["buffer"] == "params"}
+ok = len(experts) == 3 * 3 * 16 and manifest["world"].get("ep") == 2
+failed |= not ok
+print(f"{'ok' if ok else 'FAIL'}: the ep=2 checkpoint lists {len(experts)} expert tensors "
+      f"(3 layers x 16 experts x 3) and ep 2")
+for name in ["ck_ep2_to_single", "ck_ep2_to_ep4"]:
+    m, params = metrics(name), tensors(name)
+    got = {x["step"]: x["loss"] for x in m}
+    want = {x["step"]: x["loss"] for x in ref}
+    rel = max(abs(got[s] - want[s]) / abs(want[s]) for s in range(6, 11))
+    diff = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in ref_params)
+    ok = sorted(got) == list(range(6, 11)) and rel <= 1e-5 and diff <= 1e-5
+    failed |= not ok
+    print(f"{'ok' if ok else 'FAIL'}: {name}: steps 6-10 within {rel:.2e} relative, "
+          f"parameters within {diff:.2e}")
+
 ref, ref_params = metrics("v2lite_single"), tensors("v2lite_single")
 ref_loss = [m["loss"] for m in ref]
-for name in ["v2lite_tp2", "v2lite_tp2dp2"]:
+for name in ["v2lite_tp2", "v2lite_tp2dp2", "v2lite_ep2"]:
     loss, params = [m["loss"] for m in metrics(name)], tensors(name)
     rel = max(abs(a - b) / abs(a) for a, b in zip(ref_loss, loss))
     diff = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in ref_params)
