@@ -401,7 +401,17 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
         }
         /* classification batched: B * (mean gradient)^2; causal LM: the signed sum's square */
         const float scale = cls && opt->batched ? (float)B : 1.0f;
-        if (batches % shards != opt->shard_rank % shards) continue; /* another rank's unit */
+        const int owner = batches % shards, mine = owner == opt->shard_rank % shards;
+        const int ep = opt->ep ? opt->ep->size : 1;
+        /* another rank's unit; under expert parallelism passed along with zero weights when
+         * that rank is of this rank's expert-parallel group */
+        if (!mine && (ep == 1 || owner / ep != opt->shard_rank / ep)) continue;
+        if (!mine) {
+            memset(inputs, 0, (size_t)N * sizeof(int32_t));
+            memset(targets, 0, (size_t)N * sizeof(int32_t));
+            memset(drawn, 0, (size_t)N * sizeof(int32_t));
+            memset(weights, 0, (size_t)N * sizeof(float));
+        }
         if (opt->type == FISHER_EMPIRICAL) {
             model_zero_grad(work);
             model_forward_train(work, inputs, cls ? labels : targets, row_w, NULL);
@@ -409,10 +419,10 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
             if ((status = fisher_take(work, fisher, host_grads, scale)) != DS_OK) goto done;
         } else if (opt->type == FISHER_SAMPLED) {
             model_forward(work, inputs, NULL, NULL, logits);
-            if (cls) {
+            if (cls && mine) {
                 for (int r = 0; r < B; r++)
                     labels[r] = r < rows ? softmax_draw(logits + (size_t)r * V, V, &rng) : 0;
-            } else {
+            } else if (!cls) {
                 for (int i = 0; i < N; i++)
                     drawn[i] =
                         weights[i] != 0.0f ? softmax_draw(logits + (size_t)i * V, V, &rng) : 0;
@@ -424,7 +434,12 @@ int ewc_estimate_fisher(Model *work, const FisherOptions *opt, EwcExampleFn next
         } else { /* exact, classification, B == 1: sum_c p(c|x) g_c^2 */
             model_forward(work, inputs, NULL, NULL, logits);
             softmax_draw(logits, V, NULL);
-            const float one = 1.0f;
+            /* every rank weighs class c's gradient by the owner's p(c | x): its experts hold
+             * rows of the owner's example */
+            if (ep > 1 && (status = comm_broadcast(opt->ep, logits, (size_t)V, COMM_F32,
+                                                   owner % ep)) != DS_OK)
+                goto done;
+            const float one = mine ? 1.0f : 0.0f;
             for (int c = 0; c < V; c++) {
                 int32_t label = c;
                 model_zero_grad(work);

@@ -99,6 +99,11 @@ typedef struct FisherOptions {
      * of one process. 0 / 0 (or 0 / 1): all of them. The sampled type draws from each rank's own
      * random sequence, so its labels depend on the layout. */
     int shard_rank, shard_size;
+    /* expert parallelism (the model's Model.ep): the ep ranks of a group (consecutive shard
+     * ranks) pass each of their units together, its owner with the examples and the others with
+     * zero loss weights, so that the experts a rank holds see one unit's rows at a time and
+     * square that unit's gradient (ep times the forward passes). NULL: none. */
+    const CommGroup *ep;
 } FisherOptions;
 
 /* The diagonal Fisher of model m at its current parameters, into fisher (full flat buffer in

@@ -1005,7 +1005,8 @@ static int run_setup_continual(Run *r)
                                     .batched = cfg->continual_ewc_fisher_batched,
                                     .seed = (uint64_t)cfg->train_seed + 17,
                                     .shard_rank = r->grid.dp_rank,
-                                    .shard_size = r->grid.dp_size};
+                                    .shard_size = r->grid.dp_size,
+                                    .ep = r->grid.ep_size > 1 ? &r->grid.ep : NULL};
     EwcMode mode;
     DS_TRY(ewc_mode_parse(cfg->continual_ewc_mode, &mode));
     DS_TRY(fisher_type_parse(cfg->continual_ewc_fisher_type, &r->fisher_opt.type));
