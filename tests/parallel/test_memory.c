@@ -180,3 +180,75 @@ Test(memory, lm_head_logits_take_one_chunk_of_rows)
         cr_expect_eq(chunked.params, whole.params);
     }
 }
+
+/* Expert parallelism on tiny-moe (16 experts): each rank's table holds its 16 / ep experts and
+ * every other tensor, the experts after the rest (ParamTable.experts_begin); the ranks' experts
+ * tile the model's exactly once; the other tensors are counted by ep rank 0 only (tp_copy); the
+ * estimate's parameters are that table, and ZeRO-1 shards over the dp / ep ranks. */
+Test(memory, expert_parallel_tables_and_estimate)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("tiny-moe", &mc), DS_OK);
+    ParamTable whole;
+    cr_assert_eq(param_table_build(&mc, &whole), DS_OK);
+    size_t expert_elems = 0, other_elems = 0;
+    for (int i = 0; i < whole.count; i++)
+        *(whole.items[i].expert >= 0 ? &expert_elems : &other_elems) += whole.items[i].numel;
+    cr_assert_gt(expert_elems, other_elems, "tiny-moe's experts are most of it");
+    const int eps[] = {2, 4};
+    for (int k = 0; k < 2; k++) {
+        const int ep = eps[k];
+        int *seen = calloc((size_t)whole.count, sizeof(int));
+        for (int r = 0; r < ep; r++) {
+            ParamTable t;
+            cr_assert_eq(param_table_build_parallel(&mc, 0, 1, r, ep, &t), DS_OK);
+            size_t experts = 0, others = 0;
+            for (int i = 0; i < t.count; i++) {
+                const ParamInfo *p = &t.items[i];
+                cr_assert_str_eq(p->name, whole.items[p->index].name, "index is the whole table's");
+                if (p->expert >= 0) {
+                    cr_assert(p->expert >= r * 16 / ep && p->expert < (r + 1) * 16 / ep, "%s on %d",
+                              p->name, r);
+                    cr_assert_geq(p->offset, t.experts_begin, "%s after the rest", p->name);
+                    cr_assert_leq(p->offset + p->numel, t.total);
+                    experts += p->numel;
+                    seen[p->index]++;
+                } else {
+                    cr_assert_lt(p->offset + p->numel, t.experts_begin + 1, "%s", p->name);
+                    cr_assert_eq(p->tp_copy, r != 0, "%s counted by ep rank 0", p->name);
+                    others += p->numel;
+                    seen[p->index] += r == 0;
+                }
+            }
+            cr_assert_eq(experts * ep, expert_elems, "ep %d rank %d: an ep-th of the experts", ep, r);
+            cr_assert_eq(others, other_elems);
+            param_table_free(&t);
+        }
+        for (int i = 0; i < whole.count; i++)
+            cr_assert_eq(seen[i], 1, "ep %d: %s held once", ep, whole.items[i].name);
+        free(seen);
+
+        ParamTable t;
+        cr_assert_eq(param_table_build_parallel(&mc, 0, 1, 0, ep, &t), DS_OK);
+        ModelMemory z1, z0;
+        cr_assert_eq(model_memory_estimate_ep(&mc, 2, 16, 1, 8, ep, 1, &z1), DS_OK);
+        cr_assert_eq(model_memory_estimate_ep(&mc, 2, 16, 1, 8, ep, 0, &z0), DS_OK);
+        const size_t total = (t.total + 64 * 8 - 1) / (64 * 8) * (64 * 8);
+        cr_assert_eq(z1.params, total * sizeof(float), "ep %d: the rank's table, padded", ep);
+        cr_assert_eq(z0.optimizer, 2 * z0.params);
+        cr_assert_eq(z1.optimizer * (8 / ep), z0.optimizer, "ep %d: shards over dp / ep", ep);
+        param_table_free(&t);
+    }
+    param_table_free(&whole);
+    ModelMemory m;
+    cr_assert_eq(model_memory_estimate_ep(&mc, 2, 16, 1, 6, 3, 1, &m), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "parallel.ep: 3 does not divide the model's "
+                                      "n_routed_experts 16"),
+              "%s", ds_last_error());
+    cr_assert_eq(model_memory_estimate_ep(&mc, 2, 16, 1, 2, 4, 1, &m), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "parallel.ep: 4 does not divide parallel.dp 2"), "%s",
+              ds_last_error());
+    cr_assert_eq(model_preset("tiny", &mc), DS_OK);
+    cr_assert_eq(model_memory_estimate_ep(&mc, 2, 16, 1, 2, 2, 1, &m), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "needs a mixture-of-experts model"), "%s", ds_last_error());
+}
