@@ -1,15 +1,20 @@
 /* bench_ops.c: time of each CUDA backend op at the deepseek-coder-1.3b training shape
  * (B x T = 8 x 2048 by default), and the share of a training step each takes, counted from how
  * often model.c calls it. Tells where a step's time goes; not a correctness check (tests/gpu/).
- * Usage: gpu_bench_ops [B T [attention]] (attention: the attention rows alone). Inputs are
+ * Usage: see below (attention: the attention rows alone). Inputs are
  * random (never zeros); times are CUDA-event medians of 5 runs after a warm-up. Matmuls are
  * timed in both modes (fp32, bf16); the other ops in bf16 mode (bf16 activations, what
  * device=cuda trains with), attention in both tensor-core
  * implementations (flash: the default, on Hopper the wgmma kernels; mma: the mma.sync kernels,
  * the fallback and the previous default), at this shape, deepseek-llm-7b's (1 x 4096, 32 heads)
  * and a long sequence (1 x 16384, 16 heads), with its TFLOP/s counted as causal: forward
- * 2 * 2 * B*H*T*T*D / 2, backward 2.5 times that. */
+ * 2 * 2 * B*H*T*T*D / 2, backward 2.5 times that. Then DeepSeek V2/V3's latent attention
+ * (attention_forward_dv / attention_backward_dv: q/k heads of 192, v heads of 128, 16 heads,
+ * 1 x 4096) on the tensor cores (flash, mma) and on the fp32 kernels (simple), forward counted as
+ * 2 * B*H*T*T*(192 + 128) / 2, backward 2.5 times that; informational, not in the sum.
+ * Usage: gpu_bench_ops [B T [attention | mla]] (mla: the latent-attention rows alone). */
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,7 +89,8 @@ int main(int argc, char **argv)
     const int C = 2048, H = 16, KVH = 16, D = 128, I = 5504, V = 32256, L = 24;
     const int N = B * T;
     /* "attention" as the third argument: the attention rows alone (bf16 mode) */
-    const int attention_only = argc > 3 && strcmp(argv[3], "attention") == 0;
+    const int mla_only = argc > 3 && strcmp(argv[3], "mla") == 0;
+    const int attention_only = mla_only || (argc > 3 && strcmp(argv[3], "attention") == 0);
     const size_t NC = (size_t)N * C, NI = (size_t)N * I;
     gpu = backend_cuda();
     if (!gpu) {
@@ -173,8 +179,8 @@ int main(int argc, char **argv)
     /* the other ops in bf16 mode, as device=cuda trains: bf16 activations (the buffers' random
      * bits read as bf16: the values do not change the time) */
     const double att_flops = 2.0 * 2.0 * B * H * (double)T * T * D / 2.0;
-    const char *att_kinds[] = {"flash", "mma"};
-    for (int ai = 0; ai < 2; ai++) {
+    const char *att_kinds[] = {"flash", "mma", "simple"};
+    for (int ai = 0; ai < 2 && !mla_only; ai++) {
         if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
         const int ca = ai == 0 ? L : 0; /* per-step counts for the default (flash) rows */
 #define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
@@ -191,7 +197,7 @@ int main(int argc, char **argv)
     /* deepseek-llm-7b's attention shape (1 x 4096, 32 heads) and a long sequence (1 x 16384, 16
      * heads: as many elements as the buffers above), informational: not in the sum */
     const int extra_t[2] = {4096, 16384}, extra_h[2] = {32, 16};
-    for (int xi = 0; xi < 2; xi++)
+    for (int xi = 0; xi < 2 && !mla_only; xi++)
         for (int ai = 0; ai < 2; ai++) {
             if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
             const int XT = extra_t[xi], XH = extra_h[xi];
@@ -208,6 +214,26 @@ int main(int argc, char **argv)
             rows[nrows - 1].flops = 2.5 * fx;
 #undef BODY
         }
+    /* DeepSeek V2/V3's latent attention: q/k heads of 192, v heads of 128 (the buffers hold
+     * 1 x 4096 x 16 x 192 at the default shape; skipped where they do not) */
+    const int MT = 4096, MH = 16, MDQK = 192, MDV = 128;
+    const float mla_scale = 1.0f / sqrtf((float)MDQK);
+    const double mla_flops = 2.0 * MH * (double)MT * MT * (MDQK + MDV) / 2.0;
+    static const char *mla_fwd_names[] = {"mla_fwd [flash]", "mla_fwd [mma]", "mla_fwd [simple]"};
+    static const char *mla_bwd_names[] = {"mla_bwd [flash]", "mla_bwd [mma]", "mla_bwd [simple]"};
+    for (int ai = 0; ai < 3 && (size_t)MT * MH * MDQK <= NC && (size_t)MH * MT <= (size_t)B * H * T;
+         ai++) {
+        if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
+#define BODY gpu->attention_forward_dv(att, lse, q, k, v, 1, MT, MH, MDQK, MDV, mla_scale)
+        TIME(mla_fwd_names[ai], 0, "B1 T%d H%d Dqk%d Dv%d", MT, MH, MDQK, MDV);
+        rows[nrows - 1].flops = mla_flops;
+#undef BODY
+#define BODY                                                                                       \
+    gpu->attention_backward_dv(dq, dk, dv, y, att, lse, q, k, v, 1, MT, MH, MDQK, MDV, mla_scale)
+        TIME(mla_bwd_names[ai], 0, "B1 T%d H%d Dqk%d Dv%d", MT, MH, MDQK, MDV);
+        rows[nrows - 1].flops = 2.5 * mla_flops;
+#undef BODY
+    }
     cuda_attention_kind("flash");
     if (attention_only) goto table;
     float *dx_act = dev_random(NC, 1);

@@ -38,10 +38,10 @@ long long cuda_attention_wgmma_calls(void);
 /* The mma.sync kernels (attention_mma_fwd.cu, attention_mma_bwd.cu), scores, softmax and
  * accumulators in registers, for head_dim 64 and 128; with wgmma = 1 they hand head_dim 128 to
  * the wgmma kernels above where those are ready (the default), with 0 they run themselves. With
- * bf16 = 1, q, k, v, dout and the outputs (out; dq, dk, dv) are bf16 tensors (the CUDA backend's activations in bf16 mode), read and written as they lie, and
- * no workspace is needed; with bf16 = 0 they are fp32 and the inputs are rounded to bf16 into
- * `workspace` (device memory of cuda_mma_attention_workspace bytes, 256-byte aligned, free for
- * the call). */
+ * bf16 = 1, q, k, v, dout and the outputs (out; dq, dk, dv) are bf16 tensors (the CUDA backend's
+ * activations in bf16 mode), read and written as they lie, and no workspace is needed; with bf16 =
+ * 0 they are fp32 and the inputs are rounded to bf16 into `workspace` (device memory of
+ * cuda_mma_attention_workspace bytes, 256-byte aligned, free for the call). */
 
 /* 1 when the shape suits the kernels: head_dim 64 or 128, H a multiple of KVH, a grid in range. */
 int cuda_mma_attention_suits(int B, int T, int H, int KVH, int D);
@@ -51,15 +51,41 @@ size_t cuda_mma_attention_workspace(int B, int T, int H, int KVH, int D, int bac
 int cuda_mma_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
                                int bf16, int wgmma, void *workspace, int B, int T, int H, int KVH,
                                int D, cudaStream_t stream);
-int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const void *dout,
-                                const float *delta, const float *lse, const void *q, const void *k,
-                                const void *v, int bf16, int wgmma, void *workspace, int B, int T,
-                                int H, int KVH, int D, cudaStream_t stream);
+int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const void *dout, const float *delta,
+                                const float *lse, const void *q, const void *k, const void *v,
+                                int bf16, int wgmma, void *workspace, int B, int T, int H, int KVH,
+                                int D, cudaStream_t stream);
+
+/* Attention with q/k heads of Dqk and v heads of Dv (kernels/ops.h's attention_forward_dv /
+ * attention_backward_dv: one kv head per query head, the score scale given), bf16 tensors as they
+ * lie, bf16 outputs: the same kernels templated on the two head sizes, for (Dqk, Dv) = (192, 128)
+ * (DeepSeek V2/V3) and Dqk = Dv = 64 or 128. Both hand themselves to the wgmma kernels where
+ * those are ready for the shape (Dv 128 on Hopper) and wgmma = 1. delta as for
+ * cuda_mma_attention_backward, over the v head. Each returns 0 without doing anything when the
+ * shape or the pointers do not suit (16-byte aligned tensors, a grid in range). */
+int cuda_mma_attention_dv_suits(int B, int T, int H, int Dqk, int Dv);
+int cuda_mma_attention_forward_dv(__nv_bfloat16 *out, float *lse, const __nv_bfloat16 *q,
+                                  const __nv_bfloat16 *k, const __nv_bfloat16 *v, int wgmma, int B,
+                                  int T, int H, int Dqk, int Dv, float scale, cudaStream_t stream);
+int cuda_mma_attention_backward_dv(__nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
+                                   const __nv_bfloat16 *dout, const float *delta, const float *lse,
+                                   const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                   const __nv_bfloat16 *v, int wgmma, int B, int T, int H, int Dqk,
+                                   int Dv, float scale, cudaStream_t stream);
+/* The wgmma kernels at those sizes: 0 without doing anything where they are not ready (not
+ * sm_90a, (Dqk, Dv) other than (192, 128) or (128, 128)). */
+int cuda_wgmma_attention_forward_dv(__nv_bfloat16 *out, float *lse, const __nv_bfloat16 *q,
+                                    const __nv_bfloat16 *k, const __nv_bfloat16 *v, int B, int T,
+                                    int H, int Dqk, int Dv, float scale, cudaStream_t stream);
+int cuda_wgmma_attention_backward_dv(__nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
+                                     const __nv_bfloat16 *dout, const float *delta,
+                                     const float *lse, const __nv_bfloat16 *q,
+                                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, int B, int T,
+                                     int H, int Dqk, int Dv, float scale, cudaStream_t stream);
 
 /* dst = src rounded to bf16 (n a multiple of 4, both 16-byte aligned), and the three bf16 copies
  * of q, k, v laid out at the start of a workspace: what the kernels above share. */
-void cuda_mma_attention_round(__nv_bfloat16 *dst, const float *src, size_t n,
-                              cudaStream_t stream);
+void cuda_mma_attention_round(__nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t stream);
 void cuda_mma_attention_stage(__nv_bfloat16 **qb, __nv_bfloat16 **kb, __nv_bfloat16 **vb,
                               void *workspace, const float *q, const float *k, const float *v,
                               int B, int T, int H, int KVH, int D, cudaStream_t stream);

@@ -1,27 +1,31 @@
 /* attention_mma_bwd.cu: causal attention backward with grouped-query heads on the bf16 tensor
  * cores through mma.sync.m16n8k16 (FlashAttention-2 structure: a dq pass and a dk/dv pass, no
- * atomics), for head_dim 64 and 128, with the contract of attention.cuh; on Hopper it hands
- * head_dim 128 to the wgmma kernels of attention_wgmma.cu (unless DSTRAIN_CUDA_ATTENTION=mma). Because the mma.sync register layouts are
- * known, S, P, dP, dS and the dQ / dK / dV accumulators never leave the registers: shared memory
- * holds only row-major bf16 tiles of the inputs, read as fragments by ldmatrix (.trans where a
- * product's k runs along the tile's rows: k = key or k = query). Inputs and outputs are bf16 in
- * global memory in bf16 mode; fp32 ones are rounded to bf16 once per call into a workspace
- * (attention_mma_fwd.cu) and the outputs written as fp32. Tiles stream by cp.async into double
- * buffers, so the next tile arrives while this one is multiplied. Sums are fp32. Every output
- * element is written once by one thread after a fixed-order sum, so a run repeats bit for bit.
+ * atomics), for head_dim 64 and 128, and for q/k heads of 192 with v heads of 128 (DeepSeek's
+ * latent attention; the kernels are templated on the two head sizes, DQK >= DV, the dP and dV
+ * products riding in the loops of the S and dK ones), with the contract of attention.cuh; on Hopper
+ * it hands head_dim 128 to the wgmma kernels of attention_wgmma.cu (unless
+ * DSTRAIN_CUDA_ATTENTION=mma). Because the mma.sync register layouts are known, S, P, dP, dS and
+ * the dQ / dK / dV accumulators never leave the registers: shared memory holds only row-major bf16
+ * tiles of the inputs, read as fragments by ldmatrix (.trans where a product's k runs along the
+ * tile's rows: k = key or k = query). Inputs and outputs are bf16 in global memory in bf16 mode;
+ * fp32 ones are rounded to bf16 once per call into a workspace (attention_mma_fwd.cu) and the
+ * outputs written as fp32. Tiles stream by cp.async into double buffers, so the next tile arrives
+ * while this one is multiplied. Sums are fp32. Every output element is written once by one thread
+ * after a fixed-order sum, so a run repeats bit for bit.
  *
- * Layout (kernels/ops.h): q, dout, dq [B*T, H*D]; k, v, dk, dv [B*T, KVH*D]; head h reads kv head
- * h / (H/KVH); lse, delta [B, H, T] (lse: natural log-sum-exp of the scaled scores; delta =
- * rowsum(dout * out)). scale = 1/sqrt(D). P = exp2(S * scale*log2e - lse*log2e),
- * dS = P (dP - delta) * scale (the scale folded into dS), dQ = dS K, dK = dS^T Q, dV = P^T dO.
- * Fragments and tiles as in attention_tiles.cuh.
+ * Layout (kernels/ops.h): q, dq [B*T, H*DQK]; dout [B*T, H*DV]; k, dk [B*T, KVH*DQK]; v, dv
+ * [B*T, KVH*DV]; head h reads kv head h / (H/KVH); lse, delta [B, H, T] (lse: natural
+ * log-sum-exp of the scaled scores; delta = rowsum(dout * out)). scale = 1/sqrt(D) for
+ * attention_backward, the given one for the latent attention.
+ * P = exp2(S * scale*log2e - lse*log2e), dS = P (dP - delta) * scale (the scale folded into dS), dQ
+ * = dS K, dK = dS^T Q, dV = P^T dO. Fragments and tiles as in attention_tiles.cuh.
  * - dq pass: block (b*H + h, query tile of 64, the longest rows first), 4 warps, warp w owns
  *   query rows w*16 .. w*16+15. Q, dO once (A of S = Q K^T, dP = dO V^T); per key tile
  *   0..diagonal: K (B of S; .trans: B of dQ += dS K) and V (B of dP).
  * - dk/dv pass: block (b*KVH + kvh, key tile of 64; tile 0, the longest, first), warp w owns key
  *   rows w*16 ..; the heads of the group one after another, query tiles from the diagonal to the
- *   end, each in two halves of 32 queries (S^T, dP^T in 16 registers each beside the 2 x D/2
- *   accumulator registers). K, V once (A of S^T = K Q^T and dP^T = V dO^T); per query tile Q
+ *   end, each in two halves of 32 queries (S^T, dP^T in 16 registers each beside the DQK/2
+ *   + DV/2 accumulator registers). K, V once (A of S^T = K Q^T and dP^T = V dO^T); per query tile Q
  *   and dO (B of those; .trans: B of dK += dS^T Q, dV += P^T dO).
  * - masks: p = 0 where key > query or query >= T (which also covers keys >= T); rows past T are
  *   zeros in shared memory and never written back. */
@@ -42,49 +46,56 @@
 static_assert(MB_TILE == MB_WARPS * 16, "each warp owns 16 rows of a tile");
 static_assert(MB_TILE % MB_QHALF == 0 && MB_QHALF % 16 == 0, "query halves of whole k16 steps");
 
-/* Shared memory of the two kernels for head dim D, in bytes; every region a multiple of 16. */
-template <int D> struct MbSmem {
-    static constexpr int LDR = D + 8; /* bf16 row of a row-major tile [64][D+8] */
-    static constexpr size_t ROWS = (size_t)MB_TILE * LDR * 2;
+/* Shared memory of the two kernels for q/k heads of DQK and v heads of DV, in bytes; every region
+ * a multiple of 16. Tiles of q, k (and dq, dk) rows are [64][DQK+8], of v and dout rows
+ * [64][DV+8]. */
+template <int DQK, int DV> struct MbSmem {
+    static constexpr int LDQ = DQK + 8, LDV = DV + 8;       /* bf16 rows of the row-major tiles */
+    static constexpr size_t RQ = (size_t)MB_TILE * LDQ * 2; /* a Q or K tile */
+    static constexpr size_t RV = (size_t)MB_TILE * LDV * 2; /* a V or dO tile */
     static constexpr size_t VEC = (size_t)MB_TILE * 4;
-    static constexpr size_t DQ = 6 * ROWS;             /* Q dO, K V twice */
-    static constexpr size_t DKDV = 6 * ROWS + 4 * VEC; /* K V, Q dO lse delta twice */
-    static_assert(ROWS % 16 == 0 && VEC % 16 == 0, "regions 16-byte aligned");
-    static_assert(LDR % 8 == 0, "ldmatrix rows stay 16-byte aligned");
+    static constexpr size_t DQ = 3 * RQ + 3 * RV;             /* Q dO, K V twice */
+    static constexpr size_t DKDV = 3 * RQ + 3 * RV + 4 * VEC; /* K V, Q dO lse delta twice */
+    static_assert(RQ % 16 == 0 && RV % 16 == 0 && VEC % 16 == 0, "regions 16-byte aligned");
+    static_assert(LDQ % 8 == 0 && LDV % 8 == 0, "ldmatrix rows stay 16-byte aligned");
 };
 
 /* ---------------------------------------------------------------------------------------------
  * dq: grid (B*H, query tiles), MB_THREADS threads, MbSmem<D>::DQ bytes. */
 
-template <int D, typename O>
+template <int DQK, int DV, typename O>
 __global__ static void __launch_bounds__(MB_THREADS)
     mb_dq_kernel(O *dq, const at_bf16 *dout, const float *lse, const float *delta, const at_bf16 *q,
                  const at_bf16 *k, const at_bf16 *v, int T, int H, int KVH, float scale,
                  float scale_log2)
 {
-    typedef MbSmem<D> S;
-    constexpr int LDR = S::LDR, NT = MB_TILE / 8, ND = D / 8, TILE = MB_TILE * LDR;
+    typedef MbSmem<DQK, DV> S;
+    static_assert(DQK >= DV, "the dP products ride in the S loop");
+    constexpr int LDQ = S::LDQ, LDV = S::LDV, NT = MB_TILE / 8, ND = DQK / 8;
+    constexpr int KTILE = MB_TILE * LDQ, VTILE = MB_TILE * LDV;
     extern __shared__ __align__(16) unsigned char mb_smem[];
     at_bf16 *Qs = reinterpret_cast<at_bf16 *>(mb_smem);
-    at_bf16 *dOs = reinterpret_cast<at_bf16 *>(mb_smem + S::ROWS);
-    at_bf16 *Ks = reinterpret_cast<at_bf16 *>(mb_smem + 2 * S::ROWS); /* [2][64][LDR] */
-    at_bf16 *Vs = reinterpret_cast<at_bf16 *>(mb_smem + 4 * S::ROWS); /* [2][64][LDR] */
+    at_bf16 *dOs = reinterpret_cast<at_bf16 *>(mb_smem + S::RQ);
+    at_bf16 *Ks = reinterpret_cast<at_bf16 *>(mb_smem + S::RQ + S::RV);     /* [2][64][LDQ] */
+    at_bf16 *Vs = reinterpret_cast<at_bf16 *>(mb_smem + 3 * S::RQ + S::RV); /* [2][64][LDV] */
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KVH);
     const int qt = gridDim.y - 1 - blockIdx.y; /* the longest rows start first */
     const int q0 = qt * MB_TILE, r0 = warp * 16;
     const int t_lo = q0 + r0 + g, t_hi = t_lo + 8; /* this thread's two query rows */
-    const size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
-    const size_t qoff = (size_t)b * T * qstride + (size_t)h * D;
-    const at_bf16 *kbase = k + (size_t)b * T * kvstride + (size_t)kvh * D;
-    const at_bf16 *vbase = v + (size_t)b * T * kvstride + (size_t)kvh * D;
+    const size_t qstride = (size_t)H * DQK, kstride = (size_t)KVH * DQK;
+    const size_t ostride = (size_t)H * DV, vstride = (size_t)KVH * DV;
+    const size_t qoff = (size_t)b * T * qstride + (size_t)h * DQK;
+    const size_t ooff = (size_t)b * T * ostride + (size_t)h * DV;
+    const at_bf16 *kbase = k + (size_t)b * T * kstride + (size_t)kvh * DQK;
+    const at_bf16 *vbase = v + (size_t)b * T * vstride + (size_t)kvh * DV;
     const size_t stats = ((size_t)b * H + h) * T;
 
-    at_load_tile<D, MB_TILE, MB_THREADS>(Qs, q + qoff + (size_t)q0 * qstride, qstride, T - q0);
-    at_load_tile<D, MB_TILE, MB_THREADS>(dOs, dout + qoff + (size_t)q0 * qstride, qstride, T - q0);
-    at_load_tile<D, MB_TILE, MB_THREADS>(Ks, kbase, kvstride, T);
-    at_load_tile<D, MB_TILE, MB_THREADS>(Vs, vbase, kvstride, T);
+    at_load_tile<DQK, MB_TILE, MB_THREADS>(Qs, q + qoff + (size_t)q0 * qstride, qstride, T - q0);
+    at_load_tile<DV, MB_TILE, MB_THREADS>(dOs, dout + ooff + (size_t)q0 * ostride, ostride, T - q0);
+    at_load_tile<DQK, MB_TILE, MB_THREADS>(Ks, kbase, kstride, T);
+    at_load_tile<DV, MB_TILE, MB_THREADS>(Vs, vbase, vstride, T);
     at_cp_commit();
     const float lse_lo = t_lo < T ? lse[stats + t_lo] * AT_LOG2E : 0.0f;
     const float lse_hi = t_hi < T ? lse[stats + t_hi] * AT_LOG2E : 0.0f;
@@ -95,23 +106,24 @@ __global__ static void __launch_bounds__(MB_THREADS)
 #pragma unroll
     for (int n = 0; n < ND; n++)
         acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    const int lane_a = at_lane_a(lane, LDR), lane_b = at_lane_b(lane, LDR);
-    const at_bf16 *qa_p = Qs + r0 * LDR + lane_a;
-    const at_bf16 *oa_p = dOs + r0 * LDR + lane_a;
+    const int lane_aq = at_lane_a(lane, LDQ), lane_bq = at_lane_b(lane, LDQ);
+    const int lane_bv = at_lane_b(lane, LDV);
+    const at_bf16 *qa_p = Qs + r0 * LDQ + lane_aq;
+    const at_bf16 *oa_p = dOs + r0 * LDV + at_lane_a(lane, LDV);
 
     for (int kt = 0; kt <= qt; kt++) {
         const int k0 = kt * MB_TILE;
         if (kt < qt) { /* the next K and V into the other buffers, freed at the end of kt-1 */
             const int k1 = k0 + MB_TILE, nb = (kt + 1) & 1;
-            at_load_tile<D, MB_TILE, MB_THREADS>(Ks + nb * TILE, kbase + (size_t)k1 * kvstride,
-                                                 kvstride, T - k1);
-            at_load_tile<D, MB_TILE, MB_THREADS>(Vs + nb * TILE, vbase + (size_t)k1 * kvstride,
-                                                 kvstride, T - k1);
+            at_load_tile<DQK, MB_TILE, MB_THREADS>(Ks + nb * KTILE, kbase + (size_t)k1 * kstride,
+                                                   kstride, T - k1);
+            at_load_tile<DV, MB_TILE, MB_THREADS>(Vs + nb * VTILE, vbase + (size_t)k1 * vstride,
+                                                  vstride, T - k1);
         }
         at_cp_commit();
         at_cp_wait<1>(); /* tile kt (and Q, dO) has landed for this thread ... */
         __syncthreads(); /* ... and for every thread */
-        const at_bf16 *Kt = Ks + (kt & 1) * TILE, *Vt = Vs + (kt & 1) * TILE;
+        const at_bf16 *Kt = Ks + (kt & 1) * KTILE, *Vt = Vs + (kt & 1) * VTILE;
 
         float s[NT][4], dp[NT][4]; /* S and dP: rows t_lo, t_hi, keys k0 + j*8 + 2c, +1 */
 #pragma unroll
@@ -120,20 +132,21 @@ __global__ static void __launch_bounds__(MB_THREADS)
             dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
         }
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
+        for (int kk = 0; kk < DQK / 16; kk++) {
             uint32_t a[4];
             uint32_t bb[4];
             at_ldsm4(a, qa_p + kk * 16);
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {
-                at_ldsm4(bb, Kt + lane_b + j * 8 * LDR + kk * 16);
+                at_ldsm4(bb, Kt + lane_bq + j * 8 * LDQ + kk * 16);
                 at_mma(s[j], a, bb[0], bb[1]);
                 at_mma(s[j + 1], a, bb[2], bb[3]);
             }
+            if (kk >= DV / 16) continue;
             at_ldsm4(a, oa_p + kk * 16);
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {
-                at_ldsm4(bb, Vt + lane_b + j * 8 * LDR + kk * 16);
+                at_ldsm4(bb, Vt + lane_bv + j * 8 * LDV + kk * 16);
                 at_mma(dp[j], a, bb[0], bb[1]);
                 at_mma(dp[j + 1], a, bb[2], bb[3]);
             }
@@ -153,7 +166,7 @@ __global__ static void __launch_bounds__(MB_THREADS)
             }
         }
 
-        at_mma_c_tile<D, MB_TILE>(acc, s, Kt, lane_a, LDR); /* dQ += dS K */
+        at_mma_c_tile<DQK, MB_TILE>(acc, s, Kt, lane_aq, LDQ); /* dQ += dS K */
         __syncthreads(); /* every warp is done with these buffers before they are refilled */
     }
 
@@ -171,14 +184,14 @@ __global__ static void __launch_bounds__(MB_THREADS)
 
 /* Starts copying query tile q0 of head row offset qoff (Q, dO) and its row statistics into one
  * of the dk/dv pass's buffers; rows at or past T become zeros. */
-template <int D>
+template <int DQK, int DV>
 __device__ static inline void
 mb_load_query_tile(at_bf16 *Qs, at_bf16 *dOs, float *lse_s, float *delta_s, const at_bf16 *q,
                    const at_bf16 *dout, const float *lse, const float *delta, size_t qoff,
-                   size_t stats, size_t qstride, int q0, int T)
+                   size_t ooff, size_t stats, size_t qstride, size_t ostride, int q0, int T)
 {
-    at_load_tile<D, MB_TILE, MB_THREADS>(Qs, q + qoff + (size_t)q0 * qstride, qstride, T - q0);
-    at_load_tile<D, MB_TILE, MB_THREADS>(dOs, dout + qoff + (size_t)q0 * qstride, qstride, T - q0);
+    at_load_tile<DQK, MB_TILE, MB_THREADS>(Qs, q + qoff + (size_t)q0 * qstride, qstride, T - q0);
+    at_load_tile<DV, MB_TILE, MB_THREADS>(dOs, dout + ooff + (size_t)q0 * ostride, ostride, T - q0);
     for (int i = threadIdx.x; i < 2 * MB_TILE; i += MB_THREADS) {
         const int row = i % MB_TILE;
         const bool valid = q0 + row < T;
@@ -187,67 +200,76 @@ mb_load_query_tile(at_bf16 *Qs, at_bf16 *dOs, float *lse_s, float *delta_s, cons
     }
 }
 
-template <int D, typename O>
+template <int DQK, int DV, typename O>
 __global__ static void __launch_bounds__(MB_THREADS)
     mb_dkdv_kernel(O *dk, O *dv, const at_bf16 *dout, const float *lse, const float *delta,
                    const at_bf16 *q, const at_bf16 *k, const at_bf16 *v, int T, int H, int KVH,
                    float scale, float scale_log2)
 {
-    typedef MbSmem<D> S;
-    constexpr int LDR = S::LDR, NJ = MB_QHALF / 8, ND = D / 8, TILE = MB_TILE * LDR;
+    typedef MbSmem<DQK, DV> S;
+    static_assert(DQK >= DV, "the dP^T and dV products ride in the S^T and dK loops");
+    constexpr int LDQ = S::LDQ, LDV = S::LDV, NJ = MB_QHALF / 8, NK = DQK / 8, NV = DV / 8;
+    constexpr int QTILE = MB_TILE * LDQ, OTILE = MB_TILE * LDV;
     extern __shared__ __align__(16) unsigned char mb_smem[];
     at_bf16 *Ks = reinterpret_cast<at_bf16 *>(mb_smem);
-    at_bf16 *Vs = reinterpret_cast<at_bf16 *>(mb_smem + S::ROWS);
-    at_bf16 *Qs = reinterpret_cast<at_bf16 *>(mb_smem + 2 * S::ROWS);  /* [2][64][LDR] */
-    at_bf16 *dOs = reinterpret_cast<at_bf16 *>(mb_smem + 4 * S::ROWS); /* [2][64][LDR] */
-    float *lse_s = reinterpret_cast<float *>(mb_smem + 6 * S::ROWS);   /* [2][64] */
-    float *delta_s = lse_s + 2 * MB_TILE;                              /* [2][64] */
+    at_bf16 *Vs = reinterpret_cast<at_bf16 *>(mb_smem + S::RQ);
+    at_bf16 *Qs = reinterpret_cast<at_bf16 *>(mb_smem + S::RQ + S::RV);        /* [2][64][LDQ] */
+    at_bf16 *dOs = reinterpret_cast<at_bf16 *>(mb_smem + 3 * S::RQ + S::RV);   /* [2][64][LDV] */
+    float *lse_s = reinterpret_cast<float *>(mb_smem + 3 * S::RQ + 3 * S::RV); /* [2][64] */
+    float *delta_s = lse_s + 2 * MB_TILE;                                      /* [2][64] */
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int b = blockIdx.x / KVH, kvh = blockIdx.x % KVH, group = H / KVH;
     const int kt = blockIdx.y, tiles = gridDim.y; /* tile 0 has the most query tiles */
     const int k0 = kt * MB_TILE, r0 = warp * 16;
     const int key_lo = k0 + r0 + g, key_hi = key_lo + 8; /* this thread's two key rows */
-    const size_t qstride = (size_t)H * D, kvstride = (size_t)KVH * D;
-    const size_t kvoff = (size_t)b * T * kvstride + (size_t)kvh * D;
+    const size_t qstride = (size_t)H * DQK, kstride = (size_t)KVH * DQK;
+    const size_t ostride = (size_t)H * DV, vstride = (size_t)KVH * DV;
+    const size_t koff = (size_t)b * T * kstride + (size_t)kvh * DQK;
+    const size_t voff = (size_t)b * T * vstride + (size_t)kvh * DV;
     /* the steps of the block: every (head of the group, query tile from the diagonal on) */
     const int per_head = tiles - kt, steps = group * per_head;
     auto step_head = [&](int i) { return kvh * group + i / per_head; };
     auto step_q0 = [&](int i) { return (kt + i % per_head) * MB_TILE; };
 
-    at_load_tile<D, MB_TILE, MB_THREADS>(Ks, k + kvoff + (size_t)k0 * kvstride, kvstride, T - k0);
-    at_load_tile<D, MB_TILE, MB_THREADS>(Vs, v + kvoff + (size_t)k0 * kvstride, kvstride, T - k0);
+    at_load_tile<DQK, MB_TILE, MB_THREADS>(Ks, k + koff + (size_t)k0 * kstride, kstride, T - k0);
+    at_load_tile<DV, MB_TILE, MB_THREADS>(Vs, v + voff + (size_t)k0 * vstride, vstride, T - k0);
     {
         const int h = step_head(0);
-        mb_load_query_tile<D>(Qs, dOs, lse_s, delta_s, q, dout, lse, delta,
-                              (size_t)b * T * qstride + (size_t)h * D, ((size_t)b * H + h) * T,
-                              qstride, step_q0(0), T);
+        mb_load_query_tile<DQK, DV>(Qs, dOs, lse_s, delta_s, q, dout, lse, delta,
+                                    (size_t)b * T * qstride + (size_t)h * DQK,
+                                    (size_t)b * T * ostride + (size_t)h * DV,
+                                    ((size_t)b * H + h) * T, qstride, ostride, step_q0(0), T);
     }
     at_cp_commit();
 
-    float dk_acc[ND][4], dv_acc[ND][4]; /* rows key_lo (0, 1), key_hi (2, 3), columns n*8 + 2c */
+    /* rows key_lo (0, 1), key_hi (2, 3), columns n*8 + 2c */
+    float dk_acc[NK][4], dv_acc[NV][4];
 #pragma unroll
-    for (int n = 0; n < ND; n++) {
+    for (int n = 0; n < NK; n++)
         dk_acc[n][0] = dk_acc[n][1] = dk_acc[n][2] = dk_acc[n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NV; n++)
         dv_acc[n][0] = dv_acc[n][1] = dv_acc[n][2] = dv_acc[n][3] = 0.0f;
-    }
-    const int lane_a = at_lane_a(lane, LDR), lane_b = at_lane_b(lane, LDR);
-    const at_bf16 *ka_p = Ks + r0 * LDR + lane_a;
-    const at_bf16 *va_p = Vs + r0 * LDR + lane_a;
+    const int lane_aq = at_lane_a(lane, LDQ), lane_bq = at_lane_b(lane, LDQ);
+    const int lane_av = at_lane_a(lane, LDV), lane_bv = at_lane_b(lane, LDV);
+    const at_bf16 *ka_p = Ks + r0 * LDQ + lane_aq;
+    const at_bf16 *va_p = Vs + r0 * LDV + lane_av;
 
     for (int step = 0; step < steps; step++) {
         if (step + 1 < steps) { /* the next query tile into the other buffers */
             const int h = step_head(step + 1), nb = (step + 1) & 1;
-            mb_load_query_tile<D>(Qs + nb * TILE, dOs + nb * TILE, lse_s + nb * MB_TILE,
-                                  delta_s + nb * MB_TILE, q, dout, lse, delta,
-                                  (size_t)b * T * qstride + (size_t)h * D, ((size_t)b * H + h) * T,
-                                  qstride, step_q0(step + 1), T);
+            mb_load_query_tile<DQK, DV>(
+                Qs + nb * QTILE, dOs + nb * OTILE, lse_s + nb * MB_TILE, delta_s + nb * MB_TILE, q,
+                dout, lse, delta, (size_t)b * T * qstride + (size_t)h * DQK,
+                (size_t)b * T * ostride + (size_t)h * DV, ((size_t)b * H + h) * T, qstride, ostride,
+                step_q0(step + 1), T);
         }
         at_cp_commit();
         at_cp_wait<1>(); /* this step's tiles (and K, V) have landed for this thread ... */
         __syncthreads(); /* ... and for every thread */
         const int q0 = step_q0(step), buf = step & 1;
-        const at_bf16 *Qt = Qs + buf * TILE, *dOt = dOs + buf * TILE;
+        const at_bf16 *Qt = Qs + buf * QTILE, *dOt = dOs + buf * OTILE;
         const float *lse_t = lse_s + buf * MB_TILE, *delta_t = delta_s + buf * MB_TILE;
 
 #pragma unroll 1
@@ -265,20 +287,21 @@ __global__ static void __launch_bounds__(MB_THREADS)
                 dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.0f;
             }
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
+            for (int kk = 0; kk < DQK / 16; kk++) {
                 uint32_t a[4];
                 uint32_t bb[4];
                 at_ldsm4(a, ka_p + kk * 16);
 #pragma unroll
                 for (int j = 0; j < NJ; j += 2) {
-                    at_ldsm4(bb, Qt + lane_b + (qh + j * 8) * LDR + kk * 16);
+                    at_ldsm4(bb, Qt + lane_bq + (qh + j * 8) * LDQ + kk * 16);
                     at_mma(st[j], a, bb[0], bb[1]);
                     at_mma(st[j + 1], a, bb[2], bb[3]);
                 }
+                if (kk >= DV / 16) continue;
                 at_ldsm4(a, va_p + kk * 16);
 #pragma unroll
                 for (int j = 0; j < NJ; j += 2) {
-                    at_ldsm4(bb, dOt + lane_b + (qh + j * 8) * LDR + kk * 16);
+                    at_ldsm4(bb, dOt + lane_bv + (qh + j * 8) * LDV + kk * 16);
                     at_mma(dpt[j], a, bb[0], bb[1]);
                     at_mma(dpt[j + 1], a, bb[2], bb[3]);
                 }
@@ -310,13 +333,14 @@ __global__ static void __launch_bounds__(MB_THREADS)
                 at_c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
                 at_c_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
 #pragma unroll
-                for (int n = 0; n < ND; n += 2) {
-                    const int off = lane_a + (qh + kk * 16) * LDR + n * 8;
+                for (int n = 0; n < NK; n += 2) {
                     uint32_t bb[4];
-                    at_ldsm4_trans(bb, dOt + off);
-                    at_mma(dv_acc[n], pa, bb[0], bb[1]);
-                    at_mma(dv_acc[n + 1], pa, bb[2], bb[3]);
-                    at_ldsm4_trans(bb, Qt + off);
+                    if (n < NV) {
+                        at_ldsm4_trans(bb, dOt + lane_av + (qh + kk * 16) * LDV + n * 8);
+                        at_mma(dv_acc[n], pa, bb[0], bb[1]);
+                        at_mma(dv_acc[n + 1], pa, bb[2], bb[3]);
+                    }
+                    at_ldsm4_trans(bb, Qt + lane_aq + (qh + kk * 16) * LDQ + n * 8);
                     at_mma(dk_acc[n], da, bb[0], bb[1]);
                     at_mma(dk_acc[n + 1], da, bb[2], bb[3]);
                 }
@@ -327,17 +351,17 @@ __global__ static void __launch_bounds__(MB_THREADS)
 #undef MB_STEP_HEAD
 #undef MB_STEP_Q0
 
-    O *dk_lo = dk + kvoff + (size_t)key_lo * kvstride + 2 * c, *dk_hi = dk_lo + 8 * kvstride;
-    O *dv_lo = dv + kvoff + (size_t)key_lo * kvstride + 2 * c, *dv_hi = dv_lo + 8 * kvstride;
+    O *dk_lo = dk + koff + (size_t)key_lo * kstride + 2 * c, *dk_hi = dk_lo + 8 * kstride;
+    O *dv_lo = dv + voff + (size_t)key_lo * vstride + 2 * c, *dv_hi = dv_lo + 8 * vstride;
 #pragma unroll
-    for (int n = 0; n < ND; n++) {
+    for (int n = 0; n < NK; n++) {
         if (key_lo < T) {
             at_store2(dk_lo + n * 8, dk_acc[n][0], dk_acc[n][1]);
-            at_store2(dv_lo + n * 8, dv_acc[n][0], dv_acc[n][1]);
+            if (n < NV) at_store2(dv_lo + n * 8, dv_acc[n][0], dv_acc[n][1]);
         }
         if (key_hi < T) {
             at_store2(dk_hi + n * 8, dk_acc[n][2], dk_acc[n][3]);
-            at_store2(dv_hi + n * 8, dv_acc[n][2], dv_acc[n][3]);
+            if (n < NV) at_store2(dv_hi + n * 8, dv_acc[n][2], dv_acc[n][3]);
         }
     }
 }
@@ -350,30 +374,32 @@ static int mb_aligned16(const void *p)
     return ((uintptr_t)p & 15) == 0;
 }
 
-template <int D, typename O> static int mb_ready(void);
+template <int DQK, int DV, typename O> static int mb_ready(void);
 
-template <int D, typename O>
+template <int DQK, int DV, typename O>
 static int mb_backward_launch(O *dq, O *dk, O *dv, const at_bf16 *dout, const float *delta,
                               const float *lse, const at_bf16 *q, const at_bf16 *k,
-                              const at_bf16 *v, int B, int T, int H, int KVH, cudaStream_t stream)
+                              const at_bf16 *v, int B, int T, int H, int KVH, float scale,
+                              cudaStream_t stream)
 {
-    typedef MbSmem<D> S;
-    if (!mb_ready<D, O>()) return 0;
-    const float scale = 1.0f / sqrtf((float)D), scale_log2 = scale * AT_LOG2E;
+    typedef MbSmem<DQK, DV> S;
+    if (!mb_ready<DQK, DV, O>()) return 0;
+    const float scale_log2 = scale * AT_LOG2E;
     const int tiles = ceil_div(T, MB_TILE);
-    mb_dq_kernel<D, O><<<dim3(B * H, tiles), MB_THREADS, S::DQ, stream>>>(
+    mb_dq_kernel<DQK, DV, O><<<dim3(B * H, tiles), MB_THREADS, S::DQ, stream>>>(
         dq, dout, lse, delta, q, k, v, T, H, KVH, scale, scale_log2);
     cudaCheck(cudaGetLastError());
-    mb_dkdv_kernel<D, O><<<dim3(B * KVH, tiles), MB_THREADS, S::DKDV, stream>>>(
+    mb_dkdv_kernel<DQK, DV, O><<<dim3(B * KVH, tiles), MB_THREADS, S::DKDV, stream>>>(
         dk, dv, dout, lse, delta, q, k, v, T, H, KVH, scale, scale_log2);
     cudaCheck(cudaGetLastError());
     return 1;
 }
 
-/* 1 when this device holds the kernels' tiles for head dim D (asked once per output type). */
-template <int D, typename O> static int mb_ready(void)
+/* 1 when this device holds the kernels' tiles for these head sizes (asked once per output
+ * type). */
+template <int DQK, int DV, typename O> static int mb_ready(void)
 {
-    typedef MbSmem<D> S;
+    typedef MbSmem<DQK, DV> S;
     static int ready = -1; /* -1 unknown, 0 the device cannot hold the tiles, 1 ready */
     if (ready < 0) {
         int dev = 0, optin = 0;
@@ -382,9 +408,10 @@ template <int D, typename O> static int mb_ready(void)
         ready = S::DQ <= (size_t)optin && S::DKDV <= (size_t)optin;
         if (ready) {
             cudaCheck(cudaFuncSetAttribute(
-                mb_dq_kernel<D, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::DQ));
-            cudaCheck(cudaFuncSetAttribute(
-                mb_dkdv_kernel<D, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::DKDV));
+                mb_dq_kernel<DQK, DV, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::DQ));
+            cudaCheck(cudaFuncSetAttribute(mb_dkdv_kernel<DQK, DV, O>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)S::DKDV));
         }
     }
     return ready;
@@ -398,10 +425,11 @@ static int mb_backward_as(O *dq, O *dk, O *dv, const at_bf16 *dout, const float 
     if (wgmma && cuda_wgmma_attention_backward(dq, dk, dv, sizeof(O) == 2, dout, delta, lse, q, k,
                                                v, B, T, H, KVH, D, stream))
         return 1;
-    return D == 64 ? mb_backward_launch<64, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, KVH,
-                                               stream)
-                   : mb_backward_launch<128, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, KVH,
-                                                stream);
+    const float scale = 1.0f / sqrtf((float)D);
+    return D == 64 ? mb_backward_launch<64, 64, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H,
+                                                   KVH, scale, stream)
+                   : mb_backward_launch<128, 128, O>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H,
+                                                     KVH, scale, stream);
 }
 
 extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const void *dout,
@@ -418,7 +446,7 @@ extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const v
         return mb_backward_as((at_bf16 *)dq, (at_bf16 *)dk, (at_bf16 *)dv, (const at_bf16 *)dout,
                               delta, lse, (const at_bf16 *)q, (const at_bf16 *)k,
                               (const at_bf16 *)v, wgmma, B, T, H, KVH, D, stream);
-    if (!(D == 64 ? mb_ready<64, float>() : mb_ready<128, float>())) return 0;
+    if (!(D == 64 ? mb_ready<64, 64, float>() : mb_ready<128, 128, float>())) return 0;
     at_bf16 *qb, *kb, *vb;
     cuda_mma_attention_stage(&qb, &kb, &vb, workspace, (const float *)q, (const float *)k,
                              (const float *)v, B, T, H, KVH, D, stream);
@@ -426,6 +454,31 @@ extern "C" int cuda_mma_attention_backward(void *dq, void *dk, void *dv, const v
     at_bf16 *dob = (at_bf16 *)((unsigned char *)workspace +
                                cuda_mma_attention_workspace(B, T, H, KVH, D, 0, 0));
     cuda_mma_attention_round(dob, (const float *)dout, (size_t)B * T * H * D, stream);
-    return mb_backward_as((float *)dq, (float *)dk, (float *)dv, dob, delta, lse, qb, kb, vb,
-                          wgmma, B, T, H, KVH, D, stream);
+    return mb_backward_as((float *)dq, (float *)dk, (float *)dv, dob, delta, lse, qb, kb, vb, wgmma,
+                          B, T, H, KVH, D, stream);
+}
+
+/* q/k and v heads of their own sizes (DeepSeek's latent attention), bf16 only */
+extern "C" int cuda_mma_attention_backward_dv(__nv_bfloat16 *dq, __nv_bfloat16 *dk,
+                                              __nv_bfloat16 *dv, const __nv_bfloat16 *dout,
+                                              const float *delta, const float *lse,
+                                              const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                              const __nv_bfloat16 *v, int wgmma, int B, int T,
+                                              int H, int Dqk, int Dv, float scale,
+                                              cudaStream_t stream)
+{
+    if (!cuda_mma_attention_dv_suits(B, T, H, Dqk, Dv)) return 0;
+    if (!mb_aligned16(dq) || !mb_aligned16(dk) || !mb_aligned16(dv) || !mb_aligned16(dout) ||
+        !mb_aligned16(q) || !mb_aligned16(k) || !mb_aligned16(v))
+        return 0;
+    if (wgmma && cuda_wgmma_attention_backward_dv(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H,
+                                                  Dqk, Dv, scale, stream))
+        return 1;
+    if (Dqk == 192)
+        return mb_backward_launch<192, 128, at_bf16>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H,
+                                                     H, scale, stream);
+    return Dqk == 64 ? mb_backward_launch<64, 64, at_bf16>(dq, dk, dv, dout, delta, lse, q, k, v, B,
+                                                           T, H, H, scale, stream)
+                     : mb_backward_launch<128, 128, at_bf16>(dq, dk, dv, dout, delta, lse, q, k, v,
+                                                             B, T, H, H, scale, stream);
 }

@@ -1,10 +1,11 @@
 /* attention_wgmma.cu: causal attention with grouped-query heads for head_dim 128 on Hopper's
- * warpgroup tensor-core instructions (wgmma, sm_90a), forward and backward, with tiles brought in
- * by the bulk tensor copy engine (TMA) and warp-specialised pipelines: in each block one producer
- * warp only issues TMA copies into a ring of shared-memory stages (mbarriers: "full" when a stage
- * has landed, "empty" when every consumer warp is done with it) and two consumer warpgroups of
- * 64 rows each only multiply. The forward is persistent (one block a multiprocessor taking tiles,
- * the longest first, the next tile's Q loaded under the current one) and its two consumer
+ * warpgroup tensor-core instructions (wgmma, sm_90a), forward and backward, and the forward of
+ * DeepSeek's latent attention (q/k heads of 192, v heads of 128, the scale given), with tiles
+ * brought in by the bulk tensor copy engine (TMA) and warp-specialised pipelines: in each block one
+ * producer warp only issues TMA copies into a ring of shared-memory stages (mbarriers: "full" when
+ * a stage has landed, "empty" when every consumer warp is done with it) and two consumer warpgroups
+ * of 64 rows each only multiply. The forward is persistent (one block a multiprocessor taking
+ * tiles, the longest first, the next tile's Q loaded under the current one) and its two consumer
  * warpgroups take turns on the tensor cores (ping-pong), so one's softmax runs under the other's
  * products; the backward is one grid per pass. The CUDA backend's default attention on sm_90
  * devices when this file was built for sm_90a (kernels/cuda/attention.cuh says how the build and
@@ -116,6 +117,17 @@ __device__ static inline void aw_tma_tile(unsigned char *dst, const CUtensorMap 
     aw_tma_load(dst + rows * 128, map, bar, x + 64, y);
 }
 
+/* A [rows][64 * BLOCKS] tile: BLOCKS boxes of 64 columns (the forward's q and k rows of DeepSeek's
+ * latent attention: 192 columns, three blocks). */
+template <int BLOCKS>
+__device__ static inline void aw_tma_tile_n(unsigned char *dst, const CUtensorMap *map,
+                                            uint64_t *bar, int x, int y, int rows)
+{
+#pragma unroll
+    for (int i = 0; i < BLOCKS; i++)
+        aw_tma_load(dst + i * rows * 128, map, bar, x + 64 * i, y);
+}
+
 /* wgmma shared-memory descriptor, 128-byte swizzle: start address, leading and stride byte
  * offsets (each >> 4). */
 __device__ static inline uint64_t aw_desc(uint32_t addr, uint32_t lead, uint32_t stride)
@@ -208,7 +220,30 @@ __device__ static inline void aw_mma_rs_n128(float (&d)[64], const uint32_t (&a)
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
 }
+
+/* d[96] += A B over one k16 step, m64n192k16, as aw_mma_rs_n128 (dQ += dS K and dK += dS^T Q for
+ * q/k heads of 192). */
+__device__ static inline void aw_mma_rs_n192(float (&d)[96], const uint32_t (&a)[4], uint64_t desc_b)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}, {%96, %97, %98, %99}, %100, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
 // clang-format on
+
+/* d += A B over one k16 step with N = the accumulator's columns (128 or 192), A from registers,
+ * B from shared memory MN-major. */
+__device__ static inline void aw_mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b)
+{
+    aw_mma_rs_n128(d, a, desc_b);
+}
+
+__device__ static inline void aw_mma_rs(float (&d)[96], const uint32_t (&a)[4], uint64_t desc_b)
+{
+    aw_mma_rs_n192(d, a, desc_b);
+}
 
 /* The A fragment of k16 step kk from 16 columns of an accumulator (two n8 tiles, 8 floats). */
 __device__ static inline void aw_to_a(uint32_t (&a)[4], const float *c)
@@ -341,9 +376,19 @@ __device__ static inline void aw_rescale(float (&o)[AW_D / 2], float corr_lo, fl
 }
 #endif
 
-#define AW_FWD_SMEM (1024 + 2 * AW_TILE(AW_ROWS) + 2 * AW_STAGES * AW_TILE(AW_FWD_KEYS) + 128)
+/* The forward for q/k heads of DQK (128, or 192 for DeepSeek's latent attention) and v heads of
+ * 128: Q and K tiles of DQK / 64 column blocks, the S products over DQK / 16 steps. Two Q buffers
+ * where they fit (DQK 128), else one: the next tile's Q then waits for this tile's last product. */
+template <int DQK> struct AwFwdShape {
+    static constexpr int QBUF = DQK > 128 ? 1 : 2;  /* Q buffers */
+    static constexpr int Q = AW_ROWS * DQK * 2;     /* bytes of a Q tile */
+    static constexpr int K = AW_FWD_KEYS * DQK * 2; /* ... of a K stage */
+    static constexpr int SMEM = 1024 + QBUF * Q + AW_STAGES * (K + AW_TILE(AW_FWD_KEYS)) + 128;
+    static_assert(DQK % 64 == 0, "whole 64-column blocks");
+};
+#define AW_FWD_SMEM (AwFwdShape<AW_D>::SMEM)
 
-template <typename O>
+template <int DQK, typename O>
 __global__ static void __launch_bounds__(AW_THREADS, 1)
     aw_forward_kernel(const __grid_constant__ CUtensorMap map_q,
                       const __grid_constant__ CUtensorMap map_k,
@@ -351,10 +396,12 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
                       int B, int T, int H, int KVH, float scale_log2)
 {
 #if AW_DEVICE
+    typedef AwFwdShape<DQK> F;
+    constexpr int QBUF = F::QBUF;
     extern __shared__ unsigned char aw_raw[];
-    unsigned char *Qs = aw_align1024(aw_raw);                  /* [2][rows][128] */
-    unsigned char *Ks = Qs + 2 * AW_TILE(AW_ROWS);             /* [STAGES][keys][128] */
-    unsigned char *Vs = Ks + AW_STAGES * AW_TILE(AW_FWD_KEYS); /* [STAGES][keys][128] */
+    unsigned char *Qs = aw_align1024(aw_raw);  /* [QBUF][rows][DQK] */
+    unsigned char *Ks = Qs + QBUF * F::Q;      /* [STAGES][keys][DQK] */
+    unsigned char *Vs = Ks + AW_STAGES * F::K; /* [STAGES][keys][128] */
     uint64_t *kfull = (uint64_t *)(Vs + AW_STAGES * AW_TILE(AW_FWD_KEYS));
     uint64_t *kempty = kfull + AW_STAGES, *vfull = kempty + AW_STAGES;
     uint64_t *vempty = vfull + AW_STAGES, *qfull = vempty + AW_STAGES, *qempty = qfull + 2;
@@ -382,8 +429,8 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
         if (warp > AW_CONSUMER_WARPS) return;
         int kv = 0; /* key tiles loaded so far, over every tile of this block */
         for (int j = 0, t = blockIdx.x;; j++, t = aw_claim(next_tile, lane)) {
-            const int qb = j & 1;
-            if (j >= 2) aw_bar_wait(&qempty[qb], ((j >> 1) - 1) & 1);
+            const int qb = j % QBUF;
+            if (j >= QBUF) aw_bar_wait(&qempty[qb], (j / QBUF - 1) & 1);
             if (t >= total) {
                 if (lane == 0) {
                     tile_of[qb] = -1;
@@ -396,17 +443,17 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
             const int tiles = (min(x.q0 + AW_ROWS, T) + AW_FWD_KEYS - 1) / AW_FWD_KEYS;
             if (lane == 0) {
                 tile_of[qb] = t;
-                aw_bar_expect(&qfull[qb], AW_TILE(AW_ROWS));
-                aw_tma_tile(Qs + qb * AW_TILE(AW_ROWS), &map_q, &qfull[qb], x.h * AW_D,
-                            x.b * T + x.q0, AW_ROWS);
+                aw_bar_expect(&qfull[qb], F::Q);
+                aw_tma_tile_n<DQK / 64>(Qs + qb * F::Q, &map_q, &qfull[qb], x.h * DQK,
+                                        x.b * T + x.q0, AW_ROWS);
             }
             for (int kt = 0; kt < tiles; kt++, kv++) {
                 const int s = kv % AW_STAGES, y = x.b * T + kt * AW_FWD_KEYS;
                 if (kv >= AW_STAGES) aw_bar_wait(&kempty[s], (kv / AW_STAGES - 1) & 1);
                 if (lane == 0) {
-                    aw_bar_expect(&kfull[s], AW_TILE(AW_FWD_KEYS));
-                    aw_tma_tile(Ks + s * AW_TILE(AW_FWD_KEYS), &map_k, &kfull[s], kvh * AW_D, y,
-                                AW_FWD_KEYS);
+                    aw_bar_expect(&kfull[s], F::K);
+                    aw_tma_tile_n<DQK / 64>(Ks + s * F::K, &map_k, &kfull[s], kvh * DQK, y,
+                                            AW_FWD_KEYS);
                 }
                 if (kv >= AW_STAGES) aw_bar_wait(&vempty[s], (kv / AW_STAGES - 1) & 1);
                 if (lane == 0) {
@@ -424,13 +471,13 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
     if (wg == 1) aw_turn_pass(1); /* warpgroup 0 takes the first turn */
     int kv = 0;                   /* key tiles consumed, as the producer counts */
     for (int j = 0;; j++) {
-        const int qb = j & 1;
-        aw_bar_wait(&qfull[qb], (j >> 1) & 1);
+        const int qb = j % QBUF;
+        aw_bar_wait(&qfull[qb], (j / QBUF) & 1);
         const int t = tile_of[qb];
         if (t < 0) break;
         const AwRowTile x = aw_row_tile(t, B, T, H);
         const int tiles = (min(x.q0 + AW_ROWS, T) + AW_FWD_KEYS - 1) / AW_FWD_KEYS;
-        const unsigned char *Qt = Qs + qb * AW_TILE(AW_ROWS);
+        const unsigned char *Qt = Qs + qb * F::Q;
         const int t_lo = x.q0 + row, t_hi = t_lo + 8;
         float o[AW_D / 2]; /* O rows t_lo (4j, 4j+1), t_hi (4j+2, 4j+3), columns 8j + 2c, +1 */
 #pragma unroll
@@ -448,11 +495,9 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
             aw_turn_wait(wg);
             aw_fence();
 #pragma unroll
-            for (int kk = 0; kk < AW_D / 16; kk++)
+            for (int kk = 0; kk < DQK / 16; kk++)
                 aw_mma_ss_n128(sc, aw_desc_k(Qt, AW_ROWS, wg * 64, kk),
-                               aw_desc_k(Ks + s_prev * AW_TILE(AW_FWD_KEYS), AW_FWD_KEYS, 0,
-                                         kk),
-                               kk > 0);
+                               aw_desc_k(Ks + s_prev * F::K, AW_FWD_KEYS, 0, kk), kk > 0);
             aw_commit();
             aw_turn_pass(wg);
             aw_wait<0>();
@@ -471,7 +516,7 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
          * the second */
         for (int kt = 1; kt < tiles; kt++, kv++) {
             const int s = kv % AW_STAGES, phase = (kv / AW_STAGES) & 1;
-            const unsigned char *Kt = Ks + s * AW_TILE(AW_FWD_KEYS);
+            const unsigned char *Kt = Ks + s * F::K;
             const unsigned char *Vt = Vs + s_prev * AW_TILE(AW_FWD_KEYS);
             float sc[AW_FWD_KEYS / 2];
             aw_bar_wait(&kfull[s], phase);
@@ -479,7 +524,7 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
             aw_turn_wait(wg);
             aw_fence();
 #pragma unroll
-            for (int kk = 0; kk < AW_D / 16; kk++)
+            for (int kk = 0; kk < DQK / 16; kk++)
                 aw_mma_ss_n128(sc, aw_desc_k(Qt, AW_ROWS, wg * 64, kk),
                                aw_desc_k(Kt, AW_FWD_KEYS, 0, kk), kk > 0);
             aw_commit();
@@ -522,16 +567,16 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
         __syncwarp();
         if (lane == 0) aw_bar_arrive(&vempty[s_prev]);
         __syncwarp();
-        if (lane == 0) aw_bar_arrive(&qempty[qb]); /* Q's buffer may take the tile after next */
+        if (lane == 0) aw_bar_arrive(&qempty[qb]); /* Q's buffer may take a later tile */
 
         l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
         l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
         l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
         l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
         const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-        const size_t qstride = (size_t)H * AW_D;
-        O *dst_lo = out + ((size_t)x.b * T + t_lo) * qstride + (size_t)x.h * AW_D + 2 * c;
-        O *dst_hi = dst_lo + 8 * qstride;
+        const size_t ostride = (size_t)H * AW_D; /* v heads and out heads of 128 */
+        O *dst_lo = out + ((size_t)x.b * T + t_lo) * ostride + (size_t)x.h * AW_D + 2 * c;
+        O *dst_hi = dst_lo + 8 * ostride;
 #pragma unroll
         for (int jj = 0; jj < AW_D / 8; jj++) {
             if (t_lo < T) at_store2(dst_lo + jj * 8, o[4 * jj] * inv_lo, o[4 * jj + 1] * inv_lo);
@@ -552,9 +597,19 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
  * producer streams K and V tiles of AW_BWD_STEP keys up to the block's last row. Warpgroup w
  * (query rows w*64 ..) skips the tiles wholly past its rows. */
 
-#define AW_DQ_SMEM (1024 + 2 * AW_TILE(AW_ROWS) + 2 * AW_STAGES * AW_TILE(AW_BWD_STEP) + 128)
+/* The backward's tiles for q/k heads of DQK (128, or 192 for DeepSeek's latent attention) and v
+ * heads of 128: Q and K tiles of DQK / 64 column blocks, dQ and dK accumulators of DQK / 2
+ * registers a thread. */
+template <int DQK> struct AwBwdShape {
+    static constexpr int ROWS_QK = AW_ROWS * DQK * 2;     /* bytes of a Q (dq) or K (dk/dv) tile */
+    static constexpr int STEP_QK = AW_BWD_STEP * DQK * 2; /* ... of a K (dq) or Q (dk/dv) stage */
+    static constexpr int DQ_SMEM = 1024 + ROWS_QK + AW_TILE(AW_ROWS) +
+                                   AW_STAGES * (STEP_QK + AW_TILE(AW_BWD_STEP)) + 128;
+    static_assert(DQK % 64 == 0, "whole 64-column blocks");
+};
+#define AW_DQ_SMEM (AwBwdShape<AW_D>::DQ_SMEM)
 
-template <typename O>
+template <int DQK, typename O>
 __global__ static void __launch_bounds__(AW_THREADS, 1)
     aw_dq_kernel(const __grid_constant__ CUtensorMap map_q,
                  const __grid_constant__ CUtensorMap map_do,
@@ -563,11 +618,12 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
                  const float *delta, int T, int H, int KVH, float scale, float scale_log2)
 {
 #if AW_DEVICE
+    typedef AwBwdShape<DQK> F;
     extern __shared__ unsigned char aw_raw[];
-    unsigned char *Qs = aw_align1024(aw_raw);
-    unsigned char *dOs = Qs + AW_TILE(AW_ROWS);
-    unsigned char *Ks = dOs + AW_TILE(AW_ROWS);                /* [STAGES][64][128] */
-    unsigned char *Vs = Ks + AW_STAGES * AW_TILE(AW_BWD_STEP); /* [STAGES][64][128] */
+    unsigned char *Qs = aw_align1024(aw_raw);       /* [rows][DQK] */
+    unsigned char *dOs = Qs + F::ROWS_QK;           /* [rows][128] */
+    unsigned char *Ks = dOs + AW_TILE(AW_ROWS);     /* [STAGES][64][DQK] */
+    unsigned char *Vs = Ks + AW_STAGES * F::STEP_QK; /* [STAGES][64][128] */
     uint64_t *full = (uint64_t *)(Vs + AW_STAGES * AW_TILE(AW_BWD_STEP));
     uint64_t *empty = full + AW_STAGES, *qbar = empty + AW_STAGES;
 
@@ -588,16 +644,16 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
     if (warp >= AW_CONSUMER_WARPS) { /* the producer warpgroup: its first warp works */
         aw_producer_regs();
         if (warp == AW_CONSUMER_WARPS && lane == 0) {
-            aw_bar_expect(qbar, 2 * AW_TILE(AW_ROWS));
-            aw_tma_tile(Qs, &map_q, qbar, h * AW_D, b * T + q0, AW_ROWS);
+            aw_bar_expect(qbar, F::ROWS_QK + AW_TILE(AW_ROWS));
+            aw_tma_tile_n<DQK / 64>(Qs, &map_q, qbar, h * DQK, b * T + q0, AW_ROWS);
             aw_tma_tile(dOs, &map_do, qbar, h * AW_D, b * T + q0, AW_ROWS);
             for (int kt = 0; kt < tiles; kt++) {
                 const int s = kt % AW_STAGES;
                 if (kt >= AW_STAGES) aw_bar_wait(&empty[s], (kt / AW_STAGES - 1) & 1);
-                aw_bar_expect(&full[s], 2 * AW_TILE(AW_BWD_STEP));
+                aw_bar_expect(&full[s], F::STEP_QK + AW_TILE(AW_BWD_STEP));
                 const int y = b * T + kt * AW_BWD_STEP;
-                aw_tma_tile(Ks + s * AW_TILE(AW_BWD_STEP), &map_k, &full[s], kvh * AW_D, y,
-                            AW_BWD_STEP);
+                aw_tma_tile_n<DQK / 64>(Ks + s * F::STEP_QK, &map_k, &full[s], kvh * DQK, y,
+                                        AW_BWD_STEP);
                 aw_tma_tile(Vs + s * AW_TILE(AW_BWD_STEP), &map_v, &full[s], kvh * AW_D, y,
                             AW_BWD_STEP);
             }
@@ -614,22 +670,22 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
     const float lse_hi = t_hi < T ? lse[stats + t_hi] * AT_LOG2E : 0.0f;
     const float delta_lo = t_lo < T ? delta[stats + t_lo] : 0.0f;
     const float delta_hi = t_hi < T ? delta[stats + t_hi] : 0.0f;
-    float acc[AW_D / 2]; /* dQ rows t_lo, t_hi, columns 8j + 2c, +1 */
+    float acc[DQK / 2]; /* dQ rows t_lo, t_hi, columns 8j + 2c, +1 */
 #pragma unroll
-    for (int i = 0; i < AW_D / 2; i++)
+    for (int i = 0; i < DQK / 2; i++)
         acc[i] = 0.0f;
     aw_bar_wait(qbar, 0);
 
     for (int kt = 0; kt < tiles; kt++) {
         const int s = kt % AW_STAGES, k0 = kt * AW_BWD_STEP;
-        const unsigned char *Kt = Ks + s * AW_TILE(AW_BWD_STEP);
+        const unsigned char *Kt = Ks + s * F::STEP_QK;
         const unsigned char *Vt = Vs + s * AW_TILE(AW_BWD_STEP);
         aw_bar_wait(&full[s], (kt / AW_STAGES) & 1);
         if (k0 <= wg_last) { /* uniform over the warpgroup */
             float sc[AW_BWD_STEP / 2], dp[AW_BWD_STEP / 2]; /* S, dP: keys k0 + 8j + 2c, +1 */
             aw_fence();
 #pragma unroll
-            for (int kk = 0; kk < AW_D / 16; kk++)
+            for (int kk = 0; kk < DQK / 16; kk++)
                 aw_mma_ss_n64(sc, aw_desc_k(Qs, AW_ROWS, wg * 64, kk),
                               aw_desc_k(Kt, AW_BWD_STEP, 0, kk), kk > 0);
 #pragma unroll
@@ -661,7 +717,7 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
             aw_fence();
 #pragma unroll
             for (int kk = 0; kk < AW_BWD_STEP / 16; kk++) /* dQ += dS K */
-                aw_mma_rs_n128(acc, da[kk], aw_desc_mn(Kt, AW_BWD_STEP, kk));
+                aw_mma_rs(acc, da[kk], aw_desc_mn(Kt, AW_BWD_STEP, kk));
             aw_commit();
             aw_wait<0>();
             aw_hold(acc);
@@ -670,11 +726,11 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
         if (lane == 0) aw_bar_arrive(&empty[s]);
     }
 
-    const size_t qstride = (size_t)H * AW_D;
-    O *dst_lo = dq + ((size_t)b * T + t_lo) * qstride + (size_t)h * AW_D + 2 * c;
+    const size_t qstride = (size_t)H * DQK;
+    O *dst_lo = dq + ((size_t)b * T + t_lo) * qstride + (size_t)h * DQK + 2 * c;
     O *dst_hi = dst_lo + 8 * qstride;
 #pragma unroll
-    for (int j = 0; j < AW_D / 8; j++) {
+    for (int j = 0; j < DQK / 8; j++) {
         if (t_lo < T) at_store2(dst_lo + j * 8, acc[4 * j], acc[4 * j + 1]);
         if (t_hi < T) at_store2(dst_hi + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
     }
@@ -689,10 +745,12 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
  * tiles whose queries all come before its keys. */
 
 #define AW_STATS (2 * AW_BWD_STEP * 4) /* bytes of a stage's lse and delta rows */
-#define AW_DKDV_SMEM                                                                               \
-    (1024 + 2 * AW_TILE(AW_ROWS) + AW_STAGES * (2 * AW_TILE(AW_BWD_STEP) + AW_STATS) + 128)
+#define AW_DKDV_SMEM_OF(DQK)                                                                       \
+    (1024 + AwBwdShape<DQK>::ROWS_QK + AW_TILE(AW_ROWS) +                                          \
+     AW_STAGES * (AwBwdShape<DQK>::STEP_QK + AW_TILE(AW_BWD_STEP) + AW_STATS) + 128)
+#define AW_DKDV_SMEM AW_DKDV_SMEM_OF(AW_D)
 
-template <typename O>
+template <int DQK, typename O>
 __global__ static void __launch_bounds__(AW_THREADS, 1)
     aw_dkdv_kernel(const __grid_constant__ CUtensorMap map_q,
                    const __grid_constant__ CUtensorMap map_do,
@@ -701,11 +759,12 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
                    const float *delta, int T, int H, int KVH, float scale, float scale_log2)
 {
 #if AW_DEVICE
+    typedef AwBwdShape<DQK> F;
     extern __shared__ unsigned char aw_raw[];
-    unsigned char *Ks = aw_align1024(aw_raw);
-    unsigned char *Vs = Ks + AW_TILE(AW_ROWS);
-    unsigned char *Qs = Vs + AW_TILE(AW_ROWS);                  /* [STAGES][64][128] */
-    unsigned char *dOs = Qs + AW_STAGES * AW_TILE(AW_BWD_STEP); /* [STAGES][64][128] */
+    unsigned char *Ks = aw_align1024(aw_raw);         /* [rows][DQK] */
+    unsigned char *Vs = Ks + F::ROWS_QK;              /* [rows][128] */
+    unsigned char *Qs = Vs + AW_TILE(AW_ROWS);        /* [STAGES][64][DQK] */
+    unsigned char *dOs = Qs + AW_STAGES * F::STEP_QK; /* [STAGES][64][128] */
     float *stat_s = (float *)(dOs + AW_STAGES * AW_TILE(AW_BWD_STEP)); /* [STAGES][2][64] */
     uint64_t *full = (uint64_t *)(stat_s + AW_STAGES * 2 * AW_BWD_STEP);
     uint64_t *empty = full + AW_STAGES, *kvbar = empty + AW_STAGES;
@@ -729,8 +788,8 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
         aw_producer_regs();
         if (warp > AW_CONSUMER_WARPS) return;
         if (lane == 0) {
-            aw_bar_expect(kvbar, 2 * AW_TILE(AW_ROWS));
-            aw_tma_tile(Ks, &map_k, kvbar, kvh * AW_D, b * T + k0, AW_ROWS);
+            aw_bar_expect(kvbar, F::ROWS_QK + AW_TILE(AW_ROWS));
+            aw_tma_tile_n<DQK / 64>(Ks, &map_k, kvbar, kvh * DQK, b * T + k0, AW_ROWS);
             aw_tma_tile(Vs, &map_v, kvbar, kvh * AW_D, b * T + k0, AW_ROWS);
         }
         for (int i = 0; i < steps; i++) {
@@ -738,9 +797,9 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
             const int h = kvh * group + i / per_head, q0 = (first + i % per_head) * AW_BWD_STEP;
             if (i >= AW_STAGES) aw_bar_wait(&empty[s], (i / AW_STAGES - 1) & 1);
             if (lane == 0) {
-                aw_bar_expect(&full[s], 2 * AW_TILE(AW_BWD_STEP));
-                aw_tma_tile(Qs + s * AW_TILE(AW_BWD_STEP), &map_q, &full[s], h * AW_D, b * T + q0,
-                            AW_BWD_STEP);
+                aw_bar_expect(&full[s], F::STEP_QK + AW_TILE(AW_BWD_STEP));
+                aw_tma_tile_n<DQK / 64>(Qs + s * F::STEP_QK, &map_q, &full[s], h * DQK,
+                                        b * T + q0, AW_BWD_STEP);
                 aw_tma_tile(dOs + s * AW_TILE(AW_BWD_STEP), &map_do, &full[s], h * AW_D,
                             b * T + q0, AW_BWD_STEP);
             }
@@ -760,15 +819,18 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
     const int wg = warp / 4, g = lane / 4, c = lane % 4;
     const int key_lo = k0 + wg * 64 + (warp % 4) * 16 + g, key_hi = key_lo + 8;
     const int wg_first = k0 + wg * 64; /* the warpgroup's first key */
-    float dka[AW_D / 2], dva[AW_D / 2]; /* rows key_lo, key_hi, columns 8j + 2c, +1 */
+    float dka[DQK / 2], dva[AW_D / 2]; /* rows key_lo, key_hi, columns 8j + 2c, +1 */
+#pragma unroll
+    for (int i = 0; i < DQK / 2; i++)
+        dka[i] = 0.0f;
 #pragma unroll
     for (int i = 0; i < AW_D / 2; i++)
-        dka[i] = dva[i] = 0.0f;
+        dva[i] = 0.0f;
     aw_bar_wait(kvbar, 0);
 
     for (int i = 0; i < steps; i++) {
         const int s = i % AW_STAGES, q0 = (first + i % per_head) * AW_BWD_STEP;
-        const unsigned char *Qt = Qs + s * AW_TILE(AW_BWD_STEP);
+        const unsigned char *Qt = Qs + s * F::STEP_QK;
         const unsigned char *dOt = dOs + s * AW_TILE(AW_BWD_STEP);
         const float *st = stat_s + s * 2 * AW_BWD_STEP;
         aw_bar_wait(&full[s], (i / AW_STAGES) & 1);
@@ -777,7 +839,7 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
             float st_[AW_BWD_STEP / 2], dpt[AW_BWD_STEP / 2];
             aw_fence();
 #pragma unroll
-            for (int kk = 0; kk < AW_D / 16; kk++)
+            for (int kk = 0; kk < DQK / 16; kk++)
                 aw_mma_ss_n64(st_, aw_desc_k(Ks, AW_ROWS, wg * 64, kk),
                               aw_desc_k(Qt, AW_BWD_STEP, 0, kk), kk > 0);
 #pragma unroll
@@ -818,7 +880,7 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
                 aw_mma_rs_n128(dva, pa[kk], aw_desc_mn(dOt, AW_BWD_STEP, kk));
 #pragma unroll
             for (int kk = 0; kk < AW_BWD_STEP / 16; kk++) /* dK += dS^T Q */
-                aw_mma_rs_n128(dka, da[kk], aw_desc_mn(Qt, AW_BWD_STEP, kk));
+                aw_mma_rs(dka, da[kk], aw_desc_mn(Qt, AW_BWD_STEP, kk));
             aw_commit();
             aw_wait<0>();
             aw_hold(dva);
@@ -828,19 +890,18 @@ __global__ static void __launch_bounds__(AW_THREADS, 1)
         if (lane == 0) aw_bar_arrive(&empty[s]);
     }
 
-    const size_t kvstride = (size_t)KVH * AW_D;
-    const size_t at_lo = ((size_t)b * T + key_lo) * kvstride + (size_t)kvh * AW_D + 2 * c;
-    const size_t at_hi = at_lo + 8 * kvstride;
+    const size_t kstride = (size_t)KVH * DQK, vstride = (size_t)KVH * AW_D;
+    const size_t k_lo = ((size_t)b * T + key_lo) * kstride + (size_t)kvh * DQK + 2 * c;
+    const size_t v_lo = ((size_t)b * T + key_lo) * vstride + (size_t)kvh * AW_D + 2 * c;
+#pragma unroll
+    for (int j = 0; j < DQK / 8; j++) {
+        if (key_lo < T) at_store2(dk + k_lo + j * 8, dka[4 * j], dka[4 * j + 1]);
+        if (key_hi < T) at_store2(dk + k_lo + 8 * kstride + j * 8, dka[4 * j + 2], dka[4 * j + 3]);
+    }
 #pragma unroll
     for (int j = 0; j < AW_D / 8; j++) {
-        if (key_lo < T) {
-            at_store2(dk + at_lo + j * 8, dka[4 * j], dka[4 * j + 1]);
-            at_store2(dv + at_lo + j * 8, dva[4 * j], dva[4 * j + 1]);
-        }
-        if (key_hi < T) {
-            at_store2(dk + at_hi + j * 8, dka[4 * j + 2], dka[4 * j + 3]);
-            at_store2(dv + at_hi + j * 8, dva[4 * j + 2], dva[4 * j + 3]);
-        }
+        if (key_lo < T) at_store2(dv + v_lo + j * 8, dva[4 * j], dva[4 * j + 1]);
+        if (key_hi < T) at_store2(dv + v_lo + 8 * vstride + j * 8, dva[4 * j + 2], dva[4 * j + 3]);
     }
 #endif
 }
@@ -910,12 +971,12 @@ extern "C" int cuda_wgmma_attention_ready(int D)
         cudaGetLastError(); /* a refused entry-point query leaves no error behind */
         if (ready) {
             cudaCheck(cudaMalloc(&aw_next, sizeof(int)));
-            aw_allow_smem(aw_forward_kernel<float>, AW_FWD_SMEM);
-            aw_allow_smem(aw_forward_kernel<at_bf16>, AW_FWD_SMEM);
-            aw_allow_smem(aw_dq_kernel<float>, AW_DQ_SMEM);
-            aw_allow_smem(aw_dq_kernel<at_bf16>, AW_DQ_SMEM);
-            aw_allow_smem(aw_dkdv_kernel<float>, AW_DKDV_SMEM);
-            aw_allow_smem(aw_dkdv_kernel<at_bf16>, AW_DKDV_SMEM);
+            aw_allow_smem(aw_forward_kernel<AW_D, float>, AW_FWD_SMEM);
+            aw_allow_smem(aw_forward_kernel<AW_D, at_bf16>, AW_FWD_SMEM);
+            aw_allow_smem(aw_dq_kernel<AW_D, float>, AW_DQ_SMEM);
+            aw_allow_smem(aw_dq_kernel<AW_D, at_bf16>, AW_DQ_SMEM);
+            aw_allow_smem(aw_dkdv_kernel<AW_D, float>, AW_DKDV_SMEM);
+            aw_allow_smem(aw_dkdv_kernel<AW_D, at_bf16>, AW_DKDV_SMEM);
         }
     }
     return ready && D == AW_D;
@@ -950,10 +1011,10 @@ extern "C" int cuda_wgmma_attention_forward(void *out, int out_bf16, float *lse,
     const int grid = tiles < aw_sms ? tiles : aw_sms;
     cudaCheck(cudaMemsetAsync(aw_next, 0, sizeof(int), stream));
     if (out_bf16)
-        aw_forward_kernel<at_bf16><<<grid, AW_THREADS, AW_FWD_SMEM, stream>>>(
+        aw_forward_kernel<AW_D, at_bf16><<<grid, AW_THREADS, AW_FWD_SMEM, stream>>>(
             mq, mk, mv, (at_bf16 *)out, lse, aw_next, B, T, H, KVH, scale_log2);
     else
-        aw_forward_kernel<float><<<grid, AW_THREADS, AW_FWD_SMEM, stream>>>(
+        aw_forward_kernel<AW_D, float><<<grid, AW_THREADS, AW_FWD_SMEM, stream>>>(
             mq, mk, mv, (float *)out, lse, aw_next, B, T, H, KVH, scale_log2);
     cudaCheck(cudaGetLastError());
     aw_calls++;
@@ -978,21 +1039,106 @@ extern "C" int cuda_wgmma_attention_backward(void *dq, void *dk, void *dv, int o
     const float scale = 1.0f / sqrtf((float)AW_D), scale_log2 = scale * AT_LOG2E;
     const int blocks = (T + AW_ROWS - 1) / AW_ROWS;
     if (out_bf16) {
-        aw_dq_kernel<at_bf16><<<dim3(B * H, blocks), AW_THREADS, AW_DQ_SMEM, stream>>>(
+        aw_dq_kernel<AW_D, at_bf16><<<dim3(B * H, blocks), AW_THREADS, AW_DQ_SMEM, stream>>>(
             q_rows, do_rows, k_step, v_step, (at_bf16 *)dq, lse, delta, T, H, KVH, scale,
             scale_log2);
         cudaCheck(cudaGetLastError());
-        aw_dkdv_kernel<at_bf16><<<dim3(B * KVH, blocks), AW_THREADS, AW_DKDV_SMEM, stream>>>(
+        aw_dkdv_kernel<AW_D, at_bf16><<<dim3(B * KVH, blocks), AW_THREADS, AW_DKDV_SMEM, stream>>>(
             q_step, do_step, k_rows, v_rows, (at_bf16 *)dk, (at_bf16 *)dv, lse, delta, T, H, KVH,
             scale, scale_log2);
     } else {
-        aw_dq_kernel<float><<<dim3(B * H, blocks), AW_THREADS, AW_DQ_SMEM, stream>>>(
+        aw_dq_kernel<AW_D, float><<<dim3(B * H, blocks), AW_THREADS, AW_DQ_SMEM, stream>>>(
             q_rows, do_rows, k_step, v_step, (float *)dq, lse, delta, T, H, KVH, scale,
             scale_log2);
         cudaCheck(cudaGetLastError());
-        aw_dkdv_kernel<float><<<dim3(B * KVH, blocks), AW_THREADS, AW_DKDV_SMEM, stream>>>(
+        aw_dkdv_kernel<AW_D, float><<<dim3(B * KVH, blocks), AW_THREADS, AW_DKDV_SMEM, stream>>>(
             q_step, do_step, k_rows, v_rows, (float *)dk, (float *)dv, lse, delta, T, H, KVH,
             scale, scale_log2);
+    }
+    cudaCheck(cudaGetLastError());
+    aw_calls++;
+    return 1;
+}
+
+extern "C" int cuda_wgmma_attention_forward_dv(at_bf16 *out, float *lse, const at_bf16 *q,
+                                               const at_bf16 *k, const at_bf16 *v, int B, int T,
+                                               int H, int Dqk, int Dv, float scale,
+                                               cudaStream_t stream)
+{
+    typedef AwFwdShape<192> F192;
+    static int ready192 = -1; /* the 192 kernel's shared memory granted: -1 not asked yet */
+    if (Dv != AW_D || (Dqk != AW_D && Dqk != 192) || !aw_suits(B, T, H, H, AW_D)) return 0;
+    if (Dqk == 192 && ready192 < 0) {
+        int dev = 0, optin = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        ready192 = F192::SMEM <= optin;
+        if (ready192) aw_allow_smem(aw_forward_kernel<192, at_bf16>, F192::SMEM);
+    }
+    if (Dqk == 192 && !ready192) return 0;
+    CUtensorMap mq, mk, mv;
+    const int N = B * T;
+    if (!aw_map(&mq, q, N, H * Dqk, AW_ROWS) || !aw_map(&mk, k, N, H * Dqk, AW_FWD_KEYS) ||
+        !aw_map(&mv, v, N, H * AW_D, AW_FWD_KEYS))
+        return 0;
+    const float scale_log2 = scale * AT_LOG2E;
+    const int tiles = B * H * ((T + AW_ROWS - 1) / AW_ROWS);
+    const int grid = tiles < aw_sms ? tiles : aw_sms;
+    cudaCheck(cudaMemsetAsync(aw_next, 0, sizeof(int), stream));
+    if (Dqk == 192)
+        aw_forward_kernel<192, at_bf16><<<grid, AW_THREADS, F192::SMEM, stream>>>(
+            mq, mk, mv, out, lse, aw_next, B, T, H, H, scale_log2);
+    else
+        aw_forward_kernel<AW_D, at_bf16><<<grid, AW_THREADS, AW_FWD_SMEM, stream>>>(
+            mq, mk, mv, out, lse, aw_next, B, T, H, H, scale_log2);
+    cudaCheck(cudaGetLastError());
+    aw_calls++;
+    return 1;
+}
+
+extern "C" int cuda_wgmma_attention_backward_dv(at_bf16 *dq, at_bf16 *dk, at_bf16 *dv,
+                                                const at_bf16 *dout, const float *delta,
+                                                const float *lse, const at_bf16 *q,
+                                                const at_bf16 *k, const at_bf16 *v, int B, int T,
+                                                int H, int Dqk, int Dv, float scale,
+                                                cudaStream_t stream)
+{
+    static int ready192 = -1; /* the 192 kernels' shared memory granted: -1 not asked yet */
+    const int dq192 = AwBwdShape<192>::DQ_SMEM, dkdv192 = AW_DKDV_SMEM_OF(192);
+    if (Dv != AW_D || (Dqk != AW_D && Dqk != 192) || !aw_suits(B, T, H, H, AW_D)) return 0;
+    if (Dqk == 192 && ready192 < 0) {
+        int dev = 0, optin = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        ready192 = dq192 <= optin && dkdv192 <= optin;
+        if (ready192) {
+            aw_allow_smem(aw_dq_kernel<192, at_bf16>, dq192);
+            aw_allow_smem(aw_dkdv_kernel<192, at_bf16>, dkdv192);
+        }
+    }
+    if (Dqk == 192 && !ready192) return 0;
+    /* dq pass: Q, dO in blocks of AW_ROWS rows, K, V in steps; dk/dv pass: the other way round */
+    CUtensorMap q_rows, do_rows, k_step, v_step, q_step, do_step, k_rows, v_rows;
+    const int QC = H * Dqk, VC = H * AW_D, N = B * T;
+    if (!aw_map(&q_rows, q, N, QC, AW_ROWS) || !aw_map(&do_rows, dout, N, VC, AW_ROWS) ||
+        !aw_map(&k_step, k, N, QC, AW_BWD_STEP) || !aw_map(&v_step, v, N, VC, AW_BWD_STEP) ||
+        !aw_map(&q_step, q, N, QC, AW_BWD_STEP) || !aw_map(&do_step, dout, N, VC, AW_BWD_STEP) ||
+        !aw_map(&k_rows, k, N, QC, AW_ROWS) || !aw_map(&v_rows, v, N, VC, AW_ROWS))
+        return 0;
+    const float scale_log2 = scale * AT_LOG2E;
+    const dim3 grid(B * H, (T + AW_ROWS - 1) / AW_ROWS);
+    if (Dqk == 192) {
+        aw_dq_kernel<192, at_bf16><<<grid, AW_THREADS, dq192, stream>>>(
+            q_rows, do_rows, k_step, v_step, dq, lse, delta, T, H, H, scale, scale_log2);
+        cudaCheck(cudaGetLastError());
+        aw_dkdv_kernel<192, at_bf16><<<grid, AW_THREADS, dkdv192, stream>>>(
+            q_step, do_step, k_rows, v_rows, dk, dv, lse, delta, T, H, H, scale, scale_log2);
+    } else {
+        aw_dq_kernel<AW_D, at_bf16><<<grid, AW_THREADS, AW_DQ_SMEM, stream>>>(
+            q_rows, do_rows, k_step, v_step, dq, lse, delta, T, H, H, scale, scale_log2);
+        cudaCheck(cudaGetLastError());
+        aw_dkdv_kernel<AW_D, at_bf16><<<grid, AW_THREADS, AW_DKDV_SMEM, stream>>>(
+            q_step, do_step, k_rows, v_rows, dk, dv, lse, delta, T, H, H, scale, scale_log2);
     }
     cudaCheck(cudaGetLastError());
     aw_calls++;

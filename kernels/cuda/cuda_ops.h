@@ -22,7 +22,10 @@ int cuda_matmul_is_bf16(void);
 /* How attention computes: "flash" (default: the bf16 tensor-core kernels for head_dim 64 and
  * 128, bf16 products with fp32 accumulation and softmax: on Hopper the wgmma kernels of
  * attention_wgmma.cu for head_dim 128, else the mma.sync kernels of attention_mma_fwd.cu and
- * attention_mma_bwd.cu; other head dims run the fp32 kernels), "mma" (the mma.sync kernels
+ * attention_mma_bwd.cu; other head dims run the fp32 kernels; the same for DeepSeek's latent
+ * attention, attention_forward_dv / _backward_dv, in bf16 mode at q/k heads of 192 with v heads of
+ * 128 and at equal head sizes of 64 or 128, other sizes and fp32 activations on the fp32 kernels
+ * of mla.cuh), "mma" (the mma.sync kernels
  * wherever they suit, also on Hopper: the fallback, kept testable there) or "simple" (the fp32
  * CUDA-core kernels of ops_cuda.cu for every head dim; agrees with the CPU to fp32 rounding). The
  * environment variable DSTRAIN_CUDA_ATTENTION sets it when the backend starts. DS_ERR_INPUT for

@@ -98,7 +98,10 @@ static void rope_block_backward(Act *dx, int ld_row, int ld_head, const float *p
 }
 
 /* ---------------------------------------------------------------------------------------------
- * attention with q/k heads of Dk and v heads of Dv: attention_fp32.cuh's flash-style fp32
+ * attention with q/k heads of Dk and v heads of Dv. In bf16 mode, unless the attention kind is
+ * "simple", the tensor-core kernels of attention.cuh take (Dk, Dv) = (192, 128) (DeepSeek V2/V3)
+ * and Dk = Dv = 64 or 128 (counted in attention_mma_calls). Otherwise attention_fp32.cuh's
+ * flash-style fp32
  * kernels (one warp a row, tiles of ATT_TILE rows of the other side in shared memory, outputs in
  * registers, element d = lane + 32 i), with the two head sizes apart, H kv heads, the scale given,
  * and the Act tensors read and written as they lie (fp32 or bf16) with fp32 arithmetic. Head
@@ -396,6 +399,13 @@ static void attention_forward_dv(Act *out, float *lse, const Act *q, const Act *
                                  int B, int T, int H, int Dqk, int Dv, float scale)
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
+    if (lt_bf16 && attention_kind != 1 &&
+        cuda_mma_attention_forward_dv((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
+                                      (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
+                                      attention_kind == 0, B, T, H, Dqk, Dv, scale, stream)) {
+        attention_mma_calls++;
+        return;
+    }
     attention_dv_check_shape(Dqk, Dv);
     if (lt_bf16)
         attention_dv_forward_as<__nv_bfloat16>(out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
@@ -414,6 +424,15 @@ static void attention_backward_dv(Act *dq, Act *dk, Act *dv, const Act *dout, co
     /* delta[b, h, t] = dout[t] . out[t] over the v head: attention_fp32.cuh's kernel at D = Dv */
     LAUNCH_ACT(attention_delta_kernel, ceil_div(rows * 32, 256), 256, 0, delta, dout, out, B, T, H,
                Dv);
+    if (lt_bf16 && attention_kind != 1 &&
+        cuda_mma_attention_backward_dv((__nv_bfloat16 *)dq, (__nv_bfloat16 *)dk,
+                                       (__nv_bfloat16 *)dv, (const __nv_bfloat16 *)dout, delta, lse,
+                                       (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k,
+                                       (const __nv_bfloat16 *)v, attention_kind == 0, B, T, H, Dqk,
+                                       Dv, scale, stream)) {
+        attention_mma_calls++;
+        return;
+    }
     if (lt_bf16)
         attention_dv_backward_as<__nv_bfloat16>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, Dqk,
                                                 Dv, scale);

@@ -13,7 +13,9 @@
  * (and on the wgmma kernels where they are ready), and that it repeats bit for bit; the "mma"
  * rows the mma.sync kernels, forced where the wgmma ones would run. DeepSeek's ops (latent
  * attention's blocks, rope in rows and attention with v heads of their own; routing, the
- * permutation and the row ops of the experts) in both modes, and the DeepSeek fixtures and a
+ * permutation and the row ops of the experts) in both modes, latent attention's tensor-core
+ * kernels (q/k heads of 192, v heads of 128; "gpu_test_ops mla" runs those checks alone), and the
+ * DeepSeek fixtures and a
  * random tiny-moe model, whose routing must agree (in bf16 a few tokens may go to other experts;
  * then their logits and gradients are shown, not judged: compare_models). Prints
  * one table row per check and exits 1 if any failed. */
@@ -1132,10 +1134,16 @@ static void test_rope_block(int B, int T, int H, int D, int ld_row, int ld_head,
 }
 
 /* attention_forward_dv / attention_backward_dv against the CPU (backward from the CPU's forward
- * outputs), then a backward into fresh poisoned buffers must repeat bit for bit. */
-static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale)
+ * outputs), then a backward into fresh poisoned buffers must repeat bit for bit. expect_flash: 1
+ * when the tensor-core kernels must take both calls (bf16 mode, (Dqk, Dv) = (192, 128) or Dqk = Dv
+ * = 64 or 128, the attention kind not "simple"; then the forward must repeat bit for bit too, and
+ * on Hopper in "flash" the wgmma kernels take both calls at Dv 128), 0 when the fp32 kernels
+ * must. */
+static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale, int expect_flash)
 {
     char name[128];
+    const long long flash_before = cuda_attention_flash_calls();
+    const long long wgmma_before = cuda_attention_wgmma_calls();
     const size_t nq = (size_t)B * T * H * Dqk, nv = (size_t)B * T * H * Dv, nl = (size_t)B * H * T;
     float *q = host_random(nq, 1.5f), *k = host_random(nq, 1.5f), *v = host_random(nv, 1.0f);
     float *out = malloc(nv * 4), *lse = malloc(nl * 4);
@@ -1168,14 +1176,33 @@ static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale)
     snprintf(name, sizeof(name), "attention_backward_dv dv B%d T%d H%d Dqk%d Dv%d", B, T, H, Dqk,
              Dv);
     compare_act(name, d_dv, dv, nv);
+
+    const long long flash_calls = cuda_attention_flash_calls() - flash_before;
+    snprintf(name, sizeof(name), "attention_dv %s kernels ran B%d T%d H%d Dqk%d Dv%d",
+             expect_flash ? "tensor-core" : "fp32", B, T, H, Dqk, Dv);
+    report(name, "flash calls", (double)flash_calls, expect_flash ? 2.0 : 0.0, !expect_flash, 0);
+    const int expect_wgmma =
+        expect_flash && attention_wgmma_on && Dv == 128 && cuda_wgmma_attention_ready(128);
+    snprintf(name, sizeof(name), "attention_dv %s B%d T%d H%d Dqk%d Dv%d",
+             expect_wgmma ? "on wgmma kernels" : "not on wgmma kernels", B, T, H, Dqk, Dv);
+    report(name, "wgmma calls", (double)(cuda_attention_wgmma_calls() - wgmma_before),
+           expect_wgmma ? 2.0 : 0.0, !expect_wgmma, 0);
+
     void *r_dq = dev_act_poison(nq), *r_dk = dev_act_poison(nq), *r_dv = dev_act_poison(nv);
+    void *r_out = dev_act_poison(nv), *r_out2 = dev_act_poison(nv);
+    float *r_lse = dev_poison(nl), *r_lse2 = dev_poison(nl);
     gpu->attention_backward_dv(r_dq, r_dk, r_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, Dqk,
                                Dv, scale);
+    gpu->attention_forward_dv(r_out, r_lse, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
+    gpu->attention_forward_dv(r_out2, r_lse2, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
     int differ = !same_bits_act(r_dq, d_dq, nq) + !same_bits_act(r_dk, d_dk, nq) +
-                 !same_bits_act(r_dv, d_dv, nv);
-    snprintf(name, sizeof(name), "attention_backward_dv repeats bit for bit B%d T%d H%d", B, T, H);
+                 !same_bits_act(r_dv, d_dv, nv) + !same_bits_act(r_out, r_out2, nv) +
+                 !same_bits(r_lse, r_lse2, nl);
+    snprintf(name, sizeof(name), "attention_dv repeats bit for bit B%d T%d H%d Dqk%d Dv%d", B, T, H,
+             Dqk, Dv);
     report(name, "differing", differ, 0.0, 1, 0);
-    void *dev[] = {d_q, d_k, d_v, d_out, d_lse, d_dout, d_dq, d_dk, d_dv, r_dq, r_dk, r_dv};
+    void *dev[] = {d_q,  d_k,  d_v,  d_out, d_lse, d_dout, d_dq,   d_dk,
+                   d_dv, r_dq, r_dk, r_dv,  r_out, r_lse,  r_out2, r_lse2};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
         gpu->mem_free(dev[i]);
     free(q), free(k), free(v), free(out), free(lse), free(dout), free(dq), free(dk), free(dv);
@@ -1363,10 +1390,10 @@ static void test_deepseek_ops(void)
     test_rope_block(2, 67, 4, 8, 4 * 12, 12, 4, 1);
     test_rope_block(2, 45, 1, 16, 80, 0, 64, 1); /* k: one shared key after a latent of 64 */
     test_rope_block(1, 33, 1, 6, 11, 0, 5, 0);
-    test_attention_dv(2, 67, 4, 12, 6, 1.0f / sqrtf(12.0f));
-    test_attention_dv(1, 45, 4, 12, 6, 0.37f);
-    test_attention_dv(2, 40, 4, 48, 32, 1.0f / sqrtf(48.0f)); /* tiny-moe's heads */
-    test_attention_dv(1, 130, 2, 192, 128, 0.1f);             /* DeepSeek-V3's heads */
+    test_attention_dv(2, 67, 4, 12, 6, 1.0f / sqrtf(12.0f), 0);
+    test_attention_dv(1, 45, 4, 12, 6, 0.37f, 0);
+    test_attention_dv(2, 40, 4, 48, 32, 1.0f / sqrtf(48.0f), 0); /* tiny-moe's heads */
+    test_attention_dv(1, 130, 2, 192, 128, 0.1f, 0);             /* DeepSeek-V3's heads */
     MoeRouting greedy = {16, 4, 0, 1, 1, 0, 0, 1.0f};
     MoeRouting limited = {64, 6, 0, 8, 3, 0, 0, 16.0f};
     MoeRouting limited_norm = {64, 6, 0, 8, 3, 0, 1, 1.0f};
@@ -1384,6 +1411,37 @@ static void test_deepseek_ops(void)
     test_moe_permute(1, 12, 2);
     test_expert_rows(133, 16, 4, 96);
     test_expert_rows(251, 64, 6, 300); /* two column blocks of scatter_add_rows */
+}
+
+/* attention_forward_dv / attention_backward_dv on the tensor cores, bf16 mode: DeepSeek V2/V3's
+ * heads (q/k 192, v 128) at several lengths with a scale other than 1/sqrt(Dqk), the equal head
+ * sizes they also take, and a shape that falls back to the fp32 kernels; in "flash" (on Hopper
+ * the wgmma kernels) and in "mma" (the mma.sync kernels). Leaves the kind "simple" and
+ * fp32 matmuls. */
+static void test_attention_dv_tensor_cores(void)
+{
+    const float v3_scale = 1.3f / sqrtf(192.0f); /* a yarn mscale-like factor on 1/sqrt(Dqk) */
+    if (cuda_matmul_precision("bf16") != DS_OK) exit(1);
+    tol = 1e-2;
+    must(cuda_attention_kind("flash"));
+    attention_wgmma_on = 1;
+    mode = "bf16+flash";
+    test_attention_dv(2, 257, 4, 192, 128, v3_scale, 1); /* two forward blocks and a row */
+    test_attention_dv(2, 1024, 4, 192, 128, v3_scale, 1);
+    test_attention_dv(1, 3, 2, 192, 128, v3_scale, 1); /* a few tokens */
+    test_attention_dv(1, 130, 2, 192, 128, 0.1f, 1);
+    test_attention_dv(2, 200, 4, 128, 128, 0.2f, 1); /* equal head sizes, a scale of its own */
+    test_attention_dv(2, 67, 4, 64, 64, 0.2f, 1);
+    test_attention_dv(2, 67, 4, 12, 6, 1.0f / sqrtf(12.0f), 0); /* other shapes: fp32 kernels */
+    test_attention_dv(2, 40, 4, 48, 32, 1.0f / sqrtf(48.0f), 0);
+    must(cuda_attention_kind("mma"));
+    attention_wgmma_on = 0;
+    mode = "bf16+mma";
+    test_attention_dv(2, 257, 4, 192, 128, v3_scale, 1);
+    test_attention_dv(1, 1024, 4, 192, 128, v3_scale, 1);
+    test_attention_dv(2, 200, 4, 128, 128, 0.2f, 1);
+    must(cuda_attention_kind("simple"));
+    cuda_matmul_precision("fp32");
 }
 
 /* The ops that read or write Act tensors, at the shapes both storage modes check. */
@@ -1407,7 +1465,8 @@ static void test_act_ops(void)
     test_deepseek_ops();
 }
 
-int main(void)
+/* usage: gpu_test_ops [mla] (mla: the tensor-core latent-attention checks alone) */
+int main(int argc, char **argv)
 {
     cpu = backend_cpu();
     gpu = backend_cuda();
@@ -1421,6 +1480,11 @@ int main(void)
     printf("|%s|%s|%s|%s|%s|%s|\n",
            "--------------------------------------------------------------------", "------------",
            "------------", "-------------", "-------", "--------");
+    if (argc > 1 && strcmp(argv[1], "mla") == 0) {
+        test_attention_dv_tensor_cores();
+        printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
+        return failures ? 1 : 0;
+    }
     test_act_ops();
     test_attention(1, 130, 4, 1, 128, 0);
     test_attention(1, 300, 2, 2, 16, 0);
@@ -1437,7 +1501,8 @@ int main(void)
         "qwen2_gqa_bias_f32_newform",
         "qwen2_tied_bf16_oldform",
     };
-    /* MLA and MoE (their attention has no tensor-core kernels: fp32 and bf16 rows only) */
+    /* MLA and MoE (fp32 and bf16 rows only: the models' latent attention on the fp32 kernels;
+     * its tensor-core kernels are checked op by op, test_attention_dv_tensor_cores) */
     static const char *deepseek_cases[] = {
         "deepseek_v2_lite_f32",
         "deepseek_v2_grouped_yarn_f32",
@@ -1529,6 +1594,7 @@ int main(void)
     test_attention(2, 67, 8, 2, 64, 1);
     cuda_matmul_precision("fp32");
     cuda_attention_kind("simple");
+    test_attention_dv_tensor_cores();
     printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
 }
