@@ -93,12 +93,23 @@ Test(architectures, deepseek_v2_lite_has_its_published_parameter_count)
     const ParamInfo *router = param_table_find(&pt, "model.layers.26.mlp.gate.weight");
     cr_assert(router && router->shape[0] == 64 && router->shape[1] == 2048);
 
-    /* HF order: the embedding first, the head last, every offset aligned */
+    /* HF order: the embedding first, the head last; in the flat buffer the routed experts after
+     * every other tensor (expert parallelism splits them), each region in table order, every
+     * tensor aligned and apart from the next */
     cr_assert_str_eq(pt.items[0].name, "model.embed_tokens.weight");
     cr_assert_str_eq(pt.items[pt.count - 2].name, "model.norm.weight");
     cr_assert_str_eq(pt.items[pt.count - 1].name, "lm_head.weight");
-    for (int i = 1; i < pt.count; i++)
-        cr_assert_gt(pt.items[i].offset, pt.items[i - 1].offset);
+    size_t end[2] = {0, pt.experts_begin};
+    for (int i = 0; i < pt.count; i++) {
+        const ParamInfo *p = &pt.items[i];
+        const int region = p->expert >= 0;
+        cr_assert_geq(p->offset, end[region], "%s", p->name);
+        cr_assert_eq(p->offset % 64, 0, "%s aligned", p->name);
+        end[region] = p->offset + p->numel;
+    }
+    cr_assert_leq(end[0], pt.experts_begin);
+    cr_assert_leq(end[1], pt.total);
+    cr_assert_eq(pt.experts_begin, e0->offset, "the first expert opens the experts' region");
     param_table_free(&pt);
 }
 
