@@ -265,6 +265,10 @@ typedef struct Backend {
 } Backend;
 
 const Backend *backend_cpu(void);
+/* DS_OK when be's table is whole: every required op set, and each optional group (the
+ * vocab-parallel ops, mixed precision, the latent-attention and expert ops) set entirely or not
+ * at all; else DS_ERR_INTERNAL naming the first op missing (kernels/backend_check.c). */
+int backend_check(const Backend *be);
 #ifdef DSTRAIN_HAVE_CUDA
 const Backend *backend_cuda(void);
 #endif

@@ -282,6 +282,7 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->act_size = be->act_size();
     m->arch = model_architecture(mc->arch);
     if (!m->arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
+    DS_TRY(backend_check(be));
     const int tp = grid ? grid->tp_size : 1, dp = grid ? grid->dp_size : 1;
     if (mc->moe_balance_alpha > 0 && !be->moe_balance)
         return ds_error(DS_ERR_INPUT,

@@ -1,0 +1,96 @@
+/* backend_check.c: a backend's table is whole before the model uses it. Every op the model may
+ * call is either required or part of a group that a backend has whole or not at all (the
+ * vocab-parallel ops, mixed precision, the latent-attention and expert ops); moe_balance alone
+ * may be missing (model_init refuses moe.balance_loss without it). */
+#include <stddef.h>
+#include <string.h>
+
+#include "kernels/ops.h"
+#include "trainer/common.h"
+
+typedef struct BackendEntry {
+    size_t offset;
+    const char *name;
+    int group; /* 0: required; otherwise all of a group or none */
+} BackendEntry;
+
+#define ENTRY(field, group) {offsetof(Backend, field), #field, group}
+
+enum { REQUIRED = 0, TENSOR_PARALLEL, MIXED_PRECISION, LATENT_AND_EXPERTS, GROUPS };
+
+static const BackendEntry entries[] = {
+    ENTRY(act_size, REQUIRED),
+    ENTRY(matmul_forward, REQUIRED),
+    ENTRY(matmul_backward, REQUIRED),
+    ENTRY(rmsnorm_forward, REQUIRED),
+    ENTRY(rmsnorm_backward, REQUIRED),
+    ENTRY(rope_forward, REQUIRED),
+    ENTRY(rope_backward, REQUIRED),
+    ENTRY(attention_forward, REQUIRED),
+    ENTRY(attention_backward, REQUIRED),
+    ENTRY(swiglu_forward, REQUIRED),
+    ENTRY(swiglu_backward, REQUIRED),
+    ENTRY(embedding_forward, REQUIRED),
+    ENTRY(embedding_backward, REQUIRED),
+    ENTRY(cross_entropy, REQUIRED),
+    ENTRY(add, REQUIRED),
+    ENTRY(sum_squares, REQUIRED),
+    ENTRY(sum_squares_batch, REQUIRED),
+    ENTRY(scale, REQUIRED),
+    ENTRY(adamw_update, REQUIRED),
+    ENTRY(mem_alloc, REQUIRED),
+    ENTRY(mem_free, REQUIRED),
+    ENTRY(mem_to_device, REQUIRED),
+    ENTRY(mem_to_host, REQUIRED),
+    ENTRY(mem_zero, REQUIRED),
+    ENTRY(adamw_ewc_update, REQUIRED),
+    ENTRY(embedding_forward_shard, TENSOR_PARALLEL),
+    ENTRY(embedding_backward_shard, TENSOR_PARALLEL),
+    ENTRY(cross_entropy_shard_max, TENSOR_PARALLEL),
+    ENTRY(cross_entropy_shard_stats, TENSOR_PARALLEL),
+    ENTRY(cross_entropy_shard_finish, TENSOR_PARALLEL),
+    ENTRY(weights_attach, MIXED_PRECISION),
+    ENTRY(weights_refresh, MIXED_PRECISION),
+    ENTRY(weights_detach, MIXED_PRECISION),
+    ENTRY(copy_block, LATENT_AND_EXPERTS),
+    ENTRY(act_to_f32, LATENT_AND_EXPERTS),
+    ENTRY(rope_block_forward, LATENT_AND_EXPERTS),
+    ENTRY(rope_block_backward, LATENT_AND_EXPERTS),
+    ENTRY(attention_forward_dv, LATENT_AND_EXPERTS),
+    ENTRY(attention_backward_dv, LATENT_AND_EXPERTS),
+    ENTRY(moe_route, LATENT_AND_EXPERTS),
+    ENTRY(moe_route_backward, LATENT_AND_EXPERTS),
+    ENTRY(moe_permute, LATENT_AND_EXPERTS),
+    ENTRY(gather_rows, LATENT_AND_EXPERTS),
+    ENTRY(scatter_add_rows, LATENT_AND_EXPERTS),
+    ENTRY(rows_dot, LATENT_AND_EXPERTS),
+    ENTRY(moe_experts_forward, LATENT_AND_EXPERTS),
+    ENTRY(moe_experts_backward, LATENT_AND_EXPERTS),
+};
+
+static int present(const Backend *be, const BackendEntry *e)
+{
+    void (*fn)(void);
+    memcpy(&fn, (const char *)be + e->offset, sizeof(fn));
+    return fn != NULL;
+}
+
+int backend_check(const Backend *be)
+{
+    if (!be || !be->name) return ds_error(DS_ERR_INTERNAL, "backend: the table is not set up");
+    /* the first entry found and the first missing, per group */
+    const BackendEntry *have[GROUPS] = {0}, *missing[GROUPS] = {0};
+    for (size_t i = 0; i < DS_ARRAY_LEN(entries); i++) {
+        const BackendEntry *e = &entries[i];
+        const BackendEntry **slot = present(be, e) ? &have[e->group] : &missing[e->group];
+        if (!*slot) *slot = e;
+    }
+    if (missing[REQUIRED])
+        return ds_error(DS_ERR_INTERNAL, "backend %s: %s is missing", be->name,
+                        missing[REQUIRED]->name);
+    for (int g = 1; g < GROUPS; g++)
+        if (have[g] && missing[g])
+            return ds_error(DS_ERR_INTERNAL, "backend %s: it has %s but not %s (of the same group)",
+                            be->name, have[g]->name, missing[g]->name);
+    return DS_OK;
+}
