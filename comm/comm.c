@@ -368,7 +368,8 @@ int comm_all_to_allv(const CommGroup *g, const void *send, const size_t *send_co
     /* bytes, so that every type travels (nothing is reduced); MPI's counts are int */
     int *counts = ds_calloc((size_t)g->size * 4, sizeof(int));
     if (!counts) return DS_ERR_INTERNAL;
-    int *sc = counts, *sd = counts + g->size, *rc = counts + 2 * g->size, *rd = counts + 3 * g->size;
+    int *sc = counts, *sd = counts + g->size, *rc = counts + 2 * g->size,
+        *rd = counts + 3 * g->size;
     size_t so = 0, ro = 0;
     int status = DS_OK;
     for (int r = 0; r < g->size && status == DS_OK; r++) {
@@ -382,9 +383,9 @@ int comm_all_to_allv(const CommGroup *g, const void *send, const size_t *send_co
         so += sb, ro += rb;
     }
     if (status == DS_OK)
-        status = mpi_check(MPI_Alltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE,
-                                         g->impl->comm),
-                           "MPI_Alltoallv");
+        status =
+            mpi_check(MPI_Alltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, g->impl->comm),
+                      "MPI_Alltoallv");
     free(counts);
     return status;
 }

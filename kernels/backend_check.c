@@ -14,7 +14,10 @@ typedef struct BackendEntry {
     int group; /* 0: required; otherwise all of a group or none */
 } BackendEntry;
 
-#define ENTRY(field, group) {offsetof(Backend, field), #field, group}
+#define ENTRY(field, group)                                                                        \
+    {                                                                                              \
+        offsetof(Backend, field), #field, group                                                    \
+    }
 
 enum { REQUIRED = 0, TENSOR_PARALLEL, MIXED_PRECISION, LATENT_AND_EXPERTS, GROUPS };
 

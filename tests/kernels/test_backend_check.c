@@ -38,7 +38,8 @@ Test(backend_check, groups_are_whole_or_absent)
     /* part of it */
     b.moe_route = backend_cpu()->moe_route;
     cr_assert_eq(backend_check(&b), DS_ERR_INTERNAL);
-    cr_assert(strstr(ds_last_error(), "it has moe_route but not copy_block"), "%s", ds_last_error());
+    cr_assert(strstr(ds_last_error(), "it has moe_route but not copy_block"), "%s",
+              ds_last_error());
     /* mixed precision is absent on the CPU; one of its three alone is refused */
     b = *backend_cpu();
     cr_assert_null(b.weights_attach);

@@ -205,10 +205,11 @@ Test(memory, expert_parallel_tables_and_estimate)
             size_t experts = 0, others = 0;
             for (int i = 0; i < t.count; i++) {
                 const ParamInfo *p = &t.items[i];
-                cr_assert_str_eq(p->name, whole.items[p->index].name, "index is the whole table's");
+                cr_assert_str_eq(p->name, whole.items[p->index].name,
+                                 "index is the whole table's");
                 if (p->expert >= 0) {
-                    cr_assert(p->expert >= r * 16 / ep && p->expert < (r + 1) * 16 / ep, "%s on %d",
-                              p->name, r);
+                    cr_assert(p->expert >= r * 16 / ep && p->expert < (r + 1) * 16 / ep,
+                              "%s on %d", p->name, r);
                     cr_assert_geq(p->offset, t.experts_begin, "%s after the rest", p->name);
                     cr_assert_leq(p->offset + p->numel, t.total);
                     experts += p->numel;
