@@ -205,11 +205,10 @@ Test(memory, expert_parallel_tables_and_estimate)
             size_t experts = 0, others = 0;
             for (int i = 0; i < t.count; i++) {
                 const ParamInfo *p = &t.items[i];
-                cr_assert_str_eq(p->name, whole.items[p->index].name,
-                                 "index is the whole table's");
+                cr_assert_str_eq(p->name, whole.items[p->index].name, "index is the whole table's");
                 if (p->expert >= 0) {
-                    cr_assert(p->expert >= r * 16 / ep && p->expert < (r + 1) * 16 / ep,
-                              "%s on %d", p->name, r);
+                    cr_assert(p->expert >= r * 16 / ep && p->expert < (r + 1) * 16 / ep, "%s on %d",
+                              p->name, r);
                     cr_assert_geq(p->offset, t.experts_begin, "%s after the rest", p->name);
                     cr_assert_leq(p->offset + p->numel, t.total);
                     experts += p->numel;
@@ -221,7 +220,8 @@ Test(memory, expert_parallel_tables_and_estimate)
                     seen[p->index] += r == 0;
                 }
             }
-            cr_assert_eq(experts * ep, expert_elems, "ep %d rank %d: an ep-th of the experts", ep, r);
+            cr_assert_eq(experts * ep, expert_elems, "ep %d rank %d: an ep-th of the experts", ep,
+                         r);
             cr_assert_eq(others, other_elems);
             param_table_free(&t);
         }
