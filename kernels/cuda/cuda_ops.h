@@ -39,6 +39,17 @@ long long cuda_attention_wgmma_calls(void);
 /* 1 when "flash" runs head dim D on the wgmma kernels on this device and build. */
 int cuda_wgmma_attention_ready(int D);
 
+/* How the routed experts of a MoE layer run (moe_experts_forward / backward; experts.cuh):
+ * "streams" (default: each expert's matmuls on one of a few streams, so several experts share
+ * the GPU; the same bits as "loop"), "grouped" (one cuBLAS grouped GEMM a projection) or "loop"
+ * (one matmul after another). The environment variable DSTRAIN_CUDA_EXPERTS sets it when the
+ * backend starts. DS_ERR_INPUT for anything else. */
+int cuda_moe_experts_kind(const char *kind);
+/* How many grouped matmuls ran so far, and how many of those the library refused and the
+ * experts ran one by one instead: lets tests see which path a call took. */
+long long cuda_moe_grouped_calls(void);
+long long cuda_moe_grouped_fallbacks(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -266,7 +266,23 @@ __global__ static void add_bias_kernel(void *out_, const void *bias, int M, int 
 }
 
 /* D[m, n] (column-major, ld m) = op(A) op(B) + beta * D, plus bias[m] on every column; A and B
- * fp32, or bf16 in bf16 mode; D and the bias fp32, or bf16 when d_bf16. */
+ * fp32, or bf16 in bf16 mode; D and the bias fp32, or bf16 when d_bf16. On stream s with a
+ * workspace of lt_workspace_size bytes that no other stream uses at the same time (no bias
+ * there: lt_matmul, on the backend's stream, for that). */
+static void lt_matmul_on(cudaStream_t s, void *workspace, void *d, int d_bf16, const void *a,
+                         const void *b, int m, int n, int k, int transa, int transb, float beta)
+{
+    LtPlan *p = lt_plan_get(m, n, k, transa, transb, NULL, beta != 0.0f, d_bf16);
+    if (!p->found) {
+        fprintf(stderr, "dstrain: error: %s:%d: cuBLASLt: no algorithm for %d x %d x %d\n",
+                __FILE__, __LINE__, m, n, k);
+        exit(1);
+    }
+    const float alpha = 1.0f;
+    cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d,
+                               p->ld, &p->algo, workspace, lt_workspace_size, s));
+}
+
 static void lt_matmul(void *d, int d_bf16, const void *a, const void *b, const void *bias, int m,
                       int n, int k, int transa, int transb, float beta)
 {

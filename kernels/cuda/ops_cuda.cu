@@ -8,14 +8,16 @@
  * saved, no T x T matrix): on the bf16 tensor cores for head_dim 64 and 128 (attention.cuh:
  * wgmma kernels on Hopper, mma.sync elsewhere) unless DSTRAIN_CUDA_ATTENTION=simple, else in fp32
  * (attention_fp32.cuh); DeepSeek's latent attention and experts run simple fp32-arithmetic kernels
- * (mla.cuh, moe.cuh). Each kernel family is a file of its own, included below (the list says
- * which); this file holds what they share, AdamW's entries, memory and the Backend table. Not
- * here yet: fused epilogues.
+ * (mla.cuh, moe.cuh), the routed experts' matmuls through cuBLASLt (experts.cuh). Each kernel
+ * family is a file of its own, included below (the list says which); this file holds what they
+ * share, AdamW's entries, memory and the Backend table. Not here yet: fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
- * it; every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
+ * it (experts.cuh forks streams from it inside an op and joins them back before returning);
+ * every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
  * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
 #include <cub/device/device_radix_sort.cuh>
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <limits.h>
@@ -65,6 +67,7 @@ static int lt_bf16;
 #include "cross_entropy.cuh"  /* cross-entropy, whole and sharded */
 #include "mla.cuh"            /* latent attention: blocks, rope in rows, attention with Dv */
 #include "moe.cuh"            /* experts: routing, permutation, row gathers and scatters */
+#include "experts.cuh"        /* experts: their matmuls over streams, grouped or one by one */
 /* clang-format on */
 
 /* ---------------------------------------------------------------------------------------------
@@ -159,6 +162,8 @@ extern "C" const Backend *backend_cuda(void)
     if (mode && mode[0] && cuda_matmul_precision(mode) != DS_OK) return NULL;
     const char *attention = getenv("DSTRAIN_CUDA_ATTENTION");
     if (attention && attention[0] && cuda_attention_kind(attention) != DS_OK) return NULL;
+    const char *experts = getenv("DSTRAIN_CUDA_EXPERTS");
+    if (experts && experts[0] && cuda_moe_experts_kind(experts) != DS_OK) return NULL;
     cublasCheck(cublasLtCreate(&lt_handle));
     cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
     Backend *b = &cuda_backend;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # run.sh: the GPU checks, on a GPU node, in one go: builds dstrain with the CUDA backend
 # (Release, sm_90), runs tests/gpu/test_gpu_ops.c (every op and the whole model against the CPU
-# backend), trains the tiny preset on the bundled data for $STEPS steps on the CPU and on the GPU
-# (in bf16 and in fp32) and compares the loss curves, the same for DeepSeek's tiny-moe preset
+# backend) and tests/gpu/test_gpu_experts.c (the routed experts' matmuls), trains the tiny
+# preset on the bundled data for $STEPS steps on the CPU and on the GPU (in bf16 and in fp32)
+# and compares the loss curves, the same for DeepSeek's tiny-moe preset
 # (tests/gpu/moe.sh), then prints a summary table last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
 # $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
@@ -26,7 +27,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 t0=$(date +%s)
 if cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
         > "$OUT/build.log" 2>&1 &&
-    cmake --build "$BUILD" -j"$(nproc)" --target dstrain gpu_test_ops >> "$OUT/build.log" 2>&1; then
+    cmake --build "$BUILD" -j"$(nproc)" --target dstrain gpu_test_ops gpu_test_experts \
+        >> "$OUT/build.log" 2>&1; then
     row "build (Release, sm_90)" "$(($(date +%s) - t0)) s" PASS
 else
     tail -40 "$OUT/build.log"
@@ -49,6 +51,15 @@ if [ $rc -ne 0 ] && command -v compute-sanitizer > /dev/null; then
     grep -m 12 -E '^=========' "$OUT/sanitizer.txt"
 fi
 row "ops + model vs CPU (gpu_test_ops)" "$passed passed, $failed failed, rc $rc, $(($(date +%s) - t0)) s" $r
+
+# ---- the routed experts' matmuls (tests/gpu/test_gpu_experts.c) -------------------------------
+t0=$(date +%s)
+timeout 300 "$BUILD/gpu_test_experts" > "$OUT/experts.txt" 2>&1
+rc=$?
+passed=$(grep -c '| PASS |' "$OUT/experts.txt")
+failed=$(grep -c '| FAIL |' "$OUT/experts.txt")
+if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
+row "experts vs CPU (gpu_test_experts)" "$passed passed, $failed failed, rc $rc, $(($(date +%s) - t0)) s" $r
 
 # ---- training: CPU and GPU loss curves ----------------------------------------------------------
 # Three runs of the tiny preset on the bundled data: the CPU (fp32, the reference), the GPU in
