@@ -157,18 +157,8 @@ static int info_safetensors(const char *path, FILE *out)
  * parameters one token goes through (the routed experts count k / E of theirs). */
 static int info_parameters(const ModelConfig *mc, FILE *out)
 {
-    ParamTable pt;
-    DS_TRY(param_table_build(mc, &pt));
     double total = 0, active = 0;
-    const double share = mc->n_routed_experts > 0
-                             ? (double)mc->num_experts_per_tok / mc->n_routed_experts
-                             : 1.0;
-    for (int i = 0; i < pt.count; i++) {
-        const ParamInfo *p = &pt.items[i];
-        total += (double)p->numel;
-        active += (double)p->numel * (p->expert >= 0 ? share : 1.0);
-    }
-    param_table_free(&pt);
+    DS_TRY(model_param_counts(mc, &total, &active));
     char t[32], a[32];
     human_count(total, t, sizeof(t));
     human_count(active, a, sizeof(a));

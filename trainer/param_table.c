@@ -376,6 +376,35 @@ static void table_place(ParamTable *pt)
     }
 }
 
+int model_param_counts(const ModelConfig *mc, double *total, double *active)
+{
+    ParamTable pt;
+    DS_TRY(param_table_build(mc, &pt));
+    const double share = mc->n_routed_experts > 0
+                             ? (double)mc->num_experts_per_tok / mc->n_routed_experts
+                             : 1.0;
+    *total = *active = 0;
+    for (int i = 0; i < pt.count; i++) {
+        const ParamInfo *p = &pt.items[i];
+        *total += (double)p->numel;
+        *active += (double)p->numel * (p->expert >= 0 ? share : 1.0);
+    }
+    param_table_free(&pt);
+    return DS_OK;
+}
+
+double model_flops_per_token(const ModelConfig *mc, int T)
+{
+    double total = 0, active = 0;
+    if (model_param_counts(mc, &total, &active) != DS_OK) return 0;
+    /* attention: scores and the weighted sum, forward and backward, over every position (the
+     * dense models' 12 L d T: H heads of q/k and v head sizes) */
+    const int mla = mc->kv_lora_rank > 0;
+    const double dqk = mla ? mc->qk_nope_head_dim + mc->qk_rope_head_dim : mc->head_dim;
+    const double dv = mla ? mc->v_head_dim : mc->head_dim;
+    return 6.0 * active + 6.0 * mc->num_layers * (double)T * mc->num_heads * (dqk + dv);
+}
+
 int param_table_build(const ModelConfig *mc, ParamTable *pt)
 {
     memset(pt, 0, sizeof(*pt));

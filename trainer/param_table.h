@@ -241,6 +241,13 @@ typedef struct ParamTable {
                            * every other tensor (total when there are none) */
 } ParamTable;
 
+/* The whole model's parameters, and those one token goes through (a routed expert's count
+ * num_experts_per_tok / n_routed_experts of theirs). */
+int model_param_counts(const ModelConfig *mc, double *total, double *active);
+/* Training flops per token at sequence length T for MFU: 6 x the active parameters, plus the
+ * attention's 6 L T H (q/k head size + v head size) (12 L d T for the dense models); 0 when the
+ * table cannot be built. */
+double model_flops_per_token(const ModelConfig *mc, int T);
 /* The table of mc's architecture, unsplit. */
 int param_table_build(const ModelConfig *mc, ParamTable *pt);
 /* How many tensors param_table_build lists, in 64-bit arithmetic without building anything

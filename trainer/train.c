@@ -1066,13 +1066,11 @@ static int run_alloc_buffers(Run *r)
 }
 
 /* The parameters of the whole model (not this rank's slice). */
+/* The whole model's parameters (every expert, however the ranks split them). */
 static size_t run_count_params(const Model *m)
 {
-    size_t n = 0;
-    for (int i = 0; i < m->table.count; i++)
-        n += (size_t)m->table.items[i].shape[0] *
-             (size_t)(m->table.items[i].ndim == 2 ? m->table.items[i].shape[1] : 1);
-    return n;
+    double total = 0, active = 0;
+    return model_param_counts(&m->cfg, &total, &active) == DS_OK ? (size_t)total : 0;
 }
 
 /* A short summary of the run on start; the whole resolved config is in <run.dir>/config.yaml
@@ -1438,8 +1436,7 @@ int train_run(const Config *cfg)
     progress_begin(&(ProgressOptions){
         .out = stdout, .interactive = -1, .rank = grid->world_rank, .total_steps = r->total_steps,
         .start_step = start_step, .log_every = cfg->log_every,
-        .flops_per_token = 6.0 * (double)r->n_params +
-                           12.0 * r->mc.num_layers * (double)r->mc.hidden_size * r->T,
+        .flops_per_token = model_flops_per_token(&r->mc, r->T),
         .peak_flops = on_gpu ? (peak_env ? atof(peak_env) : 989e12) * grid->world_size : 0.0});
     if (start_step > 0) progress_restore_nonfinite(r->state.nonfinite_total);
     if (on_gpu) /* what this rank's buffers hold on the device, as the memory line above */

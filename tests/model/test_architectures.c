@@ -245,3 +245,32 @@ Test(architectures, deepseek_splits_heads_and_intermediate_sizes)
     }
     param_table_free(&pt);
 }
+
+/* What MFU counts: V2-Lite's 15.7B parameters of which a token goes through the shared part
+ * and 6 of 64 routed experts (64 x 3 x 2048 x 1408 a layer, 26 MoE layers), plus the latent
+ * attention's q/k heads of 192 and v heads of 128; a dense model's 6 N + 12 L d T. */
+Test(architectures, flops_per_token_count_the_active_parameters)
+{
+    ModelConfig mc = v2_lite();
+    double total = 0, active = 0;
+    cr_assert_eq(model_param_counts(&mc, &total, &active), DS_OK);
+    cr_assert_eq(total, 15706484224.0);
+    const double experts = 26.0 * 64 * 3 * 2048 * 1408;
+    cr_assert_float_eq(active, total - experts + experts * 6 / 64, 1.0);
+    const int T = 4096;
+    cr_assert_float_eq(model_flops_per_token(&mc, T),
+                       6 * active + 6.0 * 27 * T * 16 * (192 + 128), 1e3);
+
+    ModelConfig dense;
+    cr_assert_eq(model_preset("tiny", &dense), DS_OK);
+    ParamTable pt;
+    cr_assert_eq(param_table_build(&dense, &pt), DS_OK);
+    double n = 0;
+    for (int i = 0; i < pt.count; i++)
+        n += (double)numel_of(&pt.items[i]);
+    param_table_free(&pt);
+    cr_assert_eq(model_param_counts(&dense, &total, &active), DS_OK);
+    cr_assert(total == n && active == n);
+    cr_assert_float_eq(model_flops_per_token(&dense, 64),
+                       6 * n + 12.0 * dense.num_layers * dense.hidden_size * 64, 1e-3);
+}
