@@ -7,8 +7,10 @@
  * storage type that compute in fp32; attention is flash-style (online softmax, the log-sum-exp
  * saved, no T x T matrix): on the bf16 tensor cores for head_dim 64 and 128 (attention.cuh:
  * wgmma kernels on Hopper, mma.sync elsewhere) unless DSTRAIN_CUDA_ATTENTION=simple, else in fp32
- * (attention_fp32.cuh); DeepSeek's latent attention and experts run simple fp32-arithmetic kernels
- * (mla.cuh, moe.cuh), the routed experts' matmuls through cuBLASLt (experts.cuh). Each kernel
+ * (attention_fp32.cuh); DeepSeek's latent attention runs on the same tensor-core kernels at its
+ * head sizes (q/k 192, v 128; mla.cuh dispatches, other shapes take fp32 kernels), its routing,
+ * permutation and row moves are simple fp32-arithmetic kernels (moe.cuh), and the routed experts'
+ * matmuls go through cuBLASLt (experts.cuh). Each kernel
  * family is a file of its own, included below (the list says which); this file holds what they
  * share, AdamW's entries, memory and the Backend table. Not here yet: fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
