@@ -136,6 +136,9 @@ typedef struct Backend {
     void (*mem_to_host)(void *host_dst, const void *src, size_t bytes);
     void (*mem_zero)(void *p, size_t bytes);
     int host_memory; /* 1 when the backend's pointers are plain host memory (no staging needed) */
+    /* The device's free and total memory in bytes (DS_OK), or an error naming why it cannot be
+     * read; NULL in a backend of host memory (the CPU). */
+    int (*mem_info)(size_t *free_bytes, size_t *total_bytes);
 
     /* ---- vocab-parallel ops (tensor parallelism): this rank holds rows [vocab_start,
      * vocab_start + V) of the embedding / LM head; NULL in a backend that has no tensor
@@ -265,6 +268,12 @@ typedef struct Backend {
 } Backend;
 
 const Backend *backend_cpu(void);
+/* The backend of device ("cpu", "cuda") computing in precision ("auto", "fp32", "bf16", and
+ * "tf32" on cuda), its table checked (backend_check). DS_ERR_INPUT with one line for a device this
+ * build or machine does not have, or a precision the device does not compute in. The CUDA
+ * backend is one per process: its precision is the last asked for, and a model laid out for
+ * one precision must be freed before another is asked for. */
+int backend_create(const char *device, const char *precision, const Backend **out);
 /* DS_OK when be's table is whole: every required op set, and each optional group (the
  * vocab-parallel ops, mixed precision, the latent-attention and expert ops) set entirely or not
  * at all; else DS_ERR_INTERNAL naming the first op missing (kernels/backend_check.c). */

@@ -10,9 +10,6 @@
 #include <unistd.h>
 
 #include "common.h"
-#ifdef DSTRAIN_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
 /* A decimal byte count from an environment variable (tests); 0 when unset or not a number. */
 static uint64_t env_bytes(const char *name)
@@ -118,28 +115,21 @@ int memory_host_limit(uint64_t *bytes, char *what, size_t cap)
     return DS_OK;
 }
 
-int memory_device_free(uint64_t *free_bytes, uint64_t *total_bytes)
+int memory_device_free(const Backend *be, uint64_t *free_bytes, uint64_t *total_bytes)
 {
     const uint64_t forced = env_bytes("DSTRAIN_DEVICE_MEMORY_BYTES");
     if (forced) {
         *free_bytes = *total_bytes = forced;
         return DS_OK;
     }
-#ifdef DSTRAIN_HAVE_CUDA
+    *free_bytes = *total_bytes = 0;
+    if (!be->mem_info)
+        return ds_error(DS_ERR_INPUT, "memory: the %s backend has no device memory", be->name);
     size_t f = 0, t = 0;
-    cudaError_t err = cudaMemGetInfo(&f, &t);
-    if (err != cudaSuccess) {
-        cudaGetLastError();
-        return ds_error(DS_ERR_INTERNAL, "memory: cannot read the GPU's free memory: %s",
-                        cudaGetErrorString(err));
-    }
+    DS_TRY(be->mem_info(&f, &t));
     *free_bytes = f;
     *total_bytes = t;
     return DS_OK;
-#else
-    *free_bytes = *total_bytes = 0;
-    return ds_error(DS_ERR_INPUT, "memory: this dstrain was built without CUDA");
-#endif
 }
 
 const char *memory_bytes_text(char *buf, double bytes)

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../kernels/ops.h"
+
 /* Bytes of host memory this process may use: physical memory, or the limit of its memory
  * cgroup (v1 or v2, the lowest on the way to the root) when lower. what gets "physical memory"
  * or "the memory cgroup's limit". For tests, DSTRAIN_HOST_MEMORY_BYTES replaces the answer. */
@@ -20,9 +22,9 @@ int memory_host_limit(uint64_t *bytes, char *what, size_t cap);
  * root; 0 when none is set. memory_host_limit's part, open for tests. */
 uint64_t memory_cgroup_limit(const char *self_cgroup, const char *root);
 
-/* Free and total bytes of the current GPU (DS_ERR_INPUT in a build without CUDA). For tests,
- * DSTRAIN_DEVICE_MEMORY_BYTES replaces both. */
-int memory_device_free(uint64_t *free_bytes, uint64_t *total_bytes);
+/* Free and total bytes of backend be's device (Backend.mem_info; DS_ERR_INPUT for a backend of
+ * host memory). For tests, DSTRAIN_DEVICE_MEMORY_BYTES replaces both. */
+int memory_device_free(const Backend *be, uint64_t *free_bytes, uint64_t *total_bytes);
 
 /* bytes as "3.50 MiB", "12.25 GiB" (binary units) into buf, which holds 24 bytes. */
 const char *memory_bytes_text(char *buf, double bytes);

@@ -36,9 +36,6 @@
 #include "progress.h"
 #include "run.h"
 #include "signals.h"
-#ifdef DSTRAIN_HAVE_CUDA
-#include "../kernels/cuda/cuda_ops.h"
-#endif
 
 int train_model_config(const Config *cfg, ModelConfig *mc)
 {
@@ -163,32 +160,10 @@ static int train_all_min(void *group, int local, int *global)
     return DS_OK;
 }
 
-/* The backend device: names (cpu, cuda) selects. A build without CUDA says so for cuda. */
+/* The backend device: names (cpu, cuda) selects, in the precision asked for. */
 int train_backend(const Config *cfg, const Backend **be)
 {
-    const char *device = cfg->device, *precision = cfg->precision;
-    if (strcmp(device, "cpu") == 0) {
-        if (strcmp(precision, "bf16") == 0)
-            return ds_error(DS_ERR_INPUT, "precision: bf16 needs device: cuda (the CPU backend "
-                                          "computes in fp32 only; use auto or fp32)");
-        *be = backend_cpu();
-        return DS_OK;
-    }
-    if (strcmp(device, "cuda") == 0) {
-#ifdef DSTRAIN_HAVE_CUDA
-        *be = backend_cuda(); /* NULL when no GPU is usable: the config asks for too much */
-        if (!*be) return DS_ERR_INPUT;
-        /* auto: mixed precision, unless DSTRAIN_CUDA_MATMUL chose a mode for an experiment */
-        const char *env = getenv("DSTRAIN_CUDA_MATMUL");
-        if (strcmp(precision, "auto") != 0)
-            return cuda_matmul_precision(precision);
-        return env && env[0] ? DS_OK : cuda_matmul_precision("bf16");
-#else
-        return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
-                                      "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
-#endif
-    }
-    return ds_error(DS_ERR_INPUT, "device: unknown device \"%s\" (known: cpu, cuda)", device);
+    return backend_create(cfg->device, cfg->precision, be);
 }
 
 /* Weights are read into host memory; on a device backend through a host staging buffer. */
@@ -1167,7 +1142,7 @@ static int run_check_memory(const Run *r, int ranks_here)
     char what[64] = "";
     double need = per_rank;
     if (on_device) {
-        DS_TRY(memory_device_free(&have, &total));
+        DS_TRY(memory_device_free(r->be, &have, &total));
     } else {
         DS_TRY(memory_host_limit(&have, what, sizeof(what)));
         need = per_rank * ranks_here;
@@ -1371,11 +1346,9 @@ int train_run(const Config *cfg)
            grid->world_size, grid->tp_size, grid->dp_size, ep_note, r->opt.zero,
            r->model.table.total * 4.0 * MiB, r->model.table.total * 4.0 * MiB,
            r->opt.n * 8.0 * MiB, r->model.arena_bytes * MiB, ewc_memory);
-#ifdef DSTRAIN_HAVE_CUDA
-    if (!r->be->host_memory && cuda_matmul_is_bf16())
+    if (r->be->weights_attach && r->be->act_size() == 2) /* bf16 mode */
         printf("dstrain: precision bf16: the weights' bf16 working copy takes %.2f MiB per rank\n",
                r->model.table.total * 2.0 * MiB);
-#endif
 
     /* checkpoints: the writer, then resume (parameters, moments, blobs, EWC pairs, replay) */
     TrainCkptWorld ckpt_world = {

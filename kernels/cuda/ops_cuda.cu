@@ -147,6 +147,15 @@ static void mem_zero(void *p, size_t bytes)
 
 static Backend cuda_backend;
 
+static int mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    cudaError_t err = cudaMemGetInfo(free_bytes, total_bytes);
+    if (err == cudaSuccess) return DS_OK;
+    cudaGetLastError();
+    return ds_error(DS_ERR_INTERNAL, "memory: cannot read the GPU's free memory: %s",
+                    cudaGetErrorString(err));
+}
+
 /* The first call picks the device and creates the cuBLASLt handle; NULL (with the error set)
  * when there is no usable GPU. */
 extern "C" const Backend *backend_cuda(void)
@@ -195,6 +204,7 @@ extern "C" const Backend *backend_cuda(void)
     b->mem_to_host = mem_to_host;
     b->mem_zero = mem_zero;
     b->host_memory = 0;
+    b->mem_info = mem_info;
     b->embedding_forward_shard = embedding_forward_shard;
     b->embedding_backward_shard = embedding_backward_shard;
     b->cross_entropy_shard_max = cross_entropy_shard_max;

@@ -97,11 +97,16 @@ Test(memory, host_limit_is_physical_memory_or_less)
     unsetenv("DSTRAIN_HOST_MEMORY_BYTES");
 }
 
-#ifndef DSTRAIN_HAVE_CUDA
-Test(memory, no_gpu_query_without_cuda)
+/* the device's memory comes from the backend's table: a backend of host memory has none */
+Test(memory, no_device_query_on_the_cpu_backend)
 {
     uint64_t f = 1, t = 1;
-    cr_assert_eq(memory_device_free(&f, &t), DS_ERR_INPUT);
-    cr_assert(strstr(ds_last_error(), "built without CUDA"), "%s", ds_last_error());
+    cr_assert_eq(memory_device_free(backend_cpu(), &f, &t), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "the cpu backend has no device memory"), "%s",
+              ds_last_error());
+    cr_assert(f == 0 && t == 0);
+    setenv("DSTRAIN_DEVICE_MEMORY_BYTES", "4096", 1);
+    cr_assert_eq(memory_device_free(backend_cpu(), &f, &t), DS_OK);
+    cr_assert(f == 4096 && t == 4096);
+    unsetenv("DSTRAIN_DEVICE_MEMORY_BYTES");
 }
-#endif

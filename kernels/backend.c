@@ -1,11 +1,17 @@
-/* backend_check.c: a backend's table is whole before the model uses it. Every op the model may
- * call is either required or part of a group that a backend has whole or not at all (the
- * vocab-parallel ops, mixed precision, the latent-attention and expert ops); moe_balance alone
- * may be missing (model_init refuses moe.balance_loss without it). */
+/* backend.c: making a backend from the config's device and precision (backend_create), and
+ * checking that its table is whole before the model uses it (backend_check). Every op the model
+ * may call is either required or part of a group that a backend has whole or not at all (the
+ * vocab-parallel ops, mixed precision, the latent-attention and expert ops); moe_balance and
+ * mem_info alone may be missing (model_init refuses moe.balance_loss without the first; a
+ * backend without the second computes in host memory). */
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/ops.h"
+#ifdef DSTRAIN_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 #include "trainer/common.h"
 
 typedef struct BackendEntry {
@@ -96,4 +102,35 @@ int backend_check(const Backend *be)
             return ds_error(DS_ERR_INTERNAL, "backend %s: it has %s but not %s (of the same group)",
                             be->name, have[g]->name, missing[g]->name);
     return DS_OK;
+}
+
+int backend_create(const char *device, const char *precision, const Backend **out)
+{
+    *out = NULL;
+    if (strcmp(device, "cpu") == 0) {
+        if (strcmp(precision, "bf16") == 0)
+            return ds_error(DS_ERR_INPUT, "precision: bf16 needs device: cuda (the CPU backend "
+                                          "computes in fp32 only; use auto or fp32)");
+        *out = backend_cpu();
+        return backend_check(*out);
+    }
+    if (strcmp(device, "cuda") == 0) {
+#ifdef DSTRAIN_HAVE_CUDA
+        const Backend *be = backend_cuda(); /* NULL when no GPU is usable */
+        if (!be) return DS_ERR_INPUT;
+        /* auto: mixed precision, unless DSTRAIN_CUDA_MATMUL chose a mode for an experiment */
+        const char *env = getenv("DSTRAIN_CUDA_MATMUL");
+        if (strcmp(precision, "auto") != 0)
+            DS_TRY(cuda_matmul_precision(precision));
+        else if (!env || !env[0])
+            DS_TRY(cuda_matmul_precision("bf16"));
+        DS_TRY(backend_check(be));
+        *out = be;
+        return DS_OK;
+#else
+        return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
+                                      "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
+#endif
+    }
+    return ds_error(DS_ERR_INPUT, "device: unknown device \"%s\" (known: cpu, cuda)", device);
 }
