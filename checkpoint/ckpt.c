@@ -1293,6 +1293,11 @@ static int ckpt_parse(Ckpt *c)
     c->layout.dp = (int)v;
     DS_TRY(mf_int(c, world, "world.", "zero", 0, 1, &v));
     c->layout.zero = (int)v;
+    c->layout.ep = 1; /* expert parallelism: written only when more than 1 */
+    if (cJSON_GetObjectItemCaseSensitive(world, "ep")) {
+        DS_TRY(mf_int(c, world, "world.", "ep", 1, 1 << 20, &v));
+        c->layout.ep = (int)v;
+    }
     if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "state")))
         return MF_FAIL(c, "state: expected an object");
     if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "model")))

@@ -326,8 +326,10 @@ static int info_checkpoint(const char *dir, FILE *out)
     const CkptLayout l = ckpt_layout(c);
     fprintf(out, "checkpoint %s\n", dir);
     fprintf(out, "step:         %d\n", ckpt_step(c));
-    fprintf(out, "layout:       tp %d x dp %d (%d ranks), zero %d\n", l.tp, l.dp, l.tp * l.dp,
-            l.zero);
+    char ep[32] = "";
+    if (l.ep > 1) snprintf(ep, sizeof(ep), ", experts over ep %d", l.ep);
+    fprintf(out, "layout:       tp %d x dp %d (%d ranks)%s, zero %d\n", l.tp, l.dp, l.tp * l.dp,
+            ep, l.zero);
     long long v;
     double d;
     fprintf(out, "state:       ");

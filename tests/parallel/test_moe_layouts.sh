@@ -55,6 +55,12 @@ run dp4_ep4 4 1 4 1 1 parallel.ep=4
 # a checkpoint at step 5 of an ep=2 run, resumed elsewhere (the runs' last 5 steps)
 run ck_ep2 2 1 2 1 1 parallel.ep=2 checkpoint.every=5
 run ck_ep2_to_single 1 1 1 1 1 train.resume="$work/ck_ep2/checkpoints/step-00000005"
+# dstrain info names the layout the checkpoint was saved at
+if ! "$DSTRAIN" info "$work/ck_ep2/checkpoints/step-00000005" |
+    grep -q "^layout: *tp 1 x dp 2 (2 ranks), experts over ep 2, zero"; then
+  echo "FAIL: dstrain info does not show ep 2"
+  "$DSTRAIN" info "$work/ck_ep2/checkpoints/step-00000005"; exit 1
+fi
 run ck_ep2_to_ep4 4 1 4 1 1 parallel.ep=4 \
   train.resume="$work/ck_ep2/checkpoints/step-00000005"
 # a plain q (no q latent) with softmax routing: the V2-Lite-shaped parity fixture
