@@ -55,6 +55,13 @@ run dp4_ep4 4 1 4 1 1 parallel.ep=4
 # a checkpoint at step 5 of an ep=2 run, resumed elsewhere (the runs' last 5 steps)
 run ck_ep2 2 1 2 1 1 parallel.ep=2 checkpoint.every=5
 run ck_ep2_to_single 1 1 1 1 1 train.resume="$work/ck_ep2/checkpoints/step-00000005"
+# the rows a rank's experts receive follow the routing: the buffers, sized for 1.25 times an
+# even share, grow when a step brings more (rank 0 says so). tiny-moe's routing is far from
+# even, so the expert-parallel runs above go through that path; the results below cover it
+if ! grep -q "expert parallelism: layer [0-9]* routed [0-9]* rows to rank 0's experts, more than" \
+    "$work"/ep2.log "$work"/dp4_ep2.log "$work"/dp4_ep4.log "$work"/tp2dp2_ep2.log; then
+  echo "FAIL: no expert-parallel run grew its row buffers: the growth path went untested"; exit 1
+fi
 # dstrain info names the layout the checkpoint was saved at
 if ! "$DSTRAIN" info "$work/ck_ep2/checkpoints/step-00000005" |
     grep -q "^layout: *tp 1 x dp 2 (2 ranks), experts over ep 2, zero"; then
