@@ -1,5 +1,6 @@
 /* backend.c: making a backend from the config's device and precision (backend_create), and
- * checking that its table is whole before the model uses it (backend_check). Every op the model
+ * checking that its table is whole before the model uses it (backend_check), and host access to
+ * a backend's memory through a staging buffer (backend_stage). Every op the model
  * may call is either required or part of a group that a backend has whole or not at all (the
  * vocab-parallel ops, mixed precision, the latent-attention and expert ops); moe_balance and
  * mem_info alone may be missing (model_init refuses moe.balance_loss without the first; a
@@ -52,6 +53,7 @@ static const BackendEntry entries[] = {
     ENTRY(mem_to_device, REQUIRED),
     ENTRY(mem_to_host, REQUIRED),
     ENTRY(mem_zero, REQUIRED),
+    ENTRY(mem_copy, REQUIRED),
     ENTRY(adamw_ewc_update, REQUIRED),
     ENTRY(embedding_forward_shard, TENSOR_PARALLEL),
     ENTRY(embedding_backward_shard, TENSOR_PARALLEL),
@@ -102,6 +104,34 @@ int backend_check(const Backend *be)
             return ds_error(DS_ERR_INTERNAL, "backend %s: it has %s but not %s (of the same group)",
                             be->name, have[g]->name, missing[g]->name);
     return DS_OK;
+}
+
+int backend_stage(const Backend *be, float *mem, size_t n, StageHow how, size_t chunk,
+                  float *staging, StageFn fn, void *ctx)
+{
+    if (n == 0) return DS_OK;
+    if (be->host_memory) return fn(ctx, mem, 0, n);
+    const size_t piece = chunk && chunk < n ? chunk : n;
+    float *own = staging ? NULL : ds_aligned_alloc(256, piece * sizeof(float));
+    float *host = staging ? staging : own;
+    if (!host) return DS_ERR_INTERNAL;
+    int status = DS_OK;
+    for (size_t first = 0; first < n && status == DS_OK; first += piece) {
+        const size_t len = n - first < piece ? n - first : piece;
+        if (how & STAGE_READ) be->mem_to_host(host, mem + first, len * sizeof(float));
+        status = fn(ctx, host, first, len);
+        if (status == DS_OK && (how & STAGE_WRITE))
+            be->mem_to_device(mem + first, host, len * sizeof(float));
+    }
+    free(own);
+    return status;
+}
+
+const float *backend_view(const Backend *be, const float *src, size_t n, float *buf)
+{
+    if (be->host_memory) return src;
+    be->mem_to_host(buf, src, n * sizeof(float));
+    return buf;
 }
 
 int backend_create(const char *device, const char *precision, const Backend **out)

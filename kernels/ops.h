@@ -135,6 +135,7 @@ typedef struct Backend {
     void (*mem_to_device)(void *dst, const void *host_src, size_t bytes);
     void (*mem_to_host)(void *host_dst, const void *src, size_t bytes);
     void (*mem_zero)(void *p, size_t bytes);
+    void (*mem_copy)(void *dst, const void *src, size_t bytes); /* both in the backend's memory */
     int host_memory; /* 1 when the backend's pointers are plain host memory (no staging needed) */
     /* The device's free and total memory in bytes (DS_OK), or an error naming why it cannot be
      * read; NULL in a backend of host memory (the CPU). */
@@ -278,6 +279,24 @@ int backend_create(const char *device, const char *precision, const Backend **ou
  * vocab-parallel ops, mixed precision, the latent-attention and expert ops) set entirely or not
  * at all; else DS_ERR_INTERNAL naming the first op missing (kernels/backend_check.c). */
 int backend_check(const Backend *be);
+
+/* ---- host access to backend memory (backend.c): the one place where device memory is staged
+ * through the host, for the callers that read or fill it there (loading weights, checkpoints
+ * and EWC state, the Fisher's squares). */
+typedef enum { STAGE_READ = 1, STAGE_WRITE = 2, STAGE_UPDATE = 3 } StageHow;
+/* One piece of the memory on the host: host[0..len) is mem[first..first+len). */
+typedef int (*StageFn)(void *ctx, float *host, size_t first, size_t len);
+/* fn over the n floats of mem (be's memory), piece after piece in order, stopping at its first
+ * error, which is returned. STAGE_READ: each piece holds mem's values; STAGE_WRITE: fn fills it
+ * and it is written to mem; STAGE_UPDATE: both. On a host backend there is one piece, mem
+ * itself; on a device, pieces of at most chunk floats (0: the whole range) in staging, a host
+ * buffer of that many floats (NULL: allocated here and freed). n may be 0 (fn is not called). */
+int backend_stage(const Backend *be, float *mem, size_t n, StageHow how, size_t chunk,
+                  float *staging, StageFn fn, void *ctx);
+/* n floats of be's memory src readable on the host: src itself on a host backend, else copied
+ * into buf (n floats of host memory), which is returned. */
+const float *backend_view(const Backend *be, const float *src, size_t n, float *buf);
+
 #ifdef DSTRAIN_HAVE_CUDA
 const Backend *backend_cuda(void);
 #endif

@@ -11,9 +11,11 @@
 #include "../checkpoint/model_path.h"
 #include "../data/dataset.h"
 #include "common.h"
+#include "train.h"
 
-int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data_path, int seq_len,
-                  int batch, const char *logits_path, double *accuracy)
+int classify_eval(const char *model_dir, const ModelConfig *mc, const Backend *be,
+                  const char *data_path, int seq_len, int batch, const char *logits_path,
+                  double *accuracy)
 {
     if (mc->num_labels <= 0)
         return ds_error(DS_ERR_INTERNAL, "classify_eval: %s is not a classifier", model_dir);
@@ -49,7 +51,7 @@ int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data
     if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
     if (batch > info->n_docs) batch = (int)info->n_docs;
     const int B = batch, T = seq_len;
-    if ((status = eval_check_memory(mc, B, T)) != DS_OK) goto done;
+    if ((status = eval_check_memory(mc, B, T, be)) != DS_OK) goto done;
     labels = ds_malloc((size_t)info->n_docs * sizeof(int64_t));
     logits = ds_malloc((size_t)B * L * sizeof(float));
     if (!labels || !logits) {
@@ -65,8 +67,8 @@ int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data
                               data_path, (long long)labels[d], (long long)d, L, model_dir);
             goto done;
         }
-    if ((status = model_init(&m, mc, backend_cpu(), B, T)) != DS_OK) goto done;
-    if ((status = model_path_load_weights(model_dir, mc, &m.table, m.params)) != DS_OK) goto done;
+    if ((status = model_init(&m, mc, be, B, T)) != DS_OK) goto done;
+    if ((status = model_load_path(&m, model_dir, mc)) != DS_OK) goto done;
     if (logits_path && !(out = fopen(logits_path, "w"))) {
         status = ds_error(DS_ERR_INPUT, "%s: cannot write: %s", logits_path, strerror(errno));
         goto done;

@@ -13,12 +13,18 @@
  * document, at most max_position_embeddings; a seq_len beyond the longest document is that
  * length (the rows are the same); batch 0: about 4096 tokens a batch. logits_path
  * (may be NULL): a text file, one line per document: its label, then the num_labels logits. */
-int classify_eval(const char *model_dir, const ModelConfig *mc, const char *data_path, int seq_len,
-                  int batch, const char *logits_path, double *accuracy);
+int classify_eval(const char *model_dir, const ModelConfig *mc, const Backend *be,
+                  const char *data_path, int seq_len, int batch, const char *logits_path,
+                  double *accuracy);
 
-/* The host memory `dstrain eval`'s model takes at batch x seq_len (parameters, gradients,
- * activations), checked before it is made: DS_ERR_INPUT with both figures when it does not fit
- * (eval.c, classify_eval). */
-int eval_check_memory(const ModelConfig *mc, int batch, int seq_len);
+/* The memory `dstrain eval`'s model takes at batch x seq_len (parameters, gradients,
+ * activations) on be, checked before it is made: host memory on the CPU; on a GPU its free
+ * memory (activations at their stored size, the bf16 copy of the weights counted), and the host
+ * copy the weights are read into. DS_ERR_INPUT with both figures when it does not fit (eval.c,
+ * classify_eval). */
+int eval_check_memory(const ModelConfig *mc, int batch, int seq_len, const Backend *be);
+/* --device and --precision of eval and generate: the backend they compute on (backend_create),
+ * or DS_ERR_INPUT naming the flag. */
+int eval_backend(const char *device, const char *precision, const Backend **be);
 
 #endif

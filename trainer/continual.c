@@ -343,26 +343,15 @@ static int fisher_next(void *ctx, int32_t *inputs, int32_t *targets, float *weig
     return data_reader_next(ctx, inputs, targets, weights, NULL);
 }
 
-/* Copy model parameters between two models of one layout (through host scratch of the
- * table's size on a device backend). */
-static void params_copy(Model *dst, const Model *src, float *host_scratch)
-{
-    const size_t bytes = src->table.total * sizeof(float);
-    if (src->be->host_memory) {
-        memcpy(dst->params, src->params, bytes);
-        return;
-    }
-    src->be->mem_to_host(host_scratch, src->params, bytes);
-    dst->be->mem_to_device(dst->params, host_scratch, bytes);
-}
-
 int continual_fisher(Run *r, int k)
 {
     const Phase *ph = &r->phases[k];
     const ProcessGrid *grid = &r->grid;
     const size_t lo = r->ewc.lo, hi = r->ewc.hi;
     const double tf = ds_now();
-    if (r->fisher_work != &r->model) params_copy(r->fisher_work, &r->model, r->fisher);
+    if (r->fisher_work != &r->model) /* a model of the same layout on the same backend */
+        r->model.be->mem_copy(r->fisher_work->params, r->model.params,
+                              r->model.table.total * sizeof(float));
     /* the phase's examples one at a time, the same order on every rank (each computes its
      * share of the units), an order of their own */
     const DataMode mode = r->mode;

@@ -23,13 +23,16 @@ static void eval_usage(FILE *out)
     fprintf(out,
             "usage: dstrain eval --model DIR --data FILE.h5 [--seq-len N] [--batch N]\n"
             "                    [--logits FILE] [--allow-extra-tensors]\n"
+            "                    [--device cpu|cuda] [--precision auto|fp32|bf16|tf32]\n"
             "  DIR: a Hugging Face model directory, a checkpoint (step-N), a checkpoint\n"
             "  directory (its newest complete checkpoint) or a run directory (its checkpoints/,\n"
             "  else its export/).\n"
             "  --seq-len: tokens a window (default max_position_embeddings), no more than the\n"
             "  longest document needs; --batch: windows a forward (default about 4096 tokens),\n"
             "  no more than there are. Both are checked, and the model's memory against the\n"
-            "  host's, before the model is loaded.\n"
+            "  host's (the GPU's with --device cuda), before the model is loaded.\n"
+            "  --device: where the model computes (default cpu); --precision: as the train\n"
+            "  config's key precision (auto: bf16 mixed precision on cuda, fp32 on the CPU).\n"
             "  Prints eval_loss=<mean next-token loss> tokens=<predicted tokens> last; for a\n"
             "  *ForSequenceClassification model eval_accuracy=<fraction> examples=<documents>\n"
             "  (--logits: each document's label and logits, one line each).\n"
@@ -47,17 +50,61 @@ static int parse_positive(const char *flag, const char *text, int *out)
     return DS_OK;
 }
 
-int eval_check_memory(const ModelConfig *mc, int batch, int seq_len)
+int eval_check_memory(const ModelConfig *mc, int batch, int seq_len, const Backend *be)
 {
     ModelMemory mm;
     DS_TRY(model_memory_estimate(mc, batch, seq_len, 1, 1, 0, &mm));
-    char subject[200], a[24], b[24];
-    snprintf(subject, sizeof(subject),
-             "eval at --batch %d x --seq-len %d (parameters and gradients %s, activations %s)",
-             batch, seq_len, memory_bytes_text(a, (double)mm.params + (double)mm.grads),
-             memory_bytes_text(b, (double)mm.activations));
-    return memory_check_host((double)mm.params + (double)mm.grads + (double)mm.activations,
-                             subject, "lower --seq-len or --batch");
+    char subject[200], a[24], b[24], c[24], d[24];
+    const char *advice = "lower --seq-len or --batch";
+    const double weights = (double)mm.params + (double)mm.grads;
+    if (be->host_memory) {
+        snprintf(subject, sizeof(subject),
+                 "eval at --batch %d x --seq-len %d (parameters and gradients %s, activations %s)",
+                 batch, seq_len, memory_bytes_text(a, weights),
+                 memory_bytes_text(b, (double)mm.activations));
+        return memory_check_host(weights + (double)mm.activations, subject, advice);
+    }
+    /* the weights are read into host memory once, then copied to the GPU */
+    snprintf(subject, sizeof(subject), "reading the weights for the GPU (a host copy of %s)",
+             memory_bytes_text(a, (double)mm.params));
+    DS_TRY(memory_check_host((double)mm.params, subject, "evaluate on a host with more memory"));
+    const double act_share = be->act_size() / 4.0;
+    const double copies = be->act_size() < 4 ? mm.params / 2.0 : 0.0; /* the bf16 copy */
+    const double need = weights + copies + (double)mm.activations * act_share;
+    uint64_t have = 0, total = 0;
+    DS_TRY(memory_device_free(be, &have, &total));
+    if (need <= (double)have) return DS_OK;
+    return ds_error(DS_ERR_INPUT,
+                    "memory: eval at --batch %d x --seq-len %d needs at least %s of GPU memory "
+                    "(parameters and gradients %s, activations %s), more than the %s free on "
+                    "this GPU; %s",
+                    batch, seq_len, memory_bytes_text(a, need), memory_bytes_text(b, weights),
+                    memory_bytes_text(c, (double)mm.activations * act_share),
+                    memory_bytes_text(d, (double)have), advice);
+}
+
+int eval_backend(const char *device, const char *precision, const Backend **be)
+{
+    static const char *const devices[] = {"cpu", "cuda"};
+    static const char *const precisions[] = {"auto", "fp32", "bf16", "tf32"};
+    int known = 0;
+    for (size_t i = 0; i < DS_ARRAY_LEN(devices); i++)
+        known |= strcmp(device, devices[i]) == 0;
+    if (!known)
+        return ds_error(DS_ERR_INPUT, "--device: expected cpu or cuda, got \"%s\"", device);
+    known = 0;
+    for (size_t i = 0; i < DS_ARRAY_LEN(precisions); i++)
+        known |= strcmp(precision, precisions[i]) == 0;
+    if (!known)
+        return ds_error(DS_ERR_INPUT, "--precision: expected auto, fp32, bf16 or tf32, got \"%s\"",
+                        precision);
+    if (strcmp(device, "cpu") == 0 && strcmp(precision, "auto") != 0 &&
+        strcmp(precision, "fp32") != 0)
+        return ds_error(DS_ERR_INPUT,
+                        "--precision: %s needs --device cuda (the CPU computes in fp32 only; use "
+                        "auto or fp32)",
+                        precision);
+    return backend_create(device, precision, be);
 }
 
 /* Score the rows filled so far and reset the batch. */
@@ -76,6 +123,7 @@ static void eval_flush(Model *m, int rows, double *sum, double *count)
 int eval_main(int argc, char **argv)
 {
     const char *model_dir = NULL, *data_path = NULL, *logits_path = NULL;
+    const char *device = "cpu", *precision = "auto";
     int seq_len = 0, batch = 0, allow_extra = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -93,12 +141,16 @@ int eval_main(int argc, char **argv)
         else if (strcmp(a, "--seq-len") == 0) DS_TRY(parse_positive(a, argv[++i], &seq_len));
         else if (strcmp(a, "--batch") == 0) DS_TRY(parse_positive(a, argv[++i], &batch));
         else if (strcmp(a, "--logits") == 0) logits_path = argv[++i];
+        else if (strcmp(a, "--device") == 0) device = argv[++i];
+        else if (strcmp(a, "--precision") == 0) precision = argv[++i];
         else return ds_error(DS_ERR_INPUT, "eval: unknown option %s (see dstrain eval --help)", a);
     }
     if (!model_dir || !data_path) {
         eval_usage(stderr);
         return ds_error(DS_ERR_INPUT, "eval: --model and --data are required");
     }
+    const Backend *be = NULL;
+    DS_TRY(eval_backend(device, precision, &be));
     char resolved[MODEL_PATH_MAX];
     ModelPathKind kind;
     DS_TRY(model_path_resolve("eval", model_dir, resolved, sizeof(resolved), &kind));
@@ -108,7 +160,7 @@ int eval_main(int argc, char **argv)
     DS_TRY(hf_config_load_with(model_dir, allow_extra ? HF_EXTRA_WARN : HF_EXTRA_REFUSE, &mc));
     if (mc.num_labels > 0) { /* classify.c */
         double accuracy;
-        return classify_eval(model_dir, &mc, data_path, seq_len, batch, logits_path, &accuracy);
+        return classify_eval(model_dir, &mc, be, data_path, seq_len, batch, logits_path, &accuracy);
     }
     if (logits_path)
         return ds_error(DS_ERR_INPUT,
@@ -135,10 +187,9 @@ int eval_main(int argc, char **argv)
     }
     if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
     if (windows > 0 && batch > windows) batch = (int)windows;
-    if ((status = eval_check_memory(&mc, batch, seq_len)) != DS_OK) goto done;
-    if ((status = model_init(&m, &mc, backend_cpu(), batch, seq_len)) != DS_OK) goto done;
-    if ((status = model_path_load_weights(model_dir, &mc, &m.table, m.params)) != DS_OK)
-        goto done;
+    if ((status = eval_check_memory(&mc, batch, seq_len, be)) != DS_OK) goto done;
+    if ((status = model_init(&m, &mc, be, batch, seq_len)) != DS_OK) goto done;
+    if ((status = model_load_path(&m, model_dir, &mc)) != DS_OK) goto done;
     const DatasetInfo *info = dataset_info(ds);
     doc = ds_malloc(((size_t)seq_len + 1) * sizeof(int32_t));
     mask = ds_malloc((size_t)seq_len + 1);

@@ -3,8 +3,9 @@
  * update is a backend op (Backend.adamw_ewc_update). Not here: the task loop (continual.c) and
  * the collectives that sum a sharded penalty or a Fisher estimated on several data-parallel
  * ranks (the caller reduces). The pairs live in the backend's memory; on a device, whatever is
- * computed on the host walks them in chunks of EWC_STAGE_FLOATS through e->staging, in the
- * element order of the host path, so both give the same bits. */
+ * computed on the host walks them in chunks of EWC_STAGE_FLOATS through e->staging
+ * (backend_stage, backend_view), in the element order of the host path, so both give the same
+ * bits. */
 #include "ewc.h"
 
 #include <hdf5.h>
@@ -139,28 +140,18 @@ static size_t stage_step(const EwcState *e, size_t n)
     return e->be->host_memory || n < EWC_STAGE_FLOATS ? (n ? n : 1) : EWC_STAGE_FLOATS;
 }
 
-/* n floats of backend memory src, readable on the host: src itself on a host backend, else
- * copied into buf (at most EWC_STAGE_FLOATS). */
-static const float *host_view(const EwcState *e, const float *src, size_t n, float *buf)
-{
-    if (e->be->host_memory) return src;
-    e->be->mem_to_host(buf, src, n * sizeof(float));
-    return buf;
-}
+typedef struct {
+    float gamma;
+    const float *fisher_new; /* host, indexed as the staged range */
+} OnlineFold;
 
-/* dst[n] = src[n], both in the backend's memory (through e->staging on a device: the table has
- * no device-to-device copy). */
-static void backend_copy(const EwcState *e, float *dst, const float *src, size_t n)
+/* f = gamma f + F_new, on one staged piece of the online Fisher */
+static int online_fold(void *ctx, float *f, size_t first, size_t len)
 {
-    if (e->be->host_memory) {
-        memcpy(dst, src, n * sizeof(float));
-        return;
-    }
-    for (size_t c = 0; c < n; c += EWC_STAGE_FLOATS) {
-        const size_t len = n - c < EWC_STAGE_FLOATS ? n - c : EWC_STAGE_FLOATS;
-        e->be->mem_to_host(e->staging, src + c, len * sizeof(float));
-        e->be->mem_to_device(dst + c, e->staging, len * sizeof(float));
-    }
+    const OnlineFold *o = ctx;
+    for (size_t i = 0; i < len; i++)
+        f[i] = o->gamma * f[i] + o->fisher_new[first + i];
+    return DS_OK;
 }
 
 int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, int task_id)
@@ -168,22 +159,15 @@ int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, i
     const size_t n = e->hi - e->lo;
     const float *fn = fisher_new + e->lo, *p = params + e->lo;
     if (e->mode == EWC_ONLINE && e->n_sets == 1) {
-        float *f = e->fisher[0];
-        const size_t step = stage_step(e, n);
-        for (size_t c = 0; c < n; c += step) {
-            const size_t len = n - c < step ? n - c : step;
-            float *h = e->be->host_memory ? f + c : e->staging;
-            if (!e->be->host_memory) e->be->mem_to_host(h, f + c, len * sizeof(float));
-            for (size_t i = 0; i < len; i++)
-                h[i] = e->gamma * h[i] + fn[c + i];
-            if (!e->be->host_memory) e->be->mem_to_device(f + c, h, len * sizeof(float));
-        }
-        backend_copy(e, e->anchor[0], p, n);
+        OnlineFold fold = {e->gamma, fn};
+        DS_TRY(backend_stage(e->be, e->fisher[0], n, STAGE_UPDATE, EWC_STAGE_FLOATS, e->staging,
+                             online_fold, &fold));
+        e->be->mem_copy(e->anchor[0], p, n * sizeof(float));
         e->task_id[0] = task_id;
     } else {
         DS_TRY(ewc_add_set(e, task_id));
         e->be->mem_to_device(e->fisher[e->n_sets - 1], fn, n * sizeof(float));
-        backend_copy(e, e->anchor[e->n_sets - 1], p, n);
+        e->be->mem_copy(e->anchor[e->n_sets - 1], p, n * sizeof(float));
     }
     e->tasks_seen++;
     return DS_OK;
@@ -199,9 +183,9 @@ void ewc_penalty_accumulate(const EwcState *e, const float *params, size_t begin
     for (int k = 0; k < e->n_sets; k++) {
         for (size_t c = begin; c < end; c += step) {
             const size_t len = end - c < step ? end - c : step;
-            const float *p = host_view(e, params + c, len, hp);
-            const float *f = host_view(e, e->fisher[k] + (c - e->lo), len, hf);
-            const float *a = host_view(e, e->anchor[k] + (c - e->lo), len, ha);
+            const float *p = backend_view(e->be, params + c, len, hp);
+            const float *f = backend_view(e->be, e->fisher[k] + (c - e->lo), len, hf);
+            const float *a = backend_view(e->be, e->anchor[k] + (c - e->lo), len, ha);
             for (size_t i = 0; i < len; i++) {
                 double d = (double)p[i] - a[i];
                 s += (double)f[i] * d * d;
@@ -271,23 +255,27 @@ static void fisher_accumulate(float *fisher, const float *grads, size_t n, float
         fisher[i] += w * grads[i] * grads[i];
 }
 
+typedef struct {
+    float *fisher; /* host, indexed as the staged range */
+    float w;
+} FisherSquares;
+
+static int fisher_squares(void *ctx, float *grads, size_t first, size_t len)
+{
+    const FisherSquares *f = ctx;
+    fisher_accumulate(f->fisher + first, grads, len, f->w);
+    return DS_OK;
+}
+
 /* After a backward: the whole gradient of kv heads shared by tensor-parallel ranks, then its
  * square into fisher; on a device backend the gradient comes to the host in chunks of
  * EWC_STAGE_FLOATS through host_grads (the table has no op that squares into a buffer). */
 static int fisher_take(Model *work, float *fisher, float *host_grads, float w)
 {
     DS_TRY(model_reduce_shared_grads(work));
-    const size_t total = work->table.total;
-    if (!host_grads) {
-        fisher_accumulate(fisher, work->grads, total, w);
-        return DS_OK;
-    }
-    for (size_t c = 0; c < total; c += EWC_STAGE_FLOATS) {
-        const size_t len = total - c < EWC_STAGE_FLOATS ? total - c : EWC_STAGE_FLOATS;
-        work->be->mem_to_host(host_grads, work->grads + c, len * sizeof(float));
-        fisher_accumulate(fisher + c, host_grads, len, w);
-    }
-    return DS_OK;
+    FisherSquares f = {fisher, w};
+    return backend_stage(work->be, work->grads, work->table.total, STAGE_READ, EWC_STAGE_FLOATS,
+                         host_grads, fisher_squares, &f);
 }
 
 /* The causal-LM token signs of example `index` (its place in the pass): w[t] *= +-1 from a
@@ -544,22 +532,30 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
     return status;
 }
 
+typedef struct {
+    hid_t file;
+    const char *path, *name;
+    size_t total, lo;
+    int write;
+} H5Piece;
+
+static int h5_piece(void *ctx, float *host, size_t first, size_t len)
+{
+    const H5Piece *h = ctx;
+    return h5_range(h->file, h->path, h->name, h->total, h->lo + first, h->lo + first + len, host,
+                    h->write);
+}
+
 /* h5_range over this rank's [lo, hi) of one of e's buffers (e->be's memory): in one piece from
  * host memory, in staged chunks from a device. */
 static int h5_state_range(const EwcState *e, hid_t file, const char *path, const char *name,
                           size_t total, float *state, int write)
 {
-    if (e->be->host_memory || e->hi == e->lo)
-        return h5_range(file, path, name, total, e->lo, e->hi,
-                        e->be->host_memory ? state : e->staging, write);
-    for (size_t c = e->lo; c < e->hi; c += EWC_STAGE_FLOATS) {
-        const size_t len = e->hi - c < EWC_STAGE_FLOATS ? e->hi - c : EWC_STAGE_FLOATS;
-        float *dev = state + (c - e->lo);
-        if (write) e->be->mem_to_host(e->staging, dev, len * sizeof(float));
-        DS_TRY(h5_range(file, path, name, total, c, c + len, e->staging, write));
-        if (!write) e->be->mem_to_device(dev, e->staging, len * sizeof(float));
-    }
-    return DS_OK;
+    if (e->hi == e->lo) /* the dataset is still made, or its size checked */
+        return h5_range(file, path, name, total, e->lo, e->hi, state, write);
+    H5Piece h = {file, path, name, total, e->lo, write};
+    return backend_stage(e->be, state, e->hi - e->lo, write ? STAGE_READ : STAGE_WRITE,
+                         EWC_STAGE_FLOATS, e->staging, h5_piece, &h);
 }
 
 int ewc_save(const EwcState *e, const char *path, size_t total, int create)

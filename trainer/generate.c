@@ -1,8 +1,9 @@
 /* generate.c: `dstrain generate`: a quick look at what a model or checkpoint learned. Greedy
- * decoding (temperature 0) or top-p sampling, one sequence, on the CPU backend. Each new token
- * runs the whole forward over the sequence so far (no KV cache: this is an inspection tool, not
- * a server). Tokens: byte-level (ids 0..255 are bytes) when the model has no tokenizer.json,
- * otherwise the tokenizer.json through tools/tokenizer_helper.py (the `tokenizers` library). */
+ * decoding (temperature 0) or top-p sampling, one sequence, on the CPU (or with --device cuda
+ * on a GPU). Each new token runs the whole forward over the sequence so far (no KV cache: this
+ * is an inspection tool, not a server). Tokens: byte-level (ids 0..255 are bytes) when the model
+ * has no tokenizer.json, otherwise the tokenizer.json through tools/tokenizer_helper.py (the
+ * `tokenizers` library). */
 #include <errno.h>
 #include <math.h>
 #include <spawn.h>
@@ -16,16 +17,18 @@
 #include "../checkpoint/ckpt.h"
 #include "../checkpoint/hf_model.h"
 #include "../checkpoint/model_path.h"
+#include "classify.h"
 #include "common.h"
 #include "inspect.h"
 #include "model.h"
+#include "train.h"
 
 extern char **environ;
 
 #define GEN_MAX_TOKENS 65536
 
 typedef struct GenOptions {
-    const char *model_dir, *prompt, *prompt_ids, *tokenizer_dir;
+    const char *model_dir, *prompt, *prompt_ids, *tokenizer_dir, *device, *precision;
     int max_new_tokens;
     double temperature, top_p;
     unsigned long long seed;
@@ -194,18 +197,26 @@ static void usage(FILE *out)
             "usage: dstrain generate --model DIR (--prompt TEXT | --prompt-ids \"ID ...\")\n"
             "                        [--max-new-tokens N] [--temperature T] [--top-p P]\n"
             "                        [--seed S] [--tokenizer DIR] [--print-ids]\n"
+            "                        [--device cpu|cuda] [--precision auto|fp32|bf16|tf32]\n"
             "  DIR: a Hugging Face model directory, a checkpoint (step-N), a checkpoint\n"
             "  directory (its newest complete checkpoint) or a run directory (its checkpoints/,\n"
             "  else its export/).\n"
             "  Temperature 0 (the default) is greedy; above 0, top-p (nucleus) sampling.\n"
             "  Tokenizer: DIR/tokenizer.json (or --tokenizer's, or the checkpoint's base model's)\n"
             "  through tools/tokenizer_helper.py; byte-level when there is none.\n"
-            "  --print-ids also prints the prompt's and the generated token ids.\n");
+            "  --print-ids also prints the prompt's and the generated token ids.\n"
+            "  --device: where the model computes (default cpu); --precision: as the train\n"
+            "  config's key precision (auto: bf16 mixed precision on cuda, fp32 on the CPU).\n");
 }
 
 static int parse_args(int argc, char **argv, GenOptions *o)
 {
-    *o = (GenOptions){.max_new_tokens = 32, .temperature = 0.0, .top_p = 0.9, .seed = 1234};
+    *o = (GenOptions){.max_new_tokens = 32,
+                      .temperature = 0.0,
+                      .top_p = 0.9,
+                      .seed = 1234,
+                      .device = "cpu",
+                      .precision = "auto"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--print-ids") == 0) {
@@ -223,6 +234,10 @@ static int parse_args(int argc, char **argv, GenOptions *o)
             o->prompt_ids = v;
         } else if (strcmp(a, "--tokenizer") == 0) {
             o->tokenizer_dir = v;
+        } else if (strcmp(a, "--device") == 0) {
+            o->device = v;
+        } else if (strcmp(a, "--precision") == 0) {
+            o->precision = v;
         } else if (strcmp(a, "--max-new-tokens") == 0) {
             long n = strtol(v, &end, 10);
             if (*end || end == v || n < 1 || n > GEN_MAX_TOKENS)
@@ -275,6 +290,8 @@ int generate_main(int argc, char **argv)
     char path[2048], tokenizer_json[2048] = "", model_dir[MODEL_PATH_MAX];
     ModelPathKind kind;
 
+    const Backend *be = NULL;
+    DS_TRY(eval_backend(o.device, o.precision, &be));
     DS_TRY(model_path_resolve("generate", o.model_dir, model_dir, sizeof(model_dir), &kind));
     o.model_dir = model_dir;
     const int is_ckpt = kind == MODEL_PATH_CHECKPOINT;
@@ -345,12 +362,9 @@ int generate_main(int argc, char **argv)
     }
     const int prompt_len = n;
     const int T = n + o.max_new_tokens < max_total ? n + o.max_new_tokens : max_total;
-    if ((status = model_init(&model, &mc, backend_cpu(), 1, T)) != DS_OK) goto done;
-    if (ckpt)
-        status = ckpt_read_buffer(ckpt, "params", &model.table, model.params, 0, 0);
-    else
-        status = hf_load_weights(o.model_dir, &mc, &model.table, model.params);
-    if (status != DS_OK) goto done;
+    if ((status = eval_check_memory(&mc, 1, T, be)) != DS_OK) goto done;
+    if ((status = model_init(&model, &mc, be, 1, T)) != DS_OK) goto done;
+    if ((status = model_load_path(&model, o.model_dir, &mc)) != DS_OK) goto done;
     logits = ds_malloc((size_t)T * V * sizeof(float));
     scratch = ds_malloc((size_t)V * sizeof(ProbIndex));
     if (!logits || !scratch) {

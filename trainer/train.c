@@ -24,6 +24,7 @@
 
 #include "../checkpoint/export.h"
 #include "../checkpoint/hf_model.h"
+#include "../checkpoint/model_path.h"
 #include "../checkpoint/safetensors.h"
 #include "../data/dataset.h"
 #include "../data/reader.h"
@@ -166,19 +167,36 @@ int train_backend(const Config *cfg, const Backend **be)
     return backend_create(cfg->device, cfg->precision, be);
 }
 
+typedef struct {
+    const char *dir;
+    const ModelConfig *mc;
+    const ParamTable *table;
+    uint64_t seed;
+    int resolved; /* dir is a model path (a checkpoint or a Hugging Face directory) */
+} WeightsRead;
+
+static int weights_read(void *ctx, float *host, size_t first, size_t len)
+{
+    (void)first, (void)len; /* one piece: the whole table */
+    const WeightsRead *w = ctx;
+    return w->resolved ? model_path_load_weights(w->dir, w->mc, w->table, host)
+                       : hf_load_weights_seeded(w->dir, w->mc, w->table, host, w->seed);
+}
+
 /* Weights are read into host memory; on a device backend through a host staging buffer. */
 static int train_load_weights(const char *dir, const ModelConfig *mc, Model *m, uint64_t seed)
 {
-    if (m->be->host_memory) return hf_load_weights_seeded(dir, mc, &m->table, m->params, seed);
-    const size_t bytes = m->table.total * sizeof(float);
-    float *staging = ds_aligned_alloc(PARAM_ALIGN_BYTES, bytes);
-    if (!staging) return DS_ERR_INTERNAL;
-    int status = hf_load_weights_seeded(dir, mc, &m->table, staging, seed);
-    if (status == DS_OK) m->be->mem_to_device(m->params, staging, bytes);
-    free(staging);
-    return status;
+    WeightsRead w = {dir, mc, &m->table, seed, 0};
+    return backend_stage(m->be, m->params, m->table.total, STAGE_WRITE, 0, NULL, weights_read,
+                         &w);
 }
 
+int model_load_path(Model *m, const char *dir, const ModelConfig *mc)
+{
+    WeightsRead w = {dir, mc, &m->table, 0, 1};
+    return backend_stage(m->be, m->params, m->table.total, STAGE_WRITE, 0, NULL, weights_read,
+                         &w);
+}
 
 /* ---- phases -------------------------------------------------------------------------------- */
 

@@ -17,6 +17,10 @@ int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir);
 /* The backend of config key device (cpu, cuda), set to compute as key precision says;
  * DS_ERR_INPUT with the message when unusable. */
 int train_backend(const Config *cfg, const Backend **be);
+/* The weights of dir, a directory model_path_resolve returned (a checkpoint in any layout, or a
+ * Hugging Face directory), into m's parameters in its backend's memory (through one host staging
+ * buffer of the table's size on a device). */
+int model_load_path(Model *m, const char *dir, const ModelConfig *mc);
 
 /* Run a whole training job from a resolved config. */
 int train_run(const Config *cfg);

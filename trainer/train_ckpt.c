@@ -56,21 +56,29 @@ static int agree(const TrainCkpt *tc, int status, const char *what)
     return status;
 }
 
+typedef struct {
+    Ckpt *c;
+    const char *prefix;
+    const ParamTable *table;
+    size_t lo, hi;
+} BufferRead;
+
+static int buffer_read(void *ctx, float *host, size_t first, size_t len)
+{
+    (void)first, (void)len; /* one piece: the whole range */
+    const BufferRead *b = ctx;
+    return ckpt_read_buffer(b->c, b->prefix, b->table, host - b->lo, b->lo, b->hi);
+}
+
 /* Read flat range [lo, hi) of one buffer (0, 0: all of it) into device or host memory; base is
  * indexed by flat offset, and only the range is written: a ZeRO shard's allocation holds no
  * more. Device memory is filled through a host staging buffer of the range's size. */
 static int load_buffer(Ckpt *c, const char *prefix, const Model *m, float *base, size_t lo,
                        size_t hi)
 {
-    if (m->be->host_memory) return ckpt_read_buffer(c, prefix, &m->table, base, lo, hi);
     if (!hi) hi = m->table.total;
-    const size_t bytes = (hi - lo) * sizeof(float);
-    float *staging = ds_aligned_alloc(PARAM_ALIGN_BYTES, bytes ? bytes : sizeof(float));
-    if (!staging) return DS_ERR_INTERNAL;
-    int status = ckpt_read_buffer(c, prefix, &m->table, staging - lo, lo, hi);
-    if (status == DS_OK) m->be->mem_to_device(base + lo, staging, bytes);
-    free(staging);
-    return status;
+    BufferRead b = {c, prefix, &m->table, lo, hi};
+    return backend_stage(m->be, base + lo, hi - lo, STAGE_WRITE, 0, NULL, buffer_read, &b);
 }
 
 static int push_buffer(TrainCkpt *tc, const char *prefix, float *base, size_t begin, size_t end,

@@ -1112,6 +1112,7 @@ static const Backend cpu_backend = {
     .mem_to_device = mem_copy,
     .mem_to_host = mem_copy,
     .mem_zero = mem_zero,
+    .mem_copy = mem_copy,
     .host_memory = 1,
     .embedding_forward_shard = embedding_forward_shard,
     .embedding_backward_shard = embedding_backward_shard,

@@ -143,6 +143,12 @@ static void mem_zero(void *p, size_t bytes)
     if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, stream));
 }
 
+static void mem_copy(void *dst, const void *src, size_t bytes)
+{
+    if (bytes && dst != src)
+        cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+}
+
 /* --------------------------------------------------------------------------------------------- */
 
 static Backend cuda_backend;
@@ -203,6 +209,7 @@ extern "C" const Backend *backend_cuda(void)
     b->mem_to_device = mem_to_device;
     b->mem_to_host = mem_to_host;
     b->mem_zero = mem_zero;
+    b->mem_copy = mem_copy;
     b->host_memory = 0;
     b->mem_info = mem_info;
     b->embedding_forward_shard = embedding_forward_shard;

@@ -1,6 +1,9 @@
 /* test_backend_check.c: backend_check accepts the CPU backend's table and refuses a table with a
- * required op missing, or with part of an optional group, naming the op. */
+ * required op missing, or with part of an optional group, naming the op; backend_stage and
+ * backend_view reach a backend's memory from the host on a host backend (in place) and on one
+ * whose memory must be staged (the CPU table with host_memory off, its copies counted). */
 #include <criterion/criterion.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/ops.h"
@@ -47,4 +50,174 @@ Test(backend_check, groups_are_whole_or_absent)
     cr_assert_eq(backend_check(&b), DS_ERR_INTERNAL);
     cr_assert(strstr(ds_last_error(), "it has weights_refresh but not weights_attach"), "%s",
               ds_last_error());
+}
+
+Test(backend_check, mem_copy_is_required)
+{
+    Backend b = *backend_cpu();
+    b.mem_copy = NULL;
+    cr_assert_eq(backend_check(&b), DS_ERR_INTERNAL);
+    cr_assert(strstr(ds_last_error(), "mem_copy is missing"), "%s", ds_last_error());
+}
+
+/* ---- backend_stage / backend_view ---------------------------------------------------------- */
+
+static size_t to_host_bytes, to_device_bytes;
+
+static void counted_to_host(void *dst, const void *src, size_t bytes)
+{
+    memcpy(dst, src, bytes);
+    to_host_bytes += bytes;
+}
+
+static void counted_to_device(void *dst, const void *src, size_t bytes)
+{
+    memcpy(dst, src, bytes);
+    to_device_bytes += bytes;
+}
+
+/* The CPU backend seen as a device: every host access must go through the copies. */
+static Backend staged_backend(void)
+{
+    Backend b = *backend_cpu();
+    b.host_memory = 0;
+    b.mem_to_host = counted_to_host;
+    b.mem_to_device = counted_to_device;
+    to_host_bytes = to_device_bytes = 0;
+    return b;
+}
+
+typedef struct {
+    float *mem;      /* the backend memory being staged (to tell a copy from the memory) */
+    size_t next;     /* the first index the next piece must start at */
+    size_t longest;  /* the longest piece seen */
+    int pieces, in_place, fail_at;
+    double sum;      /* of the values read */
+} Visit;
+
+/* Reads each value (checks order and contiguity), then writes 2 x value + first index. */
+static int visit(void *ctx, float *host, size_t first, size_t len)
+{
+    Visit *v = ctx;
+    cr_assert_eq(first, v->next, "piece at %zu, expected %zu", first, v->next);
+    v->next = first + len;
+    if (len > v->longest) v->longest = len;
+    v->in_place |= host == v->mem + first;
+    if (++v->pieces == v->fail_at) return ds_error(DS_ERR_INPUT, "stop at piece %d", v->pieces);
+    for (size_t i = 0; i < len; i++) {
+        v->sum += host[i];
+        host[i] = 2.0f * host[i] + (float)(first + i);
+    }
+    return DS_OK;
+}
+
+/* Fills a piece without reading it: 10 x index. */
+static int fill(void *ctx, float *host, size_t first, size_t len)
+{
+    Visit *v = ctx;
+    cr_assert_eq(first, v->next);
+    v->next = first + len;
+    v->pieces++;
+    for (size_t i = 0; i < len; i++)
+        host[i] = 10.0f * (float)(first + i);
+    return DS_OK;
+}
+
+static float *ramp(size_t n)
+{
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)i;
+    return x;
+}
+
+Test(backend_stage, a_host_backend_is_visited_in_place_in_one_piece)
+{
+    const size_t n = 1000;
+    float *x = ramp(n);
+    Visit v = {.mem = x};
+    cr_assert_eq(backend_stage(backend_cpu(), x, n, STAGE_UPDATE, 64, NULL, visit, &v), DS_OK);
+    cr_assert_eq(v.pieces, 1);
+    cr_assert(v.in_place);
+    cr_assert_float_eq(v.sum, n * (n - 1) / 2.0, 0.5);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(x[i], 3.0f * (float)i);
+    cr_assert_eq(backend_view(backend_cpu(), x, n, NULL), x);
+    free(x);
+}
+
+Test(backend_stage, update_copies_each_chunk_both_ways)
+{
+    const size_t n = 1000, chunk = 300; /* 300, 300, 300, 100 */
+    Backend b = staged_backend();
+    float *x = ramp(n), staging[300];
+    Visit v = {.mem = x};
+    cr_assert_eq(backend_stage(&b, x, n, STAGE_UPDATE, chunk, staging, visit, &v), DS_OK);
+    cr_assert_eq(v.pieces, 4);
+    cr_assert_eq(v.longest, chunk);
+    cr_assert_not(v.in_place);
+    cr_assert_eq(v.next, n);
+    cr_assert_float_eq(v.sum, n * (n - 1) / 2.0, 0.5);
+    cr_assert_eq(to_host_bytes, n * sizeof(float));
+    cr_assert_eq(to_device_bytes, n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(x[i], 3.0f * (float)i, "x[%zu] = %g", i, x[i]);
+    free(x);
+}
+
+Test(backend_stage, read_leaves_the_memory_and_write_does_not_read_it)
+{
+    const size_t n = 777;
+    Backend b = staged_backend();
+    float *x = ramp(n);
+    Visit v = {.mem = x};
+    /* read: the staging buffer is allocated here (NULL), the whole range one piece (chunk 0) */
+    cr_assert_eq(backend_stage(&b, x, n, STAGE_READ, 0, NULL, visit, &v), DS_OK);
+    cr_assert_eq(v.pieces, 1);
+    cr_assert_float_eq(v.sum, n * (n - 1) / 2.0, 0.5);
+    cr_assert_eq(to_host_bytes, n * sizeof(float));
+    cr_assert_eq(to_device_bytes, 0);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(x[i], (float)i);
+    /* write: nothing is copied in, every piece of what fn fills goes out */
+    to_host_bytes = 0;
+    v = (Visit){.mem = x};
+    cr_assert_eq(backend_stage(&b, x, n, STAGE_WRITE, 100, NULL, fill, &v), DS_OK);
+    cr_assert_eq(v.pieces, 8);
+    cr_assert_eq(v.next, n);
+    cr_assert_eq(to_host_bytes, 0);
+    cr_assert_eq(to_device_bytes, n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(x[i], 10.0f * (float)i, "x[%zu] = %g", i, x[i]);
+    free(x);
+}
+
+Test(backend_stage, the_first_error_stops_and_is_returned)
+{
+    const size_t n = 1000;
+    Backend b = staged_backend();
+    float *x = ramp(n);
+    Visit v = {.mem = x, .fail_at = 2};
+    cr_assert_eq(backend_stage(&b, x, n, STAGE_UPDATE, 400, NULL, visit, &v), DS_ERR_INPUT);
+    cr_assert(strstr(ds_last_error(), "stop at piece 2"), "%s", ds_last_error());
+    cr_assert_eq(v.pieces, 2);
+    /* the first piece was written back, the failed one and the rest were not */
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(x[i], i < 400 ? 3.0f * (float)i : (float)i, "x[%zu] = %g", i, x[i]);
+    /* nothing to visit: fn is not called */
+    v = (Visit){.mem = x, .fail_at = 1};
+    cr_assert_eq(backend_stage(&b, x, 0, STAGE_UPDATE, 400, NULL, visit, &v), DS_OK);
+    cr_assert_eq(v.pieces, 0);
+    free(x);
+}
+
+Test(backend_stage, view_copies_on_a_device_only)
+{
+    Backend b = staged_backend();
+    float x[5] = {1, 2, 3, 4, 5}, buf[5] = {0};
+    const float *h = backend_view(&b, x, 5, buf);
+    cr_assert_eq(h, buf);
+    cr_assert_eq(to_host_bytes, sizeof(x));
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(buf[i], x[i]);
 }

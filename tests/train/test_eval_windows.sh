@@ -57,5 +57,31 @@ DSTRAIN_HOST_MEMORY_BYTES=1000000 "$DSTRAIN" eval --model run/export --data docs
 check "a 976.56 KiB host: exit 2 and the line" test $rc -eq 2 -a "$(cat small.err)" = \
   "dstrain: error: memory: eval at --batch 3 x --seq-len 6 (parameters and gradients 6.63 MiB, activations 762.88 KiB) needs 7.38 MiB of host memory, more than the 976.56 KiB this host has (DSTRAIN_HOST_MEMORY_BYTES); lower --seq-len or --batch"
 
+# 4. where it computes: --device and --precision, refused with the flag named before the model
+#    is looked at; the CPU in fp32 is what eval does by default
+refused() { # refused NAME EXPECTED-LINE ARGS...
+  local name=$1 line=$2; shift 2
+  "$DSTRAIN" "$@" > bad.out 2> bad.err; local rc=$?
+  check "$name: exit 2 and one line ($(head -c 300 bad.err))" \
+    test $rc -eq 2 -a "$(cat bad.err)" = "dstrain: error: $line"
+}
+for cmd in "eval --data docs.h5" "generate --prompt-ids 3"; do
+  refused "$cmd --device tpu" '--device: expected cpu or cuda, got "tpu"' \
+    $cmd --model nowhere --device tpu
+  refused "$cmd --precision fp16" '--precision: expected auto, fp32, bf16 or tf32, got "fp16"' \
+    $cmd --model nowhere --precision fp16
+  refused "$cmd --precision bf16 on the CPU" \
+    '--precision: bf16 needs --device cuda (the CPU computes in fp32 only; use auto or fp32)' \
+    $cmd --model nowhere --precision bf16
+done
+# on a machine without a GPU (or a build without CUDA) --device cuda is one line naming it
+if ! command -v nvidia-smi > /dev/null 2>&1; then
+  "$DSTRAIN" eval --model run/export --data docs.h5 --device cuda > gpu.out 2> gpu.err; rc=$?
+  check "--device cuda without a GPU: exit 2, one line naming device cuda ($(cat gpu.err))" \
+    bash -c "test $rc -eq 2 -a \$(wc -l < gpu.err) -eq 1 && grep -q '^dstrain: error: device: cuda: ' gpu.err"
+fi
+check "--device cpu --precision fp32: the default's loss" \
+  test "$(loss --seq-len 6 --device cpu --precision fp32)" = "$fit"
+
 echo "train/eval_windows: $passes passed, $fails failed"
 [ $fails -eq 0 ]
