@@ -1,4 +1,4 @@
-/* backend.c: making a backend from the config's device and precision (backend_create), and
+/* backend.c: making a backend from the config's options (backend_create), and
  * checking that its table is whole before the model uses it (backend_check), and host access to
  * a backend's memory through a staging buffer (backend_stage). Every op the model
  * may call is either required or part of a group that a backend has whole or not at all (the
@@ -134,26 +134,30 @@ const float *backend_view(const Backend *be, const float *src, size_t n, float *
     return buf;
 }
 
-int backend_create(const char *device, const char *precision, const Backend **out)
+int backend_create(const BackendOptions *o, const Backend **out)
 {
     *out = NULL;
+    const char *device = o->device && o->device[0] ? o->device : "cpu";
+    const char *precision = o->precision && o->precision[0] ? o->precision : "auto";
     if (strcmp(device, "cpu") == 0) {
-        if (strcmp(precision, "bf16") == 0)
-            return ds_error(DS_ERR_INPUT, "precision: bf16 needs device: cuda (the CPU backend "
-                                          "computes in fp32 only; use auto or fp32)");
+        if (strcmp(precision, "auto") != 0 && strcmp(precision, "fp32") != 0)
+            return ds_error(DS_ERR_INPUT,
+                            "precision: %s needs device: cuda (the CPU backend computes in fp32 "
+                            "only; use auto or fp32)",
+                            precision);
         *out = backend_cpu();
         return backend_check(*out);
     }
     if (strcmp(device, "cuda") == 0) {
 #ifdef DSTRAIN_HAVE_CUDA
+        const char *attention = o->attention && o->attention[0] ? o->attention : "flash";
+        const char *experts = o->experts && o->experts[0] ? o->experts : "streams";
         const Backend *be = backend_cuda(); /* NULL when no GPU is usable */
         if (!be) return DS_ERR_INPUT;
-        /* auto: mixed precision, unless DSTRAIN_CUDA_MATMUL chose a mode for an experiment */
-        const char *env = getenv("DSTRAIN_CUDA_MATMUL");
-        if (strcmp(precision, "auto") != 0)
-            DS_TRY(cuda_matmul_precision(precision));
-        else if (!env || !env[0])
-            DS_TRY(cuda_matmul_precision("bf16"));
+        /* auto: mixed precision */
+        DS_TRY(cuda_matmul_precision(strcmp(precision, "auto") == 0 ? "bf16" : precision));
+        DS_TRY(cuda_attention_kind(attention));
+        DS_TRY(cuda_moe_experts_kind(experts));
         DS_TRY(backend_check(be));
         *out = be;
         return DS_OK;

@@ -269,12 +269,19 @@ typedef struct Backend {
 } Backend;
 
 const Backend *backend_cpu(void);
-/* The backend of device ("cpu", "cuda") computing in precision ("auto", "fp32", "bf16", and
- * "tf32" on cuda), its table checked (backend_check). DS_ERR_INPUT with one line for a device this
- * build or machine does not have, or a precision the device does not compute in. The CUDA
- * backend is one per process: its precision is the last asked for, and a model laid out for
- * one precision must be freed before another is asked for. */
-int backend_create(const char *device, const char *precision, const Backend **out);
+/* What a backend is made with: the config's keys device, precision, cuda.attention and
+ * cuda.experts (NULL or "": the default). */
+typedef struct BackendOptions {
+    const char *device;    /* "cpu" or "cuda" */
+    const char *precision; /* "auto", "fp32", "bf16", and "tf32" on cuda */
+    const char *attention; /* cuda: "flash" (default), "mma" or "simple" (cuda_ops.h) */
+    const char *experts;   /* cuda: "streams" (default), "grouped" or "loop" */
+} BackendOptions;
+/* The backend o describes, set up as it says, its table checked (backend_check). DS_ERR_INPUT
+ * with one line naming the option for a device this build or machine does not have, or a choice
+ * the device does not have. The CUDA backend is one per process, its context set by the last
+ * call: a model laid out for one precision must be freed before another is asked for. */
+int backend_create(const BackendOptions *o, const Backend **out);
 /* DS_OK when be's table is whole: every required op set, and each optional group (the
  * vocab-parallel ops, mixed precision, the latent-attention and expert ops) set entirely or not
  * at all; else DS_ERR_INTERNAL naming the first op missing (kernels/backend_check.c). */

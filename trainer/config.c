@@ -254,8 +254,20 @@ static const ConfigKey config_schema[] = {
          "bf16 = mixed precision (fp32 master weights, weight gradients, residual stream, loss "
          "and optimizer; a bf16 working copy of the weights; the other activations and their "
          "gradients stored in bf16; bf16 matmul operands with fp32 accumulation); fp32 = fp32 "
-         "throughout; auto = bf16 on cuda, fp32 on cpu (the CPU computes in fp32 only)",
-         "auto", "bf16", "fp32"),
+         "throughout; tf32 = fp32 storage with TF32 matmul products (cuda only); auto = bf16 "
+         "on cuda, fp32 on cpu (the CPU computes in fp32 only)",
+         "auto", "bf16", "fp32", "tf32"),
+    ENUM("cuda.attention", cuda_attention, "flash",
+         "how attention computes with device cuda: flash = the bf16 tensor-core kernels where "
+         "the head sizes suit them (wgmma on Hopper, mma.sync elsewhere; fp32 kernels for other "
+         "sizes and in precision fp32); mma = the mma.sync kernels also on Hopper; simple = the "
+         "fp32 CUDA-core kernels for every shape",
+         "flash", "mma", "simple"),
+    ENUM("cuda.experts", cuda_experts, "streams",
+         "how the routed experts' matmuls run with device cuda: streams = each expert's on one "
+         "of a few streams (the same bits as loop); grouped = one cuBLAS grouped GEMM a "
+         "projection; loop = one matmul after another",
+         "streams", "grouped", "loop"),
     STR("metrics.listen", metrics_listen, "", 0,
         "HOST:PORT of the Prometheus endpoint (/metrics, /healthz) on rank 0, e.g. "
         "127.0.0.1:9400; empty = off"),

@@ -101,7 +101,9 @@ typedef struct Config {
     int log_every;
     int log_config_full;               /* log.print_config */
     char device[16];                   /* cpu | cuda */
-    char precision[8];                 /* auto | bf16 | fp32: how a device backend computes */
+    char precision[8];                 /* auto | bf16 | fp32 | tf32: how a device backend computes */
+    char cuda_attention[8];            /* cuda.attention: flash | mma | simple */
+    char cuda_experts[8];              /* cuda.experts: streams | grouped | loop */
     /* metrics endpoint (trainer/metrics_server.c) */
     char metrics_listen[256];          /* HOST:PORT; empty = off */
     int metrics_allow_remote;          /* allow a non-loopback listen address */

@@ -104,7 +104,7 @@ int eval_backend(const char *device, const char *precision, const Backend **be)
                         "--precision: %s needs --device cuda (the CPU computes in fp32 only; use "
                         "auto or fp32)",
                         precision);
-    return backend_create(device, precision, be);
+    return backend_create(&(BackendOptions){.device = device, .precision = precision}, be);
 }
 
 /* Score the rows filled so far and reset the batch. */

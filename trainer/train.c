@@ -164,7 +164,11 @@ static int train_all_min(void *group, int local, int *global)
 /* The backend device: names (cpu, cuda) selects, in the precision asked for. */
 int train_backend(const Config *cfg, const Backend **be)
 {
-    return backend_create(cfg->device, cfg->precision, be);
+    BackendOptions o = {.device = cfg->device,
+                        .precision = cfg->precision,
+                        .attention = cfg->cuda_attention,
+                        .experts = cfg->cuda_experts};
+    return backend_create(&o, be);
 }
 
 typedef struct {

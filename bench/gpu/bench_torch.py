@@ -4,7 +4,7 @@
 PyTorch: transformers' LlamaForCausalLM with SDPA attention, AMP bf16 autocast over fp32
 parameters, fused AdamW (what a Trainer run with bf16 does), eager and torch.compile; random
 weights from the published config values. dstrain: `dstrain train device=cuda` with the
-matching preset (DSTRAIN_CUDA_MATMUL picks its matmul mode, bf16 by default here).
+matching preset (PRECISION in the environment picks its config key precision, bf16 by default).
 Shapes: deepseek-coder-1.3b at 8 x 2048, deepseek-llm-7b at 1 x 4096 with activation
 checkpointing. Prints tokens/s, MFU (6N + 6*L*d*T flops per token, N the matmul parameters,
 against 989 TFLOP/s), peak memory and dstrain / PyTorch ratios.
@@ -147,9 +147,10 @@ def run_dstrain(binary, shape_name, steps, warmup, timeout, log):
            f"run.dir={run_dir}"]
     if s["ckpt"]:
         cmd.append("train.activation_checkpointing=true")
+    precision = os.environ.get("PRECISION", "bf16")
+    cmd.append(f"precision={precision}")
     env = dict(os.environ)
-    env.setdefault("DSTRAIN_CUDA_MATMUL", "bf16")
-    log.write("$ DSTRAIN_CUDA_MATMUL=%s %s\n" % (env["DSTRAIN_CUDA_MATMUL"], " ".join(cmd)))
+    log.write("$ %s\n" % " ".join(cmd))
     log.flush()
     with GpuMemoryPeak() as mem:
         try:
@@ -168,7 +169,7 @@ def run_dstrain(binary, shape_name, steps, warmup, timeout, log):
     if not timed:
         return dict(error="rc %s, %d steps recorded" % (rc, len(rows)))
     return dict(step_s=statistics.median(timed), peak_gib=mem.peak_mib / 1024.0,
-                loss=rows[-1]["loss"], matmul=env["DSTRAIN_CUDA_MATMUL"])
+                loss=rows[-1]["loss"], matmul=precision)
 
 
 # ---- driver ----------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ The model: DeepSeek-V2-Lite's published shape (the deepseek-v2-lite preset: MLA 
 latent, 64 routed experts of 1408, 6 a token, 2 shared, first layer dense, YaRN) cut to --layers
 decoder layers, random weights. One config.json (written here) drives both sides:
   dstrain: `dstrain train device=cuda model.path=DIR model.random_init=true` (bf16 mixed
-    precision, AdamW; run "dstrain:KIND" sets DSTRAIN_CUDA_EXPERTS=KIND, how the routed experts
-    run: streams, grouped or loop), step time from metrics.jsonl; the run is stopped once its
+    precision, AdamW; run "dstrain:KIND" sets the config key cuda.experts=KIND, how the routed
+    experts run: streams, grouped or loop), step time from metrics.jsonl; the run is stopped once its
     steps are recorded (its end-of-run checkpoint of the optimizer state is not part of a step).
   PyTorch: transformers' DeepseekV2ForCausalLM from the same config, fp32 parameters, bf16
     autocast, fused AdamW, clip_grad_norm_ (what a Trainer run with bf16 does), eager and
@@ -154,10 +154,10 @@ def run_dstrain(binary, model_dir, batch, seq, steps, warmup, timeout, log, expe
     cmd = [binary, "train", "device=cuda", f"model.path={model_dir}", "model.random_init=true",
            f"train.seq_len={seq}", f"train.micro_batch_size={batch}", f"train.steps={total}",
            "log.every=1", "export.enabled=false", f"run.dir={run_dir}"]
-    env = dict(os.environ)
     if experts:
-        env["DSTRAIN_CUDA_EXPERTS"] = experts
-    log.write("$ %s%s\n" % ("DSTRAIN_CUDA_EXPERTS=%s " % experts if experts else "", " ".join(cmd)))
+        cmd.append(f"cuda.experts={experts}")
+    env = dict(os.environ)
+    log.write("$ %s\n" % " ".join(cmd))
     log.flush()
     metrics = os.path.join(run_dir, "metrics.jsonl")
     rows, rc = [], None
@@ -230,7 +230,7 @@ def main():
             results.append((run, dict(error="skipped (time budget)")))
             continue
         t0 = time.time()
-        if run.startswith("dstrain"):  # dstrain, or dstrain:KIND (DSTRAIN_CUDA_EXPERTS=KIND)
+        if run.startswith("dstrain"):  # dstrain, or dstrain:KIND (cuda.experts=KIND)
             res = run_dstrain(args.dstrain, model_dir, args.batch, args.seq, args.steps,
                               args.warmup, args.timeout, log,
                               run.split(":", 1)[1] if ":" in run else None)

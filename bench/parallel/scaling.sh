@@ -7,11 +7,11 @@
 #   tp: tokens/s at tp 2 (same batch as 1 GPU)      / (2 x tokens/s on 1 GPU)
 # Step time is the median of steps 2..STEPS from metrics.jsonl (step 1 warms up).
 # Environment: PRESET (deepseek-coder-1.3b), B (micro-batch, 4), T (2048), STEPS (5),
-# DSTRAIN_CUDA_MATMUL (bf16), BUILD (/tmp/dstrain-scaling), OUT (where logs go).
+# PRECISION (the config key precision: bf16), BUILD (/tmp/dstrain-scaling), OUT (where logs go).
 set -uo pipefail
 PRESET=${PRESET:-deepseek-coder-1.3b} B=${B:-4} T=${T:-2048} STEPS=${STEPS:-5}
 BUILD=${BUILD:-/tmp/dstrain-scaling} OUT=${OUT:-/tmp/dstrain-scaling-out}
-export DSTRAIN_CUDA_MATMUL=${DSTRAIN_CUDA_MATMUL:-bf16}
+PRECISION=${PRECISION:-bf16}
 mkdir -p "$OUT"
 [ -f .devdeps/activate ] && source .devdeps/activate
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
@@ -25,14 +25,14 @@ gpus=$(nvidia-smi -L | wc -l)
 [ "$gpus" -ge 2 ] || { echo "scaling.sh: needs 2 GPUs, this node has $gpus"; exit 1; }
 runs=/dev/shm/dstrain-scaling # the end-of-run checkpoint goes to memory
 common=(device=cuda model.preset="$PRESET" train.seq_len="$T" train.steps="$STEPS" log.every=1
-        export.enabled=false)
+        export.enabled=false precision="$PRECISION")
 
 # run NAME NP ARGS...: train, print "NAME tokens/s step_s"
 run() {
     local name=$1 np=$2; shift 2
     rm -rf "$runs/$name"
     local launch=()
-    [ "$np" -gt 1 ] && launch=(mpirun -np "$np" -x DSTRAIN_CUDA_MATMUL)
+    [ "$np" -gt 1 ] && launch=(mpirun -np "$np")
     timeout 300 "${launch[@]}" "$DSTRAIN" train "${common[@]}" run.dir="$runs/$name" "$@" \
         > "$OUT/$name.log" 2>&1
     local rc=$?

@@ -313,7 +313,7 @@ extern "C" int cuda_attention_kind(const char *mode)
         attention_kind = 2;
     else
         return ds_error(DS_ERR_INPUT,
-                        "DSTRAIN_CUDA_ATTENTION: \"%s\": expected flash, mma or simple", mode);
+                        "cuda.attention: \"%s\": expected flash, mma or simple", mode);
     return DS_OK;
 }
 

@@ -4,7 +4,7 @@
  * latent attention; the kernels are templated on the two head sizes, DQK >= DV, the dP and dV
  * products riding in the loops of the S and dK ones), with the contract of attention.cuh; on Hopper
  * it hands head_dim 128 to the wgmma kernels of attention_wgmma.cu (unless
- * DSTRAIN_CUDA_ATTENTION=mma). Because the mma.sync register layouts are known, S, P, dP, dS and
+ * cuda.attention: mma). Because the mma.sync register layouts are known, S, P, dP, dS and
  * the dQ / dK / dV accumulators never leave the registers: shared memory holds only row-major bf16
  * tiles of the inputs, read as fragments by ldmatrix (.trans where a product's k runs along the
  * tile's rows: k = key or k = query). Inputs and outputs are bf16 in global memory in bf16 mode;

@@ -3,7 +3,7 @@
  * q/k heads of 192 with v heads of 128 (DeepSeek's latent attention: the kernel is templated on
  * the two head sizes, DQK and DV): the CUDA backend's forward wherever the wgmma kernels of
  * attention_wgmma.cu do not run (devices other than Hopper, head_dim 64,
- * DSTRAIN_CUDA_ATTENTION=mma), to which it hands v heads of 128 on Hopper. Also here: the bf16
+ * cuda.attention: mma), to which it hands v heads of 128 on Hopper. Also here: the bf16
  * staging that the mma.sync and wgmma kernels read.
  *
  * In bf16 mode the backend's q, k, v are bf16 already and the output is written as bf16; fp32

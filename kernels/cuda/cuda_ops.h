@@ -12,9 +12,9 @@ extern "C" {
  * (ops.h's Act), matmuls on the bf16 tensor cores from the bf16 working copy of
  * Backend.weights_attach with fp32 accumulation, fp32 master weights and weight gradients) or
  * "tf32" (fp32 storage, TF32 products). The Act storage follows the mode, so a model's arena is
- * laid out for the mode in force at model_init: switch only while no model is alive. The
- * environment variable DSTRAIN_CUDA_MATMUL sets it when the backend starts; the config key
- * precision (train_backend) after that. DS_ERR_INPUT for anything else. */
+ * laid out for the mode in force at model_init: switch only while no model is alive.
+ * backend_create sets it from BackendOptions.precision (the config key precision; auto is bf16).
+ * DS_ERR_INPUT for anything else. */
 int cuda_matmul_precision(const char *mode);
 /* 1 when matmuls run in bf16 mode. */
 int cuda_matmul_is_bf16(void);
@@ -27,9 +27,9 @@ int cuda_matmul_is_bf16(void);
  * 128 and at equal head sizes of 64 or 128, other sizes and fp32 activations on the fp32 kernels
  * of mla.cuh), "mma" (the mma.sync kernels
  * wherever they suit, also on Hopper: the fallback, kept testable there) or "simple" (the fp32
- * CUDA-core kernels of ops_cuda.cu for every head dim; agrees with the CPU to fp32 rounding). The
- * environment variable DSTRAIN_CUDA_ATTENTION sets it when the backend starts. DS_ERR_INPUT for
- * anything else. */
+ * CUDA-core kernels of ops_cuda.cu for every head dim; agrees with the CPU to fp32 rounding).
+ * backend_create sets it from BackendOptions.attention (the config key cuda.attention).
+ * DS_ERR_INPUT for anything else. */
 int cuda_attention_kind(const char *mode);
 
 /* How many attention calls (forward or backward) ran on the tensor-core kernels so far, and how
@@ -42,8 +42,8 @@ int cuda_wgmma_attention_ready(int D);
 /* How the routed experts of a MoE layer run (moe_experts_forward / backward; experts.cuh):
  * "streams" (default: each expert's matmuls on one of a few streams, so several experts share
  * the GPU; the same bits as "loop"), "grouped" (one cuBLAS grouped GEMM a projection) or "loop"
- * (one matmul after another). The environment variable DSTRAIN_CUDA_EXPERTS sets it when the
- * backend starts. DS_ERR_INPUT for anything else. */
+ * (one matmul after another). backend_create sets it from BackendOptions.experts (the config key
+ * cuda.experts). DS_ERR_INPUT for anything else. */
 int cuda_moe_experts_kind(const char *kind);
 /* How many grouped matmuls ran so far, and how many of those the library refused and the
  * experts ran one by one instead: lets tests see which path a call took. */

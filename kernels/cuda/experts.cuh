@@ -103,7 +103,8 @@ extern "C" int cuda_moe_experts_kind(const char *kind)
     else if (strcmp(kind, "loop") == 0)
         experts_kind = EXPERTS_LOOP;
     else
-        return ds_error(DS_ERR_INPUT, "experts: \"%s\": expected streams, grouped or loop", kind);
+        return ds_error(DS_ERR_INPUT, "cuda.experts: \"%s\": expected streams, grouped or loop",
+                        kind);
     return DS_OK;
 }
 

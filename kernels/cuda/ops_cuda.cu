@@ -6,7 +6,7 @@
  * agreement checks) everything is fp32. The other kernels are ours: templates over the Act
  * storage type that compute in fp32; attention is flash-style (online softmax, the log-sum-exp
  * saved, no T x T matrix): on the bf16 tensor cores for head_dim 64 and 128 (attention.cuh:
- * wgmma kernels on Hopper, mma.sync elsewhere) unless DSTRAIN_CUDA_ATTENTION=simple, else in fp32
+ * wgmma kernels on Hopper, mma.sync elsewhere) unless cuda.attention is simple, else in fp32
  * (attention_fp32.cuh); DeepSeek's latent attention runs on the same tensor-core kernels at its
  * head sizes (q/k 192, v 128; mla.cuh dispatches, other shapes take fp32 kernels), its routing,
  * permutation and row moves are simple fp32-arithmetic kernels (moe.cuh), and the routed experts'
@@ -163,7 +163,8 @@ static int mem_info(size_t *free_bytes, size_t *total_bytes)
 }
 
 /* The first call picks the device and creates the cuBLASLt handle; NULL (with the error set)
- * when there is no usable GPU. */
+ * when there is no usable GPU. backend_create (backend.c) sets its precision, attention and
+ * experts from the options it was given. */
 extern "C" const Backend *backend_cuda(void)
 {
     if (cuda_backend.name) return &cuda_backend;
@@ -175,12 +176,6 @@ extern "C" const Backend *backend_cuda(void)
                  err != cudaSuccess ? cudaGetErrorString(err) : "no device found");
         return NULL;
     }
-    const char *mode = getenv("DSTRAIN_CUDA_MATMUL");
-    if (mode && mode[0] && cuda_matmul_precision(mode) != DS_OK) return NULL;
-    const char *attention = getenv("DSTRAIN_CUDA_ATTENTION");
-    if (attention && attention[0] && cuda_attention_kind(attention) != DS_OK) return NULL;
-    const char *experts = getenv("DSTRAIN_CUDA_EXPERTS");
-    if (experts && experts[0] && cuda_moe_experts_kind(experts) != DS_OK) return NULL;
     cublasCheck(cublasLtCreate(&lt_handle));
     cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
     Backend *b = &cuda_backend;

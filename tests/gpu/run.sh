@@ -8,7 +8,7 @@
 # CPU (tests/gpu/inspect.sh), then prints a summary table last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
 # $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
-# deepseek-coder-1.3b steps with each matmul mode of BENCH_MATMUL (default "fp32 bf16"; see
+# deepseek-coder-1.3b steps with each precision of BENCH_MATMUL (default "fp32 bf16"; see
 # kernels/cuda/cuda_ops.h).
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -157,7 +157,7 @@ if [ "${BENCH:-0}" = 1 ]; then
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$BUILD/mem.txt" &
         smi=$!
         t0=$(date +%s)
-        DSTRAIN_CUDA_MATMUL=$mm timeout "${BENCH_TIMEOUT:-240}" "$BUILD/dstrain" train device=cuda \
+        timeout "${BENCH_TIMEOUT:-240}" "$BUILD/dstrain" train device=cuda precision="$mm" \
             model.preset=deepseek-coder-1.3b train.seq_len="${BENCH_T:-2048}" \
             train.micro_batch_size="${BENCH_B:-8}" train.steps=4 log.every=1 export.enabled=false \
             run.dir="$bench_dir" > "$OUT/bench-$mm.log" 2>&1

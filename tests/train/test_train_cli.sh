@@ -77,6 +77,16 @@ check "missing data names the file" grep -q 'missing.h5' bad5.err
 check "bf16 on the cpu exits 2" test $rc -eq 2
 check "bf16 on the cpu names the keys" grep -q 'precision: bf16 needs device: cuda' bad6.err
 check "bf16 on the cpu is one line" test "$(cat bad6.err | wc -l)" -eq 1
+"$DSTRAIN" train precision=tf32 run.dir=tf > /dev/null 2> bad6.err; rc=$?
+check "tf32 on the cpu: exit 2, one line naming the keys" test $rc -eq 2 -a "$(cat bad6.err)" = \
+  "dstrain: error: precision: tf32 needs device: cuda (the CPU backend computes in fp32 only; use auto or fp32)"
+"$DSTRAIN" train cuda.experts=grouped cuda.attention=mma train.steps=1 run.dir=ck > ck.out 2>&1
+check "the cuda keys are accepted (and unused) on the cpu" test $? -eq 0
+for kv in cuda.experts=fast cuda.attention=flash3; do
+  "$DSTRAIN" train "$kv" run.dir=ck2 > /dev/null 2> bad8.err; rc=$?
+  check "$kv: exit 2, one line naming the key and the choices ($(cat bad8.err))" bash -c \
+    "test $rc -eq 2 -a \$(wc -l < bad8.err) -eq 1 && grep -q '${kv%%=*}' bad8.err && grep -Eq 'streams|flash' bad8.err"
+done
 "$DSTRAIN" train precision=fp16 run.dir=bf > /dev/null 2> bad7.err; rc=$?
 check "unknown precision exits 2" test $rc -eq 2
 check "unknown precision names the choices" grep -q 'precision' bad7.err
