@@ -5,7 +5,8 @@
 # preset on the bundled data for $STEPS steps on the CPU and on the GPU (in bf16 and in fp32)
 # and compares the loss curves, the same for DeepSeek's tiny-moe preset
 # (tests/gpu/moe.sh), runs eval, generate and a classifier's eval with --device cuda against the
-# CPU (tests/gpu/inspect.sh), then prints a summary table last. Exit 1 if anything failed.
+# CPU (tests/gpu/inspect.sh) and two continual runs with EWC against the CPU
+# (tests/gpu/continual.sh), then prints a summary table last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
 # $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
 # deepseek-coder-1.3b steps with each precision of BENCH_MATMUL (default "fp32 bf16"; see
@@ -148,6 +149,10 @@ cat "$OUT/moe-summary.txt" >> "$SUMMARY"
 # ---- eval, generate and a classifier's eval on the GPU against the CPU (tests/gpu/inspect.sh) ----
 BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/inspect.sh" > "$OUT/inspect.log" 2>&1 || status=1
 cat "$OUT/inspect-summary.txt" >> "$SUMMARY"
+
+# ---- continual learning (EWC, replay, the state) on the GPU against the CPU (tests/gpu/continual.sh)
+BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/continual.sh" > "$OUT/continual.log" 2>&1 || status=1
+cat "$OUT/continual-summary.txt" >> "$SUMMARY"
 
 # ---- optional: a deepseek-coder-1.3b step (each matmul mode of BENCH_MATMUL), time and peak memory ----------------------
 if [ "${BENCH:-0}" = 1 ]; then
