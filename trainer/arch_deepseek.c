@@ -830,14 +830,13 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
                            c->rope_interleave);
     be->rope_block_forward(k_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
                            c->rope_interleave);
-    for (int h = 0; h < H; h++) {
-        const Act *kv_h = model_act_at(m, L->kv, (size_t)h * (d.dn + d.dv));
-        Act *k_h = model_act_at(m, L->k, (size_t)h * d.Dq);
-        be->copy_block(k_h, H * d.Dq, kv_h, d.kvb, N, d.dn, 0);
-        be->copy_block(model_act_at(m, k_h, d.dn), H * d.Dq, k_rope, d.kva, N, d.dr, 0);
-        be->copy_block(model_act_at(m, L->v, (size_t)h * d.dv), H * d.dv,
-                       model_act_at(m, kv_h, d.dn), d.kvb, N, d.dv, 0);
-    }
+    /* kv_b's outputs are N x H rows of (nope, v): every head's k nope part and v in one copy
+     * each, rows of N * H; the shared rotary key into every head's k */
+    be->copy_block(L->k, d.Dq, L->kv, d.dn + d.dv, N * H, d.dn, 0);
+    be->copy_block(L->v, d.dv, model_act_at(m, L->kv, d.dn), d.dn + d.dv, N * H, d.dv, 0);
+    for (int h = 0; h < H; h++)
+        be->copy_block(model_act_at(m, L->k, (size_t)h * d.Dq + d.dn), H * d.Dq, k_rope, d.kva, N,
+                       d.dr, 0);
     be->attention_forward_dv(L->att, L->lse, L->q, L->k, L->v, d.B, d.T, H, d.Dq, d.dv,
                              mla_scale(c));
     /* row parallel: partial sums over this rank's heads */
@@ -964,14 +963,11 @@ static void deepseek_layer_backward(Model *m, int l)
                               d.T, H, d.Dq, d.dv, mla_scale(c));
     /* k and v back into kv_b's outputs; every head's rotary key into the one shared key */
     Act *dk_rope = model_act_at(m, s->dkva, d.Rkv);
-    for (int h = 0; h < H; h++) {
-        Act *dkv_h = model_act_at(m, s->dkv, (size_t)h * (d.dn + d.dv));
-        const Act *dk_h = model_act_at(m, s->dk, (size_t)h * d.Dq);
-        be->copy_block(dkv_h, d.kvb, dk_h, H * d.Dq, N, d.dn, 0);
-        be->copy_block(model_act_at(m, dkv_h, d.dn), d.kvb, model_act_at(m, s->dv, (size_t)h * d.dv),
-                       H * d.dv, N, d.dv, 0);
-        be->copy_block(dk_rope, d.kva, model_act_at(m, dk_h, d.dn), H * d.Dq, N, d.dr, h > 0);
-    }
+    be->copy_block(s->dkv, d.dn + d.dv, s->dk, d.Dq, N * H, d.dn, 0);
+    be->copy_block(model_act_at(m, s->dkv, d.dn), d.dn + d.dv, s->dv, d.dv, N * H, d.dv, 0);
+    for (int h = 0; h < H; h++) /* the heads' rotary key gradients summed in head order */
+        be->copy_block(dk_rope, d.kva, model_act_at(m, s->dk, (size_t)h * d.Dq + d.dn), H * d.Dq, N,
+                       d.dr, h > 0);
     /* kv_b's input gradient (the latent's) beside the shared key's: both partial sums over this
      * rank's heads under tensor parallelism, summed in one all-reduce of the kv_a gradient */
     be->matmul_backward(s->dlat_n, g->wkv_b, NULL, s->dkv, L->lat_n, w->wkv_b, N, d.Rkv, d.kvb, 0);

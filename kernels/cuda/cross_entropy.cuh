@@ -6,12 +6,24 @@
 
 /* ---------------------------------------------------------------------------------------------
  * cross-entropy, one block per row, semantics of the CPU backend (weight-0 rows: loss 0, zero
- * gradient; a weighted row with an out-of-range target: loss NaN, zero gradient). */
+ * gradient; a weighted row with an out-of-range target: loss NaN, zero gradient). The row is
+ * read three times (maximum, sum, gradient): its first `cached` logits are read from global
+ * memory once, into shared memory (all of V2-Lite's 102400 in bf16; what does not fit is read
+ * from global memory each time), the passes read them there. Each thread takes the same
+ * elements in the same order whatever is cached, so the bits do not depend on it. */
+
+template <typename ActT>
+__device__ static inline float ce_logit(const ActT *cache, int cached, const ActT *row, int j)
+{
+    return j < cached ? act_ld(cache, j) : act_ld(row, j);
+}
 
 template <typename ActT>
 __global__ static void cross_entropy_kernel(float *losses, void *logits, const int32_t *targets,
-                                            const float *weights, int V, int write_grad)
+                                            const float *weights, int V, int cached, int write_grad)
 {
+    extern __shared__ uint4 ce_cache_raw[];
+    ActT *cache = reinterpret_cast<ActT *>(ce_cache_raw);
     __shared__ float shared[32];
     const int i = blockIdx.x;
     ActT *row = (ActT *)logits + (size_t)i * V;
@@ -24,31 +36,61 @@ __global__ static void cross_entropy_kernel(float *losses, void *logits, const i
                 act_st(row, j, 0.0f);
         return;
     }
+    const int per16 = (int)(16 / sizeof(ActT)), vecs = (uintptr_t)row % 16 ? 0 : cached / per16;
+    const uint4 *row16 = reinterpret_cast<const uint4 *>(row);
+#pragma unroll 4
+    for (int j = threadIdx.x; j < vecs; j += blockDim.x)
+        ce_cache_raw[j] = row16[j];
+    for (int j = vecs * per16 + threadIdx.x; j < cached; j += blockDim.x)
+        cache[j] = row[j];
+    __syncthreads();
     float maxv = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x)
-        maxv = fmaxf(maxv, act_ld(row, j));
+        maxv = fmaxf(maxv, ce_logit(cache, cached, row, j));
     maxv = block_max(maxv, shared);
     float sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x)
-        sum += expf(act_ld(row, j) - maxv);
+        sum += expf(ce_logit(cache, cached, row, j) - maxv);
     sum = block_sum(sum, shared);
-    const float target_logit = act_ld(row, target);
+    const float target_logit = ce_logit(cache, cached, row, target);
     __syncthreads(); /* every thread has read row[target] before any gradient is written */
     if (threadIdx.x == 0) losses[i] = logf(sum) - (target_logit - maxv);
     if (write_grad) {
         float inv_sum = 1.0f / sum;
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float g = w * (expf(act_ld(row, j) - maxv) * inv_sum);
+            float g = w * (expf(ce_logit(cache, cached, row, j) - maxv) * inv_sum);
             act_st(row, j, j == target ? g - w : g);
         }
     }
 }
 
-static void cross_entropy(float *losses, Act *logits, const int32_t *targets,
-                          const float *weights, int N, int V, int write_grad)
+/* shared memory a block may take (the device's opt-in limit less the kernel's own and a margin) */
+static size_t ce_cache_limit(void)
+{
+    static size_t limit;
+    if (!limit) {
+        int device = 0, bytes = 0;
+        cudaCheck(cudaGetDevice(&device));
+        cudaCheck(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        limit = bytes > 4096 ? (size_t)bytes - 2048 : 0;
+    }
+    return limit;
+}
+
+static void cross_entropy(float *losses, Act *logits, const int32_t *targets, const float *weights,
+                          int N, int V, int write_grad)
 {
     if (N <= 0) return;
-    LAUNCH_ACT(cross_entropy_kernel, N, 512, 0, losses, logits, targets, weights, V, write_grad);
+    const size_t elem = act_size();
+    size_t cached = V > 0 ? (size_t)V : 0;
+    if (cached * elem > ce_cache_limit()) cached = ce_cache_limit() / elem / 8 * 8;
+    const size_t smem = cached * elem;
+    if (lt_bf16)
+        allow_smem(cross_entropy_kernel<__nv_bfloat16>, smem);
+    else
+        allow_smem(cross_entropy_kernel<float>, smem);
+    LAUNCH_ACT(cross_entropy_kernel, N, 512, smem, losses, logits, targets, weights, V, (int)cached,
+               write_grad);
 }
 
 /* Vocab-parallel cross-entropy, the three parts of ops.h, one block per row each. */

@@ -1,7 +1,8 @@
 /* moe.cuh: the mixture of experts' ops (DeepSeek): moe_route / moe_route_backward (one block a
  * token), moe_permute (the pairs sorted by expert with CUB's stable radix sort; the counts copied
  * to the host, one wait), gather_rows, scatter_add_rows (deterministic: each destination row's
- * sources added in order, as the CPU adds them) and rows_dot (one warp a row, in double).
+ * sources added in order, as the CPU adds them; both one warp a row and 16-byte accesses where
+ * the rows allow) and rows_dot (one warp a row, in double).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
  * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
  * reduce.cuh's warp sums, embedding.cuh's iota_kernel), so it is not a header to include
@@ -323,6 +324,29 @@ __global__ static void gather_rows_kernel(void *dst_, const void *src_, const in
     act_st(dst, idx, f * act_ld(src, (size_t)rows[i] * C + j));
 }
 
+/* The same, eight columns a lane and one warp a row (C a multiple of 8, both tensors 16-byte
+ * aligned): 16-byte accesses, the same products, so the same bits. */
+template <typename ActT>
+__global__ static void gather_rows8_kernel(void *dst_, const void *src_, const int32_t *rows,
+                                           const float *scale, int n, int C)
+{
+    ActT *dst = (ActT *)dst_;
+    const ActT *src = (const ActT *)src_;
+    const int i = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32),
+              lane = threadIdx.x % 32;
+    if (i >= n) return;
+    const float f = scale ? scale[i] : 1.0f;
+    const size_t from = (size_t)rows[i] * C, to = (size_t)i * C;
+    for (int j = lane * 8; j < C; j += 32 * 8) {
+        float v[8];
+        act_ld8(src, from + j, v);
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            v[e] = f * v[e];
+        act_st8(dst, to + j, v);
+    }
+}
+
 /* sorted[p], position[p]: the destination rows ascending and the source row of each, ascending
  * within a destination (the stable sort). The first slot of each destination's run walks the run,
  * one thread a column, so the row is read once, its sources added in the CPU's order in fp32, and
@@ -347,6 +371,45 @@ __global__ static void scatter_add_rows_kernel(void *dst_, const void *src_, con
     act_st(dst, at, acc);
 }
 
+/* The same walk, one warp a slot and eight columns a lane (C a multiple of 8, both tensors
+ * 16-byte aligned): the warps of slots that do not start a run leave at once, the others move
+ * 16 bytes an access; each element's sum is the same sequence of operations, so the same bits. */
+template <typename ActT>
+__global__ static void scatter_add_rows8_kernel(void *dst_, const void *src_, const int32_t *sorted,
+                                                const int32_t *position, const float *scale, int n,
+                                                int C)
+{
+    ActT *dst = (ActT *)dst_;
+    const ActT *src = (const ActT *)src_;
+    const int p = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32),
+              lane = threadIdx.x % 32;
+    if (p >= n) return;
+    const int32_t row = sorted[p];
+    if (p > 0 && sorted[p - 1] == row) return; /* not the first of its run */
+    const size_t at = (size_t)row * C;
+    for (int col = lane * 8; col < C; col += 32 * 8) {
+        float acc[8];
+        act_ld8(dst, at + col, acc);
+        for (int j = p; j < n && sorted[j] == row; j++) {
+            const int32_t i = position[j];
+            const float f = scale ? scale[i] : 1.0f;
+            float x[8];
+            act_ld8(src, (size_t)i * C + col, x);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                acc[e] += f * x[e];
+        }
+        act_st8(dst, at + col, acc);
+    }
+}
+
+/* 1 when rows of C elements can move eight elements an access: C a multiple of 8 and both
+ * tensors 16-byte aligned (then every row start is). */
+static int rows_by_eight(const void *a, const void *b, int C)
+{
+    return C % 8 == 0 && (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0;
+}
+
 /* One warp a row, summed in double as the CPU does. */
 template <typename ActT>
 __global__ static void rows_dot_kernel(float *out, const int32_t *out_index, const void *a_,
@@ -368,7 +431,11 @@ static void gather_rows(Act *dst, const Act *src, const int32_t *rows, const flo
                         int C)
 {
     const long long total = (long long)n * C;
-    if (total > 0)
+    if (total <= 0) return;
+    if (rows_by_eight(dst, src, C))
+        LAUNCH_ACT(gather_rows8_kernel, ceil_div((long long)n * 32, 256), 256, 0, dst, src, rows,
+                   scale, n, C);
+    else
         LAUNCH_ACT(gather_rows_kernel, ceil_div(total, 256), 256, 0, dst, src, rows, scale, n, C);
 }
 
@@ -389,8 +456,12 @@ static void scatter_add_rows(Act *dst, const Act *src, const int32_t *rows, cons
     launchCheck();
     cudaCheck(cub::DeviceRadixSort::SortPairs(cut.at, sort_bytes, rows, sorted, order, position, n,
                                               0, 32, stream));
-    LAUNCH_ACT(scatter_add_rows_kernel, dim3(n, ceil_div(C, 256)), 256, 0, dst, src, sorted,
-               position, scale, n, C);
+    if (rows_by_eight(dst, src, C))
+        LAUNCH_ACT(scatter_add_rows8_kernel, ceil_div((long long)n * 32, 256), 256, 0, dst, src,
+                   sorted, position, scale, n, C);
+    else
+        LAUNCH_ACT(scatter_add_rows_kernel, dim3(n, ceil_div(C, 256)), 256, 0, dst, src, sorted,
+                   position, scale, n, C);
 }
 
 static void rows_dot(float *out, const int32_t *out_index, const Act *a, const int32_t *rows,

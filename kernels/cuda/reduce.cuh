@@ -1,5 +1,6 @@
 /* reduce.cuh: reductions: warp and block sums and maxima, deterministic column sums
- * of an Act (column_sums_add), the sum of squares in double (sum_squares, sum_squares_batch).
+ * of an Act (column_sums_add), the sum of squares in double (sum_squares, sum_squares_batch:
+ * one launch a batch of ranges).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
  * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
  * ...), so it is not a header to include anywhere else. */
@@ -107,13 +108,23 @@ static void column_sums_add(float *dst, const void *x, const float *x2, const fl
 }
 
 /* ---------------------------------------------------------------------------------------------
- * sum of squares in double: a fixed grid (so a fixed order), block partials summed on the host. */
+ * sum of squares in double: a fixed grid of SUMSQ_BLOCKS blocks a range (so a fixed order), the
+ * block partials of every range of a batch from one launch (blockIdx.y the range), then summed in
+ * block order by one thread a range on the device: the host receives count doubles, one wait a
+ * batch, and each range's bits do not depend on the batch it is in. */
 
 #define SUMSQ_BLOCKS 512
 
-__global__ static void sum_squares_kernel(double *partial, const float *x, size_t n)
+typedef struct SumSquaresRanges {
+    const float *x[SUM_SQUARES_BATCH];
+    size_t n[SUM_SQUARES_BATCH];
+} SumSquaresRanges;
+
+__global__ static void sum_squares_kernel(double *partial, const SumSquaresRanges ranges)
 {
     __shared__ double shared[32];
+    const float *x = ranges.x[blockIdx.y];
+    const size_t n = ranges.n[blockIdx.y];
     double s = 0.0;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
@@ -125,28 +136,41 @@ __global__ static void sum_squares_kernel(double *partial, const float *x, size_
     if (warp == 0) {
         double t = lane < (int)(blockDim.x / 32) ? shared[lane] : 0.0;
         t = warp_sum_d(t);
-        if (lane == 0) partial[blockIdx.x] = t;
+        if (lane == 0) partial[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = t;
     }
+}
+
+/* sums[r] = the partials of range r in block order (0 for an empty range) */
+__global__ static void sum_squares_finish_kernel(double *sums, const double *partial,
+                                                 const SumSquaresRanges ranges, int count)
+{
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= count) return;
+    double total = 0.0;
+    for (int i = 0; ranges.n[r] && i < SUMSQ_BLOCKS; i++)
+        total += partial[(size_t)r * SUMSQ_BLOCKS + i];
+    sums[r] = total;
 }
 
 static void sum_squares_batch(double *sums, const float *const *xs, const size_t *ns, int count)
 {
-    if (count <= 0) return;
-    double *partial = (double *)scratch_get((size_t)count * SUMSQ_BLOCKS * sizeof(double));
-    for (int r = 0; r < count; r++) {
-        if (!ns[r]) continue;
-        sum_squares_kernel<<<SUMSQ_BLOCKS, 256, 0, stream>>>(partial + (size_t)r * SUMSQ_BLOCKS,
-                                                             xs[r], ns[r]);
+    /* ops.h allows SUM_SQUARES_BATCH ranges a call; more are taken that many at a time */
+    for (int first = 0; first < count; first += SUM_SQUARES_BATCH) {
+        const int c = count - first < SUM_SQUARES_BATCH ? count - first : SUM_SQUARES_BATCH;
+        SumSquaresRanges ranges;
+        memset(&ranges, 0, sizeof(ranges));
+        for (int r = 0; r < c; r++)
+            ranges.x[r] = xs[first + r], ranges.n[r] = ns[first + r];
+        const size_t partial_bytes = ((size_t)c * SUMSQ_BLOCKS * sizeof(double) + 255) / 256 * 256;
+        double *partial = (double *)scratch_get(partial_bytes + SUM_SQUARES_BATCH * sizeof(double));
+        double *dev_sums = (double *)((unsigned char *)partial + partial_bytes);
+        sum_squares_kernel<<<dim3(SUMSQ_BLOCKS, c), 256, 0, stream>>>(partial, ranges);
         launchCheck();
-    }
-    static double host[SUM_SQUARES_BATCH * SUMSQ_BLOCKS];
-    cudaCheck(cudaMemcpy(host, partial, (size_t)count * SUMSQ_BLOCKS * sizeof(double),
-                         cudaMemcpyDeviceToHost));
-    for (int r = 0; r < count; r++) {
-        double total = 0.0; /* the partials in block order */
-        for (int i = 0; ns[r] && i < SUMSQ_BLOCKS; i++)
-            total += host[(size_t)r * SUMSQ_BLOCKS + i];
-        sums[r] = total;
+        sum_squares_finish_kernel<<<1, SUM_SQUARES_BATCH, 0, stream>>>(dev_sums, partial, ranges,
+                                                                       c);
+        launchCheck();
+        cudaCheck(
+            cudaMemcpy(sums + first, dev_sums, (size_t)c * sizeof(double), cudaMemcpyDeviceToHost));
     }
 }
 

@@ -641,6 +641,37 @@ static void test_adamw(size_t n)
     free(p), free(m), free(v);
 }
 
+/* adamw_update four elements a thread (aligned pointers) and one by one (the same arrays one
+ * element on: not 16-byte aligned) give the same bits, the n % 4 last elements too. */
+static void test_adamw_aligned_same_bits(size_t n)
+{
+    char name[96];
+    float *p = host_random(n + 1, 1.0f), *g = host_random(n + 1, 0.1f);
+    float *m = host_random(n + 1, 0.01f), *v = calloc(n + 1, 4);
+    for (size_t i = 0; i <= n; i++)
+        v[i] = m[i] * m[i];
+    float *a[4], *b[4];
+    float *host[4] = {p, g, m, v};
+    for (int k = 0; k < 4; k++) {
+        a[k] = dev_from(host[k], n * 4);       /* aligned: elements 0 .. n-1 */
+        b[k] = dev_from(host[k], (n + 1) * 4); /* the same values one element on */
+        gpu->mem_to_device(b[k] + 1, host[k], n * 4);
+    }
+    for (int t = 1; t <= 2; t++) {
+        gpu->adamw_update(a[0], a[1], a[2], a[3], n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t);
+        gpu->adamw_update(b[0] + 1, b[1] + 1, b[2] + 1, b[3] + 1, n, 1e-2f, 0.9f, 0.95f, 1e-8f,
+                          0.1f, 0.7f, t);
+    }
+    int same = 1;
+    for (int k = 0; k < 4; k++)
+        same &= same_bits(a[k], b[k] + 1, n);
+    snprintf(name, sizeof(name), "adamw_update by four = one by one, bits, n=%zu", n);
+    report(name, "same bits", same, 1.0, 0, 0);
+    for (int k = 0; k < 4; k++)
+        gpu->mem_free(a[k]), gpu->mem_free(b[k]);
+    free(p), free(g), free(m), free(v);
+}
+
 /* AdamW with EWC fused in, two (Fisher, anchor) sets, over random inputs: parameters and
  * moments within tol after 3 steps, the penalty within 1e-6 relative at every step. The update
  * is in place, so the poison is NaN past the n elements of every output (nothing may land there)
@@ -1386,6 +1417,8 @@ static void test_deepseek_ops(void)
 {
     test_copy_block(133, 12, 24, 40);
     test_copy_block(67, 6, 6, 18);
+    test_copy_block(67, 16, 24, 16);                /* eight elements a thread */
+    test_copy_block(300, 128, 192, 128);            /* MLA's k nope parts, all heads as rows */
     test_rope_block(2, 67, 4, 8, 4 * 12, 12, 4, 0); /* q: rotary after 4 nope dims a head */
     test_rope_block(2, 67, 4, 8, 4 * 12, 12, 4, 1);
     test_rope_block(2, 45, 1, 16, 80, 0, 64, 1); /* k: one shared key after a latent of 64 */
@@ -1411,6 +1444,8 @@ static void test_deepseek_ops(void)
     test_moe_permute(1, 12, 2);
     test_expert_rows(133, 16, 4, 96);
     test_expert_rows(251, 64, 6, 300); /* two column blocks of scatter_add_rows */
+    test_expert_rows(97, 64, 6, 256);  /* rows by eight columns a lane: one warp pass */
+    test_expert_rows(61, 64, 6, 2048); /* V2-Lite's rows: several passes a warp */
 }
 
 /* attention_forward_dv / attention_backward_dv on the tensor cores, bf16 mode: DeepSeek V2/V3's
@@ -1461,6 +1496,8 @@ static void test_act_ops(void)
     test_elementwise(1 << 17);
     test_cross_entropy(133, 1000);
     test_cross_entropy(16, 32256);
+    test_cross_entropy(9, 102400); /* V2-Lite's vocabulary: all in shared memory in bf16 */
+    test_cross_entropy(5, 150001); /* more than fits: the rest from global memory; odd rows */
     test_vocab_shard(300, 96, 40, 20, 100);
     test_deepseek_ops();
 }
@@ -1492,6 +1529,7 @@ int main(int argc, char **argv)
     test_embedding(4096, 320, 128);
     test_sum_squares_batch(1000003);
     test_adamw(100003);
+    test_adamw_aligned_same_bits(100003);
     test_adamw_ewc(100003);
     test_adamw_ewc(3000017); /* more elements than the fused kernel's fixed grid covers at once */
     static const char *cases[] = {
