@@ -1,12 +1,14 @@
 /* moe.cuh: the mixture of experts' ops (DeepSeek): moe_route / moe_route_backward (one block a
- * token), moe_permute (the pairs sorted by expert with CUB's stable radix sort; the counts copied
- * to the host, one wait), gather_rows, scatter_add_rows (deterministic: each destination row's
- * sources added in order, as the CPU adds them; both one warp a row and 16-byte accesses where
- * the rows allow) and rows_dot (one warp a row, in double).
+ * token), moe_balance (the sequence-wise balance loss), moe_permute (the pairs sorted by expert
+ * with CUB's stable radix sort; the counts copied to the host, one wait), gather_rows,
+ * scatter_add_rows (deterministic: each destination row's sources added in order, as the CPU
+ * adds them; both one warp a row and 16-byte accesses where the rows allow) and rows_dot (one
+ * warp a row, in double).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
  * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * reduce.cuh's warp sums, embedding.cuh's iota_kernel), so it is not a header to include
- * anywhere else. No float atomics: every op gives the same bits run to run. */
+ * reduce.cuh's warp sums, embedding.cuh's iota_kernel, attention_fp32.cuh's scratch cuts and
+ * allow_smem), so it is not a header to include anywhere else. No float atomics: every op gives
+ * the same bits run to run. */
 
 #define MOE_THREADS 128
 
@@ -233,6 +235,135 @@ static void moe_route_backward(Act *dlogits, const float *dweight, const int32_t
     if (N <= 0) return;
     LAUNCH_ACT(moe_route_backward_kernel, N, MOE_THREADS, (size_t)r->top_k * sizeof(float), dlogits,
                dweight, index, scores, *r);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * the sequence-wise balance loss (ops.h's moe_balance): the CPU's sums in the CPU's order, each
+ * serial where the CPU's is (a token's score sum, a sequence's counts and weights, the loss's
+ * terms), parallel only across what the CPU computes independently (experts, tokens). Three
+ * kernels: each token's score sum; per sequence its fractions f and mean scores P and its loss
+ * term; per token the gradient into the router logits. */
+
+/* S[t] = the sum of token t's scores, in expert order, in double. */
+__global__ static void moe_balance_sums_kernel(double *S, const float *scores, int N, int E)
+{
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= N) return;
+    const float *s = scores + (size_t)t * E;
+    double sum = 0.0;
+    for (int e = 0; e < E; e++)
+        sum += s[e];
+    S[t] = sum;
+}
+
+/* One block a sequence b: f[b, e] (the share of its picks that went to e, E / (k T) a pick),
+ * w[b] (its tokens' weights), term[b] = alpha w sum_e f_e P_e. Shared: P[E] in double. */
+__global__ static void moe_balance_seq_kernel(double *f_out, double *w_out, double *term,
+                                              const double *S, const int32_t *index,
+                                              const float *scores, const float *token_weights,
+                                              int T, float alpha, MoeRouting r)
+{
+    extern __shared__ double moe_smem_d[];
+    const int E = r.experts, k = r.top_k, b = blockIdx.x;
+    const size_t t0 = (size_t)b * T;
+    double *P = moe_smem_d, *f = f_out + (size_t)b * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double p = 0.0;
+        for (int t = 0; t < T; t++)
+            p += scores[(t0 + t) * E + e] / S[t0 + t] / T;
+        P[e] = p;
+        f[e] = 0.0;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    const double pick = (double)E / ((double)k * T);
+    double w = 0.0;
+    for (int t = 0; t < T; t++) {
+        w += token_weights[t0 + t];
+        for (int j = 0; j < k; j++)
+            f[index[(t0 + t) * k + j]] += pick;
+    }
+    double seq = 0.0;
+    for (int e = 0; e < E; e++)
+        seq += f[e] * P[e];
+    w_out[b] = w;
+    term[b] = alpha * w * seq;
+}
+
+/* One block a token: dlogits += the loss's gradient through s' = s / S and the scores (thread 0
+ * the two sums over experts, in order, as the CPU). Shared: ds[E] in double. */
+template <typename ActT>
+__global__ static void moe_balance_grad_kernel(void *dlogits_, const double *f_all,
+                                               const double *w_all, const double *S_all,
+                                               const float *scores, int T, float alpha,
+                                               MoeRouting r)
+{
+    extern __shared__ double moe_smem_d[];
+    __shared__ double dot_shared;
+    const int E = r.experts;
+    const size_t t = blockIdx.x;
+    const int b = (int)(t / T);
+    const float *s = scores + t * E;
+    const double *f = f_all + (size_t)b * E, w = w_all[b], S = S_all[t];
+    ActT *dl = (ActT *)dlogits_ + t * E;
+    double *ds = moe_smem_d;
+    if (threadIdx.x == 0) {
+        double gs = 0.0;
+        for (int e = 0; e < E; e++)
+            gs += alpha * w * f[e] / T * (s[e] / S);
+        double dot = 0.0;
+        for (int e = 0; e < E; e++) {
+            ds[e] = (alpha * w * f[e] / T - gs) / S;
+            if (!r.sigmoid) dot += ds[e] * s[e];
+        }
+        dot_shared = dot;
+    }
+    __syncthreads();
+    const double dot = dot_shared;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const float g = r.sigmoid ? (float)(ds[e] * s[e] * (1.0f - s[e]))
+                                  : (float)(s[e] * (ds[e] - dot));
+        act_st(dl, e, act_ld(dl, e) + g);
+    }
+}
+
+static void moe_balance(Act *dlogits, double *loss, const int32_t *index, const float *scores,
+                        const float *token_weights, int B, int T, float alpha, const MoeRouting *r)
+{
+    const int E = r->experts, N = B * T;
+    if (N <= 0) return;
+    const size_t sums = scratch_round((size_t)N * sizeof(double));
+    const size_t fs = scratch_round((size_t)B * E * sizeof(double));
+    const size_t per_seq = scratch_round((size_t)B * sizeof(double));
+    ScratchCut cut = {(unsigned char *)scratch_get(sums + fs + 2 * per_seq)};
+    double *S = (double *)scratch_cut(&cut, sums), *f = (double *)scratch_cut(&cut, fs);
+    double *w = (double *)scratch_cut(&cut, per_seq), *term = (double *)scratch_cut(&cut, per_seq);
+    moe_balance_sums_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(S, scores, N, E);
+    launchCheck();
+    const size_t smem = (size_t)E * sizeof(double);
+    allow_smem(moe_balance_seq_kernel, smem);
+    moe_balance_seq_kernel<<<B, MOE_THREADS, smem, stream>>>(f, w, term, S, index, scores,
+                                                             token_weights, T, alpha, *r);
+    launchCheck();
+    if (lt_bf16) {
+        allow_smem(moe_balance_grad_kernel<__nv_bfloat16>, smem);
+        moe_balance_grad_kernel<__nv_bfloat16>
+            <<<N, MOE_THREADS, smem, stream>>>(dlogits, f, w, S, scores, T, alpha, *r);
+    } else {
+        allow_smem(moe_balance_grad_kernel<float>, smem);
+        moe_balance_grad_kernel<float>
+            <<<N, MOE_THREADS, smem, stream>>>(dlogits, f, w, S, scores, T, alpha, *r);
+    }
+    launchCheck();
+    /* the loss: the sequences' terms summed on the host in order (a wait, once a MoE layer) */
+    double host[64], total = 0.0;
+    for (int b0 = 0; b0 < B; b0 += 64) {
+        const int n = B - b0 < 64 ? B - b0 : 64;
+        cudaCheck(cudaMemcpy(host, term + b0, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost));
+        for (int i = 0; i < n; i++)
+            total += host[i];
+    }
+    *loss += total;
 }
 
 /* ---------------------------------------------------------------------------------------------

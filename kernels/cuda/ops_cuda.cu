@@ -223,6 +223,7 @@ extern "C" const Backend *backend_cuda(void)
     b->attention_backward_dv = attention_backward_dv;
     b->moe_route = moe_route;
     b->moe_route_backward = moe_route_backward;
+    b->moe_balance = moe_balance;
     b->moe_permute = moe_permute;
     b->gather_rows = gather_rows;
     b->scatter_add_rows = scatter_add_rows;

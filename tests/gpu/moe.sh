@@ -96,4 +96,41 @@ row("  moe: median step time CPU / GPU bf16 / fp32", "%.1f / %.1f / %.1f ms" % t
     1e3 * med([r[s]["step_seconds"] for s in steps[2:]]) for r in (cpu, gpu, gpu32)), "")
 sys.exit(0 if ok and ok32 else 1)
 EOF
+
+# The sequence-wise balance loss (moe.balance_loss) on the GPU: 10 steps of tiny-moe with it, on
+# the CPU and on the GPU in fp32; the loss and the balance loss held to moe.sh's fp32 bar (1e-3
+# relative at every step: a routing choice the two round differently moves both).
+for run in cpu cuda-fp32; do
+    case $run in
+        cpu) args="device=cpu" ;;
+        cuda-fp32) args="device=cuda precision=fp32" ;;
+    esac
+    rm -rf "$BUILD/moe-balance-$run"
+    # shellcheck disable=SC2086 # args holds several key=value words
+    timeout 300 "$BUILD/dstrain" train model.preset=tiny-moe $args train.steps=10 log.every=1 \
+        moe.balance_loss=0.01 export.enabled=false run.dir="$BUILD/moe-balance-$run" \
+        > "$OUT/moe-balance-$run.log" 2>&1 || tail -3 "$OUT/moe-balance-$run.log"
+done
+python3 - "$BUILD/moe-balance-cpu/metrics.jsonl" "$BUILD/moe-balance-cuda-fp32/metrics.jsonl" \
+    <<'EOF' | tee -a "$SUMMARY" || status=1
+import json, sys
+def load(path):
+    try:
+        return [r for r in map(json.loads, open(path)) if "loss" in r]
+    except OSError:
+        return []
+c, g = load(sys.argv[1]), load(sys.argv[2])
+def row(a, b, r): print("| %-44s | %-48s | %s |" % (a, b, r))
+if not c or len(c) != len(g) or any("balance_loss" not in r for r in c + g):
+    row("moe: balance loss GPU fp32 vs CPU", "steps %d / %d, or no balance_loss" % (len(c), len(g)),
+        "FAIL")
+    sys.exit(1)
+dl = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(c, g))
+db = max(abs(a["balance_loss"] - b["balance_loss"]) / abs(a["balance_loss"]) for a, b in zip(c, g))
+ok = dl <= 1e-3 and db <= 1e-3 and all(r["balance_loss"] > 0 for r in c)
+row("moe: balance loss GPU fp32 vs CPU (%d steps)" % len(c),
+    "loss %.1e, balance_loss %.1e (<= 1e-3; %.3g)" % (dl, db, c[-1]["balance_loss"]),
+    "PASS" if ok else "FAIL")
+sys.exit(0 if ok else 1)
+EOF
 exit $status

@@ -1278,6 +1278,32 @@ static void test_moe_route(const char *label, int N, MoeRouting r, int with_bias
     gpu->moe_route_backward(d_dlogits, d_dweight, d_index, d_scores, N, &r);
     snprintf(name, sizeof(name), "moe_route_backward %s N%d E%d k%d", label, N, E, k);
     compare_act(name, d_dlogits, dlogits, ne);
+
+    /* the sequence-wise balance loss over B sequences of T from the CPU's choices and scores,
+     * its gradient from zeros (what it adds is then all there is to compare); the loss is
+     * summed in double in the CPU's order, so it agrees to about 1e-15 relative (1e-9 here);
+     * run twice, the same bits */
+    const int B = N % 7 == 0 ? 7 : N % 5 == 0 ? 5 : 1, T = N / B;
+    float *tw = host_random(N, 1.0f), *zeros = calloc(ne, 4);
+    for (int i = 0; i < N; i++)
+        tw[i] = tw[i] > -0.5f ? 1.0f : 0.0f; /* about a quarter of the tokens masked */
+    float *d_tw = dev_from(tw, (size_t)N * 4);
+    void *d_bal = dev_act_from(zeros, ne), *d_bal2 = dev_act_from(zeros, ne);
+    double loss_cpu = 0.0, loss_gpu = 0.0, loss_gpu2 = 0.0;
+    memset(dlogits, 0, ne * 4);
+    cpu->moe_balance(dlogits, &loss_cpu, index, scores, tw, B, T, 0.01f, &r);
+    gpu->moe_balance(d_bal, &loss_gpu, d_index, d_scores, d_tw, B, T, 0.01f, &r);
+    gpu->moe_balance(d_bal2, &loss_gpu2, d_index, d_scores, d_tw, B, T, 0.01f, &r);
+    snprintf(name, sizeof(name), "moe_balance %s B%d T%d E%d k%d: dlogits", label, B, T, E, k);
+    compare_act(name, d_bal, dlogits, ne);
+    snprintf(name, sizeof(name), "moe_balance %s B%d T%d E%d k%d: loss", label, B, T, E, k);
+    report(name, "rel err", fabs(loss_gpu - loss_cpu) / fabs(loss_cpu), 1e-9, 1,
+           !isfinite(loss_gpu) || loss_cpu <= 0.0);
+    snprintf(name, sizeof(name), "moe_balance %s B%d T%d E%d k%d: same bits twice", label, B, T,
+             E, k);
+    report(name, "differ", !same_bits_act(d_bal, d_bal2, ne) || loss_gpu != loss_gpu2, 0.0, 1, 0);
+    gpu->mem_free(d_tw), gpu->mem_free(d_bal), gpu->mem_free(d_bal2);
+    free(tw), free(zeros);
     void *dev[] = {d_logits, d_bias, d_scores, d_weight, d_index, d_dweight, d_dlogits};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
         gpu->mem_free(dev[i]);
