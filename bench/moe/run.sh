@@ -4,7 +4,8 @@
 # TESTS=1, and runs it first), then bench/moe/bench_torch.py: a V2-Lite-shaped model of LAYERS
 # layers (default 8) at BATCH x SEQ (default 4 x 2048) trained by dstrain and by transformers
 # (RUNS, default dstrain,torch-eager,torch-compile; dstrain:loop is dstrain with its experts one
-# by one), then with TESTS=1 tests/gpu/moe.sh (MOE_STEPS steps, default 50). Logs, JSON and
+# by one; WARMUP untimed steps first, default 5: dstrain's first steps settle its matmul plans),
+# then with TESTS=1 tests/gpu/moe.sh (MOE_STEPS steps, default 50). Logs, JSON and
 # the table under OUT (default $BUILD/logs); the table is printed last. Exit 1 when a check or
 # the benchmark failed.
 set -uo pipefail
@@ -25,7 +26,7 @@ fi
 python3 "$SRC/bench/moe/bench_torch.py" --dstrain "$BUILD/dstrain" --layers "${LAYERS:-8}" \
     --batch "${BATCH:-4}" --seq "${SEQ:-2048}" \
     --runs "${RUNS:-dstrain,torch-eager,torch-compile}" --steps "${BENCH_STEPS:-3}" \
-    --warmup 2 --timeout "${BENCH_TIMEOUT:-200}" --budget "${BENCH_BUDGET:-1e9}" \
+    --warmup "${WARMUP:-5}" --timeout "${BENCH_TIMEOUT:-200}" --budget "${BENCH_BUDGET:-1e9}" \
     --log "$OUT/bench_torch.log" --json "$OUT/bench_moe.json" > "$OUT/bench_torch.txt" 2>&1 \
     || status=1
 if [ "${TESTS:-0}" = 1 ]; then
