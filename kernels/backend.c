@@ -26,7 +26,9 @@ typedef struct BackendEntry {
         offsetof(Backend, field), #field, group                                                    \
     }
 
-enum { REQUIRED = 0, TENSOR_PARALLEL, MIXED_PRECISION, LATENT_AND_EXPERTS, GROUPS };
+/* OPTIONAL: each may be missing on its own (backend_check does not ask for it); listed so that
+ * the op list below names every op of the table (backend_op_name). */
+enum { REQUIRED = 0, TENSOR_PARALLEL, MIXED_PRECISION, LATENT_AND_EXPERTS, OPTIONAL, GROUPS };
 
 static const BackendEntry entries[] = {
     ENTRY(act_size, REQUIRED),
@@ -77,6 +79,8 @@ static const BackendEntry entries[] = {
     ENTRY(rows_dot, LATENT_AND_EXPERTS),
     ENTRY(moe_experts_forward, LATENT_AND_EXPERTS),
     ENTRY(moe_experts_backward, LATENT_AND_EXPERTS),
+    ENTRY(moe_balance, OPTIONAL),
+    ENTRY(mem_info, OPTIONAL),
 };
 
 static int present(const Backend *be, const BackendEntry *e)
@@ -100,10 +104,25 @@ int backend_check(const Backend *be)
         return ds_error(DS_ERR_INTERNAL, "backend %s: %s is missing", be->name,
                         missing[REQUIRED]->name);
     for (int g = 1; g < GROUPS; g++)
-        if (have[g] && missing[g])
+        if (g != OPTIONAL && have[g] && missing[g])
             return ds_error(DS_ERR_INTERNAL, "backend %s: it has %s but not %s (of the same group)",
                             be->name, have[g]->name, missing[g]->name);
     return DS_OK;
+}
+
+size_t backend_op_count(void)
+{
+    return DS_ARRAY_LEN(entries);
+}
+
+const char *backend_op_name(size_t i)
+{
+    return i < DS_ARRAY_LEN(entries) ? entries[i].name : NULL;
+}
+
+int backend_op_present(const Backend *be, size_t i)
+{
+    return i < DS_ARRAY_LEN(entries) && present(be, &entries[i]);
 }
 
 int backend_stage(const Backend *be, float *mem, size_t n, StageHow how, size_t chunk,

@@ -286,6 +286,12 @@ int backend_create(const BackendOptions *o, const Backend **out);
  * vocab-parallel ops, mixed precision, the latent-attention and expert ops) set entirely or not
  * at all; else DS_ERR_INTERNAL naming the first op missing (kernels/backend_check.c). */
 int backend_check(const Backend *be);
+/* The ops of the table as backend_check walks them (read-only), for tests that must reach every
+ * op: how many, the name of op i (its field in Backend; NULL past the end), and 1 when be has
+ * op i set. */
+size_t backend_op_count(void);
+const char *backend_op_name(size_t i);
+int backend_op_present(const Backend *be, size_t i);
 
 /* ---- host access to backend memory (backend.c): the one place where device memory is staged
  * through the host, for the callers that read or fill it there (loading weights, checkpoints

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run.sh: the GPU checks, on a GPU node, in one go: builds dstrain with the CUDA backend
 # (Release, sm_90), runs tests/gpu/test_gpu_ops.c (every op and the whole model against the CPU
-# backend) and tests/gpu/test_gpu_experts.c (the routed experts' matmuls), trains the tiny
+# backend), tests/gpu/test_gpu_backend_ops.c (the op table of tests/kernels/backend_ops.c, fp32
+# and bf16 modes) and tests/gpu/test_gpu_experts.c (the routed experts' matmuls), trains the tiny
 # preset on the bundled data for $STEPS steps on the CPU and on the GPU (in bf16 and in fp32)
 # and compares the loss curves, the same for DeepSeek's tiny-moe preset
 # (tests/gpu/moe.sh), runs eval, generate and a classifier's eval with --device cuda against the
@@ -29,7 +30,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 t0=$(date +%s)
 if cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
         > "$OUT/build.log" 2>&1 &&
-    cmake --build "$BUILD" -j"$(nproc)" --target dstrain gpu_test_ops gpu_test_experts \
+    cmake --build "$BUILD" -j"$(nproc)" \
+        --target dstrain gpu_test_ops gpu_test_backend_ops gpu_test_experts \
         >> "$OUT/build.log" 2>&1; then
     row "build (Release, sm_90)" "$(($(date +%s) - t0)) s" PASS
 else
@@ -53,6 +55,16 @@ if [ $rc -ne 0 ] && command -v compute-sanitizer > /dev/null; then
     grep -m 12 -E '^=========' "$OUT/sanitizer.txt"
 fi
 row "ops + model vs CPU (gpu_test_ops)" "$passed passed, $failed failed, rc $rc, $(($(date +%s) - t0)) s" $r
+
+# ---- the op table, every op against the CPU (tests/gpu/test_gpu_backend_ops.c) ----------------
+t0=$(date +%s)
+timeout 300 "$BUILD/gpu_test_backend_ops" > "$OUT/backend_ops.txt" 2>&1
+rc=$?
+grep -E '\| FAIL \||^gpu_test_backend_ops' "$OUT/backend_ops.txt"
+passed=$(grep -c '| PASS |' "$OUT/backend_ops.txt")
+failed=$(grep -c '| FAIL |' "$OUT/backend_ops.txt")
+if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
+row "op table vs CPU (gpu_test_backend_ops)" "$passed passed, $failed failed, rc $rc, $(($(date +%s) - t0)) s" $r
 
 # ---- the routed experts' matmuls (tests/gpu/test_gpu_experts.c) -------------------------------
 t0=$(date +%s)
