@@ -1047,7 +1047,7 @@ static const OpCase table[] = {
      matmul_forward_make,
      matmul_forward_call},
     {"matmul_backward",
-     "M K N bias dinp(0 none,1 set,2 +=)",
+     "M K N bias dinp",
      {{133, 96, 80, 1, 1}, {133, 96, 80, 0, 2}, {37, 70, 45, 1, 0}, {1024, 2048, 768, 1, 1}},
      matmul_backward_make,
      matmul_backward_call},
