@@ -7,7 +7,7 @@
  * activations and gradients stored in bf16, bf16 tensor-core matmuls): every op again within 1e-2
  * of the CPU's fp32 result on the unrounded inputs, and the same model checks (loss and logits
  * within 1e-2). The fp32 and bf16 rows run the fp32 attention kernels
- * (DSTRAIN_CUDA_ATTENTION=simple); the "bf16+flash" and "flash" rows check the tensor-core
+ * (cuda.attention: simple); the "bf16+flash" and "flash" rows check the tensor-core
  * attention (the default for head_dim 64 and 128; on Hopper the wgmma kernels for 128) on bf16
  * and on fp32 activations within 1e-2, on its own shapes and in the models, that it really ran
  * (and on the wgmma kernels where they are ready), and that it repeats bit for bit; the "mma"
