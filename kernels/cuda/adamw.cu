@@ -5,7 +5,11 @@
  * penalty is reduced without atomics: per-block partial sums in double, added on the host in
  * block order, so a run repeats bit for bit. Both kernels share the step's scalars
  * (adamw_scalars) and the element update (adamw_element_decayed): the same bits; plain AdamW
- * moves four elements a thread where its pointers are 16-byte aligned (adamw_kernel4). */
+ * moves four elements a thread where its pointers are 16-byte aligned (adamw_kernel4).
+ * Each may also write the updated parameter rounded to bf16 into copy (NULL: not), in the same
+ * pass: the mixed-precision working copy (matmul.cuh's WeightCopy), the bits round_bf16 would
+ * write from the fp32 values afterwards, without reading them again. */
+#include <cuda_bf16.h>
 #include <stdint.h>
 
 #include "cuda_common.cuh"
@@ -52,21 +56,23 @@ __device__ static inline float adamw_element_decayed(float p, float g, float &m,
 }
 
 __global__ static void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n,
-                                    AdamwScalars s)
+                                    AdamwScalars s, __nv_bfloat16 *copy)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float mi = m[i], vi = v[i];
-    param[i] = adamw_element_decayed(param[i] * s.decay, grad[i] * s.grad_scale, mi, vi, s);
+    const float p = adamw_element_decayed(param[i] * s.decay, grad[i] * s.grad_scale, mi, vi, s);
+    param[i] = p;
     m[i] = mi;
     v[i] = vi;
+    if (copy) copy[i] = __float2bfloat16(p);
 }
 
 /* The same update four elements a thread through 16-byte accesses (every pointer 16-byte
  * aligned): the element's arithmetic is adamw_kernel's, so the same bits; the last n % 4 one
  * by one. AdamW is a pure stream of 28 bytes an element, so the wider accesses are its speed. */
 __global__ static void adamw_kernel4(float *param, const float *grad, float *m, float *v, size_t n,
-                                     AdamwScalars s)
+                                     AdamwScalars s, __nv_bfloat16 *copy)
 {
     const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (i + 4 <= n) {
@@ -81,29 +87,43 @@ __global__ static void adamw_kernel4(float *param, const float *grad, float *m, 
         *reinterpret_cast<float4 *>(param + i) = p;
         *reinterpret_cast<float4 *>(m + i) = mm;
         *reinterpret_cast<float4 *>(v + i) = vv;
+        if (copy) { /* 8-byte aligned when copy and param lie at the same offset of a buffer */
+            __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
+            if ((uintptr_t)(copy + i) % 8 == 0) {
+                uint2 packed;
+                packed.x = *reinterpret_cast<const uint32_t *>(&lo);
+                packed.y = *reinterpret_cast<const uint32_t *>(&hi);
+                *reinterpret_cast<uint2 *>(copy + i) = packed;
+            } else {
+                copy[i] = lo.x, copy[i + 1] = lo.y, copy[i + 2] = hi.x, copy[i + 3] = hi.y;
+            }
+        }
         return;
     }
     for (size_t j = i; j < n; j++) {
         float mi = m[j], vi = v[j];
-        param[j] = adamw_element_decayed(param[j] * s.decay, grad[j] * s.grad_scale, mi, vi, s);
+        const float p =
+            adamw_element_decayed(param[j] * s.decay, grad[j] * s.grad_scale, mi, vi, s);
+        param[j] = p;
         m[j] = mi;
         v[j] = vi;
+        if (copy) copy[j] = __float2bfloat16(p);
     }
 }
 
 extern "C" void cuda_adamw_fp32(float *param, const float *grad, float *m, float *v, size_t n,
                                 float lr, float beta1, float beta2, float eps, float weight_decay,
-                                float grad_scale, int t, cudaStream_t stream)
+                                float grad_scale, int t, __nv_bfloat16 *copy, cudaStream_t stream)
 {
     if (n == 0) return;
     const AdamwScalars s = adamw_scalars(lr, beta1, beta2, eps, weight_decay, grad_scale, t);
     const int threads = 256;
     if (((uintptr_t)param | (uintptr_t)grad | (uintptr_t)m | (uintptr_t)v) % 16 == 0)
         adamw_kernel4<<<ceil_div(ceil_div((long long)n, 4), threads), threads, 0, stream>>>(
-            param, grad, m, v, n, s);
+            param, grad, m, v, n, s, copy);
     else
         adamw_kernel<<<ceil_div((long long)n, threads), threads, 0, stream>>>(param, grad, m, v, n,
-                                                                              s);
+                                                                              s, copy);
     cudaCheck(cudaGetLastError());
 }
 
@@ -123,7 +143,8 @@ static double *ewc_partial;
 __global__ static void adamw_ewc_kernel(float *param, const float *grad, float *m, float *v,
                                         size_t n, AdamwScalars s, const float *const *fisher,
                                         const float *const *anchor, int n_sets, float lambda,
-                                        int decay_to_anchor, double *partial)
+                                        int decay_to_anchor, double *partial,
+                                        __nv_bfloat16 *copy)
 {
     __shared__ double warp_sums[EWC_THREADS / 32];
     double pen = 0.0;
@@ -141,9 +162,11 @@ __global__ static void adamw_ewc_kernel(float *param, const float *grad, float *
         const float p = decay_to_anchor ? theta - s.lr_decay * (theta - anchor[n_sets - 1][i])
                                         : theta * s.decay;
         float mi = m[i], vi = v[i];
-        param[i] = adamw_element_decayed(p, g, mi, vi, s);
+        const float updated = adamw_element_decayed(p, g, mi, vi, s);
+        param[i] = updated;
         m[i] = mi;
         v[i] = vi;
+        if (copy) copy[i] = __float2bfloat16(updated);
     }
     /* the block's sum in a fixed tree order: warps by shuffles, then the first warp */
     for (int o = 16; o > 0; o >>= 1)
@@ -163,11 +186,12 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
                                float lr, float beta1, float beta2, float eps, float weight_decay,
                                float grad_scale, int t, const float *const *fisher,
                                const float *const *anchor, int n_sets, float lambda,
-                               int decay_to_anchor, double *penalty, cudaStream_t stream)
+                               int decay_to_anchor, double *penalty, __nv_bfloat16 *copy,
+                               cudaStream_t stream)
 {
     if (n_sets <= 0) { /* plain AdamW, the same kernel as adamw_update: the same bits */
         cuda_adamw_fp32(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
-                        stream);
+                        copy, stream);
         return;
     }
     if (n == 0) return;
@@ -188,7 +212,7 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
     const int blocks = wanted < EWC_BLOCKS ? (int)wanted : EWC_BLOCKS;
     adamw_ewc_kernel<<<blocks, EWC_THREADS, 0, stream>>>(
         param, grad, m, v, n, s, ewc_tables, ewc_tables + n_sets, n_sets, lambda,
-        decay_to_anchor, ewc_partial);
+        decay_to_anchor, ewc_partial, copy);
     cudaCheck(cudaGetLastError());
     if (!penalty) return;
     double host[EWC_BLOCKS];

@@ -39,6 +39,11 @@ long long cuda_attention_wgmma_calls(void);
 /* 1 when "flash" runs head dim D on the wgmma kernels on this device and build. */
 int cuda_wgmma_attention_ready(int D);
 
+/* How many times Backend.weights_refresh found the bf16 working copy already written by the
+ * AdamW ops (every element, in order, nothing else writing the buffer since) and skipped its
+ * rounding pass: lets tests see the fused path run. */
+long long cuda_weights_refreshes_skipped(void);
+
 /* How the routed experts of a MoE layer run (moe_experts_forward / backward; experts.cuh):
  * "streams" (default: each expert's matmuls on one of a few streams, so several experts share
  * the GPU; the same bits as "loop"), "grouped" (one cuBLAS grouped GEMM a projection) or "loop"

@@ -76,15 +76,59 @@ static __nv_bfloat16 *bf16_buffer(Bf16Buffer *b, size_t n)
 /* a weight and a bias outside every attached buffer, rounded */
 static Bf16Buffer operand_weight, operand_bias;
 
-/* The working copies of attached parameter buffers (Backend.weights_attach). */
+/* The working copies of attached parameter buffers (Backend.weights_attach).
+ * The optimizer's AdamW ops write the copy beside the fp32 values they update (adamw.cu); when
+ * its updates since the last refresh tiled the whole buffer, in ascending order, and nothing else
+ * wrote the buffer (the memory ops call weight_copies_written), the copy already holds what
+ * weights_refresh would round, and the refresh skips its pass over the buffer. */
 #define WEIGHT_COPIES_MAX 16
+#define WEIGHT_COPY_STALE ((size_t)-1)
 typedef struct WeightCopy {
     const float *params;  /* NULL: free slot */
     size_t n;
     __nv_bfloat16 *copy;  /* NULL until the first bf16 refresh */
     int fresh;            /* copy holds the values of the last refresh in bf16 mode */
+    size_t covered;       /* [0, covered) written by AdamW since the last refresh, in order;
+                           * WEIGHT_COPY_STALE: something else wrote the buffer since */
 } WeightCopy;
 static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
+static long long refreshes_skipped;
+
+extern "C" long long cuda_weights_refreshes_skipped(void)
+{
+    return refreshes_skipped;
+}
+
+/* Memory [p, p + bytes) was written by something other than AdamW: copies it overlaps must be
+ * rounded again at their next refresh. */
+static void weight_copies_written(const void *p, size_t bytes)
+{
+    const char *b = (const char *)p, *e = b + bytes;
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
+        WeightCopy *w = &weight_copies[i];
+        if (w->params && b < (const char *)(w->params + w->n) && e > (const char *)w->params)
+            w->covered = WEIGHT_COPY_STALE;
+    }
+}
+
+/* The place in a working copy where AdamW writes the bf16 values of params[0..n) as it updates
+ * them, or NULL (fp32 modes, or no copy holds them); records what it covers. */
+static __nv_bfloat16 *weight_copy_for_update(const float *param, size_t n)
+{
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
+        WeightCopy *w = &weight_copies[i];
+        if (!w->params || param < w->params || param + n > w->params + w->n) continue;
+        if (!lt_bf16 || !w->copy) {
+            w->covered = WEIGHT_COPY_STALE;
+            return NULL;
+        }
+        const size_t first = (size_t)(param - w->params);
+        w->covered = w->covered == first ? first + n : WEIGHT_COPY_STALE;
+        return w->copy + first;
+    }
+    weight_copies_written(param, n * sizeof(float)); /* straddles a buffer's edge */
+    return NULL;
+}
 
 static WeightCopy *weight_copy_of(const float *params)
 {
@@ -117,6 +161,7 @@ static int weights_attach(const float *params, size_t n)
     w->params = params;
     w->n = n;
     w->fresh = 0;
+    w->covered = WEIGHT_COPY_STALE;
     return lt_bf16 ? weight_copy_alloc(w) : DS_OK;
 }
 
@@ -124,15 +169,21 @@ static void weights_refresh(const float *params)
 {
     WeightCopy *w = weight_copy_of(params);
     if (!w) return;
+    const int written = w->covered == w->n && w->copy;
     w->fresh = 0;
+    w->covered = WEIGHT_COPY_STALE;
     if (!lt_bf16) return;
     if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
         static int warned;
         if (!warned++) fprintf(stderr, "dstrain: warning: %s\n", ds_last_error());
         return;
     }
-    round_bf16(w->copy, params, w->n);
+    if (written)
+        refreshes_skipped++;
+    else
+        round_bf16(w->copy, params, w->n);
     w->fresh = 1;
+    w->covered = 0;
 }
 
 static void weights_detach(const float *params)
@@ -167,7 +218,7 @@ extern "C" int cuda_matmul_precision(const char *mode)
     else
         return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
-        weight_copies[i].fresh = 0;
+        weight_copies[i].fresh = 0, weight_copies[i].covered = WEIGHT_COPY_STALE;
     return DS_OK;
 }
 

@@ -77,21 +77,25 @@ static int lt_bf16;
 
 extern "C" void cuda_adamw_fp32(float *param, const float *grad, float *m, float *v, size_t n,
                                 float lr, float beta1, float beta2, float eps, float weight_decay,
-                                float grad_scale, int t, cudaStream_t stream);
+                                float grad_scale, int t, __nv_bfloat16 *copy,
+                                cudaStream_t stream);
 
+/* Both AdamW ops write the bf16 working copy of what they update in the same pass (matmul.cuh's
+ * weight_copy_for_update). */
 static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
                          float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                          int t)
 {
     cuda_adamw_fp32(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
-                    stream);
+                    weight_copy_for_update(param, n), stream);
 }
 
 extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float *v, size_t n,
                                float lr, float beta1, float beta2, float eps, float weight_decay,
                                float grad_scale, int t, const float *const *fisher,
                                const float *const *anchor, int n_sets, float lambda,
-                               int decay_to_anchor, double *penalty, cudaStream_t stream);
+                               int decay_to_anchor, double *penalty, __nv_bfloat16 *copy,
+                               cudaStream_t stream);
 
 static void adamw_ewc_update(float *param, const float *grad, float *m, float *v, size_t n,
                              float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -100,7 +104,8 @@ static void adamw_ewc_update(float *param, const float *grad, float *m, float *v
                              int decay_to_anchor, double *penalty)
 {
     cuda_adamw_ewc(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t, fisher,
-                   anchor, n_sets, lambda, decay_to_anchor, penalty, stream);
+                   anchor, n_sets, lambda, decay_to_anchor, penalty,
+                   weight_copy_for_update(param, n), stream);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -130,6 +135,7 @@ static void mem_free(void *p)
 
 static void mem_to_device(void *dst, const void *host_src, size_t bytes)
 {
+    weight_copies_written(dst, bytes);
     if (bytes) cudaCheck(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
 }
 
@@ -140,11 +146,13 @@ static void mem_to_host(void *host_dst, const void *src, size_t bytes)
 
 static void mem_zero(void *p, size_t bytes)
 {
+    weight_copies_written(p, bytes);
     if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, stream));
 }
 
 static void mem_copy(void *dst, const void *src, size_t bytes)
 {
+    weight_copies_written(dst, bytes);
     if (bytes && dst != src)
         cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
 }

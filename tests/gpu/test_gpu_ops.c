@@ -1090,6 +1090,78 @@ static void test_mixed_precision_plumbing(void)
     free(hwb), free(ref_b);
 }
 
+/* AdamW writes the bf16 working copy of what it updates in the same pass (adamw.cu, matmul.cuh's
+ * WeightCopy): after updates that tile the attached buffer in ascending order the refresh skips
+ * its rounding pass, and the matmuls read the bits a rounding of the fp32 values gives; after
+ * updates out of order, with a gap, or with another write to the buffer since, the refresh rounds
+ * again (the write case fails if it did not: the copy would miss the new value). Pieces: an
+ * unaligned weight (AdamW's one-element kernel), a one-element gap piece, an aligned weight (the
+ * four-element kernel). */
+static void weight_copy_case(const char *name, const int *order, int pieces, int ewc,
+                             int write_after, int expect_skip)
+{
+    const int M = 33, K = 64, N = 40;
+    const size_t wn = (size_t)N * K, xn = (size_t)M * K, yn = (size_t)M * N;
+    const size_t first[4] = {0, 3, 3 + wn, 4 + wn}, len[4] = {3, wn, 1, wn};
+    const size_t total = 4 + 2 * wn;
+    float *hp = host_random(total, 0.5f), *hg = host_random(total, 0.01f);
+    float *hx = host_random(xn, 1.0f);
+    float *params = dev_from(hp, total * sizeof(float)), *grads = dev_from(hg, total * sizeof(float));
+    float *fisher = dev_from(hg, total * sizeof(float)), *anchor = dev_from(hp, total * sizeof(float));
+    float *m = gpu->mem_alloc(total * sizeof(float)), *v = gpu->mem_alloc(total * sizeof(float));
+    float *loose = gpu->mem_alloc(wn * sizeof(float));
+    void *x = dev_act_from(hx, xn), *y1 = dev_act_poison(yn), *y2 = dev_act_poison(yn);
+
+    must(gpu->weights_attach(params, total));
+    gpu->weights_refresh(params);
+    const long long skipped = cuda_weights_refreshes_skipped();
+    for (int i = 0; i < pieces; i++) {
+        const size_t b = first[order[i]], n = len[order[i]];
+        if (ewc) {
+            const float *f = fisher + b, *a = anchor + b;
+            double penalty = 0.0;
+            gpu->adamw_ewc_update(params + b, grads + b, m + b, v + b, n, 1e-2f, 0.9f, 0.999f,
+                                  1e-8f, 0.1f, 1.0f, 1, &f, &a, 1, 0.5f, 1, &penalty);
+        } else {
+            gpu->adamw_update(params + b, grads + b, m + b, v + b, n, 1e-2f, 0.9f, 0.999f, 1e-8f,
+                              0.1f, 1.0f, 1);
+        }
+    }
+    if (write_after) {
+        const float changed = 3.0f;
+        gpu->mem_to_device(params + first[1] + 7, &changed, sizeof(float));
+    }
+    gpu->weights_refresh(params);
+    char label[160];
+    snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: refreshes skipped - %d", name,
+             expect_skip);
+    report(label, "|diff|", fabs((double)(cuda_weights_refreshes_skipped() - skipped) - expect_skip),
+           0.0, 1, 0);
+    for (int w = 1; w <= 3; w += 2) { /* each weight: its copy = the fp32 values rounded now */
+        gpu->mem_copy(loose, params + first[w], wn * sizeof(float));
+        gpu->matmul_forward(y1, x, params + first[w], NULL, M, K, N);
+        gpu->matmul_forward(y2, x, loose, NULL, M, K, N);
+        snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: weight %d = rounding (bits)", name,
+                 w / 2 + 1);
+        report(label, "same", same_bits_act(y1, y2, yn), 1, 0, 0);
+    }
+    gpu->weights_detach(params);
+    gpu->mem_free(params), gpu->mem_free(grads), gpu->mem_free(fisher), gpu->mem_free(anchor);
+    gpu->mem_free(m), gpu->mem_free(v), gpu->mem_free(loose), gpu->mem_free(x);
+    gpu->mem_free(y1), gpu->mem_free(y2);
+    free(hp), free(hg), free(hx);
+}
+
+static void test_weight_copy_from_adamw(void)
+{
+    static const int in_order[4] = {0, 1, 2, 3}, shuffled[4] = {1, 0, 2, 3};
+    weight_copy_case("AdamW in order", in_order, 4, 0, 0, 1);
+    weight_copy_case("AdamW + EWC in order", in_order, 4, 1, 0, 1);
+    weight_copy_case("out of order", shuffled, 4, 0, 0, 0);
+    weight_copy_case("last piece not updated", in_order, 3, 0, 0, 0);
+    weight_copy_case("a weight written after", in_order, 4, 0, 1, 0);
+}
+
 /* ---- DeepSeek: multi-head latent attention and the mixture of experts ---------------------- */
 
 /* An Act device pointer off elements into dev. */
@@ -1589,6 +1661,7 @@ int main(int argc, char **argv)
     tol = 1e-2;
     test_act_ops(); /* attention: the fp32 kernels, on widened copies */
     test_mixed_precision_plumbing();
+    test_weight_copy_from_adamw();
     for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
         test_fixture(cases[i]);
     test_random_model();
