@@ -14,26 +14,14 @@
 # 1e-6 of the loss, as it starts at zero); the saved Fisher and anchor, which come from those
 # weights, to 1e-3 relative in the sum of absolute differences over the sum of magnitudes.
 set -uo pipefail
-SRC=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-/tmp/dstrain-gpu}
-OUT=${OUT:-$BUILD/logs}
-mkdir -p "$BUILD" "$OUT"
-SUMMARY=$OUT/continual-summary.txt
-: > "$SUMMARY"
-status=0
-row() { printf '| %-44s | %-48s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY"; }
+# shellcheck source=common.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/common.sh" continual
 D=$BUILD/dstrain
 W=$BUILD/continual
 rm -rf "$W"
 mkdir -p "$W"
 
-if ! { cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-        > "$OUT/continual-build.log" 2>&1 &&
-        cmake --build "$BUILD" -j"$(nproc)" --target dstrain >> "$OUT/continual-build.log" 2>&1; }; then
-    tail -40 "$OUT/continual-build.log"
-    row "continual: build dstrain" "see continual-build.log" FAIL
-    exit 1
-fi
+build_dstrain
 
 kjv=$SRC/data/bundled
 cat > "$W/tasks.yaml" <<YAML

@@ -13,26 +13,14 @@
 # 2e-2. Greedy decoding in fp32 picks the same tokens unless two logits tie within about 1e-5,
 # which models trained this far do not have among their top two (the run reports it if they do).
 set -uo pipefail
-SRC=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-/tmp/dstrain-gpu}
-OUT=${OUT:-$BUILD/logs}
-mkdir -p "$BUILD" "$OUT"
-SUMMARY=$OUT/inspect-summary.txt
-: > "$SUMMARY"
-status=0
-row() { printf '| %-44s | %-48s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY"; }
+# shellcheck source=common.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/common.sh" inspect
 D=$BUILD/dstrain
 W=$BUILD/inspect
 rm -rf "$W"
 mkdir -p "$W"
 
-if ! { cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-        > "$OUT/inspect-build.log" 2>&1 &&
-        cmake --build "$BUILD" -j"$(nproc)" --target dstrain >> "$OUT/inspect-build.log" 2>&1; }; then
-    tail -40 "$OUT/inspect-build.log"
-    row "inspect: build dstrain" "see inspect-build.log" FAIL
-    exit 1
-fi
+build_dstrain
 
 # ---- the models, trained on the CPU -------------------------------------------------------------
 train() { # train NAME ARGS...

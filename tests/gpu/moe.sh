@@ -9,23 +9,11 @@
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu; dstrain is built there when missing or
 # stale), OUT (logs, default $BUILD/logs), STEPS (default 50).
 set -uo pipefail
-SRC=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-/tmp/dstrain-gpu}
-OUT=${OUT:-$BUILD/logs}
+# shellcheck source=common.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/common.sh" moe
 STEPS=${STEPS:-50}
-mkdir -p "$BUILD" "$OUT"
-SUMMARY=$OUT/moe-summary.txt
-: > "$SUMMARY"
-status=0
-row() { printf '| %-44s | %-48s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY"; }
 
-if ! { cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-        > "$OUT/moe-build.log" 2>&1 &&
-        cmake --build "$BUILD" -j"$(nproc)" --target dstrain >> "$OUT/moe-build.log" 2>&1; }; then
-    tail -40 "$OUT/moe-build.log"
-    row "moe: build dstrain" "see moe-build.log" FAIL
-    exit 1
-fi
+build_dstrain
 
 # The CPU is the reference; the fp32 GPU run differs from it only in the order of its sums (and
 # in the GPU's expf), the bf16 run rounds every activation. Routing is a choice: a score that the
