@@ -65,6 +65,7 @@ static const BackendEntry entries[] = {
     ENTRY(weights_attach, MIXED_PRECISION),
     ENTRY(weights_refresh, MIXED_PRECISION),
     ENTRY(weights_detach, MIXED_PRECISION),
+    ENTRY(weights_touched, MIXED_PRECISION),
     ENTRY(copy_block, LATENT_AND_EXPERTS),
     ENTRY(act_to_f32, LATENT_AND_EXPERTS),
     ENTRY(rope_block_forward, LATENT_AND_EXPERTS),

@@ -172,10 +172,15 @@ typedef struct Backend {
      * fp32); weights_refresh rounds the fp32 values into the copy and must run after anything
      * wrote them and before the next matmul (model_forward calls it on entry); weights_detach
      * before the buffer is freed. A matmul whose weight lies outside every attached buffer
-     * rounds it on the fly. */
+     * rounds it on the fly. A backend may keep the copy current as its adamw_update and
+     * adamw_ewc_update write the buffer, and then skip the rounding (CUDA does: the optimizer
+     * step writes the copy in the same pass); so a write into an attached buffer by anything
+     * other than those two, the mem_* ops and scale (a collective such as ZeRO's all-gather)
+     * must be followed by weights_touched(params), which makes the next refresh round it all. */
     int (*weights_attach)(const float *params, size_t n);
     void (*weights_refresh)(const float *params);
     void (*weights_detach)(const float *params);
+    void (*weights_touched)(const float *params);
 
     /* ---- EWC ---- */
     /* adamw_update with elastic weight consolidation fused in (trainer/ewc.h): the gradient is

@@ -176,7 +176,10 @@ int optim_grad_norm_global(const Optimizer *opt, const Model *m, const ProcessGr
 int optim_gather_params(const Optimizer *opt, Model *m, const ProcessGrid *grid)
 {
     if (!opt->zero || !grid || grid->edp_size == 1) return DS_OK;
-    return comm_all_gather(comm_edp(grid), m->params, opt->n, COMM_F32);
+    DS_TRY(comm_all_gather(comm_edp(grid), m->params, opt->n, COMM_F32));
+    /* the other ranks' shards were written outside the backend's ops (ops.h) */
+    if (m->be->weights_touched) m->be->weights_touched(m->params);
+    return DS_OK;
 }
 
 float optim_clip_scale(double grad_norm, float max_norm)

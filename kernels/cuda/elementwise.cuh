@@ -127,6 +127,7 @@ static void add(float *out, const float *a, const Act *b, size_t n)
 static void scale(float *x, float s, size_t n)
 {
     if (!n) return;
+    weight_copies_written(x, n * sizeof(float)); /* in case x is an attached buffer */
     scale_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(x, s, n);
     launchCheck();
 }

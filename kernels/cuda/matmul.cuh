@@ -77,19 +77,18 @@ static __nv_bfloat16 *bf16_buffer(Bf16Buffer *b, size_t n)
 static Bf16Buffer operand_weight, operand_bias;
 
 /* The working copies of attached parameter buffers (Backend.weights_attach).
- * The optimizer's AdamW ops write the copy beside the fp32 values they update (adamw.cu); when
- * its updates since the last refresh tiled the whole buffer, in ascending order, and nothing else
- * wrote the buffer (the memory ops call weight_copies_written), the copy already holds what
- * weights_refresh would round, and the refresh skips its pass over the buffer. */
+ * The optimizer's AdamW ops write the copy beside the fp32 values they update (adamw.cu), so
+ * after a step the copy already holds what weights_refresh would round: the refresh skips its
+ * pass over the buffer unless something else wrote the buffer since the last one (the memory
+ * ops and scale mark it here; writers outside the backend, a collective, call weights_touched).
+ * Elements no AdamW call reached (padding, frozen tensors) were not written at all. */
 #define WEIGHT_COPIES_MAX 16
-#define WEIGHT_COPY_STALE ((size_t)-1)
 typedef struct WeightCopy {
     const float *params;  /* NULL: free slot */
     size_t n;
     __nv_bfloat16 *copy;  /* NULL until the first bf16 refresh */
     int fresh;            /* copy holds the values of the last refresh in bf16 mode */
-    size_t covered;       /* [0, covered) written by AdamW since the last refresh, in order;
-                           * WEIGHT_COPY_STALE: something else wrote the buffer since */
+    int stale;            /* written since the last refresh by something that left copy behind */
 } WeightCopy;
 static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
 static long long refreshes_skipped;
@@ -107,24 +106,20 @@ static void weight_copies_written(const void *p, size_t bytes)
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
         WeightCopy *w = &weight_copies[i];
         if (w->params && b < (const char *)(w->params + w->n) && e > (const char *)w->params)
-            w->covered = WEIGHT_COPY_STALE;
+            w->stale = 1;
     }
 }
 
 /* The place in a working copy where AdamW writes the bf16 values of params[0..n) as it updates
- * them, or NULL (fp32 modes, or no copy holds them); records what it covers. */
+ * them, or NULL (fp32 modes, or no copy holds them: then the copy is stale). */
 static __nv_bfloat16 *weight_copy_for_update(const float *param, size_t n)
 {
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
         WeightCopy *w = &weight_copies[i];
         if (!w->params || param < w->params || param + n > w->params + w->n) continue;
-        if (!lt_bf16 || !w->copy) {
-            w->covered = WEIGHT_COPY_STALE;
-            return NULL;
-        }
-        const size_t first = (size_t)(param - w->params);
-        w->covered = w->covered == first ? first + n : WEIGHT_COPY_STALE;
-        return w->copy + first;
+        if (lt_bf16 && w->copy) return w->copy + (param - w->params);
+        w->stale = 1;
+        return NULL;
     }
     weight_copies_written(param, n * sizeof(float)); /* straddles a buffer's edge */
     return NULL;
@@ -135,6 +130,12 @@ static WeightCopy *weight_copy_of(const float *params)
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
         if (weight_copies[i].params == params) return &weight_copies[i];
     return NULL;
+}
+
+static void weights_touched(const float *params)
+{
+    WeightCopy *w = weight_copy_of(params);
+    if (w) w->stale = 1;
 }
 
 static int weight_copy_alloc(WeightCopy *w)
@@ -161,7 +162,7 @@ static int weights_attach(const float *params, size_t n)
     w->params = params;
     w->n = n;
     w->fresh = 0;
-    w->covered = WEIGHT_COPY_STALE;
+    w->stale = 1;
     return lt_bf16 ? weight_copy_alloc(w) : DS_OK;
 }
 
@@ -169,21 +170,21 @@ static void weights_refresh(const float *params)
 {
     WeightCopy *w = weight_copy_of(params);
     if (!w) return;
-    const int written = w->covered == w->n && w->copy;
+    const int current = !w->stale && w->copy;
     w->fresh = 0;
-    w->covered = WEIGHT_COPY_STALE;
+    w->stale = 1;
     if (!lt_bf16) return;
     if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
         static int warned;
         if (!warned++) fprintf(stderr, "dstrain: warning: %s\n", ds_last_error());
         return;
     }
-    if (written)
+    if (current)
         refreshes_skipped++;
     else
         round_bf16(w->copy, params, w->n);
     w->fresh = 1;
-    w->covered = 0;
+    w->stale = 0;
 }
 
 static void weights_detach(const float *params)
@@ -218,7 +219,7 @@ extern "C" int cuda_matmul_precision(const char *mode)
     else
         return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
-        weight_copies[i].fresh = 0, weight_copies[i].covered = WEIGHT_COPY_STALE;
+        weight_copies[i].fresh = 0, weight_copies[i].stale = 1;
     return DS_OK;
 }
 

@@ -223,6 +223,7 @@ extern "C" const Backend *backend_cuda(void)
     b->weights_attach = weights_attach;
     b->weights_refresh = weights_refresh;
     b->weights_detach = weights_detach;
+    b->weights_touched = weights_touched;
     b->copy_block = copy_block;
     b->act_to_f32 = act_to_f32;
     b->rope_block_forward = rope_block_forward;

@@ -680,23 +680,28 @@ static void test_mixed_precision_plumbing(void)
 }
 
 /* AdamW writes the bf16 working copy of what it updates in the same pass (adamw.cu, matmul.cuh's
- * WeightCopy): after updates that tile the attached buffer in ascending order the refresh skips
- * its rounding pass, and the matmuls read the bits a rounding of the fp32 values gives; after
- * updates out of order, with a gap, or with another write to the buffer since, the refresh rounds
- * again (the write case fails if it did not: the copy would miss the new value). Pieces: an
- * unaligned weight (AdamW's one-element kernel), a one-element gap piece, an aligned weight (the
- * four-element kernel). */
-static void weight_copy_case(const char *name, const int *order, int pieces, int ewc,
-                             int write_after, int expect_skip)
+ * WeightCopy): after an optimizer step the refresh skips its rounding pass, and the matmuls read
+ * the bits a rounding of the fp32 values gives, whatever the order of the updates and with
+ * elements no update reached (the gaps between the pieces, as the parameter table's padding);
+ * after another write into the buffer (a memory op, scale, or one declared by weights_touched) the
+ * refresh rounds again (the write case fails if it did not: the copy would miss the new value).
+ * Pieces: a short one (AdamW's four-element kernel and its tail), a weight, three elements, a
+ * second weight. */
+enum { AFTER_NOTHING, AFTER_MEM_WRITE, AFTER_SCALE, AFTER_TOUCHED };
+
+static void weight_copy_case(const char *name, const int *order, int pieces, int ewc, int after,
+                             int expect_skip)
 {
     const int M = 33, K = 64, N = 40;
     const size_t wn = (size_t)N * K, xn = (size_t)M * K, yn = (size_t)M * N;
-    const size_t first[4] = {0, 3, 3 + wn, 4 + wn}, len[4] = {3, wn, 1, wn};
-    const size_t total = 4 + 2 * wn;
+    const size_t first[4] = {0, 8, 8 + wn, 12 + wn}, len[4] = {5, wn, 3, wn};
+    const size_t total = 12 + 2 * wn;
     float *hp = host_random(total, 0.5f), *hg = host_random(total, 0.01f);
     float *hx = host_random(xn, 1.0f);
-    float *params = dev_from(hp, total * sizeof(float)), *grads = dev_from(hg, total * sizeof(float));
-    float *fisher = dev_from(hg, total * sizeof(float)), *anchor = dev_from(hp, total * sizeof(float));
+    float *params = dev_from(hp, total * sizeof(float));
+    float *grads = dev_from(hg, total * sizeof(float));
+    float *fisher = dev_from(hg, total * sizeof(float));
+    float *anchor = dev_from(hp, total * sizeof(float));
     float *m = gpu->mem_alloc(total * sizeof(float)), *v = gpu->mem_alloc(total * sizeof(float));
     float *loose = gpu->mem_alloc(wn * sizeof(float));
     void *x = dev_act_from(hx, xn), *y1 = dev_act_poison(yn), *y2 = dev_act_poison(yn);
@@ -716,16 +721,16 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
                               0.1f, 1.0f, 1);
         }
     }
-    if (write_after) {
-        const float changed = 3.0f;
-        gpu->mem_to_device(params + first[1] + 7, &changed, sizeof(float));
-    }
+    const float changed = 3.0f;
+    if (after == AFTER_MEM_WRITE) gpu->mem_to_device(params + first[1] + 7, &changed, 4);
+    if (after == AFTER_SCALE) gpu->scale(params + first[3], 0.5f, wn);
+    if (after == AFTER_TOUCHED) gpu->weights_touched(params);
     gpu->weights_refresh(params);
     char label[160];
     snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: refreshes skipped - %d", name,
              expect_skip);
-    report(label, "|diff|", fabs((double)(cuda_weights_refreshes_skipped() - skipped) - expect_skip),
-           0.0, 1, 0);
+    report(label, "|diff|",
+           fabs((double)(cuda_weights_refreshes_skipped() - skipped) - expect_skip), 0.0, 1, 0);
     for (int w = 1; w <= 3; w += 2) { /* each weight: its copy = the fp32 values rounded now */
         gpu->mem_copy(loose, params + first[w], wn * sizeof(float));
         gpu->matmul_forward(y1, x, params + first[w], NULL, M, K, N);
@@ -743,12 +748,14 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
 
 static void test_weight_copy_from_adamw(void)
 {
-    static const int in_order[4] = {0, 1, 2, 3}, shuffled[4] = {1, 0, 2, 3};
-    weight_copy_case("AdamW in order", in_order, 4, 0, 0, 1);
-    weight_copy_case("AdamW + EWC in order", in_order, 4, 1, 0, 1);
-    weight_copy_case("out of order", shuffled, 4, 0, 0, 0);
-    weight_copy_case("last piece not updated", in_order, 3, 0, 0, 0);
-    weight_copy_case("a weight written after", in_order, 4, 0, 1, 0);
+    static const int in_order[4] = {0, 1, 2, 3}, shuffled[4] = {3, 1, 0, 2};
+    weight_copy_case("AdamW", in_order, 4, 0, AFTER_NOTHING, 1);
+    weight_copy_case("AdamW + EWC", in_order, 4, 1, AFTER_NOTHING, 1);
+    weight_copy_case("AdamW out of order", shuffled, 4, 0, AFTER_NOTHING, 1);
+    weight_copy_case("no update", in_order, 0, 0, AFTER_NOTHING, 1);
+    weight_copy_case("AdamW, then a weight written", in_order, 4, 0, AFTER_MEM_WRITE, 0);
+    weight_copy_case("AdamW, then a weight scaled", in_order, 4, 0, AFTER_SCALE, 0);
+    weight_copy_case("AdamW, then weights_touched", in_order, 4, 0, AFTER_TOUCHED, 0);
 }
 
 /* ---- latent attention (DeepSeek): q/k and v heads of their own ---------------------------- */

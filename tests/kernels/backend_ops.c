@@ -221,7 +221,8 @@ static void matmul_backward_call(const Backend *be, void *const *t, const int *s
 }
 
 /* The bf16 working copy of mixed precision: two weights inside one attached buffer, read by
- * matmuls; the fp32 values negated and refreshed (the copy must follow); detached (rounded on the
+ * matmuls; the fp32 values negated and refreshed (the copy must follow), then weights_touched and
+ * refreshed again (the same product); detached (rounded on the
  * fly again). A backend without the group (the reference) runs the same matmuls on fp32. */
 static void weights_make(Case *c, const int *s)
 {
@@ -244,6 +245,9 @@ static void weights_call(const Backend *be, void *const *t, const int *s)
     be->matmul_forward(t[2], t[1], wa, NULL, M, K, N);
     be->matmul_forward(t[3], t[1], wb, NULL, M, K, N);
     be->scale(params, -1.0f, total);
+    if (be->weights_refresh) be->weights_refresh(params);
+    be->matmul_forward(t[4], t[1], wa, NULL, M, K, N);
+    if (be->weights_touched) be->weights_touched(params); /* the copy is rounded again */
     if (be->weights_refresh) be->weights_refresh(params);
     be->matmul_forward(t[4], t[1], wa, NULL, M, K, N);
     if (be->weights_detach) be->weights_detach(params);
@@ -1056,7 +1060,7 @@ static const OpCase table[] = {
       {1024, 2048, 768, 0, 2}},
      matmul_backward_make,
      matmul_backward_call},
-    {"weights_attach weights_refresh weights_detach matmul_forward",
+    {"weights_attach weights_refresh weights_detach weights_touched matmul_forward",
      "M K N",
      {{37, 70, 45}, {133, 96, 80}},
      weights_make,
@@ -1147,7 +1151,8 @@ static const OpCase table[] = {
     {"sum_squares", "n", {{100003}, {1000003}, {7}, {1 << 17}}, sum_squares_make, sum_squares_call},
     {"sum_squares_batch sum_squares",
      "n ranges",
-     {{1000003, SUM_SQUARES_BATCH}, {1001, 5}},
+     {{1000003, SUM_SQUARES_BATCH}, {1001, 5}, {1000003, 3}, {1001, 7}}, /* last two: ranges
+                                                                         * off 16-byte edges */
      sum_squares_batch_make,
      sum_squares_batch_call},
     {"scale", "n", {{100003}, {7}, {1 << 17}}, scale_make, scale_call},
