@@ -211,12 +211,7 @@ static void grouped_run(int d_bf16)
 static const void *expert_weight_operand(const float *weight, size_t n)
 {
     if (!lt_bf16) return weight;
-    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        const WeightCopy *w = &weight_copies[i];
-        if (w->params && w->fresh && weight >= w->params && weight + n <= w->params + w->n)
-            return w->copy + (weight - w->params);
-    }
-    return NULL;
+    return weight_copy_at(weight, n);
 }
 
 /* The operands of every expert with rows: gate, up, down (NULL where an expert has no rows);

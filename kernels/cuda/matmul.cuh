@@ -195,14 +195,26 @@ static void weights_detach(const float *params)
     memset(w, 0, sizeof(*w));
 }
 
-/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer. */
-static const __nv_bfloat16 *weight_operand(const float *weight, size_t n, Bf16Buffer *buffer)
+/* weight[n]'s place in an attached, fresh copy, or NULL: also where that place is not 16-byte
+ * aligned (a weight at an offset not a multiple of 8 in its buffer), which the matmul plans do
+ * not take (the parameter table aligns every tensor to 256 bytes). */
+static const __nv_bfloat16 *weight_copy_at(const float *weight, size_t n)
 {
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
         const WeightCopy *w = &weight_copies[i];
-        if (w->params && w->fresh && weight >= w->params && weight + n <= w->params + w->n)
-            return w->copy + (weight - w->params);
+        if (!w->params || !w->fresh || weight < w->params || weight + n > w->params + w->n)
+            continue;
+        const __nv_bfloat16 *at = w->copy + (weight - w->params);
+        return (uintptr_t)at % 16 == 0 ? at : NULL;
     }
+    return NULL;
+}
+
+/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer. */
+static const __nv_bfloat16 *weight_operand(const float *weight, size_t n, Bf16Buffer *buffer)
+{
+    const __nv_bfloat16 *at = weight_copy_at(weight, n);
+    if (at) return at;
     __nv_bfloat16 *x = bf16_buffer(buffer, n);
     round_bf16(x, weight, n);
     return x;

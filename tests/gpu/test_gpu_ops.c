@@ -686,7 +686,8 @@ static void test_mixed_precision_plumbing(void)
  * after another write into the buffer (a memory op, scale, or one declared by weights_touched) the
  * refresh rounds again (the write case fails if it did not: the copy would miss the new value).
  * Pieces: a short one (AdamW's four-element kernel and its tail), a weight, three elements, a
- * second weight. */
+ * second weight whose place in the copy is not 16-byte aligned (the matmul rounds it on the fly
+ * instead: the same bits). */
 enum { AFTER_NOTHING, AFTER_MEM_WRITE, AFTER_SCALE, AFTER_TOUCHED };
 
 static void weight_copy_case(const char *name, const int *order, int pieces, int ewc, int after,
