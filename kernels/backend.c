@@ -175,9 +175,8 @@ int backend_create(const BackendOptions *o, const Backend **out)
         const Backend *be = backend_cuda(); /* NULL when no GPU is usable */
         if (!be) return DS_ERR_INPUT;
         /* auto: mixed precision */
-        DS_TRY(cuda_matmul_precision(strcmp(precision, "auto") == 0 ? "bf16" : precision));
-        DS_TRY(cuda_attention_kind(attention));
-        DS_TRY(cuda_moe_experts_kind(experts));
+        DS_TRY(cuda_backend_options(strcmp(precision, "auto") == 0 ? "bf16" : precision,
+                                    attention, experts));
         DS_TRY(backend_check(be));
         *out = be;
         return DS_OK;

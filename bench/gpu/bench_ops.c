@@ -83,6 +83,16 @@ static int cmp_double(const void *a, const void *b)
         _row->per_step = count;                                                                    \
     }
 
+/* The CUDA backend as a config makes it (backend_create): precision and cuda.attention. */
+static void use(const char *precision, const char *attention)
+{
+    const BackendOptions o = {.device = "cuda", .precision = precision, .attention = attention};
+    if (backend_create(&o, &gpu) != DS_OK) {
+        fprintf(stderr, "gpu_bench_ops: %s\n", ds_last_error());
+        exit(1);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const int B = argc > 2 ? atoi(argv[1]) : 8, T = argc > 2 ? atoi(argv[2]) : 2048;
@@ -92,11 +102,7 @@ int main(int argc, char **argv)
     const int mla_only = argc > 3 && strcmp(argv[3], "mla") == 0;
     const int attention_only = mla_only || (argc > 3 && strcmp(argv[3], "attention") == 0);
     const size_t NC = (size_t)N * C, NI = (size_t)N * I;
-    gpu = backend_cuda();
-    if (!gpu) {
-        fprintf(stderr, "gpu_bench_ops: %s\n", ds_last_error());
-        return 1;
-    }
+    use("fp32", "flash");
     host_chunk = malloc(CHUNK * sizeof(float));
     uint64_t s = 88172645463325252ull;
     for (size_t i = 0; i < CHUNK; i++) {
@@ -131,7 +137,7 @@ int main(int argc, char **argv)
 
     const char *modes[] = {"fp32", "bf16"};
     for (int mi = attention_only ? 1 : 0; mi < 2; mi++) {
-        cuda_matmul_precision(modes[mi]);
+        use(modes[mi], "flash");
         const int c4 = mi == 1 ? 1 : 0; /* per-step counts only for the default mode's rows */
         if (mi == 1) {                  /* as a model does: the weights' bf16 copies, made once */
             gpu->weights_attach(wcc, (size_t)C * C), gpu->weights_refresh(wcc);
@@ -181,7 +187,7 @@ int main(int argc, char **argv)
     const double att_flops = 2.0 * 2.0 * B * H * (double)T * T * D / 2.0;
     const char *att_kinds[] = {"flash", "mma", "simple"};
     for (int ai = 0; ai < 2 && !mla_only; ai++) {
-        if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
+        use("bf16", att_kinds[ai]);
         const int ca = ai == 0 ? L : 0; /* per-step counts for the default (flash) rows */
 #define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
         TIME(ai ? "attention_fwd [mma]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
@@ -199,7 +205,7 @@ int main(int argc, char **argv)
     const int extra_t[2] = {4096, 16384}, extra_h[2] = {32, 16};
     for (int xi = 0; xi < 2 && !mla_only; xi++)
         for (int ai = 0; ai < 2; ai++) {
-            if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
+            use("bf16", att_kinds[ai]);
             const int XT = extra_t[xi], XH = extra_h[xi];
             if ((size_t)XT * XH * D > NC) continue;
             const double fx = 2.0 * 2.0 * XH * (double)XT * XT * D / 2.0;
@@ -223,7 +229,7 @@ int main(int argc, char **argv)
     static const char *mla_bwd_names[] = {"mla_bwd [flash]", "mla_bwd [mma]", "mla_bwd [simple]"};
     for (int ai = 0; ai < 3 && (size_t)MT * MH * MDQK <= NC && (size_t)MH * MT <= (size_t)B * H * T;
          ai++) {
-        if (cuda_attention_kind(att_kinds[ai]) != DS_OK) return 1;
+        use("bf16", att_kinds[ai]);
 #define BODY gpu->attention_forward_dv(att, lse, q, k, v, 1, MT, MH, MDQK, MDV, mla_scale)
         TIME(mla_fwd_names[ai], 0, "B1 T%d H%d Dqk%d Dv%d", MT, MH, MDQK, MDV);
         rows[nrows - 1].flops = mla_flops;
@@ -234,7 +240,7 @@ int main(int argc, char **argv)
         rows[nrows - 1].flops = 2.5 * mla_flops;
 #undef BODY
     }
-    cuda_attention_kind("flash");
+    use("bf16", "flash");
     if (attention_only) goto table;
     float *dx_act = dev_random(NC, 1);
 #define BODY gpu->rmsnorm_forward(y, rstd, x, normw, N, C, 1e-6f)

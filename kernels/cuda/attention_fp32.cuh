@@ -1,6 +1,6 @@
 /* attention_fp32.cuh: attention_forward / attention_backward of the backend: the fp32 flash-style
- * kernels (kind "simple"), cuda_attention_kind, and the hand-over to the tensor-core kernels of
- * attention.cuh (wgmma on Hopper, mma.sync elsewhere).
+ * kernels (kind "simple"), the cuda.attention option, and the hand-over to the tensor-core
+ * kernels of attention.cuh (wgmma on Hopper, mma.sync elsewhere).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
  * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
  * ...), so it is not a header to include anywhere else. */
@@ -303,18 +303,13 @@ template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
 static int attention_kind;
 static long long attention_mma_calls;
 
-extern "C" int cuda_attention_kind(const char *mode)
+/* The cuda.attention option (cuda_backend_options). */
+static int attention_kind_parse(const char *mode, int *kind)
 {
-    if (strcmp(mode, "flash") == 0)
-        attention_kind = 0;
-    else if (strcmp(mode, "simple") == 0)
-        attention_kind = 1;
-    else if (strcmp(mode, "mma") == 0)
-        attention_kind = 2;
-    else
-        return ds_error(DS_ERR_INPUT,
-                        "cuda.attention: \"%s\": expected flash, mma or simple", mode);
-    return DS_OK;
+    static const char *const names[] = {"flash", "simple", "mma"}; /* attention_kind's values */
+    for (int i = 0; i < 3; i++)
+        if (strcmp(mode, names[i]) == 0) return *kind = i, DS_OK;
+    return ds_error(DS_ERR_INPUT, "cuda.attention: \"%s\": expected flash, mma or simple", mode);
 }
 
 extern "C" long long cuda_attention_flash_calls(void)

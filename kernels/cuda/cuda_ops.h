@@ -7,30 +7,27 @@
 extern "C" {
 #endif
 
-/* How the backend computes and stores: "fp32" (the backend's default; TF32 off, agrees with the
- * CPU to fp32 rounding), "bf16" (mixed precision: activations and their gradients stored in bf16
- * (ops.h's Act), matmuls on the bf16 tensor cores from the bf16 working copy of
- * Backend.weights_attach with fp32 accumulation, fp32 master weights and weight gradients) or
- * "tf32" (fp32 storage, TF32 products). The Act storage follows the mode, so a model's arena is
- * laid out for the mode in force at model_init: switch only while no model is alive.
- * backend_create sets it from BackendOptions.precision (the config key precision; auto is bf16).
- * DS_ERR_INPUT for anything else. */
-int cuda_matmul_precision(const char *mode);
-/* 1 when matmuls run in bf16 mode. */
-int cuda_matmul_is_bf16(void);
-
-/* How attention computes: "flash" (default: the bf16 tensor-core kernels for head_dim 64 and
- * 128, bf16 products with fp32 accumulation and softmax: on Hopper the wgmma kernels of
- * attention_wgmma.cu for head_dim 128, else the mma.sync kernels of attention_mma_fwd.cu and
- * attention_mma_bwd.cu; other head dims run the fp32 kernels; the same for DeepSeek's latent
- * attention, attention_forward_dv / _backward_dv, in bf16 mode at q/k heads of 192 with v heads of
- * 128 and at equal head sizes of 64 or 128, other sizes and fp32 activations on the fp32 kernels
- * of mla.cuh), "mma" (the mma.sync kernels
- * wherever they suit, also on Hopper: the fallback, kept testable there) or "simple" (the fp32
- * CUDA-core kernels of ops_cuda.cu for every head dim; agrees with the CPU to fp32 rounding).
- * backend_create sets it from BackendOptions.attention (the config key cuda.attention).
- * DS_ERR_INPUT for anything else. */
-int cuda_attention_kind(const char *mode);
+/* The CUDA backend's options, set by backend_create (BackendOptions: the config's keys) and by
+ * nothing else; all three are checked before any is applied, DS_ERR_INPUT naming the key.
+ * precision, how the backend computes and stores: "fp32" (TF32 off, agrees with the CPU to fp32
+ * rounding), "bf16" (mixed precision: activations and their gradients stored in bf16 (ops.h's
+ * Act), matmuls on the bf16 tensor cores from the bf16 working copy of Backend.weights_attach
+ * with fp32 accumulation, fp32 master weights and weight gradients) or "tf32" (fp32 storage,
+ * TF32 products); backend_create's auto is bf16. The Act storage follows the mode, so a model's
+ * arena is laid out for the mode in force at model_init: change it only while no model is alive
+ * (the same mode again keeps the working copies).
+ * attention: "flash" (the bf16 tensor-core kernels for head_dim 64 and 128, bf16 products with
+ * fp32 accumulation and softmax: on Hopper the wgmma kernels of attention_wgmma.cu for head_dim
+ * 128, else the mma.sync kernels of attention_mma_fwd.cu and attention_mma_bwd.cu; other head
+ * dims run the fp32 kernels; the same for DeepSeek's latent attention, attention_forward_dv /
+ * _backward_dv, in bf16 mode at q/k heads of 192 with v heads of 128 and at equal head sizes of
+ * 64 or 128, other sizes and fp32 activations on the fp32 kernels of mla.cuh), "mma" (the
+ * mma.sync kernels wherever they suit, also on Hopper: the fallback, kept testable there) or
+ * "simple" (the fp32 CUDA-core kernels for every head dim; agrees with the CPU to fp32 rounding).
+ * experts, how the routed experts of a MoE layer run (experts.cuh): "streams" (each expert's
+ * matmuls on one of a few streams, so several experts share the GPU; the same bits as "loop"),
+ * "grouped" (one cuBLAS grouped GEMM a projection) or "loop" (one matmul after another). */
+int cuda_backend_options(const char *precision, const char *attention, const char *experts);
 
 /* How many attention calls (forward or backward) ran on the tensor-core kernels so far, and how
  * many of those on the wgmma ones: lets tests see which implementation a call took. */
@@ -44,12 +41,6 @@ int cuda_wgmma_attention_ready(int D);
  * rounding pass: lets tests see the fused path run. */
 long long cuda_weights_refreshes_skipped(void);
 
-/* How the routed experts of a MoE layer run (moe_experts_forward / backward; experts.cuh):
- * "streams" (default: each expert's matmuls on one of a few streams, so several experts share
- * the GPU; the same bits as "loop"), "grouped" (one cuBLAS grouped GEMM a projection) or "loop"
- * (one matmul after another). backend_create sets it from BackendOptions.experts (the config key
- * cuda.experts). DS_ERR_INPUT for anything else. */
-int cuda_moe_experts_kind(const char *kind);
 /* How many grouped matmuls ran so far, and how many of those the library refused and the
  * experts ran one by one instead: lets tests see which path a call took. */
 long long cuda_moe_grouped_calls(void);

@@ -1,6 +1,6 @@
 /* experts.cuh: the routed experts of one MoE layer (moe_experts_forward / moe_experts_backward),
  * every expert a few matmuls on its block of rows. An expert holds a few hundred rows, so one of
- * its matmuls fills only part of the GPU; three ways to run them (cuda_moe_experts_kind):
+ * its matmuls fills only part of the GPU; three ways to run them (the option cuda.experts):
  *   streams (default): the experts' matmuls spread over EXPERT_STREAMS streams forked from and
  *     joined back to the backend's stream, each with its own cuBLASLt workspace, so several
  *     experts' tiles share the GPU; the same cuBLASLt plans as one by one, so the same bits;
@@ -94,18 +94,14 @@ extern "C" long long cuda_moe_grouped_fallbacks(void)
 enum { EXPERTS_STREAMS, EXPERTS_GROUPED, EXPERTS_LOOP };
 static int experts_kind = EXPERTS_STREAMS;
 
-extern "C" int cuda_moe_experts_kind(const char *kind)
+/* The cuda.experts option (cuda_backend_options). */
+static int experts_kind_parse(const char *kind, int *out)
 {
-    if (strcmp(kind, "streams") == 0)
-        experts_kind = EXPERTS_STREAMS;
-    else if (strcmp(kind, "grouped") == 0)
-        experts_kind = EXPERTS_GROUPED;
-    else if (strcmp(kind, "loop") == 0)
-        experts_kind = EXPERTS_LOOP;
-    else
-        return ds_error(DS_ERR_INPUT, "cuda.experts: \"%s\": expected streams, grouped or loop",
-                        kind);
-    return DS_OK;
+    static const char *const names[] = {"streams", "grouped", "loop"}; /* EXPERTS_* */
+    for (int i = 0; i < 3; i++)
+        if (strcmp(kind, names[i]) == 0) return *out = i, DS_OK;
+    return ds_error(DS_ERR_INPUT, "cuda.experts: \"%s\": expected streams, grouped or loop",
+                    kind);
 }
 
 /* Room for cap problems a call (grows only: the first layer sees the largest E). */

@@ -1,5 +1,5 @@
 /* matmul.cuh: matmul_forward / matmul_backward through cuBLASLt: the bf16 working copies of
- * the weights (weights_attach / refresh / detach), cuda_matmul_precision, the plan cache.
+ * the weights (weights_attach / refresh / detach), the precision option, the plan cache.
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
  * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
  * ...), so it is not a header to include anywhere else. */
@@ -10,7 +10,7 @@
  *   forward  out (N x M)  = W^T (W stored K x N) . inp (K x M)
  *   dinp     dinp (K x M) = W (K x N) . dout (N x M)
  *   dweight  dW (K x N)  += inp (K x M) . dout^T (dout stored N x M)
- * Modes (cuda_matmul_precision):
+ * Modes (the precision option, cuda_backend_options):
  *   fp32: fp32 operands, true fp32 products (TF32 off); tf32: fp32 operands on the TF32 cores.
  *   bf16 (mixed precision): bf16 operands (the weights from the attached working copy, the
  *     activations and gradients as they are stored), products on the bf16 tensor cores with fp32
@@ -22,7 +22,6 @@ static void *lt_workspace;
 static const size_t lt_workspace_size = (size_t)32 << 20;
 static cublasComputeType_t lt_compute = CUBLAS_COMPUTE_32F;
 
-extern "C" int cuda_matmul_is_bf16(void) { return lt_bf16; }
 
 /* ---- bf16 operands ---- */
 
@@ -220,19 +219,22 @@ static const __nv_bfloat16 *weight_operand(const float *weight, size_t n, Bf16Bu
     return x;
 }
 
-extern "C" int cuda_matmul_precision(const char *mode)
+/* The precision option (cuda_backend_options): fp32, bf16 or tf32. */
+static int precision_parse(const char *mode, int *bf16, cublasComputeType_t *compute)
 {
-    if (strcmp(mode, "fp32") == 0)
-        lt_compute = CUBLAS_COMPUTE_32F, lt_bf16 = 0;
-    else if (strcmp(mode, "bf16") == 0)
-        lt_compute = CUBLAS_COMPUTE_32F, lt_bf16 = 1;
-    else if (strcmp(mode, "tf32") == 0)
-        lt_compute = CUBLAS_COMPUTE_32F_FAST_TF32, lt_bf16 = 0;
-    else
-        return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
+    *compute = strcmp(mode, "tf32") == 0 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    *bf16 = strcmp(mode, "bf16") == 0;
+    if (*bf16 || strcmp(mode, "fp32") == 0 || strcmp(mode, "tf32") == 0) return DS_OK;
+    return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
+}
+
+/* A change of mode leaves every working copy to be rounded again; the same mode keeps them. */
+static void precision_set(int bf16, cublasComputeType_t compute)
+{
+    if (bf16 == lt_bf16 && compute == lt_compute) return;
+    lt_bf16 = bf16, lt_compute = compute;
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
         weight_copies[i].fresh = 0, weight_copies[i].stale = 1;
-    return DS_OK;
 }
 
 /* ---- cuBLASLt plans: descriptors and the heuristic's algorithm, made once per shape ---- */

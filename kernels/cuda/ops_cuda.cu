@@ -50,7 +50,7 @@ static inline void cublas_check_at(cublasStatus_t status, const char *file, int 
 
 static const cudaStream_t stream = 0;
 
-/* 1 in bf16 mode (cuda_matmul_precision): bf16 matmul operands and bf16 Act storage. */
+/* 1 in bf16 mode (the precision option): bf16 matmul operands and bf16 Act storage. */
 static int lt_bf16;
 
 /* ---------------------------------------------------------------------------------------------
@@ -171,8 +171,7 @@ static int mem_info(size_t *free_bytes, size_t *total_bytes)
 }
 
 /* The first call picks the device and creates the cuBLASLt handle; NULL (with the error set)
- * when there is no usable GPU. backend_create (backend.c) sets its precision, attention and
- * experts from the options it was given. */
+ * when there is no usable GPU. backend_create (backend.c) sets its options (cuda_backend_options). */
 extern "C" const Backend *backend_cuda(void)
 {
     if (cuda_backend.name) return &cuda_backend;
@@ -241,4 +240,18 @@ extern "C" const Backend *backend_cuda(void)
     b->moe_experts_backward = moe_experts_backward;
     b->name = "cuda"; /* last: marks the table complete */
     return b;
+}
+
+extern "C" int cuda_backend_options(const char *precision, const char *attention,
+                                    const char *experts)
+{
+    int bf16, attention_choice, experts_choice;
+    cublasComputeType_t compute;
+    DS_TRY(precision_parse(precision, &bf16, &compute));
+    DS_TRY(attention_kind_parse(attention, &attention_choice));
+    DS_TRY(experts_kind_parse(experts, &experts_choice));
+    precision_set(bf16, compute);
+    attention_kind = attention_choice;
+    experts_kind = experts_choice;
+    return DS_OK;
 }

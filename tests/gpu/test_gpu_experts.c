@@ -5,7 +5,7 @@
  * norm error against the CPU's fp32 result on the unrounded inputs): the forward outputs, dxs,
  * and each weight gradient accumulated onto zeros and then once more onto itself; outputs
  * poisoned with NaN first; a second run gives the same bits. Each of the three ways the experts
- * run (cuda_moe_experts_kind): streams (and its bits equal the loop's), grouped (that the grouped
+ * run (the config key cuda.experts): streams (and its bits equal the loop's), grouped (that the grouped
  * GEMM really ran, none refused), loop; weights without a bf16 copy (the loop, same results).
  * Last, V2-Lite's layer shape timed each way (info rows). Exit 1 if a check failed. */
 #include <math.h>
@@ -22,7 +22,7 @@ static const Backend *cpu, *gpu;
 static int failures, checks;
 static double tol = 1e-4;
 static const char *mode = "fp32";
-static const char *kind = "streams"; /* cuda_moe_experts_kind */
+static const char *kind = "streams"; /* cuda.experts */
 
 static void report(const char *name, const char *metric, double value, double limit, int lower_ok,
                    int nan_count)
@@ -51,6 +51,14 @@ static void must(int status)
         fprintf(stderr, "test_gpu_experts: %s\n", ds_last_error());
         exit(1);
     }
+}
+
+/* The CUDA backend made as a config would make it (backend_create): precision and cuda.experts.
+ * Weights attached in one precision stay attached across a change of cuda.experts. */
+static void use(const char *precision, const char *experts)
+{
+    const BackendOptions o = {.device = "cuda", .precision = precision, .experts = experts};
+    must(backend_create(&o, &gpu));
 }
 
 /* ---- host and device buffers ---------------------------------------------------------------- */
@@ -353,18 +361,18 @@ static void check_case(const char *label, const Experts *x, int attach)
            1, 0, 0);
     /* grouped where every weight has its operand (no rows: nothing to run) */
     const int grouped_expected =
-        strcmp(kind, "grouped") == 0 && x->rows > 0 && (attach || !cuda_matmul_is_bf16());
+        strcmp(kind, "grouped") == 0 && x->rows > 0 && (attach || gpu->act_size() != 2);
     snprintf(name, sizeof(name), "%s: %s", label,
              grouped_expected ? "ran grouped (none refused)" : "no grouped call");
     report(name, "as said", grouped_expected ? (calls > 0 && fallbacks == 0) : calls == 0, 1, 0, 0);
     if (strcmp(kind, "streams") == 0) { /* the same plans as the loop: the same bits */
-        must(cuda_moe_experts_kind("loop"));
+        use(mode, "loop");
         dev_forward(&d, x);
         float *zero = calloc(x->E * per, sizeof(float));
         gpu->mem_to_device(d.gw, zero, wbytes);
         free(zero);
         dev_backward(&d, x);
-        must(cuda_moe_experts_kind(kind));
+        use(mode, kind);
         snprintf(name, sizeof(name), "%s: = loop bit for bit (ey, dxs, dW)", label);
         report(name, "same",
                same_bytes(ey1, d.ey, RC * gpu->act_size()) &&
@@ -426,7 +434,7 @@ static void time_v2_lite(void)
     static const char *kinds[] = {"streams", "grouped", "loop"};
     for (int k = 0; k < 3; k++) {
         kind = kinds[k];
-        must(cuda_moe_experts_kind(kind));
+        use(mode, kind);
         double t_f = 1e30, t_b = 1e30;
         for (int rep = 0; rep < 6; rep++) {
             gpu->mem_to_host(&sync, d.gw, sizeof(float));
@@ -451,7 +459,7 @@ static void time_v2_lite(void)
         note(name, "TFLOP/s", 2 * flops_fwd / t_b / 1e12, "");
     }
     kind = "streams";
-    must(cuda_moe_experts_kind(kind));
+    use(mode, kind);
     dev_free(&d, 1);
 }
 
@@ -474,10 +482,9 @@ static void run_case(const char *label, int E, int C, int I, const int *pattern,
     for (int m = 0; m < 2; m++) {
         mode = m ? "bf16" : "fp32";
         tol = m ? 1e-2 : 1e-4;
-        must(cuda_matmul_precision(mode));
         for (int k = 0; k < 3; k++) {
             kind = kinds[k];
-            must(cuda_moe_experts_kind(kind));
+            use(mode, kind);
             check_case(full, &x, 1);
             if (m == 1 && k == 0 && E <= 8) {
                 char loose[200];
@@ -487,7 +494,7 @@ static void run_case(const char *label, int E, int C, int I, const int *pattern,
         }
     }
     kind = "streams";
-    must(cuda_moe_experts_kind(kind));
+    use(mode, kind);
     experts_free(&x);
     free(counts);
 }
@@ -495,11 +502,7 @@ static void run_case(const char *label, int E, int C, int I, const int *pattern,
 int main(void)
 {
     cpu = backend_cpu();
-    gpu = backend_cuda();
-    if (!gpu) {
-        fprintf(stderr, "test_gpu_experts: %s\n", ds_last_error());
-        return 1;
-    }
+    use("fp32", "streams");
     printf("| %-70s | %-10s | %10s | %-11s | %5s | %s |\n", "check (CUDA vs CPU)", "metric",
            "value", "limit", "NaN", "result");
     printf("|---|---|---|---|---|---|\n");
@@ -517,7 +520,7 @@ int main(void)
     static const int v2[] = {-48};
     run_case("V2-Lite C and I", 64, 2048, 1408, v2, 1);
     mode = "bf16";
-    must(cuda_matmul_precision("bf16"));
+    use(mode, "streams");
     time_v2_lite();
     printf("test_gpu_experts: %d of %d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;

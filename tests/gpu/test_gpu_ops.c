@@ -543,6 +543,14 @@ static void must(int status)
     }
 }
 
+/* The CUDA backend made as a config would make it (backend_create): precision and cuda.attention
+ * (cuda.experts at its default). A model must not be alive across a change of precision. */
+static void use(const char *precision, const char *attention)
+{
+    const BackendOptions o = {.device = "cuda", .precision = precision, .attention = attention};
+    must(backend_create(&o, &gpu));
+}
+
 static void test_fixture(const char *name)
 {
     char dir[1024], path[1100];
@@ -858,9 +866,8 @@ static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale,
 static void test_attention_dv_tensor_cores(void)
 {
     const float v3_scale = 1.3f / sqrtf(192.0f); /* a yarn mscale-like factor on 1/sqrt(Dqk) */
-    if (cuda_matmul_precision("bf16") != DS_OK) exit(1);
+    use("bf16", "flash");
     tol = 1e-2;
-    must(cuda_attention_kind("flash"));
     attention_wgmma_on = 1;
     mode = "bf16+flash";
     test_attention_dv(2, 257, 4, 192, 128, v3_scale, 1); /* two forward blocks and a row */
@@ -871,14 +878,13 @@ static void test_attention_dv_tensor_cores(void)
     test_attention_dv(2, 67, 4, 64, 64, 0.2f, 1);
     test_attention_dv(2, 67, 4, 12, 6, 1.0f / sqrtf(12.0f), 0); /* other shapes: fp32 kernels */
     test_attention_dv(2, 40, 4, 48, 32, 1.0f / sqrtf(48.0f), 0);
-    must(cuda_attention_kind("mma"));
+    use("bf16", "mma");
     attention_wgmma_on = 0;
     mode = "bf16+mma";
     test_attention_dv(2, 257, 4, 192, 128, v3_scale, 1);
     test_attention_dv(1, 1024, 4, 192, 128, v3_scale, 1);
     test_attention_dv(2, 200, 4, 128, 128, 0.2f, 1);
-    must(cuda_attention_kind("simple"));
-    cuda_matmul_precision("fp32");
+    use("fp32", "simple");
 }
 
 /* The attention kernels cuda.attention "simple" runs (the fp32 kernels; in bf16 mode on widened
@@ -898,12 +904,7 @@ static void test_attention_simple(void)
 int main(int argc, char **argv)
 {
     cpu = backend_cpu();
-    gpu = backend_cuda();
-    if (!gpu) {
-        fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
-        return 1;
-    }
-    must(cuda_attention_kind("simple")); /* fp32 agreement first; "flash" rows below */
+    use("fp32", "simple"); /* fp32 agreement first; "flash" rows below */
     printf("| %-66s | %-10s | %10s | %-11s | %5s | %s |\n", "check (CUDA vs CPU)", "metric",
            "value", "limit", "NaN", "result");
     printf("|%s|%s|%s|%s|%s|%s|\n",
@@ -944,7 +945,7 @@ int main(int argc, char **argv)
     /* bf16 mode: bf16 activations and gradients, bf16 tensor-core matmuls; attention's fp32
      * kernels against the CPU within 1e-2 (the CPU gets the unrounded inputs), the plumbing of the
      * bf16 weights, then the same model bar */
-    if (cuda_matmul_precision("bf16") != DS_OK) return 1;
+    use("bf16", "simple");
     mode = "bf16";
     tol = 1e-2;
     test_attention_simple(); /* the fp32 kernels, on widened copies */
@@ -959,7 +960,7 @@ int main(int argc, char **argv)
 
     /* what device=cuda runs by default: bf16 mode and the tensor-core attention reading and
      * writing bf16 as it lies */
-    must(cuda_attention_kind("flash"));
+    use("bf16", "flash");
     attention_wgmma_on = 1;
     mode = "bf16+flash";
     test_attention(1, 2048, 16, 16, 128, 1);
@@ -972,13 +973,10 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
         test_fixture(cases[i]);
     test_random_model();
-    must(cuda_attention_kind("simple"));
-    attention_wgmma_on = 0;
-    cuda_matmul_precision("fp32");
 
     /* tensor-core attention on fp32 activations, rounded into their workspace: bf16 products,
      * fp32 matmuls elsewhere */
-    must(cuda_attention_kind("flash"));
+    use("fp32", "flash");
     attention_wgmma_on = 1;
     mode = "flash";
     tol = 1e-2;
@@ -1008,19 +1006,18 @@ int main(int argc, char **argv)
 
     /* the mma.sync kernels, forced where "flash" would run the wgmma ones (the fallback of other
      * devices, kept tested on Hopper): same bar, bf16 and fp32 activations */
-    must(cuda_attention_kind("mma"));
+    use("fp32", "mma");
     attention_wgmma_on = 0;
     mode = "mma";
     test_attention(1, 2048, 16, 16, 128, 1);
     test_attention(2, 100, 4, 2, 128, 1);
     test_attention(2, 129, 4, 2, 128, 1);
     test_attention(1, 320, 8, 1, 128, 1);
-    if (cuda_matmul_precision("bf16") != DS_OK) return 1;
+    use("bf16", "mma");
     mode = "bf16+mma";
     test_attention(1, 2048, 16, 16, 128, 1);
     test_attention(2, 67, 8, 2, 64, 1);
-    cuda_matmul_precision("fp32");
-    cuda_attention_kind("simple");
+    use("fp32", "simple");
     test_attention_dv_tensor_cores();
     printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
