@@ -5,15 +5,15 @@ PyTorch: transformers' LlamaForCausalLM with SDPA attention, AMP bf16 autocast o
 parameters, fused AdamW (what a Trainer run with bf16 does), eager and torch.compile; random
 weights from the published config values. dstrain: `dstrain train device=cuda` with the
 matching preset (PRECISION in the environment picks its config key precision, bf16 by default).
-Shapes: deepseek-coder-1.3b at 8 x 2048, deepseek-llm-7b at 1 x 4096 with activation
-checkpointing. Prints tokens/s, MFU (6N + 6*L*d*T flops per token, N the matmul parameters,
+Shapes: deepseek-coder-1.3b at 8 x 2048 (coder-1.3b) and 1 x 16384 (coder-1.3b-16k),
+deepseek-llm-7b at 1 x 4096 with activation checkpointing (llm-7b) and without (llm-7b-nockpt). Prints tokens/s, MFU (6N + 6*L*d*T flops per token, N the matmul parameters,
 against 989 TFLOP/s), peak memory and dstrain / PyTorch ratios.
 
 Each measurement runs in its own process (clean memory, a failure stays local) under a
 timeout; --budget stops starting new ones when time is short. Not a test: numbers go to
 bench/gpu/RESULTS.md with date, machine and command.
 
-usage: bench_torch.py [--dstrain PATH] [--shapes coder-1.3b,llm-7b] [--runs torch-eager,
+usage: bench_torch.py [--dstrain PATH] [--shapes coder-1.3b,llm-7b,...] [--runs torch-eager,
        dstrain,torch-compile] [--steps 8] [--warmup 3] [--budget SECONDS] [--log FILE]
 """
 import argparse
@@ -37,6 +37,9 @@ SHAPES = {
                    heads=32, kv_heads=32, max_pos=4096, theta=10000.0, rope_linear=None,
                    eps=1e-6, batch=1, seq=4096, ckpt=True),
 }
+# the long-context and no-checkpointing shapes: the same models at other batch, seq, ckpt
+SHAPES["coder-1.3b-16k"] = dict(SHAPES["coder-1.3b"], batch=1, seq=16384)
+SHAPES["llm-7b-nockpt"] = dict(SHAPES["llm-7b"], ckpt=False)
 
 
 def matmul_params(s):
