@@ -23,8 +23,11 @@ int classify_eval(const char *model_dir, const ModelConfig *mc, const Backend *b
  * copy the weights are read into. DS_ERR_INPUT with both figures when it does not fit (eval.c,
  * classify_eval). */
 int eval_check_memory(const ModelConfig *mc, int batch, int seq_len, const Backend *be);
-/* --device and --precision of eval and generate: the backend they compute on (backend_create),
- * or DS_ERR_INPUT naming the flag. */
+/* --device and --precision of eval and generate: eval_device_check refuses a value no backend
+ * has (DS_ERR_INPUT naming the flag) without starting a device, so that the flags are judged
+ * before the model is looked for; eval_backend checks the same and makes the backend they compute
+ * on (backend_create), once the model is found. */
+int eval_device_check(const char *device, const char *precision);
 int eval_backend(const char *device, const char *precision, const Backend **be);
 
 #endif

@@ -83,7 +83,7 @@ int eval_check_memory(const ModelConfig *mc, int batch, int seq_len, const Backe
                     memory_bytes_text(d, (double)have), advice);
 }
 
-int eval_backend(const char *device, const char *precision, const Backend **be)
+int eval_device_check(const char *device, const char *precision)
 {
     static const char *const devices[] = {"cpu", "cuda"};
     static const char *const precisions[] = {"auto", "fp32", "bf16", "tf32"};
@@ -104,6 +104,12 @@ int eval_backend(const char *device, const char *precision, const Backend **be)
                         "--precision: %s needs --device cuda (the CPU computes in fp32 only; use "
                         "auto or fp32)",
                         precision);
+    return DS_OK;
+}
+
+int eval_backend(const char *device, const char *precision, const Backend **be)
+{
+    DS_TRY(eval_device_check(device, precision));
     return backend_create(&(BackendOptions){.device = device, .precision = precision}, be);
 }
 
@@ -149,8 +155,8 @@ int eval_main(int argc, char **argv)
         eval_usage(stderr);
         return ds_error(DS_ERR_INPUT, "eval: --model and --data are required");
     }
-    const Backend *be = NULL;
-    DS_TRY(eval_backend(device, precision, &be));
+    DS_TRY(eval_device_check(device, precision)); /* the flags first, the device once the
+                                                   * model is found */
     char resolved[MODEL_PATH_MAX];
     ModelPathKind kind;
     DS_TRY(model_path_resolve("eval", model_dir, resolved, sizeof(resolved), &kind));
@@ -158,6 +164,8 @@ int eval_main(int argc, char **argv)
     ModelConfig mc;
     /* a checkpoint holds its model's config.json */
     DS_TRY(hf_config_load_with(model_dir, allow_extra ? HF_EXTRA_WARN : HF_EXTRA_REFUSE, &mc));
+    const Backend *be = NULL;
+    DS_TRY(eval_backend(device, precision, &be));
     if (mc.num_labels > 0) { /* classify.c */
         double accuracy;
         return classify_eval(model_dir, &mc, be, data_path, seq_len, batch, logits_path, &accuracy);

@@ -291,7 +291,8 @@ int generate_main(int argc, char **argv)
     ModelPathKind kind;
 
     const Backend *be = NULL;
-    DS_TRY(eval_backend(o.device, o.precision, &be));
+    DS_TRY(eval_device_check(o.device, o.precision)); /* the flags first, the device once the
+                                                       * model is found */
     DS_TRY(model_path_resolve("generate", o.model_dir, model_dir, sizeof(model_dir), &kind));
     o.model_dir = model_dir;
     const int is_ckpt = kind == MODEL_PATH_CHECKPOINT;
@@ -305,6 +306,7 @@ int generate_main(int argc, char **argv)
                           o.model_dir, mc.num_labels);
         goto done;
     }
+    if ((status = eval_backend(o.device, o.precision, &be)) != DS_OK) goto done;
     /* tokenizer: --tokenizer, the model dir, a checkpoint's base model; else bytes */
     const char *candidates[3] = {o.tokenizer_dir, o.model_dir,
                                  ckpt ? ckpt_model_string(ckpt, "path") : NULL};
