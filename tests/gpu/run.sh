@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # run.sh: the GPU checks, on a GPU node, in one go: builds dstrain with the CUDA backend
-# (Release, sm_90), runs tests/gpu/test_gpu_ops.c (every op and the whole model against the CPU
-# backend), tests/gpu/test_gpu_backend_ops.c (the op table of tests/kernels/backend_ops.c, fp32
-# and bf16 modes) and tests/gpu/test_gpu_experts.c (the routed experts' matmuls), trains the tiny
+# (Release, sm_90), runs tests/gpu/test_gpu_ops.c (the whole model, the bf16 plumbing and which
+# attention kernels run, against the CPU backend), tests/gpu/test_gpu_backend_ops.c (every op:
+# the op table of tests/kernels/backend_ops.c, fp32 and bf16 modes) and tests/gpu/test_gpu_experts.c (the routed experts' matmuls), trains the tiny
 # preset on the bundled data for $STEPS steps on the CPU and on the GPU (in bf16 and in fp32)
 # and compares the loss curves, the same for DeepSeek's tiny-moe preset
 # (tests/gpu/moe.sh), runs eval, generate and a classifier's eval with --device cuda against the
