@@ -176,7 +176,8 @@ typedef struct Backend {
      * adamw_ewc_update write the buffer, and then skip the rounding (CUDA does: the optimizer
      * step writes the copy in the same pass); so a write into an attached buffer by anything
      * other than those two, the mem_* ops and scale (a collective such as ZeRO's all-gather)
-     * must be followed by weights_touched(params), which makes the next refresh round it all. */
+     * must be followed by weights_touched(params) (params as attached), which makes the next
+     * refresh round it all. */
     int (*weights_attach)(const float *params, size_t n);
     void (*weights_refresh)(const float *params);
     void (*weights_detach)(const float *params);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # attention.sh: the attention checks and timings in one call on a GPU node, from the repo root
 # (with .devdeps sourced): builds gpu_test_ops and gpu_bench_ops (Release, sm_90; BUILD, default
-# /tmp/b), runs gpu_test_ops (every op against the CPU; the attention rows), gpu_bench_ops 8 2048
+# /tmp/b), runs gpu_test_ops (the attention kernels against the CPU), gpu_bench_ops 8 2048
 # attention (dstrain's default attention beside the mma.sync kernels, three shapes) and
 # bench_sdpa.py (PyTorch's SDPA on the same shapes), then prints the attention rows last. Logs
 # under OUT. TESTS=0 skips gpu_test_ops. PREV=file: also builds (in parallel, in /tmp/prev and

@@ -2,10 +2,12 @@
 # compare.sh: bench/moe's dstrain step at two trees side by side in one call on a GPU node (from
 # the repo root, .devdeps sourced): BASE (a commit, or a patch file that turns the working tree
 # into the base: `git diff -R HEAD -- paths > FILE` where the node's copy of .git lacks HEAD) and
-# NEW (a commit; default: the working tree) are built in their own dirs, then with TESTS=1 NEW's gpu_test_ops and tests/gpu/moe.sh (MOE_STEPS, default 20) run
-# and with EXPERTS_TEST=1 gpu_test_experts (EXPERTS_TIMEOUT s, default 90); bench_torch.py trains
-# each build ROUNDS times in turn (ORDER, default "base new": WARMUP steps left out, STEPS timed),
-# and with TRACE=1 bench/moe/profile.sh breaks NEW's step down. Logs under OUT; the table last.
+# NEW (a commit; default: the working tree) are built in their own dirs, then with TESTS=1 NEW's
+# gpu_test_ops (the models and kernel choices; op by op: gpu_test_backend_ops) and
+# tests/gpu/moe.sh (MOE_STEPS, default 20) run, and with EXPERTS_TEST=1 gpu_test_experts
+# (EXPERTS_TIMEOUT s, default 90); bench_torch.py trains each build ROUNDS times in turn (ORDER,
+# default "base new": WARMUP steps left out, STEPS timed), and with TRACE=1 bench/moe/profile.sh
+# breaks NEW's step down. Logs under OUT; the table last.
 # Not a test: figures for bench/moe/RESULTS.md.
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)

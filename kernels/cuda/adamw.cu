@@ -88,7 +88,8 @@ __global__ static void adamw_kernel4(float *param, const float *grad, float *m, 
         *reinterpret_cast<float4 *>(m + i) = mm;
         *reinterpret_cast<float4 *>(v + i) = vv;
         if (copy) { /* 8-byte aligned when copy and param lie at the same offset of a buffer */
-            __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
+            const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
+            const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
             if ((uintptr_t)(copy + i) % 8 == 0) {
                 uint2 packed;
                 packed.x = *reinterpret_cast<const uint32_t *>(&lo);

@@ -36,9 +36,9 @@ long long cuda_attention_wgmma_calls(void);
 /* 1 when "flash" runs head dim D on the wgmma kernels on this device and build. */
 int cuda_wgmma_attention_ready(int D);
 
-/* How many times Backend.weights_refresh found the bf16 working copy already written by the
- * AdamW ops (every element, in order, nothing else writing the buffer since) and skipped its
- * rounding pass: lets tests see the fused path run. */
+/* How many times Backend.weights_refresh found the bf16 working copy current (nothing but the
+ * AdamW ops, which write it, wrote the buffer since the last refresh) and skipped its rounding
+ * pass: lets tests see the fused path run. */
 long long cuda_weights_refreshes_skipped(void);
 
 /* How many grouped matmuls ran so far, and how many of those the library refused and the

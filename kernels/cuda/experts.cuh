@@ -9,8 +9,8 @@
  *   loop: one matmul after another on the backend's stream (matmul_forward / matmul_backward).
  * All three: bf16 activations and the bf16 working copy of the weights in bf16 mode, fp32
  * accumulation, dW accumulated in fp32 into the fp32 gradients; no atomics and no split
- * reductions across launches, so a call repeats bit for bit. Weights without a fresh bf16 copy
- * take the loop. The per-expert row counts are the host counts of moe_permute.
+ * reductions across launches, so a call repeats bit for bit. Weights without a fresh bf16 copy,
+ * or whose place in it is not 16-byte aligned (weight_copy_at), take the loop. The per-expert row counts are the host counts of moe_permute.
  * Part of ops_cuda.cu's translation unit, included there after moe.cuh and matmul.cuh: not a
  * header to include anywhere else. */
 

@@ -171,7 +171,8 @@ static int mem_info(size_t *free_bytes, size_t *total_bytes)
 }
 
 /* The first call picks the device and creates the cuBLASLt handle; NULL (with the error set)
- * when there is no usable GPU. backend_create (backend.c) sets its options (cuda_backend_options). */
+ * when there is no usable GPU. backend_create (backend.c) sets its options
+ * (cuda_backend_options). */
 extern "C" const Backend *backend_cuda(void)
 {
     if (cuda_backend.name) return &cuda_backend;

@@ -5,7 +5,8 @@
  * (host_memory 0) takes every staged path of ewc.c (chunks of EWC_STAGE_FLOATS, crossed here) and
  * must give the bits of the host path, for consolidation, penalty, both state files and the
  * Fisher pass. The weight decay toward the anchor, through optim_step, over nights of online
- * EWC. The CUDA op is checked against this one in tests/gpu/test_gpu_ops.c. */
+ * EWC. The CUDA op is checked against this one by the op table (tests/kernels/backend_ops.c, on
+ * a GPU node tests/gpu/test_gpu_backend_ops.c). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <omp.h>

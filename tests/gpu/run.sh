@@ -2,12 +2,13 @@
 # run.sh: the GPU checks, on a GPU node, in one go: builds dstrain with the CUDA backend
 # (Release, sm_90), runs tests/gpu/test_gpu_ops.c (the whole model, the bf16 plumbing and which
 # attention kernels run, against the CPU backend), tests/gpu/test_gpu_backend_ops.c (every op:
-# the op table of tests/kernels/backend_ops.c, fp32 and bf16 modes) and tests/gpu/test_gpu_experts.c (the routed experts' matmuls), trains the tiny
-# preset on the bundled data for $STEPS steps on the CPU and on the GPU (in bf16 and in fp32)
-# and compares the loss curves, the same for DeepSeek's tiny-moe preset
-# (tests/gpu/moe.sh), runs eval, generate and a classifier's eval with --device cuda against the
-# CPU (tests/gpu/inspect.sh) and two continual runs with EWC against the CPU
-# (tests/gpu/continual.sh), then prints a summary table last. Exit 1 if anything failed.
+# the op table of tests/kernels/backend_ops.c, fp32 and bf16 modes) and
+# tests/gpu/test_gpu_experts.c (the routed experts' matmuls), trains the tiny preset on the
+# bundled data for $STEPS steps on the CPU and on the GPU (in bf16 and in fp32) and compares the
+# loss curves, the same for DeepSeek's tiny-moe preset (tests/gpu/moe.sh), runs eval, generate
+# and a classifier's eval with --device cuda against the CPU (tests/gpu/inspect.sh) and two
+# continual runs with EWC against the CPU (tests/gpu/continual.sh), then prints a summary table
+# last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
 # $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
 # deepseek-coder-1.3b steps with each precision of BENCH_MATMUL (default "fp32 bf16"; see

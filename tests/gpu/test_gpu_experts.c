@@ -5,8 +5,9 @@
  * norm error against the CPU's fp32 result on the unrounded inputs): the forward outputs, dxs,
  * and each weight gradient accumulated onto zeros and then once more onto itself; outputs
  * poisoned with NaN first; a second run gives the same bits. Each of the three ways the experts
- * run (the config key cuda.experts): streams (and its bits equal the loop's), grouped (that the grouped
- * GEMM really ran, none refused), loop; weights without a bf16 copy (the loop, same results).
+ * run (the config key cuda.experts): streams (and its bits equal the loop's), grouped (that the
+ * grouped GEMM really ran, none refused), loop; weights without a bf16 copy (the loop, same
+ * results).
  * Last, V2-Lite's layer shape timed each way (info rows). Exit 1 if a check failed. */
 #include <math.h>
 #include <stdio.h>

@@ -707,9 +707,10 @@ static void test_mixed_precision_plumbing(void)
  * elements no update reached (the gaps between the pieces, as the parameter table's padding);
  * after another write into the buffer (a memory op, scale, or one declared by weights_touched) the
  * refresh rounds again (the write case fails if it did not: the copy would miss the new value).
- * Pieces: a short one (AdamW's four-element kernel and its tail), a weight, three elements, a
- * second weight whose place in the copy is not 16-byte aligned (the matmul rounds it on the fly
- * instead: the same bits). */
+ * Weight A holds four things: a short piece (AdamW's four-element kernel and its tail), three
+ * elements no update reaches, a long piece (the same kernel), a piece starting off 16 bytes
+ * (AdamW's one-element kernel); eight elements no update reaches; weight B, one piece. A matmul
+ * reads each weight whole from the copy (both lie 16-byte aligned in it). */
 enum { AFTER_NOTHING, AFTER_MEM_WRITE, AFTER_SCALE, AFTER_TOUCHED };
 
 static void weight_copy_case(const char *name, const int *order, int pieces, int ewc, int after,
@@ -717,8 +718,8 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
 {
     const int M = 33, K = 64, N = 40;
     const size_t wn = (size_t)N * K, xn = (size_t)M * K, yn = (size_t)M * N;
-    const size_t first[4] = {0, 8, 8 + wn, 12 + wn}, len[4] = {5, wn, 3, wn};
-    const size_t total = 12 + 2 * wn;
+    const size_t first[4] = {0, 8, wn - 3, wn + 8}, len[4] = {5, wn - 11, 3, wn};
+    const size_t weight[2] = {0, wn + 8}, total = 2 * wn + 8;
     float *hp = host_random(total, 0.5f), *hg = host_random(total, 0.01f);
     float *hx = host_random(xn, 1.0f);
     float *params = dev_from(hp, total * sizeof(float));
@@ -745,8 +746,8 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
         }
     }
     const float changed = 3.0f;
-    if (after == AFTER_MEM_WRITE) gpu->mem_to_device(params + first[1] + 7, &changed, 4);
-    if (after == AFTER_SCALE) gpu->scale(params + first[3], 0.5f, wn);
+    if (after == AFTER_MEM_WRITE) gpu->mem_to_device(params + 15, &changed, 4); /* in weight A */
+    if (after == AFTER_SCALE) gpu->scale(params, 0.5f, wn);                     /* weight A */
     if (after == AFTER_TOUCHED) gpu->weights_touched(params);
     gpu->weights_refresh(params);
     char label[160];
@@ -754,12 +755,12 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
              expect_skip);
     report(label, "|diff|",
            fabs((double)(cuda_weights_refreshes_skipped() - skipped) - expect_skip), 0.0, 1, 0);
-    for (int w = 1; w <= 3; w += 2) { /* each weight: its copy = the fp32 values rounded now */
-        gpu->mem_copy(loose, params + first[w], wn * sizeof(float));
-        gpu->matmul_forward(y1, x, params + first[w], NULL, M, K, N);
+    for (int w = 0; w < 2; w++) { /* each weight: its copy = the fp32 values rounded now */
+        gpu->mem_copy(loose, params + weight[w], wn * sizeof(float));
+        gpu->matmul_forward(y1, x, params + weight[w], NULL, M, K, N);
         gpu->matmul_forward(y2, x, loose, NULL, M, K, N);
-        snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: weight %d = rounding (bits)", name,
-                 w / 2 + 1);
+        snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: weight %c = rounding (bits)", name,
+                 'A' + w);
         report(label, "same", same_bits_act(y1, y2, yn), 1, 0, 0);
     }
     gpu->weights_detach(params);
@@ -943,8 +944,8 @@ int main(int argc, char **argv)
     test_random_moe_model();
 
     /* bf16 mode: bf16 activations and gradients, bf16 tensor-core matmuls; attention's fp32
-     * kernels against the CPU within 1e-2 (the CPU gets the unrounded inputs), the plumbing of the
-     * bf16 weights, then the same model bar */
+     * kernels against the CPU within 1e-2 (on the rounded operands: round_operands), the plumbing
+     * of the bf16 weights, then the same model bar */
     use("bf16", "simple");
     mode = "bf16";
     tol = 1e-2;

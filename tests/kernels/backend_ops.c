@@ -222,8 +222,9 @@ static void matmul_backward_call(const Backend *be, void *const *t, const int *s
 
 /* The bf16 working copy of mixed precision: two weights inside one attached buffer, read by
  * matmuls; the fp32 values negated and refreshed (the copy must follow), then weights_touched and
- * refreshed again (the same product); detached (rounded on the
- * fly again). A backend without the group (the reference) runs the same matmuls on fp32. */
+ * refreshed again (the same product; whether the refresh skipped its pass is gpu_test_ops'
+ * check); detached (rounded on the fly again). A backend without the group (the reference) runs
+ * the same matmuls on fp32. */
 static void weights_make(Case *c, const int *s)
 {
     const int M = s[0], K = s[1], N = s[2];
@@ -233,6 +234,7 @@ static void weights_make(Case *c, const int *s)
     output(c, "out second weight", ACT, (size_t)M * N, SUMS);
     output(c, "out after refresh", ACT, (size_t)M * N, SUMS);
     output(c, "out after detach", ACT, (size_t)M * N, SUMS);
+    output(c, "out after touched", ACT, (size_t)M * N, SUMS);
 }
 
 static void weights_call(const Backend *be, void *const *t, const int *s)
@@ -249,7 +251,7 @@ static void weights_call(const Backend *be, void *const *t, const int *s)
     be->matmul_forward(t[4], t[1], wa, NULL, M, K, N);
     if (be->weights_touched) be->weights_touched(params); /* the copy is rounded again */
     if (be->weights_refresh) be->weights_refresh(params);
-    be->matmul_forward(t[4], t[1], wa, NULL, M, K, N);
+    be->matmul_forward(t[6], t[1], wa, NULL, M, K, N);
     if (be->weights_detach) be->weights_detach(params);
     be->matmul_forward(t[5], t[1], wa, NULL, M, K, N);
 }
