@@ -5,9 +5,13 @@
 # embeddings in bf16 sharded files) train 8 steps at np=1 and at tp=2 on a small random-token
 # dataset (data parallelism is covered by test_layouts.sh): losses within 1e-5 relative, final
 # parameters within 1e-5.
-# Except k_proj biases: softmax ignores a shift of a query's scores, so their true gradient is
-# zero and AdamW turns the rounding noise into steps of up to lr (as in any fp32 run, whatever
-# the layout); they are held to 1e-3.
+# Except where a gradient is rounding noise: AdamW divides a gradient by its own scale, so an
+# element whose true gradient is below the noise of the two layouts' summation orders steps by up
+# to lr either way (as in any fp32 run, whatever the layout). k_proj biases are all such
+# elements (softmax ignores a shift of a query's scores: their true gradient is zero), held to
+# 1e-3; in any other tensor such elements are a chance few (which, depends on the CPU's BLAS
+# kernels): at most one in a thousand of its elements (at least one) may lie past 1e-5, none past
+# 1e-3. A layout's slicing error moves whole rows or tensors, far past that.
 set -euo pipefail
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -51,12 +55,18 @@ a, b = sys.argv[1:3]
 la, lb, pa, pb = losses(a), losses(b), tensors(a), tensors(b)
 rel = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
 noise = [k for k in pa if k.endswith("k_proj.bias")]
-diff = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa if k not in noise)
-kbias = max([float(np.max(np.abs(pa[k] - pb[k]))) for k in noise] or [0.0])
-ok = len(la) == len(lb) == 8 and pa.keys() == pb.keys() and rel <= 1e-5 and diff <= 1e-5
-ok = ok and kbias <= 1e-3
+ok = len(la) == len(lb) == 8 and pa.keys() == pb.keys() and rel <= 1e-5
+d = {k: np.abs(pa[k] - pb[k]) for k in pa if k in pb}
+kbias = max([float(np.max(d[k])) for k in noise] or [0.0])
+diff = max(float(np.max(d[k])) for k in d if k not in noise)
+# elements past 1e-5 in a tensor: at most max(1, 0.1%) of it, and none past 1e-3
+stray = {k: int(np.sum(d[k] > 1e-5)) for k in d if k not in noise}
+worst = max(stray, key=lambda k: stray[k] / max(1, d[k].size // 1000))
+ok = ok and kbias <= 1e-3 and diff <= 1e-3
+ok = ok and all(n <= max(1, d[k].size // 1000) for k, n in stray.items())
 print(f"{'ok' if ok else 'FAIL'}: {b.rsplit('/', 1)[1]}: losses within {rel:.2e}, parameters "
-      f"within {diff:.2e} ({len(pa)} tensors; k_proj biases within {kbias:.1e})")
+      f"within {diff:.2e} ({len(pa)} tensors; past 1e-5: {sum(stray.values())} elements, "
+      f"{stray[worst]} of {d[worst].size} in {worst}; k_proj biases within {kbias:.1e})")
 sys.exit(0 if ok else 1)
 PY
   done
