@@ -4,12 +4,10 @@
 # and without ZeRO-1), tp=2 x dp=2 (both), tp=4 (fewer kv heads than ranks: shared kv heads)
 # and dp=2 with two accumulated micro-batches: per-step and eval losses (but for the
 # accumulation run, whose eval batches are smaller) within 1e-5 relative,
-# final parameters within 1e-5. The global batch is the same everywhere: micro_batch_size is
+# final parameters within 1e-5 (but for elements whose gradient is rounding noise:
+# tests/run_files.py's params_close). The global batch is the same everywhere: micro_batch_size is
 # per data-parallel rank and micro-step, so it is 4 / (dp x grad_accum). Also checks the
 # per-rank memory line: parameters 1/tp, optimizer state 1/(tp x dp) with ZeRO-1.
-# optim.lr is 1e-3: at 3e-3 AdamW turns summation-order rounding in near-zero gradient elements
-# into parameter differences of up to 5e-6 after 20 steps, too close to the bound to be a stable
-# check (the losses still agree to 3e-7 there).
 set -euo pipefail
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -42,8 +40,10 @@ run tp4 4 4 1 1
 run dp2_accum2 2 1 2 1 2
 
 python3 - "$work" <<'PY'
-import json, re, struct, sys
+import json, os, re, struct, sys
 import numpy as np
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests"))
+import run_files
 work = sys.argv[1]
 
 def losses(name):
@@ -86,14 +86,10 @@ for name in ["tp2", "dp2", "dp2_allreduce", "tp2dp2", "tp2dp2_allreduce", "tp4",
     assert len(ref_eval) == len(ev) == 2, (name, ref_eval, ev)
     if name != "dp2_accum2":  # an evaluation covers micro_batch_size x dp x eval.batches rows
         rel = max([rel] + [abs(a - b) / abs(a) for a, b in zip(ref_eval, ev)])
-    assert params.keys() == ref_params.keys(), name
-    worst = max(params, key=lambda k: float(np.max(np.abs(params[k] - ref_params[k]))))
-    diff = float(np.max(np.abs(params[worst] - ref_params[worst])))
-    shapes = all(params[k].shape == ref_params[k].shape for k in params)
-    ok = rel <= 1e-5 and diff <= 1e-5 and shapes
+    close, text = run_files.params_close(ref_params, params, drift=20 * 1e-3)  # lr x steps
+    ok = rel <= 1e-5 and close
     failed |= not ok
-    print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, parameters "
-          f"within {diff:.2e} (worst {worst})")
+    print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, {text}")
 
 # memory per rank: parameters and gradients fall as 1/tp, ZeRO-1 optimizer state as 1/(tp dp)
 p1, g1, o1, _ = memory("single")

@@ -6,7 +6,8 @@
 # np=1 and under mpirun at dp=2 with ZeRO-1, dp=2 with a plain all-reduce, dp=2 with two
 # accumulated micro-batches, tp=2 (heads and every MLP's intermediate size split, the latents
 # and the router replicated), tp=2 x dp=2, and tp=2 with activation checkpointing; per-step
-# losses within 1e-5 relative, final parameters within 1e-5, the first step's expert load
+# losses within 1e-5 relative, final parameters within 1e-5 (tests/run_files.py's params_close:
+# but for elements whose gradient is rounding noise), the first step's expert load
 # equal (every rank routes alike; the counts of the data-parallel ranks are summed). At np=1
 # activation checkpointing changes nothing, bit for bit (the recomputed routing is the same
 # routing). The V2-Lite-shaped parity fixture (a plain q, softmax routing) trains the same at
@@ -150,17 +151,14 @@ for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpo
     loss = [x["loss"] for x in m]
     assert len(loss) == 10, (name, len(loss))
     rel = max(abs(a - b) / abs(a) for a, b in zip(ref_loss, loss))
-    assert params.keys() == ref_params.keys(), name
-    worst = max(params, key=lambda k: float(np.max(np.abs(params[k] - ref_params[k]))))
-    diff = float(np.max(np.abs(params[worst] - ref_params[worst])))
+    close, text = run_files.params_close(ref_params, params, drift=10 * 1e-3)  # lr x steps
     # the load of the first step: the same tokens routed by the same weights
     load_ok = all((a is None and b is None) or abs(a - b) < 1e-9
                   for a, b in zip(ref[0]["expert_load"], m[0]["expert_load"]))
-    ok = rel <= 1e-5 and diff <= 1e-5 and load_ok
+    ok = rel <= 1e-5 and close and load_ok
     failed |= not ok
-    print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, parameters "
-          f"within {diff:.2e} (worst {worst}), first step's expert load "
-          f"{'equal' if load_ok else 'differs'}")
+    print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, {text}, first "
+          f"step's expert load {'equal' if load_ok else 'differs'}")
 # resumed from the ep=2 checkpoint: the single process's last five steps and parameters
 with open(f"{work}/ck_ep2/checkpoints/step-00000005/manifest.json") as f:
     manifest = json.load(f)
@@ -175,21 +173,19 @@ for name in ["ck_ep2_to_single", "ck_ep2_to_ep4"]:
     got = {x["step"]: x["loss"] for x in m}
     want = {x["step"]: x["loss"] for x in ref}
     rel = max(abs(got[s] - want[s]) / abs(want[s]) for s in range(6, 11))
-    diff = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in ref_params)
-    ok = sorted(got) == list(range(6, 11)) and rel <= 1e-5 and diff <= 1e-5
+    close, text = run_files.params_close(ref_params, params, drift=10 * 1e-3)
+    ok = sorted(got) == list(range(6, 11)) and rel <= 1e-5 and close
     failed |= not ok
-    print(f"{'ok' if ok else 'FAIL'}: {name}: steps 6-10 within {rel:.2e} relative, "
-          f"parameters within {diff:.2e}")
+    print(f"{'ok' if ok else 'FAIL'}: {name}: steps 6-10 within {rel:.2e} relative, {text}")
 
 ref, ref_params = metrics("v2lite_single"), tensors("v2lite_single")
 ref_loss = [m["loss"] for m in ref]
 for name in ["v2lite_tp2", "v2lite_tp2dp2", "v2lite_ep2"]:
     loss, params = [m["loss"] for m in metrics(name)], tensors(name)
     rel = max(abs(a - b) / abs(a) for a, b in zip(ref_loss, loss))
-    diff = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in ref_params)
-    ok = len(loss) == 10 and rel <= 1e-5 and diff <= 1e-5 and params.keys() == ref_params.keys()
+    close, text = run_files.params_close(ref_params, params, drift=10 * 1e-3)
+    ok = len(loss) == 10 and rel <= 1e-5 and close
     failed |= not ok
-    print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, parameters "
-          f"within {diff:.2e}")
+    print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {rel:.2e} relative, {text}")
 sys.exit(1 if failed else 0)
 PY
