@@ -10,31 +10,7 @@
 
 #include "kernels/ops.h"
 #include "tests/kernels/backend_ops.h"
-
-static size_t to_host_bytes, to_device_bytes;
-
-static void counted_to_host(void *dst, const void *src, size_t bytes)
-{
-    memcpy(dst, src, bytes);
-    to_host_bytes += bytes;
-}
-
-static void counted_to_device(void *dst, const void *src, size_t bytes)
-{
-    memcpy(dst, src, bytes);
-    to_device_bytes += bytes;
-}
-
-/* The CPU backend seen as a device: every host access must go through the copies. */
-static Backend staged_backend(const char *name)
-{
-    Backend b = *backend_cpu();
-    b.name = name;
-    b.host_memory = 0;
-    b.mem_to_host = counted_to_host;
-    b.mem_to_device = counted_to_device;
-    return b;
-}
+#include "tests/kernels/staged_backend.h"
 
 /* rmsnorm_forward with its output off by 1e-3 relative (rstd right). */
 static void rmsnorm_forward_off(Act *out, float *rstd, const float *inp, const float *weight, int M,

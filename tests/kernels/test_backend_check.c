@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernels/ops.h"
+#include "tests/kernels/staged_backend.h"
 #include "trainer/common.h"
 
 static void refresh_nothing(const float *params)
@@ -61,31 +62,6 @@ Test(backend_check, mem_copy_is_required)
 }
 
 /* ---- backend_stage / backend_view ---------------------------------------------------------- */
-
-static size_t to_host_bytes, to_device_bytes;
-
-static void counted_to_host(void *dst, const void *src, size_t bytes)
-{
-    memcpy(dst, src, bytes);
-    to_host_bytes += bytes;
-}
-
-static void counted_to_device(void *dst, const void *src, size_t bytes)
-{
-    memcpy(dst, src, bytes);
-    to_device_bytes += bytes;
-}
-
-/* The CPU backend seen as a device: every host access must go through the copies. */
-static Backend staged_backend(void)
-{
-    Backend b = *backend_cpu();
-    b.host_memory = 0;
-    b.mem_to_host = counted_to_host;
-    b.mem_to_device = counted_to_device;
-    to_host_bytes = to_device_bytes = 0;
-    return b;
-}
 
 typedef struct {
     float *mem;      /* the backend memory being staged (to tell a copy from the memory) */
@@ -149,7 +125,7 @@ Test(backend_stage, a_host_backend_is_visited_in_place_in_one_piece)
 Test(backend_stage, update_copies_each_chunk_both_ways)
 {
     const size_t n = 1000, chunk = 300; /* 300, 300, 300, 100 */
-    Backend b = staged_backend();
+    Backend b = staged_backend("cpu-staged");
     float *x = ramp(n), staging[300];
     Visit v = {.mem = x};
     cr_assert_eq(backend_stage(&b, x, n, STAGE_UPDATE, chunk, staging, visit, &v), DS_OK);
@@ -168,7 +144,7 @@ Test(backend_stage, update_copies_each_chunk_both_ways)
 Test(backend_stage, read_leaves_the_memory_and_write_does_not_read_it)
 {
     const size_t n = 777;
-    Backend b = staged_backend();
+    Backend b = staged_backend("cpu-staged");
     float *x = ramp(n);
     Visit v = {.mem = x};
     /* read: the staging buffer is allocated here (NULL), the whole range one piece (chunk 0) */
@@ -195,7 +171,7 @@ Test(backend_stage, read_leaves_the_memory_and_write_does_not_read_it)
 Test(backend_stage, the_first_error_stops_and_is_returned)
 {
     const size_t n = 1000;
-    Backend b = staged_backend();
+    Backend b = staged_backend("cpu-staged");
     float *x = ramp(n);
     Visit v = {.mem = x, .fail_at = 2};
     cr_assert_eq(backend_stage(&b, x, n, STAGE_UPDATE, 400, NULL, visit, &v), DS_ERR_INPUT);
@@ -213,7 +189,7 @@ Test(backend_stage, the_first_error_stops_and_is_returned)
 
 Test(backend_stage, view_copies_on_a_device_only)
 {
-    Backend b = staged_backend();
+    Backend b = staged_backend("cpu-staged");
     float x[5] = {1, 2, 3, 4, 5}, buf[5] = {0};
     const float *h = backend_view(&b, x, 5, buf);
     cr_assert_eq(h, buf);
