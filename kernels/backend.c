@@ -35,6 +35,7 @@ static const BackendEntry entries[] = {
     ENTRY(matmul_forward, REQUIRED),
     ENTRY(matmul_backward, REQUIRED),
     ENTRY(rmsnorm_forward, REQUIRED),
+    ENTRY(add_rmsnorm_forward, REQUIRED),
     ENTRY(rmsnorm_backward, REQUIRED),
     ENTRY(rope_forward, REQUIRED),
     ENTRY(rope_backward, REQUIRED),
@@ -172,11 +173,14 @@ int backend_create(const BackendOptions *o, const Backend **out)
 #ifdef DSTRAIN_HAVE_CUDA
         const char *attention = o->attention && o->attention[0] ? o->attention : "flash";
         const char *experts = o->experts && o->experts[0] ? o->experts : "streams";
+        const char *copy = o->weight_copy && o->weight_copy[0] && strcmp(o->weight_copy, "auto")
+                               ? o->weight_copy
+                               : "full";
         const Backend *be = backend_cuda(); /* NULL when no GPU is usable */
         if (!be) return DS_ERR_INPUT;
         /* auto: mixed precision */
         DS_TRY(cuda_backend_options(strcmp(precision, "auto") == 0 ? "bf16" : precision,
-                                    attention, experts));
+                                    attention, experts, copy));
         DS_TRY(backend_check(be));
         *out = be;
         return DS_OK;

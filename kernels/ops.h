@@ -65,6 +65,10 @@ typedef struct Backend {
      * residual stream (fp32). */
     void (*rmsnorm_forward)(Act *out, float *rstd, const float *inp, const float *weight, int M,
                             int C, float eps);
+    /* sum = a + b (add's residual add), then out, rstd = rmsnorm_forward of sum: the two in one
+     * pass over each row. sum may be a. */
+    void (*add_rmsnorm_forward)(float *sum, Act *out, float *rstd, const float *a, const Act *b,
+                                const float *weight, int M, int C, float eps);
     /* dinp[M,C] += (accumulates: it is the residual stream's gradient), dweight[C] += ; when
      * dinp_act is not NULL it receives the updated dinp as an Act (the next matmul backward's
      * dout). */
@@ -275,13 +279,16 @@ typedef struct Backend {
 } Backend;
 
 const Backend *backend_cpu(void);
-/* What a backend is made with: the config's keys device, precision, cuda.attention and
- * cuda.experts (NULL or "": the default). */
+/* What a backend is made with: the config's keys device, precision, cuda.attention,
+ * cuda.experts and cuda.weight_copy (NULL or "": the default). */
 typedef struct BackendOptions {
     const char *device;    /* "cpu" or "cuda" */
     const char *precision; /* "auto", "fp32", "bf16", and "tf32" on cuda */
     const char *attention; /* cuda: "flash" (default), "mma" or "simple" (cuda_ops.h) */
     const char *experts;   /* cuda: "streams" (default), "grouped" or "loop" */
+    /* cuda in bf16: "full" (default; the trainer resolves the config's "auto" before) keeps a
+     * bf16 working copy of attached weights, "none" rounds a weight where a matmul reads it */
+    const char *weight_copy;
 } BackendOptions;
 /* The backend o describes, set up as it says, its table checked (backend_check). DS_ERR_INPUT
  * with one line naming the option for a device this build or machine does not have, or a choice

@@ -842,8 +842,8 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
     /* row parallel: partial sums over this rank's heads */
     be->matmul_forward(a->tmp, L->att, w->wo, NULL, N, H * d.dv, C);
     model_tp_reduce_act(m, a->tmp, NC);
-    be->add(L->resid_mid, resid_in, a->tmp, NC);
-    be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
+    be->add_rmsnorm_forward(L->resid_mid, L->ln2, L->ln2_rstd, resid_in, a->tmp, w->ln2, N, C,
+                            c->rms_norm_eps);
     if (!is_moe(c, l)) {
         const int I = m->tp_inter;
         be->matmul_forward(L->gate, L->ln2, w->wgate, NULL, N, C, I);

@@ -225,9 +225,10 @@ static void llama_layer_forward(Model *m, int l, float *resid_out)
     /* row parallel: partial sums over this rank's heads; one rank adds the bias */
     be->matmul_forward(a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
     model_tp_reduce_act(m, a->tmp, (size_t)N * C);
-    be->add(L->resid_mid, resid_in, a->tmp, (size_t)N * C);
+    /* the residual add and the MLP block's norm */
+    be->add_rmsnorm_forward(L->resid_mid, L->ln2, L->ln2_rstd, resid_in, a->tmp, w->ln2, N, C,
+                            c->rms_norm_eps);
     /* MLP block */
-    be->rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
     be->matmul_forward(L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
     be->matmul_forward(L->up, L->ln2, w->wup, w->bup, N, C, I);
     be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);

@@ -268,6 +268,13 @@ static const ConfigKey config_schema[] = {
          "of a few streams (the same bits as loop); grouped = one cuBLAS grouped GEMM a "
          "projection; loop = one matmul after another",
          "streams", "grouped", "loop"),
+    ENUM("cuda.weight_copy", cuda_weight_copy, "auto",
+         "the bf16 working copy of the weights with device cuda in bf16: full = kept beside the "
+         "fp32 weights (2 bytes a parameter; the optimizer writes it as it steps); none = no "
+         "copy, each matmul rounds its weight as it reads it (a rounding pass a use: slower, "
+         "and the memory of the copy free); auto = full when the run fits the GPU with it, else "
+         "none",
+         "auto", "full", "none"),
     STR("metrics.listen", metrics_listen, "", 0,
         "HOST:PORT of the Prometheus endpoint (/metrics, /healthz) on rank 0, e.g. "
         "127.0.0.1:9400; empty = off"),

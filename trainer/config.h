@@ -104,6 +104,7 @@ typedef struct Config {
     char precision[8];                 /* auto | bf16 | fp32 | tf32: how a device backend computes */
     char cuda_attention[8];            /* cuda.attention: flash | mma | simple */
     char cuda_experts[8];              /* cuda.experts: streams | grouped | loop */
+    char cuda_weight_copy[8];          /* cuda.weight_copy: auto | full | none */
     /* metrics endpoint (trainer/metrics_server.c) */
     char metrics_listen[256];          /* HOST:PORT; empty = off */
     int metrics_allow_remote;          /* allow a non-loopback listen address */

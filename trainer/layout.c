@@ -44,7 +44,11 @@ int layout_memory_estimate(const Config *cfg, const ModelConfig *mc, int tp, int
     out->grads = (double)mm.grads;
     out->optimizer = (double)mm.optimizer;
     out->activations = (double)mm.activations;
-    const int bf16 = strcmp(cfg->device, "cuda") == 0 && strcmp(cfg->precision, "fp32") != 0;
+    /* the bf16 working copies: cuda in bf16 (auto is bf16 there; not fp32 or tf32), unless
+     * cuda.weight_copy is none (auto counts them: it drops them only where they do not fit) */
+    const int bf16 = strcmp(cfg->device, "cuda") == 0 &&
+                     (strcmp(cfg->precision, "bf16") == 0 || strcmp(cfg->precision, "auto") == 0) &&
+                     strcmp(cfg->cuda_weight_copy, "none") != 0;
     int copies = bf16;
     if (cfg->continual_ewc_enabled) {
         out->ewc = (double)mm.optimizer * ewc_sets(cfg);

@@ -52,6 +52,7 @@ typedef struct Run {
     const Config *cfg;
     ProcessGrid grid;
     const Backend *be;
+    int weight_copy; /* bf16 on a GPU: the weights' bf16 working copy is kept (cuda.weight_copy) */
     ModelConfig mc;
     Model model;
     Optimizer opt;

@@ -167,7 +167,8 @@ int train_backend(const Config *cfg, const Backend **be)
     BackendOptions o = {.device = cfg->device,
                         .precision = cfg->precision,
                         .attention = cfg->cuda_attention,
-                        .experts = cfg->cuda_experts};
+                        .experts = cfg->cuda_experts,
+                        .weight_copy = cfg->cuda_weight_copy};
     return backend_create(&o, be);
 }
 
@@ -1142,9 +1143,11 @@ static int run_ranks_on_host(const ProcessGrid *g, int *count)
  * figures dstrain submit sizes a layout by, plus the Fisher pass's host buffer on the CPU)
  * against the host's memory for all ranks on this host (device cpu) or the GPU's free memory
  * (device cuda). On a GPU the activations count at their stored size (bf16: half the fp32
- * estimate, at least), so the figure is a lower bound and a refusal is certain.
- * train.check_memory=false starts anyway, with a warning. ranks_here: ranks on this host. */
-static int run_check_memory(const Run *r, int ranks_here)
+ * estimate, at least), so the figure is a lower bound and a refusal is certain. There
+ * cuda.weight_copy auto also takes its answer: no bf16 working copy when only the copy does not
+ * fit (the backend made again without it; r->weight_copy says which). train.check_memory=false
+ * starts anyway, with a warning. ranks_here: ranks on this host. */
+static int run_check_memory(Run *r, int ranks_here)
 {
     const Config *cfg = r->cfg;
     const ProcessGrid *g = &r->grid;
@@ -1157,14 +1160,26 @@ static int run_check_memory(const Run *r, int ranks_here)
     const double activations = rm.activations * act_share;
     double ewc = rm.ewc + rm.fisher_model - fisher_acts * (1 - act_share);
     if (!on_device && cfg->continual_ewc_enabled) ewc += rm.params; /* the pass's host buffer */
-    /* the bf16 working copies exist when the backend stores bf16 (not in an fp32 experiment) */
-    const double copies = on_device && r->be->act_size() < 4 ? rm.weights_bf16 : 0;
-    const double per_rank = rm.params + rm.grads + rm.optimizer + activations + copies + ewc;
+    /* the bf16 working copies exist when the backend stores bf16 (not in an fp32 experiment)
+     * and cuda.weight_copy keeps them */
+    double copies = on_device && r->be->act_size() < 4 && strcmp(cfg->cuda_weight_copy, "none")
+                        ? rm.weights_bf16
+                        : 0;
+    double per_rank = rm.params + rm.grads + rm.optimizer + activations + copies + ewc;
     uint64_t have = 0, total = 0;
     char what[64] = "";
     double need = per_rank;
     if (on_device) {
         DS_TRY(memory_device_free(r->be, &have, &total));
+        if (copies > 0 && strcmp(cfg->cuda_weight_copy, "auto") == 0 && need > (double)have &&
+            need - copies <= (double)have) {
+            Config without = *cfg;
+            snprintf(without.cuda_weight_copy, sizeof(without.cuda_weight_copy), "none");
+            DS_TRY(train_backend(&without, &r->be));
+            per_rank = need = per_rank - copies;
+            copies = 0;
+        }
+        r->weight_copy = copies > 0;
     } else {
         DS_TRY(memory_host_limit(&have, what, sizeof(what)));
         need = per_rank * ranks_here;
@@ -1368,9 +1383,14 @@ int train_run(const Config *cfg)
            grid->world_size, grid->tp_size, grid->dp_size, ep_note, r->opt.zero,
            r->model.table.total * 4.0 * MiB, r->model.table.total * 4.0 * MiB,
            r->opt.n * 8.0 * MiB, r->model.arena_bytes * MiB, ewc_memory);
-    if (r->be->weights_attach && r->be->act_size() == 2) /* bf16 mode */
+    if (r->be->weights_attach && r->be->act_size() == 2 && r->weight_copy) /* bf16 mode */
         printf("dstrain: precision bf16: the weights' bf16 working copy takes %.2f MiB per rank\n",
                r->model.table.total * 2.0 * MiB);
+    else if (r->be->weights_attach && r->be->act_size() == 2)
+        printf("dstrain: precision bf16: no working copy of the weights (cuda.weight_copy %s): "
+               "each matmul rounds its weight as it reads it\n",
+               strcmp(cfg->cuda_weight_copy, "none") ? "auto: the run does not fit with it"
+                                                     : "none");
 
     /* checkpoints: the writer, then resume (parameters, moments, blobs, EWC pairs, replay) */
     TrainCkptWorld ckpt_world = {

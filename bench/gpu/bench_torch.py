@@ -4,7 +4,8 @@
 PyTorch: transformers' LlamaForCausalLM with SDPA attention, AMP bf16 autocast over fp32
 parameters, fused AdamW (what a Trainer run with bf16 does), eager and torch.compile; random
 weights from the published config values. dstrain: `dstrain train device=cuda` with the
-matching preset (PRECISION in the environment picks its config key precision, bf16 by default).
+matching preset (PRECISION in the environment picks its config key precision, bf16 by default;
+DSTRAIN_ARGS adds key=value settings, e.g. "cuda.weight_copy=none").
 Shapes: deepseek-coder-1.3b at 8 x 2048 (coder-1.3b) and 1 x 16384 (coder-1.3b-16k),
 deepseek-llm-7b at 1 x 4096 with activation checkpointing (llm-7b) and without (llm-7b-nockpt). Prints tokens/s, MFU (6N + 6*L*d*T flops per token, N the matmul parameters,
 against 989 TFLOP/s), peak memory and dstrain / PyTorch ratios.
@@ -152,6 +153,7 @@ def run_dstrain(binary, shape_name, steps, warmup, timeout, log):
         cmd.append("train.activation_checkpointing=true")
     precision = os.environ.get("PRECISION", "bf16")
     cmd.append(f"precision={precision}")
+    cmd += os.environ.get("DSTRAIN_ARGS", "").split()  # more key=value settings
     env = dict(os.environ)
     log.write("$ %s\n" % " ".join(cmd))
     log.flush()

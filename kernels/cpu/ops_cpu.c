@@ -553,6 +553,13 @@ static void add(float *out, const float *a, const Act *b_act, size_t n)
         out[i] = a[i] + b[i];
 }
 
+static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *a, const Act *b,
+                                const float *weight, int M, int C, float eps)
+{
+    add(sum, a, b, (size_t)M * C);
+    rmsnorm_forward(out, rstd, sum, weight, M, C, eps);
+}
+
 static void scale(float *x, float s, size_t n)
 {
 #pragma omp parallel for schedule(static)
@@ -1103,6 +1110,7 @@ static const Backend cpu_backend = {
     .embedding_backward = embedding_backward,
     .cross_entropy = cross_entropy,
     .add = add,
+    .add_rmsnorm_forward = add_rmsnorm_forward,
     .sum_squares = sum_squares,
     .sum_squares_batch = sum_squares_batch,
     .scale = scale,

@@ -8,7 +8,7 @@ extern "C" {
 #endif
 
 /* The CUDA backend's options, set by backend_create (BackendOptions: the config's keys) and by
- * nothing else; all three are checked before any is applied, DS_ERR_INPUT naming the key.
+ * nothing else; all four are checked before any is applied, DS_ERR_INPUT naming the key.
  * precision, how the backend computes and stores: "fp32" (TF32 off, agrees with the CPU to fp32
  * rounding), "bf16" (mixed precision: activations and their gradients stored in bf16 (ops.h's
  * Act), matmuls on the bf16 tensor cores from the bf16 working copy of Backend.weights_attach
@@ -26,8 +26,12 @@ extern "C" {
  * "simple" (the fp32 CUDA-core kernels for every head dim; agrees with the CPU to fp32 rounding).
  * experts, how the routed experts of a MoE layer run (experts.cuh): "streams" (each expert's
  * matmuls on one of a few streams, so several experts share the GPU; the same bits as "loop"),
- * "grouped" (one cuBLAS grouped GEMM a projection) or "loop" (one matmul after another). */
-int cuda_backend_options(const char *precision, const char *attention, const char *experts);
+ * "grouped" (one cuBLAS grouped GEMM a projection) or "loop" (one matmul after another).
+ * weight_copy, in bf16: "full" (attached weights keep a bf16 working copy, 2 bytes a parameter,
+ * refreshed by weights_refresh and written by AdamW) or "none" (no copy: each matmul rounds its
+ * weight into a scratch buffer as it reads it; copies made before are freed). */
+int cuda_backend_options(const char *precision, const char *attention, const char *experts,
+                         const char *weight_copy);
 
 /* How many attention calls (forward or backward) ran on the tensor-core kernels so far, and how
  * many of those on the wgmma ones: lets tests see which implementation a call took. */

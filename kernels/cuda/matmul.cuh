@@ -91,6 +91,7 @@ typedef struct WeightCopy {
 } WeightCopy;
 static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
 static long long refreshes_skipped;
+static int copies_kept = 1; /* the weight_copy option: 1 full, 0 none */
 
 extern "C" long long cuda_weights_refreshes_skipped(void)
 {
@@ -148,7 +149,7 @@ static int weight_copy_alloc(WeightCopy *w)
     cudaMemGetInfo(&free_bytes, &total_bytes);
     return ds_error(DS_ERR_INTERNAL,
                     "CUDA: cannot allocate the bf16 working copy of the weights (%.1f MiB, "
-                    "%.1f MiB free); precision: fp32 needs no copy",
+                    "%.1f MiB free); cuda.weight_copy: none (or precision: fp32) needs none",
                     w->n * 2 / 1048576.0, free_bytes / 1048576.0);
 }
 
@@ -162,7 +163,7 @@ static int weights_attach(const float *params, size_t n)
     w->n = n;
     w->fresh = 0;
     w->stale = 1;
-    return lt_bf16 ? weight_copy_alloc(w) : DS_OK;
+    return lt_bf16 && copies_kept ? weight_copy_alloc(w) : DS_OK;
 }
 
 static void weights_refresh(const float *params)
@@ -172,7 +173,7 @@ static void weights_refresh(const float *params)
     const int current = !w->stale && w->copy;
     w->fresh = 0;
     w->stale = 1;
-    if (!lt_bf16) return;
+    if (!lt_bf16 || !copies_kept) return;
     if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
         static int warned;
         if (!warned++) fprintf(stderr, "dstrain: warning: %s\n", ds_last_error());
@@ -226,6 +227,30 @@ static int precision_parse(const char *mode, int *bf16, cublasComputeType_t *com
     *bf16 = strcmp(mode, "bf16") == 0;
     if (*bf16 || strcmp(mode, "fp32") == 0 || strcmp(mode, "tf32") == 0) return DS_OK;
     return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
+}
+
+/* The weight_copy option (cuda_backend_options): full or none. */
+static int weight_copy_parse(const char *mode, int *keep)
+{
+    *keep = strcmp(mode, "none") != 0;
+    if (!*keep || strcmp(mode, "full") == 0) return DS_OK;
+    return ds_error(DS_ERR_INPUT, "cuda.weight_copy: \"%s\": expected auto, full or none", mode);
+}
+
+/* With keep 0 the copies made so far are freed (the next refresh finds none: matmuls round the
+ * weights on the fly); with 1 the next refresh makes them again. */
+static void weight_copies_keep(int keep)
+{
+    copies_kept = keep;
+    if (keep) return;
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
+        WeightCopy *w = &weight_copies[i];
+        if (!w->copy) continue;
+        cudaCheck(cudaFree(w->copy));
+        w->copy = NULL;
+        w->fresh = 0;
+        w->stale = 1;
+    }
 }
 
 /* A change of mode leaves every working copy to be rounded again; the same mode keeps them. */

@@ -192,6 +192,7 @@ extern "C" const Backend *backend_cuda(void)
     b->matmul_backward = matmul_backward;
     b->rmsnorm_forward = rmsnorm_forward;
     b->rmsnorm_backward = rmsnorm_backward;
+    b->add_rmsnorm_forward = add_rmsnorm_forward;
     b->rope_forward = rope_forward;
     b->rope_backward = rope_backward;
     b->attention_forward = attention_forward;
@@ -244,14 +245,16 @@ extern "C" const Backend *backend_cuda(void)
 }
 
 extern "C" int cuda_backend_options(const char *precision, const char *attention,
-                                    const char *experts)
+                                    const char *experts, const char *weight_copy)
 {
-    int bf16, attention_choice, experts_choice;
+    int bf16, attention_choice, experts_choice, copies;
     cublasComputeType_t compute;
     DS_TRY(precision_parse(precision, &bf16, &compute));
     DS_TRY(attention_kind_parse(attention, &attention_choice));
     DS_TRY(experts_kind_parse(experts, &experts_choice));
+    DS_TRY(weight_copy_parse(weight_copy, &copies));
     precision_set(bf16, compute);
+    weight_copies_keep(copies);
     attention_kind = attention_choice;
     experts_kind = experts_choice;
     return DS_OK;

@@ -1,66 +1,226 @@
-/* rmsnorm.cuh: rmsnorm_forward / rmsnorm_backward (one block per row).
+/* rmsnorm.cuh: rmsnorm_forward, add_rmsnorm_forward (the residual add fused in front),
+ * rmsnorm_backward (the weight gradient's row sums fused in).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
  * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
  * ...), so it is not a header to include anywhere else. */
 
 /* ---------------------------------------------------------------------------------------------
- * rmsnorm: one block per row. */
+ * rmsnorm. A row is one block's; with VEC (C a multiple of 8, every tensor 32-byte aligned) each
+ * thread moves eight elements at a time (act_ld8), else one. Thread t always owns the same
+ * columns (j = t, t + blockDim, ... or the groups of eight from 8t), so the order of every sum,
+ * and with it the bits, depends on C and the block size only. */
 
-template <typename ActT>
-__global__ static void rmsnorm_forward_kernel(void *out, float *rstd, const float *inp,
-                                              const float *weight, int C, float eps)
+#define RMSNORM_THREADS 256
+
+/* The row x = a (or a + b, written to sum, when b is given): rstd = (mean(x^2) + eps)^-1/2,
+ * out = weight * (x * rstd). */
+template <typename ActT, bool VEC>
+__global__ static void rmsnorm_forward_kernel(void *out, float *rstd, float *sum, const float *a,
+                                              const void *b, const float *weight, int C,
+                                              float eps)
 {
     __shared__ float shared[32];
-    const float *x = inp + (size_t)blockIdx.x * C;
-    ActT *y = (ActT *)out + (size_t)blockIdx.x * C;
+    const size_t row = (size_t)blockIdx.x * C;
+    const float *xa = a + row;
+    const ActT *xb = b ? (const ActT *)b + row : NULL;
+    float *xs = b ? sum + row : NULL;
+    ActT *y = (ActT *)out + row;
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < C; j += blockDim.x)
-        ss += x[j] * x[j];
+    if (VEC) {
+        for (int j = 8 * threadIdx.x; j < C; j += 8 * blockDim.x) {
+            float v[8];
+            act_ld8(xa, j, v);
+            if (xb) {
+                float u[8];
+                act_ld8(xb, j, u);
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    v[k] += u[k];
+                act_st8(xs, j, v);
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                ss += v[k] * v[k];
+        }
+    } else {
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            float v = xa[j];
+            if (xb) xs[j] = v = v + act_ld(xb, j);
+            ss += v * v;
+        }
+    }
     ss = block_sum(ss, shared);
-    float variance = C > 0 ? ss / C : 0.0f;
-    float r = 1.0f / sqrtf(variance + eps);
-    for (int j = threadIdx.x; j < C; j += blockDim.x)
-        act_st(y, j, weight[j] * (x[j] * r));
+    const float variance = C > 0 ? ss / C : 0.0f;
+    const float r = 1.0f / sqrtf(variance + eps);
+    const float *x = xs ? xs : xa; /* a thread reads back only what it wrote */
+    if (VEC) {
+        for (int j = 8 * threadIdx.x; j < C; j += 8 * blockDim.x) {
+            float v[8], w[8];
+            act_ld8(x, j, v);
+            act_ld8(weight, j, w);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                v[k] = w[k] * (v[k] * r);
+            act_st8(y, j, v);
+        }
+    } else {
+        for (int j = threadIdx.x; j < C; j += blockDim.x)
+            act_st(y, j, weight[j] * (x[j] * r));
+    }
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
 }
 
-/* dinp += the row's gradient; dinp_act (may be NULL) gets the updated row as an Act. */
-template <typename ActT>
-__global__ static void rmsnorm_backward_kernel(float *dinp, void *dinp_act, const void *dout,
-                                               const float *inp, const float *weight,
-                                               const float *rstd, int C)
+/* Rows [blockIdx.x * rows, + rows) one after another: dinp += the row's gradient; dinp_act (may
+ * be NULL) gets the updated row as an Act. With partial, the block also sums dout * (inp * rstd)
+ * over its rows, per column, into dynamic shared memory (C floats, each thread its own columns)
+ * and writes them to partial[blockIdx.x][C]: the weight gradient without a second pass over
+ * dout and inp. */
+template <typename ActT, bool VEC>
+__global__ static void rmsnorm_backward_kernel(float *dinp, void *dinp_act, float *partial,
+                                               const void *dout, const float *inp,
+                                               const float *weight, const float *rstd, int M,
+                                               int C, int rows)
 {
+    extern __shared__ float dw[];
     __shared__ float shared[32];
-    size_t row = (size_t)blockIdx.x * C;
-    const float *x = inp + row;
-    const ActT *dy = (const ActT *)dout + row;
-    float *dx = dinp + row;
-    ActT *dx_act = dinp_act ? (ActT *)dinp_act + row : NULL;
-    float r = rstd[blockIdx.x];
-    float dot = 0.0f;
-    for (int j = threadIdx.x; j < C; j += blockDim.x)
-        dot += weight[j] * act_ld(dy, j) * x[j];
-    dot = block_sum(dot, shared);
-    float coef = dot * r * r * r / C;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) {
-        const float g = dx[j] + (r * weight[j] * act_ld(dy, j) - coef * x[j]);
-        dx[j] = g;
-        if (dx_act) act_st(dx_act, j, g);
+    const int step = VEC ? 8 * blockDim.x : blockDim.x, first = VEC ? 8 * threadIdx.x : threadIdx.x;
+    if (partial)
+        for (int j = first; j < C; j += step)
+            for (int k = 0; k < (VEC ? 8 : 1); k++)
+                dw[j + k] = 0.0f;
+    const int row0 = blockIdx.x * rows, row1 = min(row0 + rows, M);
+    for (int i = row0; i < row1; i++) {
+        const size_t row = (size_t)i * C;
+        const float *x = inp + row;
+        const ActT *dy = (const ActT *)dout + row;
+        float *dx = dinp + row;
+        ActT *dx_act = dinp_act ? (ActT *)dinp_act + row : NULL;
+        const float r = rstd[i];
+        float dot = 0.0f;
+        if (VEC) {
+            for (int j = first; j < C; j += step) {
+                float xv[8], gv[8], wv[8];
+                act_ld8(x, j, xv);
+                act_ld8(dy, j, gv);
+                act_ld8(weight, j, wv);
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    dot += wv[k] * gv[k] * xv[k];
+            }
+        } else {
+            for (int j = first; j < C; j += step)
+                dot += weight[j] * act_ld(dy, j) * x[j];
+        }
+        dot = block_sum(dot, shared);
+        const float coef = dot * r * r * r / C;
+        if (VEC) {
+            for (int j = first; j < C; j += step) {
+                float xv[8], gv[8], wv[8], d[8];
+                act_ld8(x, j, xv);
+                act_ld8(dy, j, gv);
+                act_ld8(weight, j, wv);
+                act_ld8(dx, j, d);
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    d[k] += r * wv[k] * gv[k] - coef * xv[k];
+                    if (partial) dw[j + k] += gv[k] * (xv[k] * r);
+                }
+                act_st8(dx, j, d);
+                if (dx_act) act_st8(dx_act, j, d);
+            }
+        } else {
+            for (int j = first; j < C; j += step) {
+                const float g = act_ld(dy, j);
+                const float d = dx[j] + (r * weight[j] * g - coef * x[j]);
+                dx[j] = d;
+                if (dx_act) act_st(dx_act, j, d);
+                if (partial) dw[j] += g * (x[j] * r);
+            }
+        }
+    }
+    if (partial)
+        for (int j = first; j < C; j += step)
+            for (int k = 0; k < (VEC ? 8 : 1); k++)
+                partial[(size_t)blockIdx.x * C + j + k] = dw[j + k];
+}
+
+/* dst[j] += the sum over c < chunks of partial[c][j], in double and in a fixed order: eight
+ * threads a column (blockDim 32 x 8) take every eighth chunk, then the eight sums are added in
+ * order. */
+__global__ static void rows_sum_finish_kernel(float *dst, const float *partial, int chunks, int C)
+{
+    __shared__ double part[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    double s = 0.0;
+    if (j < C)
+        for (int c = threadIdx.y; c < chunks; c += 8)
+            s += partial[(size_t)c * C + j];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < C) {
+        double total = 0.0;
+        for (int k = 0; k < 8; k++)
+            total += part[k][threadIdx.x];
+        dst[j] += (float)total;
     }
 }
+
+#define LAUNCH_RMSNORM(kernel, vec, grid, smem, ...)                                                \
+    do {                                                                                           \
+        if (vec)                                                                                   \
+            LAUNCH_ACT_VEC(kernel, true, grid, RMSNORM_THREADS, smem, __VA_ARGS__);                \
+        else                                                                                       \
+            LAUNCH_ACT_VEC(kernel, false, grid, RMSNORM_THREADS, smem, __VA_ARGS__);               \
+    } while (0)
+#define LAUNCH_ACT_VEC(kernel, vec, grid, block, smem, ...)                                        \
+    do {                                                                                           \
+        if (lt_bf16)                                                                               \
+            kernel<__nv_bfloat16, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);          \
+        else                                                                                       \
+            kernel<float, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);                  \
+        launchCheck();                                                                             \
+    } while (0)
 
 static void rmsnorm_forward(Act *out, float *rstd, const float *inp, const float *weight, int M,
                             int C, float eps)
 {
     if (M <= 0) return;
-    LAUNCH_ACT(rmsnorm_forward_kernel, M, 256, 0, out, rstd, inp, weight, C, eps);
+    const int vec = C % 8 == 0 && aligned8(out, inp, weight);
+    LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, (float *)NULL, inp,
+                   (const void *)NULL, weight, C, eps);
 }
+
+static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *a, const Act *b,
+                                const float *weight, int M, int C, float eps)
+{
+    if (M <= 0) return;
+    const int vec = C % 8 == 0 && aligned8(sum, out, a, b, weight);
+    LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, sum, a, (const void *)b, weight,
+                   C, eps);
+}
+
+/* Blocks of rmsnorm_backward: at most this many, so that the weight gradient's partial sums stay
+ * few enough for rows_sum_finish_kernel; rows a block follow from M alone. */
+#define RMSNORM_BACKWARD_BLOCKS 512
 
 static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout,
                              const float *inp, const float *weight, const float *rstd, int M,
                              int C)
 {
     if (M <= 0) return;
-    LAUNCH_ACT(rmsnorm_backward_kernel, M, 256, 0, dinp, dinp_act, dout, inp, weight, rstd, C);
-    column_sums_add(dweight, dout, inp, rstd, M, C);
+    const int vec = C % 8 == 0 && aligned8(dinp, dout, inp, weight, dinp_act);
+    const size_t smem = (size_t)C * sizeof(float);
+    if (smem > 48 * 1024) { /* the weight gradient's row sums do not fit: a second pass */
+        LAUNCH_RMSNORM(rmsnorm_backward_kernel, vec, M, 0, dinp, (void *)dinp_act, (float *)NULL,
+                       (const void *)dout, inp, weight, rstd, M, C, 1);
+        column_sums_add(dweight, dout, inp, rstd, M, C);
+        return;
+    }
+    const int rows = ceil_div(M, RMSNORM_BACKWARD_BLOCKS), blocks = ceil_div(M, rows);
+    float *partial = (float *)scratch_get((size_t)blocks * C * sizeof(float));
+    LAUNCH_RMSNORM(rmsnorm_backward_kernel, vec, blocks, smem, dinp, (void *)dinp_act, partial,
+                   (const void *)dout, inp, weight, rstd, M, C, rows);
+    rows_sum_finish_kernel<<<ceil_div(C, 32), dim3(32, 8), 0, stream>>>(dweight, partial, blocks,
+                                                                       C);
+    launchCheck();
 }

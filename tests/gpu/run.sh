@@ -7,7 +7,8 @@
 # bundled data for $STEPS steps on the CPU and on the GPU (in bf16 and in fp32) and compares the
 # loss curves, the same for DeepSeek's tiny-moe preset (tests/gpu/moe.sh), runs eval, generate
 # and a classifier's eval with --device cuda against the CPU (tests/gpu/inspect.sh) and two
-# continual runs with EWC against the CPU (tests/gpu/continual.sh), then prints a summary table
+# continual runs with EWC against the CPU (tests/gpu/continual.sh), the bf16 working copy's
+# option (tests/gpu/weight_copy.sh), then prints a summary table
 # last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
 # $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
@@ -166,6 +167,10 @@ cat "$OUT/inspect-summary.txt" >> "$SUMMARY"
 # ---- continual learning (EWC, replay, the state) on the GPU against the CPU (tests/gpu/continual.sh)
 BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/continual.sh" > "$OUT/continual.log" 2>&1 || status=1
 cat "$OUT/continual-summary.txt" >> "$SUMMARY"
+
+# ---- the bf16 working copy kept, dropped, dropped by auto: the same losses (tests/gpu/weight_copy.sh)
+BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/weight_copy.sh" > "$OUT/weight_copy.log" 2>&1 || status=1
+cat "$OUT/weight_copy-summary.txt" >> "$SUMMARY"
 
 # ---- optional: a deepseek-coder-1.3b step (each matmul mode of BENCH_MATMUL), time and peak memory ----------------------
 if [ "${BENCH:-0}" = 1 ]; then

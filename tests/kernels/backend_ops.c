@@ -273,6 +273,24 @@ static void rmsnorm_forward_call(const Backend *be, void *const *t, const int *s
     be->rmsnorm_forward(t[2], t[3], t[0], t[1], s[0], s[1], 1e-5f);
 }
 
+/* the sum in fp32 is exact given b's storage; the norm of a sum whose b went through bf16 moves
+ * by bf16's rounding, as the norms of an Act input do */
+static void add_rmsnorm_forward_make(Case *c, const int *s)
+{
+    const int M = s[0], C = s[1];
+    input(c, "a", F32, (size_t)M * C, 2.0f);
+    input(c, "b", ACT, (size_t)M * C, 2.0f);
+    input(c, "weight", F32, C, 1.0f);
+    output(c, "sum", F32, (size_t)M * C, COPY);
+    output(c, "out", ACT, (size_t)M * C, SUMS);
+    output(c, "rstd", F32, M, SUMS);
+}
+
+static void add_rmsnorm_forward_call(const Backend *be, void *const *t, const int *s)
+{
+    be->add_rmsnorm_forward(t[3], t[4], t[5], t[0], t[1], t[2], s[0], s[1], 1e-5f);
+}
+
 /* act: 1 the updated dinp also as an Act */
 static void rmsnorm_backward_make(Case *c, const int *s)
 {
@@ -1069,12 +1087,18 @@ static const OpCase table[] = {
      weights_call},
     {"rmsnorm_forward",
      "M C",
-     {{133, 200}, {600, 2048}, {3, 7}, {1, 4097}},
+     {{133, 200}, {600, 2048}, {3, 7}, {1, 4097}, {40, 4096}},
      rmsnorm_forward_make,
      rmsnorm_forward_call},
+    {"add_rmsnorm_forward",
+     "M C",
+     {{133, 200}, {600, 2048}, {3, 7}, {1, 4097}, {40, 4096}},
+     add_rmsnorm_forward_make,
+     add_rmsnorm_forward_call},
     {"rmsnorm_backward",
      "M C act",
-     {{133, 200, 1}, {600, 2048, 1}, {3, 7, 0}, {1, 4097, 1}},
+     {{133, 200, 1}, {600, 2048, 1}, {3, 7, 0}, {1, 4097, 1}, {3001, 512, 0}, {20, 16384, 1},
+      {513, 4096, 1}},
      rmsnorm_backward_make,
      rmsnorm_backward_call},
     {"rope_forward",

@@ -165,6 +165,13 @@ static void add(float *out, const float *a, const Act *b, size_t n)
     free(fb);
 }
 
+static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *a, const Act *b,
+                                const float *weight, int M, int C, float eps)
+{
+    add(sum, a, b, (size_t)M * C);
+    rmsnorm_forward(out, rstd, sum, weight, M, C, eps);
+}
+
 static const Backend *backend_bf16(void)
 {
     if (bf16_backend.name) return &bf16_backend;
@@ -184,6 +191,7 @@ static const Backend *backend_bf16(void)
     bf16_backend.swiglu_backward = swiglu_backward;
     bf16_backend.cross_entropy = cross_entropy;
     bf16_backend.add = add;
+    bf16_backend.add_rmsnorm_forward = add_rmsnorm_forward;
     /* no vocab-parallel ops: they would read Act logits as fp32 (the model refuses tp > 1) */
     bf16_backend.embedding_forward_shard = NULL;
     bf16_backend.embedding_backward_shard = NULL;

@@ -56,6 +56,10 @@ check "tiny on cuda: one GPU, 8 CPUs" test "$(resources tiny-gpu.sbatch)" = "1 1
 job 7b-80 -c 7b-ewc.yaml
 check "7b with EWC on 80 GiB GPUs: tp 4 x dp 1 on 4 GPUs" test "$(resources 7b-80.sbatch) $(trainer_args 7b-80.sbatch)" = "1 4 4 8 -c '$W/7b-ewc.yaml' parallel.tp=4 parallel.dp=1"
 check "it says why and how much" grep -q "^dstrain: submit: layout tp 4 x dp 1 (the fewest GPUs that fit --gpu-mem) on 1 node x 4 GPUs; estimate 55.8 GiB per rank (.*EWC 12.9, bf16 weights 3.2)$" 7b-80.err
+job 7b-nocopy -c 7b-ewc.yaml cuda.weight_copy=none
+check "cuda.weight_copy none: no bf16 weights counted, 3.2 GiB less a rank" grep -q "; estimate 52.6 GiB per rank (parameters 6.4, gradients 6.4, optimizer 12.9, activations 14.0, EWC 12.9)$" 7b-nocopy.err
+job 7b-tf32 -c 7b-ewc.yaml precision=tf32
+check "precision tf32 (fp32 storage) has no bf16 weights either" grep -q "; estimate 52.6 GiB per rank (.*EWC 12.9)$" 7b-tf32.err
 job 7b-h200 -c 7b-ewc.yaml --gpu-mem 141
 check "7b with EWC on H200s (--gpu-mem 141): tp 2 x dp 1" test "$(resources 7b-h200.sbatch) $(trainer_args 7b-h200.sbatch)" = "1 2 2 8 -c '$W/7b-ewc.yaml' parallel.tp=2 parallel.dp=1"
 job 7b-tp1 -c 7b-ewc.yaml --gpu-mem 141 parallel.tp=1
