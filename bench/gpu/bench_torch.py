@@ -215,14 +215,18 @@ def main():
                        "--steps", str(args.steps), "--warmup", str(args.warmup)]
                 log.write("$ %s\n" % " ".join(cmd))
                 log.flush()
-                try:
-                    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                                       timeout=args.timeout)
-                    line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
-                    res = json.loads(line[-1][7:]) if line else dict(error="rc %d" % p.returncode)
-                    log.write(p.stdout)
-                except subprocess.TimeoutExpired:
-                    res = dict(error="timeout after %.0f s" % args.timeout)
+                with GpuMemoryPeak() as mem:  # the whole device, as dstrain's is measured
+                    try:
+                        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                           timeout=args.timeout)
+                        line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+                        res = (json.loads(line[-1][7:]) if line
+                               else dict(error="rc %d" % p.returncode))
+                        log.write(p.stdout)
+                    except subprocess.TimeoutExpired:
+                        res = dict(error="timeout after %.0f s" % args.timeout)
+                if mem.peak_mib:
+                    res["peak_smi_gib"] = mem.peak_mib / 1024.0
             res["wall_s"] = time.time() - t0
             results.append((shape_name, run, res))
             print("%s %s: %s" % (shape_name, run, json.dumps(res)), flush=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """profile_step.py: where a dstrain training step's time goes, from a cupti_trace.c timeline.
 
-A step is taken from one weights_refresh (the big round_bf16_kernel before a forward) to the
-next; the first --skip steps are left out (warm-up). Within a step, phases by markers: forward
+A step is taken from one embedding forward (the first kernel of a forward; one a step, so a run
+with train.grad_accum_steps 1) to the next; the first --skip steps are left out (warm-up). Within a step, phases by markers: forward
 (to the LM head), head (the chunks' matmuls and cross-entropy), backward (to the first
 sum_squares_kernel: the gradient norm), optimizer (norm, AdamW, to the step's end). Printed per
 step on average: wall, GPU busy (the union of kernels, copies and sets on every stream) and idle,
@@ -121,10 +121,10 @@ def main():
                                       if "embedding" in sname.get(k[3], "")).most_common(1)
     main_stream = main_stream[0][0] if main_stream else None
 
-    refresh = [k for k in kernels if "round_bf16" in sname.get(k[3], "") and k[1] - k[0] > 1e6]
-    starts = [k[0] for k in refresh]
+    embed = [k for k in kernels if "embedding_forward" in sname.get(k[3], "")]
+    starts = [k[0] for k in embed]
     if len(starts) < args.skip + 2:
-        print("profile_step: %d steps found (big round_bf16 kernels); need %d" %
+        print("profile_step: %d steps found (embedding forwards); need %d" %
               (len(starts), args.skip + 2))
         starts = starts + [kernels[-1][1]] if kernels else starts
         if len(starts) < 2:
