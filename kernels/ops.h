@@ -173,7 +173,7 @@ typedef struct Backend {
      * The backend keeps a bf16 working copy of a flat fp32 parameter buffer (the fp32 values
      * stay the master weights), and every matmul whose weight lies inside the buffer reads the
      * copy. weights_attach registers params[n] (no copy is made while the backend computes in
-     * fp32); weights_refresh rounds the fp32 values into the copy and must run after anything
+     * fp32; a buffer overlapping one attached already is refused); weights_refresh rounds the fp32 values into the copy and must run after anything
      * wrote them and before the next matmul (model_forward calls it on entry); weights_detach
      * before the buffer is freed. A matmul whose weight lies outside every attached buffer
      * rounds it on the fly. A backend may keep the copy current as its adamw_update and
@@ -181,7 +181,7 @@ typedef struct Backend {
      * step writes the copy in the same pass); so a write into an attached buffer by anything
      * other than those two, the mem_* ops and scale (a collective such as ZeRO's all-gather)
      * must be followed by weights_touched(params) (params as attached), which makes the next
-     * refresh round it all. */
+     * refresh round it all (CUDA rounds only the ranges the mem_* ops and scale wrote). */
     int (*weights_attach)(const float *params, size_t n);
     void (*weights_refresh)(const float *params);
     void (*weights_detach)(const float *params);

@@ -40,10 +40,10 @@ long long cuda_attention_wgmma_calls(void);
 /* 1 when "flash" runs head dim D on the wgmma kernels on this device and build. */
 int cuda_wgmma_attention_ready(int D);
 
-/* How many times Backend.weights_refresh found the bf16 working copy current (nothing but the
- * AdamW ops, which write it, wrote the buffer since the last refresh) and skipped its rounding
- * pass: lets tests see the fused path run. */
-long long cuda_weights_refreshes_skipped(void);
+/* How many elements Backend.weights_refresh rounded into bf16 working copies so far: the whole
+ * buffer where it was stale, else only the ranges written by something other than the AdamW ops
+ * (which write the copy themselves); lets tests see which elements a refresh took. */
+long long cuda_weights_refresh_rounded(void);
 
 /* How many grouped matmuls ran so far, and how many of those the library refused and the
  * experts ran one by one instead: lets tests see which path a call took. */

@@ -77,36 +77,62 @@ static Bf16Buffer operand_weight, operand_bias;
 
 /* The working copies of attached parameter buffers (Backend.weights_attach).
  * The optimizer's AdamW ops write the copy beside the fp32 values they update (adamw.cu), so
- * after a step the copy already holds what weights_refresh would round: the refresh skips its
- * pass over the buffer unless something else wrote the buffer since the last one (the memory
- * ops and scale mark it here; writers outside the backend, a collective, call weights_touched).
- * Elements no AdamW call reached (padding, frozen tensors) were not written at all. */
+ * after a step the copy already holds what weights_refresh would round: the refresh rounds only
+ * what something else wrote since the last one (the memory ops and scale mark the ranges they
+ * write here, up to WEIGHT_DIRTY_MAX of them, past that the whole buffer; writers outside the
+ * backend, a collective, call weights_touched: the whole buffer). Elements no AdamW call reached
+ * (padding, frozen tensors) were not written at all. */
 #define WEIGHT_COPIES_MAX 16
+#define WEIGHT_DIRTY_MAX 64 /* a range a layer: DeepSeek-V3's 58 MoE layers' router biases */
 typedef struct WeightCopy {
     const float *params;  /* NULL: free slot */
     size_t n;
     __nv_bfloat16 *copy;  /* NULL until the first bf16 refresh */
     int fresh;            /* copy holds the values of the last refresh in bf16 mode */
-    int stale;            /* written since the last refresh by something that left copy behind */
+    int stale;            /* the whole copy is behind the buffer: rounded whole at the refresh */
+    int dirty;            /* else: elements [lo[i], hi[i]) for i < dirty are behind */
+    size_t lo[WEIGHT_DIRTY_MAX], hi[WEIGHT_DIRTY_MAX];
 } WeightCopy;
 static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
-static long long refreshes_skipped;
-static int copies_kept = 1; /* the weight_copy option: 1 full, 0 none */
+static long long refresh_rounded; /* elements the refreshes rounded, all buffers */
+static int copies_kept = 1;       /* the weight_copy option: 1 full, 0 none */
 
-extern "C" long long cuda_weights_refreshes_skipped(void)
+extern "C" long long cuda_weights_refresh_rounded(void)
 {
-    return refreshes_skipped;
+    return refresh_rounded;
 }
 
-/* Memory [p, p + bytes) was written by something other than AdamW: copies it overlaps must be
- * rounded again at their next refresh. */
+/* Elements [lo, hi) of w's buffer were written by something other than AdamW: a range of their
+ * own, or part of one they overlap or touch; the whole buffer once the ranges run out. */
+static void weight_copy_mark(WeightCopy *w, size_t lo, size_t hi)
+{
+    if (w->stale || lo >= hi) return;
+    for (int i = 0; i < w->dirty; i++)
+        if (lo <= w->hi[i] && hi >= w->lo[i]) {
+            w->lo[i] = lo < w->lo[i] ? lo : w->lo[i];
+            w->hi[i] = hi > w->hi[i] ? hi : w->hi[i];
+            return;
+        }
+    if (w->dirty == WEIGHT_DIRTY_MAX) {
+        w->stale = 1;
+        return;
+    }
+    w->lo[w->dirty] = lo, w->hi[w->dirty] = hi;
+    w->dirty++;
+}
+
+/* Memory [p, p + bytes) was written by something other than AdamW: the elements of the copies
+ * it overlaps must be rounded again at their next refresh. */
 static void weight_copies_written(const void *p, size_t bytes)
 {
     const char *b = (const char *)p, *e = b + bytes;
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
         WeightCopy *w = &weight_copies[i];
-        if (w->params && b < (const char *)(w->params + w->n) && e > (const char *)w->params)
-            w->stale = 1;
+        const char *first = (const char *)w->params, *end = (const char *)(w->params + w->n);
+        if (!w->params || b >= end || e <= first) continue;
+        const size_t lo = b > first ? (size_t)(b - first) / sizeof(float) : 0;
+        const size_t hi = e < end ? ((size_t)(e - first) + sizeof(float) - 1) / sizeof(float) : w->n;
+        weight_copy_mark(w, lo, hi);
     }
 }
 
@@ -155,6 +181,14 @@ static int weight_copy_alloc(WeightCopy *w)
 
 static int weights_attach(const float *params, size_t n)
 {
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) { /* a weight must have one place in one copy */
+        const WeightCopy *o = &weight_copies[i];
+        if (o->params && o->params != params && params < o->params + o->n && o->params < params + n)
+            return ds_error(DS_ERR_INTERNAL,
+                            "CUDA: weights_attach: a buffer of %zu floats overlaps one attached "
+                            "already (%zu floats)",
+                            n, o->n);
+    }
     WeightCopy *w = weight_copy_of(params);
     if (!w) w = weight_copy_of(NULL);
     if (!w) return ds_error(DS_ERR_INTERNAL, "CUDA: more than %d parameter buffers attached",
@@ -170,7 +204,7 @@ static void weights_refresh(const float *params)
 {
     WeightCopy *w = weight_copy_of(params);
     if (!w) return;
-    const int current = !w->stale && w->copy;
+    const int whole = w->stale || !w->copy;
     w->fresh = 0;
     w->stale = 1;
     if (!lt_bf16 || !copies_kept) return;
@@ -179,10 +213,16 @@ static void weights_refresh(const float *params)
         if (!warned++) fprintf(stderr, "dstrain: warning: %s\n", ds_last_error());
         return;
     }
-    if (current)
-        refreshes_skipped++;
-    else
+    if (whole) {
         round_bf16(w->copy, params, w->n);
+        refresh_rounded += (long long)w->n;
+    } else {
+        for (int i = 0; i < w->dirty; i++) {
+            round_bf16(w->copy + w->lo[i], params + w->lo[i], w->hi[i] - w->lo[i]);
+            refresh_rounded += (long long)(w->hi[i] - w->lo[i]);
+        }
+    }
+    w->dirty = 0;
     w->fresh = 1;
     w->stale = 0;
 }

@@ -656,6 +656,9 @@ static void test_mixed_precision_plumbing(void)
     double err;
 
     must(gpu->weights_attach(params, 2 * wn + 64));
+    /* a weight has one place in one copy: a buffer overlapping the attached one is refused */
+    report("weights_attach of a buffer inside an attached one: refused", "status",
+           gpu->weights_attach(wb, wn) == DS_ERR_INTERNAL, 1, 0, 0);
     gpu->weights_refresh(params);
     gpu->matmul_forward(y1, x, wa, NULL, M, K, N);    /* the copy of wa */
     gpu->matmul_forward(y3, x, loose, NULL, M, K, N); /* wa rounded on the fly */
@@ -702,19 +705,20 @@ static void test_mixed_precision_plumbing(void)
 }
 
 /* AdamW writes the bf16 working copy of what it updates in the same pass (adamw.cu, matmul.cuh's
- * WeightCopy): after an optimizer step the refresh skips its rounding pass, and the matmuls read
- * the bits a rounding of the fp32 values gives, whatever the order of the updates and with
- * elements no update reached (the gaps between the pieces, as the parameter table's padding);
- * after another write into the buffer (a memory op, scale, or one declared by weights_touched) the
- * refresh rounds again (the write case fails if it did not: the copy would miss the new value).
+ * WeightCopy): after an optimizer step the refresh rounds nothing, and the matmuls read the bits
+ * a rounding of the fp32 values gives, whatever the order of the updates and with elements no
+ * update reached (the gaps between the pieces, as the parameter table's padding); after another
+ * write into the buffer the refresh rounds what it wrote: one element after a memory op's write
+ * of one, weight A after scale's of it, the whole buffer after weights_touched (each write case
+ * fails if the refresh missed it: the copy would miss the new values).
  * Weight A holds four things: a short piece (AdamW's four-element kernel and its tail), three
  * elements no update reaches, a long piece (the same kernel), a piece starting off 16 bytes
  * (AdamW's one-element kernel); eight elements no update reaches; weight B, one piece. A matmul
  * reads each weight whole from the copy (both lie 16-byte aligned in it). */
-enum { AFTER_NOTHING, AFTER_MEM_WRITE, AFTER_SCALE, AFTER_TOUCHED };
+enum { AFTER_NOTHING, AFTER_MEM_WRITE, AFTER_ADJACENT, AFTER_MANY, AFTER_SCALE, AFTER_TOUCHED };
 
 static void weight_copy_case(const char *name, const int *order, int pieces, int ewc, int after,
-                             int expect_skip)
+                             long long expect_rounded)
 {
     const int M = 33, K = 64, N = 40;
     const size_t wn = (size_t)N * K, xn = (size_t)M * K, yn = (size_t)M * N;
@@ -732,7 +736,7 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
 
     must(gpu->weights_attach(params, total));
     gpu->weights_refresh(params);
-    const long long skipped = cuda_weights_refreshes_skipped();
+    const long long rounded = cuda_weights_refresh_rounded();
     for (int i = 0; i < pieces; i++) {
         const size_t b = first[order[i]], n = len[order[i]];
         if (ewc) {
@@ -747,14 +751,19 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
     }
     const float changed = 3.0f;
     if (after == AFTER_MEM_WRITE) gpu->mem_to_device(params + 15, &changed, 4); /* in weight A */
+    if (after == AFTER_ADJACENT) /* two ranges that touch: one range of two */
+        gpu->mem_to_device(params + 15, &changed, 4), gpu->mem_to_device(params + 16, &changed, 4);
+    if (after == AFTER_MANY) /* more ranges than a copy tracks (64): the whole buffer */
+        for (int i = 0; i < 65; i++)
+            gpu->mem_to_device(params + 15 + 30 * i, &changed, 4);
     if (after == AFTER_SCALE) gpu->scale(params, 0.5f, wn);                     /* weight A */
     if (after == AFTER_TOUCHED) gpu->weights_touched(params);
     gpu->weights_refresh(params);
     char label[160];
-    snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: refreshes skipped - %d", name,
-             expect_skip);
+    snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: elements rounded - %lld", name,
+             expect_rounded);
     report(label, "|diff|",
-           fabs((double)(cuda_weights_refreshes_skipped() - skipped) - expect_skip), 0.0, 1, 0);
+           fabs((double)(cuda_weights_refresh_rounded() - rounded - expect_rounded)), 0.0, 1, 0);
     for (int w = 0; w < 2; w++) { /* each weight: its copy = the fp32 values rounded now */
         gpu->mem_copy(loose, params + weight[w], wn * sizeof(float));
         gpu->matmul_forward(y1, x, params + weight[w], NULL, M, K, N);
@@ -773,13 +782,16 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
 static void test_weight_copy_from_adamw(void)
 {
     static const int in_order[4] = {0, 1, 2, 3}, shuffled[4] = {3, 1, 0, 2};
-    weight_copy_case("AdamW", in_order, 4, 0, AFTER_NOTHING, 1);
-    weight_copy_case("AdamW + EWC", in_order, 4, 1, AFTER_NOTHING, 1);
-    weight_copy_case("AdamW out of order", shuffled, 4, 0, AFTER_NOTHING, 1);
-    weight_copy_case("no update", in_order, 0, 0, AFTER_NOTHING, 1);
-    weight_copy_case("AdamW, then a weight written", in_order, 4, 0, AFTER_MEM_WRITE, 0);
-    weight_copy_case("AdamW, then a weight scaled", in_order, 4, 0, AFTER_SCALE, 0);
-    weight_copy_case("AdamW, then weights_touched", in_order, 4, 0, AFTER_TOUCHED, 0);
+    const long long wn = 40 * 64, total = 2 * wn + 8; /* weight_copy_case's sizes */
+    weight_copy_case("AdamW", in_order, 4, 0, AFTER_NOTHING, 0);
+    weight_copy_case("AdamW + EWC", in_order, 4, 1, AFTER_NOTHING, 0);
+    weight_copy_case("AdamW out of order", shuffled, 4, 0, AFTER_NOTHING, 0);
+    weight_copy_case("no update", in_order, 0, 0, AFTER_NOTHING, 0);
+    weight_copy_case("AdamW, then an element written", in_order, 4, 0, AFTER_MEM_WRITE, 1);
+    weight_copy_case("AdamW, then two touching elements", in_order, 4, 0, AFTER_ADJACENT, 2);
+    weight_copy_case("AdamW, then 65 elements apart", in_order, 4, 0, AFTER_MANY, total);
+    weight_copy_case("AdamW, then a weight scaled", in_order, 4, 0, AFTER_SCALE, wn);
+    weight_copy_case("AdamW, then weights_touched", in_order, 4, 0, AFTER_TOUCHED, total);
 }
 
 /* ---- latent attention (DeepSeek): q/k and v heads of their own ---------------------------- */
