@@ -7,10 +7,11 @@
 # with the examples and the others with zero weights, so that an expert squares one example's
 # gradient. Checked: per-step losses within 1e-5 relative; the saved Fisher (every expert's,
 # written by the ranks that hold them) within 1e-4 of each tensor's largest element; the
-# anchors (the parameters at the task's end) and the final parameters within 1e-4 (15 AdamW
-# steps of lr 1e-3 under an EWC penalty of lambda 50: the layouts' summation-order noise in the
-# Fisher moves the penalty's gradient; 1e-4 is a tenth of one step, while an expert missing from
-# the Fisher or counted twice moves its parameters by whole steps).
+# anchors (the parameters at the task's end) and the final parameters by run_files.params_close
+# at 1e-4 (15 AdamW steps of lr 1e-3 under an EWC penalty of lambda 50: the layouts'
+# summation-order noise in the Fisher moves the penalty's gradient; 1e-4 is a tenth of one step,
+# while an expert missing from the Fisher or counted twice moves its parameters by whole steps),
+# a chance few elements whose gradient is rounding noise allowed up to lr x steps.
 set -euo pipefail
 : "${DSTRAIN:?}" "${SRC:?}" "${TMPROOT:?}"
 source "$SRC/tests/parallel/mpi_env.sh"
@@ -81,17 +82,16 @@ for name in ["ep2", "tp2dp2_ep2"]:
     m, params, st = run_files.step_metrics(f"{work}/{name}"), run_files.final_tensors(
         f"{work}/{name}"), state(name)
     loss = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, m))
-    pdiff = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in ref_params)
+    p_ok, p_text = run_files.params_close(ref_params, params, tol=1e-4, drift=15 * 1e-3)
     same_keys = st["fisher_0"].keys() == ref_state["fisher_0"].keys()
     fw = max(float(np.max(np.abs(st["fisher_0"][k] - v))) / max(float(np.max(v)), 1e-30)
              for k, v in ref_state["fisher_0"].items()) if same_keys else float("inf")
-    aw = max(float(np.max(np.abs(st["anchor_0"][k] - v)))
-             for k, v in ref_state["anchor_0"].items()) if same_keys else float("inf")
-    ok = (len(m) == 15 and loss <= 1e-5 and pdiff <= 1e-4 and same_keys and fw <= 1e-4 and
-          aw <= 1e-4)
+    a_ok, a_text = run_files.params_close(ref_state["anchor_0"], st["anchor_0"], tol=1e-4,
+                                          drift=15 * 1e-3)
+    ok = len(m) == 15 and loss <= 1e-5 and p_ok and same_keys and fw <= 1e-4 and a_ok
     failed |= not ok
     print(f"{'ok' if ok else 'FAIL'}: {name}: losses within {loss:.2e} relative, Fisher within "
-          f"{fw:.2e} of each tensor's largest, anchors within {aw:.2e}, parameters within "
-          f"{pdiff:.2e}{'' if same_keys else ' (the saved state has other tensors)'}")
+          f"{fw:.2e} of each tensor's largest, anchors: {a_text}; final: {p_text}"
+          f"{'' if same_keys else ' (the saved state has other tensors)'}")
 sys.exit(1 if failed else 0)
 PY
