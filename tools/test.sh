@@ -6,22 +6,25 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
+test_jobs=$((jobs < 4 ? jobs : 4)) # tests at a time: a core each, at most 4 (MPI tests run 4 ranks)
 if [ -x /usr/local/cuda/bin/nvcc ] && [ -z "${CUDACXX:-}" ]; then export CUDACXX=/usr/local/cuda/bin/nvcc; fi
 
 release() {
   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null &&
     cmake --build build -j"$jobs" &&
-    (cd build && ctest --output-on-failure -j1)
+    (cd build && ctest --output-on-failure -j"$test_jobs")
 }
 
 # the sanitizer build checks the C code; the CUDA backend is compiled by the release build, and
-# the Slurm test (minutes of cluster scheduling around the same binary) runs in that build only
+# the Slurm test (minutes of cluster scheduling around the same binary) runs in that build only.
+# Tests run test_jobs at a time (each runs its ranks with 2 OpenMP threads and a single-threaded
+# BLAS; the Slurm tests run alone: CMakeLists.txt)
 sanitize() {
   cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSTRAIN_SANITIZE=ON \
     -DDSTRAIN_CUDA=OFF >/dev/null &&
     cmake --build build-sanitize -j"$jobs" &&
     (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j1 -E '^slurm/')
+      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j"$test_jobs" -E '^slurm/')
 }
 
 result() { [ "$1" -eq 0 ] && echo "passed" || echo "FAILED (exit $1)"; }
