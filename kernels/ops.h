@@ -172,16 +172,17 @@ typedef struct Backend {
     /* ---- mixed precision: NULL in a backend that computes in fp32 throughout (the CPU) ----
      * The backend keeps a bf16 working copy of a flat fp32 parameter buffer (the fp32 values
      * stay the master weights), and every matmul whose weight lies inside the buffer reads the
-     * copy. weights_attach registers params[n] (no copy is made while the backend computes in
-     * fp32; a buffer overlapping one attached already is refused); weights_refresh rounds the fp32 values into the copy and must run after anything
-     * wrote them and before the next matmul (model_forward calls it on entry); weights_detach
-     * before the buffer is freed. A matmul whose weight lies outside every attached buffer
-     * rounds it on the fly. A backend may keep the copy current as its adamw_update and
-     * adamw_ewc_update write the buffer, and then skip the rounding (CUDA does: the optimizer
-     * step writes the copy in the same pass); so a write into an attached buffer by anything
-     * other than those two, the mem_* ops and scale (a collective such as ZeRO's all-gather)
-     * must be followed by weights_touched(params) (params as attached), which makes the next
-     * refresh round it all (CUDA rounds only the ranges the mem_* ops and scale wrote). */
+     * copy. weights_attach registers params[n] (a buffer overlapping one attached already is
+     * refused); weights_refresh brings the copy up to the fp32 values (making it the first time,
+     * in bf16 mode) and must run after anything wrote them and before the next matmul
+     * (model_forward calls it on entry); weights_detach before the buffer is freed. A matmul
+     * whose weight lies outside every attached buffer, or finds no copy, rounds it on the fly.
+     * A backend may keep the copy current as its adamw_update and adamw_ewc_update write the
+     * buffer and round at a refresh only what else wrote it (CUDA does: the optimizer step
+     * writes the copy in the same pass, and the mem_* ops and scale mark the ranges they write);
+     * so a write into an attached buffer by anything else (a collective such as ZeRO's
+     * all-gather) must be followed by weights_touched(params) (params as attached), which makes
+     * the next refresh round it all. */
     int (*weights_attach)(const float *params, size_t n);
     void (*weights_refresh)(const float *params);
     void (*weights_detach)(const float *params);
@@ -286,8 +287,9 @@ typedef struct BackendOptions {
     const char *precision; /* "auto", "fp32", "bf16", and "tf32" on cuda */
     const char *attention; /* cuda: "flash" (default), "mma" or "simple" (cuda_ops.h) */
     const char *experts;   /* cuda: "streams" (default), "grouped" or "loop" */
-    /* cuda in bf16: "full" (default; the trainer resolves the config's "auto" before) keeps a
-     * bf16 working copy of attached weights, "none" rounds a weight where a matmul reads it */
+    /* cuda in bf16: "full" keeps a bf16 working copy of attached weights, "none" rounds a
+     * weight where a matmul reads it; "auto" (default) is full here: the trainer judges it
+     * against the GPU's memory and makes the backend again with none where it must */
     const char *weight_copy;
 } BackendOptions;
 /* The backend o describes, set up as it says, its table checked (backend_check). DS_ERR_INPUT

@@ -272,8 +272,8 @@ static const ConfigKey config_schema[] = {
          "the bf16 working copy of the weights with device cuda in bf16: full = kept beside the "
          "fp32 weights (2 bytes a parameter; the optimizer writes it as it steps); none = no "
          "copy, each matmul rounds its weight as it reads it (a rounding pass a use: slower, "
-         "and the memory of the copy free); auto = full when the run fits the GPU with it, else "
-         "none",
+         "and the memory of the copy free; a MoE layer's experts then run one after another); "
+         "auto = full when the run fits every rank's GPU with it, else none",
          "auto", "full", "none"),
     STR("metrics.listen", metrics_listen, "", 0,
         "HOST:PORT of the Prometheus endpoint (/metrics, /healthz) on rank 0, e.g. "

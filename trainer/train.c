@@ -1139,14 +1139,33 @@ static int run_ranks_on_host(const ProcessGrid *g, int *count)
     return status;
 }
 
+/* cuda.weight_copy auto, after run_check_memory: the copy is kept on every rank or on none (a
+ * rank without it is slower and would set the pace); where it goes, the backend is made again
+ * without it. */
+static int run_agree_weight_copy(Run *r)
+{
+    if (strcmp(r->cfg->cuda_weight_copy, "auto") != 0 || r->be->host_memory ||
+        r->be->act_size() != 2) /* no copy outside bf16 */
+        return DS_OK;
+    int64_t drop = !r->weight_copy; /* on any rank */
+    if (r->grid.world_size > 1)
+        DS_TRY(comm_all_reduce(&r->grid.world, &drop, 1, COMM_I64, COMM_MAX));
+    if (!drop) return DS_OK;
+    r->weight_copy = 0;
+    Config without = *r->cfg;
+    snprintf(without.cuda_weight_copy, sizeof(without.cuda_weight_copy), "none");
+    return train_backend(&without, &r->be);
+}
+
 /* Before anything large is allocated: what one rank will hold (layout_memory_estimate, the
  * figures dstrain submit sizes a layout by, plus the Fisher pass's host buffer on the CPU)
  * against the host's memory for all ranks on this host (device cpu) or the GPU's free memory
  * (device cuda). On a GPU the activations count at their stored size (bf16: half the fp32
  * estimate, at least), so the figure is a lower bound and a refusal is certain. There
- * cuda.weight_copy auto also takes its answer: no bf16 working copy when only the copy does not
- * fit (the backend made again without it; r->weight_copy says which). train.check_memory=false
- * starts anyway, with a warning. ranks_here: ranks on this host. */
+ * cuda.weight_copy auto also takes its answer, r->weight_copy: the bf16 working copy is kept when
+ * the run fits this GPU with it, else the run is judged without it (run_agree_weight_copy then
+ * drops it on every rank if one rank must). train.check_memory=false starts anyway, with a
+ * warning. ranks_here: ranks on this host. */
 static int run_check_memory(Run *r, int ranks_here)
 {
     const Config *cfg = r->cfg;
@@ -1171,11 +1190,7 @@ static int run_check_memory(Run *r, int ranks_here)
     double need = per_rank;
     if (on_device) {
         DS_TRY(memory_device_free(r->be, &have, &total));
-        if (copies > 0 && strcmp(cfg->cuda_weight_copy, "auto") == 0 && need > (double)have &&
-            need - copies <= (double)have) {
-            Config without = *cfg;
-            snprintf(without.cuda_weight_copy, sizeof(without.cuda_weight_copy), "none");
-            DS_TRY(train_backend(&without, &r->be));
+        if (copies > 0 && strcmp(cfg->cuda_weight_copy, "auto") == 0 && need > (double)have) {
             per_rank = need = per_rank - copies;
             copies = 0;
         }
@@ -1295,7 +1310,9 @@ int train_run(const Config *cfg)
     if ((status = run_ranks_on_host(grid, &ranks_here)) != DS_OK) goto done;
     status = train_backend(cfg, &r->be);
     if (status == DS_OK) status = run_check_memory(r, ranks_here);
-    if ((status = run_agree(grid, status)) != DS_OK) goto done;
+    if ((status = run_agree(grid, status)) != DS_OK ||
+        (status = run_agree_weight_copy(r)) != DS_OK)
+        goto done;
 
     /* the run directory: named by rank 0 (clocks may cross a second), taken with a lock */
     if (cfg->run_dir[0]) {

@@ -2,8 +2,9 @@
 """profile_step.py: where a dstrain training step's time goes, from a cupti_trace.c timeline.
 
 A step is taken from one embedding forward (the first kernel of a forward; one a step, so a run
-with train.grad_accum_steps 1) to the next; the first --skip steps are left out (warm-up). Within a step, phases by markers: forward
-(to the LM head), head (the chunks' matmuls and cross-entropy), backward (to the first
+with train.grad_accum 1) to the next (the refresh of the bf16 copy before it falls in the step
+before); the first --skip steps are left out (warm-up). Within a step, phases by markers:
+forward (to the LM head), head (the chunks' matmuls and cross-entropy), backward (to the first
 sum_squares_kernel: the gradient norm), optimizer (norm, AdamW, to the step's end). Printed per
 step on average: wall, GPU busy (the union of kernels, copies and sets on every stream) and idle,
 each phase, kernel groups (sums of kernel times; the experts' side streams overlap each other),

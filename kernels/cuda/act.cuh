@@ -77,6 +77,17 @@ static int aligned8(const void *a, const void *b = NULL, const void *c = NULL,
         launchCheck();                                                                             \
     } while (0)
 
+/* LAUNCH_ACT for a kernel templated on a second, compile-time choice too (its vectorised path:
+ * template <typename ActT, bool VEC>), given as true or false. */
+#define LAUNCH_ACT_VEC(kernel, vec, grid, block, smem, ...)                                        \
+    do {                                                                                           \
+        if (lt_bf16)                                                                               \
+            kernel<__nv_bfloat16, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);          \
+        else                                                                                       \
+            kernel<float, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);                  \
+        launchCheck();                                                                             \
+    } while (0)
+
 /* dst[n] (fp32) = src[n] (an Act) and back: for the kernels that work in fp32 only. */
 template <typename ActT>
 __global__ static void act_widen_kernel(float *dst, const void *src, size_t n)

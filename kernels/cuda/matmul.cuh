@@ -79,19 +79,17 @@ static Bf16Buffer operand_weight, operand_bias;
  * The optimizer's AdamW ops write the copy beside the fp32 values they update (adamw.cu), so
  * after a step the copy already holds what weights_refresh would round: the refresh rounds only
  * what something else wrote since the last one (the memory ops and scale mark the ranges they
- * write here, up to WEIGHT_DIRTY_MAX of them, past that the whole buffer; writers outside the
- * backend, a collective, call weights_touched: the whole buffer). Elements no AdamW call reached
- * (padding, frozen tensors) were not written at all. */
+ * write here, kernels/dirty_ranges.h keeping them few; writers outside the backend, a
+ * collective, call weights_touched: the whole buffer). Elements no AdamW call reached (padding,
+ * frozen tensors) were not written at all. */
 #define WEIGHT_COPIES_MAX 16
-#define WEIGHT_DIRTY_MAX 64 /* a range a layer: DeepSeek-V3's 58 MoE layers' router biases */
 typedef struct WeightCopy {
-    const float *params;  /* NULL: free slot */
+    const float *params; /* NULL: free slot */
     size_t n;
-    __nv_bfloat16 *copy;  /* NULL until the first bf16 refresh */
-    int fresh;            /* copy holds the values of the last refresh in bf16 mode */
-    int stale;            /* the whole copy is behind the buffer: rounded whole at the refresh */
-    int dirty;            /* else: elements [lo[i], hi[i]) for i < dirty are behind */
-    size_t lo[WEIGHT_DIRTY_MAX], hi[WEIGHT_DIRTY_MAX];
+    __nv_bfloat16 *copy; /* NULL until the first bf16 refresh */
+    int fresh;           /* copy holds the values of the last refresh in bf16 mode */
+    int stale;           /* the whole copy is behind the buffer: rounded whole at the refresh */
+    DirtyRanges dirty;   /* else: the elements behind */
 } WeightCopy;
 static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
 static long long refresh_rounded; /* elements the refreshes rounded, all buffers */
@@ -100,25 +98,6 @@ static int copies_kept = 1;       /* the weight_copy option: 1 full, 0 none */
 extern "C" long long cuda_weights_refresh_rounded(void)
 {
     return refresh_rounded;
-}
-
-/* Elements [lo, hi) of w's buffer were written by something other than AdamW: a range of their
- * own, or part of one they overlap or touch; the whole buffer once the ranges run out. */
-static void weight_copy_mark(WeightCopy *w, size_t lo, size_t hi)
-{
-    if (w->stale || lo >= hi) return;
-    for (int i = 0; i < w->dirty; i++)
-        if (lo <= w->hi[i] && hi >= w->lo[i]) {
-            w->lo[i] = lo < w->lo[i] ? lo : w->lo[i];
-            w->hi[i] = hi > w->hi[i] ? hi : w->hi[i];
-            return;
-        }
-    if (w->dirty == WEIGHT_DIRTY_MAX) {
-        w->stale = 1;
-        return;
-    }
-    w->lo[w->dirty] = lo, w->hi[w->dirty] = hi;
-    w->dirty++;
 }
 
 /* Memory [p, p + bytes) was written by something other than AdamW: the elements of the copies
@@ -131,8 +110,9 @@ static void weight_copies_written(const void *p, size_t bytes)
         const char *first = (const char *)w->params, *end = (const char *)(w->params + w->n);
         if (!w->params || b >= end || e <= first) continue;
         const size_t lo = b > first ? (size_t)(b - first) / sizeof(float) : 0;
-        const size_t hi = e < end ? ((size_t)(e - first) + sizeof(float) - 1) / sizeof(float) : w->n;
-        weight_copy_mark(w, lo, hi);
+        const size_t hi =
+            e < end ? ((size_t)(e - first) + sizeof(float) - 1) / sizeof(float) : w->n;
+        if (!w->stale) dirty_ranges_add(&w->dirty, lo, hi);
     }
 }
 
@@ -175,7 +155,7 @@ static int weight_copy_alloc(WeightCopy *w)
     cudaMemGetInfo(&free_bytes, &total_bytes);
     return ds_error(DS_ERR_INTERNAL,
                     "CUDA: cannot allocate the bf16 working copy of the weights (%.1f MiB, "
-                    "%.1f MiB free); cuda.weight_copy: none (or precision: fp32) needs none",
+                    "%.1f MiB free)",
                     w->n * 2 / 1048576.0, free_bytes / 1048576.0);
 }
 
@@ -197,7 +177,7 @@ static int weights_attach(const float *params, size_t n)
     w->n = n;
     w->fresh = 0;
     w->stale = 1;
-    return lt_bf16 && copies_kept ? weight_copy_alloc(w) : DS_OK;
+    return DS_OK; /* the copy is made by the first refresh, after the model's other buffers */
 }
 
 static void weights_refresh(const float *params)
@@ -210,19 +190,23 @@ static void weights_refresh(const float *params)
     if (!lt_bf16 || !copies_kept) return;
     if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
         static int warned;
-        if (!warned++) fprintf(stderr, "dstrain: warning: %s\n", ds_last_error());
+        if (!warned++)
+            fprintf(stderr,
+                    "dstrain: warning: %s; each matmul rounds its weight as it reads it instead "
+                    "(as with cuda.weight_copy: none)\n",
+                    ds_last_error());
         return;
     }
     if (whole) {
         round_bf16(w->copy, params, w->n);
         refresh_rounded += (long long)w->n;
     } else {
-        for (int i = 0; i < w->dirty; i++) {
-            round_bf16(w->copy + w->lo[i], params + w->lo[i], w->hi[i] - w->lo[i]);
-            refresh_rounded += (long long)(w->hi[i] - w->lo[i]);
-        }
+        const DirtyRanges *d = &w->dirty;
+        for (int i = 0; i < d->count; i++)
+            round_bf16(w->copy + d->lo[i], params + d->lo[i], d->hi[i] - d->lo[i]);
+        refresh_rounded += (long long)dirty_ranges_elements(d);
     }
-    w->dirty = 0;
+    dirty_ranges_clear(&w->dirty);
     w->fresh = 1;
     w->stale = 0;
 }
@@ -269,11 +253,12 @@ static int precision_parse(const char *mode, int *bf16, cublasComputeType_t *com
     return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
 }
 
-/* The weight_copy option (cuda_backend_options): full or none. */
+/* The weight_copy option (cuda_backend_options): full or none (auto, which the trainer resolves
+ * against the GPU's memory, is full here). */
 static int weight_copy_parse(const char *mode, int *keep)
 {
     *keep = strcmp(mode, "none") != 0;
-    if (!*keep || strcmp(mode, "full") == 0) return DS_OK;
+    if (!*keep || strcmp(mode, "full") == 0 || strcmp(mode, "auto") == 0) return DS_OK;
     return ds_error(DS_ERR_INPUT, "cuda.weight_copy: \"%s\": expected auto, full or none", mode);
 }
 

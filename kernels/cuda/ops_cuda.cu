@@ -34,6 +34,7 @@
 #include "cuda_ops.h"
 
 extern "C" {
+#include "kernels/dirty_ranges.h"
 #include "kernels/ops.h"
 #include "trainer/common.h"
 }

@@ -85,14 +85,31 @@ __global__ static void colsum_partial_kernel(float *partial, const void *x_, con
     }
 }
 
+/* dst[j] += the sum over c < chunks of partial[c][j], in double and in a fixed order: eight
+ * threads a column (blockDim 32 x 8) take every eighth chunk, then the eight sums are added in
+ * order. The finish of column_sums_add and of rmsnorm_backward's row sums. */
 __global__ static void colsum_finish_kernel(float *dst, const float *partial, int chunks, int N)
 {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= N) return;
+    __shared__ double part[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
     double s = 0.0;
-    for (int c = 0; c < chunks; c++)
-        s += partial[(size_t)c * N + j];
-    dst[j] += (float)s;
+    if (j < N)
+        for (int c = threadIdx.y; c < chunks; c += 8)
+            s += partial[(size_t)c * N + j];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < N) {
+        double total = 0.0;
+        for (int k = 0; k < 8; k++)
+            total += part[k][threadIdx.x];
+        dst[j] += (float)total;
+    }
+}
+
+static void colsum_finish(float *dst, const float *partial, int chunks, int N)
+{
+    colsum_finish_kernel<<<ceil_div(N, 32), dim3(32, 8), 0, stream>>>(dst, partial, chunks, N);
+    launchCheck();
 }
 
 static void column_sums_add(float *dst, const void *x, const float *x2, const float *rowscale,
@@ -103,8 +120,7 @@ static void column_sums_add(float *dst, const void *x, const float *x2, const fl
     float *partial = (float *)scratch_get((size_t)chunks * N * sizeof(float));
     LAUNCH_ACT(colsum_partial_kernel, dim3(ceil_div(N, 32), chunks), dim3(32, 8), 0, partial, x, x2,
                rowscale, M, N);
-    colsum_finish_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dst, partial, chunks, N);
-    launchCheck();
+    colsum_finish(dst, partial, chunks, N);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -129,7 +145,7 @@ __global__ static void sum_squares_kernel(double *partial, const SumSquaresRange
     const size_t first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     double s = 0.0;
-    size_t tail = 0; /* where the one-by-one loop starts */
+    size_t tail = 0;              /* where the one-by-one loop starts */
     if ((uintptr_t)x % 16 == 0) { /* four elements a load, in element order within the four */
         const float4 *x4 = reinterpret_cast<const float4 *>(x);
         const size_t n4 = n / 4;

@@ -1,5 +1,6 @@
 /* rmsnorm.cuh: rmsnorm_forward, add_rmsnorm_forward (the residual add fused in front),
- * rmsnorm_backward (the weight gradient's row sums fused in).
+ * rmsnorm_backward (the weight gradient's row sums fused in, finished by reduce.cuh's
+ * colsum_finish).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
  * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
  * ...), so it is not a header to include anywhere else. */
@@ -8,7 +9,8 @@
  * rmsnorm. A row is one block's; with VEC (C a multiple of 8, every tensor 32-byte aligned) each
  * thread moves eight elements at a time (act_ld8), else one. Thread t always owns the same
  * columns (j = t, t + blockDim, ... or the groups of eight from 8t), so the order of every sum,
- * and with it the bits, depends on C and the block size only. */
+ * and with it the bits, depends on C, the block size and whether the tensors' places allow VEC
+ * (the same tensors always give the same bits). */
 
 #define RMSNORM_THREADS 256
 
@@ -16,8 +18,7 @@
  * out = weight * (x * rstd). */
 template <typename ActT, bool VEC>
 __global__ static void rmsnorm_forward_kernel(void *out, float *rstd, float *sum, const float *a,
-                                              const void *b, const float *weight, int C,
-                                              float eps)
+                                              const void *b, const float *weight, int C, float eps)
 {
     __shared__ float shared[32];
     const size_t row = (size_t)blockIdx.x * C;
@@ -78,8 +79,8 @@ __global__ static void rmsnorm_forward_kernel(void *out, float *rstd, float *sum
 template <typename ActT, bool VEC>
 __global__ static void rmsnorm_backward_kernel(float *dinp, void *dinp_act, float *partial,
                                                const void *dout, const float *inp,
-                                               const float *weight, const float *rstd, int M,
-                                               int C, int rows)
+                                               const float *weight, const float *rstd, int M, int C,
+                                               int rows)
 {
     extern __shared__ float dw[];
     __shared__ float shared[32];
@@ -144,43 +145,13 @@ __global__ static void rmsnorm_backward_kernel(float *dinp, void *dinp_act, floa
                 partial[(size_t)blockIdx.x * C + j + k] = dw[j + k];
 }
 
-/* dst[j] += the sum over c < chunks of partial[c][j], in double and in a fixed order: eight
- * threads a column (blockDim 32 x 8) take every eighth chunk, then the eight sums are added in
- * order. */
-__global__ static void rows_sum_finish_kernel(float *dst, const float *partial, int chunks, int C)
-{
-    __shared__ double part[8][33];
-    const int j = blockIdx.x * 32 + threadIdx.x;
-    double s = 0.0;
-    if (j < C)
-        for (int c = threadIdx.y; c < chunks; c += 8)
-            s += partial[(size_t)c * C + j];
-    part[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < C) {
-        double total = 0.0;
-        for (int k = 0; k < 8; k++)
-            total += part[k][threadIdx.x];
-        dst[j] += (float)total;
-    }
-}
-
-#define LAUNCH_RMSNORM(kernel, vec, grid, smem, ...)                                                \
+#define LAUNCH_RMSNORM(kernel, vec, grid, smem, ...)                                               \
     do {                                                                                           \
         if (vec)                                                                                   \
             LAUNCH_ACT_VEC(kernel, true, grid, RMSNORM_THREADS, smem, __VA_ARGS__);                \
         else                                                                                       \
             LAUNCH_ACT_VEC(kernel, false, grid, RMSNORM_THREADS, smem, __VA_ARGS__);               \
     } while (0)
-#define LAUNCH_ACT_VEC(kernel, vec, grid, block, smem, ...)                                        \
-    do {                                                                                           \
-        if (lt_bf16)                                                                               \
-            kernel<__nv_bfloat16, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);          \
-        else                                                                                       \
-            kernel<float, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);                  \
-        launchCheck();                                                                             \
-    } while (0)
-
 static void rmsnorm_forward(Act *out, float *rstd, const float *inp, const float *weight, int M,
                             int C, float eps)
 {
@@ -195,22 +166,25 @@ static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *
 {
     if (M <= 0) return;
     const int vec = C % 8 == 0 && aligned8(sum, out, a, b, weight);
-    LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, sum, a, (const void *)b, weight,
-                   C, eps);
+    LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, sum, a, (const void *)b, weight, C,
+                   eps);
 }
 
 /* Blocks of rmsnorm_backward: at most this many, so that the weight gradient's partial sums stay
- * few enough for rows_sum_finish_kernel; rows a block follow from M alone. */
+ * few enough for colsum_finish_kernel; rows a block follow from M alone (each block sums its
+ * rows' share in fp32: 32 rows at 8 x 2048 tokens, 2048 at a million). */
 #define RMSNORM_BACKWARD_BLOCKS 512
+/* The block's row sums of the weight gradient in shared memory beside block_sum's 32 floats,
+ * within the 48 KiB a block has without opting in: C up to 12256. */
+#define RMSNORM_DW_SMEM_MAX (48 * 1024 - 32 * sizeof(float))
 
 static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout,
-                             const float *inp, const float *weight, const float *rstd, int M,
-                             int C)
+                             const float *inp, const float *weight, const float *rstd, int M, int C)
 {
-    if (M <= 0) return;
+    if (M <= 0 || C <= 0) return;
     const int vec = C % 8 == 0 && aligned8(dinp, dout, inp, weight, dinp_act);
     const size_t smem = (size_t)C * sizeof(float);
-    if (smem > 48 * 1024) { /* the weight gradient's row sums do not fit: a second pass */
+    if (smem > RMSNORM_DW_SMEM_MAX) { /* the weight gradient's row sums do not fit: a 2nd pass */
         LAUNCH_RMSNORM(rmsnorm_backward_kernel, vec, M, 0, dinp, (void *)dinp_act, (float *)NULL,
                        (const void *)dout, inp, weight, rstd, M, C, 1);
         column_sums_add(dweight, dout, inp, rstd, M, C);
@@ -220,7 +194,5 @@ static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const A
     float *partial = (float *)scratch_get((size_t)blocks * C * sizeof(float));
     LAUNCH_RMSNORM(rmsnorm_backward_kernel, vec, blocks, smem, dinp, (void *)dinp_act, partial,
                    (const void *)dout, inp, weight, rstd, M, C, rows);
-    rows_sum_finish_kernel<<<ceil_div(C, 32), dim3(32, 8), 0, stream>>>(dweight, partial, blocks,
-                                                                       C);
-    launchCheck();
+    colsum_finish(dweight, partial, blocks, C);
 }

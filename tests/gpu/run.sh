@@ -168,7 +168,7 @@ cat "$OUT/inspect-summary.txt" >> "$SUMMARY"
 BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/continual.sh" > "$OUT/continual.log" 2>&1 || status=1
 cat "$OUT/continual-summary.txt" >> "$SUMMARY"
 
-# ---- the bf16 working copy kept, dropped, dropped by auto: the same losses (tests/gpu/weight_copy.sh)
+# ---- the bf16 working copy kept, dropped, dropped by auto: same losses (tests/gpu/weight_copy.sh)
 BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/weight_copy.sh" > "$OUT/weight_copy.log" 2>&1 || status=1
 cat "$OUT/weight_copy-summary.txt" >> "$SUMMARY"
 

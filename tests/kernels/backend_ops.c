@@ -222,7 +222,7 @@ static void matmul_backward_call(const Backend *be, void *const *t, const int *s
 
 /* The bf16 working copy of mixed precision: two weights inside one attached buffer, read by
  * matmuls; the fp32 values negated and refreshed (the copy must follow), then weights_touched and
- * refreshed again (the same product; whether the refresh skipped its pass is gpu_test_ops'
+ * refreshed again (the same product; how many elements a refresh rounded is gpu_test_ops'
  * check); detached (rounded on the fly again). A backend without the group (the reference) runs
  * the same matmuls on fp32. */
 static void weights_make(Case *c, const int *s)
@@ -1098,7 +1098,7 @@ static const OpCase table[] = {
     {"rmsnorm_backward",
      "M C act",
      {{133, 200, 1}, {600, 2048, 1}, {3, 7, 0}, {1, 4097, 1}, {3001, 512, 0}, {20, 16384, 1},
-      {513, 4096, 1}},
+      {513, 4096, 1}, {2, 12256, 1}, {3, 12288, 1}},
      rmsnorm_backward_make,
      rmsnorm_backward_call},
     {"rope_forward",
