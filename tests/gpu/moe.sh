@@ -20,7 +20,7 @@ build_dstrain
 # two sides round differently can send a token to another expert, after which the runs differ by
 # more than rounding, so the bars are looser than the dense model's in run.sh: fp32 within 1e-3
 # relative at every step; both GPU runs' 5-step moving averages within 3% of the CPU's and the
-# mean of the last 10 steps within 2%.
+# mean of the last 10 steps within 2% (tests/gpu/curves.py, which run.sh shares).
 for run in cpu cuda cuda-fp32; do
     case $run in
         cpu) args="device=cpu" ;;
@@ -37,53 +37,9 @@ for run in cpu cuda cuda-fp32; do
     if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
     row "train tiny-moe $STEPS steps $args" "rc $rc, $(($(date +%s) - t0)) s" $r
 done
-python3 - "$BUILD/moe-cpu/metrics.jsonl" "$BUILD/moe-cuda/metrics.jsonl" \
-    "$BUILD/moe-cuda-fp32/metrics.jsonl" "$OUT/moe-curves.tsv" <<'EOF' | tee -a "$SUMMARY" || status=1
-import json, sys
-def load(path):
-    try:
-        return {r["step"]: r for r in map(json.loads, open(path)) if "loss" in r}
-    except OSError:
-        return {}
-cpu, gpu, gpu32 = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
-steps = sorted(set(cpu) & set(gpu) & set(gpu32))
-def row(a, b, c): print("| %-44s | %-48s | %s |" % (a, b, c))
-if not steps:
-    row("moe: loss curves GPU vs CPU", "no common steps", "FAIL"); sys.exit(1)
-with open(sys.argv[4], "w") as f:
-    f.write("step\tloss_cpu\tloss_cuda\tloss_cuda_fp32\n")
-    for s in steps:
-        f.write("%d\t%.6f\t%.6f\t%.6f\n" % (s, cpu[s]["loss"], gpu[s]["loss"], gpu32[s]["loss"]))
-c = [cpu[s]["loss"] for s in steps]
-g = [gpu[s]["loss"] for s in steps]
-g32 = [gpu32[s]["loss"] for s in steps]
-def moving(x, w=5):
-    return [sum(x[max(0, i - w + 1):i + 1]) / (i + 1 - max(0, i - w + 1)) for i in range(len(x))]
-mean = lambda xs: sum(xs) / len(xs)
-def smoothed(y):
-    ma = max(abs(a - b) / abs(a) for a, b in zip(moving(c), moving(y)))
-    return ma, abs(mean(c[-10:]) - mean(y[-10:])) / abs(mean(c[-10:]))
-step32 = max(abs(a - b) / abs(a) for a, b in zip(c, g32))
-ma32, end32 = smoothed(g32)
-ok32 = step32 <= 1e-3 and ma32 <= 0.03 and end32 <= 0.02
-row("moe: tiny-moe GPU fp32 vs CPU (%d steps)" % len(steps),
-    "every step %.1e (<= 1e-3); 5-step %.1e, end %.1e" % (step32, ma32, end32),
-    "PASS" if ok32 else "FAIL")
-ma, end = smoothed(g)
-ok = ma <= 0.03 and end <= 0.02
-row("moe: tiny-moe GPU bf16 vs CPU (%d steps)" % len(steps),
-    "5-step means %.1e (<= 3e-2), last 10 %.1e (<= 2e-2)" % (ma, end), "PASS" if ok else "FAIL")
-row("  moe: per step |d| max: bf16, fp32",
-    "%.2e, %.2e" % (max(abs(a - b) for a, b in zip(c, g)), max(abs(a - b) for a, b in zip(c, g32))), "")
-last = steps[-1]
-for name, run in (("CPU", cpu), ("GPU bf16", gpu), ("GPU fp32", gpu32)):
-    row("  moe: loss step 1 -> %d, %s" % (last, name),
-        "%.4f -> %.4f" % (run[steps[0]]["loss"], run[last]["loss"]), "")
-med = lambda xs: sorted(xs)[len(xs) // 2]
-row("  moe: median step time CPU / GPU bf16 / fp32", "%.1f / %.1f / %.1f ms" % tuple(
-    1e3 * med([r[s]["step_seconds"] for s in steps[2:]]) for r in (cpu, gpu, gpu32)), "")
-sys.exit(0 if ok and ok32 else 1)
-EOF
+python3 "$SRC/tests/gpu/curves.py" "$BUILD/moe-cpu/metrics.jsonl" "$BUILD/moe-cuda/metrics.jsonl" \
+    "$BUILD/moe-cuda-fp32/metrics.jsonl" "$OUT/moe-curves.tsv" --name "moe: tiny-moe" --window 5 \
+    --tail 10 --fp32-every 1e-3 --skip 2 | tee -a "$SUMMARY" || status=1
 
 # The sequence-wise balance loss (moe.balance_loss) on the GPU: 10 steps of tiny-moe with it, on
 # the CPU and on the GPU in fp32; the loss and the balance loss held to moe.sh's fp32 bar (1e-3

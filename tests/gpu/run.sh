@@ -84,7 +84,8 @@ row "experts vs CPU (gpu_test_experts)" "$passed passed, $failed failed, rc $rc,
 # steps, then drifts as far as a few 1e-2 by step 300 (measured), the per-step losses of single
 # batches swinging by several 1e-2 from one step to the next. So the fp32 run is held to 1e-4
 # over the first 50 steps, and both GPU runs to the smoothed curve: 10-step moving averages
-# within 3% of the CPU's at every step, and the mean loss of the last 50 steps within 2%.
+# within 3% of the CPU's at every step, and the mean loss of the last 50 steps within 2%
+# (tests/gpu/curves.py, which moe.sh shares).
 for run in cpu cuda cuda-fp32; do
     case $run in
         cpu) args="device=cpu" ;;
@@ -102,58 +103,9 @@ for run in cpu cuda cuda-fp32; do
     if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
     row "train tiny $STEPS steps $args" "rc $rc, $(($(date +%s) - t0)) s" $r
 done
-python3 - "$BUILD/train-cpu/metrics.jsonl" "$BUILD/train-cuda/metrics.jsonl" \
-    "$BUILD/train-cuda-fp32/metrics.jsonl" "$OUT/curves.tsv" >> "$SUMMARY" <<'EOF' || status=1
-import json, sys
-def load(path):
-    try:
-        return {r["step"]: r for r in map(json.loads, open(path)) if "loss" in r}
-    except OSError:
-        return {}
-cpu, gpu, gpu32 = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
-steps = sorted(set(cpu) & set(gpu) & set(gpu32))
-def row(a, b, c): print("| %-44s | %-48s | %s |" % (a, b, c))
-if not steps:
-    row("loss curves GPU vs CPU", "no common steps", "FAIL"); sys.exit(1)
-with open(sys.argv[4], "w") as f:
-    f.write("step\tloss_cpu\tloss_cuda\tloss_cuda_fp32\n")
-    for s in steps:
-        f.write("%d\t%.6f\t%.6f\t%.6f\n" % (s, cpu[s]["loss"], gpu[s]["loss"], gpu32[s]["loss"]))
-c = [cpu[s]["loss"] for s in steps]
-g = [gpu[s]["loss"] for s in steps]
-g32 = [gpu32[s]["loss"] for s in steps]
-def moving(x, w=10):
-    return [sum(x[max(0, i - w + 1):i + 1]) / (i + 1 - max(0, i - w + 1)) for i in range(len(x))]
-mean = lambda xs: sum(xs) / len(xs)
-def smoothed(y):
-    """largest relative gap of the 10-step moving averages; relative gap of the last 50 means"""
-    ma = max(abs(a - b) / abs(a) for a, b in zip(moving(c), moving(y)))
-    return ma, abs(mean(c[-50:]) - mean(y[-50:])) / abs(mean(c[-50:]))
-early = max(abs(a - b) for a, b in zip(c[:50], g32[:50]))
-ma32, end32 = smoothed(g32)
-ok32 = early <= 1e-4 and ma32 <= 0.03 and end32 <= 0.02
-row("loss curves GPU fp32 vs CPU (%d steps)" % len(steps),
-    "50 steps %.1e (<= 1e-4); 10-step means %.1e, end %.1e" % (early, ma32, end32),
-    "PASS" if ok32 else "FAIL")
-ma, end = smoothed(g)
-ok = ma <= 0.03 and end <= 0.02
-row("loss curves GPU bf16 vs CPU (%d steps)" % len(steps),
-    "10-step means %.1e rel (<= 3e-2), last 50 %.1e (<= 2e-2)" % (ma, end), "PASS" if ok else "FAIL")
-diff = [abs(a - b) for a, b in zip(c, g)]
-jitter = sorted(abs(c[i] - c[i - 1]) for i in range(1, len(c)))
-row("  per step |d|: bf16 max, last-50 mean; fp32 max", "%.2e, %.2e; %.2e" % (
-    max(diff), mean(diff[-50:]), max(abs(a - b) for a, b in zip(c, g32))), "")
-row("  CPU step-to-step |change|, median", "%.2e" % jitter[len(jitter) // 2], "")
-last = steps[-1]
-for name, run in (("CPU", cpu), ("GPU bf16", gpu), ("GPU fp32", gpu32)):
-    row("  loss step 1 -> %d, %s" % (last, name),
-        "%.4f -> %.4f" % (run[steps[0]]["loss"], run[last]["loss"]), "")
-med = lambda xs: sorted(xs)[len(xs) // 2]
-row("  median step time CPU / GPU bf16", "%.2f ms / %.2f ms" % (
-    1e3 * med([cpu[s]["step_seconds"] for s in steps[5:]]),
-    1e3 * med([gpu[s]["step_seconds"] for s in steps[5:]])), "")
-sys.exit(0 if ok and ok32 else 1)
-EOF
+python3 "$SRC/tests/gpu/curves.py" "$BUILD/train-cpu/metrics.jsonl" \
+    "$BUILD/train-cuda/metrics.jsonl" "$BUILD/train-cuda-fp32/metrics.jsonl" "$OUT/curves.tsv" \
+    --name tiny --window 10 --tail 50 --fp32-early 50 1e-4 --skip 5 >> "$SUMMARY" || status=1
 
 # ---- DeepSeek (MLA + MoE): the tiny-moe preset's loss curves, CPU vs GPU (tests/gpu/moe.sh) ----
 BUILD="$BUILD" OUT="$OUT" STEPS="${MOE_STEPS:-50}" "$SRC/tests/gpu/moe.sh" > "$OUT/moe.log" 2>&1 ||
