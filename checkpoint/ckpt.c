@@ -1229,8 +1229,9 @@ static int mf_int(const Ckpt *c, const cJSON *obj, const char *where, const char
                   int64_t hi, int64_t *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
-        v->valuedouble < (double)lo || v->valuedouble > (double)hi)
+    /* the range first: converting a double outside int64's range (1e300, inf) is undefined */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= (double)lo && v->valuedouble <= (double)hi) ||
+        v->valuedouble >= 0x1p63 || v->valuedouble != (double)(int64_t)v->valuedouble)
         return MF_FAIL(c, "%s%s: expected an integer in [%lld, %lld]", where, key, (long long)lo,
                        (long long)hi);
     *out = (int64_t)v->valuedouble;

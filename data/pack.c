@@ -779,6 +779,16 @@ static int read_json_file(const char *path, cJSON **out)
     return DS_OK;
 }
 
+/* A token id of a tokenizer.json: a whole number in [0, INT32_MAX], else -1 (never a conversion
+ * of a double outside int64's range, which is undefined). */
+static int64_t json_token_id(const cJSON *x)
+{
+    if (!cJSON_IsNumber(x) || !(x->valuedouble >= 0 && x->valuedouble <= (double)INT32_MAX) ||
+        x->valuedouble != (double)(int64_t)x->valuedouble)
+        return -1;
+    return (int64_t)x->valuedouble;
+}
+
 /* The id of token text in a tokenizer.json (added tokens first, then the model's vocabulary:
  * an object token -> id, or Unigram's list of [piece, score]); -1 when it has none. */
 static int64_t tokenizer_token_id(const cJSON *tok, const char *text)
@@ -790,13 +800,13 @@ static int64_t tokenizer_token_id(const cJSON *tok, const char *text)
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(t, "content");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
         if (cJSON_IsString(c) && cJSON_IsNumber(id) && strcmp(c->valuestring, text) == 0)
-            return (int64_t)id->valuedouble;
+            return json_token_id(id);
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(tok, "model");
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     if (cJSON_IsObject(vocab)) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(vocab, text);
-        return cJSON_IsNumber(id) ? (int64_t)id->valuedouble : -1;
+        return json_token_id(id);
     }
     int64_t index = 0;
     cJSON_ArrayForEach(t, vocab)
@@ -817,14 +827,14 @@ static int64_t tokenizer_vocab_size(const cJSON *tok)
     cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(tok, "added_tokens"))
     {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
-        if (cJSON_IsNumber(id) && id->valuedouble > top) top = (int64_t)id->valuedouble;
+        if (json_token_id(id) > top) top = json_token_id(id);
     }
     const cJSON *vocab =
         cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(tok, "model"), "vocab");
     if (cJSON_IsObject(vocab)) {
         cJSON_ArrayForEach(t, vocab)
         {
-            if (cJSON_IsNumber(t) && t->valuedouble > top) top = (int64_t)t->valuedouble;
+            if (json_token_id(t) > top) top = json_token_id(t);
         }
     } else if (cJSON_IsArray(vocab)) {
         const int64_t n = cJSON_GetArraySize(vocab);
