@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "../kernels/ops.h"
 #include "safetensors.h"
 
 #define CKPT_PATH_MAX 1400
@@ -974,8 +975,9 @@ static int job_prepare(CkptWriter *w, const CkptMeta *meta, const CkptBuffer *bu
         const ParamInfo *pi = &w->table.items[jp->param];
         const float *src = bufs[jp->buf].base + pi->offset + jp->b;
         const size_t n = (size_t)(jp->e - jp->b) * sizeof(float);
-        if (bufs[jp->buf].to_host)
-            bufs[jp->buf].to_host(w->snap + jp->snap_offset, src, n);
+        const Backend *device = bufs[jp->buf].device;
+        if (device)
+            device->mem_to_host(device, w->snap + jp->snap_offset, src, n);
         else
             memcpy(w->snap + jp->snap_offset, src, n);
     }

@@ -28,8 +28,9 @@ typedef struct CkptBuffer {
     int replicated_over_dp; /* 1: every dp rank holds the same values (with expert parallelism,
                              * every dp rank holding the same experts); only dp rank 0 writes
                              * (the first ep dp ranks, each its own experts) */
-    /* copies bytes of base (device memory) into the host snapshot; NULL: base is host memory */
-    void (*to_host)(void *host_dst, const void *src, size_t bytes);
+    /* the backend whose device memory base is, copied into the host snapshot by its
+     * mem_to_host; NULL: base is host memory */
+    const struct Backend *device;
 } CkptBuffer;
 
 /* Small per-rank state stored as raw bytes (reader position, RNG state). */

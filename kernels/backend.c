@@ -139,10 +139,10 @@ int backend_stage(const Backend *be, float *mem, size_t n, StageHow how, size_t 
     int status = DS_OK;
     for (size_t first = 0; first < n && status == DS_OK; first += piece) {
         const size_t len = n - first < piece ? n - first : piece;
-        if (how & STAGE_READ) be->mem_to_host(host, mem + first, len * sizeof(float));
+        if (how & STAGE_READ) be->mem_to_host(be, host, mem + first, len * sizeof(float));
         status = fn(ctx, host, first, len);
         if (status == DS_OK && (how & STAGE_WRITE))
-            be->mem_to_device(mem + first, host, len * sizeof(float));
+            be->mem_to_device(be, mem + first, host, len * sizeof(float));
     }
     free(own);
     return status;
@@ -151,7 +151,7 @@ int backend_stage(const Backend *be, float *mem, size_t n, StageHow how, size_t 
 const float *backend_view(const Backend *be, const float *src, size_t n, float *buf)
 {
     if (be->host_memory) return src;
-    be->mem_to_host(buf, src, n * sizeof(float));
+    be->mem_to_host(be, buf, src, n * sizeof(float));
     return buf;
 }
 
@@ -176,18 +176,27 @@ int backend_create(const BackendOptions *o, const Backend **out)
         const char *copy = o->weight_copy && o->weight_copy[0] && strcmp(o->weight_copy, "auto")
                                ? o->weight_copy
                                : "full";
-        const Backend *be = backend_cuda(); /* NULL when no GPU is usable */
-        if (!be) return DS_ERR_INPUT;
         /* auto: mixed precision */
-        DS_TRY(cuda_backend_options(strcmp(precision, "auto") == 0 ? "bf16" : precision,
-                                    attention, experts, copy));
-        DS_TRY(backend_check(be));
-        *out = be;
-        return DS_OK;
+        DS_TRY(cuda_backend_create(strcmp(precision, "auto") == 0 ? "bf16" : precision, attention,
+                                   experts, copy, out));
+        const int rc = backend_check(*out);
+        if (rc != DS_OK) {
+            backend_free(*out);
+            *out = NULL;
+        }
+        return rc;
 #else
         return ds_error(DS_ERR_INPUT, "device: cuda: this dstrain was built without CUDA "
                                       "(nvcc was not found, or -DDSTRAIN_CUDA=OFF)");
 #endif
     }
     return ds_error(DS_ERR_INPUT, "device: unknown device \"%s\" (known: cpu, cuda)", device);
+}
+
+void backend_free(const Backend *be)
+{
+    if (!be || !be->ctx) return; /* the CPU backend is one static table */
+#ifdef DSTRAIN_HAVE_CUDA
+    if (strcmp(be->name, "cuda") == 0) cuda_backend_free(be);
+#endif
 }

@@ -611,7 +611,7 @@ static size_t ep_rows_bytes(const Model *m, size_t rows, int scratch)
 
 static void ep_rows_free(const Model *m, EpRows *r)
 {
-    m->be->mem_free(r->x);
+    m->be->mem_free(m->be, r->x);
     memset(r, 0, sizeof(*r));
 }
 
@@ -620,7 +620,7 @@ static int ep_rows_alloc(const Model *m, EpRows *r, size_t rows, int scratch)
 {
     ep_rows_free(m, r);
     if (rows == 0) return DS_OK;
-    unsigned char *p = m->be->mem_alloc(ep_rows_bytes(m, rows, scratch));
+    unsigned char *p = m->be->mem_alloc(m->be, ep_rows_bytes(m, rows, scratch));
     if (!p) return DS_ERR_INTERNAL;
     const size_t C = m->cfg.hidden_size, Im = m->cfg.moe_intermediate_size / m->tp_size;
     const size_t rc = DS_ALIGN_UP(rows * C * m->act_size, 256);
@@ -712,10 +712,10 @@ static void ep_reorder(const Model *m, Act *dst, const Act *src, const int *recv
             if (n == 0) continue;
             const size_t expert_at = st->offs[(size_t)r * El + e];
             if (to_experts)
-                m->be->copy_block(model_act_at(m, dst, expert_at * C), C,
+                m->be->copy_block(m->be, model_act_at(m, dst, expert_at * C), C,
                                   model_act_at(m, src, rank_at * C), C, n, C, 0);
             else
-                m->be->copy_block(model_act_at(m, dst, rank_at * C), C,
+                m->be->copy_block(m->be, model_act_at(m, dst, rank_at * C), C,
                                   model_act_at(m, src, expert_at * C), C, n, C, 0);
             rank_at += (size_t)n;
         }
@@ -767,7 +767,7 @@ static void ep_experts_forward(Model *m, int l, DeepseekLayerActs *L, const Laye
     ep_row_counts(m, L, send, recv);
     ep_check(comm_all_to_allv(m->ep, L->xs, send, st->scratch.wire, recv, ep_act_type(m)));
     ep_reorder(m, set->x, st->scratch.wire, L->recv, 1);
-    m->be->moe_experts_forward(set->y, set->g, set->u, set->a, set->x, w->expert_gate,
+    m->be->moe_experts_forward(m->be, set->y, set->g, set->u, set->a, set->x, w->expert_gate,
                                w->expert_up, w->expert_down, st->local, El, C, Im);
     ep_reorder(m, st->scratch.wire, set->y, L->recv, 0);
     ep_check(comm_all_to_allv(m->ep, st->scratch.wire, recv, L->ey, send, ep_act_type(m)));
@@ -791,8 +791,8 @@ static void ep_experts_backward(Model *m, int l, DeepseekLayerActs *L, const Lay
     ep_row_counts(m, L, send, recv);
     ep_check(comm_all_to_allv(m->ep, dey, send, d->wire, recv, ep_act_type(m)));
     ep_reorder(m, d->y, d->wire, L->recv, 1);
-    m->be->moe_experts_backward(d->x, g->expert_gate, g->expert_up, g->expert_down, d->a, d->g,
-                                d->u, d->y, set->x, set->g, set->u, set->a, w->expert_gate,
+    m->be->moe_experts_backward(m->be, d->x, g->expert_gate, g->expert_up, g->expert_down, d->a,
+                                d->g, d->u, d->y, set->x, set->g, set->u, set->a, w->expert_gate,
                                 w->expert_up, w->expert_down, st->local, El, C, Im);
     ep_reorder(m, d->wire, d->x, L->recv, 0);
     ep_check(comm_all_to_allv(m->ep, d->wire, recv, dxs, send, ep_act_type(m)));
@@ -812,47 +812,48 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
     const size_t NC = (size_t)N * C;
     const float *resid_in = a->resid_in[l];
     /* attention: q, the kv latent with the shared rotary key, k and v per head */
-    be->rmsnorm_forward(L->ln1, L->ln1_rstd, resid_in, w->ln1, N, C, c->rms_norm_eps);
+    be->rmsnorm_forward(be, L->ln1, L->ln1_rstd, resid_in, w->ln1, N, C, c->rms_norm_eps);
     if (d.Rq > 0) {
-        be->matmul_forward(L->qa, L->ln1, w->wq_a, NULL, N, C, d.Rq);
-        be->act_to_f32(L->qa_f32, L->qa, d.Rq, N, d.Rq);
-        be->rmsnorm_forward(L->qa_n, L->qa_rstd, L->qa_f32, w->q_a_norm, N, d.Rq, LATENT_NORM_EPS);
-        be->matmul_forward(L->q, L->qa_n, w->wq_b, NULL, N, d.Rq, H * d.Dq);
+        be->matmul_forward(be, L->qa, L->ln1, w->wq_a, NULL, N, C, d.Rq);
+        be->act_to_f32(be, L->qa_f32, L->qa, d.Rq, N, d.Rq);
+        be->rmsnorm_forward(be, L->qa_n, L->qa_rstd, L->qa_f32, w->q_a_norm, N, d.Rq,
+                            LATENT_NORM_EPS);
+        be->matmul_forward(be, L->q, L->qa_n, w->wq_b, NULL, N, d.Rq, H * d.Dq);
     } else {
-        be->matmul_forward(L->q, L->ln1, w->wq, NULL, N, C, H * d.Dq);
+        be->matmul_forward(be, L->q, L->ln1, w->wq, NULL, N, C, H * d.Dq);
     }
-    be->matmul_forward(L->kva, L->ln1, w->wkv_a, NULL, N, C, d.kva);
-    be->act_to_f32(L->lat, L->kva, d.kva, N, d.Rkv);
-    be->rmsnorm_forward(L->lat_n, L->lat_rstd, L->lat, w->kv_a_norm, N, d.Rkv, LATENT_NORM_EPS);
-    be->matmul_forward(L->kv, L->lat_n, w->wkv_b, NULL, N, d.Rkv, d.kvb);
+    be->matmul_forward(be, L->kva, L->ln1, w->wkv_a, NULL, N, C, d.kva);
+    be->act_to_f32(be, L->lat, L->kva, d.kva, N, d.Rkv);
+    be->rmsnorm_forward(be, L->lat_n, L->lat_rstd, L->lat, w->kv_a_norm, N, d.Rkv, LATENT_NORM_EPS);
+    be->matmul_forward(be, L->kv, L->lat_n, w->wkv_b, NULL, N, d.Rkv, d.kvb);
     Act *q_rope = model_act_at(m, L->q, d.dn), *k_rope = model_act_at(m, L->kva, d.Rkv);
-    be->rope_block_forward(q_rope, H * d.Dq, d.Dq, m->rope_cos, m->rope_sin, d.B, d.T, H, d.dr,
+    be->rope_block_forward(be, q_rope, H * d.Dq, d.Dq, m->rope_cos, m->rope_sin, d.B, d.T, H, d.dr,
                            c->rope_interleave);
-    be->rope_block_forward(k_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
+    be->rope_block_forward(be, k_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
                            c->rope_interleave);
     /* kv_b's outputs are N x H rows of (nope, v): every head's k nope part and v in one copy
      * each, rows of N * H; the shared rotary key into every head's k */
-    be->copy_block(L->k, d.Dq, L->kv, d.dn + d.dv, N * H, d.dn, 0);
-    be->copy_block(L->v, d.dv, model_act_at(m, L->kv, d.dn), d.dn + d.dv, N * H, d.dv, 0);
+    be->copy_block(be, L->k, d.Dq, L->kv, d.dn + d.dv, N * H, d.dn, 0);
+    be->copy_block(be, L->v, d.dv, model_act_at(m, L->kv, d.dn), d.dn + d.dv, N * H, d.dv, 0);
     for (int h = 0; h < H; h++)
-        be->copy_block(model_act_at(m, L->k, (size_t)h * d.Dq + d.dn), H * d.Dq, k_rope, d.kva, N,
-                       d.dr, 0);
-    be->attention_forward_dv(L->att, L->lse, L->q, L->k, L->v, d.B, d.T, H, d.Dq, d.dv,
+        be->copy_block(be, model_act_at(m, L->k, (size_t)h * d.Dq + d.dn), H * d.Dq, k_rope, d.kva,
+                       N, d.dr, 0);
+    be->attention_forward_dv(be, L->att, L->lse, L->q, L->k, L->v, d.B, d.T, H, d.Dq, d.dv,
                              mla_scale(c));
     /* row parallel: partial sums over this rank's heads */
-    be->matmul_forward(a->tmp, L->att, w->wo, NULL, N, H * d.dv, C);
+    be->matmul_forward(be, a->tmp, L->att, w->wo, NULL, N, H * d.dv, C);
     model_tp_reduce_act(m, a->tmp, NC);
-    be->add_rmsnorm_forward(L->resid_mid, L->ln2, L->ln2_rstd, resid_in, a->tmp, w->ln2, N, C,
+    be->add_rmsnorm_forward(be, L->resid_mid, L->ln2, L->ln2_rstd, resid_in, a->tmp, w->ln2, N, C,
                             c->rms_norm_eps);
     if (!is_moe(c, l)) {
         const int I = m->tp_inter;
-        be->matmul_forward(L->gate, L->ln2, w->wgate, NULL, N, C, I);
-        be->matmul_forward(L->up, L->ln2, w->wup, NULL, N, C, I);
-        be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
+        be->matmul_forward(be, L->gate, L->ln2, w->wgate, NULL, N, C, I);
+        be->matmul_forward(be, L->up, L->ln2, w->wup, NULL, N, C, I);
+        be->swiglu_forward(be, L->act, L->gate, L->up, (size_t)N * I);
         if (!resid_out) return;
-        be->matmul_forward(a->tmp, L->act, w->wdown, NULL, N, I, C);
+        be->matmul_forward(be, a->tmp, L->act, w->wdown, NULL, N, I, C);
         model_tp_reduce_act(m, a->tmp, NC);
-        be->add(resid_out, L->resid_mid, a->tmp, NC);
+        be->add(be, resid_out, L->resid_mid, a->tmp, NC);
         return;
     }
     /* MoE: the shared experts see every token; the router sends each token to k experts. Under
@@ -862,31 +863,31 @@ static void deepseek_layer_forward(Model *m, int l, float *resid_out)
     const int E = c->n_routed_experts, k = c->num_experts_per_tok, Nk = N * k;
     const MoeRouting route = moe_routing(c);
     if (Is > 0) {
-        be->matmul_forward(L->gate, L->ln2, w->wgate, NULL, N, C, Is);
-        be->matmul_forward(L->up, L->ln2, w->wup, NULL, N, C, Is);
-        be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * Is);
+        be->matmul_forward(be, L->gate, L->ln2, w->wgate, NULL, N, C, Is);
+        be->matmul_forward(be, L->up, L->ln2, w->wup, NULL, N, C, Is);
+        be->swiglu_forward(be, L->act, L->gate, L->up, (size_t)N * Is);
     }
-    be->matmul_forward(L->logits, L->ln2, w->router, NULL, N, C, E);
-    be->moe_route(L->index, L->weight, L->scores, L->logits,
+    be->matmul_forward(be, L->logits, L->ln2, w->router, NULL, N, C, E);
+    be->moe_route(be, L->index, L->weight, L->scores, L->logits,
                   c->topk_method == MOE_NOAUX_TC ? w->router_bias : NULL, N, &route);
-    be->moe_permute(L->rows, L->row_weight, L->slot, L->counts, L->index, L->weight, N, E, k);
-    be->gather_rows(L->xs, L->ln2, L->rows, NULL, Nk, C);
+    be->moe_permute(be, L->rows, L->row_weight, L->slot, L->counts, L->index, L->weight, N, E, k);
+    be->gather_rows(be, L->xs, L->ln2, L->rows, NULL, Nk, C);
     if (m->ep)
         ep_experts_forward(m, l, L, w);
     else
-        be->moe_experts_forward(L->ey, L->eg, L->eu, L->ea, L->xs, w->expert_gate, w->expert_up,
+        be->moe_experts_forward(be, L->ey, L->eg, L->eu, L->ea, L->xs, w->expert_gate, w->expert_up,
                                 w->expert_down, L->counts, E, C, Im);
     if (!resid_out) return;
     for (int e = 0; e < E; e++)
         m->expert_tokens[(size_t)l * E + e] += L->counts[e];
-    be->mem_zero(s->moe_out, NC * m->act_size);
-    be->scatter_add_rows(s->moe_out, L->ey, L->rows, L->row_weight, Nk, C);
+    be->mem_zero(be, s->moe_out, NC * m->act_size);
+    be->scatter_add_rows(be, s->moe_out, L->ey, L->rows, L->row_weight, Nk, C);
     model_tp_reduce_act(m, s->moe_out, NC);
-    be->add(resid_out, L->resid_mid, s->moe_out, NC);
+    be->add(be, resid_out, L->resid_mid, s->moe_out, NC);
     if (Is > 0) {
-        be->matmul_forward(a->tmp, L->act, w->wdown, NULL, N, Is, C);
+        be->matmul_forward(be, a->tmp, L->act, w->wdown, NULL, N, Is, C);
         model_tp_reduce_act(m, a->tmp, NC);
-        be->add(resid_out, resid_out, a->tmp, NC);
+        be->add(be, resid_out, resid_out, a->tmp, NC);
     }
 }
 
@@ -904,12 +905,13 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     const int I = is_moe(c, l) ? c->moe_intermediate_size / m->tp_size * c->n_shared_experts
                                : m->tp_inter;
     if (I > 0) {
-        be->matmul_backward(s->dact, g->wdown, NULL, a->dresid_act, L->act, w->wdown, N, I, C, 0);
-        be->swiglu_backward(s->dgate, s->dup, s->dact, L->gate, L->up, (size_t)N * I);
-        be->matmul_backward(a->dln, g->wgate, NULL, s->dgate, L->ln2, w->wgate, N, C, I, 0);
-        be->matmul_backward(a->dln, g->wup, NULL, s->dup, L->ln2, w->wup, N, C, I, 1);
+        be->matmul_backward(be, s->dact, g->wdown, NULL, a->dresid_act, L->act, w->wdown, N, I, C,
+                            0);
+        be->swiglu_backward(be, s->dgate, s->dup, s->dact, L->gate, L->up, (size_t)N * I);
+        be->matmul_backward(be, a->dln, g->wgate, NULL, s->dgate, L->ln2, w->wgate, N, C, I, 0);
+        be->matmul_backward(be, a->dln, g->wup, NULL, s->dup, L->ln2, w->wup, N, C, I, 1);
     } else {
-        be->mem_zero(a->dln, (size_t)N * C * m->act_size);
+        be->mem_zero(be, a->dln, (size_t)N * C * m->act_size);
     }
     if (!is_moe(c, l)) {
         model_tp_reduce_act(m, a->dln, (size_t)N * C); /* column parallel: sum the slices */
@@ -920,24 +922,23 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     const int Im = c->moe_intermediate_size / m->tp_size, E = c->n_routed_experts;
     const int Nk = N * c->num_experts_per_tok;
     const MoeRouting route = moe_routing(c);
-    be->rows_dot(s->dweight, L->slot, a->dresid_act, L->rows, L->ey, Nk, C);
+    be->rows_dot(be, s->dweight, L->slot, a->dresid_act, L->rows, L->ey, Nk, C);
     model_tp_reduce(m, s->dweight, (size_t)Nk, COMM_SUM);
-    be->gather_rows(s->dey, a->dresid_act, L->rows, L->row_weight, Nk, C);
+    be->gather_rows(be, s->dey, a->dresid_act, L->rows, L->row_weight, Nk, C);
     if (m->ep)
         ep_experts_backward(m, l, L, w, g, s->dxs, s->dey);
     else
-        be->moe_experts_backward(s->dxs, g->expert_gate, g->expert_up, g->expert_down, s->dea,
-                                 s->deg, s->deu, s->dey, L->xs, L->eg, L->eu, L->ea,
-                                 w->expert_gate, w->expert_up, w->expert_down, L->counts, E, C,
-                                 Im);
-    be->scatter_add_rows(a->dln, s->dxs, L->rows, NULL, Nk, C);
-    be->moe_route_backward(s->dlogits, s->dweight, L->index, L->scores, N, &route);
+        be->moe_experts_backward(be, s->dxs, g->expert_gate, g->expert_up, g->expert_down, s->dea,
+                                 s->deg, s->deu, s->dey, L->xs, L->eg, L->eu, L->ea, w->expert_gate,
+                                 w->expert_up, w->expert_down, L->counts, E, C, Im);
+    be->scatter_add_rows(be, a->dln, s->dxs, L->rows, NULL, Nk, C);
+    be->moe_route_backward(be, s->dlogits, s->dweight, L->index, L->scores, N, &route);
     if (c->moe_balance_alpha > 0)
-        be->moe_balance(s->dlogits, &m->balance_loss, L->index, L->scores, a->dev_weights, m->B,
+        be->moe_balance(be, s->dlogits, &m->balance_loss, L->index, L->scores, a->dev_weights, m->B,
                         m->T, c->moe_balance_alpha, &route);
     /* the router is replicated: its input gradient is whole on every rank, so one rank adds
      * it to the slices' partial sums before they are summed */
-    be->matmul_backward(m->tp_rank == 0 ? a->dln : NULL, g->router, NULL, s->dlogits, L->ln2,
+    be->matmul_backward(be, m->tp_rank == 0 ? a->dln : NULL, g->router, NULL, s->dlogits, L->ln2,
                         w->router, N, C, E, 1);
     model_tp_reduce_act(m, a->dln, (size_t)N * C);
 }
@@ -955,54 +956,55 @@ static void deepseek_layer_backward(Model *m, int l)
     const MlaDims d = mla_dims(m);
     const int N = d.N, C = d.C, H = d.H;
     mlp_backward(m, l, L, w, g);
-    be->rmsnorm_backward(a->dresid, a->dresid_act, g->ln2, a->dln, L->resid_mid, w->ln2,
+    be->rmsnorm_backward(be, a->dresid, a->dresid_act, g->ln2, a->dln, L->resid_mid, w->ln2,
                          L->ln2_rstd, N, C);
     /* attention: dresid is now the gradient of resid_mid */
-    be->matmul_backward(s->datt, g->wo, NULL, a->dresid_act, L->att, w->wo, N, H * d.dv, C, 0);
-    be->attention_backward_dv(s->dq, s->dk, s->dv, s->datt, L->att, L->lse, L->q, L->k, L->v, d.B,
-                              d.T, H, d.Dq, d.dv, mla_scale(c));
+    be->matmul_backward(be, s->datt, g->wo, NULL, a->dresid_act, L->att, w->wo, N, H * d.dv, C, 0);
+    be->attention_backward_dv(be, s->dq, s->dk, s->dv, s->datt, L->att, L->lse, L->q, L->k, L->v,
+                              d.B, d.T, H, d.Dq, d.dv, mla_scale(c));
     /* k and v back into kv_b's outputs; every head's rotary key into the one shared key */
     Act *dk_rope = model_act_at(m, s->dkva, d.Rkv);
-    be->copy_block(s->dkv, d.dn + d.dv, s->dk, d.Dq, N * H, d.dn, 0);
-    be->copy_block(model_act_at(m, s->dkv, d.dn), d.dn + d.dv, s->dv, d.dv, N * H, d.dv, 0);
+    be->copy_block(be, s->dkv, d.dn + d.dv, s->dk, d.Dq, N * H, d.dn, 0);
+    be->copy_block(be, model_act_at(m, s->dkv, d.dn), d.dn + d.dv, s->dv, d.dv, N * H, d.dv, 0);
     for (int h = 0; h < H; h++) /* the heads' rotary key gradients summed in head order */
-        be->copy_block(dk_rope, d.kva, model_act_at(m, s->dk, (size_t)h * d.Dq + d.dn), H * d.Dq, N,
-                       d.dr, h > 0);
+        be->copy_block(be, dk_rope, d.kva, model_act_at(m, s->dk, (size_t)h * d.Dq + d.dn),
+                       H * d.Dq, N, d.dr, h > 0);
     /* kv_b's input gradient (the latent's) beside the shared key's: both partial sums over this
      * rank's heads under tensor parallelism, summed in one all-reduce of the kv_a gradient */
-    be->matmul_backward(s->dlat_n, g->wkv_b, NULL, s->dkv, L->lat_n, w->wkv_b, N, d.Rkv, d.kvb, 0);
+    be->matmul_backward(be, s->dlat_n, g->wkv_b, NULL, s->dkv, L->lat_n, w->wkv_b, N, d.Rkv, d.kvb,
+                        0);
     if (m->tp) {
-        be->copy_block(s->dkva, d.kva, s->dlat_n, d.Rkv, N, d.Rkv, 0);
+        be->copy_block(be, s->dkva, d.kva, s->dlat_n, d.Rkv, N, d.Rkv, 0);
         model_tp_reduce_act(m, s->dkva, (size_t)N * d.kva);
-        be->copy_block(s->dlat_n, d.Rkv, s->dkva, d.kva, N, d.Rkv, 0);
+        be->copy_block(be, s->dlat_n, d.Rkv, s->dkva, d.kva, N, d.Rkv, 0);
     }
-    be->rope_block_backward(dk_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
+    be->rope_block_backward(be, dk_rope, d.kva, 0, m->rope_cos, m->rope_sin, d.B, d.T, 1, d.dr,
                             c->rope_interleave);
-    be->rope_block_backward(model_act_at(m, s->dq, d.dn), H * d.Dq, d.Dq, m->rope_cos, m->rope_sin,
-                            d.B, d.T, H, d.dr, c->rope_interleave);
+    be->rope_block_backward(be, model_act_at(m, s->dq, d.dn), H * d.Dq, d.Dq, m->rope_cos,
+                            m->rope_sin, d.B, d.T, H, d.dr, c->rope_interleave);
     /* the latent's norm (replicated: whole gradients from here on) */
-    be->mem_zero(s->dlat, (size_t)N * d.Rkv * sizeof(float));
-    be->rmsnorm_backward(s->dlat, s->dlat_act, g->kv_a_norm, s->dlat_n, L->lat, w->kv_a_norm,
+    be->mem_zero(be, s->dlat, (size_t)N * d.Rkv * sizeof(float));
+    be->rmsnorm_backward(be, s->dlat, s->dlat_act, g->kv_a_norm, s->dlat_n, L->lat, w->kv_a_norm,
                          L->lat_rstd, N, d.Rkv);
-    be->copy_block(s->dkva, d.kva, s->dlat_act, d.Rkv, N, d.Rkv, 0);
+    be->copy_block(be, s->dkva, d.kva, s->dlat_act, d.Rkv, N, d.Rkv, 0);
     /* q, then kv_a: dln is their input gradients' sum */
     if (d.Rq > 0) {
         /* q_b is column parallel: its input gradient is summed before the latent's norm */
-        be->matmul_backward(s->dqa_n, g->wq_b, NULL, s->dq, L->qa_n, w->wq_b, N, d.Rq, H * d.Dq,
+        be->matmul_backward(be, s->dqa_n, g->wq_b, NULL, s->dq, L->qa_n, w->wq_b, N, d.Rq, H * d.Dq,
                             0);
         model_tp_reduce_act(m, s->dqa_n, (size_t)N * d.Rq);
-        be->mem_zero(s->dqa_f32, (size_t)N * d.Rq * sizeof(float));
-        be->rmsnorm_backward(s->dqa_f32, s->dqa, g->q_a_norm, s->dqa_n, L->qa_f32, w->q_a_norm,
+        be->mem_zero(be, s->dqa_f32, (size_t)N * d.Rq * sizeof(float));
+        be->rmsnorm_backward(be, s->dqa_f32, s->dqa, g->q_a_norm, s->dqa_n, L->qa_f32, w->q_a_norm,
                              L->qa_rstd, N, d.Rq);
-        be->matmul_backward(a->dln, g->wq_a, NULL, s->dqa, L->ln1, w->wq_a, N, C, d.Rq, 0);
+        be->matmul_backward(be, a->dln, g->wq_a, NULL, s->dqa, L->ln1, w->wq_a, N, C, d.Rq, 0);
     } else {
         /* q_proj is column parallel: its partial sums are summed before kv_a's whole part */
-        be->matmul_backward(a->dln, g->wq, NULL, s->dq, L->ln1, w->wq, N, C, H * d.Dq, 0);
+        be->matmul_backward(be, a->dln, g->wq, NULL, s->dq, L->ln1, w->wq, N, C, H * d.Dq, 0);
         model_tp_reduce_act(m, a->dln, (size_t)N * C);
     }
-    be->matmul_backward(a->dln, g->wkv_a, NULL, s->dkva, L->ln1, w->wkv_a, N, C, d.kva, 1);
-    be->rmsnorm_backward(a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln, a->resid_in[l],
-                         w->ln1, L->ln1_rstd, N, C);
+    be->matmul_backward(be, a->dln, g->wkv_a, NULL, s->dkva, L->ln1, w->wkv_a, N, C, d.kva, 1);
+    be->rmsnorm_backward(be, a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln,
+                         a->resid_in[l], w->ln1, L->ln1_rstd, N, C);
 }
 
 int model_moe_routing(const Model *m, int l, const int32_t **index, const float **weight,

@@ -215,27 +215,27 @@ static void llama_layer_forward(Model *m, int l, float *resid_out)
     const float *resid_in = a->resid_in[l];
     const LayerWeights *w = &m->w.layers[l];
     /* attention block */
-    be->rmsnorm_forward(L->ln1, L->ln1_rstd, resid_in, w->ln1, N, C, c->rms_norm_eps);
-    be->matmul_forward(L->q, L->ln1, w->wq, w->bq, N, C, QD);
-    be->matmul_forward(L->k, L->ln1, w->wk, w->bk, N, C, KVD);
-    be->matmul_forward(L->v, L->ln1, w->wv, w->bv, N, C, KVD);
-    be->rope_forward(L->q, m->rope_cos, m->rope_sin, B, T, H, D);
-    be->rope_forward(L->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
-    be->attention_forward(L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
+    be->rmsnorm_forward(be, L->ln1, L->ln1_rstd, resid_in, w->ln1, N, C, c->rms_norm_eps);
+    be->matmul_forward(be, L->q, L->ln1, w->wq, w->bq, N, C, QD);
+    be->matmul_forward(be, L->k, L->ln1, w->wk, w->bk, N, C, KVD);
+    be->matmul_forward(be, L->v, L->ln1, w->wv, w->bv, N, C, KVD);
+    be->rope_forward(be, L->q, m->rope_cos, m->rope_sin, B, T, H, D);
+    be->rope_forward(be, L->k, m->rope_cos, m->rope_sin, B, T, KVH, D);
+    be->attention_forward(be, L->att, L->lse, L->q, L->k, L->v, B, T, H, KVH, D);
     /* row parallel: partial sums over this rank's heads; one rank adds the bias */
-    be->matmul_forward(a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
+    be->matmul_forward(be, a->tmp, L->att, w->wo, m->tp_rank == 0 ? w->bo : NULL, N, QD, C);
     model_tp_reduce_act(m, a->tmp, (size_t)N * C);
     /* the residual add and the MLP block's norm */
-    be->add_rmsnorm_forward(L->resid_mid, L->ln2, L->ln2_rstd, resid_in, a->tmp, w->ln2, N, C,
+    be->add_rmsnorm_forward(be, L->resid_mid, L->ln2, L->ln2_rstd, resid_in, a->tmp, w->ln2, N, C,
                             c->rms_norm_eps);
     /* MLP block */
-    be->matmul_forward(L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
-    be->matmul_forward(L->up, L->ln2, w->wup, w->bup, N, C, I);
-    be->swiglu_forward(L->act, L->gate, L->up, (size_t)N * I);
+    be->matmul_forward(be, L->gate, L->ln2, w->wgate, w->bgate, N, C, I);
+    be->matmul_forward(be, L->up, L->ln2, w->wup, w->bup, N, C, I);
+    be->swiglu_forward(be, L->act, L->gate, L->up, (size_t)N * I);
     if (!resid_out) return;
-    be->matmul_forward(a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
+    be->matmul_forward(be, a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
     model_tp_reduce_act(m, a->tmp, (size_t)N * C);
-    be->add(resid_out, L->resid_mid, a->tmp, (size_t)N * C);
+    be->add(be, resid_out, L->resid_mid, a->tmp, (size_t)N * C);
 }
 
 /* Backward of layer l: dresid (and its Act copy) holds the gradient of the layer's output on
@@ -254,26 +254,27 @@ static void llama_layer_backward(Model *m, int l)
     const LayerWeights *w = &m->w.layers[l];
     LayerWeights *g = &m->g.layers[l];
     /* MLP block */
-    be->matmul_backward(s->dact, g->wdown, g->bdown, a->dresid_act, L->act, w->wdown, N, I, C, 0);
-    be->swiglu_backward(s->dgate, s->dup, s->dact, L->gate, L->up, (size_t)N * I);
-    be->matmul_backward(a->dln, g->wgate, g->bgate, s->dgate, L->ln2, w->wgate, N, C, I, 0);
-    be->matmul_backward(a->dln, g->wup, g->bup, s->dup, L->ln2, w->wup, N, C, I, 1);
+    be->matmul_backward(be, s->dact, g->wdown, g->bdown, a->dresid_act, L->act, w->wdown, N, I, C,
+                        0);
+    be->swiglu_backward(be, s->dgate, s->dup, s->dact, L->gate, L->up, (size_t)N * I);
+    be->matmul_backward(be, a->dln, g->wgate, g->bgate, s->dgate, L->ln2, w->wgate, N, C, I, 0);
+    be->matmul_backward(be, a->dln, g->wup, g->bup, s->dup, L->ln2, w->wup, N, C, I, 1);
     model_tp_reduce_act(m, a->dln, NC); /* column parallel: sum over the ranks' slices */
-    be->rmsnorm_backward(a->dresid, a->dresid_act, g->ln2, a->dln, L->resid_mid, w->ln2,
+    be->rmsnorm_backward(be, a->dresid, a->dresid_act, g->ln2, a->dln, L->resid_mid, w->ln2,
                          L->ln2_rstd, N, C);
     /* attention block: dresid is now the gradient of resid_mid */
-    be->matmul_backward(s->datt, g->wo, g->bo, a->dresid_act, L->att, w->wo, N, QD, C, 0);
-    be->attention_backward(s->dq, s->dk, s->dv, s->datt, L->att, L->lse, L->q, L->k, L->v, B, T, H,
-                           KVH, D);
-    be->rope_backward(s->dq, m->rope_cos, m->rope_sin, B, T, H, D);
-    be->rope_backward(s->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
-    be->matmul_backward(a->dln, g->wq, g->bq, s->dq, L->ln1, w->wq, N, C, QD, 0);
-    be->matmul_backward(a->dln, g->wk, g->bk, s->dk, L->ln1, w->wk, N, C, KVD, 1);
-    be->matmul_backward(a->dln, g->wv, g->bv, s->dv, L->ln1, w->wv, N, C, KVD, 1);
+    be->matmul_backward(be, s->datt, g->wo, g->bo, a->dresid_act, L->att, w->wo, N, QD, C, 0);
+    be->attention_backward(be, s->dq, s->dk, s->dv, s->datt, L->att, L->lse, L->q, L->k, L->v, B, T,
+                           H, KVH, D);
+    be->rope_backward(be, s->dq, m->rope_cos, m->rope_sin, B, T, H, D);
+    be->rope_backward(be, s->dk, m->rope_cos, m->rope_sin, B, T, KVH, D);
+    be->matmul_backward(be, a->dln, g->wq, g->bq, s->dq, L->ln1, w->wq, N, C, QD, 0);
+    be->matmul_backward(be, a->dln, g->wk, g->bk, s->dk, L->ln1, w->wk, N, C, KVD, 1);
+    be->matmul_backward(be, a->dln, g->wv, g->bv, s->dv, L->ln1, w->wv, N, C, KVD, 1);
     model_tp_reduce_act(m, a->dln, NC);
     /* the embedding's backward reads dresid itself: layer 0 needs no Act copy */
-    be->rmsnorm_backward(a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln, a->resid_in[l],
-                         w->ln1, L->ln1_rstd, N, C);
+    be->rmsnorm_backward(be, a->dresid, l > 0 ? a->dresid_act : NULL, g->ln1, a->dln,
+                         a->resid_in[l], w->ln1, L->ln1_rstd, N, C);
 }
 
 /* ---- the architectures ------------------------------------------------------------------ */

@@ -350,7 +350,7 @@ int continual_fisher(Run *r, int k)
     const size_t lo = r->ewc.lo, hi = r->ewc.hi;
     const double tf = ds_now();
     if (r->fisher_work != &r->model) /* a model of the same layout on the same backend */
-        r->model.be->mem_copy(r->fisher_work->params, r->model.params,
+        r->model.be->mem_copy(r->model.be, r->fisher_work->params, r->model.params,
                               r->model.table.total * sizeof(float));
     /* the phase's examples one at a time, the same order on every rank (each computes its
      * share of the units), an order of their own */
@@ -409,7 +409,7 @@ int continual_fisher(Run *r, int k)
 static int gather_shard(const Run *r, const float *shard, float *full)
 {
     const size_t lo = r->opt.shard_begin, n = r->opt.n;
-    r->be->mem_to_host(full + lo, shard, n * sizeof(float)); /* memcpy on the CPU */
+    r->be->mem_to_host(r->be, full + lo, shard, n * sizeof(float)); /* memcpy on the CPU */
     if (!r->opt.zero || r->grid.edp_size == 1) return DS_OK;
     return comm_all_gather(comm_edp(&r->grid), full, n, COMM_F32);
 }

@@ -68,8 +68,8 @@ int eval_check_memory(const ModelConfig *mc, int batch, int seq_len, const Backe
     snprintf(subject, sizeof(subject), "reading the weights for the GPU (a host copy of %s)",
              memory_bytes_text(a, (double)mm.params));
     DS_TRY(memory_check_host((double)mm.params, subject, "evaluate on a host with more memory"));
-    const double act_share = be->act_size() / 4.0;
-    const double copies = be->act_size() < 4 ? mm.params / 2.0 : 0.0; /* the bf16 copy */
+    const double act_share = be->act_size(be) / 4.0;
+    const double copies = be->act_size(be) < 4 ? mm.params / 2.0 : 0.0; /* the bf16 copy */
     const double need = weights + copies + (double)mm.activations * act_share;
     uint64_t have = 0, total = 0;
     DS_TRY(memory_device_free(be, &have, &total));
@@ -126,60 +126,15 @@ static void eval_flush(Model *m, int rows, double *sum, double *count)
     *sum += model_forward(m, m->inputs, m->targets, m->loss_weights, NULL);
 }
 
-int eval_main(int argc, char **argv)
+/* The mean loss of a causal LM over every document of data_path, on be. */
+static int eval_lm(const char *model_dir, const ModelConfig *mc, const Backend *be,
+                   const char *data_path, int seq_len, int batch)
 {
-    const char *model_dir = NULL, *data_path = NULL, *logits_path = NULL;
-    const char *device = "cpu", *precision = "auto";
-    int seq_len = 0, batch = 0, allow_extra = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            eval_usage(stdout);
-            return DS_OK;
-        }
-        if (strcmp(a, "--allow-extra-tensors") == 0) {
-            allow_extra = 1;
-            continue;
-        }
-        if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "%s: expects a value", a);
-        if (strcmp(a, "--model") == 0) model_dir = argv[++i];
-        else if (strcmp(a, "--data") == 0) data_path = argv[++i];
-        else if (strcmp(a, "--seq-len") == 0) DS_TRY(parse_positive(a, argv[++i], &seq_len));
-        else if (strcmp(a, "--batch") == 0) DS_TRY(parse_positive(a, argv[++i], &batch));
-        else if (strcmp(a, "--logits") == 0) logits_path = argv[++i];
-        else if (strcmp(a, "--device") == 0) device = argv[++i];
-        else if (strcmp(a, "--precision") == 0) precision = argv[++i];
-        else return ds_error(DS_ERR_INPUT, "eval: unknown option %s (see dstrain eval --help)", a);
-    }
-    if (!model_dir || !data_path) {
-        eval_usage(stderr);
-        return ds_error(DS_ERR_INPUT, "eval: --model and --data are required");
-    }
-    DS_TRY(eval_device_check(device, precision)); /* the flags first, the device once the
-                                                   * model is found */
-    char resolved[MODEL_PATH_MAX];
-    ModelPathKind kind;
-    DS_TRY(model_path_resolve("eval", model_dir, resolved, sizeof(resolved), &kind));
-    model_dir = resolved;
-    ModelConfig mc;
-    /* a checkpoint holds its model's config.json */
-    DS_TRY(hf_config_load_with(model_dir, allow_extra ? HF_EXTRA_WARN : HF_EXTRA_REFUSE, &mc));
-    const Backend *be = NULL;
-    DS_TRY(eval_backend(device, precision, &be));
-    if (mc.num_labels > 0) { /* classify.c */
-        double accuracy;
-        return classify_eval(model_dir, &mc, be, data_path, seq_len, batch, logits_path, &accuracy);
-    }
-    if (logits_path)
-        return ds_error(DS_ERR_INPUT,
-                        "eval: --logits is for classification models; %s is a "
-                        "causal LM",
-                        model_dir);
     TokenDataset *ds = NULL;
     Model m = {0};
     int32_t *doc = NULL;
     uint8_t *mask = NULL;
-    int status = dataset_open(data_path, mc.vocab_size, &ds);
+    int status = dataset_open(data_path, mc->vocab_size, &ds);
     if (status != DS_OK) return status;
     /* cheap checks first: the window is sized from the data (no longer than the longest
      * document needs: each document is then one window, whatever --seq-len asked, and the
@@ -187,7 +142,8 @@ int eval_main(int argc, char **argv)
     int64_t longest = 0, windows = 0;
     for (int64_t d = 0; d < dataset_info(ds)->n_docs; d++)
         if (dataset_doc_length(ds, d) > longest) longest = dataset_doc_length(ds, d);
-    if (seq_len == 0) seq_len = mc.max_position_embeddings > 0 ? mc.max_position_embeddings : 2048;
+    if (seq_len == 0)
+        seq_len = mc->max_position_embeddings > 0 ? mc->max_position_embeddings : 2048;
     if (longest - 1 < seq_len) seq_len = longest > 2 ? (int)(longest - 1) : 1;
     for (int64_t d = 0; d < dataset_info(ds)->n_docs; d++) { /* and no more rows than windows */
         const int64_t len = dataset_doc_length(ds, d);
@@ -195,9 +151,9 @@ int eval_main(int argc, char **argv)
     }
     if (batch == 0) batch = seq_len >= 4096 ? 1 : 4096 / seq_len;
     if (windows > 0 && batch > windows) batch = (int)windows;
-    if ((status = eval_check_memory(&mc, batch, seq_len, be)) != DS_OK) goto done;
-    if ((status = model_init(&m, &mc, be, batch, seq_len)) != DS_OK) goto done;
-    if ((status = model_load_path(&m, model_dir, &mc)) != DS_OK) goto done;
+    if ((status = eval_check_memory(mc, batch, seq_len, be)) != DS_OK) goto done;
+    if ((status = model_init(&m, mc, be, batch, seq_len)) != DS_OK) goto done;
+    if ((status = model_load_path(&m, model_dir, mc)) != DS_OK) goto done;
     const DatasetInfo *info = dataset_info(ds);
     doc = ds_malloc(((size_t)seq_len + 1) * sizeof(int32_t));
     mask = ds_malloc((size_t)seq_len + 1);
@@ -241,5 +197,70 @@ done:
     free(mask);
     model_free(&m);
     dataset_close(ds);
+    return status;
+}
+
+int eval_main(int argc, char **argv)
+{
+    const char *model_dir = NULL, *data_path = NULL, *logits_path = NULL;
+    const char *device = "cpu", *precision = "auto";
+    int seq_len = 0, batch = 0, allow_extra = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            eval_usage(stdout);
+            return DS_OK;
+        }
+        if (strcmp(a, "--allow-extra-tensors") == 0) {
+            allow_extra = 1;
+            continue;
+        }
+        if (i + 1 >= argc) return ds_error(DS_ERR_INPUT, "%s: expects a value", a);
+        if (strcmp(a, "--model") == 0)
+            model_dir = argv[++i];
+        else if (strcmp(a, "--data") == 0)
+            data_path = argv[++i];
+        else if (strcmp(a, "--seq-len") == 0)
+            DS_TRY(parse_positive(a, argv[++i], &seq_len));
+        else if (strcmp(a, "--batch") == 0)
+            DS_TRY(parse_positive(a, argv[++i], &batch));
+        else if (strcmp(a, "--logits") == 0)
+            logits_path = argv[++i];
+        else if (strcmp(a, "--device") == 0)
+            device = argv[++i];
+        else if (strcmp(a, "--precision") == 0)
+            precision = argv[++i];
+        else
+            return ds_error(DS_ERR_INPUT, "eval: unknown option %s (see dstrain eval --help)", a);
+    }
+    if (!model_dir || !data_path) {
+        eval_usage(stderr);
+        return ds_error(DS_ERR_INPUT, "eval: --model and --data are required");
+    }
+    DS_TRY(eval_device_check(device, precision)); /* the flags first, the device once the
+                                                   * model is found */
+    char resolved[MODEL_PATH_MAX];
+    ModelPathKind kind;
+    DS_TRY(model_path_resolve("eval", model_dir, resolved, sizeof(resolved), &kind));
+    model_dir = resolved;
+    ModelConfig mc;
+    /* a checkpoint holds its model's config.json */
+    DS_TRY(hf_config_load_with(model_dir, allow_extra ? HF_EXTRA_WARN : HF_EXTRA_REFUSE, &mc));
+    const Backend *be = NULL;
+    DS_TRY(eval_backend(device, precision, &be));
+    int status;
+    if (mc.num_labels > 0) { /* classify.c */
+        double accuracy;
+        status =
+            classify_eval(model_dir, &mc, be, data_path, seq_len, batch, logits_path, &accuracy);
+    } else if (logits_path) {
+        status = ds_error(DS_ERR_INPUT,
+                          "eval: --logits is for classification models; %s is a "
+                          "causal LM",
+                          model_dir);
+    } else {
+        status = eval_lm(model_dir, &mc, be, data_path, seq_len, batch);
+    }
+    backend_free(be);
     return status;
 }

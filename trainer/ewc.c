@@ -86,8 +86,8 @@ int ewc_init_on(EwcState *e, EwcMode mode, float lambda, float gamma, size_t lo,
 static void free_sets(EwcState *e)
 {
     for (int k = 0; k < e->n_sets; k++) {
-        e->be->mem_free(e->fisher[k]);
-        e->be->mem_free(e->anchor[k]);
+        e->be->mem_free(e->be, e->fisher[k]);
+        e->be->mem_free(e->be, e->anchor[k]);
         e->fisher[k] = e->anchor[k] = NULL;
     }
     e->n_sets = 0;
@@ -109,11 +109,11 @@ static int ewc_add_set(EwcState *e, int task_id)
     size_t n = e->hi - e->lo;
     int k = e->n_sets;
     /* zeroed, 256-byte aligned, in the memory the fused update reads */
-    e->fisher[k] = e->be->mem_alloc((n ? n : 1) * sizeof(float));
-    e->anchor[k] = e->be->mem_alloc((n ? n : 1) * sizeof(float));
+    e->fisher[k] = e->be->mem_alloc(e->be, (n ? n : 1) * sizeof(float));
+    e->anchor[k] = e->be->mem_alloc(e->be, (n ? n : 1) * sizeof(float));
     if (!e->fisher[k] || !e->anchor[k]) {
-        e->be->mem_free(e->fisher[k]);
-        e->be->mem_free(e->anchor[k]);
+        e->be->mem_free(e->be, e->fisher[k]);
+        e->be->mem_free(e->be, e->anchor[k]);
         e->fisher[k] = e->anchor[k] = NULL;
         return DS_ERR_INTERNAL;
     }
@@ -162,12 +162,12 @@ int ewc_consolidate(EwcState *e, const float *fisher_new, const float *params, i
         OnlineFold fold = {e->gamma, fn};
         DS_TRY(backend_stage(e->be, e->fisher[0], n, STAGE_UPDATE, EWC_STAGE_FLOATS, e->staging,
                              online_fold, &fold));
-        e->be->mem_copy(e->anchor[0], p, n * sizeof(float));
+        e->be->mem_copy(e->be, e->anchor[0], p, n * sizeof(float));
         e->task_id[0] = task_id;
     } else {
         DS_TRY(ewc_add_set(e, task_id));
-        e->be->mem_to_device(e->fisher[e->n_sets - 1], fn, n * sizeof(float));
-        e->be->mem_copy(e->anchor[e->n_sets - 1], p, n * sizeof(float));
+        e->be->mem_to_device(e->be, e->fisher[e->n_sets - 1], fn, n * sizeof(float));
+        e->be->mem_copy(e->be, e->anchor[e->n_sets - 1], p, n * sizeof(float));
     }
     e->tasks_seen++;
     return DS_OK;
@@ -821,7 +821,7 @@ int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt)
             char group[32];
             snprintf(group, sizeof(group), "%s_%d", which ? "anchor" : "fisher", k);
             float *dst = which ? e->anchor[k] : e->fisher[k];
-            e->be->mem_zero(dst, n * sizeof(float));
+            e->be->mem_zero(e->be, dst, n * sizeof(float));
             for (int i = 0; i < pt->count && status == DS_OK; i++) {
                 const ParamInfo *p = &pt->items[i];
                 /* the part of the tensor inside this rank's shard [lo, hi) */
@@ -830,7 +830,7 @@ int ewc_load_tensors(EwcState *e, const char *path, const ParamTable *pt)
                 if (b >= end) continue;
                 if ((status = tensor_io(file, path, group, p, buf, 0)) != DS_OK) break;
                 /* from the host buffer straight into backend memory: no staging needed */
-                e->be->mem_to_device(dst + (b - e->lo), buf + (b - p->offset),
+                e->be->mem_to_device(e->be, dst + (b - e->lo), buf + (b - p->offset),
                                      (end - b) * sizeof(float));
             }
         }

@@ -427,6 +427,7 @@ int generate_main(int argc, char **argv)
     }
 done:
     model_free(&model);
+    backend_free(be);
     if (ckpt) ckpt_close(ckpt);
     free(ids);
     free(logits);

@@ -126,7 +126,7 @@ int memory_device_free(const Backend *be, uint64_t *free_bytes, uint64_t *total_
     if (!be->mem_info)
         return ds_error(DS_ERR_INPUT, "memory: the %s backend has no device memory", be->name);
     size_t f = 0, t = 0;
-    DS_TRY(be->mem_info(&f, &t));
+    DS_TRY(be->mem_info(be, &f, &t));
     *free_bytes = f;
     *total_bytes = t;
     return DS_OK;

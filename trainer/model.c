@@ -279,7 +279,7 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->be = be;
     m->B = B;
     m->T = T;
-    m->act_size = be->act_size();
+    m->act_size = be->act_size(be);
     m->arch = model_architecture(mc->arch);
     if (!m->arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
     DS_TRY(backend_check(be));
@@ -317,28 +317,28 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     }
     size_t N = (size_t)B * T;
     /* everything the ops touch comes from the backend's allocator (device memory on a GPU) */
-    m->params = be->mem_alloc(m->table.total * sizeof(float));
-    m->grads = be->mem_alloc(m->table.total * sizeof(float));
+    m->params = be->mem_alloc(be, m->table.total * sizeof(float));
+    m->grads = be->mem_alloc(be, m->table.total * sizeof(float));
     m->w.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
     m->g.layers = ds_calloc((size_t)mc->num_layers, sizeof(LayerWeights));
     m->act = activations_alloc(m);
     if (!m->params || !m->grads || !m->w.layers || !m->g.layers || !m->act) return DS_ERR_INTERNAL;
     /* mixed precision: the backend's bf16 working copy of the weights, refreshed by forward */
-    if (be->weights_attach) DS_TRY(be->weights_attach(m->params, m->table.total));
+    if (be->weights_attach) DS_TRY(be->weights_attach(be, m->params, m->table.total));
     DS_TRY(layer_weights_alloc(m, &m->w));
     DS_TRY(layer_weights_alloc(m, &m->g));
     weights_bind(m, m->params, &m->w);
     weights_bind(m, m->grads, &m->g);
 
     m->arena_bytes = arena_layout(m, m->act, NULL);
-    m->arena = be->mem_alloc(m->arena_bytes);
+    m->arena = be->mem_alloc(be, m->arena_bytes);
     const size_t rope_bytes = (size_t)T * (size_t)(m->arch->rope_dim(mc) / 2) * sizeof(float);
-    m->rope_cos = be->mem_alloc(rope_bytes);
-    m->rope_sin = be->mem_alloc(rope_bytes);
-    m->act->dev_inputs = be->mem_alloc(N * sizeof(int32_t));
-    m->act->dev_targets = be->mem_alloc(N * sizeof(int32_t));
-    m->act->dev_weights = be->mem_alloc(N * sizeof(float));
-    m->act->dev_losses = be->mem_alloc(N * sizeof(float));
+    m->rope_cos = be->mem_alloc(be, rope_bytes);
+    m->rope_sin = be->mem_alloc(be, rope_bytes);
+    m->act->dev_inputs = be->mem_alloc(be, N * sizeof(int32_t));
+    m->act->dev_targets = be->mem_alloc(be, N * sizeof(int32_t));
+    m->act->dev_weights = be->mem_alloc(be, N * sizeof(float));
+    m->act->dev_losses = be->mem_alloc(be, N * sizeof(float));
     if (!m->act->dev_inputs || !m->act->dev_targets || !m->act->dev_weights ||
         !m->act->dev_losses)
         return DS_ERR_INTERNAL;
@@ -365,8 +365,8 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
         return DS_ERR_INTERNAL;
     }
     rope_tables(mc, T, host_cos, host_sin);
-    be->mem_to_device(m->rope_cos, host_cos, rope_bytes);
-    be->mem_to_device(m->rope_sin, host_sin, rope_bytes);
+    be->mem_to_device(be, m->rope_cos, host_cos, rope_bytes);
+    be->mem_to_device(be, m->rope_sin, host_sin, rope_bytes);
     free(host_cos);
     free(host_sin);
     return DS_OK;
@@ -377,17 +377,17 @@ void model_free(Model *m)
     const Backend *be = m->be;
     if (be) {
         if (m->act) {
-            be->mem_free(m->act->dev_inputs);
-            be->mem_free(m->act->dev_targets);
-            be->mem_free(m->act->dev_weights);
-            be->mem_free(m->act->dev_losses);
+            be->mem_free(be, m->act->dev_inputs);
+            be->mem_free(be, m->act->dev_targets);
+            be->mem_free(be, m->act->dev_weights);
+            be->mem_free(be, m->act->dev_losses);
         }
-        if (be->weights_detach && m->params) be->weights_detach(m->params);
-        be->mem_free(m->params);
-        be->mem_free(m->grads);
-        be->mem_free(m->arena);
-        be->mem_free(m->rope_cos);
-        be->mem_free(m->rope_sin);
+        if (be->weights_detach && m->params) be->weights_detach(be, m->params);
+        be->mem_free(be, m->params);
+        be->mem_free(be, m->grads);
+        be->mem_free(be, m->arena);
+        be->mem_free(be, m->rope_cos);
+        be->mem_free(be, m->rope_sin);
     }
     if (m->ep_state && m->arch->ep_free) m->arch->ep_free(m);
     activations_free(m->act);
@@ -463,14 +463,14 @@ void model_init_weights(Model *m, uint64_t seed, float std)
             slice_put(p, cols, x, j, v0);
             if (j + 1 < full) slice_put(p, cols, x, j + 1, v1);
         }
-        m->be->mem_to_device(m->params + p->offset, x, p->numel * sizeof(float));
+        m->be->mem_to_device(m->be, m->params + p->offset, x, p->numel * sizeof(float));
     }
     free(x);
 }
 
 void model_zero_grad(Model *m)
 {
-    m->be->mem_zero(m->grads, m->table.total * sizeof(float));
+    m->be->mem_zero(m->be, m->grads, m->table.total * sizeof(float));
 }
 
 /* ---- forward and backward ----------------------------------------------------------------- */
@@ -485,7 +485,7 @@ Act *model_act_at(const Model *m, const Act *x, size_t elems)
  * elements i and up, already read. */
 static void act_to_host(const Model *m, float *host, const Act *x, size_t n)
 {
-    m->be->mem_to_host(host, x, n * m->act_size);
+    m->be->mem_to_host(m->be, host, x, n * m->act_size);
     if (m->act_size == sizeof(float)) return;
     for (size_t i = n; i-- > 0;) {
         uint16_t h;
@@ -512,19 +512,20 @@ static double classify_forward(Model *m, const int32_t *labels, const float *wei
                 if (m->inputs[(size_t)b * T + t] != pad) last = t;
         }
         m->cls_last[b] = last;
-        be->mem_to_host(m->cls_row, model_act_at(m, a->final_norm, ((size_t)b * T + last) * C),
+        be->mem_to_host(be, m->cls_row, model_act_at(m, a->final_norm, ((size_t)b * T + last) * C),
                         C * m->act_size);
-        be->mem_to_device(model_act_at(m, a->cls_hidden, (size_t)b * C), m->cls_row, C * m->act_size);
+        be->mem_to_device(be, model_act_at(m, a->cls_hidden, (size_t)b * C), m->cls_row,
+                          C * m->act_size);
     }
-    be->matmul_forward(a->cls_logits, a->cls_hidden, m->w.score, NULL, B, C, L);
+    be->matmul_forward(be, a->cls_logits, a->cls_hidden, m->w.score, NULL, B, C, L);
     if (logits_out) act_to_host(m, logits_out, a->cls_logits, (size_t)B * L);
     if (!labels) return 0.0;
     if (labels != m->targets) memcpy(m->targets, labels, (size_t)B * sizeof(int32_t));
     if (weights != m->loss_weights) memcpy(m->loss_weights, weights, (size_t)B * sizeof(float));
-    be->mem_to_device(a->dev_targets, m->targets, (size_t)B * sizeof(int32_t));
-    be->mem_to_device(a->dev_weights, m->loss_weights, (size_t)B * sizeof(float));
-    be->cross_entropy(a->dev_losses, a->cls_logits, a->dev_targets, a->dev_weights, B, L, 1);
-    be->mem_to_host(m->losses, a->dev_losses, (size_t)B * sizeof(float));
+    be->mem_to_device(be, a->dev_targets, m->targets, (size_t)B * sizeof(int32_t));
+    be->mem_to_device(be, a->dev_weights, m->loss_weights, (size_t)B * sizeof(float));
+    be->cross_entropy(be, a->dev_losses, a->cls_logits, a->dev_targets, a->dev_weights, B, L, 1);
+    be->mem_to_host(be, m->losses, a->dev_losses, (size_t)B * sizeof(float));
     double loss = 0.0;
     for (int b = 0; b < B; b++) loss += (double)m->loss_weights[b] * m->losses[b];
     return loss;
@@ -537,13 +538,14 @@ static void classify_backward(Model *m)
     const Backend *be = m->be;
     ModelActivations *a = m->act;
     const int B = m->B, T = m->T, C = m->cfg.hidden_size, L = m->cfg.num_labels;
-    be->matmul_backward(a->cls_dhidden, m->g.score, NULL, a->cls_logits, a->cls_hidden, m->w.score,
-                        B, C, L, 0);
-    be->mem_zero(a->dln, (size_t)B * T * C * m->act_size);
+    be->matmul_backward(be, a->cls_dhidden, m->g.score, NULL, a->cls_logits, a->cls_hidden,
+                        m->w.score, B, C, L, 0);
+    be->mem_zero(be, a->dln, (size_t)B * T * C * m->act_size);
     for (int b = 0; b < B; b++) {
-        be->mem_to_host(m->cls_row, model_act_at(m, a->cls_dhidden, (size_t)b * C), C * m->act_size);
-        be->mem_to_device(model_act_at(m, a->dln, ((size_t)b * T + m->cls_last[b]) * C), m->cls_row,
-                          C * m->act_size);
+        be->mem_to_host(be, m->cls_row, model_act_at(m, a->cls_dhidden, (size_t)b * C),
+                        C * m->act_size);
+        be->mem_to_device(be, model_act_at(m, a->dln, ((size_t)b * T + m->cls_last[b]) * C),
+                          m->cls_row, C * m->act_size);
     }
 }
 
@@ -574,12 +576,12 @@ static void vocab_parallel_cross_entropy(Model *m, int r0, int rows, int write_g
     const Backend *be = m->be;
     ModelActivations *a = m->act;
     const int V = m->tp_vocab;
-    be->cross_entropy_shard_max(a->ce_max, a->logits, rows, V);
+    be->cross_entropy_shard_max(be, a->ce_max, a->logits, rows, V);
     model_tp_reduce(m, a->ce_max, (size_t)rows, COMM_MAX);
-    be->cross_entropy_shard_stats(a->ce_stats, a->logits, a->ce_max, a->dev_targets + r0, rows, V,
-                                  m->tp_vocab_start);
+    be->cross_entropy_shard_stats(be, a->ce_stats, a->logits, a->ce_max, a->dev_targets + r0, rows,
+                                  V, m->tp_vocab_start);
     model_tp_reduce(m, a->ce_stats, (size_t)rows * 3, COMM_SUM);
-    be->cross_entropy_shard_finish(a->dev_losses + r0, a->logits, a->ce_max, a->ce_stats,
+    be->cross_entropy_shard_finish(be, a->dev_losses + r0, a->logits, a->ce_max, a->ce_stats,
                                    a->dev_targets + r0, a->dev_weights + r0, rows, V,
                                    m->tp_vocab_start, write_grad);
 }
@@ -598,17 +600,17 @@ static void lm_head_chunks(Model *m, int with_loss, int with_grads, float *logit
     for (int r0 = 0; r0 < N; r0 += R) {
         const int rows = N - r0 < R ? N - r0 : R;
         const Act *hidden = model_act_at(m, a->final_norm, (size_t)r0 * C);
-        be->matmul_forward(a->logits, hidden, m->w.lm_head, NULL, rows, C, V);
+        be->matmul_forward(be, a->logits, hidden, m->w.lm_head, NULL, rows, C, V);
         if (logits_out) act_to_host(m, logits_out + (size_t)r0 * V, a->logits, (size_t)rows * V);
         if (!with_loss) continue;
         if (m->tp)
             vocab_parallel_cross_entropy(m, r0, rows, with_grads);
         else
-            be->cross_entropy(a->dev_losses + r0, a->logits, a->dev_targets + r0,
+            be->cross_entropy(be, a->dev_losses + r0, a->logits, a->dev_targets + r0,
                               a->dev_weights + r0, rows, V, with_grads);
         if (with_grads)
-            be->matmul_backward(model_act_at(m, a->dln, (size_t)r0 * C), m->g.lm_head, NULL, a->logits,
-                                hidden, m->w.lm_head, rows, C, V, 0);
+            be->matmul_backward(be, model_act_at(m, a->dln, (size_t)r0 * C), m->g.lm_head, NULL,
+                                a->logits, hidden, m->w.lm_head, rows, C, V, 0);
     }
 }
 
@@ -633,21 +635,21 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     const int N = m->B * m->T, C = c->hidden_size, V = m->tp_vocab;
 
     /* the optimizer or a load may have changed the fp32 weights since the last forward */
-    if (be->weights_refresh) be->weights_refresh(m->params);
+    if (be->weights_refresh) be->weights_refresh(be, m->params);
     if (inputs != m->inputs) memcpy(m->inputs, inputs, (size_t)N * sizeof(int32_t));
-    be->mem_to_device(a->dev_inputs, m->inputs, (size_t)N * sizeof(int32_t));
+    be->mem_to_device(be, a->dev_inputs, m->inputs, (size_t)N * sizeof(int32_t));
     if (m->tp) {
         /* vocab parallel: each rank fills the rows of the tokens it holds, the sum the rest */
-        be->embedding_forward_shard(a->resid_in[0], a->dev_inputs, m->w.embed, N, C,
+        be->embedding_forward_shard(be, a->resid_in[0], a->dev_inputs, m->w.embed, N, C,
                                     m->tp_vocab_start, V);
         model_tp_reduce(m, a->resid_in[0], (size_t)N * C, COMM_SUM);
     } else {
-        be->embedding_forward(a->resid_in[0], a->dev_inputs, m->w.embed, N, C);
+        be->embedding_forward(be, a->resid_in[0], a->dev_inputs, m->w.embed, N, C);
     }
     for (int l = 0; l < c->num_layers; l++)
         m->arch->layer_forward(m, l, l + 1 < c->num_layers ? a->resid_in[l + 1] : a->resid_out);
     a->work_layer = c->num_layers - 1; /* what a checkpointed backward finds in the working set */
-    be->rmsnorm_forward(a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
+    be->rmsnorm_forward(be, a->final_norm, a->final_rstd, a->resid_out, m->w.norm, N, C,
                         c->rms_norm_eps);
     const int head_grads = a->head_grads_next; /* model_forward_train's forward */
     a->head_grads_next = 0;
@@ -661,11 +663,11 @@ double model_forward(Model *m, const int32_t *inputs, const int32_t *targets,
     if (targets != m->targets) memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
     if (loss_weights != m->loss_weights)
         memcpy(m->loss_weights, loss_weights, (size_t)N * sizeof(float));
-    be->mem_to_device(a->dev_targets, m->targets, (size_t)N * sizeof(int32_t));
-    be->mem_to_device(a->dev_weights, m->loss_weights, (size_t)N * sizeof(float));
+    be->mem_to_device(be, a->dev_targets, m->targets, (size_t)N * sizeof(int32_t));
+    be->mem_to_device(be, a->dev_weights, m->loss_weights, (size_t)N * sizeof(float));
     lm_head_chunks(m, 1, head_grads, logits_out);
     a->head = head_grads ? HEAD_BACKWARD_DONE : HEAD_LOSS;
-    be->mem_to_host(m->losses, a->dev_losses, (size_t)N * sizeof(float));
+    be->mem_to_host(be, m->losses, a->dev_losses, (size_t)N * sizeof(float));
     double loss = 0.0;
     for (int i = 0; i < N; i++) loss += (double)m->loss_weights[i] * m->losses[i];
     return loss;
@@ -697,8 +699,8 @@ void model_backward(Model *m)
         a->head = HEAD_LOSS;
         model_tp_reduce_act(m, a->dln, NC); /* vocab parallel: each rank's part of dln */
     }
-    be->mem_zero(a->dresid, NC * sizeof(float));
-    be->rmsnorm_backward(a->dresid, a->dresid_act, m->g.norm, a->dln, a->resid_out, m->w.norm,
+    be->mem_zero(be, a->dresid, NC * sizeof(float));
+    be->rmsnorm_backward(be, a->dresid, a->dresid_act, m->g.norm, a->dln, a->resid_out, m->w.norm,
                          a->final_rstd, N, C);
     for (int l = c->num_layers - 1; l >= 0; l--) {
         if (c->activation_checkpointing && a->work_layer != l) {
@@ -708,10 +710,10 @@ void model_backward(Model *m)
         m->arch->layer_backward(m, l);
     }
     if (m->tp)
-        be->embedding_backward_shard(m->g.embed, a->dresid, a->dev_inputs, N, C,
+        be->embedding_backward_shard(be, m->g.embed, a->dresid, a->dev_inputs, N, C,
                                      m->tp_vocab_start, m->tp_vocab);
     else
-        be->embedding_backward(m->g.embed, a->dresid, a->dev_inputs, N, C);
+        be->embedding_backward(be, m->g.embed, a->dresid, a->dev_inputs, N, C);
 }
 
 void model_expert_load_reset(Model *m)
@@ -754,10 +756,10 @@ void model_update_router_bias(Model *m, float rate)
         double mean = 0.0;
         for (int e = 0; e < E; e++)
             mean += t[e] / E;
-        m->be->mem_to_host(bias, b, (size_t)E * sizeof(float));
+        m->be->mem_to_host(m->be, bias, b, (size_t)E * sizeof(float));
         for (int e = 0; e < E; e++)
             bias[e] += t[e] < mean ? rate : t[e] > mean ? -rate : 0.0f;
-        m->be->mem_to_device(b, bias, (size_t)E * sizeof(float));
+        m->be->mem_to_device(m->be, b, bias, (size_t)E * sizeof(float));
     }
     free(bias);
 }

@@ -20,8 +20,8 @@ int optim_init_on(Optimizer *opt, const ParamTable *table, const Backend *be)
     opt->be = be;
     opt->n = table->total;
     /* zeroed, in the memory the backend's adamw_update works on */
-    opt->m = be->mem_alloc(opt->n * sizeof(float));
-    opt->v = be->mem_alloc(opt->n * sizeof(float));
+    opt->m = be->mem_alloc(be, opt->n * sizeof(float));
+    opt->v = be->mem_alloc(be, opt->n * sizeof(float));
     return opt->m && opt->v ? DS_OK : DS_ERR_INTERNAL;
 }
 
@@ -42,10 +42,11 @@ int optim_init_sharded(Optimizer *opt, const ParamTable *table, const Backend *b
     opt->zero = 1;
     opt->n = table->total / (size_t)shards;
     opt->shard_begin = (size_t)grid->edp_rank * opt->n;
-    float *m = be->mem_alloc(opt->n * sizeof(float)), *v = be->mem_alloc(opt->n * sizeof(float));
+    float *m = be->mem_alloc(be, opt->n * sizeof(float)),
+          *v = be->mem_alloc(be, opt->n * sizeof(float));
     if (!m || !v) {
-        be->mem_free(m);
-        be->mem_free(v);
+        be->mem_free(be, m);
+        be->mem_free(be, v);
         return DS_ERR_INTERNAL;
     }
     /* indexed by flat offset (see optim.h): only [shard_begin, shard_begin + n) is touched */
@@ -57,8 +58,8 @@ int optim_init_sharded(Optimizer *opt, const ParamTable *table, const Backend *b
 void optim_free(Optimizer *opt)
 {
     if (opt->be) {
-        opt->be->mem_free(opt->m ? opt->m + opt->shard_begin : NULL);
-        opt->be->mem_free(opt->v ? opt->v + opt->shard_begin : NULL);
+        opt->be->mem_free(opt->be, opt->m ? opt->m + opt->shard_begin : NULL);
+        opt->be->mem_free(opt->be, opt->v ? opt->v + opt->shard_begin : NULL);
     }
     memset(opt, 0, sizeof(*opt));
 }
@@ -89,7 +90,7 @@ typedef struct SquareSums {
 static void square_sums_flush(SquareSums *s)
 {
     double sums[SUM_SQUARES_BATCH];
-    s->be->sum_squares_batch(sums, s->xs, s->ns, s->count);
+    s->be->sum_squares_batch(s->be, sums, s->xs, s->ns, s->count);
     for (int i = 0; i < s->count; i++)
         s->total += sums[i];
     s->count = 0;
@@ -178,7 +179,7 @@ int optim_gather_params(const Optimizer *opt, Model *m, const ProcessGrid *grid)
     if (!opt->zero || !grid || grid->edp_size == 1) return DS_OK;
     DS_TRY(comm_all_gather(comm_edp(grid), m->params, opt->n, COMM_F32));
     /* the other ranks' shards were written outside the backend's ops (ops.h) */
-    if (m->be->weights_touched) m->be->weights_touched(m->params);
+    if (m->be->weights_touched) m->be->weights_touched(m->be, m->params);
     return DS_OK;
 }
 
@@ -205,13 +206,13 @@ void optim_step(Optimizer *opt, Model *m, const Config *cfg, float lr, float gra
         if (opt->ewc && opt->ewc->n_sets > 0) {
             /* the pairs lie in the backend's memory beside the moments (ewc_init_on) */
             const int sets = ewc_sets_at(opt->ewc, b, fisher, anchor);
-            m->be->adamw_ewc_update(m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,
-                                    cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd,
-                                    grad_scale, opt->t, fisher, anchor, sets, opt->ewc->lambda,
+            m->be->adamw_ewc_update(m->be, m->params + b, m->grads + b, opt->m + b, opt->v + b,
+                                    e - b, lr, cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps,
+                                    wd, grad_scale, opt->t, fisher, anchor, sets, opt->ewc->lambda,
                                     opt->ewc->decay == EWC_DECAY_ANCHOR, &opt->ewc_penalty);
             continue;
         }
-        m->be->adamw_update(m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,
+        m->be->adamw_update(m->be, m->params + b, m->grads + b, opt->m + b, opt->v + b, e - b, lr,
                             cfg->optim_beta1, cfg->optim_beta2, cfg->optim_eps, wd, grad_scale,
                             opt->t);
     }

@@ -103,8 +103,9 @@ int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir)
         const size_t cols = p->ndim == 2 ? (size_t)p->shape[1] : 1;
         float *mine = gathered + (size_t)g->tp_rank * p->numel;
         const int held = here < m->table.count && strcmp(m->table.items[here].name, p->name) == 0;
-        if (held) m->be->mem_to_host(mine, m->params + m->table.items[here++].offset,
-                                     p->numel * sizeof(float));
+        if (held)
+            m->be->mem_to_host(m->be, mine, m->params + m->table.items[here++].offset,
+                               p->numel * sizeof(float));
         if (p->expert >= 0 && g->ep_size > 1 &&
             (status = comm_broadcast(&g->ep, mine, p->numel, COMM_F32,
                                      p->expert / m->experts_local)) != DS_OK)
@@ -981,6 +982,7 @@ static void run_free(Run *r)
     optim_free(&r->opt);
     model_free(&r->fisher_model);
     model_free(&r->model);
+    backend_free(r->be); /* last of what lives in its memory */
     comm_grid_free(&r->grid);
 }
 
@@ -1145,7 +1147,7 @@ static int run_ranks_on_host(const ProcessGrid *g, int *count)
 static int run_agree_weight_copy(Run *r)
 {
     if (strcmp(r->cfg->cuda_weight_copy, "auto") != 0 || r->be->host_memory ||
-        r->be->act_size() != 2) /* no copy outside bf16 */
+        r->be->act_size(r->be) != 2) /* no copy outside bf16 */
         return DS_OK;
     int64_t drop = !r->weight_copy; /* on any rank */
     if (r->grid.world_size > 1)
@@ -1154,6 +1156,8 @@ static int run_agree_weight_copy(Run *r)
     r->weight_copy = 0;
     Config without = *r->cfg;
     snprintf(without.cuda_weight_copy, sizeof(without.cuda_weight_copy), "none");
+    backend_free(r->be); /* nothing is laid out on it yet */
+    r->be = NULL;
     return train_backend(&without, &r->be);
 }
 
@@ -1173,7 +1177,7 @@ static int run_check_memory(Run *r, int ranks_here)
     RunMemory rm;
     DS_TRY(layout_memory_estimate(cfg, &r->mc, g->tp_size, g->dp_size, &rm));
     const int on_device = !r->be->host_memory;
-    const double act_share = on_device ? r->be->act_size() / 4.0 : 1.0;
+    const double act_share = on_device ? r->be->act_size(r->be) / 4.0 : 1.0;
     /* the Fisher pass's model has the same parameters and gradients as the run's */
     const double fisher_acts = rm.fisher_model > 0 ? rm.fisher_model - rm.params - rm.grads : 0;
     const double activations = rm.activations * act_share;
@@ -1181,7 +1185,7 @@ static int run_check_memory(Run *r, int ranks_here)
     if (!on_device && cfg->continual_ewc_enabled) ewc += rm.params; /* the pass's host buffer */
     /* the bf16 working copies exist when the backend stores bf16 (not in an fp32 experiment)
      * and cuda.weight_copy keeps them */
-    double copies = on_device && r->be->act_size() < 4 && strcmp(cfg->cuda_weight_copy, "none")
+    double copies = on_device && r->be->act_size(r->be) < 4 && strcmp(cfg->cuda_weight_copy, "none")
                         ? rm.weights_bf16
                         : 0;
     double per_rank = rm.params + rm.grads + rm.optimizer + activations + copies + ewc;
@@ -1400,10 +1404,10 @@ int train_run(const Config *cfg)
            grid->world_size, grid->tp_size, grid->dp_size, ep_note, r->opt.zero,
            r->model.table.total * 4.0 * MiB, r->model.table.total * 4.0 * MiB,
            r->opt.n * 8.0 * MiB, r->model.arena_bytes * MiB, ewc_memory);
-    if (r->be->weights_attach && r->be->act_size() == 2 && r->weight_copy) /* bf16 mode */
+    if (r->be->weights_attach && r->be->act_size(r->be) == 2 && r->weight_copy) /* bf16 mode */
         printf("dstrain: precision bf16: the weights' bf16 working copy takes %.2f MiB per rank\n",
                r->model.table.total * 2.0 * MiB);
-    else if (r->be->weights_attach && r->be->act_size() == 2)
+    else if (r->be->weights_attach && r->be->act_size(r->be) == 2)
         printf("dstrain: precision bf16: no working copy of the weights (cuda.weight_copy %s): "
                "each matmul rounds its weight as it reads it\n",
                strcmp(cfg->cuda_weight_copy, "none") ? "auto: the run does not fit with it"
@@ -1490,8 +1494,8 @@ int train_run(const Config *cfg)
                                                         : NULL)) != DS_OK)
                 goto done;
             if (!mid && k > 0) {
-                r->be->mem_zero(r->opt.m + r->opt.shard_begin, r->opt.n * sizeof(float));
-                r->be->mem_zero(r->opt.v + r->opt.shard_begin, r->opt.n * sizeof(float));
+                r->be->mem_zero(r->be, r->opt.m + r->opt.shard_begin, r->opt.n * sizeof(float));
+                r->be->mem_zero(r->be, r->opt.v + r->opt.shard_begin, r->opt.n * sizeof(float));
                 r->opt.t = 0;
             }
             if (r->sequence)

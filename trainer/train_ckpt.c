@@ -104,7 +104,7 @@ static int push_buffer(TrainCkpt *tc, const char *prefix, float *base, size_t be
                                         .flat_begin = begin,
                                         .flat_end = end,
                                         .replicated_over_dp = replicated_over_dp,
-                                        .to_host = be->host_memory ? NULL : be->mem_to_host};
+                                        .device = be->host_memory ? NULL : be};
     tc->n_bufs++;
     return DS_OK;
 }

@@ -32,7 +32,7 @@ static float *host_chunk;
 /* A device buffer of n floats of random values in [-scale, scale] (one random chunk repeated). */
 static float *dev_random(size_t n, float scale)
 {
-    float *d = gpu->mem_alloc(n * sizeof(float));
+    float *d = gpu->mem_alloc(gpu, n * sizeof(float));
     if (!d) {
         fprintf(stderr, "gpu_bench_ops: %s\n", ds_last_error());
         exit(1);
@@ -41,7 +41,7 @@ static float *dev_random(size_t n, float scale)
         size_t len = n - at < CHUNK ? n - at : CHUNK;
         for (size_t i = 0; i < len; i++)
             host_chunk[i] = host_chunk[i] * 0.999f; /* vary a bit */
-        gpu->mem_to_device(d + at, host_chunk, len * sizeof(float));
+        gpu->mem_to_device(gpu, d + at, host_chunk, len * sizeof(float));
     }
     (void)scale;
     return d;
@@ -87,6 +87,8 @@ static int cmp_double(const void *a, const void *b)
 static void use(const char *precision, const char *attention)
 {
     const BackendOptions o = {.device = "cuda", .precision = precision, .attention = attention};
+    backend_free(gpu); /* the one before, with nothing of it alive */
+    gpu = NULL;
     if (backend_create(&o, &gpu) != DS_OK) {
         fprintf(stderr, "gpu_bench_ops: %s\n", ds_last_error());
         exit(1);
@@ -127,10 +129,10 @@ int main(int argc, char **argv)
     float *w_host = malloc((size_t)N * 4);
     for (int i = 0; i < N; i++)
         tok_host[i] = (int32_t)((i * 2654435761u) % V), w_host[i] = 1.0f / N;
-    int32_t *tok = gpu->mem_alloc((size_t)N * 4);
-    gpu->mem_to_device(tok, tok_host, (size_t)N * 4);
-    float *lw = gpu->mem_alloc((size_t)N * 4), *losses = gpu->mem_alloc((size_t)N * 4);
-    gpu->mem_to_device(lw, w_host, (size_t)N * 4);
+    int32_t *tok = gpu->mem_alloc(gpu, (size_t)N * 4);
+    gpu->mem_to_device(gpu, tok, tok_host, (size_t)N * 4);
+    float *lw = gpu->mem_alloc(gpu, (size_t)N * 4), *losses = gpu->mem_alloc(gpu, (size_t)N * 4);
+    gpu->mem_to_device(gpu, lw, w_host, (size_t)N * 4);
     float *embed = dev_random((size_t)V * C, 1), *dembed = dev_random((size_t)V * C, 1);
     float *logits = dev_random((size_t)N * V, 1);
     float *mom1 = dev_random((size_t)V * C, 1), *mom2 = dev_random((size_t)V * C, 1);
@@ -140,44 +142,44 @@ int main(int argc, char **argv)
         use(modes[mi], "flash");
         const int c4 = mi == 1 ? 1 : 0; /* per-step counts only for the default mode's rows */
         if (mi == 1) {                  /* as a model does: the weights' bf16 copies, made once */
-            gpu->weights_attach(wcc, (size_t)C * C), gpu->weights_refresh(wcc);
-            gpu->weights_attach(wci, (size_t)C * I), gpu->weights_refresh(wci);
-            gpu->weights_attach(embed, (size_t)V * C), gpu->weights_refresh(embed);
+            gpu->weights_attach(gpu, wcc, (size_t)C * C), gpu->weights_refresh(gpu, wcc);
+            gpu->weights_attach(gpu, wci, (size_t)C * I), gpu->weights_refresh(gpu, wci);
+            gpu->weights_attach(gpu, embed, (size_t)V * C), gpu->weights_refresh(gpu, embed);
         }
         if (attention_only) break;
-#define BODY gpu->matmul_forward(y, x, wcc, NULL, N, C, C)
+#define BODY gpu->matmul_forward(gpu, y, x, wcc, NULL, N, C, C)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
              C);
         rows[nrows - 1].flops = 2.0 * N * C * C;
 #undef BODY
-#define BODY gpu->matmul_backward(z, dwcc, NULL, y, x, wcc, N, C, C, 0)
+#define BODY gpu->matmul_backward(gpu, z, dwcc, NULL, y, x, wcc, N, C, C, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 4 * L, "%dx%dx%d (q,k,v,o)", N, C,
              C);
         rows[nrows - 1].flops = 4.0 * N * C * C;
 #undef BODY
-#define BODY gpu->matmul_forward(g, x, wci, NULL, N, C, I)
+#define BODY gpu->matmul_forward(gpu, g, x, wci, NULL, N, C, I)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C,
              I);
         rows[nrows - 1].flops = 2.0 * N * C * I;
 #undef BODY
-#define BODY gpu->matmul_backward(z, dwci, NULL, g, x, wci, N, C, I, 0)
+#define BODY gpu->matmul_backward(gpu, z, dwci, NULL, g, x, wci, N, C, I, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * 2 * L, "%dx%dx%d (gate,up)", N, C,
              I);
         rows[nrows - 1].flops = 4.0 * N * C * I;
 #undef BODY
-#define BODY gpu->matmul_forward(y, a, wci, NULL, N, I, C)
+#define BODY gpu->matmul_forward(gpu, y, a, wci, NULL, N, I, C)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
         rows[nrows - 1].flops = 2.0 * N * I * C;
 #undef BODY
-#define BODY gpu->matmul_backward(a, dwci, NULL, y, g, wci, N, I, C, 0)
+#define BODY gpu->matmul_backward(gpu, a, dwci, NULL, y, g, wci, N, I, C, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4 * L, "%dx%dx%d (down)", N, I, C);
         rows[nrows - 1].flops = 2.0 * 2.0 * N * I * C;
 #undef BODY
-#define BODY gpu->matmul_forward(logits, x, embed, NULL, N, C, V)
+#define BODY gpu->matmul_forward(gpu, logits, x, embed, NULL, N, C, V)
         TIME(mi ? "matmul_fwd [bf16]" : "matmul_fwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
         rows[nrows - 1].flops = 2.0 * N * C * V;
 #undef BODY
-#define BODY gpu->matmul_backward(z, dembed, NULL, logits, x, embed, N, C, V, 0)
+#define BODY gpu->matmul_backward(gpu, z, dembed, NULL, logits, x, embed, N, C, V, 0)
         TIME(mi ? "matmul_bwd [bf16]" : "matmul_bwd [fp32]", c4, "%dx%dx%d (lm_head)", N, C, V);
         rows[nrows - 1].flops = 2.0 * 2.0 * N * C * V;
 #undef BODY
@@ -189,12 +191,12 @@ int main(int argc, char **argv)
     for (int ai = 0; ai < 2 && !mla_only; ai++) {
         use("bf16", att_kinds[ai]);
         const int ca = ai == 0 ? L : 0; /* per-step counts for the default (flash) rows */
-#define BODY gpu->attention_forward(att, lse, q, k, v, B, T, H, KVH, D)
+#define BODY gpu->attention_forward(gpu, att, lse, q, k, v, B, T, H, KVH, D)
         TIME(ai ? "attention_fwd [mma]" : "attention_fwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
              D);
         rows[nrows - 1].flops = att_flops;
 #undef BODY
-#define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, B, T, H, KVH, D)
+#define BODY gpu->attention_backward(gpu, dq, dk, dv, y, att, lse, q, k, v, B, T, H, KVH, D)
         TIME(ai ? "attention_bwd [mma]" : "attention_bwd [flash]", ca, "B%d T%d H%d D%d", B, T, H,
              D);
         rows[nrows - 1].flops = 2.5 * att_flops;
@@ -209,12 +211,12 @@ int main(int argc, char **argv)
             const int XT = extra_t[xi], XH = extra_h[xi];
             if ((size_t)XT * XH * D > NC) continue;
             const double fx = 2.0 * 2.0 * XH * (double)XT * XT * D / 2.0;
-#define BODY gpu->attention_forward(att, lse, q, k, v, 1, XT, XH, XH, D)
+#define BODY gpu->attention_forward(gpu, att, lse, q, k, v, 1, XT, XH, XH, D)
             TIME(ai ? "attention_fwd [mma]" : "attention_fwd [flash]", 0, "B1 T%d H%d D%d", XT, XH,
                  D);
             rows[nrows - 1].flops = fx;
 #undef BODY
-#define BODY gpu->attention_backward(dq, dk, dv, y, att, lse, q, k, v, 1, XT, XH, XH, D)
+#define BODY gpu->attention_backward(gpu, dq, dk, dv, y, att, lse, q, k, v, 1, XT, XH, XH, D)
             TIME(ai ? "attention_bwd [mma]" : "attention_bwd [flash]", 0, "B1 T%d H%d D%d", XT, XH,
                  D);
             rows[nrows - 1].flops = 2.5 * fx;
@@ -230,47 +232,50 @@ int main(int argc, char **argv)
     for (int ai = 0; ai < 3 && (size_t)MT * MH * MDQK <= NC && (size_t)MH * MT <= (size_t)B * H * T;
          ai++) {
         use("bf16", att_kinds[ai]);
-#define BODY gpu->attention_forward_dv(att, lse, q, k, v, 1, MT, MH, MDQK, MDV, mla_scale)
+#define BODY gpu->attention_forward_dv(gpu, att, lse, q, k, v, 1, MT, MH, MDQK, MDV, mla_scale)
         TIME(mla_fwd_names[ai], 0, "B1 T%d H%d Dqk%d Dv%d", MT, MH, MDQK, MDV);
         rows[nrows - 1].flops = mla_flops;
 #undef BODY
 #define BODY                                                                                       \
-    gpu->attention_backward_dv(dq, dk, dv, y, att, lse, q, k, v, 1, MT, MH, MDQK, MDV, mla_scale)
+    gpu->attention_backward_dv(gpu, dq, dk, dv, y, att, lse, q, k, v, 1, MT, MH, MDQK, MDV,        \
+                               mla_scale)
         TIME(mla_bwd_names[ai], 0, "B1 T%d H%d Dqk%d Dv%d", MT, MH, MDQK, MDV);
         rows[nrows - 1].flops = 2.5 * mla_flops;
 #undef BODY
     }
     use("bf16", "flash");
     if (attention_only) goto table;
+    /* as a model does (a new backend has no copies): AdamW below writes the copy as it updates */
+    gpu->weights_attach(gpu, embed, (size_t)V * C), gpu->weights_refresh(gpu, embed);
     float *dx_act = dev_random(NC, 1);
-#define BODY gpu->rmsnorm_forward(y, rstd, x, normw, N, C, 1e-6f)
+#define BODY gpu->rmsnorm_forward(gpu, y, rstd, x, normw, N, C, 1e-6f)
     TIME("rmsnorm_fwd", 2 * L + 1, "%dx%d", N, C);
 #undef BODY
-#define BODY gpu->rmsnorm_backward(z, dx_act, dnormw, y, x, normw, rstd, N, C)
+#define BODY gpu->rmsnorm_backward(gpu, z, dx_act, dnormw, y, x, normw, rstd, N, C)
     TIME("rmsnorm_bwd", 2 * L + 1, "%dx%d", N, C);
 #undef BODY
-#define BODY gpu->rope_forward(q, cosb, sinb, B, T, H, D)
+#define BODY gpu->rope_forward(gpu, q, cosb, sinb, B, T, H, D)
     TIME("rope (fwd or bwd)", 4 * L, "B%d T%d H%d D%d", B, T, H, D);
 #undef BODY
-#define BODY gpu->swiglu_forward(a, g, u, NI)
+#define BODY gpu->swiglu_forward(gpu, a, g, u, NI)
     TIME("swiglu_fwd", L, "%zu", NI);
 #undef BODY
-#define BODY gpu->swiglu_backward(dg, du, a, g, u, NI)
+#define BODY gpu->swiglu_backward(gpu, dg, du, a, g, u, NI)
     TIME("swiglu_bwd", L, "%zu", NI);
 #undef BODY
-#define BODY gpu->add(z, x, y, NC)
+#define BODY gpu->add(gpu, z, x, y, NC)
     TIME("add", 5 * L, "%zu", NC);
 #undef BODY
-#define BODY gpu->embedding_forward(x, tok, embed, N, C)
+#define BODY gpu->embedding_forward(gpu, x, tok, embed, N, C)
     TIME("embedding_fwd", 1, "N%d C%d", N, C);
 #undef BODY
-#define BODY gpu->embedding_backward(dembed, x, tok, N, C)
+#define BODY gpu->embedding_backward(gpu, dembed, x, tok, N, C)
     TIME("embedding_bwd", 1, "N%d C%d", N, C);
 #undef BODY
-#define BODY gpu->cross_entropy(losses, logits, tok, lw, N, V, 1)
+#define BODY gpu->cross_entropy(gpu, losses, logits, tok, lw, N, V, 1)
     TIME("cross_entropy (+grad)", 1, "N%d V%d", N, V);
 #undef BODY
-#define BODY gpu->sum_squares(embed, (size_t)V *C)
+#define BODY gpu->sum_squares(gpu, embed, (size_t)V *C)
     TIME("sum_squares (embed)", 1, "%zu", (size_t)V * C);
 #undef BODY
     /* the gradient norm: 9 tensors a layer and 3 more, SUM_SQUARES_BATCH ranges a call (here
@@ -280,13 +285,13 @@ int main(int argc, char **argv)
     double range_sums[SUM_SQUARES_BATCH];
     for (int i = 0; i < SUM_SQUARES_BATCH; i++)
         ranges[i] = wcc, range_n[i] = (size_t)C * C;
-#define BODY gpu->sum_squares_batch(range_sums, ranges, range_n, SUM_SQUARES_BATCH)
+#define BODY gpu->sum_squares_batch(gpu, range_sums, ranges, range_n, SUM_SQUARES_BATCH)
     TIME("sum_squares_batch (C x C)", (9 * L + 3 + SUM_SQUARES_BATCH - 1) / SUM_SQUARES_BATCH,
          "%d x %zu", SUM_SQUARES_BATCH, (size_t)C * C);
 #undef BODY
 #define BODY                                                                                       \
-    gpu->adamw_update(embed, dembed, mom1, mom2, (size_t)V *C, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f,    \
-                      1.0f, 3)
+    gpu->adamw_update(gpu, embed, dembed, mom1, mom2, (size_t)V *C, 1e-4f, 0.9f, 0.95f, 1e-8f,     \
+                      0.1f, 1.0f, 3)
     /* the optimizer walks all 1.35B parameters; timed on the 66M of the embedding and scaled */
     TIME("adamw (embed; x20.3 = all)", 20, "%zu", (size_t)V * C);
 #undef BODY

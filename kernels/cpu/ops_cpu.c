@@ -20,7 +20,7 @@
 #define COLUMN_BLOCK 64
 
 /* Activations are fp32 here: every Act is a float array (act_size 4). */
-static size_t act_size(void)
+static size_t act_size(const Backend *be)
 {
     return sizeof(float);
 }
@@ -28,8 +28,8 @@ static size_t act_size(void)
 /* ---------------------------------------------------------------------------------------------
  * matmul: out[M,N] = inp[M,K] @ weight[N,K]^T + bias, as torch.nn.Linear. */
 
-static void matmul_forward(Act *out_act, const Act *inp_act, const float *weight, const float *bias,
-                           int M, int K, int N)
+static void matmul_forward(const Backend *be, Act *out_act, const Act *inp_act, const float *weight,
+                           const float *bias, int M, int K, int N)
 {
     float *out = out_act;
     const float *inp = inp_act;
@@ -52,9 +52,9 @@ static void matmul_forward(Act *out_act, const Act *inp_act, const float *weight
     }
 }
 
-static void matmul_backward(Act *dinp_act, float *dweight, float *dbias, const Act *dout_act,
-                            const Act *inp_act, const float *weight, int M, int K, int N,
-                            int accumulate)
+static void matmul_backward(const Backend *be, Act *dinp_act, float *dweight, float *dbias,
+                            const Act *dout_act, const Act *inp_act, const float *weight, int M,
+                            int K, int N, int accumulate)
 {
     float *dinp = dinp_act;
     const float *dout = dout_act, *inp = inp_act;
@@ -93,8 +93,8 @@ static void matmul_backward(Act *dinp_act, float *dweight, float *dbias, const A
  * rmsnorm, as HF LlamaRMSNorm: y = w * (x * rsqrt(mean(x^2) + eps)), everything in fp32 except
  * the sum of squares, which runs in double so that it does not depend on the row length. */
 
-static void rmsnorm_forward(Act *out_act, float *rstd, const float *inp, const float *weight, int M,
-                            int C, float eps)
+static void rmsnorm_forward(const Backend *be, Act *out_act, float *rstd, const float *inp,
+                            const float *weight, int M, int C, float eps)
 {
     float *out = out_act;
 #pragma omp parallel for schedule(static)
@@ -115,8 +115,9 @@ static void rmsnorm_forward(Act *out_act, float *rstd, const float *inp, const f
 /* With xhat = x * r and r = (mean(x^2) + eps)^-1/2:
  *   dx_j = r * (w_j dy_j) - r^3 / C * x_j * sum_k (w_k dy_k x_k)
  *   dw_j = sum over rows of dy_j * xhat_j */
-static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout_act,
-                             const float *inp, const float *weight, const float *rstd, int M, int C)
+static void rmsnorm_backward(const Backend *be, float *dinp, Act *dinp_act, float *dweight,
+                             const Act *dout_act, const float *inp, const float *weight,
+                             const float *rstd, int M, int C)
 {
     const float *dout = dout_act;
 #pragma omp parallel for schedule(static)
@@ -161,14 +162,14 @@ static void rope_block_apply(float *x, int ld_row, int ld_head, const float *pos
                              const float *pos_sin, int B, int T, int H, int D, int interleave,
                              float sign);
 
-static void rope_forward(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
-                         int D)
+static void rope_forward(const Backend *be, Act *x, const float *pos_cos, const float *pos_sin,
+                         int B, int T, int H, int D)
 {
     rope_block_apply(x, H * D, D, pos_cos, pos_sin, B, T, H, D, 0, 1.0f);
 }
 
-static void rope_backward(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T, int H,
-                          int D)
+static void rope_backward(const Backend *be, Act *dx, const float *pos_cos, const float *pos_sin,
+                          int B, int T, int H, int D)
 {
     rope_block_apply(dx, H * D, D, pos_cos, pos_sin, B, T, H, D, 0, -1.0f);
 }
@@ -317,31 +318,32 @@ static void attention_backward_impl(float *dq, float *dk, float *dv, const float
     }
 }
 
-static void attention_forward(Act *out, float *lse, const Act *q, const Act *k, const Act *v, int B,
-                              int T, int H, int KVH, int D)
+static void attention_forward(const Backend *be, Act *out, float *lse, const Act *q, const Act *k,
+                              const Act *v, int B, int T, int H, int KVH, int D)
 {
     AttnShape a = {B, T, H, KVH, D, D, 1.0f / sqrtf((float)D)};
     attention_forward_impl(out, lse, q, k, v, a);
 }
 
-static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
-                               const float *lse, const Act *q, const Act *k, const Act *v, int B,
-                               int T, int H, int KVH, int D)
+static void attention_backward(const Backend *be, Act *dq, Act *dk, Act *dv, const Act *dout,
+                               const Act *out, const float *lse, const Act *q, const Act *k,
+                               const Act *v, int B, int T, int H, int KVH, int D)
 {
     AttnShape a = {B, T, H, KVH, D, D, 1.0f / sqrtf((float)D)};
     attention_backward_impl(dq, dk, dv, dout, out, lse, q, k, v, a);
 }
 
-static void attention_forward_dv(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
-                                 int B, int T, int H, int Dqk, int Dv, float scale)
+static void attention_forward_dv(const Backend *be, Act *out, float *lse, const Act *q,
+                                 const Act *k, const Act *v, int B, int T, int H, int Dqk, int Dv,
+                                 float scale)
 {
     AttnShape a = {B, T, H, H, Dqk, Dv, scale};
     attention_forward_impl(out, lse, q, k, v, a);
 }
 
-static void attention_backward_dv(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
-                                  const float *lse, const Act *q, const Act *k, const Act *v,
-                                  int B, int T, int H, int Dqk, int Dv, float scale)
+static void attention_backward_dv(const Backend *be, Act *dq, Act *dk, Act *dv, const Act *dout,
+                                  const Act *out, const float *lse, const Act *q, const Act *k,
+                                  const Act *v, int B, int T, int H, int Dqk, int Dv, float scale)
 {
     AttnShape a = {B, T, H, H, Dqk, Dv, scale};
     attention_backward_impl(dq, dk, dv, dout, out, lse, q, k, v, a);
@@ -350,7 +352,8 @@ static void attention_backward_dv(Act *dq, Act *dk, Act *dv, const Act *dout, co
 /* ---------------------------------------------------------------------------------------------
  * swiglu: out = silu(g) * u with silu(g) = g * sigmoid(g); silu'(g) = s * (1 + g * (1 - s)). */
 
-static void swiglu_forward(Act *out_act, const Act *gate_act, const Act *up_act, size_t n)
+static void swiglu_forward(const Backend *be, Act *out_act, const Act *gate_act, const Act *up_act,
+                           size_t n)
 {
     float *out = out_act;
     const float *gate = gate_act, *up = up_act;
@@ -361,8 +364,8 @@ static void swiglu_forward(Act *out_act, const Act *gate_act, const Act *up_act,
     }
 }
 
-static void swiglu_backward(Act *dgate_act, Act *dup_act, const Act *dout_act, const Act *gate_act,
-                            const Act *up_act, size_t n)
+static void swiglu_backward(const Backend *be, Act *dgate_act, Act *dup_act, const Act *dout_act,
+                            const Act *gate_act, const Act *up_act, size_t n)
 {
     float *dgate = dgate_act, *dup = dup_act;
     const float *dout = dout_act, *gate = gate_act, *up = up_act;
@@ -381,15 +384,16 @@ static void swiglu_backward(Act *dgate_act, Act *dup_act, const Act *dout_act, c
  * (the data reader checks them against the vocabulary). Backward splits the columns, not the
  * tokens, across threads, so repeated tokens add up in token order whatever the thread count. */
 
-static void embedding_forward(float *out, const int32_t *tokens, const float *table, int N, int C)
+static void embedding_forward(const Backend *be, float *out, const int32_t *tokens,
+                              const float *table, int N, int C)
 {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++)
         memcpy(out + (size_t)i * C, table + (size_t)tokens[i] * C, (size_t)C * sizeof(float));
 }
 
-static void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int N,
-                               int C)
+static void embedding_backward(const Backend *be, float *dtable, const float *dout,
+                               const int32_t *tokens, int N, int C)
 {
     int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
 #pragma omp parallel for schedule(static)
@@ -411,7 +415,7 @@ static void embedding_backward(float *dtable, const float *dout, const int32_t *
  * is out of range cannot be scored: its loss is NaN (so the loss check upstream trips) and its
  * gradient zero (so one bad token does not poison the weights before that check runs). */
 
-static void cross_entropy(float *losses, Act *logits_act, const int32_t *targets,
+static void cross_entropy(const Backend *be, float *losses, Act *logits_act, const int32_t *targets,
                           const float *weights, int N, int V, int write_grad)
 {
     float *logits = logits_act;
@@ -450,8 +454,8 @@ static void cross_entropy(float *losses, Act *logits_act, const int32_t *targets
  * vocab-parallel embedding and cross-entropy (see ops.h): the same arithmetic as above on this
  * rank's slice of the vocabulary; the all-reduces between the parts are the caller's. */
 
-static void embedding_forward_shard(float *out, const int32_t *tokens, const float *table, int N,
-                                    int C, int vocab_start, int V)
+static void embedding_forward_shard(const Backend *be, float *out, const int32_t *tokens,
+                                    const float *table, int N, int C, int vocab_start, int V)
 {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
@@ -463,8 +467,8 @@ static void embedding_forward_shard(float *out, const int32_t *tokens, const flo
     }
 }
 
-static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens, int N,
-                                     int C, int vocab_start, int V)
+static void embedding_backward_shard(const Backend *be, float *dtable, const float *dout,
+                                     const int32_t *tokens, int N, int C, int vocab_start, int V)
 {
     int blocks = (C + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
 #pragma omp parallel for schedule(static)
@@ -482,7 +486,8 @@ static void embedding_backward_shard(float *dtable, const float *dout, const int
     }
 }
 
-static void cross_entropy_shard_max(float *row_max, const Act *logits_act, int N, int V)
+static void cross_entropy_shard_max(const Backend *be, float *row_max, const Act *logits_act, int N,
+                                    int V)
 {
     const float *logits = logits_act;
 #pragma omp parallel for schedule(static)
@@ -495,8 +500,9 @@ static void cross_entropy_shard_max(float *row_max, const Act *logits_act, int N
     }
 }
 
-static void cross_entropy_shard_stats(float *stats, const Act *logits_act, const float *row_max,
-                                      const int32_t *targets, int N, int V, int vocab_start)
+static void cross_entropy_shard_stats(const Backend *be, float *stats, const Act *logits_act,
+                                      const float *row_max, const int32_t *targets, int N, int V,
+                                      int vocab_start)
 {
     const float *logits = logits_act;
 #pragma omp parallel for schedule(static)
@@ -513,10 +519,10 @@ static void cross_entropy_shard_stats(float *stats, const Act *logits_act, const
     }
 }
 
-static void cross_entropy_shard_finish(float *losses, Act *logits_act, const float *row_max,
-                                       const float *stats, const int32_t *targets,
-                                       const float *weights, int N, int V, int vocab_start,
-                                       int write_grad)
+static void cross_entropy_shard_finish(const Backend *be, float *losses, Act *logits_act,
+                                       const float *row_max, const float *stats,
+                                       const int32_t *targets, const float *weights, int N, int V,
+                                       int vocab_start, int write_grad)
 {
     float *logits = logits_act;
 #pragma omp parallel for schedule(static)
@@ -545,7 +551,7 @@ static void cross_entropy_shard_finish(float *losses, Act *logits_act, const flo
 /* ---------------------------------------------------------------------------------------------
  * elementwise helpers and the global-norm reduction */
 
-static void add(float *out, const float *a, const Act *b_act, size_t n)
+static void add(const Backend *be, float *out, const float *a, const Act *b_act, size_t n)
 {
     const float *b = b_act;
 #pragma omp parallel for schedule(static)
@@ -553,14 +559,15 @@ static void add(float *out, const float *a, const Act *b_act, size_t n)
         out[i] = a[i] + b[i];
 }
 
-static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *a, const Act *b,
-                                const float *weight, int M, int C, float eps)
+static void add_rmsnorm_forward(const Backend *be, float *sum, Act *out, float *rstd,
+                                const float *a, const Act *b, const float *weight, int M, int C,
+                                float eps)
 {
-    add(sum, a, b, (size_t)M * C);
-    rmsnorm_forward(out, rstd, sum, weight, M, C, eps);
+    add(be, sum, a, b, (size_t)M * C);
+    rmsnorm_forward(be, out, rstd, sum, weight, M, C, eps);
 }
 
-static void scale(float *x, float s, size_t n)
+static void scale(const Backend *be, float *x, float s, size_t n)
 {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
@@ -568,7 +575,7 @@ static void scale(float *x, float s, size_t n)
 }
 
 /* Cut into REDUCE_PARTS fixed parts, each summed in double, combined in part order. */
-static double sum_squares(const float *x, size_t n)
+static double sum_squares(const Backend *be, const float *x, size_t n)
 {
     double partial[REDUCE_PARTS];
     size_t part_len = (n + REDUCE_PARTS - 1) / REDUCE_PARTS;
@@ -588,10 +595,11 @@ static double sum_squares(const float *x, size_t n)
     return total;
 }
 
-static void sum_squares_batch(double *sums, const float *const *xs, const size_t *ns, int count)
+static void sum_squares_batch(const Backend *be, double *sums, const float *const *xs,
+                              const size_t *ns, int count)
 {
     for (int i = 0; i < count; i++)
-        sums[i] = sum_squares(xs[i], ns[i]);
+        sums[i] = sum_squares(be, xs[i], ns[i]);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -645,9 +653,9 @@ static inline void adamw_element(const AdamwScalars *s, float *param, float *m, 
     adamw_element_decayed(s, *param * s->decay, param, m, v, g);
 }
 
-static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
-                         float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-                         int t)
+static void adamw_update(const Backend *be, float *param, const float *grad, float *m, float *v,
+                         size_t n, float lr, float beta1, float beta2, float eps,
+                         float weight_decay, float grad_scale, int t)
 {
     const AdamwScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, t);
 #pragma omp parallel for schedule(static)
@@ -660,14 +668,14 @@ static void adamw_update(float *param, const float *grad, float *m, float *v, si
  * latest anchor instead of 0 when decay_to_anchor). The penalty of the parameters the step
  * starts from is summed on the way, over REDUCE_PARTS fixed parts as sum_squares does, so that
  * it too does not depend on the thread count. */
-static void adamw_ewc_update(float *param, const float *grad, float *m, float *v, size_t n,
-                             float lr, float beta1, float beta2, float eps, float weight_decay,
-                             float grad_scale, int t, const float *const *fisher,
-                             const float *const *anchor, int n_sets, float lambda,
-                             int decay_to_anchor, double *penalty)
+static void adamw_ewc_update(const Backend *be, float *param, const float *grad, float *m, float *v,
+                             size_t n, float lr, float beta1, float beta2, float eps,
+                             float weight_decay, float grad_scale, int t,
+                             const float *const *fisher, const float *const *anchor, int n_sets,
+                             float lambda, int decay_to_anchor, double *penalty)
 {
     if (n_sets <= 0) {
-        adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t);
+        adamw_update(be, param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t);
         return;
     }
     const AdamwScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, t);
@@ -704,22 +712,22 @@ static void adamw_ewc_update(float *param, const float *grad, float *m, float *v
 /* ---------------------------------------------------------------------------------------------
  * memory: plain host memory, 256-byte aligned (parameter tensors sit at 256-byte offsets). */
 
-static void *mem_alloc(size_t bytes)
+static void *mem_alloc(const Backend *be, size_t bytes)
 {
     return ds_aligned_alloc(256, bytes); /* zeroed; sets the error message on failure */
 }
 
-static void mem_free(void *p)
+static void mem_free(const Backend *be, void *p)
 {
     free(p);
 }
 
-static void mem_copy(void *dst, const void *src, size_t bytes)
+static void mem_copy(const Backend *be, void *dst, const void *src, size_t bytes)
 {
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
 
-static void mem_zero(void *p, size_t bytes)
+static void mem_zero(const Backend *be, void *p, size_t bytes)
 {
     if (bytes) memset(p, 0, bytes);
 }
@@ -728,8 +736,8 @@ static void mem_zero(void *p, size_t bytes)
  * multi-head latent attention's data movement: blocks of row-strided matrices, and rotary
  * embedding of heads that lie inside wider rows. */
 
-static void copy_block(Act *dst_act, int ld_dst, const Act *src_act, int ld_src, int M, int W,
-                       int accumulate)
+static void copy_block(const Backend *be, Act *dst_act, int ld_dst, const Act *src_act, int ld_src,
+                       int M, int W, int accumulate)
 {
     float *dst = dst_act;
     const float *src = src_act;
@@ -745,9 +753,9 @@ static void copy_block(Act *dst_act, int ld_dst, const Act *src_act, int ld_src,
     }
 }
 
-static void act_to_f32(float *dst, const Act *src, int ld_src, int M, int W)
+static void act_to_f32(const Backend *be, float *dst, const Act *src, int ld_src, int M, int W)
 {
-    copy_block(dst, W, src, ld_src, M, W, 0);
+    copy_block(be, dst, W, src, ld_src, M, W, 0);
 }
 
 /* sign 1: forward rotation; -1: its inverse (the transpose), for the gradient */
@@ -776,14 +784,16 @@ static void rope_block_apply(float *x, int ld_row, int ld_head, const float *pos
     }
 }
 
-static void rope_block_forward(Act *x, int ld_row, int ld_head, const float *pos_cos,
-                               const float *pos_sin, int B, int T, int H, int D, int interleave)
+static void rope_block_forward(const Backend *be, Act *x, int ld_row, int ld_head,
+                               const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                               int D, int interleave)
 {
     rope_block_apply(x, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, 1.0f);
 }
 
-static void rope_block_backward(Act *dx, int ld_row, int ld_head, const float *pos_cos,
-                                const float *pos_sin, int B, int T, int H, int D, int interleave)
+static void rope_block_backward(const Backend *be, Act *dx, int ld_row, int ld_head,
+                                const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                                int D, int interleave)
 {
     rope_block_apply(dx, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, -1.0f);
 }
@@ -815,8 +825,8 @@ static int compare_int32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void moe_route(int32_t *index, float *weight, float *scores, const Act *logits_act,
-                      const float *bias, int N, const MoeRouting *r)
+static void moe_route(const Backend *be, int32_t *index, float *weight, float *scores,
+                      const Act *logits_act, const float *bias, int N, const MoeRouting *r)
 {
     const float *logits = logits_act;
     const int E = r->experts, k = r->top_k, G = r->groups > 0 ? r->groups : 1;
@@ -885,8 +895,9 @@ static void moe_route(int32_t *index, float *weight, float *scores, const Act *l
  *   ds_j = f * dw_j, or f * (dw_j - sum_i dw_i s_i / S) / S when normalized;
  *   softmax: dlogit_e = s_e (ds_e - sum_c ds_c s_c); sigmoid: dlogit_e = ds_e s_e (1 - s_e),
  * with ds_e = 0 for the experts not chosen. */
-static void moe_route_backward(Act *dlogits_act, const float *dweight, const int32_t *index,
-                               const float *scores, int N, const MoeRouting *r)
+static void moe_route_backward(const Backend *be, Act *dlogits_act, const float *dweight,
+                               const int32_t *index, const float *scores, int N,
+                               const MoeRouting *r)
 {
     float *dlogits = dlogits_act;
     const int E = r->experts, k = r->top_k;
@@ -928,8 +939,9 @@ static void moe_route_backward(Act *dlogits_act, const float *dweight, const int
     }
 }
 
-static void moe_balance(Act *dlogits_act, double *loss, const int32_t *index, const float *scores,
-                        const float *token_weights, int B, int T, float alpha, const MoeRouting *r)
+static void moe_balance(const Backend *be, Act *dlogits_act, double *loss, const int32_t *index,
+                        const float *scores, const float *token_weights, int B, int T, float alpha,
+                        const MoeRouting *r)
 {
     float *dlogits = dlogits_act;
     const int E = r->experts, k = r->top_k;
@@ -979,8 +991,8 @@ static void moe_balance(Act *dlogits_act, double *loss, const int32_t *index, co
     *loss += total;
 }
 
-static void moe_permute(int32_t *rows, float *row_weight, int32_t *slot, int *counts,
-                        const int32_t *index, const float *weight, int N, int E, int k)
+static void moe_permute(const Backend *be, int32_t *rows, float *row_weight, int32_t *slot,
+                        int *counts, const int32_t *index, const float *weight, int N, int E, int k)
 {
     for (int e = 0; e < E; e++)
         counts[e] = 0;
@@ -1000,8 +1012,8 @@ static void moe_permute(int32_t *rows, float *row_weight, int32_t *slot, int *co
         }
 }
 
-static void gather_rows(Act *dst_act, const Act *src_act, const int32_t *rows, const float *scale,
-                        int n, int C)
+static void gather_rows(const Backend *be, Act *dst_act, const Act *src_act, const int32_t *rows,
+                        const float *scale, int n, int C)
 {
     float *dst = dst_act;
     const float *src = src_act;
@@ -1015,8 +1027,8 @@ static void gather_rows(Act *dst_act, const Act *src_act, const int32_t *rows, c
 }
 
 /* Rows may repeat: each thread owns a block of columns and walks the rows in order. */
-static void scatter_add_rows(Act *dst_act, const Act *src_act, const int32_t *rows,
-                             const float *scale, int n, int C)
+static void scatter_add_rows(const Backend *be, Act *dst_act, const Act *src_act,
+                             const int32_t *rows, const float *scale, int n, int C)
 {
     float *dst = dst_act;
     const float *src = src_act;
@@ -1033,8 +1045,8 @@ static void scatter_add_rows(Act *dst_act, const Act *src_act, const int32_t *ro
     }
 }
 
-static void rows_dot(float *out, const int32_t *out_index, const Act *a_act, const int32_t *rows,
-                     const Act *b_act, int n, int C)
+static void rows_dot(const Backend *be, float *out, const int32_t *out_index, const Act *a_act,
+                     const int32_t *rows, const Act *b_act, int n, int C)
 {
     const float *a = a_act, *b = b_act;
 #pragma omp parallel for schedule(static)
@@ -1051,27 +1063,27 @@ static void rows_dot(float *out, const int32_t *out_index, const Act *a_act, con
 #define CPU_AT(x, elems) ((float *)(x) + (elems))
 
 /* The experts one after another, each on its block of rows (MoE layers). */
-static void moe_experts_forward(Act *ey, Act *eg, Act *eu, Act *ea, const Act *xs,
-                                float *const *gate, float *const *up, float *const *down,
-                                const int *counts, int E, int C, int Im)
+static void moe_experts_forward(const Backend *be, Act *ey, Act *eg, Act *eu, Act *ea,
+                                const Act *xs, float *const *gate, float *const *up,
+                                float *const *down, const int *counts, int E, int C, int Im)
 {
     size_t off = 0;
     for (int e = 0; e < E; e++) {
         const int n = counts[e];
         if (n == 0) continue;
         const size_t oc = off * C, oi = off * Im;
-        matmul_forward(CPU_AT(eg, oi), CPU_AT(xs, oc), gate[e], NULL, n, C, Im);
-        matmul_forward(CPU_AT(eu, oi), CPU_AT(xs, oc), up[e], NULL, n, C, Im);
-        swiglu_forward(CPU_AT(ea, oi), CPU_AT(eg, oi), CPU_AT(eu, oi), (size_t)n * Im);
-        matmul_forward(CPU_AT(ey, oc), CPU_AT(ea, oi), down[e], NULL, n, Im, C);
+        matmul_forward(be, CPU_AT(eg, oi), CPU_AT(xs, oc), gate[e], NULL, n, C, Im);
+        matmul_forward(be, CPU_AT(eu, oi), CPU_AT(xs, oc), up[e], NULL, n, C, Im);
+        swiglu_forward(be, CPU_AT(ea, oi), CPU_AT(eg, oi), CPU_AT(eu, oi), (size_t)n * Im);
+        matmul_forward(be, CPU_AT(ey, oc), CPU_AT(ea, oi), down[e], NULL, n, Im, C);
         off += (size_t)n;
     }
 }
 
-static void moe_experts_backward(Act *dxs, float *const *dgate, float *const *dup,
-                                 float *const *ddown, Act *dea, Act *deg, Act *deu,
-                                 const Act *dey, const Act *xs, const Act *eg, const Act *eu,
-                                 const Act *ea, float *const *gate, float *const *up,
+static void moe_experts_backward(const Backend *be, Act *dxs, float *const *dgate,
+                                 float *const *dup, float *const *ddown, Act *dea, Act *deg,
+                                 Act *deu, const Act *dey, const Act *xs, const Act *eg,
+                                 const Act *eu, const Act *ea, float *const *gate, float *const *up,
                                  float *const *down, const int *counts, int E, int C, int Im)
 {
     size_t off = 0;
@@ -1079,14 +1091,14 @@ static void moe_experts_backward(Act *dxs, float *const *dgate, float *const *du
         const int n = counts[e];
         if (n == 0) continue;
         const size_t oc = off * C, oi = off * Im;
-        matmul_backward(CPU_AT(dea, oi), ddown[e], NULL, CPU_AT(dey, oc), CPU_AT(ea, oi), down[e],
-                        n, Im, C, 0);
-        swiglu_backward(CPU_AT(deg, oi), CPU_AT(deu, oi), CPU_AT(dea, oi), CPU_AT(eg, oi),
+        matmul_backward(be, CPU_AT(dea, oi), ddown[e], NULL, CPU_AT(dey, oc), CPU_AT(ea, oi),
+                        down[e], n, Im, C, 0);
+        swiglu_backward(be, CPU_AT(deg, oi), CPU_AT(deu, oi), CPU_AT(dea, oi), CPU_AT(eg, oi),
                         CPU_AT(eu, oi), (size_t)n * Im);
-        matmul_backward(CPU_AT(dxs, oc), dgate[e], NULL, CPU_AT(deg, oi), CPU_AT(xs, oc), gate[e],
-                        n, C, Im, 0);
-        matmul_backward(CPU_AT(dxs, oc), dup[e], NULL, CPU_AT(deu, oi), CPU_AT(xs, oc), up[e], n,
-                        C, Im, 1);
+        matmul_backward(be, CPU_AT(dxs, oc), dgate[e], NULL, CPU_AT(deg, oi), CPU_AT(xs, oc),
+                        gate[e], n, C, Im, 0);
+        matmul_backward(be, CPU_AT(dxs, oc), dup[e], NULL, CPU_AT(deu, oi), CPU_AT(xs, oc), up[e],
+                        n, C, Im, 1);
         off += (size_t)n;
     }
 }

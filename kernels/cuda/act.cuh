@@ -1,17 +1,24 @@
 /* act.cuh: Act storage (fp32 or bf16) for kernels: act_ld / act_st (x8), LAUNCH_ACT,
  * act_widen / act_narrow, aligned8; the shared scratch buffer (scratch_get).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * Act tensors (ops.h): float, or __nv_bfloat16 in bf16 mode. A kernel that touches them is a
  * template over the storage type ActT, takes them as void pointers and reads and writes elements
- * through act_ld / act_st, in fp32; LAUNCH_ACT launches the instance of the current mode. */
+ * through act_ld / act_st, in fp32; LAUNCH_ACT launches the instance of the mode of the context cx
+ * (context.cuh), which must be in scope, on its stream. */
 
-static size_t act_size(void)
+static size_t act_bytes(const CudaContext *cx)
 {
-    return lt_bf16 ? sizeof(__nv_bfloat16) : sizeof(float);
+    return cx->bf16 ? sizeof(__nv_bfloat16) : sizeof(float);
+}
+
+static size_t act_size(const Backend *be)
+{
+    return act_bytes(cuda_context(be));
 }
 
 __device__ static inline float act_ld(const float *p, size_t i) { return p[i]; }
@@ -70,10 +77,10 @@ static int aligned8(const void *a, const void *b = NULL, const void *c = NULL,
 
 #define LAUNCH_ACT(kernel, grid, block, smem, ...)                                                 \
     do {                                                                                           \
-        if (lt_bf16)                                                                               \
-            kernel<__nv_bfloat16><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);               \
+        if (cx->bf16)                                                                              \
+            kernel<__nv_bfloat16><<<(grid), (block), (smem), cx->stream>>>(__VA_ARGS__);           \
         else                                                                                       \
-            kernel<float><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);                       \
+            kernel<float><<<(grid), (block), (smem), cx->stream>>>(__VA_ARGS__);                   \
         launchCheck();                                                                             \
     } while (0)
 
@@ -81,10 +88,10 @@ static int aligned8(const void *a, const void *b = NULL, const void *c = NULL,
  * template <typename ActT, bool VEC>), given as true or false. */
 #define LAUNCH_ACT_VEC(kernel, vec, grid, block, smem, ...)                                        \
     do {                                                                                           \
-        if (lt_bf16)                                                                               \
-            kernel<__nv_bfloat16, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);          \
+        if (cx->bf16)                                                                              \
+            kernel<__nv_bfloat16, vec><<<(grid), (block), (smem), cx->stream>>>(__VA_ARGS__);      \
         else                                                                                       \
-            kernel<float, vec><<<(grid), (block), (smem), stream>>>(__VA_ARGS__);                  \
+            kernel<float, vec><<<(grid), (block), (smem), cx->stream>>>(__VA_ARGS__);              \
         launchCheck();                                                                             \
     } while (0)
 
@@ -103,12 +110,12 @@ __global__ static void act_narrow_kernel(void *dst, const float *src, size_t n)
     if (i < n) act_st((ActT *)dst, i, src[i]);
 }
 
-static void act_widen(float *dst, const void *src, size_t n)
+static void act_widen(CudaContext *cx, float *dst, const void *src, size_t n)
 {
     if (n) LAUNCH_ACT(act_widen_kernel, ceil_div((long long)n, 256), 256, 0, dst, src, n);
 }
 
-static void act_narrow(void *dst, const float *src, size_t n)
+static void act_narrow(CudaContext *cx, void *dst, const float *src, size_t n)
 {
     if (n) LAUNCH_ACT(act_narrow_kernel, ceil_div((long long)n, 256), 256, 0, dst, src, n);
 }
@@ -117,15 +124,12 @@ static void act_narrow(void *dst, const float *src, size_t n)
  * scratch: one device buffer shared by the ops that need temporary space (partial sums); ops run
  * one after another on one stream, so no two of them use it at once. */
 
-static void *scratch_ptr;
-static size_t scratch_size;
-
-static void *scratch_get(size_t bytes)
+static void *scratch_get(CudaContext *cx, size_t bytes)
 {
-    if (bytes > scratch_size) {
-        cudaCheck(cudaFree(scratch_ptr)); /* synchronises: nothing still reads the old one */
-        scratch_size = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
-        cudaCheck(cudaMalloc(&scratch_ptr, scratch_size));
+    if (bytes > cx->scratch_size) {
+        cudaCheck(cudaFree(cx->scratch)); /* synchronises: nothing still reads the old one */
+        cx->scratch_size = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+        cudaCheck(cudaMalloc(&cx->scratch, cx->scratch_size));
     }
-    return scratch_ptr;
+    return cx->scratch;
 }

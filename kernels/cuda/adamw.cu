@@ -135,12 +135,6 @@ extern "C" void cuda_adamw_fp32(float *param, const float *grad, float *m, float
 #define EWC_THREADS 256
 #define EWC_BLOCKS 1024
 
-/* Device copies of the per-set pointer tables and the per-block partial sums; they only grow.
- * Ops run one after another on one stream, so no two calls use them at once. */
-static const float **ewc_tables;
-static int ewc_tables_cap;
-static double *ewc_partial;
-
 __global__ static void adamw_ewc_kernel(float *param, const float *grad, float *m, float *v,
                                         size_t n, AdamwScalars s, const float *const *fisher,
                                         const float *const *anchor, int n_sets, float lambda,
@@ -188,7 +182,7 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
                                float grad_scale, int t, const float *const *fisher,
                                const float *const *anchor, int n_sets, float lambda,
                                int decay_to_anchor, double *penalty, __nv_bfloat16 *copy,
-                               cudaStream_t stream)
+                               EwcScratch *scratch, cudaStream_t stream)
 {
     if (n_sets <= 0) { /* plain AdamW, the same kernel as adamw_update: the same bits */
         cuda_adamw_fp32(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
@@ -197,27 +191,27 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
     }
     if (n == 0) return;
     const AdamwScalars s = adamw_scalars(lr, beta1, beta2, eps, weight_decay, grad_scale, t);
-    if (n_sets > ewc_tables_cap) {
-        cudaCheck(cudaFree(ewc_tables)); /* synchronises: no kernel still reads the old one */
-        cudaCheck(cudaMalloc(&ewc_tables, 2 * (size_t)n_sets * sizeof(float *)));
-        ewc_tables_cap = n_sets;
+    if (n_sets > scratch->tables_cap) {
+        cudaCheck(cudaFree(scratch->tables)); /* synchronises: no kernel still reads the old one */
+        cudaCheck(cudaMalloc(&scratch->tables, 2 * (size_t)n_sets * sizeof(float *)));
+        scratch->tables_cap = n_sets;
     }
-    if (!ewc_partial) cudaCheck(cudaMalloc(&ewc_partial, EWC_BLOCKS * sizeof(double)));
+    if (!scratch->partial) cudaCheck(cudaMalloc(&scratch->partial, EWC_BLOCKS * sizeof(double)));
     /* the tables travel by copy on the stream (pageable source: staged before the call
      * returns, so the caller's arrays may go away) */
-    cudaCheck(cudaMemcpyAsync(ewc_tables, fisher, (size_t)n_sets * sizeof(float *),
+    cudaCheck(cudaMemcpyAsync(scratch->tables, fisher, (size_t)n_sets * sizeof(float *),
                               cudaMemcpyHostToDevice, stream));
-    cudaCheck(cudaMemcpyAsync(ewc_tables + n_sets, anchor, (size_t)n_sets * sizeof(float *),
+    cudaCheck(cudaMemcpyAsync(scratch->tables + n_sets, anchor, (size_t)n_sets * sizeof(float *),
                               cudaMemcpyHostToDevice, stream));
     const size_t wanted = (n + EWC_THREADS - 1) / EWC_THREADS;
     const int blocks = wanted < EWC_BLOCKS ? (int)wanted : EWC_BLOCKS;
-    adamw_ewc_kernel<<<blocks, EWC_THREADS, 0, stream>>>(
-        param, grad, m, v, n, s, ewc_tables, ewc_tables + n_sets, n_sets, lambda,
-        decay_to_anchor, ewc_partial, copy);
+    adamw_ewc_kernel<<<blocks, EWC_THREADS, 0, stream>>>(param, grad, m, v, n, s, scratch->tables,
+                                                         scratch->tables + n_sets, n_sets, lambda,
+                                                         decay_to_anchor, scratch->partial, copy);
     cudaCheck(cudaGetLastError());
     if (!penalty) return;
     double host[EWC_BLOCKS];
-    cudaCheck(cudaMemcpyAsync(host, ewc_partial, (size_t)blocks * sizeof(double),
+    cudaCheck(cudaMemcpyAsync(host, scratch->partial, (size_t)blocks * sizeof(double),
                               cudaMemcpyDeviceToHost, stream));
     cudaCheck(cudaStreamSynchronize(stream));
     double pen = 0.0;

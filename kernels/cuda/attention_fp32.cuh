@@ -2,8 +2,9 @@
  * kernels (kind "simple"), the cuda.attention option, and the hand-over to the tensor-core
  * kernels of attention.cuh (wgmma on Hopper, mma.sync elsewhere).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * attention, flash-style in fp32. A block of ATT_WARPS warps owns ATT_WARPS consecutive rows
@@ -297,13 +298,7 @@ template <typename Kernel> static void allow_smem(Kernel kernel, size_t bytes)
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-/* 0: flash (the tensor-core kernels where they suit: wgmma on Hopper for head_dim 128, else
- * mma.sync; else the fp32 kernels above), 1: simple (the fp32 kernels), 2: mma (the mma.sync
- * kernels even where the wgmma ones would run: the fallback, testable on Hopper) */
-static int attention_kind;
-static long long attention_mma_calls;
-
-/* The cuda.attention option (cuda_backend_options). */
+/* The cuda.attention option (cuda_backend_create). */
 static int attention_kind_parse(const char *mode, int *kind)
 {
     static const char *const names[] = {"flash", "simple", "mma"}; /* attention_kind's values */
@@ -312,37 +307,39 @@ static int attention_kind_parse(const char *mode, int *kind)
     return ds_error(DS_ERR_INPUT, "cuda.attention: \"%s\": expected flash, mma or simple", mode);
 }
 
-extern "C" long long cuda_attention_flash_calls(void)
+extern "C" long long cuda_attention_flash_calls(const Backend *be)
 {
-    return attention_mma_calls;
+    return cuda_context(be)->attention_flash_calls;
 }
 
-static void attention_forward_f32(float *out, float *lse, const float *q, const float *k,
-                                  const float *v, int B, int T, int H, int KVH, int D)
+static void attention_forward_f32(CudaContext *cx, float *out, float *lse, const float *q,
+                                  const float *k, const float *v, int B, int T, int H, int KVH,
+                                  int D)
 {
     size_t smem = (size_t)(ATT_TILE * (D + 1) + ATT_TILE * D + ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_forward_kernel, smem);
-    attention_forward_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem, stream>>>(
-        out, lse, q, k, v, T, H, KVH, D, 1.0f / sqrtf((float)D));
+    attention_forward_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem,
+                               cx->stream>>>(out, lse, q, k, v, T, H, KVH, D,
+                                             1.0f / sqrtf((float)D));
     launchCheck();
 }
 
-static void attention_backward_f32(float *dq, float *dk, float *dv, const float *dout,
-                                   const float *delta, const float *lse, const float *q,
-                                   const float *k, const float *v, int B, int T, int H, int KVH,
-                                   int D)
+static void attention_backward_f32(CudaContext *cx, float *dq, float *dk, float *dv,
+                                   const float *dout, const float *delta, const float *lse,
+                                   const float *q, const float *k, const float *v, int B, int T,
+                                   int H, int KVH, int D)
 {
     const float scale = 1.0f / sqrtf((float)D);
     size_t smem_dq = (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_dq_kernel, smem_dq);
-    attention_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem_dq, stream>>>(
-        dq, dout, lse, delta, q, k, v, T, H, KVH, D, scale);
+    attention_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem_dq,
+                          cx->stream>>>(dq, dout, lse, delta, q, k, v, T, H, KVH, D, scale);
     launchCheck();
     size_t smem_kv =
         (size_t)(2 * ATT_TILE * (D + 1) + 2 * ATT_TILE + 2 * ATT_WARPS * D) * sizeof(float);
     allow_smem(attention_dkdv_kernel, smem_kv);
     attention_dkdv_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * KVH), ATT_WARPS * 32, smem_kv,
-                            stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, KVH, D, scale);
+                            cx->stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, KVH, D, scale);
     launchCheck();
 }
 
@@ -363,78 +360,83 @@ static void *scratch_cut(ScratchCut *c, size_t bytes)
     return p;
 }
 
-static void attention_forward(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
-                              int B, int T, int H, int KVH, int D)
+static void attention_forward(const Backend *be, Act *out, float *lse, const Act *q, const Act *k,
+                              const Act *v, int B, int T, int H, int KVH, int D)
 {
+    CudaContext *cx = cuda_context(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_check_shape(H, KVH, D);
-    if (attention_kind != 1 && cuda_mma_attention_suits(B, T, H, KVH, D)) {
-        const size_t workspace = cuda_mma_attention_workspace(B, T, H, KVH, D, 0, lt_bf16);
-        if (cuda_mma_attention_forward(out, lse, q, k, v, lt_bf16, attention_kind == 0,
-                                       workspace ? scratch_get(workspace) : NULL, B, T, H, KVH, D,
-                                       stream)) {
-            attention_mma_calls++;
+    if (cx->attention_kind != ATTENTION_SIMPLE && cuda_mma_attention_suits(B, T, H, KVH, D)) {
+        const size_t workspace = cuda_mma_attention_workspace(B, T, H, KVH, D, 0, cx->bf16);
+        if (cuda_mma_attention_forward(
+                out, lse, q, k, v, cx->bf16, cx->attention_kind == ATTENTION_FLASH,
+                workspace ? scratch_get(cx, workspace) : NULL, B, T, H, KVH, D, cx->stream)) {
+            cx->attention_flash_calls++;
             return;
         }
     }
-    if (!lt_bf16) {
-        attention_forward_f32((float *)out, lse, (const float *)q, (const float *)k,
+    if (!cx->bf16) {
+        attention_forward_f32(cx, (float *)out, lse, (const float *)q, (const float *)k,
                               (const float *)v, B, T, H, KVH, D);
         return;
     }
     /* bf16 activations into kernels that read fp32: widened copies in scratch */
     const size_t qn = (size_t)B * T * H * D, kvn = (size_t)B * T * KVH * D;
-    ScratchCut cut = {(unsigned char *)scratch_get(scratch_round(qn * 4) * 2 +
-                                                   scratch_round(kvn * 4) * 2)};
+    ScratchCut cut = {
+        (unsigned char *)scratch_get(cx, scratch_round(qn * 4) * 2 + scratch_round(kvn * 4) * 2)};
     float *q32 = (float *)scratch_cut(&cut, qn * 4), *out32 = (float *)scratch_cut(&cut, qn * 4);
     float *k32 = (float *)scratch_cut(&cut, kvn * 4), *v32 = (float *)scratch_cut(&cut, kvn * 4);
-    act_widen(q32, q, qn);
-    act_widen(k32, k, kvn);
-    act_widen(v32, v, kvn);
-    attention_forward_f32(out32, lse, q32, k32, v32, B, T, H, KVH, D);
-    act_narrow(out, out32, qn);
+    act_widen(cx, q32, q, qn);
+    act_widen(cx, k32, k, kvn);
+    act_widen(cx, v32, v, kvn);
+    attention_forward_f32(cx, out32, lse, q32, k32, v32, B, T, H, KVH, D);
+    act_narrow(cx, out, out32, qn);
 }
 
-static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
-                               const float *lse, const Act *q, const Act *k, const Act *v, int B,
-                               int T, int H, int KVH, int D)
+static void attention_backward(const Backend *be, Act *dq, Act *dk, Act *dv, const Act *dout,
+                               const Act *out, const float *lse, const Act *q, const Act *k,
+                               const Act *v, int B, int T, int H, int KVH, int D)
 {
+    CudaContext *cx = cuda_context(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_check_shape(H, KVH, D);
     const long long rows = (long long)B * H * T;
     const size_t qn = (size_t)B * T * H * D, kvn = (size_t)B * T * KVH * D;
-    const int mma = attention_kind != 1 && cuda_mma_attention_suits(B, T, H, KVH, D);
+    const int mma =
+        cx->attention_kind != ATTENTION_SIMPLE && cuda_mma_attention_suits(B, T, H, KVH, D);
     /* scratch: delta, then the mma kernels' workspace, or fp32 copies of the Act tensors for the
      * fp32 kernels in bf16 mode (dq, dk, dv, dout, q, k, v) */
-    const size_t workspace = mma ? cuda_mma_attention_workspace(B, T, H, KVH, D, 1, lt_bf16) : 0;
-    const size_t widened = lt_bf16 ? 3 * scratch_round(qn * 4) + 4 * scratch_round(kvn * 4) : 0;
-    ScratchCut cut = {(unsigned char *)scratch_get(scratch_round((size_t)rows * 4) +
-                                                   (workspace > widened ? workspace : widened))};
+    const size_t workspace = mma ? cuda_mma_attention_workspace(B, T, H, KVH, D, 1, cx->bf16) : 0;
+    const size_t widened = cx->bf16 ? 3 * scratch_round(qn * 4) + 4 * scratch_round(kvn * 4) : 0;
+    ScratchCut cut = {(unsigned char *)scratch_get(
+        cx, scratch_round((size_t)rows * 4) + (workspace > widened ? workspace : widened))};
     float *delta = (float *)scratch_cut(&cut, (size_t)rows * 4);
     LAUNCH_ACT(attention_delta_kernel, ceil_div(rows * 32, 256), 256, 0, delta, dout, out, B, T, H,
                D);
-    if (mma && cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v, lt_bf16,
-                                           attention_kind == 0, workspace ? cut.at : NULL, B, T, H,
-                                           KVH, D, stream)) {
-        attention_mma_calls++;
+    if (mma &&
+        cuda_mma_attention_backward(dq, dk, dv, dout, delta, lse, q, k, v, cx->bf16,
+                                    cx->attention_kind == ATTENTION_FLASH,
+                                    workspace ? cut.at : NULL, B, T, H, KVH, D, cx->stream)) {
+        cx->attention_flash_calls++;
         return;
     }
-    if (!lt_bf16) {
-        attention_backward_f32((float *)dq, (float *)dk, (float *)dv, (const float *)dout, delta,
-                               lse, (const float *)q, (const float *)k, (const float *)v, B, T, H,
-                               KVH, D);
+    if (!cx->bf16) {
+        attention_backward_f32(cx, (float *)dq, (float *)dk, (float *)dv, (const float *)dout,
+                               delta, lse, (const float *)q, (const float *)k, (const float *)v, B,
+                               T, H, KVH, D);
         return;
     }
     float *dq32 = (float *)scratch_cut(&cut, qn * 4), *dout32 = (float *)scratch_cut(&cut, qn * 4);
     float *q32 = (float *)scratch_cut(&cut, qn * 4);
     float *dk32 = (float *)scratch_cut(&cut, kvn * 4), *dv32 = (float *)scratch_cut(&cut, kvn * 4);
     float *k32 = (float *)scratch_cut(&cut, kvn * 4), *v32 = (float *)scratch_cut(&cut, kvn * 4);
-    act_widen(dout32, dout, qn);
-    act_widen(q32, q, qn);
-    act_widen(k32, k, kvn);
-    act_widen(v32, v, kvn);
-    attention_backward_f32(dq32, dk32, dv32, dout32, delta, lse, q32, k32, v32, B, T, H, KVH, D);
-    act_narrow(dq, dq32, qn);
-    act_narrow(dk, dk32, kvn);
-    act_narrow(dv, dv32, kvn);
+    act_widen(cx, dout32, dout, qn);
+    act_widen(cx, q32, q, qn);
+    act_widen(cx, k32, k, kvn);
+    act_widen(cx, v32, v, kvn);
+    attention_backward_f32(cx, dq32, dk32, dv32, dout32, delta, lse, q32, k32, v32, B, T, H, KVH,
+                           D);
+    act_narrow(cx, dq, dq32, qn);
+    act_narrow(cx, dk, dk32, kvn);
+    act_narrow(cx, dv, dv32, kvn);
 }

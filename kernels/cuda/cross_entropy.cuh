@@ -1,8 +1,9 @@
 /* cross_entropy.cuh: cross_entropy (loss and gradient in place) and its vocab-sharded steps
  * (cross_entropy_shard_max / _stats / _finish).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * cross-entropy, one block per row, semantics of the CPU backend (weight-0 rows: loss 0, zero
@@ -65,27 +66,21 @@ __global__ static void cross_entropy_kernel(float *losses, void *logits, const i
 }
 
 /* shared memory a block may take (the device's opt-in limit less the kernel's own and a margin) */
-static size_t ce_cache_limit(void)
+static size_t ce_cache_limit(const CudaContext *cx)
 {
-    static size_t limit;
-    if (!limit) {
-        int device = 0, bytes = 0;
-        cudaCheck(cudaGetDevice(&device));
-        cudaCheck(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-        limit = bytes > 4096 ? (size_t)bytes - 2048 : 0;
-    }
-    return limit;
+    return cx->smem_optin > 4096 ? cx->smem_optin - 2048 : 0;
 }
 
-static void cross_entropy(float *losses, Act *logits, const int32_t *targets, const float *weights,
-                          int N, int V, int write_grad)
+static void cross_entropy(const Backend *be, float *losses, Act *logits, const int32_t *targets,
+                          const float *weights, int N, int V, int write_grad)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0) return;
-    const size_t elem = act_size();
+    const size_t elem = act_bytes(cx);
     size_t cached = V > 0 ? (size_t)V : 0;
-    if (cached * elem > ce_cache_limit()) cached = ce_cache_limit() / elem / 8 * 8;
+    if (cached * elem > ce_cache_limit(cx)) cached = ce_cache_limit(cx) / elem / 8 * 8;
     const size_t smem = cached * elem;
-    if (lt_bf16)
+    if (cx->bf16)
         allow_smem(cross_entropy_kernel<__nv_bfloat16>, smem);
     else
         allow_smem(cross_entropy_kernel<float>, smem);
@@ -156,24 +151,29 @@ __global__ static void ce_shard_finish_kernel(float *losses, void *logits, const
     }
 }
 
-static void cross_entropy_shard_max(float *row_max, const Act *logits, int N, int V)
+static void cross_entropy_shard_max(const Backend *be, float *row_max, const Act *logits, int N,
+                                    int V)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0) return;
     LAUNCH_ACT(ce_shard_max_kernel, N, 512, 0, row_max, logits, V);
 }
 
-static void cross_entropy_shard_stats(float *stats, const Act *logits, const float *row_max,
-                                      const int32_t *targets, int N, int V, int vocab_start)
+static void cross_entropy_shard_stats(const Backend *be, float *stats, const Act *logits,
+                                      const float *row_max, const int32_t *targets, int N, int V,
+                                      int vocab_start)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0) return;
     LAUNCH_ACT(ce_shard_stats_kernel, N, 512, 0, stats, logits, row_max, targets, V, vocab_start);
 }
 
-static void cross_entropy_shard_finish(float *losses, Act *logits, const float *row_max,
-                                       const float *stats, const int32_t *targets,
-                                       const float *weights, int N, int V, int vocab_start,
-                                       int write_grad)
+static void cross_entropy_shard_finish(const Backend *be, float *losses, Act *logits,
+                                       const float *row_max, const float *stats,
+                                       const int32_t *targets, const float *weights, int N, int V,
+                                       int vocab_start, int write_grad)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0) return;
     LAUNCH_ACT(ce_shard_finish_kernel, N, 512, 0, losses, logits, row_max, stats, targets, weights,
                V, vocab_start, write_grad);

@@ -19,4 +19,12 @@ static inline void cuda_check_at(cudaError_t err, const char *file, int line)
 
 static inline int ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
 
+/* AdamW with EWC's device buffers (adamw.cu), held by a CUDA backend's context: the per-set
+ * pointer tables and the per-block partial sums of the penalty; they only grow. */
+typedef struct EwcScratch {
+    const float **tables;
+    int tables_cap;
+    double *partial;
+} EwcScratch;
+
 #endif

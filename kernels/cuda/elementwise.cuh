@@ -1,7 +1,8 @@
 /* elementwise.cuh: swiglu_forward / swiglu_backward, add, scale (eight elements a thread).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * elementwise ops */
@@ -104,30 +105,34 @@ static int blocks_of8(size_t n)
     return ceil_div(ceil_div((long long)n, 8), 256);
 }
 
-static void swiglu_forward(Act *out, const Act *gate, const Act *up, size_t n)
+static void swiglu_forward(const Backend *be, Act *out, const Act *gate, const Act *up, size_t n)
 {
+    CudaContext *cx = cuda_context(be);
     if (n)
         LAUNCH_ACT(swiglu_forward_kernel, blocks_of8(n), 256, 0, out, gate, up, n,
                    aligned8(out, gate, up));
 }
 
-static void swiglu_backward(Act *dgate, Act *dup, const Act *dout, const Act *gate, const Act *up,
-                            size_t n)
+static void swiglu_backward(const Backend *be, Act *dgate, Act *dup, const Act *dout,
+                            const Act *gate, const Act *up, size_t n)
 {
+    CudaContext *cx = cuda_context(be);
     if (n)
         LAUNCH_ACT(swiglu_backward_kernel, blocks_of8(n), 256, 0, dgate, dup, dout, gate, up, n,
                    aligned8(dgate, dup, dout, gate, up));
 }
 
-static void add(float *out, const float *a, const Act *b, size_t n)
+static void add(const Backend *be, float *out, const float *a, const Act *b, size_t n)
 {
+    CudaContext *cx = cuda_context(be);
     if (n) LAUNCH_ACT(add_kernel, blocks_of8(n), 256, 0, out, a, b, n, aligned8(out, a, b));
 }
 
-static void scale(float *x, float s, size_t n)
+static void scale(const Backend *be, float *x, float s, size_t n)
 {
+    CudaContext *cx = cuda_context(be);
     if (!n) return;
-    weight_copies_written(x, n * sizeof(float)); /* in case x is an attached buffer */
-    scale_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(x, s, n);
+    weight_copies_written(cx, x, n * sizeof(float)); /* in case x is an attached buffer */
+    scale_kernel<<<ceil_div((long long)n, 256), 256, 0, cx->stream>>>(x, s, n);
     launchCheck();
 }

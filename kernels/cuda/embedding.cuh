@@ -1,8 +1,9 @@
 /* embedding.cuh: embedding_forward / embedding_backward (whole and vocab-sharded tables;
  * deterministic backward through a stable radix sort).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * embedding. Backward adds each token's gradient rows into its table row in token order, as the
@@ -46,44 +47,47 @@ __global__ static void embedding_backward_kernel(float *dtable, const float *dou
     dtable[(size_t)t * C + col] = acc;
 }
 
-static void embedding_forward_shard(float *out, const int32_t *tokens, const float *table, int N,
-                                    int C, int vocab_start, int V)
+static void embedding_forward_shard(const Backend *be, float *out, const int32_t *tokens,
+                                    const float *table, int N, int C, int vocab_start, int V)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0 || C <= 0) return;
-    embedding_forward_kernel<<<ceil_div((long long)N * C, 256), 256, 0, stream>>>(
+    embedding_forward_kernel<<<ceil_div((long long)N * C, 256), 256, 0, cx->stream>>>(
         out, tokens, table, N, C, vocab_start, V);
     launchCheck();
 }
 
-static void embedding_backward_shard(float *dtable, const float *dout, const int32_t *tokens, int N,
-                                     int C, int vocab_start, int V)
+static void embedding_backward_shard(const Backend *be, float *dtable, const float *dout,
+                                     const int32_t *tokens, int N, int C, int vocab_start, int V)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0 || C <= 0) return;
     /* scratch: sorted tokens, positions in and out (each 256-byte aligned), CUB's temporary */
     size_t sort_bytes = 0;
     cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, tokens, (int32_t *)NULL,
-                                              (const int32_t *)NULL, (int32_t *)NULL, N, 0,
-                                              32, stream));
+                                              (const int32_t *)NULL, (int32_t *)NULL, N, 0, 32,
+                                              cx->stream));
     const size_t vec = ((size_t)N * sizeof(int32_t) + 255) / 256 * 256;
-    unsigned char *scratch = (unsigned char *)scratch_get(3 * vec + sort_bytes);
+    unsigned char *scratch = (unsigned char *)scratch_get(cx, 3 * vec + sort_bytes);
     int32_t *sorted = (int32_t *)scratch, *order = (int32_t *)(scratch + vec);
     int32_t *position = (int32_t *)(scratch + 2 * vec);
-    iota_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(order, N);
+    iota_kernel<<<ceil_div(N, 256), 256, 0, cx->stream>>>(order, N);
     launchCheck();
     cudaCheck(cub::DeviceRadixSort::SortPairs(scratch + 3 * vec, sort_bytes, tokens, sorted, order,
-                                              position, N, 0, 32, stream));
-    embedding_backward_kernel<<<dim3(N, ceil_div(C, 256)), 256, 0, stream>>>(
+                                              position, N, 0, 32, cx->stream));
+    embedding_backward_kernel<<<dim3(N, ceil_div(C, 256)), 256, 0, cx->stream>>>(
         dtable, dout, sorted, position, N, C, vocab_start, V);
     launchCheck();
 }
 
-static void embedding_forward(float *out, const int32_t *tokens, const float *table, int N, int C)
+static void embedding_forward(const Backend *be, float *out, const int32_t *tokens,
+                              const float *table, int N, int C)
 {
-    embedding_forward_shard(out, tokens, table, N, C, 0, INT_MAX);
+    embedding_forward_shard(be, out, tokens, table, N, C, 0, INT_MAX);
 }
 
-static void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int N,
-                               int C)
+static void embedding_backward(const Backend *be, float *dtable, const float *dout,
+                               const int32_t *tokens, int N, int C)
 {
-    embedding_backward_shard(dtable, dout, tokens, N, C, 0, INT_MAX);
+    embedding_backward_shard(be, dtable, dout, tokens, N, C, 0, INT_MAX);
 }

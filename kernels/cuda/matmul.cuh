@@ -1,8 +1,9 @@
 /* matmul.cuh: matmul_forward / matmul_backward through cuBLASLt: the bf16 working copies of
  * the weights (weights_attach / refresh / detach), the precision option, the plan cache.
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * matmul through cuBLASLt. cuBLAS is column-major: a row-major [R, C] matrix is a column-major
@@ -10,18 +11,14 @@
  *   forward  out (N x M)  = W^T (W stored K x N) . inp (K x M)
  *   dinp     dinp (K x M) = W (K x N) . dout (N x M)
  *   dweight  dW (K x N)  += inp (K x M) . dout^T (dout stored N x M)
- * Modes (the precision option, cuda_backend_options):
+ * Modes (the precision option, cuda_backend_create):
  *   fp32: fp32 operands, true fp32 products (TF32 off); tf32: fp32 operands on the TF32 cores.
  *   bf16 (mixed precision): bf16 operands (the weights from the attached working copy, the
  *     activations and gradients as they are stored), products on the bf16 tensor cores with fp32
  *     accumulation; out and dinp are written in bf16 (dinp += rounds once, after the fp32 sum),
  *     dW in fp32 (C and D fp32, so dW += accumulates in fp32). */
 
-static cublasLtHandle_t lt_handle;
-static void *lt_workspace;
 static const size_t lt_workspace_size = (size_t)32 << 20;
-static cublasComputeType_t lt_compute = CUBLAS_COMPUTE_32F;
-
 
 /* ---- bf16 operands ---- */
 
@@ -45,22 +42,17 @@ __global__ static void round_bf16_unaligned_kernel(__nv_bfloat16 *dst, const flo
     if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
 }
 
-static void round_bf16(__nv_bfloat16 *dst, const float *src, size_t n)
+static void round_bf16(CudaContext *cx, __nv_bfloat16 *dst, const float *src, size_t n)
 {
     if (n == 0) return;
     if ((uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0)
-        round_bf16_kernel<<<ceil_div((long long)ceil_div((long long)n, 4), 256), 256, 0, stream>>>(
-            dst, src, n);
+        round_bf16_kernel<<<ceil_div((long long)ceil_div((long long)n, 4), 256), 256, 0,
+                            cx->stream>>>(dst, src, n);
     else
-        round_bf16_unaligned_kernel<<<ceil_div((long long)n, 256), 256, 0, stream>>>(dst, src, n);
+        round_bf16_unaligned_kernel<<<ceil_div((long long)n, 256), 256, 0, cx->stream>>>(dst, src,
+                                                                                         n);
     launchCheck();
 }
-
-/* A device buffer of bf16 that only grows (the first step sees the largest shapes). */
-typedef struct Bf16Buffer {
-    __nv_bfloat16 *ptr;
-    size_t cap; /* elements */
-} Bf16Buffer;
 
 static __nv_bfloat16 *bf16_buffer(Bf16Buffer *b, size_t n)
 {
@@ -72,41 +64,18 @@ static __nv_bfloat16 *bf16_buffer(Bf16Buffer *b, size_t n)
     return b->ptr;
 }
 
-/* a weight and a bias outside every attached buffer, rounded */
-static Bf16Buffer operand_weight, operand_bias;
-
-/* The working copies of attached parameter buffers (Backend.weights_attach).
- * The optimizer's AdamW ops write the copy beside the fp32 values they update (adamw.cu), so
- * after a step the copy already holds what weights_refresh would round: the refresh rounds only
- * what something else wrote since the last one (the memory ops and scale mark the ranges they
- * write here, kernels/dirty_ranges.h keeping them few; writers outside the backend, a
- * collective, call weights_touched: the whole buffer). Elements no AdamW call reached (padding,
- * frozen tensors) were not written at all. */
-#define WEIGHT_COPIES_MAX 16
-typedef struct WeightCopy {
-    const float *params; /* NULL: free slot */
-    size_t n;
-    __nv_bfloat16 *copy; /* NULL until the first bf16 refresh */
-    int fresh;           /* copy holds the values of the last refresh in bf16 mode */
-    int stale;           /* the whole copy is behind the buffer: rounded whole at the refresh */
-    DirtyRanges dirty;   /* else: the elements behind */
-} WeightCopy;
-static WeightCopy weight_copies[WEIGHT_COPIES_MAX];
-static long long refresh_rounded; /* elements the refreshes rounded, all buffers */
-static int copies_kept = 1;       /* the weight_copy option: 1 full, 0 none */
-
-extern "C" long long cuda_weights_refresh_rounded(void)
+extern "C" long long cuda_weights_refresh_rounded(const Backend *be)
 {
-    return refresh_rounded;
+    return cuda_context(be)->refresh_rounded;
 }
 
 /* Memory [p, p + bytes) was written by something other than AdamW: the elements of the copies
  * it overlaps must be rounded again at their next refresh. */
-static void weight_copies_written(const void *p, size_t bytes)
+static void weight_copies_written(CudaContext *cx, const void *p, size_t bytes)
 {
     const char *b = (const char *)p, *e = b + bytes;
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        WeightCopy *w = &weight_copies[i];
+        WeightCopy *w = &cx->copies[i];
         const char *first = (const char *)w->params, *end = (const char *)(w->params + w->n);
         if (!w->params || b >= end || e <= first) continue;
         const size_t lo = b > first ? (size_t)(b - first) / sizeof(float) : 0;
@@ -118,29 +87,30 @@ static void weight_copies_written(const void *p, size_t bytes)
 
 /* The place in a working copy where AdamW writes the bf16 values of params[0..n) as it updates
  * them, or NULL (fp32 modes, or no copy holds them: then the copy is stale). */
-static __nv_bfloat16 *weight_copy_for_update(const float *param, size_t n)
+static __nv_bfloat16 *weight_copy_for_update(CudaContext *cx, const float *param, size_t n)
 {
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        WeightCopy *w = &weight_copies[i];
+        WeightCopy *w = &cx->copies[i];
         if (!w->params || param < w->params || param + n > w->params + w->n) continue;
-        if (lt_bf16 && w->copy) return w->copy + (param - w->params);
+        if (cx->bf16 && w->copy) return w->copy + (param - w->params);
         w->stale = 1;
         return NULL;
     }
-    weight_copies_written(param, n * sizeof(float)); /* straddles a buffer's edge */
+    weight_copies_written(cx, param, n * sizeof(float)); /* straddles a buffer's edge */
     return NULL;
 }
 
-static WeightCopy *weight_copy_of(const float *params)
+static WeightCopy *weight_copy_of(CudaContext *cx, const float *params)
 {
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
-        if (weight_copies[i].params == params) return &weight_copies[i];
+        if (cx->copies[i].params == params) return &cx->copies[i];
     return NULL;
 }
 
-static void weights_touched(const float *params)
+static void weights_touched(const Backend *be, const float *params)
 {
-    WeightCopy *w = weight_copy_of(params);
+    CudaContext *cx = cuda_context(be);
+    WeightCopy *w = weight_copy_of(cx, params);
     if (w) w->stale = 1;
 }
 
@@ -159,18 +129,19 @@ static int weight_copy_alloc(WeightCopy *w)
                     w->n * 2 / 1048576.0, free_bytes / 1048576.0);
 }
 
-static int weights_attach(const float *params, size_t n)
+static int weights_attach(const Backend *be, const float *params, size_t n)
 {
+    CudaContext *cx = cuda_context(be);
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) { /* a weight must have one place in one copy */
-        const WeightCopy *o = &weight_copies[i];
+        const WeightCopy *o = &cx->copies[i];
         if (o->params && o->params != params && params < o->params + o->n && o->params < params + n)
             return ds_error(DS_ERR_INTERNAL,
                             "CUDA: weights_attach: a buffer of %zu floats overlaps one attached "
                             "already (%zu floats)",
                             n, o->n);
     }
-    WeightCopy *w = weight_copy_of(params);
-    if (!w) w = weight_copy_of(NULL);
+    WeightCopy *w = weight_copy_of(cx, params);
+    if (!w) w = weight_copy_of(cx, NULL);
     if (!w) return ds_error(DS_ERR_INTERNAL, "CUDA: more than %d parameter buffers attached",
                             WEIGHT_COPIES_MAX);
     w->params = params;
@@ -180,14 +151,15 @@ static int weights_attach(const float *params, size_t n)
     return DS_OK; /* the copy is made by the first refresh, after the model's other buffers */
 }
 
-static void weights_refresh(const float *params)
+static void weights_refresh(const Backend *be, const float *params)
 {
-    WeightCopy *w = weight_copy_of(params);
+    CudaContext *cx = cuda_context(be);
+    WeightCopy *w = weight_copy_of(cx, params);
     if (!w) return;
     const int whole = w->stale || !w->copy;
     w->fresh = 0;
     w->stale = 1;
-    if (!lt_bf16 || !copies_kept) return;
+    if (!cx->bf16 || !cx->copies_kept) return;
     if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
         static int warned;
         if (!warned++)
@@ -198,22 +170,23 @@ static void weights_refresh(const float *params)
         return;
     }
     if (whole) {
-        round_bf16(w->copy, params, w->n);
-        refresh_rounded += (long long)w->n;
+        round_bf16(cx, w->copy, params, w->n);
+        cx->refresh_rounded += (long long)w->n;
     } else {
         const DirtyRanges *d = &w->dirty;
         for (int i = 0; i < d->count; i++)
-            round_bf16(w->copy + d->lo[i], params + d->lo[i], d->hi[i] - d->lo[i]);
-        refresh_rounded += (long long)dirty_ranges_elements(d);
+            round_bf16(cx, w->copy + d->lo[i], params + d->lo[i], d->hi[i] - d->lo[i]);
+        cx->refresh_rounded += (long long)dirty_ranges_elements(d);
     }
     dirty_ranges_clear(&w->dirty);
     w->fresh = 1;
     w->stale = 0;
 }
 
-static void weights_detach(const float *params)
+static void weights_detach(const Backend *be, const float *params)
 {
-    WeightCopy *w = weight_copy_of(params);
+    CudaContext *cx = cuda_context(be);
+    WeightCopy *w = weight_copy_of(cx, params);
     if (!w) return;
     cudaCheck(cudaFree(w->copy));
     memset(w, 0, sizeof(*w));
@@ -222,10 +195,10 @@ static void weights_detach(const float *params)
 /* weight[n]'s place in an attached, fresh copy, or NULL: also where that place is not 16-byte
  * aligned (a weight at an offset not a multiple of 8 in its buffer), which the matmul plans do
  * not take (the parameter table aligns every tensor to 256 bytes). */
-static const __nv_bfloat16 *weight_copy_at(const float *weight, size_t n)
+static const __nv_bfloat16 *weight_copy_at(CudaContext *cx, const float *weight, size_t n)
 {
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        const WeightCopy *w = &weight_copies[i];
+        const WeightCopy *w = &cx->copies[i];
         if (!w->params || !w->fresh || weight < w->params || weight + n > w->params + w->n)
             continue;
         const __nv_bfloat16 *at = w->copy + (weight - w->params);
@@ -235,16 +208,17 @@ static const __nv_bfloat16 *weight_copy_at(const float *weight, size_t n)
 }
 
 /* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer. */
-static const __nv_bfloat16 *weight_operand(const float *weight, size_t n, Bf16Buffer *buffer)
+static const __nv_bfloat16 *weight_operand(CudaContext *cx, const float *weight, size_t n,
+                                           Bf16Buffer *buffer)
 {
-    const __nv_bfloat16 *at = weight_copy_at(weight, n);
+    const __nv_bfloat16 *at = weight_copy_at(cx, weight, n);
     if (at) return at;
     __nv_bfloat16 *x = bf16_buffer(buffer, n);
-    round_bf16(x, weight, n);
+    round_bf16(cx, x, weight, n);
     return x;
 }
 
-/* The precision option (cuda_backend_options): fp32, bf16 or tf32. */
+/* The precision option (cuda_backend_create): fp32, bf16 or tf32. */
 static int precision_parse(const char *mode, int *bf16, cublasComputeType_t *compute)
 {
     *compute = strcmp(mode, "tf32") == 0 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
@@ -253,7 +227,7 @@ static int precision_parse(const char *mode, int *bf16, cublasComputeType_t *com
     return ds_error(DS_ERR_INPUT, "precision: \"%s\": expected fp32, bf16 or tf32", mode);
 }
 
-/* The weight_copy option (cuda_backend_options): full or none (auto, which the trainer resolves
+/* The weight_copy option (cuda_backend_create): full or none (auto, which the trainer resolves
  * against the GPU's memory, is full here). */
 static int weight_copy_parse(const char *mode, int *keep)
 {
@@ -262,45 +236,7 @@ static int weight_copy_parse(const char *mode, int *keep)
     return ds_error(DS_ERR_INPUT, "cuda.weight_copy: \"%s\": expected auto, full or none", mode);
 }
 
-/* With keep 0 the copies made so far are freed (the next refresh finds none: matmuls round the
- * weights on the fly); with 1 the next refresh makes them again. */
-static void weight_copies_keep(int keep)
-{
-    copies_kept = keep;
-    if (keep) return;
-    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        WeightCopy *w = &weight_copies[i];
-        if (!w->copy) continue;
-        cudaCheck(cudaFree(w->copy));
-        w->copy = NULL;
-        w->fresh = 0;
-        w->stale = 1;
-    }
-}
-
-/* A change of mode leaves every working copy to be rounded again; the same mode keeps them. */
-static void precision_set(int bf16, cublasComputeType_t compute)
-{
-    if (bf16 == lt_bf16 && compute == lt_compute) return;
-    lt_bf16 = bf16, lt_compute = compute;
-    for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
-        weight_copies[i].fresh = 0, weight_copies[i].stale = 1;
-}
-
 /* ---- cuBLASLt plans: descriptors and the heuristic's algorithm, made once per shape ---- */
-
-typedef struct LtPlan {
-    int m, n, k, transa, transb, bias, accumulate, bf16, d_bf16;
-    cublasComputeType_t compute;
-    cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t la, lb, ld;
-    cublasLtMatmulAlgo_t algo;
-    int found; /* the heuristic returned an algorithm */
-} LtPlan;
-
-#define LT_PLANS_MAX 256
-static LtPlan lt_plans[LT_PLANS_MAX];
-static int lt_plan_count, lt_plan_next; /* when full, plans are replaced round robin */
 
 static void lt_plan_destroy(LtPlan *p)
 {
@@ -310,30 +246,30 @@ static void lt_plan_destroy(LtPlan *p)
     cublasCheck(cublasLtMatmulDescDestroy(p->desc));
 }
 
-static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const void *bias,
-                           int accumulate, int d_bf16)
+static LtPlan *lt_plan_get(CudaContext *cx, int m, int n, int k, int transa, int transb,
+                           const void *bias, int accumulate, int d_bf16)
 {
     const int has_bias = bias != NULL;
-    for (int i = 0; i < lt_plan_count; i++) {
-        LtPlan *p = &lt_plans[i];
+    for (int i = 0; i < cx->plan_count; i++) {
+        LtPlan *p = &cx->plans[i];
         if (p->m == m && p->n == n && p->k == k && p->transa == transa && p->transb == transb &&
-            p->bias == has_bias && p->accumulate == accumulate && p->bf16 == lt_bf16 &&
-            p->d_bf16 == d_bf16 && p->compute == lt_compute)
+            p->bias == has_bias && p->accumulate == accumulate && p->bf16 == cx->bf16 &&
+            p->d_bf16 == d_bf16 && p->compute == cx->compute)
             return p;
     }
     LtPlan *p;
-    if (lt_plan_count < LT_PLANS_MAX) {
-        p = &lt_plans[lt_plan_count++];
+    if (cx->plan_count < LT_PLANS_MAX) {
+        p = &cx->plans[cx->plan_count++];
     } else {
-        p = &lt_plans[lt_plan_next];
-        lt_plan_next = (lt_plan_next + 1) % LT_PLANS_MAX;
+        p = &cx->plans[cx->plan_next];
+        cx->plan_next = (cx->plan_next + 1) % LT_PLANS_MAX;
         lt_plan_destroy(p);
     }
     memset(p, 0, sizeof(*p));
     p->m = m, p->n = n, p->k = k, p->transa = transa, p->transb = transb, p->bias = has_bias;
-    p->accumulate = accumulate, p->bf16 = lt_bf16, p->d_bf16 = d_bf16, p->compute = lt_compute;
-    const cudaDataType_t ab = lt_bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    cublasCheck(cublasLtMatmulDescCreate(&p->desc, lt_compute, CUDA_R_32F));
+    p->accumulate = accumulate, p->bf16 = cx->bf16, p->d_bf16 = d_bf16, p->compute = cx->compute;
+    const cudaDataType_t ab = cx->bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasCheck(cublasLtMatmulDescCreate(&p->desc, cx->compute, CUDA_R_32F));
     cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N,
                       tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
@@ -361,7 +297,7 @@ static LtPlan *lt_plan_get(int m, int n, int k, int transa, int transb, const vo
     int found = 0;
     /* a combination the library does not offer is NOT_SUPPORTED here: no algorithm (lt_matmul
      * then adds the bias itself) */
-    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->la, p->lb, p->ld,
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(cx->lt, p->desc, p->la, p->lb, p->ld,
                                                            p->ld, pref, 1, &heur, &found);
     if (status == CUBLAS_STATUS_NOT_SUPPORTED)
         found = 0;
@@ -385,31 +321,33 @@ __global__ static void add_bias_kernel(void *out_, const void *bias, int M, int 
  * fp32, or bf16 in bf16 mode; D and the bias fp32, or bf16 when d_bf16. On stream s with a
  * workspace of lt_workspace_size bytes that no other stream uses at the same time (no bias
  * there: lt_matmul, on the backend's stream, for that). */
-static void lt_matmul_on(cudaStream_t s, void *workspace, void *d, int d_bf16, const void *a,
-                         const void *b, int m, int n, int k, int transa, int transb, float beta)
+static void lt_matmul_on(CudaContext *cx, cudaStream_t s, void *workspace, void *d, int d_bf16,
+                         const void *a, const void *b, int m, int n, int k, int transa, int transb,
+                         float beta)
 {
-    LtPlan *p = lt_plan_get(m, n, k, transa, transb, NULL, beta != 0.0f, d_bf16);
+    LtPlan *p = lt_plan_get(cx, m, n, k, transa, transb, NULL, beta != 0.0f, d_bf16);
     if (!p->found) {
         fprintf(stderr, "dstrain: error: %s:%d: cuBLASLt: no algorithm for %d x %d x %d\n",
                 __FILE__, __LINE__, m, n, k);
         exit(1);
     }
     const float alpha = 1.0f;
-    cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d,
+    cublasCheck(cublasLtMatmul(cx->lt, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d,
                                p->ld, &p->algo, workspace, lt_workspace_size, s));
 }
 
-static void lt_matmul(void *d, int d_bf16, const void *a, const void *b, const void *bias, int m,
-                      int n, int k, int transa, int transb, float beta)
+static void lt_matmul(CudaContext *cx, void *d, int d_bf16, const void *a, const void *b,
+                      const void *bias, int m, int n, int k, int transa, int transb, float beta)
 {
-    LtPlan *p = lt_plan_get(m, n, k, transa, transb, bias, beta != 0.0f, d_bf16);
+    LtPlan *p = lt_plan_get(cx, m, n, k, transa, transb, bias, beta != 0.0f, d_bf16);
     if (!p->found && bias) { /* no fused bias for this shape: the product, then the bias */
-        lt_matmul(d, d_bf16, a, b, NULL, m, n, k, transa, transb, beta);
+        lt_matmul(cx, d, d_bf16, a, b, NULL, m, n, k, transa, transb, beta);
         if (d_bf16)
             add_bias_kernel<__nv_bfloat16>
-                <<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
+                <<<ceil_div((long long)m * n, 256), 256, 0, cx->stream>>>(d, bias, n, m);
         else
-            add_bias_kernel<float><<<ceil_div((long long)m * n, 256), 256, 0, stream>>>(d, bias, n, m);
+            add_bias_kernel<float>
+                <<<ceil_div((long long)m * n, 256), 256, 0, cx->stream>>>(d, bias, n, m);
         launchCheck();
         return;
     }
@@ -422,8 +360,8 @@ static void lt_matmul(void *d, int d_bf16, const void *a, const void *b, const v
         cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                    &bias, sizeof(bias)));
     const float alpha = 1.0f;
-    cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d,
-                               p->ld, &p->algo, lt_workspace, lt_workspace_size, stream));
+    cublasCheck(cublasLtMatmul(cx->lt, p->desc, &alpha, a, p->la, b, p->lb, &beta, d, p->ld, d,
+                               p->ld, &p->algo, cx->lt_workspace, lt_workspace_size, cx->stream));
 }
 
 template <typename ActT>
@@ -434,39 +372,41 @@ __global__ static void fill_rows_kernel(void *out, const float *bias, int M, int
     act_st((ActT *)out, i, bias ? bias[i % N] : 0.0f);
 }
 
-static void matmul_forward(Act *out, const Act *inp, const float *weight, const float *bias, int M,
-                           int K, int N)
+static void matmul_forward(const Backend *be, Act *out, const Act *inp, const float *weight,
+                           const float *bias, int M, int K, int N)
 {
+    CudaContext *cx = cuda_context(be);
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { /* empty contraction: the bias alone */
         LAUNCH_ACT(fill_rows_kernel, ceil_div((long long)M * N, 256), 256, 0, out, bias, M, N);
         return;
     }
     const void *w = weight, *b = bias;
-    if (lt_bf16) { /* bf16 weight and bias (a bf16 output takes a bf16 bias), from the copy */
-        w = weight_operand(weight, (size_t)N * K, &operand_weight);
-        if (bias) b = weight_operand(bias, (size_t)N, &operand_bias);
+    if (cx->bf16) { /* bf16 weight and bias (a bf16 output takes a bf16 bias), from the copy */
+        w = weight_operand(cx, weight, (size_t)N * K, &cx->operand_weight);
+        if (bias) b = weight_operand(cx, bias, (size_t)N, &cx->operand_bias);
     }
-    lt_matmul(out, lt_bf16, w, inp, b, N, M, K, 1, 0, 0.0f);
+    lt_matmul(cx, out, cx->bf16, w, inp, b, N, M, K, 1, 0, 0.0f);
 }
 
-static void matmul_backward(Act *dinp, float *dweight, float *dbias, const Act *dout,
-                            const Act *inp, const float *weight, int M, int K, int N,
-                            int accumulate)
+static void matmul_backward(const Backend *be, Act *dinp, float *dweight, float *dbias,
+                            const Act *dout, const Act *inp, const float *weight, int M, int K,
+                            int N, int accumulate)
 {
+    CudaContext *cx = cuda_context(be);
     if (M <= 0 || N <= 0) {
         if (dinp && M > 0 && K > 0 && !accumulate)
-            cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)M * K * act_size(), stream));
+            cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)M * K * act_bytes(cx), cx->stream));
         return;
     }
     if (K > 0) {
         if (dinp) {
-            const void *w =
-                lt_bf16 ? (const void *)weight_operand(weight, (size_t)N * K, &operand_weight)
-                        : weight;
-            lt_matmul(dinp, lt_bf16, w, dout, NULL, K, M, N, 0, 0, accumulate ? 1.0f : 0.0f);
+            const void *w = cx->bf16 ? (const void *)weight_operand(cx, weight, (size_t)N * K,
+                                                                    &cx->operand_weight)
+                                     : weight;
+            lt_matmul(cx, dinp, cx->bf16, w, dout, NULL, K, M, N, 0, 0, accumulate ? 1.0f : 0.0f);
         }
-        lt_matmul(dweight, 0, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
+        lt_matmul(cx, dweight, 0, inp, dout, NULL, K, N, M, 0, 1, 1.0f);
     }
-    if (dbias) column_sums_add(dbias, dout, NULL, NULL, M, N);
+    if (dbias) column_sums_add(cx, dbias, dout, NULL, NULL, M, N);
 }

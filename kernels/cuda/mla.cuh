@@ -3,7 +3,7 @@
  * pairs) and attention_forward_dv / attention_backward_dv (q, k heads of Dqk, v heads of Dv, one kv
  * head per query head, an explicit score scale).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's CudaContext,
  * attention_fp32.cuh's tile sizes, delta kernel and allow_smem), so it is not a header to include
  * anywhere else. */
 
@@ -59,9 +59,10 @@ __global__ static void act_to_f32_kernel(float *dst, const void *src_, int ld_sr
     dst[idx] = act_ld(src, i * ld_src + j);
 }
 
-static void copy_block(Act *dst, int ld_dst, const Act *src, int ld_src, int M, int W,
-                       int accumulate)
+static void copy_block(const Backend *be, Act *dst, int ld_dst, const Act *src, int ld_src, int M,
+                       int W, int accumulate)
 {
+    CudaContext *cx = cuda_context(be);
     const long long n = (long long)M * W;
     if (n <= 0) return;
     if (W % 8 == 0 && ld_dst % 8 == 0 && ld_src % 8 == 0 && (uintptr_t)dst % 16 == 0 &&
@@ -73,8 +74,9 @@ static void copy_block(Act *dst, int ld_dst, const Act *src, int ld_src, int M, 
                    accumulate);
 }
 
-static void act_to_f32(float *dst, const Act *src, int ld_src, int M, int W)
+static void act_to_f32(const Backend *be, float *dst, const Act *src, int ld_src, int M, int W)
 {
+    CudaContext *cx = cuda_context(be);
     const long long n = (long long)M * W;
     if (n > 0) LAUNCH_ACT(act_to_f32_kernel, ceil_div(n, 256), 256, 0, dst, src, ld_src, M, W);
 }
@@ -105,7 +107,7 @@ __global__ static void rope_block_kernel(void *x_, int ld_row, int ld_head, cons
     act_st(head, b, x2 * c + x1 * s);
 }
 
-static void rope_block_apply(Act *x, int ld_row, int ld_head, const float *pos_cos,
+static void rope_block_apply(CudaContext *cx, Act *x, int ld_row, int ld_head, const float *pos_cos,
                              const float *pos_sin, int B, int T, int H, int D, int interleave,
                              float sign)
 {
@@ -115,16 +117,20 @@ static void rope_block_apply(Act *x, int ld_row, int ld_head, const float *pos_c
                pos_sin, T, H, D, interleave, total, sign);
 }
 
-static void rope_block_forward(Act *x, int ld_row, int ld_head, const float *pos_cos,
-                               const float *pos_sin, int B, int T, int H, int D, int interleave)
+static void rope_block_forward(const Backend *be, Act *x, int ld_row, int ld_head,
+                               const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                               int D, int interleave)
 {
-    rope_block_apply(x, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, 1.0f);
+    CudaContext *cx = cuda_context(be);
+    rope_block_apply(cx, x, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, 1.0f);
 }
 
-static void rope_block_backward(Act *dx, int ld_row, int ld_head, const float *pos_cos,
-                                const float *pos_sin, int B, int T, int H, int D, int interleave)
+static void rope_block_backward(const Backend *be, Act *dx, int ld_row, int ld_head,
+                                const float *pos_cos, const float *pos_sin, int B, int T, int H,
+                                int D, int interleave)
 {
-    rope_block_apply(dx, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, -1.0f);
+    CudaContext *cx = cuda_context(be);
+    rope_block_apply(cx, dx, ld_row, ld_head, pos_cos, pos_sin, B, T, H, D, interleave, -1.0f);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -392,81 +398,87 @@ static void attention_dv_check_shape(int Dk, int Dv)
 }
 
 template <typename ActT>
-static void attention_dv_forward_as(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
-                                    int B, int T, int H, int Dk, int Dv, float scale)
+static void attention_dv_forward_as(CudaContext *cx, Act *out, float *lse, const Act *q,
+                                    const Act *k, const Act *v, int B, int T, int H, int Dk, int Dv,
+                                    float scale)
 {
     const size_t smem =
         (size_t)(ATT_TILE * (Dk + 1) + ATT_TILE * Dv + ATT_WARPS * Dk) * sizeof(float);
     allow_smem(attention_dv_forward_kernel<ActT>, smem);
     attention_dv_forward_kernel<ActT>
-        <<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem, stream>>>(
+        <<<dim3(ceil_div(T, ATT_WARPS), B * H), ATT_WARPS * 32, smem, cx->stream>>>(
             out, lse, q, k, v, T, H, Dk, Dv, scale);
     launchCheck();
 }
 
 template <typename ActT>
-static void attention_dv_backward_as(Act *dq, Act *dk, Act *dv, const Act *dout, const float *delta,
-                                     const float *lse, const Act *q, const Act *k, const Act *v,
-                                     int B, int T, int H, int Dk, int Dv, float scale)
+static void attention_dv_backward_as(CudaContext *cx, Act *dq, Act *dk, Act *dv, const Act *dout,
+                                     const float *delta, const float *lse, const Act *q,
+                                     const Act *k, const Act *v, int B, int T, int H, int Dk,
+                                     int Dv, float scale)
 {
     const dim3 grid(ceil_div(T, ATT_WARPS), B * H);
     const size_t smem_dq =
         (size_t)(ATT_TILE * (Dk + 1) + ATT_TILE * (Dv + 1) + ATT_WARPS * (Dk + Dv)) * sizeof(float);
     allow_smem(attention_dv_dq_kernel<ActT>, smem_dq);
-    attention_dv_dq_kernel<ActT><<<grid, ATT_WARPS * 32, smem_dq, stream>>>(
+    attention_dv_dq_kernel<ActT><<<grid, ATT_WARPS * 32, smem_dq, cx->stream>>>(
         dq, dout, lse, delta, q, k, v, T, H, Dk, Dv, scale);
     launchCheck();
     const size_t smem_kv =
         (size_t)(ATT_TILE * (Dk + 1) + ATT_TILE * (Dv + 1) + 2 * ATT_TILE + ATT_WARPS * (Dk + Dv)) *
         sizeof(float);
     allow_smem(attention_dv_dkdv_kernel<ActT>, smem_kv);
-    attention_dv_dkdv_kernel<ActT><<<grid, ATT_WARPS * 32, smem_kv, stream>>>(
+    attention_dv_dkdv_kernel<ActT><<<grid, ATT_WARPS * 32, smem_kv, cx->stream>>>(
         dk, dv, dout, lse, delta, q, k, v, T, H, Dk, Dv, scale);
     launchCheck();
 }
 
-static void attention_forward_dv(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
-                                 int B, int T, int H, int Dqk, int Dv, float scale)
+static void attention_forward_dv(const Backend *be, Act *out, float *lse, const Act *q,
+                                 const Act *k, const Act *v, int B, int T, int H, int Dqk, int Dv,
+                                 float scale)
 {
+    CudaContext *cx = cuda_context(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
-    if (lt_bf16 && attention_kind != 1 &&
+    if (cx->bf16 && cx->attention_kind != ATTENTION_SIMPLE &&
         cuda_mma_attention_forward_dv((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
                                       (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
-                                      attention_kind == 0, B, T, H, Dqk, Dv, scale, stream)) {
-        attention_mma_calls++;
+                                      cx->attention_kind == ATTENTION_FLASH, B, T, H, Dqk, Dv,
+                                      scale, cx->stream)) {
+        cx->attention_flash_calls++;
         return;
     }
     attention_dv_check_shape(Dqk, Dv);
-    if (lt_bf16)
-        attention_dv_forward_as<__nv_bfloat16>(out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
+    if (cx->bf16)
+        attention_dv_forward_as<__nv_bfloat16>(cx, out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
     else
-        attention_dv_forward_as<float>(out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
+        attention_dv_forward_as<float>(cx, out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
 }
 
-static void attention_backward_dv(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
-                                  const float *lse, const Act *q, const Act *k, const Act *v, int B,
-                                  int T, int H, int Dqk, int Dv, float scale)
+static void attention_backward_dv(const Backend *be, Act *dq, Act *dk, Act *dv, const Act *dout,
+                                  const Act *out, const float *lse, const Act *q, const Act *k,
+                                  const Act *v, int B, int T, int H, int Dqk, int Dv, float scale)
 {
+    CudaContext *cx = cuda_context(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     attention_dv_check_shape(Dqk, Dv);
     const long long rows = (long long)B * H * T;
-    float *delta = (float *)scratch_get((size_t)rows * sizeof(float));
+    float *delta = (float *)scratch_get(cx, (size_t)rows * sizeof(float));
     /* delta[b, h, t] = dout[t] . out[t] over the v head: attention_fp32.cuh's kernel at D = Dv */
     LAUNCH_ACT(attention_delta_kernel, ceil_div(rows * 32, 256), 256, 0, delta, dout, out, B, T, H,
                Dv);
-    if (lt_bf16 && attention_kind != 1 &&
-        cuda_mma_attention_backward_dv((__nv_bfloat16 *)dq, (__nv_bfloat16 *)dk,
-                                       (__nv_bfloat16 *)dv, (const __nv_bfloat16 *)dout, delta, lse,
-                                       (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k,
-                                       (const __nv_bfloat16 *)v, attention_kind == 0, B, T, H, Dqk,
-                                       Dv, scale, stream)) {
-        attention_mma_calls++;
+    if (cx->bf16 && cx->attention_kind != ATTENTION_SIMPLE &&
+        cuda_mma_attention_backward_dv(
+            (__nv_bfloat16 *)dq, (__nv_bfloat16 *)dk, (__nv_bfloat16 *)dv,
+            (const __nv_bfloat16 *)dout, delta, lse, (const __nv_bfloat16 *)q,
+            (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
+            cx->attention_kind == ATTENTION_FLASH, B, T, H, Dqk, Dv, scale, cx->stream)) {
+        cx->attention_flash_calls++;
         return;
     }
-    if (lt_bf16)
-        attention_dv_backward_as<__nv_bfloat16>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, Dqk,
-                                                Dv, scale);
+    if (cx->bf16)
+        attention_dv_backward_as<__nv_bfloat16>(cx, dq, dk, dv, dout, delta, lse, q, k, v, B, T, H,
+                                                Dqk, Dv, scale);
     else
-        attention_dv_backward_as<float>(dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, Dqk, Dv,
+        attention_dv_backward_as<float>(cx, dq, dk, dv, dout, delta, lse, q, k, v, B, T, H, Dqk, Dv,
                                         scale);
 }

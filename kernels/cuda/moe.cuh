@@ -5,7 +5,7 @@
  * adds them; both one warp a row and 16-byte accesses where the rows allow) and rows_dot (one
  * warp a row, in double).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's CudaContext,
  * reduce.cuh's warp sums, embedding.cuh's iota_kernel, attention_fp32.cuh's scratch cuts and
  * allow_smem), so it is not a header to include anywhere else. No float atomics: every op gives
  * the same bits run to run. */
@@ -212,26 +212,29 @@ static size_t moe_route_smem(const MoeRouting *r)
     return (size_t)(2 * E + G) * sizeof(float) + (size_t)(r->top_k + G) * sizeof(int) + (size_t)E;
 }
 
-static void moe_route(int32_t *index, float *weight, float *scores, const Act *logits,
-                      const float *bias, int N, const MoeRouting *r)
+static void moe_route(const Backend *be, int32_t *index, float *weight, float *scores,
+                      const Act *logits, const float *bias, int N, const MoeRouting *r)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0) return;
     const size_t smem = moe_route_smem(r);
-    if (lt_bf16) {
+    if (cx->bf16) {
         allow_smem(moe_route_kernel<__nv_bfloat16>, smem);
         moe_route_kernel<__nv_bfloat16>
-            <<<N, MOE_THREADS, smem, stream>>>(index, weight, scores, logits, bias, *r);
+            <<<N, MOE_THREADS, smem, cx->stream>>>(index, weight, scores, logits, bias, *r);
     } else {
         allow_smem(moe_route_kernel<float>, smem);
         moe_route_kernel<float>
-            <<<N, MOE_THREADS, smem, stream>>>(index, weight, scores, logits, bias, *r);
+            <<<N, MOE_THREADS, smem, cx->stream>>>(index, weight, scores, logits, bias, *r);
     }
     launchCheck();
 }
 
-static void moe_route_backward(Act *dlogits, const float *dweight, const int32_t *index,
-                               const float *scores, int N, const MoeRouting *r)
+static void moe_route_backward(const Backend *be, Act *dlogits, const float *dweight,
+                               const int32_t *index, const float *scores, int N,
+                               const MoeRouting *r)
 {
+    CudaContext *cx = cuda_context(be);
     if (N <= 0) return;
     LAUNCH_ACT(moe_route_backward_kernel, N, MOE_THREADS, (size_t)r->top_k * sizeof(float), dlogits,
                dweight, index, scores, *r);
@@ -327,32 +330,34 @@ __global__ static void moe_balance_grad_kernel(void *dlogits_, const double *f_a
     }
 }
 
-static void moe_balance(Act *dlogits, double *loss, const int32_t *index, const float *scores,
-                        const float *token_weights, int B, int T, float alpha, const MoeRouting *r)
+static void moe_balance(const Backend *be, Act *dlogits, double *loss, const int32_t *index,
+                        const float *scores, const float *token_weights, int B, int T, float alpha,
+                        const MoeRouting *r)
 {
+    CudaContext *cx = cuda_context(be);
     const int E = r->experts, N = B * T;
     if (N <= 0) return;
     const size_t sums = scratch_round((size_t)N * sizeof(double));
     const size_t fs = scratch_round((size_t)B * E * sizeof(double));
     const size_t per_seq = scratch_round((size_t)B * sizeof(double));
-    ScratchCut cut = {(unsigned char *)scratch_get(sums + fs + 2 * per_seq)};
+    ScratchCut cut = {(unsigned char *)scratch_get(cx, sums + fs + 2 * per_seq)};
     double *S = (double *)scratch_cut(&cut, sums), *f = (double *)scratch_cut(&cut, fs);
     double *w = (double *)scratch_cut(&cut, per_seq), *term = (double *)scratch_cut(&cut, per_seq);
-    moe_balance_sums_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(S, scores, N, E);
+    moe_balance_sums_kernel<<<ceil_div(N, 256), 256, 0, cx->stream>>>(S, scores, N, E);
     launchCheck();
     const size_t smem = (size_t)E * sizeof(double);
     allow_smem(moe_balance_seq_kernel, smem);
-    moe_balance_seq_kernel<<<B, MOE_THREADS, smem, stream>>>(f, w, term, S, index, scores,
-                                                             token_weights, T, alpha, *r);
+    moe_balance_seq_kernel<<<B, MOE_THREADS, smem, cx->stream>>>(f, w, term, S, index, scores,
+                                                                 token_weights, T, alpha, *r);
     launchCheck();
-    if (lt_bf16) {
+    if (cx->bf16) {
         allow_smem(moe_balance_grad_kernel<__nv_bfloat16>, smem);
         moe_balance_grad_kernel<__nv_bfloat16>
-            <<<N, MOE_THREADS, smem, stream>>>(dlogits, f, w, S, scores, T, alpha, *r);
+            <<<N, MOE_THREADS, smem, cx->stream>>>(dlogits, f, w, S, scores, T, alpha, *r);
     } else {
         allow_smem(moe_balance_grad_kernel<float>, smem);
         moe_balance_grad_kernel<float>
-            <<<N, MOE_THREADS, smem, stream>>>(dlogits, f, w, S, scores, T, alpha, *r);
+            <<<N, MOE_THREADS, smem, cx->stream>>>(dlogits, f, w, S, scores, T, alpha, *r);
     }
     launchCheck();
     /* the loss: the sequences' terms summed on the host in order (a wait, once a MoE layer) */
@@ -403,9 +408,10 @@ __global__ static void moe_counts_kernel(int *counts, const int32_t *sorted, int
     if (e < E) counts[e] = lower_bound_int32(sorted, n, e + 1) - lower_bound_int32(sorted, n, e);
 }
 
-static void moe_permute(int32_t *rows, float *row_weight, int32_t *slot, int *counts,
-                        const int32_t *index, const float *weight, int N, int E, int k)
+static void moe_permute(const Backend *be, int32_t *rows, float *row_weight, int32_t *slot,
+                        int *counts, const int32_t *index, const float *weight, int N, int E, int k)
 {
+    CudaContext *cx = cuda_context(be);
     const int n = N * k;
     if (n <= 0 || E <= 0) {
         for (int e = 0; e < E; e++)
@@ -418,22 +424,22 @@ static void moe_permute(int32_t *rows, float *row_weight, int32_t *slot, int *co
     size_t sort_bytes = 0;
     cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, index, (int32_t *)NULL,
                                               (const int32_t *)NULL, (int32_t *)NULL, n, 0, bits,
-                                              stream));
+                                              cx->stream));
     /* scratch: sorted experts, pairs in and out, the counts (each 256-byte aligned), CUB's */
     const size_t vec = scratch_round((size_t)n * sizeof(int32_t));
     const size_t cnt = scratch_round((size_t)E * sizeof(int));
-    ScratchCut cut = {(unsigned char *)scratch_get(3 * vec + cnt + sort_bytes)};
+    ScratchCut cut = {(unsigned char *)scratch_get(cx, 3 * vec + cnt + sort_bytes)};
     int32_t *sorted = (int32_t *)scratch_cut(&cut, vec), *order = (int32_t *)scratch_cut(&cut, vec);
     int32_t *position = (int32_t *)scratch_cut(&cut, vec);
     int *d_counts = (int *)scratch_cut(&cut, cnt);
-    iota_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(order, n);
+    iota_kernel<<<ceil_div(n, 256), 256, 0, cx->stream>>>(order, n);
     launchCheck();
     cudaCheck(cub::DeviceRadixSort::SortPairs(cut.at, sort_bytes, index, sorted, order, position, n,
-                                              0, bits, stream));
-    moe_permute_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(rows, row_weight, slot, position,
-                                                             weight, n, k);
+                                              0, bits, cx->stream));
+    moe_permute_kernel<<<ceil_div(n, 256), 256, 0, cx->stream>>>(rows, row_weight, slot, position,
+                                                                 weight, n, k);
     launchCheck();
-    moe_counts_kernel<<<ceil_div(E, 256), 256, 0, stream>>>(d_counts, sorted, n, E);
+    moe_counts_kernel<<<ceil_div(E, 256), 256, 0, cx->stream>>>(d_counts, sorted, n, E);
     launchCheck();
     /* the model sizes the experts' matmuls from the counts on the host: one wait here */
     cudaCheck(cudaMemcpy(counts, d_counts, (size_t)E * sizeof(int), cudaMemcpyDeviceToHost));
@@ -558,9 +564,10 @@ __global__ static void rows_dot_kernel(float *out, const int32_t *out_index, con
     if (lane == 0) out[out_index[i]] = (float)sum;
 }
 
-static void gather_rows(Act *dst, const Act *src, const int32_t *rows, const float *scale, int n,
-                        int C)
+static void gather_rows(const Backend *be, Act *dst, const Act *src, const int32_t *rows,
+                        const float *scale, int n, int C)
 {
+    CudaContext *cx = cuda_context(be);
     const long long total = (long long)n * C;
     if (total <= 0) return;
     if (rows_by_eight(dst, src, C))
@@ -570,23 +577,24 @@ static void gather_rows(Act *dst, const Act *src, const int32_t *rows, const flo
         LAUNCH_ACT(gather_rows_kernel, ceil_div(total, 256), 256, 0, dst, src, rows, scale, n, C);
 }
 
-static void scatter_add_rows(Act *dst, const Act *src, const int32_t *rows, const float *scale,
-                             int n, int C)
+static void scatter_add_rows(const Backend *be, Act *dst, const Act *src, const int32_t *rows,
+                             const float *scale, int n, int C)
 {
+    CudaContext *cx = cuda_context(be);
     if (n <= 0 || C <= 0) return;
     size_t sort_bytes = 0;
     cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, rows, (int32_t *)NULL,
                                               (const int32_t *)NULL, (int32_t *)NULL, n, 0, 32,
-                                              stream));
+                                              cx->stream));
     /* scratch: sorted rows, positions in and out (each 256-byte aligned), CUB's temporary */
     const size_t vec = scratch_round((size_t)n * sizeof(int32_t));
-    ScratchCut cut = {(unsigned char *)scratch_get(3 * vec + sort_bytes)};
+    ScratchCut cut = {(unsigned char *)scratch_get(cx, 3 * vec + sort_bytes)};
     int32_t *sorted = (int32_t *)scratch_cut(&cut, vec), *order = (int32_t *)scratch_cut(&cut, vec);
     int32_t *position = (int32_t *)scratch_cut(&cut, vec);
-    iota_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(order, n);
+    iota_kernel<<<ceil_div(n, 256), 256, 0, cx->stream>>>(order, n);
     launchCheck();
     cudaCheck(cub::DeviceRadixSort::SortPairs(cut.at, sort_bytes, rows, sorted, order, position, n,
-                                              0, 32, stream));
+                                              0, 32, cx->stream));
     if (rows_by_eight(dst, src, C))
         LAUNCH_ACT(scatter_add_rows8_kernel, ceil_div((long long)n * 32, 256), 256, 0, dst, src,
                    sorted, position, scale, n, C);
@@ -595,9 +603,10 @@ static void scatter_add_rows(Act *dst, const Act *src, const int32_t *rows, cons
                    position, scale, n, C);
 }
 
-static void rows_dot(float *out, const int32_t *out_index, const Act *a, const int32_t *rows,
-                     const Act *b, int n, int C)
+static void rows_dot(const Backend *be, float *out, const int32_t *out_index, const Act *a,
+                     const int32_t *rows, const Act *b, int n, int C)
 {
+    CudaContext *cx = cuda_context(be);
     if (n <= 0) return;
     LAUNCH_ACT(rows_dot_kernel, ceil_div((long long)n * 32, 256), 256, 0, out, out_index, a, rows,
                b, n, C);

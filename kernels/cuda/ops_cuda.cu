@@ -12,7 +12,12 @@
  * permutation and row moves are simple fp32-arithmetic kernels (moe.cuh), and the routed experts'
  * matmuls go through cuBLASLt (experts.cuh). Each kernel
  * family is a file of its own, included below (the list says which); this file holds what they
- * share, AdamW's entries, memory and the Backend table. Not here yet: fused epilogues.
+ * share, AdamW's entries, memory, the Backend table and the making and freeing of a backend.
+ * Everything a backend holds is in its context (context.cuh: device, stream, options, cuBLASLt
+ * handle and plans, working copies, scratch, the experts' streams), made by cuda_backend_create
+ * and reached by every op through cuda_context(be); the kernel families' host functions take it
+ * as their first parameter, cx. There is no mutable file-scope state here: backends made in one
+ * process share only the device. Not here yet: fused epilogues.
  * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
  * it (experts.cuh forks streams from it inside an op and joins them back before returning);
  * every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
@@ -49,10 +54,7 @@ static inline void cublas_check_at(cublasStatus_t status, const char *file, int 
 #define cublasCheck(call) cublas_check_at((call), __FILE__, __LINE__)
 #define launchCheck() cudaCheck(cudaGetLastError())
 
-static const cudaStream_t stream = 0;
-
-/* 1 in bf16 mode (the precision option): bf16 matmul operands and bf16 Act storage. */
-static int lt_bf16;
+#include "context.cuh"
 
 /* ---------------------------------------------------------------------------------------------
  * the kernel families, one file each, in dependency order, which the formatter must leave as
@@ -83,12 +85,13 @@ extern "C" void cuda_adamw_fp32(float *param, const float *grad, float *m, float
 
 /* Both AdamW ops write the bf16 working copy of what they update in the same pass (matmul.cuh's
  * weight_copy_for_update). */
-static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
-                         float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-                         int t)
+static void adamw_update(const Backend *be, float *param, const float *grad, float *m, float *v,
+                         size_t n, float lr, float beta1, float beta2, float eps,
+                         float weight_decay, float grad_scale, int t)
 {
+    CudaContext *cx = cuda_context(be);
     cuda_adamw_fp32(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t,
-                    weight_copy_for_update(param, n), stream);
+                    weight_copy_for_update(cx, param, n), cx->stream);
 }
 
 extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float *v, size_t n,
@@ -96,23 +99,24 @@ extern "C" void cuda_adamw_ewc(float *param, const float *grad, float *m, float 
                                float grad_scale, int t, const float *const *fisher,
                                const float *const *anchor, int n_sets, float lambda,
                                int decay_to_anchor, double *penalty, __nv_bfloat16 *copy,
-                               cudaStream_t stream);
+                               EwcScratch *scratch, cudaStream_t stream);
 
-static void adamw_ewc_update(float *param, const float *grad, float *m, float *v, size_t n,
-                             float lr, float beta1, float beta2, float eps, float weight_decay,
-                             float grad_scale, int t, const float *const *fisher,
-                             const float *const *anchor, int n_sets, float lambda,
-                             int decay_to_anchor, double *penalty)
+static void adamw_ewc_update(const Backend *be, float *param, const float *grad, float *m, float *v,
+                             size_t n, float lr, float beta1, float beta2, float eps,
+                             float weight_decay, float grad_scale, int t,
+                             const float *const *fisher, const float *const *anchor, int n_sets,
+                             float lambda, int decay_to_anchor, double *penalty)
 {
+    CudaContext *cx = cuda_context(be);
     cuda_adamw_ewc(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, t, fisher,
                    anchor, n_sets, lambda, decay_to_anchor, penalty,
-                   weight_copy_for_update(param, n), stream);
+                   weight_copy_for_update(cx, param, n), &cx->ewc, cx->stream);
 }
 
 /* ---------------------------------------------------------------------------------------------
  * memory */
 
-static void *mem_alloc(size_t bytes)
+static void *mem_alloc(const Backend *be, size_t bytes)
 {
     void *p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes ? bytes : 256);
@@ -129,40 +133,41 @@ static void *mem_alloc(size_t bytes)
     return p;
 }
 
-static void mem_free(void *p)
+static void mem_free(const Backend *be, void *p)
 {
     if (p) cudaCheck(cudaFree(p));
 }
 
-static void mem_to_device(void *dst, const void *host_src, size_t bytes)
+static void mem_to_device(const Backend *be, void *dst, const void *host_src, size_t bytes)
 {
-    weight_copies_written(dst, bytes);
+    CudaContext *cx = cuda_context(be);
+    weight_copies_written(cx, dst, bytes);
     if (bytes) cudaCheck(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
 }
 
-static void mem_to_host(void *host_dst, const void *src, size_t bytes)
+static void mem_to_host(const Backend *be, void *host_dst, const void *src, size_t bytes)
 {
     if (bytes) cudaCheck(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
-static void mem_zero(void *p, size_t bytes)
+static void mem_zero(const Backend *be, void *p, size_t bytes)
 {
-    weight_copies_written(p, bytes);
-    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, stream));
+    CudaContext *cx = cuda_context(be);
+    weight_copies_written(cx, p, bytes);
+    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cx->stream));
 }
 
-static void mem_copy(void *dst, const void *src, size_t bytes)
+static void mem_copy(const Backend *be, void *dst, const void *src, size_t bytes)
 {
-    weight_copies_written(dst, bytes);
+    CudaContext *cx = cuda_context(be);
+    weight_copies_written(cx, dst, bytes);
     if (bytes && dst != src)
-        cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+        cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cx->stream));
 }
 
 /* --------------------------------------------------------------------------------------------- */
 
-static Backend cuda_backend;
-
-static int mem_info(size_t *free_bytes, size_t *total_bytes)
+static int mem_info(const Backend *be, size_t *free_bytes, size_t *total_bytes)
 {
     cudaError_t err = cudaMemGetInfo(free_bytes, total_bytes);
     if (err == cudaSuccess) return DS_OK;
@@ -171,23 +176,9 @@ static int mem_info(size_t *free_bytes, size_t *total_bytes)
                     cudaGetErrorString(err));
 }
 
-/* The first call picks the device and creates the cuBLASLt handle; NULL (with the error set)
- * when there is no usable GPU. backend_create (backend.c) sets its options
- * (cuda_backend_options). */
-extern "C" const Backend *backend_cuda(void)
+/* The table of ops, every entry this backend has. */
+static void cuda_table(Backend *b)
 {
-    if (cuda_backend.name) return &cuda_backend;
-    int count = 0;
-    cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count == 0) {
-        cudaGetLastError();
-        ds_error(DS_ERR_INPUT, "device: cuda: no usable GPU (%s)",
-                 err != cudaSuccess ? cudaGetErrorString(err) : "no device found");
-        return NULL;
-    }
-    cublasCheck(cublasLtCreate(&lt_handle));
-    cudaCheck(cudaMalloc(&lt_workspace, lt_workspace_size));
-    Backend *b = &cuda_backend;
     b->act_size = act_size;
     b->matmul_forward = matmul_forward;
     b->matmul_backward = matmul_backward;
@@ -241,12 +232,12 @@ extern "C" const Backend *backend_cuda(void)
     b->rows_dot = rows_dot;
     b->moe_experts_forward = moe_experts_forward;
     b->moe_experts_backward = moe_experts_backward;
-    b->name = "cuda"; /* last: marks the table complete */
-    return b;
+    b->name = "cuda";
 }
 
-extern "C" int cuda_backend_options(const char *precision, const char *attention,
-                                    const char *experts, const char *weight_copy)
+/* The options (cuda_ops.h), all four checked before any is applied. */
+static int cuda_context_options(CudaContext *cx, const char *precision, const char *attention,
+                                const char *experts, const char *weight_copy)
 {
     int bf16, attention_choice, experts_choice, copies;
     cublasComputeType_t compute;
@@ -254,9 +245,68 @@ extern "C" int cuda_backend_options(const char *precision, const char *attention
     DS_TRY(attention_kind_parse(attention, &attention_choice));
     DS_TRY(experts_kind_parse(experts, &experts_choice));
     DS_TRY(weight_copy_parse(weight_copy, &copies));
-    precision_set(bf16, compute);
-    weight_copies_keep(copies);
-    attention_kind = attention_choice;
-    experts_kind = experts_choice;
+    cx->bf16 = bf16;
+    cx->compute = compute;
+    cx->copies_kept = copies;
+    cx->attention_kind = attention_choice;
+    cx->experts_kind = experts_choice;
     return DS_OK;
+}
+
+extern "C" int cuda_backend_create(const char *precision, const char *attention,
+                                   const char *experts, const char *weight_copy,
+                                   const Backend **out)
+{
+    *out = NULL;
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        return ds_error(DS_ERR_INPUT, "device: cuda: no usable GPU (%s)",
+                        err != cudaSuccess ? cudaGetErrorString(err) : "no device found");
+    }
+    Backend *b = (Backend *)calloc(1, sizeof(*b));
+    CudaContext *cx = (CudaContext *)calloc(1, sizeof(*cx));
+    if (!b || !cx) {
+        free(b), free(cx);
+        return ds_error(DS_ERR_INTERNAL, "out of memory");
+    }
+    const int rc = cuda_context_options(cx, precision, attention, experts, weight_copy);
+    if (rc != DS_OK) {
+        free(b), free(cx);
+        return rc;
+    }
+    cuda_table(b);
+    b->ctx = cx;
+    cx->be = b;
+    cx->stream = 0;
+    int optin = 0;
+    cudaCheck(cudaGetDevice(&cx->device));
+    cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, cx->device));
+    cx->smem_optin = (size_t)optin;
+    cublasCheck(cublasLtCreate(&cx->lt));
+    cudaCheck(cudaMalloc(&cx->lt_workspace, lt_workspace_size));
+    *out = b;
+    return DS_OK;
+}
+
+extern "C" void cuda_backend_free(const Backend *be)
+{
+    if (!be) return;
+    CudaContext *cx = cuda_context(be);
+    cudaCheck(cudaDeviceSynchronize()); /* nothing still uses what is freed below */
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++)
+        cudaCheck(cudaFree(cx->copies[i].copy));
+    for (int i = 0; i < cx->plan_count; i++)
+        lt_plan_destroy(&cx->plans[i]);
+    experts_free(cx);
+    cublasCheck(cublasLtDestroy(cx->lt));
+    cudaCheck(cudaFree(cx->lt_workspace));
+    cudaCheck(cudaFree(cx->scratch));
+    cudaCheck(cudaFree(cx->operand_weight.ptr));
+    cudaCheck(cudaFree(cx->operand_bias.ptr));
+    cudaCheck(cudaFree((void *)cx->ewc.tables));
+    cudaCheck(cudaFree(cx->ewc.partial));
+    free(cx);
+    free((Backend *)be);
 }

@@ -2,8 +2,9 @@
  * of an Act (column_sums_add), the sum of squares in double (sum_squares, sum_squares_batch:
  * one launch a batch of ranges).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * reductions inside a warp and a block */
@@ -106,21 +107,21 @@ __global__ static void colsum_finish_kernel(float *dst, const float *partial, in
     }
 }
 
-static void colsum_finish(float *dst, const float *partial, int chunks, int N)
+static void colsum_finish(CudaContext *cx, float *dst, const float *partial, int chunks, int N)
 {
-    colsum_finish_kernel<<<ceil_div(N, 32), dim3(32, 8), 0, stream>>>(dst, partial, chunks, N);
+    colsum_finish_kernel<<<ceil_div(N, 32), dim3(32, 8), 0, cx->stream>>>(dst, partial, chunks, N);
     launchCheck();
 }
 
-static void column_sums_add(float *dst, const void *x, const float *x2, const float *rowscale,
-                            int M, int N)
+static void column_sums_add(CudaContext *cx, float *dst, const void *x, const float *x2,
+                            const float *rowscale, int M, int N)
 {
     if (M <= 0 || N <= 0) return;
     int chunks = ceil_div(M, COLSUM_CHUNK);
-    float *partial = (float *)scratch_get((size_t)chunks * N * sizeof(float));
+    float *partial = (float *)scratch_get(cx, (size_t)chunks * N * sizeof(float));
     LAUNCH_ACT(colsum_partial_kernel, dim3(ceil_div(N, 32), chunks), dim3(32, 8), 0, partial, x, x2,
                rowscale, M, N);
-    colsum_finish(dst, partial, chunks, N);
+    colsum_finish(cx, dst, partial, chunks, N);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -183,8 +184,10 @@ __global__ static void sum_squares_finish_kernel(double *sums, const double *par
     sums[r] = total;
 }
 
-static void sum_squares_batch(double *sums, const float *const *xs, const size_t *ns, int count)
+static void sum_squares_batch(const Backend *be, double *sums, const float *const *xs,
+                              const size_t *ns, int count)
 {
+    CudaContext *cx = cuda_context(be);
     /* ops.h allows SUM_SQUARES_BATCH ranges a call; more are taken that many at a time */
     for (int first = 0; first < count; first += SUM_SQUARES_BATCH) {
         const int c = count - first < SUM_SQUARES_BATCH ? count - first : SUM_SQUARES_BATCH;
@@ -193,12 +196,13 @@ static void sum_squares_batch(double *sums, const float *const *xs, const size_t
         for (int r = 0; r < c; r++)
             ranges.x[r] = xs[first + r], ranges.n[r] = ns[first + r];
         const size_t partial_bytes = ((size_t)c * SUMSQ_BLOCKS * sizeof(double) + 255) / 256 * 256;
-        double *partial = (double *)scratch_get(partial_bytes + SUM_SQUARES_BATCH * sizeof(double));
+        double *partial =
+            (double *)scratch_get(cx, partial_bytes + SUM_SQUARES_BATCH * sizeof(double));
         double *dev_sums = (double *)((unsigned char *)partial + partial_bytes);
-        sum_squares_kernel<<<dim3(SUMSQ_BLOCKS, c), 256, 0, stream>>>(partial, ranges);
+        sum_squares_kernel<<<dim3(SUMSQ_BLOCKS, c), 256, 0, cx->stream>>>(partial, ranges);
         launchCheck();
-        sum_squares_finish_kernel<<<1, SUM_SQUARES_BATCH, 0, stream>>>(dev_sums, partial, ranges,
-                                                                       c);
+        sum_squares_finish_kernel<<<1, SUM_SQUARES_BATCH, 0, cx->stream>>>(dev_sums, partial,
+                                                                           ranges, c);
         launchCheck();
         cudaCheck(
             cudaMemcpy(sums + first, dev_sums, (size_t)c * sizeof(double), cudaMemcpyDeviceToHost));
@@ -206,9 +210,9 @@ static void sum_squares_batch(double *sums, const float *const *xs, const size_t
 }
 
 /* One range: the batch of one, so both give the same bits. */
-static double sum_squares(const float *x, size_t n)
+static double sum_squares(const Backend *be, const float *x, size_t n)
 {
     double total;
-    sum_squares_batch(&total, &x, &n, 1);
+    sum_squares_batch(be, &total, &x, &n, 1);
     return total;
 }

@@ -2,8 +2,9 @@
  * rmsnorm_backward (the weight gradient's row sums fused in, finished by reduce.cuh's
  * colsum_finish).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * rmsnorm. A row is one block's; with VEC (C a multiple of 8, every tensor 32-byte aligned) each
@@ -152,18 +153,21 @@ __global__ static void rmsnorm_backward_kernel(float *dinp, void *dinp_act, floa
         else                                                                                       \
             LAUNCH_ACT_VEC(kernel, false, grid, RMSNORM_THREADS, smem, __VA_ARGS__);               \
     } while (0)
-static void rmsnorm_forward(Act *out, float *rstd, const float *inp, const float *weight, int M,
-                            int C, float eps)
+static void rmsnorm_forward(const Backend *be, Act *out, float *rstd, const float *inp,
+                            const float *weight, int M, int C, float eps)
 {
+    CudaContext *cx = cuda_context(be);
     if (M <= 0) return;
     const int vec = C % 8 == 0 && aligned8(out, inp, weight);
     LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, (float *)NULL, inp,
                    (const void *)NULL, weight, C, eps);
 }
 
-static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *a, const Act *b,
-                                const float *weight, int M, int C, float eps)
+static void add_rmsnorm_forward(const Backend *be, float *sum, Act *out, float *rstd,
+                                const float *a, const Act *b, const float *weight, int M, int C,
+                                float eps)
 {
+    CudaContext *cx = cuda_context(be);
     if (M <= 0) return;
     const int vec = C % 8 == 0 && aligned8(sum, out, a, b, weight);
     LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, sum, a, (const void *)b, weight, C,
@@ -178,21 +182,23 @@ static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *
  * within the 48 KiB a block has without opting in: C up to 12256. */
 #define RMSNORM_DW_SMEM_MAX (48 * 1024 - 32 * sizeof(float))
 
-static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout,
-                             const float *inp, const float *weight, const float *rstd, int M, int C)
+static void rmsnorm_backward(const Backend *be, float *dinp, Act *dinp_act, float *dweight,
+                             const Act *dout, const float *inp, const float *weight,
+                             const float *rstd, int M, int C)
 {
+    CudaContext *cx = cuda_context(be);
     if (M <= 0 || C <= 0) return;
     const int vec = C % 8 == 0 && aligned8(dinp, dout, inp, weight, dinp_act);
     const size_t smem = (size_t)C * sizeof(float);
     if (smem > RMSNORM_DW_SMEM_MAX) { /* the weight gradient's row sums do not fit: a 2nd pass */
         LAUNCH_RMSNORM(rmsnorm_backward_kernel, vec, M, 0, dinp, (void *)dinp_act, (float *)NULL,
                        (const void *)dout, inp, weight, rstd, M, C, 1);
-        column_sums_add(dweight, dout, inp, rstd, M, C);
+        column_sums_add(cx, dweight, dout, inp, rstd, M, C);
         return;
     }
     const int rows = ceil_div(M, RMSNORM_BACKWARD_BLOCKS), blocks = ceil_div(M, rows);
-    float *partial = (float *)scratch_get((size_t)blocks * C * sizeof(float));
+    float *partial = (float *)scratch_get(cx, (size_t)blocks * C * sizeof(float));
     LAUNCH_RMSNORM(rmsnorm_backward_kernel, vec, blocks, smem, dinp, (void *)dinp_act, partial,
                    (const void *)dout, inp, weight, rstd, M, C, rows);
-    colsum_finish(dweight, partial, blocks, C);
+    colsum_finish(cx, dweight, partial, blocks, C);
 }

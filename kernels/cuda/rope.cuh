@@ -1,7 +1,8 @@
 /* rope.cuh: rope_forward / rope_backward (rotate-half layout).
  * Part of ops_cuda.cu's translation unit, included there once and in order (as llm.c's
- * llmc kernel files are in train_gpt2.cu): it uses the statics before it (stream, lt_bf16,
- * ...), so it is not a header to include anywhere else. */
+ * llmc kernel files are in train_gpt2.cu): it uses what comes before it (context.cuh's
+ * CudaContext, which its host functions take as cx), so it is not a header to include anywhere
+ * else. */
 
 /* ---------------------------------------------------------------------------------------------
  * rope, rotate-half layout; sign -1 applies the inverse rotation (backward). */
@@ -45,34 +46,38 @@ __global__ static void rope_kernel(void *x_, const float *pos_cos, const float *
     }
 }
 
-static void rope_apply(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
-                       int D, float sign)
+static void rope_apply(CudaContext *cx, Act *x, const float *pos_cos, const float *pos_sin, int B,
+                       int T, int H, int D, float sign)
 {
     const int half = D / 2, w = half % 8 == 0 && aligned8(x, pos_cos, pos_sin) ? 8 : 1;
     long long total = (long long)B * T * H * (half / w);
     if (total <= 0) return;
     const int blocks = ceil_div(total, 256);
-    if (lt_bf16 && w == 8)
+    if (cx->bf16 && w == 8)
         rope_kernel<__nv_bfloat16, 8>
-            <<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
-    else if (lt_bf16)
+            <<<blocks, 256, 0, cx->stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+    else if (cx->bf16)
         rope_kernel<__nv_bfloat16, 1>
-            <<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+            <<<blocks, 256, 0, cx->stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
     else if (w == 8)
-        rope_kernel<float, 8><<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+        rope_kernel<float, 8>
+            <<<blocks, 256, 0, cx->stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
     else
-        rope_kernel<float, 1><<<blocks, 256, 0, stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
+        rope_kernel<float, 1>
+            <<<blocks, 256, 0, cx->stream>>>(x, pos_cos, pos_sin, T, H, D, total, sign);
     launchCheck();
 }
 
-static void rope_forward(Act *x, const float *pos_cos, const float *pos_sin, int B, int T, int H,
-                         int D)
+static void rope_forward(const Backend *be, Act *x, const float *pos_cos, const float *pos_sin,
+                         int B, int T, int H, int D)
 {
-    rope_apply(x, pos_cos, pos_sin, B, T, H, D, 1.0f);
+    CudaContext *cx = cuda_context(be);
+    rope_apply(cx, x, pos_cos, pos_sin, B, T, H, D, 1.0f);
 }
 
-static void rope_backward(Act *dx, const float *pos_cos, const float *pos_sin, int B, int T, int H,
-                          int D)
+static void rope_backward(const Backend *be, Act *dx, const float *pos_cos, const float *pos_sin,
+                          int B, int T, int H, int D)
 {
-    rope_apply(dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
+    CudaContext *cx = cuda_context(be);
+    rope_apply(cx, dx, pos_cos, pos_sin, B, T, H, D, -1.0f);
 }

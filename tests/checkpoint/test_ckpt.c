@@ -829,7 +829,7 @@ static Backend staged;
 static const float *allowed[3][2];
 static int copies_outside;
 
-static void staged_to_device(void *dst, const void *src, size_t bytes)
+static void staged_to_device(const Backend *be, void *dst, const void *src, size_t bytes)
 {
     const float *d = dst, *e = (const float *)((const char *)dst + bytes);
     int inside = allowed[0][0] == NULL;

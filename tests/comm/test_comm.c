@@ -39,16 +39,16 @@ static const Backend *device;
 static void *dev_in(void *host, size_t bytes)
 {
     if (!device) return host;
-    void *d = device->mem_alloc(bytes);
-    if (d) device->mem_to_device(d, host, bytes);
+    void *d = device->mem_alloc(device, bytes);
+    if (d) device->mem_to_device(device, d, host, bytes);
     return d;
 }
 
 static void dev_out(void *host, void *d, size_t bytes)
 {
     if (!device || !d) return;
-    device->mem_to_host(host, d, bytes);
-    device->mem_free(d);
+    device->mem_to_host(device, host, d, bytes);
+    device->mem_free(device, d);
 }
 
 /* c(buf) through a device copy of buf when there is a device */
@@ -138,7 +138,11 @@ static int worker_main(void)
             fprintf(stderr, "rank %d: %s\n", rank, ds_last_error());
             return 1;
         }
-        device = backend_cuda();
+        if (backend_create(&(BackendOptions){.device = "cuda", .precision = "fp32"}, &device) !=
+            DS_OK) {
+            fprintf(stderr, "rank %d: %s\n", rank, ds_last_error());
+            return 1;
+        }
 #else
         fprintf(stderr, "DSTRAIN_COMM_DEVICE=cuda: built without CUDA\n");
         return 1;
@@ -171,6 +175,7 @@ static int worker_main(void)
            g.world_size, g.tp_rank, g.tp_size, g.dp_rank, g.dp_size, g.local_rank, checks,
            device ? " on device buffers" : "", failures);
     fflush(stdout);
+    backend_free(device);
     comm_grid_free(&g);
     return failures ? 1 : 0;
 }

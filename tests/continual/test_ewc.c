@@ -327,9 +327,10 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
         }
         const float *fs[EWC_MAX_SETS], *as[EWC_MAX_SETS];
         const int sets = ewc_sets_at(&e, lo, fs, as);
-        backend_cpu()->adamw_ewc_update(p1, grad + lo, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
-                                        scale, t, fs, as, sets, e.lambda, 0, &pen);
-        backend_cpu()->adamw_update(p2, g2, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, scale, t);
+        backend_cpu()->adamw_ewc_update(backend_cpu(), p1, grad + lo, m1, v1, n, 1e-2f, 0.9f, 0.95f,
+                                        1e-8f, 0.1f, scale, t, fs, as, sets, e.lambda, 0, &pen);
+        backend_cpu()->adamw_update(backend_cpu(), p2, g2, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f,
+                                    0.1f, scale, t);
         cr_assert(fabs(pen - want_pen) < 1e-6 * want_pen + 1e-12, "step %d: %g vs %g", t, pen,
                   want_pen);
         for (size_t i = 0; i < n; i++)
@@ -345,9 +346,10 @@ Test(ewc, fused_update_equals_adamw_on_the_analytic_penalty_gradient)
     memset(m2, 0, n * sizeof(float)), memset(v2, 0, n * sizeof(float));
     const float *none[EWC_MAX_SETS];
     cr_assert_eq(ewc_sets_at(&empty, 0, none, none), 0);
-    backend_cpu()->adamw_ewc_update(p1, grad, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1,
-                                    none, none, 0, empty.lambda, 0, NULL);
-    backend_cpu()->adamw_update(p2, grad, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1);
+    backend_cpu()->adamw_ewc_update(backend_cpu(), p1, grad, m1, v1, n, 1e-2f, 0.9f, 0.95f, 1e-8f,
+                                    0.1f, 1.0f, 1, none, none, 0, empty.lambda, 0, NULL);
+    backend_cpu()->adamw_update(backend_cpu(), p2, grad, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                                1.0f, 1);
     cr_assert_eq(memcmp(p1, p2, n * sizeof(float)), 0);
     ewc_free(&e);
     free(params), free(grad), free(fisher), free(anchor), free(p1), free(p2);

@@ -112,7 +112,7 @@ Test(ewc_update, cpu_op_matches_double_precision_for_one_and_two_sets_and_both_d
                 reference_step(p0, g, m0, v0, n, lr, b1, b2, eps, wd, scale, t, fisher, anchor,
                                sets, lambda, decay_to_anchor, rp, rm, rv);
             double penalty = 1.0; /* the op adds to it */
-            be->adamw_ewc_update(p, g, m, v, n, lr, b1, b2, eps, wd, scale, t,
+            be->adamw_ewc_update(be, p, g, m, v, n, lr, b1, b2, eps, wd, scale, t,
                                  (const float *const *)fisher, (const float *const *)anchor, sets,
                                  lambda, decay_to_anchor, &penalty);
             cr_assert(want > 0);
@@ -142,8 +142,8 @@ Test(ewc_update, penalty_gradient_pulls_toward_the_anchor)
         p[i] = 1.0f, g[i] = 0.0f, f[i] = 1.0f, a[i] = i % 2 ? 1.0f : 0.0f;
     const float *fs[1] = {f}, *as[1] = {a};
     double penalty = 0.0;
-    backend_cpu()->adamw_ewc_update(p, g, m, v, n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 1, fs,
-                                    as, 1, 4.0f, 0, &penalty);
+    backend_cpu()->adamw_ewc_update(backend_cpu(), p, g, m, v, n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f,
+                                    1.0f, 1, fs, as, 1, 4.0f, 0, &penalty);
     cr_assert(fabs(penalty - 0.5 * 4.0 * 32) < 1e-12, "%g", penalty);
     for (size_t i = 0; i < n; i++) {
         if (i % 2)
@@ -163,9 +163,9 @@ Test(ewc_update, no_sets_is_adamw_update_bit_for_bit)
     for (int t = 1; t <= 3; t++) {
         float *g = random_floats(n, -0.1f, 0.1f);
         double penalty = 0.25;
-        be->adamw_ewc_update(p1, g, m1, v1, n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t, NULL, NULL,
-                             0, 7.0f, t == 3, t == 2 ? NULL : &penalty);
-        be->adamw_update(p2, g, m2, v2, n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t);
+        be->adamw_ewc_update(be, p1, g, m1, v1, n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t, NULL,
+                             NULL, 0, 7.0f, t == 3, t == 2 ? NULL : &penalty);
+        be->adamw_update(be, p2, g, m2, v2, n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t);
         cr_assert_eq(penalty, 0.25, "no sets: no penalty added");
         free(g);
     }
@@ -188,9 +188,9 @@ Test(ewc_update, results_do_not_depend_on_the_thread_count)
     for (int r = 0; r < 2; r++) {
         omp_set_num_threads(threads[r]);
         out[r] = copy_of(p, n), mo[r] = calloc(n, sizeof(float)), vo[r] = calloc(n, sizeof(float));
-        backend_cpu()->adamw_ewc_update(out[r], g, mo[r], vo[r], n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
-                                        1.0f, 1, (const float *const *)f, (const float *const *)a,
-                                        2, 3.0f, 0, &pen[r]);
+        backend_cpu()->adamw_ewc_update(backend_cpu(), out[r], g, mo[r], vo[r], n, 1e-2f, 0.9f,
+                                        0.95f, 1e-8f, 0.1f, 1.0f, 1, (const float *const *)f,
+                                        (const float *const *)a, 2, 3.0f, 0, &pen[r]);
     }
     omp_set_num_threads(keep);
     cr_assert_eq(memcmp(&pen[0], &pen[1], sizeof(double)), 0, "%.17g vs %.17g", pen[0], pen[1]);

@@ -32,6 +32,7 @@ int main(int argc, char **argv)
                         &r);
         failures += r.failures;
         checks += r.checks;
+        backend_free(gpu);
         printf("\n");
     }
     printf("gpu_test_backend_ops: %d of %d checks passed\n", checks - failures, checks);

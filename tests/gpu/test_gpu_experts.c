@@ -54,12 +54,38 @@ static void must(int status)
     }
 }
 
-/* The CUDA backend made as a config would make it (backend_create): precision and cuda.experts.
- * Weights attached in one precision stay attached across a change of cuda.experts. */
+/* The weights the test has attached (NULL: none), which use() attaches again in the backend it
+ * makes. */
+static float *attached_w;
+static size_t attached_n;
+
+/* A CUDA backend made as a config would make it (backend_create): precision and cuda.experts, in
+ * place of the one before, which is freed; the device buffers stay, and the weights attached
+ * there are attached and refreshed in the new one (so a change of cuda.experts keeps them). */
 static void use(const char *precision, const char *experts)
 {
     const BackendOptions o = {.device = "cuda", .precision = precision, .experts = experts};
+    if (gpu && attached_w) gpu->weights_detach(gpu, attached_w);
+    backend_free(gpu);
+    gpu = NULL;
     must(backend_create(&o, &gpu));
+    if (attached_w) {
+        must(gpu->weights_attach(gpu, attached_w, attached_n));
+        gpu->weights_refresh(gpu, attached_w);
+    }
+}
+
+static void attach(float *w, size_t n)
+{
+    must(gpu->weights_attach(gpu, w, n));
+    gpu->weights_refresh(gpu, w);
+    attached_w = w, attached_n = n;
+}
+
+static void detach(float *w)
+{
+    gpu->weights_detach(gpu, w);
+    attached_w = NULL, attached_n = 0;
 }
 
 /* ---- host and device buffers ---------------------------------------------------------------- */
@@ -82,7 +108,7 @@ static float *host_random(size_t n, float scale)
 
 static void *dev_alloc(size_t bytes)
 {
-    void *d = gpu->mem_alloc(bytes);
+    void *d = gpu->mem_alloc(gpu, bytes);
     if (!d) {
         fprintf(stderr, "test_gpu_experts: %s\n", ds_last_error());
         exit(1);
@@ -93,25 +119,25 @@ static void *dev_alloc(size_t bytes)
 /* n host floats as the GPU's Act elements (fp32 or bf16 by mode), into dev. */
 static void act_upload(void *dev, const float *host, size_t n)
 {
-    if (gpu->act_size() == sizeof(float)) {
-        gpu->mem_to_device(dev, host, n * sizeof(float));
+    if (gpu->act_size(gpu) == sizeof(float)) {
+        gpu->mem_to_device(gpu, dev, host, n * sizeof(float));
         return;
     }
     uint16_t *h = malloc(n * sizeof(uint16_t) + 2);
     for (size_t i = 0; i < n; i++)
         h[i] = f32_to_bf16(host[i]);
-    gpu->mem_to_device(dev, h, n * sizeof(uint16_t));
+    gpu->mem_to_device(gpu, dev, h, n * sizeof(uint16_t));
     free(h);
 }
 
 static void act_download(float *host, const void *dev, size_t n)
 {
-    if (gpu->act_size() == sizeof(float)) {
-        gpu->mem_to_host(host, dev, n * sizeof(float));
+    if (gpu->act_size(gpu) == sizeof(float)) {
+        gpu->mem_to_host(gpu, host, dev, n * sizeof(float));
         return;
     }
     uint16_t *h = malloc(n * sizeof(uint16_t) + 2);
-    gpu->mem_to_host(h, dev, n * sizeof(uint16_t));
+    gpu->mem_to_host(gpu, h, dev, n * sizeof(uint16_t));
     for (size_t i = 0; i < n; i++)
         host[i] = bf16_to_f32(h[i]);
     free(h);
@@ -119,7 +145,7 @@ static void act_download(float *host, const void *dev, size_t n)
 
 static void *dev_act(size_t n)
 {
-    return dev_alloc((n ? n : 1) * gpu->act_size());
+    return dev_alloc((n ? n : 1) * gpu->act_size(gpu));
 }
 
 static void act_poison(void *dev, size_t n)
@@ -162,7 +188,7 @@ static void compare_f32(const char *name, const float *dev, const float *ref, fl
                         size_t n)
 {
     float *h = malloc(n * sizeof(float)), *r = malloc(n * sizeof(float));
-    gpu->mem_to_host(h, dev, n * sizeof(float));
+    gpu->mem_to_host(gpu, h, dev, n * sizeof(float));
     for (size_t i = 0; i < n; i++)
         r[i] = factor * ref[i];
     int nans = 0;
@@ -173,8 +199,8 @@ static void compare_f32(const char *name, const float *dev, const float *ref, fl
 static int same_bytes(const void *a, const void *b, size_t bytes)
 {
     unsigned char *ha = malloc(bytes + 1), *hb = malloc(bytes + 1);
-    gpu->mem_to_host(ha, a, bytes);
-    gpu->mem_to_host(hb, b, bytes);
+    gpu->mem_to_host(gpu, ha, a, bytes);
+    gpu->mem_to_host(gpu, hb, b, bytes);
     int same = memcmp(ha, hb, bytes) == 0;
     free(ha), free(hb);
     return same;
@@ -226,9 +252,9 @@ static void experts_make(Experts *x, int E, int C, int I, const int *counts)
         gu[e] = gg[e] + (size_t)I * C;
         gd[e] = gu[e] + (size_t)I * C;
     }
-    cpu->moe_experts_forward(x->ref_ey, x->ref_eg, x->ref_eu, x->ref_ea, x->xs, x->hg, x->hu, x->hd,
-                             x->counts, E, C, I);
-    cpu->moe_experts_backward(x->ref_dxs, gg, gu, gd, dea, deg, deu, x->dey, x->xs, x->ref_eg,
+    cpu->moe_experts_forward(cpu, x->ref_ey, x->ref_eg, x->ref_eu, x->ref_ea, x->xs, x->hg, x->hu,
+                             x->hd, x->counts, E, C, I);
+    cpu->moe_experts_backward(cpu, x->ref_dxs, gg, gu, gd, dea, deg, deu, x->dey, x->xs, x->ref_eg,
                               x->ref_eu, x->ref_ea, x->hg, x->hu, x->hd, x->counts, E, C, I);
     free(dea), free(deg), free(deu), free(gg), free(gu), free(gd);
 }
@@ -247,12 +273,12 @@ typedef struct DevExperts {
     void *xs, *dey, *ey, *eg, *eu, *ea, *dxs, *dea, *deg, *deu;
 } DevExperts;
 
-static void dev_make(DevExperts *d, const Experts *x, int attach)
+static void dev_make(DevExperts *d, const Experts *x, int with_copy)
 {
     const int E = x->E;
     const size_t per = 3 * (size_t)x->I * x->C, R = x->rows, RC = R * x->C, RI = R * x->I;
     d->w = dev_alloc(E * per * sizeof(float));
-    gpu->mem_to_device(d->w, x->w, E * per * sizeof(float));
+    gpu->mem_to_device(gpu, d->w, x->w, E * per * sizeof(float));
     d->gw = dev_alloc(E * per * sizeof(float)); /* zeroed */
     float ***arrays[] = {&d->g, &d->u, &d->d, &d->gg, &d->gu, &d->gd};
     for (int a = 0; a < 6; a++)
@@ -263,10 +289,7 @@ static void dev_make(DevExperts *d, const Experts *x, int attach)
             (*arrays[a + 3])[e] = d->gw + e * per + a * (size_t)x->I * x->C;
         }
     }
-    if (attach) {
-        must(gpu->weights_attach(d->w, E * per));
-        gpu->weights_refresh(d->w);
-    }
+    if (with_copy) attach(d->w, E * per);
     d->xs = dev_act(RC), d->dey = dev_act(RC);
     act_upload(d->xs, x->xs, RC);
     act_upload(d->dey, x->dey, RC);
@@ -277,41 +300,43 @@ static void dev_make(DevExperts *d, const Experts *x, int attach)
 
 static void dev_free(DevExperts *d, int attached)
 {
-    if (attached) gpu->weights_detach(d->w);
+    if (attached) detach(d->w);
     void *bufs[] = {d->w,  d->gw, d->xs, d->dey, d->ey,  d->dxs,
                     d->eg, d->eu, d->ea, d->dea, d->deg, d->deu};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
-        gpu->mem_free(bufs[i]);
+        gpu->mem_free(gpu, bufs[i]);
     free(d->g), free(d->u), free(d->d), free(d->gg), free(d->gu), free(d->gd);
 }
 
 static void dev_forward(DevExperts *d, const Experts *x)
 {
-    gpu->moe_experts_forward(d->ey, d->eg, d->eu, d->ea, d->xs, d->g, d->u, d->d, x->counts, x->E,
-                             x->C, x->I);
+    gpu->moe_experts_forward(gpu, d->ey, d->eg, d->eu, d->ea, d->xs, d->g, d->u, d->d, x->counts,
+                             x->E, x->C, x->I);
 }
 
 static void dev_backward(DevExperts *d, const Experts *x)
 {
-    gpu->moe_experts_backward(d->dxs, d->gg, d->gu, d->gd, d->dea, d->deg, d->deu, d->dey, d->xs,
-                              d->eg, d->eu, d->ea, d->g, d->u, d->d, x->counts, x->E, x->C, x->I);
+    gpu->moe_experts_backward(gpu, d->dxs, d->gg, d->gu, d->gd, d->dea, d->deg, d->deu, d->dey,
+                              d->xs, d->eg, d->eu, d->ea, d->g, d->u, d->d, x->counts, x->E, x->C,
+                              x->I);
 }
 
-/* Every check of one case in the current mode. attach 0: the weights have no bf16 copy. */
-static void check_case(const char *label, const Experts *x, int attach)
+/* Every check of one case in the current mode. with_copy 0: the weights have no bf16 copy. */
+static void check_case(const char *label, const Experts *x, int with_copy)
 {
     char name[200];
     DevExperts d;
-    dev_make(&d, x, attach);
+    dev_make(&d, x, with_copy);
     const size_t per = 3 * (size_t)x->I * x->C, R = x->rows, RC = R * x->C, RI = R * x->I;
     const size_t wbytes = x->E * per * sizeof(float);
     act_poison(d.ey, RC), act_poison(d.eg, RI), act_poison(d.eu, RI), act_poison(d.ea, RI);
     act_poison(d.dxs, RC);
-    const long long calls0 = cuda_moe_grouped_calls(), fallbacks0 = cuda_moe_grouped_fallbacks();
+    const long long calls0 = cuda_moe_grouped_calls(gpu),
+                    fallbacks0 = cuda_moe_grouped_fallbacks(gpu);
     dev_forward(&d, x);
     dev_backward(&d, x);
-    const long long calls = cuda_moe_grouped_calls() - calls0;
-    const long long fallbacks = cuda_moe_grouped_fallbacks() - fallbacks0;
+    const long long calls = cuda_moe_grouped_calls(gpu) - calls0;
+    const long long fallbacks = cuda_moe_grouped_fallbacks(gpu) - fallbacks0;
     snprintf(name, sizeof(name), "%s: forward ey", label);
     compare_act(name, d.ey, x->ref_ey, RC);
     snprintf(name, sizeof(name), "%s: forward eg, eu, ea", label);
@@ -335,14 +360,14 @@ static void check_case(const char *label, const Experts *x, int attach)
     void *dxs1 = dev_act(RC), *ey1 = dev_act(RC);
     {
         float *h = malloc(wbytes);
-        gpu->mem_to_host(h, d.gw, wbytes);
-        gpu->mem_to_device(first, h, wbytes);
+        gpu->mem_to_host(gpu, h, d.gw, wbytes);
+        gpu->mem_to_device(gpu, first, h, wbytes);
         free(h);
-        unsigned char *b = malloc(RC * gpu->act_size() + 1);
-        gpu->mem_to_host(b, d.dxs, RC * gpu->act_size());
-        gpu->mem_to_device(dxs1, b, RC * gpu->act_size());
-        gpu->mem_to_host(b, d.ey, RC * gpu->act_size());
-        gpu->mem_to_device(ey1, b, RC * gpu->act_size());
+        unsigned char *b = malloc(RC * gpu->act_size(gpu) + 1);
+        gpu->mem_to_host(gpu, b, d.dxs, RC * gpu->act_size(gpu));
+        gpu->mem_to_device(gpu, dxs1, b, RC * gpu->act_size(gpu));
+        gpu->mem_to_host(gpu, b, d.ey, RC * gpu->act_size(gpu));
+        gpu->mem_to_device(gpu, ey1, b, RC * gpu->act_size(gpu));
         free(b);
     }
     dev_backward(&d, x);
@@ -350,19 +375,19 @@ static void check_case(const char *label, const Experts *x, int attach)
     compare_f32(name, d.gw, x->ref_gw, 2.0f, x->E * per);
     /* bit for bit: forward again, backward onto zeros again */
     float *zeros = calloc(x->E * per, sizeof(float));
-    gpu->mem_to_device(d.gw, zeros, wbytes);
+    gpu->mem_to_device(gpu, d.gw, zeros, wbytes);
     free(zeros);
     act_poison(d.ey, RC), act_poison(d.dxs, RC);
     dev_forward(&d, x);
     dev_backward(&d, x);
     snprintf(name, sizeof(name), "%s: repeats bit for bit (ey, dxs, dW)", label);
     report(name, "same",
-           same_bytes(ey1, d.ey, RC * gpu->act_size()) &&
-               same_bytes(dxs1, d.dxs, RC * gpu->act_size()) && same_bytes(first, d.gw, wbytes),
+           same_bytes(ey1, d.ey, RC * gpu->act_size(gpu)) &&
+               same_bytes(dxs1, d.dxs, RC * gpu->act_size(gpu)) && same_bytes(first, d.gw, wbytes),
            1, 0, 0);
     /* grouped where every weight has its operand (no rows: nothing to run) */
     const int grouped_expected =
-        strcmp(kind, "grouped") == 0 && x->rows > 0 && (attach || gpu->act_size() != 2);
+        strcmp(kind, "grouped") == 0 && x->rows > 0 && (with_copy || gpu->act_size(gpu) != 2);
     snprintf(name, sizeof(name), "%s: %s", label,
              grouped_expected ? "ran grouped (none refused)" : "no grouped call");
     report(name, "as said", grouped_expected ? (calls > 0 && fallbacks == 0) : calls == 0, 1, 0, 0);
@@ -370,18 +395,19 @@ static void check_case(const char *label, const Experts *x, int attach)
         use(mode, "loop");
         dev_forward(&d, x);
         float *zero = calloc(x->E * per, sizeof(float));
-        gpu->mem_to_device(d.gw, zero, wbytes);
+        gpu->mem_to_device(gpu, d.gw, zero, wbytes);
         free(zero);
         dev_backward(&d, x);
         use(mode, kind);
         snprintf(name, sizeof(name), "%s: = loop bit for bit (ey, dxs, dW)", label);
         report(name, "same",
-               same_bytes(ey1, d.ey, RC * gpu->act_size()) &&
-                   same_bytes(dxs1, d.dxs, RC * gpu->act_size()) && same_bytes(first, d.gw, wbytes),
+               same_bytes(ey1, d.ey, RC * gpu->act_size(gpu)) &&
+                   same_bytes(dxs1, d.dxs, RC * gpu->act_size(gpu)) &&
+                   same_bytes(first, d.gw, wbytes),
                1, 0, 0);
     }
-    gpu->mem_free(first), gpu->mem_free(dxs1), gpu->mem_free(ey1);
-    dev_free(&d, attach);
+    gpu->mem_free(gpu, first), gpu->mem_free(gpu, dxs1), gpu->mem_free(gpu, ey1);
+    dev_free(&d, with_copy);
 }
 
 /* ---- timing: V2-Lite's layer -------------------------------------------------------------------
@@ -409,7 +435,7 @@ static void time_v2_lite(void)
     d.w = dev_alloc(E * per * sizeof(float));
     d.gw = dev_alloc(E * per * sizeof(float));
     float *hw = host_random(E * per, 0.02f);
-    gpu->mem_to_device(d.w, hw, E * per * sizeof(float));
+    gpu->mem_to_device(gpu, d.w, hw, E * per * sizeof(float));
     free(hw);
     d.g = malloc(E * sizeof(float *)), d.u = malloc(E * sizeof(float *));
     d.d = malloc(E * sizeof(float *)), d.gg = malloc(E * sizeof(float *));
@@ -419,8 +445,7 @@ static void time_v2_lite(void)
         d.gg[e] = d.gw + e * per, d.gu[e] = d.gg[e] + (size_t)I * C;
         d.gd[e] = d.gu[e] + (size_t)I * C;
     }
-    must(gpu->weights_attach(d.w, E * per));
-    gpu->weights_refresh(d.w);
+    attach(d.w, E * per);
     float *hx = host_random(RC, 1.0f);
     d.xs = dev_act(RC), d.dey = dev_act(RC);
     act_upload(d.xs, hx, RC);
@@ -438,13 +463,13 @@ static void time_v2_lite(void)
         use(mode, kind);
         double t_f = 1e30, t_b = 1e30;
         for (int rep = 0; rep < 6; rep++) {
-            gpu->mem_to_host(&sync, d.gw, sizeof(float));
+            gpu->mem_to_host(gpu, &sync, d.gw, sizeof(float));
             double t0 = now_s();
             dev_forward(&d, &x);
-            gpu->mem_to_host(&sync, d.gw, sizeof(float));
+            gpu->mem_to_host(gpu, &sync, d.gw, sizeof(float));
             double t1 = now_s();
             dev_backward(&d, &x);
-            gpu->mem_to_host(&sync, d.gw, sizeof(float));
+            gpu->mem_to_host(gpu, &sync, d.gw, sizeof(float));
             double t2 = now_s();
             if (rep > 0) { /* the first sets up plans and buffers */
                 t_f = fmin(t_f, t1 - t0);
@@ -523,6 +548,7 @@ int main(void)
     mode = "bf16";
     use(mode, "streams");
     time_v2_lite();
+    backend_free(gpu);
     printf("test_gpu_experts: %d of %d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
 }

@@ -86,12 +86,12 @@ static float *host_random(size_t n, float scale)
 
 static void *dev_from(const void *host, size_t bytes)
 {
-    void *d = gpu->mem_alloc(bytes);
+    void *d = gpu->mem_alloc(gpu, bytes);
     if (!d) {
         fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
         exit(1);
     }
-    gpu->mem_to_device(d, host, bytes);
+    gpu->mem_to_device(gpu, d, host, bytes);
     return d;
 }
 
@@ -128,7 +128,7 @@ static double rel_error(const float *x, const float *ref, size_t n, int *nan_cou
 static void compare(const char *name, const float *dev, const float *ref, size_t n)
 {
     float *h = malloc(n * sizeof(float));
-    gpu->mem_to_host(h, dev, n * sizeof(float));
+    gpu->mem_to_host(gpu, h, dev, n * sizeof(float));
     int nans;
     double err = rel_error(h, ref, n, &nans);
     report(name, "rel err", err, tol, 1, nans);
@@ -139,8 +139,8 @@ static void compare(const char *name, const float *dev, const float *ref, size_t
 static int same_bits(const float *a, const float *b, size_t n)
 {
     float *ha = malloc(n * sizeof(float)), *hb = malloc(n * sizeof(float));
-    gpu->mem_to_host(ha, a, n * sizeof(float));
-    gpu->mem_to_host(hb, b, n * sizeof(float));
+    gpu->mem_to_host(gpu, ha, a, n * sizeof(float));
+    gpu->mem_to_host(gpu, hb, b, n * sizeof(float));
     int same = memcmp(ha, hb, n * sizeof(float)) == 0;
     free(ha), free(hb);
     return same;
@@ -151,20 +151,20 @@ static int same_bits(const float *a, const float *b, size_t n)
 /* n host floats as the GPU's Act elements, into dev (device memory). */
 static void act_upload(void *dev, const float *host, size_t n)
 {
-    if (gpu->act_size() == sizeof(float)) {
-        gpu->mem_to_device(dev, host, n * sizeof(float));
+    if (gpu->act_size(gpu) == sizeof(float)) {
+        gpu->mem_to_device(gpu, dev, host, n * sizeof(float));
         return;
     }
     uint16_t *h = malloc(n * sizeof(uint16_t));
     for (size_t i = 0; i < n; i++)
         h[i] = f32_to_bf16(host[i]);
-    gpu->mem_to_device(dev, h, n * sizeof(uint16_t));
+    gpu->mem_to_device(gpu, dev, h, n * sizeof(uint16_t));
     free(h);
 }
 
 static void *dev_act_from(const float *host, size_t n)
 {
-    void *d = gpu->mem_alloc(n * gpu->act_size());
+    void *d = gpu->mem_alloc(gpu, n * gpu->act_size(gpu));
     if (!d) {
         fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
         exit(1);
@@ -185,7 +185,7 @@ static void act_poison(void *dev, size_t n)
 /* A device Act tensor of n elements, every one NaN. */
 static void *dev_act_poison(size_t n)
 {
-    void *d = gpu->mem_alloc(n * gpu->act_size());
+    void *d = gpu->mem_alloc(gpu, n * gpu->act_size(gpu));
     if (!d) {
         fprintf(stderr, "test_gpu_ops: %s\n", ds_last_error());
         exit(1);
@@ -196,12 +196,12 @@ static void *dev_act_poison(size_t n)
 
 static void act_download(float *host, const void *dev, size_t n)
 {
-    if (gpu->act_size() == sizeof(float)) {
-        gpu->mem_to_host(host, dev, n * sizeof(float));
+    if (gpu->act_size(gpu) == sizeof(float)) {
+        gpu->mem_to_host(gpu, host, dev, n * sizeof(float));
         return;
     }
     uint16_t *h = malloc(n * sizeof(uint16_t));
-    gpu->mem_to_host(h, dev, n * sizeof(uint16_t));
+    gpu->mem_to_host(gpu, h, dev, n * sizeof(uint16_t));
     for (size_t i = 0; i < n; i++)
         host[i] = bf16_to_f32(h[i]);
     free(h);
@@ -221,10 +221,10 @@ static void compare_act(const char *name, const void *dev, const float *ref, siz
 /* 1 when the n Act elements of device tensors a and b are the same bits. */
 static int same_bits_act(const void *a, const void *b, size_t n)
 {
-    const size_t bytes = n * gpu->act_size();
+    const size_t bytes = n * gpu->act_size(gpu);
     unsigned char *ha = malloc(bytes), *hb = malloc(bytes);
-    gpu->mem_to_host(ha, a, bytes);
-    gpu->mem_to_host(hb, b, bytes);
+    gpu->mem_to_host(gpu, ha, a, bytes);
+    gpu->mem_to_host(gpu, hb, b, bytes);
     int same = memcmp(ha, hb, bytes) == 0;
     free(ha), free(hb);
     return same;
@@ -251,18 +251,18 @@ static void round_operands(float *x, size_t n, int bf16_products)
 static void test_attention(int B, int T, int H, int KVH, int D, int expect_flash)
 {
     char name[96];
-    const long long flash_before = cuda_attention_flash_calls();
+    const long long flash_before = cuda_attention_flash_calls(gpu);
     const long long wgmma_before = cuda_attention_wgmma_calls();
-    const int bf16 = expect_flash || gpu->act_size() == 2;
+    const int bf16 = expect_flash || gpu->act_size(gpu) == 2;
     size_t nq = (size_t)B * T * H * D, nkv = (size_t)B * T * KVH * D, nl = (size_t)B * H * T;
     float *q = host_random(nq, 1.5f), *k = host_random(nkv, 1.5f), *v = host_random(nkv, 1.0f);
     float *out = malloc(nq * 4), *lse = malloc(nl * 4);
     round_operands(q, nq, bf16), round_operands(k, nkv, bf16), round_operands(v, nkv, bf16);
-    cpu->attention_forward(out, lse, q, k, v, B, T, H, KVH, D);
+    cpu->attention_forward(cpu, out, lse, q, k, v, B, T, H, KVH, D);
     void *d_q = dev_act_from(q, nq), *d_k = dev_act_from(k, nkv), *d_v = dev_act_from(v, nkv);
     void *d_out = dev_act_poison(nq);
     float *d_lse = dev_poison(nl);
-    gpu->attention_forward(d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH, D);
+    gpu->attention_forward(gpu, d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH, D);
     snprintf(name, sizeof(name), "attention_forward B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
     compare_act(name, d_out, out, nq);
     snprintf(name, sizeof(name), "attention_forward lse B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
@@ -271,13 +271,14 @@ static void test_attention(int B, int T, int H, int KVH, int D, int expect_flash
     float *dout = host_random(nq, 1.0f);
     float *dq = malloc(nq * 4), *dk = malloc(nkv * 4), *dv = malloc(nkv * 4);
     round_operands(dout, nq, bf16), round_operands(out, nq, bf16);
-    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, D);
+    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, D);
     void *d_dout = dev_act_from(dout, nq);
     void *d_dq = dev_act_poison(nq), *d_dk = dev_act_poison(nkv), *d_dv = dev_act_poison(nkv);
     /* backward from the CPU's forward outputs, so that only backward is measured here */
     act_upload(d_out, out, nq);
-    gpu->mem_to_device(d_lse, lse, nl * 4);
-    gpu->attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH, D);
+    gpu->mem_to_device(gpu, d_lse, lse, nl * 4);
+    gpu->attention_backward(gpu, d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H,
+                            KVH, D);
     snprintf(name, sizeof(name), "attention_backward dq B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
     compare_act(name, d_dq, dq, nq);
     snprintf(name, sizeof(name), "attention_backward dk B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
@@ -285,7 +286,7 @@ static void test_attention(int B, int T, int H, int KVH, int D, int expect_flash
     snprintf(name, sizeof(name), "attention_backward dv B%d T%d H%d KVH%d D%d", B, T, H, KVH, D);
     compare_act(name, d_dv, dv, nkv);
 
-    const long long flash_calls = cuda_attention_flash_calls() - flash_before;
+    const long long flash_calls = cuda_attention_flash_calls(gpu) - flash_before;
     snprintf(name, sizeof(name), "attention %s kernels ran B%d T%d H%d KVH%d D%d",
              expect_flash ? "tensor-core" : "fp32", B, T, H, KVH, D);
     report(name, "flash calls", (double)flash_calls, expect_flash ? 2.0 : 0.0, !expect_flash, 0);
@@ -300,10 +301,10 @@ static void test_attention(int B, int T, int H, int KVH, int D, int expect_flash
         void *r_dq = dev_act_poison(nq), *r_dk = dev_act_poison(nkv), *r_dv = dev_act_poison(nkv);
         void *r_out = dev_act_poison(nq), *r_out2 = dev_act_poison(nq);
         float *r_lse = dev_poison(nl), *r_lse2 = dev_poison(nl);
-        gpu->attention_backward(r_dq, r_dk, r_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, KVH,
-                                D);
-        gpu->attention_forward(r_out, r_lse, d_q, d_k, d_v, B, T, H, KVH, D);
-        gpu->attention_forward(r_out2, r_lse2, d_q, d_k, d_v, B, T, H, KVH, D);
+        gpu->attention_backward(gpu, r_dq, r_dk, r_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H,
+                                KVH, D);
+        gpu->attention_forward(gpu, r_out, r_lse, d_q, d_k, d_v, B, T, H, KVH, D);
+        gpu->attention_forward(gpu, r_out2, r_lse2, d_q, d_k, d_v, B, T, H, KVH, D);
         int differ = !same_bits_act(r_dq, d_dq, nq) + !same_bits_act(r_dk, d_dk, nkv) +
                      !same_bits_act(r_dv, d_dv, nkv) + !same_bits_act(r_out, r_out2, nq) +
                      !same_bits(r_lse, r_lse2, nl);
@@ -312,11 +313,11 @@ static void test_attention(int B, int T, int H, int KVH, int D, int expect_flash
         report(name, "outputs differing", differ, 0.0, 1, 0);
         void *rdev[] = {r_dq, r_dk, r_dv, r_out, r_lse, r_out2, r_lse2};
         for (size_t i = 0; i < DS_ARRAY_LEN(rdev); i++)
-            gpu->mem_free(rdev[i]);
+            gpu->mem_free(gpu, rdev[i]);
     }
     void *dev[] = {d_q, d_k, d_v, d_out, d_lse, d_dout, d_dq, d_dk, d_dv};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
-        gpu->mem_free(dev[i]);
+        gpu->mem_free(gpu, dev[i]);
     free(q), free(k), free(v), free(out), free(lse), free(dout), free(dq), free(dk), free(dv);
 }
 
@@ -344,36 +345,36 @@ static void test_adamw_ewc_stays_in_bounds(size_t n)
     }
     const float *df[SETS] = {d_fisher[0], d_fisher[1]}, *da[SETS] = {d_anchor[0], d_anchor[1]};
     float *d_p = dev_poison(n + GUARD), *d_m = dev_poison(n + GUARD), *d_v = dev_poison(n + GUARD);
-    gpu->mem_to_device(d_p, p, bytes), gpu->mem_to_device(d_m, zeros, bytes);
-    gpu->mem_to_device(d_v, zeros, bytes);
+    gpu->mem_to_device(gpu, d_p, p, bytes), gpu->mem_to_device(gpu, d_m, zeros, bytes);
+    gpu->mem_to_device(gpu, d_v, zeros, bytes);
     float *before = malloc(bytes), *after = malloc(bytes);
     int unwritten = 0;
     for (int t = 1; t <= 3; t++) {
         float *g = host_random(n, 0.1f);
         float *d_g = dev_from(g, bytes);
         double penalty = 0.0;
-        gpu->mem_to_host(before, d_v, bytes);
-        gpu->adamw_ewc_update(d_p, d_g, d_m, d_v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t, df,
-                              da, SETS, 3.0f, t != 2, &penalty);
-        gpu->mem_to_host(after, d_v, bytes);
+        gpu->mem_to_host(gpu, before, d_v, bytes);
+        gpu->adamw_ewc_update(gpu, d_p, d_g, d_m, d_v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, t,
+                              df, da, SETS, 3.0f, t != 2, &penalty);
+        gpu->mem_to_host(gpu, after, d_v, bytes);
         for (size_t i = 0; i < n; i++)
             unwritten += memcmp(&before[i], &after[i], sizeof(float)) == 0;
-        gpu->mem_free(d_g);
+        gpu->mem_free(gpu, d_g);
         free(g);
     }
     int outside = 0; /* guard elements that are no longer NaN */
     float guard[GUARD];
     float *outs[3] = {d_p, d_m, d_v};
     for (int b = 0; b < 3; b++) {
-        gpu->mem_to_host(guard, outs[b] + n, sizeof(guard));
+        gpu->mem_to_host(gpu, guard, outs[b] + n, sizeof(guard));
         for (int i = 0; i < GUARD; i++)
             outside += !isnan(guard[i]);
     }
     snprintf(name, sizeof(name), "adamw_ewc_update every element written, none past n=%zu", n);
     report(name, "written", (double)(outside + unwritten), 0.0, 1, 0);
     for (int k = 0; k < SETS; k++)
-        gpu->mem_free(d_fisher[k]), gpu->mem_free(d_anchor[k]);
-    gpu->mem_free(d_p), gpu->mem_free(d_m), gpu->mem_free(d_v);
+        gpu->mem_free(gpu, d_fisher[k]), gpu->mem_free(gpu, d_anchor[k]);
+    gpu->mem_free(gpu, d_p), gpu->mem_free(gpu, d_m), gpu->mem_free(gpu, d_v);
     free(p), free(zeros), free(before), free(after);
 }
 
@@ -421,7 +422,7 @@ static void compare_models(const char *label, Model *mc, Model *mg)
         if (!model_moe_routing(mc, l, &ic, &wc, &cc) || !model_moe_routing(mg, l, &ig, &wg, &cg))
             continue;
         int32_t *h = malloc(N * k * sizeof(int32_t));
-        gpu->mem_to_host(h, ig, N * k * sizeof(int32_t));
+        gpu->mem_to_host(gpu, h, ig, N * k * sizeof(int32_t));
         for (size_t t = 0; t < N; t++)
             rerouted += memcmp(h + t * k, ic + t * k, k * sizeof(int32_t)) != 0;
         routed += (long)N;
@@ -441,12 +442,12 @@ static void compare_models(const char *label, Model *mc, Model *mg)
      * as autocast's are): random head_dim-128 models measured 0.9e-2 to 1.1e-2, so 2e-2 here; the
      * loss keeps the 1e-2 bar */
     if (judged || nans)
-        report(name, "rel err", dl, gpu->act_size() == sizeof(float) ? tol : 2e-2, 1, nans);
+        report(name, "rel err", dl, gpu->act_size(gpu) == sizeof(float) ? tol : 2e-2, 1, nans);
     else
         note(name, "rel err", dl, "rerouted");
 
     float *gg = malloc(total * 4);
-    gpu->mem_to_host(gg, mg->grads, total * 4);
+    gpu->mem_to_host(gpu, gg, mg->grads, total * 4);
     double min_cos = 1.0, max_rel = 0.0, min_cos_kbias = 1.0;
     int grad_nans = 0;
     const char *worst = "";
@@ -511,7 +512,7 @@ static void compare_models(const char *label, Model *mc, Model *mg)
     }
     snprintf(name, sizeof(name), "model %s 5 AdamW steps: loss", label);
     report(name, "rel err", max_loss_diff, 1e-3, 1, 0);
-    gpu->mem_to_host(gg, mg->params, total * 4);
+    gpu->mem_to_host(gpu, gg, mg->params, total * 4);
     double max_p = 0, max_kbias = 0;
     for (int i = 0; i < mc->table.count; i++) {
         const ParamInfo *p = &mc->table.items[i];
@@ -543,11 +544,14 @@ static void must(int status)
     }
 }
 
-/* The CUDA backend made as a config would make it (backend_create): precision and cuda.attention
- * (cuda.experts at its default). A model must not be alive across a change of precision. */
+/* A CUDA backend made as a config would make it (backend_create): precision and cuda.attention
+ * (cuda.experts at its default), in place of the one before, which is freed: nothing of it (a
+ * model, attached weights) may be alive across the change. */
 static void use(const char *precision, const char *attention)
 {
     const BackendOptions o = {.device = "cuda", .precision = precision, .attention = attention};
+    backend_free(gpu);
+    gpu = NULL;
     must(backend_create(&o, &gpu));
 }
 
@@ -566,7 +570,7 @@ static void test_fixture(const char *name)
     must(model_init(&c, &mc, cpu, B, T));
     must(model_init(&g, &mc, gpu, B, T));
     must(hf_load_weights(dir, &mc, &c.table, c.params));
-    gpu->mem_to_device(g.params, c.params, c.table.total * 4);
+    gpu->mem_to_device(gpu, g.params, c.params, c.table.total * 4);
     const int32_t *tok = safetensors_data(&ref, ids);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -655,24 +659,24 @@ static void test_mixed_precision_plumbing(void)
     int nans;
     double err;
 
-    must(gpu->weights_attach(params, 2 * wn + 64));
+    must(gpu->weights_attach(gpu, params, 2 * wn + 64));
     /* a weight has one place in one copy: a buffer overlapping the attached one is refused */
     report("weights_attach of a buffer inside an attached one: refused", "status",
-           gpu->weights_attach(wb, wn) == DS_ERR_INTERNAL, 1, 0, 0);
-    gpu->weights_refresh(params);
-    gpu->matmul_forward(y1, x, wa, NULL, M, K, N);    /* the copy of wa */
-    gpu->matmul_forward(y3, x, loose, NULL, M, K, N); /* wa rounded on the fly */
+           gpu->weights_attach(gpu, wb, wn) == DS_ERR_INTERNAL, 1, 0, 0);
+    gpu->weights_refresh(gpu, params);
+    gpu->matmul_forward(gpu, y1, x, wa, NULL, M, K, N);    /* the copy of wa */
+    gpu->matmul_forward(gpu, y3, x, loose, NULL, M, K, N); /* wa rounded on the fly */
     report("bf16 copy of an attached weight = on-the-fly rounding (bits)", "same",
            same_bits_act(y1, y3, yn), 1, 0, 0);
-    gpu->matmul_forward(y2, x, wb, NULL, M, K, N); /* the second weight of the buffer */
+    gpu->matmul_forward(gpu, y2, x, wb, NULL, M, K, N); /* the second weight of the buffer */
     float *hwb = malloc(wn * sizeof(float)), *ref_b = malloc(yn * sizeof(float));
     memcpy(hwb, hw + 64 + wn, wn * sizeof(float));
-    cpu->matmul_forward(ref_b, hx, hwb, NULL, M, K, N);
+    cpu->matmul_forward(cpu, ref_b, hx, hwb, NULL, M, K, N);
     compare_act("second weight of an attached buffer", y2, ref_b, yn);
 
-    gpu->scale(params, -1.0f, 2 * wn + 64); /* the fp32 weights change ... */
-    gpu->weights_refresh(params);           /* ... and the copy follows on refresh */
-    gpu->matmul_forward(y3, x, wa, NULL, M, K, N);
+    gpu->scale(gpu, params, -1.0f, 2 * wn + 64); /* the fp32 weights change ... */
+    gpu->weights_refresh(gpu, params);           /* ... and the copy follows on refresh */
+    gpu->matmul_forward(gpu, y3, x, wa, NULL, M, K, N);
     act_download(h1, y1, yn);
     act_download(h2, y3, yn);
     for (size_t i = 0; i < yn; i++)
@@ -684,22 +688,23 @@ static void test_mixed_precision_plumbing(void)
     float *hdy = host_random(yn, 1.0f), *ref_dx = calloc(xn, sizeof(float));
     float *ref_dw = calloc(wn, sizeof(float));
     float *hwa = malloc(wn * sizeof(float));
-    gpu->mem_to_host(hwa, wa, wn * sizeof(float));
-    cpu->matmul_backward(ref_dx, ref_dw, NULL, hdy, hx, hwa, M, K, N, 0);
+    gpu->mem_to_host(gpu, hwa, wa, wn * sizeof(float));
+    cpu->matmul_backward(cpu, ref_dx, ref_dw, NULL, hdy, hx, hwa, M, K, N, 0);
     void *dy = dev_act_from(hdy, yn), *dx = dev_act_poison(xn);
-    float *dw = gpu->mem_alloc(wn * sizeof(float));
-    gpu->matmul_backward(dx, dw, NULL, dy, x, wa, M, K, N, 0);
+    float *dw = gpu->mem_alloc(gpu, wn * sizeof(float));
+    gpu->matmul_backward(gpu, dx, dw, NULL, dy, x, wa, M, K, N, 0);
     compare_act("backward with the attached copy: dinp", dx, ref_dx, xn);
     compare("backward with the attached copy: dweight", dw, ref_dw, wn);
 
-    gpu->weights_detach(params);
-    gpu->matmul_forward(y3, x, wa, NULL, M, K, N); /* detached: rounded on the fly again */
+    gpu->weights_detach(gpu, params);
+    gpu->matmul_forward(gpu, y3, x, wa, NULL, M, K, N); /* detached: rounded on the fly again */
     act_download(h2, y3, yn);
     err = rel_error(h2, h1, yn, &nans);
     report("after detach: the same product", "rel err", err, 0.0, 1, nans);
-    gpu->mem_free(params), gpu->mem_free(loose), gpu->mem_free(x), gpu->mem_free(y1);
-    gpu->mem_free(y2), gpu->mem_free(y3), gpu->mem_free(dy), gpu->mem_free(dx);
-    gpu->mem_free(dw);
+    gpu->mem_free(gpu, params), gpu->mem_free(gpu, loose), gpu->mem_free(gpu, x),
+        gpu->mem_free(gpu, y1);
+    gpu->mem_free(gpu, y2), gpu->mem_free(gpu, y3), gpu->mem_free(gpu, dy), gpu->mem_free(gpu, dx);
+    gpu->mem_free(gpu, dw);
     free(hw), free(hx), free(h1), free(h2), free(hdy), free(ref_dx), free(ref_dw), free(hwa);
     free(hwb), free(ref_b);
 }
@@ -732,52 +737,56 @@ static void weight_copy_case(const char *name, const int *order, int pieces, int
     float *grads = dev_from(hg, total * sizeof(float));
     float *fisher = dev_from(hg, total * sizeof(float));
     float *anchor = dev_from(hp, total * sizeof(float));
-    float *m = gpu->mem_alloc(total * sizeof(float)), *v = gpu->mem_alloc(total * sizeof(float));
-    float *loose = gpu->mem_alloc(wn * sizeof(float));
+    float *m = gpu->mem_alloc(gpu, total * sizeof(float)),
+          *v = gpu->mem_alloc(gpu, total * sizeof(float));
+    float *loose = gpu->mem_alloc(gpu, wn * sizeof(float));
     void *x = dev_act_from(hx, xn), *y1 = dev_act_poison(yn), *y2 = dev_act_poison(yn);
 
-    must(gpu->weights_attach(params, total));
-    gpu->weights_refresh(params);
-    const long long rounded = cuda_weights_refresh_rounded();
+    must(gpu->weights_attach(gpu, params, total));
+    gpu->weights_refresh(gpu, params);
+    const long long rounded = cuda_weights_refresh_rounded(gpu);
     for (int i = 0; i < pieces; i++) {
         const size_t b = first[order[i]], n = len[order[i]];
         if (ewc) {
             const float *f = fisher + b, *a = anchor + b;
             double penalty = 0.0;
-            gpu->adamw_ewc_update(params + b, grads + b, m + b, v + b, n, 1e-2f, 0.9f, 0.999f,
+            gpu->adamw_ewc_update(gpu, params + b, grads + b, m + b, v + b, n, 1e-2f, 0.9f, 0.999f,
                                   1e-8f, 0.1f, 1.0f, 1, &f, &a, 1, 0.5f, 1, &penalty);
         } else {
-            gpu->adamw_update(params + b, grads + b, m + b, v + b, n, 1e-2f, 0.9f, 0.999f, 1e-8f,
-                              0.1f, 1.0f, 1);
+            gpu->adamw_update(gpu, params + b, grads + b, m + b, v + b, n, 1e-2f, 0.9f, 0.999f,
+                              1e-8f, 0.1f, 1.0f, 1);
         }
     }
     const float changed = 3.0f;
-    if (after == AFTER_MEM_WRITE) gpu->mem_to_device(params + 15, &changed, 4); /* in weight A */
+    if (after == AFTER_MEM_WRITE)
+        gpu->mem_to_device(gpu, params + 15, &changed, 4); /* in weight A */
     if (after == AFTER_ADJACENT) /* two ranges that touch: one range of two */
-        gpu->mem_to_device(params + 15, &changed, 4), gpu->mem_to_device(params + 16, &changed, 4);
+        gpu->mem_to_device(gpu, params + 15, &changed, 4),
+            gpu->mem_to_device(gpu, params + 16, &changed, 4);
     if (after == AFTER_MANY) /* one range more than a copy keeps (64): the first two merge */
         for (int i = 0; i < 65; i++)
-            gpu->mem_to_device(params + 15 + 30 * i, &changed, 4);
-    if (after == AFTER_SCALE) gpu->scale(params, 0.5f, wn);                     /* weight A */
-    if (after == AFTER_TOUCHED) gpu->weights_touched(params);
-    gpu->weights_refresh(params);
+            gpu->mem_to_device(gpu, params + 15 + 30 * i, &changed, 4);
+    if (after == AFTER_SCALE) gpu->scale(gpu, params, 0.5f, wn); /* weight A */
+    if (after == AFTER_TOUCHED) gpu->weights_touched(gpu, params);
+    gpu->weights_refresh(gpu, params);
     char label[160];
     snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: elements rounded - %lld", name,
              expect_rounded);
     report(label, "|diff|",
-           fabs((double)(cuda_weights_refresh_rounded() - rounded - expect_rounded)), 0.0, 1, 0);
+           fabs((double)(cuda_weights_refresh_rounded(gpu) - rounded - expect_rounded)), 0.0, 1, 0);
     for (int w = 0; w < 2; w++) { /* each weight: its copy = the fp32 values rounded now */
-        gpu->mem_copy(loose, params + weight[w], wn * sizeof(float));
-        gpu->matmul_forward(y1, x, params + weight[w], NULL, M, K, N);
-        gpu->matmul_forward(y2, x, loose, NULL, M, K, N);
+        gpu->mem_copy(gpu, loose, params + weight[w], wn * sizeof(float));
+        gpu->matmul_forward(gpu, y1, x, params + weight[w], NULL, M, K, N);
+        gpu->matmul_forward(gpu, y2, x, loose, NULL, M, K, N);
         snprintf(label, sizeof(label), "AdamW's bf16 copy: %s: weight %c = rounding (bits)", name,
                  'A' + w);
         report(label, "same", same_bits_act(y1, y2, yn), 1, 0, 0);
     }
-    gpu->weights_detach(params);
-    gpu->mem_free(params), gpu->mem_free(grads), gpu->mem_free(fisher), gpu->mem_free(anchor);
-    gpu->mem_free(m), gpu->mem_free(v), gpu->mem_free(loose), gpu->mem_free(x);
-    gpu->mem_free(y1), gpu->mem_free(y2);
+    gpu->weights_detach(gpu, params);
+    gpu->mem_free(gpu, params), gpu->mem_free(gpu, grads), gpu->mem_free(gpu, fisher),
+        gpu->mem_free(gpu, anchor);
+    gpu->mem_free(gpu, m), gpu->mem_free(gpu, v), gpu->mem_free(gpu, loose), gpu->mem_free(gpu, x);
+    gpu->mem_free(gpu, y1), gpu->mem_free(gpu, y2);
     free(hp), free(hg), free(hx);
 }
 
@@ -807,16 +816,16 @@ static void test_weight_copy_from_adamw(void)
 static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale, int expect_flash)
 {
     char name[128];
-    const long long flash_before = cuda_attention_flash_calls();
+    const long long flash_before = cuda_attention_flash_calls(gpu);
     const long long wgmma_before = cuda_attention_wgmma_calls();
     const size_t nq = (size_t)B * T * H * Dqk, nv = (size_t)B * T * H * Dv, nl = (size_t)B * H * T;
     float *q = host_random(nq, 1.5f), *k = host_random(nq, 1.5f), *v = host_random(nv, 1.0f);
     float *out = malloc(nv * 4), *lse = malloc(nl * 4);
-    cpu->attention_forward_dv(out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
+    cpu->attention_forward_dv(cpu, out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
     void *d_q = dev_act_from(q, nq), *d_k = dev_act_from(k, nq), *d_v = dev_act_from(v, nv);
     void *d_out = dev_act_poison(nv);
     float *d_lse = dev_poison(nl);
-    gpu->attention_forward_dv(d_out, d_lse, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
+    gpu->attention_forward_dv(gpu, d_out, d_lse, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
     snprintf(name, sizeof(name), "attention_forward_dv B%d T%d H%d Dqk%d Dv%d", B, T, H, Dqk, Dv);
     compare_act(name, d_out, out, nv);
     snprintf(name, sizeof(name), "attention_forward_dv lse B%d T%d H%d Dqk%d Dv%d", B, T, H, Dqk,
@@ -825,13 +834,13 @@ static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale,
 
     float *dout = host_random(nv, 1.0f);
     float *dq = malloc(nq * 4), *dk = malloc(nq * 4), *dv = malloc(nv * 4);
-    cpu->attention_backward_dv(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
+    cpu->attention_backward_dv(cpu, dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Dqk, Dv, scale);
     void *d_dout = dev_act_from(dout, nv);
     void *d_dq = dev_act_poison(nq), *d_dk = dev_act_poison(nq), *d_dv = dev_act_poison(nv);
     act_upload(d_out, out, nv);
-    gpu->mem_to_device(d_lse, lse, nl * 4);
-    gpu->attention_backward_dv(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, Dqk,
-                               Dv, scale);
+    gpu->mem_to_device(gpu, d_lse, lse, nl * 4);
+    gpu->attention_backward_dv(gpu, d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H,
+                               Dqk, Dv, scale);
     snprintf(name, sizeof(name), "attention_backward_dv dq B%d T%d H%d Dqk%d Dv%d", B, T, H, Dqk,
              Dv);
     compare_act(name, d_dq, dq, nq);
@@ -842,7 +851,7 @@ static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale,
              Dv);
     compare_act(name, d_dv, dv, nv);
 
-    const long long flash_calls = cuda_attention_flash_calls() - flash_before;
+    const long long flash_calls = cuda_attention_flash_calls(gpu) - flash_before;
     snprintf(name, sizeof(name), "attention_dv %s kernels ran B%d T%d H%d Dqk%d Dv%d",
              expect_flash ? "tensor-core" : "fp32", B, T, H, Dqk, Dv);
     report(name, "flash calls", (double)flash_calls, expect_flash ? 2.0 : 0.0, !expect_flash, 0);
@@ -856,10 +865,10 @@ static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale,
     void *r_dq = dev_act_poison(nq), *r_dk = dev_act_poison(nq), *r_dv = dev_act_poison(nv);
     void *r_out = dev_act_poison(nv), *r_out2 = dev_act_poison(nv);
     float *r_lse = dev_poison(nl), *r_lse2 = dev_poison(nl);
-    gpu->attention_backward_dv(r_dq, r_dk, r_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H, Dqk,
-                               Dv, scale);
-    gpu->attention_forward_dv(r_out, r_lse, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
-    gpu->attention_forward_dv(r_out2, r_lse2, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
+    gpu->attention_backward_dv(gpu, r_dq, r_dk, r_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, H,
+                               Dqk, Dv, scale);
+    gpu->attention_forward_dv(gpu, r_out, r_lse, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
+    gpu->attention_forward_dv(gpu, r_out2, r_lse2, d_q, d_k, d_v, B, T, H, Dqk, Dv, scale);
     int differ = !same_bits_act(r_dq, d_dq, nq) + !same_bits_act(r_dk, d_dk, nq) +
                  !same_bits_act(r_dv, d_dv, nv) + !same_bits_act(r_out, r_out2, nv) +
                  !same_bits(r_lse, r_lse2, nl);
@@ -869,7 +878,7 @@ static void test_attention_dv(int B, int T, int H, int Dqk, int Dv, float scale,
     void *dev[] = {d_q,  d_k,  d_v,  d_out, d_lse, d_dout, d_dq,   d_dk,
                    d_dv, r_dq, r_dk, r_dv,  r_out, r_lse,  r_out2, r_lse2};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++)
-        gpu->mem_free(dev[i]);
+        gpu->mem_free(gpu, dev[i]);
     free(q), free(k), free(v), free(out), free(lse), free(dout), free(dq), free(dk), free(dv);
 }
 
@@ -915,6 +924,61 @@ static void test_attention_simple(void)
     test_attention_dv(1, 130, 2, 192, 128, 0.1f, 0);             /* DeepSeek-V3's heads */
 }
 
+/* Two CUDA backends alive at once, fp32 and bf16, each with its own context: each computes in its
+ * own mode, the weights one attaches and its counters are its own, and neither's calls, nor
+ * freeing one, change a bit of what the other computes. Leaves gpu and tol as they were. */
+static void test_two_backends(void)
+{
+    rng_state = 0x7f4a7c159e3779b9ull;
+    const Backend *keep = gpu, *a = NULL, *b = NULL;
+    const double keep_tol = tol;
+    must(backend_create(&(BackendOptions){.device = "cuda", .precision = "fp32",
+                                          .attention = "simple"},
+                        &a));
+    must(backend_create(&(BackendOptions){.device = "cuda", .precision = "bf16"}, &b));
+    report("two backends alive: Act bytes 4 (fp32) and 2 (bf16)", "as said",
+           a->act_size(a) == 4 && b->act_size(b) == 2, 1, 0, 0);
+    const int M = 33, K = 64, N = 40;
+    const size_t wn = (size_t)N * K, xn = (size_t)M * K, yn = (size_t)M * N;
+    float *hw = host_random(wn, 0.5f), *hx = host_random(xn, 1.0f);
+    float *ref = malloc(yn * sizeof(float));
+    cpu->matmul_forward(cpu, ref, hx, hw, NULL, M, K, N);
+    float *w = dev_from(hw, wn * sizeof(float)); /* device memory: either backend reads it */
+
+    gpu = a, tol = 1e-4;
+    void *xa = dev_act_from(hx, xn), *ya1 = dev_act_poison(yn), *ya2 = dev_act_poison(yn);
+    a->matmul_forward(a, ya1, xa, w, NULL, M, K, N);
+    compare_act("two backends: the fp32 one's matmul", ya1, ref, yn);
+
+    gpu = b, tol = 1e-2;
+    void *xb = dev_act_from(hx, xn), *yb = dev_act_poison(yn);
+    must(b->weights_attach(b, w, wn));
+    b->weights_refresh(b, w);
+    b->matmul_forward(b, yb, xb, w, NULL, M, K, N);
+    compare_act("two backends: the bf16 one's matmul, from its copy", yb, ref, yn);
+    report("two backends: the copy is the bf16 one's (elements rounded: its, the fp32 one's)",
+           "as said",
+           cuda_weights_refresh_rounded(b) == (long long)wn && cuda_weights_refresh_rounded(a) == 0,
+           1, 0, 0);
+
+    gpu = a;
+    a->matmul_forward(a, ya2, xa, w, NULL, M, K, N);
+    report("two backends: fp32 after the bf16 one's calls, the same bits", "same",
+           same_bits_act(ya1, ya2, yn), 1, 0, 0);
+    b->weights_detach(b, w);
+    b->mem_free(b, xb), b->mem_free(b, yb);
+    backend_free(b);
+    a->mem_free(a, ya2);
+    ya2 = dev_act_poison(yn);
+    a->matmul_forward(a, ya2, xa, w, NULL, M, K, N);
+    report("two backends: fp32 after the bf16 one is freed, the same bits", "same",
+           same_bits_act(ya1, ya2, yn), 1, 0, 0);
+    a->mem_free(a, xa), a->mem_free(a, ya1), a->mem_free(a, ya2), a->mem_free(a, w);
+    backend_free(a);
+    free(hw), free(hx), free(ref);
+    gpu = keep, tol = keep_tol;
+}
+
 /* usage: gpu_test_ops [mla] (mla: the tensor-core latent-attention checks alone) */
 int main(int argc, char **argv)
 {
@@ -930,6 +994,7 @@ int main(int argc, char **argv)
         printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
         return failures ? 1 : 0;
     }
+    test_two_backends();
     test_attention_simple();
     test_attention(1, 130, 4, 1, 128, 0);
     test_attention(1, 300, 2, 2, 16, 0);
@@ -1002,10 +1067,10 @@ int main(int argc, char **argv)
     test_attention(3, 256, 8, 2, 64, 1);     /* whole tiles only */
     test_attention(1, 3, 2, 1, 128, 1);      /* a few tokens (one token: zero dq, dk) */
     test_attention(2, 45, 6, 3, 80, 0);      /* other head dims: the fp32 kernels */
-    const long long flash_before = cuda_attention_flash_calls();
+    const long long flash_before = cuda_attention_flash_calls(gpu);
     test_random_model(); /* head_dim 128, T 100, GQA: loss, logits, gradient cosine */
     report("model random C256 D128 T100: attention on tensor cores", "flash calls",
-           (double)(cuda_attention_flash_calls() - flash_before), 4.0, 0, 0);
+           (double)(cuda_attention_flash_calls(gpu) - flash_before), 4.0, 0, 0);
     test_attention(1, 4096, 4, 4, 128, 1); /* deepseek-llm-7b's T: 64 key tiles */
     test_attention(1, 1000, 8, 1, 64, 1);  /* one kv head for 8 query heads */
     test_attention(2, 63, 4, 4, 128, 1);   /* one tile short of a row */
@@ -1034,6 +1099,7 @@ int main(int argc, char **argv)
     test_attention(2, 67, 8, 2, 64, 1);
     use("fp32", "simple");
     test_attention_dv_tensor_cores();
+    backend_free(gpu);
     printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
 }

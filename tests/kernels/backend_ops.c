@@ -132,15 +132,15 @@ static void check(Case *c, const char *name)
 /* An Act pointer off elements into p, in be's storage. */
 static void *act_at(const Backend *be, void *p, size_t off)
 {
-    return (char *)p + off * be->act_size();
+    return (char *)p + off * be->act_size(be);
 }
 
 /* 1 when bytes of be's memory at a and b hold the same bits. */
 static int same_device_bits(const Backend *be, const void *a, const void *b, size_t bytes)
 {
     unsigned char *ha = malloc(bytes), *hb = malloc(bytes);
-    be->mem_to_host(ha, a, bytes);
-    be->mem_to_host(hb, b, bytes);
+    be->mem_to_host(be, ha, a, bytes);
+    be->mem_to_host(be, hb, b, bytes);
     int same = memcmp(ha, hb, bytes) == 0;
     free(ha), free(hb);
     return same;
@@ -197,7 +197,7 @@ static void matmul_forward_make(Case *c, const int *s)
 
 static void matmul_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->matmul_forward(t[3], t[0], t[1], t[2], s[0], s[1], s[2]);
+    be->matmul_forward(be, t[3], t[0], t[1], t[2], s[0], s[1], s[2]);
 }
 
 /* dinp: 0 NULL, 1 overwritten, 2 accumulated onto random values */
@@ -217,7 +217,7 @@ static void matmul_backward_make(Case *c, const int *s)
 
 static void matmul_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->matmul_backward(t[3], t[4], t[5], t[0], t[1], t[2], s[0], s[1], s[2], s[4] == 2);
+    be->matmul_backward(be, t[3], t[4], t[5], t[0], t[1], t[2], s[0], s[1], s[2], s[4] == 2);
 }
 
 /* The bf16 working copy of mixed precision: two weights inside one attached buffer, read by
@@ -242,18 +242,18 @@ static void weights_call(const Backend *be, void *const *t, const int *s)
     const int M = s[0], K = s[1], N = s[2];
     const size_t wn = (size_t)N * K, total = 2 * wn + 64;
     float *params = t[0], *wa = params + 64, *wb = params + 64 + wn;
-    if (be->weights_attach && be->weights_attach(params, total) != DS_OK) return;
-    if (be->weights_refresh) be->weights_refresh(params);
-    be->matmul_forward(t[2], t[1], wa, NULL, M, K, N);
-    be->matmul_forward(t[3], t[1], wb, NULL, M, K, N);
-    be->scale(params, -1.0f, total);
-    if (be->weights_refresh) be->weights_refresh(params);
-    be->matmul_forward(t[4], t[1], wa, NULL, M, K, N);
-    if (be->weights_touched) be->weights_touched(params); /* the copy is rounded again */
-    if (be->weights_refresh) be->weights_refresh(params);
-    be->matmul_forward(t[6], t[1], wa, NULL, M, K, N);
-    if (be->weights_detach) be->weights_detach(params);
-    be->matmul_forward(t[5], t[1], wa, NULL, M, K, N);
+    if (be->weights_attach && be->weights_attach(be, params, total) != DS_OK) return;
+    if (be->weights_refresh) be->weights_refresh(be, params);
+    be->matmul_forward(be, t[2], t[1], wa, NULL, M, K, N);
+    be->matmul_forward(be, t[3], t[1], wb, NULL, M, K, N);
+    be->scale(be, params, -1.0f, total);
+    if (be->weights_refresh) be->weights_refresh(be, params);
+    be->matmul_forward(be, t[4], t[1], wa, NULL, M, K, N);
+    if (be->weights_touched) be->weights_touched(be, params); /* the copy is rounded again */
+    if (be->weights_refresh) be->weights_refresh(be, params);
+    be->matmul_forward(be, t[6], t[1], wa, NULL, M, K, N);
+    if (be->weights_detach) be->weights_detach(be, params);
+    be->matmul_forward(be, t[5], t[1], wa, NULL, M, K, N);
 }
 
 /* ---- rmsnorm ----------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ static void rmsnorm_forward_make(Case *c, const int *s)
 
 static void rmsnorm_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->rmsnorm_forward(t[2], t[3], t[0], t[1], s[0], s[1], 1e-5f);
+    be->rmsnorm_forward(be, t[2], t[3], t[0], t[1], s[0], s[1], 1e-5f);
 }
 
 /* the sum in fp32 is exact given b's storage; the norm of a sum whose b went through bf16 moves
@@ -288,7 +288,7 @@ static void add_rmsnorm_forward_make(Case *c, const int *s)
 
 static void add_rmsnorm_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->add_rmsnorm_forward(t[3], t[4], t[5], t[0], t[1], t[2], s[0], s[1], 1e-5f);
+    be->add_rmsnorm_forward(be, t[3], t[4], t[5], t[0], t[1], t[2], s[0], s[1], 1e-5f);
 }
 
 /* act: 1 the updated dinp also as an Act */
@@ -300,7 +300,7 @@ static void rmsnorm_backward_make(Case *c, const int *s)
     float *weight = input(c, "weight", F32, C, 1.0f);
     float *rstd = input(c, "rstd", F32, M, 0.0f);
     float *out = malloc((size_t)M * C * sizeof(float));
-    backend_cpu()->rmsnorm_forward(out, rstd, inp, weight, M, C, 1e-5f);
+    backend_cpu()->rmsnorm_forward(backend_cpu(), out, rstd, inp, weight, M, C, 1e-5f);
     free(out);
     inout(c, "dinp", F32, (size_t)M * C, 1.0f, SUMS);
     output(c, "dinp as Act", ACT, act ? (size_t)M * C : 0, SUMS);
@@ -309,7 +309,7 @@ static void rmsnorm_backward_make(Case *c, const int *s)
 
 static void rmsnorm_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->rmsnorm_backward(t[4], t[5], t[6], t[0], t[1], t[2], t[3], s[0], s[1]);
+    be->rmsnorm_backward(be, t[4], t[5], t[6], t[0], t[1], t[2], t[3], s[0], s[1]);
 }
 
 /* ---- rotary embeddings: two products and a sum an element, from the same tables ---------------
@@ -326,12 +326,12 @@ static void rope_make(Case *c, const int *s)
 
 static void rope_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->rope_forward(t[0], t[1], t[2], s[0], s[1], s[2], s[3]);
+    be->rope_forward(be, t[0], t[1], t[2], s[0], s[1], s[2], s[3]);
 }
 
 static void rope_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->rope_backward(t[0], t[1], t[2], s[0], s[1], s[2], s[3]);
+    be->rope_backward(be, t[0], t[1], t[2], s[0], s[1], s[2], s[3]);
 }
 
 /* rope in rows: H heads of D, ld_head apart, from element `first` of rows of ld_row */
@@ -346,14 +346,14 @@ static void rope_block_make(Case *c, const int *s)
 
 static void rope_block_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->rope_block_forward(act_at(be, t[0], s[6]), s[4], s[5], t[1], t[2], s[0], s[1], s[2], s[3],
-                           s[7]);
+    be->rope_block_forward(be, act_at(be, t[0], s[6]), s[4], s[5], t[1], t[2], s[0], s[1], s[2],
+                           s[3], s[7]);
 }
 
 static void rope_block_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->rope_block_backward(act_at(be, t[0], s[6]), s[4], s[5], t[1], t[2], s[0], s[1], s[2], s[3],
-                            s[7]);
+    be->rope_block_backward(be, act_at(be, t[0], s[6]), s[4], s[5], t[1], t[2], s[0], s[1], s[2],
+                            s[3], s[7]);
 }
 
 /* ---- attention: forward sums T exps and products (SUMS); backward SOFTMAX_GRAD ----------------
@@ -372,7 +372,7 @@ static void attention_forward_make(Case *c, const int *s)
 
 static void attention_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->attention_forward(t[3], t[4], t[0], t[1], t[2], s[0], s[1], s[2], s[3], s[4]);
+    be->attention_forward(be, t[3], t[4], t[0], t[1], t[2], s[0], s[1], s[2], s[3], s[4]);
 }
 
 /* backward from the CPU's forward outputs, so that only backward is measured */
@@ -383,7 +383,7 @@ static void attention_backward_make(Case *c, const int *s)
     float *q = input(c, "q", ACT, nq, 1.5f), *k = input(c, "k", ACT, nkv, 1.5f);
     float *v = input(c, "v", ACT, nkv, 1.0f);
     float *out = input(c, "out", ACT, nq, 0.0f), *lse = input(c, "lse", F32, (size_t)B * H * T, 0);
-    backend_cpu()->attention_forward(out, lse, q, k, v, B, T, H, KVH, D);
+    backend_cpu()->attention_forward(backend_cpu(), out, lse, q, k, v, B, T, H, KVH, D);
     input(c, "dout", ACT, nq, 1.0f);
     output(c, "dq", ACT, nq, SOFTMAX_GRAD);
     output(c, "dk", ACT, nkv, SOFTMAX_GRAD);
@@ -392,8 +392,8 @@ static void attention_backward_make(Case *c, const int *s)
 
 static void attention_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->attention_backward(t[6], t[7], t[8], t[5], t[3], t[4], t[0], t[1], t[2], s[0], s[1], s[2],
-                           s[3], s[4]);
+    be->attention_backward(be, t[6], t[7], t[8], t[5], t[3], t[4], t[0], t[1], t[2], s[0], s[1],
+                           s[2], s[3], s[4]);
 }
 
 /* Latent attention's: q/k heads of Dqk, v heads of Dv; scale s[5] / 1000, 0: 1 / sqrt(Dqk). */
@@ -415,7 +415,7 @@ static void attention_forward_dv_make(Case *c, const int *s)
 
 static void attention_forward_dv_call(const Backend *be, void *const *t, const int *s)
 {
-    be->attention_forward_dv(t[3], t[4], t[0], t[1], t[2], s[0], s[1], s[2], s[3], s[4],
+    be->attention_forward_dv(be, t[3], t[4], t[0], t[1], t[2], s[0], s[1], s[2], s[3], s[4],
                              dv_scale(s));
 }
 
@@ -426,7 +426,8 @@ static void attention_backward_dv_make(Case *c, const int *s)
     float *q = input(c, "q", ACT, nq, 1.5f), *k = input(c, "k", ACT, nq, 1.5f);
     float *v = input(c, "v", ACT, nv, 1.0f);
     float *out = input(c, "out", ACT, nv, 0.0f), *lse = input(c, "lse", F32, (size_t)B * H * T, 0);
-    backend_cpu()->attention_forward_dv(out, lse, q, k, v, B, T, H, Dqk, Dv, dv_scale(s));
+    backend_cpu()->attention_forward_dv(backend_cpu(), out, lse, q, k, v, B, T, H, Dqk, Dv,
+                                        dv_scale(s));
     input(c, "dout", ACT, nv, 1.0f);
     output(c, "dq", ACT, nq, SOFTMAX_GRAD);
     output(c, "dk", ACT, nq, SOFTMAX_GRAD);
@@ -435,7 +436,7 @@ static void attention_backward_dv_make(Case *c, const int *s)
 
 static void attention_backward_dv_call(const Backend *be, void *const *t, const int *s)
 {
-    be->attention_backward_dv(t[6], t[7], t[8], t[5], t[3], t[4], t[0], t[1], t[2], s[0], s[1],
+    be->attention_backward_dv(be, t[6], t[7], t[8], t[5], t[3], t[4], t[0], t[1], t[2], s[0], s[1],
                               s[2], s[3], s[4], dv_scale(s));
 }
 
@@ -450,7 +451,7 @@ static void swiglu_forward_make(Case *c, const int *s)
 
 static void swiglu_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->swiglu_forward(t[2], t[0], t[1], s[0]);
+    be->swiglu_forward(be, t[2], t[0], t[1], s[0]);
 }
 
 static void swiglu_backward_make(Case *c, const int *s)
@@ -464,7 +465,7 @@ static void swiglu_backward_make(Case *c, const int *s)
 
 static void swiglu_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->swiglu_backward(t[3], t[4], t[2], t[0], t[1], s[0]);
+    be->swiglu_backward(be, t[3], t[4], t[2], t[0], t[1], s[0]);
 }
 
 static void add_make(Case *c, const int *s)
@@ -476,7 +477,7 @@ static void add_make(Case *c, const int *s)
 
 static void add_call(const Backend *be, void *const *t, const int *s)
 {
-    be->add(t[2], t[0], t[1], s[0]);
+    be->add(be, t[2], t[0], t[1], s[0]);
 }
 
 static void scale_make(Case *c, const int *s)
@@ -486,7 +487,7 @@ static void scale_make(Case *c, const int *s)
 
 static void scale_call(const Backend *be, void *const *t, const int *s)
 {
-    be->scale(t[0], 0.37f, s[0]);
+    be->scale(be, t[0], 0.37f, s[0]);
 }
 
 static void sum_squares_make(Case *c, const int *s)
@@ -497,7 +498,7 @@ static void sum_squares_make(Case *c, const int *s)
 
 static void sum_squares_call(const Backend *be, void *const *t, const int *s)
 {
-    *(double *)t[1] = be->sum_squares(t[0], s[0]);
+    *(double *)t[1] = be->sum_squares(be, t[0], s[0]);
 }
 
 /* count ranges of x, range i of i * step elements from i * step (the first empty); also how many
@@ -518,9 +519,9 @@ static void sum_squares_batch_call(const Backend *be, void *const *t, const int 
     for (int i = 0; i < count; i++)
         xs[i] = (const float *)t[0] + i * step, ns[i] = i * step;
     double *sums = t[1], *differ = t[2];
-    be->sum_squares_batch(sums, xs, ns, count);
+    be->sum_squares_batch(be, sums, xs, ns, count);
     for (int i = 0; i < count; i++) {
-        double one = be->sum_squares(xs[i], ns[i]);
+        double one = be->sum_squares(be, xs[i], ns[i]);
         *differ += memcmp(&one, &sums[i], sizeof(double)) != 0;
     }
 }
@@ -543,7 +544,7 @@ static void embedding_forward_make(Case *c, const int *s)
 
 static void embedding_forward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->embedding_forward(t[2], t[0], t[1], s[0], s[2]);
+    be->embedding_forward(be, t[2], t[0], t[1], s[0], s[2]);
 }
 
 static void embedding_backward_make(Case *c, const int *s)
@@ -556,7 +557,7 @@ static void embedding_backward_make(Case *c, const int *s)
 
 static void embedding_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->embedding_backward(t[2], t[1], t[0], s[0], s[2]);
+    be->embedding_backward(be, t[2], t[1], t[0], s[0], s[2]);
 }
 
 /* this shard holds rows [start, start + V) of a vocabulary of `full`; other tokens: zero rows */
@@ -570,7 +571,7 @@ static void embedding_forward_shard_make(Case *c, const int *s)
 
 static void embedding_forward_shard_call(const Backend *be, void *const *t, const int *s)
 {
-    be->embedding_forward_shard(t[2], t[0], t[1], s[0], s[1], s[3], s[2]);
+    be->embedding_forward_shard(be, t[2], t[0], t[1], s[0], s[1], s[3], s[2]);
 }
 
 static void embedding_backward_shard_make(Case *c, const int *s)
@@ -583,7 +584,7 @@ static void embedding_backward_shard_make(Case *c, const int *s)
 
 static void embedding_backward_shard_call(const Backend *be, void *const *t, const int *s)
 {
-    be->embedding_backward_shard(t[2], t[1], t[0], s[0], s[1], s[3], s[2]);
+    be->embedding_backward_shard(be, t[2], t[1], t[0], s[0], s[1], s[3], s[2]);
 }
 
 /* ---- cross-entropy: sums of V exps (SUMS) ------------------------------------------------------
@@ -607,7 +608,7 @@ static void cross_entropy_make(Case *c, const int *s)
 
 static void cross_entropy_call(const Backend *be, void *const *t, const int *s)
 {
-    be->cross_entropy(t[3], t[0], t[1], t[2], s[0], s[1], s[2]);
+    be->cross_entropy(be, t[3], t[0], t[1], t[2], s[0], s[1], s[2]);
 }
 
 static void cross_entropy_shard_max_make(Case *c, const int *s)
@@ -618,7 +619,7 @@ static void cross_entropy_shard_max_make(Case *c, const int *s)
 
 static void cross_entropy_shard_max_call(const Backend *be, void *const *t, const int *s)
 {
-    be->cross_entropy_shard_max(t[1], t[0], s[0], s[1]);
+    be->cross_entropy_shard_max(be, t[1], t[0], s[0], s[1]);
 }
 
 /* the shard's logits and targets of the whole vocabulary; row_max from the CPU (the all-reduce's
@@ -628,7 +629,7 @@ static void shard_inputs(Case *c, const int *s, float **logits, float **row_max)
     const int N = s[0], V = s[1], full = s[3];
     *logits = input(c, "logits", ACT, (size_t)N * V, 4.0f);
     *row_max = input(c, "row_max", F32, N, 0.0f);
-    backend_cpu()->cross_entropy_shard_max(*row_max, *logits, N, V);
+    backend_cpu()->cross_entropy_shard_max(backend_cpu(), *row_max, *logits, N, V);
     tokens(c, input_i32(c, "targets", I32, N), N, full);
 }
 
@@ -641,7 +642,7 @@ static void cross_entropy_shard_stats_make(Case *c, const int *s)
 
 static void cross_entropy_shard_stats_call(const Backend *be, void *const *t, const int *s)
 {
-    be->cross_entropy_shard_stats(t[3], t[0], t[1], t[2], s[0], s[1], s[2]);
+    be->cross_entropy_shard_stats(be, t[3], t[0], t[1], t[2], s[0], s[1], s[2]);
 }
 
 /* stats from the CPU, with every row's target held by some rank */
@@ -652,7 +653,8 @@ static void cross_entropy_shard_finish_make(Case *c, const int *s)
     shard_inputs(c, s, &logits, &row_max);
     const int32_t *tg = c->t[2].host;
     float *stats = input(c, "stats", F32, (size_t)N * 3, 0.0f);
-    backend_cpu()->cross_entropy_shard_stats(stats, logits, row_max, tg, N, V, start);
+    backend_cpu()->cross_entropy_shard_stats(backend_cpu(), stats, logits, row_max, tg, N, V,
+                                             start);
     for (int i = 0; i < N; i++)
         stats[3 * i + 2] = 1.0f;
     float *w = input(c, "weights", F32, N, 0.0f);
@@ -665,7 +667,7 @@ static void cross_entropy_shard_finish_make(Case *c, const int *s)
 
 static void cross_entropy_shard_finish_call(const Backend *be, void *const *t, const int *s)
 {
-    be->cross_entropy_shard_finish(t[5], t[0], t[1], t[3], t[2], t[4], s[0], s[1], s[2], s[4]);
+    be->cross_entropy_shard_finish(be, t[5], t[0], t[1], t[3], t[2], t[4], s[0], s[1], s[2], s[4]);
 }
 
 /* ---- AdamW (fp32 only: SUMS_F32) ---------------------------------------------------------------
@@ -691,12 +693,13 @@ static void adamw_call(const Backend *be, void *const *t, const int *s)
     const size_t n = s[0];
     float *param = t[0], *grad = t[1], *m = t[2], *v = t[3], *copies = t[4];
     float *cp = copies + 1, *cm = cp + n + 1, *cv = cm + n + 1, *cg = cv + n + 1;
-    be->mem_copy(cp, param, n * 4), be->mem_copy(cm, m, n * 4), be->mem_copy(cv, v, n * 4);
+    be->mem_copy(be, cp, param, n * 4), be->mem_copy(be, cm, m, n * 4),
+        be->mem_copy(be, cv, v, n * 4);
     for (int step = 1; step <= ADAMW_STEPS; step++) {
         const float *g = grad + (size_t)(step - 1) * n;
-        be->mem_copy(cg, g, n * 4);
-        be->adamw_update(param, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, step);
-        be->adamw_update(cp, cg, cm, cv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, step);
+        be->mem_copy(be, cg, g, n * 4);
+        be->adamw_update(be, param, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, step);
+        be->adamw_update(be, cp, cg, cm, cv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, step);
     }
     const float *a[3] = {param, m, v}, *b[3] = {cp, cm, cv};
     double *differ = t[5];
@@ -740,15 +743,15 @@ static void adamw_ewc_call(const Backend *be, void *const *t, const int *s)
     if (!sets) /* plain AdamW on copies of param, m, v alongside */
         for (int k = 0; k < 3; k++) {
             copy[k] = (float *)t[7] + k * n;
-            be->mem_copy(copy[k], state[k], n * 4);
+            be->mem_copy(be, copy[k], state[k], n * 4);
         }
     for (int step = 1; step <= ADAMW_STEPS; step++) {
         const float *g = grad + (size_t)(step - 1) * n;
-        be->adamw_ewc_update(param, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, step, fisher,
-                             anchor, sets, 3.0f, step != 2, &penalty[step - 1]);
+        be->adamw_ewc_update(be, param, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, step,
+                             fisher, anchor, sets, 3.0f, step != 2, &penalty[step - 1]);
         if (!sets)
-            be->adamw_update(copy[0], g, copy[1], copy[2], n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f,
-                             step);
+            be->adamw_update(be, copy[0], g, copy[1], copy[2], n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                             0.7f, step);
     }
     if (!sets)
         for (int k = 0; k < 3; k++)
@@ -771,7 +774,7 @@ static void copy_block_call(const Backend *be, void *const *t, const int *s)
 {
     const int M = s[0], W = s[1], ld_dst = s[2], ld_src = s[3];
     const size_t off_dst = ld_dst - W, off_src = ld_src > W ? 1 : 0;
-    be->copy_block(act_at(be, t[0], off_dst), ld_dst, act_at(be, t[1], off_src), ld_src, M, W,
+    be->copy_block(be, act_at(be, t[0], off_dst), ld_dst, act_at(be, t[1], off_src), ld_src, M, W,
                    s[4]);
 }
 
@@ -784,7 +787,7 @@ static void act_to_f32_make(Case *c, const int *s)
 
 static void act_to_f32_call(const Backend *be, void *const *t, const int *s)
 {
-    be->act_to_f32(t[1], act_at(be, t[0], s[2] > s[1] ? 1 : 0), s[2], s[0], s[1]);
+    be->act_to_f32(be, t[1], act_at(be, t[0], s[2] > s[1] ? 1 : 0), s[2], s[0], s[1]);
 }
 
 /* ---- mixture of experts ---------------------------------------------------------------------- */
@@ -817,7 +820,7 @@ static void moe_route_make(Case *c, const int *s)
 
 static void moe_route_call(const Backend *be, void *const *t, const int *s)
 {
-    be->moe_route(t[2], t[3], t[4], t[0], t[1], s[0], &routings[s[1]]);
+    be->moe_route(be, t[2], t[3], t[4], t[0], t[1], s[0], &routings[s[1]]);
 }
 
 /* index [N, k] and scores [N, E] of the CPU's routing of random logits (the inputs of the
@@ -829,7 +832,7 @@ static void routed(Case *c, int N, const MoeRouting *r, int32_t **index, float *
     *index = input_i32(c, "index", I32, (size_t)N * r->top_k);
     *scores = input(c, "scores", F32, (size_t)N * r->experts, 0.0f);
     w = malloc((size_t)N * r->top_k * sizeof(float));
-    backend_cpu()->moe_route(*index, w, *scores, logits, NULL, N, r);
+    backend_cpu()->moe_route(backend_cpu(), *index, w, *scores, logits, NULL, N, r);
     free(logits), free(w);
 }
 
@@ -846,7 +849,7 @@ static void moe_route_backward_make(Case *c, const int *s)
 
 static void moe_route_backward_call(const Backend *be, void *const *t, const int *s)
 {
-    be->moe_route_backward(t[3], t[2], t[0], t[1], s[0], &routings[s[1]]);
+    be->moe_route_backward(be, t[3], t[2], t[0], t[1], s[0], &routings[s[1]]);
 }
 
 /* B sequences of T; about a quarter of the tokens weigh 0; dlogits from zeros (what the op adds
@@ -867,7 +870,7 @@ static void moe_balance_make(Case *c, const int *s)
 
 static void moe_balance_call(const Backend *be, void *const *t, const int *s)
 {
-    be->moe_balance(t[3], t[4], t[0], t[1], t[2], s[0], s[1], 0.01f, &routings[s[2]]);
+    be->moe_balance(be, t[3], t[4], t[0], t[1], t[2], s[0], s[1], 0.01f, &routings[s[2]]);
 }
 
 /* k distinct experts a token, ascending, from the experts e with e % 3 != 1 (a third of the
@@ -905,7 +908,7 @@ static void moe_permute_make(Case *c, const int *s)
 
 static void moe_permute_call(const Backend *be, void *const *t, const int *s)
 {
-    be->moe_permute(t[2], t[3], t[4], t[5], t[0], t[1], s[0], s[1], s[2]);
+    be->moe_permute(be, t[2], t[3], t[4], t[5], t[0], t[1], s[0], s[1], s[2]);
 }
 
 /* The CPU's permutation of N tokens' random choices: rows, row weights and slots of n = N k
@@ -919,7 +922,8 @@ static void permuted(Case *c, int N, int E, int k)
     int *counts = malloc((size_t)E * sizeof(int));
     random_choices(c, index, N, E, k);
     fill(c, weight, n, 1.0f);
-    backend_cpu()->moe_permute(rows, row_weight, slot, counts, index, weight, N, E, k);
+    backend_cpu()->moe_permute(backend_cpu(), rows, row_weight, slot, counts, index, weight, N, E,
+                               k);
     free(index), free(weight), free(counts);
 }
 
@@ -934,7 +938,7 @@ static void gather_rows_make(Case *c, const int *s)
 
 static void gather_rows_call(const Backend *be, void *const *t, const int *s)
 {
-    be->gather_rows(t[4], t[3], t[0], s[4] ? t[1] : NULL, s[0] * s[2], s[3]);
+    be->gather_rows(be, t[4], t[3], t[0], s[4] ? t[1] : NULL, s[0] * s[2], s[3]);
 }
 
 /* scatter_add_rows onto random values, each row's sources in order (the products may be fused
@@ -954,7 +958,7 @@ static void scatter_add_rows_make(Case *c, const int *s)
 
 static void scatter_add_rows_call(const Backend *be, void *const *t, const int *s)
 {
-    be->scatter_add_rows(t[4], t[3], t[0], s[4] ? t[1] : NULL, s[0] * s[2], s[3]);
+    be->scatter_add_rows(be, t[4], t[3], t[0], s[4] ? t[1] : NULL, s[0] * s[2], s[3]);
 }
 
 /* rows_dot: a dot product in double, rounded to fp32 */
@@ -969,7 +973,7 @@ static void rows_dot_make(Case *c, const int *s)
 
 static void rows_dot_call(const Backend *be, void *const *t, const int *s)
 {
-    be->rows_dot(t[5], t[2], t[3], t[0], t[4], s[0] * s[2], s[3]);
+    be->rows_dot(be, t[5], t[2], t[3], t[0], t[4], s[0] * s[2], s[3]);
 }
 
 /* The routed experts: E experts of [Im, C] gate and up and [C, Im] down over `rows` rows split
@@ -1015,7 +1019,7 @@ static void moe_experts_forward_call(const Backend *be, void *const *t, const in
     expert_weights(gate, t[2], E, (size_t)Im * C);
     expert_weights(up, t[3], E, (size_t)Im * C);
     expert_weights(down, t[4], E, (size_t)C * Im);
-    be->moe_experts_forward(t[5], t[6], t[7], t[8], t[1], gate, up, down, t[0], E, C, Im);
+    be->moe_experts_forward(be, t[5], t[6], t[7], t[8], t[1], gate, up, down, t[0], E, C, Im);
 }
 
 /* backward from the CPU's forward (eg, eu, ea), weight gradients accumulated onto random values */
@@ -1032,8 +1036,8 @@ static void moe_experts_backward_make(Case *c, const int *s)
     expert_weights(gate, c->t[2].host, E, each);
     expert_weights(up, c->t[3].host, E, each);
     expert_weights(down, c->t[4].host, E, each);
-    backend_cpu()->moe_experts_forward(ey, eg, eu, ea, c->t[1].host, gate, up, down, c->t[0].host,
-                                       E, C, Im);
+    backend_cpu()->moe_experts_forward(backend_cpu(), ey, eg, eu, ea, c->t[1].host, gate, up, down,
+                                       c->t[0].host, E, C, Im);
     free(ey);
     input(c, "dey", ACT, (size_t)rows * C, 1.0f);
     output(c, "dxs", ACT, (size_t)rows * C, SUMS);
@@ -1054,8 +1058,8 @@ static void moe_experts_backward_call(const Backend *be, void *const *t, const i
     expert_weights(gate, t[2], E, each), expert_weights(up, t[3], E, each);
     expert_weights(down, t[4], E, each), expert_weights(dgate, t[10], E, each);
     expert_weights(dup, t[11], E, each), expert_weights(ddown, t[12], E, each);
-    be->moe_experts_backward(t[9], dgate, dup, ddown, t[13], t[14], t[15], t[8], t[1], t[5], t[6],
-                             t[7], gate, up, down, t[0], E, C, Im);
+    be->moe_experts_backward(be, t[9], dgate, dup, ddown, t[13], t[14], t[15], t[8], t[1], t[5],
+                             t[6], t[7], gate, up, down, t[0], E, C, Im);
 }
 
 /* ---- the table -------------------------------------------------------------------------------
@@ -1351,7 +1355,7 @@ typedef struct Outputs {
 
 static size_t elem_bytes(const Backend *be, TensorType type)
 {
-    return type == ACT ? be->act_size() : host_bytes(type);
+    return type == ACT ? be->act_size(be) : host_bytes(type);
 }
 
 static int on_host(TensorType type)
@@ -1412,12 +1416,12 @@ static void run_on(const Backend *be, const OpCase *e, const Case *c, const int 
             ptr[i] = image;
             continue;
         }
-        ptr[i] = be->mem_alloc(bytes);
+        ptr[i] = be->mem_alloc(be, bytes);
         if (!ptr[i]) {
             fprintf(stderr, "backend_ops: %s: %s\n", e->ops, ds_last_error());
             exit(1);
         }
-        be->mem_to_device(ptr[i], image, bytes);
+        be->mem_to_device(be, ptr[i], image, bytes);
         free(image);
     }
     e->call(be, ptr, s);
@@ -1430,7 +1434,7 @@ static void run_on(const Backend *be, const OpCase *e, const Case *c, const int 
             if (on_host(t->type))
                 memcpy(out->raw[i], ptr[i], out->bytes[i]);
             else
-                be->mem_to_host(out->raw[i], ptr[i], out->bytes[i]);
+                be->mem_to_host(be, out->raw[i], ptr[i], out->bytes[i]);
             out->value[i] = malloc(t->n * sizeof(double));
             for (size_t j = 0; j < t->n; j++)
                 out->value[i][j] = load(be, t->type, out->raw[i], j);
@@ -1438,7 +1442,7 @@ static void run_on(const Backend *be, const OpCase *e, const Case *c, const int 
         if (on_host(t->type))
             free(ptr[i]);
         else
-            be->mem_free(ptr[i]);
+            be->mem_free(be, ptr[i]);
     }
 }
 
@@ -1508,7 +1512,7 @@ static void judge(const Backend *x, const OpsRunOptions *o, OpsRunResult *r, con
         snprintf(metric, sizeof(metric), "%s: %zu of %zu not the same bits", t->name, wrong, t->n);
         pass = wrong == 0;
     } else {
-        const double tol = x->act_size() == 2 ? t->tol.bf16 : t->tol.fp32;
+        const double tol = x->act_size(x) == 2 ? t->tol.bf16 : t->tol.fp32;
         size_t bad;
         const double err = rel_error(got->value[i], ref->value[i], t->n, &bad);
         snprintf(metric, sizeof(metric), "%s: rel err %.2g <= %.0g%s", t->name, err, tol,
@@ -1579,7 +1583,7 @@ static void run_case(const Backend *x, const OpsRunOptions *o, OpsRunResult *r, 
     }
     Case c = {.rng = 0x853c49e6748fea9bull ^ (entry * 1000003u + (uint64_t)shape * 7919u)};
     e->make(&c, s);
-    if (c.same_inputs && x->act_size() == 2)
+    if (c.same_inputs && x->act_size(x) == 2)
         for (int i = 0; i < c.count; i++) {
             float *v = c.t[i].host;
             if (c.t[i].type == ACT)

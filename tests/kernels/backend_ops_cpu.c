@@ -13,20 +13,21 @@
 #include "tests/kernels/staged_backend.h"
 
 /* rmsnorm_forward with its output off by 1e-3 relative (rstd right). */
-static void rmsnorm_forward_off(Act *out, float *rstd, const float *inp, const float *weight, int M,
-                                int C, float eps)
+static void rmsnorm_forward_off(const Backend *be, Act *out, float *rstd, const float *inp,
+                                const float *weight, int M, int C, float eps)
 {
-    backend_cpu()->rmsnorm_forward(out, rstd, inp, weight, M, C, eps);
+    backend_cpu()->rmsnorm_forward(backend_cpu(), out, rstd, inp, weight, M, C, eps);
     float *o = out;
     for (size_t i = 0; i < (size_t)M * C; i++)
         o[i] *= 1.0f + 1e-3f;
 }
 
 /* swiglu_forward whose output grows by 2^-22 relative more on each call. */
-static void swiglu_forward_drifting(Act *out, const Act *gate, const Act *up, size_t n)
+static void swiglu_forward_drifting(const Backend *be, Act *out, const Act *gate, const Act *up,
+                                    size_t n)
 {
     static int calls;
-    backend_cpu()->swiglu_forward(out, gate, up, n);
+    backend_cpu()->swiglu_forward(backend_cpu(), out, gate, up, n);
     const float f = 1.0f + (float)++calls * 0x1p-22f;
     float *o = out;
     for (size_t i = 0; i < n; i++)
@@ -44,20 +45,21 @@ static void expect(int ok, const char *what)
 int main(void)
 {
     OpsRunResult r;
-    Backend staged = staged_backend("cpu-staged");
+    StagedCounts counts;
+    Backend staged = staged_backend("cpu-staged", &counts);
     backend_ops_run(&staged, &(OpsRunOptions){.mode = "fp32, same bits", .exact = 1}, &r);
     expect(r.failures == 0 && r.checks > 0, "the CPU seen as a device gives the reference's bits");
-    expect(to_device_bytes > 0 && to_host_bytes > 0, "every case went through the copies");
+    expect(counts.to_device > 0 && counts.to_host > 0, "every case went through the copies");
     expect(r.skipped > 0, "cases of ops it lacks (mixed precision) are skipped, not failed");
 
-    Backend off = staged_backend("cpu-rmsnorm-off-1e-3");
+    Backend off = staged_backend("cpu-rmsnorm-off-1e-3", &counts);
     off.rmsnorm_forward = rmsnorm_forward_off;
     backend_ops_run(&off,
                     &(OpsRunOptions){.mode = "broken: must fail", .filter = "rmsnorm_forward"}, &r);
     expect(r.value_failures > 0 && r.repeat_failures == 0,
            "an output off by 1e-3 fails its value rows");
 
-    Backend drifting = staged_backend("cpu-swiglu-drifting");
+    Backend drifting = staged_backend("cpu-swiglu-drifting", &counts);
     drifting.swiglu_forward = swiglu_forward_drifting;
     backend_ops_run(&drifting,
                     &(OpsRunOptions){.mode = "broken: must fail", .filter = "swiglu_forward"}, &r);

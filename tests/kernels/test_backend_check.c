@@ -10,7 +10,7 @@
 #include "tests/kernels/staged_backend.h"
 #include "trainer/common.h"
 
-static void refresh_nothing(const float *params)
+static void refresh_nothing(const Backend *be, const float *params)
 {
     (void)params;
 }
@@ -125,7 +125,8 @@ Test(backend_stage, a_host_backend_is_visited_in_place_in_one_piece)
 Test(backend_stage, update_copies_each_chunk_both_ways)
 {
     const size_t n = 1000, chunk = 300; /* 300, 300, 300, 100 */
-    Backend b = staged_backend("cpu-staged");
+    StagedCounts counts;
+    Backend b = staged_backend("cpu-staged", &counts);
     float *x = ramp(n), staging[300];
     Visit v = {.mem = x};
     cr_assert_eq(backend_stage(&b, x, n, STAGE_UPDATE, chunk, staging, visit, &v), DS_OK);
@@ -134,8 +135,8 @@ Test(backend_stage, update_copies_each_chunk_both_ways)
     cr_assert_not(v.in_place);
     cr_assert_eq(v.next, n);
     cr_assert_float_eq(v.sum, n * (n - 1) / 2.0, 0.5);
-    cr_assert_eq(to_host_bytes, n * sizeof(float));
-    cr_assert_eq(to_device_bytes, n * sizeof(float));
+    cr_assert_eq(counts.to_host, n * sizeof(float));
+    cr_assert_eq(counts.to_device, n * sizeof(float));
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(x[i], 3.0f * (float)i, "x[%zu] = %g", i, x[i]);
     free(x);
@@ -144,25 +145,26 @@ Test(backend_stage, update_copies_each_chunk_both_ways)
 Test(backend_stage, read_leaves_the_memory_and_write_does_not_read_it)
 {
     const size_t n = 777;
-    Backend b = staged_backend("cpu-staged");
+    StagedCounts counts;
+    Backend b = staged_backend("cpu-staged", &counts);
     float *x = ramp(n);
     Visit v = {.mem = x};
     /* read: the staging buffer is allocated here (NULL), the whole range one piece (chunk 0) */
     cr_assert_eq(backend_stage(&b, x, n, STAGE_READ, 0, NULL, visit, &v), DS_OK);
     cr_assert_eq(v.pieces, 1);
     cr_assert_float_eq(v.sum, n * (n - 1) / 2.0, 0.5);
-    cr_assert_eq(to_host_bytes, n * sizeof(float));
-    cr_assert_eq(to_device_bytes, 0);
+    cr_assert_eq(counts.to_host, n * sizeof(float));
+    cr_assert_eq(counts.to_device, 0);
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(x[i], (float)i);
     /* write: nothing is copied in, every piece of what fn fills goes out */
-    to_host_bytes = 0;
+    counts.to_host = 0;
     v = (Visit){.mem = x};
     cr_assert_eq(backend_stage(&b, x, n, STAGE_WRITE, 100, NULL, fill, &v), DS_OK);
     cr_assert_eq(v.pieces, 8);
     cr_assert_eq(v.next, n);
-    cr_assert_eq(to_host_bytes, 0);
-    cr_assert_eq(to_device_bytes, n * sizeof(float));
+    cr_assert_eq(counts.to_host, 0);
+    cr_assert_eq(counts.to_device, n * sizeof(float));
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(x[i], 10.0f * (float)i, "x[%zu] = %g", i, x[i]);
     free(x);
@@ -171,7 +173,8 @@ Test(backend_stage, read_leaves_the_memory_and_write_does_not_read_it)
 Test(backend_stage, the_first_error_stops_and_is_returned)
 {
     const size_t n = 1000;
-    Backend b = staged_backend("cpu-staged");
+    StagedCounts counts;
+    Backend b = staged_backend("cpu-staged", &counts);
     float *x = ramp(n);
     Visit v = {.mem = x, .fail_at = 2};
     cr_assert_eq(backend_stage(&b, x, n, STAGE_UPDATE, 400, NULL, visit, &v), DS_ERR_INPUT);
@@ -189,11 +192,50 @@ Test(backend_stage, the_first_error_stops_and_is_returned)
 
 Test(backend_stage, view_copies_on_a_device_only)
 {
-    Backend b = staged_backend("cpu-staged");
+    StagedCounts counts;
+    Backend b = staged_backend("cpu-staged", &counts);
     float x[5] = {1, 2, 3, 4, 5}, buf[5] = {0};
     const float *h = backend_view(&b, x, 5, buf);
     cr_assert_eq(h, buf);
-    cr_assert_eq(to_host_bytes, sizeof(x));
+    cr_assert_eq(counts.to_host, sizeof(x));
     for (int i = 0; i < 5; i++)
         cr_assert_eq(buf[i], x[i]);
+}
+
+Test(backend, each_op_is_given_the_table_it_was_called_through)
+{
+    /* two tables over one set of functions, each with its own context: a copy through one
+     * counts in that one only (what lets two CUDA backends live side by side) */
+    StagedCounts ca, cb;
+    Backend a = staged_backend("cpu-staged-a", &ca), b = staged_backend("cpu-staged-b", &cb);
+    float x[7] = {1, 2, 3, 4, 5, 6, 7}, y[7] = {0};
+    a.mem_to_host(&a, y, x, sizeof(x));
+    b.mem_to_device(&b, y, x, 3 * sizeof(float));
+    b.mem_to_device(&b, y, x, 2 * sizeof(float));
+    cr_assert_eq(ca.to_host, sizeof(x));
+    cr_assert_eq(ca.to_device, 0);
+    cr_assert_eq(cb.to_host, 0);
+    cr_assert_eq(cb.to_device, 5 * sizeof(float));
+    for (int i = 0; i < 7; i++)
+        cr_assert_eq(y[i], x[i]);
+    /* backend_stage reaches the context through the table it is given */
+    float staging[4];
+    Visit v = {.mem = x};
+    cr_assert_eq(backend_stage(&b, x, 7, STAGE_READ, 4, staging, visit, &v), DS_OK);
+    cr_assert_eq(v.pieces, 2);
+    cr_assert_eq(cb.to_host, sizeof(x));
+    cr_assert_eq(ca.to_host, sizeof(x));
+}
+
+Test(backend, create_and_free)
+{
+    /* the CPU backend: the one static table, no context; backend_free leaves it usable */
+    const Backend *be = NULL;
+    cr_assert_eq(backend_create(&(BackendOptions){.device = "cpu"}, &be), DS_OK);
+    cr_assert_eq(be, backend_cpu());
+    cr_assert_null(be->ctx);
+    backend_free(be);
+    backend_free(NULL);
+    float s = be->sum_squares(be, (const float[]){3, 4}, 2);
+    cr_assert_float_eq(s, 25.0, 1e-12);
 }

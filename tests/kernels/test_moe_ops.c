@@ -97,7 +97,7 @@ static void setup(uint64_t seed, double *logits, float *logits_f, const MoeRouti
         logits[i] = (float)(4.0 * uniform(&s) - 2.0); /* exactly representable in fp32 */
         logits_f[i] = (float)logits[i];
     }
-    backend_cpu()->moe_route(idx, weight, scores, logits_f, NULL, N, r);
+    backend_cpu()->moe_route(backend_cpu(), idx, weight, scores, logits_f, NULL, N, r);
 }
 
 static void check_gradient(const char *what, const float *grad, const double *fd, int n)
@@ -132,7 +132,7 @@ Test(moe_ops, route_backward_is_the_derivative_of_the_weights)
         uint64_t s = 99 + v;
         for (int i = 0; i < N * K; i++)
             dweight[i] = (float)(c[i] = 2.0 * uniform(&s) - 1.0);
-        backend_cpu()->moe_route_backward(dlogits, dweight, idx, scores, N, r);
+        backend_cpu()->moe_route_backward(backend_cpu(), dlogits, dweight, idx, scores, N, r);
         const double h = 1e-3;
         for (int i = 0; i < N * E; i++) {
             const double keep = logits[i];
@@ -162,7 +162,8 @@ Test(moe_ops, balance_loss_value_and_gradient)
         memset(dlogits, 0, sizeof(dlogits));
         const double alpha = 0.5;
         double loss = 0.25; /* the op adds to what is there */
-        backend_cpu()->moe_balance(dlogits, &loss, idx, scores, tw, B, T, (float)alpha, &r);
+        backend_cpu()->moe_balance(backend_cpu(), dlogits, &loss, idx, scores, tw, B, T,
+                                   (float)alpha, &r);
         const double want = balance(logits, idx, tw, alpha, sigmoid);
         cr_expect_leq(fabs((loss - 0.25) - want), 1e-6 * want, "%s: balance loss %.9g, want %.9g",
                       sigmoid ? "sigmoid" : "softmax", loss - 0.25, want);
@@ -196,13 +197,13 @@ Test(moe_ops, route_chooses_within_the_best_groups)
      * best two {0,1} and {6,7}: experts 0, 7, then 6 (-2.0 beats 1's -3.0), not 4 (its group
      * lost) */
     MoeRouting v2 = {E, K, 0, 4, 2, 0, 0, 1.0f};
-    backend_cpu()->moe_route(idx, w, scores, logit, NULL, 1, &v2);
+    backend_cpu()->moe_route(backend_cpu(), idx, w, scores, logit, NULL, 1, &v2);
     cr_expect(idx[0] == 0 && idx[1] == 6 && idx[2] == 7, "V2 chose %d %d %d", idx[0], idx[1],
               idx[2]);
     /* sigmoid, groups ranked by their two best: {4,5} 1.62, {6,7} 1.04, {0,1} and {2,3} 1.0:
      * experts 7, 4, 5 */
     MoeRouting v3 = {E, K, 1, 4, 2, 1, 1, 1.0f};
-    backend_cpu()->moe_route(idx, w, scores, logit, NULL, 1, &v3);
+    backend_cpu()->moe_route(backend_cpu(), idx, w, scores, logit, NULL, 1, &v3);
     cr_expect(idx[0] == 4 && idx[1] == 5 && idx[2] == 7, "V3 chose %d %d %d", idx[0], idx[1],
               idx[2]);
     double sum = 0;
@@ -213,7 +214,7 @@ Test(moe_ops, route_chooses_within_the_best_groups)
      * first, and expert 2 past 7: experts 2, 4, 5, weighted by their own sigmoid scores */
     float bias[E] = {0};
     bias[2] = 1.0f;
-    backend_cpu()->moe_route(idx, w, scores, logit, bias, 1, &v3);
+    backend_cpu()->moe_route(backend_cpu(), idx, w, scores, logit, bias, 1, &v3);
     cr_expect(idx[0] == 2 && idx[1] == 4 && idx[2] == 5, "V3 with bias chose %d %d %d", idx[0],
               idx[1], idx[2]);
     const double s2 = 0.5, s4 = 1 / (1 + exp(-1.5)), s5 = 1 / (1 + exp(-1.4));

@@ -180,12 +180,12 @@ Test(ops, matmul_forward_matches_double_reference)
     float *bias = rand_floats(N, -1, 1), *out = fill_floats((size_t)M * N, NAN);
     double *ref = talloc((size_t)M * N * sizeof(double));
 
-    BE->matmul_forward(out, inp, w, bias, M, K, N);
+    BE->matmul_forward(BE, out, inp, w, bias, M, K, N);
     matmul_ref(ref, to_double(inp, (size_t)M * K), to_double(w, (size_t)N * K), to_double(bias, N),
                M, K, N);
     expect_close("matmul out (bias)", out, NULL, ref, (size_t)M * N, FWD_TOL);
 
-    BE->matmul_forward(out, inp, w, NULL, M, K, N);
+    BE->matmul_forward(BE, out, inp, w, NULL, M, K, N);
     matmul_ref(ref, to_double(inp, (size_t)M * K), to_double(w, (size_t)N * K), NULL, M, K, N);
     expect_close("matmul out (no bias)", out, NULL, ref, (size_t)M * N, FWD_TOL);
 }
@@ -200,7 +200,7 @@ Test(ops, matmul_backward_overwrites_dinp_and_accumulates_dweight_dbias)
     float *dw0 = rand_floats((size_t)N * K, -1, 1), *db0 = rand_floats(N, -1, 1);
     float *dw = copy_floats(dw0, (size_t)N * K), *db = copy_floats(db0, N);
 
-    BE->matmul_backward(dinp, dw, db, dout, inp, w, M, K, N, 0);
+    BE->matmul_backward(BE, dinp, dw, db, dout, inp, w, M, K, N, 0);
 
     MatmulCtx c = {M,
                    K,
@@ -218,7 +218,7 @@ Test(ops, matmul_backward_overwrites_dinp_and_accumulates_dweight_dbias)
 
     /* dinp == NULL and dbias == NULL skip those outputs; dweight accumulates again */
     float *dw_twice = copy_floats(dw, (size_t)N * K);
-    BE->matmul_backward(NULL, dw_twice, NULL, dout, inp, w, M, K, N, 0);
+    BE->matmul_backward(BE, NULL, dw_twice, NULL, dout, inp, w, M, K, N, 0);
     double *twice = talloc((size_t)N * K * sizeof(double));
     for (size_t i = 0; i < (size_t)N * K; i++)
         twice[i] = 2.0 * ((double)dw[i] - dw0[i]);
@@ -227,7 +227,7 @@ Test(ops, matmul_backward_overwrites_dinp_and_accumulates_dweight_dbias)
     /* accumulate: dinp += dout @ weight over what it held */
     float *dinp0 = rand_floats((size_t)M * K, -1, 1);
     float *dinp_acc = copy_floats(dinp0, (size_t)M * K);
-    BE->matmul_backward(dinp_acc, dw, NULL, dout, inp, w, M, K, N, 1);
+    BE->matmul_backward(BE, dinp_acc, dw, NULL, dout, inp, w, M, K, N, 1);
     double *sum = talloc((size_t)M * K * sizeof(double));
     for (size_t i = 0; i < (size_t)M * K; i++)
         sum[i] = (double)dinp[i];
@@ -240,19 +240,19 @@ Test(ops, matmul_handles_empty_dimensions)
     float bias[3] = {1.5f, -2.0f, 0.25f}, out[6], dw[1] = {7.0f}, db[3] = {1, 2, 3};
     float inp[1] = {0}, w[1] = {0}, dout[6] = {1, 1, 1, 1, 1, 1};
     /* K = 0: the product is empty, the output is the bias */
-    BE->matmul_forward(out, inp, w, bias, 2, 0, 3);
+    BE->matmul_forward(BE, out, inp, w, bias, 2, 0, 3);
     for (int i = 0; i < 6; i++)
         cr_expect_eq(out[i], bias[i % 3]);
-    BE->matmul_forward(out, inp, w, NULL, 2, 0, 3);
+    BE->matmul_forward(BE, out, inp, w, NULL, 2, 0, 3);
     for (int i = 0; i < 6; i++)
         cr_expect_eq(out[i], 0.0f);
-    BE->matmul_backward(NULL, dw, db, dout, inp, w, 2, 0, 3, 0);
+    BE->matmul_backward(BE, NULL, dw, db, dout, inp, w, 2, 0, 3, 0);
     cr_expect_eq(db[0], 3.0f);
     cr_expect_eq(db[2], 5.0f);
     cr_expect_eq(dw[0], 7.0f, "nothing to write into a zero-size dweight");
     /* M = 0 or N = 0: nothing happens */
-    BE->matmul_forward(out, inp, w, bias, 0, 4, 3);
-    BE->matmul_backward(NULL, dw, db, dout, inp, w, 0, 4, 3, 0);
+    BE->matmul_forward(BE, out, inp, w, bias, 0, 4, 3);
+    BE->matmul_backward(BE, NULL, dw, db, dout, inp, w, 0, 4, 3, 0);
     cr_expect_eq(db[0], 3.0f);
 }
 
@@ -298,7 +298,7 @@ Test(ops, rmsnorm_forward_matches_double_reference)
         x[3 * C + j] = 0.0f;
     double *ref = talloc((size_t)M * C * sizeof(double)), *ref_rstd = talloc(M * sizeof(double));
 
-    BE->rmsnorm_forward(out, rstd, x, w, M, C, eps);
+    BE->rmsnorm_forward(BE, out, rstd, x, w, M, C, eps);
     rmsnorm_ref(ref, ref_rstd, to_double(x, (size_t)M * C), to_double(w, C), M, C, eps);
     expect_close("rmsnorm out", out, NULL, ref, (size_t)M * C, FWD_TOL);
     expect_close("rmsnorm rstd", rstd, NULL, ref_rstd, M, FWD_TOL);
@@ -318,8 +318,8 @@ Test(ops, rmsnorm_backward_accumulates_dinp_and_dweight)
     float *dx = copy_floats(dx0, (size_t)M * C), *dw = copy_floats(dw0, C);
 
     float *dx_act = fill_floats((size_t)M * C, NAN);
-    BE->rmsnorm_forward(out, rstd, x, w, M, C, eps);
-    BE->rmsnorm_backward(dx, dx_act, dw, dout, x, w, rstd, M, C);
+    BE->rmsnorm_forward(BE, out, rstd, x, w, M, C, eps);
+    BE->rmsnorm_backward(BE, dx, dx_act, dw, dout, x, w, rstd, M, C);
 
     RmsnormCtx c = {M,
                     C,
@@ -346,8 +346,8 @@ Test(ops, rmsnorm_weight_gradient_spans_column_blocks)
     float *out = talloc((size_t)M * C * sizeof(float)), *rstd = talloc(M * sizeof(float));
     float *dout = rand_floats((size_t)M * C, -1, 1);
     float *dx = fill_floats((size_t)M * C, 0.0f), *dw = fill_floats(C, 0.0f);
-    BE->rmsnorm_forward(out, rstd, x, w, M, C, 1e-6f);
-    BE->rmsnorm_backward(dx, NULL, dw, dout, x, w, rstd, M, C);
+    BE->rmsnorm_forward(BE, out, rstd, x, w, M, C, 1e-6f);
+    BE->rmsnorm_backward(BE, dx, NULL, dw, dout, x, w, rstd, M, C);
     double *ref = talloc(C * sizeof(double));
     for (int j = 0; j < C; j++)
         for (int i = 0; i < M; i++)
@@ -407,7 +407,7 @@ Test(ops, rope_forward_and_backward)
     float *x = rand_floats(n, -1, 1), *y = copy_floats(x, n);
     double *ref = talloc(n * sizeof(double));
 
-    BE->rope_forward(y, cos_t, sin_t, B, T, H, D);
+    BE->rope_forward(BE, y, cos_t, sin_t, B, T, H, D);
     rope_ref(ref, to_double(x, n), cos_t, sin_t, B, T, H, D);
     expect_close("rope forward", y, NULL, ref, n, FWD_TOL);
     /* position 0 is the identity: rows t = 0 untouched */
@@ -415,11 +415,11 @@ Test(ops, rope_forward_and_backward)
 
     /* backward of a rotation is its transpose: it undoes the forward */
     float *back = copy_floats(y, n);
-    BE->rope_backward(back, cos_t, sin_t, B, T, H, D);
+    BE->rope_backward(BE, back, cos_t, sin_t, B, T, H, D);
     expect_close("rope backward(forward(x)) == x", back, NULL, to_double(x, n), n, FWD_TOL);
 
     float *dout = rand_floats(n, -1, 1), *dx = copy_floats(dout, n);
-    BE->rope_backward(dx, cos_t, sin_t, B, T, H, D);
+    BE->rope_backward(BE, dx, cos_t, sin_t, B, T, H, D);
     RopeCtx c = {
         B, T, H, D, cos_t, sin_t, to_double(x, n), to_double(dout, n), talloc(n * sizeof(double))};
     expect_close("rope backward", dx, NULL, fd_gradient(c.x, n, rope_loss, &c), n, BWD_TOL);
@@ -480,7 +480,7 @@ static void check_attention(int B, int T, int H, int KVH, int D, float qk_range)
     float *out = fill_floats(nq, NAN), *lse = fill_floats(nlse, NAN);
     double *ref = talloc(nq * sizeof(double)), *ref_lse = talloc(nlse * sizeof(double));
 
-    BE->attention_forward(out, lse, q, k, v, B, T, H, KVH, D);
+    BE->attention_forward(BE, out, lse, q, k, v, B, T, H, KVH, D);
     attention_ref(ref, ref_lse, to_double(q, nq), to_double(k, nkv), to_double(v, nkv), B, T, H,
                   KVH, D);
     char what[128];
@@ -491,7 +491,7 @@ static void check_attention(int B, int T, int H, int KVH, int D, float qk_range)
 
     float *dout = rand_floats(nq, -1, 1);
     float *dq = fill_floats(nq, NAN), *dk = fill_floats(nkv, NAN), *dv = fill_floats(nkv, NAN);
-    BE->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, D);
+    BE->attention_backward(BE, dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, D);
     AttnCtx c = {B,
                  T,
                  H,
@@ -543,7 +543,7 @@ Test(ops, attention_first_row_copies_first_value)
     float *q = rand_floats((size_t)T * H * D, -1, 1), *k = rand_floats((size_t)T * D, -1, 1);
     float *v = rand_floats((size_t)T * D, -1, 1);
     float *out = fill_floats((size_t)T * H * D, NAN), *lse = fill_floats((size_t)H * T, NAN);
-    BE->attention_forward(out, lse, q, k, v, 1, T, H, 1, D);
+    BE->attention_forward(BE, out, lse, q, k, v, 1, T, H, 1, D);
     for (int h = 0; h < H; h++) {
         for (int i = 0; i < D; i++)
             cr_expect_float_eq(out[h * D + i], v[i], 1e-6);
@@ -582,12 +582,12 @@ Test(ops, swiglu_forward_and_backward)
     float *g = rand_floats(n, -6, 6), *u = rand_floats(n, -2, 2);
     float *out = fill_floats(n, NAN);
     double *ref = talloc(n * sizeof(double));
-    BE->swiglu_forward(out, g, u, n);
+    BE->swiglu_forward(BE, out, g, u, n);
     swiglu_ref(ref, to_double(g, n), to_double(u, n), n);
     expect_close("swiglu out", out, NULL, ref, n, FWD_TOL);
 
     float *dout = rand_floats(n, -1, 1), *dg = fill_floats(n, NAN), *du = fill_floats(n, NAN);
-    BE->swiglu_backward(dg, du, dout, g, u, n);
+    BE->swiglu_backward(BE, dg, du, dout, g, u, n);
     SwigluCtx c = {n, to_double(g, n), to_double(u, n), to_double(dout, n),
                    talloc(n * sizeof(double))};
     expect_close("swiglu dgate", dg, NULL, fd_gradient(c.g, n, swiglu_loss, &c), n, BWD_TOL);
@@ -598,8 +598,8 @@ Test(ops, swiglu_saturates_without_nan)
 {
     float g[4] = {-200.0f, 200.0f, -1e30f, 1e30f}, u[4] = {1, 1, 1, 1}, out[4], dg[4], du[4];
     float dout[4] = {1, 1, 1, 1};
-    BE->swiglu_forward(out, g, u, 4);
-    BE->swiglu_backward(dg, du, dout, g, u, 4);
+    BE->swiglu_forward(BE, out, g, u, 4);
+    BE->swiglu_backward(BE, dg, du, dout, g, u, 4);
     cr_expect_float_eq(out[0], 0.0f, 1e-30);
     cr_expect_float_eq(out[1], 200.0f, 1e-3);
     for (int i = 0; i < 2; i++)
@@ -617,7 +617,7 @@ Test(ops, embedding_gathers_rows_and_accumulates_repeats)
     int32_t tokens[9] = {3, 0, 10, 3, 7, 3, 0, 5, 10};
     for (int C = 7; C <= 150; C += 143) { /* 150 > one column block */
         float *table = rand_floats((size_t)V * C, -1, 1), *out = fill_floats((size_t)N * C, NAN);
-        BE->embedding_forward(out, tokens, table, N, C);
+        BE->embedding_forward(BE, out, tokens, table, N, C);
         for (int i = 0; i < N; i++)
             cr_expect(memcmp(out + (size_t)i * C, table + (size_t)tokens[i] * C,
                              (size_t)C * sizeof(float)) == 0,
@@ -625,7 +625,7 @@ Test(ops, embedding_gathers_rows_and_accumulates_repeats)
 
         float *dout = rand_floats((size_t)N * C, -1, 1);
         float *dt0 = rand_floats((size_t)V * C, -1, 1), *dt = copy_floats(dt0, (size_t)V * C);
-        BE->embedding_backward(dt, dout, tokens, N, C);
+        BE->embedding_backward(BE, dt, dout, tokens, N, C);
         double *ref = talloc((size_t)V * C * sizeof(double));
         for (int i = 0; i < N; i++)
             for (int j = 0; j < C; j++)
@@ -687,13 +687,13 @@ Test(ops, cross_entropy_losses_and_gradient_ignore_weight_zero_rows)
     double *ref = talloc(N * sizeof(double));
 
     /* loss only: logits untouched */
-    BE->cross_entropy(losses, grad, targets, weights, N, V, 0);
+    BE->cross_entropy(BE, losses, grad, targets, weights, N, V, 0);
     cr_expect(memcmp(grad, logits, (size_t)N * V * sizeof(float)) == 0);
     cross_entropy_ref(ref, to_double(logits, (size_t)N * V), targets, weights, N, V);
     expect_close("cross_entropy losses", losses, NULL, ref, N, FWD_TOL);
 
     float *losses2 = fill_floats(N, NAN);
-    BE->cross_entropy(losses2, grad, targets, weights, N, V, 1);
+    BE->cross_entropy(BE, losses2, grad, targets, weights, N, V, 1);
     cr_expect(memcmp(losses, losses2, N * sizeof(float)) == 0,
               "losses do not depend on write_grad");
     for (int i = 0; i < N; i++)
@@ -715,7 +715,7 @@ Test(ops, cross_entropy_is_stable_for_extreme_logits)
     float logits[2 * V] = {1e4f, 1e4f - 1, 1e4f - 2, -1e4f, 0, -3e4f, -3e4f, -3e4f, -3e4f, -3e4f};
     int32_t targets[2] = {1, 2};
     float weights[2] = {1, 1}, losses[2];
-    BE->cross_entropy(losses, logits, targets, weights, 2, V, 1);
+    BE->cross_entropy(BE, losses, logits, targets, weights, 2, V, 1);
     double lse = log(1.0 + exp(-1.0) + exp(-2.0)); /* relative to the max */
     cr_expect_float_eq(losses[0], lse + 1.0, 1e-6);
     cr_expect_float_eq(losses[1], log(5.0), 1e-5);
@@ -732,12 +732,12 @@ Test(ops, cross_entropy_flags_weighted_out_of_range_target)
     float logits[2 * V] = {1, 2, 3, 4, 1, 2, 3, 4};
     int32_t targets[2] = {V, 2};
     float weights[2] = {1, 1}, losses[2];
-    BE->cross_entropy(losses, logits, targets, weights, 2, V, 1);
+    BE->cross_entropy(BE, losses, logits, targets, weights, 2, V, 1);
     cr_expect(isnan(losses[0]));
     for (int j = 0; j < V; j++)
         cr_expect_eq(logits[j], 0.0f);
     cr_expect(isfinite(losses[1]));
-    BE->cross_entropy(losses, logits, targets, weights, 0, V, 1); /* N = 0: nothing */
+    BE->cross_entropy(BE, losses, logits, targets, weights, 0, V, 1); /* N = 0: nothing */
 }
 
 /* =============================================================================================
@@ -748,23 +748,23 @@ Test(ops, add_scale_and_sum_squares)
     rng_seed(16);
     size_t n = 1001;
     float *a = rand_floats(n, -1, 1), *b = rand_floats(n, -1, 1), *out = fill_floats(n, NAN);
-    BE->add(out, a, b, n);
+    BE->add(BE, out, a, b, n);
     for (size_t i = 0; i < n; i++)
         cr_expect_eq(out[i], a[i] + b[i]);
-    BE->add(a, a, b, n); /* in place, as the residual stream uses it */
+    BE->add(BE, a, a, b, n); /* in place, as the residual stream uses it */
     cr_expect(memcmp(a, out, n * sizeof(float)) == 0);
 
-    BE->scale(out, -0.5f, n);
+    BE->scale(BE, out, -0.5f, n);
     for (size_t i = 0; i < n; i++)
         cr_expect_eq(out[i], a[i] * -0.5f);
 
     double ref = 0.0;
     for (size_t i = 0; i < n; i++)
         ref += (double)out[i] * out[i];
-    cr_expect(fabs(BE->sum_squares(out, n) - ref) <= 1e-12 * ref);
-    cr_expect_eq(BE->sum_squares(out, 0), 0.0);
+    cr_expect(fabs(BE->sum_squares(BE, out, n) - ref) <= 1e-12 * ref);
+    cr_expect_eq(BE->sum_squares(BE, out, 0), 0.0);
     float three[3] = {1, 2, -3};
-    cr_expect_eq(BE->sum_squares(three, 3), 14.0); /* fewer elements than parts */
+    cr_expect_eq(BE->sum_squares(BE, three, 3), 14.0); /* fewer elements than parts */
 }
 
 Test(ops, sum_squares_is_accurate_over_many_elements)
@@ -773,7 +773,7 @@ Test(ops, sum_squares_is_accurate_over_many_elements)
     size_t n = 3000017;
     float *x = fill_floats(n, 0.1f);
     double expect = (double)n * (double)0.1f * (double)0.1f;
-    double got = backend_cpu()->sum_squares(x, n);
+    double got = backend_cpu()->sum_squares(backend_cpu(), x, n);
     cr_expect(fabs(got - expect) <= 1e-12 * expect, "sum_squares %.17g vs %.17g", got, expect);
 }
 
@@ -787,15 +787,15 @@ Test(ops, sum_squares_batch_gives_each_range_the_same_bits)
     double sums[SUM_SQUARES_BATCH];
     for (int i = 0; i < SUM_SQUARES_BATCH; i++) /* ranges of every length, an empty one first */
         xs[i] = x + i * 13, ns[i] = (size_t)i * 71;
-    BE->sum_squares_batch(sums, xs, ns, SUM_SQUARES_BATCH);
+    BE->sum_squares_batch(BE, sums, xs, ns, SUM_SQUARES_BATCH);
     cr_expect_eq(sums[0], 0.0);
     for (int i = 0; i < SUM_SQUARES_BATCH; i++) {
-        double one = BE->sum_squares(xs[i], ns[i]);
+        double one = BE->sum_squares(BE, xs[i], ns[i]);
         cr_expect(memcmp(&sums[i], &one, sizeof(double)) == 0, "range %d: %.17g vs %.17g", i,
                   sums[i], one);
     }
     sums[0] = -1.0;
-    BE->sum_squares_batch(sums, xs, ns, 0); /* nothing: sums untouched */
+    BE->sum_squares_batch(BE, sums, xs, ns, 0); /* nothing: sums untouched */
     cr_expect_eq(sums[0], -1.0);
 }
 
@@ -813,7 +813,7 @@ Test(ops, adamw_matches_double_reference_over_steps)
     for (int t = 1; t <= 5; t++) {
         float *g = rand_floats(n, -3, 3);
         if (t == 3) g[0] = 0.0f; /* a zero gradient still decays and moves by momentum */
-        BE->adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, gs, t);
+        BE->adamw_update(BE, p, g, m, v, n, lr, b1, b2, eps, wd, gs, t);
         double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
         for (size_t i = 0; i < n; i++) {
             double gi = (double)g[i] * gs;
@@ -836,7 +836,7 @@ Test(ops, adamw_first_step_moves_by_lr_times_sign)
 {
     /* at t = 1 with no decay the bias-corrected update is lr * g / (|g| + eps') */
     float p[3] = {1, 1, 1}, g[3] = {4, -0.25f, 1e-3f}, m[3] = {0}, v[3] = {0};
-    BE->adamw_update(p, g, m, v, 3, 0.01f, 0.9f, 0.95f, 1e-12f, 0.0f, 1.0f, 1);
+    BE->adamw_update(BE, p, g, m, v, 3, 0.01f, 0.9f, 0.95f, 1e-12f, 0.0f, 1.0f, 1);
     cr_expect_float_eq(p[0], 0.99f, 1e-6);
     cr_expect_float_eq(p[1], 1.01f, 1e-6);
     cr_expect_float_eq(p[2], 0.99f, 1e-6);
@@ -863,34 +863,34 @@ static void run_all(Outputs *o, int threads)
     o->dq = talloc(nq * sizeof(float));
     o->dk = talloc(nkv * sizeof(float));
     o->dv = talloc(nkv * sizeof(float));
-    BE->attention_forward(o->att_out, o->att_lse, q, k, v, B, T, H, KVH, D);
-    BE->attention_backward(o->dq, o->dk, o->dv, dout, o->att_out, o->att_lse, q, k, v, B, T, H, KVH,
-                           D);
+    BE->attention_forward(BE, o->att_out, o->att_lse, q, k, v, B, T, H, KVH, D);
+    BE->attention_backward(BE, o->dq, o->dk, o->dv, dout, o->att_out, o->att_lse, q, k, v, B, T, H,
+                           KVH, D);
 
     float *x = rand_floats((size_t)M * C, -2, 2), *w = rand_floats(C, 0.5f, 1.5f);
     float *y = talloc((size_t)M * C * sizeof(float)), *rstd = talloc(M * sizeof(float));
     float *dy = rand_floats((size_t)M * C, -1, 1);
     o->dx = fill_floats((size_t)M * C, 0), o->dw = fill_floats(C, 0);
-    BE->rmsnorm_forward(y, rstd, x, w, M, C, 1e-5f);
-    BE->rmsnorm_backward(o->dx, NULL, o->dw, dy, x, w, rstd, M, C);
+    BE->rmsnorm_forward(BE, y, rstd, x, w, M, C, 1e-5f);
+    BE->rmsnorm_backward(BE, o->dx, NULL, o->dw, dy, x, w, rstd, M, C);
 
     int32_t *tokens = talloc(N * sizeof(int32_t));
     for (int i = 0; i < N; i++)
         tokens[i] = (int32_t)(rng_next() % V);
     float *demb = rand_floats((size_t)N * C, -1, 1);
     o->dtable = fill_floats((size_t)V * C, 0);
-    BE->embedding_backward(o->dtable, demb, tokens, N, C);
+    BE->embedding_backward(BE, o->dtable, demb, tokens, N, C);
 
     float *logits = rand_floats((size_t)N * V, -5, 5), *weights = rand_floats(N, 0, 1);
     o->losses = talloc(N * sizeof(float));
-    BE->cross_entropy(o->losses, logits, tokens, weights, N, V, 1);
+    BE->cross_entropy(BE, o->losses, logits, tokens, weights, N, V, 1);
     o->grad = logits;
 
     size_t np = 100003;
     float *big = rand_floats(np, -1, 1);
-    o->ssq = BE->sum_squares(big, np);
+    o->ssq = BE->sum_squares(BE, big, np);
     float *g = rand_floats(np, -1, 1), *mm = fill_floats(np, 0), *vv = fill_floats(np, 0);
-    BE->adamw_update(big, g, mm, vv, np, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, 1);
+    BE->adamw_update(BE, big, g, mm, vv, np, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.7f, 1);
     o->param = big;
 }
 
@@ -940,8 +940,8 @@ Test(ops, matmul_is_bitwise_repeatable)
         dinp[r] = talloc((size_t)M * K * sizeof(float));
         dw[r] = fill_floats((size_t)N * K, 0);
         db[r] = fill_floats(N, 0);
-        BE->matmul_forward(out[r], inp, w, bias, M, K, N);
-        BE->matmul_backward(dinp[r], dw[r], db[r], dout, inp, w, M, K, N, 0);
+        BE->matmul_forward(BE, out[r], inp, w, bias, M, K, N);
+        BE->matmul_backward(BE, dinp[r], dw[r], db[r], dout, inp, w, M, K, N, 0);
     }
     cr_expect(memcmp(out[0], out[1], (size_t)M * N * sizeof(float)) == 0);
     cr_expect(memcmp(dinp[0], dinp[1], (size_t)M * K * sizeof(float)) == 0);

@@ -35,7 +35,7 @@ static void run_cross_entropy_sharded(int shards, const float *logits, const int
     /* part 1 and the MAX all-reduce */
     float part_max[4][N];
     for (int s = 0; s < shards; s++)
-        be->cross_entropy_shard_max(part_max[s], local[s], N, Vl);
+        be->cross_entropy_shard_max(be, part_max[s], local[s], N, Vl);
     for (int i = 0; i < N; i++) {
         row_max[i] = part_max[0][i];
         for (int s = 1; s < shards; s++)
@@ -45,15 +45,15 @@ static void run_cross_entropy_sharded(int shards, const float *logits, const int
     memset(stats, 0, sizeof(stats));
     for (int s = 0; s < shards; s++) {
         float part[N * 3];
-        be->cross_entropy_shard_stats(part, local[s], row_max, targets, N, Vl, s * Vl);
+        be->cross_entropy_shard_stats(be, part, local[s], row_max, targets, N, Vl, s * Vl);
         for (int k = 0; k < N * 3; k++)
             stats[k] += part[k];
     }
     /* part 3 on every shard: each writes its own slice of the gradient; losses agree */
     for (int s = 0; s < shards; s++) {
         float shard_losses[N];
-        be->cross_entropy_shard_finish(shard_losses, local[s], row_max, stats, targets, weights, N,
-                                       Vl, s * Vl, 1);
+        be->cross_entropy_shard_finish(be, shard_losses, local[s], row_max, stats, targets, weights,
+                                       N, Vl, s * Vl, 1);
         for (int i = 0; i < N; i++) {
             if (s == 0)
                 losses[i] = shard_losses[i];
@@ -80,7 +80,7 @@ Test(ops_shard, cross_entropy_in_shards_equals_the_whole)
     targets[4] = -100;  /* ignored row: anything goes */
     targets[6] = V + 3; /* weighted and out of range: NaN loss, zero gradient */
     memcpy(ref_grad, logits, sizeof(logits));
-    backend_cpu()->cross_entropy(ref_loss, ref_grad, targets, weights, N, V, 1);
+    backend_cpu()->cross_entropy(backend_cpu(), ref_loss, ref_grad, targets, weights, N, V, 1);
     const int shard_counts[] = {1, 2, 3, 4};
     for (int c = 0; c < 4; c++) {
         float loss[N], grad[N * V];
@@ -114,9 +114,9 @@ Test(ops_shard, embedding_shards_sum_to_the_whole_and_scatter_only_their_rows)
         table[k] = urand();
     for (int k = 0; k < N * C; k++)
         dout[k] = urand();
-    be->embedding_forward(full, tokens, table, N, C);
+    be->embedding_forward(be, full, tokens, table, N, C);
     memset(dtable_ref, 0, sizeof(dtable_ref));
-    be->embedding_backward(dtable_ref, dout, tokens, N, C);
+    be->embedding_backward(be, dtable_ref, dout, tokens, N, C);
     for (int shards = 1; shards <= 4; shards *= 2) {
         const int Vl = V / shards;
         float sum[N * C] = {0}, dtable[V * C];
@@ -126,7 +126,7 @@ Test(ops_shard, embedding_shards_sum_to_the_whole_and_scatter_only_their_rows)
             float part[N * C];
             for (int k = 0; k < N * C; k++)
                 part[k] = NAN; /* every row is written */
-            be->embedding_forward_shard(part, tokens, table + s * Vl * C, N, C, s * Vl, Vl);
+            be->embedding_forward_shard(be, part, tokens, table + s * Vl * C, N, C, s * Vl, Vl);
             for (int i = 0; i < N; i++) {
                 int mine = tokens[i] >= s * Vl && tokens[i] < (s + 1) * Vl;
                 for (int j = 0; j < C; j++) {
@@ -134,7 +134,7 @@ Test(ops_shard, embedding_shards_sum_to_the_whole_and_scatter_only_their_rows)
                     sum[i * C + j] += part[i * C + j];
                 }
             }
-            be->embedding_backward_shard(dtable + s * Vl * C, dout, tokens, N, C, s * Vl, Vl);
+            be->embedding_backward_shard(be, dtable + s * Vl * C, dout, tokens, N, C, s * Vl, Vl);
         }
         for (int k = 0; k < N * C; k++)
             cr_assert_eq(sum[k], full[k]);

@@ -43,133 +43,137 @@ static void narrow(Act *x, float *f, size_t n)
     free(f);
 }
 
-static size_t act_size_bf16(void)
+static size_t act_size_bf16(const Backend *be)
 {
     return sizeof(uint16_t);
 }
 
-static void matmul_forward(Act *out, const Act *inp, const float *weight, const float *bias, int M,
-                           int K, int N)
+static void matmul_forward(const Backend *be, Act *out, const Act *inp, const float *weight,
+                           const float *bias, int M, int K, int N)
 {
     float *o = widen(out, (size_t)M * N), *x = widen(inp, (size_t)M * K);
-    cpu->matmul_forward(o, x, weight, bias, M, K, N);
+    cpu->matmul_forward(cpu, o, x, weight, bias, M, K, N);
     narrow(out, o, (size_t)M * N);
     free(x);
 }
 
-static void matmul_backward(Act *dinp, float *dweight, float *dbias, const Act *dout,
-                            const Act *inp, const float *weight, int M, int K, int N,
-                            int accumulate)
+static void matmul_backward(const Backend *be, Act *dinp, float *dweight, float *dbias,
+                            const Act *dout, const Act *inp, const float *weight, int M, int K,
+                            int N, int accumulate)
 {
     float *dx = widen(dinp, (size_t)M * K), *dy = widen(dout, (size_t)M * N);
     float *x = widen(inp, (size_t)M * K);
-    cpu->matmul_backward(dx, dweight, dbias, dy, x, weight, M, K, N, accumulate);
+    cpu->matmul_backward(cpu, dx, dweight, dbias, dy, x, weight, M, K, N, accumulate);
     narrow(dinp, dx, (size_t)M * K);
     free(dy), free(x);
 }
 
-static void rmsnorm_forward(Act *out, float *rstd, const float *inp, const float *weight, int M,
-                            int C, float eps)
+static void rmsnorm_forward(const Backend *be, Act *out, float *rstd, const float *inp,
+                            const float *weight, int M, int C, float eps)
 {
     float *o = widen(out, (size_t)M * C);
-    cpu->rmsnorm_forward(o, rstd, inp, weight, M, C, eps);
+    cpu->rmsnorm_forward(cpu, o, rstd, inp, weight, M, C, eps);
     narrow(out, o, (size_t)M * C);
 }
 
-static void rmsnorm_backward(float *dinp, Act *dinp_act, float *dweight, const Act *dout,
-                             const float *inp, const float *weight, const float *rstd, int M, int C)
+static void rmsnorm_backward(const Backend *be, float *dinp, Act *dinp_act, float *dweight,
+                             const Act *dout, const float *inp, const float *weight,
+                             const float *rstd, int M, int C)
 {
     float *dy = widen(dout, (size_t)M * C);
-    cpu->rmsnorm_backward(dinp, NULL, dweight, dy, inp, weight, rstd, M, C);
+    cpu->rmsnorm_backward(cpu, dinp, NULL, dweight, dy, inp, weight, rstd, M, C);
     if (dinp_act)
         for (size_t i = 0; i < (size_t)M * C; i++)
             ((uint16_t *)dinp_act)[i] = f32_to_bf16(dinp[i]);
     free(dy);
 }
 
-static void rope_forward(Act *x, const float *c, const float *s, int Bn, int Tn, int H, int D)
+static void rope_forward(const Backend *be, Act *x, const float *c, const float *s, int Bn, int Tn,
+                         int H, int D)
 {
     const size_t n = (size_t)Bn * Tn * H * D;
     float *f = widen(x, n);
-    cpu->rope_forward(f, c, s, Bn, Tn, H, D);
+    cpu->rope_forward(cpu, f, c, s, Bn, Tn, H, D);
     narrow(x, f, n);
 }
 
-static void rope_backward(Act *x, const float *c, const float *s, int Bn, int Tn, int H, int D)
+static void rope_backward(const Backend *be, Act *x, const float *c, const float *s, int Bn, int Tn,
+                          int H, int D)
 {
     const size_t n = (size_t)Bn * Tn * H * D;
     float *f = widen(x, n);
-    cpu->rope_backward(f, c, s, Bn, Tn, H, D);
+    cpu->rope_backward(cpu, f, c, s, Bn, Tn, H, D);
     narrow(x, f, n);
 }
 
-static void attention_forward(Act *out, float *lse, const Act *q, const Act *k, const Act *v,
-                              int Bn, int Tn, int H, int KVH, int D)
+static void attention_forward(const Backend *be, Act *out, float *lse, const Act *q, const Act *k,
+                              const Act *v, int Bn, int Tn, int H, int KVH, int D)
 {
     const size_t nq = (size_t)Bn * Tn * H * D, nkv = (size_t)Bn * Tn * KVH * D;
     float *o = widen(out, nq), *fq = widen(q, nq), *fk = widen(k, nkv), *fv = widen(v, nkv);
-    cpu->attention_forward(o, lse, fq, fk, fv, Bn, Tn, H, KVH, D);
+    cpu->attention_forward(cpu, o, lse, fq, fk, fv, Bn, Tn, H, KVH, D);
     narrow(out, o, nq);
     free(fq), free(fk), free(fv);
 }
 
-static void attention_backward(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out,
-                               const float *lse, const Act *q, const Act *k, const Act *v, int Bn,
-                               int Tn, int H, int KVH, int D)
+static void attention_backward(const Backend *be, Act *dq, Act *dk, Act *dv, const Act *dout,
+                               const Act *out, const float *lse, const Act *q, const Act *k,
+                               const Act *v, int Bn, int Tn, int H, int KVH, int D)
 {
     const size_t nq = (size_t)Bn * Tn * H * D, nkv = (size_t)Bn * Tn * KVH * D;
     float *fdq = widen(dq, nq), *fdk = widen(dk, nkv), *fdv = widen(dv, nkv);
     float *fdo = widen(dout, nq), *fo = widen(out, nq);
     float *fq = widen(q, nq), *fk = widen(k, nkv), *fv = widen(v, nkv);
-    cpu->attention_backward(fdq, fdk, fdv, fdo, fo, lse, fq, fk, fv, Bn, Tn, H, KVH, D);
+    cpu->attention_backward(cpu, fdq, fdk, fdv, fdo, fo, lse, fq, fk, fv, Bn, Tn, H, KVH, D);
     narrow(dq, fdq, nq);
     narrow(dk, fdk, nkv);
     narrow(dv, fdv, nkv);
     free(fdo), free(fo), free(fq), free(fk), free(fv);
 }
 
-static void swiglu_forward(Act *out, const Act *gate, const Act *up, size_t n)
+static void swiglu_forward(const Backend *be, Act *out, const Act *gate, const Act *up, size_t n)
 {
     float *o = widen(out, n), *g = widen(gate, n), *u = widen(up, n);
-    cpu->swiglu_forward(o, g, u, n);
+    cpu->swiglu_forward(cpu, o, g, u, n);
     narrow(out, o, n);
     free(g), free(u);
 }
 
-static void swiglu_backward(Act *dgate, Act *dup, const Act *dout, const Act *gate, const Act *up,
-                            size_t n)
+static void swiglu_backward(const Backend *be, Act *dgate, Act *dup, const Act *dout,
+                            const Act *gate, const Act *up, size_t n)
 {
     float *dg = widen(dgate, n), *du = widen(dup, n), *dy = widen(dout, n);
     float *g = widen(gate, n), *u = widen(up, n);
-    cpu->swiglu_backward(dg, du, dy, g, u, n);
+    cpu->swiglu_backward(cpu, dg, du, dy, g, u, n);
     narrow(dgate, dg, n);
     narrow(dup, du, n);
     free(dy), free(g), free(u);
 }
 
-static void cross_entropy(float *losses, Act *logits, const int32_t *targets, const float *weights,
-                          int N, int V, int write_grad)
+static void cross_entropy(const Backend *be, float *losses, Act *logits, const int32_t *targets,
+                          const float *weights, int N, int V, int write_grad)
 {
     float *l = widen(logits, (size_t)N * V);
-    cpu->cross_entropy(losses, l, targets, weights, N, V, write_grad);
+    cpu->cross_entropy(cpu, losses, l, targets, weights, N, V, write_grad);
     if (write_grad)
         narrow(logits, l, (size_t)N * V);
     else
         free(l);
 }
 
-static void add(float *out, const float *a, const Act *b, size_t n)
+static void add(const Backend *be, float *out, const float *a, const Act *b, size_t n)
 {
     float *fb = widen(b, n);
-    cpu->add(out, a, fb, n);
+    cpu->add(cpu, out, a, fb, n);
     free(fb);
 }
 
-static void add_rmsnorm_forward(float *sum, Act *out, float *rstd, const float *a, const Act *b,
-                                const float *weight, int M, int C, float eps)
+static void add_rmsnorm_forward(const Backend *be, float *sum, Act *out, float *rstd,
+                                const float *a, const Act *b, const float *weight, int M, int C,
+                                float eps)
 {
-    add(sum, a, b, (size_t)M * C);
-    rmsnorm_forward(out, rstd, sum, weight, M, C, eps);
+    add(be, sum, a, b, (size_t)M * C);
+    rmsnorm_forward(be, out, rstd, sum, weight, M, C, eps);
 }
 
 static const Backend *backend_bf16(void)

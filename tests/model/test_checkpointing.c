@@ -103,7 +103,7 @@ static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
         }
     }
     /* the gradients are real: not all zero, not NaN */
-    if (!(off.be->sum_squares(off.grads, off.table.total) > 0))
+    if (!(off.be->sum_squares(off.be, off.grads, off.table.total) > 0))
         note(&r, "gradients are all zero or NaN");
     if (model_reduce_shared_grads(&off) != DS_OK || model_reduce_shared_grads(&on) != DS_OK)
         note(&r, "model_reduce_shared_grads: %s", ds_last_error());
