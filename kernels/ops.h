@@ -13,7 +13,7 @@
  * every statistic (rstd, lse, losses) are fp32 in every backend. The other activations and
  * their gradients (norm outputs, q, k, v, attention output, gate, up, the MLP's activation,
  * projection outputs, logits) are `Act` tensors, stored in the backend's activation type:
- * act_size() bytes an element, 4 (fp32) on the CPU and in the CUDA backend's fp32 modes, 2
+ * act_size(be) bytes an element, 4 (fp32) on the CPU and in the CUDA backend's fp32 modes, 2
  * (bf16) in its bf16 mode. Ops read and compute in fp32 whatever the storage. */
 #ifndef DSTRAIN_OPS_H
 #define DSTRAIN_OPS_H
@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 /* An activation tensor in the backend's storage type (above): only the backend reads its
- * elements; the caller moves it by act_size() bytes an element. */
+ * elements; the caller moves it by act_size(be) bytes an element. */
 typedef void Act;
 
 /* The most routed experts a layer may have (the op's scratch lives on the stack). */
@@ -72,7 +72,9 @@ struct Backend {
     void (*rmsnorm_forward)(const Backend *be, Act *out, float *rstd, const float *inp,
                             const float *weight, int M, int C, float eps);
     /* sum = a + b (add's residual add), then out, rstd = rmsnorm_forward of sum: the two in one
-     * pass over each row. sum may be a. */
+     * pass over each row, out and rstd the bits rmsnorm_forward gives for sum (selective
+     * checkpointing recomputes them so; CUDA: where both take their vectorised path, as on the
+     * model's arena). sum may be a. */
     void (*add_rmsnorm_forward)(const Backend *be, float *sum, Act *out, float *rstd,
                                 const float *a, const Act *b, const float *weight, int M, int C,
                                 float eps);
@@ -193,8 +195,8 @@ struct Backend {
      * buffer and round at a refresh only what else wrote it (CUDA does: the optimizer step
      * writes the copy in the same pass, and the mem_* ops and scale mark the ranges they write);
      * so a write into an attached buffer by anything else (a collective such as ZeRO's
-     * all-gather) must be followed by weights_touched(params) (params as attached), which makes
-     * the next refresh round it all. */
+     * all-gather, or an op of another backend) must be followed by weights_touched(params) (params
+     * as attached), which makes the next refresh round it all. */
     int (*weights_attach)(const Backend *be, const float *params, size_t n);
     void (*weights_refresh)(const Backend *be, const float *params);
     void (*weights_detach)(const Backend *be, const float *params);
@@ -315,8 +317,10 @@ typedef struct BackendOptions {
  * context, kernels/cuda/context.cuh), which keeps its options for its life and shares nothing
  * with another; a model lives on the backend it was laid out for. backend_free when done. */
 int backend_create(const BackendOptions *o, const Backend **out);
-/* Frees what backend_create made, after every buffer its mem_alloc gave was freed; NULL and the
- * CPU backend (one static table, no state) do nothing. */
+/* Frees what backend_create made (its context); NULL and the CPU backend (one static table, no
+ * state) do nothing. The memory its mem_alloc gave is the device's, not the backend's: it stays
+ * valid, and another backend on the device may use and free it (after weights_detach here of
+ * what was attached). */
 void backend_free(const Backend *be);
 /* DS_OK when be's table is whole: every required op set, and each optional group (the
  * vocab-parallel ops, mixed precision, the latent-attention and expert ops) set entirely or not

@@ -436,43 +436,74 @@ static void deepseek_arena_layout(Model *m, ArenaCursor *c)
     const size_t Nk = any_moe ? N * k : 0;
     DeepseekActs *a = m->act->layers;
     int *counts = (int *)&a->layers[mc->num_layers];
+    /* selective checkpointing: the cheap activations (the norms' outputs, the MLPs' activations,
+     * the experts' gathered inputs) are one set all layers share, sized for the widest layer
+     * (deepseek_layer_recompute refills them) */
+    const int selective = mc->activation_checkpointing == CKPT_SELECTIVE;
+    DeepseekLayerActs shared = {0};
+    if (selective) {
+        size_t widest = any_dense ? I : 0;
+        if (any_moe && Is > widest) widest = Is;
+        shared.ln1 = arena_take_act(m, c, N * C);
+        shared.qa_n = arena_take_act(m, c, N * Rq);
+        shared.lat_n = arena_take_act(m, c, N * Rkv);
+        shared.ln2 = arena_take_act(m, c, N * C);
+        shared.act = arena_take_act(m, c, N * widest);
+        shared.xs = arena_take_act(m, c, Nk * C);
+        shared.ea = arena_take_act(m, c, (m->ep_size > 1 ? 0 : Nk) * Im);
+    }
     for (int l = 0; l < mc->num_layers; l++) {
         DeepseekLayerActs *L = &a->layers[l];
         const int moe = is_moe(mc, l);
-        if (mc->activation_checkpointing && l > 0) {
+        if (mc->activation_checkpointing == CKPT_FULL && l > 0) {
             /* checkpointing: layer 0's working set is shared; it is sized for the widest
              * layer below */
             *L = a->layers[0];
             continue;
         }
         /* with checkpointing, the one working set serves dense and MoE layers alike */
-        const int dense_here = mc->activation_checkpointing ? any_dense : !moe;
-        const int moe_here = mc->activation_checkpointing ? any_moe : moe;
+        const int dense_here = mc->activation_checkpointing == CKPT_FULL ? any_dense : !moe;
+        const int moe_here = mc->activation_checkpointing == CKPT_FULL ? any_moe : moe;
         size_t mlp = dense_here ? I : 0;
         if (moe_here && Is > mlp) mlp = Is;
-        L->ln1 = arena_take_act(m, c, N * C);
+        const size_t nk = moe_here ? N * k : 0;
+        /* the experts' own rows: here, or with expert parallelism in EpState's buffers */
+        const size_t ek = m->ep_size > 1 ? 0 : nk;
+        if (selective) {
+            L->ln1 = shared.ln1, L->qa_n = shared.qa_n, L->lat_n = shared.lat_n;
+            L->ln2 = shared.ln2, L->act = shared.act, L->xs = shared.xs, L->ea = shared.ea;
+        } else {
+            L->ln1 = arena_take_act(m, c, N * C);
+            L->qa_n = arena_take_act(m, c, N * Rq);
+            L->lat_n = arena_take_act(m, c, N * Rkv);
+            L->ln2 = arena_take_act(m, c, N * C);
+            L->act = arena_take_act(m, c, N * mlp);
+            L->xs = arena_take_act(m, c, nk * C);
+            L->ea = arena_take_act(m, c, ek * Im);
+        }
+        /* forward's scratch, which backward does not read (the q latent before its norm, kv_a's
+         * and kv_b's outputs): one set, layer 0's, whatever the mode */
+        if (l > 0) {
+            L->qa = a->layers[0].qa, L->kva = a->layers[0].kva, L->kv = a->layers[0].kv;
+        } else {
+            L->qa = arena_take_act(m, c, N * Rq);
+            L->kva = arena_take_act(m, c, N * (Rkv + dr));
+            L->kv = arena_take_act(m, c, N * H * (dn + dv));
+        }
         L->ln1_rstd = arena_take_f32(c, N);
-        L->qa = arena_take_act(m, c, N * Rq);
-        L->qa_n = arena_take_act(m, c, N * Rq);
         L->qa_f32 = arena_take_f32(c, N * Rq);
         L->qa_rstd = arena_take_f32(c, Rq ? N : 0);
         L->q = arena_take_act(m, c, N * H * Dq);
-        L->kva = arena_take_act(m, c, N * (Rkv + dr));
         L->lat = arena_take_f32(c, N * Rkv);
         L->lat_rstd = arena_take_f32(c, N);
-        L->lat_n = arena_take_act(m, c, N * Rkv);
-        L->kv = arena_take_act(m, c, N * H * (dn + dv));
         L->k = arena_take_act(m, c, N * H * Dq);
         L->v = arena_take_act(m, c, N * H * dv);
         L->att = arena_take_act(m, c, N * H * dv);
         L->lse = arena_take_f32(c, lse);
         L->resid_mid = arena_take_f32(c, N * C);
-        L->ln2 = arena_take_act(m, c, N * C);
         L->ln2_rstd = arena_take_f32(c, N);
         L->gate = arena_take_act(m, c, N * mlp);
         L->up = arena_take_act(m, c, N * mlp);
-        L->act = arena_take_act(m, c, N * mlp);
-        const size_t nk = moe_here ? N * k : 0;
         L->logits = arena_take_act(m, c, moe_here ? N * E : 0);
         L->scores = arena_take_f32(c, moe_here ? N * E : 0);
         L->index = (int32_t *)arena_take_f32(c, nk);
@@ -482,13 +513,9 @@ static void deepseek_arena_layout(Model *m, ArenaCursor *c)
         L->row_weight = arena_take_f32(c, nk);
         L->counts = counts + (size_t)l * 2 * E;
         L->recv = L->counts + E;
-        L->xs = arena_take_act(m, c, nk * C);
         L->ey = arena_take_act(m, c, nk * C);
-        /* the experts' own rows: here, or with expert parallelism in EpState's buffers */
-        const size_t ek = m->ep_size > 1 ? 0 : nk;
         L->eg = arena_take_act(m, c, ek * Im);
         L->eu = arena_take_act(m, c, ek * Im);
-        L->ea = arena_take_act(m, c, ek * Im);
     }
     const size_t mlp = I > Is ? I : Is;
     a->dq = arena_take_act(m, c, N * H * Dq);
@@ -641,14 +668,14 @@ static int ep_init(Model *m)
     if (!st) return DS_ERR_INTERNAL;
     m->ep_state = st;
     const ModelConfig *mc = &m->cfg;
-    st->n_sets = mc->activation_checkpointing ? 1 : mc->num_layers;
+    st->n_sets = mc->activation_checkpointing == CKPT_FULL ? 1 : mc->num_layers;
     st->sets = ds_calloc((size_t)st->n_sets, sizeof(EpRows));
     st->offs = ds_calloc((size_t)mc->n_routed_experts, sizeof(size_t));
     st->local = ds_calloc((size_t)m->experts_local, sizeof(int));
     if (!st->sets || !st->offs || !st->local) return DS_ERR_INTERNAL;
     const size_t rows = ep_even_rows(m);
     for (int i = 0; i < st->n_sets; i++)
-        if (mc->activation_checkpointing || is_moe(mc, i))
+        if (mc->activation_checkpointing == CKPT_FULL || is_moe(mc, i))
             DS_TRY(ep_rows_alloc(m, &st->sets[i], rows, 0));
     return ep_rows_alloc(m, &st->scratch, rows, 1);
 }
@@ -671,7 +698,7 @@ static size_t ep_bytes(const Model *m)
     const ModelConfig *mc = &m->cfg;
     int sets = 0;
     for (int l = 0; l < mc->num_layers; l++)
-        sets += mc->activation_checkpointing ? l == 0 : is_moe(mc, l);
+        sets += mc->activation_checkpointing == CKPT_FULL ? l == 0 : is_moe(mc, l);
     const size_t rows = ep_even_rows(m);
     return (size_t)sets * ep_rows_bytes(m, rows, 0) + ep_rows_bytes(m, rows, 1);
 }
@@ -943,6 +970,35 @@ static void mlp_backward(Model *m, int l, DeepseekLayerActs *L, const LayerWeigh
     model_tp_reduce_act(m, a->dln, (size_t)N * C);
 }
 
+/* Selective checkpointing (llama_layer_recompute's contract): layer l's norm outputs, its MLP's
+ * or shared experts' activation and, without expert parallelism, its routed experts' gathered
+ * inputs and activations, from what the layer kept, by the ops its forward used. Under expert
+ * parallelism the experts' rows a rank received are its own per layer (EpState) and xs is only
+ * forward's staging: nothing of theirs is recomputed. */
+static void deepseek_layer_recompute(Model *m, int l)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    DeepseekLayerActs *L = &((DeepseekActs *)m->act->layers)->layers[l];
+    const LayerWeights *w = &m->w.layers[l];
+    const MlaDims d = mla_dims(m);
+    const int N = d.N, C = d.C;
+    be->rmsnorm_forward(be, L->ln1, L->ln1_rstd, m->act->resid_in[l], w->ln1, N, C,
+                        c->rms_norm_eps);
+    if (d.Rq > 0)
+        be->rmsnorm_forward(be, L->qa_n, L->qa_rstd, L->qa_f32, w->q_a_norm, N, d.Rq,
+                            LATENT_NORM_EPS);
+    be->rmsnorm_forward(be, L->lat_n, L->lat_rstd, L->lat, w->kv_a_norm, N, d.Rkv, LATENT_NORM_EPS);
+    be->rmsnorm_forward(be, L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
+    const int Im = c->moe_intermediate_size / m->tp_size;
+    const int I = is_moe(c, l) ? Im * c->n_shared_experts : m->tp_inter;
+    if (I > 0) be->swiglu_forward(be, L->act, L->gate, L->up, (size_t)N * I);
+    if (!is_moe(c, l) || m->ep) return;
+    const int Nk = N * c->num_experts_per_tok;
+    be->gather_rows(be, L->xs, L->ln2, L->rows, NULL, Nk, C);
+    be->swiglu_forward(be, L->ea, L->eg, L->eu, (size_t)Nk * Im);
+}
+
 /* Backward of layer l (llama_layer_backward's contract). */
 static void deepseek_layer_backward(Model *m, int l)
 {
@@ -1038,6 +1094,7 @@ const Architecture arch_deepseek_v2 = {
     .needs_latent_ops = 1,
     .layer_forward = deepseek_layer_forward,
     .layer_backward = deepseek_layer_backward,
+    .layer_recompute = deepseek_layer_recompute,
     .ep_init = ep_init,
     .ep_free = ep_free,
     .ep_bytes = ep_bytes,
@@ -1062,6 +1119,7 @@ const Architecture arch_deepseek_v3 = {
     .needs_latent_ops = 1,
     .layer_forward = deepseek_layer_forward,
     .layer_backward = deepseek_layer_backward,
+    .layer_recompute = deepseek_layer_recompute,
     .ep_init = ep_init,
     .ep_free = ep_free,
     .ep_bytes = ep_bytes,

@@ -163,16 +163,27 @@ static void llama_arena_layout(Model *m, ArenaCursor *c)
     const size_t KVD = (size_t)m->tp_kv_heads * m->cfg.head_dim;
     const size_t lse = (size_t)m->B * m->tp_heads * m->T;
     LlamaActs *a = m->act->layers;
+    const int mode = m->cfg.activation_checkpointing;
     for (int l = 0; l < m->cfg.num_layers; l++) {
         LlamaLayerActs *L = &a->layers[l];
-        if (m->cfg.activation_checkpointing && l > 0) {
+        if (mode == CKPT_FULL && l > 0) {
             /* checkpointing: every layer keeps its own input (model.c); the rest is layer 0's
              * working set, shared by all layers (forward overwrites it, backward recomputes
              * into it) */
             *L = a->layers[0];
             continue;
         }
-        L->ln1 = arena_take_act(m, c, N * C);
+        if (mode == CKPT_SELECTIVE && l > 0) {
+            /* selective: the norms' outputs and the MLP's activation are layer 0's, shared
+             * (llama_layer_recompute refills them); the rest is the layer's own */
+            L->ln1 = a->layers[0].ln1;
+            L->ln2 = a->layers[0].ln2;
+            L->act = a->layers[0].act;
+        } else {
+            L->ln1 = arena_take_act(m, c, N * C);
+            L->ln2 = arena_take_act(m, c, N * C);
+            L->act = arena_take_act(m, c, N * I);
+        }
         L->ln1_rstd = arena_take_f32(c, N);
         L->q = arena_take_act(m, c, N * QD);
         L->k = arena_take_act(m, c, N * KVD);
@@ -180,11 +191,9 @@ static void llama_arena_layout(Model *m, ArenaCursor *c)
         L->att = arena_take_act(m, c, N * QD);
         L->lse = arena_take_f32(c, lse);
         L->resid_mid = arena_take_f32(c, N * C);
-        L->ln2 = arena_take_act(m, c, N * C);
         L->ln2_rstd = arena_take_f32(c, N);
         L->gate = arena_take_act(m, c, N * I);
         L->up = arena_take_act(m, c, N * I);
-        L->act = arena_take_act(m, c, N * I);
     }
     a->dq = arena_take_act(m, c, N * QD);
     a->datt = arena_take_act(m, c, N * QD);
@@ -236,6 +245,22 @@ static void llama_layer_forward(Model *m, int l, float *resid_out)
     be->matmul_forward(be, a->tmp, L->act, w->wdown, m->tp_rank == 0 ? w->bdown : NULL, N, I, C);
     model_tp_reduce_act(m, a->tmp, (size_t)N * C);
     be->add(be, resid_out, L->resid_mid, a->tmp, (size_t)N * C);
+}
+
+/* Selective checkpointing: layer l's norm outputs and MLP activation, which the layers share,
+ * again from its input, its resid_mid and its gate and up, by the ops its forward used (the
+ * fused add + norm gives rmsnorm_forward's bits for the sum it writes: ops.h). */
+static void llama_layer_recompute(Model *m, int l)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const int N = m->B * m->T, C = c->hidden_size, I = m->tp_inter;
+    LlamaLayerActs *L = &((LlamaActs *)m->act->layers)->layers[l];
+    const LayerWeights *w = &m->w.layers[l];
+    be->rmsnorm_forward(be, L->ln1, L->ln1_rstd, m->act->resid_in[l], w->ln1, N, C,
+                        c->rms_norm_eps);
+    be->rmsnorm_forward(be, L->ln2, L->ln2_rstd, L->resid_mid, w->ln2, N, C, c->rms_norm_eps);
+    be->swiglu_forward(be, L->act, L->gate, L->up, (size_t)N * I);
 }
 
 /* Backward of layer l: dresid (and its Act copy) holds the gradient of the layer's output on
@@ -296,6 +321,7 @@ const Architecture arch_llama = {
     .arena_layout = llama_arena_layout,
     .layer_forward = llama_layer_forward,
     .layer_backward = llama_layer_backward,
+    .layer_recompute = llama_layer_recompute,
 };
 
 /* Qwen2: Llama's layer and table; q, k and v always carry biases (config.json says nothing of
@@ -317,4 +343,5 @@ const Architecture arch_qwen2 = {
     .arena_layout = llama_arena_layout,
     .layer_forward = llama_layer_forward,
     .layer_backward = llama_layer_backward,
+    .layer_recompute = llama_layer_recompute,
 };

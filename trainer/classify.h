@@ -26,7 +26,7 @@ int eval_check_memory(const ModelConfig *mc, int batch, int seq_len, const Backe
 /* --device and --precision of eval and generate: eval_device_check refuses a value no backend
  * has (DS_ERR_INPUT naming the flag) without starting a device, so that the flags are judged
  * before the model is looked for; eval_backend checks the same and makes the backend they compute
- * on (backend_create), once the model is found. */
+ * on (backend_create), once the model is found; the caller frees it (backend_free). */
 int eval_device_check(const char *device, const char *precision);
 int eval_backend(const char *device, const char *precision, const Backend **be);
 

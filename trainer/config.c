@@ -68,6 +68,12 @@ typedef struct ConfigKey {
     {                                                                                              \
         .name = key, .type = CT_BOOL, FIELD(f), .default_text = def, .int_max = 1, .doc = text     \
     }
+/* A bool that also takes the words given (stored as 2, 3, ... in their order). */
+#define BOOL_OR(key, f, def, text, ...)                                                            \
+    {                                                                                              \
+        .name = key, .type = CT_BOOL, FIELD(f), .default_text = def,                               \
+        .choices = (const char *const[]){__VA_ARGS__, NULL}, .doc = text                           \
+    }
 #define FILES(key, f, mirror, text)                                                                \
     {                                                                                              \
         .name = key, .type = CT_FILES, FIELD(f), .default_text = "",                               \
@@ -85,8 +91,7 @@ static const ConfigKey config_schema[] = {
     STR("model.path", model_path, "", CK_PATH,
         "Hugging Face model directory to start from; empty = train model.preset from scratch"),
     ENUM("model.preset", model_preset, "tiny", "built-in model shape used when model.path is empty",
-         "tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b", "tiny-moe",
-         "deepseek-v2-lite"),
+         "tiny", "small", "deepseek-coder-1.3b", "deepseek-llm-7b", "tiny-moe", "deepseek-v2-lite"),
     FLT("model.init_std", model_init_std, "0.02", 0, 1, 0,
         "standard deviation of the random initial weights (from-scratch runs)"),
     BOOL("model.random_init", model_random_init, "false",
@@ -117,10 +122,13 @@ static const ConfigKey config_schema[] = {
     STR("train.resume", train_resume, "none", CK_NONEMPTY | CK_PATH,
         "none = start fresh; auto = latest checkpoint in checkpoint.dir if any; or a checkpoint "
         "path"),
-    BOOL("train.activation_checkpointing", train_activation_checkpointing, "false",
-         "keep only each layer's input in forward and recompute the layer in backward: "
-         "activations of L layer inputs plus one layer instead of L whole layers (docs/memory.md), "
-         "for one more forward pass; results are identical"),
+    BOOL_OR("train.activation_checkpointing", train_activation_checkpointing, "false",
+            "true: keep only each layer's input in forward and recompute the layer in backward "
+            "(activations of L layer inputs plus one layer instead of L whole layers, for one "
+            "more forward pass); selective: keep all but the cheap activations (the norms' "
+            "outputs, the MLP's activation, MoE layers' gathered expert inputs), which backward "
+            "recomputes without any matmul; results are identical (docs/memory.md)",
+            "selective"),
     INT("train.max_nonfinite", train_max_nonfinite, "10", 1, 1000000000,
         "a step whose loss or gradient is not finite is skipped (no update); after this many in "
         "a row the run stops"),
@@ -239,7 +247,8 @@ static const ConfigKey config_schema[] = {
          "reservoir = uniform over everything trained on; task_balanced = equal share per task",
          "reservoir", "task_balanced"),
 
-    STR("run.dir", run_dir, "", CK_PATH, "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
+    STR("run.dir", run_dir, "", CK_PATH,
+        "output directory of this run; empty = runs/<YYYYmmdd-HHMMSS>"),
     BOOL("run.save_final", run_save_final, "false",
          "write <run.dir>/final.safetensors: every parameter in full fp32 after the last step, "
          "gathered from all ranks (for checks; use the export for models)"),
@@ -488,6 +497,8 @@ static void format_bound(char *out, size_t cap, double v)
 }
 
 /* The allowed values in words: "1..1000000000", "0..1, 1 excluded", "cosine, linear". */
+static const char *expected_text(const ConfigKey *k, char *buf, size_t cap);
+
 static void range_text(const ConfigKey *k, char *out, size_t cap)
 {
     char lo[32], hi[32];
@@ -510,6 +521,10 @@ static void range_text(const ConfigKey *k, char *out, size_t cap)
         break;
     case CT_BOOL:
         snprintf(out, cap, "true, false");
+        for (const char *const *c = k->choices; c && *c; c++) {
+            size_t o = strlen(out);
+            snprintf(out + o, cap - o, ", %s", *c);
+        }
         break;
     case CT_ENUM:
         for (const char *const *c = k->choices; *c; c++) {
@@ -534,7 +549,7 @@ static const char *type_name(const ConfigKey *k)
     case CT_FLOAT:
         return "float";
     case CT_BOOL:
-        return "bool";
+        return k->choices ? "bool or enum" : "bool";
     case CT_ENUM:
         return "enum";
     case CT_STRING:
@@ -980,12 +995,19 @@ static int value_set(const ConfigKey *k, Config *c, const char *text, int is_nul
     }
     case CT_BOOL: {
         int b;
-        if (!parse_bool(text, &b)) {
-            snprintf(problem, cap, "expected true or false, got %s", quoted(q, sizeof(q), text));
-            return 0;
+        if (parse_bool(text, &b)) {
+            store_int(k, c, b);
+            return 1;
         }
-        store_int(k, c, b);
-        return 1;
+        for (int i = 0; k->choices && k->choices[i]; i++)
+            if (strcmp(text, k->choices[i]) == 0) {
+                store_int(k, c, 2 + i);
+                return 1;
+            }
+        char buf[200];
+        snprintf(problem, cap, "%s, got %s", expected_text(k, buf, sizeof(buf)),
+                 quoted(q, sizeof(q), text));
+        return 0;
     }
     case CT_ENUM: {
         for (const char *const *choice = k->choices; *choice; choice++) {
@@ -1049,9 +1071,11 @@ static void value_format(const ConfigKey *k, const Config *c, char *out, size_t 
         format_float(out, cap, f);
         break;
     }
-    case CT_BOOL:
-        snprintf(out, cap, "%s", load_int(k, c) ? "true" : "false");
+    case CT_BOOL: {
+        const long long v = load_int(k, c);
+        snprintf(out, cap, "%s", v >= 2 ? k->choices[v - 2] : v ? "true" : "false");
         break;
+    }
     case CT_ENUM:
     case CT_STRING:
         snprintf(out, cap, "%.*s", (int)k->size, field);
@@ -1286,8 +1310,13 @@ static const char *expected_text(const ConfigKey *k, char *buf, size_t cap)
         return (k->flags & CK_AUTO_IS_ZERO) ? "expected an integer or auto" : "expected an integer";
     case CT_FLOAT:
         return "expected a number";
-    case CT_BOOL:
-        return "expected true or false";
+    case CT_BOOL: {
+        if (!k->choices) return "expected true or false";
+        size_t o = (size_t)snprintf(buf, cap, "expected true, false");
+        for (const char *const *w = k->choices; *w && o < cap; w++)
+            o += (size_t)snprintf(buf + o, cap - o, "%s%s", w[1] ? ", " : " or ", *w);
+        return buf;
+    }
     case CT_STRING:
         return "expected a string";
     case CT_FILES:

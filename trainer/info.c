@@ -204,7 +204,7 @@ static void info_memory(const ModelConfig *model, FILE *out)
     cfg.train_seq_len = 4096;
     cfg.parallel_zero = 1;
     ModelConfig mc = *model;
-    mc.activation_checkpointing = 1;
+    mc.activation_checkpointing = CKPT_FULL;
     /* tp, dp, ep; the last only for a model with routed experts */
     const int layouts[][3] = {{1, 1, 1}, {1, 8, 1}, {8, 1, 1}, {1, 8, 8}};
     char line[320] = "";

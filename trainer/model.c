@@ -235,6 +235,20 @@ int model_memory_estimate(const ModelConfig *mc, int B, int T, int tp, int dp, i
     return model_memory_estimate_ep(mc, B, T, tp, dp, 1, zero, out);
 }
 
+/* train.activation_checkpointing: a mode the architecture has. */
+static int checkpointing_check(const ModelConfig *mc, const Architecture *arch)
+{
+    if (mc->activation_checkpointing < CKPT_NONE || mc->activation_checkpointing > CKPT_SELECTIVE)
+        return ds_error(DS_ERR_INPUT, "train.activation_checkpointing: unknown mode %d",
+                        mc->activation_checkpointing);
+    if (mc->activation_checkpointing == CKPT_SELECTIVE && !arch->layer_recompute)
+        return ds_error(DS_ERR_INPUT,
+                        "train.activation_checkpointing: selective is not offered for %s models "
+                        "yet; use true (recompute each layer) or false",
+                        arch->name);
+    return DS_OK;
+}
+
 int model_memory_estimate_ep(const ModelConfig *mc, int B, int T, int tp, int dp, int ep,
                              int zero, ModelMemory *out)
 {
@@ -247,6 +261,7 @@ int model_memory_estimate_ep(const ModelConfig *mc, int B, int T, int tp, int dp
     m.cfg = *mc;
     m.arch = model_architecture(mc->arch);
     if (!m.arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
+    DS_TRY(checkpointing_check(mc, m.arch));
     m.B = B;
     m.T = T;
     m.act_size = sizeof(float); /* the CPU's activations */
@@ -283,6 +298,7 @@ int model_init_parallel(Model *m, const ModelConfig *mc, const Backend *be, int 
     m->arch = model_architecture(mc->arch);
     if (!m->arch) return ds_error(DS_ERR_INPUT, "model: architecture %d is not known", (int)mc->arch);
     DS_TRY(backend_check(be));
+    DS_TRY(checkpointing_check(mc, m->arch));
     const int tp = grid ? grid->tp_size : 1, dp = grid ? grid->dp_size : 1;
     if (mc->moe_balance_alpha > 0 && !be->moe_balance)
         return ds_error(DS_ERR_INPUT,
@@ -703,8 +719,11 @@ void model_backward(Model *m)
     be->rmsnorm_backward(be, a->dresid, a->dresid_act, m->g.norm, a->dln, a->resid_out, m->w.norm,
                          a->final_rstd, N, C);
     for (int l = c->num_layers - 1; l >= 0; l--) {
-        if (c->activation_checkpointing && a->work_layer != l) {
-            m->arch->layer_forward(m, l, NULL); /* refill the shared working set from its input */
+        if (c->activation_checkpointing != CKPT_NONE && a->work_layer != l) {
+            if (c->activation_checkpointing == CKPT_FULL)
+                m->arch->layer_forward(m, l, NULL); /* the shared working set from the input */
+            else
+                m->arch->layer_recompute(m, l); /* the shared cheap activations */
             a->work_layer = l;
         }
         m->arch->layer_backward(m, l);

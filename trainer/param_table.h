@@ -69,10 +69,9 @@ typedef struct ModelConfig {
     int num_labels;                 /* > 0: sequence classification: a head score.weight
                                      * [num_labels, C] on the last non-padding token replaces
                                      * lm_head (HF *ForSequenceClassification) */
-    int activation_checkpointing;   /* a training option, not from config.json: forward keeps
-                                     * only each layer's input and backward recomputes the layer
-                                     * into one shared working set (train.activation_checkpointing).
-                                     * Same results, less activation memory, one more forward. */
+    int activation_checkpointing;   /* a training option, not from config.json
+                                     * (train.activation_checkpointing), a CheckpointMode: what
+                                     * forward keeps for backward. Same results either way. */
     float moe_balance_alpha;        /* a training option, not from config.json: the weight of
                                      * the sequence-wise expert balance loss added to the
                                      * objective (moe.balance_loss); 0: none */
@@ -123,6 +122,17 @@ typedef struct ArchTensor {
                          * pointers; -1: not bound (a tied LM head reads the embedding) */
 } ArchTensor;
 
+/* What forward keeps for backward (ModelConfig.activation_checkpointing). */
+typedef enum CheckpointMode {
+    CKPT_NONE = 0,     /* every layer's activations */
+    CKPT_FULL = 1,     /* each layer's input only; backward recomputes the layer into one
+                        * working set that all layers share: one more forward */
+    CKPT_SELECTIVE = 2 /* all but the cheap ones (the norms' outputs, the MLP's activation,
+                        * the experts' gathered rows), which the layers share and backward
+                        * recomputes from what was kept (Architecture.layer_recompute): no
+                        * matmul and no collective runs again */
+} CheckpointMode;
+
 struct Model;
 struct ArenaCursor;
 struct cJSON;
@@ -158,6 +168,10 @@ typedef struct Architecture {
     void (*arena_layout)(struct Model *m, struct ArenaCursor *cursor);
     void (*layer_forward)(struct Model *m, int l, float *resid_out);
     void (*layer_backward)(struct Model *m, int l);
+    /* CKPT_SELECTIVE: refills layer l's shared cheap activations from what it kept, with the
+     * ops and inputs its forward used (so the same bits); NULL: the architecture has no
+     * selective mode (model_init refuses it) */
+    void (*layer_recompute)(struct Model *m, int l);
     /* expert parallelism (Model.ep set): the buffers of the rows that travel between ranks,
      * made after the arena and freed before it, and their bytes for the estimate; NULL in an
      * architecture without routed experts */

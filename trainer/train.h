@@ -14,8 +14,9 @@ const char *train_data_path(const char *configured, const char *bundled_name, ch
 /* run.save_final: the full fp32 parameters in <run_dir>/final.safetensors, put together on
  * world rank 0 from the tensor-parallel slices. Collective over the grid. */
 int train_save_final(const Model *m, const ProcessGrid *g, const char *run_dir);
-/* The backend of config key device (cpu, cuda), made with the keys precision, cuda.attention and
- * cuda.experts; DS_ERR_INPUT with the message when unusable. */
+/* The backend of config key device (cpu, cuda), made with the keys precision, cuda.attention,
+ * cuda.experts and cuda.weight_copy; DS_ERR_INPUT with the message when unusable. The caller
+ * frees it with backend_free after what lives in its memory. */
 int train_backend(const Config *cfg, const Backend **be);
 /* The weights of dir, a directory model_path_resolve returned (a checkpoint in any layout, or a
  * Hugging Face directory), into m's parameters in its backend's memory (through one host staging

@@ -87,7 +87,7 @@ static int cmp_double(const void *a, const void *b)
 static void use(const char *precision, const char *attention)
 {
     const BackendOptions o = {.device = "cuda", .precision = precision, .attention = attention};
-    backend_free(gpu); /* the one before, with nothing of it alive */
+    backend_free(gpu); /* the one before: its buffers are the device's and stay */
     gpu = NULL;
     if (backend_create(&o, &gpu) != DS_OK) {
         fprintf(stderr, "gpu_bench_ops: %s\n", ds_last_error());
@@ -323,5 +323,6 @@ table:
                     bf16_gain += (rows[i].ms - rows[j].ms) * rows[i].per_step;
     printf("| %-26s | %-32s | %9s | %8s | %10.1f | %8s |\n", "sum (bf16 matmuls)", "", "", "",
            total - bf16_gain, "");
+    backend_free(gpu);
     return 0;
 }

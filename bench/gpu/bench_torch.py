@@ -7,8 +7,10 @@ weights from the published config values. dstrain: `dstrain train device=cuda` w
 matching preset (PRECISION in the environment picks its config key precision, bf16 by default;
 DSTRAIN_ARGS adds key=value settings, e.g. "cuda.weight_copy=none").
 Shapes: deepseek-coder-1.3b at 8 x 2048 (coder-1.3b) and 1 x 16384 (coder-1.3b-16k),
-deepseek-llm-7b at 1 x 4096 with activation checkpointing (llm-7b) and without (llm-7b-nockpt). Prints tokens/s, MFU (6N + 6*L*d*T flops per token, N the matmul parameters,
-against 989 TFLOP/s), peak memory and dstrain / PyTorch ratios.
+deepseek-llm-7b at 1 x 4096 with activation checkpointing (llm-7b), without (llm-7b-nockpt) and
+with dstrain's selective checkpointing (llm-7b-selective; PyTorch without). Prints tokens/s, MFU
+(6N + 6*L*d*T flops per token, N the matmul parameters, against 989 TFLOP/s), peak memory and
+dstrain / PyTorch ratios.
 
 Each measurement runs in its own process (clean memory, a failure stays local) under a
 timeout; --budget stops starting new ones when time is short. Not a test: numbers go to
@@ -41,6 +43,9 @@ SHAPES = {
 # the long-context and no-checkpointing shapes: the same models at other batch, seq, ckpt
 SHAPES["coder-1.3b-16k"] = dict(SHAPES["coder-1.3b"], batch=1, seq=16384)
 SHAPES["llm-7b-nockpt"] = dict(SHAPES["llm-7b"], ckpt=False)
+# dstrain's selective checkpointing (the norms and SwiGLU recomputed); transformers' Llama has no
+# such mode, so PyTorch's rows of this shape run without checkpointing (its fastest that fits)
+SHAPES["llm-7b-selective"] = dict(SHAPES["llm-7b"], ckpt="selective")
 
 
 def matmul_params(s):
@@ -76,7 +81,7 @@ def torch_child(shape_name, mode, steps, warmup):
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg)  # fp32 parameters
     model.train()
-    if s["ckpt"]:
+    if s["ckpt"] is True:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
     fwd = torch.compile(model) if mode == "compile" else model
@@ -150,7 +155,8 @@ def run_dstrain(binary, shape_name, steps, warmup, timeout, log):
            f"train.steps={warmup + steps}", "log.every=1", "export.enabled=false",
            f"run.dir={run_dir}"]
     if s["ckpt"]:
-        cmd.append("train.activation_checkpointing=true")
+        mode = "selective" if s["ckpt"] == "selective" else "true"
+        cmd.append(f"train.activation_checkpointing={mode}")
     precision = os.environ.get("PRECISION", "bf16")
     cmd.append(f"precision={precision}")
     cmd += os.environ.get("DSTRAIN_ARGS", "").split()  # more key=value settings
@@ -237,7 +243,8 @@ def main():
     for shape_name, run, res in results:
         s = SHAPES[shape_name]
         tokens = s["batch"] * s["seq"]
-        bxs = "%d x %d%s" % (s["batch"], s["seq"], " ckpt" if s["ckpt"] else "")
+        bxs = "%d x %d%s" % (s["batch"], s["seq"],
+                             {True: " ckpt", "selective": " selective"}.get(s["ckpt"], ""))
         if "step_s" not in res:
             print("| %s | %s | %s | %s | | | | |" % (shape_name, run, bxs, res.get("error")))
             continue

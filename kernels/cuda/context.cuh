@@ -1,7 +1,7 @@
 /* context.cuh: everything one CUDA backend holds, in one place: its device and stream, the
  * options it was made with, its cuBLASLt handle, workspace and plans, the bf16 working copies of
  * attached weights, the scratch buffers that only grow, the experts' streams and grouped-GEMM
- * ring, and the counters tests read. backend_create makes one (cuda_context_create, ops_cuda.cu)
+ * ring, and the counters tests read. backend_create makes one (cuda_backend_create, ops_cuda.cu)
  * with its own Backend table whose ctx points here; every op finds it by cuda_context(be), and
  * every host function of the kernel families takes it as its first parameter, cx. Two backends
  * made in one process (say fp32 and bf16, as the agreement tests do) share nothing but the
@@ -72,7 +72,7 @@ enum {
 
 typedef struct CudaContext {
     const Backend *be;   /* the table this context belongs to (ops called from helpers) */
-    int device;          /* the GPU, as cudaGetDevice said when the context was made */
+    int device;          /* the GPU current when the context was made (the caller keeps it so) */
     cudaStream_t stream; /* every op's stream: the legacy default stream, so the synchronous
                           * copies of the mem_* ops order with the kernels */
     size_t smem_optin;   /* shared memory a block may ask for on this device, bytes */

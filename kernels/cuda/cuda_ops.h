@@ -36,7 +36,9 @@ extern "C" {
 int cuda_backend_create(const char *precision, const char *attention, const char *experts,
                         const char *weight_copy, const Backend **out);
 /* Frees what cuda_backend_create made (its working copies, plans, workspaces and streams), after
- * the device is idle; NULL does nothing. The memory its mem_alloc gave must be freed first. */
+ * the device is idle; NULL does nothing. The memory its mem_alloc gave (plain device memory)
+ * stays valid for any backend on the device. A backend works on the device that was current
+ * when it was made: the caller keeps that device current. */
 void cuda_backend_free(const Backend *be);
 
 /* How many attention calls (forward or backward) of be ran on the tensor-core kernels so far, and

@@ -16,12 +16,12 @@
  * Everything a backend holds is in its context (context.cuh: device, stream, options, cuBLASLt
  * handle and plans, working copies, scratch, the experts' streams), made by cuda_backend_create
  * and reached by every op through cuda_context(be); the kernel families' host functions take it
- * as their first parameter, cx. There is no mutable file-scope state here: backends made in one
- * process share only the device. Not here yet: fused epilogues.
- * Invariants: every op runs on the legacy default stream, so the synchronous copies order with
- * it (experts.cuh forks streams from it inside an op and joins them back before returning);
- * every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run repeats
- * bit for bit; scratch memory only grows, the first time a larger shape is seen. */
+ * as their first parameter, cx. No state lives at file scope here (but matmul.cuh's one
+ * warning a process): backends made in one process share only the device. Not here yet: fused
+ * epilogues. Invariants: every op runs on the legacy default stream, so the synchronous copies
+ * order with it (experts.cuh forks streams from it inside an op and joins them back before
+ * returning); every CUDA and cuBLASLt call is checked with file:line; no float atomics, so a run
+ * repeats bit for bit; scratch memory only grows, the first time a larger shape is seen. */
 #include <cub/device/device_radix_sort.cuh>
 #include <cublasLt.h>
 #include <cublas_v2.h>

@@ -271,6 +271,20 @@ Test(config, numbers_bools_and_auto_accept_their_spellings)
         cr_assert_eq(config_apply_override(&c, a, "t"), DS_OK);
         cr_assert_eq(c.train_activation_checkpointing, 0, "%s", no[i]);
     }
+    /* the word train.activation_checkpointing takes besides a bool, and how it is written back */
+    config_set_defaults(&c);
+    cr_assert_eq(config_apply_override(&c, "train.activation_checkpointing=selective", "t"), DS_OK);
+    cr_assert_eq(c.train_activation_checkpointing, 2);
+    char *yaml = NULL;
+    size_t yaml_len = 0;
+    FILE *f = open_memstream(&yaml, &yaml_len);
+    cr_assert_not_null(f);
+    config_write_yaml(&c, f, 0);
+    fclose(f);
+    cr_assert(strstr(yaml, "activation_checkpointing: selective\n"), "%s", yaml);
+    free(yaml);
+    cr_assert_eq(config_apply_override(&c, "train.activation_checkpointing=Selective", "t"),
+                 DS_ERR_INPUT);
     config_set_defaults(&c);
     cr_assert_eq(config_apply_override(&c, "parallel.dp=3", "t"), DS_OK);
     cr_assert_eq(c.parallel_dp, 3);
@@ -368,8 +382,12 @@ Test(config, enum_and_bool_list_what_is_allowed)
         "optim:\n  schedule: cosin\n",
         ":2: optim.schedule: expected one of cosine, linear, constant, got \"cosin\"");
     expect_load_error("device: gpu\n", ":1: device: expected one of cpu, cuda, got \"gpu\"");
+    expect_load_error("train:\n  check_memory: maybe\n",
+                      ":2: train.check_memory: expected true or false, got \"maybe\"");
+    /* a bool that takes a word too lists it */
     expect_load_error("train:\n  activation_checkpointing: maybe\n",
-                      ":2: train.activation_checkpointing: expected true or false, got \"maybe\"");
+                      ":2: train.activation_checkpointing: expected true, false or selective, got "
+                      "\"maybe\"");
 }
 
 Test(config, unknown_keys_suggest_the_closest)

@@ -8,7 +8,8 @@
 # loss curves, the same for DeepSeek's tiny-moe preset (tests/gpu/moe.sh), runs eval, generate
 # and a classifier's eval with --device cuda against the CPU (tests/gpu/inspect.sh) and two
 # continual runs with EWC against the CPU (tests/gpu/continual.sh), the bf16 working copy's
-# option (tests/gpu/weight_copy.sh), then prints a summary table
+# option (tests/gpu/weight_copy.sh), the activation checkpointing modes (tests/gpu/checkpointing.sh),
+# then prints a summary table
 # last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
 # $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
@@ -123,6 +124,10 @@ cat "$OUT/continual-summary.txt" >> "$SUMMARY"
 # ---- the bf16 working copy kept, dropped, dropped by auto: same losses (tests/gpu/weight_copy.sh)
 BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/weight_copy.sh" > "$OUT/weight_copy.log" 2>&1 || status=1
 cat "$OUT/weight_copy-summary.txt" >> "$SUMMARY"
+
+# ---- activation checkpointing, none, full and selective: same losses (tests/gpu/checkpointing.sh)
+BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/checkpointing.sh" > "$OUT/checkpointing.log" 2>&1 || status=1
+cat "$OUT/checkpointing-summary.txt" >> "$SUMMARY"
 
 # ---- optional: a deepseek-coder-1.3b step (each matmul mode of BENCH_MATMUL), time and peak memory ----------------------
 if [ "${BENCH:-0}" = 1 ]; then

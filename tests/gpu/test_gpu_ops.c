@@ -925,10 +925,12 @@ static void test_attention_simple(void)
 }
 
 /* Two CUDA backends alive at once, fp32 and bf16, each with its own context: each computes in its
- * own mode, the weights one attaches and its counters are its own, and neither's calls, nor
- * freeing one, change a bit of what the other computes. Leaves gpu and tol as they were. */
+ * own mode, the bf16 working copy of a weight one attaches is that one's (the other's refreshes
+ * round nothing), and neither's calls, nor freeing one, change a bit of what the other computes.
+ * Leaves gpu, tol and the random draws as they were. */
 static void test_two_backends(void)
 {
+    const uint64_t keep_rng = rng_state; /* the checks after this one draw what they did */
     rng_state = 0x7f4a7c159e3779b9ull;
     const Backend *keep = gpu, *a = NULL, *b = NULL;
     const double keep_tol = tol;
@@ -943,9 +945,8 @@ static void test_two_backends(void)
     float *hw = host_random(wn, 0.5f), *hx = host_random(xn, 1.0f);
     float *ref = malloc(yn * sizeof(float));
     cpu->matmul_forward(cpu, ref, hx, hw, NULL, M, K, N);
-    float *w = dev_from(hw, wn * sizeof(float)); /* device memory: either backend reads it */
-
     gpu = a, tol = 1e-4;
+    float *w = dev_from(hw, wn * sizeof(float)); /* device memory: both backends read it */
     void *xa = dev_act_from(hx, xn), *ya1 = dev_act_poison(yn), *ya2 = dev_act_poison(yn);
     a->matmul_forward(a, ya1, xa, w, NULL, M, K, N);
     compare_act("two backends: the fp32 one's matmul", ya1, ref, yn);
@@ -976,7 +977,7 @@ static void test_two_backends(void)
     a->mem_free(a, xa), a->mem_free(a, ya1), a->mem_free(a, ya2), a->mem_free(a, w);
     backend_free(a);
     free(hw), free(hx), free(ref);
-    gpu = keep, tol = keep_tol;
+    gpu = keep, tol = keep_tol, rng_state = keep_rng;
 }
 
 /* usage: gpu_test_ops [mla] (mla: the tensor-core latent-attention checks alone) */
@@ -991,6 +992,7 @@ int main(int argc, char **argv)
            "------------", "-------------", "-------", "--------");
     if (argc > 1 && strcmp(argv[1], "mla") == 0) {
         test_attention_dv_tensor_cores();
+        backend_free(gpu);
         printf("test_gpu_ops: %d of %d checks passed\n", checks - failures, checks);
         return failures ? 1 : 0;
     }

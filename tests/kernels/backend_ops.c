@@ -4,7 +4,7 @@
  * fp32 on the host, or what the CPU computes from them where an op needs a forward's results)
  * and how the ops are called on a backend; each output it compares carries a tolerance for fp32
  * and for bf16 storage, reasoned per family below. Both backends get the same inputs through
- * their own plumbing (mem_alloc, mem_to_device, Act storage of act_size() bytes); outputs are
+ * their own plumbing (mem_alloc, mem_to_device, Act storage of act_size(be) bytes); outputs are
  * poisoned with NaN first, so an element left unwritten shows. Every case also runs a second
  * time on X, which must give the same bits (the CUDA backend has no float atomics and promises
  * that for every op: kernels/cuda/ops_cuda.cu). Last, every op X has must be named by an entry.

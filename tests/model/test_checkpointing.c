@@ -1,12 +1,14 @@
-/* test_checkpointing.c: activation checkpointing (train.activation_checkpointing) changes memory,
- * never results. A Llama-like, a Qwen2-like (q/k/v biases, one kv head, tied embeddings) and a
- * classification model (o/MLP biases, padded rows) run two accumulated micro-batches with and
- * without it: losses, logits and every gradient must be bitwise identical on the CPU backend,
- * at tp = 1 here and at tp = 2 under mpirun (this executable runs as the worker when
- * DSTRAIN_CKPT_WORKER is set). The LM head runs in chunks of 5 rows, the first micro-batch
- * through model_forward_train, the second through model_forward. The activation estimate must
- * fall by exactly L - 1 layers' working sets, and model_init must allocate what the estimate
- * says. */
+/* test_checkpointing.c: activation checkpointing (train.activation_checkpointing, full or
+ * selective) changes memory, never results. A Llama-like, a Qwen2-like (q/k/v biases, one kv
+ * head, tied embeddings) and a classification model (o/MLP biases, padded rows) run two
+ * accumulated micro-batches with and without it: losses, logits and every gradient must be
+ * bitwise identical on the CPU backend, at tp = 1 here and at tp = 2 under mpirun (this
+ * executable runs as the worker when DSTRAIN_CKPT_WORKER is set). The LM head runs in chunks of
+ * 5 rows, the first micro-batch through model_forward_train, the second through model_forward.
+ * The activation estimate must fall by exactly L - 1 layers' working sets (full) or L - 1 layers'
+ * norm outputs and MLP activations (selective), and model_init must allocate what the estimate
+ * says. DeepSeek's MoE models (V3 and V2 forms) too: their selective mode also recomputes the
+ * experts' gathered inputs and activations. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdarg.h>
@@ -54,14 +56,14 @@ static void compare_floats(PairResult *r, const char *what, const float *off, co
          off[at], on[at]);
 }
 
-/* The same model with and without checkpointing (grid NULL: one process): two micro-batches,
- * forward and backward, compared after each. */
-static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
+/* The same model without checkpointing and in mode `mode` (grid NULL: one process): two
+ * micro-batches, forward and backward, compared after each. */
+static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid, int mode)
 {
     PairResult r = {0};
     ModelConfig mc_off = *base, mc_on = *base;
-    mc_off.activation_checkpointing = 0;
-    mc_on.activation_checkpointing = 1;
+    mc_off.activation_checkpointing = CKPT_NONE;
+    mc_on.activation_checkpointing = mode;
     Model off, on;
     if (model_init_parallel(&off, &mc_off, backend_cpu(), B, T, grid) != DS_OK ||
         model_init_parallel(&on, &mc_on, backend_cpu(), B, T, grid) != DS_OK) {
@@ -90,8 +92,8 @@ static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
         double loss_off = forward(&off, inputs, targets, weights, logits_off);
         double loss_on = forward(&on, inputs, targets, weights, logits_on);
         if (!(loss_off == loss_on && isfinite(loss_off)))
-            note(&r, "micro-batch %d: loss %.17g without, %.17g with checkpointing", k, loss_off,
-                 loss_on);
+            note(&r, "micro-batch %d: loss %.17g without, %.17g with checkpointing %d", k, loss_off,
+                 loss_on, mode);
         snprintf(what, sizeof(what), "micro-batch %d: logits", k);
         compare_floats(&r, what, logits_off, logits_on, n_logits);
         model_backward(&off);
@@ -116,6 +118,29 @@ static PairResult run_pair(const ModelConfig *base, const ProcessGrid *grid)
     return r;
 }
 
+/* DeepSeek: tiny-moe (V3: a q latent, sigmoid routing over groups, a shared expert, the first
+ * layer dense) and a V2 form of it (a plain q, softmax routing, every layer MoE). */
+static ModelConfig config_moe_v3(void)
+{
+    ModelConfig mc;
+    model_preset("tiny-moe", &mc);
+    mc.lm_head_chunk_rows = 5;
+    return mc;
+}
+
+static ModelConfig config_moe_v2(void)
+{
+    ModelConfig mc = config_moe_v3();
+    mc.arch = ARCH_DEEPSEEK_V2;
+    mc.q_lora_rank = 0;
+    mc.scoring = MOE_SOFTMAX;
+    mc.topk_method = MOE_GREEDY;
+    mc.n_group = mc.topk_group = 1;
+    mc.first_k_dense_replace = 0;
+    mc.n_shared_experts = 2;
+    return mc;
+}
+
 static const struct {
     const char *name;
     ModelConfig (*config)(void);
@@ -123,6 +148,8 @@ static const struct {
     {"llama", config_llama},
     {"qwen2", config_qwen2},
     {"classification", config_classification},
+    {"deepseek-v3 moe", config_moe_v3},
+    {"deepseek-v2 moe", config_moe_v2},
 };
 
 /* ---- the worker, run by mpirun ----------------------------------------------------------- */
@@ -135,15 +162,17 @@ static int worker_main(void)
         return 2;
     }
     int failures = 0;
-    for (size_t c = 0; c < DS_ARRAY_LEN(cases); c++) {
-        ModelConfig mc = cases[c].config();
-        PairResult r = run_pair(&mc, &g);
-        int smaller = r.arena_on < r.arena_off;
-        printf("rank %d (tp %d/%d): %s: %s%s, activations %zu -> %zu floats\n", g.world_rank,
-               g.tp_rank, g.tp_size, cases[c].name, r.mismatches ? "MISMATCH: " : "identical",
-               r.first, r.arena_off, r.arena_on);
-        failures += r.mismatches > 0 || !smaller;
-    }
+    for (size_t c = 0; c < DS_ARRAY_LEN(cases); c++)
+        for (int mode = CKPT_FULL; mode <= CKPT_SELECTIVE; mode++) {
+            ModelConfig mc = cases[c].config();
+            PairResult r = run_pair(&mc, &g, mode);
+            int smaller = r.arena_on < r.arena_off;
+            printf("rank %d (tp %d/%d): %s, %s: %s%s, activations %zu -> %zu floats\n",
+                   g.world_rank, g.tp_rank, g.tp_size, cases[c].name,
+                   mode == CKPT_FULL ? "full" : "selective",
+                   r.mismatches ? "MISMATCH: " : "identical", r.first, r.arena_off, r.arena_on);
+            failures += r.mismatches > 0 || !smaller;
+        }
     fflush(stdout);
     comm_grid_free(&g);
     return failures ? 1 : 0;
@@ -156,29 +185,48 @@ __attribute__((constructor)) static void maybe_worker(void)
 
 /* ---- the tests ---------------------------------------------------------------------------- */
 
-static void expect_identical(int c)
+static void expect_identical(int c, int mode)
 {
     ModelConfig mc = cases[c].config();
-    PairResult r = run_pair(&mc, NULL);
-    cr_expect_eq(r.mismatches, 0, "%s: %d mismatches; first: %s", cases[c].name, r.mismatches,
-                 r.first);
+    PairResult r = run_pair(&mc, NULL, mode);
+    cr_expect_eq(r.mismatches, 0, "%s, mode %d: %d mismatches; first: %s", cases[c].name, mode,
+                 r.mismatches, r.first);
     cr_expect_lt(r.arena_on, r.arena_off,
-                 "%s: activations %zu floats with checkpointing, %zu "
+                 "%s: activations %zu floats with checkpointing %d, %zu "
                  "without",
-                 cases[c].name, r.arena_on, r.arena_off);
+                 cases[c].name, r.arena_on, mode, r.arena_off);
 }
 
 Test(checkpointing, llama_loss_logits_and_gradients_are_bitwise_identical)
 {
-    expect_identical(0);
+    expect_identical(0, CKPT_FULL);
 }
 Test(checkpointing, qwen2_with_biases_is_bitwise_identical)
 {
-    expect_identical(1);
+    expect_identical(1, CKPT_FULL);
 }
 Test(checkpointing, classification_model_is_bitwise_identical)
 {
-    expect_identical(2);
+    expect_identical(2, CKPT_FULL);
+}
+Test(checkpointing, selective_llama_is_bitwise_identical)
+{
+    expect_identical(0, CKPT_SELECTIVE);
+}
+Test(checkpointing, selective_qwen2_with_biases_is_bitwise_identical)
+{
+    expect_identical(1, CKPT_SELECTIVE);
+}
+Test(checkpointing, selective_classification_model_is_bitwise_identical)
+{
+    expect_identical(2, CKPT_SELECTIVE);
+}
+Test(checkpointing, deepseek_moe_is_bitwise_identical_full_and_selective)
+{
+    for (int c = 3; c <= 4; c++) {
+        expect_identical(c, CKPT_FULL);
+        expect_identical(c, CKPT_SELECTIVE);
+    }
 }
 
 Test(checkpointing, tp2_under_mpirun_is_bitwise_identical_on_every_rank)
@@ -197,8 +245,8 @@ Test(checkpointing, tp2_under_mpirun_is_bitwise_identical_on_every_rank)
     int lines = 0;
     for (const char *s = out; s && (s = strstr(s, ": identical, activations")); s++)
         lines++;
-    cr_expect_eq(lines, 2 * (int)DS_ARRAY_LEN(cases), "expected %zu identical reports:\n%s",
-                 2 * DS_ARRAY_LEN(cases), out ? out : "");
+    cr_expect_eq(lines, 4 * (int)DS_ARRAY_LEN(cases), "expected %zu identical reports:\n%s",
+                 4 * DS_ARRAY_LEN(cases), out ? out : "");
     free(out);
 }
 
@@ -241,10 +289,50 @@ Test(checkpointing, estimate_for_24_layers_falls_by_23_working_sets)
     }
 }
 
+Test(checkpointing, selective_estimate_for_24_layers_falls_by_23_norms_and_activations)
+{
+    ModelConfig mc;
+    cr_assert_eq(model_preset("deepseek-coder-1.3b", &mc), DS_OK);
+    const int b = 2, t = 256;
+    for (int tp = 1; tp <= 2; tp++) {
+        ModelMemory off, sel, full;
+        mc.activation_checkpointing = CKPT_NONE;
+        cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &off), DS_OK, "%s",
+                     ds_last_error());
+        mc.activation_checkpointing = CKPT_SELECTIVE;
+        cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &sel), DS_OK, "%s",
+                     ds_last_error());
+        mc.activation_checkpointing = CKPT_FULL;
+        cr_assert_eq(model_memory_estimate(&mc, b, t, tp, 1, 1, &full), DS_OK, "%s",
+                     ds_last_error());
+        /* per layer but the first: ln1 and ln2 [N, C] and the MLP's activation [N, I / tp] */
+        const size_t N = (size_t)b * t, I = (size_t)mc.intermediate_size / tp;
+        const size_t saved = 23 * (2 * N * mc.hidden_size + N * I) * sizeof(float);
+        cr_expect_eq(off.activations - sel.activations, saved,
+                     "tp %d: activations %zu -> %zu bytes, expected a saving of %zu", tp,
+                     off.activations, sel.activations, saved);
+        cr_expect_gt(sel.activations, full.activations, "tp %d: selective keeps more than full",
+                     tp);
+        cr_expect_eq(sel.params, off.params);
+    }
+}
+
+Test(checkpointing, an_unknown_mode_is_refused)
+{
+    ModelConfig mc = config_moe_v3();
+    mc.activation_checkpointing = 3;
+    ModelMemory est;
+    cr_assert_eq(model_memory_estimate(&mc, 1, 16, 1, 1, 1, &est), DS_ERR_INPUT);
+    cr_expect(strstr(ds_last_error(), "train.activation_checkpointing: unknown mode 3"), "%s",
+              ds_last_error());
+    Model m;
+    cr_assert_eq(model_init(&m, &mc, backend_cpu(), 1, 16), DS_ERR_INPUT);
+}
+
 Test(checkpointing, model_init_allocates_what_the_estimate_says)
 {
     for (size_t c = 0; c < DS_ARRAY_LEN(cases); c++) {
-        for (int ckpt = 0; ckpt <= 1; ckpt++) {
+        for (int ckpt = CKPT_NONE; ckpt <= CKPT_SELECTIVE; ckpt++) {
             ModelConfig mc = cases[c].config();
             mc.activation_checkpointing = ckpt;
             ModelMemory est;
@@ -261,10 +349,10 @@ Test(checkpointing, model_init_allocates_what_the_estimate_says)
 
 /* Forward without backward, then a second forward and backward: the working set holds the last
  * forward's layers, and backward must not take a stale one for its own. */
-Test(checkpointing, backward_after_an_extra_forward_uses_the_latest_batch)
+static void extra_forward_case(int mode)
 {
     ModelConfig mc = config_llama(), mc_on = config_llama();
-    mc_on.activation_checkpointing = 1;
+    mc_on.activation_checkpointing = mode;
     Model off, on;
     cr_assert_eq(model_init(&off, &mc, backend_cpu(), B, T), DS_OK);
     cr_assert_eq(model_init(&on, &mc_on, backend_cpu(), B, T), DS_OK);
@@ -288,4 +376,14 @@ Test(checkpointing, backward_after_an_extra_forward_uses_the_latest_batch)
                  "gradients differ");
     model_free(&off);
     model_free(&on);
+}
+
+Test(checkpointing, backward_after_an_extra_forward_uses_the_latest_batch)
+{
+    extra_forward_case(CKPT_FULL);
+}
+
+Test(checkpointing, selective_backward_after_an_extra_forward_uses_the_latest_batch)
+{
+    extra_forward_case(CKPT_SELECTIVE);
 }

@@ -9,8 +9,8 @@
 # losses within 1e-5 relative, final parameters within 1e-5 (tests/run_files.py's params_close:
 # but for elements whose gradient is rounding noise), the first step's expert load
 # equal (every rank routes alike; the counts of the data-parallel ranks are summed). At np=1
-# activation checkpointing changes nothing, bit for bit (the recomputed routing is the same
-# routing). The V2-Lite-shaped parity fixture (a plain q, softmax routing) trains the same at
+# activation checkpointing, full or selective, changes nothing, bit for bit (the recomputed
+# routing is the same routing; selective recomputes the norms and the gathered expert rows). The V2-Lite-shaped parity fixture (a plain q, softmax routing) trains the same at
 # tp=2 and tp=2 x dp=2 as one process. A tp that does not divide the heads is refused with one
 # line.
 # Expert parallelism (parallel.ep): the same model at dp=2 with ep=2 (ZeRO-1 over the dp / ep
@@ -41,17 +41,20 @@ run() { # name np tp dp zero [grad_accum] [extra ...]
 
 run single 1 1 1 1 1
 run checkpointed 1 1 1 1 1 train.activation_checkpointing=true
+run selective 1 1 1 1 1 train.activation_checkpointing=selective
 run dp2 2 1 2 1 1
 run dp2_allreduce 2 1 2 0 1
 run dp2_accum2 2 1 2 1 2
 run tp2 2 2 1 1 1
 run tp2dp2 4 2 2 1 1
 run tp2_checkpointed 2 2 1 1 1 train.activation_checkpointing=true
+run tp2_selective 2 2 1 1 1 train.activation_checkpointing=selective
 run ep2 2 1 2 1 1 parallel.ep=2
 run ep2_allreduce 2 1 2 0 1 parallel.ep=2
 run dp4_ep2 4 1 4 1 1 parallel.ep=2
 run tp2dp2_ep2 4 2 2 1 1 parallel.ep=2
 run ep2_checkpointed 2 1 2 1 1 parallel.ep=2 train.activation_checkpointing=true
+run ep2_selective 2 1 2 1 1 parallel.ep=2 train.activation_checkpointing=selective
 run dp4_ep4 4 1 4 1 1 parallel.ep=4
 # a checkpoint at step 5 of an ep=2 run, resumed elsewhere (the runs' last 5 steps)
 run ck_ep2 2 1 2 1 1 parallel.ep=2 checkpoint.every=5
@@ -136,17 +139,19 @@ load = ref[-1]["expert_load"]
 assert len(load) == 4 and load[0] is None and all(x >= 1.0 for x in load[1:]), load
 failed = False
 
-# activation checkpointing: bitwise
-ck, ck_params = metrics("checkpointed"), tensors("checkpointed")
-same = [m["loss"] for m in ck] == ref_loss and all(
-    np.array_equal(ck_params[k], ref_params[k]) for k in ref_params)
-same = same and [m["expert_load"] for m in ck] == [m["expert_load"] for m in ref]
-failed |= not same
-print(f"{'ok' if same else 'FAIL'}: activation checkpointing: losses, expert load and "
-      f"parameters bitwise equal")
+# activation checkpointing, full and selective: bitwise
+for name in ["checkpointed", "selective"]:
+    ck, ck_params = metrics(name), tensors(name)
+    same = [m["loss"] for m in ck] == ref_loss and all(
+        np.array_equal(ck_params[k], ref_params[k]) for k in ref_params)
+    same = same and [m["expert_load"] for m in ck] == [m["expert_load"] for m in ref]
+    failed |= not same
+    print(f"{'ok' if same else 'FAIL'}: activation checkpointing ({name}): losses, expert load "
+          f"and parameters bitwise equal")
 
-for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpointed", "ep2",
-             "ep2_allreduce", "dp4_ep2", "tp2dp2_ep2", "ep2_checkpointed", "dp4_ep4"]:
+for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpointed",
+             "tp2_selective", "ep2", "ep2_allreduce", "dp4_ep2", "tp2dp2_ep2", "ep2_checkpointed",
+             "ep2_selective", "dp4_ep4"]:
     m, params = metrics(name), tensors(name)
     loss = [x["loss"] for x in m]
     assert len(loss) == 10, (name, len(loss))

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# checkpointing.sh: train.activation_checkpointing on the GPU. The tiny preset in bf16 for $STEPS
+# steps without it, with it (true) and selective: the losses must agree step for step, and the
+# activations the start line reports must fall (selective between none and true). Recomputation
+# runs the same ops on the same inputs, so the losses are the same bits unless a kernel's choice
+# depends on an address; the bar, 1e-5 absolute, leaves room only for that, while a stale or
+# missing recomputation moves a loss by far more. Run on a GPU node, by itself or from run.sh.
+# Environment: BUILD, OUT (common.sh), STEPS (default 30).
+set -uo pipefail
+# shellcheck shell=bash
+. "$(dirname "$0")/common.sh" checkpointing
+D=$BUILD/dstrain
+W=$BUILD/checkpointing
+STEPS=${STEPS:-30}
+rm -rf "$W"
+mkdir -p "$W"
+
+build_dstrain
+
+train() { # train NAME MODE: a bf16 run of the tiny preset into $W/NAME, its log beside it
+    timeout 120 "$D" train device=cuda precision=bf16 train.steps="$STEPS" log.every=10 \
+        export.enabled=false run.dir="$W/$1" train.activation_checkpointing="$2" \
+        > "$W/$1.log" 2>&1
+}
+
+for mode in false true selective; do
+    train "$mode" "$mode"
+    rc=$?
+    if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
+    row "checkpointing $mode: trains" "rc $rc" $r
+done
+
+python3 - "$W" "$STEPS" >> "$SUMMARY" <<'PY' || status=1
+import json, re, sys
+w, steps = sys.argv[1], int(sys.argv[2])
+def losses(name):
+    try:
+        return [r["loss"] for r in map(json.loads, open(f"{w}/{name}/metrics.jsonl")) if "loss" in r]
+    except OSError:
+        return []
+def activations(name):
+    m = re.search(r"activations ([\d.]+) MiB", open(f"{w}/{name}.log").read())
+    return float(m.group(1)) if m else float("nan")
+ok = True
+base = losses("false")
+for name in ("true", "selective"):
+    other = losses(name)
+    if len(base) != steps or len(other) != steps:
+        print("| %-44s | %-48s | %s |" % ("checkpointing %s vs none: losses" % name,
+              "%d and %d steps" % (len(base), len(other)), "FAIL"))
+        ok = False
+        continue
+    diff = max(abs(a - b) for a, b in zip(base, other))
+    same = sum(a == b for a, b in zip(base, other))
+    good = diff <= 1e-5
+    ok = ok and good
+    print("| %-44s | %-48s | %s |" % ("checkpointing %s vs none: losses" % name,
+          "max |d| %.1e (<= 1e-5), %d of %d equal bits" % (diff, same, steps),
+          "PASS" if good else "FAIL"))
+a_none, a_full, a_sel = (activations(n) for n in ("false", "true", "selective"))
+good = a_full < a_sel < a_none
+ok = ok and good
+print("| %-44s | %-48s | %s |" % ("checkpointing: activations none, true, selective",
+      "%.1f, %.1f, %.1f MiB" % (a_none, a_full, a_sel), "PASS" if good else "FAIL"))
+sys.exit(0 if ok else 1)
+PY
+tail -3 "$SUMMARY"
+exit $status
