@@ -8,10 +8,15 @@
  * device. Part of ops_cuda.cu's translation unit, included there first; not a header to include
  * anywhere else. */
 
-/* A device buffer of bf16 that only grows (the first step sees the largest shapes). */
+/* A device buffer of bf16 that only grows (the first step sees the largest shapes). As a
+ * matmul's rounded operand it remembers which weight it holds (matmul.cuh's weight_operand). */
 typedef struct Bf16Buffer {
     __nv_bfloat16 *ptr;
-    size_t cap; /* elements */
+    size_t cap;       /* elements */
+    const float *src; /* its first n elements are src rounded, and nothing wrote src since (only
+                       * a weight inside an attached buffer, whose writers the backend sees);
+                       * NULL: nothing reusable */
+    size_t n;
 } Bf16Buffer;
 
 /* The working copies of attached parameter buffers (Backend.weights_attach).
@@ -96,6 +101,7 @@ typedef struct CudaContext {
     Bf16Buffer operand_weight, operand_bias; /* a weight and bias outside every copy, rounded */
     WeightCopy copies[WEIGHT_COPIES_MAX];
     long long refresh_rounded; /* elements the refreshes rounded, all buffers */
+    long long operand_rounded; /* elements matmuls rounded into their operands */
 
     /* AdamW with EWC (adamw.cu): its pointer tables and partial sums */
     EwcScratch ewc;

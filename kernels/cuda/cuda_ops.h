@@ -32,7 +32,8 @@ extern "C" {
  * "grouped" (one cuBLAS grouped GEMM a projection) or "loop" (one matmul after another).
  * weight_copy, in bf16: "full" (attached weights keep a bf16 working copy, 2 bytes a parameter,
  * refreshed by weights_refresh and written by AdamW) or "none" (no copy: each matmul rounds its
- * weight into a scratch buffer as it reads it). */
+ * weight into a scratch buffer as it reads it, unless the buffer holds that attached weight
+ * already and nothing wrote it since). */
 int cuda_backend_create(const char *precision, const char *attention, const char *experts,
                         const char *weight_copy, const Backend **out);
 /* Frees what cuda_backend_create made (its working copies, plans, workspaces and streams), after
@@ -53,6 +54,10 @@ int cuda_wgmma_attention_ready(int D);
  * buffer where it was stale, else only the ranges written by something other than the AdamW ops
  * (which write the copy themselves); lets tests see which elements a refresh took. */
 long long cuda_weights_refresh_rounded(const Backend *be);
+/* How many elements matmuls rounded into their operand buffers (weights without a bf16 copy): a
+ * weight read again before anything wrote it is not rounded again; lets tests see which reads
+ * rounded. */
+long long cuda_operand_rounded(const Backend *be);
 
 /* How many grouped matmuls ran so far, and how many of those the library refused and the
  * experts ran one by one instead: lets tests see which path a call took. */

@@ -69,10 +69,28 @@ extern "C" long long cuda_weights_refresh_rounded(const Backend *be)
     return cuda_context(be)->refresh_rounded;
 }
 
+extern "C" long long cuda_operand_rounded(const Backend *be)
+{
+    return cuda_context(be)->operand_rounded;
+}
+
+/* Memory [p, p + bytes) was written: a rounded operand of a weight it overlaps is stale. */
+static void operands_written(CudaContext *cx, const void *p, size_t bytes)
+{
+    Bf16Buffer *buffers[] = {&cx->operand_weight, &cx->operand_bias};
+    const char *b = (const char *)p, *e = b + bytes;
+    for (int i = 0; i < 2; i++) {
+        Bf16Buffer *o = buffers[i];
+        if (o->src && b < (const char *)(o->src + o->n) && e > (const char *)o->src) o->src = NULL;
+    }
+}
+
 /* Memory [p, p + bytes) was written by something other than AdamW: the elements of the copies
- * it overlaps must be rounded again at their next refresh. */
+ * it overlaps must be rounded again at their next refresh (and an operand of it, at its next
+ * use). */
 static void weight_copies_written(CudaContext *cx, const void *p, size_t bytes)
 {
+    operands_written(cx, p, bytes);
     const char *b = (const char *)p, *e = b + bytes;
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
         WeightCopy *w = &cx->copies[i];
@@ -89,6 +107,7 @@ static void weight_copies_written(CudaContext *cx, const void *p, size_t bytes)
  * them, or NULL (fp32 modes, or no copy holds them: then the copy is stale). */
 static __nv_bfloat16 *weight_copy_for_update(CudaContext *cx, const float *param, size_t n)
 {
+    operands_written(cx, param, n * sizeof(float));
     for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
         WeightCopy *w = &cx->copies[i];
         if (!w->params || param < w->params || param + n > w->params + w->n) continue;
@@ -111,7 +130,9 @@ static void weights_touched(const Backend *be, const float *params)
 {
     CudaContext *cx = cuda_context(be);
     WeightCopy *w = weight_copy_of(cx, params);
-    if (w) w->stale = 1;
+    if (!w) return;
+    w->stale = 1;
+    operands_written(cx, w->params, w->n * sizeof(float));
 }
 
 static int weight_copy_alloc(WeightCopy *w)
@@ -188,6 +209,7 @@ static void weights_detach(const Backend *be, const float *params)
     CudaContext *cx = cuda_context(be);
     WeightCopy *w = weight_copy_of(cx, params);
     if (!w) return;
+    operands_written(cx, w->params, w->n * sizeof(float)); /* its writers are no longer seen */
     cudaCheck(cudaFree(w->copy));
     memset(w, 0, sizeof(*w));
 }
@@ -207,14 +229,31 @@ static const __nv_bfloat16 *weight_copy_at(CudaContext *cx, const float *weight,
     return NULL;
 }
 
-/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer. */
+/* 1 when weight[n] lies inside an attached buffer (copy or not). */
+static int weight_attached(const CudaContext *cx, const float *weight, size_t n)
+{
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
+        const WeightCopy *w = &cx->copies[i];
+        if (w->params && weight >= w->params && weight + n <= w->params + w->n) return 1;
+    }
+    return 0;
+}
+
+/* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer, unless
+ * buffer holds it already (a weight without a copy read by several matmuls in a row: the LM
+ * head's chunks under cuda.weight_copy none). The buffer's reuse is kept only for attached
+ * weights, every write to which the backend sees (memory ops, scale, AdamW, weights_touched). */
 static const __nv_bfloat16 *weight_operand(CudaContext *cx, const float *weight, size_t n,
                                            Bf16Buffer *buffer)
 {
     const __nv_bfloat16 *at = weight_copy_at(cx, weight, n);
     if (at) return at;
+    if (buffer->src == weight && buffer->n == n) return buffer->ptr;
     __nv_bfloat16 *x = bf16_buffer(buffer, n);
     round_bf16(cx, x, weight, n);
+    cx->operand_rounded += (long long)n;
+    buffer->src = weight_attached(cx, weight, n) ? weight : NULL;
+    buffer->n = n;
     return x;
 }
 

@@ -980,6 +980,87 @@ static void test_two_backends(void)
     gpu = keep, tol = keep_tol, rng_state = keep_rng;
 }
 
+/* cuda.weight_copy none: a weight without a copy is rounded where a matmul reads it; read again
+ * before anything wrote it, it is not rounded again (the LM head's chunks), and the products are
+ * the same bits; each write the backend sees (a memory op, scale, AdamW, weights_touched) makes
+ * the next read round it again, and the product follows the new values; a weight outside every
+ * attached buffer is rounded at every read. On a backend of its own; leaves gpu, tol and the
+ * random draws as they were. */
+static void rounds(const Backend *b, long long *last, long long want, const char *what)
+{
+    const long long now = cuda_operand_rounded(b);
+    char name[160];
+    snprintf(name, sizeof(name), "weight_copy none: %s: %lld rounded (expected %lld)", what,
+             now - *last, want);
+    report(name, "as said", now - *last == want, 1, 0, 0);
+    *last = now;
+}
+
+static void test_operand_reuse(void)
+{
+    const uint64_t keep_rng = rng_state;
+    rng_state = 0x1d8e4e27c47d124full;
+    const Backend *keep = gpu, *b = NULL;
+    const double keep_tol = tol;
+    must(backend_create(
+        &(BackendOptions){.device = "cuda", .precision = "bf16", .weight_copy = "none"}, &b));
+    gpu = b, tol = 1e-2;
+    const int M = 37, K = 64, N = 48;
+    const size_t wn = (size_t)N * K, xn = (size_t)M * K, yn = (size_t)M * N, total = 2 * wn;
+    float *hw = host_random(total, 0.5f), *hx = host_random(xn, 1.0f);
+    float *params = dev_from(hw, total * sizeof(float)), *wa = params, *wb = params + wn;
+    float *loose = dev_from(hw, wn * sizeof(float)); /* wa's values, not attached */
+    void *x = dev_act_from(hx, xn), *y1 = dev_act_poison(yn), *y2 = dev_act_poison(yn);
+    must(b->weights_attach(b, params, total));
+    b->weights_refresh(b, params); /* none: no copy is made */
+    long long last = cuda_operand_rounded(b);
+    b->matmul_forward(b, y1, x, wa, NULL, M, K, N);
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, (long long)wn, "a weight read twice");
+    report("weight_copy none: the second read's product, the same bits", "same",
+           same_bits_act(y1, y2, yn), 1, 0, 0);
+    b->matmul_forward(b, y2, x, wb, NULL, M, K, N);
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, 2 * (long long)wn, "another weight between two reads");
+    b->scale(b, wa, -1.0f, wn); /* the weights change: the next read must see it */
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, (long long)wn, "after scale");
+    float *h1 = malloc(yn * sizeof(float)), *h2 = malloc(yn * sizeof(float));
+    act_download(h1, y1, yn);
+    act_download(h2, y2, yn);
+    int same_negated = 1;
+    for (size_t i = 0; i < yn; i++)
+        same_negated &= h2[i] == -h1[i]; /* negation commutes with rounding */
+    report("weight_copy none: after scale, the product of the new values", "exact", same_negated, 1,
+           0, 0);
+    b->mem_to_device(b, wa + 5, hw + 5, sizeof(float)); /* one element written */
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, (long long)wn, "after one element written");
+    float *g = dev_from(hw, total * sizeof(float)), *m1 = dev_poison(total),
+          *v1 = dev_poison(total);
+    b->mem_zero(b, m1, total * sizeof(float));
+    b->mem_zero(b, v1, total * sizeof(float));
+    b->adamw_update(b, wb, g + wn, m1 + wn, v1 + wn, wn, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 1);
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, 0, "AdamW on another weight");
+    b->adamw_update(b, wa, g, m1, v1, wn, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 1);
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, (long long)wn, "after AdamW on it");
+    b->weights_touched(b, params);
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, (long long)wn, "after weights_touched");
+    b->matmul_forward(b, y2, x, loose, NULL, M, K, N);
+    b->matmul_forward(b, y2, x, loose, NULL, M, K, N);
+    rounds(b, &last, 2 * (long long)wn, "a weight outside every attached buffer, twice");
+    b->weights_detach(b, params);
+    void *bufs[] = {params, loose, x, y1, y2, g, m1, v1};
+    for (size_t i = 0; i < DS_ARRAY_LEN(bufs); i++)
+        b->mem_free(b, bufs[i]);
+    backend_free(b);
+    free(hw), free(hx), free(h1), free(h2);
+    gpu = keep, tol = keep_tol, rng_state = keep_rng;
+}
+
 /* usage: gpu_test_ops [mla] (mla: the tensor-core latent-attention checks alone) */
 int main(int argc, char **argv)
 {
@@ -1033,6 +1114,7 @@ int main(int argc, char **argv)
     test_attention_simple(); /* the fp32 kernels, on widened copies */
     test_mixed_precision_plumbing();
     test_weight_copy_from_adamw();
+    test_operand_reuse();
     for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
         test_fixture(cases[i]);
     test_random_model();
