@@ -94,5 +94,13 @@ check "errors are one line" test "$(cat bad1.err | wc -l)" -eq 1
 "$DSTRAIN" frobnicate > /dev/null 2> bad6.err; rc=$?
 check "unknown command exits 2" test $rc -eq 2
 
+# on a machine without a GPU (or a build without CUDA) device=cuda is one line naming it, before
+# the run directory is made (the backend is made, and freed, first)
+if ! command -v nvidia-smi > /dev/null 2>&1; then
+  "$DSTRAIN" train device=cuda train.steps=1 run.dir=nogpu > /dev/null 2> nogpu.err; rc=$?
+  check "device=cuda without a GPU: exit 2, one line naming device cuda ($(cat nogpu.err))" \
+    bash -c "test $rc -eq 2 -a \$(wc -l < nogpu.err) -eq 1 && grep -q '^dstrain: error: device: cuda: ' nogpu.err && test ! -e nogpu"
+fi
+
 echo "$passes passed, $fails failed"
 test $fails -eq 0
