@@ -42,7 +42,8 @@ typedef struct ConfigKey {
     const char *default_text; /* parsed by the same code as user input */
     long long int_min, int_max;
     double float_min, float_max;
-    const char *const *choices; /* CT_ENUM, NULL-terminated */
+    const char *const *choices; /* CT_ENUM; CT_BOOL: the words it also takes (2, 3, ...);
+                                 * NULL-terminated */
     const char *doc;
     size_t mirror_offset; /* CT_FILES */
 } ConfigKey;
@@ -1073,7 +1074,15 @@ static void value_format(const ConfigKey *k, const Config *c, char *out, size_t 
     }
     case CT_BOOL: {
         const long long v = load_int(k, c);
-        snprintf(out, cap, "%s", v >= 2 ? k->choices[v - 2] : v ? "true" : "false");
+        long long words = 0;
+        while (k->choices && k->choices[words])
+            words++;
+        if (v == 0 || v == 1)
+            snprintf(out, cap, "%s", v ? "true" : "false");
+        else if (v >= 2 && v - 2 < words)
+            snprintf(out, cap, "%s", k->choices[v - 2]);
+        else /* set by code out of range: shown as it is, which config_validate refuses */
+            snprintf(out, cap, "%lld", v);
         break;
     }
     case CT_ENUM:

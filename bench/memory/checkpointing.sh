@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # checkpointing.sh: deepseek-llm-7b (random weights) at 1 x 4096 tokens on one GPU with
-# train.activation_checkpointing true, selective and false: dstrain's memory line, peak device memory from
-# nvidia-smi (sampled every 300 ms, whole device: CUDA context and cuBLASLt workspace
+# train.activation_checkpointing true, selective and false: dstrain's memory line, peak device
+# memory from nvidia-smi (sampled every 300 ms, whole device: CUDA context and cuBLASLt workspace
 # included), step time and loss from metrics.jsonl; then the tiny preset for 20 steps all three
 # ways, whose loss curves must be identical. Run from the repo root on a GPU node (after
 # `source .devdeps/activate` where the libraries are unpacked there). BUILD: build dir.

@@ -587,6 +587,19 @@ Test(config, validate_catches_values_set_by_code_and_cross_field_limits)
     c.parallel_dp = -2;
     cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
     cr_assert_str_eq(ds_last_error(), "config: parallel.dp: -2 is out of range (1..1048576)");
+    /* a bool, or one that takes a word too, set by code past what it takes */
+    config_set_defaults(&c);
+    c.train_activation_checkpointing = 7;
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), "config: train.activation_checkpointing: expected true, "
+                                      "false or selective, got \"7\"");
+    c.train_activation_checkpointing = 2;
+    cr_assert_eq(config_validate(&c), DS_OK, "%s", ds_last_error());
+    config_set_defaults(&c);
+    c.train_check_memory = 2;
+    cr_assert_eq(config_validate(&c), DS_ERR_INPUT);
+    cr_assert_str_eq(ds_last_error(), "config: train.check_memory: expected true or false, got "
+                                      "\"2\"");
     config_set_defaults(&c);
     memset(c.run_dir, 'x', sizeof(c.run_dir));
     cr_assert_eq(config_validate(&c), DS_ERR_INPUT);

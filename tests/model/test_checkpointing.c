@@ -349,9 +349,9 @@ Test(checkpointing, model_init_allocates_what_the_estimate_says)
 
 /* Forward without backward, then a second forward and backward: the working set holds the last
  * forward's layers, and backward must not take a stale one for its own. */
-static void extra_forward_case(int mode)
+static void extra_forward_case(int c, int mode)
 {
-    ModelConfig mc = config_llama(), mc_on = config_llama();
+    ModelConfig mc = cases[c].config(), mc_on = cases[c].config();
     mc_on.activation_checkpointing = mode;
     Model off, on;
     cr_assert_eq(model_init(&off, &mc, backend_cpu(), B, T), DS_OK);
@@ -380,10 +380,13 @@ static void extra_forward_case(int mode)
 
 Test(checkpointing, backward_after_an_extra_forward_uses_the_latest_batch)
 {
-    extra_forward_case(CKPT_FULL);
+    extra_forward_case(0, CKPT_FULL);
+    extra_forward_case(3, CKPT_FULL); /* DeepSeek MoE */
 }
 
 Test(checkpointing, selective_backward_after_an_extra_forward_uses_the_latest_batch)
 {
-    extra_forward_case(CKPT_SELECTIVE);
+    extra_forward_case(0, CKPT_SELECTIVE);
+    extra_forward_case(3, CKPT_SELECTIVE);
+    extra_forward_case(4, CKPT_SELECTIVE);
 }

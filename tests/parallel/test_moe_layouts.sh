@@ -10,8 +10,9 @@
 # but for elements whose gradient is rounding noise), the first step's expert load
 # equal (every rank routes alike; the counts of the data-parallel ranks are summed). At np=1
 # activation checkpointing, full or selective, changes nothing, bit for bit (the recomputed
-# routing is the same routing; selective recomputes the norms and the gathered expert rows). The V2-Lite-shaped parity fixture (a plain q, softmax routing) trains the same at
-# tp=2 and tp=2 x dp=2 as one process. A tp that does not divide the heads is refused with one
+# routing is the same routing; selective recomputes the norms and the gathered expert rows).
+# The V2-Lite-shaped parity fixture (a plain q, softmax routing) trains the same at tp=2 and
+# tp=2 x dp=2 as one process. A tp that does not divide the heads is refused with one
 # line.
 # Expert parallelism (parallel.ep): the same model at dp=2 with ep=2 (ZeRO-1 over the dp / ep
 # ranks, and with a plain all-reduce), dp=4 with ep=2, tp=2 x dp=2 with ep=2, ep=2 with
@@ -148,6 +149,15 @@ for name in ["checkpointed", "selective"]:
     failed |= not same
     print(f"{'ok' if same else 'FAIL'}: activation checkpointing ({name}): losses, expert load "
           f"and parameters bitwise equal")
+
+# and at tp=2 and at ep=2: bitwise to the same layout without it
+for name, base in [("tp2_checkpointed", "tp2"), ("tp2_selective", "tp2"),
+                   ("ep2_checkpointed", "ep2"), ("ep2_selective", "ep2")]:
+    ck, ck_params, b, b_params = metrics(name), tensors(name), metrics(base), tensors(base)
+    same = [m["loss"] for m in ck] == [m["loss"] for m in b] and ck_params.keys() == \
+        b_params.keys() and all(np.array_equal(ck_params[k], b_params[k]) for k in b_params)
+    failed |= not same
+    print(f"{'ok' if same else 'FAIL'}: {name}: losses and parameters bitwise equal to {base}'s")
 
 for name in ["dp2", "dp2_allreduce", "dp2_accum2", "tp2", "tp2dp2", "tp2_checkpointed",
              "tp2_selective", "ep2", "ep2_allreduce", "dp4_ep2", "tp2dp2_ep2", "ep2_checkpointed",
