@@ -72,31 +72,7 @@ if [ $rc_small -ne 0 ] && [ "$lines" -eq 1 ] && grep -q "bf16 copies" "$W/small-
     r=PASS; else r=FAIL; status=1; fi
 row "weight_copy full on that GPU: refused" "rc $rc_small, $lines error line(s)" $r
 
-python3 - "$W" "$STEPS" >> "$SUMMARY" <<'PY' || status=1
-import json, sys
-w, steps = sys.argv[1], int(sys.argv[2])
-def losses(name):
-    try:
-        return [r["loss"] for r in map(json.loads, open(f"{w}/{name}/metrics.jsonl")) if "loss" in r]
-    except OSError:
-        return []
-full = losses("full")
-ok = len(full) == steps
-for name in ("none", "auto"):
-    other = losses(name)
-    if len(other) != steps or not ok:
-        print("| %-44s | %-48s | %s |" % ("weight_copy %s vs full: losses" % name,
-              "%d and %d steps" % (len(full), len(other)), "FAIL"))
-        ok = False
-        continue
-    diff = max(abs(a - b) for a, b in zip(full, other))
-    same = sum(a == b for a, b in zip(full, other))
-    good = diff <= 1e-5
-    ok = ok and good
-    print("| %-44s | %-48s | %s |" % ("weight_copy %s vs full: losses" % name,
-          "max |d| %.1e (<= 1e-5), %d of %d equal bits" % (diff, same, steps),
-          "PASS" if good else "FAIL"))
-sys.exit(0 if ok else 1)
-PY
+python3 "$SRC/tests/gpu/same_losses.py" "$W" "$STEPS" "weight_copy %s vs full: losses" full \
+    none auto >> "$SUMMARY" || status=1
 tail -2 "$SUMMARY"
 exit $status
