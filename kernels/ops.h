@@ -73,8 +73,7 @@ struct Backend {
                             const float *weight, int M, int C, float eps);
     /* sum = a + b (add's residual add), then out, rstd = rmsnorm_forward of sum: the two in one
      * pass over each row, out and rstd the bits rmsnorm_forward gives for sum (selective
-     * checkpointing recomputes them so; CUDA: where both take their vectorised path, as on the
-     * model's arena). sum may be a. */
+     * checkpointing recomputes them so). sum may be a. */
     void (*add_rmsnorm_forward)(const Backend *be, float *sum, Act *out, float *rstd,
                                 const float *a, const Act *b, const float *weight, int M, int C,
                                 float eps);

@@ -16,10 +16,13 @@
 #define RMSNORM_THREADS 256
 
 /* The row x = a (or a + b, written to sum, when b is given): rstd = (mean(x^2) + eps)^-1/2,
- * out = weight * (x * rstd). */
+ * out = weight * (x * rstd). VEC: each thread owns eight consecutive elements (the order of the
+ * sum of squares follows from VEC alone); a and b are then read eight at a time when ab_vec, else
+ * one by one (they may lie unaligned while sum, out and weight do not). */
 template <typename ActT, bool VEC>
 __global__ static void rmsnorm_forward_kernel(void *out, float *rstd, float *sum, const float *a,
-                                              const void *b, const float *weight, int C, float eps)
+                                              const void *b, const float *weight, int C, float eps,
+                                              int ab_vec)
 {
     __shared__ float shared[32];
     const size_t row = (size_t)blockIdx.x * C;
@@ -31,10 +34,18 @@ __global__ static void rmsnorm_forward_kernel(void *out, float *rstd, float *sum
     if (VEC) {
         for (int j = 8 * threadIdx.x; j < C; j += 8 * blockDim.x) {
             float v[8];
-            act_ld8(xa, j, v);
+            if (ab_vec)
+                act_ld8(xa, j, v);
+            else
+                for (int k = 0; k < 8; k++)
+                    v[k] = xa[j + k];
             if (xb) {
                 float u[8];
-                act_ld8(xb, j, u);
+                if (ab_vec)
+                    act_ld8(xb, j, u);
+                else
+                    for (int k = 0; k < 8; k++)
+                        u[k] = act_ld(xb, j + k);
 #pragma unroll
                 for (int k = 0; k < 8; k++)
                     v[k] += u[k];
@@ -160,7 +171,7 @@ static void rmsnorm_forward(const Backend *be, Act *out, float *rstd, const floa
     if (M <= 0) return;
     const int vec = C % 8 == 0 && aligned8(out, inp, weight);
     LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, (float *)NULL, inp,
-                   (const void *)NULL, weight, C, eps);
+                   (const void *)NULL, weight, C, eps, 1);
 }
 
 static void add_rmsnorm_forward(const Backend *be, float *sum, Act *out, float *rstd,
@@ -169,9 +180,11 @@ static void add_rmsnorm_forward(const Backend *be, float *sum, Act *out, float *
 {
     CudaContext *cx = cuda_context(be);
     if (M <= 0) return;
-    const int vec = C % 8 == 0 && aligned8(sum, out, a, b, weight);
+    /* the path from sum, out and weight alone, as rmsnorm_forward's from inp, out and weight: so
+     * out and rstd are its bits for sum (ops.h) wherever a and b lie */
+    const int vec = C % 8 == 0 && aligned8(sum, out, weight);
     LAUNCH_RMSNORM(rmsnorm_forward_kernel, vec, M, 0, out, rstd, sum, a, (const void *)b, weight, C,
-                   eps);
+                   eps, aligned8(a, b));
 }
 
 /* Blocks of rmsnorm_backward: at most this many, so that the weight gradient's partial sums stay

@@ -1061,6 +1061,45 @@ static void test_operand_reuse(void)
     gpu = keep, tol = keep_tol, rng_state = keep_rng;
 }
 
+/* add_rmsnorm_forward's out and rstd are rmsnorm_forward's bits for the sum it writes (ops.h:
+ * selective checkpointing recomputes them so), with a and b aligned and one element off
+ * alignment (sum, out and weight aligned), and rows of a width the vectorised path does not take.
+ */
+static void test_add_rmsnorm_bits(void)
+{
+    const uint64_t keep_rng = rng_state;
+    rng_state = 0x4f1bbcdcbfa53e0bull;
+    const size_t act = gpu->act_size(gpu);
+    static const int widths[] = {256, 200, 100};
+    for (size_t wi = 0; wi < DS_ARRAY_LEN(widths); wi++)
+        for (int off = 0; off <= 1; off++) {
+            const int M = 33, C = widths[wi];
+            const size_t n = (size_t)M * C;
+            float *ha = host_random(n + 8, 1.0f), *hb = host_random(n + 8, 1.0f);
+            float *hw = host_random((size_t)C, 1.0f);
+            float *a = dev_from(ha, (n + 8) * sizeof(float)), *w = dev_from(hw, C * sizeof(float));
+            unsigned char *b = dev_act_from(hb, n + 8);
+            float *sum = dev_poison(n), *rstd1 = dev_poison(M), *rstd2 = dev_poison(M);
+            void *out1 = dev_act_poison(n), *out2 = dev_act_poison(n);
+            gpu->add_rmsnorm_forward(gpu, sum, out1, rstd1, a + off, b + off * act, w, M, C, 1e-6f);
+            gpu->rmsnorm_forward(gpu, out2, rstd2, sum, w, M, C, 1e-6f);
+            float *r1 = malloc(M * sizeof(float)), *r2 = malloc(M * sizeof(float));
+            gpu->mem_to_host(gpu, r1, rstd1, M * sizeof(float));
+            gpu->mem_to_host(gpu, r2, rstd2, M * sizeof(float));
+            char name[160];
+            snprintf(name, sizeof(name),
+                     "add_rmsnorm = rmsnorm of its sum (bits), C %d, a and b %s", C,
+                     off ? "unaligned" : "aligned");
+            report(name, "same", same_bits_act(out1, out2, n) && !memcmp(r1, r2, M * sizeof(float)),
+                   1, 0, 0);
+            void *bufs[] = {a, w, b, sum, rstd1, rstd2, out1, out2};
+            for (size_t i = 0; i < DS_ARRAY_LEN(bufs); i++)
+                gpu->mem_free(gpu, bufs[i]);
+            free(ha), free(hb), free(hw), free(r1), free(r2);
+        }
+    rng_state = keep_rng;
+}
+
 /* usage: gpu_test_ops [mla] (mla: the tensor-core latent-attention checks alone) */
 int main(int argc, char **argv)
 {
@@ -1078,6 +1117,7 @@ int main(int argc, char **argv)
         return failures ? 1 : 0;
     }
     test_two_backends();
+    test_add_rmsnorm_bits(); /* fp32 storage here, bf16 below */
     test_attention_simple();
     test_attention(1, 130, 4, 1, 128, 0);
     test_attention(1, 300, 2, 2, 16, 0);
@@ -1115,6 +1155,7 @@ int main(int argc, char **argv)
     test_mixed_precision_plumbing();
     test_weight_copy_from_adamw();
     test_operand_reuse();
+    test_add_rmsnorm_bits();
     for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++)
         test_fixture(cases[i]);
     test_random_model();
