@@ -12,9 +12,9 @@
 # then prints a summary table
 # last. Exit 1 if anything failed.
 # Environment: BUILD (build dir, default /tmp/dstrain-gpu), OUT (where logs go, default
-# $BUILD/logs), STEPS (default 300), MOE_STEPS (default 50), BENCH=1 also times
-# deepseek-coder-1.3b steps with each precision of BENCH_MATMUL (default "fp32 bf16"; see
-# kernels/cuda/cuda_ops.h).
+# $BUILD/logs), PARTS (below; default all), STEPS (default 300), MOE_STEPS (default 50),
+# BENCH=1 also times deepseek-coder-1.3b steps with each precision of BENCH_MATMUL (default
+# "fp32 bf16"; see kernels/cuda/cuda_ops.h).
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${BUILD:-/tmp/dstrain-gpu}
@@ -26,6 +26,11 @@ SUMMARY=$OUT/summary.txt
 : > "$OUT/train.log"
 status=0
 row() { printf '| %-44s | %-48s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY" > /dev/null; }
+# PARTS: which of the checks run after the build (default all three): programs (gpu_test_ops,
+# gpu_test_backend_ops, gpu_test_experts), curves (the tiny and tiny-moe loss curves), scripts
+# (inspect, continual, weight_copy, checkpointing); two calls can share the work
+PARTS=${PARTS:-programs curves scripts}
+want() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
@@ -44,6 +49,7 @@ else
     exit 1
 fi
 
+if want programs; then
 # ---- ops and whole model ----------------------------------------------------------------------
 t0=$(date +%s)
 timeout 300 "$BUILD/gpu_test_ops" > "$OUT/ops.txt" 2>&1
@@ -77,7 +83,9 @@ passed=$(grep -c '| PASS |' "$OUT/experts.txt")
 failed=$(grep -c '| FAIL |' "$OUT/experts.txt")
 if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
 row "experts vs CPU (gpu_test_experts)" "$passed passed, $failed failed, rc $rc, $(($(date +%s) - t0)) s" $r
+fi
 
+if want curves; then
 # ---- training: CPU and GPU loss curves ----------------------------------------------------------
 # Three runs of the tiny preset on the bundled data: the CPU (fp32, the reference), the GPU in
 # its default mixed precision (bf16) and the GPU in fp32. Training amplifies any difference: the
@@ -112,7 +120,9 @@ python3 "$SRC/tests/gpu/curves.py" "$BUILD/train-cpu/metrics.jsonl" \
 BUILD="$BUILD" OUT="$OUT" STEPS="${MOE_STEPS:-50}" "$SRC/tests/gpu/moe.sh" > "$OUT/moe.log" 2>&1 ||
     status=1
 cat "$OUT/moe-summary.txt" >> "$SUMMARY"
+fi
 
+if want scripts; then
 # ---- eval, generate and a classifier's eval on the GPU against the CPU (tests/gpu/inspect.sh) ----
 BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/inspect.sh" > "$OUT/inspect.log" 2>&1 || status=1
 cat "$OUT/inspect-summary.txt" >> "$SUMMARY"
@@ -128,6 +138,7 @@ cat "$OUT/weight_copy-summary.txt" >> "$SUMMARY"
 # ---- activation checkpointing, none, full and selective: same losses (tests/gpu/checkpointing.sh)
 BUILD="$BUILD" OUT="$OUT" "$SRC/tests/gpu/checkpointing.sh" > "$OUT/checkpointing.log" 2>&1 || status=1
 cat "$OUT/checkpointing-summary.txt" >> "$SUMMARY"
+fi
 
 # ---- optional: a deepseek-coder-1.3b step (each matmul mode of BENCH_MATMUL), time and peak memory ----------------------
 if [ "${BENCH:-0}" = 1 ]; then
