@@ -74,6 +74,38 @@ static int layout_nodes(const LayoutRequest *rq, int tp, int world)
     return n;
 }
 
+/* The checkpointing modes that keep less than the config's, with what the run would take in each
+ * at tp x dp, for the refusal's advice ("set train.activation_checkpointing: selective (the
+ * least then 93.8 GiB) or true (57.9 GiB), "); "" when the config's keeps the least already. */
+static void checkpointing_hint(const Config *cfg, const ModelConfig *mc, int tp, int dp, char *out,
+                               size_t cap)
+{
+    /* from the most kept to the least: none, selective, true */
+    static const struct {
+        int mode;
+        const char *word;
+    } modes[] = {{CKPT_NONE, "false"}, {CKPT_SELECTIVE, "selective"}, {CKPT_FULL, "true"}};
+    size_t at = 0;
+    int from = 0, listed = 0;
+    while (from < 3 && modes[from].mode != mc->activation_checkpointing)
+        from++;
+    out[0] = 0;
+    for (int i = from + 1; i < 3; i++) {
+        ModelConfig other = *mc;
+        other.activation_checkpointing = modes[i].mode;
+        RunMemory m;
+        if (layout_memory_estimate(cfg, &other, tp, dp, &m) != DS_OK) {
+            ds_clear_error(); /* a mode the architecture has not: not offered */
+            continue;
+        }
+        at += (size_t)snprintf(out + at, at < cap ? cap - at : 0, "%s%s (%s%.1f GiB)",
+                               listed ? " or " : "set train.activation_checkpointing: ",
+                               modes[i].word, listed ? "" : "the least then ", m.total / LAYOUT_GIB);
+        listed++;
+    }
+    if (listed && at < cap) snprintf(out + at, cap - at, ", ");
+}
+
 int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest *rq, Layout *out)
 {
     memset(out, 0, sizeof(*out));
@@ -232,11 +264,12 @@ int layout_choose(const Config *cfg, const ModelConfig *mc, const LayoutRequest 
                  "; more data-parallel ranks take off only the optimizer and EWC state (at least "
                  "%.1f GiB at tp %d)",
                  least_floor / GiB, least_floor_tp);
+    char checkpointing[160];
+    checkpointing_hint(cfg, mc, least_tp, least_dp, checkpointing, sizeof(checkpointing));
     return ds_error(DS_ERR_INPUT,
                     "parallel layout: nothing fits %.1f GiB per GPU (--gpu-mem)%s: the least is "
                     "%.1f GiB at tp %d x dp %d for micro_batch_size %d x seq_len %d%s; lower "
-                    "train.micro_batch_size or train.seq_len, set train.activation_checkpointing: "
-                    "true, or use GPUs with more memory",
+                    "train.micro_batch_size or train.seq_len, %sor use GPUs with more memory",
                     rq->budget / GiB, where, least / GiB, least_tp, least_dp,
-                    cfg->train_micro_batch_size, cfg->train_seq_len, sharding);
+                    cfg->train_micro_batch_size, cfg->train_seq_len, sharding, checkpointing);
 }

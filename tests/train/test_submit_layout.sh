@@ -84,6 +84,9 @@ check "... that names the estimate" grep -q "warning: submit: parallel.tp x para
 job none -c 7b-ewc.yaml --gpu-mem 10
 check "nothing fits 10 GiB: exit 2, no script" test "$rc $(wc -c < none.sbatch)" = "2 0"
 check "... one line naming the least memory and what to change" bash -c "one_line() { test \$(wc -l < \$1) -eq 1; }; one_line none.err && grep -q '^dstrain: error: parallel layout: nothing fits 10.0 GiB per GPU (--gpu-mem): the least is 31.9 GiB at tp 8 x dp 1 .*activation_checkpointing' none.err"
+check "... and what the lighter checkpointing modes would take there" grep -q "set train.activation_checkpointing: selective (the least then 27.7 GiB) or true (23.7 GiB), or use GPUs with more memory$" none.err
+job none-ckpt -c 7b-ewc.yaml --gpu-mem 10 train.activation_checkpointing=true
+check "checkpointing already true: refused, the least 23.7 GiB, no mode to add" bash -c "test $rc -eq 2 && grep -q 'the least is 23.7 GiB at tp 8 x dp 1 ' none-ckpt.err && grep -q 'seq_len, or use GPUs with more memory$' none-ckpt.err && ! grep -q 'set train.activation_checkpointing' none-ckpt.err"
 job none-given -c 7b-ewc.yaml --gpus-per-node 2
 check "2 GPUs that cannot hold it: exit 2, one line" bash -c "[ $rc -eq 2 ] && [ \$(wc -l < none-given.err) -eq 1 ] && grep -q \"nothing fits 80.0 GiB per GPU (--gpu-mem) on the job's 2 ranks\" none-given.err"
 job contradicts -c fixed.yaml --gpus-per-node 2
