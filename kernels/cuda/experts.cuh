@@ -82,6 +82,13 @@ static int experts_kind_parse(const char *kind, int *out)
                     kind);
 }
 
+/* The host arrays of g's problems (the ring and the handle are the context's). */
+static void grouped_arrays_free(GroupedGemm *g)
+{
+    free(g->ta), free(g->tb), free(g->m), free(g->n), free(g->k), free(g->lda), free(g->ldb);
+    free(g->ldc), free(g->size), free(g->alpha), free(g->beta), free(g->a), free(g->b), free(g->d);
+}
+
 /* Room for cap problems a call (grows only: the first layer sees the largest E). */
 static void grouped_reserve(CudaContext *cx, int cap)
 {
@@ -95,8 +102,7 @@ static void grouped_reserve(CudaContext *cx, int cap)
     if (cap <= cx->grouped.cap) return;
     cudaCheck(cudaDeviceSynchronize()); /* nothing still reads the old ring */
     GroupedGemm *g = &cx->grouped;
-    free(g->ta), free(g->tb), free(g->m), free(g->n), free(g->k), free(g->lda), free(g->ldb);
-    free(g->ldc), free(g->size), free(g->alpha), free(g->beta), free(g->a), free(g->b), free(g->d);
+    grouped_arrays_free(g);
     g->ta = (cublasOperation_t *)malloc(cap * sizeof(cublasOperation_t));
     g->tb = (cublasOperation_t *)malloc(cap * sizeof(cublasOperation_t));
     int **ints[] = {&g->m, &g->n, &g->k, &g->lda, &g->ldb, &g->ldc, &g->size};
@@ -468,8 +474,7 @@ static void moe_experts_backward(const Backend *be, Act *dxs, float *const *dgat
 static void experts_free(CudaContext *cx)
 {
     GroupedGemm *g = &cx->grouped;
-    free(g->ta), free(g->tb), free(g->m), free(g->n), free(g->k), free(g->lda), free(g->ldb);
-    free(g->ldc), free(g->size), free(g->alpha), free(g->beta), free(g->a), free(g->b), free(g->d);
+    grouped_arrays_free(g);
     if (cx->grouped_host_ptrs) cudaCheck(cudaFreeHost(cx->grouped_host_ptrs));
     cudaCheck(cudaFree(cx->grouped_dev_ptrs));
     if (cx->grouped_handle) {

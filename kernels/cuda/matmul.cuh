@@ -103,19 +103,29 @@ static void weight_copies_written(CudaContext *cx, const void *p, size_t bytes)
     }
 }
 
+/* The attached buffer that holds p[0..n) whole, or NULL (attached buffers do not overlap: at
+ * most one does). */
+static WeightCopy *weight_copy_holding(CudaContext *cx, const float *p, size_t n)
+{
+    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
+        WeightCopy *w = &cx->copies[i];
+        if (w->params && p >= w->params && p + n <= w->params + w->n) return w;
+    }
+    return NULL;
+}
+
 /* The place in a working copy where AdamW writes the bf16 values of params[0..n) as it updates
  * them, or NULL (fp32 modes, or no copy holds them: then the copy is stale). */
 static __nv_bfloat16 *weight_copy_for_update(CudaContext *cx, const float *param, size_t n)
 {
     operands_written(cx, param, n * sizeof(float));
-    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        WeightCopy *w = &cx->copies[i];
-        if (!w->params || param < w->params || param + n > w->params + w->n) continue;
-        if (cx->bf16 && w->copy) return w->copy + (param - w->params);
-        w->stale = 1;
+    WeightCopy *w = weight_copy_holding(cx, param, n);
+    if (!w) {
+        weight_copies_written(cx, param, n * sizeof(float)); /* straddles a buffer's edge */
         return NULL;
     }
-    weight_copies_written(cx, param, n * sizeof(float)); /* straddles a buffer's edge */
+    if (cx->bf16 && w->copy) return w->copy + (param - w->params);
+    w->stale = 1;
     return NULL;
 }
 
@@ -219,24 +229,10 @@ static void weights_detach(const Backend *be, const float *params)
  * not take (the parameter table aligns every tensor to 256 bytes). */
 static const __nv_bfloat16 *weight_copy_at(CudaContext *cx, const float *weight, size_t n)
 {
-    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        const WeightCopy *w = &cx->copies[i];
-        if (!w->params || !w->fresh || weight < w->params || weight + n > w->params + w->n)
-            continue;
-        const __nv_bfloat16 *at = w->copy + (weight - w->params);
-        return (uintptr_t)at % 16 == 0 ? at : NULL;
-    }
-    return NULL;
-}
-
-/* 1 when weight[n] lies inside an attached buffer (copy or not). */
-static int weight_attached(const CudaContext *cx, const float *weight, size_t n)
-{
-    for (int i = 0; i < WEIGHT_COPIES_MAX; i++) {
-        const WeightCopy *w = &cx->copies[i];
-        if (w->params && weight >= w->params && weight + n <= w->params + w->n) return 1;
-    }
-    return 0;
+    const WeightCopy *w = weight_copy_holding(cx, weight, n);
+    if (!w || !w->fresh) return NULL;
+    const __nv_bfloat16 *at = w->copy + (weight - w->params);
+    return (uintptr_t)at % 16 == 0 ? at : NULL;
 }
 
 /* weight[n] in bf16: its place in an attached, fresh copy, else rounded into buffer, unless
@@ -252,7 +248,7 @@ static const __nv_bfloat16 *weight_operand(CudaContext *cx, const float *weight,
     __nv_bfloat16 *x = bf16_buffer(buffer, n);
     round_bf16(cx, x, weight, n);
     cx->operand_rounded += (long long)n;
-    buffer->src = weight_attached(cx, weight, n) ? weight : NULL;
+    buffer->src = weight_copy_holding(cx, weight, n) ? weight : NULL;
     buffer->n = n;
     return x;
 }

@@ -9,7 +9,6 @@
 set -uo pipefail
 # shellcheck shell=bash
 . "$(dirname "$0")/common.sh" checkpointing
-D=$BUILD/dstrain
 W=$BUILD/checkpointing
 STEPS=${STEPS:-30}
 rm -rf "$W"
@@ -17,14 +16,8 @@ mkdir -p "$W"
 
 build_dstrain
 
-train() { # train NAME MODE: a bf16 run of the tiny preset into $W/NAME, its log beside it
-    timeout 120 "$D" train device=cuda precision=bf16 train.steps="$STEPS" log.every=10 \
-        export.enabled=false run.dir="$W/$1" train.activation_checkpointing="$2" \
-        > "$W/$1.log" 2>&1
-}
-
 for mode in false true selective; do
-    train "$mode" "$mode"
+    train_tiny "$mode" train.activation_checkpointing="$mode"
     rc=$?
     if [ $rc -eq 0 ]; then r=PASS; else r=FAIL; status=1; fi
     row "checkpointing $mode: trains" "rc $rc" $r

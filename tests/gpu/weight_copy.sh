@@ -12,7 +12,6 @@
 set -uo pipefail
 # shellcheck source=common.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/common.sh" weight_copy
-D=$BUILD/dstrain
 W=$BUILD/weight_copy
 STEPS=${STEPS:-30}
 rm -rf "$W"
@@ -20,15 +19,8 @@ mkdir -p "$W"
 
 build_dstrain
 
-train() { # train NAME ARGS...: a bf16 run of the tiny preset into $W/NAME, its log beside it
-    local name=$1
-    shift
-    timeout 120 "$D" train device=cuda precision=bf16 train.steps="$STEPS" log.every=10 \
-        export.enabled=false run.dir="$W/$name" "$@" > "$W/$name.log" 2>&1
-}
-
 # the estimate with the copy and the copy itself, from a refusal on a GPU of one byte
-DSTRAIN_DEVICE_MEMORY_BYTES=1 train refused cuda.weight_copy=full
+DSTRAIN_DEVICE_MEMORY_BYTES=1 train_tiny refused cuda.weight_copy=full
 need=$(python3 - "$W/refused.log" <<'PY'
 import re, sys
 units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
@@ -49,13 +41,13 @@ read -r total copy <<< "$need"
 small=$((total - copy / 2)) # fits without the copy, not with it
 row "weight_copy: estimate with the copy" "$total bytes, of which the copy $copy" PASS
 
-train full cuda.weight_copy=full
+train_tiny full cuda.weight_copy=full
 rc_full=$?
-train none cuda.weight_copy=none
+train_tiny none cuda.weight_copy=none
 rc_none=$?
-DSTRAIN_DEVICE_MEMORY_BYTES=$small train auto cuda.weight_copy=auto
+DSTRAIN_DEVICE_MEMORY_BYTES=$small train_tiny auto cuda.weight_copy=auto
 rc_auto=$?
-DSTRAIN_DEVICE_MEMORY_BYTES=$small train small-full cuda.weight_copy=full
+DSTRAIN_DEVICE_MEMORY_BYTES=$small train_tiny small-full cuda.weight_copy=full
 rc_small=$?
 
 if [ $rc_full -eq 0 ] && grep -q "bf16 working copy takes" "$W/full.log"; then r=PASS; else
