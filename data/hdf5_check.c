@@ -458,7 +458,8 @@ int hdf5_check_vlen_string_attribute(const char *path, const char *name)
     uint32_t index = 0, length = 0;
     if (status == DS_OK) status = attribute_heap_id(&r, f.msg, f.len, &coll, &index, &length);
     free(f.msg);
-    if (status == DS_OK && length > 0) status = check_collection(&r, coll, index, length);
+    /* libhdf5 reads the collection of every value whose address is not 0, empty ones too */
+    if (status == DS_OK && coll != 0) status = check_collection(&r, coll, index, length);
     close(r.fd);
     return status;
 }
