@@ -327,64 +327,63 @@ Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .tim
     char dir[1024], path[1100];
     test_dir("vlen", dir, sizeof(dir));
     char body[12288];
-    snprintf(
-        body, sizeof(body),
-        "%s"
-        "make('v1.h5')\n"
-        "h5py.File(d + '/x', 'w').close()\n"
-        "def make_with(name, extra=0, fixed=False, **kw):\n"
-        "    with h5py.File(d + '/' + name, 'w', **kw) as f:\n"
-        "        f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], "
-        "dtype=np.int32))\n"
-        "        f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64))\n"
-        "        s = np.bytes_ if fixed else str\n"
-        "        at = {'format': s('dstrain-tokens'), 'format_version': 1, 'vocab_size': 10,\n"
-        "              'bos_id': -1, 'eos_id': 0, 'pad_id': -1, 'tokenizer': s('byte')}\n"
-        "        for k, v in at.items(): f.attrs[k] = v\n"
-        "        for i in range(extra): f.attrs['extra%%d' %% i] = 'x' * i\n"
-        "make_with('v2.h5', libver='latest')\n"
-        "make_with('ordered.h5', track_order=True)\n"
-        "make_with('userblock.h5', userblock_size=512)\n"
-        "make_with('many_v1.h5', extra=40)\n"
-        "make_with('dense.h5', extra=20, libver='latest')\n"
-        "make_with('dense_fixed.h5', extra=20, fixed=True, libver='latest')\n"
-        "for how in ['free0', 'signature', 'huge', 'object', 'index']:\n"
-        "    gcol_edit('v1.h5', how + '.h5', how)\n"
-        /* the value of vocab_size (a scalar int64, 8 bytes) made to claim 4 points; the
-         * first attribute's name size made larger than its message */
-        "b = bytearray(open(d + '/v1.h5', 'rb').read())\n"
-        "i = b.find(b'vocab_size\\0')\n"
-        "m = b.rfind(bytes([1, 0, 11, 0]), 0, i)\n"
-        "sp = m + 8 + 16 + 8 * ((b[m + 4] | b[m + 5] << 8) + 7 >> 3)\n"
-        "b[sp + 1] = 1\n"
-        "b[sp + 8:sp + 16] = struct.pack('<Q', 4)\n"
-        "open(d + '/overread.h5', 'wb').write(b)\n"
-        "b = bytearray(open(d + '/v1.h5', 'rb').read())\n"
-        "i = b.find(b'format\\0')\n"
-        "b[i - 6:i - 4] = struct.pack('<H', 4000)\n"
-        "open(d + '/badname.h5', 'wb').write(b)\n"
-        /* legal HDF5 integers that use 32 of their 64 bits: libhdf5 converts by the
-         * stated precision and offset, and reads past its buffers on damaged ones */
-        "def narrow(name, dataset):\n"
-        "    make_with(name)\n"
-        "    t = h5py.h5t.STD_I64LE.copy()\n"
-        "    t.set_precision(32)\n"
-        "    with h5py.File(d + '/' + name, 'r+') as f:\n"
-        "        if dataset:\n"
-        "            del f['doc_offsets']\n"
-        "            s = h5py.h5s.create_simple((4,))\n"
-        "            h5py.h5d.create(f.id, b'doc_offsets', t, s).write(\n"
-        "                h5py.h5s.ALL, h5py.h5s.ALL, np.array([0, 3, 5, 8], dtype=np.int64))\n"
-        "        else:\n"
-        "            del f.attrs['vocab_size']\n"
-        "            a = h5py.h5a.create(f.id, b'vocab_size', t, "
-        "h5py.h5s.create(h5py.h5s.SCALAR))\n"
-        "            a.write(np.array(10, dtype=np.int64))\n"
-        "make_with('empty_tokenizer.h5')\n"
-        "with h5py.File(d + '/empty_tokenizer.h5', 'r+') as f: f.attrs['tokenizer'] = ''\n"
-        "narrow('narrow_attr.h5', False)\n"
-        "narrow('narrow_dataset.h5', True)\n",
-        GCOL_EDIT);
+    // clang-format off
+    snprintf(body, sizeof(body),
+             "%s"
+             "make('v1.h5')\n"
+             "h5py.File(d + '/x', 'w').close()\n"
+             "def make_with(name, extra=0, fixed=False, **kw):\n"
+             "    with h5py.File(d + '/' + name, 'w', **kw) as f:\n"
+             "        f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32))\n"
+             "        f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64))\n"
+             "        s = np.bytes_ if fixed else str\n"
+             "        at = {'format': s('dstrain-tokens'), 'format_version': 1, 'vocab_size': 10,\n"
+             "              'bos_id': -1, 'eos_id': 0, 'pad_id': -1, 'tokenizer': s('byte')}\n"
+             "        for k, v in at.items(): f.attrs[k] = v\n"
+             "        for i in range(extra): f.attrs['extra%%d' %% i] = 'x' * i\n"
+             "make_with('v2.h5', libver='latest')\n"
+             "make_with('ordered.h5', track_order=True)\n"
+             "make_with('userblock.h5', userblock_size=512)\n"
+             "make_with('many_v1.h5', extra=40)\n"
+             "make_with('dense.h5', extra=20, libver='latest')\n"
+             "make_with('dense_fixed.h5', extra=20, fixed=True, libver='latest')\n"
+             "for how in ['free0', 'signature', 'huge', 'object', 'index']:\n"
+             "    gcol_edit('v1.h5', how + '.h5', how)\n"
+             /* the value of vocab_size (a scalar int64, 8 bytes) made to claim 4 points; the
+              * first attribute's name size made larger than its message */
+             "b = bytearray(open(d + '/v1.h5', 'rb').read())\n"
+             "i = b.find(b'vocab_size\\0')\n"
+             "m = b.rfind(bytes([1, 0, 11, 0]), 0, i)\n"
+             "sp = m + 8 + 16 + 8 * ((b[m + 4] | b[m + 5] << 8) + 7 >> 3)\n"
+             "b[sp + 1] = 1\n"
+             "b[sp + 8:sp + 16] = struct.pack('<Q', 4)\n"
+             "open(d + '/overread.h5', 'wb').write(b)\n"
+             "b = bytearray(open(d + '/v1.h5', 'rb').read())\n"
+             "i = b.find(b'format\\0')\n"
+             "b[i - 6:i - 4] = struct.pack('<H', 4000)\n"
+             "open(d + '/badname.h5', 'wb').write(b)\n"
+             /* legal HDF5 integers that use 32 of their 64 bits: libhdf5 converts by the
+              * stated precision and offset, and reads past its buffers on damaged ones */
+             "def narrow(name, dataset):\n"
+             "    make_with(name)\n"
+             "    t = h5py.h5t.STD_I64LE.copy()\n"
+             "    t.set_precision(32)\n"
+             "    with h5py.File(d + '/' + name, 'r+') as f:\n"
+             "        if dataset:\n"
+             "            del f['doc_offsets']\n"
+             "            s = h5py.h5s.create_simple((4,))\n"
+             "            h5py.h5d.create(f.id, b'doc_offsets', t, s).write(\n"
+             "                h5py.h5s.ALL, h5py.h5s.ALL, np.array([0, 3, 5, 8], dtype=np.int64))\n"
+             "        else:\n"
+             "            del f.attrs['vocab_size']\n"
+             "            a = h5py.h5a.create(f.id, b'vocab_size', t, h5py.h5s.create(h5py.h5s.SCALAR))\n"
+             "            a.write(np.array(10, dtype=np.int64))\n"
+             "make_with('empty_tokenizer.h5')\n"
+             "with h5py.File(d + '/empty_tokenizer.h5', 'r+') as f: f.attrs['tokenizer'] = ''\n"
+             "narrow('narrow_attr.h5', False)\n"
+             "narrow('narrow_dataset.h5', True)\n",
+             GCOL_EDIT);
+    // clang-format on
     make_files(dir, "vlen", body);
     const char *good[] = {"v1.h5", "v2.h5", "ordered.h5", "userblock.h5", "many_v1.h5",
                           "dense_fixed.h5"};
