@@ -33,25 +33,6 @@ struct TokenDataset {
 
 /* ---- attributes -------------------------------------------------------------------------- */
 
-/* An integer type as every writer makes them: 1, 2, 4 or 8 bytes, every bit of them used.
- * libhdf5 1.10 converts from whatever precision and bit offset a file's type message states,
- * and reads past its buffers on ones beyond the type's size; those are refused first. what is
- * "attribute" or "dataset". */
-static int integer_type_check(const TokenDataset *ds, hid_t type, const char *what,
-                              const char *name)
-{
-    size_t size = H5Tget_size(type), precision = H5Tget_precision(type);
-    int offset = H5Tget_offset(type);
-    H5T_order_t order = H5Tget_order(type);
-    if ((size == 1 || size == 2 || size == 4 || size == 8) && precision == 8 * size &&
-        offset == 0 && (order == H5T_ORDER_LE || order == H5T_ORDER_BE || size == 1))
-        return DS_OK;
-    return ds_error(DS_ERR_INPUT,
-                    "%s: %s \"%s\": not a standard integer type (%zu bits at bit offset %d in "
-                    "%zu bytes; expected 8, 16, 32 or 64 bits filling their bytes)",
-                    ds->path, what, name, precision, offset, size);
-}
-
 /* Read an integer attribute of the root group. Returns DS_OK and sets *found = 0 when absent. */
 static int attr_read_int(const TokenDataset *ds, const char *name, int64_t *out, int *found)
 {
@@ -71,7 +52,7 @@ static int attr_read_int(const TokenDataset *ds, const char *name, int64_t *out,
     } else if (npoints != 1) {
         status = ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": expected one value, got %lld",
                           ds->path, name, (long long)npoints);
-    } else if ((status = integer_type_check(ds, type, "attribute", name)) != DS_OK) {
+    } else if ((status = hdf5_check_number_type(type, ds->path, "attribute", name)) != DS_OK) {
         /* refused before libhdf5 converts it */
     } else if (H5Aread(attr, H5T_NATIVE_INT64, out) < 0) {
         status = ds_error(DS_ERR_INPUT, "%s: attribute \"%s\": cannot read", ds->path, name);
@@ -255,7 +236,7 @@ static int dataset_open_1d(TokenDataset *ds, const char *name, int required, hid
     } else if (rank != 1) {
         status = ds_error(DS_ERR_INPUT, "%s: dataset \"%s\": expected 1 dimension, got %d",
                           ds->path, name, rank);
-    } else if ((status = integer_type_check(ds, type, "dataset", name)) != DS_OK) {
+    } else if ((status = hdf5_check_number_type(type, ds->path, "dataset", name)) != DS_OK) {
         /* refused before libhdf5 converts it */
     } else {
         hsize_t dim = 0;

@@ -463,3 +463,31 @@ int hdf5_check_vlen_string_attribute(const char *path, const char *name)
     close(r.fd);
     return status;
 }
+
+int hdf5_check_number_type(hid_t type, const char *path, const char *what, const char *name)
+{
+    char shown[600], quoted[300];
+    ds_printable(shown, sizeof(shown), path, 500);
+    ds_quoted(quoted, sizeof(quoted), name, 100);
+    const H5T_class_t cls = H5Tget_class(type);
+    if (cls == H5T_FLOAT) {
+        const hid_t ieee[4] = {H5T_IEEE_F32LE, H5T_IEEE_F32BE, H5T_IEEE_F64LE, H5T_IEEE_F64BE};
+        for (int i = 0; i < 4; i++)
+            if (H5Tequal(type, ieee[i]) > 0) return DS_OK;
+        return ds_error(DS_ERR_INPUT, "%s: %s %s: not an IEEE float of 4 or 8 bytes", shown, what,
+                        quoted);
+    }
+    const size_t size = H5Tget_size(type), precision = H5Tget_precision(type);
+    const int offset = H5Tget_offset(type);
+    const H5T_order_t order = H5Tget_order(type);
+    if (cls == H5T_INTEGER && (size == 1 || size == 2 || size == 4 || size == 8) &&
+        precision == 8 * size && offset == 0 &&
+        (order == H5T_ORDER_LE || order == H5T_ORDER_BE || size == 1))
+        return DS_OK;
+    if (cls != H5T_INTEGER)
+        return ds_error(DS_ERR_INPUT, "%s: %s %s: not a number", shown, what, quoted);
+    return ds_error(DS_ERR_INPUT,
+                    "%s: %s %s: not a standard integer type (%zu bits at bit offset %d in %zu "
+                    "bytes; expected 8, 16, 32 or 64 bits filling their bytes)",
+                    shown, what, quoted, precision, offset, size);
+}

@@ -4,9 +4,12 @@
  * of a variable-length string attribute lives), and over-reads an attribute message whose value
  * is longer than the message: so before dstrain lets libhdf5 near the root group's attributes,
  * it walks that object header, and before it reads a variable-length string, the collection the
- * value lives in. Not here: what the attributes mean (dataset.c). */
+ * value lives in; before it reads a number, that its stored type is a standard one. Not here:
+ * what the attributes mean (dataset.c). */
 #ifndef DSTRAIN_HDF5_CHECK_H
 #define DSTRAIN_HDF5_CHECK_H
+
+#include <hdf5.h>
 
 /* DS_OK when the variable-length string attribute name of the root group of the HDF5 file at
  * path can be read without risk: its characters are one byte each, its message was found in the
@@ -27,5 +30,13 @@ int hdf5_check_vlen_string_attribute(const char *path, const char *name);
  * (dataset_open, the replay buffer, the EWC state). DS_ERR_INPUT names the file and the
  * attribute (or its position when its name is damaged). */
 int hdf5_check_root_attributes(const char *path);
+
+/* DS_OK when type, the stored type of an attribute or dataset that is about to be read as a
+ * number, is one every writer makes: an integer of 1, 2, 4 or 8 bytes using all their bits, or
+ * an IEEE float of 4 or 8 bytes, either byte order. libhdf5 1.10 converts by the precision, bit
+ * offset and fields a type message states, and reads past its buffers on ones beyond the type's
+ * size (a finding of the fuzzer). DS_ERR_INPUT names path, what ("attribute", "dataset"), name and
+ * the type's layout otherwise. */
+int hdf5_check_number_type(hid_t type, const char *path, const char *what, const char *name);
 
 #endif

@@ -641,6 +641,15 @@ typedef struct RankFile {
     int64_t meta[META_LEN];
 } RankFile;
 
+/* hdf5_check_number_type of a stored type (H5Aget_type's or H5Dget_type's), closed here. */
+static int number_type_check(hid_t type, const char *path, const char *what, const char *name)
+{
+    if (type < 0) return ds_error(DS_ERR_INPUT, "%s: %s %s: unreadable type", path, what, name);
+    const int status = hdf5_check_number_type(type, path, what, name);
+    H5Tclose(type);
+    return status;
+}
+
 /* Open dir's file of rank and read its meta (format 1: vocabulary and labels not told). */
 static int rank_open(RankFile *rf, const char *dir, int rank, char *path, size_t cap)
 {
@@ -663,9 +672,15 @@ static int rank_open(RankFile *rf, const char *dir, int rank, char *path, size_t
     H5E_END_TRY;
     hid_t space = a >= 0 ? H5Aget_space(a) : -1;
     const hssize_t len = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
-    int ok = (len == META_LEN || len == META_LEN_1) && H5Aread(a, H5T_NATIVE_INT64, rf->meta) >= 0;
+    int ok = len == META_LEN || len == META_LEN_1;
+    const int typed = ok ? number_type_check(H5Aget_type(a), path, "attribute", "meta") : DS_OK;
+    ok = ok && typed == DS_OK && H5Aread(a, H5T_NATIVE_INT64, rf->meta) >= 0;
     if (space >= 0) H5Sclose(space);
     if (a >= 0) H5Aclose(a);
+    if (typed != DS_OK) {
+        H5Fclose(rf->file);
+        return typed;
+    }
     int64_t *m = rf->meta;
     if (ok && len == META_LEN_1) {
         m[META_VOCAB] = 0;
@@ -706,6 +721,8 @@ static int read_rows(hid_t file, const char *path, const char *name, hid_t type,
     if (nd != (T ? 2 : 1) || dims[0] != (hsize_t)count || (T && dims[1] != (hsize_t)T)) {
         status = ds_error(DS_ERR_INPUT, "%s: dataset %s: expected %lld rows%s", path, name,
                           (long long)count, T ? " of seq_len tokens" : "");
+    } else if ((status = number_type_check(H5Dget_type(d), path, "dataset", name)) != DS_OK) {
+        /* refused before libhdf5 converts it */
     } else if (count > 0 && H5Dget_storage_size(d) <
                                 (hsize_t)count * (hsize_t)(T ? T : 1) * (hsize_t)elem / 64) {
         /* stored bytes far below the declared size (compression aside): never written */
@@ -767,10 +784,13 @@ static int read_task_attrs(RankFile *rf, const char *path, int32_t *list, int64_
         }
         H5E_END_TRY;
         hid_t space = a >= 0 ? H5Aget_space(a) : -1;
-        int ok = a >= 0 && H5Sget_simple_extent_npoints(space) == nt &&
-                 H5Aread(a, types[i], outs[i]) >= 0;
+        int ok = a >= 0 && H5Sget_simple_extent_npoints(space) == nt;
+        const int typed =
+            ok ? number_type_check(H5Aget_type(a), path, "attribute", names[i]) : DS_OK;
+        ok = ok && typed == DS_OK && H5Aread(a, types[i], outs[i]) >= 0;
         if (space >= 0) H5Sclose(space);
         if (a >= 0) H5Aclose(a);
+        if (typed != DS_OK) return typed;
         if (!ok)
             return ds_error(DS_ERR_INPUT, "%s: attribute %s: missing or wrong length", path,
                             names[i]);

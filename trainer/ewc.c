@@ -481,11 +481,16 @@ static int h5_attr_read(hid_t loc, const char *path, const char *name, hid_t typ
     if (H5Aexists(loc, name) <= 0)
         return ds_error(DS_ERR_INPUT, "%s: attribute %s: missing", path, name);
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    hid_t space = H5Aget_space(a);
+    hid_t space = H5Aget_space(a), stored = H5Aget_type(a);
     hssize_t got = H5Sget_simple_extent_npoints(space);
-    herr_t rc = got == (hssize_t)n ? H5Aread(a, type, value) : -1;
+    /* refused before libhdf5 converts it */
+    const int typed =
+        got == (hssize_t)n ? hdf5_check_number_type(stored, path, "attribute", name) : DS_OK;
+    herr_t rc = got == (hssize_t)n && typed == DS_OK ? H5Aread(a, type, value) : -1;
+    H5Tclose(stored);
     H5Sclose(space);
     H5Aclose(a);
+    if (typed != DS_OK) return typed;
     if (got != (hssize_t)n)
         return ds_error(DS_ERR_INPUT, "%s: attribute %s: expected %llu values, got %lld", path,
                         name, (unsigned long long)n, (long long)got);
@@ -512,11 +517,14 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
     hsize_t have = 0;
     H5Sget_simple_extent_dims(fs, &have, NULL);
     int status = DS_OK;
+    hid_t stored = H5Dget_type(d);
     if (H5Sget_simple_extent_ndims(fs) != 1 || have != dims) {
         status = ds_error(DS_ERR_INPUT,
                           "%s: dataset %s: expected %zu elements (the parameter "
                           "layout), got %llu",
                           path, name, total, (unsigned long long)have);
+    } else if ((status = hdf5_check_number_type(stored, path, "dataset", name)) != DS_OK) {
+        /* refused before libhdf5 converts to or from it */
     } else if (count > 0) {
         hid_t ms = H5Screate_simple(1, &count, NULL);
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL);
@@ -527,6 +535,7 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
                               write ? "write" : "read");
         H5Sclose(ms);
     }
+    H5Tclose(stored);
     H5Sclose(fs);
     H5Dclose(d);
     return status;
@@ -722,9 +731,12 @@ static int tensor_io(hid_t file, const char *path, const char *group, const Para
     int nd = H5Sget_simple_extent_ndims(fs);
     H5Sget_simple_extent_dims(fs, have, NULL);
     int status = DS_OK;
+    hid_t stored = H5Dget_type(d);
     if (nd != p->ndim || have[0] != dims[0] || (nd == 2 && have[1] != dims[1])) {
         status = ds_error(DS_ERR_INPUT, "%s: dataset %s: shape differs from the model's", path,
                           name);
+    } else if ((status = hdf5_check_number_type(stored, path, "dataset", name)) != DS_OK) {
+        /* refused before libhdf5 converts to or from it */
     } else if (p->numel > 0) {
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
         hid_t ms = H5Screate_simple(p->ndim, count, NULL);
@@ -735,6 +747,7 @@ static int tensor_io(hid_t file, const char *path, const char *group, const Para
                               write ? "write" : "read");
         H5Sclose(ms);
     }
+    H5Tclose(stored);
     H5Sclose(fs);
     H5Dclose(d);
     return status;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "data/replay.h"
+#include "h5_narrow.h"
 #include "trainer/common.h"
 
 #define T_EX 4
@@ -263,6 +264,37 @@ Test(replay, hostile_files_are_input_errors_that_name_the_file)
     }
     replay_free(&other);
     replay_free(&b);
+}
+
+/* An attribute or dataset stored as an integer type that uses 32 of its 64 bits (legal HDF5;
+ * libhdf5 1.10 converts such types by what they state, past its buffers when damaged) is
+ * refused by name before it is read. */
+Test(replay, numbers_of_unusual_integer_types_are_refused_by_name)
+{
+    char dir[1024], path[1200];
+    scratch_dir(dir, sizeof(dir), "narrow");
+    snprintf(path, sizeof(path), "%s/replay-rank-00000.h5", dir);
+    const struct {
+        const char *name;
+        int dataset;
+        const char *want;
+    } cases[] = {
+        {"meta", 0, "attribute \"meta\": not a standard integer type (32 bits at bit offset 0"},
+        {"labels", 1, "dataset \"labels\": not a standard integer type (32 bits"},
+        {"task_list", 0, "attribute \"task_list\": not a standard integer type"},
+    };
+    for (size_t c = 0; c < DS_ARRAY_LEN(cases); c++) {
+        ReplayBuffer b;
+        cr_assert_eq(replay_init(&b, REPLAY_TASK_BALANCED, 8, T_EX, 0, 1, 1), DS_OK);
+        add_range(&b, 0, 6, 1);
+        cr_assert_eq(replay_save(&b, dir), DS_OK, "%s", ds_last_error());
+        cr_assert_eq(replay_load(&b, dir), DS_OK, "%s", ds_last_error());
+        cr_assert_eq(h5_narrow(path, cases[c].name, cases[c].dataset), 0, "%s", cases[c].name);
+        cr_assert_eq(replay_load(&b, dir), DS_ERR_INPUT, "%s", cases[c].name);
+        cr_assert(strstr(ds_last_error(), path) && strstr(ds_last_error(), cases[c].want), "%s: %s",
+                  cases[c].name, ds_last_error());
+        replay_free(&b);
+    }
 }
 
 /* A global buffer sharded over 3 ranks decides as one unsharded buffer does (both policies):
