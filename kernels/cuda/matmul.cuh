@@ -190,6 +190,9 @@ static void weights_refresh(const Backend *be, const float *params)
     const int whole = w->stale || !w->copy;
     w->fresh = 0;
     w->stale = 1;
+    /* a refresh says the weights were written: no operand rounded from them is reused, whatever
+     * wrote them (the ops that write attached buffers already say so themselves) */
+    operands_written(cx, w->params, w->n * sizeof(float));
     if (!cx->bf16 || !cx->copies_kept) return;
     if (weight_copy_alloc(w) != DS_OK) { /* matmuls round the weights on the fly instead */
         static int warned;

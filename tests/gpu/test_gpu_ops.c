@@ -1049,6 +1049,9 @@ static void test_operand_reuse(void)
     b->weights_touched(b, params);
     b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
     rounds(b, &last, (long long)wn, "after weights_touched");
+    b->weights_refresh(b, params); /* what wrote them need not have said so */
+    b->matmul_forward(b, y2, x, wa, NULL, M, K, N);
+    rounds(b, &last, (long long)wn, "after weights_refresh");
     b->matmul_forward(b, y2, x, loose, NULL, M, K, N);
     b->matmul_forward(b, y2, x, loose, NULL, M, K, N);
     rounds(b, &last, 2 * (long long)wn, "a weight outside every attached buffer, twice");
