@@ -195,7 +195,9 @@ struct Backend {
      * writes the copy in the same pass, and the mem_* ops and scale mark the ranges they write);
      * so a write into an attached buffer by anything else (a collective such as ZeRO's
      * all-gather, or an op of another backend) must be followed by weights_touched(params) (params
-     * as attached), which makes the next refresh round it all. */
+     * as attached), which makes the next refresh round it all. Of this backend's ops only mem_*,
+     * scale and the two AdamW updates may write an attached buffer; the others write activations
+     * and gradients. */
     int (*weights_attach)(const Backend *be, const float *params, size_t n);
     void (*weights_refresh)(const Backend *be, const float *params);
     void (*weights_detach)(const Backend *be, const float *params);

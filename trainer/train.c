@@ -1314,8 +1314,9 @@ int train_run(const Config *cfg)
     if ((status = run_ranks_on_host(grid, &ranks_here)) != DS_OK) goto done;
     status = train_backend(cfg, &r->be);
     if (status == DS_OK) status = run_check_memory(r, ranks_here);
+    /* the backend made again without the copy may fail on one rank: all hear of it */
     if ((status = run_agree(grid, status)) != DS_OK ||
-        (status = run_agree_weight_copy(r)) != DS_OK)
+        (status = run_agree(grid, run_agree_weight_copy(r))) != DS_OK)
         goto done;
 
     /* the run directory: named by rank 0 (clocks may cross a second), taken with a lock */

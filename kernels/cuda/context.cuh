@@ -79,7 +79,9 @@ typedef struct CudaContext {
     const Backend *be;   /* the table this context belongs to (ops called from helpers) */
     int device;          /* the GPU current when the context was made (the caller keeps it so) */
     cudaStream_t stream; /* every op's stream: the legacy default stream, so the synchronous
-                          * copies of the mem_* ops order with the kernels */
+                          * copies of the mem_* ops order with the kernels; it must stay one
+                          * stream for all backends while the persistent attention forward's
+                          * tile counter is process-wide (attention_wgmma.cu, docs/gpu.md) */
     size_t smem_optin;   /* shared memory a block may ask for on this device, bytes */
 
     /* the options (cuda_context_options) */

@@ -175,6 +175,11 @@ static int weights_attach(const Backend *be, const float *params, size_t n)
     if (!w) w = weight_copy_of(cx, NULL);
     if (!w) return ds_error(DS_ERR_INTERNAL, "CUDA: more than %d parameter buffers attached",
                             WEIGHT_COPIES_MAX);
+    if (w->copy && w->n != n) { /* attached again at another length: the copy is made anew */
+        cudaFree(w->copy);
+        w->copy = NULL;
+    }
+    operands_written(cx, params, n * sizeof(float));
     w->params = params;
     w->n = n;
     w->fresh = 0;
