@@ -187,7 +187,7 @@ static int attribute_parts(const uint8_t *msg, size_t len, AttributeParts *a)
 {
     if (len < 8) return 0;
     a->version = msg[0];
-    a->flags = msg[1];
+    a->flags = a->version == 1 ? 0 : msg[1]; /* version 1: a reserved byte libhdf5 ignores */
     if (a->version < 1 || a->version > 3) return 0;
     const size_t name_size = (size_t)le(msg + 2, 2);
     a->type_size = (size_t)le(msg + 4, 2);
@@ -237,6 +237,85 @@ static size_t type_element_size(const uint8_t *t, size_t size)
     return size < 8 ? 0 : (size_t)le(t + 4, 4);
 }
 
+/* Bytes of a name that starts at p, ends with its NUL before end and takes padded bytes (to a
+ * multiple of 8 when pad8); 0 when the NUL or the padding is not there. */
+static size_t name_bytes(const uint8_t *p, const uint8_t *end, int pad8)
+{
+    const uint8_t *nul = memchr(p, 0, (size_t)(end - p));
+    if (!nul) return 0;
+    const size_t n = (size_t)(nul - p) + 1, padded = pad8 ? (n + 7) & ~(size_t)7 : n;
+    return padded <= (size_t)(end - p) ? padded : 0;
+}
+
+#define CHECK_MAX_TYPE_DEPTH 8 /* datatypes inside datatypes (compound, enum, array, vlen) */
+
+/* The datatype message at [t, end), walked as libhdf5 1.10 decodes it (H5O__dtype_decode_helper,
+ * which bounds nothing: member names are copied by their NUL, counts and dimensions trusted):
+ * the bytes it takes, or 0 when any part of it, a nested type's included, would lie past end. */
+static size_t type_bytes(const uint8_t *t, const uint8_t *end, int depth)
+{
+    if (depth > CHECK_MAX_TYPE_DEPTH || end - t < 8) return 0;
+    const unsigned cls = t[0] & 0x0F, version = t[0] >> 4;
+    const unsigned bits = (unsigned)le(t + 1, 3);
+    const uint64_t size = le(t + 4, 4);
+    if (version < 1 || version > 4) return 0;
+    const uint8_t *p = t + 8;
+    size_t left = (size_t)(end - p), n;
+    switch (cls) {
+    case 0: /* fixed-point: bit offset, precision */
+    case 4: /* bit field */
+        return left >= 4 ? 12 : 0;
+    case 1: /* floating point: offset, precision, exponent and mantissa fields, bias */
+        return left >= 12 ? 20 : 0;
+    case 2: /* time: precision */
+        return left >= 2 ? 10 : 0;
+    case 3: /* string */
+    case 7: /* reference */
+        return 8;
+    case 5: /* opaque: a tag of (bits & 0xff) bytes */
+        return (bits & 0xFF) <= left ? 8 + (bits & 0xFF) : 0;
+    case 6: { /* compound: members of name, offset (, version 1: dimensions), type */
+        const unsigned members = bits & 0xFFFF;
+        size_t offset_bytes = 1;
+        for (uint64_t v = size; v > 0xFF; v >>= 8)
+            offset_bytes++;
+        for (unsigned m = 0; m < members; m++) {
+            if (!(n = name_bytes(p, end, version < 3))) return 0;
+            p += n;
+            const size_t fixed = version == 1 ? 4 + 28 : version == 2 ? 4 : offset_bytes;
+            if ((size_t)(end - p) < fixed) return 0;
+            p += fixed;
+            if (!(n = type_bytes(p, end, depth + 1))) return 0;
+            p += n;
+        }
+        return (size_t)(p - t);
+    }
+    case 8: { /* enumeration: base type, names, values */
+        const unsigned members = bits & 0xFFFF;
+        if (!(n = type_bytes(p, end, depth + 1))) return 0;
+        const uint64_t base = le(p + 4, 4);
+        p += n;
+        for (unsigned m = 0; m < members; m++) {
+            if (!(n = name_bytes(p, end, version < 3))) return 0;
+            p += n;
+        }
+        if (base > (uint64_t)(end - p) / (members ? members : 1)) return 0;
+        return (size_t)(p - t) + (size_t)(base * members);
+    }
+    case 9: /* variable-length: base type */
+        return (n = type_bytes(p, end, depth + 1)) ? 8 + n : 0;
+    case 10: { /* array: rank, dimensions (, version 2: permutation), base type */
+        if (left < 1 || version < 2) return 0;
+        const size_t rank = p[0], head = version == 2 ? 4 + 8 * rank : 1 + 4 * rank;
+        if (rank == 0 || rank > 32 || head > left) return 0;
+        p += head;
+        return (n = type_bytes(p, end, depth + 1)) ? (size_t)(p - t) + n : 0;
+    }
+    default:
+        return 0;
+    }
+}
+
 typedef struct LayoutCheck {
     int index;
 } LayoutCheck;
@@ -260,11 +339,24 @@ static int check_attribute_layout(const Reader *r, unsigned type, const uint8_t 
                  index);
         return bad(r, what);
     }
-    if (a.flags & 3) return DS_OK; /* shared datatype or dataspace: described elsewhere */
-    const int64_t points = space_points(r, a.space, a.space_size);
-    const size_t element = type_element_size(a.type, a.type_size);
     char shown[300];
     ds_quoted(shown, sizeof(shown), a.name, 100);
+    if (a.flags & 3) { /* libhdf5 would decode it from another object, unchecked */
+        snprintf(what, sizeof(what),
+                 "attribute %s of the root group has a shared datatype or dataspace, which dstrain "
+                 "does not check (write it without a committed datatype)",
+                 shown);
+        return bad(r, what);
+    }
+    if (!type_bytes(a.type, a.type + a.type_size, 0)) {
+        snprintf(what, sizeof(what),
+                 "attribute %s of the root group is damaged (its datatype does not fit in its "
+                 "message)",
+                 shown);
+        return bad(r, what);
+    }
+    const int64_t points = space_points(r, a.space, a.space_size);
+    const size_t element = type_element_size(a.type, a.type_size);
     /* a variable-length value is stored as its length, a heap address and an index: libhdf5
      * sizes the value's buffer by the stated size when it decodes, by that layout when it reads */
     const int vlen_bad =

@@ -24,8 +24,9 @@ int hdf5_check_vlen_string_attribute(const char *path, const char *name);
 /* DS_OK when the file's superblock leads to a root group object header whose every chunk lies
  * within the file (H5Fopen allocates what the header claims), and every attribute message in it
  * lies within itself: its name, datatype and dataspace inside the message, the name as long as
- * its size says, and its value (points x element size) in what is left. libhdf5 1.10 decodes an
- * attribute on H5Aexists and H5Aopen and copies its value without the last check (a heap
+ * its size says, its datatype (every part libhdf5 decodes: member names, nested types) inside
+ * its own size, neither shared, and its value (points x element size) in what is left. libhdf5 1.10
+ * decodes an attribute on H5Aexists and H5Aopen and copies its value without the last check (a heap
  * over-read the fuzzer found). Called before H5Fopen by every reader of HDF5 files from users
  * (dataset_open, the replay buffer, the EWC state). DS_ERR_INPUT names the file and the
  * attribute (or its position when its name is damaged). */

@@ -326,7 +326,7 @@ Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .tim
 {
     char dir[1024], path[1100];
     test_dir("vlen", dir, sizeof(dir));
-    char body[12288];
+    char body[16384];
     // clang-format off
     snprintf(body, sizeof(body),
              "%s"
@@ -381,7 +381,27 @@ Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .tim
              "make_with('empty_tokenizer.h5')\n"
              "with h5py.File(d + '/empty_tokenizer.h5', 'r+') as f: f.attrs['tokenizer'] = ''\n"
              "narrow('narrow_attr.h5', False)\n"
-             "narrow('narrow_dataset.h5', True)\n",
+             "narrow('narrow_dataset.h5', True)\n"
+             /* attributes of every datatype class the root walk decodes, in the oldest format
+              * (datatype versions 1 and 2) and in 1.10's (version 3: names unpadded) */
+             "extras = {\n"
+             "    'flag': lambda f: f.attrs.create('flag', True),\n"
+             "    'ratio': lambda f: f.attrs.create('ratio', np.float32(0.5)),\n"
+             "    'rec': lambda f: f.attrs.create('rec', np.array((1, 2.0, b'ab'), dtype=[('a', '<i4'), ('b', '<f8'), ('c', 'S2')])),\n"
+             "    'nested': lambda f: f.attrs.create('nested', np.zeros(1, dtype=[('x', [('p', '<i2'), ('q', '<f4')]), ('y', '<u8', (2,))])),\n"
+             "    'enum': lambda f: f.attrs.create('enum', 1, dtype=h5py.enum_dtype({'RED': 0, 'GREEN': 1, 'BLUE': 42}, basetype='i1')),\n"
+             "    'opaque': lambda f: f.attrs.create('opaque', np.void(b'\\x01\\x02\\x03')),\n"
+             "    'ref': lambda f: f.attrs.create('ref', f['tokens'].ref),\n"
+             "    'array': lambda f: h5py.h5a.create(f.id, b'array', h5py.h5t.array_create(h5py.h5t.STD_I32LE, (2, 3)), h5py.h5s.create(h5py.h5s.SCALAR)).write(np.zeros((2, 3), np.int32), mtype=h5py.h5t.array_create(h5py.h5t.STD_I32LE, (2, 3))),\n"
+             "}\n"
+             "for lib in ['earliest', 'v110']:\n"
+             "    for k, add in extras.items():\n"
+             "        make_with('type_%%s_%%s.h5' %% (k, lib), libver=lib)\n"
+             "        with h5py.File(d + '/type_%%s_%%s.h5' %% (k, lib), 'r+') as f: add(f)\n"
+             "make_with('shared_type.h5')\n"
+             "with h5py.File(d + '/shared_type.h5', 'r+') as f:\n"
+             "    f['mytype'] = np.dtype('<i8')\n"
+             "    f.attrs.create('committed', 1, dtype=f['mytype'])\n",
              GCOL_EDIT);
     // clang-format on
     make_files(dir, "vlen", body);
@@ -391,6 +411,14 @@ Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .tim
         test_path(path, sizeof(path), dir, good[i]);
         check_layout_reads(path);
     }
+    const char *extras[] = {"flag", "ratio", "rec", "nested", "enum", "opaque", "ref", "array"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(extras); i++)
+        for (int v110 = 0; v110 < 2; v110++) {
+            char name[64];
+            snprintf(name, sizeof(name), "type_%s_%s.h5", extras[i], v110 ? "v110" : "earliest");
+            test_path(path, sizeof(path), dir, name);
+            check_layout_reads(path);
+        }
     /* an empty string: its collection is checked (libhdf5 reads it) and the file opens */
     test_path(path, sizeof(path), dir, "empty_tokenizer.h5");
     TokenDataset *empty = NULL;
@@ -438,6 +466,13 @@ Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .tim
         {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_vlen_empty_string_hang.h5",
          "attribute \"format\": its value's global heap collection is damaged (an object that "
          "does not fit, or a free-space object of size 0)"},
+        /* an enumeration of 257 members whose names run past the message: libhdf5 1.10
+         * copies each name by its NUL (H5Aexists decodes every attribute's datatype) */
+        {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_enum_names_overread.h5",
+         "attribute \"tokenizer\" of the root group is damaged (its datatype does not fit in its "
+         "message)"},
+        {"shared_type.h5", "attribute \"committed\" of the root group has a shared datatype or "
+                           "dataspace, which dstrain does not check"},
         /* an integer attribute of precision 255 at bit offset 65535 in 8 bytes: libhdf5 1.10
          * converts it by reading far past the value */
         {DSTRAIN_SOURCE_DIR "/tests/fuzz/regressions/hdf5_integer_bit_offset.h5",
