@@ -357,7 +357,12 @@ int comm_all_to_allv(const CommGroup *g, const void *send, const size_t *send_co
         if (send_counts[0] != recv_counts[0])
             return ds_error(DS_ERR_INTERNAL, "comm: all-to-all counts %zu and %zu disagree",
                             send_counts[0], recv_counts[0]);
-        if (send_counts[0]) memmove(recv, send, send_counts[0] * esize);
+        if (!send_counts[0]) return DS_OK;
+#ifdef DSTRAIN_HAVE_NCCL
+        if (comm_nccl_is_device_ptr(recv) || comm_nccl_is_device_ptr(send))
+            return comm_nccl_copy(recv, send, send_counts[0] * esize);
+#endif
+        memmove(recv, send, send_counts[0] * esize);
         return DS_OK;
     }
 #ifdef DSTRAIN_HAVE_NCCL

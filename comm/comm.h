@@ -94,6 +94,8 @@ int comm_nccl_init(void **nccl_comm, const void *id, int size, int rank, int dev
 int comm_nccl_split(void *parent, int color, int key, void **out);
 void comm_nccl_free(void *nccl_comm);
 int comm_nccl_is_device_ptr(const void *p);
+/* bytes from src to dst, either of them in host or device memory */
+int comm_nccl_copy(void *dst, const void *src, size_t bytes);
 /* Each call enqueues on the communicator's stream and waits for it, polling
  * ncclCommGetAsyncError; an error or a wait beyond DSTRAIN_NCCL_TIMEOUT seconds (default 300)
  * aborts the communicator and returns DS_ERR_INTERNAL with the NCCL message. */

@@ -60,6 +60,48 @@ static void dev_out(void *host, void *d, size_t bytes)
         WCHECK(dev_status_ == DS_OK, "%s", ds_last_error());                                       \
     } while (0)
 
+/* All-to-all with uneven counts, some of them 0, a member's block to itself among them: member
+ * r sends (r + s + 1) % 3 elements to member s, element e being r * 100 + s * 10 + e (as the
+ * type's bits: nothing is reduced, so bf16 travels as 16-bit words). */
+static void check_all_to_allv(const CommGroup *g, int rank, const char *name, CommType type)
+{
+    const int n = g->size, me = g->rank;
+    const size_t esize = type == COMM_BF16 ? 2 : 4;
+    size_t sc[64], rc[64], sn = 0, rn = 0;
+    for (int r = 0; r < n; r++) {
+        sc[r] = (size_t)(me + r + 1) % 3;
+        rc[r] = (size_t)(r + me + 1) % 3;
+        sn += sc[r];
+        rn += rc[r];
+    }
+    unsigned char *send = calloc(sn + 1, esize), *recv = calloc(rn + 1, esize);
+    size_t at = 0;
+    for (int r = 0; r < n; r++)
+        for (size_t e = 0; e < sc[r]; e++, at++) {
+            const unsigned v = (unsigned)(me * 100 + r * 10 + (int)e);
+            if (esize == 2)
+                ((uint16_t *)send)[at] = (uint16_t)v;
+            else
+                ((float *)send)[at] = (float)v;
+        }
+    void *dsend = dev_in(send, (sn + 1) * esize), *drecv = dev_in(recv, (rn + 1) * esize);
+    const int status = comm_all_to_allv(g, dsend, sc, drecv, rc, type);
+    dev_out(recv, drecv, (rn + 1) * esize);
+    dev_out(send, dsend, (sn + 1) * esize);
+    WCHECK(status == DS_OK, "%s all-to-all: %s", name, ds_last_error());
+    at = 0;
+    for (int r = 0; r < n; r++)
+        for (size_t e = 0; e < rc[r]; e++, at++) {
+            const unsigned want = (unsigned)(r * 100 + me * 10 + (int)e);
+            const unsigned got =
+                esize == 2 ? ((uint16_t *)recv)[at] : (unsigned)((float *)recv)[at];
+            WCHECK(got == want, "%s all-to-all (%s) from member %d [%zu] = %u, expected %u", name,
+                   esize == 2 ? "bf16" : "f32", r, e, got, want);
+        }
+    free(send);
+    free(recv);
+}
+
 /* Collectives on one group: values depend on the member rank so that misplaced blocks show. */
 static void check_group(const CommGroup *g, int rank, const char *name)
 {
@@ -116,6 +158,8 @@ static void check_group(const CommGroup *g, int rank, const char *name)
     char want[32];
     snprintf(want, sizeof(want), "from member %d", n - 1);
     WCHECK(strcmp(text, want) == 0, "%s broadcast got \"%s\"", name, text);
+    check_all_to_allv(g, rank, name, COMM_F32);
+    check_all_to_allv(g, rank, name, COMM_BF16);
     WCHECK(comm_barrier(g) == DS_OK, "%s", ds_last_error());
 }
 
@@ -171,6 +215,22 @@ static int worker_main(void)
     int64_t want = tp >= 2 ? 2 * (rank - rank % 2) + 1 : rank;
     WCHECK(who == want, "pair sum %lld, expected %lld", (long long)who, (long long)want);
     comm_group_free(&pairs);
+    /* expert parallelism: dp split into groups of 2 consecutive ranks (ep) and the ranks that
+     * hold the same experts (edp), as parallel.ep = 2 makes them */
+    if (g.dp_size % 2 == 0) {
+        WCHECK(comm_grid_split_experts(&g, 2) == DS_OK, "%s", ds_last_error());
+        WCHECK(g.ep_size == 2 && g.ep_rank == g.dp_rank % 2 && g.edp_size == g.dp_size / 2 &&
+                   g.edp_rank == g.dp_rank / 2,
+               "ep %d/%d edp %d/%d", g.ep_rank, g.ep_size, g.edp_rank, g.edp_size);
+        check_group(&g.ep, rank, "ep");
+        check_group(comm_edp(&g), rank, "edp");
+        /* the ep partner: the other dp rank of the pair, the same tp rank */
+        int64_t who = rank;
+        comm_all_reduce(&g.ep, &who, 1, COMM_I64, COMM_SUM);
+        const int64_t partner = rank + (g.ep_rank == 0 ? tp : -tp);
+        WCHECK(who == rank + partner, "ep pair sum %lld, expected %lld", (long long)who,
+               (long long)(rank + partner));
+    }
     printf("rank %d of %d (tp %d/%d, dp %d/%d, local %d): %d checks%s, %d failed\n", rank,
            g.world_size, g.tp_rank, g.tp_size, g.dp_rank, g.dp_size, g.local_rank, checks,
            device ? " on device buffers" : "", failures);

@@ -3,8 +3,10 @@
 # (not in ctest: CI has no GPU). From the repository root, with the build dependencies the node
 # lacks in .devdeps (see the device notes): builds, then
 #  1. every collective of comm/ on device buffers, at tp = 1 and tp = 2 (comm_test_comm worker);
-#  2. dp = 2 (with and without ZeRO-1) and tp = 2 training on the CUDA backend against one GPU:
-#     per-step losses and final parameters side by side (numbers printed);
+#  2. dp = 2 (with and without ZeRO-1) and tp = 2 training on the CUDA backend against one GPU,
+#     and expert parallelism (tiny-moe, dp = 2 with ep = 2: tokens dispatched and combined by
+#     NCCL send/recv) against one GPU on the same model: per-step losses and final parameters
+#     side by side (numbers printed);
 #  3. a failing rank (DSTRAIN_FAIL_RANK) ends the NCCL job within 60 s.
 set -uo pipefail
 build=${BUILD:-/tmp/dstrain-nccl}
@@ -26,10 +28,14 @@ common=(device=cuda train.steps=20 train.seq_len=64 log.every=10 run.save_final=
 echo "== training: 1 GPU, then dp 2 over NCCL"
 "$build/dstrain" train "${common[@]}" train.micro_batch_size=8 run.dir="$out/r1" >"$out/r1.log" 2>&1
 echo "1 GPU: exit $?"
+"$build/dstrain" train "${common[@]}" model.preset=tiny-moe train.micro_batch_size=8 \
+  run.dir="$out/r1moe" >"$out/r1moe.log" 2>&1
+echo "1 GPU, tiny-moe: exit $?"
 # dp 2 halves the micro-batch (same global batch); tp 2 keeps it
 for layout in "dp2z1 parallel.zero=1 train.micro_batch_size=4" \
               "dp2z0 parallel.zero=0 train.micro_batch_size=4" \
-              "tp2 parallel.tp=2 train.micro_batch_size=8"; do
+              "tp2 parallel.tp=2 train.micro_batch_size=8" \
+              "ep2 model.preset=tiny-moe parallel.ep=2 train.micro_batch_size=4"; do
   set -- $layout
   name=$1; shift
   timeout 200 mpirun -np 2 "$build/dstrain" train "${common[@]}" "$@" run.dir="$out/$name" \
@@ -46,8 +52,8 @@ def tensors(d):
     b = open(f"{out}/{d}/final.safetensors", "rb").read(); n = struct.unpack("<Q", b[:8])[0]
     h = json.loads(b[8:8 + n]); return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], np.float32) for k, v in h.items() if k != "__metadata__"}
 try:
-    L0, P0 = losses("r1"), tensors("r1")
-    for d in ["dp2z1", "dp2z0", "tp2"]:
+    for d, ref in [("dp2z1", "r1"), ("dp2z0", "r1"), ("tp2", "r1"), ("ep2", "r1moe")]:
+        L0, P0 = losses(ref), tensors(ref)
         L, P = losses(d), tensors(d)
         rel = max(abs(a - b) / abs(a) for a, b in zip(L0, L))
         dp = max(float(np.max(np.abs(P[k] - P0[k]))) for k in P0)
