@@ -201,6 +201,7 @@ static int dataset_open_1d(TokenDataset *ds, const char *name, int required, hid
         return ds_error(DS_ERR_INPUT, "%s: dataset \"%s\" is missing (see docs/data.md)", ds->path,
                         name);
     }
+    DS_TRY(hdf5_check_dataset(ds->path, ds->file, name)); /* before libhdf5 decodes it */
     /* Compressed chunks get a cache that holds the chunks one group of the blocked order
      * (reader.c) touches: re-inflating a chunk for every window would dominate the read time.
      * Uncompressed chunks get none: HDF5 then reads a selection straight into our buffer,

@@ -19,8 +19,12 @@
 #define CHECK_MAX_CHUNKS 64                      /* object header chunks followed */
 #define CHECK_MAX_CHUNK_BYTES (4u << 20)         /* one chunk of an object header */
 #define CHECK_MAX_COLLECTION_BYTES (64ull << 20) /* a global heap collection */
-#define MSG_CONTINUATION 0x10
+#define MSG_DATASPACE 0x01
+#define MSG_DATATYPE 0x03
+#define MSG_FILTERS 0x0B
 #define MSG_ATTRIBUTE 0x0C
+#define MSG_CONTINUATION 0x10
+#define MSG_FLAG_SHARED 0x02 /* the message is a reference to one stored elsewhere */
 #define NO_SUPERBLOCK (-1) /* reader_open: not an HDF5 file at all */
 
 typedef struct Reader {
@@ -28,6 +32,7 @@ typedef struct Reader {
     uint64_t file_size, base; /* addresses in the file are relative to base (the user block) */
     size_t sizeof_addr, sizeof_size;
     const char *path, *name;
+    const char *object; /* whose object header is walked: "the root group", "dataset \"x\"" */
 } Reader;
 
 static int bad(const Reader *r, const char *what)
@@ -38,6 +43,15 @@ static int bad(const Reader *r, const char *what)
                     "%s: %s%s; refused before libhdf5 reads it (damage there can make libhdf5 "
                     "hang, read out of bounds or exhaust memory)",
                     ds_printable(shown, sizeof(shown), r->path, 500), attr, what);
+}
+
+/* bad() of "<before> <the object whose header is walked> <after>" */
+static int bad_in(const Reader *r, const char *before, const char *after)
+{
+    char text[300];
+    snprintf(text, sizeof(text), "%s %s %s", before, r->object ? r->object : "the root group",
+             after);
+    return bad(r, text);
 }
 
 /* len bytes at file address addr (relative to base) into a new buffer; NULL when they are not
@@ -75,7 +89,8 @@ typedef struct Chunk {
     int v2; /* a version 2 chunk: "OHDR" prefix or "OCHK", a checksum at the end */
 } Chunk;
 
-/* Called for each message of the root group's object header: its type and data; a non-zero
+/* Called for each message of an object header (the root group's, or r->object's): its type and
+ * data; a non-zero
  * return stops the walk with that status (1: found, stop quietly). */
 typedef int (*MessageVisit)(const Reader *r, unsigned type, const uint8_t *data, size_t size,
                             void *ctx);
@@ -90,14 +105,21 @@ static int walk_chunk(const Reader *r, const uint8_t *p, const uint8_t *end, int
     while ((size_t)(end - p) >= head) {
         unsigned type = v2 ? p[0] : (unsigned)le(p, 2);
         size_t size = v2 ? (size_t)le(p + 1, 2) : (size_t)le(p + 2, 2);
+        const unsigned flags = v2 ? p[3] : p[4];
         const uint8_t *data = p + head;
         if (size > (size_t)(end - data))
-            return bad(r, "a message of the root group's object header runs past its chunk");
+            return bad_in(r, "a message of the object header of", "runs past its chunk");
+        /* libhdf5 would decode the message it refers to from another object, unchecked */
+        if ((flags & MSG_FLAG_SHARED) && (type == MSG_DATATYPE || type == MSG_DATASPACE ||
+                                          type == MSG_FILTERS || type == MSG_ATTRIBUTE))
+            return bad_in(r, "a datatype, dataspace, filter or attribute message of",
+                          "is shared (stored in another object, as a committed datatype is), "
+                          "which dstrain does not check");
         if (type == MSG_CONTINUATION) {
             if (size < r->sizeof_addr + r->sizeof_size)
-                return bad(r, "a continuation message of the root group's header is damaged");
+                return bad_in(r, "a continuation message of the object header of", "is damaged");
             if (*n_chunks >= CHECK_MAX_CHUNKS)
-                return bad(r, "the root group's object header has too many chunks");
+                return bad_in(r, "the object header of", "has too many chunks");
             chunks[*n_chunks] =
                 (Chunk){le(data, r->sizeof_addr), le(data + r->sizeof_addr, r->sizeof_size), v2};
             (*n_chunks)++;
@@ -109,19 +131,19 @@ static int walk_chunk(const Reader *r, const uint8_t *p, const uint8_t *end, int
     return DS_OK;
 }
 
-/* Every message of the root group's object header at addr (version 1 or 2, continuation chunks
+/* Every message of the object header at addr (version 1 or 2, continuation chunks
  * followed, each read within the file and bounded), handed to visit. */
-static int walk_root_header(const Reader *r, uint64_t addr, MessageVisit visit, void *ctx)
+static int walk_header(const Reader *r, uint64_t addr, MessageVisit visit, void *ctx)
 {
     uint8_t *prefix = read_at(r, addr, 16);
-    if (!prefix) return bad(r, "the root group's object header is outside the file");
+    if (!prefix) return bad_in(r, "the object header of", "is outside the file");
     Chunk chunks[CHECK_MAX_CHUNKS];
     int n_chunks = 0, creation_order = 0;
     size_t skip = 0; /* bytes of the first chunk before its messages */
     if (memcmp(prefix, "OHDR", 4) == 0) {
         if (prefix[4] != 2) {
             free(prefix);
-            return bad(r, "the root group's object header has an unknown version");
+            return bad_in(r, "the object header of", "has an unknown version");
         }
         const unsigned flags = prefix[5];
         creation_order = (flags & 0x04) != 0;
@@ -130,14 +152,14 @@ static int walk_root_header(const Reader *r, uint64_t addr, MessageVisit visit, 
         uint8_t *more = read_at(r, addr, skip + width);
         if (!more) {
             free(prefix);
-            return bad(r, "the root group's object header is outside the file");
+            return bad_in(r, "the object header of", "is outside the file");
         }
         const uint64_t len = le(more + skip, width);
         free(more);
         skip += width;
         if (len > CHECK_MAX_CHUNK_BYTES) {
             free(prefix);
-            return bad(r, "an object header chunk of the root group is implausibly large");
+            return bad_in(r, "an object header chunk of", "is implausibly large");
         }
         chunks[n_chunks++] = (Chunk){addr, skip + len + 4, 1}; /* + checksum */
     } else if (prefix[0] == 1) {
@@ -145,29 +167,29 @@ static int walk_root_header(const Reader *r, uint64_t addr, MessageVisit visit, 
         chunks[n_chunks++] = (Chunk){addr, 16 + le(prefix + 8, 4), 0};
     } else {
         free(prefix);
-        return bad(r, "the root group's object header has an unknown version");
+        return bad_in(r, "the object header of", "has an unknown version");
     }
     free(prefix);
     int status = DS_OK;
     for (int c = 0; c < n_chunks && status == DS_OK; c++) {
         if (chunks[c].len > CHECK_MAX_CHUNK_BYTES)
-            return bad(r, "an object header chunk of the root group is implausibly large");
+            return bad_in(r, "an object header chunk of", "is implausibly large");
         uint8_t *chunk = read_at(r, chunks[c].addr, chunks[c].len);
-        if (!chunk) return bad(r, "an object header chunk of the root group is outside the file");
+        if (!chunk) return bad_in(r, "an object header chunk of", "is outside the file");
         const uint8_t *p = chunk, *end = chunk + chunks[c].len;
         if (c == 0) {
             p += skip;
         } else if (chunks[c].v2) {
             if (chunks[c].len < 8 || memcmp(chunk, "OCHK", 4) != 0) {
                 free(chunk);
-                return bad(r, "a continuation chunk of the root group's header is damaged");
+                return bad_in(r, "a continuation chunk of the object header of", "is damaged");
             }
             p += 4;
         }
         if (chunks[c].v2) end -= 4; /* the checksum */
         if (p > end) {
             free(chunk);
-            return bad(r, "an object header chunk of the root group is damaged");
+            return bad_in(r, "an object header chunk of", "is damaged");
         }
         status = walk_chunk(r, p, end, chunks[c].v2, creation_order, chunks, &n_chunks, visit, ctx);
         free(chunk);
@@ -527,7 +549,7 @@ int hdf5_check_root_attributes(const char *path)
     if (status == NO_SUPERBLOCK) return DS_OK;
     if (status != DS_OK) return status;
     LayoutCheck lc = {0};
-    status = walk_root_header(&r, root, check_attribute_layout, &lc);
+    status = walk_header(&r, root, check_attribute_layout, &lc);
     close(r.fd);
     return status;
 }
@@ -540,7 +562,7 @@ int hdf5_check_vlen_string_attribute(const char *path, const char *name)
     if (status == NO_SUPERBLOCK) return bad(&r, "no HDF5 superblock dstrain can read");
     if (status != DS_OK) return status;
     FindAttribute f = {.name = name};
-    status = walk_root_header(&r, root, find_attribute_visit, &f);
+    status = walk_header(&r, root, find_attribute_visit, &f);
     if (status == 1) status = DS_OK; /* found */
     if (status == DS_OK && !f.msg)
         status = bad(&r, "a variable-length string stored outside the root group's object "
@@ -582,4 +604,72 @@ int hdf5_check_number_type(hid_t type, const char *path, const char *what, const
                     "%s: %s %s: not a standard integer type (%zu bits at bit offset %d in %zu "
                     "bytes; expected 8, 16, 32 or 64 bits filling their bytes)",
                     shown, what, quoted, precision, offset, size);
+}
+
+/* A filter pipeline message walked as libhdf5 1.10 decodes it (H5O__pline_decode, which takes
+ * each filter's name by its NUL and trusts the counts): 1 when every part lies within size. */
+static int pipeline_fits(const uint8_t *m, size_t size)
+{
+    if (size < 2 || (m[0] != 1 && m[0] != 2) || m[1] > 32) return 0;
+    const unsigned version = m[0], filters = m[1];
+    const uint8_t *end = m + size, *p = m + (version == 1 ? 8 : 2);
+    if (p > end) return 0;
+    for (unsigned f = 0; f < filters; f++) {
+        if (end - p < 2) return 0;
+        const unsigned id = (unsigned)le(p, 2);
+        p += 2;
+        size_t name = 0; /* version 1: padded to 8 bytes; version 2: only for ids from 256 */
+        if (version == 1 || id >= 256) {
+            if (end - p < 2) return 0;
+            name = (size_t)le(p, 2);
+            p += 2;
+        }
+        if (end - p < 4) return 0;
+        const size_t values = (size_t)le(p + 2, 2); /* after the filter's flags */
+        p += 4;
+        if (name > (size_t)(end - p) || (name && !memchr(p, 0, name))) return 0;
+        p += name;
+        const size_t value_bytes = 4 * (values + (version == 1 ? values % 2 : 0));
+        if (value_bytes > (size_t)(end - p)) return 0;
+        p += value_bytes;
+    }
+    return 1;
+}
+
+/* The messages of a dataset's header that H5Dopen decodes: its datatype, dataspace and filter
+ * pipeline, each within itself. */
+static int check_dataset_message(const Reader *r, unsigned type, const uint8_t *data, size_t size,
+                                 void *ctx)
+{
+    (void)ctx;
+    if (type == MSG_DATATYPE && !type_bytes(data, data + size, 0))
+        return bad_in(r, "the datatype of", "is damaged (it does not fit in its message)");
+    if (type == MSG_DATASPACE && space_points(r, data, size) < 0)
+        return bad_in(r, "the dataspace of", "is damaged");
+    if (type == MSG_FILTERS && !pipeline_fits(data, size))
+        return bad_in(r, "the filter pipeline of", "is damaged (it does not fit in its message)");
+    return DS_OK;
+}
+
+int hdf5_check_dataset(const char *path, hid_t file, const char *name)
+{
+    H5L_info_t link;
+    herr_t got = -1;
+    H5E_BEGIN_TRY
+    {
+        got = H5Lget_info(file, name, &link, H5P_DEFAULT);
+    }
+    H5E_END_TRY;
+    if (got < 0 || link.type != H5L_TYPE_HARD) return DS_OK; /* the caller's open reports it */
+    Reader r;
+    uint64_t root = 0;
+    int status = reader_open(path, NULL, &r, &root);
+    if (status == NO_SUPERBLOCK) return DS_OK;
+    if (status != DS_OK) return status;
+    char object[300], quoted[280];
+    snprintf(object, sizeof(object), "dataset %s", ds_quoted(quoted, sizeof(quoted), name, 200));
+    r.object = object;
+    status = walk_header(&r, link.u.address, check_dataset_message, NULL);
+    close(r.fd);
+    return status;
 }

@@ -32,6 +32,13 @@ int hdf5_check_vlen_string_attribute(const char *path, const char *name);
  * attribute (or its position when its name is damaged). */
 int hdf5_check_root_attributes(const char *path);
 
+/* DS_OK when the dataset name of the open HDF5 file (path, file) can be opened by libhdf5
+ * without risk: its object header lies within the file, chunk by chunk, and the messages H5Dopen
+ * decodes (datatype, dataspace, filter pipeline) each within itself, none of them shared
+ * (libhdf5 1.10 copies a filter's or a member's name by its NUL and trusts counts). A name that is
+ * not a hard link is left to the caller's open. DS_ERR_INPUT names the file and the dataset. */
+int hdf5_check_dataset(const char *path, hid_t file, const char *name);
+
 /* DS_OK when type, the stored type of an attribute or dataset that is about to be read as a
  * number, is one every writer makes: an integer of 1, 2, 4 or 8 bytes using all their bits, or
  * an IEEE float of 4 or 8 bytes, either byte order. libhdf5 1.10 converts by the precision, bit

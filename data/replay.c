@@ -705,6 +705,7 @@ static int rank_open(RankFile *rf, const char *dir, int rank, char *path, size_t
 static int read_rows(hid_t file, const char *path, const char *name, hid_t type, int64_t count,
                      int T, int64_t first, int64_t rows, void *out)
 {
+    DS_TRY(hdf5_check_dataset(path, file, name)); /* before libhdf5 decodes it */
     hid_t d = -1;
     H5E_BEGIN_TRY
     {

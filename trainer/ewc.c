@@ -510,6 +510,7 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
     } else {
         if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
             return ds_error(DS_ERR_INPUT, "%s: dataset %s: missing", path, name);
+        DS_TRY(hdf5_check_dataset(path, file, name)); /* before libhdf5 decodes it */
         d = H5Dopen2(file, name, H5P_DEFAULT);
     }
     if (d < 0) return ds_error(DS_ERR_INPUT, "%s: dataset %s: cannot open", path, name);
@@ -717,6 +718,7 @@ static int tensor_io(hid_t file, const char *path, const char *group, const Para
                        H5P_DEFAULT);
         H5Sclose(space);
     } else {
+        DS_TRY(hdf5_check_dataset(path, file, name)); /* before libhdf5 decodes it */
         H5E_BEGIN_TRY
         {
             d = H5Dopen2(file, name, H5P_DEFAULT);

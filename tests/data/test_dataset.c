@@ -22,9 +22,11 @@ static const char *PRELUDE =
 
 static void make_files(const char *dir, const char *name, const char *body)
 {
-    char script[8192];
-    snprintf(script, sizeof(script), "%s%s", PRELUDE, body);
+    const size_t size = strlen(PRELUDE) + strlen(body) + 1;
+    char *script = malloc(size);
+    snprintf(script, size, "%s%s", PRELUDE, body);
     cr_assert_eq(run_python(dir, name, script), 0, "python script %s failed", name);
+    free(script);
 }
 
 static void check_layout_reads(const char *path)
@@ -502,6 +504,78 @@ Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .tim
 }
 
 /* A small file is scanned whole at open, so a bad id stops the run before the first step. */
+/* The datasets' object headers are walked before libhdf5 decodes them: datatype, dataspace
+ * and filter pipeline within their messages, none shared. Layouts h5py writes (contiguous,
+ * chunked, compressed with checksums, in the oldest format and in 1.10's) open; damaged ones are
+ * refused naming the dataset. */
+Test(dataset, dataset_headers_are_checked_before_libhdf5_decodes_them, .timeout = 120)
+{
+    char dir[1024], path[1100];
+    test_dir("dataset-headers", dir, sizeof(dir));
+    // clang-format off: one line of Python a line
+    make_files(
+        dir, "headers",
+        "def layout(name, lib, **kw):\n"
+        "    with h5py.File(d + '/' + name, 'w', libver=lib) as f:\n"
+        "        f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], "
+        "dtype=np.int32), **kw)\n"
+        "        f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64), "
+        "**kw)\n"
+        "        f.attrs.update({'format': np.bytes_(b'dstrain-tokens'), 'format_version': 1,\n"
+        "                        'vocab_size': 10, 'eos_id': 0, 'tokenizer': np.bytes_(b'byte')})\n"
+        "for lib in ['earliest', 'v110']:\n"
+        "    layout('plain_%s.h5' % lib, lib)\n"
+        "    layout('chunked_%s.h5' % lib, lib, chunks=(2,), maxshape=(None,))\n"
+        "    layout('gzip_%s.h5' % lib, lib, chunks=(2,), compression='gzip', shuffle=True, "
+        "fletcher32=True)\n"
+        /* the tokens' int32 datatype made an enumeration of 257 members whose names are not
+         * in the message; the deflate filter's name without its NUL */
+        "b = bytearray(open(d + '/plain_earliest.h5', 'rb').read())\n"
+        "t = bytes([0x10, 0x08, 0, 0, 4, 0, 0, 0, 0, 0, 32, 0])\n"
+        "assert b.count(t) == 1\n"
+        "i = b.find(t)\n"
+        "b[i:i + 4] = bytes([0x18, 1, 1, 0])\n"
+        "open(d + '/enum_type.h5', 'wb').write(b)\n"
+        "b = bytearray(open(d + '/gzip_earliest.h5', 'rb').read())\n"
+        "i = b.find(b'deflate\\0')\n"
+        "assert i > 0\n"
+        "b[i + 7:i + 8] = b'x'\n"
+        "open(d + '/filter_name.h5', 'wb').write(b)\n"
+        "with h5py.File(d + '/committed.h5', 'w') as f:\n"
+        "    f['itype'] = np.dtype('<i4')\n"
+        "    f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32), "
+        "dtype=f['itype'])\n"
+        "    f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64))\n"
+        "    f.attrs.update({'format': np.bytes_(b'dstrain-tokens'), 'format_version': 1, "
+        "'vocab_size': 10})\n");
+    // clang-format on
+    const char *good[] = {"plain_earliest.h5", "chunked_earliest.h5", "gzip_earliest.h5",
+                          "plain_v110.h5",     "chunked_v110.h5",     "gzip_v110.h5"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(good); i++) {
+        test_path(path, sizeof(path), dir, good[i]);
+        check_layout_reads(path);
+    }
+    const struct {
+        const char *file, *want;
+    } refused[] = {
+        {"enum_type.h5", "the datatype of dataset \"tokens\" is damaged (it does not fit in its "
+                         "message); refused before libhdf5 reads it"},
+        {"filter_name.h5", "the filter pipeline of dataset \"tokens\" is damaged"},
+        {"committed.h5", "a datatype, dataspace, filter or attribute message of dataset "
+                         "\"tokens\" is shared (stored in another object, as a committed datatype "
+                         "is), which dstrain does not check"},
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(refused); i++) {
+        test_path(path, sizeof(path), dir, refused[i].file);
+        TokenDataset *ds = NULL;
+        ds_clear_error();
+        cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT, "%s: %s", path, ds_last_error());
+        cr_assert_null(ds);
+        cr_assert(strstr(ds_last_error(), path) && strstr(ds_last_error(), refused[i].want),
+                  "%s: \"%s\" lacks \"%s\"", path, ds_last_error(), refused[i].want);
+    }
+}
+
 Test(dataset, bad_token_id_in_a_small_file_fails_at_open)
 {
     char dir[1024], path[1100];
