@@ -512,42 +512,36 @@ Test(dataset, dataset_headers_are_checked_before_libhdf5_decodes_them, .timeout 
 {
     char dir[1024], path[1100];
     test_dir("dataset-headers", dir, sizeof(dir));
-    // clang-format off: one line of Python a line
-    make_files(
-        dir, "headers",
-        "def layout(name, lib, **kw):\n"
-        "    with h5py.File(d + '/' + name, 'w', libver=lib) as f:\n"
-        "        f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], "
-        "dtype=np.int32), **kw)\n"
-        "        f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64), "
-        "**kw)\n"
-        "        f.attrs.update({'format': np.bytes_(b'dstrain-tokens'), 'format_version': 1,\n"
-        "                        'vocab_size': 10, 'eos_id': 0, 'tokenizer': np.bytes_(b'byte')})\n"
-        "for lib in ['earliest', 'v110']:\n"
-        "    layout('plain_%s.h5' % lib, lib)\n"
-        "    layout('chunked_%s.h5' % lib, lib, chunks=(2,), maxshape=(None,))\n"
-        "    layout('gzip_%s.h5' % lib, lib, chunks=(2,), compression='gzip', shuffle=True, "
-        "fletcher32=True)\n"
-        /* the tokens' int32 datatype made an enumeration of 257 members whose names are not
-         * in the message; the deflate filter's name without its NUL */
-        "b = bytearray(open(d + '/plain_earliest.h5', 'rb').read())\n"
-        "t = bytes([0x10, 0x08, 0, 0, 4, 0, 0, 0, 0, 0, 32, 0])\n"
-        "assert b.count(t) == 1\n"
-        "i = b.find(t)\n"
-        "b[i:i + 4] = bytes([0x18, 1, 1, 0])\n"
-        "open(d + '/enum_type.h5', 'wb').write(b)\n"
-        "b = bytearray(open(d + '/gzip_earliest.h5', 'rb').read())\n"
-        "i = b.find(b'deflate\\0')\n"
-        "assert i > 0\n"
-        "b[i + 7:i + 8] = b'x'\n"
-        "open(d + '/filter_name.h5', 'wb').write(b)\n"
-        "with h5py.File(d + '/committed.h5', 'w') as f:\n"
-        "    f['itype'] = np.dtype('<i4')\n"
-        "    f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32), "
-        "dtype=f['itype'])\n"
-        "    f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64))\n"
-        "    f.attrs.update({'format': np.bytes_(b'dstrain-tokens'), 'format_version': 1, "
-        "'vocab_size': 10})\n");
+    // clang-format off
+    make_files(dir, "headers",
+               "def layout(name, lib, **kw):\n"
+               "    with h5py.File(d + '/' + name, 'w', libver=lib) as f:\n"
+               "        f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32), **kw)\n"
+               "        f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64), **kw)\n"
+               "        f.attrs.update({'format': np.bytes_(b'dstrain-tokens'), 'format_version': 1,\n"
+               "                        'vocab_size': 10, 'eos_id': 0, 'tokenizer': np.bytes_(b'byte')})\n"
+               "for lib in ['earliest', 'v110']:\n"
+               "    layout('plain_%s.h5' % lib, lib)\n"
+               "    layout('chunked_%s.h5' % lib, lib, chunks=(2,), maxshape=(None,))\n"
+               "    layout('gzip_%s.h5' % lib, lib, chunks=(2,), compression='gzip', shuffle=True, fletcher32=True)\n"
+               /* the tokens' int32 datatype made an enumeration of 257 members whose names are not
+                * in the message; the deflate filter's name without its NUL */
+               "b = bytearray(open(d + '/plain_earliest.h5', 'rb').read())\n"
+               "t = bytes([0x10, 0x08, 0, 0, 4, 0, 0, 0, 0, 0, 32, 0])\n"
+               "assert b.count(t) == 1\n"
+               "i = b.find(t)\n"
+               "b[i:i + 4] = bytes([0x18, 1, 1, 0])\n"
+               "open(d + '/enum_type.h5', 'wb').write(b)\n"
+               "b = bytearray(open(d + '/gzip_earliest.h5', 'rb').read())\n"
+               "i = b.find(b'deflate\\0')\n"
+               "assert i > 0\n"
+               "b[i + 7:i + 8] = b'x'\n"
+               "open(d + '/filter_name.h5', 'wb').write(b)\n"
+               "with h5py.File(d + '/committed.h5', 'w') as f:\n"
+               "    f['itype'] = np.dtype('<i4')\n"
+               "    f.create_dataset('tokens', data=np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32), dtype=f['itype'])\n"
+               "    f.create_dataset('doc_offsets', data=np.array([0, 3, 5, 8], dtype=np.int64))\n"
+               "    f.attrs.update({'format': np.bytes_(b'dstrain-tokens'), 'format_version': 1, 'vocab_size': 10})\n");
     // clang-format on
     const char *good[] = {"plain_earliest.h5", "chunked_earliest.h5", "gzip_earliest.h5",
                           "plain_v110.h5",     "chunked_v110.h5",     "gzip_v110.h5"};
