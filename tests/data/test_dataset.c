@@ -55,6 +55,23 @@ static void check_layout_reads(const char *path)
     dataset_close(ds);
 }
 
+/* The file (in dir, or an absolute path) is refused at open with an error naming it and
+ * holding want. */
+static void assert_refused(const char *dir, const char *file, const char *want)
+{
+    char path[1100];
+    if (file[0] == '/')
+        snprintf(path, sizeof(path), "%s", file);
+    else
+        test_path(path, sizeof(path), dir, file);
+    TokenDataset *ds = NULL;
+    ds_clear_error();
+    cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT, "%s: %s", path, ds_last_error());
+    cr_assert_null(ds);
+    cr_assert(strstr(ds_last_error(), path) && strstr(ds_last_error(), want),
+              "%s: \"%s\" lacks \"%s\"", path, ds_last_error(), want);
+}
+
 Test(dataset, files_written_by_h5py_are_read)
 {
     char dir[1024], path[1100];
@@ -489,21 +506,10 @@ Test(dataset, vlen_string_attributes_are_checked_before_libhdf5_reads_them, .tim
          "an object header chunk of the root group is implausibly large; refused before libhdf5 "
          "reads it"},
     };
-    for (size_t i = 0; i < DS_ARRAY_LEN(refused); i++) {
-        if (refused[i].file[0] == '/')
-            snprintf(path, sizeof(path), "%s", refused[i].file);
-        else
-            test_path(path, sizeof(path), dir, refused[i].file);
-        TokenDataset *ds = NULL;
-        ds_clear_error();
-        cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT, "%s: %s", path, ds_last_error());
-        cr_assert_null(ds);
-        cr_assert(strstr(ds_last_error(), path) && strstr(ds_last_error(), refused[i].want),
-                  "%s: \"%s\" lacks \"%s\"", path, ds_last_error(), refused[i].want);
-    }
+    for (size_t i = 0; i < DS_ARRAY_LEN(refused); i++)
+        assert_refused(dir, refused[i].file, refused[i].want);
 }
 
-/* A small file is scanned whole at open, so a bad id stops the run before the first step. */
 /* The datasets' object headers are walked before libhdf5 decodes them: datatype, dataspace
  * and filter pipeline within their messages, none shared. Layouts h5py writes (contiguous,
  * chunked, compressed with checksums, in the oldest format and in 1.10's) open; damaged ones are
@@ -559,17 +565,11 @@ Test(dataset, dataset_headers_are_checked_before_libhdf5_decodes_them, .timeout 
                          "\"tokens\" is shared (stored in another object, as a committed datatype "
                          "is), which dstrain does not check"},
     };
-    for (size_t i = 0; i < DS_ARRAY_LEN(refused); i++) {
-        test_path(path, sizeof(path), dir, refused[i].file);
-        TokenDataset *ds = NULL;
-        ds_clear_error();
-        cr_assert_eq(dataset_open(path, 0, &ds), DS_ERR_INPUT, "%s: %s", path, ds_last_error());
-        cr_assert_null(ds);
-        cr_assert(strstr(ds_last_error(), path) && strstr(ds_last_error(), refused[i].want),
-                  "%s: \"%s\" lacks \"%s\"", path, ds_last_error(), refused[i].want);
-    }
+    for (size_t i = 0; i < DS_ARRAY_LEN(refused); i++)
+        assert_refused(dir, refused[i].file, refused[i].want);
 }
 
+/* A small file is scanned whole at open, so a bad id stops the run before the first step. */
 Test(dataset, bad_token_id_in_a_small_file_fails_at_open)
 {
     char dir[1024], path[1100];
