@@ -1,7 +1,9 @@
-/* hdf5_check.c: a variable-length string attribute checked before libhdf5 reads it (see
- * hdf5_check.h). The file is read with pread through our own descriptor, every length and
- * offset bounded by the file's size; the layouts are those of the HDF5 file format
- * specification (object headers version 1 and 2, attribute messages 1 to 3, the global heap).
+/* hdf5_check.c: the parts of an HDF5 file libhdf5 1.10 trusts, checked before it reads them
+ * (see hdf5_check.h): the root group's attributes, the object headers of datasets, the global
+ * heap collection of a variable-length string, the types of numbers. The file is read with pread
+ * through our own descriptor, every length and offset bounded by the file's size; the layouts are
+ * those of the HDF5 file format specification (object headers version 1 and 2, attribute
+ * messages 1 to 3, datatype messages 1 to 3, filter pipelines 1 and 2, the global heap).
  * The walk of the collection follows libhdf5's own (H5HG__cache_heap_deserialize), so what it
  * accepts is what libhdf5 loads in bounded time. */
 #include "data/hdf5_check.h"
@@ -90,8 +92,7 @@ typedef struct Chunk {
 } Chunk;
 
 /* Called for each message of an object header (the root group's, or r->object's): its type and
- * data; a non-zero
- * return stops the walk with that status (1: found, stop quietly). */
+ * data; a non-zero return stops the walk with that status (1: found, stop quietly). */
 typedef int (*MessageVisit)(const Reader *r, unsigned type, const uint8_t *data, size_t size,
                             void *ctx);
 
