@@ -510,7 +510,9 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
     } else {
         if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
             return ds_error(DS_ERR_INPUT, "%s: dataset %s: missing", path, name);
-        DS_TRY(hdf5_check_dataset(path, file, name)); /* before libhdf5 decodes it */
+        /* before libhdf5 decodes it; a file being written is this process's own (and its
+         * header may not be on disk yet) */
+        if (!write) DS_TRY(hdf5_check_dataset(path, file, name));
         d = H5Dopen2(file, name, H5P_DEFAULT);
     }
     if (d < 0) return ds_error(DS_ERR_INPUT, "%s: dataset %s: cannot open", path, name);
