@@ -510,9 +510,6 @@ static int h5_range(hid_t file, const char *path, const char *name, size_t total
     } else {
         if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
             return ds_error(DS_ERR_INPUT, "%s: dataset %s: missing", path, name);
-        /* before libhdf5 decodes it; a file being written is this process's own (and its
-         * header may not be on disk yet) */
-        if (!write) DS_TRY(hdf5_check_dataset(path, file, name));
         d = H5Dopen2(file, name, H5P_DEFAULT);
     }
     if (d < 0) return ds_error(DS_ERR_INPUT, "%s: dataset %s: cannot open", path, name);
@@ -563,6 +560,9 @@ static int h5_piece(void *ctx, float *host, size_t first, size_t len)
 static int h5_state_range(const EwcState *e, hid_t file, const char *path, const char *name,
                           size_t total, float *state, int write)
 {
+    /* once a dataset, before libhdf5 decodes it; a file being written is this process's own
+     * (and its header may not be on disk yet) */
+    if (!write) DS_TRY(hdf5_check_dataset(path, file, name));
     if (e->hi == e->lo) /* the dataset is still made, or its size checked */
         return h5_range(file, path, name, total, e->lo, e->hi, state, write);
     H5Piece h = {file, path, name, total, e->lo, write};
